@@ -1,0 +1,1 @@
+"""Pretrain phi-1.5 on textbookgen datasets."""
