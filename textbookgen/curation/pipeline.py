@@ -1,0 +1,37 @@
+"""`curate()`: the recipe's curation stages, in order, with every stage's counts for the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from textbookgen.curation.base import Step
+from textbookgen.curation.config import CurationConfig
+
+
+def build_steps(config: CurationConfig) -> list[Step]:
+    """The enabled stages as a list of steps (datatrove-style composition)."""
+    from textbookgen.curation.exact import ExactDedup
+
+    t, i = config.text_column, config.id_column
+    steps: list[Step] = []
+    if config.exact.enabled:
+        steps.append(ExactDedup(t, i))
+    return steps
+
+
+def curate(docs_df: pl.DataFrame, config: CurationConfig | None = None,
+           workdir: Path | str | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Run every enabled stage on `docs_df`; returns the kept rows (same columns, original order) and
+    stats: {stage: {"in": n, "kept": n, "dropped": {reason: n}, ...}}. Stages that store state
+    (MinHash signatures, decontamination reports, clusters) write under `workdir`."""
+    config = config or CurationConfig()
+    workdir = Path(workdir) if workdir is not None else None
+    stats: dict[str, Any] = {}
+    df = docs_df
+    for step in build_steps(config):
+        df, st = step(df, workdir / step.name if workdir is not None else None)
+        stats[step.name] = st.as_dict()
+    return df, stats
