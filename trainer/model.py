@@ -1,0 +1,315 @@
+"""phi-1.5 in plain PyTorch, one file (nanoGPT style).
+
+Parameter names equal those of `transformers.PhiForCausalLM`, so `model.state_dict()` *is* an HF
+checkpoint (see trainer/export.py). The block is phi's parallel one:
+`x = x + attn(ln(x)) + mlp(ln(x))`, partial rotary on the first `rotary_dim` dims of each head
+(NeoX / `rotate_half` pairing, not interleaved), tanh-GELU MLP, biases everywhere, untied lm_head.
+
+Forward contract (`Phi.forward(input_ids, labels=None, cache=None, start_pos=0)`):
+- `model(input_ids)` -> logits `[B, T, vocab_size]` (autocast dtype under autocast, else fp32).
+- `model(input_ids, labels=labels)` -> scalar mean cross-entropy loss over the positions where
+  `labels != -100`. `labels` are ALREADY aligned with the inputs (nanoGPT `x, y` style: `labels[:, t]`
+  is the target of position t, i.e. `y = tokens[1:T+1]` for `x = tokens[0:T]`); no shift is done here
+  (HF shifts internally; ours does not). With `config.loss_chunk_size > 0` the lm_head + cross-entropy
+  runs in chunks of that many tokens and never materialises the full `[B*T, V]` logits; gradients are
+  computed chunk by chunk inside the forward (no recompute of the lm_head matmul). With 0 it is the
+  plain full-logits loss.
+- `cache`/`start_pos`: optional `KVCache` for incremental decoding (trainer/generate.py); positions
+  are `start_pos .. start_pos+T-1`.
+Attention uses `flash_attn.flash_attn_func` (causal) when installed and inputs are fp16/bf16 on CUDA,
+else `F.scaled_dot_product_attention(is_causal=True)` (cuDNN/flash kernels on H100).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+try:  # optional accelerator; SDPA is the first-class path
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_func = None
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PhiConfig:
+    """Model shape (HF `PhiConfig` field names) plus training-time switches that do not change weights."""
+
+    vocab_size: int = 51200
+    hidden_size: int = 2048
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 32
+    max_position_embeddings: int = 2048
+    partial_rotary_factor: float = 0.5
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    # training-time switches (not part of the checkpoint)
+    loss_chunk_size: int = 4096  # tokens per lm_head+CE chunk; 0 = plain full-logits loss
+    activation_checkpointing: bool = False
+    attn_impl: str = "auto"  # "auto" (flash_attn if installed, else SDPA) | "sdpa" | "flash"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} not divisible by heads {self.num_attention_heads}")
+        if self.rotary_dim % 2:
+            raise ValueError(f"rotary dim {self.rotary_dim} (head_dim x partial_rotary_factor) must be even")
+        if self.attn_impl not in ("auto", "sdpa", "flash"):
+            raise ValueError(f"attn_impl must be auto|sdpa|flash, got {self.attn_impl!r}")
+        if self.attn_impl == "flash" and flash_attn_func is None:
+            raise ValueError("attn_impl='flash' but flash_attn is not installed (pip install flash-attn)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+
+CONFIGS: dict[str, PhiConfig] = {
+    # microsoft/phi-1_5: 1,418,270,720 parameters
+    "phi-1.5": PhiConfig(),
+    # ~99M parameters in the blocks (+2 x 39M untied 51200-row embedding/lm_head = 178M): a one-GPU demo
+    "demo-100m": PhiConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=14, num_attention_heads=12),
+    # CPU tests: real vocab so the real tokenizer fits, everything else tiny
+    "tiny": PhiConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                      max_position_embeddings=256, loss_chunk_size=128),
+}
+
+
+def rope_cos_sin(cfg: PhiConfig, start: int, length: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """cos/sin `[length, rotary_dim/2]` in fp32, computed on the fly (no buffers to lose on meta init)."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.rotary_dim, 2, device=device).float() / cfg.rotary_dim))
+    freqs = torch.outer(torch.arange(start, start + length, device=device).float(), inv_freq)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first rotary dims of `x [B, T, H, D]`, pairing dim i with i + rotary_dim/2 (HF rotate_half)."""
+    half = cos.shape[-1]
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, half] broadcasts over heads
+    x1, x2, rest = x[..., :half].float(), x[..., half:2 * half].float(), x[..., 2 * half:]
+    rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+    return torch.cat((rot, rest), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys/values `[B, H, max_len, D]` per layer for incremental decoding."""
+
+    def __init__(self, cfg: PhiConfig, batch: int, max_len: int, device, dtype=torch.float32):
+        shape = (batch, cfg.num_attention_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, ...]:
+        end = start + k.shape[2]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class PhiAttention(nn.Module):
+    def __init__(self, cfg: PhiConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        d = cfg.hidden_size
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.dense = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        H, D = self.cfg.num_attention_heads, self.cfg.head_dim
+        # one fused QKV matmul over the three HF-named weights (names stay HF's; the cat is fused by compile)
+        w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        b = torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
+        q, k, v = F.linear(x, w, b).view(B, T, 3, H, D).unbind(2)  # each [B, T, H, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        use_flash = (flash_attn_func is not None and cache is None and x.is_cuda
+                     and q.dtype in (torch.float16, torch.bfloat16) and self.cfg.attn_impl != "sdpa")
+        if use_flash:
+            y = flash_attn_func(q, k, v, causal=True)  # [B, T, H, D]
+        else:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+            mask, causal = None, True
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v, start_pos)
+                if start_pos > 0:  # queries at start_pos.. see every cached key up to themselves
+                    causal = False
+                    if T > 1:
+                        kpos = torch.arange(k.shape[2], device=x.device)
+                        mask = kpos[None, :] <= (start_pos + torch.arange(T, device=x.device))[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).transpose(1, 2)
+        return self.dense(y.reshape(B, T, C))
+
+
+class PhiMLP(nn.Module):
+    def __init__(self, cfg: PhiConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new
+
+
+class PhiDecoderLayer(nn.Module):
+    def __init__(self, cfg: PhiConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.self_attn = PhiAttention(cfg, layer_idx)
+        self.mlp = PhiMLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        return x + self.self_attn(h, cos, sin, cache, start_pos) + self.mlp(h)
+
+
+class PhiModel(nn.Module):
+    def __init__(self, cfg: PhiConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(PhiDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+
+class Phi(nn.Module):
+    """phi-1.5 causal LM; `state_dict()` keys equal `transformers.PhiForCausalLM`'s (see module docstring)."""
+
+    def __init__(self, config: PhiConfig):
+        super().__init__()
+        self.config = config
+        self.model = PhiModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """HF Phi init: Linear/Embedding ~ N(0, 0.02), biases 0, LayerNorm (1, 0); no residual scaling.
+        Also usable after `to_empty()` from a meta-device model (FSDP2)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=self.config.initializer_range)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; non-embedding excludes only the input embedding (lm_head is a matmul)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.model.embed_tokens.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token, PaLM/nanoGPT convention: 6 N + 12 L d T (9.09e9 for phi-1.5 at 2048)."""
+        c = self.config
+        return 6 * self.num_params(non_embedding=True) + 12 * c.num_hidden_layers * c.hidden_size * seq_len
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on >=2-D weights (matmuls, embedding), none on biases and LayerNorms."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                      start_pos: int = 0) -> torch.Tensor:
+        """Final-LayerNorm output `[B, T, hidden]` (the lm_head input)."""
+        T = input_ids.shape[1]
+        if start_pos + T > self.config.max_position_embeddings:
+            raise ValueError(f"sequence end {start_pos + T} exceeds context {self.config.max_position_embeddings}")
+        cos, sin = rope_cos_sin(self.config, start_pos, T, input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, start_pos)
+        return self.model.final_layernorm(x)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        h = self.hidden_states(input_ids, cache, start_pos)
+        if labels is None:
+            return self.lm_head(h)
+        h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+        if self.config.loss_chunk_size > 0:
+            return chunked_linear_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, labels,
+                                                self.config.loss_chunk_size)
+        return F.cross_entropy(self.lm_head(h).float(), labels, ignore_index=IGNORE_INDEX)
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    """mean CE(x @ W.T + b, y) in token chunks; grads are made chunk by chunk in forward (Liger-style),
+    so neither the full logits nor a recompute of the lm_head matmul is ever needed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, labels, chunk_size: int):
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        need_grad = any(ctx.needs_input_grad[:3])
+        with torch.autocast(dev, enabled=False):
+            w = weight.to(dt)
+            b = bias.to(dt) if bias is not None else None
+            n_valid = (labels != IGNORE_INDEX).sum().clamp(min=1).float()
+            loss = torch.zeros((), device=x.device, dtype=torch.float32)
+            grad_x = torch.empty_like(x) if need_grad else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+            grad_b = torch.zeros(weight.shape[0], device=x.device, dtype=torch.float32) if need_grad else None
+            for s in range(0, x.shape[0], chunk_size):
+                xc, yc = x[s:s + chunk_size].to(dt), labels[s:s + chunk_size]
+                logits = F.linear(xc, w, b).float()
+                valid = yc != IGNORE_INDEX
+                yc = torch.where(valid, yc, 0)
+                lse = torch.logsumexp(logits, dim=-1)
+                loss = loss + ((lse - logits.gather(1, yc[:, None]).squeeze(1)) * valid).sum()
+                if need_grad:  # d loss / d logits = (softmax - onehot) * valid / n_valid
+                    g = torch.exp(logits - lse[:, None])
+                    g.scatter_add_(1, yc[:, None], -torch.ones_like(lse)[:, None])
+                    g = (g * (valid.float() / n_valid)[:, None]).to(dt)
+                    grad_x[s:s + chunk_size] = (g @ w).to(x.dtype)
+                    grad_w += (g.t() @ xc).float()
+                    grad_b += g.float().sum(0)
+        if need_grad:
+            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype), grad_b)
+        ctx.has_bias = bias is not None
+        return loss / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_w, grad_b = ctx.saved_tensors
+        gb = (grad_b * grad_out).to(grad_w.dtype) if ctx.has_bias else None
+        return grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype), gb, None, None
+
+
+def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                 labels: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Mean cross-entropy of `x [N, d] @ weight.T + bias` against `labels [N]` (IGNORE_INDEX skipped)
+    without materialising `[N, V]` logits; memory is one `[chunk_size, V]` fp32 block."""
+    if x.shape[0] != labels.shape[0]:
+        raise ValueError(f"{x.shape[0]} hidden rows but {labels.shape[0]} labels")
+    return _ChunkedLinearCE.apply(x, weight, bias, labels, max(1, chunk_size))
+
+
+def _self_check() -> None:  # pragma: no cover - `python -m trainer.model` prints the preset sizes
+    for name, cfg in CONFIGS.items():
+        with torch.device("meta"):
+            m = Phi(cfg)
+        print(f"{name}: {m.num_params(False):,} params, {m.num_params():,} non-embedding, "
+              f"{m.flops_per_token(cfg.max_position_embeddings) / 1e9:.2f} GFLOP/token, "
+              f"head_dim {cfg.head_dim}, rotary {cfg.rotary_dim}, ~{math.ceil(m.num_params(False) / 1e6)}M")
+
+
+if __name__ == "__main__":
+    _self_check()
