@@ -1,0 +1,139 @@
+"""The CodeGen-mono tokenizer of phi-1.5, built with `tokenizers`, and a trainer for custom BPEs.
+
+CodeGen-mono = GPT-2 byte-level BPE (50,257 tokens, `<|endoftext|>` = 50256) plus 38 whitespace tokens
+added exactly as salesforce/CodeGen `create_custom_gpt2_tokenizer` does: runs of 31..2 spaces
+(ids 50257..50286), then runs of 9..2 tabs (ids 50287..50294). They are *added tokens*: `tokenizers`
+splits the text on them (leftmost-longest) before byte-level BPE, so `"\\n    return"` becomes
+`["\\n", "    ", "return"]`, while GPT-2 alone gives `["\\n", "   ", " return"]`. The model pads the
+vocabulary to 51,200 rows; ids 50295.. are never produced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+EOS_TOKEN = "<|endoftext|>"
+EOS_ID = 50256
+# CodeGen's order: include_whitespace(2, 32) then include_tabs(2, 10), each longest run first
+WHITESPACE_TOKENS = [" " * n for n in reversed(range(2, 32))] + ["\t" * n for n in reversed(range(2, 10))]
+# (vocab, merges) file-name pairs, HF names first, then OpenAI's originals
+_BPE_FILES = [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]
+
+
+def _byte_level(tok: Tokenizer) -> Tokenizer:
+    """GPT-2's byte-level pipeline: no prefix space, regex pre-split, byte-level decoder."""
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def add_whitespace_tokens(tok: Tokenizer) -> Tokenizer:
+    """Append CodeGen's 38 whitespace tokens as (non-special) added tokens, matched before BPE."""
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in WHITESPACE_TOKENS])
+    return tok
+
+
+def build_codegen_tokenizer(vocab: str | Path, merges: str | Path, whitespace_tokens: bool = True) -> Tokenizer:
+    """CodeGen-mono from GPT-2 BPE files (`encoder.json`/`vocab.json` + `vocab.bpe`/`merges.txt`)."""
+    for p in (vocab, merges):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {p}")
+    try:
+        bpe = models.BPE.from_file(str(vocab), str(merges))
+    except Exception as e:  # tokenizers raises plain Exception on bad JSON / merges lines
+        raise ValueError(f"cannot read GPT-2 BPE files {vocab} + {merges}: {e}") from e
+    tok = _byte_level(Tokenizer(bpe))
+    if tok.token_to_id(EOS_TOKEN) != EOS_ID:
+        raise ValueError(f"{vocab}: {EOS_TOKEN!r} must have id {EOS_ID} (GPT-2 vocabulary), "
+                         f"got {tok.token_to_id(EOS_TOKEN)}")
+    tok.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=False)])
+    if whitespace_tokens:
+        add_whitespace_tokens(tok)
+        first, last = tok.token_to_id(WHITESPACE_TOKENS[0]), tok.token_to_id(WHITESPACE_TOKENS[-1])
+        if (first, last) != (50257, 50294):
+            raise ValueError(f"{vocab}: whitespace tokens got ids {first}..{last}, expected 50257..50294 "
+                             "(the vocabulary must hold exactly GPT-2's 50,257 tokens)")
+    return tok
+
+
+def load_tokenizer(spec: str | Path = "microsoft/phi-1_5") -> Tokenizer:
+    """A `tokenizers.Tokenizer` from, in this order:
+    a `tokenizer.json` file; a directory holding `tokenizer.json`, or GPT-2 BPE files (`vocab.json` +
+    `merges.txt` or `encoder.json` + `vocab.bpe`, built into CodeGen-mono); else a Hub repo id."""
+    p = Path(spec)
+    if p.is_file():
+        try:
+            return Tokenizer.from_file(str(p))
+        except Exception as e:
+            raise ValueError(f"{p}: not a tokenizers JSON file: {e}") from e
+    if p.is_dir():
+        if (p / "tokenizer.json").is_file():
+            return load_tokenizer(p / "tokenizer.json")
+        for v, m in _BPE_FILES:
+            if (p / v).is_file() and (p / m).is_file():
+                return build_codegen_tokenizer(p / v, p / m)
+        raise FileNotFoundError(f"{p}: no tokenizer.json, vocab.json+merges.txt or encoder.json+vocab.bpe there")
+    if p.suffix == ".json" or str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1:
+        raise FileNotFoundError(f"tokenizer not found: {spec}")
+    try:
+        return Tokenizer.from_pretrained(str(spec))
+    except Exception as e:
+        raise ValueError(f"cannot load tokenizer {spec!r} from the Hub (no such path here either): {e}") from e
+
+
+def eos_id(tok: Tokenizer) -> int:
+    """Id of `<|endoftext|>`, the document separator (50256 for CodeGen/GPT-2)."""
+    i = tok.token_to_id(EOS_TOKEN)
+    if i is None:
+        raise ValueError(f"tokenizer has no {EOS_TOKEN!r} token")
+    return i
+
+
+def _iter_texts(files: Iterable[str | Path]) -> Iterable[str]:
+    """Text of `.txt`/`.md`/`.py` files (whole file) and of the `text` column of `.parquet`/`.jsonl` files."""
+    for f in map(Path, files):
+        if not f.is_file():
+            raise FileNotFoundError(f"training file not found: {f}")
+        if f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(f)
+            if "text" not in pf.schema_arrow.names:
+                raise ValueError(f"{f}: no 'text' column (columns: {pf.schema_arrow.names})")
+            for batch in pf.iter_batches(columns=["text"], batch_size=1024):
+                yield from (t for t in batch.column(0).to_pylist() if t)
+        elif f.suffix == ".jsonl":
+            with f.open(encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if line.strip():
+                        row = json.loads(line)
+                        if "text" not in row:
+                            raise ValueError(f"{f}:{n}: no 'text' field")
+                        yield row["text"]
+        else:
+            try:
+                yield f.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{f}: not UTF-8 text ({e})") from e
+
+
+def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tokens: bool = True,
+                    min_frequency: int = 2) -> Tokenizer:
+    """Train a GPT-2-style byte-level BPE on text files (`.txt/.md/.py`, or `text` of `.parquet/.jsonl`).
+
+    `<|endoftext|>` gets id 0; with `whitespace_tokens` CodeGen's 38 whitespace runs are appended as
+    added tokens, so the final size is `vocab_size + 38`. Save with `tok.save("tokenizer.json")`."""
+    if vocab_size < 257 + 1:
+        raise ValueError(f"vocab_size {vocab_size} is below the 256 byte tokens + {EOS_TOKEN}")
+    tok = _byte_level(Tokenizer(models.BPE()))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
+    tok.train_from_iterator(_iter_texts(list(files)), trainer=trainer)
+    if whitespace_tokens:
+        add_whitespace_tokens(tok)
+    return tok
