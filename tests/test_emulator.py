@@ -1,0 +1,400 @@
+"""The provider emulator against the real `openai` and `anthropic` clients, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+
+import anthropic
+import openai
+import pytest
+
+from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault, go_duration
+from textbookgen.testing.responder import default_responder, requested_count, subject_of
+
+USER = [{"role": "user", "content": "Write a short textbook section about the water cycle."}]
+
+
+def oa(emu: Emulator, **kw) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=emu.openai_base_url, api_key=kw.pop("api_key", "sk-test"),
+                              max_retries=kw.pop("max_retries", 0), timeout=kw.pop("timeout", 10.0))
+
+
+def an(emu: Emulator, **kw) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=emu.anthropic_base_url, api_key=kw.pop("api_key", "sk-ant-test"),
+                                    max_retries=kw.pop("max_retries", 0), timeout=kw.pop("timeout", 10.0))
+
+
+async def chat(client: openai.AsyncOpenAI, messages=USER, **kw):
+    return await client.chat.completions.create(model=kw.pop("model", "gpt-4o-mini"), messages=messages,
+                                                max_tokens=kw.pop("max_tokens", 200), **kw)
+
+
+async def msg(client: anthropic.AsyncAnthropic, messages=USER, **kw):
+    return await client.messages.create(model=kw.pop("model", "claude-haiku-4-5"), messages=messages,
+                                        max_tokens=kw.pop("max_tokens", 200), **kw)
+
+
+def cfg(**kw) -> EmulatorConfig:
+    return EmulatorConfig(latency_median_s=kw.pop("latency_median_s", 0.002), latency_sigma=0.3, **kw)
+
+
+def test_openai_round_trip_fields_usage_and_billing():
+    with Emulator(cfg()) as emu:
+        async def go():
+            client = oa(emu)
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=USER, max_tokens=300)
+            return raw.headers, raw.parse(), await chat(client, max_tokens=300)
+
+        headers, c, again = asyncio.run(go())
+        assert c.id.startswith("chatcmpl-") and c.object == "chat.completion" and c.model == "gpt-4o-mini"
+        assert c.created > 1_700_000_000 and c.system_fingerprint.startswith("fp_")
+        assert c.choices[0].finish_reason == "stop" and c.choices[0].message.role == "assistant"
+        text = c.choices[0].message.content
+        assert "water cycle" in text.lower() and 50 < len(text) <= 300 * 4
+        assert again.choices[0].message.content == text  # deterministic in the request
+        assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens
+        assert headers["x-request-id"].startswith("req_")
+        assert emu.received == emu.billed == 2 and emu.duplicates == 1
+        assert emu.output_tokens == 2 * c.usage.completion_tokens
+        assert emu.input_tokens == 2 * c.usage.prompt_tokens
+        [(key, n)] = emu.billed_keys.items()
+        assert n == 2 and emu.tokens_by_key[key] == [2 * c.usage.prompt_tokens, 2 * c.usage.completion_tokens]
+
+
+def test_anthropic_round_trip_blocks_usage_and_prefill():
+    async def go(emu):
+        client = an(emu)
+        m = await msg(client, system="You are a careful textbook author.")
+        listed = await msg(client, messages=[{"role": "user", "content": "List 7 subtopics of optics."},
+                                             {"role": "assistant", "content": "1."}], max_tokens=400)
+        return m, listed
+
+    async def main():
+        async with Emulator(cfg()) as emu:  # the async form, on the running loop
+            return (*await go(emu), emu.billed, emu.output_tokens)
+
+    m, listed, billed, output_tokens = asyncio.run(main())
+    assert m.id.startswith("msg_") and m.type == "message" and m.role == "assistant"
+    assert m.stop_reason == "end_turn" and m.stop_sequence is None
+    assert m.content[0].type == "text" and "water cycle" in m.content[0].text.lower()
+    assert m.usage.input_tokens > 0 and 0 < m.usage.output_tokens <= 200
+    assert billed == 2 and output_tokens == m.usage.output_tokens + listed.usage.output_tokens
+    assert listed.content[0].text.startswith(" ")  # continues after the prefilled "1."
+    assert len(("1." + listed.content[0].text).splitlines()) == 7
+
+
+def test_models_listing_and_retrieval():
+    with Emulator(cfg(models=["gpt-4o-mini", "claude-haiku-4-5"])) as emu:
+        async def go():
+            models = await oa(emu).models.list()
+            one = await oa(emu).models.retrieve("gpt-4o-mini")
+            amodels = await an(emu).models.list()
+            return [m.id for m in models.data], one, [m.id for m in amodels.data]
+
+        ids, one, aids = asyncio.run(go())
+    assert ids == aids == ["gpt-4o-mini", "claude-haiku-4-5"] and one.object == "model"
+
+
+@pytest.mark.parametrize("flavour", ["openai", "anthropic"])
+def test_auth_and_unknown_model_errors(flavour):
+    with Emulator(cfg(api_keys={"good-key"}, models=["gpt-4o-mini", "claude-haiku-4-5"])) as emu:
+        call, make = (chat, oa) if flavour == "openai" else (msg, an)
+        errors = openai if flavour == "openai" else anthropic
+        with pytest.raises(errors.AuthenticationError) as auth:
+            asyncio.run(call(make(emu, api_key="bad-key")))
+        with pytest.raises(errors.NotFoundError) as missing:
+            asyncio.run(call(make(emu, api_key="good-key"), model="no-such-model"))
+        ok = asyncio.run(call(make(emu, api_key="good-key")))
+        assert ok is not None and emu.billed == 1 and emu.received == 3
+    if flavour == "openai":
+        assert auth.value.code == "invalid_api_key" and missing.value.code == "model_not_found"
+    else:
+        assert auth.value.body["error"]["type"] == "authentication_error"
+        assert missing.value.body["error"]["type"] == "not_found_error"
+    assert "bad-key" not in str(auth.value)  # keys never echoed
+
+
+def test_bad_requests_are_400():
+    with Emulator(cfg()) as emu:
+        async def go():
+            with pytest.raises(openai.BadRequestError):
+                await oa(emu).chat.completions.create(model="gpt-4o-mini", messages=[])
+            with pytest.raises(anthropic.BadRequestError):
+                await an(emu).messages.create(model="claude-haiku-4-5", messages=USER, max_tokens=0)
+
+        asyncio.run(go())
+        assert emu.billed == 0 and emu.outcomes["400"] == 2
+
+
+ERROR_FAULTS = {
+    # kind: (OpenAI exception, Anthropic exception)
+    "429": (openai.RateLimitError, anthropic.RateLimitError),
+    "500": (openai.InternalServerError, anthropic.InternalServerError),
+    "502": (openai.InternalServerError, anthropic.InternalServerError),
+    "503": (openai.InternalServerError, anthropic.ServiceUnavailableError),
+    "529": (openai.InternalServerError, anthropic.OverloadedError),
+    "quota": (openai.RateLimitError, anthropic.PaymentRequiredError),
+    "400": (openai.BadRequestError, anthropic.BadRequestError),
+    "content_filter": (openai.BadRequestError, anthropic.BadRequestError),
+    "timeout": (openai.APITimeoutError, anthropic.APITimeoutError),
+    "reset": (openai.APIConnectionError, anthropic.APIConnectionError),
+    "bad_json": (json.JSONDecodeError, json.JSONDecodeError),
+}
+
+
+@pytest.mark.parametrize("kind", list(ERROR_FAULTS))
+def test_each_error_fault_is_the_clients_exception(kind):
+    openai_exc, anthropic_exc = ERROR_FAULTS[kind]
+    with Emulator(cfg(faults=[Fault(kind, rate=1.0)], hang_s=30)) as emu:
+        async def go():
+            with pytest.raises(openai_exc) as e1:
+                await chat(oa(emu, timeout=0.3))
+            with pytest.raises(anthropic_exc) as e2:
+                await msg(an(emu, timeout=0.3))
+            return e1.value, e2.value
+
+        e1, e2 = asyncio.run(go())
+        billed = 2 if kind == "bad_json" else 0  # a malformed 200 was still generated, and billed
+        assert emu.received == 2 and emu.billed == billed
+    if kind == "quota":
+        assert e1.code == "insufficient_quota" and e2.body["error"]["type"] == "billing_error"
+    if kind == "429":
+        assert e1.code == "rate_limit_exceeded" and e1.response.headers["retry-after"] == "1"
+    if kind == "529":
+        assert e2.status_code == 529 and e2.body["error"]["type"] == "overloaded_error"
+
+
+def test_hung_and_reset_requests_are_released_when_the_client_leaves():
+    with Emulator(cfg(faults=[Fault("timeout", rate=0.5), Fault("reset", rate=0.5)], hang_s=60)) as emu:
+        async def go():
+            client = oa(emu, timeout=0.2)
+            results = await asyncio.gather(*(chat(client, messages=[{"role": "user", "content": f"q{i}"}])
+                                             for i in range(10)), return_exceptions=True)
+            assert all(isinstance(r, openai.APIConnectionError) for r in results)
+
+        asyncio.run(go())
+        deadline = time.monotonic() + 5
+        while emu.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert emu.in_flight == 0 and emu.billed == 0
+
+
+@pytest.mark.parametrize("flavour", ["openai", "anthropic"])
+def test_truncate_and_refusal_are_billed_200s(flavour):
+    faults = [Fault("truncate", first=1, match="TRUNC"), Fault("refusal", first=1, match="REFUSE")]
+    with Emulator(cfg(faults=faults)) as emu:
+        async def go():
+            if flavour == "openai":
+                client = oa(emu)
+                t = await chat(client, messages=[{"role": "user", "content": "TRUNC water"}], max_tokens=50)
+                r = await chat(client, messages=[{"role": "user", "content": "REFUSE water"}])
+                assert t.choices[0].finish_reason == "length" and t.usage.completion_tokens == 50
+                assert len(t.choices[0].message.content) <= 200
+                assert r.choices[0].finish_reason == "content_filter" and r.choices[0].message.content is None
+            else:
+                client = an(emu)
+                t = await msg(client, messages=[{"role": "user", "content": "TRUNC water"}], max_tokens=50)
+                r = await msg(client, messages=[{"role": "user", "content": "REFUSE water"}])
+                assert t.stop_reason == "max_tokens" and t.usage.output_tokens == 50
+                assert r.stop_reason == "refusal" and r.content == []
+            again = await (chat if flavour == "openai" else msg)(
+                client, messages=[{"role": "user", "content": "TRUNC water"}], max_tokens=50)
+            return again
+
+        again = asyncio.run(go())
+        finish = again.choices[0].finish_reason if flavour == "openai" else again.stop_reason
+        assert finish in ("stop", "end_turn")  # `first=1`: only the first attempt is faulted
+        assert emu.billed == 3 and emu.outcomes["truncate"] == 1 and emu.outcomes["refusal"] == 1
+
+
+def test_schedule_fails_first_attempts_then_sdk_retry_succeeds_and_bills_once():
+    faults = [Fault("500", first=2, match="flaky")]
+    with Emulator(cfg(faults=faults)) as emu:
+        async def go():
+            client = oa(emu, max_retries=2)
+            flaky = await chat(client, messages=[{"role": "user", "content": "a flaky prompt"}])
+            steady = await chat(client, messages=[{"role": "user", "content": "a steady prompt"}])
+            return flaky, steady
+
+        flaky, steady = asyncio.run(go())
+        assert flaky.choices[0].finish_reason == "stop" and steady.choices[0].finish_reason == "stop"
+        assert emu.received == 4 and emu.billed == 2 and emu.duplicates == 0
+        assert emu.outcomes["500"] == 2
+
+
+def test_fault_rates_are_seeded_and_roughly_right():
+    def run(seed):
+        with Emulator(cfg(faults=[Fault("500", rate=0.3)], seed=seed)) as emu:
+            async def go():
+                client = oa(emu)
+                return await asyncio.gather(*(chat(client, messages=[{"role": "user", "content": f"p{i}"}])
+                                              for i in range(200)), return_exceptions=True)
+
+            return [isinstance(r, openai.InternalServerError) for r in asyncio.run(go())]
+
+    first, second, other = run(1), run(1), run(2)
+    assert first == second and first != other
+    assert 30 <= sum(first) <= 90
+
+
+def test_rate_limit_headers_and_429_when_exceeded():
+    with Emulator(cfg(rpm=3, input_tpm=100_000, output_tpm=20_000)) as emu:
+        async def go():
+            client = oa(emu)
+            raws = [await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=USER, max_tokens=100) for _ in range(3)]
+            with pytest.raises(openai.RateLimitError) as limited:
+                await chat(client)
+            return [r.headers for r in raws], limited.value
+
+        headers, limited = asyncio.run(go())
+        assert [h["x-ratelimit-remaining-requests"] for h in headers] == ["2", "1", "0"]
+        assert all(h["x-ratelimit-limit-requests"] == "3" and h["x-ratelimit-limit-tokens"] == "100000"
+                   for h in headers)
+        assert re.fullmatch(r"[\d.]+(ms|s)|\d+m[\d.]+s", headers[-1]["x-ratelimit-reset-requests"])
+        assert int(headers[0]["x-ratelimit-remaining-tokens"]) < 100_000
+        assert limited.code == "rate_limit_exceeded" and "requests per min" in limited.message
+        assert int(limited.response.headers["retry-after"]) >= 1
+        assert limited.response.headers["x-ratelimit-remaining-requests"] == "0"
+        assert emu.billed == 3 and emu.rate_limited == 1 and emu.received == 4
+
+
+def test_anthropic_rate_limit_headers_and_output_token_limit():
+    with Emulator(cfg(rpm=1000, input_tpm=50_000, output_tpm=300)) as emu:
+        async def go():
+            client = an(emu)
+            raw = await client.messages.with_raw_response.create(
+                model="claude-haiku-4-5", messages=USER, max_tokens=100)
+            with pytest.raises(anthropic.RateLimitError) as limited:  # 300 output tokens can't reserve 400
+                await msg(client, max_tokens=400)
+            return raw.headers, limited.value
+
+        headers, limited = asyncio.run(go())
+        for name in ("requests", "input-tokens", "output-tokens"):
+            assert f"anthropic-ratelimit-{name}-limit" in headers
+            datetime.fromisoformat(headers[f"anthropic-ratelimit-{name}-reset"].replace("Z", "+00:00"))
+        assert headers["anthropic-ratelimit-requests-remaining"] == "999"
+        assert limited.body["error"]["type"] == "rate_limit_error"
+        assert int(limited.response.headers["retry-after"]) >= 1
+
+
+def test_rate_limit_refills_over_time():
+    with Emulator(cfg(rpm=600, window_s=0.1)) as emu:  # 1 request of burst, 10 a second
+        async def go():
+            client = oa(emu)
+            await chat(client)
+            with pytest.raises(openai.RateLimitError):
+                await chat(client)
+            await asyncio.sleep(0.15)
+            await chat(client)
+
+        asyncio.run(go())
+        assert emu.billed == 2 and emu.rate_limited == 1
+
+
+def test_no_headers_mode_is_vllm_like():
+    with Emulator(cfg(send_headers=False, rpm=1000)) as emu:
+        async def go():
+            return (await oa(emu).chat.completions.with_raw_response.create(
+                model="m", messages=USER, max_tokens=10)).headers
+
+        headers = asyncio.run(go())
+    assert not [h for h in headers if h.startswith("x-ratelimit")]
+
+
+def test_many_concurrent_requests():
+    with Emulator(cfg(latency_median_s=0.05)) as emu:
+        async def go():
+            client = oa(emu)
+            return await asyncio.gather(*(chat(client, messages=[{"role": "user", "content": f"topic {i}"}],
+                                               max_tokens=30) for i in range(300)))
+
+        results = asyncio.run(go())
+        assert len(results) == 300 and emu.billed == 300 and emu.max_in_flight > 50
+        assert len(emu.billed_keys) == 300 and emu.duplicates == 0
+
+
+def test_custom_responder_and_stop_sequences():
+    with Emulator(cfg(responder=lambda body: f"echo {len(body['messages'])} END tail")) as emu:
+        async def go():
+            plain = await chat(oa(emu))
+            stopped = await msg(an(emu), stop_sequences=["END"])
+            return plain, stopped
+
+        plain, stopped = asyncio.run(go())
+    assert plain.choices[0].message.content == "echo 1 END tail"
+    assert stopped.content[0].text == "echo 1 " and stopped.stop_reason == "stop_sequence"
+    assert stopped.stop_sequence == "END"
+
+
+def test_default_responder_lists_json_and_length():
+    prompt = "List 25 subtopics of 'Thermodynamics' for a college textbook."
+    assert requested_count(prompt) == 25 and subject_of(prompt) == "Thermodynamics"
+    body = {"messages": [{"role": "user", "content": prompt}]}
+    lines = default_responder(body, seed=1, max_tokens=2000).splitlines()
+    items = [re.sub(r"^\d+\.\s*", "", line) for line in lines]
+    assert len(items) == 25 == len(set(items)) and all("Thermodynamics" in i for i in items)
+    assert default_responder(body, seed=1, max_tokens=2000) == "\n".join(lines)
+
+    as_json = {"messages": [{"role": "user", "content": "Give 40 topics within biology as a JSON array."}]}
+    arr = json.loads(default_responder(as_json, seed=2, max_tokens=4000))
+    assert len(arr) == len(set(arr)) == 40
+
+    schema = {"type": "json_schema", "json_schema": {"name": "t", "schema": {
+        "type": "object", "properties": {"subtopics": {"type": "array", "items": {"type": "string"}}},
+        "required": ["subtopics"]}}}
+    structured = {"messages": [{"role": "user", "content": "Name 12 subtopics of chemistry."}],
+                  "response_format": schema}
+    obj = json.loads(default_responder(structured, seed=3, max_tokens=4000))
+    assert len(set(obj["subtopics"])) == 12
+
+    essay = {"messages": [{"role": "user", "content": "Write about photosynthesis in about 300 words."}]}
+    words = len(default_responder(essay, seed=4, max_tokens=2000).split())
+    assert 200 <= words <= 400
+
+
+def test_openai_json_schema_response_format_round_trip():
+    with Emulator(cfg()) as emu:
+        async def go():
+            return await chat(oa(emu), messages=[{"role": "user", "content": "List 15 subtopics of geology."}],
+                              max_tokens=2000, response_format={"type": "json_schema", "json_schema": {
+                                  "name": "topics", "schema": {"type": "array", "items": {"type": "string"}}}})
+
+        c = asyncio.run(go())
+    assert len(set(json.loads(c.choices[0].message.content))) == 15
+
+
+def test_stats_endpoint_and_cli_serves(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "textbookgen.testing.emulator", "--port", "0",
+                             "--latency", "0.001", "--rpm", "100", "--fault", "500:first=1"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        base = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=1)
+        c = asyncio.run(client.chat.completions.create(model="gpt-4o-mini", messages=USER, max_tokens=20))
+        assert c.choices[0].message.content
+        with urllib.request.urlopen(base + "/_emulator/stats") as r:
+            stats = json.load(r)
+        assert stats["received"] == 2 and stats["billed"] == 1 and stats["outcomes"]["500"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_config_validation_and_go_durations():
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        Fault("418")
+    with pytest.raises(ValueError, match="rpm"):
+        EmulatorConfig(rpm=0)
+    assert Fault.parse("429:0.05") == Fault("429", rate=0.05)
+    assert Fault.parse("500:first=3") == Fault("500", first=3)
+    assert [go_duration(s) for s in (0.02, 1, 360, 90.5, 3723)] == ["20ms", "1s", "6m0s", "1m30.5s", "1h2m3s"]

@@ -1,0 +1,750 @@
+"""A loopback LLM provider: the OpenAI and Anthropic wire formats, rate limits, faults and a bill.
+
+The real `openai` and `anthropic` clients talk to it unmodified (point `base_url` at it), so tests,
+benchmarks and users' dry runs exercise the same code paths as production: latency drawn from a
+lognormal, token-bucket rate limits that send the providers' headers and 429s, injected faults (5xx,
+529, hangs, dropped connections, malformed JSON, truncation, refusals, quota), and counters of what it
+billed so a test can prove nothing was paid twice.
+
+    with Emulator(EmulatorConfig(rpm=600, faults=[Fault("500", rate=0.1)])) as emu:
+        client = openai.AsyncOpenAI(base_url=emu.openai_base_url, api_key="sk-test")
+        ...
+        assert emu.duplicates == 0
+
+CLI: `python -m textbookgen.testing.emulator --port 8000 --rpm 500 --latency 0.8 --fault 429:0.05`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import random
+import secrets
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from textbookgen.testing.responder import default_responder, estimate_tokens, prompt_text
+
+FAULT_KINDS = (
+    "429", "500", "502", "503", "529", "timeout", "reset", "bad_json", "truncate", "refusal",
+    "quota", "400", "content_filter",
+)
+"""429: rate-limit error; 500/502/503: server errors (502 with an HTML body, like a proxy); 529: overloaded
+(Anthropic's 529 overloaded_error, OpenAI's 503 overloaded); timeout: hang `hang_s` (longer than any sane
+client timeout), then 504; reset: drop the TCP connection without a response; bad_json: a 200 whose body
+is malformed JSON (billed: the provider did the work); truncate: stop at max_tokens (finish_reason length /
+stop_reason max_tokens); refusal: finish_reason content_filter / stop_reason refusal; quota: OpenAI 429
+insufficient_quota / Anthropic 402 billing_error; 400: invalid request; content_filter: a 400 for a
+flagged prompt."""
+
+DEFAULT_MODELS = (
+    "gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5-mini",
+    "claude-3-5-haiku-latest", "claude-sonnet-4-5", "claude-haiku-4-5",
+)
+OPENAI = "openai"
+ANTHROPIC = "anthropic"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault injected into completion requests.
+
+    `rate`: probability per attempt (drawn from a RNG seeded by the config seed, the request's hash and
+    its attempt number, so the same retry sequence always meets the same faults). `first`: the first N
+    attempts of every distinct request get it, deterministically (exact tests). `match`: only requests
+    whose prompt text contains this substring. `provider`: only "openai" or "anthropic" requests.
+    """
+
+    kind: str
+    rate: float = 0.0
+    first: int = 0
+    match: str | None = None
+    provider: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"fault {self.kind!r}: rate must be in [0, 1], got {self.rate}")
+        if self.first < 0:
+            raise ValueError(f"fault {self.kind!r}: first must be >= 0, got {self.first}")
+        if self.provider not in (None, OPENAI, ANTHROPIC):
+            raise ValueError(f"fault {self.kind!r}: provider must be 'openai', 'anthropic' or None")
+
+    def applies(self, provider: str, prompt: str) -> bool:
+        return (self.provider in (None, provider)) and (self.match is None or self.match in prompt)
+
+    @classmethod
+    def parse(cls, spec: str) -> Fault:
+        """'429:0.05' (a rate) or '500:first=2' (the first two attempts of every request)."""
+        kind, _, arg = spec.partition(":")
+        try:
+            if arg.startswith("first="):
+                return cls(kind, first=int(arg[len("first="):]))
+            return cls(kind, rate=float(arg) if arg else 1.0)
+        except ValueError as e:
+            raise ValueError(f"bad fault spec {spec!r} ({e}); use KIND:RATE or KIND:first=N") from e
+
+
+@dataclass
+class EmulatorConfig:
+    """How the emulated provider behaves. Limits are per minute; None means unlimited."""
+
+    latency_median_s: float = 0.01
+    latency_sigma: float = 0.5
+    rpm: int | None = None
+    input_tpm: int | None = None
+    output_tpm: int | None = None
+    send_headers: bool = True
+    """False: a vLLM-like server that sends no rate-limit headers (limits, if set, still apply)."""
+    faults: list[Fault] = field(default_factory=list)
+    seed: int = 0
+    responder: Callable[[dict[str, Any]], str] | None = None
+    """responder(request_body) -> completion text; replaces the default textbook-ish responder."""
+    api_keys: Collection[str] | None = None
+    """Keys accepted; None accepts any non-empty key."""
+    models: Collection[str] | None = None
+    """Models served; None serves any model name (and lists DEFAULT_MODELS)."""
+    latency_per_output_token_s: float = 0.0
+    """Added per generated token, so long answers take longer (decode time)."""
+    window_s: float = 60.0
+    """Bucket capacity in seconds of refill: 60 lets a full minute's limit burst (Anthropic's continuous
+    replenishment); 1.0 quantizes to per-second buckets, as OpenAI does for high limits."""
+    start_full: bool = True
+    reserve_max_tokens: bool = True
+    """Admit against the output bucket with max_tokens and refund the unused part on completion, as
+    the providers estimate output tokens; False charges only the tokens generated."""
+    default_max_tokens: int = 4096
+    hang_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.latency_median_s < 0 or self.latency_sigma < 0:
+            raise ValueError("latency_median_s and latency_sigma must be >= 0")
+        for name in ("rpm", "input_tpm", "output_tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of units per minute or None, got {value}")
+        if self.window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {self.window_s}")
+        self.faults = [Fault.parse(f) if isinstance(f, str) else f for f in self.faults]
+
+
+class TokenBucket:
+    """A per-minute limit as a bucket refilled continuously; `level` is what may be spent now."""
+
+    def __init__(self, limit: int, window_s: float, now: float, full: bool = True) -> None:
+        self.limit = limit
+        self.rate = limit / 60.0
+        self.capacity = max(1.0, limit * window_s / 60.0)
+        self.level = self.capacity if full else 0.0
+        self.t = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+        self.t = now
+
+    def wait_s(self, n: float) -> float:
+        """Seconds until n units are available (after refill)."""
+        return max(0.0, (min(n, self.capacity) - self.level) / self.rate)
+
+    def reset_s(self) -> float:
+        """Seconds until the bucket is full again (what providers call `reset`)."""
+        return max(0.0, (self.capacity - self.level) / self.rate)
+
+
+class RateLimiter:
+    """Requests, input tokens and output tokens buckets, checked together before a request is admitted."""
+
+    def __init__(self, cfg: EmulatorConfig, now: float) -> None:
+        def bucket(limit: int | None) -> TokenBucket | None:
+            return TokenBucket(limit, cfg.window_s, now, cfg.start_full) if limit else None
+
+        self.buckets: dict[str, TokenBucket | None] = {
+            "requests": bucket(cfg.rpm), "input_tokens": bucket(cfg.input_tpm),
+            "output_tokens": bucket(cfg.output_tpm),
+        }
+
+    def admit(self, costs: dict[str, float], now: float) -> tuple[str, float, float] | None:
+        """Take `costs` from every bucket, or take nothing and return (bucket name, requested, wait_s)."""
+        worst: tuple[str, float, float] | None = None
+        for name, b in self.buckets.items():
+            if b is None:
+                continue
+            b.refill(now)
+            if b.level < costs[name] or costs[name] > b.capacity:
+                wait = b.wait_s(costs[name]) if costs[name] <= b.capacity else b.reset_s() + 60.0
+                if worst is None or wait > worst[2]:
+                    worst = (name, costs[name], wait)
+        if worst is not None:
+            return worst
+        for name, b in self.buckets.items():
+            if b is not None:
+                b.level -= costs[name]
+        return None
+
+    def refund(self, name: str, n: float, now: float) -> None:
+        b = self.buckets[name]
+        if b is not None and n:
+            b.refill(now)
+            b.level = min(b.capacity, b.level + n)
+
+
+def go_duration(seconds: float) -> str:
+    """OpenAI's reset format (Go durations): '20ms', '1s', '6m0s', '1h2m3.5s'."""
+    if seconds < 1.0:
+        return f"{max(0, round(seconds * 1000))}ms"
+    hours, rem = divmod(seconds, 3600)
+    minutes, secs = divmod(rem, 60)
+    secs_s = f"{secs:.3f}".rstrip("0").rstrip(".")
+    if hours >= 1:
+        return f"{int(hours)}h{int(minutes)}m{secs_s}s"
+    return f"{int(minutes)}m{secs_s}s" if minutes >= 1 else f"{secs_s}s"
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def request_key(provider: str, body: dict[str, Any]) -> str:
+    """A stable hash of the API and the whole request body (model, messages, sampling params): what was billed."""
+    canonical = json.dumps([provider, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+class Outcome(Exception):
+    """An early answer (an error response) raised from inside request handling."""
+
+    def __init__(self, response: web.StreamResponse, label: str) -> None:
+        super().__init__(label)
+        self.response = response
+        self.label = label
+
+
+@dataclass
+class _Call:
+    """One completion request, normalized across the two wire formats."""
+
+    provider: str
+    body: dict[str, Any]
+    model: str
+    max_tokens: int
+    prompt: str
+    input_tokens: int
+    stops: list[str]
+    key: str
+    attempt: int
+
+
+class Emulator:
+    """The emulated provider server. Use as `with Emulator(cfg) as emu:` (a server thread with its own
+    event loop) or `async with Emulator(cfg) as emu:` (on the running loop)."""
+
+    def __init__(self, config: EmulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config or EmulatorConfig()
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fingerprint = "fp_" + hashlib.sha1(str(self.config.seed).encode()).hexdigest()[:10]
+        self.reset()
+
+    # ----- counters -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Zero the counters and refill the rate-limit buckets (between benchmark phases)."""
+        self.received = 0
+        self.billed = 0
+        self.billed_keys: Counter[str] = Counter()
+        self.received_keys: Counter[str] = Counter()
+        self.tokens_by_key: dict[str, list[int]] = {}
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.outcomes: Counter[str] = Counter()
+        self.rate_limited = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._limiter = RateLimiter(self.config, time.monotonic())
+
+    @property
+    def duplicates(self) -> int:
+        """Billed requests beyond the first for each distinct request body: money paid twice."""
+        return sum(n - 1 for n in self.billed_keys.values() if n > 1)
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-able snapshot of the counters (also served at GET /_emulator/stats)."""
+        return {
+            "received": self.received, "billed": self.billed, "distinct_billed": len(self.billed_keys),
+            "duplicates": self.duplicates, "rate_limited": self.rate_limited,
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "outcomes": dict(self.outcomes), "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+        }
+
+    # ----- lifecycle ------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.base_url
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._answer_outcomes])
+        app.router.add_post("/v1/chat/completions", self._openai_chat)
+        app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_post("/v1/messages/count_tokens", self._anthropic_count_tokens)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._model)
+        app.router.add_get("/_emulator/stats", self._stats)
+        app.router.add_post("/_emulator/reset", self._reset)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock, backlog=4096).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def __enter__(self) -> Emulator:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llm-emulator", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), self._loop).result(timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._thread is not None
+        asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+        self._loop = self._thread = None
+
+    @web.middleware
+    async def _answer_outcomes(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        """Error answers are raised as Outcome from anywhere in a handler; count and send them."""
+        try:
+            return await handler(request)
+        except Outcome as o:
+            self.outcomes[o.label] += 1
+            return o.response
+
+    # ----- admin and model routes -----------------------------------------------------------------
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response(self.stats())
+
+    def _served_models(self) -> list[str]:
+        return list(self.config.models) if self.config.models is not None else list(DEFAULT_MODELS)
+
+    @staticmethod
+    def _provider_of(request: web.Request) -> str:
+        return ANTHROPIC if "anthropic-version" in request.headers or "x-api-key" in request.headers else OPENAI
+
+    def _model_entry(self, provider: str, model: str) -> dict[str, Any]:
+        if provider == ANTHROPIC:
+            return {"type": "model", "id": model, "display_name": model, "created_at": "2025-01-01T00:00:00Z"}
+        return {"id": model, "object": "model", "created": 1735689600, "owned_by": "textbookgen-emulator"}
+
+    async def _models(self, request: web.Request) -> web.Response:
+        provider = self._provider_of(request)
+        self._check_auth(request, provider)
+        data = [self._model_entry(provider, m) for m in self._served_models()]
+        if provider == ANTHROPIC:
+            return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                      "last_id": data[-1]["id"] if data else None})
+        return web.json_response({"object": "list", "data": data})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        provider = self._provider_of(request)
+        self._check_auth(request, provider)
+        model = request.match_info["model"]
+        if self.config.models is not None and model not in self.config.models:
+            raise self._error(provider, "model_not_found", model=model).response
+        return web.json_response(self._model_entry(provider, model))
+
+    # ----- completion routes ----------------------------------------------------------------------
+    async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, OPENAI)
+
+    async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, ANTHROPIC)
+
+    async def _anthropic_count_tokens(self, request: web.Request) -> web.Response:
+        self._check_auth(request, ANTHROPIC)
+        body = await self._json_body(request, ANTHROPIC)
+        return web.json_response({"input_tokens": self._count_input(body)})
+
+    async def _complete(self, request: web.Request, provider: str) -> web.StreamResponse:
+        self.received += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._handle(request, provider)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: web.Request, provider: str) -> web.StreamResponse:
+        cfg = self.config
+        self._check_auth(request, provider)
+        call = self._parse_call(provider, await self._json_body(request, provider))
+        rng = random.Random(f"{cfg.seed}:{call.key}:{call.attempt}")
+        fault = self._pick_fault(call, rng)
+        now = time.monotonic()
+        reserve = call.max_tokens if cfg.reserve_max_tokens else 0
+        denied = self._limiter.admit({"requests": 1, "input_tokens": call.input_tokens, "output_tokens": reserve}, now)
+        if denied is not None:
+            self.rate_limited += 1
+            raise self._rate_limited(call, *denied)
+        try:
+            return await self._generate(request, call, fault, rng)
+        finally:
+            self._limiter.refund("output_tokens", reserve, time.monotonic())
+
+    async def _generate(self, request: web.Request, call: _Call, fault: str | None,
+                        rng: random.Random) -> web.StreamResponse:
+        cfg = self.config
+        if fault in ("429", "quota", "400", "content_filter"):
+            raise self._error(call.provider, fault, model=call.model, headers=self._limit_headers(call.provider))
+        text, finish = self._completion_text(call, fault)
+        output_tokens = estimate_tokens(text) if fault != "truncate" else call.max_tokens
+        latency = cfg.latency_median_s * math.exp(cfg.latency_sigma * rng.gauss(0.0, 1.0))
+        await asyncio.sleep(latency + cfg.latency_per_output_token_s * output_tokens)
+        if fault == "reset":
+            self.outcomes["reset"] += 1
+            if request.transport is not None:
+                request.transport.abort()
+            await asyncio.sleep(cfg.hang_s)  # cancelled by the disconnect
+            raise Outcome(web.Response(status=500), "reset_unanswered")
+        if fault == "timeout":
+            self.outcomes["timeout"] += 1
+            await asyncio.sleep(cfg.hang_s)  # the client gives up first; its disconnect cancels us
+            raise self._error(call.provider, "timeout", model=call.model, label="timeout_unanswered")
+        if fault in ("500", "502", "503", "529"):
+            raise self._error(call.provider, fault, model=call.model, headers=self._limit_headers(call.provider))
+        self._limiter.refund("output_tokens", -output_tokens, time.monotonic())  # charge what was generated
+        self.billed += 1
+        self.billed_keys[call.key] += 1
+        totals = self.tokens_by_key.setdefault(call.key, [0, 0])
+        totals[0] += call.input_tokens
+        totals[1] += output_tokens
+        self.input_tokens += call.input_tokens
+        self.output_tokens += output_tokens
+        self.outcomes[fault or finish] += 1
+        headers = self._limit_headers(call.provider) | self._id_headers(call.provider, latency)
+        payload = (self._openai_payload if call.provider == OPENAI else self._anthropic_payload)(
+            call, text, finish, output_tokens)
+        raw = json.dumps(payload, ensure_ascii=False)
+        if fault == "bad_json":
+            raw = raw[: max(1, len(raw) // 2)]
+        return web.Response(text=raw, content_type="application/json", headers=headers)
+
+    # ----- request parsing ------------------------------------------------------------------------
+    async def _json_body(self, request: web.Request, provider: str) -> dict[str, Any]:
+        try:
+            body = await request.json(loads=json.loads)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise self._error(provider, "400", message=f"We could not parse the JSON body of your request: {e}") from e
+        if not isinstance(body, dict):
+            raise self._error(provider, "400", message="The request body must be a JSON object.")
+        return body
+
+    def _check_auth(self, request: web.Request, provider: str) -> None:
+        if provider == ANTHROPIC:
+            key = request.headers.get("x-api-key") or _bearer(request.headers.get("Authorization", ""))
+        else:
+            key = _bearer(request.headers.get("Authorization", ""))
+        allowed = self.config.api_keys
+        if not key or (allowed is not None and key not in allowed):
+            raise self._error(provider, "auth")
+        if provider == ANTHROPIC and request.path.startswith("/v1/messages") and \
+                "anthropic-version" not in request.headers:
+            raise self._error(provider, "400", message="anthropic-version: header is required")
+
+    def _count_input(self, body: dict[str, Any]) -> int:
+        messages = body.get("messages") or []
+        return estimate_tokens(prompt_text(messages, body.get("system"))) + 3 * len(messages) + 3
+
+    def _parse_call(self, provider: str, body: dict[str, Any]) -> _Call:
+        model, messages = body.get("model"), body.get("messages")
+        if not isinstance(model, str) or not model:
+            raise self._error(provider, "400", message="model: Field required", param="model")
+        if not isinstance(messages, list) or not messages:
+            raise self._error(provider, "400", message="messages: at least one message is required", param="messages")
+        if self.config.models is not None and model not in self.config.models:
+            raise self._error(provider, "model_not_found", model=model)
+        if provider == ANTHROPIC:
+            max_tokens, stops = body.get("max_tokens"), body.get("stop_sequences") or []
+            if not isinstance(max_tokens, int) or max_tokens < 1:
+                raise self._error(provider, "400", message="max_tokens: Field required", param="max_tokens")
+        else:
+            max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or self.config.default_max_tokens
+            stops = body.get("stop") or []
+            stops = [stops] if isinstance(stops, str) else stops
+            if not isinstance(max_tokens, int) or max_tokens < 1:
+                raise self._error(provider, "400", message="max_tokens must be a positive integer", param="max_tokens")
+            if body.get("stream"):
+                raise self._error(provider, "400", message="stream=true is not supported by the emulator",
+                                  param="stream")
+        key = request_key(provider, body)
+        attempt = self.received_keys[key]
+        self.received_keys[key] += 1
+        return _Call(provider, body, model, max_tokens, prompt_text(messages, body.get("system")),
+                     self._count_input(body), [s for s in stops if isinstance(s, str) and s], key, attempt)
+
+    def _pick_fault(self, call: _Call, rng: random.Random) -> str | None:
+        u, acc = rng.random(), 0.0
+        chosen = None
+        for f in self.config.faults:
+            if not f.applies(call.provider, call.prompt):
+                continue
+            if call.attempt < f.first:
+                return f.kind
+            acc += f.rate
+            if chosen is None and u < acc:
+                chosen = f.kind
+        return chosen
+
+    # ----- completion text ------------------------------------------------------------------------
+    def _completion_text(self, call: _Call, fault: str | None) -> tuple[str, str]:
+        """The text and the normalized finish: 'stop', 'length', 'stop_sequence:<s>' or 'refusal'."""
+        if fault == "refusal":
+            return "I'm sorry, but I can't help with that request.", "refusal"
+        seed = int(call.key[:15], 16) ^ self.config.seed
+        budget = call.max_tokens * 2 if fault == "truncate" else call.max_tokens
+        if self.config.responder is not None:
+            text = self.config.responder(call.body)
+        else:
+            text = default_responder(call.body, seed, budget)
+        text = _strip_prefill(call, text)
+        if fault == "truncate" and estimate_tokens(text) <= call.max_tokens:
+            text = (text + " ") * (call.max_tokens * 4 // max(1, len(text)) + 1)
+        for stop in call.stops:
+            cut = text.find(stop)
+            if cut >= 0:
+                return text[:cut], f"stop_sequence:{stop}"
+        if estimate_tokens(text) > call.max_tokens:
+            return text[: call.max_tokens * 4], "length"
+        return text, "stop"
+
+    def _openai_payload(self, call: _Call, text: str, finish: str, output_tokens: int) -> dict[str, Any]:
+        finish_reason = {"length": "length", "refusal": "content_filter"}.get(finish, "stop")
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        if finish == "refusal":
+            message.update(content=None, refusal=text)
+        return {
+            "id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
+            "model": call.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": {
+                "prompt_tokens": call.input_tokens, "completion_tokens": output_tokens,
+                "total_tokens": call.input_tokens + output_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                              "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            },
+            "service_tier": "default", "system_fingerprint": self._fingerprint,
+        }
+
+    def _anthropic_payload(self, call: _Call, text: str, finish: str, output_tokens: int) -> dict[str, Any]:
+        stop_reason, stop_sequence = {"length": "max_tokens", "refusal": "refusal"}.get(finish, "end_turn"), None
+        if finish.startswith("stop_sequence:"):
+            stop_reason, stop_sequence = "stop_sequence", finish.partition(":")[2]
+        return {
+            "id": "msg_01" + secrets.token_hex(11), "type": "message", "role": "assistant", "model": call.model,
+            "content": [{"type": "text", "text": text}] if text and finish != "refusal" else [],
+            "stop_reason": stop_reason, "stop_sequence": stop_sequence,
+            "usage": {"input_tokens": call.input_tokens, "output_tokens": output_tokens,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "service_tier": "standard"},
+        }
+
+    # ----- headers and errors ---------------------------------------------------------------------
+    def _limit_headers(self, provider: str) -> dict[str, str]:
+        if not self.config.send_headers:
+            return {}
+        now = time.monotonic()
+        headers: dict[str, str] = {}
+        buckets = self._limiter.buckets
+        for b in buckets.values():
+            if b is not None:
+                b.refill(now)
+        if provider == OPENAI:
+            tokens = buckets["input_tokens"] or buckets["output_tokens"]
+            for suffix, b in (("requests", buckets["requests"]), ("tokens", tokens)):
+                if b is not None:
+                    headers[f"x-ratelimit-limit-{suffix}"] = str(b.limit)
+                    headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, int(b.level)))
+                    headers[f"x-ratelimit-reset-{suffix}"] = go_duration(b.reset_s())
+            return headers
+        wall = time.time()
+        for name, b in buckets.items():
+            if b is not None:
+                prefix = f"anthropic-ratelimit-{name.replace('_', '-')}"
+                headers[f"{prefix}-limit"] = str(b.limit)
+                headers[f"{prefix}-remaining"] = str(max(0, int(b.level)))
+                headers[f"{prefix}-reset"] = rfc3339(wall + b.reset_s())
+        return headers
+
+    def _id_headers(self, provider: str, latency_s: float) -> dict[str, str]:
+        if provider == OPENAI:
+            return {"x-request-id": "req_" + secrets.token_hex(16), "openai-version": "2020-10-01",
+                    "openai-processing-ms": str(int(latency_s * 1000))}
+        return {"request-id": "req_01" + secrets.token_hex(11)}
+
+    def _rate_limited(self, call: _Call, bucket: str, requested: float, wait_s: float) -> Outcome:
+        retry_after = max(1, math.ceil(wait_s))
+        headers = self._limit_headers(call.provider) | {"retry-after": str(retry_after)}
+        b = self._limiter.buckets[bucket]
+        assert b is not None
+        if call.provider == OPENAI:
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait_s * 1000)))
+            unit = "requests per min (RPM)" if bucket == "requests" else "tokens per min (TPM)"
+            message = (f"Rate limit reached for {call.model} in organization org-emulator on {unit}: "
+                       f"Limit {b.limit}, Used {int(b.capacity - b.level)}, Requested {int(requested)}. "
+                       f"Please try again in {go_duration(wait_s)}.")
+            return self._error(OPENAI, "rate_limit", message=message, headers=headers,
+                               error_type="requests" if bucket == "requests" else "tokens")
+        label = bucket.replace("_", " ")
+        message = (f"This request would exceed the rate limit for your organization of {b.limit} {label} "
+                   f"per minute. Please try again in {retry_after} seconds.")
+        return self._error(ANTHROPIC, "rate_limit", message=message, headers=headers)
+
+    def _error(self, provider: str, kind: str, *, model: str = "", message: str | None = None,
+               param: str | None = None, headers: dict[str, str] | None = None,
+               error_type: str | None = None, label: str | None = None) -> Outcome:
+        """The provider's error response for `kind`, wrapped to be raised."""
+        status, otype, ocode, atype, default_message = _ERRORS[kind]
+        status = 503 if (kind == "529" and provider == OPENAI) else status
+        status = 402 if (kind == "quota" and provider == ANTHROPIC) else status
+        message = message or default_message.format(model=model)
+        headers = dict(headers or {})
+        if kind in ("429", "529", "503") and "retry-after" not in headers:
+            headers["retry-after"] = "1"
+        if kind == "502":
+            html = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n" \
+                   "<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
+            return Outcome(web.Response(status=502, text=html, content_type="text/html", headers=headers), kind)
+        if provider == OPENAI:
+            body: dict[str, Any] = {"error": {"message": message, "type": error_type or otype,
+                                              "param": param, "code": ocode}}
+            headers["x-request-id"] = "req_" + secrets.token_hex(16)
+        else:
+            request_id = "req_01" + secrets.token_hex(11)
+            body = {"type": "error", "error": {"type": atype, "message": message}, "request_id": request_id}
+            headers["request-id"] = request_id
+        return Outcome(web.json_response(body, status=status, headers=headers), label or kind)
+
+
+_ERRORS: dict[str, tuple[int, str, str | None, str, str]] = {
+    # kind: (status, OpenAI type, OpenAI code, Anthropic type, message)
+    "auth": (401, "invalid_request_error", "invalid_api_key", "authentication_error",
+             "Incorrect API key provided. You can find your API key in your account settings."),
+    "model_not_found": (404, "invalid_request_error", "model_not_found", "not_found_error",
+                        "The model `{model}` does not exist or you do not have access to it."),
+    "400": (400, "invalid_request_error", None, "invalid_request_error", "Invalid request."),
+    "content_filter": (400, "invalid_request_error", "content_filter", "invalid_request_error",
+                       "The prompt was flagged by the content management policy."),
+    "rate_limit": (429, "requests", "rate_limit_exceeded", "rate_limit_error", "Rate limit reached."),
+    "429": (429, "requests", "rate_limit_exceeded", "rate_limit_error",
+            "Rate limit reached for {model}. Please try again in 1s."),
+    "quota": (429, "insufficient_quota", "insufficient_quota", "billing_error",
+              "You exceeded your current quota, please check your plan and billing details."),
+    "500": (500, "server_error", None, "api_error",
+            "The server had an error while processing your request. Sorry about that!"),
+    "503": (503, "server_error", "service_unavailable", "api_error",
+            "The server is overloaded or not ready yet."),
+    "529": (529, "server_error", "service_unavailable", "overloaded_error", "Overloaded"),
+    "timeout": (504, "server_error", "timeout", "timeout_error", "Request timed out."),
+    "502": (502, "server_error", None, "api_error", "Bad gateway."),
+}
+
+
+def _bearer(value: str) -> str:
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _strip_prefill(call: _Call, text: str) -> str:
+    """Anthropic continues a trailing assistant message (prefill); don't repeat it."""
+    last = call.body["messages"][-1]
+    if call.provider == ANTHROPIC and isinstance(last, dict) and last.get("role") == "assistant":
+        prefill = prompt_text([last]).strip()
+        if prefill and text.startswith(prefill):
+            return text[len(prefill):]
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the emulator until Ctrl-C, for dry runs of a pipeline against a fake provider."""
+    p = argparse.ArgumentParser(prog="python -m textbookgen.testing.emulator", description=main.__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--rpm", type=int)
+    p.add_argument("--input-tpm", type=int)
+    p.add_argument("--output-tpm", type=int)
+    p.add_argument("--latency", type=float, default=0.5, help="median latency in seconds (lognormal)")
+    p.add_argument("--latency-sigma", type=float, default=0.5)
+    p.add_argument("--window", type=float, default=60.0, help="rate-limit bucket capacity in seconds of refill")
+    p.add_argument("--fault", action="append", default=[], metavar="KIND:RATE",
+                   help=f"KIND:RATE or KIND:first=N; kinds: {', '.join(FAULT_KINDS)}")
+    p.add_argument("--no-headers", action="store_true", help="send no rate-limit headers (like vLLM)")
+    p.add_argument("--api-key", action="append", help="accept only these keys (default: any non-empty key)")
+    p.add_argument("--model", action="append", help="serve only these models (default: any)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        cfg = EmulatorConfig(
+            latency_median_s=args.latency, latency_sigma=args.latency_sigma, rpm=args.rpm,
+            input_tpm=args.input_tpm, output_tpm=args.output_tpm, send_headers=not args.no_headers,
+            faults=[Fault.parse(s) for s in args.fault], seed=args.seed, api_keys=args.api_key,
+            models=args.model, window_s=args.window)
+    except ValueError as e:
+        p.error(str(e))
+    asyncio.run(_serve(Emulator(cfg, host=args.host, port=args.port)))
+
+
+async def _serve(emu: Emulator) -> None:
+    async with emu:
+        print(f"LLM provider emulator on {emu.base_url}\n"
+              f"  OpenAI:    base_url={emu.openai_base_url}\n"
+              f"  Anthropic: base_url={emu.anthropic_base_url}\n"
+              f"  counters:  GET {emu.base_url}/_emulator/stats   (Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+    print(json.dumps(emu.stats()), flush=True)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,230 @@
+"""The emulator's default completion text: deterministic, textbook-like, and list-aware.
+
+A dry run of the pipeline needs answers that behave like a model's where the pipeline looks at them:
+prose of about the requested length on the prompt's topic, and, when the prompt asks for N items
+(topics, subtopics, questions), N *distinct* plausible items, so taxonomy growth can reach its target.
+Everything is derived from a seed (the request's hash), so the same request always gets the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+CHARS_PER_TOKEN = 4
+
+_NUMBER_WORDS = {
+    "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+    "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+    "hundred": 100,
+}
+_LIST_NOUNS = (
+    r"(?:sub-?)?(?:topics?|areas?|fields?|subjects?|concepts?|ideas?|items?|questions?|examples?|titles?|"
+    r"themes?|categories|category|branches|branch|chapters?|sections?|lessons?|units?|skills?|terms?|"
+    r"entries|entry|names?|problems?|exercises?|facts?|headings?|keywords?|points?|aspects?|domains?)"
+)
+_LIST_RE = re.compile(
+    r"\b(\d{1,4}|" + "|".join(_NUMBER_WORDS) + r")\s+(?:[\w-]+\s+){0,3}?" + _LIST_NOUNS + r"\b",
+    re.IGNORECASE,
+)
+_SUBJECT_RES = (
+    re.compile(r"\b(?:of|about|on|for|within|covering|under|in)\s+(?:the\s+(?:topic|field|subject)\s+(?:of\s+)?)?"
+               r"[\"'“«]([^\"'”»\n]{2,120})[\"'”»]", re.IGNORECASE),
+    re.compile(r"\b(?:topic|subject|field)\s*:\s*([^\n.;]{2,120})", re.IGNORECASE),
+    re.compile(r"\b(?:of|about|on|within|covering|under)\s+(?:the\s+(?:topic|field|subject|area)\s+(?:of\s+)?)?"
+               r"([A-Za-z][^\n.;:?!,(]{1,80})", re.IGNORECASE),
+)
+_STOP_TAIL = re.compile(r"\s+(?:for|as|in|with|that|which|suitable|aimed|formatted|written|using|one|each)\b.*$",
+                        re.IGNORECASE)
+
+_CONCEPTS = (
+    "foundations", "history", "key principles", "core definitions", "measurement", "mathematical models",
+    "experimental methods", "applications", "common misconceptions", "case studies", "ethics",
+    "open problems", "classification", "structure", "dynamics", "equilibrium", "energy", "information",
+    "feedback loops", "scaling laws", "statistics", "visualization", "computation", "algorithms",
+    "symmetry", "conservation", "variation", "evolution", "networks", "systems thinking", "interfaces",
+    "materials", "tools and instruments", "standards", "safety", "economics", "policy", "society",
+    "environmental impact", "design trade-offs", "optimization", "uncertainty", "error analysis",
+    "boundary conditions", "limits", "approximations", "notation", "proof techniques", "data collection",
+    "field work", "laboratory practice", "modern research", "future directions", "careers", "pioneers",
+    "landmark discoveries", "terminology", "problem solving", "estimation", "cause and effect",
+    "comparison with related fields", "regional variation", "cultural context", "communication",
+    "teaching strategies", "reasoning patterns", "practical exercises", "worked examples", "simulation",
+    "signals", "patterns", "cycles", "transformations", "interactions", "constraints", "resources",
+    "reliability", "failure modes", "maintenance", "quality control", "risk assessment", "innovation",
+)
+_PATTERNS = (
+    "{C} of {X}", "{X}: {c}", "Introduction to {c} in {X}", "{C} and {c2} in {X}",
+    "The role of {c} in {X}", "{C} in modern {X}", "Advanced {c} of {X}", "{X} and {c}",
+)
+_OPENERS = (
+    "{X} is a subject that rewards careful, step-by-step study.",
+    "To understand {X}, it helps to begin with {c}.",
+    "Few topics connect as many ideas as {X} does.",
+    "In this section we study {X}, starting from {c} and building toward {c2}.",
+)
+_SENTENCES = (
+    "The central idea is that {c} shapes how we reason about {x}.",
+    "Consider a simple example: when we change one quantity, {c} tells us what to expect next.",
+    "Historically, the study of {c} began with careful observation and only later became precise.",
+    "A common mistake is to confuse {c} with {c2}; the difference matters in practice.",
+    "We can summarise the argument in three steps: state the assumption, apply {c}, and check the result.",
+    "Notice how {c2} follows naturally once {c} is understood.",
+    "Students often find it useful to draw a diagram that relates {c} to {c2}.",
+    "In real applications, {c} is rarely isolated, so we must account for {c2} as well.",
+    "This explains why experts in {x} pay close attention to {c}.",
+    "Let us work through a short exercise to make the idea concrete.",
+    "Suppose we measure the same system twice; any difference points to {c}.",
+    "The key takeaway is that {c} provides a reliable lens on {x}.",
+    "Each new case can be checked against the rule, which builds confidence in the method.",
+    "By comparing several examples, we see a pattern emerge around {c2}.",
+    "Careful definitions prevent confusion when {c} and {c2} appear together.",
+    "Ask yourself what would happen if {c} were absent; the answer reveals its importance.",
+)
+
+
+def estimate_tokens(text: str) -> int:
+    """Token count estimate used for both billing and rate limits (~4 characters a token, like tiktoken on prose)."""
+    return max(1, -(-len(text) // CHARS_PER_TOKEN)) if text else 0
+
+
+def prompt_text(messages: list[dict[str, Any]], system: Any = None) -> str:
+    """All text of a chat request (system + messages), whatever the content shape (str or content blocks)."""
+    parts = [_content_text(system)] if system else []
+    parts += [_content_text(m.get("content")) for m in messages if isinstance(m, dict)]
+    return "\n".join(p for p in parts if p)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+def requested_count(prompt: str) -> int | None:
+    """N when the prompt asks for N items ("List 20 subtopics of ...", "Give ten questions ..."), else None."""
+    m = _LIST_RE.search(prompt)
+    if not m:
+        return None
+    word = m.group(1).lower()
+    n = int(word) if word.isdigit() else _NUMBER_WORDS[word]
+    return n if 1 <= n <= 2000 else None
+
+
+def subject_of(prompt: str) -> str:
+    """The topic a prompt is about: a quoted phrase, `Topic: X`, or the phrase after of/about/on."""
+    for rx in _SUBJECT_RES:
+        m = rx.search(prompt)
+        if m:
+            subject = _STOP_TAIL.sub("", m.group(1)).strip(" \"'“”.:-")
+            if subject and not subject.lower().startswith(("the following", "this", "it ")):
+                return subject[:80]
+    words = re.findall(r"[A-Za-z][A-Za-z-]+", prompt)
+    return " ".join(words[-3:]) if words else "the subject"
+
+
+def distinct_items(subject: str, n: int, rng: random.Random) -> list[str]:
+    """n distinct plausible item names under `subject` (taxonomy children, questions, ...)."""
+    concepts = list(_CONCEPTS)
+    rng.shuffle(concepts)
+    items: list[str] = []
+    seen: set[str] = set()
+    i = 0
+    while len(items) < n:
+        c, c2 = concepts[i % len(concepts)], concepts[(i * 7 + 3) % len(concepts)]
+        pattern = _PATTERNS[(i // len(concepts) + rng.randrange(len(_PATTERNS))) % len(_PATTERNS)]
+        item = pattern.format(C=c.capitalize(), c=c, c2=c2, X=subject, x=subject.lower())
+        if i >= len(concepts) * len(_PATTERNS):
+            item = f"{item} (part {i // (len(concepts) * len(_PATTERNS)) + 1})"
+        if item.lower() not in seen:
+            seen.add(item.lower())
+            items.append(item)
+        i += 1
+    return items
+
+
+def prose(subject: str, n_tokens: int, rng: random.Random) -> str:
+    """Textbook-style paragraphs about `subject`, about n_tokens long (a paragraph break every few sentences)."""
+    concepts = list(_CONCEPTS)
+    budget = max(1, n_tokens) * CHARS_PER_TOKEN
+    x = subject.lower() if subject[:1].isupper() and subject[1:2].islower() else subject
+    fill = {"X": subject, "x": x}
+    text = rng.choice(_OPENERS).format(c=rng.choice(concepts), c2=rng.choice(concepts), **fill)
+    paragraph_len = 1
+    while len(text) < budget:
+        sentence = rng.choice(_SENTENCES).format(c=rng.choice(concepts), c2=rng.choice(concepts), **fill)
+        sep = "\n\n" if paragraph_len >= rng.randint(4, 6) else " "
+        paragraph_len = 1 if sep == "\n\n" else paragraph_len + 1
+        text += sep + sentence
+    return text
+
+
+def wants_json(body: dict[str, Any], prompt: str) -> bool:
+    fmt = body.get("response_format") or {}
+    return fmt.get("type") in ("json_object", "json_schema") or bool(re.search(r"\bJSON\b", prompt))
+
+
+def from_schema(schema: dict[str, Any], subject: str, n: int | None, rng: random.Random,
+                defs: dict[str, Any] | None = None) -> Any:
+    """An instance of a JSON schema (objects, arrays, enums, $ref to $defs), filled with plausible values."""
+    defs = defs if defs is not None else {**schema.get("$defs", {}), **schema.get("definitions", {})}
+    if "$ref" in schema:
+        return from_schema(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), subject, n, rng, defs)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
+            return from_schema(options[0], subject, n, rng, defs)
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    kind = next((k for k in kind if k != "null"), "string") if isinstance(kind, list) else kind
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: from_schema(v, subject, n, rng, defs) for k, v in props.items()}
+    if kind == "array":
+        count = n or schema.get("minItems") or 5
+        count = min(count, schema.get("maxItems", count))
+        item_schema = schema.get("items", {"type": "string"})
+        if item_schema.get("type", "string") == "string" and "enum" not in item_schema:
+            return distinct_items(subject, count, rng)
+        return [from_schema(item_schema, subject, None, rng, defs) for _ in range(count)]
+    if kind == "integer":
+        return rng.randint(schema.get("minimum", 1), schema.get("maximum", 10))
+    if kind == "number":
+        return round(rng.uniform(schema.get("minimum", 0.0), schema.get("maximum", 1.0)), 3)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    return distinct_items(subject, 1, rng)[0]
+
+
+def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
+    """The completion text for a chat request body (OpenAI or Anthropic shape), derived from `seed`.
+
+    Lists: a numbered list of N distinct items, or a JSON array when JSON was asked for; a
+    `response_format` json_schema gets a schema instance. Otherwise prose of about 60-90% of
+    max_tokens (capped at 700 tokens, or the "N words" the prompt asks for).
+    """
+    rng = random.Random(seed)
+    prompt = prompt_text(body.get("messages") or [], body.get("system"))
+    subject = subject_of(prompt)
+    n = requested_count(prompt)
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+        return json.dumps(from_schema(schema, subject, n, rng), ensure_ascii=False)
+    if n is not None:
+        items = distinct_items(subject, n, rng)
+        if wants_json(body, prompt):
+            return json.dumps(items if fmt.get("type") != "json_object" else {"items": items}, ensure_ascii=False)
+        return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
+    words = re.search(r"\b(\d{2,5})\s*(?:-\s*\d+\s*)?words\b", prompt, re.IGNORECASE)
+    target = int(int(words.group(1)) * 1.3) if words else int(min(max_tokens, 700) * rng.uniform(0.6, 0.9))
+    if wants_json(body, prompt):
+        return json.dumps({"title": subject, "text": prose(subject, max(1, target - 10), rng)}, ensure_ascii=False)
+    return prose(subject, target, rng)
