@@ -258,18 +258,19 @@ class _ChunkedLinearCE(torch.autograd.Function):
     def forward(ctx, x, weight, bias, labels, chunk_size: int):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        acc = torch.promote_types(dt, torch.float32)  # fp32 softmax/loss (fp64 stays fp64)
         need_grad = any(ctx.needs_input_grad[:3])
         with torch.autocast(dev, enabled=False):
             w = weight.to(dt)
             b = bias.to(dt) if bias is not None else None
-            n_valid = (labels != IGNORE_INDEX).sum().clamp(min=1).float()
-            loss = torch.zeros((), device=x.device, dtype=torch.float32)
+            n_valid = (labels != IGNORE_INDEX).sum().clamp(min=1).to(acc)
+            loss = torch.zeros((), device=x.device, dtype=acc)
             grad_x = torch.empty_like(x) if need_grad else None
-            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
-            grad_b = torch.zeros(weight.shape[0], device=x.device, dtype=torch.float32) if need_grad else None
+            grad_w = torch.zeros_like(weight, dtype=acc) if need_grad else None
+            grad_b = torch.zeros(weight.shape[0], device=x.device, dtype=acc) if need_grad else None
             for s in range(0, x.shape[0], chunk_size):
                 xc, yc = x[s:s + chunk_size].to(dt), labels[s:s + chunk_size]
-                logits = F.linear(xc, w, b).float()
+                logits = F.linear(xc, w, b).to(acc)
                 valid = yc != IGNORE_INDEX
                 yc = torch.where(valid, yc, 0)
                 lse = torch.logsumexp(logits, dim=-1)
@@ -277,10 +278,10 @@ class _ChunkedLinearCE(torch.autograd.Function):
                 if need_grad:  # d loss / d logits = (softmax - onehot) * valid / n_valid
                     g = torch.exp(logits - lse[:, None])
                     g.scatter_add_(1, yc[:, None], -torch.ones_like(lse)[:, None])
-                    g = (g * (valid.float() / n_valid)[:, None]).to(dt)
+                    g = (g * (valid.to(acc) / n_valid)[:, None]).to(dt)
                     grad_x[s:s + chunk_size] = (g @ w).to(x.dtype)
-                    grad_w += (g.t() @ xc).float()
-                    grad_b += g.float().sum(0)
+                    grad_w += (g.t() @ xc).to(acc)
+                    grad_b += g.to(acc).sum(0)
         if need_grad:
             ctx.save_for_backward(grad_x, grad_w.to(weight.dtype), grad_b)
         ctx.has_bias = bias is not None
