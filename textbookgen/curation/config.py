@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -52,6 +53,7 @@ class MinHashConfig(_Strict):
     num_perm: int = Field(128, ge=8)
     ngram: int = Field(5, ge=1)
     seed: int = 1
+    hash_name: Literal["xxh32", "sha1"] = "xxh32"  # shingle hash; "sha1" is datasketch's default hashfunc
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
     min_candidate_prob: float = Field(0.94, gt=0.0, lt=1.0)

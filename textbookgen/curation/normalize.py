@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 
+import numpy as np
+
 _WS = re.compile(r"\s+")
-_PUNCT = re.compile(r"[^\w\s]|_")
-_DIGITS = re.compile(r"\d+")
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+_ZERO_RUNS = re.compile(rb"0{2,}")
+
+
+def _ascii_table() -> bytes:
+    """bytes.translate table: ASCII punctuation, control characters and whitespace -> space, digits -> '0'."""
+    table = bytearray(range(256))
+    for c in (string.punctuation + "".join(map(chr, range(32))) + "\x7f").encode():
+        table[c] = ord(" ")
+    for c in string.digits.encode():
+        table[c] = ord("0")
+    return bytes(table)
+
+
+_TABLE = _ascii_table()
 
 
 def normalize_exact(text: str) -> str:
@@ -15,21 +31,50 @@ def normalize_exact(text: str) -> str:
     return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
+def simplify_bytes(text: str) -> bytes:
+    """datatrove's `simplify_text`, as UTF-8 bytes: lowercase, digit runs -> "0", punctuation (anything
+    not a word character or space, and "_") -> space, diacritics stripped (NFD), single spaces.
+
+    Work is done on bytes with one translate table; only the few distinct non-ASCII characters of a
+    text are looked at one by one (a regex over every character was the slowest step of MinHash)."""
+    text = text.lower()
+    if not text.isascii():
+        text = _COMBINING.sub("", unicodedata.normalize("NFD", text))
+        for c in [c for c in set(text) if ord(c) > 127]:
+            if c.isdecimal():
+                text = text.replace(c, "0")
+            elif not c.isalnum():  # punctuation, symbols, and non-ASCII spaces
+                text = text.replace(c, " ")
+    data = text.encode("utf-8").translate(_TABLE)
+    if b"00" in data:
+        data = _ZERO_RUNS.sub(b"0", data)
+    return b" ".join(data.split())
+
+
 def simplify_text(text: str) -> str:
-    """datatrove's `simplify_text` for MinHash: lowercase, digits -> 0, punctuation -> space,
-    diacritics stripped (NFD), whitespace collapsed. Copies that differ only in these still match."""
-    text = unicodedata.normalize("NFD", text.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    text = _DIGITS.sub("0", text)
-    text = _PUNCT.sub(" ", text)
-    return _WS.sub(" ", text).strip()
+    """`simplify_bytes` as str (for display and tests)."""
+    return simplify_bytes(text).decode("utf-8")
+
+
+def words_bytes(text: str) -> list[bytes]:
+    """The simplified text's words, UTF-8 encoded (xxhash 4 hashes bytes, not str)."""
+    return simplify_bytes(text).split()
+
+
+def shingle_spans(data: bytes, n: int) -> tuple[list[int], list[int]]:
+    """Start/end offsets of each word n-gram in single-spaced `data` (a slice is the joined n-gram)."""
+    spaces = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 32)
+    starts = np.concatenate(([0], spaces + 1))
+    ends = np.concatenate((spaces, [len(data)]))
+    if len(starts) <= n:
+        return [0], [len(data)]
+    return starts[: len(starts) - n + 1].tolist(), ends[n - 1 :].tolist()
 
 
 def word_shingles(text: str, n: int) -> list[bytes]:
-    """Distinct word n-grams of the simplified text, UTF-8 encoded (xxhash needs bytes, not str).
+    """Word n-grams of the simplified text as bytes (with repeats; MinHash ignores them).
 
-    A text of fewer than n words is one shingle (so short docs still get a signature)."""
-    words = simplify_text(text).split(" ")
-    if len(words) <= n:
-        return [" ".join(words).encode("utf-8")]
-    return list({" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)})
+    A text of at most n words is one shingle, so short documents still get a signature."""
+    data = simplify_bytes(text)
+    starts, ends = shingle_spans(data, n)
+    return [data[s:e] for s, e in zip(starts, ends, strict=True)]

@@ -1,0 +1,189 @@
+"""MinHash near-dedup: datasketch bit-compatibility, planted near-copies of real text, sciphi textbook
+near-duplicates, the incremental store, and resuming a killed run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import xxhash
+from datasketch import LeanMinHash, MinHash
+
+from textbookgen.curation.config import MinHashConfig
+from textbookgen.curation.lsh import candidate_pairs, connected_components
+from textbookgen.curation.minhash import MinHasher, shingle_jaccard
+from textbookgen.curation.near_dedup import MinHashDedup
+from textbookgen.curation.normalize import simplify_text, word_shingles
+
+
+def read_texts(path: Path, field: str, limit: int | None = None) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line)[field] for line in f][:limit]
+
+
+@pytest.fixture(scope="module")
+def real_docs(shared_data: Path) -> list[str]:
+    wiki = read_texts(shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz", "eng_Latn")
+    c4 = read_texts(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "text")
+    return [d for d in wiki[:300] + c4[:300] if len(d.split()) >= 150]
+
+
+def datasketch_sig(shingles: list[bytes], **kw) -> np.ndarray:
+    m = MinHash(num_perm=128, seed=1, scheme="affine32", **kw)
+    m.update_batch(shingles)
+    return m.hashvalues
+
+
+def test_signatures_bit_identical_to_datasketch(real_docs):
+    ours, ours_sha1 = MinHasher(), MinHasher(hash_name="sha1")
+    for text in real_docs[:80]:
+        sh = word_shingles(text, 5)
+        assert np.array_equal(ours.signature(text), datasketch_sig(sh, hashfunc=xxhash.xxh32_intdigest))
+        assert np.array_equal(ours_sha1.signature(text), datasketch_sig(sh))  # datasketch's default hashfunc
+    a, b = real_docs[0], " ".join(real_docs[0].split()[:-40])
+    la, lb = (LeanMinHash(hashvalues=ours.signature(t), seed=1, scheme="affine32") for t in (a, b))
+    assert la.jaccard(lb) == pytest.approx(shingle_jaccard(a, b), abs=0.1)
+
+
+def test_simplify_text_matches_datatrove_rules():
+    assert simplify_text("Héllo, WÖRLD!  It's 1998… x_y\t“ok”") == "hello world it s 0 x y ok"
+
+
+def test_candidate_pairs_and_union_find():
+    bands = pl.DataFrame({"doc": [0, 1, 2, 3, 0, 4], "band": [0, 0, 0, 1, 1, 1], "key": [7, 7, 9, 5, 5, 6]},
+                         schema={"doc": pl.Int64, "band": pl.Int16, "key": pl.UInt64})
+    pairs = candidate_pairs(bands)
+    assert pairs.rows() == [(0, 1), (0, 3)]
+    labels = connected_components(5, pairs)
+    assert labels[0] == labels[1] == labels[3] and len({labels[0], labels[2], labels[4]}) == 3
+
+
+def edit_words(text: str, frac: float, rng: random.Random) -> str:
+    """Replace a fraction of the words at random positions (the Jaccard falls with the fraction)."""
+    words = text.split()
+    for i in rng.sample(range(len(words)), int(len(words) * frac)):
+        words[i] = rng.choice(["alpha", "bravo", "charlie", "delta", "echo"]) + str(rng.randrange(1000))
+    return " ".join(words)
+
+
+def test_planted_near_copies_found_at_known_jaccard(real_docs, tmp_path):
+    rng = random.Random(7)
+    originals = real_docs[:240]
+    rows = [{"id": f"orig{i:04d}", "text": t} for i, t in enumerate(originals)]
+    planted = []  # (copy id, original id, exact jaccard)
+    for i, frac in enumerate([0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12] * 15):
+        copy = edit_words(originals[i], frac, rng)
+        if frac == 0.0:  # verbatim copy with case/punctuation/whitespace noise: still J = 1 after simplify
+            copy = copy.upper().replace(" ", "  ").replace(".", " .")
+        rows.append({"id": f"copy{i:04d}", "text": copy})
+        planted.append((f"copy{i:04d}", f"orig{i:04d}", shingle_jaccard(copy, originals[i])))
+    df = pl.DataFrame(rows)
+    out, stats = MinHashDedup(MinHashConfig(threshold=0.8, workers=1, shard_size=200))(df, tmp_path)
+    clusters = pl.read_parquet(tmp_path / "clusters.parquet")
+    cluster_of = dict(zip(clusters["id"], clusters["cluster"], strict=True))
+    together = [cluster_of.get(c) is not None and cluster_of.get(c) == cluster_of.get(o) for c, o, _ in planted]
+    high = [t for t, (_, _, j) in zip(together, planted, strict=True) if j >= 0.85]
+    near = [t for t, (_, _, j) in zip(together, planted, strict=True) if 0.8 <= j < 0.85]
+    low = [t for t, (_, _, j) in zip(together, planted, strict=True) if j < 0.75]
+    assert len(high) >= 40 and all(high)
+    assert not near or sum(near) >= 0.8 * len(near)
+    assert len(low) >= 20 and not any(low)  # verified: below the threshold is never a duplicate
+    assert (clusters["jaccard_to_kept"] >= 0.8).all()
+    # every cluster keeps exactly one doc; distinct originals all survive
+    assert clusters.group_by("cluster").agg(pl.col("kept").sum())["kept"].to_list() == [1] * clusters["cluster"].n_unique()
+    kept = set(out["id"])
+    assert all(f"orig{i:04d}" in kept or f"copy{i:04d}" in kept for i in range(len(originals)))
+    assert all(f"orig{i:04d}" in kept for i in range(120, len(originals)))
+    assert stats.dropped["near_duplicate"] == df.height - out.height
+
+
+def test_keeps_highest_quality_then_lowest_id(real_docs, tmp_path):
+    text = real_docs[5]
+    df = pl.DataFrame({"id": ["b", "a", "c", "d"],
+                       "text": [text, text + " extra", text + " more", real_docs[6]],
+                       "quality_score": [0.9, None, 0.9, 0.1]})
+    out, _ = MinHashDedup(MinHashConfig(workers=1))(df, tmp_path)
+    assert sorted(out["id"]) == ["b", "d"]  # quality 0.9 ties between b and c: lowest id wins
+
+
+def test_sciphi_textbook_near_duplicates_clustered(shared_data, tmp_path):
+    rows = [json.loads(line) for line in gzip.open(
+        shared_data / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz", "rt", encoding="utf-8")]
+    df = pl.DataFrame({"id": [f"{i:02d}-{r['variant']}-{Path(r['path']).stem}" for i, r in enumerate(rows)],
+                       "text": [r["text"] for r in rows]})
+    out, stats = MinHashDedup(MinHashConfig(workers=1))(df, tmp_path)
+    clusters = pl.read_parquet(tmp_path / "clusters.parquet")
+    assert clusters["cluster"].n_unique() == 1
+    members = sorted(clusters["id"])
+    assert all("Aerodynamics_of_Viscous_Fluids" in m for m in members) and len(members) == 3
+    assert {m.split("-")[1] for m in members} == {"rag_wiki", "sample"}
+    assert out.height == len(rows) - 2 and stats.dropped["near_duplicate"] == 2
+
+
+def test_new_shard_dedups_against_indexed_ones(real_docs, tmp_path):
+    rng = random.Random(3)
+    cfg = MinHashConfig(workers=1)
+    old = pl.DataFrame({"id": [f"old{i}" for i in range(60)], "text": real_docs[:60]})
+    MinHashDedup(cfg)(old, tmp_path)
+    new_texts = [edit_words(real_docs[i], 0.01, rng) for i in range(10)] + real_docs[60:80]
+    new = pl.DataFrame({"id": [f"new{i}" for i in range(30)], "text": new_texts})
+    out, stats = MinHashDedup(cfg)(new, tmp_path)
+    assert stats.dropped["near_duplicate_of_indexed"] == 10
+    assert sorted(out["id"]) == sorted(f"new{i}" for i in range(10, 30))
+    assert stats.extra["indexed_docs"] == 60
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import polars as pl
+    from textbookgen.curation.config import MinHashConfig
+    from textbookgen.curation.near_dedup import MinHashDedup
+    done = []
+    def on_shard(key):
+        done.append(key)
+        if len(done) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)  # die mid-run, no cleanup
+    df = pl.read_parquet(sys.argv[1])
+    MinHashDedup(MinHashConfig(workers=1, shard_size=50), on_shard=on_shard)(df, __import__("pathlib").Path(sys.argv[2]))
+""")
+
+
+def test_killed_run_resumes(real_docs, tmp_path):
+    rng = random.Random(5)
+    texts = real_docs[:300] + [edit_words(real_docs[i], 0.01, rng) for i in range(0, 300, 10)]
+    df = pl.DataFrame({"id": [f"d{i:04d}" for i in range(len(texts))], "text": texts})
+    df.write_parquet(tmp_path / "in.parquet")
+    work = tmp_path / "work"
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path / "in.parquet"), str(work)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.returncode == -9, proc.stderr
+    shard_root = next(work.glob("minhash-*")) / "shards"
+    finished = {p.name: (p / "sig.npy").stat().st_mtime_ns for p in shard_root.iterdir() if (p / "DONE").exists()}
+    assert len(finished) == 3 and not (work / "clusters.parquet").exists()
+
+    resigned = []
+    step = MinHashDedup(MinHashConfig(workers=1, shard_size=50), on_shard=resigned.append)
+    out, stats = step(df, work)
+    assert len(resigned) == stats.extra["shards"] - 3 and not set(resigned) & set(finished)
+    assert all((shard_root / k / "sig.npy").stat().st_mtime_ns == t for k, t in finished.items())
+    fresh, _ = MinHashDedup(MinHashConfig(workers=1, shard_size=50))(df, tmp_path / "fresh")
+    assert out["id"].to_list() == fresh["id"].to_list() and out.height < df.height
+
+
+def test_process_parallel_matches_serial(real_docs, tmp_path):
+    df = pl.DataFrame({"id": [f"d{i}" for i in range(120)], "text": real_docs[:120]})
+    serial = MinHashDedup(MinHashConfig(workers=1, shard_size=40))(df, tmp_path / "a")[0]
+    parallel = MinHashDedup(MinHashConfig(workers=2, shard_size=40))(df, tmp_path / "b")[0]
+    assert serial["id"].to_list() == parallel["id"].to_list()
+    sigs = [np.load(p) for p in sorted((tmp_path / "a").glob("minhash-*/shards/*/sig.npy"))]
+    sigs_b = [np.load(p) for p in sorted((tmp_path / "b").glob("minhash-*/shards/*/sig.npy"))]
+    assert all(np.array_equal(x, y) for x, y in zip(sigs, sigs_b, strict=True))
