@@ -1,0 +1,132 @@
+"""The Hub-layout parquet writer: schema, splits, shards, row groups, and `datasets.load_dataset` on the folder."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from textbookgen.dataset import SCHEMA, conform, read_dataset, splits_of, validate_split, write_dataset
+
+SUBJECTS = {
+    "Biology": ["Cells", "Genetics", "Ecology", "Evolution"],
+    "Physics": ["Mechanics", "Optics", "Thermodynamics"],
+    "Mathematics": ["Algebra", "Geometry", "Probability"],
+    "History": ["Ancient Rome", "Industrial Revolution"],
+}
+WORDS = "the cell divides energy flows a force acts on each body light bends at the boundary proof follows".split()
+
+
+def sample_documents(n: int = 120, seed: int = 0) -> pl.DataFrame:
+    """A documents table shaped like the generator's output, deterministic in `seed`."""
+    rng = random.Random(seed)
+    topics = [(s, t) for s, ts in SUBJECTS.items() for t in ts]
+    rows = []
+    for i in range(n):
+        subject, topic = rng.choice(topics)
+        n_words = rng.randint(40, 400)
+        template = rng.choice(["textbook_section", "exercises", "qa"])
+        rows.append({
+            "id": f"{seed:02d}{i:06d}",
+            "text": f"# {topic}\n\n" + " ".join(rng.choice(WORDS) for _ in range(n_words)),
+            "topic_path": f"{subject} > {topic}", "topic_id": f"{subject[:3]}-{topic[:3]}".lower(),
+            "template": template, "template_hash": f"sha256:{abs(hash(template)) % 16**12:012x}",
+            "audience": rng.choice(["high school students", "researchers", "young children"]),
+            "style": rng.choice(["academic", "conversational"]), "format": "markdown",
+            "seed_extract_id": rng.choice([None, f"c4-{rng.randint(0, 50)}"]), "model": "gpt-4o-mini",
+            "finish_reason": "length" if rng.random() < 0.1 else "stop",
+            "input_tokens": rng.randint(150, 400), "output_tokens": int(n_words * 1.3),
+            "quality_score": round(rng.betavariate(5, 2) * 5, 3) if rng.random() < 0.9 else None,
+            "provenance": json.dumps({"temperature": 0.8, "topic": topic}),
+        })  # fmt: skip
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def test_validate_split_names():
+    for good in ("train", "test", "validation", "train.clean", "split_2"):
+        assert validate_split(good) == good
+    for bad in ("train-clean", "", "train/x", "a b", "train."):
+        with pytest.raises(ValueError, match="invalid split name"):
+            validate_split(bad)
+    with pytest.raises(ValueError, match="invalid split name"):
+        write_dataset(sample_documents(3), "unused", split="dev-1")
+
+
+def test_write_layout_schema_and_roundtrip(tmp_path):
+    docs = sample_documents(50)
+    paths = write_dataset(docs, tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["data/train-00000-of-00001.parquet"]
+    back = pl.read_parquet(paths[0])
+    assert back.columns == list(SCHEMA)
+    assert back.equals(docs)
+    meta = pq.ParquetFile(paths[0]).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    assert read_dataset(tmp_path, "train").equals(docs)
+
+
+def test_conform_fills_optional_and_names_bad_columns():
+    minimal = pl.DataFrame({"id": ["a", "b"], "text": ["x", "y"], "extra": [1, 2]})
+    out = conform(minimal)
+    assert out.columns == list(SCHEMA)
+    assert out["quality_score"].null_count() == 2 and out.schema["input_tokens"] == pl.Int64
+    assert "extra" in conform(minimal, keep_extra=True).columns
+    with pytest.raises(ValueError, match="'text'"):
+        conform(pl.DataFrame({"id": ["a"]}))
+    with pytest.raises(ValueError, match="'input_tokens'"):
+        conform(pl.DataFrame({"id": ["a"], "text": ["x"], "input_tokens": ["many"]}))
+    with pytest.raises(ValueError, match="'id' has 1 duplicated id"):
+        conform(pl.DataFrame({"id": ["a", "a", "b"], "text": ["x", "y", "z"]}))
+    with pytest.raises(ValueError, match="'text' has 1 null value.*row 1"):
+        conform(pl.DataFrame({"id": ["a", "b"], "text": ["x", None]}))
+
+
+def test_shards_row_groups_and_stale_shards(tmp_path):
+    docs = sample_documents(300, seed=1)
+    size = docs.estimated_size()
+    paths = write_dataset(docs, tmp_path, max_shard_bytes=size // 3 + 1, row_group_bytes=size // 20)
+    names = [p.name for p in paths]
+    assert names == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    heights = [pq.ParquetFile(p).metadata.num_rows for p in paths]
+    assert sum(heights) == 300 and max(heights) - min(heights) <= 1
+    assert all(pq.ParquetFile(p).metadata.num_row_groups >= 5 for p in paths)
+    assert read_dataset(tmp_path, "train")["id"].to_list() == docs["id"].to_list()  # order kept
+
+    write_dataset(docs.head(10), tmp_path)  # a smaller rebuild: one shard, the three old ones removed
+    assert [p.name for p in splits_of(tmp_path)["train"]] == ["train-00000-of-00001.parquet"]
+    write_dataset(docs.head(5), tmp_path, split="test")
+    assert list(splits_of(tmp_path)) == ["train", "test"]
+    assert not list((tmp_path / "data").glob(".*"))  # no temporary files left
+
+
+def test_load_dataset_on_built_folder(tmp_path, monkeypatch):
+    """The folder loads with `datasets` as a Hub repo would: splits, rows and features."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    from textbookgen.card import CARDS_DIR, render_card
+
+    train, test = sample_documents(80, seed=2), sample_documents(20, seed=3)
+    write_dataset(train, tmp_path, max_shard_bytes=train.estimated_size() // 2 + 1)
+    write_dataset(test, tmp_path, split="test")
+    render_card(tmp_path, CARDS_DIR / "quickstart.md", {"name": "t", "license": "apache-2.0"}, {})
+    ds = datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / ".hf-cache"))
+    assert set(ds) == {"train", "test"}
+    assert ds["train"].num_rows == 80 and ds["test"].num_rows == 20
+    expected = datasets.Features({
+        name: datasets.Value({pl.String: "string", pl.Int64: "int64", pl.Float64: "float64"}[type(dtype)])
+        for name, dtype in SCHEMA.items()
+    })  # fmt: skip
+    assert ds["train"].features == expected
+    assert ds["train"][0]["text"] == train["text"][0]
+    assert ds["test"]["id"] == test["id"].to_list()
+
+
+def test_load_dataset_without_card_finds_splits_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    write_dataset(sample_documents(10), tmp_path)
+    write_dataset(sample_documents(4, seed=5), tmp_path, split="validation")
+    ds = datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / ".hf-cache"))
+    assert {k: v.num_rows for k, v in ds.items()} == {"train": 10, "validation": 4}
