@@ -1,0 +1,141 @@
+"""Dataset cards: metadata the Hub client validates, configs that resolve, a body with the build's numbers, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import DatasetCard
+from test_dataset import sample_documents
+
+from textbookgen.card import CARDS_DIR, redact, render_card, size_category, validate_card_text
+from textbookgen.dataset import write_dataset
+
+RECIPE = {
+    "name": "quickstart",
+    "version": 1,
+    "description": "A tiny build for the tests.",
+    "license": "apache-2.0",
+    "provider": "openai",
+    "model": "gpt-4o-mini",
+    "seed": 1234,
+    "sampling": {"temperature": 0.8, "max_tokens": 1024},
+    "hub": {"repo_id": "tester/quickstart", "private": False},
+    "provider_options": {"api_key": "sk-test-abcdefghijklmnopqrstuvwx"},
+}
+MANIFEST = {
+    "recipe_hash": "3f2a9c",
+    "seed": 1234,
+    "taxonomy": {"topics": 12, "leaves": 12, "depth": 2},
+    "curation": {
+        "exact_dedup": {"in": 140, "kept": 132, "dropped": {"exact_duplicate": 8}},
+        "near_dedup": {"in": 132, "kept": 126, "dropped": {"near_duplicate": 6}},
+        "decontaminate": {"in": 126, "kept": 123, "dropped": {"arc_easy": 2, "gsm8k": 1}},
+        "filter": {"in": 123, "kept": 120, "dropped": {"too_short": 2, "refusal_phrase": 1}},
+    },
+    "tokens": {"input": 51234, "output": 98765},
+    "cost_usd": 0.0421,
+    "counts": {"requests": 140, "ok": 138, "failed": 2},
+    "timings": {"generate": 42.5, "curate": 1.2},
+    "journal_summary": {"ok": 138, "failed": 2, "authorization": "Bearer hf_abcdefghijklmnopqrstuvwxyz0123"},
+}
+
+
+@pytest.fixture()
+def built(tmp_path):
+    write_dataset(sample_documents(120), tmp_path)
+    write_dataset(sample_documents(30, seed=9), tmp_path, split="test")
+    readme = render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST)
+    return tmp_path, readme
+
+
+def test_card_metadata_validates_and_configs_resolve(built):
+    folder, readme = built
+    card = DatasetCard.load(readme, ignore_metadata_errors=False)
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0"
+    assert data["language"] == ["en"] and data["task_categories"] == ["text-generation"]
+    assert data["size_categories"] == ["n<1K"]
+    assert {"synthetic", "textbookgen"} <= set(data["tags"])
+    assert data["dataset_info"]["splits"] == [
+        {"name": "train", "num_bytes": data["dataset_info"]["splits"][0]["num_bytes"], "num_examples": 120},
+        {"name": "test", "num_bytes": data["dataset_info"]["splits"][1]["num_bytes"], "num_examples": 30},
+    ]
+    metadata = pytest.importorskip("datasets.utils.metadata")
+    configs = metadata.MetadataConfigs.from_dataset_card_data(card.data)
+    patterns = {e["split"]: e["path"] for e in configs["default"]["data_files"]}
+    assert patterns == {"train": "data/train-*", "test": "data/test-*"}
+    for split, pattern in patterns.items():  # each pattern matches exactly that split's shards
+        assert [p.name for p in folder.glob(pattern)] == [f"{split}-00000-of-00001.parquet"]
+
+
+def test_card_body_reports_build(built):
+    folder, readme = built
+    text = readme.read_text()
+    assert "120" in text and "| `test` | 30 |" in text
+    assert "| decontaminate | 126 | 123 | 3 | arc_easy: 2, gsm8k: 1 |" in text
+    assert "| arc_easy | 2 |" in text and "| gsm8k | 1 |" in text  # per benchmark
+    assert "| filter | 123 | 120 | 3 | too_short: 2, refusal_phrase: 1 |" in text
+    assert "$0.0421" in text and "98,765" in text and "| seed | 1234 |" in text
+    assert "temperature=0.8" in text and "`textbook_section`" in text and "sha256:" in text
+    for name in ("topic_coverage", "length_histogram", "quality_histogram"):
+        png = folder / "assets" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](assets/{name}.png)" in text
+    assert yaml.safe_load((folder / "recipe.yaml").read_text())["seed"] == 1234
+    assert json.loads((folder / "manifest.json").read_text())["cost_usd"] == 0.0421
+    assert json.loads((folder / "journal_summary.json").read_text())["ok"] == 138
+
+
+def test_secrets_never_published(built):
+    folder, _ = built
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".md", ".yaml", ".json"):
+            text = path.read_text()
+            assert "sk-test-abcdef" not in text and "hf_abcdefghij" not in text, path
+    assert redact({"token": "x", "max_tokens": 5, "note": "key sk-abcdefghijklmnopqrstu"}) == {
+        "token": "<redacted>", "max_tokens": 5, "note": "key <redacted>"}  # fmt: skip
+
+
+@pytest.mark.parametrize("template", ["quickstart", "phi15-textbooks", "phi1-code-textbooks", "tiny-stories"])
+def test_every_template_renders_valid_card(tmp_path, template):
+    write_dataset(sample_documents(20), tmp_path)
+    readme = render_card(tmp_path, CARDS_DIR / f"{template}.md", {"name": template, "license": "cc-by-4.0"}, {})
+    card = DatasetCard.load(readme, ignore_metadata_errors=False)
+    assert card.data.license == "cc-by-4.0"
+    assert "No curation stage ran" in card.text and "## Limitations" in card.text
+
+
+def test_rerender_is_stable_and_drops_stale_plots(tmp_path):
+    docs = sample_documents(40)
+    write_dataset(docs, tmp_path)
+    first = render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST).read_bytes()
+    pngs = {p.name: p.read_bytes() for p in (tmp_path / "assets").glob("*.png")}
+    assert render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST).read_bytes() == first
+    assert {p.name: p.read_bytes() for p in (tmp_path / "assets").glob("*.png")} == pngs  # no-op re-push
+    write_dataset(docs.with_columns(quality_score=None), tmp_path)  # unscored: no quality plot
+    text = render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, {}).read_text()
+    assert not (tmp_path / "assets" / "quality_histogram.png").exists() and "quality_histogram" not in text
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no data/"):
+        render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, {})
+    write_dataset(sample_documents(5), tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.md"):
+        render_card(tmp_path, tmp_path / "nope.md", RECIPE, {})
+    with pytest.raises(ValueError, match="configs"):
+        validate_card_text("---\nlicense: mit\n---\nbody\n")
+    with pytest.raises(ValueError, match="bad data_files"):
+        validate_card_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: a-b\n    path: x\n---\n")
+    bad = Path(tmp_path / "bad.md")
+    bad.write_text("---\nlicense: [unclosed\n---\n")
+    with pytest.raises(ValueError, match="does not validate"):
+        render_card(tmp_path, bad, RECIPE, {})
+
+
+def test_size_categories():
+    assert [size_category(n) for n in (0, 999, 1000, 54_321, 2_000_000, 10**13)] == [
+        "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M", "n>1T"]  # fmt: skip

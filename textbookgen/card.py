@@ -1,0 +1,382 @@
+"""Dataset card: Hub metadata, a body that tells how the data was made, and plots, from one template.
+
+`render_card` reads the shards that `write_dataset` wrote, so the numbers in the card are the data's own
+(rows, tokens, topics, lengths, quality scores); the recipe and the build manifest add what the data
+cannot tell (model, sampling, seeds, curation removals, cost, time). The YAML header is built as a
+`huggingface_hub.DatasetCardData` and checked by parsing the rendered card back, so a card that would
+be refused by the Hub fails here first.
+
+Manifest keys read (all optional, missing ones are left out of the card): `recipe_hash`, `created_at`,
+`versions` {package: version}, `provider`, `model`, `seed`, `sampling` {temperature, top_p,
+max_tokens}, `taxonomy` {topics, leaves, depth, source, grown_to}, `templates` {name: hash},
+`web_samples` {source, extracts}, `counts` {requests, ok, truncated, failed, ...}, `tokens` {input,
+output}, `cost_usd`, `curation` {stage: {in, kept, dropped: {reason: n}}} (the stats of
+`textbookgen.curation.curate`), `decontamination` {benchmark: removed}, `timings` {stage: seconds},
+`journal_summary` {...}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import polars as pl
+import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from textbookgen.dataset import SCHEMA, read_dataset, splits_of
+
+log = logging.getLogger(__name__)
+
+ASSETS_DIR = "assets"
+#: The project's card templates; a template elsewhere can still `{% extends "_base.md" %}`.
+CARDS_DIR = Path(__file__).resolve().parents[1] / "datasets_cards"
+PLOTS = {
+    "topic_coverage": "Documents per subject and documents per topic",
+    "length_histogram": "Document length",
+    "quality_histogram": "Quality score",
+}
+#: What each column holds, for the card's field table.
+FIELD_DOCS = {
+    "text": "the generated document",
+    "id": "stable id: hash of the generation request",
+    "topic_path": "taxonomy path of the seed topic, ' > '-joined",
+    "topic_id": "stable id of the seed topic",
+    "template": "prompt template name",
+    "template_hash": "hash of the prompt template's text",
+    "audience": "intended reader the prompt asked for",
+    "style": "writing style the prompt asked for",
+    "format": "document format the prompt asked for",
+    "seed_extract_id": "id of the web extract that seeded the prompt (null when none)",
+    "model": "model that wrote the document",
+    "finish_reason": "why generation stopped (`stop`, `length`, ...)",
+    "input_tokens": "prompt tokens billed",
+    "output_tokens": "completion tokens billed",
+    "quality_score": "quality classifier score (null when not scored)",
+    "provenance": "JSON: request parameters and template variables",
+}
+SIZE_CATEGORIES = [
+    (1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
+    (10**11, "10B<n<100B"), (10**12, "100B<n<1T"),
+]  # fmt: skip
+HF_DTYPES = {pl.String: "string", pl.Int64: "int64", pl.Float64: "float64", pl.Boolean: "bool"}
+SECRET_KEY_RE = re.compile(r"(?i)(api[_-]?key|secret|password|passwd|authorization|(^|[_-])token$|credential)")
+SECRET_VALUE_RE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,})")
+
+
+def size_category(n: int) -> str:
+    """The Hub's `size_categories` bucket for `n` rows."""
+    for bound, name in SIZE_CATEGORIES:
+        if n < bound:
+            return name
+    return "n>1T"
+
+
+def redact(obj: Any) -> Any:
+    """Copy of `obj` with secret-looking keys and token-looking strings replaced, for files we publish."""
+    if isinstance(obj, Mapping):
+        return {
+            k: "<redacted>" if SECRET_KEY_RE.search(str(k)) and isinstance(v, str) and v else redact(v)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return SECRET_VALUE_RE.sub("<redacted>", obj)
+    return obj
+
+
+def dataset_info(out_dir: Path, splits: dict[str, list[Path]], tables: dict[str, pl.DataFrame]) -> dict:
+    """The card's `dataset_info` block: features, split sizes, download and dataset sizes."""
+    schema = next(iter(tables.values())).schema
+    features = [
+        {"name": name, "dtype": HF_DTYPES.get(type(dtype), "string")}
+        for name, dtype in schema.items()
+        if name != "split"
+    ]
+    split_info = [
+        {"name": name, "num_bytes": int(tables[name].estimated_size()), "num_examples": tables[name].height}
+        for name in splits
+    ]
+    return {
+        "features": features,
+        "splits": split_info,
+        "download_size": sum(p.stat().st_size for paths in splits.values() for p in paths),
+        "dataset_size": sum(s["num_bytes"] for s in split_info),
+    }
+
+
+def card_data(recipe: Mapping, splits: dict[str, list[Path]], info: dict, n_rows: int) -> DatasetCardData:
+    """Hub metadata: license, language, task, size, tags and `configs` so `load_dataset` finds the splits."""
+    card = recipe.get("card") or {}
+    language = recipe.get("language") or card.get("language") or "en"
+    tags = ["synthetic", "textbookgen", *(recipe.get("tags") or []), *(card.get("tags") or [])]
+    return DatasetCardData(
+        license=recipe.get("license") or "other",
+        language=[language] if isinstance(language, str) else list(language),
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
+        multilinguality=["monolingual"],
+        source_datasets=card.get("source_datasets") or ["original"],
+        task_categories=card.get("task_categories") or ["text-generation"],
+        task_ids=card.get("task_ids") or ["language-modeling"],
+        size_categories=[size_category(n_rows)],
+        pretty_name=card.get("pretty_name") or recipe.get("name"),
+        tags=list(dict.fromkeys(tags)),
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": name, "path": f"data/{name}-*"} for name in splits],
+            }
+        ],
+        dataset_info=info,
+    )
+
+
+def data_stats(df: pl.DataFrame) -> dict:
+    """Figures the card reports, computed from the documents themselves."""
+    words = df["text"].str.split(" ").list.len()
+    topics = df.filter(pl.col("topic_path").is_not_null())
+    subject = topics["topic_path"].str.split(" > ").list.first()
+    scores = df["quality_score"].drop_nulls()
+
+    def mix(col: str) -> list[dict]:
+        if df[col].null_count() == df.height:
+            return []
+        counts = df[col].fill_null("(none)").value_counts(sort=True)
+        return [{"name": r[col], "n": r["count"], "share": r["count"] / df.height} for r in counts.iter_rows(named=True)]
+
+    templates = (
+        df.group_by("template", "template_hash").len().sort("len", descending=True).iter_rows(named=True)
+        if df["template"].null_count() < df.height
+        else []
+    )
+    return {
+        "rows": df.height,
+        "chars": int(df["text"].str.len_chars().sum()),
+        "words": int(words.sum()),
+        "input_tokens": int(df["input_tokens"].sum() or 0),
+        "output_tokens": int(df["output_tokens"].sum() or 0),
+        "median_words": float(words.median() or 0),
+        "median_output_tokens": float(df["output_tokens"].median() or 0),
+        "topics": topics["topic_path"].n_unique(),
+        "subjects": subject.n_unique(),
+        "docs_per_topic_median": float(topics["topic_path"].value_counts()["count"].median() or 0),
+        "seeded_share": df["seed_extract_id"].is_not_null().mean() or 0.0,
+        "distinct_extracts": df["seed_extract_id"].drop_nulls().n_unique(),
+        "truncated": int((df["finish_reason"] == "length").sum() or 0),
+        "models": sorted(m for m in df["model"].unique().to_list() if m),
+        "templates": [{"name": r["template"], "hash": r["template_hash"], "n": r["len"]} for r in templates],
+        "audiences": mix("audience"),
+        "styles": mix("style"),
+        "formats": mix("format"),
+        "quality": {
+            "n": scores.len(),
+            "mean": float(scores.mean()) if scores.len() else None,
+            "median": float(scores.median()) if scores.len() else None,
+        },
+    }
+
+
+def plot_all(df: pl.DataFrame, assets: Path) -> dict[str, str]:
+    """Draw the card's PNGs into `assets`; return {plot name: path relative to the repo root}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assets.mkdir(parents=True, exist_ok=True)
+    made: dict[str, str] = {}
+    style = {"color": "#3b6ea5", "edgecolor": "white"}
+
+    topics = df.filter(pl.col("topic_path").is_not_null())
+    if topics.height:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
+        subjects = (
+            topics.select(pl.col("topic_path").str.split(" > ").list.first().alias("subject"))
+            .group_by("subject").len().sort(["len", "subject"], descending=[True, False]).head(25)
+        )  # fmt: skip
+        left.barh(subjects["subject"].to_list()[::-1], subjects["len"].to_list()[::-1], **style)
+        left.set_xlabel("documents")
+        n_subjects = topics["topic_path"].str.split(" > ").list.first().n_unique()
+        shown = f"top {subjects.height} of {n_subjects}" if n_subjects > subjects.height else f"{n_subjects}"
+        left.set_title(f"Documents per subject ({shown} subjects)")
+        per_topic = topics["topic_path"].value_counts()["count"].to_numpy()
+        lo, hi = int(per_topic.min()), int(per_topic.max())
+        bins = [b - 0.5 for b in range(lo, hi + 2)] if hi - lo <= 60 else 60
+        right.hist(per_topic, bins=bins, **style)
+        right.yaxis.get_major_locator().set_params(integer=True)
+        right.set_xlabel("documents per topic")
+        right.set_ylabel("topics")
+        right.set_title(f"{len(per_topic):,} distinct topics")
+        made["topic_coverage"] = _save(fig, assets / "topic_coverage.png")
+
+    lengths = df["output_tokens"].drop_nulls()
+    label = "output tokens"
+    if lengths.len() == 0 or lengths.max() == 0:
+        lengths, label = df["text"].str.split(" ").list.len(), "words"
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    values = lengths.to_numpy()
+    ax.hist(values, bins=50, **style)
+    ax.axvline(float(lengths.median()), color="#c0392b", linestyle="--", label=f"median {lengths.median():,.0f}")
+    ax.set_xlabel(f"{label} per document")
+    ax.set_ylabel("documents")
+    ax.set_title(f"Document length ({label}), {len(values):,} documents")
+    ax.legend()
+    made["length_histogram"] = _save(fig, assets / "length_histogram.png")
+
+    scores = df["quality_score"].drop_nulls()
+    if scores.len():
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.hist(scores.to_numpy(), bins=40, **style)
+        ax.axvline(float(scores.median()), color="#c0392b", linestyle="--", label=f"median {scores.median():.2f}")
+        ax.set_xlabel("quality score")
+        ax.set_ylabel("documents")
+        ax.set_title(f"Quality score, {scores.len():,} scored documents")
+        ax.legend()
+        made["quality_histogram"] = _save(fig, assets / "quality_histogram.png")
+    return {name: f"{ASSETS_DIR}/{Path(path).name}" for name, path in made.items()}
+
+
+def _save(fig: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    # No timestamps in the PNG, so an unchanged dataset gives byte-identical plots (and no-op commits).
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return str(path)
+
+
+def curation_rows(manifest: Mapping) -> tuple[list[dict], dict[str, int]]:
+    """Curation stages as table rows, and removals per benchmark (explicit or from a decontam stage)."""
+    stages = manifest.get("curation") or {}
+    rows = []
+    decontam: dict[str, int] = dict(manifest.get("decontamination") or {})
+    for stage, st in stages.items():
+        if not isinstance(st, Mapping):
+            continue
+        dropped = {k: int(v) for k, v in (st.get("dropped") or {}).items()}
+        n_in = st.get("in")
+        kept = st.get("kept")
+        total = sum(dropped.values()) if dropped else (n_in - kept if n_in is not None and kept is not None else 0)
+        rows.append({"stage": stage, "in": n_in, "kept": kept, "dropped": total, "reasons": dropped})
+        if "decontam" in stage.lower() and not manifest.get("decontamination"):
+            for reason, n in dropped.items():
+                decontam[reason] = decontam.get(reason, 0) + n
+    return rows, decontam
+
+
+def _fmt_int(v: Any) -> str:
+    return f"{int(v):,}" if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "–"
+
+
+def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, manifest: dict) -> Path:
+    """Write `out_dir/README.md` (+ `assets/*.png`, `recipe.yaml`, `manifest.json`, `journal_summary.json`).
+
+    `out_dir` must hold the shards written by `textbookgen.dataset.write_dataset`. Returns the README path.
+    Raises ValueError if the rendered card's metadata does not validate.
+    """
+    out_dir = Path(out_dir)
+    template_path = Path(template_path)
+    if not template_path.is_file():
+        raise FileNotFoundError(f"card template not found: {template_path}")
+    splits = splits_of(out_dir)
+    if not splits:
+        raise FileNotFoundError(f"no data/{{split}}-NNNNN-of-NNNNN.parquet shards under {out_dir}; write them first")
+    tables = {name: read_dataset(out_dir, name) for name in splits}
+    docs = pl.concat([t.select(SCHEMA.keys()) for t in tables.values()])
+    recipe = redact(dict(recipe))
+    manifest = redact(dict(manifest))
+
+    info = dataset_info(out_dir, splits, tables)
+    data = card_data(recipe, splits, info, docs.height)
+    plots = plot_all(docs, out_dir / ASSETS_DIR)
+    for stale in (out_dir / ASSETS_DIR).glob("*.png"):
+        if f"{ASSETS_DIR}/{stale.name}" not in plots.values():
+            stale.unlink()
+    stages, decontam = curation_rows(manifest)
+    files = _write_provenance(out_dir, recipe, manifest)
+
+    context = {
+        "card_data": data.to_yaml(),
+        "recipe": recipe,
+        "manifest": manifest,
+        "stats": data_stats(docs),
+        "splits": [
+            {"name": s["name"], "rows": s["num_examples"], "shards": len(splits[s["name"]]),
+             "bytes": sum(p.stat().st_size for p in splits[s["name"]])}
+            for s in info["splits"]
+        ],  # fmt: skip
+        "fields": [
+            {"name": f["name"], "dtype": f["dtype"], "doc": FIELD_DOCS.get(f["name"], "")} for f in info["features"]
+        ],
+        "curation": stages,
+        "decontamination": decontam,
+        "plots": [{"name": k, "path": v, "title": PLOTS[k]} for k, v in plots.items()],
+        "files": files,
+        "repo_id": (recipe.get("hub") or {}).get("repo_id") or f"<user>/{recipe.get('name', 'dataset')}",
+    }
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(template_path.parent), str(CARDS_DIR)]),
+        undefined=jinja2.ChainableUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["int"] = _fmt_int
+    env.filters["pct"] = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
+    env.filters["filesize"] = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+    env.filters["usd"] = lambda v: f"${v:,.4f}" if isinstance(v, (int, float)) else "–"
+    text = env.get_template(template_path.name).render(**context)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    validate_card_text(text)
+    readme = out_dir / "README.md"
+    readme.write_text(text, encoding="utf-8")
+    log.info("wrote dataset card %s with %d plot(s)", readme, len(plots))
+    return readme
+
+
+def _write_provenance(out_dir: Path, recipe: Mapping, manifest: Mapping) -> list[str]:
+    """Copy the recipe, manifest and journal summary next to the data; return their repo paths."""
+    (out_dir / "recipe.yaml").write_text(
+        yaml.safe_dump(json.loads(json.dumps(recipe, default=str)), sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
+    (out_dir / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
+    files = ["recipe.yaml", "manifest.json"]
+    summary = manifest.get("journal_summary")
+    if summary:
+        (out_dir / "journal_summary.json").write_text(
+            json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+        )
+        files.append("journal_summary.json")
+    return files
+
+
+def validate_card_text(text: str) -> DatasetCard:
+    """Parse a card as the Hub client does and check its `configs`; raise ValueError naming the problem."""
+    try:
+        card = DatasetCard(text, ignore_metadata_errors=False)
+    except Exception as err:  # the client raises several types for bad YAML / bad fields
+        raise ValueError(f"dataset card metadata does not validate: {err}") from err
+    configs = card.data.to_dict().get("configs") or []
+    if not configs:
+        raise ValueError("dataset card has no `configs:`; load_dataset would have to guess the splits")
+    for config in configs:
+        if "config_name" not in config:
+            raise ValueError(f"dataset card config without config_name: {config}")
+        for entry in config.get("data_files") or []:
+            split = entry.get("split") if isinstance(entry, Mapping) else None
+            if split is None or not re.match(r"^\w+(\.\w+)*$", split) or not entry.get("path"):
+                raise ValueError(f"dataset card config {config['config_name']!r}: bad data_files entry {entry}")
+    return card
