@@ -148,6 +148,8 @@ class FilterConfig(_Strict):
         ]
     )
     code_formats: list[str] = Field(default_factory=lambda: ["code"])  # `format` values that are code
+    code_min_lines: int = 2
+    code_max_duplicate_line_frac: float = 0.5
 
 
 class ClassifierConfig(_Strict):

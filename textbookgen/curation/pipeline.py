@@ -14,12 +14,15 @@ from textbookgen.curation.config import CurationConfig
 def build_steps(config: CurationConfig) -> list[Step]:
     """The enabled stages as a list of steps (datatrove-style composition)."""
     from textbookgen.curation.exact import ExactDedup
+    from textbookgen.curation.filters import HeuristicFilter
     from textbookgen.curation.near_dedup import MinHashDedup
 
     t, i = config.text_column, config.id_column
     steps: list[Step] = []
     if config.exact.enabled:
         steps.append(ExactDedup(t, i))
+    if config.filters.enabled:
+        steps.append(HeuristicFilter(config.filters, t, i))
     if config.minhash.enabled:
         steps.append(MinHashDedup(config.minhash, t, i))
     return steps

@@ -1,0 +1,316 @@
+"""Heuristic quality filters (Gopher/FineWeb-style), each a small rule with a recorded drop reason.
+
+Prose rules (word length, symbols, non-alphabetic words, stop words, bullets, repetition) judge only
+prose: fenced code blocks are cut out of a document before they look at it, and documents that are
+code (their `format` is a code format, or the text parses as Python / reads line by line as code) skip
+them entirely. C4's "drop anything with a `{`" rule is deliberately absent: it drops every dict literal.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import ClassVar
+
+import polars as pl
+
+from textbookgen.curation.base import StageStats, Step, require_columns
+from textbookgen.curation.config import FilterConfig
+
+_FENCE = re.compile(r"^\s*(```|~~~)[^\n]*\n.*?^\s*\1\s*$", re.M | re.S)
+_WORD = re.compile(r"\S+")
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s", re.M)
+STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # Gopher's list
+_CODE_LINE = re.compile(
+    r"^\s*(def |class |import |from \S+ import |return\b|if .*:$|for .*:$|while .*:$|elif |else:|try:|except"
+    r"|with .*:$|#include|public |private |static |function |const |let |var |}|{|.*[;{}]$|@\w+)"
+)
+
+
+@dataclass
+class Doc:
+    """A document as the rules see it: full text, and the prose left when code is cut out."""
+
+    text: str
+    is_code: bool
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return [ln for ln in self.text.split("\n") if ln.strip()]
+
+    @cached_property
+    def words(self) -> list[str]:
+        return _WORD.findall(self.text)
+
+    @cached_property
+    def prose(self) -> str:
+        return _HEADING.sub("", _FENCE.sub("\n", self.text))
+
+    @cached_property
+    def prose_lines(self) -> list[str]:
+        return [ln.strip() for ln in self.prose.split("\n") if ln.strip()]
+
+    @cached_property
+    def prose_words(self) -> list[str]:
+        return _WORD.findall(self.prose)
+
+
+def looks_like_code(text: str) -> bool:
+    """True for source files: parses as Python (3+ lines), or most non-empty lines read as code."""
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if len(lines) >= 3 and "```" not in text:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # invalid escapes in user code
+                ast.parse(text)
+            return True
+        except (SyntaxError, ValueError):
+            pass
+    return bool(lines) and sum(bool(_CODE_LINE.match(ln)) for ln in lines) / len(lines) >= 0.6
+
+
+class Rule:
+    """One heuristic: `keep(doc)` is False to drop, with `reason` recorded. `scope` says which docs."""
+
+    reason: ClassVar[str]
+    scope: ClassVar[str] = "all"  # "all", "prose" (skipped for code docs) or "code"
+
+    def __init__(self, cfg: FilterConfig) -> None:
+        self.cfg = cfg
+
+    def applies(self, doc: Doc) -> bool:
+        return self.scope == "all" or (self.scope == "code") == doc.is_code
+
+    def keep(self, doc: Doc) -> bool:
+        raise NotImplementedError
+
+
+class Boilerplate(Rule):
+    reason = "boilerplate_phrase"
+
+    def keep(self, doc: Doc) -> bool:
+        low = doc.text.lower().replace("\u2019", "'")
+        return not any(p in low for p in self.cfg.boilerplate_phrases)
+
+
+class TooLong(Rule):
+    reason = "too_long"
+
+    def keep(self, doc: Doc) -> bool:
+        return len(doc.words) <= self.cfg.max_words
+
+
+class TooShort(Rule):
+    reason = "too_short"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        return len(doc.words) >= self.cfg.min_words
+
+
+class CodeTooShort(Rule):
+    reason = "code_too_short"
+    scope = "code"
+
+    def keep(self, doc: Doc) -> bool:
+        return len(doc.lines) >= self.cfg.code_min_lines
+
+
+class CodeRepetition(Rule):
+    """Generation loops in code: the same non-trivial line over and over."""
+
+    reason = "code_degenerate_repetition"
+    scope = "code"
+
+    def keep(self, doc: Doc) -> bool:
+        long_lines = [ln.strip() for ln in doc.lines if len(ln.strip()) >= 20]
+        if len(long_lines) < 4:
+            return True
+        dup = len(long_lines) - len(set(long_lines))
+        return dup / len(long_lines) <= self.cfg.code_max_duplicate_line_frac
+
+
+class MeanWordLength(Rule):
+    reason = "mean_word_length"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        words = doc.prose_words
+        if not words:
+            return True
+        mean = sum(len(w) for w in words) / len(words)
+        return self.cfg.prose_min_mean_word_len <= mean <= self.cfg.prose_max_mean_word_len
+
+
+class SymbolRatio(Rule):
+    reason = "symbol_word_ratio"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        words = doc.prose_words
+        symbols = doc.prose.count("#") + doc.prose.count("...") + doc.prose.count("\u2026")
+        return not words or symbols / len(words) <= self.cfg.prose_max_symbol_word_ratio
+
+
+class NonAlphaWords(Rule):
+    reason = "non_alpha_words"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        words = doc.prose_words
+        if not words:
+            return True
+        non_alpha = sum(not any(c.isalpha() for c in w) for w in words)
+        return non_alpha / len(words) <= self.cfg.prose_max_non_alpha_word_frac
+
+
+class StopWords(Rule):
+    reason = "too_few_stop_words"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        n = 0
+        for w in doc.prose_words:
+            n += w.lower().strip(".,;:!?\"'()") in STOP_WORDS
+            if n >= self.cfg.prose_min_stop_words:
+                return True
+        return False
+
+
+class BulletLines(Rule):
+    reason = "bullet_lines"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        lines = doc.prose_lines
+        bullets = sum(ln.startswith(("•", "●", "○", "▪", "-", "*", "\u2013")) for ln in lines)
+        return not lines or bullets / len(lines) <= self.cfg.prose_max_bullet_line_frac
+
+
+class EllipsisLines(Rule):
+    reason = "ellipsis_lines"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        lines = doc.prose_lines
+        ell = sum(ln.endswith(("...", "\u2026")) for ln in lines)
+        return not lines or ell / len(lines) <= self.cfg.prose_max_ellipsis_line_frac
+
+
+class DuplicateLines(Rule):
+    reason = "duplicate_lines"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        lines = doc.prose_lines
+        if not lines:
+            return True
+        seen: set[str] = set()
+        dup_n = dup_chars = 0
+        for ln in lines:
+            if ln in seen:
+                dup_n, dup_chars = dup_n + 1, dup_chars + len(ln)
+            seen.add(ln)
+        total_chars = sum(len(ln) for ln in lines)
+        return (dup_n / len(lines) <= self.cfg.max_duplicate_line_frac
+                and dup_chars / max(total_chars, 1) <= self.cfg.max_duplicate_line_char_frac)
+
+
+class DuplicateParagraphs(Rule):
+    reason = "duplicate_paragraphs"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        paras = [p.strip() for p in re.split(r"\n\s*\n", doc.prose) if p.strip()]
+        if not paras:
+            return True
+        return (len(paras) - len(set(paras))) / len(paras) <= self.cfg.max_duplicate_para_frac
+
+
+class RepeatedNgrams(Rule):
+    """Gopher: the most frequent 2-4-gram, and all duplicated 5-10-grams, may cover only so many chars."""
+
+    reason = "repeated_ngrams"
+    scope = "prose"
+
+    def keep(self, doc: Doc) -> bool:
+        words = [w.lower() for w in doc.prose_words]
+        total = sum(len(w) for w in words)
+        if total == 0:
+            return True
+        for n, limit in self.cfg.max_top_ngram_char_frac.items():
+            if len(words) < n:
+                continue
+            counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+            gram, c = counts.most_common(1)[0]
+            if c > 1 and c * sum(len(w) for w in gram) / total > limit:
+                return False
+        for n, limit in sorted(self.cfg.max_dup_ngram_char_frac.items()):
+            if len(words) < n:
+                continue
+            if _dup_ngram_char_frac(words, n) > limit:
+                return False
+        return True
+
+
+def _dup_ngram_char_frac(words: list[str], n: int) -> float:
+    """Share of characters in words covered by an n-gram that occurs more than once (Gopher)."""
+    first: dict[tuple[str, ...], int] = {}
+    covered = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        j = first.setdefault(gram, i)
+        if j != i:
+            for k in range(n):
+                covered[i + k] = covered[j + k] = True
+    total = sum(len(w) for w in words)
+    return sum(len(w) for w, c in zip(words, covered, strict=True) if c) / total
+
+
+RULES: tuple[type[Rule], ...] = (
+    Boilerplate, TooLong, TooShort, CodeTooShort, CodeRepetition, MeanWordLength, SymbolRatio,
+    NonAlphaWords, StopWords, BulletLines, EllipsisLines, DuplicateLines, DuplicateParagraphs, RepeatedNgrams,
+)
+
+
+class HeuristicFilter(Step):
+    """Drop documents failing any rule; the first failing rule is the recorded reason."""
+
+    name = "filters"
+
+    def __init__(self, config: FilterConfig | None = None, text_column: str = "text", id_column: str = "id",
+                 rules: tuple[type[Rule], ...] = RULES) -> None:
+        self.config = config or FilterConfig()
+        self.text_column, self.id_column = text_column, id_column
+        self.rules = [r(self.config) for r in rules]
+
+    def is_code(self, text: str, fmt: str | None) -> bool:
+        if fmt is not None and fmt.lower() in {f.lower() for f in self.config.code_formats}:
+            return True
+        return looks_like_code(text)
+
+    def reason(self, text: str, fmt: str | None = None) -> str | None:
+        """The first rule `text` fails, or None to keep it."""
+        doc = Doc(text, self.is_code(text, fmt))
+        for rule in self.rules:
+            if rule.applies(doc) and not rule.keep(doc):
+                return rule.reason
+        return None
+
+    def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
+        require_columns(df, [self.text_column], self.name)
+        formats = df["format"].to_list() if "format" in df.columns else [None] * df.height
+        reasons = [self.reason(t, f) for t, f in zip(df[self.text_column].to_list(), formats, strict=True)]
+        flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String))
+        dropped = flagged.filter(pl.col("_reason").is_not_null())
+        stats.dropped.update(Counter(dropped["_reason"].to_list()))
+        stats.extra["code_docs"] = sum(self.is_code(t, f) for t, f in zip(df[self.text_column].to_list(), formats,
+                                                                           strict=True))
+        if workdir is not None and self.id_column in df.columns:
+            dropped.select(self.id_column, pl.col("_reason").alias("reason")).write_parquet(workdir / "dropped.parquet")
+        return flagged.filter(pl.col("_reason").is_null()).drop("_reason")
