@@ -1,0 +1,121 @@
+"""The fake Hub speaks the protocol the real `huggingface_hub` client uses (no mocking of the client)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import disable_progress_bars
+
+from textbookgen.testing.fakehub import FakeHub, git_blob_sha1
+
+disable_progress_bars()
+
+
+@pytest.fixture()
+def hub():
+    with FakeHub() as h:
+        yield h
+
+
+@pytest.fixture()
+def api(hub):
+    return HfApi(endpoint=hub.endpoint, token=hub.token)
+
+
+def test_xet_disabled_only_while_running():
+    before = constants.HF_HUB_DISABLE_XET
+    with FakeHub():
+        assert constants.HF_HUB_DISABLE_XET is True
+    assert constants.HF_HUB_DISABLE_XET == before
+
+
+def test_whoami_and_auth(hub, api):
+    assert api.whoami()["name"] == "tester"
+    with pytest.raises(HfHubHTTPError) as err:
+        HfApi(endpoint=hub.endpoint, token="hf_wrong").whoami()
+    assert err.value.response.status_code == 401
+    with pytest.raises(HfHubHTTPError):
+        HfApi(endpoint=hub.endpoint, token=False).create_repo("tester/x", repo_type="dataset")
+
+
+def test_create_info_commit_tree_download(hub, api, tmp_path):
+    url = api.create_repo("tester/d", repo_type="dataset")
+    assert url.repo_id == "tester/d" and url.repo_type == "dataset"
+    assert api.create_repo("tester/d", repo_type="dataset", exist_ok=True).repo_id == "tester/d"
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_repo("tester/d", repo_type="dataset")
+    assert err.value.response.status_code == 409
+    head = api.repo_info("tester/d", repo_type="dataset").sha
+    big = bytes(range(256)) * 4096  # binary: goes through preupload -> LFS batch -> PUT -> verify
+    info = api.create_commit(
+        "tester/d",
+        [CommitOperationAdd("notes/a.txt", b"hello\n"), CommitOperationAdd("blob.bin", big)],
+        commit_message="add two files",
+        repo_type="dataset",
+        parent_commit=head,
+    )
+    commits = hub.commits("tester/d")
+    assert [c.oid for c in commits][-1] == info.oid and commits[-1].parent == head
+    assert {(o["key"], o["path"]) for o in commits[-1].operations} == {("file", "notes/a.txt"), ("lfsFile", "blob.bin")}
+    assert any(r[0] == "PUT" and r[1].startswith("/_lfs/upload/") for r in hub.requests)
+
+    assert api.repo_info("tester/d", repo_type="dataset").sha == info.oid
+    assert api.list_repo_files("tester/d", repo_type="dataset") == [".gitattributes", "blob.bin", "notes/a.txt"]
+    top = {e.path: e for e in api.list_repo_tree("tester/d", repo_type="dataset")}
+    assert set(top) == {".gitattributes", "blob.bin", "notes"}
+    assert top["blob.bin"].lfs.sha256 == hashlib.sha256(big).hexdigest() and top["blob.bin"].size == len(big)
+    assert top["notes"].__class__.__name__ == "RepoFolder"
+    (a,) = api.get_paths_info("tester/d", ["notes/a.txt"], repo_type="dataset")
+    assert a.blob_id == git_blob_sha1(b"hello\n")
+    assert api.file_exists("tester/d", "blob.bin", repo_type="dataset")
+    assert not api.file_exists("tester/d", "missing.txt", repo_type="dataset")
+
+    path = hf_hub_download("tester/d", "blob.bin", repo_type="dataset", endpoint=hub.endpoint,
+                           token=hub.token, cache_dir=tmp_path / "cache")  # fmt: skip
+    assert open(path, "rb").read() == big
+    old = hf_hub_download("tester/d", ".gitattributes", repo_type="dataset", revision=head,
+                          endpoint=hub.endpoint, token=hub.token, local_dir=tmp_path / "old")  # fmt: skip
+    assert "*.parquet filter=lfs" in open(old).read()
+    log = [c.title for c in api.list_repo_commits("tester/d", repo_type="dataset")]
+    assert log == ["add two files", "initial commit"]
+    assert api.list_repo_refs("tester/d", repo_type="dataset").branches[0].target_commit == info.oid
+
+
+def test_stale_parent_commit_answered_412(hub, api):
+    api.create_repo("tester/d", repo_type="dataset")
+    stale = api.repo_info("tester/d", repo_type="dataset").sha
+    api.upload_file(path_or_fileobj=b"1", path_in_repo="one.txt", repo_id="tester/d", repo_type="dataset")
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_commit("tester/d", [CommitOperationAdd("two.txt", b"2")], commit_message="late",
+                          repo_type="dataset", parent_commit=stale)  # fmt: skip
+    assert err.value.response.status_code == 412
+    assert [c.title for c in hub.commits("tester/d")][-1] != "late"
+
+
+def test_invalid_card_metadata_refused(hub, api):
+    api.create_repo("tester/d", repo_type="dataset")
+    bad = b"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train-x\n    path: data/*\n---\n"
+    with pytest.raises(ValueError, match="Invalid metadata"):
+        api.upload_file(path_or_fileobj=bad, path_in_repo="README.md", repo_id="tester/d", repo_type="dataset")
+    assert len(hub.commits("tester/d")) == 1
+
+
+def test_private_repo_hidden_from_anonymous(hub, api):
+    api.create_repo("tester/secret", repo_type="dataset", private=True)
+    assert api.repo_info("tester/secret", repo_type="dataset").private is True
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=hub.endpoint, token=False).repo_info("tester/secret", repo_type="dataset")
+    with pytest.raises(RevisionNotFoundError):
+        api.repo_info("tester/secret", repo_type="dataset", revision="nope")
+
+
+def test_transient_errors_are_retried_by_the_client(hub, api):
+    api.create_repo("tester/d", repo_type="dataset")
+    hub.inject("POST", r"/preupload/", 503, times=2)
+    api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="tester/d", repo_type="dataset")
+    statuses = [s for m, p, s in hub.requests if "/preupload/" in p]
+    assert statuses == [503, 503, 200]
+    assert hub.read("tester/d", "x.txt") == b"x"

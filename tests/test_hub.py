@@ -1,0 +1,173 @@
+"""push/pull against the fake Hub, through the real huggingface_hub client."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from huggingface_hub import DatasetCard, HfApi
+from huggingface_hub.utils import disable_progress_bars
+from test_card import MANIFEST, RECIPE
+from test_dataset import sample_documents
+from typer.testing import CliRunner
+
+from textbookgen.card import CARDS_DIR, render_card
+from textbookgen.dataset import write_dataset
+from textbookgen.hub import PushConflictError, merge_card, pull, push
+from textbookgen.testing.fakehub import FakeHub
+
+disable_progress_bars()
+REPO = "tester/quickstart"
+
+
+def build(folder: Path, n: int = 60, shards: int = 1, seed: int = 0) -> Path:
+    docs = sample_documents(n, seed=seed)
+    write_dataset(docs, folder, max_shard_bytes=docs.estimated_size() // shards + 1)
+    write_dataset(sample_documents(10, seed=seed + 100), folder, split="test")
+    render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST)
+    return folder
+
+
+def published(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and not p.relative_to(folder).parts[0].startswith(".")
+    }
+
+
+@pytest.fixture()
+def hub():
+    with FakeHub() as h:
+        yield h
+
+
+def test_push_lands_in_one_commit_and_pull_round_trips(hub, tmp_path):
+    folder = build(tmp_path / "build", shards=2)
+    url = push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    commits = hub.commits(REPO)
+    assert [c.title for c in commits][0] == "initial commit" and len(commits) == 2
+    assert url.endswith(commits[-1].oid)
+    local = published(folder)
+    assert {o["path"] for o in commits[-1].operations} == set(local)
+    assert {o["key"] for o in commits[-1].operations if o["path"].endswith((".parquet", ".png"))} == {"lfsFile"}
+
+    out = pull(REPO, tmp_path / "pulled", token=hub.token, endpoint=hub.endpoint)
+    assert (out / ".gitattributes").is_file()
+    assert published(out) == local  # byte-identical: shards, plots, card, recipe, manifest
+
+    again = push(folder, REPO, token=hub.token, endpoint=hub.endpoint)  # unchanged build: no new commit
+    assert len(hub.commits(REPO)) == 2 and again.endswith(commits[-1].oid)
+
+
+def test_repush_with_fewer_shards_deletes_stale_ones_in_same_commit(hub, tmp_path):
+    push(build(tmp_path / "a", shards=3), REPO, token=hub.token, endpoint=hub.endpoint)
+    push(build(tmp_path / "b", n=20, seed=7), REPO, token=hub.token, endpoint=hub.endpoint)
+    last = hub.commits(REPO)[-1]
+    deleted = sorted(o["path"] for o in last.operations if o["key"] == "deletedFile")
+    assert deleted == [f"data/train-0000{i}-of-00003.parquet" for i in range(3)]
+    files = HfApi(endpoint=hub.endpoint, token=hub.token).list_repo_files(REPO, repo_type="dataset")
+    assert [f for f in files if f.startswith("data/")] == [
+        "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]  # fmt: skip
+
+
+def test_concurrent_push_is_refused_not_overwritten(hub, tmp_path):
+    folder = build(tmp_path / "build")
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    build(folder, n=30, seed=3)  # a new build of the same folder
+    # Another writer commits after our push read the head (our preupload is the next request).
+    hub.before("POST", r"/preupload/", lambda h: h.commit_files(REPO, {"NOTES.md": b"theirs"}, "their commit"))
+    with pytest.raises(PushConflictError, match="changed while pushing"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    titles = [c.title for c in hub.commits(REPO)]
+    assert titles[-1] == "their commit" and len(titles) == 3  # ours did not land, theirs is intact
+    assert hub.read(REPO, "NOTES.md") == b"theirs"
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)  # rerun merges on top of theirs
+    assert hub.read(REPO, "NOTES.md") == b"theirs" and len(hub.commits(REPO)) == 4
+
+
+def test_push_keeps_existing_card_metadata(hub, tmp_path):
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    api.create_repo(REPO, repo_type="dataset")
+    existing = (
+        "---\nlicense: mit\nviewer: true\nextra_gated_prompt: Agree to the terms.\ntags:\n- curated-by-hand\n"
+        "configs:\n- config_name: raw\n  data_files: raw/*.jsonl\n---\n# Old body\n"
+    )
+    api.upload_file(path_or_fileobj=existing.encode(), path_in_repo="README.md", repo_id=REPO, repo_type="dataset")
+    push(build(tmp_path / "build"), REPO, token=hub.token, endpoint=hub.endpoint)
+    card = DatasetCard(hub.read(REPO, "README.md").decode())
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0"  # the recipe's, which we set
+    assert data["viewer"] is True and data["extra_gated_prompt"] == "Agree to the terms."  # kept
+    assert {"curated-by-hand", "synthetic", "textbookgen"} <= set(data["tags"])
+    assert [c["config_name"] for c in data["configs"]] == ["default", "raw"]
+    assert "# Old body" not in card.text and "## Curation" in card.text
+
+
+def test_merge_card_without_old_card_is_identity():
+    text = "---\nlicense: mit\nconfigs:\n- config_name: default\n  data_files: data/*\n---\nbody\n"
+    assert merge_card(text, None) == text
+
+
+def test_token_never_written_or_logged(hub, tmp_path, monkeypatch, caplog, capsys):
+    """Token from the environment; absent from every file we or the client wrote and from all logs."""
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    caplog.set_level(logging.DEBUG)
+    folder = build(tmp_path / "build")
+    push(folder, REPO, private=True, endpoint=hub.endpoint)
+    out = pull(REPO, tmp_path / "pulled", endpoint=hub.endpoint)
+    assert (out / "README.md").is_file()
+    assert HfApi(endpoint=hub.endpoint, token=hub.token).repo_info(REPO, repo_type="dataset").private
+    written = [p for p in tmp_path.rglob("*") if p.is_file()] + [p for p in Path(hub._tmp.name).rglob("*")]
+    assert len(written) > 15
+    secret = hub.token.encode()
+    for path in written:
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
+    captured = capsys.readouterr()
+    assert caplog.records and hub.token not in caplog.text
+    assert hub.token not in captured.out + captured.err
+
+
+def test_push_refuses_folder_with_token_inside(hub, tmp_path):
+    folder = build(tmp_path / "build")
+    (folder / "manifest.json").write_text(f'{{"oops": "{hub.token}"}}')
+    with pytest.raises(ValueError, match="contains your Hugging Face token"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    assert ("dataset", REPO) not in hub.repos
+
+
+def test_push_errors(hub, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
+    with pytest.raises(ValueError, match="no data/"):
+        push(tmp_path, REPO, token=hub.token, endpoint=hub.endpoint)
+    folder = build(tmp_path / "build")
+    with pytest.raises(PermissionError, match="HF_TOKEN"):
+        push(folder, REPO, endpoint=hub.endpoint)
+    (folder / "README.md").unlink()
+    with pytest.raises(ValueError, match="README.md"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    with pytest.raises(ValueError, match="user/name"):
+        pull("not a repo", tmp_path / "x", endpoint=hub.endpoint)
+
+
+def test_cli_push_and_pull(hub, tmp_path, monkeypatch):
+    from textbookgen.cli import app
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    folder = build(tmp_path / "build")
+    runner = CliRunner()
+    res = runner.invoke(app, ["push", str(folder), REPO, "--private", "--endpoint", hub.endpoint])
+    assert res.exit_code == 0, res.output
+    assert hub.commits(REPO)[-1].oid in res.output and hub.token not in res.output
+    res = runner.invoke(app, ["pull", REPO, "--out", str(tmp_path / "p"), "--endpoint", hub.endpoint])
+    assert res.exit_code == 0, res.output
+    assert published(tmp_path / "p")["README.md"] == (folder / "README.md").read_bytes()
+    res = runner.invoke(app, ["push", str(tmp_path / "empty"), REPO, "--endpoint", hub.endpoint])
+    assert res.exit_code != 0 and "no data/" in res.output
+    assert os.environ["HF_TOKEN"] == hub.token
