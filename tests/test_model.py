@@ -45,9 +45,11 @@ def test_phi15_preset_matches_released_model():
     assert (c.head_dim, c.rotary_dim, c.vocab_size, c.max_position_embeddings) == (64, 32, 51200, 2048)
 
 
-def test_logits_match_transformers_phi():
+@pytest.mark.parametrize("fuse", [True, False])
+def test_logits_match_transformers_phi(fuse):
     transformers = pytest.importorskip("transformers")
     m = _perturbed(SMALL).eval()
+    m.config.fuse_projections = fuse
     hf = transformers.PhiForCausalLM(transformers.PhiConfig(
         vocab_size=256, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=128, partial_rotary_factor=0.5, rope_theta=10000.0)).eval()
@@ -119,6 +121,18 @@ def test_kv_cache_decoding_equals_full_forward():
         parts = [m(ids[:, :8], cache=cache), m(ids[:, 8:13], cache=cache, start_pos=8)]
         parts += [m(ids[:, t:t + 1], cache=cache, start_pos=t) for t in range(13, 20)]
     assert (torch.cat(parts, 1) - full).abs().max().item() < 1e-5
+
+
+def test_fused_projections_same_grads():
+    m = _perturbed(SMALL)
+    ids, y = _ids(SMALL, 2, 40), _ids(SMALL, 2, 40, seed=6)
+    m(ids, labels=y).backward()
+    ref = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.config.fuse_projections = False
+    m(ids, labels=y).backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-6), n
 
 
 def test_activation_checkpointing_same_grads():

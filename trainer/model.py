@@ -4,6 +4,8 @@ Parameter names equal those of `transformers.PhiForCausalLM`, so `model.state_di
 checkpoint (see trainer/export.py). The block is phi's parallel one:
 `x = x + attn(ln(x)) + mlp(ln(x))`, partial rotary on the first `rotary_dim` dims of each head
 (NeoX / `rotate_half` pairing, not interleaved), tanh-GELU MLP, biases everywhere, untied lm_head.
+Speed: q, k, v and fc1 all read the same LayerNorm output, so they run as one matmul over the
+concatenated HF-named weights (`fuse_projections`); no dropout modules; chunked lm_head + loss.
 
 Forward contract (`Phi.forward(input_ids, labels=None, cache=None, start_pos=0)`):
 - `model(input_ids)` -> logits `[B, T, vocab_size]` (autocast dtype under autocast, else fp32).
@@ -56,6 +58,7 @@ class PhiConfig:
     loss_chunk_size: int = 4096  # tokens per lm_head+CE chunk; 0 = plain full-logits loss
     activation_checkpointing: bool = False
     attn_impl: str = "auto"  # "auto" (flash_attn if installed, else SDPA) | "sdpa" | "flash"
+    fuse_projections: bool = True  # q, k, v and fc1 as one matmul (same math; False = four, like HF)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -126,16 +129,14 @@ class PhiAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.dense = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
+    def attend(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        """Rotary + causal attention + `dense` on projected `qkv [B, T, 3 * hidden]` (q, k, v order)."""
+        B, T, _ = qkv.shape
         H, D = self.cfg.num_attention_heads, self.cfg.head_dim
-        # one fused QKV matmul over the three HF-named weights (names stay HF's; the cat is fused by compile)
-        w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        b = torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
-        q, k, v = F.linear(x, w, b).view(B, T, 3, H, D).unbind(2)  # each [B, T, H, D]
+        q, k, v = qkv.view(B, T, 3, H, D).unbind(2)  # each [B, T, H, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        use_flash = (flash_attn_func is not None and cache is None and x.is_cuda
+        use_flash = (flash_attn_func is not None and cache is None and qkv.is_cuda
                      and q.dtype in (torch.float16, torch.bfloat16) and self.cfg.attn_impl != "sdpa")
         if use_flash:
             y = flash_attn_func(q, k, v, causal=True)  # [B, T, H, D]
@@ -147,10 +148,14 @@ class PhiAttention(nn.Module):
                 if start_pos > 0:  # queries at start_pos.. see every cached key up to themselves
                     causal = False
                     if T > 1:
-                        kpos = torch.arange(k.shape[2], device=x.device)
-                        mask = kpos[None, :] <= (start_pos + torch.arange(T, device=x.device))[:, None]
+                        kpos = torch.arange(k.shape[2], device=qkv.device)
+                        mask = kpos[None, :] <= (start_pos + torch.arange(T, device=qkv.device))[:, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).transpose(1, 2)
-        return self.dense(y.reshape(B, T, C))
+        return self.dense(y.reshape(B, T, H * D))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        return self.attend(torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), -1), cos, sin, cache, start_pos)
 
 
 class PhiMLP(nn.Module):
@@ -166,6 +171,7 @@ class PhiMLP(nn.Module):
 class PhiDecoderLayer(nn.Module):
     def __init__(self, cfg: PhiConfig, layer_idx: int):
         super().__init__()
+        self.cfg = cfg
         self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.self_attn = PhiAttention(cfg, layer_idx)
         self.mlp = PhiMLP(cfg)
@@ -173,7 +179,15 @@ class PhiDecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         h = self.input_layernorm(x)
-        return x + self.self_attn(h, cos, sin, cache, start_pos) + self.mlp(h)
+        attn, mlp = self.self_attn, self.mlp
+        if not self.cfg.fuse_projections:
+            return x + attn(h, cos, sin, cache, start_pos) + mlp(h)
+        # attention and MLP read the same h, so q, k, v and fc1 are ONE matmul (the parallel block's
+        # fusion, PaLM-style); the weights stay HF-named and are concatenated on the fly (cheap, fused by compile)
+        w = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, mlp.fc1.weight))
+        b = torch.cat((attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias, mlp.fc1.bias))
+        qkv, u = F.linear(h, w, b).split((3 * self.cfg.hidden_size, self.cfg.intermediate_size), dim=-1)
+        return x + attn.attend(qkv, cos, sin, cache, start_pos) + mlp.fc2(F.gelu(u, approximate="tanh"))
 
 
 class PhiModel(nn.Module):
