@@ -398,3 +398,51 @@ def test_config_validation_and_go_durations():
     assert Fault.parse("429:0.05") == Fault("429", rate=0.05)
     assert Fault.parse("500:first=3") == Fault("500", first=3)
     assert [go_duration(s) for s in (0.02, 1, 360, 90.5, 3723)] == ["20ms", "1s", "6m0s", "1m30.5s", "1h2m3s"]
+
+
+def test_streaming_both_formats_and_a_mid_stream_drop():
+    with Emulator(cfg(faults=[Fault("reset", first=1, match="DROP")])) as emu:
+        async def go():
+            stream = await chat(oa(emu), max_tokens=60, stream=True, stream_options={"include_usage": True})
+            parts, finish, usage = [], None, None
+            async for chunk in stream:
+                if chunk.choices:
+                    parts.append(chunk.choices[0].delta.content or "")
+                    finish = chunk.choices[0].finish_reason or finish
+                usage = chunk.usage or usage
+            async with an(emu).messages.stream(model="claude-haiku-4-5", max_tokens=300, messages=USER) as s:
+                message = await s.get_final_message()
+            with pytest.raises(openai.APIConnectionError):
+                dropped = await chat(oa(emu), messages=[{"role": "user", "content": "DROP"}], stream=True)
+                async for _ in dropped:
+                    pass
+            return "".join(parts), finish, usage, message
+
+        text, finish, usage, message = asyncio.run(go())
+        assert finish in ("stop", "length") and usage.completion_tokens == -(-len(text) // 4) <= 60
+        assert message.stop_reason == "end_turn" and "water cycle" in message.content[0].text.lower()
+        assert message.usage.output_tokens + usage.completion_tokens == emu.output_tokens
+        assert emu.billed == 2 and emu.outcomes["reset"] == 1
+
+
+def test_n_choices_are_distinct_and_usage_sums():
+    with Emulator(cfg()) as emu:
+        c = asyncio.run(chat(oa(emu), n=3, max_tokens=80))
+        assert [ch.index for ch in c.choices] == [0, 1, 2]
+        assert len({ch.message.content for ch in c.choices}) == 3
+        assert c.usage.completion_tokens == emu.output_tokens and emu.billed == 1
+
+
+def test_abandoned_request_is_still_billed_like_a_real_provider():
+    with Emulator(cfg(latency_median_s=0.5)) as emu:
+        with pytest.raises(openai.APITimeoutError):
+            asyncio.run(chat(oa(emu, timeout=0.1)))
+        deadline = time.monotonic() + 5
+        while emu.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert emu.billed == 1 and emu.outcomes["billed_after_disconnect"] == 1
+    with Emulator(cfg(latency_median_s=0.5, bill_disconnects=False)) as emu:
+        with pytest.raises(openai.APITimeoutError):
+            asyncio.run(chat(oa(emu, timeout=0.1)))
+        time.sleep(0.1)
+        assert emu.billed == 0

@@ -128,6 +128,9 @@ class EmulatorConfig:
     the providers estimate output tokens; False charges only the tokens generated."""
     default_max_tokens: int = 4096
     hang_s: float = 600.0
+    """How long a `timeout` fault hangs (the client's timeout should be shorter)."""
+    bill_disconnects: bool = True
+    """A request the client abandons mid-generation (timeout, killed process) is still billed, as providers do."""
 
     def __post_init__(self) -> None:
         if self.latency_median_s < 0 or self.latency_sigma < 0:
@@ -245,6 +248,9 @@ class _Call:
     stops: list[str]
     key: str
     attempt: int
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
 
 
 class Emulator:
@@ -437,23 +443,41 @@ class Emulator:
         cfg = self.config
         if fault in ("429", "quota", "400", "content_filter"):
             raise self._error(call.provider, fault, model=call.model, headers=self._limit_headers(call.provider))
-        text, finish = self._completion_text(call, fault)
-        output_tokens = estimate_tokens(text) if fault != "truncate" else call.max_tokens
+        choices = [self._completion_text(call, fault, i) for i in range(call.n)]
+        output_tokens = sum(estimate_tokens(text) for text, _ in choices)
         latency = cfg.latency_median_s * math.exp(cfg.latency_sigma * rng.gauss(0.0, 1.0))
-        await asyncio.sleep(latency + cfg.latency_per_output_token_s * output_tokens)
+        decode_s = 0.0 if call.stream else cfg.latency_per_output_token_s * output_tokens
+        try:
+            await asyncio.sleep(latency + decode_s)
+        except asyncio.CancelledError:  # the client left; the provider still finishes the work and bills it
+            if cfg.bill_disconnects and fault in (None, "truncate", "refusal", "bad_json"):
+                self._bill(call, output_tokens, "billed_after_disconnect")
+            raise
         if fault == "reset":
             self.outcomes["reset"] += 1
-            if request.transport is not None:
-                request.transport.abort()
-            await asyncio.sleep(cfg.hang_s)  # cancelled by the disconnect
-            raise Outcome(web.Response(status=500), "reset_unanswered")
+            if not call.stream:
+                await self._drop(request)
         if fault == "timeout":
             self.outcomes["timeout"] += 1
             await asyncio.sleep(cfg.hang_s)  # the client gives up first; its disconnect cancels us
             raise self._error(call.provider, "timeout", model=call.model, label="timeout_unanswered")
         if fault in ("500", "502", "503", "529"):
             raise self._error(call.provider, fault, model=call.model, headers=self._limit_headers(call.provider))
-        self._limiter.refund("output_tokens", -output_tokens, time.monotonic())  # charge what was generated
+        headers = self._limit_headers(call.provider) | self._id_headers(call.provider, latency)
+        if fault != "reset":
+            self._bill(call, output_tokens, fault or choices[0][1].partition(":")[0])
+        if call.stream:
+            return await self._stream(request, call, choices[0], output_tokens, fault, headers)
+        payload = (self._openai_payload if call.provider == OPENAI else self._anthropic_payload)(
+            call, choices, output_tokens)
+        raw = json.dumps(payload, ensure_ascii=False)
+        if fault == "bad_json":
+            raw = raw[: max(1, len(raw) // 2)]
+        return web.Response(text=raw, content_type="application/json", headers=headers)
+
+    def _bill(self, call: _Call, output_tokens: int, outcome: str) -> None:
+        """Charge a completed generation: counters, per-request totals, and the output-token bucket."""
+        self._limiter.refund("output_tokens", -output_tokens, time.monotonic())
         self.billed += 1
         self.billed_keys[call.key] += 1
         totals = self.tokens_by_key.setdefault(call.key, [0, 0])
@@ -461,14 +485,77 @@ class Emulator:
         totals[1] += output_tokens
         self.input_tokens += call.input_tokens
         self.output_tokens += output_tokens
-        self.outcomes[fault or finish] += 1
-        headers = self._limit_headers(call.provider) | self._id_headers(call.provider, latency)
-        payload = (self._openai_payload if call.provider == OPENAI else self._anthropic_payload)(
-            call, text, finish, output_tokens)
-        raw = json.dumps(payload, ensure_ascii=False)
+        self.outcomes[outcome] += 1
+
+    async def _drop(self, request: web.Request) -> None:
+        """Close the TCP connection without an answer; the disconnect cancels this handler."""
+        if request.transport is not None:
+            request.transport.abort()
+        await asyncio.sleep(self.config.hang_s)
+        raise Outcome(web.Response(status=500), "reset_unanswered")
+
+    async def _stream(self, request: web.Request, call: _Call, choice: tuple[str, str], output_tokens: int,
+                      fault: str | None, headers: dict[str, str]) -> web.StreamResponse:
+        """Server-sent events in the provider's stream format; reset drops the connection halfway."""
+        text, finish = choice
+        pieces = [text[i:i + STREAM_CHUNK_CHARS] for i in range(0, len(text), STREAM_CHUNK_CHARS)]
+        if finish == "refusal":
+            pieces = []
+        events = (self._openai_events if call.provider == OPENAI else self._anthropic_events)(
+            call, pieces, finish, output_tokens)
         if fault == "bad_json":
-            raw = raw[: max(1, len(raw) // 2)]
-        return web.Response(text=raw, content_type="application/json", headers=headers)
+            mid = len(events) // 2
+            events[mid] = events[mid][: len(events[mid]) // 2] + "\n\n"
+        resp = web.StreamResponse(headers=headers | {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        per_event_s = self.config.latency_per_output_token_s * output_tokens / max(1, len(events))
+        cut = len(events) // 2 if fault == "reset" else len(events)
+        if per_event_s:
+            for event in events[:cut]:
+                await resp.write(event.encode())
+                await asyncio.sleep(per_event_s)
+        else:
+            await resp.write("".join(events[:cut]).encode())
+        if fault == "reset":
+            await self._drop(request)
+        await resp.write_eof()
+        return resp
+
+    def _openai_events(self, call: _Call, pieces: list[str], finish: str, output_tokens: int) -> list[str]:
+        head = {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": call.model, "service_tier": "default",
+                "system_fingerprint": self._fingerprint}
+        usage = {"usage": None} if call.include_usage else {}
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return "data: " + json.dumps(head | {"choices": [choice]} | usage, ensure_ascii=False) + "\n\n"
+
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        events += [chunk({"content": p}) for p in pieces]
+        events.append(chunk({}, _OPENAI_FINISH.get(finish.partition(":")[0], "stop")))
+        if call.include_usage:
+            events.append("data: " + json.dumps(head | {"choices": [], "usage": self._openai_usage(
+                call, output_tokens)}) + "\n\n")
+        return [*events, "data: [DONE]\n\n"]
+
+    def _anthropic_events(self, call: _Call, pieces: list[str], finish: str, output_tokens: int) -> list[str]:
+        def event(name: str, data: dict[str, Any]) -> str:
+            return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        stop_reason, stop_sequence = _anthropic_stop(finish)
+        message = self._anthropic_payload(call, [("", finish)], 1) | {"content": [], "stop_reason": None}
+        events = [event("message_start", {"type": "message_start", "message": message}),
+                  event("ping", {"type": "ping"})]
+        if pieces:
+            events.append(event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                        "content_block": {"type": "text", "text": ""}}))
+            events += [event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                     "delta": {"type": "text_delta", "text": p}}) for p in pieces]
+            events.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        events.append(event("message_delta", {"type": "message_delta", "delta": {
+            "stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": {"output_tokens": output_tokens}}))
+        return [*events, event("message_stop", {"type": "message_stop"})]
 
     # ----- request parsing ------------------------------------------------------------------------
     async def _json_body(self, request: web.Request, provider: str) -> dict[str, Any]:
@@ -514,14 +601,17 @@ class Emulator:
             stops = [stops] if isinstance(stops, str) else stops
             if not isinstance(max_tokens, int) or max_tokens < 1:
                 raise self._error(provider, "400", message="max_tokens must be a positive integer", param="max_tokens")
-            if body.get("stream"):
-                raise self._error(provider, "400", message="stream=true is not supported by the emulator",
-                                  param="stream")
+        n = body.get("n") or 1 if provider == OPENAI else 1
+        if not isinstance(n, int) or not 1 <= n <= 128 or (n > 1 and body.get("stream")):
+            raise self._error(provider, "400", message="n must be an integer in [1, 128] (1 when streaming)",
+                              param="n")
         key = request_key(provider, body)
         attempt = self.received_keys[key]
         self.received_keys[key] += 1
         return _Call(provider, body, model, max_tokens, prompt_text(messages, body.get("system")),
-                     self._count_input(body), [s for s in stops if isinstance(s, str) and s], key, attempt)
+                     self._count_input(body), [s for s in stops if isinstance(s, str) and s], key, attempt,
+                     n=n, stream=bool(body.get("stream")),
+                     include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
 
     def _pick_fault(self, call: _Call, rng: random.Random) -> str | None:
         u, acc = rng.random(), 0.0
@@ -537,11 +627,11 @@ class Emulator:
         return chosen
 
     # ----- completion text ------------------------------------------------------------------------
-    def _completion_text(self, call: _Call, fault: str | None) -> tuple[str, str]:
+    def _completion_text(self, call: _Call, fault: str | None, index: int = 0) -> tuple[str, str]:
         """The text and the normalized finish: 'stop', 'length', 'stop_sequence:<s>' or 'refusal'."""
         if fault == "refusal":
             return "I'm sorry, but I can't help with that request.", "refusal"
-        seed = int(call.key[:15], 16) ^ self.config.seed
+        seed = (int(call.key[:15], 16) ^ self.config.seed) + index
         budget = call.max_tokens * 2 if fault == "truncate" else call.max_tokens
         if self.config.responder is not None:
             text = self.config.responder(call.body)
@@ -558,29 +648,32 @@ class Emulator:
             return text[: call.max_tokens * 4], "length"
         return text, "stop"
 
-    def _openai_payload(self, call: _Call, text: str, finish: str, output_tokens: int) -> dict[str, Any]:
-        finish_reason = {"length": "length", "refusal": "content_filter"}.get(finish, "stop")
-        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
-        if finish == "refusal":
-            message.update(content=None, refusal=text)
+    def _openai_usage(self, call: _Call, output_tokens: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": call.input_tokens, "completion_tokens": output_tokens,
+            "total_tokens": call.input_tokens + output_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        }
+
+    def _openai_payload(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> dict[str, Any]:
+        out = []
+        for i, (text, finish) in enumerate(choices):
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+            if finish == "refusal":
+                message.update(content=None, refusal=text)
+            finish_reason = _OPENAI_FINISH.get(finish.partition(":")[0], "stop")
+            out.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason})
         return {
             "id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
-            "model": call.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
-            "usage": {
-                "prompt_tokens": call.input_tokens, "completion_tokens": output_tokens,
-                "total_tokens": call.input_tokens + output_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                              "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
-            },
+            "model": call.model, "choices": out, "usage": self._openai_usage(call, output_tokens),
             "service_tier": "default", "system_fingerprint": self._fingerprint,
         }
 
-    def _anthropic_payload(self, call: _Call, text: str, finish: str, output_tokens: int) -> dict[str, Any]:
-        stop_reason, stop_sequence = {"length": "max_tokens", "refusal": "refusal"}.get(finish, "end_turn"), None
-        if finish.startswith("stop_sequence:"):
-            stop_reason, stop_sequence = "stop_sequence", finish.partition(":")[2]
+    def _anthropic_payload(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> dict[str, Any]:
+        text, finish = choices[0]
+        stop_reason, stop_sequence = _anthropic_stop(finish)
         return {
             "id": "msg_01" + secrets.token_hex(11), "type": "message", "role": "assistant", "model": call.model,
             "content": [{"type": "text", "text": text}] if text and finish != "refusal" else [],
@@ -688,6 +781,17 @@ _ERRORS: dict[str, tuple[int, str, str | None, str, str]] = {
     "timeout": (504, "server_error", "timeout", "timeout_error", "Request timed out."),
     "502": (502, "server_error", None, "api_error", "Bad gateway."),
 }
+
+
+_OPENAI_FINISH = {"length": "length", "refusal": "content_filter", "stop_sequence": "stop", "stop": "stop"}
+STREAM_CHUNK_CHARS = 32
+
+
+def _anthropic_stop(finish: str) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) for a normalized finish."""
+    if finish.startswith("stop_sequence:"):
+        return "stop_sequence", finish.partition(":")[2]
+    return {"length": "max_tokens", "refusal": "refusal"}.get(finish, "end_turn"), None
 
 
 def _bearer(value: str) -> str:

@@ -39,6 +39,10 @@ _SUBJECT_RES = (
 _STOP_TAIL = re.compile(r"\s+(?:for|as|in|with|that|which|suitable|aimed|formatted|written|using|one|each)\b.*$",
                         re.IGNORECASE)
 
+_LEADING_WORDS = {
+    "explain", "describe", "discuss", "write", "define", "summarize", "summarise", "teach", "introduce",
+    "tell", "me", "please", "briefly", "a", "an", "the", "what", "is", "are", "how", "why", "does", "do",
+}
 _CONCEPTS = (
     "foundations", "history", "key principles", "core definitions", "measurement", "mathematical models",
     "experimental methods", "applications", "common misconceptions", "case studies", "ethics",
@@ -123,8 +127,11 @@ def subject_of(prompt: str) -> str:
             subject = _STOP_TAIL.sub("", m.group(1)).strip(" \"'“”.:-")
             if subject and not subject.lower().startswith(("the following", "this", "it ")):
                 return subject[:80]
-    words = re.findall(r"[A-Za-z][A-Za-z-]+", prompt)
-    return " ".join(words[-3:]) if words else "the subject"
+    first_line = prompt.strip().splitlines()[0] if prompt.strip() else ""
+    words = re.findall(r"[A-Za-z][A-Za-z-]+", first_line)
+    while words and words[0].lower() in _LEADING_WORDS:
+        words.pop(0)
+    return " ".join(words[:6]) if words else "the subject"
 
 
 def distinct_items(subject: str, n: int, rng: random.Random) -> list[str]:
