@@ -10,7 +10,7 @@ import yaml
 from huggingface_hub import DatasetCard
 from test_dataset import sample_documents
 
-from textbookgen.card import CARDS_DIR, redact, render_card, size_category, validate_card_text
+from textbookgen.card import CARDS_DIR, language_code, redact, render_card, size_category, validate_card_text
 from textbookgen.dataset import write_dataset
 
 RECIPE = {
@@ -139,3 +139,12 @@ def test_errors_name_the_problem(tmp_path):
 def test_size_categories():
     assert [size_category(n) for n in (0, 999, 1000, 54_321, 2_000_000, 10**13)] == [
         "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M", "n>1T"]  # fmt: skip
+
+
+def test_language_names_become_iso_codes(tmp_path):
+    assert [language_code(x) for x in ("English", "french", "en", "pt-BR")] == ["en", "fr", "en", "pt-BR"]
+    with pytest.raises(ValueError, match="Klingonese"):
+        language_code("Klingonese")
+    write_dataset(sample_documents(5), tmp_path)
+    readme = render_card(tmp_path, CARDS_DIR / "quickstart.md", {**RECIPE, "language": "German"}, {})
+    assert DatasetCard.load(readme).data.language == ["de"]

@@ -71,6 +71,26 @@ SECRET_KEY_RE = re.compile(r"(?i)(api[_-]?key|secret|password|passwd|authorizati
 SECRET_VALUE_RE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,})")
 
 
+#: Language names a recipe may use -> the ISO 639-1 codes the Hub's `language:` metadata expects.
+LANGUAGE_CODES = {
+    "english": "en", "french": "fr", "german": "de", "spanish": "es", "italian": "it", "portuguese": "pt",
+    "dutch": "nl", "russian": "ru", "chinese": "zh", "japanese": "ja", "korean": "ko", "arabic": "ar",
+    "hindi": "hi", "bengali": "bn", "turkish": "tr", "polish": "pl", "swedish": "sv", "ukrainian": "uk",
+    "vietnamese": "vi", "indonesian": "id", "greek": "el", "czech": "cs", "hebrew": "he", "persian": "fa",
+    "finnish": "fi", "danish": "da", "norwegian": "no", "romanian": "ro", "hungarian": "hu", "thai": "th",
+}  # fmt: skip
+
+
+def language_code(language: str) -> str:
+    """ISO 639-1 code for a language name or code ("English" -> "en"; "en", "pt-BR" stay as they are)."""
+    key = language.strip().lower()
+    if key in LANGUAGE_CODES:
+        return LANGUAGE_CODES[key]
+    if re.fullmatch(r"[a-z]{2,3}([-_][a-z0-9]{2,8})?", key):
+        return language.strip()
+    raise ValueError(f"recipe language {language!r} is neither an ISO 639 code nor a known language name")
+
+
 def size_category(n: int) -> str:
     """The Hub's `size_categories` bucket for `n` rows."""
     for bound, name in SIZE_CATEGORIES:
@@ -120,7 +140,7 @@ def card_data(recipe: Mapping, splits: dict[str, list[Path]], info: dict, n_rows
     tags = ["synthetic", "textbookgen", *(recipe.get("tags") or []), *(card.get("tags") or [])]
     return DatasetCardData(
         license=recipe.get("license") or "other",
-        language=[language] if isinstance(language, str) else list(language),
+        language=[language_code(x) for x in ([language] if isinstance(language, str) else language)],
         annotations_creators=["machine-generated"],
         language_creators=["machine-generated"],
         multilinguality=["monolingual"],
@@ -278,6 +298,13 @@ def _fmt_int(v: Any) -> str:
     return f"{int(v):,}" if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "–"
 
 
+def _fmt_kv(d: Any, sep: str = ": ", join: str = "; ") -> str:
+    """`k: v; k: v` of a mapping's scalar, non-null values (nested ones are in manifest.json)."""
+    if not isinstance(d, Mapping):
+        return str(d)
+    return join.join(f"{k}{sep}{v}" for k, v in d.items() if v is not None and not isinstance(v, (Mapping, list)))
+
+
 def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, manifest: dict) -> Path:
     """Write `out_dir/README.md` (+ `assets/*.png`, `recipe.yaml`, `manifest.json`, `journal_summary.json`).
 
@@ -332,6 +359,7 @@ def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, ma
         lstrip_blocks=True,
     )
     env.filters["int"] = _fmt_int
+    env.filters["kv"] = _fmt_kv
     env.filters["pct"] = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
     env.filters["filesize"] = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
     env.filters["usd"] = lambda v: f"${v:,.4f}" if isinstance(v, (int, float)) else "–"
