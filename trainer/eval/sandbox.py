@@ -1,0 +1,224 @@
+"""Run untrusted (model-written) Python in a throwaway subprocess: the HumanEval/MBPP executor.
+
+Layers, each closing what the others might miss:
+- a fresh temporary directory as cwd and HOME, a clean environment, `python -I -S -B` (no user site,
+  no PYTHON* variables, no site-packages);
+- resource limits: address space (RLIMIT_AS, so a huge allocation raises MemoryError), CPU seconds,
+  written-file size (stdout/stderr go to files, so floods end in SIGXFSZ), no core dumps;
+- a wall-clock timeout that kills the whole process group (and the PID namespace when there is one);
+- no network: a new network namespace (`unshare -rn`, only a downed loopback) where the kernel allows
+  it; in every case an audit hook (PEP 578) that refuses sockets;
+- the same audit hook refuses fork/exec/subprocess/kill/ctypes, opening files outside the temporary
+  directory and the Python standard library, writes outside the temporary directory, and listing or
+  changing directories elsewhere.
+Like OpenAI human-eval's `reliability_guard`, this is a guard against accidents and careless code, not
+a security boundary against a determined attacker; run evaluations in a container as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+__all__ = ["SandboxConfig", "SandboxResult", "network_isolation_available", "run_python", "run_many"]
+
+_GUARD = r'''
+import os, sys
+_TMP = os.path.realpath(os.getcwd())
+_READ = tuple(os.path.realpath(p) for p in __READ__) + (_TMP,)
+_DEVICES = ("/dev/null", "/dev/urandom", "/dev/zero")
+_DENY = __SOCKETS__ + ("os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system", "os.kill",
+         "os.killpg", "os.setuid", "os.setgid", "subprocess.Popen", "signal.pthread_kill", "ctypes.",
+         "resource.setrlimit", "resource.prlimit", "pty.", "fcntl.ioctl", "winreg.", "webbrowser.")
+_WRITE_PATH = ("os.chdir", "os.chmod", "os.chown", "os.remove", "os.rename", "os.rmdir", "os.mkdir",
+               "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move",
+               "shutil.copyfile", "shutil.copytree", "os.mkfifo", "os.mknod", "os.setxattr", "os.removexattr")
+
+
+def _inside(path, roots):
+    if isinstance(path, int):
+        return True
+    try:
+        p = os.path.realpath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return False
+    return p in _DEVICES or any(p == r or p.startswith(r + os.sep) for r in roots)
+
+
+def _hook(event, args):
+    if event.startswith(_DENY):
+        raise PermissionError(f"sandbox: {event} is not allowed")
+    if event == "open":
+        path, mode, flags = args
+        if path is None:
+            return
+        writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (
+            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC))
+        if not _inside(path, (_TMP,) if writing else _READ):
+            raise PermissionError(f"sandbox: open({path!r}) outside the sandbox is not allowed")
+    elif event in ("os.listdir", "os.scandir"):
+        if args and args[0] not in (None, ".") and not _inside(args[0], _READ):
+            raise PermissionError(f"sandbox: listing {args[0]!r} is not allowed")
+    elif event.startswith(_WRITE_PATH):
+        for a in args[:2]:
+            if isinstance(a, (str, bytes, os.PathLike)) and not _inside(a, (_TMP,)):
+                raise PermissionError(f"sandbox: {event}({a!r}) outside the sandbox is not allowed")
+
+
+with open("program.py", encoding="utf-8") as _f:
+    _src = _f.read()
+_code = compile(_src, "program.py", "exec")
+sys.argv = ["program.py"]
+sys.addaudithook(_hook)
+exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+'''
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits for one run. `network`: "auto" (namespace if available, else the audit hook alone),
+    "unshare" (require the namespace), or "audit" (audit hook only)."""
+
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+    max_output_bytes: int = 1 << 20
+    network: str = "auto"
+    python: str = sys.executable
+    extra_read_paths: tuple[str, ...] = ()
+    block_sockets: bool = True  # the audit hook refuses sockets (False only to test the namespace alone)
+
+
+@dataclass
+class SandboxResult:
+    """status: passed | failed | timeout | memory | output_limit | error (could not start)."""
+
+    status: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    duration_s: float
+    isolation: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+@cache
+def network_isolation_available() -> tuple[str, ...]:
+    """The `unshare` prefix this kernel allows (new user+net namespace, plus a PID namespace if allowed)."""
+    exe = shutil.which("unshare")
+    if exe is None:
+        return ()
+    for prefix in ([exe, "-rn", "--pid", "--fork", "--kill-child"], [exe, "-rn"]):
+        try:
+            ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return tuple(prefix)
+    return ()
+
+
+def _stdlib_paths() -> list[str]:
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")}
+    paths |= {os.path.join(p, "lib-dynload") for p in set(paths)}
+    return sorted(p for p in paths if os.path.isdir(p))
+
+
+def _limits(cfg: SandboxConfig) -> None:
+    """Runs in the child between fork and exec: hard limits it cannot raise again."""
+    mem = cfg.memory_mb * 1024 * 1024
+    cpu = int(cfg.timeout_s) + 2
+    for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu),
+                       (resource.RLIMIT_FSIZE, cfg.max_output_bytes), (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(res, (value, value))
+
+
+def _read_capped(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> SandboxResult:
+    """Execute `code` as a script in the sandbox; `passed` means it exited 0 within the limits."""
+    if cfg.network not in ("auto", "unshare", "audit"):
+        raise ValueError(f"network must be auto|unshare|audit, got {cfg.network!r}")
+    prefix = network_isolation_available() if cfg.network != "audit" else ()
+    if cfg.network == "unshare" and not prefix:
+        raise RuntimeError("network namespaces (unshare -rn) are not available on this machine")
+    isolation = ["audit-hook", "rlimits", "tempdir"] + (["netns"] if prefix else [])
+    tmp = Path(tempfile.mkdtemp(prefix="tbg-sandbox-"))
+    try:
+        guard = _GUARD.replace("__READ__", json.dumps(_stdlib_paths() + list(cfg.extra_read_paths)))
+        guard = guard.replace("__SOCKETS__", '("socket.",)' if cfg.block_sockets else "()")
+        (tmp / "_guard.py").write_text(guard, encoding="utf-8")
+        (tmp / "program.py").write_text(code, encoding="utf-8")
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
+               "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+        cmd = [*prefix, cfg.python, "-I", "-S", "-B", "_guard.py"]
+        start = time.monotonic()
+        with open(tmp / ".stdout", "wb") as out, open(tmp / ".stderr", "wb") as err:
+            try:
+                proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                        start_new_session=True, preexec_fn=lambda: _limits(cfg))  # noqa: PLW1509
+            except OSError as e:
+                return SandboxResult("error", None, "", str(e), 0.0, isolation)
+            timed_out = False
+            try:
+                rc = proc.wait(timeout=cfg.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                _kill_group(proc.pid)
+                rc = proc.wait()
+        duration = time.monotonic() - start
+        stdout = _read_capped(tmp / ".stdout", cfg.max_output_bytes)
+        stderr = _read_capped(tmp / ".stderr", cfg.max_output_bytes)
+        return SandboxResult(_status(rc, timed_out, stderr), rc, stdout, stderr, duration, isolation)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _status(rc: int, timed_out: bool, stderr: str) -> str:
+    if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return "timeout"
+    tail = stderr[-2000:]
+    if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or (rc and "File too large" in tail):
+        return "output_limit"
+    if rc == 0:
+        return "passed"
+    if "MemoryError" in tail or rc in (-signal.SIGSEGV, 128 + signal.SIGSEGV) and "memory" in tail.lower():
+        return "memory"
+    return "failed"
+
+
+def run_many(programs: Sequence[str], cfg: SandboxConfig = SandboxConfig(), workers: int | None = None
+             ) -> list[SandboxResult]:
+    """Run programs concurrently (one subprocess each), results in input order."""
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda code: run_python(code, cfg), programs))
