@@ -102,7 +102,7 @@ class DecontaminationConfig(_Strict):
     benchmarks: list[BenchmarkSource] = Field(default_factory=list)
     ngram: int = Field(13, ge=3)
     min_item_words: int = Field(8, ge=1)  # item texts shorter than `ngram` but at least this long match whole
-    similarity: float = Field(0.8, gt=0.0, le=1.0)  # rapidfuzz partial-ratio of item text vs doc window
+    similarity: float = Field(0.8, gt=0.0, le=1.0)  # share of the item's words found in order in the doc
 
     @model_validator(mode="before")
     @classmethod

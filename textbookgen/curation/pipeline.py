@@ -13,6 +13,7 @@ from textbookgen.curation.config import CurationConfig
 
 def build_steps(config: CurationConfig) -> list[Step]:
     """The enabled stages as a list of steps (datatrove-style composition)."""
+    from textbookgen.curation.decontaminate import Decontaminate
     from textbookgen.curation.exact import ExactDedup
     from textbookgen.curation.filters import HeuristicFilter
     from textbookgen.curation.near_dedup import MinHashDedup
@@ -23,6 +24,8 @@ def build_steps(config: CurationConfig) -> list[Step]:
         steps.append(ExactDedup(t, i))
     if config.filters.enabled:
         steps.append(HeuristicFilter(config.filters, t, i))
+    if config.decontamination.enabled and config.decontamination.benchmarks:
+        steps.append(Decontaminate(config.decontamination, t, i))
     if config.minhash.enabled:
         steps.append(MinHashDedup(config.minhash, t, i))
     return steps

@@ -1,0 +1,107 @@
+"""Decontamination: benchmark items planted verbatim and lightly edited into real text are caught and
+reported; text that only shares a phrase with a benchmark is kept."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from textbookgen.curation import CurationConfig, curate
+from textbookgen.curation.config import BenchmarkSource, DecontaminationConfig
+from textbookgen.curation.decontaminate import Decontaminate
+
+
+@pytest.fixture(scope="module")
+def wiki(shared_data: Path) -> list[str]:
+    docs = [json.loads(x)["eng_Latn"] for x in gzip.open(shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz", "rt")]
+    return [d for d in docs if 200 <= len(d.split()) <= 1500][:80]
+
+
+@pytest.fixture(scope="module")
+def sources(shared_data: Path) -> list[BenchmarkSource]:
+    return [BenchmarkSource(name="gsm8k", path=str(shared_data / "gsm8k" / "test.jsonl.gz")),
+            BenchmarkSource(name="arc_easy", path=str(shared_data / "llmfoundry_eval_gauntlet" / "arc_easy.jsonl.gz")),
+            BenchmarkSource(name="humaneval", path=str(shared_data / "humaneval" / "HumanEval.jsonl.gz"))]
+
+
+@pytest.fixture(scope="module")
+def step(sources) -> Decontaminate:
+    return Decontaminate(DecontaminationConfig(benchmarks=sources))
+
+
+def light_edit(text: str, rng: random.Random) -> str:
+    """Reformat (case, punctuation, spacing, numbers) and swap one word near the middle."""
+    words = text.replace(",", " ,").replace("\n", " ").split()
+    mid = len(words) // 2
+    words[mid] = "certainly"
+    out = " ".join(words).upper() if rng.random() < 0.5 else " ".join(words)
+    return "".join(str((int(c) + 1) % 10) if c.isdigit() else c for c in out)
+
+
+def embed(doc: str, planted: str, rng: random.Random) -> str:
+    paras = doc.split("\n")
+    paras.insert(rng.randrange(len(paras) + 1), planted)
+    return "\n".join(paras)
+
+
+def test_planted_items_are_caught_and_reported(wiki, step, shared_data, tmp_path):
+    from textbookgen.benchmarks import load_benchmark
+
+    rng = random.Random(11)
+    gsm = load_benchmark("gsm8k", shared_data / "gsm8k" / "test.jsonl.gz")
+    arc = load_benchmark("arc_easy", shared_data / "llmfoundry_eval_gauntlet" / "arc_easy.jsonl.gz")
+    he = load_benchmark("humaneval", shared_data / "humaneval" / "HumanEval.jsonl.gz")
+    plants = {  # doc index -> (benchmark, item id, text planted)
+        0: ("gsm8k", gsm[5].id, gsm[5].context),
+        1: ("gsm8k", gsm[40].id, light_edit(gsm[40].context, rng)),
+        2: ("arc_easy", arc[7].id, arc[7].context + " " + arc[7].choices[arc[7].gold]),
+        3: ("arc_easy", arc[99].id, light_edit(arc[99].context, rng)),
+        4: ("humaneval", he[3].id, "Here is a classic exercise.\n" + he[3].context),
+        5: ("humaneval", he[10].id, light_edit(he[10].context + he[10].target, rng)),
+        6: ("gsm8k", gsm[200].id, gsm[200].target),  # the worked solution only
+    }
+    texts = list(wiki[:40])
+    for i, (_, _, planted) in plants.items():
+        texts[i] = embed(texts[i], planted, rng)
+    # near misses: a short phrase shared with a benchmark question is not contamination
+    texts[20] = texts[20] + " " + " ".join(gsm[5].context.split()[:10])
+    texts[21] = texts[21] + "\n" + " ".join(arc[7].context.split()[:14]) + " is a question people often ask."
+    df = pl.DataFrame({"id": [f"d{i:02d}" for i in range(len(texts))], "text": texts})
+    out, stats = step(df, tmp_path)
+    assert sorted(set(df["id"]) - set(out["id"])) == [f"d{i:02d}" for i in sorted(plants)]
+    report = pl.read_parquet(tmp_path / "contamination.parquet")
+    for i, (bench, item_id, _) in plants.items():
+        rows = report.filter(pl.col("id") == f"d{i:02d}")
+        assert (bench, item_id) in set(zip(rows["benchmark"], rows["item_id"], strict=True)), (i, rows)
+    assert stats.dropped == {"contaminated:gsm8k": 3, "contaminated:arc_easy": 2, "contaminated:humaneval": 2}
+    assert stats.extra["benchmark_items"]["gsm8k"] == len(gsm)
+
+
+def test_generic_jsonl_and_folder_sources(wiki, tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    questions = [" ".join(wiki[50 + k].split()[40:80]) for k in range(5)]
+    with open(bench / "myeval.jsonl", "w") as f:
+        for k, q in enumerate(questions):
+            f.write(json.dumps({"id": f"q{k}", "question": q, "answer": "yes"}) + "\n")
+    pl.DataFrame({"prompt": [" ".join(wiki[60].split()[10:40])]}).write_parquet(bench / "other.parquet")
+    df = pl.DataFrame({"id": ["a", "b", "c"], "text": [wiki[50], wiki[60], wiki[70]]})
+    cfg = CurationConfig.model_validate({
+        "exact": {"enabled": False}, "minhash": {"enabled": False}, "filters": {"enabled": False},
+        "decontamination": {"benchmarks": [str(bench)]}})
+    out, stats = curate(df, cfg, tmp_path / "work")
+    assert out["id"].to_list() == ["c"]
+    assert stats["decontamination"]["dropped"] == {"contaminated:myeval": 1, "contaminated:other": 1}
+    report = pl.read_parquet(tmp_path / "work" / "decontamination" / "contamination.parquet")
+    assert set(report["item_id"]) == {"q0", "0"}
+
+
+def test_missing_field_is_a_clear_error(tmp_path):
+    (tmp_path / "b.jsonl").write_text(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(ValueError, match="b.jsonl.*answer"):
+        Decontaminate(DecontaminationConfig(benchmarks=[{"path": str(tmp_path / "b.jsonl"), "fields": ["answer"]}]))

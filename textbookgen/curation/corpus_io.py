@@ -1,0 +1,82 @@
+"""Read and write corpora as polars frames: parquet, jsonl/json (optionally .gz/.zst), files or folders."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import polars as pl
+
+SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
+
+
+def corpus_files(path: Path) -> list[Path]:
+    """The data files of `path` (itself, or the corpus files under a folder, sorted)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+    if not files:
+        raise ValueError(f"{path}: no corpus files ({', '.join(SUFFIXES)})")
+    return files
+
+
+def _read_jsonl(path: Path) -> pl.DataFrame:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    rows = []
+    with opener(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    if path.name.split(".")[-1 if not path.name.endswith(".gz") else -2] == "json" and text.lstrip()[:1] == "[":
+        return pl.DataFrame(json.loads(text), infer_schema_length=None)
+    for n, line in enumerate(io.StringIO(text), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def read_records(path: Path) -> pl.DataFrame:
+    """One parquet or jsonl/json file as it is."""
+    return pl.read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
+
+
+def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "id") -> pl.DataFrame:
+    """All rows of a parquet/jsonl file or folder. Rows without `id_column` get "<file stem>:<row>" ids."""
+    frames = []
+    for f in corpus_files(Path(path)):
+        df = read_records(f)
+        if text_column not in df.columns:
+            raise ValueError(f"{f}: no {text_column!r} field (fields: {df.columns}); pass --text-column")
+        if id_column not in df.columns:
+            stem = f.name.split(".")[0]
+            df = df.with_row_index(id_column).with_columns(
+                pl.format("{}:{}", pl.lit(stem), pl.col(id_column)).alias(id_column))
+        nulls = df[text_column].null_count()
+        if nulls:
+            raise ValueError(f"{f}: {nulls} row(s) with a null {text_column!r}")
+        frames.append(df.with_columns(pl.col(id_column).cast(pl.String), pl.col(text_column).cast(pl.String)))
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def write_corpus(df: pl.DataFrame, path: str | Path) -> Path:
+    """Write parquet (zstd) or jsonl by the suffix of `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        df.write_parquet(path, compression="zstd")
+    elif path.suffix in (".jsonl", ".ndjson"):
+        df.write_ndjson(path)
+    else:
+        raise ValueError(f"{path}: write .parquet or .jsonl")
+    return path
