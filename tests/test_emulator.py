@@ -387,7 +387,31 @@ def test_stats_endpoint_and_cli_serves(tmp_path):
         assert stats["received"] == 2 and stats["billed"] == 1 and stats["outcomes"]["500"] == 1
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and json.loads(out.strip().splitlines()[-1])["billed"] == 1  # final counters
+
+
+def test_combined_tpm_context_limit_recording_and_cross_thread_stats():
+    with Emulator(cfg(tpm=10_000, input_tpm=50_000, context_tokens=1000, record_requests=True)) as emu:
+        async def go():
+            raw = await oa(emu).chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=USER, max_tokens=100)
+            araw = await an(emu).messages.with_raw_response.create(
+                model="claude-haiku-4-5", messages=USER, max_tokens=100)
+            with pytest.raises(openai.BadRequestError) as too_long:
+                await chat(oa(emu), max_tokens=990)
+            return raw.headers, araw.headers, too_long.value
+
+        headers, aheaders, too_long = asyncio.run(go())
+        assert headers["x-ratelimit-limit-tokens"] == "10000"  # the combined bucket, as OpenAI reports it
+        assert 9_800 <= int(headers["x-ratelimit-remaining-tokens"]) < 9_900  # prompt + 100 reserved
+        assert aheaders["anthropic-ratelimit-tokens-limit"] == "10000"  # the tightest token bucket
+        assert too_long.code == "context_length_exceeded"
+        assert [r["provider"] for r in emu.requests] == ["openai", "anthropic"]
+        assert emu.requests[0]["body"]["max_tokens"] == 100
+        assert emu.stats()["billed"] == 2
+        emu.reset()
+        assert emu.stats()["billed"] == 0 and emu.requests == []
 
 
 def test_config_validation_and_go_durations():

@@ -24,6 +24,7 @@ import json
 import math
 import random
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -107,6 +108,8 @@ class EmulatorConfig:
     rpm: int | None = None
     input_tpm: int | None = None
     output_tpm: int | None = None
+    tpm: int | None = None
+    """OpenAI-style combined tokens per minute (input + reserved output); reported as x-ratelimit-*-tokens."""
     send_headers: bool = True
     """False: a vLLM-like server that sends no rate-limit headers (limits, if set, still apply)."""
     faults: list[Fault] = field(default_factory=list)
@@ -131,11 +134,15 @@ class EmulatorConfig:
     """How long a `timeout` fault hangs (the client's timeout should be shorter)."""
     bill_disconnects: bool = True
     """A request the client abandons mid-generation (timeout, killed process) is still billed, as providers do."""
+    context_tokens: int | None = 128_000
+    """Prompt + max_tokens beyond this is a 400 context_length_exceeded; None disables the check."""
+    record_requests: bool = False
+    """Keep every completion request (provider, key, attempt, body) in `Emulator.requests`, for tests."""
 
     def __post_init__(self) -> None:
         if self.latency_median_s < 0 or self.latency_sigma < 0:
             raise ValueError("latency_median_s and latency_sigma must be >= 0")
-        for name in ("rpm", "input_tpm", "output_tpm"):
+        for name in ("rpm", "input_tpm", "output_tpm", "tpm"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive number of units per minute or None, got {value}")
@@ -168,7 +175,7 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Requests, input tokens and output tokens buckets, checked together before a request is admitted."""
+    """Requests, input, output and combined token buckets, checked together before a request is admitted."""
 
     def __init__(self, cfg: EmulatorConfig, now: float) -> None:
         def bucket(limit: int | None) -> TokenBucket | None:
@@ -176,7 +183,7 @@ class RateLimiter:
 
         self.buckets: dict[str, TokenBucket | None] = {
             "requests": bucket(cfg.rpm), "input_tokens": bucket(cfg.input_tpm),
-            "output_tokens": bucket(cfg.output_tpm),
+            "output_tokens": bucket(cfg.output_tpm), "tokens": bucket(cfg.tpm),
         }
 
     def admit(self, costs: dict[str, float], now: float) -> tuple[str, float, float] | None:
@@ -269,7 +276,12 @@ class Emulator:
 
     # ----- counters -------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Zero the counters and refill the rate-limit buckets (between benchmark phases)."""
+        """Zero the counters and refill the rate-limit buckets (between benchmark phases); safe from any thread."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and threading.current_thread() is not self._thread and loop.is_running():
+            loop.call_soon_threadsafe(self.reset)
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=30)
+            return
         self.received = 0
         self.billed = 0
         self.billed_keys: Counter[str] = Counter()
@@ -281,6 +293,7 @@ class Emulator:
         self.rate_limited = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.requests: list[dict[str, Any]] = []
         self._limiter = RateLimiter(self.config, time.monotonic())
 
     @property
@@ -289,13 +302,18 @@ class Emulator:
         return sum(n - 1 for n in self.billed_keys.values() if n > 1)
 
     def stats(self) -> dict[str, Any]:
-        """A JSON-able snapshot of the counters (also served at GET /_emulator/stats)."""
+        """A JSON-able snapshot of the counters (also served at GET /_emulator/stats); safe from any thread."""
+        if self._loop is not None and threading.current_thread() is not self._thread and self._loop.is_running():
+            return asyncio.run_coroutine_threadsafe(self._astats(), self._loop).result(timeout=30)
         return {
             "received": self.received, "billed": self.billed, "distinct_billed": len(self.billed_keys),
             "duplicates": self.duplicates, "rate_limited": self.rate_limited,
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
             "outcomes": dict(self.outcomes), "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
         }
+
+    async def _astats(self) -> dict[str, Any]:
+        return self.stats()
 
     # ----- lifecycle ------------------------------------------------------------------------------
     @property
@@ -343,7 +361,11 @@ class Emulator:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-emulator", daemon=True)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(), self._loop).result(timeout=30)
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), self._loop).result(timeout=30)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -368,7 +390,7 @@ class Emulator:
         return web.json_response(self.stats())
 
     async def _reset(self, request: web.Request) -> web.Response:
-        self.reset()
+        self.reset()  # on the server's loop, so no request is half-counted
         return web.json_response(self.stats())
 
     def _served_models(self) -> list[str]:
@@ -429,14 +451,17 @@ class Emulator:
         fault = self._pick_fault(call, rng)
         now = time.monotonic()
         reserve = call.max_tokens if cfg.reserve_max_tokens else 0
-        denied = self._limiter.admit({"requests": 1, "input_tokens": call.input_tokens, "output_tokens": reserve}, now)
+        costs = {"requests": 1, "input_tokens": call.input_tokens, "output_tokens": reserve,
+                 "tokens": call.input_tokens + reserve}
+        denied = self._limiter.admit(costs, now)
         if denied is not None:
             self.rate_limited += 1
             raise self._rate_limited(call, *denied)
         try:
             return await self._generate(request, call, fault, rng)
         finally:
-            self._limiter.refund("output_tokens", reserve, time.monotonic())
+            for name in ("output_tokens", "tokens"):
+                self._limiter.refund(name, reserve, time.monotonic())
 
     async def _generate(self, request: web.Request, call: _Call, fault: str | None,
                         rng: random.Random) -> web.StreamResponse:
@@ -477,7 +502,8 @@ class Emulator:
 
     def _bill(self, call: _Call, output_tokens: int, outcome: str) -> None:
         """Charge a completed generation: counters, per-request totals, and the output-token bucket."""
-        self._limiter.refund("output_tokens", -output_tokens, time.monotonic())
+        for name in ("output_tokens", "tokens"):
+            self._limiter.refund(name, -output_tokens, time.monotonic())
         self.billed += 1
         self.billed_keys[call.key] += 1
         totals = self.tokens_by_key.setdefault(call.key, [0, 0])
@@ -605,11 +631,21 @@ class Emulator:
         if not isinstance(n, int) or not 1 <= n <= 128 or (n > 1 and body.get("stream")):
             raise self._error(provider, "400", message="n must be an integer in [1, 128] (1 when streaming)",
                               param="n")
+        input_tokens = self._count_input(body)
+        context = self.config.context_tokens
+        reserved = max_tokens if (provider == ANTHROPIC or "max_tokens" in body or "max_completion_tokens" in body) else 0
+        if context is not None and input_tokens + reserved > context:
+            message = (f"This model's maximum context length is {context} tokens. However, you requested "
+                       f"{input_tokens + reserved} tokens ({input_tokens} in the messages, {reserved} in the "
+                       "completion). Please reduce the length of the messages or completion.")
+            raise self._error(provider, "400", message=message, param="messages", code="context_length_exceeded")
         key = request_key(provider, body)
         attempt = self.received_keys[key]
         self.received_keys[key] += 1
+        if self.config.record_requests:
+            self.requests.append({"provider": provider, "key": key, "attempt": attempt, "body": body})
         return _Call(provider, body, model, max_tokens, prompt_text(messages, body.get("system")),
-                     self._count_input(body), [s for s in stops if isinstance(s, str) and s], key, attempt,
+                     input_tokens, [s for s in stops if isinstance(s, str) and s], key, attempt,
                      n=n, stream=bool(body.get("stream")),
                      include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
 
@@ -693,7 +729,7 @@ class Emulator:
             if b is not None:
                 b.refill(now)
         if provider == OPENAI:
-            tokens = buckets["input_tokens"] or buckets["output_tokens"]
+            tokens = buckets["tokens"] or buckets["input_tokens"] or buckets["output_tokens"]
             for suffix, b in (("requests", buckets["requests"]), ("tokens", tokens)):
                 if b is not None:
                     headers[f"x-ratelimit-limit-{suffix}"] = str(b.limit)
@@ -701,7 +737,9 @@ class Emulator:
                     headers[f"x-ratelimit-reset-{suffix}"] = go_duration(b.reset_s())
             return headers
         wall = time.time()
-        for name, b in buckets.items():
+        token_buckets = [b for n, b in buckets.items() if n != "requests" and b is not None]
+        tightest = min(token_buckets, key=lambda b: b.level, default=None)  # Anthropic's "-tokens-*" headers
+        for name, b in [*((n, b) for n, b in buckets.items() if n != "tokens"), ("tokens", tightest)]:
             if b is not None:
                 prefix = f"anthropic-ratelimit-{name.replace('_', '-')}"
                 headers[f"{prefix}-limit"] = str(b.limit)
@@ -735,7 +773,7 @@ class Emulator:
 
     def _error(self, provider: str, kind: str, *, model: str = "", message: str | None = None,
                param: str | None = None, headers: dict[str, str] | None = None,
-               error_type: str | None = None, label: str | None = None) -> Outcome:
+               error_type: str | None = None, label: str | None = None, code: str | None = None) -> Outcome:
         """The provider's error response for `kind`, wrapped to be raised."""
         status, otype, ocode, atype, default_message = _ERRORS[kind]
         status = 503 if (kind == "529" and provider == OPENAI) else status
@@ -750,7 +788,7 @@ class Emulator:
             return Outcome(web.Response(status=502, text=html, content_type="text/html", headers=headers), kind)
         if provider == OPENAI:
             body: dict[str, Any] = {"error": {"message": message, "type": error_type or otype,
-                                              "param": param, "code": ocode}}
+                                              "param": param, "code": code or ocode}}
             headers["x-request-id"] = "req_" + secrets.token_hex(16)
         else:
             request_id = "req_01" + secrets.token_hex(11)
@@ -817,6 +855,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rpm", type=int)
     p.add_argument("--input-tpm", type=int)
     p.add_argument("--output-tpm", type=int)
+    p.add_argument("--tpm", type=int, help="OpenAI-style combined tokens per minute (input + output)")
     p.add_argument("--latency", type=float, default=0.5, help="median latency in seconds (lognormal)")
     p.add_argument("--latency-sigma", type=float, default=0.5)
     p.add_argument("--window", type=float, default=60.0, help="rate-limit bucket capacity in seconds of refill")
@@ -830,7 +869,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = EmulatorConfig(
             latency_median_s=args.latency, latency_sigma=args.latency_sigma, rpm=args.rpm,
-            input_tpm=args.input_tpm, output_tpm=args.output_tpm, send_headers=not args.no_headers,
+            input_tpm=args.input_tpm, output_tpm=args.output_tpm, tpm=args.tpm, send_headers=not args.no_headers,
             faults=[Fault.parse(s) for s in args.fault], seed=args.seed, api_keys=args.api_key,
             models=args.model, window_s=args.window)
     except ValueError as e:
@@ -839,13 +878,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _serve(emu: Emulator) -> None:
+    """Serve until SIGINT/SIGTERM, then print the final counters as one JSON line."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with emu:
         print(f"LLM provider emulator on {emu.base_url}\n"
               f"  OpenAI:    base_url={emu.openai_base_url}\n"
               f"  Anthropic: base_url={emu.anthropic_base_url}\n"
               f"  counters:  GET {emu.base_url}/_emulator/stats   (Ctrl-C to stop)", flush=True)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.Event().wait()
+        await stop.wait()
     print(json.dumps(emu.stats()), flush=True)
 
 
