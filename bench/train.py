@@ -1,0 +1,273 @@
+"""Training-throughput benchmark: our phi vs transformers' PhiForCausalLM, same run, same settings.
+
+Both models get the same weights, the same synthetic token batches, bf16 autocast over fp32 master
+weights, the same micro-batch / accumulation, fused AdamW (no decay on biases and norms), grad-clip
+1.0, and `torch.compile`. Reported: tokens/s, MFU on 989 TFLOP/s (H100 bf16 dense) with FLOPs/token =
+6 x non-embedding params + 12 x layers x hidden x seq, peak memory (torch.cuda.max_memory_allocated).
+
+    python bench/train.py                               # phi-1.5, seq 2048, micro-batch 8, on the GPU
+    python bench/train.py --config tiny --device cpu    # smoke test
+
+Last line: `tokens_per_s=<n> mfu=<m> vs_hf=<ratio> peak_mem_gb=<g> gpu=<name>` (ours; vs_hf = ours/HF).
+Exit status is non-zero if either model fails (the last line is still printed, with nan for what is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from trainer.model import CONFIGS, Phi  # noqa: E402
+
+PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="phi-1.5", choices=sorted(CONFIGS))
+    ap.add_argument("--device", default="auto", help="cuda | cpu | auto")
+    ap.add_argument("--seq-len", type=int, default=None, help="default: the config's context (2048)")
+    ap.add_argument("--micro-batch", type=int, default=None, help="sequences per forward (default 8 GPU, 2 CPU)")
+    ap.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
+    ap.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 20 GPU, 2 CPU)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first, incl. compile (default 3/1)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile both models (default: on for CUDA, off for CPU)")
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="bf16 autocast (GPU default) or fp32")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="for both models")
+    ap.add_argument("--loss-chunk-size", type=int, default=None, help="ours: tokens per lm_head+CE chunk (0 = off)")
+    ap.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                    help="ours: q/k/v/fc1 as one matmul (default on)")
+    ap.add_argument("--attn", choices=["auto", "sdpa", "flash"], default="auto", help="ours: attention kernel")
+    ap.add_argument("--sdpa-backend", choices=["default", "cudnn", "flash", "efficient"], default="default",
+                    help="pin the SDPA kernel (both models)")
+    ap.add_argument("--models", default="ours,hf", help="comma list of ours,hf (run in this order)")
+    ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev).replace(" ", "_")
+    return f"cpu-{platform.machine()}"
+
+
+def build_hf(ours: Phi, state: dict):
+    """transformers.PhiForCausalLM with our initial weights `state` (HF SDPA attention, no KV cache in training)."""
+    import transformers
+
+    from trainer.export import hf_config
+
+    cfg = hf_config(ours.config)
+    for k in ("architectures", "model_type", "dtype", "torch_dtype", "use_cache"):
+        cfg.pop(k)
+    hf = transformers.PhiForCausalLM(transformers.PhiConfig(**cfg, attn_implementation="sdpa", use_cache=False))
+    hf.load_state_dict(state, strict=True)
+    if ours.config.activation_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return hf
+
+
+def make_step(name: str, model: torch.nn.Module, args, dev: torch.device):
+    """One micro-step closure: forward + loss + backward, returning the loss tensor."""
+    if name == "ours":
+        def fwd(x, y):
+            return model(x, labels=y)
+    else:  # HF shifts labels itself; shift_labels=y gives it exactly our (aligned) targets
+        def fwd(x, y):
+            return model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
+    fwd = torch.compile(fwd) if args.compile else fwd
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def micro(x, y):
+        with amp:
+            loss = fwd(x, y)
+        (loss / args.accum).backward()
+        return loss
+
+    return micro
+
+
+def sdpa_context(backend: str):
+    from contextlib import nullcontext
+
+    if backend == "default":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend])
+
+
+def run_one(name: str, ours: Phi, init: dict, args, dev: torch.device, batches) -> dict:
+    """Train `name` for warmup + steps optimizer steps from weights `init`; returns tokens/s, peak memory, losses."""
+    if name == "ours":
+        ours.load_state_dict(init)
+        model = ours
+    else:
+        model = build_hf(ours, init)
+    model.to(dev).train()
+    groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=2e-4, betas=(0.9, 0.98), eps=1e-7, fused=dev.type == "cuda")
+    micro = make_step(name, model, args, dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    tokens_per_step = args.micro_batch * args.seq_len * args.accum
+    losses, t0 = [], None
+    with sdpa_context(args.sdpa_backend):
+        for step in range(args.warmup + args.steps):
+            if step == args.warmup:
+                sync()
+                t0 = time.perf_counter()
+            ts = time.perf_counter()
+            for a in range(args.accum):
+                x, y = batches[(step * args.accum + a) % len(batches)]
+                loss = micro(x, y)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            lv = loss.item()  # syncs; one scalar per step is what a real training loop logs
+            losses.append(lv)
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"{name}: loss is {lv} at step {step}")
+            dt = time.perf_counter() - ts
+            tag = "warmup" if step < args.warmup else "timed"
+            log(f"  {name} step {step + 1}/{args.warmup + args.steps} ({tag}) loss {lv:.4f} "
+                f"{dt * 1e3:.0f} ms {tokens_per_step / dt:,.0f} tok/s")
+    sync()
+    elapsed = time.perf_counter() - t0
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 1e9
+    else:  # CPU: the process's peak resident set (ru_maxrss is KiB on Linux)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    del opt, micro
+    model.to("cpu")  # free the GPU for the next model (its peak memory must not include this one)
+    torch._dynamo.reset()
+    return {"tokens_per_s": tokens_per_step * args.steps / elapsed, "peak_mem_gb": peak, "losses": losses}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        log("error: --device cuda but torch.cuda.is_available() is False (CPU-only torch or no GPU visible)")
+        return 2
+    gpu = dev.type == "cuda"
+    cfg = dataclasses.replace(CONFIGS[args.config])  # a copy: the presets stay untouched
+    args.seq_len = args.seq_len or cfg.max_position_embeddings
+    args.micro_batch = args.micro_batch or (8 if gpu else 2)
+    args.steps = args.steps if args.steps is not None else (20 if gpu else 2)
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    args.compile = gpu if args.compile is None else args.compile
+    args.precision = args.precision or ("bf16" if gpu else "fp32")
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if not names or set(names) - {"ours", "hf"}:
+        log(f"error: --models must list ours and/or hf, got {args.models!r}")
+        return 2
+    if args.seq_len > cfg.max_position_embeddings or args.steps < 1:
+        log(f"error: need 1 <= steps and seq_len <= {cfg.max_position_embeddings}")
+        return 2
+    cfg.activation_checkpointing = args.activation_checkpointing
+    cfg.fuse_projections = args.fuse
+    cfg.attn_impl = args.attn
+    if args.loss_chunk_size is not None:
+        cfg.loss_chunk_size = args.loss_chunk_size
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    from trainer import model as model_mod
+
+    flash = model_mod.flash_attn_func is not None
+    log(f"torch {torch.__version__} | device {device_name(dev)} | flash_attn {'yes' if flash else 'no (SDPA)'} | "
+        f"config {args.config} | seq {args.seq_len} | micro-batch {args.micro_batch} x accum {args.accum} | "
+        f"precision {args.precision} | compile {args.compile} | act-ckpt {args.activation_checkpointing} | "
+        f"loss chunk {cfg.loss_chunk_size} | fuse {cfg.fuse_projections} | sdpa {args.sdpa_backend}")
+
+    torch.manual_seed(args.seed)
+    with torch.device("cpu"):
+        ours = Phi(cfg)
+    init = {k: v.clone() for k, v in ours.state_dict().items()}  # both models start from these weights
+    flops_per_token = ours.flops_per_token(args.seq_len)
+    log(f"params {ours.num_params(False):,} (non-embedding {ours.num_params():,}); "
+        f"{flops_per_token / 1e9:.3f} GFLOP/token; MFU peak {args.peak_tflops:.0f} TFLOP/s")
+    g = torch.Generator().manual_seed(args.seed)
+    batches = []
+    for _ in range(4):  # a few fixed batches of random tokens, already on the device
+        t = torch.randint(0, 50257, (args.micro_batch, args.seq_len + 1), generator=g)
+        batches.append((t[:, :-1].contiguous().to(dev), t[:, 1:].contiguous().to(dev)))
+
+    results, failed = {}, []
+    for name in names:
+        log(f"== {name} ==")
+        try:
+            results[name] = run_one(name, ours, init, args, dev, batches)
+        except torch.OutOfMemoryError as e:
+            failed.append(name)
+            log(f"error: {name} ran out of GPU memory ({str(e).splitlines()[0]}); "
+                "try a smaller --micro-batch or --activation-checkpointing")
+        except Exception as e:  # keep going so the other model still reports; exit non-zero below
+            failed.append(name)
+            log(f"error: {name} failed: {type(e).__name__}: {e}")
+        gc.collect()
+        if gpu:
+            torch.cuda.empty_cache()
+
+    rows = []
+    for name, r in results.items():
+        r["mfu"] = r["tokens_per_s"] * flops_per_token / (args.peak_tflops * 1e12)
+        rows.append((name, f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.3f}", f"{r['peak_mem_gb']:.2f}",
+                     f"{r['losses'][0]:.4f}"))
+    print_table(rows)
+    if "ours" in results and "hf" in results:
+        d = abs(results["ours"]["losses"][0] - results["hf"]["losses"][0])
+        log(f"first-step loss difference ours vs hf: {d:.2e} (same weights and data; bf16 noise only)")
+        if d > 0.05:
+            log("warning: the two models disagree on the first loss; the comparison may not be like for like")
+    o, h = results.get("ours"), results.get("hf")
+    vs_hf = o["tokens_per_s"] / h["tokens_per_s"] if o and h else float("nan")
+    nan = float("nan")
+    log(f"tokens_per_s={o['tokens_per_s'] if o else nan:.0f} mfu={o['mfu'] if o else nan:.4f} "
+        f"vs_hf={vs_hf:.3f} peak_mem_gb={o['peak_mem_gb'] if o else nan:.2f} gpu={device_name(dev)}")
+    return 1 if failed else 0
+
+
+def print_table(rows) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="train throughput (same weights, data, precision, micro-batch)")
+        for col in ("model", "tokens/s", "MFU", "peak mem GB", "first loss"):
+            table.add_column(col, justify="right")
+        for r in rows:
+            table.add_row(*r)
+        Console(width=100).print(table)
+    except ImportError:  # pragma: no cover
+        for r in rows:
+            log(" | ".join(r))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    sys.exit(main())
