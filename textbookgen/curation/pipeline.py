@@ -13,6 +13,7 @@ from textbookgen.curation.config import CurationConfig
 
 def build_steps(config: CurationConfig) -> list[Step]:
     """The enabled stages as a list of steps (datatrove-style composition)."""
+    from textbookgen.curation.classifier import QualityCut, QualityScore
     from textbookgen.curation.decontaminate import Decontaminate
     from textbookgen.curation.exact import ExactDedup
     from textbookgen.curation.filters import HeuristicFilter
@@ -26,8 +27,12 @@ def build_steps(config: CurationConfig) -> list[Step]:
         steps.append(HeuristicFilter(config.filters, t, i))
     if config.decontamination.enabled and config.decontamination.benchmarks:
         steps.append(Decontaminate(config.decontamination, t, i))
+    if config.classifier.enabled:  # score before MinHash, so each cluster keeps its best member
+        steps.append(QualityScore(config.classifier, t))
     if config.minhash.enabled:
         steps.append(MinHashDedup(config.minhash, t, i))
+    if config.classifier.enabled:
+        steps.append(QualityCut(config.classifier))
     return steps
 
 

@@ -1,0 +1,99 @@
+"""fastText quality classifier: train (grid on a validation split) -> save with hash -> load -> evaluate
+-> score in batches -> cut by threshold or percentile, on real textbook vs web text."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from textbookgen.curation import CurationConfig, curate
+from textbookgen.curation.classifier import (
+    QualityModel,
+    TrainSettings,
+    binary_metrics,
+    percentile_cut,
+    roc_auc,
+    train_classifier,
+)
+
+
+@pytest.fixture(scope="module")
+def labelled(shared_data: Path) -> tuple[list[str], list[bool]]:
+    books = [json.loads(x)["text"] for x in gzip.open(
+        shared_data / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz", "rt")]
+    sections = [s for b in books for s in re.split(r"\n(?=#{1,3} )", b) if 80 <= len(s.split()) <= 1500]
+    web = [json.loads(x)["text"] for x in gzip.open(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "rt")]
+    web = [w for w in web if len(w.split()) >= 80]
+    rng = np.random.default_rng(0)
+    pos = [sections[i] for i in rng.choice(len(sections), 300, replace=False)]
+    neg = web[:300]
+    return pos + neg, [True] * len(pos) + [False] * len(neg)
+
+
+SMALL = TrainSettings(lrs=(0.1, 1.0), epochs=(5,), dim=32, bucket=20_000)
+
+
+@pytest.fixture(scope="module")
+def trained(labelled, tmp_path_factory):
+    texts, labels = labelled
+    held = np.arange(len(texts)) % 5 == 0
+    train_t = [t for t, h in zip(texts, held, strict=True) if not h]
+    train_y = [y for y, h in zip(labels, held, strict=True) if not h]
+    out = tmp_path_factory.mktemp("model") / "quality"
+    model, meta = train_classifier(train_t, train_y, out, SMALL, source="test")
+    test_t = [t for t, h in zip(texts, held, strict=True) if h]
+    test_y = [y for y, h in zip(labels, held, strict=True) if h]
+    return out.with_suffix(".bin"), model, meta, test_t, test_y
+
+
+def test_train_save_load_evaluate(trained):
+    path, model, meta, test_t, test_y = trained
+    assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    saved = json.loads(path.with_suffix(".json").read_text())
+    assert saved["settings"]["word_ngrams"] == 2 and saved["settings"]["thread"] >= 10
+    assert {(g["lr"], g["epoch"]) for g in saved["grid"]} == {(0.1, 5), (1.0, 5)}
+    assert (saved["chosen"]["lr"], saved["chosen"]["epoch"]) in {(0.1, 5), (1.0, 5)}
+    loaded = QualityModel.load(path)
+    met = loaded.evaluate(test_t, test_y)
+    assert met.roc_auc >= 0.95 and met.f1 >= 0.85
+    c = met.confusion
+    assert c["tp"] + c["fp"] + c["tn"] + c["fn"] == len(test_t)
+    s1, s2 = model.scores(test_t, batch_size=7), loaded.scores(test_t, batch_size=1000)
+    assert np.allclose(s1, s2) and ((s1 >= 0) & (s1 <= 1)).all()
+
+
+def test_metrics_match_definitions():
+    y = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
+    s = np.array([0.9, 0.4, 0.35, 0.1, 0.8, 0.8])
+    assert roc_auc(y, s) == pytest.approx(7.5 / 9)  # pairs ranked right, ties half
+    m = binary_metrics(y, s, 0.5)
+    assert m.confusion == {"tp": 2, "fp": 1, "tn": 2, "fn": 1} and m.precision == pytest.approx(2 / 3, abs=1e-4)
+    assert percentile_cut(np.arange(100.0), 10) == pytest.approx(89.1)
+
+
+def test_curate_scores_keeps_best_member_and_cuts_percentile(trained, labelled, tmp_path):
+    path, _, _, test_t, test_y = trained
+    texts = test_t[:40]
+    # a near-copy of a textbook section with web junk glued on scores lower than the original
+    tb = next(t for t, y in zip(test_t, test_y, strict=True) if y)
+    df = pl.DataFrame({"id": [f"d{i:02d}" for i in range(len(texts))] + ["a-junk"],
+                       "text": texts + [tb + "\nClick here to buy cheap deals now!!"]})
+    cfg = CurationConfig.model_validate({
+        "filters": {"enabled": False},
+        "classifier": {"enabled": True, "model_path": str(path), "keep_top_percent": 50}})
+    out, stats = curate(df, cfg, tmp_path)
+    assert stats["quality_score"]["model_sha256"] == json.loads(path.with_suffix(".json").read_text())["sha256"]
+    assert stats["quality_filter"]["dropped"]["low_quality"] == stats["quality_filter"]["in"] - out.height
+    assert out.height == pytest.approx(stats["quality_filter"]["in"] / 2, abs=1)
+    assert "quality_score" in out.columns and out["quality_score"].min() >= stats["quality_filter"]["threshold"]
+    clusters = pl.read_parquet(tmp_path / "minhash_dedup" / "clusters.parquet")
+    pair = clusters.filter(pl.col("cluster") == clusters.filter(pl.col("id") == "a-junk")["cluster"][0])
+    assert pair.height == 2  # the textbook section and its junk-suffixed copy; the better-scored one is kept
+    assert pair.filter(pl.col("kept"))["quality_score"][0] == pair["quality_score"].max()

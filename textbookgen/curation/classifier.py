@@ -1,0 +1,242 @@
+"""fastText quality classifier: train (lr/epochs picked on a validation split), evaluate, score, cut.
+
+Uses `fasttext-numpy2-wheel` (imports as `fasttext`): the other wheels give wrong k>1 probabilities or
+fail `predict(str)` under numpy 2. Training always runs with `thread >= 11`: fastText 0.9.x initialises
+only thread/10 of the input matrix (issue #1061) and, since commit b733943, leaves the rest as
+uninitialised memory, so fewer threads intermittently die with "Encountered NaN" (field notes 6.3);
+11 also covers the remainder block when rows x dim is not a multiple of 10.
+
+A model is saved as `<name>.bin` plus `<name>.json`: its sha256, the labels, training settings, the
+chosen lr/epochs, validation metrics and the size of the data it saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from textbookgen.curation.base import StageStats, Step, require_columns
+from textbookgen.curation.config import ClassifierConfig
+
+MIN_THREADS = 11
+
+
+def fasttext_line(text: str) -> str:
+    """One example per line: fastText reads a newline as the end of an example."""
+    return " ".join(text.split())
+
+
+@dataclass
+class TrainSettings:
+    """fastText settings; `lrs` x `epochs` is the grid searched on the validation split."""
+
+    lrs: tuple[float, ...] = (0.1, 0.5, 1.0)
+    epochs: tuple[int, ...] = (5, 10)
+    dim: int = 100
+    word_ngrams: int = 2
+    min_count: int = 1
+    bucket: int = 2_000_000
+    valid_fraction: float = 0.2
+    seed: int = 0
+    thread: int = field(default_factory=lambda: max(MIN_THREADS, os.cpu_count() or 1))
+
+
+@dataclass
+class Metrics:
+    """Binary metrics at a probability threshold, plus ROC AUC over all thresholds."""
+
+    n: int
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    accuracy: float
+    roc_auc: float
+    confusion: dict[str, int]  # tp, fp, tn, fn
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney U statistic (ties count half)."""
+    y = np.asarray(y, dtype=bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = start + (counts + 1) / 2.0  # average 1-based rank of each tie group
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> Metrics:
+    y = np.asarray(y, dtype=bool)
+    pred = np.asarray(scores) >= threshold
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    tn, fn = int((~pred & ~y).sum()), int((~pred & y).sum())
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return Metrics(n=len(y), threshold=threshold, precision=round(p, 4), recall=round(r, 4), f1=round(f1, 4),
+                   accuracy=round((tp + tn) / max(len(y), 1), 4), roc_auc=round(roc_auc(y, scores), 4),
+                   confusion={"tp": tp, "fp": fp, "tn": tn, "fn": fn})
+
+
+class QualityModel:
+    """A trained fastText model and its metadata; `scores(texts)` is P(positive label)."""
+
+    def __init__(self, model: Any, meta: dict[str, Any]) -> None:
+        self.model, self.meta = model, meta
+        self.positive = meta["positive_label"]
+
+    @classmethod
+    def load(cls, path: str | Path) -> QualityModel:
+        import fasttext
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such fastText model")
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"positive_label": "hq"}
+        return cls(fasttext.load_model(str(path)), meta)
+
+    def scores(self, texts: list[str], batch_size: int = 4096) -> np.ndarray:
+        """P(`positive`) for each text, predicted in batches with k=-1 (all labels)."""
+        out = np.empty(len(texts), dtype=np.float64)
+        target = f"__label__{self.positive}"
+        for s in range(0, len(texts), batch_size):
+            batch = [fasttext_line(t) for t in texts[s : s + batch_size]]
+            labels, probs = self.model.predict(batch, k=-1)
+            for i, (ls, ps) in enumerate(zip(labels, probs, strict=True)):
+                out[s + i] = next((float(p) for lab, p in zip(ls, ps, strict=True) if lab == target), 0.0)
+        return np.clip(out, 0.0, 1.0)
+
+    def evaluate(self, texts: list[str], labels: list[bool], threshold: float = 0.5) -> Metrics:
+        return binary_metrics(np.asarray(labels, dtype=bool), self.scores(texts), threshold)
+
+
+def _write_examples(path: Path, texts: list[str], labels: np.ndarray, positive: str, negative: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for t, y in zip(texts, labels, strict=True):
+            f.write(f"__label__{positive if y else negative} {fasttext_line(t)}\n")
+
+
+def _train(path: Path, settings: TrainSettings, lr: float, epoch: int) -> Any:
+    import fasttext
+
+    return fasttext.train_supervised(
+        input=str(path), lr=lr, epoch=epoch, dim=settings.dim, wordNgrams=settings.word_ngrams,
+        minCount=settings.min_count, bucket=settings.bucket, thread=max(MIN_THREADS, settings.thread),
+        seed=settings.seed, verbose=0, loss="softmax")
+
+
+def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
+                     settings: TrainSettings | None = None, positive: str = "hq", negative: str = "cc",
+                     source: str | None = None) -> tuple[QualityModel, dict[str, Any]]:
+    """Pick lr x epochs on a stratified validation split (by ROC AUC, then F1), retrain on all data,
+    save `<out>.bin` + `<out>.json`. Returns the model and its metadata (with the grid's results)."""
+    settings = settings or TrainSettings()
+    y = np.asarray(labels, dtype=bool)
+    if len(texts) != len(y) or y.all() or not y.any():
+        raise ValueError("train_classifier: need as many labels as texts, with both classes present")
+    rng = np.random.default_rng(settings.seed)
+    valid = np.zeros(len(y), dtype=bool)
+    for cls_ in (True, False):
+        idx = np.flatnonzero(y == cls_)
+        valid[rng.choice(idx, size=max(1, int(len(idx) * settings.valid_fraction)), replace=False)] = True
+    grid = []
+    with tempfile.TemporaryDirectory(prefix="textbookgen-fasttext-") as tmp:
+        train_file, all_file = Path(tmp) / "train.txt", Path(tmp) / "all.txt"
+        order = rng.permutation(len(y))  # fastText reads examples in file order
+        tr = [i for i in order if not valid[i]]
+        _write_examples(train_file, [texts[i] for i in tr], y[tr], positive, negative)
+        _write_examples(all_file, [texts[i] for i in order], y[order], positive, negative)
+        vi = np.flatnonzero(valid)
+        for lr in settings.lrs:
+            for epoch in settings.epochs:
+                t0 = time.perf_counter()
+                try:
+                    m = QualityModel(_train(train_file, settings, lr, epoch), {"positive_label": positive})
+                except RuntimeError as e:  # "Encountered NaN": lr too high for this data
+                    grid.append({"lr": lr, "epoch": epoch, "error": str(e)})
+                    continue
+                met = m.evaluate([texts[i] for i in vi], y[vi].tolist())
+                grid.append({"lr": lr, "epoch": epoch, "train_s": round(time.perf_counter() - t0, 2),
+                             **met.as_dict()})
+        ok = [g for g in grid if "error" not in g]
+        if not ok:
+            raise RuntimeError(f"fastText training failed for every lr/epoch: {grid}")
+        best = max(ok, key=lambda g: (g["roc_auc"], g["f1"], -g["epoch"]))
+        model = _train(all_file, settings, best["lr"], best["epoch"])
+    out = Path(out_path).with_suffix(".bin")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save_model(str(out))
+    meta = {
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "positive_label": positive, "negative_label": negative, "labels": list(model.get_labels()),
+        "settings": {**asdict(settings), "thread": max(MIN_THREADS, settings.thread)},
+        "chosen": {"lr": best["lr"], "epoch": best["epoch"]},
+        "validation": {k: best[k] for k in ("n", "precision", "recall", "f1", "accuracy", "roc_auc", "confusion")},
+        "grid": grid, "n_train": int(len(y)), "n_positive": int(y.sum()), "source": source,
+        "fasttext_package": "fasttext-numpy2-wheel",
+    }
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return QualityModel(model, meta), meta
+
+
+def percentile_cut(scores: np.ndarray, keep_top_percent: float) -> float:
+    """The score at which the top `keep_top_percent` % of documents are kept."""
+    return float(np.percentile(scores, 100.0 - keep_top_percent)) if len(scores) else 0.0
+
+
+class QualityScore(Step):
+    """Score every document with the fastText model into `quality_score` (drops nothing)."""
+
+    name = "quality_score"
+
+    def __init__(self, config: ClassifierConfig, text_column: str = "text") -> None:
+        self.config, self.text_column = config, text_column
+        self.model = QualityModel.load(config.model_path)  # type: ignore[arg-type]
+
+    def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
+        require_columns(df, [self.text_column], self.name)
+        t0 = time.perf_counter()
+        s = self.model.scores(df[self.text_column].to_list(), self.config.batch_size)
+        stats.extra.update({"model_sha256": self.model.meta.get("sha256"),
+                            "docs_per_s": round(len(s) / max(time.perf_counter() - t0, 1e-9), 1),
+                            "mean_score": round(float(s.mean()), 4) if len(s) else None})
+        return df.with_columns(pl.Series("quality_score", s, dtype=pl.Float64))
+
+
+class QualityCut(Step):
+    """Keep documents whose `quality_score` passes the threshold, or the top X % of them."""
+
+    name = "quality_filter"
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        self.config = config
+
+    def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
+        require_columns(df, ["quality_score"], self.name)
+        scores = df["quality_score"].fill_null(0.0).to_numpy()
+        if self.config.keep_top_percent is not None:
+            cut = percentile_cut(scores, self.config.keep_top_percent)
+        else:
+            cut = self.config.threshold if self.config.threshold is not None else 0.5
+        keep = scores >= cut
+        stats.dropped["low_quality"] = int((~keep).sum())
+        stats.extra.update({"threshold": round(float(cut), 6), "keep_top_percent": self.config.keep_top_percent})
+        return df.filter(pl.Series(keep))
