@@ -32,7 +32,8 @@ MANIFEST = {
     "curation": {
         "exact_dedup": {"in": 140, "kept": 132, "dropped": {"exact_duplicate": 8}},
         "near_dedup": {"in": 132, "kept": 126, "dropped": {"near_duplicate": 6}},
-        "decontaminate": {"in": 126, "kept": 123, "dropped": {"arc_easy": 2, "gsm8k": 1}},
+        "decontaminate": {"in": 126, "kept": 123, "dropped": {"arc_easy": 2, "gsm8k": 1}, "ngram": 13,
+                          "benchmark_items": {"arc_easy": 2376}},
         "filter": {"in": 123, "kept": 120, "dropped": {"too_short": 2, "refusal_phrase": 1}},
     },
     "tokens": {"input": 51234, "output": 98765},
@@ -75,8 +76,8 @@ def test_card_body_reports_build(built):
     folder, readme = built
     text = readme.read_text()
     assert "120" in text and "| `test` | 30 |" in text
-    assert "| decontaminate | 126 | 123 | 3 | arc_easy: 2, gsm8k: 1 |" in text
-    assert "| arc_easy | 2 |" in text and "| gsm8k | 1 |" in text  # per benchmark
+    assert "| decontaminate | 126 | 123 | 3 | arc_easy: 2, gsm8k: 1 | ngram=13 |" in text
+    assert "| arc_easy | 2,376 | 2 |" in text and "| gsm8k | – | 1 |" in text  # per benchmark
     assert "| filter | 123 | 120 | 3 | too_short: 2, refusal_phrase: 1 |" in text
     assert "$0.0421" in text and "98,765" in text and "| seed | 1234 |" in text
     assert "temperature=0.8" in text and "`textbook_section`" in text and "sha256:" in text

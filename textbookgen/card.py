@@ -223,7 +223,8 @@ def plot_all(df: pl.DataFrame, assets: Path) -> dict[str, str]:
             topics.select(pl.col("topic_path").str.split(" > ").list.first().alias("subject"))
             .group_by("subject").len().sort(["len", "subject"], descending=[True, False]).head(25)
         )  # fmt: skip
-        left.barh(subjects["subject"].to_list()[::-1], subjects["len"].to_list()[::-1], **style)
+        labels = [s if len(s) <= 45 else s[:44] + "…" for s in subjects["subject"].to_list()]
+        left.barh(labels[::-1], subjects["len"].to_list()[::-1], **style)
         left.set_xlabel("documents")
         n_subjects = topics["topic_path"].str.split(" > ").list.first().n_unique()
         shown = f"top {subjects.height} of {n_subjects}" if n_subjects > subjects.height else f"{n_subjects}"
@@ -233,6 +234,7 @@ def plot_all(df: pl.DataFrame, assets: Path) -> dict[str, str]:
         bins = [b - 0.5 for b in range(lo, hi + 2)] if hi - lo <= 60 else 60
         right.hist(per_topic, bins=bins, **style)
         right.yaxis.get_major_locator().set_params(integer=True)
+        right.xaxis.get_major_locator().set_params(integer=True)
         right.set_xlabel("documents per topic")
         right.set_ylabel("topics")
         right.set_title(f"{len(per_topic):,} distinct topics")
@@ -275,23 +277,31 @@ def _save(fig: Any, path: Path) -> str:
     return str(path)
 
 
-def curation_rows(manifest: Mapping) -> tuple[list[dict], dict[str, int]]:
-    """Curation stages as table rows, and removals per benchmark (explicit or from a decontam stage)."""
-    stages = manifest.get("curation") or {}
+def curation_rows(manifest: Mapping) -> tuple[list[dict], list[dict]]:
+    """Curation stages as table rows, and per-benchmark rows {benchmark, items, removed}.
+
+    Benchmarks come from a decontamination stage's `benchmark_items` {name: items checked} and its
+    dropped reasons (benchmark names), or from an explicit manifest `decontamination` {name: removed}.
+    """
     rows = []
-    decontam: dict[str, int] = dict(manifest.get("decontamination") or {})
-    for stage, st in stages.items():
+    removed: dict[str, int] = {k: int(v) for k, v in (manifest.get("decontamination") or {}).items()}
+    items: dict[str, int] = {}
+    for stage, st in (manifest.get("curation") or {}).items():
         if not isinstance(st, Mapping):
             continue
         dropped = {k: int(v) for k, v in (st.get("dropped") or {}).items()}
-        n_in = st.get("in")
-        kept = st.get("kept")
+        n_in, kept = st.get("in"), st.get("kept")
         total = sum(dropped.values()) if dropped else (n_in - kept if n_in is not None and kept is not None else 0)
-        rows.append({"stage": stage, "in": n_in, "kept": kept, "dropped": total, "reasons": dropped})
-        if "decontam" in stage.lower() and not manifest.get("decontamination"):
-            for reason, n in dropped.items():
-                decontam[reason] = decontam.get(reason, 0) + n
-    return rows, decontam
+        details = {k: v for k, v in st.items() if k not in ("in", "kept", "dropped", "benchmark_items")}
+        rows.append({"stage": stage, "in": n_in, "kept": kept, "dropped": total,
+                     "reasons": {k: v for k, v in dropped.items() if v}, "details": details})  # fmt: skip
+        if "decontam" in stage.lower():
+            items.update({k: int(v) for k, v in (st.get("benchmark_items") or {}).items()})
+            if not manifest.get("decontamination"):
+                for reason, n in dropped.items():
+                    removed[reason] = removed.get(reason, 0) + n
+    names = list(dict.fromkeys([*items, *removed]))
+    return rows, [{"benchmark": b, "items": items.get(b), "removed": removed.get(b, 0)} for b in names]
 
 
 def _fmt_int(v: Any) -> str:
