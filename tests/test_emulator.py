@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault, go_duration
-from textbookgen.testing.responder import default_responder, requested_count, subject_of
+from textbookgen.testing.responder import default_responder, judge_score, requested_count, subject_of
 
 USER = [{"role": "user", "content": "Write a short textbook section about the water cycle."}]
 
@@ -470,3 +470,38 @@ def test_abandoned_request_is_still_billed_like_a_real_provider():
             asyncio.run(chat(oa(emu, timeout=0.1)))
         time.sleep(0.1)
         assert emu.billed == 0
+
+
+FINEWEB_EDU_PROMPT = """Below is an extract from a web page. Evaluate whether the page has a high educational value \
+using the additive 5-point scoring system described below.
+- Add 1 point if the extract provides some basic information relevant to educational topics.
+
+The extract:
+{text}
+
+After examining the extract:
+- Briefly justify your total score, up to 100 words.
+- Conclude with the score using the format: 'Educational score: <total points>'"""
+TEXTBOOK = ("Photosynthesis is the process by which plants convert light energy into chemical energy. "
+            "For example, chlorophyll in the leaves absorbs light. Students can observe this in an experiment "
+            "and compare the results, because the equation shows how carbon dioxide and water become glucose. ") * 3
+SPAM = "Buy now! Click here for a free discount offer. Subscribe today. Cheap deals and free shipping on every order."
+
+
+def test_default_responder_judges_like_a_rater():
+    def ask(content, **extra):
+        return default_responder({"messages": [{"role": "user", "content": content}], **extra}, seed=5, max_tokens=300)
+
+    good, bad = ask(FINEWEB_EDU_PROMPT.format(text=TEXTBOOK)), ask(FINEWEB_EDU_PROMPT.format(text=SPAM))
+    score = lambda answer: int(re.search(r"Educational score: (\d)$", answer).group(1))  # noqa: E731
+    assert score(good) >= 3 > score(bad)
+    assert judge_score(TEXTBOOK, 1, 10) > judge_score(SPAM, 1, 10)
+    as_json = json.loads(ask(f"Rate this text on a scale of 1 to 10. Reply in JSON.\n\nText:\n{TEXTBOOK}"))
+    assert 6 <= as_json["score"] <= 10 and as_json["reason"]
+    schema = {"type": "object", "properties": {"rationale": {"type": "string"},
+                                               "score": {"type": "integer", "minimum": 0, "maximum": 5}}}
+    structured = json.loads(ask(f"Score the educational value of this document from 0 to 5.\n\nDocument:\n{SPAM}",
+                                response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}))
+    assert structured["score"] <= 1 and "promotional" in structured["rationale"]
+    assert requested_count("List 10 topics for grade 3 to 5 students") == 10  # not a judging prompt
+    assert ask("List 10 topics for grade 3 to 5 students about optics").count("\n") == 9

@@ -145,6 +145,7 @@ def distinct_items(subject: str, n: int, rng: random.Random) -> list[str]:
         c, c2 = concepts[i % len(concepts)], concepts[(i * 7 + 3) % len(concepts)]
         pattern = _PATTERNS[(i // len(concepts) + rng.randrange(len(_PATTERNS))) % len(_PATTERNS)]
         item = pattern.format(C=c.capitalize(), c=c, c2=c2, X=subject, x=subject.lower())
+        item = item[:1].upper() + item[1:]
         if i >= len(concepts) * len(_PATTERNS):
             item = f"{item} (part {i // (len(concepts) * len(_PATTERNS)) + 1})"
         if item.lower() not in seen:
@@ -176,15 +177,16 @@ def wants_json(body: dict[str, Any], prompt: str) -> bool:
 
 
 def from_schema(schema: dict[str, Any], subject: str, n: int | None, rng: random.Random,
-                defs: dict[str, Any] | None = None) -> Any:
-    """An instance of a JSON schema (objects, arrays, enums, $ref to $defs), filled with plausible values."""
+                defs: dict[str, Any] | None = None, score: int | None = None) -> Any:
+    """An instance of a JSON schema (objects, arrays, enums, $ref to $defs), filled with plausible values;
+    numeric properties named like score/rating/grade get `score` when given."""
     defs = defs if defs is not None else {**schema.get("$defs", {}), **schema.get("definitions", {})}
     if "$ref" in schema:
-        return from_schema(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), subject, n, rng, defs)
+        return from_schema(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), subject, n, rng, defs, score)
     for key in ("anyOf", "oneOf", "allOf"):
         if schema.get(key):
             options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-            return from_schema(options[0], subject, n, rng, defs)
+            return from_schema(options[0], subject, n, rng, defs, score)
     if "enum" in schema:
         return rng.choice(schema["enum"])
     if "const" in schema:
@@ -193,14 +195,22 @@ def from_schema(schema: dict[str, Any], subject: str, n: int | None, rng: random
     kind = next((k for k in kind if k != "null"), "string") if isinstance(kind, list) else kind
     if kind == "object":
         props = schema.get("properties", {})
-        return {k: from_schema(v, subject, n, rng, defs) for k, v in props.items()}
+        out = {}
+        for k, v in props.items():
+            if score is not None and _SCORE_KEY.search(k) and v.get("type") in ("integer", "number"):
+                out[k] = max(v.get("minimum", score), min(v.get("maximum", score), score))
+            elif score is not None and v.get("type", "string") == "string" and _REASON_KEY.search(k):
+                out[k] = _justification(score, rng)
+            else:
+                out[k] = from_schema(v, subject, n, rng, defs, score)
+        return out
     if kind == "array":
         count = n or schema.get("minItems") or 5
         count = min(count, schema.get("maxItems", count))
         item_schema = schema.get("items", {"type": "string"})
         if item_schema.get("type", "string") == "string" and "enum" not in item_schema:
             return distinct_items(subject, count, rng)
-        return [from_schema(item_schema, subject, None, rng, defs) for _ in range(count)]
+        return [from_schema(item_schema, subject, None, rng, defs, score) for _ in range(count)]
     if kind == "integer":
         return rng.randint(schema.get("minimum", 1), schema.get("maximum", 10))
     if kind == "number":
@@ -210,21 +220,87 @@ def from_schema(schema: dict[str, Any], subject: str, n: int | None, rng: random
     return distinct_items(subject, 1, rng)[0]
 
 
+_SCORE_KEY = re.compile(r"score|rating|grade|points|quality", re.IGNORECASE)
+_REASON_KEY = re.compile(r"reason|justif|explan|rationale|comment", re.IGNORECASE)
+_JUDGE_RE = re.compile(
+    r"(?:\b(?:score|rating)\b|\brate\s+(?:the|this|each|its|how|on)\b|\bevaluate\b)"
+    r".{0,200}?(?:\bscale\b|\bpoints?\b|score\s*:|\b\d+\s*(?:-|to|–)\s*\d+\b)", re.IGNORECASE | re.DOTALL)
+_SCALE_RE = re.compile(r"\b(\d{1,2})\s*(?:-|to|–|and)\s*(\d{1,3})\b")
+_EXTRACT_RE = re.compile(r"(?:extract|text|document|passage|sample|content)\s*:\s*\n?(.+?)(?:\n\s*\n[A-Z][^\n]{0,80}:|\Z)",
+                         re.IGNORECASE | re.DOTALL)
+_EDU_WORDS = frozenset(
+    "because therefore example examples define definition theorem concept concepts students learn learning "
+    "explain explains equation process principle principles study understand understanding lesson chapter "
+    "science history mathematics problem solution method analysis evidence experiment observe describes "
+    "important consider shows result results function energy system structure".split())
+_SPAM_WORDS = frozenset(
+    "buy click free subscribe casino discount offer cookie cookies login sign price sale cheap deal deals "
+    "winner bonus shipping cart order unsubscribe viagra loan bitcoin follow share like".split())
+
+
+def judge_score(text: str, lo: int = 0, hi: int = 5) -> int:
+    """A deterministic quality score in [lo, hi] from surface cues of educational value, like a rater
+    would give: textbook-like explanation scores high; short, spammy or boilerplate text low."""
+    words = re.findall(r"[A-Za-z']+", text.lower())
+    if not words:
+        return lo
+    edu = sum(w in _EDU_WORDS for w in words) / len(words)
+    spam = sum(w in _SPAM_WORDS for w in words) / len(words)
+    sentences = max(1, len(re.findall(r"[.!?](?:\s|$)", text)))
+    avg_sentence = len(words) / sentences
+    alpha = len(words) / max(1, len(text.split()))
+    value = (min(1.0, len(words) / 250) * 1.5 + min(1.0, edu / 0.04) * 2.0 + alpha * 1.0
+             + (0.5 if 8 <= avg_sentence <= 35 else 0.0) - min(1.0, spam / 0.03) * 3.0)
+    return max(lo, min(hi, lo + round(value / 5.0 * (hi - lo))))
+
+
+def _judged_text(prompt: str) -> str:
+    m = _EXTRACT_RE.search(prompt)
+    if m and len(m.group(1).strip()) > 20:
+        return m.group(1)
+    return max(re.split(r"\n\s*\n", prompt), key=len)
+
+
+def _justification(score: int, rng: random.Random) -> str:
+    good = ("The extract explains its concepts clearly and coherently, with examples a student could follow.",
+            "It is well organized and stays focused on educational content.")
+    poor = ("The extract is mostly promotional or fragmentary and offers little educational value.",
+            "It lacks coherent explanation and would not help a student learn.")
+    return " ".join(rng.sample(good if score >= 3 else poor, 2))
+
+
+def _judge(prompt: str, body: dict[str, Any], rng: random.Random) -> str:
+    """An LLM-judge answer: a short justification and a score in the prompt's scale and format."""
+    scales = [(int(a), int(b)) for a, b in _SCALE_RE.findall(prompt) if int(a) < int(b) <= 100]
+    lo, hi = scales[0] if scales else (0, 5)
+    score = judge_score(_judged_text(prompt), lo, hi)
+    if wants_json(body, prompt):
+        return json.dumps({"reason": _justification(score, rng), "score": score})
+    label = re.search(r"([A-Z][A-Za-z ]{0,30}score)\s*:\s*<", prompt)
+    return f"{_justification(score, rng)}\n\n{label.group(1) if label else 'Score'}: {score}"
+
+
 def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     """The completion text for a chat request body (OpenAI or Anthropic shape), derived from `seed`.
 
     Lists: a numbered list of N distinct items, or a JSON array when JSON was asked for; a
-    `response_format` json_schema gets a schema instance. Otherwise prose of about 60-90% of
-    max_tokens (capped at 700 tokens, or the "N words" the prompt asks for).
+    `response_format` json_schema gets a schema instance. Judging prompts ("score ... on a scale of
+    0 to 5", FineWeb-Edu's "Educational score: <points>") get a justification and a score that
+    follows the judged text's educational cues. Otherwise prose of about 60-90% of max_tokens
+    (capped at 700 tokens, or the "N words" the prompt asks for).
     """
     rng = random.Random(seed)
     prompt = prompt_text(body.get("messages") or [], body.get("system"))
     subject = subject_of(prompt)
     n = requested_count(prompt)
     fmt = body.get("response_format") or {}
+    judging = _JUDGE_RE.search(prompt) is not None and (n is None or "score" in prompt.lower())
     if fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
-        return json.dumps(from_schema(schema, subject, n, rng), ensure_ascii=False)
+        score = judge_score(_judged_text(prompt)) if judging else None
+        return json.dumps(from_schema(schema, subject, n, rng, score=score), ensure_ascii=False)
+    if judging:
+        return _judge(prompt, body, rng)
     if n is not None:
         items = distinct_items(subject, n, rng)
         if wants_json(body, prompt):
