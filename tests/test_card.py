@@ -149,3 +149,19 @@ def test_language_names_become_iso_codes(tmp_path):
     write_dataset(sample_documents(5), tmp_path)
     readme = render_card(tmp_path, CARDS_DIR / "quickstart.md", {**RECIPE, "language": "German"}, {})
     assert DatasetCard.load(readme).data.language == ["de"]
+
+
+def test_empty_or_untagged_tables_still_render(tmp_path):
+    """A build whose curation dropped everything, or documents without topics, still gets a valid card."""
+    import polars as pl
+
+    from textbookgen.dataset import SCHEMA
+
+    write_dataset(pl.DataFrame(schema=SCHEMA), tmp_path / "empty")
+    card = DatasetCard.load(render_card(tmp_path / "empty", CARDS_DIR / "quickstart.md", RECIPE, {}))
+    assert card.data.to_dict()["dataset_info"]["splits"][0]["num_examples"] == 0
+    assert not list((tmp_path / "empty" / "assets").glob("*.png"))
+    write_dataset(sample_documents(10).with_columns(topic_path=None), tmp_path / "bare")
+    render_card(tmp_path / "bare", CARDS_DIR / "tiny-stories.md", RECIPE, {})
+    assert [p.name for p in (tmp_path / "bare" / "assets").glob("*.png")] != []
+    assert not (tmp_path / "bare" / "assets" / "topic_coverage.png").exists()

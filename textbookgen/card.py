@@ -244,15 +244,17 @@ def plot_all(df: pl.DataFrame, assets: Path) -> dict[str, str]:
     label = "output tokens"
     if lengths.len() == 0 or lengths.max() == 0:
         lengths, label = df["text"].str.split(" ").list.len(), "words"
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    values = lengths.to_numpy()
-    ax.hist(values, bins=50, **style)
-    ax.axvline(float(lengths.median()), color="#c0392b", linestyle="--", label=f"median {lengths.median():,.0f}")
-    ax.set_xlabel(f"{label} per document")
-    ax.set_ylabel("documents")
-    ax.set_title(f"Document length ({label}), {len(values):,} documents")
-    ax.legend()
-    made["length_histogram"] = _save(fig, assets / "length_histogram.png")
+    if lengths.len():
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        values = lengths.to_numpy()
+        ax.hist(values, bins=50, **style)
+        median = float(lengths.median())
+        ax.axvline(median, color="#c0392b", linestyle="--", label=f"median {median:,.0f}")
+        ax.set_xlabel(f"{label} per document")
+        ax.set_ylabel("documents")
+        ax.set_title(f"Document length ({label}), {len(values):,} documents")
+        ax.legend()
+        made["length_histogram"] = _save(fig, assets / "length_histogram.png")
 
     scores = df["quality_score"].drop_nulls()
     if scores.len():
