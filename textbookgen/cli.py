@@ -5,6 +5,8 @@ Commands here are thin: they parse options and call the stage's module, where th
 
 from __future__ import annotations
 
+import json
+
 import typer
 
 app = typer.Typer(
@@ -203,3 +205,162 @@ def topics_grow(
     tax.save(dst)
     typer.echo(f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls:,} calls, "
                f"{report.duplicates_dropped:,} near-duplicates dropped; wrote {dst}")
+
+
+# ---- curation: dedup / decontaminate / filter / classifier (owner: curation) -----------------------
+TextCol = Annotated[str, typer.Option("--text-column", help="field holding the text")]
+IdCol = Annotated[str, typer.Option("--id-column", help="field holding a unique id (made up if absent)")]
+CurationYaml = Annotated[str | None, typer.Option("--config", help="YAML with curation settings (a recipe's "
+                                                                      "`curation:` block or the block itself)")]
+
+
+def _curation_run(input_path: str, output: str, make_steps, workdir: str | None, config: str | None,
+                  overrides: dict, text_column: str, id_column: str) -> None:
+    from pydantic import ValidationError
+
+    from textbookgen.curation.commands import load_config, run_steps
+
+    try:
+        cfg = load_config(config, {**overrides, "text_column": text_column, "id_column": id_column})
+        stats = run_steps(input_path, output, make_steps(cfg), workdir, cfg.text_column, cfg.id_column)
+    except (ValueError, FileNotFoundError, ValidationError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(stats, indent=2))
+
+
+@app.command()
+def dedup(
+    input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
+    output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
+    workdir: str | None = typer.Option(None, "--workdir", help="signature store + clusters.parquet (resumable, "
+                                                               "incremental); default <output>.work"),
+    threshold: float | None = typer.Option(None, help="exact word-shingle Jaccard of a near-duplicate (0.8)"),
+    num_perm: int | None = typer.Option(None, help="MinHash permutations (128)"),
+    ngram: int | None = typer.Option(None, help="words per shingle (5)"),
+    bands: int | None = typer.Option(None, help="LSH bands (default: chosen for the threshold)"),
+    rows: int | None = typer.Option(None, help="LSH rows per band"),
+    workers: int | None = typer.Option(None, help="processes (default: CPU count)"),
+    shard_size: int | None = typer.Option(None, help="documents per stored shard (20000)"),
+    exact: bool = typer.Option(True, "--exact/--no-exact", help="exact dedup on normalised text first"),
+    config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
+) -> None:
+    """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then id)."""
+    from textbookgen.curation.commands import dedup_steps
+
+    o = {"minhash.threshold": threshold, "minhash.num_perm": num_perm, "minhash.ngram": ngram,
+         "minhash.bands": bands, "minhash.rows": rows, "minhash.workers": workers,
+         "minhash.shard_size": shard_size, "exact.enabled": exact}
+    _curation_run(input_path, output, dedup_steps, workdir, config, o, text_column, id_column)
+
+
+@app.command()
+def decontaminate(
+    benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="NAME=PATH for a known benchmark "
+                         "(arc_easy, gsm8k, mmlu, humaneval, ...) or a jsonl/parquet file/folder")],
+    input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
+    output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
+    ngram: int | None = typer.Option(None, help="n-gram size for candidates (13)"),
+    similarity: float | None = typer.Option(None, help="share of an item's words found in order to drop (0.8)"),
+    workdir: str | None = typer.Option(None, "--workdir", help="where contamination.parquet (the report) goes"),
+    config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
+) -> None:
+    """Drop documents containing benchmark items (n-gram overlap, then an in-order word match); report which."""
+    from textbookgen.curation.commands import decontaminate_steps, parse_benchmark
+
+    o = {"decontamination.benchmarks": [parse_benchmark(b).model_dump() for b in benchmark],
+         "decontamination.ngram": ngram, "decontamination.similarity": similarity}
+    _curation_run(input_path, output, decontaminate_steps, workdir, config, o, text_column, id_column)
+
+
+@app.command("filter")
+def filter_cmd(
+    input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
+    output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
+    min_words: int | None = typer.Option(None, help="fewest words of a prose document (50)"),
+    max_words: int | None = typer.Option(None, help="most words of any document (100000)"),
+    workdir: str | None = typer.Option(None, "--workdir", help="where dropped.parquet (id, reason) goes"),
+    config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
+) -> None:
+    """Heuristic quality filters (length, repetition, symbols, boilerplate); prose rules skip code."""
+    from textbookgen.curation.commands import filter_steps
+
+    o = {"filters.min_words": min_words, "filters.max_words": max_words}
+    _curation_run(input_path, output, filter_steps, workdir, config, o, text_column, id_column)
+
+
+classifier_app = typer.Typer(no_args_is_help=True, help="fastText quality classifier: train, eval, score.")
+app.add_typer(classifier_app, name="classifier")
+Paths = Annotated[list[str] | None, typer.Option(help="corpus file/folder (repeatable)")]
+
+
+@classifier_app.command("train")
+def classifier_train(
+    output: str = typer.Option(..., "--output", "-o", help="model path (<output>.bin + <output>.json)"),
+    positive: Paths = None, negative: Paths = None,
+    labelled: Paths = None,
+    label_column: str = typer.Option("label", help="label field of --labelled files"),
+    min_positive: float = typer.Option(1.0, help="numeric labels >= this are positive (3 for 0-5 judge scores)"),
+    lr: str = typer.Option("0.1,0.5,1.0", help="learning rates to try"),
+    epochs: str = typer.Option("5,10", help="epoch counts to try"),
+    dim: int = typer.Option(100), bucket: int = typer.Option(2_000_000, help="hash buckets for bigrams"),
+    text_column: TextCol = "text",
+) -> None:
+    """Train on labelled text; lr and epochs are picked on a validation split. Prints the metadata."""
+    from textbookgen.curation.classifier import TrainSettings, train_classifier
+    from textbookgen.curation.commands import load_labelled
+
+    try:
+        texts, labels = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
+                                      min_positive)
+        settings = TrainSettings(lrs=tuple(float(x) for x in lr.split(",")),
+                                 epochs=tuple(int(x) for x in epochs.split(",")), dim=dim, bucket=bucket)
+        _, meta = train_classifier(texts, labels, output, settings)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({k: v for k, v in meta.items() if k != "grid"}, indent=2))
+
+
+@classifier_app.command("eval")
+def classifier_eval(
+    model: str = typer.Argument(..., help="model .bin"),
+    positive: Paths = None, negative: Paths = None, labelled: Paths = None,
+    label_column: str = typer.Option("label"), min_positive: float = typer.Option(1.0),
+    threshold: float = typer.Option(0.5, help="probability threshold for P/R/F1 and the confusion matrix"),
+    text_column: TextCol = "text",
+) -> None:
+    """Precision, recall, F1, ROC AUC and the confusion matrix on held-out labelled text."""
+    from textbookgen.curation.classifier import QualityModel
+    from textbookgen.curation.commands import load_labelled
+
+    try:
+        texts, labels = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
+                                      min_positive)
+        metrics = QualityModel.load(model).evaluate(texts, labels, threshold)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(metrics.as_dict(), indent=2))
+
+
+@classifier_app.command("score")
+def classifier_score(
+    model: str = typer.Argument(..., help="model .bin"),
+    input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
+    output: str = typer.Option(..., "--output", "-o", help="rows with quality_score: .parquet or .jsonl"),
+    threshold: float | None = typer.Option(None, help="keep rows with score >= this"),
+    keep_top_percent: float | None = typer.Option(None, help="keep the top X % by score"),
+    batch_size: int = typer.Option(4096),
+    text_column: TextCol = "text", id_column: IdCol = "id",
+) -> None:
+    """Add `quality_score` (P(positive label)) to every row; optionally keep by threshold or percentile."""
+    from textbookgen.curation.commands import run_steps, score_steps
+
+    try:
+        steps = score_steps(model, threshold, keep_top_percent, batch_size, text_column)
+        stats = run_steps(input_path, output, steps, None, text_column, id_column)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(stats, indent=2))

@@ -1,0 +1,79 @@
+"""The curation commands on plain jsonl/parquet corpora (no ids, no generation metadata)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from textbookgen.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data: Path, tmp_path_factory) -> tuple[Path, list[str]]:
+    docs = [json.loads(x)["text"] for x in gzip.open(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "rt")]
+    docs = [d for d in docs if len(d.split()) >= 120][:60]
+    rows = docs + [docs[0] + " Thanks for reading.", docs[1].upper(), "As an AI language model, I cannot. " * 30]
+    path = tmp_path_factory.mktemp("cli") / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "url": "u"}) + "\n" for t in rows))
+    return path, docs
+
+
+def invoke(*args: str) -> dict:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_dedup_filter_decontaminate_commands(corpus, tmp_path):
+    path, docs = corpus
+    stats = invoke("dedup", path, "-o", tmp_path / "dedup.parquet", "--workers", "1")
+    assert stats["exact_dedup"]["dropped"] == {"exact_duplicate": 1}
+    assert stats["minhash_dedup"]["dropped"] == {"near_duplicate": 1}
+    assert (tmp_path / "dedup.parquet.work" / "minhash_dedup" / "clusters.parquet").exists()
+    out = pl.read_parquet(tmp_path / "dedup.parquet")
+    assert out.height == 61 and set(out.columns) >= {"id", "text", "url"}
+
+    stats = invoke("filter", tmp_path / "dedup.parquet", "-o", tmp_path / "f.jsonl", "--min-words", "100")
+    assert stats["filters"]["dropped"].get("boilerplate_phrase") == 1
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": " ".join(docs[5].split()[20:60])}) + "\n")
+    stats = invoke("decontaminate", tmp_path / "f.jsonl", "-o", tmp_path / "clean.jsonl", "-b", bench)
+    assert stats["decontamination"]["dropped"] == {"contaminated:bench": 1}
+    assert len((tmp_path / "clean.jsonl").read_text().splitlines()) == stats["decontamination"]["kept"]
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": oops}\n')
+    result = runner.invoke(app, ["filter", str(bad), "-o", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and "bad.jsonl:2" in result.output
+    result = runner.invoke(app, ["dedup", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and "missing.jsonl" in result.output
+
+
+def test_classifier_train_eval_score(shared_data, tmp_path):
+    src = [json.loads(x) for x in gzip.open(shared_data / "dclm_human_quality_labels" / "majority_data.jsonl.gz", "rt")]
+    books = [json.loads(x)["text"] for x in gzip.open(
+        shared_data / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz", "rt")]
+    pos = [{"text": " ".join(b.split()[i : i + 300])} for b in books for i in range(0, 6000, 300)][:200]
+    pl.DataFrame(pos).write_parquet(tmp_path / "pos.parquet")
+    pl.DataFrame([{"text": r["text"]} for r in src[:200]]).write_parquet(tmp_path / "neg.parquet")
+    meta = invoke("classifier", "train", "-o", tmp_path / "m", "--positive", tmp_path / "pos.parquet",
+                  "--negative", tmp_path / "neg.parquet", "--lr", "0.5,1.0", "--epochs", "5", "--dim", "16",
+                  "--bucket", "10000")
+    assert meta["chosen"]["lr"] in (0.5, 1.0) and len(meta["sha256"]) == 64
+    m = invoke("classifier", "eval", tmp_path / "m.bin", "--positive", tmp_path / "pos.parquet",
+               "--negative", tmp_path / "neg.parquet")
+    assert m["roc_auc"] > 0.9 and sum(m["confusion"].values()) == 400
+    stats = invoke("classifier", "score", tmp_path / "m.bin", tmp_path / "neg.parquet", "-o", tmp_path / "s.parquet",
+                   "--keep-top-percent", "25")
+    scored = pl.read_parquet(tmp_path / "s.parquet")
+    assert stats["quality_filter"]["kept"] == scored.height == 50 and scored["quality_score"].is_not_null().all()

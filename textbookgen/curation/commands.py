@@ -1,0 +1,114 @@
+"""What `textbookgen dedup | decontaminate | filter | classifier ...` do, on any parquet/jsonl corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from textbookgen.curation.base import Step
+from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
+from textbookgen.curation.corpus_io import read_corpus, write_corpus
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurationConfig:
+    """A CurationConfig from YAML (the file itself or its `curation:` block), with dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = raw.get("curation", raw) if isinstance(raw, dict) else {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return CurationConfig.model_validate(data)
+
+
+def parse_benchmark(spec: str) -> BenchmarkSource:
+    """`name=path` for a named loader (textbookgen.benchmarks), a bare path for a generic file/folder."""
+    name, sep, path = spec.partition("=")
+    if sep and "/" not in name and not Path(spec).exists():
+        return BenchmarkSource(name=name, path=path)
+    return BenchmarkSource(path=spec)
+
+
+def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step], workdir: str | Path | None,
+              text_column: str = "text", id_column: str = "id") -> dict[str, Any]:
+    """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`."""
+    df = read_corpus(input_path, text_column, id_column)
+    stats: dict[str, Any] = {}
+    work = Path(workdir) if workdir is not None else Path(str(output_path) + ".work")
+    for step in steps:
+        df, st = step(df, work / step.name)
+        stats[step.name] = st.as_dict()
+    write_corpus(df, output_path)
+    Path(str(output_path) + ".stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def dedup_steps(cfg: CurationConfig) -> list[Step]:
+    from textbookgen.curation.exact import ExactDedup
+    from textbookgen.curation.near_dedup import MinHashDedup
+
+    steps: list[Step] = [ExactDedup(cfg.text_column, cfg.id_column)] if cfg.exact.enabled else []
+    return steps + [MinHashDedup(cfg.minhash, cfg.text_column, cfg.id_column)]
+
+
+def decontaminate_steps(cfg: CurationConfig) -> list[Step]:
+    from textbookgen.curation.decontaminate import Decontaminate
+
+    if not cfg.decontamination.benchmarks:
+        raise ValueError("decontaminate: give at least one --benchmark (name=path, or a jsonl/parquet file/folder)")
+    return [Decontaminate(cfg.decontamination, cfg.text_column, cfg.id_column)]
+
+
+def filter_steps(cfg: CurationConfig) -> list[Step]:
+    from textbookgen.curation.filters import HeuristicFilter
+
+    return [HeuristicFilter(cfg.filters, cfg.text_column, cfg.id_column)]
+
+
+def load_labelled(positive: list[str], negative: list[str], labelled: list[str], text_column: str = "text",
+                  label_column: str = "label", min_positive: float = 1.0) -> tuple[list[str], list[bool]]:
+    """Texts and binary labels: whole corpora as positive/negative, and/or files with a label column
+    (numbers: >= `min_positive` is positive, e.g. 3 for a 0-5 judge score; strings: "hq"/"1"/"true")."""
+    texts: list[str] = []
+    labels: list[bool] = []
+    for paths, y in ((positive, True), (negative, False)):
+        for p in paths:
+            t = read_corpus(p, text_column)[text_column].to_list()
+            texts += t
+            labels += [y] * len(t)
+    for p in labelled:
+        df = read_corpus(p, text_column)
+        if label_column not in df.columns:
+            raise ValueError(f"{p}: no {label_column!r} column (columns: {df.columns})")
+        col = df[label_column]
+        if col.dtype.is_numeric() or col.dtype == pl.Boolean:
+            ys = (col.cast(pl.Float64) >= min_positive).to_list()
+        else:
+            ys = [str(v).strip().lower() in {"hq", "1", "true", "yes", "positive"} for v in col.to_list()]
+        texts += df[text_column].to_list()
+        labels += ys
+    if not texts:
+        raise ValueError("classifier: no training data (give --positive/--negative or --labelled)")
+    return texts, labels
+
+
+def score_steps(model: str, threshold: float | None, keep_top_percent: float | None, batch_size: int,
+                text_column: str = "text") -> list[Step]:
+    from textbookgen.curation.classifier import QualityCut, QualityScore
+
+    cfg = ClassifierConfig(enabled=True, model_path=model, threshold=threshold, keep_top_percent=keep_top_percent,
+                           batch_size=batch_size)
+    steps: list[Step] = [QualityScore(cfg, text_column)]
+    if threshold is not None or keep_top_percent is not None:
+        steps.append(QualityCut(cfg))
+    return steps
