@@ -171,3 +171,19 @@ def test_cli_push_and_pull(hub, tmp_path, monkeypatch):
     res = runner.invoke(app, ["push", str(tmp_path / "empty"), REPO, "--endpoint", hub.endpoint])
     assert res.exit_code != 0 and "no data/" in res.output
     assert os.environ["HF_TOKEN"] == hub.token
+
+
+def test_load_dataset_from_the_hub_after_push(hub, tmp_path, monkeypatch):
+    """`datasets.load_dataset(repo_id)` reads what `push` committed, through the Hub API (HfFileSystem)."""
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.endpoint)
+    push(build(tmp_path / "build", n=40, shards=2), REPO, private=True, endpoint=hub.endpoint)
+    ds = datasets.load_dataset(REPO, cache_dir=str(tmp_path / "cache"))
+    assert {k: v.num_rows for k, v in ds.items()} == {"train": 40, "test": 10}
+    assert ds["train"]["id"] == sample_documents(40)["id"].to_list()
+    assert ds["train"].features["text"] == datasets.Value("string")
