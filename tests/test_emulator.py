@@ -505,3 +505,22 @@ def test_default_responder_judges_like_a_rater():
     assert structured["score"] <= 1 and "promotional" in structured["rationale"]
     assert requested_count("List 10 topics for grade 3 to 5 students") == 10  # not a judging prompt
     assert ask("List 10 topics for grade 3 to 5 students about optics").count("\n") == 9
+
+
+def test_limits_can_change_mid_run():
+    with Emulator(cfg(rpm=100)) as emu:
+        async def go():
+            client = oa(emu)
+            before = (await client.chat.completions.with_raw_response.create(
+                model="m", messages=USER, max_tokens=10)).headers
+            emu.set_limits(rpm=1, output_tpm=5000)
+            after = (await client.chat.completions.with_raw_response.create(
+                model="m", messages=USER, max_tokens=10)).headers
+            with pytest.raises(openai.RateLimitError):
+                await chat(client, max_tokens=10)
+            return before, after
+
+        before, after = asyncio.run(go())
+    assert before["x-ratelimit-limit-requests"] == "100" and after["x-ratelimit-limit-requests"] == "1"
+    with pytest.raises(ValueError, match="unknown limit"):
+        emu.set_limits(rpd=5)

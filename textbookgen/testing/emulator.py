@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -295,6 +296,15 @@ class Emulator:
         self.max_in_flight = 0
         self.requests: list[dict[str, Any]] = []
         self._limiter = RateLimiter(self.config, time.monotonic())
+
+    def set_limits(self, **limits: int | None) -> None:
+        """Change rpm / input_tpm / output_tpm / tpm mid-run (buckets start over, full), as when a provider
+        moves an account to another tier: clients should follow the new headers."""
+        unknown = set(limits) - {"rpm", "input_tpm", "output_tpm", "tpm"}
+        if unknown:
+            raise ValueError(f"unknown limit(s) {sorted(unknown)}; expected rpm, input_tpm, output_tpm, tpm")
+        self.config = dataclasses.replace(self.config, **limits)
+        self._limiter = RateLimiter(self.config, time.monotonic())  # one assignment: atomic for the loop
 
     @property
     def duplicates(self) -> int:
