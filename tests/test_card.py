@@ -161,6 +161,7 @@ def test_empty_or_untagged_tables_still_render(tmp_path):
     card = DatasetCard.load(render_card(tmp_path / "empty", CARDS_DIR / "quickstart.md", RECIPE, {}))
     assert card.data.to_dict()["dataset_info"]["splits"][0]["num_examples"] == 0
     assert not list((tmp_path / "empty" / "assets").glob("*.png"))
+    assert "This build kept no documents" in card.text
     write_dataset(sample_documents(10).with_columns(topic_path=None), tmp_path / "bare")
     render_card(tmp_path / "bare", CARDS_DIR / "tiny-stories.md", RECIPE, {})
     assert [p.name for p in (tmp_path / "bare" / "assets").glob("*.png")] != []
