@@ -69,7 +69,7 @@ def device_name(dev: torch.device) -> str:
     return f"cpu-{platform.machine()}"
 
 
-def build_hf(ours: Phi, state: dict):
+def build_hf(ours: Phi, state: dict, dev: torch.device):
     """transformers.PhiForCausalLM with our initial weights `state` (HF SDPA attention, no KV cache in training)."""
     import transformers
 
@@ -78,7 +78,8 @@ def build_hf(ours: Phi, state: dict):
     cfg = hf_config(ours.config)
     for k in ("architectures", "model_type", "dtype", "torch_dtype", "use_cache"):
         cfg.pop(k)
-    hf = transformers.PhiForCausalLM(transformers.PhiConfig(**cfg, attn_implementation="sdpa", use_cache=False))
+    with torch.device(dev):  # random init on the GPU is seconds, on CPU minutes; then our weights go in
+        hf = transformers.PhiForCausalLM(transformers.PhiConfig(**cfg, attn_implementation="sdpa", use_cache=False))
     hf.load_state_dict(state, strict=True)
     if ours.config.activation_checkpointing:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -122,7 +123,7 @@ def run_one(name: str, ours: Phi, init: dict, args, dev: torch.device, batches) 
         ours.load_state_dict(init)
         model = ours
     else:
-        model = build_hf(ours, init)
+        model = build_hf(ours, init, dev)
     model.to(dev).train()
     groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
               {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
@@ -205,9 +206,10 @@ def main(argv=None) -> int:
         f"loss chunk {cfg.loss_chunk_size} | fuse {cfg.fuse_projections} | sdpa {args.sdpa_backend}")
 
     torch.manual_seed(args.seed)
-    with torch.device("cpu"):
+    with torch.device(dev):
         ours = Phi(cfg)
-    init = {k: v.clone() for k, v in ours.state_dict().items()}  # both models start from these weights
+    init = {k: v.detach().to("cpu", copy=True) for k, v in ours.state_dict().items()}  # both start here
+    ours.to("cpu")  # off the GPU until its turn
     flops_per_token = ours.flops_per_token(args.seq_len)
     log(f"params {ours.num_params(False):,} (non-embedding {ours.num_params():,}); "
         f"{flops_per_token / 1e9:.3f} GFLOP/token; MFU peak {args.peak_tflops:.0f} TFLOP/s")
