@@ -1,0 +1,118 @@
+"""Recipes: the shipped ones validate; bad ones fail naming the file, the line and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from textbookgen.cli import app
+from textbookgen.recipe import RecipeError, load_recipe
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+GOOD = """\
+name: tiny
+model: gpt-4o-mini
+taxonomy:
+  source: topics.yaml
+mix:
+  - template: textbook_section
+    audiences: {college: 1}
+samples: 10
+"""
+
+
+@pytest.fixture
+def recipe_dir(tmp_path: Path) -> Path:
+    (tmp_path / "topics.yaml").write_text("topics: [Physics, Chemistry]\n")
+    return tmp_path
+
+
+def _write(d: Path, text: str) -> Path:
+    p = d / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_recipes_validate():
+    assert {p.stem for p in RECIPES} >= {"quickstart", "phi15-textbooks", "phi1-code-textbooks", "tiny-stories"}
+    for p in RECIPES:
+        r = load_recipe(p)
+        assert r.card_template == f"../datasets_cards/{p.stem}.md"
+        assert r.resolve(r.card_template).is_file()
+        assert r.taxonomy_path().is_file()
+        assert len(r.hash) == 16
+
+
+def test_paths_resolve_relative_to_the_recipe(recipe_dir, monkeypatch, tmp_path_factory):
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    r = load_recipe(_write(recipe_dir, GOOD))
+    assert r.taxonomy_path() == recipe_dir / "topics.yaml"
+    assert r.output_dir() == recipe_dir / "build" / "tiny"
+    assert r.sampling.temperature == 0.8 and r.curation.minhash.enabled
+
+
+@pytest.mark.parametrize("edit, line, field, message", [
+    (lambda t: t.replace("samples: 10", "samples: 10\nsampels: 3"), 9, "sampels", "unknown key"),
+    (lambda t: t.replace("samples: 10", "samples: many"), 8, "samples", "valid integer"),
+    (lambda t: t.replace("    audiences: {college: 1}", "    audiences: {college: 1}\n    weight: heavy"),
+     8, "mix.0.weight", "valid number"),
+    (lambda t: t.replace("source: topics.yaml", "source: nowhere.yaml"), 4, "taxonomy.source", "not found"),
+    (lambda t: t.replace("model: gpt-4o-mini\n", ""), 1, "model", "required field missing"),
+    (lambda t: t.replace("{college: 1}", "{toddlers: 1}"), 7, "mix.0.audiences", "unknown audiences ['toddlers']"),
+    (lambda t: t.replace("textbook_section", "no_such.j2"), 6, "mix.0.template", "neither a built-in"),
+    (lambda t: t + "card_template: cards/missing.md\n", 9, "card_template", "card template not found"),
+    (lambda t: t + "taxonomy:\n  source: topics.yaml\n", 9, "taxonomy", "duplicate key"),
+    (lambda t: t.replace("samples: 10", "samples: 0"), 8, "samples", "greater than or equal to 1"),
+])
+def test_bad_recipes_name_file_line_and_field(recipe_dir, edit, line, field, message):
+    p = _write(recipe_dir, edit(GOOD))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p)
+    text = str(err.value)
+    assert text.startswith(f"{p}:{line}: {field}: "), text
+    assert message in text
+
+
+def test_bad_yaml_and_bad_bytes(recipe_dir):
+    p = _write(recipe_dir, GOOD.replace("mix:\n", "mix:\n  - template: [unclosed\n"))
+    with pytest.raises(RecipeError, match=rf"{p}:\d+: invalid YAML"):
+        load_recipe(p)
+    p.write_bytes(GOOD.encode() + b"description: caf\xe9\n")
+    with pytest.raises(RecipeError, match=rf"{p}:9: not valid UTF-8"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(recipe_dir / "missing.yaml")
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(RecipeError, match=rf"{p}:1: a recipe is a YAML mapping"):
+        load_recipe(p)
+
+
+def test_overrides_and_recipe_hash(recipe_dir):
+    p = _write(recipe_dir, GOOD)
+    base = load_recipe(p)
+    r = load_recipe(p, {"samples": 3, "provider.base_url": "http://127.0.0.1:9/v1"})
+    assert r.samples == 3 and r.provider.base_url == "http://127.0.0.1:9/v1"
+    assert r.hash != base.hash and load_recipe(p).hash == base.hash
+    with pytest.raises(RecipeError, match="samples: Input should be a valid integer"):
+        load_recipe(p, {"samples": "lots"})
+
+
+def test_credentials_come_from_env_or_a_local_server(recipe_dir, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    p = _write(recipe_dir, GOOD)
+    assert not load_recipe(p).provider.has_credentials()
+    assert load_recipe(p, {"provider.base_url": "http://localhost:8000/v1"}).provider.api_key() == "EMPTY"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert load_recipe(p).provider.has_credentials()
+    assert "sk-test" not in str(load_recipe(p).public_dict())
+
+
+def test_validate_command(recipe_dir):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate", str(_write(recipe_dir, GOOD))])
+    assert ok.exit_code == 0 and "ok: tiny" in ok.output
+    bad = runner.invoke(app, ["validate", str(_write(recipe_dir, GOOD + "extra: 1\n"))])
+    assert bad.exit_code == 1 and ":9: extra: unknown key" in bad.output

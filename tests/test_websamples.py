@@ -1,0 +1,147 @@
+"""Web samples: cleaning real web text, sentence-boundary cuts, deterministic picks, BM25 retrieval."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from textbookgen.websamples import (
+    SeedAssigner,
+    WebSampleError,
+    WebSamples,
+    clean_text,
+    cut_at_sentence,
+    make_extract,
+)
+
+
+def _texts(path: Path, field: str) -> list[str]:
+    return [json.loads(line)[field] for line in gzip.decompress(path.read_bytes()).decode().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def c4(shared_data) -> WebSamples:
+    return WebSamples.load(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz")
+
+
+def test_c4_extracts_are_clean_and_cut_at_sentences(c4, shared_data):
+    assert c4.stats["documents"] == 1000
+    assert 800 < len(c4) <= 1000
+    for ex in c4.extracts:
+        assert 200 <= len(ex.text) <= 1000
+        assert ex.text[-1] in ".!?\"')]\u201d\u2019\u2026" or len(ex.text) < 1000
+    # long documents are cut at a sentence end, keeping most of the window
+    long_docs = [t for t in _texts(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "text") if len(t) > 3000]
+    cuts = [make_extract(t) for t in long_docs]
+    cuts = [c for c in cuts if c is not None]
+    assert sum(c.text[-1] in ".!?\"')" for c in cuts) / len(cuts) > 0.9
+    assert sum(len(c.text) for c in cuts) / len(cuts) > 800
+    assert len({e.id for e in c4.extracts}) == len(c4)
+
+
+def test_wikipedia_text_field_is_found_and_mojibake_fixed(shared_data):
+    path = shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz"
+    ws = WebSamples.load(path)  # the only string field is `eng_Latn`
+    assert len(ws) > 900
+    text = next(t for t in _texts(path, "eng_Latn") if "é" in t and len(t) > 400)
+    broken = text.encode("utf-8").decode("latin-1")  # classic UTF-8-read-as-Latin-1 mojibake
+    assert "Ã©" in broken
+    fixed = clean_text(broken)
+    assert "Ã©" not in fixed and "é" in fixed
+
+
+def test_boilerplate_lines_are_dropped():
+    page = "\n".join([
+        "Home | About Us | Contact",
+        "Skip to main content",
+        "The water cycle moves water between the oceans, the air and the land, driven by the sun.",
+        "Share this on Facebook",
+        "Clouds form when rising vapour cools and condenses into droplets around tiny particles.",
+        "We use cookies to improve your experience. Accept",
+        "Copyright © 2021 Example Inc. All rights reserved.",
+        "Posted by admin in Science",
+        "12 comments",
+    ])
+    cleaned = clean_text(page)
+    assert cleaned.splitlines() == [
+        "The water cycle moves water between the oceans, the air and the land, driven by the sun.",
+        "Clouds form when rising vapour cools and condenses into droplets around tiny particles.",
+    ]
+
+
+def test_length_bounds_and_cut():
+    assert make_extract("Too short.") is None
+    assert make_extract("word " * 5000, max_chars=10_000) is None
+    assert make_extract("Lorem ipsum dolor sit amet. " * 40) is None
+    text = "First sentence is here. " * 30 + "A final sentence without end"
+    cut = cut_at_sentence(text, 100)
+    assert cut.endswith("here.") and len(cut) <= 100
+    no_stops = "word " * 400
+    assert len(cut_at_sentence(no_stops, 1000)) <= 1000 and not cut_at_sentence(no_stops, 1000).endswith(" ")
+
+
+def test_pick_is_deterministic_and_uses_every_extract_before_reuse(c4):
+    n = len(c4)
+    first = [c4.pick(3, i).id for i in range(n)]
+    assert first == [c4.pick(3, i).id for i in range(n)]
+    assert len(set(first)) == n  # a permutation per pass
+    assert first != [c4.pick(4, i).id for i in range(n)]
+    twice = Counter(c4.pick(3, i).id for i in range(2 * n))
+    assert set(twice.values()) == {2}
+
+
+def test_bm25_retrieval_finds_extracts_about_the_topic(c4):
+    hits = c4.search("barbecue grilling meat smoker", k=5)
+    assert hits and all(s > 0 for _, s in hits)
+    top = c4.extracts[hits[0][0]].text.lower()
+    assert any(w in top for w in ("bbq", "barbecue", "grill", "smok", "meat"))
+    assert c4.search("zzqxv qqqzz", k=5) == []
+
+
+def test_seed_assigner_balances_retrieved_extracts(c4):
+    a = SeedAssigner(c4, seed=1, retrieval_share=1.0, top_k=10)
+    picks = [a.assign(i, "wedding dress bride").id for i in range(20)]
+    b = SeedAssigner(c4, seed=1, retrieval_share=1.0, top_k=10)
+    assert picks == [b.assign(i, "wedding dress bride").id for i in range(20)]
+    assert max(Counter(picks).values()) == 2  # 20 requests over the 10 best hits: least-used first
+    assert a.retrieved == 20
+    plain = SeedAssigner(c4, seed=1, retrieval_share=0.0)
+    assert [plain.assign(i, "wedding").id for i in range(5)] == [c4.pick(1, i).id for i in range(5)]
+
+
+def test_formats_parquet_jsonl_text_and_folder(tmp_path):
+    docs = [f"Paragraph {i} explains how plants use sunlight, water and air to make their own food. " * 4
+            for i in range(6)]
+    pl.DataFrame({"body": docs, "n": list(range(6))}).write_parquet(tmp_path / "a.parquet")
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n")
+    (tmp_path / "c.txt").write_text("\n\n".join(docs))
+    assert len(WebSamples.load(tmp_path / "a.parquet")) == 6  # the one string column
+    assert len(WebSamples.load(tmp_path / "b.jsonl")) == 6
+    assert len(WebSamples.load(tmp_path / "c.txt")) == 6
+    folder = WebSamples.load(tmp_path)
+    assert folder.stats["documents"] == 18 and len(folder) == 6  # same texts: deduplicated
+    assert len(WebSamples.load(tmp_path / "b.jsonl", limit=2)) == 2
+
+
+def test_bad_sources_are_named(tmp_path):
+    with pytest.raises(WebSampleError, match="not found"):
+        WebSamples.load(tmp_path / "nope.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{broken\n')
+    with pytest.raises(WebSampleError, match=r"bad\.jsonl:2: invalid JSON"):
+        WebSamples.load(bad)
+    two = tmp_path / "two.parquet"
+    pl.DataFrame({"a": ["x"], "b": ["y"]}).write_parquet(two)
+    with pytest.raises(WebSampleError, match="set text_field"):
+        WebSamples.load(two)
+    with pytest.raises(WebSampleError, match="no column 'body'"):
+        WebSamples.load(two, text_field="body")
+    short = tmp_path / "short.txt"
+    short.write_text("tiny")
+    with pytest.raises(WebSampleError, match="no extract survived cleaning"):
+        WebSamples.load(short)

@@ -1,0 +1,359 @@
+"""Recipes: one YAML file that describes one reproducible dataset build, validated with pydantic.
+
+Errors name the file, the line and the field (`recipes/x.yaml:12: taxonomy.grow.target: ...`): the
+YAML is composed into nodes first, which keep their line marks, and pydantic's error locations are
+mapped back onto them. Paths in a recipe are relative to the recipe file. `builtin:NAME` names a
+root topic list shipped in `textbookgen/topics/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from textbookgen.curation import CurationConfig
+
+TOPICS_DIR = Path(__file__).with_name("topics")
+KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "openai-compatible": "OPENAI_API_KEY"}
+
+
+class RecipeError(ValueError):
+    """A recipe is invalid; `str()` is `file:line: field: problem`, one line per problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(_Strict):
+    """Which API serves the model. `base_url` points at a vLLM server, a proxy or the emulator."""
+
+    name: Literal["openai", "anthropic", "openai-compatible"] = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None  # the environment variable holding the key (never the key itself)
+
+    @property
+    def key_env(self) -> str:
+        return self.api_key_env or KEY_ENV[self.name]
+
+    def has_credentials(self) -> bool:
+        """A key in the environment, or a server of your own (local, or any openai-compatible one)."""
+        if os.environ.get(self.key_env) or (self.name == "openai-compatible" and self.base_url):
+            return True
+        host = (self.base_url or "").split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        return host in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+    def api_key(self) -> str | None:
+        """The key to hand the engine: the environment's, or a placeholder for a local server."""
+        return os.environ.get(self.key_env) or ("EMPTY" if self.has_credentials() else None)
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)  # None: each template's own default
+
+
+class LimitsConfig(_Strict):
+    """Your account's rate limits (None: learned from the provider's headers) and concurrency."""
+
+    rpm: int | None = Field(None, ge=1)
+    input_tpm: int | None = Field(None, ge=1)
+    output_tpm: int | None = Field(None, ge=1)
+    concurrency: int = Field(64, ge=1)
+
+
+class BudgetConfig(_Strict):
+    max_cost_usd: float | None = Field(None, gt=0)
+    max_output_tokens: int | None = Field(None, ge=1)
+
+
+class GrowConfig(_Strict):
+    """Expand the root topics through the LLM to `target` leaves (phi-1.5 used ~20,000)."""
+
+    target: int = Field(..., ge=1)
+    per_call: int | None = Field(None, ge=2, le=100)
+    max_depth: int | None = Field(None, ge=1)
+    model: str | None = None  # default: the recipe's model
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(1024, ge=16)
+    similarity: float = Field(90.0, ge=50.0, le=100.0)
+
+
+class TaxonomyConfig(_Strict):
+    source: str
+    format: Literal["yaml", "csv", "markdown"] | None = None
+    select: str | None = None
+    name: str | None = None
+    grow: GrowConfig | None = None
+    weighting: Literal["hierarchical", "flat"] = "hierarchical"
+    max_per_topic: int | None = Field(None, ge=1)
+    min_per_topic: int = Field(0, ge=0)
+
+    @field_validator("source")
+    @classmethod
+    def _exists(cls, v: str, info: ValidationInfo) -> str:
+        if v.startswith("builtin:"):
+            if not (TOPICS_DIR / f"{v.removeprefix('builtin:')}.yaml").is_file():
+                names = ", ".join(sorted(p.stem for p in TOPICS_DIR.glob("*.yaml")))
+                raise ValueError(f"no built-in topic list {v!r} (built-ins: {names})")
+            return v
+        _check_file(v, info, "taxonomy file")
+        return v
+
+
+class RetrievalConfig(_Strict):
+    """Topic-conditioned seeds: this share of prompts get an extract BM25-retrieved for their topic."""
+
+    share: float = Field(0.5, ge=0.0, le=1.0)
+    top_k: int = Field(20, ge=1)
+
+
+class WebSamplesConfig(_Strict):
+    source: str  # a file or folder (parquet/jsonl/json/txt, .gz), an http(s) URL, or hf:org/name
+    text_field: str | None = None
+    split: str = "train"
+    config: str | None = None
+    limit: int | None = Field(20_000, ge=1)
+    min_chars: int = Field(200, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    extract_chars: int = Field(1000, ge=100)
+    share: float = Field(1.0, ge=0.0, le=1.0)  # share of prompts seeded with an extract at all
+    retrieval: RetrievalConfig | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _exists(cls, v: str, info: ValidationInfo) -> str:
+        if not v.startswith(("hf:", "hf://", "http://", "https://")):
+            _check_file(v, info, "web-sample source", allow_dir=True)
+        return v
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source.startswith(("hf:", "hf://", "http://", "https://"))
+
+
+class MixEntry(_Strict):
+    template: str  # a built-in name or a .j2 file
+    weight: float = Field(1.0, ge=0.0)
+    audiences: dict[str, float] = Field(default_factory=lambda: {"general": 1.0})
+    styles: dict[str, float] = Field(default_factory=lambda: {"academic": 1.0})
+    formats: dict[str, float] = Field(default_factory=lambda: {"markdown": 1.0})
+    max_tokens: int | None = Field(None, ge=1)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str, info: ValidationInfo) -> str:
+        from textbookgen.templates import TemplateError, load_template
+
+        try:
+            load_template(v, _base_dir(info))
+        except TemplateError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+
+class HubConfig(_Strict):
+    repo_id: str | None = None
+    private: bool = False
+    push: bool = False  # push after the card is written (or pass `--push`)
+
+
+class Recipe(_Strict):
+    """One dataset build. See recipes/*.yaml for commented examples."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$")
+    version: str = "0.1.0"
+    description: str = ""
+    license: str = "apache-2.0"
+    provider: ProviderConfig = Field(default_factory=ProviderConfig)
+    model: str
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    taxonomy: TaxonomyConfig
+    web_samples: WebSamplesConfig | None = None
+    mix: list[MixEntry] = Field(..., min_length=1)
+    audiences: dict[str, str] = Field(default_factory=dict)  # extra audiences: name -> description
+    styles: dict[str, str] = Field(default_factory=dict)
+    formats: dict[str, str] = Field(default_factory=dict)
+    language: str = "English"
+    system: str | None = None
+    samples: int = Field(..., ge=1)
+    seed: int = 0
+    curation: CurationConfig = Field(default_factory=CurationConfig)
+    output: str | None = None  # default: build/<name> beside the recipe
+    hub: HubConfig = Field(default_factory=HubConfig)
+    card_template: str | None = None
+
+    # set by load_recipe
+    _path: Path | None = None
+    _hash: str = ""
+
+    @field_validator("card_template")
+    @classmethod
+    def _card(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            _check_file(v, info, "card template")
+        return v
+
+    # ---- resolved views ----------------------------------------------------------------------
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    @property
+    def hash(self) -> str:
+        """sha256 (16 hex) of the recipe file's bytes."""
+        return self._hash
+
+    def resolve(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        return (path if path.is_absolute() else self.base_dir / path).resolve()
+
+    def taxonomy_path(self) -> Path:
+        src = self.taxonomy.source
+        if src.startswith("builtin:"):
+            return TOPICS_DIR / f"{src.removeprefix('builtin:')}.yaml"
+        return self.resolve(src)
+
+    def output_dir(self) -> Path:
+        return self.resolve(self.output) if self.output else self.base_dir / "build" / self.name
+
+    def tables(self) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        from textbookgen.templates import AUDIENCES, FORMATS, STYLES
+
+        return {**AUDIENCES, **self.audiences}, {**STYLES, **self.styles}, {**FORMATS, **self.formats}
+
+    def public_dict(self) -> dict[str, Any]:
+        """The recipe as data, for manifests and cards (it never holds a key: only its env name)."""
+        return self.model_dump(mode="json")
+
+
+def _name_problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
+    """Mix entries naming an audience, style or format that is neither built in nor defined."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    tables = dict(zip(("audiences", "styles", "formats"), recipe.tables(), strict=True))
+    for i, entry in enumerate(recipe.mix):
+        for dim, table in tables.items():
+            unknown = sorted(set(getattr(entry, dim)) - set(table))
+            if unknown:
+                problems.append(((("mix", i, dim)), f"unknown {dim} {unknown} (known: {', '.join(table)})"))
+    if sum(e.weight for e in recipe.mix) <= 0:
+        problems.append((("mix",), "all mix weights are 0"))
+    return problems
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    return Path(ctx.get("base_dir") or Path.cwd())
+
+
+def _check_file(v: str, info: ValidationInfo, what: str, *, allow_dir: bool = False) -> None:
+    p = Path(v).expanduser()
+    if not p.is_absolute():
+        p = _base_dir(info) / p
+    if not (p.is_file() or (allow_dir and p.is_dir())):
+        raise ValueError(f"{what} not found: {p}")
+
+
+# ---- loading with line numbers -----------------------------------------------------------------
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and validate a recipe; raise RecipeError naming the file, line and field of each problem.
+    `overrides` ({"samples": 10, "provider.base_url": "..."}) are applied before validation."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a folder, not a recipe file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise RecipeError(f"{path}{line}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}:1: a recipe is a YAML mapping (name:, model:, taxonomy:, ...)")
+    lines: dict[tuple[Any, ...], int] = {}
+    dupes: list[str] = []
+    _index_lines(node, (), lines, dupes)
+    if dupes:
+        raise RecipeError("\n".join(f"{path}:{d}" for d in dupes))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    try:
+        recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as e:
+        raise RecipeError(_format_errors(path, e, lines)) from None
+    problems = _name_problems(recipe)
+    if problems:
+        raise RecipeError("\n".join(_format_one(path, loc, msg, lines) for loc, msg in problems))
+    recipe._path = path.resolve()
+    recipe._hash = hashlib.sha256(raw + repr(sorted((overrides or {}).items())).encode()).hexdigest()[:16]
+    return recipe
+
+
+def _index_lines(node: yaml.Node, loc: tuple[Any, ...], out: dict[tuple[Any, ...], int], dupes: list[str]) -> None:
+    out.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            key = k.value
+            if key in seen:
+                field = ".".join(str(x) for x in (*loc, key))
+                dupes.append(f"{k.start_mark.line + 1}: {field}: duplicate key")
+            seen.add(key)
+            out[(*loc, key)] = k.start_mark.line + 1
+            _index_lines(v, (*loc, key), out, dupes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, (*loc, i), out, dupes)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+    cur[keys[-1]] = value
+
+
+def _format_one(path: Path, loc: tuple[Any, ...], msg: str, lines: dict[tuple[Any, ...], int]) -> str:
+    line = 1
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            line = lines[loc[:n]]
+            break
+    field = ".".join(str(x) for x in loc) or "(recipe)"
+    return f"{path}:{line}: {field}: {msg}"
+
+
+def _format_errors(path: Path, err: ValidationError, lines: dict[tuple[Any, ...], int]) -> str:
+    out = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field missing"
+        out.append(_format_one(path, loc, msg, lines))
+    return "\n".join(out)

@@ -1,0 +1,765 @@
+"""Topic taxonomies: a weighted tree of subjects > topics > subtopics, the seeds of a dataset.
+
+phi-1.5's diversity came from ~20K topics used as prompt seeds. A `Taxonomy` is loaded from YAML, CSV
+(a path column) or a markdown outline, saved back, grown through the LLM engine (`grow`), and sampled
+by weight with per-topic quotas (`allocate`, `sample`), with a coverage report (`coverage`).
+
+Topic ids are stable: a hash of the topic's path, so the same outline always gives the same ids
+whatever order it is loaded in (an explicit `id` in a file wins).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+PATH_SEP = " > "
+# Keys that group children rather than name a topic (Khan Academy tables of contents, generic outlines).
+CONTAINER_KEYS = frozenset(
+    {"children", "topics", "subtopics", "chapters", "sections", "subsections", "units", "lessons",
+     "items", "textbook", "courses", "subjects"}
+)
+NATIVE_KEYS = frozenset({"name", "id", "weight", "meta", "children", "topics", "quota"})
+_PATH_SEPS = (" > ", ">", " / ", "/", " | ", "|", "::")
+
+
+class TaxonomyError(ValueError):
+    """A taxonomy file could not be read; the message names the file and, where known, the line."""
+
+
+@dataclass
+class Topic:
+    """One node of the tree. `path` is the names from the top-level subject down to this node."""
+
+    name: str
+    path: tuple[str, ...]
+    id: str = ""
+    weight: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    children: list[Topic] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = topic_id(self.path)
+
+    @property
+    def path_str(self) -> str:
+        return PATH_SEP.join(self.path)
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+    def add(self, name: str, weight: float = 1.0, meta: dict[str, Any] | None = None) -> Topic:
+        child = Topic(name=name, path=(*self.path, name), weight=weight, meta=dict(meta or {}))
+        self.children.append(child)
+        return child
+
+    def walk(self) -> Iterator[Topic]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+def topic_id(path: Iterable[str]) -> str:
+    """Stable id of a topic: 12 hex of the sha1 of its case-folded path."""
+    key = PATH_SEP.join(p.strip().casefold() for p in path)
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass
+class Taxonomy:
+    """A forest of top-level subjects under one name."""
+
+    name: str
+    topics: list[Topic] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ---- structure -------------------------------------------------------------------------
+    def walk(self) -> Iterator[Topic]:
+        for t in self.topics:
+            yield from t.walk()
+
+    def leaves(self) -> list[Topic]:
+        return [t for t in self.walk() if t.is_leaf]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.walk())
+
+    def get(self, topic_id_: str) -> Topic:
+        for t in self.walk():
+            if t.id == topic_id_:
+                return t
+        raise KeyError(topic_id_)
+
+    def depth(self) -> int:
+        return max((len(t.path) for t in self.walk()), default=0)
+
+    def add(self, name: str, weight: float = 1.0, meta: dict[str, Any] | None = None) -> Topic:
+        topic = Topic(name=name, path=(name,), weight=weight, meta=dict(meta or {}))
+        self.topics.append(topic)
+        return topic
+
+    def parent_of(self, topic: Topic) -> Topic | None:
+        for t in self.walk():
+            if any(c is topic for c in t.children):
+                return t
+        return None
+
+    def merge_duplicates(self) -> int:
+        """Merge siblings with the same name (an outline listing a discipline as a bullet and again as
+        a heading): one topic, children joined. Returns how many nodes were merged away."""
+        merged = 0
+
+        def fold(nodes: list[Topic]) -> list[Topic]:
+            nonlocal merged
+            by_name: dict[str, Topic] = {}
+            out: list[Topic] = []
+            for n in nodes:
+                key = n.name.casefold()
+                if key in by_name:
+                    by_name[key].children.extend(n.children)
+                    by_name[key].meta = {**n.meta, **by_name[key].meta}
+                    merged += 1
+                else:
+                    by_name[key] = n
+                    out.append(n)
+            for n in out:
+                n.children = fold(n.children)
+            return out
+
+        self.topics = fold(self.topics)
+        return merged
+
+    def dedupe_ids(self) -> None:
+        """Make ids unique (same path twice in an outline): later twins get a `~n` suffix."""
+        seen: Counter[str] = Counter()
+        for t in self.walk():
+            seen[t.id] += 1
+            if seen[t.id] > 1:
+                t.id = f"{t.id}~{seen[t.id]}"
+
+    def content_hash(self) -> str:
+        """Hash of the tree's names, ids, weights and metadata (what sampling depends on)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- probabilities, allocation, sampling --------------------------------------------------
+    def leaf_probabilities(self, weighting: str = "hierarchical") -> tuple[list[Topic], np.ndarray]:
+        """Probability of each leaf. `hierarchical`: weights are relative among siblings, so each
+        subject gets its share whatever its number of leaves; `flat`: proportional to leaf weight."""
+        leaves: list[Topic] = []
+        probs: list[float] = []
+
+        def visit(nodes: list[Topic], mass: float) -> None:
+            total = sum(max(n.weight, 0.0) for n in nodes)
+            for n in nodes:
+                share = mass * (max(n.weight, 0.0) / total if total > 0 else 1.0 / len(nodes))
+                if n.is_leaf:
+                    leaves.append(n)
+                    probs.append(share)
+                else:
+                    visit(n.children, share)
+
+        if weighting == "hierarchical":
+            visit(self.topics, 1.0)
+        elif weighting == "flat":
+            leaves = self.leaves()
+            probs = [max(t.weight, 0.0) for t in leaves]
+        else:
+            raise ValueError(f"weighting must be 'hierarchical' or 'flat', not {weighting!r}")
+        p = np.asarray(probs, dtype=np.float64)
+        if not leaves or p.sum() <= 0:
+            raise ValueError(f"taxonomy {self.name!r} has no leaf with a positive weight")
+        return leaves, p / p.sum()
+
+    def allocate(self, n: int, seed: int, *, weighting: str = "hierarchical",
+                 max_per_topic: int | None = None, min_per_topic: int = 0) -> dict[str, int]:
+        """Samples per leaf id, summing to `n`: systematic sampling, so each leaf gets floor or ceil
+        of its expected count (no multinomial luck), with quotas: a leaf's `meta.quota` fixes its
+        count, `min_per_topic`/`max_per_topic` bound the others."""
+        leaves, p = self.leaf_probabilities(weighting)
+        fixed = {i: int(t.meta["quota"]) for i, t in enumerate(leaves) if "quota" in t.meta}
+        rest = n - sum(fixed.values())
+        free = [i for i in range(len(leaves)) if i not in fixed]
+        if rest < 0 or (rest > 0 and not free):
+            raise ValueError(f"topic quotas ({sum(fixed.values())}) do not fit {n} samples")
+        if max_per_topic is not None and max_per_topic * len(free) < rest:
+            raise ValueError(f"max_per_topic={max_per_topic} x {len(free)} topics < {rest} samples")
+        if min_per_topic * len(free) > rest:
+            raise ValueError(f"min_per_topic={min_per_topic} x {len(free)} topics > {rest} samples")
+        rng = np.random.default_rng([seed, 0x7A0])
+        counts = np.zeros(len(leaves), dtype=np.int64)
+        for i, q in fixed.items():
+            counts[i] = q
+        idx = np.asarray(free, dtype=np.int64)
+        base = np.full(len(idx), min_per_topic, dtype=np.int64)
+        cap = np.full(len(idx), max_per_topic if max_per_topic is not None else rest, dtype=np.int64)
+        extra = systematic_counts(rest - int(base.sum()), p[idx], rng, cap=cap - base)
+        counts[idx] = base + extra
+        return {leaves[i].id: int(c) for i, c in enumerate(counts) if c > 0}
+
+    def sample(self, n: int, seed: int, **allocate_kwargs: Any) -> list[Topic]:
+        """`n` leaves in a seeded shuffled order with the counts of `allocate`."""
+        counts = self.allocate(n, seed, **allocate_kwargs)
+        by_id = {t.id: t for t in self.leaves()}
+        seq = [by_id[i] for i, c in counts.items() for _ in range(c)]
+        order = np.random.default_rng([seed, 0x5A3]).permutation(len(seq))
+        return [seq[i] for i in order]
+
+    def coverage(self, topic_ids: Iterable[str]) -> Coverage:
+        """How many samples each leaf got (e.g. the `topic_id` column of prompts or documents)."""
+        counts = Counter(topic_ids)
+        leaves = self.leaves()
+        per_subject: Counter[str] = Counter()
+        by_id = {t.id: t for t in self.walk()}
+        for tid, c in counts.items():
+            if tid in by_id:
+                per_subject[by_id[tid].path[0]] += c
+        leaf_counts = [counts.get(t.id, 0) for t in leaves]
+        covered = sum(1 for c in leaf_counts if c > 0)
+        return Coverage(
+            n_samples=sum(counts.values()), n_leaves=len(leaves), covered=covered,
+            share=covered / len(leaves) if leaves else 0.0,
+            min_per_topic=min(leaf_counts, default=0), max_per_topic=max(leaf_counts, default=0),
+            per_subject=dict(per_subject.most_common()),
+            unknown=sum(c for tid, c in counts.items() if tid not in by_id),
+        )
+
+    # ---- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        def node(t: Topic) -> dict[str, Any]:
+            d: dict[str, Any] = {"name": t.name, "id": t.id}
+            if t.weight != 1.0:
+                d["weight"] = t.weight
+            if t.meta:
+                d["meta"] = t.meta
+            if t.children:
+                d["children"] = [node(c) for c in t.children]
+            return d
+
+        out: dict[str, Any] = {"name": self.name}
+        if self.meta:
+            out["meta"] = self.meta
+        out["topics"] = [node(t) for t in self.topics]
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, *, format: str | None = None, select: str | None = None,
+             name: str | None = None, sep: str | None = None) -> Taxonomy:
+        """Load YAML (`.yaml/.yml`), CSV (`.csv`, a `path` column) or a markdown outline (`.md`);
+        `.gz` is read transparently. `select` is a dotted key path into a YAML file's subtree."""
+        path = Path(path)
+        fmt = format or _format_of(path)
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except FileNotFoundError:
+            raise TaxonomyError(f"{path}: taxonomy file not found") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise TaxonomyError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+        default_name = name or path.name.split(".")[0].replace("_", " ").replace("-", " ")
+        if fmt == "yaml":
+            tax = _from_yaml_text(text, path, select=select, name=default_name)
+        elif fmt == "csv":
+            tax = _from_csv_text(text, path, name=default_name, sep=sep)
+        elif fmt == "markdown":
+            tax = _from_markdown(text, name=default_name)
+        else:
+            raise TaxonomyError(f"{path}: unknown taxonomy format {fmt!r} (yaml, csv or markdown)")
+        if name:
+            tax.name = name
+        if not tax.topics:
+            raise TaxonomyError(f"{path}: no topics found")
+        tax.merge_duplicates()
+        tax.dedupe_ids()
+        return tax
+
+    def save(self, path: str | Path, *, format: str | None = None) -> Path:
+        """Write YAML (everything), CSV (one row per node: path, id, weight, meta) or markdown (names)."""
+        path = Path(path)
+        fmt = format or _format_of(path)
+        if fmt == "yaml":
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=110)
+        elif fmt == "csv":
+            text = self._to_csv()
+        elif fmt == "markdown":
+            text = self._to_markdown()
+        else:
+            raise TaxonomyError(f"{path}: unknown taxonomy format {fmt!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = text.encode("utf-8")
+        path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+        return path
+
+    def _to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "id", "weight", "meta"])
+        for t in self.walk():
+            w.writerow([t.path_str, t.id, f"{t.weight:g}", json.dumps(t.meta, sort_keys=True) if t.meta else ""])
+        return buf.getvalue()
+
+    def _to_markdown(self) -> str:
+        lines = [f"# {self.name}", ""]
+
+        def bullets(t: Topic, depth: int) -> None:
+            for c in t.children:
+                lines.append(f"{'  ' * depth}- {c.name}")
+                bullets(c, depth + 1)
+
+        for t in self.topics:
+            lines += [f"## {t.name}", ""]
+            bullets(t, 0)
+            lines.append("")
+        return "\n".join(lines).rstrip() + "\n"
+
+
+@dataclass
+class Coverage:
+    """Samples per topic: how much of the taxonomy a set of prompts or documents touches."""
+
+    n_samples: int
+    n_leaves: int
+    covered: int
+    share: float
+    min_per_topic: int
+    max_per_topic: int
+    per_subject: dict[str, int]
+    unknown: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.n_samples} samples over {self.covered}/{self.n_leaves} leaf topics "
+                f"({self.share:.1%} covered; {self.min_per_topic}-{self.max_per_topic} per topic)")
+
+
+def systematic_counts(n: int, p: np.ndarray, rng: np.random.Generator, *, cap: np.ndarray | None = None) -> np.ndarray:
+    """Split `n` over bins with probabilities `p` by systematic sampling (each bin gets floor or ceil
+    of n*p, bins in a seeded random order); bins over `cap` are clipped and their excess is re-split
+    over the others in proportion to `p` (water filling)."""
+    p = np.asarray(p, dtype=np.float64)
+    cap = np.full(len(p), n, dtype=np.int64) if cap is None else cap
+    counts = np.zeros(len(p), dtype=np.int64)
+    open_ = cap > 0
+    remaining = n
+    while remaining > 0:
+        q = np.where(open_, p, 0.0)
+        if q.sum() <= 0:  # only zero-weight bins are open: spread evenly over them
+            q = open_.astype(np.float64)
+        q = q / q.sum()
+        order = rng.permutation(len(q))
+        edges = np.concatenate([[0.0], np.cumsum(q[order]) * remaining])
+        points = rng.random() + np.arange(remaining)
+        got = np.diff(np.searchsorted(points, edges, side="left"))
+        add = np.zeros(len(q), dtype=np.int64)
+        add[order] = got
+        room = cap - counts
+        add = np.minimum(add, room)
+        counts += add
+        remaining -= int(add.sum())
+        open_ = (cap - counts) > 0
+        if remaining > 0 and not open_.any():
+            raise ValueError("per-topic caps leave no room for the remaining samples")
+    return counts
+
+
+# ---- loaders ------------------------------------------------------------------------------------
+def _format_of(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    ext = suffixes[-1] if suffixes else ""
+    return {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".md": "markdown", ".markdown": "markdown"}.get(
+        ext, ext.lstrip(".") or "unknown")
+
+
+def _clean_name(name: Any) -> str:
+    s = str(name).strip()
+    s = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", s)  # markdown links -> text
+    s = re.sub(r"(\*\*|__|`)", "", s)
+    s = re.sub(r"\s+", " ", s)
+    return s.rstrip(":").strip()
+
+
+def _from_yaml_text(text: str, path: Path, *, select: str | None, name: str) -> Taxonomy:
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise TaxonomyError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if select:
+        for key in select.split("."):
+            if not isinstance(data, dict) or key not in data:
+                raise TaxonomyError(f"{path}: select={select!r}: key {key!r} not found")
+            data = data[key]
+    meta: dict[str, Any] = {}
+    if isinstance(data, dict) and "topics" in data and set(data) <= {"name", "meta", "topics", "description"}:
+        name = str(data.get("name") or name)
+        meta = dict(data.get("meta") or {})
+        data = data["topics"]
+    try:
+        topics = _yaml_nodes(data, ())
+    except TaxonomyError as e:
+        raise TaxonomyError(f"{path}: {e}") from None
+    tax = Taxonomy(name=name, topics=topics, meta=meta)
+    return _unwrap_single_root(tax)
+
+
+def _yaml_nodes(value: Any, parent: tuple[str, ...]) -> list[Topic]:
+    """Read any common YAML shape: native nodes ({name, weight, children}), mappings of
+    name -> weight | subtree | list, lists of names, lists of one-key mappings (tables of contents)."""
+    out: list[Topic] = []
+    if value is None:
+        return out
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= NATIVE_KEYS:
+                out.append(_native_node(item, parent))
+            elif isinstance(item, dict):
+                out.extend(_yaml_nodes(item, parent))
+            elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
+                out.append(Topic(name=_clean_name(item), path=(*parent, _clean_name(item))))
+            else:
+                raise TaxonomyError(f"under {PATH_SEP.join(parent) or 'the root'}: unexpected item {item!r}")
+        return out
+    if isinstance(value, dict):
+        if isinstance(value.get("name"), str) and set(value) <= NATIVE_KEYS:
+            return [_native_node(value, parent)]
+        for key, sub in value.items():
+            if str(key).strip().lower() in CONTAINER_KEYS:
+                out.extend(_yaml_nodes(sub, parent))
+                continue
+            nm = _clean_name(key)
+            path = (*parent, nm)
+            if isinstance(sub, bool):
+                raise TaxonomyError(f"topic {PATH_SEP.join(path)!r}: weight must be a number, not {sub!r}")
+            if isinstance(sub, (int, float)):
+                out.append(Topic(name=nm, path=path, weight=float(sub)))
+            elif sub is None:
+                out.append(Topic(name=nm, path=path))
+            elif isinstance(sub, str):
+                out.append(Topic(name=nm, path=path, meta={"description": sub}))
+            else:
+                node = Topic(name=nm, path=path)
+                if isinstance(sub, dict) and isinstance(sub.get("weight"), (int, float)):
+                    node.weight = float(sub["weight"])
+                    sub = {k: v for k, v in sub.items() if k != "weight"}
+                node.children = _yaml_nodes(sub, path)
+                out.append(node)
+        return out
+    if isinstance(value, str):
+        return [Topic(name=_clean_name(value), path=(*parent, _clean_name(value)))]
+    raise TaxonomyError(f"unexpected value {value!r}")
+
+
+def _native_node(d: dict[str, Any], parent: tuple[str, ...]) -> Topic:
+    nm = _clean_name(d["name"])
+    path = (*parent, nm)
+    weight = d.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise TaxonomyError(f"topic {PATH_SEP.join(path)!r}: weight must be a number, not {weight!r}")
+    meta = dict(d.get("meta") or {})
+    if "quota" in d:
+        meta["quota"] = int(d["quota"])
+    t = Topic(name=nm, path=path, id=str(d.get("id") or ""), weight=float(weight), meta=meta)
+    t.children = _yaml_nodes(d.get("children", d.get("topics")), path)
+    return t
+
+
+def _unwrap_single_root(tax: Taxonomy) -> Taxonomy:
+    """A file with one root node holding everything (an H1 title, `title:`, a book name) names the
+    taxonomy; its children become the top-level subjects."""
+    if len(tax.topics) == 1 and tax.topics[0].children:
+        root = tax.topics[0]
+        tax = Taxonomy(name=root.name, topics=root.children, meta=tax.meta)
+        for t in tax.walk():
+            t.path = t.path[1:]
+            t.id = topic_id(t.path) if t.id == topic_id((root.name, *t.path)) else t.id
+    return tax
+
+
+def _from_csv_text(text: str, path: Path, *, name: str, sep: str | None) -> Taxonomy:
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if "path" not in fields:
+        raise TaxonomyError(f"{path}:1: CSV needs a 'path' column (found {reader.fieldnames})")
+    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in reader]
+    if sep is None:
+        sep = next((s for s in _PATH_SEPS if any(s in r["path"] for r in rows)), PATH_SEP)
+    tax = Taxonomy(name=name)
+    index: dict[tuple[str, ...], Topic] = {}
+    for lineno, r in enumerate(rows, start=2):
+        parts = tuple(_clean_name(p) for p in r["path"].split(sep) if p.strip())
+        if not parts:
+            raise TaxonomyError(f"{path}:{lineno}: empty path")
+        node = None
+        for depth in range(1, len(parts) + 1):
+            key = parts[:depth]
+            node = index.get(key)
+            if node is None:
+                parent = index.get(key[:-1]) if depth > 1 else None
+                node = parent.add(key[-1]) if parent else tax.add(key[-1])
+                index[key] = node
+        assert node is not None
+        if r.get("weight"):
+            try:
+                node.weight = float(r["weight"])
+            except ValueError:
+                raise TaxonomyError(f"{path}:{lineno}: weight {r['weight']!r} is not a number") from None
+        if r.get("id"):
+            node.id = r["id"]
+        if r.get("meta"):
+            try:
+                node.meta.update(json.loads(r["meta"]))
+            except json.JSONDecodeError as e:
+                raise TaxonomyError(f"{path}:{lineno}: meta is not JSON ({e.msg})") from None
+        for k, v in r.items():
+            if k not in {"path", "id", "weight", "meta"} and v:
+                node.meta[k] = v
+    return tax
+
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_BULLET = re.compile(r"^(\s*)(?:[-*+\u2022]|\d+[.)])\s+(.+)$")
+
+
+def _from_markdown(text: str, *, name: str) -> Taxonomy:
+    """Headings are levels by their `#` count; nested bullets (any indent width) hang below the
+    last heading. Paragraphs, code blocks and front matter are ignored."""
+    root = Topic(name=name, path=())
+    heads: list[tuple[int, Topic]] = [(0, root)]
+    bullets: list[tuple[int, Topic]] = []
+    in_code = False
+    h1_count = 0
+    for raw in text.splitlines():
+        line = raw.expandtabs(4).rstrip()
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code or not line.strip():
+            continue
+        m = _HEADING.match(line)
+        if m:
+            level = len(m.group(1))
+            h1_count += level == 1
+            while heads[-1][0] >= level:
+                heads.pop()
+            parent = heads[-1][1]
+            node = parent.add(_clean_name(m.group(2)))
+            heads.append((level, node))
+            bullets = []
+            continue
+        m = _BULLET.match(line)
+        if m:
+            indent = len(m.group(1))
+            while bullets and bullets[-1][0] >= indent:
+                bullets.pop()
+            parent = bullets[-1][1] if bullets else heads[-1][1]
+            nm = _clean_name(m.group(2))
+            if nm:
+                bullets.append((indent, parent.add(nm)))
+    tax = Taxonomy(name=name, topics=root.children)
+    if h1_count == 1 and len(tax.topics) == 1:
+        return _unwrap_single_root(tax)
+    return tax
+
+
+# ---- near-duplicate names -----------------------------------------------------------------------
+_ARTICLES = re.compile(r"^(the|a|an)\s+")
+
+
+def name_key(name: str) -> str:
+    """Normal form for duplicate detection: case, accents, punctuation, '&', leading articles and
+    simple plurals do not make two topic names different."""
+    s = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().casefold()
+    s = re.sub(r"['\u2019`]", "", s.replace("&", " and "))
+    s = re.sub(r"[^\w\s]", " ", s)
+    s = _ARTICLES.sub("", re.sub(r"\s+", " ", s).strip())
+    return " ".join(_singular(w) for w in s.split())
+
+
+def _singular(w: str) -> str:
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith(("ches", "shes", "sses", "xes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+class NameIndex:
+    """Names seen so far; `accept` says whether a new name is distinct from all of them: an exact
+    match on `name_key` anywhere, or a fuzzy match (rapidfuzz token-sort ratio) among `scope`."""
+
+    def __init__(self, names: Iterable[str] = (), threshold: float = 90.0):
+        self.threshold = threshold
+        self.keys: set[str] = {name_key(n) for n in names}
+
+    def is_duplicate(self, name: str, scope: Iterable[str] = ()) -> bool:
+        from rapidfuzz import fuzz, process
+
+        key = name_key(name)
+        if not key or key in self.keys:
+            return True
+        scope_keys = [name_key(s) for s in scope]
+        return process.extractOne(key, scope_keys, scorer=fuzz.token_sort_ratio,
+                                  score_cutoff=self.threshold) is not None
+
+    def add(self, name: str) -> None:
+        self.keys.add(name_key(name))
+
+
+# ---- list parsing (LLM answers) -----------------------------------------------------------------
+_LIST_PREFIX = re.compile(r"^\s*(?:[-*+\u2022\u2013]|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)])\s+")
+
+
+def parse_list(text: str) -> list[str]:
+    """Item names from an LLM's list answer: JSON (array, or an object holding one), numbered or
+    bulleted lines, or one comma-separated line. Descriptions (4+ words after ': ' or ' - ') are dropped."""
+    text = (text or "").strip()
+    fenced = re.search(r"```(?:json|yaml|markdown|md)?\s*\n(.*?)```", text, re.S)
+    if fenced:
+        text = fenced.group(1).strip()
+    items = _json_items(text)
+    if items is None:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        listed = [ln for ln in lines if _LIST_PREFIX.match(ln)]
+        if listed:
+            items = [_LIST_PREFIX.sub("", ln, count=1) for ln in listed]
+        elif len(lines) == 1 and re.search(r"[,;]", lines[0]):
+            items = re.split(r"\s*[;,]\s*(?:and\s+)?", lines[0].rstrip("."))
+        else:
+            items = [ln for ln in lines if not ln.endswith(":")]
+    out: list[str] = []
+    for it in items:
+        it = re.sub(r"(\*\*|__|`)", "", str(it)).strip().strip('"').strip("'")
+        head, *tail = re.split(r":\s+|\s+[-\u2013\u2014]\s+", it, maxsplit=1)
+        if tail and len(tail[0].split()) >= 4:  # "Name: a description of it" -> "Name"
+            it = head
+        it = _clean_name(it).rstrip(".").strip()
+        if it and len(it) <= 120 and len(it.split()) <= 16:
+            out.append(it)
+    return out
+
+
+def _json_items(text: str) -> list[Any] | None:
+    start = min((i for i in (text.find("["), text.find("{")) if i >= 0), default=-1)
+    if start < 0:
+        return None
+    try:
+        data, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError:
+        return None
+    if isinstance(data, dict):
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list):
+        return None
+    return [d.get("name") or d.get("title") or d.get("topic") or "" if isinstance(d, dict) else d for d in data]
+
+
+# ---- growth through the engine -------------------------------------------------------------------
+GROW_PROMPT = (
+    "You are designing the table of contents of a large library of textbooks.\n"
+    "List {k} distinct subtopics of \"{topic}\" (within: {path}) that a textbook chapter could each be "
+    "written about. Make them specific, non-overlapping and varied, from foundations to applications.\n"
+    'Answer with JSON only: {{"subtopics": ["...", "..."]}}'
+)
+
+
+@dataclass
+class GrowReport:
+    """What `grow` did: leaves before/after, LLM calls, names dropped as near-duplicates."""
+
+    leaves_before: int
+    leaves_after: int
+    calls: int = 0
+    rounds: int = 0
+    duplicates_dropped: int = 0
+    failed_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+def grow(tax: Taxonomy, generator: Any, target: int, *, per_call: int | None = None,
+         max_depth: int | None = None, seed: int = 0, temperature: float = 0.7,
+         max_tokens: int = 1024, similarity: float = 90.0, max_rounds: int = 8,
+         prompt: str = GROW_PROMPT) -> GrowReport:
+    """Expand leaves through the engine until the taxonomy has `target` leaves (in place).
+
+    Each round asks for `k` subtopics of the leaves with the largest sampling share (shallowest
+    first), so growth stays balanced across subjects. Names equal to any existing name (after
+    `name_key`) or fuzzy-close to a sibling are dropped. The last round trims so the count lands
+    exactly on `target`. Requests are deterministic, so a crashed grow resumes from the engine's
+    journal without paying twice.
+    """
+    from textbookgen.engine import ChatRequest
+
+    report = GrowReport(leaves_before=len(tax.leaves()), leaves_after=0)
+    names = NameIndex((t.name for t in tax.walk()), threshold=similarity)
+    attempts: Counter[str] = Counter()
+    for rnd in range(max_rounds):
+        leaves, probs = tax.leaf_probabilities("hierarchical")
+        n_leaves = len(leaves)
+        if n_leaves >= target:
+            break
+        need = target - n_leaves
+        k = per_call or int(min(50, max(3, math.ceil(target / n_leaves))))
+        order = sorted(range(n_leaves), key=lambda i: (len(leaves[i].path), -probs[i], leaves[i].id))
+        cands = [leaves[i] for i in order
+                 if (max_depth is None or len(leaves[i].path) < max_depth) and attempts[leaves[i].id] < 3]
+        if not cands:
+            break
+        m = min(len(cands), math.ceil(need / max(1, k - 1) * 1.15))
+        chosen = cands[:m]
+        requests = []
+        for t in chosen:
+            attempts[t.id] += 1
+            content = prompt.format(k=k, topic=t.name, path=t.path_str)
+            requests.append(ChatRequest(
+                messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
+                temperature=temperature, seed=seed * 1_000_003 + attempts[t.id],
+                metadata={"stage": "taxonomy.grow", "topic_id": t.id, "round": rnd}))
+        responses = generator.run(requests)
+        report.rounds += 1
+        report.calls += len(requests)
+        for t, resp in zip(chosen, responses, strict=True):
+            report.input_tokens += resp.input_tokens or 0
+            report.output_tokens += resp.output_tokens or 0
+            report.cost_usd += resp.cost_usd or 0.0
+            if resp.status not in ("ok", "truncated") or not resp.text:
+                report.failed_calls += 1
+                continue
+            room = target - len(tax.leaves()) + 1  # expanding a leaf removes it as a leaf
+            if room < 2:
+                break
+            fresh: list[str] = []
+            for nm in parse_list(resp.text):
+                if names.is_duplicate(nm, scope=[*fresh, t.name]):
+                    report.duplicates_dropped += 1
+                    continue
+                fresh.append(nm)
+                names.add(nm)
+            fresh = fresh[:room]
+            if len(fresh) < 2:  # a single child is not a split: keep the leaf as it is
+                continue
+            for nm in fresh:
+                t.add(nm, meta={"grown": True})
+    tax.dedupe_ids()
+    report.leaves_after = len(tax.leaves())
+    return report

@@ -1,0 +1,331 @@
+"""Web samples: short, clean extracts of real web text that seed prompts for diversity.
+
+phi-1.5 put web samples into its prompts, and Cosmopedia cut them to 1,000 characters and, in v2,
+retrieved them per topic with full-text search. Here: load from parquet, jsonl, plain text or a
+Hugging Face dataset id (streaming), clean (ftfy mojibake fix, boilerplate lines, length bounds),
+cut at a sentence boundary, pick one per request deterministically from (seed, request index), and
+optionally retrieve extracts that talk about a topic with BM25 (`bm25s`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXTRACT_CHARS = 1000
+
+# Lines that are page furniture rather than content (C4 / Cosmopedia-style rules), matched on short lines.
+_BOILERPLATE = re.compile(
+    r"(cookies?\b|privacy policy|terms (of (use|service)|and conditions)|all rights reserved|copyright|©|"
+    r"javascript|click here|sign up|log ?in\b|subscribe|newsletter|follow us|share (this|on)|"
+    r"skip to (main )?content|back to top|read more|leave a (reply|comment)|powered by|"
+    r"\bposted (on|by|in)\b|\d+ comments?\b|add to (cart|basket)|related posts?|previous post|next post)",
+    re.I,
+)
+_SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?=\s|$)")
+_SOURCE_DROP = re.compile(r"lorem ipsum", re.I)
+_NAV = re.compile(r"^(?:[^|\u00bb\u203a/]{1,30}\s[|\u00bb\u203a/]\s){2,}[^|\u00bb\u203a/]{1,30}$")  # Home | About | ...
+
+
+class WebSampleError(ValueError):
+    """A web-sample source could not be read; the message names the source and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Extract:
+    """One cleaned web extract. `id` is a content hash, so it is stable whatever the source order."""
+
+    id: str
+    text: str
+
+
+def clean_text(text: str, *, boilerplate_max_chars: int = 200) -> str:
+    """Fix mojibake and control characters (ftfy), drop boilerplate lines (cookie banners, share
+    buttons, copyright notices, navigation crumbs), collapse whitespace."""
+    import ftfy
+
+    text = ftfy.fix_text(text, normalization="NFC")
+    kept = []
+    for line in text.splitlines():
+        line = re.sub(r"[ \t\u00a0]+", " ", line).strip()
+        if not line:
+            continue
+        short = len(line) <= boilerplate_max_chars
+        if short and (_BOILERPLATE.search(line) or _NAV.match(line)):
+            continue
+        if len(line.split()) < 3 and not _SENTENCE_END.search(line):
+            continue  # menu items, bare headings, crumbs
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def cut_at_sentence(text: str, limit: int = EXTRACT_CHARS) -> str:
+    """At most `limit` characters, ending at the last sentence end in the window (if that keeps at
+    least half of it), else at the last word boundary."""
+    if len(text) <= limit:
+        return text.strip()
+    window = text[:limit]
+    ends = [m.end() for m in _SENTENCE_END.finditer(window)]
+    if ends and ends[-1] >= limit // 2:
+        return window[: ends[-1]].strip()
+    space = window.rfind(" ")
+    return (window[:space] if space >= limit // 2 else window).strip()
+
+
+def make_extract(text: str, *, min_chars: int = 200, max_chars: int | None = None,
+                 extract_chars: int = EXTRACT_CHARS) -> Extract | None:
+    """Clean one document and cut it; None when it is out of the length bounds or junk."""
+    if not isinstance(text, str) or _SOURCE_DROP.search(text):
+        return None
+    if max_chars is not None and len(text) > max_chars:
+        return None
+    cleaned = clean_text(text)
+    if len(cleaned) < min_chars:
+        return None
+    cut = cut_at_sentence(cleaned, extract_chars)
+    if len(cut) < min_chars:
+        return None
+    return Extract(id=hashlib.sha1(cut.encode("utf-8")).hexdigest()[:16], text=cut)
+
+
+@dataclass
+class WebSamples:
+    """A deduplicated pool of extracts with deterministic picking and optional BM25 retrieval."""
+
+    extracts: list[Extract]
+    source: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+    _retriever: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.extracts:
+            raise WebSampleError(f"{self.source or 'web samples'}: no extract survived cleaning")
+
+    def __len__(self) -> int:
+        return len(self.extracts)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], *, source: str = "", min_chars: int = 200,
+                   max_chars: int | None = None, extract_chars: int = EXTRACT_CHARS,
+                   limit: int | None = None) -> WebSamples:
+        seen: set[str] = set()
+        out: list[Extract] = []
+        n_in = 0
+        for text in texts:
+            n_in += 1
+            ex = make_extract(text, min_chars=min_chars, max_chars=max_chars, extract_chars=extract_chars)
+            if ex is None or ex.id in seen:
+                continue
+            seen.add(ex.id)
+            out.append(ex)
+            if limit is not None and len(out) >= limit:
+                break
+        stats = {"documents": n_in, "extracts": len(out), "dropped": n_in - len(out)}
+        return cls(extracts=out, source=source, stats=stats)
+
+    @classmethod
+    def load(cls, source: str | Path, *, text_field: str | None = None, split: str = "train",
+             config: str | None = None, limit: int | None = None, **clean_kwargs: Any) -> WebSamples:
+        """`source`: a parquet / jsonl(.gz) / json / txt(.gz) file or a folder of them, an http(s)
+        URL of such a file, or a Hub dataset as `hf:org/name` (streamed; needs `datasets`)."""
+        src = str(source)
+        texts = _read_source(src, text_field=text_field, split=split, config=config)
+        stream_limit = None if limit is None else limit * 4  # leave room for dropped documents
+        return cls.from_texts(_take(texts, stream_limit), source=src, limit=limit, **clean_kwargs)
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for ex in self.extracts:
+            h.update(ex.id.encode())
+        return h.hexdigest()[:16]
+
+    # ---- picking ----------------------------------------------------------------------------
+    def pick(self, seed: int, index: int) -> Extract:
+        """The extract for request `index`: a seeded permutation per pass over the pool, so no
+        extract is used twice before every extract has been used once."""
+        n = len(self.extracts)
+        epoch, pos = divmod(index, n)
+        perm = np.random.default_rng([seed, epoch, 0xE7]).permutation(n)
+        return self.extracts[int(perm[pos])]
+
+    def search(self, query: str, k: int = 20) -> list[tuple[int, float]]:
+        """Top-`k` (extract position, BM25 score) for a query, best first; score > 0 only."""
+        import bm25s
+
+        if self._retriever is None:
+            tokens = bm25s.tokenize([e.text for e in self.extracts], stopwords="en", show_progress=False)
+            self._retriever = bm25s.BM25()
+            self._retriever.index(tokens, show_progress=False)
+        q = bm25s.tokenize([query], stopwords="en", show_progress=False)
+        if not q.vocab:
+            return []
+        k = min(k, len(self.extracts))
+        docs, scores = self._retriever.retrieve(q, k=k, show_progress=False, n_threads=1)
+        return [(int(d), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+
+
+class SeedAssigner:
+    """Assigns an extract to each request in order: with probability `retrieval_share` (decided
+    from (seed, index)) one retrieved for the request's topic, the least-used of the top `top_k`
+    BM25 hits; otherwise (or when nothing matches) the global `pick`. Deterministic when requests
+    are assigned in the same order."""
+
+    def __init__(self, samples: WebSamples, seed: int, *, retrieval_share: float = 0.0, top_k: int = 20):
+        self.samples = samples
+        self.seed = seed
+        self.retrieval_share = retrieval_share
+        self.top_k = top_k
+        self.uses: dict[str, int] = {}
+        self._hits: dict[str, list[tuple[int, float]]] = {}
+        self.retrieved = 0
+
+    def assign(self, index: int, topic_query: str | None) -> Extract:
+        rng = np.random.default_rng([self.seed, index, 0xB2])
+        ex: Extract | None = None
+        if topic_query and self.retrieval_share > 0 and rng.random() < self.retrieval_share:
+            hits = self._hits.get(topic_query)
+            if hits is None:
+                hits = self._hits[topic_query] = self.samples.search(topic_query, self.top_k)
+            if hits:
+                best = min(hits, key=lambda h: (self.uses.get(self.samples.extracts[h[0]].id, 0), -h[1], h[0]))
+                ex = self.samples.extracts[best[0]]
+                self.retrieved += 1
+        if ex is None:
+            ex = self.samples.pick(self.seed, index)
+        self.uses[ex.id] = self.uses.get(ex.id, 0) + 1
+        return ex
+
+
+# ---- readers ------------------------------------------------------------------------------------
+def _take(it: Iterable[str], n: int | None) -> Iterator[str]:
+    for i, x in enumerate(it):
+        if n is not None and i >= n:
+            return
+        yield x
+
+
+def _read_source(src: str, *, text_field: str | None, split: str, config: str | None) -> Iterator[str]:
+    if src.startswith(("hf:", "hf://datasets/")):
+        return _read_hub(src.removeprefix("hf://datasets/").removeprefix("hf:"), text_field, split, config)
+    if src.startswith(("http://", "https://")):
+        name = src.rsplit("/", 1)[-1].split("?")[0]
+        try:
+            with urllib.request.urlopen(src, timeout=60) as r:  # noqa: S310 (user-given URL)
+                data = r.read()
+        except OSError as e:
+            raise WebSampleError(f"{src}: could not download ({e})") from None
+        return _read_bytes(data, name, src, text_field)
+    path = Path(src)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p.name) != "unknown")
+        if not files:
+            raise WebSampleError(f"{path}: folder holds no parquet, jsonl, json or txt file")
+        return (t for f in files for t in _read_bytes(f.read_bytes(), f.name, str(f), text_field))
+    if not path.exists():
+        raise WebSampleError(f"{path}: web-sample file not found")
+    return _read_bytes(path.read_bytes(), path.name, str(path), text_field)
+
+
+def _kind(name: str) -> str:
+    n = name.lower().removesuffix(".gz")
+    for ext, kind in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
+                      (".txt", "text"), (".text", "text")):
+        if n.endswith(ext):
+            return kind
+    return "unknown"
+
+
+def _read_bytes(data: bytes, name: str, where: str, text_field: str | None) -> Iterator[str]:
+    kind = _kind(name)
+    if name.lower().endswith(".gz"):
+        data = gzip.decompress(data)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        col = _text_column(table.schema.names, {n: str(t) for n, t in zip(table.schema.names, table.schema.types,
+                                                                              strict=True)}, text_field, where)
+        return (t for t in table.column(col).to_pylist() if isinstance(t, str))
+    if kind in ("jsonl", "json"):
+        return _read_json(data, kind, where, text_field)
+    if kind == "text":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise WebSampleError(f"{where}: not valid UTF-8 at byte {e.start}") from None
+        return (d for d in re.split(r"\n\s*\n", text) if d.strip())
+    raise WebSampleError(f"{where}: unknown web-sample format (parquet, jsonl, json or txt, optionally .gz)")
+
+
+def _read_json(data: bytes, kind: str, where: str, text_field: str | None) -> Iterator[str]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WebSampleError(f"{where}: not valid UTF-8 at byte {e.start}") from None
+    if kind == "json":
+        rows = json.loads(text)
+        if isinstance(rows, dict):
+            rows = next((v for v in rows.values() if isinstance(v, list)), [])
+        lines: Sequence[Any] = rows
+    else:
+        lines = text.splitlines()
+    field_name = text_field
+    for lineno, line in enumerate(lines, start=1):
+        if isinstance(line, str):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise WebSampleError(f"{where}:{lineno}: invalid JSON ({e.msg})") from None
+        else:
+            row = line
+        if isinstance(row, str):
+            yield row
+            continue
+        if field_name is None:
+            field_name = _text_column(list(row), {k: type(v).__name__ for k, v in row.items()}, None, where)
+        value = row.get(field_name)
+        if value is None and field_name not in row:
+            raise WebSampleError(f"{where}:{lineno}: no field {field_name!r}")
+        if isinstance(value, str):
+            yield value
+
+
+def _text_column(names: list[str], types: dict[str, str], text_field: str | None, where: str) -> str:
+    if text_field:
+        if text_field not in names:
+            raise WebSampleError(f"{where}: no column {text_field!r} (columns: {names})")
+        return text_field
+    if "text" in names:
+        return "text"
+    strings = [n for n in names if types.get(n) in ("str", "string", "large_string")]
+    if len(strings) == 1:
+        return strings[0]
+    raise WebSampleError(f"{where}: cannot tell which column holds the text ({names}); set text_field")
+
+
+def _read_hub(repo: str, text_field: str | None, split: str, config: str | None) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise WebSampleError(f"hf:{repo}: reading Hub datasets needs `pip install datasets`") from None
+    try:
+        ds = datasets.load_dataset(repo, config, split=split, streaming=True)
+    except Exception as e:  # noqa: BLE001 - any Hub failure is reported with the dataset id
+        raise WebSampleError(f"hf:{repo}: could not open ({type(e).__name__}: {e})") from None
+    fld = text_field or "text"
+    for row in ds:
+        value = row.get(fld)
+        if isinstance(value, str):
+            yield value
