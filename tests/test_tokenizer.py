@@ -180,6 +180,30 @@ def test_load_from_tokenizer_json_and_hf_file_names(tok, tok_dir, tmp_path):
     assert plain.get_vocab_size() == 50257
 
 
+def test_gpt2_codegen_spec_builds_from_hub_files(tok, tok_dir, monkeypatch):
+    import huggingface_hub
+
+    names = {"vocab.json": "encoder.json", "merges.txt": "vocab.bpe"}
+    calls = []
+
+    def fake_download(repo_id, filename, revision=None):  # no network in tests: serve the same files
+        calls.append((repo_id, filename))
+        return str(tok_dir / names[filename])
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    built = load_tokenizer("gpt2-codegen")
+    assert calls == [("openai-community/gpt2", "vocab.json"), ("openai-community/gpt2", "merges.txt")]
+    code = "if x:\n        y = 1\n"
+    assert built.encode(code).ids == tok.encode(code).ids
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ValueError, match="offline"):
+        load_tokenizer("gpt2-codegen")
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)

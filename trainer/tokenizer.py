@@ -22,6 +22,7 @@ EOS_ID = 50256
 WHITESPACE_TOKENS = [" " * n for n in reversed(range(2, 32))] + ["\t" * n for n in reversed(range(2, 10))]
 # (vocab, merges) file-name pairs, HF names first, then OpenAI's originals
 _BPE_FILES = [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")]
+GPT2_REPO = "openai-community/gpt2"
 
 
 def _byte_level(tok: Tokenizer) -> Tokenizer:
@@ -61,10 +62,26 @@ def build_codegen_tokenizer(vocab: str | Path, merges: str | Path, whitespace_to
     return tok
 
 
-def load_tokenizer(spec: str | Path = "microsoft/phi-1_5") -> Tokenizer:
+def codegen_from_hub(repo_id: str = GPT2_REPO, revision: str | None = None) -> Tokenizer:
+    """CodeGen-mono built the way Salesforce did: GPT-2's `vocab.json` + `merges.txt` from the Hub
+    (the local HF cache is used when present) plus the whitespace tokens."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        vocab, merges = (hf_hub_download(repo_id, f, revision=revision) for f in ("vocab.json", "merges.txt"))
+    except Exception as e:
+        raise ValueError(f"cannot fetch GPT-2 BPE files from the Hub repo {repo_id!r} (offline? give a local "
+                         f"folder with encoder.json + vocab.bpe instead): {e}") from e
+    return build_codegen_tokenizer(vocab, merges)
+
+
+def load_tokenizer(spec: str | Path = "gpt2-codegen") -> Tokenizer:
     """A `tokenizers.Tokenizer` from, in this order:
     a `tokenizer.json` file; a directory holding `tokenizer.json`, or GPT-2 BPE files (`vocab.json` +
-    `merges.txt` or `encoder.json` + `vocab.bpe`, built into CodeGen-mono); else a Hub repo id."""
+    `merges.txt` or `encoder.json` + `vocab.bpe`, built into CodeGen-mono); `"gpt2-codegen"` (CodeGen-mono
+    from GPT-2's files on the Hub); else a Hub repo id with a tokenizer.json (e.g. "microsoft/phi-1_5")."""
+    if str(spec) == "gpt2-codegen" and not Path(spec).exists():
+        return codegen_from_hub()
     p = Path(spec)
     if p.is_file():
         try:
