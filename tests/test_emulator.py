@@ -236,13 +236,13 @@ def test_fault_rates_are_seeded_and_roughly_right():
             async def go():
                 client = oa(emu)
                 return await asyncio.gather(*(chat(client, messages=[{"role": "user", "content": f"p{i}"}])
-                                              for i in range(200)), return_exceptions=True)
+                                              for i in range(100)), return_exceptions=True)
 
             return [isinstance(r, openai.InternalServerError) for r in asyncio.run(go())]
 
     first, second, other = run(1), run(1), run(2)
     assert first == second and first != other
-    assert 30 <= sum(first) <= 90
+    assert 12 <= sum(first) <= 50
 
 
 def test_rate_limit_headers_and_429_when_exceeded():

@@ -45,7 +45,8 @@ FAULT_KINDS = (
 )
 """429: rate-limit error; 500/502/503: server errors (502 with an HTML body, like a proxy); 529: overloaded
 (Anthropic's 529 overloaded_error, OpenAI's 503 overloaded); timeout: hang `hang_s` (longer than any sane
-client timeout), then 504; reset: drop the TCP connection without a response; bad_json: a 200 whose body
+client timeout), then 504; reset: drop the TCP connection without a response (halfway through the events
+when streaming); bad_json: a 200 whose body
 is malformed JSON (billed: the provider did the work); truncate: stop at max_tokens (finish_reason length /
 stop_reason max_tokens); refusal: finish_reason content_filter / stop_reason refusal; quota: OpenAI 429
 insufficient_quota / Anthropic 402 billing_error; 400: invalid request; content_filter: a 400 for a
@@ -63,9 +64,9 @@ ANTHROPIC = "anthropic"
 class Fault:
     """A fault injected into completion requests.
 
-    `rate`: probability per attempt (drawn from a RNG seeded by the config seed, the request's hash and
-    its attempt number, so the same retry sequence always meets the same faults). `first`: the first N
-    attempts of every distinct request get it, deterministically (exact tests). `match`: only requests
+    `rate`: probability per admitted attempt (drawn from a RNG seeded by the config seed, the request's
+    hash and its attempt number, so the same retry sequence always meets the same faults). `first`: the
+    first N admitted attempts of every distinct request get it, deterministically (exact tests). `match`: only requests
     whose prompt text contains this substring. `provider`: only "openai" or "anthropic" requests.
     """
 
@@ -255,7 +256,7 @@ class _Call:
     input_tokens: int
     stops: list[str]
     key: str
-    attempt: int
+    attempt: int = 0
     n: int = 1
     stream: bool = False
     include_usage: bool = False
@@ -273,6 +274,7 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fingerprint = "fp_" + hashlib.sha1(str(self.config.seed).encode()).hexdigest()[:10]
+        self.in_flight = 0
         self.reset()
 
     # ----- counters -------------------------------------------------------------------------------
@@ -286,14 +288,13 @@ class Emulator:
         self.received = 0
         self.billed = 0
         self.billed_keys: Counter[str] = Counter()
-        self.received_keys: Counter[str] = Counter()
+        self.admitted_keys: Counter[str] = Counter()
         self.tokens_by_key: dict[str, list[int]] = {}
         self.input_tokens = 0
         self.output_tokens = 0
         self.outcomes: Counter[str] = Counter()
         self.rate_limited = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.max_in_flight = self.in_flight
         self.requests: list[dict[str, Any]] = []
         self._limiter = RateLimiter(self.config, time.monotonic())
 
@@ -457,16 +458,20 @@ class Emulator:
         cfg = self.config
         self._check_auth(request, provider)
         call = self._parse_call(provider, await self._json_body(request, provider))
-        rng = random.Random(f"{cfg.seed}:{call.key}:{call.attempt}")
-        fault = self._pick_fault(call, rng)
-        now = time.monotonic()
         reserve = call.max_tokens if cfg.reserve_max_tokens else 0
         costs = {"requests": 1, "input_tokens": call.input_tokens, "output_tokens": reserve,
                  "tokens": call.input_tokens + reserve}
-        denied = self._limiter.admit(costs, now)
+        denied = self._limiter.admit(costs, time.monotonic())
         if denied is not None:
             self.rate_limited += 1
             raise self._rate_limited(call, *denied)
+        # Faults are drawn per admitted attempt, so the same retry sequence always meets the same faults.
+        call.attempt = self.admitted_keys[call.key]
+        self.admitted_keys[call.key] += 1
+        if cfg.record_requests:
+            self.requests.append({"provider": provider, "key": call.key, "attempt": call.attempt, "body": call.body})
+        rng = random.Random(f"{cfg.seed}:{call.key}:{call.attempt}")
+        fault = self._pick_fault(call, rng)
         try:
             return await self._generate(request, call, fault, rng)
         finally:
@@ -649,13 +654,8 @@ class Emulator:
                        f"{input_tokens + reserved} tokens ({input_tokens} in the messages, {reserved} in the "
                        "completion). Please reduce the length of the messages or completion.")
             raise self._error(provider, "400", message=message, param="messages", code="context_length_exceeded")
-        key = request_key(provider, body)
-        attempt = self.received_keys[key]
-        self.received_keys[key] += 1
-        if self.config.record_requests:
-            self.requests.append({"provider": provider, "key": key, "attempt": attempt, "body": body})
         return _Call(provider, body, model, max_tokens, prompt_text(messages, body.get("system")),
-                     input_tokens, [s for s in stops if isinstance(s, str) and s], key, attempt,
+                     input_tokens, [s for s in stops if isinstance(s, str) and s], request_key(provider, body),
                      n=n, stream=bool(body.get("stream")),
                      include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
 
