@@ -6,6 +6,7 @@ Commands here are thin: they parse options and call the stage's module, where th
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 
@@ -67,9 +68,6 @@ def pull(
 
 
 # ---- recipes: validate / build / plan; topic taxonomies (owner: diversity & recipes) ----------------
-from typing import Annotated, Optional  # noqa: E402
-
-
 def _overrides(sets: list[str] | None) -> dict:
     import yaml
 
@@ -93,7 +91,7 @@ def _load_recipe(path: str, sets: list[str] | None):
 
 
 SET_HELP = "override a recipe field, e.g. --set samples=20 --set provider.base_url=http://127.0.0.1:8000/v1"
-SetOption = Annotated[Optional[list[str]], typer.Option("--set", help=SET_HELP)]  # noqa: UP045 (typer needs it)
+SetOption = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
 
 
 @app.command()

@@ -1,0 +1,179 @@
+"""`textbookgen build`: plan mode without a key, byte-identical prompts, stage skipping, an end-to-end
+build against the provider emulator, and a build killed mid-generation that resumes paying once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from textbookgen.build import build, render_prompts
+from textbookgen.recipe import load_recipe
+from textbookgen.taxonomy import Taxonomy
+
+pytest.importorskip("textbookgen.engine", reason="the engine is not in this tree yet")
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+CLI = [sys.executable, "-c", "from textbookgen.cli import app; app()"]
+NO_KEYS = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+
+
+def prose_responder(body: dict) -> str:
+    """Textbook-like prose for every prompt (the default responder answers 'N exercises' with a list)."""
+    from textbookgen.testing.responder import prompt_text, prose, subject_of
+
+    text = prompt_text(body.get("messages") or [], body.get("system"))
+    seed = int(hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8], 16)
+    return prose(subject_of(text), 350, random.Random(seed))
+
+
+def _cli(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env or NO_KEYS, cwd=ROOT,
+                          timeout=timeout)
+
+
+def test_quickstart_without_a_key_plans_and_exits_0(tmp_path):
+    out = tmp_path / "qs"
+    res = _cli("build", str(QUICKSTART), "--set", f"output={out}")
+    assert res.returncode == 0, res.stderr
+    for needle in ("Plan for recipe 'quickstart'", "300 prompts", "Estimated cost", "gpt-4o-mini (recipe)",
+                   "claude-haiku-4-5", "Time: ~", "To run it for real", "export OPENAI_API_KEY"):
+        assert needle in res.stdout, needle
+    prompts = pl.read_parquet(out / "prompts.parquet")
+    assert prompts.height == 300 and prompts["index"].to_list() == list(range(300))
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["n_prompts"] == 300 and plan["input_tokens"] > 0 and plan["estimates"][0]["cost_usd"] > 0
+    assert not (out / "journal.sqlite").exists()  # nothing was sent
+
+
+def test_same_recipe_and_seed_give_byte_identical_prompts(tmp_path):
+    paths = []
+    for name, seed in (("a", 1234), ("b", 1234), ("c", 99)):
+        r = load_recipe(QUICKSTART, {"output": str(tmp_path / name), "seed": seed})
+        build(r, plan_only=True, progress=False)
+        paths.append(tmp_path / name / "prompts.parquet")
+    a, b, c = (p.read_bytes() for p in paths)
+    assert a == b
+    pa, pc = pl.read_parquet(paths[0]), pl.read_parquet(paths[2])
+    assert pa["prompt"].to_list() != pc["prompt"].to_list()
+    # provenance: template hash and variables travel with every prompt
+    prov = json.loads(pa["provenance"][0])
+    assert prov["template_hash"] == pa["template_hash"][0] and prov["variables"]["topic"] in pa["topic_path"][0]
+
+
+def test_prompts_follow_the_mix_and_cover_topics(tmp_path):
+    r = load_recipe(QUICKSTART, {"output": str(tmp_path / "o")})
+    tax = Taxonomy.load(r.taxonomy_path())
+    from textbookgen.websamples import WebSamples
+
+    web = WebSamples.load(r.resolve(r.web_samples.source), min_chars=r.web_samples.min_chars)
+    df = render_prompts(r, tax, web)
+    assert df["template"].value_counts().sort("template").to_dict(as_series=False) == {
+        "template": ["exercises", "qa", "textbook_section"], "count": [60, 60, 180]}
+    assert tax.coverage(df["topic_id"].to_list()).covered == 125  # every topic, at most 4 each
+    assert df.group_by("topic_id").len()["len"].max() <= 4
+    seeded = df["seed_extract_id"].is_not_null().sum()
+    assert 180 < seeded < 240  # share 0.7 of 300
+    assert df["request_seed"].n_unique() == 300
+
+
+def test_web_source_unreachable_plans_topic_only(tmp_path):
+    res = _cli("build", str(QUICKSTART), "--set", f"output={tmp_path / 'o'}",
+               "--set", "web_samples.source=http://127.0.0.1:9/web.jsonl")
+    assert res.returncode == 0, res.stderr
+    assert "web samples unavailable" in res.stdout and "topic-only" in res.stdout
+    prompts = pl.read_parquet(tmp_path / "o" / "prompts.parquet")
+    assert prompts["seed_extract_id"].null_count() == 300
+
+
+def test_bad_recipe_exits_1_with_location(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("samples: 300", "samples: 300\nsampels: 2"))
+    res = _cli("build", str(bad))
+    assert res.returncode == 1 and f"{bad}:" in res.stderr and "sampels: unknown key" in res.stderr
+
+
+def test_end_to_end_against_the_emulator_then_everything_is_skipped(tmp_path):
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    out = tmp_path / "qs"
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
+        over = {"output": str(out), "samples": 30, "provider.base_url": emu.openai_base_url,
+                "curation.filters.enabled": False}
+        res = build(load_recipe(QUICKSTART, over), progress=False)
+        assert emu.billed == 30 and emu.duplicates == 0
+        again = build(load_recipe(QUICKSTART, over), progress=False)
+        assert emu.billed == 30  # nothing re-sent
+    assert set(res.stages.values()) <= {"ran", "off"} and res.stages["generate"] == "ran"
+    assert all(again.stages[s] == "skipped" for s in ("taxonomy", "prompts", "generate", "curate", "dataset"))
+    docs = pl.read_parquet(out / "documents.parquet")
+    assert docs.height == 30 and docs["id"].n_unique() == 30
+    assert {"id", "text", "topic_path", "topic_id", "template", "template_hash", "audience", "style", "format",
+            "seed_extract_id", "model", "finish_reason", "input_tokens", "output_tokens", "quality_score",
+            "provenance"} == set(docs.columns)
+    shards = list((out / "dataset" / "data").glob("train-*.parquet"))
+    assert shards and (out / "dataset" / "README.md").is_file()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["recipe_hash"] and m["counts"]["ok"] == 30 and m["tokens"]["output"] > 0 and m["cost_usd"] > 0
+    assert set(m["timings"]) >= {"taxonomy", "prompts", "generate", "curate", "dataset", "card"}
+    assert m["templates"] and m["versions"]["textbookgen"] and m["curation"]
+    assert "api_key" not in json.dumps(m).lower()
+    # a changed curation setting reruns curation only
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
+        over["provider.base_url"] = emu.openai_base_url
+        over["curation.minhash.threshold"] = 0.9
+        third = build(load_recipe(QUICKSTART, over), progress=False)
+        assert emu.billed == 0
+    assert third.stages["generate"] == "skipped" and third.stages["curate"] == "ran"
+
+
+def _done_rows(journal: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM requests WHERE status='ok'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_build_killed_mid_generation_resumes_with_every_sample_once(tmp_path):
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    out, n = tmp_path / "qs", 60
+    with Emulator(EmulatorConfig(latency_median_s=0.15, latency_sigma=0.3, responder=prose_responder)) as emu:
+        args = ["build", str(QUICKSTART), "--no-progress", "--set", f"output={out}", "--set", f"samples={n}",
+                "--set", f"provider.base_url={emu.openai_base_url}", "--set", "limits.concurrency=4",
+                "--set", "curation.filters.enabled=false"]
+        proc = subprocess.Popen([*CLI, *args], cwd=ROOT, env=NO_KEYS, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while _done_rows(out / "journal.sqlite") < 15 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the build finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        assert not (out / "documents.parquet").exists()
+        first_billed = emu.billed
+        assert 15 <= first_billed < n
+        res = _cli(*args, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert "prompts: inputs unchanged, skipped" in res.stderr
+        # Only requests on the wire at the kill can be paid twice (the provider bills abandoned calls).
+        assert emu.duplicates <= 4
+        assert len(emu.billed_keys) == n
+    docs = pl.read_parquet(out / "documents.parquet")
+    prompts = pl.read_parquet(out / "prompts.parquet")
+    assert docs.height == n and docs["id"].n_unique() == n  # every sample exactly once
+    assert sorted(json.loads(p)["prompt_index"] for p in docs["provenance"]) == prompts["index"].to_list()

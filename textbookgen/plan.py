@@ -1,0 +1,172 @@
+"""Plans: what a build will ask for and what it will cost, before a single paid token.
+
+From the rendered prompts: counts per topic and template, input tokens (the engine's estimate),
+expected and maximum output tokens (each template's typical answer length, capped by max_tokens),
+the cost under the price table for the recipe's model and a few alternatives, and the wall time the
+rate limits and concurrency allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import polars as pl
+
+# Models compared in every plan (those the price table knows), beside the recipe's own.
+ALTERNATIVES = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-mini", "claude-haiku-4-5", "gpt-4.1", "claude-sonnet-4-5")
+DECODE_TOKENS_PER_S = 60.0  # typical hosted-API streaming speed, for the concurrency-bound time
+FIRST_TOKEN_S = 1.0
+
+
+@dataclass
+class ModelEstimate:
+    model: str
+    cost_usd: float
+    cost_usd_max: float
+    priced: bool
+
+
+@dataclass
+class Plan:
+    """A build's size, tokens, cost and time, as printed by `textbookgen build --plan`."""
+
+    recipe: str
+    model: str
+    provider: str
+    n_prompts: int
+    n_leaves: int
+    topics_used: int
+    per_template: dict[str, int]
+    per_audience: dict[str, int]
+    top_topics: list[tuple[str, int]]
+    with_web_extract: int
+    input_tokens: int
+    output_tokens_expected: int
+    output_tokens_max: int
+    estimates: list[ModelEstimate]
+    time_s: float
+    time_basis: str
+    grow: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_time(n_requests: int, input_tokens: int, output_tokens: int, *, rpm: int | None,
+                  input_tpm: int | None, output_tpm: int | None, concurrency: int) -> tuple[float, str]:
+    """Seconds for the run: the slowest of the rate limits and the concurrency bound."""
+    per_request = FIRST_TOKEN_S + (output_tokens / max(n_requests, 1)) / DECODE_TOKENS_PER_S
+    bounds = {f"concurrency {concurrency} x ~{per_request:.0f} s/request": n_requests * per_request / concurrency}
+    if rpm:
+        bounds[f"{rpm} requests/min"] = 60.0 * n_requests / rpm
+    if input_tpm:
+        bounds[f"{input_tpm} input tokens/min"] = 60.0 * input_tokens / input_tpm
+    if output_tpm:
+        bounds[f"{output_tpm} output tokens/min"] = 60.0 * output_tokens / output_tpm
+    basis, seconds = max(bounds.items(), key=lambda kv: kv[1])
+    return seconds, basis
+
+
+def make_plan(prompts: pl.DataFrame, recipe: Any, *, n_leaves: int, expected_tokens: dict[str, int],
+              grow: dict[str, Any] | None = None, notes: list[str] | None = None) -> Plan:
+    """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
+    max_tokens, seed_extract_id, input_tokens_est)."""
+    from textbookgen.pricing import PRICES, estimate_cost, price_of
+
+    n = prompts.height
+    in_tok = int(prompts["input_tokens_est"].sum()) if n else 0
+    exp = prompts.select(
+        pl.min_horizontal(pl.col("template").replace_strict(expected_tokens, default=800, return_dtype=pl.Int64),
+                          pl.col("max_tokens")).alias("e"))
+    out_exp = int(exp["e"].sum()) if n else 0
+    out_max = int(prompts["max_tokens"].sum()) if n else 0
+    grow_in = int((grow or {}).get("input_tokens", 0))
+    grow_out = int((grow or {}).get("output_tokens", 0))
+    models = [recipe.model, *[m for m in ALTERNATIVES if m != recipe.model and m in PRICES]]
+    estimates = []
+    for m in models:
+        priced = price_of(m) != (0.0, 0.0)
+        estimates.append(ModelEstimate(
+            model=m, priced=priced,
+            cost_usd=estimate_cost(m, in_tok + grow_in, out_exp + grow_out),
+            cost_usd_max=estimate_cost(m, in_tok + grow_in, out_max + grow_out)))
+    lim = recipe.limits
+    seconds, basis = estimate_time(n + int((grow or {}).get("calls", 0)), in_tok + grow_in, out_exp + grow_out,
+                                   rpm=lim.rpm, input_tpm=lim.input_tpm, output_tpm=lim.output_tpm,
+                                   concurrency=lim.concurrency)
+    counts = prompts.group_by("topic_path").len().sort(["len", "topic_path"], descending=[True, False])
+    return Plan(
+        recipe=recipe.name, model=recipe.model, provider=recipe.provider.name, n_prompts=n, n_leaves=n_leaves,
+        topics_used=counts.height,
+        per_template=_counts(prompts, "template"), per_audience=_counts(prompts, "audience"),
+        top_topics=[(r[0], int(r[1])) for r in counts.head(8).iter_rows()],
+        with_web_extract=int(prompts["seed_extract_id"].is_not_null().sum()) if n else 0,
+        input_tokens=in_tok, output_tokens_expected=out_exp, output_tokens_max=out_max,
+        estimates=estimates, time_s=seconds, time_basis=basis, grow=grow, notes=list(notes or []),
+    )
+
+
+def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
+    if not df.height:
+        return {}
+    g = df.group_by(col).len().sort(["len", col], descending=[True, False])
+    return {str(k): int(v) for k, v in g.iter_rows()}
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
+    """Render the plan with rich tables (to stdout: in plan mode the plan is the command's output)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"\n[bold]Plan for recipe {plan.recipe!r}[/bold]: {plan.n_prompts:,} prompts over "
+                  f"{plan.topics_used:,} of {plan.n_leaves:,} leaf topics; {plan.with_web_extract:,} seeded "
+                  f"with a web extract.")
+    if plan.grow:
+        g = plan.grow
+        console.print(f"Taxonomy growth: {g['leaves_before']:,} -> {g['target']:,} leaves, about "
+                      f"{g['calls']:,} LLM calls (included below).")
+    t = Table(title="Prompts per template and audience", show_edge=False)
+    t.add_column("template")
+    t.add_column("prompts", justify="right")
+    for k, v in plan.per_template.items():
+        t.add_row(k, f"{v:,}")
+    a = Table(show_edge=False)
+    a.add_column("audience")
+    a.add_column("prompts", justify="right")
+    for k, v in plan.per_audience.items():
+        a.add_row(k, f"{v:,}")
+    tt = Table(title="Most sampled topics", show_edge=False)
+    tt.add_column("topic")
+    tt.add_column("prompts", justify="right")
+    for k, v in plan.top_topics:
+        tt.add_row(k, f"{v:,}")
+    console.print(t, a, tt)
+    console.print(f"Tokens: ~{plan.input_tokens:,} input; ~{plan.output_tokens_expected:,} output expected "
+                  f"(at most {plan.output_tokens_max:,} with max_tokens).")
+    c = Table(title="Estimated cost (list prices, standard API)", show_edge=False)
+    for col, just in (("model", "left"), ("expected", "right"), ("worst case", "right")):
+        c.add_column(col, justify=just)
+    for e in plan.estimates:
+        name = f"[bold]{e.model}[/bold] (recipe)" if e.model == plan.model else e.model
+        if e.priced:
+            c.add_row(name, f"${e.cost_usd:,.2f}", f"${e.cost_usd_max:,.2f}")
+        else:
+            c.add_row(name, "not in price table", "(self-hosted: $0)")
+    console.print(c)
+    console.print(f"Time: ~{_duration(plan.time_s)} (bound by {plan.time_basis}).")
+    for note in plan.notes:
+        console.print(f"[yellow]Note:[/yellow] {note}")
+    console.print(f"\n[bold]To run it for real:[/bold] {how_to_run}")
