@@ -1,0 +1,238 @@
+"""Evaluation harness: per-request log-likelihoods equal lm_eval's HFLM, metrics follow lm_eval's formulas,
+GSM8K answer extraction is exact on real references, generated code is judged in the sandbox."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from textbookgen.benchmarks import BenchmarkItem, load_benchmark  # noqa: E402
+from trainer.eval.generative import (  # noqa: E402
+    GSM8K_COT_EXEMPLARS,
+    flexible_extract,
+    gsm8k_prompt,
+    mbpp_prompt,
+    normalize_answer,
+    run_task,
+    strict_match,
+)
+from trainer.eval.harness import evaluate, mc_requests, mean_stderr, pooled_stderr  # noqa: E402
+from trainer.eval.models import CausalLM, load_model  # noqa: E402
+from trainer.eval.report import markdown_table, write_report  # noqa: E402
+from trainer.eval.sandbox import SandboxConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """GPT2TokenizerFast from the OpenAI files under their HF names (in a temp dir, not the repo)."""
+    d = tmp_path_factory.mktemp("gpt2tok")
+    shutil.copy(shared_data / "tokenizer_gpt2" / "encoder.json", d / "vocab.json")
+    shutil.copy(shared_data / "tokenizer_gpt2" / "vocab.bpe", d / "merges.txt")
+    return transformers.GPT2TokenizerFast.from_pretrained(str(d))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    cfg = transformers.PhiConfig(vocab_size=50304, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=256, initializer_range=0.2,
+                                 bos_token_id=50256, eos_token_id=50256)
+    return transformers.PhiForCausalLM(cfg).eval()
+
+
+def _requests(shared_data: Path, lm: CausalLM) -> list[tuple[str, str]]:
+    g = shared_data / "llmfoundry_eval_gauntlet"
+    items = (load_benchmark("arc_challenge", g, limit=6) + load_benchmark("winogrande", g, limit=4)
+             + load_benchmark("hellaswag", shared_data / "hellaswag", limit=3)
+             + load_benchmark("boolq", shared_data / "opencompass_data_formulamonks", limit=3))
+    reqs = [r for it in items for r in mc_requests(it)]
+    greedy = lm.generate(["The answer is"], max_new_tokens=3)[0]
+    # empty context (prefix token), trailing space moved to the continuation, a greedy continuation
+    return reqs + [("", " hello world"), ("Question: why?\nAnswer: ", "because"), ("The answer is", greedy)]
+
+
+def test_loglikelihoods_equal_lm_eval_hflm(shared_data: Path, gpt2_tokenizer, tiny_model) -> None:
+    """Both scoring strategies against lm_eval 0.4's HFLM on the same requests and model (to 1e-4)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    # max_length 128 forces lm_eval's left truncation on the BoolQ passages
+    lms = {s: CausalLM(tiny_model, gpt2_tokenizer, device="cpu", batch_size=5, max_batch_tokens=600,
+                       max_length=128, strategy=s) for s in ("prefix", "full")}
+    reqs = _requests(shared_data, lms["prefix"])
+    ref_lm = HFLM(pretrained=tiny_model, tokenizer=gpt2_tokenizer, batch_size=7, device="cpu", max_length=128)
+    ref = ref_lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)],
+                               disable_tqdm=True)
+    assert ref[-1][1], "the greedy continuation is recognised as greedy"
+    enc = lms["prefix"].encode_pair
+    assert any(len(enc(*r)[0]) + len(enc(*r)[1]) > 129 for r in reqs), "left truncation is exercised"
+    for strategy, lm in lms.items():
+        got = lm.loglikelihood(reqs)
+        assert len(got) == len(ref) == len(reqs)
+        for (ll, greedy), (ref_ll, ref_greedy), r in zip(got, ref, reqs, strict=True):
+            assert abs(ll - ref_ll) < 1e-4, (strategy, r)
+            assert greedy == ref_greedy, (strategy, r)
+
+
+def test_our_checkpoint_export_scores_like_the_model_object(shared_data: Path, tmp_path: Path) -> None:
+    """A trainer Phi, its export_hf directory and lm_eval on the same weights agree."""
+    from trainer.export import export_hf
+    from trainer.model import Phi, PhiConfig
+    from trainer.tokenizer import load_tokenizer
+
+    torch.manual_seed(1)
+    phi = Phi(PhiConfig(vocab_size=50304, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=128))
+    tok = load_tokenizer(shared_data / "tokenizer_gpt2")
+    export_hf(phi, tmp_path / "hf", tokenizer=tok)
+    reqs = [(it.context, " " + c) for it in load_benchmark("arc_easy", shared_data / "llmfoundry_eval_gauntlet",
+                                                           limit=3) for c in it.choices]
+    from_obj = load_model(phi, tokenizer=tok, device="cpu").loglikelihood(reqs)
+    from_dir = load_model(tmp_path / "hf", device="cpu").loglikelihood(reqs)
+    with torch.no_grad():  # our own model's forward, no transformers involved
+        enc = load_model(phi, tokenizer=tok, device="cpu")
+        c, x = enc.encode_pair(*reqs[0])
+        logp = torch.log_softmax(phi(torch.tensor([c + x[:-1]])).float(), -1)[0]
+        direct = float(sum(logp[len(c) - 1 + t, tok_id] for t, tok_id in enumerate(x)))
+    assert abs(from_obj[0][0] - direct) < 1e-4
+    for a, b in zip(from_obj, from_dir, strict=True):
+        assert abs(a[0] - b[0]) < 1e-4
+
+
+class FakeLM:
+    """Log-likelihoods from a table; generations from a function."""
+
+    def __init__(self, scores=None, gen=None):
+        self.scores, self.gen, self.requests = scores or {}, gen, []
+
+    def loglikelihood(self, requests):
+        self.requests += list(requests)
+        return [(self.scores.get(r, -10.0), False) for r in requests]
+
+    def generate(self, prompts, max_new_tokens=256, until=()):
+        return [self.gen(p) for p in prompts]
+
+
+def test_acc_and_acc_norm_follow_lm_eval() -> None:
+    item = BenchmarkItem("arc_easy", "1", "Question: q\nAnswer:", ["a", "longer answer"], 1, "longer answer")
+    # summed: "a" wins; per character: "longer answer" wins (-13/13 > -2/1)
+    lm = FakeLM({("Question: q\nAnswer:", " a"): -2.0, ("Question: q\nAnswer:", " longer answer"): -13.0})
+    res = evaluate(lm, ["arc_easy"], data={"arc_easy": [item]})["arc_easy"]
+    assert res.metrics == {"acc": 0.0, "acc_norm": 1.0}
+    tie = BenchmarkItem("boolq", "2", "P\nQuestion: q?\nAnswer:", ["no", "yes"], 1, "yes")
+    res = evaluate(FakeLM(), ["boolq"], data={"boolq": [tie]})["boolq"]
+    assert res.metrics == {"acc": 0.0} and res.samples[0]["pred"] == 0  # ties go to the first choice
+
+
+def test_winogrande_partial_scoring_requests(shared_data: Path) -> None:
+    item = load_benchmark("winogrande", shared_data / "llmfoundry_eval_gauntlet", limit=1)[0]
+    assert mc_requests(item) == [("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
+                                 ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases.")]
+
+
+def test_mmlu_five_shot_prompt(shared_data: Path) -> None:
+    lm = FakeLM()
+    res = evaluate(lm, ["mmlu@5"], data=shared_data, limit=1)["mmlu@5"]
+    assert res.n == 57 and res.num_fewshot == 5
+    first = lm.requests[0][0]
+    dev = load_benchmark("mmlu", shared_data / "mmlu", split="dev")[:5]
+    expected = ("The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+                + "".join(f"{d.context} {'ABCD'[d.gold]}\n\n" for d in dev)
+                + "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
+                  "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:")
+    assert first == expected and lm.requests[0][1] == " A" and len(lm.requests) == 57 * 4
+    zero = FakeLM()
+    evaluate(zero, ["mmlu"], data=shared_data, limit=1)
+    assert zero.requests[0][0].startswith("The following are multiple choice questions (with answers) about "
+                                          "abstract algebra.\n\nFind the degree")
+
+
+def test_stderr_formulas_match_lm_eval() -> None:
+    from lm_eval.api.metrics import mean_stderr as lm_mean_stderr
+    from lm_eval.api.metrics import pooled_sample_stderr
+
+    rng = random.Random(0)
+    xs = [float(rng.random() < 0.3) for _ in range(200)]
+    assert mean_stderr(xs) == pytest.approx(lm_mean_stderr(xs), rel=1e-12)
+    groups = [[float(rng.random() < p) for _ in range(n)] for p, n in ((0.2, 30), (0.6, 50), (0.4, 11))]
+    se = [mean_stderr(g) for g in groups]
+    assert pooled_stderr(se, [len(g) for g in groups]) == pytest.approx(
+        float(pooled_sample_stderr(se, [len(g) for g in groups])), rel=1e-12)
+
+
+def test_gsm8k_extraction_on_real_references(shared_data: Path) -> None:
+    """100% on all 8,792 reference solutions: lm_eval's flexible extract on the raw solution, and its strict
+    match on the solution rewritten in the CoT prompt's form ("... The answer is N.")."""
+    items = load_benchmark("gsm8k", shared_data / "gsm8k")
+    assert len(items) == 1319 + 7473
+    flex = strict = 0
+    for it in items:
+        gold = normalize_answer(it.target)
+        body, _, final = it.target.rpartition("####")
+        flex += normalize_answer(flexible_extract(it.target)) == gold
+        cot = " ".join(body.split()) + f" The answer is {final.strip()}."
+        strict += normalize_answer(strict_match(cot)) == gold
+    assert flex == strict == len(items)
+
+
+def test_gsm8k_extraction_equals_lm_eval_filters() -> None:
+    from lm_eval.filters.extraction import RegexFilter
+
+    texts = ["So 3 + 4 = 7. The answer is 7.", "We get $1,200 in total. The answer is 1,200.", "no numbers",
+             "It costs $5.50, so 2 of them 11.", "The answer is -3. Then 9.", "18\n\nQ: next"]
+    strict_f = RegexFilter(regex_pattern=r"The answer is (\-?[0-9\.\,]+).", group_select=0)
+    flex_f = RegexFilter(regex_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)
+    ref_strict = [r[0] for r in strict_f.apply([[t] for t in texts], [{}] * len(texts))]
+    ref_flex = [r[0] for r in flex_f.apply([[t] for t in texts], [{}] * len(texts))]
+    assert [strict_match(t) for t in texts] == ref_strict
+    assert [flexible_extract(t) for t in texts] == ref_flex
+
+
+def test_gsm8k_task_scores_generations(shared_data: Path) -> None:
+    items = load_benchmark("gsm8k", shared_data / "gsm8k", split="test", limit=4)
+    golds = {it.context: normalize_answer(it.target) for it in items}
+
+    def answer(prompt: str) -> str:
+        q = prompt.rsplit("Q: ", 1)[1].removesuffix("\nA:")
+        assert prompt.startswith(f"Q: {GSM8K_COT_EXEMPLARS[0][0]}\nA: {GSM8K_COT_EXEMPLARS[0][1]}\n\n")
+        return f" Some steps. The answer is {golds[q]}." if q != items[0].context else " The answer is 0."
+
+    res = run_task(FakeLM(gen=answer), "gsm8k", items, items)
+    assert res.metrics["exact_match"] == 0.75 and res.num_fewshot == 8
+    assert gsm8k_prompt("x", 0) == "Q: x\nA:"
+
+
+def test_humaneval_and_mbpp_pass_at_1(shared_data: Path) -> None:
+    he = load_benchmark("humaneval", shared_data / "humaneval")[:4]
+    canon = {it.context: it.target for it in he}
+    res = run_task(FakeLM(gen=lambda p: canon[p] if p != he[1].context else "    return None\n"), "humaneval",
+                   he, he, sandbox=SandboxConfig(timeout_s=10))
+    assert res.metrics["pass@1"] == 0.75 and [s["status"] for s in res.samples][1] == "failed"
+    mb = load_benchmark("mbpp", shared_data / "opencompass_data_formulamonks", split="test")[:3]
+    code = {mbpp_prompt(it): it.target for it in mb}
+    assert mbpp_prompt(mb[0]).count("[BEGIN]") == 4 and mbpp_prompt(mb[0]).endswith("[BEGIN]\n")
+    res = run_task(FakeLM(gen=lambda p: code[p]), "mbpp", mb, mb, sandbox=SandboxConfig(timeout_s=10))
+    assert res.metrics["pass@1"] == 1.0
+
+
+def test_report_files(tmp_path: Path) -> None:
+    items = [BenchmarkItem("piqa", str(i), "Question: g\nAnswer:", ["x", "yy"], i % 2, None) for i in range(6)]
+    results = evaluate(FakeLM({("Question: g\nAnswer:", " x"): -1.0}), ["piqa", "boolq"],
+                       data={"piqa": items, "boolq": [BenchmarkItem("boolq", "0", "c", ["no", "yes"], 0, "no")]})
+    paths = write_report(results, tmp_path, "mymodel", config={"checkpoint": "x"})
+    payload = json.loads(paths["json"].read_text())
+    assert payload["results"]["piqa"]["metrics"]["acc"] == 0.5
+    assert payload["results"]["piqa"]["stderr"]["acc"] == pytest.approx(math.sqrt(0.3) / math.sqrt(6))
+    assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = markdown_table(results, "mymodel")
+    assert "| **mymodel** | 1.000 | 0.500 ± 0.224 |" in table
+    assert "phi-1.5 (paper) | 0.758 | 0.766 |" in table
+    assert len(paths["samples"].read_text().splitlines()) == 7

@@ -1,0 +1,5 @@
+import sys
+
+from trainer.eval.cli import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""`python -m trainer eval CKPT --tasks ...` (also `python -m trainer.eval`): run the benchmarks and
+write the report (table.md, results.json, chart.png, samples.jsonl)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("checkpoint", help="HF model dir (ours from export_hf, or any causal LM), training checkpoint, "
+                                      "or Hub id")
+    p.add_argument("--tasks", default="paper",
+                   help="comma list, 'paper' = the phi-1.5 table; 'mmlu@5' = 5-shot (default: paper)")
+    p.add_argument("--data", default=None, help="data root (folders as in ../shared/data) or one task's folder; "
+                                                "tasks without local data load from the HF Hub")
+    p.add_argument("--data-file", action="append", default=[], metavar="TASK=PATH", help="per-task data path")
+    p.add_argument("--limit", type=int, default=None, help="first N items per task (MMLU: per subject)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="shots for tasks without '@k' (MMLU/GSM8K/MBPP)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path/spec (default: the checkpoint's)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-batch-tokens", type=int, default=16384)
+    p.add_argument("--strategy", choices=["prefix", "full"], default="prefix",
+                   help="prefix: each context computed once (KV cache); full: lm_eval's whole sequences")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (task defaults otherwise)")
+    p.add_argument("--sandbox-timeout", type=float, default=3.0, help="seconds per generated program")
+    p.add_argument("--out", default="eval_out", help="report directory")
+    p.add_argument("--name", default=None, help="model name in the table (default: checkpoint name)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from trainer.eval.harness import PAPER_TASKS, evaluate
+    from trainer.eval.models import load_model
+    from trainer.eval.report import markdown_table, write_report
+    from trainer.eval.sandbox import SandboxConfig
+
+    console = Console(stderr=True)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = [x for t in tasks for x in (PAPER_TASKS if t == "paper" else [t])]
+    data: object = args.data
+    if args.data_file:
+        overrides = dict(kv.split("=", 1) for kv in args.data_file)
+        data = {t: overrides.get(t, overrides.get(t.split("@")[0], args.data)) for t in tasks}
+    lm = load_model(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
+                    batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, strategy=args.strategy,
+                    progress=True)
+    gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    results = evaluate(lm, tasks, data=data, limit=args.limit, num_fewshot=args.num_fewshot,
+                       sandbox=SandboxConfig(timeout_s=args.sandbox_timeout), gen_kwargs=gen, log=console.log)
+    name = args.name or Path(str(args.checkpoint)).name
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    paths = write_report(results, args.out, name, config=config)
+    print(markdown_table(results, name))
+    console.log("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Models for evaluation: one `CausalLM` interface (`loglikelihood`, `generate`) over any transformers
+causal LM, and loaders for our checkpoints (HF exports, training checkpoints) and any HF model path.
+
+Scoring reproduces lm-evaluation-harness's `HFLM.loglikelihood` token for token (same context /
+continuation split, same left truncation, same empty-context prefix token), but computes each distinct
+context once: contexts are run batched (right-padded, sorted longest first) with the KV cache kept,
+the cache rows are gathered per continuation, and only the continuations run again with explicit
+position ids. One-token continuations (BoolQ, MMLU letters) need no second pass at all.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CausalLM", "load_model", "phi_to_hf", "wrap_tokenizer"]
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def wrap_tokenizer(tok: Any) -> Any:
+    """An HF tokenizer from a `tokenizers.Tokenizer` (ours); HF tokenizers pass through."""
+    if hasattr(tok, "encode") and hasattr(tok, "decode") and hasattr(tok, "eos_token_id"):
+        return tok
+    from transformers import PreTrainedTokenizerFast
+
+    eos = "<|endoftext|>" if tok.token_to_id("<|endoftext|>") is not None else None
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, unk_token=eos,
+                                   clean_up_tokenization_spaces=False)
+
+
+@dataclass
+class _Group:
+    """One distinct context and the continuations scored against it."""
+
+    ctx: list[int]
+    conts: list[tuple[int, list[int]]]  # (request index, continuation tokens)
+
+
+class CausalLM:
+    """Log-likelihood scoring and greedy generation for a transformers causal LM.
+
+    `strategy="prefix"` (default) computes each context once and reuses its KV cache for the choices;
+    `strategy="full"` scores whole context+continuation sequences like lm_eval (sorted by length,
+    batched, one-token continuations sharing a forward). Both give the same numbers.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, device: str | torch.device | None = None,
+                 batch_size: int = 32, max_batch_tokens: int = 16384, max_length: int | None = None,
+                 strategy: str = "prefix", progress: bool = False) -> None:
+        if strategy not in ("prefix", "full"):
+            raise ValueError(f"strategy must be 'prefix' or 'full', got {strategy!r}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.tokenizer = wrap_tokenizer(tokenizer)
+        self.batch_size, self.max_batch_tokens, self.strategy, self.progress = (
+            batch_size, max_batch_tokens, strategy, progress)
+        cfg = model.config
+        self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions",
+                                                                                                  2048)
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+
+    # ------------------------------------------------------------------ tokens (lm_eval's rules)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """Conditioning token for an empty context: BOS, else EOS (as lm_eval)."""
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    def tok_encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm_eval's `_encode_pair`: trailing context spaces move to the continuation; the continuation's
+        tokens are those of `context+continuation` after the context's own token count."""
+        if not context:
+            cont = self.tokenizer.encode(continuation, add_special_tokens=False)
+            return ([self.prefix_token_id], cont) if self.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+        n = len(context) - len(context.rstrip())
+        if n:
+            context, continuation = context[:-n], context[-n:] + continuation
+        whole, ctx = self.tok_encode(context + continuation), self.tok_encode(context)
+        return ctx, whole[len(ctx):]
+
+    # ------------------------------------------------------------------ log-likelihood
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """(sum of log-probs of the continuation given the context, whether greedy decoding gives it)."""
+        return self.loglikelihood_tokens([self.encode_pair(c, x) for c, x in requests])
+
+    def loglikelihood_tokens(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        pairs = [self._truncate(c, x) for c, x in pairs]
+        score = self._score_prefix if self.strategy == "prefix" else self._score_full
+        with torch.inference_mode():
+            return score(pairs)
+
+    def _truncate(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
+        """lm_eval keeps the last `max_length + 1` tokens of context+continuation (the input drops one)."""
+        if not cont:
+            raise ValueError("empty continuation: nothing to score")
+        if len(cont) > self.max_length:
+            raise ValueError(f"continuation of {len(cont)} tokens exceeds the model length {self.max_length}")
+        keep = self.max_length + 1 - len(cont)
+        return (ctx[-keep:] if len(ctx) > keep else ctx), cont
+
+    def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Index batches of at most batch_size rows and max_batch_tokens padded tokens (inputs sorted longest first)."""
+        out: list[list[int]] = []
+        cur: list[int] = []
+        width = 0
+        for i, n in enumerate(lengths):
+            if cur and (len(cur) >= self.batch_size or max(width, n) * (len(cur) + 1) > self.max_batch_tokens):
+                out.append(cur)
+                cur, width = [], 0
+            cur.append(i)
+            width = max(width, n)
+        return out + ([cur] if cur else [])
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _score_full(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """lm_eval's scheme: one forward per distinct (context + continuation[:-1]), longest first."""
+        keyed: dict[tuple[int, ...], list[int]] = {}
+        for i, (c, x) in enumerate(pairs):
+            keyed.setdefault(tuple(c + x[:-1]), []).append(i)
+        keys = sorted(keyed, key=len, reverse=True)
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        for batch in self._progress(self._batches([len(k) for k in keys]), "scoring"):
+            ids, mask = self._pad([list(keys[b]) for b in batch])
+            logp = self._log_probs(self.model(input_ids=ids, attention_mask=mask).logits)
+            for row, b in enumerate(batch):
+                for i in keyed[keys[b]]:
+                    c, x = pairs[i]
+                    lp = logp[row, len(c) - 1 : len(c) - 1 + len(x)]
+                    results[i] = self._sum_greedy(lp, x)
+        return results
+
+    def _sum_greedy(self, lp: torch.Tensor, cont: list[int]) -> tuple[float, bool]:
+        target = torch.tensor(cont, device=lp.device)
+        return float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())
+
+    def _score_prefix(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        groups: dict[tuple[int, ...], _Group] = {}
+        for i, (c, x) in enumerate(pairs):
+            groups.setdefault(tuple(c), _Group(c, [])).conts.append((i, x))
+        order = sorted(groups.values(), key=lambda g: len(g.ctx), reverse=True)
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        for batch in self._progress(self._batches([len(g.ctx) for g in order]), "scoring"):
+            self._score_context_batch([order[b] for b in batch], results)
+        return results
+
+    def _score_context_batch(self, groups: list[_Group], results: list[tuple[float, bool]]) -> None:
+        ids, mask = self._pad([g.ctx for g in groups])
+        lens = torch.tensor([len(g.ctx) for g in groups], device=self.device)
+        needs_cache = any(len(x) > 1 for g in groups for _, x in g.conts)
+        last = sorted({len(g.ctx) - 1 for g in groups})
+        kw: dict[str, Any] = {"use_cache": needs_cache}
+        if self._keep_kw:
+            kw[self._keep_kw] = torch.tensor(last, device=self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, **kw)
+        logits = out.logits if self._keep_kw else out.logits[:, last]
+        first = self._log_probs(logits[torch.arange(len(groups)), [last.index(len(g.ctx) - 1) for g in groups]])
+        # requests with one-token continuations are done; longer ones run their tokens[:-1] on the cache
+        rows: dict[tuple[int, tuple[int, ...]], list[tuple[int, list[int]]]] = {}
+        for gi, g in enumerate(groups):
+            for i, x in g.conts:
+                if len(x) == 1:
+                    results[i] = self._sum_greedy(first[gi : gi + 1], x)
+                else:
+                    rows.setdefault((gi, tuple(x[:-1])), []).append((i, x))
+        if not rows:
+            return
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        keys = sorted(rows, key=lambda k: len(k[1]), reverse=True)
+        ctx_width = ids.shape[1]
+        per_row = [ctx_width + len(k[1]) for k in keys]
+        for chunk in self._batches(per_row):
+            gidx = torch.tensor([keys[c][0] for c in chunk], device=self.device)
+            xs, xmask = self._pad([list(keys[c][1]) for c in chunk])
+            pos = lens[gidx][:, None] + torch.arange(xs.shape[1], device=self.device)[None, :]
+            sub = _select_cache(cache, gidx)
+            logp = self._log_probs(self.model(input_ids=xs, attention_mask=torch.cat([mask[gidx], xmask], 1),
+                                              position_ids=pos, use_cache=True, **{self._cache_kw: sub}).logits)
+            for row, c in enumerate(chunk):
+                gi = keys[c][0]
+                for i, x in rows[keys[c]]:
+                    lp = torch.cat([first[gi : gi + 1], logp[row, : len(x) - 1]])
+                    results[i] = self._sum_greedy(lp, x)
+
+    def _progress(self, batches: list[list[int]], what: str) -> list[list[int]]:
+        if not self.progress:
+            return batches
+        from rich.progress import track
+
+        return list(track(batches, description=what))
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, until: Sequence[str] = (),
+                 batch_size: int | None = None) -> list[str]:
+        """Greedy continuations, cut before the first stop string in `until` (EOS always stops)."""
+        tok = self.tokenizer
+        encoded = [self.tok_encode(p)[-(self.max_length - max_new_tokens):] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        out: list[str] = [""] * len(prompts)
+        bs = batch_size or self.batch_size
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_id
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros(len(idx), width, dtype=torch.long)
+            for r, i in enumerate(idx):  # left padding
+                ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[r, width - len(encoded[i]) :] = 1
+            stop = _StopOnStrings(tok, list(until), width)
+            with torch.inference_mode():
+                gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                          eos_token_id=self.eos_token_id, stopping_criteria=[stop])
+            for r, i in enumerate(idx):
+                new = gen[r, width:].tolist()
+                if self.eos_token_id in new:
+                    new = new[: new.index(self.eos_token_id)]
+                out[i] = _cut(tok.decode(new, skip_special_tokens=True), until)
+        return out
+
+
+def _cut(text: str, until: Sequence[str]) -> str:
+    for s in until:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text
+
+
+class _StopOnStrings:
+    """Stops generation once every row's new text contains one of the stop strings."""
+
+    def __init__(self, tokenizer: Any, until: list[str], prompt_len: int) -> None:
+        self.tokenizer, self.until, self.prompt_len = tokenizer, [s for s in until if s], prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        done = []
+        for row in input_ids[:, self.prompt_len :]:
+            text = self.tokenizer.decode(row[-64:].tolist(), skip_special_tokens=False)
+            done.append(any(s in text for s in self.until))
+        return torch.tensor(done, device=input_ids.device)
+
+
+def _select_cache(cache: Any, idx: torch.Tensor) -> Any:
+    """A new DynamicCache holding rows `idx` of `cache` (transformers 4.x and 5.x layouts)."""
+    from transformers import DynamicCache
+
+    if hasattr(cache, "layers"):
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+    elif hasattr(cache, "key_cache"):
+        kv = list(zip(cache.key_cache, cache.value_cache, strict=True))
+    else:  # legacy tuple of (k, v)
+        kv = [(k, v) for k, v in cache]
+    new = DynamicCache()
+    for layer, (k, v) in enumerate(kv):
+        new.update(k.index_select(0, idx), v.index_select(0, idx), layer)
+    return new
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def phi_to_hf(phi: torch.nn.Module) -> Any:
+    """Our `trainer.model.Phi` as a `transformers.PhiForCausalLM` with the same weights (names are HF's)."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    from trainer.export import hf_config, unwrap
+
+    phi = unwrap(phi)
+    cfg = {k: v for k, v in hf_config(phi.config).items() if k not in ("architectures", "model_type",
+                                                                         "torch_dtype", "dtype")}
+    hf = PhiForCausalLM(PhiConfig(**cfg))
+    hf.load_state_dict({k: v.detach().float() for k, v in phi.state_dict().items()}, strict=True)
+    return hf
+
+
+def _load_tokenizer(path: Path | None, spec: str | None) -> Any:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if spec is not None:
+        p = Path(spec)
+        if p.is_dir() and ((p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists()):
+            return _load_tokenizer(p, None)
+        from trainer.tokenizer import load_tokenizer
+
+        return wrap_tokenizer(load_tokenizer(spec))
+    assert path is not None
+    if (path / "tokenizer.json").is_file():
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception:  # e.g. a tokenizer_class this transformers lacks: the JSON is enough
+            return wrap_tokenizer(PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json")))
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _training_checkpoint_model(path: Path) -> torch.nn.Module:
+    """Our Phi from a training checkpoint (trainer/checkpoint.py's layout: model state + config)."""
+    from trainer.model import Phi, PhiConfig
+
+    try:
+        from trainer import checkpoint as ckpt_mod
+    except ImportError:
+        ckpt_mod = None
+    loader: Callable[..., Any] | None = getattr(ckpt_mod, "load_model", None) if ckpt_mod else None
+    if loader is not None:
+        return loader(path)
+    file = path / "model.pt" if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"{path}: not an HF model directory (config.json) nor a training checkpoint")
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    sd = state.get("model", state) if isinstance(state, dict) else state
+    cfg = state.get("model_config") or state.get("model_args") or state.get("config", {}).get("model")
+    if cfg is None:
+        raise ValueError(f"{file}: no model config in the checkpoint (keys: {sorted(state)[:8]})")
+    pc = cfg if isinstance(cfg, PhiConfig) else PhiConfig(**{k: v for k, v in dict(cfg).items()
+                                                              if k in PhiConfig.__dataclass_fields__})
+    model = Phi(pc)
+    model.load_state_dict({k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in sd.items()})
+    return model
+
+
+def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device: str | None = None,
+               dtype: str | None = None, **kwargs: Any) -> CausalLM:
+    """A `CausalLM` from: a `trainer.model.Phi` or HF model object; an HF model directory (ours from
+    `export_hf`, or any transformers causal LM); a training checkpoint; or a Hub id (when online).
+
+    `tokenizer`: a tokenizer object, a path/spec for `trainer.tokenizer.load_tokenizer`, or None to use the
+    model directory's own. `dtype`: float32 (default on CPU) | bfloat16 (default on GPU) | float16.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = _DTYPES[dtype] if dtype else (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    model_dir: Path | None = None
+    if isinstance(spec, torch.nn.Module):
+        model = spec if hasattr(spec, "generate") else phi_to_hf(spec)
+    else:
+        p = Path(spec).expanduser()
+        if p.is_dir() and (p / "config.json").is_file():
+            from transformers import AutoModelForCausalLM
+
+            model, model_dir = AutoModelForCausalLM.from_pretrained(str(p)), p
+        elif p.exists():
+            model = phi_to_hf(_training_checkpoint_model(p))
+            model_dir = p if p.is_dir() else p.parent
+        else:  # a Hub id
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(spec))
+            if tokenizer is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(spec))
+    if tokenizer is None:
+        if model_dir is None:
+            raise ValueError("pass `tokenizer` (an object or a path) for a model given as an object")
+        try:
+            tokenizer = _load_tokenizer(model_dir, None)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{model_dir}: no tokenizer files there; pass --tokenizer") from e
+    elif not hasattr(tokenizer, "encode") or isinstance(tokenizer, (str, Path)):
+        tokenizer = _load_tokenizer(None, str(tokenizer)) if isinstance(tokenizer, (str, Path)) else tokenizer
+    model = model.to(device=device, dtype=torch_dtype)
+    return CausalLM(model, wrap_tokenizer(tokenizer), device=device, **kwargs)
