@@ -83,3 +83,20 @@ def test_judge_labels_train_the_classifier(docs, tmp_path):
     model, meta = train_classifier(texts, labels, tmp_path / "m", TrainSettings(lrs=(1.0,), epochs=(5,), dim=16,
                                                                                 bucket=10_000))
     assert meta["n_positive"] == 40 and model.evaluate(texts, labels).roc_auc > 0.9
+
+
+def test_label_command_against_emulator(docs, tmp_path):
+    pytest.importorskip("textbookgen.engine")
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    docs.head(30).write_parquet(tmp_path / "in.parquet")
+    with Emulator(EmulatorConfig(latency_median_s=0.002, responder=rubric_responder)) as emu:
+        result = CliRunner().invoke(app, ["classifier", "label", str(tmp_path / "in.parquet"), "-o",
+                                          str(tmp_path / "labels.jsonl"), "--base-url", emu.openai_base_url,
+                                          "--sample", "20"], env={"OPENAI_API_KEY": "test-key"})
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and {r["label"] for r in rows} <= {1, 4} and all(r["label"] == 4 for r in rows)

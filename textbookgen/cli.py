@@ -362,3 +362,37 @@ def classifier_score(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(stats, indent=2))
+
+
+@classifier_app.command("label")
+def classifier_label(
+    input_path: str = typer.Argument(..., help="parquet/jsonl file or folder to sample and judge"),
+    output: str = typer.Option(..., "--output", "-o", help="rows with `label` (0-5): .parquet or .jsonl"),
+    provider: str = typer.Option("openai", help="openai | anthropic | openai-compatible"),
+    model: str = typer.Option("gpt-4o-mini", help="judge model"),
+    base_url: str | None = typer.Option(None, help="server URL (openai-compatible, or the emulator)"),
+    sample: int | None = typer.Option(None, help="judge a random sample of this many rows"),
+    journal: str | None = typer.Option(None, help="SQLite journal (a killed run resumes; default <output>.journal)"),
+    max_chars: int = typer.Option(2000, help="characters of each document shown to the judge"),
+    max_cost_usd: float | None = typer.Option(None, help="stop sending requests past this spend"),
+    concurrency: int = typer.Option(32), seed: int = typer.Option(0),
+    text_column: TextCol = "text", id_column: IdCol = "id",
+) -> None:
+    """Score documents 0-5 for educational value with an LLM (FineWeb-Edu's additive rubric), as labels
+    for `classifier train --labelled OUT --min-positive 3`."""
+    from textbookgen.curation.corpus_io import read_corpus, write_corpus
+    from textbookgen.curation.judge import EducationalJudge, label_corpus
+    from textbookgen.engine import Generator
+    from textbookgen.errors import FatalProviderError
+
+    try:
+        df = read_corpus(input_path, text_column, id_column)
+        gen = Generator(provider=provider, model=model, base_url=base_url, concurrency=concurrency,
+                        journal=journal or f"{output}.journal", max_cost_usd=max_cost_usd)
+        labelled, stats = label_corpus(df, EducationalJudge(gen, max_chars=max_chars), sample, seed,
+                                       text_column, id_column)
+        write_corpus(labelled, output)
+    except (ValueError, FileNotFoundError, FatalProviderError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(stats, indent=2))
