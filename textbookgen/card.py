@@ -314,7 +314,10 @@ def _fmt_kv(d: Any, sep: str = ": ", join: str = "; ") -> str:
     """`k: v; k: v` of a mapping's scalar, non-null values (nested ones are in manifest.json)."""
     if not isinstance(d, Mapping):
         return str(d)
-    return join.join(f"{k}{sep}{v}" for k, v in d.items() if v is not None and not isinstance(v, (Mapping, list)))
+    def short(v: Any) -> str:
+        return v[:12] + "…" if isinstance(v, str) and len(v) > 32 else str(v)
+
+    return join.join(f"{k}{sep}{short(v)}" for k, v in d.items() if v is not None and not isinstance(v, (Mapping, list)))
 
 
 def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, manifest: dict) -> Path:

@@ -4,7 +4,8 @@ The documents are real LLM-written textbook text: the sections of the SciPhi "Li
 textbooks in ../shared/data (Apache-2.0; GPT-3.5/GPT-4 output), cut at `###` headings, with the
 book > chapter > section path as the topic. Some books exist in several variants, so near-duplicate
 removal has real work. The real curation runs (exact, filters, MinHash, decontamination against
-ARC-Easy/ARC-Challenge), the dataset is written and the card rendered into
+ARC-Easy/ARC-Challenge, and a fastText quality classifier trained on the DCLM human quality labels
+that keeps the top 90 %), the dataset is written and the card rendered into
 datasets_cards/examples/quickstart/ (card, plots, recipe, manifest; the shards are not kept).
 
     python datasets_cards/examples/make_example.py
@@ -26,11 +27,13 @@ import polars as pl
 
 from textbookgen.card import CARDS_DIR, render_card
 from textbookgen.curation import CurationConfig, curate
+from textbookgen.curation.classifier import train_classifier
 from textbookgen.dataset import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 BOOKS = SHARED / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz"
+QUALITY_LABELS = SHARED / "dclm_human_quality_labels" / "majority_data.jsonl.gz"
 BENCHMARKS = [SHARED / "llmfoundry_eval_gauntlet" / f"{b}.jsonl.gz" for b in ("arc_easy", "arc_challenge")]
 OUT = Path(__file__).resolve().parent / "quickstart"
 MODEL, SEED, N = "gpt-4 (SciPhi library-of-phi)", 1234, 600
@@ -73,9 +76,15 @@ def main() -> None:
             "provenance": json.dumps({"source": "SciPhi library-of-phi", "variant": sec["variant"]}),
         })  # fmt: skip
     docs = pl.DataFrame(rows).unique("id", keep="first", maintain_order=True)
-    config = CurationConfig(decontamination={"benchmarks": [{"path": str(b), "name": b.name.split(".")[0]}
-                                                            for b in BENCHMARKS]})
     with tempfile.TemporaryDirectory() as tmp:
+        with gzip.open(QUALITY_LABELS, "rt") as f:
+            labelled = [json.loads(line) for line in f]
+        train_classifier([r["text"] for r in labelled], [str(r["label"]) == "1" for r in labelled],
+                         Path(tmp) / "quality", source="DCLM human quality labels (majority)")  # fmt: skip
+        config = CurationConfig(
+            decontamination={"benchmarks": [{"path": str(b), "name": b.name.split(".")[0]} for b in BENCHMARKS]},
+            classifier={"enabled": True, "model_path": str(Path(tmp) / "quality.bin"), "keep_top_percent": 90},
+        )
         t0 = time.perf_counter()
         curated, stats = curate(docs, config, workdir=Path(tmp) / "curation")
         seconds = time.perf_counter() - t0
@@ -99,7 +108,8 @@ def main() -> None:
             "curation": stats, "timings": {"curate": round(seconds, 2)},
             "notes": ["Stand-in example made by datasets_cards/examples/make_example.py: the documents are "
                       "sections of the SciPhi 'Library of Phi' synthetic textbooks (GPT-3.5/GPT-4 output, "
-                      "Apache-2.0), not a textbookgen generation; token counts are word-based estimates "
+                      "Apache-2.0), not a textbookgen generation; quality scores come from a fastText "
+                      "classifier trained on the DCLM human quality labels; token counts are word-based estimates "
                       "and the cost is what gpt-4o-mini would charge for them. The quickstart build's own "
                       "card replaces it."],
         }  # fmt: skip
