@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from datetime import datetime
 
 import anthropic
@@ -524,3 +525,28 @@ def test_limits_can_change_mid_run():
     assert before["x-ratelimit-limit-requests"] == "100" and after["x-ratelimit-limit-requests"] == "1"
     with pytest.raises(ValueError, match="unknown limit"):
         emu.set_limits(rpd=5)
+
+
+def _dup_5gram_char_frac(text: str) -> float:
+    """Gopher's rule: the share of characters inside word 5-grams that occur more than once."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + 5]) for i in range(len(words) - 4)]
+    counts = Counter(grams)
+    covered = [False] * len(words)
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            covered[i:i + 5] = [True] * 5
+    return sum(len(w) for w, c in zip(words, covered, strict=True) if c) / max(1, sum(len(w) for w in words))
+
+
+def test_default_prose_survives_repetition_filters_and_is_not_near_duplicate():
+    def doc(topic, words, seed):
+        body = {"messages": [{"role": "user", "content": f"Write a textbook chapter about {topic} in about {words} words."}]}
+        return default_responder(body, seed=seed, max_tokens=8192)
+
+    docs = [doc(t, w, i) for i, t in enumerate(("photosynthesis", "probability", "poetry")) for w in (300, 2000)]
+    assert all(_dup_5gram_char_frac(d) <= 0.15 for d in docs)  # Gopher's limit for 5-grams
+    shingles = [{tuple(d.lower().split()[i:i + 5]) for i in range(len(d.split()) - 4)} for d in docs]
+    worst = max(len(a & b) / len(a | b) for i, a in enumerate(shingles) for b in shingles[i + 1:])
+    assert worst < 0.2  # far below near-duplicate thresholds (~0.7-0.8)
+    assert 1500 <= len(docs[1].split()) <= 3000

@@ -155,20 +155,124 @@ def distinct_items(subject: str, n: int, rng: random.Random) -> list[str]:
     return items
 
 
-def prose(subject: str, n_tokens: int, rng: random.Random) -> str:
-    """Textbook-style paragraphs about `subject`, about n_tokens long (a paragraph break every few sentences)."""
-    concepts = list(_CONCEPTS)
+class _Deck:
+    """Draws without replacement, reshuffling when empty: a document rarely repeats a phrase."""
+
+    def __init__(self, items: tuple[str, ...], rng: random.Random) -> None:
+        self.items, self.rng, self.left = items, rng, []
+        self.rounds = 0
+
+    def draw(self) -> str:
+        if not self.left:
+            self.left = list(self.items)
+            self.rng.shuffle(self.left)
+            self.rounds += 1
+        return self.left.pop()
+
+
+def _grammar_sentence(d: dict[str, _Deck], fill: dict[str, str], rng: random.Random) -> str:
+    """determiner adjective noun + verb + object + modifier, each part a few words drawn from its own
+    deck, so no fixed run of five words recurs often (~10^9 distinct sentences)."""
+    c, c2 = d["concept"].draw(), d["concept"].draw()
+    noun = d["noun"].draw().format(c=c, **fill)
+    subject = f"{rng.choice(('the', 'this', 'a', 'one', 'every', 'each'))} {d['adjective'].draw()} {noun}"
+    obj = d["object"].draw().format(c=c, c2=c2, r=d["relation"].draw(), **fill)
+    modifier = d["modifier"].draw().format(adj=d["adjective"].draw(), setting=d["setting"].draw(), **fill)
+    sentence = f"{subject} {d['verb'].draw()} {obj}{modifier}."
+    if rng.random() < 0.12 and d["example"].rounds <= 1:
+        a, b = rng.randint(2, 99), rng.randint(2, 40)
+        sentence += " " + d["example"].draw().format(a=a, b=b, c=d["concept"].draw(), **fill)
+    return sentence[:1].upper() + sentence[1:]
+
+
+def prose(subject: str, n_tokens: int, rng: random.Random, n_words: int | None = None) -> str:
+    """Textbook-style paragraphs about `subject`: whole sentences up to n_tokens (or about n_words).
+    Sentences are composed from parts drawn without replacement, so a document passes repetition
+    filters (Gopher's duplicated n-gram rules) and documents on different topics are far from
+    near-duplicates."""
     budget = max(1, n_tokens) * CHARS_PER_TOKEN
-    x = subject.lower() if subject[:1].isupper() and subject[1:2].islower() else subject
-    fill = {"X": subject, "x": x}
-    text = rng.choice(_OPENERS).format(c=rng.choice(concepts), c2=rng.choice(concepts), **fill)
-    paragraph_len = 1
-    while len(text) < budget:
-        sentence = rng.choice(_SENTENCES).format(c=rng.choice(concepts), c2=rng.choice(concepts), **fill)
-        sep = "\n\n" if paragraph_len >= rng.randint(4, 6) else " "
-        paragraph_len = 1 if sep == "\n\n" else paragraph_len + 1
-        text += sep + sentence
+    topic = subject.rsplit(" > ", 1)[-1]
+    x = topic.lower() if topic[:1].isupper() and topic[1:2].islower() else topic
+    fill = {"X": topic, "x": x}
+    decks = {name: _Deck(items, rng) for name, items in (
+        ("concept", _CONCEPTS), ("sentence", _SENTENCES), ("noun", _G_NOUNS), ("adjective", _G_ADJECTIVES),
+        ("verb", _G_VERBS), ("object", _G_OBJECTS), ("relation", _G_RELATIONS), ("modifier", _G_MODIFIERS),
+        ("setting", _G_SETTINGS), ("example", _G_EXAMPLES))}
+    concept, handcrafted = decks["concept"], decks["sentence"]
+    text = rng.choice(_OPENERS).format(c=concept.draw(), c2=concept.draw(), **fill)
+    text = text[:1].upper() + text[1:]
+    paragraph_len, paragraph_target = 1, rng.randint(4, 6)
+    words = len(text.split())
+    while n_words is None or words < n_words:
+        if (handcrafted.rounds == 0 or handcrafted.left) and rng.random() < 0.25:  # each at most once
+            sentence = handcrafted.draw().format(c=concept.draw(), c2=concept.draw(), **fill)
+        else:
+            sentence = _grammar_sentence(decks, fill, rng)
+        if len(text) + 1 + len(sentence) > budget:
+            break
+        words += len(sentence.split())
+        if paragraph_len >= paragraph_target:
+            text += "\n\n" + sentence
+            paragraph_len, paragraph_target = 1, rng.randint(4, 6)
+        else:
+            text += " " + sentence
+            paragraph_len += 1
     return text
+
+
+_G_ADJECTIVES = (
+    "careful", "simple", "classic", "second", "first", "standard", "closer", "useful", "formal", "quick",
+    "general", "modern", "familiar", "surprising", "practical", "historical", "typical", "basic", "detailed",
+    "broader", "rough", "clear", "older", "newer", "small", "central", "common", "rigorous", "informal",
+    "graphical", "numerical", "everyday", "well-known", "overlooked", "short", "longer",
+)
+_G_NOUNS = (
+    "observer", "approach", "example", "model of {c}", "definition", "argument", "pattern", "experiment",
+    "diagram", "student of {x}", "record", "study of {c}", "change in {c}", "explanation", "look at {c}",
+    "result", "analogy", "case", "counterexample", "mechanism", "experience", "treatment", "estimate",
+    "table", "observation", "assumption", "perspective", "rule", "exam question", "data set", "version",
+    "sketch", "account", "derivation", "exercise", "survey", "lecture", "proof", "chart", "textbook",
+)
+_G_VERBS = (
+    "shows", "suggests", "explains", "connects", "depends on", "reveals", "limits", "clarifies",
+    "relates to", "builds on", "challenges", "supports", "illustrates", "predicts", "sheds light on",
+    "helps measure", "constrains", "highlights", "reframes", "summarizes", "anticipates", "rests on",
+    "complements", "extends", "questions", "simplifies", "organizes", "motivates",
+)
+_G_OBJECTS = (
+    "{c} in {x}", "the {r} of {c}", "the {r} between {c} and {c2}", "how {c} changes",
+    "why {c} matters", "{c} and {c2}", "the {r} behind {c}", "{c} within {x}", "the {r} of {x}",
+    "what {c} implies", "{c} versus {c2}", "the {r} linking {c} to {c2}",
+)
+_G_RELATIONS = (
+    "role", "limits", "history", "structure", "origins", "vocabulary", "evidence", "balance", "link",
+    "contrast", "tension", "logic", "cost", "scope", "purpose", "measurement", "meaning", "boundaries",
+    "consequences", "foundations", "mechanics", "trade-offs", "symmetry", "dynamics",
+)
+_G_MODIFIERS = (
+    "", "", "", "", " in {adj} {setting}", " for {adj} {setting}", " under {adj} {setting}",
+    " across {adj} {setting}", " in most {setting}", ", even in {adj} {setting}", " beyond {adj} {setting}",
+    " within {setting}", ", as later sections show", " to first approximation", " quite directly",
+)
+_G_SETTINGS = (
+    "cases", "conditions", "settings", "classrooms", "laboratories", "applications", "situations",
+    "problems", "systems", "contexts", "regions", "periods", "experiments", "models", "examples",
+    "communities", "environments", "scales",
+)
+_G_EXAMPLES = (
+    "For example, raising {c} by {a} percent shifts a typical outcome by about {b} percent.",
+    "In one classroom study, {b} of {a} students first confused {c} with a related idea.",
+    "A quick calculation with {a} units and a factor of {b} makes this concrete.",
+    "Try it with {b} cases: the pattern holds in nearly all of them.",
+    "Records covering {a} years contain roughly {b} clear instances.",
+    "Sketching {b} points on a graph is usually enough to see the trend.",
+    "Suppose {a} samples are taken; about {b} of them will show the effect.",
+    "With {b} groups of {a} measurements each, the averages agree closely.",
+    "A survey of {a} practitioners found {b} who rely on {c} daily.",
+    "Doubling {c} from {b} to twice that value changes little below {a} units.",
+    "Out of {a} historical cases, {b} fit the simple rule exactly.",
+    "Our table lists {b} values; the largest is {a}.",
+)
 
 
 def wants_json(body: dict[str, Any], prompt: str) -> bool:
@@ -306,8 +410,9 @@ def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
         if wants_json(body, prompt):
             return json.dumps(items if fmt.get("type") != "json_object" else {"items": items}, ensure_ascii=False)
         return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
-    words = re.search(r"\b(\d{2,5})\s*(?:-\s*\d+\s*)?words\b", prompt, re.IGNORECASE)
-    target = int(int(words.group(1)) * 1.3) if words else int(min(max_tokens, 700) * rng.uniform(0.6, 0.9))
-    if wants_json(body, prompt):
-        return json.dumps({"title": subject, "text": prose(subject, max(1, target - 10), rng)}, ensure_ascii=False)
-    return prose(subject, target, rng)
+    asked = re.search(r"\b(\d{2,5})\s*(?:-\s*\d+\s*)?words\b", prompt, re.IGNORECASE)
+    if asked:  # as many words as asked for; max_tokens may cut it (finish_reason "length")
+        text = prose(subject, 10**7, rng, n_words=int(asked.group(1)))
+    else:
+        text = prose(subject, int(min(max_tokens, 700) * rng.uniform(0.6, 0.9)), rng)
+    return json.dumps({"title": subject, "text": text}, ensure_ascii=False) if wants_json(body, prompt) else text
