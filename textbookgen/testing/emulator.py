@@ -899,7 +899,8 @@ async def _serve(emu: Emulator) -> None:
               f"  Anthropic: base_url={emu.anthropic_base_url}\n"
               f"  counters:  GET {emu.base_url}/_emulator/stats   (Ctrl-C to stop)", flush=True)
         await stop.wait()
-    print(json.dumps(emu.stats()), flush=True)
+    with contextlib.suppress(OSError):  # nobody reading our stdout any more
+        print(json.dumps(emu.stats()), flush=True)
 
 
 if __name__ == "__main__":
