@@ -187,3 +187,11 @@ def test_load_dataset_from_the_hub_after_push(hub, tmp_path, monkeypatch):
     assert {k: v.num_rows for k, v in ds.items()} == {"train": 40, "test": 10}
     assert ds["train"]["id"] == sample_documents(40)["id"].to_list()
     assert ds["train"].features["text"] == datasets.Value("string")
+
+
+def test_push_refuses_card_out_of_date_with_data(hub, tmp_path):
+    folder = build(tmp_path / "build")
+    write_dataset(sample_documents(7, seed=42), folder)  # data rewritten after the card was rendered
+    with pytest.raises(ValueError, match="render the card again"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    assert ("dataset", REPO) not in hub.repos

@@ -96,6 +96,29 @@ def _check_no_secret(files: list[Path], secrets: list[str]) -> None:
                 raise ValueError(f"{path} contains your Hugging Face token; remove it before pushing")
 
 
+def check_card_matches_data(out_dir: Path, card_text: str) -> None:
+    """Refuse a card whose splits or row counts differ from the shards (`load_dataset` would fail).
+
+    Happens when data is rewritten after the card was rendered; the fix is to render the card again.
+    """
+    import pyarrow.parquet as pq
+
+    from textbookgen.card import validate_card_text
+
+    data = validate_card_text(card_text).data.to_dict()
+    rows = {s: sum(pq.ParquetFile(p).metadata.num_rows for p in paths) for s, paths in splits_of(out_dir).items()}
+    infos = data.get("dataset_info")
+    infos = [infos] if isinstance(infos, Mapping) else infos or []
+    info = next((i for i in infos if i.get("config_name", "default") == "default"), None)
+    if info and info.get("splits"):
+        described = {s["name"]: s.get("num_examples") for s in info["splits"]}
+        if described != rows:
+            raise ValueError(
+                f"{out_dir}/README.md describes splits {described} but data/ holds {rows}; "
+                "render the card again after writing the data"
+            )
+
+
 def push(
     out_dir: str | Path,
     repo_id: str,
@@ -125,6 +148,7 @@ def push(
         raise PermissionError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     files = publishable_files(out_dir)
     _check_no_secret(files, [secret])
+    check_card_matches_data(out_dir, (out_dir / "README.md").read_text("utf-8"))
 
     api = HfApi(endpoint=endpoint, token=secret)
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
