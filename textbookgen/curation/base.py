@@ -3,12 +3,16 @@ and counts of what it dropped and why (datatrove's pipeline-step idea, over pola
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +47,17 @@ class Step:
             raise AssertionError(f"{self.name}: dropped counts {dict(stats.dropped)} do not explain "
                                  f"{stats.n_in} -> {stats.kept}")
         return out, stats
+
+
+def progress(items: Iterable[T], total: int, description: str, min_total: int = 5000) -> Iterator[T]:
+    """Iterate with a rich progress bar on stderr for long runs on a terminal; silently otherwise."""
+    if total < min_total or not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import track
+
+    yield from track(items, total=total, description=description, console=Console(stderr=True), transient=True)
 
 
 def require_columns(df: pl.DataFrame, columns: list[str], where: str) -> None:

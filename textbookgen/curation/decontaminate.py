@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 from rapidfuzz.distance import LCSseq
 
-from textbookgen.curation.base import StageStats, Step, require_columns
+from textbookgen.curation.base import StageStats, Step, progress, require_columns
 from textbookgen.curation.config import BenchmarkSource, DecontaminationConfig
 from textbookgen.curation.corpus_io import corpus_files, read_records
 from textbookgen.curation.normalize import simplify_text
@@ -167,8 +167,8 @@ class Decontaminate(Step):
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
         report, dropped_ids = [], set()
-        for doc_id, text in zip(df[self.id_column].cast(pl.String).to_list(), df[self.text_column].to_list(),
-                                strict=True):
+        rows = zip(df[self.id_column].cast(pl.String).to_list(), df[self.text_column].to_list(), strict=True)
+        for doc_id, text in progress(rows, df.height, "decontaminating"):
             found = self.matches(text)
             if found:
                 dropped_ids.add(doc_id)

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import polars as pl
 
-from textbookgen.curation.base import StageStats, Step, require_columns
+from textbookgen.curation.base import StageStats, Step, progress, require_columns
 from textbookgen.curation.config import FilterConfig
 
 _FENCE = re.compile(r"^\s*(```|~~~)[^\n]*\n.*?^\s*\1\s*$", re.M | re.S)
@@ -305,7 +305,8 @@ class HeuristicFilter(Step):
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column], self.name)
         formats = df["format"].to_list() if "format" in df.columns else [None] * df.height
-        reasons = [self.reason(t, f) for t, f in zip(df[self.text_column].to_list(), formats, strict=True)]
+        pairs = zip(df[self.text_column].to_list(), formats, strict=True)
+        reasons = [self.reason(t, f) for t, f in progress(pairs, df.height, "filtering")]
         flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String))
         dropped = flagged.filter(pl.col("_reason").is_not_null())
         stats.dropped.update(Counter(dropped["_reason"].to_list()))

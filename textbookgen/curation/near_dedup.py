@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from textbookgen.curation.base import StageStats, Step, require_columns
+from textbookgen.curation.base import StageStats, Step, progress, require_columns
 from textbookgen.curation.config import MinHashConfig
 from textbookgen.curation.exact import best_first
 from textbookgen.curation.lsh import (
@@ -132,17 +132,16 @@ class MinHashStore:
         if not todo:
             return []
         if workers <= 1 or len(todo) == 1:
-            for k, i, t in todo:
-                sign_shard(str(self.shards / k), i, t, self.params)
+            done_iter = (sign_shard(str(self.shards / k), i, t, self.params) for k, i, t in todo)
+            for path in progress(done_iter, len(todo), "MinHash shards", min_total=2):
                 if on_shard:
-                    on_shard(k)
+                    on_shard(Path(path).name)
         else:
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
                 futures = [pool.submit(sign_shard, str(self.shards / k), i, t, self.params) for k, i, t in todo]
-                for f in futures:
-                    done = Path(f.result()).name
+                for path in progress((f.result() for f in futures), len(todo), "MinHash shards", min_total=2):
                     if on_shard:
-                        on_shard(done)
+                        on_shard(Path(path).name)
         return [k for k, _, _ in todo]
 
     def load(self, current_keys: list[str], current_ids: set[str]) -> LoadedStore:
@@ -159,11 +158,10 @@ class MinHashStore:
             is_current = key in current_keys
             keep = np.ones(len(shard_ids), dtype=bool) if is_current else \
                 np.array([i not in current_ids for i in shard_ids], dtype=bool)
-            for row in np.flatnonzero(keep):
-                sets.append(h[o[row] : o[row + 1]])
-            lengths = np.diff(o)[keep]
-            offs.append(base + np.cumsum(lengths))
-            base += int(lengths.sum())
+            lengths = np.diff(o)
+            sets.append(h if keep.all() else h[np.repeat(keep, lengths)])
+            offs.append(base + np.cumsum(lengths[keep]))
+            base += int(lengths[keep].sum())
             ids.extend(i for i, kk in zip(shard_ids, keep, strict=True) if kk)
             keys.append(k[keep])
             current.append(np.full(int(keep.sum()), is_current))
@@ -265,8 +263,7 @@ class MinHashDedup(Step):
                     .sort(["cluster", "kept", "id"], descending=[False, True, False]))
         drop = set(clusters.filter(~pl.col("kept"))["id"].to_list())
         kept_ids = [i for i, c in zip(store.ids, store.current, strict=True) if c and i not in drop]
-        pair_table = pairs.select(
-            pl.col("a").map_elements(lambda x: store.ids[x], return_dtype=pl.String).alias("id_a"),
-            pl.col("b").map_elements(lambda x: store.ids[x], return_dtype=pl.String).alias("id_b"),
-            "jaccard")
+        pair_table = pl.DataFrame({"id_a": ids_arr[pairs["a"].to_numpy()].tolist(),
+                                   "id_b": ids_arr[pairs["b"].to_numpy()].tolist(), "jaccard": pairs["jaccard"]},
+                                  schema={"id_a": pl.String, "id_b": pl.String, "jaccard": pl.Float64})
         return kept_ids, clusters, pair_table
