@@ -101,7 +101,15 @@ def test_models_listing_and_retrieval():
             return [m.id for m in models.data], one, [m.id for m in amodels.data]
 
         ids, one, aids = asyncio.run(go())
+        with pytest.raises(openai.NotFoundError):
+            asyncio.run(oa(emu).models.retrieve("gpt-nonexistent"))
     assert ids == aids == ["gpt-4o-mini", "claude-haiku-4-5"] and one.object == "model"
+
+
+def test_busy_port_is_a_clear_error():
+    with Emulator(cfg()) as emu, pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
+        with Emulator(cfg(), port=emu.port):
+            pass
 
 
 @pytest.mark.parametrize("flavour", ["openai", "anthropic"])

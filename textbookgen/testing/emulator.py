@@ -351,8 +351,13 @@ class Emulator:
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+        except OSError as e:
+            sock.close()
+            await self.stop()
+            raise OSError(e.errno, f"emulator cannot listen on {self.host}:{self.port}: {e.strerror}") from e
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock, backlog=4096).start()
 
@@ -430,7 +435,7 @@ class Emulator:
         self._check_auth(request, provider)
         model = request.match_info["model"]
         if self.config.models is not None and model not in self.config.models:
-            raise self._error(provider, "model_not_found", model=model).response
+            raise self._error(provider, "model_not_found", model=model)
         return web.json_response(self._model_entry(provider, model))
 
     # ----- completion routes ----------------------------------------------------------------------
