@@ -269,6 +269,11 @@ class Build:
             self.notes.append(f"no credentials for provider {r.provider.name!r} (${r.provider.key_env} is not "
                               "set and provider.base_url is not a local server): planning only.")
         tax, tax_hash, grow_plan = self.stage_taxonomy(can_grow=not planning)
+        if grow_plan and (r.taxonomy.max_per_topic or r.taxonomy.min_per_topic):
+            # The per-topic caps are meant for the grown tree; the roots alone cannot meet them.
+            self.notes.append("per-topic caps are lifted in this plan (they apply to the grown taxonomy).")
+            self.recipe = r = r.model_copy(update={"taxonomy": r.taxonomy.model_copy(
+                update={"max_per_topic": None, "min_per_topic": 0})})
         prompts, prompts_hash, web = self.stage_prompts(tax, tax_hash, planning)
         self._base_manifest(tax, web, prompts)
         if planning:
@@ -556,8 +561,14 @@ class Build:
         from textbookgen.templates import builtin_templates
 
         expected = {n: t.expected_output_tokens for n, t in builtin_templates().items()}
+        wc = self.recipe.web_samples
+        missing_web = 0
+        if wc is not None and prompts.height and prompts["seed_extract_id"].null_count() == prompts.height:
+            # the source was unreachable: count the extracts the real build will add to the prompts
+            missing_web = int(prompts.height * wc.share * (wc.extract_chars * 0.85 / 4 + 40))
+            self.notes.append(f"input tokens include ~{missing_web:,} for the web extracts this plan could not load.")
         plan = make_plan(prompts, self.recipe, n_leaves=len(tax.leaves()), expected_tokens=expected,
-                         grow=grow_plan, notes=self.notes)
+                         grow=grow_plan, notes=self.notes, extra_input_tokens=missing_web)
         self._finish_manifest()
         _write_json(plan.to_dict(), self.out / "plan.json")
         print_plan(plan, how_to_run=self.how_to_run(can_call))

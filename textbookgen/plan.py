@@ -70,13 +70,15 @@ def estimate_time(n_requests: int, input_tokens: int, output_tokens: int, *, rpm
 
 
 def make_plan(prompts: pl.DataFrame, recipe: Any, *, n_leaves: int, expected_tokens: dict[str, int],
-              grow: dict[str, Any] | None = None, notes: list[str] | None = None) -> Plan:
+              grow: dict[str, Any] | None = None, notes: list[str] | None = None,
+              extra_input_tokens: int = 0) -> Plan:
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
-    max_tokens, seed_extract_id, input_tokens_est)."""
+    max_tokens, seed_extract_id, input_tokens_est). `extra_input_tokens`: prompt text the table lacks
+    (web extracts of a source the plan could not reach)."""
     from textbookgen.pricing import PRICES, estimate_cost, price_of
 
     n = prompts.height
-    in_tok = int(prompts["input_tokens_est"].sum()) if n else 0
+    in_tok = (int(prompts["input_tokens_est"].sum()) if n else 0) + extra_input_tokens
     exp = prompts.select(
         pl.min_horizontal(pl.col("template").replace_strict(expected_tokens, default=800, return_dtype=pl.Int64),
                           pl.col("max_tokens")).alias("e"))

@@ -315,11 +315,29 @@ def _text_column(names: list[str], types: dict[str, str], text_field: str | None
     raise WebSampleError(f"{where}: cannot tell which column holds the text ({names}); set text_field")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Fail fast offline instead of letting `datasets` retry for half a minute."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _read_hub(repo: str, text_field: str | None, split: str, config: str | None) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
         raise WebSampleError(f"hf:{repo}: reading Hub datasets needs `pip install datasets`") from None
+    if not _hub_reachable():
+        raise WebSampleError(f"hf:{repo}: the Hugging Face Hub is not reachable (offline?)")
     try:
         ds = datasets.load_dataset(repo, config, split=split, streaming=True)
     except Exception as e:  # noqa: BLE001 - any Hub failure is reported with the dataset id
