@@ -164,7 +164,8 @@ def test_killed_run_resumes(real_docs, tmp_path):
     df.write_parquet(tmp_path / "in.parquet")
     work = tmp_path / "work"
     proc = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path / "in.parquet"), str(work)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode == -9, proc.stderr
     shard_root = next(work.glob("minhash-*")) / "shards"
     finished = {p.name: (p / "sig.npy").stat().st_mtime_ns for p in shard_root.iterdir() if (p / "DONE").exists()}
