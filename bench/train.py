@@ -200,6 +200,9 @@ def main(argv=None) -> int:
     from trainer import model as model_mod
 
     flash = model_mod.flash_attn_func is not None
+    if args.attn == "flash" and not flash:
+        log("error: --attn flash but flash_attn is not installed; use --attn sdpa (or auto)")
+        return 2
     log(f"torch {torch.__version__} | device {device_name(dev)} | flash_attn {'yes' if flash else 'no (SDPA)'} | "
         f"config {args.config} | seq {args.seq_len} | micro-batch {args.micro_batch} x accum {args.accum} | "
         f"precision {args.precision} | compile {args.compile} | act-ckpt {args.activation_checkpointing} | "
