@@ -9,7 +9,15 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from textbookgen.dataset import SCHEMA, conform, read_dataset, splits_of, validate_split, write_dataset
+from textbookgen.dataset import (
+    SCHEMA,
+    check_rows,
+    conform,
+    read_dataset,
+    splits_of,
+    validate_split,
+    write_dataset,
+)
 
 SUBJECTS = {
     "Biology": ["Cells", "Genetics", "Ecology", "Evolution"],
@@ -85,7 +93,7 @@ def test_conform_fills_optional_and_names_bad_columns():
 
 def test_shards_row_groups_and_stale_shards(tmp_path):
     docs = sample_documents(300, seed=1)
-    size = docs.estimated_size()
+    size = check_rows(docs.lazy())[1]
     paths = write_dataset(docs, tmp_path, max_shard_bytes=size // 3 + 1, row_group_bytes=size // 20)
     names = [p.name for p in paths]
     assert names == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
@@ -101,6 +109,21 @@ def test_shards_row_groups_and_stale_shards(tmp_path):
     assert not list((tmp_path / "data").glob(".*"))  # no temporary files left
 
 
+def test_lazy_input_is_written_shard_by_shard_like_eager(tmp_path):
+    docs = sample_documents(200, seed=4)
+    for i in range(4):  # a curated corpus spread over several files, as curation writes it
+        docs.slice(i * 50, 50).write_parquet(tmp_path / f"curated-{i}.parquet")
+    size = check_rows(docs.lazy())[1]
+    lazy = write_dataset(pl.scan_parquet(tmp_path / "curated-*.parquet"), tmp_path / "lazy", max_shard_bytes=size // 4 + 1)
+    eager = write_dataset(docs, tmp_path / "eager", max_shard_bytes=size // 4 + 1)
+    assert [p.name for p in lazy] == [p.name for p in eager] == [f"train-0000{i}-of-00004.parquet" for i in range(4)]
+    for a, b in zip(lazy, eager, strict=True):
+        assert pl.read_parquet(a).equals(pl.read_parquet(b))
+    bad = pl.concat([docs, docs.head(1)]).lazy()
+    with pytest.raises(ValueError, match="duplicated id"):
+        write_dataset(bad, tmp_path / "bad")
+
+
 def test_load_dataset_on_built_folder(tmp_path, monkeypatch):
     """The folder loads with `datasets` as a Hub repo would: splits, rows and features."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -108,7 +131,7 @@ def test_load_dataset_on_built_folder(tmp_path, monkeypatch):
     from textbookgen.card import CARDS_DIR, render_card
 
     train, test = sample_documents(80, seed=2), sample_documents(20, seed=3)
-    write_dataset(train, tmp_path, max_shard_bytes=train.estimated_size() // 2 + 1)
+    write_dataset(train, tmp_path, max_shard_bytes=check_rows(train.lazy())[1] // 2 + 1)
     write_dataset(test, tmp_path, split="test")
     render_card(tmp_path, CARDS_DIR / "quickstart.md", {"name": "t", "license": "apache-2.0"}, {})
     ds = datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / ".hf-cache"))

@@ -14,7 +14,7 @@ from test_dataset import sample_documents
 from typer.testing import CliRunner
 
 from textbookgen.card import CARDS_DIR, render_card
-from textbookgen.dataset import write_dataset
+from textbookgen.dataset import check_rows, write_dataset
 from textbookgen.hub import PushConflictError, merge_card, pull, push
 from textbookgen.testing.fakehub import FakeHub
 
@@ -24,7 +24,7 @@ REPO = "tester/quickstart"
 
 def build(folder: Path, n: int = 60, shards: int = 1, seed: int = 0) -> Path:
     docs = sample_documents(n, seed=seed)
-    write_dataset(docs, folder, max_shard_bytes=docs.estimated_size() // shards + 1)
+    write_dataset(docs, folder, max_shard_bytes=check_rows(docs.lazy())[1] // shards + 1)
     write_dataset(sample_documents(10, seed=seed + 100), folder, split="test")
     render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST)
     return folder

@@ -62,9 +62,48 @@ def conform(df: pl.DataFrame, keep_extra: bool = False) -> pl.DataFrame:
     Raises a ValueError naming the column for a missing required column, a null id/text, a duplicate
     id or a value that does not cast. Extra columns are dropped unless `keep_extra` (then appended).
     """
-    missing = [c for c in REQUIRED if c not in df.columns]
+    check_rows(df.lazy())
+    return _cast(df, keep_extra)
+
+
+def check_rows(lf: pl.LazyFrame) -> tuple[int, int]:
+    """Check required columns, nulls and duplicate ids in one (streaming) pass; return (rows, est. bytes).
+
+    The byte estimate is the Arrow size of the conformed table: string bytes plus 4-byte offsets, 8
+    bytes per number, the measure `datasets` uses for `max_shard_size`.
+    """
+    schema = lf.collect_schema()
+    missing = [c for c in REQUIRED if c not in schema]
     if missing:
-        raise ValueError(f"documents table lacks required column(s) {missing}; it has {df.columns}")
+        raise ValueError(f"documents table lacks required column(s) {missing}; it has {schema.names()}")
+    sizes = [
+        (pl.col(c).cast(pl.String).str.len_bytes().sum() + 4 * pl.len()) if SCHEMA[c] == pl.String else 8 * pl.len()
+        for c in SCHEMA
+        if c in schema
+    ]
+    stats = lf.select(
+        pl.len().alias("rows"),
+        pl.sum_horizontal(sizes).alias("bytes"),
+        pl.col("id").is_duplicated().sum().alias("dup"),
+        *[pl.col(c).null_count().alias(f"null_{c}") for c in REQUIRED],
+        *[pl.col(c).is_null().arg_max().alias(f"first_{c}") for c in REQUIRED],
+    ).collect(engine="streaming").row(0, named=True)
+    for name in REQUIRED:
+        if stats[f"null_{name}"]:
+            raise ValueError(
+                f"column {name!r} has {stats[f'null_{name}']} null value(s), first at row {stats[f'first_{name}']}"
+            )
+    if stats["dup"]:
+        dup = lf.filter(pl.col("id").is_duplicated()).select(
+            pl.col("id").n_unique().alias("n"), pl.col("id").first().alias("example")
+        )
+        n, example = dup.collect(engine="streaming").row(0)
+        raise ValueError(f"column 'id' has {n} duplicated id(s), e.g. {example!r}")
+    return stats["rows"], int(stats["bytes"] or 0)
+
+
+def _cast(df: pl.DataFrame, keep_extra: bool) -> pl.DataFrame:
+    """`df` in `SCHEMA` order and types; absent optional columns as nulls; a bad cast names its column."""
     exprs = []
     for name, dtype in SCHEMA.items():
         if name not in df.columns:
@@ -82,30 +121,21 @@ def conform(df: pl.DataFrame, keep_extra: bool = False) -> pl.DataFrame:
         exprs.extend(pl.col(c) for c in extra)
     elif extra:
         log.info("dropping columns outside the documents schema: %s", extra)
-    out = df.select(exprs)
-    for name in REQUIRED:
-        nulls = out[name].null_count()
-        if nulls:
-            first = out.with_row_index().filter(pl.col(name).is_null())["index"][0]
-            raise ValueError(f"column {name!r} has {nulls} null value(s), first at row {first}")
-    dup = out.filter(pl.col("id").is_duplicated())
-    if dup.height:
-        raise ValueError(f"column 'id' has {dup['id'].n_unique()} duplicated id(s), e.g. {dup['id'][0]!r}")
-    return out
+    return df.select(exprs)
 
 
-def plan_shards(df: pl.DataFrame, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> int:
+def plan_shards(rows: int, est_bytes: int, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> int:
     """Number of shards so that none holds more than `max_shard_bytes` of in-memory (Arrow) data.
 
     Same measure as `datasets`' `max_shard_size`: files on disk are smaller (zstd compresses text ~3x).
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-    return max(1, min(df.height, math.ceil(df.estimated_size() / max_shard_bytes))) if df.height else 1
+    return max(1, min(rows, math.ceil(est_bytes / max_shard_bytes))) if rows else 1
 
 
 def write_dataset(
-    df: pl.DataFrame,
+    df: pl.DataFrame | pl.LazyFrame,
     out_dir: str | Path,
     split: str = "train",
     *,
@@ -116,23 +146,23 @@ def write_dataset(
 ) -> list[Path]:
     """Write `df` as zstd parquet shards `out_dir/data/{split}-NNNNN-of-NNNNN.parquet`; return their paths.
 
-    Shards of the same split left by an earlier write are removed afterwards, so a folder never mixes
-    two builds. Each shard is written under a temporary name and renamed, so a crash leaves no
-    half-written shard that `load_dataset` would pick up.
+    A LazyFrame (e.g. `pl.scan_parquet("curated/*.parquet")`) is written one shard at a time, so a
+    corpus larger than memory needs only one shard's worth of it. Shards of the same split left by an
+    earlier write are removed afterwards, so a folder never mixes two builds. Each shard is written
+    under a temporary name and renamed, so a crash leaves no half-written shard that `load_dataset`
+    would pick up.
     """
     validate_split(split)
-    if isinstance(df, pl.LazyFrame):
-        df = df.collect()
-    table = conform(df, keep_extra=keep_extra)
+    lf = df.lazy()
+    rows, est_bytes = check_rows(lf)
     data_dir = Path(out_dir) / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    n_shards = plan_shards(table, max_shard_bytes)
-    avg_row = table.estimated_size() / table.height if table.height else 1
-    row_group_rows = max(1, int(row_group_bytes // max(avg_row, 1)))
+    n_shards = plan_shards(rows, est_bytes, max_shard_bytes)
+    row_group_rows = max(1, int(row_group_bytes // max(est_bytes / rows if rows else 1, 1)))
     paths = []
     for i in range(n_shards):
-        start, end = i * table.height // n_shards, (i + 1) * table.height // n_shards
-        shard = table.slice(start, end - start)
+        start, end = i * rows // n_shards, (i + 1) * rows // n_shards
+        shard = _cast(lf.slice(start, end - start).collect(), keep_extra)
         path = data_dir / f"{split}-{i:05d}-of-{n_shards:05d}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
         shard.write_parquet(
@@ -144,11 +174,12 @@ def write_dataset(
         )
         tmp.replace(path)
         paths.append(path)
+        log.debug("wrote %s (%d rows)", path.name, shard.height)
     for stale in existing_shards(out_dir, split):
         if stale not in paths:
             stale.unlink()
             log.info("removed stale shard %s", stale)
-    log.info("wrote %d rows of split %r in %d shard(s) to %s", table.height, split, n_shards, data_dir)
+    log.info("wrote %d rows of split %r in %d shard(s) to %s", rows, split, n_shards, data_dir)
     return paths
 
 
