@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import subprocess
 import sys
@@ -558,3 +559,21 @@ def test_default_prose_survives_repetition_filters_and_is_not_near_duplicate():
     worst = max(len(a & b) / len(a | b) for i, a in enumerate(shingles) for b in shingles[i + 1:])
     assert worst < 0.2  # far below near-duplicate thresholds (~0.7-0.8)
     assert 1500 <= len(docs[1].split()) <= 3000
+
+
+def test_concurrent_burst_is_admitted_exactly_up_to_the_bucket():
+    with Emulator(cfg(rpm=600, window_s=1.0, latency_median_s=0.05)) as emu:  # 10 requests of burst
+        async def go():
+            client = oa(emu)
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(chat(client, messages=[{"role": "user", "content": f"q{i}"}],
+                                                  max_tokens=10) for i in range(40)), return_exceptions=True)
+            return results, time.monotonic() - t0
+
+        results, elapsed = asyncio.run(go())
+        ok = [r for r in results if not isinstance(r, Exception)]
+        limited = [r for r in results if isinstance(r, openai.RateLimitError)]
+        refilled = math.ceil(elapsed * 10)  # 10 a second come back while the burst is in flight
+        assert len(ok) + len(limited) == 40 and 10 <= len(ok) <= 10 + refilled
+        assert emu.billed == len(ok) and emu.rate_limited == len(limited)
+        assert all(float(r.response.headers["retry-after-ms"]) <= 1000 for r in limited)

@@ -11,7 +11,18 @@ billed so a test can prove nothing was paid twice.
         ...
         assert emu.duplicates == 0
 
-CLI: `python -m textbookgen.testing.emulator --port 8000 --rpm 500 --latency 0.8 --fault 429:0.05`.
+Routes: POST /v1/chat/completions (OpenAI, incl. n, stop, response_format, stream + include_usage),
+POST /v1/messages (Anthropic, incl. system, stop_sequences, prefill, stream), POST
+/v1/messages/count_tokens, GET /v1/models[/{id}] (either shape), GET /_emulator/stats and POST
+/_emulator/reset (counters for a benchmark running the emulator in another process).
+
+Counters: received (every completion request), billed (answered with a 200, or abandoned by the
+client after admission: providers bill those too), billed_keys (Counter of request hashes),
+duplicates (billed beyond the first per hash), tokens_by_key, input_tokens, output_tokens,
+rate_limited (429s from the real limits), outcomes (Counter by fault/finish), in_flight, max_in_flight.
+
+CLI: `python -m textbookgen.testing.emulator --port 8000 --rpm 500 --latency 0.8 --fault 429:0.05`
+(--port 0 picks a free port; the first line printed names the URL; SIGTERM prints the counters as JSON).
 """
 
 from __future__ import annotations
@@ -873,7 +884,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tpm", type=int, help="OpenAI-style combined tokens per minute (input + output)")
     p.add_argument("--latency", type=float, default=0.5, help="median latency in seconds (lognormal)")
     p.add_argument("--latency-sigma", type=float, default=0.5)
+    p.add_argument("--latency-per-token", type=float, default=0.0, help="seconds added per output token")
     p.add_argument("--window", type=float, default=60.0, help="rate-limit bucket capacity in seconds of refill")
+    p.add_argument("--hang", type=float, default=600.0, help="seconds a `timeout` fault hangs")
     p.add_argument("--fault", action="append", default=[], metavar="KIND:RATE",
                    help=f"KIND:RATE or KIND:first=N; kinds: {', '.join(FAULT_KINDS)}")
     p.add_argument("--no-headers", action="store_true", help="send no rate-limit headers (like vLLM)")
@@ -886,7 +899,8 @@ def main(argv: list[str] | None = None) -> None:
             latency_median_s=args.latency, latency_sigma=args.latency_sigma, rpm=args.rpm,
             input_tpm=args.input_tpm, output_tpm=args.output_tpm, tpm=args.tpm, send_headers=not args.no_headers,
             faults=[Fault.parse(s) for s in args.fault], seed=args.seed, api_keys=args.api_key,
-            models=args.model, window_s=args.window)
+            models=args.model, window_s=args.window, latency_per_output_token_s=args.latency_per_token,
+            hang_s=args.hang)
     except ValueError as e:
         p.error(str(e))
     asyncio.run(_serve(Emulator(cfg, host=args.host, port=args.port)))
