@@ -51,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
                     help="ours: q/k/v/fc1 as one matmul (default on)")
     ap.add_argument("--attn", choices=["auto", "sdpa", "flash"], default="auto", help="ours: attention kernel")
-    ap.add_argument("--sdpa-backend", choices=["default", "cudnn", "flash", "efficient"], default="default",
-                    help="pin the SDPA kernel (both models)")
+    ap.add_argument("--sdpa-backend", choices=["auto", "default", "cudnn", "flash", "efficient"], default="auto",
+                    help="SDPA kernel for both models: auto = time each once here and pin the fastest (GPU); "
+                         "default = torch's own choice")
     ap.add_argument("--models", default="ours,hf", help="comma list of ours,hf (run in this order)")
     ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
     ap.add_argument("--seed", type=int, default=0)
@@ -106,15 +107,49 @@ def make_step(name: str, model: torch.nn.Module, args, dev: torch.device):
     return micro
 
 
-def sdpa_context(backend: str):
+def sdpa_context(backend: str, strict: bool = False):
+    """Prefer `backend` for SDPA; unless `strict`, fall back to the others where it cannot run an input."""
     from contextlib import nullcontext
 
     if backend == "default":
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel({"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                        "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend])
+    kinds = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if strict:
+        return sdpa_kernel(kinds[backend])
+    order = [kinds[backend]] + [b for n, b in kinds.items() if n != backend]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch without set_priority: all enabled, torch's own order
+        return sdpa_kernel(order)
+
+
+def pick_sdpa_backend(args, cfg, dev: torch.device) -> str:
+    """Time causal SDPA forward+backward at the benchmark's shape under each kernel; the fastest wins."""
+    if dev.type != "cuda":
+        return "default"
+    shape = (args.micro_batch, cfg.num_attention_heads, args.seq_len, cfg.head_dim)
+    q, k, v = (torch.randn(shape, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    times = {}
+    for name in ("cudnn", "flash", "efficient"):
+        try:
+            with sdpa_context(name, strict=True):
+                for i in range(8):
+                    if i == 3:
+                        torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+                torch.cuda.synchronize()
+            times[name] = (time.perf_counter() - t0) / 5 * 1e3
+        except RuntimeError as e:  # kernel not available for this GPU/shape/build
+            log(f"  sdpa {name}: unavailable ({str(e).splitlines()[0][:80]})")
+    del q, k, v
+    if not times:
+        return "default"
+    log("  sdpa fwd+bwd ms: " + ", ".join(f"{n} {t:.2f}" for n, t in times.items()))
+    return min(times, key=times.get)
 
 
 def run_one(name: str, ours: Phi, init: dict, args, dev: torch.device, batches) -> dict:
@@ -208,6 +243,9 @@ def main(argv=None) -> int:
         f"precision {args.precision} | compile {args.compile} | act-ckpt {args.activation_checkpointing} | "
         f"loss chunk {cfg.loss_chunk_size} | fuse {cfg.fuse_projections} | sdpa {args.sdpa_backend}")
 
+    if args.sdpa_backend == "auto":
+        args.sdpa_backend = pick_sdpa_backend(args, cfg, dev)
+        log(f"sdpa backend for both models: {args.sdpa_backend}")
     torch.manual_seed(args.seed)
     with torch.device(dev):
         ours = Phi(cfg)
