@@ -60,7 +60,7 @@ STYLES: dict[str, str] = {
 FORMATS: dict[str, str] = {
     "markdown": "use Markdown, with headings, short paragraphs and lists where they help",
     "plain": "plain text paragraphs, no Markdown",
-    "prose": "Write plain prose without a title, headings or lists.",
+    "prose": "plain prose without a title, headings or lists",
     "code": "use Markdown for the prose and fenced ```python blocks for all code",
 }
 

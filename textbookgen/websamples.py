@@ -54,7 +54,8 @@ def clean_text(text: str, *, boilerplate_max_chars: int = 200) -> str:
     buttons, copyright notices, navigation crumbs), collapse whitespace."""
     import ftfy
 
-    text = ftfy.fix_text(text, normalization="NFC")
+    if not text.isascii() or "&" in text:  # pure ASCII holds no mojibake or entities: skip the slow path
+        text = ftfy.fix_text(text, normalization="NFC")
     kept = []
     for line in text.splitlines():
         line = re.sub(r"[ \t\u00a0]+", " ", line).strip()
@@ -163,15 +164,21 @@ class WebSamples:
         import bm25s
 
         if self._retriever is None:
-            tokens = bm25s.tokenize([e.text for e in self.extracts], stopwords="en", show_progress=False)
+            tokens = bm25s.tokenize([e.text for e in self.extracts], stopwords="en", return_ids=False,
+                                    show_progress=False)
             self._retriever = bm25s.BM25()
             self._retriever.index(tokens, show_progress=False)
-        q = bm25s.tokenize([query], stopwords="en", show_progress=False)
-        if not q.vocab:
+        vocab = self._retriever.vocab_dict
+        words = [w for w in bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+                 if w in vocab]
+        if not words:
             return []
-        k = min(k, len(self.extracts))
-        docs, scores = self._retriever.retrieve(q, k=k, show_progress=False, n_threads=1)
-        return [(int(d), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        # get_scores + argpartition: one numpy pass, no thread pool (20-50x faster than retrieve() per query)
+        scores = self._retriever.get_scores(words)
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.lexsort((top, -scores[top]))]
+        return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
 
 
 class SeedAssigner:
