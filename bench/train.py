@@ -160,6 +160,15 @@ def run_one(name: str, ours: Phi, init: dict, args, dev: torch.device, batches) 
     else:
         model = build_hf(ours, init, dev)
     model.to(dev).train()
+    try:
+        return _train(name, model, args, dev, batches)
+    finally:  # also after a failure: free the GPU for the next model
+        model.zero_grad(set_to_none=True)
+        model.to("cpu")
+        torch._dynamo.reset()
+
+
+def _train(name: str, model: torch.nn.Module, args, dev: torch.device, batches) -> dict:
     groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
               {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=2e-4, betas=(0.9, 0.98), eps=1e-7, fused=dev.type == "cuda")
@@ -169,6 +178,8 @@ def run_one(name: str, ours: Phi, init: dict, args, dev: torch.device, batches) 
         torch.cuda.reset_peak_memory_stats(dev)
     tokens_per_step = args.micro_batch * args.seq_len * args.accum
     losses, t0 = [], None
+    if args.compile:
+        log(f"  {name}: torch.compile runs in the first step (a minute or more for phi-1.5)")
     with sdpa_context(args.sdpa_backend):
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
@@ -195,9 +206,6 @@ def run_one(name: str, ours: Phi, init: dict, args, dev: torch.device, batches) 
         peak = torch.cuda.max_memory_allocated(dev) / 1e9
     else:  # CPU: the process's peak resident set (ru_maxrss is KiB on Linux)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    del opt, micro
-    model.to("cpu")  # free the GPU for the next model (its peak memory must not include this one)
-    torch._dynamo.reset()
     return {"tokens_per_s": tokens_per_step * args.steps / elapsed, "peak_mem_gb": peak, "losses": losses}
 
 

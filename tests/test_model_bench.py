@@ -38,3 +38,16 @@ def test_bench_bad_arguments_exit_nonzero(capsys):
     assert bench.main(["--config", "tiny", "--device", "cpu", "--models", "ours,foo"]) == 2
     assert bench.main(["--config", "tiny", "--device", "cpu", "--seq-len", "4096"]) == 2
     assert "error" in capsys.readouterr().out
+
+
+def test_bench_failure_exits_nonzero_with_last_line(capsys, monkeypatch):
+    bench = _bench()
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated HF failure")
+
+    monkeypatch.setattr(bench, "build_hf", broken)
+    rc = bench.main(["--config", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--seq-len", "32"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "simulated HF failure" in out
+    assert re.fullmatch(r"tokens_per_s=\d+ mfu=\S+ vs_hf=nan peak_mem_gb=\S+ gpu=\S+", out.strip().splitlines()[-1])
