@@ -30,7 +30,7 @@ import polars as pl
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from textbookgen.dataset import SCHEMA, read_dataset, splits_of
+from textbookgen.dataset import SCHEMA, check_rows, splits_of
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +113,37 @@ def redact(obj: Any) -> Any:
     return obj
 
 
-def dataset_info(out_dir: Path, splits: dict[str, list[Path]], tables: dict[str, pl.DataFrame]) -> dict:
-    """The card's `dataset_info` block: features, split sizes, download and dataset sizes."""
-    schema = next(iter(tables.values())).schema
-    features = [
-        {"name": name, "dtype": HF_DTYPES.get(type(dtype), "string")}
-        for name, dtype in schema.items()
-        if name != "split"
-    ]
-    split_info = [
-        {"name": name, "num_bytes": int(tables[name].estimated_size()), "num_examples": tables[name].height}
-        for name in splits
-    ]
+def dataset_info(splits: dict[str, list[Path]]) -> dict:
+    """The card's `dataset_info` block: features, split sizes, download and dataset sizes.
+
+    Reads only parquet footers and one streaming pass per split, never the whole text into memory.
+    """
+    import pyarrow.parquet as pq
+
+    first = next(iter(splits.values()))[0]
+    schema = pl.read_parquet_schema(first)
+    features = [{"name": name, "dtype": HF_DTYPES.get(type(dtype), "string")} for name, dtype in schema.items()]
+    split_info = []
+    for name, paths in splits.items():
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+        split_info.append({"name": name, "num_bytes": check_rows(pl.scan_parquet(paths))[1], "num_examples": rows})
     return {
         "features": features,
         "splits": split_info,
         "download_size": sum(p.stat().st_size for paths in splits.values() for p in paths),
         "dataset_size": sum(s["num_bytes"] for s in split_info),
     }
+
+
+def document_table(splits: dict[str, list[Path]]) -> pl.DataFrame:
+    """Every column the card needs, with the text reduced to its word and character counts."""
+    light = [c for c in SCHEMA if c not in ("text", "provenance")]
+    lf = pl.scan_parquet([p for paths in splits.values() for p in paths])
+    return lf.select(
+        *light,
+        pl.col("text").str.count_matches(r"\S+").alias("words"),
+        pl.col("text").str.len_chars().alias("chars"),
+    ).collect(engine="streaming")
 
 
 def card_data(recipe: Mapping, splits: dict[str, list[Path]], info: dict, n_rows: int) -> DatasetCardData:
@@ -162,7 +175,7 @@ def card_data(recipe: Mapping, splits: dict[str, list[Path]], info: dict, n_rows
 
 def data_stats(df: pl.DataFrame) -> dict:
     """Figures the card reports, computed from the documents themselves."""
-    words = df["text"].str.split(" ").list.len()
+    words = df["words"]
     topics = df.filter(pl.col("topic_path").is_not_null())
     subject = topics["topic_path"].str.split(" > ").list.first()
     scores = df["quality_score"].drop_nulls()
@@ -180,7 +193,7 @@ def data_stats(df: pl.DataFrame) -> dict:
     )
     return {
         "rows": df.height,
-        "chars": int(df["text"].str.len_chars().sum()),
+        "chars": int(df["chars"].sum() or 0),
         "words": int(words.sum()),
         "input_tokens": int(df["input_tokens"].sum() or 0),
         "output_tokens": int(df["output_tokens"].sum() or 0),
@@ -243,7 +256,7 @@ def plot_all(df: pl.DataFrame, assets: Path) -> dict[str, str]:
     lengths = df["output_tokens"].drop_nulls()
     label = "output tokens"
     if lengths.len() == 0 or lengths.max() == 0:
-        lengths, label = df["text"].str.split(" ").list.len(), "words"
+        lengths, label = df["words"], "words"
     if lengths.len():
         fig, ax = plt.subplots(figsize=(8, 4.5))
         values = lengths.to_numpy()
@@ -333,12 +346,11 @@ def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, ma
     splits = splits_of(out_dir)
     if not splits:
         raise FileNotFoundError(f"no data/{{split}}-NNNNN-of-NNNNN.parquet shards under {out_dir}; write them first")
-    tables = {name: read_dataset(out_dir, name) for name in splits}
-    docs = pl.concat([t.select(SCHEMA.keys()) for t in tables.values()])
+    docs = document_table(splits)
     recipe = redact(dict(recipe))
     manifest = redact(dict(manifest))
 
-    info = dataset_info(out_dir, splits, tables)
+    info = dataset_info(splits)
     data = card_data(recipe, splits, info, docs.height)
     plots = plot_all(docs, out_dir / ASSETS_DIR)
     for stale in (out_dir / ASSETS_DIR).glob("*.png"):
