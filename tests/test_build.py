@@ -177,3 +177,26 @@ def test_build_killed_mid_generation_resumes_with_every_sample_once(tmp_path):
     prompts = pl.read_parquet(out / "prompts.parquet")
     assert docs.height == n and docs["id"].n_unique() == n  # every sample exactly once
     assert sorted(json.loads(p)["prompt_index"] for p in docs["provenance"]) == prompts["index"].to_list()
+
+
+def test_build_pushes_to_the_hub_in_one_commit(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+    from textbookgen.testing.fakehub import FakeHub
+
+    with FakeHub() as hub, Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        over = {"output": str(tmp_path / "qs"), "samples": 12, "provider.base_url": emu.openai_base_url,
+                "curation.filters.enabled": False, "hub.repo_id": f"{hub.user}/textbooks-quickstart"}
+        res = build(load_recipe(QUICKSTART, over), push=True, progress=False)
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        files = set(api.list_repo_files(f"{hub.user}/textbooks-quickstart", repo_type="dataset"))
+        commits = api.list_repo_commits(f"{hub.user}/textbooks-quickstart", repo_type="dataset")
+    assert res.stages["push"] == "ran" and res.manifest["hub"]["commit_url"]
+    assert {"README.md", "manifest.json", "recipe.yaml"} <= files
+    assert any(f.startswith("data/train-") and f.endswith(".parquet") for f in files)
+    assert len(commits) == 2  # the repo's initial commit and ours
+    assert hub.token not in (tmp_path / "qs" / "manifest.json").read_text()

@@ -248,3 +248,26 @@ def test_grow_drops_duplicates_from_a_repetitive_model():
     assert [c.name for c in tax.topics[0].children] == ["Chemistry basics", "History of Chemistry"]
     assert report.duplicates_dropped >= 6
     assert report.leaves_after == len(tax.leaves()) < 50
+
+
+def test_topics_commands(shared_data, tmp_path):
+    pytest.importorskip("textbookgen.engine", reason="the engine is not in this tree yet")
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    runner = CliRunner()
+    outline = shared_data / "topics_wikipedia_outline_academic_disciplines" / "academic-disciplines.md"
+    res = runner.invoke(app, ["topics", "stats", str(outline)])
+    assert res.exit_code == 0 and "2,557 topics, 2,198 leaves, depth 7" in res.output
+    res = runner.invoke(app, ["topics", "convert", str(outline), str(tmp_path / "o.csv")])
+    assert res.exit_code == 0 and len(Taxonomy.load(tmp_path / "o.csv").leaves()) == 2198
+    res = runner.invoke(app, ["topics", "stats", str(tmp_path / "missing.md")])
+    assert res.exit_code == 1 and "not found" in res.output
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        res = runner.invoke(app, ["topics", "grow", str(TOPICS / "stories.yaml"), str(tmp_path / "g.yaml"),
+                                  "--target", "100", "--base-url", emu.openai_base_url,
+                                  "--journal", str(tmp_path / "grow.sqlite")])
+    assert res.exit_code == 0, res.output
+    assert len(Taxonomy.load(tmp_path / "g.yaml").leaves()) == 100

@@ -191,12 +191,14 @@ def topics_grow(
     """Expand leaves through the LLM to a target count, dropping near-duplicate names."""
     from textbookgen.engine import Generator
     from textbookgen.errors import FatalProviderError
+    from textbookgen.recipe import ProviderConfig
     from textbookgen.taxonomy import grow
 
     tax = _load_taxonomy(src, None)
+    key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
     try:
-        report = grow(tax, Generator(provider=provider, model=model, base_url=base_url, journal=journal),
-                      target, per_call=per_call, seed=seed)
+        gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal)
+        report = grow(tax, gen, target, per_call=per_call, seed=seed)
     except FatalProviderError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -396,3 +398,21 @@ def classifier_label(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(stats, indent=2))
+
+
+@topics_app.command("coverage")
+def topics_coverage(
+    taxonomy: str = typer.Argument(..., help="taxonomy the table was built from (e.g. build/x/taxonomy.yaml)"),
+    table: str = typer.Argument(..., help="parquet with a topic_id column: prompts.parquet or documents"),
+) -> None:
+    """Samples per topic: how much of the taxonomy a prompt or document table covers."""
+    import polars as pl
+
+    tax = _load_taxonomy(taxonomy, None)
+    ids = pl.read_parquet(table, columns=["topic_id"])["topic_id"].to_list()
+    cov = tax.coverage(ids)
+    typer.echo(cov.summary())
+    for subject, n in cov.per_subject.items():
+        typer.echo(f"  {subject}: {n:,}")
+    if cov.unknown:
+        typer.echo(f"  ({cov.unknown:,} samples name topics that are not in this taxonomy)")
