@@ -195,3 +195,22 @@ def test_push_refuses_card_out_of_date_with_data(hub, tmp_path):
     with pytest.raises(ValueError, match="render the card again"):
         push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
     assert ("dataset", REPO) not in hub.repos
+
+
+def test_cli_subprocess_reaches_the_fake_through_hf_endpoint(hub, tmp_path):
+    """A fresh process configured only by environment (HF_ENDPOINT, HF_TOKEN, HF_HUB_DISABLE_XET)."""
+    import subprocess
+    import sys
+
+    folder = build(tmp_path / "build", n=20)
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": hub.token, "HF_HUB_DISABLE_XET": "1",
+           "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+    env.pop("HF_HUB_OFFLINE", None)
+    exe = Path(sys.executable).parent / "textbookgen"
+    if not exe.exists():
+        pytest.skip("the textbookgen console script is not installed in this environment")
+    cmd = [str(exe), "push", str(folder), REPO]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert hub.commits(REPO)[-1].oid in res.stdout
+    assert hub.token not in res.stdout + res.stderr

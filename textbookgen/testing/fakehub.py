@@ -110,10 +110,13 @@ class FakeHub:
     """The fake Hub server, running on 127.0.0.1 in a background thread (a context manager).
 
     `token`/`user`: the one valid write token and its user name; requests with another token get 401,
-    and writes without a token get 401. `lfs_threshold`: size above which any file goes to LFS.
+    and writes without a token get 401. `orgs`: namespaces the user may also write to. `port`: 0 picks
+    a free one.
     """
 
-    def __init__(self, token: str = DEFAULT_TOKEN, user: str = "tester", orgs: tuple[str, ...] = ("team",)):
+    def __init__(self, token: str = DEFAULT_TOKEN, user: str = "tester", orgs: tuple[str, ...] = ("team",),
+                 port: int = 0):  # fmt: skip
+        self._port = port
         self.token = token
         self.user = user
         self.orgs = tuple(orgs)
@@ -199,7 +202,7 @@ class FakeHub:
         app.add_routes(self._routes())
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -676,8 +679,10 @@ def _as_list(value: Any) -> Iterator[Any]:
 
 
 def main() -> None:  # pragma: no cover - manual use
-    """`python -m textbookgen.testing.fakehub`: run the fake for trying `textbookgen push` by hand."""
-    with FakeHub() as hub:
+    """`python -m textbookgen.testing.fakehub [PORT]`: run the fake for trying `textbookgen push` by hand."""
+    import sys
+
+    with FakeHub(port=int(sys.argv[1]) if len(sys.argv) > 1 else 0) as hub:
         print(f"FakeHub at {hub.endpoint}  token={hub.token}  user={hub.user}")
         print(f"  HF_ENDPOINT={hub.endpoint} HF_TOKEN={hub.token} HF_HUB_DISABLE_XET=1 textbookgen push DIR REPO_ID")
         try:
