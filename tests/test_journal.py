@@ -1,0 +1,86 @@
+"""Unit tests of the request journal: pending rows, batched results, summary, parquet export."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import polars as pl
+import pytest
+
+from textbookgen.journal import Journal, JournalError, JournalWriter
+
+
+def _row(key, status="ok", text="hello", cost=0.5):
+    return (status, text, "stop", 10, 20, cost, 0.1, 1, None, None, "resp-1", 1.0, key)
+
+
+def test_pending_then_results_roundtrip(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as j:
+        j.add_pending([("k1", "openai", "m", json.dumps({"a": 1}), "{}"), ("k2", "openai", "m", "{}", "{}")])
+        j.add_pending([("k1", "openai", "m", "{}", '{"x": 1}')])  # already there: ignored
+        j.write_results([_row("k1")])
+    with Journal(path) as j:  # reopen: durable
+        rows = j.rows(["k1", "k2", "missing"])
+        assert set(rows) == {"k1", "k2"}
+        assert rows["k1"]["status"] == "ok" and rows["k1"]["text"] == "hello" and rows["k1"]["metadata"] == "{}"
+        assert rows["k2"]["status"] == "pending"
+        assert j.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rows_lookup_beyond_sqlite_variable_limit(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.add_pending((f"k{i}", "openai", "m", "{}", "{}") for i in range(2500))
+        assert len(j.rows([f"k{i}" for i in range(2500)])) == 2500
+
+
+def test_summary_counts_statuses_tokens_and_cost(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.add_pending((f"k{i}", "openai", "m", "{}", "{}") for i in range(4))
+        j.write_results([_row("k0"), _row("k1", status="truncated"),
+                         ("failed", None, None, 0, 0, 0.0, None, 8, "boom", "transient", None, 1.0, "k2")])
+        s = j.summary()
+    assert s["requests"] == 4 and s["done"] == 2
+    assert s["by_status"] == {"ok": 1, "truncated": 1, "failed": 1, "pending": 1}
+    assert s["failures"] == {"transient": 1}
+    assert s["input_tokens"] == 20 and s["output_tokens"] == 40 and s["cost_usd"] == pytest.approx(1.0)
+
+
+def test_export_parquet(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.add_pending([("k1", "openai", "m", '{"messages": []}', '{"topic": "t"}'), ("k2", "openai", "m", "{}", "{}")])
+        j.write_results([_row("k1")])
+        out = j.export_parquet(tmp_path / "out" / "journal.parquet")
+        done = j.export_parquet(tmp_path / "done.parquet", statuses=["ok"])
+    frame = pl.read_parquet(out)
+    assert frame.height == 2 and frame.schema["input_tokens"] == pl.Int64
+    assert json.loads(frame.filter(pl.col("key") == "k1")["metadata"][0]) == {"topic": "t"}
+    assert pl.read_parquet(done)["key"].to_list() == ["k1"]
+
+
+def test_not_a_journal_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(JournalError, match="bad.sqlite"):
+        Journal(bad)
+
+
+def test_writer_batches_in_one_task_and_flushes_on_close(tmp_path):
+    async def main():
+        j = Journal(tmp_path / "j.sqlite")
+        j.add_pending((f"k{i}", "openai", "m", "{}", "{}") for i in range(100))
+        w = JournalWriter(j)
+        w.start()
+        for i in range(100):
+            w.put(_row(f"k{i}"))
+        await w.close()
+        return j, w
+
+    j, w = asyncio.run(main())
+    assert w.written == 100
+    other = sqlite3.connect(tmp_path / "j.sqlite")  # another reader sees committed rows
+    assert other.execute("SELECT COUNT(*) FROM requests WHERE status='ok'").fetchone()[0] == 100
+    other.close()
+    j.close()

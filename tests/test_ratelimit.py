@@ -1,0 +1,221 @@
+"""Unit tests of the admission controller: header parsing, buckets, AIMD, no slot held while waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx2
+import pytest
+
+from textbookgen.ratelimit import (
+    AdaptiveConcurrency,
+    AdmissionController,
+    Observation,
+    RateLimits,
+    TokenBucket,
+    parse_duration,
+    parse_rate_headers,
+    parse_reset,
+    parse_retry_after,
+)
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("6m0s", 360.0), ("1s", 1.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("0.5", 0.5), ("59.123s", 59.123),
+    ("2m", 120.0),
+])
+def test_parse_duration_openai_format(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5x", "1s garbage"])
+def test_parse_duration_rejects_garbage(text):
+    assert parse_duration(text) is None
+
+
+def test_parse_reset_rfc3339_is_seconds_from_now():
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    later = (now + timedelta(seconds=42)).isoformat().replace("+00:00", "Z")
+    assert parse_reset(later, now=now.timestamp()) == pytest.approx(42)
+    assert parse_reset("2000-01-01T00:00:00Z") == 0.0  # in the past: no wait
+
+
+def test_openai_headers_case_insensitive_via_httpx():
+    headers = httpx2.Headers({
+        "X-RateLimit-Limit-Requests": "6000", "X-RateLimit-Remaining-Requests": "5999",
+        "X-RateLimit-Reset-Requests": "10ms", "x-ratelimit-limit-tokens": "2000000",
+        "x-ratelimit-remaining-tokens": "1999000", "x-ratelimit-reset-tokens": "6m0s",
+        "x-request-id": "abc"})
+    obs = parse_rate_headers(headers)
+    assert obs["requests"] == Observation(6000, 5999, pytest.approx(0.01))
+    assert obs["tokens"] == Observation(2_000_000, 1_999_000, 360.0)
+    assert set(obs) == {"requests", "tokens"}
+
+
+def test_anthropic_headers_keep_input_and_output_apart():
+    reset = (datetime.now(timezone.utc) + timedelta(seconds=30)).isoformat()
+    headers = {
+        "anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "49",
+        "anthropic-ratelimit-requests-reset": reset,
+        "anthropic-ratelimit-input-tokens-limit": "40000", "anthropic-ratelimit-input-tokens-remaining": "39000",
+        "anthropic-ratelimit-output-tokens-limit": "8000", "anthropic-ratelimit-output-tokens-remaining": "7000",
+        "anthropic-ratelimit-output-tokens-reset": reset, "anthropic-ratelimit-unified-status": "allowed",
+    }
+    obs = parse_rate_headers(headers)
+    assert obs["input_tokens"].limit == 40000 and obs["input_tokens"].remaining == 39000
+    assert obs["output_tokens"].limit == 8000 and obs["output_tokens"].remaining == 7000  # not swapped
+    assert 28 <= obs["requests"].reset_s <= 30
+
+
+def test_garbled_headers_are_ignored():
+    obs = parse_rate_headers({"x-ratelimit-limit-requests": "lots", "x-ratelimit-remaining-requests": "-4",
+                              "x-ratelimit-limit-bananas": "5"})
+    assert obs == {"requests": Observation()}
+
+
+def test_retry_after_prefers_milliseconds():
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "1"}) == 0.25
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({}) is None
+    assert parse_retry_after(None) is None
+
+
+def test_bucket_paces_at_the_limit_with_headroom():
+    b = TokenBucket("requests", 600, headroom=1.0, burst_s=1.0, now=0.0)  # 10/s, burst 10
+    assert b.capacity == 10
+    for _ in range(10):
+        assert b.wait_time(1, 0.0) == 0
+        b.take(1)
+    assert b.wait_time(1, 0.0) == pytest.approx(0.1)
+    assert b.wait_time(1, 0.05) == pytest.approx(0.05)
+    assert b.wait_time(1, 0.1) == 0
+
+
+def test_bucket_learns_limit_and_clamps_to_remaining():
+    b = TokenBucket("tokens", None, headroom=1.0, burst_s=60.0, now=0.0)
+    assert b.wait_time(10**9, 0.0) == 0  # unknown limit: no waiting
+    b.observe(Observation(limit=60_000, remaining=60_000), taken_since=0, age_s=0, now=0.0)
+    assert b.limit == 60_000 and b.rate == 1000
+    b.observe(Observation(limit=60_000, remaining=5_000), taken_since=1_000, age_s=0.5, now=0.0)
+    assert b.level == pytest.approx(5_000 - 1_000 + 500)  # someone else shares the key
+    # a stale, larger remaining never raises our level
+    b.observe(Observation(limit=60_000, remaining=50_000), taken_since=0, age_s=0, now=0.0)
+    assert b.level == pytest.approx(4_500)
+
+
+def test_user_limit_is_kept_when_server_allows_more():
+    b = TokenBucket("requests", 60, headroom=1.0, burst_s=1.0, now=0.0)
+    b.observe(Observation(limit=10_000), taken_since=0, age_s=0, now=0.0)
+    assert b.limit == 60
+
+
+def test_aimd_decrease_cooldown_and_additive_increase():
+    c = AdaptiveConcurrency(40, successes_per_increase=5, cooldown_s=1.0)
+    c.on_rate_limited(now=10.0)
+    assert c.limit == 30
+    c.on_rate_limited(now=10.5)  # same burst of 429s: one cut
+    assert c.limit == 30
+    c.on_rate_limited(now=11.5)
+    assert c.limit == 22
+    for _ in range(10):
+        c.on_success()
+    assert c.limit == 24
+    for _ in range(20):
+        c.on_rate_limited(now=100.0 + _ * 2)
+    assert c.limit == 1  # never below one
+
+
+def test_semaphore_limit_is_enforced_and_cancellation_safe():
+    async def main():
+        c = AdaptiveConcurrency(4, initial=2)
+        await c.acquire()
+        await c.acquire()
+        waiter = asyncio.ensure_future(c.acquire())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        c.release()
+        assert c.in_use == 1
+        c.set_limit(3)
+        await c.acquire()
+        await c.acquire()
+        assert c.in_use == 3
+        c.set_limit(100)
+        assert c.limit == 4  # never above the user's concurrency
+
+    asyncio.run(main())
+
+
+def test_admission_waits_by_sleeping_not_polling():
+    """20 admissions at 600 RPM (10/s, burst 10): ~1 s, with only a handful of sleeps."""
+    async def main():
+        adm = AdmissionController(RateLimits(rpm=600), concurrency=100, headroom=1.0, slow_start=False)
+        sleeps = []
+        real_sleep = asyncio.sleep
+
+        async def counting_sleep(delay, *a):
+            sleeps.append(delay)
+            await real_sleep(delay, *a)
+
+        asyncio.sleep = counting_sleep
+        try:
+            t0 = time.monotonic()
+            tickets = await asyncio.gather(*(adm.acquire(10, 10) for _ in range(20)))
+            elapsed = time.monotonic() - t0
+        finally:
+            asyncio.sleep = real_sleep
+        for t in tickets:
+            adm.complete(t, 10, 5)
+        return elapsed, sleeps
+
+    elapsed, sleeps = asyncio.run(main())
+    assert 0.8 <= elapsed < 3.0
+    assert len(sleeps) <= 12 and all(s > 0.01 for s in sleeps)
+
+
+def test_output_reservation_is_refunded():
+    adm = AdmissionController(RateLimits(output_tpm=60_000), concurrency=10, headroom=1.0, slow_start=False)
+
+    async def main():
+        ticket = await adm.acquire(100, 4000)
+        level_reserved = adm.buckets["output_tokens"].level
+        adm.complete(ticket, 100, 50)
+        return level_reserved, adm.buckets["output_tokens"].level
+
+    reserved, after = asyncio.run(main())
+    assert after - reserved == pytest.approx(3950, abs=5)
+
+
+def test_slow_start_until_first_answer_then_full_concurrency():
+    async def main():
+        adm = AdmissionController(None, concurrency=8)
+        first = await adm.acquire(1, 1)
+        second = asyncio.ensure_future(adm.acquire(1, 1))
+        await asyncio.sleep(0.01)
+        assert not second.done()  # one request on the wire until the server has answered once
+        adm.complete(first, 1, 1, {"x-ratelimit-limit-requests": "600"})
+        t2 = await second
+        assert adm.concurrency.limit == 8 and adm.headers_seen
+        assert adm.limits["requests"] == 600
+        adm.cancel(t2)
+
+    asyncio.run(main())
+
+
+def test_429_cuts_concurrency_and_clamps_bucket():
+    async def main():
+        adm = AdmissionController(None, concurrency=40, slow_start=False, headroom=1.0)
+        ticket = await adm.acquire(10, 10)
+        adm.fail(ticket, rate_limited=True, headers={"x-ratelimit-limit-requests": "6000",
+                                                     "x-ratelimit-remaining-requests": "0"})
+        assert adm.concurrency.limit == 30 and adm.rate_limited == 1
+        assert adm.buckets["requests"].level < 1
+        t0 = time.monotonic()
+        t = await adm.acquire(10, 10)  # waits for the refill (10 ms at 100/s), by one sleep
+        assert time.monotonic() - t0 < 0.5
+        adm.cancel(t)
+
+    asyncio.run(main())

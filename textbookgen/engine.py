@@ -1,0 +1,426 @@
+"""The generation engine: a list of chat requests in, a list of paid completions out, nothing lost.
+
+    gen = Generator(provider="openai", model="gpt-4o-mini", journal="run/journal.sqlite",
+                    max_cost_usd=20.0)
+    responses = gen.run([ChatRequest(messages=[{"role": "user", "content": "..."}], max_tokens=800)])
+
+Each request is keyed by the hash of its canonical form (provider, model, messages, system, sampling
+params, seed; metadata excluded). The journal is read first: done keys are replayed, the rest are
+sent. Every attempt passes the admission controller (rate buckets fed by response headers, then an
+AIMD concurrency slot); transient failures are retried by tenacity with backoff, outside any slot.
+Results are committed by a single journal writer as they arrive, so a killed run loses at most the
+requests on the wire. See README "Generation engine".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
+from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS, Journal, JournalWriter
+from textbookgen.pricing import price_of
+from textbookgen.providers import PROVIDERS, make_provider
+from textbookgen.ratelimit import AdmissionController, RateLimits
+
+__all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "request_key"]
+
+log = logging.getLogger("textbookgen.engine")
+
+STATUSES = ("ok", "truncated", "failed", "skipped_budget")
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One chat completion to make. `seed` is sent where the provider supports it and always keys the
+    request, so several samples of one prompt are distinct requests. `metadata` (provenance such as
+    topic or template ids) travels to the response and the journal but is not part of the key."""
+
+    messages: list[dict]
+    max_tokens: int = 1024
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    system: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    """The outcome of one request. status: "ok", "truncated" (finish_reason length; text kept),
+    "failed" (error says why), or "skipped_budget" (not sent: a budget was reached)."""
+
+    key: str
+    text: str | None
+    finish_reason: str | None
+    status: str
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 0
+    cost_usd: float = 0.0
+    metadata: dict = field(default_factory=dict)
+
+
+def canonical_request(provider: str, model: str, req: ChatRequest) -> dict:
+    """The fields that decide the completion; None values are dropped so a new optional parameter
+    does not change the keys of existing journals."""
+    fields = {"provider": provider, "model": model, "messages": req.messages, "system": req.system,
+              "max_tokens": req.max_tokens, "temperature": req.temperature, "top_p": req.top_p,
+              "seed": req.seed}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def request_key(canonical: Mapping) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def estimate_input_tokens(req: ChatRequest) -> int:
+    """A cheap prompt-size estimate (4 characters a token, plus per-message overhead); the engine
+    corrects it by the ratio of real usage to estimates as answers come back."""
+    chars = len(req.system or "")
+    for message in req.messages:
+        content = message.get("content")
+        chars += len(content) if isinstance(content, str) else len(json.dumps(content, ensure_ascii=False))
+    return chars // 4 + 4 * len(req.messages) + 3
+
+
+class _Item:
+    """A unique pending request and its running state."""
+
+    __slots__ = ("key", "req", "est_in", "attempts")
+
+    def __init__(self, key: str, req: ChatRequest, est_in: int) -> None:
+        self.key, self.req, self.est_in, self.attempts = key, req, est_in, 0
+
+
+class Generator:
+    """Configure once, call on many requests: `run()` (sync) or `await arun()`.
+
+    provider: "openai", "anthropic" or "openai-compatible" (vLLM, SGLang, llama.cpp: needs base_url).
+    api_key: explicit, else OPENAI_API_KEY / ANTHROPIC_API_KEY. Never written anywhere.
+    journal: SQLite path (resume is automatic); None keeps the journal in memory.
+    limits: per-minute budgets to stay under; the server's headers tighten them.
+    concurrency: the most requests on the wire (AIMD lowers it on 429s and raises it back).
+    max_cost_usd / max_output_tokens: stop launching requests once reached (counted over this request
+    set, replayed journal rows included, so a resumed run keeps to the same budget).
+    prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
+    max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
+    holds as failed for a permanent reason (400, refusal, content filter).
+    """
+
+    def __init__(self, provider: str = "openai", model: str = "gpt-4o-mini", *, base_url: str | None = None,
+                 api_key: str | None = None, journal: str | Path | None = None,
+                 limits: RateLimits | None = None, concurrency: int = 64, max_cost_usd: float | None = None,
+                 max_output_tokens: int | None = None, prices: Mapping[str, tuple[float, float]] | None = None,
+                 progress: bool = True, timeout_s: float = 120.0, max_attempts: int = 8,
+                 backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0,
+                 retry_failed: bool = False) -> None:
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.provider, self.model, self.base_url = provider, model, base_url
+        self._api_key = api_key
+        self.journal_path = Path(journal) if journal is not None else None
+        self.limits = limits or RateLimits()
+        self.concurrency = concurrency
+        self.max_cost_usd, self.max_output_tokens = max_cost_usd, max_output_tokens
+        self.price_in, self.price_out = (p / 1e6 for p in price_of(model, prices))
+        self.progress = progress
+        self.timeout_s, self.max_attempts = timeout_s, max_attempts
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.retry_failed = retry_failed
+        self._jitter = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s)
+        self.stats: dict = {}
+
+    # ----- public API ---------------------------------------------------------------------------
+    def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
+        """Synchronous form of `arun`. Ctrl-C stops cleanly: in-flight requests are cancelled, all
+        finished ones are in the journal, and rerunning resumes."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(requests))
+        raise RuntimeError("Generator.run() called inside a running event loop; use `await gen.arun(...)`")
+
+    async def arun(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
+        """Generate a completion for every request; returns responses in request order."""
+        keyed = [(request_key(canonical_request(self.provider, self.model, r)), r) for r in requests]
+        unique: dict[str, ChatRequest] = {}
+        for key, req in keyed:
+            unique.setdefault(key, req)
+        journal = Journal(self.journal_path if self.journal_path is not None else ":memory:")
+        try:
+            results = self._replay(journal, unique)
+            todo = [_Item(k, r, estimate_input_tokens(r)) for k, r in unique.items() if k not in results]
+            if todo:
+                await self._generate(journal, todo, results)
+        finally:
+            journal.close()
+        return [self._respond(results[key], req) for key, req in keyed]
+
+    # ----- journal replay -----------------------------------------------------------------------
+    def _replay(self, journal: Journal, unique: dict[str, ChatRequest]) -> dict[str, ChatResponse]:
+        """Responses the journal already holds; registers the other requests as pending."""
+        results: dict[str, ChatResponse] = {}
+        rows = journal.rows(list(unique))
+        for key, row in rows.items():
+            status = row["status"]
+            if status in DONE_STATUSES or (status == "failed" and row["error_class"] in PERMANENT_ERRORS
+                                           and not self.retry_failed):
+                results[key] = ChatResponse(
+                    key=key, text=row["text"], finish_reason=row["finish_reason"], status=status,
+                    error=row["error"], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
+                    latency_s=row["latency_s"] or 0.0, attempts=row["attempts"], cost_usd=row["cost_usd"],
+                    metadata=unique[key].metadata)
+        journal.add_pending(
+            (key, self.provider, self.model,
+             json.dumps(canonical_request(self.provider, self.model, req), ensure_ascii=False),
+             json.dumps(req.metadata, ensure_ascii=False, default=str))
+            for key, req in unique.items() if key not in rows)
+        return results
+
+    @staticmethod
+    def _respond(resp: ChatResponse, req: ChatRequest) -> ChatResponse:
+        return resp if resp.metadata is req.metadata else replace(resp, metadata=req.metadata)
+
+    # ----- the run ------------------------------------------------------------------------------
+    async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse]) -> None:
+        provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
+                                 timeout=self.timeout_s)
+        self._secrets = (provider._secrets[0],) if provider._secrets[0] != "EMPTY" else ()
+        self._provider = provider
+        self._admission = AdmissionController(self.limits, self.concurrency)
+        self._writer = JournalWriter(journal)
+        self._results = results
+        self._fatal: FatalProviderError | None = None
+        self._budget_note: str | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._in_ratio = 1.0
+        self._avg_out: float | None = None
+        self._inflight_cost = 0.0
+        self._inflight_out = 0.0
+        replayed = list(results.values())
+        self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0,
+                   "skipped_budget": 0, "retries": 0, "cost_usd": sum(r.cost_usd for r in replayed),
+                   "input_tokens": sum(r.input_tokens for r in replayed),
+                   "output_tokens": sum(r.output_tokens for r in replayed), "replayed": len(replayed)}
+        total = len(todo) + len(replayed)
+        display = None
+        if self.progress:
+            from textbookgen.progress import RunProgress
+
+            display = RunProgress(total, self._live_stats, description=f"{self.provider}:{self.model}")
+        t0 = time.monotonic()
+        self._writer.start()
+        if display:
+            display.start()
+        try:
+            await self._dispatch(todo)
+        finally:
+            await self._shutdown()
+            if display:
+                await display.stop()
+            await provider.aclose()
+            self.stats = {**self._c, "elapsed_s": time.monotonic() - t0, "total": total,
+                          "rate_limited": self._admission.rate_limited,
+                          "concurrency": int(self._admission.concurrency.limit),
+                          "limits": self._admission.limits, "headers_seen": self._admission.headers_seen}
+            self._log_summary()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _dispatch(self, todo: list[_Item]) -> None:
+        """Start one task per request, at most 2x concurrency alive (the rest wait here, costing no
+        memory per request); each task retries itself and never holds a slot while backing off."""
+        room = asyncio.Semaphore(2 * self.concurrency + 8)
+        tasks = self._tasks
+        loop = asyncio.get_running_loop()
+        for index, item in enumerate(todo):
+            if self._fatal is not None:
+                break
+            if self._budget_note is not None:
+                for rest in todo[index:]:
+                    self._skip(rest)
+                break
+            await room.acquire()
+            task = loop.create_task(self._process(item))
+            tasks.add(task)
+            task.add_done_callback(lambda t: (tasks.discard(t), room.release()))
+        while tasks:
+            await asyncio.wait(list(tasks))
+
+    async def _shutdown(self) -> None:
+        """Cancel what is still running (Ctrl-C, fatal error) and commit everything that finished."""
+        pending = [t for t in self._tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._writer.close()
+
+    async def _process(self, item: _Item) -> None:
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
+                                               retry=retry_if_exception_type(RetryableError), reraise=True):
+                with attempt:
+                    completion, latency = await self._attempt(item)
+        except RetryableError as exc:
+            self._finish_failed(item, f"gave up after {item.attempts} attempts: {exc}", "transient")
+            return
+        except ItemError as exc:
+            self._finish_failed(item, str(exc), exc.error_class)
+            return
+        except BudgetExhausted:
+            self._skip(item)
+            return
+        except FatalProviderError as exc:
+            self._fail_run(exc)
+            return
+        self._finish(item, completion, latency)
+
+    def _wait(self, state) -> float:
+        """Exponential backoff with jitter, but never sooner than the server's Retry-After."""
+        base = self._jitter(state)
+        exc = state.outcome.exception() if state.outcome else None
+        hint = getattr(exc, "retry_after", None)
+        self._c["retries"] += 1
+        return max(base, min(hint, 300.0)) if hint is not None else base
+
+    async def _attempt(self, item: _Item):
+        """One admitted HTTP exchange. Raises RetryableError / ItemError / FatalProviderError."""
+        req = item.req
+        est_in = item.est_in * self._in_ratio
+        expected_out = self._avg_out if self._avg_out is not None else req.max_tokens
+        expected_cost = est_in * self.price_in + expected_out * self.price_out
+        self._check_budget(expected_cost, expected_out)
+        admission = self._admission
+        ticket = await admission.acquire(est_in, req.max_tokens)
+        if self._fatal is not None:
+            admission.cancel(ticket)
+            raise asyncio.CancelledError
+        self._inflight_cost += expected_cost
+        self._inflight_out += expected_out
+        item.attempts += 1
+        self._c["sent"] += 1
+        t_send = time.monotonic()
+        try:
+            completion = await self._provider.complete(req)
+        except RetryableError as exc:
+            admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers)
+            raise
+        except ItemError:
+            admission.fail(ticket)
+            raise
+        except BaseException:
+            admission.cancel(ticket)
+            raise
+        finally:
+            self._inflight_cost -= expected_cost
+            self._inflight_out -= expected_out
+        admission.complete(ticket, completion.input_tokens, completion.output_tokens, completion.headers)
+        if item.est_in and completion.input_tokens:
+            self._in_ratio += 0.05 * (completion.input_tokens / item.est_in - self._in_ratio)
+        out = completion.output_tokens
+        self._avg_out = out if self._avg_out is None else self._avg_out + 0.05 * (out - self._avg_out)
+        return completion, time.monotonic() - t_send
+
+    # ----- budgets ------------------------------------------------------------------------------
+    def _check_budget(self, expected_cost: float, expected_out: float) -> None:
+        if self._budget_note is not None:
+            raise BudgetExhausted
+        c = self._c
+        note = None
+        if self.max_cost_usd is not None and \
+                c["cost_usd"] + self._inflight_cost + expected_cost > self.max_cost_usd:
+            note = (f"max_cost_usd=${self.max_cost_usd:,.4f} reached (spent ${c['cost_usd']:,.4f}, "
+                    f"${self._inflight_cost:,.4f} more expected from requests in flight)")
+        elif self.max_output_tokens is not None and \
+                c["output_tokens"] + self._inflight_out + expected_out > self.max_output_tokens:
+            note = (f"max_output_tokens={self.max_output_tokens:,} reached (used {c['output_tokens']:,}, "
+                    f"~{self._inflight_out:,.0f} more expected from requests in flight)")
+        if note is not None:
+            self._budget_note = note
+            log.warning("budget: %s; launching no more requests (they come back status skipped_budget; "
+                        "raise the budget and rerun to continue: finished work is kept)", note)
+            raise BudgetExhausted
+
+    # ----- outcomes -----------------------------------------------------------------------------
+    def _finish(self, item: _Item, completion, latency: float) -> None:
+        c = self._c
+        cost = completion.input_tokens * self.price_in + completion.output_tokens * self.price_out
+        finish = completion.finish_reason
+        error = error_class = None
+        if completion.refusal or finish in ("content_filter", "refusal"):
+            status, error_class = "failed", "refusal" if finish != "content_filter" else "content_filter"
+            error = redact(f"{finish}: {completion.refusal or 'output blocked by the provider'}", self._secrets)
+        elif finish == "length":
+            status = "truncated"
+        else:
+            status = "ok"
+        resp = ChatResponse(key=item.key, text=completion.text, finish_reason=finish, status=status,
+                            error=error, input_tokens=completion.input_tokens,
+                            output_tokens=completion.output_tokens, latency_s=latency, attempts=item.attempts,
+                            cost_usd=cost, metadata=item.req.metadata)
+        self._results[item.key] = resp
+        c[status] += 1
+        c["done"] += 1
+        c["cost_usd"] += cost
+        c["input_tokens"] += completion.input_tokens
+        c["output_tokens"] += completion.output_tokens
+        self._writer.put((status, completion.text, finish, completion.input_tokens, completion.output_tokens,
+                          cost, latency, item.attempts, error, error_class, completion.response_id, time.time(),
+                          item.key))
+
+    def _finish_failed(self, item: _Item, error: str, error_class: str) -> None:
+        error = redact(error, self._secrets)
+        self._results[item.key] = ChatResponse(key=item.key, text=None, finish_reason=None, status="failed",
+                                               error=error, attempts=item.attempts, metadata=item.req.metadata)
+        self._c["failed"] += 1
+        self._c["done"] += 1
+        self._writer.put(("failed", None, None, 0, 0, 0.0, None, item.attempts, error, error_class, None,
+                          time.time(), item.key))
+
+    def _skip(self, item: _Item) -> None:
+        """Not sent because of a budget; the journal row stays pending so a rerun picks it up."""
+        self._results[item.key] = ChatResponse(key=item.key, text=None, finish_reason=None,
+                                               status="skipped_budget", error=self._budget_note,
+                                               attempts=item.attempts, metadata=item.req.metadata)
+        self._c["skipped_budget"] += 1
+
+    def _fail_run(self, exc: FatalProviderError) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+            log.error("stopping the run: %s", exc)
+            current = asyncio.current_task()
+            for task in list(self._tasks):
+                if task is not current:
+                    task.cancel()
+
+    # ----- reporting ----------------------------------------------------------------------------
+    def _live_stats(self) -> dict:
+        adm = self._admission
+        return {**self._c, "rate_limited": adm.rate_limited, "in_flight": adm.concurrency.in_use,
+                "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.buckets["requests"].limit}
+
+    def _log_summary(self) -> None:
+        s = self.stats
+        log.info("%s:%s — %d ok, %d truncated, %d failed, %d skipped (budget), %d replayed from journal; "
+                 "%d sent, %d retries, %d rate-limited; $%.4f, %d in / %d out tokens, %.1f s",
+                 self.provider, self.model, s["ok"], s["truncated"], s["failed"], s["skipped_budget"],
+                 s["replayed"], s["sent"], s["retries"], s["rate_limited"], s["cost_usd"], s["input_tokens"],
+                 s["output_tokens"], s["elapsed_s"])
+        if self._budget_note:
+            log.warning("budget stop: %s; %d requests skipped", self._budget_note, s["skipped_budget"])

@@ -1,0 +1,212 @@
+"""The crash-safe request journal: one SQLite row per request, keyed by the request's content hash.
+
+SQLite in WAL mode survives SIGKILL at any instant: a committed transaction is in the WAL, an
+uncommitted one is simply absent. Rows are written by one writer (`JournalWriter`, an asyncio task
+that commits every batch of finished requests in one transaction), so no completed response waits on
+a lock or is lost to a torn write. A restarted run reads the journal first and sends only what is
+not done; a changed setting changes the key, so only the requests it touches are regenerated.
+The API key is never written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+DONE_STATUSES = ("ok", "truncated")
+# failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
+PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
+
+COLUMNS = ("key", "provider", "model", "status", "text", "finish_reason", "input_tokens", "output_tokens",
+           "cost_usd", "latency_s", "attempts", "error", "error_class", "response_id", "request",
+           "metadata", "created_at", "updated_at")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    text TEXT,
+    finish_reason TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    latency_s REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    error_class TEXT,
+    response_id TEXT,
+    request TEXT NOT NULL,
+    metadata TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
+"""
+
+# result rows written by the engine: (status, text, finish_reason, input_tokens, output_tokens,
+# cost_usd, latency_s, attempts, error, error_class, response_id, updated_at, key)
+_UPDATE = """UPDATE requests SET status=?, text=?, finish_reason=?, input_tokens=?, output_tokens=?,
+cost_usd=?, latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=? WHERE key=?"""
+
+_SQL_VARS = 900  # stay under SQLite's bound-parameter limit
+
+
+class JournalError(RuntimeError):
+    """The journal file cannot be used (not SQLite, wrong schema, unwritable)."""
+
+
+class Journal:
+    """A request journal file. `Journal(path).summary()` and `.export_parquet(out)` work on any
+    journal, also while another process is writing it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path or ":memory:"), isolation_level=None,
+                                      check_same_thread=False, timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def rows(self, keys: Sequence[str]) -> dict[str, dict]:
+        """Journal rows for these keys, {key: row dict} (missing keys absent)."""
+        found: dict[str, dict] = {}
+        for start in range(0, len(keys), _SQL_VARS):
+            chunk = keys[start:start + _SQL_VARS]
+            cursor = self.db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM requests WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            for values in cursor:
+                found[values[0]] = dict(zip(COLUMNS, values, strict=True))
+        return found
+
+    def add_pending(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
+        """Insert (key, provider, model, request_json, metadata_json) rows not yet in the journal."""
+        now = time.time()
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO requests (key, provider, model, request, metadata, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", ((*row, now) for row in rows))
+
+    def write_results(self, results: Sequence[tuple]) -> None:
+        """Record finished requests, all in one transaction (see `_UPDATE` for the tuple layout)."""
+        with self._transaction():
+            self.db.executemany(_UPDATE, results)
+
+    @contextmanager
+    def _transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def summary(self) -> dict:
+        """Counts by status and failure class, token and dollar totals, attempts."""
+        db = self.db
+        by_status = dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
+        failures = dict(db.execute("SELECT error_class, COUNT(*) FROM requests WHERE status='failed' "
+                                   "GROUP BY error_class").fetchall())
+        total, tin, tout, cost, attempts = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0), "
+            "COALESCE(SUM(cost_usd),0), COALESCE(SUM(attempts),0) FROM requests").fetchone()
+        models = dict(db.execute("SELECT model, COUNT(*) FROM requests GROUP BY model").fetchall())
+        return {"path": str(self.path) if self.path else ":memory:", "requests": total,
+                "by_status": by_status, "done": sum(by_status.get(s, 0) for s in DONE_STATUSES),
+                "failures": failures, "input_tokens": tin, "output_tokens": tout,
+                "cost_usd": round(cost, 6), "attempts": attempts, "models": models}
+
+    def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None) -> Path:
+        """Write the journal (optionally only rows with these statuses) to a parquet file."""
+        import polars as pl
+
+        query = f"SELECT {', '.join(COLUMNS)} FROM requests"
+        params: tuple = ()
+        if statuses:
+            query += f" WHERE status IN ({','.join('?' * len(statuses))})"
+            params = tuple(statuses)
+        schema = {"key": pl.String, "provider": pl.String, "model": pl.String, "status": pl.String,
+                  "text": pl.String, "finish_reason": pl.String, "input_tokens": pl.Int64,
+                  "output_tokens": pl.Int64, "cost_usd": pl.Float64, "latency_s": pl.Float64,
+                  "attempts": pl.Int64, "error": pl.String, "error_class": pl.String,
+                  "response_id": pl.String, "request": pl.String, "metadata": pl.String,
+                  "created_at": pl.Float64, "updated_at": pl.Float64}
+        frame = pl.DataFrame(self.db.execute(query + " ORDER BY created_at, key", params).fetchall(),
+                             schema=schema, orient="row")
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(out)
+        return out
+
+
+def request_of(row: dict) -> dict:
+    """The canonical request stored in a journal row, as a dict."""
+    return json.loads(row["request"])
+
+
+class JournalWriter:
+    """The journal's single writer: an asyncio task that commits whatever finished since its last
+    commit in one transaction. Writing on the loop thread (no thread hop per request) costs a few
+    microseconds per row; batching keeps commits few under load and immediate when idle."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._pending: list[tuple] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+        self.written = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="journal-writer")
+
+    def put(self, row: tuple) -> None:
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.result()  # the writer died (disk full, say): surface its error now
+        self._pending.append(row)
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Commit everything queued now (used at shutdown and by the loop)."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.journal.write_results(batch)
+            self.written += len(batch)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            self.flush()
+
+    async def close(self) -> None:
+        """Stop the task and commit what is left; safe to call while the run is being cancelled."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                pass
+        self.flush()

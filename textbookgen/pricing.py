@@ -1,0 +1,57 @@
+"""USD prices per million tokens, so a run can show and cap what it spends.
+
+Prices are list prices for standard (non-batch) API calls; override them with `prices=` on the
+Generator (or `--price MODEL=IN,OUT` on the CLI) when your contract differs. A model not found here
+(a self-hosted one, say) costs 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# model name (or dated-snapshot prefix) -> (input USD per 1M tokens, output USD per 1M tokens)
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-nano": (0.05, 0.40),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4-turbo": (10.00, 30.00),
+    "gpt-3.5-turbo": (0.50, 1.50),
+    "o1": (15.00, 60.00),
+    "o1-mini": (1.10, 4.40),
+    "o3": (2.00, 8.00),
+    "o3-mini": (1.10, 4.40),
+    "o4-mini": (1.10, 4.40),
+    "claude-opus-4-1": (15.00, 75.00),
+    "claude-opus-4": (15.00, 75.00),
+    "claude-sonnet-4-5": (3.00, 15.00),
+    "claude-sonnet-4": (3.00, 15.00),
+    "claude-haiku-4-5": (1.00, 5.00),
+    "claude-3-7-sonnet": (3.00, 15.00),
+    "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-3-5-haiku": (0.80, 4.00),
+    "claude-3-opus": (15.00, 75.00),
+    "claude-3-haiku": (0.25, 1.25),
+}
+
+
+def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> tuple[float, float]:
+    """(input, output) USD per 1M tokens: exact name first, then the longest known prefix
+    (so `gpt-4o-mini-2024-07-18` prices as `gpt-4o-mini`), else (0, 0)."""
+    table = {**PRICES, **(prices or {})}
+    if model in table:
+        return table[model]
+    name = model.rsplit("/", 1)[-1]  # "openai/gpt-4o" style names of routers
+    best = max((p for p in table if name.startswith(p)), key=len, default=None)
+    return table[best] if best else (0.0, 0.0)
+
+
+def estimate_cost(model: str, input_tokens: int, output_tokens: int,
+                  prices: Mapping[str, tuple[float, float]] | None = None) -> float:
+    """USD cost of one call with this usage."""
+    price_in, price_out = price_of(model, prices)
+    return (input_tokens * price_in + output_tokens * price_out) / 1e6

@@ -1,0 +1,197 @@
+"""Providers: one request in, one `Completion` out, through the official async clients.
+
+The SDK clients run with `max_retries=0`: the engine owns retries (tenacity), so a 429 is seen once
+by the admission controller instead of being retried N x M times behind its back. Every SDK error
+is mapped here to one of three classes (errors.py): fatal for the run, retryable, or failed item.
+Responses are read through `with_raw_response` so the rate-limit headers of every real answer reach
+the admission controller.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from textbookgen.errors import FatalProviderError, ItemError, RetryableError, redact
+from textbookgen.ratelimit import parse_retry_after
+
+if TYPE_CHECKING:
+    from textbookgen.engine import ChatRequest
+
+PROVIDERS = ("openai", "anthropic", "openai-compatible")
+ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "openai-compatible": "OPENAI_API_KEY"}
+
+# normalised finish reasons: "stop", "length", "content_filter", "refusal", "tool_calls", or the raw value
+_ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                     "refusal": "refusal", "tool_use": "tool_calls", "pause_turn": "stop"}
+# a 429 is a rate limit unless it says the money ran out (OpenAI: code insufficient_quota)
+_QUOTA_WORDS = ("insufficient_quota", "billing", "exceeded your current quota", "credit balance",
+                "spend limit", "payment required")
+_MODEL_WORDS = ("model_not_found", "does not exist", "unknown model", "invalid model", "no such model",
+                "not_found_error")
+
+
+@dataclass(slots=True)
+class Completion:
+    """What one successful HTTP exchange returned."""
+
+    text: str | None
+    finish_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    headers: object
+    response_id: str | None = None
+    refusal: str | None = None
+
+
+def _error_info(exc) -> tuple[str, str]:
+    """(code-ish type, message) from an SDK APIStatusError body, for either provider's error shape."""
+    body = getattr(exc, "body", None)
+    code = str(getattr(exc, "code", None) or getattr(exc, "type", None) or "")
+    message = getattr(exc, "message", None) or str(exc)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            code = str(inner.get("code") or inner.get("type") or code)
+            message = str(inner.get("message") or message)
+    return code, message
+
+
+def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, ...] = ()) -> Exception:
+    """Map an SDK exception to FatalProviderError, RetryableError or ItemError (messages redacted)."""
+    import anthropic
+    import openai
+
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)) and status is not None:
+        code, message = _error_info(exc)
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        text = redact(f"{provider} HTTP {status} ({code or 'error'}): {message}", secrets)
+        lowered = f"{code} {message}".lower()
+        if status in (401, 403):
+            return FatalProviderError(f"authentication failed for {provider} — check the API key. {text}")
+        if status == 402 or (status in (400, 429) and any(w in lowered for w in _QUOTA_WORDS)):
+            return FatalProviderError(f"quota or billing exhausted for {provider}; add credit or raise the "
+                                      f"limit, then rerun (finished work is kept in the journal). {text}")
+        if status == 404 or (status == 400 and any(w in lowered for w in _MODEL_WORDS)):
+            return FatalProviderError(f"unknown model {model!r} (or no access to it) at {provider}. {text}")
+        if status == 429:
+            return RetryableError(text, rate_limited=True, retry_after=parse_retry_after(headers),
+                                  headers=headers)
+        if status in (408, 409) or status >= 500:
+            return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
+        if "content_filter" in lowered or "content_policy" in lowered or "safety" in lowered:
+            return ItemError(text, error_class="content_filter")
+        return ItemError(text, error_class="bad_request")
+    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):
+        return RetryableError(f"{provider}: request timed out")
+    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
+        return RetryableError(redact(f"{provider}: connection error: {exc.__cause__ or exc}", secrets))
+    if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError,
+                        ValueError, KeyError, IndexError)):  # a garbled or cut body (json errors are ValueError)
+        return RetryableError(redact(f"{provider}: malformed response: {type(exc).__name__}: {exc}", secrets)[:500])
+    return exc  # a bug or something unexpected: let it surface
+
+
+def resolve_key(provider: str, api_key: str | None, base_url: str | None) -> str:
+    """The explicit key, else the provider's environment variable; a server of your own needs none."""
+    if api_key:
+        return api_key
+    env = ENV_KEYS[provider]
+    key = os.environ.get(env)
+    if key:
+        return key
+    if provider == "openai-compatible":
+        return "EMPTY"  # vLLM / SGLang / llama.cpp accept any key unless started with one
+    raise FatalProviderError(f"no API key for {provider}: pass api_key= or set {env}")
+
+
+class OpenAIProvider:
+    """OpenAI chat completions (also any OpenAI-compatible server through base_url)."""
+
+    def __init__(self, provider: str, model: str, api_key: str, base_url: str | None, timeout: float) -> None:
+        import openai
+
+        self.name, self.model, self._secrets = provider, model, (api_key,)
+        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
+        self._create = self.client.chat.completions.with_raw_response.create
+        # OpenAI's own API wants max_completion_tokens (reasoning models reject max_tokens); servers
+        # speaking the older dialect (vLLM, llama.cpp) all accept max_tokens.
+        self._max_key = "max_completion_tokens" if provider == "openai" else "max_tokens"
+
+    async def complete(self, req: ChatRequest) -> Completion:
+        messages = req.messages if req.system is None else [{"role": "system", "content": req.system},
+                                                           *req.messages]
+        kwargs = {self._max_key: req.max_tokens}
+        if req.temperature is not None:
+            kwargs["temperature"] = req.temperature
+        if req.top_p is not None:
+            kwargs["top_p"] = req.top_p
+        if req.seed is not None:
+            kwargs["seed"] = req.seed
+        try:
+            raw = await self._create(model=self.model, messages=messages, **kwargs)
+            data = raw.parse()
+            choice = data.choices[0]
+            message = choice.message
+            usage = data.usage
+        except Exception as exc:  # noqa: BLE001 - classified and re-raised
+            raise classify(exc, self.name, self.model, self._secrets) from None
+        return Completion(text=message.content, finish_reason=choice.finish_reason,
+                          input_tokens=usage.prompt_tokens if usage else 0,
+                          output_tokens=usage.completion_tokens if usage else 0,
+                          headers=raw.headers, response_id=data.id,
+                          refusal=getattr(message, "refusal", None))
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class AnthropicProvider:
+    """Anthropic messages API."""
+
+    def __init__(self, model: str, api_key: str, base_url: str | None, timeout: float) -> None:
+        import anthropic
+
+        self.name, self.model, self._secrets = "anthropic", model, (api_key,)
+        self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0,
+                                               timeout=timeout)
+        self._create = self.client.messages.with_raw_response.create
+
+    async def complete(self, req: ChatRequest) -> Completion:
+        kwargs: dict = {}
+        if req.system is not None:
+            kwargs["system"] = req.system
+        if req.temperature is not None:
+            kwargs["temperature"] = req.temperature
+        if req.top_p is not None:
+            kwargs["top_p"] = req.top_p
+        try:
+            raw = await self._create(model=self.model, messages=req.messages, max_tokens=req.max_tokens,
+                                     **kwargs)
+            data = await raw.parse()
+            text = "".join(block.text for block in data.content if getattr(block, "type", None) == "text")
+            usage = data.usage
+        except Exception as exc:  # noqa: BLE001 - classified and re-raised
+            raise classify(exc, self.name, self.model, self._secrets) from None
+        finish = _ANTHROPIC_FINISH.get(data.stop_reason, data.stop_reason)
+        return Completion(text=text, finish_reason=finish, input_tokens=usage.input_tokens,
+                          output_tokens=usage.output_tokens, headers=raw.headers, response_id=data.id,
+                          refusal=text if finish == "refusal" else None)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def make_provider(provider: str, model: str, *, api_key: str | None = None, base_url: str | None = None,
+                  timeout: float = 120.0) -> OpenAIProvider | AnthropicProvider:
+    """Build the provider client; raises FatalProviderError for an unknown provider or a missing key."""
+    if provider not in PROVIDERS:
+        raise FatalProviderError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    if provider == "openai-compatible" and not base_url:
+        raise FatalProviderError("provider 'openai-compatible' needs base_url (e.g. http://localhost:8000/v1)")
+    key = resolve_key(provider, api_key, base_url)
+    if provider == "anthropic":
+        return AnthropicProvider(model, key, base_url, timeout)
+    return OpenAIProvider(provider, model, key, base_url, timeout)

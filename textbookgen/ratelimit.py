@@ -1,0 +1,385 @@
+"""Admission control: token buckets for requests, input and output tokens, fed by the server's headers,
+under an AIMD concurrency limit.
+
+Why this shape (field notes §7-8): providers enforce RPM and (separate or combined) token budgets;
+they say where you stand in every response's headers, so we learn and clamp the limits from real
+responses (no paid probe call), pace requests evenly instead of bursting into 429s, reserve
+`max_tokens` of output up front and refund what was not used, and cut concurrency multiplicatively
+when a 429 still gets through. Waiting is always a computed sleep (never a polling loop), and a
+request holds a concurrency slot only while it is on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
+_INDEX = {name: i for i, name in enumerate(BUCKETS)}
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+@dataclass
+class RateLimits:
+    """Per-minute budgets you want to stay under (None: learn from headers, or no limit).
+
+    `tpm` is a combined input+output budget (OpenAI's `x-ratelimit-*-tokens`); Anthropic has separate
+    input and output budgets. The effective limit of each bucket is the smaller of yours and the
+    server's.
+    """
+
+    rpm: float | None = None
+    input_tpm: float | None = None
+    output_tpm: float | None = None
+    tpm: float | None = None
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds in an OpenAI reset value such as "6m0s", "1s", "20ms", "1h2m3.5s" or a bare "0.5"."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def parse_reset(value: str, now: float | None = None) -> float | None:
+    """Seconds until a reset given as a duration ("6m0s") or an RFC 3339 instant (Anthropic)."""
+    seconds = parse_duration(value)
+    if seconds is not None:
+        return seconds
+    try:
+        instant = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=timezone.utc)
+    return max(0.0, instant.timestamp() - (time.time() if now is None else now))
+
+
+def parse_retry_after(headers) -> float | None:
+    """The server's retry hint in seconds: `retry-after-ms`, else `retry-after` (seconds or HTTP date)."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass
+class Observation:
+    """What one response said about one bucket."""
+
+    limit: float | None = None
+    remaining: float | None = None
+    reset_s: float | None = None
+
+
+def parse_rate_headers(headers) -> dict[str, Observation]:
+    """Read OpenAI (`x-ratelimit-{limit,remaining,reset}-{requests,tokens}`) and Anthropic
+    (`anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`)
+    headers into {bucket: Observation}. One pass over the headers; unknown or garbled values are
+    skipped, never fatal."""
+    found: dict[str, Observation] = {}
+    if headers is None:
+        return found
+    for raw_name, value in headers.items():
+        name = raw_name.lower()
+        if name.startswith("x-ratelimit-"):
+            field, _, bucket = name[12:].partition("-")
+        elif name.startswith("anthropic-ratelimit-"):
+            bucket, _, field = name[20:].rpartition("-")
+        else:
+            continue
+        bucket = bucket.replace("-", "_")
+        if bucket not in BUCKETS or field not in ("limit", "remaining", "reset"):
+            continue
+        obs = found.setdefault(bucket, Observation())
+        if field == "reset":
+            obs.reset_s = parse_reset(value)
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(number) and number >= 0:
+            setattr(obs, field, number)
+    return found
+
+
+class TokenBucket:
+    """A per-minute budget refilled continuously, with a small burst (`burst_s` seconds of refill).
+
+    A small burst paces requests evenly, the way providers actually enforce per-minute limits
+    (quantised to seconds), rather than spending a minute's budget in the first second.
+    """
+
+    __slots__ = ("name", "user_limit", "server_limit", "headroom", "burst_s", "rate", "capacity",
+                 "level", "t", "taken")
+
+    def __init__(self, name: str, user_limit: float | None, *, headroom: float, burst_s: float,
+                 now: float) -> None:
+        self.name = name
+        self.user_limit = user_limit
+        self.server_limit: float | None = None
+        self.headroom = headroom
+        self.burst_s = burst_s
+        self.rate = math.inf
+        self.capacity = math.inf
+        self.level = 0.0
+        self.t = now
+        self.taken = 0.0  # running total of everything taken: lets a response's `remaining` be aged
+        self._configure(now, fill=True)
+
+    @property
+    def limit(self) -> float | None:
+        limits = [x for x in (self.user_limit, self.server_limit) if x]
+        return min(limits) if limits else None
+
+    def _configure(self, now: float, fill: bool = False) -> None:
+        self.refill(now)
+        limit = self.limit
+        if limit is None:
+            self.rate = self.capacity = math.inf
+            return
+        self.rate = limit * self.headroom / 60.0
+        self.capacity = max(self.rate * self.burst_s, 1.0)
+        self.level = self.capacity if fill else min(self.level, self.capacity)
+
+    def refill(self, now: float) -> None:
+        if now > self.t:
+            if self.rate != math.inf:
+                self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+            self.t = now
+
+    def wait_time(self, n: float, now: float) -> float:
+        """Seconds until `n` can be taken (a request bigger than the burst waits for a full burst)."""
+        if self.rate == math.inf:
+            return 0.0
+        self.refill(now)
+        need = min(n, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def take(self, n: float) -> None:
+        self.taken += n
+        if self.rate != math.inf:
+            self.level -= n
+
+    def give(self, n: float) -> None:
+        if self.rate != math.inf:
+            self.level = min(self.capacity, self.level + n)
+
+    def observe(self, obs: Observation, taken_since: float, age_s: float, now: float) -> None:
+        """Learn the server's limit; clamp our level to the server's `remaining`, aged by what we
+        have taken since that request was sent and what refilled since."""
+        if obs.limit and obs.limit != self.server_limit:
+            self.server_limit = obs.limit
+            self._configure(now, fill=self.rate == math.inf)  # first limit known: start full, then clamp
+        if obs.remaining is not None and self.rate != math.inf:
+            self.refill(now)
+            server_level = obs.remaining * self.headroom - taken_since + age_s * self.rate
+            if server_level < self.level:
+                self.level = max(server_level, 0.0)
+
+
+class AdaptiveConcurrency:
+    """A semaphore whose size follows AIMD: x`decrease` on a 429 (at most once per `cooldown_s`),
+    +1 per `successes_per_increase` successes, never above `max_limit` nor below 1."""
+
+    def __init__(self, max_limit: int, *, initial: int | None = None, decrease: float = 0.75,
+                 successes_per_increase: int = 25, cooldown_s: float = 1.0) -> None:
+        if max_limit < 1:
+            raise ValueError(f"concurrency must be >= 1, got {max_limit}")
+        self.max_limit = max_limit
+        self.limit = float(initial or max_limit)
+        self.decrease = decrease
+        self.successes_per_increase = successes_per_increase
+        self.cooldown_s = cooldown_s
+        self.in_use = 0
+        self._successes = 0
+        self._last_decrease = -math.inf
+        self._waiters: deque[asyncio.Future] = deque()
+
+    async def acquire(self) -> None:
+        if self.in_use < int(self.limit) and not self._waiters:
+            self.in_use += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted just as we were cancelled: pass the slot on
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use < int(self.limit):
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_use += 1
+                fut.set_result(None)
+
+    def set_limit(self, limit: float) -> None:
+        self.limit = max(1.0, min(float(self.max_limit), limit))
+        self._wake()
+
+    def on_success(self) -> None:
+        self._successes += 1
+        if self._successes >= self.successes_per_increase and self.limit < self.max_limit:
+            self._successes = 0
+            self.set_limit(self.limit + 1)
+
+    def on_rate_limited(self, now: float) -> None:
+        self._successes = 0
+        if now - self._last_decrease >= self.cooldown_s:
+            self._last_decrease = now
+            self.set_limit(math.floor(self.limit * self.decrease))
+
+
+class Ticket:
+    """One admitted attempt: what it reserved, so it can be refunded and its headers aged."""
+
+    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken")
+
+    def __init__(self, tokens_in: float, tokens_out: float, t_send: float, taken: tuple) -> None:
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
+        self.t_send = t_send
+        self.taken = taken
+
+
+class AdmissionController:
+    """Decides when the next attempt may go: buckets first (FIFO, one computed sleep at a time), then
+    a concurrency slot. Call exactly one of `complete`, `fail` or `cancel` per admitted ticket."""
+
+    def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.98,
+                 request_burst_s: float = 1.0, token_burst_s: float = 60.0, slow_start: bool = True,
+                 clock=time.monotonic) -> None:
+        limits = limits or RateLimits()
+        self.clock = clock
+        now = clock()
+        user = {"requests": limits.rpm, "tokens": limits.tpm, "input_tokens": limits.input_tpm,
+                "output_tokens": limits.output_tpm}
+        # Requests are paced (a 1 s burst: providers quantise per-minute limits to seconds); token
+        # buckets hold a minute, room for max_tokens reservations that are mostly refunded.
+        self.buckets = {name: TokenBucket(name, user[name], headroom=headroom, now=now,
+                                          burst_s=request_burst_s if name == "requests" else token_burst_s)
+                        for name in BUCKETS}
+        self._req, self._tok, self._in, self._out = (self.buckets[b] for b in BUCKETS)
+        # Until the first answer we do not know the server's limits: one request on the wire at a time.
+        self.concurrency = AdaptiveConcurrency(concurrency, initial=1 if slow_start else None)
+        self._started = not slow_start
+        self._lock = asyncio.Lock()
+        self.headers_seen = False
+        self.rate_limited = 0
+
+    async def acquire(self, tokens_in: float, tokens_out: float) -> Ticket:
+        async with self._lock:
+            while True:
+                now = self.clock()
+                wait = max(self._req.wait_time(1, now), self._tok.wait_time(tokens_in + tokens_out, now),
+                           self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now))
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            self._req.take(1)
+            self._tok.take(tokens_in + tokens_out)
+            self._in.take(tokens_in)
+            self._out.take(tokens_out)
+        try:
+            await self.concurrency.acquire()
+        except asyncio.CancelledError:
+            self._refund(tokens_in, tokens_out, requests=1)
+            raise
+        return Ticket(tokens_in, tokens_out, self.clock(), (self._req.taken, self._tok.taken, self._in.taken,
+                                                            self._out.taken))
+
+    def _refund(self, tokens_in: float, tokens_out: float, requests: float = 0) -> None:
+        self._req.give(requests)
+        self._tok.give(tokens_in + tokens_out)
+        self._in.give(tokens_in)
+        self._out.give(tokens_out)
+
+    def _learn(self, ticket: Ticket, headers) -> None:
+        observations = parse_rate_headers(headers)
+        if not observations:
+            return
+        self.headers_seen = True
+        now = self.clock()
+        age = now - ticket.t_send
+        for name, obs in observations.items():
+            bucket = self.buckets[name]
+            bucket.observe(obs, bucket.taken - ticket.taken[_INDEX[name]], age, now)
+
+    def _first_answer(self) -> None:
+        self._started = True
+        self.concurrency.set_limit(self.concurrency.max_limit)
+
+    def complete(self, ticket: Ticket, input_tokens: int, output_tokens: int, headers=None) -> None:
+        """A successful answer: reconcile reservations with real usage, learn from headers."""
+        self.concurrency.release()
+        # Refund (or charge) the difference between what was reserved and what was used.
+        d_in = ticket.tokens_in - input_tokens
+        d_out = ticket.tokens_out - output_tokens
+        self._tok.give(d_in + d_out) if d_in + d_out >= 0 else self._tok.take(-(d_in + d_out))
+        self._in.give(d_in) if d_in >= 0 else self._in.take(-d_in)
+        self._out.give(d_out) if d_out >= 0 else self._out.take(-d_out)
+        self._learn(ticket, headers)
+        self.concurrency.on_success()
+        if not self._started:
+            self._first_answer()
+
+    def fail(self, ticket: Ticket, *, rate_limited: bool = False, headers=None) -> None:
+        """A failed attempt: tokens were not used (the request itself still counted), learn, and cut
+        concurrency on a 429."""
+        self.concurrency.release()
+        self._refund(ticket.tokens_in, ticket.tokens_out)
+        self._learn(ticket, headers)
+        if rate_limited:
+            self.rate_limited += 1
+            self.concurrency.on_rate_limited(self.clock())
+        if not self._started:
+            self._first_answer()
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The attempt never completed (run cancelled): give everything back."""
+        self.concurrency.release()
+        self._refund(ticket.tokens_in, ticket.tokens_out, requests=1)
+
+    @property
+    def limits(self) -> dict[str, float | None]:
+        """Effective per-minute limits now (None: unlimited)."""
+        return {name: b.limit for name, b in self.buckets.items()}
