@@ -145,3 +145,24 @@ def test_bad_sources_are_named(tmp_path):
     short.write_text("tiny")
     with pytest.raises(WebSampleError, match="no extract survived cleaning"):
         WebSamples.load(short)
+
+
+def test_hub_source_streams_through_datasets(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = {}
+    rows = [{"text": f"Document {i} describes how rivers carve valleys over thousands of years of slow erosion. " * 3}
+            for i in range(50)]
+
+    def fake_load_dataset(repo, config, split, streaming):
+        calls.update(repo=repo, config=config, split=split, streaming=streaming)
+        return iter(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("textbookgen.websamples._hub_reachable", lambda: True)
+    ws = WebSamples.load("hf:HuggingFaceFW/fineweb-edu", config="sample-10BT", limit=10)
+    assert calls == {"repo": "HuggingFaceFW/fineweb-edu", "config": "sample-10BT", "split": "train", "streaming": True}
+    assert len(ws) == 10
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WebSampleError, match="not reachable"):
+        WebSamples.load("hf:org/name")
