@@ -577,3 +577,20 @@ def test_concurrent_burst_is_admitted_exactly_up_to_the_bucket():
         assert len(ok) + len(limited) == 40 and 10 <= len(ok) <= 10 + refilled
         assert emu.billed == len(ok) and emu.rate_limited == len(limited)
         assert all(float(r.response.headers["retry-after-ms"]) <= 1000 for r in limited)
+
+
+def test_default_responder_writes_exercises_questions_and_sections():
+    def ask(content):
+        return default_responder({"messages": [{"role": "user", "content": content}]}, seed=9, max_tokens=1024)
+
+    exercises = ask('Write a set of 5 exercises with full worked solutions on "Optics" for high school students.')
+    assert [int(k) for k in re.findall(r"^Exercise (\d+)\.", exercises, re.M)] == [1, 2, 3, 4, 5]
+    assert exercises.count("\nSolution. ") == 5 and exercises.count("\nAnswer: ") == 5
+    qa = ask('Write a question-and-answer study text about "Optics".\nAsk 6 to 8 questions a learner would ask.')
+    questions = re.findall(r"^Q\d+: (.+\?)$", qa, re.M)
+    assert 6 <= len(questions) == len(set(questions)) <= 8 and qa.count("\nA: ") == len(questions)
+    section = ask('Write a section of a textbook on "Optics".\nInclude at least two worked examples and '
+                  'a few exercises at the end.')
+    assert not section.startswith("1.") and "\n\nExercises\n\n" in section and "Exercise 3." in section
+    keyed = json.loads(ask('List 6 distinct subtopics of "Optics". Answer with JSON only: {"subtopics": ["..."]}'))
+    assert len(set(keyed["subtopics"])) == 6

@@ -170,54 +170,114 @@ class _Deck:
         return self.left.pop()
 
 
-def _grammar_sentence(d: dict[str, _Deck], fill: dict[str, str], rng: random.Random) -> str:
-    """determiner adjective noun + verb + object + modifier, each part a few words drawn from its own
-    deck, so no fixed run of five words recurs often (~10^9 distinct sentences)."""
-    c, c2 = d["concept"].draw(), d["concept"].draw()
-    noun = d["noun"].draw().format(c=c, **fill)
-    subject = f"{rng.choice(('the', 'this', 'a', 'one', 'every', 'each'))} {d['adjective'].draw()} {noun}"
-    obj = d["object"].draw().format(c=c, c2=c2, r=d["relation"].draw(), **fill)
-    modifier = d["modifier"].draw().format(adj=d["adjective"].draw(), setting=d["setting"].draw(), **fill)
-    sentence = f"{subject} {d['verb'].draw()} {obj}{modifier}."
-    if rng.random() < 0.12 and d["example"].rounds <= 1:
-        a, b = rng.randint(2, 99), rng.randint(2, 40)
-        sentence += " " + d["example"].draw().format(a=a, b=b, c=d["concept"].draw(), **fill)
-    return sentence[:1].upper() + sentence[1:]
+class _Writer:
+    """Composes textbook-like sentences about one topic. Every part of a sentence (noun phrase, verb,
+    object, modifier, worked number example, handcrafted sentence) is drawn from its own deck without
+    replacement, so one document rarely repeats a run of five words (Gopher's duplicated n-gram
+    rules pass) and documents on different topics are far from near-duplicates."""
+
+    def __init__(self, subject: str, rng: random.Random) -> None:
+        topic = subject.rsplit(" > ", 1)[-1]
+        x = topic.lower() if topic[:1].isupper() and topic[1:2].islower() else topic
+        self.fill = {"X": topic, "x": x}
+        self.rng = rng
+        self.d = {name: _Deck(items, rng) for name, items in (
+            ("concept", _CONCEPTS), ("sentence", _SENTENCES), ("noun", _G_NOUNS), ("adjective", _G_ADJECTIVES),
+            ("verb", _G_VERBS), ("object", _G_OBJECTS), ("relation", _G_RELATIONS), ("modifier", _G_MODIFIERS),
+            ("setting", _G_SETTINGS), ("example", _G_EXAMPLES), ("question", _QUESTIONS),
+            ("problem", _PROBLEMS), ("answer", _ANSWERS))}
+
+    def _format(self, deck: str, **extra: Any) -> str:
+        c = self.d["concept"]
+        a, b = self.rng.randint(2, 99), self.rng.randint(2, 40)
+        text = self.d[deck].draw().format(c=c.draw(), c2=c.draw(), a=a, b=b, **self.fill, **extra)
+        return text[:1].upper() + text[1:]
+
+    def opener(self) -> str:
+        c = self.d["concept"]
+        text = self.rng.choice(_OPENERS).format(c=c.draw(), c2=c.draw(), **self.fill)
+        return text[:1].upper() + text[1:]
+
+    def sentence(self) -> str:
+        """Mostly determiner + adjective + noun, verb, object, modifier (~10^9 combinations)."""
+        d, rng = self.d, self.rng
+        if (d["sentence"].rounds == 0 or d["sentence"].left) and rng.random() < 0.25:  # each at most once
+            return self._format("sentence")
+        noun = d["noun"].draw().format(c=d["concept"].draw(), **self.fill)
+        subject = f"{rng.choice(('the', 'this', 'a', 'one', 'every', 'each'))} {d['adjective'].draw()} {noun}"
+        obj = d["object"].draw().format(c=d["concept"].draw(), c2=d["concept"].draw(), r=d["relation"].draw(),
+                                        **self.fill)
+        modifier = d["modifier"].draw().format(adj=d["adjective"].draw(), setting=d["setting"].draw())
+        sentence = f"{subject} {d['verb'].draw()} {obj}{modifier}."
+        if rng.random() < 0.12 and d["example"].rounds <= 1:
+            sentence += " " + self._format("example")
+        return sentence[:1].upper() + sentence[1:]
+
+    def paragraphs(self, budget_chars: int, n_words: int | None = None, opener: bool = True) -> str:
+        """Whole sentences up to budget_chars (or about n_words), a paragraph break every 4-6 sentences."""
+        text = self.opener() if opener else self.sentence()
+        words = len(text.split())
+        paragraph_len, paragraph_target = 1, self.rng.randint(4, 6)
+        while n_words is None or words < n_words:
+            sentence = self.sentence()
+            if len(text) + 1 + len(sentence) > budget_chars:
+                break
+            words += len(sentence.split())
+            if paragraph_len >= paragraph_target:
+                text += "\n\n" + sentence
+                paragraph_len, paragraph_target = 1, self.rng.randint(4, 6)
+            else:
+                text += " " + sentence
+                paragraph_len += 1
+        return text
+
+    def exercises(self, n: int, budget_chars: int, heading: bool = False) -> str:
+        """n exercises, each a problem, a worked solution and a final answer."""
+        per_item = max(200, budget_chars // max(1, n))
+        items = [f"Exercise {i}. {self._format('problem')}\nSolution. "
+                 f"{self.paragraphs(per_item - 120, opener=False)}\nAnswer: {self._format('answer')}"
+                 for i in range(1, n + 1)]
+        return ("Exercises\n\n" if heading else "") + "\n\n".join(items)
+
+    def questions(self, n: int, budget_chars: int) -> str:
+        """n questions, each followed by an answer of a few sentences."""
+        per_item = max(160, budget_chars // max(1, n))
+        return "\n\n".join(f"Q{i}: {self._format('question')}\nA: {self.paragraphs(per_item - 60, opener=False)}"
+                            for i in range(1, n + 1))
 
 
 def prose(subject: str, n_tokens: int, rng: random.Random, n_words: int | None = None) -> str:
-    """Textbook-style paragraphs about `subject`: whole sentences up to n_tokens (or about n_words).
-    Sentences are composed from parts drawn without replacement, so a document passes repetition
-    filters (Gopher's duplicated n-gram rules) and documents on different topics are far from
-    near-duplicates."""
-    budget = max(1, n_tokens) * CHARS_PER_TOKEN
-    topic = subject.rsplit(" > ", 1)[-1]
-    x = topic.lower() if topic[:1].isupper() and topic[1:2].islower() else topic
-    fill = {"X": topic, "x": x}
-    decks = {name: _Deck(items, rng) for name, items in (
-        ("concept", _CONCEPTS), ("sentence", _SENTENCES), ("noun", _G_NOUNS), ("adjective", _G_ADJECTIVES),
-        ("verb", _G_VERBS), ("object", _G_OBJECTS), ("relation", _G_RELATIONS), ("modifier", _G_MODIFIERS),
-        ("setting", _G_SETTINGS), ("example", _G_EXAMPLES))}
-    concept, handcrafted = decks["concept"], decks["sentence"]
-    text = rng.choice(_OPENERS).format(c=concept.draw(), c2=concept.draw(), **fill)
-    text = text[:1].upper() + text[1:]
-    paragraph_len, paragraph_target = 1, rng.randint(4, 6)
-    words = len(text.split())
-    while n_words is None or words < n_words:
-        if (handcrafted.rounds == 0 or handcrafted.left) and rng.random() < 0.25:  # each at most once
-            sentence = handcrafted.draw().format(c=concept.draw(), c2=concept.draw(), **fill)
-        else:
-            sentence = _grammar_sentence(decks, fill, rng)
-        if len(text) + 1 + len(sentence) > budget:
-            break
-        words += len(sentence.split())
-        if paragraph_len >= paragraph_target:
-            text += "\n\n" + sentence
-            paragraph_len, paragraph_target = 1, rng.randint(4, 6)
-        else:
-            text += " " + sentence
-            paragraph_len += 1
-    return text
+    """Textbook-style paragraphs about `subject`: whole sentences up to n_tokens (or about n_words)."""
+    return _Writer(subject, rng).paragraphs(max(1, n_tokens) * CHARS_PER_TOKEN, n_words)
+
+
+_QUESTIONS = (
+    "What is the role of {c} in {x}?", "How does {c} relate to {c2}?", "Why is {c} important when studying {x}?",
+    "What would change if {c} were removed?", "How can we measure {c} in practice?",
+    "What is a common mistake about {c}?", "How did ideas about {c} develop over time?",
+    "When does {c} stop being a good approximation?", "How are {c} and {c2} different?",
+    "Which example best illustrates {c}?", "What evidence supports {c}?", "How would you explain {c} to a friend?",
+    "What links {x} to {c}?", "Can {c} be observed directly?", "What are the limits of {c}?",
+    "How does {c} show up in everyday life?",
+)
+_PROBLEMS = (
+    "Explain how {c} applies to a simple case in {x}.",
+    "A student claims that {c} and {c2} are the same thing. Identify the mistake.",
+    "Estimate the effect of doubling {c} in a system with {a} parts.",
+    "Describe an experiment that would test {c}.", "Compare {c} with {c2} using one concrete example.",
+    "Using {c}, predict what happens when {c2} changes by {a} percent.",
+    "List two consequences of {c} for {x} and justify each.",
+    "A table shows {b} measurements of {c}; describe how you would summarise them.",
+    "Why might {c} fail in an unusual setting? Give a reason.",
+    "Combine {c} and {c2} to solve a problem with {a} units.",
+    "Sketch a diagram that connects {c} to {c2}.", "Give a real-world example of {c} and explain it.",
+)
+_ANSWERS = (
+    "about {b} percent.", "{c} dominates in this case.", "the claim confuses {c} with {c2}.",
+    "roughly {a} units.", "the effect grows, but slowly.", "{b} of the {a} cases fit the rule.",
+    "the two agree within {b} percent.", "it depends on {c}, as shown above.", "no; {c} is the limiting factor.",
+    "yes, provided {c} stays constant.", "the result is {a}.", "the trend reverses after {b} steps.",
+)
 
 
 _G_ADJECTIVES = (
@@ -384,14 +444,36 @@ def _judge(prompt: str, body: dict[str, Any], rng: random.Random) -> str:
     return f"{_justification(score, rng)}\n\n{label.group(1) if label else 'Score'}: {score}"
 
 
+_WRITE_RE = re.compile(r"(?:^|[.!?:\n]\s*)(?:please\s+)?(?:write|compose|draft|create|produce|prepare)\b"
+                       r"(?!\s+(?:a\s+|an\s+)?(?:list|json|array)\b)", re.IGNORECASE)
+_NUMBER = r"(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")(?:\s*(?:to|-|–|or)\s*(\d{1,3}))?"
+_EXERCISES_RE = re.compile(_NUMBER + r"\s+(?:[\w-]+\s+){0,3}?(?:exercises?|problems?)\b", re.IGNORECASE)
+_QUESTIONS_RE = re.compile(_NUMBER + r"\s+(?:[\w-]+\s+){0,3}?questions?\b", re.IGNORECASE)
+_JSON_KEY_RE = re.compile(r'\{\s*"(\w+)"\s*:\s*\[')
+
+
+def _count(rx: re.Pattern[str], prompt: str, rng: random.Random) -> int | None:
+    """N in "5 exercises", or a draw from "6 to 8 questions"."""
+    m = rx.search(prompt)
+    if not m:
+        return None
+    low = int(m.group(1)) if m.group(1).isdigit() else _NUMBER_WORDS[m.group(1).lower()]
+    high = int(m.group(2)) if m.group(2) else low
+    return rng.randint(low, high) if 1 <= low <= high <= 100 else None
+
+
 def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     """The completion text for a chat request body (OpenAI or Anthropic shape), derived from `seed`.
 
-    Lists: a numbered list of N distinct items, or a JSON array when JSON was asked for; a
-    `response_format` json_schema gets a schema instance. Judging prompts ("score ... on a scale of
-    0 to 5", FineWeb-Edu's "Educational score: <points>") get a justification and a score that
-    follows the judged text's educational cues. Otherwise prose of about 60-90% of max_tokens
-    (capped at 700 tokens, or the "N words" the prompt asks for).
+    - a `response_format` json_schema: an instance of the schema (lists of distinct items, scores);
+    - a judging prompt ("score ... on a scale of 0 to 5", FineWeb-Edu's "Educational score:
+      <points>"): a justification and a score that follows the judged text's educational cues;
+    - a writing prompt ("Write ...") asking for N exercises or questions: that many worked exercises
+      (problem, solution, answer) or questions with answers; other writing prompts: prose, ending
+      with a few exercises when the prompt mentions exercises;
+    - a request for N items ("List 20 subtopics of X"): N distinct items, numbered, or as JSON (an
+      array, or {"key": [...]} when the prompt shows that shape) when JSON was asked for.
+    Length: about 60-90% of max_tokens (capped at 700 tokens), or the "N words" the prompt asks for.
     """
     rng = random.Random(seed)
     prompt = prompt_text(body.get("messages") or [], body.get("system"))
@@ -405,14 +487,30 @@ def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
         return json.dumps(from_schema(schema, subject, n, rng, score=score), ensure_ascii=False)
     if judging:
         return _judge(prompt, body, rng)
-    if n is not None:
+    writing = _WRITE_RE.search(prompt) is not None
+    n_exercises = _count(_EXERCISES_RE, prompt, rng) if writing else None
+    n_questions = _count(_QUESTIONS_RE, prompt, rng) if writing else None
+    first_sentence = re.split(r"(?<=[.!?])\s|\n", prompt.strip(), maxsplit=1)[0]
+    asks_list = n is not None and (not writing or requested_count(first_sentence) is not None)
+    if asks_list and not (n_exercises or n_questions):
         items = distinct_items(subject, n, rng)
         if wants_json(body, prompt):
-            return json.dumps(items if fmt.get("type") != "json_object" else {"items": items}, ensure_ascii=False)
+            key = _JSON_KEY_RE.search(prompt)
+            if key or fmt.get("type") == "json_object":
+                return json.dumps({key.group(1) if key else "items": items}, ensure_ascii=False)
+            return json.dumps(items, ensure_ascii=False)
         return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
     asked = re.search(r"\b(\d{2,5})\s*(?:-\s*\d+\s*)?words\b", prompt, re.IGNORECASE)
-    if asked:  # as many words as asked for; max_tokens may cut it (finish_reason "length")
-        text = prose(subject, 10**7, rng, n_words=int(asked.group(1)))
-    else:
-        text = prose(subject, int(min(max_tokens, 700) * rng.uniform(0.6, 0.9)), rng)
+    n_words = int(asked.group(1)) if asked else None
+    budget = int(n_words * 6.5) if n_words else int(min(max_tokens, 700) * rng.uniform(0.6, 0.9)) * CHARS_PER_TOKEN
+    writer = _Writer(subject, rng)
+    if n_exercises:
+        text = writer.opener() + "\n\n" + writer.exercises(n_exercises, budget)
+    elif n_questions:
+        text = writer.opener() + "\n\n" + writer.questions(n_questions, budget)
+    elif writing and re.search(r"\bexercises?\b", prompt, re.IGNORECASE):
+        text = writer.paragraphs(int(budget * 0.6), n_words and int(n_words * 0.6))
+        text += "\n\n" + writer.exercises(3, int(budget * 0.4), heading=True)
+    else:  # as many words as asked for: max_tokens may cut it (finish_reason "length")
+        text = writer.paragraphs(10**8 if n_words else budget, n_words)
     return json.dumps({"title": subject, "text": text}, ensure_ascii=False) if wants_json(body, prompt) else text
