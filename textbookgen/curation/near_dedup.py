@@ -18,8 +18,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -125,24 +125,36 @@ class MinHashStore:
     def done(self, key: str) -> bool:
         return (self.shards / key / "DONE").exists()
 
-    def add(self, shards: list[tuple[str, list[str], list[str]]], workers: int,
+    def add(self, shards: list[tuple[str, Callable[[], tuple[list[str], list[str]]]]], workers: int,
             on_shard: Callable[[str], None] | None = None) -> list[str]:
-        """Sign the shards not yet stored (in `workers` processes); returns the keys signed now."""
-        todo = [(k, i, t) for k, i, t in shards if not self.done(k)]
-        if not todo:
-            return []
-        if workers <= 1 or len(todo) == 1:
-            done_iter = (sign_shard(str(self.shards / k), i, t, self.params) for k, i, t in todo)
-            for path in progress(done_iter, len(todo), "MinHash shards", min_total=2):
-                if on_shard:
-                    on_shard(Path(path).name)
+        """Sign the shards not yet stored, in `workers` processes; returns the keys signed now.
+
+        Each shard is (key, load) where load() gives its (ids, texts): texts are materialised one
+        shard at a time and at most `workers + 1` shards are in flight, so memory stays flat."""
+        todo = [(k, load) for k, load in shards if not self.done(k)]
+        if workers <= 1 or len(todo) <= 1:
+            results = (sign_shard(str(self.shards / k), *load(), self.params) for k, load in todo)
         else:
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(sign_shard, str(self.shards / k), i, t, self.params) for k, i, t in todo]
-                for path in progress((f.result() for f in futures), len(todo), "MinHash shards", min_total=2):
-                    if on_shard:
-                        on_shard(Path(path).name)
-        return [k for k, _, _ in todo]
+            results = self._parallel(todo, workers)
+        for path in progress(results, len(todo), "MinHash shards", min_total=2):
+            if on_shard:
+                on_shard(Path(path).name)
+        return [k for k, _ in todo]
+
+    def _parallel(self, todo: list, workers: int) -> Iterator[str]:
+        pending = iter(todo)
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+            running = set()
+            for _ in range(min(workers + 1, len(todo))):
+                k, load = next(pending)
+                running.add(pool.submit(sign_shard, str(self.shards / k), *load(), self.params))
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    nxt = next(pending, None)
+                    if nxt is not None:
+                        running.add(pool.submit(sign_shard, str(self.shards / nxt[0]), *nxt[1](), self.params))
+                    yield f.result()
 
     def load(self, current_keys: list[str], current_ids: set[str]) -> LoadedStore:
         """Current shards first (in order), then every other finished shard minus ids in this input."""
@@ -198,15 +210,14 @@ class MinHashDedup(Step):
             workdir = Path(tmp.name)
         try:
             store = MinHashStore(workdir, params)
-            ids = df[self.id_column].cast(pl.String).to_list()
-            texts = df[self.text_column].to_list()
+            id_col = df[self.id_column].cast(pl.String)
             shards = []
-            for s in range(0, len(ids), cfg.shard_size):
-                i, t = ids[s : s + cfg.shard_size], texts[s : s + cfg.shard_size]
-                shards.append((shard_key(i, t), i, t))
+            for s in range(0, df.height, cfg.shard_size):
+                load = self._shard_loader(id_col, df[self.text_column], s, cfg.shard_size)
+                shards.append((shard_key(*load()), load))
             workers = cfg.workers or os.cpu_count() or 1
             signed = store.add(shards, workers, self.on_shard)
-            loaded = store.load([k for k, _, _ in shards], set(ids))
+            loaded = store.load([k for k, _ in shards], set(id_col.to_list()))
             kept_ids, clusters, pairs = self._cluster(loaded, df)
             clusters.write_parquet(workdir / "clusters.parquet")
             pairs.write_parquet(workdir / "pairs.parquet")
@@ -226,6 +237,10 @@ class MinHashDedup(Step):
             "clusters": clusters["cluster"].n_unique() if clusters.height else 0,
         })
         return out
+
+    @staticmethod
+    def _shard_loader(ids: pl.Series, texts: pl.Series, start: int, size: int):
+        return lambda: (ids.slice(start, size).to_list(), texts.slice(start, size).to_list())
 
     def _cluster(self, store: LoadedStore, df: pl.DataFrame) -> tuple[list[str], pl.DataFrame, pl.DataFrame]:
         """Verified pairs -> clusters -> the kept ids of this input, the cluster table and the pairs."""
