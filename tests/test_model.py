@@ -101,6 +101,16 @@ def test_chunked_loss_gradcheck_fp64_and_scaling():
         chunked_linear_cross_entropy(x, w, b, y[:3])
 
 
+def test_chunked_loss_no_grad_evaluation():
+    m = _perturbed(SMALL)
+    ids, y = _ids(SMALL, 2, 30), _ids(SMALL, 2, 30, seed=7)
+    with torch.no_grad():
+        a = m(ids, labels=y)
+        m.config.loss_chunk_size = 0
+        b = m(ids, labels=y)
+    assert not a.requires_grad and torch.allclose(a, b, atol=1e-6)
+
+
 def test_chunked_loss_under_bf16_autocast_is_close():
     m = _perturbed(SMALL)
     ids, y = _ids(SMALL, 2, 64), _ids(SMALL, 2, 64, seed=4)

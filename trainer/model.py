@@ -269,11 +269,10 @@ class _ChunkedLinearCE(torch.autograd.Function):
     so neither the full logits nor a recompute of the lm_head matmul is ever needed."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, labels, chunk_size: int):
+    def forward(ctx, x, weight, bias, labels, chunk_size: int, need_grad: bool):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         acc = torch.promote_types(dt, torch.float32)  # fp32 softmax/loss (fp64 stays fp64)
-        need_grad = any(ctx.needs_input_grad[:3])
         with torch.autocast(dev, enabled=False):
             w = weight.to(dt)
             b = bias.to(dt) if bias is not None else None
@@ -305,7 +304,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_x, grad_w, grad_b = ctx.saved_tensors
         gb = (grad_b * grad_out).to(grad_w.dtype) if ctx.has_bias else None
-        return grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype), gb, None, None
+        return grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype), gb, None, None, None
 
 
 def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -314,7 +313,9 @@ def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: to
     without materialising `[N, V]` logits; memory is one `[chunk_size, V]` fp32 block."""
     if x.shape[0] != labels.shape[0]:
         raise ValueError(f"{x.shape[0]} hidden rows but {labels.shape[0]} labels")
-    return _ChunkedLinearCE.apply(x, weight, bias, labels, max(1, chunk_size))
+    # under no_grad (evaluation) the forward skips the gradient work; ctx.needs_input_grad cannot tell
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return _ChunkedLinearCE.apply(x, weight, bias, labels, max(1, chunk_size), need_grad)
 
 
 def _self_check() -> None:  # pragma: no cover - `python -m trainer.model` prints the preset sizes
