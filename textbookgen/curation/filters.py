@@ -296,7 +296,9 @@ class HeuristicFilter(Step):
 
     def reason(self, text: str, fmt: str | None = None) -> str | None:
         """The first rule `text` fails, or None to keep it."""
-        doc = Doc(text, self.is_code(text, fmt))
+        return self.check(Doc(text, self.is_code(text, fmt)))
+
+    def check(self, doc: Doc) -> str | None:
         for rule in self.rules:
             if rule.applies(doc) and not rule.keep(doc):
                 return rule.reason
@@ -306,12 +308,15 @@ class HeuristicFilter(Step):
         require_columns(df, [self.text_column], self.name)
         formats = df["format"].to_list() if "format" in df.columns else [None] * df.height
         pairs = zip(df[self.text_column].to_list(), formats, strict=True)
-        reasons = [self.reason(t, f) for t, f in progress(pairs, df.height, "filtering")]
+        reasons, n_code = [], 0
+        for text, fmt in progress(pairs, df.height, "filtering"):
+            doc = Doc(text, self.is_code(text, fmt))  # one at a time: a Doc caches its word lists
+            n_code += doc.is_code
+            reasons.append(self.check(doc))
         flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String))
         dropped = flagged.filter(pl.col("_reason").is_not_null())
         stats.dropped.update(Counter(dropped["_reason"].to_list()))
-        stats.extra["code_docs"] = sum(self.is_code(t, f) for t, f in zip(df[self.text_column].to_list(), formats,
-                                                                           strict=True))
+        stats.extra["code_docs"] = n_code
         if workdir is not None and self.id_column in df.columns:
             dropped.select(self.id_column, pl.col("_reason").alias("reason")).write_parquet(workdir / "dropped.parquet")
         return flagged.filter(pl.col("_reason").is_null()).drop("_reason")
