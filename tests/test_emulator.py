@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import doctest
 import json
 import math
 import re
@@ -594,3 +595,24 @@ def test_default_responder_writes_exercises_questions_and_sections():
     assert not section.startswith("1.") and "\n\nExercises\n\n" in section and "Exercise 3." in section
     keyed = json.loads(ask('List 6 distinct subtopics of "Optics". Answer with JSON only: {"subtopics": ["..."]}'))
     assert len(set(keyed["subtopics"])) == 6
+
+
+def test_default_responder_stories_and_python_with_passing_doctests():
+    def ask(content):
+        return default_responder({"messages": [{"role": "user", "content": content}]}, seed=4, max_tokens=1024)
+
+    tale = ask('Write a short story (3 to 5 paragraphs) about sharing that a young child can understand.\n'
+               'The story should use the verb "jump", the noun "ball" and the adjective "shiny".')
+    assert 3 <= len(tale.split("\n\n")) <= 5 and all(w in tale for w in ("jump", "ball", "shiny"))
+    solved = ask('Write 3 Python exercises on "Recursion" for beginners.')
+    blocks = re.findall(r"```python\n(.*?)```", solved, re.S)
+    assert len(blocks) == 3 and solved.count("Time complexity: O(") == 3
+    for block in blocks:  # the doctest examples were computed by running the code: they pass
+        namespace: dict = {}
+        exec(block, namespace)
+        fn = next(v for k, v in namespace.items() if callable(v) and not k.startswith("__"))
+        failures = doctest.DocTestRunner().run(doctest.DocTestFinder().find(fn, globs=namespace)[0])
+        assert failures.failed == 0 and failures.attempted == 2
+    section = ask('Write a section of a Python programming textbook on "Recursion".\n'
+                  '- end with two exercises, each with a function signature and docstring.')
+    assert section.count("```python") == 3 and section.count("    ...\n```") == 2

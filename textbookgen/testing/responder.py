@@ -189,7 +189,8 @@ class _Writer:
 
     def _format(self, deck: str, **extra: Any) -> str:
         c = self.d["concept"]
-        a, b = self.rng.randint(2, 99), self.rng.randint(2, 40)
+        a = self.rng.randint(10, 99)
+        b = self.rng.randint(2, a - 1)
         text = self.d[deck].draw().format(c=c.draw(), c2=c.draw(), a=a, b=b, **self.fill, **extra)
         return text[:1].upper() + text[1:]
 
@@ -444,6 +445,141 @@ def _judge(prompt: str, body: dict[str, Any], rng: random.Random) -> str:
     return f"{_justification(score, rng)}\n\n{label.group(1) if label else 'Score'}: {score}"
 
 
+_STORY_NAMES = ("Lily", "Max", "Tom", "Mia", "Ben", "Sam", "Zoe", "Leo", "Ava", "Finn", "Rosa", "Kai", "Nina",
+                "Omar", "Ella", "Jack", "Lucy", "Noah", "Ruby", "Theo")
+_STORY_ANIMALS = ("cat", "dog", "bird", "frog", "duck", "bunny", "bear", "fish", "puppy", "kitten", "mouse", "owl",
+                  "pig", "goat", "hen", "fox")
+_STORY_PLACES = ("park", "garden", "pond", "yard", "beach", "farm", "forest", "kitchen", "hill", "street", "school",
+                 "river", "barn", "shop")
+_STORY_THINGS = ("ball", "kite", "box", "hat", "cup", "boat", "drum", "apple", "book", "car", "sock", "leaf",
+                 "shell", "spoon", "bell", "flower")
+_STORY_FEELINGS = ("happy", "sad", "glad", "sleepy", "brave", "proud", "scared", "excited", "calm", "silly")
+_STORY_BEGIN = ("{name} had a little {animal}.", "One day, {name} went to the {place}.",
+                "There was a {feeling} {animal} who lived near the {place}.", "{name} woke up early one morning.")
+_STORY_END = ("It was a very good day.", "At night, {name} was {feeling} and tired.", "{name} said thank you.",
+              "Now {name} knew what to do.", "They went home with big smiles.")
+_STORY_SENTENCES = (
+    "The sun was warm and bright.",
+    "{name} saw a {color} {thing} on the ground.", "\"Look!\" said {name}.", "The {animal} ran to the {thing}.",
+    "{name} felt {feeling}.", "They played all day long.", "Then it began to rain.",
+    "{name} and {friend} sat under a big tree.", "The {animal} did not want to go home.",
+    "\"Can I help?\" asked {friend}.", "They looked for the {thing} in the {place}.",
+    "{friend} found it near a rock.", "Everyone clapped and smiled.",
+    "The {animal} gave a soft little yawn.", "{name} learned something new about {x}.",
+    "Mom said, \"You did a good job.\"", "The wind made the leaves dance.", "{friend} shared a snack.",
+    "{name} gave the {thing} to {friend}.", "The {animal} hopped and hopped.",
+    "Soon the sky was {color}.", "They sang a happy song.", "Birds were singing in the {place}.",
+    "{friend} laughed out loud.", "The {thing} was too high to reach.", "{name} tried again and again.",
+)
+_STORY_COLORS = ("red", "blue", "green", "yellow", "pink", "orange", "purple", "gray")
+_STORY_WORDS_RE = re.compile(r'\b(verb|noun|adjective)\s+"([^"]+)"', re.IGNORECASE)
+_PARAGRAPHS_RE = re.compile(r"\b(\d{1,2})(?:\s*(?:to|-|–)\s*(\d{1,2}))?\s+paragraphs?\b", re.IGNORECASE)
+
+
+def story(subject: str, prompt: str, budget_chars: int, rng: random.Random) -> str:
+    """A very simple children's story (TinyStories style) that uses the words the prompt requires."""
+    d = {k: _Deck(v, rng) for k, v in (("s", _STORY_SENTENCES), ("animal", _STORY_ANIMALS), ("place", _STORY_PLACES),
+                                       ("thing", _STORY_THINGS), ("feeling", _STORY_FEELINGS),
+                                       ("color", _STORY_COLORS))}
+    name, friend = rng.sample(_STORY_NAMES, 2)
+    required = dict((k.lower(), w) for k, w in _STORY_WORDS_RE.findall(prompt) if w.strip())
+    m = _PARAGRAPHS_RE.search(prompt)
+    n_paragraphs = rng.randint(int(m.group(1)), int(m.group(2) or m.group(1))) if m else rng.randint(3, 5)
+    per_paragraph = max(1, min(6, budget_chars // max(1, 60 * n_paragraphs)))
+    x = subject.rsplit(" > ", 1)[-1].lower()
+    extra = []
+    if required:
+        extra.append(f"{name} liked to {required.get('verb', 'play')} with a {required.get('adjective', 'little')} "
+                     f"{required.get('noun', 'ball')}.")
+    def fill(template: str) -> str:
+        return template.format(name=name, friend=friend, animal=d["animal"].draw(), x=x, place=d["place"].draw(),
+                               thing=d["thing"].draw(), feeling=d["feeling"].draw(), color=d["color"].draw())
+
+    paragraphs = []
+    for p in range(n_paragraphs):
+        sentences = [fill(d["s"].draw()) for _ in range(rng.randint(max(2, per_paragraph - 1), max(3, per_paragraph)))]
+        if p == 0:
+            sentences[:0] = [fill(rng.choice(_STORY_BEGIN)), *extra]
+        if p == n_paragraphs - 1:
+            sentences.append(fill(rng.choice(_STORY_END)))
+        paragraphs.append(" ".join(sentences))
+    return "\n\n".join(paragraphs)
+
+
+_CODE_FUNCS = (
+    ("count_{n}", "items, target", "Return how many elements of `items` are equal to `target`.",
+     "    count = 0\n    for item in items:\n        if item == target:\n            count += 1\n    return count",
+     lambda r: ([r.randint(0, 3) for _ in range(6)], r.randint(0, 3)), "O(n)"),
+    ("sum_of_squares_{n}", "numbers", "Return the sum of the squares of `numbers`.",
+     "    return sum(x * x for x in numbers)", lambda r: ([r.randint(-5, 9) for _ in range(4)],), "O(n)"),
+    ("running_total_{n}", "numbers", "Return the list of prefix sums of `numbers`.",
+     "    totals, total = [], 0\n    for x in numbers:\n        total += x\n        totals.append(total)\n"
+     "    return totals", lambda r: ([r.randint(0, 9) for _ in range(5)],), "O(n)"),
+    ("is_palindrome_{n}", "text", "Return True if `text` reads the same backwards, ignoring case and spaces.",
+     "    cleaned = [c.lower() for c in text if not c.isspace()]\n    return cleaned == cleaned[::-1]",
+     lambda r: (r.choice(["Never odd or even", "level", "python", "Step on no pets", "data"]),), "O(n)"),
+    ("most_common_{n}", "items", "Return the most frequent element of `items` (the first one on a tie).",
+     "    counts = {}\n    for item in items:\n        counts[item] = counts.get(item, 0) + 1\n"
+     "    return max(items, key=lambda item: counts[item])",
+     lambda r: ([r.choice("abc") for _ in range(7)],), "O(n)"),
+    ("chunk_{n}", "items, size", "Split `items` into consecutive lists of at most `size` elements.",
+     "    return [items[i:i + size] for i in range(0, len(items), size)]",
+     lambda r: (list(range(r.randint(4, 7))), r.randint(2, 3)), "O(n)"),
+    ("unique_{n}", "items", "Return the elements of `items` without repeats, keeping their first order.",
+     "    seen = set()\n    result = []\n    for item in items:\n        if item not in seen:\n"
+     "            seen.add(item)\n            result.append(item)\n    return result",
+     lambda r: ([r.randint(1, 4) for _ in range(7)],), "O(n)"),
+    ("clamp_{n}", "values, low, high", "Limit every number in `values` to the range [low, high].",
+     "    return [min(max(v, low), high) for v in values]",
+     lambda r: ([r.randint(-9, 19) for _ in range(5)], 0, 10), "O(n)"),
+    ("differences_{n}", "numbers", "Return the differences between consecutive elements of `numbers`.",
+     "    return [b - a for a, b in zip(numbers, numbers[1:])]",
+     lambda r: ([r.randint(0, 20) for _ in range(5)],), "O(n)"),
+    ("longest_word_{n}", "sentence", "Return the longest word in `sentence` (the first one on a tie).",
+     "    return max(sentence.split(), key=len)",
+     lambda r: (r.choice(["the quick brown fox", "data beats clever code", "read the docs first"]),), "O(n)"),
+)
+
+
+def _slug(subject: str) -> str:
+    words = re.findall(r"[a-z]+", subject.rsplit(" > ", 1)[-1].lower())
+    return "_".join(words[-2:]) or "items"
+
+
+def _function(template: tuple[Any, ...], slug: str, rng: random.Random, with_body: bool = True) -> str:
+    """A Python function with a docstring whose doctest examples were computed by running it."""
+    name_fmt, params, doc, body, make_args, _ = template
+    name = name_fmt.format(n=slug)
+    namespace: dict[str, Any] = {}
+    exec(f"def f({params}):\n{body}\n", namespace)  # our own fixed templates, to compute the examples
+    examples = []
+    for _ in range(2):
+        args = make_args(rng)
+        examples.append(f"    >>> {name}({', '.join(map(repr, args))})\n    {namespace['f'](*args)!r}")
+    doctests = "\n".join(examples)
+    return f'def {name}({params}):\n    """{doc}\n\n{doctests}\n    """\n' + (body if with_body else "    ...")
+
+
+def code_document(subject: str, n_exercises: int | None, tail_exercises: int, budget_chars: int,
+                  rng: random.Random) -> str:
+    """N solved Python exercises, or a textbook section: prose, a worked function with doctests, more
+    prose, then `tail_exercises` signatures with docstrings for the reader to complete."""
+    writer, slug = _Writer(subject, rng), _slug(subject)
+    funcs = list(_CODE_FUNCS)
+    rng.shuffle(funcs)
+    if n_exercises:
+        per_item = max(200, budget_chars // n_exercises)
+        parts = [f"Exercise {i}.\n\n```python\n{_function(t, slug, rng)}\n```\n\n"
+                 f"{writer.paragraphs(max(120, per_item - 400), opener=False)} Time complexity: {t[5]}."
+                 for i, t in enumerate(funcs[:n_exercises], 1)]
+        return "\n\n".join(parts)
+    prose_chars = max(200, (budget_chars - 900) // 2)
+    return (f"{writer.paragraphs(prose_chars)}\n\n```python\n{_function(funcs[0], slug, rng)}\n```\n\n"
+            f"{writer.paragraphs(prose_chars, opener=False)}\n\nExercises\n\n"
+            + "\n\n".join(f"```python\n{_function(t, slug, rng, with_body=False)}\n```"
+                            for t in funcs[1:1 + (tail_exercises or 2)]))
+
+
 _WRITE_RE = re.compile(r"(?:^|[.!?:\n]\s*)(?:please\s+)?(?:write|compose|draft|create|produce|prepare)\b"
                        r"(?!\s+(?:a\s+|an\s+)?(?:list|json|array)\b)", re.IGNORECASE)
 _NUMBER = r"(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")(?:\s*(?:to|-|–|or)\s*(\d{1,3}))?"
@@ -468,6 +604,8 @@ def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     - a `response_format` json_schema: an instance of the schema (lists of distinct items, scores);
     - a judging prompt ("score ... on a scale of 0 to 5", FineWeb-Edu's "Educational score:
       <points>"): a justification and a score that follows the judged text's educational cues;
+    - a writing prompt for a story: a very simple children's story using the required words; for
+      Python: prose with tested functions (doctests computed by running them) or N solved exercises;
     - a writing prompt ("Write ...") asking for N exercises or questions: that many worked exercises
       (problem, solution, answer) or questions with answers; other writing prompts: prose, ending
       with a few exercises when the prompt mentions exercises;
@@ -488,9 +626,15 @@ def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     if judging:
         return _judge(prompt, body, rng)
     writing = _WRITE_RE.search(prompt) is not None
-    n_exercises = _count(_EXERCISES_RE, prompt, rng) if writing else None
-    n_questions = _count(_QUESTIONS_RE, prompt, rng) if writing else None
     first_sentence = re.split(r"(?<=[.!?])\s|\n", prompt.strip(), maxsplit=1)[0]
+    # What the first sentence asks to write decides the document: "Write 5 exercises ..." is a set of
+    # exercises, "Write a question-and-answer text" a Q&A; "end with two exercises" later on is a tail.
+    n_exercises = _count(_EXERCISES_RE, first_sentence, rng) if writing else None
+    n_questions = _count(_QUESTIONS_RE, first_sentence, rng) if writing else None
+    if writing and n_questions is None and re.search(r"question-and-answer|\bQ&A\b|\bFAQ\b", first_sentence, re.I):
+        n_questions = _count(_QUESTIONS_RE, prompt, rng) or rng.randint(5, 8)
+    tail_exercises = (_count(_EXERCISES_RE, prompt, rng) or 3) if writing and re.search(
+        r"\bexercises?\b", prompt, re.IGNORECASE) else 0
     asks_list = n is not None and (not writing or requested_count(first_sentence) is not None)
     if asks_list and not (n_exercises or n_questions):
         items = distinct_items(subject, n, rng)
@@ -504,13 +648,17 @@ def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     n_words = int(asked.group(1)) if asked else None
     budget = int(n_words * 6.5) if n_words else int(min(max_tokens, 700) * rng.uniform(0.6, 0.9)) * CHARS_PER_TOKEN
     writer = _Writer(subject, rng)
-    if n_exercises:
+    if writing and re.search(r"\b(?:python|code|program|programming|function)\b", first_sentence, re.IGNORECASE):
+        text = code_document(subject, n_exercises, tail_exercises, budget, rng)
+    elif writing and re.search(r"\b(?:story|stories|tale|fable)\b", first_sentence, re.IGNORECASE):
+        text = story(subject, prompt, budget, rng)
+    elif n_exercises:
         text = writer.opener() + "\n\n" + writer.exercises(n_exercises, budget)
     elif n_questions:
         text = writer.opener() + "\n\n" + writer.questions(n_questions, budget)
-    elif writing and re.search(r"\bexercises?\b", prompt, re.IGNORECASE):
+    elif tail_exercises:
         text = writer.paragraphs(int(budget * 0.6), n_words and int(n_words * 0.6))
-        text += "\n\n" + writer.exercises(3, int(budget * 0.4), heading=True)
+        text += "\n\n" + writer.exercises(tail_exercises, int(budget * 0.4), heading=True)
     else:  # as many words as asked for: max_tokens may cut it (finish_reason "length")
         text = writer.paragraphs(10**8 if n_words else budget, n_words)
     return json.dumps({"title": subject, "text": text}, ensure_ascii=False) if wants_json(body, prompt) else text
