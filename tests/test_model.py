@@ -63,7 +63,7 @@ def test_logits_match_transformers_phi(fuse):
         assert m(ids, labels=aligned).item() == pytest.approx(hf_loss.item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [1, 37, 100, 4096])
+@pytest.mark.parametrize("chunk", [3, 37, 4096])
 def test_chunked_loss_and_grads_equal_plain(chunk):
     m = _perturbed(SMALL)
     ids, y = _ids(SMALL, 2, 50), _ids(SMALL, 2, 50, seed=3)
