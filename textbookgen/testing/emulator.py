@@ -874,7 +874,9 @@ def _strip_prefill(call: _Call, text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the emulator until Ctrl-C, for dry runs of a pipeline against a fake provider."""
+    """Serve the emulator until Ctrl-C/SIGTERM, for dry runs of a pipeline against a fake provider.
+    --port 0 picks a free port; the first line printed names the URL; on exit the counters are
+    printed as one JSON line (live: GET /_emulator/stats)."""
     p = argparse.ArgumentParser(prog="python -m textbookgen.testing.emulator", description=main.__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
