@@ -21,6 +21,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -582,6 +583,7 @@ def _from_markdown(text: str, *, name: str) -> Taxonomy:
 _ARTICLES = re.compile(r"^(the|a|an)\s+")
 
 
+@lru_cache(maxsize=1 << 18)
 def name_key(name: str) -> str:
     """Normal form for duplicate detection: case, accents, punctuation, '&', leading articles and
     simple plurals do not make two topic names different."""
@@ -738,6 +740,7 @@ def grow(tax: Taxonomy, generator: Any, target: int, *, per_call: int | None = N
         responses = generator.run(requests)
         report.rounds += 1
         report.calls += len(requests)
+        n_now = n_leaves
         for t, resp in zip(chosen, responses, strict=True):
             report.input_tokens += resp.input_tokens or 0
             report.output_tokens += resp.output_tokens or 0
@@ -745,7 +748,7 @@ def grow(tax: Taxonomy, generator: Any, target: int, *, per_call: int | None = N
             if resp.status not in ("ok", "truncated") or not resp.text:
                 report.failed_calls += 1
                 continue
-            room = target - len(tax.leaves()) + 1  # expanding a leaf removes it as a leaf
+            room = target - n_now + 1  # expanding a leaf removes it as a leaf
             if room < 2:
                 break
             fresh: list[str] = []
@@ -760,6 +763,7 @@ def grow(tax: Taxonomy, generator: Any, target: int, *, per_call: int | None = N
                 continue
             for nm in fresh:
                 t.add(nm, meta={"grown": True})
+            n_now += len(fresh) - 1
     tax.dedupe_ids()
     report.leaves_after = len(tax.leaves())
     return report
