@@ -34,3 +34,15 @@ def test_exact_dedup_keeps_best_member():
 def test_unknown_keys_are_rejected():
     with pytest.raises(ValidationError):
         CurationConfig.model_validate({"minhash": {"treshold": 0.8}})
+
+
+def test_steps_compose_in_a_list(tmp_path):
+    from textbookgen.curation import ExactDedup, HeuristicFilter, run_pipeline
+
+    words = "the study of plants and animals shows how living things grow and change with the seasons "
+    df = pl.DataFrame({"id": ["a", "b", "c"], "text": [words * 8, words * 8, "short text"]})
+    out, stats = run_pipeline(df, [ExactDedup(), HeuristicFilter()], tmp_path)
+    assert out.height == 0 and stats["exact_dedup"]["dropped"] == {"exact_duplicate": 1}
+    assert stats["filters"] == {"in": 2, "kept": 0, "dropped": {"repeated_ngrams": 1, "too_short": 1},
+                                "code_docs": 0}
+    assert (tmp_path / "filters" / "dropped.parquet").exists()

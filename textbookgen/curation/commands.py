@@ -42,12 +42,11 @@ def parse_benchmark(spec: str) -> BenchmarkSource:
 def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step], workdir: str | Path | None,
               text_column: str = "text", id_column: str = "id") -> dict[str, Any]:
     """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`."""
+    from textbookgen.curation.pipeline import run_pipeline
+
     df = read_corpus(input_path, text_column, id_column)
-    stats: dict[str, Any] = {}
     work = Path(workdir) if workdir is not None else Path(str(output_path) + ".work")
-    for step in steps:
-        df, st = step(df, work / step.name)
-        stats[step.name] = st.as_dict()
+    df, stats = run_pipeline(df, steps, work)
     write_corpus(df, output_path)
     Path(str(output_path) + ".stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats

@@ -36,16 +36,20 @@ def build_steps(config: CurationConfig) -> list[Step]:
     return steps
 
 
+def run_pipeline(df: pl.DataFrame, steps: list[Step], workdir: Path | None = None
+                 ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Run steps in order; each gets its own `workdir/<step name>` folder. Returns rows and stats."""
+    stats: dict[str, Any] = {}
+    for step in steps:
+        df, st = step(df, workdir / step.name if workdir is not None else None)
+        stats[step.name] = st.as_dict()
+    return df, stats
+
+
 def curate(docs_df: pl.DataFrame, config: CurationConfig | None = None,
            workdir: Path | str | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Run every enabled stage on `docs_df`; returns the kept rows (same columns, original order) and
     stats: {stage: {"in": n, "kept": n, "dropped": {reason: n}, ...}}. Stages that store state
     (MinHash signatures, decontamination reports, clusters) write under `workdir`."""
     config = config or CurationConfig()
-    workdir = Path(workdir) if workdir is not None else None
-    stats: dict[str, Any] = {}
-    df = docs_df
-    for step in build_steps(config):
-        df, st = step(df, workdir / step.name if workdir is not None else None)
-        stats[step.name] = st.as_dict()
-    return df, stats
+    return run_pipeline(docs_df, build_steps(config), Path(workdir) if workdir is not None else None)
