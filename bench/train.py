@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first, incl. compile (default 3/1)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile both models (default: on for CUDA, off for CPU)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode for both, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="bf16 autocast (GPU default) or fp32")
     ap.add_argument("--activation-checkpointing", action="store_true", help="for both models")
     ap.add_argument("--loss-chunk-size", type=int, default=None, help="ours: tokens per lm_head+CE chunk (0 = off)")
@@ -97,7 +98,7 @@ def make_step(name: str, model: torch.nn.Module, args, dev: torch.device):
     else:  # HF shifts labels itself; shift_labels=y gives it exactly our (aligned) targets
         def fwd(x, y):
             return model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
-    fwd = torch.compile(fwd) if args.compile else fwd
+    fwd = torch.compile(fwd, mode=args.compile_mode) if args.compile else fwd
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def micro(x, y):
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
         return 2
     log(f"torch {torch.__version__} | device {device_name(dev)} | flash_attn {'yes' if flash else 'no (SDPA)'} | "
         f"config {args.config} | seq {args.seq_len} | micro-batch {args.micro_batch} x accum {args.accum} | "
-        f"precision {args.precision} | compile {args.compile} | act-ckpt {args.activation_checkpointing} | "
+        f"precision {args.precision} | compile {args.compile} ({args.compile_mode or 'default'}) | act-ckpt {args.activation_checkpointing} | "
         f"loss chunk {cfg.loss_chunk_size} | fuse {cfg.fuse_projections} | sdpa {args.sdpa_backend}")
 
     if args.sdpa_backend == "auto":
