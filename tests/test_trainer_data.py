@@ -1,0 +1,227 @@
+"""trainer.data: parquet -> token shards (EOS-separated, indexed, atomic), deterministic sampling and mixing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from trainer_testlib import small_tokenizer, textbook_texts, wiki_texts, write_hub_folder
+
+from trainer.data import (
+    BatchPlan,
+    DataError,
+    Loader,
+    MixtureSampler,
+    TokenStream,
+    get_batch,
+    mix_quotas,
+    prepare,
+    resolve_source,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("corpus")
+    wiki = write_hub_folder(root / "wiki", wiki_texts(shared_data, 120))
+    books = write_hub_folder(root / "books", textbook_texts(shared_data), files=1)
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(small_tokenizer(root / "tokenizer.json", [wiki, books])))
+    return {"root": root, "wiki": wiki, "books": books, "tok": tok}
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus):
+    root, tok = corpus["root"], corpus["tok"]
+    wiki = prepare(str(corpus["wiki"]), root / "tok-wiki", tok, num_workers=1, shard_tokens=5000, progress=False)
+    books = prepare(str(corpus["books"]), root / "tok-books", tok, num_workers=1, progress=False)
+    return {"wiki": (root / "tok-wiki", wiki), "books": (root / "tok-books", books)}
+
+
+def test_prepare_tokenizes_every_document_followed_by_eos(corpus, prepared):
+    folder, index = prepared["wiki"]
+    files = sorted((corpus["wiki"] / "data").glob("*.parquet"))
+    texts = [t for f in files for t in pq.read_table(f)["text"].to_pylist()]
+    eos = corpus["tok"].token_to_id("<|endoftext|>")
+    expected = [i for t in texts for i in corpus["tok"].encode(t, add_special_tokens=False).ids + [eos]]
+    stream = TokenStream(folder)
+    assert stream.read(0, len(stream)).tolist() == expected
+    assert index["documents"] == len(texts) and index["eos_id"] == eos
+    assert index["total_tokens"] == len(expected) == sum(s["tokens"] for s in index["shards"])
+    assert len(index["shards"]) == -(-len(expected) // 5000)  # 5000-token shards, the last partial
+    assert index["dtype"] == "uint16"
+    assert [s["sha256"] for s in index["sources"]] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert json.loads((folder / "index.json").read_text()) == index
+    assert not list(folder.parent.glob("*.tmp"))
+
+
+def test_reads_cross_shard_boundaries(prepared):
+    stream = TokenStream(prepared["wiki"][0])
+    whole = stream.read(0, len(stream))
+    for start in (0, 4990, 5000, 9999, len(stream) - 40):
+        assert np.array_equal(stream.read(start, 40), whole[start:start + 40])
+    with pytest.raises(IndexError):
+        stream.read(len(stream) - 10, 40)
+
+
+def test_prepare_reuses_an_up_to_date_index_and_force_rebuilds(corpus, prepared):
+    folder, index = prepared["books"]
+    shard = folder / index["shards"][0]["file"]
+    mtime = shard.stat().st_mtime_ns
+    again = prepare(str(corpus["books"]), folder, corpus["tok"], num_workers=1, progress=False)
+    assert again == index and shard.stat().st_mtime_ns == mtime
+    rebuilt = prepare(str(corpus["books"]), folder, corpus["tok"], num_workers=1, force=True, progress=False)
+    assert rebuilt["key"] == index["key"] and rebuilt["total_tokens"] == index["total_tokens"]
+
+
+def test_parallel_workers_give_the_same_tokens(corpus, prepared, tmp_path):
+    index = prepare(str(corpus["wiki"]), tmp_path / "par", corpus["tok"], num_workers=2, batch_docs=16,
+                    shard_tokens=5000, progress=False)
+    assert index["total_tokens"] == prepared["wiki"][1]["total_tokens"]
+    a, b = TokenStream(tmp_path / "par"), TokenStream(prepared["wiki"][0])
+    assert np.array_equal(a.read(0, len(a)), b.read(0, len(b)))
+
+
+def test_hub_layout_split_selection(tmp_path):
+    for name in ("train-00000-of-00001.parquet", "test-00000-of-00001.parquet"):
+        (tmp_path / "data").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"text": [name]}), tmp_path / "data" / name)
+    assert [p.name for p in resolve_source(str(tmp_path))] == ["train-00000-of-00001.parquet"]
+    assert [p.name for p in resolve_source(str(tmp_path), split="test")] == ["test-00000-of-00001.parquet"]
+    with pytest.raises(DataError, match=r"no parquet files for split 'validation'.*splits found: \['test', 'train'\]"):
+        resolve_source(str(tmp_path), split="validation")
+
+
+def test_clear_errors_for_bad_sources(corpus, tmp_path):
+    tok = corpus["tok"]
+    with pytest.raises(DataError, match="dataset not found: .*nope"):
+        prepare(str(tmp_path / "nope"), tmp_path / "o", tok, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no parquet files under"):
+        prepare(str(tmp_path / "empty"), tmp_path / "o", tok, progress=False)
+    bad = tmp_path / "bad" / "data"
+    bad.mkdir(parents=True)
+    pq.write_table(pa.table({"content": ["x"]}), bad / "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"train-00000-of-00001.parquet: no column 'text' \(columns: \['content'\]\)"):
+        prepare(str(tmp_path / "bad"), tmp_path / "o", tok, progress=False)
+    with pytest.raises(DataError, match="column 'content' holds int64, expected strings"):
+        pq.write_table(pa.table({"content": [1]}), bad / "train-00000-of-00001.parquet")
+        prepare(str(tmp_path / "bad"), tmp_path / "o", tok, column="content", progress=False)
+    (bad / "train-00000-of-00001.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        prepare(str(tmp_path / "bad"), tmp_path / "o", tok, progress=False)
+    pq.write_table(pa.table({"text": ["", None]}), bad / "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match="no non-empty documents"):
+        prepare(str(tmp_path / "bad"), tmp_path / "o", tok, progress=False)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.tmp").exists()
+
+
+def test_missing_or_truncated_token_data_is_reported(prepared, tmp_path):
+    with pytest.raises(DataError, match="index.json missing .*trainer prepare"):
+        TokenStream(tmp_path)
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared["books"][0], copy)
+    shard = copy / prepared["books"][1]["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(DataError, match="truncated shard"):
+        TokenStream(copy)
+
+
+def test_samples_are_a_pure_function_of_seed_and_index(prepared):
+    stream = TokenStream(prepared["wiki"][0])
+    a = MixtureSampler([stream], [1.0], seq_len=32, seed=7)
+    order = [a.sample(g) for g in range(300)]
+    b = MixtureSampler([TokenStream(prepared["wiki"][0])], [1.0], seq_len=32, seed=7)  # a "restart"
+    for g in (299, 0, 150, 17):  # any order, fresh caches
+        assert np.array_equal(b.sample(g), order[g])
+    c = MixtureSampler([stream], [1.0], seq_len=32, seed=8)
+    assert not all(np.array_equal(c.sample(g), order[g]) for g in range(10))
+    whole = stream.read(0, len(stream))
+    for g in range(0, 300, 37):  # each sample is a contiguous window of the stream
+        _, start = a.locate(g)
+        assert np.array_equal(order[g], whole[start:start + 33])
+
+
+def test_one_epoch_visits_every_row_once(prepared):
+    s = MixtureSampler([TokenStream(prepared["books"][0])], [1.0], seq_len=32, seed=0)
+    rows = s.rows[0]
+    starts = [s.locate(g)[1] for g in range(rows)]
+    offset = starts[0] % 32
+    assert sorted((x - offset) // 32 for x in starts) == list(range(rows))
+    assert len({s.locate(g)[1] % 32 for g in range(rows, rows + 5)}) == 1  # the next epoch has its own cut
+
+
+def test_mixture_follows_the_weights_exactly_per_block(prepared):
+    streams = [TokenStream(prepared["books"][0]), TokenStream(prepared["wiki"][0])]
+    s = MixtureSampler(streams, [0.8, 0.2], seq_len=32, seed=3, block=1000)
+    picks = np.array([s.locate(g)[0] for g in range(3000)])
+    for b in range(3):
+        assert np.bincount(picks[b * 1000:(b + 1) * 1000]).tolist() == [800, 200]
+    assert 0.05 < picks[:100].mean() < 0.5  # shuffled within the block, not 800 then 200
+    assert mix_quotas([2, 1, 1], 10).tolist() == [5, 3, 2]
+    with pytest.raises(DataError, match="too small for weights"):
+        mix_quotas([1000, 1], 10)
+
+
+def test_batches_split_a_step_between_ranks_and_micro_steps(prepared):
+    s = MixtureSampler([TokenStream(prepared["wiki"][0])], [1.0], seq_len=16, seed=1)
+    single = BatchPlan(global_batch=8, micro_batch=4)
+    ranks = [BatchPlan(global_batch=8, micro_batch=2, world_size=2, rank=r) for r in range(2)]
+    for step in (0, 5):
+        whole = np.concatenate([get_batch(s, single, step, m) for m in range(single.accum_steps)])
+        split = np.concatenate([get_batch(s, p, step, m) for p in ranks for m in range(p.accum_steps)])
+        assert np.array_equal(whole, split)
+    assert ranks[1].samples(3, 1) == range(30, 32)
+    with pytest.raises(DataError, match="multiple of micro_batch 3 x world_size 2"):
+        BatchPlan(global_batch=8, micro_batch=3, world_size=2)
+
+
+def test_loader_resumes_at_any_step(prepared):
+    s = MixtureSampler([TokenStream(prepared["wiki"][0])], [1.0], seq_len=16, seed=1)
+    plan = BatchPlan(global_batch=4, micro_batch=2)
+    loader = Loader(s, plan, start_step=0)
+    first = [next(loader) for _ in range(8)]
+    loader.close()
+    resumed = Loader(s, plan, start_step=2)
+    again = [next(resumed) for _ in range(4)]
+    resumed.close()
+    for (st, mi, x, y), (st2, mi2, x2, y2) in zip(first[4:], again, strict=True):
+        assert (st, mi) == (st2, mi2) and x.equal(x2) and y.equal(y2)
+    step, micro, x, y = first[0]
+    assert x.shape == (2, 16) and y.shape == (2, 16) and x[:, 1:].equal(y[:, :-1])
+    assert x.equal(__import__("torch").from_numpy(get_batch(s, plan, 0, 0))[:, :-1])
+
+
+def test_too_small_dataset_is_reported(prepared):
+    with pytest.raises(DataError, match="too few for seq_len"):
+        MixtureSampler([TokenStream(prepared["books"][0])], [1.0], seq_len=10**6, seed=0)
+
+
+def test_prepare_from_a_hub_repo(corpus, tmp_path, monkeypatch):
+    pytest.importorskip("aiohttp")
+    import huggingface_hub.constants as hc
+
+    from textbookgen.testing.fakehub import FakeHub
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    with FakeHub() as hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        api.create_repo("tester/wiki", repo_type="dataset")
+        api.upload_folder(folder_path=str(corpus["wiki"]), repo_id="tester/wiki", repo_type="dataset")
+        index = prepare("tester/wiki", tmp_path / "tok", corpus["tok"], endpoint=hub.endpoint, num_workers=1,
+                        progress=False)
+        with pytest.raises(DataError, match="tester/missing"):
+            prepare("tester/missing", tmp_path / "tok2", corpus["tok"], endpoint=hub.endpoint, progress=False)
+    local = prepare(str(corpus["wiki"]), tmp_path / "local", corpus["tok"], num_workers=1, progress=False)
+    assert index["key"] == local["key"] and index["total_tokens"] == local["total_tokens"]
+    assert Path(index["sources"][0]["file"]).name == "train-00000-of-00002.parquet"

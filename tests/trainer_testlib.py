@@ -1,0 +1,83 @@
+"""Shared helpers of the trainer tests: small real corpora in Hub layout, a small BPE, tiny configs.
+
+A 438-token BPE trained on the corpus keeps the output layer small, so CPU steps take milliseconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+VOCAB = 512  # model rows; the test tokenizer uses 438 of them
+
+
+def read_jsonl_gz(path: Path, field: str, limit: int) -> list[str]:
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            out.append(json.loads(line)[field])
+            if len(out) == limit:
+                break
+    return out
+
+
+def write_hub_folder(folder: Path, texts: list[str], files: int = 2, split: str = "train") -> Path:
+    """`folder/data/{split}-0000i-of-0000n.parquet` with a `text` column, as the Hub and write_dataset lay it out."""
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    per = -(-len(texts) // files)
+    for i in range(files):
+        chunk = texts[i * per:(i + 1) * per]
+        table = pa.table({"text": chunk, "id": [f"{i}-{j}" for j in range(len(chunk))]})
+        pq.write_table(table, folder / "data" / f"{split}-{i:05d}-of-{files:05d}.parquet", row_group_size=64)
+    return folder
+
+
+def wiki_texts(shared_data: Path, n: int = 150) -> list[str]:
+    return read_jsonl_gz(shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz", "eng_Latn", n)
+
+
+def textbook_texts(shared_data: Path, n_books: int = 2, max_chars: int = 40_000) -> list[str]:
+    """Sections of the first SciPhi textbooks (each book split at its '## ' headings)."""
+    docs = []
+    for book in read_jsonl_gz(shared_data / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz", "text", n_books):
+        docs += [s for s in book[:max_chars].split("\n## ") if s.strip()]
+    return docs
+
+
+def small_tokenizer(out: Path, folders: list[Path]) -> Path:
+    from trainer.tokenizer import train_tokenizer
+
+    files = [p for f in folders for p in sorted((f / "data").glob("*.parquet"))]
+    tok = train_tokenizer(files, vocab_size=400)
+    tok.save(str(out))
+    return out
+
+
+def tiny_overrides(run_dir: Path, cache_dir: Path, tokenizer: Path, sources: list[tuple[Path, float]],
+                   **extra) -> dict:
+    """Overrides for load_config(None, ...): a 2-layer d64 model, seq 32, 8-sequence steps, fp32 on CPU."""
+    cfg = {
+        "run_dir": str(run_dir),
+        "model.name": "tiny",
+        "model.overrides": {"vocab_size": VOCAB},
+        "data.tokenizer": str(tokenizer),
+        "data.cache_dir": str(cache_dir),
+        "data.seq_len": 32,
+        "data.prepare_workers": 1,
+        "data.datasets": [{"source": str(s), "weight": w, "name": Path(s).name} for s, w in sources],
+        "optim.lr": 3e-3,
+        "train.global_batch": 8,
+        "train.micro_batch": 4,
+        "train.max_steps": 10,
+        "train.precision": "fp32",
+        "train.device": "cpu",
+        "checkpoint.every": 0,
+        "log.progress": False,
+        "log.plot": False,
+    }
+    cfg.update(extra)
+    return cfg

@@ -1,0 +1,256 @@
+"""Training configuration: one YAML file, dotted CLI overrides, validated by pydantic.
+
+Every field has a default, so a YAML file only states what differs. Unknown fields are errors (a typo
+must not silently fall back to a default), and every error names the file and the dotted field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name: str = "tiny"
+    """Key of `trainer.model.CONFIGS` ("phi-1.5", "demo-100m", "tiny")."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """PhiConfig fields to change, e.g. {n_layer: 4}; checked against PhiConfig when the model is built."""
+    activation_checkpointing: bool = False
+    loss_chunk_size: int | None = Field(None, ge=0)
+    """Tokens per chunk of the fused lm_head+loss; 0 computes the full logits; None keeps the preset's."""
+    attn_impl: Literal["auto", "sdpa", "flash"] = "auto"
+
+
+class DatasetSource(_Section):
+    source: str
+    """A local folder in Hub layout (data/*.parquet), a parquet file, or a Hub dataset repo id."""
+    weight: float = Field(1.0, gt=0)
+    name: str | None = None
+    """Folder name of the tokenized copy under data.cache_dir; derived from `source` when unset."""
+    split: str = "train"
+    column: str = "text"
+    revision: str | None = None
+    endpoint: str | None = None
+    """Hub endpoint (a mirror or a test server); None uses HF_ENDPOINT or huggingface.co."""
+
+    @property
+    def cache_name(self) -> str:
+        if self.name:
+            return self.name
+        stem = self.source.rstrip("/").replace("\\", "/").split("/")[-1] or "dataset"
+        if stem.endswith(".parquet"):
+            stem = stem[: -len(".parquet")]
+        return f"{stem}-{self.split}"
+
+
+class DataSection(_Section):
+    tokenizer: str = "gpt2-codegen"
+    """Spec given to `trainer.tokenizer.load_tokenizer` (a folder of GPT-2 BPE files, a tokenizer.json, a Hub id)."""
+    datasets: list[DatasetSource] = Field(default_factory=list)
+    cache_dir: str = "data/tokens"
+    seq_len: int = Field(2048, ge=8)
+    mix_block: int = Field(1000, ge=1)
+    """Samples per mixing block: each block holds each dataset in exact weight proportion."""
+    prepare_workers: int = Field(0, ge=0)
+    """Tokenizer processes for `prepare`; 0 means one per CPU core."""
+    synthetic: bool = False
+    """Random tokens instead of a dataset: for throughput benchmarks on machines without data."""
+
+
+class OptimSection(_Section):
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-7, gt=0)
+    grad_clip: float = Field(1.0, ge=0)
+    """Max global grad norm; 0 disables clipping (the norm is still logged)."""
+    fused: Literal["auto", "on", "off"] = "auto"
+
+
+class ScheduleSection(_Section):
+    kind: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    decay_steps: int | None = Field(None, ge=1)
+    """Steps over which cosine/linear decay to min_lr after warmup; default: until max_steps."""
+
+
+class TrainSection(_Section):
+    global_batch: int = Field(2048, ge=1)
+    """Sequences per optimizer step, over all ranks and accumulation micro-steps."""
+    micro_batch: int = Field(8, ge=1)
+    """Sequences per forward/backward on one rank."""
+    max_steps: int | None = Field(None, ge=1)
+    max_tokens: float | None = Field(None, gt=0)
+    """Alternative to max_steps: train until this many tokens (rounded up to whole steps)."""
+    time_budget_s: float | None = Field(None, gt=0)
+    """Stop (with a checkpoint) after this much wall time; for time-limited machines."""
+    precision: Literal["bf16-mixed", "bf16", "fp32"] = "bf16-mixed"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 1337
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainSection:
+        if self.global_batch % self.micro_batch:
+            raise ValueError(
+                f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})"
+            )
+        return self
+
+
+class CheckpointSection(_Section):
+    every: int = Field(500, ge=0)
+    """Save every N steps; 0 saves only at exit."""
+    keep: int = Field(2, ge=1)
+    at_exit: bool = True
+    resume: str = "auto"
+    """"auto" resumes from the newest checkpoint in run_dir/checkpoints, "never" starts fresh, else a path."""
+
+
+class LogSection(_Section):
+    every: int = Field(10, ge=1)
+    tensorboard: bool = False
+    plot: bool = True
+    peak_tflops: float | None = Field(None, gt=0)
+    """Per-device peak for MFU; None detects H100/H200/A100 (bf16 dense) and reports no MFU elsewhere."""
+    progress: bool = True
+
+
+class DistributedSection(_Section):
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """auto: DDP when launched by torchrun with more than one process."""
+    reshard_after_forward: bool = False
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+class TrainConfig(_Section):
+    run_dir: str = "runs/default"
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    log: LogSection = Field(default_factory=LogSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if not self.data.synthetic and not self.data.datasets:
+            raise ValueError("data.datasets is empty: name at least one dataset (or set data.synthetic: true)")
+        if self.train.max_steps is None and self.train.max_tokens is None:
+            raise ValueError("set train.max_steps or train.max_tokens")
+        names = [d.cache_name for d in self.data.datasets]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"data.datasets: two datasets share the cache name {sorted(dup)}; give each a `name`")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.global_batch * self.data.seq_len
+
+    @property
+    def max_steps(self) -> int:
+        """Optimizer steps to train: max_steps, or max_tokens rounded up to whole steps."""
+        if self.train.max_steps is not None:
+            return self.train.max_steps
+        return -(-int(self.train.max_tokens) // self.tokens_per_step)
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = "unknown field (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return f"invalid config {origin}:\n" + "\n".join(lines)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
+    keys = dotted.split(".")
+    node: Any = tree
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"{origin}: {'.'.join(keys[: i + 1])}: no list item {key} (list has {len(node)})")
+            idx = int(key)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: {'.'.join(keys[:i])} is a value, not a section")
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value), the value read as YAML (numbers, booleans, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.max_steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from e
+    return key.strip(), value
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A path as given, else a bundled config by name ("tiny" -> trainer/configs/tiny.yaml)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    bundled = CONFIGS_DIR / f"{p.name.removesuffix('.yaml')}.yaml"
+    if p.parent == Path(".") and bundled.is_file():
+        return bundled
+    known = ", ".join(sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {path} (bundled configs: {known})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (or start from defaults), apply dotted overrides, validate."""
+    tree: dict[str, Any] = {}
+    origin = "<defaults>"
+    if path is not None:
+        p = resolve_config_path(path)
+        origin = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        _set_dotted(tree, key, value, origin)
+    if overrides:
+        origin += " with overrides"
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, origin)) from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

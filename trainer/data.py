@@ -1,0 +1,510 @@
+"""Pretraining data: published parquet datasets -> token shards -> fixed-length samples.
+
+`prepare` reads a dataset in Hub layout (a local folder or a Hub repo id), tokenizes it in worker
+processes with batch encoding, appends EOS after every document (phi-1: "<|endoftext|> used for
+separating the files", no document masking) and packs the stream into flat uint16 shards plus an
+`index.json` with token counts and source hashes, written atomically.
+
+`MixtureSampler` turns those streams into training samples. Sample `g` (the g-th sequence ever
+drawn) is a pure function of (seed, g): the dataset comes from a seeded shuffle of a block holding
+each dataset in exact weight proportion, the row from a seeded per-epoch permutation of that
+dataset's rows. A step's samples are `g in [step*B, (step+1)*B)`, split between ranks and micro-steps,
+so resuming needs only the step and any world size sees the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Full, Queue
+from typing import Any
+
+import numpy as np
+
+INDEX_NAME = "index.json"
+INDEX_VERSION = 1
+SPLIT_NAMES = ("train", "validation", "valid", "val", "test", "dev")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read or used; the message names the file, column or source."""
+
+
+# ----------------------------------------------------------------------------- locating parquet
+
+
+def _split_of(path: Path, root: Path) -> str | None:
+    """The split a Hub-layout file belongs to: `train-00000-of-00002.parquet`, `train.parquet` or `train/x.parquet`."""
+    m = re.match(r"^([A-Za-z]+)(?:[-_.]|$)", path.stem)
+    if m and m.group(1).lower() in SPLIT_NAMES:
+        return m.group(1).lower()
+    for part in path.relative_to(root).parts[:-1]:
+        if part.lower() in SPLIT_NAMES:
+            return part.lower()
+    return None
+
+
+def find_parquet_files(folder: Path, split: str) -> list[Path]:
+    """Parquet files of one split in a Hub-layout folder (data/ preferred), in a stable order."""
+    root = folder / "data" if (folder / "data").is_dir() else folder
+    files = sorted(p for p in root.rglob("*.parquet") if p.is_file())
+    if not files:
+        raise DataError(f"no parquet files under {root} (expected Hub layout: data/{split}-00000-of-00001.parquet)")
+    labelled = {p: _split_of(p, root) for p in files}
+    if any(labelled.values()):
+        chosen = [p for p in files if labelled[p] == split]
+        if not chosen:
+            found = sorted({s for s in labelled.values() if s})
+            raise DataError(f"no parquet files for split {split!r} under {root} (splits found: {found})")
+        return chosen
+    return files
+
+
+def resolve_source(source: str, split: str = "train", revision: str | None = None,
+                   endpoint: str | None = None) -> list[Path]:
+    """Parquet files of `source`: a local folder or file, else a Hub dataset repo id (downloaded)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise DataError(f"{path}: not a parquet file")
+        return [path]
+    if path.is_dir():
+        return find_parquet_files(path, split)
+    if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
+        raise DataError(f"dataset not found: {source!r} is neither a local folder/parquet file nor a Hub repo id")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        local = snapshot_download(source, repo_type="dataset", revision=revision, endpoint=endpoint,
+                                  allow_patterns=["*.parquet", "**/*.parquet"])
+    except RepositoryNotFoundError as e:
+        raise DataError(f"dataset not found: Hub repo {source!r} does not exist or is private") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise DataError(f"cannot download Hub dataset {source!r}: {e}") from e
+    return find_parquet_files(Path(local), split)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- tokenizing
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_json: str, eos_id: int, dtype: str) -> None:
+    from tokenizers import Tokenizer
+
+    _WORKER.update(tok=Tokenizer.from_str(tokenizer_json), eos=eos_id, dtype=np.dtype(dtype))
+
+
+def _encode(texts: list[str]) -> np.ndarray:
+    """Token ids of a batch of documents, each followed by EOS, as one flat array."""
+    tok, eos, dtype = _WORKER["tok"], _WORKER["eos"], _WORKER["dtype"]
+    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
+    ids: list[int] = []
+    for enc in encodings:
+        ids.extend(enc.ids)
+        ids.append(eos)
+    return np.asarray(ids, dtype=dtype)
+
+
+def _open_parquet(path: Path, column: str):
+    """The parquet file, checked to hold a string `column`; errors name the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file: {e}") from e
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise DataError(f"{path}: no column {column!r} (columns: {names})")
+    col_type = pf.schema_arrow.field(column).type
+    if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
+        raise DataError(f"{path}: column {column!r} holds {col_type}, expected strings")
+    return pf
+
+
+def _text_batches(files: Sequence[Path], column: str, batch_docs: int, stats: dict[str, int]) -> Iterator[list[str]]:
+    """Non-empty documents of `column`, in file order, in batches; counts skipped null/empty rows."""
+    for path in files:
+        for batch in _open_parquet(path, column).iter_batches(batch_size=batch_docs, columns=[column]):
+            texts = batch.column(0).to_pylist()
+            kept = [t for t in texts if t]
+            stats["skipped"] += len(texts) - len(kept)
+            stats["docs"] += len(kept)
+            if kept:
+                yield kept
+
+
+class _ShardWriter:
+    """Appends token arrays to fixed-size flat shard files `shard-NNNNN.bin`."""
+
+    def __init__(self, folder: Path, shard_tokens: int, dtype: np.dtype):
+        self.folder, self.shard_tokens, self.dtype = folder, shard_tokens, dtype
+        self.shards: list[dict[str, Any]] = []
+        self._f = None
+        self._n = 0
+
+    def write(self, arr: np.ndarray) -> None:
+        while arr.size:
+            if self._f is None:
+                name = f"shard-{len(self.shards):05d}.bin"
+                self._f = open(self.folder / name, "wb")
+                self.shards.append({"file": name, "tokens": 0})
+                self._n = 0
+            take = min(arr.size, self.shard_tokens - self._n)
+            self._f.write(arr[:take].tobytes())
+            self._n += take
+            self.shards[-1]["tokens"] = self._n
+            arr = arr[take:]
+            if self._n == self.shard_tokens:
+                self._close()
+
+    def _close(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+
+    def close(self) -> list[dict[str, Any]]:
+        self._close()
+        return self.shards
+
+
+def tokenizer_fingerprint(tokenizer_json: str) -> str:
+    return hashlib.sha256(tokenizer_json.encode()).hexdigest()
+
+
+def _eos_of(tokenizer, eos_id: int | None) -> int:
+    if eos_id is not None:
+        return eos_id
+    found = tokenizer.token_to_id("<|endoftext|>")
+    if found is None:
+        raise DataError("tokenizer has no <|endoftext|> token; pass eos_id explicitly")
+    return found
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / INDEX_NAME
+    if not path.is_file():
+        raise DataError(f"no tokenized data at {folder}: {INDEX_NAME} missing (run `python -m trainer prepare`)")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: corrupt index: {e}") from e
+    if index.get("version") != INDEX_VERSION:
+        raise DataError(f"{path}: index version {index.get('version')} (expected {INDEX_VERSION}); prepare again")
+    return index
+
+
+def prepare(source: str, out_dir: str | Path, tokenizer, *, split: str = "train", column: str = "text",
+            revision: str | None = None, endpoint: str | None = None, eos_id: int | None = None,
+            num_workers: int = 0, batch_docs: int = 1024, shard_tokens: int = 1 << 28,
+            force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Tokenize a published dataset into `out_dir` (uint16 shards + index.json); returns the index.
+
+    Reuses an existing `out_dir` whose index has the same source files (by sha256), column and
+    tokenizer, unless `force`. Writes into a temporary folder renamed into place at the end, so a
+    crash never leaves a half-written dataset behind.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out_dir = Path(out_dir)
+    files = resolve_source(source, split, revision, endpoint)
+    sources = [{"file": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files]
+    tok_json = tokenizer.to_str()
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    eos = _eos_of(tokenizer, eos_id)
+    dtype = np.dtype(np.uint16 if max(vocab, eos + 1) <= 1 << 16 else np.uint32)
+    key = {"sources": [s["sha256"] for s in sources], "column": column,
+           "tokenizer_sha256": tokenizer_fingerprint(tok_json), "eos_id": eos}
+    if not force and (out_dir / INDEX_NAME).is_file():
+        try:
+            old = read_index(out_dir)
+            if old.get("key") == key:
+                return old
+        except DataError:
+            pass
+
+    total_docs = sum(_open_parquet(p, column).metadata.num_rows for p in files)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    writer = _ShardWriter(tmp, shard_tokens, dtype)
+    stats = {"docs": 0, "skipped": 0}
+    workers = num_workers or os.cpu_count() or 1
+    t0 = time.time()
+    batches = _text_batches(files, column, batch_docs, stats)
+    with Progress(TextColumn("[bold]tokenizing[/] {task.description}"), BarColumn(),
+                  TextColumn("{task.completed:,}/{task.total:,} docs  {task.fields[tokens]:,} tokens"),
+                  TimeRemainingColumn(), disable=not progress) as bar:
+        task = bar.add_task(str(source), total=total_docs, tokens=0)
+        total = 0
+
+        def consume(arrays: Iterator[np.ndarray]) -> None:
+            nonlocal total
+            for arr in arrays:
+                writer.write(arr)
+                total += arr.size
+                bar.update(task, completed=stats["docs"] + stats["skipped"], tokens=total)
+
+        if workers == 1:
+            _init_worker(tok_json, eos, dtype.str)
+            consume(_encode(b) for b in batches)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(tok_json, eos, dtype.str)) as pool:
+                consume(pool.imap(_encode, batches))
+    shards = writer.close()
+    index = {
+        "version": INDEX_VERSION, "key": key, "source": str(source), "split": split, "column": column,
+        "revision": revision, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
+        "sources": sources, "shards": shards, "total_tokens": int(total), "documents": stats["docs"],
+        "skipped_empty": stats["skipped"], "seconds": round(time.time() - t0, 3),
+    }
+    if total == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
+    (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    _fsync_dir(tmp)
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    _fsync_dir(out_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return index
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class TokenStream:
+    """The concatenated token shards of one prepared dataset, read through memmaps."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.index = read_index(self.folder)
+        dtype = np.dtype(self.index["dtype"])
+        self.maps = []
+        for shard in self.index["shards"]:
+            path = self.folder / shard["file"]
+            expect = shard["tokens"] * dtype.itemsize
+            if not path.is_file() or path.stat().st_size != expect:
+                raise DataError(f"{path}: missing or truncated shard (expected {expect} bytes); prepare again")
+            self.maps.append(np.memmap(path, dtype=dtype, mode="r"))
+        self.starts = np.cumsum([0] + [m.size for m in self.maps])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Tokens [start, start+n) as int64, crossing shard boundaries when needed."""
+        if start < 0 or start + n > len(self):
+            raise IndexError(f"read [{start}, {start + n}) outside {len(self)} tokens")
+        out = np.empty(n, dtype=np.int64)
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        done = 0
+        while done < n:
+            lo = start + done - int(self.starts[k])
+            take = min(n - done, self.maps[k].size - lo)
+            out[done:done + take] = self.maps[k][lo:lo + take]
+            done += take
+            k += 1
+        return out
+
+
+def mix_quotas(weights: Sequence[float], block: int) -> np.ndarray:
+    """Samples per dataset in a block of `block`, proportional to weights (largest remainder)."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = w / w.sum() * block
+    q = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - q), kind="stable")[: block - int(q.sum())]:
+        q[i] += 1
+    if (q == 0).any():
+        raise DataError(f"data.mix_block={block} is too small for weights {list(weights)}: a dataset gets no samples")
+    return q
+
+
+class MixtureSampler:
+    """Sample g -> (seq_len+1) tokens, a pure function of (seed, g); see the module docstring."""
+
+    def __init__(self, streams: Sequence[TokenStream], weights: Sequence[float], seq_len: int, seed: int,
+                 block: int = 1000, names: Sequence[str] | None = None):
+        if len(streams) != len(weights) or not streams:
+            raise DataError("need one weight per dataset and at least one dataset")
+        self.streams, self.seq_len, self.seed = list(streams), seq_len, seed
+        self.names = list(names or [str(s.folder) for s in streams])
+        self.rows = []
+        for name, s in zip(self.names, self.streams, strict=True):
+            rows = (len(s) - 1) // seq_len - 1
+            if rows < 1:
+                raise DataError(f"dataset {name} has {len(s)} tokens: too few for seq_len {seq_len} "
+                                f"(need at least {2 * seq_len + 1})")
+            self.rows.append(rows)
+        self.block = block if len(streams) > 1 else 1
+        self.quotas = mix_quotas(weights, self.block)
+        self._labels = np.repeat(np.arange(len(streams)), self.quotas)
+        self._block_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._epoch_cache: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset of each position in block b, and each position's ordinal within its dataset."""
+        if b not in self._block_cache:
+            if len(self._block_cache) > 4:
+                self._block_cache.clear()
+            labels = np.random.default_rng([self.seed, 0x4D495845, b]).permutation(self._labels)
+            ordinal = np.empty(self.block, dtype=np.int64)
+            for d in range(len(self.streams)):
+                mask = labels == d
+                ordinal[mask] = np.arange(int(mask.sum()))
+            self._block_cache[b] = (labels, ordinal)
+        return self._block_cache[b]
+
+    def _epoch(self, d: int, e: int) -> tuple[np.ndarray, int]:
+        """Row order and token offset of epoch e of dataset d (a fresh cut of rows every epoch)."""
+        key = (d, e)
+        if key not in self._epoch_cache:
+            for old in [k for k in self._epoch_cache if k[0] == d]:
+                del self._epoch_cache[old]
+            rng = np.random.default_rng([self.seed, d, e])
+            self._epoch_cache[key] = (rng.permutation(self.rows[d]), int(rng.integers(self.seq_len)))
+        return self._epoch_cache[key]
+
+    def locate(self, g: int) -> tuple[int, int]:
+        """(dataset, start token) of sample g."""
+        b, p = divmod(g, self.block)
+        labels, ordinal = self._block(b)
+        d = int(labels[p])
+        n = b * int(self.quotas[d]) + int(ordinal[p])
+        e, i = divmod(n, self.rows[d])
+        perm, offset = self._epoch(d, e)
+        return d, offset + int(perm[i]) * self.seq_len
+
+    def sample(self, g: int) -> np.ndarray:
+        d, start = self.locate(g)
+        return self.streams[d].read(start, self.seq_len + 1)
+
+
+class SyntheticSampler:
+    """Uniform random tokens, seeded per sample: for throughput runs where no dataset is at hand."""
+
+    def __init__(self, vocab_size: int, seq_len: int, seed: int):
+        self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
+        self.names = ["synthetic"]
+
+    def sample(self, g: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, g]).integers(0, self.vocab_size, self.seq_len + 1)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which samples each rank and micro-step of a step reads: a contiguous slice of the step's batch."""
+
+    global_batch: int
+    micro_batch: int
+    world_size: int = 1
+    rank: int = 0
+
+    def __post_init__(self) -> None:
+        per_rank, rem = divmod(self.global_batch, self.world_size)
+        if rem or per_rank % self.micro_batch:
+            raise DataError(f"global_batch {self.global_batch} must be a multiple of micro_batch "
+                            f"{self.micro_batch} x world_size {self.world_size}")
+
+    @property
+    def accum_steps(self) -> int:
+        return self.global_batch // (self.world_size * self.micro_batch)
+
+    def samples(self, step: int, micro: int) -> range:
+        first = step * self.global_batch + self.rank * (self.global_batch // self.world_size)
+        first += micro * self.micro_batch
+        return range(first, first + self.micro_batch)
+
+
+def get_batch(sampler, plan: BatchPlan, step: int, micro: int) -> np.ndarray:
+    """[micro_batch, seq_len+1] int64 tokens for (step, micro) of this rank."""
+    return np.stack([sampler.sample(g) for g in plan.samples(step, micro)])
+
+
+class Loader:
+    """Yields (step, micro, inputs, labels) tensors from `start_step` on, prefetched by a thread.
+
+    Inputs are tokens [:-1] and labels [1:] of each sample; on CUDA they go through pinned memory
+    with non-blocking copies so the next batch is read while the GPU computes.
+    """
+
+    def __init__(self, sampler, plan: BatchPlan, start_step: int, device: str = "cpu", prefetch: int = 2):
+        self.sampler, self.plan, self.step, self.device = sampler, plan, start_step, device
+        self._queue: Queue = Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        import torch
+
+        step, pin = self.step, str(self.device).startswith("cuda")
+        try:
+            while True:
+                for micro in range(self.plan.accum_steps):
+                    t = torch.from_numpy(get_batch(self.sampler, self.plan, step, micro))
+                    if not self._put((step, micro, t.pin_memory() if pin else t)):
+                        return
+                step += 1
+        except Exception as e:  # surfaced to the training thread by __next__
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def __iter__(self) -> Loader:
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        step, micro, t = item
+        t = t.to(self.device, non_blocking=True)
+        return step, micro, t[:, :-1], t[:, 1:]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
