@@ -192,11 +192,13 @@ def test_build_pushes_to_the_hub_in_one_commit(tmp_path, monkeypatch):
         over = {"output": str(tmp_path / "qs"), "samples": 12, "provider.base_url": emu.openai_base_url,
                 "curation.filters.enabled": False, "hub.repo_id": f"{hub.user}/textbooks-quickstart"}
         res = build(load_recipe(QUICKSTART, over), push=True, progress=False)
+        again = build(load_recipe(QUICKSTART, over), push=True, progress=False)  # unchanged: same card
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
         files = set(api.list_repo_files(f"{hub.user}/textbooks-quickstart", repo_type="dataset"))
         commits = api.list_repo_commits(f"{hub.user}/textbooks-quickstart", repo_type="dataset")
     assert res.stages["push"] == "ran" and res.manifest["hub"]["commit_url"]
     assert {"README.md", "manifest.json", "recipe.yaml"} <= files
     assert any(f.startswith("data/train-") and f.endswith(".parquet") for f in files)
-    assert len(commits) == 2  # the repo's initial commit and ours
+    assert len(commits) == 2  # the repo's initial commit and ours; the unchanged rebuild added none
+    assert again.stages["generate"] == "skipped" and again.manifest["created_at"] == res.manifest["created_at"]
     assert hub.token not in (tmp_path / "qs" / "manifest.json").read_text()

@@ -224,6 +224,7 @@ class Build:
                 seconds: float, complete: bool = True) -> None:
         self.state[stage] = {
             "input_hash": input_hash, "complete": complete, "seconds": round(seconds, 3), "stats": stats,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "outputs": {p.relative_to(self.out).as_posix(): path_hash(p) for p in outputs},
             "output_hash": _hash([path_hash(p) for p in outputs]),
         }
@@ -287,8 +288,6 @@ class Build:
         self.stage_push()
         self._finish_manifest()
         _write_json(self.manifest, self.out / "manifest.json")
-        if (self.out / "dataset" / "manifest.json").exists():
-            _write_json(self.manifest, self.out / "dataset" / "manifest.json")
         return BuildResult(self.out, self.manifest, stages=dict(self.stage_status))
 
     # -- stages --
@@ -490,7 +489,11 @@ class Build:
             self.notes.append("no card_template in the recipe: no dataset card written.")
             return
         t0 = self._begin("card")
-        readme = render_card(self.out / "dataset", r.resolve(r.card_template), r.public_dict(), self.manifest)
+        # What this run did (ran/skipped) stays out of the published copy: an unchanged build re-renders
+        # the same card, so a re-push makes no commit.
+        published = json.loads(json.dumps({k: v for k, v in self.manifest.items() if k != "stages"},
+                                          sort_keys=True, default=str))  # same order fresh or from state
+        readme = render_card(self.out / "dataset", r.resolve(r.card_template), r.public_dict(), published)
         self._done("card", t0)
         self.console.print(f"   {readme}")
 
@@ -532,6 +535,8 @@ class Build:
         })
 
     def _finish_manifest(self) -> None:
+        if "finished_at" in self.state.get("generate", {}):
+            self.manifest["created_at"] = self.state["generate"]["finished_at"]  # stable across reruns
         self.manifest["timings"] = dict(self.timings)
         self.manifest["stages"] = dict(self.stage_status)
         journal = self.out / "journal.sqlite"
