@@ -1,0 +1,180 @@
+"""trainer.train: the loss falls on real text, schedules, optimizer groups, precision options, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from trainer_testlib import small_tokenizer, textbook_texts, tiny_overrides, wiki_texts, write_hub_folder
+
+from trainer.config import ConfigError, load_config
+from trainer.train import TrainingDiverged, lr_at, make_optimizer, model_config, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two shared cores: oversubscribed intra-op threads make tiny CPU steps 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("loop")
+    wiki = write_hub_folder(root / "wiki", wiki_texts(shared_data, 150))
+    books = write_hub_folder(root / "books", textbook_texts(shared_data), files=1)
+    return {"root": root, "wiki": wiki, "books": books, "tok": small_tokenizer(root / "tok.json", [wiki, books])}
+
+
+def cfg_for(corpus, tmp_path, sources=None, **extra):
+    sources = sources or [(corpus["wiki"], 1.0)]
+    return load_config(None, tiny_overrides(tmp_path / "run", corpus["root"] / "cache", corpus["tok"], sources, **extra))
+
+
+def test_loss_falls_on_a_real_mixed_corpus(corpus, tmp_path):
+    cfg = cfg_for(corpus, tmp_path, [(corpus["books"], 0.8), (corpus["wiki"], 0.2)],
+                  **{"train.max_steps": 60, "log.plot": True, "checkpoint.every": 30})
+    result = train(cfg)
+    losses = [r["loss"] for r in result.history]
+    assert len(losses) == 60 and result.stop_reason == "done"
+    assert abs(losses[0] - math.log(512)) < 0.3  # starts at chance over the 512 rows
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.5  # and learns the text
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 61))
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "step_s"} <= set(records[0])
+    assert records[-1]["tokens"] == 60 * 8 * 32
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 5000
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "latest", "step-00000030", "step-00000060"]
+
+
+def test_schedules_are_functions_of_the_step(corpus, tmp_path):
+    const = cfg_for(corpus, tmp_path)
+    assert [lr_at(s, const) for s in (0, 5, 9)] == [3e-3] * 3  # the paper: constant, no warmup
+    cos = cfg_for(corpus, tmp_path, **{"schedule.kind": "cosine", "schedule.warmup_steps": 2,
+                                       "schedule.min_lr": 1e-4, "train.max_steps": 12})
+    assert lr_at(0, cos) == pytest.approx(1.5e-3) and lr_at(1, cos) == pytest.approx(3e-3)
+    assert lr_at(2, cos) == pytest.approx(3e-3) and lr_at(7, cos) == pytest.approx((3e-3 + 1e-4) / 2)
+    assert lr_at(12, cos) == pytest.approx(1e-4) and lr_at(50, cos) == pytest.approx(1e-4)
+    lin = cfg_for(corpus, tmp_path, **{"schedule.kind": "linear", "train.max_steps": 10})
+    assert lr_at(5, lin) == pytest.approx(1.5e-3)
+
+
+def test_no_weight_decay_on_biases_and_norms(corpus, tmp_path):
+    from trainer.model import Phi
+
+    cfg = cfg_for(corpus, tmp_path)
+    model = Phi(model_config(cfg))
+    opt = make_optimizer(model, cfg, "cpu")
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in g["params"]} for g in opt.param_groups)
+    assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert all(n.endswith("bias") or "layernorm" in n for n in no_decay)
+    assert {"lm_head.weight", "model.embed_tokens.weight", "model.layers.0.mlp.fc1.weight"} <= decay
+    assert not any(n.endswith("bias") or "layernorm" in n for n in decay)
+    assert len(decay) + len(no_decay) == len(names)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.98) and opt.param_groups[0]["eps"] == 1e-7
+
+
+def test_memory_options_do_not_change_the_losses(corpus, tmp_path):
+    base = train(cfg_for(corpus, tmp_path / "a", **{"train.max_steps": 3, "model.loss_chunk_size": 0}))
+    opts = train(cfg_for(corpus, tmp_path / "b", **{"train.max_steps": 3, "model.loss_chunk_size": 48,
+                                                    "model.activation_checkpointing": True}))
+    for a, b in zip(base.history, opts.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_accumulation_matches_one_big_batch(corpus, tmp_path):
+    accum = train(cfg_for(corpus, tmp_path / "a", **{"train.max_steps": 3, "train.micro_batch": 2}))
+    whole = train(cfg_for(corpus, tmp_path / "b", **{"train.max_steps": 3, "train.micro_batch": 8}))
+    for a, b in zip(accum.history, whole.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def test_bf16_options_train(corpus, tmp_path):
+    for precision in ("bf16-mixed", "bf16"):
+        result = train(cfg_for(corpus, tmp_path / precision, **{"train.max_steps": 3, "train.precision": precision}))
+        assert all(math.isfinite(r["loss"]) for r in result.history)
+        assert abs(result.history[0]["loss"] - math.log(512)) < 0.3
+
+
+def test_nan_loss_stops_with_a_clear_message(corpus, tmp_path, monkeypatch):
+    from trainer.model import Phi
+
+    forward, calls = Phi.forward, []
+
+    def poisoned(self, *args, **kwargs):  # the 5th micro-batch (step 3) goes bad, like an fp overflow
+        calls.append(1)
+        out = forward(self, *args, **kwargs)
+        return out * float("nan") if len(calls) == 5 else out
+
+    monkeypatch.setattr(Phi, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"step 3: loss is nan.*stopped before the update.*"
+                                               r"Last good checkpoint: .*step-00000002.*optim.lr"):
+        train(cfg_for(corpus, tmp_path, **{"checkpoint.every": 1}))
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-00000001", "step-00000002"]  # nothing written after the bad step
+
+
+def test_time_budget_stops_with_a_checkpoint(corpus, tmp_path):
+    result = train(cfg_for(corpus, tmp_path, **{"train.max_steps": 10_000, "train.time_budget_s": 0.001}))
+    assert result.stop_reason == "time budget" and result.final_step == 1
+    assert (tmp_path / "run" / "checkpoints" / "step-00000001" / "meta.json").is_file()
+
+
+def test_synthetic_data_needs_no_dataset(tmp_path):
+    cfg = load_config("tiny", {"run_dir": str(tmp_path), "data.synthetic": True, "data.datasets": [],
+                               "data.seq_len": 16, "train.max_steps": 2, "log.progress": False, "log.plot": False,
+                               "model.overrides": {"vocab_size": 256}})
+    assert [r["step"] for r in train(cfg).history] == [1, 2]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"train.lrr": 1}, r"train.lrr: unknown field"),
+    ({"optim.lr": -1}, r"optim.lr: Input should be greater than 0"),
+    ({"train.global_batch": 10, "train.micro_batch": 4}, r"global_batch \(10\) must be a multiple of micro_batch \(4\)"),
+    ({"train.precision": "fp8"}, r"train.precision: Input should be 'bf16-mixed', 'bf16' or 'fp32'"),
+    ({"data.datasets": []}, r"data.datasets is empty"),
+    ({"data.datasets.0.weight": 0}, r"data.datasets.0.weight: Input should be greater than 0"),
+    ({"data.datasets.3.weight": 1}, r"data.datasets.3: no list item 3"),
+])
+def test_bad_configs_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides)
+
+
+def test_bad_model_settings_are_reported(corpus, tmp_path):
+    with pytest.raises(ConfigError, match=r"model.name: unknown model 'phi-9'"):
+        model_config(cfg_for(corpus, tmp_path, **{"model.name": "phi-9"}))
+    with pytest.raises(ConfigError, match=r"model.overrides: \['n_layer'\] are not PhiConfig fields"):
+        model_config(cfg_for(corpus, tmp_path, **{"model.overrides": {"n_layer": 2}}))
+    with pytest.raises(ConfigError, match=r"data.seq_len 512 exceeds the model's context 256"):
+        model_config(cfg_for(corpus, tmp_path, **{"data.seq_len": 512}))
+
+
+def test_config_files_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: tiny}\ntrain: {max_tokens: 1.0e+6, global_batch: 64, micro_batch: 8}\n"
+                    "data: {seq_len: 64, datasets: [{source: x}]}\n")
+    cfg = load_config(path, ["train.global_batch=32", "optim.betas=[0.9, 0.95]"])
+    assert cfg.max_steps == -(-1_000_000 // (32 * 64)) and cfg.optim.betas == (0.9, 0.95)
+    assert cfg.data.datasets[0].cache_name == "x-train"
+    path.write_text("train: [1, 2]\n")
+    with pytest.raises(ConfigError, match="train: Input should be a valid dictionary"):
+        load_config(path)
+    path.write_text("train: {max_steps: 1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"config file not found: nope.yaml \(bundled configs: demo-100m, phi-1.5, tiny\)"):
+        load_config("nope.yaml")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config("tiny", ["train.max_steps"])
+    for name in ("tiny", "demo-100m", "phi-1.5"):
+        assert model_config(load_config(name)).vocab_size == 51200
+    assert load_config("phi-1.5").max_steps == 35763  # 150B tokens / (2048 x 2048)

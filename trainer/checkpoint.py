@@ -1,0 +1,216 @@
+"""Atomic, exactly resumable training checkpoints.
+
+Layout under `run_dir/checkpoints/`:
+
+    step-00000100/   meta.json (step, config, model config, data fingerprint), rng/rank-00000.pt, and
+                     either model.pt + optim.pt (one process, DDP) or dcp/ (FSDP2, sharded, one file
+                     per rank through torch.distributed.checkpoint; loads under any world size)
+    latest           name of the newest complete checkpoint
+
+A checkpoint is written into `step-N.tmp/`, fsynced, then renamed: a crash mid-save leaves the
+previous checkpoint as `latest`. The data position is the step itself (see trainer/data.py), and the
+learning rate is a function of the step, so model + optimizer + step + RNG is the whole state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or does not fit the model."""
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of torch (CPU and current CUDA device), numpy and random, weights_only-loadable."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos,
+                                                        has_gauss, gauss], "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            _fsync(Path(dirpath) / f)
+        _fsync(Path(dirpath))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         meta: dict[str, Any], sharded: bool = False, keep: int | None = None) -> Path:
+    """Write checkpoint `step` under `root` atomically; every rank calls it. Returns the final path."""
+    root = Path(root)
+    final, tmp = root / step_dir_name(step), root / (step_dir_name(step) + ".tmp")
+    rank = _rank()
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rng").mkdir(parents=True)
+    _barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    if sharded:
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+    elif rank == 0:
+        torch.save(model_sd, tmp / "model.pt")
+        torch.save(optim_sd, tmp / "optim.pt")
+    torch.save(rng_state(), tmp / "rng" / f"rank-{rank:05d}.pt")
+    _barrier()
+    if rank == 0:
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        info = {**meta, "step": step, "format": "dcp" if sharded else "torch", "world_size": world,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _write_atomic(root / LATEST, final.name + "\n")
+        _fsync(root)
+        if keep:
+            for old in list_checkpoints(root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under root (those with meta.json), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / "meta.json").is_file())
+
+
+def find_latest(root: str | Path) -> Path | None:
+    """The checkpoint named by `latest`, else the newest complete one; None when there is none."""
+    root = Path(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if (cand / "meta.json").is_file():
+            return cand
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory from itself, a checkpoints root, or a run directory."""
+    p = Path(path)
+    if (p / "meta.json").is_file():
+        return p
+    for root in (p, p / "checkpoints"):
+        found = find_latest(root)
+        if found is not None:
+            return found
+    raise CheckpointError(f"no checkpoint at {p} (expected step-*/meta.json there or under checkpoints/)")
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    ckpt = resolve(path)
+    return json.loads((ckpt / "meta.json").read_text())
+
+
+def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         restore_rng: bool = True) -> dict[str, Any]:
+    """Restore model (and optimizer, RNG) from a checkpoint in either format; returns its meta."""
+    ckpt = resolve(path)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if meta["format"] == "dcp":
+        model_sd, optim_sd = (get_state_dict(model, optimizer) if optimizer is not None
+                              else (get_model_state_dict(model), None))
+        state = {"model": model_sd} | ({"optim": optim_sd} if optimizer is not None else {})
+        dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
+        model_sd, optim_sd = state["model"], state.get("optim")
+        opts = StateDictOptions(strict=True)
+    else:
+        model_sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+        optim_sd = torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True) if optimizer else None
+        opts = StateDictOptions(full_state_dict=True, strict=True)
+    try:
+        if optimizer is not None:
+            set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=opts)
+        else:
+            from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+            set_model_state_dict(model, model_sd, options=opts)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{ckpt}: does not fit the model/optimizer: {e}") from e
+    rng_file = ckpt / "rng" / f"rank-{_rank():05d}.pt"
+    if restore_rng and rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    return meta
+
+
+def load_model(path: str | Path, device: str = "cpu", **overrides) -> torch.nn.Module:
+    """A `Phi` rebuilt from a training checkpoint's saved model config and weights (for export,
+    generate, eval). `overrides`: PhiConfig training switches such as loss_chunk_size."""
+    from trainer.model import Phi, PhiConfig
+
+    ckpt = resolve(path)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cfg = PhiConfig(**{**meta["model_config"], **overrides})
+    with torch.device("meta"):
+        model = Phi(cfg)
+    model.to_empty(device=device)
+    load(ckpt, model, optimizer=None, restore_rng=False)
+    return model.eval()

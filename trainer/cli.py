@@ -1,0 +1,236 @@
+"""`python -m trainer prepare|train|export|generate` (also the `textbookgen-train` script).
+
+Each subcommand is a pair `add_arguments(parser)` / `run(args) -> exit code`; heavy imports happen
+inside `run`, so `--help` is instant. Configs are YAML files (or bundled names: tiny, demo-100m,
+phi-1.5) with dotted overrides: `--set train.max_steps=100 --set optim.lr=3e-4`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+_RUNTIME_USER_ERRORS = {"CheckpointError", "TrainingDiverged"}
+Command = tuple[str, Callable[[argparse.ArgumentParser], object], Callable[[argparse.Namespace], int]]
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None,
+                   help="YAML config file, or a bundled one by name: tiny, demo-100m, phi-1.5")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.max_steps=100 (repeatable)")
+
+
+def _load(args: argparse.Namespace, extra: dict[str, object] | None = None):
+    from trainer.config import load_config, parse_override
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return load_config(args.config, overrides)
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", help="dataset to tokenize: local Hub-layout folder, parquet file or Hub "
+                                             "repo id (omit to prepare every dataset of --config)")
+    p.add_argument("--out", help="output folder for the token shards (with SOURCE)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer spec (with SOURCE; default gpt2-codegen)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--column", default="text")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = one per core)")
+    p.add_argument("--force", action="store_true", help="tokenize again even if the index is up to date")
+    _config_args(p)
+
+
+def prepare_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    if args.source:
+        from trainer.data import prepare
+        from trainer.tokenizer import load_tokenizer
+
+        if not args.out:
+            raise ValueError("--out is required with SOURCE")
+        tok = load_tokenizer(args.tokenizer or "gpt2-codegen")
+        indexes = [prepare(args.source, args.out, tok, split=args.split, column=args.column, revision=args.revision,
+                           num_workers=args.workers, force=args.force)]
+        dirs = [Path(args.out)]
+    else:
+        from trainer.train import dataset_dir, prepare_all
+
+        if args.config is None:
+            raise ValueError("give a dataset SOURCE with --out, or --config to prepare a config's datasets")
+        cfg = _load(args, {"data.prepare_workers": args.workers or None})
+        indexes = prepare_all(cfg, force=args.force)
+        dirs = [dataset_dir(cfg, i) for i in range(len(indexes))]
+    for d, idx in zip(dirs, indexes, strict=True):
+        console.print(f"{d}: {idx['documents']:,} documents, {idx['total_tokens']:,} tokens "
+                      f"in {len(idx['shards'])} shard(s) ({idx['dtype']})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--run-dir", default=None, help="output folder (checkpoints, metrics.jsonl, loss.png)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop with a checkpoint after this much wall time")
+    p.add_argument("--resume", default=None, help="auto (newest checkpoint of the run, default) | never | PATH")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--synthetic", action="store_true", default=None,
+                   help="random tokens instead of the datasets (throughput runs)")
+    p.add_argument("--no-progress", action="store_true", help="log lines only, no live progress bar")
+
+
+def train_run(args: argparse.Namespace) -> int:
+    from trainer.train import train
+
+    cfg = _load(args, {"run_dir": args.run_dir, "train.max_steps": args.max_steps,
+                       "train.time_budget_s": args.time_budget, "checkpoint.resume": args.resume,
+                       "train.device": args.device, "train.compile": args.compile,
+                       "data.synthetic": args.synthetic})
+    result = train(cfg, progress=False if args.no_progress else None)
+    if result.history:
+        rates = [r["tokens_per_s"] for r in result.history[1:]] or [result.history[0]["tokens_per_s"]]
+        last = result.history[-1]
+        mfu = f" mfu={last['mfu']:.4f}" if last.get("mfu") is not None else ""
+        print(f"final step={result.final_step} loss={last['loss']:.4f} "
+              f"tokens_per_s={sum(rates) / len(rates):.0f}{mfu} stop={result.stop_reason}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- export / generate
+
+
+def _tokenizer_for(path: Path, spec: str | None):
+    """The tokenizer given, else the one saved beside an export, else the training config's."""
+    from trainer.tokenizer import load_tokenizer
+
+    if spec:
+        return load_tokenizer(spec)
+    if (path / "tokenizer.json").is_file():
+        return load_tokenizer(path / "tokenizer.json")
+    from trainer.checkpoint import read_meta
+
+    return load_tokenizer(read_meta(path)["config"]["data"]["tokenizer"])
+
+
+def _load_any_model(path: Path, device: str):
+    """An exported HF folder (config.json) or a training checkpoint (meta.json, any format)."""
+    if (path / "config.json").is_file():
+        from trainer.generate import load_model
+
+        return load_model(path, device=device)
+    from trainer.checkpoint import load_model
+
+    return load_model(path, device=device)
+
+
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="training checkpoint: step folder, checkpoints folder or run folder")
+    p.add_argument("out", help="output folder (model.safetensors, config.json, tokenizer files)")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--tokenizer", default=None, help="tokenizer spec (default: the training config's)")
+    p.add_argument("--no-tokenizer", action="store_true", help="export weights and config only")
+
+
+def export_run(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import load_model, resolve
+    from trainer.export import export_hf
+
+    ckpt = resolve(args.checkpoint)
+    tok = None if args.no_tokenizer else _tokenizer_for(ckpt, args.tokenizer)
+    out = export_hf(load_model(ckpt), args.out, tokenizer=tok, dtype=args.dtype)
+    print(f"exported {ckpt} -> {out}")
+    return 0
+
+
+def generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="exported HF folder or training checkpoint")
+    p.add_argument("--prompt", "-p", action="append", default=[], help="prompt (repeatable; default: stdin)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tokenizer", default=None)
+
+
+def generate_run(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import resolve
+    from trainer.distributed import pick_device
+    from trainer.generate import generate_text
+
+    path = Path(args.checkpoint)
+    if not (path / "config.json").is_file():
+        path = resolve(path)
+    prompts = args.prompt or [sys.stdin.read()]
+    model = _load_any_model(path, pick_device(args.device))
+    outs = generate_text(model, _tokenizer_for(path, args.tokenizer), prompts, args.max_new_tokens,
+                         args.temperature, args.top_k or None, args.top_p, args.seed)
+    for prompt, out in zip(prompts, outs, strict=True):
+        print(prompt + out)
+        print("-" * 40)
+    return 0
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def _module_command(module: str, help: str) -> Command:
+    """A subcommand living in another module that defines add_arguments(parser) and run(args) -> int."""
+    mod = importlib.import_module(module)
+    return help, mod.add_arguments, mod.run
+
+
+def commands() -> dict[str, Command]:
+    cmds: dict[str, Command] = {
+        "prepare": ("tokenize datasets into token shards", prepare_arguments, prepare_run),
+        "train": ("train or resume (torchrun for many GPUs)", train_arguments, train_run),
+        "export": ("export a checkpoint as an HF PhiForCausalLM folder", export_arguments, export_run),
+        "generate": ("sample text from a checkpoint", generate_arguments, generate_run),
+    }
+    # Subcommands owned by other modules register here with _module_command, e.g.
+    # cmds["eval"] = _module_command("trainer.eval.cli", "evaluate a checkpoint on benchmarks")
+    return cmds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="Pretrain phi-1.5 on textbookgen datasets.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, run) in commands().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors (bad config, missing data or checkpoint, divergence) print one clear
+    message instead of a traceback (set TRAINER_DEBUG=1 for the traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        user_error = isinstance(e, (ValueError, FileNotFoundError)) or type(e).__name__ in _RUNTIME_USER_ERRORS
+        if not user_error or os.environ.get("TRAINER_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1 if type(e).__name__ == "TrainingDiverged" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

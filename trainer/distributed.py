@@ -1,0 +1,133 @@
+"""Parallelism, kept out of the model (torchtitan's split): process groups, DDP or FSDP2, compile.
+
+Launch many processes with torchrun; one process needs nothing:
+
+    NCCL_NVLS_ENABLE=0 torchrun --standalone --nproc_per_node 8 -m trainer train --config phi-1.5
+
+NVLink multicast (NVLS) stays off: the lent GPU machines do not support it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(pref: str, local_rank: int = 0) -> str:
+    if pref != "auto":
+        return pref
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank}"
+    return "cpu"
+
+
+def setup(device: str = "auto", backend: str = "auto") -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1), pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if dev.startswith("cuda"):
+        if dev == "cuda":
+            dev = f"cuda:{local_rank}"
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+        if backend == "auto":
+            backend = "nccl" if dev.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, device_id=torch.device(dev) if backend == "nccl" else None)
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def choose_strategy(strategy: str, info: DistInfo) -> str:
+    """"none" on one process; "ddp" by default on many (a 1.4B model fits every GPU), "fsdp" if asked."""
+    if strategy == "auto":
+        return "ddp" if info.enabled else "none"
+    if strategy == "fsdp" and not dist.is_initialized():  # FSDP2 needs a process group, even of one
+        backend = "nccl" if info.device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    if strategy == "ddp" and not info.enabled:
+        return "none"
+    return strategy
+
+
+def parallelize(model: nn.Module, info: DistInfo, strategy: str, compile: bool = False,
+                param_dtype: torch.dtype | None = None, reshard_after_forward: bool = False) -> nn.Module:
+    """Compile each block (torchtitan order: compile, then shard), then wrap for DDP or FSDP2.
+
+    Compiling per block in place keeps parameter names (checkpoints stay HF-named) and lets DDP
+    and FSDP overlap each block's gradient communication with the backward of the blocks below.
+    """
+    blocks = model.model.layers
+    if compile:
+        for block in blocks:
+            block.compile()
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+        kw = {"mp_policy": mp} if mp else {}
+        for block in blocks:
+            fully_shard(block, reshard_after_forward=reshard_after_forward, **kw)
+        fully_shard(model, reshard_after_forward=reshard_after_forward, **kw)
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [torch.device(info.device).index] if info.device.startswith("cuda") else None
+        return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
+    return model
+
+
+@contextlib.contextmanager
+def grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce/reduce-scatter on all but the last accumulation micro-step."""
+    if hasattr(model, "no_sync") and not sync:  # DDP
+        with model.no_sync():
+            yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+    yield
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.AVG if dist.get_backend() == "nccl" else dist.ReduceOp.SUM)
+        if dist.get_backend() != "nccl":
+            t /= dist.get_world_size()
+    return t
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,405 @@
+"""The training loop: data by step, bf16 autocast over fp32 master weights, AdamW, accumulation,
+clipping, atomic checkpoints, exact resume, metrics (JSONL, TensorBoard, PNG) and MFU.
+
+`train(cfg)` runs one process of a (possibly torchrun-launched) job; see trainer/distributed.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import checkpoint, distributed
+from trainer.config import ConfigError, TrainConfig, dump_config
+from trainer.data import BatchPlan, Loader, MixtureSampler, SyntheticSampler, TokenStream, prepare, read_index
+from trainer.model import CONFIGS, Phi, PhiConfig
+
+# dense bf16 peak per device (data sheets), for MFU
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0, "A100": 312.0, "A800": 312.0,
+               "L40S": 362.0, "A10G": 125.0}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/inf; training stops instead of learning from garbage."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    start_step: int
+    final_step: int
+    stop_reason: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def losses(self) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in self.history}
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def model_config(cfg: TrainConfig) -> PhiConfig:
+    """The preset named by model.name with overrides and training switches applied, checked."""
+    m = cfg.model
+    if m.name not in CONFIGS:
+        raise ConfigError(f"model.name: unknown model {m.name!r} (known: {sorted(CONFIGS)})")
+    fields = {f.name for f in dataclasses.fields(PhiConfig)}
+    bad = sorted(set(m.overrides) - fields)
+    if bad:
+        raise ConfigError(f"model.overrides: {bad} are not PhiConfig fields (fields: {sorted(fields)})")
+    changes = dict(m.overrides, activation_checkpointing=m.activation_checkpointing, attn_impl=m.attn_impl)
+    if m.loss_chunk_size is not None:
+        changes["loss_chunk_size"] = m.loss_chunk_size
+    try:
+        pc = dataclasses.replace(CONFIGS[m.name], **changes)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: {e}") from e
+    if cfg.data.seq_len > pc.max_position_embeddings:
+        raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the model's context "
+                          f"{pc.max_position_embeddings} (model.overrides.max_position_embeddings)")
+    return pc
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): a pure function, so resume needs no state."""
+    s, base = cfg.schedule, cfg.optim.lr
+    if step < s.warmup_steps:
+        return base * (step + 1) / s.warmup_steps
+    if s.kind == "constant":
+        return base
+    span = s.decay_steps or max(1, cfg.max_steps - s.warmup_steps)
+    frac = min(1.0, (step - s.warmup_steps) / span)
+    if s.kind == "cosine":
+        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+    return base + (s.min_lr - base) * frac
+
+
+def make_optimizer(model: Phi, cfg: TrainConfig, device: str) -> torch.optim.AdamW:
+    """AdamW; weight decay on >=2-D weights only (not biases, not LayerNorms); fused kernel on CUDA."""
+    o = cfg.optim
+    fused = o.fused == "on" or (o.fused == "auto" and device.startswith("cuda"))
+    return torch.optim.AdamW(model.param_groups(o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
+                             fused=fused or None)
+
+
+def peak_flops(device: str, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, tf in PEAK_TFLOPS.items():
+        if key in name:
+            return tf * 1e12
+    return None
+
+
+def dataset_dir(cfg: TrainConfig, i: int) -> Path:
+    return Path(cfg.data.cache_dir) / cfg.data.datasets[i].cache_name
+
+
+def prepare_all(cfg: TrainConfig, force: bool = False, only_missing: bool = False,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """Tokenize every dataset of the config into data.cache_dir (skipping those up to date)."""
+    from trainer.tokenizer import load_tokenizer
+
+    tok = None
+    indexes = []
+    for i, ds in enumerate(cfg.data.datasets):
+        out = dataset_dir(cfg, i)
+        if only_missing and (out / "index.json").is_file():
+            indexes.append(read_index(out))
+            continue
+        tok = tok or load_tokenizer(cfg.data.tokenizer)
+        indexes.append(prepare(ds.source, out, tok, split=ds.split, column=ds.column, revision=ds.revision,
+                               endpoint=ds.endpoint, num_workers=cfg.data.prepare_workers, force=force,
+                               progress=progress))
+    return indexes
+
+
+def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo, progress: bool):
+    """The sample source and a fingerprint of the data it draws from (checked on resume)."""
+    d = cfg.data
+    if d.synthetic:
+        return SyntheticSampler(vocab_size, d.seq_len, cfg.train.seed), "synthetic"
+    if info.is_main:
+        prepare_all(cfg, only_missing=True, progress=progress)
+    distributed.barrier()
+    streams = [TokenStream(dataset_dir(cfg, i)) for i in range(len(d.datasets))]
+    for ds, s in zip(d.datasets, streams, strict=True):
+        if s.index["vocab_size"] > vocab_size:
+            raise ConfigError(f"dataset {ds.source}: tokenizer has {s.index['vocab_size']} tokens but the model "
+                              f"only {vocab_size} (model.overrides.vocab_size)")
+    sampler = MixtureSampler(streams, [ds.weight for ds in d.datasets], d.seq_len, cfg.train.seed,
+                             d.mix_block, names=[ds.cache_name for ds in d.datasets])
+    key = [[s.index["key"], ds.weight] for ds, s in zip(d.datasets, streams, strict=True)] + [d.seq_len, d.mix_block]
+    return sampler, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class MetricsLog:
+    """metrics.jsonl (one record per optimizer step), optional TensorBoard, loss-curve PNG."""
+
+    def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool, enabled: bool):
+        self.path, self.enabled = run_dir / "metrics.jsonl", enabled
+        self.tb = None
+        if not enabled:
+            return
+        kept = []
+        if self.path.is_file():  # drop records past the resumed step (they came from a lost future)
+            for line in self.path.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else None
+                if rec and rec.get("step", 0) <= resume_step:
+                    kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self._f = open(self.path, "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError("log.tensorboard: needs the tensorboard package (pip install tensorboard)") from e
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self.tb.add_scalar(f"train/{k}", v, rec["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._f.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def plot_metrics(jsonl: Path, png: Path) -> Path | None:
+    """Loss (and learning rate) against tokens seen, from metrics.jsonl."""
+    records = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()] if jsonl.is_file() else []
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = [r["tokens"] / 1e6 for r in records]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(tokens, [r["loss"] for r in records], lw=1, label="train loss")
+    ax.set_xlabel("tokens (M)")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(tokens, [r["lr"] for r in records], color="tab:orange", lw=0.8, alpha=0.6, label="lr")
+    lr_ax.set_ylabel("learning rate")
+    ax.set_title(f"{jsonl.parent.name}: step {records[-1]['step']}, loss {records[-1]['loss']:.4f}")
+    fig.tight_layout()
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(png)
+    return png
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop at the next step boundary (and checkpoint) instead of dying."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.reason is not None:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.reason = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
+    """Train (or resume) the run described by `cfg`; returns the per-step history of this process."""
+    info = distributed.setup(cfg.train.device, cfg.distributed.backend)
+    try:
+        return _train(cfg, info, cfg.log.progress if progress is None else progress)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: TrainConfig, info: distributed.DistInfo, show: bool) -> TrainResult:
+    from rich.console import Console
+
+    console = Console(quiet=not info.is_main)
+    run_dir = Path(cfg.run_dir)
+    ckpt_root = run_dir / "checkpoints"
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    device, precision = info.device, cfg.train.precision
+    dev_type = torch.device(device).type
+
+    pcfg = model_config(cfg)
+    torch.manual_seed(cfg.train.seed)
+    with torch.device(device):
+        model = Phi(pcfg)
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    sampler, data_fp = build_sampler(cfg, pcfg.vocab_size, info, show)
+    plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank)
+
+    flops_tok = model.flops_per_token(cfg.data.seq_len)
+    strategy = distributed.choose_strategy(cfg.distributed.strategy, info)
+    wrapped = distributed.parallelize(model, info, strategy, cfg.train.compile,
+                                      param_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
+                                      reshard_after_forward=cfg.distributed.reshard_after_forward)
+    optimizer = make_optimizer(model, cfg, device)
+
+    start = 0
+    resume = cfg.checkpoint.resume
+    source = checkpoint.find_latest(ckpt_root) if resume == "auto" else (None if resume == "never" else resume)
+    if source is not None:
+        meta = checkpoint.load(source, model, optimizer)
+        start = meta["step"]
+        if meta.get("data_fingerprint") != data_fp:
+            console.print(f"[yellow]warning:[/] the data differs from the checkpoint's "
+                          f"({meta.get('data_fingerprint')} -> {data_fp}); the sample order will not match")
+        console.print(f"resumed from {checkpoint.resolve(source)} at step {start}")
+
+    max_steps = cfg.max_steps
+    peak = peak_flops(device, cfg.log.peak_tflops)
+    tokens_step = cfg.tokens_per_step
+    meta_base = {"model_config": dataclasses.asdict(pcfg), "config": cfg.model_dump(mode="json"),
+                 "data_fingerprint": data_fp}
+    log = MetricsLog(run_dir, start, cfg.log.tensorboard, info.is_main)
+    autocast = (torch.autocast(dev_type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext())
+    params = [p for p in model.parameters() if p.requires_grad]
+    console.print(f"[bold]{cfg.model.name}[/] {model.num_params(False):,} params | {strategy} x{info.world_size} "
+                  f"on {device} | {precision} | batch {cfg.train.global_batch}x{cfg.data.seq_len} "
+                  f"(micro {plan.micro_batch}, accum {plan.accum_steps}) | steps {start}->{max_steps} "
+                  f"| data {', '.join(sampler.names)}")
+
+    def save(step: int) -> None:
+        path = checkpoint.save(ckpt_root, step, model, optimizer, meta_base, sharded=strategy == "fsdp",
+                               keep=cfg.checkpoint.keep)
+        if info.is_main and cfg.log.plot:
+            plot_metrics(log.path, run_dir / "loss.png")
+        console.print(f"checkpoint {path}")
+
+    result = TrainResult(run_dir, start, start, "done")
+    loader = Loader(sampler, plan, start, device) if start < max_steps else None
+    t_start, step, last_saved = time.perf_counter(), start, start
+    bar = _progress(show and info.is_main, console)
+    task = bar.add_task("train", total=max_steps, completed=start, status="")
+    try:
+        with _StopFlag() as stop, bar:
+            model.train()
+            while step < max_steps:
+                t0 = time.perf_counter()
+                lr = lr_at(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = torch.zeros((), device=device)
+                for micro in range(plan.accum_steps):
+                    data_step, data_micro, x, y = next(loader)
+                    assert (data_step, data_micro) == (step, micro)
+                    with distributed.grad_sync(wrapped, micro == plan.accum_steps - 1), autocast:
+                        loss = wrapped(x, labels=y)
+                        (loss / plan.accum_steps).backward()
+                    loss_sum += loss.detach().float()
+                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+                if hasattr(gnorm, "full_tensor"):
+                    gnorm = gnorm.full_tensor()
+                loss_val = distributed.all_reduce_mean(loss_sum / plan.accum_steps).item()
+                gnorm_val = float(gnorm)
+                if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
+                    last = checkpoint.find_latest(ckpt_root)
+                    raise TrainingDiverged(
+                        f"step {step + 1}: loss is {loss_val}, grad norm {gnorm_val}; stopped before the update. "
+                        f"Last good checkpoint: {last or 'none'}. Try a lower optim.lr, warmup "
+                        f"(schedule.warmup_steps), optim.grad_clip, or precision bf16-mixed.")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                dt = time.perf_counter() - t0
+                rec = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gnorm_val,
+                       "tokens": step * tokens_step, "step_s": round(dt, 4),
+                       "tokens_per_s": round(tokens_step / dt, 1),
+                       "mfu": round(flops_tok * tokens_step / dt / (peak * info.world_size), 4) if peak else None}
+                if dev_type == "cuda":
+                    rec["mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                log.write(rec)
+                result.history.append(rec)
+                bar.update(task, completed=step, status=_status(rec))
+                if step % cfg.log.every == 0 or step == max_steps:
+                    console.print(f"step {step:>6}/{max_steps} | {_status(rec)}", highlight=False)
+                elapsed = time.perf_counter() - t_start
+                if cfg.train.time_budget_s and elapsed >= cfg.train.time_budget_s:
+                    stop.reason = stop.reason or "time budget"
+                if stop.reason is not None:
+                    result.stop_reason = stop.reason
+                    break
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                    save(step)
+                    last_saved = step
+        if cfg.checkpoint.at_exit and step != last_saved:
+            save(step)
+    finally:
+        if loader is not None:
+            loader.close()
+        log.close()
+    if info.is_main and cfg.log.plot:
+        plot_metrics(log.path, run_dir / "loss.png")
+    result.final_step = step
+    if result.stop_reason != "done":
+        console.print(f"stopped at step {step}: {result.stop_reason}")
+    return result
+
+
+def _status(rec: dict[str, Any]) -> str:
+    parts = [f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}", f"gnorm {rec['grad_norm']:.3f}",
+             f"{rec['tokens_per_s']:,.0f} tok/s"]
+    if rec.get("mfu") is not None:
+        parts.append(f"mfu {rec['mfu']:.1%}")
+    if rec.get("mem_gb") is not None:
+        parts.append(f"{rec['mem_gb']:.1f} GB")
+    return " | ".join(parts)
+
+
+def _progress(enabled: bool, console):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled,
+                    transient=True)
