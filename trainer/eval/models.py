@@ -151,12 +151,11 @@ class CausalLM:
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         for batch in self._progress(self._batches([len(k) for k in keys]), "scoring"):
             ids, mask = self._pad([list(keys[b]) for b in batch])
-            logp = self._log_probs(self.model(input_ids=ids, attention_mask=mask).logits)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
             for row, b in enumerate(batch):
                 for i in keyed[keys[b]]:
-                    c, x = pairs[i]
-                    lp = logp[row, len(c) - 1 : len(c) - 1 + len(x)]
-                    results[i] = self._sum_greedy(lp, x)
+                    c, x = pairs[i]  # log-softmax over the continuation's positions only
+                    results[i] = self._sum_greedy(self._log_probs(logits[row, len(c) - 1 : len(c) - 1 + len(x)]), x)
         return results
 
     def _sum_greedy(self, lp: torch.Tensor, cont: list[int]) -> tuple[float, bool]:

@@ -1,0 +1,115 @@
+"""Multiple-choice scoring speed: our harness (prefix-shared and full-sequence strategies) against
+lm-evaluation-harness's HFLM on the same requests and the same model, with the agreement of the scores.
+
+    python bench/eval.py                      # random PhiForCausalLM, CPU, 24 items per task
+    python bench/eval.py --model /path/hf_dir --device cuda --items 500 --batch-size 64
+
+Items/s counts benchmark questions (all their choices scored). Needs lm-eval and accelerate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from textbookgen.benchmarks import load_benchmark  # noqa: E402
+from trainer.eval.harness import eval_items, find_task_data, mc_requests  # noqa: E402
+from trainer.eval.models import CausalLM  # noqa: E402
+
+
+def _tokenizer(data: Path):
+    from transformers import GPT2TokenizerFast
+
+    d = Path(tempfile.mkdtemp(prefix="bench-tok-"))
+    shutil.copy(data / "tokenizer_gpt2" / "encoder.json", d / "vocab.json")
+    shutil.copy(data / "tokenizer_gpt2" / "vocab.bpe", d / "merges.txt")
+    return GPT2TokenizerFast.from_pretrained(str(d))
+
+
+def _model(args: argparse.Namespace):
+    from transformers import AutoModelForCausalLM, PhiConfig, PhiForCausalLM
+
+    if args.model:
+        return AutoModelForCausalLM.from_pretrained(args.model)
+    torch.manual_seed(0)
+    cfg = PhiConfig(vocab_size=51200, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                    num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
+                    max_position_embeddings=2048, bos_token_id=50256, eos_token_id=50256)
+    return PhiForCausalLM(cfg)
+
+
+def _requests(task: str, data: Path, n: int) -> tuple[int, list[tuple[str, str]]]:
+    name, _, shots = task.partition("@")
+    items = load_benchmark(name, find_task_data(name, data) or data)
+    evals = eval_items(name, items)[:n]
+    prefix = ""
+    if shots:  # MMLU k-shot prompts, as the harness builds them
+        from trainer.eval.harness import _mmlu_prefixes
+
+        prefix_by = _mmlu_prefixes(evals, [it for it in items if it.meta.get("split") == "dev"], int(shots))
+        return len(evals), [r for it in evals for r in mc_requests(it, prefix_by[it.meta["subject"]])]
+    return len(evals), [r for it in evals for r in mc_requests(it, prefix)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--tasks", default="arc_easy,hellaswag,boolq,winogrande,mmlu@5")
+    ap.add_argument("--items", type=int, default=24, help="questions per task")
+    ap.add_argument("--model", default=None, help="HF model dir (default: a random PhiForCausalLM)")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per method (best is kept)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = ap.parse_args()
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = Path(args.data)
+    tok = _tokenizer(data)
+    model = _model(args).to(args.device, getattr(torch, args.dtype)).eval()
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    ref_lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size, device=args.device)
+    ours = {s: CausalLM(model, tok, device=args.device, batch_size=args.batch_size, strategy=s)
+            for s in ("prefix", "full")}
+    print(f"model: {args.model or f'random PhiForCausalLM h{args.hidden} L{args.layers}'} ({n_params:.1f}M params), "
+          f"{args.dtype} on {args.device}, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    rows = []
+    for task in args.tasks.split(","):
+        n, reqs = _requests(task, data, args.items)
+        insts = [Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)]
+        runners = {"lm_eval": lambda insts=insts: ref_lm.loglikelihood(insts, disable_tqdm=True),
+                   **{s: (lambda lm=lm, reqs=reqs: lm.loglikelihood(reqs)) for s, lm in ours.items()}}
+        best = {k: float("inf") for k in runners}
+        out = {}
+        for _ in range(args.repeats):  # interleaved, best of n: the CPU is shared
+            for k, run in runners.items():
+                t0 = time.perf_counter()
+                out[k] = run()
+                best[k] = min(best[k], time.perf_counter() - t0)
+        diff = max(abs(a[0] - b[0]) for s in ours for a, b in zip(out[s], out["lm_eval"], strict=True))
+        rows.append((task, n, len(reqs), n / best["lm_eval"], n / best["prefix"], n / best["full"],
+                     best["lm_eval"] / best["prefix"], diff))
+    head = f"{'task':<12} {'items':>5} {'reqs':>5} {'lm_eval it/s':>12} {'ours prefix':>12} {'ours full':>10} " \
+           f"{'speedup':>8} {'max|dll|':>9}"
+    print(head)
+    print("-" * len(head))
+    for task, n, nreq, a, b, c, sp, d in rows:
+        print(f"{task:<12} {n:>5} {nreq:>5} {a:>12.2f} {b:>12.2f} {c:>10.2f} {sp:>7.2f}x {d:>9.1e}")
+
+
+if __name__ == "__main__":
+    main()
