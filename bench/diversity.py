@@ -77,18 +77,36 @@ def cosmopedia_style(recipe, tax: Taxonomy, web: WebSamples) -> pl.DataFrame:
                 hits = web.search(" ".join(topic.path[-2:]), k=50)
                 extract = web.extracts[hits[int(rng.integers(len(hits)))][0]] if hits else None
             extract = extract or web.extracts[int(rng.integers(len(web)))]
-        v = variables(topic_path=topic.path, audience=cell.audience, style=cell.style, format=cell.format,
-                      web_extract=extract.text if extract else None, language=recipe.language,
-                      words=simple_words(recipe.seed, i), audiences=audiences, styles=styles, formats=formats)
-        rows.append({"topic_id": topic.id, "prompt": templates[cell.template].render(**v),
-                     "seed_extract_id": extract.id if extract else None})
-    return pl.DataFrame(rows, schema={"topic_id": pl.String, "prompt": pl.String, "seed_extract_id": pl.String})
+        v = variables(
+            topic_path=topic.path,
+            audience=cell.audience,
+            style=cell.style,
+            format=cell.format,
+            web_extract=extract.text if extract else None,
+            language=recipe.language,
+            words=simple_words(recipe.seed, i),
+            audiences=audiences,
+            styles=styles,
+            formats=formats,
+        )
+        rows.append(
+            {
+                "topic_id": topic.id,
+                "prompt": templates[cell.template].render(**v),
+                "seed_extract_id": extract.id if extract else None,
+            }
+        )
+    return pl.DataFrame(
+        rows, schema={"topic_id": pl.String, "prompt": pl.String, "seed_extract_id": pl.String}
+    )
 
 
 def shared_texts(shared: Path) -> list[str]:
     texts = []
-    for rel, field in (("c4_en_sample_1k/c4_sample.jsonl.gz", "text"), ("wikipedia_en_1k/wikipedia.jsonl.gz",
-                                                                        "eng_Latn")):
+    for rel, field in (
+        ("c4_en_sample_1k/c4_sample.jsonl.gz", "text"),
+        ("wikipedia_en_1k/wikipedia.jsonl.gz", "eng_Latn"),
+    ):
         for line in gzip.decompress((shared / rel).read_bytes()).decode().splitlines():
             texts.append(json.loads(line)[field])
     return texts
@@ -102,16 +120,28 @@ def main() -> None:
     args = ap.parse_args()
     tax_path = args.taxonomy or args.shared / "sciphi_topics" / "tayn_evol_evol_grade_school.yaml.gz"
 
-    recipe = load_recipe(ROOT / "recipes" / "phi15-textbooks.yaml", {
-        "samples": args.samples, "taxonomy.source": str(tax_path.resolve()), "taxonomy.grow": None,
-        "output": "/tmp/textbookgen-bench-diversity"})
+    recipe = load_recipe(
+        ROOT / "recipes" / "phi15-textbooks.yaml",
+        {
+            "samples": args.samples,
+            "taxonomy.source": str(tax_path.resolve()),
+            "taxonomy.grow": None,
+            "output": "/tmp/textbookgen-bench-diversity",
+        },
+    )
     tax = Taxonomy.load(tax_path)
     wc = recipe.web_samples
-    web = WebSamples.from_texts(shared_texts(args.shared), source="shared c4+wikipedia", min_chars=wc.min_chars,
-                                extract_chars=wc.extract_chars)
+    web = WebSamples.from_texts(
+        shared_texts(args.shared),
+        source="shared c4+wikipedia",
+        min_chars=wc.min_chars,
+        extract_chars=wc.extract_chars,
+    )
     n_topics = len(tax.leaves())
-    print(f"taxonomy: {tax_path.name} ({n_topics:,} topics); web seeds: {len(web):,} extracts "
-          f"(of {web.stats['documents']:,} documents); {args.samples:,} prompts per run")
+    print(
+        f"taxonomy: {tax_path.name} ({n_topics:,} topics); web seeds: {len(web):,} extracts "
+        f"(of {web.stats['documents']:,} documents); {args.samples:,} prompts per run"
+    )
 
     runs = {}
     t0 = time.perf_counter()
@@ -122,18 +152,26 @@ def main() -> None:
     runs["cosmopedia-style peer"] = cosmopedia_style(recipe, tax, web)
     t_peer = time.perf_counter() - t0
     again = render_prompts(recipe, tax, web)
-    assert again["prompt"].to_list() == runs["web-seeded (ours)"]["prompt"].to_list(), "prompts not reproducible"
+    assert again["prompt"].to_list() == runs["web-seeded (ours)"]["prompt"].to_list(), (
+        "prompts not reproducible"
+    )
 
     res = {name: figures(df, n_topics) for name, df in runs.items()}
     print(f"\n{'run':<24}{'topics_covered':>16}{'distinct_4gram':>16}{'seed_reuse':>12}{'seeded':>9}")
     for name, f in res.items():
-        print(f"{name:<24}{f['topics_covered']:>16.3f}{f['distinct_4gram']:>16.3f}{f['seed_reuse']:>12d}"
-              f"{f['seeded']:>9,}")
-    print(f"\nrender time: ours {t_ours:.1f} s, peer {t_peer:.1f} s; same recipe+seed -> identical prompts: yes")
+        print(
+            f"{name:<24}{f['topics_covered']:>16.3f}{f['distinct_4gram']:>16.3f}{f['seed_reuse']:>12d}"
+            f"{f['seeded']:>9,}"
+        )
+    print(
+        f"\nrender time: ours {t_ours:.1f} s, peer {t_peer:.1f} s; same recipe+seed -> identical prompts: yes"
+    )
     ours, topic_only = res["web-seeded (ours)"], res["topic-only (ours)"]
-    print(f"topics_covered={ours['topics_covered']:.3f} distinct_4gram={ours['distinct_4gram']:.3f} "
-          f"seed_reuse={ours['seed_reuse']} (topic-only: topics_covered={topic_only['topics_covered']:.3f} "
-          f"distinct_4gram={topic_only['distinct_4gram']:.3f} seed_reuse={topic_only['seed_reuse']})")
+    print(
+        f"topics_covered={ours['topics_covered']:.3f} distinct_4gram={ours['distinct_4gram']:.3f} "
+        f"seed_reuse={ours['seed_reuse']} (topic-only: topics_covered={topic_only['topics_covered']:.3f} "
+        f"distinct_4gram={topic_only['distinct_4gram']:.3f} seed_reuse={topic_only['seed_reuse']})"
+    )
 
 
 if __name__ == "__main__":

@@ -39,16 +39,25 @@ def prose_responder(body: dict) -> str:
 
 
 def _cli(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env or NO_KEYS, cwd=ROOT,
-                          timeout=timeout)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env=env or NO_KEYS, cwd=ROOT, timeout=timeout
+    )
 
 
 def test_quickstart_without_a_key_plans_and_exits_0(tmp_path):
     out = tmp_path / "qs"
     res = _cli("build", str(QUICKSTART), "--set", f"output={out}")
     assert res.returncode == 0, res.stderr
-    for needle in ("Plan for recipe 'quickstart'", "300 prompts", "Estimated cost", "gpt-4o-mini (recipe)",
-                   "claude-haiku-4-5", "Time: ~", "To run it for real", "export OPENAI_API_KEY"):
+    for needle in (
+        "Plan for recipe 'quickstart'",
+        "300 prompts",
+        "Estimated cost",
+        "gpt-4o-mini (recipe)",
+        "claude-haiku-4-5",
+        "Time: ~",
+        "To run it for real",
+        "export OPENAI_API_KEY",
+    ):
         assert needle in res.stdout, needle
     prompts = pl.read_parquet(out / "prompts.parquet")
     assert prompts.height == 300 and prompts["index"].to_list() == list(range(300))
@@ -69,7 +78,9 @@ def test_same_recipe_and_seed_give_byte_identical_prompts(tmp_path):
     assert pa["prompt"].to_list() != pc["prompt"].to_list()
     # provenance: template hash and variables travel with every prompt
     prov = json.loads(pa["provenance"][0])
-    assert prov["template_hash"] == pa["template_hash"][0] and prov["variables"]["topic"] in pa["topic_path"][0]
+    assert (
+        prov["template_hash"] == pa["template_hash"][0] and prov["variables"]["topic"] in pa["topic_path"][0]
+    )
 
 
 def test_prompts_follow_the_mix_and_cover_topics(tmp_path):
@@ -80,7 +91,9 @@ def test_prompts_follow_the_mix_and_cover_topics(tmp_path):
     web = WebSamples.load(r.resolve(r.web_samples.source), min_chars=r.web_samples.min_chars)
     df = render_prompts(r, tax, web)
     assert df["template"].value_counts().sort("template").to_dict(as_series=False) == {
-        "template": ["exercises", "qa", "textbook_section"], "count": [60, 60, 180]}
+        "template": ["exercises", "qa", "textbook_section"],
+        "count": [60, 60, 180],
+    }
     assert tax.coverage(df["topic_id"].to_list()).covered == 125  # every topic, at most 4 each
     assert df.group_by("topic_id").len()["len"].max() <= 4
     seeded = df["seed_extract_id"].is_not_null().sum()
@@ -89,8 +102,14 @@ def test_prompts_follow_the_mix_and_cover_topics(tmp_path):
 
 
 def test_web_source_unreachable_plans_topic_only(tmp_path):
-    res = _cli("build", str(QUICKSTART), "--set", f"output={tmp_path / 'o'}",
-               "--set", "web_samples.source=http://127.0.0.1:9/web.jsonl")
+    res = _cli(
+        "build",
+        str(QUICKSTART),
+        "--set",
+        f"output={tmp_path / 'o'}",
+        "--set",
+        "web_samples.source=http://127.0.0.1:9/web.jsonl",
+    )
     assert res.returncode == 0, res.stderr
     assert "web samples unavailable" in res.stdout and "topic-only" in res.stdout
     prompts = pl.read_parquet(tmp_path / "o" / "prompts.parquet")
@@ -109,8 +128,12 @@ def test_end_to_end_against_the_emulator_then_everything_is_skipped(tmp_path):
 
     out = tmp_path / "qs"
     with Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
-        over = {"output": str(out), "samples": 30, "provider.base_url": emu.openai_base_url,
-                "curation.filters.enabled": False}
+        over = {
+            "output": str(out),
+            "samples": 30,
+            "provider.base_url": emu.openai_base_url,
+            "curation.filters.enabled": False,
+        }
         res = build(load_recipe(QUICKSTART, over), progress=False)
         assert emu.billed == 30 and emu.duplicates == 0
         again = build(load_recipe(QUICKSTART, over), progress=False)
@@ -119,9 +142,24 @@ def test_end_to_end_against_the_emulator_then_everything_is_skipped(tmp_path):
     assert all(again.stages[s] == "skipped" for s in ("taxonomy", "prompts", "generate", "curate", "dataset"))
     docs = pl.read_parquet(out / "documents.parquet")
     assert docs.height == 30 and docs["id"].n_unique() == 30
-    assert {"id", "text", "topic_path", "topic_id", "template", "template_hash", "audience", "style", "format",
-            "seed_extract_id", "model", "finish_reason", "input_tokens", "output_tokens", "quality_score",
-            "provenance"} == set(docs.columns)
+    assert {
+        "id",
+        "text",
+        "topic_path",
+        "topic_id",
+        "template",
+        "template_hash",
+        "audience",
+        "style",
+        "format",
+        "seed_extract_id",
+        "model",
+        "finish_reason",
+        "input_tokens",
+        "output_tokens",
+        "quality_score",
+        "provenance",
+    } == set(docs.columns)
     shards = list((out / "dataset" / "data").glob("train-*.parquet"))
     assert shards and (out / "dataset" / "README.md").is_file()
     m = json.loads((out / "manifest.json").read_text())
@@ -152,11 +190,24 @@ def test_build_killed_mid_generation_resumes_with_every_sample_once(tmp_path):
 
     out, n = tmp_path / "qs", 60
     with Emulator(EmulatorConfig(latency_median_s=0.15, latency_sigma=0.3, responder=prose_responder)) as emu:
-        args = ["build", str(QUICKSTART), "--no-progress", "--set", f"output={out}", "--set", f"samples={n}",
-                "--set", f"provider.base_url={emu.openai_base_url}", "--set", "limits.concurrency=4",
-                "--set", "curation.filters.enabled=false"]
-        proc = subprocess.Popen([*CLI, *args], cwd=ROOT, env=NO_KEYS, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        args = [
+            "build",
+            str(QUICKSTART),
+            "--no-progress",
+            "--set",
+            f"output={out}",
+            "--set",
+            f"samples={n}",
+            "--set",
+            f"provider.base_url={emu.openai_base_url}",
+            "--set",
+            "limits.concurrency=4",
+            "--set",
+            "curation.filters.enabled=false",
+        ]
+        proc = subprocess.Popen(
+            [*CLI, *args], cwd=ROOT, env=NO_KEYS, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 120
         while _done_rows(out / "journal.sqlite") < 15 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
@@ -189,8 +240,13 @@ def test_build_pushes_to_the_hub_in_one_commit(tmp_path, monkeypatch):
         monkeypatch.setenv("HF_TOKEN", hub.token)
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        over = {"output": str(tmp_path / "qs"), "samples": 12, "provider.base_url": emu.openai_base_url,
-                "curation.filters.enabled": False, "hub.repo_id": f"{hub.user}/textbooks-quickstart"}
+        over = {
+            "output": str(tmp_path / "qs"),
+            "samples": 12,
+            "provider.base_url": emu.openai_base_url,
+            "curation.filters.enabled": False,
+            "hub.repo_id": f"{hub.user}/textbooks-quickstart",
+        }
         res = build(load_recipe(QUICKSTART, over), push=True, progress=False)
         again = build(load_recipe(QUICKSTART, over), push=True, progress=False)  # unchanged: same card
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
@@ -200,5 +256,7 @@ def test_build_pushes_to_the_hub_in_one_commit(tmp_path, monkeypatch):
     assert {"README.md", "manifest.json", "recipe.yaml"} <= files
     assert any(f.startswith("data/train-") and f.endswith(".parquet") for f in files)
     assert len(commits) == 2  # the repo's initial commit and ours; the unchanged rebuild added none
-    assert again.stages["generate"] == "skipped" and again.manifest["created_at"] == res.manifest["created_at"]
+    assert (
+        again.stages["generate"] == "skipped" and again.manifest["created_at"] == res.manifest["created_at"]
+    )
     assert hub.token not in (tmp_path / "qs" / "manifest.json").read_text()

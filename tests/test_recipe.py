@@ -37,7 +37,12 @@ def _write(d: Path, text: str) -> Path:
 
 
 def test_shipped_recipes_validate():
-    assert {p.stem for p in RECIPES} >= {"quickstart", "phi15-textbooks", "phi1-code-textbooks", "tiny-stories"}
+    assert {p.stem for p in RECIPES} >= {
+        "quickstart",
+        "phi15-textbooks",
+        "phi1-code-textbooks",
+        "tiny-stories",
+    }
     for p in RECIPES:
         r = load_recipe(p)
         assert r.card_template == f"../datasets_cards/{p.stem}.md"
@@ -54,19 +59,38 @@ def test_paths_resolve_relative_to_the_recipe(recipe_dir, monkeypatch, tmp_path_
     assert r.sampling.temperature == 0.8 and r.curation.minhash.enabled
 
 
-@pytest.mark.parametrize("edit, line, field, message", [
-    (lambda t: t.replace("samples: 10", "samples: 10\nsampels: 3"), 9, "sampels", "unknown key"),
-    (lambda t: t.replace("samples: 10", "samples: many"), 8, "samples", "valid integer"),
-    (lambda t: t.replace("    audiences: {college: 1}", "    audiences: {college: 1}\n    weight: heavy"),
-     8, "mix.0.weight", "valid number"),
-    (lambda t: t.replace("source: topics.yaml", "source: nowhere.yaml"), 4, "taxonomy.source", "not found"),
-    (lambda t: t.replace("model: gpt-4o-mini\n", ""), 1, "model", "required field missing"),
-    (lambda t: t.replace("{college: 1}", "{toddlers: 1}"), 7, "mix.0.audiences", "unknown audiences ['toddlers']"),
-    (lambda t: t.replace("textbook_section", "no_such.j2"), 6, "mix.0.template", "neither a built-in"),
-    (lambda t: t + "card_template: cards/missing.md\n", 9, "card_template", "card template not found"),
-    (lambda t: t + "taxonomy:\n  source: topics.yaml\n", 9, "taxonomy", "duplicate key"),
-    (lambda t: t.replace("samples: 10", "samples: 0"), 8, "samples", "greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "edit, line, field, message",
+    [
+        (lambda t: t.replace("samples: 10", "samples: 10\nsampels: 3"), 9, "sampels", "unknown key"),
+        (lambda t: t.replace("samples: 10", "samples: many"), 8, "samples", "valid integer"),
+        (
+            lambda t: t.replace(
+                "    audiences: {college: 1}", "    audiences: {college: 1}\n    weight: heavy"
+            ),
+            8,
+            "mix.0.weight",
+            "valid number",
+        ),
+        (
+            lambda t: t.replace("source: topics.yaml", "source: nowhere.yaml"),
+            4,
+            "taxonomy.source",
+            "not found",
+        ),
+        (lambda t: t.replace("model: gpt-4o-mini\n", ""), 1, "model", "required field missing"),
+        (
+            lambda t: t.replace("{college: 1}", "{toddlers: 1}"),
+            7,
+            "mix.0.audiences",
+            "unknown audiences ['toddlers']",
+        ),
+        (lambda t: t.replace("textbook_section", "no_such.j2"), 6, "mix.0.template", "neither a built-in"),
+        (lambda t: t + "card_template: cards/missing.md\n", 9, "card_template", "card template not found"),
+        (lambda t: t + "taxonomy:\n  source: topics.yaml\n", 9, "taxonomy", "duplicate key"),
+        (lambda t: t.replace("samples: 10", "samples: 0"), 8, "samples", "greater than or equal to 1"),
+    ],
+)
 def test_bad_recipes_name_file_line_and_field(recipe_dir, edit, line, field, message):
     p = _write(recipe_dir, edit(GOOD))
     with pytest.raises(RecipeError) as err:

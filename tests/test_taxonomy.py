@@ -24,7 +24,9 @@ TOPICS = Path(__file__).resolve().parents[1] / "textbookgen" / "topics"
 
 
 def _outline(shared_data: Path) -> Taxonomy:
-    return Taxonomy.load(shared_data / "topics_wikipedia_outline_academic_disciplines" / "academic-disciplines.md")
+    return Taxonomy.load(
+        shared_data / "topics_wikipedia_outline_academic_disciplines" / "academic-disciplines.md"
+    )
 
 
 def _from_tar(shared_data: Path, tar_name: str, member: str, tmp_path: Path) -> Path:
@@ -38,8 +40,13 @@ def _from_tar(shared_data: Path, tar_name: str, member: str, tmp_path: Path) -> 
 def test_markdown_outline_of_academic_disciplines(shared_data):
     tax = _outline(shared_data)
     assert tax.name == "Outline of Academic Disciplines"
-    assert [t.name for t in tax.topics] == ["Humanities", "Social science", "Natural science", "Formal science",
-                                            "Applied science"]
+    assert [t.name for t in tax.topics] == [
+        "Humanities",
+        "Social science",
+        "Natural science",
+        "Formal science",
+        "Applied science",
+    ]
     depth2 = [t for t in tax.walk() if len(t.path) == 2]
     assert len(depth2) == 40  # the 40 `###` disciplines of SOURCE.md
     # 2,511 list items plus the 5 + 40 headings and the 20 deeper (####, #####) headings, less the 19
@@ -48,8 +55,11 @@ def test_markdown_outline_of_academic_disciplines(shared_data):
     archaeology = [t for t in tax.walk() if t.path == ("Social science", "Anthropology", "Archaeology")]
     assert len(archaeology) == 1 and len(archaeology[0].children) > 20
     music = next(t for t in tax.walk() if t.path == ("Humanities", "Performing arts", "Music", "Conducting"))
-    assert [c.name for c in music.children] == ["Choral conducting", "Orchestral conducting",
-                                                "Wind ensemble conducting"]
+    assert [c.name for c in music.children] == [
+        "Choral conducting",
+        "Orchestral conducting",
+        "Wind ensemble conducting",
+    ]
     astronomy = next(t for t in tax.walk() if t.name == "Astronomy" and len(t.path) == 4)
     assert astronomy.path == ("Natural science", "Physical Science", "Space sciences", "Astronomy")
     assert len({t.id for t in tax.walk()}) == len(tax)
@@ -69,11 +79,18 @@ def test_sciphi_weighted_title_lists(shared_data):
 
 
 def test_sciphi_course_tree_with_select(shared_data, tmp_path):
-    path = _from_tar(shared_data, "tayn_basic_split_yaml.tar.gz",
-                     "textbooks_are_all_you_need_basic_split/advanced_cybersecurity_concepts.yaml", tmp_path)
+    path = _from_tar(
+        shared_data,
+        "tayn_basic_split_yaml.tar.gz",
+        "textbooks_are_all_you_need_basic_split/advanced_cybersecurity_concepts.yaml",
+        tmp_path,
+    )
     tax = Taxonomy.load(path, select="sub_topic.course_topic", name="Advanced Cybersecurity Concepts")
     assert tax.name == "Advanced Cybersecurity Concepts"
-    assert [t.name for t in tax.topics][:2] == ["Threat Intelligence & Analysis", "Secure Software Development"]
+    assert [t.name for t in tax.topics][:2] == [
+        "Threat Intelligence & Analysis",
+        "Secure Software Development",
+    ]
     assert "Zero Trust Architecture" in {t.name for t in tax.leaves()}
     assert len(tax.leaves()) == 20
     with pytest.raises(TaxonomyError, match="select='sub_topic.nope'"):
@@ -81,15 +98,21 @@ def test_sciphi_course_tree_with_select(shared_data, tmp_path):
 
 
 def test_khan_academy_table_of_contents(shared_data, tmp_path):
-    path = _from_tar(shared_data, "khan_academy_table_of_contents_yaml.tar.gz",
-                     "table_of_contents/5th_grade.yaml", tmp_path)
+    path = _from_tar(
+        shared_data,
+        "khan_academy_table_of_contents_yaml.tar.gz",
+        "table_of_contents/5th_grade.yaml",
+        tmp_path,
+    )
     tax = Taxonomy.load(path)
     assert tax.name == "Mastering Mathematics: A Comprehensive Guide for 5th Grade"
     place = tax.topics[0]
     assert place.name == "Decimal place value"
     assert place.children[0].name == "Decimal place value intro"
-    assert [c.name for c in place.children[0].children] == ["Understanding decimals",
-                                                             "Importance of decimal place value"]
+    assert [c.name for c in place.children[0].children] == [
+        "Understanding decimals",
+        "Importance of decimal place value",
+    ]
 
 
 def test_round_trips_keep_ids_and_weights(shared_data, tmp_path):
@@ -110,7 +133,11 @@ def test_csv_path_column_and_errors(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("path,weight,level\nScience/Physics/Optics,2,intro\nScience/Physics/Mechanics,,\nArt,0.5,\n")
     tax = Taxonomy.load(p)
-    assert [t.path_str for t in tax.leaves()] == ["Science > Physics > Optics", "Science > Physics > Mechanics", "Art"]
+    assert [t.path_str for t in tax.leaves()] == [
+        "Science > Physics > Optics",
+        "Science > Physics > Mechanics",
+        "Art",
+    ]
     optics = tax.leaves()[0]
     assert optics.weight == 2.0 and optics.meta == {"level": "intro"}
     assert optics.id == topic_id(("Science", "Physics", "Optics"))
@@ -187,15 +214,20 @@ def test_hierarchical_weights_give_subjects_their_share():
     assert flat == {"Big": 1000, "Small": 40}
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('{"subtopics": ["Optics", "Lenses and mirrors"]}', ["Optics", "Lenses and mirrors"]),
-    ('Sure! Here they are:\n```json\n["Optics", "Waves"]\n```', ["Optics", "Waves"]),
-    ("Here are the subtopics:\n1. **Optics**: how light bends through lenses and prisms\n2) Waves\n- Sound",
-     ["Optics", "Waves", "Sound"]),
-    ("Optics, waves; and sound.", ["Optics", "waves", "sound"]),
-    ('[{"name": "Optics"}, {"title": "Waves"}]', ["Optics", "Waves"]),
-    ("1. Physics: energy\n2. Physics: optics", ["Physics: energy", "Physics: optics"]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"subtopics": ["Optics", "Lenses and mirrors"]}', ["Optics", "Lenses and mirrors"]),
+        ('Sure! Here they are:\n```json\n["Optics", "Waves"]\n```', ["Optics", "Waves"]),
+        (
+            "Here are the subtopics:\n1. **Optics**: how light bends through lenses and prisms\n2) Waves\n- Sound",
+            ["Optics", "Waves", "Sound"],
+        ),
+        ("Optics, waves; and sound.", ["Optics", "waves", "sound"]),
+        ('[{"name": "Optics"}, {"title": "Waves"}]', ["Optics", "Waves"]),
+        ("1. Physics: energy\n2. Physics: optics", ["Physics: energy", "Physics: optics"]),
+    ],
+)
 def test_parse_list(text, expected):
     assert parse_list(text) == expected
 
@@ -217,8 +249,9 @@ def test_grow_reaches_target_without_duplicates():
     tax = Taxonomy.load(TOPICS / "commonsense.yaml")
     before = {t.id for t in tax.walk()}
     with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
-        gen = Generator(provider="openai", model="gpt-4o-mini", base_url=emu.openai_base_url, api_key="k",
-                        progress=False)
+        gen = Generator(
+            provider="openai", model="gpt-4o-mini", base_url=emu.openai_base_url, api_key="k", progress=False
+        )
         report = grow(tax, gen, 900, seed=1)
         assert emu.billed == report.calls
     assert report.leaves_before == 125 and report.leaves_after == 900 == len(tax.leaves())
@@ -236,14 +269,24 @@ def test_grow_drops_duplicates_from_a_repetitive_model():
 
     def responder(body):
         topic = body["messages"][-1]["content"].split('"')[1]
-        return "\n".join(f"- {v}" for v in (f"{topic} basics", f"{topic} Basics!", f"The {topic} basic",
-                                            f"History of {topic}", f"history of {topic}."))
+        return "\n".join(
+            f"- {v}"
+            for v in (
+                f"{topic} basics",
+                f"{topic} Basics!",
+                f"The {topic} basic",
+                f"History of {topic}",
+                f"history of {topic}.",
+            )
+        )
 
     tax = Taxonomy(name="t")
     tax.add("Chemistry")
     tax.add("Music")
     with Emulator(EmulatorConfig(latency_median_s=0.001, responder=responder)) as emu:
-        gen = Generator(provider="openai", model="m", base_url=emu.openai_base_url, api_key="k", progress=False)
+        gen = Generator(
+            provider="openai", model="m", base_url=emu.openai_base_url, api_key="k", progress=False
+        )
         report = grow(tax, gen, 50, seed=1, max_rounds=3)
     assert [c.name for c in tax.topics[0].children] == ["Chemistry basics", "History of Chemistry"]
     assert report.duplicates_dropped >= 6
@@ -266,8 +309,20 @@ def test_topics_commands(shared_data, tmp_path):
     res = runner.invoke(app, ["topics", "stats", str(tmp_path / "missing.md")])
     assert res.exit_code == 1 and "not found" in res.output
     with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
-        res = runner.invoke(app, ["topics", "grow", str(TOPICS / "stories.yaml"), str(tmp_path / "g.yaml"),
-                                  "--target", "100", "--base-url", emu.openai_base_url,
-                                  "--journal", str(tmp_path / "grow.sqlite")])
+        res = runner.invoke(
+            app,
+            [
+                "topics",
+                "grow",
+                str(TOPICS / "stories.yaml"),
+                str(tmp_path / "g.yaml"),
+                "--target",
+                "100",
+                "--base-url",
+                emu.openai_base_url,
+                "--journal",
+                str(tmp_path / "grow.sqlite"),
+            ],
+        )
     assert res.exit_code == 0, res.output
     assert len(Taxonomy.load(tmp_path / "g.yaml").leaves()) == 100

@@ -21,9 +21,18 @@ from textbookgen.templates import (
 
 
 def _vars(**over):
-    base = dict(topic_path=("Everyday physics", "Light and color"), audience="high_school", style="narrative",
-                format="markdown", web_extract=None, language="English", words=["jump", "ball", "red"],
-                audiences=AUDIENCES, styles=STYLES, formats=FORMATS)
+    base = dict(
+        topic_path=("Everyday physics", "Light and color"),
+        audience="high_school",
+        style="narrative",
+        format="markdown",
+        web_extract=None,
+        language="English",
+        words=["jump", "ball", "red"],
+        audiences=AUDIENCES,
+        styles=STYLES,
+        formats=FORMATS,
+    )
     base.update(over)
     return variables(**base)
 
@@ -31,7 +40,14 @@ def _vars(**over):
 def test_builtin_set_covers_phi_data_kinds():
     names = set(builtin_templates())
     assert {"textbook_section", "exercises", "qa", "story", "code_textbook", "code_exercises"} <= names
-    assert {"young_children", "middle_school", "high_school", "college", "professionals", "researchers"} <= set(AUDIENCES)
+    assert {
+        "young_children",
+        "middle_school",
+        "high_school",
+        "college",
+        "professionals",
+        "researchers",
+    } <= set(AUDIENCES)
 
 
 @pytest.mark.parametrize("name", sorted(builtin_templates()))
@@ -42,7 +58,7 @@ def test_every_builtin_renders_with_and_without_extract(name):
     assert "Rainbows appear" not in plain and "Rainbows appear" in seeded
     assert "<extract>" in seeded and "<extract>" not in plain
     assert "{{" not in seeded and "{%" not in seeded
-    assert ("light and color" in plain.lower())
+    assert "light and color" in plain.lower()
     if name == "story":
         assert '"jump"' in plain and '"ball"' in plain and '"red"' in plain
     else:
@@ -84,11 +100,17 @@ def test_file_templates_resolve_relative_and_hash_by_content(tmp_path):
 
 
 def test_expand_mix_is_a_weighted_product():
-    combos = expand_mix([
-        {"template": "textbook_section", "weight": 3, "audiences": {"college": 1, "high_school": 1},
-         "styles": {"academic": 3, "narrative": 1}},
-        {"template": "qa", "weight": 1},
-    ])
+    combos = expand_mix(
+        [
+            {
+                "template": "textbook_section",
+                "weight": 3,
+                "audiences": {"college": 1, "high_school": 1},
+                "styles": {"academic": 3, "narrative": 1},
+            },
+            {"template": "qa", "weight": 1},
+        ]
+    )
     assert len(combos) == 5
     assert sum(c.weight for c in combos) == pytest.approx(1.0)
     w = {(c.template, c.audience, c.style): c.weight for c in combos}

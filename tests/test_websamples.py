@@ -36,7 +36,9 @@ def test_c4_extracts_are_clean_and_cut_at_sentences(c4, shared_data):
         assert 200 <= len(ex.text) <= 1000
         assert ex.text[-1] in ".!?\"')]\u201d\u2019\u2026" or len(ex.text) < 1000
     # long documents are cut at a sentence end, keeping most of the window
-    long_docs = [t for t in _texts(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "text") if len(t) > 3000]
+    long_docs = [
+        t for t in _texts(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "text") if len(t) > 3000
+    ]
     cuts = [make_extract(t) for t in long_docs]
     cuts = [c for c in cuts if c is not None]
     assert sum(c.text[-1] in ".!?\"')" for c in cuts) / len(cuts) > 0.9
@@ -56,17 +58,19 @@ def test_wikipedia_text_field_is_found_and_mojibake_fixed(shared_data):
 
 
 def test_boilerplate_lines_are_dropped():
-    page = "\n".join([
-        "Home | About Us | Contact",
-        "Skip to main content",
-        "The water cycle moves water between the oceans, the air and the land, driven by the sun.",
-        "Share this on Facebook",
-        "Clouds form when rising vapour cools and condenses into droplets around tiny particles.",
-        "We use cookies to improve your experience. Accept",
-        "Copyright © 2021 Example Inc. All rights reserved.",
-        "Posted by admin in Science",
-        "12 comments",
-    ])
+    page = "\n".join(
+        [
+            "Home | About Us | Contact",
+            "Skip to main content",
+            "The water cycle moves water between the oceans, the air and the land, driven by the sun.",
+            "Share this on Facebook",
+            "Clouds form when rising vapour cools and condenses into droplets around tiny particles.",
+            "We use cookies to improve your experience. Accept",
+            "Copyright © 2021 Example Inc. All rights reserved.",
+            "Posted by admin in Science",
+            "12 comments",
+        ]
+    )
     cleaned = clean_text(page)
     assert cleaned.splitlines() == [
         "The water cycle moves water between the oceans, the air and the land, driven by the sun.",
@@ -115,8 +119,10 @@ def test_seed_assigner_balances_retrieved_extracts(c4):
 
 
 def test_formats_parquet_jsonl_text_and_folder(tmp_path):
-    docs = [f"Paragraph {i} explains how plants use sunlight, water and air to make their own food. " * 4
-            for i in range(6)]
+    docs = [
+        f"Paragraph {i} explains how plants use sunlight, water and air to make their own food. " * 4
+        for i in range(6)
+    ]
     pl.DataFrame({"body": docs, "n": list(range(6))}).write_parquet(tmp_path / "a.parquet")
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n")
     (tmp_path / "c.txt").write_text("\n\n".join(docs))
@@ -150,8 +156,13 @@ def test_bad_sources_are_named(tmp_path):
 def test_hub_source_streams_through_datasets(monkeypatch):
     datasets = pytest.importorskip("datasets")
     calls = {}
-    rows = [{"text": f"Document {i} describes how rivers carve valleys over thousands of years of slow erosion. " * 3}
-            for i in range(50)]
+    rows = [
+        {
+            "text": f"Document {i} describes how rivers carve valleys over thousands of years of slow erosion. "
+            * 3
+        }
+        for i in range(50)
+    ]
 
     def fake_load_dataset(repo, config, split, streaming):
         calls.update(repo=repo, config=config, split=split, streaming=streaming)
@@ -160,7 +171,12 @@ def test_hub_source_streams_through_datasets(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr("textbookgen.websamples._hub_reachable", lambda: True)
     ws = WebSamples.load("hf:HuggingFaceFW/fineweb-edu", config="sample-10BT", limit=10)
-    assert calls == {"repo": "HuggingFaceFW/fineweb-edu", "config": "sample-10BT", "split": "train", "streaming": True}
+    assert calls == {
+        "repo": "HuggingFaceFW/fineweb-edu",
+        "config": "sample-10BT",
+        "split": "train",
+        "streaming": True,
+    }
     assert len(ws) == 10
     monkeypatch.undo()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -34,19 +34,58 @@ from textbookgen.websamples import SeedAssigner, WebSampleError, WebSamples
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
 STATE_VERSION = 1
-PACKAGES = ("textbookgen", "openai", "anthropic", "tenacity", "jinja2", "pydantic", "polars", "pyarrow", "numpy",
-            "bm25s", "ftfy", "rapidfuzz", "datasketch", "huggingface-hub", "fasttext-numpy2-wheel")
+PACKAGES = (
+    "textbookgen",
+    "openai",
+    "anthropic",
+    "tenacity",
+    "jinja2",
+    "pydantic",
+    "polars",
+    "pyarrow",
+    "numpy",
+    "bm25s",
+    "ftfy",
+    "rapidfuzz",
+    "datasketch",
+    "huggingface-hub",
+    "fasttext-numpy2-wheel",
+)
 PROMPT_SCHEMA = {
-    "index": pl.Int64, "topic_id": pl.String, "topic_path": pl.String, "template": pl.String,
-    "template_hash": pl.String, "audience": pl.String, "style": pl.String, "format": pl.String,
-    "language": pl.String, "seed_extract_id": pl.String, "system": pl.String, "prompt": pl.String,
-    "max_tokens": pl.Int64, "request_seed": pl.Int64, "input_tokens_est": pl.Int64, "provenance": pl.String,
+    "index": pl.Int64,
+    "topic_id": pl.String,
+    "topic_path": pl.String,
+    "template": pl.String,
+    "template_hash": pl.String,
+    "audience": pl.String,
+    "style": pl.String,
+    "format": pl.String,
+    "language": pl.String,
+    "seed_extract_id": pl.String,
+    "system": pl.String,
+    "prompt": pl.String,
+    "max_tokens": pl.Int64,
+    "request_seed": pl.Int64,
+    "input_tokens_est": pl.Int64,
+    "provenance": pl.String,
 }
 DOC_SCHEMA = {
-    "id": pl.String, "text": pl.String, "topic_path": pl.String, "topic_id": pl.String, "template": pl.String,
-    "template_hash": pl.String, "audience": pl.String, "style": pl.String, "format": pl.String,
-    "seed_extract_id": pl.String, "model": pl.String, "finish_reason": pl.String, "input_tokens": pl.Int64,
-    "output_tokens": pl.Int64, "quality_score": pl.Float64, "provenance": pl.String,
+    "id": pl.String,
+    "text": pl.String,
+    "topic_path": pl.String,
+    "topic_id": pl.String,
+    "template": pl.String,
+    "template_hash": pl.String,
+    "audience": pl.String,
+    "style": pl.String,
+    "format": pl.String,
+    "seed_extract_id": pl.String,
+    "model": pl.String,
+    "finish_reason": pl.String,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "quality_score": pl.Float64,
+    "provenance": pl.String,
 }
 
 
@@ -69,16 +108,18 @@ def request_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (2**31 - 1)
 
 
-def render_prompts(recipe: Recipe, tax: Taxonomy, web: WebSamples | None,
-                   templates: dict[str, Template] | None = None) -> pl.DataFrame:
+def render_prompts(
+    recipe: Recipe, tax: Taxonomy, web: WebSamples | None, templates: dict[str, Template] | None = None
+) -> pl.DataFrame:
     """All prompts of a build, deterministic in (recipe, taxonomy, web samples): topics by weight with
     quotas, mix cells by systematic sampling in a seeded order, one web extract per request."""
     from textbookgen.engine import ChatRequest, estimate_input_tokens
 
     n, seed = recipe.samples, recipe.seed
     tc = recipe.taxonomy
-    topics = tax.sample(n, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic,
-                        min_per_topic=tc.min_per_topic)
+    topics = tax.sample(
+        n, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic
+    )
     combos = expand_mix([e.model_dump() for e in recipe.mix])
     counts = systematic_counts(n, np.array([c.weight for c in combos]), np.random.default_rng([seed, 0xC0]))
     cells = [c for c, k in zip(combos, counts, strict=True) for _ in range(int(k))]
@@ -96,20 +137,43 @@ def render_prompts(recipe: Recipe, tax: Taxonomy, web: WebSamples | None,
         extract = None
         if assigner is not None and np.random.default_rng([seed, i, 0x5E]).random() < wc.share:
             extract = assigner.assign(i, " ".join(topic.path[-2:]))
-        v = variables(topic_path=topic.path, audience=cell.audience, style=cell.style, format=cell.format,
-                      web_extract=extract.text if extract else None, language=recipe.language,
-                      words=simple_words(seed, i), audiences=audiences, styles=styles, formats=formats)
+        v = variables(
+            topic_path=topic.path,
+            audience=cell.audience,
+            style=cell.style,
+            format=cell.format,
+            web_extract=extract.text if extract else None,
+            language=recipe.language,
+            words=simple_words(seed, i),
+            audiences=audiences,
+            styles=styles,
+            formats=formats,
+        )
         prompt = tpl.render(**v)
         max_tokens = cell.max_tokens or recipe.sampling.max_tokens or tpl.max_tokens
-        est = estimate_input_tokens(ChatRequest(messages=[{"role": "user", "content": prompt}], system=recipe.system))
-        rows.append({
-            "index": i, "topic_id": topic.id, "topic_path": topic.path_str, "template": tpl.name,
-            "template_hash": tpl.hash, "audience": cell.audience, "style": cell.style, "format": cell.format,
-            "language": recipe.language, "seed_extract_id": extract.id if extract else None,
-            "system": recipe.system, "prompt": prompt, "max_tokens": int(max_tokens),
-            "request_seed": request_seed(seed, i), "input_tokens_est": int(est),
-            "provenance": provenance(tpl, v),
-        })
+        est = estimate_input_tokens(
+            ChatRequest(messages=[{"role": "user", "content": prompt}], system=recipe.system)
+        )
+        rows.append(
+            {
+                "index": i,
+                "topic_id": topic.id,
+                "topic_path": topic.path_str,
+                "template": tpl.name,
+                "template_hash": tpl.hash,
+                "audience": cell.audience,
+                "style": cell.style,
+                "format": cell.format,
+                "language": recipe.language,
+                "seed_extract_id": extract.id if extract else None,
+                "system": recipe.system,
+                "prompt": prompt,
+                "max_tokens": int(max_tokens),
+                "request_seed": request_seed(seed, i),
+                "input_tokens_est": int(est),
+                "provenance": provenance(tpl, v),
+            }
+        )
     return pl.DataFrame(rows, schema=PROMPT_SCHEMA)
 
 
@@ -124,8 +188,13 @@ def estimate_grow(leaves: int, target: int, per_call: int | None) -> dict[str, i
         tokens_in += m * 110
         tokens_out += m * (12 * k + 10)
         n = min(target, n + m * (k - 1))
-    return {"leaves_before": leaves, "target": target, "calls": calls, "input_tokens": tokens_in,
-            "output_tokens": tokens_out}
+    return {
+        "leaves_before": leaves,
+        "target": target,
+        "calls": calls,
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+    }
 
 
 # ---- hashing and state --------------------------------------------------------------------------
@@ -136,8 +205,15 @@ def _hash(obj: Any) -> str:
 def path_hash(path: Path) -> str:
     """Content hash of a file, or of a folder (relative names and bytes of every file, hidden ones aside)."""
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    )
     for f in files:
         if f != path:
             h.update(f.relative_to(path).as_posix().encode() + b"\0")
@@ -183,8 +259,15 @@ def package_versions() -> dict[str, str]:
 class Build:
     """One run of a recipe. `run()` executes the stages in order and returns a BuildResult."""
 
-    def __init__(self, recipe: Recipe, *, plan_only: bool = False, push: bool | None = None,
-                 progress: bool = True, console: Any = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        plan_only: bool = False,
+        push: bool | None = None,
+        progress: bool = True,
+        console: Any = None,
+    ):
         from rich.console import Console
 
         self.recipe = recipe
@@ -220,10 +303,20 @@ class Build:
                 return None
         return st
 
-    def _record(self, stage: str, input_hash: str, outputs: list[Path], stats: dict[str, Any],
-                seconds: float, complete: bool = True) -> None:
+    def _record(
+        self,
+        stage: str,
+        input_hash: str,
+        outputs: list[Path],
+        stats: dict[str, Any],
+        seconds: float,
+        complete: bool = True,
+    ) -> None:
         self.state[stage] = {
-            "input_hash": input_hash, "complete": complete, "seconds": round(seconds, 3), "stats": stats,
+            "input_hash": input_hash,
+            "complete": complete,
+            "seconds": round(seconds, 3),
+            "stats": stats,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "outputs": {p.relative_to(self.out).as_posix(): path_hash(p) for p in outputs},
             "output_hash": _hash([path_hash(p) for p in outputs]),
@@ -253,11 +346,18 @@ class Build:
 
         r = self.recipe
         lim = r.limits
-        return Generator(provider=r.provider.name, model=model or r.model, base_url=r.provider.base_url,
-                         api_key=r.provider.api_key(), journal=journal,
-                         limits=RateLimits(rpm=lim.rpm, input_tpm=lim.input_tpm, output_tpm=lim.output_tpm),
-                         concurrency=lim.concurrency, max_cost_usd=r.budget.max_cost_usd,
-                         max_output_tokens=r.budget.max_output_tokens, progress=self.progress)
+        return Generator(
+            provider=r.provider.name,
+            model=model or r.model,
+            base_url=r.provider.base_url,
+            api_key=r.provider.api_key(),
+            journal=journal,
+            limits=RateLimits(rpm=lim.rpm, input_tpm=lim.input_tpm, output_tpm=lim.output_tpm),
+            concurrency=lim.concurrency,
+            max_cost_usd=r.budget.max_cost_usd,
+            max_output_tokens=r.budget.max_output_tokens,
+            progress=self.progress,
+        )
 
     # -- run --
     def run(self) -> BuildResult:
@@ -267,14 +367,17 @@ class Build:
         can_call = r.provider.has_credentials()
         planning = self.plan_only or not can_call
         if not can_call:
-            self.notes.append(f"no credentials for provider {r.provider.name!r} (${r.provider.key_env} is not "
-                              "set and provider.base_url is not a local server): planning only.")
+            self.notes.append(
+                f"no credentials for provider {r.provider.name!r} (${r.provider.key_env} is not "
+                "set and provider.base_url is not a local server): planning only."
+            )
         tax, tax_hash, grow_plan = self.stage_taxonomy(can_grow=not planning)
         if grow_plan and (r.taxonomy.max_per_topic or r.taxonomy.min_per_topic):
             # The per-topic caps are meant for the grown tree; the roots alone cannot meet them.
             self.notes.append("per-topic caps are lifted in this plan (they apply to the grown taxonomy).")
-            self.recipe = r = r.model_copy(update={"taxonomy": r.taxonomy.model_copy(
-                update={"max_per_topic": None, "min_per_topic": 0})})
+            self.recipe = r = r.model_copy(
+                update={"taxonomy": r.taxonomy.model_copy(update={"max_per_topic": None, "min_per_topic": 0})}
+            )
         prompts, prompts_hash, web = self.stage_prompts(tax, tax_hash, planning)
         self._base_manifest(tax, web, prompts)
         if planning:
@@ -297,8 +400,10 @@ class Build:
         roots = Taxonomy.load(src, format=tc.format, select=tc.select, name=tc.name)
         n_roots = len(roots.leaves())
         wants_grow = tc.grow is not None and n_roots < tc.grow.target
-        key = {"source": path_hash(src), "cfg": tc.model_dump(mode="json", exclude={"weighting", "max_per_topic",
-                                                                                    "min_per_topic"})}
+        key = {
+            "source": path_hash(src),
+            "cfg": tc.model_dump(mode="json", exclude={"weighting", "max_per_topic", "min_per_topic"}),
+        }
         if wants_grow:
             key["grow_by"] = [r.provider.name, tc.grow.model or r.model, r.seed]
         input_hash = _hash(key)
@@ -311,8 +416,10 @@ class Build:
         stats: dict[str, Any] = {"root_leaves": n_roots}
         if wants_grow and not can_grow:
             plan = estimate_grow(n_roots, tc.grow.target, tc.grow.per_call)
-            self.notes.append(f"the taxonomy is not grown in a plan: prompts use the {n_roots:,} root topics; "
-                              f"the real build grows them to {tc.grow.target:,} first.")
+            self.notes.append(
+                f"the taxonomy is not grown in a plan: prompts use the {n_roots:,} root topics; "
+                f"the real build grows them to {tc.grow.target:,} first."
+            )
             self._done("taxonomy", t0)
             self.stage_status["taxonomy"] = "planned"
             return roots, roots.content_hash(), plan
@@ -322,15 +429,32 @@ class Build:
             g = tc.grow
             gen = self._generator(self.meta_dir / "grow.sqlite", model=g.model)
             self.meta_dir.mkdir(parents=True, exist_ok=True)
-            report = grow(roots, gen, g.target, per_call=g.per_call, max_depth=g.max_depth, seed=r.seed,
-                          temperature=g.temperature, max_tokens=g.max_tokens, similarity=g.similarity)
+            report = grow(
+                roots,
+                gen,
+                g.target,
+                per_call=g.per_call,
+                max_depth=g.max_depth,
+                seed=r.seed,
+                temperature=g.temperature,
+                max_tokens=g.max_tokens,
+                similarity=g.similarity,
+            )
             stats["grow"] = asdict(report)
-            self.console.print(f"   grew {report.leaves_before:,} -> {report.leaves_after:,} leaves in "
-                               f"{report.calls:,} calls ({report.duplicates_dropped:,} near-duplicates dropped)")
+            self.console.print(
+                f"   grew {report.leaves_before:,} -> {report.leaves_after:,} leaves in "
+                f"{report.calls:,} calls ({report.duplicates_dropped:,} near-duplicates dropped)"
+            )
         roots.save(out_path)
         stats.update(leaves=len(roots.leaves()), nodes=len(roots), depth=roots.depth())
-        self._record("taxonomy", input_hash, [out_path], stats, self._done("taxonomy", t0),
-                     complete=not wants_grow or stats["leaves"] >= tc.grow.target)
+        self._record(
+            "taxonomy",
+            input_hash,
+            [out_path],
+            stats,
+            self._done("taxonomy", t0),
+            complete=not wants_grow or stats["leaves"] >= tc.grow.target,
+        )
         return roots, self.state["taxonomy"]["output_hash"], None
 
     def _web_identity(self) -> dict[str, Any] | None:
@@ -348,22 +472,50 @@ class Build:
             return None
         src = wc.source if wc.is_remote else str(self.recipe.resolve(wc.source))
         try:
-            return WebSamples.load(src, text_field=wc.text_field, split=wc.split, config=wc.config, limit=wc.limit,
-                                   min_chars=wc.min_chars, max_chars=wc.max_chars, extract_chars=wc.extract_chars)
+            return WebSamples.load(
+                src,
+                text_field=wc.text_field,
+                split=wc.split,
+                config=wc.config,
+                limit=wc.limit,
+                min_chars=wc.min_chars,
+                max_chars=wc.max_chars,
+                extract_chars=wc.extract_chars,
+            )
         except WebSampleError as e:
             if not planning:
                 raise BuildError(f"web samples: {e}") from None
-            self.notes.append(f"web samples unavailable ({e}); this plan uses topic-only prompts. The real build "
-                              "needs the source (or remove `web_samples:` from the recipe).")
+            self.notes.append(
+                f"web samples unavailable ({e}); this plan uses topic-only prompts. The real build "
+                "needs the source (or remove `web_samples:` from the recipe)."
+            )
             return None
 
-    def stage_prompts(self, tax: Taxonomy, tax_hash: str, planning: bool
-                      ) -> tuple[pl.DataFrame, str, WebSamples | None]:
+    def stage_prompts(
+        self, tax: Taxonomy, tax_hash: str, planning: bool
+    ) -> tuple[pl.DataFrame, str, WebSamples | None]:
         r = self.recipe
         templates = {e.template: load_template(e.template, r.base_dir) for e in r.mix}
-        key = {"taxonomy": tax_hash, "web": self._web_identity(), "templates": {k: t.hash for k, t in templates.items()},
-               "recipe": r.model_dump(mode="json", include={"mix", "samples", "seed", "language", "system", "audiences",
-                                                            "styles", "formats", "sampling", "taxonomy"})}
+        key = {
+            "taxonomy": tax_hash,
+            "web": self._web_identity(),
+            "templates": {k: t.hash for k, t in templates.items()},
+            "recipe": r.model_dump(
+                mode="json",
+                include={
+                    "mix",
+                    "samples",
+                    "seed",
+                    "language",
+                    "system",
+                    "audiences",
+                    "styles",
+                    "formats",
+                    "sampling",
+                    "taxonomy",
+                },
+            ),
+        }
         input_hash = _hash(key)
         out_path = self.out / "prompts.parquet"
         st = self._cached("prompts", input_hash)
@@ -375,7 +527,9 @@ class Build:
         web = self.load_web_samples(planning)
         df = render_prompts(r, tax, web, templates)
         _write_parquet(df, out_path)
-        self._web_stats = {"source": r.web_samples.source, **web.stats, "hash": web.content_hash()} if web else None
+        self._web_stats = (
+            {"source": r.web_samples.source, **web.stats, "hash": web.content_hash()} if web else None
+        )
         stats = {"prompts": df.height, "web": self._web_stats}
         complete = web is not None or r.web_samples is None
         self._record("prompts", input_hash, [out_path], stats, self._done("prompts", t0), complete=complete)
@@ -386,8 +540,13 @@ class Build:
         from textbookgen.engine import ChatRequest
 
         r = self.recipe
-        key = {"prompts": prompts_hash, "provider": r.provider.name, "model": r.model,
-               "sampling": r.sampling.model_dump(mode="json"), "budget": r.budget.model_dump(mode="json")}
+        key = {
+            "prompts": prompts_hash,
+            "provider": r.provider.name,
+            "model": r.model,
+            "sampling": r.sampling.model_dump(mode="json"),
+            "budget": r.budget.model_dump(mode="json"),
+        }
         input_hash = _hash(key)
         out_path = self.out / "documents.parquet"
         st = self._cached("generate", input_hash)
@@ -397,9 +556,15 @@ class Build:
             return pl.read_parquet(out_path), st["output_hash"]
         t0 = self._begin("generate")
         requests = [
-            ChatRequest(messages=[{"role": "user", "content": row["prompt"]}], max_tokens=row["max_tokens"],
-                        temperature=r.sampling.temperature, top_p=r.sampling.top_p, seed=row["request_seed"],
-                        system=row["system"], metadata={"prompt_index": row["index"], "topic_id": row["topic_id"]})
+            ChatRequest(
+                messages=[{"role": "user", "content": row["prompt"]}],
+                max_tokens=row["max_tokens"],
+                temperature=r.sampling.temperature,
+                top_p=r.sampling.top_p,
+                seed=row["request_seed"],
+                system=row["system"],
+                metadata={"prompt_index": row["index"], "topic_id": row["topic_id"]},
+            )
             for row in prompts.iter_rows(named=True)
         ]
         journal = self.out / "journal.sqlite"
@@ -415,30 +580,55 @@ class Build:
             if resp.status not in ("ok", "truncated") or not resp.text:
                 continue
             prov = json.loads(row["provenance"])
-            prov.update(request_key=resp.key, prompt_index=row["index"], request_seed=row["request_seed"],
-                        recipe=r.name, recipe_hash=r.hash, temperature=r.sampling.temperature,
-                        top_p=r.sampling.top_p, max_tokens=row["max_tokens"])
-            rows.append({
-                "id": resp.key, "text": resp.text, "topic_path": row["topic_path"], "topic_id": row["topic_id"],
-                "template": row["template"], "template_hash": row["template_hash"], "audience": row["audience"],
-                "style": row["style"], "format": row["format"], "seed_extract_id": row["seed_extract_id"],
-                "model": r.model, "finish_reason": resp.finish_reason or "", "input_tokens": resp.input_tokens,
-                "output_tokens": resp.output_tokens, "quality_score": None,
-                "provenance": json.dumps(prov, sort_keys=True, ensure_ascii=False),
-            })
+            prov.update(
+                request_key=resp.key,
+                prompt_index=row["index"],
+                request_seed=row["request_seed"],
+                recipe=r.name,
+                recipe_hash=r.hash,
+                temperature=r.sampling.temperature,
+                top_p=r.sampling.top_p,
+                max_tokens=row["max_tokens"],
+            )
+            rows.append(
+                {
+                    "id": resp.key,
+                    "text": resp.text,
+                    "topic_path": row["topic_path"],
+                    "topic_id": row["topic_id"],
+                    "template": row["template"],
+                    "template_hash": row["template_hash"],
+                    "audience": row["audience"],
+                    "style": row["style"],
+                    "format": row["format"],
+                    "seed_extract_id": row["seed_extract_id"],
+                    "model": r.model,
+                    "finish_reason": resp.finish_reason or "",
+                    "input_tokens": resp.input_tokens,
+                    "output_tokens": resp.output_tokens,
+                    "quality_score": None,
+                    "provenance": json.dumps(prov, sort_keys=True, ensure_ascii=False),
+                }
+            )
         docs = pl.DataFrame(rows, schema=DOC_SCHEMA).unique("id", keep="first", maintain_order=True)
         _write_parquet(docs, out_path)
-        counts = {"requests": len(requests), **{s: by_status.get(s, 0) for s in
-                                                ("ok", "truncated", "failed", "skipped_budget")},
-                  "documents": docs.height}
+        counts = {
+            "requests": len(requests),
+            **{s: by_status.get(s, 0) for s in ("ok", "truncated", "failed", "skipped_budget")},
+            "documents": docs.height,
+        }
         stats = {"counts": counts, "tokens": {"input": tin, "output": tout}, "cost_usd": round(cost, 6)}
         complete = counts["failed"] == 0 and counts["skipped_budget"] == 0
         if not complete:
-            self.notes.append(f"{counts['failed']} request(s) failed and {counts['skipped_budget']} were skipped by "
-                              "the budget; rerun the build to retry them (finished ones are replayed free).")
+            self.notes.append(
+                f"{counts['failed']} request(s) failed and {counts['skipped_budget']} were skipped by "
+                "the budget; rerun the build to retry them (finished ones are replayed free)."
+            )
         self._record("generate", input_hash, [out_path], stats, self._done("generate", t0), complete=complete)
         self.manifest.update(stats)
-        self.console.print(f"   {docs.height:,} documents ({by_status}), {tin:,} in / {tout:,} out tokens, ${cost:.4f}")
+        self.console.print(
+            f"   {docs.height:,} documents ({by_status}), {tin:,} in / {tout:,} out tokens, ${cost:.4f}"
+        )
         return docs, self.state["generate"]["output_hash"]
 
     def stage_curate(self, docs: pl.DataFrame, docs_hash: str) -> tuple[pl.DataFrame, str]:
@@ -450,9 +640,15 @@ class Build:
             b.path = str(r.resolve(b.path))
         if cfg.classifier.model_path:
             cfg.classifier.model_path = str(r.resolve(cfg.classifier.model_path))
-        input_hash = _hash({"docs": docs_hash, "curation": cfg.model_dump(mode="json"),
-                            "benchmarks": [path_hash(Path(b.path)) for b in cfg.decontamination.benchmarks
-                                           if Path(b.path).exists()]})
+        input_hash = _hash(
+            {
+                "docs": docs_hash,
+                "curation": cfg.model_dump(mode="json"),
+                "benchmarks": [
+                    path_hash(Path(b.path)) for b in cfg.decontamination.benchmarks if Path(b.path).exists()
+                ],
+            }
+        )
         out_path = self.out / "curated.parquet"
         st = self._cached("curate", input_hash)
         if st:
@@ -491,8 +687,9 @@ class Build:
         t0 = self._begin("card")
         # What this run did (ran/skipped) stays out of the published copy: an unchanged build re-renders
         # the same card, so a re-push makes no commit.
-        published = json.loads(json.dumps({k: v for k, v in self.manifest.items() if k != "stages"},
-                                          sort_keys=True, default=str))  # same order fresh or from state
+        published = json.loads(
+            json.dumps({k: v for k, v in self.manifest.items() if k != "stages"}, sort_keys=True, default=str)
+        )  # same order fresh or from state
         readme = render_card(self.out / "dataset", r.resolve(r.card_template), r.public_dict(), published)
         self._done("card", t0)
         self.console.print(f"   {readme}")
@@ -507,8 +704,9 @@ class Build:
         from textbookgen.hub import push
 
         t0 = self._begin("push")
-        url = push(self.out / "dataset", r.hub.repo_id, private=r.hub.private,
-                   endpoint=os.environ.get("HF_ENDPOINT"))
+        url = push(
+            self.out / "dataset", r.hub.repo_id, private=r.hub.private, endpoint=os.environ.get("HF_ENDPOINT")
+        )
         self._done("push", t0)
         self.manifest["hub"] = {"repo_id": r.hub.repo_id, "commit_url": url}
         self.console.print(f"   pushed: {url}")
@@ -517,22 +715,35 @@ class Build:
     def _base_manifest(self, tax: Taxonomy, web: WebSamples | None, prompts: pl.DataFrame) -> None:
         r = self.recipe
         templates = {e.template: load_template(e.template, r.base_dir) for e in r.mix}
-        self.manifest.update({
-            "recipe": r.name, "recipe_version": r.version, "recipe_hash": r.hash,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "provider": r.provider.name, "model": r.model, "seed": r.seed,
-            "seeds": {"recipe": r.seed, "request_seed": "(seed * 1000003 + index) mod (2^31 - 1)"},
-            "sampling": r.sampling.model_dump(mode="json"),
-            "taxonomy": {"source": r.taxonomy.source, "topics": len(tax), "leaves": len(tax.leaves()),
-                         "depth": tax.depth(), "hash": tax.content_hash(),
-                         "grown_to": r.taxonomy.grow.target if r.taxonomy.grow else None},
-            "templates": {t.name: t.hash for t in templates.values()},
-            "web_samples": self._web_stats,
-            "prompts": {"count": prompts.height,
-                        "with_web_extract": int(prompts["seed_extract_id"].is_not_null().sum()),
-                        "prompt_coverage": asdict(tax.coverage(prompts["topic_id"].to_list()))},
-            "versions": package_versions(),
-        })
+        self.manifest.update(
+            {
+                "recipe": r.name,
+                "recipe_version": r.version,
+                "recipe_hash": r.hash,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "provider": r.provider.name,
+                "model": r.model,
+                "seed": r.seed,
+                "seeds": {"recipe": r.seed, "request_seed": "(seed * 1000003 + index) mod (2^31 - 1)"},
+                "sampling": r.sampling.model_dump(mode="json"),
+                "taxonomy": {
+                    "source": r.taxonomy.source,
+                    "topics": len(tax),
+                    "leaves": len(tax.leaves()),
+                    "depth": tax.depth(),
+                    "hash": tax.content_hash(),
+                    "grown_to": r.taxonomy.grow.target if r.taxonomy.grow else None,
+                },
+                "templates": {t.name: t.hash for t in templates.values()},
+                "web_samples": self._web_stats,
+                "prompts": {
+                    "count": prompts.height,
+                    "with_web_extract": int(prompts["seed_extract_id"].is_not_null().sum()),
+                    "prompt_coverage": asdict(tax.coverage(prompts["topic_id"].to_list())),
+                },
+                "versions": package_versions(),
+            }
+        )
 
     def _finish_manifest(self) -> None:
         if "finished_at" in self.state.get("generate", {}):
@@ -556,12 +767,15 @@ class Build:
         path = _rel(r.path) if r.path else "RECIPE"
         if can_call:
             return f"textbookgen build {path}"
-        return (f"export {r.provider.key_env}=<your key> && textbookgen build {path}\n"
-                f"  (or use a server of your own: textbookgen build {path} --set provider.name=openai-compatible "
-                f"--set provider.base_url=http://127.0.0.1:8000/v1 --set model=<served model>)")
+        return (
+            f"export {r.provider.key_env}=<your key> && textbookgen build {path}\n"
+            f"  (or use a server of your own: textbookgen build {path} --set provider.name=openai-compatible "
+            f"--set provider.base_url=http://127.0.0.1:8000/v1 --set model=<served model>)"
+        )
 
-    def _plan(self, tax: Taxonomy, prompts: pl.DataFrame, grow_plan: dict[str, int] | None,
-              can_call: bool) -> BuildResult:
+    def _plan(
+        self, tax: Taxonomy, prompts: pl.DataFrame, grow_plan: dict[str, int] | None, can_call: bool
+    ) -> BuildResult:
         from textbookgen.plan import make_plan, print_plan
         from textbookgen.templates import builtin_templates
 
@@ -571,20 +785,37 @@ class Build:
         if wc is not None and prompts.height and prompts["seed_extract_id"].null_count() == prompts.height:
             # the source was unreachable: count the extracts the real build will add to the prompts
             missing_web = int(prompts.height * wc.share * (wc.extract_chars * 0.85 / 4 + 40))
-            self.notes.append(f"input tokens include ~{missing_web:,} for the web extracts this plan could not load.")
-        plan = make_plan(prompts, self.recipe, n_leaves=len(tax.leaves()), expected_tokens=expected,
-                         grow=grow_plan, notes=self.notes, extra_input_tokens=missing_web)
+            self.notes.append(
+                f"input tokens include ~{missing_web:,} for the web extracts this plan could not load."
+            )
+        plan = make_plan(
+            prompts,
+            self.recipe,
+            n_leaves=len(tax.leaves()),
+            expected_tokens=expected,
+            grow=grow_plan,
+            notes=self.notes,
+            extra_input_tokens=missing_web,
+        )
         self._finish_manifest()
         _write_json(plan.to_dict(), self.out / "plan.json")
         print_plan(plan, how_to_run=self.how_to_run(can_call))
-        self.console.print(f"Prompts written to {_rel(self.out / 'prompts.parquet')}; plan to "
-                           f"{_rel(self.out / 'plan.json')}.")
+        self.console.print(
+            f"Prompts written to {_rel(self.out / 'prompts.parquet')}; plan to "
+            f"{_rel(self.out / 'plan.json')}."
+        )
         for s in STAGES[2:]:
             self.stage_status.setdefault(s, "planned")
         return BuildResult(self.out, self.manifest, planned=True, plan=plan, stages=dict(self.stage_status))
 
 
-def build(recipe: Recipe, *, plan_only: bool = False, push: bool | None = None, progress: bool = True,
-          console: Any = None) -> BuildResult:
+def build(
+    recipe: Recipe,
+    *,
+    plan_only: bool = False,
+    push: bool | None = None,
+    progress: bool = True,
+    console: Any = None,
+) -> BuildResult:
     """Run a recipe's build (see module docstring)."""
     return Build(recipe, plan_only=plan_only, push=push, progress=progress, console=console).run()

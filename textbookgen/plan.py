@@ -14,7 +14,14 @@ from typing import Any
 import polars as pl
 
 # Models compared in every plan (those the price table knows), beside the recipe's own.
-ALTERNATIVES = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-mini", "claude-haiku-4-5", "gpt-4.1", "claude-sonnet-4-5")
+ALTERNATIVES = (
+    "gpt-4o-mini",
+    "gpt-4.1-nano",
+    "gpt-5-mini",
+    "claude-haiku-4-5",
+    "gpt-4.1",
+    "claude-sonnet-4-5",
+)
 DECODE_TOKENS_PER_S = 60.0  # typical hosted-API streaming speed, for the concurrency-bound time
 FIRST_TOKEN_S = 1.0
 
@@ -54,11 +61,21 @@ class Plan:
         return asdict(self)
 
 
-def estimate_time(n_requests: int, input_tokens: int, output_tokens: int, *, rpm: int | None,
-                  input_tpm: int | None, output_tpm: int | None, concurrency: int) -> tuple[float, str]:
+def estimate_time(
+    n_requests: int,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    rpm: int | None,
+    input_tpm: int | None,
+    output_tpm: int | None,
+    concurrency: int,
+) -> tuple[float, str]:
     """Seconds for the run: the slowest of the rate limits and the concurrency bound."""
     per_request = FIRST_TOKEN_S + (output_tokens / max(n_requests, 1)) / DECODE_TOKENS_PER_S
-    bounds = {f"concurrency {concurrency} x ~{per_request:.0f} s/request": n_requests * per_request / concurrency}
+    bounds = {
+        f"concurrency {concurrency} x ~{per_request:.0f} s/request": n_requests * per_request / concurrency
+    }
     if rpm:
         bounds[f"{rpm} requests/min"] = 60.0 * n_requests / rpm
     if input_tpm:
@@ -69,9 +86,16 @@ def estimate_time(n_requests: int, input_tokens: int, output_tokens: int, *, rpm
     return seconds, basis
 
 
-def make_plan(prompts: pl.DataFrame, recipe: Any, *, n_leaves: int, expected_tokens: dict[str, int],
-              grow: dict[str, Any] | None = None, notes: list[str] | None = None,
-              extra_input_tokens: int = 0) -> Plan:
+def make_plan(
+    prompts: pl.DataFrame,
+    recipe: Any,
+    *,
+    n_leaves: int,
+    expected_tokens: dict[str, int],
+    grow: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+    extra_input_tokens: int = 0,
+) -> Plan:
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
     max_tokens, seed_extract_id, input_tokens_est). `extra_input_tokens`: prompt text the table lacks
     (web extracts of a source the plan could not reach)."""
@@ -80,8 +104,11 @@ def make_plan(prompts: pl.DataFrame, recipe: Any, *, n_leaves: int, expected_tok
     n = prompts.height
     in_tok = (int(prompts["input_tokens_est"].sum()) if n else 0) + extra_input_tokens
     exp = prompts.select(
-        pl.min_horizontal(pl.col("template").replace_strict(expected_tokens, default=800, return_dtype=pl.Int64),
-                          pl.col("max_tokens")).alias("e"))
+        pl.min_horizontal(
+            pl.col("template").replace_strict(expected_tokens, default=800, return_dtype=pl.Int64),
+            pl.col("max_tokens"),
+        ).alias("e")
+    )
     out_exp = int(exp["e"].sum()) if n else 0
     out_max = int(prompts["max_tokens"].sum()) if n else 0
     grow_in = int((grow or {}).get("input_tokens", 0))
@@ -90,23 +117,44 @@ def make_plan(prompts: pl.DataFrame, recipe: Any, *, n_leaves: int, expected_tok
     estimates = []
     for m in models:
         priced = price_of(m) != (0.0, 0.0)
-        estimates.append(ModelEstimate(
-            model=m, priced=priced,
-            cost_usd=estimate_cost(m, in_tok + grow_in, out_exp + grow_out),
-            cost_usd_max=estimate_cost(m, in_tok + grow_in, out_max + grow_out)))
+        estimates.append(
+            ModelEstimate(
+                model=m,
+                priced=priced,
+                cost_usd=estimate_cost(m, in_tok + grow_in, out_exp + grow_out),
+                cost_usd_max=estimate_cost(m, in_tok + grow_in, out_max + grow_out),
+            )
+        )
     lim = recipe.limits
-    seconds, basis = estimate_time(n + int((grow or {}).get("calls", 0)), in_tok + grow_in, out_exp + grow_out,
-                                   rpm=lim.rpm, input_tpm=lim.input_tpm, output_tpm=lim.output_tpm,
-                                   concurrency=lim.concurrency)
+    seconds, basis = estimate_time(
+        n + int((grow or {}).get("calls", 0)),
+        in_tok + grow_in,
+        out_exp + grow_out,
+        rpm=lim.rpm,
+        input_tpm=lim.input_tpm,
+        output_tpm=lim.output_tpm,
+        concurrency=lim.concurrency,
+    )
     counts = prompts.group_by("topic_path").len().sort(["len", "topic_path"], descending=[True, False])
     return Plan(
-        recipe=recipe.name, model=recipe.model, provider=recipe.provider.name, n_prompts=n, n_leaves=n_leaves,
+        recipe=recipe.name,
+        model=recipe.model,
+        provider=recipe.provider.name,
+        n_prompts=n,
+        n_leaves=n_leaves,
         topics_used=counts.height,
-        per_template=_counts(prompts, "template"), per_audience=_counts(prompts, "audience"),
+        per_template=_counts(prompts, "template"),
+        per_audience=_counts(prompts, "audience"),
         top_topics=[(r[0], int(r[1])) for r in counts.head(8).iter_rows()],
         with_web_extract=int(prompts["seed_extract_id"].is_not_null().sum()) if n else 0,
-        input_tokens=in_tok, output_tokens_expected=out_exp, output_tokens_max=out_max,
-        estimates=estimates, time_s=seconds, time_basis=basis, grow=grow, notes=list(notes or []),
+        input_tokens=in_tok,
+        output_tokens_expected=out_exp,
+        output_tokens_max=out_max,
+        estimates=estimates,
+        time_s=seconds,
+        time_basis=basis,
+        grow=grow,
+        notes=list(notes or []),
     )
 
 
@@ -133,13 +181,17 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
     from rich.table import Table
 
     console = console or Console()
-    console.print(f"\n[bold]Plan for recipe {plan.recipe!r}[/bold]: {plan.n_prompts:,} prompts over "
-                  f"{plan.topics_used:,} of {plan.n_leaves:,} leaf topics; {plan.with_web_extract:,} seeded "
-                  f"with a web extract.")
+    console.print(
+        f"\n[bold]Plan for recipe {plan.recipe!r}[/bold]: {plan.n_prompts:,} prompts over "
+        f"{plan.topics_used:,} of {plan.n_leaves:,} leaf topics; {plan.with_web_extract:,} seeded "
+        f"with a web extract."
+    )
     if plan.grow:
         g = plan.grow
-        console.print(f"Taxonomy growth: {g['leaves_before']:,} -> {g['target']:,} leaves, about "
-                      f"{g['calls']:,} LLM calls (included below).")
+        console.print(
+            f"Taxonomy growth: {g['leaves_before']:,} -> {g['target']:,} leaves, about "
+            f"{g['calls']:,} LLM calls (included below)."
+        )
     t = Table(title="Prompts per template and audience", show_edge=False)
     t.add_column("template")
     t.add_column("prompts", justify="right")
@@ -156,8 +208,10 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
     for k, v in plan.top_topics:
         tt.add_row(k, f"{v:,}")
     console.print(t, a, tt)
-    console.print(f"Tokens: ~{plan.input_tokens:,} input; ~{plan.output_tokens_expected:,} output expected "
-                  f"(at most {plan.output_tokens_max:,} with max_tokens).")
+    console.print(
+        f"Tokens: ~{plan.input_tokens:,} input; ~{plan.output_tokens_expected:,} output expected "
+        f"(at most {plan.output_tokens_max:,} with max_tokens)."
+    )
     c = Table(title="Estimated cost (list prices, standard API)", show_edge=False)
     for col, just in (("model", "left"), ("expected", "right"), ("worst case", "right")):
         c.add_column(col, justify=just)

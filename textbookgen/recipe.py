@@ -19,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from textbookgen.curation import CurationConfig
 
 TOPICS_DIR = Path(__file__).with_name("topics")
-KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "openai-compatible": "OPENAI_API_KEY"}
+KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai-compatible": "OPENAI_API_KEY",
+}
 
 
 class RecipeError(ValueError):
@@ -311,7 +315,9 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe
 
 
-def _index_lines(node: yaml.Node, loc: tuple[Any, ...], out: dict[tuple[Any, ...], int], dupes: list[str]) -> None:
+def _index_lines(
+    node: yaml.Node, loc: tuple[Any, ...], out: dict[tuple[Any, ...], int], dupes: list[str]
+) -> None:
     out.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()

@@ -31,8 +31,20 @@ import yaml
 PATH_SEP = " > "
 # Keys that group children rather than name a topic (Khan Academy tables of contents, generic outlines).
 CONTAINER_KEYS = frozenset(
-    {"children", "topics", "subtopics", "chapters", "sections", "subsections", "units", "lessons",
-     "items", "textbook", "courses", "subjects"}
+    {
+        "children",
+        "topics",
+        "subtopics",
+        "chapters",
+        "sections",
+        "subsections",
+        "units",
+        "lessons",
+        "items",
+        "textbook",
+        "courses",
+        "subjects",
+    }
 )
 NATIVE_KEYS = frozenset({"name", "id", "weight", "meta", "children", "topics", "quota"})
 _PATH_SEPS = (" > ", ">", " / ", "/", " | ", "|", "::")
@@ -187,8 +199,15 @@ class Taxonomy:
             raise ValueError(f"taxonomy {self.name!r} has no leaf with a positive weight")
         return leaves, p / p.sum()
 
-    def allocate(self, n: int, seed: int, *, weighting: str = "hierarchical",
-                 max_per_topic: int | None = None, min_per_topic: int = 0) -> dict[str, int]:
+    def allocate(
+        self,
+        n: int,
+        seed: int,
+        *,
+        weighting: str = "hierarchical",
+        max_per_topic: int | None = None,
+        min_per_topic: int = 0,
+    ) -> dict[str, int]:
         """Samples per leaf id, summing to `n`: systematic sampling, so each leaf gets floor or ceil
         of its expected count (no multinomial luck), with quotas: a leaf's `meta.quota` fixes its
         count, `min_per_topic`/`max_per_topic` bound the others."""
@@ -233,9 +252,12 @@ class Taxonomy:
         leaf_counts = [counts.get(t.id, 0) for t in leaves]
         covered = sum(1 for c in leaf_counts if c > 0)
         return Coverage(
-            n_samples=sum(counts.values()), n_leaves=len(leaves), covered=covered,
+            n_samples=sum(counts.values()),
+            n_leaves=len(leaves),
+            covered=covered,
             share=covered / len(leaves) if leaves else 0.0,
-            min_per_topic=min(leaf_counts, default=0), max_per_topic=max(leaf_counts, default=0),
+            min_per_topic=min(leaf_counts, default=0),
+            max_per_topic=max(leaf_counts, default=0),
             per_subject=dict(per_subject.most_common()),
             unknown=sum(c for tid, c in counts.items() if tid not in by_id),
         )
@@ -259,8 +281,15 @@ class Taxonomy:
         return out
 
     @classmethod
-    def load(cls, path: str | Path, *, format: str | None = None, select: str | None = None,
-             name: str | None = None, sep: str | None = None) -> Taxonomy:
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        format: str | None = None,
+        select: str | None = None,
+        name: str | None = None,
+        sep: str | None = None,
+    ) -> Taxonomy:
         """Load YAML (`.yaml/.yml`), CSV (`.csv`, a `path` column) or a markdown outline (`.md`);
         `.gz` is read transparently. `select` is a dotted key path into a YAML file's subtree."""
         path = Path(path)
@@ -313,7 +342,9 @@ class Taxonomy:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["path", "id", "weight", "meta"])
         for t in self.walk():
-            w.writerow([t.path_str, t.id, f"{t.weight:g}", json.dumps(t.meta, sort_keys=True) if t.meta else ""])
+            w.writerow(
+                [t.path_str, t.id, f"{t.weight:g}", json.dumps(t.meta, sort_keys=True) if t.meta else ""]
+            )
         return buf.getvalue()
 
     def _to_markdown(self) -> str:
@@ -345,11 +376,15 @@ class Coverage:
     unknown: int = 0
 
     def summary(self) -> str:
-        return (f"{self.n_samples} samples over {self.covered}/{self.n_leaves} leaf topics "
-                f"({self.share:.1%} covered; {self.min_per_topic}-{self.max_per_topic} per topic)")
+        return (
+            f"{self.n_samples} samples over {self.covered}/{self.n_leaves} leaf topics "
+            f"({self.share:.1%} covered; {self.min_per_topic}-{self.max_per_topic} per topic)"
+        )
 
 
-def systematic_counts(n: int, p: np.ndarray, rng: np.random.Generator, *, cap: np.ndarray | None = None) -> np.ndarray:
+def systematic_counts(
+    n: int, p: np.ndarray, rng: np.random.Generator, *, cap: np.ndarray | None = None
+) -> np.ndarray:
     """Split `n` over bins with probabilities `p` by systematic sampling (each bin gets floor or ceil
     of n*p, bins in a seeded random order); bins over `cap` are clipped and their excess is re-split
     over the others in proportion to `p` (water filling)."""
@@ -384,7 +419,8 @@ def _format_of(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     ext = suffixes[-1] if suffixes else ""
     return {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".md": "markdown", ".markdown": "markdown"}.get(
-        ext, ext.lstrip(".") or "unknown")
+        ext, ext.lstrip(".") or "unknown"
+    )
 
 
 def _clean_name(name: Any) -> str:
@@ -619,8 +655,10 @@ class NameIndex:
         if not key or key in self.keys:
             return True
         scope_keys = [name_key(s) for s in scope]
-        return process.extractOne(key, scope_keys, scorer=fuzz.token_sort_ratio,
-                                  score_cutoff=self.threshold) is not None
+        return (
+            process.extractOne(key, scope_keys, scorer=fuzz.token_sort_ratio, score_cutoff=self.threshold)
+            is not None
+        )
 
     def add(self, name: str) -> None:
         self.keys.add(name_key(name))
@@ -671,13 +709,15 @@ def _json_items(text: str) -> list[Any] | None:
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
         return None
-    return [d.get("name") or d.get("title") or d.get("topic") or "" if isinstance(d, dict) else d for d in data]
+    return [
+        d.get("name") or d.get("title") or d.get("topic") or "" if isinstance(d, dict) else d for d in data
+    ]
 
 
 # ---- growth through the engine -------------------------------------------------------------------
 GROW_PROMPT = (
     "You are designing the table of contents of a large library of textbooks.\n"
-    "List {k} distinct subtopics of \"{topic}\" (within: {path}) that a textbook chapter could each be "
+    'List {k} distinct subtopics of "{topic}" (within: {path}) that a textbook chapter could each be '
     "written about. Make them specific, non-overlapping and varied, from foundations to applications.\n"
     'Answer with JSON only: {{"subtopics": ["...", "..."]}}'
 )
@@ -698,10 +738,20 @@ class GrowReport:
     cost_usd: float = 0.0
 
 
-def grow(tax: Taxonomy, generator: Any, target: int, *, per_call: int | None = None,
-         max_depth: int | None = None, seed: int = 0, temperature: float = 0.7,
-         max_tokens: int = 1024, similarity: float = 90.0, max_rounds: int = 8,
-         prompt: str = GROW_PROMPT) -> GrowReport:
+def grow(
+    tax: Taxonomy,
+    generator: Any,
+    target: int,
+    *,
+    per_call: int | None = None,
+    max_depth: int | None = None,
+    seed: int = 0,
+    temperature: float = 0.7,
+    max_tokens: int = 1024,
+    similarity: float = 90.0,
+    max_rounds: int = 8,
+    prompt: str = GROW_PROMPT,
+) -> GrowReport:
     """Expand leaves through the engine until the taxonomy has `target` leaves (in place).
 
     Each round asks for `k` subtopics of the leaves with the largest sampling share (shallowest
@@ -723,8 +773,11 @@ def grow(tax: Taxonomy, generator: Any, target: int, *, per_call: int | None = N
         need = target - n_leaves
         k = per_call or int(min(50, max(3, math.ceil(target / n_leaves))))
         order = sorted(range(n_leaves), key=lambda i: (len(leaves[i].path), -probs[i], leaves[i].id))
-        cands = [leaves[i] for i in order
-                 if (max_depth is None or len(leaves[i].path) < max_depth) and attempts[leaves[i].id] < 3]
+        cands = [
+            leaves[i]
+            for i in order
+            if (max_depth is None or len(leaves[i].path) < max_depth) and attempts[leaves[i].id] < 3
+        ]
         if not cands:
             break
         m = min(len(cands), math.ceil(need / max(1, k - 1) * 1.15))
@@ -733,10 +786,15 @@ def grow(tax: Taxonomy, generator: Any, target: int, *, per_call: int | None = N
         for t in chosen:
             attempts[t.id] += 1
             content = prompt.format(k=k, topic=t.name, path=t.path_str)
-            requests.append(ChatRequest(
-                messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
-                temperature=temperature, seed=seed * 1_000_003 + attempts[t.id],
-                metadata={"stage": "taxonomy.grow", "topic_id": t.id, "round": rnd}))
+            requests.append(
+                ChatRequest(
+                    messages=[{"role": "user", "content": content}],
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=seed * 1_000_003 + attempts[t.id],
+                    metadata={"stage": "taxonomy.grow", "topic_id": t.id, "round": rnd},
+                )
+            )
         responses = generator.run(requests)
         report.rounds += 1
         report.calls += len(requests)

@@ -24,22 +24,34 @@ import yaml
 BUILTIN_DIR = Path(__file__).with_name("templates")
 
 AUDIENCES: dict[str, str] = {
-    "young_children": "young children (about 5 to 8 years old): use very simple words, short sentences and "
-                      "everyday examples from their world, and no jargon",
-    "middle_school": "middle school students: use simple language and relatable examples, explain every new "
-                     "term, and avoid heavy notation",
-    "high_school": "high school students: be clear and concrete, introduce the proper terminology and notation "
-                   "gradually, and connect ideas to everyday life",
-    "college": "college students: be rigorous and in-depth, use proper terminology, and assume the usual "
-               "prerequisites",
+    "young_children": (
+        "young children (about 5 to 8 years old): use very simple words, short sentences and everyday "
+        "examples from their world, and no jargon"
+    ),
+    "middle_school": (
+        "middle school students: use simple language and relatable examples, explain every new term, and "
+        "avoid heavy notation"
+    ),
+    "high_school": (
+        "high school students: be clear and concrete, introduce the proper terminology and notation "
+        "gradually, and connect ideas to everyday life"
+    ),
+    "college": (
+        "college students: be rigorous and in-depth, use proper terminology, and assume the usual prerequisites"
+    ),
     "general": "a general adult audience without special background: be clear, accurate and engaging",
-    "professionals": "professionals and practitioners: focus on practical application, precision and "
-                     "real-world cases",
-    "researchers": "researchers and experts: be precise and thorough, and discuss subtleties, limitations, open "
-                   "questions and connections to other fields",
+    "professionals": (
+        "professionals and practitioners: focus on practical application, precision and real-world cases"
+    ),
+    "researchers": (
+        "researchers and experts: be precise and thorough, and discuss subtleties, limitations, open "
+        "questions and connections to other fields"
+    ),
     "beginner_programmers": "beginner programmers who know only the basics of Python",
     "intermediate_programmers": "programmers comfortable with Python basics who want to write better code",
-    "advanced_programmers": "experienced programmers interested in efficient, idiomatic and well-designed code",
+    "advanced_programmers": (
+        "experienced programmers interested in efficient, idiomatic and well-designed code"
+    ),
 }
 
 STYLES: dict[str, str] = {
@@ -66,12 +78,82 @@ FORMATS: dict[str, str] = {
 
 # Simple words a young child knows (TinyStories drew one verb, noun and adjective per story).
 SIMPLE_WORDS: dict[str, tuple[str, ...]] = {
-    "verb": ("jump", "run", "share", "hug", "climb", "find", "build", "swim", "sing", "hide", "help", "paint",
-             "throw", "dig", "fly", "bake", "clean", "dance", "listen", "wait", "catch", "open", "float", "kick"),
-    "noun": ("ball", "tree", "box", "cat", "dog", "boat", "cake", "hat", "kite", "bird", "moon", "flower",
-             "train", "rock", "shoe", "fish", "cup", "book", "bear", "garden", "rain", "sock", "key", "drum"),
-    "adjective": ("big", "small", "happy", "sad", "red", "soft", "loud", "quiet", "shiny", "brave", "silly",
-                  "warm", "cold", "fast", "slow", "tiny", "kind", "sleepy", "wet", "funny", "round", "bright"),
+    "verb": (
+        "jump",
+        "run",
+        "share",
+        "hug",
+        "climb",
+        "find",
+        "build",
+        "swim",
+        "sing",
+        "hide",
+        "help",
+        "paint",
+        "throw",
+        "dig",
+        "fly",
+        "bake",
+        "clean",
+        "dance",
+        "listen",
+        "wait",
+        "catch",
+        "open",
+        "float",
+        "kick",
+    ),
+    "noun": (
+        "ball",
+        "tree",
+        "box",
+        "cat",
+        "dog",
+        "boat",
+        "cake",
+        "hat",
+        "kite",
+        "bird",
+        "moon",
+        "flower",
+        "train",
+        "rock",
+        "shoe",
+        "fish",
+        "cup",
+        "book",
+        "bear",
+        "garden",
+        "rain",
+        "sock",
+        "key",
+        "drum",
+    ),
+    "adjective": (
+        "big",
+        "small",
+        "happy",
+        "sad",
+        "red",
+        "soft",
+        "loud",
+        "quiet",
+        "shiny",
+        "brave",
+        "silly",
+        "warm",
+        "cold",
+        "fast",
+        "slow",
+        "tiny",
+        "kind",
+        "sleepy",
+        "wet",
+        "funny",
+        "round",
+        "bright",
+    ),
 }
 
 
@@ -101,7 +183,9 @@ class Template:
         try:
             return _compiled(self.source).render(**variables).strip() + "\n"
         except SecurityError as e:
-            raise TemplateError(f"template {self.name!r} ({self.origin}): unsafe operation blocked ({e})") from None
+            raise TemplateError(
+                f"template {self.name!r} ({self.origin}): unsafe operation blocked ({e})"
+            ) from None
         except JinjaError as e:
             raise TemplateError(f"template {self.name!r} ({self.origin}): {e}") from None
 
@@ -111,8 +195,13 @@ def _environment() -> Any:
     from jinja2 import StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
-    return SandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                                keep_trailing_newline=False, autoescape=False)
+    return SandboxedEnvironment(
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
 
 
 @cache
@@ -131,9 +220,14 @@ def builtin_templates() -> dict[str, Template]:
     out = {}
     for name, spec in index.items():
         source = (BUILTIN_DIR / spec["file"]).read_text(encoding="utf-8")
-        out[name] = Template(name=name, source=source, description=spec.get("description", ""),
-                             expected_output_tokens=int(spec.get("expected_output_tokens", 800)),
-                             max_tokens=int(spec.get("max_tokens", 1500)), origin=f"builtin:{spec['file']}")
+        out[name] = Template(
+            name=name,
+            source=source,
+            description=spec.get("description", ""),
+            expected_output_tokens=int(spec.get("expected_output_tokens", 800)),
+            max_tokens=int(spec.get("max_tokens", 1500)),
+            origin=f"builtin:{spec['file']}",
+        )
     return out
 
 
@@ -147,7 +241,9 @@ def load_template(ref: str, base_dir: Path | None = None) -> Template:
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if not path.is_file():
-        raise TemplateError(f"template {ref!r}: neither a built-in ({', '.join(builtins)}) nor a file ({path})")
+        raise TemplateError(
+            f"template {ref!r}: neither a built-in ({', '.join(builtins)}) nor a file ({path})"
+        )
     try:
         source = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -183,8 +279,10 @@ def expand_mix(entries: list[dict[str, Any]]) -> list[Combo]:
     combos: list[Combo] = []
     for e in entries:
         w = float(e.get("weight", 1.0)) / total
-        dims = [_norm(e.get(k) or {default: 1.0}) for k, default in
-                (("audiences", "general"), ("styles", "academic"), ("formats", "markdown"))]
+        dims = [
+            _norm(e.get(k) or {default: 1.0})
+            for k, default in (("audiences", "general"), ("styles", "academic"), ("formats", "markdown"))
+        ]
         for a, wa in dims[0].items():
             for s, ws in dims[1].items():
                 for f, wf in dims[2].items():
@@ -197,21 +295,47 @@ def _norm(d: dict[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in d.items()} if total > 0 else {}
 
 
-def variables(*, topic_path: tuple[str, ...], audience: str, style: str, format: str,
-              web_extract: str | None, language: str, words: list[str],
-              audiences: dict[str, str], styles: dict[str, str], formats: dict[str, str]) -> dict[str, Any]:
+def variables(
+    *,
+    topic_path: tuple[str, ...],
+    audience: str,
+    style: str,
+    format: str,
+    web_extract: str | None,
+    language: str,
+    words: list[str],
+    audiences: dict[str, str],
+    styles: dict[str, str],
+    formats: dict[str, str],
+) -> dict[str, Any]:
     """The variables a template sees, descriptions resolved from the (built-in + recipe) tables."""
     return {
-        "topic": topic_path[-1], "topic_path": list(topic_path), "topic_path_str": " > ".join(topic_path),
-        "topic_context": " > ".join(topic_path[:-1]), "subject": topic_path[0],
-        "audience": audiences[audience], "audience_name": audience,
-        "style": styles[style], "style_name": style,
-        "format": formats[format], "format_name": format,
-        "web_extract": web_extract, "language": language, "words": words,
+        "topic": topic_path[-1],
+        "topic_path": list(topic_path),
+        "topic_path_str": " > ".join(topic_path),
+        "topic_context": " > ".join(topic_path[:-1]),
+        "subject": topic_path[0],
+        "audience": audiences[audience],
+        "audience_name": audience,
+        "style": styles[style],
+        "style_name": style,
+        "format": formats[format],
+        "format_name": format,
+        "web_extract": web_extract,
+        "language": language,
+        "words": words,
     }
 
 
 def provenance(template: Template, vars_: dict[str, Any]) -> str:
     """JSON provenance of one rendered prompt (template name, origin and hash, and variables)."""
-    return json.dumps({"template": template.name, "template_hash": template.hash, "origin": template.origin,
-                       "variables": vars_}, sort_keys=True, ensure_ascii=False)
+    return json.dumps(
+        {
+            "template": template.name,
+            "template_hash": template.hash,
+            "origin": template.origin,
+            "variables": vars_,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
