@@ -242,7 +242,6 @@ def test_near_duplicate_names():
 
 
 def test_grow_reaches_target_without_duplicates():
-    pytest.importorskip("textbookgen.engine", reason="the engine is not in this tree yet")
     from textbookgen.engine import Generator
     from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
@@ -263,7 +262,6 @@ def test_grow_reaches_target_without_duplicates():
 
 def test_grow_drops_duplicates_from_a_repetitive_model():
     """A model that repeats itself (case, plural, punctuation variants) cannot inflate the tree."""
-    pytest.importorskip("textbookgen.engine", reason="the engine is not in this tree yet")
     from textbookgen.engine import Generator
     from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
@@ -294,7 +292,6 @@ def test_grow_drops_duplicates_from_a_repetitive_model():
 
 
 def test_topics_commands(shared_data, tmp_path):
-    pytest.importorskip("textbookgen.engine", reason="the engine is not in this tree yet")
     from typer.testing import CliRunner
 
     from textbookgen.cli import app
