@@ -258,3 +258,40 @@ def test_build_pushes_to_the_hub_in_one_commit(tmp_path, monkeypatch):
         again.stages["generate"] == "skipped" and again.manifest["created_at"] == res.manifest["created_at"]
     )
     assert hub.token not in (tmp_path / "qs" / "manifest.json").read_text()
+
+
+def test_build_decontaminates_against_a_benchmark_next_to_the_recipe(tmp_path):
+    """Benchmark paths in the recipe are relative to it; a document quoting an item is dropped."""
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    item = (
+        "A farmer has 17 sheep and all but 9 run away through a hole in the fence; how many sheep does the "
+        "farmer have left standing in the field after the storm has passed?"
+    )
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "riddles.jsonl").write_text(json.dumps({"question": item, "answer": "9"}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        QUICKSTART.read_text()
+        .replace(
+            "source: data/seed_extracts.jsonl", f"source: {QUICKSTART.parent / 'data/seed_extracts.jsonl'}"
+        )
+        .replace("card_template: ../datasets_cards", f"card_template: {ROOT / 'datasets_cards'}")
+        .replace("benchmarks: []", "benchmarks: [{path: bench/riddles.jsonl}]")
+    )
+
+    def leaky(body: dict) -> str:
+        text = prose_responder(body)
+        return text + "\n\nExercise: " + item if "Mathematics" in json.dumps(body) else text
+
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=leaky)) as emu:
+        over = {"output": str(tmp_path / "o"), "samples": 40, "provider.base_url": emu.openai_base_url,
+                "curation.filters.enabled": False}  # fmt: skip
+        res = build(load_recipe(recipe, over), progress=False)
+    docs = pl.read_parquet(tmp_path / "o" / "documents.parquet")
+    curated = pl.read_parquet(tmp_path / "o" / "curated.parquet")
+    leaked = docs.filter(pl.col("text").str.contains("17 sheep", literal=True)).height
+    assert leaked > 0 and not curated["text"].str.contains("17 sheep", literal=True).any()
+    assert curated.height == docs.height - leaked
+    stage = next(v for k, v in res.manifest["curation"].items() if "decontam" in k)
+    assert sum(stage["dropped"].values()) == leaked

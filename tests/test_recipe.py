@@ -100,6 +100,26 @@ def test_bad_recipes_name_file_line_and_field(recipe_dir, edit, line, field, mes
     assert message in text
 
 
+def test_curation_files_resolve_and_are_checked(recipe_dir):
+    (recipe_dir / "bench").mkdir()
+    (recipe_dir / "bench" / "arc.jsonl").write_text("{}\n")
+    text = GOOD + (
+        "curation:\n  decontamination:\n    benchmarks:\n"
+        "      - {name: arc_easy, path: bench/arc.jsonl}\n      - {name: mmlu, path: 'hf://cais/mmlu'}\n"
+    )
+    cfg = load_recipe(_write(recipe_dir, text)).resolved_curation()
+    assert [b.path for b in cfg.decontamination.benchmarks] == [
+        str(recipe_dir / "bench" / "arc.jsonl"),
+        "hf://cais/mmlu",
+    ]
+    p = _write(recipe_dir, text.replace("bench/arc.jsonl", "bench/gone.jsonl"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p)
+    assert str(err.value).startswith(
+        f"{p}:12: curation.decontamination.benchmarks.0.path: benchmark file not found"
+    )
+
+
 def test_bad_yaml_and_bad_bytes(recipe_dir):
     p = _write(recipe_dir, GOOD.replace("mix:\n", "mix:\n  - template: [unclosed\n"))
     with pytest.raises(RecipeError, match=rf"{p}:\d+: invalid YAML"):

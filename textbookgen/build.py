@@ -635,11 +635,7 @@ class Build:
         from textbookgen.curation import curate
 
         r = self.recipe
-        cfg = r.curation.model_copy(deep=True)
-        for b in cfg.decontamination.benchmarks:
-            b.path = str(r.resolve(b.path))
-        if cfg.classifier.model_path:
-            cfg.classifier.model_path = str(r.resolve(cfg.classifier.model_path))
+        cfg = r.resolved_curation()
         input_hash = _hash(
             {
                 "docs": docs_hash,

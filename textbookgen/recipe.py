@@ -238,13 +238,24 @@ class Recipe(_Strict):
 
         return {**AUDIENCES, **self.audiences}, {**STYLES, **self.styles}, {**FORMATS, **self.formats}
 
+    def resolved_curation(self) -> CurationConfig:
+        """The curation settings with their file paths resolved against the recipe's folder."""
+        cfg = self.curation.model_copy(deep=True)
+        for b in cfg.decontamination.benchmarks:
+            if not b.path.startswith("hf://"):
+                b.path = str(self.resolve(b.path))
+        if cfg.classifier.model_path:
+            cfg.classifier.model_path = str(self.resolve(cfg.classifier.model_path))
+        return cfg
+
     def public_dict(self) -> dict[str, Any]:
         """The recipe as data, for manifests and cards (it never holds a key: only its env name)."""
         return self.model_dump(mode="json")
 
 
-def _name_problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
-    """Mix entries naming an audience, style or format that is neither built in nor defined."""
+def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
+    """What pydantic cannot see: mix names that are neither built in nor defined, and curation files
+    (benchmarks, classifier model) that are not there."""
     problems: list[tuple[tuple[Any, ...], str]] = []
     tables = dict(zip(("audiences", "styles", "formats"), recipe.tables(), strict=True))
     for i, entry in enumerate(recipe.mix):
@@ -254,6 +265,18 @@ def _name_problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
                 problems.append(((("mix", i, dim)), f"unknown {dim} {unknown} (known: {', '.join(table)})"))
     if sum(e.weight for e in recipe.mix) <= 0:
         problems.append((("mix",), "all mix weights are 0"))
+    cur = recipe.resolved_curation()
+    for i, b in enumerate(cur.decontamination.benchmarks):
+        if not b.path.startswith("hf://") and not Path(b.path).exists():
+            loc = ("curation", "decontamination", "benchmarks", i, "path")
+            problems.append((loc, f"benchmark file not found: {b.path}"))
+    if cur.classifier.model_path and not Path(cur.classifier.model_path).is_file():
+        problems.append(
+            (
+                ("curation", "classifier", "model_path"),
+                f"classifier model not found: {cur.classifier.model_path}",
+            )
+        )
     return problems
 
 
@@ -307,10 +330,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as e:
         raise RecipeError(_format_errors(path, e, lines)) from None
-    problems = _name_problems(recipe)
+    recipe._path = path.resolve()
+    problems = _problems(recipe)
     if problems:
         raise RecipeError("\n".join(_format_one(path, loc, msg, lines) for loc, msg in problems))
-    recipe._path = path.resolve()
     recipe._hash = hashlib.sha256(raw + repr(sorted((overrides or {}).items())).encode()).hexdigest()[:16]
     return recipe
 
