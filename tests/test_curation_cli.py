@@ -46,7 +46,7 @@ def test_dedup_filter_decontaminate_commands(corpus, tmp_path):
     bench = tmp_path / "bench.jsonl"
     bench.write_text(json.dumps({"question": " ".join(docs[5].split()[20:60])}) + "\n")
     stats = invoke("decontaminate", tmp_path / "f.jsonl", "-o", tmp_path / "clean.jsonl", "-b", bench)
-    assert stats["decontamination"]["dropped"] == {"contaminated:bench": 1}
+    assert stats["decontamination"]["dropped"] == {"bench": 1}
     assert len((tmp_path / "clean.jsonl").read_text().splitlines()) == stats["decontamination"]["kept"]
 
 

@@ -78,7 +78,7 @@ def test_planted_items_are_caught_and_reported(wiki, step, shared_data, tmp_path
     for i, (bench, item_id, _) in plants.items():
         rows = report.filter(pl.col("id") == f"d{i:02d}")
         assert (bench, item_id) in set(zip(rows["benchmark"], rows["item_id"], strict=True)), (i, rows)
-    assert stats.dropped == {"contaminated:gsm8k": 3, "contaminated:arc_easy": 2, "contaminated:humaneval": 2}
+    assert stats.dropped == {"gsm8k": 3, "arc_easy": 2, "humaneval": 2}
     assert stats.extra["benchmark_items"]["gsm8k"] == len(gsm)
 
 
@@ -96,7 +96,7 @@ def test_generic_jsonl_and_folder_sources(wiki, tmp_path):
         "decontamination": {"benchmarks": [str(bench)]}})
     out, stats = curate(df, cfg, tmp_path / "work")
     assert out["id"].to_list() == ["c"]
-    assert stats["decontamination"]["dropped"] == {"contaminated:myeval": 1, "contaminated:other": 1}
+    assert stats["decontamination"]["dropped"] == {"myeval": 1, "other": 1}
     report = pl.read_parquet(tmp_path / "work" / "decontamination" / "contamination.parquet")
     assert set(report["item_id"]) == {"q0", "0"}
 
