@@ -46,3 +46,39 @@ def test_steps_compose_in_a_list(tmp_path):
     assert stats["filters"] == {"in": 2, "kept": 0, "dropped": {"repeated_ngrams": 1, "too_short": 1},
                                 "code_docs": 0}
     assert (tmp_path / "filters" / "dropped.parquet").exists()
+
+
+def test_curate_documents_table_end_to_end(shared_data, tmp_path):
+    """A generation-shaped table through every default stage: each planted problem is dropped by the
+    stage meant for it, and the stats are plain JSON for the build manifest."""
+    import gzip
+    import json
+
+    wiki = [json.loads(x)["eng_Latn"] for x in gzip.open(shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz", "rt")]
+    wiki = [w for w in wiki if 200 <= len(w.split()) <= 1500][:30]
+    gsm = [json.loads(x)["question"] for x in gzip.open(shared_data / "gsm8k" / "test.jsonl.gz", "rt")][:50]
+    code = "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n"
+    texts = wiki + [
+        wiki[0].replace("\n", "\n\n"),                     # exact duplicate after normalisation
+        wiki[1] + " See also the references.",             # near duplicate
+        "As an AI language model, I can't write that. " + wiki[2][:800],
+        wiki[3] + "\n\n" + gsm[7],                          # contaminated
+        code,                                              # code: kept despite prose rules
+    ]
+    n = len(texts)
+    df = pl.DataFrame({
+        "id": [f"k{i:03d}" for i in range(n)], "text": texts,
+        "topic_path": ["Science > Biology"] * n, "format": ["textbook"] * (n - 1) + ["code"],
+        "quality_score": [None] * n, "provenance": ["{}"] * n,
+    }, schema_overrides={"quality_score": pl.Float64})
+    cfg = CurationConfig.model_validate({"decontamination": {"benchmarks": [
+        {"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl.gz")}]}})
+    out, stats = curate(df, cfg, tmp_path)
+    assert list(stats) == ["exact_dedup", "filters", "decontamination", "minhash_dedup"]
+    assert stats["exact_dedup"]["dropped"] == {"exact_duplicate": 1}
+    assert stats["filters"]["dropped"] == {"boilerplate_phrase": 1} and stats["filters"]["code_docs"] == 1
+    assert stats["decontamination"]["dropped"] == {"gsm8k": 1}
+    assert stats["minhash_dedup"]["dropped"] == {"near_duplicate": 1}
+    assert out.height == n - 4 and out.columns == df.columns and "k034" in out["id"].to_list()
+    json.dumps(stats)  # the manifest is JSON
+    assert all(s["in"] - s["kept"] == sum(s["dropped"].values()) for s in stats.values())
