@@ -13,7 +13,7 @@ from trainer.config import ConfigError, load_config
 from trainer.train import TrainingDiverged, lr_at, make_optimizer, model_config, train
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Two shared cores: oversubscribed intra-op threads make tiny CPU steps 10x slower."""
     n = torch.get_num_threads()

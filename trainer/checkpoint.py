@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,9 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         model_sd, optim_sd = (get_state_dict(model, optimizer) if optimizer is not None
                               else (get_model_state_dict(model), None))
         state = {"model": model_sd} | ({"optim": optim_sd} if optimizer is not None else {})
-        dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
+        with warnings.catch_warnings():  # loading a sharded checkpoint into one process is intended here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
         model_sd, optim_sd = state["model"], state.get("optim")
         opts = StateDictOptions(strict=True)
     else:

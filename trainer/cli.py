@@ -52,7 +52,7 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
 def prepare_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)
     if args.source:
         from trainer.data import prepare
         from trainer.tokenizer import load_tokenizer
@@ -102,7 +102,7 @@ def train_run(args: argparse.Namespace) -> int:
                        "train.device": args.device, "train.compile": args.compile,
                        "data.synthetic": args.synthetic})
     result = train(cfg, progress=False if args.no_progress else None)
-    if result.history:
+    if result.history and os.environ.get("RANK", "0") == "0":
         rates = [r["tokens_per_s"] for r in result.history[1:]] or [result.history[0]["tokens_per_s"]]
         last = result.history[-1]
         mfu = f" mfu={last['mfu']:.4f}" if last.get("mfu") is not None else ""
@@ -205,6 +205,7 @@ def commands() -> dict[str, Command]:
     }
     # Subcommands owned by other modules register here with _module_command, e.g.
     # cmds["eval"] = _module_command("trainer.eval.cli", "evaluate a checkpoint on benchmarks")
+    cmds["eval"] = _module_command("trainer.eval.cli", "evaluate a checkpoint on the phi-1.5 paper's benchmarks")
     return cmds
 
 

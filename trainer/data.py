@@ -218,11 +218,13 @@ def read_index(folder: Path) -> dict[str, Any]:
     return index
 
 
-def prepare(source: str, out_dir: str | Path, tokenizer, *, split: str = "train", column: str = "text",
+def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "train", column: str = "text",
             revision: str | None = None, endpoint: str | None = None, eos_id: int | None = None,
             num_workers: int = 0, batch_docs: int = 1024, shard_tokens: int = 1 << 28,
             force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Tokenize a published dataset into `out_dir` (uint16 shards + index.json); returns the index.
+
+    `tokenizer`: a `tokenizers.Tokenizer` or a spec for `trainer.tokenizer.load_tokenizer`.
 
     Reuses an existing `out_dir` whose index has the same source files (by sha256), column and
     tokenizer, unless `force`. Writes into a temporary folder renamed into place at the end, so a
@@ -232,6 +234,10 @@ def prepare(source: str, out_dir: str | Path, tokenizer, *, split: str = "train"
 
     out_dir = Path(out_dir)
     files = resolve_source(source, split, revision, endpoint)
+    if isinstance(tokenizer, (str, Path)):  # loaded only once the data is known to exist
+        from trainer.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
     sources = [{"file": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files]
     tok_json = tokenizer.to_str()
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)

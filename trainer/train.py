@@ -113,17 +113,13 @@ def dataset_dir(cfg: TrainConfig, i: int) -> Path:
 def prepare_all(cfg: TrainConfig, force: bool = False, only_missing: bool = False,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Tokenize every dataset of the config into data.cache_dir (skipping those up to date)."""
-    from trainer.tokenizer import load_tokenizer
-
-    tok = None
     indexes = []
     for i, ds in enumerate(cfg.data.datasets):
         out = dataset_dir(cfg, i)
         if only_missing and (out / "index.json").is_file():
             indexes.append(read_index(out))
             continue
-        tok = tok or load_tokenizer(cfg.data.tokenizer)
-        indexes.append(prepare(ds.source, out, tok, split=ds.split, column=ds.column, revision=ds.revision,
+        indexes.append(prepare(ds.source, out, cfg.data.tokenizer, split=ds.split, column=ds.column, revision=ds.revision,
                                endpoint=ds.endpoint, num_workers=cfg.data.prepare_workers, force=force,
                                progress=progress))
     return indexes
@@ -254,7 +250,7 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
 def _train(cfg: TrainConfig, info: distributed.DistInfo, show: bool) -> TrainResult:
     from rich.console import Console
 
-    console = Console(quiet=not info.is_main)
+    console = Console(quiet=not info.is_main, soft_wrap=True)
     run_dir = Path(cfg.run_dir)
     ckpt_root = run_dir / "checkpoints"
     if info.is_main:

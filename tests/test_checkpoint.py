@@ -1,0 +1,141 @@
+"""trainer.checkpoint: atomic saves, and a run killed and resumed equals one never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from trainer_testlib import small_tokenizer, tiny_overrides, wiki_texts, write_hub_folder
+
+from trainer import checkpoint
+from trainer.config import load_config
+from trainer.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("ckpt")
+    wiki = write_hub_folder(root / "wiki", wiki_texts(shared_data, 150))
+    return {"root": root, "wiki": wiki, "tok": small_tokenizer(root / "tok.json", [wiki])}
+
+
+def overrides(corpus, run_dir, **extra):
+    return tiny_overrides(run_dir, corpus["root"] / "cache", corpus["tok"], [(corpus["wiki"], 1.0)], **extra)
+
+
+def params_of(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint.resolve(run_dir) / "model.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    run = tmp_path_factory.mktemp("full") / "run"
+    result = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 12})))
+    return run, result.losses
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(corpus, tmp_path, uninterrupted):
+    full_run, full = uninterrupted
+    run = tmp_path / "run"
+    # crash after step 7: checkpoints at 4 only (no exit save), so steps 5-7 are lost and redone
+    first = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 7, "checkpoint.every": 4,
+                                                              "checkpoint.at_exit": False})))
+    assert checkpoint.find_latest(run / "checkpoints").name == "step-00000004"
+    resumed = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 12})))
+    assert resumed.start_step == 4
+    assert {**first.losses, **resumed.losses} == full  # bitwise, every step
+    assert all(torch.equal(a, b) for a, b in zip(params_of(run).values(), params_of(full_run).values(), strict=True))
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # the lost steps 5-7 were dropped from the log, not duplicated
+
+
+def test_a_killed_process_resumes_exactly(corpus, tmp_path):
+    """SIGKILL a real training process mid-run (possibly mid-save), then resume in this process."""
+    run = tmp_path / "run"
+    cfg = overrides(corpus, run, **{"train.max_steps": 100_000, "checkpoint.every": 3})
+    cfg_file = tmp_path / "c.yaml"
+    tree: dict = {}
+    from trainer.config import _set_dotted
+
+    for k, v in cfg.items():
+        _set_dotted(tree, k, v, "test")
+    cfg_file.write_text(yaml.safe_dump(tree))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "train", "-c", str(cfg_file), "--no-progress"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while checkpoint.find_latest(run / "checkpoints") is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    latest = checkpoint.find_latest(run / "checkpoints")
+    assert latest is not None
+    k = json.loads((latest / "meta.json").read_text())["step"]
+    assert k % 3 == 0 and not list((run / "checkpoints").glob("*.tmp"))[1:]
+    resumed = train(load_config(None, overrides(corpus, run, **{"train.max_steps": k + 3})))
+    full = train(load_config(None, overrides(corpus, tmp_path / "full", **{"train.max_steps": k + 3})))
+    assert resumed.start_step == k and resumed.losses == {s: full.losses[s] for s in range(k + 1, k + 4)}
+    assert all(torch.equal(a, b) for a, b in zip(params_of(run).values(), params_of(tmp_path / "full").values(),
+                                                 strict=True))
+
+
+def test_incomplete_saves_are_ignored_and_old_ones_pruned(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 5, "checkpoint.every": 1,
+                                                      "checkpoint.keep": 2})))
+    root = run / "checkpoints"
+    assert [p.name for p in checkpoint.list_checkpoints(root)] == ["step-00000004", "step-00000005"]
+    (root / "step-00000009.tmp").mkdir()  # a save that crashed before its rename
+    (root / "step-00000008").mkdir()  # a folder without meta.json
+    assert checkpoint.find_latest(root).name == "step-00000005"
+    (root / "latest").unlink()
+    assert checkpoint.find_latest(root).name == "step-00000005"
+    meta = checkpoint.read_meta(run)
+    assert meta["step"] == 5 and meta["format"] == "torch" and meta["model_config"]["vocab_size"] == 512
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
+        checkpoint.resolve(tmp_path / "elsewhere")
+
+
+def test_checkpoint_of_another_model_is_refused(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 1})))
+    other = overrides(corpus, run, **{"train.max_steps": 2, "model.overrides": {"vocab_size": 512,
+                                                                                "num_hidden_layers": 3}})
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit the model"):
+        train(load_config(None, other))
+
+
+def test_fsdp2_sharded_checkpoint_resumes_exactly(corpus, tmp_path, uninterrupted):
+    """FSDP2 (one process on gloo) writes a DCP checkpoint; resuming gives the same losses."""
+    _, full = uninterrupted
+    run = tmp_path / "run"
+    fsdp = {"distributed.strategy": "fsdp"}
+    first = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 4, **fsdp})))
+    assert (checkpoint.resolve(run) / "dcp" / ".metadata").is_file()
+    assert checkpoint.read_meta(run)["format"] == "dcp"
+    resumed = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 6, **fsdp})))
+    losses = {**first.losses, **resumed.losses}
+    for s in range(1, 7):
+        assert losses[s] == pytest.approx(full[s], abs=1e-5)
+    model = checkpoint.load_model(run)  # a sharded checkpoint loads into a plain model for export/eval
+    assert model.config.vocab_size == 512 and not model.training
