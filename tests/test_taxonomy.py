@@ -265,7 +265,10 @@ def test_grow_drops_duplicates_from_a_repetitive_model():
     from textbookgen.engine import Generator
     from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
+    prompts = []
+
     def responder(body):
+        prompts.append(body["messages"][-1]["content"])
         topic = body["messages"][-1]["content"].split('"')[1]
         return "\n".join(
             f"- {v}"
@@ -287,6 +290,9 @@ def test_grow_drops_duplicates_from_a_repetitive_model():
         )
         report = grow(tax, gen, 50, seed=1, max_rounds=3)
     assert [c.name for c in tax.topics[0].children] == ["Chemistry basics", "History of Chemistry"]
+    # each request names the topic's siblings, so the model keeps to the topic's own ground
+    first = next(p for p in prompts if '"Chemistry"' in p)
+    assert "It sits beside these topics, which are covered elsewhere: Music." in first
     assert report.duplicates_dropped >= 6
     assert report.leaves_after == len(tax.leaves()) < 50
 

@@ -719,8 +719,19 @@ GROW_PROMPT = (
     "You are designing the table of contents of a large library of textbooks.\n"
     'List {k} distinct subtopics of "{topic}" (within: {path}) that a textbook chapter could each be '
     "written about. Make them specific, non-overlapping and varied, from foundations to applications.\n"
+    "{siblings}"
     'Answer with JSON only: {{"subtopics": ["...", "..."]}}'
 )
+MAX_SIBLINGS_IN_PROMPT = 12
+
+
+def _siblings_line(t: Topic, parents: dict[int, Topic], tax: Taxonomy) -> str:
+    """'It sits beside: A; B; ...' so the model keeps the subtopics inside this topic's own ground."""
+    parent = parents.get(id(t))
+    others = [c.name for c in (parent.children if parent else tax.topics) if c is not t]
+    if not others:
+        return ""
+    return f"It sits beside these topics, which are covered elsewhere: {'; '.join(others[:MAX_SIBLINGS_IN_PROMPT])}.\n"
 
 
 @dataclass
@@ -783,9 +794,12 @@ def grow(
         m = min(len(cands), math.ceil(need / max(1, k - 1) * 1.15))
         chosen = cands[:m]
         requests = []
+        parents = {id(c): p for p in tax.walk() for c in p.children}
         for t in chosen:
             attempts[t.id] += 1
-            content = prompt.format(k=k, topic=t.name, path=t.path_str)
+            content = prompt.format(
+                k=k, topic=t.name, path=t.path_str, siblings=_siblings_line(t, parents, tax)
+            )
             requests.append(
                 ChatRequest(
                     messages=[{"role": "user", "content": content}],
