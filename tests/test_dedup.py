@@ -170,12 +170,14 @@ def test_killed_run_resumes(real_docs, tmp_path):
     shard_root = next(work.glob("minhash-*")) / "shards"
     finished = {p.name: (p / "sig.npy").stat().st_mtime_ns for p in shard_root.iterdir() if (p / "DONE").exists()}
     assert len(finished) == 3 and not (work / "clusters.parquet").exists()
+    (shard_root / ".tmp-killed").mkdir()  # what a kill during a shard write leaves behind
 
     resigned = []
     step = MinHashDedup(MinHashConfig(workers=1, shard_size=50), on_shard=resigned.append)
     out, stats = step(df, work)
     assert len(resigned) == stats.extra["shards"] - 3 and not set(resigned) & set(finished)
     assert all((shard_root / k / "sig.npy").stat().st_mtime_ns == t for k, t in finished.items())
+    assert not list(shard_root.glob(".tmp-*"))
     fresh, _ = MinHashDedup(MinHashConfig(workers=1, shard_size=50))(df, tmp_path / "fresh")
     assert out["id"].to_list() == fresh["id"].to_list() and out.height < df.height
 

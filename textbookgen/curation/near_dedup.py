@@ -118,6 +118,8 @@ class MinHashStore:
         self.root = Path(root) / params.tag
         self.shards = self.root / "shards"
         self.shards.mkdir(parents=True, exist_ok=True)
+        for stale in self.shards.glob(".tmp-*"):  # half-written shards of a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         meta = self.root / "params.json"
         if not meta.exists():
             meta.write_text(json.dumps(params.__dict__, indent=2) + "\n")
