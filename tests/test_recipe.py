@@ -157,6 +157,9 @@ def test_credentials_come_from_env_or_a_local_server(recipe_dir, monkeypatch):
 def test_validate_command(recipe_dir):
     runner = CliRunner()
     ok = runner.invoke(app, ["validate", str(_write(recipe_dir, GOOD))])
-    assert ok.exit_code == 0 and "ok: tiny" in ok.output
+    assert ok.exit_code == 0 and "ok: tiny" in ok.output and "2 topics" in ok.output
     bad = runner.invoke(app, ["validate", str(_write(recipe_dir, GOOD + "extra: 1\n"))])
     assert bad.exit_code == 1 and ":9: extra: unknown key" in bad.output
+    (recipe_dir / "topics.yaml").write_text("topics:\n  - [unclosed\n")
+    broken = runner.invoke(app, ["validate", str(_write(recipe_dir, GOOD))])
+    assert broken.exit_code == 1 and "topics.yaml:3: invalid YAML" in broken.output

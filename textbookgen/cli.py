@@ -100,9 +100,19 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check a recipe: schema, files it names, templates, mix names. Errors name file, line and field."""
+    from textbookgen.taxonomy import Taxonomy, TaxonomyError
+
     r = _load_recipe(recipe, set_)
+    tc = r.taxonomy
+    try:  # the taxonomy file is the recipe's other input that can be malformed
+        tax = Taxonomy.load(r.taxonomy_path(), format=tc.format, select=tc.select, name=tc.name)
+    except TaxonomyError as err:
+        typer.echo(f"error: taxonomy: {err}", err=True)
+        raise typer.Exit(1) from None
+    grow = f", grown to {tc.grow.target:,} by the build" if tc.grow else ""
     typer.echo(f"ok: {r.name} {r.version}: {r.samples:,} samples of {r.model} ({r.provider.name}), "
-               f"{len(r.mix)} mix entr{'y' if len(r.mix) == 1 else 'ies'}, output {r.output_dir()} [recipe {r.hash}]")
+               f"{len(tax.leaves()):,} topics{grow}, {len(r.mix)} mix entr{'y' if len(r.mix) == 1 else 'ies'}, "
+               f"output {r.output_dir()} [recipe {r.hash}]")
 
 
 def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool | None, progress: bool) -> None:

@@ -46,6 +46,7 @@ class Plan:
     topics_used: int
     per_template: dict[str, int]
     per_audience: dict[str, int]
+    per_subject: dict[str, int]
     top_topics: list[tuple[str, int]]
     with_web_extract: int
     input_tokens: int
@@ -145,6 +146,9 @@ def make_plan(
         topics_used=counts.height,
         per_template=_counts(prompts, "template"),
         per_audience=_counts(prompts, "audience"),
+        per_subject=_counts(
+            prompts.with_columns(pl.col("topic_path").str.split(" > ").list.first().alias("s")), "s"
+        ),
         top_topics=[(r[0], int(r[1])) for r in counts.head(8).iter_rows()],
         with_web_extract=int(prompts["seed_extract_id"].is_not_null().sum()) if n else 0,
         input_tokens=in_tok,
@@ -202,12 +206,19 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
     a.add_column("prompts", justify="right")
     for k, v in plan.per_audience.items():
         a.add_row(k, f"{v:,}")
+    sub = Table(title="Prompts per subject", show_edge=False)
+    sub.add_column("subject")
+    sub.add_column("prompts", justify="right")
+    for k, v in list(plan.per_subject.items())[:25]:
+        sub.add_row(k, f"{v:,}")
+    if len(plan.per_subject) > 25:
+        sub.add_row(f"... {len(plan.per_subject) - 25} more", "")
     tt = Table(title="Most sampled topics", show_edge=False)
     tt.add_column("topic")
     tt.add_column("prompts", justify="right")
     for k, v in plan.top_topics:
         tt.add_row(k, f"{v:,}")
-    console.print(t, a, tt)
+    console.print(t, a, sub, tt)
     console.print(
         f"Tokens: ~{plan.input_tokens:,} input; ~{plan.output_tokens_expected:,} output expected "
         f"(at most {plan.output_tokens_max:,} with max_tokens)."
