@@ -3,6 +3,7 @@ GSM8K answer extraction is exact on real references, generated code is judged in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -103,8 +104,37 @@ def test_our_checkpoint_export_scores_like_the_model_object(shared_data: Path, t
         logp = torch.log_softmax(phi(torch.tensor([c + x[:-1]])).float(), -1)[0]
         direct = float(sum(logp[len(c) - 1 + t, tok_id] for t, tok_id in enumerate(x)))
     assert abs(from_obj[0][0] - direct) < 1e-4
-    for a, b in zip(from_obj, from_dir, strict=True):
-        assert abs(a[0] - b[0]) < 1e-4
+    # a training checkpoint (trainer/checkpoint.py layout), its tokenizer named in the saved config
+    from trainer.checkpoint import save
+
+    save(tmp_path / "run" / "checkpoints", 7, phi, torch.optim.AdamW(phi.parameters()),
+         meta={"model_config": dataclasses.asdict(phi.config),
+               "config": {"data": {"tokenizer": str(shared_data / "tokenizer_gpt2")}}})
+    from_ckpt = load_model(tmp_path / "run", device="cpu").loglikelihood(reqs)
+    for a, b, c in zip(from_obj, from_dir, from_ckpt, strict=True):
+        assert abs(a[0] - b[0]) < 1e-4 and abs(a[0] - c[0]) < 1e-4
+
+
+def test_cli_eval_writes_the_report(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from trainer.cli import main
+    from trainer.export import export_hf
+    from trainer.model import CONFIGS, Phi
+    from trainer.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    export_hf(Phi(CONFIGS["tiny"]), tmp_path / "hf", tokenizer=load_tokenizer(shared_data / "tokenizer_gpt2"))
+    rc = main(["eval", str(tmp_path / "hf"), "--tasks", "arc_easy,winogrande,mmlu@5,humaneval", "--limit", "2",
+               "--data", str(shared_data), "--out", str(tmp_path / "out"), "--device", "cpu", "--max-new-tokens", "8"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| **hf** |" in out and "phi-1.5 (paper)" in out and "mmlu@5 5-shot" in out
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["results"]["mmlu@5"]["n"] == 2 * 57 and payload["results"]["humaneval"]["n"] == 2
+    assert set(payload["results"]["arc_easy"]["stderr"]) == {"acc", "acc_norm"}
+    assert (tmp_path / "out" / "chart.png").stat().st_size > 1000
+    assert main(["eval", str(tmp_path / "hf"), "--tasks", "arc_easy", "--data", str(tmp_path / "nowhere"),
+                 "--device", "cpu", "--out", str(tmp_path / "o2")]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 class FakeLM:

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(lm, tasks, data=data, limit=args.limit, num_fewshot=args.num_fewshot,
                        sandbox=SandboxConfig(timeout_s=args.sandbox_timeout), gen_kwargs=gen, log=console.log)
     name = args.name or Path(str(args.checkpoint)).name
-    config = {k: v for k, v in vars(args).items() if k != "func"}
+    config = {k: v for k, v in vars(args).items()
+              if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, type(None)))}
     paths = write_report(results, args.out, name, config=config)
     print(markdown_table(results, name))
     console.log("wrote " + ", ".join(str(p) for p in paths.values()))

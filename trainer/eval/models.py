@@ -11,7 +11,7 @@ position ids. One-token continuations (BoolQ, MMLU letters) need no second pass 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,49 +303,29 @@ def phi_to_hf(phi: torch.nn.Module) -> Any:
     return hf
 
 
-def _load_tokenizer(path: Path | None, spec: str | None) -> Any:
+def _load_tokenizer(spec: str) -> Any:
+    """A tokenizer from a spec (an HF tokenizer folder, else `trainer.tokenizer.load_tokenizer`'s specs)."""
+    p = Path(spec)
+    if p.is_dir() and (p / "tokenizer_config.json").exists():
+        return _dir_tokenizer(p)
+    from trainer.tokenizer import load_tokenizer
+
+    return wrap_tokenizer(load_tokenizer(spec))
+
+
+def _dir_tokenizer(path: Path) -> Any:
+    """The tokenizer saved in an HF model folder (ours: tokenizer.json + tokenizer_config.json)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if spec is not None:
-        p = Path(spec)
-        if p.is_dir() and ((p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists()):
-            return _load_tokenizer(p, None)
-        from trainer.tokenizer import load_tokenizer
-
-        return wrap_tokenizer(load_tokenizer(spec))
-    assert path is not None
     if (path / "tokenizer.json").is_file():
         try:
             return AutoTokenizer.from_pretrained(str(path))
         except Exception:  # e.g. a tokenizer_class this transformers lacks: the JSON is enough
             return wrap_tokenizer(PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json")))
-    return AutoTokenizer.from_pretrained(str(path))
-
-
-def _training_checkpoint_model(path: Path) -> torch.nn.Module:
-    """Our Phi from a training checkpoint (trainer/checkpoint.py's layout: model state + config)."""
-    from trainer.model import Phi, PhiConfig
-
     try:
-        from trainer import checkpoint as ckpt_mod
-    except ImportError:
-        ckpt_mod = None
-    loader: Callable[..., Any] | None = getattr(ckpt_mod, "load_model", None) if ckpt_mod else None
-    if loader is not None:
-        return loader(path)
-    file = path / "model.pt" if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"{path}: not an HF model directory (config.json) nor a training checkpoint")
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    sd = state.get("model", state) if isinstance(state, dict) else state
-    cfg = state.get("model_config") or state.get("model_args") or state.get("config", {}).get("model")
-    if cfg is None:
-        raise ValueError(f"{file}: no model config in the checkpoint (keys: {sorted(state)[:8]})")
-    pc = cfg if isinstance(cfg, PhiConfig) else PhiConfig(**{k: v for k, v in dict(cfg).items()
-                                                              if k in PhiConfig.__dataclass_fields__})
-    model = Phi(pc)
-    model.load_state_dict({k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in sd.items()})
-    return model
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: no tokenizer files there; pass --tokenizer") from e
 
 
 def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device: str | None = None,
@@ -358,34 +338,33 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _DTYPES[dtype] if dtype else (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-    model_dir: Path | None = None
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = _load_tokenizer(str(tokenizer))
     if isinstance(spec, torch.nn.Module):
         model = spec if hasattr(spec, "generate") else phi_to_hf(spec)
-    else:
-        p = Path(spec).expanduser()
-        if p.is_dir() and (p / "config.json").is_file():
-            from transformers import AutoModelForCausalLM
-
-            model, model_dir = AutoModelForCausalLM.from_pretrained(str(p)), p
-        elif p.exists():
-            model = phi_to_hf(_training_checkpoint_model(p))
-            model_dir = p if p.is_dir() else p.parent
-        else:  # a Hub id
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(str(spec))
-            if tokenizer is None:
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(str(spec))
-    if tokenizer is None:
-        if model_dir is None:
+        if tokenizer is None:
             raise ValueError("pass `tokenizer` (an object or a path) for a model given as an object")
-        try:
-            tokenizer = _load_tokenizer(model_dir, None)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{model_dir}: no tokenizer files there; pass --tokenizer") from e
-    elif not hasattr(tokenizer, "encode") or isinstance(tokenizer, (str, Path)):
-        tokenizer = _load_tokenizer(None, str(tokenizer)) if isinstance(tokenizer, (str, Path)) else tokenizer
+    elif (Path(spec).expanduser() / "config.json").is_file():  # an HF folder: ours (export_hf) or any causal LM
+        from transformers import AutoModelForCausalLM
+
+        p = Path(spec).expanduser()
+        model = AutoModelForCausalLM.from_pretrained(str(p))
+        tokenizer = tokenizer or _dir_tokenizer(p)
+    elif Path(spec).expanduser().exists():  # a training checkpoint: step folder, checkpoints root or run dir
+        from trainer.checkpoint import load_model as load_checkpoint
+        from trainer.checkpoint import read_meta, resolve
+
+        ckpt = resolve(Path(spec).expanduser())
+        model = phi_to_hf(load_checkpoint(ckpt))
+        if tokenizer is None:
+            spec_tok = read_meta(ckpt).get("config", {}).get("data", {}).get("tokenizer")
+            if not spec_tok:
+                raise ValueError(f"{ckpt}: no tokenizer in the checkpoint's config; pass --tokenizer")
+            tokenizer = _load_tokenizer(str(spec_tok))
+    else:  # a Hub id (online)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(spec))
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(spec))
     model = model.to(device=device, dtype=torch_dtype)
     return CausalLM(model, wrap_tokenizer(tokenizer), device=device, **kwargs)
