@@ -105,3 +105,34 @@ def test_missing_field_is_a_clear_error(tmp_path):
     (tmp_path / "b.jsonl").write_text(json.dumps({"question": "x"}) + "\n")
     with pytest.raises(ValueError, match="b.jsonl.*answer"):
         Decontaminate(DecontaminationConfig(benchmarks=[{"path": str(tmp_path / "b.jsonl"), "fields": ["answer"]}]))
+
+
+def test_every_shipped_benchmark_format_is_caught(wiki, shared_data, tmp_path):
+    """One item of each common set, in the layout it ships in, planted into real text."""
+    from textbookgen.benchmarks import load_benchmark
+
+    d = shared_data
+    gauntlet = d / "llmfoundry_eval_gauntlet"
+    sets = {"arc_challenge": gauntlet / "arc_challenge.jsonl.gz", "boolq": gauntlet / "boolq.jsonl.gz",
+            "winogrande": gauntlet / "winogrande.jsonl.gz", "piqa": gauntlet / "piqa.jsonl.gz",
+            "siqa": d / "siqa_3choice", "openbookqa": gauntlet / "openbook_qa.jsonl.gz",
+            "mmlu": d / "mmlu" / "mmlu_dev_test_csv.tar.gz", "hellaswag": d / "hellaswag",
+            "gsm8k": d / "gsm8k" / "test.jsonl.gz", "humaneval": d / "humaneval" / "HumanEval.jsonl.gz",
+            "mbpp": d / "opencompass_data_formulamonks" / "mbpp__mbpp.jsonl.gz"}
+    texts, planted = [], {}
+    for k, (name, path) in enumerate(sets.items()):
+        items = load_benchmark(name, path)
+        item = max(items[:50], key=lambda it: max(len(t.split()) for t in it.texts()))
+        longest = max(item.texts(), key=lambda t: len(t.split()))
+        texts.append(embed(wiki[k], longest, random.Random(k)))
+        planted[f"p{k:02d}"] = name
+    texts += wiki[20:30]
+    df = pl.DataFrame({"id": list(planted) + [f"w{i}" for i in range(10)], "text": texts})
+    step = Decontaminate(DecontaminationConfig(benchmarks=[BenchmarkSource(name=n, path=str(p))
+                                                           for n, p in sets.items()]))
+    out, stats = step(df, tmp_path)
+    assert sorted(out["id"]) == sorted(f"w{i}" for i in range(10))
+    assert stats.dropped == dict.fromkeys(sets, 1)
+    report = pl.read_parquet(tmp_path / "contamination.parquet")
+    assert all(planted[r["id"]] in set(report.filter(pl.col("id") == r["id"])["benchmark"])
+               for r in report.iter_rows(named=True))

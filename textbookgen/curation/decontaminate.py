@@ -80,22 +80,27 @@ class NgramIndex:
 
     def __init__(self, texts: list[BenchText], n: int, min_words: int) -> None:
         self.texts, self.n = texts, n
-        hashes, owner, offset = [], [], []
-        self.short: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for t_idx, t in enumerate(texts):
-            ids = word_ids(t.words)
-            if len(ids) >= n:
-                g = gram_hashes(ids, n)
-                hashes.append(g)
-                owner.append(np.full(len(g), t_idx, dtype=np.int64))
-                offset.append(np.arange(len(g), dtype=np.int64))
-            elif len(ids) >= min_words:
-                self.short[len(ids)][int(gram_hashes(ids, len(ids))[0])].append(t_idx)
-        h = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+        # all texts' words in one array: window hashes are computed once, then windows that cross a
+        # text boundary are dropped (one numpy pass instead of one per text)
+        lens = np.fromiter((len(t.words) for t in texts), dtype=np.int64, count=len(texts))
+        starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
+        ids = word_ids([w for t in texts for w in t.words])
+        owner_of_pos = np.repeat(np.arange(len(texts), dtype=np.int64), lens)
+        g = gram_hashes(ids, n)
+        owner = owner_of_pos[: len(g)]
+        offset = np.arange(len(g), dtype=np.int64) - starts[owner]
+        valid = offset + n <= lens[owner]
+        h, owner, offset = g[valid], owner[valid], offset[valid]
         order = np.argsort(h, kind="stable")
-        self.hashes = h[order]
-        self.owner = (np.concatenate(owner) if owner else np.zeros(0, dtype=np.int64))[order]
-        self.offset = (np.concatenate(offset) if offset else np.zeros(0, dtype=np.int64))[order]
+        self.hashes, self.owner, self.offset = h[order], owner[order], offset[order]
+        self.short: dict[int, dict[int, list[int]]] = {}  # length k < n -> {hash of whole text: texts}
+        for k in range(min_words, n):
+            sel = np.flatnonzero(lens == k)
+            if len(sel):
+                table: dict[int, list[int]] = defaultdict(list)
+                for t_idx, hk in zip(sel.tolist(), gram_hashes(ids, k)[starts[sel]].tolist(), strict=True):
+                    table[hk].append(t_idx)
+                self.short[k] = table
 
     def hits(self, words: list[str]) -> list[tuple[int, int, int]]:
         """(text index, doc word position, text word offset) for each doc window found in the index."""
