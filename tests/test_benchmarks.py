@@ -212,3 +212,21 @@ def test_piqa_original_with_labels_file(tmp_path: Path) -> None:
     (tmp_path / "valid-labels.lst").write_text("1\n", encoding="utf-8")
     it = load_benchmark("piqa", tmp_path / "valid.jsonl")[0]
     assert it.gold == 1 and it.meta["split"] == "validation"
+
+
+def test_hub_loading_uses_the_task_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list([{"sentence": "He gave _ a book.", "option1": "Ann", "option2": "Bob",
+                                            "answer": "2"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    items = load_benchmark("winogrande")
+    assert calls == [("allenai/winogrande", "winogrande_xl", "validation")]
+    assert (items[0].choices, items[0].target, items[0].gold) == (["He gave Ann", "He gave Bob"], "a book.", 1)
+    assert items[0].meta["split"] == "validation"
+    with pytest.raises(BenchmarkError, match="no Hugging Face dataset"):
+        load_benchmark("siqa_2way")

@@ -223,7 +223,8 @@ class CausalLM:
                  batch_size: int | None = None) -> list[str]:
         """Greedy continuations, cut before the first stop string in `until` (EOS always stops)."""
         tok = self.tokenizer
-        encoded = [self.tok_encode(p)[-(self.max_length - max_new_tokens):] for p in prompts]
+        max_new_tokens = min(max_new_tokens, self.max_length - 1)
+        encoded = [self.tok_encode(p)[-(self.max_length - max_new_tokens):] for p in prompts]  # left-truncated
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         out: list[str] = [""] * len(prompts)
         bs = batch_size or self.batch_size

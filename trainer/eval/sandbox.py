@@ -145,7 +145,10 @@ def _limits(cfg: SandboxConfig) -> None:
     cpu = int(cfg.timeout_s) + 2
     for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu),
                        (resource.RLIMIT_FSIZE, cfg.max_output_bytes), (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(res, (value, value))
+        try:
+            resource.setrlimit(res, (value, value))
+        except (ValueError, OSError):  # e.g. RLIMIT_AS on macOS: the other layers still hold
+            pass
 
 
 def _read_capped(path: Path, limit: int) -> str:
