@@ -246,41 +246,47 @@ class MinHashDedup(Step):
 
     def _cluster(self, store: LoadedStore, df: pl.DataFrame) -> tuple[list[str], pl.DataFrame, pl.DataFrame]:
         """Verified pairs -> clusters -> the kept ids of this input, the cluster table and the pairs."""
-        cfg = self.config
-        n = len(store.ids)
         cands = candidate_pairs(band_frame(store.keys))
-        pairs = verify_pairs(cands, store.jaccard, cfg.threshold) if cfg.verify else \
+        pairs = verify_pairs(cands, store.jaccard, self.config.threshold) if self.config.verify else \
             cands.with_columns(pl.lit(None, dtype=pl.Float64).alias("jaccard"))
-        labels = connected_components(n, pairs)
-        in_cluster = np.flatnonzero(np.bincount(labels, minlength=n)[labels] > 1)
-        ids_arr = np.array(store.ids, dtype=object)
-        members = pl.DataFrame({
-            "id": ids_arr[in_cluster].tolist(), "doc": in_cluster,
-            "label": labels[in_cluster], "current": store.current[in_cluster],
-        }, schema={"id": pl.String, "doc": pl.Int64, "label": pl.Int64, "current": pl.Boolean})
-        quality = (df.select(pl.col(self.id_column).cast(pl.String).alias("id"), pl.col("quality_score"))
-                   if "quality_score" in df.columns else df.select(pl.col(self.id_column).cast(pl.String).alias("id"))
-                   .with_columns(pl.lit(None, dtype=pl.Float64).alias("quality_score")))
-        members = members.join(quality, on="id", how="left")
-        # indexed docs first (they are already published), then quality, then id
-        ranked = best_first(members.with_columns((~pl.col("current")).alias("indexed")), "id")
-        ranked = ranked.sort(["label", "indexed"], descending=[False, True], maintain_order=True)
-        first = ranked.group_by("label", maintain_order=True).first().select(
-            "label", pl.col("id").alias("cluster"), pl.col("doc").alias("kept_doc"))
-        has_indexed = members.group_by("label").agg((~pl.col("current")).any().alias("cluster_has_indexed"))
-        clusters = (members.join(first, on="label").join(has_indexed, on="label")
-                    .with_columns(pl.len().over("label").alias("size"),
-                                  (pl.col("doc") == pl.col("kept_doc")).alias("kept"),
-                                  pl.when(pl.col("current")).then(pl.lit("current")).otherwise(pl.lit("indexed"))
-                                  .alias("source")))
-        jk = [store.jaccard(int(d), int(k)) for d, k in zip(clusters["doc"], clusters["kept_doc"], strict=True)]
-        clusters = (clusters.with_columns(pl.Series("jaccard_to_kept", jk, dtype=pl.Float64))
-                    .select("id", "cluster", "size", "kept", "jaccard_to_kept", "source", "cluster_has_indexed",
-                            "quality_score")
-                    .sort(["cluster", "kept", "id"], descending=[False, True, False]))
+        labels = connected_components(len(store.ids), pairs)
+        clusters = cluster_table(store, labels, self._quality(df))
         drop = set(clusters.filter(~pl.col("kept"))["id"].to_list())
         kept_ids = [i for i, c in zip(store.ids, store.current, strict=True) if c and i not in drop]
-        pair_table = pl.DataFrame({"id_a": ids_arr[pairs["a"].to_numpy()].tolist(),
-                                   "id_b": ids_arr[pairs["b"].to_numpy()].tolist(), "jaccard": pairs["jaccard"]},
+        ids = np.array(store.ids, dtype=object)
+        pair_table = pl.DataFrame({"id_a": ids[pairs["a"].to_numpy()].tolist(),
+                                   "id_b": ids[pairs["b"].to_numpy()].tolist(), "jaccard": pairs["jaccard"]},
                                   schema={"id_a": pl.String, "id_b": pl.String, "jaccard": pl.Float64})
         return kept_ids, clusters, pair_table
+
+    def _quality(self, df: pl.DataFrame) -> pl.DataFrame:
+        """(id, quality_score) of this input; null scores where the column is absent."""
+        score = pl.col("quality_score") if "quality_score" in df.columns else pl.lit(None, dtype=pl.Float64)
+        return df.select(pl.col(self.id_column).cast(pl.String).alias("id"), score.alias("quality_score"))
+
+
+def cluster_table(store: LoadedStore, labels: np.ndarray, quality: pl.DataFrame) -> pl.DataFrame:
+    """One row per doc in a multi-doc cluster: which member is kept and how similar the others are.
+
+    The kept member is an indexed doc if the cluster has one (it is already published), else the one
+    with the highest quality_score, then the lowest id. `cluster` is the kept member's id."""
+    n = len(store.ids)
+    in_cluster = np.flatnonzero(np.bincount(labels, minlength=n)[labels] > 1)
+    members = pl.DataFrame({
+        "id": np.array(store.ids, dtype=object)[in_cluster].tolist(), "doc": in_cluster,
+        "label": labels[in_cluster], "current": store.current[in_cluster],
+    }, schema={"id": pl.String, "doc": pl.Int64, "label": pl.Int64, "current": pl.Boolean})
+    members = members.join(quality, on="id", how="left").with_columns((~pl.col("current")).alias("indexed"))
+    ranked = best_first(members, "id").sort(["label", "indexed"], descending=[False, True], maintain_order=True)
+    first = ranked.group_by("label", maintain_order=True).first().select(
+        "label", pl.col("id").alias("cluster"), pl.col("doc").alias("kept_doc"))
+    clusters = members.join(first, on="label").with_columns(
+        pl.len().over("label").alias("size"),
+        (pl.col("doc") == pl.col("kept_doc")).alias("kept"),
+        pl.col("indexed").any().over("label").alias("cluster_has_indexed"),
+        pl.when(pl.col("current")).then(pl.lit("current")).otherwise(pl.lit("indexed")).alias("source"))
+    jk = [store.jaccard(int(d), int(k)) for d, k in zip(clusters["doc"], clusters["kept_doc"], strict=True)]
+    return (clusters.with_columns(pl.Series("jaccard_to_kept", jk, dtype=pl.Float64))
+            .select("id", "cluster", "size", "kept", "jaccard_to_kept", "source", "cluster_has_indexed",
+                    "quality_score")
+            .sort(["cluster", "kept", "id"], descending=[False, True, False]))
