@@ -186,8 +186,10 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         model_sd, optim_sd = state["model"], state.get("optim")
         opts = StateDictOptions(strict=True)
     else:
-        model_sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
-        optim_sd = torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True) if optimizer else None
+        # mmap: ranks of one node share the page cache instead of each holding a copy in RAM
+        model_sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True, mmap=True)
+        optim_sd = (torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True, mmap=True)
+                    if optimizer else None)
         opts = StateDictOptions(full_state_dict=True, strict=True)
     try:
         if optimizer is not None:

@@ -119,12 +119,10 @@ def grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
     yield
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.AVG if dist.get_backend() == "nccl" else dist.ReduceOp.SUM)
-        if dist.get_backend() != "nccl":
-            t /= dist.get_world_size()
+        dist.all_reduce(t)
     return t
 
 

@@ -258,6 +258,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, show: bool) -> TrainRes
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     device, precision = info.device, cfg.train.precision
     dev_type = torch.device(device).type
+    if dev_type == "cuda":  # fp32 matmuls outside autocast (pure fp32 runs) may use TF32 tensor cores
+        torch.set_float32_matmul_precision("high")
 
     pcfg = model_config(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -330,7 +332,13 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, show: bool) -> TrainRes
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
                 if hasattr(gnorm, "full_tensor"):
                     gnorm = gnorm.full_tensor()
-                loss_val = distributed.all_reduce_mean(loss_sum / plan.accum_steps).item()
+                if cfg.train.time_budget_s and time.perf_counter() - t_start >= cfg.train.time_budget_s:
+                    stop.reason = stop.reason or "time budget"
+                # one all-reduce carries the mean loss and any rank's wish to stop (ranks must stop together)
+                stats = distributed.all_reduce_sum(torch.stack([loss_sum / plan.accum_steps,
+                                                                torch.tensor(float(stop.reason is not None),
+                                                                             device=device)]))
+                loss_val, stop_votes = stats[0].item() / info.world_size, stats[1].item()
                 gnorm_val = float(gnorm)
                 if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
                     last = checkpoint.find_latest(ckpt_root)
@@ -353,11 +361,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, show: bool) -> TrainRes
                 bar.update(task, completed=step, status=_status(rec))
                 if step % cfg.log.every == 0 or step == max_steps:
                     console.print(f"step {step:>6}/{max_steps} | {_status(rec)}", highlight=False)
-                elapsed = time.perf_counter() - t_start
-                if cfg.train.time_budget_s and elapsed >= cfg.train.time_budget_s:
-                    stop.reason = stop.reason or "time budget"
-                if stop.reason is not None:
-                    result.stop_reason = stop.reason
+                if stop_votes:
+                    result.stop_reason = stop.reason or "stop requested on another rank"
                     break
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                     save(step)

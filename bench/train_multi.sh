@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Data-parallel scaling of the real trainer (python -m trainer train): 1 GPU, then N GPUs by torchrun,
+# same model, same global batch and micro-batch, synthetic tokens (no dataset needed), no checkpoints.
+#
+#   bash bench/train_multi.sh                 # phi-1.5 at seq 2048 on 1 and 2 GPUs, 8 steps each
+#   NGPU=8 CONFIG=demo-100m STEPS=12 bash bench/train_multi.sh
+#   STRATEGY=fsdp bash bench/train_multi.sh   # FSDP2 instead of DDP for the N-GPU run
+#
+# Prints one line per run and a last line `scaling=<rate_N / (N x rate_1)>` (target >= 0.90).
+# tokens/s is the mean over steps 2.. (step 1 includes torch.compile).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NCCL_NVLS_ENABLE=0          # NVLink multicast stays off on the lent machines
+NGPU=${NGPU:-2}
+CONFIG=${CONFIG:-phi-1.5}
+STEPS=${STEPS:-8}
+MICRO=${MICRO:-8}
+GLOBAL=${GLOBAL:-$((MICRO * NGPU * 4))}
+STRATEGY=${STRATEGY:-ddp}
+OUT=${OUT:-/tmp/train_multi}
+mkdir -p "$OUT"
+COMMON=(--config "$CONFIG" --synthetic --max-steps "$STEPS" --no-progress --resume never
+        --set "train.global_batch=$GLOBAL" --set "train.micro_batch=$MICRO"
+        --set checkpoint.every=0 --set checkpoint.at_exit=false --set log.plot=false --set log.every=1)
+
+python -m trainer train "${COMMON[@]}" --run-dir "$OUT/1gpu" 2>&1 | tee "$OUT/1gpu.log"
+torchrun --standalone --nproc_per_node "$NGPU" -m trainer train "${COMMON[@]}" \
+    --set "distributed.strategy=$STRATEGY" --run-dir "$OUT/${NGPU}gpu" 2>&1 | tee "$OUT/${NGPU}gpu.log"
+
+python - "$OUT" "$NGPU" "$CONFIG" "$STRATEGY" <<'PY'
+import json, sys
+from pathlib import Path
+
+out, n, config, strategy = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+try:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+except Exception:
+    gpu = "?"
+rates = {}
+for k in (1, n):
+    recs = [json.loads(x) for x in (out / f"{k}gpu" / "metrics.jsonl").read_text().splitlines()]
+    warm = recs[1:] or recs
+    rate = sum(r["tokens_per_s"] for r in warm) / len(warm)
+    mfu = [r["mfu"] for r in warm if r.get("mfu") is not None]
+    mem = max((r.get("mem_gb") or 0) for r in recs)
+    rates[k] = rate
+    print(f"gpus={k} config={config} strategy={'none' if k == 1 else strategy} tokens_per_s={rate:.0f} "
+          f"tokens_per_s_per_gpu={rate / k:.0f} mfu={sum(mfu) / len(mfu) if mfu else float('nan'):.4f} "
+          f"peak_mem_gb={mem} gpu={gpu}")
+print(f"scaling={rates[n] / (n * rates[1]):.3f} gpus={n} tokens_per_s_1={rates[1]:.0f} tokens_per_s_{n}={rates[n]:.0f} gpu={gpu}")
+PY
