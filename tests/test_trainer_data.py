@@ -57,6 +57,10 @@ def test_prepare_tokenizes_every_document_followed_by_eos(corpus, prepared):
     assert len(index["shards"]) == -(-len(expected) // 5000)  # 5000-token shards, the last partial
     assert index["dtype"] == "uint16"
     assert [s["sha256"] for s in index["sources"]] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    per_file = [pq.read_table(f)["text"].to_pylist() for f in files]
+    assert [s["documents"] for s in index["sources"]] == [len(t) for t in per_file]
+    assert [s["tokens"] for s in index["sources"]] == [
+        sum(len(corpus["tok"].encode(t, add_special_tokens=False).ids) + 1 for t in ts) for ts in per_file]
     assert json.loads((folder / "index.json").read_text()) == index
     assert not list(folder.parent.glob("*.tmp"))
 

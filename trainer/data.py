@@ -115,15 +115,16 @@ def _init_worker(tokenizer_json: str, eos_id: int, dtype: str) -> None:
     _WORKER.update(tok=Tokenizer.from_str(tokenizer_json), eos=eos_id, dtype=np.dtype(dtype))
 
 
-def _encode(texts: list[str]) -> np.ndarray:
-    """Token ids of a batch of documents, each followed by EOS, as one flat array."""
+def _encode(job: tuple[int, list[str]]) -> tuple[int, np.ndarray]:
+    """(source file number, token ids of a batch of its documents, each followed by EOS, flat)."""
+    file_no, texts = job
     tok, eos, dtype = _WORKER["tok"], _WORKER["eos"], _WORKER["dtype"]
     encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
     ids: list[int] = []
     for enc in encodings:
         ids.extend(enc.ids)
         ids.append(eos)
-    return np.asarray(ids, dtype=dtype)
+    return file_no, np.asarray(ids, dtype=dtype)
 
 
 def _open_parquet(path: Path, column: str):
@@ -144,16 +145,17 @@ def _open_parquet(path: Path, column: str):
     return pf
 
 
-def _text_batches(files: Sequence[Path], column: str, batch_docs: int, stats: dict[str, int]) -> Iterator[list[str]]:
-    """Non-empty documents of `column`, in file order, in batches; counts skipped null/empty rows."""
-    for path in files:
+def _text_batches(files: Sequence[Path], column: str, batch_docs: int,
+                  sources: list[dict[str, Any]]) -> Iterator[tuple[int, list[str]]]:
+    """(file number, non-empty documents of `column`) in file order, in batches; counts docs per file."""
+    for file_no, path in enumerate(files):
         for batch in _open_parquet(path, column).iter_batches(batch_size=batch_docs, columns=[column]):
             texts = batch.column(0).to_pylist()
             kept = [t for t in texts if t]
-            stats["skipped"] += len(texts) - len(kept)
-            stats["docs"] += len(kept)
+            sources[file_no]["skipped_empty"] += len(texts) - len(kept)
+            sources[file_no]["documents"] += len(kept)
             if kept:
-                yield kept
+                yield file_no, kept
 
 
 class _ShardWriter:
@@ -258,22 +260,25 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     writer = _ShardWriter(tmp, shard_tokens, dtype)
-    stats = {"docs": 0, "skipped": 0}
+    for s in sources:
+        s.update(documents=0, skipped_empty=0, tokens=0)
     workers = num_workers or os.cpu_count() or 1
     t0 = time.time()
-    batches = _text_batches(files, column, batch_docs, stats)
+    batches = _text_batches(files, column, batch_docs, sources)
     with Progress(TextColumn("[bold]tokenizing[/] {task.description}"), BarColumn(),
                   TextColumn("{task.completed:,}/{task.total:,} docs  {task.fields[tokens]:,} tokens"),
                   TimeRemainingColumn(), disable=not progress) as bar:
         task = bar.add_task(str(source), total=total_docs, tokens=0)
         total = 0
 
-        def consume(arrays: Iterator[np.ndarray]) -> None:
+        def consume(results: Iterator[tuple[int, np.ndarray]]) -> None:
             nonlocal total
-            for arr in arrays:
+            for file_no, arr in results:
                 writer.write(arr)
+                sources[file_no]["tokens"] += int(arr.size)
                 total += arr.size
-                bar.update(task, completed=stats["docs"] + stats["skipped"], tokens=total)
+                rows = sum(s["documents"] + s["skipped_empty"] for s in sources)
+                bar.update(task, completed=rows, tokens=total)
 
         if workers == 1:
             _init_worker(tok_json, eos, dtype.str)
@@ -286,8 +291,9 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     index = {
         "version": INDEX_VERSION, "key": key, "source": str(source), "split": split, "column": column,
         "revision": revision, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
-        "sources": sources, "shards": shards, "total_tokens": int(total), "documents": stats["docs"],
-        "skipped_empty": stats["skipped"], "seconds": round(time.time() - t0, 3),
+        "sources": sources, "shards": shards, "total_tokens": int(total),
+        "documents": sum(s["documents"] for s in sources), "skipped_empty": sum(s["skipped_empty"] for s in sources),
+        "seconds": round(time.time() - t0, 3),
     }
     if total == 0:
         shutil.rmtree(tmp, ignore_errors=True)
