@@ -246,7 +246,8 @@ def test_humaneval_and_mbpp_pass_at_1(shared_data: Path) -> None:
     res = run_task(FakeLM(gen=lambda p: canon[p] if p != he[1].context else "    return None\n"), "humaneval",
                    he, he, sandbox=SandboxConfig(timeout_s=10))
     assert res.metrics["pass@1"] == 0.75 and [s["status"] for s in res.samples][1] == "failed"
-    mb = load_benchmark("mbpp", shared_data / "opencompass_data_formulamonks", split="test")[:3]
+    mbpp_test = load_benchmark("mbpp", shared_data / "opencompass_data_formulamonks", split="test")
+    mb = mbpp_test[:3] + [it for it in mbpp_test if it.id == "367"]  # 367 needs its test_setup_code
     code = {mbpp_prompt(it): it.target for it in mb}
     assert mbpp_prompt(mb[0]).count("[BEGIN]") == 4 and mbpp_prompt(mb[0]).endswith("[BEGIN]\n")
     res = run_task(FakeLM(gen=lambda p: code[p]), "mbpp", mb, mb, sandbox=SandboxConfig(timeout_s=10))

@@ -113,7 +113,10 @@ def humaneval_program(item: BenchmarkItem, completion: str) -> str:
 
 
 def mbpp_program(item: BenchmarkItem, completion: str) -> str:
-    return completion + "\n" + "\n".join(item.meta["test_list"])
+    """completion, then the task's `test_setup_code` (as the original MBPP evaluation; lm_eval omits it,
+    which only matters for the few tasks that have one, e.g. 367) and its asserts."""
+    setup = item.meta.get("test_setup_code") or ""
+    return completion + "\n" + (setup + "\n" if setup.strip() else "") + "\n".join(item.meta["test_list"])
 
 
 def _mean(xs: list[float]) -> float:
