@@ -119,17 +119,17 @@ def test_every_shipped_benchmark_format_is_caught(wiki, shared_data, tmp_path):
             "mmlu": d / "mmlu" / "mmlu_dev_test_csv.tar.gz", "hellaswag": d / "hellaswag",
             "gsm8k": d / "gsm8k" / "test.jsonl.gz", "humaneval": d / "humaneval" / "HumanEval.jsonl.gz",
             "mbpp": d / "opencompass_data_formulamonks" / "mbpp__mbpp.jsonl.gz"}
-    texts, planted = [], {}
+    docs, planted = [], {}
     for k, (name, path) in enumerate(sets.items()):
-        items = load_benchmark(name, path)
-        item = max(items[:50], key=lambda it: max(len(t.split()) for t in it.texts()))
+        items = load_benchmark(name, path, limit=50)
+        item = max(items, key=lambda it: max(len(t.split()) for t in it.texts()))
         longest = max(item.texts(), key=lambda t: len(t.split()))
-        texts.append(embed(wiki[k], longest, random.Random(k)))
+        docs.append(embed(wiki[k], longest, random.Random(k)))
         planted[f"p{k:02d}"] = name
-    texts += wiki[20:30]
-    df = pl.DataFrame({"id": list(planted) + [f"w{i}" for i in range(10)], "text": texts})
-    step = Decontaminate(DecontaminationConfig(benchmarks=[BenchmarkSource(name=n, path=str(p))
-                                                           for n, p in sets.items()]))
+    docs += wiki[20:30]
+    df = pl.DataFrame({"id": list(planted) + [f"w{i}" for i in range(10)], "text": docs})
+    texts = [(name, it.id, it.texts()) for name, path in sets.items() for it in load_benchmark(name, path, limit=400)]
+    step = Decontaminate(DecontaminationConfig(), texts=texts)  # the loaders' output, 400 items per set
     out, stats = step(df, tmp_path)
     assert sorted(out["id"]) == sorted(f"w{i}" for i in range(10))
     assert stats.dropped == dict.fromkeys(sets, 1)
