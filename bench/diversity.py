@@ -10,14 +10,15 @@
 
 The taxonomy is a fixture standing in for phi-1.5's ~20K grown topics: SciPhi's 26K grade-school
 course titles (`../shared/data/sciphi_topics`, weighted). The web seeds are the shared C4 and
-Wikipedia samples (about 1,900 extracts after cleaning). Rendering stops at 2,000 prompts
-(`samples=2000`): the recipe's own allocation of 100K prompts is the same procedure at a larger n.
+Wikipedia samples (about 1,800 extracts after cleaning). Topics and mix cells are allocated for the
+recipe's full 100K prompts and the first 2,000 are rendered (`render_prompts(limit=...)`), so these
+are exactly the first 2,000 prompts the build would send; the peer draws the same number.
 
 Figures: topics_covered = distinct topics among the prompts / min(prompts, topics) (1.0: no topic is
 repeated while unused ones remain); distinct_4gram = distinct / total word 4-grams over all prompts;
 seed_reuse = the most times one web extract is used.
 
-    python bench/diversity.py [--samples 2000] [--shared ../shared/data]
+    python bench/diversity.py [--prompts 2000] [--shared ../shared/data]
 
 Last line: topics_covered=<..> distinct_4gram=<..> seed_reuse=<..> (topic-only: topics_covered=<..>
 distinct_4gram=<..> seed_reuse=0)
@@ -59,7 +60,7 @@ def figures(df: pl.DataFrame, n_topics: int) -> dict[str, float]:
     }
 
 
-def cosmopedia_style(recipe, tax: Taxonomy, web: WebSamples) -> pl.DataFrame:
+def cosmopedia_style(recipe, tax: Taxonomy, web: WebSamples, n: int) -> pl.DataFrame:
     """The peer: i.i.d. topics and extracts (with replacement), topic conditioning half the time."""
     rng = np.random.default_rng(recipe.seed)
     leaves, p = tax.leaf_probabilities(recipe.taxonomy.weighting)
@@ -68,7 +69,7 @@ def cosmopedia_style(recipe, tax: Taxonomy, web: WebSamples) -> pl.DataFrame:
     templates = {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix}
     audiences, styles, formats = recipe.tables()
     rows = []
-    for i in range(recipe.samples):
+    for i in range(n):
         topic = leaves[int(rng.choice(len(leaves), p=p))]
         cell = combos[int(rng.choice(len(combos), p=cw / cw.sum()))]
         extract = None
@@ -114,7 +115,7 @@ def shared_texts(shared: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--prompts", type=int, default=2000, help="how many of the recipe's first prompts")
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--taxonomy", type=Path, default=None, help="default: SciPhi grade-school course titles")
     args = ap.parse_args()
@@ -123,7 +124,6 @@ def main() -> None:
     recipe = load_recipe(
         ROOT / "recipes" / "phi15-textbooks.yaml",
         {
-            "samples": args.samples,
             "taxonomy.source": str(tax_path.resolve()),
             "taxonomy.grow": None,
             "output": "/tmp/textbookgen-bench-diversity",
@@ -140,18 +140,18 @@ def main() -> None:
     n_topics = len(tax.leaves())
     print(
         f"taxonomy: {tax_path.name} ({n_topics:,} topics); web seeds: {len(web):,} extracts "
-        f"(of {web.stats['documents']:,} documents); {args.samples:,} prompts per run"
+        f"(of {web.stats['documents']:,} documents); the first {args.prompts:,} of {recipe.samples:,} prompts"
     )
 
     runs = {}
     t0 = time.perf_counter()
-    runs["web-seeded (ours)"] = render_prompts(recipe, tax, web)
+    runs["web-seeded (ours)"] = render_prompts(recipe, tax, web, limit=args.prompts)
     t_ours = time.perf_counter() - t0
-    runs["topic-only (ours)"] = render_prompts(recipe, tax, None)
+    runs["topic-only (ours)"] = render_prompts(recipe, tax, None, limit=args.prompts)
     t0 = time.perf_counter()
-    runs["cosmopedia-style peer"] = cosmopedia_style(recipe, tax, web)
+    runs["cosmopedia-style peer"] = cosmopedia_style(recipe, tax, web, args.prompts)
     t_peer = time.perf_counter() - t0
-    again = render_prompts(recipe, tax, web)
+    again = render_prompts(recipe, tax, web, limit=args.prompts)
     assert again["prompt"].to_list() == runs["web-seeded (ours)"]["prompt"].to_list(), (
         "prompts not reproducible"
     )

@@ -200,6 +200,19 @@ def test_sample_is_deterministic_and_covers(shared_data):
     assert sum(cov.per_subject.values()) == 500
 
 
+def test_sample_order_makes_every_prefix_diverse(shared_data):
+    tax = _outline(shared_data)
+    n_leaves = len(tax.leaves())
+    seq = [t.id for t in tax.sample(5 * n_leaves, seed=3, weighting="flat")]
+    assert Counter(seq).most_common(1)[0][1] == 5
+    # each leaf's 5 occurrences sit at (j + u)/5: the first fifth holds every leaf exactly once
+    assert len(set(seq[:n_leaves])) == n_leaves
+    # and a prefix is a weight-proportional sample (within ~3 standard deviations of its subjects' shares)
+    subject = {t.id: t.path[0] for t in tax.leaves()}
+    full, head = Counter(subject[i] for i in seq), Counter(subject[i] for i in seq[:1000])
+    assert all(abs(head[s] - full[s] * 1000 / len(seq)) <= 40 for s in full)
+
+
 def test_hierarchical_weights_give_subjects_their_share():
     tax = Taxonomy(name="t")
     big = tax.add("Big", weight=1)

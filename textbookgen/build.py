@@ -109,10 +109,15 @@ def request_seed(seed: int, index: int) -> int:
 
 
 def render_prompts(
-    recipe: Recipe, tax: Taxonomy, web: WebSamples | None, templates: dict[str, Template] | None = None
+    recipe: Recipe,
+    tax: Taxonomy,
+    web: WebSamples | None,
+    templates: dict[str, Template] | None = None,
+    limit: int | None = None,
 ) -> pl.DataFrame:
     """All prompts of a build, deterministic in (recipe, taxonomy, web samples): topics by weight with
-    quotas, mix cells by systematic sampling in a seeded order, one web extract per request."""
+    quotas, mix cells by systematic sampling in a seeded order, one web extract per request.
+    `limit` renders only the first prompts of the full build (the same rows, at a fraction of the cost)."""
     from textbookgen.engine import ChatRequest, estimate_input_tokens
 
     n, seed = recipe.samples, recipe.seed
@@ -132,7 +137,7 @@ def render_prompts(
         r = wc.retrieval
         assigner = SeedAssigner(web, seed, retrieval_share=r.share if r else 0.0, top_k=r.top_k if r else 20)
     rows = []
-    for i, (topic, cell) in enumerate(zip(topics, cells, strict=True)):
+    for i, (topic, cell) in enumerate(zip(topics[:limit], cells[:limit], strict=True)):
         tpl = templates[cell.template]
         extract = None
         if assigner is not None and np.random.default_rng([seed, i, 0x5E]).random() < wc.share:

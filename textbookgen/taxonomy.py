@@ -233,12 +233,20 @@ class Taxonomy:
         return {leaves[i].id: int(c) for i, c in enumerate(counts) if c > 0}
 
     def sample(self, n: int, seed: int, **allocate_kwargs: Any) -> list[Topic]:
-        """`n` leaves in a seeded shuffled order with the counts of `allocate`."""
+        """`n` leaves with the counts of `allocate`, in a seeded interleaved order: a leaf with count c
+        sits at positions (j + u)/c, j < c, u uniform. Every prefix of the sequence (a build stopped by
+        its budget, the first 2,000 prompts) is then a weight-proportional sample, and a topic repeats
+        only once the sequence has moved on by about 1/c of its length."""
         counts = self.allocate(n, seed, **allocate_kwargs)
         by_id = {t.id: t for t in self.leaves()}
-        seq = [by_id[i] for i, c in counts.items() for _ in range(c)]
-        order = np.random.default_rng([seed, 0x5A3]).permutation(len(seq))
-        return [seq[i] for i in order]
+        ids = list(counts)
+        c = np.array([counts[i] for i in ids], dtype=np.int64)
+        rng = np.random.default_rng([seed, 0x5A3])
+        owner = np.repeat(np.arange(len(ids)), c)
+        rank = np.arange(len(owner)) - np.repeat(np.cumsum(c) - c, c)  # j: 0..c-1 within each leaf
+        position = (rank + rng.random(len(ids))[owner]) / c[owner]
+        order = np.lexsort((rng.random(len(owner)), position))
+        return [by_id[ids[owner[k]]] for k in order]
 
     def coverage(self, topic_ids: Iterable[str]) -> Coverage:
         """How many samples each leaf got (e.g. the `topic_id` column of prompts or documents)."""
