@@ -153,7 +153,9 @@ class FilterConfig(_Strict):
 
 
 class ClassifierConfig(_Strict):
-    """fastText quality classifier: keep docs whose P(`positive_label`) passes `threshold` or `percentile`."""
+    """fastText quality classifier: score every doc (P(`positive_label`) -> `quality_score`, which also picks
+    each near-dup cluster's survivor), then keep scores >= `threshold`, or the top `keep_top_percent` %;
+    with neither set the cut is 0.5."""
 
     enabled: bool = False
     model_path: str | None = None
