@@ -135,6 +135,10 @@ def score_multiple_choice(lm: Any, task: str, items: list[BenchmarkItem],
     """acc (and acc_norm where lm_eval reports it) for multiple-choice items."""
     t0 = time.perf_counter()
     spec = BENCHMARKS[task]
+    unlabelled = [it.id for it in items if it.gold is None]
+    if unlabelled:
+        raise ValueError(f"{task}: {len(unlabelled)} items without a gold answer (e.g. id {unlabelled[0]!r}): "
+                         "a test split without labels? Use the validation split")
     requests, spans = [], []
     for it in items:
         prefix = prefixes.get(it.meta.get("subject", ""), "") if prefixes else ""
