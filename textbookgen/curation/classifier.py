@@ -103,7 +103,8 @@ class QualityModel:
         self.positive = meta["positive_label"]
 
     @classmethod
-    def load(cls, path: str | Path) -> QualityModel:
+    def load(cls, path: str | Path, positive: str | None = None) -> QualityModel:
+        """A saved model and its .json sidecar; `positive` overrides the sidecar's positive label."""
         import fasttext
 
         path = Path(path)
@@ -111,7 +112,11 @@ class QualityModel:
             raise FileNotFoundError(f"{path}: no such fastText model")
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"positive_label": "hq"}
-        return cls(fasttext.load_model(str(path)), meta)
+        model = fasttext.load_model(str(path))
+        meta["positive_label"] = positive or meta.get("positive_label", "hq")
+        if f"__label__{meta['positive_label']}" not in model.get_labels():
+            raise ValueError(f"{path}: no label {meta['positive_label']!r} (labels: {model.get_labels()})")
+        return cls(model, meta)
 
     def scores(self, texts: list[str], batch_size: int = 4096) -> np.ndarray:
         """P(`positive`) for each text, predicted in batches with k=-1 (all labels)."""
@@ -209,7 +214,7 @@ class QualityScore(Step):
 
     def __init__(self, config: ClassifierConfig, text_column: str = "text") -> None:
         self.config, self.text_column = config, text_column
-        self.model = QualityModel.load(config.model_path)  # type: ignore[arg-type]
+        self.model = QualityModel.load(config.model_path, config.positive_label)  # type: ignore[arg-type]
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column], self.name)

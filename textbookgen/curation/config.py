@@ -153,13 +153,13 @@ class FilterConfig(_Strict):
 
 
 class ClassifierConfig(_Strict):
-    """fastText quality classifier: score every doc (P(`positive_label`) -> `quality_score`, which also picks
+    """fastText quality classifier: score every doc (P(positive label) -> `quality_score`, which also picks
     each near-dup cluster's survivor), then keep scores >= `threshold`, or the top `keep_top_percent` %;
     with neither set the cut is 0.5."""
 
     enabled: bool = False
     model_path: str | None = None
-    positive_label: str = "hq"
+    positive_label: str | None = None  # default: the one in the model's .json sidecar, else "hq"
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     keep_top_percent: float | None = Field(None, gt=0.0, le=100.0)  # keep the top X % by score
     batch_size: int = Field(4096, ge=1)
