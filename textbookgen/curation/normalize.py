@@ -39,8 +39,11 @@ def simplify_bytes(text: str) -> bytes:
     text are looked at one by one (a regex over every character was the slowest step of MinHash)."""
     text = text.lower()
     if not text.isascii():
-        text = _COMBINING.sub("", unicodedata.normalize("NFD", text))
-        for c in [c for c in set(text) if ord(c) > 127]:
+        chars = [c for c in set(text) if ord(c) > 127]
+        if _COMBINING.search("".join(chars)) or not all(unicodedata.is_normalized("NFD", c) for c in chars):
+            text = _COMBINING.sub("", unicodedata.normalize("NFD", text))  # only when it changes something
+            chars = [c for c in set(text) if ord(c) > 127]
+        for c in chars:
             if c.isdecimal():
                 text = text.replace(c, "0")
             elif not c.isalnum():  # punctuation, symbols, and non-ASCII spaces
