@@ -7,9 +7,11 @@ import gzip
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +56,17 @@ def test_signatures_bit_identical_to_datasketch(real_docs):
     assert la.jaccard(lb) == pytest.approx(shingle_jaccard(a, b), abs=0.1)
 
 
-def test_simplify_text_matches_datatrove_rules():
+def test_simplify_text_matches_datatrove_rules(real_docs):
     assert simplify_text("Héllo, WÖRLD!  It's 1998… x_y\t“ok”") == "hello world it s 0 x y ok"
+    combining = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+
+    def reference(t: str) -> str:  # the plain regex version our byte-table fast path must equal
+        t = combining.sub("", unicodedata.normalize("NFD", t.lower()))
+        return " ".join(re.sub(r"[^\w\s]|_", " ", re.sub(r"\d+", "0", t)).split())
+
+    samples = real_docs + ["x ١٢٣ y", "a\u00a0b\u2003c\x85d\x80e\x03f", "naïve ½ ² Ǆ ﬁ Å Ω 한국어", "a\u034fb e\u0301"]
+    assert sum(not d.isascii() for d in samples) > 20
+    assert [simplify_text(d) for d in samples] == [reference(d) for d in samples]
 
 
 def test_candidate_pairs_and_union_find():
