@@ -44,7 +44,7 @@ class Step:
         out = self.run(df, workdir, stats)
         stats.kept = out.height
         if stats.n_in - stats.kept != sum(stats.dropped.values()):
-            raise AssertionError(f"{self.name}: dropped counts {dict(stats.dropped)} do not explain "
+            raise RuntimeError(f"{self.name}: dropped counts {dict(stats.dropped)} do not explain "
                                  f"{stats.n_in} -> {stats.kept}")
         return out, stats
 
