@@ -300,3 +300,20 @@ def test_build_decontaminates_against_a_benchmark_next_to_the_recipe(tmp_path):
     assert curated.height == docs.height - leaked
     stage = next(v for k, v in res.manifest["curation"].items() if "decontam" in k)
     assert sum(stage["dropped"].values()) == leaked
+
+
+def test_build_with_anthropic_and_a_system_prompt(tmp_path):
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    with Emulator(
+        EmulatorConfig(latency_median_s=0.005, responder=prose_responder, record_requests=True)
+    ) as emu:
+        over = {"output": str(tmp_path / "a"), "samples": 6, "provider.name": "anthropic",
+                "provider.base_url": emu.anthropic_base_url, "model": "claude-haiku-4-5",
+                "system": "You write careful textbooks.", "curation.filters.enabled": False}  # fmt: skip
+        res = build(load_recipe(QUICKSTART, over), progress=False)
+        bodies = [r["body"] for r in emu.requests]
+    assert res.manifest["counts"]["ok"] == 6 and res.manifest["model"] == "claude-haiku-4-5"
+    assert all(b.get("system") == "You write careful textbooks." for b in bodies) and len(bodies) == 6
+    docs = pl.read_parquet(tmp_path / "a" / "documents.parquet")
+    assert docs["model"].unique().to_list() == ["claude-haiku-4-5"]
