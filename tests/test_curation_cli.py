@@ -55,6 +55,12 @@ def test_bad_input_is_a_clear_error(tmp_path):
     bad.write_text('{"text": "ok"}\n{"text": oops}\n')
     result = runner.invoke(app, ["filter", str(bad), "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 1 and "bad.jsonl:2" in result.output
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    result = runner.invoke(app, ["filter", str(tmp_path / "latin1.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and "latin1.jsonl:2: not valid UTF-8" in result.output
+    (tmp_path / "notext.jsonl").write_text('{"body": "x"}\n')
+    result = runner.invoke(app, ["filter", str(tmp_path / "notext.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and "no 'text' field" in result.output
     result = runner.invoke(app, ["dedup", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 1 and "missing.jsonl" in result.output
 

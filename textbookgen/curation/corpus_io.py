@@ -26,24 +26,31 @@ def corpus_files(path: Path) -> list[Path]:
 
 
 def _read_jsonl(path: Path) -> pl.DataFrame:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    rows = []
-    with opener(path, "rb") as f:
+    """JSON lines (or one JSON array), optionally gzipped: polars' fast reader, and on any failure a
+    line-by-line parse whose error names the file and line."""
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
         raw = f.read()
+    if raw.lstrip()[:1] == b"[":
+        return pl.DataFrame(json.loads(_decode(path, raw)), infer_schema_length=None)
     try:
-        text = raw.decode("utf-8")
+        return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
+    except Exception:  # re-parsed below, to say where and why
+        rows = []
+        for n, line in enumerate(io.StringIO(_decode(path, raw)), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
-    if path.name.split(".")[-1 if not path.name.endswith(".gz") else -2] == "json" and text.lstrip()[:1] == "[":
-        return pl.DataFrame(json.loads(text), infer_schema_length=None)
-    for n, line in enumerate(io.StringIO(text), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-    return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def read_records(path: Path) -> pl.DataFrame:
