@@ -148,6 +148,32 @@ def _train(path: Path, settings: TrainSettings, lr: float, epoch: int) -> Any:
         seed=settings.seed, verbose=0, loss="softmax")
 
 
+def validation_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Stratified: `fraction` of each class (at least one) marked True."""
+    valid = np.zeros(len(y), dtype=bool)
+    for cls_ in (True, False):
+        idx = np.flatnonzero(y == cls_)
+        valid[rng.choice(idx, size=max(1, int(len(idx) * fraction)), replace=False)] = True
+    return valid
+
+
+def grid_search(train_file: Path, valid_texts: list[str], valid_y: np.ndarray, settings: TrainSettings,
+                positive: str) -> list[dict[str, Any]]:
+    """Train once per (lr, epochs) and score the validation split; a NaN-diverged run is recorded."""
+    grid: list[dict[str, Any]] = []
+    for lr in settings.lrs:
+        for epoch in settings.epochs:
+            t0 = time.perf_counter()
+            try:
+                m = QualityModel(_train(train_file, settings, lr, epoch), {"positive_label": positive})
+            except RuntimeError as e:  # "Encountered NaN": lr too high for this data
+                grid.append({"lr": lr, "epoch": epoch, "error": str(e)})
+                continue
+            met = m.evaluate(valid_texts, valid_y.tolist())
+            grid.append({"lr": lr, "epoch": epoch, "train_s": round(time.perf_counter() - t0, 2), **met.as_dict()})
+    return grid
+
+
 def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
                      settings: TrainSettings | None = None, positive: str = "hq", negative: str = "cc",
                      source: str | None = None) -> tuple[QualityModel, dict[str, Any]]:
@@ -158,29 +184,15 @@ def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
     if len(texts) != len(y) or y.all() or not y.any():
         raise ValueError("train_classifier: need as many labels as texts, with both classes present")
     rng = np.random.default_rng(settings.seed)
-    valid = np.zeros(len(y), dtype=bool)
-    for cls_ in (True, False):
-        idx = np.flatnonzero(y == cls_)
-        valid[rng.choice(idx, size=max(1, int(len(idx) * settings.valid_fraction)), replace=False)] = True
-    grid = []
+    valid = validation_split(y, settings.valid_fraction, rng)
+    order = rng.permutation(len(y))  # fastText reads examples in file order: shuffle the classes
     with tempfile.TemporaryDirectory(prefix="textbookgen-fasttext-") as tmp:
         train_file, all_file = Path(tmp) / "train.txt", Path(tmp) / "all.txt"
-        order = rng.permutation(len(y))  # fastText reads examples in file order
         tr = [i for i in order if not valid[i]]
         _write_examples(train_file, [texts[i] for i in tr], y[tr], positive, negative)
         _write_examples(all_file, [texts[i] for i in order], y[order], positive, negative)
         vi = np.flatnonzero(valid)
-        for lr in settings.lrs:
-            for epoch in settings.epochs:
-                t0 = time.perf_counter()
-                try:
-                    m = QualityModel(_train(train_file, settings, lr, epoch), {"positive_label": positive})
-                except RuntimeError as e:  # "Encountered NaN": lr too high for this data
-                    grid.append({"lr": lr, "epoch": epoch, "error": str(e)})
-                    continue
-                met = m.evaluate([texts[i] for i in vi], y[vi].tolist())
-                grid.append({"lr": lr, "epoch": epoch, "train_s": round(time.perf_counter() - t0, 2),
-                             **met.as_dict()})
+        grid = grid_search(train_file, [texts[i] for i in vi], y[vi], settings, positive)
         ok = [g for g in grid if "error" not in g]
         if not ok:
             raise RuntimeError(f"fastText training failed for every lr/epoch: {grid}")
