@@ -223,6 +223,7 @@ def test_build_killed_mid_generation_resumes_with_every_sample_once(tmp_path):
         assert 15 <= first_billed < n
         res = _cli(*args, timeout=300)
         assert res.returncode == 0, res.stderr
+        assert f"built {n} documents, {n} kept by curation" in res.stdout
         assert "prompts: inputs unchanged, skipped" in res.stderr
         # Only requests on the wire at the kill can be paid twice (the provider bills abandoned calls).
         assert emu.duplicates <= 4

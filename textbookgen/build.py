@@ -390,6 +390,7 @@ class Build:
         docs, docs_hash = self.stage_generate(prompts, prompts_hash)
         self.manifest["coverage"] = asdict(tax.coverage(docs["topic_id"].to_list()))
         curated, curated_hash = self.stage_curate(docs, docs_hash)
+        self.manifest["counts"]["curated"] = curated.height
         self.stage_dataset(curated, curated_hash)
         self._finish_manifest()
         self.stage_card()

@@ -122,10 +122,17 @@ def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool 
 
     r = _load_recipe(recipe, sets)
     try:
-        build(r, plan_only=plan_only, push=push, progress=progress)
+        res = build(r, plan_only=plan_only, push=push, progress=progress)
     except (BuildError, FatalProviderError, TemplateError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    if not res.planned:
+        m = res.manifest
+        c = m["counts"]
+        typer.echo(f"built {c['documents']:,} documents, {c['curated']:,} kept by curation (${m['cost_usd']:.2f}) -> "
+                   f"{res.out_dir / 'dataset'}; manifest {res.out_dir / 'manifest.json'}")
+        for note in m.get("notes", []):
+            typer.echo(f"note: {note}")
 
 
 @app.command()
