@@ -142,7 +142,8 @@ class Generator:
         self.timeout_s, self.max_attempts = timeout_s, max_attempts
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.retry_failed = retry_failed
-        self._jitter = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s)
+        self._jitter = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s,
+                                               jitter=backoff_initial_s)
         self.stats: dict = {}
 
     # ----- public API ---------------------------------------------------------------------------
@@ -206,6 +207,7 @@ class Generator:
         self._writer = JournalWriter(journal)
         self._results = results
         self._fatal: FatalProviderError | None = None
+        self._crash: BaseException | None = None
         self._budget_note: str | None = None
         self._tasks: set[asyncio.Task] = set()
         self._in_ratio = 1.0
@@ -249,7 +251,7 @@ class Generator:
         tasks = self._tasks
         loop = asyncio.get_running_loop()
         for index, item in enumerate(todo):
-            if self._fatal is not None:
+            if self._fatal is not None or self._crash is not None:
                 break
             if self._budget_note is not None:
                 for rest in todo[index:]:
@@ -258,9 +260,18 @@ class Generator:
             await room.acquire()
             task = loop.create_task(self._process(item))
             tasks.add(task)
-            task.add_done_callback(lambda t: (tasks.discard(t), room.release()))
+            task.add_done_callback(lambda t: (tasks.discard(t), room.release(), self._check_crash(t)))
         while tasks:
             await asyncio.wait(list(tasks))
+        if self._crash is not None:
+            raise self._crash
+
+    def _check_crash(self, task: asyncio.Task) -> None:
+        """A bug (not a provider error) in a request task stops the run instead of vanishing."""
+        if not task.cancelled() and task.exception() is not None and self._crash is None:
+            self._crash = task.exception()
+            for other in list(self._tasks):
+                other.cancel()
 
     async def _shutdown(self) -> None:
         """Cancel what is still running (Ctrl-C, fatal error) and commit everything that finished."""
@@ -305,9 +316,13 @@ class Generator:
         est_in = item.est_in * self._in_ratio
         expected_out = self._avg_out if self._avg_out is not None else req.max_tokens
         expected_cost = est_in * self.price_in + expected_out * self.price_out
-        self._check_budget(expected_cost, expected_out)
         admission = self._admission
         ticket = await admission.acquire(est_in, req.max_tokens)
+        try:  # checked once admitted, so every request already on the wire is counted
+            self._check_budget(expected_cost, expected_out)
+        except BudgetExhausted:
+            admission.cancel(ticket)
+            raise
         if self._fatal is not None:
             admission.cancel(ticket)
             raise asyncio.CancelledError

@@ -135,7 +135,7 @@ class Journal:
         return {"path": str(self.path) if self.path else ":memory:", "requests": total,
                 "by_status": by_status, "done": sum(by_status.get(s, 0) for s in DONE_STATUSES),
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
-                "cost_usd": round(cost, 6), "attempts": attempts, "models": models}
+                "cost_usd": cost, "attempts": attempts, "models": models}
 
     def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None) -> Path:
         """Write the journal (optionally only rows with these statuses) to a parquet file."""

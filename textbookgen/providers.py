@@ -3,18 +3,24 @@
 The SDK clients run with `max_retries=0`: the engine owns retries (tenacity), so a 429 is seen once
 by the admission controller instead of being retried N x M times behind its back. Every SDK error
 is mapped here to one of three classes (errors.py): fatal for the run, retryable, or failed item.
-Responses are read through `with_raw_response` so the rate-limit headers of every real answer reach
-the admission controller.
+Responses are taken raw (`client.post(..., cast_to=Response)`, the SDKs' documented raw-request path)
+so the rate-limit headers of every real answer reach the admission controller.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from textbookgen.errors import FatalProviderError, ItemError, RetryableError, redact
 from textbookgen.ratelimit import parse_retry_after
+
+try:  # the HTTP library of the installed SDKs (httpx2 for openai>=3, httpx before)
+    from httpx2 import Response as _Response
+except ImportError:  # pragma: no cover
+    from httpx import Response as _Response
 
 if TYPE_CHECKING:
     from textbookgen.engine import ChatRequest
@@ -28,6 +34,7 @@ _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": 
 # a 429 is a rate limit unless it says the money ran out (OpenAI: code insufficient_quota)
 _QUOTA_WORDS = ("insufficient_quota", "billing", "exceeded your current quota", "credit balance",
                 "spend limit", "payment required")
+_FILTER_WORDS = ("content_filter", "content_policy", "content management", "flagged", "safety system")
 _MODEL_WORDS = ("model_not_found", "does not exist", "unknown model", "invalid model", "no such model",
                 "not_found_error")
 
@@ -81,7 +88,7 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
                                   headers=headers)
         if status in (408, 409) or status >= 500:
             return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
-        if "content_filter" in lowered or "content_policy" in lowered or "safety" in lowered:
+        if any(w in lowered for w in _FILTER_WORDS):
             return ItemError(text, error_class="content_filter")
         return ItemError(text, error_class="bad_request")
     if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):
@@ -89,7 +96,7 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
     if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
         return RetryableError(redact(f"{provider}: connection error: {exc.__cause__ or exc}", secrets))
     if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError,
-                        ValueError, KeyError, IndexError)):  # a garbled or cut body (json errors are ValueError)
+                        ValueError, KeyError, IndexError, TypeError)):  # a garbled or cut body
         return RetryableError(redact(f"{provider}: malformed response: {type(exc).__name__}: {exc}", secrets)[:500])
     return exc  # a bug or something unexpected: let it surface
 
@@ -107,85 +114,107 @@ def resolve_key(provider: str, api_key: str | None, base_url: str | None) -> str
     raise FatalProviderError(f"no API key for {provider}: pass api_key= or set {env}")
 
 
-class OpenAIProvider:
-    """OpenAI chat completions (also any OpenAI-compatible server through base_url)."""
+def _http_client(kind: str, sdk):
+    """The SDK's aiohttp transport (a third of the CPU of its default httpx pool per request), else
+    the SDK default."""
+    if kind == "aiohttp":
+        try:
+            return sdk.DefaultAioHttpClient()
+        except (AttributeError, RuntimeError):  # an SDK without it, or without the aiohttp extra
+            return None
+    return None
 
-    def __init__(self, provider: str, model: str, api_key: str, base_url: str | None, timeout: float) -> None:
+
+class OpenAIProvider:
+    """OpenAI chat completions (also any OpenAI-compatible server through base_url).
+
+    Requests go through the official client's own request path (`client.post`, the SDK's documented
+    way to call an endpoint with a raw response): its auth, base URL, timeouts and typed errors, but
+    not its per-call typed-dict transform and pydantic model construction, which cost more CPU than
+    everything else the engine does per request. The response JSON is read here, headers included.
+    """
+
+    def __init__(self, provider: str, model: str, api_key: str, base_url: str | None, timeout: float,
+                 http: str = "aiohttp") -> None:
         import openai
 
         self.name, self.model, self._secrets = provider, model, (api_key,)
-        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
-        self._create = self.client.chat.completions.with_raw_response.create
+        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
+                                         http_client=_http_client(http, openai))
         # OpenAI's own API wants max_completion_tokens (reasoning models reject max_tokens); servers
         # speaking the older dialect (vLLM, llama.cpp) all accept max_tokens.
         self._max_key = "max_completion_tokens" if provider == "openai" else "max_tokens"
 
-    async def complete(self, req: ChatRequest) -> Completion:
+    def body(self, req: ChatRequest) -> dict:
         messages = req.messages if req.system is None else [{"role": "system", "content": req.system},
                                                            *req.messages]
-        kwargs = {self._max_key: req.max_tokens}
+        body = {"model": self.model, "messages": messages, self._max_key: req.max_tokens}
         if req.temperature is not None:
-            kwargs["temperature"] = req.temperature
+            body["temperature"] = req.temperature
         if req.top_p is not None:
-            kwargs["top_p"] = req.top_p
+            body["top_p"] = req.top_p
         if req.seed is not None:
-            kwargs["seed"] = req.seed
+            body["seed"] = req.seed
+        return body
+
+    async def complete(self, req: ChatRequest) -> Completion:
         try:
-            raw = await self._create(model=self.model, messages=messages, **kwargs)
-            data = raw.parse()
-            choice = data.choices[0]
-            message = choice.message
-            usage = data.usage
+            raw = await self.client.post("/chat/completions", cast_to=_Response, body=self.body(req))
+            data = json.loads(raw.content)
+            choice = data["choices"][0]
+            message = choice["message"]
+            usage = data.get("usage") or {}
+            return Completion(text=message.get("content"), finish_reason=choice.get("finish_reason"),
+                              input_tokens=usage.get("prompt_tokens") or 0,
+                              output_tokens=usage.get("completion_tokens") or 0,
+                              headers=raw.headers, response_id=data.get("id"), refusal=message.get("refusal"))
         except Exception as exc:  # noqa: BLE001 - classified and re-raised
             raise classify(exc, self.name, self.model, self._secrets) from None
-        return Completion(text=message.content, finish_reason=choice.finish_reason,
-                          input_tokens=usage.prompt_tokens if usage else 0,
-                          output_tokens=usage.completion_tokens if usage else 0,
-                          headers=raw.headers, response_id=data.id,
-                          refusal=getattr(message, "refusal", None))
 
     async def aclose(self) -> None:
         await self.client.close()
 
 
 class AnthropicProvider:
-    """Anthropic messages API."""
+    """Anthropic messages API (same request path as OpenAIProvider, for the same reason)."""
 
-    def __init__(self, model: str, api_key: str, base_url: str | None, timeout: float) -> None:
+    def __init__(self, model: str, api_key: str, base_url: str | None, timeout: float,
+                 http: str = "aiohttp") -> None:
         import anthropic
 
         self.name, self.model, self._secrets = "anthropic", model, (api_key,)
         self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0,
-                                               timeout=timeout)
-        self._create = self.client.messages.with_raw_response.create
+                                               timeout=timeout, http_client=_http_client(http, anthropic))
+
+    def body(self, req: ChatRequest) -> dict:
+        body: dict = {"model": self.model, "messages": req.messages, "max_tokens": req.max_tokens}
+        if req.system is not None:
+            body["system"] = req.system
+        if req.temperature is not None:
+            body["temperature"] = req.temperature
+        if req.top_p is not None:
+            body["top_p"] = req.top_p
+        return body
 
     async def complete(self, req: ChatRequest) -> Completion:
-        kwargs: dict = {}
-        if req.system is not None:
-            kwargs["system"] = req.system
-        if req.temperature is not None:
-            kwargs["temperature"] = req.temperature
-        if req.top_p is not None:
-            kwargs["top_p"] = req.top_p
         try:
-            raw = await self._create(model=self.model, messages=req.messages, max_tokens=req.max_tokens,
-                                     **kwargs)
-            data = await raw.parse()
-            text = "".join(block.text for block in data.content if getattr(block, "type", None) == "text")
-            usage = data.usage
+            raw = await self.client.post("/v1/messages", cast_to=_Response, body=self.body(req))
+            data = json.loads(raw.content)
+            text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
+            usage = data["usage"]
+            finish = _ANTHROPIC_FINISH.get(data.get("stop_reason"), data.get("stop_reason"))
+            return Completion(text=text, finish_reason=finish, input_tokens=usage.get("input_tokens") or 0,
+                              output_tokens=usage.get("output_tokens") or 0, headers=raw.headers,
+                              response_id=data.get("id"), refusal=text if finish == "refusal" else None)
         except Exception as exc:  # noqa: BLE001 - classified and re-raised
             raise classify(exc, self.name, self.model, self._secrets) from None
-        finish = _ANTHROPIC_FINISH.get(data.stop_reason, data.stop_reason)
-        return Completion(text=text, finish_reason=finish, input_tokens=usage.input_tokens,
-                          output_tokens=usage.output_tokens, headers=raw.headers, response_id=data.id,
-                          refusal=text if finish == "refusal" else None)
 
     async def aclose(self) -> None:
         await self.client.close()
 
 
 def make_provider(provider: str, model: str, *, api_key: str | None = None, base_url: str | None = None,
-                  timeout: float = 120.0) -> OpenAIProvider | AnthropicProvider:
+                  timeout: float = 120.0, http: str = "aiohttp") -> OpenAIProvider | AnthropicProvider:
     """Build the provider client; raises FatalProviderError for an unknown provider or a missing key."""
     if provider not in PROVIDERS:
         raise FatalProviderError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
@@ -193,5 +222,5 @@ def make_provider(provider: str, model: str, *, api_key: str | None = None, base
         raise FatalProviderError("provider 'openai-compatible' needs base_url (e.g. http://localhost:8000/v1)")
     key = resolve_key(provider, api_key, base_url)
     if provider == "anthropic":
-        return AnthropicProvider(model, key, base_url, timeout)
-    return OpenAIProvider(provider, model, key, base_url, timeout)
+        return AnthropicProvider(model, key, base_url, timeout, http)
+    return OpenAIProvider(provider, model, key, base_url, timeout, http)

@@ -6,7 +6,7 @@ they say where you stand in every response's headers, so we learn and clamp the 
 responses (no paid probe call), pace requests evenly instead of bursting into 429s, reserve
 `max_tokens` of output up front and refund what was not used, and cut concurrency multiplicatively
 when a 429 still gets through. Waiting is always a computed sleep (never a polling loop), and a
-request holds a concurrency slot only while it is on the wire.
+request gives its concurrency slot back before any retry backoff.
 """
 
 from __future__ import annotations
@@ -140,16 +140,17 @@ class TokenBucket:
     (quantised to seconds), rather than spending a minute's budget in the first second.
     """
 
-    __slots__ = ("name", "user_limit", "server_limit", "headroom", "burst_s", "rate", "capacity",
-                 "level", "t", "taken")
+    __slots__ = ("name", "user_limit", "server_limit", "headroom", "burst_s", "start_full", "rate",
+                 "capacity", "level", "t", "taken")
 
     def __init__(self, name: str, user_limit: float | None, *, headroom: float, burst_s: float,
-                 now: float) -> None:
+                 now: float, start_full: bool = True) -> None:
         self.name = name
         self.user_limit = user_limit
         self.server_limit: float | None = None
         self.headroom = headroom
         self.burst_s = burst_s
+        self.start_full = start_full
         self.rate = math.inf
         self.capacity = math.inf
         self.level = 0.0
@@ -170,7 +171,10 @@ class TokenBucket:
             return
         self.rate = limit * self.headroom / 60.0
         self.capacity = max(self.rate * self.burst_s, 1.0)
-        self.level = self.capacity if fill else min(self.level, self.capacity)
+        if fill:
+            self.level = self.capacity if self.start_full else 0.0
+        else:
+            self.level = min(self.level, self.capacity)
 
     def refill(self, now: float) -> None:
         if now > self.t:
@@ -237,7 +241,7 @@ class AdaptiveConcurrency:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # granted just as we were cancelled: pass the slot on
-            else:
+            elif fut in self._waiters:
                 self._waiters.remove(fut)
             raise
 
@@ -282,10 +286,10 @@ class Ticket:
 
 
 class AdmissionController:
-    """Decides when the next attempt may go: buckets first (FIFO, one computed sleep at a time), then
-    a concurrency slot. Call exactly one of `complete`, `fail` or `cancel` per admitted ticket."""
+    """Decides when the next attempt may go: a concurrency slot, then the buckets (FIFO, one computed
+    sleep at a time). Call exactly one of `complete`, `fail` or `cancel` per admitted ticket."""
 
-    def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.98,
+    def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.99,
                  request_burst_s: float = 1.0, token_burst_s: float = 60.0, slow_start: bool = True,
                  clock=time.monotonic) -> None:
         limits = limits or RateLimits()
@@ -293,10 +297,12 @@ class AdmissionController:
         now = clock()
         user = {"requests": limits.rpm, "tokens": limits.tpm, "input_tokens": limits.input_tpm,
                 "output_tokens": limits.output_tpm}
-        # Requests are paced (a 1 s burst: providers quantise per-minute limits to seconds); token
-        # buckets hold a minute, room for max_tokens reservations that are mostly refunded.
+        # Requests are paced from the first one (a 1 s burst: providers quantise per-minute limits to
+        # seconds, and a burst of fresh connections reaches the server as one clump); token buckets
+        # hold a minute, room for max_tokens reservations that are mostly refunded.
         self.buckets = {name: TokenBucket(name, user[name], headroom=headroom, now=now,
-                                          burst_s=request_burst_s if name == "requests" else token_burst_s)
+                                          burst_s=request_burst_s if name == "requests" else token_burst_s,
+                                          start_full=name != "requests")
                         for name in BUCKETS}
         self._req, self._tok, self._in, self._out = (self.buckets[b] for b in BUCKETS)
         # Until the first answer we do not know the server's limits: one request on the wire at a time.
@@ -307,22 +313,24 @@ class AdmissionController:
         self.rate_limited = 0
 
     async def acquire(self, tokens_in: float, tokens_out: float) -> Ticket:
-        async with self._lock:
-            while True:
-                now = self.clock()
-                wait = max(self._req.wait_time(1, now), self._tok.wait_time(tokens_in + tokens_out, now),
-                           self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now))
-                if wait <= 0:
-                    break
-                await asyncio.sleep(wait)
-            self._req.take(1)
-            self._tok.take(tokens_in + tokens_out)
-            self._in.take(tokens_in)
-            self._out.take(tokens_out)
+        # Slot first: a request let through by the buckets goes on the wire at once, so the pacing
+        # the buckets compute is the pacing the server sees (no herd released when a slot frees up).
+        await self.concurrency.acquire()
         try:
-            await self.concurrency.acquire()
-        except asyncio.CancelledError:
-            self._refund(tokens_in, tokens_out, requests=1)
+            async with self._lock:
+                while True:
+                    now = self.clock()
+                    wait = max(self._req.wait_time(1, now), self._tok.wait_time(tokens_in + tokens_out, now),
+                               self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now))
+                    if wait <= 0:
+                        break
+                    await asyncio.sleep(wait)
+                self._req.take(1)
+                self._tok.take(tokens_in + tokens_out)
+                self._in.take(tokens_in)
+                self._out.take(tokens_out)
+        except BaseException:
+            self.concurrency.release()
             raise
         return Ticket(tokens_in, tokens_out, self.clock(), (self._req.taken, self._tok.taken, self._in.taken,
                                                             self._out.taken))

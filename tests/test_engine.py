@@ -1,0 +1,274 @@
+"""The engine end to end: real openai/anthropic clients against the loopback provider emulator."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import polars as pl
+import pytest
+
+from textbookgen.engine import ChatRequest, Generator, RateLimits, canonical_request, request_key
+from textbookgen.errors import FatalProviderError
+from textbookgen.journal import Journal
+from textbookgen.pricing import estimate_cost
+from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
+
+PROVIDERS = [("openai", "gpt-4o-mini"), ("anthropic", "claude-haiku-4-5")]
+FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, progress=False, timeout_s=2.0)
+
+
+def reqs(n: int, prefix: str = "Explain topic", **kw) -> list[ChatRequest]:
+    return [ChatRequest(messages=[{"role": "user", "content": f"{prefix} {i}"}], max_tokens=64,
+                        metadata={"i": i}, **kw) for i in range(n)]
+
+
+def url(emu: Emulator, provider: str) -> str:
+    return emu.anthropic_base_url if provider == "anthropic" else emu.openai_base_url
+
+
+def gen_for(emu, provider, model, tmp_path, **kw) -> Generator:
+    return Generator(provider, model, base_url=url(emu, provider), api_key="sk-test-key",
+                     journal=tmp_path / f"{provider}.sqlite", **{**FAST, **kw})
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_roundtrip_order_usage_cost_and_journal(provider, model, tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.005)) as emu:
+        requests = reqs(40, system="You write textbooks.")
+        gen = gen_for(emu, provider, model, tmp_path, concurrency=8)
+        out = gen.run(requests)
+        assert emu.billed == 40 and emu.duplicates == 0
+    assert [r.metadata["i"] for r in out] == list(range(40))
+    assert all(r.status in ("ok", "truncated") and r.text for r in out)
+    assert all(r.input_tokens > 0 and r.output_tokens > 0 and r.attempts == 1 for r in out)
+    r = out[0]
+    assert r.cost_usd == pytest.approx(estimate_cost(model, r.input_tokens, r.output_tokens))
+    assert r.key == request_key(canonical_request(provider, model, requests[0]))
+    with Journal(gen.journal_path) as j:
+        s = j.summary()
+    assert s["done"] == 40 and s["cost_usd"] == pytest.approx(sum(x.cost_usd for x in out), rel=1e-6)
+
+
+def test_duplicate_requests_are_sent_once_and_metadata_is_not_in_the_key(tmp_path):
+    a = ChatRequest(messages=[{"role": "user", "content": "same"}], metadata={"topic": "a"})
+    b = ChatRequest(messages=[{"role": "user", "content": "same"}], metadata={"topic": "b"})
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        out = gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run([a, b])
+        assert emu.billed == 1
+    assert out[0].key == out[1].key and out[0].text == out[1].text
+    assert [o.metadata["topic"] for o in out] == ["a", "b"]
+
+
+# ----- error classes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_bad_key_fails_fast_without_retries(provider, model, tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.001, api_keys=["sk-the-right-one"])) as emu:
+        gen = gen_for(emu, provider, model, tmp_path)
+        with pytest.raises(FatalProviderError, match="authentication failed") as info:
+            gen.run(reqs(50))
+        assert emu.received == 1  # one request on the wire until the server answered once; no retry
+    assert "sk-test-key" not in str(info.value)
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_unknown_model_fails_fast(provider, model, tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.001, models=["some-other-model"])) as emu:
+        with pytest.raises(FatalProviderError, match="unknown model"):
+            gen_for(emu, provider, model, tmp_path).run(reqs(20))
+        assert emu.received == 1
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_quota_exhausted_fails_fast(provider, model, tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("quota", first=100)])) as emu:
+        with pytest.raises(FatalProviderError, match="quota or billing"):
+            gen_for(emu, provider, model, tmp_path).run(reqs(20))
+        assert emu.received == 1
+
+
+@pytest.mark.parametrize("provider, env", [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])
+def test_missing_key_fails_before_sending(provider, env, monkeypatch, tmp_path):
+    monkeypatch.delenv(env, raising=False)
+    with Emulator(EmulatorConfig()) as emu:
+        gen = Generator(provider, "m", base_url=url(emu, provider), journal=tmp_path / "j.sqlite", **FAST)
+        with pytest.raises(FatalProviderError, match=env):
+            gen.run(reqs(3))
+        assert emu.received == 0
+
+
+def test_key_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-env")
+    with Emulator(EmulatorConfig(latency_median_s=0.001, api_keys=["sk-ant-from-env"])) as emu:
+        gen = Generator("anthropic", "claude-haiku-4-5", base_url=emu.anthropic_base_url,
+                        journal=tmp_path / "j.sqlite", **FAST)
+        assert all(r.status == "ok" or r.status == "truncated" for r in gen.run(reqs(3)))
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+@pytest.mark.parametrize("kind", ["500", "502", "503", "529", "429", "timeout", "reset", "bad_json"])
+def test_transient_errors_are_retried(provider, model, kind, tmp_path):
+    cfg = EmulatorConfig(latency_median_s=0.002, hang_s=5.0, faults=[Fault(kind, first=1)])
+    with Emulator(cfg) as emu:
+        out = gen_for(emu, provider, model, tmp_path, timeout_s=0.5, concurrency=4).run(reqs(4))
+    assert [r.status for r in out] == ["ok"] * 4 or all(r.status in ("ok", "truncated") for r in out)
+    assert [r.attempts for r in out] == [2] * 4
+
+
+def test_retries_are_capped_and_resume_retries_transient_failures(tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("500", first=3)])) as emu:
+        gen = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, max_attempts=2)
+        first = gen.run(reqs(3))
+        assert [r.status for r in first] == ["failed"] * 3
+        assert all("gave up after 2 attempts" in r.error and "HTTP 500" in r.error for r in first)
+        assert emu.received == 6
+        again = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, max_attempts=2).run(reqs(3))
+        assert all(r.status in ("ok", "truncated") for r in again)  # 3rd attempt fails, 4th succeeds
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_bad_request_content_filter_and_refusal_fail_one_item(provider, model, tmp_path):
+    faults = [Fault("400", rate=1.0, match="BAD"), Fault("content_filter", rate=1.0, match="FLAGGED"),
+              Fault("refusal", rate=1.0, match="REFUSE")]
+    requests = reqs(3) + [ChatRequest(messages=[{"role": "user", "content": w}]) for w in ("BAD", "FLAGGED", "REFUSE")]
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=faults)) as emu:
+        out = gen_for(emu, provider, model, tmp_path).run(requests)
+        assert all(r.status in ("ok", "truncated") for r in out[:3])
+        bad, flagged, refused = out[3:]
+        assert bad.status == "failed" and "HTTP 400" in bad.error and bad.attempts == 1
+        assert flagged.status == "failed" and "flagged" in flagged.error and flagged.attempts == 1
+        assert refused.status == "failed" and refused.attempts == 1 and refused.output_tokens > 0  # billed
+        assert refused.error.startswith(("refusal", "content_filter"))
+        received = emu.received
+        again = gen_for(emu, provider, model, tmp_path).run(requests)  # permanent failures are not re-sent
+        assert emu.received == received and [r.status for r in again] == [r.status for r in out]
+    with Journal(tmp_path / f"{provider}.sqlite") as j:
+        failures = j.summary()["failures"]
+    assert failures["bad_request"] == 1 and failures["content_filter"] + failures.get("refusal", 0) == 2
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_length_finish_is_kept_as_truncated_not_retried(provider, model, tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("truncate", rate=1.0, match="LONG")])) as emu:
+        out = gen_for(emu, provider, model, tmp_path).run(
+            [ChatRequest(messages=[{"role": "user", "content": "LONG essay"}], max_tokens=16)])
+        assert emu.received == 1
+    assert out[0].status == "truncated" and out[0].finish_reason == "length" and out[0].text
+
+
+# ----- limits and 429s ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_limits_are_learned_from_headers_and_respected(provider, model, tmp_path):
+    cfg = EmulatorConfig(latency_median_s=0.01, rpm=1800, input_tpm=500_000, output_tpm=90_000, window_s=1.0)
+    with Emulator(cfg) as emu:
+        gen = gen_for(emu, provider, model, tmp_path, concurrency=64)
+        out = gen.run(reqs(60))
+        assert emu.rate_limited == 0  # paced under a 30-per-second bucket with no 429 at all
+    assert all(r.status in ("ok", "truncated") for r in out)
+    limits = gen.stats["limits"]
+    assert gen.stats["headers_seen"] and limits["requests"] == 1800
+    if provider == "anthropic":  # separate input/output budgets, not swapped
+        assert limits["input_tokens"] == 500_000 and limits["output_tokens"] == 90_000
+    else:  # OpenAI's combined token budget
+        assert limits["tokens"] == 500_000
+
+
+def test_user_limits_apply_to_a_server_without_headers(tmp_path):
+    cfg = EmulatorConfig(latency_median_s=0.01, send_headers=False)
+    with Emulator(cfg) as emu:
+        gen = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, concurrency=64, limits=RateLimits(rpm=1200))
+        gen.run(reqs(30))
+    assert not gen.stats["headers_seen"] and gen.stats["limits"]["requests"] == 1200
+
+
+def test_server_without_headers_runs_at_user_concurrency(tmp_path):
+    cfg = EmulatorConfig(latency_median_s=0.05, latency_sigma=0.0, send_headers=False)
+    with Emulator(cfg) as emu:
+        gen = gen_for(emu, "openai-compatible", "Qwen/Qwen2.5-7B-Instruct", tmp_path, concurrency=6)
+        gen.run(reqs(40))
+        assert emu.max_in_flight == 6
+    assert not gen.stats["headers_seen"] and gen.stats["limits"]["requests"] is None
+
+
+def test_429_storm_recovers_with_aimd(tmp_path):
+    """A server that rate-limits but sends no limit headers: 429s cut concurrency, every request
+    still completes, nothing is billed twice."""
+    cfg = EmulatorConfig(latency_median_s=0.02, rpm=1200, window_s=1.0, send_headers=False)
+    with Emulator(cfg) as emu:
+        gen = gen_for(emu, "openai-compatible", "local-model", tmp_path, concurrency=64,
+                      backoff_initial_s=0.05, backoff_max_s=0.5)
+        out = gen.run(reqs(80))
+        assert emu.rate_limited > 0 and emu.duplicates == 0 and emu.billed == 80
+    assert all(r.status in ("ok", "truncated") for r in out)
+    assert gen.stats["rate_limited"] > 0 and gen.stats["concurrency"] < 64
+    assert max(r.attempts for r in out) >= 2
+
+
+def test_retry_after_is_honoured(tmp_path):
+    """The emulator's 429 says retry-after 1 s: a retry never comes sooner, whatever the backoff says."""
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("429", first=1)])) as emu:
+        gen = gen_for(emu, "anthropic", "claude-haiku-4-5", tmp_path)
+        out = gen.run(reqs(1))
+    assert out[0].attempts == 2 and gen.stats["elapsed_s"] >= 1.0
+
+
+# ----- journal, resume, budgets, secrets ----------------------------------------------------------
+
+def test_resume_sends_only_missing_and_changed_requests(tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(reqs(10))
+        assert emu.billed == 10
+        gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(reqs(15))
+        assert emu.billed == 15  # only the 5 new ones
+        changed = reqs(15)
+        changed[3].temperature = 0.2
+        out = gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(changed)
+        assert emu.billed == 16 and emu.duplicates == 0  # one setting changed: one request regenerated
+    assert Counter(r.attempts for r in out) == Counter({1: 15})
+
+
+def test_budget_stops_launching_and_rerun_continues(tmp_path, caplog):
+    prices = {"budget-model": (1000.0, 1000.0)}  # $0.001 per token: a budget is reached quickly
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        gen = gen_for(emu, "openai", "budget-model", tmp_path, prices=prices, max_cost_usd=0.5, concurrency=2)
+        with caplog.at_level(logging.WARNING, logger="textbookgen.engine"):
+            out = gen.run(reqs(30))
+        statuses = Counter(r.status for r in out)
+        assert statuses["skipped_budget"] > 0 and statuses["ok"] + statuses["truncated"] > 0
+        spent = sum(r.cost_usd for r in out)
+        assert spent <= 0.5 + max(r.cost_usd for r in out)  # at most the requests already in flight
+        assert emu.billed == 30 - statuses["skipped_budget"]
+        assert "max_cost_usd" in caplog.text and "skipped_budget" in caplog.text
+        more = gen_for(emu, "openai", "budget-model", tmp_path, prices=prices).run(reqs(30))
+        assert all(r.status in ("ok", "truncated") for r in more) and emu.duplicates == 0
+
+
+def test_output_token_budget(tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        gen = gen_for(emu, "anthropic", "claude-haiku-4-5", tmp_path, max_output_tokens=300, concurrency=1)
+        out = gen.run(reqs(20))
+    used = sum(r.output_tokens for r in out)
+    assert Counter(r.status for r in out)["skipped_budget"] > 0 and used <= 300
+
+
+def test_secret_key_never_reaches_journal_parquet_or_logs(tmp_path, caplog, capsys):
+    secret = "sk-proj-SECRET-abcdef0123456789"
+    cfg = EmulatorConfig(latency_median_s=0.001, api_keys=[secret],
+                         faults=[Fault("500", first=1), Fault("400", rate=1.0, match="BAD")])
+    with caplog.at_level(logging.DEBUG):
+        with Emulator(cfg) as emu:
+            gen = Generator("openai", "gpt-4o-mini", base_url=emu.openai_base_url, api_key=secret,
+                            journal=tmp_path / "j.sqlite", **{**FAST, "progress": True})
+            gen.run(reqs(5) + [ChatRequest(messages=[{"role": "user", "content": "BAD"}])])
+            with pytest.raises(FatalProviderError) as info:  # a wrong key: its error must not echo it
+                Generator("openai", "gpt-4o-mini", base_url=emu.openai_base_url, api_key=secret + "x",
+                          journal=tmp_path / "j2.sqlite", **FAST).run(reqs(1))
+    with Journal(tmp_path / "j.sqlite") as j:
+        parquet = j.export_parquet(tmp_path / "out.parquet")
+    captured = capsys.readouterr()
+    texts = [caplog.text, captured.out, captured.err, str(info.value)]
+    texts += [p.read_bytes().decode("latin-1") for p in tmp_path.iterdir() if p.is_file()]
+    assert pl.read_parquet(parquet).height == 6
+    assert not [t for t in texts if secret in t or secret[:16] in t]
