@@ -67,27 +67,30 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(corpus, tmp_path, unint
     assert steps == list(range(1, 13))  # the lost steps 5-7 were dropped from the log, not duplicated
 
 
-def test_a_killed_process_resumes_exactly(corpus, tmp_path):
-    """SIGKILL a real training process mid-run (possibly mid-save), then resume in this process."""
-    run = tmp_path / "run"
-    cfg = overrides(corpus, run, **{"train.max_steps": 100_000, "checkpoint.every": 3})
-    cfg_file = tmp_path / "c.yaml"
-    tree: dict = {}
+def start_training(cfg: dict, cfg_file: Path) -> subprocess.Popen:
     from trainer.config import _set_dotted
 
+    tree: dict = {}
     for k, v in cfg.items():
         _set_dotted(tree, k, v, "test")
     cfg_file.write_text(yaml.safe_dump(tree))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "train", "-c", str(cfg_file), "--no-progress"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "trainer", "train", "-c", str(cfg_file), "--no-progress"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_process_resumes_exactly(corpus, tmp_path):
+    """SIGKILL a real training process mid-run (possibly mid-save), then resume in this process."""
+    run = tmp_path / "run"
+    proc = start_training(overrides(corpus, run, **{"train.max_steps": 100_000, "checkpoint.every": 3}),
+                          tmp_path / "c.yaml")
     deadline = time.time() + 120
     while checkpoint.find_latest(run / "checkpoints") is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
     latest = checkpoint.find_latest(run / "checkpoints")
     assert latest is not None
     k = json.loads((latest / "meta.json").read_text())["step"]
@@ -97,6 +100,22 @@ def test_a_killed_process_resumes_exactly(corpus, tmp_path):
     assert resumed.start_step == k and resumed.losses == {s: full.losses[s] for s in range(k + 1, k + 4)}
     assert all(torch.equal(a, b) for a, b in zip(params_of(run).values(), params_of(tmp_path / "full").values(),
                                                  strict=True))
+
+
+def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint(corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = start_training(overrides(corpus, run, **{"train.max_steps": 100_000, "checkpoint.every": 0}),
+                          tmp_path / "c.yaml")
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGTERM: stopping after this step" in err and "stop=SIGTERM" in out
+    steps = len(metrics.read_text().splitlines())
+    assert checkpoint.read_meta(run)["step"] == steps >= 3
 
 
 def test_incomplete_saves_are_ignored_and_old_ones_pruned(corpus, tmp_path):

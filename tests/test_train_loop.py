@@ -178,3 +178,39 @@ def test_config_files_and_overrides(tmp_path):
     for name in ("tiny", "demo-100m", "phi-1.5"):
         assert model_config(load_config(name)).vocab_size == 51200
     assert load_config("phi-1.5").max_steps == 35763  # 150B tokens / (2048 x 2048)
+
+
+def test_changed_source_is_tokenized_again(corpus, tmp_path, shared_data):
+    import os
+
+    from trainer.data import index_is_current
+    from trainer.train import dataset_dir, prepare_all
+
+    src = write_hub_folder(tmp_path / "src", wiki_texts(shared_data, 40), files=1)
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(src, 1.0)]))
+    first = prepare_all(cfg, quick_check=True, progress=False)[0]
+    assert first["documents"] == 40 and index_is_current(dataset_dir(cfg, 0), str(src))
+    shard = next(dataset_dir(cfg, 0).glob("shard-*.bin"))
+    parquet = next((src / "data").glob("*.parquet"))
+    os.utime(parquet, ns=(1, 1))  # touched, same bytes: re-hashed, not re-tokenized
+    assert not index_is_current(dataset_dir(cfg, 0), str(src))
+    mtime = shard.stat().st_mtime_ns
+    assert prepare_all(cfg, quick_check=True, progress=False)[0]["key"] == first["key"]
+    assert shard.stat().st_mtime_ns == mtime and index_is_current(dataset_dir(cfg, 0), str(src))
+    write_hub_folder(src, wiki_texts(shared_data, 60), files=1)  # new content: tokenized again
+    assert prepare_all(cfg, quick_check=True, progress=False)[0]["documents"] == 60
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(corpus, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(ConfigError, match=r"log.tensorboard: needs the tensorboard package"):
+        train(cfg_for(corpus, tmp_path, **{"log.tensorboard": True, "train.max_steps": 1}))

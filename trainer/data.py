@@ -240,7 +240,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
         from trainer.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
-    sources = [{"file": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files]
+    sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
     tok_json = tokenizer.to_str()
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     eos = _eos_of(tokenizer, eos_id)
@@ -250,7 +250,10 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     if not force and (out_dir / INDEX_NAME).is_file():
         try:
             old = read_index(out_dir)
-            if old.get("key") == key:
+            if old.get("key") == key:  # same bytes (files touched or moved): refresh the stamps only
+                for entry, new in zip(old["sources"], sources, strict=True):
+                    entry.update(file=new["file"], bytes=new["bytes"], mtime_ns=new["mtime_ns"])
+                _write_json_atomic(out_dir / INDEX_NAME, old)
                 return old
         except DataError:
             pass
@@ -308,6 +311,29 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     _fsync_dir(out_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
     return index
+
+
+def _file_stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def index_is_current(folder: str | Path, source: str, split: str = "train") -> bool:
+    """Cheap staleness check of prepared data against a local source: same files, sizes and mtimes.
+
+    Hub sources are not checked (no network at start-up); run `prepare` again after they change."""
+    index = read_index(Path(folder))
+    if not Path(source).expanduser().exists():
+        return True
+    files = resolve_source(source, split)
+    now = [(str(p), *_file_stamp(p).values()) for p in files]
+    return now == [(s["file"], s["bytes"], s.get("mtime_ns")) for s in index["sources"]]
 
 
 def _fsync_dir(path: Path) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -22,7 +23,16 @@ import torch
 
 from trainer import checkpoint, distributed
 from trainer.config import ConfigError, TrainConfig, dump_config
-from trainer.data import BatchPlan, Loader, MixtureSampler, SyntheticSampler, TokenStream, prepare, read_index
+from trainer.data import (
+    BatchPlan,
+    Loader,
+    MixtureSampler,
+    SyntheticSampler,
+    TokenStream,
+    index_is_current,
+    prepare,
+    read_index,
+)
 from trainer.model import CONFIGS, Phi, PhiConfig
 
 # dense bf16 peak per device (data sheets), for MFU
@@ -110,13 +120,16 @@ def dataset_dir(cfg: TrainConfig, i: int) -> Path:
     return Path(cfg.data.cache_dir) / cfg.data.datasets[i].cache_name
 
 
-def prepare_all(cfg: TrainConfig, force: bool = False, only_missing: bool = False,
+def prepare_all(cfg: TrainConfig, force: bool = False, quick_check: bool = False,
                 progress: bool = True) -> list[dict[str, Any]]:
-    """Tokenize every dataset of the config into data.cache_dir (skipping those up to date)."""
+    """Tokenize every dataset of the config into data.cache_dir, skipping those up to date.
+
+    `quick_check` (training start-up) trusts an index whose local source files keep their sizes and
+    mtimes, instead of hashing them again."""
     indexes = []
     for i, ds in enumerate(cfg.data.datasets):
         out = dataset_dir(cfg, i)
-        if only_missing and (out / "index.json").is_file():
+        if quick_check and (out / "index.json").is_file() and index_is_current(out, ds.source, ds.split):
             indexes.append(read_index(out))
             continue
         indexes.append(prepare(ds.source, out, cfg.data.tokenizer, split=ds.split, column=ds.column, revision=ds.revision,
@@ -131,7 +144,7 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
     if d.synthetic:
         return SyntheticSampler(vocab_size, d.seq_len, cfg.train.seed), "synthetic"
     if info.is_main:
-        prepare_all(cfg, only_missing=True, progress=progress)
+        prepare_all(cfg, quick_check=True, progress=progress)
     distributed.barrier()
     streams = [TokenStream(dataset_dir(cfg, i)) for i in range(len(d.datasets))]
     for ds, s in zip(d.datasets, streams, strict=True):
@@ -229,6 +242,7 @@ class _StopFlag:
         if self.reason is not None:  # second signal: give up at once
             raise KeyboardInterrupt
         self.reason = signal.Signals(signum).name
+        sys.stderr.write(f"\n{self.reason}: stopping after this step, with a checkpoint (send it again to abort)\n")
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
