@@ -318,3 +318,17 @@ def test_build_with_anthropic_and_a_system_prompt(tmp_path):
     assert all(b.get("system") == "You write careful textbooks." for b in bodies) and len(bodies) == 6
     docs = pl.read_parquet(tmp_path / "a" / "documents.parquet")
     assert docs["model"].unique().to_list() == ["claude-haiku-4-5"]
+
+
+def test_one_build_per_output_folder(tmp_path):
+    import fcntl
+
+    from textbookgen.build import BuildError
+
+    r = load_recipe(QUICKSTART, {"output": str(tmp_path / "o")})
+    (tmp_path / "o" / ".build").mkdir(parents=True)
+    with open(tmp_path / "o" / ".build" / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(BuildError, match="another build is running"):
+            build(r, plan_only=True, progress=False)
+    assert build(r, plan_only=True, progress=False).planned  # released: runs

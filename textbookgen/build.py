@@ -366,8 +366,19 @@ class Build:
 
     # -- run --
     def run(self) -> BuildResult:
+        """Hold the output folder's lock (one build per folder) and run the stages."""
+        import fcntl
+
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.meta_dir / "lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BuildError(f"another build is running in {self.out} (lock {lock.name})") from None
+            return self._run()
+
+    def _run(self) -> BuildResult:
         r = self.recipe
-        self.out.mkdir(parents=True, exist_ok=True)
         self._load_state()
         can_call = r.provider.has_credentials()
         planning = self.plan_only or not can_call
