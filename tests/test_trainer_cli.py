@@ -76,6 +76,15 @@ def test_prepare_train_export_generate(corpus, tmp_path, capsys):
         assert capsys.readouterr().out.startswith("The history of")
 
 
+def test_train_tokenizer(corpus, tmp_path, capsys):
+    out = tmp_path / "tok" / "tokenizer.json"
+    assert main(["train-tokenizer", str(corpus["wiki"]), "--vocab-size", "300", "--out", str(out)]) == 0
+    assert "338 tokens from 2 file(s)" in capsys.readouterr().out
+    from trainer.tokenizer import load_tokenizer
+
+    assert load_tokenizer(out).token_to_id("<|endoftext|>") == 0
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "-c", "tiny", "--set", "train.lr=1"], "train.lr: unknown field"),
     (["train", "-c", "missing.yaml"], "config file not found: missing.yaml"),

@@ -1,4 +1,4 @@
-"""`python -m trainer prepare|train|export|generate` (also the `textbookgen-train` script).
+"""`python -m trainer prepare|train-tokenizer|train|export|generate` (also the `textbookgen-train` script).
 
 Each subcommand is a pair `add_arguments(parser)` / `run(args) -> exit code`; heavy imports happen
 inside `run`, so `--help` is instant. Configs are YAML files (or bundled names: tiny, demo-100m,
@@ -74,6 +74,27 @@ def prepare_run(args: argparse.Namespace) -> int:
     for d, idx in zip(dirs, indexes, strict=True):
         console.print(f"{d}: {idx['documents']:,} documents, {idx['total_tokens']:,} tokens "
                       f"in {len(idx['shards'])} shard(s) ({idx['dtype']})")
+    return 0
+
+
+def train_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", help=".txt/.md/.py files, or .parquet/.jsonl with a `text` column; "
+                                            "a dataset folder means its data/*.parquet")
+    p.add_argument("--vocab-size", type=int, required=True, help="BPE size before the 38 whitespace tokens")
+    p.add_argument("--out", required=True, help="tokenizer.json to write (give it as data.tokenizer)")
+    p.add_argument("--no-whitespace-tokens", action="store_true", help="skip CodeGen's whitespace-run tokens")
+
+
+def train_tokenizer_run(args: argparse.Namespace) -> int:
+    from trainer.tokenizer import train_tokenizer
+
+    files = []
+    for f in map(Path, args.files):
+        files += sorted((f / "data" if (f / "data").is_dir() else f).rglob("*.parquet")) if f.is_dir() else [f]
+    tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tok.save(args.out)
+    print(f"wrote {args.out}: {tok.get_vocab_size():,} tokens from {len(files)} file(s)")
     return 0
 
 
@@ -199,6 +220,7 @@ def _module_command(module: str, help: str) -> Command:
 def commands() -> dict[str, Command]:
     cmds: dict[str, Command] = {
         "prepare": ("tokenize datasets into token shards", prepare_arguments, prepare_run),
+        "train-tokenizer": ("train your own byte-level BPE", train_tokenizer_arguments, train_tokenizer_run),
         "train": ("train or resume (torchrun for many GPUs)", train_arguments, train_run),
         "export": ("export a checkpoint as an HF PhiForCausalLM folder", export_arguments, export_run),
         "generate": ("sample text from a checkpoint", generate_arguments, generate_run),
