@@ -333,11 +333,10 @@ class Build:
         self.console.print(f"[bold cyan]>> {stage}[/bold cyan]")
         return time.perf_counter()
 
-    def _skip(self, stage: str, st: dict[str, Any]) -> dict[str, Any]:
+    def _skip(self, stage: str, st: dict[str, Any]) -> None:
         self.console.print(f"[dim]>> {stage}: inputs unchanged, skipped[/dim]")
         self.stage_status[stage] = "skipped"
         self.timings[stage] = st.get("seconds", 0.0)
-        return st
 
     def _done(self, stage: str, t0: float) -> float:
         seconds = time.perf_counter() - t0
@@ -394,8 +393,8 @@ class Build:
             self.recipe = r = r.model_copy(
                 update={"taxonomy": r.taxonomy.model_copy(update={"max_per_topic": None, "min_per_topic": 0})}
             )
-        prompts, prompts_hash, web = self.stage_prompts(tax, tax_hash, planning)
-        self._base_manifest(tax, web, prompts)
+        prompts, prompts_hash = self.stage_prompts(tax, tax_hash, planning)
+        self._base_manifest(tax, prompts)
         if planning:
             return self._plan(tax, prompts, grow_plan, can_call)
         docs, docs_hash = self.stage_generate(prompts, prompts_hash)
@@ -508,9 +507,7 @@ class Build:
             )
             return None
 
-    def stage_prompts(
-        self, tax: Taxonomy, tax_hash: str, planning: bool
-    ) -> tuple[pl.DataFrame, str, WebSamples | None]:
+    def stage_prompts(self, tax: Taxonomy, tax_hash: str, planning: bool) -> tuple[pl.DataFrame, str]:
         r = self.recipe
         templates = {e.template: load_template(e.template, r.base_dir) for e in r.mix}
         key = {
@@ -539,7 +536,7 @@ class Build:
         if st:
             self._skip("prompts", st)
             self._web_stats = st["stats"].get("web")
-            return pl.read_parquet(out_path), st["output_hash"], None
+            return pl.read_parquet(out_path), st["output_hash"]
         t0 = self._begin("prompts")
         web = self.load_web_samples(planning)
         df = render_prompts(r, tax, web, templates)
@@ -551,7 +548,7 @@ class Build:
         complete = web is not None or r.web_samples is None
         self._record("prompts", input_hash, [out_path], stats, self._done("prompts", t0), complete=complete)
         self.console.print(f"   {df.height:,} prompts -> {out_path}")
-        return df, self.state["prompts"]["output_hash"], web
+        return df, self.state["prompts"]["output_hash"]
 
     def stage_generate(self, prompts: pl.DataFrame, prompts_hash: str) -> tuple[pl.DataFrame, str]:
         from textbookgen.engine import ChatRequest
@@ -725,7 +722,7 @@ class Build:
         self.console.print(f"   pushed: {url}")
 
     # -- manifest and plan --
-    def _base_manifest(self, tax: Taxonomy, web: WebSamples | None, prompts: pl.DataFrame) -> None:
+    def _base_manifest(self, tax: Taxonomy, prompts: pl.DataFrame) -> None:
         r = self.recipe
         templates = {e.template: load_template(e.template, r.base_dir) for e in r.mix}
         self.manifest.update(
