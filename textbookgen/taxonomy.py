@@ -127,12 +127,6 @@ class Taxonomy:
         self.topics.append(topic)
         return topic
 
-    def parent_of(self, topic: Topic) -> Topic | None:
-        for t in self.walk():
-            if any(c is topic for c in t.children):
-                return t
-        return None
-
     def merge_duplicates(self) -> int:
         """Merge siblings with the same name (an outline listing a discipline as a bullet and again as
         a heading): one topic, children joined. Returns how many nodes were merged away."""
