@@ -67,6 +67,95 @@ def pull(
     typer.echo(str(path))
 
 
+# ---- generation engine: generate (owner: engine) ---------------------------------------------------
+def _prices(specs: list[str] | None) -> dict[str, tuple[float, float]]:
+    prices = {}
+    for spec in specs or []:
+        model, sep, pair = spec.partition("=")
+        try:
+            price_in, price_out = (float(x) for x in pair.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--price expects MODEL=IN,OUT (USD per 1M tokens), got {spec!r}") from None
+        if not sep or not model:
+            raise typer.BadParameter(f"--price expects MODEL=IN,OUT (USD per 1M tokens), got {spec!r}")
+        prices[model] = (price_in, price_out)
+    return prices
+
+
+@app.command()
+def generate(
+    prompts: str = typer.Argument(..., help="prompts file: .jsonl (one {prompt|messages, ...} a line) or .parquet"),
+    provider: str = typer.Option("openai", "--provider", help="openai | anthropic | openai-compatible"),
+    model: str = typer.Option("gpt-4o-mini", "--model"),
+    base_url: str | None = typer.Option(None, "--base-url", help="server URL (vLLM, SGLang, llama.cpp, emulator)"),
+    api_key_env: str | None = typer.Option(None, "--api-key-env",
+                                           help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
+    journal: str | None = typer.Option(None, "--journal", help="journal file (default: <prompts>.journal.sqlite); rerun to resume"),
+    out: str | None = typer.Option(None, "--out", "-o", help="completions file, .jsonl or .parquet (default: <prompts>.completions.jsonl)"),
+    concurrency: int = typer.Option(64, "--concurrency", help="most requests on the wire"),
+    rpm: float | None = typer.Option(None, "--rpm", help="requests/min to stay under (server headers tighten it)"),
+    tpm: float | None = typer.Option(None, "--tpm", help="combined tokens/min"),
+    input_tpm: float | None = typer.Option(None, "--input-tpm"),
+    output_tpm: float | None = typer.Option(None, "--output-tpm"),
+    max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget: stop launching requests when reached"),
+    max_output_tokens: int | None = typer.Option(None, "--max-output-tokens", help="output-token budget"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", help="per request, where a row does not say"),
+    temperature: float | None = typer.Option(None, "--temperature"),
+    top_p: float | None = typer.Option(None, "--top-p"),
+    system: str | None = typer.Option(None, "--system", help="system prompt, where a row does not say"),
+    price: Annotated[list[str] | None, typer.Option("--price", help="MODEL=IN,OUT USD per 1M tokens (repeatable)")] = None,
+    timeout: float = typer.Option(120.0, "--timeout", help="seconds per HTTP request"),
+    max_attempts: int = typer.Option(8, "--max-attempts", help="per request, over transient errors"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="re-send requests that failed for good (400, refusal)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Generate a completion for every prompt; writes the journal and the completions file."""
+    import logging
+    import os
+    from pathlib import Path
+
+    from textbookgen.engine import Generator, RateLimits
+    from textbookgen.errors import FatalProviderError
+    from textbookgen.promptfile import PromptFileError, load_prompts, write_completions
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stem = Path(prompts).with_suffix("")
+    defaults = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "system": system}
+    try:
+        requests = load_prompts(prompts, defaults)
+    except PromptFileError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            typer.echo(f"error: environment variable {api_key_env} is not set", err=True)
+            raise typer.Exit(2)
+    gen = Generator(provider, model, base_url=base_url, api_key=api_key,
+                    journal=journal or f"{stem}.journal.sqlite",
+                    limits=RateLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, tpm=tpm),
+                    concurrency=concurrency, max_cost_usd=max_cost, max_output_tokens=max_output_tokens,
+                    prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
+                    retry_failed=retry_failed)
+    try:
+        responses = gen.run(requests)
+    except FatalProviderError as err:
+        typer.echo(f"error: {err}\nfinished work is kept in {gen.journal_path}; rerun to resume.", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: finished requests are in {gen.journal_path}; rerun the same command to resume.",
+                   err=True)
+        raise typer.Exit(130) from None
+    path = write_completions(out or f"{stem}.completions.jsonl", responses)
+    counts: dict[str, int] = {}
+    for r in responses:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    cost = sum(r.cost_usd for r in responses)
+    typer.echo(f"{len(responses)} completions -> {path} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
+               f"${cost:.4f}; journal {gen.journal_path}")
+
+
 # ---- recipes: validate / build / plan; topic taxonomies (owner: diversity & recipes) ----------------
 def _overrides(sets: list[str] | None) -> dict:
     import yaml

@@ -1,0 +1,95 @@
+"""Prompt files and the `textbookgen generate` command: formats, defaults, clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from textbookgen.cli import app
+from textbookgen.engine import ChatResponse
+from textbookgen.journal import Journal
+from textbookgen.promptfile import PromptFileError, load_prompts, write_completions
+from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+
+def test_jsonl_prompts_messages_defaults_and_metadata(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "hello", "topic": "t1", "max_tokens": 50}) + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}], "system": "own", "metadata": {"k": 1}})
+        + "\n")
+    a, b = load_prompts(path, {"max_tokens": 99, "temperature": 0.5, "system": "default"})
+    assert a.messages == [{"role": "user", "content": "hello"}] and a.max_tokens == 50
+    assert a.metadata == {"topic": "t1"} and a.temperature == 0.5 and a.system == "default"
+    assert b.system == "own" and b.max_tokens == 99 and b.metadata == {"k": 1}
+
+
+def test_parquet_prompts(tmp_path):
+    path = tmp_path / "p.parquet"
+    pl.DataFrame({"prompt": ["a", "b"], "topic_id": ["x", "y"]}).write_parquet(path)
+    reqs = load_prompts(path)
+    assert [r.metadata["topic_id"] for r in reqs] == ["x", "y"] and reqs[0].max_tokens == 1024
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"prompt": "ok"}\n{not json}\n', "p.jsonl:2: invalid JSON"),
+    (b'{"prompt": "ok"}\n{"text": "no prompt"}\n', "p.jsonl:2: needs a 'prompt'"),
+    (b'{"prompt": "ok", "max_tokens": "many"}\n', "p.jsonl:1: 'max_tokens' has the wrong type"),
+    (b'{"prompt": "caf\xe9"}\n', "p.jsonl:1: not UTF-8"),
+    (b'["a list"]\n', "p.jsonl:1: each line must be a JSON object"),
+    (b"\n\n", "p.jsonl: no prompts"),
+])
+def test_bad_prompt_files_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(PromptFileError, match=message.replace("(", r"\(")):
+        load_prompts(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PromptFileError, match="no such prompts file"):
+        load_prompts(tmp_path / "absent.jsonl")
+
+
+def test_write_completions_jsonl_and_parquet(tmp_path):
+    responses = [ChatResponse(key="k1", text="t", finish_reason="stop", status="ok", metadata={"a": 1}),
+                 ChatResponse(key="k2", text=None, finish_reason=None, status="failed", error="boom")]
+    lines = write_completions(tmp_path / "c.jsonl", responses).read_text().splitlines()
+    assert json.loads(lines[0])["metadata"] == {"a": 1} and json.loads(lines[1])["error"] == "boom"
+    frame = pl.read_parquet(write_completions(tmp_path / "c.parquet", responses))
+    assert frame["id"].to_list() == ["k1", "k2"] and json.loads(frame["metadata"][0]) == {"a": 1}
+
+
+def test_generate_command_writes_journal_and_completions(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-cli-test")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"topic {i}", "i": i}) + "\n" for i in range(12)))
+    runner = CliRunner()
+    with Emulator(EmulatorConfig(latency_median_s=0.001, api_keys=["sk-cli-test"])) as emu:
+        args = ["generate", str(prompts), "--provider", "anthropic", "--model", "claude-haiku-4-5",
+                "--base-url", emu.anthropic_base_url, "--api-key-env", "MY_KEY", "--max-tokens", "40",
+                "--no-progress", "--price", "claude-haiku-4-5=2,4"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert emu.billed == 12
+        again = runner.invoke(app, args)  # resume: nothing left to send
+        assert again.exit_code == 0 and emu.billed == 12
+    assert "12 completions" in result.output
+    rows = [json.loads(line) for line in (tmp_path / "prompts.completions.jsonl").read_text().splitlines()]
+    assert [r["metadata"]["i"] for r in rows] == list(range(12))
+    assert rows[0]["cost_usd"] == pytest.approx((rows[0]["input_tokens"] * 2 + rows[0]["output_tokens"] * 4) / 1e6)
+    with Journal(tmp_path / "prompts.journal.sqlite") as j:
+        assert j.summary()["done"] == 12
+
+
+def test_generate_command_fatal_error_exit_code(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    result = CliRunner().invoke(app, ["generate", str(prompts), "--no-progress"])
+    assert result.exit_code == 2 and "OPENAI_API_KEY" in result.output
+    bad = CliRunner().invoke(app, ["generate", str(tmp_path / "nope.jsonl")])
+    assert bad.exit_code == 1 and "no such prompts file" in bad.output

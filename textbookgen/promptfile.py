@@ -1,0 +1,116 @@
+"""Prompt files in, completion files out: what `textbookgen generate` reads and writes.
+
+A prompts file is JSON Lines or parquet, one request a row: `prompt` (a string) or `messages` (chat
+messages), optional `system`, `max_tokens`, `temperature`, `top_p`, `seed`, `metadata` (an object);
+any other field is kept as metadata. The completions file has one row per prompt, in order:
+id (the request key), status, text, finish_reason, error, tokens, cost, latency, attempts, metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from textbookgen.engine import ChatRequest, ChatResponse
+
+_REQUEST_FIELDS = ("prompt", "messages", "system", "max_tokens", "temperature", "top_p", "seed", "metadata")
+
+
+class PromptFileError(ValueError):
+    """A prompts file that cannot be read as requests (the message names the file, line and field)."""
+
+
+def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
+    if "messages" in row and row["messages"] is not None:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, Mapping) and "role" in m for m in messages):
+            raise PromptFileError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+        messages = [dict(m) for m in messages]
+    elif isinstance(row.get("prompt"), str):
+        messages = [{"role": "user", "content": row["prompt"]}]
+    else:
+        raise PromptFileError(f"{where}: needs a 'prompt' (string) or 'messages' (list) field")
+    metadata = row.get("metadata") or {}
+    if isinstance(metadata, str):  # parquet written by us stores it as JSON text
+        metadata = json.loads(metadata)
+    if not isinstance(metadata, Mapping):
+        raise PromptFileError(f"{where}: 'metadata' must be an object")
+    metadata = {**{k: v for k, v in row.items() if k not in _REQUEST_FIELDS}, **metadata}
+
+    def pick(name: str, kind: type):
+        value = row.get(name)
+        value = defaults.get(name) if value is None else value
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise PromptFileError(f"{where}: '{name}' has the wrong type ({type(value).__name__}: {value!r})")
+        return value
+
+    return ChatRequest(messages=messages, max_tokens=pick("max_tokens", int) or 1024,
+                       temperature=pick("temperature", (int, float)), top_p=pick("top_p", (int, float)),
+                       seed=pick("seed", int), system=pick("system", str), metadata=metadata)
+
+
+def load_prompts(path: str | Path, defaults: Mapping | None = None) -> list[ChatRequest]:
+    """Read a .jsonl / .json (lines) or .parquet prompts file; `defaults` fill fields a row lacks."""
+    path = Path(path)
+    defaults = defaults or {}
+    if not path.is_file():
+        raise PromptFileError(f"{path}: no such prompts file")
+    if path.suffix == ".parquet":
+        import polars as pl
+
+        try:
+            rows = pl.read_parquet(path).to_dicts()
+        except Exception as exc:  # noqa: BLE001 - any parquet failure is a bad input file
+            raise PromptFileError(f"{path}: not a readable parquet file ({exc})") from None
+        return [_request(row, f"{path}: row {i}", defaults) for i, row in enumerate(rows)]
+    requests = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise PromptFileError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptFileError(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+            if not isinstance(row, Mapping):
+                raise PromptFileError(f"{where}: each line must be a JSON object")
+            requests.append(_request(row, where, defaults))
+    if not requests:
+        raise PromptFileError(f"{path}: no prompts")
+    return requests
+
+
+def completion_rows(responses: Sequence[ChatResponse]) -> list[dict]:
+    return [{"id": r.key, "status": r.status, "text": r.text, "finish_reason": r.finish_reason,
+             "error": r.error, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+             "cost_usd": r.cost_usd, "latency_s": r.latency_s, "attempts": r.attempts,
+             "metadata": r.metadata} for r in responses]
+
+
+def write_completions(path: str | Path, responses: Sequence[ChatResponse]) -> Path:
+    """Write completions as .parquet (metadata as JSON text) or JSON Lines (anything else)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = completion_rows(responses)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".parquet":
+        import polars as pl
+
+        for row in rows:
+            row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False, default=str)
+        pl.DataFrame(rows, schema={
+            "id": pl.String, "status": pl.String, "text": pl.String, "finish_reason": pl.String,
+            "error": pl.String, "input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
+            "latency_s": pl.Float64, "attempts": pl.Int64, "metadata": pl.String}).write_parquet(tmp)
+    else:
+        with tmp.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path)  # a reader never sees half a file
+    return path
