@@ -20,6 +20,7 @@ from textbookgen.curation.classifier import (
     binary_metrics,
     percentile_cut,
     roc_auc,
+    top_percent_mask,
     train_classifier,
 )
 
@@ -76,11 +77,13 @@ def test_metrics_match_definitions():
     m = binary_metrics(y, s, 0.5)
     assert m.confusion == {"tp": 2, "fp": 1, "tn": 2, "fn": 1} and m.precision == pytest.approx(2 / 3, abs=1e-4)
     assert percentile_cut(np.arange(100.0), 10) == pytest.approx(89.1)
+    tied = np.array([1.0, 1.0, 1.0, 0.2, 1.0, 0.1])
+    assert top_percent_mask(tied, 50).tolist() == [True, True, True, False, False, False]
 
 
 def test_curate_scores_keeps_best_member_and_cuts_percentile(trained, labelled, tmp_path):
     path, _, _, test_t, test_y = trained
-    texts = test_t[:40]
+    texts = test_t[::3]  # textbook sections and web pages
     # a near-copy of a textbook section with web junk glued on scores lower than the original
     tb = next(t for t, y in zip(test_t, test_y, strict=True) if y)
     df = pl.DataFrame({"id": [f"d{i:02d}" for i in range(len(texts))] + ["a-junk"],
@@ -91,7 +94,7 @@ def test_curate_scores_keeps_best_member_and_cuts_percentile(trained, labelled, 
     out, stats = curate(df, cfg, tmp_path)
     assert stats["quality_score"]["model_sha256"] == json.loads(path.with_suffix(".json").read_text())["sha256"]
     assert stats["quality_filter"]["dropped"]["low_quality"] == stats["quality_filter"]["in"] - out.height
-    assert out.height == pytest.approx(stats["quality_filter"]["in"] / 2, abs=1)
+    assert out.height == round(stats["quality_filter"]["in"] / 2)
     assert "quality_score" in out.columns and out["quality_score"].min() >= stats["quality_filter"]["threshold"]
     clusters = pl.read_parquet(tmp_path / "minhash_dedup" / "clusters.parquet")
     pair = clusters.filter(pl.col("cluster") == clusters.filter(pl.col("id") == "a-junk")["cluster"][0])

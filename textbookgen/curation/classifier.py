@@ -219,6 +219,15 @@ def percentile_cut(scores: np.ndarray, keep_top_percent: float) -> float:
     return float(np.percentile(scores, 100.0 - keep_top_percent)) if len(scores) else 0.0
 
 
+def top_percent_mask(scores: np.ndarray, keep_top_percent: float) -> np.ndarray:
+    """Exactly round(n x X / 100) documents, highest scores first; ties go to the earlier row (a
+    threshold would keep every document tied at the cut, and fastText scores often tie at 1.0)."""
+    k = int(round(len(scores) * keep_top_percent / 100.0))
+    keep = np.zeros(len(scores), dtype=bool)
+    keep[np.argsort(-scores, kind="stable")[:k]] = True
+    return keep
+
+
 class QualityScore(Step):
     """Score every document with the fastText model into `quality_score` (drops nothing)."""
 
@@ -250,10 +259,11 @@ class QualityCut(Step):
         require_columns(df, ["quality_score"], self.name)
         scores = df["quality_score"].fill_null(0.0).to_numpy()
         if self.config.keep_top_percent is not None:
-            cut = percentile_cut(scores, self.config.keep_top_percent)
+            keep = top_percent_mask(scores, self.config.keep_top_percent)
+            cut = float(scores[keep].min()) if keep.any() else 1.0
         else:
             cut = self.config.threshold if self.config.threshold is not None else 0.5
-        keep = scores >= cut
+            keep = scores >= cut
         stats.dropped["low_quality"] = int((~keep).sum())
         stats.extra.update({"threshold": round(float(cut), 6), "keep_top_percent": self.config.keep_top_percent})
         return df.filter(pl.Series(keep))
