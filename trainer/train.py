@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,143 +257,167 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     """Train (or resume) the run described by `cfg`; returns the per-step history of this process."""
     info = distributed.setup(cfg.train.device, cfg.distributed.backend)
     try:
-        return _train(cfg, info, cfg.log.progress if progress is None else progress)
+        return Trainer(cfg, info, cfg.log.progress if progress is None else progress).run()
     finally:
         distributed.teardown()
 
 
-def _train(cfg: TrainConfig, info: distributed.DistInfo, show: bool) -> TrainResult:
-    from rich.console import Console
+class Trainer:
+    """One process of a run: builds model, data and optimizer, resumes, steps, checkpoints, logs."""
 
-    console = Console(quiet=not info.is_main, soft_wrap=True)
-    run_dir = Path(cfg.run_dir)
-    ckpt_root = run_dir / "checkpoints"
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
-    device, precision = info.device, cfg.train.precision
-    dev_type = torch.device(device).type
-    if dev_type == "cuda":  # fp32 matmuls outside autocast (pure fp32 runs) may use TF32 tensor cores
-        torch.set_float32_matmul_precision("high")
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, show: bool):
+        from rich.console import Console
 
-    pcfg = model_config(cfg)
-    torch.manual_seed(cfg.train.seed)
-    with torch.device(device):
-        model = Phi(pcfg)
-    if precision == "bf16":
-        model = model.to(torch.bfloat16)
-    sampler, data_fp = build_sampler(cfg, pcfg.vocab_size, info, show)
-    plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank)
+        self.cfg, self.info, self.show = cfg, info, show
+        self.console = Console(quiet=not info.is_main, soft_wrap=True)
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        self.device, precision = info.device, cfg.train.precision
+        self.dev_type = torch.device(self.device).type
+        if self.dev_type == "cuda":  # fp32 matmuls outside autocast (pure fp32 runs) may use TF32 tensor cores
+            torch.set_float32_matmul_precision("high")
 
-    flops_tok = model.flops_per_token(cfg.data.seq_len)
-    strategy = distributed.choose_strategy(cfg.distributed.strategy, info)
-    wrapped = distributed.parallelize(model, info, strategy, cfg.train.compile,
-                                      param_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
-                                      reshard_after_forward=cfg.distributed.reshard_after_forward)
-    optimizer = make_optimizer(model, cfg, device)
+        self.model_cfg = model_config(cfg)
+        torch.manual_seed(cfg.train.seed)
+        with torch.device(self.device):
+            self.model = Phi(self.model_cfg)
+        if precision == "bf16":
+            self.model = self.model.to(torch.bfloat16)
+        self.sampler, self.data_fp = build_sampler(cfg, self.model_cfg.vocab_size, info, show)
+        self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank)
+        self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
+        self.strategy = distributed.choose_strategy(cfg.distributed.strategy, info)
+        self.wrapped = distributed.parallelize(
+            self.model, info, self.strategy, cfg.train.compile,
+            param_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
+            reshard_after_forward=cfg.distributed.reshard_after_forward)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.autocast = (torch.autocast(self.dev_type, dtype=torch.bfloat16) if precision == "bf16-mixed"
+                         else nullcontext())
+        self.peak = peak_flops(self.device, cfg.log.peak_tflops)
+        self.start = self._resume()
 
-    start = 0
-    resume = cfg.checkpoint.resume
-    source = checkpoint.find_latest(ckpt_root) if resume == "auto" else (None if resume == "never" else resume)
-    if source is not None:
-        meta = checkpoint.load(source, model, optimizer)
-        start = meta["step"]
-        if meta.get("data_fingerprint") != data_fp:
-            console.print(f"[yellow]warning:[/] the data differs from the checkpoint's "
-                          f"({meta.get('data_fingerprint')} -> {data_fp}); the sample order will not match")
-        console.print(f"resumed from {checkpoint.resolve(source)} at step {start}")
+    def _resume(self) -> int:
+        resume = self.cfg.checkpoint.resume
+        source = (checkpoint.find_latest(self.ckpt_root) if resume == "auto"
+                  else None if resume == "never" else resume)
+        if source is None:
+            return 0
+        meta = checkpoint.load(source, self.model, self.optimizer)
+        if meta.get("data_fingerprint") != self.data_fp:
+            self.console.print(f"[yellow]warning:[/] the data differs from the checkpoint's "
+                               f"({meta.get('data_fingerprint')} -> {self.data_fp}); the sample order will not match")
+        self.console.print(f"resumed from {checkpoint.resolve(source)} at step {meta['step']}")
+        return meta["step"]
 
-    max_steps = cfg.max_steps
-    peak = peak_flops(device, cfg.log.peak_tflops)
-    tokens_step = cfg.tokens_per_step
-    meta_base = {"model_config": dataclasses.asdict(pcfg), "config": cfg.model_dump(mode="json"),
-                 "data_fingerprint": data_fp}
-    log = MetricsLog(run_dir, start, cfg.log.tensorboard, info.is_main)
-    autocast = (torch.autocast(dev_type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext())
-    params = [p for p in model.parameters() if p.requires_grad]
-    console.print(f"[bold]{cfg.model.name}[/] {model.num_params(False):,} params | {strategy} x{info.world_size} "
-                  f"on {device} | {precision} | batch {cfg.train.global_batch}x{cfg.data.seq_len} "
-                  f"(micro {plan.micro_batch}, accum {plan.accum_steps}) | steps {start}->{max_steps} "
-                  f"| data {', '.join(sampler.names)}")
+    def save(self, step: int) -> None:
+        meta = {"model_config": dataclasses.asdict(self.model_cfg), "config": self.cfg.model_dump(mode="json"),
+                "data_fingerprint": self.data_fp}
+        path = checkpoint.save(self.ckpt_root, step, self.model, self.optimizer, meta,
+                               sharded=self.strategy == "fsdp", keep=self.cfg.checkpoint.keep)
+        if self.info.is_main and self.cfg.log.plot:
+            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        self.console.print(f"checkpoint {path}")
 
-    def save(step: int) -> None:
-        path = checkpoint.save(ckpt_root, step, model, optimizer, meta_base, sharded=strategy == "fsdp",
-                               keep=cfg.checkpoint.keep)
-        if info.is_main and cfg.log.plot:
-            plot_metrics(log.path, run_dir / "loss.png")
-        console.print(f"checkpoint {path}")
+    def train_step(self, step: int, loader: Loader, stop_wanted: Callable[[], bool]) -> tuple[float, float, bool]:
+        """Forward/backward over the accumulation micro-steps, clip, update.
 
-    result = TrainResult(run_dir, start, start, "done")
-    loader = Loader(sampler, plan, start, device) if start < max_steps else None
-    t_start, step, last_saved = time.perf_counter(), start, start
-    bar = _progress(show and info.is_main, console)
-    task = bar.add_task("train", total=max_steps, completed=start, status="")
-    try:
-        with _StopFlag() as stop, bar:
-            model.train()
-            while step < max_steps:
-                t0 = time.perf_counter()
-                lr = lr_at(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = torch.zeros((), device=device)
-                for micro in range(plan.accum_steps):
-                    data_step, data_micro, x, y = next(loader)
-                    assert (data_step, data_micro) == (step, micro)
-                    with distributed.grad_sync(wrapped, micro == plan.accum_steps - 1), autocast:
-                        loss = wrapped(x, labels=y)
-                        (loss / plan.accum_steps).backward()
-                    loss_sum += loss.detach().float()
-                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
-                if hasattr(gnorm, "full_tensor"):
-                    gnorm = gnorm.full_tensor()
-                if cfg.train.time_budget_s and time.perf_counter() - t_start >= cfg.train.time_budget_s:
-                    stop.reason = stop.reason or "time budget"
-                # one all-reduce carries the mean loss and any rank's wish to stop (ranks must stop together)
-                stats = distributed.all_reduce_sum(torch.stack([loss_sum / plan.accum_steps,
-                                                                torch.tensor(float(stop.reason is not None),
-                                                                             device=device)]))
-                loss_val, stop_votes = stats[0].item() / info.world_size, stats[1].item()
-                gnorm_val = float(gnorm)
-                if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
-                    last = checkpoint.find_latest(ckpt_root)
-                    raise TrainingDiverged(
-                        f"step {step + 1}: loss is {loss_val}, grad norm {gnorm_val}; stopped before the update. "
-                        f"Last good checkpoint: {last or 'none'}. Try a lower optim.lr, warmup "
-                        f"(schedule.warmup_steps), optim.grad_clip, or precision bf16-mixed.")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                dt = time.perf_counter() - t0
-                rec = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gnorm_val,
-                       "tokens": step * tokens_step, "step_s": round(dt, 4),
-                       "tokens_per_s": round(tokens_step / dt, 1),
-                       "mfu": round(flops_tok * tokens_step / dt / (peak * info.world_size), 4) if peak else None}
-                if dev_type == "cuda":
-                    rec["mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-                log.write(rec)
-                result.history.append(rec)
-                bar.update(task, completed=step, status=_status(rec))
-                if step % cfg.log.every == 0 or step == max_steps:
-                    console.print(f"step {step:>6}/{max_steps} | {_status(rec)}", highlight=False)
-                if stop_votes:
-                    result.stop_reason = stop.reason or "stop requested on another rank"
-                    break
-                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-                    save(step)
-                    last_saved = step
-        if cfg.checkpoint.at_exit and step != last_saved:
-            save(step)
-    finally:
-        if loader is not None:
-            loader.close()
-        log.close()
-    if info.is_main and cfg.log.plot:
-        plot_metrics(log.path, run_dir / "loss.png")
-    result.final_step = step
-    if result.stop_reason != "done":
-        console.print(f"stopped at step {step}: {result.stop_reason}")
-    return result
+        `stop_wanted()` is asked once the gradients are in. Returns (mean loss, grad norm, whether any
+        rank wants to stop). Raises TrainingDiverged,
+        before the update, on a non-finite loss or gradient."""
+        plan = self.plan
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, self.cfg)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(plan.accum_steps):
+            data_step, data_micro, x, y = next(loader)
+            assert (data_step, data_micro) == (step, micro)
+            with distributed.grad_sync(self.wrapped, micro == plan.accum_steps - 1), self.autocast:
+                loss = self.wrapped(x, labels=y)
+                (loss / plan.accum_steps).backward()
+            loss_sum += loss.detach().float()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip or float("inf"))
+        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor
+            gnorm = gnorm.full_tensor()
+        # one all-reduce carries the mean loss and any rank's wish to stop (ranks must stop together)
+        flags = torch.tensor(float(stop_wanted()), device=self.device)
+        stats = distributed.all_reduce_sum(torch.stack([loss_sum / plan.accum_steps, flags]))
+        loss_val, stop_votes, gnorm_val = stats[0].item() / self.info.world_size, stats[1].item(), float(gnorm)
+        if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
+            raise TrainingDiverged(
+                f"step {step + 1}: loss is {loss_val}, grad norm {gnorm_val}; stopped before the update. "
+                f"Last good checkpoint: {checkpoint.find_latest(self.ckpt_root) or 'none'}. Try a lower optim.lr, "
+                f"warmup (schedule.warmup_steps), optim.grad_clip, or precision bf16-mixed.")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_val, gnorm_val, stop_votes > 0
+
+    def record(self, step: int, loss: float, gnorm: float, dt: float) -> dict[str, Any]:
+        tokens = self.cfg.tokens_per_step
+        rec = {"step": step, "loss": loss, "lr": lr_at(step - 1, self.cfg), "grad_norm": gnorm,
+               "tokens": step * tokens, "step_s": round(dt, 4), "tokens_per_s": round(tokens / dt, 1),
+               "mfu": (round(self.flops_per_token * tokens / dt / (self.peak * self.info.world_size), 4)
+                       if self.peak else None)}
+        if self.dev_type == "cuda":
+            rec["mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        return rec
+
+    def run(self) -> TrainResult:
+        cfg, max_steps = self.cfg, self.cfg.max_steps
+        step = last_saved = self.start
+        result = TrainResult(self.run_dir, self.start, self.start, "done")
+        self.console.print(
+            f"[bold]{cfg.model.name}[/] {self.model.num_params(False):,} params | {self.strategy} "
+            f"x{self.info.world_size} on {self.device} | {cfg.train.precision} | batch "
+            f"{cfg.train.global_batch}x{cfg.data.seq_len} (micro {self.plan.micro_batch}, accum "
+            f"{self.plan.accum_steps}) | steps {step}->{max_steps} | data {', '.join(self.sampler.names)}")
+        log = MetricsLog(self.run_dir, self.start, cfg.log.tensorboard, self.info.is_main)
+        loader = Loader(self.sampler, self.plan, step, self.device) if step < max_steps else None
+        bar = _progress(self.show and self.info.is_main, self.console)
+        task = bar.add_task("train", total=max_steps, completed=step, status="")
+        t_start = time.perf_counter()
+        try:
+            with _StopFlag() as stop, bar:
+                self.model.train()
+                budget = cfg.train.time_budget_s
+
+                def stop_wanted() -> bool:
+                    if budget and time.perf_counter() - t_start >= budget:
+                        stop.reason = stop.reason or "time budget"
+                    return stop.reason is not None
+
+                while step < max_steps:
+                    t0 = time.perf_counter()
+                    loss, gnorm, stop_now = self.train_step(step, loader, stop_wanted)
+                    step += 1
+                    rec = self.record(step, loss, gnorm, time.perf_counter() - t0)
+                    log.write(rec)
+                    result.history.append(rec)
+                    bar.update(task, completed=step, status=_status(rec))
+                    if step % cfg.log.every == 0 or step == max_steps:
+                        self.console.print(f"step {step:>6}/{max_steps} | {_status(rec)}", highlight=False)
+                    if stop_now:
+                        result.stop_reason = stop.reason or "stop requested on another rank"
+                        break
+                    if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                        self.save(step)
+                        last_saved = step
+            if cfg.checkpoint.at_exit and step != last_saved:
+                self.save(step)
+        finally:
+            if loader is not None:
+                loader.close()
+            log.close()
+        if self.info.is_main and cfg.log.plot:
+            plot_metrics(log.path, self.run_dir / "loss.png")
+        result.final_step = step
+        if result.stop_reason != "done":
+            self.console.print(f"stopped at step {step}: {result.stop_reason}")
+        return result
 
 
 def _status(rec: dict[str, Any]) -> str:
