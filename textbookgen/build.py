@@ -114,6 +114,7 @@ def render_prompts(
     web: WebSamples | None,
     templates: dict[str, Template] | None = None,
     limit: int | None = None,
+    progress: bool = False,
 ) -> pl.DataFrame:
     """All prompts of a build, deterministic in (recipe, taxonomy, web samples): topics by weight with
     quotas, mix cells by systematic sampling in a seeded order, one web extract per request.
@@ -137,7 +138,14 @@ def render_prompts(
         r = wc.retrieval
         assigner = SeedAssigner(web, seed, retrieval_share=r.share if r else 0.0, top_k=r.top_k if r else 20)
     rows = []
-    for i, (topic, cell) in enumerate(zip(topics[:limit], cells[:limit], strict=True)):
+    from rich.console import Console
+    from rich.progress import track
+
+    pairs = list(zip(topics[:limit], cells[:limit], strict=True))
+    pairs_it = track(
+        pairs, "rendering prompts", console=Console(stderr=True), transient=True, disable=not progress
+    )
+    for i, (topic, cell) in enumerate(pairs_it):
         tpl = templates[cell.template]
         extract = None
         if assigner is not None and np.random.default_rng([seed, i, 0x5E]).random() < wc.share:
@@ -497,6 +505,7 @@ class Build:
                 min_chars=wc.min_chars,
                 max_chars=wc.max_chars,
                 extract_chars=wc.extract_chars,
+                progress=self.progress,
             )
         except WebSampleError as e:
             if not planning:
@@ -539,7 +548,7 @@ class Build:
             return pl.read_parquet(out_path), st["output_hash"]
         t0 = self._begin("prompts")
         web = self.load_web_samples(planning)
-        df = render_prompts(r, tax, web, templates)
+        df = render_prompts(r, tax, web, templates, progress=self.progress)
         _write_parquet(df, out_path)
         self._web_stats = (
             {"source": r.web_samples.source, **web.stats, "hash": web.content_hash()} if web else None

@@ -128,19 +128,26 @@ class WebSamples:
         max_chars: int | None = None,
         extract_chars: int = EXTRACT_CHARS,
         limit: int | None = None,
+        progress: bool = False,
     ) -> WebSamples:
+        from rich.console import Console
+        from rich.progress import Progress
+
         seen: set[str] = set()
         out: list[Extract] = []
         n_in = 0
-        for text in texts:
-            n_in += 1
-            ex = make_extract(text, min_chars=min_chars, max_chars=max_chars, extract_chars=extract_chars)
-            if ex is None or ex.id in seen:
-                continue
-            seen.add(ex.id)
-            out.append(ex)
-            if limit is not None and len(out) >= limit:
-                break
+        with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
+            task = bar.add_task(f"web samples from {source or 'texts'}", total=limit)
+            for text in texts:
+                n_in += 1
+                ex = make_extract(text, min_chars=min_chars, max_chars=max_chars, extract_chars=extract_chars)
+                if ex is None or ex.id in seen:
+                    continue
+                seen.add(ex.id)
+                out.append(ex)
+                bar.advance(task)
+                if limit is not None and len(out) >= limit:
+                    break
         stats = {"documents": n_in, "extracts": len(out), "dropped": n_in - len(out)}
         return cls(extracts=out, source=source, stats=stats)
 
