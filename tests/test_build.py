@@ -163,6 +163,8 @@ def test_end_to_end_against_the_emulator_then_everything_is_skipped(tmp_path):
         "quality_score",
         "provenance",
     } == set(docs.columns)
+    seeded = docs.filter(pl.col("seed_extract_id").is_not_null()).row(0, named=True)
+    assert json.loads(seeded["provenance"])["variables"]["web_extract"] == seeded["seed_extract_id"]
     shards = list((out / "dataset" / "data").glob("train-*.parquet"))
     assert shards and (out / "dataset" / "README.md").is_file()
     m = json.loads((out / "manifest.json").read_text())

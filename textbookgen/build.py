@@ -603,6 +603,9 @@ class Build:
             if resp.status not in ("ok", "truncated") or not resp.text:
                 continue
             prov = json.loads(row["provenance"])
+            # The extract's text stays in prompts.parquet; the published row names it by id only (web text
+            # keeps its own licence, and a 1,000-character copy per document would bloat the dataset).
+            prov["variables"]["web_extract"] = row["seed_extract_id"]
             prov.update(
                 request_key=resp.key,
                 prompt_index=row["index"],
