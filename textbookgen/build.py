@@ -258,6 +258,18 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
+def _lock(f: Any) -> None:
+    """Exclusive non-blocking lock on an open file, released when the process ends however it ends."""
+    if os.name == "nt":
+        import msvcrt
+
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -374,13 +386,11 @@ class Build:
     # -- run --
     def run(self) -> BuildResult:
         """Hold the output folder's lock (one build per folder) and run the stages."""
-        import fcntl
-
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         with open(self.meta_dir / "lock", "w") as lock:
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                _lock(lock)
+            except OSError:
                 raise BuildError(f"another build is running in {self.out} (lock {lock.name})") from None
             return self._run()
 
