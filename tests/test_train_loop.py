@@ -214,3 +214,17 @@ def test_tensorboard_without_the_package_is_a_clear_error(corpus, tmp_path, monk
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(ConfigError, match=r"log.tensorboard: needs the tensorboard package"):
         train(cfg_for(corpus, tmp_path, **{"log.tensorboard": True, "train.max_steps": 1}))
+
+
+def test_multi_process_runs_refuse_unprepared_data(corpus, tmp_path):
+    """Rank 0 tokenizing for hours while the others wait would time them out: ask for `prepare` first."""
+    from trainer.data import DataError
+    from trainer.distributed import DistInfo
+    from trainer.train import build_sampler
+
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(corpus["wiki"], 1.0)]))
+    with pytest.raises(DataError, match=r"run `python -m trainer prepare -c CONFIG` before a multi-process run"):
+        build_sampler(cfg, 512, DistInfo(rank=1, world_size=2), progress=False)
+    assert not (tmp_path / "cache").exists()
+    build_sampler(cfg, 512, DistInfo(), progress=False)  # one process prepares by itself
+    build_sampler(cfg, 512, DistInfo(rank=1, world_size=2), progress=False)  # now every rank may read it

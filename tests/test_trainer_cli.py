@@ -114,6 +114,7 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     """2 ranks x micro 2 on gloo see the same samples as 1 rank x 2 micro-steps: same losses."""
     cfg = write_config(corpus, tmp_path / "c.yaml", tmp_path / "ddp", **{"train.max_steps": 4,
                                                                           "train.micro_batch": 2})
+    assert main(["prepare", "-c", str(cfg)]) == 0
     proc = torchrun(["-c", str(cfg)], tmp_path)
     assert "ddp x2" in proc.stdout and proc.stdout.count("final step=4") == 1
     ddp = [json.loads(x)["loss"] for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
@@ -126,6 +127,7 @@ def test_fsdp2_two_processes_and_resharded_resume(corpus, tmp_path):
     """FSDP2 on 2 ranks writes a sharded DCP checkpoint; one process resumes it with the same data order."""
     cfg = write_config(corpus, tmp_path / "c.yaml", tmp_path / "fsdp", **{"train.max_steps": 6,
                                                                            "distributed.strategy": "fsdp"})
+    assert main(["prepare", "-c", str(cfg)]) == 0
     torchrun(["-c", str(cfg), "--max-steps", "3"], tmp_path)
     ckpt = checkpoint.resolve(tmp_path / "fsdp")
     assert sorted(p.name for p in (ckpt / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]

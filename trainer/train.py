@@ -26,6 +26,7 @@ from trainer import checkpoint, distributed
 from trainer.config import ConfigError, TrainConfig, dump_config
 from trainer.data import (
     BatchPlan,
+    DataError,
     Loader,
     MixtureSampler,
     SyntheticSampler,
@@ -144,9 +145,13 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
     d = cfg.data
     if d.synthetic:
         return SyntheticSampler(vocab_size, d.seq_len, cfg.train.seed), "synthetic"
-    if info.is_main:
+    pending = [ds.source for i, ds in enumerate(d.datasets) if not (dataset_dir(cfg, i) / "index.json").is_file()
+               or not index_is_current(dataset_dir(cfg, i), ds.source, ds.split)]
+    if pending and info.enabled:
+        raise DataError(f"tokenized data missing or out of date for {pending}: run `python -m trainer prepare "
+                        f"-c CONFIG` before a multi-process run (the other ranks would time out waiting)")
+    if pending:
         prepare_all(cfg, quick_check=True, progress=progress)
-    distributed.barrier()
     streams = [TokenStream(dataset_dir(cfg, i)) for i in range(len(d.datasets))]
     for ds, s in zip(d.datasets, streams, strict=True):
         if s.index["vocab_size"] > vocab_size:
