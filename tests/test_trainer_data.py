@@ -229,3 +229,16 @@ def test_prepare_from_a_hub_repo(corpus, tmp_path, monkeypatch):
     local = prepare(str(corpus["wiki"]), tmp_path / "local", corpus["tok"], num_workers=1, progress=False)
     assert index["key"] == local["key"] and index["total_tokens"] == local["total_tokens"]
     assert Path(index["sources"][0]["file"]).name == "train-00000-of-00002.parquet"
+
+
+def test_prepare_with_the_codegen_tokenizer(corpus, shared_data, tmp_path):
+    """The real phi-1.5 tokenizer: EOS 50256 after each document, whitespace-run ids, uint16 shards."""
+    from trainer.tokenizer import load_tokenizer
+
+    src = write_hub_folder(tmp_path / "src", ["def f(x):\n    return x", "Hello world."], files=1)
+    index = prepare(str(src), tmp_path / "tok", str(shared_data / "tokenizer_gpt2"), num_workers=1, progress=False)
+    tokens = TokenStream(tmp_path / "tok").read(0, index["total_tokens"]).tolist()
+    tok = load_tokenizer(shared_data / "tokenizer_gpt2")
+    assert tokens == tok.encode("def f(x):\n    return x").ids + [50256] + tok.encode("Hello world.").ids + [50256]
+    assert 50284 in tokens  # four spaces are one CodeGen whitespace token
+    assert index["eos_id"] == 50256 and index["dtype"] == "uint16" and index["vocab_size"] == 50295

@@ -44,6 +44,7 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--column", default="text")
     p.add_argument("--revision", default=None)
+    p.add_argument("--endpoint", default=None, help="Hub endpoint for a repo id (default: HF_ENDPOINT or the Hub)")
     p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = one per core)")
     p.add_argument("--force", action="store_true", help="tokenize again even if the index is up to date")
     _config_args(p)
@@ -55,12 +56,11 @@ def prepare_run(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)
     if args.source:
         from trainer.data import prepare
-        from trainer.tokenizer import load_tokenizer
 
         if not args.out:
             raise ValueError("--out is required with SOURCE")
-        tok = load_tokenizer(args.tokenizer or "gpt2-codegen")
-        indexes = [prepare(args.source, args.out, tok, split=args.split, column=args.column, revision=args.revision,
+        indexes = [prepare(args.source, args.out, args.tokenizer or "gpt2-codegen", split=args.split,
+                           column=args.column, revision=args.revision, endpoint=args.endpoint,
                            num_workers=args.workers, force=args.force)]
         dirs = [Path(args.out)]
     else:

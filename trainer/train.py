@@ -403,7 +403,7 @@ class Trainer:
                     log.write(rec)
                     result.history.append(rec)
                     bar.update(task, completed=step, status=_status(rec))
-                    if step % cfg.log.every == 0 or step == max_steps:
+                    if step % cfg.log.every == 0 or step in (self.start + 1, max_steps):
                         self.console.print(f"step {step:>6}/{max_steps} | {_status(rec)}", highlight=False)
                     if stop_now:
                         result.stop_reason = stop.reason or "stop requested on another rank"
