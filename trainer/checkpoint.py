@@ -14,6 +14,7 @@ learning rate is a function of the step, so model + optimizer + step + RNG is th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -213,7 +214,8 @@ def load_model(path: str | Path, device: str = "cpu", **overrides) -> torch.nn.M
 
     ckpt = resolve(path)
     meta = json.loads((ckpt / "meta.json").read_text())
-    cfg = PhiConfig(**{**meta["model_config"], **overrides})
+    known = {f.name for f in dataclasses.fields(PhiConfig)}  # a checkpoint may predate or outlive a switch
+    cfg = PhiConfig(**{k: v for k, v in {**meta["model_config"], **overrides}.items() if k in known})
     with torch.device("meta"):
         model = Phi(cfg)
     model.to_empty(device=device)
