@@ -83,15 +83,17 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
     if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
         raise DataError(f"dataset not found: {source!r} is neither a local folder/parquet file nor a Hub repo id")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         local = snapshot_download(source, repo_type="dataset", revision=revision, endpoint=endpoint,
                                   allow_patterns=["*.parquet", "**/*.parquet"])
     except RepositoryNotFoundError as e:
         raise DataError(f"dataset not found: Hub repo {source!r} does not exist or is private") from e
-    except (HfHubHTTPError, OSError) as e:
-        raise DataError(f"cannot download Hub dataset {source!r}: {e}") from e
+    except RevisionNotFoundError as e:
+        raise DataError(f"Hub dataset {source!r} has no revision {revision!r}") from e
+    except (HfHubHTTPError, OSError, ConnectionError) as e:
+        raise DataError(f"cannot download Hub dataset {source!r} (offline? use a local folder): {e}") from e
     return find_parquet_files(Path(local), split)
 
 
