@@ -37,7 +37,8 @@ def cfg_for(corpus, tmp_path, sources=None, **extra):
 
 def test_loss_falls_on_a_real_mixed_corpus(corpus, tmp_path):
     cfg = cfg_for(corpus, tmp_path, [(corpus["books"], 0.8), (corpus["wiki"], 0.2)],
-                  **{"train.max_steps": 60, "log.plot": True, "checkpoint.every": 30})
+                  **{"train.max_steps": 60, "log.plot": True, "checkpoint.every": 30, "checkpoint.export_hf": True,
+                     "checkpoint.export_dtype": "float32"})
     result = train(cfg)
     losses = [r["loss"] for r in result.history]
     assert len(losses) == 60 and result.stop_reason == "done"
@@ -51,6 +52,10 @@ def test_loss_falls_on_a_real_mixed_corpus(corpus, tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "latest", "step-00000030", "step-00000060"]
+    from trainer.export import load_hf
+
+    hf = load_hf(tmp_path / "run" / "hf")  # checkpoint.export_hf: an HF folder beside the checkpoints
+    assert (tmp_path / "run" / "hf" / "tokenizer.json").is_file() and hf.config.vocab_size == 512
 
 
 def test_schedules_are_functions_of_the_step(corpus, tmp_path):

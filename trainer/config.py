@@ -119,6 +119,9 @@ class CheckpointSection(_Section):
     at_exit: bool = True
     resume: str = "auto"
     """"auto" resumes from the newest checkpoint in run_dir/checkpoints, "never" starts fresh, else a path."""
+    export_hf: bool = False
+    """At the end, also write run_dir/hf: an HF PhiForCausalLM folder (safetensors, config, tokenizer)."""
+    export_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
 
 class LogSection(_Section):

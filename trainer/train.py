@@ -328,6 +328,21 @@ class Trainer:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         self.console.print(f"checkpoint {path}")
 
+    def export(self, out: Path) -> None:
+        """The trained weights as an HF folder (every rank calls it: FSDP gathers shards)."""
+        from trainer.export import export_hf
+
+        tok = None
+        if not self.cfg.data.synthetic:
+            try:
+                from trainer.tokenizer import load_tokenizer
+
+                tok = load_tokenizer(self.cfg.data.tokenizer)
+            except (OSError, ValueError) as e:
+                self.console.print(f"[yellow]warning:[/] exporting without a tokenizer: {e}")
+        export_hf(self.model, out, tokenizer=tok, dtype=self.cfg.checkpoint.export_dtype)
+        self.console.print(f"exported {out}")
+
     def train_step(self, step: int, loader: Loader, stop_wanted: Callable[[], bool]) -> tuple[float, float, bool]:
         """Forward/backward over the accumulation micro-steps, clip, update.
 
@@ -413,6 +428,8 @@ class Trainer:
                         last_saved = step
             if cfg.checkpoint.at_exit and step != last_saved:
                 self.save(step)
+            if cfg.checkpoint.export_hf and step > self.start:
+                self.export(self.run_dir / "hf")
         finally:
             if loader is not None:
                 loader.close()
