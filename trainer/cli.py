@@ -232,7 +232,9 @@ def commands() -> dict[str, Command]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="Pretrain phi-1.5 on textbookgen datasets.")
+    script = Path(sys.argv[0]).name
+    prog = "python -m trainer" if script in ("__main__.py", "-m", "-c", "") else script
+    parser = argparse.ArgumentParser(prog=prog, description="Pretrain phi-1.5 on textbookgen datasets.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, run) in commands().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
