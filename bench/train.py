@@ -9,6 +9,9 @@ weights, the same micro-batch / accumulation, fused AdamW (no decay on biases an
     python bench/train.py --config tiny --device cpu    # smoke test
 
 Last line: `tokens_per_s=<n> mfu=<m> vs_hf=<ratio> peak_mem_gb=<g> gpu=<name>` (ours; vs_hf = ours/HF).
+Our model's speed switches (--fuse, --fuse-out, --loss-chunk-size, --fullgraph) and the compile switches for
+both (--compile-mode, --compile-scope, --inductor) are there so that one GPU run can sweep them with
+`--models ours` (see bench/RESULTS.md for the sweep command).
 Exit status is non-zero if either model fails (the last line is still printed, with nan for what is missing).
 """
 
@@ -48,11 +51,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile both models (default: on for CUDA, off for CPU)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode for both, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--compile-scope", choices=["full", "block"], default="full",
+                    help="both: full = forward + loss as one graph; block = each decoder layer compiled in place, "
+                         "embedding and loss eager (what trainer/distributed.py does)")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY (both models), e.g. coordinate_descent_tuning=True; repeatable")
+    ap.add_argument("--fullgraph", action="store_true",
+                    help="ours: torch.compile(fullgraph=True), so a graph break is an error instead of a slowdown")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="bf16 autocast (GPU default) or fp32")
     ap.add_argument("--activation-checkpointing", action="store_true", help="for both models")
     ap.add_argument("--loss-chunk-size", type=int, default=None, help="ours: tokens per lm_head+CE chunk (0 = off)")
-    ap.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
-                    help="ours: q/k/v/fc1 as one matmul (default on)")
+    ap.add_argument("--fuse", choices=["qkv_fc1", "qk_vfc1", "none"], default=None,
+                    help="ours: input projections as one matmul (qkv_fc1), two ([q,k], [v,fc1]) or four like HF "
+                         "(none); default: the config's (qk_vfc1)")
+    ap.add_argument("--no-fuse", dest="fuse", action="store_const", const="none", help="same as --fuse none")
+    ap.add_argument("--fuse-out", action=argparse.BooleanOptionalAction, default=None,
+                    help="ours: dense and fc2 as one matmul over [attn, gelu(fc1)] (default: the config's, off)")
     ap.add_argument("--attn", choices=["auto", "sdpa", "flash"], default="auto", help="ours: attention kernel")
     ap.add_argument("--sdpa-backend", choices=["auto", "default", "cudnn", "flash", "efficient"], default="auto",
                     help="SDPA kernel for both models: auto = time each once here and pin the fastest (GPU); "
@@ -65,6 +79,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def set_inductor_options(options: list[str]) -> None:
+    """Apply `KEY=VALUE` strings to torch._inductor.config (values are Python literals, else strings)."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    for opt in options:
+        key, sep, raw = opt.partition("=")
+        *path, leaf = key.split(".")  # dotted keys reach sub-configs, e.g. triton.cudagraphs
+        obj = inductor_config
+        for part in path:
+            obj = getattr(obj, part, None)
+        if not sep or obj is None or not hasattr(obj, leaf):
+            raise ValueError(f"{opt!r} is not KEY=VALUE with KEY a torch._inductor.config option")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        setattr(obj, leaf, value)
 
 
 def device_name(dev: torch.device) -> str:
@@ -98,7 +133,12 @@ def make_step(name: str, model: torch.nn.Module, args, dev: torch.device):
     else:  # HF shifts labels itself; shift_labels=y gives it exactly our (aligned) targets
         def fwd(x, y):
             return model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
-    fwd = torch.compile(fwd, mode=args.compile_mode) if args.compile else fwd
+    fullgraph = args.fullgraph and name == "ours"
+    if args.compile and args.compile_scope == "block":
+        for layer in model.model.layers:
+            layer.compile(mode=args.compile_mode, fullgraph=fullgraph)
+    elif args.compile:
+        fwd = torch.compile(fwd, mode=args.compile_mode, fullgraph=fullgraph)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def micro(x, y):
@@ -237,8 +277,16 @@ def main(argv=None) -> int:
         log(f"error: need 1 <= steps and seq_len <= {cfg.max_position_embeddings}")
         return 2
     cfg.activation_checkpointing = args.activation_checkpointing
-    cfg.fuse_projections = args.fuse
+    if args.fuse is not None:
+        cfg.fuse_projections = args.fuse
+    if args.fuse_out is not None:
+        cfg.fuse_out = args.fuse_out
     cfg.attn_impl = args.attn
+    try:
+        set_inductor_options(args.inductor)
+    except ValueError as e:
+        log(f"error: --inductor: {e}")
+        return 2
     if args.loss_chunk_size is not None:
         cfg.loss_chunk_size = args.loss_chunk_size
     if gpu:
@@ -252,8 +300,10 @@ def main(argv=None) -> int:
         return 2
     log(f"torch {torch.__version__} | device {device_name(dev)} | flash_attn {'yes' if flash else 'no (SDPA)'} | "
         f"config {args.config} | seq {args.seq_len} | micro-batch {args.micro_batch} x accum {args.accum} | "
-        f"precision {args.precision} | compile {args.compile} ({args.compile_mode or 'default'}) | act-ckpt {args.activation_checkpointing} | "
-        f"loss chunk {cfg.loss_chunk_size} | fuse {cfg.fuse_projections} | sdpa {args.sdpa_backend}")
+        f"precision {args.precision} | compile {args.compile} ({args.compile_mode or 'default'}, {args.compile_scope}"
+        f"{', fullgraph' if args.fullgraph else ''}{''.join(', ' + o for o in args.inductor)}) | "
+        f"act-ckpt {args.activation_checkpointing} | loss chunk {cfg.loss_chunk_size} | fuse {cfg.fuse_projections}"
+        f"{' + out' if cfg.fuse_out else ''} | sdpa {args.sdpa_backend}")
 
     if args.sdpa_backend == "auto":
         args.sdpa_backend = pick_sdpa_backend(args, cfg, dev)
@@ -299,6 +349,8 @@ def main(argv=None) -> int:
         log(f"first-step loss difference ours vs hf: {d:.2e} (same weights and data; bf16 noise only)")
         if d > 0.05:
             log("warning: the two models disagree on the first loss; the comparison may not be like for like")
+    for name, r in results.items():  # one greppable line per model (a sweep with --models hf still gets HF's)
+        log(f"model={name} tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu']:.4f} peak_mem_gb={r['peak_mem_gb']:.2f}")
     o, h = results.get("ours"), results.get("hf")
     vs_hf = o["tokens_per_s"] / h["tokens_per_s"] if o and h else float("nan")
     nan = float("nan")

@@ -51,3 +51,23 @@ def test_bench_failure_exits_nonzero_with_last_line(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 1 and "simulated HF failure" in out
     assert re.fullmatch(r"tokens_per_s=\d+ mfu=\S+ vs_hf=nan peak_mem_gb=\S+ gpu=\S+", out.strip().splitlines()[-1])
+
+
+def test_bench_variant_switches_reach_the_model(capsys, monkeypatch):
+    bench = _bench()
+    seen = {}
+    real = bench.run_one
+
+    def spy(name, ours, init, args, dev, batches):
+        seen[name] = (ours.config.fuse_projections, ours.config.fuse_out, ours.config.loss_chunk_size)
+        return real(name, ours, init, args, dev, batches)
+
+    monkeypatch.setattr(bench, "run_one", spy)
+    rc = bench.main(["--config", "tiny", "--device", "cpu", "--models", "ours", "--fuse", "qkv_fc1", "--fuse-out",
+                     "--loss-chunk-size", "16", "--steps", "1", "--warmup", "0", "--seq-len", "32"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert seen == {"ours": ("qkv_fc1", True, 16)} and "fuse qkv_fc1 + out" in out
+    assert re.fullmatch(r"tokens_per_s=\d+ mfu=\S+ vs_hf=nan peak_mem_gb=\S+ gpu=\S+", out.strip().splitlines()[-1])
+    assert bench.main(["--config", "tiny", "--device", "cpu", "--inductor", "no_such_option=1"]) == 2
+    assert "--inductor" in capsys.readouterr().out

@@ -4,8 +4,12 @@ Parameter names equal those of `transformers.PhiForCausalLM`, so `model.state_di
 checkpoint (see trainer/export.py). The block is phi's parallel one:
 `x = x + attn(ln(x)) + mlp(ln(x))`, partial rotary on the first `rotary_dim` dims of each head
 (NeoX / `rotate_half` pairing, not interleaved), tanh-GELU MLP, biases everywhere, untied lm_head.
-Speed: q, k, v and fc1 all read the same LayerNorm output, so they run as one matmul over the
-concatenated HF-named weights (`fuse_projections`); no dropout modules; chunked lm_head + loss.
+Speed: q, k, v and fc1 all read the same LayerNorm output, so they run as fused matmuls over the
+concatenated HF-named weights (`fuse_projections`); optionally dense and fc2 run as one matmul over
+`[attn, gelu(fc1)]` (`fuse_out`); no dropout modules; chunked lm_head + loss. The weights stay separate
+HF-named parameters (FSDP2, DCP, export and `load_state_dict(assign=True)` see plain HF tensors); the
+concatenation happens in the forward, where under bf16 autocast + torch.compile it is the same kernel as
+the fp32->bf16 weight cast that autocast does anyway, so it adds no memory traffic.
 
 Forward contract (`Phi.forward(input_ids, labels=None, cache=None, start_pos=0)`):
 - `model(input_ids)` -> logits `[B, T, vocab_size]` (autocast dtype under autocast, else fp32).
@@ -58,7 +62,11 @@ class PhiConfig:
     loss_chunk_size: int = 4096  # tokens per lm_head+CE chunk; 0 = plain full-logits loss
     activation_checkpointing: bool = False
     attn_impl: str = "auto"  # "auto" (flash_attn if installed, else SDPA) | "sdpa" | "flash"
-    fuse_projections: bool = True  # q, k, v and fc1 as one matmul (same math; False = four, like HF)
+    # q, k, v, fc1 (same math): "qk_vfc1" = two matmuls, [q, k] and [v, fc1], so the buffer that backward
+    # keeps (v and the pre-GELU fc1 output) does not also pin the pre-rotary q, k (3.2 GB at phi-1.5, mb 8);
+    # "qkv_fc1" (True) = one matmul; "none" (False) = four, like HF
+    fuse_projections: str | bool = "qk_vfc1"
+    fuse_out: bool = False  # dense and fc2 as one matmul: [attn, gelu(u)] @ [W_dense, W_fc2].T, K = hidden + inter
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -69,6 +77,12 @@ class PhiConfig:
             raise ValueError(f"attn_impl must be auto|sdpa|flash, got {self.attn_impl!r}")
         if self.attn_impl == "flash" and flash_attn_func is None:
             raise ValueError("attn_impl='flash' but flash_attn is not installed (pip install flash-attn)")
+        self.fuse_projections = fuse_mode(self)
+
+    @property
+    def fuse_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The input projections that run as one matmul each (HF names, in output order q, k, v, fc1)."""
+        return _FUSE_GROUPS[fuse_mode(self)]
 
     @property
     def head_dim(self) -> int:
@@ -77,6 +91,19 @@ class PhiConfig:
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+
+_FUSE_GROUPS = {"qkv_fc1": (("q_proj", "k_proj", "v_proj", "fc1"),),
+                "qk_vfc1": (("q_proj", "k_proj"), ("v_proj", "fc1")),
+                "none": (("q_proj",), ("k_proj",), ("v_proj",), ("fc1",))}
+
+
+def fuse_mode(cfg: PhiConfig) -> str:
+    """`cfg.fuse_projections` as a mode name (True/False are the old spellings of qkv_fc1/none)."""
+    mode = {True: "qkv_fc1", False: "none"}.get(cfg.fuse_projections, cfg.fuse_projections)
+    if mode not in _FUSE_GROUPS:
+        raise ValueError(f"fuse_projections must be one of {sorted(_FUSE_GROUPS)}, got {cfg.fuse_projections!r}")
+    return mode
 
 
 CONFIGS: dict[str, PhiConfig] = {
@@ -122,21 +149,24 @@ class KVCache:
 
 
 class PhiAttention(nn.Module):
+    """q/k/v/dense weights and the rotary + causal attention core; the projections run in PhiDecoderLayer."""
+
     def __init__(self, cfg: PhiConfig, layer_idx: int):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
         d = cfg.hidden_size
         self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.dense = nn.Linear(d, d)
+        self.dense = nn.Linear(d, d)  # applied by PhiDecoderLayer (alone or fused with fc2)
 
-    def attend(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        """Rotary + causal attention + `dense` on projected `qkv [B, T, 3 * hidden]` (q, k, v order)."""
-        B, T, _ = qkv.shape
+        """Rotary + causal attention on projected `q, k, v [B, T, hidden]` (views of a fused matmul's output
+        are fine); returns `[B, T, hidden]`, the input of `dense`."""
+        B, T, _ = q.shape
         H, D = self.cfg.num_attention_heads, self.cfg.head_dim
-        q, k, v = qkv.view(B, T, 3, H, D).unbind(2)  # each [B, T, H, D]
+        q, k, v = (t.view(B, T, H, D) for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        use_flash = (flash_attn_func is not None and cache is None and qkv.is_cuda
+        use_flash = (flash_attn_func is not None and cache is None and q.is_cuda
                      and q.dtype in (torch.float16, torch.bfloat16) and self.cfg.attn_impl != "sdpa")
         if use_flash:
             y = flash_attn_func(q, k, v, causal=True)  # [B, T, H, D]
@@ -148,24 +178,19 @@ class PhiAttention(nn.Module):
                 if start_pos > 0:  # queries at start_pos.. see every cached key up to themselves
                     causal = False
                     if T > 1:
-                        kpos = torch.arange(k.shape[2], device=qkv.device)
-                        mask = kpos[None, :] <= (start_pos + torch.arange(T, device=qkv.device))[:, None]
+                        kpos = torch.arange(k.shape[2], device=q.device)
+                        mask = kpos[None, :] <= (start_pos + torch.arange(T, device=q.device))[:, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).transpose(1, 2)
-        return self.dense(y.reshape(B, T, H * D))
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        return self.attend(torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), -1), cos, sin, cache, start_pos)
+        return y.reshape(B, T, H * D)
 
 
 class PhiMLP(nn.Module):
+    """fc1 -> tanh-GELU -> fc2; the matmuls run in PhiDecoderLayer (fused with the attention projections)."""
+
     def __init__(self, cfg: PhiConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new
 
 
 class PhiDecoderLayer(nn.Module):
@@ -176,18 +201,34 @@ class PhiDecoderLayer(nn.Module):
         self.self_attn = PhiAttention(cfg, layer_idx)
         self.mlp = PhiMLP(cfg)
 
+    def project(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """q, k, v, fc1 outputs of `h`. Attention and MLP read the same h, so these run as fused matmuls
+        (the parallel block's PaLM-style fusion) grouped by `cfg.fuse_groups`; each group's HF-named weights
+        are concatenated along the output dim (one kernel with autocast's bf16 cast under compile)."""
+        lin = {"q_proj": self.self_attn.q_proj, "k_proj": self.self_attn.k_proj, "v_proj": self.self_attn.v_proj,
+               "fc1": self.mlp.fc1}
+        outs = []
+        for group in self.cfg.fuse_groups:
+            mods = [lin[n] for n in group]
+            if len(mods) == 1:
+                outs.append(mods[0](h))
+                continue
+            w = torch.cat([m.weight for m in mods])
+            b = torch.cat([m.bias for m in mods])
+            outs.extend(F.linear(h, w, b).split([m.out_features for m in mods], dim=-1))
+        return outs
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        h = self.input_layernorm(x)
         attn, mlp = self.self_attn, self.mlp
-        if not self.cfg.fuse_projections:
-            return x + attn(h, cos, sin, cache, start_pos) + mlp(h)
-        # attention and MLP read the same h, so q, k, v and fc1 are ONE matmul (the parallel block's
-        # fusion, PaLM-style); the weights stay HF-named and are concatenated on the fly (cheap, fused by compile)
-        w = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, mlp.fc1.weight))
-        b = torch.cat((attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias, mlp.fc1.bias))
-        qkv, u = F.linear(h, w, b).split((3 * self.cfg.hidden_size, self.cfg.intermediate_size), dim=-1)
-        return x + attn.attend(qkv, cos, sin, cache, start_pos) + mlp.fc2(F.gelu(u, approximate="tanh"))
+        q, k, v, u = self.project(self.input_layernorm(x))
+        y = attn.attend(q, k, v, cos, sin, cache, start_pos)
+        g = F.gelu(u, approximate="tanh")  # gelu_new
+        if not self.cfg.fuse_out:
+            return x + attn.dense(y) + mlp.fc2(g)
+        # one matmul for both output projections: K = hidden + intermediate, one bias (b_dense + b_fc2)
+        w = torch.cat((attn.dense.weight, mlp.fc2.weight), dim=1)
+        return x + F.linear(torch.cat((y, g), dim=-1), w, attn.dense.bias + mlp.fc2.bias)
 
 
 class PhiModel(nn.Module):
@@ -278,9 +319,8 @@ class _ChunkedLinearCE(torch.autograd.Function):
             b = bias.to(dt) if bias is not None else None
             n_valid = (labels != IGNORE_INDEX).sum().clamp(min=1).to(acc)
             loss = torch.zeros((), device=x.device, dtype=acc)
-            grad_x = torch.empty_like(x) if need_grad else None
-            grad_w = torch.zeros_like(weight, dtype=acc) if need_grad else None
-            grad_b = torch.zeros(weight.shape[0], device=x.device, dtype=acc) if need_grad else None
+            cols = torch.arange(weight.shape[0], device=x.device)
+            grad_x, grad_w, grad_b = [], None, None
             for s in range(0, x.shape[0], chunk_size):
                 xc, yc = x[s:s + chunk_size].to(dt), labels[s:s + chunk_size]
                 logits = F.linear(xc, w, b).to(acc)
@@ -288,15 +328,15 @@ class _ChunkedLinearCE(torch.autograd.Function):
                 yc = torch.where(valid, yc, 0)
                 lse = torch.logsumexp(logits, dim=-1)
                 loss = loss + ((lse - logits.gather(1, yc[:, None]).squeeze(1)) * valid).sum()
-                if need_grad:  # d loss / d logits = (softmax - onehot) * valid / n_valid
-                    g = torch.exp(logits - lse[:, None])
-                    g.scatter_add_(1, yc[:, None], -torch.ones_like(lse)[:, None])
+                if need_grad:  # d loss / d logits = (softmax - onehot) * valid / n_valid, one pointwise kernel
+                    p = torch.exp(logits - lse[:, None])
+                    g = torch.where(cols[None, :] == yc[:, None], p - 1, p)
                     g = (g * (valid.to(acc) / n_valid)[:, None]).to(dt)
-                    grad_x[s:s + chunk_size] = (g @ w).to(x.dtype)
-                    grad_w += (g.t() @ xc).to(acc)
-                    grad_b += g.to(acc).sum(0)
+                    grad_x.append((g @ w).to(x.dtype))  # concatenated once below (no buffer rewritten per chunk)
+                    gw, gb = (g.t() @ xc).to(acc), g.to(acc).sum(0)
+                    grad_w, grad_b = (gw, gb) if grad_w is None else (grad_w + gw, grad_b + gb)
         if need_grad:
-            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype), grad_b)
+            ctx.save_for_backward(torch.cat(grad_x), grad_w.to(weight.dtype), grad_b)
         ctx.has_bias = bias is not None
         return loss / n_valid
 
@@ -311,8 +351,8 @@ def chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: to
                                  labels: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
     """Mean cross-entropy of `x [N, d] @ weight.T + bias` against `labels [N]` (IGNORE_INDEX skipped)
     without materialising `[N, V]` logits; memory is one `[chunk_size, V]` fp32 block."""
-    if x.shape[0] != labels.shape[0]:
-        raise ValueError(f"{x.shape[0]} hidden rows but {labels.shape[0]} labels")
+    if x.shape[0] != labels.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"{x.shape[0]} hidden rows but {labels.shape[0]} labels (need the same, at least one)")
     # under no_grad (evaluation) the forward skips the gradient work; ctx.needs_input_grad cannot tell
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     return _ChunkedLinearCE.apply(x, weight, bias, labels, max(1, chunk_size), need_grad)
