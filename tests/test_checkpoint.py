@@ -158,3 +158,16 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly(corpus, tmp_path, uninterrupte
         assert losses[s] == pytest.approx(full[s], abs=1e-5)
     model = checkpoint.load_model(run)  # a sharded checkpoint loads into a plain model for export/eval
     assert model.config.vocab_size == 512 and not model.training
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    torch.save(checkpoint.rng_state(), tmp_path / "rng.pt")
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
