@@ -272,3 +272,15 @@ def test_secret_key_never_reaches_journal_parquet_or_logs(tmp_path, caplog, caps
     texts += [p.read_bytes().decode("latin-1") for p in tmp_path.iterdir() if p.is_file()]
     assert pl.read_parquet(parquet).height == 6
     assert not [t for t in texts if secret in t or secret[:16] in t]
+
+
+def test_no_slot_is_held_while_backing_off(tmp_path):
+    """concurrency=1: while the first request sleeps on its backoff, the others go through."""
+    requests = [ChatRequest(messages=[{"role": "user", "content": "SLOW one"}])] + reqs(3)
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("500", first=1, match="SLOW")])) as emu:
+        gen = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, concurrency=1, backoff_initial_s=0.5)
+        out = gen.run(requests)
+    assert out[0].attempts == 2 and all(r.attempts == 1 for r in out[1:])
+    with Journal(gen.journal_path) as j:
+        finished = dict(j.db.execute("SELECT key, updated_at FROM requests").fetchall())
+    assert finished[out[0].key] > max(finished[r.key] for r in out[1:])

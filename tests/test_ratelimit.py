@@ -219,3 +219,13 @@ def test_429_cuts_concurrency_and_clamps_bucket():
         adm.cancel(t)
 
     asyncio.run(main())
+
+
+def test_first_answer_a_429_still_cuts_concurrency():
+    async def main():
+        adm = AdmissionController(None, concurrency=40)
+        ticket = await adm.acquire(1, 1)
+        adm.fail(ticket, rate_limited=True)
+        return adm.concurrency.limit
+
+    assert asyncio.run(main()) == 30  # opened to 40 by the first answer, then cut

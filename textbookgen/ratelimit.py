@@ -376,11 +376,11 @@ class AdmissionController:
         self.concurrency.release()
         self._refund(ticket.tokens_in, ticket.tokens_out)
         self._learn(ticket, headers)
+        if not self._started:
+            self._first_answer()
         if rate_limited:
             self.rate_limited += 1
             self.concurrency.on_rate_limited(self.clock())
-        if not self._started:
-            self._first_answer()
 
     def cancel(self, ticket: Ticket) -> None:
         """The attempt never completed (run cancelled): give everything back."""
