@@ -62,11 +62,13 @@ def test_anthropic_headers_keep_input_and_output_apart():
         "anthropic-ratelimit-input-tokens-limit": "40000", "anthropic-ratelimit-input-tokens-remaining": "39000",
         "anthropic-ratelimit-output-tokens-limit": "8000", "anthropic-ratelimit-output-tokens-remaining": "7000",
         "anthropic-ratelimit-output-tokens-reset": reset, "anthropic-ratelimit-unified-status": "allowed",
+        "anthropic-ratelimit-tokens-limit": "8000", "anthropic-ratelimit-tokens-remaining": "7000",
     }
     obs = parse_rate_headers(headers)
     assert obs["input_tokens"].limit == 40000 and obs["input_tokens"].remaining == 39000
     assert obs["output_tokens"].limit == 8000 and obs["output_tokens"].remaining == 7000  # not swapped
     assert 28 <= obs["requests"].reset_s <= 30
+    assert "tokens" not in obs  # Anthropic's "tokens" is the tighter of the two, not a combined budget
 
 
 def test_garbled_headers_are_ignored():

@@ -115,6 +115,8 @@ def parse_rate_headers(headers) -> dict[str, Observation]:
             field, _, bucket = name[12:].partition("-")
         elif name.startswith("anthropic-ratelimit-"):
             bucket, _, field = name[20:].rpartition("-")
+            if bucket == "tokens":  # "the most restrictive" of input/output, not a combined budget
+                continue
         else:
             continue
         bucket = bucket.replace("-", "_")
