@@ -150,8 +150,8 @@ class CausalLM:
         keys = sorted(keyed, key=len, reverse=True)
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         for batch in self._progress(self._batches([len(k) for k in keys]), "scoring"):
-            ids, mask = self._pad([list(keys[b]) for b in batch])
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            ids, _ = self._pad([list(keys[b]) for b in batch])
+            logits = self.model(input_ids=ids).logits  # right padding, as lm_eval: no mask needed
             for row, b in enumerate(batch):
                 for i in keyed[keys[b]]:
                     c, x = pairs[i]  # log-softmax over the continuation's positions only
@@ -163,11 +163,23 @@ class CausalLM:
         return float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())
 
     def _score_prefix(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """Contexts shared by several multi-token continuations run once and lend their KV cache; contexts
+        with only one-token continuations need just their own forward; the rest (one continuation per
+        context, e.g. WinoGrande's partial scoring) gain nothing from sharing and run as whole sequences."""
         groups: dict[tuple[int, ...], _Group] = {}
         for i, (c, x) in enumerate(pairs):
             groups.setdefault(tuple(c), _Group(c, [])).conts.append((i, x))
-        order = sorted(groups.values(), key=lambda g: len(g.ctx), reverse=True)
+        shared, whole = [], []
+        for g in groups.values():
+            if len({tuple(x[:-1]) for _, x in g.conts if len(x) > 1}) == 1:
+                whole += [i for i, _ in g.conts]
+            else:
+                shared.append(g)
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        if whole:
+            for i, r in zip(whole, self._score_full([pairs[i] for i in whole]), strict=True):
+                results[i] = r
+        order = sorted(shared, key=lambda g: len(g.ctx), reverse=True)
         for batch in self._progress(self._batches([len(g.ctx) for g in order]), "scoring"):
             self._score_context_batch([order[b] for b in batch], results)
         return results
@@ -180,7 +192,7 @@ class CausalLM:
         kw: dict[str, Any] = {"use_cache": needs_cache}
         if self._keep_kw:
             kw[self._keep_kw] = torch.tensor(last, device=self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, **kw)
+        out = self.model(input_ids=ids, **kw)  # right padding: causal attention never sees it, no mask needed
         logits = out.logits if self._keep_kw else out.logits[:, last]
         first = self._log_probs(logits[torch.arange(len(groups)), [last.index(len(g.ctx) - 1) for g in groups]])
         # requests with one-token continuations are done; longer ones run their tokens[:-1] on the cache
