@@ -15,7 +15,7 @@ from textbookgen.pricing import estimate_cost
 from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
 
 PROVIDERS = [("openai", "gpt-4o-mini"), ("anthropic", "claude-haiku-4-5")]
-FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, progress=False, timeout_s=2.0)
+FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, progress=False, timeout_s=20.0)
 
 
 def reqs(n: int, prefix: str = "Explain topic", **kw) -> list[ChatRequest]:
@@ -111,8 +111,9 @@ def test_key_from_environment(monkeypatch, tmp_path):
 def test_transient_errors_are_retried(provider, model, kind, tmp_path):
     cfg = EmulatorConfig(latency_median_s=0.002, hang_s=5.0, faults=[Fault(kind, first=1)])
     with Emulator(cfg) as emu:
-        out = gen_for(emu, provider, model, tmp_path, timeout_s=0.5, concurrency=4).run(reqs(4))
-    assert [r.status for r in out] == ["ok"] * 4 or all(r.status in ("ok", "truncated") for r in out)
+        timeout = 1.0 if kind == "timeout" else 20.0  # the hang outlasts the client's patience
+        out = gen_for(emu, provider, model, tmp_path, timeout_s=timeout, concurrency=4).run(reqs(4))
+    assert all(r.status in ("ok", "truncated") for r in out)
     assert [r.attempts for r in out] == [2] * 4
 
 
@@ -198,9 +199,10 @@ def test_429_storm_recovers_with_aimd(tmp_path):
     cfg = EmulatorConfig(latency_median_s=0.02, rpm=1200, window_s=1.0, send_headers=False)
     with Emulator(cfg) as emu:
         gen = gen_for(emu, "openai-compatible", "local-model", tmp_path, concurrency=64,
-                      backoff_initial_s=0.05, backoff_max_s=0.5)
+                      backoff_initial_s=0.05, backoff_max_s=0.5, timeout_s=30.0)
         out = gen.run(reqs(80))
-        assert emu.rate_limited > 0 and emu.duplicates == 0 and emu.billed == 80
+        assert emu.rate_limited > 0
+        assert emu.billed == 80 and emu.duplicates == 0
     assert all(r.status in ("ok", "truncated") for r in out)
     assert gen.stats["rate_limited"] > 0 and gen.stats["concurrency"] < 64
     assert max(r.attempts for r in out) >= 2

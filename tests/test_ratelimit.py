@@ -231,3 +231,20 @@ def test_first_answer_a_429_still_cuts_concurrency():
         return adm.concurrency.limit
 
     assert asyncio.run(main()) == 30  # opened to 40 by the first answer, then cut
+
+
+def test_429_from_a_server_without_headers_pauses_admission_for_retry_after():
+    async def main():
+        adm = AdmissionController(None, concurrency=8, slow_start=False)
+        ticket = await adm.acquire(1, 1)
+        adm.fail(ticket, rate_limited=True, retry_after=0.3)
+        t0 = time.monotonic()
+        t = await adm.acquire(1, 1)
+        waited = time.monotonic() - t0
+        adm.complete(t, 1, 1, {"x-ratelimit-limit-requests": "6000"})  # a server with headers...
+        t = await adm.acquire(1, 1)
+        adm.fail(t, rate_limited=True, retry_after=5.0)  # ...is paced by its buckets, not paused
+        return waited, adm.paused_until - time.monotonic()
+
+    waited, left = asyncio.run(main())
+    assert waited >= 0.25 and left < 0

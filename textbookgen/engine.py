@@ -334,7 +334,7 @@ class Generator:
         try:
             completion = await self._provider.complete(req)
         except RetryableError as exc:
-            admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers)
+            admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers, retry_after=exc.retry_after)
             raise
         except ItemError:
             admission.fail(ticket)

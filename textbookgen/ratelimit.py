@@ -313,6 +313,7 @@ class AdmissionController:
         self._lock = asyncio.Lock()
         self.headers_seen = False
         self.rate_limited = 0
+        self.paused_until = 0.0
 
     async def acquire(self, tokens_in: float, tokens_out: float) -> Ticket:
         # Slot first: a request let through by the buckets goes on the wire at once, so the pacing
@@ -323,7 +324,8 @@ class AdmissionController:
                 while True:
                     now = self.clock()
                     wait = max(self._req.wait_time(1, now), self._tok.wait_time(tokens_in + tokens_out, now),
-                               self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now))
+                               self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now),
+                               self.paused_until - now)
                     if wait <= 0:
                         break
                     await asyncio.sleep(wait)
@@ -372,9 +374,12 @@ class AdmissionController:
         if not self._started:
             self._first_answer()
 
-    def fail(self, ticket: Ticket, *, rate_limited: bool = False, headers=None) -> None:
+    def fail(self, ticket: Ticket, *, rate_limited: bool = False, headers=None,
+             retry_after: float | None = None) -> None:
         """A failed attempt: tokens were not used (the request itself still counted), learn, and cut
-        concurrency on a 429."""
+        concurrency on a 429. A server that sends no limit headers only speaks through 429s: its
+        Retry-After (else a 1 s cooldown) then pauses admission for everyone, since with short
+        latencies fewer slots alone would not slow the request rate enough."""
         self.concurrency.release()
         self._refund(ticket.tokens_in, ticket.tokens_out)
         self._learn(ticket, headers)
@@ -382,7 +387,11 @@ class AdmissionController:
             self._first_answer()
         if rate_limited:
             self.rate_limited += 1
-            self.concurrency.on_rate_limited(self.clock())
+            now = self.clock()
+            self.concurrency.on_rate_limited(now)
+            if not self.headers_seen:
+                pause = min(retry_after if retry_after is not None else self.concurrency.cooldown_s, 60.0)
+                self.paused_until = max(self.paused_until, now + pause)
 
     def cancel(self, ticket: Ticket) -> None:
         """The attempt never completed (run cancelled): give everything back."""
