@@ -52,12 +52,14 @@ def test_export_parquet(tmp_path):
     with Journal(tmp_path / "j.sqlite") as j:
         j.add_pending([("k1", "openai", "m", '{"messages": []}', '{"topic": "t"}'), ("k2", "openai", "m", "{}", "{}")])
         j.write_results([_row("k1")])
-        out = j.export_parquet(tmp_path / "out" / "journal.parquet")
+        out = j.export_parquet(tmp_path / "out" / "journal.parquet", chunk_rows=1)  # streamed in chunks
         done = j.export_parquet(tmp_path / "done.parquet", statuses=["ok"])
     frame = pl.read_parquet(out)
     assert frame.height == 2 and frame.schema["input_tokens"] == pl.Int64
     assert json.loads(frame.filter(pl.col("key") == "k1")["metadata"][0]) == {"topic": "t"}
     assert pl.read_parquet(done)["key"].to_list() == ["k1"]
+    with Journal(tmp_path / "empty.sqlite") as j:
+        assert pl.read_parquet(j.export_parquet(tmp_path / "empty.parquet")).height == 0
 
 
 def test_not_a_journal_file_is_a_clear_error(tmp_path):

@@ -418,7 +418,7 @@ class Generator:
     def _fail_run(self, exc: FatalProviderError) -> None:
         if self._fatal is None:
             self._fatal = exc
-            log.error("stopping the run: %s", exc)
+            log.info("stopping the run: %s", exc)  # raised to the caller once in-flight work is settled
             current = asyncio.current_task()
             for task in list(self._tasks):
                 if task is not current:

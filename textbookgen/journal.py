@@ -137,27 +137,41 @@ class Journal:
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
                 "cost_usd": cost, "attempts": attempts, "models": models}
 
-    def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None) -> Path:
-        """Write the journal (optionally only rows with these statuses) to a parquet file."""
+    def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None,
+                       chunk_rows: int = 50_000) -> Path:
+        """Write the journal (optionally only rows with these statuses) to a parquet file, streaming
+        `chunk_rows` rows at a time so a journal larger than memory exports too."""
         import polars as pl
+        import pyarrow.parquet as pq
 
         query = f"SELECT {', '.join(COLUMNS)} FROM requests"
         params: tuple = ()
         if statuses:
             query += f" WHERE status IN ({','.join('?' * len(statuses))})"
             params = tuple(statuses)
-        schema = {"key": pl.String, "provider": pl.String, "model": pl.String, "status": pl.String,
-                  "text": pl.String, "finish_reason": pl.String, "input_tokens": pl.Int64,
-                  "output_tokens": pl.Int64, "cost_usd": pl.Float64, "latency_s": pl.Float64,
-                  "attempts": pl.Int64, "error": pl.String, "error_class": pl.String,
-                  "response_id": pl.String, "request": pl.String, "metadata": pl.String,
-                  "created_at": pl.Float64, "updated_at": pl.Float64}
-        frame = pl.DataFrame(self.db.execute(query + " ORDER BY created_at, key", params).fetchall(),
-                             schema=schema, orient="row")
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_parquet(out)
+        tmp = out.with_name(out.name + ".tmp")
+        cursor = self.db.execute(query + " ORDER BY created_at, key", params)
+        schema = _parquet_schema()
+        rows = cursor.fetchmany(chunk_rows)
+        first = pl.DataFrame(rows, schema=schema, orient="row").to_arrow()
+        with pq.ParquetWriter(tmp, first.schema) as writer:
+            writer.write_table(first)
+            while rows := cursor.fetchmany(chunk_rows):
+                writer.write_table(pl.DataFrame(rows, schema=schema, orient="row").to_arrow())
+        tmp.replace(out)
         return out
+
+
+def _parquet_schema() -> dict:
+    import polars as pl
+
+    return {"key": pl.String, "provider": pl.String, "model": pl.String, "status": pl.String,
+            "text": pl.String, "finish_reason": pl.String, "input_tokens": pl.Int64, "output_tokens": pl.Int64,
+            "cost_usd": pl.Float64, "latency_s": pl.Float64, "attempts": pl.Int64, "error": pl.String,
+            "error_class": pl.String, "response_id": pl.String, "request": pl.String, "metadata": pl.String,
+            "created_at": pl.Float64, "updated_at": pl.Float64}
 
 
 def request_of(row: dict) -> dict:
