@@ -2,10 +2,11 @@
 causal LM, and loaders for our checkpoints (HF exports, training checkpoints) and any HF model path.
 
 Scoring reproduces lm-evaluation-harness's `HFLM.loglikelihood` token for token (same context /
-continuation split, same left truncation, same empty-context prefix token), but computes each distinct
-context once: contexts are run batched (right-padded, sorted longest first) with the KV cache kept,
-the cache rows are gathered per continuation, and only the continuations run again with explicit
-position ids. One-token continuations (BoolQ, MMLU letters) need no second pass at all.
+continuation split, same left truncation, same empty-context prefix token), but computes a context
+shared by several choices once: contexts run batched (right-padded, sorted longest first) with the KV
+cache kept, the cache rows are gathered per continuation, and only the continuations run again, with
+explicit position ids. One-token continuations (BoolQ, MMLU letters) need no second pass at all; a
+context with a single continuation (WinoGrande's partial scoring) runs whole, as in lm_eval.
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ class CausalLM:
         out: list[str] = [""] * len(prompts)
         bs = batch_size or self.batch_size
         pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_id
-        for start in range(0, len(order), bs):
+        starts = [[start] for start in range(0, len(order), bs)]
+        for (start,) in self._progress(starts, "generating"):
             idx = order[start : start + bs]
             width = max(len(encoded[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
