@@ -145,6 +145,7 @@ class Generator:
         self._jitter = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s,
                                                jitter=backoff_initial_s)
         self.stats: dict = {}
+        self._running = False
 
     # ----- public API ---------------------------------------------------------------------------
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
@@ -158,6 +159,15 @@ class Generator:
 
     async def arun(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         """Generate a completion for every request; returns responses in request order."""
+        if self._running:
+            raise RuntimeError("this Generator is already running; use one Generator per concurrent run")
+        self._running = True
+        try:
+            return await self._arun(requests)
+        finally:
+            self._running = False
+
+    async def _arun(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         keyed = [(request_key(canonical_request(self.provider, self.model, r)), r) for r in requests]
         unique: dict[str, ChatRequest] = {}
         for key, req in keyed:
@@ -201,7 +211,7 @@ class Generator:
     async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse]) -> None:
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
                                  timeout=self.timeout_s)
-        self._secrets = (provider._secrets[0],) if provider._secrets[0] != "EMPTY" else ()
+        self._secrets = tuple(k for k in provider.secrets if k != "EMPTY")
         self._provider = provider
         self._admission = AdmissionController(self.limits, self.concurrency)
         self._writer = JournalWriter(journal)

@@ -138,7 +138,7 @@ class OpenAIProvider:
                  http: str = "aiohttp") -> None:
         import openai
 
-        self.name, self.model, self._secrets = provider, model, (api_key,)
+        self.name, self.model, self.secrets = provider, model, (api_key,)
         self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
                                          http_client=_http_client(http, openai))
         # OpenAI's own API wants max_completion_tokens (reasoning models reject max_tokens); servers
@@ -169,7 +169,7 @@ class OpenAIProvider:
                               output_tokens=usage.get("completion_tokens") or 0,
                               headers=raw.headers, response_id=data.get("id"), refusal=message.get("refusal"))
         except Exception as exc:  # noqa: BLE001 - classified and re-raised
-            raise classify(exc, self.name, self.model, self._secrets) from None
+            raise classify(exc, self.name, self.model, self.secrets) from None
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -182,7 +182,7 @@ class AnthropicProvider:
                  http: str = "aiohttp") -> None:
         import anthropic
 
-        self.name, self.model, self._secrets = "anthropic", model, (api_key,)
+        self.name, self.model, self.secrets = "anthropic", model, (api_key,)
         self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0,
                                                timeout=timeout, http_client=_http_client(http, anthropic))
 
@@ -207,7 +207,7 @@ class AnthropicProvider:
                               output_tokens=usage.get("output_tokens") or 0, headers=raw.headers,
                               response_id=data.get("id"), refusal=text if finish == "refusal" else None)
         except Exception as exc:  # noqa: BLE001 - classified and re-raised
-            raise classify(exc, self.name, self.model, self._secrets) from None
+            raise classify(exc, self.name, self.model, self.secrets) from None
 
     async def aclose(self) -> None:
         await self.client.close()
