@@ -83,6 +83,11 @@ def test_generate_command_writes_journal_and_completions(tmp_path, monkeypatch):
     assert rows[0]["cost_usd"] == pytest.approx((rows[0]["input_tokens"] * 2 + rows[0]["output_tokens"] * 4) / 1e6)
     with Journal(tmp_path / "prompts.journal.sqlite") as j:
         assert j.summary()["done"] == 12
+    shown = runner.invoke(app, ["journal", str(tmp_path / "prompts.journal.sqlite"), "--export",
+                                str(tmp_path / "j.parquet"), "--status", "ok"])
+    assert shown.exit_code == 0 and '"done": 12' in shown.output
+    assert pl.read_parquet(tmp_path / "j.parquet").height == 12
+    assert runner.invoke(app, ["journal", str(tmp_path / "absent.sqlite")]).exit_code == 1
 
 
 def test_generate_command_fatal_error_exit_code(tmp_path, monkeypatch):

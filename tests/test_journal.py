@@ -69,6 +69,16 @@ def test_not_a_journal_file_is_a_clear_error(tmp_path):
         Journal(bad)
 
 
+def test_journal_from_a_future_schema_is_refused(tmp_path):
+    path = tmp_path / "j.sqlite"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(JournalError, match="schema version 99"):
+        Journal(path)
+
+
 def test_writer_batches_in_one_task_and_flushes_on_close(tmp_path):
     async def main():
         j = Journal(tmp_path / "j.sqlite")

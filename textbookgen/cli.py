@@ -156,6 +156,30 @@ def generate(
                f"${cost:.4f}; journal {gen.journal_path}")
 
 
+@app.command()
+def journal(
+    path: str = typer.Argument(..., help="journal file written by generate / build"),
+    export: str | None = typer.Option(None, "--export", help="write the rows to this parquet file"),
+    status: Annotated[list[str] | None, typer.Option("--status", help="export only these statuses (repeatable)")] = None,
+) -> None:
+    """Summarise a request journal (counts by status, tokens, cost) and optionally export it to parquet."""
+    from pathlib import Path
+
+    from textbookgen.journal import Journal, JournalError
+
+    if not Path(path).is_file():
+        typer.echo(f"error: no journal at {path}", err=True)
+        raise typer.Exit(1)
+    try:
+        with Journal(path) as j:
+            typer.echo(json.dumps(j.summary(), indent=2))
+            if export:
+                typer.echo(f"exported -> {j.export_parquet(export, statuses=status)}")
+    except JournalError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 # ---- recipes: validate / build / plan; topic taxonomies (owner: diversity & recipes) ----------------
 def _overrides(sets: list[str] | None) -> dict:
     import yaml

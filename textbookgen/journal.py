@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+SCHEMA_VERSION = 1
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
 PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
@@ -75,7 +76,12 @@ class Journal:
                                       check_same_thread=False, timeout=30.0)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise JournalError(f"journal {path} has schema version {version}; this textbookgen reads "
+                                   f"version {SCHEMA_VERSION}")
             self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
 
