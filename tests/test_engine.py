@@ -247,6 +247,11 @@ def test_budget_stops_launching_and_rerun_continues(tmp_path, caplog):
         assert all(r.status in ("ok", "truncated") for r in more) and emu.duplicates == 0
 
 
+def test_cost_budget_needs_a_price():
+    with pytest.raises(ValueError, match="no price is known for model 'my-local-model'"):
+        Generator("openai-compatible", "my-local-model", base_url="http://127.0.0.1:9/v1", max_cost_usd=5)
+
+
 def test_output_token_budget(tmp_path):
     with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
         gen = gen_for(emu, "anthropic", "claude-haiku-4-5", tmp_path, max_output_tokens=300, concurrency=1)

@@ -132,12 +132,16 @@ def generate(
         if not api_key:
             typer.echo(f"error: environment variable {api_key_env} is not set", err=True)
             raise typer.Exit(2)
-    gen = Generator(provider, model, base_url=base_url, api_key=api_key,
-                    journal=journal or f"{stem}.journal.sqlite",
-                    limits=RateLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, tpm=tpm),
-                    concurrency=concurrency, max_cost_usd=max_cost, max_output_tokens=max_output_tokens,
-                    prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
-                    retry_failed=retry_failed)
+    try:
+        gen = Generator(provider, model, base_url=base_url, api_key=api_key,
+                        journal=journal or f"{stem}.journal.sqlite",
+                        limits=RateLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, tpm=tpm),
+                        concurrency=concurrency, max_cost_usd=max_cost, max_output_tokens=max_output_tokens,
+                        prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
+                        retry_failed=retry_failed)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     try:
         responses = gen.run(requests)
     except FatalProviderError as err:
