@@ -139,8 +139,9 @@ class Generator:
         self.max_cost_usd, self.max_output_tokens = max_cost_usd, max_output_tokens
         self.price_in, self.price_out = (p / 1e6 for p in price_of(model, prices))
         if max_cost_usd is not None and not (self.price_in or self.price_out):
-            raise ValueError(f"max_cost_usd is set but no price is known for model {model!r}: pass "
-                             f"prices={{{model!r}: (input, output)}} in USD per 1M tokens")
+            log.warning("max_cost_usd is set but no price is known for model %r, so its calls count as $0 "
+                        "and the cost budget cannot stop the run; pass prices={%r: (input, output)} in USD "
+                        "per 1M tokens (or --price) if it is not free", model, model)
         self.progress = progress
         self.timeout_s, self.max_attempts = timeout_s, max_attempts
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
