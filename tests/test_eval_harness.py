@@ -267,3 +267,22 @@ def test_report_files(tmp_path: Path) -> None:
     assert "| **mymodel** | 1.000 | 0.500 ± 0.224 |" in table
     assert "phi-1.5 (paper) | 0.758 | 0.766 |" in table
     assert len(paths["samples"].read_text().splitlines()) == 7
+
+
+def test_num_fewshot_applies_to_fewshot_tasks_only() -> None:
+    from textbookgen.benchmarks import BENCHMARKS
+
+    def mmlu(i: int, split: str) -> BenchmarkItem:
+        it = BENCHMARKS["mmlu"].convert({"question": f"q{i}", "subject": "virology", "choices": list("wxyz"),
+                                         "answer": i % 4}, str(i))
+        it.meta["split"] = split
+        return it
+
+    arc = BenchmarkItem("arc_easy", "1", "Question: q\nAnswer:", ["a", "b"], 0, "a", {"split": "test"})
+    lm = FakeLM()
+    res = evaluate(lm, ["arc_easy", "mmlu"], data={"arc_easy": [arc], "mmlu": [mmlu(i, "dev") for i in range(5)]
+                                                   + [mmlu(9, "test")]}, num_fewshot=2)
+    assert (res["arc_easy"].num_fewshot, res["mmlu"].num_fewshot, res["mmlu"].n) == (0, 2, 1)
+    assert lm.requests[0][0] == "Question: q\nAnswer:" and lm.requests[-1][0].count("Answer:") == 3
+    with pytest.raises(ValueError, match="few-shot is implemented for mmlu, gsm8k, mbpp only"):
+        evaluate(lm, ["arc_easy@2"], data={"arc_easy": [arc]})

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                 "tasks without local data load from the HF Hub")
     p.add_argument("--data-file", action="append", default=[], metavar="TASK=PATH", help="per-task data path")
     p.add_argument("--limit", type=int, default=None, help="first N items per task (MMLU: per subject)")
-    p.add_argument("--num-fewshot", type=int, default=None, help="shots for tasks without '@k' (MMLU/GSM8K/MBPP)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="shots for MMLU/GSM8K/MBPP tasks without '@k' (defaults: 0/8/3)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path/spec (default: the checkpoint's)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")

@@ -43,6 +43,7 @@ _DATA_FOLDERS = {
     "commonsense_qa": ["commonsense_qa", "llmfoundry_eval_gauntlet"],
     "lambada_openai": ["lambada", "llmfoundry_eval_gauntlet"],
 }
+FEWSHOT_TASKS = ("mmlu", "gsm8k", "mbpp")  # the others are zero-shot, as in the paper
 _SPLIT_SYNONYMS = {"validation": {"validation", "dev", "val"}, "test": {"test"}}
 
 
@@ -188,8 +189,8 @@ def score_lambada(lm: Any, items: list[BenchmarkItem]) -> TaskResult:
 
 def load_task_items(task: str, source: str | Path | Iterable[BenchmarkItem] | None) -> list[BenchmarkItem]:
     """All items of a task from a path, a data root, a list of items, or (None) the Hugging Face Hub."""
-    if source is None:
-        return load_benchmark(task)
+    if source is None:  # the Hub: the eval split (and MMLU's dev split for its shots)
+        return load_benchmark(task) + (load_benchmark(task, split="dev") if task == "mmlu" else [])
     if not isinstance(source, (str, Path)):
         return list(source)
     p = Path(source)
@@ -211,7 +212,8 @@ def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any]
     results: dict[str, TaskResult] = {}
     for name in tasks:
         task, shots = parse_task(name)
-        shots = shots if shots is not None else num_fewshot
+        if shots is None and task in FEWSHOT_TASKS:
+            shots = num_fewshot
         source = data.get(name, data.get(task)) if isinstance(data, Mapping) else data
         items = load_task_items(task, source)
         evals = eval_items(task, items)
@@ -228,7 +230,8 @@ def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any]
                 prefixes = _mmlu_prefixes(evals, dev, k) if k else {
                     s: mmlu_description(s) for s in {it.meta["subject"] for it in evals}}
             elif shots:
-                raise ValueError(f"{task}: few-shot is implemented for mmlu, gsm8k and mbpp only (zero-shot as the paper)")
+                raise ValueError(f"{name}: few-shot is implemented for {', '.join(FEWSHOT_TASKS)} only (the paper's "
+                                 "other tasks are zero-shot)")
             res = score_multiple_choice(lm, task, evals, prefixes)
             res.num_fewshot = shots or 0
         elif kind == "loglikelihood":
