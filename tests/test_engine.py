@@ -292,3 +292,13 @@ def test_no_slot_is_held_while_backing_off(tmp_path):
     with Journal(gen.journal_path) as j:
         finished = dict(j.db.execute("SELECT key, updated_at FROM requests").fetchall())
     assert finished[out[0].key] > max(finished[r.key] for r in out[1:])
+
+
+def test_proxy_in_environment_keeps_the_sdk_http_client(monkeypatch):
+    import openai
+
+    from textbookgen.providers import _http_client
+
+    assert _http_client("aiohttp", openai) is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert _http_client("aiohttp", openai) is None  # httpx reads proxy settings; the aiohttp transport does not

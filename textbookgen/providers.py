@@ -115,9 +115,12 @@ def resolve_key(provider: str, api_key: str | None, base_url: str | None) -> str
 
 
 def _http_client(kind: str, sdk):
-    """The SDK's aiohttp transport (a third of the CPU of its default httpx pool per request), else
-    the SDK default."""
-    if kind == "aiohttp":
+    """The SDK's aiohttp transport (about half the CPU of its default httpx pool per request), else
+    the SDK default; also the default when a proxy is configured in the environment, which the SDKs'
+    aiohttp transport does not read."""
+    import urllib.request
+
+    if kind == "aiohttp" and not urllib.request.getproxies():
         try:
             return sdk.DefaultAioHttpClient()
         except (AttributeError, RuntimeError):  # an SDK without it, or without the aiohttp extra
