@@ -33,6 +33,20 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert not [p for p in leftovers if "tbg-sandbox" in _cwd(p)]
 
 
+def test_group_kill_reaches_grandchildren() -> None:
+    """The timeout path kills the process group, so children that escaped the guard die too."""
+    import subprocess
+
+    from trainer.eval.sandbox import _group_alive, _kill_group
+
+    proc = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & sleep 60"], start_new_session=True)
+    time.sleep(0.3)
+    assert _group_alive(proc.pid)
+    _kill_group(proc.pid)
+    proc.wait(timeout=5)
+    assert not _group_alive(proc.pid)
+
+
 def _cmdline(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()

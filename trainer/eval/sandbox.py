@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -36,7 +35,12 @@ from pathlib import Path
 __all__ = ["SandboxConfig", "SandboxResult", "network_isolation_available", "run_python", "run_many"]
 
 _GUARD = r'''
-import os, sys
+import os, resource, sys
+for _name, _value in __LIMITS__:  # hard limits, set before any untrusted code runs
+    try:
+        resource.setrlimit(getattr(resource, _name), (_value, _value))
+    except (AttributeError, ValueError, OSError):  # e.g. RLIMIT_AS on macOS: the other layers still hold
+        pass
 _TMP = os.path.realpath(os.getcwd())
 _READ = tuple(os.path.realpath(p) for p in __READ__) + (_TMP,)
 _DEVICES = ("/dev/null", "/dev/urandom", "/dev/zero")
@@ -139,16 +143,10 @@ def _stdlib_paths() -> list[str]:
     return sorted(p for p in paths if os.path.isdir(p))
 
 
-def _limits(cfg: SandboxConfig) -> None:
-    """Runs in the child between fork and exec: hard limits it cannot raise again."""
-    mem = cfg.memory_mb * 1024 * 1024
-    cpu = int(cfg.timeout_s) + 2
-    for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu),
-                       (resource.RLIMIT_FSIZE, cfg.max_output_bytes), (resource.RLIMIT_CORE, 0)):
-        try:
-            resource.setrlimit(res, (value, value))
-        except (ValueError, OSError):  # e.g. RLIMIT_AS on macOS: the other layers still hold
-            pass
+def _limits(cfg: SandboxConfig) -> list[tuple[str, int]]:
+    """rlimits the guard sets on itself: address space, CPU seconds, written-file size, no core dumps."""
+    return [("RLIMIT_AS", cfg.memory_mb * 1024 * 1024), ("RLIMIT_CPU", int(cfg.timeout_s) + 2),
+            ("RLIMIT_FSIZE", cfg.max_output_bytes), ("RLIMIT_CORE", 0)]
 
 
 def _read_capped(path: Path, limit: int) -> str:
@@ -171,6 +169,7 @@ def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> SandboxResult
     try:
         guard = _GUARD.replace("__READ__", json.dumps(_stdlib_paths() + list(cfg.extra_read_paths)))
         guard = guard.replace("__SOCKETS__", '("socket.",)' if cfg.block_sockets else "()")
+        guard = guard.replace("__LIMITS__", json.dumps(_limits(cfg)))
         (tmp / "_guard.py").write_text(guard, encoding="utf-8")
         (tmp / "program.py").write_text(code, encoding="utf-8")
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
@@ -180,7 +179,7 @@ def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> SandboxResult
         with open(tmp / ".stdout", "wb") as out, open(tmp / ".stderr", "wb") as err:
             try:
                 proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                        start_new_session=True, preexec_fn=lambda: _limits(cfg))  # noqa: PLW1509
+                                        start_new_session=True)  # no preexec_fn: run_many uses threads
             except OSError as e:
                 return SandboxResult("error", None, "", str(e), 0.0, isolation)
             timed_out = False
@@ -189,8 +188,10 @@ def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> SandboxResult
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
-                _kill_group(proc.pid)
+                if timed_out:
+                    _kill_group(proc.pid)
                 rc = proc.wait()
+                _kill_group(proc.pid)  # anything the program left behind in its group
         duration = time.monotonic() - start
         stdout = _read_capped(tmp / ".stdout", cfg.max_output_bytes)
         stderr = _read_capped(tmp / ".stderr", cfg.max_output_bytes)
@@ -199,11 +200,36 @@ def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> SandboxResult
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies, which may wait long for a reaper, don't count)."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
+    """SIGKILL the whole process group, then wait until none of it runs any more."""
+    deadline = time.monotonic() + wait_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.01)
 
 
 def _status(rc: int, timed_out: bool, stderr: str) -> str:
