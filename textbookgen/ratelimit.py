@@ -109,7 +109,10 @@ def parse_rate_headers(headers) -> dict[str, Observation]:
     found: dict[str, Observation] = {}
     if headers is None:
         return found
-    for raw_name, value in headers.items():
+    raw = getattr(headers, "raw", None)  # httpx: bytes pairs; decode only the few headers we want
+    pairs = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k[:1] in b"xXaA") if raw \
+        else headers.items()
+    for raw_name, value in pairs:
         name = raw_name.lower()
         if name.startswith("x-ratelimit-"):
             field, _, bucket = name[12:].partition("-")
