@@ -66,20 +66,35 @@ def make_prompts(n: int) -> list[str]:
             f"{subjects[i % len(subjects)]}" for i in range(n)]
 
 
-async def naive(base_url: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
+
+
+async def naive(provider: str, base: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
     """The baseline: gather everything under a semaphore, SDK default retries."""
+    import anthropic
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench")
     sem = asyncio.Semaphore(concurrency)
+    if provider == "openai":
+        client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-bench")
+
+        async def call(prompt: str) -> str | None:
+            r = await client.chat.completions.create(
+                model=MODELS[provider], messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens)
+            return r.choices[0].message.content
+    else:
+        client = anthropic.AsyncAnthropic(base_url=base, api_key="sk-ant-bench")
+
+        async def call(prompt: str) -> str | None:
+            r = await client.messages.create(
+                model=MODELS[provider], messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens)
+            return r.content[0].text
 
     async def one(prompt: str):
         async with sem:
             try:
-                r = await client.chat.completions.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens)
-                return r.choices[0].message.content
-            except openai.APIError:
+                return await call(prompt)
+            except (openai.APIError, anthropic.APIError):
                 return None
 
     results = await asyncio.gather(*(one(p) for p in prompts))
@@ -87,11 +102,11 @@ async def naive(base_url: str, prompts: list[str], concurrency: int, max_tokens:
     return {"ok": sum(r is not None for r in results), "failed": sum(r is None for r in results)}
 
 
-def ours(base_url: str, prompts: list[str], concurrency: int, max_tokens: int, journal: Path) -> dict:
+def ours(provider: str, base: str, prompts: list[str], concurrency: int, max_tokens: int, journal: Path) -> dict:
     from textbookgen.engine import ChatRequest, Generator
 
-    gen = Generator("openai", "gpt-4o-mini", base_url=base_url, api_key="sk-bench", journal=journal,
-                    concurrency=concurrency, progress=True)
+    gen = Generator(provider, MODELS[provider], base_url=base + "/v1" if provider == "openai" else base,
+                    api_key="sk-bench", journal=journal, concurrency=concurrency, progress=True)
     responses = gen.run([ChatRequest(messages=[{"role": "user", "content": p}], max_tokens=max_tokens)
                          for p in prompts])
     return {"ok": sum(r.status in ("ok", "truncated") for r in responses),
@@ -153,6 +168,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=256, help="same for both (the engine's ceiling)")
     p.add_argument("--latency", type=float, default=0.8)
     p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--provider", choices=sorted(MODELS), default="openai", help="wire format and client")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -171,14 +187,14 @@ def main() -> None:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(measure("textbookgen Generator", base, lambda: ours(
-                base + "/v1", prompts, args.concurrency, args.max_tokens, Path(tmp) / "journal.sqlite")))
+                args.provider, base, prompts, args.concurrency, args.max_tokens, Path(tmp) / "journal.sqlite")))
         if not args.skip_baseline:
             rows.append(measure("naive gather+semaphore", base, lambda: asyncio.run(
-                naive(base + "/v1", prompts, args.concurrency, args.max_tokens))))
+                naive(args.provider, base, prompts, args.concurrency, args.max_tokens))))
     finally:
         server.stdin.close()
         server.wait(timeout=30)
-    print(f"\n{args.prompts} prompts; emulator limits {RPM:,} RPM, {INPUT_TPM:,} input TPM, {OUTPUT_TPM:,} "
+    print(f"\n{args.provider}: {args.prompts} prompts; emulator limits {RPM:,} RPM, {INPUT_TPM:,} input TPM, {OUTPUT_TPM:,} "
           f"output TPM (1 s buckets); latency median {args.latency} s; concurrency {args.concurrency}\n")
     header = (f"{'':24} {'ok':>5} {'failed':>6} {'send s':>6} {'RPM':>6} {'util':>5} {'wall s':>6} "
               f"{'wall RPM':>8} {'HTTP':>5} {'429s':>5} {'429 share':>9} {'CPU ms/req':>10} {'dup billed':>10}")
