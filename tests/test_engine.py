@@ -12,6 +12,7 @@ from textbookgen.engine import ChatRequest, Generator, RateLimits, canonical_req
 from textbookgen.errors import FatalProviderError
 from textbookgen.journal import Journal
 from textbookgen.pricing import estimate_cost
+from textbookgen.ratelimit import PROBES
 from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
 
 PROVIDERS = [("openai", "gpt-4o-mini"), ("anthropic", "claude-haiku-4-5")]
@@ -68,7 +69,7 @@ def test_bad_key_fails_fast_without_retries(provider, model, tmp_path):
         gen = gen_for(emu, provider, model, tmp_path)
         with pytest.raises(FatalProviderError, match="authentication failed") as info:
             gen.run(reqs(50))
-        assert emu.received == 1  # one request on the wire until the server answered once; no retry
+        assert emu.received <= PROBES  # a few probes until the server first answered; no retry
     assert "sk-test-key" not in str(info.value)
 
 
@@ -77,7 +78,7 @@ def test_unknown_model_fails_fast(provider, model, tmp_path):
     with Emulator(EmulatorConfig(latency_median_s=0.001, models=["some-other-model"])) as emu:
         with pytest.raises(FatalProviderError, match="unknown model"):
             gen_for(emu, provider, model, tmp_path).run(reqs(20))
-        assert emu.received == 1
+        assert emu.received <= PROBES
 
 
 @pytest.mark.parametrize("provider, model", PROVIDERS)
@@ -85,7 +86,7 @@ def test_quota_exhausted_fails_fast(provider, model, tmp_path):
     with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("quota", first=100)])) as emu:
         with pytest.raises(FatalProviderError, match="quota or billing"):
             gen_for(emu, provider, model, tmp_path).run(reqs(20))
-        assert emu.received == 1
+        assert emu.received <= PROBES
 
 
 @pytest.mark.parametrize("provider, env", [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])

@@ -10,6 +10,7 @@ import httpx2
 import pytest
 
 from textbookgen.ratelimit import (
+    PROBES,
     AdaptiveConcurrency,
     AdmissionController,
     Observation,
@@ -194,15 +195,16 @@ def test_output_reservation_is_refunded():
 def test_slow_start_until_first_answer_then_full_concurrency():
     async def main():
         adm = AdmissionController(None, concurrency=8)
-        first = await adm.acquire(1, 1)
-        second = asyncio.ensure_future(adm.acquire(1, 1))
+        probes = [await adm.acquire(1, 1) for _ in range(PROBES)]
+        more = asyncio.ensure_future(adm.acquire(1, 1))
         await asyncio.sleep(0.01)
-        assert not second.done()  # one request on the wire until the server has answered once
-        adm.complete(first, 1, 1, {"x-ratelimit-limit-requests": "600"})
-        t2 = await second
+        assert not more.done()  # a few probes on the wire until the server has answered once
+        adm.complete(probes[0], 1, 1, {"x-ratelimit-limit-requests": "600"})
+        t2 = await more
         assert adm.concurrency.limit == 8 and adm.headers_seen
         assert adm.limits["requests"] == 600
-        adm.cancel(t2)
+        for t in (*probes[1:], t2):
+            adm.cancel(t)
 
     asyncio.run(main())
 
@@ -248,3 +250,22 @@ def test_429_from_a_server_without_headers_pauses_admission_for_retry_after():
 
     waited, left = asyncio.run(main())
     assert waited >= 0.25 and left < 0
+
+
+def test_output_remaining_clamps_only_on_429():
+    """A server that counts only generated tokens reports more output room than our reservations
+    leave; trusting it on success would double-count, on a 429 it is the truth."""
+    async def main():
+        adm = AdmissionController(None, concurrency=8, slow_start=False, headroom=1.0)
+        hdr = {"anthropic-ratelimit-output-tokens-limit": "60000",
+               "anthropic-ratelimit-output-tokens-remaining": "100",
+               "anthropic-ratelimit-requests-limit": "600", "anthropic-ratelimit-requests-remaining": "0"}
+        t = await adm.acquire(10, 500)
+        adm.complete(t, 10, 50, hdr)
+        out_after_ok, req_after_ok = adm.buckets["output_tokens"].level, adm.buckets["requests"].level
+        t = await adm.acquire(10, 500)
+        adm.fail(t, rate_limited=True, headers=hdr)
+        return out_after_ok, req_after_ok, adm.buckets["output_tokens"].level
+
+    out_ok, req_ok, out_429 = asyncio.run(main())
+    assert out_ok > 50_000 and req_ok < 1 and out_429 <= 200

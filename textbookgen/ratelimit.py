@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 
 BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
 _INDEX = {name: i for i, name in enumerate(BUCKETS)}
+_EXACT = ("requests", "input_tokens")  # known in full when a request is sent
+PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -204,13 +206,14 @@ class TokenBucket:
         if self.rate != math.inf:
             self.level = min(self.capacity, self.level + n)
 
-    def observe(self, obs: Observation, taken_since: float, age_s: float, now: float) -> None:
-        """Learn the server's limit; clamp our level to the server's `remaining`, aged by what we
-        have taken since that request was sent and what refilled since."""
+    def observe(self, obs: Observation, taken_since: float, age_s: float, now: float,
+                clamp: bool = True) -> None:
+        """Learn the server's limit; with `clamp`, lower our level to the server's `remaining`, aged
+        by what we have taken since that request was sent and what refilled since."""
         if obs.limit and obs.limit != self.server_limit:
             self.server_limit = obs.limit
             self._configure(now, fill=self.rate == math.inf)  # first limit known: start full, then clamp
-        if obs.remaining is not None and self.rate != math.inf:
+        if clamp and obs.remaining is not None and self.rate != math.inf:
             self.refill(now)
             server_level = obs.remaining * self.headroom - taken_since + age_s * self.rate
             if server_level < self.level:
@@ -310,8 +313,9 @@ class AdmissionController:
                                           start_full=name != "requests")
                         for name in BUCKETS}
         self._req, self._tok, self._in, self._out = (self.buckets[b] for b in BUCKETS)
-        # Until the first answer we do not know the server's limits: one request on the wire at a time.
-        self.concurrency = AdaptiveConcurrency(concurrency, initial=1 if slow_start else None)
+        # Until the first answer we do not know the server's limits: a few probes on the wire (the first
+        # of several latencies comes back sooner than one's); the first answer opens up to `concurrency`.
+        self.concurrency = AdaptiveConcurrency(concurrency, initial=PROBES if slow_start else None)
         self._started = not slow_start
         self._lock = asyncio.Lock()
         self.headers_seen = False
@@ -348,7 +352,11 @@ class AdmissionController:
         self._in.give(tokens_in)
         self._out.give(tokens_out)
 
-    def _learn(self, ticket: Ticket, headers) -> None:
+    def _learn(self, ticket: Ticket, headers, rate_limited: bool = False) -> None:
+        """Limits from every answer. `remaining` clamps requests and input tokens on every answer
+        (counted the same way on both sides at send time); output and combined token buckets hold our
+        max_tokens reservations, which a server may count differently (reserved, or only what was
+        generated), so their `remaining` is trusted only when the server says no with a 429."""
         observations = parse_rate_headers(headers)
         if not observations:
             return
@@ -357,7 +365,8 @@ class AdmissionController:
         age = now - ticket.t_send
         for name, obs in observations.items():
             bucket = self.buckets[name]
-            bucket.observe(obs, bucket.taken - ticket.taken[_INDEX[name]], age, now)
+            bucket.observe(obs, bucket.taken - ticket.taken[_INDEX[name]], age, now,
+                           clamp=rate_limited or name in _EXACT)
 
     def _first_answer(self) -> None:
         self._started = True
@@ -385,7 +394,7 @@ class AdmissionController:
         latencies fewer slots alone would not slow the request rate enough."""
         self.concurrency.release()
         self._refund(ticket.tokens_in, ticket.tokens_out)
-        self._learn(ticket, headers)
+        self._learn(ticket, headers, rate_limited)
         if not self._started:
             self._first_answer()
         if rate_limited:
