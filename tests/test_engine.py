@@ -61,6 +61,23 @@ def test_duplicate_requests_are_sent_once_and_metadata_is_not_in_the_key(tmp_pat
     assert [o.metadata["topic"] for o in out] == ["a", "b"]
 
 
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_response_format_keys_the_request_and_reaches_openai_only(provider, model, tmp_path):
+    """Structured output is part of the request (a new key); OpenAI-style servers get the schema,
+    Anthropic (which has no such field) gets the same messages without it."""
+    schema = {"type": "json_schema", "json_schema": {"name": "items", "schema": {
+        "type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+        "required": ["items"]}}}
+    plain = ChatRequest(messages=[{"role": "user", "content": "List 3 fruits."}])
+    structured = ChatRequest(messages=[{"role": "user", "content": "List 3 fruits."}], response_format=schema)
+    with Emulator(EmulatorConfig(latency_median_s=0.001, record_requests=True)) as emu:
+        out = gen_for(emu, provider, model, tmp_path).run([plain, structured])
+        bodies = [r["body"] for r in emu.requests]
+    assert out[0].key != out[1].key and emu.billed == 2
+    sent = [b["response_format"] for b in bodies if "response_format" in b]
+    assert sent == ([] if provider == "anthropic" else [schema])
+
+
 # ----- error classes ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("provider, model", PROVIDERS)

@@ -273,6 +273,40 @@ def test_grow_reaches_target_without_duplicates():
     assert sum(1 for t in tax.leaves() if t.meta.get("grown")) >= 900 - 125
 
 
+def test_grow_asks_for_structured_output_and_parses_it():
+    """Each grow request carries the subtopics JSON schema; the emulator answers with an instance of it."""
+    from textbookgen.engine import Generator
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    tax = Taxonomy(name="t")
+    for name in ("Chemistry", "Music", "Astronomy"):
+        tax.add(name)
+    with Emulator(EmulatorConfig(latency_median_s=0.001, record_requests=True)) as emu:
+        gen = Generator(
+            provider="openai", model="gpt-4o-mini", base_url=emu.openai_base_url, api_key="k", progress=False
+        )
+        report = grow(tax, gen, 15, seed=3, per_call=5)
+        bodies = [r["body"] for r in emu.requests]
+    assert report.leaves_after == 15 and report.failed_calls == 0
+    assert bodies and all(b["response_format"]["type"] == "json_schema" for b in bodies)
+    schema = bodies[0]["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == ["subtopics"] and schema["properties"]["subtopics"]["maxItems"] == 5
+
+
+def test_grow_without_structured_output_sends_no_schema():
+    from textbookgen.engine import Generator
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    tax = Taxonomy(name="t")
+    tax.add("Chemistry")
+    with Emulator(EmulatorConfig(latency_median_s=0.001, record_requests=True)) as emu:
+        gen = Generator(
+            provider="openai", model="gpt-4o-mini", base_url=emu.openai_base_url, api_key="k", progress=False
+        )
+        grow(tax, gen, 4, seed=3, per_call=4, structured=False)
+        assert emu.requests and all("response_format" not in r["body"] for r in emu.requests)
+
+
 def test_grow_drops_duplicates_from_a_repetitive_model():
     """A model that repeats itself (case, plural, punctuation variants) cannot inflate the tree."""
     from textbookgen.engine import Generator

@@ -42,7 +42,9 @@ STATUSES = ("ok", "truncated", "failed", "skipped_budget")
 class ChatRequest:
     """One chat completion to make. `seed` is sent where the provider supports it and always keys the
     request, so several samples of one prompt are distinct requests. `metadata` (provenance such as
-    topic or template ids) travels to the response and the journal but is not part of the key."""
+    topic or template ids) travels to the response and the journal but is not part of the key.
+    `response_format` (OpenAI's shape, e.g. a `json_schema`) asks for structured output where the server
+    has it (OpenAI, vLLM, SGLang); Anthropic has no such field, so there the answer is parsed from text."""
 
     messages: list[dict]
     max_tokens: int = 1024
@@ -50,6 +52,7 @@ class ChatRequest:
     top_p: float | None = None
     seed: int | None = None
     system: str | None = None
+    response_format: dict | None = None
     metadata: dict = field(default_factory=dict)
 
 
@@ -76,7 +79,7 @@ def canonical_request(provider: str, model: str, req: ChatRequest) -> dict:
     does not change the keys of existing journals."""
     fields = {"provider": provider, "model": model, "messages": req.messages, "system": req.system,
               "max_tokens": req.max_tokens, "temperature": req.temperature, "top_p": req.top_p,
-              "seed": req.seed}
+              "seed": req.seed, "response_format": req.response_format}
     return {k: v for k, v in fields.items() if v is not None}
 
 

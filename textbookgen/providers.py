@@ -158,6 +158,8 @@ class OpenAIProvider:
             body["top_p"] = req.top_p
         if req.seed is not None:
             body["seed"] = req.seed
+        if req.response_format is not None:
+            body["response_format"] = req.response_format
         return body
 
     async def complete(self, req: ChatRequest) -> Completion:

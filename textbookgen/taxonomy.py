@@ -727,6 +727,17 @@ GROW_PROMPT = (
 MAX_SIBLINGS_IN_PROMPT = 12
 
 
+def subtopics_schema(k: int) -> dict:
+    """OpenAI-style structured output for a grow answer: exactly the JSON the prompt asks for."""
+    schema = {
+        "type": "object",
+        "properties": {"subtopics": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": k}},
+        "required": ["subtopics"],
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": "subtopics", "strict": True, "schema": schema}}
+
+
 def _siblings_line(t: Topic, parents: dict[int, Topic], tax: Taxonomy) -> str:
     """'It sits beside: A; B; ...' so the model keeps the subtopics inside this topic's own ground."""
     parent = parents.get(id(t))
@@ -764,13 +775,15 @@ def grow(
     similarity: float = 90.0,
     max_rounds: int = 8,
     prompt: str = GROW_PROMPT,
+    structured: bool = True,
 ) -> GrowReport:
     """Expand leaves through the engine until the taxonomy has `target` leaves (in place).
 
     Each round asks for `k` subtopics of the leaves with the largest sampling share (shallowest
-    first), so growth stays balanced across subjects. Names equal to any existing name (after
-    `name_key`) or fuzzy-close to a sibling are dropped. The last round trims so the count lands
-    exactly on `target`. Requests are deterministic, so a crashed grow resumes from the engine's
+    first), so growth stays balanced across subjects. With `structured`, requests carry a JSON schema
+    (structured output where the provider has it); answers are parsed robustly either way. Names equal
+    to any existing name (after `name_key`) or fuzzy-close to a sibling are dropped. The last round
+    trims so the count lands exactly on `target`. Requests are deterministic, so a crashed grow resumes from the engine's
     journal without paying twice.
     """
     from textbookgen.engine import ChatRequest
@@ -808,6 +821,7 @@ def grow(
                     max_tokens=max_tokens,
                     temperature=temperature,
                     seed=seed * 1_000_003 + attempts[t.id],
+                    response_format=subtopics_schema(k) if structured else None,
                     metadata={"stage": "taxonomy.grow", "topic_id": t.id, "round": rnd},
                 )
             )
