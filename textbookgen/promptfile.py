@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from textbookgen.engine import ChatRequest, ChatResponse
+from textbookgen.jsonl import iter_jsonl
 
 _REQUEST_FIELDS = ("prompt", "messages", "system", "max_tokens", "temperature", "top_p", "seed", "metadata")
 
@@ -64,23 +65,8 @@ def load_prompts(path: str | Path, defaults: Mapping | None = None) -> list[Chat
         except Exception as exc:  # noqa: BLE001 - any parquet failure is a bad input file
             raise PromptFileError(f"{path}: not a readable parquet file ({exc})") from None
         return [_request(row, f"{path}: row {i}", defaults) for i, row in enumerate(rows)]
-    requests = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as exc:
-                raise PromptFileError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})") from None
-            if not isinstance(row, Mapping):
-                raise PromptFileError(f"{where}: each line must be a JSON object")
-            requests.append(_request(row, where, defaults))
+    requests = [_request(row, f"{path}:{number}", defaults)
+                for number, row in iter_jsonl(path, error=PromptFileError)]
     if not requests:
         raise PromptFileError(f"{path}: no prompts")
     return requests
