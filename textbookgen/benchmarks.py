@@ -21,9 +21,7 @@ No torch here: the SDK imports this without the training extras.
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import io
 import json
 import re
@@ -32,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from textbookgen.jsonl import iter_jsonl, open_compressed
 
 __all__ = [
     "BENCHMARKS",
@@ -437,14 +437,7 @@ Record = tuple[str, dict]
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    raw: Any
-    if path.suffix == ".gz":
-        raw = gzip.open(path, "rb")
-    elif path.suffix == ".bz2":
-        raw = bz2.open(path, "rb")
-    else:
-        raw = open(path, "rb")  # noqa: SIM115 - wrapped and closed by the caller
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    return io.TextIOWrapper(open_compressed(path), encoding="utf-8", newline="")
 
 
 def _base_suffix(path: Path) -> str:
@@ -455,29 +448,32 @@ def _base_suffix(path: Path) -> str:
     return Path(name).suffix
 
 
-def _read_jsonl(path: Path) -> Iterator[Record]:
+def _is_json_array(path: Path) -> bool:
+    """A `.json` file whose first line opens an array is one JSON document, not JSON Lines."""
+    if not path.name.endswith((".json", ".json.gz")):
+        return False
     with _open_text(path) as f:
         try:
-            lines = f.read().splitlines()
-        except UnicodeDecodeError as e:
-            raise BenchmarkError(f"{path}: not UTF-8 text ({e})") from e
-    if path.name.endswith((".json", ".json.gz")) and lines and lines[0].lstrip().startswith("["):
+            return f.readline().lstrip().startswith("[")
+        except UnicodeDecodeError:
+            return False  # the line reader below names the line
+
+
+def _read_jsonl(path: Path) -> Iterator[Record]:
+    if _is_json_array(path):
+        with _open_text(path) as f:
+            try:
+                text = f.read()
+            except UnicodeDecodeError as e:
+                raise BenchmarkError(f"{path}: not UTF-8 text ({e})") from e
         try:
-            rows = json.loads("\n".join(lines))
+            rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise BenchmarkError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
         for i, row in enumerate(rows):
             yield f"{path}[{i}]", row
         return
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchmarkError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(rec, dict):
-            raise BenchmarkError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+    for n, rec in iter_jsonl(path, error=BenchmarkError):
         yield f"{path}:{n}", rec
 
 
