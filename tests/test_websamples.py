@@ -153,6 +153,20 @@ def test_bad_sources_are_named(tmp_path):
         WebSamples.load(short)
 
 
+def test_json_rows_may_be_strings_or_objects(tmp_path):
+    docs = [f"Section {i} shows how a lever trades a long push for a short, strong lift of the load. " * 4
+            for i in range(4)]
+    (tmp_path / "s.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    (tmp_path / "a.json").write_text(json.dumps({"rows": docs[:2] + [{"text": d} for d in docs[2:]]}))
+    assert len(WebSamples.load(tmp_path / "s.jsonl")) == len(WebSamples.load(tmp_path / "a.json")) == 4
+    (tmp_path / "n.jsonl").write_text(json.dumps({"text": docs[0]}) + "\n[1, 2]\n")
+    with pytest.raises(WebSampleError, match=r"n\.jsonl:2: expected a JSON object or string, got list"):
+        WebSamples.load(tmp_path / "n.jsonl")
+    (tmp_path / "l.jsonl.gz").write_bytes(gzip.compress(b'{"text": "ok"}\n{"text": "caf\xe9"}\n'))
+    with pytest.raises(WebSampleError, match=r"l\.jsonl\.gz:2: not UTF-8"):
+        WebSamples.load(tmp_path / "l.jsonl.gz")
+
+
 def test_hub_source_streams_through_datasets(monkeypatch):
     datasets = pytest.importorskip("datasets")
     calls = {}

@@ -15,12 +15,14 @@ import io
 import json
 import re
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from textbookgen.jsonl import iter_jsonl_lines
 
 EXTRACT_CHARS = 1000
 
@@ -316,31 +318,26 @@ def _read_bytes(data: bytes, name: str, where: str, text_field: str | None) -> I
 
 
 def _read_json(data: bytes, kind: str, where: str, text_field: str | None) -> Iterator[str]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise WebSampleError(f"{where}: not valid UTF-8 at byte {e.start}") from None
+    """Documents of a JSON Lines file or a JSON array (or an object holding one): each row is a
+    document string or an object whose `text_field` (found once, from the first object) holds one."""
+    numbered: Iterable[tuple[int, Any]]
     if kind == "json":
-        rows = json.loads(text)
+        try:
+            rows = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise WebSampleError(f"{where}: not valid UTF-8 at byte {e.start}") from None
         if isinstance(rows, dict):
             rows = next((v for v in rows.values() if isinstance(v, list)), [])
-        lines: Sequence[Any] = rows
+        numbered = enumerate(rows, start=1)
     else:
-        lines = text.splitlines()
+        numbered = iter_jsonl_lines(io.BytesIO(data), where, error=WebSampleError, objects_only=False)
     field_name = text_field
-    for lineno, line in enumerate(lines, start=1):
-        if isinstance(line, str):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WebSampleError(f"{where}:{lineno}: invalid JSON ({e.msg})") from None
-        else:
-            row = line
+    for lineno, row in numbered:
         if isinstance(row, str):
             yield row
             continue
+        if not isinstance(row, dict):
+            raise WebSampleError(f"{where}:{lineno}: expected a JSON object or string, got {type(row).__name__}")
         if field_name is None:
             field_name = _text_column(list(row), {k: type(v).__name__ for k, v in row.items()}, None, where)
         value = row.get(field_name)
