@@ -195,7 +195,7 @@ def test_malformed_input_names_file_and_line(tmp_path: Path) -> None:
         load_benchmark("arc_easy", wrong_key)
     latin = tmp_path / "x.jsonl"
     latin.write_bytes('{"question": "caf\xe9"}\n'.encode("latin-1"))
-    with pytest.raises(BenchmarkError, match="not UTF-8"):
+    with pytest.raises(BenchmarkError, match=r"x\.jsonl:1: not valid UTF-8"):
         load_benchmark("gsm8k", latin)
     six = tmp_path / "hs.txt"
     six.write_text("a: b\n1\nx\ny\n", encoding="utf-8")

@@ -38,7 +38,7 @@ def test_parquet_prompts(tmp_path):
     (b'{"prompt": "ok"}\n{not json}\n', "p.jsonl:2: invalid JSON"),
     (b'{"prompt": "ok"}\n{"text": "no prompt"}\n', "p.jsonl:2: needs a 'prompt'"),
     (b'{"prompt": "ok", "max_tokens": "many"}\n', "p.jsonl:1: 'max_tokens' has the wrong type"),
-    (b'{"prompt": "caf\xe9"}\n', "p.jsonl:1: not UTF-8"),
+    (b'{"prompt": "caf\xe9"}\n', "p.jsonl:1: not valid UTF-8"),
     (b'["a list"]\n', "p.jsonl:1: each line must be a JSON object"),
     (b"\n\n", "p.jsonl: no prompts"),
 ])

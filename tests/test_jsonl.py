@@ -39,7 +39,7 @@ def test_bad_json_names_file_line_and_column(tmp_path):
 def test_non_utf8_names_file_line_and_byte(tmp_path):
     path = tmp_path / "latin.jsonl.gz"
     path.write_bytes(gzip.compress(b'{"a": "ok"}\n{"a": "caf\xe9"}\n'))
-    with pytest.raises(ValueError, match=r"latin\.jsonl\.gz:2: not UTF-8 \(invalid continuation byte at byte 10\)"):
+    with pytest.raises(ValueError, match=r"latin\.jsonl\.gz:2: not valid UTF-8 \(invalid continuation byte at byte 10\)"):
         list(iter_jsonl(path))
 
 

@@ -163,7 +163,7 @@ def test_json_rows_may_be_strings_or_objects(tmp_path):
     with pytest.raises(WebSampleError, match=r"n\.jsonl:2: expected a JSON object or string, got list"):
         WebSamples.load(tmp_path / "n.jsonl")
     (tmp_path / "l.jsonl.gz").write_bytes(gzip.compress(b'{"text": "ok"}\n{"text": "caf\xe9"}\n'))
-    with pytest.raises(WebSampleError, match=r"l\.jsonl\.gz:2: not UTF-8"):
+    with pytest.raises(WebSampleError, match=r"l\.jsonl\.gz:2: not valid UTF-8"):
         WebSamples.load(tmp_path / "l.jsonl.gz")
 
 

@@ -37,7 +37,7 @@ def iter_jsonl_lines(lines: Iterable[bytes], where: str, *, error: type[Exceptio
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise error(f"{where}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
+            raise error(f"{where}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         if not line.strip():
             continue
         try:
