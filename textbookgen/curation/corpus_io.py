@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from pathlib import Path
 
 import polars as pl
+
+from textbookgen.jsonl import iter_jsonl_lines, open_compressed
 
 SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
 
@@ -28,20 +29,14 @@ def corpus_files(path: Path) -> list[Path]:
 def _read_jsonl(path: Path) -> pl.DataFrame:
     """JSON lines (or one JSON array), optionally gzipped: polars' fast reader, and on any failure a
     line-by-line parse whose error names the file and line."""
-    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+    with open_compressed(path) as f:
         raw = f.read()
     if raw.lstrip()[:1] == b"[":
         return pl.DataFrame(json.loads(_decode(path, raw)), infer_schema_length=None)
     try:
         return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
     except Exception:  # re-parsed below, to say where and why
-        rows = []
-        for n, line in enumerate(io.StringIO(_decode(path, raw)), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        rows = [row for _, row in iter_jsonl_lines(io.BytesIO(raw), str(path))]
         return pl.DataFrame(rows, infer_schema_length=None)
 
 
