@@ -6,20 +6,19 @@ import json
 import math
 
 import pytest
-import torch
-from trainer_testlib import small_tokenizer, textbook_texts, tiny_overrides, wiki_texts, write_hub_folder
+from trainer_testlib import (
+    one_torch_thread,
+    small_tokenizer,
+    textbook_texts,
+    tiny_overrides,
+    wiki_texts,
+    write_hub_folder,
+)
 
 from trainer.config import ConfigError, load_config
 from trainer.train import TrainingDiverged, lr_at, make_optimizer, model_config, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two shared cores: oversubscribed intra-op threads make tiny CPU steps 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from trainer_testlib import small_tokenizer, tiny_overrides, wiki_texts, write_hub_folder
+from trainer_testlib import one_torch_thread, small_tokenizer, tiny_overrides, wiki_texts, write_hub_folder
 
 from trainer import checkpoint
 from trainer.cli import main
@@ -22,12 +22,7 @@ from trainer.train import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
 
 @pytest.fixture(scope="module")

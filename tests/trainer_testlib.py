@@ -11,8 +11,21 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 VOCAB = 512  # model rows; the test tokenizer uses 438 of them
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two shared cores: oversubscribed intra-op threads make tiny CPU steps 10x slower. A module opts in
+    with `pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)` after importing it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def read_jsonl_gz(path: Path, field: str, limit: int) -> list[str]:
