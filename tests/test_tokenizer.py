@@ -231,3 +231,13 @@ def test_train_tokenizer(shared_data, tmp_path):
         train_tokenizer([tmp_path / "nope.txt"], vocab_size=400)
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer([src], vocab_size=100)
+
+
+def test_train_tokenizer_names_the_bad_jsonl_line(tmp_path):
+    bad = tmp_path / "docs.jsonl"
+    bad.write_text('{"text": "one"}\n\n{"text": broken}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"docs\.jsonl:3: invalid JSON"):
+        train_tokenizer([bad], vocab_size=400)
+    bad.write_text('{"text": "one"}\n{"body": "two"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"docs\.jsonl:2: no 'text' field"):
+        train_tokenizer([bad], vocab_size=400)

@@ -10,7 +10,6 @@ vocabulary to 51,200 rows; ids 50295.. are never produced.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -125,13 +124,12 @@ def _iter_texts(files: Iterable[str | Path]) -> Iterable[str]:
             for batch in pf.iter_batches(columns=["text"], batch_size=1024):
                 yield from (t for t in batch.column(0).to_pylist() if t)
         elif f.suffix == ".jsonl":
-            with f.open(encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        row = json.loads(line)
-                        if "text" not in row:
-                            raise ValueError(f"{f}:{n}: no 'text' field")
-                        yield row["text"]
+            from textbookgen.jsonl import iter_jsonl
+
+            for n, row in iter_jsonl(f):
+                if "text" not in row:
+                    raise ValueError(f"{f}:{n}: no 'text' field")
+                yield row["text"]
         else:
             try:
                 yield f.read_text(encoding="utf-8")
