@@ -265,5 +265,5 @@ class QualityCut(Step):
             cut = self.config.threshold if self.config.threshold is not None else 0.5
             keep = scores >= cut
         stats.dropped["low_quality"] = int((~keep).sum())
-        stats.extra.update({"threshold": round(float(cut), 6), "keep_top_percent": self.config.keep_top_percent})
+        stats.extra.update({"threshold": float(cut), "keep_top_percent": self.config.keep_top_percent})
         return df.filter(pl.Series(keep))
