@@ -133,25 +133,16 @@ def test_kv_cache_decoding_equals_full_forward():
     assert (torch.cat(parts, 1) - full).abs().max().item() < 1e-5
 
 
-def test_fused_projections_same_grads():
+@pytest.mark.parametrize("switch, value, seed", [("fuse_projections", False, 6),
+                                                  ("activation_checkpointing", True, 5)])
+def test_memory_and_speed_switches_keep_the_grads(switch, value, seed):
+    """Unfused projections and activation checkpointing change how, not what, is computed."""
     m = _perturbed(SMALL)
-    ids, y = _ids(SMALL, 2, 40), _ids(SMALL, 2, 40, seed=6)
+    ids, y = _ids(SMALL, 2, 40), _ids(SMALL, 2, 40, seed=seed)
     m(ids, labels=y).backward()
     ref = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
-    m.config.fuse_projections = False
-    m(ids, labels=y).backward()
-    for n, p in m.named_parameters():
-        assert torch.allclose(p.grad, ref[n], atol=1e-6), n
-
-
-def test_activation_checkpointing_same_grads():
-    m = _perturbed(SMALL)
-    ids, y = _ids(SMALL, 2, 40), _ids(SMALL, 2, 40, seed=5)
-    m(ids, labels=y).backward()
-    ref = {n: p.grad.clone() for n, p in m.named_parameters()}
-    m.zero_grad()
-    m.config.activation_checkpointing = True
+    setattr(m.config, switch, value)
     m(ids, labels=y).backward()
     for n, p in m.named_parameters():
         assert torch.allclose(p.grad, ref[n], atol=1e-6), n
