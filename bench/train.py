@@ -8,10 +8,13 @@ weights, the same micro-batch / accumulation, fused AdamW (no decay on biases an
     python bench/train.py                               # phi-1.5, seq 2048, micro-batch 8, on the GPU
     python bench/train.py --config tiny --device cpu    # smoke test
 
-Last line: `tokens_per_s=<n> mfu=<m> vs_hf=<ratio> peak_mem_gb=<g> gpu=<name>` (ours; vs_hf = ours/HF).
-Our model's speed switches (--fuse, --fuse-out, --loss-chunk-size, --fullgraph) and the compile switches for
-both (--compile-mode, --compile-scope, --inductor) are there so that one GPU run can sweep them with
-`--models ours` (see bench/RESULTS.md for the sweep command).
+HF is compiled two ways and both are reported: as a whole (`torch.compile(model)`, what HF Trainer's
+`torch_compile` does; the issue's baseline) and block by block (each PhiDecoderLayer; faster for HF).
+Last line: `tokens_per_s=<n> mfu=<m> vs_hf=<ratio> vs_hf_block=<ratio> peak_mem_gb=<g> gpu=<name>` (ours;
+vs_hf = ours / HF compiled whole, vs_hf_block = ours / HF compiled per block).
+Our model's speed switches (--fuse, --fuse-out, --loss-chunk-size, --fullgraph) and the compile switches
+(--compile-mode, --compile-scope, --inductor) are there so that one GPU run can sweep them with
+`--models ours`; `--profile` prints where the GPU time goes (see bench/RESULTS.md).
 Exit status is non-zero if either model fails (the last line is still printed, with nan for what is missing).
 """
 
@@ -35,6 +38,7 @@ import torch  # noqa: E402
 from trainer.model import CONFIGS, Phi  # noqa: E402
 
 PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense
+HF_RUNS = {"full": "hf", "block": "hf-block"}  # result name of HF per compile scope
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,8 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="torch.compile both models (default: on for CUDA, off for CPU)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode for both, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--compile-scope", choices=["full", "block"], default="full",
-                    help="both: full = forward + loss as one graph; block = each decoder layer compiled in place, "
-                         "embedding and loss eager (what trainer/distributed.py does)")
+                    help="ours: full = forward + loss as one graph; block = each decoder layer and the loss "
+                         "compiled apart, embedding eager (what trainer/distributed.py does)")
+    ap.add_argument("--hf-scopes", default="full,block",
+                    help="HF runs once per scope listed: full = torch.compile over forward + loss, as "
+                         "torch.compile(model) or HF Trainer's torch_compile does; block = each PhiDecoderLayer "
+                         "compiled in place, loss eager (faster for HF on torch 2.11: see bench/RESULTS.md)")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                     help="set torch._inductor.config.KEY (both models), e.g. coordinate_descent_tuning=True; repeatable")
     ap.add_argument("--fullgraph", action="store_true",
@@ -71,7 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--sdpa-backend", choices=["auto", "default", "cudnn", "flash", "efficient"], default="auto",
                     help="SDPA kernel for both models: auto = time each once here and pin the fastest (GPU); "
                          "default = torch's own choice")
-    ap.add_argument("--models", default="ours,hf", help="comma list of ours,hf (run in this order)")
+    ap.add_argument("--models", default="ours,hf", help="comma list of ours,hf (run in this order; hf once per "
+                    "--hf-scopes entry)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, profile one more optimizer step per model and print GPU time by kernel "
+                         "kind (matmul, attention, fused pointwise, optimizer, ...) and the top kernels")
     ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -134,9 +146,12 @@ def make_step(name: str, model: torch.nn.Module, args, dev: torch.device):
         def fwd(x, y):
             return model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
     fullgraph = args.fullgraph and name == "ours"
-    if args.compile and args.compile_scope == "block":
+    scope = "block" if name == "hf-block" or (name == "ours" and args.compile_scope == "block") else "full"
+    if args.compile and scope == "block":
         for layer in model.model.layers:
             layer.compile(mode=args.compile_mode, fullgraph=fullgraph)
+        if name == "ours":  # as trainer/distributed.py: the loss is compiled apart from the blocks
+            model.loss = torch.compile(model.loss, mode=args.compile_mode, fullgraph=fullgraph)
     elif args.compile:
         fwd = torch.compile(fwd, mode=args.compile_mode, fullgraph=fullgraph)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
@@ -245,11 +260,61 @@ def _train(name: str, model: torch.nn.Module, args, dev: torch.device, batches) 
                 f"{dt * 1e3:.0f} ms {tokens_per_step / dt:,.0f} tok/s")
     sync()
     elapsed = time.perf_counter() - t0
+    if args.profile:
+        with sdpa_context(args.sdpa_backend):
+            profile_step(name, lambda: _one_step(model, opt, micro, args, batches), dev)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 1e9
     else:  # CPU: the process's peak resident set (ru_maxrss is KiB on Linux)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return {"tokens_per_s": tokens_per_step * args.steps / elapsed, "peak_mem_gb": peak, "losses": losses}
+
+
+def _one_step(model, opt, micro, args, batches) -> None:
+    for a in range(args.accum):
+        micro(*batches[a % len(batches)])
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+KERNEL_KINDS = (  # first match wins; names as CUDA reports them (cuBLAS nvjet/sm90 gemms, cuDNN/flash attention)
+    ("attention", ("fmha", "flash", "attn", "cudnn", "sdpa")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "splitk")),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "norm_kernel")),
+    ("fused (triton)", ("triton",)),  # inductor's pointwise/reduction kernels, casts fused in included
+    ("copy/cast", ("copy", "memcpy", "cat", "fill", "memset")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def profile_step(name: str, step, dev: torch.device) -> None:
+    """Run `step` once under torch.profiler; print GPU time per kernel kind and the 12 costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    kernels: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type != torch.autograd.DeviceType.CUDA and dev.type == "cuda":
+            continue
+        us = ev.time_range.elapsed_us() if dev.type == "cuda" else ev.self_cpu_time_total
+        kinds[kernel_kind(ev.name)] = kinds.get(kernel_kind(ev.name), 0.0) + us
+        kernels.setdefault(ev.name, []).append(us)
+    total = sum(kinds.values()) or 1.0
+    log(f"  {name} profile: one optimizer step, {total / 1e3:.1f} ms of {'GPU' if dev.type == 'cuda' else 'CPU'} time")
+    for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        log(f"    {kind:<16} {us / 1e3:9.1f} ms {100 * us / total:5.1f}%")
+    for kname, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:12]:
+        log(f"    {sum(times) / 1e3:9.1f} ms x{len(times):<4} {kernel_kind(kname):<14} {kname[:90]}")
 
 
 def main(argv=None) -> int:
@@ -273,6 +338,11 @@ def main(argv=None) -> int:
     if not names or set(names) - {"ours", "hf"}:
         log(f"error: --models must list ours and/or hf, got {args.models!r}")
         return 2
+    hf_scopes = [x.strip() for x in args.hf_scopes.split(",") if x.strip()]
+    if not hf_scopes or set(hf_scopes) - {"full", "block"}:
+        log(f"error: --hf-scopes must list full and/or block, got {args.hf_scopes!r}")
+        return 2
+    names = [m for n in names for m in ([n] if n == "ours" else [HF_RUNS[sc] for sc in hf_scopes])]
     if args.seq_len > cfg.max_position_embeddings or args.steps < 1:
         log(f"error: need 1 <= steps and seq_len <= {cfg.max_position_embeddings}")
         return 2
@@ -344,18 +414,21 @@ def main(argv=None) -> int:
         rows.append((name, f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.3f}", f"{r['peak_mem_gb']:.2f}",
                      f"{r['losses'][0]:.4f}"))
     print_table(rows)
-    if "ours" in results and "hf" in results:
-        d = abs(results["ours"]["losses"][0] - results["hf"]["losses"][0])
-        log(f"first-step loss difference ours vs hf: {d:.2e} (same weights and data; bf16 noise only)")
-        if d > 0.05:
-            log("warning: the two models disagree on the first loss; the comparison may not be like for like")
+    for hf in ("hf", "hf-block"):
+        if "ours" in results and hf in results:
+            d = abs(results["ours"]["losses"][0] - results[hf]["losses"][0])
+            log(f"first-step loss difference ours vs {hf}: {d:.2e} (same weights and data; bf16 noise only)")
+            if d > 0.05:
+                log("warning: the two models disagree on the first loss; the comparison may not be like for like")
     for name, r in results.items():  # one greppable line per model (a sweep with --models hf still gets HF's)
         log(f"model={name} tokens_per_s={r['tokens_per_s']:.0f} mfu={r['mfu']:.4f} peak_mem_gb={r['peak_mem_gb']:.2f}")
-    o, h = results.get("ours"), results.get("hf")
-    vs_hf = o["tokens_per_s"] / h["tokens_per_s"] if o and h else float("nan")
     nan = float("nan")
+    o = results.get("ours")
+    vs = {hf: o["tokens_per_s"] / results[hf]["tokens_per_s"] if o and hf in results else nan
+          for hf in ("hf", "hf-block")}
     log(f"tokens_per_s={o['tokens_per_s'] if o else nan:.0f} mfu={o['mfu'] if o else nan:.4f} "
-        f"vs_hf={vs_hf:.3f} peak_mem_gb={o['peak_mem_gb'] if o else nan:.2f} gpu={device_name(dev)}")
+        f"vs_hf={vs['hf']:.3f} vs_hf_block={vs['hf-block']:.3f} peak_mem_gb={o['peak_mem_gb'] if o else nan:.2f} "
+        f"gpu={device_name(dev)}")
     return 1 if failed else 0
 
 

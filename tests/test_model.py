@@ -13,6 +13,7 @@ from trainer.model import (  # noqa: E402
     Phi,
     PhiConfig,
     chunked_linear_cross_entropy,
+    rope_table,
 )
 
 SMALL = PhiConfig(vocab_size=256, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
@@ -146,6 +147,29 @@ def test_memory_and_speed_switches_keep_the_grads(switch, value, seed):
     m(ids, labels=y).backward()
     for n, p in m.named_parameters():
         assert torch.allclose(p.grad, ref[n], atol=1e-6), n
+
+
+def test_rope_table_survives_every_way_a_model_gets_its_weights():
+    """The rotary table is derived (not in state_dict): meta + to_empty, meta + load(assign), and dtype casts
+    must each leave the exact fp32 table, or logits drift silently."""
+    want = rope_table(SMALL)
+    assert want.shape == (128, 2, SMALL.rotary_dim // 2) and want.dtype == torch.float32
+    ref = _perturbed(SMALL)
+    assert "rope" not in ref.state_dict() and torch.equal(ref.rope, want)
+    ids = _ids(SMALL, 2, 16)
+    with torch.no_grad():
+        expect = ref(ids)
+    with torch.device("meta"):
+        a, b = Phi(SMALL), Phi(SMALL)
+    a.to_empty(device="cpu")
+    a.load_state_dict(ref.state_dict())
+    b.load_state_dict(ref.state_dict(), assign=True)
+    for m in (a, b):
+        assert torch.equal(m.rope, want)
+        with torch.no_grad():
+            assert torch.equal(m(ids), expect)
+    c = _perturbed(SMALL).to(torch.bfloat16)
+    assert c.rope.dtype == torch.float32 and torch.equal(c.rope, want)
 
 
 def test_param_groups_and_init():

@@ -26,17 +26,21 @@ def test_bench_cpu_smoke(capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     last = out.strip().splitlines()[-1]
-    m = re.fullmatch(r"tokens_per_s=(\d+) mfu=([\d.]+) vs_hf=([\d.]+) peak_mem_gb=([\d.]+) gpu=(\S+)", last)
+    m = re.fullmatch(r"tokens_per_s=(\d+) mfu=([\d.]+) vs_hf=([\d.]+) vs_hf_block=([\d.]+) peak_mem_gb=([\d.]+) "
+                     r"gpu=(\S+)", last)
     assert m, last
-    assert float(m.group(1)) > 0 and float(m.group(3)) > 0 and m.group(5).startswith("cpu")
-    diff = float(re.search(r"first-step loss difference ours vs hf: (\S+)", out).group(1))
-    assert diff < 1e-4  # same weights, same targets (fp32 on CPU)
+    assert float(m.group(1)) > 0 and float(m.group(3)) > 0 and float(m.group(4)) > 0 and m.group(6).startswith("cpu")
+    for hf in ("hf", "hf-block"):  # HF runs once per compile scope, each on the same weights and targets
+        assert re.search(rf"^model={hf} tokens_per_s=\d+", out, re.M)
+        diff = float(re.search(rf"first-step loss difference ours vs {hf}: (\S+)", out).group(1))
+        assert diff < 1e-4  # fp32 on CPU
 
 
 def test_bench_bad_arguments_exit_nonzero(capsys):
     bench = _bench()
     assert bench.main(["--config", "tiny", "--device", "cpu", "--models", "ours,foo"]) == 2
     assert bench.main(["--config", "tiny", "--device", "cpu", "--seq-len", "4096"]) == 2
+    assert bench.main(["--config", "tiny", "--device", "cpu", "--hf-scopes", "full,whole"]) == 2
     assert "error" in capsys.readouterr().out
 
 
@@ -50,7 +54,7 @@ def test_bench_failure_exits_nonzero_with_last_line(capsys, monkeypatch):
     rc = bench.main(["--config", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--seq-len", "32"])
     out = capsys.readouterr().out
     assert rc == 1 and "simulated HF failure" in out
-    assert re.fullmatch(r"tokens_per_s=\d+ mfu=\S+ vs_hf=nan peak_mem_gb=\S+ gpu=\S+", out.strip().splitlines()[-1])
+    assert re.fullmatch(r"tokens_per_s=\d+ mfu=\S+ vs_hf=nan vs_hf_block=nan peak_mem_gb=\S+ gpu=\S+", out.strip().splitlines()[-1])
 
 
 def test_bench_variant_switches_reach_the_model(capsys, monkeypatch):
@@ -68,6 +72,29 @@ def test_bench_variant_switches_reach_the_model(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert seen == {"ours": ("qkv_fc1", True, 16)} and "fuse qkv_fc1 + out" in out
-    assert re.fullmatch(r"tokens_per_s=\d+ mfu=\S+ vs_hf=nan peak_mem_gb=\S+ gpu=\S+", out.strip().splitlines()[-1])
+    assert re.fullmatch(r"tokens_per_s=\d+ mfu=\S+ vs_hf=nan vs_hf_block=nan peak_mem_gb=\S+ gpu=\S+", out.strip().splitlines()[-1])
     assert bench.main(["--config", "tiny", "--device", "cpu", "--inductor", "no_such_option=1"]) == 2
     assert "--inductor" in capsys.readouterr().out
+
+
+def test_bench_profile_prints_time_by_kernel_kind(capsys):
+    rc = _bench().main(["--config", "tiny", "--device", "cpu", "--models", "ours", "--profile", "--steps", "1",
+                        "--warmup", "0", "--seq-len", "32"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    total = float(re.search(r"ours profile: one optimizer step, ([\d.]+) ms", out).group(1))
+    kinds = [float(x) for x in re.findall(r"^    \S.{15} +([\d.]+) ms +[\d.]+%$", out, re.M)]
+    assert total > 0 and kinds and abs(sum(kinds) - total) < 0.01 * total + 0.1  # the kinds add up to the step
+
+
+@pytest.mark.parametrize("kernel, kind", [
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64", "attention"),
+    ("triton_poi_fused__to_copy_add_native_layer_norm_backward_view_14", "fused (triton)"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>", "copy/cast"),
+    ("triton_poi_fused_gelu_split_with_sizes_view_11", "fused (triton)"),
+    ("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "other"),
+])
+def test_kernel_kinds_of_real_h100_kernel_names(kernel, kind):
+    assert _bench().kernel_kind(kernel) == kind

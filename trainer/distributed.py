@@ -81,7 +81,7 @@ def choose_strategy(strategy: str, info: DistInfo) -> str:
 
 def parallelize(model: nn.Module, info: DistInfo, strategy: str, compile: bool = False,
                 param_dtype: torch.dtype | None = None, reshard_after_forward: bool = False) -> nn.Module:
-    """Compile each block (torchtitan order: compile, then shard), then wrap for DDP or FSDP2.
+    """Compile each block and the loss (torchtitan order: compile, then shard), then wrap for DDP or FSDP2.
 
     Compiling per block in place keeps parameter names (checkpoints stay HF-named) and lets DDP
     and FSDP overlap each block's gradient communication with the backward of the blocks below.
@@ -90,6 +90,7 @@ def parallelize(model: nn.Module, info: DistInfo, strategy: str, compile: bool =
     if compile:
         for block in blocks:
             block.compile()
+        model.loss = torch.compile(model.loss)  # the lm_head + cross-entropy, apart from the blocks
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -103,7 +104,7 @@ def parallelize(model: nn.Module, info: DistInfo, strategy: str, compile: bool =
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [torch.device(info.device).index] if info.device.startswith("cuda") else None
-        return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
+        return DDP(model, device_ids=ids, gradient_as_bucket_view=True, broadcast_buffers=False)  # rope table: derived
     return model
 
 
