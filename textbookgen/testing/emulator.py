@@ -15,14 +15,22 @@ Routes: POST /v1/chat/completions (OpenAI, incl. n, stop, response_format, strea
 POST /v1/messages (Anthropic, incl. system, stop_sequences, prefill, stream), POST
 /v1/messages/count_tokens, GET /v1/models[/{id}] (either shape), GET /_emulator/stats and POST
 /_emulator/reset (counters for a benchmark running the emulator in another process).
+Batches (see textbookgen.testing.batches for the lifecycle): OpenAI's POST /v1/files (multipart),
+GET|DELETE /v1/files/{id}, GET /v1/files/{id}/content, POST|GET /v1/batches, GET /v1/batches/{id},
+POST /v1/batches/{id}/cancel; Anthropic's POST|GET /v1/messages/batches, GET /v1/messages/batches/{id},
+POST /v1/messages/batches/{id}/cancel, GET /v1/messages/batches/{id}/results. A batched request is
+answered as the online route would answer it (per-request faults included, latency, rate limits and
+transport faults not) when its batch ends, after `batch_latency_s`; `batch_outcomes` makes batches expire.
 
-Counters: received (every completion request), billed (answered with a 200, or abandoned by the
-client after admission: providers bill those too), billed_keys (Counter of request hashes),
-duplicates (billed beyond the first per hash), tokens_by_key, input_tokens, output_tokens,
-rate_limited (429s from the real limits), outcomes (Counter by fault/finish), in_flight, max_in_flight.
+Counters: received (every online completion request), billed (answered with a 200, online or in a batch,
+or abandoned by the client after admission: providers bill those too), billed_keys (Counter of request
+hashes), duplicates (billed beyond the first per hash, across online calls and batches), tokens_by_key,
+input_tokens, output_tokens, rate_limited (429s from the real limits), outcomes (Counter by fault/finish),
+in_flight, max_in_flight, batches_created, batch_requests (requests billed inside batches).
 
 CLI: `python -m textbookgen.testing.emulator --port 8000 --rpm 500 --latency 0.8 --fault 429:0.05`
-(--port 0 picks a free port; the first line printed names the URL; SIGTERM prints the counters as JSON).
+(--port 0 picks a free port; the first line printed names the URL; SIGTERM prints the counters as JSON;
+--batch-latency 5 --batch-outcome expire:0.5 for batches).
 """
 
 from __future__ import annotations
@@ -44,10 +52,24 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
+from textbookgen.testing.batches import (
+    OPENAI_ENDPOINT,
+    Job,
+    StoredFile,
+    anthropic_batch,
+    anthropic_requests,
+    anthropic_results,
+    openai_batch,
+    openai_output,
+    openai_requests,
+    page,
+    parse_outcome,
+)
 from textbookgen.testing.responder import default_responder, estimate_tokens, prompt_text
 
 FAULT_KINDS = (
@@ -151,6 +173,12 @@ class EmulatorConfig:
     """Prompt + max_tokens beyond this is a 400 context_length_exceeded; None disables the check."""
     record_requests: bool = False
     """Keep every completion request (provider, key, attempt, body) in `Emulator.requests`, for tests."""
+    batch_latency_s: float = 1.0
+    """How long a batch runs before it ends and its requests are answered (an OpenAI batch validates for the
+    first quarter of it)."""
+    batch_outcomes: list[str] = field(default_factory=list)
+    """How batches end, one per created batch in creation order, then 'complete': 'complete' or
+    'expire:<fraction>' (the batch expires with only its first round(fraction * n) requests answered)."""
 
     def __post_init__(self) -> None:
         if self.latency_median_s < 0 or self.latency_sigma < 0:
@@ -161,6 +189,10 @@ class EmulatorConfig:
                 raise ValueError(f"{name} must be a positive number of units per minute or None, got {value}")
         if self.window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {self.window_s}")
+        if self.batch_latency_s < 0:
+            raise ValueError(f"batch_latency_s must be >= 0, got {self.batch_latency_s}")
+        for spec in self.batch_outcomes:
+            parse_outcome(spec)
         self.faults = [Fault.parse(f) if isinstance(f, str) else f for f in self.faults]
 
 
@@ -290,7 +322,8 @@ class Emulator:
 
     # ----- counters -------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Zero the counters and refill the rate-limit buckets (between benchmark phases); safe from any thread."""
+        """Zero the counters, refill the rate-limit buckets and forget files and batches (between benchmark
+        phases; `batch_outcomes` start over); safe from any thread."""
         loop = getattr(self, "_loop", None)
         if loop is not None and threading.current_thread() is not self._thread and loop.is_running():
             loop.call_soon_threadsafe(self.reset)
@@ -308,6 +341,10 @@ class Emulator:
         self.max_in_flight = self.in_flight
         self.requests: list[dict[str, Any]] = []
         self._limiter = RateLimiter(self.config, time.monotonic())
+        self.batches_created = 0
+        self.batch_requests = 0
+        self._files: dict[str, StoredFile] = {}
+        self._jobs: dict[str, dict[str, Job]] = {OPENAI: {}, ANTHROPIC: {}}
 
     def set_limits(self, **limits: int | None) -> None:
         """Change rpm / input_tpm / output_tpm / tpm mid-run (buckets start over, full), as when a provider
@@ -324,14 +361,19 @@ class Emulator:
         return sum(n - 1 for n in self.billed_keys.values() if n > 1)
 
     def stats(self) -> dict[str, Any]:
-        """A JSON-able snapshot of the counters (also served at GET /_emulator/stats); safe from any thread."""
+        """A JSON-able snapshot of the counters (also served at GET /_emulator/stats); safe from any thread.
+        Batches whose time has come end first, so their requests are counted without anyone polling them."""
         if self._loop is not None and threading.current_thread() is not self._thread and self._loop.is_running():
             return asyncio.run_coroutine_threadsafe(self._astats(), self._loop).result(timeout=30)
+        for provider, jobs in self._jobs.items():
+            for job in jobs.values():
+                self._settle(provider, job)
         return {
             "received": self.received, "billed": self.billed, "distinct_billed": len(self.billed_keys),
             "duplicates": self.duplicates, "rate_limited": self.rate_limited,
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
             "outcomes": dict(self.outcomes), "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+            "batches_created": self.batches_created, "batch_requests": self.batch_requests,
         }
 
     async def _astats(self) -> dict[str, Any]:
@@ -359,6 +401,17 @@ class Emulator:
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_get("/_emulator/stats", self._stats)
         app.router.add_post("/_emulator/reset", self._reset)
+        app.router.add_post("/v1/files", self._file_upload)
+        app.router.add_get("/v1/files/{id}", self._file_get)
+        app.router.add_get("/v1/files/{id}/content", self._file_content)
+        app.router.add_delete("/v1/files/{id}", self._file_delete)
+        app.router.add_post("/v1/batches", self._openai_batch_create)
+        app.router.add_post("/v1/messages/batches", self._anthropic_batch_create)
+        app.router.add_get("/v1/messages/batches/{id}/results", self._anthropic_batch_results)
+        for provider, prefix in ((OPENAI, "/v1/batches"), (ANTHROPIC, "/v1/messages/batches")):
+            app.router.add_get(prefix, partial(self._batch_list, provider))
+            app.router.add_get(prefix + "/{id}", partial(self._batch_get, provider))
+            app.router.add_post(prefix + "/{id}/cancel", partial(self._batch_cancel, provider))
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -532,9 +585,13 @@ class Emulator:
         return web.Response(text=raw, content_type="application/json", headers=headers)
 
     def _bill(self, call: _Call, output_tokens: int, outcome: str) -> None:
-        """Charge a completed generation: counters, per-request totals, and the output-token bucket."""
+        """Charge a completed online generation: its output tokens against the buckets, then the bill."""
         for name in ("output_tokens", "tokens"):
             self._limiter.refund(name, -output_tokens, time.monotonic())
+        self._charge(call, output_tokens, outcome)
+
+    def _charge(self, call: _Call, output_tokens: int, outcome: str) -> None:
+        """Count what the provider bills, online or in a batch: per request hash, so paying twice shows."""
         self.billed += 1
         self.billed_keys[call.key] += 1
         totals = self.tokens_by_key.setdefault(call.key, [0, 0])
@@ -613,6 +670,179 @@ class Emulator:
         events.append(event("message_delta", {"type": "message_delta", "delta": {
             "stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": {"output_tokens": output_tokens}}))
         return [*events, event("message_stop", {"type": "message_stop"})]
+
+    # ----- batches --------------------------------------------------------------------------------
+    def _batch_answer(self, provider: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One request inside a batch, answered as the online route would (its faults drawn per attempt as
+        there), minus latency, rate limits and transport faults. A 200 is billed like an online call, so a
+        prompt paid in two batches, or in a batch and online, shows as a duplicate."""
+        try:
+            call = self._parse_call(provider, body)
+            call.attempt = self.admitted_keys[call.key]
+            self.admitted_keys[call.key] += 1
+            if self.config.record_requests:
+                self.requests.append({"provider": provider, "key": call.key, "attempt": call.attempt, "body": body})
+            rng = random.Random(f"{self.config.seed}:{call.key}:{call.attempt}")
+            fault = _BATCH_FAULTS.get(self._pick_fault(call, rng))
+            if fault in ("400", "content_filter", "500"):
+                raise self._error(provider, fault, model=call.model)
+        except Outcome as o:
+            self.outcomes[o.label] += 1
+            return o.response.status, json.loads(o.response.text)
+        choices = [self._completion_text(call, fault, i) for i in range(call.n)]
+        output_tokens = sum(estimate_tokens(text) for text, _ in choices)
+        self._charge(call, output_tokens, fault or choices[0][1].partition(":")[0])
+        self.batch_requests += 1
+        build = self._openai_payload if provider == OPENAI else self._anthropic_payload
+        return 200, build(call, choices, output_tokens)
+
+    def _new_job(self, provider: str, prefix: str, requests: list[tuple[str, dict[str, Any]]], **kw: Any) -> Job:
+        """Create a batch, ending as the next of `batch_outcomes` says (then 'complete')."""
+        outcomes = self.config.batch_outcomes
+        fraction = parse_outcome(outcomes[self.batches_created]) if self.batches_created < len(outcomes) else None
+        self.batches_created += 1
+        answered = len(requests) if fraction is None else round(fraction * len(requests))
+        job = Job(prefix + secrets.token_hex(12), requests, time.time(), self.config.batch_latency_s, answered,
+                  expires=fraction is not None, **kw)
+        self._jobs[provider][job.id] = job
+        return job
+
+    def _settle(self, provider: str, job: Job) -> None:
+        """End `job` if its time has come: answer (and bill) its requests, and write OpenAI's output files."""
+        if job.settle(time.time(), partial(self._batch_answer, provider)) and provider == OPENAI:
+            self._write_outputs(job)
+
+    def _write_outputs(self, job: Job) -> None:
+        """Store an ended OpenAI batch's output and error files; like OpenAI, an empty one gets no file."""
+        output, errors = openai_output(job)
+        job.output_file_id = self._store_file(f"{job.id}_output.jsonl", "batch_output", output).id if output else None
+        job.error_file_id = self._store_file(f"{job.id}_error.jsonl", "batch_output", errors).id if errors else None
+
+    def _store_file(self, filename: str, purpose: str, data: bytes) -> StoredFile:
+        file = StoredFile("file-" + secrets.token_hex(12), filename, purpose, data, int(time.time()))
+        self._files[file.id] = file
+        return file
+
+    def _job(self, request: web.Request, provider: str) -> Job:
+        """The batch the path names, settled to now; the provider's 404 if there is none."""
+        self._check_auth(request, provider)
+        job = self._jobs[provider].get(request.match_info["id"])
+        if job is None:
+            raise self._error(provider, "not_found", message=f"No batch found with id '{request.match_info['id']}'.",
+                              param="batch_id")
+        self._settle(provider, job)
+        return job
+
+    def _wire(self, request: web.Request, provider: str, job: Job, *, cancelling: bool = False) -> dict[str, Any]:
+        if provider == OPENAI:
+            return openai_batch(job, time.time(), cancelling=cancelling)
+        results_url = f"{request.url.origin()}/v1/messages/batches/{job.id}/results"  # absolute, as Anthropic's
+        return anthropic_batch(job, results_url, canceling=cancelling)
+
+    def _list_limit(self, request: web.Request, provider: str, maximum: int) -> int:
+        try:
+            limit = int(request.query.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= maximum:
+            raise self._error(provider, "400", message=f"limit must be an integer in [1, {maximum}]", param="limit")
+        return limit
+
+    async def _batch_get(self, provider: str, request: web.Request) -> web.Response:
+        return web.json_response(self._wire(request, provider, self._job(request, provider)))
+
+    async def _batch_list(self, provider: str, request: web.Request) -> web.Response:
+        """Newest first; OpenAI pages with `after`, Anthropic with `after_id` or `before_id`."""
+        self._check_auth(request, provider)
+        jobs, query = self._jobs[provider], request.query
+        limit = self._list_limit(request, provider, 100 if provider == OPENAI else 1000)
+        if provider == OPENAI:
+            ids, has_more = page(list(reversed(jobs)), limit, query.get("after"))
+        else:
+            ids, has_more = page(list(reversed(jobs)), limit, query.get("after_id"), query.get("before_id"))
+        for job_id in ids:
+            self._settle(provider, jobs[job_id])
+        body = {"data": [self._wire(request, provider, jobs[i]) for i in ids], "has_more": has_more,
+                "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
+        return web.json_response({"object": "list", **body} if provider == OPENAI else body)
+
+    async def _batch_cancel(self, provider: str, request: web.Request) -> web.Response:
+        """End the batch at once; this answer shows it cancelling, the next poll cancelled (Anthropic: ended)."""
+        job = self._job(request, provider)
+        if job.ended is not None:
+            raise self._error(provider, "400", message=f"Batch {job.id} has already ended and cannot be cancelled.")
+        job.cancel(time.time())
+        if provider == OPENAI:
+            self._write_outputs(job)
+        return web.json_response(self._wire(request, provider, job, cancelling=True))
+
+    async def _openai_batch_create(self, request: web.Request) -> web.Response:
+        self._check_auth(request, OPENAI)
+        body = await self._json_body(request, OPENAI)
+        if body.get("endpoint") != OPENAI_ENDPOINT:
+            raise self._error(OPENAI, "400", message=f"The emulator batches only {OPENAI_ENDPOINT}.",
+                              param="endpoint")
+        if body.get("completion_window") != "24h":
+            raise self._error(OPENAI, "400", message="completion_window must be '24h'.", param="completion_window")
+        file_id = body.get("input_file_id")
+        file = self._files.get(file_id) if isinstance(file_id, str) else None
+        if file is None:
+            raise self._error(OPENAI, "not_found", message=f"No such File object: {file_id}", param="input_file_id")
+        if file.purpose != "batch":
+            raise self._error(OPENAI, "400", message=f"File {file_id} was not uploaded with purpose 'batch'.",
+                              param="input_file_id")
+        requests, errors = openai_requests(file.data)
+        fields = {"endpoint": OPENAI_ENDPOINT, "input_file_id": file_id, "completion_window": "24h",
+                  "metadata": body.get("metadata"), "model": requests[0][1].get("model") if requests else None}
+        job = self._new_job(OPENAI, "batch_", [] if errors else requests, errors=errors, fields=fields)
+        return web.json_response(self._wire(request, OPENAI, job))
+
+    async def _anthropic_batch_create(self, request: web.Request) -> web.Response:
+        self._check_auth(request, ANTHROPIC)
+        body = await self._json_body(request, ANTHROPIC)
+        try:
+            requests = anthropic_requests(body)
+        except ValueError as e:
+            raise self._error(ANTHROPIC, "400", message=str(e)) from e
+        job = self._new_job(ANTHROPIC, "msgbatch_", requests)
+        return web.json_response(self._wire(request, ANTHROPIC, job))
+
+    async def _anthropic_batch_results(self, request: web.Request) -> web.Response:
+        job = self._job(request, ANTHROPIC)
+        if job.ended is None:
+            raise self._error(ANTHROPIC, "400", message=f"Batch {job.id} is still in_progress; its results are "
+                              "available once its processing_status is 'ended'.")
+        return web.Response(body=anthropic_results(job), content_type="application/binary")
+
+    def _file(self, request: web.Request) -> StoredFile:
+        self._check_auth(request, OPENAI)
+        file = self._files.get(request.match_info["id"])
+        if file is None:
+            raise self._error(OPENAI, "not_found", message=f"No such File object: {request.match_info['id']}",
+                              param="id")
+        return file
+
+    async def _file_upload(self, request: web.Request) -> web.Response:
+        """POST /v1/files as multipart/form-data (purpose, file), as the openai client sends it."""
+        self._check_auth(request, OPENAI)
+        form = await request.post()
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, web.FileField):
+            raise self._error(OPENAI, "400", message="file: a file upload is required", param="file")
+        if purpose not in FILE_PURPOSES:
+            raise self._error(OPENAI, "400", message=f"purpose must be one of {', '.join(FILE_PURPOSES)}",
+                              param="purpose")
+        return web.json_response(self._store_file(upload.filename, str(purpose), upload.file.read()).wire())
+
+    async def _file_get(self, request: web.Request) -> web.Response:
+        return web.json_response(self._file(request).wire())
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._file(request).data, content_type="application/octet-stream")
+
+    async def _file_delete(self, request: web.Request) -> web.Response:
+        file = self._files.pop(self._file(request).id)
+        return web.json_response({"id": file.id, "object": "file", "deleted": True})
 
     # ----- request parsing ------------------------------------------------------------------------
     async def _json_body(self, request: web.Request, provider: str) -> dict[str, Any]:
@@ -843,11 +1073,17 @@ _ERRORS: dict[str, tuple[int, str, str | None, str, str]] = {
             "The server is overloaded or not ready yet."),
     "529": (529, "server_error", "service_unavailable", "overloaded_error", "Overloaded"),
     "timeout": (504, "server_error", "timeout", "timeout_error", "Request timed out."),
+    "not_found": (404, "invalid_request_error", None, "not_found_error", "Not found."),
     "502": (502, "server_error", None, "api_error", "Bad gateway."),
 }
 
 
 _OPENAI_FINISH = {"length": "length", "refusal": "content_filter", "stop_sequence": "stop", "stop": "stop"}
+_BATCH_FAULTS = {"400": "400", "content_filter": "content_filter", "500": "500", "502": "500", "503": "500",
+                 "529": "500", "truncate": "truncate", "refusal": "refusal"}
+"""The faults that apply inside a batch, as what they become there (a server error is a 500 result). Rate
+limits, quota, hangs, dropped connections and malformed bodies belong to a connection; a batched request has none."""
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 STREAM_CHUNK_CHARS = 32
 
 
@@ -895,6 +1131,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--api-key", action="append", help="accept only these keys (default: any non-empty key)")
     p.add_argument("--model", action="append", help="serve only these models (default: any)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-latency", type=float, default=1.0, help="seconds before a batch ends")
+    p.add_argument("--batch-outcome", action="append", default=[], metavar="OUTCOME",
+                   help="how the next batch ends, in creation order: complete or expire:FRACTION (answered)")
     args = p.parse_args(argv)
     try:
         cfg = EmulatorConfig(
@@ -902,7 +1141,7 @@ def main(argv: list[str] | None = None) -> None:
             input_tpm=args.input_tpm, output_tpm=args.output_tpm, tpm=args.tpm, send_headers=not args.no_headers,
             faults=[Fault.parse(s) for s in args.fault], seed=args.seed, api_keys=args.api_key,
             models=args.model, window_s=args.window, latency_per_output_token_s=args.latency_per_token,
-            hang_s=args.hang)
+            hang_s=args.hang, batch_latency_s=args.batch_latency, batch_outcomes=args.batch_outcome)
     except ValueError as e:
         p.error(str(e))
     asyncio.run(_serve(Emulator(cfg, host=args.host, port=args.port)))
