@@ -64,6 +64,15 @@ def test_quickstart_without_a_key_plans_and_exits_0(tmp_path):
     assert not (out / "journal.sqlite").exists()  # nothing was sent
 
 
+def test_plan_with_the_batch_api_costs_half(tmp_path):
+    live = _cli("build", str(QUICKSTART), "--set", f"output={tmp_path / 'live'}")
+    batch = _cli("build", str(QUICKSTART), "--set", f"output={tmp_path / 'batch'}", "--set", "provider.batch=true")
+    assert live.returncode == batch.returncode == 0, batch.stderr
+    assert "batch API for the documents" in batch.stdout and "24 h batch window" in batch.stdout
+    costs = [json.loads((tmp_path / d / "plan.json").read_text())["estimates"][0]["cost_usd"] for d in ("live", "batch")]
+    assert costs[1] == pytest.approx(costs[0] / 2)  # quickstart grows no taxonomy: every call is a document
+
+
 def test_same_recipe_and_seed_give_byte_identical_prompts(tmp_path):
     paths = []
     for name, seed in (("a", 1234), ("b", 1234), ("c", 99)):

@@ -89,6 +89,12 @@ def test_paths_resolve_relative_to_the_recipe(recipe_dir, monkeypatch, tmp_path_
         (lambda t: t + "card_template: cards/missing.md\n", 9, "card_template", "card template not found"),
         (lambda t: t + "taxonomy:\n  source: topics.yaml\n", 9, "taxonomy", "duplicate key"),
         (lambda t: t.replace("samples: 10", "samples: 0"), 8, "samples", "greater than or equal to 1"),
+        (
+            lambda t: t + "provider: {name: openai-compatible, base_url: 'http://h:8000/v1', batch: true}\n",
+            9,
+            "provider",
+            "batch: true needs name openai or anthropic",
+        ),
     ],
 )
 def test_bad_recipes_name_file_line_and_field(recipe_dir, edit, line, field, message):

@@ -365,11 +365,14 @@ class Build:
         return seconds
 
     # -- engine --
-    def _generator(self, journal: Path, model: str | None = None) -> Any:
+    def _generator(self, journal: Path, model: str | None = None, batch: bool = False) -> Any:
+        """The engine for one stage; `batch`: through the provider's batch API if the recipe asks for it
+        (the documents stage only: taxonomy growth is a few calls whose answers the next level needs now)."""
         from textbookgen.engine import Generator, RateLimits
 
         r = self.recipe
         lim = r.limits
+        batch = batch and r.provider.batch
         return Generator(
             provider=r.provider.name,
             model=model or r.model,
@@ -381,6 +384,9 @@ class Build:
             max_cost_usd=r.budget.max_cost_usd,
             max_output_tokens=r.budget.max_output_tokens,
             progress=self.progress,
+            batch=batch,
+            batch_size=r.provider.batch_size,
+            batch_poll_s=r.provider.batch_poll_s,
         )
 
     # -- run --
@@ -601,7 +607,7 @@ class Build:
             for row in prompts.iter_rows(named=True)
         ]
         journal = self.out / "journal.sqlite"
-        responses = self._generator(journal).run(requests)
+        responses = self._generator(journal, batch=True).run(requests)
         rows, by_status = [], {}
         tin = tout = 0
         cost = 0.0

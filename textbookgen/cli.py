@@ -107,6 +107,10 @@ def generate(
     timeout: float = typer.Option(120.0, "--timeout", help="seconds per HTTP request"),
     max_attempts: int = typer.Option(8, "--max-attempts", help="per request, over transient errors"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-send requests that failed for good (400, refusal)"),
+    batch: bool = typer.Option(False, "--batch", help="the provider's batch API (openai, anthropic): half price, "
+                               "answers within 24 h; interrupt and rerun to collect submitted batches"),
+    batch_size: int = typer.Option(10_000, "--batch-size", help="requests per batch (with --batch)"),
+    batch_poll: float = typer.Option(30.0, "--batch-poll", help="seconds between batch status checks (with --batch)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate a completion for every prompt; writes the journal and the completions file."""
@@ -138,7 +142,7 @@ def generate(
                         limits=RateLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, tpm=tpm),
                         concurrency=concurrency, max_cost_usd=max_cost, max_output_tokens=max_output_tokens,
                         prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
-                        retry_failed=retry_failed)
+                        retry_failed=retry_failed, batch=batch, batch_size=batch_size, batch_poll_s=batch_poll)
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -9,7 +9,8 @@ params, seed; metadata excluded). The journal is read first: done keys are repla
 sent. Every attempt passes the admission controller (rate buckets fed by response headers, then an
 AIMD concurrency slot); transient failures are retried by tenacity with backoff, outside any slot.
 Results are committed by a single journal writer as they arrive, so a killed run loses at most the
-requests on the wire. See README "Generation engine".
+requests on the wire. With `batch=True` the same requests go through the provider's batch API instead
+(textbookgen/batch.py): half the price, same journal. See README "Generation engine".
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from pathlib import Path
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from textbookgen.batch import BATCH_PROVIDERS, BatchRunner
 from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
 from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS, Journal, JournalWriter
-from textbookgen.pricing import price_of
+from textbookgen.pricing import BATCH_DISCOUNT, price_of
 from textbookgen.providers import PROVIDERS, make_provider
 from textbookgen.ratelimit import AdmissionController, RateLimits
 
@@ -121,6 +123,9 @@ class Generator:
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
     max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
     holds as failed for a permanent reason (400, refusal, content filter).
+    batch: send through the provider's batch API (openai, anthropic) at half the price, answers within
+    24 h (textbookgen/batch.py): `batch_size` requests per batch, polled every `batch_poll_s`, requests
+    that expire or fail transiently resubmitted up to `batch_max_rounds` times in all.
     """
 
     def __init__(self, provider: str = "openai", model: str = "gpt-4o-mini", *, base_url: str | None = None,
@@ -129,9 +134,15 @@ class Generator:
                  max_output_tokens: int | None = None, prices: Mapping[str, tuple[float, float]] | None = None,
                  progress: bool = True, timeout_s: float = 120.0, max_attempts: int = 8,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0,
-                 retry_failed: bool = False) -> None:
+                 retry_failed: bool = False, batch: bool = False, batch_size: int = 10_000,
+                 batch_poll_s: float = 30.0, batch_max_rounds: int = 3) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+        if batch and provider not in BATCH_PROVIDERS:
+            raise ValueError(f"batch mode needs provider {' or '.join(BATCH_PROVIDERS)}, not {provider!r} "
+                             "(OpenAI-compatible servers have no batch API: run them live)")
+        if batch_size < 1 or batch_max_rounds < 1 or batch_poll_s < 0:
+            raise ValueError("batch_size and batch_max_rounds must be >= 1 and batch_poll_s >= 0")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.provider, self.model, self.base_url = provider, model, base_url
@@ -140,7 +151,10 @@ class Generator:
         self.limits = limits or RateLimits()
         self.concurrency = concurrency
         self.max_cost_usd, self.max_output_tokens = max_cost_usd, max_output_tokens
-        self.price_in, self.price_out = (p / 1e6 for p in price_of(model, prices))
+        self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
+        self.batch_max_rounds = batch_max_rounds
+        factor = BATCH_DISCOUNT if batch else 1.0
+        self.price_in, self.price_out = (p * factor / 1e6 for p in price_of(model, prices))
         if max_cost_usd is not None and not (self.price_in or self.price_out):
             log.warning("max_cost_usd is set but no price is known for model %r, so its calls count as $0 "
                         "and the cost budget cannot stop the run; pass prices={%r: (input, output)} in USD "
@@ -231,6 +245,7 @@ class Generator:
         self._avg_out: float | None = None
         self._inflight_cost = 0.0
         self._inflight_out = 0.0
+        self._in_batches = 0
         replayed = list(results.values())
         self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0,
                    "skipped_budget": 0, "retries": 0, "cost_usd": sum(r.cost_usd for r in replayed),
@@ -247,7 +262,10 @@ class Generator:
         if display:
             display.start()
         try:
-            await self._dispatch(todo)
+            if self.batch:
+                await BatchRunner(self, journal).run(todo)
+            else:
+                await self._dispatch(todo)
         finally:
             await self._shutdown()
             if display:
@@ -390,8 +408,9 @@ class Generator:
             raise BudgetExhausted
 
     # ----- outcomes -----------------------------------------------------------------------------
-    def _finish(self, item: _Item, completion, latency: float) -> None:
-        c = self._c
+    def _result_row(self, key: str, completion, latency: float, attempts: int) -> tuple:
+        """The journal row of an answer (see journal._UPDATE): refusals and filtered output are failures,
+        a length stop is kept as truncated."""
         cost = completion.input_tokens * self.price_in + completion.output_tokens * self.price_out
         finish = completion.finish_reason
         error = error_class = None
@@ -402,19 +421,24 @@ class Generator:
             status = "truncated"
         else:
             status = "ok"
-        resp = ChatResponse(key=item.key, text=completion.text, finish_reason=finish, status=status,
-                            error=error, input_tokens=completion.input_tokens,
+        return (status, completion.text, finish, completion.input_tokens, completion.output_tokens, cost, latency,
+                attempts, error, error_class, completion.response_id, time.time(), key)
+
+    def _finish(self, item: _Item, completion, latency: float) -> None:
+        row = self._result_row(item.key, completion, latency, item.attempts)
+        status, cost, error = row[0], row[5], row[8]
+        resp = ChatResponse(key=item.key, text=completion.text, finish_reason=completion.finish_reason,
+                            status=status, error=error, input_tokens=completion.input_tokens,
                             output_tokens=completion.output_tokens, latency_s=latency, attempts=item.attempts,
                             cost_usd=cost, metadata=item.req.metadata)
         self._results[item.key] = resp
+        c = self._c
         c[status] += 1
         c["done"] += 1
         c["cost_usd"] += cost
         c["input_tokens"] += completion.input_tokens
         c["output_tokens"] += completion.output_tokens
-        self._writer.put((status, completion.text, finish, completion.input_tokens, completion.output_tokens,
-                          cost, latency, item.attempts, error, error_class, completion.response_id, time.time(),
-                          item.key))
+        self._writer.put(row)
 
     def _finish_failed(self, item: _Item, error: str, error_class: str) -> None:
         error = redact(error, self._secrets)
@@ -444,6 +468,9 @@ class Generator:
     # ----- reporting ----------------------------------------------------------------------------
     def _live_stats(self) -> dict:
         adm = self._admission
+        if self.batch:  # requests waiting inside submitted batches
+            return {**self._c, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
+                    "concurrency": self._in_batches, "rpm_limit": None}
         return {**self._c, "rate_limited": adm.rate_limited, "in_flight": adm.concurrency.in_use,
                 "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.buckets["requests"].limit}
 

@@ -49,7 +49,21 @@ CREATE TABLE IF NOT EXISTS requests (
     updated_at REAL
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
+CREATE TABLE IF NOT EXISTS batches (
+    tag TEXT PRIMARY KEY,
+    batch_id TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL
+);
 """
+# batches (provider batch APIs, textbookgen/batch.py): a row is written with status "submitting" before the
+# submission and gets the provider's batch_id ("running") right after, so a rerun polls it instead of paying
+# for its requests again; "done" once its results are in the requests table, "lost" if never found again.
+OPEN_BATCH_STATUSES = ("submitting", "running")
 
 # result rows written by the engine: (status, text, finish_reason, input_tokens, output_tokens,
 # cost_usd, latency_s, attempts, error, error_class, response_id, updated_at, key)
@@ -118,6 +132,24 @@ class Journal:
         with self._transaction():
             self.db.executemany(_UPDATE, results)
 
+    def add_batch(self, tag: str, provider: str, model: str, keys: Sequence[str]) -> None:
+        """Record a batch about to be submitted (before any money is at stake)."""
+        self.db.execute("INSERT INTO batches (tag, provider, model, keys, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (tag, provider, model, json.dumps(list(keys)), "submitting", time.time()))
+
+    def update_batch(self, tag: str, status: str, batch_id: str | None = None) -> None:
+        self.db.execute("UPDATE batches SET status=?, batch_id=COALESCE(?, batch_id), updated_at=? WHERE tag=?",
+                        (status, batch_id, time.time(), tag))
+
+    def open_batches(self, provider: str, model: str) -> list[dict]:
+        """Batches of this provider and model submitted (or being submitted) whose results are not in yet."""
+        cursor = self.db.execute(
+            "SELECT tag, batch_id, keys, status, created_at FROM batches WHERE provider=? AND model=? "
+            f"AND status IN ({','.join('?' * len(OPEN_BATCH_STATUSES))}) ORDER BY created_at",
+            (provider, model, *OPEN_BATCH_STATUSES))
+        return [{"tag": t, "batch_id": b, "keys": json.loads(k), "status": st, "created_at": c}
+                for t, b, k, st, c in cursor]
+
     @contextmanager
     def _transaction(self):
         self.db.execute("BEGIN IMMEDIATE")
@@ -129,7 +161,8 @@ class Journal:
         self.db.execute("COMMIT")
 
     def summary(self) -> dict:
-        """Counts by status and failure class, token and dollar totals, attempts."""
+        """Counts by status and failure class, token and dollar totals, attempts, provider batches by status
+        (open ones, "submitting"/"running", are collected by the next run)."""
         db = self.db
         by_status = dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
         failures = dict(db.execute("SELECT error_class, COUNT(*) FROM requests WHERE status='failed' "
@@ -138,10 +171,11 @@ class Journal:
             "SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0), "
             "COALESCE(SUM(cost_usd),0), COALESCE(SUM(attempts),0) FROM requests").fetchone()
         models = dict(db.execute("SELECT model, COUNT(*) FROM requests GROUP BY model").fetchall())
+        batches = dict(db.execute("SELECT status, COUNT(*) FROM batches GROUP BY status").fetchall())
         return {"path": str(self.path) if self.path else ":memory:", "requests": total,
                 "by_status": by_status, "done": sum(by_status.get(s, 0) for s in DONE_STATUSES),
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
-                "cost_usd": cost, "attempts": attempts, "models": models}
+                "cost_usd": cost, "attempts": attempts, "models": models, "batches": batches}
 
     def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None,
                        chunk_rows: int = 50_000) -> Path:

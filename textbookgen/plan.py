@@ -57,6 +57,7 @@ class Plan:
     time_basis: str
     grow: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    batch: bool = False  # documents through the provider's batch API: half price, within 24 h
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +101,7 @@ def make_plan(
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
     max_tokens, seed_extract_id, input_tokens_est). `extra_input_tokens`: prompt text the table lacks
     (web extracts of a source the plan could not reach)."""
-    from textbookgen.pricing import PRICES, estimate_cost, price_of
+    from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, price_of
 
     n = prompts.height
     in_tok = (int(prompts["input_tokens_est"].sum()) if n else 0) + extra_input_tokens
@@ -116,14 +117,15 @@ def make_plan(
     grow_out = int((grow or {}).get("output_tokens", 0))
     models = [recipe.model, *[m for m in ALTERNATIVES if m != recipe.model and m in PRICES]]
     estimates = []
+    docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0  # the documents go through the batch API
     for m in models:
         priced = price_of(m) != (0.0, 0.0)
         estimates.append(
             ModelEstimate(
                 model=m,
                 priced=priced,
-                cost_usd=estimate_cost(m, in_tok + grow_in, out_exp + grow_out),
-                cost_usd_max=estimate_cost(m, in_tok + grow_in, out_max + grow_out),
+                cost_usd=docs * estimate_cost(m, in_tok, out_exp) + estimate_cost(m, grow_in, grow_out),
+                cost_usd_max=docs * estimate_cost(m, in_tok, out_max) + estimate_cost(m, grow_in, grow_out),
             )
         )
     lim = recipe.limits
@@ -159,6 +161,7 @@ def make_plan(
         time_basis=basis,
         grow=grow,
         notes=list(notes or []),
+        batch=recipe.provider.batch,
     )
 
 
@@ -223,7 +226,8 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
         f"Tokens: ~{plan.input_tokens:,} input; ~{plan.output_tokens_expected:,} output expected "
         f"(at most {plan.output_tokens_max:,} with max_tokens)."
     )
-    c = Table(title="Estimated cost (list prices, standard API)", show_edge=False)
+    api = "batch API for the documents: half the list price" if plan.batch else "list prices, standard API"
+    c = Table(title=f"Estimated cost ({api})", show_edge=False)
     for col, just in (("model", "left"), ("expected", "right"), ("worst case", "right")):
         c.add_column(col, justify=just)
     for e in plan.estimates:
@@ -233,7 +237,11 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
         else:
             c.add_row(name, "not in price table", "(self-hosted: $0)")
     console.print(c)
-    console.print(f"Time: ~{_duration(plan.time_s)} (bound by {plan.time_basis}).")
+    if plan.batch:
+        console.print("Time: within the providers' 24 h batch window (often an hour or two); live, it would be "
+                      f"~{_duration(plan.time_s)} (bound by {plan.time_basis}).")
+    else:
+        console.print(f"Time: ~{_duration(plan.time_s)} (bound by {plan.time_basis}).")
     for note in plan.notes:
         console.print(f"[yellow]Note:[/yellow] {note}")
     console.print(f"\n[bold]To run it for real:[/bold] {how_to_run}")

@@ -1,8 +1,8 @@
 """USD prices per million tokens, so a run can show and cap what it spends.
 
-Prices are list prices for standard (non-batch) API calls; override them with `prices=` on the
-Generator (or `--price MODEL=IN,OUT` on the CLI) when your contract differs. A model not found here
-(a self-hosted one, say) costs 0.
+Prices are list prices for standard API calls (batch calls cost `BATCH_DISCOUNT` of them); override
+them with `prices=` on the Generator (or `--price MODEL=IN,OUT` on the CLI) when your contract differs.
+A model not found here (a self-hosted one, say) costs 0.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ PRICES: dict[str, tuple[float, float]] = {
     "claude-3-opus": (15.00, 75.00),
     "claude-3-haiku": (0.25, 1.25),
 }
+
+
+# OpenAI's Batch API and Anthropic's Message Batches bill half the standard price for input and output
+BATCH_DISCOUNT = 0.5
 
 
 def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> tuple[float, float]:

@@ -49,9 +49,11 @@ class RunProgress:
         t0, n0 = self._window[0]
         rpm = (s["sent"] - n0) / (now - t0) * 60 if now > t0 else 0.0
         limit = f"/{s['rpm_limit']:,.0f}" if s.get("rpm_limit") else ""
-        info = (f"${s['cost_usd']:.4f}  in {s['input_tokens']:,} out {s['output_tokens']:,} tok  "
-                f"{rpm:,.0f}{limit} rpm  429s {s['rate_limited']}  "
-                f"in-flight {s['in_flight']}/{s['concurrency']}")
+        tokens = f"${s['cost_usd']:.4f}  in {s['input_tokens']:,} out {s['output_tokens']:,} tok  "
+        if s.get("batch"):  # provider batch API: no request rate to show, only what waits in batches
+            info = tokens + f"in batches {s['in_flight']:,}"
+        else:
+            info = tokens + f"{rpm:,.0f}{limit} rpm  429s {s['rate_limited']}  in-flight {s['in_flight']}/{s['concurrency']}"
         self._progress.update(self._task_id, completed=s["done"], info=info)
         self._progress.refresh()
 

@@ -34,7 +34,7 @@ _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": 
 # a 429 is a rate limit unless it says the money ran out (OpenAI: code insufficient_quota)
 _QUOTA_WORDS = ("insufficient_quota", "billing", "exceeded your current quota", "credit balance",
                 "spend limit", "payment required")
-_FILTER_WORDS = ("content_filter", "content_policy", "content management", "flagged", "safety system")
+FILTER_WORDS = ("content_filter", "content_policy", "content management", "flagged", "safety system")
 _MODEL_WORDS = ("model_not_found", "does not exist", "unknown model", "invalid model", "no such model",
                 "not_found_error")
 
@@ -88,7 +88,7 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
                                   headers=headers)
         if status in (408, 409) or status >= 500:
             return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
-        if any(w in lowered for w in _FILTER_WORDS):
+        if any(w in lowered for w in FILTER_WORDS):
             return ItemError(text, error_class="content_filter")
         return ItemError(text, error_class="bad_request")
     if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):
@@ -165,16 +165,20 @@ class OpenAIProvider:
     async def complete(self, req: ChatRequest) -> Completion:
         try:
             raw = await self.client.post("/chat/completions", cast_to=_Response, body=self.body(req))
-            data = json.loads(raw.content)
-            choice = data["choices"][0]
-            message = choice["message"]
-            usage = data.get("usage") or {}
-            return Completion(text=message.get("content"), finish_reason=choice.get("finish_reason"),
-                              input_tokens=usage.get("prompt_tokens") or 0,
-                              output_tokens=usage.get("completion_tokens") or 0,
-                              headers=raw.headers, response_id=data.get("id"), refusal=message.get("refusal"))
+            return self.parse(json.loads(raw.content), raw.headers)
         except Exception as exc:  # noqa: BLE001 - classified and re-raised
             raise classify(exc, self.name, self.model, self.secrets) from None
+
+    @staticmethod
+    def parse(data: dict, headers: object = None) -> Completion:
+        """A chat.completion body (from a live call or a batch output line) as a Completion."""
+        choice = data["choices"][0]
+        message = choice["message"]
+        usage = data.get("usage") or {}
+        return Completion(text=message.get("content"), finish_reason=choice.get("finish_reason"),
+                          input_tokens=usage.get("prompt_tokens") or 0,
+                          output_tokens=usage.get("completion_tokens") or 0,
+                          headers=headers, response_id=data.get("id"), refusal=message.get("refusal"))
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -204,15 +208,19 @@ class AnthropicProvider:
     async def complete(self, req: ChatRequest) -> Completion:
         try:
             raw = await self.client.post("/v1/messages", cast_to=_Response, body=self.body(req))
-            data = json.loads(raw.content)
-            text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
-            usage = data["usage"]
-            finish = _ANTHROPIC_FINISH.get(data.get("stop_reason"), data.get("stop_reason"))
-            return Completion(text=text, finish_reason=finish, input_tokens=usage.get("input_tokens") or 0,
-                              output_tokens=usage.get("output_tokens") or 0, headers=raw.headers,
-                              response_id=data.get("id"), refusal=text if finish == "refusal" else None)
+            return self.parse(json.loads(raw.content), raw.headers)
         except Exception as exc:  # noqa: BLE001 - classified and re-raised
             raise classify(exc, self.name, self.model, self.secrets) from None
+
+    @staticmethod
+    def parse(data: dict, headers: object = None) -> Completion:
+        """A message body (from a live call or a batch result) as a Completion."""
+        text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
+        usage = data["usage"]
+        finish = _ANTHROPIC_FINISH.get(data.get("stop_reason"), data.get("stop_reason"))
+        return Completion(text=text, finish_reason=finish, input_tokens=usage.get("input_tokens") or 0,
+                          output_tokens=usage.get("output_tokens") or 0, headers=headers,
+                          response_id=data.get("id"), refusal=text if finish == "refusal" else None)
 
     async def aclose(self) -> None:
         await self.client.close()

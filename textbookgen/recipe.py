@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from textbookgen.curation import CurationConfig
 
@@ -40,6 +48,16 @@ class ProviderConfig(_Strict):
     name: Literal["openai", "anthropic", "openai-compatible"] = "openai"
     base_url: str | None = None
     api_key_env: str | None = None  # the environment variable holding the key (never the key itself)
+    batch: bool = False  # the provider's batch API for the documents: half price, answers within 24 h
+    batch_size: int = Field(10_000, ge=1)
+    batch_poll_s: float = Field(60.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _batch_api_exists(self) -> ProviderConfig:
+        if self.batch and self.name == "openai-compatible":
+            raise ValueError("batch: true needs name openai or anthropic (OpenAI-compatible servers have no batch "
+                             "API; a local server is fastest live)")
+        return self
 
     @property
     def key_env(self) -> str:

@@ -1,0 +1,159 @@
+"""Batch mode end to end: the real openai/anthropic clients against the emulator's batch APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+
+from textbookgen.engine import ChatRequest, Generator
+from textbookgen.errors import FatalProviderError
+from textbookgen.journal import Journal
+from textbookgen.pricing import estimate_cost
+from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
+
+PROVIDERS = [("openai", "gpt-4o-mini"), ("anthropic", "claude-haiku-4-5")]
+
+
+def reqs(n: int, prefix: str = "Explain topic") -> list[ChatRequest]:
+    return [ChatRequest(messages=[{"role": "user", "content": f"{prefix} {i}"}], max_tokens=64, metadata={"i": i})
+            for i in range(n)]
+
+
+def batch_gen(emu: Emulator, provider: str, model: str, tmp_path, **kw) -> Generator:
+    base = emu.anthropic_base_url if provider == "anthropic" else emu.openai_base_url
+    opts = dict(batch=True, batch_size=12, batch_poll_s=0.05, progress=False, timeout_s=20.0,
+                journal=tmp_path / f"{provider}.sqlite")
+    return Generator(provider, model, base_url=base, api_key="sk-test-key", **{**opts, **kw})
+
+
+def batch_rows(path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT tag, batch_id, status, keys FROM batches ORDER BY created_at").fetchall()
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_batches_answer_everything_at_half_price(provider, model, tmp_path):
+    requests = reqs(30)
+    with Emulator(EmulatorConfig(batch_latency_s=0.1)) as emu:
+        gen = batch_gen(emu, provider, model, tmp_path)
+        out = gen.run(requests)
+        stats = emu.stats()
+        assert stats["batches_created"] == 3 and stats["batch_requests"] == 30  # 12 + 12 + 6
+        assert emu.billed == 30 and emu.duplicates == 0
+        rerun = batch_gen(emu, provider, model, tmp_path).run(requests)  # all replayed: nothing is sent
+        assert emu.billed == 30 and emu.stats()["batches_created"] == 3
+    assert [x.text for x in rerun] == [x.text for x in out]
+    assert [r.metadata["i"] for r in out] == list(range(30))
+    assert all(r.status in ("ok", "truncated") and r.text and r.attempts == 1 for r in out)
+    r = out[0]
+    assert r.cost_usd == pytest.approx(0.5 * estimate_cost(model, r.input_tokens, r.output_tokens))
+    rows = batch_rows(gen.journal_path)
+    assert len(rows) == 3 and {status for _, _, status, _ in rows} == {"done"}
+    assert sorted(k for *_, keys in rows for k in json.loads(keys)) == sorted(r.key for r in out)
+    with Journal(gen.journal_path) as j:
+        summary = j.summary()
+    assert summary["done"] == 30 and summary["batches"] == {"done": 3}
+    assert summary["cost_usd"] == pytest.approx(sum(x.cost_usd for x in out))
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_failed_items_and_transient_errors_inside_batches(provider, model, tmp_path):
+    requests = reqs(6) + reqs(2, "BAD request") + reqs(2, "FLAKY request")
+    faults = [Fault("400", rate=1.0, match="BAD"), Fault("500", first=1, match="FLAKY")]
+    with Emulator(EmulatorConfig(batch_latency_s=0.05, faults=faults)) as emu:
+        out = batch_gen(emu, provider, model, tmp_path).run(requests)
+        assert emu.stats()["batches_created"] == 2  # the flaky ones went round again
+    assert all(r.status in ("ok", "truncated") and r.attempts == 1 for r in out[:6])
+    assert all(r.status == "failed" and ("HTTP 400" in r.error or "invalid_request_error" in r.error) for r in out[6:8])
+    assert all(r.status in ("ok", "truncated") and r.attempts == 2 for r in out[8:])
+    with Journal(tmp_path / f"{provider}.sqlite") as j:
+        rows = j.rows([r.key for r in out[6:8]])
+    assert {row["error_class"] for row in rows.values()} == {"bad_request"}
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_expired_requests_go_round_again_up_to_the_limit(provider, model, tmp_path):
+    with Emulator(EmulatorConfig(batch_latency_s=0.05, batch_outcomes=["expire:0.5"])) as emu:
+        out = batch_gen(emu, provider, model, tmp_path, batch_size=100).run(reqs(10))
+        assert emu.billed == 10 and emu.duplicates == 0 and emu.stats()["batches_created"] == 2
+    assert sorted(r.attempts for r in out) == [1] * 5 + [2] * 5 and all(r.text for r in out)
+    with Emulator(EmulatorConfig(batch_latency_s=0.05, batch_outcomes=["expire:0.5"])) as emu:
+        out = batch_gen(emu, provider, model, tmp_path / "capped", batch_size=100, batch_max_rounds=1).run(reqs(10))
+    failed = [r for r in out if r.status == "failed"]
+    assert len(failed) == 5 and all("gave up after 1 batch rounds" in r.error for r in failed)
+
+
+async def _interrupt_after_submission(gen: Generator, emu: Emulator, requests) -> None:
+    task = asyncio.ensure_future(gen.arun(requests))
+    while emu.stats()["batches_created"] < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_an_interrupted_run_collects_its_batches_instead_of_paying_again(provider, model, tmp_path):
+    requests = reqs(24)
+    with Emulator(EmulatorConfig(batch_latency_s=0.5)) as emu:
+        asyncio.run(_interrupt_after_submission(batch_gen(emu, provider, model, tmp_path), emu, requests))
+        assert [status for _, _, status, _ in batch_rows(tmp_path / f"{provider}.sqlite")] == ["running"] * 2
+        out = batch_gen(emu, provider, model, tmp_path).run(requests)
+        assert emu.stats()["batches_created"] == 2 and emu.billed == 24 and emu.duplicates == 0
+    assert all(r.text for r in out)
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_crash_before_the_batch_id_is_recorded_finds_the_batch_again(provider, model, tmp_path, monkeypatch):
+    requests = reqs(10)
+    real = Journal.update_batch
+
+    def die_before_recording(self, tag, status, batch_id=None):
+        if status == "running":
+            raise KeyboardInterrupt  # the process is gone right after the provider took the batch
+        real(self, tag, status, batch_id)
+
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        monkeypatch.setattr(Journal, "update_batch", die_before_recording)
+        with pytest.raises(KeyboardInterrupt):
+            batch_gen(emu, provider, model, tmp_path).run(requests)
+        monkeypatch.setattr(Journal, "update_batch", real)
+        [(_, batch_id, status, _)] = batch_rows(tmp_path / f"{provider}.sqlite")
+        assert (batch_id, status) == (None, "submitting")
+        out = batch_gen(emu, provider, model, tmp_path).run(requests)
+        assert emu.stats()["batches_created"] == 1 and emu.billed == 10 and emu.duplicates == 0
+    assert all(r.text for r in out)
+    assert [status for _, _, status, _ in batch_rows(tmp_path / f"{provider}.sqlite")] == ["done"]
+
+
+def test_answers_to_requests_a_rerun_dropped_are_kept_in_the_journal(tmp_path):
+    requests = reqs(12)
+    with Emulator(EmulatorConfig(batch_latency_s=0.5)) as emu:
+        asyncio.run(_interrupt_after_submission(batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, batch_size=6),
+                                                emu, requests))
+        batch_gen(emu, "openai", "gpt-4o-mini", tmp_path).run(requests[:3])  # the recipe shrank
+        assert emu.billed == 12
+        out = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path).run(requests)  # and grew back: all replayed
+        assert emu.billed == 12 and emu.stats()["batches_created"] == 2
+    assert all(r.text for r in out)
+
+
+def test_budget_limits_what_is_submitted(tmp_path):
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, max_output_tokens=64 * 5)
+        out = gen.run(reqs(12))
+        assert emu.billed == 5
+    assert [r.status for r in out].count("skipped_budget") == 7
+
+
+def test_batch_needs_a_provider_with_a_batch_api_and_a_valid_key(tmp_path):
+    with pytest.raises(ValueError, match="batch mode needs provider"):
+        Generator("openai-compatible", "m", base_url="http://127.0.0.1:9/v1", batch=True)
+    with Emulator(EmulatorConfig(api_keys=["sk-right"])) as emu:
+        for provider, model in PROVIDERS:
+            with pytest.raises(FatalProviderError, match="authentication"):
+                batch_gen(emu, provider, model, tmp_path).run(reqs(2))
+        assert emu.billed == 0
