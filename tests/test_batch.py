@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections import Counter
 
 import pytest
 
@@ -157,3 +158,33 @@ def test_batch_needs_a_provider_with_a_batch_api_and_a_valid_key(tmp_path):
             with pytest.raises(FatalProviderError, match="authentication"):
                 batch_gen(emu, provider, model, tmp_path).run(reqs(2))
         assert emu.billed == 0
+
+
+def test_transient_batch_api_errors_are_retried_and_a_refused_batch_fails_its_requests(tmp_path, monkeypatch):
+    from textbookgen import batch as batch_mod
+    from textbookgen.errors import ItemError, RetryableError
+
+    real_ended, real_submit, calls = batch_mod.OpenAIBatches.ended, batch_mod.OpenAIBatches.submit, Counter()
+
+    async def flaky_ended(self, batch_id):
+        calls["ended"] += 1
+        if calls["ended"] <= 2:
+            raise RetryableError("openai: connection error: reset by peer")
+        return await real_ended(self, batch_id)
+
+    async def refuse_first(self, lines, tag):
+        calls["submit"] += 1
+        if calls["submit"] == 1:
+            raise ItemError("openai HTTP 400 (invalid_request_error): file too large", error_class="bad_request")
+        return await real_submit(self, lines, tag)
+
+    monkeypatch.setattr(batch_mod.OpenAIBatches, "ended", flaky_ended)
+    monkeypatch.setattr(batch_mod.OpenAIBatches, "submit", refuse_first)
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, batch_size=5, backoff_initial_s=0.01,
+                        backoff_max_s=0.02)
+        out = gen.run(reqs(10))
+        assert emu.billed == 5 and emu.stats()["batches_created"] == 1
+    assert [r.status for r in out[:5]] == ["failed"] * 5 and "batch rejected" in out[0].error
+    assert all(r.text for r in out[5:]) and gen.stats["retries"] >= 2
+    assert [status for _, _, status, _ in batch_rows(gen.journal_path)] == ["rejected", "done"]

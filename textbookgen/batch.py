@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from textbookgen.errors import BudgetExhausted, FatalProviderError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError
 from textbookgen.providers import FILTER_WORDS, AnthropicProvider, Completion, OpenAIProvider, classify
 
 if TYPE_CHECKING:
@@ -196,24 +198,36 @@ class BatchRunner:
                     queue += await self._collect(items)
         except FatalProviderError as exc:
             self.gen._fatal = exc
-        except Exception as exc:  # noqa: BLE001 - SDK errors are classified; a bug surfaces as itself
-            fatal = classify(exc, self.gen.provider, self.gen.model, self.gen._secrets)
-            if isinstance(fatal, FatalProviderError):
-                self.gen._fatal = fatal
-            else:
-                raise fatal from None
+        except RetryableError as exc:
+            self.gen._fatal = FatalProviderError(
+                f"the {self.gen.provider} batch API kept failing ({exc}); submitted batches are recorded in the "
+                "journal: rerun to collect them")
         finally:
             if self.running:
                 log.warning("%d batches (%d requests) are still running at %s and are paid for; rerun the same "
                             "command to collect them", len(self.running),
                             sum(len(b["keys"]) for b in self.running.values()), self.gen.provider)
 
+    async def _call(self, fn, *args):
+        """One batch-API call, retried with backoff on transient errors like a live request (a wait of
+        hours should not die of one network blip); other errors are classified as for live calls."""
+        gen = self.gen
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(gen.max_attempts), wait=gen._wait,
+                                           retry=retry_if_exception_type(RetryableError), reraise=True):
+            with attempt:
+                try:
+                    return await fn(*args)
+                except (FatalProviderError, ItemError, RetryableError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - SDK errors are classified; a bug surfaces as itself
+                    raise classify(exc, gen.provider, gen.model, gen._secrets) from None
+
     async def _recover(self, items: dict[str, _Item]) -> None:
         """Adopt the batches an earlier run submitted; find those whose id it did not live to record."""
         for row in self.journal.open_batches(self.gen.provider, self.gen.model):
             batch_id = row["batch_id"]
             if batch_id is None:
-                batch_id = await self.api.find(row["tag"], row["created_at"], len(row["keys"]))
+                batch_id = await self._call(self.api.find, row["tag"], row["created_at"], len(row["keys"]))
                 if batch_id is None:
                     log.warning("batch %s was being submitted when the last run stopped and is not at %s; its "
                                 "%d requests are submitted again", row["tag"], self.gen.provider, len(row["keys"]))
@@ -263,25 +277,31 @@ class BatchRunner:
             tag = f"tbg-{secrets.token_hex(8)}"
             keys = [item.key for item in chunk]
             self.journal.add_batch(tag, gen.provider, gen.model, keys)
-            batch_id = await self.api.submit(lines, tag)
+            queue = queue[len(chunk):]
+            try:
+                batch_id = await self._call(self.api.submit, lines, tag)
+            except ItemError as exc:  # the provider refused the batch as a whole: it would refuse it again
+                self.journal.update_batch(tag, "rejected")
+                for item in chunk:
+                    gen._finish_failed(item, f"batch rejected: {exc}", exc.error_class)
+                continue
             self.journal.update_batch(tag, "running", batch_id)
             for item in chunk:
                 item.attempts += 1
             gen._c["sent"] += len(chunk)
             log.info("submitted batch %s: %d requests", batch_id, len(chunk))
             self._track(tag, batch_id, keys, time.time(), {item.key: item for item in chunk})
-            queue = queue[len(chunk):]
         return queue
 
     async def _collect(self, items: dict[str, _Item]) -> list[_Item]:
         """Record the answers of every batch that has ended; returns the requests to submit again."""
         gen, again = self.gen, []
         for tag, batch in list(self.running.items()):
-            if not await self.api.ended(batch["batch_id"]):
+            if not await self._call(self.api.ended, batch["batch_id"]):
                 continue
             latency = time.time() - batch["since"]
             seen, orphans = set(), []
-            for result in await self.api.results(batch["batch_id"], batch["keys"]):
+            for result in await self._call(self.api.results, batch["batch_id"], batch["keys"]):
                 item = items.get(result.key)
                 if item is None:
                     orphans.append(result)
