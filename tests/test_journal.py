@@ -96,3 +96,30 @@ def test_writer_batches_in_one_task_and_flushes_on_close(tmp_path):
     assert other.execute("SELECT COUNT(*) FROM requests WHERE status='ok'").fetchone()[0] == 100
     other.close()
     j.close()
+
+
+def test_two_runs_cannot_share_a_journal_but_readers_can(tmp_path):
+    """A second sending run on a journal in use would pay again for the first one's requests in flight."""
+    import asyncio
+
+    from textbookgen.engine import ChatRequest, Generator
+    from textbookgen.journal import JournalError
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    path = tmp_path / "j.sqlite"
+    reqs = [ChatRequest(messages=[{"role": "user", "content": f"topic {i}"}], max_tokens=16) for i in range(8)]
+
+    def gen(emu):
+        return Generator("openai", "gpt-4o-mini", base_url=emu.openai_base_url, api_key="sk-x", journal=path,
+                         progress=False)
+
+    async def both(emu):
+        return await asyncio.gather(gen(emu).arun(reqs), gen(emu).arun(reqs), return_exceptions=True)
+
+    with Emulator(EmulatorConfig(latency_median_s=0.2)) as emu:
+        first, second = asyncio.run(both(emu))
+        assert isinstance(second, JournalError) and str(path) in str(second) and "in use by another run" in str(second)
+        assert len(first) == 8 and emu.billed == 8
+        with Journal(path) as reader:  # reading needs no lock
+            assert reader.summary()["done"] == 8
+        assert len(gen(emu).run(reqs)) == 8 and emu.billed == 8  # the lock went with the first run

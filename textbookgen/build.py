@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from textbookgen.journal import lock_file
 from textbookgen.recipe import Recipe
 from textbookgen.taxonomy import Taxonomy, systematic_counts
 from textbookgen.templates import Template, expand_mix, load_template, provenance, simple_words, variables
@@ -258,18 +259,6 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def _lock(f: Any) -> None:
-    """Exclusive non-blocking lock on an open file, released when the process ends however it ends."""
-    if os.name == "nt":
-        import msvcrt
-
-        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -395,7 +384,7 @@ class Build:
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         with open(self.meta_dir / "lock", "w") as lock:
             try:
-                _lock(lock)
+                lock_file(lock)
             except OSError:
                 raise BuildError(f"another build is running in {self.out} (lock {lock.name})") from None
             return self._run()

@@ -195,6 +195,7 @@ class Generator:
             unique.setdefault(key, req)
         journal = Journal(self.journal_path if self.journal_path is not None else ":memory:")
         try:
+            journal.lock_for_run()
             results = self._replay(journal, unique)
             todo = [_Item(k, r, estimate_input_tokens(r)) for k, r in unique.items() if k not in results]
             if todo:

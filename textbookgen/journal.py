@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -75,7 +76,20 @@ _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
 
 class JournalError(RuntimeError):
-    """The journal file cannot be used (not SQLite, wrong schema, unwritable)."""
+    """The journal file cannot be used (not SQLite, wrong schema, unwritable, in use by another run)."""
+
+
+def lock_file(f) -> None:
+    """Exclusive non-blocking lock on an open file, released when the process ends however it ends;
+    raises OSError if another process holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class Journal:
@@ -84,6 +98,7 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path) if str(path) != ":memory:" else None
+        self._run_lock = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -102,6 +117,23 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
+        if self._run_lock is not None:
+            self._run_lock.close()
+
+    def lock_for_run(self) -> None:
+        """Claim the journal for one sending run. Two runs on one journal would each send the requests the
+        other has in flight and pay for them twice, so the second fails here, naming the file. Readers
+        (summary, export) need no lock."""
+        if self.path is None:
+            return
+        handle = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 - held until close()
+        try:
+            lock_file(handle)
+        except OSError:
+            handle.close()
+            raise JournalError(f"journal {self.path} is in use by another run (lock {handle.name}); wait for it, "
+                               "or give this run its own journal") from None
+        self._run_lock = handle
 
     def __enter__(self) -> Journal:
         return self
