@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 
@@ -62,9 +63,9 @@ def test_duplicate_requests_are_sent_once_and_metadata_is_not_in_the_key(tmp_pat
 
 
 @pytest.mark.parametrize("provider, model", PROVIDERS)
-def test_response_format_keys_the_request_and_reaches_openai_only(provider, model, tmp_path):
-    """Structured output is part of the request (a new key); OpenAI-style servers get the schema,
-    Anthropic (which has no such field) gets the same messages without it."""
+def test_response_format_keys_the_request_and_reaches_both_providers(provider, model, tmp_path):
+    """Structured output is part of the request (a new key); OpenAI-style servers get the schema as
+    response_format, Anthropic as a forced tool; both answer JSON that follows it."""
     schema = {"type": "json_schema", "json_schema": {"name": "items", "schema": {
         "type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
         "required": ["items"]}}}
@@ -75,7 +76,15 @@ def test_response_format_keys_the_request_and_reaches_openai_only(provider, mode
         bodies = [r["body"] for r in emu.requests]
     assert out[0].key != out[1].key and emu.billed == 2
     sent = [b["response_format"] for b in bodies if "response_format" in b]
-    assert sent == ([] if provider == "anthropic" else [schema])
+    tools = [(b["tools"], b["tool_choice"]) for b in bodies if "tools" in b]
+    if provider == "anthropic":
+        assert sent == [] and tools == [([{"name": "items", "description": "Give the answer.",
+                                           "input_schema": schema["json_schema"]["schema"]}],
+                                         {"type": "tool", "name": "items"})]
+    else:
+        assert sent == [schema] and tools == []
+    items = json.loads(out[1].text)["items"]
+    assert out[1].status == "ok" and items and all(isinstance(i, str) for i in items)
 
 
 # ----- error classes ------------------------------------------------------------------------------

@@ -45,8 +45,9 @@ class ChatRequest:
     """One chat completion to make. `seed` is sent where the provider supports it and always keys the
     request, so several samples of one prompt are distinct requests. `metadata` (provenance such as
     topic or template ids) travels to the response and the journal but is not part of the key.
-    `response_format` (OpenAI's shape, e.g. a `json_schema`) asks for structured output where the server
-    has it (OpenAI, vLLM, SGLang); Anthropic has no such field, so there the answer is parsed from text."""
+    `response_format` (OpenAI's shape, e.g. a `json_schema`) asks for structured output: sent as is to OpenAI
+    and OpenAI-compatible servers (vLLM, SGLang); to Anthropic as a tool the model must call, whose input
+    comes back as the JSON text."""
 
     messages: list[dict]
     max_tokens: int = 1024

@@ -203,6 +203,10 @@ class AnthropicProvider:
             body["temperature"] = req.temperature
         if req.top_p is not None:
             body["top_p"] = req.top_p
+        tool = structured_output_tool(req.response_format)
+        if tool is not None:  # Anthropic's idiom for a JSON schema: one tool the model must call
+            body["tools"] = [tool]
+            body["tool_choice"] = {"type": "tool", "name": tool["name"]}
         return body
 
     async def complete(self, req: ChatRequest) -> Completion:
@@ -214,16 +218,30 @@ class AnthropicProvider:
 
     @staticmethod
     def parse(data: dict, headers: object = None) -> Completion:
-        """A message body (from a live call or a batch result) as a Completion."""
-        text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
+        """A message body (from a live call or a batch result) as a Completion; the answer to a structured
+        request (a forced tool call) is the tool's input as JSON text, as OpenAI returns it."""
+        tool_inputs = [b["input"] for b in data["content"] if b.get("type") == "tool_use"]
+        if tool_inputs:
+            text, finish = json.dumps(tool_inputs[0], ensure_ascii=False), "stop"
+        else:
+            text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
+            finish = _ANTHROPIC_FINISH.get(data.get("stop_reason"), data.get("stop_reason"))
         usage = data["usage"]
-        finish = _ANTHROPIC_FINISH.get(data.get("stop_reason"), data.get("stop_reason"))
         return Completion(text=text, finish_reason=finish, input_tokens=usage.get("input_tokens") or 0,
                           output_tokens=usage.get("output_tokens") or 0, headers=headers,
                           response_id=data.get("id"), refusal=text if finish == "refusal" else None)
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def structured_output_tool(response_format: dict | None) -> dict | None:
+    """An OpenAI-style `json_schema` response_format as an Anthropic tool definition (None otherwise)."""
+    if not response_format or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema") or {}
+    return {"name": spec.get("name") or "answer", "description": spec.get("description") or "Give the answer.",
+            "input_schema": spec.get("schema") or {"type": "object"}}
 
 
 def make_provider(provider: str, model: str, *, api_key: str | None = None, base_url: str | None = None,

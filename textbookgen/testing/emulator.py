@@ -70,7 +70,7 @@ from textbookgen.testing.batches import (
     page,
     parse_outcome,
 )
-from textbookgen.testing.responder import default_responder, estimate_tokens, prompt_text
+from textbookgen.testing.responder import default_responder, estimate_tokens, forced_tool, prompt_text
 
 FAULT_KINDS = (
     "429", "500", "502", "503", "529", "timeout", "reset", "bad_json", "truncate", "refusal",
@@ -966,9 +966,18 @@ class Emulator:
     def _anthropic_payload(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> dict[str, Any]:
         text, finish = choices[0]
         stop_reason, stop_sequence = _anthropic_stop(finish)
+        content = [{"type": "text", "text": text}] if text and finish != "refusal" else []
+        tool = forced_tool(call.body)
+        if tool is not None and finish == "stop":  # structured output: the answer is the forced tool's input
+            try:
+                content = [{"type": "tool_use", "id": "toolu_01" + secrets.token_hex(11), "name": tool["name"],
+                            "input": json.loads(text)}]
+                stop_reason = "tool_use"
+            except json.JSONDecodeError:  # a custom responder that ignores the schema: answered as text
+                pass
         return {
             "id": "msg_01" + secrets.token_hex(11), "type": "message", "role": "assistant", "model": call.model,
-            "content": [{"type": "text", "text": text}] if text and finish != "refusal" else [],
+            "content": content,
             "stop_reason": stop_reason, "stop_sequence": stop_sequence,
             "usage": {"input_tokens": call.input_tokens, "output_tokens": output_tokens,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "service_tier": "standard"},

@@ -336,6 +336,25 @@ _G_EXAMPLES = (
 )
 
 
+def forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool an Anthropic request forces (`tool_choice: {"type": "tool", "name": ...}`), Anthropic's
+    idiom for structured output: the answer is that tool's input."""
+    choice = body.get("tool_choice") or {}
+    if choice.get("type") != "tool":
+        return None
+    return next((t for t in body.get("tools") or [] if t.get("name") == choice.get("name")), None)
+
+
+def required_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema the answer must follow: OpenAI's `response_format` json_schema or a forced tool's
+    `input_schema`; None for free text."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+    tool = forced_tool(body)
+    return (tool.get("input_schema") or {"type": "object"}) if tool is not None else None
+
+
 def wants_json(body: dict[str, Any], prompt: str) -> bool:
     fmt = body.get("response_format") or {}
     return fmt.get("type") in ("json_object", "json_schema") or bool(re.search(r"\bJSON\b", prompt))
@@ -601,7 +620,8 @@ def _count(rx: re.Pattern[str], prompt: str, rng: random.Random) -> int | None:
 def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     """The completion text for a chat request body (OpenAI or Anthropic shape), derived from `seed`.
 
-    - a `response_format` json_schema: an instance of the schema (lists of distinct items, scores);
+    - a `response_format` json_schema, or an Anthropic forced tool's input_schema: an instance of the
+      schema (lists of distinct items, scores);
     - a judging prompt ("score ... on a scale of 0 to 5", FineWeb-Edu's "Educational score:
       <points>"): a justification and a score that follows the judged text's educational cues;
     - a writing prompt for a story: a very simple children's story using the required words; for
@@ -617,10 +637,9 @@ def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     prompt = prompt_text(body.get("messages") or [], body.get("system"))
     subject = subject_of(prompt)
     n = requested_count(prompt)
-    fmt = body.get("response_format") or {}
     judging = _JUDGE_RE.search(prompt) is not None and (n is None or "score" in prompt.lower())
-    if fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+    schema = required_schema(body)
+    if schema is not None:
         score = judge_score(_judged_text(prompt)) if judging else None
         return json.dumps(from_schema(schema, subject, n, rng, score=score), ensure_ascii=False)
     if judging:
@@ -640,7 +659,7 @@ def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
         items = distinct_items(subject, n, rng)
         if wants_json(body, prompt):
             key = _JSON_KEY_RE.search(prompt)
-            if key or fmt.get("type") == "json_object":
+            if key or (body.get("response_format") or {}).get("type") == "json_object":
                 return json.dumps({key.group(1) if key else "items": items}, ensure_ascii=False)
             return json.dumps(items, ensure_ascii=False)
         return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
