@@ -88,8 +88,10 @@ def test_expired_requests_go_round_again_up_to_the_limit(provider, model, tmp_pa
 
 
 async def _interrupt_after_submission(gen: Generator, emu: Emulator, requests) -> None:
+    """Cancel the run (Ctrl-C) once the journal records two batches as running at the provider."""
     task = asyncio.ensure_future(gen.arun(requests))
-    while emu.stats()["batches_created"] < 2:
+    await asyncio.sleep(0)  # the run opens its journal first
+    while [status for _, _, status, _ in batch_rows(gen.journal_path)] != ["running"] * 2:
         await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
