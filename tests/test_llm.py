@@ -115,5 +115,11 @@ def test_rows_of_strings_batch_mode_and_bad_input(tmp_path):
     assert task.generator.stats["cost_usd"] > 0
     with pytest.raises(TypeError, match="iterable of rows"):
         task({"topic": "one dict"})
+    class Wrong(LLM):
+        def prompt(self, row):
+            return 42 if row == "b" else row
+
+    with pytest.raises(TypeError, match=r"Wrong.prompt\(\) on row 1 returned int"):
+        Wrong("gpt-4o-mini", api_key="sk-test", progress=False)(["a", "b"])
     with pytest.raises(NotImplementedError, match="must define prompt"):
         LLM("gpt-4o-mini", api_key="sk-test", progress=False)(["x"])

@@ -61,19 +61,25 @@ class LLM:
 
     def __call__(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         rows = _as_rows(rows)
-        return self._table(rows, self.generator.run([self._request(r) for r in rows]))
+        return self._table(rows, self.generator.run([self._request(i, r) for i, r in enumerate(rows)]))
 
     async def acall(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """`__call__` inside a running event loop."""
         rows = _as_rows(rows)
-        return self._table(rows, await self.generator.arun([self._request(r) for r in rows]))
+        return self._table(rows, await self.generator.arun([self._request(i, r) for i, r in enumerate(rows)]))
 
     # ----- requests and answers -------------------------------------------------------------------
-    def _request(self, row: Any) -> ChatRequest:
+    def _request(self, index: int, row: Any) -> ChatRequest:
         made = self.prompt(row)
         if isinstance(made, ChatRequest):
             return made
-        messages = [{"role": "user", "content": made}] if isinstance(made, str) else list(made)
+        if isinstance(made, str):
+            messages = [{"role": "user", "content": made}]
+        elif isinstance(made, list) and made and all(isinstance(m, Mapping) and "role" in m for m in made):
+            messages = [dict(m) for m in made]
+        else:
+            raise TypeError(f"{type(self).__name__}.prompt() on row {index} returned {type(made).__name__}; expected "
+                            "a string, a non-empty list of {'role': ..., 'content': ...} messages or a ChatRequest")
         fmt = None
         if self.response_format is not None:
             fmt = {"type": "json_schema", "json_schema": {"name": self.response_format.__name__,
