@@ -331,6 +331,20 @@ def test_build_with_anthropic_and_a_system_prompt(tmp_path):
     assert docs["model"].unique().to_list() == ["claude-haiku-4-5"]
 
 
+def test_build_through_the_batch_api_records_it_in_manifest_and_card(tmp_path):
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    with Emulator(EmulatorConfig(batch_latency_s=0.05, responder=prose_responder)) as emu:
+        over = {"output": str(tmp_path / "b"), "samples": 8, "provider.name": "anthropic",
+                "provider.base_url": emu.anthropic_base_url, "model": "claude-haiku-4-5", "provider.batch": True,
+                "provider.batch_poll_s": 0.05, "curation.filters.enabled": False}  # fmt: skip
+        res = build(load_recipe(QUICKSTART, over), progress=False)
+        assert emu.stats()["batch_requests"] == 8 and emu.duplicates == 0
+    assert res.manifest["counts"]["ok"] == 8 and res.manifest["api"] == "batch"
+    card = (tmp_path / "b" / "dataset" / "README.md").read_text()
+    assert "| API | the provider's batch API (half the list price) |" in card
+
+
 def test_one_build_per_output_folder(tmp_path):
     import fcntl
 

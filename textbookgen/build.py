@@ -749,6 +749,7 @@ class Build:
                 "recipe_hash": r.hash,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "provider": r.provider.name,
+                "api": "batch" if r.provider.batch else "live",
                 "model": r.model,
                 "seed": r.seed,
                 "seeds": {"recipe": r.seed, "request_seed": "(seed * 1000003 + index) mod (2^31 - 1)"},
