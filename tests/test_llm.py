@@ -123,3 +123,16 @@ def test_rows_of_strings_batch_mode_and_bad_input(tmp_path):
         Wrong("gpt-4o-mini", api_key="sk-test", progress=False)(["a", "b"])
     with pytest.raises(NotImplementedError, match="must define prompt"):
         LLM("gpt-4o-mini", api_key="sk-test", progress=False)(["x"])
+
+
+def test_calling_inside_a_running_event_loop_works_like_a_notebook_cell(tmp_path):
+    import asyncio
+
+    async def cell(task):
+        return task(TOPICS[:2]), await task.acall(TOPICS[:2])
+
+    with Emulator() as emu:
+        task = make(Lesson, emu, "openai", "gpt-4o-mini", tmp_path)
+        plain, awaited = asyncio.run(cell(task))
+        assert emu.billed == 2  # the awaited call replays the journal
+    assert plain.equals(awaited) and plain.height == 2
