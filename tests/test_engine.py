@@ -329,3 +329,43 @@ def test_proxy_in_environment_keeps_the_sdk_http_client(monkeypatch):
     assert _http_client("aiohttp", openai) is not None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     assert _http_client("aiohttp", openai) is None  # httpx reads proxy settings; the aiohttp transport does not
+
+
+def test_run_inside_a_running_loop_works_and_ctrl_c_cancels_it(tmp_path):
+    """A Jupyter cell has a running loop: run() takes a worker thread, and Ctrl-C (KeyboardInterrupt in the
+    main thread, as ipykernel raises it) cancels the run there, so nothing keeps being sent and paid for."""
+    import asyncio
+    import signal
+    import threading
+    import time
+
+    requests = reqs(60)
+    with Emulator(EmulatorConfig(latency_median_s=0.05)) as emu:
+        gen = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, concurrency=4)
+
+        async def cell(batch):
+            return gen.run(batch)
+
+        first = asyncio.run(cell(requests[:4]))
+        assert len(first) == 4 and all(r.text for r in first) and emu.billed == 4
+
+        def interrupt() -> None:
+            while emu.billed < 12:
+                time.sleep(0.005)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        async def interrupted_cell():
+            previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                threading.Thread(target=interrupt, daemon=True).start()
+                with pytest.raises(KeyboardInterrupt):
+                    gen.run(requests)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+        asyncio.run(interrupted_cell())
+        stopped_at = emu.billed
+        time.sleep(0.3)
+        assert emu.billed <= stopped_at + 4 < 60  # only what was on the wire can still finish
+        out = gen.run(requests)  # outside a loop: resumes from the journal
+        assert all(r.text for r in out) and emu.billed - 60 <= 4

@@ -16,9 +16,11 @@ requests on the wire. With `batch=True` the same requests go through the provide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -172,12 +174,37 @@ class Generator:
     # ----- public API ---------------------------------------------------------------------------
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         """Synchronous form of `arun`. Ctrl-C stops cleanly: in-flight requests are cancelled, all
-        finished ones are in the journal, and rerunning resumes."""
+        finished ones are in the journal, and rerunning resumes. Inside a running event loop (a Jupyter
+        cell) the run gets a loop of its own on a worker thread, and Ctrl-C still cancels it."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.arun(requests))
-        raise RuntimeError("Generator.run() called inside a running event loop; use `await gen.arun(...)`")
+        return self._run_on_worker(requests)
+
+    def _run_on_worker(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(self.arun(requests))
+        finished = threading.Event()  # waited on instead of Thread.join, which Ctrl-C can leave wrongly "stopped"
+
+        def work() -> None:
+            try:
+                loop.run_until_complete(asyncio.wait([task]))
+            finally:
+                loop.close()
+                finished.set()
+
+        threading.Thread(target=work, name="textbookgen-run", daemon=True).start()
+        try:
+            while not finished.wait(0.1):
+                pass
+        except KeyboardInterrupt:  # the main thread gets Ctrl-C: cancel the run there, as asyncio.run would
+            if not finished.is_set():
+                with contextlib.suppress(RuntimeError):  # the loop closed in the meantime: nothing to cancel
+                    loop.call_soon_threadsafe(task.cancel)
+            finished.wait()
+            raise
+        return task.result()
 
     async def arun(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         """Generate a completion for every request; returns responses in request order."""

@@ -21,11 +21,9 @@ listed in `.failures`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
@@ -62,16 +60,9 @@ class LLM:
         return {**base, "response": response.model_dump() if isinstance(response, BaseModel) else response}
 
     def __call__(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
-        """Generate for every row and return the parsed table. Inside a running event loop (a Jupyter
-        cell), the run goes to a worker thread with a loop of its own, so the call still just works."""
+        """Generate for every row and return the parsed table (also from a Jupyter cell: see Generator.run)."""
         rows = _as_rows(rows)
-        requests = [self._request(i, r) for i, r in enumerate(rows)]
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return self._table(rows, self.generator.run(requests))
-        with ThreadPoolExecutor(1, thread_name_prefix="textbookgen-llm") as pool:
-            return self._table(rows, pool.submit(self.generator.run, requests).result())
+        return self._table(rows, self.generator.run([self._request(i, r) for i, r in enumerate(rows)]))
 
     async def acall(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """`__call__` inside a running event loop."""
