@@ -136,3 +136,12 @@ def test_calling_inside_a_running_event_loop_works_like_a_notebook_cell(tmp_path
         plain, awaited = asyncio.run(cell(task))
         assert emu.billed == 2  # the awaited call replays the journal
     assert plain.equals(awaited) and plain.height == 2
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_structured_output_through_the_batch_api(provider, model, tmp_path):
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        task = make(Glossary, emu, provider, model, tmp_path, batch=True, batch_poll_s=0.02)
+        table = task(TOPICS)
+        assert emu.stats()["batch_requests"] == 4 and emu.billed == 4
+    assert table.height == 20 and not task.failures
