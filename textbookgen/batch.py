@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError
-from textbookgen.providers import FILTER_WORDS, AnthropicProvider, Completion, OpenAIProvider, classify
+from textbookgen.providers import AnthropicProvider, Completion, OpenAIProvider, classify, item_error_class
 
 if TYPE_CHECKING:
     from textbookgen.engine import Generator, _Item
@@ -59,7 +59,7 @@ def error_class_of(status: int, text: str) -> str:
     """The class of a request that failed inside a batch, by the HTTP status it would have had."""
     if status in (408, 409, 429) or status >= 500:
         return "transient"
-    return "content_filter" if any(w in text.lower() for w in FILTER_WORDS) else "bad_request"
+    return item_error_class(text)
 
 
 class OpenAIBatches:
@@ -154,9 +154,7 @@ class AnthropicBatches:
             elif result.type == "errored":
                 err = result.error.error
                 text = f"anthropic batch ({err.type}): {err.message}"
-                permanent = err.type == "invalid_request_error"
-                cls = ("content_filter" if any(w in text.lower() for w in FILTER_WORDS) else "bad_request") \
-                    if permanent else "transient"
+                cls = item_error_class(text) if err.type == "invalid_request_error" else "transient"
                 results.append(BatchResult(row.custom_id, error=text, error_class=cls))
             else:  # expired or canceled before it ran
                 results.append(BatchResult(row.custom_id, error=f"anthropic batch: request {result.type}",
@@ -165,12 +163,8 @@ class AnthropicBatches:
 
 
 def batch_api(provider: OpenAIProvider | AnthropicProvider) -> OpenAIBatches | AnthropicBatches:
-    if isinstance(provider, AnthropicProvider):
-        return AnthropicBatches(provider)
-    if provider.name != "openai":
-        raise FatalProviderError(f"batch mode needs provider openai or anthropic, not {provider.name!r} "
-                                 "(OpenAI-compatible servers have no batch API: run them live)")
-    return OpenAIBatches(provider)
+    """The batch API of a provider (the Generator admits only BATCH_PROVIDERS in batch mode)."""
+    return AnthropicBatches(provider) if isinstance(provider, AnthropicProvider) else OpenAIBatches(provider)
 
 
 class BatchRunner:

@@ -34,7 +34,7 @@ _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": 
 # a 429 is a rate limit unless it says the money ran out (OpenAI: code insufficient_quota)
 _QUOTA_WORDS = ("insufficient_quota", "billing", "exceeded your current quota", "credit balance",
                 "spend limit", "payment required")
-FILTER_WORDS = ("content_filter", "content_policy", "content management", "flagged", "safety system")
+_FILTER_WORDS = ("content_filter", "content_policy", "content management", "flagged", "safety system")
 _MODEL_WORDS = ("model_not_found", "does not exist", "unknown model", "invalid model", "no such model",
                 "not_found_error")
 
@@ -88,9 +88,7 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
                                   headers=headers)
         if status in (408, 409) or status >= 500:
             return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
-        if any(w in lowered for w in FILTER_WORDS):
-            return ItemError(text, error_class="content_filter")
-        return ItemError(text, error_class="bad_request")
+        return ItemError(text, error_class=item_error_class(lowered))
     if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):
         return RetryableError(f"{provider}: request timed out")
     if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
@@ -99,6 +97,11 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
                         ValueError, KeyError, IndexError, TypeError)):  # a garbled or cut body
         return RetryableError(redact(f"{provider}: malformed response: {type(exc).__name__}: {exc}", secrets)[:500])
     return exc  # a bug or something unexpected: let it surface
+
+
+def item_error_class(text: str) -> str:
+    """The class of a request the provider refused for good (a live 4xx, or a failed line of a batch)."""
+    return "content_filter" if any(w in text.lower() for w in _FILTER_WORDS) else "bad_request"
 
 
 def resolve_key(provider: str, api_key: str | None, base_url: str | None) -> str:

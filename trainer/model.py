@@ -249,7 +249,7 @@ class Phi(nn.Module):
         self.config = config
         self.model = PhiModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
-        self.register_buffer("rope", rope_table(config), persistent=False)  # derived: not in checkpoints
+        self.register_buffer("rope", None, persistent=False)  # derived, not in checkpoints: set by init_weights
         self.register_load_state_dict_post_hook(lambda module, _keys: module.reset_rope())
         self.init_weights()
 
