@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from trainer_testlib import one_torch_thread, small_tokenizer, tiny_overrides, wiki_texts, write_hub_folder
+from trainer_testlib import one_torch_thread, tiny_overrides, wiki_corpus
 
 from trainer import checkpoint
 from trainer.config import load_config
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, shared_data):
-    root = tmp_path_factory.mktemp("ckpt")
-    wiki = write_hub_folder(root / "wiki", wiki_texts(shared_data, 150))
-    return {"root": root, "wiki": wiki, "tok": small_tokenizer(root / "tok.json", [wiki])}
+    return wiki_corpus(tmp_path_factory.mktemp("ckpt"), shared_data)
 
 
 def overrides(corpus, run_dir, **extra):

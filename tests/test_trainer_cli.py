@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from trainer_testlib import one_torch_thread, small_tokenizer, tiny_overrides, wiki_texts, write_hub_folder
+from trainer_testlib import one_torch_thread, tiny_overrides, wiki_corpus
 
 from trainer import checkpoint
 from trainer.cli import main
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, shared_data):
-    root = tmp_path_factory.mktemp("cli")
-    wiki = write_hub_folder(root / "wiki", wiki_texts(shared_data, 150))
-    return {"root": root, "wiki": wiki, "tok": small_tokenizer(root / "tok.json", [wiki])}
+    return wiki_corpus(tmp_path_factory.mktemp("cli"), shared_data)
 
 
 def write_config(corpus, path: Path, run_dir: Path, **extra) -> Path:

@@ -70,6 +70,12 @@ def small_tokenizer(out: Path, folders: list[Path]) -> Path:
     return out
 
 
+def wiki_corpus(root: Path, shared_data: Path) -> dict[str, Path]:
+    """150 Wikipedia articles in Hub layout under `root`, and a small BPE trained on them."""
+    wiki = write_hub_folder(root / "wiki", wiki_texts(shared_data, 150))
+    return {"root": root, "wiki": wiki, "tok": small_tokenizer(root / "tok.json", [wiki])}
+
+
 def tiny_overrides(run_dir: Path, cache_dir: Path, tokenizer: Path, sources: list[tuple[Path, float]],
                    **extra) -> dict:
     """Overrides for load_config(None, ...): a 2-layer d64 model, seq 32, 8-sequence steps, fp32 on CPU."""
