@@ -131,7 +131,23 @@ def _http_client(kind: str, sdk):
     return None
 
 
-class OpenAIProvider:
+class _RawPostProvider:
+    """What both providers share: one raw POST of `body(req)` to `path`, read by `parse`; SDK errors classified."""
+
+    path: str
+
+    async def complete(self, req: ChatRequest) -> Completion:
+        try:
+            raw = await self.client.post(self.path, cast_to=_Response, body=self.body(req))
+            return self.parse(json.loads(raw.content), raw.headers)
+        except Exception as exc:  # noqa: BLE001 - classified and re-raised
+            raise classify(exc, self.name, self.model, self.secrets) from None
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class OpenAIProvider(_RawPostProvider):
     """OpenAI chat completions (also any OpenAI-compatible server through base_url).
 
     Requests go through the official client's own request path (`client.post`, the SDK's documented
@@ -139,6 +155,8 @@ class OpenAIProvider:
     not its per-call typed-dict transform and pydantic model construction, which cost more CPU than
     everything else the engine does per request. The response JSON is read here, headers included.
     """
+
+    path = "/chat/completions"
 
     def __init__(self, provider: str, model: str, api_key: str, base_url: str | None, timeout: float,
                  http: str = "aiohttp") -> None:
@@ -165,13 +183,6 @@ class OpenAIProvider:
             body["response_format"] = req.response_format
         return body
 
-    async def complete(self, req: ChatRequest) -> Completion:
-        try:
-            raw = await self.client.post("/chat/completions", cast_to=_Response, body=self.body(req))
-            return self.parse(json.loads(raw.content), raw.headers)
-        except Exception as exc:  # noqa: BLE001 - classified and re-raised
-            raise classify(exc, self.name, self.model, self.secrets) from None
-
     @staticmethod
     def parse(data: dict, headers: object = None) -> Completion:
         """A chat.completion body (from a live call or a batch output line) as a Completion."""
@@ -183,12 +194,11 @@ class OpenAIProvider:
                           output_tokens=usage.get("completion_tokens") or 0,
                           headers=headers, response_id=data.get("id"), refusal=message.get("refusal"))
 
-    async def aclose(self) -> None:
-        await self.client.close()
 
-
-class AnthropicProvider:
+class AnthropicProvider(_RawPostProvider):
     """Anthropic messages API (same request path as OpenAIProvider, for the same reason)."""
+
+    path = "/v1/messages"
 
     def __init__(self, model: str, api_key: str, base_url: str | None, timeout: float,
                  http: str = "aiohttp") -> None:
@@ -212,13 +222,6 @@ class AnthropicProvider:
             body["tool_choice"] = {"type": "tool", "name": tool["name"]}
         return body
 
-    async def complete(self, req: ChatRequest) -> Completion:
-        try:
-            raw = await self.client.post("/v1/messages", cast_to=_Response, body=self.body(req))
-            return self.parse(json.loads(raw.content), raw.headers)
-        except Exception as exc:  # noqa: BLE001 - classified and re-raised
-            raise classify(exc, self.name, self.model, self.secrets) from None
-
     @staticmethod
     def parse(data: dict, headers: object = None) -> Completion:
         """A message body (from a live call or a batch result) as a Completion; the answer to a structured
@@ -233,9 +236,6 @@ class AnthropicProvider:
         return Completion(text=text, finish_reason=finish, input_tokens=usage.get("input_tokens") or 0,
                           output_tokens=usage.get("output_tokens") or 0, headers=headers,
                           response_id=data.get("id"), refusal=text if finish == "refusal" else None)
-
-    async def aclose(self) -> None:
-        await self.client.close()
 
 
 def structured_output_tool(response_format: dict | None) -> dict | None:
