@@ -1,4 +1,4 @@
-"""JSON Lines reading shared by every loader: one record a line, bad input named by file and line.
+"""JSON Lines (and whole-text) reading shared by every loader: bad input named by file and line.
 
 Callers pass their own error class, so a prompts file still raises `PromptFileError`, a benchmark
 `BenchmarkError`, and so on; the message always starts with `<where>:<line>:`. Lines are split on
@@ -14,7 +14,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["iter_jsonl", "iter_jsonl_lines", "open_compressed"]
+__all__ = ["decode_utf8", "iter_jsonl", "iter_jsonl_lines", "open_compressed"]
+
+
+def decode_utf8(raw: bytes, where: str | Path, *, error: type[Exception] = ValueError) -> str:
+    """A whole file's bytes as text; raises `error("<where>:<line>: not valid UTF-8 (...)")` naming the line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise error(f"{where}:{line}: not valid UTF-8 ({e.reason})") from None
 
 
 def open_compressed(path: str | Path) -> IO[bytes]:

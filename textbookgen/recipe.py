@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from textbookgen.curation import CurationConfig
+from textbookgen.jsonl import decode_utf8
 
 TOPICS_DIR = Path(__file__).with_name("topics")
 KEY_ENV = {
@@ -322,11 +323,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise RecipeError(f"{path}: recipe file not found") from None
     except IsADirectoryError:
         raise RecipeError(f"{path}: is a folder, not a recipe file") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    text = decode_utf8(raw, path, error=RecipeError)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from textbookgen.jsonl import decode_utf8
+
 PATH_SEP = " > "
 # Keys that group children rather than name a topic (Khan Academy tables of contents, generic outlines).
 CONTAINER_KEYS = frozenset(
@@ -300,11 +302,7 @@ class Taxonomy:
             raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         except FileNotFoundError:
             raise TaxonomyError(f"{path}: taxonomy file not found") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = raw[: e.start].count(b"\n") + 1
-            raise TaxonomyError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+        text = decode_utf8(raw, path, error=TaxonomyError)
         default_name = name or path.name.split(".")[0].replace("_", " ").replace("-", " ")
         if fmt == "yaml":
             tax = _from_yaml_text(text, path, select=select, name=default_name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from textbookgen.jsonl import iter_jsonl_lines, open_compressed
+from textbookgen.jsonl import decode_utf8, iter_jsonl_lines, open_compressed
 
 SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
 
@@ -32,20 +32,12 @@ def _read_jsonl(path: Path) -> pl.DataFrame:
     with open_compressed(path) as f:
         raw = f.read()
     if raw.lstrip()[:1] == b"[":
-        return pl.DataFrame(json.loads(_decode(path, raw)), infer_schema_length=None)
+        return pl.DataFrame(json.loads(decode_utf8(raw, path)), infer_schema_length=None)
     try:
         return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
     except Exception:  # re-parsed below, to say where and why
         rows = [row for _, row in iter_jsonl_lines(io.BytesIO(raw), str(path))]
         return pl.DataFrame(rows, infer_schema_length=None)
-
-
-def _decode(path: Path, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
 
 
 def read_records(path: Path) -> pl.DataFrame:
