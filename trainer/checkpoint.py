@@ -35,6 +35,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from trainer.data import fsync_path
+
 LATEST = "latest"
 
 
@@ -70,19 +72,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for f in files:
-            _fsync(Path(dirpath) / f)
-        _fsync(Path(dirpath))
+            fsync_path(Path(dirpath) / f)
+        fsync_path(Path(dirpath))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -126,7 +120,7 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
             shutil.rmtree(final)
         tmp.rename(final)
         _write_atomic(root / LATEST, final.name + "\n")
-        _fsync(root)
+        fsync_path(root)
         if keep:
             for old in list_checkpoints(root)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -304,13 +304,13 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
     (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
-    _fsync_dir(tmp)
+    fsync_path(tmp)
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():
         out_dir.rename(old)
     tmp.rename(out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_path(out_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
     return index
 
@@ -338,7 +338,8 @@ def index_is_current(folder: str | Path, source: str, split: str = "train") -> b
     return now == [(s["file"], s["bytes"], s.get("mtime_ns")) for s in index["sources"]]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder, so that a rename into it survives a power cut)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
