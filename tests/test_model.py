@@ -6,6 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from trainer_testlib import perturbed_phi, random_ids  # noqa: E402
+
 from trainer.model import (  # noqa: E402
     CONFIGS,
     IGNORE_INDEX,
@@ -18,19 +20,6 @@ from trainer.model import (  # noqa: E402
 
 SMALL = PhiConfig(vocab_size=256, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=128, loss_chunk_size=37)
-
-
-def _perturbed(cfg: PhiConfig, seed: int = 0) -> Phi:
-    torch.manual_seed(seed)
-    m = Phi(cfg)
-    with torch.no_grad():  # move LayerNorms/biases off (1, 0) so every parameter matters
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
-
-
-def _ids(cfg: PhiConfig, b: int, t: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, cfg.vocab_size, (b, t), generator=torch.Generator().manual_seed(seed))
 
 
 def test_phi15_preset_matches_released_model():
@@ -49,13 +38,13 @@ def test_phi15_preset_matches_released_model():
 @pytest.mark.parametrize("fuse", [True, False])
 def test_logits_match_transformers_phi(fuse):
     transformers = pytest.importorskip("transformers")
-    m = _perturbed(SMALL).eval()
+    m = perturbed_phi(SMALL).eval()
     m.config.fuse_projections = fuse
     hf = transformers.PhiForCausalLM(transformers.PhiConfig(
         vocab_size=256, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=128, partial_rotary_factor=0.5, rope_theta=10000.0)).eval()
     hf.load_state_dict(m.state_dict(), strict=True)
-    ids = _ids(SMALL, 3, 128)
+    ids = random_ids(SMALL, 3, 128)
     with torch.no_grad():
         assert (hf(ids).logits - m(ids)).abs().max().item() < 1e-5
         # HF shifts labels inside; ours takes them aligned (labels[t] = target of position t)
@@ -66,8 +55,8 @@ def test_logits_match_transformers_phi(fuse):
 
 @pytest.mark.parametrize("chunk", [3, 37, 4096])
 def test_chunked_loss_and_grads_equal_plain(chunk):
-    m = _perturbed(SMALL)
-    ids, y = _ids(SMALL, 2, 50), _ids(SMALL, 2, 50, seed=3)
+    m = perturbed_phi(SMALL)
+    ids, y = random_ids(SMALL, 2, 50), random_ids(SMALL, 2, 50, seed=3)
     y[0, :7] = IGNORE_INDEX
     y[1, -3:] = IGNORE_INDEX
 
@@ -103,8 +92,8 @@ def test_chunked_loss_gradcheck_fp64_and_scaling():
 
 
 def test_chunked_loss_no_grad_evaluation():
-    m = _perturbed(SMALL)
-    ids, y = _ids(SMALL, 2, 30), _ids(SMALL, 2, 30, seed=7)
+    m = perturbed_phi(SMALL)
+    ids, y = random_ids(SMALL, 2, 30), random_ids(SMALL, 2, 30, seed=7)
     with torch.no_grad():
         a = m(ids, labels=y)
         m.config.loss_chunk_size = 0
@@ -113,8 +102,8 @@ def test_chunked_loss_no_grad_evaluation():
 
 
 def test_chunked_loss_under_bf16_autocast_is_close():
-    m = _perturbed(SMALL)
-    ids, y = _ids(SMALL, 2, 64), _ids(SMALL, 2, 64, seed=4)
+    m = perturbed_phi(SMALL)
+    ids, y = random_ids(SMALL, 2, 64), random_ids(SMALL, 2, 64, seed=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m.config.loss_chunk_size = 16
         a = m(ids, labels=y)
@@ -124,8 +113,8 @@ def test_chunked_loss_under_bf16_autocast_is_close():
 
 
 def test_kv_cache_decoding_equals_full_forward():
-    m = _perturbed(SMALL).eval()
-    ids = _ids(SMALL, 2, 20)
+    m = perturbed_phi(SMALL).eval()
+    ids = random_ids(SMALL, 2, 20)
     with torch.no_grad():
         full = m(ids)
         cache = KVCache(SMALL, batch=2, max_len=32, device="cpu")
@@ -138,8 +127,8 @@ def test_kv_cache_decoding_equals_full_forward():
                                                   ("activation_checkpointing", True, 5)])
 def test_memory_and_speed_switches_keep_the_grads(switch, value, seed):
     """Unfused projections and activation checkpointing change how, not what, is computed."""
-    m = _perturbed(SMALL)
-    ids, y = _ids(SMALL, 2, 40), _ids(SMALL, 2, 40, seed=seed)
+    m = perturbed_phi(SMALL)
+    ids, y = random_ids(SMALL, 2, 40), random_ids(SMALL, 2, 40, seed=seed)
     m(ids, labels=y).backward()
     ref = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
@@ -154,9 +143,9 @@ def test_rope_table_survives_every_way_a_model_gets_its_weights():
     must each leave the exact fp32 table, or logits drift silently."""
     want = rope_table(SMALL)
     assert want.shape == (128, 2, SMALL.rotary_dim // 2) and want.dtype == torch.float32
-    ref = _perturbed(SMALL)
+    ref = perturbed_phi(SMALL)
     assert "rope" not in ref.state_dict() and torch.equal(ref.rope, want)
-    ids = _ids(SMALL, 2, 16)
+    ids = random_ids(SMALL, 2, 16)
     with torch.no_grad():
         expect = ref(ids)
     with torch.device("meta"):
@@ -168,7 +157,7 @@ def test_rope_table_survives_every_way_a_model_gets_its_weights():
         assert torch.equal(m.rope, want)
         with torch.no_grad():
             assert torch.equal(m(ids), expect)
-    c = _perturbed(SMALL).to(torch.bfloat16)
+    c = perturbed_phi(SMALL).to(torch.bfloat16)
     assert c.rope.dtype == torch.float32 and torch.equal(c.rope, want)
 
 
@@ -189,4 +178,4 @@ def test_bad_config_and_inputs():
         PhiConfig(attn_impl="xformers")
     m = Phi(SMALL)
     with pytest.raises(ValueError, match="context"):
-        m(_ids(SMALL, 1, 129))
+        m(random_ids(SMALL, 1, 129))

@@ -8,6 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from trainer_testlib import perturbed_phi, random_ids  # noqa: E402
+
 from trainer.model import IGNORE_INDEX, Phi, PhiConfig  # noqa: E402
 
 SMALL = PhiConfig(vocab_size=256, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
@@ -17,16 +19,11 @@ LAYOUTS = [("qkv_fc1", False), ("qk_vfc1", False), ("none", True), ("qk_vfc1", T
 
 
 def _model(seed: int = 0) -> Phi:
-    torch.manual_seed(seed)
-    m = Phi(SMALL)
-    with torch.no_grad():  # move LayerNorms/biases off (1, 0) so every parameter matters
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return perturbed_phi(SMALL, seed)
 
 
 def _ids(b: int, t: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, SMALL.vocab_size, (b, t), generator=torch.Generator().manual_seed(seed))
+    return random_ids(SMALL, b, t, seed)
 
 
 def _run(m: Phi, ids: torch.Tensor, y: torch.Tensor):

@@ -28,6 +28,27 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+def perturbed_phi(cfg, seed: int = 0):
+    """A `Phi` with every parameter nudged off its init (LayerNorms and biases too), so every one matters."""
+    import torch
+
+    from trainer.model import Phi
+
+    torch.manual_seed(seed)
+    m = Phi(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def random_ids(cfg, b: int, t: int, seed: int = 1):
+    """`[b, t]` token ids below the config's vocab, from a seeded generator."""
+    import torch
+
+    return torch.randint(0, cfg.vocab_size, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
 def read_jsonl_gz(path: Path, field: str, limit: int) -> list[str]:
     out = []
     with gzip.open(path, "rt", encoding="utf-8") as f:
