@@ -75,15 +75,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-fuse", dest="fuse", action="store_const", const="none", help="same as --fuse none")
     ap.add_argument("--fuse-out", action=argparse.BooleanOptionalAction, default=None,
                     help="ours: dense and fc2 as one matmul over [attn, gelu(fc1)] (default: the config's, off)")
-    ap.add_argument("--attn", choices=["auto", "sdpa", "flash"], default="auto", help="ours: attention kernel")
+    ap.add_argument("--attn", choices=["auto", "sdpa", "flash", "fa4"], default="auto", help="ours: attention kernel")
     ap.add_argument("--sdpa-backend", choices=["auto", "default", "cudnn", "flash", "efficient"], default="auto",
                     help="SDPA kernel for both models: auto = time each once here and pin the fastest (GPU); "
                          "default = torch's own choice")
     ap.add_argument("--models", default="ours,hf", help="comma list of ours,hf (run in this order; hf once per "
                     "--hf-scopes entry)")
-    ap.add_argument("--profile", action="store_true",
+    ap.add_argument("--profile", type=int, nargs="?", const=12, default=0, metavar="TOP",
                     help="after timing, profile one more optimizer step per model and print GPU time by kernel "
-                         "kind (matmul, attention, fused pointwise, optimizer, ...) and the top kernels")
+                         "kind (matmul, attention, fused pointwise, optimizer, ...) and the TOP (12) costliest kernels")
     ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -262,7 +262,7 @@ def _train(name: str, model: torch.nn.Module, args, dev: torch.device, batches) 
     elapsed = time.perf_counter() - t0
     if args.profile:
         with sdpa_context(args.sdpa_backend):
-            profile_step(name, lambda: _one_step(model, opt, micro, args, batches), dev)
+            profile_step(name, lambda: _one_step(model, opt, micro, args, batches), dev, args.profile)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 1e9
     else:  # CPU: the process's peak resident set (ru_maxrss is KiB on Linux)
@@ -292,8 +292,8 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
 
 
-def profile_step(name: str, step, dev: torch.device) -> None:
-    """Run `step` once under torch.profiler; print GPU time per kernel kind and the 12 costliest kernels."""
+def profile_step(name: str, step, dev: torch.device, top: int = 12) -> None:
+    """Run `step` once under torch.profiler; print GPU time per kernel kind and the `top` costliest kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -313,8 +313,8 @@ def profile_step(name: str, step, dev: torch.device) -> None:
     log(f"  {name} profile: one optimizer step, {total / 1e3:.1f} ms of {'GPU' if dev.type == 'cuda' else 'CPU'} time")
     for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
         log(f"    {kind:<16} {us / 1e3:9.1f} ms {100 * us / total:5.1f}%")
-    for kname, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:12]:
-        log(f"    {sum(times) / 1e3:9.1f} ms x{len(times):<4} {kernel_kind(kname):<14} {kname[:90]}")
+    for kname, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        log(f"    {sum(times) / 1e3:9.1f} ms x{len(times):<4} {kernel_kind(kname):<14} {kname[:110]}")
 
 
 def main(argv=None) -> int:
@@ -365,10 +365,12 @@ def main(argv=None) -> int:
     from trainer import model as model_mod
 
     flash = model_mod.flash_attn_func is not None
-    if args.attn == "flash" and not flash:
-        log("error: --attn flash but flash_attn is not installed; use --attn sdpa (or auto)")
+    if (args.attn == "flash" and not flash) or (args.attn == "fa4" and not model_mod.flash4.INSTALLED):
+        log(f"error: --attn {args.attn} but its package is not installed; use --attn sdpa (or auto)")
         return 2
-    log(f"torch {torch.__version__} | device {device_name(dev)} | flash_attn {'yes' if flash else 'no (SDPA)'} | "
+    kernel = "fa4" if model_mod.flash4.available(dev) and args.attn in ("auto", "fa4") else (
+        "flash" if flash and args.attn in ("auto", "flash") else "sdpa")
+    log(f"torch {torch.__version__} | device {device_name(dev)} | ours' attention {kernel} | "
         f"config {args.config} | seq {args.seq_len} | micro-batch {args.micro_batch} x accum {args.accum} | "
         f"precision {args.precision} | compile {args.compile} ({args.compile_mode or 'default'}, {args.compile_scope}"
         f"{', fullgraph' if args.fullgraph else ''}{''.join(', ' + o for o in args.inductor)}) | "

@@ -31,7 +31,8 @@ class ModelSection(_Section):
     activation_checkpointing: bool = False
     loss_chunk_size: int | None = Field(None, ge=0)
     """Tokens per chunk of the fused lm_head+loss; 0 computes the full logits; None keeps the preset's."""
-    attn_impl: Literal["auto", "sdpa", "flash"] = "auto"
+    attn_impl: Literal["auto", "sdpa", "flash", "fa4"] = "auto"
+    """Attention kernel; auto takes FlashAttention-4 (Hopper/Blackwell), else flash_attn, else SDPA."""
 
 
 class DatasetSource(_Section):

@@ -22,8 +22,9 @@ Forward contract (`Phi.forward(input_ids, labels=None, cache=None, start_pos=0)`
   plain full-logits loss.
 - `cache`/`start_pos`: optional `KVCache` for incremental decoding (trainer/generate.py); positions
   are `start_pos .. start_pos+T-1`.
-Attention uses `flash_attn.flash_attn_func` (causal) when installed and inputs are fp16/bf16 on CUDA,
-else `F.scaled_dot_product_attention(is_causal=True)` (cuDNN/flash kernels on H100).
+Attention on fp16/bf16 CUDA inputs uses, by `attn_impl="auto"`: FlashAttention-4 (`flash-attn-4`, see
+trainer/flash4.py) on Hopper/Blackwell when installed, else `flash_attn.flash_attn_func` (FlashAttention-2)
+when installed, else `F.scaled_dot_product_attention(is_causal=True)` (cuDNN/flash kernels on H100).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from trainer import flash4
 
 try:  # optional accelerator; SDPA is the first-class path
     from flash_attn import flash_attn_func
@@ -61,7 +64,7 @@ class PhiConfig:
     # training-time switches (not part of the checkpoint)
     loss_chunk_size: int = 4096  # tokens per lm_head+CE chunk; 0 = plain full-logits loss
     activation_checkpointing: bool = False
-    attn_impl: str = "auto"  # "auto" (flash_attn if installed, else SDPA) | "sdpa" | "flash"
+    attn_impl: str = "auto"  # "auto" (FA4, else flash_attn, else SDPA: the first installed) | "sdpa" | "flash" | "fa4"
     # q, k, v, fc1 (same math): "qk_vfc1" = two matmuls, [q, k] and [v, fc1], so the buffer that backward
     # keeps (v and the pre-GELU fc1 output) does not also pin the pre-rotary q, k (3.2 GB at phi-1.5, mb 8);
     # "qkv_fc1" (True) = one matmul; "none" (False) = four, like HF
@@ -73,10 +76,12 @@ class PhiConfig:
             raise ValueError(f"hidden_size {self.hidden_size} not divisible by heads {self.num_attention_heads}")
         if self.rotary_dim % 2:
             raise ValueError(f"rotary dim {self.rotary_dim} (head_dim x partial_rotary_factor) must be even")
-        if self.attn_impl not in ("auto", "sdpa", "flash"):
-            raise ValueError(f"attn_impl must be auto|sdpa|flash, got {self.attn_impl!r}")
+        if self.attn_impl not in ("auto", "sdpa", "flash", "fa4"):
+            raise ValueError(f"attn_impl must be auto|sdpa|flash|fa4, got {self.attn_impl!r}")
         if self.attn_impl == "flash" and flash_attn_func is None:
             raise ValueError("attn_impl='flash' but flash_attn is not installed (pip install flash-attn)")
+        if self.attn_impl == "fa4" and not flash4.INSTALLED:
+            raise ValueError("attn_impl='fa4' but flash-attn-4 is not installed (pip install flash-attn-4)")
         self.fuse_projections = fuse_mode(self)
 
     @property
@@ -126,6 +131,23 @@ def rope_table(cfg: PhiConfig, device: torch.device | str | None = None) -> torc
     return torch.stack((freqs.cos(), freqs.sin()), dim=1)
 
 
+@torch.compiler.assume_constant_result  # a fact of the machine: torch.compile bakes it in, no guard, no trace
+def _fa4_runs_on(device: torch.device) -> bool:
+    return flash4.available(device)
+
+
+def attention_kernel(cfg: PhiConfig, device: torch.device, dtype: torch.dtype, cache: KVCache | None = None) -> str:
+    """"fa4", "flash" or "sdpa": the kernel that runs causal attention on `dtype` tensors on `device` (see the
+    module docstring). FA kernels need fp16/bf16 CUDA tensors and no KV cache; everything else goes to SDPA."""
+    if cache is not None or torch.device(device).type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
+    if cfg.attn_impl == "auto":
+        if _fa4_runs_on(torch.device(device)):
+            return "fa4"
+        return "flash" if flash_attn_func is not None else "sdpa"
+    return cfg.attn_impl
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first rotary dims of `x [B, T, H, D]`, pairing dim i with i + rotary_dim/2 (HF rotate_half)."""
     half = cos.shape[-1]
@@ -168,10 +190,11 @@ class PhiAttention(nn.Module):
         H, D = self.cfg.num_attention_heads, self.cfg.head_dim
         q, k, v = (t.view(B, T, H, D) for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        use_flash = (flash_attn_func is not None and cache is None and q.is_cuda
-                     and q.dtype in (torch.float16, torch.bfloat16) and self.cfg.attn_impl != "sdpa")
-        if use_flash:
-            y = flash_attn_func(q, k, v, causal=True)  # [B, T, H, D]
+        kernel = attention_kernel(self.cfg, q.device, q.dtype, cache)
+        if kernel == "fa4":
+            y = flash4.causal_attention(q, k, v)  # [B, T, H, D]
+        elif kernel == "flash":
+            y = flash_attn_func(q, k, v, causal=True)
         else:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
             mask, causal = None, True

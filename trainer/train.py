@@ -35,7 +35,7 @@ from trainer.data import (
     prepare,
     read_index,
 )
-from trainer.model import CONFIGS, Phi, PhiConfig
+from trainer.model import CONFIGS, Phi, PhiConfig, attention_kernel
 
 # dense bf16 peak per device (data sheets), for MFU
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0, "A100": 312.0, "A800": 312.0,
@@ -386,13 +386,18 @@ class Trainer:
             rec["mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
         return rec
 
+    def _attention(self) -> str:
+        """The attention kernel that the blocks' compute dtype gets here (fa4, flash or sdpa)."""
+        dtype = torch.bfloat16 if self.cfg.train.precision != "fp32" else torch.float32
+        return attention_kernel(self.model_cfg, torch.device(self.device), dtype)
+
     def run(self) -> TrainResult:
         cfg, max_steps = self.cfg, self.cfg.max_steps
         step = last_saved = self.start
         result = TrainResult(self.run_dir, self.start, self.start, "done")
         self.console.print(
             f"[bold]{cfg.model.name}[/] {self.model.num_params(False):,} params | {self.strategy} "
-            f"x{self.info.world_size} on {self.device} | {cfg.train.precision} | batch "
+            f"x{self.info.world_size} on {self.device} | {cfg.train.precision} | attention {self._attention()} | batch "
             f"{cfg.train.global_batch}x{cfg.data.seq_len} (micro {self.plan.micro_batch}, accum "
             f"{self.plan.accum_steps}) | steps {step}->{max_steps} | data {', '.join(self.sampler.names)}")
         log = MetricsLog(self.run_dir, self.start, cfg.log.tensorboard, self.info.is_main)
