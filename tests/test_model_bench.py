@@ -98,3 +98,12 @@ def test_bench_profile_prints_time_by_kernel_kind(capsys):
 ])
 def test_kernel_kinds_of_real_h100_kernel_names(kernel, kind):
     assert _bench().kernel_kind(kernel) == kind
+
+
+def test_attention_bench_error_helper_measures_bf16_rounding():
+    """bench/attention.py's accuracy column: bf16 math against fp32 math gives small, non-zero errors."""
+    spec = importlib.util.spec_from_file_location("bench_attention", BENCH.parent / "attention.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    errs = mod.errors(mod._math, (2, 64, 2, 16), "cpu")
+    assert len(errs) == 4 and all(0 < e < 0.05 for e in errs)
