@@ -53,8 +53,12 @@ def _sdpa(q, k, v):
     return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True).transpose(1, 2)
 
 
-def test_op_registration_passes_opcheck(ref_kernels):
+@pytest.mark.parametrize("strided_v", [False, True])
+def test_op_registration_passes_opcheck(ref_kernels, strided_v):
+    """Schema, fake kernel (shapes and strides) and autograd registration agree with the real kernel."""
     q, k, v = _qkv()
+    if strided_v:  # the model's v: a view into a wider matmul output
+        v = torch.cat([v, v], dim=-1)[..., :8].detach().requires_grad_()
     torch.library.opcheck(torch.ops.textbookgen.fa4_causal_fwd.default, (q, k, v))
 
 

@@ -36,25 +36,25 @@ def available(device: torch.device | str | None = None) -> bool:
 @torch.library.custom_op("textbookgen::fa4_causal_fwd", mutates_args=())
 def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     res = _flash_attn_fwd(q, k, v, causal=True, return_lse=True)
-    return res[0], res[1]  # out [B, T, H, D], lse [B, H, T] fp32 (newer releases return more, unused here)
+    return res[0].contiguous(), res[1]  # out [B, T, H, D], lse [B, H, T] fp32 (newer releases return more)
 
 
 @_fwd.register_fake
 def _(q, k, v):
     B, T, H, _ = q.shape
-    return torch.empty_like(q), q.new_empty((B, H, T), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=torch.float32)
 
 
 @torch.library.custom_op("textbookgen::fa4_causal_bwd", mutates_args=())
 def _bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
          lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dk, dv = _flash_attn_bwd(q, k, v, out, dout, lse, causal=True)[:3]
-    return dq, dk, dv
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
 
 
 @_bwd.register_fake
 def _(dout, q, k, v, out, lse):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -70,5 +70,8 @@ _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal softmax attention of `q, k, v [B, T, H, D]` (bf16/fp16, CUDA) -> `[B, T, H, D]`, scale 1/sqrt(D)."""
-    return _fwd(q.contiguous(), k.contiguous(), v.contiguous())[0]
+    """Causal softmax attention of `q, k, v [B, T, H, D]` (bf16/fp16, CUDA) -> `[B, T, H, D]`, scale 1/sqrt(D).
+    Inputs may be strided views with a contiguous last dim (FA4 takes aligned strides): the model's v is a
+    view of the fused [v, fc1] matmul output, and a copy would cost a pass over it and keep 64 MB per layer
+    alive for the backward at phi-1.5 size. Outputs are contiguous."""
+    return _fwd(q, k, v)[0]
