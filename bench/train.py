@@ -8,6 +8,9 @@ weights, the same micro-batch / accumulation, fused AdamW (no decay on biases an
     python bench/train.py                               # phi-1.5, seq 2048, micro-batch 8, on the GPU
     python bench/train.py --config tiny --device cpu    # smoke test
 
+Attention: HF runs its default `attn_implementation="sdpa"` under the SDPA backend that is fastest here (timed
+at start, pinned for both); ours runs `--attn` (auto: FlashAttention-4 when installed on Hopper/Blackwell, as the
+trainer does; `--attn sdpa` gives both models the same kernel). The header line names ours' kernel.
 HF is compiled two ways and both are reported: as a whole (`torch.compile(model)`, what HF Trainer's
 `torch_compile` does; the issue's baseline) and block by block (each PhiDecoderLayer; faster for HF).
 Last line: `tokens_per_s=<n> mfu=<m> vs_hf=<ratio> vs_hf_block=<ratio> peak_mem_gb=<g> gpu=<name>` (ours;
