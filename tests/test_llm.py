@@ -145,3 +145,31 @@ def test_structured_output_through_the_batch_api(provider, model, tmp_path):
         table = task(TOPICS)
         assert emu.stats()["batch_requests"] == 4 and emu.billed == 4
     assert table.height == 20 and not task.failures
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_n_samples_per_row_are_seeded_requests_and_growing_n_pays_only_the_new_ones(provider, model, tmp_path):
+    with Emulator(EmulatorConfig(record_requests=True)) as emu:
+        three = make(Lesson, emu, provider, model, tmp_path, n=3, temperature=1.0)(TOPICS)
+        assert emu.billed == 4 * 3
+        bodies = [r["body"] for r in emu.requests]
+        five = make(Lesson, emu, provider, model, tmp_path, n=5, temperature=1.0)(TOPICS)
+        assert emu.billed == 4 * 5  # samples 0-2 come from the journal
+    assert three.columns == ["topic", "response", "sample"]
+    assert three.group_by("topic").agg(pl.col("sample").sort())["sample"].to_list() == [[0, 1, 2]] * 4
+    assert five.filter(pl.col("sample") < 3).sort("topic", "sample").equals(three.sort("topic", "sample"))
+    if provider == "openai":  # the seed goes on the wire where the API takes one
+        assert sorted(b["seed"] for b in bodies) == sorted([0, 1, 2] * 4)
+        assert three.group_by("topic").agg(pl.col("response").n_unique())["response"].to_list() == [3] * 4
+    else:
+        assert all("seed" not in b for b in bodies)
+
+
+def test_n_samples_failures_name_row_and_sample_and_n_is_checked(tmp_path):
+    rows = TOPICS[:1] + [{"topic": "BROKEN thing"}]
+    with Emulator(EmulatorConfig(faults=[Fault("400", rate=1.0, match="BROKEN")])) as emu:
+        task = make(Lesson, emu, "openai", "gpt-4o-mini", tmp_path, n=2, seed=100)
+        table = task(rows)
+    assert table["sample"].to_list() == [0, 1] and [(f["row"], f["sample"]) for f in task.failures] == [(1, 0), (1, 1)]
+    with pytest.raises(ValueError, match="at least 1"):
+        LLM("gpt-4o-mini", api_key="sk-test", progress=False, n=0)

@@ -17,10 +17,14 @@ batch APIs (`batch=True`). Answers are journaled per request, not per task, so e
 again re-parses the stored answers for free, and a changed prompt pays only for the requests it changes.
 Rows whose request failed, or whose answer does not fit `response_format`, are left out of the table and
 listed in `.failures`.
+
+Several answers per row: `n=4` makes four requests per row, seeded `seed, seed+1, ...` (0 by default), each its
+own journal entry, and the table gets a `sample` column. Raising `n` later pays only for the new samples.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -44,9 +48,12 @@ class LLM:
 
     def __init__(self, model: str, provider: str = "openai", *, max_tokens: int = 1024,
                  temperature: float | None = None, top_p: float | None = None, system: str | None = None,
-                 **engine: Any) -> None:
+                 n: int = 1, seed: int | None = None, **engine: Any) -> None:
+        if n < 1:
+            raise ValueError(f"n (answers per row) must be at least 1, got {n}")
         self.generator = Generator(provider, model, **engine)
         self.max_tokens, self.temperature, self.top_p, self.system = max_tokens, temperature, top_p, system
+        self.n, self.seed = n, seed
         self.failures: list[dict] = []
 
     def prompt(self, row: Any) -> str | list[dict] | ChatRequest:
@@ -62,14 +69,28 @@ class LLM:
     def __call__(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """Generate for every row and return the parsed table (also from a Jupyter cell: see Generator.run)."""
         rows = _as_rows(rows)
-        return self._table(rows, self.generator.run([self._request(i, r) for i, r in enumerate(rows)]))
+        return self._table(rows, self.generator.run(self._requests(rows)))
 
     async def acall(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """`__call__` inside a running event loop."""
         rows = _as_rows(rows)
-        return self._table(rows, await self.generator.arun([self._request(i, r) for i, r in enumerate(rows)]))
+        return self._table(rows, await self.generator.arun(self._requests(rows)))
 
     # ----- requests and answers -------------------------------------------------------------------
+    def _requests(self, rows: list[Any]) -> list[ChatRequest]:
+        """`n` requests per row, row by row. With one sample and no seed the request is as `prompt` made it;
+        otherwise sample j gets seed `base + j` (base: the request's own seed, else `self.seed`, else 0),
+        which makes the samples distinct requests and keeps each one's journal key stable as `n` grows."""
+        out = []
+        for index, row in enumerate(rows):
+            req = self._request(index, row)
+            if self.n == 1 and self.seed is None:
+                out.append(req)
+                continue
+            base = req.seed if req.seed is not None else (self.seed or 0)
+            out += [dataclasses.replace(req, seed=base + j) for j in range(self.n)]
+        return out
+
     def _request(self, index: int, row: Any) -> ChatRequest:
         made = self.prompt(row)
         if isinstance(made, ChatRequest):
@@ -91,14 +112,16 @@ class LLM:
     def _table(self, rows: list[Any], responses: list[ChatResponse]) -> pl.DataFrame:
         self.failures = []
         records: list[dict] = []
-        for index, (row, resp) in enumerate(zip(rows, responses, strict=True)):
+        for k, resp in enumerate(responses):  # row-major: row i's samples are responses i*n .. i*n+n-1
+            index, sample = divmod(k, self.n)
+            row = rows[index]
             if resp.status not in ("ok", "truncated"):
-                self._fail(index, resp, resp.error or resp.status)
+                self._fail(index, sample, resp, resp.error or resp.status)
                 continue
             try:
                 answer = self._answer(resp.text or "")
             except ValueError as exc:
-                self._fail(index, resp, f"answer does not fit {self.response_format.__name__}: {exc}")
+                self._fail(index, sample, resp, f"answer does not fit {self.response_format.__name__}: {exc}")
                 continue
             try:
                 out = self.parse(row, answer)
@@ -106,7 +129,8 @@ class LLM:
                 _add_note(exc, f"in {type(self).__name__}.parse() on row {index}; the answers are in the journal: "
                                "fix parse and call again, nothing is paid twice")
                 raise
-            records += [_record(o) for o in (out if isinstance(out, list) else [out]) if o is not None]
+            new = [_record(o) for o in (out if isinstance(out, list) else [out]) if o is not None]
+            records += [{**r, "sample": r.get("sample", sample)} for r in new] if self.n > 1 else new
         if self.failures:
             log.warning("%s: %d of %d rows failed (see .failures)", type(self).__name__, len(self.failures), len(rows))
         return pl.DataFrame(records) if records else pl.DataFrame()
@@ -127,8 +151,8 @@ class LLM:
             except (json.JSONDecodeError, ValidationError) as exc:
                 raise ValueError(str(exc).splitlines()[0]) from None
 
-    def _fail(self, index: int, resp: ChatResponse, error: str) -> None:
-        self.failures.append({"row": index, "key": resp.key, "status": resp.status, "error": error})
+    def _fail(self, index: int, sample: int, resp: ChatResponse, error: str) -> None:
+        self.failures.append({"row": index, "sample": sample, "key": resp.key, "status": resp.status, "error": error})
 
 
 def _as_rows(rows: Iterable[Any] | pl.DataFrame) -> list[Any]:
