@@ -98,3 +98,21 @@ def test_generate_command_fatal_error_exit_code(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "OPENAI_API_KEY" in result.output
     bad = CliRunner().invoke(app, ["generate", str(tmp_path / "nope.jsonl")])
     assert bad.exit_code == 1 and "no such prompts file" in bad.output
+
+
+def test_generate_n_answers_per_prompt_are_seeded_and_growing_n_pays_only_the_new_ones(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": "b", "seed": 40}) + "\n")
+    runner = CliRunner()
+    with Emulator(EmulatorConfig(latency_median_s=0.001, record_requests=True)) as emu:
+        base = ["generate", str(prompts), "--base-url", emu.openai_base_url, "--no-progress"]
+        env = {"OPENAI_API_KEY": "sk-test"}
+        assert runner.invoke(app, [*base, "--n", "2"], env=env).exit_code == 0
+        assert emu.billed == 4
+        seeds = sorted(r["body"]["seed"] for r in emu.requests)
+        result = runner.invoke(app, [*base, "--n", "3"], env=env)
+        assert result.exit_code == 0 and emu.billed == 6  # samples 0 and 1 come from the journal
+        assert runner.invoke(app, [*base, "--n", "0"], env=env).exit_code == 1
+    assert seeds == [0, 1, 40, 41]
+    rows = [json.loads(line) for line in (tmp_path / "p.completions.jsonl").read_text().splitlines()]
+    assert [r["metadata"]["sample"] for r in rows] == [0, 1, 2, 0, 1, 2] and len({r["id"] for r in rows}) == 6

@@ -103,6 +103,8 @@ def generate(
     temperature: float | None = typer.Option(None, "--temperature"),
     top_p: float | None = typer.Option(None, "--top-p"),
     system: str | None = typer.Option(None, "--system", help="system prompt, where a row does not say"),
+    n: int = typer.Option(1, "--n", help="answers per prompt, seeded seed, seed+1, ... (the row's seed, else 0); "
+                          "metadata.sample says which; a larger --n later pays only for the new ones"),
     price: Annotated[list[str] | None, typer.Option("--price", help="MODEL=IN,OUT USD per 1M tokens (repeatable)")] = None,
     timeout: float = typer.Option(120.0, "--timeout", help="seconds per HTTP request"),
     max_attempts: int = typer.Option(8, "--max-attempts", help="per request, over transient errors"),
@@ -118,7 +120,7 @@ def generate(
     import os
     from pathlib import Path
 
-    from textbookgen.engine import Generator, RateLimits
+    from textbookgen.engine import Generator, RateLimits, sampled
     from textbookgen.errors import FatalProviderError
     from textbookgen.promptfile import PromptFileError, load_prompts, write_completions
 
@@ -127,7 +129,9 @@ def generate(
     defaults = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "system": system}
     try:
         requests = load_prompts(prompts, defaults)
-    except PromptFileError as err:
+        if n != 1:
+            requests = [s for r in requests for s in sampled(r, n)]
+    except (PromptFileError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     api_key = None

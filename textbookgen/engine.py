@@ -35,7 +35,7 @@ from textbookgen.pricing import BATCH_DISCOUNT, price_of
 from textbookgen.providers import PROVIDERS, make_provider
 from textbookgen.ratelimit import AdmissionController, RateLimits
 
-__all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "request_key"]
+__all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "request_key", "sampled"]
 
 log = logging.getLogger("textbookgen.engine")
 
@@ -59,6 +59,16 @@ class ChatRequest:
     system: str | None = None
     response_format: dict | None = None
     metadata: dict = field(default_factory=dict)
+
+
+def sampled(req: ChatRequest, n: int, seed: int = 0) -> list[ChatRequest]:
+    """`n` answers to one prompt: copies of `req` seeded base, base+1, ... (base: `req.seed`, else `seed`),
+    each tagged `metadata["sample"]`. The seed keys each copy, so they are distinct journal entries, and a
+    larger `n` later reuses the first ones (the provider gets the seed where its API takes one)."""
+    if n < 1:
+        raise ValueError(f"n (answers per prompt) must be at least 1, got {n}")
+    base = req.seed if req.seed is not None else seed
+    return [replace(req, seed=base + j, metadata={**req.metadata, "sample": j}) for j in range(n)]
 
 
 @dataclass(slots=True)

@@ -24,7 +24,6 @@ own journal entry, and the table gets a `sample` column. Raising `n` later pays 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -33,7 +32,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ValidationError
 
-from textbookgen.engine import ChatRequest, ChatResponse, Generator
+from textbookgen.engine import ChatRequest, ChatResponse, Generator, sampled
 
 __all__ = ["LLM"]
 
@@ -50,7 +49,7 @@ class LLM:
                  temperature: float | None = None, top_p: float | None = None, system: str | None = None,
                  n: int = 1, seed: int | None = None, **engine: Any) -> None:
         if n < 1:
-            raise ValueError(f"n (answers per row) must be at least 1, got {n}")
+            raise ValueError(f"n (answers per row) must be at least 1, got {n}")  # before the Generator opens a journal
         self.generator = Generator(provider, model, **engine)
         self.max_tokens, self.temperature, self.top_p, self.system = max_tokens, temperature, top_p, system
         self.n, self.seed = n, seed
@@ -84,11 +83,7 @@ class LLM:
         out = []
         for index, row in enumerate(rows):
             req = self._request(index, row)
-            if self.n == 1 and self.seed is None:
-                out.append(req)
-                continue
-            base = req.seed if req.seed is not None else (self.seed or 0)
-            out += [dataclasses.replace(req, seed=base + j) for j in range(self.n)]
+            out += [req] if self.n == 1 and self.seed is None else sampled(req, self.n, self.seed or 0)
         return out
 
     def _request(self, index: int, row: Any) -> ChatRequest:

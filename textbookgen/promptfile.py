@@ -2,7 +2,8 @@
 
 A prompts file is JSON Lines or parquet, one request a row: `prompt` (a string) or `messages` (chat
 messages), optional `system`, `max_tokens`, `temperature`, `top_p`, `seed`, `metadata` (an object);
-any other field is kept as metadata. The completions file has one row per prompt, in order:
+any other field is kept as metadata. The completions file has one row per prompt (per answer with
+`generate --n`, whose metadata.sample numbers the answers), in order:
 id (the request key), status, text, finish_reason, error, tokens, cost, latency, attempts, metadata.
 """
 
