@@ -58,6 +58,10 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(corpus, tmp_path, unint
     assert all(torch.equal(a, b) for a, b in zip(params_of(run).values(), params_of(full_run).values(), strict=True))
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # the lost steps 5-7 were dropped from the log, not duplicated
+    starts = [json.loads(x) for x in (run / "environment.jsonl").read_text().splitlines()]
+    assert [e["start_step"] for e in starts] == [0, 4]  # one line per start: what each part ran on
+    assert all(e["torch"] == torch.__version__ and e["attention"] == "sdpa" and e["world_size"] == 1
+               and e["strategy"] == "none" for e in starts)
 
 
 def start_training(cfg: dict, cfg_file: Path) -> subprocess.Popen:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import platform
 import signal
 import sys
 import threading
@@ -391,6 +392,21 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.train.precision != "fp32" else torch.float32
         return attention_kernel(self.model_cfg, torch.device(self.device), dtype)
 
+    def _record_environment(self) -> None:
+        """Append what this start of the run ran on to `environment.jsonl`: a resumed run may continue on
+        other hardware or software, and throughput or loss differences are read against these lines."""
+        if not self.info.is_main:
+            return
+        cuda = self.dev_type == "cuda"
+        rec = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "start_step": self.start,
+               "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
+               "device": torch.cuda.get_device_name(torch.device(self.device)) if cuda else platform.machine(),
+               "world_size": self.info.world_size, "strategy": self.strategy, "attention": self._attention(),
+               "precision": self.cfg.train.precision, "compile": self.cfg.train.compile,
+               "cuda": torch.version.cuda if cuda else None}
+        with (self.run_dir / "environment.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+
     def run(self) -> TrainResult:
         cfg, max_steps = self.cfg, self.cfg.max_steps
         step = last_saved = self.start
@@ -400,6 +416,7 @@ class Trainer:
             f"x{self.info.world_size} on {self.device} | {cfg.train.precision} | attention {self._attention()} | batch "
             f"{cfg.train.global_batch}x{cfg.data.seq_len} (micro {self.plan.micro_batch}, accum "
             f"{self.plan.accum_steps}) | steps {step}->{max_steps} | data {', '.join(self.sampler.names)}")
+        self._record_environment()
         log = MetricsLog(self.run_dir, self.start, cfg.log.tensorboard, self.info.is_main)
         loader = Loader(self.sampler, self.plan, step, self.device) if step < max_steps else None
         bar = _progress(self.show and self.info.is_main, self.console)
