@@ -84,9 +84,10 @@ def test_unavailable_without_the_package_or_a_gpu(monkeypatch):
     assert not flash4.available("cpu")
 
 
-def test_config_rejects_fa4_when_not_installed(monkeypatch):
+def test_config_rejects_fa4_when_it_cannot_be_imported_and_says_why(monkeypatch):
     monkeypatch.setattr(flash4, "INSTALLED", False)
-    with pytest.raises(ValueError, match="flash-attn-4 is not installed"):
+    monkeypatch.setattr(flash4, "IMPORT_ERROR", "OSError: libcuda.so.1: cannot open shared object file")
+    with pytest.raises(ValueError, match=r"flash-attn-4 cannot be imported \(OSError: libcuda.so.1"):
         PhiConfig(attn_impl="fa4")
 
 

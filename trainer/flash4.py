@@ -14,8 +14,11 @@ import torch
 
 try:  # optional: pip install flash-attn-4 (pulls nvidia-cutlass-dsl); the module is flash_attn.cute
     from flash_attn.cute.interface import _flash_attn_bwd, _flash_attn_fwd
-except ImportError:  # pragma: no cover - depends on the machine
+
+    IMPORT_ERROR = None
+except Exception as exc:  # pragma: no cover - not installed (ImportError), or a broken install (CUDA libraries)
     _flash_attn_fwd = _flash_attn_bwd = None
+    IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 INSTALLED = _flash_attn_fwd is not None
 # cutlass-DSL says this once per kernel compile for an argument FA4 passes on purpose; it is noise to a user

@@ -81,7 +81,8 @@ class PhiConfig:
         if self.attn_impl == "flash" and flash_attn_func is None:
             raise ValueError("attn_impl='flash' but flash_attn is not installed (pip install flash-attn)")
         if self.attn_impl == "fa4" and not flash4.INSTALLED:
-            raise ValueError("attn_impl='fa4' but flash-attn-4 is not installed (pip install flash-attn-4)")
+            raise ValueError(f"attn_impl='fa4' but flash-attn-4 cannot be imported ({flash4.IMPORT_ERROR}); "
+                             "pip install flash-attn-4")
         self.fuse_projections = fuse_mode(self)
 
     @property
