@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from trainer.model import CONFIGS, Phi  # noqa: E402
+from trainer.model import CONFIGS, Phi, attention_kernel  # noqa: E402
 
 PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense
 HF_RUNS = {"full": "hf", "block": "hf-block"}  # result name of HF per compile scope
@@ -354,7 +354,11 @@ def main(argv=None) -> int:
         cfg.fuse_projections = args.fuse
     if args.fuse_out is not None:
         cfg.fuse_out = args.fuse_out
-    cfg.attn_impl = args.attn
+    try:  # PhiConfig checks that the kernel asked for can be imported, and says why not
+        cfg = dataclasses.replace(cfg, attn_impl=args.attn)
+    except ValueError as e:
+        log(f"error: --attn: {e}; use --attn sdpa (or auto)")
+        return 2
     try:
         set_inductor_options(args.inductor)
     except ValueError as e:
@@ -365,14 +369,7 @@ def main(argv=None) -> int:
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    from trainer import model as model_mod
-
-    flash = model_mod.flash_attn_func is not None
-    if (args.attn == "flash" and not flash) or (args.attn == "fa4" and not model_mod.flash4.INSTALLED):
-        log(f"error: --attn {args.attn} but its package is not installed; use --attn sdpa (or auto)")
-        return 2
-    kernel = "fa4" if model_mod.flash4.available(dev) and args.attn in ("auto", "fa4") else (
-        "flash" if flash and args.attn in ("auto", "flash") else "sdpa")
+    kernel = attention_kernel(cfg, dev, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     log(f"torch {torch.__version__} | device {device_name(dev)} | ours' attention {kernel} | "
         f"config {args.config} | seq {args.seq_len} | micro-batch {args.micro_batch} x accum {args.accum} | "
         f"precision {args.precision} | compile {args.compile} ({args.compile_mode or 'default'}, {args.compile_scope}"
