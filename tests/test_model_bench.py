@@ -105,5 +105,5 @@ def test_attention_bench_error_helper_measures_bf16_rounding():
     spec = importlib.util.spec_from_file_location("bench_attention", BENCH.parent / "attention.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    errs = mod.errors(mod._math, (2, 64, 2, 16), "cpu")
+    errs = mod.errors(mod.sdpa("math"), (2, 64, 2, 16), "cpu")
     assert len(errs) == 4 and all(0 < e < 0.05 for e in errs)
