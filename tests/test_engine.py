@@ -235,10 +235,12 @@ def test_429_storm_recovers_with_aimd(tmp_path):
     assert max(r.attempts for r in out) >= 2
 
 
-def test_retry_after_is_honoured(tmp_path):
-    """The emulator's 429 says retry-after 1 s: a retry never comes sooner, whatever the backoff says."""
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_retry_after_is_honoured(provider, model, tmp_path):
+    """The emulator's 429 says retry-after 1 s: a retry never comes sooner, whatever the backoff says.
+    Its text is OpenAI's real rate-limit wording, which links the billing page: still a rate limit."""
     with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("429", first=1)])) as emu:
-        gen = gen_for(emu, "anthropic", "claude-haiku-4-5", tmp_path)
+        gen = gen_for(emu, provider, model, tmp_path)
         out = gen.run(reqs(1))
     assert out[0].attempts == 2 and gen.stats["elapsed_s"] >= 1.0
 

@@ -31,9 +31,12 @@ ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "opena
 # normalised finish reasons: "stop", "length", "content_filter", "refusal", "tool_calls", or the raw value
 _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                      "refusal": "refusal", "tool_use": "tool_calls", "pause_turn": "stop"}
-# a 429 is a rate limit unless it says the money ran out (OpenAI: code insufficient_quota)
-_QUOTA_WORDS = ("insufficient_quota", "billing", "exceeded your current quota", "credit balance",
-                "spend limit", "payment required")
+# a 429 is a rate limit unless it says the money ran out (OpenAI: code insufficient_quota). OpenAI's
+# ordinary rate-limit text links the billing page ("...adding a payment method...account/billing"), so a
+# rate-limit code wins over the words, and "billing" alone is not a quota word.
+_QUOTA_WORDS = ("insufficient_quota", "exceeded your current quota", "check your plan and billing",
+                "credit balance", "spend limit", "payment required")
+_RATE_LIMIT_CODES = ("rate_limit_exceeded", "rate_limit_error")
 _FILTER_WORDS = ("content_filter", "content_policy", "content management", "flagged", "safety system")
 _MODEL_WORDS = ("model_not_found", "does not exist", "unknown model", "invalid model", "no such model",
                 "not_found_error")
@@ -78,7 +81,8 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
         lowered = f"{code} {message}".lower()
         if status in (401, 403):
             return FatalProviderError(f"authentication failed for {provider} — check the API key. {text}")
-        if status == 402 or (status in (400, 429) and any(w in lowered for w in _QUOTA_WORDS)):
+        quota = code not in _RATE_LIMIT_CODES and any(w in lowered for w in _QUOTA_WORDS)
+        if status == 402 or (status in (400, 429) and quota):
             return FatalProviderError(f"quota or billing exhausted for {provider}; add credit or raise the "
                                       f"limit, then rerun (finished work is kept in the journal). {text}")
         if status == 404 or (status == 400 and any(w in lowered for w in _MODEL_WORDS)):

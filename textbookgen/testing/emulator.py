@@ -1072,8 +1072,11 @@ _ERRORS: dict[str, tuple[int, str, str | None, str, str]] = {
     "content_filter": (400, "invalid_request_error", "content_filter", "invalid_request_error",
                        "The prompt was flagged by the content management policy."),
     "rate_limit": (429, "requests", "rate_limit_exceeded", "rate_limit_error", "Rate limit reached."),
-    "429": (429, "requests", "rate_limit_exceeded", "rate_limit_error",
-            "Rate limit reached for {model}. Please try again in 1s."),
+    "429": (429, "requests", "rate_limit_exceeded", "rate_limit_error",  # OpenAI's wording, billing link and all
+            "Rate limit reached for {model} in organization org-emulator on requests per min (RPM): Limit 3, "
+            "Used 3, Requested 1. Please try again in 1s. Visit https://platform.openai.com/account/rate-limits "
+            "to learn more. You can increase your rate limit by adding a payment method to your account at "
+            "https://platform.openai.com/account/billing."),
     "quota": (429, "insufficient_quota", "insufficient_quota", "billing_error",
               "You exceeded your current quota, please check your plan and billing details."),
     "500": (500, "server_error", None, "api_error",
