@@ -220,6 +220,14 @@ def test_server_without_headers_runs_at_user_concurrency(tmp_path):
     assert not gen.stats["headers_seen"] and gen.stats["limits"]["requests"] is None
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_concurrency_below_the_probes_holds_from_the_first_request(concurrency, tmp_path):
+    """A single-slot server (llama.cpp) must never see more than its slots, not even before the first answer."""
+    with Emulator(EmulatorConfig(latency_median_s=0.05, latency_sigma=0.0)) as emu:
+        gen_for(emu, "openai-compatible", "local-model", tmp_path, concurrency=concurrency).run(reqs(8))
+        assert emu.max_in_flight == concurrency
+
+
 def test_429_storm_recovers_with_aimd(tmp_path):
     """A server that rate-limits but sends no limit headers: 429s cut concurrency, every request
     still completes, nothing is billed twice."""

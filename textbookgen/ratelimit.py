@@ -229,7 +229,7 @@ class AdaptiveConcurrency:
         if max_limit < 1:
             raise ValueError(f"concurrency must be >= 1, got {max_limit}")
         self.max_limit = max_limit
-        self.limit = float(initial or max_limit)
+        self.limit = float(min(initial or max_limit, max_limit))  # slow start never exceeds your maximum
         self.decrease = decrease
         self.successes_per_increase = successes_per_increase
         self.cooldown_s = cooldown_s
