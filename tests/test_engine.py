@@ -115,6 +115,24 @@ def test_quota_exhausted_fails_fast(provider, model, tmp_path):
         assert emu.received <= PROBES
 
 
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_fatal_error_keeps_the_answers_already_on_the_wire(provider, model, tmp_path):
+    """The provider bills what is in flight when the money runs out: those answers land in the journal,
+    and the rerun (after adding credit) pays for none of them again."""
+    cfg = EmulatorConfig(latency_median_s=0.3, latency_sigma=0.0, faults=[Fault("quota", first=1, match="QUOTA")])
+    with Emulator(cfg) as emu:
+        gen_for(emu, provider, model, tmp_path, concurrency=32).run(reqs(1, "warm-up"))  # opens the slow start
+        batch = reqs(16) + reqs(1, "QUOTA")
+        with pytest.raises(FatalProviderError, match="quota or billing"):
+            gen_for(emu, provider, model, tmp_path, concurrency=32).run(batch)
+        assert emu.billed == 17
+        with Journal(tmp_path / f"{provider}.sqlite") as journal:
+            assert journal.summary()["done"] == 17
+        emu.config.faults.clear()
+        gen_for(emu, provider, model, tmp_path, concurrency=32).run(batch)
+        assert emu.billed == 18 and emu.duplicates == 0
+
+
 @pytest.mark.parametrize("provider, env", [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])
 def test_missing_key_fails_before_sending(provider, env, monkeypatch, tmp_path):
     monkeypatch.delenv(env, raising=False)

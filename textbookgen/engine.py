@@ -280,6 +280,7 @@ class Generator:
         self._crash: BaseException | None = None
         self._budget_note: str | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._on_wire: set[asyncio.Task] = set()
         self._in_ratio = 1.0
         self._avg_out: float | None = None
         self._inflight_cost = 0.0
@@ -405,10 +406,14 @@ class Generator:
         item.attempts += 1
         self._c["sent"] += 1
         t_send = time.monotonic()
+        task = asyncio.current_task()
+        self._on_wire.add(task)
         try:
             completion = await self._provider.complete(req)
         except RetryableError as exc:
             admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers, retry_after=exc.retry_after)
+            if self._fatal is not None:  # the run is stopping: no retry; the request stays pending
+                raise asyncio.CancelledError from exc
             raise
         except ItemError:
             admission.fail(ticket)
@@ -417,6 +422,7 @@ class Generator:
             admission.cancel(ticket)
             raise
         finally:
+            self._on_wire.discard(task)
             self._inflight_cost -= expected_cost
             self._inflight_out -= expected_out
         admission.complete(ticket, completion.input_tokens, completion.output_tokens, completion.headers)
@@ -496,12 +502,15 @@ class Generator:
         self._c["skipped_budget"] += 1
 
     def _fail_run(self, exc: FatalProviderError) -> None:
+        """Stop sending. Requests already on the wire are billed whatever we do, so they finish (within
+        `timeout_s`) and are journaled; the rest are cancelled and stay pending for the rerun. Ctrl-C
+        still cancels everything at once."""
         if self._fatal is None:
             self._fatal = exc
-            log.info("stopping the run: %s", exc)  # raised to the caller once in-flight work is settled
+            log.info("stopping the run: %s (waiting for %d requests on the wire)", exc, len(self._on_wire))
             current = asyncio.current_task()
             for task in list(self._tasks):
-                if task is not current:
+                if task is not current and task not in self._on_wire:
                     task.cancel()
 
     # ----- reporting ----------------------------------------------------------------------------
