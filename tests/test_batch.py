@@ -132,6 +132,34 @@ def test_a_crash_before_the_batch_id_is_recorded_finds_the_batch_again(provider,
     assert [status for _, _, status, _ in batch_rows(tmp_path / f"{provider}.sqlite")] == ["done"]
 
 
+class LosesTheFirstCreateAnswer(Emulator):
+    """Creates the batch, then drops the connection before answering: the client sees a reset."""
+
+    lost = 0
+
+    async def _lose_once(self, request, create):
+        response = await create(request)
+        if self.lost == 0:
+            self.lost += 1
+            request.transport.abort()
+        return response
+
+    async def _openai_batch_create(self, request):
+        return await self._lose_once(request, super()._openai_batch_create)
+
+    async def _anthropic_batch_create(self, request):
+        return await self._lose_once(request, super()._anthropic_batch_create)
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_batch_whose_create_answer_was_lost_is_adopted_not_sent_twice(provider, model, tmp_path):
+    with LosesTheFirstCreateAnswer(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        out = batch_gen(emu, provider, model, tmp_path, backoff_initial_s=0.01, backoff_max_s=0.02).run(reqs(5))
+        assert emu.lost == 1 and emu.stats()["batches_created"] == 1
+        assert emu.billed == 5 and emu.duplicates == 0
+    assert all(r.text for r in out)
+
+
 def test_answers_to_requests_a_rerun_dropped_are_kept_in_the_journal(tmp_path):
     requests = reqs(12)
     with Emulator(EmulatorConfig(batch_latency_s=0.5)) as emu:

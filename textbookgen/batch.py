@@ -273,7 +273,7 @@ class BatchRunner:
             self.journal.add_batch(tag, gen.provider, gen.model, keys)
             queue = queue[len(chunk):]
             try:
-                batch_id = await self._call(self.api.submit, lines, tag)
+                batch_id = await self._submit_once(lines, tag)
             except ItemError as exc:  # the provider refused the batch as a whole: it would refuse it again
                 self.journal.update_batch(tag, "rejected")
                 for item in chunk:
@@ -286,6 +286,21 @@ class BatchRunner:
             log.info("submitted batch %s: %d requests", batch_id, len(chunk))
             self._track(tag, batch_id, keys, time.time(), {item.key: item for item in chunk})
         return queue
+
+    async def _submit_once(self, lines: list[bytes], tag: str) -> str:
+        """Submit a batch, retried like any call; but before a retry, look for it at the provider: it may
+        have been created before the answer was lost (a reset, a timeout), and a second copy is paid twice."""
+        since, sent = time.time(), False
+
+        async def submit_or_adopt() -> str:
+            nonlocal sent
+            if sent and (found := await self.api.find(tag, since, len(lines))) is not None:
+                log.info("batch %s was created before its answer was lost: adopting %s", tag, found)
+                return found
+            sent = True
+            return await self.api.submit(lines, tag)
+
+        return await self._call(submit_or_adopt)
 
     async def _collect(self, items: dict[str, _Item]) -> list[_Item]:
         """Record the answers of every batch that has ended; returns the requests to submit again."""
