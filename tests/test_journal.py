@@ -98,6 +98,62 @@ def test_writer_batches_in_one_task_and_flushes_on_close(tmp_path):
     j.close()
 
 
+def test_a_failed_commit_keeps_its_rows_and_the_writer_retries(tmp_path, monkeypatch):
+    """'database is locked' past the busy timeout (or a full disk) loses no paid answer."""
+    import textbookgen.journal as journal_mod
+
+    real, calls = Journal.write_results, []
+
+    def locked_twice(self, rows):
+        calls.append(len(rows))
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        real(self, rows)
+
+    monkeypatch.setattr(Journal, "write_results", locked_twice)
+    monkeypatch.setattr(journal_mod, "WRITE_RETRY_S", 0.001)
+
+    async def main():
+        j = Journal(tmp_path / "j.sqlite")
+        j.add_pending((f"k{i}", "openai", "m", "{}", "{}") for i in range(10))
+        w = JournalWriter(j)
+        w.start()
+        for i in range(10):
+            w.put(_row(f"k{i}"))
+            await asyncio.sleep(0)
+        await w.close()
+        return j
+
+    j = asyncio.run(main())
+    assert len(calls) >= 3 and j.summary()["done"] == 10
+    j.close()
+
+
+def test_a_writer_that_keeps_failing_stops_the_run_after_a_last_try(tmp_path, monkeypatch):
+    import textbookgen.journal as journal_mod
+
+    monkeypatch.setattr(journal_mod, "WRITE_RETRIES", 0)
+
+    def full(self, rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def main():
+        j = Journal(tmp_path / "j.sqlite")
+        w = JournalWriter(j)
+        w.start()
+        w.put(_row("k0"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(sqlite3.OperationalError):
+            w.put(_row("k1"))  # the writer died: the next answer hears it
+        assert len(w._pending) == 2  # nothing dropped
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            await w.close()
+        j.close()
+
+    monkeypatch.setattr(Journal, "write_results", full)
+    asyncio.run(main())
+
+
 def test_two_runs_cannot_share_a_journal_but_readers_can(tmp_path):
     """A second sending run on a journal in use would pay again for the first one's requests in flight."""
     import asyncio

@@ -307,15 +307,17 @@ class Generator:
             else:
                 await self._dispatch(todo)
         finally:
-            await self._shutdown()
-            if display:
-                await display.stop()
-            await provider.aclose()
-            self.stats = {**self._c, "elapsed_s": time.monotonic() - t0, "total": total,
-                          "rate_limited": self._admission.rate_limited,
-                          "concurrency": int(self._admission.concurrency.limit),
-                          "limits": self._admission.limits, "headers_seen": self._admission.headers_seen}
-            self._log_summary()
+            try:
+                await self._shutdown()
+            finally:  # even when the journal could not be written: close the client, report
+                if display:
+                    await display.stop()
+                await provider.aclose()
+                self.stats = {**self._c, "elapsed_s": time.monotonic() - t0, "total": total,
+                              "rate_limited": self._admission.rate_limited,
+                              "concurrency": int(self._admission.concurrency.limit),
+                              "limits": self._admission.limits, "headers_seen": self._admission.headers_seen}
+                self._log_summary()
         if self._fatal is not None:
             raise self._fatal
 

@@ -11,7 +11,9 @@ The API key is never written here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -19,10 +21,13 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
 PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
+WRITE_RETRIES, WRITE_RETRY_S = 4, 2.0  # a failed commit (locked, disk full) is retried after 2, 4, 8, 16 s
 
 COLUMNS = ("key", "provider", "model", "status", "text", "finish_reason", "input_tokens", "output_tokens",
            "cost_usd", "latency_s", "attempts", "error", "error_class", "response_id", "request",
@@ -269,31 +274,52 @@ class JournalWriter:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="journal-writer")
 
     def put(self, row: tuple) -> None:
+        self._pending.append(row)  # kept even if the writer died: close() tries once more
+        self._wake.set()
         if self._task is not None and self._task.done() and not self._task.cancelled():
             self._task.result()  # the writer died (disk full, say): surface its error now
-        self._pending.append(row)
-        self._wake.set()
 
     def flush(self) -> None:
-        """Commit everything queued now (used at shutdown and by the loop)."""
+        """Commit everything queued now (used at shutdown and by the loop). Rows a failed commit could
+        not write stay queued: they are paid answers."""
         if self._pending:
             batch, self._pending = self._pending, []
-            self.journal.write_results(batch)
+            try:
+                self.journal.write_results(batch)
+            except BaseException:
+                self._pending[:0] = batch
+                raise
             self.written += len(batch)
 
     async def _run(self) -> None:
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            self.flush()
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """`flush`, retried when a commit fails (locked past the busy timeout, disk full): its rows are paid answers."""
+        failures = 0
+        while True:
+            try:
+                return self.flush()
+            except sqlite3.OperationalError as exc:
+                failures += 1
+                if failures > WRITE_RETRIES:
+                    raise
+                delay = WRITE_RETRY_S * 2 ** (failures - 1)
+                log.warning("journal %s: commit failed (%s); %d answers kept in memory, retrying in %.0f s",
+                            self.journal.path, exc, len(self._pending), delay)
+                await asyncio.sleep(delay)
 
     async def close(self) -> None:
-        """Stop the task and commit what is left; safe to call while the run is being cancelled."""
+        """Stop the task and commit what is left; safe to call while the run is being cancelled. If the
+        writer died, this last commit still tries to save its rows before the writer's error is raised."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.shield(self._task)
-            except asyncio.CancelledError:
-                pass
-        self.flush()
+        try:
+            if self._task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._task)
+        finally:
+            await self._commit()
