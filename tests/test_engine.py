@@ -12,7 +12,7 @@ import pytest
 from textbookgen.engine import ChatRequest, Generator, RateLimits, canonical_request, request_key
 from textbookgen.errors import FatalProviderError
 from textbookgen.journal import Journal
-from textbookgen.pricing import estimate_cost
+from textbookgen.pricing import cache_rates, estimate_cost, price_of
 from textbookgen.ratelimit import PROBES
 from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
 
@@ -50,6 +50,19 @@ def test_roundtrip_order_usage_cost_and_journal(provider, model, tmp_path):
     with Journal(gen.journal_path) as j:
         s = j.summary()
     assert s["done"] == 40 and s["cost_usd"] == pytest.approx(sum(x.cost_usd for x in out), rel=1e-6)
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_prompt_cache_reads_count_as_input_at_their_own_price(provider, model, tmp_path):
+    """OpenAI counts cached tokens inside prompt_tokens, Anthropic beside input_tokens; both bill them cheaper."""
+    with Emulator(EmulatorConfig(latency_median_s=0.001, prompt_cache_hit=0.5)) as emu:
+        [r] = gen_for(emu, provider, model, tmp_path).run(reqs(1, system="You write textbooks. " * 200))
+    read = r.input_tokens // 2
+    assert read > 500
+    price_in, price_out = price_of(model)
+    expected = ((r.input_tokens - read + read * cache_rates(model)[0]) * price_in + r.output_tokens * price_out) / 1e6
+    assert r.cost_usd == pytest.approx(expected)
+    assert r.cost_usd < estimate_cost(model, r.input_tokens, r.output_tokens)
 
 
 def test_duplicate_requests_are_sent_once_and_metadata_is_not_in_the_key(tmp_path):

@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from textbookgen.batch import BATCH_PROVIDERS, BatchRunner
 from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
 from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS, Journal, JournalWriter
-from textbookgen.pricing import BATCH_DISCOUNT, price_of
+from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, price_of
 from textbookgen.providers import PROVIDERS, make_provider
 from textbookgen.ratelimit import AdmissionController, RateLimits
 
@@ -168,6 +168,7 @@ class Generator:
         self.batch_max_rounds = batch_max_rounds
         factor = BATCH_DISCOUNT if batch else 1.0
         self.price_in, self.price_out = (p * factor / 1e6 for p in price_of(model, prices))
+        self.cache_read_rate, self.cache_write_rate = cache_rates(model)
         if max_cost_usd is not None and not (self.price_in or self.price_out):
             log.warning("max_cost_usd is set but no price is known for model %r, so its calls count as $0 "
                         "and the cost budget cannot stop the run; pass prices={%r: (input, output)} in USD "
@@ -458,7 +459,7 @@ class Generator:
     def _result_row(self, key: str, completion, latency: float, attempts: int) -> tuple:
         """The journal row of an answer (see journal._UPDATE): refusals and filtered output are failures,
         a length stop is kept as truncated."""
-        cost = completion.input_tokens * self.price_in + completion.output_tokens * self.price_out
+        cost = self._cost(completion)
         finish = completion.finish_reason
         error = error_class = None
         if completion.refusal or finish in ("content_filter", "refusal"):
@@ -470,6 +471,13 @@ class Generator:
             status = "ok"
         return (status, completion.text, finish, completion.input_tokens, completion.output_tokens, cost, latency,
                 attempts, error, error_class, completion.response_id, time.time(), key)
+
+    def _cost(self, completion) -> float:
+        """USD of one answer: cached input at its own rate (cheaper to read, dearer to write)."""
+        read, write = completion.cache_read_tokens, completion.cache_write_tokens
+        fresh = completion.input_tokens - read - write
+        input_cost = (fresh + read * self.cache_read_rate + write * self.cache_write_rate) * self.price_in
+        return input_cost + completion.output_tokens * self.price_out
 
     def _finish(self, item: _Item, completion, latency: float) -> None:
         row = self._result_row(item.key, completion, latency, item.attempts)

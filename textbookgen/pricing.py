@@ -8,6 +8,9 @@ A model not found here (a self-hosted one, say) costs 0.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # model name (or dated-snapshot prefix) -> (input USD per 1M tokens, output USD per 1M tokens)
 PRICES: dict[str, tuple[float, float]] = {
@@ -42,6 +45,25 @@ PRICES: dict[str, tuple[float, float]] = {
 # OpenAI's Batch API and Anthropic's Message Batches bill half the standard price for input and output
 BATCH_DISCOUNT = 0.5
 
+# Prompt caching, as a fraction of the input price (model-name prefix -> fraction). OpenAI caches long
+# prompt prefixes by itself and bills the cached part at a per-family rate; Anthropic bills a cache read
+# at 0.1x and a (5-minute) cache write at 1.25x. An unknown model is charged the full input price.
+CACHE_READ: dict[str, float] = {"gpt-5": 0.1, "gpt-4.1": 0.25, "gpt-4o": 0.5, "o1": 0.5, "o3": 0.25,
+                                "o3-mini": 0.5, "o4-mini": 0.25, "claude": 0.1}
+CACHE_WRITE: dict[str, float] = {"claude": 1.25}
+
+
+def _by_prefix(model: str, table: Mapping[str, T], default: T) -> T:
+    """The entry of the longest prefix of the model's name (`gpt-4o-mini-2024-07-18` -> `gpt-4o-mini`)."""
+    name = model.rsplit("/", 1)[-1]
+    best = max((p for p in table if name.startswith(p)), key=len, default=None)
+    return table[best] if best else default
+
+
+def cache_rates(model: str) -> tuple[float, float]:
+    """(read, write) price of a cached input token, as a fraction of the model's input price."""
+    return _by_prefix(model, CACHE_READ, 1.0), _by_prefix(model, CACHE_WRITE, 1.0)
+
 
 def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> tuple[float, float]:
     """(input, output) USD per 1M tokens: exact name first, then the longest known prefix
@@ -49,9 +71,7 @@ def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None
     table = {**PRICES, **(prices or {})}
     if model in table:
         return table[model]
-    name = model.rsplit("/", 1)[-1]  # "openai/gpt-4o" style names of routers
-    best = max((p for p in table if name.startswith(p)), key=len, default=None)
-    return table[best] if best else (0.0, 0.0)
+    return _by_prefix(model, table, (0.0, 0.0))  # also "openai/gpt-4o" style names of routers
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int,

@@ -53,6 +53,8 @@ class Completion:
     headers: object
     response_id: str | None = None
     refusal: str | None = None
+    cache_read_tokens: int = 0  # of input_tokens, read from the provider's prompt cache (billed at a discount)
+    cache_write_tokens: int = 0  # of input_tokens, written to it (Anthropic bills these at a premium)
 
 
 def _error_info(exc) -> tuple[str, str]:
@@ -193,10 +195,12 @@ class OpenAIProvider(_RawPostProvider):
         choice = data["choices"][0]
         message = choice["message"]
         usage = data.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0  # part of prompt_tokens
         return Completion(text=message.get("content"), finish_reason=choice.get("finish_reason"),
                           input_tokens=usage.get("prompt_tokens") or 0,
                           output_tokens=usage.get("completion_tokens") or 0,
-                          headers=headers, response_id=data.get("id"), refusal=message.get("refusal"))
+                          headers=headers, response_id=data.get("id"), refusal=message.get("refusal"),
+                          cache_read_tokens=cached)
 
 
 class AnthropicProvider(_RawPostProvider):
@@ -237,9 +241,12 @@ class AnthropicProvider(_RawPostProvider):
             text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
             finish = _ANTHROPIC_FINISH.get(data.get("stop_reason"), data.get("stop_reason"))
         usage = data["usage"]
-        return Completion(text=text, finish_reason=finish, input_tokens=usage.get("input_tokens") or 0,
+        read = usage.get("cache_read_input_tokens") or 0  # Anthropic counts these apart from input_tokens
+        write = usage.get("cache_creation_input_tokens") or 0
+        return Completion(text=text, finish_reason=finish, input_tokens=(usage.get("input_tokens") or 0) + read + write,
                           output_tokens=usage.get("output_tokens") or 0, headers=headers,
-                          response_id=data.get("id"), refusal=text if finish == "refusal" else None)
+                          response_id=data.get("id"), refusal=text if finish == "refusal" else None,
+                          cache_read_tokens=read, cache_write_tokens=write)
 
 
 def structured_output_tool(response_format: dict | None) -> dict | None:

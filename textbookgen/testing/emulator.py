@@ -176,6 +176,10 @@ class EmulatorConfig:
     batch_latency_s: float = 1.0
     """How long a batch runs before it ends and its requests are answered (an OpenAI batch validates for the
     first quarter of it)."""
+    prompt_cache_hit: float = 0.0
+    """The share of every prompt's input tokens reported as read from the provider's prompt cache: OpenAI's
+    `prompt_tokens_details.cached_tokens` (part of prompt_tokens), Anthropic's `cache_read_input_tokens`
+    (not part of input_tokens)."""
     batch_outcomes: list[str] = field(default_factory=list)
     """How batches end, one per created batch in creation order, then 'complete': 'complete' or
     'expire:<fraction>' (the batch expires with only its first round(fraction * n) requests answered)."""
@@ -944,7 +948,7 @@ class Emulator:
         return {
             "prompt_tokens": call.input_tokens, "completion_tokens": output_tokens,
             "total_tokens": call.input_tokens + output_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": self._cached(call), "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
@@ -979,9 +983,13 @@ class Emulator:
             "id": "msg_01" + secrets.token_hex(11), "type": "message", "role": "assistant", "model": call.model,
             "content": content,
             "stop_reason": stop_reason, "stop_sequence": stop_sequence,
-            "usage": {"input_tokens": call.input_tokens, "output_tokens": output_tokens,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "service_tier": "standard"},
+            "usage": {"input_tokens": call.input_tokens - self._cached(call), "output_tokens": output_tokens,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": self._cached(call),
+                      "service_tier": "standard"},
         }
+
+    def _cached(self, call: _Call) -> int:
+        return int(call.input_tokens * self.config.prompt_cache_hit)
 
     # ----- headers and errors ---------------------------------------------------------------------
     def _limit_headers(self, provider: str) -> dict[str, str]:
