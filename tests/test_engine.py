@@ -146,6 +146,24 @@ def test_fatal_error_keeps_the_answers_already_on_the_wire(provider, model, tmp_
         assert emu.billed == 18 and emu.duplicates == 0
 
 
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_server_that_is_not_there_stops_the_run_and_says_so(provider, model, tmp_path):
+    """Not 300 requests x 8 attempts marked 'failed': the first request that never got an answer stops the run."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    base = f"http://127.0.0.1:{port}" + ("/v1" if provider == "openai" else "")
+    gen = Generator(provider, model, base_url=base, api_key="sk-test-key", journal=tmp_path / "j.sqlite",
+                    max_attempts=3, concurrency=16, **FAST)
+    with pytest.raises(FatalProviderError, match=f"cannot reach {base}.*(Connect|connect)"):
+        gen.run(reqs(300))
+    assert gen.stats["sent"] <= 3 + PROBES  # the probes on the wire when the third went unanswered
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal.summary()["by_status"] == {"pending": 300}  # the rerun sends them all
+
+
 @pytest.mark.parametrize("provider, env", [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])
 def test_missing_key_fails_before_sending(provider, env, monkeypatch, tmp_path):
     monkeypatch.delenv(env, raising=False)

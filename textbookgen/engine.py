@@ -282,6 +282,8 @@ class Generator:
         self._budget_note: str | None = None
         self._tasks: set[asyncio.Task] = set()
         self._on_wire: set[asyncio.Task] = set()
+        self._reached = False  # has the server answered anything yet (an error counts)?
+        self._unanswered = 0  # attempts that got no answer at all before it did
         self._in_ratio = 1.0
         self._avg_out: float | None = None
         self._inflight_cost = 0.0
@@ -414,11 +416,14 @@ class Generator:
         try:
             completion = await self._provider.complete(req)
         except RetryableError as exc:
-            admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers, retry_after=exc.retry_after)
+            admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers, retry_after=exc.retry_after,
+                           answered=exc.reached)
             if self._fatal is not None:  # the run is stopping: no retry; the request stays pending
                 raise asyncio.CancelledError from exc
+            self._check_reachable(exc)
             raise
         except ItemError:
+            self._reached = True
             admission.fail(ticket)
             raise
         except BaseException:
@@ -428,12 +433,24 @@ class Generator:
             self._on_wire.discard(task)
             self._inflight_cost -= expected_cost
             self._inflight_out -= expected_out
+        self._reached = True
         admission.complete(ticket, completion.input_tokens, completion.output_tokens, completion.headers)
         if item.est_in and completion.input_tokens:
             self._in_ratio += 0.05 * (completion.input_tokens / item.est_in - self._in_ratio)
         out = completion.output_tokens
         self._avg_out = out if self._avg_out is None else self._avg_out + 0.05 * (out - self._avg_out)
         return completion, time.monotonic() - t_send
+
+    def _check_reachable(self, exc: RetryableError) -> None:
+        """A wrong base_url or a server that is down: once as many attempts as one request may make have
+        all gone unanswered, stop (the requests stay pending) instead of walking every request through them."""
+        self._reached = self._reached or exc.reached
+        if not self._reached:
+            self._unanswered += 1
+            if self._unanswered >= self.max_attempts:
+                where = self.base_url or f"the {self.provider} API"
+                raise FatalProviderError(f"cannot reach {where}: no answer to {self._unanswered} attempts ({exc}); "
+                                         "check base_url and that the server is up, then rerun") from exc
 
     # ----- budgets ------------------------------------------------------------------------------
     def _check_budget(self, expected_cost: float, expected_out: float) -> None:

@@ -17,14 +17,17 @@ class RetryableError(Exception):
     """A transient failure (429, 5xx, timeout, dropped connection, garbled body): try again later.
 
     `retry_after` is the server's own hint in seconds (Retry-After / retry-after-ms), if it sent one.
+    `reached`: False when no answer came at all (connection refused or reset, timeout), so a wrong
+    `base_url` can be told from a busy server.
     """
 
     def __init__(self, message: str, *, rate_limited: bool = False, retry_after: float | None = None,
-                 headers=None) -> None:
+                 headers=None, reached: bool = True) -> None:
         super().__init__(message)
         self.rate_limited = rate_limited
         self.retry_after = retry_after
         self.headers = headers
+        self.reached = reached
 
 
 class ItemError(Exception):

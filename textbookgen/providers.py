@@ -95,10 +95,11 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
         if status in (408, 409) or status >= 500:
             return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
         return ItemError(text, error_class=item_error_class(lowered))
-    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):
-        return RetryableError(f"{provider}: request timed out")
+    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):  # the aiohttp transport says
+        cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""  # so for a refused connection too
+        return RetryableError(redact(f"{provider}: request timed out{cause}", secrets), reached=False)
     if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
-        return RetryableError(redact(f"{provider}: connection error: {exc.__cause__ or exc}", secrets))
+        return RetryableError(redact(f"{provider}: connection error: {exc.__cause__ or exc}", secrets), reached=False)
     if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError,
                         ValueError, KeyError, IndexError, TypeError)):  # a garbled or cut body
         return RetryableError(redact(f"{provider}: malformed response: {type(exc).__name__}: {exc}", secrets)[:500])

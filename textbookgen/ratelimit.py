@@ -390,7 +390,7 @@ class AdmissionController:
             self._first_answer()
 
     def fail(self, ticket: Ticket, *, rate_limited: bool = False, headers=None,
-             retry_after: float | None = None) -> None:
+             retry_after: float | None = None, answered: bool = True) -> None:
         """A failed attempt: tokens were not used (the request itself still counted), learn, and cut
         concurrency on a 429. A server that sends no limit headers only speaks through 429s: its
         Retry-After (else a 1 s cooldown) then pauses admission for everyone, since with short
@@ -398,7 +398,7 @@ class AdmissionController:
         self.concurrency.release()
         self._refund(ticket.tokens_in, ticket.tokens_out)
         self._learn(ticket, headers, rate_limited)
-        if not self._started:
+        if answered and not self._started:  # no answer at all (connection refused) opens nothing
             self._first_answer()
         if rate_limited:
             self.rate_limited += 1
