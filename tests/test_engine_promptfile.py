@@ -41,11 +41,19 @@ def test_parquet_prompts(tmp_path):
     (b'{"prompt": "caf\xe9"}\n', "p.jsonl:1: not valid UTF-8"),
     (b'["a list"]\n', "p.jsonl:1: each line must be a JSON object"),
     (b"\n\n", "p.jsonl: no prompts"),
+    (b'{"prompt": "ok", "metadata": "topic-a"}\n', "p.jsonl:1: 'metadata' is a string that is not a JSON object"),
 ])
 def test_bad_prompt_files_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "p.jsonl"
     path.write_bytes(content)
     with pytest.raises(PromptFileError, match=message.replace("(", r"\(")):
+        load_prompts(path)
+
+
+def test_empty_parquet_has_no_prompts(tmp_path):
+    path = tmp_path / "p.parquet"
+    pl.DataFrame({"prompt": []}, schema={"prompt": pl.String}).write_parquet(path)
+    with pytest.raises(PromptFileError, match="p.parquet: no prompts"):
         load_prompts(path)
 
 
@@ -98,6 +106,17 @@ def test_generate_command_fatal_error_exit_code(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "OPENAI_API_KEY" in result.output
     bad = CliRunner().invoke(app, ["generate", str(tmp_path / "nope.jsonl")])
     assert bad.exit_code == 1 and "no such prompts file" in bad.output
+
+
+@pytest.mark.parametrize("journal, message", [("not-sqlite.txt", "file is not a database"),
+                                              (".", "cannot open journal")])
+def test_generate_command_bad_journal_is_an_error_not_a_traceback(tmp_path, journal, message):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    (tmp_path / "not-sqlite.txt").write_text("hello, I am not SQLite\n")
+    result = CliRunner().invoke(app, ["generate", str(prompts), "--journal", str(tmp_path / journal),
+                                      "--no-progress"], env={"OPENAI_API_KEY": "sk-test"})
+    assert result.exit_code == 1 and message in result.output and result.exception.__class__ is SystemExit
 
 
 def test_generate_n_answers_per_prompt_are_seeded_and_growing_n_pays_only_the_new_ones(tmp_path):

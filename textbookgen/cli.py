@@ -34,7 +34,7 @@ def version() -> None:
 def push(
     folder: str = typer.Argument(..., help="built dataset folder: data/ shards, README.md, assets/, provenance"),
     repo_id: str = typer.Argument(..., help="dataset repo on the Hub, e.g. user/my-textbooks"),
-    private: bool = typer.Option(False, "--private", help="create the repo private (an existing repo keeps its visibility)"),
+    private: bool = typer.Option(False, "--private", help="make the repo private, an existing public one too (a private repo is never made public)"),
     message: str | None = typer.Option(None, "--message", "-m", help="commit message"),
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
 ) -> None:
@@ -122,6 +122,7 @@ def generate(
 
     from textbookgen.engine import Generator, RateLimits, sampled
     from textbookgen.errors import FatalProviderError
+    from textbookgen.journal import JournalError
     from textbookgen.promptfile import PromptFileError, load_prompts, write_completions
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -155,6 +156,9 @@ def generate(
     except FatalProviderError as err:
         typer.echo(f"error: {err}\nfinished work is kept in {gen.journal_path}; rerun to resume.", err=True)
         raise typer.Exit(2) from None
+    except JournalError as err:  # in use by another run, not a journal, a directory
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished requests are in {gen.journal_path}; rerun the same command to resume.",
                    err=True)

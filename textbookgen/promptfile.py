@@ -35,7 +35,10 @@ def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
         raise PromptFileError(f"{where}: needs a 'prompt' (string) or 'messages' (list) field")
     metadata = row.get("metadata") or {}
     if isinstance(metadata, str):  # parquet written by us stores it as JSON text
-        metadata = json.loads(metadata)
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError:
+            raise PromptFileError(f"{where}: 'metadata' is a string that is not a JSON object") from None
     if not isinstance(metadata, Mapping):
         raise PromptFileError(f"{where}: 'metadata' must be an object")
     metadata = {**{k: v for k, v in row.items() if k not in _REQUEST_FIELDS}, **metadata}
@@ -65,9 +68,10 @@ def load_prompts(path: str | Path, defaults: Mapping | None = None) -> list[Chat
             rows = pl.read_parquet(path).to_dicts()
         except Exception as exc:  # noqa: BLE001 - any parquet failure is a bad input file
             raise PromptFileError(f"{path}: not a readable parquet file ({exc})") from None
-        return [_request(row, f"{path}: row {i}", defaults) for i, row in enumerate(rows)]
-    requests = [_request(row, f"{path}:{number}", defaults)
-                for number, row in iter_jsonl(path, error=PromptFileError)]
+        requests = [_request(row, f"{path}: row {i}", defaults) for i, row in enumerate(rows)]
+    else:
+        requests = [_request(row, f"{path}:{number}", defaults)
+                    for number, row in iter_jsonl(path, error=PromptFileError)]
     if not requests:
         raise PromptFileError(f"{path}: no prompts")
     return requests
