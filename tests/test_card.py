@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from huggingface_hub import DatasetCard
@@ -137,6 +138,25 @@ def test_errors_name_the_problem(tmp_path):
         render_card(tmp_path, bad, RECIPE, {})
 
 
+def test_features_follow_the_arrow_schema_or_name_the_column_they_cannot_declare(tmp_path):
+    import pyarrow as pa
+
+    from textbookgen.card import features
+
+    schema = pa.schema([("n", pa.int16()), ("tags", pa.large_list(pa.large_string())),
+                        ("spans", pa.list_(pa.struct([("start", pa.int64())])))])  # fmt: skip
+    assert features(schema) == [
+        {"name": "n", "dtype": "int16"},
+        {"name": "tags", "list": "string"},
+        {"name": "spans", "list": [{"name": "start", "dtype": "int64"}]},
+    ]
+    with pytest.raises(ValueError, match="column 'm': Arrow type map<string, int64>"):
+        features(pa.schema([("m", pa.map_(pa.string(), pa.int64()))]))
+    docs = sample_documents(3).with_columns(tags=pl.Series([["a"], [], ["b"]]))
+    write_dataset(docs, tmp_path, keep_extra=True)
+    assert "| `tags` | list<string> |" in render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, {}).read_text()
+
+
 def test_size_categories():
     assert [size_category(n) for n in (0, 999, 1000, 54_321, 2_000_000, 10**13)] == [
         "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M", "n>1T"]  # fmt: skip
@@ -157,7 +177,8 @@ def test_empty_or_untagged_tables_still_render(tmp_path):
 
     from textbookgen.dataset import SCHEMA
 
-    write_dataset(pl.DataFrame(schema=SCHEMA), tmp_path / "empty")
+    (tmp_path / "empty" / "data").mkdir(parents=True)  # write_dataset refuses an empty table; push refuses this
+    pl.DataFrame(schema=SCHEMA).write_parquet(tmp_path / "empty" / "data" / "train-00000-of-00001.parquet")
     card = DatasetCard.load(render_card(tmp_path / "empty", CARDS_DIR / "quickstart.md", RECIPE, {}))
     assert card.data.to_dict()["dataset_info"]["splits"][0]["num_examples"] == 0
     assert not list((tmp_path / "empty" / "assets").glob("*.png"))

@@ -109,6 +109,13 @@ def test_shards_row_groups_and_stale_shards(tmp_path):
     assert not list((tmp_path / "data").glob(".*"))  # no temporary files left
 
 
+def test_empty_table_is_refused_and_the_folder_left_as_it_was(tmp_path):
+    before = write_dataset(sample_documents(5), tmp_path)
+    with pytest.raises(ValueError, match=rf"no rows to write as split 'train' of {tmp_path}"):
+        write_dataset(sample_documents(0), tmp_path)
+    assert splits_of(tmp_path) == {"train": before}
+
+
 def test_lazy_input_is_written_shard_by_shard_like_eager(tmp_path):
     docs = sample_documents(200, seed=4)
     for i in range(4):  # a curated corpus spread over several files, as curation writes it
@@ -144,6 +151,40 @@ def test_load_dataset_on_built_folder(tmp_path, monkeypatch):
     assert ds["train"].features == expected
     assert ds["train"][0]["text"] == train["text"][0]
     assert ds["test"]["id"] == test["id"].to_list()
+
+
+def test_load_dataset_reads_extra_columns_of_any_type_as_written(tmp_path, monkeypatch):
+    """With `keep_extra`, the card declares each extra column's own type (not `string`), so it loads."""
+    import datetime
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    from textbookgen.card import CARDS_DIR, render_card
+
+    docs = sample_documents(3).with_columns(
+        pl.Series("score", [1, 2, 3], dtype=pl.Int32),
+        pl.Series("ratio", [0.5, 1.5, None], dtype=pl.Float32),
+        pl.Series("flag", [True, False, True]),
+        pl.Series("tags", [["a"], [], ["b", "c"]]),
+        pl.Series("grid", [[[1, 2]], [], [[3]]]),
+        pl.Series("meta", [{"k": 1, "v": "x"}, {"k": 2, "v": None}, None]),
+        pl.Series("spans", [[{"start": 0}], [], [{"start": 4}]]),
+        pl.Series("pair", [[1, 2], [3, 4], [5, 6]], dtype=pl.Array(pl.Int64, 2)),
+        pl.Series("kind", ["x", "y", "x"], dtype=pl.Categorical),
+        pl.Series("day", [datetime.date(2024, 1, d) for d in (1, 2, 3)]),
+        pl.Series("at", [datetime.datetime(2024, 1, 1, h) for h in (1, 2, 3)]).dt.replace_time_zone("UTC"),
+    )
+    write_dataset(docs, tmp_path, keep_extra=True)
+    render_card(tmp_path, CARDS_DIR / "quickstart.md", {"name": "t", "license": "apache-2.0"}, {})
+    ds = datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / ".hf-cache"))["train"]
+    features = ds.features
+    assert features["score"] == datasets.Value("int32") and features["ratio"] == datasets.Value("float32")
+    assert features["tags"] == datasets.List(datasets.Value("string"))
+    assert features["pair"] == datasets.List(datasets.Value("int64"), length=2)
+    assert features["at"] == datasets.Value("timestamp[us, tz=UTC]")
+    extra = [c for c in docs.columns if c not in SCHEMA]
+    assert ds.select_columns(extra).to_list() == docs.select(extra).with_columns(
+        pl.col("kind").cast(pl.String)).to_dicts()  # fmt: skip
 
 
 def test_load_dataset_without_card_finds_splits_by_name(tmp_path, monkeypatch):

@@ -112,6 +112,24 @@ def test_private_repo_hidden_from_anonymous(hub, api):
         api.repo_info("tester/secret", repo_type="dataset", revision="nope")
 
 
+def test_update_repo_settings_changes_visibility(hub, api):
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    api.create_repo("tester/d", repo_type="dataset")
+    api.update_repo_settings("tester/d", repo_type="dataset", private=True)
+    assert api.repo_info("tester/d", repo_type="dataset").private is True
+    with pytest.raises(RepositoryNotFoundError):  # private now: hidden from anonymous readers
+        HfApi(endpoint=hub.endpoint, token=False).repo_info("tester/d", repo_type="dataset")
+    url, auth = f"{hub.endpoint}/api/datasets/tester/d/settings", {"Authorization": f"Bearer {hub.token}"}
+    hf_raise_for_status(get_session().put(url, headers=auth, json={"private": False}))  # older clients' form
+    assert api.repo_info("tester/d", repo_type="dataset").private is False
+    with pytest.raises(HfHubHTTPError, match="only the visibility"):
+        api.update_repo_settings("tester/d", repo_type="dataset", gated="auto")
+    with pytest.raises(HfHubHTTPError):
+        HfApi(endpoint=hub.endpoint, token=False).update_repo_settings("tester/d", repo_type="dataset", private=True)
+    assert hub.repo("tester/d").private is False
+
+
 def test_transient_errors_are_retried_by_the_client(hub, api):
     api.create_repo("tester/d", repo_type="dataset")
     hub.inject("POST", r"/preupload/", 503, times=2)

@@ -106,6 +106,62 @@ def test_push_keeps_existing_card_metadata(hub, tmp_path):
     assert "# Old body" not in card.text and "## Curation" in card.text
 
 
+HUB_EDITED_CARD = (
+    "---\nlicense: cc-by-4.0\nlanguage:\n- fr\npretty_name: My Curated Textbooks\n"
+    "task_categories:\n- question-answering\nsize_categories:\n- 10K<n<100K\n---\n# Old body\n"
+)
+
+
+def load_tiny_recipe(folder: Path, **written: str):
+    """A Recipe whose file sets only the required keys plus `written` (license, language...)."""
+    from textbookgen.recipe import load_recipe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "name: tiny\nmodel: gpt-4o-mini\ntaxonomy: {source: 'builtin:commonsense'}\n"
+    text += "mix: [{template: textbook_section}]\nsamples: 3\n"
+    text += "".join(f"{key}: {value}\n" for key, value in written.items())
+    (folder / "recipe.yaml").write_text(text)
+    return load_recipe(folder / "recipe.yaml")
+
+
+def push_over_hub_edited_card(hub, tmp_path: Path, recipe) -> dict:
+    """Push a build rendered from `recipe` onto a repo whose card was edited on the Hub; the new metadata."""
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    api.create_repo(REPO, repo_type="dataset")
+    api.upload_file(path_or_fileobj=HUB_EDITED_CARD.encode(), path_in_repo="README.md", repo_id=REPO,
+                    repo_type="dataset")  # fmt: skip
+    folder = tmp_path / "build"
+    write_dataset(sample_documents(30), folder)
+    render_card(folder, CARDS_DIR / "quickstart.md", recipe, {})
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    return DatasetCard(hub.read(REPO, "README.md").decode()).data.to_dict()
+
+
+def test_push_keeps_hub_metadata_where_the_recipe_has_only_defaults(hub, tmp_path):
+    """A recipe without `license:`/`language:` does not undo the owner's edits on the Hub; the data's
+    own metadata (sizes, configs, features) is still the new build's."""
+    data = push_over_hub_edited_card(hub, tmp_path, load_tiny_recipe(tmp_path / "recipe"))
+    assert data["license"] == "cc-by-4.0" and data["language"] == ["fr"]
+    assert data["pretty_name"] == "My Curated Textbooks" and data["task_categories"] == ["question-answering"]
+    assert data["size_categories"] == ["n<1K"]
+    assert data["configs"][0]["config_name"] == "default" and data["dataset_info"]["splits"][0]["num_examples"] == 30
+
+
+def test_push_replaces_hub_metadata_the_recipe_sets(hub, tmp_path):
+    recipe = load_tiny_recipe(tmp_path / "recipe", license="mit", language="German")
+    data = push_over_hub_edited_card(hub, tmp_path, recipe)
+    assert data["license"] == "mit" and data["language"] == ["de"]
+    assert data["pretty_name"] == "My Curated Textbooks"  # the recipe's name is only a default title
+
+
+def test_merge_card_keeps_a_default_edited_locally():
+    """A default of `render_card` that the user changed in README.md before pushing is their choice."""
+    new = "---\nlicense: mit\nconfigs:\n- config_name: default\n  data_files: data/*\n---\nbody\n"
+    old = "---\nlicense: cc-by-4.0\n---\nold\n"
+    assert "license: cc-by-4.0" in merge_card(new, old, {"license": "mit"})
+    assert "license: mit" in merge_card(new, old, {"license": "apache-2.0"})
+
+
 def test_merge_card_without_old_card_is_identity():
     text = "---\nlicense: mit\nconfigs:\n- config_name: default\n  data_files: data/*\n---\nbody\n"
     assert merge_card(text, None) == text
@@ -187,6 +243,39 @@ def test_load_dataset_from_the_hub_after_push(hub, tmp_path, monkeypatch):
     assert {k: v.num_rows for k, v in ds.items()} == {"train": 40, "test": 10}
     assert ds["train"]["id"] == sample_documents(40)["id"].to_list()
     assert ds["train"].features["text"] == datasets.Value("string")
+
+
+def test_push_private_makes_an_existing_public_repo_private_before_committing(hub, tmp_path):
+    folder = build(tmp_path / "build")
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    assert hub.repo(REPO).private is False
+    write_dataset(sample_documents(20, seed=5), folder)  # a new build, now to be published privately
+    render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST)
+    hub.requests.clear()
+    push(folder, REPO, private=True, token=hub.token, endpoint=hub.endpoint)
+    assert hub.repo(REPO).private is True
+    writes = [p for _, p, _ in hub.requests if p.endswith("/settings") or "/commit/" in p]
+    assert [p.endswith("/settings") for p in writes] == [True, False]  # private before the commit
+
+
+def test_push_never_makes_a_private_repo_public(hub, tmp_path):
+    HfApi(endpoint=hub.endpoint, token=hub.token).create_repo(REPO, repo_type="dataset", private=True)
+    push(build(tmp_path / "build"), REPO, private=False, token=hub.token, endpoint=hub.endpoint)
+    assert hub.repo(REPO).private is True
+
+
+def test_push_refuses_a_split_with_no_rows(hub, tmp_path):
+    """`write_dataset` refuses to write one; a shard written otherwise is refused here (load_dataset fails)."""
+    import polars as pl
+
+    from textbookgen.dataset import SCHEMA
+
+    folder = build(tmp_path / "build")
+    pl.DataFrame(schema=SCHEMA).write_parquet(folder / "data" / "test-00000-of-00001.parquet")
+    render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST)
+    with pytest.raises(ValueError, match=rf"{folder}: split\(s\) \['test'\] have no rows"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    assert ("dataset", REPO) not in hub.repos
 
 
 def test_push_refuses_card_out_of_date_with_data(hub, tmp_path):

@@ -717,7 +717,7 @@ class Build:
         published = json.loads(
             json.dumps({k: v for k, v in self.manifest.items() if k != "stages"}, sort_keys=True, default=str)
         )  # same order fresh or from state
-        readme = render_card(self.out / "dataset", r.resolve(r.card_template), r.public_dict(), published)
+        readme = render_card(self.out / "dataset", r.resolve(r.card_template), r, published)
         self._done("card", t0)
         self.console.print(f"   {readme}")
 

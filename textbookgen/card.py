@@ -21,20 +21,27 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from textbookgen.dataset import SCHEMA, check_rows, splits_of
 
+if TYPE_CHECKING:
+    from textbookgen.recipe import Recipe
+
 log = logging.getLogger(__name__)
 
 ASSETS_DIR = "assets"
+#: Beside README.md, not published: the card metadata `render_card` filled in by default ({key: value}).
+DEFAULTS_FILE = ".card_defaults.json"
 #: The project's card templates; a template elsewhere can still `{% extends "_base.md" %}`.
 CARDS_DIR = Path(__file__).resolve().parents[1] / "datasets_cards"
 PLOTS = {
@@ -66,7 +73,6 @@ SIZE_CATEGORIES = [
     (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
     (10**11, "10B<n<100B"), (10**12, "100B<n<1T"),
 ]  # fmt: skip
-HF_DTYPES = {pl.String: "string", pl.Int64: "int64", pl.Float64: "float64", pl.Boolean: "bool"}
 SECRET_KEY_RE = re.compile(r"(?i)(api[_-]?key|secret|password|passwd|authorization|(^|[_-])token$|credential)")
 SECRET_VALUE_RE = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,})")
 
@@ -113,22 +119,94 @@ def redact(obj: Any) -> Any:
     return obj
 
 
-def dataset_info(splits: dict[str, list[Path]]) -> dict:
+def hf_dtype(pa_type: pa.DataType) -> str:
+    """The `datasets` dtype name of a scalar Arrow type; raise ValueError for one it has none for.
+
+    Large and view strings and binaries are declared as the plain ones: `datasets` casts them on load.
+    """
+    t = pa.types
+    if t.is_string(pa_type) or t.is_large_string(pa_type) or t.is_string_view(pa_type):
+        return "string"
+    if t.is_binary(pa_type) or t.is_large_binary(pa_type) or t.is_binary_view(pa_type):
+        return "binary"
+    if t.is_null(pa_type) or t.is_boolean(pa_type) or t.is_integer(pa_type):
+        return str(pa_type)  # null, bool, int8 ... uint64: Arrow's names are datasets' names
+    if t.is_floating(pa_type):
+        return f"float{pa_type.bit_width}"
+    if t.is_decimal(pa_type) and pa_type.bit_width in (128, 256):
+        return f"decimal{pa_type.bit_width}({pa_type.precision}, {pa_type.scale})"
+    if t.is_date(pa_type):
+        return f"date{pa_type.bit_width}"
+    if t.is_time(pa_type):
+        return f"time{pa_type.bit_width}[{pa_type.unit}]"
+    if t.is_timestamp(pa_type):
+        return f"timestamp[{pa_type.unit}, tz={pa_type.tz}]" if pa_type.tz else f"timestamp[{pa_type.unit}]"
+    if t.is_duration(pa_type):
+        return f"duration[{pa_type.unit}]"
+    raise ValueError(f"Arrow type {pa_type} has no `datasets` feature; cast the column to a simpler type")
+
+
+def hf_feature(pa_type: pa.DataType) -> dict:
+    """The card's YAML of one column type, in the form `datasets` reads: `dtype:`, `list:` or `struct:`.
+
+    Lists of any kind are declared `list` (`datasets` casts large lists on load); a dictionary-encoded
+    (categorical) column is its values' type, as `datasets` reads it.
+    """
+    if pa.types.is_struct(pa_type):
+        return {"struct": [{"name": field.name, **hf_feature(field.type)} for field in pa_type]}
+    if pa.types.is_dictionary(pa_type):
+        return hf_feature(pa_type.value_type)
+    if _is_list(pa_type):
+        item = hf_feature(pa_type.value_type)
+        if list(item) in (["dtype"], ["struct"]):  # `datasets`' short forms: `list: int32`, `list: [fields]`
+            item = next(iter(item.values()))
+        feature: dict[str, Any] = {"list": item}
+        if pa.types.is_fixed_size_list(pa_type):
+            feature["length"] = pa_type.list_size
+        return feature
+    return {"dtype": hf_dtype(pa_type)}
+
+
+def type_label(pa_type: pa.DataType) -> str:
+    """A column type for the card's field table: `string`, `list<int32>`, `struct<a: int64>`."""
+    if pa.types.is_struct(pa_type):
+        return f"struct<{', '.join(f'{field.name}: {type_label(field.type)}' for field in pa_type)}>"
+    if pa.types.is_dictionary(pa_type):
+        return type_label(pa_type.value_type)
+    if _is_list(pa_type):
+        return f"list<{type_label(pa_type.value_type)}>"
+    return hf_dtype(pa_type)
+
+
+def _is_list(pa_type: pa.DataType) -> bool:
+    return pa.types.is_list(pa_type) or pa.types.is_large_list(pa_type) or pa.types.is_fixed_size_list(pa_type)
+
+
+def features(schema: pa.Schema) -> list[dict]:
+    """The card's `dataset_info.features` for the shards' Arrow schema; a ValueError names the column.
+
+    Declared from the schema the shards have, so `load_dataset` reads every column as written.
+    """
+    out = []
+    for field in schema:
+        try:
+            out.append({"name": field.name, **hf_feature(field.type)})
+        except ValueError as err:
+            raise ValueError(f"column {field.name!r}: {err}") from None
+    return out
+
+
+def dataset_info(splits: dict[str, list[Path]], schema: pa.Schema) -> dict:
     """The card's `dataset_info` block: features, split sizes, download and dataset sizes.
 
     Reads only parquet footers and one streaming pass per split, never the whole text into memory.
     """
-    import pyarrow.parquet as pq
-
-    first = next(iter(splits.values()))[0]
-    schema = pl.read_parquet_schema(first)
-    features = [{"name": name, "dtype": HF_DTYPES.get(type(dtype), "string")} for name, dtype in schema.items()]
     split_info = []
     for name, paths in splits.items():
         rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
         split_info.append({"name": name, "num_bytes": check_rows(pl.scan_parquet(paths))[1], "num_examples": rows})
     return {
-        "features": features,
+        "features": features(schema),
         "splits": split_info,
         "download_size": sum(p.stat().st_size for paths in splits.values() for p in paths),
         "dataset_size": sum(s["num_bytes"] for s in split_info),
@@ -146,22 +224,48 @@ def document_table(splits: dict[str, list[Path]]) -> pl.DataFrame:
     ).collect(engine="streaming")
 
 
-def card_data(recipe: Mapping, splits: dict[str, list[Path]], info: dict, n_rows: int) -> DatasetCardData:
-    """Hub metadata: license, language, task, size, tags and `configs` so `load_dataset` finds the splits."""
+def recipe_fields(recipe: Recipe | Mapping) -> tuple[dict, set[str]]:
+    """The recipe as data, and the keys its author chose: a Recipe's fields set in its file (not its
+    defaults), or every key of a dict."""
+    if isinstance(recipe, Mapping):
+        return dict(recipe), set(recipe)
+    return recipe.public_dict(), set(recipe.model_fields_set)
+
+
+def card_metadata(recipe: Mapping, chosen: Collection[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The card's descriptive metadata, and the part of it that is textbookgen's defaults.
+
+    A value the user chose (a recipe key in `chosen`, or the recipe's `card:` block) is theirs; the
+    rest (a Recipe's default license and language, the recipe name as `pretty_name`, text-generation,
+    ...) are defaults, which a push leaves to the Hub's card where it has the key (`hub.merge_card`).
+    """
     card = recipe.get("card") or {}
     language = recipe.get("language") or card.get("language") or "en"
+    metadata = {
+        "license": recipe.get("license") or "other",
+        "language": [language_code(x) for x in ([language] if isinstance(language, str) else language)],
+        "annotations_creators": ["machine-generated"],
+        "language_creators": ["machine-generated"],
+        "multilinguality": ["monolingual"],
+        "source_datasets": card.get("source_datasets") or ["original"],
+        "task_categories": card.get("task_categories") or ["text-generation"],
+        "task_ids": card.get("task_ids") or ["language-modeling"],
+        "pretty_name": card.get("pretty_name") or recipe.get("name"),
+    }
+    given = {k for k in ("license", "language") if k in chosen and recipe.get(k)}
+    given |= {k for k in metadata if card.get(k)}
+    return metadata, {k: v for k, v in metadata.items() if k not in given}
+
+
+def card_data(
+    metadata: Mapping[str, Any], recipe: Mapping, splits: dict[str, list[Path]], info: dict, n_rows: int
+) -> DatasetCardData:
+    """Hub metadata: `metadata` plus size, tags and `configs` so `load_dataset` finds the splits."""
+    card = recipe.get("card") or {}
     tags = ["synthetic", "textbookgen", *(recipe.get("tags") or []), *(card.get("tags") or [])]
     return DatasetCardData(
-        license=recipe.get("license") or "other",
-        language=[language_code(x) for x in ([language] if isinstance(language, str) else language)],
-        annotations_creators=["machine-generated"],
-        language_creators=["machine-generated"],
-        multilinguality=["monolingual"],
-        source_datasets=card.get("source_datasets") or ["original"],
-        task_categories=card.get("task_categories") or ["text-generation"],
-        task_ids=card.get("task_ids") or ["language-modeling"],
+        **metadata,
         size_categories=[size_category(n_rows)],
-        pretty_name=card.get("pretty_name") or recipe.get("name"),
         tags=list(dict.fromkeys(tags)),
         configs=[
             {
@@ -171,6 +275,13 @@ def card_data(recipe: Mapping, splits: dict[str, list[Path]], info: dict, n_rows
         ],
         dataset_info=info,
     )
+
+
+def card_defaults(out_dir: str | Path) -> dict[str, Any]:
+    """The card metadata `render_card` filled in by default; {} where unknown (a pulled folder, a
+    hand-written card), so every key of such a card counts as chosen."""
+    path = Path(out_dir) / DEFAULTS_FILE
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
 
 
 def data_stats(df: pl.DataFrame) -> dict:
@@ -333,11 +444,15 @@ def _fmt_kv(d: Any, sep: str = ": ", join: str = "; ") -> str:
     return join.join(f"{k}{sep}{short(v)}" for k, v in d.items() if v is not None and not isinstance(v, (Mapping, list)))
 
 
-def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, manifest: dict) -> Path:
+def render_card(
+    out_dir: str | Path, template_path: str | Path, recipe: Recipe | Mapping, manifest: dict
+) -> Path:
     """Write `out_dir/README.md` (+ `assets/*.png`, `recipe.yaml`, `manifest.json`, `journal_summary.json`).
 
     `out_dir` must hold the shards written by `textbookgen.dataset.write_dataset`. Returns the README path.
-    Raises ValueError if the rendered card's metadata does not validate.
+    Pass the Recipe itself rather than its dict where you have it: the metadata it only has by default
+    (license, language) is then recorded as such in `DEFAULTS_FILE`, and a push keeps the Hub's values
+    for it. Raises ValueError if the rendered card's metadata does not validate.
     """
     out_dir = Path(out_dir)
     template_path = Path(template_path)
@@ -347,11 +462,14 @@ def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, ma
     if not splits:
         raise FileNotFoundError(f"no data/{{split}}-NNNNN-of-NNNNN.parquet shards under {out_dir}; write them first")
     docs = document_table(splits)
-    recipe = redact(dict(recipe))
+    recipe, chosen = recipe_fields(recipe)
+    recipe = redact(recipe)
     manifest = redact(dict(manifest))
 
-    info = dataset_info(splits)
-    data = card_data(recipe, splits, info, docs.height)
+    schema = pq.read_schema(next(iter(splits.values()))[0])
+    info = dataset_info(splits, schema)
+    metadata, defaults = card_metadata(recipe, chosen)
+    data = card_data(metadata, recipe, splits, info, docs.height)
     plots = plot_all(docs, out_dir / ASSETS_DIR)
     for stale in (out_dir / ASSETS_DIR).glob("*.png"):
         if f"{ASSETS_DIR}/{stale.name}" not in plots.values():
@@ -369,9 +487,7 @@ def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, ma
              "bytes": sum(p.stat().st_size for p in splits[s["name"]])}
             for s in info["splits"]
         ],  # fmt: skip
-        "fields": [
-            {"name": f["name"], "dtype": f["dtype"], "doc": FIELD_DOCS.get(f["name"], "")} for f in info["features"]
-        ],
+        "fields": [{"name": f.name, "dtype": type_label(f.type), "doc": FIELD_DOCS.get(f.name, "")} for f in schema],
         "curation": stages,
         "decontamination": decontam,
         "plots": [{"name": k, "path": v, "title": PLOTS[k]} for k, v in plots.items()],
@@ -395,6 +511,7 @@ def render_card(out_dir: str | Path, template_path: str | Path, recipe: dict, ma
     validate_card_text(text)
     readme = out_dir / "README.md"
     readme.write_text(text, encoding="utf-8")
+    (out_dir / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("wrote dataset card %s with %d plot(s)", readme, len(plots))
     return readme
 

@@ -150,15 +150,21 @@ def write_dataset(
     corpus larger than memory needs only one shard's worth of it. Shards of the same split left by an
     earlier write are removed afterwards, so a folder never mixes two builds. Each shard is written
     under a temporary name and renamed, so a crash leaves no half-written shard that `load_dataset`
-    would pick up.
+    would pick up. An empty table is refused (the folder is left as it was): `load_dataset` cannot load
+    a split with no rows.
     """
     validate_split(split)
     lf = df.lazy()
     rows, est_bytes = check_rows(lf)
     data_dir = Path(out_dir) / "data"
+    if not rows:
+        raise ValueError(
+            f"no rows to write as split {split!r} of {out_dir}: a split with no rows cannot be loaded "
+            "(datasets.load_dataset fails with 'corresponds to no data'), so it is not written"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     n_shards = plan_shards(rows, est_bytes, max_shard_bytes)
-    row_group_rows = max(1, int(row_group_bytes // max(est_bytes / rows if rows else 1, 1)))
+    row_group_rows = max(1, int(row_group_bytes // max(est_bytes / rows, 1)))
     paths = []
     for i in range(n_shards):
         start, end = i * rows // n_shards, (i + 1) * rows // n_shards
@@ -203,6 +209,13 @@ def splits_of(out_dir: str | Path) -> dict[str, list[Path]]:
         splits.setdefault(SHARD_RE.match(path.name)["split"], []).append(path)
     order = {"train": 0, "validation": 1, "test": 2}
     return dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
+
+
+def split_rows(out_dir: str | Path) -> dict[str, int]:
+    """Rows of each split of a written folder, from the shards' parquet footers (no data is read)."""
+    import pyarrow.parquet as pq
+
+    return {s: sum(pq.ParquetFile(p).metadata.num_rows for p in paths) for s, paths in splits_of(out_dir).items()}
 
 
 def read_dataset(out_dir: str | Path, split: str | None = None) -> pl.DataFrame:

@@ -3,9 +3,10 @@
 `push` makes exactly one `HfApi.create_commit`, with `parent_commit` set to the head it read: if anyone
 else commits in between, the Hub answers 412 and nothing of ours lands (no half-updated dataset, no
 silent overwrite). An existing card's metadata is merged, not replaced, so a license, gating or
-`viewer:` setting added on the Hub survives a re-push. Shards the new build no longer has are deleted in
-the same commit, so `data/train-*` never mixes two builds. Large files go through the client's normal
-upload path (Xet or LFS, whichever the Hub offers). The token comes from `token=`, `HF_TOKEN` or the
+`viewer:` setting added on the Hub survives a re-push: only what the recipe sets explicitly and what
+describes the data (configs, features, sizes) replace the Hub's values. Shards the new build no longer
+has are deleted in the same commit, so `data/train-*` never mixes two builds. Large files go through
+the client's normal upload path (Xet or LFS, whichever the Hub offers). The token comes from `token=`, `HF_TOKEN` or the
 user's `hf auth login`, and is never logged or written.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from textbookgen.dataset import SHARD_RE, splits_of
+from textbookgen.dataset import SHARD_RE, split_rows, splits_of
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,14 @@ def publishable_files(out_dir: Path) -> list[Path]:
     return sorted(files)
 
 
-def merge_card(new_text: str, old_text: str | None) -> str:
-    """`new_text` with the metadata of `old_text` kept where the new card does not set it.
+def merge_card(new_text: str, old_text: str | None, defaults: Mapping[str, Any] | None = None) -> str:
+    """`new_text` with the metadata of `old_text` kept where the new card does not choose otherwise.
 
-    Keys the new card sets win; `configs` and `dataset_info` merge by config name (others' configs
-    stay); `tags` are the union. The body is the new card's: it is generated from the data.
+    `defaults` ({key: value}, see `textbookgen.card.card_defaults`) are the new card's values that
+    textbookgen filled in rather than the user: where the old card has such a key, its value stays
+    (a license set on the Hub beats the recipe's default one). Other keys of the new card win;
+    `configs` and `dataset_info` merge by config name (others' configs stay); `tags` are the union.
+    The body is the new card's: it is generated from the data.
     """
     from huggingface_hub import DatasetCard
 
@@ -58,6 +62,7 @@ def merge_card(new_text: str, old_text: str | None) -> str:
         log.warning("existing README.md metadata does not parse (%s); replacing it", err)
         return new_text
     ours = new.data.to_dict()
+    defaults = defaults or {}
     merged: dict[str, Any] = dict(old)
     for key, value in ours.items():
         if key == "configs":
@@ -66,6 +71,8 @@ def merge_card(new_text: str, old_text: str | None) -> str:
             merged[key] = _merge_dataset_info(old.get(key), value)
         elif key == "tags" and isinstance(old.get(key), list):
             merged[key] = list(dict.fromkeys([*value, *old[key]]))
+        elif key in old and key in defaults and defaults[key] == value:
+            continue  # a default of ours never replaces a value someone chose
         else:
             merged[key] = value
     new.data = type(new.data)(**merged)
@@ -101,12 +108,10 @@ def check_card_matches_data(out_dir: Path, card_text: str) -> None:
 
     Happens when data is rewritten after the card was rendered; the fix is to render the card again.
     """
-    import pyarrow.parquet as pq
-
     from textbookgen.card import validate_card_text
 
     data = validate_card_text(card_text).data.to_dict()
-    rows = {s: sum(pq.ParquetFile(p).metadata.num_rows for p in paths) for s, paths in splits_of(out_dir).items()}
+    rows = split_rows(out_dir)
     infos = data.get("dataset_info")
     infos = [infos] if isinstance(infos, Mapping) else infos or []
     info = next((i for i in infos if i.get("config_name", "default") == "default"), None)
@@ -131,16 +136,24 @@ def push(
 ) -> str:
     """Create `repo_id` (a dataset repo) if needed and commit the built folder in one commit; return its URL.
 
-    Raises PushConflictError when the repo moved during the push (rerun to merge with the new head),
-    ValueError for a folder with nothing to publish, and the client's errors for auth and network.
+    `private=True` makes the repo private, a new one or an existing public one (before anything is
+    committed); `private=False` never makes an existing private repo public: that is for its owner to do
+    on the Hub. Raises PushConflictError when the repo moved during the push (rerun to merge with the
+    new head), ValueError for a folder with nothing to publish (no shards, or a split with no rows,
+    which `load_dataset` cannot load), and the client's errors for auth and network.
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
+
+    from textbookgen.card import card_defaults
 
     out_dir = Path(out_dir)
     splits = splits_of(out_dir)
     if not splits:
         raise ValueError(f"{out_dir} has no data/{{split}}-NNNNN-of-NNNNN.parquet shards to push")
+    empty = [split for split, n in split_rows(out_dir).items() if not n]
+    if empty:
+        raise ValueError(f"{out_dir}: split(s) {empty} have no rows; load_dataset cannot load an empty split")
     if not (out_dir / "README.md").is_file():
         raise ValueError(f"{out_dir} has no README.md; render the card first (textbookgen.card.render_card)")
     secret = token or get_token()
@@ -153,6 +166,9 @@ def push(
     api = HfApi(endpoint=endpoint, token=secret)
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     info = api.repo_info(repo_id, repo_type="dataset", revision=revision)
+    if private and not info.private:  # `create_repo(exist_ok=True)` leaves an existing repo's visibility
+        log.warning("%s is public; making it private, as asked", repo_id)
+        api.update_repo_settings(repo_id, repo_type="dataset", private=True)
     head = info.sha
     remote = {s.rfilename for s in info.siblings or []}
 
@@ -161,7 +177,7 @@ def push(
         with tempfile.TemporaryDirectory(prefix="textbookgen-card-") as tmp:
             path = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=head, cache_dir=tmp)
             old_card = Path(path).read_text("utf-8")
-    card = merge_card((out_dir / "README.md").read_text("utf-8"), old_card)
+    card = merge_card((out_dir / "README.md").read_text("utf-8"), old_card, card_defaults(out_dir))
 
     operations: list[Any] = []
     for path in files:

@@ -1,11 +1,11 @@
 """A local fake of the Hugging Face Hub's HTTP API, for testing pushes and pulls without network.
 
 The real `huggingface_hub` client talks to it (pass `endpoint=hub.endpoint` or set `HF_ENDPOINT`
-before importing the client): repo create / info / delete, preupload, the Git LFS batch API with the
-basic transfer (PUT + verify), YAML validation, NDJSON commits (a stale `parentCommit` is answered
-412, as the Hub does), refs, commit history, tree listing, paths-info, whoami and file resolve with
-the headers `hf_hub_download` reads (`X-Repo-Commit`, `ETag`, `X-Linked-Etag`, `X-Linked-Size`,
-ranges). Xet is switched off in the client while the fake runs, so large files take the LFS path.
+before importing the client): repo create / info / delete / visibility, preupload, the Git LFS batch
+API with the basic transfer (PUT + verify), YAML validation, NDJSON commits (a stale `parentCommit` is
+answered 412, as the Hub does), refs, commit history, tree listing, paths-info, whoami and file
+resolve with the headers `hf_hub_download` reads (`X-Repo-Commit`, `ETag`, `X-Linked-Etag`,
+`X-Linked-Size`, ranges). Xet is switched off in the client while the fake runs, so large files take the LFS path.
 
     with FakeHub() as hub:
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
@@ -336,6 +336,7 @@ class FakeHub:
             web.post("/api/validate-yaml", self.validate_yaml),
             web.get(f"/api/{t}/{repo}", self.repo_info),
             web.get(f"/api/{t}/{repo}/revision/{{rev}}", self.repo_info),
+            web.put(f"/api/{t}/{repo}/settings", self.update_settings),
             web.post(f"/api/{t}/{repo}/preupload/{{rev}}", self.preupload),
             web.post(f"/api/{t}/{repo}/commit/{{rev}}", self.commit),
             web.get(f"/api/{t}/{repo}/refs", self.refs),
@@ -388,6 +389,20 @@ class FakeHub:
         repo_id = f"{body.get('organization') or self.user}/{body['name']}"
         if self.repos.pop((body.get("type") or "model", repo_id), None) is None:
             raise FakeHubError(404, "Repository not found", "RepoNotFound")
+        return web.json_response({})
+
+    async def update_settings(self, request: web.Request) -> web.Response:
+        """`HfApi.update_repo_settings`: `{"visibility": "private"|"public"}`, or `{"private": bool}` as
+        older clients send it. Gating is not faked: answered 400 rather than silently ignored."""
+        repo = self._repo(request, write=True)
+        body = await request.json()
+        unknown = sorted(set(body) - {"visibility", "private"})
+        if unknown or not body:
+            raise FakeHubError(400, f"FakeHub implements only the visibility setting, got {sorted(body)}")
+        visibility = body["visibility"] if "visibility" in body else "private" if body["private"] else "public"
+        if visibility not in ("public", "private"):
+            raise FakeHubError(400, f"Invalid visibility for a {repo.repo_type} repo: {visibility!r}")
+        repo.private = visibility == "private"
         return web.json_response({})
 
     async def validate_yaml(self, request: web.Request) -> web.Response:
