@@ -82,3 +82,35 @@ def test_curate_documents_table_end_to_end(shared_data, tmp_path):
     assert out.height == n - 4 and out.columns == df.columns and "k034" in out["id"].to_list()
     json.dumps(stats)  # the manifest is JSON
     assert all(s["in"] - s["kept"] == sum(s["dropped"].values()) for s in stats.values())
+
+
+def test_decontamination_ngram_is_capped():
+    from textbookgen.curation.config import DecontaminationConfig
+    from textbookgen.curation.decontaminate import Decontaminate
+
+    with pytest.raises(ValidationError, match="less than or equal to 64"):
+        DecontaminationConfig(ngram=65)
+    item = " ".join(f"word{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(80))
+    step = Decontaminate(DecontaminationConfig(ngram=64), texts=[("bench", "q0", [item])])
+    assert step.matches("Intro. " + item + " Outro.")[0]["item_id"] == "q0"
+
+
+def test_rerun_in_same_workdir_matches_fresh_one(shared_data, tmp_path):
+    """A doc that an earlier stage now removes was kept by MinHash in the previous run: it must not
+    take its near-duplicate down with it (build.py reuses .build/curation after a config change)."""
+    import gzip
+    import json
+
+    wiki = [json.loads(x)["eng_Latn"] for x in gzip.open(shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz", "rt")]
+    x, *others = [w for w in wiki if len(w.split()) > 300][:3]
+    y = " ".join(x.split()[:-10])  # x minus its last 10 words: a near-duplicate, shorter
+    df = pl.DataFrame({"id": ["a_x", "b_y", "c", "d"], "text": [x, y, *others]})
+    work = tmp_path / "reused"
+    first, _ = curate(df, CurationConfig.model_validate({"filters": {"enabled": False}}), work)
+    assert sorted(first["id"]) == ["a_x", "c", "d"]
+    tightened = CurationConfig.model_validate({"filters": {"enabled": True, "min_words": 1,
+                                                           "max_words": len(y.split())}})
+    reused, stats = curate(df, tightened, work)
+    fresh, _ = curate(df, tightened, tmp_path / "fresh")
+    assert "b_y" in reused["id"] and reused["id"].to_list() == fresh["id"].to_list()
+    assert stats["minhash_dedup"]["dropped"] == {"near_duplicate": 0}

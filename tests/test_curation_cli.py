@@ -83,3 +83,19 @@ def test_classifier_train_eval_score(shared_data, tmp_path):
                    "--keep-top-percent", "25")
     scored = pl.read_parquet(tmp_path / "s.parquet")
     assert stats["quality_filter"]["kept"] == scored.height == 50 and scored["quality_score"].is_not_null().all()
+
+
+def test_folder_without_ids_gets_one_id_per_file_path(tmp_path):
+    """Same-named files in different subfolders (train/part-0.jsonl, test/part-0.jsonl) must not
+    make the same "<file>:<row>" ids."""
+    from textbookgen.curation.corpus_io import read_corpus
+
+    for sub in ("a", "b"):
+        (tmp_path / "corpus" / sub).mkdir(parents=True)
+        rows = [json.dumps({"text": f"{sub} text {i} " + "word " * 60}) for i in range(3)]
+        (tmp_path / "corpus" / sub / "part-0.jsonl").write_text("\n".join(rows) + "\n")
+    df = read_corpus(tmp_path / "corpus")
+    assert df["id"].to_list()[::3] == ["a/part-0:0", "b/part-0:0"] and df["id"].n_unique() == 6
+    assert read_corpus(tmp_path / "corpus" / "a" / "part-0.jsonl")["id"][0] == "part-0:0"
+    stats = invoke("dedup", tmp_path / "corpus", "-o", tmp_path / "out.jsonl", "--workers", "1")
+    assert stats["minhash_dedup"]["in"] == 6

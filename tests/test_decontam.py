@@ -136,3 +136,51 @@ def test_every_shipped_benchmark_format_is_caught(wiki, shared_data, tmp_path):
     report = pl.read_parquet(tmp_path / "contamination.parquet")
     assert all(planted[r["id"]] in set(report.filter(pl.col("id") == r["id"])["benchmark"])
                for r in report.iter_rows(named=True))
+
+
+def test_runs_of_numbers_are_not_contamination(step, shared_data):
+    """Digit runs all normalise to "0": GSM8K worked answers (<<calc>> annotations) and HumanEval
+    asserts become long runs of "0" that any table of numbers would otherwise 'contain'."""
+    sciphi = [json.loads(x)["text"] for x in gzip.open(
+        shared_data / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz", "rt")]
+    c4 = [json.loads(x)["text"] for x in gzip.open(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "rt")]
+    table = "Measured values: " + " ".join(f"{i * 37 % 101}.{i % 7}" for i in range(60)) + " in this run."
+    flagged = [(i, m[0]["benchmark"], m[0]["item_id"]) for i, d in enumerate(sciphi + c4 + [table])
+               if (m := step.matches(d))]
+    assert flagged == []
+
+
+def test_short_items_copied_with_their_options_are_caught(wiki, shared_data):
+    """OpenBookQA/PIQA questions and options are each often shorter than `min_item_words`; an
+    exercise that copies the question with all its labelled options is still a copy of the item."""
+    from textbookgen.benchmarks import load_benchmark
+    from textbookgen.curation.decontaminate import match_words
+
+    gauntlet = shared_data / "llmfoundry_eval_gauntlet"
+    sets = {"openbookqa": gauntlet / "openbook_qa.jsonl.gz", "piqa": gauntlet / "piqa.jsonl.gz"}
+    step = Decontaminate(DecontaminationConfig(
+        benchmarks=[BenchmarkSource(name=n, path=str(p)) for n, p in sets.items()]))
+    rng = random.Random(3)
+    docs = []
+    for name, path in sets.items():
+        short = [it for it in load_benchmark(name, path)  # each part too short, but not all together
+                 if max(len(match_words(t)) for t in it.texts()) < 8 <= len(match_words(it.exercise()))]
+        for k, it in enumerate(short[:20]):
+            labels = "abcd" if k % 2 else "ABCD"
+            options = "\n".join(f"({L}) {c}" if k % 2 else f"{L}. {c}" for L, c in zip(labels, it.choices, strict=False))
+            docs.append((name, it.id, embed(rng.choice(wiki), f"Exercise. {it.meta['question']}\n{options}", rng)))
+    assert len(docs) == 40
+    caught = [(name, item_id) in {(m["benchmark"], m["item_id"]) for m in step.matches(doc)}
+              for name, item_id, doc in docs]
+    assert all(caught)
+    assert not any(step.matches(doc) for doc in wiki[:40])
+
+
+def test_exercise_text_is_question_then_options():
+    from textbookgen.benchmarks import BenchmarkItem
+
+    mmlu = BenchmarkItem("mmlu", "1", "Q?\nA. x\nB. y\nAnswer:", ["A", "B"], 0, "A",
+                         {"question": "Q?", "options": ["x", "y"]})
+    assert mmlu.exercise() == "Q? x y"
+    assert BenchmarkItem("hellaswag", "2", "ctx", ["e1", "e2"]).exercise() == "ctx e1 e2"
+    assert BenchmarkItem("gsm8k", "3", "q", target="a").exercise() == ""

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import unicodedata
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from datasketch import LeanMinHash, MinHash
 
 from textbookgen.curation.config import MinHashConfig
 from textbookgen.curation.lsh import candidate_pairs, connected_components
-from textbookgen.curation.minhash import MinHasher, shingle_jaccard
+from textbookgen.curation.minhash import BLOCK, MinHasher, shingle_jaccard
 from textbookgen.curation.near_dedup import MinHashDedup
 from textbookgen.curation.normalize import simplify_text, word_shingles
 
@@ -60,13 +61,50 @@ def test_simplify_text_matches_datatrove_rules(real_docs):
     assert simplify_text("Héllo, WÖRLD!  It's 1998… x_y\t“ok”") == "hello world it s 0 x y ok"
     combining = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 
+    cjk = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]")
+
     def reference(t: str) -> str:  # the plain regex version our byte-table fast path must equal
-        t = combining.sub("", unicodedata.normalize("NFD", t.lower()))
+        t = cjk.sub(r" \g<0> ", combining.sub("", unicodedata.normalize("NFD", t.lower())))
         return " ".join(re.sub(r"[^\w\s]|_", " ", re.sub(r"\d+", "0", t)).split())
 
-    samples = real_docs + ["x ١٢٣ y", "a\u00a0b\u2003c\x85d\x80e\x03f", "naïve ½ ² Ǆ ﬁ Å Ω 한국어", "a\u034fb e\u0301"]
+    samples = real_docs + ["x ١٢٣ y", "a\u00a0b\u2003c\x85d\x80e\x03f", "naïve ½ ² Ǆ ﬁ Å Ω 한국어", "a\u034fb e\u0301",
+                           "東京は日本の首都です。ｶﾀｶﾅ, abc漢字123"]
     assert sum(not d.isascii() for d in samples) > 20
     assert [simplify_text(d) for d in samples] == [reference(d) for d in samples]
+
+
+def test_chinese_near_duplicates_found_per_character():
+    """Chinese puts no spaces between words: each character is a word, so 1% of characters changed
+    leaves most shingles (a whole clause as one word would change nearly all of them)."""
+    rng = random.Random(0)
+    clauses = ["光合作用是植物利用光能把二氧化碳和水转化为有机物的过程", "这个过程主要发生在叶绿体中", "叶绿素能够吸收红光和蓝光",
+               "植物因此呈现绿色", "光反应阶段产生氧气和能量分子", "暗反应阶段则固定二氧化碳", "温度和光照强度都会影响反应速率"]
+    doc = "，".join(rng.choice(clauses) + str(i) for i in range(60)) + "。"
+    chars = list(doc)
+    for i in rng.sample([i for i, c in enumerate(chars) if "\u4e00" <= c <= "\u9fff"], 10):
+        chars[i] = "的"
+    edited = "".join(chars)
+    assert simplify_text("叶绿素，能够 ab12") == "叶 绿 素 能 够 ab0"
+    assert shingle_jaccard(doc, edited) > 0.8
+    out, stats = MinHashDedup(MinHashConfig(workers=1))(pl.DataFrame({"id": ["zh1", "zh2"], "text": [doc, edited]}))
+    assert out["id"].to_list() == ["zh1"] and stats.dropped["near_duplicate"] == 1
+
+
+def test_large_document_signed_in_blocks():
+    """A document of more shingles than one block gives datasketch's signature, and memory for the
+    (shingles x permutations) products stays at one block whatever the document's length."""
+    rng = random.Random(2)
+    text = " ".join(f"w{rng.randrange(50_000)}" for _ in range(BLOCK + 5_000))
+    hasher = MinHasher()
+    assert np.array_equal(hasher.signature(text), datasketch_sig(word_shingles(text, 5), hashfunc=xxhash.xxh32_intdigest))
+    mixed = np.random.default_rng(0).integers(0, 2**32, size=8 * BLOCK, dtype=np.uint32)
+    tracemalloc.start()
+    try:
+        hasher.signature_of_hashes(mixed)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * BLOCK * hasher.num_perm * 4  # one block's products: 32 MiB; all at once: 256 MiB
 
 
 def test_candidate_pairs_and_union_find():
@@ -151,6 +189,21 @@ def test_new_shard_dedups_against_indexed_ones(real_docs, tmp_path):
     assert stats.dropped["near_duplicate_of_indexed"] == 10
     assert sorted(out["id"]) == sorted(f"new{i}" for i in range(10, 30))
     assert stats.extra["indexed_docs"] == 60
+
+
+def test_only_kept_docs_are_indexed_for_later_runs(real_docs, tmp_path):
+    """x and y are near-duplicates, y and z too, x and z are not: y was dropped in the first run, so
+    it was never published and must not take z down in the next."""
+    rng = random.Random(4)
+    x = real_docs[0]
+    y = edit_words(x, 0.015, rng)
+    z = edit_words(y, 0.015, rng)
+    assert shingle_jaccard(x, y) >= 0.8 and shingle_jaccard(y, z) >= 0.8 > shingle_jaccard(x, z)
+    cfg = MinHashConfig(workers=1)
+    first, _ = MinHashDedup(cfg)(pl.DataFrame({"id": ["a_x", "b_y"], "text": [x, y]}), tmp_path)
+    assert first["id"].to_list() == ["a_x"]
+    out, stats = MinHashDedup(cfg)(pl.DataFrame({"id": ["c_z"], "text": [z]}), tmp_path)
+    assert out["id"].to_list() == ["c_z"] and stats.extra["indexed_docs"] == 1
 
 
 KILLER = textwrap.dedent("""

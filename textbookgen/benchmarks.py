@@ -78,6 +78,16 @@ class BenchmarkItem:
                 seen.setdefault(p, None)
         return list(seen)
 
+    def exercise(self) -> str:
+        """The question followed by all its options, as a textbook exercise copies them. Decontamination
+        matches it as one more text: question and options are often each too short to tell a copy from
+        ordinary prose. Empty without options (generative tasks, WinoGrande's partial contexts)."""
+        options = self.meta.get("options") or self.choices  # MMLU's choices are the letters A-D
+        if len(options) < 2 or self.meta.get("scoring") == "partial":
+            return ""
+        question = self.meta.get("question")
+        return " ".join([question if isinstance(question, str) else self.context, *options])
+
 
 @dataclass(frozen=True)
 class BenchmarkSpec:

@@ -95,12 +95,15 @@ class BenchmarkSource(_Strict):
     fields: list[str] | None = None
 
 
+MAX_NGRAM = 64  # decontamination n-gram hashes have one position multiplier per word of the window
+
+
 class DecontaminationConfig(_Strict):
     """Drop documents that contain benchmark items: n-gram overlap finds candidates, fuzzy match confirms."""
 
     enabled: bool = True
     benchmarks: list[BenchmarkSource] = Field(default_factory=list)
-    ngram: int = Field(13, ge=3)
+    ngram: int = Field(13, ge=3, le=MAX_NGRAM)
     min_item_words: int = Field(8, ge=1)  # item texts shorter than `ngram` but at least this long match whole
     similarity: float = Field(0.8, gt=0.0, le=1.0)  # share of the item's words found in order in the doc
 

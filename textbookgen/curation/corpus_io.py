@@ -45,17 +45,24 @@ def read_records(path: Path) -> pl.DataFrame:
     return pl.read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
 
 
+def id_prefix(file: Path, root: Path) -> str:
+    """The file's path under `root` without its suffixes ("a/part-0"), or its stem when `root` is the
+    file: same-named files in different subfolders must not make the same ids."""
+    rel = file.relative_to(root) if root.is_dir() else Path(file.name)
+    return rel.with_name(rel.name.split(".")[0]).as_posix()
+
+
 def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "id") -> pl.DataFrame:
-    """All rows of a parquet/jsonl file or folder. Rows without `id_column` get "<file stem>:<row>" ids."""
+    """All rows of a parquet/jsonl file or folder. Rows without `id_column` get "<file>:<row>" ids, where
+    <file> is the path under the folder without suffixes (just the stem for a single file)."""
     frames = []
     for f in corpus_files(Path(path)):
         df = read_records(f)
         if text_column not in df.columns:
             raise ValueError(f"{f}: no {text_column!r} field (fields: {df.columns}); pass --text-column")
         if id_column not in df.columns:
-            stem = f.name.split(".")[0]
             df = df.with_row_index(id_column).with_columns(
-                pl.format("{}:{}", pl.lit(stem), pl.col(id_column)).alias(id_column))
+                pl.format("{}:{}", pl.lit(id_prefix(f, Path(path))), pl.col(id_column)).alias(id_column))
         nulls = df[text_column].null_count()
         if nulls:
             raise ValueError(f"{f}: {nulls} row(s) with a null {text_column!r}")

@@ -2,17 +2,21 @@
 
 Benchmarks come from `textbookgen.benchmarks.load_benchmark` (ARC, BoolQ, WinoGrande, PIQA, SIQA,
 HellaSwag, OBQA, MMLU, GSM8K, HumanEval, MBPP, ...) or from any jsonl/parquet file or folder, whose
-string fields (or the `fields` named) are the item's texts. Texts are compared after MinHash's
-normalisation (lowercase, punctuation dropped, digit runs -> 0), so reformatting does not hide a copy.
-An item text shorter than n words (but at least `min_item_words`) must appear whole.
+string fields (or the `fields` named) are the item's texts; a multiple-choice item also counts its
+question and options together as one text (a copied exercise). Texts are compared after MinHash's
+normalisation (lowercase, punctuation dropped, digit runs -> 0), so reformatting does not hide a copy;
+option labels ("(a)", "B.") are dropped and a run of numbers is one "0", and numbers do not count
+toward the similarity: a table or a worked calculation does not "contain" a number-heavy item. An
+item text shorter than n words (but at least `min_item_words`) must appear whole.
 
 The report (`contamination.parquet`) names, for each dropped document, the benchmark items it matched,
-the n-gram hits, and the similarity: the share of the item's words found, in order (LCS), in the
-best-aligned doc window (default >= 0.8: a lightly edited copy passes, a shared phrase does not).
+the n-gram hits, and the similarity: the share of the item's words (numbers aside) found, in order
+(LCS), in the best-aligned doc window (default >= 0.8: a lightly edited copy passes, a shared phrase does not).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +26,14 @@ import polars as pl
 from rapidfuzz.distance import LCSseq
 
 from textbookgen.curation.base import StageStats, Step, progress, require_columns
-from textbookgen.curation.config import BenchmarkSource, DecontaminationConfig
+from textbookgen.curation.config import MAX_NGRAM, BenchmarkSource, DecontaminationConfig
 from textbookgen.curation.corpus_io import corpus_files, read_records
 from textbookgen.curation.normalize import simplify_text
 
-_MIX = np.random.default_rng(0x5EED).integers(1, 2**63, size=64, dtype=np.uint64) | np.uint64(1)
+NUMBER = "0"  # every digit run, after normalisation
+# an option label: "(a)", "(12)" anywhere, or "B." / "c)" / "3." opening a line
+_LABEL = re.compile(r"\((?:[A-Za-z]|\d{1,2})\)|^[ \t]*(?:[A-Za-z]|\d{1,2})[.)][ \t]", re.MULTILINE)
+_MIX = np.random.default_rng(0x5EED).integers(1, 2**63, size=MAX_NGRAM, dtype=np.uint64) | np.uint64(1)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,13 @@ class BenchText:
     benchmark: str
     item_id: str
     words: tuple[str, ...]
+
+
+def match_words(text: str) -> list[str]:
+    """The normalised words a copy is judged by: option labels dropped (a copied exercise has them
+    between the options) and each run of numbers as one "0" (so no n-gram is only numbers)."""
+    words = simplify_text(_LABEL.sub(" ", text)).split()
+    return [w for i, w in enumerate(words) if w != NUMBER or i == 0 or words[i - 1] != NUMBER]
 
 
 def word_ids(words: list[str] | tuple[str, ...]) -> np.ndarray:
@@ -60,7 +74,7 @@ def load_benchmark_texts(source: BenchmarkSource) -> list[tuple[str, str, list[s
         from textbookgen.benchmarks import load_benchmark
 
         items = load_benchmark(source.name, source.path)
-        return [(source.name, it.id, it.texts()) for it in items]
+        return [(source.name, it.id, [*it.texts(), it.exercise()]) for it in items]
     out = []
     for f in corpus_files(Path(source.path)):
         df = read_records(f)
@@ -131,13 +145,15 @@ class Decontaminate(Step):
         self.text_column, self.id_column = text_column, id_column
         if texts is None:
             texts = [t for src in self.config.benchmarks for t in load_benchmark_texts(src)]
-        self.bench_texts = [BenchText(b, i, tuple(simplify_text(x).split())) for b, i, xs in texts for x in xs]
+        # each distinct text of an item once (an exercise can equal the question)
+        self.bench_texts = list(dict.fromkeys(
+            BenchText(b, i, tuple(match_words(x))) for b, i, xs in texts for x in xs if x))
         self.items_per_benchmark = Counter(b for b, _, _ in texts)
         self.index = NgramIndex(self.bench_texts, self.config.ngram, self.config.min_item_words)
 
     def matches(self, text: str) -> list[dict]:
         """The benchmark items `text` contains: one record per item, best similarity first."""
-        words = simplify_text(text).split()
+        words = match_words(text)
         by_text: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for t_idx, pos, off in self.index.hits(words):
             by_text[t_idx].append((pos, off))
@@ -153,9 +169,13 @@ class Decontaminate(Step):
 
     @staticmethod
     def _similarity(doc: list[str], item: tuple[str, ...], hits: list[tuple[int, int]]) -> float:
-        """Share of the item's words found in order (LCS) in the doc window a hit aligns it to.
+        """Share of the item's words found in order (LCS) in the doc window a hit aligns it to, numbers
+        left out on both sides (any numbers in the doc would match them).
 
         One changed word in a 25-word question gives 0.96; a 13-word phrase of it gives 0.52."""
+        words = [w for w in item if w != NUMBER]
+        if not words:
+            return 0.0
         size, slack = len(item), max(3, len(item) // 5)
         best, tried = 0.0, set()
         for pos, off in hits:
@@ -163,8 +183,8 @@ class Decontaminate(Step):
             if start in tried:
                 continue
             tried.add(start)
-            window = doc[start : pos - off + size + slack]
-            best = max(best, LCSseq.similarity(item, window) / size)
+            window = [w for w in doc[start : pos - off + size + slack] if w != NUMBER]
+            best = max(best, LCSseq.similarity(words, window) / len(words))
             if best >= 0.999 or len(tried) >= 8:
                 break
         return best

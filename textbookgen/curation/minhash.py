@@ -3,7 +3,7 @@
 datasketch 2.0 changed its default permutation scheme to `affine32`: each 32-bit shingle hash is mixed
 by the MurmurHash3 finalizer (fmix32) and then permuted by h -> a*h + b mod 2^32 (a odd), with (a, b)
 drawn from `np.random.RandomState(seed)`. We take (a, b) from datasketch itself and do the same uint32
-arithmetic on one (shingles x permutations) matrix per document, hashing the shingle *bytes* with
+arithmetic on (shingles x permutations) matrices of at most `BLOCK` shingles, hashing the shingle *bytes* with
 xxh32 (or sha1, datasketch's default hashfunc). So
 
     MinHash(num_perm=128, seed=1, scheme="affine32", hashfunc=xxhash.xxh32_intdigest).update_batch(s)
@@ -25,6 +25,7 @@ from textbookgen.curation.normalize import shingle_spans, simplify_bytes, word_s
 
 HashName = Literal["xxh32", "sha1"]
 _M1, _M2 = np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35)
+BLOCK = 1 << 16  # shingles per (shingles x num_perm) matrix: 32 MiB at 128 permutations, whatever the doc size
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
@@ -66,12 +67,16 @@ class MinHasher:
         return fmix32(h)
 
     def signature_of_hashes(self, mixed: np.ndarray) -> np.ndarray:
-        """min over shingles of a*h + b (uint32 wrap-around), one matrix per document."""
-        if mixed.size == 0:
-            return np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
-        m = np.multiply(mixed[:, None], self.a[None, :])
-        m += self.b
-        return m.min(axis=0)
+        """min over shingles of a*h + b (uint32 wrap-around), a block of shingles at a time so that
+        memory does not grow with the document (an empty document gives all 2^32 - 1, as datasketch)."""
+        sig = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+        buffer = np.empty((min(mixed.size, BLOCK), self.num_perm), dtype=np.uint32)
+        for start in range(0, mixed.size, BLOCK):
+            block = mixed[start : start + BLOCK]
+            m = np.multiply(block[:, None], self.a[None, :], out=buffer[: block.size])
+            m += self.b
+            np.minimum(sig, m.min(axis=0), out=sig)
+        return sig
 
     def signature_of_shingles(self, shingles: Sequence[bytes]) -> np.ndarray:
         return self.signature_of_hashes(self.shingle_hashes(shingles))

@@ -3,13 +3,17 @@
 Layout under the stage's workdir (one folder per signature setting, so settings never mix):
 
     minhash-<params>/params.json
+    minhash-<params>/published.parquet   ids kept by earlier incremental runs (the "indexed" docs)
     minhash-<params>/shards/<shard-key>/{ids.parquet, sig.npy, keys.npy, hashes.npy, offsets.npy, DONE}
     clusters.parquet    every doc of a multi-doc cluster: id, cluster, size, kept, jaccard_to_kept, source
     pairs.parquet       verified candidate pairs (id_a, id_b, jaccard)
 
-A shard's key hashes its ids and texts, so a killed run skips the shards it finished, and shards from
-earlier runs on other documents stay in the store: new documents dedup against them ("indexed" docs are
-never dropped; a new doc in their cluster is).
+A shard's key hashes its ids and texts, so a killed run skips the shards it finished. Incremental runs
+(`textbookgen dedup` into one workdir, batch after batch) also dedup new documents against those that
+earlier runs kept: "indexed" docs are never dropped; a new doc in their cluster is. Only kept docs are
+indexed, and a doc given again is judged anew. `curate()` is not incremental: it always gets the whole
+corpus, so old shards only save signing, and the same input and config give the same output in a
+reused workdir as in a fresh one.
 """
 
 from __future__ import annotations
@@ -158,11 +162,27 @@ class MinHashStore:
                         running.add(pool.submit(sign_shard, str(self.shards / nxt[0]), *nxt[1](), self.params))
                     yield f.result()
 
-    def load(self, current_keys: list[str], current_ids: set[str]) -> LoadedStore:
-        """Current shards first (in order), then every other finished shard minus ids in this input."""
+    @property
+    def _published_path(self) -> Path:
+        return self.root / "published.parquet"
+
+    def published(self) -> set[str]:
+        """Ids that earlier incremental runs kept (empty before the first one)."""
+        path = self._published_path
+        return set(pl.read_parquet(path)["id"].to_list()) if path.exists() else set()
+
+    def publish(self, kept_ids: list[str], current_ids: set[str]) -> None:
+        """Record this run's outcome: its input's ids are judged anew, so only those it kept stay."""
+        ids = sorted((self.published() - current_ids) | set(kept_ids))
+        tmp = self.root / ".published.parquet.tmp"
+        pl.DataFrame({"id": ids}, schema={"id": pl.String}).write_parquet(tmp)
+        os.replace(tmp, self._published_path)
+
+    def load(self, current_keys: list[str], indexed_ids: set[str]) -> LoadedStore:
+        """Current shards first (in order), then the `indexed_ids` docs of every other finished shard."""
         others = sorted(p.name for p in self.shards.iterdir()
                         if p.is_dir() and not p.name.startswith(".") and (p / "DONE").exists()
-                        and p.name not in set(current_keys))
+                        and p.name not in set(current_keys)) if indexed_ids else []
         ids, keys, sets, offs, current = [], [], [], [np.zeros(1, dtype=np.int64)], []
         base = 0
         for key in list(current_keys) + others:
@@ -171,7 +191,7 @@ class MinHashStore:
             k, h, o = np.load(d / "keys.npy"), np.load(d / "hashes.npy"), np.load(d / "offsets.npy")
             is_current = key in current_keys
             keep = np.ones(len(shard_ids), dtype=bool) if is_current else \
-                np.array([i not in current_ids for i in shard_ids], dtype=bool)
+                np.array([i in indexed_ids for i in shard_ids], dtype=bool)
             lengths = np.diff(o)
             sets.append(h if keep.all() else h[np.repeat(keep, lengths)])
             offs.append(base + np.cumsum(lengths[keep]))
@@ -195,10 +215,11 @@ class MinHashDedup(Step):
     name = "minhash_dedup"
 
     def __init__(self, config: MinHashConfig | None = None, text_column: str = "text", id_column: str = "id",
-                 on_shard: Callable[[str], None] | None = None) -> None:
+                 on_shard: Callable[[str], None] | None = None, incremental: bool = True) -> None:
         self.config = config or MinHashConfig()
         self.text_column, self.id_column = text_column, id_column
         self.on_shard = on_shard
+        self.incremental = incremental  # dedup against docs kept by earlier runs in the same workdir
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
@@ -219,8 +240,12 @@ class MinHashDedup(Step):
                 shards.append((shard_key(*load()), load))
             workers = cfg.workers or os.cpu_count() or 1
             signed = store.add(shards, workers, self.on_shard)
-            loaded = store.load([k for k, _ in shards], set(id_col.to_list()))
+            current_ids = set(id_col.to_list())
+            indexed_ids = store.published() - current_ids if self.incremental else set()
+            loaded = store.load([k for k, _ in shards], indexed_ids)
             kept_ids, clusters, pairs = self._cluster(loaded, df)
+            if self.incremental:
+                store.publish(kept_ids, current_ids)
             clusters.write_parquet(workdir / "clusters.parquet")
             pairs.write_parquet(workdir / "pairs.parquet")
         finally:

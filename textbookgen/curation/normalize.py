@@ -10,7 +10,9 @@ import numpy as np
 
 _WS = re.compile(r"\s+")
 _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
-_ZERO_RUNS = re.compile(rb"0{2,}")
+# scripts written without spaces between words: Hiragana, Katakana, CJK ideographs (and their extensions)
+_CJK = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+                  "\U00020000-\U0003134f]")
 
 
 def _ascii_table() -> bytes:
@@ -33,7 +35,9 @@ def normalize_exact(text: str) -> str:
 
 def simplify_bytes(text: str) -> bytes:
     """datatrove's `simplify_text`, as UTF-8 bytes: lowercase, digit runs -> "0", punctuation (anything
-    not a word character or space, and "_") -> space, diacritics stripped (NFD), single spaces.
+    not a word character or space, and "_") -> space, diacritics stripped (NFD), single spaces. Unlike
+    datatrove, each Chinese/Japanese character is a word of its own: those scripts put no spaces between
+    words, so a whole clause would be one "word" and a one-character edit would change every shingle.
 
     Work is done on bytes with one translate table; only the few distinct non-ASCII characters of a
     text are looked at one by one (a regex over every character was the slowest step of MinHash)."""
@@ -48,10 +52,19 @@ def simplify_bytes(text: str) -> bytes:
                 text = text.replace(c, "0")
             elif not c.isalnum():  # punctuation, symbols, and non-ASCII spaces
                 text = text.replace(c, " ")
+        if _CJK.search("".join(chars)):
+            text = _CJK.sub(r" \g<0> ", text)
     data = text.encode("utf-8").translate(_TABLE)
-    if b"00" in data:
-        data = _ZERO_RUNS.sub(b"0", data)
-    return b" ".join(data.split())
+    return _squeeze(_squeeze(data, b"0"), b" ").strip(b" ")
+
+
+def _squeeze(data: bytes, char: bytes) -> bytes:
+    """Each run of `char` -> one `char`. bytes.replace passes (each halves every run) keep memory at a
+    copy of the text; re.sub or split() make an object per match or word: 30x the text's size."""
+    double = char * 2
+    while double in data:
+        data = data.replace(double, char)
+    return data
 
 
 def simplify_text(text: str) -> str:

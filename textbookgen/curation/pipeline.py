@@ -29,8 +29,8 @@ def build_steps(config: CurationConfig) -> list[Step]:
         steps.append(Decontaminate(config.decontamination, t, i))
     if config.classifier.enabled:  # score before MinHash, so each cluster keeps its best member
         steps.append(QualityScore(config.classifier, t))
-    if config.minhash.enabled:
-        steps.append(MinHashDedup(config.minhash, t, i))
+    if config.minhash.enabled:  # curate() always gets the whole corpus: nothing to dedup against besides it
+        steps.append(MinHashDedup(config.minhash, t, i, incremental=False))
     if config.classifier.enabled:
         steps.append(QualityCut(config.classifier))
     return steps
