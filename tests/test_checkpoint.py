@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,6 +131,37 @@ def test_incomplete_saves_are_ignored_and_old_ones_pruned(corpus, tmp_path):
     assert meta["step"] == 5 and meta["format"] == "torch" and meta["model_config"]["vocab_size"] == 512
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
         checkpoint.resolve(tmp_path / "elsewhere")
+
+
+def test_pruning_keeps_the_checkpoint_just_written(tmp_path):
+    """A run restarted below a later branch's checkpoints (--resume from an earlier step) keeps its own
+    newest ones: pruning by rank of step alone deleted the one `latest` had just been pointed at."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    root = tmp_path / "checkpoints"
+
+    def saved(step: int) -> list[str]:
+        checkpoint.save(root, step, model, optimizer, {}, keep=2)
+        return [p.name.removeprefix("step-0000000") for p in checkpoint.list_checkpoints(root)]
+
+    assert [saved(s) for s in (3, 6, 9)][-1] == ["6", "9"]
+    assert saved(4) == ["4", "6", "9"] and checkpoint.find_latest(root).name == "step-00000004"
+    assert saved(5) == ["4", "5", "6", "9"]
+    assert saved(6) == ["5", "6", "9"]  # the branch's step 6 is overwritten, its 9 stays until then
+
+
+def test_a_fresh_start_refuses_another_runs_checkpoints(corpus, tmp_path):
+    """resume=never beside an earlier run's checkpoints would mix the two runs, and a later auto-resume
+    could continue the earlier one: it is refused, naming the folder, before anything is written."""
+    run, root = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 2})))
+    config = (run / "config.yaml").read_text()
+    fresh = {"train.max_steps": 1, "checkpoint.resume": "never"}
+    with pytest.raises(checkpoint.CheckpointError, match=rf"resume is 'never' but {re.escape(str(root))} holds "
+                                                         r"checkpoints of an earlier run \(newest step-00000002\)"):
+        train(load_config(None, overrides(corpus, run, **fresh)))
+    assert checkpoint.find_latest(root).name == "step-00000002" and (run / "config.yaml").read_text() == config
+    assert train(load_config(None, overrides(corpus, tmp_path / "other", **fresh))).final_step == 1
 
 
 def test_checkpoint_of_another_model_is_refused(corpus, tmp_path):

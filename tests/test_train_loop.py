@@ -147,6 +147,8 @@ def test_synthetic_data_needs_no_dataset(tmp_path):
     ({"data.datasets": []}, r"data.datasets is empty"),
     ({"data.datasets.0.weight": 0}, r"data.datasets.0.weight: Input should be greater than 0"),
     ({"data.datasets.3.weight": 1}, r"data.datasets.3: no list item 3"),
+    ({"train.max_tokens": 1e6}, r"train.max_steps \(200\) and train.max_tokens \(1e\+06\) are both set; keep one: "
+                                r"--set train.max_steps=null to train by tokens"),
 ])
 def test_bad_configs_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -193,16 +195,59 @@ def test_changed_source_is_tokenized_again(corpus, tmp_path, shared_data):
     src = write_hub_folder(tmp_path / "src", wiki_texts(shared_data, 40), files=1)
     cfg = load_config(None, tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(src, 1.0)]))
     first = prepare_all(cfg, quick_check=True, progress=False)[0]
-    assert first["documents"] == 40 and index_is_current(dataset_dir(cfg, 0), str(src))
+    assert first["documents"] == 40 and index_is_current(dataset_dir(cfg, 0), str(src), corpus["tok"])
     shard = next(dataset_dir(cfg, 0).glob("shard-*.bin"))
     parquet = next((src / "data").glob("*.parquet"))
     os.utime(parquet, ns=(1, 1))  # touched, same bytes: re-hashed, not re-tokenized
-    assert not index_is_current(dataset_dir(cfg, 0), str(src))
+    assert not index_is_current(dataset_dir(cfg, 0), str(src), corpus["tok"])
     mtime = shard.stat().st_mtime_ns
     assert prepare_all(cfg, quick_check=True, progress=False)[0]["key"] == first["key"]
-    assert shard.stat().st_mtime_ns == mtime and index_is_current(dataset_dir(cfg, 0), str(src))
+    assert shard.stat().st_mtime_ns == mtime and index_is_current(dataset_dir(cfg, 0), str(src), corpus["tok"])
     write_hub_folder(src, wiki_texts(shared_data, 60), files=1)  # new content: tokenized again
     assert prepare_all(cfg, quick_check=True, progress=False)[0]["documents"] == 60
+
+
+def test_changed_column_or_tokenizer_is_tokenized_again(corpus, tmp_path):
+    """The cache folder is named by source and split only: training start-up must not reuse ids made from
+    another column or by another tokenizer (export would ship the new tokenizer with a model of the old ids)."""
+    from trainer.data import DataError, TokenStream, prepare, read_index, tokenizer_fingerprint
+    from trainer.distributed import DistInfo
+    from trainer.tokenizer import load_tokenizer
+    from trainer.train import build_sampler, dataset_dir
+
+    other_tok = small_tokenizer(tmp_path / "other.json", [corpus["books"]])
+    base = tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(corpus["wiki"], 1.0)])
+    build_sampler(load_config(None, base), 512, DistInfo(), progress=False)
+    folder = dataset_dir(load_config(None, base), 0)
+    for change in ({"data.datasets.0.column": "id"}, {"data.tokenizer": str(other_tok)}):
+        cfg = load_config(None, {**base, **change})
+        with pytest.raises(DataError, match=r"tokenized data missing or out of date for \["):
+            build_sampler(cfg, 512, DistInfo(rank=1, world_size=2), progress=False)
+        build_sampler(cfg, 512, DistInfo(), progress=False)  # one process tokenizes again
+        ds = cfg.data.datasets[0]
+        expected = prepare(ds.source, tmp_path / "expected", cfg.data.tokenizer, column=ds.column,
+                           num_workers=1, progress=False)
+        index = read_index(folder)
+        assert index["key"] == expected["key"] and index["column"] == ds.column
+        assert index["key"]["tokenizer_sha256"] == tokenizer_fingerprint(load_tokenizer(cfg.data.tokenizer).to_str())
+        got, want = TokenStream(folder), TokenStream(tmp_path / "expected")
+        assert got.read(0, len(got)).tolist() == want.read(0, len(want)).tolist()
+
+
+def test_a_tokenizer_out_of_reach_trusts_the_prepared_data_with_a_warning(corpus, tmp_path, monkeypatch):
+    """Data prepared on a login node, training on an offline one: start, and say what was not checked."""
+    import trainer.train as train_mod
+    from trainer.distributed import DistInfo
+
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(corpus["wiki"], 1.0)]))
+    train_mod.build_sampler(cfg, 512, DistInfo(), progress=False)
+
+    def offline(spec):
+        raise ValueError(f"cannot fetch GPT-2 BPE files for {spec} (offline?)")
+
+    monkeypatch.setattr(train_mod, "load_tokenizer", offline)
+    with pytest.warns(UserWarning, match="cannot load tokenizer .* using the tokens as prepared"):
+        assert train_mod.stale_datasets(cfg) == []
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(corpus, tmp_path, monkeypatch):

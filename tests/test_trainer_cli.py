@@ -85,12 +85,27 @@ def test_train_tokenizer(corpus, tmp_path, capsys):
      "dataset not found: '/no/such/folder'"),
     (["export", "/no/such/run", "out"], "no checkpoint at /no/such/run"),
     (["prepare"], "give a dataset SOURCE with --out, or --config"),
+    (["train", "-c", "phi-1.5", "--set", "train.max_steps=5"],
+     "train.max_steps (5) and train.max_tokens (1.5e+11) are both set; keep one: --set train.max_steps=null"),
 ])
 def test_user_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_max_steps_flag_replaces_a_token_budget(monkeypatch):
+    """`--max-steps N` on a config that stops by tokens (phi-1.5) trains N steps instead of being refused
+    for setting both train.max_steps and train.max_tokens."""
+    from trainer import train as train_module
+    from trainer.train import TrainResult
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None: seen.append(cfg) or TrainResult(
+        Path(cfg.run_dir), 0, 0, "done"))
+    assert main(["train", "-c", "phi-1.5", "--max-steps", "5", "--run-dir", "unused"]) == 0
+    assert seen[0].max_steps == 5 and seen[0].train.max_tokens is None
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -122,10 +122,30 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
         _write_atomic(root / LATEST, final.name + "\n")
         fsync_path(root)
         if keep:
-            for old in list_checkpoints(root)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+            _prune(root, final, keep)
     _barrier()
     return final
+
+
+def _prune(root: Path, newest: Path, keep: int) -> None:
+    """Delete the checkpoints before `newest` that exceed `keep` (`newest` counts, and is never deleted).
+
+    Later steps are left alone: they are not this run's history but a branch it was restarted before
+    (--resume from an earlier step); `latest` names `newest`, and the run overwrites them as it gets there."""
+    older = [p for p in list_checkpoints(root) if p.name < newest.name]  # zero-padded names sort by step
+    for old in older[: max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_fresh_start(root: str | Path) -> None:
+    """Refuse a fresh start (resume=never) beside another run's checkpoints: pruning would mix the two,
+    and a later auto-resume could continue the other run instead of this one."""
+    found = list_checkpoints(root)
+    if found:
+        raise CheckpointError(
+            f"checkpoint.resume is 'never' but {root} holds checkpoints of an earlier run (newest "
+            f"{found[-1].name}): train in another run_dir (--run-dir), move or delete {root}, or continue "
+            f"that run (--resume auto)")
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:

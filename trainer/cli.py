@@ -25,11 +25,14 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set train.max_steps=100 (repeatable)")
 
 
-def _load(args: argparse.Namespace, extra: dict[str, object] | None = None):
+def _load(args: argparse.Namespace, extra: dict[str, object] | None = None, unset: Sequence[str] = ()):
+    """The config with --set overrides, then the flags' `extra` values (None: flag not given), then the
+    fields in `unset` set to null."""
     from trainer.config import load_config, parse_override
 
     overrides = dict(parse_override(o) for o in args.overrides)
     overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    overrides.update(dict.fromkeys(unset))
     return load_config(args.config, overrides)
 
 
@@ -104,7 +107,8 @@ def train_tokenizer_run(args: argparse.Namespace) -> int:
 def train_arguments(p: argparse.ArgumentParser) -> None:
     _config_args(p)
     p.add_argument("--run-dir", default=None, help="output folder (checkpoints, metrics.jsonl, loss.png)")
-    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="train this many optimizer steps (replaces the config's train.max_tokens)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop with a checkpoint after this much wall time")
     p.add_argument("--resume", default=None, help="auto (newest checkpoint of the run, default) | never | PATH")
@@ -121,7 +125,8 @@ def train_run(args: argparse.Namespace) -> int:
     cfg = _load(args, {"run_dir": args.run_dir, "train.max_steps": args.max_steps,
                        "train.time_budget_s": args.time_budget, "checkpoint.resume": args.resume,
                        "train.device": args.device, "train.compile": args.compile,
-                       "data.synthetic": args.synthetic})
+                       "data.synthetic": args.synthetic},
+                unset=["train.max_tokens"] if args.max_steps is not None else [])
     result = train(cfg, progress=False if args.no_progress else None)
     if result.history and os.environ.get("RANK", "0") == "0":
         rates = [r["tokens_per_s"] for r in result.history[1:]] or [result.history[0]["tokens_per_s"]]

@@ -96,7 +96,7 @@ class TrainSection(_Section):
     """Sequences per forward/backward on one rank."""
     max_steps: int | None = Field(None, ge=1)
     max_tokens: float | None = Field(None, gt=0)
-    """Alternative to max_steps: train until this many tokens (rounded up to whole steps)."""
+    """Alternative to max_steps (set only one): train until this many tokens (rounded up to whole steps)."""
     time_budget_s: float | None = Field(None, gt=0)
     """Stop (with a checkpoint) after this much wall time; for time-limited machines."""
     precision: Literal["bf16-mixed", "bf16", "fp32"] = "bf16-mixed"
@@ -158,6 +158,10 @@ class TrainConfig(_Section):
             raise ValueError("data.datasets is empty: name at least one dataset (or set data.synthetic: true)")
         if self.train.max_steps is None and self.train.max_tokens is None:
             raise ValueError("set train.max_steps or train.max_tokens")
+        if self.train.max_steps is not None and self.train.max_tokens is not None:
+            raise ValueError(f"train.max_steps ({self.train.max_steps}) and train.max_tokens "
+                             f"({self.train.max_tokens:g}) are both set; keep one: --set train.max_steps=null "
+                             f"to train by tokens, or --set train.max_tokens=null to train by steps")
         names = [d.cache_name for d in self.data.datasets]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -26,9 +26,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Full, Queue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -200,6 +203,21 @@ def tokenizer_fingerprint(tokenizer_json: str) -> str:
     return hashlib.sha256(tokenizer_json.encode()).hexdigest()
 
 
+def _as_tokenizer(tokenizer: Any) -> Tokenizer:
+    """A `tokenizers.Tokenizer` as given, or loaded from a spec for `trainer.tokenizer.load_tokenizer`."""
+    if isinstance(tokenizer, (str, Path)):
+        from trainer.tokenizer import load_tokenizer
+
+        return load_tokenizer(tokenizer)
+    return tokenizer
+
+
+def encoding_key(tokenizer: Tokenizer, column: str, eos_id: int | None = None) -> dict[str, Any]:
+    """The part of an index's `key` that is not the source bytes: what turns the same text into other ids."""
+    return {"column": column, "tokenizer_sha256": tokenizer_fingerprint(tokenizer.to_str()),
+            "eos_id": _eos_of(tokenizer, eos_id)}
+
+
 def _eos_of(tokenizer, eos_id: int | None) -> int:
     if eos_id is not None:
         return eos_id
@@ -238,17 +256,12 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
 
     out_dir = Path(out_dir)
     files = resolve_source(source, split, revision, endpoint)
-    if isinstance(tokenizer, (str, Path)):  # loaded only once the data is known to exist
-        from trainer.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer)
+    tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist
     sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
-    tok_json = tokenizer.to_str()
+    key = {"sources": [s["sha256"] for s in sources], **encoding_key(tokenizer, column, eos_id)}
+    tok_json, eos = tokenizer.to_str(), key["eos_id"]
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    eos = _eos_of(tokenizer, eos_id)
     dtype = np.dtype(np.uint16 if max(vocab, eos + 1) <= 1 << 16 else np.uint32)
-    key = {"sources": [s["sha256"] for s in sources], "column": column,
-           "tokenizer_sha256": tokenizer_fingerprint(tok_json), "eos_id": eos}
     if not force and (out_dir / INDEX_NAME).is_file():
         try:
             old = read_index(out_dir)
@@ -326,11 +339,18 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def index_is_current(folder: str | Path, source: str, split: str = "train") -> bool:
-    """Cheap staleness check of prepared data against a local source: same files, sizes and mtimes.
+def index_is_current(folder: str | Path, source: str, tokenizer: Any, *, split: str = "train",
+                     column: str = "text", eos_id: int | None = None) -> bool:
+    """Cheap staleness check of prepared data: same column, tokenizer and EOS id, and for a local source
+    the same files, sizes and mtimes (not hashed: training start-up should not read the corpus).
 
-    Hub sources are not checked (no network at start-up); run `prepare` again after they change."""
+    `tokenizer`: a `tokenizers.Tokenizer` or a spec, as for `prepare`; None trusts the index's own (it
+    could not be loaded). Hub sources' files are not checked (no network at start-up); run `prepare`
+    again after they change."""
     index = read_index(Path(folder))
+    wanted = encoding_key(_as_tokenizer(tokenizer), column, eos_id) if tokenizer is not None else {"column": column}
+    if any(index["key"].get(k) != v for k, v in wanted.items()):
+        return False
     if not Path(source).expanduser().exists():
         return True
     files = resolve_source(source, split)

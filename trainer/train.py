@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import torch
 from trainer import checkpoint, distributed
 from trainer.config import ConfigError, TrainConfig, dump_config
 from trainer.data import (
+    INDEX_NAME,
     BatchPlan,
     DataError,
     Loader,
@@ -37,6 +39,7 @@ from trainer.data import (
     read_index,
 )
 from trainer.model import CONFIGS, Phi, PhiConfig, attention_kernel
+from trainer.tokenizer import load_tokenizer
 
 # dense bf16 peak per device (data sheets), for MFU
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0, "A100": 312.0, "A800": 312.0,
@@ -123,16 +126,44 @@ def dataset_dir(cfg: TrainConfig, i: int) -> Path:
     return Path(cfg.data.cache_dir) / cfg.data.datasets[i].cache_name
 
 
+def stale_datasets(cfg: TrainConfig) -> list[int]:
+    """Numbers of the datasets whose tokenized copy is missing or was made from other source files
+    (by size and mtime), another column or another tokenizer: those would train on the wrong ids."""
+    tokenizer, stale = None, []
+    for i, ds in enumerate(cfg.data.datasets):
+        out = dataset_dir(cfg, i)
+        if not (out / INDEX_NAME).is_file():
+            stale.append(i)
+            continue
+        if tokenizer is None:  # loaded only once some data is prepared: a missing dataset is named first
+            tokenizer = _tokenizer_or_none(cfg.data.tokenizer)
+        if not index_is_current(out, ds.source, tokenizer, split=ds.split, column=ds.column):
+            stale.append(i)
+    return stale
+
+
+def _tokenizer_or_none(spec: str) -> Any:
+    """The tokenizer, or None where it cannot be loaded (an offline node with the data prepared elsewhere):
+    training then trusts the index's tokenizer, with a warning, rather than refusing to start."""
+    try:
+        return load_tokenizer(spec)
+    except ValueError as e:  # the Hub out of reach, say; a tokenizer path that does not exist still fails
+        warnings.warn(f"cannot load tokenizer {spec!r} to check the prepared data against it ({e}); "
+                      "using the tokens as prepared", stacklevel=2)
+        return None
+
+
 def prepare_all(cfg: TrainConfig, force: bool = False, quick_check: bool = False,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Tokenize every dataset of the config into data.cache_dir, skipping those up to date.
 
-    `quick_check` (training start-up) trusts an index whose local source files keep their sizes and
-    mtimes, instead of hashing them again."""
+    `quick_check` (training start-up) trusts an index made with the same column and tokenizer whose
+    local source files keep their sizes and mtimes, instead of hashing them again."""
+    stale = stale_datasets(cfg) if quick_check else range(len(cfg.data.datasets))
     indexes = []
     for i, ds in enumerate(cfg.data.datasets):
         out = dataset_dir(cfg, i)
-        if quick_check and (out / "index.json").is_file() and index_is_current(out, ds.source, ds.split):
+        if i not in stale:
             indexes.append(read_index(out))
             continue
         indexes.append(prepare(ds.source, out, cfg.data.tokenizer, split=ds.split, column=ds.column, revision=ds.revision,
@@ -146,8 +177,7 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
     d = cfg.data
     if d.synthetic:
         return SyntheticSampler(vocab_size, d.seq_len, cfg.train.seed), "synthetic"
-    pending = [ds.source for i, ds in enumerate(d.datasets) if not (dataset_dir(cfg, i) / "index.json").is_file()
-               or not index_is_current(dataset_dir(cfg, i), ds.source, ds.split)]
+    pending = [d.datasets[i].source for i in stale_datasets(cfg)]
     if pending and info.enabled:
         raise DataError(f"tokenized data missing or out of date for {pending}: run `python -m trainer prepare "
                         f"-c CONFIG` before a multi-process run (the other ranks would time out waiting)")
@@ -278,6 +308,8 @@ class Trainer:
         self.console = Console(quiet=not info.is_main, soft_wrap=True)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
+        if cfg.checkpoint.resume == "never":
+            checkpoint.check_fresh_start(self.ckpt_root)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -336,8 +368,6 @@ class Trainer:
         tok = None
         if not self.cfg.data.synthetic:
             try:
-                from trainer.tokenizer import load_tokenizer
-
                 tok = load_tokenizer(self.cfg.data.tokenizer)
             except (OSError, ValueError) as e:
                 self.console.print(f"[yellow]warning:[/] exporting without a tokenizer: {e}")
