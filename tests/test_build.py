@@ -128,6 +128,76 @@ def test_web_source_unreachable_plans_topic_only(tmp_path):
     assert prompts["seed_extract_id"].null_count() == 300
 
 
+def test_benchmarks_that_cannot_be_loaded_stop_the_build_before_anything_is_paid(tmp_path, monkeypatch):
+    from textbookgen.build import BuildError
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the Hub is unreachable
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub = [{"name": "arc_easy", "path": "hf://allenai/ai2_arc"}]
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    local = [{"name": "arc_easy", "path": str(tmp_path / "broken.jsonl")}]
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
+        over = {"output": str(tmp_path / "o"), "samples": 5, "provider.base_url": emu.openai_base_url}
+        for bench, problem in ((hub, "the Hugging Face Hub is not reachable"), (local, "cannot be loaded")):
+            r = load_recipe(QUICKSTART, {**over, "curation.decontamination.benchmarks": bench})
+            with pytest.raises(BuildError, match=rf"curation\.decontamination\.benchmarks\[0\] .*{problem}"):
+                build(r, progress=False)
+        assert emu.received == 0
+    res = _cli("plan", str(QUICKSTART), "--set", f"output={tmp_path / 'p'}", "--set",
+               "curation.decontamination.benchmarks=[{name: arc_easy, path: 'hf://allenai/ai2_arc'}]",
+               env={**NO_KEYS, "HF_ENDPOINT": "http://127.0.0.1:9"})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    notes = json.loads((tmp_path / "p" / "plan.json").read_text())["notes"]
+    expected = "benchmarks[0] (hf://allenai/ai2_arc): the Hugging Face Hub is not reachable"
+    assert any(expected in n for n in notes)
+
+
+def test_build_io_failures_are_one_line_errors(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded with url: /api/datasets")
+
+    monkeypatch.setattr("textbookgen.build.build", offline)
+    res = CliRunner().invoke(app, ["build", str(QUICKSTART), "--set", f"output={tmp_path / 'o'}"])
+    assert res.exit_code == 1
+    assert "error: ConnectionError: Max retries exceeded" in res.output
+    assert "rerun the same command" in res.output
+
+
+@pytest.mark.parametrize(
+    "name, data, problem",
+    [
+        ("empty.jsonl", b"", "no extract survived cleaning"),
+        ("latin.jsonl", b'{"text": "caf\xe9"}\n', "not valid UTF-8"),
+        ("broken.jsonl", b'{"text": "fine"}\n{broken\n', "broken.jsonl:2: invalid JSON"),
+    ],
+)
+def test_local_web_samples_the_build_rejects_fail_validate_and_plan(tmp_path, name, data, problem):
+    (tmp_path / name).write_bytes(data)
+    sets = ["--set", f"web_samples.source={tmp_path / name}", "--set", f"output={tmp_path / 'o'}"]
+    for command in ("validate", "plan"):
+        res = _cli(command, str(QUICKSTART), *sets)
+        assert res.returncode == 1 and "error: web samples:" in res.stderr, res.stderr
+        assert problem in res.stderr
+        assert "Traceback" not in res.stderr
+    assert not (tmp_path / "o" / "prompts.parquet").exists()
+
+
+def test_an_output_folder_blocked_by_a_file_is_a_build_error(tmp_path):
+    from textbookgen.build import BuildError
+
+    r = load_recipe(QUICKSTART, {"output": str(tmp_path / "o")})
+    (tmp_path / "o").write_text("a file appeared after the recipe was loaded")
+    with pytest.raises(BuildError, match=rf"output: cannot create the output folder {tmp_path / 'o'}"):
+        build(r, plan_only=True, progress=False)
+    res = _cli("plan", str(QUICKSTART), "--set", f"output={tmp_path / 'o'}")
+    assert res.returncode == 1 and res.stderr.startswith(f"error: --set output: {tmp_path / 'o'} cannot be")
+
+
 def test_bad_recipe_exits_1_with_location(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text(QUICKSTART.read_text().replace("samples: 300", "samples: 300\nsampels: 2"))
@@ -188,6 +258,35 @@ def test_end_to_end_against_the_emulator_then_everything_is_skipped(tmp_path):
         third = build(load_recipe(QUICKSTART, over), progress=False)
         assert emu.billed == 0
     assert third.stages["generate"] == "skipped" and third.stages["curate"] == "ran"
+
+
+def test_raising_samples_pays_only_for_the_new_prompts(tmp_path):
+    """Prompt i depends on (seed, i) only: samples 20 -> 30 re-renders the first 20 prompts byte for byte,
+    the journal replays their answers, and the card's whole-build cost is the journal's total."""
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    out = tmp_path / "qs"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        QUICKSTART.read_text()
+        .replace("card_template: ../datasets_cards", f"card_template: {ROOT / 'datasets_cards'}")
+        .replace("source: data/", f"source: {QUICKSTART.parent / 'data'}/")
+    )
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
+        over = {"output": str(out), "provider.base_url": emu.openai_base_url}
+        over["curation.filters.enabled"] = False
+        build(load_recipe(recipe, {**over, "samples": 20}), progress=False)
+        small = pl.read_parquet(out / "prompts.parquet")
+        assert emu.billed == 20
+        res = build(load_recipe(recipe, {**over, "samples": 30}), progress=False)
+        assert emu.billed == 30 and emu.duplicates == 0  # 10 new requests, the first 20 replayed
+    big = pl.read_parquet(out / "prompts.parquet")
+    assert big.head(20).equals(small)
+    summary = res.manifest["journal_summary"]
+    assert summary["requests"] == 30
+    assert res.manifest["cost_usd"] == pytest.approx(summary["cost_usd"], abs=1e-6)
+    row = f"| cost, generation journal (all runs of this build; journal_summary.json) | ${summary['cost_usd']:,.4f} |"
+    assert row in (out / "dataset" / "README.md").read_text()
 
 
 def _done_rows(journal: Path) -> int:
@@ -357,3 +456,12 @@ def test_one_build_per_output_folder(tmp_path):
         with pytest.raises(BuildError, match="another build is running"):
             build(r, plan_only=True, progress=False)
     assert build(r, plan_only=True, progress=False).planned  # released: runs
+
+
+def test_plan_time_is_never_below_one_request():
+    from textbookgen.plan import estimate_time
+
+    limits = {"rpm": None, "input_tpm": None, "output_tpm": None, "concurrency": 64}
+    one_wave, _ = estimate_time(3, 300, 3 * 600, **limits)  # 1 s to the first token + 600 tokens at 60/s
+    assert one_wave == pytest.approx(11.0)
+    assert estimate_time(65, 300, 65 * 600, **limits)[0] == pytest.approx(22.0)  # two waves

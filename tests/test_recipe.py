@@ -89,6 +89,23 @@ def test_paths_resolve_relative_to_the_recipe(recipe_dir, monkeypatch, tmp_path_
         (lambda t: t + "card_template: cards/missing.md\n", 9, "card_template", "card template not found"),
         (lambda t: t + "taxonomy:\n  source: topics.yaml\n", 9, "taxonomy", "duplicate key"),
         (lambda t: t.replace("samples: 10", "samples: 0"), 8, "samples", "greater than or equal to 1"),
+        (lambda t: t.replace("samples: 10", "samples: yes"), 8, "samples", "valid integer"),
+        (lambda t: t + "output: topics.yaml\n", 9, "output", "topics.yaml is a file"),
+        (lambda t: t + "output: topics.yaml/sub\n", 9, "output", "topics.yaml is a file"),
+        (lambda t: t.replace("{college: 1}", "{college: -1}"), 7, "mix.0.audiences", "weights must be >= 0"),
+        (lambda t: t.replace("{college: 1}", "{college: 0}"), 7, "mix.0.audiences", "one positive weight"),
+        (
+            lambda t: t.replace("    audiences: {college: 1}", "    weight: 5\n    styles: {academic: 0}"),
+            8,
+            "mix.0.styles",
+            "at least one positive weight",
+        ),
+        (
+            lambda t: t.replace("    audiences: {college: 1}", "    formats: {markdown: 1, plain: -2}"),
+            7,
+            "mix.0.formats",
+            "weights must be >= 0",
+        ),
         (
             lambda t: t + "provider: {name: openai-compatible, base_url: 'http://h:8000/v1', batch: true}\n",
             9,
@@ -148,6 +165,34 @@ def test_overrides_and_recipe_hash(recipe_dir):
     assert r.hash != base.hash and load_recipe(p).hash == base.hash
     with pytest.raises(RecipeError, match="samples: Input should be a valid integer"):
         load_recipe(p, {"samples": "lots"})
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("mix.0.weight", 2, None),
+        ("mix.0.audiences.general", 1, None),
+        ("samples.x", 1, "--set samples.x: samples is 10, not a mapping"),
+        ("mix.3.weight", 1, "--set mix.3.weight: mix is a list of 1 item(s): use an index 0..0"),
+        ("mix.first", 1, "--set mix.first: mix is a list of 1 item(s)"),
+        ("hub.repo_id", None, None),
+        ("hub.repo_id.x", 1, "--set hub.repo_id.x: hub.repo_id: Input should be a valid string"),
+        ("sampels", 10, "--set sampels: unknown key"),
+        ("samples", True, "--set samples: Input should be a valid integer"),
+        ("mix.0.audiences", {"toddlers": 1}, "--set mix.0.audiences: unknown audiences ['toddlers']"),
+    ],
+)
+def test_overrides_reach_into_lists_and_their_errors_name_the_set(recipe_dir, key, value, message):
+    p = _write(recipe_dir, GOOD)
+    if message is None:
+        data = load_recipe(p, {key: value}).model_dump()
+        for k in key.split("."):
+            data = data[int(k) if k.isdigit() else k]
+        assert data == value
+        return
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p, {key: value})
+    assert str(err.value).startswith(message) and str(p) not in str(err.value), str(err.value)
 
 
 def test_credentials_come_from_env_or_a_local_server(recipe_dir, monkeypatch):

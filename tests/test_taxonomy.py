@@ -166,6 +166,52 @@ def test_bad_files_are_named(tmp_path):
         Taxonomy.load(weight)
 
 
+@pytest.mark.parametrize("quota", ["-3", "abc", "2.5", "true"])
+def test_a_quota_that_is_not_a_count_is_an_error_naming_file_and_topic(tmp_path, quota):
+    yml = tmp_path / "q.yaml"
+    yml.write_text(f"topics:\n  - name: a\n    quota: {quota}\n  - name: b\n")
+    with pytest.raises(TaxonomyError, match=rf"{yml}: topic 'a': quota must be an integer >= 0"):
+        Taxonomy.load(yml)
+    table = tmp_path / "q.csv"
+    table.write_text(f"path,quota\nS > a,{quota}\nS > b,\n")
+    with pytest.raises(TaxonomyError, match=rf"{table}: topic 'S > a': quota must be an integer >= 0"):
+        Taxonomy.load(table)
+    table.write_text("path,quota\nS > a,3\nS > b,\n")
+    assert Taxonomy.load(table).allocate(10, seed=0)[topic_id(("S", "a"))] == 3
+
+
+def test_unreadable_taxonomy_files_are_taxonomy_errors(tmp_path):
+    fake = tmp_path / "t.yaml.gz"
+    fake.write_bytes(b"- not gzipped\n")
+    with pytest.raises(TaxonomyError, match=rf"^{fake}: not a readable gzip file"):
+        Taxonomy.load(fake)
+    with pytest.raises(TaxonomyError, match=rf"^{tmp_path}: is a folder"):
+        Taxonomy.load(tmp_path)
+
+
+def test_topics_commands_print_one_error_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+
+    tax = tmp_path / "t.md"
+    tax.write_text("# T\n\n## A\n\n- a1\n- a2\n")
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (["stats", str(tmp_path)], "is a folder"),
+        (["convert", str(tax), str(tmp_path / "out.txt")], "unknown taxonomy format 'txt'"),
+        (["convert", str(tax), str(tmp_path / "afile" / "t.yaml")], "cannot write"),
+        (["coverage", str(tax), str(tmp_path / "nothere.parquet")], "cannot read a topic_id column"),
+        (["coverage", str(tax), str(tax)], "cannot read a topic_id column"),
+        (["grow", str(tax), str(tmp_path / "g.txt"), "--target", "9"], "unknown taxonomy format 'txt'"),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(app, ["topics", *args])
+        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (args, res.output)
+        assert res.output.startswith("error: ") and message in res.output
+        assert len(res.output.splitlines()) == 1
+
+
 def test_builtin_topic_lists_load():
     for f in sorted(TOPICS.glob("*.yaml")):
         tax = Taxonomy.load(f)
@@ -211,6 +257,29 @@ def test_sample_order_makes_every_prefix_diverse(shared_data):
     subject = {t.id: t.path[0] for t in tax.leaves()}
     full, head = Counter(subject[i] for i in seq), Counter(subject[i] for i in seq[:1000])
     assert all(abs(head[s] - full[s] * 1000 / len(seq)) <= 40 for s in full)
+
+
+def test_a_larger_sample_extends_a_smaller_one():
+    """Element i depends on (seed, i) only, with quotas, floors and caps too: raising `samples` keeps the
+    prompts (and the answers) already paid for, and every prefix keeps each leaf near its share."""
+    tax = Taxonomy(name="t")
+    for s, w in (("A", 3), ("B", 1)):
+        subject = tax.add(s, weight=w)
+        for i in range(6):
+            subject.add(f"{s}{i}")
+    tax.topics[1].children[0].meta["quota"] = 3
+    kwargs = {"weighting": "hierarchical", "max_per_topic": 40, "min_per_topic": 1}
+    full = [t.id for t in tax.sample(400, seed=5, **kwargs)]
+    for n in (20, 50, 123, 399):
+        assert [t.id for t in tax.sample(n, seed=5, **kwargs)] == full[:n]
+    counts = Counter(full)
+    assert counts[tax.topics[1].children[0].id] == 3 and max(counts.values()) == 40
+    del tax.topics[1].children[0].meta["quota"]
+    leaves, p = tax.leaf_probabilities("flat")
+    plain = [t.id for t in tax.sample(1200, seed=5, weighting="flat")]
+    for n in (12, 100, 555, 1200):  # floor or ceil of each leaf's share, at every length
+        got = Counter(plain[:n])
+        assert all(abs(got[t.id] - n * q) < 1 for t, q in zip(leaves, p, strict=True)), n
 
 
 def test_hierarchical_weights_give_subjects_their_share():

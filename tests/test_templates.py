@@ -65,6 +65,33 @@ def test_every_builtin_renders_with_and_without_extract(name):
         assert AUDIENCES["high_school"] in plain and "(part of Everyday physics)" in plain
 
 
+def test_every_template_reads_well_with_every_audience_style_and_format():
+    """Style and format descriptions are written as label values ("Style: ..."), audiences as "for ...":
+    a template that splices them into a sentence of its own ("The story should rigorous and precise",
+    "as use Markdown") or ignores the audience reads wrong for some of them."""
+    import re
+
+    broken = re.compile(r"year-old|\.\.|\s{3,}")  # a hard-coded reader, doubled full stops, holes
+    for name, tpl in builtin_templates().items():
+        for a in AUDIENCES:
+            for st in STYLES:
+                for f in FORMATS:
+                    text = tpl.render(**_vars(audience=a, style=st, format=f, web_extract="Sunlight bends."))
+                    assert f"for {AUDIENCES[a]}" in text, (name, a)
+                    assert f"\nStyle: {STYLES[st]}\n" in text, (name, st)
+                    assert f"\nFormat: {FORMATS[f]}\n" in text, (name, f)
+                    assert f"should {STYLES[st]}" not in text, (name, st)
+                    assert f"as {FORMATS[f]}" not in text, (name, f)
+                    assert not broken.search(text), (name, a, st, f, broken.search(text))
+
+
+def test_mix_weights_that_are_not_shares_are_an_error():
+    with pytest.raises(ValueError, match="mix audiences weights must be >= 0 with a positive sum"):
+        expand_mix([{"template": "qa", "weight": 5, "audiences": {"general": 0}}])
+    with pytest.raises(ValueError, match="mix styles weights"):
+        expand_mix([{"template": "qa", "styles": {"academic": 2, "narrative": -1}}])
+
+
 def test_top_level_topic_has_no_empty_context():
     text = builtin_templates()["textbook_section"].render(**_vars(topic_path=("Astronomy",)))
     assert '"Astronomy" for ' in text and "part of" not in text

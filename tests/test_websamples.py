@@ -153,6 +153,25 @@ def test_bad_sources_are_named(tmp_path):
         WebSamples.load(short)
 
 
+@pytest.mark.parametrize(
+    "name, data, problem",
+    [
+        ("web.jsonl.gz", b"hello, not gzip", "not a readable gzip file"),
+        ("web.jsonl.gz", gzip.compress(b'{"text": "a"}\n' * 50)[:-12], "not a readable gzip file"),
+        ("web.parquet", b"PAR1 but no parquet at all", "not a readable parquet file"),
+    ],
+)
+def test_corrupt_files_are_web_sample_errors_naming_the_file(tmp_path, name, data, problem):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(WebSampleError, match=rf"^{path}: {problem}"):
+        WebSamples.load(path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / name).write_bytes(data)
+    with pytest.raises(WebSampleError, match=rf"folder/{name}: {problem}"):
+        WebSamples.load(tmp_path / "folder")
+
+
 def test_json_rows_may_be_strings_or_objects(tmp_path):
     docs = [f"Section {i} shows how a lever trades a long push for a short, strong lift of the load. " * 4
             for i in range(4)]
@@ -183,7 +202,7 @@ def test_hub_source_streams_through_datasets(monkeypatch):
         return iter(rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    monkeypatch.setattr("textbookgen.websamples._hub_reachable", lambda: True)
+    monkeypatch.setattr("textbookgen.websamples.hub_reachable", lambda: True)
     ws = WebSamples.load("hf:HuggingFaceFW/fineweb-edu", config="sample-10BT", limit=10)
     assert calls == {
         "repo": "HuggingFaceFW/fineweb-edu",

@@ -29,9 +29,9 @@ import polars as pl
 
 from textbookgen.journal import lock_file
 from textbookgen.recipe import Recipe
-from textbookgen.taxonomy import Taxonomy, systematic_counts
+from textbookgen.taxonomy import Taxonomy, weighted_sequence
 from textbookgen.templates import Template, expand_mix, load_template, provenance, simple_words, variables
-from textbookgen.websamples import SeedAssigner, WebSampleError, WebSamples
+from textbookgen.websamples import SeedAssigner, WebSampleError, WebSamples, hub_offline, hub_reachable
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
 STATE_VERSION = 1
@@ -118,7 +118,8 @@ def render_prompts(
     progress: bool = False,
 ) -> pl.DataFrame:
     """All prompts of a build, deterministic in (recipe, taxonomy, web samples): topics by weight with
-    quotas, mix cells by systematic sampling in a seeded order, one web extract per request.
+    quotas, mix cells by weight, one web extract per request. Prompt i depends on (seed, i) only, not
+    on `samples`, so raising `samples` adds prompts after the ones already paid for (`weighted_sequence`).
     `limit` renders only the first prompts of the full build (the same rows, at a fraction of the cost)."""
     from textbookgen.engine import ChatRequest, estimate_input_tokens
 
@@ -128,9 +129,8 @@ def render_prompts(
         n, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic
     )
     combos = expand_mix([e.model_dump() for e in recipe.mix])
-    counts = systematic_counts(n, np.array([c.weight for c in combos]), np.random.default_rng([seed, 0xC0]))
-    cells = [c for c, k in zip(combos, counts, strict=True) for _ in range(int(k))]
-    cells = [cells[i] for i in np.random.default_rng([seed, 0xC1]).permutation(n)]
+    order = weighted_sequence(n, np.array([c.weight for c in combos]), np.random.default_rng([seed, 0xC0]))
+    cells = [combos[int(k)] for k in order]
     templates = templates or {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix}
     audiences, styles, formats = recipe.tables()
     wc = recipe.web_samples
@@ -189,6 +189,23 @@ def render_prompts(
             }
         )
     return pl.DataFrame(rows, schema=PROMPT_SCHEMA)
+
+
+def open_web_samples(recipe: Recipe, *, progress: bool = False) -> WebSamples:
+    """Load and clean the recipe's `web_samples` source (raises WebSampleError naming it)."""
+    wc = recipe.web_samples
+    assert wc is not None
+    return WebSamples.load(
+        wc.source if wc.is_remote else str(recipe.resolve(wc.source)),
+        text_field=wc.text_field,
+        split=wc.split,
+        config=wc.config,
+        limit=wc.limit,
+        min_chars=wc.min_chars,
+        max_chars=wc.max_chars,
+        extract_chars=wc.extract_chars,
+        progress=progress,
+    )
 
 
 def estimate_grow(leaves: int, target: int, per_call: int | None) -> dict[str, int]:
@@ -381,7 +398,10 @@ class Build:
     # -- run --
     def run(self) -> BuildResult:
         """Hold the output folder's lock (one build per folder) and run the stages."""
-        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.meta_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BuildError(f"output: cannot create the output folder {self.out} ({e})") from None
         with open(self.meta_dir / "lock", "w") as lock:
             try:
                 lock_file(lock)
@@ -399,6 +419,7 @@ class Build:
                 f"no credentials for provider {r.provider.name!r} (${r.provider.key_env} is not "
                 "set and provider.base_url is not a local server): planning only."
             )
+        self.check_benchmarks(planning)
         tax, tax_hash, grow_plan = self.stage_taxonomy(can_grow=not planning)
         if grow_plan and (r.taxonomy.max_per_topic or r.taxonomy.min_per_topic):
             # The per-topic caps are meant for the grown tree; the roots alone cannot meet them.
@@ -421,6 +442,34 @@ class Build:
         self._finish_manifest()
         _write_json(self.manifest, self.out / "manifest.json")
         return BuildResult(self.out, self.manifest, stages=dict(self.stage_status))
+
+    def check_benchmarks(self, planning: bool) -> None:
+        """Open every decontamination benchmark before anything is paid for: one that cannot be read
+        would otherwise fail the curation stage after the generation was billed. A plan downloads
+        nothing: it reads local files and notes the Hub sources it cannot reach."""
+        from textbookgen.curation.decontaminate import load_benchmark_texts
+
+        cfg = self.recipe.resolved_curation().decontamination
+        sources = list(enumerate(cfg.benchmarks if cfg.enabled else []))
+        where = {i: f"curation.decontamination.benchmarks[{i}] ({b.path})" for i, b in sources}
+        remote = [i for i, b in sources if b.path.startswith("hf://")]
+        if remote and not hub_reachable() and (planning or not hub_offline()):  # offline mode: the cache
+            if not planning:
+                raise BuildError(
+                    f"{where[remote[0]]}: the Hugging Face Hub is not reachable, so decontamination could "
+                    "not run; nothing was generated. Point `path` at a local copy, or remove the entry."
+                )
+            self.notes.append(
+                f"{'; '.join(where[i] for i in remote)}: the Hugging Face Hub is not reachable; the real "
+                "build loads every benchmark before generating and stops if one cannot be read."
+            )
+        for i, src in sources:
+            if planning and i in remote:
+                continue
+            try:
+                load_benchmark_texts(src)
+            except (ValueError, KeyError, OSError, ImportError) as e:
+                raise BuildError(f"{where[i]}: cannot be loaded ({type(e).__name__}: {e})") from None
 
     # -- stages --
     def stage_taxonomy(self, *, can_grow: bool) -> tuple[Taxonomy, str, dict[str, int] | None]:
@@ -496,24 +545,15 @@ class Build:
         return ident
 
     def load_web_samples(self, planning: bool) -> WebSamples | None:
+        """The recipe's web samples. A plan goes on without a remote source it cannot read (it notes
+        the missing extracts); a local file that the build would reject fails the plan too."""
         wc = self.recipe.web_samples
         if wc is None:
             return None
-        src = wc.source if wc.is_remote else str(self.recipe.resolve(wc.source))
         try:
-            return WebSamples.load(
-                src,
-                text_field=wc.text_field,
-                split=wc.split,
-                config=wc.config,
-                limit=wc.limit,
-                min_chars=wc.min_chars,
-                max_chars=wc.max_chars,
-                extract_chars=wc.extract_chars,
-                progress=self.progress,
-            )
+            return open_web_samples(self.recipe, progress=self.progress)
         except WebSampleError as e:
-            if not planning:
+            if not (planning and wc.is_remote):
                 raise BuildError(f"web samples: {e}") from None
             self.notes.append(
                 f"web samples unavailable ({e}); this plan uses topic-only prompts. The real build "

@@ -229,7 +229,9 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check a recipe: schema, files it names, templates, mix names. Errors name file, line and field."""
+    from textbookgen.build import open_web_samples
     from textbookgen.taxonomy import Taxonomy, TaxonomyError
+    from textbookgen.websamples import WebSampleError
 
     r = _load_recipe(recipe, set_)
     tc = r.taxonomy
@@ -238,6 +240,12 @@ def validate(
     except TaxonomyError as err:
         typer.echo(f"error: taxonomy: {err}", err=True)
         raise typer.Exit(1) from None
+    if r.web_samples is not None and not r.web_samples.is_remote:  # a remote source is read by the build
+        try:
+            open_web_samples(r)
+        except WebSampleError as err:
+            typer.echo(f"error: web samples: {err}", err=True)
+            raise typer.Exit(1) from None
     grow = f", grown to {tc.grow.target:,} by the build" if tc.grow else ""
     typer.echo(f"ok: {r.name} {r.version}: {r.samples:,} samples of {r.model} ({r.provider.name}), "
                f"{len(tax.leaves()):,} topics{grow}, {len(r.mix)} mix entr{'y' if len(r.mix) == 1 else 'ies'}, "
@@ -254,6 +262,10 @@ def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool 
         res = build(r, plan_only=plan_only, push=push, progress=progress)
     except (BuildError, FatalProviderError, TemplateError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as err:  # a file, the network or the Hub failed mid-build: paid answers are in the journal
+        typer.echo(f"error: {type(err).__name__}: {err}\nfinished requests are kept in "
+                   f"{r.output_dir() / 'journal.sqlite'}; rerun the same command to resume.", err=True)
         raise typer.Exit(1) from None
     if not res.planned:
         m = res.manifest
@@ -319,7 +331,20 @@ def topics_convert(
     select: str | None = typer.Option(None, help="dotted key of the YAML subtree holding the topics"),
 ) -> None:
     """Convert a taxonomy between YAML, CSV and markdown."""
-    typer.echo(str(_load_taxonomy(src, select).save(dst)))
+    typer.echo(str(_save_taxonomy(_load_taxonomy(src, select), dst)))
+
+
+def _save_taxonomy(tax, dst: str):
+    from textbookgen.taxonomy import TaxonomyError
+
+    try:
+        return tax.save(dst)
+    except TaxonomyError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as err:
+        typer.echo(f"error: {dst}: cannot write ({err})", err=True)
+        raise typer.Exit(1) from None
 
 
 @topics_app.command("grow")
@@ -338,9 +363,14 @@ def topics_grow(
     from textbookgen.engine import Generator
     from textbookgen.errors import FatalProviderError
     from textbookgen.recipe import ProviderConfig
-    from textbookgen.taxonomy import grow
+    from textbookgen.taxonomy import TaxonomyError, grow, save_format
 
     tax = _load_taxonomy(src, None)
+    try:
+        save_format(dst)  # before paying for the growth
+    except TaxonomyError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
     try:
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal)
@@ -348,7 +378,7 @@ def topics_grow(
     except FatalProviderError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
-    tax.save(dst)
+    _save_taxonomy(tax, dst)
     typer.echo(f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls:,} calls, "
                f"{report.duplicates_dropped:,} near-duplicates dropped; wrote {dst}")
 
@@ -555,7 +585,12 @@ def topics_coverage(
     import polars as pl
 
     tax = _load_taxonomy(taxonomy, None)
-    ids = pl.read_parquet(table, columns=["topic_id"])["topic_id"].to_list()
+    try:
+        ids = pl.read_parquet(table, columns=["topic_id"])["topic_id"].to_list()
+    except (OSError, pl.exceptions.PolarsError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        typer.echo(f"error: {table}: cannot read a topic_id column from it as parquet ({reason})", err=True)
+        raise typer.Exit(1) from None
     cov = tax.coverage(ids)
     typer.echo(cov.summary())
     for subject, n in cov.per_subject.items():

@@ -8,6 +8,7 @@ rate limits and concurrency allow.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,10 +74,12 @@ def estimate_time(
     output_tpm: int | None,
     concurrency: int,
 ) -> tuple[float, str]:
-    """Seconds for the run: the slowest of the rate limits and the concurrency bound."""
+    """Seconds for the run: the slowest of the rate limits and the concurrency bound (whole waves of
+    `concurrency` requests: a run of 3 requests still takes one request's latency)."""
     per_request = FIRST_TOKEN_S + (output_tokens / max(n_requests, 1)) / DECODE_TOKENS_PER_S
     bounds = {
-        f"concurrency {concurrency} x ~{per_request:.0f} s/request": n_requests * per_request / concurrency
+        f"concurrency {concurrency} x ~{per_request:.0f} s/request": math.ceil(n_requests / concurrency)
+        * per_request
     }
     if rpm:
         bounds[f"{rpm} requests/min"] = 60.0 * n_requests / rpm

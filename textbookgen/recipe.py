@@ -50,7 +50,7 @@ class ProviderConfig(_Strict):
     base_url: str | None = None
     api_key_env: str | None = None  # the environment variable holding the key (never the key itself)
     batch: bool = False  # the provider's batch API for the documents: half price, answers within 24 h
-    batch_size: int = Field(10_000, ge=1)
+    batch_size: int = Field(10_000, ge=1, strict=True)
     batch_poll_s: float = Field(60.0, ge=0.0)
 
     @model_validator(mode="after")
@@ -79,32 +79,32 @@ class ProviderConfig(_Strict):
 class SamplingConfig(_Strict):
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)  # None: each template's own default
+    max_tokens: int | None = Field(None, ge=1, strict=True)  # None: each template's own default
 
 
 class LimitsConfig(_Strict):
     """Your account's rate limits (None: learned from the provider's headers) and concurrency."""
 
-    rpm: int | None = Field(None, ge=1)
-    input_tpm: int | None = Field(None, ge=1)
-    output_tpm: int | None = Field(None, ge=1)
-    concurrency: int = Field(64, ge=1)
+    rpm: int | None = Field(None, ge=1, strict=True)
+    input_tpm: int | None = Field(None, ge=1, strict=True)
+    output_tpm: int | None = Field(None, ge=1, strict=True)
+    concurrency: int = Field(64, ge=1, strict=True)
 
 
 class BudgetConfig(_Strict):
     max_cost_usd: float | None = Field(None, gt=0)
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: int | None = Field(None, ge=1, strict=True)
 
 
 class GrowConfig(_Strict):
     """Expand the root topics through the LLM to `target` leaves (phi-1.5 used ~20,000)."""
 
-    target: int = Field(..., ge=1)
-    per_call: int | None = Field(None, ge=2, le=100)
-    max_depth: int | None = Field(None, ge=1)
+    target: int = Field(..., ge=1, strict=True)
+    per_call: int | None = Field(None, ge=2, le=100, strict=True)
+    max_depth: int | None = Field(None, ge=1, strict=True)
     model: str | None = None  # default: the recipe's model
     temperature: float = Field(0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(1024, ge=16)
+    max_tokens: int = Field(1024, ge=16, strict=True)
     similarity: float = Field(90.0, ge=50.0, le=100.0)
 
 
@@ -115,8 +115,8 @@ class TaxonomyConfig(_Strict):
     name: str | None = None
     grow: GrowConfig | None = None
     weighting: Literal["hierarchical", "flat"] = "hierarchical"
-    max_per_topic: int | None = Field(None, ge=1)
-    min_per_topic: int = Field(0, ge=0)
+    max_per_topic: int | None = Field(None, ge=1, strict=True)
+    min_per_topic: int = Field(0, ge=0, strict=True)
 
     @field_validator("source")
     @classmethod
@@ -134,7 +134,7 @@ class RetrievalConfig(_Strict):
     """Topic-conditioned seeds: this share of prompts get an extract BM25-retrieved for their topic."""
 
     share: float = Field(0.5, ge=0.0, le=1.0)
-    top_k: int = Field(20, ge=1)
+    top_k: int = Field(20, ge=1, strict=True)
 
 
 class WebSamplesConfig(_Strict):
@@ -142,10 +142,10 @@ class WebSamplesConfig(_Strict):
     text_field: str | None = None
     split: str = "train"
     config: str | None = None
-    limit: int | None = Field(20_000, ge=1)
-    min_chars: int = Field(200, ge=0)
-    max_chars: int | None = Field(None, ge=1)
-    extract_chars: int = Field(1000, ge=100)
+    limit: int | None = Field(20_000, ge=1, strict=True)
+    min_chars: int = Field(200, ge=0, strict=True)
+    max_chars: int | None = Field(None, ge=1, strict=True)
+    extract_chars: int = Field(1000, ge=100, strict=True)
     share: float = Field(1.0, ge=0.0, le=1.0)  # share of prompts seeded with an extract at all
     retrieval: RetrievalConfig | None = None
 
@@ -167,7 +167,19 @@ class MixEntry(_Strict):
     audiences: dict[str, float] = Field(default_factory=lambda: {"general": 1.0})
     styles: dict[str, float] = Field(default_factory=lambda: {"academic": 1.0})
     formats: dict[str, float] = Field(default_factory=lambda: {"markdown": 1.0})
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+
+    @field_validator("audiences", "styles", "formats")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        """Relative weights within the entry: a negative one is meaningless, and all zeros would
+        silently drop the entry from the mix whatever its `weight`."""
+        negative = {k: w for k, w in v.items() if w < 0}
+        if negative:
+            raise ValueError(f"weights must be >= 0, got {negative}")
+        if sum(v.values()) <= 0:
+            raise ValueError("needs at least one positive weight")
+        return v
 
     @field_validator("template")
     @classmethod
@@ -207,8 +219,8 @@ class Recipe(_Strict):
     formats: dict[str, str] = Field(default_factory=dict)
     language: str = "English"
     system: str | None = None
-    samples: int = Field(..., ge=1)
-    seed: int = 0
+    samples: int = Field(..., ge=1, strict=True)
+    seed: int = Field(0, strict=True)
     curation: CurationConfig = Field(default_factory=CurationConfig)
     output: str | None = None  # default: build/<name> beside the recipe
     hub: HubConfig = Field(default_factory=HubConfig)
@@ -273,8 +285,8 @@ class Recipe(_Strict):
 
 
 def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
-    """What pydantic cannot see: mix names that are neither built in nor defined, and curation files
-    (benchmarks, classifier model) that are not there."""
+    """What pydantic cannot see: mix names that are neither built in nor defined, an output folder
+    that a file stands in the way of, and curation files (benchmarks, classifier model) that are not there."""
     problems: list[tuple[tuple[Any, ...], str]] = []
     tables = dict(zip(("audiences", "styles", "formats"), recipe.tables(), strict=True))
     for i, entry in enumerate(recipe.mix):
@@ -284,6 +296,10 @@ def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
                 problems.append(((("mix", i, dim)), f"unknown {dim} {unknown} (known: {', '.join(table)})"))
     if sum(e.weight for e in recipe.mix) <= 0:
         problems.append((("mix",), "all mix weights are 0"))
+    out = recipe.output_dir()
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        problems.append((("output",), f"{out} cannot be the output folder: {blocker} is a file"))
     cur = recipe.resolved_curation()
     for i, b in enumerate(cur.decontamination.benchmarks):
         if not b.path.startswith("hf://") and not Path(b.path).exists():
@@ -341,14 +357,15 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise RecipeError("\n".join(f"{path}:{d}" for d in dupes))
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
+    where = _Where(path, lines, [_key_path(k) for k in overrides or {}])
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as e:
-        raise RecipeError(_format_errors(path, e, lines)) from None
+        raise RecipeError(_format_errors(where, e)) from None
     recipe._path = path.resolve()
     problems = _problems(recipe)
     if problems:
-        raise RecipeError("\n".join(_format_one(path, loc, msg, lines) for loc, msg in problems))
+        raise RecipeError("\n".join(where.format(loc, msg) for loc, msg in problems))
     recipe._hash = hashlib.sha256(raw + repr(sorted((overrides or {}).items())).encode()).hexdigest()[:16]
     return recipe
 
@@ -373,24 +390,49 @@ def _index_lines(
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    cur = data
-    for k in keys[:-1]:
-        cur = cur.setdefault(k, {})
-    cur[keys[-1]] = value
+    """Apply one `--set a.b.0.c=VALUE`: missing (or null) mappings are created on the way, list items
+    are addressed by index; going through anything else is a RecipeError naming the key."""
+    keys = _key_path(dotted)
+    cur: Any = data
+    for depth, key in enumerate(keys):
+        above = ".".join(str(k) for k in keys[:depth]) or "the recipe"
+        if isinstance(cur, list) and not (isinstance(key, int) and key < len(cur)):
+            raise RecipeError(
+                f"--set {dotted}: {above} is a list of {len(cur)} item(s): use an index 0..{len(cur) - 1}"
+            )
+        if not isinstance(cur, (dict, list)):
+            raise RecipeError(f"--set {dotted}: {above} is {cur!r}, not a mapping")
+        if isinstance(cur, dict):
+            key = str(key)
+        if depth == len(keys) - 1:
+            cur[key] = value
+        elif isinstance(cur, dict) and cur.get(key) is None:
+            cur[key] = {}
+        cur = cur[key]
 
 
-def _format_one(path: Path, loc: tuple[Any, ...], msg: str, lines: dict[tuple[Any, ...], int]) -> str:
-    line = 1
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            line = lines[loc[:n]]
-            break
-    field = ".".join(str(x) for x in loc) or "(recipe)"
-    return f"{path}:{line}: {field}: {msg}"
+def _key_path(dotted: str) -> tuple[Any, ...]:
+    """`mix.0.weight` -> ("mix", 0, "weight"): the shape of pydantic's error locations."""
+    return tuple(int(k) if k.isdigit() else k for k in dotted.strip().split("."))
 
 
-def _format_errors(path: Path, err: ValidationError, lines: dict[tuple[Any, ...], int]) -> str:
+class _Where:
+    """Where a problem comes from: a `--set` that touched the field, else the recipe file's line."""
+
+    def __init__(self, path: Path, lines: dict[tuple[Any, ...], int], overrides: list[tuple[Any, ...]]):
+        self.path, self.lines, self.overrides = path, lines, overrides
+
+    def format(self, loc: tuple[Any, ...], msg: str) -> str:
+        field = ".".join(str(x) for x in loc) or "(recipe)"
+        for key in self.overrides:
+            if loc and (key[: len(loc)] == loc or loc[: len(key)] == key):
+                dotted = ".".join(str(x) for x in key)
+                return f"--set {dotted}: {msg}" if loc == key else f"--set {dotted}: {field}: {msg}"
+        line = next((self.lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in self.lines), 1)
+        return f"{self.path}:{line}: {field}: {msg}"
+
+
+def _format_errors(where: _Where, err: ValidationError) -> str:
     out = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
@@ -399,5 +441,5 @@ def _format_errors(path: Path, err: ValidationError, lines: dict[tuple[Any, ...]
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required field missing"
-        out.append(_format_one(path, loc, msg, lines))
+        out.append(where.format(loc, msg))
     return "\n".join(out)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import heapq
 import io
 import json
 import math
 import re
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -204,45 +206,46 @@ class Taxonomy:
         max_per_topic: int | None = None,
         min_per_topic: int = 0,
     ) -> dict[str, int]:
-        """Samples per leaf id, summing to `n`: systematic sampling, so each leaf gets floor or ceil
-        of its expected count (no multinomial luck), with quotas: a leaf's `meta.quota` fixes its
-        count, `min_per_topic`/`max_per_topic` bound the others."""
+        """Samples per leaf id, summing to `n`: the counts of `sample` (same arguments)."""
+        counts = Counter(t.id for t in self.sample(
+            n, seed, weighting=weighting, max_per_topic=max_per_topic, min_per_topic=min_per_topic
+        ))
+        return dict(counts)
+
+    def sample(
+        self,
+        n: int,
+        seed: int,
+        *,
+        weighting: str = "hierarchical",
+        max_per_topic: int | None = None,
+        min_per_topic: int = 0,
+    ) -> list[Topic]:
+        """`n` leaves whose element i depends on (seed, i) only, never on `n`: a larger build extends a
+        smaller one, so the journal replays the answers already paid for.
+
+        Fixed counts come first, interleaved: each leaf's `meta.quota`, and `min_per_topic` of every
+        other leaf. The rest follows the weights by `weighted_sequence`: every prefix (a build stopped
+        by its budget, the first 2,000 prompts) gives each leaf about its share, a leaf's repeats are
+        evenly spaced, and a leaf that reaches `max_per_topic` drops out, its share going to the others."""
         leaves, p = self.leaf_probabilities(weighting)
-        fixed = {i: int(t.meta["quota"]) for i, t in enumerate(leaves) if "quota" in t.meta}
+        fixed = {i: t.meta["quota"] for i, t in enumerate(leaves) if "quota" in t.meta}
         rest = n - sum(fixed.values())
-        free = [i for i in range(len(leaves)) if i not in fixed]
-        if rest < 0 or (rest > 0 and not free):
+        free = np.asarray([i for i in range(len(leaves)) if i not in fixed], dtype=np.int64)
+        if rest < 0 or (rest > 0 and not len(free)):
             raise ValueError(f"topic quotas ({sum(fixed.values())}) do not fit {n} samples")
         if max_per_topic is not None and max_per_topic * len(free) < rest:
             raise ValueError(f"max_per_topic={max_per_topic} x {len(free)} topics < {rest} samples")
         if min_per_topic * len(free) > rest:
             raise ValueError(f"min_per_topic={min_per_topic} x {len(free)} topics > {rest} samples")
-        rng = np.random.default_rng([seed, 0x7A0])
-        counts = np.zeros(len(leaves), dtype=np.int64)
+        head_counts = np.zeros(len(leaves), dtype=np.int64)
+        head_counts[free] = min_per_topic
         for i, q in fixed.items():
-            counts[i] = q
-        idx = np.asarray(free, dtype=np.int64)
-        base = np.full(len(idx), min_per_topic, dtype=np.int64)
-        cap = np.full(len(idx), max_per_topic if max_per_topic is not None else rest, dtype=np.int64)
-        extra = systematic_counts(rest - int(base.sum()), p[idx], rng, cap=cap - base)
-        counts[idx] = base + extra
-        return {leaves[i].id: int(c) for i, c in enumerate(counts) if c > 0}
-
-    def sample(self, n: int, seed: int, **allocate_kwargs: Any) -> list[Topic]:
-        """`n` leaves with the counts of `allocate`, in a seeded interleaved order: a leaf with count c
-        sits at positions (j + u)/c, j < c, u uniform. Every prefix of the sequence (a build stopped by
-        its budget, the first 2,000 prompts) is then a weight-proportional sample, and a topic repeats
-        only once the sequence has moved on by about 1/c of its length."""
-        counts = self.allocate(n, seed, **allocate_kwargs)
-        by_id = {t.id: t for t in self.leaves()}
-        ids = list(counts)
-        c = np.array([counts[i] for i in ids], dtype=np.int64)
-        rng = np.random.default_rng([seed, 0x5A3])
-        owner = np.repeat(np.arange(len(ids)), c)
-        rank = np.arange(len(owner)) - np.repeat(np.cumsum(c) - c, c)  # j: 0..c-1 within each leaf
-        position = (rank + rng.random(len(ids))[owner]) / c[owner]
-        order = np.lexsort((rng.random(len(owner)), position))
-        return [by_id[ids[owner[k]]] for k in order]
+            head_counts[i] = q
+        head = _interleave(head_counts, np.random.default_rng([seed, 0x5A3]))
+        cap = np.full(len(free), (max_per_topic if max_per_topic is not None else n) - min_per_topic)
+        tail = free[weighted_sequence(n - len(head), p[free], np.random.default_rng([seed, 0x7A0]), cap=cap)]
+        return [leaves[int(i)] for i in (*head, *tail)]
 
     def coverage(self, topic_ids: Iterable[str]) -> Coverage:
         """How many samples each leaf got (e.g. the `topic_id` column of prompts or documents)."""
@@ -299,9 +302,18 @@ class Taxonomy:
         path = Path(path)
         fmt = format or _format_of(path)
         try:
-            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise TaxonomyError(f"{path}: taxonomy file not found") from None
+        except IsADirectoryError:
+            raise TaxonomyError(f"{path}: is a folder, not a taxonomy file") from None
+        except OSError as e:
+            raise TaxonomyError(f"{path}: cannot be read ({e.strerror or e})") from None
+        if path.suffix == ".gz":
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error) as e:
+                raise TaxonomyError(f"{path}: not a readable gzip file ({e})") from None
         text = decode_utf8(raw, path, error=TaxonomyError)
         default_name = name or path.name.split(".")[0].replace("_", " ").replace("-", " ")
         if fmt == "yaml":
@@ -316,6 +328,7 @@ class Taxonomy:
             tax.name = name
         if not tax.topics:
             raise TaxonomyError(f"{path}: no topics found")
+        _check_quotas(tax, path)
         tax.merge_duplicates()
         tax.dedupe_ids()
         return tax
@@ -323,15 +336,13 @@ class Taxonomy:
     def save(self, path: str | Path, *, format: str | None = None) -> Path:
         """Write YAML (everything), CSV (one row per node: path, id, weight, meta) or markdown (names)."""
         path = Path(path)
-        fmt = format or _format_of(path)
+        fmt = format or save_format(path)
         if fmt == "yaml":
             text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=110)
         elif fmt == "csv":
             text = self._to_csv()
-        elif fmt == "markdown":
-            text = self._to_markdown()
         else:
-            raise TaxonomyError(f"{path}: unknown taxonomy format {fmt!r}")
+            text = self._to_markdown()
         path.parent.mkdir(parents=True, exist_ok=True)
         data = text.encode("utf-8")
         path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
@@ -382,36 +393,46 @@ class Coverage:
         )
 
 
-def systematic_counts(
+def weighted_sequence(
     n: int, p: np.ndarray, rng: np.random.Generator, *, cap: np.ndarray | None = None
 ) -> np.ndarray:
-    """Split `n` over bins with probabilities `p` by systematic sampling (each bin gets floor or ceil
-    of n*p, bins in a seeded random order); bins over `cap` are clipped and their excess is re-split
-    over the others in proportion to `p` (water filling)."""
+    """`n` bin indices by the Sainte-Lague divisor method: each sample goes to the bin with the
+    smallest (count + 1/2) / p, ties broken by seeded draws. The method is house monotone, so the
+    sequence for n is a prefix of the sequence for n + k; every prefix splits about in proportion to
+    `p` (floor or ceil of its share, rarely one more), and a bin that reaches its `cap` drops out.
+    Zero-weight bins are used, evenly, only once every other bin is full."""
     p = np.asarray(p, dtype=np.float64)
-    cap = np.full(len(p), n, dtype=np.int64) if cap is None else cap
+    cap = np.full(len(p), n, dtype=np.int64) if cap is None else np.asarray(cap, dtype=np.int64)
     counts = np.zeros(len(p), dtype=np.int64)
-    open_ = cap > 0
-    remaining = n
-    while remaining > 0:
-        q = np.where(open_, p, 0.0)
-        if q.sum() <= 0:  # only zero-weight bins are open: spread evenly over them
-            q = open_.astype(np.float64)
-        q = q / q.sum()
-        order = rng.permutation(len(q))
-        edges = np.concatenate([[0.0], np.cumsum(q[order]) * remaining])
-        points = rng.random() + np.arange(remaining)
-        got = np.diff(np.searchsorted(points, edges, side="left"))
-        add = np.zeros(len(q), dtype=np.int64)
-        add[order] = got
-        room = cap - counts
-        add = np.minimum(add, room)
-        counts += add
-        remaining -= int(add.sum())
-        open_ = (cap - counts) > 0
-        if remaining > 0 and not open_.any():
+    ties = rng.random(len(p))
+    heap = [(_priority(0, p[b]), 0, ties[b], b) for b in range(len(p)) if cap[b] > 0]
+    heapq.heapify(heap)
+    out = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        if not heap:
             raise ValueError("per-topic caps leave no room for the remaining samples")
-    return counts
+        *_, b = heapq.heappop(heap)
+        out[k] = b
+        counts[b] += 1
+        if counts[b] < cap[b]:
+            c = int(counts[b])
+            heapq.heappush(heap, (_priority(c, p[b]), c, rng.random(), b))
+    return out
+
+
+def _priority(count: int, weight: float) -> float:
+    return (count + 0.5) / weight if weight > 0 else math.inf
+
+
+def _interleave(counts: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """Bin indices with these counts, spread out: bin b's j-th copy sits at (j + u_b) / counts[b]."""
+    c = np.asarray(counts, dtype=np.int64)
+    bins = np.flatnonzero(c)
+    owner = np.repeat(bins, c[bins])
+    rank = np.arange(len(owner)) - np.repeat(np.cumsum(c[bins]) - c[bins], c[bins])
+    position = (rank + rng.random(len(c))[owner]) / c[owner]
+    order = np.lexsort((rng.random(len(owner)), position))
+    return [int(owner[k]) for k in order]
 
 
 # ---- loaders ------------------------------------------------------------------------------------
@@ -421,6 +442,17 @@ def _format_of(path: Path) -> str:
     return {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".md": "markdown", ".markdown": "markdown"}.get(
         ext, ext.lstrip(".") or "unknown"
     )
+
+
+def save_format(path: str | Path) -> str:
+    """The format `save` writes for this file name; a TaxonomyError for one it cannot write (checked
+    before paid work such as `grow`, not after)."""
+    fmt = _format_of(Path(path))
+    if fmt not in ("yaml", "csv", "markdown"):
+        raise TaxonomyError(
+            f"{path}: unknown taxonomy format {fmt!r} (write .yaml, .csv or .md, optionally .gz)"
+        )
+    return fmt
 
 
 def _clean_name(name: Any) -> str:
@@ -511,10 +543,19 @@ def _native_node(d: dict[str, Any], parent: tuple[str, ...]) -> Topic:
         raise TaxonomyError(f"topic {PATH_SEP.join(path)!r}: weight must be a number, not {weight!r}")
     meta = dict(d.get("meta") or {})
     if "quota" in d:
-        meta["quota"] = int(d["quota"])
+        meta["quota"] = d["quota"]
     t = Topic(name=nm, path=path, id=str(d.get("id") or ""), weight=float(weight), meta=meta)
     t.children = _yaml_nodes(d.get("children", d.get("topics")), path)
     return t
+
+
+def _check_quotas(tax: Taxonomy, path: Path) -> None:
+    """A quota is a count of samples, an integer >= 0: anything else would only fail (or silently
+    over-allocate the other topics) when the build samples."""
+    for t in tax.walk():
+        q = t.meta.get("quota")
+        if "quota" in t.meta and (isinstance(q, bool) or not isinstance(q, int) or q < 0):
+            raise TaxonomyError(f"{path}: topic {t.path_str!r}: quota must be an integer >= 0, not {q!r}")
 
 
 def _unwrap_single_root(tax: Taxonomy) -> Taxonomy:
@@ -566,7 +607,7 @@ def _from_csv_text(text: str, path: Path, *, name: str, sep: str | None) -> Taxo
                 raise TaxonomyError(f"{path}:{lineno}: meta is not JSON ({e.msg})") from None
         for k, v in r.items():
             if k not in {"path", "id", "weight", "meta"} and v:
-                node.meta[k] = v
+                node.meta[k] = int(v) if k == "quota" and re.fullmatch(r"-?\d+", v) else v
     return tax
 
 

@@ -280,7 +280,7 @@ def expand_mix(entries: list[dict[str, Any]]) -> list[Combo]:
     for e in entries:
         w = float(e.get("weight", 1.0)) / total
         dims = [
-            _norm(e.get(k) or {default: 1.0})
+            _norm(e.get(k) or {default: 1.0}, k)
             for k, default in (("audiences", "general"), ("styles", "academic"), ("formats", "markdown"))
         ]
         for a, wa in dims[0].items():
@@ -290,9 +290,12 @@ def expand_mix(entries: list[dict[str, Any]]) -> list[Combo]:
     return [c for c in combos if c.weight > 0]
 
 
-def _norm(d: dict[str, float]) -> dict[str, float]:
+def _norm(d: dict[str, float], dim: str) -> dict[str, float]:
+    """Shares summing to 1; weights that cannot be shares are an error, not an entry dropped silently."""
     total = sum(d.values())
-    return {k: v / total for k, v in d.items()} if total > 0 else {}
+    if total <= 0 or min(d.values()) < 0:
+        raise ValueError(f"mix {dim} weights must be >= 0 with a positive sum, got {d}")
+    return {k: v / total for k, v in d.items()}
 
 
 def variables(

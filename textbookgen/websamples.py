@@ -13,12 +13,16 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
+import socket
 import urllib.request
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -294,11 +298,18 @@ def _kind(name: str) -> str:
 def _read_bytes(data: bytes, name: str, where: str, text_field: str | None) -> Iterator[str]:
     kind = _kind(name)
     if name.lower().endswith(".gz"):
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise WebSampleError(f"{where}: not a readable gzip file ({e})") from None
     if kind == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(data))
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowException, OSError) as e:
+            raise WebSampleError(f"{where}: not a readable parquet file ({e})") from None
         col = _text_column(
             table.schema.names,
             {n: str(t) for n, t in zip(table.schema.names, table.schema.types, strict=True)},
@@ -360,13 +371,14 @@ def _text_column(names: list[str], types: dict[str, str], text_field: str | None
     raise WebSampleError(f"{where}: cannot tell which column holds the text ({names}); set text_field")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Fail fast offline instead of letting `datasets` retry for half a minute."""
-    import os
-    import socket
-    from urllib.parse import urlparse
+def hub_offline() -> bool:
+    """Hugging Face offline mode: only what is in the local cache can be read."""
+    return bool(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"))
 
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Fail fast offline instead of letting `datasets` retry for half a minute."""
+    if hub_offline():
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
@@ -383,7 +395,7 @@ def _read_hub(repo: str, text_field: str | None, split: str, config: str | None)
         import datasets
     except ImportError:
         raise WebSampleError(f"hf:{repo}: reading Hub datasets needs `pip install datasets`") from None
-    if not _hub_reachable():
+    if not hub_reachable():
         raise WebSampleError(f"hf:{repo}: the Hugging Face Hub is not reachable (offline?)")
     try:
         ds = datasets.load_dataset(repo, config, split=split, streaming=True)
