@@ -1,6 +1,7 @@
 """Prompt-diversity benchmark: the first 2,000 prompts of recipes/phi15-textbooks.yaml, three ways.
 
-- web-seeded (ours): the recipe as written — topics by weight with quotas (systematic allocation),
+- web-seeded (ours): the recipe as written — topics by weight with quotas (a systematic sequence,
+  prefix-stable),
   80 % of prompts seeded with a web extract, half of those BM25-retrieved for the topic, extracts
   picked by a seeded permutation (no reuse before the pool is used up);
 - topic-only (ours, no web samples): the same recipe with `web_samples` removed;

@@ -396,16 +396,18 @@ class Coverage:
 def weighted_sequence(
     n: int, p: np.ndarray, rng: np.random.Generator, *, cap: np.ndarray | None = None
 ) -> np.ndarray:
-    """`n` bin indices by the Sainte-Lague divisor method: each sample goes to the bin with the
-    smallest (count + 1/2) / p, ties broken by seeded draws. The method is house monotone, so the
-    sequence for n is a prefix of the sequence for n + k; every prefix splits about in proportion to
-    `p` (floor or ceil of its share, rarely one more), and a bin that reaches its `cap` drops out.
-    Zero-weight bins are used, evenly, only once every other bin is full."""
+    """`n` bin indices in which bin b's j-th sample sits at time (j + u_b) / p_b, u_b uniform and seeded:
+    the times do not depend on `n`, so the sequence for n is a prefix of the sequence for n + k (a larger
+    build extends a smaller one). Every prefix is a systematic sample: each bin gets the floor or ceil of
+    its share at that time, and a bin whose share is below one sample gets in with that probability, so
+    the first 2,000 prompts of a 20K-topic build still cover every subject in proportion (a fixed offset,
+    as in Sainte-Lague, would give them all to the heaviest topics). A bin that reaches its `cap` drops
+    out. Zero-weight bins are used, evenly, only once every other bin is full."""
     p = np.asarray(p, dtype=np.float64)
     cap = np.full(len(p), n, dtype=np.int64) if cap is None else np.asarray(cap, dtype=np.int64)
     counts = np.zeros(len(p), dtype=np.int64)
-    ties = rng.random(len(p))
-    heap = [(_priority(0, p[b]), 0, ties[b], b) for b in range(len(p)) if cap[b] > 0]
+    start = rng.random(len(p))
+    heap = [(_time(0, start[b], p[b]), 0, start[b], b) for b in range(len(p)) if cap[b] > 0]
     heapq.heapify(heap)
     out = np.empty(n, dtype=np.int64)
     for k in range(n):
@@ -416,12 +418,12 @@ def weighted_sequence(
         counts[b] += 1
         if counts[b] < cap[b]:
             c = int(counts[b])
-            heapq.heappush(heap, (_priority(c, p[b]), c, rng.random(), b))
+            heapq.heappush(heap, (_time(c, start[b], p[b]), c, start[b], b))
     return out
 
 
-def _priority(count: int, weight: float) -> float:
-    return (count + 0.5) / weight if weight > 0 else math.inf
+def _time(count: int, start: float, weight: float) -> float:
+    return (count + start) / weight if weight > 0 else math.inf
 
 
 def _interleave(counts: np.ndarray, rng: np.random.Generator) -> list[int]:
