@@ -234,20 +234,43 @@ def test_changed_column_or_tokenizer_is_tokenized_again(corpus, tmp_path):
         assert got.read(0, len(got)).tolist() == want.read(0, len(want)).tolist()
 
 
-def test_a_tokenizer_out_of_reach_trusts_the_prepared_data_with_a_warning(corpus, tmp_path, monkeypatch):
-    """Data prepared on a login node, training on an offline one: start, and say what was not checked."""
+def test_a_tokenizer_out_of_reach_goes_by_the_one_the_data_records(corpus, tmp_path, monkeypatch):
+    """Data prepared on a login node, training on an offline one: start if the data records the configured
+    tokenizer (with a warning); refuse data made with another one, which would train on the wrong ids."""
     import trainer.train as train_mod
+    from trainer.data import DataError
     from trainer.distributed import DistInfo
 
-    cfg = load_config(None, tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(corpus["wiki"], 1.0)]))
-    train_mod.build_sampler(cfg, 512, DistInfo(), progress=False)
+    base = tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(corpus["wiki"], 1.0)])
+    train_mod.build_sampler(load_config(None, base), 512, DistInfo(), progress=False)
 
     def offline(spec):
         raise ValueError(f"cannot fetch GPT-2 BPE files for {spec} (offline?)")
 
     monkeypatch.setattr(train_mod, "load_tokenizer", offline)
-    with pytest.warns(UserWarning, match="cannot load tokenizer .* using the tokens as prepared"):
-        assert train_mod.stale_datasets(cfg) == []
+    with pytest.warns(UserWarning, match="cannot load tokenizer .* going by the tokenizer the prepared data records"):
+        assert train_mod.stale_datasets(load_config(None, base)) == []
+    other = load_config(None, {**base, "data.tokenizer": "gpt2-codegen"})
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="tokenized with .*tok.json.*data.tokenizer is 'gpt2-codegen'"):
+        train_mod.stale_datasets(other)
+
+
+def test_another_source_under_the_same_dataset_name_is_tokenized_again(corpus, tmp_path):
+    """The cache folder is named after the dataset's name: pointing it at another source must not reuse
+    the old tokens (a Hub id used to count as current without a look)."""
+    from trainer.data import read_index
+    from trainer.distributed import DistInfo
+    from trainer.train import build_sampler, dataset_dir, stale_datasets
+
+    base = tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(corpus["wiki"], 1.0)])
+    build_sampler(load_config(None, base), 512, DistInfo(), progress=False)
+    moved = load_config(None, {**base, "data.datasets.0.source": str(corpus["books"])})
+    assert moved.data.datasets[0].cache_name == load_config(None, base).data.datasets[0].cache_name
+    assert stale_datasets(moved) == [0]
+    build_sampler(moved, 512, DistInfo(), progress=False)
+    assert read_index(dataset_dir(moved, 0))["source"] == str(corpus["books"])
+    hub_id = load_config(None, {**base, "data.datasets.0.source": "someone/other-textbooks"})
+    assert stale_datasets(hub_id) == [0]
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(corpus, tmp_path, monkeypatch):

@@ -256,6 +256,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
 
     out_dir = Path(out_dir)
     files = resolve_source(source, split, revision, endpoint)
+    spec = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None  # recorded for offline checks
     tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist
     sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
     key = {"sources": [s["sha256"] for s in sources], **encoding_key(tokenizer, column, eos_id)}
@@ -268,6 +269,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
             if old.get("key") == key:  # same bytes (files touched or moved): refresh the stamps only
                 for entry, new in zip(old["sources"], sources, strict=True):
                     entry.update(file=new["file"], bytes=new["bytes"], mtime_ns=new["mtime_ns"])
+                old.update(source=str(source), split=split, revision=revision, tokenizer=spec)
                 _write_json_atomic(out_dir / INDEX_NAME, old)
                 return old
         except DataError:
@@ -308,7 +310,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     shards = writer.close()
     index = {
         "version": INDEX_VERSION, "key": key, "source": str(source), "split": split, "column": column,
-        "revision": revision, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
+        "revision": revision, "tokenizer": spec, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
         "sources": sources, "shards": shards, "total_tokens": int(total),
         "documents": sum(s["documents"] for s in sources), "skipped_empty": sum(s["skipped_empty"] for s in sources),
         "seconds": round(time.time() - t0, 3),
@@ -340,14 +342,17 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def index_is_current(folder: str | Path, source: str, tokenizer: Any, *, split: str = "train",
-                     column: str = "text", eos_id: int | None = None) -> bool:
-    """Cheap staleness check of prepared data: same column, tokenizer and EOS id, and for a local source
-    the same files, sizes and mtimes (not hashed: training start-up should not read the corpus).
+                     column: str = "text", eos_id: int | None = None, revision: str | None = None) -> bool:
+    """Cheap staleness check of prepared data: same source, split and revision, same column, tokenizer
+    and EOS id, and for a local source the same files, sizes and mtimes (not hashed: training start-up
+    should not read the corpus).
 
-    `tokenizer`: a `tokenizers.Tokenizer` or a spec, as for `prepare`; None trusts the index's own (it
-    could not be loaded). Hub sources' files are not checked (no network at start-up); run `prepare`
-    again after they change."""
+    `tokenizer`: a `tokenizers.Tokenizer` or a spec, as for `prepare`; None skips the tokenizer (the
+    caller checked the index's recorded spec instead). Hub sources' files are not checked (no network at
+    start-up); run `prepare` again after they change."""
     index = read_index(Path(folder))
+    if (index.get("source"), index.get("split"), index.get("revision")) != (str(source), split, revision):
+        return False
     wanted = encoding_key(_as_tokenizer(tokenizer), column, eos_id) if tokenizer is not None else {"column": column}
     if any(index["key"].get(k) != v for k, v in wanted.items()):
         return False

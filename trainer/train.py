@@ -127,30 +127,40 @@ def dataset_dir(cfg: TrainConfig, i: int) -> Path:
 
 
 def stale_datasets(cfg: TrainConfig) -> list[int]:
-    """Numbers of the datasets whose tokenized copy is missing or was made from other source files
-    (by size and mtime), another column or another tokenizer: those would train on the wrong ids."""
-    tokenizer, stale = None, []
-    for i, ds in enumerate(cfg.data.datasets):
-        out = dataset_dir(cfg, i)
-        if not (out / INDEX_NAME).is_file():
+    """Numbers of the datasets whose tokenized copy is missing or was made from another source, split,
+    revision, files (by size and mtime), column or tokenizer: those would train on the wrong ids."""
+    spec = cfg.data.tokenizer
+    prepared = [i for i in range(len(cfg.data.datasets)) if (dataset_dir(cfg, i) / INDEX_NAME).is_file()]
+    stale = [i for i in range(len(cfg.data.datasets)) if i not in prepared]
+    tokenizer = _tokenizer_or_none(spec) if prepared else None  # a missing dataset is named before this
+    for i in prepared:
+        ds, out = cfg.data.datasets[i], dataset_dir(cfg, i)
+        if tokenizer is None:
+            _check_recorded_tokenizer(out, spec)
+        if not index_is_current(out, ds.source, tokenizer, split=ds.split, column=ds.column, revision=ds.revision):
             stale.append(i)
-            continue
-        if tokenizer is None:  # loaded only once some data is prepared: a missing dataset is named first
-            tokenizer = _tokenizer_or_none(cfg.data.tokenizer)
-        if not index_is_current(out, ds.source, tokenizer, split=ds.split, column=ds.column):
-            stale.append(i)
-    return stale
+    return sorted(stale)
 
 
 def _tokenizer_or_none(spec: str) -> Any:
     """The tokenizer, or None where it cannot be loaded (an offline node with the data prepared elsewhere):
-    training then trusts the index's tokenizer, with a warning, rather than refusing to start."""
+    training then goes by the tokenizer the index records, with a warning, rather than refusing to start."""
     try:
         return load_tokenizer(spec)
     except ValueError as e:  # the Hub out of reach, say; a tokenizer path that does not exist still fails
         warnings.warn(f"cannot load tokenizer {spec!r} to check the prepared data against it ({e}); "
-                      "using the tokens as prepared", stacklevel=2)
+                      "going by the tokenizer the prepared data records", stacklevel=2)
         return None
+
+
+def _check_recorded_tokenizer(folder: Path, spec: str) -> None:
+    """Data prepared with another tokenizer than data.tokenizer, which cannot be loaded here to prepare it
+    again, is an error: training on it would learn the wrong ids."""
+    recorded = read_index(folder).get("tokenizer")
+    if recorded != str(spec):
+        raise DataError(f"{folder} was tokenized with {recorded or 'an unrecorded tokenizer'!r}, but data.tokenizer "
+                        f"is {spec!r}, which cannot be loaded here to tokenize again; make it reachable (a local "
+                        f"folder or file) or set data.tokenizer to the one the data was prepared with")
 
 
 def prepare_all(cfg: TrainConfig, force: bool = False, quick_check: bool = False,
