@@ -283,7 +283,7 @@ def test_raising_samples_pays_only_for_the_new_prompts(tmp_path):
     big = pl.read_parquet(out / "prompts.parquet")
     assert big.head(20).equals(small)
     summary = res.manifest["journal_summary"]
-    assert summary["requests"] == 30
+    assert summary["requests"] == 30 and summary["path"] == "journal.sqlite"  # no local path is published
     assert res.manifest["cost_usd"] == pytest.approx(summary["cost_usd"], abs=1e-6)
     row = f"| cost, generation journal (all runs of this build; journal_summary.json) | ${summary['cost_usd']:,.4f} |"
     assert row in (out / "dataset" / "README.md").read_text()

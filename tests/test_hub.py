@@ -154,6 +154,19 @@ def test_push_replaces_hub_metadata_the_recipe_sets(hub, tmp_path):
     assert data["pretty_name"] == "My Curated Textbooks"  # the recipe's name is only a default title
 
 
+def test_the_published_card_names_the_repo_it_was_pushed_to(hub, tmp_path):
+    """A build without hub.repo_id renders `<user>/name` in the usage snippet; a folder may go elsewhere."""
+    folder = tmp_path / "build"
+    write_dataset(sample_documents(20), folder)
+    render_card(folder, CARDS_DIR / "quickstart.md", {**RECIPE, "hub": {}}, MANIFEST)
+    assert 'load_dataset("<user>/' in (folder / "README.md").read_text("utf-8")
+    push(folder, "tester/elsewhere", token=hub.token, endpoint=hub.endpoint)
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    card = Path(api.hf_hub_download("tester/elsewhere", "README.md", repo_type="dataset",
+                                    cache_dir=tmp_path / "dl")).read_text("utf-8")
+    assert 'load_dataset("tester/elsewhere", split="train")' in card and "<user>" not in card
+
+
 def test_merge_card_keeps_a_default_edited_locally():
     """A default of `render_card` that the user changed in README.md before pushing is their choice."""
     new = "---\nlicense: mit\nconfigs:\n- config_name: default\n  data_files: data/*\n---\nbody\n"

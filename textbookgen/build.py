@@ -824,7 +824,8 @@ class Build:
 
             j = Journal(journal)
             try:
-                self.manifest["journal_summary"] = j.summary()
+                # the journal's own path stays on this machine: the manifest and summary are published
+                self.manifest["journal_summary"] = {**j.summary(), "path": journal.name}
             finally:
                 j.close()
         if self.notes:

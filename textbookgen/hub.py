@@ -22,6 +22,7 @@ from typing import Any
 from textbookgen.dataset import SHARD_RE, split_rows, splits_of
 
 log = logging.getLogger(__name__)
+_USAGE_RE = re.compile(r'(load_dataset\()"[^"\n]*"')
 
 #: Files of a built folder that are published, beside README.md, data/ and assets/.
 PROVENANCE_FILES = ("recipe.yaml", "manifest.json", "journal_summary.json")
@@ -40,6 +41,12 @@ def publishable_files(out_dir: Path) -> list[Path]:
         files += [p for p in assets.rglob("*") if p.is_file() and not p.name.startswith(".")]
     files += [out_dir / n for n in ("README.md", *PROVENANCE_FILES) if (out_dir / n).is_file()]
     return sorted(files)
+
+
+def usage_for(repo_id: str, card_text: str) -> str:
+    """The card with its `load_dataset("...")` usage naming the repo it is pushed to (a build without
+    `hub.repo_id` renders a `<user>/name` placeholder there, and a folder may be pushed elsewhere)."""
+    return _USAGE_RE.sub(lambda m: f'{m[1]}"{repo_id}"', card_text)
 
 
 def merge_card(new_text: str, old_text: str | None, defaults: Mapping[str, Any] | None = None) -> str:
@@ -177,7 +184,7 @@ def push(
         with tempfile.TemporaryDirectory(prefix="textbookgen-card-") as tmp:
             path = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=head, cache_dir=tmp)
             old_card = Path(path).read_text("utf-8")
-    card = merge_card((out_dir / "README.md").read_text("utf-8"), old_card, card_defaults(out_dir))
+    card = merge_card(usage_for(repo_id, (out_dir / "README.md").read_text("utf-8")), old_card, card_defaults(out_dir))
 
     operations: list[Any] = []
     for path in files:
