@@ -21,8 +21,8 @@ seed_reuse = the most times one web extract is used.
 
     python bench/diversity.py [--prompts 2000] [--shared ../shared/data]
 
-Last line: topics_covered=<..> distinct_4gram=<..> seed_reuse=<..> (topic-only: topics_covered=<..>
-distinct_4gram=<..> seed_reuse=0)
+Last line: topics_covered=<..> distinct_4gram=<..> seed_reuse=<..> peer_topics_covered=<..>
+peer_distinct_4gram=<..> peer_seed_reuse=<..> (topic-only: topics_covered=<..> distinct_4gram=<..> seed_reuse=0)
 """
 
 from __future__ import annotations
@@ -167,10 +167,12 @@ def main() -> None:
     print(
         f"\nrender time: ours {t_ours:.1f} s, peer {t_peer:.1f} s; same recipe+seed -> identical prompts: yes"
     )
-    ours, topic_only = res["web-seeded (ours)"], res["topic-only (ours)"]
+    ours, topic_only, peer = res["web-seeded (ours)"], res["topic-only (ours)"], res["cosmopedia-style peer"]
     print(
         f"topics_covered={ours['topics_covered']:.3f} distinct_4gram={ours['distinct_4gram']:.3f} "
-        f"seed_reuse={ours['seed_reuse']} (topic-only: topics_covered={topic_only['topics_covered']:.3f} "
+        f"seed_reuse={ours['seed_reuse']} peer_topics_covered={peer['topics_covered']:.3f} "
+        f"peer_distinct_4gram={peer['distinct_4gram']:.3f} peer_seed_reuse={peer['seed_reuse']} "
+        f"(topic-only: topics_covered={topic_only['topics_covered']:.3f} "
         f"distinct_4gram={topic_only['distinct_4gram']:.3f} seed_reuse={topic_only['seed_reuse']})"
     )
 

@@ -6,11 +6,15 @@ lm-evaluation-harness's HFLM on the same requests and the same model, with the a
 
 Items/s counts benchmark questions (all their choices scored), from the process's CPU time on CPU (other
 jobs on a shared machine do not skew it) and synchronized wall time on GPU. Needs lm-eval and accelerate.
+
+Last line: geomean_speedup_prefix_vs_lm_eval=<x> geomean_speedup_full_vs_lm_eval=<x> (geometric means of the
+per-task items/s ratios) max_abs_dll=<largest log-likelihood difference from lm_eval, any task or strategy>
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -96,7 +100,7 @@ def main() -> None:
             return time.perf_counter()
         clock_name = "wall time (synchronized)"
     print(f"items/s from {clock_name}, best of {args.repeats}")
-    rows = []
+    rows, full_speedups = [], []
     for task in args.tasks.split(","):
         n, reqs = _requests(task, data, args.items)
         insts = [Instance("loglikelihood", {}, r, i) for i, r in enumerate(reqs)]
@@ -112,12 +116,20 @@ def main() -> None:
         diff = max(abs(a[0] - b[0]) for s in ours for a, b in zip(out[s], out["lm_eval"], strict=True))
         rows.append((task, n, len(reqs), n / best["lm_eval"], n / best["prefix"], n / best["full"],
                      best["lm_eval"] / best["prefix"], diff))
+        full_speedups.append(best["lm_eval"] / best["full"])
     head = f"{'task':<12} {'items':>5} {'reqs':>5} {'lm_eval it/s':>12} {'ours prefix':>12} {'ours full':>10} " \
            f"{'speedup':>8} {'max|dll|':>9}"
     print(head)
     print("-" * len(head))
     for task, n, nreq, a, b, c, sp, d in rows:
         print(f"{task:<12} {n:>5} {nreq:>5} {a:>12.2f} {b:>12.2f} {c:>10.2f} {sp:>7.2f}x {d:>9.1e}")
+    print(f"geomean_speedup_prefix_vs_lm_eval={geomean([r[6] for r in rows]):.2f} "
+          f"geomean_speedup_full_vs_lm_eval={geomean(full_speedups):.2f} max_abs_dll={max(r[7] for r in rows):.1e}")
+
+
+def geomean(xs: list[float]) -> float:
+    """The mean of per-task ratios that weighs a 2x gain and a 2x loss alike."""
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def test_train_save_load_evaluate(trained):
     assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     saved = json.loads(path.with_suffix(".json").read_text())
     assert saved["settings"]["word_ngrams"] == 2 and saved["settings"]["thread"] >= 10
+    assert saved["deterministic"] is False and saved["thread"] == saved["settings"]["thread"]  # Hogwild training
     assert {(g["lr"], g["epoch"]) for g in saved["grid"]} == {(0.1, 5), (1.0, 5)}
     assert (saved["chosen"]["lr"], saved["chosen"]["epoch"]) in {(0.1, 5), (1.0, 5)}
     loaded = QualityModel.load(path)
@@ -100,3 +101,13 @@ def test_curate_scores_keeps_best_member_and_cuts_percentile(trained, labelled, 
     pair = clusters.filter(pl.col("cluster") == clusters.filter(pl.col("id") == "a-junk")["cluster"][0])
     assert pair.height == 2  # the textbook section and its junk-suffixed copy; the better-scored one is kept
     assert pair.filter(pl.col("kept"))["quality_score"][0] == pair["quality_score"].max()
+
+
+def test_a_dotted_model_name_keeps_its_dot_and_only_bin_is_taken_off(labelled, tmp_path):
+    texts, labels = labelled
+    tiny = TrainSettings(lrs=(1.0,), epochs=(5,), dim=8, bucket=1_000)
+    for name in ("quality.v1", "quality.v2", "plain.bin"):
+        train_classifier(texts[::10], labels[::10], tmp_path / name, tiny)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "plain.bin", "plain.json", "quality.v1.bin", "quality.v1.json", "quality.v2.bin", "quality.v2.json"]
+    assert QualityModel.load(tmp_path / "quality.v1.bin").meta["n_train"] == len(texts[::10])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -99,3 +100,32 @@ def test_folder_without_ids_gets_one_id_per_file_path(tmp_path):
     assert read_corpus(tmp_path / "corpus" / "a" / "part-0.jsonl")["id"][0] == "part-0:0"
     stats = invoke("dedup", tmp_path / "corpus", "-o", tmp_path / "out.jsonl", "--workers", "1")
     assert stats["minhash_dedup"]["in"] == 6
+
+
+def write_labels(path: Path, labels: list) -> Path:
+    pl.DataFrame({"text": [f"document number {i}" for i in range(len(labels))], "label": labels}).write_parquet(path)
+    return path
+
+
+def test_labelled_files_read_numbers_written_as_text_and_fasttext_label_words(tmp_path):
+    from textbookgen.curation.commands import load_labelled
+
+    scores = write_labels(tmp_path / "scores.parquet", ["5", "4", " 3.0", "1", "0"])
+    words = write_labels(tmp_path / "words.parquet", ["__label__hq", "__label__cc", "HQ", "no", "true"])
+    flags = write_labels(tmp_path / "flags.parquet", [True, False])
+    assert load_labelled([], [], [str(scores)], min_positive=3)[1] == [True, True, True, False, False]
+    assert load_labelled([], [], [str(words)])[1] == [True, False, True, False, True]
+    assert load_labelled([], [], [str(flags)], min_positive=3)[1] == [True, False]
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["hq", "hgih"], r"typo.parquet: row 2: label 'hgih' is neither a number nor a known class word"),
+    ([5, None, 0, None], r"typo.parquet: 2 of 4 rows have no 'label' \(null or NaN; first at row 2\)"),
+    ([5.0, float("nan")], r"typo.parquet: 1 of 2 rows have no 'label'"),
+    (["4", None], r"typo.parquet: 1 of 2 rows have no 'label'"),
+])
+def test_unreadable_or_missing_labels_are_an_error_naming_the_file_not_a_negative(tmp_path, labels, message):
+    bad = write_labels(tmp_path / "typo.parquet", labels)
+    for command in (["classifier", "train", "-o", str(tmp_path / "m")], ["classifier", "eval", str(tmp_path / "m.bin")]):
+        result = runner.invoke(app, [*command, "--labelled", str(bad), "--min-positive", "3"])
+        assert result.exit_code == 1 and re.search(message, result.output), result.output

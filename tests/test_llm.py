@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import polars as pl
 import pytest
 from pydantic import BaseModel
@@ -173,3 +175,90 @@ def test_n_samples_failures_name_row_and_sample_and_n_is_checked(tmp_path):
     assert table["sample"].to_list() == [0, 1] and [(f["row"], f["sample"]) for f in task.failures] == [(1, 0), (1, 1)]
     with pytest.raises(ValueError, match="at least 1"):
         LLM("gpt-4o-mini", api_key="sk-test", progress=False, n=0)
+
+
+def test_the_table_takes_every_records_keys_and_types_and_a_clash_names_the_column(tmp_path):
+    class Late(Lesson):  # a key and a type first seen after polars' default 100-row inference window
+        def parse(self, row, response):
+            late = row["i"] >= 110
+            return {"i": row["i"], "score": 1.5 if late else None, **({"note": "late"} if late else {})}
+
+    class Clash(Late):
+        def parse(self, row, response):
+            return {"i": row["i"], "score": [1] if row["i"] >= 110 else 1}
+
+    rows = [{"topic": f"t{i}", "i": i} for i in range(120)]
+    with Emulator() as emu:
+        table = make(Late, emu, "openai", "gpt-4o-mini", tmp_path)(rows)
+        clash = make(Clash, emu, "openai", "gpt-4o-mini", tmp_path, journal=tmp_path / "Late.sqlite")
+        with pytest.raises(TypeError, match=r"column 'score' mixes int \(first on row 0\) and list \(first on row 110\)"
+                                            r".*Late.sqlite.*nothing is paid twice"):
+            clash(rows)
+        assert emu.billed == 120  # the clash came after the answers were journaled, not instead of them
+    assert table.columns == ["i", "score", "note"] and table.schema["score"] == pl.Float64
+    assert table["note"].null_count() == 110 and table["score"].drop_nulls().to_list() == [1.5] * 10
+
+
+def test_without_a_journal_the_object_keeps_its_answers_so_fixing_parse_costs_nothing(tmp_path):
+    class Buggy(Lesson):
+        def parse(self, row, response):
+            return {"first": response.split()[10_000]}
+
+    with Emulator() as emu:
+        task = make(Buggy, emu, "openai", "gpt-4o-mini", tmp_path, journal=None)
+        with pytest.raises(IndexError) as err:
+            task(TOPICS)
+        if hasattr(err.value, "add_note"):
+            assert "this object keeps the answers" in err.value.__notes__[0]
+        task.parse = lambda row, response: {"topic": row["topic"], "words": len(response.split())}
+        table = task(TOPICS)
+        assert emu.billed == 4
+        scratch = task.generator.journal_path
+        assert scratch.exists()
+        del task, err
+        gc.collect()  # the traceback held the task
+        assert not scratch.exists()  # the temporary journal goes with its object
+    assert table.columns == ["topic", "words"] and table.height == 4
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_chat_request_from_prompt_gets_the_class_response_format(provider, model, tmp_path):
+    from textbookgen.engine import ChatRequest
+
+    class Own(Glossary):  # a full ChatRequest, e.g. for a per-row max_tokens
+        def prompt(self, row):
+            return ChatRequest(messages=[{"role": "user", "content": f"List 5 key terms of {row['topic']}."}],
+                               max_tokens=300)
+
+    with Emulator(EmulatorConfig(record_requests=True)) as emu:
+        task = make(Own, emu, provider, model, tmp_path)
+        table = task(TOPICS)
+        bodies = [r["body"] for r in emu.requests]
+    assert table.height == 20 and not task.failures
+    if provider == "anthropic":
+        assert all(b["tools"][0]["input_schema"] == Terms.model_json_schema() for b in bodies)
+    else:
+        assert all(b["response_format"]["json_schema"]["name"] == "Terms" for b in bodies)
+
+
+def test_with_n_samples_a_sample_field_is_refused_not_mistaken_for_the_answer_index(tmp_path):
+    class Tagged(Lesson):
+        def parse(self, row, response):
+            return {"topic": row["topic"], "sample": "mine"}
+
+    with Emulator() as emu:
+        with pytest.raises(ValueError, match="row 0 has a 'sample' field.*answer index"):
+            make(Lesson, emu, "openai", "gpt-4o-mini", tmp_path, n=2)([{"topic": "a", "sample": "x"}])
+        assert emu.billed == 0  # refused before anything is sent
+        with pytest.raises(ValueError, match=r"Tagged.parse\(\) on row 0 returned a 'sample' field"):
+            make(Tagged, emu, "openai", "gpt-4o-mini", tmp_path, n=2)(TOPICS[:1])
+        one = make(Lesson, emu, "openai", "gpt-4o-mini", tmp_path / "one")([{"topic": "a", "sample": "x"}])
+    assert one["sample"].to_list() == ["x"]  # with one answer per row there is no index: the field is data
+
+
+def test_the_failure_warning_counts_requests_and_rows_apart(tmp_path, caplog):
+    with Emulator(EmulatorConfig(faults=[Fault("400", rate=1.0, match="BROKEN")])) as emu:
+        task = make(Lesson, emu, "openai", "gpt-4o-mini", tmp_path, n=4)
+        with caplog.at_level("WARNING", logger="textbookgen.llm"):
+            task(TOPICS[:2] + [{"topic": "BROKEN thing"}])
+    assert "Lesson: 4 of 12 requests failed (n=4 per row), on 1 of 3 rows" in caplog.text

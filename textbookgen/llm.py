@@ -15,18 +15,27 @@ call it on rows.
 Everything the engine does comes with it: rate limits, retries, budgets, the crash-safe journal, provider
 batch APIs (`batch=True`). Answers are journaled per request, not per task, so editing `parse` and calling
 again re-parses the stored answers for free, and a changed prompt pays only for the requests it changes.
+Where the answers live decides who gets them for free: with `journal="path.sqlite"` any LLM (any process)
+using that file; with the default `journal=None` only this object, whose answers sit in a temporary
+journal deleted with it (so a new object, e.g. after redefining the class, pays again).
 Rows whose request failed, or whose answer does not fit `response_format`, are left out of the table and
-listed in `.failures`.
+listed in `.failures`. The table's columns take the common type of all their values (ints and floats give
+floats); values with none (a list and a number) raise a TypeError naming the column, answers kept.
 
 Several answers per row: `n=4` makes four requests per row, seeded `seed, seed+1, ...` (0 by default), each its
-own journal entry, and the table gets a `sample` column. Raising `n` later pays only for the new samples.
+own journal entry, and the table gets a `sample` column, the answer's index: with `n > 1` the name is
+reserved, so rows or parse() output with a `sample` field raise a ValueError instead of hiding it.
+Raising `n` later pays only for the new samples.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -41,7 +50,9 @@ log = logging.getLogger("textbookgen.llm")
 
 class LLM:
     """Subclass and write `prompt` (and usually `parse`). Keyword arguments beyond the sampling ones go to
-    the `Generator` (journal, limits, concurrency, max_cost_usd, batch, base_url, api_key, ...)."""
+    the `Generator` (journal, limits, concurrency, max_cost_usd, batch, base_url, api_key, ...).
+    Without a `journal` the answers go to a temporary one that lives as long as this object, so calling it
+    again (after `task.parse = fixed`, say) re-parses without paying."""
 
     response_format: type[BaseModel] | None = None
 
@@ -50,6 +61,10 @@ class LLM:
                  n: int = 1, seed: int | None = None, **engine: Any) -> None:
         if n < 1:
             raise ValueError(f"n (answers per row) must be at least 1, got {n}")  # before the Generator opens a journal
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        if engine.get("journal") is None:  # the engine's in-memory journal forgets each run's answers
+            self._scratch = tempfile.TemporaryDirectory(prefix="textbookgen-llm-")
+            engine["journal"] = Path(self._scratch.name) / "journal.sqlite"
         self.generator = Generator(provider, model, **engine)
         self.max_tokens, self.temperature, self.top_p, self.system = max_tokens, temperature, top_p, system
         self.n, self.seed = n, seed
@@ -67,13 +82,22 @@ class LLM:
 
     def __call__(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """Generate for every row and return the parsed table (also from a Jupyter cell: see Generator.run)."""
-        rows = _as_rows(rows)
+        rows = self._checked(_as_rows(rows))
         return self._table(rows, self.generator.run(self._requests(rows)))
 
     async def acall(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """`__call__` inside a running event loop."""
-        rows = _as_rows(rows)
+        rows = self._checked(_as_rows(rows))
         return self._table(rows, await self.generator.arun(self._requests(rows)))
+
+    def _checked(self, rows: list[Any]) -> list[Any]:
+        """Refuse, before anything is paid, rows whose `sample` field would clash with the answer index."""
+        if self.n > 1:
+            index = next((i for i, row in enumerate(rows) if isinstance(row, Mapping) and "sample" in row), None)
+            if index is not None:
+                raise ValueError(f"row {index} has a 'sample' field, but with n={self.n} the table's 'sample' column "
+                                 "is the answer index; rename that field")
+        return rows
 
     # ----- requests and answers -------------------------------------------------------------------
     def _requests(self, rows: list[Any]) -> list[ChatRequest]:
@@ -88,8 +112,8 @@ class LLM:
 
     def _request(self, index: int, row: Any) -> ChatRequest:
         made = self.prompt(row)
-        if isinstance(made, ChatRequest):
-            return made
+        if isinstance(made, ChatRequest):  # the class's schema unless the request brings its own
+            return made if made.response_format is not None else replace(made, response_format=self._format())
         if isinstance(made, str):
             messages = [{"role": "user", "content": made}]
         elif isinstance(made, list) and made and all(isinstance(m, Mapping) and "role" in m for m in made):
@@ -97,16 +121,20 @@ class LLM:
         else:
             raise TypeError(f"{type(self).__name__}.prompt() on row {index} returned {type(made).__name__}; expected "
                             "a string, a non-empty list of {'role': ..., 'content': ...} messages or a ChatRequest")
-        fmt = None
-        if self.response_format is not None:
-            fmt = {"type": "json_schema", "json_schema": {"name": self.response_format.__name__,
-                                                          "schema": self.response_format.model_json_schema()}}
         return ChatRequest(messages=messages, max_tokens=self.max_tokens, temperature=self.temperature,
-                           top_p=self.top_p, system=self.system, response_format=fmt)
+                           top_p=self.top_p, system=self.system, response_format=self._format())
+
+    def _format(self) -> dict | None:
+        """`response_format` as the engine sends it (OpenAI's json_schema shape)."""
+        if self.response_format is None:
+            return None
+        return {"type": "json_schema", "json_schema": {"name": self.response_format.__name__,
+                                                       "schema": self.response_format.model_json_schema()}}
 
     def _table(self, rows: list[Any], responses: list[ChatResponse]) -> pl.DataFrame:
         self.failures = []
         records: list[dict] = []
+        origins: list[int] = []  # the row of each record, to name it in errors
         for k, resp in enumerate(responses):  # row-major: row i's samples are responses i*n .. i*n+n-1
             index, sample = divmod(k, self.n)
             row = rows[index]
@@ -121,14 +149,43 @@ class LLM:
             try:
                 out = self.parse(row, answer)
             except Exception as exc:
-                _add_note(exc, f"in {type(self).__name__}.parse() on row {index}; the answers are in the journal: "
-                               "fix parse and call again, nothing is paid twice")
+                _add_note(exc, f"in {type(self).__name__}.parse() on row {index}; {self._kept()}")
                 raise
             new = [_record(o) for o in (out if isinstance(out, list) else [out]) if o is not None]
-            records += [{**r, "sample": r.get("sample", sample)} for r in new] if self.n > 1 else new
+            records += [self._sampled(r, index, sample) for r in new] if self.n > 1 else new
+            origins += [index] * len(new)
         if self.failures:
-            log.warning("%s: %d of %d rows failed (see .failures)", type(self).__name__, len(self.failures), len(rows))
-        return pl.DataFrame(records) if records else pl.DataFrame()
+            failed_rows = len({f["row"] for f in self.failures})
+            log.warning("%s: %d of %d requests failed (n=%d per row), on %d of %d rows (see .failures)",
+                        type(self).__name__, len(self.failures), len(responses), self.n, failed_rows, len(rows))
+        return self._frame(records, origins)
+
+    def _kept(self) -> str:
+        """Where the paid answers are, for error notes: who can re-parse them without paying."""
+        if self._scratch is not None:
+            return ("this object keeps the answers (journal=None: a temporary journal deleted with it): fix parse "
+                    "and call it again, e.g. after `task.parse = fixed`, and nothing is paid twice; a new object "
+                    "pays again, pass journal='path.sqlite' to keep answers across objects")
+        return (f"the answers are in the journal {self.generator.journal_path}: fix parse and call again with "
+                "that journal, nothing is paid twice")
+
+    def _sampled(self, record: dict, index: int, sample: int) -> dict:
+        """The record with its answer index as `sample`, a name parse() output may not use when n > 1."""
+        if "sample" in record:
+            raise ValueError(f"{type(self).__name__}.parse() on row {index} returned a 'sample' field, but with "
+                             f"n={self.n} the table's 'sample' column is the answer index; rename it "
+                             f"({self._kept()})")
+        return {**record, "sample": sample}
+
+    def _frame(self, records: list[dict], origins: list[int]) -> pl.DataFrame:
+        """The table, its types inferred from every record; a clash names the column and keeps the answers."""
+        if not records:
+            return pl.DataFrame()
+        try:
+            return pl.DataFrame(records, infer_schema_length=None)
+        except (pl.exceptions.PolarsError, TypeError) as exc:
+            raise TypeError(f"{type(self).__name__}.parse() output does not fit one table: "
+                            f"{_clash(records, origins) or exc}; {self._kept()}") from exc
 
     def _answer(self, text: str) -> Any:
         """The text, or for a `response_format` the validated model (the JSON may sit inside prose/fences)."""
@@ -157,6 +214,21 @@ def _as_rows(rows: Iterable[Any] | pl.DataFrame) -> list[Any]:
         raise TypeError("call an LLM on an iterable of rows (dicts, strings, ...) or a polars DataFrame, "
                         f"not a single {type(rows).__name__}")
     return list(rows)
+
+
+def _clash(records: list[dict], origins: list[int]) -> str | None:
+    """The first column polars cannot build alone, with the rows of its two clashing value types."""
+    for column in dict.fromkeys(key for record in records for key in record):
+        try:
+            pl.DataFrame([{column: r.get(column)} for r in records], infer_schema_length=None)
+        except (pl.exceptions.PolarsError, TypeError):
+            kinds: dict[str, int] = {}
+            for record, row in zip(records, origins, strict=True):
+                if record.get(column) is not None:
+                    kinds.setdefault(type(record[column]).__name__, row)
+            return f"column {column!r} mixes " + " and ".join(f"{kind} (first on row {row})"
+                                                              for kind, row in kinds.items())
+    return None
 
 
 def _record(out: Any) -> dict:

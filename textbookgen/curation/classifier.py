@@ -5,6 +5,9 @@ fail `predict(str)` under numpy 2. Training always runs with `thread >= 11`: fas
 only thread/10 of the input matrix (issue #1061) and, since commit b733943, leaves the rest as
 uninitialised memory, so fewer threads intermittently die with "Encountered NaN" (field notes 6.3);
 11 also covers the remainder block when rows x dim is not a multiple of 10.
+So training is not repeatable: fastText's SGD on several threads is lock-free (Hogwild), and the one
+deterministic setting, thread=1, is the one the NaN bug hits most. The seed fixes the validation split
+and the example order, not the model; the .json says `"deterministic": false` and the thread count.
 
 A model is saved as `<name>.bin` plus `<name>.json`: its sha256, the labels, training settings, the
 chosen lr/epochs, validation metrics and the size of the data it saw.
@@ -198,20 +201,28 @@ def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
             raise RuntimeError(f"fastText training failed for every lr/epoch: {grid}")
         best = max(ok, key=lambda g: (g["roc_auc"], g["f1"], -g["epoch"]))
         model = _train(all_file, settings, best["lr"], best["epoch"])
-    out = Path(out_path).with_suffix(".bin")
+    out, sidecar = model_paths(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save_model(str(out))
+    threads = max(MIN_THREADS, settings.thread)
     meta = {
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "positive_label": positive, "negative_label": negative, "labels": list(model.get_labels()),
-        "settings": {**asdict(settings), "thread": max(MIN_THREADS, settings.thread)},
+        "settings": {**asdict(settings), "thread": threads},
+        "deterministic": False, "thread": threads,  # Hogwild training: same data and seed, another model
         "chosen": {"lr": best["lr"], "epoch": best["epoch"]},
         "validation": {k: best[k] for k in ("n", "precision", "recall", "f1", "accuracy", "roc_auc", "confusion")},
         "grid": grid, "n_train": int(len(y)), "n_positive": int(y.sum()), "source": source,
         "fasttext_package": "fasttext-numpy2-wheel",
     }
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     return QualityModel(model, meta), meta
+
+
+def model_paths(out_path: str | Path) -> tuple[Path, Path]:
+    """`<out>.bin` and `<out>.json`; only a `.bin` ending is taken off, so `quality.v1` keeps its dot."""
+    stem = str(out_path).removesuffix(".bin")
+    return Path(stem + ".bin"), Path(stem + ".json")
 
 
 def percentile_cut(scores: np.ndarray, keep_top_percent: float) -> float:

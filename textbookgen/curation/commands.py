@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,17 @@ def filter_steps(cfg: CurationConfig) -> list[Step]:
     return [HeuristicFilter(cfg.filters, cfg.text_column, cfg.id_column)]
 
 
+# label words of --labelled files (case-insensitive, a fastText `__label__` prefix allowed); anything else that
+# is not a number is an error, so a typo or an unexpected class name is not silently read as a negative
+POSITIVE_WORDS = ("hq", "positive", "pos", "true", "yes")
+NEGATIVE_WORDS = ("cc", "lq", "negative", "neg", "false", "no")
+
+
 def load_labelled(positive: list[str], negative: list[str], labelled: list[str], text_column: str = "text",
                   label_column: str = "label", min_positive: float = 1.0) -> tuple[list[str], list[bool]]:
     """Texts and binary labels: whole corpora as positive/negative, and/or files with a label column
-    (numbers: >= `min_positive` is positive, e.g. 3 for a 0-5 judge score; strings: "hq"/"1"/"true")."""
+    (numbers, also as strings: >= `min_positive` is positive, e.g. 3 for a 0-5 judge score; booleans;
+    or the words in POSITIVE_WORDS / NEGATIVE_WORDS). Missing or unreadable labels raise a ValueError."""
     texts: list[str] = []
     labels: list[bool] = []
     for paths, y in ((positive, True), (negative, False)):
@@ -89,16 +97,42 @@ def load_labelled(positive: list[str], negative: list[str], labelled: list[str],
         df = read_corpus(p, text_column)
         if label_column not in df.columns:
             raise ValueError(f"{p}: no {label_column!r} column (columns: {df.columns})")
-        col = df[label_column]
-        if col.dtype.is_numeric() or col.dtype == pl.Boolean:
-            ys = (col.cast(pl.Float64) >= min_positive).to_list()
-        else:
-            ys = [str(v).strip().lower() in {"hq", "1", "true", "yes", "positive"} for v in col.to_list()]
+        labels += read_labels(df[label_column], str(p), min_positive)
         texts += df[text_column].to_list()
-        labels += ys
     if not texts:
         raise ValueError("classifier: no training data (give --positive/--negative or --labelled)")
     return texts, labels
+
+
+def read_labels(col: pl.Series, source: str, min_positive: float) -> list[bool]:
+    """One file's label column as booleans; a missing label is an error, not a negative."""
+    missing = col.is_null() | (col.is_nan() if col.dtype.is_float() else False)
+    if missing.any():
+        first = int(missing.arg_true()[0])
+        raise ValueError(f"{source}: {int(missing.sum())} of {len(col)} rows have no {col.name!r} (null or NaN; "
+                         f"first at row {first + 1}): label or drop them")
+    if col.dtype == pl.Boolean:
+        return col.to_list()
+    if col.dtype.is_numeric():
+        return (col.cast(pl.Float64) >= min_positive).to_list()
+    return [_text_label(v, min_positive, f"{source}: row {i + 1}") for i, v in enumerate(col.cast(pl.String))]
+
+
+def _text_label(value: str, min_positive: float, where: str) -> bool:
+    """A label written as text: a number (compared to `min_positive`) or a known class word."""
+    word = value.strip().lower().removeprefix("__label__")
+    if word in POSITIVE_WORDS:
+        return True
+    if word in NEGATIVE_WORDS:
+        return False
+    try:
+        score = float(word)
+    except ValueError:
+        score = math.nan
+    if math.isnan(score):  # not a number, or "nan", which float() reads but is no score
+        raise ValueError(f"{where}: label {value!r} is neither a number nor a known class word (positive: "
+                         f"{', '.join(POSITIVE_WORDS)}; negative: {', '.join(NEGATIVE_WORDS)})")
+    return score >= min_positive
 
 
 def score_steps(model: str, threshold: float | None, keep_top_percent: float | None, batch_size: int,
