@@ -39,9 +39,8 @@ REFERENCE: dict[str, dict[str, float | None]] = {
 }
 
 
-REFERENCE_NOTE = ("Reference rows: the phi-1.5 paper (arXiv 2309.05463, Tables 2-4). phi-1.5's SIQA/OBQA and the "
-                  "web variant are confirmed in stored pages; the other values, and the Llama-2-7B and Vicuna-13B "
-                  "rows, were transcribed from the paper's tables: check them against the PDF before quoting.")
+REFERENCE_NOTE = ("Reference rows: as reported in the phi-1.5 paper (arXiv 2309.05463, Tables 2-4), whose prompts "
+                  "and acc/acc_norm choices may differ from these; verify against the paper before quoting them.")
 
 
 def _result_for(results: Mapping[str, Any], key: str) -> Any:
@@ -88,7 +87,8 @@ def markdown_table(results: Mapping[str, Any], model_name: str, reference: bool 
     shots = ", ".join(f"{k} {r.num_fewshot}-shot" for k, r in results.items() if r.num_fewshot)
     lines += ["", "acc (lm-evaluation-harness prompts and formulas), zero-shot unless noted"
               + (f" ({shots})" if shots else "") + "; GSM8K chain-of-thought exact match (strict), "
-              "HumanEval/MBPP greedy pass@1, in %. ± is the standard error.", "", REFERENCE_NOTE]
+              "HumanEval/MBPP greedy pass@1; those three in %, the others as fractions. ± is the standard error.", "",
+              REFERENCE_NOTE]
     others = [(k, r) for k, r in results.items() if id(r) not in shown]
     for k, r in others:
         vals = ", ".join(f"{m} {v:.4f}" + (f" ± {r.stderr[m]:.4f}" if r.stderr.get(m) is not None else "")
