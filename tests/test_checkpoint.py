@@ -164,6 +164,22 @@ def test_a_fresh_start_refuses_another_runs_checkpoints(corpus, tmp_path):
     assert train(load_config(None, overrides(corpus, tmp_path / "other", **fresh))).final_step == 1
 
 
+def test_a_resume_takes_weight_decay_betas_and_eps_from_the_config(corpus, tmp_path, capsys):
+    """Loading the optimizer's state restores the checkpoint's settings: the config's must win, and say so."""
+    from trainer import distributed
+    from trainer.train import Trainer
+
+    run = tmp_path / "run"
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 2})))
+    changed = {"train.max_steps": 3, "optim.weight_decay": 0.0, "optim.betas": [0.9, 0.95], "optim.eps": 1e-8}
+    trainer = Trainer(load_config(None, overrides(corpus, run, **changed)), distributed.setup("cpu"), False)
+    assert trainer.start == 2
+    decayed, plain = trainer.optimizer.param_groups
+    assert (decayed["weight_decay"], tuple(decayed["betas"]), decayed["eps"]) == (0.0, (0.9, 0.95), 1e-8)
+    assert (plain["weight_decay"], tuple(plain["betas"]), plain["eps"]) == (0.0, (0.9, 0.95), 1e-8)
+    assert "optimizer settings from the config, not the checkpoint: weight_decay 0.1 -> 0.0" in capsys.readouterr().out
+
+
 def test_checkpoint_of_another_model_is_refused(corpus, tmp_path):
     run = tmp_path / "run"
     train(load_config(None, overrides(corpus, run, **{"train.max_steps": 1})))

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from trainer_testlib import (
     one_torch_thread,
     small_tokenizer,
@@ -108,6 +109,30 @@ def test_bf16_options_train(corpus, tmp_path):
         assert abs(result.history[0]["loss"] - math.log(512)) < 0.3
 
 
+def test_pure_bf16_keeps_gains_and_biases_fp32_so_they_train(tmp_path):
+    """At the paper's lr 2e-4 a bf16 LayerNorm gain (step 2^-7 near 1.0) would never move."""
+    from trainer import distributed
+    from trainer.data import Loader
+    from trainer.train import Trainer
+
+    cfg = load_config(None, {"run_dir": str(tmp_path / "run"), "model.name": "tiny", "model.overrides": {"vocab_size": 512},
+                             "data.synthetic": True, "data.datasets": [], "data.seq_len": 32, "train.global_batch": 8,
+                             "train.micro_batch": 8, "train.max_steps": 5, "train.precision": "bf16",
+                             "train.device": "cpu", "log.progress": False,
+                             "log.plot": False, "optim.lr": 2e-4})
+    trainer = Trainer(cfg, distributed.setup("cpu"), False)
+    dtypes = {n: p.dtype for n, p in trainer.model.named_parameters()}
+    assert dtypes["model.layers.0.self_attn.q_proj.weight"] == torch.bfloat16
+    assert dtypes["model.final_layernorm.weight"] == dtypes["model.layers.0.mlp.fc1.bias"] == torch.float32
+    before = {n: p.detach().float().clone() for n, p in trainer.model.named_parameters()}
+    loader = Loader(trainer.sampler, trainer.plan, 0, "cpu")
+    for step in range(5):
+        trainer.train_step(step, loader, lambda: False)
+    loader.close()
+    moved = {n: (p.detach().float() != before[n]).float().mean().item() for n, p in trainer.model.named_parameters()}
+    assert moved["model.final_layernorm.weight"] > 0.9 and moved["model.layers.0.input_layernorm.weight"] > 0.9
+
+
 def test_nan_loss_stops_with_a_clear_message(corpus, tmp_path, monkeypatch):
     from trainer.model import Phi
 
@@ -149,6 +174,8 @@ def test_synthetic_data_needs_no_dataset(tmp_path):
     ({"data.datasets.3.weight": 1}, r"data.datasets.3: no list item 3"),
     ({"train.max_tokens": 1e6}, r"train.max_steps \(200\) and train.max_tokens \(1e\+06\) are both set; keep one: "
                                 r"--set train.max_steps=null to train by tokens"),
+    ({"train.precision": "bf16", "distributed.strategy": "fsdp"}, r"train.precision bf16 with distributed.strategy "
+                                                                   r"fsdp: .* use bf16-mixed"),
 ])
 def test_bad_configs_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):

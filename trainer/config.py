@@ -162,6 +162,10 @@ class TrainConfig(_Section):
             raise ValueError(f"train.max_steps ({self.train.max_steps}) and train.max_tokens "
                              f"({self.train.max_tokens:g}) are both set; keep one: --set train.max_steps=null "
                              f"to train by tokens, or --set train.max_tokens=null to train by steps")
+        if self.train.precision == "bf16" and self.distributed.strategy == "fsdp":
+            raise ValueError("train.precision bf16 with distributed.strategy fsdp: pure bf16 keeps LayerNorm gains "
+                             "and biases in fp32, and FSDP2 needs one parameter dtype per block; use bf16-mixed, "
+                             "whose fp32 shards are gathered in bf16 (most of pure bf16's memory saving)")
         names = [d.cache_name for d in self.data.datasets]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

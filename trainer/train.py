@@ -110,6 +110,21 @@ def make_optimizer(model: Phi, cfg: TrainConfig, device: str) -> torch.optim.Ada
                              fused=fused or None)
 
 
+def apply_optim_config(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> list[str]:
+    """Put the config's weight decay, betas and eps back after a resume (loading the optimizer's state
+    restores the checkpoint's); returns what changed, e.g. ["betas (0.9, 0.98) -> (0.9, 0.95)"]. The
+    groups are `Phi.param_groups`' (decayed first); lr follows the schedule every step anyway."""
+    o, changed = cfg.optim, []
+    for i, group in enumerate(optimizer.param_groups):
+        wanted = {"weight_decay": o.weight_decay if i == 0 else 0.0, "betas": tuple(o.betas), "eps": o.eps}
+        for key, value in wanted.items():
+            old = tuple(group[key]) if key == "betas" else group[key]
+            if old != value:
+                changed.append(f"{key} {old} -> {value}")
+                group[key] = value
+    return list(dict.fromkeys(changed))
+
+
 def peak_flops(device: str, override_tflops: float | None) -> float | None:
     if override_tflops:
         return override_tflops * 1e12
@@ -124,6 +139,15 @@ def peak_flops(device: str, override_tflops: float | None) -> float | None:
 
 def dataset_dir(cfg: TrainConfig, i: int) -> Path:
     return Path(cfg.data.cache_dir) / cfg.data.datasets[i].cache_name
+
+
+def to_bf16_matrices(model: torch.nn.Module) -> None:
+    """Pure bf16 (`train.precision: bf16`): the weight matrices are stored in bf16, and the LayerNorm gains
+    and biases stay fp32 (autocast casts them where a matmul needs it). A gain near 1.0 has a bf16 step of
+    2^-7, so an Adam update of lr 2e-4 would round away every step and the norms would never train."""
+    for p in model.parameters():
+        if p.ndim >= 2:
+            p.data = p.data.to(torch.bfloat16)
 
 
 def stale_datasets(cfg: TrainConfig) -> list[int]:
@@ -333,18 +357,18 @@ class Trainer:
         with torch.device(self.device):
             self.model = Phi(self.model_cfg)
         if precision == "bf16":
-            self.model = self.model.to(torch.bfloat16)
+            to_bf16_matrices(self.model)
         self.sampler, self.data_fp = build_sampler(cfg, self.model_cfg.vocab_size, info, show)
         self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank)
         self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
         self.strategy = distributed.choose_strategy(cfg.distributed.strategy, info)
         self.wrapped = distributed.parallelize(
             self.model, info, self.strategy, cfg.train.compile,
-            param_dtype=torch.bfloat16 if precision == "bf16-mixed" else None,
+            param_dtype=torch.bfloat16 if precision != "fp32" else None,
             reshard_after_forward=cfg.distributed.reshard_after_forward)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.autocast = (torch.autocast(self.dev_type, dtype=torch.bfloat16) if precision == "bf16-mixed"
+        self.autocast = (torch.autocast(self.dev_type, dtype=torch.bfloat16) if precision != "fp32"
                          else nullcontext())
         self.peak = peak_flops(self.device, cfg.log.peak_tflops)
         self.start = self._resume()
@@ -356,6 +380,9 @@ class Trainer:
         if source is None:
             return 0
         meta = checkpoint.load(source, self.model, self.optimizer)
+        changed = apply_optim_config(self.optimizer, self.cfg)
+        if changed:
+            self.console.print(f"optimizer settings from the config, not the checkpoint: {', '.join(changed)}")
         if meta.get("data_fingerprint") != self.data_fp:
             self.console.print(f"[yellow]warning:[/] the data differs from the checkpoint's "
                                f"({meta.get('data_fingerprint')} -> {self.data_fp}); the sample order will not match")
