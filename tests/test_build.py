@@ -465,3 +465,43 @@ def test_plan_time_is_never_below_one_request():
     one_wave, _ = estimate_time(3, 300, 3 * 600, **limits)  # 1 s to the first token + 600 tokens at 60/s
     assert one_wave == pytest.approx(11.0)
     assert estimate_time(65, 300, 65 * 600, **limits)[0] == pytest.approx(22.0)  # two waves
+
+
+def test_plan_prices_growth_on_the_grow_model_and_its_worst_case_at_max_tokens():
+    from textbookgen.build import PROMPT_SCHEMA, estimate_grow
+    from textbookgen.plan import make_plan
+    from textbookgen.pricing import estimate_cost
+
+    no_prompts = pl.DataFrame([], schema=PROMPT_SCHEMA)  # only the growth is priced
+    r = load_recipe(ROOT / "recipes" / "phi15-textbooks.yaml", {"taxonomy.grow.model": "claude-sonnet-4-5"})
+    g = estimate_grow(125, r.taxonomy.grow)
+    assert g["output_tokens_max"] == g["calls"] * r.taxonomy.grow.max_tokens
+    plan = make_plan(no_prompts, r, n_leaves=125, expected_tokens={}, grow=g)
+    expected = estimate_cost("claude-sonnet-4-5", g["input_tokens"], g["output_tokens"])
+    worst = estimate_cost("claude-sonnet-4-5", g["input_tokens"], g["output_tokens_max"])
+    assert all(e.cost_usd == pytest.approx(expected) for e in plan.estimates)  # whoever writes the documents
+    assert all(e.cost_usd_max == pytest.approx(worst) for e in plan.estimates)
+    # without taxonomy.grow.model, growth runs on each row's own model
+    r = load_recipe(ROOT / "recipes" / "phi15-textbooks.yaml")
+    plan = make_plan(no_prompts, r, n_leaves=125, expected_tokens={}, grow=g)
+    assert [e.cost_usd for e in plan.estimates] == pytest.approx(
+        [estimate_cost(e.model, g["input_tokens"], g["output_tokens"]) for e in plan.estimates]
+    )
+
+
+@pytest.mark.parametrize("source, target", [("commonsense", 900), ("python", 2000), ("stories", 300)])
+def test_grow_estimate_covers_the_input_tokens_grow_sends(source, target):
+    """The plan's input tokens for growth come from the real grow prompt, so they are not short of
+    what the provider bills (and not far over)."""
+    from textbookgen.build import estimate_grow
+    from textbookgen.engine import Generator
+    from textbookgen.recipe import GrowConfig
+    from textbookgen.taxonomy import grow
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    tax = Taxonomy.load(ROOT / "textbookgen" / "topics" / f"{source}.yaml")
+    est = estimate_grow(len(tax.leaves()), GrowConfig(target=target))
+    with Emulator(EmulatorConfig(latency_median_s=0.0005)) as emu:
+        gen = Generator(provider="openai", model="m", base_url=emu.openai_base_url, api_key="k", progress=False)
+        grow(tax, gen, target, seed=1)
+    assert emu.input_tokens * 0.97 <= est["input_tokens"] <= emu.input_tokens * 1.35

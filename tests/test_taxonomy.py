@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -426,6 +427,90 @@ def test_grow_drops_duplicates_from_a_repetitive_model():
     assert "It sits beside these topics, which are covered elsewhere: Music." in first
     assert report.duplicates_dropped >= 6
     assert report.leaves_after == len(tax.leaves()) < 50
+
+
+def _grow_scripted(answer, roots, target, **kw):
+    """grow() against the emulator with a scripted answer(topic, attempt) -> text; returns the
+    taxonomy, the report and the emulator (for what it billed)."""
+    from textbookgen.engine import Generator
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    def responder(body):
+        return answer(body["messages"][-1]["content"].split('"')[1], body["seed"] % 1_000_003)
+
+    tax = Taxonomy(name="t")
+    for r in roots:
+        tax.add(r)
+    with Emulator(EmulatorConfig(latency_median_s=0.001, responder=responder)) as emu:
+        gen = Generator(
+            provider="openai", model="m", base_url=emu.openai_base_url, api_key="k", progress=False
+        )
+        report = grow(tax, gen, target, **kw)
+    return tax, report, emu
+
+
+def test_name_key_keeps_every_script_and_language_symbols():
+    names = ["Физика", "Оптика", "量子力学", "Θερμοδυναμική", "C", "C++", "C#", "F#", "Node.js"]
+    keys = [name_key(n) for n in names]
+    assert all(keys) and len(set(keys)) == len(names)
+    assert name_key("ФИЗИКА") == name_key("Физика") and name_key("Café") == name_key("cafe")
+    assert name_key("C++.") == name_key("c++") and name_key("!!! ???") == ""
+    answers = {"Физика": ["Механика", "Оптика", "Термодинамика"], "Languages": ["C", "C++", "C#"]}
+    tax, report, _ = _grow_scripted(
+        lambda topic, _: json.dumps({"subtopics": answers[topic]}), list(answers), 6, per_call=3, max_rounds=1
+    )
+    assert {t.name: [c.name for c in t.children] for t in tax.topics} == answers
+    assert report.duplicates_dropped == 0
+
+
+@pytest.mark.parametrize(
+    "text, truncated, expected",
+    [
+        ('{"subtopics": ["Acid-base chemistry", "Redox", "Electroch', True, ["Acid-base chemistry", "Redox"]),
+        ('{\n  "subtopics": [\n    "Acids",\n    "Bases",\n    "Sal', True, ["Acids", "Bases"]),
+        ('[{"name": "Optics"}, {"name": "Wav', True, ["Optics"]),
+        ("1. Optics\n2. Waves\n3. Sou", True, ["Optics", "Waves"]),
+        ("I'm sorry, but I can't help with that.", False, []),
+        ("Sure, here are some subtopics.\nAcids and bases\nRedox reactions\nI hope this helps!", False,
+         ["Acids and bases", "Redox reactions"]),
+        ("Here are some subtopics of Chemistry:\n\nAcids and bases are important. Redox too.", False, []),
+        ("Subtopics: Acids, Bases, and Salts.", False, ["Acids", "Bases", "Salts"]),
+    ],
+)
+def test_parse_list_drops_cut_off_items_and_chatter(text, truncated, expected):
+    assert parse_list(text, truncated=truncated) == expected
+
+
+def test_grow_takes_only_finished_names_from_a_cut_off_answer():
+    def answer(topic, _):
+        names = [f"{topic} foundations", f"{topic} applications", f"{topic} history and growth of the field"]
+        return json.dumps({"subtopics": names}, indent=2)
+
+    tax, _, _ = _grow_scripted(answer, ["Chemistry", "Music"], 6, max_tokens=30, max_rounds=2)
+    grown = [c.name for t in tax.topics for c in t.children]
+    assert grown and all(n.split()[0] in ("Chemistry", "Music") and '"' not in n for n in grown)
+
+
+def test_grow_report_counts_every_billed_answer():
+    """Answers not needed once the target is reached mid-round were still paid for."""
+
+    def answer(topic, _):
+        parts = ("alpha", "beta", "gamma", "delta", "epsilon")
+        return json.dumps({"subtopics": [f"{topic} part {w}" for w in parts]})
+
+    roots = [f"Subject {c}" for c in "ABCDEFGHIJ"]
+    _, report, emu = _grow_scripted(answer, roots, 20, per_call=3, structured=False)
+    assert report.leaves_after == 20 and report.calls == emu.billed
+    assert (report.input_tokens, report.output_tokens) == (emu.input_tokens, emu.output_tokens)
+
+
+def test_grow_does_not_burn_names_it_did_not_attach():
+    """A name offered alone (no split) is still free when a later answer offers it with another."""
+    offers = {1: ["Chemistry", "Reaction rates"], 2: ["Reaction rates", "Chemical equilibrium"]}
+    tax, _, _ = _grow_scripted(
+        lambda _, attempt: json.dumps({"subtopics": offers.get(attempt, [])}), ["Chemistry"], 3, per_call=3
+    )
+    assert [c.name for c in tax.topics[0].children] == ["Reaction rates", "Chemical equilibrium"]
 
 
 def test_topics_commands(shared_data, tmp_path):

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from textbookgen.websamples import (
+    Extract,
     SeedAssigner,
     WebSampleError,
     WebSamples,
@@ -89,6 +90,15 @@ def test_length_bounds_and_cut():
     assert len(cut_at_sentence(no_stops, 1000)) <= 1000 and not cut_at_sentence(no_stops, 1000).endswith(" ")
 
 
+@pytest.mark.parametrize("tail", ["Pi is about 3.14159 here. More.", "See example.com/boiling now. More."])
+def test_a_dot_at_the_window_edge_inside_a_word_is_no_sentence_end(tail):
+    whole = "Water boils at one hundred degrees at sea level. " * 14
+    text = whole + tail
+    cut = cut_at_sentence(text, text.index(".", len(whole)) + 1)  # the window ends after "3." / "example."
+    assert cut == whole.strip()
+    assert cut_at_sentence(text, len(whole)) == whole.strip()  # a dot followed by a space still ends one
+
+
 def test_pick_is_deterministic_and_uses_every_extract_before_reuse(c4):
     n = len(c4)
     first = [c4.pick(3, i).id for i in range(n)]
@@ -105,6 +115,17 @@ def test_bm25_retrieval_finds_extracts_about_the_topic(c4):
     top = c4.extracts[hits[0][0]].text.lower()
     assert any(w in top for w in ("bbq", "barbecue", "grill", "smok", "meat"))
     assert c4.search("zzqxv qqqzz", k=5) == []
+
+
+def test_bm25_retrieval_matches_inflected_forms(shared_data):
+    """Corpus and query are stemmed alike: a plural topic finds extracts that use the singular."""
+    path = shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    wiki = WebSamples.load(path)
+    for query, word in (("footballs", "football"), ("rivers", "river"), ("elections", "election")):
+        hits = wiki.search(query, k=3)
+        assert hits and all(word in wiki.extracts[i].text.lower() for i, _ in hits), query
 
 
 def test_seed_assigner_balances_retrieved_extracts(c4):
@@ -215,3 +236,18 @@ def test_hub_source_streams_through_datasets(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WebSampleError, match="not reachable"):
         WebSamples.load("hf:org/name")
+
+
+def test_seed_assigner_uses_the_whole_pool_before_reuse_when_requests_skip_pick():
+    """Prompts without an extract (share < 1) or with a retrieved one must not leave gaps in the
+    pick sequence: the first len(pool) picks are a full pass, and prefixes are stable."""
+    pool = WebSamples(extracts=[Extract(id=f"e{i:03d}", text=f"text {i}") for i in range(100)])
+    seeded = [i for i in range(400) if i % 3 != 1]  # a third of the requests get no extract
+
+    def picks(n: int) -> list[str]:
+        a = SeedAssigner(pool, seed=7)
+        return [a.assign(i, "x").id for i in seeded[:n]]
+
+    first = picks(100)
+    assert len(set(first)) == 100
+    assert picks(250)[:100] == first

@@ -28,8 +28,8 @@ import numpy as np
 import polars as pl
 
 from textbookgen.journal import lock_file
-from textbookgen.recipe import Recipe
-from textbookgen.taxonomy import Taxonomy, weighted_sequence
+from textbookgen.recipe import GrowConfig, Recipe
+from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, siblings_line, weighted_sequence
 from textbookgen.templates import Template, expand_mix, load_template, provenance, simple_words, variables
 from textbookgen.websamples import SeedAssigner, WebSampleError, WebSamples, hub_offline, hub_reachable
 
@@ -208,15 +208,17 @@ def open_web_samples(recipe: Recipe, *, progress: bool = False) -> WebSamples:
     )
 
 
-def estimate_grow(leaves: int, target: int, per_call: int | None) -> dict[str, int]:
-    """Calls and tokens `taxonomy.grow` will need to go from `leaves` to `target` (same rounds)."""
+def estimate_grow(leaves: int, cfg: GrowConfig) -> dict[str, int]:
+    """Calls and tokens `taxonomy.grow` will need to go from `leaves` to `cfg.target` (same rounds):
+    output expected, and at most (every call answering `cfg.max_tokens`) for the worst case."""
+    target = cfg.target
     calls = tokens_in = tokens_out = 0
     n = leaves
     while n < target:
-        k = per_call or int(min(50, max(3, math.ceil(target / n))))
+        k = cfg.per_call or int(min(50, max(3, math.ceil(target / n))))
         m = min(n, math.ceil((target - n) / (k - 1) * 1.15))
         calls += m
-        tokens_in += m * 110
+        tokens_in += m * _grow_input_tokens(k)
         tokens_out += m * (12 * k + 10)
         n = min(target, n + m * (k - 1))
     return {
@@ -225,7 +227,20 @@ def estimate_grow(leaves: int, target: int, per_call: int | None) -> dict[str, i
         "calls": calls,
         "input_tokens": tokens_in,
         "output_tokens": tokens_out,
+        "output_tokens_max": calls * cfg.max_tokens,
     }
+
+
+def _grow_input_tokens(k: int) -> int:
+    """Input tokens of one grow request: the real prompt for a topic with a name of typical length,
+    and a sibling line naming the k - 1 topics grown beside it (as many as the prompt shows)."""
+    from textbookgen.engine import ChatRequest, estimate_input_tokens
+
+    name = "A typical topic name"
+    content = GROW_PROMPT.format(
+        k=k, topic=name, path=f"Subject > Topic > {name}", siblings=siblings_line([name] * (k - 1))
+    )
+    return estimate_input_tokens(ChatRequest(messages=[{"role": "user", "content": content}]))
 
 
 # ---- hashing and state --------------------------------------------------------------------------
@@ -493,7 +508,7 @@ class Build:
         t0 = self._begin("taxonomy")
         stats: dict[str, Any] = {"root_leaves": n_roots}
         if wants_grow and not can_grow:
-            plan = estimate_grow(n_roots, tc.grow.target, tc.grow.per_call)
+            plan = estimate_grow(n_roots, tc.grow)
             self.notes.append(
                 f"the taxonomy is not grown in a plan: prompts use the {n_roots:,} root topics; "
                 f"the real build grows them to {tc.grow.target:,} first."

@@ -116,24 +116,30 @@ def make_plan(
     )
     out_exp = int(exp["e"].sum()) if n else 0
     out_max = int(prompts["max_tokens"].sum()) if n else 0
-    grow_in = int((grow or {}).get("input_tokens", 0))
-    grow_out = int((grow or {}).get("output_tokens", 0))
+    growth = grow or {}
+    grow_in = int(growth.get("input_tokens", 0))
+    grow_out = int(growth.get("output_tokens", 0))
+    grow_out_max = int(growth.get("output_tokens_max", grow_out))
+    # growth runs on taxonomy.grow.model whichever model writes the documents; unset, on that model
+    grow_model = recipe.taxonomy.grow.model if grow else None
     models = [recipe.model, *[m for m in ALTERNATIVES if m != recipe.model and m in PRICES]]
     estimates = []
     docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0  # the documents go through the batch API
     for m in models:
         priced = price_of(m) != (0.0, 0.0)
+        gm = grow_model or m
+        grow_cost, grow_cost_max = estimate_cost(gm, grow_in, grow_out), estimate_cost(gm, grow_in, grow_out_max)
         estimates.append(
             ModelEstimate(
                 model=m,
                 priced=priced,
-                cost_usd=docs * estimate_cost(m, in_tok, out_exp) + estimate_cost(m, grow_in, grow_out),
-                cost_usd_max=docs * estimate_cost(m, in_tok, out_max) + estimate_cost(m, grow_in, grow_out),
+                cost_usd=docs * estimate_cost(m, in_tok, out_exp) + grow_cost,
+                cost_usd_max=docs * estimate_cost(m, in_tok, out_max) + grow_cost_max,
             )
         )
     lim = recipe.limits
     seconds, basis = estimate_time(
-        n + int((grow or {}).get("calls", 0)),
+        n + int(growth.get("calls", 0)),
         in_tok + grow_in,
         out_exp + grow_out,
         rpm=lim.rpm,

@@ -660,17 +660,22 @@ def _from_markdown(text: str, *, name: str) -> Taxonomy:
 
 # ---- near-duplicate names -----------------------------------------------------------------------
 _ARTICLES = re.compile(r"^(the|a|an)\s+")
+_ACCENTS = re.compile(r"[\u0300-\u036f]")  # combining diacritics of Latin, Greek and Cyrillic letters
 
 
 @lru_cache(maxsize=1 << 18)
 def name_key(name: str) -> str:
     """Normal form for duplicate detection: case, accents, punctuation, '&', leading articles and
-    simple plurals do not make two topic names different."""
-    s = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().casefold()
+    simple plurals do not make two topic names different. Letters of every script count, and so do
+    '+', '#' and '.' inside or after a word ("C", "C++" and "C#" differ); the key is empty only for
+    a name without letters or digits."""
+    s = _ACCENTS.sub("", unicodedata.normalize("NFKD", name))
+    s = unicodedata.normalize("NFKC", s).casefold()
     s = re.sub(r"['\u2019`]", "", s.replace("&", " and "))
-    s = re.sub(r"[^\w\s]", " ", s)
-    s = _ARTICLES.sub("", re.sub(r"\s+", " ", s).strip())
-    return " ".join(_singular(w) for w in s.split())
+    s = "".join(c if c in "+#." or unicodedata.category(c)[0] in "LMN" else " " for c in s)
+    words = [w.lstrip("+#.").rstrip(".") for w in s.split()]
+    s = _ARTICLES.sub("", " ".join(w for w in words if w))
+    return " ".join(_singular(w) if w.isalpha() else w for w in s.split())
 
 
 def _singular(w: str) -> str:
@@ -711,23 +716,34 @@ class NameIndex:
 _LIST_PREFIX = re.compile(r"^\s*(?:[-*+\u2022\u2013]|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)])\s+")
 
 
-def parse_list(text: str) -> list[str]:
+# Chatter around a plain-text list: refusals, "Sure, here are...", a closing "I hope this helps".
+_CHATTER = re.compile(
+    r"^(?:i'?m sorry|i am sorry|sorry\b|i can(?:no|')t|i am (?:not able|unable)|i'?m (?:not able|unable)|"
+    r"as an ai|unfortunately|sure\b|certainly|of course|okay\b|here (?:are|is)\b|i hope)",
+    re.I,
+)
+# A label in front of a plain-text list: "Subtopics: Acids, Bases", "Topics of Chemistry: ...".
+_LABEL = re.compile(r"^(?:sub-?)?(?:topics?|subjects?|chapters?|answer|list|output)\b[^:\n]{0,40}:\s*", re.I)
+_JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"(?!\s*:)')
+_JSON_NAME = re.compile(r'"(?:name|title|topic)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def parse_list(text: str, *, truncated: bool = False) -> list[str]:
     """Item names from an LLM's list answer: JSON (array, or an object holding one), numbered or
-    bulleted lines, or one comma-separated line. Descriptions (4+ words after ': ' or ' - ') are dropped."""
+    bulleted lines, or one comma-separated line. Descriptions (4+ words after ': ' or ' - ') are dropped.
+    JSON cut off mid-way gives only the names it finished; `truncated` (the answer hit max_tokens)
+    drops the last item of a plain-text list, which may be cut mid-name."""
     text = (text or "").strip()
     fenced = re.search(r"```(?:json|yaml|markdown|md)?\s*\n(.*?)```", text, re.S)
     if fenced:
         text = fenced.group(1).strip()
     items = _json_items(text)
+    if items is None and text.startswith(("[", "{")):
+        items = _complete_json_strings(text)
     if items is None:
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        listed = [ln for ln in lines if _LIST_PREFIX.match(ln)]
-        if listed:
-            items = [_LIST_PREFIX.sub("", ln, count=1) for ln in listed]
-        elif len(lines) == 1 and re.search(r"[,;]", lines[0]):
-            items = re.split(r"\s*[;,]\s*(?:and\s+)?", lines[0].rstrip("."))
-        else:
-            items = [ln for ln in lines if not ln.endswith(":")]
+        items = _text_items(text)
+        if truncated:
+            items = items[:-1]
     out: list[str] = []
     for it in items:
         it = re.sub(r"(\*\*|__|`)", "", str(it)).strip().strip('"').strip("'")
@@ -738,6 +754,37 @@ def parse_list(text: str) -> list[str]:
         if it and len(it) <= 120 and len(it.split()) <= 16:
             out.append(it)
     return out
+
+
+def _text_items(text: str) -> list[str]:
+    """Items of a plain-text answer: its bulleted or numbered lines, else one comma-separated line,
+    else its lines; sentences (ending in . ! ?), refusals, chatter and a leading label are not items."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    listed = [ln for ln in lines if _LIST_PREFIX.match(ln)]
+    if listed:
+        return [_LIST_PREFIX.sub("", ln, count=1) for ln in listed]
+    lines = [_LABEL.sub("", ln) for ln in lines if not _CHATTER.match(ln)]
+    if len(lines) == 1 and re.search(r"[,;]", lines[0]):
+        return re.split(r"\s*[;,]\s*(?:and\s+)?", lines[0].rstrip("."))
+    return [ln for ln in lines if ln and not ln.endswith((":", ".", "!", "?"))]
+
+
+def _complete_json_strings(text: str) -> list[str]:
+    """The names a JSON answer finished before it was cut off: the complete strings of its array."""
+    start = text.find("[")
+    if start < 0:
+        return []
+    body = text[start + 1 :]
+    found = _JSON_NAME.findall(body) if body.lstrip().startswith("{") else _JSON_STRING.findall(body)
+    return [_unescape(s) for s in found]
+
+
+def _unescape(s: str) -> str:
+    """A JSON string's content as text; kept as it is when its escapes are not valid JSON."""
+    try:
+        return json.loads(f'"{s}"', strict=False)
+    except json.JSONDecodeError:
+        return s
 
 
 def _json_items(text: str) -> list[Any] | None:
@@ -779,13 +826,16 @@ def subtopics_schema(k: int) -> dict:
     return {"type": "json_schema", "json_schema": {"name": "subtopics", "strict": True, "schema": schema}}
 
 
-def _siblings_line(t: Topic, parents: dict[int, Topic], tax: Taxonomy) -> str:
+def siblings_line(names: list[str]) -> str:
     """'It sits beside: A; B; ...' so the model keeps the subtopics inside this topic's own ground."""
-    parent = parents.get(id(t))
-    others = [c.name for c in (parent.children if parent else tax.topics) if c is not t]
-    if not others:
+    if not names:
         return ""
-    return f"It sits beside these topics, which are covered elsewhere: {'; '.join(others[:MAX_SIBLINGS_IN_PROMPT])}.\n"
+    return f"It sits beside these topics, which are covered elsewhere: {'; '.join(names[:MAX_SIBLINGS_IN_PROMPT])}.\n"
+
+
+def _siblings_line(t: Topic, parents: dict[int, Topic], tax: Taxonomy) -> str:
+    parent = parents.get(id(t))
+    return siblings_line([c.name for c in (parent.children if parent else tax.topics) if c is not t])
 
 
 @dataclass
@@ -868,31 +918,43 @@ def grow(
             )
         responses = generator.run(requests)
         report.rounds += 1
-        report.calls += len(requests)
+        _account(report, responses)
         n_now = n_leaves
         for t, resp in zip(chosen, responses, strict=True):
-            report.input_tokens += resp.input_tokens or 0
-            report.output_tokens += resp.output_tokens or 0
-            report.cost_usd += resp.cost_usd or 0.0
-            if resp.status not in ("ok", "truncated") or not resp.text:
-                report.failed_calls += 1
+            if not _answered(resp):
                 continue
             room = target - n_now + 1  # expanding a leaf removes it as a leaf
             if room < 2:
                 break
             fresh: list[str] = []
-            for nm in parse_list(resp.text):
+            for nm in parse_list(resp.text, truncated=resp.status == "truncated"):
                 if names.is_duplicate(nm, scope=[*fresh, t.name]):
                     report.duplicates_dropped += 1
                     continue
                 fresh.append(nm)
-                names.add(nm)
             fresh = fresh[:room]
             if len(fresh) < 2:  # a single child is not a split: keep the leaf as it is
                 continue
-            for nm in fresh:
+            for nm in fresh:  # only attached names are taken: the others stay free for later answers
                 t.add(nm, meta={"grown": True})
+                names.add(nm)
             n_now += len(fresh) - 1
     tax.dedupe_ids()
     report.leaves_after = len(tax.leaves())
     return report
+
+
+def _answered(resp: Any) -> bool:
+    """An answer with text to parse; a cut-off (truncated) one still holds the names it finished."""
+    return resp.status in ("ok", "truncated") and bool(resp.text)
+
+
+def _account(report: GrowReport, responses: list[Any]) -> None:
+    """Count every answer of a round, including those not needed once the target is reached:
+    the provider bills them all."""
+    report.calls += len(responses)
+    for resp in responses:
+        report.input_tokens += resp.input_tokens or 0
+        report.output_tokens += resp.output_tokens or 0
+        report.cost_usd += resp.cost_usd or 0.0
+        report.failed_calls += not _answered(resp)
