@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-from huggingface_hub.utils import disable_progress_bars
+from huggingface_hub.utils import disable_progress_bars, get_session
 
-from textbookgen.testing.fakehub import FakeHub, git_blob_sha1
+from textbookgen.testing.fakehub import FakeHub, git_blob_sha1, gitignored, lfs_pointer
 
 disable_progress_bars()
 
@@ -103,13 +104,83 @@ def test_invalid_card_metadata_refused(hub, api):
     assert len(hub.commits("tester/d")) == 1
 
 
-def test_private_repo_hidden_from_anonymous(hub, api):
+def test_private_repo_hidden_from_anonymous(hub, api, tmp_path):
     api.create_repo("tester/secret", repo_type="dataset", private=True)
     assert api.repo_info("tester/secret", repo_type="dataset").private is True
+    anon = HfApi(endpoint=hub.endpoint, token=False)
+    for repo_id in ("tester/secret", "tester/missing"):  # the Hub answers anonymous readers 401 for both
+        with pytest.raises(RepositoryNotFoundError) as err:
+            anon.repo_info(repo_id, repo_type="dataset")
+        assert err.value.response.status_code == 401
     with pytest.raises(RepositoryNotFoundError):
-        HfApi(endpoint=hub.endpoint, token=False).repo_info("tester/secret", repo_type="dataset")
+        hf_hub_download("tester/secret", ".gitattributes", repo_type="dataset", endpoint=hub.endpoint,
+                        token=False, cache_dir=tmp_path)  # fmt: skip
+    with pytest.raises(RepositoryNotFoundError) as err:  # a signed-in reader gets 404
+        api.repo_info("tester/missing", repo_type="dataset")
+    assert err.value.response.status_code == 404
     with pytest.raises(RevisionNotFoundError):
         api.repo_info("tester/secret", repo_type="dataset", revision="nope")
+
+
+def test_download_cache_blob_is_named_by_content_etag(hub, api, tmp_path):
+    api.create_repo("tester/d", repo_type="dataset")
+    data = os.urandom(100)
+    ops = [CommitOperationAdd("notes.txt", b"hello"), CommitOperationAdd("x.parquet", data)]
+    api.create_commit("tester/d", ops, commit_message="add", repo_type="dataset")
+    etags = {"notes.txt": git_blob_sha1(b"hello"), "x.parquet": hashlib.sha256(data).hexdigest()}
+    for name, etag in etags.items():
+        path = hf_hub_download("tester/d", name, repo_type="dataset", endpoint=hub.endpoint, token=hub.token,
+                               cache_dir=tmp_path)  # fmt: skip
+        assert os.path.basename(os.path.realpath(path)) == etag
+    url = f"{hub.endpoint}/datasets/tester/d/resolve/main/notes.txt"
+    part = get_session().get(url, headers={"Range": "bytes=1-"})
+    assert (part.status_code, part.content, part.headers["Content-Range"]) == (206, b"ello", "bytes 1-4/5")
+    assert get_session().get(url, headers={"Range": "bytes=9-"}).status_code == 416
+
+
+def test_lfs_pointer_size_agrees_between_repo_info_and_tree(hub, api):
+    api.create_repo("tester/d", repo_type="dataset")
+    data = os.urandom(100)
+    api.upload_file(path_or_fileobj=data, path_in_repo="x.parquet", repo_id="tester/d", repo_type="dataset")
+    expected = len(lfs_pointer(hashlib.sha256(data).hexdigest(), len(data)))
+    info = api.repo_info("tester/d", repo_type="dataset", files_metadata=True)
+    assert [s.lfs.pointer_size for s in info.siblings if s.lfs] == [expected]
+    tree = api.list_repo_tree("tester/d", repo_type="dataset")
+    assert [e.lfs.pointer_size for e in tree if e.lfs] == [expected]
+
+
+def test_preupload_honours_gitignore(hub, api):
+    api.create_repo("tester/d", repo_type="dataset")
+    gitignore = b"# build output\n*.log\n!keep.log\nbuild/\n/top.tmp\ndocs/**/*.md\n"
+    names = ["debug.log", "keep.log", "build/x.txt", "src/build/y.txt", "top.tmp", "sub/top.tmp",
+             "docs/a/b/c.md", "ok.txt"]  # fmt: skip
+    ops = [CommitOperationAdd(".gitignore", gitignore)] + [CommitOperationAdd(n, b"x") for n in names]
+    api.create_commit("tester/d", ops, commit_message="with it", repo_type="dataset")  # sent as gitIgnore
+    kept = [".gitattributes", ".gitignore", "keep.log", "ok.txt", "sub/top.tmp"]
+    assert api.list_repo_files("tester/d", repo_type="dataset") == kept
+    later = [CommitOperationAdd("later.log", b"x"), CommitOperationAdd("later.txt", b"x")]
+    api.create_commit("tester/d", later, commit_message="later", repo_type="dataset")  # the repo's .gitignore
+    assert [op._should_ignore for op in later] == [True, False]
+    assert api.list_repo_files("tester/d", repo_type="dataset") == sorted([*kept, "later.txt"])
+
+
+@pytest.mark.parametrize(
+    ("path", "rules", "ignored"),
+    [
+        ("a/b.log", "*.log", True),
+        ("a/b.log", "*.log\n!b.log", False),
+        ("dir/x", "dir/", True),
+        ("dir", "dir/", False),  # a file, not a directory
+        ("dir/x.log", "dir/\n!x.log", True),  # a file in an ignored directory cannot be re-included
+        ("a/top", "/top", False),
+        ("a/b/c", "a/**/c", True),
+        ("a/c", "a/**/c", True),
+        ("x1.txt", "x[0-9].txt", True),
+        ("#x", "#x", False),
+    ],
+)
+def test_gitignored(path, rules, ignored):
+    assert gitignored(path, rules) is ignored
 
 
 def test_update_repo_settings_changes_visibility(hub, api):

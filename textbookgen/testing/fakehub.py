@@ -1,11 +1,12 @@
 """A local fake of the Hugging Face Hub's HTTP API, for testing pushes and pulls without network.
 
 The real `huggingface_hub` client talks to it (pass `endpoint=hub.endpoint` or set `HF_ENDPOINT`
-before importing the client): repo create / info / delete / visibility, preupload, the Git LFS batch
-API with the basic transfer (PUT + verify), YAML validation, NDJSON commits (a stale `parentCommit` is
-answered 412, as the Hub does), refs, commit history, tree listing, paths-info, whoami and file
-resolve with the headers `hf_hub_download` reads (`X-Repo-Commit`, `ETag`, `X-Linked-Etag`,
-`X-Linked-Size`, ranges). Xet is switched off in the client while the fake runs, so large files take the LFS path.
+before importing the client): repo create / info / delete / visibility, preupload (honouring
+.gitignore rules), the Git LFS batch API with the basic transfer (PUT + verify), YAML validation,
+NDJSON commits (a stale `parentCommit` is answered 412, as the Hub does), refs, commit history, tree
+listing, paths-info, whoami and file resolve with the headers `hf_hub_download` reads
+(`X-Repo-Commit`, `ETag`, `X-Linked-Etag`, `X-Linked-Size`, ranges). Xet is switched off in the
+client while the fake runs, so large files take the LFS path.
 
     with FakeHub() as hub:
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
@@ -22,6 +23,7 @@ import base64
 import fnmatch
 import hashlib
 import json
+import mimetypes
 import os
 import re
 import tempfile
@@ -59,6 +61,47 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
 
 
+def gitignored(path: str, gitignore: str) -> bool:
+    """Whether a .gitignore's rules exclude the file `path`, in git's semantics for the common cases.
+
+    Supported: comments, `!` negation (the last matching rule wins), `dir/` (directories only; a file
+    under an excluded directory stays excluded), a leading or inner `/` anchoring a rule to the root,
+    `**` for any number of directories, and `*`, `?`, `[...]` within one path component. Backslash
+    escapes are not.
+    """
+    rules = [line.rstrip() for line in gitignore.splitlines()]
+    rules = [r for r in rules if r and not r.startswith("#")]
+    parts = path.split("/")
+    folders = ("/".join(parts[:depth]) for depth in range(1, len(parts)))
+    in_excluded_folder = any(_excluded(rules, folder, is_dir=True) for folder in folders)
+    return in_excluded_folder or _excluded(rules, path, is_dir=False)
+
+
+def _excluded(rules: list[str], path: str, is_dir: bool) -> bool:
+    """The verdict of the last of `rules` that matches `path` (not excluded when none does)."""
+    verdict = False
+    for rule in rules:
+        negated = rule.startswith("!")
+        pattern = rule.removeprefix("!")
+        if pattern.endswith("/") and not is_dir:
+            continue
+        pattern = pattern.rstrip("/")
+        anchored = "/" in pattern
+        segments = pattern.lstrip("/").split("/")
+        if _glob_match(segments if anchored else ["**", *segments], path.split("/")):
+            verdict = not negated
+    return verdict
+
+
+def _glob_match(segments: list[str], parts: list[str]) -> bool:
+    """Whether path components match glob segments, `**` standing for zero or more components."""
+    if not segments:
+        return not parts
+    if segments[0] == "**":
+        return any(_glob_match(segments[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], segments[0]) and _glob_match(segments[1:], parts[1:])
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of a commit's tree."""
@@ -67,6 +110,11 @@ class FileEntry:
     sha256: str  # key of the content in the object store
     blob_id: str  # git oid: of the content (regular) or of the LFS pointer (LFS)
     lfs: bool
+
+    @property
+    def pointer_size(self) -> int:
+        """Length of the file's LFS pointer (what the Hub reports as `pointerSize`)."""
+        return len(lfs_pointer(self.sha256, self.size))
 
 
 @dataclass
@@ -285,7 +333,8 @@ class FakeHub:
         user = self._auth(request, required=write)
         repo = self.repos.get((kind, repo_id))
         if repo is None or (repo.private and user is None):
-            raise FakeHubError(404, "Repository not found", "RepoNotFound")
+            # the Hub answers anonymous readers 401, signed-in ones 404; the client reads both as not found
+            raise FakeHubError(404 if user else 401, "Repository not found", "RepoNotFound")
         if write and repo_id.split("/")[0] not in (self.user, *self.orgs):
             raise FakeHubError(403, "You don't have the rights to write to this repository")
         return repo
@@ -421,7 +470,8 @@ class FakeHub:
             if blobs:
                 sib.update(size=entry.size, blobId=entry.blob_id)
                 if entry.lfs:
-                    sib["lfs"] = {"size": entry.size, "sha256": entry.sha256, "pointerSize": 134}
+                    sib["lfs"] = {"size": entry.size, "sha256": entry.sha256,
+                                  "pointerSize": entry.pointer_size}  # fmt: skip
             siblings.append(sib)
         card = {}
         if "README.md" in commit.files:
@@ -438,6 +488,9 @@ class FakeHub:
         repo = self._repo(request, write=True)
         commit = self._commit_at(repo, request.match_info["rev"])
         body = await request.json()
+        gitignore = body.get("gitIgnore", "")  # sent when the commit adds a .gitignore, else the repo's
+        if "gitIgnore" not in body and ".gitignore" in commit.files:
+            gitignore = (self._objects / commit.files[".gitignore"].sha256).read_text("utf-8", "replace")
         files = []
         for f in body.get("files", []):
             path, size = f["path"], int(f["size"])
@@ -449,7 +502,9 @@ class FakeHub:
             oid = None
             if existing is not None:
                 oid = existing.sha256 if existing.lfs else existing.blob_id
-            files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            mode = "lfs" if lfs else "regular"
+            ignored = gitignored(path, gitignore)
+            files.append({"path": path, "uploadMode": mode, "shouldIgnore": ignored, "oid": oid})
         return web.json_response({"files": files, "commitOid": commit.oid})
 
     async def lfs_batch(self, request: web.Request) -> web.Response:
@@ -572,7 +627,7 @@ class FakeHub:
     def _entry_json(self, path: str, entry: FileEntry) -> dict:
         item: dict[str, Any] = {"type": "file", "oid": entry.blob_id, "size": entry.size, "path": path}
         if entry.lfs:
-            item["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": len(lfs_pointer(entry.sha256, entry.size))}
+            item["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": entry.pointer_size}
         return item
 
     def _folder_json(self, files: dict[str, FileEntry], folder: str) -> dict:
@@ -639,7 +694,27 @@ class FakeHub:
         if entry.lfs:
             headers["X-Linked-Etag"] = f'"{entry.sha256}"'
             headers["X-Linked-Size"] = str(entry.size)
-        return web.FileResponse(self._objects / entry.sha256, headers=headers)
+        content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return ranged_response(request, (self._objects / entry.sha256).read_bytes(), headers, content_type)
+
+
+def ranged_response(request: web.Request, data: bytes, headers: dict[str, str],
+                    content_type: str) -> web.Response:  # fmt: skip
+    """`data`, or the part a single `Range` asks for (206; 416 when it lies outside).
+
+    Not a `web.FileResponse`: that replaces our content `ETag`, which `hf_hub_download` names its cache
+    blob after, with one made of the file's mtime and size.
+    """
+    if "Range" not in request.headers:
+        return web.Response(body=data, headers=headers, content_type=content_type)
+    try:
+        start, stop, _ = request.http_range.indices(len(data))
+    except ValueError:  # a malformed Range
+        start = stop = 0
+    if start >= stop:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{len(data)}"})
+    headers = {**headers, "Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}
+    return web.Response(status=206, body=data[start:stop], headers=headers, content_type=content_type)
 
 
 def front_matter(text: str) -> tuple[dict | None, str | None]:
