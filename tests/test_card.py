@@ -12,7 +12,7 @@ from huggingface_hub import DatasetCard
 from test_dataset import sample_documents
 
 from textbookgen.card import CARDS_DIR, language_code, redact, render_card, size_category, validate_card_text
-from textbookgen.dataset import write_dataset
+from textbookgen.dataset import check_rows, splits_of, write_dataset
 
 RECIPE = {
     "name": "quickstart",
@@ -61,10 +61,12 @@ def test_card_metadata_validates_and_configs_resolve(built):
     assert data["language"] == ["en"] and data["task_categories"] == ["text-generation"]
     assert data["size_categories"] == ["n<1K"]
     assert {"synthetic", "textbookgen"} <= set(data["tags"])
+    in_memory = {s: check_rows(pl.scan_parquet(paths))[1] for s, paths in splits_of(folder).items()}
     assert data["dataset_info"]["splits"] == [
-        {"name": "train", "num_bytes": data["dataset_info"]["splits"][0]["num_bytes"], "num_examples": 120},
-        {"name": "test", "num_bytes": data["dataset_info"]["splits"][1]["num_bytes"], "num_examples": 30},
+        {"name": "train", "num_bytes": in_memory["train"], "num_examples": 120},
+        {"name": "test", "num_bytes": in_memory["test"], "num_examples": 30},
     ]
+    assert data["dataset_info"]["dataset_size"] == sum(in_memory.values()) > 0
     metadata = pytest.importorskip("datasets.utils.metadata")
     configs = metadata.MetadataConfigs.from_dataset_card_data(card.data)
     patterns = {e["split"]: e["path"] for e in configs["default"]["data_files"]}

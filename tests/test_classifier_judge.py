@@ -44,7 +44,7 @@ def docs(shared_data: Path) -> pl.DataFrame:
 
 
 def test_judge_through_engine_and_emulator(docs, tmp_path):
-    Generator = pytest.importorskip("textbookgen.engine").Generator
+    from textbookgen.engine import Generator
     from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
 
     cfg = EmulatorConfig(latency_median_s=0.002, responder=rubric_responder, seed=1,
@@ -86,7 +86,6 @@ def test_judge_labels_train_the_classifier(docs, tmp_path):
 
 
 def test_label_command_against_emulator(docs, tmp_path):
-    pytest.importorskip("textbookgen.engine")
     from typer.testing import CliRunner
 
     from textbookgen.cli import app

@@ -82,6 +82,7 @@ def test_prepare_reuses_an_up_to_date_index_and_force_rebuilds(corpus, prepared)
     assert again == index and shard.stat().st_mtime_ns == mtime
     rebuilt = prepare(str(corpus["books"]), folder, corpus["tok"], num_workers=1, force=True, progress=False)
     assert rebuilt["key"] == index["key"] and rebuilt["total_tokens"] == index["total_tokens"]
+    assert shard.stat().st_mtime_ns != mtime  # written again, not reused
 
 
 def test_parallel_workers_give_the_same_tokens(corpus, prepared, tmp_path):
