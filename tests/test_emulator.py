@@ -139,7 +139,7 @@ def test_bad_requests_are_400():
             with pytest.raises(openai.BadRequestError):
                 await oa(emu).chat.completions.create(model="gpt-4o-mini", messages=[])
             with pytest.raises(anthropic.BadRequestError):
-                await an(emu).messages.create(model="claude-haiku-4-5", messages=USER, max_tokens=0)
+                await an(emu).messages.create(model="claude-haiku-4-5", messages=USER, max_tokens=-1)
 
         asyncio.run(go())
         assert emu.billed == 0 and emu.outcomes["400"] == 2

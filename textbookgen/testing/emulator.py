@@ -11,8 +11,9 @@ billed so a test can prove nothing was paid twice.
         ...
         assert emu.duplicates == 0
 
-Routes: POST /v1/chat/completions (OpenAI, incl. n, stop, response_format, stream + include_usage),
-POST /v1/messages (Anthropic, incl. system, stop_sequences, prefill, stream), POST
+Routes: POST /v1/chat/completions (OpenAI, incl. n, stop, response_format, forced tools, synthetic logprobs,
+stream + include_usage; the 400s of the real API for the parameters the SDK documents), POST /v1/messages
+(Anthropic, incl. system, stop_sequences, prefill, output_config.format, forced tools, max_tokens 0, stream), POST
 /v1/messages/count_tokens, GET /v1/models[/{id}] (either shape), GET /_emulator/stats and POST
 /_emulator/reset (counters for a benchmark running the emulator in another process).
 Batches (see textbookgen.testing.batches for the lifecycle): OpenAI's POST /v1/files (multipart),
@@ -40,6 +41,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -53,7 +55,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -70,7 +72,13 @@ from textbookgen.testing.batches import (
     page,
     parse_outcome,
 )
-from textbookgen.testing.responder import default_responder, estimate_tokens, forced_tool, prompt_text
+from textbookgen.testing.responder import (
+    CHARS_PER_TOKEN,
+    default_responder,
+    estimate_tokens,
+    forced_tool,
+    prompt_text,
+)
 
 FAULT_KINDS = (
     "429", "500", "502", "503", "529", "timeout", "reset", "bad_json", "truncate", "refusal",
@@ -218,6 +226,10 @@ class TokenBucket:
         """Seconds until n units are available (after refill)."""
         return max(0.0, (min(n, self.capacity) - self.level) / self.rate)
 
+    def remaining(self) -> int:
+        """Whole units that may be spent now, as the providers' `remaining` headers report them."""
+        return max(0, int(self.level))
+
     def reset_s(self) -> float:
         """Seconds until the bucket is full again (what providers call `reset`)."""
         return max(0.0, (self.capacity - self.level) / self.rate)
@@ -261,15 +273,27 @@ class RateLimiter:
 
 
 def go_duration(seconds: float) -> str:
-    """OpenAI's reset format (Go durations): '20ms', '1s', '6m0s', '1h2m3.5s'."""
-    if seconds < 1.0:
-        return f"{max(0, round(seconds * 1000))}ms"
-    hours, rem = divmod(seconds, 3600)
-    minutes, secs = divmod(rem, 60)
-    secs_s = f"{secs:.3f}".rstrip("0").rstrip(".")
-    if hours >= 1:
-        return f"{int(hours)}h{int(minutes)}m{secs_s}s"
-    return f"{int(minutes)}m{secs_s}s" if minutes >= 1 else f"{secs_s}s"
+    """OpenAI's reset format: a Go time.Duration string, to the millisecond as OpenAI sends them (to the
+    microsecond below one): '0s', '400µs', '20ms', '1.5s', '6m0s', '1h2m3.5s'."""
+    us = max(0, round(seconds * 1_000_000))
+    if us < 1000:
+        return f"{us}µs" if us else "0s"
+    us = round(us, -3)
+    if us < 1_000_000:
+        return f"{_decimal(us, 1000)}ms"
+    hours, rem = divmod(us, 3_600_000_000)
+    minutes, rem = divmod(rem, 60_000_000)
+    secs = f"{_decimal(rem, 1_000_000)}s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    return f"{minutes}m{secs}" if minutes else secs
+
+
+def _decimal(n: int, unit: int) -> str:
+    """n / unit without trailing zeros, as Go prints durations: 1500 / 1000 -> '1.5'."""
+    whole, frac = divmod(n, unit)
+    digits = str(frac).zfill(len(str(unit)) - 1).rstrip("0")
+    return f"{whole}.{digits}" if digits else str(whole)
 
 
 def rfc3339(epoch: float) -> str:
@@ -580,7 +604,7 @@ class Emulator:
         if fault != "reset":
             self._bill(call, output_tokens, fault or choices[0][1].partition(":")[0])
         if call.stream:
-            return await self._stream(request, call, choices[0], output_tokens, fault, headers)
+            return await self._stream(request, call, choices, output_tokens, fault, headers)
         payload = (self._openai_payload if call.provider == OPENAI else self._anthropic_payload)(
             call, choices, output_tokens)
         raw = json.dumps(payload, ensure_ascii=False)
@@ -612,15 +636,11 @@ class Emulator:
         await asyncio.sleep(self.config.hang_s)
         raise Outcome(web.Response(status=500), "reset_unanswered")
 
-    async def _stream(self, request: web.Request, call: _Call, choice: tuple[str, str], output_tokens: int,
+    async def _stream(self, request: web.Request, call: _Call, choices: list[tuple[str, str]], output_tokens: int,
                       fault: str | None, headers: dict[str, str]) -> web.StreamResponse:
         """Server-sent events in the provider's stream format; reset drops the connection halfway."""
-        text, finish = choice
-        pieces = [text[i:i + STREAM_CHUNK_CHARS] for i in range(0, len(text), STREAM_CHUNK_CHARS)]
-        if finish == "refusal":
-            pieces = []
         events = (self._openai_events if call.provider == OPENAI else self._anthropic_events)(
-            call, pieces, finish, output_tokens)
+            call, choices, output_tokens)
         if fault == "bad_json":
             mid = len(events) // 2
             events[mid] = events[mid][: len(events[mid]) // 2] + "\n\n"
@@ -639,37 +659,44 @@ class Emulator:
         await resp.write_eof()
         return resp
 
-    def _openai_events(self, call: _Call, pieces: list[str], finish: str, output_tokens: int) -> list[str]:
+    def _openai_events(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> list[str]:
+        """chat.completion.chunk events: each choice's deltas, the choices interleaved as OpenAI sends them."""
         head = {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": call.model, "service_tier": "default",
                 "system_fingerprint": self._fingerprint}
         usage = {"usage": None} if call.include_usage else {}
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return "data: " + json.dumps(head | {"choices": [choice]} | usage, ensure_ascii=False) + "\n\n"
-
-        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        events += [chunk({"content": p}) for p in pieces]
-        events.append(chunk({}, _OPENAI_FINISH.get(finish.partition(":")[0], "stop")))
+        per_choice = [_openai_deltas(call, i, text, finish) for i, (text, finish) in enumerate(choices)]
+        interleaved = [c for group in itertools.zip_longest(*per_choice) for c in group if c is not None]
+        events = ["data: " + json.dumps(head | {"choices": [c]} | usage, ensure_ascii=False) + "\n\n"
+                  for c in interleaved]
         if call.include_usage:
             events.append("data: " + json.dumps(head | {"choices": [], "usage": self._openai_usage(
                 call, output_tokens)}) + "\n\n")
         return [*events, "data: [DONE]\n\n"]
 
-    def _anthropic_events(self, call: _Call, pieces: list[str], finish: str, output_tokens: int) -> list[str]:
+    def _anthropic_events(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> list[str]:
+        """Message stream events; a forced tool's call streams as a tool_use block of input_json_delta pieces."""
         def event(name: str, data: dict[str, Any]) -> str:
             return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-        stop_reason, stop_sequence = _anthropic_stop(finish)
+        [(text, finish)] = choices
+        tool = _forced_call(call, text, finish)
+        stop_reason, stop_sequence = ("tool_use", None) if tool else _anthropic_stop(finish)
         message = self._anthropic_payload(call, [("", finish)], 1) | {"content": [], "stop_reason": None}
         events = [event("message_start", {"type": "message_start", "message": message}),
                   event("ping", {"type": "ping"})]
+        pieces = [] if finish == "refusal" else _pieces(text)
+        if tool:
+            block = {"type": "tool_use", "id": _tool_use_id(), "name": tool[0], "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+        else:
+            block = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in pieces]
         if pieces:
             events.append(event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                        "content_block": {"type": "text", "text": ""}}))
-            events += [event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                     "delta": {"type": "text_delta", "text": p}}) for p in pieces]
+                                                        "content_block": block}))
+            events += [event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+                       for d in deltas]
             events.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
         events.append(event("message_delta", {"type": "message_delta", "delta": {
             "stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": {"output_tokens": output_tokens}}))
@@ -883,19 +910,19 @@ class Emulator:
         if self.config.models is not None and model not in self.config.models:
             raise self._error(provider, "model_not_found", model=model)
         if provider == ANTHROPIC:
-            max_tokens, stops = body.get("max_tokens"), body.get("stop_sequences") or []
-            if not isinstance(max_tokens, int) or max_tokens < 1:
-                raise self._error(provider, "400", message="max_tokens: Field required", param="max_tokens")
+            max_tokens, stops, n = body.get("max_tokens"), body.get("stop_sequences") or [], 1
+            if not isinstance(max_tokens, int) or max_tokens < 0:  # 0 only fills the prompt cache
+                raise self._error(provider, "400", message="max_tokens: Field required (an integer >= 0)",
+                                  param="max_tokens")
         else:
-            max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or self.config.default_max_tokens
+            invalid = _openai_invalid(body)
+            if invalid is not None:
+                param, message, code = invalid
+                raise self._error(provider, "400", message=message, param=param, code=code)
+            max_tokens = _first_set(body, "max_completion_tokens", "max_tokens", default=self.config.default_max_tokens)
             stops = body.get("stop") or []
             stops = [stops] if isinstance(stops, str) else stops
-            if not isinstance(max_tokens, int) or max_tokens < 1:
-                raise self._error(provider, "400", message="max_tokens must be a positive integer", param="max_tokens")
-        n = body.get("n") or 1 if provider == OPENAI else 1
-        if not isinstance(n, int) or not 1 <= n <= 128 or (n > 1 and body.get("stream")):
-            raise self._error(provider, "400", message="n must be an integer in [1, 128] (1 when streaming)",
-                              param="n")
+            n = _first_set(body, "n", default=1)
         input_tokens = self._count_input(body)
         context = self.config.context_tokens
         reserved = max_tokens if (provider == ANTHROPIC or "max_tokens" in body or "max_completion_tokens" in body) else 0
@@ -954,13 +981,7 @@ class Emulator:
         }
 
     def _openai_payload(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> dict[str, Any]:
-        out = []
-        for i, (text, finish) in enumerate(choices):
-            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
-            if finish == "refusal":
-                message.update(content=None, refusal=text)
-            finish_reason = _OPENAI_FINISH.get(finish.partition(":")[0], "stop")
-            out.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason})
+        out = [_openai_choice(call, i, text, finish) for i, (text, finish) in enumerate(choices)]
         return {
             "id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
             "model": call.model, "choices": out, "usage": self._openai_usage(call, output_tokens),
@@ -971,14 +992,10 @@ class Emulator:
         text, finish = choices[0]
         stop_reason, stop_sequence = _anthropic_stop(finish)
         content = [{"type": "text", "text": text}] if text and finish != "refusal" else []
-        tool = forced_tool(call.body)
-        if tool is not None and finish == "stop":  # structured output: the answer is the forced tool's input
-            try:
-                content = [{"type": "tool_use", "id": "toolu_01" + secrets.token_hex(11), "name": tool["name"],
-                            "input": json.loads(text)}]
-                stop_reason = "tool_use"
-            except json.JSONDecodeError:  # a custom responder that ignores the schema: answered as text
-                pass
+        tool = _forced_call(call, text, finish)
+        if tool is not None:  # structured output: the answer is the forced tool's input
+            content = [{"type": "tool_use", "id": _tool_use_id(), "name": tool[0], "input": tool[1]}]
+            stop_reason = "tool_use"
         return {
             "id": "msg_01" + secrets.token_hex(11), "type": "message", "role": "assistant", "model": call.model,
             "content": content,
@@ -1006,7 +1023,7 @@ class Emulator:
             for suffix, b in (("requests", buckets["requests"]), ("tokens", tokens)):
                 if b is not None:
                     headers[f"x-ratelimit-limit-{suffix}"] = str(b.limit)
-                    headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, int(b.level)))
+                    headers[f"x-ratelimit-remaining-{suffix}"] = str(b.remaining())
                     headers[f"x-ratelimit-reset-{suffix}"] = go_duration(b.reset_s())
             return headers
         wall = time.time()
@@ -1016,7 +1033,7 @@ class Emulator:
             if b is not None:
                 prefix = f"anthropic-ratelimit-{name.replace('_', '-')}"
                 headers[f"{prefix}-limit"] = str(b.limit)
-                headers[f"{prefix}-remaining"] = str(max(0, int(b.level)))
+                headers[f"{prefix}-remaining"] = str(b.remaining())
                 headers[f"{prefix}-reset"] = rfc3339(wall + b.reset_s())
         return headers
 
@@ -1035,23 +1052,21 @@ class Emulator:
             headers["retry-after-ms"] = str(max(1, math.ceil(wait_s * 1000)))
             unit = "requests per min (RPM)" if bucket == "requests" else "tokens per min (TPM)"
             message = (f"Rate limit reached for {call.model} in organization org-emulator on {unit}: "
-                       f"Limit {b.limit}, Used {int(b.capacity - b.level)}, Requested {int(requested)}. "
-                       f"Please try again in {go_duration(wait_s)}.")
+                       f"Limit {b.limit}, Used {b.limit - b.remaining()}, Requested {math.ceil(requested)}. "
+                       f"Please try again in {go_duration(wait_s)}. Visit https://platform.openai.com/account/"
+                       "rate-limits to learn more.")
             return self._error(OPENAI, "rate_limit", message=message, headers=headers,
                                error_type="requests" if bucket == "requests" else "tokens")
-        label = bucket.replace("_", " ")
-        message = (f"This request would exceed the rate limit for your organization of {b.limit} {label} "
-                   f"per minute. Please try again in {retry_after} seconds.")
+        label = "requests" if bucket == "requests" else bucket.replace("_", " ")
+        message = _ANTHROPIC_RATE_LIMIT.format(limit=f"{b.limit:,} {label}")
         return self._error(ANTHROPIC, "rate_limit", message=message, headers=headers)
 
     def _error(self, provider: str, kind: str, *, model: str = "", message: str | None = None,
                param: str | None = None, headers: dict[str, str] | None = None,
                error_type: str | None = None, label: str | None = None, code: str | None = None) -> Outcome:
-        """The provider's error response for `kind`, wrapped to be raised."""
-        status, otype, ocode, atype, default_message = _ERRORS[kind]
-        status = 503 if (kind == "529" and provider == OPENAI) else status
-        status = 402 if (kind == "quota" and provider == ANTHROPIC) else status
-        message = message or default_message.format(model=model)
+        """The provider's error response for `kind`, in its own wording, wrapped to be raised."""
+        spec = _ERRORS[provider][kind]
+        message = message or spec.message.format(model=model)
         headers = dict(headers or {})
         if kind in ("429", "529", "503") and "retry-after" not in headers:
             headers["retry-after"] = "1"
@@ -1060,42 +1075,77 @@ class Emulator:
                    "<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
             return Outcome(web.Response(status=502, text=html, content_type="text/html", headers=headers), kind)
         if provider == OPENAI:
-            body: dict[str, Any] = {"error": {"message": message, "type": error_type or otype,
-                                              "param": param, "code": code or ocode}}
+            body: dict[str, Any] = {"error": {"message": message, "type": error_type or spec.type,
+                                              "param": param, "code": code or spec.code}}
             headers["x-request-id"] = "req_" + secrets.token_hex(16)
         else:
             request_id = "req_01" + secrets.token_hex(11)
-            body = {"type": "error", "error": {"type": atype, "message": message}, "request_id": request_id}
+            body = {"type": "error", "error": {"type": spec.type, "message": message}, "request_id": request_id}
             headers["request-id"] = request_id
-        return Outcome(web.json_response(body, status=status, headers=headers), label or kind)
+        return Outcome(web.json_response(body, status=spec.status, headers=headers), label or kind)
 
 
-_ERRORS: dict[str, tuple[int, str, str | None, str, str]] = {
-    # kind: (status, OpenAI type, OpenAI code, Anthropic type, message)
-    "auth": (401, "invalid_request_error", "invalid_api_key", "authentication_error",
-             "Incorrect API key provided. You can find your API key in your account settings."),
-    "model_not_found": (404, "invalid_request_error", "model_not_found", "not_found_error",
-                        "The model `{model}` does not exist or you do not have access to it."),
-    "400": (400, "invalid_request_error", None, "invalid_request_error", "Invalid request."),
-    "content_filter": (400, "invalid_request_error", "content_filter", "invalid_request_error",
-                       "The prompt was flagged by the content management policy."),
-    "rate_limit": (429, "requests", "rate_limit_exceeded", "rate_limit_error", "Rate limit reached."),
-    "429": (429, "requests", "rate_limit_exceeded", "rate_limit_error",  # OpenAI's wording, billing link and all
-            "Rate limit reached for {model} in organization org-emulator on requests per min (RPM): Limit 3, "
-            "Used 3, Requested 1. Please try again in 1s. Visit https://platform.openai.com/account/rate-limits "
-            "to learn more. You can increase your rate limit by adding a payment method to your account at "
-            "https://platform.openai.com/account/billing."),
-    "quota": (429, "insufficient_quota", "insufficient_quota", "billing_error",
-              "You exceeded your current quota, please check your plan and billing details."),
-    "500": (500, "server_error", None, "api_error",
-            "The server had an error while processing your request. Sorry about that!"),
-    "503": (503, "server_error", "service_unavailable", "api_error",
-            "The server is overloaded or not ready yet."),
-    "529": (529, "server_error", "service_unavailable", "overloaded_error", "Overloaded"),
-    "timeout": (504, "server_error", "timeout", "timeout_error", "Request timed out."),
-    "not_found": (404, "invalid_request_error", None, "not_found_error", "Not found."),
-    "502": (502, "server_error", None, "api_error", "Bad gateway."),
+class _ErrorSpec(NamedTuple):
+    status: int
+    type: str
+    message: str
+    code: str | None = None
+    """OpenAI's `code` (Anthropic errors have none)."""
+
+
+_OPENAI_RATE_LIMIT = (
+    "Rate limit reached for {model} in organization org-emulator on requests per min (RPM): Limit 3, Used 3, "
+    "Requested 1. Please try again in 1s. Visit https://platform.openai.com/account/rate-limits to learn more. "
+    "You can increase your rate limit by adding a payment method to your account at "
+    "https://platform.openai.com/account/billing.")
+_ANTHROPIC_RATE_LIMIT = (
+    "This request would exceed the rate limit for your organization of {limit} per minute. For details, refer "
+    "to: https://docs.claude.com/en/api/rate-limits. You can see the response headers for current usage. Please "
+    "reduce the prompt length or the maximum tokens requested, or try again later. You may also contact sales at "
+    "https://www.anthropic.com/contact-sales to discuss your options for a rate limit increase.")
+_ERRORS: dict[str, dict[str, _ErrorSpec]] = {
+    OPENAI: {
+        "auth": _ErrorSpec(401, "invalid_request_error", "Incorrect API key provided. You can find your API key "
+                           "at https://platform.openai.com/account/api-keys.", "invalid_api_key"),
+        "model_not_found": _ErrorSpec(404, "invalid_request_error", "The model `{model}` does not exist or you do "
+                                      "not have access to it.", "model_not_found"),
+        "400": _ErrorSpec(400, "invalid_request_error", "Invalid request."),
+        "content_filter": _ErrorSpec(400, "invalid_request_error", "The prompt was flagged by the content "
+                                     "management policy.", "content_filter"),
+        "rate_limit": _ErrorSpec(429, "requests", "Rate limit reached.", "rate_limit_exceeded"),
+        "429": _ErrorSpec(429, "requests", _OPENAI_RATE_LIMIT, "rate_limit_exceeded"),
+        "quota": _ErrorSpec(429, "insufficient_quota", "You exceeded your current quota, please check your plan "
+                            "and billing details. For more information on this error, read the docs: "
+                            "https://platform.openai.com/docs/guides/error-codes/api-errors.", "insufficient_quota"),
+        "500": _ErrorSpec(500, "server_error", "The server had an error while processing your request. Sorry "
+                          "about that!"),
+        "503": _ErrorSpec(503, "server_error", "The server is overloaded or not ready yet.", "service_unavailable"),
+        "529": _ErrorSpec(503, "server_error", "The engine is currently overloaded, please try again later."),
+        "timeout": _ErrorSpec(504, "server_error", "Request timed out.", "timeout"),
+        "not_found": _ErrorSpec(404, "invalid_request_error", "Not found."),
+        "502": _ErrorSpec(502, "server_error", "Bad gateway."),
+    },
+    ANTHROPIC: {
+        "auth": _ErrorSpec(401, "authentication_error", "invalid x-api-key"),
+        "model_not_found": _ErrorSpec(404, "not_found_error", "model: {model}"),
+        "400": _ErrorSpec(400, "invalid_request_error", "Invalid request."),
+        # Anthropic's own words are "Output blocked by content filtering policy", which textbookgen.providers
+        # does not classify as a content filter yet; this wording it does
+        "content_filter": _ErrorSpec(400, "invalid_request_error", "The prompt was flagged by the content "
+                                     "management policy."),
+        "rate_limit": _ErrorSpec(429, "rate_limit_error", "Rate limit reached."),
+        "429": _ErrorSpec(429, "rate_limit_error", _ANTHROPIC_RATE_LIMIT.format(limit="20,000 input tokens")),
+        "quota": _ErrorSpec(402, "billing_error", "Your credit balance is too low to access the Anthropic API. "
+                            "Please go to Plans & Billing to upgrade or purchase credits."),
+        "500": _ErrorSpec(500, "api_error", "Internal server error"),
+        "503": _ErrorSpec(503, "api_error", "Service unavailable"),
+        "529": _ErrorSpec(529, "overloaded_error", "Overloaded"),
+        "timeout": _ErrorSpec(504, "timeout_error", "Request timed out"),
+        "not_found": _ErrorSpec(404, "not_found_error", "Not found."),
+        "502": _ErrorSpec(502, "api_error", "Bad gateway."),
+    },
 }
+"""Each provider's error responses by kind, in its own wording."""
 
 
 _OPENAI_FINISH = {"length": "length", "refusal": "content_filter", "stop_sequence": "stop", "stop": "stop"}
@@ -1114,9 +1164,171 @@ def _anthropic_stop(finish: str) -> tuple[str, str | None]:
     return {"length": "max_tokens", "refusal": "refusal"}.get(finish, "end_turn"), None
 
 
+def _pieces(text: str) -> list[str]:
+    """A completion's text as the pieces its stream sends."""
+    return [text[i:i + STREAM_CHUNK_CHARS] for i in range(0, len(text), STREAM_CHUNK_CHARS)]
+
+
+def _forced_call(call: _Call, text: str, finish: str) -> tuple[str, Any] | None:
+    """(tool name, input) when the request forces a tool and `text` is its JSON input; None for a text
+    answer (no forced tool, a cut or refused answer, or a custom responder that ignored the schema)."""
+    tool = forced_tool(call.body)
+    if tool is None or finish != "stop":
+        return None
+    try:
+        return tool["name"], json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _tool_use_id() -> str:
+    return "toolu_01" + secrets.token_hex(11)
+
+
+def _openai_finish(call: _Call, finish: str, tool_called: bool) -> str:
+    """OpenAI's finish_reason: a call forced by name ends with "stop", one forced by "required" with
+    "tool_calls" (as OpenAI, and vLLM copying it, answer)."""
+    if tool_called:
+        return "tool_calls" if call.body.get("tool_choice") == "required" else "stop"
+    return _OPENAI_FINISH.get(finish.partition(":")[0], "stop")
+
+
+def _openai_choice(call: _Call, index: int, text: str, finish: str) -> dict[str, Any]:
+    """One choice of a chat.completion: text, a refusal, or the forced tool's call."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+    tool = _forced_call(call, text, finish)
+    if tool is not None:
+        message.update(content=None, tool_calls=[{"id": "call_" + secrets.token_hex(12), "type": "function",
+                                                  "function": {"name": tool[0], "arguments": text}}])
+    elif finish == "refusal":
+        message.update(content=None, refusal=text)
+    logprobs = _openai_logprobs(call, index, text, finish) if tool is None else None
+    return {"index": index, "message": message, "logprobs": logprobs,
+            "finish_reason": _openai_finish(call, finish, tool is not None)}
+
+
+def _openai_deltas(call: _Call, index: int, text: str, finish: str) -> list[dict[str, Any]]:
+    """One choice's stream: the role, the text (or the forced tool's call, its arguments in pieces), the finish.
+    A refusal streams no text: only its finish_reason."""
+    tool = _forced_call(call, text, finish)
+    pieces = [] if finish == "refusal" else _pieces(text)
+    if tool is not None:
+        first = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+            {"index": 0, "id": "call_" + secrets.token_hex(12), "type": "function",
+             "function": {"name": tool[0], "arguments": ""}}]}
+        deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
+    else:
+        first = {"role": "assistant", "content": "", "refusal": None}
+        deltas = [{"content": p} for p in pieces]
+    logprobs = _openai_logprobs(call, index, text, finish) if tool is None else None
+    chunks = [{"index": index, "delta": first, "logprobs": None, "finish_reason": None}]
+    chunks += [{"index": index, "delta": delta, "logprobs": _piece_logprobs(logprobs, i), "finish_reason": None}
+               for i, delta in enumerate(deltas)]
+    finish_reason = _openai_finish(call, finish, tool is not None)
+    return [*chunks, {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}]
+
+
+def _piece_logprobs(logprobs: dict[str, Any] | None, i: int) -> dict[str, Any] | None:
+    """The logprobs of a text's i-th streamed piece (STREAM_CHUNK_CHARS is a whole number of tokens)."""
+    if logprobs is None or logprobs["content"] is None:
+        return None
+    per_piece = STREAM_CHUNK_CHARS // CHARS_PER_TOKEN
+    return {"content": logprobs["content"][i * per_piece:(i + 1) * per_piece], "refusal": None}
+
+
+_ALTERNATIVE_TOKENS = (" the", " of", " and", " to", " in", " is", " a", " that", " for", " it", " as", " with",
+                       " on", " by", " this", " be", " are", " from", " or", " an", " which")
+
+
+def _openai_logprobs(call: _Call, index: int, text: str, finish: str) -> dict[str, Any] | None:
+    """Synthetic logprobs when the request asks for them (None otherwise), in OpenAI's shape and seeded by
+    the request: `text` as tokens of CHARS_PER_TOKEN characters (as many as billed), each the most likely
+    at its position (p in [0.5, 1)), its `top_logprobs` alternatives sharing the rest. A refusal's tokens
+    are under "refusal"."""
+    if call.body.get("logprobs") is not True:
+        return None
+    rng = random.Random(f"{call.key}:{index}:logprobs")
+    k = call.body.get("top_logprobs") or 0
+    tokens = [text[i:i + CHARS_PER_TOKEN] for i in range(0, len(text), CHARS_PER_TOKEN)]
+    pool = sorted(set(tokens) | set(_ALTERNATIVE_TOKENS))
+    entries = []
+    for token in tokens:
+        p = rng.uniform(0.5, 0.999)
+        others = rng.sample([t for t in pool if t != token], k - 1) if k else []
+        top = [(token, p), *((t, (1 - p) * 0.5 ** (j + 1)) for j, t in enumerate(others))][:k]
+        entries.append(_logprob(token, p) | {"top_logprobs": [_logprob(t, q) for t, q in top]})
+    return {"content": None, "refusal": entries} if finish == "refusal" else {"content": entries, "refusal": None}
+
+
+def _logprob(token: str, p: float) -> dict[str, Any]:
+    return {"token": token, "bytes": list(token.encode()), "logprob": math.log(p)}
+
+
 def _bearer(value: str) -> str:
     scheme, _, token = value.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _first_set(body: dict[str, Any], *keys: str, default: int) -> int:
+    """The first of `keys` the body sets to a non-null value (0 included), else `default`."""
+    return next((body[k] for k in keys if body.get(k) is not None), default)
+
+
+_OPENAI_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_OPENAI_RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
+    # (param, minimum, maximum, integer): the ranges completion_create_params.py states (temperature, top_logprobs)
+    # or implies (counts of at least one, top_p a probability mass); n <= 128 is the API reference's limit
+    ("max_completion_tokens", 1, None, True), ("max_tokens", 1, None, True), ("n", 1, 128, True),
+    ("temperature", 0, 2, False), ("top_p", 0, 1, False), ("top_logprobs", 0, 20, True),
+)
+
+
+def _openai_invalid(body: dict[str, Any]) -> tuple[str, str, str | None] | None:
+    """(param, message, code) of the first thing OpenAI rejects with a 400 in a chat request, else None.
+
+    The rules are those the SDK's completion_create_params.py states: message roles, the numeric ranges
+    above, up to 4 stop sequences, top_logprobs only with logprobs=true, stream_options only when
+    streaming. The messages are OpenAI's own wording."""
+    for i, message in enumerate(body["messages"]):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role is None:
+            return f"messages[{i}].role", f"Missing required parameter: 'messages[{i}].role'.", \
+                "missing_required_parameter"
+        if role not in _OPENAI_ROLES:
+            supported = ", ".join(f"'{r}'" for r in _OPENAI_ROLES[:-1]) + f", and '{_OPENAI_ROLES[-1]}'"
+            return f"messages[{i}].role", f"Invalid value: '{role}'. Supported values are: {supported}.", \
+                "invalid_value"
+    for param, low, high, integer in _OPENAI_RANGES:
+        invalid = _out_of_range(param, body.get(param), low, high, integer)
+        if invalid is not None:
+            return invalid
+    stop = body.get("stop")
+    if isinstance(stop, list) and len(stop) > 4:
+        return "stop", ("Invalid 'stop': array too long. Expected an array with maximum length 4, but got an "
+                        f"array with length {len(stop)} instead."), "array_above_max_length"
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        return "top_logprobs", "The 'top_logprobs' parameter is only allowed when 'logprobs' is enabled.", None
+    if body.get("stream_options") is not None and not body.get("stream"):
+        return "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.", None
+    return None
+
+
+def _out_of_range(param: str, value: Any, low: float, high: float | None,
+                  integer: bool) -> tuple[str, str, str] | None:
+    """OpenAI's 400 for a numeric parameter of the wrong type or outside [low, high] (None: not set)."""
+    if value is None:
+        return None
+    kind = "integer" if integer else "decimal"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return param, f"Invalid type for '{param}': expected {'an integer' if integer else 'a number'}, but got " \
+                      f"{type(value).__name__} instead.", "invalid_type"
+    if value < low:
+        return param, f"Invalid '{param}': {kind} below minimum value. Expected a value >= {low}, but got " \
+                      f"{value} instead.", f"{kind}_below_min_value"
+    if high is not None and value > high:
+        return param, f"Invalid '{param}': {kind} above maximum value. Expected a value <= {high}, but got " \
+                      f"{value} instead.", f"{kind}_above_max_value"
+    return None
 
 
 def _strip_prefill(call: _Call, text: str) -> str:

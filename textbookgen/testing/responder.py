@@ -337,22 +337,46 @@ _G_EXAMPLES = (
 
 
 def forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The tool an Anthropic request forces (`tool_choice: {"type": "tool", "name": ...}`), Anthropic's
-    idiom for structured output: the answer is that tool's input."""
-    choice = body.get("tool_choice") or {}
-    if choice.get("type") != "tool":
+    """The tool a request forces the model to call, as {"name": ..., "schema": ...}, else None.
+
+    Anthropic: tool_choice {"type": "tool", "name": ...}, or {"type": "any"} (the first tool); OpenAI:
+    {"type": "function", "function": {"name": ...}}, or "required" (the first tool). "auto", "none" and
+    anything else leave the model free to answer in text."""
+    tools = [_tool_spec(t) for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    if choice == "required" or (isinstance(choice, dict) and choice.get("type") == "any"):
+        return tools[0] if tools else None
+    if not isinstance(choice, dict):
         return None
-    return next((t for t in body.get("tools") or [] if t.get("name") == choice.get("name")), None)
+    if choice.get("type") == "tool":
+        name = choice.get("name")
+    elif choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+    else:
+        return None
+    return next((t for t in tools if t["name"] == name), None)
+
+
+def _tool_spec(tool: dict[str, Any]) -> dict[str, Any]:
+    """{"name", "schema"} of an Anthropic tool or an OpenAI function tool."""
+    function = tool.get("function")
+    if tool.get("type") == "function" and isinstance(function, dict):
+        return {"name": function.get("name"), "schema": function.get("parameters") or {"type": "object"}}
+    return {"name": tool.get("name"), "schema": tool.get("input_schema") or {"type": "object"}}
 
 
 def required_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema the answer must follow: OpenAI's `response_format` json_schema or a forced tool's
-    `input_schema`; None for free text."""
+    """The JSON schema the answer must follow, else None (free text): OpenAI's `response_format`
+    json_schema, Anthropic's `output_config.format` json_schema (what `messages.parse(output_format=...)`
+    sends), or a forced tool's parameters."""
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_schema":
         return (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+    output_format = (body.get("output_config") or {}).get("format") or {}
+    if output_format.get("type") == "json_schema":
+        return output_format.get("schema") or {"type": "object"}
     tool = forced_tool(body)
-    return (tool.get("input_schema") or {"type": "object"}) if tool is not None else None
+    return tool["schema"] if tool is not None else None
 
 
 def wants_json(body: dict[str, Any], prompt: str) -> bool:
@@ -620,8 +644,8 @@ def _count(rx: re.Pattern[str], prompt: str, rng: random.Random) -> int | None:
 def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     """The completion text for a chat request body (OpenAI or Anthropic shape), derived from `seed`.
 
-    - a `response_format` json_schema, or an Anthropic forced tool's input_schema: an instance of the
-      schema (lists of distinct items, scores);
+    - a required JSON schema (see `required_schema`: response_format, output_config, a forced tool): an
+      instance of the schema (lists of distinct items, scores);
     - a judging prompt ("score ... on a scale of 0 to 5", FineWeb-Edu's "Educational score:
       <points>"): a justification and a score that follows the judged text's educational cues;
     - a writing prompt for a story: a very simple children's story using the required words; for
