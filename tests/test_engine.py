@@ -428,3 +428,14 @@ def test_run_inside_a_running_loop_works_and_ctrl_c_cancels_it(tmp_path):
         assert emu.billed <= stopped_at + 4 < 60  # only what was on the wire can still finish
         out = gen.run(requests)  # outside a loop: resumes from the journal
         assert all(r.text for r in out) and emu.billed - 60 <= 4
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("anthropic HTTP 400 (invalid_request_error): Output blocked by content filtering policy", "content_filter"),
+    ("openai HTTP 400 (content_filter): The prompt was flagged by the content management policy.", "content_filter"),
+    ("openai HTTP 400 (invalid_request_error): Invalid request.", "bad_request"),
+])
+def test_refusals_are_told_from_bad_requests_in_each_providers_words(text, expected):
+    from textbookgen.providers import item_error_class
+
+    assert item_error_class(text) == expected

@@ -37,7 +37,8 @@ _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": 
 _QUOTA_WORDS = ("insufficient_quota", "exceeded your current quota", "check your plan and billing",
                 "credit balance", "spend limit", "payment required")
 _RATE_LIMIT_CODES = ("rate_limit_exceeded", "rate_limit_error")
-_FILTER_WORDS = ("content_filter", "content_policy", "content management", "flagged", "safety system")
+_FILTER_WORDS = ("content_filter", "content_policy", "content management", "flagged", "safety system",
+                 "content filtering")  # Anthropic: "Output blocked by content filtering policy"
 _MODEL_WORDS = ("model_not_found", "does not exist", "unknown model", "invalid model", "no such model",
                 "not_found_error")
 
