@@ -203,7 +203,7 @@ def test_malformed_input_names_file_and_line(tmp_path: Path) -> None:
         load_benchmark("hellaswag", six)
     with pytest.raises(BenchmarkError, match="no such file"):
         load_benchmark("piqa", tmp_path / "absent.jsonl")
-    with pytest.raises(KeyError, match="unknown benchmark"):
+    with pytest.raises(BenchmarkError, match="unknown benchmark"):
         load_benchmark("squad", tmp_path)
 
 

@@ -601,7 +601,7 @@ def resolve_task(name: str) -> BenchmarkSpec:
     """The registered spec for a task name or alias; the error lists the known tasks."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[key]
 
 

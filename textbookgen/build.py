@@ -435,6 +435,7 @@ class Build:
                 "set and provider.base_url is not a local server): planning only."
             )
         self.check_benchmarks(planning)
+        self.check_finish()
         tax, tax_hash, grow_plan = self.stage_taxonomy(can_grow=not planning)
         if grow_plan and (r.taxonomy.max_per_topic or r.taxonomy.min_per_topic):
             # The per-topic caps are meant for the grown tree; the roots alone cannot meet them.
@@ -457,6 +458,17 @@ class Build:
         self._finish_manifest()
         _write_json(self.manifest, self.out / "manifest.json")
         return BuildResult(self.out, self.manifest, stages=dict(self.stage_status))
+
+    def check_finish(self) -> None:
+        """Check what the last stages need before anything is paid for: a repo to push to, a card
+        template that compiles."""
+        from textbookgen.card import load_card_template
+
+        r = self.recipe
+        if self.push and not r.hub.repo_id:
+            raise BuildError("push: the recipe has no hub.repo_id; set it, or build with --no-push")
+        if r.card_template:
+            load_card_template(r.resolve(r.card_template))
 
     def check_benchmarks(self, planning: bool) -> None:
         """Open every decontamination benchmark before anything is paid for: one that cannot be read

@@ -494,6 +494,19 @@ def render_card(
         "files": files,
         "repo_id": (recipe.get("hub") or {}).get("repo_id") or f"<user>/{recipe.get('name', 'dataset')}",
     }
+    text = load_card_template(template_path).render(**context)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    validate_card_text(text)
+    readme = out_dir / "README.md"
+    readme.write_text(text, encoding="utf-8")
+    (out_dir / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("wrote dataset card %s with %d plot(s)", readme, len(plots))
+    return readme
+
+
+def load_card_template(template_path: str | Path) -> jinja2.Template:
+    """Compile a card template (UTF-8, Jinja); a file that is not one raises ValueError naming file and line."""
+    template_path = Path(template_path)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(template_path.parent), str(CARDS_DIR)]),
         undefined=jinja2.ChainableUndefined,
@@ -506,14 +519,12 @@ def render_card(
     env.filters["pct"] = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
     env.filters["filesize"] = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
     env.filters["usd"] = lambda v: f"${v:,.4f}" if isinstance(v, (int, float)) else "–"
-    text = env.get_template(template_path.name).render(**context)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    validate_card_text(text)
-    readme = out_dir / "README.md"
-    readme.write_text(text, encoding="utf-8")
-    (out_dir / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    log.info("wrote dataset card %s with %d plot(s)", readme, len(plots))
-    return readme
+    try:
+        return env.get_template(template_path.name)
+    except jinja2.TemplateSyntaxError as err:
+        raise ValueError(f"card template {err.filename or template_path}:{err.lineno}: {err.message}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"card template {template_path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
 
 
 def _write_provenance(out_dir: Path, recipe: Mapping, manifest: Mapping) -> list[str]:

@@ -6,7 +6,11 @@ Commands here are thin: they parse options and call the stage's module, where th
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -15,6 +19,62 @@ app = typer.Typer(
     add_completion=False,
     help="Build textbook-quality synthetic pretraining datasets, from recipe to Hub.",
 )
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """Print one `error: ...` line and exit with `code`."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _error_line(err: Exception) -> str:
+    """The first line of a known bad-input error, naming the file (OSError) or the option (pydantic)."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        return "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')}: " * bool(e["loc"])
+                         + e["msg"].removeprefix("Value error, ") for e in err.errors())
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+@contextmanager
+def _reported(journal: str | Path | None = None) -> Iterator[None]:
+    """Turn bad input (ValueError, OSError, journal, provider, polars and YAML errors) into one `error:` line
+    and exit 1; with `journal`, say that the answers already paid for are kept there."""
+    import polars as pl
+    import yaml
+
+    from textbookgen.errors import FatalProviderError
+    from textbookgen.journal import JournalError
+
+    try:
+        yield
+    except (ValueError, OSError, JournalError, FatalProviderError, pl.exceptions.PolarsError,
+            yaml.YAMLError) as err:
+        kept = f"\nfinished requests are kept in {journal}; rerun the same command to resume." if journal else ""
+        _fail(_error_line(err) + kept)
+
+
+_RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, ">= 2": lambda v: v >= 2,
+          "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2]": lambda v: 0 <= v <= 2, "in (0, 1]": lambda v: 0 < v <= 1}
+
+
+def _check(option: str, value: float | None, rule: str) -> None:
+    """Exit with `error: OPTION: must be RULE` unless `value` is None or keeps to the rule (a key of _RULES)."""
+    if value is not None and not _RULES[rule](value):
+        _fail(f"{option}: must be {rule}, got {value}")
+
+
+def _check_output(path: str | Path, option: str) -> None:
+    """Before any paid work: `path` must name a file (not a folder) in a folder we can create and write."""
+    p = Path(path)
+    if p.is_dir():
+        _fail(f"{option} {p}: is a folder; give a file name")
+    parent = next(a for a in p.absolute().parents if a.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        _fail(f"{option} {p}: cannot write there ({parent} is not a writable folder)")
 
 
 @app.callback()
@@ -30,6 +90,22 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _check_endpoint(endpoint: str | None) -> None:
+    """Exit naming `--endpoint` unless it is an http(s) URL of a server that accepts connections."""
+    import socket
+    from urllib.parse import urlparse
+
+    if endpoint is None:
+        return
+    url = urlparse(endpoint)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        _fail(f"--endpoint {endpoint}: not an http(s) URL")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), 10).close()
+    except (OSError, ValueError) as err:
+        _fail(f"--endpoint {endpoint}: cannot connect ({getattr(err, 'strerror', None) or err})")
+
+
 @app.command()
 def push(
     folder: str = typer.Argument(..., help="built dataset folder: data/ shards, README.md, assets/, provenance"),
@@ -41,11 +117,11 @@ def push(
     """Push a built dataset to the Hub in one commit (token from HF_TOKEN or `hf auth login`)."""
     from textbookgen import hub
 
+    _check_endpoint(endpoint)
     try:
         url = hub.push(folder, repo_id, private=private, endpoint=endpoint, commit_message=message)
-    except (ValueError, PermissionError, FileNotFoundError, hub.PushConflictError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+    except (ValueError, OSError, hub.PushConflictError) as err:
+        _fail(_error_line(err))
     typer.echo(url)
 
 
@@ -59,11 +135,9 @@ def pull(
     """Download a dataset repo (shards, card, plots, recipe, manifest) into a folder."""
     from textbookgen import hub
 
-    try:
+    _check_endpoint(endpoint)
+    with _reported():
         path = hub.pull(repo_id, out, revision=revision, endpoint=endpoint)
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(str(path))
 
 
@@ -117,53 +191,52 @@ def generate(
 ) -> None:
     """Generate a completion for every prompt; writes the journal and the completions file."""
     import logging
-    import os
-    from pathlib import Path
 
     from textbookgen.engine import Generator, RateLimits, sampled
     from textbookgen.errors import FatalProviderError
     from textbookgen.journal import JournalError
-    from textbookgen.promptfile import PromptFileError, load_prompts, write_completions
+    from textbookgen.promptfile import load_prompts, write_completions
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for option, value, rule in (("--timeout", timeout, "> 0"), ("--max-attempts", max_attempts, ">= 1"),
+                                ("--concurrency", concurrency, ">= 1"), ("--rpm", rpm, "> 0"), ("--tpm", tpm, "> 0"),
+                                ("--input-tpm", input_tpm, "> 0"), ("--output-tpm", output_tpm, "> 0"),
+                                ("--max-cost", max_cost, ">= 0"), ("--max-output-tokens", max_output_tokens, ">= 0"),
+                                ("--max-tokens", max_tokens, ">= 1"), ("--temperature", temperature, "in [0, 2]"),
+                                ("--top-p", top_p, "in (0, 1]"), ("--n", n, ">= 1")):
+        _check(option, value, rule)
     stem = Path(prompts).with_suffix("")
+    out_path = out or f"{stem}.completions.jsonl"
+    _check_output(out_path, "--out")
     defaults = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "system": system}
-    try:
+    with _reported():
         requests = load_prompts(prompts, defaults)
         if n != 1:
             requests = [s for r in requests for s in sampled(r, n)]
-    except (PromptFileError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env)
         if not api_key:
-            typer.echo(f"error: environment variable {api_key_env} is not set", err=True)
-            raise typer.Exit(2)
-    try:
+            _fail(f"environment variable {api_key_env} is not set", 2)
+    with _reported():
         gen = Generator(provider, model, base_url=base_url, api_key=api_key,
                         journal=journal or f"{stem}.journal.sqlite",
                         limits=RateLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, tpm=tpm),
                         concurrency=concurrency, max_cost_usd=max_cost, max_output_tokens=max_output_tokens,
                         prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
                         retry_failed=retry_failed, batch=batch, batch_size=batch_size, batch_poll_s=batch_poll)
-    except ValueError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     try:
         responses = gen.run(requests)
     except FatalProviderError as err:
-        typer.echo(f"error: {err}\nfinished work is kept in {gen.journal_path}; rerun to resume.", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"{err}\nfinished work is kept in {gen.journal_path}; rerun to resume.", 2)
     except JournalError as err:  # in use by another run, not a journal, a directory
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        _fail(str(err))
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished requests are in {gen.journal_path}; rerun the same command to resume.",
                    err=True)
         raise typer.Exit(130) from None
-    path = write_completions(out or f"{stem}.completions.jsonl", responses)
+    with _reported(journal=gen.journal_path):
+        path = write_completions(out_path, responses)
     counts: dict[str, int] = {}
     for r in responses:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -179,21 +252,22 @@ def journal(
     status: Annotated[list[str] | None, typer.Option("--status", help="export only these statuses (repeatable)")] = None,
 ) -> None:
     """Summarise a request journal (counts by status, tokens, cost) and optionally export it to parquet."""
-    from pathlib import Path
-
-    from textbookgen.journal import Journal, JournalError
+    from textbookgen.engine import STATUSES
+    from textbookgen.journal import Journal
 
     if not Path(path).is_file():
-        typer.echo(f"error: no journal at {path}", err=True)
-        raise typer.Exit(1)
-    try:
-        with Journal(path) as j:
-            typer.echo(json.dumps(j.summary(), indent=2))
-            if export:
-                typer.echo(f"exported -> {j.export_parquet(export, statuses=status)}")
-    except JournalError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        _fail(f"no journal at {path}")
+    for name in status or []:
+        if name not in ("pending", *STATUSES):
+            _fail(f"--status {name!r}: choose from pending, {', '.join(STATUSES)}")
+    if export:
+        if Path(export).suffix != ".parquet":
+            _fail(f"--export {export}: writes parquet; give a .parquet file name")
+        _check_output(export, "--export")
+    with _reported(), Journal(path, read_only=True) as j:
+        typer.echo(json.dumps(j.summary(), indent=2))
+        if export:
+            typer.echo(f"exported -> {j.export_parquet(export, statuses=status)}")
 
 
 # ---- recipes: validate / build / plan; topic taxonomies (owner: diversity & recipes) ----------------
@@ -229,7 +303,7 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check a recipe: schema, files it names, templates, mix names. Errors name file, line and field."""
-    from textbookgen.build import open_web_samples
+    from textbookgen.build import Build, BuildError, open_web_samples
     from textbookgen.taxonomy import Taxonomy, TaxonomyError
     from textbookgen.websamples import WebSampleError
 
@@ -246,6 +320,18 @@ def validate(
         except WebSampleError as err:
             typer.echo(f"error: web samples: {err}", err=True)
             raise typer.Exit(1) from None
+    if r.card_template:
+        from textbookgen.card import load_card_template
+
+        with _reported():
+            load_card_template(r.resolve(r.card_template))
+    check = Build(r, plan_only=True)
+    try:  # local files only: a plan downloads nothing
+        check.check_benchmarks(planning=True)
+    except BuildError as err:
+        _fail(str(err))
+    for note in check.notes:
+        typer.echo(f"note: {note}")
     grow = f", grown to {tc.grow.target:,} by the build" if tc.grow else ""
     typer.echo(f"ok: {r.name} {r.version}: {r.samples:,} samples of {r.model} ({r.provider.name}), "
                f"{len(tax.leaves()):,} topics{grow}, {len(r.mix)} mix entr{'y' if len(r.mix) == 1 else 'ies'}, "
@@ -255,14 +341,13 @@ def validate(
 def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool | None, progress: bool) -> None:
     from textbookgen.build import BuildError, build
     from textbookgen.errors import FatalProviderError
-    from textbookgen.templates import TemplateError
+    from textbookgen.journal import JournalError
 
     r = _load_recipe(recipe, sets)
     try:
         res = build(r, plan_only=plan_only, push=push, progress=progress)
-    except (BuildError, FatalProviderError, TemplateError, ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+    except (BuildError, FatalProviderError, JournalError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
     except OSError as err:  # a file, the network or the Hub failed mid-build: paid answers are in the journal
         typer.echo(f"error: {type(err).__name__}: {err}\nfinished requests are kept in "
                    f"{r.output_dir() / 'journal.sqlite'}; rerun the same command to resume.", err=True)
@@ -361,23 +446,24 @@ def topics_grow(
 ) -> None:
     """Expand leaves through the LLM to a target count, dropping near-duplicate names."""
     from textbookgen.engine import Generator
-    from textbookgen.errors import FatalProviderError
+    from textbookgen.providers import PROVIDERS
     from textbookgen.recipe import ProviderConfig
-    from textbookgen.taxonomy import TaxonomyError, grow, save_format
+    from textbookgen.taxonomy import grow, save_format
 
+    _check("--per-call", per_call, ">= 2")
+    if provider not in PROVIDERS:
+        _fail(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
     tax = _load_taxonomy(src, None)
-    try:
+    leaves = len(tax.leaves())
+    if leaves >= target:
+        _fail(f"--target {target:,}: {src} already has {leaves:,} leaves; nothing to grow")
+    with _reported():
         save_format(dst)  # before paying for the growth
-    except TaxonomyError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+    _check_output(dst, "DST")
     key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
-    try:
+    with _reported():
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal)
         report = grow(tax, gen, target, per_call=per_call, seed=seed)
-    except FatalProviderError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     _save_taxonomy(tax, dst)
     typer.echo(f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls:,} calls, "
                f"{report.duplicates_dropped:,} near-duplicates dropped; wrote {dst}")
@@ -392,16 +478,11 @@ CurationYaml = Annotated[str | None, typer.Option("--config", help="YAML with cu
 
 def _curation_run(input_path: str, output: str, make_steps, workdir: str | None, config: str | None,
                   overrides: dict, text_column: str, id_column: str) -> None:
-    from pydantic import ValidationError
-
     from textbookgen.curation.commands import load_config, run_steps
 
-    try:
+    with _reported():
         cfg = load_config(config, {**overrides, "text_column": text_column, "id_column": id_column})
         stats = run_steps(input_path, output, make_steps(cfg), workdir, cfg.text_column, cfg.id_column)
-    except (ValueError, FileNotFoundError, ValidationError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(json.dumps(stats, indent=2))
 
 
@@ -465,6 +546,14 @@ def filter_cmd(
     _curation_run(input_path, output, filter_steps, workdir, config, o, text_column, id_column)
 
 
+def _numbers(option: str, text: str, kind: type[float] | type[int]) -> tuple:
+    """A comma-separated option as numbers of `kind`; exits naming the option if one is not."""
+    try:
+        return tuple(kind(x) for x in text.split(","))
+    except ValueError:
+        _fail(f"{option}: expects comma-separated {kind.__name__} values, got {text!r}")
+
+
 classifier_app = typer.Typer(no_args_is_help=True, help="fastText quality classifier: train, eval, score.")
 app.add_typer(classifier_app, name="classifier")
 Paths = Annotated[list[str] | None, typer.Option(help="corpus file/folder (repeatable)")]
@@ -486,15 +575,19 @@ def classifier_train(
     from textbookgen.curation.classifier import TrainSettings, train_classifier
     from textbookgen.curation.commands import load_labelled
 
-    try:
+    lrs, epoch_counts = _numbers("--lr", lr, float), _numbers("--epochs", epochs, int)
+    for option, values, rule in (("--lr", lrs, "> 0"), ("--epochs", epoch_counts, ">= 1"), ("--dim", [dim], ">= 1"),
+                                 ("--bucket", [bucket], ">= 1")):
+        for value in values:
+            _check(option, value, rule)
+    with _reported():
         texts, labels = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
                                       min_positive)
-        settings = TrainSettings(lrs=tuple(float(x) for x in lr.split(",")),
-                                 epochs=tuple(int(x) for x in epochs.split(",")), dim=dim, bucket=bucket)
-        _, meta = train_classifier(texts, labels, output, settings)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        try:
+            _, meta = train_classifier(texts, labels, output, TrainSettings(lrs=lrs, epochs=epoch_counts, dim=dim,
+                                                                            bucket=bucket))
+        except RuntimeError as err:  # fastText's own errors
+            raise ValueError(str(err)) from None
     typer.echo(json.dumps({k: v for k, v in meta.items() if k != "grid"}, indent=2))
 
 
@@ -510,13 +603,11 @@ def classifier_eval(
     from textbookgen.curation.classifier import QualityModel
     from textbookgen.curation.commands import load_labelled
 
-    try:
+    _check("--threshold", threshold, "in [0, 1]")
+    with _reported():
         texts, labels = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
-                                      min_positive)
+                                      min_positive, purpose="evaluation")
         metrics = QualityModel.load(model).evaluate(texts, labels, threshold)
-    except (ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(json.dumps(metrics.as_dict(), indent=2))
 
 
@@ -533,12 +624,9 @@ def classifier_score(
     """Add `quality_score` (P(positive label)) to every row; optionally keep by threshold or percentile."""
     from textbookgen.curation.commands import run_steps, score_steps
 
-    try:
+    with _reported():
         steps = score_steps(model, threshold, keep_top_percent, batch_size, text_column)
         stats = run_steps(input_path, output, steps, None, text_column, id_column)
-    except (ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(json.dumps(stats, indent=2))
 
 
@@ -558,21 +646,23 @@ def classifier_label(
 ) -> None:
     """Score documents 0-5 for educational value with an LLM (FineWeb-Edu's additive rubric), as labels
     for `classifier train --labelled OUT --min-positive 3`."""
-    from textbookgen.curation.corpus_io import read_corpus, write_corpus
+    from textbookgen.curation.corpus_io import check_output, read_corpus, write_corpus
     from textbookgen.curation.judge import EducationalJudge, label_corpus
     from textbookgen.engine import Generator
-    from textbookgen.errors import FatalProviderError
 
-    try:
+    for option, value, rule in (("--sample", sample, ">= 1"), ("--max-chars", max_chars, ">= 1"),
+                                ("--max-cost-usd", max_cost_usd, ">= 0"), ("--concurrency", concurrency, ">= 1")):
+        _check(option, value, rule)
+    journal = journal or f"{output}.journal"
+    with _reported():
+        check_output(output, input_path)
         df = read_corpus(input_path, text_column, id_column)
         gen = Generator(provider=provider, model=model, base_url=base_url, concurrency=concurrency,
-                        journal=journal or f"{output}.journal", max_cost_usd=max_cost_usd)
+                        journal=journal, max_cost_usd=max_cost_usd)
         labelled, stats = label_corpus(df, EducationalJudge(gen, max_chars=max_chars), sample, seed,
                                        text_column, id_column)
+    with _reported(journal=journal):
         write_corpus(labelled, output)
-    except (ValueError, FileNotFoundError, FatalProviderError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(json.dumps(stats, indent=2))
 
 

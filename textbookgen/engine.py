@@ -158,6 +158,11 @@ class Generator:
             raise ValueError("batch_size and batch_max_rounds must be >= 1 and batch_poll_s >= 0")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if not timeout_s > 0 or max_attempts < 1:
+            raise ValueError(f"timeout_s must be > 0 and max_attempts >= 1, got {timeout_s} and {max_attempts}")
+        if (max_cost_usd is not None and not max_cost_usd >= 0) or (max_output_tokens or 0) < 0:
+            raise ValueError(f"max_cost_usd and max_output_tokens must be >= 0, got {max_cost_usd} and "
+                             f"{max_output_tokens}")
         self.provider, self.model, self.base_url = provider, model, base_url
         self._api_key = api_key
         self.journal_path = Path(journal) if journal is not None else None

@@ -101,22 +101,33 @@ class Journal:
     """A request journal file. `Journal(path).summary()` and `.export_parquet(out)` work on any
     journal, also while another process is writing it."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """Open (creating it if needed) the journal at `path`, or ":memory:". `read_only` opens an existing
+        journal without writing to it (summaries, exports): a file that is not one raises JournalError."""
         self.path = Path(path) if str(path) != ":memory:" else None
         self._run_lock = None
-        if self.path is not None:
+        if self.path is not None and not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(str(self.path or ":memory:"), isolation_level=None,
-                                      check_same_thread=False, timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
+            if read_only and self.path is not None:
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                          check_same_thread=False, timeout=30.0)
+            else:
+                self.db = sqlite3.connect(str(self.path or ":memory:"), isolation_level=None,
+                                          check_same_thread=False, timeout=30.0)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise JournalError(f"journal {path} has schema version {version}; this textbookgen reads "
                                    f"version {SCHEMA_VERSION}")
-            self.db.executescript(_SCHEMA)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if read_only:
+                tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if not {"requests", "batches"} <= tables:
+                    raise JournalError(f"{path}: not a textbookgen journal (no requests table)")
+            else:
+                self.db.executescript(_SCHEMA)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
 

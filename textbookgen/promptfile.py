@@ -19,6 +19,10 @@ from textbookgen.jsonl import iter_jsonl
 _REQUEST_FIELDS = ("prompt", "messages", "system", "max_tokens", "temperature", "top_p", "seed", "metadata")
 
 
+_RANGES = {"max_tokens": (lambda v: v >= 1, ">= 1"), "temperature": (lambda v: 0 <= v <= 2, "in [0, 2]"),
+           "top_p": (lambda v: 0 < v <= 1, "in (0, 1]")}
+
+
 class PromptFileError(ValueError):
     """A prompts file that cannot be read as requests (the message names the file, line and field)."""
 
@@ -48,6 +52,8 @@ def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
         value = defaults.get(name) if value is None else value
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             raise PromptFileError(f"{where}: '{name}' has the wrong type ({type(value).__name__}: {value!r})")
+        if value is not None and name in _RANGES and not _RANGES[name][0](value):
+            raise PromptFileError(f"{where}: '{name}' must be {_RANGES[name][1]}, got {value!r}")
         return value
 
     return ChatRequest(messages=messages, max_tokens=pick("max_tokens", int) or 1024,
@@ -59,6 +65,8 @@ def load_prompts(path: str | Path, defaults: Mapping | None = None) -> list[Chat
     """Read a .jsonl / .json (lines) or .parquet prompts file; `defaults` fill fields a row lacks."""
     path = Path(path)
     defaults = defaults or {}
+    if path.is_dir():
+        raise PromptFileError(f"{path}: is a folder, not a prompts file")
     if not path.is_file():
         raise PromptFileError(f"{path}: no such prompts file")
     if path.suffix == ".parquet":

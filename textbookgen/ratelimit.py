@@ -42,6 +42,12 @@ class RateLimits:
     output_tpm: float | None = None
     tpm: float | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("rpm", "input_tpm", "output_tpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
 
 def parse_duration(value: str) -> float | None:
     """Seconds in an OpenAI reset value such as "6m0s", "1s", "20ms", "1h2m3.5s" or a bare "0.5"."""

@@ -879,6 +879,8 @@ def grow(
     """
     from textbookgen.engine import ChatRequest
 
+    if per_call is not None and per_call < 2:
+        raise ValueError(f"per_call must be >= 2 (a single subtopic is not a split), got {per_call}")
     report = GrowReport(leaves_before=len(tax.leaves()), leaves_after=0)
     names = NameIndex((t.name for t in tax.walk()), threshold=similarity)
     attempts: Counter[str] = Counter()

@@ -12,15 +12,20 @@ import yaml
 
 from textbookgen.curation.base import Step
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
-from textbookgen.curation.corpus_io import read_corpus, write_corpus
+from textbookgen.curation.corpus_io import check_output, read_corpus, write_corpus
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurationConfig:
     """A CurationConfig from YAML (the file itself or its `curation:` block), with dotted overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        data = raw.get("curation", raw) if isinstance(raw, dict) else {}
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ValueError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = raw.get("curation", raw) if isinstance(raw, dict) else raw
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {path}: must hold a mapping of curation settings, not a {type(data).__name__}")
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -45,8 +50,11 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
     """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`."""
     from textbookgen.curation.pipeline import run_pipeline
 
-    df = read_corpus(input_path, text_column, id_column)
+    check_output(output_path, input_path)
     work = Path(workdir) if workdir is not None else Path(str(output_path) + ".work")
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"{work}: the work folder is a file")
+    df = read_corpus(input_path, text_column, id_column)
     df, stats = run_pipeline(df, steps, work)
     write_corpus(df, output_path)
     Path(str(output_path) + ".stats.json").write_text(json.dumps(stats, indent=2) + "\n")
@@ -82,7 +90,8 @@ NEGATIVE_WORDS = ("cc", "lq", "negative", "neg", "false", "no")
 
 
 def load_labelled(positive: list[str], negative: list[str], labelled: list[str], text_column: str = "text",
-                  label_column: str = "label", min_positive: float = 1.0) -> tuple[list[str], list[bool]]:
+                  label_column: str = "label", min_positive: float = 1.0,
+                  purpose: str = "training") -> tuple[list[str], list[bool]]:
     """Texts and binary labels: whole corpora as positive/negative, and/or files with a label column
     (numbers, also as strings: >= `min_positive` is positive, e.g. 3 for a 0-5 judge score; booleans;
     or the words in POSITIVE_WORDS / NEGATIVE_WORDS). Missing or unreadable labels raise a ValueError."""
@@ -100,7 +109,7 @@ def load_labelled(positive: list[str], negative: list[str], labelled: list[str],
         labels += read_labels(df[label_column], str(p), min_positive)
         texts += df[text_column].to_list()
     if not texts:
-        raise ValueError("classifier: no training data (give --positive/--negative or --labelled)")
+        raise ValueError(f"classifier: no {purpose} data (give --positive/--negative or --labelled)")
     return texts, labels
 
 

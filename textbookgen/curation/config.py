@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -120,8 +120,8 @@ class FilterConfig(_Strict):
     """Gopher/FineWeb-style heuristics; `prose_*` rules see only prose (code blocks and code docs exempt)."""
 
     enabled: bool = True
-    min_words: int = 50
-    max_words: int = 100_000
+    min_words: int = Field(50, ge=0)
+    max_words: int = Field(100_000, ge=1)
     max_duplicate_line_frac: float = 0.3
     max_duplicate_line_char_frac: float = 0.2
     max_duplicate_para_frac: float = 0.3
@@ -153,6 +153,14 @@ class FilterConfig(_Strict):
     code_formats: list[str] = Field(default_factory=lambda: ["code"])  # `format` values that are code
     code_min_lines: int = 2
     code_max_duplicate_line_frac: float = 0.5
+
+    @field_validator("max_words")
+    @classmethod
+    def _word_range(cls, v: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_words")
+        if low is not None and v < low:
+            raise ValueError(f"must be >= min_words ({low}), got {v}")
+        return v
 
 
 class ClassifierConfig(_Strict):

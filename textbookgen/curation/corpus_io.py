@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 
 import polars as pl
@@ -32,7 +34,10 @@ def _read_jsonl(path: Path) -> pl.DataFrame:
     with open_compressed(path) as f:
         raw = f.read()
     if raw.lstrip()[:1] == b"[":
-        return pl.DataFrame(json.loads(decode_utf8(raw, path)), infer_schema_length=None)
+        try:
+            return pl.DataFrame(json.loads(decode_utf8(raw, path)), infer_schema_length=None)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON array (line {err.lineno}, column {err.colno}: {err.msg})") from None
     try:
         return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
     except Exception:  # re-parsed below, to say where and why
@@ -41,8 +46,12 @@ def _read_jsonl(path: Path) -> pl.DataFrame:
 
 
 def read_records(path: Path) -> pl.DataFrame:
-    """One parquet or jsonl/json file as it is."""
-    return pl.read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
+    """One parquet or jsonl/json file as it is; a file that is not one raises ValueError naming it."""
+    try:
+        return pl.read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
+    except (pl.exceptions.PolarsError, EOFError, gzip.BadGzipFile, zlib.error) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path}: not a readable {''.join(path.suffixes) or 'corpus'} file ({reason})") from None
 
 
 def id_prefix(file: Path, root: Path) -> str:
@@ -55,6 +64,8 @@ def id_prefix(file: Path, root: Path) -> str:
 def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "id") -> pl.DataFrame:
     """All rows of a parquet/jsonl file or folder. Rows without `id_column` get "<file>:<row>" ids, where
     <file> is the path under the folder without suffixes (just the stem for a single file)."""
+    if text_column == id_column:
+        raise ValueError(f"the text column and the id column are both {text_column!r}; they must differ")
     frames = []
     for f in corpus_files(Path(path)):
         df = read_records(f)
@@ -70,14 +81,26 @@ def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "i
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def check_output(path: str | Path, *inputs: str | Path) -> None:
+    """Raise ValueError unless `path` can take a corpus: a .parquet or .jsonl file name, not a folder, and
+    neither one of `inputs` nor inside one (writing it would overwrite or grow the input)."""
+    path = Path(path)
+    if path.suffix not in (".parquet", ".jsonl", ".ndjson"):
+        raise ValueError(f"{path}: write .parquet or .jsonl")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a .parquet or .jsonl file name")
+    for src in map(Path, inputs):
+        if path.resolve() == src.resolve() or src.resolve() in path.resolve().parents:
+            raise ValueError(f"{path}: is the input {src} or inside it; write the output elsewhere")
+
+
 def write_corpus(df: pl.DataFrame, path: str | Path) -> Path:
     """Write parquet (zstd) or jsonl by the suffix of `path`."""
+    check_output(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         df.write_parquet(path, compression="zstd")
-    elif path.suffix in (".jsonl", ".ndjson"):
-        df.write_ndjson(path)
     else:
-        raise ValueError(f"{path}: write .parquet or .jsonl")
+        df.write_ndjson(path)
     return path

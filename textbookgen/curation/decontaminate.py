@@ -74,7 +74,16 @@ def load_benchmark_texts(source: BenchmarkSource) -> list[tuple[str, str, list[s
         from textbookgen.benchmarks import load_benchmark
 
         items = load_benchmark(source.name, source.path)
-        return [(source.name, it.id, [*it.texts(), it.exercise()]) for it in items]
+        out = [(source.name, it.id, [*it.texts(), it.exercise()]) for it in items]
+    else:
+        out = _file_texts(source)
+    if not out:
+        raise ValueError(f"benchmark {source.name or source.path}: no items to decontaminate against")
+    return out
+
+
+def _file_texts(source: BenchmarkSource) -> list[tuple[str, str, list[str]]]:
+    """(file name, item id, texts) for every row of a generic benchmark file/folder."""
     out = []
     for f in corpus_files(Path(source.path)):
         df = read_records(f)

@@ -94,6 +94,8 @@ class EducationalJudge:
 def label_corpus(df: pl.DataFrame, judge: EducationalJudge, sample: int | None = None, seed: int = 0,
                  text_column: str = "text", id_column: str = "id") -> tuple[pl.DataFrame, dict[str, Any]]:
     """Judge a (sampled) corpus: rows with `label` (0-5) for those scored, and counts for the manifest."""
+    if sample is not None and sample < 1:
+        raise ValueError(f"sample must be >= 1, got {sample}")
     if sample is not None and sample < df.height:
         df = df.sample(sample, seed=seed, shuffle=True)
     ids = df[id_column].cast(pl.String).to_list() if id_column in df.columns else None

@@ -48,6 +48,7 @@ import random
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -1376,7 +1377,10 @@ def main(argv: list[str] | None = None) -> None:
             hang_s=args.hang, batch_latency_s=args.batch_latency, batch_outcomes=args.batch_outcome)
     except ValueError as e:
         p.error(str(e))
-    asyncio.run(_serve(Emulator(cfg, host=args.host, port=args.port)))
+    try:
+        asyncio.run(_serve(Emulator(cfg, host=args.host, port=args.port)))
+    except OSError as e:  # the port is taken or the host is not ours: the message says which
+        sys.exit(f"error: {e.strerror or e}")
 
 
 async def _serve(emu: Emulator) -> None:
