@@ -241,3 +241,6 @@ def test_train_tokenizer_names_the_bad_jsonl_line(tmp_path):
     bad.write_text('{"text": "one"}\n{"body": "two"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"docs\.jsonl:2: no 'text' field"):
         train_tokenizer([bad], vocab_size=400)
+    bad.write_text('{"text": "one"}\n{"text": 7}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"docs\.jsonl:2: 'text' is int, expected a string"):
+        train_tokenizer([bad], vocab_size=400)

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from trainer.data import fsync_path
+from trainer.files import load_weights, read_json
 
 LATEST = "latest"
 
@@ -178,19 +179,29 @@ def resolve(path: str | Path) -> Path:
         found = find_latest(root)
         if found is not None:
             return found
+    if (p / "model.safetensors").is_file():
+        raise CheckpointError(f"{p / 'config.json'}: missing (an exported model folder needs it)")
     raise CheckpointError(f"no checkpoint at {p} (expected step-*/meta.json there or under checkpoints/)")
 
 
+_META_KEYS = ("format", "config", "model_config")
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
-    ckpt = resolve(path)
-    return json.loads((ckpt / "meta.json").read_text())
+    """The meta.json of the checkpoint at `path`, checked for the keys loading needs."""
+    file = resolve(path) / "meta.json"
+    meta = read_json(file)
+    missing = [k for k in _META_KEYS if k not in meta] if isinstance(meta, dict) else list(_META_KEYS)
+    if missing:
+        raise CheckpointError(f"{file}: missing {', '.join(missing)} (not a complete checkpoint)")
+    return meta
 
 
 def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
          restore_rng: bool = True) -> dict[str, Any]:
     """Restore model (and optimizer, RNG) from a checkpoint in either format; returns its meta."""
     ckpt = resolve(path)
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = read_meta(ckpt)
     if meta["format"] == "dcp":
         model_sd, optim_sd = (get_state_dict(model, optimizer) if optimizer is not None
                               else (get_model_state_dict(model), None))
@@ -202,9 +213,8 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         opts = StateDictOptions(strict=True)
     else:
         # mmap: ranks of one node share the page cache instead of each holding a copy in RAM
-        model_sd = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True, mmap=True)
-        optim_sd = (torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True, mmap=True)
-                    if optimizer else None)
+        model_sd = load_weights(ckpt / "model.pt", mmap=True)
+        optim_sd = load_weights(ckpt / "optim.pt", mmap=True) if optimizer else None
         opts = StateDictOptions(full_state_dict=True, strict=True)
     try:
         if optimizer is not None:
@@ -227,7 +237,7 @@ def load_model(path: str | Path, device: str = "cpu", **overrides) -> torch.nn.M
     from trainer.model import Phi, PhiConfig
 
     ckpt = resolve(path)
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = read_meta(ckpt)
     known = {f.name for f in dataclasses.fields(PhiConfig)}  # a checkpoint may predate or outlive a switch
     cfg = PhiConfig(**{k: v for k, v in {**meta["model_config"], **overrides}.items() if k in known})
     with torch.device("meta"):

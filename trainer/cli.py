@@ -8,6 +8,7 @@ phi-1.5) with dotted overrides: `--set train.max_steps=100 --set optim.lr=3e-4`.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -91,11 +92,18 @@ def train_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
 def train_tokenizer_run(args: argparse.Namespace) -> int:
     from trainer.tokenizer import train_tokenizer
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the tokenizer.json file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise PermissionError(errno.EACCES, "not writable", str(out))
     files = []
     for f in map(Path, args.files):
         files += sorted((f / "data" if (f / "data").is_dir() else f).rglob("*.parquet")) if f.is_dir() else [f]
+    if not files:
+        raise ValueError(f"no .parquet files in {', '.join(args.files)}")
     tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tok.save(args.out)
     print(f"wrote {args.out}: {tok.get_vocab_size():,} tokens from {len(files)} file(s)")
     return 0
@@ -146,11 +154,16 @@ def _tokenizer_for(path: Path, spec: str | None):
 
     if spec:
         return load_tokenizer(spec)
-    if (path / "tokenizer.json").is_file():
+    if (path / "config.json").is_file():  # an export folder
+        if not (path / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{path / 'tokenizer.json'}: missing; pass --tokenizer")
         return load_tokenizer(path / "tokenizer.json")
     from trainer.checkpoint import read_meta
 
-    return load_tokenizer(read_meta(path)["config"]["data"]["tokenizer"])
+    saved = read_meta(path)["config"].get("data", {}).get("tokenizer")
+    if not saved:
+        raise ValueError(f"{path}: no data.tokenizer in the checkpoint's config; pass --tokenizer")
+    return load_tokenizer(saved)
 
 
 def _load_any_model(path: Path, device: str):
@@ -200,11 +213,14 @@ def generate_run(args: argparse.Namespace) -> int:
     from trainer.distributed import pick_device
     from trainer.generate import generate_text
 
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    device = pick_device(args.device)
     path = Path(args.checkpoint)
     if not (path / "config.json").is_file():
         path = resolve(path)
     prompts = args.prompt or [sys.stdin.read()]
-    model = _load_any_model(path, pick_device(args.device))
+    model = _load_any_model(path, device)
     outs = generate_text(model, _tokenizer_for(path, args.tokenizer), prompts, args.max_new_tokens,
                          args.temperature, args.top_k or None, args.top_p, args.seed)
     for prompt, out in zip(prompts, outs, strict=True):
@@ -248,18 +264,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; user errors (bad config, missing data or checkpoint, divergence) print one clear
-    message instead of a traceback (set TRAINER_DEBUG=1 for the traceback)."""
-    args = build_parser().parse_args(argv)
+def _os_error_line(e: OSError) -> str:
+    """One line for an OSError, naming its path when it has one."""
+    if e.filename is None or e.strerror is None:
+        return str(e)
+    hints = {FileExistsError: " (expected a folder there)", NotADirectoryError: " (part of the path is a file)"}
+    return f"{e.filename}: {e.strerror}{hints.get(type(e), '')}"
+
+
+def report_user_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """`run(args)`, with user errors (bad config or option, missing or unreadable data, checkpoint or
+    output path, divergence) printed as one `error: ...` line instead of a traceback (set TRAINER_DEBUG=1
+    for the traceback)."""
     try:
-        return args._run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        user_error = isinstance(e, (ValueError, FileNotFoundError)) or type(e).__name__ in _RUNTIME_USER_ERRORS
+        return run(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        user_error = isinstance(e, (ValueError, OSError)) or type(e).__name__ in _RUNTIME_USER_ERRORS
         if not user_error or os.environ.get("TRAINER_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 1 if type(e).__name__ == "TrainingDiverged" else 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: the subcommand, with user errors as one line (`report_user_errors`)."""
+    args = build_parser().parse_args(argv)
+    return report_user_errors(args._run, args)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,14 @@ def read_index(folder: Path) -> dict[str, Any]:
     return index
 
 
+def _is_token_scratch(folder: Path) -> bool:
+    """Whether `folder` is absent or holds only shards and an index: one `prepare` may delete."""
+    if not folder.exists():
+        return True
+    return folder.is_dir() and all(re.fullmatch(rf"shard-\d+\.bin|{re.escape(INDEX_NAME)}(\.tmp)?", p.name)
+                                   for p in folder.iterdir())
+
+
 def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "train", column: str = "text",
             revision: str | None = None, endpoint: str | None = None, eos_id: int | None = None,
             num_workers: int = 0, batch_docs: int = 1024, shard_tokens: int = 1 << 28,
@@ -255,6 +263,12 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir / INDEX_NAME).is_file():
+        raise DataError(f"{out_dir}: exists but holds no {INDEX_NAME} of an earlier prepare; "
+                        "refusing to replace it (choose a new folder)")
+    for scratch in (out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")):
+        if not _is_token_scratch(scratch):
+            raise DataError(f"{scratch}: exists and is not a token folder left by prepare; move it away")
     files = resolve_source(source, split, revision, endpoint)
     spec = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None  # recorded for offline checks
     tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist

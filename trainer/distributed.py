@@ -36,11 +36,18 @@ class DistInfo:
 
 
 def pick_device(pref: str, local_rank: int = 0) -> str:
-    if pref != "auto":
-        return pref
-    if torch.cuda.is_available():
-        return f"cuda:{local_rank}"
-    return "cpu"
+    """`pref` checked to exist here; "auto": this rank's GPU if there is one, else the CPU."""
+    if pref == "auto":
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(pref)
+    except RuntimeError as e:
+        raise ValueError(f"device {pref!r}: not a device name (auto | cpu | cuda | cuda:N)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {pref!r}: CUDA is not available on this machine")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {pref!r}: only {torch.cuda.device_count()} GPU(s) here")
+    return pref
 
 
 def setup(device: str = "auto", backend: str = "auto") -> DistInfo:

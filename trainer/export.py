@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from trainer.files import load_weights, read_json
 from trainer.model import Phi, PhiConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -102,12 +103,14 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, dtype
 
 def config_from_hf(hf: dict, source: str = "config.json") -> PhiConfig:
     """Our PhiConfig from an HF Phi config dict; refuses variants our model does not implement."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"{source}: not a JSON object")
     if hf.get("model_type") != "phi":
         raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, expected 'phi' (HF-native Phi format)")
     rope = hf.get("rope_parameters") or {}
     checks = {"qk_layernorm": (hf.get("qk_layernorm", False), False),
-              "num_key_value_heads": (hf.get("num_key_value_heads") or hf["num_attention_heads"],
-                                      hf["num_attention_heads"]),
+              "num_key_value_heads": (hf.get("num_key_value_heads") or hf.get("num_attention_heads"),
+                                      hf.get("num_attention_heads")),
               "tie_word_embeddings": (hf.get("tie_word_embeddings", False), False)}
     for field, (got, want) in checks.items():
         if got != want:
@@ -135,16 +138,16 @@ def load_hf(path: str | Path, **overrides) -> Phi:
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: not found (expected an HF Phi directory)")
-    cfg = config_from_hf(json.loads(cfg_path.read_text(encoding="utf-8")), str(cfg_path))
+    cfg = config_from_hf(read_json(cfg_path), str(cfg_path))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     if (d / "model.safetensors").is_file():
-        state = load_file(str(d / "model.safetensors"))
+        state = load_weights(d / "model.safetensors")
     elif (d / "model.safetensors.index.json").is_file():
-        index = json.loads((d / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        index = read_json(d / "model.safetensors.index.json")
         state = {}
         for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(d / shard)))
+            state.update(load_weights(d / shard))
     else:
         raise FileNotFoundError(f"{d}: no model.safetensors or model.safetensors.index.json")
     with torch.device("meta"):

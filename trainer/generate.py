@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.files import load_weights
 from trainer.model import KVCache, Phi
 
 
@@ -102,13 +103,8 @@ def load_model(path: str | Path, device: str = "cpu", config_name: str | None = 
     elif p.is_file():
         if config_name not in CONFIGS:
             raise ValueError(f"{p}: a bare weights file needs config_name, one of {sorted(CONFIGS)}")
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(p))
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            state = state.get("model", state)
+        state = load_weights(p)
+        state = state.get("model", state)
         state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
         model = Phi(CONFIGS[config_name])
         for k, v in overrides.items():

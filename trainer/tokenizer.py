@@ -10,13 +10,15 @@ vocabulary to 51,200 rows; ids 50295.. are never produced.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 EOS_TOKEN = "<|endoftext|>"
 EOS_ID = 50256
+MAX_VOCAB = 1 << 20  # 4x the largest common vocabularies (Gemma's 256k); far larger aborts the Rust BPE trainer
 # CodeGen's order: include_whitespace(2, 32) then include_tabs(2, 10), each longest run first
 WHITESPACE_TOKENS = [" " * n for n in reversed(range(2, 32))] + ["\t" * n for n in reversed(range(2, 10))]
 # (vocab, merges) file-name pairs, HF names first, then OpenAI's originals
@@ -110,7 +112,7 @@ def eos_id(tok: Tokenizer) -> int:
     return i
 
 
-def _iter_texts(files: Iterable[str | Path]) -> Iterable[str]:
+def _iter_texts(files: Iterable[str | Path]) -> Iterator[str]:
     """Text of `.txt`/`.md`/`.py` files (whole file) and of the `text` column of `.parquet`/`.jsonl` files."""
     for f in map(Path, files):
         if not f.is_file():
@@ -121,6 +123,9 @@ def _iter_texts(files: Iterable[str | Path]) -> Iterable[str]:
             pf = pq.ParquetFile(f)
             if "text" not in pf.schema_arrow.names:
                 raise ValueError(f"{f}: no 'text' column (columns: {pf.schema_arrow.names})")
+            kind = pf.schema_arrow.field("text").type
+            if str(kind) not in ("string", "large_string"):
+                raise ValueError(f"{f}: column 'text' holds {kind}, expected strings")
             for batch in pf.iter_batches(columns=["text"], batch_size=1024):
                 yield from (t for t in batch.column(0).to_pylist() if t)
         elif f.suffix == ".jsonl":
@@ -129,12 +134,17 @@ def _iter_texts(files: Iterable[str | Path]) -> Iterable[str]:
             for n, row in iter_jsonl(f):
                 if "text" not in row:
                     raise ValueError(f"{f}:{n}: no 'text' field")
-                yield row["text"]
+                if not isinstance(row["text"], str):
+                    raise ValueError(f"{f}:{n}: 'text' is {type(row['text']).__name__}, expected a string")
+                if row["text"]:
+                    yield row["text"]
         else:
             try:
-                yield f.read_text(encoding="utf-8")
+                text = f.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
                 raise ValueError(f"{f}: not UTF-8 text ({e})") from e
+            if text:
+                yield text
 
 
 def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tokens: bool = True,
@@ -143,12 +153,19 @@ def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tok
 
     `<|endoftext|>` gets id 0; with `whitespace_tokens` CodeGen's 38 whitespace runs are appended as
     added tokens, so the final size is `vocab_size + 38`. Save with `tok.save("tokenizer.json")`."""
-    if vocab_size < 257 + 1:
-        raise ValueError(f"vocab_size {vocab_size} is below the 256 byte tokens + {EOS_TOKEN}")
+    if not 257 + 1 <= vocab_size <= MAX_VOCAB:
+        raise ValueError(f"vocab_size {vocab_size} is outside 258..{MAX_VOCAB} (256 byte tokens + {EOS_TOKEN} "
+                         "up to the largest size supported)")
+    paths = list(files)
+    texts = _iter_texts(paths)
+    first = next(texts, None)
+    if first is None:
+        shown = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise ValueError(f"no text to train on in {shown}")
     tok = _byte_level(Tokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS_TOKEN],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
-    tok.train_from_iterator(_iter_texts(list(files)), trainer=trainer)
+    tok.train_from_iterator(itertools.chain([first], texts), trainer=trainer)
     if whitespace_tokens:
         add_whitespace_tokens(tok)
     return tok

@@ -33,24 +33,68 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+_MINIMA = {"limit": 1, "num_fewshot": 0, "batch_size": 1, "max_batch_tokens": 1, "max_new_tokens": 1}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers before any model or data is loaded."""
+    for field, low in _MINIMA.items():
+        value = getattr(args, field)
+        if value is not None and value < low:
+            raise ValueError(f"--{field.replace('_', '-')} must be >= {low}, got {value}")
+    if not args.sandbox_timeout > 0:
+        raise ValueError(f"--sandbox-timeout must be > 0 seconds, got {args.sandbox_timeout}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a report folder")
+
+
+def task_list(spec: str) -> list[str]:
+    """The --tasks names ('paper' expanded), each checked to be a known task."""
+    from trainer.eval.harness import PAPER_TASKS, parse_task
+
+    tasks = [t.strip() for t in spec.split(",") if t.strip()]
+    tasks = [x for t in tasks for x in (PAPER_TASKS if t == "paper" else [t])]
+    if not tasks:
+        raise ValueError("--tasks is empty; give task names, e.g. --tasks paper or --tasks arc_easy,mmlu@5")
+    for t in tasks:
+        parse_task(t)
+    return tasks
+
+
+def data_files(pairs: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
+    """--data-file TASK=PATH values by task; each TASK must be one of `tasks` (with or without '@k')."""
+    wanted = set(tasks) | {t.split("@")[0] for t in tasks}
+    files = {}
+    for kv in pairs:
+        task, sep, path = kv.partition("=")
+        if not (sep and task and path):
+            raise ValueError(f"--data-file {kv!r}: expected TASK=PATH, e.g. --data-file gsm8k=test.jsonl")
+        if task not in wanted:
+            raise ValueError(f"--data-file {kv!r}: task {task!r} is not among --tasks ({', '.join(tasks)})")
+        files[task] = path
+    return files
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from trainer.eval.harness import PAPER_TASKS, evaluate
+    from trainer.distributed import pick_device
+    from trainer.eval.harness import evaluate
     from trainer.eval.models import load_model
     from trainer.eval.report import markdown_table, write_report
     from trainer.eval.sandbox import SandboxConfig
 
     console = Console(stderr=True)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    tasks = [x for t in tasks for x in (PAPER_TASKS if t == "paper" else [t])]
+    check_options(args)
+    tasks = task_list(args.tasks)
     data: object = args.data
     if args.data_file:
-        overrides = dict(kv.split("=", 1) for kv in args.data_file)
+        overrides = data_files(args.data_file, tasks)
         data = {t: overrides.get(t, overrides.get(t.split("@")[0], args.data)) for t in tasks}
-    lm = load_model(args.checkpoint, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
-                    batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, strategy=args.strategy,
-                    progress=True)
+    lm = load_model(args.checkpoint, tokenizer=args.tokenizer, device=pick_device(args.device) if args.device else None,
+                    dtype=args.dtype, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                    strategy=args.strategy, progress=True)
     gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     results = evaluate(lm, tasks, data=data, limit=args.limit, num_fewshot=args.num_fewshot,
                        sandbox=SandboxConfig(timeout_s=args.sandbox_timeout), gen_kwargs=gen, log=console.log)
@@ -64,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from trainer.cli import report_user_errors
+
     parser = add_arguments(argparse.ArgumentParser(prog="python -m trainer.eval", description=__doc__))
-    return run(parser.parse_args(argv))
+    return report_user_errors(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def parse_task(name: str) -> tuple[str, int | None]:
     """"mmlu@5" -> ("mmlu", 5); "arc_easy" -> ("arc_easy", None)."""
     base, _, shots = name.partition("@")
     if shots and not shots.isdigit():
-        raise ValueError(f"{name!r}: the shot count after '@' must be a number")
+        raise ValueError(f"{name!r}: the shot count after '@' must be a whole number >= 0")
     return resolve_task(base).name, int(shots) if shots else None
 
 
@@ -190,7 +190,11 @@ def score_lambada(lm: Any, items: list[BenchmarkItem]) -> TaskResult:
 def load_task_items(task: str, source: str | Path | Iterable[BenchmarkItem] | None) -> list[BenchmarkItem]:
     """All items of a task from a path, a data root, a list of items, or (None) the Hugging Face Hub."""
     if source is None:  # the Hub: the eval split (and MMLU's dev split for its shots)
-        return load_benchmark(task) + (load_benchmark(task, split="dev") if task == "mmlu" else [])
+        try:
+            return load_benchmark(task) + (load_benchmark(task, split="dev") if task == "mmlu" else [])
+        except OSError as e:  # offline (requests' ConnectionError is an OSError)
+            raise ValueError(f"{task}: no local data and the Hub is unreachable ({type(e).__name__}); "
+                             f"give --data ROOT or --data-file {task}=PATH") from e
     if not isinstance(source, (str, Path)):
         return list(source)
     p = Path(source)
@@ -219,6 +223,9 @@ def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any]
         evals = eval_items(task, items)
         if limit is not None:
             evals = _limit(task, evals, limit)
+        if not evals:
+            where = source if isinstance(source, (str, Path)) else "the Hub data" if source is None else "the items"
+            raise ValueError(f"{name}: no evaluation items in {where}")
         if log:
             log(f"{name}: {len(evals)} items")
         kind = BENCHMARKS[task].kind

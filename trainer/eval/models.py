@@ -20,7 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer.files import FileFormatError, read_json
+
 __all__ = ["CausalLM", "load_model", "phi_to_hf", "wrap_tokenizer"]
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -337,10 +341,29 @@ def _dir_tokenizer(path: Path) -> Any:
             return AutoTokenizer.from_pretrained(str(path))
         except Exception:  # e.g. a tokenizer_class this transformers lacks: the JSON is enough
             return wrap_tokenizer(PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json")))
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):  # transformers would build an empty one
+        raise FileNotFoundError(f"{path / 'tokenizer.json'}: missing (no tokenizer files there); pass --tokenizer")
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: no tokenizer files there; pass --tokenizer") from e
+
+
+def _dir_model(path: Path) -> Any:
+    """The transformers model of an HF folder; a broken weights file is named."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoModelForCausalLM
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise FileFormatError(f"{weights}: corrupt or unreadable weights ({e})") from e
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise FileFormatError(f"{path}: cannot load the model ({type(e).__name__}: {e})") from e
 
 
 def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device: str | None = None,
@@ -351,6 +374,8 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
     `tokenizer`: a tokenizer object, a path/spec for `trainer.tokenizer.load_tokenizer`, or None to use the
     model directory's own. `dtype`: float32 (default on CPU) | bfloat16 (default on GPU) | float16.
     """
+    if dtype and dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _DTYPES[dtype] if dtype else (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     if isinstance(tokenizer, (str, Path)):
@@ -360,11 +385,10 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
         if tokenizer is None:
             raise ValueError("pass `tokenizer` (an object or a path) for a model given as an object")
     elif (Path(spec).expanduser() / "config.json").is_file():  # an HF folder: ours (export_hf) or any causal LM
-        from transformers import AutoModelForCausalLM
-
         p = Path(spec).expanduser()
-        model = AutoModelForCausalLM.from_pretrained(str(p))
+        read_json(p / "config.json")  # a broken one is named before transformers reads it
         tokenizer = tokenizer or _dir_tokenizer(p)
+        model = _dir_model(p)
     elif Path(spec).expanduser().exists():  # a training checkpoint: step folder, checkpoints root or run dir
         from trainer.checkpoint import load_model as load_checkpoint
         from trainer.checkpoint import read_meta, resolve
@@ -376,6 +400,8 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
             if not spec_tok:
                 raise ValueError(f"{ckpt}: no tokenizer in the checkpoint's config; pass --tokenizer")
             tokenizer = _load_tokenizer(str(spec_tok))
+    elif str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1:  # not a Hub id (org/name)
+        raise FileNotFoundError(f"{spec}: no such folder")
     else:  # a Hub id (online)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,0 +1,198 @@
+"""Bad input to `python -m trainer ...` gives one `error: ...` line naming the file or option and exit 2,
+never a traceback, and deletes nothing of the user's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from trainer_testlib import one_torch_thread
+
+from trainer.cli import main
+
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, shared_data) -> dict[str, Path]:
+    """A 1-step tiny run (synthetic tokens) and its export."""
+    root = tmp_path_factory.mktemp("errors")
+    tok = shared_data / "tokenizer_gpt2"
+    assert main(["train", "-c", "tiny", "--synthetic", "--max-steps", "1", "--run-dir", str(root / "run"),
+                 "--device", "cpu", "--no-progress", "--set", f"data.tokenizer={tok}"]) == 0
+    assert main(["export", str(root / "run"), str(root / "hf"), "--dtype", "float32"]) == 0
+    return {"root": root, "run": root / "run", "hf": root / "hf", "tok": tok}
+
+
+def fill(argv: list[str], subs: dict[str, str]) -> list[str]:
+    """`argv` with each placeholder (a key of `subs`) replaced."""
+    for key, value in subs.items():
+        argv = [a.replace(key, value) for a in argv]
+    return argv
+
+
+def fails(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err  # progress bars may come before the error line
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in err and err.count("error:") == 1, err
+
+
+def test_prepare_refuses_an_existing_folder_or_file_it_did_not_make(made, tmp_path, capsys):
+    src = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": ["hello world"] * 4}), src)
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "journal.sqlite").write_text("keep me")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me too")
+    for out in (build, afile):
+        fails(["prepare", str(src), "--out", str(out), "--tokenizer", str(made["tok"]), "--workers", "1"],
+              f"{out}: exists but holds no index.json", capsys)
+    assert (build / "journal.sqlite").read_text() == "keep me" and afile.read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "docs.parquet", "notes.txt"]
+    for scratch in ("tokens.tmp", "tokens.old"):  # the swap's scratch names, when taken by the user's files
+        (tmp_path / scratch).mkdir()
+        (tmp_path / scratch / "mine.txt").write_text("keep")
+        fails(["prepare", str(src), "--out", str(tmp_path / "tokens"), "--tokenizer", str(made["tok"]),
+               "--workers", "1"], f"{tmp_path / scratch}: exists and is not a token folder", capsys)
+        assert (tmp_path / scratch / "mine.txt").read_text() == "keep"
+        shutil.rmtree(tmp_path / scratch)
+    tokens = tmp_path / "tokens"  # a folder of an earlier prepare is still replaced
+    for force in ([], ["--force"]):
+        assert main(["prepare", str(src), "--out", str(tokens), "--tokenizer", str(made["tok"]), "--workers", "1",
+                     *force]) == 0
+    assert (tokens / "index.json").is_file()
+
+
+def _broken_export(made: dict[str, Path], dst: Path, how: str) -> Path:
+    shutil.copytree(made["hf"], dst)
+    if how == "no config":
+        (dst / "config.json").unlink()
+    elif how == "bad config":
+        (dst / "config.json").write_text("{not json")
+    elif how == "non-utf8 config":
+        (dst / "config.json").write_bytes(b"\xff\xfe")
+    elif how == "corrupt weights":
+        (dst / "model.safetensors").write_bytes(b"\x01\x02")
+    elif how == "no tokenizer":
+        for f in dst.glob("tokenizer*"):
+            f.unlink()
+    return dst
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+@pytest.mark.parametrize(("how", "message"), [
+    ("no config", "config.json: missing"),
+    ("bad config", "config.json: not valid UTF-8 JSON"),
+    ("non-utf8 config", "config.json: not valid UTF-8 JSON"),
+    ("corrupt weights", "model.safetensors: corrupt or unreadable weights"),
+    ("no tokenizer", "tokenizer.json: missing"),
+])
+def test_broken_export_folder_names_the_file(made, tmp_path, capsys, command, how, message):
+    hf = _broken_export(made, tmp_path / "hf", how)
+    extra = ["-p", "hi", "--max-new-tokens", "1"] if command == "generate" else ["--tasks", "arc_easy"]
+    fails([command, str(hf), "--device", "cpu", *extra], f"{hf}/{message}", capsys)
+
+
+def _broken_checkpoint(made: dict[str, Path], dst: Path, how: str) -> Path:
+    shutil.copytree(made["run"] / "checkpoints", dst)
+    step = next(dst.glob("step-*"))
+    meta = json.loads((step / "meta.json").read_text())
+    if how == "meta keys":
+        (step / "meta.json").write_text(json.dumps({k: v for k, v in meta.items()
+                                                    if k not in ("format", "model_config")}))
+    elif how == "meta bytes":
+        (step / "meta.json").write_bytes(b"\xff{}")
+    elif how == "corrupt weights":
+        for f in [*step.rglob("*.pt"), *step.rglob("*.distcp")]:
+            f.write_bytes(b"garbage")
+    return step
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("meta keys", "meta.json: missing format, model_config"),
+    ("meta bytes", "meta.json: not valid UTF-8 JSON"),
+])
+def test_broken_checkpoint_names_the_file(made, tmp_path, capsys, how, message):
+    step = _broken_checkpoint(made, tmp_path / "ckpt", how)
+    for argv in (["generate", str(step), "-p", "hi", "--device", "cpu"], ["export", str(step), str(tmp_path / "o")]):
+        fails(argv, f"{step}/{message}", capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_checkpoint_weights(made, tmp_path, capsys):
+    step = _broken_checkpoint(made, tmp_path / "ckpt", "corrupt weights")
+    if json.loads((step / "meta.json").read_text())["format"] == "dcp":
+        pytest.skip("a sharded (dcp) checkpoint: model.pt is not used")
+    fails(["generate", str(step), "-p", "hi", "--device", "cpu"], f"{step}/model.pt: corrupt", capsys)
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    (["export", "RUN", "FILE"], "FILE: File exists (expected a folder there)"),
+    (["train", "-c", "tiny", "--synthetic", "--max-steps", "1", "--run-dir", "FILE", "--set", "data.tokenizer=TOK"],
+     "FILE: File exists"),
+    (["eval", "RUN", "--tasks", "arc_easy", "--out", "FILE"], "--out FILE: is a file"),
+    (["prepare", "-c", "tiny", "--set", "data.cache_dir=FILE", "--set", "data.datasets.0.source=SRC",
+      "--set", "data.tokenizer=TOK"], "FILE/"),
+])
+def test_a_file_where_a_folder_is_expected(made, tmp_path, capsys, where, message):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    src = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": ["hello world"] * 4}), src)
+    argv = fill(where, {"RUN": str(made["run"]), "FILE": str(afile), "SRC": str(src), "TOK": str(made["tok"])})
+    fails(argv, message.replace("FILE", str(afile)), capsys)
+    assert afile.read_text() == "keep"
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_bad_device(made, capsys, device):
+    import torch
+
+    message = "not a device name" if device == "bogus" else (
+        "GPU(s) here" if torch.cuda.is_available() else "CUDA is not available")
+    for argv in (["generate", str(made["run"]), "-p", "hi"],
+                 ["eval", str(made["hf"]), "--tasks", "arc_easy"],
+                 ["train", "-c", "tiny", "--synthetic", "--max-steps", "1", "--run-dir", str(made["root"] / "r2"),
+                  "--set", f"data.tokenizer={made['tok']}"]):
+        fails([*argv, "--device", device], f"device {device!r}: {message}", capsys)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["generate", "RUN", "-p", "hi", "--max-new-tokens", "-5"], "--max-new-tokens must be >= 0, got -5"),
+    (["eval", "RUN", "--tasks", "foobar"], "unknown benchmark 'foobar'; known: "),
+    (["eval", "HF", "--tasks", "arc_easy", "--dtype", "fp7"], "dtype 'fp7': expected one of"),
+    (["eval", "/nope/x", "--tasks", "arc_easy"], "/nope/x: no such folder"),
+    (["eval", "RUN", "--tasks", ""], "--tasks is empty"),
+    (["eval", "RUN", "--tasks", "mmlu@-1"], "must be a whole number >= 0"),
+    (["eval", "RUN", "--limit", "0"], "--limit must be >= 1, got 0"),
+    (["eval", "RUN", "--limit", "-1"], "--limit must be >= 1, got -1"),
+    (["eval", "RUN", "--num-fewshot", "-1"], "--num-fewshot must be >= 0"),
+    (["eval", "RUN", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["eval", "RUN", "--max-batch-tokens", "0"], "--max-batch-tokens must be >= 1"),
+    (["eval", "RUN", "--sandbox-timeout", "-1"], "--sandbox-timeout must be > 0"),
+    (["eval", "RUN", "--tasks", "gsm8k", "--data-file", "X"], "--data-file 'X': expected TASK=PATH"),
+    (["eval", "RUN", "--tasks", "gsm8k", "--data-file", "foo=X"], "task 'foo' is not among --tasks (gsm8k)"),
+    (["eval", "HF", "--tasks", "gsm8k", "--device", "cpu", "--data-file", "gsm8k=EMPTY"],
+     "gsm8k: no evaluation items in"),
+    (["train-tokenizer", "SRC", "--vocab-size", "300", "--out", "DIR"], "--out DIR: is a folder"),
+    (["train-tokenizer", "INT", "--vocab-size", "300", "--out", "t.json"], "column 'text' holds int64"),
+    (["train-tokenizer", "SRC", "--vocab-size", "99999999999", "--out", "t.json"], "outside 258..1048576"),
+    (["train-tokenizer", "DIR", "--vocab-size", "300", "--out", "t.json"], "no .parquet files in DIR"),
+    (["train-tokenizer", "EMPTY", "--vocab-size", "300", "--out", "t.json"], "no text to train on"),
+])
+def test_bad_options(made, tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"text": ["hello world"] * 4}), tmp_path / "docs.parquet")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "int.parquet")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "folder").mkdir()
+    argv = fill(argv, {"RUN": str(made["run"]), "HF": str(made["hf"]), "SRC": "docs.parquet", "INT": "int.parquet",
+                       "DIR": "folder", "EMPTY": "empty.jsonl"})
+    fails(argv, message.replace("DIR", "folder"), capsys)
+    assert not (tmp_path / "t.json").exists()
