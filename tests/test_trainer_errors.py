@@ -196,3 +196,15 @@ def test_bad_options(made, tmp_path, capsys, monkeypatch, argv, message):
                        "DIR": "folder", "EMPTY": "empty.jsonl"})
     fails(argv, message.replace("DIR", "folder"), capsys)
     assert not (tmp_path / "t.json").exists()
+
+
+def test_export_whose_training_tokenizer_is_out_of_reach_says_how_to_go_on(made, tmp_path, capsys, monkeypatch):
+    """A synthetic run on an offline GPU node: the default gpt2-codegen spec needs the Hub."""
+    import trainer.tokenizer as tokenizer_mod
+
+    def offline(spec):
+        raise ValueError(f"cannot fetch GPT-2 BPE files for {spec} (offline?)")
+
+    monkeypatch.setattr(tokenizer_mod, "load_tokenizer", offline)
+    fails(["export", str(made["run"]), str(tmp_path / "hf")], "pass --tokenizer PATH, or --no-tokenizer", capsys)
+    assert main(["export", str(made["run"]), str(tmp_path / "hf"), "--no-tokenizer"]) == 0

@@ -163,7 +163,11 @@ def _tokenizer_for(path: Path, spec: str | None):
     saved = read_meta(path)["config"].get("data", {}).get("tokenizer")
     if not saved:
         raise ValueError(f"{path}: no data.tokenizer in the checkpoint's config; pass --tokenizer")
-    return load_tokenizer(saved)
+    try:
+        return load_tokenizer(saved)
+    except ValueError as e:  # e.g. the Hub's GPT-2 files offline
+        raise ValueError(f"{e} (the training config's data.tokenizer; pass --tokenizer PATH, or --no-tokenizer "
+                         "to export the weights alone)") from e
 
 
 def _load_any_model(path: Path, device: str):
