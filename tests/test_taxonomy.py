@@ -324,6 +324,7 @@ def test_hierarchical_weights_give_subjects_their_share():
         ("Optics, waves; and sound.", ["Optics", "waves", "sound"]),
         ('[{"name": "Optics"}, {"title": "Waves"}]', ["Optics", "Waves"]),
         ("1. Physics: energy\n2. Physics: optics", ["Physics: energy", "Physics: optics"]),
+        ('["Optics", 3, null, true, ["Waves"], {"name": 7}, {"name": "Sound"}]', ["Optics", "Sound"]),
     ],
 )
 def test_parse_list(text, expected):

@@ -799,9 +799,9 @@ def _json_items(text: str) -> list[Any] | None:
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
         return None
-    return [
-        d.get("name") or d.get("title") or d.get("topic") or "" if isinstance(d, dict) else d for d in data
-    ]
+    names = (next((d[k] for k in ("name", "title", "topic") if d.get(k)), "") if isinstance(d, dict) else d
+             for d in data)
+    return [n for n in names if isinstance(n, str)]  # numbers, null, booleans and lists are not names
 
 
 # ---- growth through the engine -------------------------------------------------------------------
