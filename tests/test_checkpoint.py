@@ -216,3 +216,32 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+@pytest.mark.parametrize("damage", ["no .metadata", "garbage .metadata", "truncated shard", "missing shard"])
+def test_damaged_sharded_checkpoint_names_its_folder(tmp_path, damage):
+    model = torch.nn.Linear(4, 4)
+    ckpt = checkpoint.save(tmp_path, 1, model, torch.optim.AdamW(model.parameters()),
+                           {"config": {}, "model_config": {}}, sharded=True)
+    folder = ckpt / "dcp"
+    shard = next(folder.glob("*.distcp"))
+    if damage == "no .metadata":
+        (folder / ".metadata").unlink()
+    elif damage == "garbage .metadata":
+        (folder / ".metadata").write_bytes(b"xx")
+    elif damage == "truncated shard":
+        shard.write_bytes(shard.read_bytes()[:50])
+    else:
+        shard.unlink()
+    fresh = torch.nn.Linear(4, 4)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(f"{folder}: the sharded checkpoint is damaged")):
+        checkpoint.load(tmp_path, fresh, torch.optim.AdamW(fresh.parameters()))
+
+
+def test_sharded_checkpoint_of_another_shape_does_not_fit(tmp_path):
+    model = torch.nn.Linear(4, 4)
+    checkpoint.save(tmp_path, 1, model, torch.optim.AdamW(model.parameters()), {"config": {}, "model_config": {}},
+                    sharded=True)
+    other = torch.nn.Linear(4, 5)
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit the model/optimizer: Size mismatch"):
+        checkpoint.load(tmp_path, other, torch.optim.AdamW(other.parameters()))

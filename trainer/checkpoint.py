@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -197,6 +199,23 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
+    """`dcp.load` into `state`, its failures said in one line: a damaged or incomplete folder, or a
+    checkpoint of another model. DCP wraps each rank's error in a CheckpointException (a BaseException)."""
+    try:
+        with warnings.catch_warnings():  # loading a sharded checkpoint into one process is intended here
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
+    except (CheckpointException, Exception) as e:
+        cause = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) else e
+        if isinstance(cause, (OSError, EOFError, pickle.UnpicklingError, AssertionError)):
+            parts = [p.strip() for p in str(cause).split(";") if p.strip()]  # DCP joins its reasons
+            first = next((p for p in parts if p.startswith("global metadata")), parts[0] if parts else "truncated")
+            raise CheckpointError(f"{ckpt / 'dcp'}: the sharded checkpoint is damaged or incomplete "
+                                  f"({type(cause).__name__}: {first})") from None
+        raise CheckpointError(f"{ckpt}: does not fit the model/optimizer: {cause}") from None
+
+
 def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
          restore_rng: bool = True) -> dict[str, Any]:
     """Restore model (and optimizer, RNG) from a checkpoint in either format; returns its meta."""
@@ -206,9 +225,7 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         model_sd, optim_sd = (get_state_dict(model, optimizer) if optimizer is not None
                               else (get_model_state_dict(model), None))
         state = {"model": model_sd} | ({"optim": optim_sd} if optimizer is not None else {})
-        with warnings.catch_warnings():  # loading a sharded checkpoint into one process is intended here
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
+        _dcp_load(state, ckpt)
         model_sd, optim_sd = state["model"], state.get("optim")
         opts = StateDictOptions(strict=True)
     else:
