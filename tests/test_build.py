@@ -143,6 +143,11 @@ def test_benchmarks_that_cannot_be_loaded_stop_the_build_before_anything_is_paid
             r = load_recipe(QUICKSTART, {**over, "curation.decontamination.benchmarks": bench})
             with pytest.raises(BuildError, match=rf"curation\.decontamination\.benchmarks\[0\] .*{problem}"):
                 build(r, progress=False)
+        # growing the taxonomy is paid too: the benchmarks are read before its first request
+        grow = {"output": str(tmp_path / "g"), "taxonomy.grow": {"target": 200}}
+        r = load_recipe(QUICKSTART, {**over, **grow, "curation.decontamination.benchmarks": local})
+        with pytest.raises(BuildError, match="cannot be loaded"):
+            build(r, progress=False)
         assert emu.received == 0
     res = _cli("plan", str(QUICKSTART), "--set", f"output={tmp_path / 'p'}", "--set",
                "curation.decontamination.benchmarks=[{name: arc_easy, path: 'hf://allenai/ai2_arc'}]",
@@ -376,9 +381,15 @@ def test_build_pushes_to_the_hub_in_one_commit(tmp_path, monkeypatch):
     assert hub.token not in (tmp_path / "qs" / "manifest.json").read_text()
 
 
-def test_build_decontaminates_against_a_benchmark_next_to_the_recipe(tmp_path):
-    """Benchmark paths in the recipe are relative to it; a document quoting an item is dropped."""
+def test_build_decontaminates_against_a_benchmark_next_to_the_recipe(tmp_path, monkeypatch):
+    """Benchmark paths in the recipe are relative to it; a document quoting an item is dropped. The
+    benchmark is read once: the texts checked before generating are the ones curation uses."""
+    from textbookgen.curation import decontaminate
     from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    loads = []
+    load = decontaminate.load_benchmark_texts
+    monkeypatch.setattr(decontaminate, "load_benchmark_texts", lambda src: loads.append(src.path) or load(src))
 
     item = (
         "A farmer has 17 sheep and all but 9 run away through a hole in the fence; how many sheep does the "
@@ -411,6 +422,78 @@ def test_build_decontaminates_against_a_benchmark_next_to_the_recipe(tmp_path):
     assert curated.height == docs.height - leaked
     stage = next(v for k, v in res.manifest["curation"].items() if "decontam" in k)
     assert sum(stage["dropped"].values()) == leaked
+    assert loads == [str(tmp_path / "bench" / "riddles.jsonl")]
+
+
+ARC_QUESTION = "Which gas do green plants take in from the air to make their food during photosynthesis?"
+
+
+@pytest.fixture()
+def arc_on_the_hub(tmp_path, monkeypatch):
+    """A fake Hub serving a one-item ARC-Easy as allenai/ai2_arc, which `datasets` reads (caching
+    under tmp_path): `hf://allenai/ai2_arc` benchmarks load as from the real Hub."""
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+
+    from textbookgen.testing.fakehub import FakeHub
+
+    with FakeHub(orgs=("allenai",)) as hub:
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        resolve = hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", resolve)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+        monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.endpoint)
+        for name, sub in (("HF_DATASETS_CACHE", ""), ("DOWNLOADED_DATASETS_PATH", "downloads"),
+                          ("EXTRACTED_DATASETS_PATH", "downloads/extracted")):  # fmt: skip
+            monkeypatch.setattr(datasets.config, name, tmp_path / "hf" / "datasets" / sub)
+        rows = pl.DataFrame({
+            "id": ["arc-1"], "question": [ARC_QUESTION], "answerKey": ["B"],
+            "choices": [{"text": ["oxygen", "carbon dioxide"], "label": ["A", "B"]}],
+        })  # fmt: skip
+        shard = tmp_path / "arc.parquet"
+        rows.write_parquet(shard)
+        readme = "---\nconfigs:\n- config_name: ARC-Easy\n  data_files: [{split: test, path: ARC-Easy/test-*}]\n---\n"
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        api.create_repo("allenai/ai2_arc", repo_type="dataset")
+        api.create_commit("allenai/ai2_arc", [CommitOperationAdd("README.md", readme.encode()),
+                          CommitOperationAdd("ARC-Easy/test-00000-of-00001.parquet", shard)],
+                          commit_message="ARC-Easy", repo_type="dataset")  # fmt: skip
+        yield hub
+
+
+def test_a_rerun_needs_hub_benchmarks_only_where_curation_runs_again(tmp_path, monkeypatch, arc_on_the_hub):
+    """Benchmarks are loaded when first needed (before the first paid request, or before curation): a
+    rerun whose stages are all current builds offline; one that must curate again stops before
+    anything else, the paid documents kept."""
+    from textbookgen.build import BuildError
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    def leaky(body: dict) -> str:
+        text = prose_responder(body)
+        return text + "\n\nExercise: " + ARC_QUESTION if "Mathematics" in json.dumps(body) else text
+
+    out = tmp_path / "o"
+    over = {"output": str(out), "samples": 40, "curation.filters.enabled": False,
+            "curation.decontamination.benchmarks": [{"name": "arc_easy", "path": "hf://allenai/ai2_arc"}]}  # fmt: skip
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=leaky)) as emu:
+        first = build(load_recipe(QUICKSTART, {**over, "provider.base_url": emu.openai_base_url}), progress=False)
+    stage = next(v for k, v in first.manifest["curation"].items() if "decontam" in k)
+    assert stage["dropped"]["arc_easy"] > 0  # the Hub's item reached curation
+    documents = (out / "documents.parquet").read_bytes()
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # offline from now on: nothing listens
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=leaky)) as emu:
+        over["provider.base_url"] = emu.openai_base_url
+        again = build(load_recipe(QUICKSTART, over), progress=False)
+        assert all(again.stages[s] == "skipped" for s in ("taxonomy", "prompts", "generate", "curate", "dataset"))
+        over["curation.minhash.threshold"] = 0.9  # curation runs again, so it needs the benchmark
+        with pytest.raises(BuildError, match=r"benchmarks\[0\] \(hf://allenai/ai2_arc\): the Hugging Face Hub"):
+            build(load_recipe(QUICKSTART, over), progress=False)
+        assert emu.received == 0
+    assert (out / "documents.parquet").read_bytes() == documents
 
 
 def test_build_with_anthropic_and_a_system_prompt(tmp_path):

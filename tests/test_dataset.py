@@ -14,6 +14,7 @@ from textbookgen.dataset import (
     check_rows,
     conform,
     read_dataset,
+    split_rows,
     splits_of,
     validate_split,
     write_dataset,
@@ -107,6 +108,16 @@ def test_shards_row_groups_and_stale_shards(tmp_path):
     write_dataset(docs.head(5), tmp_path, split="test")
     assert list(splits_of(tmp_path)) == ["train", "test"]
     assert not list((tmp_path / "data").glob(".*"))  # no temporary files left
+
+
+def test_split_rows_of_a_folder_or_of_its_shards(tmp_path):
+    """One row counter for a written folder (the push checks) and a split -> shards mapping (the card)."""
+    docs = sample_documents(60, seed=2)
+    write_dataset(docs, tmp_path, max_shard_bytes=check_rows(docs.lazy())[1] // 2 + 1)
+    write_dataset(docs.head(7), tmp_path, split="test")
+    splits = splits_of(tmp_path)
+    assert split_rows(tmp_path) == split_rows(splits) == {"train": 60, "test": 7}
+    assert split_rows({"test": splits["test"]}) == {"test": 7}
 
 
 def test_empty_table_is_refused_and_the_folder_left_as_it_was(tmp_path):

@@ -184,3 +184,16 @@ def test_exercise_text_is_question_then_options():
     assert mmlu.exercise() == "Q? x y"
     assert BenchmarkItem("hellaswag", "2", "ctx", ["e1", "e2"]).exercise() == "ctx e1 e2"
     assert BenchmarkItem("gsm8k", "3", "q", target="a").exercise() == ""
+
+
+def test_curate_uses_benchmark_texts_loaded_by_the_caller(tmp_path):
+    """A build loads the benchmarks before paying; curation reuses those texts instead of reading the
+    source again (here a path that no longer exists would fail a second load)."""
+    item = ("A farmer has 17 sheep and all but 9 run away through a hole in the fence; how many sheep "
+            "does the farmer have left standing in the field?")
+    df = pl.DataFrame({"id": ["a", "b"], "text": [f"Exercise: {item}", "A page about fences and fields."]})
+    cfg = CurationConfig.model_validate({
+        "exact": {"enabled": False}, "minhash": {"enabled": False}, "filters": {"enabled": False},
+        "decontamination": {"benchmarks": [str(tmp_path / "gone.jsonl")]}})
+    out, stats = curate(df, cfg, benchmark_texts=[("riddles", "r1", [item])])
+    assert out["id"].to_list() == ["b"] and stats["decontamination"]["dropped"] == {"riddles": 1}

@@ -3,7 +3,9 @@
 Each stage hashes its inputs (config, upstream outputs) and is skipped when a previous run recorded
 the same hash and its outputs are still there, byte for byte. Generation goes through the engine's
 journal, so a killed build resumes without paying twice. With no provider credentials, or `--plan`,
-the build stops after rendering prompts and prints a plan (counts, tokens, cost, time).
+the build stops after rendering prompts and prints a plan (counts, tokens, cost, time). Decontamination
+benchmarks are loaded once, when first needed: before the first paid request, or before curation; a
+rerun whose stages are all current needs none of them (it can run offline).
 
 Layout of the output folder: taxonomy.yaml, prompts.parquet, journal.sqlite, documents.parquet,
 curated.parquet, dataset/ (the Hub repo: data/, README.md, recipe.yaml, manifest.json), manifest.json,
@@ -22,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -32,6 +34,9 @@ from textbookgen.recipe import GrowConfig, Recipe
 from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, siblings_line, weighted_sequence
 from textbookgen.templates import Template, expand_mix, load_template, provenance, simple_words, variables
 from textbookgen.websamples import SeedAssigner, WebSampleError, WebSamples, hub_offline, hub_reachable
+
+if TYPE_CHECKING:
+    from textbookgen.curation.decontaminate import ItemTexts
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
 STATE_VERSION = 1
@@ -330,6 +335,7 @@ class Build:
         self.notes: list[str] = []
         self.manifest: dict[str, Any] = {}
         self._web_stats: dict[str, Any] | None = None
+        self._benchmark_texts: list[ItemTexts] | None = None
 
     # -- state --
     def _load_state(self) -> None:
@@ -388,9 +394,12 @@ class Build:
     # -- engine --
     def _generator(self, journal: Path, model: str | None = None, batch: bool = False) -> Any:
         """The engine for one stage; `batch`: through the provider's batch API if the recipe asks for it
-        (the documents stage only: taxonomy growth is a few calls whose answers the next level needs now)."""
+        (the documents stage only: taxonomy growth is a few calls whose answers the next level needs now).
+        Every paid request goes through an engine made here, so the benchmarks are loaded first: one
+        that cannot be read stops the build before anything is billed."""
         from textbookgen.engine import Generator, RateLimits
 
+        self.benchmark_texts()
         r = self.recipe
         lim = r.limits
         batch = batch and r.provider.batch
@@ -434,7 +443,8 @@ class Build:
                 f"no credentials for provider {r.provider.name!r} (${r.provider.key_env} is not "
                 "set and provider.base_url is not a local server): planning only."
             )
-        self.check_benchmarks(planning)
+        if planning:  # a real build loads them when first needed (`benchmark_texts`)
+            self.check_benchmarks(planning=True)
         self.check_finish()
         tax, tax_hash, grow_plan = self.stage_taxonomy(can_grow=not planning)
         if grow_plan and (r.taxonomy.max_per_topic or r.taxonomy.min_per_topic):
@@ -470,10 +480,19 @@ class Build:
         if r.card_template:
             load_card_template(r.resolve(r.card_template))
 
-    def check_benchmarks(self, planning: bool) -> None:
-        """Open every decontamination benchmark before anything is paid for: one that cannot be read
-        would otherwise fail the curation stage after the generation was billed. A plan downloads
-        nothing: it reads local files and notes the Hub sources it cannot reach."""
+    def benchmark_texts(self) -> list[ItemTexts]:
+        """The decontamination benchmarks' texts, loaded on first use: before the first paid request
+        (`_generator`) or before curation, whichever comes first. Paid work always precedes curation,
+        so checking there means an unreadable benchmark costs nothing, while a rerun whose generation
+        and curation are current never loads them. Curation gets these texts: each is loaded once."""
+        if self._benchmark_texts is None:
+            self._benchmark_texts = self.check_benchmarks(planning=False)
+        return self._benchmark_texts
+
+    def check_benchmarks(self, planning: bool) -> list[ItemTexts]:
+        """Load every decontamination benchmark and return their items' texts, in recipe order; a
+        BuildError names the one that cannot be read. A plan downloads nothing: it reads local files
+        (returning only theirs) and notes the Hub sources it cannot reach."""
         from textbookgen.curation.decontaminate import load_benchmark_texts
 
         cfg = self.recipe.resolved_curation().decontamination
@@ -484,19 +503,22 @@ class Build:
             if not planning:
                 raise BuildError(
                     f"{where[remote[0]]}: the Hugging Face Hub is not reachable, so decontamination could "
-                    "not run; nothing was generated. Point `path` at a local copy, or remove the entry."
+                    "not run; the build stopped before sending any request. Point `path` at a local copy, "
+                    "or remove the entry."
                 )
             self.notes.append(
                 f"{'; '.join(where[i] for i in remote)}: the Hugging Face Hub is not reachable; the real "
                 "build loads every benchmark before generating and stops if one cannot be read."
             )
+        texts: list[ItemTexts] = []
         for i, src in sources:
             if planning and i in remote:
                 continue
             try:
-                load_benchmark_texts(src)
+                texts += load_benchmark_texts(src)
             except (ValueError, KeyError, OSError, ImportError) as e:
                 raise BuildError(f"{where[i]}: cannot be loaded ({type(e).__name__}: {e})") from None
+        return texts
 
     # -- stages --
     def stage_taxonomy(self, *, can_grow: bool) -> tuple[Taxonomy, str, dict[str, int] | None]:
@@ -750,7 +772,8 @@ class Build:
             self.manifest["curation"] = st["stats"]
             return pl.read_parquet(out_path), st["output_hash"]
         t0 = self._begin("curate")
-        curated, stats = curate(docs, cfg, workdir=self.meta_dir / "curation")
+        bench = self.benchmark_texts()
+        curated, stats = curate(docs, cfg, workdir=self.meta_dir / "curation", benchmark_texts=bench)
         _write_parquet(curated, out_path)
         self._record("curate", input_hash, [out_path], stats, self._done("curate", t0))
         self.manifest["curation"] = stats

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from textbookgen.dataset import SCHEMA, check_rows, splits_of
+from textbookgen.dataset import SCHEMA, check_rows, split_rows, splits_of
 
 if TYPE_CHECKING:
     from textbookgen.recipe import Recipe
@@ -201,10 +201,11 @@ def dataset_info(splits: dict[str, list[Path]], schema: pa.Schema) -> dict:
 
     Reads only parquet footers and one streaming pass per split, never the whole text into memory.
     """
-    split_info = []
-    for name, paths in splits.items():
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
-        split_info.append({"name": name, "num_bytes": check_rows(pl.scan_parquet(paths))[1], "num_examples": rows})
+    rows = split_rows(splits)
+    split_info = [
+        {"name": name, "num_bytes": check_rows(pl.scan_parquet(paths))[1], "num_examples": rows[name]}
+        for name, paths in splits.items()
+    ]
     return {
         "features": features(schema),
         "splits": split_info,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import polars as pl
@@ -211,11 +212,13 @@ def splits_of(out_dir: str | Path) -> dict[str, list[Path]]:
     return dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
 
 
-def split_rows(out_dir: str | Path) -> dict[str, int]:
-    """Rows of each split of a written folder, from the shards' parquet footers (no data is read)."""
+def split_rows(splits: str | Path | Mapping[str, list[Path]]) -> dict[str, int]:
+    """Rows of each split, from the shards' parquet footers (no data is read): of a written folder, or
+    of a split -> shards mapping (`splits_of`'s, which a caller that has it need not list again)."""
     import pyarrow.parquet as pq
 
-    return {s: sum(pq.ParquetFile(p).metadata.num_rows for p in paths) for s, paths in splits_of(out_dir).items()}
+    shards = splits if isinstance(splits, Mapping) else splits_of(splits)
+    return {s: sum(pq.ParquetFile(p).metadata.num_rows for p in paths) for s, paths in shards.items()}
 
 
 def read_dataset(out_dir: str | Path, split: str | None = None) -> pl.DataFrame:

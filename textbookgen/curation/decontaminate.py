@@ -34,6 +34,8 @@ NUMBER = "0"  # every digit run, after normalisation
 # an option label: "(a)", "(12)" anywhere, or "B." / "c)" / "3." opening a line
 _LABEL = re.compile(r"\((?:[A-Za-z]|\d{1,2})\)|^[ \t]*(?:[A-Za-z]|\d{1,2})[.)][ \t]", re.MULTILINE)
 _MIX = np.random.default_rng(0x5EED).integers(1, 2**63, size=MAX_NGRAM, dtype=np.uint64) | np.uint64(1)
+#: One benchmark item as loaded: (benchmark, item id, its texts).
+ItemTexts = tuple[str, str, list[str]]
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def gram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
-def load_benchmark_texts(source: BenchmarkSource) -> list[tuple[str, str, list[str]]]:
+def load_benchmark_texts(source: BenchmarkSource) -> list[ItemTexts]:
     """(benchmark, item id, texts) for every item of a named benchmark or a generic file/folder."""
     if source.name is not None:
         from textbookgen.benchmarks import load_benchmark
@@ -82,7 +84,7 @@ def load_benchmark_texts(source: BenchmarkSource) -> list[tuple[str, str, list[s
     return out
 
 
-def _file_texts(source: BenchmarkSource) -> list[tuple[str, str, list[str]]]:
+def _file_texts(source: BenchmarkSource) -> list[ItemTexts]:
     """(file name, item id, texts) for every row of a generic benchmark file/folder."""
     out = []
     for f in corpus_files(Path(source.path)):
@@ -149,7 +151,9 @@ class Decontaminate(Step):
     name = "decontamination"
 
     def __init__(self, config: DecontaminationConfig | None = None, text_column: str = "text",
-                 id_column: str = "id", texts: list[tuple[str, str, list[str]]] | None = None) -> None:
+                 id_column: str = "id", texts: list[ItemTexts] | None = None) -> None:
+        """`texts`: the items of `config.benchmarks` already loaded (`load_benchmark_texts` of each, in
+        order), so a caller that checked them first does not load them twice; None loads them here."""
         self.config = config or DecontaminationConfig()
         self.text_column, self.id_column = text_column, id_column
         if texts is None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from textbookgen.curation.base import Step
 from textbookgen.curation.config import CurationConfig
 
+if TYPE_CHECKING:
+    from textbookgen.curation.decontaminate import ItemTexts
 
-def build_steps(config: CurationConfig) -> list[Step]:
-    """The enabled stages as a list of steps (datatrove-style composition)."""
+
+def build_steps(config: CurationConfig, benchmark_texts: list[ItemTexts] | None = None) -> list[Step]:
+    """The enabled stages as a list of steps (datatrove-style composition). `benchmark_texts`: the
+    decontamination benchmarks already loaded (see `Decontaminate`); None loads them here."""
     from textbookgen.curation.classifier import QualityCut, QualityScore
     from textbookgen.curation.decontaminate import Decontaminate
     from textbookgen.curation.exact import ExactDedup
@@ -26,7 +30,7 @@ def build_steps(config: CurationConfig) -> list[Step]:
     if config.filters.enabled:
         steps.append(HeuristicFilter(config.filters, t, i))
     if config.decontamination.enabled and config.decontamination.benchmarks:
-        steps.append(Decontaminate(config.decontamination, t, i))
+        steps.append(Decontaminate(config.decontamination, t, i, texts=benchmark_texts))
     if config.classifier.enabled:  # score before MinHash, so each cluster keeps its best member
         steps.append(QualityScore(config.classifier, t))
     if config.minhash.enabled:  # curate() always gets the whole corpus: nothing to dedup against besides it
@@ -46,10 +50,12 @@ def run_pipeline(df: pl.DataFrame, steps: list[Step], workdir: Path | None = Non
     return df, stats
 
 
-def curate(docs_df: pl.DataFrame, config: CurationConfig | None = None,
-           workdir: Path | str | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+def curate(docs_df: pl.DataFrame, config: CurationConfig | None = None, workdir: Path | str | None = None,
+           benchmark_texts: list[ItemTexts] | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Run every enabled stage on `docs_df`; returns the kept rows (same columns, original order) and
     stats: {stage: {"in": n, "kept": n, "dropped": {reason: n}, ...}}. Stages that store state
-    (MinHash signatures, decontamination reports, clusters) write under `workdir`."""
+    (MinHash signatures, decontamination reports, clusters) write under `workdir`. `benchmark_texts`:
+    the decontamination benchmarks, where the caller loaded them already (None: loaded here)."""
     config = config or CurationConfig()
-    return run_pipeline(docs_df, build_steps(config), Path(workdir) if workdir is not None else None)
+    steps = build_steps(config, benchmark_texts)
+    return run_pipeline(docs_df, steps, Path(workdir) if workdir is not None else None)
