@@ -245,3 +245,63 @@ def test_sharded_checkpoint_of_another_shape_does_not_fit(tmp_path):
     other = torch.nn.Linear(4, 5)
     with pytest.raises(checkpoint.CheckpointError, match=r"does not fit the model/optimizer: Size mismatch"):
         checkpoint.load(tmp_path, other, torch.optim.AdamW(other.parameters()))
+
+
+def first_samples(trainer, step: int) -> list[int]:
+    """The sample numbers that step `step` of this (one-process) trainer reads, in order."""
+    return [g for micro in range(trainer.plan.accum_steps) for g in trainer.plan.samples(step, micro)]
+
+
+def test_a_resume_under_another_global_batch_goes_on_from_the_samples_drawn(corpus, tmp_path):
+    """4 steps of 8 drew samples 0..31: steps of 16 from there read 32..47, 48..63 (not 64.., which would
+    never read 32..63), and the checkpoint records the samples drawn, not steps x the current batch."""
+    from trainer import distributed
+    from trainer.train import Trainer
+
+    run = tmp_path / "run"
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 4})))
+    assert checkpoint.read_meta(run)["samples"] == 32
+    bigger = load_config(None, overrides(corpus, run, **{"train.max_steps": 6, "train.global_batch": 16}))
+    trainer = Trainer(bigger, distributed.setup("cpu"), False)
+    assert trainer.start == 4 and first_samples(trainer, 4) == list(range(32, 48))
+    assert first_samples(trainer, 5) == list(range(48, 64))
+    train(bigger)
+    assert checkpoint.read_meta(run)["samples"] == 64
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] // 32 for r in records] == [8, 16, 24, 32, 48, 64]  # samples drawn x seq_len
+    by_tokens = load_config(None, overrides(corpus, run, **{"train.max_steps": None, "train.max_tokens": 96 * 32}))
+    assert train(by_tokens).final_step == 10  # 32 more samples to the token budget: 4 steps of 8
+
+
+def test_a_resume_under_another_seed_is_refused_unless_allowed(corpus, tmp_path):
+    """The seed orders the data: resuming under another one silently replayed some samples and skipped others."""
+    run = tmp_path / "run"
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 2})))
+    config = (run / "config.yaml").read_text()
+    reseeded = overrides(corpus, run, **{"train.max_steps": 3, "train.seed": 7})
+    with pytest.raises(checkpoint.CheckpointError, match=r"train.seed is 7 but .*step-00000002 was trained with seed "
+                                                         r"1337: .*set train.seed=1337, or "
+                                                         r"checkpoint.allow_seed_change=true .* from sample 16"):
+        train(load_config(None, reseeded))
+    assert (run / "config.yaml").read_text() == config  # refused before anything was written
+    assert checkpoint.read_meta(run)["data_seed"] == 1337
+    allowed = train(load_config(None, {**reseeded, "checkpoint.allow_seed_change": True}))
+    assert allowed.start_step == 2 and checkpoint.read_meta(run)["data_seed"] == 7
+
+
+def test_a_checkpoint_without_the_data_position_resumes_where_its_config_left_off(corpus, tmp_path, uninterrupted):
+    """Checkpoints written before meta.json recorded samples and data_seed: their config tells both."""
+    from trainer import distributed
+    from trainer.train import Trainer
+
+    _, full = uninterrupted
+    run = tmp_path / "run"
+    first = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 4})))
+    meta_file = checkpoint.resolve(run) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("samples", "data_seed")}))
+    bigger = Trainer(load_config(None, overrides(corpus, run, **{"train.max_steps": 5, "train.global_batch": 16})),
+                     distributed.setup("cpu"), False)
+    assert first_samples(bigger, 4) == list(range(32, 48))
+    resumed = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 12})))
+    assert {**first.losses, **resumed.losses} == full

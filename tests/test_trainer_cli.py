@@ -140,6 +140,15 @@ def test_fsdp2_two_processes_and_resharded_resume(corpus, tmp_path):
     ckpt = checkpoint.resolve(tmp_path / "fsdp")
     assert sorted(p.name for p in (ckpt / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert checkpoint.read_meta(ckpt)["world_size"] == 2
+    # train.init_from the sharded checkpoint, on 2 FSDP2 ranks and in one process: the same first loss
+    torchrun(["-c", str(cfg), "--max-steps", "1", "--run-dir", str(tmp_path / "init"), "--set",
+              f"train.init_from={ckpt}"], tmp_path)
+    init_loss = json.loads((tmp_path / "init" / "metrics.jsonl").read_text())["loss"]
+    one = train(load_config(cfg, {"run_dir": str(tmp_path / "init1"), "train.max_steps": 1,
+                                  "train.init_from": str(ckpt), "distributed.strategy": "auto"}))
+    assert init_loss == pytest.approx(one.history[0]["loss"], abs=1e-5)
+    cold = json.loads((tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert init_loss < cold - 0.3  # the trained weights, not a fresh init, on the same first samples
     resumed = train(load_config(cfg, {"distributed.strategy": "auto"}))
     assert resumed.start_step == 3
     full = train(load_config(cfg, {"run_dir": str(tmp_path / "full")}))

@@ -189,6 +189,14 @@ def test_batches_split_a_step_between_ranks_and_micro_steps(prepared):
         BatchPlan(global_batch=8, micro_batch=3, world_size=2)
 
 
+def test_a_plan_counts_on_from_the_samples_drawn_before_its_start():
+    """Resumed at step 4 after 32 samples (4 steps of 8) under a batch of 16: every rank reads on from 32."""
+    ranks = [BatchPlan(16, 4, world_size=2, rank=r, start_step=4, start_samples=32) for r in range(2)]
+    step4 = [g for p in ranks for m in range(p.accum_steps) for g in p.samples(4, m)]
+    assert step4 == list(range(32, 48)) and ranks[1].samples(5, 1) == range(60, 64)
+    assert ranks[0].samples_before(6) == 64 and BatchPlan(8, 4, start_step=4).samples(4, 0) == range(32, 36)
+
+
 def test_loader_resumes_at_any_step(prepared):
     s = MixtureSampler([TokenStream(prepared["wiki"][0])], [1.0], seq_len=16, seed=1)
     plan = BatchPlan(global_batch=4, micro_batch=2)
@@ -243,3 +251,30 @@ def test_prepare_with_the_codegen_tokenizer(corpus, shared_data, tmp_path):
     assert tokens == tok.encode("def f(x):\n    return x").ids + [50256] + tok.encode("Hello world.").ids + [50256]
     assert 50284 in tokens  # four spaces are one CodeGen whitespace token
     assert index["eos_id"] == 50256 and index["dtype"] == "uint16" and index["vocab_size"] == 50295
+
+
+def test_a_literal_eos_in_a_document_is_ordinary_text(shared_data, tmp_path):
+    """A document that writes `<|endoftext|>` (code, docs about GPT-2) must not split itself into two: only the
+    EOS appended after each document is 50256 (nanoGPT's encode_ordinary). Data prepared when the literal
+    became 50256 counts as stale, and prepare makes it again."""
+    from trainer.data import index_is_current
+    from trainer.tokenizer import load_tokenizer
+
+    spec = str(shared_data / "tokenizer_gpt2")
+    text = "GPT-2 ends a file with <|endoftext|> and then\n    goes on."
+    src = write_hub_folder(tmp_path / "src", [text, "Second doc."], files=1)
+    index = prepare(str(src), tmp_path / "tok", spec, num_workers=1, progress=False)
+    tokens = TokenStream(tmp_path / "tok").read(0, index["total_tokens"]).tolist()
+    tok = load_tokenizer(spec)
+    tok.encode_special_tokens = True
+    first = tok.encode(text).ids
+    assert tokens == first + [50256] + tok.encode("Second doc.").ids + [50256]
+    assert 50256 not in first and "<|endoftext|>" in tok.decode(first)
+    assert 50284 in tokens  # the whitespace tokens are still matched
+    old = json.loads((tmp_path / "tok" / "index.json").read_text())
+    del old["key"]["specials_in_text"]
+    (tmp_path / "tok" / "index.json").write_text(json.dumps(old))
+    assert not index_is_current(tmp_path / "tok", str(src), spec) and not index_is_current(tmp_path / "tok", str(src),
+                                                                                         None)
+    again = prepare(str(src), tmp_path / "tok", spec, num_workers=1, progress=False)
+    assert again["key"] == index["key"] and index_is_current(tmp_path / "tok", str(src), spec)

@@ -99,6 +99,15 @@ def test_broken_export_folder_names_the_file(made, tmp_path, capsys, command, ho
     fails([command, str(hf), "--device", "cpu", *extra], f"{hf}/{message}", capsys)
 
 
+def test_an_hf_folder_given_as_a_training_checkpoint_is_named_as_such(made, tmp_path, capsys):
+    """An exported folder has config.json: the error said it was missing, and not what the folder is."""
+    said = f"{made['hf']}: an HF model folder (config.json + model.safetensors), not a training checkpoint"
+    fails(["export", str(made["hf"]), str(tmp_path / "o")], said, capsys)
+    fails(["train", "-c", "tiny", "--synthetic", "--max-steps", "1", "--run-dir", str(tmp_path / "r"), "--resume",
+           str(made["hf"]), "--set", f"data.tokenizer={made['tok']}"], said, capsys)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
 def _broken_checkpoint(made: dict[str, Path], dst: Path, how: str) -> Path:
     shutil.copytree(made["run"] / "checkpoints", dst)
     step = next(dst.glob("step-*"))

@@ -2,14 +2,16 @@
 
 Layout under `run_dir/checkpoints/`:
 
-    step-00000100/   meta.json (step, config, model config, data fingerprint), rng/rank-00000.pt, and
+    step-00000100/   meta.json (step, config, model config, data position: samples drawn, data seed and
+                     fingerprint), rng/rank-00000.pt, and
                      either model.pt + optim.pt (one process, DDP) or dcp/ (FSDP2, sharded, one file
                      per rank through torch.distributed.checkpoint; loads under any world size)
     latest           name of the newest complete checkpoint
 
 A checkpoint is written into `step-N.tmp/`, fsynced, then renamed: a crash mid-save leaves the
-previous checkpoint as `latest`. The data position is the step itself (see trainer/data.py), and the
-learning rate is a function of the step, so model + optimizer + step + RNG is the whole state.
+previous checkpoint as `latest`. The data position is the number of samples drawn, under the data
+seed (see trainer/data.py), and the learning rate is a function of the step, so model + optimizer +
+step + samples + RNG is the whole state.
 """
 
 from __future__ import annotations
@@ -181,6 +183,10 @@ def resolve(path: str | Path) -> Path:
         found = find_latest(root)
         if found is not None:
             return found
+    if (p / "config.json").is_file() and any(p.glob("model*.safetensors*")):
+        raise CheckpointError(f"{p}: an HF model folder (config.json + model.safetensors), not a training checkpoint "
+                              f"(expected step-*/meta.json there or under checkpoints/); it is already in exported "
+                              f"form (generate and eval read it; train.init_from starts a run from it)")
     if (p / "model.safetensors").is_file():
         raise CheckpointError(f"{p / 'config.json'}: missing (an exported model folder needs it)")
     raise CheckpointError(f"no checkpoint at {p} (expected step-*/meta.json there or under checkpoints/)")

@@ -103,6 +103,12 @@ class TrainSection(_Section):
     compile: bool = False
     device: str = "auto"
     seed: int = 1337
+    """Seeds the initial weights and the data order (a resume under another seed is refused, see
+    checkpoint.allow_seed_change)."""
+    init_from: str | None = None
+    """Start from these weights instead of a random init: an HF Phi folder (our export, microsoft/phi-1_5's),
+    a Hub model id, or a training checkpoint (weights only: fresh optimizer, step 0). The model's shape
+    comes from the weights; model.name and model.overrides may only repeat it. A resume ignores it."""
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainSection:
@@ -120,6 +126,9 @@ class CheckpointSection(_Section):
     at_exit: bool = True
     resume: str = "auto"
     """"auto" resumes from the newest checkpoint in run_dir/checkpoints, "never" starts fresh, else a path."""
+    allow_seed_change: bool = False
+    """Resume under a train.seed other than the checkpoint's: the data goes on from the samples already
+    drawn in the new seed's order (some samples repeat, others are never read). Refused otherwise."""
     export_hf: bool = False
     """At the end, also write run_dir/hf: an HF PhiForCausalLM folder (safetensors, config, tokenizer)."""
     export_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"

@@ -5,11 +5,18 @@ processes with batch encoding, appends EOS after every document (phi-1: "<|endof
 separating the files", no document masking) and packs the stream into flat uint16 shards plus an
 `index.json` with token counts and source hashes, written atomically.
 
+Document text is encoded as ordinary text (tiktoken's `encode_ordinary`): a literal `<|endoftext|>`
+inside a document is spelled out by BPE, so only the appended EOS separates documents.
+
 `MixtureSampler` turns those streams into training samples. Sample `g` (the g-th sequence ever
 drawn) is a pure function of (seed, g): the dataset comes from a seeded shuffle of a block holding
 each dataset in exact weight proportion, the row from a seeded per-epoch permutation of that
-dataset's rows. A step's samples are `g in [step*B, (step+1)*B)`, split between ranks and micro-steps,
-so resuming needs only the step and any world size sees the same data.
+dataset's rows. A step's samples are the next B after those drawn before it (`BatchPlan`):
+`g in [n + (step-s)*B, n + (step-s+1)*B)` from the step `s` a run (re)started at with `n` samples drawn
+(`n = s*B` unless the global batch changed on a resume), split between ranks and micro-steps. So a
+step's samples on a rank are a pure function of (seed, samples drawn before it, rank), a resume needs
+the step, the sample count and the seed (a checkpoint's meta.json records them), and any world size
+sees the same data.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ if TYPE_CHECKING:
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
 SPLIT_NAMES = ("train", "validation", "valid", "val", "test", "dev")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class DataError(ValueError):
@@ -83,7 +90,7 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
         return [path]
     if path.is_dir():
         return find_parquet_files(path, split)
-    if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
+    if not HUB_ID.match(source) or source.startswith((".", "/", "~")):
         raise DataError(f"dataset not found: {source!r} is neither a local folder/parquet file nor a Hub repo id")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
@@ -117,7 +124,9 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(tokenizer_json: str, eos_id: int, dtype: str) -> None:
     from tokenizers import Tokenizer
 
-    _WORKER.update(tok=Tokenizer.from_str(tokenizer_json), eos=eos_id, dtype=np.dtype(dtype))
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.encode_special_tokens = True  # text is ordinary text: a literal <|endoftext|> is not a separator
+    _WORKER.update(tok=tok, eos=eos_id, dtype=np.dtype(dtype))
 
 
 def _encode(job: tuple[int, list[str]]) -> tuple[int, np.ndarray]:
@@ -212,10 +221,15 @@ def _as_tokenizer(tokenizer: Any) -> Tokenizer:
     return tokenizer
 
 
+# How special tokens written in a document's text are encoded: "ordinary" = as text (see _init_worker).
+# Indexes without this key were made when such text became special ids: they count as stale.
+TEXT_SPECIALS = {"specials_in_text": "ordinary"}
+
+
 def encoding_key(tokenizer: Tokenizer, column: str, eos_id: int | None = None) -> dict[str, Any]:
     """The part of an index's `key` that is not the source bytes: what turns the same text into other ids."""
     return {"column": column, "tokenizer_sha256": tokenizer_fingerprint(tokenizer.to_str()),
-            "eos_id": _eos_of(tokenizer, eos_id)}
+            "eos_id": _eos_of(tokenizer, eos_id), **TEXT_SPECIALS}
 
 
 def _eos_of(tokenizer, eos_id: int | None) -> int:
@@ -357,9 +371,9 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 def index_is_current(folder: str | Path, source: str, tokenizer: Any, *, split: str = "train",
                      column: str = "text", eos_id: int | None = None, revision: str | None = None) -> bool:
-    """Cheap staleness check of prepared data: same source, split and revision, same column, tokenizer
-    and EOS id, and for a local source the same files, sizes and mtimes (not hashed: training start-up
-    should not read the corpus).
+    """Cheap staleness check of prepared data: same source, split and revision, same column, tokenizer,
+    EOS id and encoding of special tokens in the text, and for a local source the same files, sizes and
+    mtimes (not hashed: training start-up should not read the corpus).
 
     `tokenizer`: a `tokenizers.Tokenizer` or a spec, as for `prepare`; None skips the tokenizer (the
     caller checked the index's recorded spec instead). Hub sources' files are not checked (no network at
@@ -367,7 +381,8 @@ def index_is_current(folder: str | Path, source: str, tokenizer: Any, *, split: 
     index = read_index(Path(folder))
     if (index.get("source"), index.get("split"), index.get("revision")) != (str(source), split, revision):
         return False
-    wanted = encoding_key(_as_tokenizer(tokenizer), column, eos_id) if tokenizer is not None else {"column": column}
+    wanted = (encoding_key(_as_tokenizer(tokenizer), column, eos_id) if tokenizer is not None
+              else {"column": column, **TEXT_SPECIALS})
     if any(index["key"].get(k) != v for k, v in wanted.items()):
         return False
     if not Path(source).expanduser().exists():
@@ -509,12 +524,18 @@ class SyntheticSampler:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """Which samples each rank and micro-step of a step reads: a contiguous slice of the step's batch."""
+    """Which samples each rank and micro-step of a step reads: a contiguous slice of the step's batch.
+
+    Steps count from `start_step`, before which `start_samples` samples were drawn (by default
+    `start_step * global_batch`): a resume under another global batch continues at the checkpoint's
+    sample count, so no sample is skipped or read twice."""
 
     global_batch: int
     micro_batch: int
     world_size: int = 1
     rank: int = 0
+    start_step: int = 0
+    start_samples: int | None = None
 
     def __post_init__(self) -> None:
         per_rank, rem = divmod(self.global_batch, self.world_size)
@@ -526,8 +547,13 @@ class BatchPlan:
     def accum_steps(self) -> int:
         return self.global_batch // (self.world_size * self.micro_batch)
 
+    def samples_before(self, step: int) -> int:
+        """Samples drawn, over all ranks, before `step` (>= start_step)."""
+        start = self.start_step * self.global_batch if self.start_samples is None else self.start_samples
+        return start + (step - self.start_step) * self.global_batch
+
     def samples(self, step: int, micro: int) -> range:
-        first = step * self.global_batch + self.rank * (self.global_batch // self.world_size)
+        first = self.samples_before(step) + self.rank * (self.global_batch // self.world_size)
         first += micro * self.micro_batch
         return range(first, first + self.micro_batch)
 

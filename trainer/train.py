@@ -66,8 +66,16 @@ class TrainResult:
 # ----------------------------------------------------------------------------- pieces
 
 
-def model_config(cfg: TrainConfig) -> PhiConfig:
-    """The preset named by model.name with overrides and training switches applied, checked."""
+# PhiConfig fields that do not shape the weights (training switches); all others come from init_from's weights
+_SWITCHES = ("loss_chunk_size", "activation_checkpointing", "attn_impl", "fuse_projections", "fuse_out")
+
+
+def model_config(cfg: TrainConfig, weights: PhiConfig | None = None, origin: str = "") -> PhiConfig:
+    """The preset named by model.name with overrides and training switches applied, checked.
+
+    `weights`: the model config of the weights the run starts from (train.init_from, or the checkpoint a
+    run started from them resumes; `origin` names it). The shape is theirs; an explicit model.name or
+    shape override that differs is an error, not a silently other model."""
     m = cfg.model
     if m.name not in CONFIGS:
         raise ConfigError(f"model.name: unknown model {m.name!r} (known: {sorted(CONFIGS)})")
@@ -82,10 +90,28 @@ def model_config(cfg: TrainConfig) -> PhiConfig:
         pc = dataclasses.replace(CONFIGS[m.name], **changes)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from e
+    if weights is not None:
+        pc = dataclasses.replace(pc, **_shape_of(weights, pc, cfg, origin))
     if cfg.data.seq_len > pc.max_position_embeddings:
         raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the model's context "
                           f"{pc.max_position_embeddings} (model.overrides.max_position_embeddings)")
     return pc
+
+
+def _shape_of(weights: PhiConfig, asked: PhiConfig, cfg: TrainConfig, origin: str) -> dict[str, Any]:
+    """The shape fields of `weights`, checked against those the config states: all of the preset's when
+    model.name is set explicitly, else the shape fields in model.overrides (initializer_range is moot)."""
+    shape = [f.name for f in dataclasses.fields(PhiConfig) if f.name not in _SWITCHES]
+    m = cfg.model
+    stated = shape if "name" in m.model_fields_set else [k for k in m.overrides if k in shape]
+    differ = [k for k in stated if k != "initializer_range" and getattr(asked, k) != getattr(weights, k)]
+    if differ:
+        have = ", ".join(f"{k}={getattr(weights, k)!r}" for k in differ)
+        want = ", ".join(f"{k}={getattr(asked, k)!r}" for k in differ)
+        raise ConfigError(f"{origin} holds a model with {have}, but model.name {m.name!r}"
+                          f"{' with model.overrides' if m.overrides else ''} asks for {want}: the model comes from "
+                          f"the weights; drop model.name and the model fields of model.overrides, or make them match")
+    return {k: getattr(weights, k) for k in shape}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -344,6 +370,9 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         if cfg.checkpoint.resume == "never":
             checkpoint.check_fresh_start(self.ckpt_root)
+        self.resume_from = self._resume_source()
+        self.resume_meta = checkpoint.read_meta(self.resume_from) if self.resume_from is not None else None
+        data_start = self._data_start()  # before anything is written: it may refuse the resume
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -352,14 +381,18 @@ class Trainer:
         if self.dev_type == "cuda":  # fp32 matmuls outside autocast (pure fp32 runs) may use TF32 tensor cores
             torch.set_float32_matmul_precision("high")
 
-        self.model_cfg = model_config(cfg)
+        initial = self._initial_model()
+        self.model_cfg = model_config(cfg, *self._weights_config(initial))
         torch.manual_seed(cfg.train.seed)
         with torch.device(self.device):
             self.model = Phi(self.model_cfg)
+        if initial is not None:  # before sharding: FSDP2 and DDP start from these full weights on every rank
+            self.model.load_state_dict(initial.state_dict())
+            del initial
         if precision == "bf16":
             to_bf16_matrices(self.model)
         self.sampler, self.data_fp = build_sampler(cfg, self.model_cfg.vocab_size, info, show)
-        self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank)
+        self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank, *data_start)
         self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
         self.strategy = distributed.choose_strategy(cfg.distributed.strategy, info)
         self.wrapped = distributed.parallelize(
@@ -372,11 +405,39 @@ class Trainer:
                          else nullcontext())
         self.peak = peak_flops(self.device, cfg.log.peak_tflops)
         self.start = self._resume()
+        self.max_steps = self._max_steps()
+
+    def _resume_source(self) -> Path | None:
+        """The checkpoint this start resumes (checkpoint.resume), or None for a fresh start."""
+        resume = self.cfg.checkpoint.resume
+        if resume == "never":
+            return None
+        return checkpoint.find_latest(self.ckpt_root) if resume == "auto" else checkpoint.resolve(resume)
+
+    def _initial_model(self) -> Phi | None:
+        """train.init_from's weights for a fresh start; a resume takes its own checkpoint's instead."""
+        spec = self.cfg.train.init_from
+        if not spec or self.resume_from is not None:
+            return None
+        from trainer.pretrained import load_initial
+
+        initial = load_initial(spec)
+        self.console.print(f"starting from the weights of {spec}")
+        return initial
+
+    def _weights_config(self, initial: Phi | None) -> tuple[PhiConfig | None, str]:
+        """The model config of the weights the model must fit, and their name: init_from's on a fresh start,
+        the resumed checkpoint's for a run that started from init_from; none (the config's model) otherwise."""
+        if initial is not None:
+            return initial.config, f"train.init_from {self.cfg.train.init_from}"
+        if not self.cfg.train.init_from or self.resume_from is None:
+            return None, ""
+        saved = self.resume_meta["model_config"]
+        known = {f.name for f in dataclasses.fields(PhiConfig)}
+        return PhiConfig(**{k: v for k, v in saved.items() if k in known}), f"checkpoint {self.resume_from}"
 
     def _resume(self) -> int:
-        resume = self.cfg.checkpoint.resume
-        source = (checkpoint.find_latest(self.ckpt_root) if resume == "auto"
-                  else None if resume == "never" else resume)
+        source = self.resume_from
         if source is None:
             return 0
         meta = checkpoint.load(source, self.model, self.optimizer)
@@ -386,12 +447,45 @@ class Trainer:
         if meta.get("data_fingerprint") != self.data_fp:
             self.console.print(f"[yellow]warning:[/] the data differs from the checkpoint's "
                                f"({meta.get('data_fingerprint')} -> {self.data_fp}); the sample order will not match")
-        self.console.print(f"resumed from {checkpoint.resolve(source)} at step {meta['step']}")
+        self.console.print(f"resumed from {source} at step {meta['step']}")
         return meta["step"]
+
+    def _data_start(self) -> tuple[int, int]:
+        """(step, samples drawn before it) the data goes on from: the resumed checkpoint's, in its seed's order
+        (a changed train.seed is refused unless checkpoint.allow_seed_change). A checkpoint from before these
+        were recorded drew step x its config's global batch under its config's seed."""
+        meta, t = self.resume_meta, self.cfg.train
+        if meta is None:
+            return 0, 0
+        step = meta["step"]
+        saved = meta["config"].get("train", {}) if isinstance(meta["config"], dict) else {}
+        seed = meta.get("data_seed", saved.get("seed", t.seed))
+        samples = meta.get("samples", step * saved.get("global_batch", t.global_batch))
+        if seed != t.seed:
+            if not self.cfg.checkpoint.allow_seed_change:
+                raise checkpoint.CheckpointError(
+                    f"train.seed is {t.seed} but {self.resume_from} was trained with seed {seed}: another seed "
+                    f"reorders the data (samples read again, others never); set train.seed={seed}, or "
+                    f"checkpoint.allow_seed_change=true to go on in seed {t.seed}'s order from sample {samples}")
+            self.console.print(f"[yellow]warning:[/] train.seed {seed} -> {t.seed} (checkpoint.allow_seed_change): "
+                               f"the data goes on in the new seed's order from sample {samples}")
+        if samples != step * t.global_batch:
+            self.console.print(f"data goes on from sample {samples} (global batch {t.global_batch} from step {step})")
+        return step, samples
+
+    def _max_steps(self) -> int:
+        """The step to stop at: train.max_steps, or where train.max_tokens is reached (counted in samples
+        drawn, so a resume under another global batch still stops at the token budget)."""
+        t = self.cfg.train
+        if t.max_tokens is None:
+            return self.cfg.max_steps
+        left = max(0, -(-int(t.max_tokens) // self.cfg.data.seq_len) - self.plan.samples_before(self.start))
+        return self.start + -(-left // t.global_batch)
 
     def save(self, step: int) -> None:
         meta = {"model_config": dataclasses.asdict(self.model_cfg), "config": self.cfg.model_dump(mode="json"),
-                "data_fingerprint": self.data_fp}
+                "data_fingerprint": self.data_fp, "samples": self.plan.samples_before(step),
+                "data_seed": self.cfg.train.seed, "init_from": self.cfg.train.init_from}
         path = checkpoint.save(self.ckpt_root, step, self.model, self.optimizer, meta,
                                sharded=self.strategy == "fsdp", keep=self.cfg.checkpoint.keep)
         if self.info.is_main and self.cfg.log.plot:
@@ -445,9 +539,9 @@ class Trainer:
         return loss_val, gnorm_val, stop_votes > 0
 
     def record(self, step: int, loss: float, gnorm: float, dt: float) -> dict[str, Any]:
-        tokens = self.cfg.tokens_per_step
+        tokens, seen = self.cfg.tokens_per_step, self.plan.samples_before(step) * self.cfg.data.seq_len
         rec = {"step": step, "loss": loss, "lr": lr_at(step - 1, self.cfg), "grad_norm": gnorm,
-               "tokens": step * tokens, "step_s": round(dt, 4), "tokens_per_s": round(tokens / dt, 1),
+               "tokens": seen, "step_s": round(dt, 4), "tokens_per_s": round(tokens / dt, 1),
                "mfu": (round(self.flops_per_token * tokens / dt / (self.peak * self.info.world_size), 4)
                        if self.peak else None)}
         if self.dev_type == "cuda":
@@ -475,12 +569,13 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
     def run(self) -> TrainResult:
-        cfg, max_steps = self.cfg, self.cfg.max_steps
+        cfg, max_steps = self.cfg, self.max_steps
         step = last_saved = self.start
         result = TrainResult(self.run_dir, self.start, self.start, "done")
         self.console.print(
-            f"[bold]{cfg.model.name}[/] {self.model.num_params(False):,} params | {self.strategy} "
-            f"x{self.info.world_size} on {self.device} | {cfg.train.precision} | attention {self._attention()} | batch "
+            f"[bold]{cfg.train.init_from or cfg.model.name}[/] {self.model.num_params(False):,} params | "
+            f"{self.strategy} x{self.info.world_size} on {self.device} | {cfg.train.precision} | attention "
+            f"{self._attention()} | batch "
             f"{cfg.train.global_batch}x{cfg.data.seq_len} (micro {self.plan.micro_batch}, accum "
             f"{self.plan.accum_steps}) | steps {step}->{max_steps} | data {', '.join(self.sampler.names)}")
         self._record_environment()
