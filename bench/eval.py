@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from textbookgen.benchmarks import load_benchmark  # noqa: E402
-from trainer.eval.harness import eval_items, find_task_data, mc_requests  # noqa: E402
+from trainer.eval.harness import eval_items, fewshot_prefixes, find_task_data, mc_requests  # noqa: E402
 from trainer.eval.models import CausalLM  # noqa: E402
 
 
@@ -56,13 +56,8 @@ def _requests(task: str, data: Path, n: int) -> tuple[int, list[tuple[str, str]]
     name, _, shots = task.partition("@")
     items = load_benchmark(name, find_task_data(name, data) or data)
     evals = eval_items(name, items)[:n]
-    prefix = ""
-    if shots:  # MMLU k-shot prompts, as the harness builds them
-        from trainer.eval.harness import _mmlu_prefixes
-
-        prefix_by = _mmlu_prefixes(evals, [it for it in items if it.meta.get("split") == "dev"], int(shots))
-        return len(evals), [r for it in evals for r in mc_requests(it, prefix_by[it.meta["subject"]])]
-    return len(evals), [r for it in evals for r in mc_requests(it, prefix)]
+    prefixes = fewshot_prefixes(task, name, evals, items, int(shots or 0))  # as the harness builds them
+    return len(evals), [r for i, it in enumerate(evals) for r in mc_requests(it, prefixes[i] if prefixes else "")]
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,13 @@ from trainer.eval.generative import (  # noqa: E402
     run_task,
     strict_match,
 )
-from trainer.eval.harness import evaluate, mc_requests, mean_stderr, pooled_stderr  # noqa: E402
+from trainer.eval.harness import (  # noqa: E402
+    HELLASWAG_TEXT_CAUSE,
+    evaluate,
+    mc_requests,
+    mean_stderr,
+    pooled_stderr,
+)
 from trainer.eval.models import CausalLM, load_model  # noqa: E402
 from trainer.eval.report import markdown_table, write_report  # noqa: E402
 from trainer.eval.sandbox import SandboxConfig  # noqa: E402
@@ -123,7 +130,7 @@ def test_cli_eval_writes_the_report(shared_data: Path, tmp_path: Path, capsys: p
 
     torch.manual_seed(0)
     export_hf(Phi(CONFIGS["tiny"]), tmp_path / "hf", tokenizer=load_tokenizer(shared_data / "tokenizer_gpt2"))
-    rc = main(["eval", str(tmp_path / "hf"), "--tasks", "arc_easy,winogrande,mmlu@5,humaneval", "--limit", "2",
+    rc = main(["eval", str(tmp_path / "hf"), "--tasks", "arc_easy,winogrande,hellaswag,mmlu@5,humaneval", "--limit", "2",
                "--data", str(shared_data), "--out", str(tmp_path / "out"), "--device", "cpu", "--max-new-tokens", "8"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -132,6 +139,12 @@ def test_cli_eval_writes_the_report(shared_data: Path, tmp_path: Path, capsys: p
     assert payload["results"]["mmlu@5"]["n"] == 2 * 57 and payload["results"]["humaneval"]["n"] == 2
     assert set(payload["results"]["arc_easy"]["stderr"]) == {"acc", "acc_norm"}
     assert (tmp_path / "out" / "chart.png").stat().st_size > 1000
+    # HellaSwag from the shipped 6-lines text is not lm_eval's exact requests: marked, with the cause
+    assert payload["results"]["hellaswag"]["approximate"] == HELLASWAG_TEXT_CAUSE
+    assert payload["results"]["arc_easy"]["approximate"] is None
+    for table in (out, (tmp_path / "out" / "table.md").read_text()):
+        row = next(line for line in table.splitlines() if line.startswith("| **hf** |"))
+        assert row.count("†") == 1 and f"† hellaswag: approximate, not lm_eval's exact requests: {HELLASWAG_TEXT_CAUSE}" in table
     assert main(["eval", str(tmp_path / "hf"), "--tasks", "arc_easy", "--data", str(tmp_path / "nowhere"),
                  "--device", "cpu", "--out", str(tmp_path / "o2")]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -269,7 +282,8 @@ def test_report_files(tmp_path: Path) -> None:
     assert len(paths["samples"].read_text().splitlines()) == 7
 
 
-def test_num_fewshot_applies_to_fewshot_tasks_only() -> None:
+def test_num_fewshot_applies_to_every_fewshot_task() -> None:
+    """As lm_eval's --num_fewshot: every multiple-choice task takes k examples (ARC from its train split)."""
     from textbookgen.benchmarks import BENCHMARKS
 
     def mmlu(i: int, split: str) -> BenchmarkItem:
@@ -278,11 +292,91 @@ def test_num_fewshot_applies_to_fewshot_tasks_only() -> None:
         it.meta["split"] = split
         return it
 
-    arc = BenchmarkItem("arc_easy", "1", "Question: q\nAnswer:", ["a", "b"], 0, "a", {"split": "test"})
+    def arc(i: int, split: str) -> BenchmarkItem:
+        return BenchmarkItem("arc_easy", str(i), f"Question: q{i}\nAnswer:", ["a", "b"], i % 2, None, {"split": split})
+
     lm = FakeLM()
-    res = evaluate(lm, ["arc_easy", "mmlu"], data={"arc_easy": [arc], "mmlu": [mmlu(i, "dev") for i in range(5)]
+    arc_items = [arc(0, "test")] + [arc(i, "train") for i in range(1, 6)]
+    res = evaluate(lm, ["arc_easy", "mmlu"], data={"arc_easy": arc_items, "mmlu": [mmlu(i, "dev") for i in range(5)]
                                                    + [mmlu(9, "test")]}, num_fewshot=2)
-    assert (res["arc_easy"].num_fewshot, res["mmlu"].num_fewshot, res["mmlu"].n) == (0, 2, 1)
-    assert lm.requests[0][0] == "Question: q\nAnswer:" and lm.requests[-1][0].count("Answer:") == 3
-    with pytest.raises(ValueError, match="few-shot is implemented for mmlu, gsm8k, mbpp only"):
-        evaluate(lm, ["arc_easy@2"], data={"arc_easy": [arc]})
+    assert (res["arc_easy"].num_fewshot, res["arc_easy"].n, res["mmlu"].num_fewshot, res["mmlu"].n) == (2, 1, 2, 1)
+    shots = lm.requests[0][0].removesuffix("Question: q0\nAnswer:").split("\n\n")
+    assert len(shots) == 3 and shots[-1] == "" and all(re.fullmatch(r"Question: q[1-5]\nAnswer: [ab]", s) for s in shots[:2])
+    assert lm.requests[-1][0].count("Answer:") == 3
+
+
+def test_fewshot_errors_name_the_missing_split_and_task(shared_data: Path) -> None:
+    # the shipped ARC has test and dev, not the train split lm_eval draws ARC's examples from
+    with pytest.raises(ValueError, match=r"^arc_challenge@25: lm_eval draws arc_challenge's few-shot examples from "
+                                         r"its 'train' split, and .*opencompass_data_formulamonks has no train items"):
+        evaluate(FakeLM(), ["arc_challenge@25"], data=shared_data / "opencompass_data_formulamonks", limit=1)
+    with pytest.raises(ValueError, match=r"^hellaswag@10: .*'train' split, and .*hellaswag_val_full.txt.bz2 has no train"):
+        evaluate(FakeLM(), ["hellaswag@10"], data={"hellaswag": [str(shared_data / "hellaswag"
+                                                                     / "hellaswag_val_full.txt.bz2")]}, limit=1)
+    few = [BenchmarkItem("piqa", str(i), f"Question: g{i}\nAnswer:", ["x", "y"], 0, "x", {"split": s})
+           for i, s in enumerate(["validation", "train", "train"])]
+    with pytest.raises(ValueError, match=r"^piqa@2: needs at least 3 train examples, found 2 in the items"):
+        evaluate(FakeLM(), ["piqa@2"], data={"piqa": few})
+    with pytest.raises(ValueError, match=r"^humaneval@3: humaneval is zero-shot only here; few-shot tasks: mmlu, "):
+        evaluate(FakeLM(), ["humaneval@3"], data=shared_data)
+
+
+# one WikiHow row (Rowan/hellaswag layout) whose endings open with a tag, and the same row as
+# extract_hellaswag.cpp wrote it into the 6-lines text (tags deleted, then stripped)
+_ROWAN = {"ind": 7, "activity_label": "Personal Care and Style", "ctx_a": "[header] How to make a prison tattoo ink "
+          "[title] Gather the supplies. [step] Find a container.", "ctx_b": "",
+          "endings": ["[title] Use isopropyl alcohol as a lubricant. [step] Mix warm water and dish soap.",
+                      "If you cannot get a container, cut a soda can in half. [substeps] You may buy boot polish.",
+                      "Glass is not advised since it is fragile. [title] Remove any foreign object.",
+                      "[title] Pour the white polish into a plastic tube. [step] A light tube works best."],
+          "label": "1", "split": "val", "split_type": "zeroshot", "source_id": "wikihow~1"}
+_SIX_LINES = ("Personal Care and Style: How to make a prison tattoo ink. Gather the supplies. Find a container.\n1\n"
+              "Use isopropyl alcohol as a lubricant. Mix warm water and dish soap.\n"
+              "If you cannot get a container, cut a soda can in half. You may buy boot polish.\n"
+              "Glass is not advised since it is fragile.. Remove any foreign object.\n"
+              "Pour the white polish into a plastic tube. A light tube works best.\n")
+_LM_EVAL_CONT = "  Use isopropyl alcohol as a lubricant. Mix warm water and dish soap."  # lm_eval's, two spaces
+
+
+@pytest.mark.parametrize("exact_name", ["validation-00000-of-00001.parquet", "hellaswag_val.jsonl"])
+def test_hellaswag_prefers_the_rowan_layout_over_the_text(tmp_path: Path, exact_name: str) -> None:
+    """Both layouts in the task's folder: the Rowan rows are read (lm_eval's leading space kept), the text
+    copy of the same split is not, and the result is not marked approximate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "hellaswag"
+    folder.mkdir()
+    (folder / "hellaswag_val_full.txt").write_text(_SIX_LINES)
+    text_only = FakeLM()
+    res = evaluate(text_only, ["hellaswag"], data=tmp_path)["hellaswag"]
+    assert res.approximate == HELLASWAG_TEXT_CAUSE and text_only.requests[0][1] == " " + _LM_EVAL_CONT.lstrip()
+    if exact_name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist([_ROWAN]), folder / exact_name)
+    else:
+        (folder / exact_name).write_text(json.dumps(_ROWAN) + "\n")
+    lm = FakeLM()
+    res = evaluate(lm, ["hellaswag"], data=tmp_path)["hellaswag"]
+    assert res.n == 1 and res.approximate is None
+    assert lm.requests[0] == ("Personal Care and Style: How to make a prison tattoo ink. Gather the supplies. Find a "
+                              "container.", _LM_EVAL_CONT)
+
+
+def test_hellaswag_few_shot_from_a_train_file_given_twice(tmp_path: Path) -> None:
+    """--data-file TASK=PATH given twice (validation, train): examples from the train rows; shots drawn from
+    the 6-lines text mark the result approximate too."""
+    from trainer.eval.cli import data_files
+
+    val, train = tmp_path / "hellaswag_val.jsonl", tmp_path / "hellaswag_train.jsonl"
+    val.write_text(json.dumps(_ROWAN) + "\n")
+    rows = [{**_ROWAN, "ind": i, "split": "train", "label": str(i % 4)} for i in range(4)]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = data_files([f"hellaswag={val}", f"hellaswag={train}"], ["hellaswag@2"])
+    assert data == {"hellaswag": [str(val), str(train)]}
+    lm = FakeLM()
+    res = evaluate(lm, ["hellaswag@2"], data=data)["hellaswag@2"]
+    assert (res.n, res.num_fewshot, res.approximate) == (1, 2, None)
+    assert lm.requests[0][0].count(": How to make a prison tattoo ink.") == 3 and lm.requests[0][1] == _LM_EVAL_CONT
+    (tmp_path / "hellaswag_train.txt").write_text(_SIX_LINES * 3)
+    res = evaluate(FakeLM(), ["hellaswag@2"], data={"hellaswag": [val, tmp_path / "hellaswag_train.txt"]})
+    assert res["hellaswag@2"].approximate == HELLASWAG_TEXT_CAUSE

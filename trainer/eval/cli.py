@@ -13,12 +13,15 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="HF model dir (ours from export_hf, or any causal LM), training checkpoint, "
                                       "or Hub id")
     p.add_argument("--tasks", default="paper",
-                   help="comma list, 'paper' = the phi-1.5 table; 'mmlu@5' = 5-shot (default: paper)")
+                   help="comma list, 'paper' = the phi-1.5 table; 'mmlu@5' = 5-shot, 'arc_challenge@25' (default: paper)")
     p.add_argument("--data", default=None, help="data root (folders as in ../shared/data) or one task's folder; "
                                                 "tasks without local data load from the HF Hub")
-    p.add_argument("--data-file", action="append", default=[], metavar="TASK=PATH", help="per-task data path")
+    p.add_argument("--data-file", action="append", default=[], metavar="TASK=PATH",
+                   help="per-task data path; repeat for a task's other splits (few-shot examples: train)")
     p.add_argument("--limit", type=int, default=None, help="first N items per task (MMLU: per subject)")
-    p.add_argument("--num-fewshot", type=int, default=None, help="shots for MMLU/GSM8K/MBPP tasks without '@k' (defaults: 0/8/3)")
+    p.add_argument("--num-fewshot", type=int, default=None,
+                   help="shots for tasks without '@k', as lm_eval's --num_fewshot (defaults: 0; GSM8K 8, MBPP 3); "
+                        "HumanEval and LAMBADA stay zero-shot")
     p.add_argument("--tokenizer", default=None, help="tokenizer path/spec (default: the checkpoint's)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
@@ -62,17 +65,17 @@ def task_list(spec: str) -> list[str]:
     return tasks
 
 
-def data_files(pairs: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
-    """--data-file TASK=PATH values by task; each TASK must be one of `tasks` (with or without '@k')."""
+def data_files(pairs: Sequence[str], tasks: Sequence[str]) -> dict[str, list[str]]:
+    """--data-file TASK=PATH values by task, in order; each TASK must be one of `tasks` (with or without '@k')."""
     wanted = set(tasks) | {t.split("@")[0] for t in tasks}
-    files = {}
+    files: dict[str, list[str]] = {}
     for kv in pairs:
         task, sep, path = kv.partition("=")
         if not (sep and task and path):
             raise ValueError(f"--data-file {kv!r}: expected TASK=PATH, e.g. --data-file gsm8k=test.jsonl")
         if task not in wanted:
             raise ValueError(f"--data-file {kv!r}: task {task!r} is not among --tasks ({', '.join(tasks)})")
-        files[task] = path
+        files.setdefault(task, []).append(path)
     return files
 
 

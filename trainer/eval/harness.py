@@ -4,22 +4,26 @@ Multiple choice: each choice is scored as the log-likelihood of `" " + choice` a
 `acc` takes the argmax of the summed log-probs, `acc_norm` of the sums divided by the choice's length
 in characters (lm_eval's `completion_len`). WinoGrande uses partial scoring (each option completes the
 sentence up to the blank, the rest of the sentence is the shared continuation). MMLU prepends lm_eval's
-subject description and the first k dev questions of the subject (`mmlu@5`). Standard errors are
+subject description and the first k dev questions of the subject (`mmlu@5`); the other multiple-choice
+tasks take k examples sampled as lm_eval does (`arc_challenge@25`, see fewshot.py). Standard errors are
 lm_eval's: sample std / sqrt(n) for means, the pooled formula for MMLU's subjects.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from textbookgen.benchmarks import BENCHMARKS, BenchmarkItem, load_benchmark, mmlu_description, resolve_task
+from trainer.eval.fewshot import SHOT_SOURCES, mmlu_prefixes, sample_shots, shot_text
 
-__all__ = ["PAPER_TASKS", "TaskResult", "evaluate", "find_task_data", "mc_requests", "parse_task", "mean_stderr"]
+__all__ = ["HELLASWAG_TEXT_CAUSE", "PAPER_TASKS", "TaskResult", "approximation", "evaluate", "fewshot_prefixes",
+           "find_task_data", "load_task_items", "mc_requests", "parse_task", "mean_stderr"]
 
 # the phi-1.5 paper's table (commonsense, language understanding, reasoning), in its order
 PAPER_TASKS = ("winogrande", "arc_easy", "arc_challenge", "boolq", "siqa", "piqa", "hellaswag", "mmlu",
@@ -43,8 +47,14 @@ _DATA_FOLDERS = {
     "commonsense_qa": ["commonsense_qa", "llmfoundry_eval_gauntlet"],
     "lambada_openai": ["lambada", "llmfoundry_eval_gauntlet"],
 }
-FEWSHOT_TASKS = ("mmlu", "gsm8k", "mbpp")  # the others are zero-shot, as in the paper
-_SPLIT_SYNONYMS = {"validation": {"validation", "dev", "val"}, "test": {"test"}}
+FEWSHOT_TASKS = ("mmlu", *SHOT_SOURCES, "gsm8k", "mbpp")  # humaneval and lambada_openai are zero-shot only
+_SPLIT_SYNONYMS = {"validation": {"validation", "dev", "val"}, "test": {"test"}, "train": {"train"}}
+# why results from extract_hellaswag.cpp's 6-lines text are not lm_eval's (see load_task_items)
+HELLASWAG_TEXT_CAUSE = (
+    "HellaSwag read from the 6-lines text (extract_hellaswag.cpp), whose cleanup drops the leading space "
+    "lm_eval's preprocess leaves on endings that open with a WikiHow tag such as '[title]' (its continuation "
+    "is '  Use ...', two spaces), so most WikiHow items are scored on other tokens; give the Rowan/hellaswag "
+    "jsonl or parquet for lm_eval's exact requests")
 
 
 @dataclass
@@ -58,10 +68,11 @@ class TaskResult:
     num_fewshot: int = 0
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
+    approximate: str | None = None  # why the requests are not exactly lm_eval's, if they are not
 
     def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
         d = {"task": self.task, "n": self.n, "num_fewshot": self.num_fewshot, "seconds": round(self.seconds, 3),
-             "metrics": self.metrics, "stderr": self.stderr}
+             "metrics": self.metrics, "stderr": self.stderr, "approximate": self.approximate}
         if with_samples:
             d["samples"] = self.samples
         return d
@@ -117,23 +128,45 @@ def mc_requests(item: BenchmarkItem, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix + item.context, " " + c) for c in item.choices]
 
 
-def _mmlu_prefixes(items: list[BenchmarkItem], shots: list[BenchmarkItem], k: int) -> dict[str, str]:
-    """Per subject: lm_eval's description + the first k dev questions with their answers."""
-    by_subject: dict[str, list[BenchmarkItem]] = {}
-    for s in shots:
-        by_subject.setdefault(s.meta["subject"], []).append(s)
-    out = {}
-    for subject in {it.meta["subject"] for it in items}:
-        examples = by_subject.get(subject, [])[:k]
-        if len(examples) < k:
-            raise ValueError(f"mmlu@{k}: only {len(examples)} dev questions for subject {subject!r}")
-        out[subject] = mmlu_description(subject) + "".join(f"{s.context} {s.choices[s.gold]}\n\n" for s in examples)
-    return out
+def fewshot_pool(label: str, task: str, items: Sequence[BenchmarkItem], where: str = "the data") -> list[BenchmarkItem]:
+    """The items lm_eval draws `task`'s few-shot examples from (its YAML's split), in file order."""
+    split = SHOT_SOURCES[task].split
+    pool = [it for it in items if it.meta.get("split") in _SPLIT_SYNONYMS.get(split, {split})]
+    if not pool:
+        raise ValueError(f"{label}: lm_eval draws {task}'s few-shot examples from its {split!r} split, and "
+                         f"{where} has no {split} items; add the {split} file (in the task's folder, or as "
+                         f"another --data-file {task}=PATH)")
+    unlabelled = [it.id for it in pool if it.gold is None]
+    if unlabelled:
+        raise ValueError(f"{label}: {len(unlabelled)} {split} items in {where} have no gold answer "
+                         f"(e.g. id {unlabelled[0]!r}); few-shot examples need their answers")
+    return pool
+
+
+def fewshot_prefixes(label: str, task: str, evals: Sequence[BenchmarkItem], items: Sequence[BenchmarkItem], k: int,
+                     where: str = "the data") -> list[str] | None:
+    """Per evaluated item, what lm_eval puts before its context: MMLU's subject description and first k dev
+    questions; for the other multiple-choice tasks, k sampled examples (None: nothing, zero-shot)."""
+    if task == "mmlu":
+        dev = [it for it in items if it.meta.get("split") == "dev"]
+        by_subject = mmlu_prefixes(evals, dev, k) if k else {
+            s: mmlu_description(s) for s in {it.meta["subject"] for it in evals}}
+        return [by_subject[it.meta["subject"]] for it in evals]
+    if not k:
+        return None
+    if task not in SHOT_SOURCES:
+        raise ValueError(f"{label}: few-shot is not available for {task}; few-shot tasks: " + ", ".join(FEWSHOT_TASKS))
+    pool = fewshot_pool(label, task, items, where)
+    need = k + SHOT_SOURCES[task].excludes_eval_doc  # lm_eval draws one more when it may drop the doc itself
+    if len(pool) < need:
+        raise ValueError(f"{label}: needs at least {need} {SHOT_SOURCES[task].split} examples, found {len(pool)} in {where}")
+    return ["".join(shot_text(s) for s in shots) for shots in sample_shots(task, evals, pool, k)]
 
 
 def score_multiple_choice(lm: Any, task: str, items: list[BenchmarkItem],
-                          prefixes: Mapping[str, str] | None = None) -> TaskResult:
-    """acc (and acc_norm where lm_eval reports it) for multiple-choice items."""
+                          prefixes: Sequence[str] | None = None) -> TaskResult:
+    """acc (and acc_norm where lm_eval reports it) for multiple-choice items; `prefixes[i]` (few-shot
+    examples, MMLU's description) goes before item i's context."""
     t0 = time.perf_counter()
     spec = BENCHMARKS[task]
     unlabelled = [it.id for it in items if it.gold is None]
@@ -141,9 +174,8 @@ def score_multiple_choice(lm: Any, task: str, items: list[BenchmarkItem],
         raise ValueError(f"{task}: {len(unlabelled)} items without a gold answer (e.g. id {unlabelled[0]!r}): "
                          "a test split without labels? Use the validation split")
     requests, spans = [], []
-    for it in items:
-        prefix = prefixes.get(it.meta.get("subject", ""), "") if prefixes else ""
-        reqs = mc_requests(it, prefix)
+    for i, it in enumerate(items):
+        reqs = mc_requests(it, prefixes[i] if prefixes else "")
         spans.append((len(requests), len(requests) + len(reqs)))
         requests += reqs
     scores = lm.loglikelihood(requests)
@@ -187,29 +219,84 @@ def score_lambada(lm: Any, items: list[BenchmarkItem]) -> TaskResult:
 # ---------------------------------------------------------------------------- entry point
 
 
-def load_task_items(task: str, source: str | Path | Iterable[BenchmarkItem] | None) -> list[BenchmarkItem]:
-    """All items of a task from a path, a data root, a list of items, or (None) the Hugging Face Hub."""
-    if source is None:  # the Hub: the eval split (and MMLU's dev split for its shots)
+Source = str | Path | Sequence[str | Path] | Iterable[BenchmarkItem] | None
+
+
+def _paths(source: Source) -> list[Path] | None:
+    """The paths a source names (one, or a list of them), or None for the Hub or a list of items."""
+    if source is None:
+        return None
+    if isinstance(source, (str, Path)):
+        return [Path(source)]
+    if isinstance(source, Sequence) and source and all(isinstance(s, (str, Path)) for s in source):
+        return [Path(s) for s in source]
+    return None
+
+
+def _describe_source(source: Source) -> str:
+    """The data's location for messages."""
+    paths = _paths(source)
+    if paths:
+        return ", ".join(str(p) for p in paths)
+    return "the Hub data" if source is None else "the items"
+
+
+_HELLASWAG_FILE = re.compile(r"\.(jsonl|json|parquet|txt)(\.gz|\.bz2)?$")
+
+
+def _hellaswag_files(folder: Path) -> list[Path]:
+    """HellaSwag files in a folder, both layouts: named for it, or Hub shards named by split."""
+    return [f for f in sorted(folder.rglob("*")) if f.is_file() and _HELLASWAG_FILE.search(f.name.lower())
+            and ("hellaswag" in f.name.lower() or re.match(r"(train|validation|test)[-_.]", f.name.lower()))]
+
+
+def _prefer_exact_hellaswag(items: list[BenchmarkItem]) -> list[BenchmarkItem]:
+    """Drop 6-lines-text items of every split that the Rowan jsonl/parquet layout also gives."""
+    exact = {it.meta.get("split") for it in items if it.meta.get("ctx_split") != "heuristic"}
+    return [it for it in items if it.meta.get("ctx_split") != "heuristic" or it.meta.get("split") not in exact]
+
+
+def _load_path(task: str, p: Path) -> list[BenchmarkItem]:
+    if p.is_dir():  # a data root holding task folders, or the task's own folder
+        p = find_task_data(task, p) or p
+    if task == "hellaswag" and p.is_dir() and (files := _hellaswag_files(p)):
+        return [it for f in files for it in load_benchmark(task, f)]
+    return load_benchmark(task, p)
+
+
+def load_task_items(task: str, source: Source, fewshot_split: str | None = None) -> list[BenchmarkItem]:
+    """All items of a task from a path, several paths, a data root, a list of items, or (None) the Hugging
+    Face Hub (its eval split, plus `fewshot_split` when given). HellaSwag given in both layouts keeps the
+    Rowan jsonl/parquet items (lm_eval's exact text) over the 6-lines text's of the same split."""
+    if source is None:
+        extra = fewshot_split or ("dev" if task == "mmlu" else None)
         try:
-            return load_benchmark(task) + (load_benchmark(task, split="dev") if task == "mmlu" else [])
+            return load_benchmark(task) + (load_benchmark(task, split=extra) if extra else [])
         except OSError as e:  # offline (requests' ConnectionError is an OSError)
             raise ValueError(f"{task}: no local data and the Hub is unreachable ({type(e).__name__}); "
                              f"give --data ROOT or --data-file {task}=PATH") from e
-    if not isinstance(source, (str, Path)):
-        return list(source)
-    p = Path(source)
-    if p.is_dir():  # a data root holding task folders, or the task's own folder
-        p = find_task_data(task, p) or p
-    return load_benchmark(task, p)
+    paths = _paths(source)
+    if paths is None:
+        return list(source)  # type: ignore[arg-type]
+    items = [it for p in paths for it in _load_path(task, p)]
+    return _prefer_exact_hellaswag(items) if task == "hellaswag" else items
+
+
+def approximation(task: str, items: Iterable[BenchmarkItem]) -> str | None:
+    """Why requests built from these items are not exactly lm_eval's (None when they are)."""
+    if task == "hellaswag" and any(it.meta.get("ctx_split") == "heuristic" for it in items):
+        return HELLASWAG_TEXT_CAUSE
+    return None
 
 
 def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any] | None = None,
              limit: int | None = None, num_fewshot: int | None = None, sandbox: Any = None,
              gen_kwargs: Mapping[str, Any] | None = None, log: Any = None) -> dict[str, TaskResult]:
-    """Evaluate `lm` (a `trainer.eval.models.CausalLM`) on `tasks` ("mmlu@5" picks the shots).
+    """Evaluate `lm` (a `trainer.eval.models.CausalLM`) on `tasks` ("mmlu@5", "arc_challenge@25" pick the shots).
 
-    `data`: a data root (folders as in ../shared/data), or {task: path | items}; tasks without local
-    data load from the Hugging Face Hub. `limit`: first n evaluation items per task (MMLU: per subject).
+    `data`: a data root (folders as in ../shared/data), or {task: path | [paths] | items}; tasks without
+    local data load from the Hugging Face Hub. `limit`: first n evaluation items per task (MMLU: per
+    subject). `num_fewshot`: shots for the tasks without '@k' that have few-shot examples (FEWSHOT_TASKS).
     """
     from trainer.eval import generative
 
@@ -218,35 +305,34 @@ def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any]
         task, shots = parse_task(name)
         if shots is None and task in FEWSHOT_TASKS:
             shots = num_fewshot
+        if shots and task not in FEWSHOT_TASKS:
+            raise ValueError(f"{name}: {task} is zero-shot only here; few-shot tasks: {', '.join(FEWSHOT_TASKS)}")
         source = data.get(name, data.get(task)) if isinstance(data, Mapping) else data
-        items = load_task_items(task, source)
+        where = _describe_source(source)
+        items = load_task_items(task, source, SHOT_SOURCES[task].split if shots and task in SHOT_SOURCES else None)
         evals = eval_items(task, items)
         if limit is not None:
             evals = _limit(task, evals, limit)
         if not evals:
-            where = source if isinstance(source, (str, Path)) else "the Hub data" if source is None else "the items"
             raise ValueError(f"{name}: no evaluation items in {where}")
         if log:
             log(f"{name}: {len(evals)} items")
         kind = BENCHMARKS[task].kind
         if kind == "multiple_choice":
-            prefixes = None
-            if task == "mmlu":
-                k = shots or 0
-                dev = [it for it in items if it.meta.get("split") == "dev"]
-                prefixes = _mmlu_prefixes(evals, dev, k) if k else {
-                    s: mmlu_description(s) for s in {it.meta["subject"] for it in evals}}
-            elif shots:
-                raise ValueError(f"{name}: few-shot is implemented for {', '.join(FEWSHOT_TASKS)} only (the paper's "
-                                 "other tasks are zero-shot)")
+            k = shots or 0
+            prefixes = fewshot_prefixes(name, task, evals, items, k, where)
             res = score_multiple_choice(lm, task, evals, prefixes)
-            res.num_fewshot = shots or 0
+            res.num_fewshot = k
+            shown = fewshot_pool(name, task, items, where) if k and task in SHOT_SOURCES else []
+            res.approximate = approximation(task, evals + shown)
         elif kind == "loglikelihood":
             res = score_lambada(lm, evals)
         else:
             res = generative.run_task(lm, task, evals, items, num_fewshot=shots, sandbox=sandbox,
                                       gen_kwargs=gen_kwargs or {})
         results[name] = res
+        if log and res.approximate:
+            log(f"{name}: approximate, not lm_eval's exact requests: {res.approximate}")
         if log:
             log(f"{name}: " + ", ".join(f"{m}={v:.4f}" for m, v in res.metrics.items() if not m.startswith("acc_") or m == "acc_norm"))
     return results

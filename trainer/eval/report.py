@@ -5,7 +5,8 @@ Reference rows: phi-1.5 (arXiv 2309.05463, Tables 2-4; field-notes-training.md s
 Llama-2-7B and Vicuna-13B rows of the same tables. Only some of the values are confirmed in stored
 pages (see the field notes); the rest were transcribed from the paper's tables and should be checked
 against the PDF. The paper does not say acc or acc_norm, so the table shows `acc` (HellaSwag 0.476 matches
-acc) and the JSON carries both. GSM8K, HumanEval and MBPP are percentages, as in the paper.
+acc) and the JSON carries both. GSM8K, HumanEval and MBPP are percentages, as in the paper. A result whose
+requests are not exactly lm_eval's (HellaSwag from the 6-lines text) is marked † with its cause.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "REFERENCE", "REFERENCE_NOTE", "markdown_table", "plot", "write_report"]
+__all__ = ["APPROXIMATE_MARK", "COLUMNS", "REFERENCE", "REFERENCE_NOTE", "markdown_table", "plot", "write_report"]
 
 # (result key, column title, metric, scale): the paper's column order
 COLUMNS = [
@@ -39,6 +40,7 @@ REFERENCE: dict[str, dict[str, float | None]] = {
 }
 
 
+APPROXIMATE_MARK = "†"
 REFERENCE_NOTE = ("Reference rows: as reported in the phi-1.5 paper (arXiv 2309.05463, Tables 2-4), whose prompts "
                   "and acc/acc_norm choices may differ from these; verify against the paper before quoting them.")
 
@@ -78,7 +80,8 @@ def markdown_table(results: Mapping[str, Any], model_name: str, reference: bool 
     cols = [c for c in COLUMNS if _result_for(results, c[0]) is not None]
     ours = _row(results)
     lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    cells = [_fmt(ours[k][0], scale, ours[k][1]) if ours[k] else "–" for k, _, _, scale in cols]
+    cells = [(_fmt(ours[k][0], scale, ours[k][1]) if ours[k] else "–") + _mark(_result_for(results, k))
+             for k, _, _, scale in cols]
     lines.append(f"| **{model_name}** | " + " | ".join(cells) + " |")
     if reference:
         for name, vals in REFERENCE.items():
@@ -93,8 +96,16 @@ def markdown_table(results: Mapping[str, Any], model_name: str, reference: bool 
     for k, r in others:
         vals = ", ".join(f"{m} {v:.4f}" + (f" ± {r.stderr[m]:.4f}" if r.stderr.get(m) is not None else "")
                          for m, v in r.metrics.items() if not m.startswith("acc_") or m == "acc_norm")
-        lines.append(f"- {k} (n={r.n}): {vals}")
+        lines.append(f"- {k} (n={r.n}){_mark(r)}: {vals}")
+    for k, r in results.items():
+        if r.approximate:
+            lines += ["", f"{APPROXIMATE_MARK} {k}: approximate, not lm_eval's exact requests: {r.approximate}"]
     return "\n".join(lines) + "\n"
+
+
+def _mark(result: Any) -> str:
+    """The footnote mark for a result that is not exactly lm_eval's ("" for exact ones and gaps)."""
+    return f" {APPROXIMATE_MARK}" if result is not None and result.approximate else ""
 
 
 def plot(results: Mapping[str, Any], model_name: str, out: str | Path) -> Path:
@@ -117,7 +128,7 @@ def plot(results: Mapping[str, Any], model_name: str, out: str | Path) -> Path:
     for i, (name, vals, errs) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(cols))]
         ax.bar(xs, vals, width, label=name, yerr=errs, capsize=2 if errs else 0)
-    ax.set_xticks(range(len(cols)), [c[1] for c in cols], rotation=30, ha="right")
+    ax.set_xticks(range(len(cols)), [c[1] + _mark(_result_for(results, c[0])) for c in cols], rotation=30, ha="right")
     ax.set_ylabel("accuracy / pass@1")
     ax.set_ylim(0, 1)
     ax.set_title(f"{model_name} vs the phi-1.5 paper")
