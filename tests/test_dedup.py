@@ -59,18 +59,34 @@ def test_signatures_bit_identical_to_datasketch(real_docs):
 
 def test_simplify_text_matches_datatrove_rules(real_docs):
     assert simplify_text("Héllo, WÖRLD!  It's 1998… x_y\t“ok”") == "hello world it s 0 x y ok"
-    combining = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+    accents = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 
-    cjk = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]")
+    cjk = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]"
+                     "[\u3099\u309a]*")
 
-    def reference(t: str) -> str:  # the plain regex version our byte-table fast path must equal
-        t = cjk.sub(r" \g<0> ", combining.sub("", unicodedata.normalize("NFD", t.lower())))
-        return " ".join(re.sub(r"[^\w\s]|_", " ", re.sub(r"\d+", "0", t)).split())
+    def reference(t: str) -> str:  # the plain per-character version our byte-table fast path must equal
+        t = cjk.sub(r" \g<0> ", accents.sub("", unicodedata.normalize("NFD", t.lower())))
+        t = re.sub(r"\d+", "0", t)
+        t = "".join(c if c.isalnum() or c.isspace() or unicodedata.category(c)[0] == "M" else " " for c in t)
+        return " ".join(t.replace("_", " ").split())
 
     samples = real_docs + ["x ١٢٣ y", "a\u00a0b\u2003c\x85d\x80e\x03f", "naïve ½ ² Ǆ ﬁ Å Ω 한국어", "a\u034fb e\u0301",
-                           "東京は日本の首都です。ｶﾀｶﾅ, abc漢字123"]
+                           "東京は日本の首都です。ｶﾀｶﾅ, abc漢字123", "हिन्दी की, क़िला।", "ภาษาไทย", "اللُّغَة", "がぱ I ❤️ u"]
     assert sum(not d.isascii() for d in samples) > 20
     assert [simplify_text(d) for d in samples] == [reference(d) for d in samples]
+
+
+def test_combining_marks_stay_in_their_words():
+    """Vowel signs, viramas and harakat are combining marks (Mn/Mc): made spaces, they split words and
+    merged different ones (की/के/को/का all became क), so decontamination matched unrelated text."""
+    assert simplify_text("हिन्दी भाषा भारत की राजभाषा है।") == "हिन्दी भाषा भारत की राजभाषा है"
+    assert len(set(simplify_text("की के को का कि").split())) == 5
+    assert simplify_text("ภาษาไทย คือ") == "ภาษาไทย คือ"
+    assert simplify_text("اللُّغَة العربية") == "اللُّغَة العربية"
+    assert simplify_text("தமிழ் மொழி") == unicodedata.normalize("NFD", "தமிழ் மொழி")  # whole words, in NFD
+    assert simplify_text("がか") != simplify_text("かか") and len(simplify_text("がか").split()) == 2  # dakuten
+    assert simplify_text("Crème brûlée, Ελληνικά") == "creme brulee ελληνικα"  # accents still stripped
+    assert simplify_text("I ❤️ it") == "i it"  # a variation selector is not a word
 
 
 def test_chinese_near_duplicates_found_per_character():

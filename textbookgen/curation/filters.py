@@ -1,9 +1,10 @@
 """Heuristic quality filters (Gopher/FineWeb-style), each a small rule with a recorded drop reason.
 
 Prose rules (word length, symbols, non-alphabetic words, stop words, bullets, repetition) judge only
-prose: fenced code blocks are cut out of a document before they look at it, and documents that are
-code (their `format` is a code format, or the text parses as Python / reads line by line as code) skip
-them entirely. C4's "drop anything with a `{`" rule is deliberately absent: it drops every dict literal.
+prose: fenced code blocks and display math are cut out of a document before they look at it, and
+documents that are code (their `format` is a code format, or the text is a Python program / reads line
+by line as code) skip them entirely. C4's "drop anything with a `{`" rule is deliberately absent: it
+drops every dict literal.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ from textbookgen.curation.base import StageStats, Step, progress, require_column
 from textbookgen.curation.config import FilterConfig
 
 _FENCE = re.compile(r"^\s*(```|~~~)[^\n]*\n.*?^\s*\1\s*$", re.M | re.S)
+# `$$…$$`, `\[…\]` and math environments, each within one paragraph (a blank line ends display math in
+# LaTeX and in Markdown, so a stray `$$` in prose cannot swallow the paragraphs after it)
+_MATH_ENVS = (r"(?:equation|align|alignat|flalign|gather|multline|eqnarray|displaymath|math"
+              r"|[pbBvV]?matrix|cases)\*?")
+_DISPLAY_MATH = re.compile(
+    r"\$\$(?:(?!\$\$|\n[ \t]*\n).)+\$\$"
+    r"|\\\[(?:(?!\\\]|\n[ \t]*\n).)+\\\]"
+    rf"|\\begin\{{({_MATH_ENVS})\}}(?:(?!\n[ \t]*\n).)*?\\end\{{\1\}}",
+    re.S,
+)
 _WORD = re.compile(r"\S+")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s", re.M)
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # Gopher's list
@@ -49,7 +60,7 @@ class Doc:
 
     @cached_property
     def prose(self) -> str:
-        return _HEADING.sub("", _FENCE.sub("\n", self.text))
+        return _HEADING.sub("", _DISPLAY_MATH.sub(" ", _FENCE.sub("\n", self.text)))
 
     @cached_property
     def prose_lines(self) -> list[str]:
@@ -61,17 +72,30 @@ class Doc:
 
 
 def looks_like_code(text: str) -> bool:
-    """True for source files: parses as Python (3+ lines), or most non-empty lines read as code."""
+    """True for source files: a Python program (3+ lines), or most non-empty lines read as code."""
     lines = [ln for ln in text.split("\n") if ln.strip()]
     if len(lines) >= 3 and "```" not in text:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # invalid escapes in user code
-                ast.parse(text)
-            return True
+                if _does_something(ast.parse(text)):
+                    return True
         except (SyntaxError, ValueError):
             pass
     return bool(lines) and sum(bool(_CODE_LINE.match(ln)) for ln in lines) / len(lines) >= 0.6
+
+
+def _does_something(tree: ast.Module) -> bool:
+    """True when some statement is code: a call, assignment, def, import, loop... Lines of bare words
+    ("Introduction", "TODO") or "Title: Foo" notes also parse, as names and annotations."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            return True
+        if isinstance(node, ast.stmt) and not isinstance(node, ast.Expr | ast.Pass | ast.AnnAssign):
+            return True
+        if isinstance(node, ast.AnnAssign) and node.value is not None:
+            return True
+    return False
 
 
 class Rule:
@@ -233,43 +257,42 @@ class DuplicateParagraphs(Rule):
 
 
 class RepeatedNgrams(Rule):
-    """Gopher: the most frequent 2-4-gram, and all duplicated 5-10-grams, may cover only so many chars."""
+    """Gopher's n-gram repetition, counted as datatrove's GopherRepetitionFilter counts it: all occurrences of
+    the most frequent 2-4-gram (words joined by spaces), and for 5-10-grams only the repeats (a first
+    occurrence is not repetition; after a repeat the scan skips its n words), each over the prose's length.
+    An n-gram seen once is never "repeated", however long its words."""
 
     reason = "repeated_ngrams"
     scope = "prose"
 
     def keep(self, doc: Doc) -> bool:
-        words = [w.lower() for w in doc.prose_words]
-        total = sum(len(w) for w in words)
-        if total == 0:
+        words, length = doc.prose_words, len(doc.prose)
+        if not words:
             return True
         for n, limit in self.cfg.max_top_ngram_char_frac.items():
             if len(words) < n:
                 continue
-            counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-            gram, c = counts.most_common(1)[0]
-            if c > 1 and c * sum(len(w) for w in gram) / total > limit:
+            gram, c = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1)).most_common(1)[0]
+            if c > 1 and c * (sum(len(w) for w in gram) + n - 1) / length > limit:
                 return False
-        for n, limit in sorted(self.cfg.max_dup_ngram_char_frac.items()):
-            if len(words) < n:
-                continue
-            if _dup_ngram_char_frac(words, n) > limit:
-                return False
-        return True
+        return all(_repeated_ngram_chars(words, n) / length <= limit
+                   for n, limit in sorted(self.cfg.max_dup_ngram_char_frac.items()))
 
 
-def _dup_ngram_char_frac(words: list[str], n: int) -> float:
-    """Share of characters in words covered by an n-gram that occurs more than once (Gopher)."""
-    first: dict[tuple[str, ...], int] = {}
-    covered = [False] * len(words)
-    for i in range(len(words) - n + 1):
+def _repeated_ngram_chars(words: list[str], n: int) -> int:
+    """Characters (spaces excluded) in repeats of an earlier n-gram, scanning left to right and jumping
+    over each repeat, so overlapping repeats are counted once (datatrove's `find_all_duplicate`)."""
+    seen: set[tuple[str, ...]] = set()
+    chars = i = 0
+    while i <= len(words) - n:
         gram = tuple(words[i : i + n])
-        j = first.setdefault(gram, i)
-        if j != i:
-            for k in range(n):
-                covered[i + k] = covered[j + k] = True
-    total = sum(len(w) for w in words)
-    return sum(len(w) for w, c in zip(words, covered, strict=True) if c) / total
+        if gram in seen:
+            chars += sum(len(w) for w in gram)
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
 
 
 RULES: tuple[type[Rule], ...] = (

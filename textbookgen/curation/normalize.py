@@ -9,10 +9,15 @@ import unicodedata
 import numpy as np
 
 _WS = re.compile(r"\s+")
-_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
-# scripts written without spaces between words: Hiragana, Katakana, CJK ideographs (and their extensions)
+# diacritics stripped after NFD (accents over Latin, Greek, Cyrillic letters) and variation selectors (they
+# pick a glyph, not a letter). Other combining marks are kept: Indic and Thai vowel signs, viramas, Arabic
+# harakat and kana voicing marks are part of the word, and dropping them would merge की/के/को/का.
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+                        "\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+# scripts written without spaces between words: Hiragana, Katakana, CJK ideographs (and their extensions);
+# a character is a word with the voicing marks NFD splits off it (か + ゙ is が)
 _CJK = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
-                  "\U00020000-\U0003134f]")
+                  "\U00020000-\U0003134f][\u3099\u309a]*")
 
 
 def _ascii_table() -> bytes:
@@ -35,9 +40,10 @@ def normalize_exact(text: str) -> str:
 
 def simplify_bytes(text: str) -> bytes:
     """datatrove's `simplify_text`, as UTF-8 bytes: lowercase, digit runs -> "0", punctuation (anything
-    not a word character or space, and "_") -> space, diacritics stripped (NFD), single spaces. Unlike
-    datatrove, each Chinese/Japanese character is a word of its own: those scripts put no spaces between
-    words, so a whole clause would be one "word" and a one-character edit would change every shingle.
+    not a word character, combining mark or space, and "_") -> space, diacritics stripped (NFD), single
+    spaces. Unlike datatrove, each Chinese/Japanese character is a word of its own: those scripts put no
+    spaces between words, so a whole clause would be one "word" and a one-character edit would change
+    every shingle. And marks that are not accents stay in their word (see `_COMBINING`).
 
     Work is done on bytes with one translate table; only the few distinct non-ASCII characters of a
     text are looked at one by one (a regex over every character was the slowest step of MinHash)."""
@@ -50,7 +56,7 @@ def simplify_bytes(text: str) -> bytes:
         for c in chars:
             if c.isdecimal():
                 text = text.replace(c, "0")
-            elif not c.isalnum():  # punctuation, symbols, and non-ASCII spaces
+            elif not c.isalnum() and unicodedata.category(c)[0] != "M":  # punctuation, symbols, spaces
                 text = text.replace(c, " ")
         if _CJK.search("".join(chars)):
             text = _CJK.sub(r" \g<0> ", text)
