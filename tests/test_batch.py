@@ -6,9 +6,13 @@ import asyncio
 import json
 import sqlite3
 from collections import Counter
+from functools import partial
 
 import pytest
+from batch_testlib import QueueLimitedEmulator, TokenLimitedEmulator, shifted_clock
 
+from textbookgen import engine
+from textbookgen.batch import BatchLimits, BatchRunner, cancel_batches
 from textbookgen.engine import ChatRequest, Generator
 from textbookgen.errors import FatalProviderError
 from textbookgen.journal import Journal
@@ -218,3 +222,96 @@ def test_transient_batch_api_errors_are_retried_and_a_refused_batch_fails_its_re
     assert [r.status for r in out[:5]] == ["failed"] * 5 and "batch rejected" in out[0].error
     assert all(r.text for r in out[5:]) and gen.stats["retries"] >= 2
     assert [status for _, _, status, _ in batch_rows(gen.journal_path)] == ["rejected", "done"]
+
+
+def test_a_batch_refused_for_the_enqueued_token_limit_waits_for_room_instead_of_failing(tmp_path):
+    # 10 requests are about 100 prompt tokens: the first batch fits the limit, the next two submitted with it
+    # do not; they go back to the queue and follow as batches end
+    with TokenLimitedEmulator(EmulatorConfig(batch_latency_s=0.1), token_limit=150) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, batch_size=10)
+        out = gen.run(reqs(30))
+        assert emu.refused == 2 and emu.billed == 30 and emu.duplicates == 0  # learned: no refusal after the first
+    assert all(r.status == "ok" and r.attempts == 1 for r in out)
+    with Journal(gen.journal_path) as j:
+        summary = j.summary()
+    assert summary["done"] == 30 and summary["failures"] == {}
+
+
+def test_with_no_room_even_alone_the_requests_stay_pending_for_a_rerun(tmp_path):
+    with TokenLimitedEmulator(EmulatorConfig(batch_latency_s=0.02), token_limit=5) as emu:  # not one request fits
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, max_attempts=3, batch_poll_s=0.01)
+        with pytest.raises(FatalProviderError, match="kept refusing batches for lack of room"):
+            gen.run(reqs(6))
+        assert emu.refused == 3 and emu.billed == 0
+        with Journal(gen.journal_path) as j:
+            assert j.summary()["by_status"] == {"pending": 6}
+        emu.token_limit = 1000  # others' batches have ended
+        out = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path).run(reqs(6))
+        assert emu.billed == 6
+    assert all(r.status == "ok" and r.attempts == 1 for r in out)
+
+
+@pytest.mark.parametrize("limits", [BatchLimits(enqueued_tokens=150), BatchLimits(batches=1)])
+def test_configured_limits_keep_submissions_under_them(limits, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "BatchRunner", partial(BatchRunner, limits=limits))
+    with TokenLimitedEmulator(EmulatorConfig(batch_latency_s=0.05), token_limit=150) as emu:
+        out = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, batch_size=10).run(reqs(30))
+        assert emu.refused == 0 and emu.billed == 30
+    assert emu.most_enqueued <= 150 and emu.most_running == (2 if limits.batches is None else 1)
+    assert all(r.status == "ok" for r in out)
+
+
+def test_anthropic_queue_limit_holds_the_batch_until_running_ones_end(tmp_path):
+    with QueueLimitedEmulator(EmulatorConfig(batch_latency_s=0.3), queue_limit=12) as emu:
+        gen = batch_gen(emu, "anthropic", "claude-haiku-4-5", tmp_path, max_attempts=3, backoff_initial_s=0.01,
+                        backoff_max_s=0.02)
+        out = gen.run(reqs(24))
+        assert emu.refused == 1 and emu.billed == 24 and emu.duplicates == 0
+    assert all(r.status == "ok" and r.attempts == 1 for r in out)
+    statuses = [status for _, _, status, _ in batch_rows(gen.journal_path)]
+    assert statuses[:2] == ["done", "deferred"] and set(statuses[2:]) == {"done"}
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_cancelling_keeps_what_ran_and_a_rerun_sends_the_rest(provider, model, tmp_path, monkeypatch):
+    requests = reqs(24)
+    shift = shifted_clock(monkeypatch)
+    with Emulator(EmulatorConfig(batch_latency_s=100.0)) as emu:
+        gen = batch_gen(emu, provider, model, tmp_path)
+        asyncio.run(_interrupt_after_submission(gen, emu, requests))
+        shift[0] = 60.0  # validated at 25 s, one request done every 6.25 s: 5 of each batch of 12 have run
+        counts = cancel_batches(gen.journal_path, base_url=gen.base_url, api_key="sk-test-key", poll_s=0.01)
+        assert counts == {"cancelled": 2, "lost": 0, "answered": 10, "failed": 0, "pending": 14}
+        assert emu.billed == 10
+        with Journal(gen.journal_path) as j:
+            summary = j.summary()
+        assert summary["batches"] == {"cancelled": 2} and summary["by_status"] == {"ok": 10, "pending": 14}
+        emu.config.batch_latency_s = 0.05
+        out = batch_gen(emu, provider, model, tmp_path).run(requests)
+        assert emu.billed == 24 and emu.duplicates == 0
+    assert all(r.status == "ok" and r.attempts == 1 for r in out)  # the answers kept by the cancel at the batch price
+    assert all(r.cost_usd == pytest.approx(0.5 * estimate_cost(model, r.input_tokens, r.output_tokens)) for r in out)
+
+
+def test_cli_cancel_batches(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+
+    monkeypatch.setenv("TBG_TEST_KEY", "sk-test-key")
+    with Emulator(EmulatorConfig(batch_latency_s=30.0)) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path)
+        asyncio.run(_interrupt_after_submission(gen, emu, reqs(24)))
+        path = str(gen.journal_path)
+        wrong = CliRunner().invoke(app, ["journal", path, "--base-url", emu.openai_base_url])
+        done = CliRunner().invoke(app, ["journal", path, "--cancel-batches", "--base-url", emu.openai_base_url,
+                                        "--api-key-env", "TBG_TEST_KEY"])
+        again = CliRunner().invoke(app, ["journal", path, "--cancel-batches", "--base-url", emu.openai_base_url,
+                                         "--api-key-env", "TBG_TEST_KEY"])
+        assert emu.billed == 0
+    assert wrong.exit_code == 1 and "--base-url and --api-key-env go with --cancel-batches" in wrong.output
+    assert done.exit_code == 0, done.output
+    assert ("batches: 2 cancelled, 0 never created; requests: 0 answered, 0 failed, 24 pending (rerun the generate "
+            "or build command") in done.output
+    assert '"cancelled": 2' in done.output
+    assert again.exit_code == 0 and "batches: 0 cancelled" in again.output

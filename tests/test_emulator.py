@@ -385,7 +385,7 @@ def test_openai_json_schema_response_format_round_trip():
 
 def test_stats_endpoint_and_cli_serves(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "textbookgen.testing.emulator", "--port", "0",
-                             "--latency", "0.001", "--rpm", "100", "--fault", "500:first=1"],
+                             "--latency", "0.001", "--rpm", "100", "--fault", "500:first=1", "--model-rules"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -396,6 +396,9 @@ def test_stats_endpoint_and_cli_serves(tmp_path):
         with urllib.request.urlopen(base + "/_emulator/stats") as r:
             stats = json.load(r)
         assert stats["received"] == 2 and stats["billed"] == 1 and stats["outcomes"]["500"] == 1
+        with pytest.raises(openai.BadRequestError, match="Only the default \\(1\\) value is supported"):
+            openai.OpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0).chat.completions.create(
+                model="gpt-5-mini", messages=USER, temperature=0.5)
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)

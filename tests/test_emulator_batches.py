@@ -13,6 +13,7 @@ import anthropic
 import openai
 import pytest
 from anthropic.types import Message
+from batch_testlib import TokenLimitedEmulator, shifted_clock
 from openai.types.chat import ChatCompletion
 
 from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
@@ -213,6 +214,53 @@ def test_cancel_ends_at_once_with_every_request_canceled():
     assert canceling.processing_status == "canceling" and canceling.cancel_initiated_at is not None
     assert ended.processing_status == "ended" and ended.request_counts.canceled == 2
     assert results == {"a": "canceled", "b": "canceled"}
+
+
+def test_cancel_keeps_the_answers_of_the_requests_that_ran(monkeypatch):
+    prompts = {f"r{i}": f"Explain topic {i}." for i in range(4)}
+    shift = shifted_clock(monkeypatch)
+    # latency 8 s: validated at 2 s, then the requests finish one after another at 3.5, 5, 6.5 and 8 s
+    with Emulator(cfg(batch_latency_s=8.0)) as emu:
+        client, aclient = oa(emu), an(emu)
+        batch_id, abatch_id = oa_submit(client, prompts).id, an_submit(aclient, prompts).id
+        shift[0] = 5.5
+        running, arunning = client.batches.retrieve(batch_id), aclient.messages.batches.retrieve(abatch_id)
+        cancelling = client.batches.cancel(batch_id)
+        cancelled = client.batches.retrieve(batch_id)
+        canceling = aclient.messages.batches.cancel(abatch_id)
+        ended = aclient.messages.batches.retrieve(abatch_id)
+        results = {r.custom_id: r.result.type for r in aclient.messages.batches.results(abatch_id)}
+        output, errors = oa_lines(client, cancelled.output_file_id), oa_lines(client, cancelled.error_file_id)
+        shift[0] = 10.0
+        assert client.batches.retrieve(batch_id).request_counts.completed == 2  # the rest never run
+        assert emu.billed == emu.batch_requests == 4
+    assert running.status == "in_progress" and (running.request_counts.completed, running.request_counts.failed) == (2, 0)
+    assert (arunning.processing_status, arunning.request_counts.processing, arunning.request_counts.succeeded) == \
+        ("in_progress", 2, 2)
+    assert cancelling.status == "cancelling" and cancelled.status == "cancelled"
+    assert (cancelled.request_counts.completed, cancelled.request_counts.failed) == (2, 2)
+    assert sorted(output) == ["r0", "r1"] and all(o["response"]["status_code"] == 200 for o in output.values())
+    assert sorted(errors) == ["r2", "r3"] and {e["error"]["code"] for e in errors.values()} == {"batch_cancelled"}
+    assert canceling.processing_status == "canceling" and canceling.request_counts.processing == 2
+    assert ended.processing_status == "ended" and (ended.request_counts.succeeded, ended.request_counts.canceled) == (2, 2)
+    assert results == {"r0": "succeeded", "r1": "succeeded", "r2": "canceled", "r3": "canceled"}
+
+
+def test_the_enqueued_token_limit_fails_a_batch_as_a_whole_until_room_frees():
+    one = {f"a{i}": f"Explain topic {i}." for i in range(3)}
+    with TokenLimitedEmulator(cfg(batch_latency_s=0.4), token_limit=40) as emu:
+        client = oa(emu)
+        first = oa_submit(client, one)  # 30 tokens: taken; the next 14 are too many until it ends
+        refused = oa_wait(client, oa_submit(client, {"b": "Explain topic b, then topic c."}).id)
+        assert oa_wait(client, first.id).status == "completed"
+        again = oa_wait(client, oa_submit(client, {"b": "Explain topic b, then topic c."}).id)  # room now
+    assert refused.status == "failed" and refused.failed_at is not None and refused.request_counts.total == 0
+    [error] = refused.errors.data
+    assert (error.code, error.line, error.param) == ("token_limit_exceeded", None, None)
+    assert error.message.startswith(f"Enqueued token limit reached for {OA_MODEL} in organization ")
+    assert "Limit: 40 enqueued tokens. Please try again once some in_progress batches have been completed." in \
+        error.message
+    assert again.status == "completed" and emu.refused == 1 and emu.billed == 4
 
 
 def test_listing_is_newest_first_and_pages_with_after_and_before():

@@ -197,3 +197,60 @@ def test_rate_limit_429_counts_agree_with_the_headers():
 
 def test_go_durations_below_a_millisecond_and_to_the_millisecond_above():
     assert [go_duration(s) for s in (0, 0.0004, 0.02, 8.64, 29.989531)] == ["0s", "400µs", "20ms", "8.64s", "29.99s"]
+
+
+# ----- 10: parameters particular models refuse (model_rules), tool calls cut at max_tokens ------------------
+
+@pytest.fixture
+def strict():
+    with Emulator(EmulatorConfig(latency_median_s=0.001, latency_sigma=0.0, model_rules=True)) as emulator:
+        yield emulator
+
+
+@pytest.mark.parametrize("params, param, code, words", [
+    ({"temperature": 0.5}, "temperature", "unsupported_value",
+     "Unsupported value: 'temperature' does not support 0.5 with this model. Only the default (1) value is supported."),
+    ({"max_tokens": 50}, "max_tokens", "unsupported_parameter",
+     "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."),
+])
+def test_model_rules_openai_reasoning_models_refuse_sampling_in_openais_words(strict, params, param, code, words):
+    with pytest.raises(openai.BadRequestError) as e:
+        oa(strict).chat.completions.create(model="gpt-5-mini", messages=USER, **params)
+    assert e.value.body == {"message": words, "type": "invalid_request_error", "param": param, "code": code}
+    assert oa(strict).chat.completions.create(model="gpt-5-mini", messages=USER, temperature=1,
+                                              max_completion_tokens=20).choices[0].message.content
+    assert chat(strict, temperature=0.5, max_tokens=20).choices[0].message.content  # gpt-4o-mini takes both
+    assert strict.billed == 2
+
+
+def test_model_rules_claude_45_takes_temperature_or_top_p_not_both(strict):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        message(strict, extra_body={"temperature": 0.8, "top_p": 0.95})
+    assert e.value.body["error"] == {"type": "invalid_request_error", "message": "`temperature` and `top_p` cannot "
+                                     "both be specified for this model. Please use only one."}
+    assert message(strict, extra_body={"temperature": 0.8}).content
+    old = an(strict).messages.create(model="claude-3-5-haiku-latest", messages=USER, max_tokens=20,
+                                     extra_body={"temperature": 0.8, "top_p": 0.95})
+    assert old.content and strict.billed == 2
+
+
+def test_without_model_rules_every_model_takes_every_parameter(emu):
+    assert oa(emu).chat.completions.create(model="gpt-5-mini", messages=USER, temperature=0.5, max_tokens=20).choices
+    assert message(emu, extra_body={"temperature": 0.8, "top_p": 0.95}).content
+
+
+def test_anthropic_forced_tool_cut_at_max_tokens_is_an_incomplete_tool_use_block(emu):
+    """Anthropic's answer to a forced tool call that hits max_tokens: stop_reason max_tokens and a tool_use
+    block whose input holds what was complete before the cut (streamed: the partial JSON)."""
+    terms = [{"name": "terms", "description": "Record terms.", "input_schema": {
+        "type": "object", "properties": {"terms": {"type": "array", "items": {"type": "string"}}}}}]
+    kw = dict(model="claude-haiku-4-5", max_tokens=30, tools=terms, tool_choice={"type": "tool", "name": "terms"},
+              messages=[{"role": "user", "content": "List 40 terms about tides."}])
+    m = an(emu).messages.create(**kw)
+    [block] = m.content
+    assert m.stop_reason == "max_tokens" and block.type == "tool_use" and block.name == "terms"
+    assert isinstance(block.input, dict) and m.usage.output_tokens <= 30
+    with an(emu).messages.stream(**kw) as s:
+        final = s.get_final_message()
+    [block] = final.content
+    assert final.stop_reason == "max_tokens" and block.type == "tool_use" and isinstance(block.input, dict)

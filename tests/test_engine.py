@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 
 import polars as pl
@@ -162,6 +163,60 @@ def test_a_server_that_is_not_there_stops_the_run_and_says_so(provider, model, t
     assert gen.stats["sent"] <= 3 + PROBES  # the probes on the wire when the third went unanswered
     with Journal(tmp_path / "j.sqlite") as journal:
         assert journal.summary()["by_status"] == {"pending": 300}  # the rerun sends them all
+
+
+def test_a_server_that_takes_connections_but_never_answers_is_told_from_one_that_is_not_there(tmp_path):
+    cfg = EmulatorConfig(latency_median_s=0.001, hang_s=30.0, faults=[Fault("timeout", rate=1.0)])
+    with Emulator(cfg) as emu:
+        gen = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, timeout_s=0.05, max_attempts=3, concurrency=4)
+        with pytest.raises(FatalProviderError, match=r"no answer from .* within [0-9.]+ s \(it takes connections but "
+                                                     r"answers nothing.*raise timeout_s \(--timeout\)"):
+            gen.run(reqs(20))
+    assert gen.stats["sent"] < 20
+
+
+def test_slow_answers_grow_the_timeout_instead_of_being_paid_for_again(tmp_path):
+    """Every attempt that times out is billed by the provider all the same (the emulator bills it too): the
+    first one doubles the timeout, for the attempts already on the wire as well, so the rest are paid once."""
+    cfg = EmulatorConfig(latency_median_s=0.5, latency_sigma=0.0)
+    with Emulator(cfg) as emu:
+        gen = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, timeout_s=0.3, concurrency=8)
+        out = gen.run(reqs(16))
+        time.sleep(0.3)  # let the server finish (and bill) what the client abandoned
+        assert all(r.status in ("ok", "truncated") for r in out)
+        assert 1 <= gen.stats["timed_out"] <= 2 and emu.duplicates == gen.stats["timed_out"]
+    assert gen.stats["abandoned_output_tokens"] == 64 * gen.stats["timed_out"]  # counted at worst case
+    assert gen.stats["abandoned_usd"] == pytest.approx(gen.stats["timed_out"] * estimate_cost(
+        "gpt-4o-mini", 0, 64), rel=0.5)
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_run_whose_requests_mostly_fail_stops_early_and_names_the_error(provider, model, tmp_path):
+    """A parameter the model rejects fails every request the same way: the run stops after a window of
+    them instead of sending all 300, keeps what finished, and says what went wrong."""
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("400", rate=1.0)])) as emu:
+        gen = gen_for(emu, provider, model, tmp_path, concurrency=4)
+        with pytest.raises(FatalProviderError, match=r"stopped early: 50 of the 50 requests finished so far failed "
+                                                     r"\(max_error_rate=0.5\), 50 of them bad_request, e.g. "
+                                                     r"\w+ HTTP 400.*--retry-failed"):
+            gen.run(reqs(300))
+        assert emu.received < 60
+    with Journal(tmp_path / f"{provider}.sqlite") as journal:
+        by_status = journal.summary()["by_status"]
+    assert by_status["failed"] == emu.received and by_status["pending"] == 300 - emu.received
+
+
+def test_the_error_rate_check_spares_runs_that_mostly_succeed_and_can_be_turned_off(tmp_path):
+    """A third of the requests fail, and their 400s come back long before the answers: no early stop."""
+    requests = reqs(20) + reqs(10, "BAD")
+    cfg = EmulatorConfig(latency_median_s=0.05, latency_sigma=0.0, faults=[Fault("400", rate=1.0, match="BAD")])
+    with Emulator(cfg) as emu:
+        out = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, error_window=10).run(requests)
+        assert [r.status for r in out].count("failed") == 10
+        off = gen_for(emu, "openai", "gpt-4o-mini", tmp_path / "off", max_error_rate=None).run(reqs(60, "BAD"))
+        assert [r.status for r in off] == ["failed"] * 60
+    with pytest.raises(ValueError, match="max_error_rate"):
+        Generator("openai", "gpt-4o-mini", max_error_rate=1.5)
 
 
 @pytest.mark.parametrize("provider, env", [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])
@@ -439,3 +494,26 @@ def test_refusals_are_told_from_bad_requests_in_each_providers_words(text, expec
     from textbookgen.providers import item_error_class
 
     assert item_error_class(text) == expected
+
+
+def test_the_progress_line_counts_failed_requests(tmp_path, capsys):
+    requests = reqs(3) + reqs(2, "BAD")
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("400", rate=1.0, match="BAD")])) as emu:
+        gen_for(emu, "openai", "gpt-4o-mini", tmp_path, progress=True).run(requests)
+    shown = capsys.readouterr().err
+    assert "failed 2 " in shown
+
+
+def test_params_are_part_of_the_request_key(tmp_path):
+    """Empty params keep the keys of older journals; a changed param is a new request, paid once."""
+    plain = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    old_key = request_key({"provider": "openai", "model": "m", "messages": plain.messages, "max_tokens": 8})
+    assert request_key(canonical_request("openai", "m", plain)) == old_key
+    a, b = (ChatRequest(messages=plain.messages, max_tokens=8, params={"top_k": k}) for k in (20, 40))
+    assert len({request_key(canonical_request("openai", "m", r)) for r in (plain, a, b)}) == 3
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        first = reqs(4, params={"top_k": 20})
+        gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(first)
+        changed = [*first[:3], ChatRequest(messages=first[3].messages, max_tokens=64, params={"top_k": 40})]
+        gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(changed)
+        assert emu.billed == 5

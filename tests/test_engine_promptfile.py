@@ -50,6 +50,61 @@ def test_bad_prompt_files_name_file_and_line(tmp_path, content, message):
         load_prompts(path)
 
 
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "T", "schema": {"type": "object"}}}
+
+
+def test_response_format_and_params_are_request_fields_not_metadata(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "List terms", "response_format": SCHEMA, "topic": "tides",
+                                "params": {"stop": ["\n\n"], "min_p": 0.05, "top_k": None}}) + "\n"
+                    + json.dumps({"prompt": "plain"}) + "\n")
+    a, b = load_prompts(path, {"params": {"min_p": 0.1, "repetition_penalty": 1.1}})
+    assert a.response_format == SCHEMA and a.metadata == {"topic": "tides"}
+    assert a.params == {"stop": ["\n\n"], "min_p": 0.05, "repetition_penalty": 1.1}  # the row's win; null: unset
+    assert b.response_format is None and b.params == {"min_p": 0.1, "repetition_penalty": 1.1} and b.metadata == {}
+
+
+def test_parquet_params_and_response_format_as_json_text_or_struct(tmp_path):
+    path = tmp_path / "p.parquet"
+    pl.DataFrame({"prompt": ["a", "b"], "params": [{"top_k": 20, "min_p": None}, {"top_k": None, "min_p": 0.1}],
+                  "response_format": [json.dumps(SCHEMA), None]}).write_parquet(path)
+    a, b = load_prompts(path)
+    assert a.params == {"top_k": 20} and b.params == {"min_p": 0.1}
+    assert a.response_format == SCHEMA and b.response_format is None and a.metadata == b.metadata == {}
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"stop": ["\n\n"]}, "p.jsonl:1: 'stop' is an API parameter, not read at the top level: put it under 'params'"),
+    ({"max_completion_tokens": 4000}, "p.jsonl:1: 'max_completion_tokens' is an API parameter, not read at the top "
+                                      "level: use 'max_tokens'"),
+    ({"reasoning_effort": "low"}, "p.jsonl:1: 'reasoning_effort' is an API parameter"),
+    ({"n": 3}, "p.jsonl:1: 'n' is an API parameter, not read at the top level: use generate --n"),
+    ({"params": {"max_tokens": 10}}, "p.jsonl:1: 'params' must not set 'max_tokens': use the 'max_tokens' field"),
+    ({"params": {"stream": True}}, "p.jsonl:1: 'params' must not set 'stream'"),
+    ({"params": ["top_k", 20]}, "p.jsonl:1: 'params' must be an object"),
+    ({"response_format": {"json_schema": {}}}, "p.jsonl:1: 'response_format' needs a 'type'"),
+    ({"response_format": "json"}, "p.jsonl:1: 'response_format' is a string that is not a JSON object"),
+])
+def test_api_parameters_in_the_wrong_place_are_refused_naming_line_and_field(tmp_path, row, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "x", **row}) + "\n")
+    with pytest.raises(PromptFileError, match=message.replace("(", r"\(")) as info:
+        load_prompts(path)
+    assert "\n" not in str(info.value)
+
+
+def test_generate_sends_a_prompts_files_params_and_response_format(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "List 5 terms about tides", "response_format": SCHEMA,
+                                   "params": {"stop": ["\n\n"], "presence_penalty": 0.5}}) + "\n")
+    with Emulator(EmulatorConfig(latency_median_s=0.001, record_requests=True)) as emu:
+        result = CliRunner().invoke(app, ["generate", str(prompts), "--base-url", emu.openai_base_url,
+                                          "--no-progress"], env={"OPENAI_API_KEY": "sk-test"})
+        assert result.exit_code == 0, result.output
+        [body] = [r["body"] for r in emu.requests]
+    assert body["stop"] == ["\n\n"] and body["presence_penalty"] == 0.5 and body["response_format"] == SCHEMA
+
+
 def test_empty_parquet_has_no_prompts(tmp_path):
     path = tmp_path / "p.parquet"
     pl.DataFrame({"prompt": []}, schema={"prompt": pl.String}).write_parquet(path)

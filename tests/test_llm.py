@@ -262,3 +262,38 @@ def test_the_failure_warning_counts_requests_and_rows_apart(tmp_path, caplog):
         with caplog.at_level("WARNING", logger="textbookgen.llm"):
             task(TOPICS[:2] + [{"topic": "BROKEN thing"}])
     assert "Lesson: 4 of 12 requests failed (n=4 per row), on 1 of 3 rows" in caplog.text
+
+
+def test_an_answer_that_misses_the_schema_is_asked_again_once_and_then_replayed(tmp_path):
+    """A structured answer in prose is not kept as the row's answer forever: the row is asked again with a new
+    seed (its own journal entry), and later calls replay that chain without paying."""
+    import json
+
+    calls = []
+
+    def responder(body):
+        calls.append(body)
+        return "Sure! The terms are: tide, moon" if len(calls) == 1 else json.dumps({"terms": ["tide", "moon"]})
+
+    with Emulator(EmulatorConfig(latency_median_s=0.001, responder=responder)) as emu:
+        for _ in range(3):
+            task = make(Glossary, emu, "openai", "gpt-4o-mini", tmp_path)
+            table = task([{"topic": "tides"}])
+            assert table["term"].to_list() == ["tide", "moon"] and not task.failures
+        assert emu.received == 2 and emu.duplicates == 0
+
+
+def test_a_model_that_never_fits_the_schema_is_asked_a_bounded_number_of_times(tmp_path):
+    with Emulator(EmulatorConfig(latency_median_s=0.001, record_requests=True, responder=lambda body: "no JSON")) as emu:
+        task = make(Glossary, emu, "openai", "gpt-4o-mini", tmp_path, n=2)
+        assert task(TOPICS[:1]).height == 0 and emu.received == 2 * 3  # 2 samples, each asked 3 times
+        assert [f["sample"] for f in task.failures] == [0, 1]
+        assert all("does not fit Terms (3 tries): no JSON object" in f["error"] for f in task.failures)
+        seeds = sorted(r["body"]["seed"] for r in emu.requests)  # re-asks never take another sample's seed
+        make(Glossary, emu, "openai", "gpt-4o-mini", tmp_path, n=2)(TOPICS[:1])
+        assert emu.received == 6  # the next call replays them all
+        make(Glossary, emu, "openai", "gpt-4o-mini", tmp_path, n=2, schema_retries=3)(TOPICS[:1])
+        assert emu.received == 8 and emu.duplicates == 0  # one more try each
+    assert seeds == [0, 1, 1_000_000, 1_000_001, 2_000_000, 2_000_001]
+    with pytest.raises(ValueError, match="schema_retries"):
+        LLM("gpt-4o-mini", api_key="sk-test", progress=False, schema_retries=-1)

@@ -7,6 +7,13 @@ that way: in chunks of `batch_size`, each request's `custom_id` its journal key,
 back expired, cancelled or with a transient error are resubmitted in a later batch, up to
 `batch_max_rounds` times.
 
+Providers cap what an organisation keeps queued: OpenAI the prompt tokens of its unfinished batches per
+model (a batch over the limit fails as a whole with `token_limit_exceeded`), Anthropic the requests in its
+processing queue (a create over it is a 429). Such a refusal is about room, not about the requests: they go
+back to the queue, not counted as a round, and the run learns a cap from it, holding further submissions
+while its batches run and submitting the rest as they end. `BatchLimits` sets a cap up front instead.
+`cancel_batches` (`textbookgen journal PATH --cancel-batches`) cancels a journal's open batches.
+
 Nothing is paid twice. A batch's row (tag, keys) is committed before it is submitted and its batch id right
 after, so a rerun polls the batches the journal names instead of submitting their requests again. A crash
 between the submission and that second commit is covered by finding the batch at the provider: OpenAI by
@@ -20,16 +27,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError
-from textbookgen.providers import AnthropicProvider, Completion, OpenAIProvider, classify, item_error_class
+from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
+from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS
+from textbookgen.providers import (
+    AnthropicProvider,
+    Completion,
+    OpenAIProvider,
+    classify,
+    item_error_class,
+    make_provider,
+)
 
 if TYPE_CHECKING:
     from textbookgen.engine import Generator, _Item
@@ -42,17 +59,57 @@ BATCH_PROVIDERS = ("openai", "anthropic")
 MAX_REQUESTS = {"openai": 50_000, "anthropic": 100_000}
 MAX_BYTES = 150_000_000
 FIND_SLACK_S = 120.0  # clock skew allowed when matching a batch's creation time to our record
+CAPACITY = "capacity"  # a BatchResult's class when the provider refused its batch for room, not content
+# batch-level (line-less) OpenAI errors that are about the organisation's limits, not the input file
+_CAPACITY_CODES = ("token_limit_exceeded", "rate_limit_exceeded", "request_limit_exceeded", "batch_limit_exceeded")
+_CAPACITY_WORDS = ("limit reached", "limit exceeded", "try again")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """What one run keeps submitted at a time, per provider and model (None: no cap). Set them to your
+    organisation's limits to stay under them from the start (OpenAI: enqueued prompt tokens per model, e.g.
+    2,000,000 for gpt-4o-mini at tier 1; Anthropic: requests in the processing queue); without them the run
+    learns a token cap from the first refusal. Tokens are estimated from the prompt length, as the engine does."""
+
+    enqueued_tokens: int | None = None
+    batches: int | None = None
+
+
+class QueueFull(Exception):
+    """The provider refused to take a batch for lack of room (a 429 at create) while this run's batches run."""
 
 
 @dataclass(slots=True)
 class BatchResult:
     """One request's outcome inside a finished batch: a completion, or an error and its class
-    ("bad_request" / "content_filter": permanent; "transient": resubmit)."""
+    ("bad_request" / "content_filter": permanent; "transient": resubmit, a round; CAPACITY: resubmit once
+    there is room, not a round)."""
 
     key: str
     completion: Completion | None = None
     error: str | None = None
     error_class: str | None = None
+
+
+def is_capacity_error(code: str | None, message: str | None) -> bool:
+    """Whether a batch-level error says the organisation's queue is full (a limit), not that the input is bad."""
+    text = f"{code or ''} {message or ''}".lower()
+    return code in _CAPACITY_CODES or any(w in text for w in _CAPACITY_WORDS)
+
+
+async def call_api(fn, *args, provider: str, model: str, secrets: tuple[str, ...], attempts: int, wait):
+    """One batch-API call, retried with backoff on transient errors like a live request (a wait of hours
+    should not die of one network blip); other errors are classified as for live calls."""
+    async for attempt in AsyncRetrying(stop=stop_after_attempt(attempts), wait=wait,
+                                       retry=retry_if_exception_type(RetryableError), reraise=True):
+        with attempt:
+            try:
+                return await fn(*args)
+            except (FatalProviderError, ItemError, RetryableError, QueueFull):
+                raise
+            except Exception as exc:  # noqa: BLE001 - SDK errors are classified; a bug surfaces as itself
+                raise classify(exc, provider, model, secrets) from None
 
 
 def error_class_of(status: int, text: str) -> str:
@@ -90,11 +147,18 @@ class OpenAIBatches:
         batch = await self.client.batches.retrieve(batch_id)
         return batch.status in ("completed", "failed", "expired", "cancelled")
 
+    async def cancel(self, batch_id: str) -> None:
+        await self.client.batches.cancel(batch_id)
+
     async def results(self, batch_id: str, keys: Sequence[str]) -> list[BatchResult]:
         batch = await self.client.batches.retrieve(batch_id)
-        if batch.status == "failed":  # the input was rejected as a whole: sending it again fails again
-            errors = "; ".join(f"line {e.line}: {e.message}" for e in (batch.errors.data or [])) if batch.errors \
-                else "no reason given"
+        if batch.status == "failed":  # refused as a whole: for the input (fails again) or for room (retry later)
+            found = (batch.errors.data or []) if batch.errors else []
+            if found and all(e.line is None and is_capacity_error(e.code, e.message) for e in found):
+                text = "; ".join(f"{e.code}: {e.message}" for e in found)
+                return [BatchResult(k, error=f"openai batch {batch_id} refused for room: {text}",
+                                    error_class=CAPACITY) for k in keys]
+            errors = "; ".join(f"line {e.line}: {e.message}" for e in found) or "no reason given"
             return [BatchResult(k, error=f"openai batch {batch_id} failed validation: {errors}",
                                 error_class="bad_request") for k in keys]
         results = []
@@ -145,6 +209,9 @@ class AnthropicBatches:
         batch = await self.client.messages.batches.retrieve(batch_id)
         return batch.processing_status == "ended"
 
+    async def cancel(self, batch_id: str) -> None:
+        await self.client.messages.batches.cancel(batch_id)
+
     async def results(self, batch_id: str, keys: Sequence[str]) -> list[BatchResult]:
         results = []
         async for row in await self.client.messages.batches.results(batch_id):
@@ -173,11 +240,15 @@ class BatchRunner:
     Shares the Generator's journal writer, counters, budget check and outcome rules (`_finish`,
     `_finish_failed`, `_skip`), so a batch run and a live run leave the same journal behind."""
 
-    def __init__(self, gen: Generator, journal: Journal) -> None:
+    def __init__(self, gen: Generator, journal: Journal, limits: BatchLimits | None = None) -> None:
         self.gen, self.journal = gen, journal
         self.api = batch_api(gen._provider)
         self.max_requests = min(gen.batch_size, MAX_REQUESTS[gen.provider])
-        self.running: dict[str, dict] = {}  # tag -> {"batch_id", "keys", "since", "cost", "out"}
+        self.limits = limits or BatchLimits()
+        self.learned_tokens: float | None = None  # the enqueued-token cap the provider's refusals taught
+        self.refusals = 0  # refusals in a row with none of this run's batches running (others fill the queue)
+        self.not_before = 0.0  # monotonic time before which nothing is submitted (after such a refusal)
+        self.running: dict[str, dict] = {}  # tag -> {"batch_id", "keys", "since", "cost", "out", "tokens"}
 
     async def run(self, todo: list[_Item]) -> None:
         items = {item.key: item for item in todo}
@@ -190,6 +261,8 @@ class BatchRunner:
                 if self.running:
                     await asyncio.sleep(self.gen.batch_poll_s)
                     queue += await self._collect(items)
+                elif queue:  # refused for room with none of ours running: wait before trying again
+                    await asyncio.sleep(max(self.gen.batch_poll_s, self.not_before - time.monotonic()))
         except FatalProviderError as exc:
             self.gen._fatal = exc
         except RetryableError as exc:
@@ -203,18 +276,16 @@ class BatchRunner:
                             sum(len(b["keys"]) for b in self.running.values()), self.gen.provider)
 
     async def _call(self, fn, *args):
-        """One batch-API call, retried with backoff on transient errors like a live request (a wait of
-        hours should not die of one network blip); other errors are classified as for live calls."""
         gen = self.gen
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(gen.max_attempts), wait=gen._wait,
-                                           retry=retry_if_exception_type(RetryableError), reraise=True):
-            with attempt:
-                try:
-                    return await fn(*args)
-                except (FatalProviderError, ItemError, RetryableError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - SDK errors are classified; a bug surfaces as itself
-                    raise classify(exc, gen.provider, gen.model, gen._secrets) from None
+        return await call_api(fn, *args, provider=gen.provider, model=gen.model, secrets=gen._secrets,
+                              attempts=gen.max_attempts, wait=gen._wait)
+
+    async def collect_open(self, items: dict[str, _Item]) -> list[dict[str, Any]]:
+        """For a live run: adopt the batches earlier runs submitted and record those that have ended; returns
+        the ones still running (the requests that expired or were cancelled in them go back to `items`' run)."""
+        await self._recover(items)
+        await self._collect(items)
+        return list(self.running.values())
 
     async def _recover(self, items: dict[str, _Item]) -> None:
         """Adopt the batches an earlier run submitted; find those whose id it did not live to record."""
@@ -232,12 +303,13 @@ class BatchRunner:
             self._track(row["tag"], batch_id, row["keys"], row["created_at"], items)
 
     def _track(self, tag: str, batch_id: str, keys: list[str], since: float, items: dict[str, _Item]) -> None:
-        cost = out = 0.0
+        cost = out = tokens = 0.0
         for key in keys:
             if key in items:
                 item_cost, item_out = self._expected(items[key])
-                cost, out = cost + item_cost, out + item_out
-        self.running[tag] = {"batch_id": batch_id, "keys": keys, "since": since, "cost": cost, "out": out}
+                cost, out, tokens = cost + item_cost, out + item_out, tokens + self._tokens(items[key])
+        self.running[tag] = {"batch_id": batch_id, "keys": keys, "since": since, "cost": cost, "out": out,
+                             "tokens": tokens}
         self.gen._inflight_cost += cost
         self.gen._inflight_out += out
         self.gen._in_batches += len(keys)
@@ -247,25 +319,46 @@ class BatchRunner:
         out = gen._avg_out if gen._avg_out is not None else item.req.max_tokens
         return item.est_in * gen._in_ratio * gen.price_in + out * gen.price_out, out
 
+    def _tokens(self, item: _Item) -> float:
+        """The prompt tokens a request puts in the provider's queue: the engine's estimate, corrected by the
+        ratio of real usage to estimates seen so far."""
+        return item.est_in * self.gen._in_ratio
+
+    def _room(self) -> float:
+        """The prompt tokens that may still be enqueued under the configured and the learned caps."""
+        caps = [c for c in (self.limits.enqueued_tokens, self.learned_tokens) if c is not None]
+        return min(caps) - sum(b["tokens"] for b in self.running.values()) if caps else math.inf
+
     async def _submit(self, queue: list[_Item]) -> list[_Item]:
-        """Submit the queue in batches while the budget allows; returns what is left (nothing, normally)."""
+        """Submit the queue in batches while the budget and the provider's room allow; returns what is held
+        back until running batches end (all is submitted, or skipped for the budget, otherwise)."""
         gen = self.gen
         while queue and gen._fatal is None:
-            lines, chunk, size, cost, out = [], [], 0, 0.0, 0.0
+            if time.monotonic() < self.not_before or (
+                    self.running and self.limits.batches is not None and len(self.running) >= self.limits.batches):
+                return queue
+            room = self._room()
+            lines, chunk, size, cost, out, tokens, spent = [], [], 0, 0.0, 0.0, 0.0, False
             for item in queue[:self.max_requests]:
                 line = self.api.line(item.key, item.req)
                 if chunk and size + len(line) > MAX_BYTES:
                     break
+                if (chunk or self.running) and tokens + self._tokens(item) > room:
+                    break  # one request at least when none is running, or nothing would ever go
                 item_cost, item_out = self._expected(item)
                 try:
                     gen._check_budget(cost + item_cost, out + item_out)
                 except BudgetExhausted:
+                    spent = True
                     break
                 lines.append(line)
                 chunk.append(item)
                 size, cost, out = size + len(line) + 1, cost + item_cost, out + item_out
-            if not chunk:  # the budget is spent: the rest stay pending for a rerun with a larger one
-                for item in queue:
+                tokens += self._tokens(item)
+            if not chunk:
+                if not spent:
+                    return queue  # no room until a running batch ends
+                for item in queue:  # the budget is spent: the rest stay pending for a rerun with a larger one
                     gen._skip(item)
                 return []
             tag = f"tbg-{secrets.token_hex(8)}"
@@ -279,6 +372,10 @@ class BatchRunner:
                 for item in chunk:
                     gen._finish_failed(item, f"batch rejected: {exc}", exc.error_class)
                 continue
+            except QueueFull as exc:  # no room while ours run: it goes again once one of them has ended
+                self.journal.update_batch(tag, "deferred")
+                self._refused(tokens, str(exc))
+                return chunk + queue
             self.journal.update_batch(tag, "running", batch_id)
             for item in chunk:
                 item.attempts += 1
@@ -289,8 +386,10 @@ class BatchRunner:
 
     async def _submit_once(self, lines: list[bytes], tag: str) -> str:
         """Submit a batch, retried like any call; but before a retry, look for it at the provider: it may
-        have been created before the answer was lost (a reset, a timeout), and a second copy is paid twice."""
-        since, sent = time.time(), False
+        have been created before the answer was lost (a reset, a timeout), and a second copy is paid twice.
+        A rate-limit refusal while this run's batches are running is QueueFull (Anthropic's queue limit): no
+        retry, the batch waits for room instead."""
+        gen, since, sent = self.gen, time.time(), False
 
         async def submit_or_adopt() -> str:
             nonlocal sent
@@ -298,18 +397,46 @@ class BatchRunner:
                 log.info("batch %s was created before its answer was lost: adopting %s", tag, found)
                 return found
             sent = True
-            return await self.api.submit(lines, tag)
+            try:
+                return await self.api.submit(lines, tag)
+            except Exception as exc:  # noqa: BLE001 - classified here only to tell a full queue; re-raised
+                err = classify(exc, gen.provider, gen.model, gen._secrets)
+                if isinstance(err, RetryableError) and err.rate_limited and self.running:
+                    raise QueueFull(str(err)) from None
+                raise
 
         return await self._call(submit_or_adopt)
 
+    def _refused(self, tokens: float, reason: str) -> None:
+        """The provider had no room for a batch of `tokens` prompt tokens. With batches of ours running, what
+        they hold is the cap: submit more only as they end. With none, others' batches (or this one alone) fill
+        the queue: wait, longer each time, and try half the size; give up after `max_attempts` such refusals
+        in a row (the requests stay pending)."""
+        gen = self.gen
+        queued = sum(b["tokens"] for b in self.running.values())
+        if queued:
+            cap = queued
+        else:
+            self.refusals += 1
+            if self.refusals >= gen.max_attempts:
+                raise FatalProviderError(f"{gen.provider} kept refusing batches for lack of room ({reason}) with "
+                                         "none of this run's batches running; its queue is full of other work: "
+                                         "rerun later (nothing was paid for the refused batches)")
+            cap = tokens / 2
+            self.not_before = time.monotonic() + gen.batch_poll_s * 2 ** (self.refusals - 1)
+        if self.learned_tokens is None:
+            log.warning("%s has no room for more batches of %s (%s): holding further submissions until running "
+                        "batches end (BatchLimits sets a cap up front)", gen.provider, gen.model, reason)
+        self.learned_tokens = cap if self.learned_tokens is None else min(self.learned_tokens, cap)
+
     async def _collect(self, items: dict[str, _Item]) -> list[_Item]:
         """Record the answers of every batch that has ended; returns the requests to submit again."""
-        gen, again = self.gen, []
+        gen, again, held = self.gen, [], []
         for tag, batch in list(self.running.items()):
             if not await self._call(self.api.ended, batch["batch_id"]):
                 continue
             latency = time.time() - batch["since"]
-            seen, orphans = set(), []
+            seen, orphans, refused = set(), [], []
             for result in await self._call(self.api.results, batch["batch_id"], batch["keys"]):
                 item = items.get(result.key)
                 if item is None:
@@ -320,6 +447,8 @@ class BatchRunner:
                 seen.add(result.key)
                 if result.completion is not None:
                     gen._finish(item, result.completion, latency)
+                elif result.error_class == CAPACITY:
+                    refused.append((item, result.error))
                 elif result.error_class != "transient":
                     gen._finish_failed(item, result.error, result.error_class)
                 else:
@@ -333,6 +462,15 @@ class BatchRunner:
             gen._inflight_cost -= batch["cost"]
             gen._inflight_out -= batch["out"]
             gen._in_batches -= len(batch["keys"])
+            if refused:  # never ran: not a round
+                for item, _ in refused:
+                    item.attempts -= 1
+                held += [item for item, _ in refused]
+                log.info("batch %s was refused for room; its %d requests wait for running batches to end",
+                         batch["batch_id"], len(refused))
+                self._refused(batch["tokens"], refused[0][1])
+            else:
+                self.refusals = 0
         resubmit = []
         for item, error in again:
             if item.attempts >= gen.batch_max_rounds:
@@ -342,7 +480,7 @@ class BatchRunner:
                 resubmit.append(item)
         if again:
             log.info("%d requests come back for another batch round", len(resubmit))
-        return resubmit
+        return held + resubmit
 
     def _record_orphans(self, results: list[BatchResult], latency: float) -> None:
         """Paid answers to requests an earlier run submitted but this one does not ask for (the recipe
@@ -358,3 +496,98 @@ class BatchRunner:
                 kept += 1
         if kept:
             log.info("kept %d answers to requests of an earlier run that this run does not ask for", kept)
+
+
+def cancel_batches(path: str | Path, *, base_url: str | None = None, api_key: str | None = None,
+                   poll_s: float = 5.0, timeout_s: float = 120.0) -> dict[str, int]:
+    """Cancel a journal's open batches at their providers and keep what they had finished.
+
+    Each batch is cancelled through the provider's client (keys: `api_key`, else the provider's environment
+    variable), waited for until it has ended (OpenAI: up to 10 minutes cancelling), and its answers go into
+    the journal as a run records them (priced at the batch rate of `textbookgen.pricing`); requests refused
+    for good are recorded as failed. The requests that never ran stay pending, so rerunning the same command
+    sends them again: a cancel stops the spending (a wrong setting, a full queue, a switch to live calls) and
+    says nothing against the requests, which a rerun that still asks for them should get. Holds the journal's
+    run lock: a run using it must be stopped first. Returns counts: cancelled and lost batches, answered,
+    failed and pending requests."""
+    if not Path(path).is_file():
+        raise ValueError(f"no journal at {path}")
+    try:
+        return asyncio.run(_cancel_all(Path(path), base_url, api_key, poll_s, timeout_s))
+    except RetryableError as exc:
+        raise FatalProviderError(f"the batch API kept failing ({exc}); the batches not cancelled yet stay open in "
+                                 f"{path}: run --cancel-batches again") from None
+
+
+async def _cancel_all(path: Path, base_url: str | None, api_key: str | None, poll_s: float,
+                      timeout_s: float) -> dict[str, int]:
+    from textbookgen.engine import Generator  # the engine imports this module
+    from textbookgen.journal import OPEN_BATCH_STATUSES, Journal
+
+    counts = dict.fromkeys(("cancelled", "lost", "answered", "failed", "pending"), 0)
+    with Journal(path) as journal:
+        journal.lock_for_run()
+        marks = ",".join("?" * len(OPEN_BATCH_STATUSES))
+        groups = journal.db.execute(f"SELECT DISTINCT provider, model FROM batches WHERE status IN ({marks})",
+                                    OPEN_BATCH_STATUSES).fetchall()
+        for provider_name, model in groups:
+            gen = Generator(provider_name, model, base_url=base_url, api_key=api_key, batch=True, progress=False,
+                            timeout_s=timeout_s)  # its price and outcome rules, for the journal rows
+            provider = make_provider(provider_name, model, api_key=api_key, base_url=base_url, timeout=timeout_s)
+            gen._secrets = provider.secrets
+            api = batch_api(provider)
+
+            async def call(fn, *args, gen=gen):
+                return await call_api(fn, *args, provider=gen.provider, model=gen.model, secrets=gen._secrets,
+                                      attempts=gen.max_attempts, wait=wait_exponential_jitter(initial=1, max=30))
+
+            try:
+                for row in journal.open_batches(provider_name, model):
+                    await _cancel_one(api, call, journal, gen, row, poll_s, counts)
+            finally:
+                await provider.aclose()
+    return counts
+
+
+async def _cancel_one(api, call, journal: Journal, gen: Generator, row: dict, poll_s: float,
+                      counts: dict[str, int]) -> None:
+    """Cancel one batch (found by its tag first if its id was never recorded), wait for its end and record
+    its answers; the batch's row is closed ("cancelled") only once they are in the journal."""
+    tag, keys, batch_id = row["tag"], row["keys"], row["batch_id"]
+    if batch_id is None:
+        batch_id = await call(api.find, tag, row["created_at"], len(keys))
+        if batch_id is None:  # never created: its requests are pending, as after a lost submission in a run
+            journal.update_batch(tag, "lost")
+            counts["lost"] += 1
+            counts["pending"] += len(keys)
+            return
+        journal.update_batch(tag, "running", batch_id)
+    if not await call(api.ended, batch_id):
+        try:
+            await call(api.cancel, batch_id)
+        except (ItemError, RetryableError) as exc:  # refused because it ended meanwhile, or really refused
+            if not await call(api.ended, batch_id):
+                raise FatalProviderError(f"cannot cancel batch {batch_id} at {gen.provider}: {exc}; it stays "
+                                         "recorded as running (a rerun collects it)") from None
+        log.info("cancelling batch %s (%d requests)", batch_id, len(keys))
+    while not await call(api.ended, batch_id):
+        await asyncio.sleep(poll_s)
+    latency, now, recorded = time.time() - row["created_at"], time.time(), []
+    current = journal.rows(keys)
+    for result in await call(api.results, batch_id, keys):
+        was = current.pop(result.key, None)
+        if was is None or was["status"] in DONE_STATUSES:
+            continue  # not ours, a repeated line, or answered already
+        if result.completion is not None:
+            recorded.append(gen._result_row(result.key, result.completion, latency, was["attempts"] + 1))
+            counts["answered"] += 1
+        elif result.error_class in PERMANENT_ERRORS:
+            recorded.append(("failed", None, None, 0, 0, 0.0, None, was["attempts"] + 1,
+                             redact(result.error or "", gen._secrets), result.error_class, None, now, result.key))
+            counts["failed"] += 1
+        else:  # canceled, expired, transient or refused for room: pending
+            current[result.key] = was
+    journal.write_results(recorded)
+    journal.update_batch(tag, "cancelled")
+    counts["cancelled"] += 1
+    counts["pending"] += sum(1 for r in current.values() if r["status"] not in DONE_STATUSES)

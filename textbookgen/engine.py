@@ -11,6 +11,18 @@ AIMD concurrency slot); transient failures are retried by tenacity with backoff,
 Results are committed by a single journal writer as they arrive, so a killed run loses at most the
 requests on the wire. With `batch=True` the same requests go through the provider's batch API instead
 (textbookgen/batch.py): half the price, same journal. See README "Generation engine".
+
+Money the provider takes whether or not we listen is never paid twice:
+- Batches an earlier `--batch` run submitted keep running at the provider. A batch run collects them (also when
+  nothing is left to submit); a live run collects those that have ended and stops before sending anything if
+  some of its requests still wait in running ones (rerun with batch=True to collect, or cancel them first).
+- A request that outlives the timeout is abandoned but still billed, so the timeout grows instead of the bill:
+  each attempt that times out doubles the run's timeout (up to TIMEOUT_CAP x timeout_s), and attempts already
+  on the wire wait for the new one. Their cost is unknown; the budgets count each at its worst case (max_tokens).
+- A run whose requests mostly fail (a parameter the model rejects, say) stops early: once at least
+  `error_window` requests have finished and failures are more than `max_error_rate` of them and those still
+  on the wire (failures come back faster than answers), the run raises FatalProviderError naming the
+  commonest error, with every finished answer in the journal.
 """
 
 from __future__ import annotations
@@ -22,9 +34,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -40,6 +54,15 @@ __all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProvi
 log = logging.getLogger("textbookgen.engine")
 
 STATUSES = ("ok", "truncated", "failed", "skipped_budget")
+TIMEOUT_CAP = 8  # timed-out attempts double the run's timeout, up to this many times timeout_s
+
+
+class NoAnswerInTime(RetryableError):
+    """An attempt got no answer within the run's timeout and was abandoned (the provider may still bill it)."""
+
+    def __init__(self, provider: str, limit_s: float) -> None:
+        super().__init__(f"{provider}: no answer within {round(limit_s, 1):g} s", reached=False)
+        self.limit_s = limit_s
 
 
 @dataclass(slots=True)
@@ -59,6 +82,7 @@ class ChatRequest:
     system: str | None = None
     response_format: dict | None = None
     metadata: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # more request-body keys, sent as is (stop, top_k, min_p, ...)
 
 
 def sampled(req: ChatRequest, n: int, seed: int = 0) -> list[ChatRequest]:
@@ -94,8 +118,15 @@ def canonical_request(provider: str, model: str, req: ChatRequest) -> dict:
     does not change the keys of existing journals."""
     fields = {"provider": provider, "model": model, "messages": req.messages, "system": req.system,
               "max_tokens": req.max_tokens, "temperature": req.temperature, "top_p": req.top_p,
-              "seed": req.seed, "response_format": req.response_format}
+              "seed": req.seed, "response_format": req.response_format, "params": req.params or None}
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def replays(row: Mapping[str, Any], retry_failed: bool = False) -> bool:
+    """Whether a journal row is answered from the journal instead of sent: a finished answer, or a refusal
+    (permanent failure) unless `retry_failed`."""
+    return row["status"] in DONE_STATUSES or (
+        row["status"] == "failed" and row["error_class"] in PERMANENT_ERRORS and not retry_failed)
 
 
 def request_key(canonical: Mapping) -> str:
@@ -136,6 +167,11 @@ class Generator:
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
     max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
     holds as failed for a permanent reason (400, refusal, content filter).
+    timeout_s: per attempt at first; each attempt that times out doubles it for the rest of the run, up to
+    TIMEOUT_CAP x timeout_s (an abandoned generation is billed all the same: waiting longer is cheaper).
+    max_error_rate / error_window: stop the run (FatalProviderError) once `error_window` or more requests have
+    finished and more than this share of them failed; None never stops. Live runs only: a batch is submitted
+    (and paid) as a whole.
     batch: send through the provider's batch API (openai, anthropic) at half the price, answers within
     24 h (textbookgen/batch.py): `batch_size` requests per batch, polled every `batch_poll_s`, requests
     that expire or fail transiently resubmitted up to `batch_max_rounds` times in all.
@@ -148,7 +184,8 @@ class Generator:
                  progress: bool = True, timeout_s: float = 120.0, max_attempts: int = 8,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0,
                  retry_failed: bool = False, batch: bool = False, batch_size: int = 10_000,
-                 batch_poll_s: float = 30.0, batch_max_rounds: int = 3) -> None:
+                 batch_poll_s: float = 30.0, batch_max_rounds: int = 3, max_error_rate: float | None = 0.5,
+                 error_window: int = 50) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if batch and provider not in BATCH_PROVIDERS:
@@ -160,6 +197,9 @@ class Generator:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if not timeout_s > 0 or max_attempts < 1:
             raise ValueError(f"timeout_s must be > 0 and max_attempts >= 1, got {timeout_s} and {max_attempts}")
+        if (max_error_rate is not None and not 0 <= max_error_rate <= 1) or error_window < 1:
+            raise ValueError(f"max_error_rate must be in [0, 1] (or None) and error_window >= 1, got "
+                             f"{max_error_rate} and {error_window}")
         if (max_cost_usd is not None and not max_cost_usd >= 0) or (max_output_tokens or 0) < 0:
             raise ValueError(f"max_cost_usd and max_output_tokens must be >= 0, got {max_cost_usd} and "
                              f"{max_output_tokens}")
@@ -182,6 +222,7 @@ class Generator:
         self.timeout_s, self.max_attempts = timeout_s, max_attempts
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.retry_failed = retry_failed
+        self.max_error_rate, self.error_window = max_error_rate, error_window
         self._jitter = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s,
                                                jitter=backoff_initial_s)
         self.stats: dict = {}
@@ -194,9 +235,11 @@ class Generator:
         cell) the run gets a loop of its own on a worker thread, and Ctrl-C still cancels it."""
         try:
             asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.arun(requests))
-        return self._run_on_worker(requests)
+        except RuntimeError:  # no loop: the usual case (returning from here keeps this out of tracebacks)
+            pass
+        else:
+            return self._run_on_worker(requests)
+        return asyncio.run(self.arun(requests))
 
     def _run_on_worker(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         loop = asyncio.new_event_loop()
@@ -242,7 +285,7 @@ class Generator:
             journal.lock_for_run()
             results = self._replay(journal, unique)
             todo = [_Item(k, r, estimate_input_tokens(r)) for k, r in unique.items() if k not in results]
-            if todo:
+            if todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
                 await self._generate(journal, todo, results)
         finally:
             journal.close()
@@ -254,11 +297,9 @@ class Generator:
         results: dict[str, ChatResponse] = {}
         rows = journal.rows(list(unique))
         for key, row in rows.items():
-            status = row["status"]
-            if status in DONE_STATUSES or (status == "failed" and row["error_class"] in PERMANENT_ERRORS
-                                           and not self.retry_failed):
+            if replays(row, self.retry_failed):
                 results[key] = ChatResponse(
-                    key=key, text=row["text"], finish_reason=row["finish_reason"], status=status,
+                    key=key, text=row["text"], finish_reason=row["finish_reason"], status=row["status"],
                     error=row["error"], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
                     latency_s=row["latency_s"] or 0.0, attempts=row["attempts"], cost_usd=row["cost_usd"],
                     metadata=unique[key].metadata)
@@ -276,7 +317,7 @@ class Generator:
     # ----- the run ------------------------------------------------------------------------------
     async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse]) -> None:
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
-                                 timeout=self.timeout_s)
+                                 timeout=self.timeout_s * TIMEOUT_CAP)  # the engine times attempts itself
         self._secrets = tuple(k for k in provider.secrets if k != "EMPTY")
         self._provider = provider
         self._admission = AdmissionController(self.limits, self.concurrency)
@@ -289,6 +330,10 @@ class Generator:
         self._on_wire: set[asyncio.Task] = set()
         self._reached = False  # has the server answered anything yet (an error counts)?
         self._unanswered = 0  # attempts that got no answer at all before it did
+        self._timeout = self.timeout_s  # grows as attempts time out
+        self._finished = 0  # requests this run sent and finished, for the error rate
+        self._failures: Counter[str] = Counter()
+        self._examples: dict[str, str] = {}  # the first error message of each failure class
         self._in_ratio = 1.0
         self._avg_out: float | None = None
         self._inflight_cost = 0.0
@@ -296,7 +341,8 @@ class Generator:
         self._in_batches = 0
         replayed = list(results.values())
         self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0,
-                   "skipped_budget": 0, "retries": 0, "cost_usd": sum(r.cost_usd for r in replayed),
+                   "skipped_budget": 0, "retries": 0, "timed_out": 0, "abandoned_usd": 0.0,
+                   "abandoned_output_tokens": 0, "cost_usd": sum(r.cost_usd for r in replayed),
                    "input_tokens": sum(r.input_tokens for r in replayed),
                    "output_tokens": sum(r.output_tokens for r in replayed), "replayed": len(replayed)}
         total = len(todo) + len(replayed)
@@ -313,7 +359,7 @@ class Generator:
             if self.batch:
                 await BatchRunner(self, journal).run(todo)
             else:
-                await self._dispatch(todo)
+                await self._dispatch(await self._collect_batches(journal, todo))
         finally:
             try:
                 await self._shutdown()
@@ -328,6 +374,44 @@ class Generator:
                 self._log_summary()
         if self._fatal is not None:
             raise self._fatal
+
+    async def _collect_batches(self, journal: Journal, todo: list[_Item]) -> list[_Item]:
+        """A live run's requests that an earlier batch run submitted: the provider runs and bills those batches
+        whoever collects them, so they are not sent again. Ended batches are collected now (at the batch price);
+        returns the requests left to send, or stops the run if some still wait in running batches."""
+        keys = {item.key for item in todo}
+        if not any(keys.intersection(row["keys"]) for row in journal.open_batches(self.provider, self.model)):
+            return todo
+        items = {item.key: item for item in todo}
+        try:
+            with self._batch_prices():
+                running = await BatchRunner(self, journal).collect_open(items)
+        except RetryableError as exc:
+            raise FatalProviderError(f"cannot check the {self.provider} batches an earlier --batch run submitted "
+                                     f"({exc}); nothing was sent: rerun to try again") from exc
+        waiting = [b for b in running if keys.intersection(b["keys"])]
+        if waiting:
+            n = sum(len(keys.intersection(b["keys"])) for b in waiting)
+            ids = ", ".join(b["batch_id"] for b in waiting)
+            raise FatalProviderError(
+                f"{n} of these requests are in {len(waiting)} {self.provider} batches still running ({ids}), "
+                "submitted and paid for by an earlier --batch run; nothing was sent: rerun with --batch (batch=True) "
+                "to wait for them and collect their answers, or cancel them (textbookgen journal "
+                f"{self.journal_path or 'JOURNAL'} --cancel-batches) and rerun: what they leave unanswered goes live")
+        left = [item for item in todo if item.key not in self._results]
+        for item in left:  # a batch round does not count as a live attempt
+            item.attempts = 0
+        return left
+
+    @contextlib.contextmanager
+    def _batch_prices(self) -> Iterator[None]:
+        """Answers collected from batches by a live run cost what the provider billed: the batch price."""
+        full = self.price_in, self.price_out
+        self.price_in, self.price_out = (p * BATCH_DISCOUNT for p in full)
+        try:
+            yield
+        finally:
+            self.price_in, self.price_out = full
 
     async def _dispatch(self, todo: list[_Item]) -> None:
         """Start one task per request, at most 2x concurrency alive (the rest wait here, costing no
@@ -374,18 +458,39 @@ class Generator:
                 with attempt:
                     completion, latency = await self._attempt(item)
         except RetryableError as exc:
-            self._finish_failed(item, f"gave up after {item.attempts} attempts: {exc}", "transient")
-            return
+            failure = self._finish_failed(item, f"gave up after {item.attempts} attempts: {exc}", "transient")
         except ItemError as exc:
-            self._finish_failed(item, str(exc), exc.error_class)
-            return
+            failure = self._finish_failed(item, str(exc), exc.error_class)
         except BudgetExhausted:
             self._skip(item)
             return
         except FatalProviderError as exc:
             self._fail_run(exc)
             return
-        self._finish(item, completion, latency)
+        else:
+            failure = self._finish(item, completion, latency)
+        self._watch_errors(failure, self._results[item.key].error)
+
+    def _watch_errors(self, failure: str | None, error: str | None) -> None:
+        """The circuit breaker: a run whose requests mostly fail (a parameter the model rejects, a prompt
+        format it refuses) stops instead of walking every request through the same error."""
+        if self.max_error_rate is None or self._fatal is not None:
+            return
+        self._finished += 1
+        if failure is not None:
+            self._failures[failure] += 1
+            self._examples.setdefault(failure, error or "no message")
+        failed = sum(self._failures.values())
+        # failures come back sooner than answers: the requests still on the wire count as the answers they may be
+        if self._finished < self.error_window or failed <= self.max_error_rate * (self._finished + len(self._on_wire)):
+            return
+        common, count = self._failures.most_common(1)[0]
+        again = ("a plain rerun re-sends them" if common == "transient"
+                 else "rerun with retry_failed=True (--retry-failed) to re-send the failed ones")
+        self._fail_run(FatalProviderError(
+            f"stopped early: {failed} of the {self._finished} requests finished so far failed "
+            f"(max_error_rate={self.max_error_rate:g}), {count} of them {common}, e.g. {self._examples[common][:300]}; "
+            f"fix the cause, then {again} (max_error_rate=None, --max-error-rate 1, turns this check off)"))
 
     def _wait(self, state) -> float:
         """Exponential backoff with jitter, but never sooner than the server's Retry-After."""
@@ -419,10 +524,12 @@ class Generator:
         task = asyncio.current_task()
         self._on_wire.add(task)
         try:
-            completion = await self._provider.complete(req)
+            completion = await self._timed(req, t_send)
         except RetryableError as exc:
             admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers, retry_after=exc.retry_after,
                            answered=exc.reached)
+            if isinstance(exc, NoAnswerInTime):
+                self._abandoned(item)
             if self._fatal is not None:  # the run is stopping: no retry; the request stays pending
                 raise asyncio.CancelledError from exc
             self._check_reachable(exc)
@@ -446,14 +553,53 @@ class Generator:
         self._avg_out = out if self._avg_out is None else self._avg_out + 0.05 * (out - self._avg_out)
         return completion, time.monotonic() - t_send
 
+    async def _timed(self, req: ChatRequest, t_send: float):
+        """`provider.complete` within the run's timeout, read afresh while waiting: when another attempt times
+        out and the timeout grows, this one waits longer too instead of being abandoned (and paid twice)."""
+        call = asyncio.ensure_future(self._provider.complete(req))
+        try:
+            while (left := t_send + self._timeout - time.monotonic()) > 0:
+                done, _ = await asyncio.wait((call,), timeout=left)
+                if done:
+                    return call.result()
+            limit = self._timeout
+            self._grow_timeout(limit)  # before any await, so attempts timing out with this one see it
+        finally:
+            if not call.done():  # timed out, or this run is being cancelled: drop the connection
+                call.cancel()
+                await asyncio.wait((call,))
+        raise NoAnswerInTime(self.provider, limit)
+
+    def _grow_timeout(self, limit_s: float) -> None:
+        """Double the run's timeout (up to TIMEOUT_CAP x timeout_s) after an attempt got nothing within it."""
+        grown = min(2 * limit_s, self.timeout_s * TIMEOUT_CAP)
+        if grown > self._timeout:
+            log.warning("no answer within %g s: waiting up to %g s from now on, also for the requests on the "
+                        "wire (an abandoned generation is billed all the same)", round(limit_s, 1), round(grown, 1))
+            self._timeout = grown
+
+    def _abandoned(self, item: _Item) -> None:
+        """A timed-out attempt: the provider may finish and bill it, for at most max_tokens of output; the
+        budgets count that worst case (its real tokens are never known)."""
+        c = self._c
+        c["timed_out"] += 1
+        c["abandoned_usd"] += item.est_in * self._in_ratio * self.price_in + item.req.max_tokens * self.price_out
+        c["abandoned_output_tokens"] += item.req.max_tokens
+
     def _check_reachable(self, exc: RetryableError) -> None:
         """A wrong base_url or a server that is down: once as many attempts as one request may make have
-        all gone unanswered, stop (the requests stay pending) instead of walking every request through them."""
+        all gone unanswered, stop (the requests stay pending) instead of walking every request through them.
+        A server that takes connections but answers nothing in time is told apart from one that refuses them."""
         self._reached = self._reached or exc.reached
         if not self._reached:
             self._unanswered += 1
             if self._unanswered >= self.max_attempts:
                 where = self.base_url or f"the {self.provider} API"
+                if isinstance(exc, NoAnswerInTime):
+                    raise FatalProviderError(
+                        f"no answer from {where} to {self._unanswered} attempts, the last within {round(exc.limit_s, 1):g} s "
+                        "(it takes connections but answers nothing: overloaded, hung, or slower than the timeout); "
+                        "check the server, or raise timeout_s (--timeout), then rerun") from exc
                 raise FatalProviderError(f"cannot reach {where}: no answer to {self._unanswered} attempts ({exc}); "
                                          "check base_url and that the server is up, then rerun") from exc
 
@@ -463,13 +609,14 @@ class Generator:
             raise BudgetExhausted
         c = self._c
         note = None
-        if self.max_cost_usd is not None and \
-                c["cost_usd"] + self._inflight_cost + expected_cost > self.max_cost_usd:
-            note = (f"max_cost_usd=${self.max_cost_usd:,.4f} reached (spent ${c['cost_usd']:,.4f}, "
+        spent, used = c["cost_usd"] + c["abandoned_usd"], c["output_tokens"] + c["abandoned_output_tokens"]
+        abandoned = ", timed-out attempts counted at max_tokens" if c["timed_out"] else ""
+        if self.max_cost_usd is not None and spent + self._inflight_cost + expected_cost > self.max_cost_usd:
+            note = (f"max_cost_usd=${self.max_cost_usd:,.4f} reached (spent ${spent:,.4f}{abandoned}, "
                     f"${self._inflight_cost:,.4f} more expected from requests in flight)")
         elif self.max_output_tokens is not None and \
-                c["output_tokens"] + self._inflight_out + expected_out > self.max_output_tokens:
-            note = (f"max_output_tokens={self.max_output_tokens:,} reached (used {c['output_tokens']:,}, "
+                used + self._inflight_out + expected_out > self.max_output_tokens:
+            note = (f"max_output_tokens={self.max_output_tokens:,} reached (used {used:,}{abandoned}, "
                     f"~{self._inflight_out:,.0f} more expected from requests in flight)")
         if note is not None:
             self._budget_note = note
@@ -501,7 +648,8 @@ class Generator:
         input_cost = (fresh + read * self.cache_read_rate + write * self.cache_write_rate) * self.price_in
         return input_cost + completion.output_tokens * self.price_out
 
-    def _finish(self, item: _Item, completion, latency: float) -> None:
+    def _finish(self, item: _Item, completion, latency: float) -> str | None:
+        """Record an answer; returns its failure class (a refusal, filtered output), None when it is one."""
         row = self._result_row(item.key, completion, latency, item.attempts)
         status, cost, error = row[0], row[5], row[8]
         resp = ChatResponse(key=item.key, text=completion.text, finish_reason=completion.finish_reason,
@@ -516,8 +664,9 @@ class Generator:
         c["input_tokens"] += completion.input_tokens
         c["output_tokens"] += completion.output_tokens
         self._writer.put(row)
+        return row[9]
 
-    def _finish_failed(self, item: _Item, error: str, error_class: str) -> None:
+    def _finish_failed(self, item: _Item, error: str, error_class: str) -> str:
         error = redact(error, self._secrets)
         self._results[item.key] = ChatResponse(key=item.key, text=None, finish_reason=None, status="failed",
                                                error=error, attempts=item.attempts, metadata=item.req.metadata)
@@ -525,6 +674,7 @@ class Generator:
         self._c["done"] += 1
         self._writer.put(("failed", None, None, 0, 0, 0.0, None, item.attempts, error, error_class, None,
                           time.time(), item.key))
+        return error_class
 
     def _skip(self, item: _Item) -> None:
         """Not sent because of a budget; the journal row stays pending so a rerun picks it up."""
@@ -535,7 +685,7 @@ class Generator:
 
     def _fail_run(self, exc: FatalProviderError) -> None:
         """Stop sending. Requests already on the wire are billed whatever we do, so they finish (within
-        `timeout_s`) and are journaled; the rest are cancelled and stay pending for the rerun. Ctrl-C
+        the run's timeout) and are journaled; the rest are cancelled and stay pending for the rerun. Ctrl-C
         still cancels everything at once."""
         if self._fatal is None:
             self._fatal = exc
@@ -561,5 +711,9 @@ class Generator:
                  self.provider, self.model, s["ok"], s["truncated"], s["failed"], s["skipped_budget"],
                  s["replayed"], s["sent"], s["retries"], s["rate_limited"], s["cost_usd"], s["input_tokens"],
                  s["output_tokens"], s["elapsed_s"])
+        if s["timed_out"]:
+            log.warning("%d attempts timed out and were abandoned; the provider may bill them too (at most $%.4f, "
+                        "%d output tokens, counted against the budgets but not in the journal's cost)",
+                        s["timed_out"], s["abandoned_usd"], s["abandoned_output_tokens"])
         if self._budget_note:
             log.warning("budget stop: %s; %d requests skipped", self._budget_note, s["skipped_budget"])

@@ -69,7 +69,9 @@ CREATE TABLE IF NOT EXISTS batches (
 # batches (provider batch APIs, textbookgen/batch.py): a row is written with status "submitting" before the
 # submission and gets the provider's batch_id ("running") right after, so a rerun polls it instead of paying
 # for its requests again; "done" once its results are in the requests table, "lost" if never found again,
-# "rejected" if the provider refused it as a whole (its requests are failed as bad requests).
+# "rejected" if the provider refused it as a whole (its requests are failed as bad requests), "deferred" if
+# refused for lack of room (its requests go back to the queue), "cancelled" by `textbookgen journal
+# --cancel-batches` (what ran is recorded; the rest stays pending).
 OPEN_BATCH_STATUSES = ("submitting", "running")
 
 # result rows written by the engine: (status, text, finish_reason, input_tokens, output_tokens,

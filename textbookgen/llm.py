@@ -19,7 +19,12 @@ Where the answers live decides who gets them for free: with `journal="path.sqlit
 using that file; with the default `journal=None` only this object, whose answers sit in a temporary
 journal deleted with it (so a new object, e.g. after redefining the class, pays again).
 Rows whose request failed, or whose answer does not fit `response_format`, are left out of the table and
-listed in `.failures`. The table's columns take the common type of all their values (ints and floats give
+listed in `.failures`. An answer that does not fit is asked again, up to `schema_retries` times (2 by default),
+each time with a new seed (seed + k * REASK_SEED_STRIDE, so never another sample's), which makes each re-ask a
+request of its own in the journal: a later call replays the whole chain for free, and raising `schema_retries`
+pays only for the new tries. An answer cut at max_tokens is not asked again (it would be cut again: raise
+max_tokens). `retry_failed=True` is about requests the provider refused (a 400, a refusal): it re-sends those,
+and an answer that does not fit is no such failure. The table's columns take the common type of all their values (ints and floats give
 floats); values with none (a list and a number) raise a TypeError naming the column, answers kept.
 
 Several answers per row: `n=4` makes four requests per row, seeded `seed, seed+1, ...` (0 by default), each its
@@ -47,6 +52,8 @@ __all__ = ["LLM"]
 
 log = logging.getLogger("textbookgen.llm")
 
+REASK_SEED_STRIDE = 1_000_000  # re-ask k of a request seeded s is seeded s + k * stride: no sample's seed
+
 
 class LLM:
     """Subclass and write `prompt` (and usually `parse`). Keyword arguments beyond the sampling ones go to
@@ -58,16 +65,18 @@ class LLM:
 
     def __init__(self, model: str, provider: str = "openai", *, max_tokens: int = 1024,
                  temperature: float | None = None, top_p: float | None = None, system: str | None = None,
-                 n: int = 1, seed: int | None = None, **engine: Any) -> None:
+                 n: int = 1, seed: int | None = None, schema_retries: int = 2, **engine: Any) -> None:
         if n < 1:
             raise ValueError(f"n (answers per row) must be at least 1, got {n}")  # before the Generator opens a journal
+        if schema_retries < 0:
+            raise ValueError(f"schema_retries must be >= 0, got {schema_retries}")
         self._scratch: tempfile.TemporaryDirectory | None = None
         if engine.get("journal") is None:  # the engine's in-memory journal forgets each run's answers
             self._scratch = tempfile.TemporaryDirectory(prefix="textbookgen-llm-")
             engine["journal"] = Path(self._scratch.name) / "journal.sqlite"
         self.generator = Generator(provider, model, **engine)
         self.max_tokens, self.temperature, self.top_p, self.system = max_tokens, temperature, top_p, system
-        self.n, self.seed = n, seed
+        self.n, self.seed, self.schema_retries = n, seed, schema_retries
         self.failures: list[dict] = []
 
     def prompt(self, row: Any) -> str | list[dict] | ChatRequest:
@@ -83,12 +92,26 @@ class LLM:
     def __call__(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """Generate for every row and return the parsed table (also from a Jupyter cell: see Generator.run)."""
         rows = self._checked(_as_rows(rows))
-        return self._table(rows, self.generator.run(self._requests(rows)))
+        requests = self._requests(rows)
+        responses = self.generator.run(requests)
+        for k in range(1, self.schema_retries + 1):
+            misses = self._misses(responses)
+            if not misses:
+                break
+            _put(responses, misses, self.generator.run(self._reasked(requests, misses, k)))
+        return self._table(rows, responses)
 
     async def acall(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """`__call__` inside a running event loop."""
         rows = self._checked(_as_rows(rows))
-        return self._table(rows, await self.generator.arun(self._requests(rows)))
+        requests = self._requests(rows)
+        responses = await self.generator.arun(requests)
+        for k in range(1, self.schema_retries + 1):
+            misses = self._misses(responses)
+            if not misses:
+                break
+            _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
+        return self._table(rows, responses)
 
     def _checked(self, rows: list[Any]) -> list[Any]:
         """Refuse, before anything is paid, rows whose `sample` field would clash with the answer index."""
@@ -124,6 +147,25 @@ class LLM:
         return ChatRequest(messages=messages, max_tokens=self.max_tokens, temperature=self.temperature,
                            top_p=self.top_p, system=self.system, response_format=self._format())
 
+    def _misses(self, responses: list[ChatResponse]) -> list[int]:
+        """The complete answers (not cut at max_tokens) that do not fit `response_format`: worth asking again."""
+        if self.response_format is None:
+            return []
+        return [i for i, resp in enumerate(responses) if resp.status == "ok" and not self._fits(resp.text or "")]
+
+    def _fits(self, text: str) -> bool:
+        try:
+            self._answer(text)
+        except ValueError:
+            return False
+        return True
+
+    @staticmethod
+    def _reasked(requests: list[ChatRequest], misses: list[int], k: int) -> list[ChatRequest]:
+        """Re-ask `k` of the missed requests: a new seed, so a request (and journal entry) of its own."""
+        return [replace(requests[i], seed=(requests[i].seed or 0) + k * REASK_SEED_STRIDE,
+                        metadata={**requests[i].metadata, "reask": k}) for i in misses]
+
     def _format(self) -> dict | None:
         """`response_format` as the engine sends it (OpenAI's json_schema shape)."""
         if self.response_format is None:
@@ -144,7 +186,9 @@ class LLM:
             try:
                 answer = self._answer(resp.text or "")
             except ValueError as exc:
-                self._fail(index, sample, resp, f"answer does not fit {self.response_format.__name__}: {exc}")
+                how = ("cut at max_tokens: raise it" if resp.status == "truncated"
+                       else f"{self.schema_retries + 1} tries")
+                self._fail(index, sample, resp, f"answer does not fit {self.response_format.__name__} ({how}): {exc}")
                 continue
             try:
                 out = self.parse(row, answer)
@@ -205,6 +249,11 @@ class LLM:
 
     def _fail(self, index: int, sample: int, resp: ChatResponse, error: str) -> None:
         self.failures.append({"row": index, "sample": sample, "key": resp.key, "status": resp.status, "error": error})
+
+
+def _put(responses: list[ChatResponse], indices: list[int], answers: list[ChatResponse]) -> None:
+    for i, answer in zip(indices, answers, strict=True):
+        responses[i] = answer
 
 
 def _as_rows(rows: Iterable[Any] | pl.DataFrame) -> list[Any]:

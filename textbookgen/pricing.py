@@ -2,37 +2,47 @@
 
 Prices are list prices for standard API calls (batch calls cost `BATCH_DISCOUNT` of them); override
 them with `prices=` on the Generator (or `--price MODEL=IN,OUT` on the CLI) when your contract differs.
-A model not found here (a self-hosted one, say) costs 0.
+A model not found here (a self-hosted one, say) costs 0. A name prices as a table entry only when it is
+that entry or one of its dated snapshots (`-2024-07-18`, `-20250929`) or `-latest` aliases: any other
+suffix (`-pro`, `-mini`, `-0613`) may be a different model at a different price, so it is unknown.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
 
-# model name (or dated-snapshot prefix) -> (input USD per 1M tokens, output USD per 1M tokens)
+# model name -> (input USD per 1M tokens, output USD per 1M tokens); its dated snapshots price the same
+# unless listed themselves (gpt-4o-2024-05-13 is the first, dearer gpt-4o)
 PRICES: dict[str, tuple[float, float]] = {
     "gpt-5": (1.25, 10.00),
+    "gpt-5-pro": (15.00, 120.00),
     "gpt-5-mini": (0.25, 2.00),
     "gpt-5-nano": (0.05, 0.40),
     "gpt-4.1": (2.00, 8.00),
     "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4o": (2.50, 10.00),
+    "gpt-4o-2024-05-13": (5.00, 15.00),
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4-turbo": (10.00, 30.00),
     "gpt-3.5-turbo": (0.50, 1.50),
     "o1": (15.00, 60.00),
+    "o1-pro": (150.00, 600.00),
     "o1-mini": (1.10, 4.40),
     "o3": (2.00, 8.00),
+    "o3-pro": (20.00, 80.00),
     "o3-mini": (1.10, 4.40),
     "o4-mini": (1.10, 4.40),
     "claude-opus-4-1": (15.00, 75.00),
     "claude-opus-4": (15.00, 75.00),
+    "claude-opus-4-0": (15.00, 75.00),
     "claude-sonnet-4-5": (3.00, 15.00),
     "claude-sonnet-4": (3.00, 15.00),
+    "claude-sonnet-4-0": (3.00, 15.00),
     "claude-haiku-4-5": (1.00, 5.00),
     "claude-3-7-sonnet": (3.00, 15.00),
     "claude-3-5-sonnet": (3.00, 15.00),
@@ -65,13 +75,20 @@ def cache_rates(model: str) -> tuple[float, float]:
     return _by_prefix(model, CACHE_READ, 1.0), _by_prefix(model, CACHE_WRITE, 1.0)
 
 
+# what may follow a table entry's name and still be that model: a dated snapshot or the `-latest` alias
+_SNAPSHOT = re.compile(r"(?P<base>.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)")
+
+
 def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> tuple[float, float]:
-    """(input, output) USD per 1M tokens: exact name first, then the longest known prefix
-    (so `gpt-4o-mini-2024-07-18` prices as `gpt-4o-mini`), else (0, 0)."""
+    """(input, output) USD per 1M tokens: the exact name, else the entry it is a dated snapshot or `-latest`
+    alias of (`gpt-4o-mini-2024-07-18` prices as `gpt-4o-mini`), else (0, 0): unknown."""
     table = {**PRICES, **(prices or {})}
-    if model in table:
-        return table[model]
-    return _by_prefix(model, table, (0.0, 0.0))  # also "openai/gpt-4o" style names of routers
+    name = model.rsplit("/", 1)[-1]  # also "openai/gpt-4o" style names of routers
+    snapshot = _SNAPSHOT.fullmatch(name)
+    for key in (model, name, snapshot["base"] if snapshot else None):
+        if key in table:
+            return table[key]
+    return 0.0, 0.0
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int,

@@ -1,4 +1,4 @@
-"""Live run display: requests done, dollars, tokens, request rate, 429s and concurrency.
+"""Live run display: requests done and failed, dollars, tokens, request rate, 429s and concurrency.
 
 Redrawn twice a second from the engine's counters by one asyncio task (no per-request display work,
 no refresh thread), on stderr so stdout stays clean for pipes.
@@ -23,7 +23,7 @@ from rich.progress import (
 
 
 class RunProgress:
-    """`stats()` returns the engine's counters: done, cost_usd, input_tokens, output_tokens, sent,
+    """`stats()` returns the engine's counters: done, failed, cost_usd, input_tokens, output_tokens, sent,
     rate_limited, in_flight, concurrency, rpm_limit."""
 
     def __init__(self, total: int, stats: Callable[[], dict], *, description: str = "generating",
@@ -49,7 +49,7 @@ class RunProgress:
         t0, n0 = self._window[0]
         rpm = (s["sent"] - n0) / (now - t0) * 60 if now > t0 else 0.0
         limit = f"/{s['rpm_limit']:,.0f}" if s.get("rpm_limit") else ""
-        tokens = f"${s['cost_usd']:.4f}  in {s['input_tokens']:,} out {s['output_tokens']:,} tok  "
+        tokens = f"failed {s['failed']:,}  ${s['cost_usd']:.4f}  in {s['input_tokens']:,} out {s['output_tokens']:,} tok  "
         if s.get("batch"):  # provider batch API: no request rate to show, only what waits in batches
             info = tokens + f"in batches {s['in_flight']:,}"
         else:

@@ -1,8 +1,10 @@
 """Prompt files in, completion files out: what `textbookgen generate` reads and writes.
 
 A prompts file is JSON Lines or parquet, one request a row: `prompt` (a string) or `messages` (chat
-messages), optional `system`, `max_tokens`, `temperature`, `top_p`, `seed`, `metadata` (an object);
-any other field is kept as metadata. The completions file has one row per prompt (per answer with
+messages), optional `system`, `max_tokens`, `temperature`, `top_p`, `seed`, `response_format` (OpenAI's
+shape), `params` (more request-body keys, sent as is: `stop`, `top_k`, vLLM's `min_p`...) and `metadata`
+(an object); any other field is kept as metadata, except a known API parameter, which is refused (it
+would not reach the API there). The completions file has one row per prompt (per answer with
 `generate --n`, whose metadata.sample numbers the answers), in order:
 id (the request key), status, text, finish_reason, error, tokens, cost, latency, attempts, metadata.
 """
@@ -16,7 +18,20 @@ from pathlib import Path
 from textbookgen.engine import ChatRequest, ChatResponse
 from textbookgen.jsonl import iter_jsonl
 
-_REQUEST_FIELDS = ("prompt", "messages", "system", "max_tokens", "temperature", "top_p", "seed", "metadata")
+_REQUEST_FIELDS = ("prompt", "messages", "system", "max_tokens", "temperature", "top_p", "seed", "response_format",
+                   "params", "metadata")
+# API parameters a row might set beside the fields above, where they would silently become metadata: these
+# belong under `params`, and these others are not per-request settings (or would break reading the answer)
+_PARAM_FIELDS = frozenset({"stop", "stop_sequences", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                           "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort",
+                           "verbosity", "thinking", "service_tier", "min_tokens", "extra_body"})
+_OTHER_API_FIELDS = {
+    "max_completion_tokens": "use 'max_tokens' (sent to OpenAI as max_completion_tokens)",
+    "model": "the model is generate's --model", "n": "use generate --n", "stream": "answers are not streamed",
+    "tools": "use 'response_format' for structured output", "tool_choice": "use 'response_format' for structured output",
+}
+# keys `params` may not set: a row's own fields set them, or they are refused as above
+_NOT_PARAMS = {**{k: f"use the '{k}' field" for k in _REQUEST_FIELDS if k != "params"}, **_OTHER_API_FIELDS}
 
 
 _RANGES = {"max_tokens": (lambda v: v >= 1, ">= 1"), "temperature": (lambda v: 0 <= v <= 2, "in [0, 2]"),
@@ -37,15 +52,20 @@ def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
         messages = [{"role": "user", "content": row["prompt"]}]
     else:
         raise PromptFileError(f"{where}: needs a 'prompt' (string) or 'messages' (list) field")
-    metadata = row.get("metadata") or {}
-    if isinstance(metadata, str):  # parquet written by us stores it as JSON text
-        try:
-            metadata = json.loads(metadata)
-        except json.JSONDecodeError:
-            raise PromptFileError(f"{where}: 'metadata' is a string that is not a JSON object") from None
-    if not isinstance(metadata, Mapping):
-        raise PromptFileError(f"{where}: 'metadata' must be an object")
-    metadata = {**{k: v for k, v in row.items() if k not in _REQUEST_FIELDS}, **metadata}
+    api = next((k for k, v in row.items() if v is not None and (k in _PARAM_FIELDS or k in _OTHER_API_FIELDS)), None)
+    if api is not None:
+        reason = _OTHER_API_FIELDS.get(api, "put it under 'params' (sent in the request body as is)")
+        raise PromptFileError(f"{where}: '{api}' is an API parameter, not read at the top level: {reason} "
+                              "(or move it under 'metadata' to keep it as data)")
+    metadata = {**{k: v for k, v in row.items() if k not in _REQUEST_FIELDS}, **_object(row, "metadata", where)}
+    params = {k: v for k, v in {**_object(defaults, "params", where), **_object(row, "params", where)}.items()
+              if v is not None}  # null: not set (a parquet struct column fills absent keys so)
+    refused = sorted(params.keys() & _NOT_PARAMS.keys())
+    if refused:
+        raise PromptFileError(f"{where}: 'params' must not set '{refused[0]}': {_NOT_PARAMS[refused[0]]}")
+    response_format = _object(row, "response_format", where) or _object(defaults, "response_format", where) or None
+    if response_format is not None and not isinstance(response_format.get("type"), str):
+        raise PromptFileError(f"{where}: 'response_format' needs a 'type' (e.g. \"json_schema\")")
 
     def pick(name: str, kind: type):
         value = row.get(name)
@@ -58,7 +78,21 @@ def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
 
     return ChatRequest(messages=messages, max_tokens=pick("max_tokens", int) or 1024,
                        temperature=pick("temperature", (int, float)), top_p=pick("top_p", (int, float)),
-                       seed=pick("seed", int), system=pick("system", str), metadata=metadata)
+                       seed=pick("seed", int), system=pick("system", str), response_format=response_format,
+                       metadata=metadata, params=params)
+
+
+def _object(row: Mapping, name: str, where: str) -> dict:
+    """The JSON object field `name` of a row ({} when absent); parquet written by us stores one as JSON text."""
+    value = row.get(name) or {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise PromptFileError(f"{where}: '{name}' is a string that is not a JSON object") from None
+    if not isinstance(value, Mapping):
+        raise PromptFileError(f"{where}: '{name}' must be an object")
+    return dict(value)
 
 
 def load_prompts(path: str | Path, defaults: Mapping | None = None) -> list[ChatRequest]:

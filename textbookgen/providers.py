@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,13 @@ _FILTER_WORDS = ("content_filter", "content_policy", "content management", "flag
                  "content filtering")  # Anthropic: "Output blocked by content filtering policy"
 _MODEL_WORDS = ("model_not_found", "does not exist", "unknown model", "invalid model", "no such model",
                 "not_found_error")
+# OpenAI's codes for a request parameter the model does not take (a value, or the parameter at all)
+_UNSUPPORTED_CODES = ("unsupported_value", "unsupported_parameter")
+# Anthropic's words for two parameters a model takes only one of ("`temperature` and `top_p` cannot both...")
+_EXCLUSIVE_WORDS = "cannot both be specified"
+# where each client expects its base_url to end, for a 404 that names no model (a path the server lacks)
+_BASE_URL_HINT = {"anthropic": "the Anthropic client adds /v1 itself, so base_url ends before it"}
+_OPENAI_BASE_URL_HINT = "OpenAI-compatible servers usually serve under /v1"
 
 
 @dataclass(slots=True)
@@ -58,17 +66,40 @@ class Completion:
     cache_write_tokens: int = 0  # of input_tokens, written to it (Anthropic bills these at a premium)
 
 
-def _error_info(exc) -> tuple[str, str]:
-    """(code-ish type, message) from an SDK APIStatusError body, for either provider's error shape."""
+def _error_info(exc) -> tuple[str, str, str]:
+    """(code-ish type, message, param) from an SDK APIStatusError body, for either provider's error shape
+    (param: the request parameter OpenAI blames, else "")."""
     body = getattr(exc, "body", None)
     code = str(getattr(exc, "code", None) or getattr(exc, "type", None) or "")
     message = getattr(exc, "message", None) or str(exc)
+    param = str(getattr(exc, "param", None) or "")
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict):
             code = str(inner.get("code") or inner.get("type") or code)
             message = str(inner.get("message") or message)
-    return code, message
+            param = str(inner.get("param") or param)
+    return code, message, param
+
+
+def _refused_params(code: str, message: str, param: str) -> str | None:
+    """What to change when a 400 says the model does not take a request parameter, else None: OpenAI names
+    it in `param` with an unsupported code (gpt-5 and o-series: a temperature other than 1); Anthropic says
+    two cannot both be set (Claude Sonnet/Haiku 4.5, Opus 4.1: temperature and top_p). The same request
+    would fail for every item, so it is a configuration error."""
+    where = "(recipe sampling, generate options, prompts file or params)"
+    if param and code in _UNSUPPORTED_CODES:
+        return f"refuses the request parameter '{param}' as sent: remove it or set a value it takes {where}"
+    if _EXCLUSIVE_WORDS in message:
+        both = " and ".join(re.findall(r"`(\w+)`", message)) or "two of the sampling parameters"
+        return f"does not take {both} together: set only one {where}"
+    return None
+
+
+def _request_url(exc) -> str:
+    """The URL the failed request went to (base_url plus the endpoint's path), for the error message."""
+    request = getattr(exc, "request", None)
+    return str(getattr(request, "url", "") or "") or "the base_url"
 
 
 def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, ...] = ()) -> Exception:
@@ -78,7 +109,7 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
 
     status = getattr(exc, "status_code", None)
     if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)) and status is not None:
-        code, message = _error_info(exc)
+        code, message, param = _error_info(exc)
         headers = getattr(getattr(exc, "response", None), "headers", None)
         text = redact(f"{provider} HTTP {status} ({code or 'error'}): {message}", secrets)
         lowered = f"{code} {message}".lower()
@@ -88,6 +119,12 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
         if status == 402 or (status in (400, 429) and quota):
             return FatalProviderError(f"quota or billing exhausted for {provider}; add credit or raise the "
                                       f"limit, then rerun (finished work is kept in the journal). {text}")
+        refused = _refused_params(code, message, param) if status == 400 else None
+        if refused:
+            return FatalProviderError(f"model {model!r} at {provider} {refused}, then rerun. {text}")
+        if status == 404 and "model" not in lowered:  # a path the server does not serve: base_url is wrong
+            return FatalProviderError(redact(f"no such endpoint at {_request_url(exc)}: check base_url "
+                                             f"({_BASE_URL_HINT.get(provider, _OPENAI_BASE_URL_HINT)}). {text}", secrets))
         if status == 404 or (status == 400 and any(w in lowered for w in _MODEL_WORDS)):
             return FatalProviderError(f"unknown model {model!r} (or no access to it) at {provider}. {text}")
         if status == 429:
@@ -189,7 +226,7 @@ class OpenAIProvider(_RawPostProvider):
             body["seed"] = req.seed
         if req.response_format is not None:
             body["response_format"] = req.response_format
-        return body
+        return {**body, **req.params}  # as the SDK's extra_body: vLLM and SGLang read their own sampling keys here
 
     @staticmethod
     def parse(data: dict, headers: object = None) -> Completion:
@@ -230,15 +267,16 @@ class AnthropicProvider(_RawPostProvider):
         if tool is not None:  # Anthropic's idiom for a JSON schema: one tool the model must call
             body["tools"] = [tool]
             body["tool_choice"] = {"type": "tool", "name": tool["name"]}
-        return body
+        return {**body, **req.params}
 
     @staticmethod
     def parse(data: dict, headers: object = None) -> Completion:
         """A message body (from a live call or a batch result) as a Completion; the answer to a structured
         request (a forced tool call) is the tool's input as JSON text, as OpenAI returns it."""
         tool_inputs = [b["input"] for b in data["content"] if b.get("type") == "tool_use"]
-        if tool_inputs:
-            text, finish = json.dumps(tool_inputs[0], ensure_ascii=False), "stop"
+        if tool_inputs:  # cut at max_tokens, the tool's input is incomplete: a truncated answer
+            text = json.dumps(tool_inputs[0], ensure_ascii=False)
+            finish = "length" if data.get("stop_reason") == "max_tokens" else "stop"
         else:
             text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
             finish = _ANTHROPIC_FINISH.get(data.get("stop_reason"), data.get("stop_reason"))

@@ -3,9 +3,10 @@ Anthropic's Message Batches API.
 
 Bookkeeping and wire objects only; `textbookgen.testing.emulator` serves the routes and answers each request
 on its online generation path. A job's lifecycle is a function of time, worked out whenever it is looked at:
-an OpenAI batch validates for the first quarter of its latency (an invalid input file fails it then), both
-kinds run until the latency is up, then end. Requests are answered, and billed, only when a job ends, so a
-cancel before that cancels every request.
+an OpenAI batch validates for the first quarter of its latency (an invalid input file, or OpenAI's
+enqueued-token limit, fails it then), both kinds run until the latency is up, then end. Its requests run one
+after another over the running time and are answered, and billed, as they finish, so a cancel keeps the
+answers of those that ran (the partial output both providers give) and cancels the rest.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +29,8 @@ WINDOW_S = 24 * 3600
 EXPIRED = {"code": "batch_expired",
            "message": "This request could not be executed before the completion window expired."}
 CANCELLED = {"code": "batch_cancelled", "message": "This request was not executed because the batch was cancelled."}
+TOKEN_LIMIT = "token_limit_exceeded"
+"""OpenAI's batch-level error code when a model's enqueued-token limit is reached (openai-python #2084)."""
 
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 """answer(request body) -> (HTTP status, response body): what the online route would have answered."""
@@ -110,28 +113,60 @@ class Job:
         """When the job ends on its own."""
         return self.validated if self.errors else self.created + self.latency_s
 
+    def finishes(self, i: int) -> float:
+        """When request `i` (one of the `answered`) finishes: the requests run one after another from
+        validation to the end of the latency."""
+        return self.validated + (i + 1) / len(self.requests) * (self.due - self.validated)
+
     def settle(self, now: float, answer: Answer) -> bool:
-        """End the job if its time has come, answering its requests in order; True if it ended just now."""
-        if self.ended is not None or now < self.due:
+        """Answer the requests that have finished by `now`, in order, and end the job if its time has come
+        (the requests never answered expire then); True if it ended just now."""
+        if self.ended is not None or self.errors and now < self.due:
             return False
-        if not self.errors:
-            self.results = [_answered(custom_id, answer(body)) if i < self.answered else Result(custom_id, "expired")
-                            for i, (custom_id, body) in enumerate(self.requests)]
+        while len(self.results) < self.answered and self.finishes(len(self.results)) <= now:
+            custom_id, body = self.requests[len(self.results)]
+            self.results.append(_answered(custom_id, answer(body)))
+        if now < self.due:
+            return False
+        self.results += [Result(custom_id, "expired") for custom_id, _ in self.requests[len(self.results):]]
         self.ended = self.due
         return True
 
     def cancel(self, now: float) -> None:
-        """End the job at once; nothing has run yet, so every request is canceled."""
+        """End the job at once (settled to `now` first): the requests that ran keep their answers, the rest
+        are canceled."""
         self.cancelled = self.ended = now
-        self.results = [Result(custom_id, "canceled") for custom_id, _ in self.requests]
+        self.results += [Result(custom_id, "canceled") for custom_id, _ in self.requests[len(self.results):]]
 
-    def tally(self) -> Counter[str]:
-        return Counter(r.kind for r in self.results)
+    def enqueued(self, now: float) -> bool:
+        """Whether the job still counts against OpenAI's enqueued-token limit: accepted and not yet ended."""
+        return not self.errors and self.ended is None and now < self.due
+
+    def tally(self, ran: bool = False) -> Counter[str]:
+        """Results by kind; `ran`: only of the requests that ran (what a job still going or canceling shows)."""
+        return Counter(r.kind for r in self.results if not ran or r.kind in ("succeeded", "errored"))
 
 
 def _answered(custom_id: str, answer: tuple[int, dict[str, Any]]) -> Result:
     status, body = answer
     return Result(custom_id, "succeeded" if status == 200 else "errored", status, body)
+
+
+def token_limit_errors(jobs: Iterable[Job], requests: Sequence[tuple[str, dict[str, Any]]],
+                       count: Callable[[dict[str, Any]], int], limit: int | None, now: float) -> list[dict[str, Any]]:
+    """OpenAI's enqueued-token limit (per model and organisation): the batch-level error a new batch of
+    `requests` fails validation with when the prompt tokens (`count` of each request body) of the unfinished
+    batches of its model plus its own pass `limit`; none under the limit or without one (None)."""
+    if limit is None or not requests:
+        return []
+    model = requests[0][1].get("model")
+    queued = sum(count(body) for job in jobs if job.enqueued(now) and job.fields.get("model") == model
+                 for _, body in job.requests)
+    if queued + sum(count(body) for _, body in requests) <= limit:
+        return []
+    return [{"code": TOKEN_LIMIT, "line": None, "param": None,
+             "message": f"Enqueued token limit reached for {model} in organization org-emulator. Limit: {limit:,} "
+                        "enqueued tokens. Please try again once some in_progress batches have been completed."}]
 
 
 def page(ids: Sequence[str], limit: int, after: str | None = None,
@@ -205,7 +240,7 @@ def openai_batch(job: Job, now: float, *, cancelling: bool = False) -> dict[str,
     done = job.ended is not None and not cancelling
     end = int(job.ended) if done and job.ended is not None else None
     reached = job.ended if job.ended is not None else now
-    tally = job.tally() if done else Counter()
+    tally = job.tally(ran=not done)
     return {
         "id": job.id, "object": "batch", **job.fields,
         "errors": {"object": "list", "data": job.errors} if job.errors else None,
@@ -221,7 +256,8 @@ def openai_batch(job: Job, now: float, *, cancelling: bool = False) -> dict[str,
         "expired_at": end if status == "expired" else None,
         "cancelling_at": int(job.cancelled) if job.cancelled is not None else None,
         "cancelled_at": end if status == "cancelled" else None,
-        # once ended, failed counts every request not answered with a 200, so completed + failed == total
+        # the requests that ran so far; once ended, failed counts every request not answered with a 200, so
+        # completed + failed == total
         "request_counts": {"total": len(job.requests), "completed": tally["succeeded"],
                            "failed": sum(tally.values()) - tally["succeeded"]},
     }
@@ -279,11 +315,11 @@ def anthropic_requests(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
 def anthropic_batch(job: Job, results_url: str, *, canceling: bool = False) -> dict[str, Any]:
     """The MessageBatch object; `canceling` renders the answer to the cancel call itself."""
     ended = job.ended is not None and not canceling
-    tally = job.tally() if ended else Counter()
+    tally = job.tally(ran=not ended)
     return {
         "id": job.id, "type": "message_batch",
         "processing_status": "ended" if ended else "canceling" if canceling else "in_progress",
-        "request_counts": {"processing": 0 if ended else len(job.requests), "succeeded": tally["succeeded"],
+        "request_counts": {"processing": len(job.requests) - sum(tally.values()), "succeeded": tally["succeeded"],
                            "errored": tally["errored"], "canceled": tally["canceled"], "expired": tally["expired"]},
         "ended_at": timestamp(job.ended) if ended and job.ended is not None else None,
         "created_at": timestamp(job.created), "expires_at": timestamp(job.created + WINDOW_S),

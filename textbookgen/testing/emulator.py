@@ -12,8 +12,9 @@ billed so a test can prove nothing was paid twice.
         assert emu.duplicates == 0
 
 Routes: POST /v1/chat/completions (OpenAI, incl. n, stop, response_format, forced tools, synthetic logprobs,
-stream + include_usage; the 400s of the real API for the parameters the SDK documents), POST /v1/messages
-(Anthropic, incl. system, stop_sequences, prefill, output_config.format, forced tools, max_tokens 0, stream), POST
+stream + include_usage; the 400s of the real API for the parameters the SDK documents, and with `model_rules`
+those of models that refuse a parameter), POST /v1/messages (Anthropic, incl. system, stop_sequences, prefill,
+output_config.format, forced tools (cut at max_tokens: an incomplete tool_use block), max_tokens 0, stream), POST
 /v1/messages/count_tokens, GET /v1/models[/{id}] (either shape), GET /_emulator/stats and POST
 /_emulator/reset (counters for a benchmark running the emulator in another process).
 Batches (see textbookgen.testing.batches for the lifecycle): OpenAI's POST /v1/files (multipart),
@@ -45,6 +46,7 @@ import itertools
 import json
 import math
 import random
+import re
 import secrets
 import signal
 import socket
@@ -192,6 +194,11 @@ class EmulatorConfig:
     batch_outcomes: list[str] = field(default_factory=list)
     """How batches end, one per created batch in creation order, then 'complete': 'complete' or
     'expire:<fraction>' (the batch expires with only its first round(fraction * n) requests answered)."""
+    model_rules: bool = False
+    """Refuse, with the real APIs' 400s, the parameters particular models refuse: gpt-5 and o-series models a
+    temperature other than 1 (OpenAI's `unsupported_value`) and `max_tokens` (`unsupported_parameter`: they
+    take max_completion_tokens); Claude Sonnet 4.5, Haiku 4.5 and Opus 4.1 temperature and top_p set together.
+    False: every model takes every parameter, as a lenient server (vLLM) does."""
 
     def __post_init__(self) -> None:
         if self.latency_median_s < 0 or self.latency_sigma < 0:
@@ -681,8 +688,8 @@ class Emulator:
             return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         [(text, finish)] = choices
-        tool = _forced_call(call, text, finish)
-        stop_reason, stop_sequence = ("tool_use", None) if tool else _anthropic_stop(finish)
+        tool = _anthropic_tool(call, text, finish)
+        stop_reason, stop_sequence = ("tool_use", None) if tool and finish == "stop" else _anthropic_stop(finish)
         message = self._anthropic_payload(call, [("", finish)], 1) | {"content": [], "stop_reason": None}
         events = [event("message_start", {"type": "message_start", "message": message}),
                   event("ping", {"type": "ping"})]
@@ -910,6 +917,10 @@ class Emulator:
             raise self._error(provider, "400", message="messages: at least one message is required", param="messages")
         if self.config.models is not None and model not in self.config.models:
             raise self._error(provider, "model_not_found", model=model)
+        refused = _model_refuses(provider, model, body) if self.config.model_rules else None
+        if refused is not None:
+            param, message, code = refused
+            raise self._error(provider, "400", message=message, param=param, code=code)
         if provider == ANTHROPIC:
             max_tokens, stops, n = body.get("max_tokens"), body.get("stop_sequences") or [], 1
             if not isinstance(max_tokens, int) or max_tokens < 0:  # 0 only fills the prompt cache
@@ -993,10 +1004,10 @@ class Emulator:
         text, finish = choices[0]
         stop_reason, stop_sequence = _anthropic_stop(finish)
         content = [{"type": "text", "text": text}] if text and finish != "refusal" else []
-        tool = _forced_call(call, text, finish)
-        if tool is not None:  # structured output: the answer is the forced tool's input
+        tool = _anthropic_tool(call, text, finish)
+        if tool is not None:  # structured output: the answer is the forced tool's input (cut: stop_reason max_tokens)
             content = [{"type": "tool_use", "id": _tool_use_id(), "name": tool[0], "input": tool[1]}]
-            stop_reason = "tool_use"
+            stop_reason = "tool_use" if finish == "stop" else stop_reason
         return {
             "id": "msg_01" + secrets.token_hex(11), "type": "message", "role": "assistant", "model": call.model,
             "content": content,
@@ -1182,6 +1193,42 @@ def _forced_call(call: _Call, text: str, finish: str) -> tuple[str, Any] | None:
         return None
 
 
+def _anthropic_tool(call: _Call, text: str, finish: str) -> tuple[str, Any] | None:
+    """(tool name, input) of Anthropic's answer to a forced tool: for one cut at max_tokens, the incomplete
+    tool_use block Anthropic sends, its input the members the JSON text completed before the cut."""
+    tool = forced_tool(call.body)
+    if tool is not None and finish == "length":
+        return tool["name"], _complete_members(text)
+    return _forced_call(call, text, finish)
+
+
+_SPACE = re.compile(r"\s*")
+
+
+def _complete_members(text: str) -> dict[str, Any]:
+    """The members of the JSON object `text` starts, up to the first one the text cuts off."""
+    decoder, members, pos = json.JSONDecoder(), {}, _SPACE.match(text).end()
+    if not text.startswith("{", pos):
+        return members
+    pos += 1
+    while True:
+        try:
+            key, pos = decoder.raw_decode(text, _SPACE.match(text, pos).end())
+            pos = _SPACE.match(text, pos).end()
+            if not isinstance(key, str) or not text.startswith(":", pos):
+                return members
+            value, pos = decoder.raw_decode(text, _SPACE.match(text, pos + 1).end())
+        except json.JSONDecodeError:
+            return members
+        pos = _SPACE.match(text, pos).end()
+        if pos == len(text):  # the value may be cut itself (a number); an object's member ends with , or }
+            return members
+        members[key] = value
+        if not text.startswith(",", pos):
+            return members
+        pos += 1
+
+
 def _tool_use_id() -> str:
     return "toolu_01" + secrets.token_hex(11)
 
@@ -1332,6 +1379,31 @@ def _out_of_range(param: str, value: Any, low: float, high: float | None,
     return None
 
 
+_REASONING_MODELS = re.compile(r"(gpt-5(?!-chat)|o[1-9])\b")
+"""OpenAI models that sample at temperature 1 only and take max_completion_tokens (gpt-5-chat is not one)."""
+_ONE_SAMPLING_KNOB = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
+"""Claude models that take temperature or top_p, not both (their snapshots and aliases start so too)."""
+
+
+def _model_refuses(provider: str, model: str, body: dict[str, Any]) -> tuple[str | None, str, str | None] | None:
+    """(param, message, code) of the 400 the model gives a parameter it refuses (EmulatorConfig.model_rules)."""
+    if provider == ANTHROPIC:
+        if model.startswith(_ONE_SAMPLING_KNOB) and body.get("temperature") is not None \
+                and body.get("top_p") is not None:
+            return None, "`temperature` and `top_p` cannot both be specified for this model. Please use only one.", None
+        return None
+    if not _REASONING_MODELS.match(model):
+        return None
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        return "temperature", (f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+                               "Only the default (1) value is supported."), "unsupported_value"
+    if body.get("max_tokens") is not None:
+        return "max_tokens", ("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                              "'max_completion_tokens' instead."), "unsupported_parameter"
+    return None
+
+
 def _strip_prefill(call: _Call, text: str) -> str:
     """Anthropic continues a trailing assistant message (prefill); don't repeat it."""
     last = call.body["messages"][-1]
@@ -1363,6 +1435,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-headers", action="store_true", help="send no rate-limit headers (like vLLM)")
     p.add_argument("--api-key", action="append", help="accept only these keys (default: any non-empty key)")
     p.add_argument("--model", action="append", help="serve only these models (default: any)")
+    p.add_argument("--model-rules", action="store_true",
+                   help="refuse what particular models refuse (gpt-5: temperature != 1; Claude 4.5: temperature with top_p)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-latency", type=float, default=1.0, help="seconds before a batch ends")
     p.add_argument("--batch-outcome", action="append", default=[], metavar="OUTCOME",
@@ -1374,7 +1448,8 @@ def main(argv: list[str] | None = None) -> None:
             input_tpm=args.input_tpm, output_tpm=args.output_tpm, tpm=args.tpm, send_headers=not args.no_headers,
             faults=[Fault.parse(s) for s in args.fault], seed=args.seed, api_keys=args.api_key,
             models=args.model, window_s=args.window, latency_per_output_token_s=args.latency_per_token,
-            hang_s=args.hang, batch_latency_s=args.batch_latency, batch_outcomes=args.batch_outcome)
+            hang_s=args.hang, batch_latency_s=args.batch_latency, batch_outcomes=args.batch_outcome,
+            model_rules=args.model_rules)
     except ValueError as e:
         p.error(str(e))
     try:

@@ -1,0 +1,45 @@
+"""pricing.price_of: a name is priced as a table entry only when it is that model (its dated snapshots and
+`-latest` aliases); anything else is unknown, so a budget warns instead of counting at a cheaper model's price."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from textbookgen.engine import Generator
+from textbookgen.pricing import price_of
+
+
+@pytest.mark.parametrize("model, price", [
+    ("o1-pro", (150.0, 600.0)), ("o3-pro", (20.0, 80.0)), ("gpt-5-pro", (15.0, 120.0)),
+    ("gpt-4o-2024-05-13", (5.0, 15.0)),  # the first gpt-4o snapshot, dearer than gpt-4o
+    ("o1-pro-2025-03-19", (150.0, 600.0)),
+])
+def test_pro_models_and_the_first_gpt_4o_have_their_own_list_prices(model, price):
+    assert price_of(model) == price
+
+
+@pytest.mark.parametrize("model, base", [
+    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"), ("gpt-4o-2024-08-06", "gpt-4o"),
+    ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"), ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+    ("openai/gpt-4o-mini", "gpt-4o-mini"), ("anthropic/claude-haiku-4-5-20251001", "claude-haiku-4-5"),
+])
+def test_dated_snapshots_latest_aliases_and_router_names_price_as_their_model(model, base):
+    assert price_of(model) == price_of(base) != (0.0, 0.0)
+
+
+@pytest.mark.parametrize("model", ["gpt-5-codex", "gpt-4o-audio-preview", "gpt-3.5-turbo-1106", "o3-deep-research",
+                                   "gpt-4o-mini-tts"])
+def test_any_other_suffix_is_another_model_of_unknown_price(model):
+    assert price_of(model) == (0.0, 0.0)
+
+
+def test_user_prices_extend_to_their_snapshots():
+    assert price_of("my-model-20250101", {"my-model": (1.0, 2.0)}) == (1.0, 2.0)
+
+
+def test_a_budget_on_an_unknown_suffix_warns_instead_of_using_the_base_price(caplog):
+    with caplog.at_level(logging.WARNING, logger="textbookgen.engine"):
+        gen = Generator("openai", "gpt-5-codex", api_key="sk-x", max_cost_usd=10.0, progress=False)
+    assert gen.price_in == gen.price_out == 0 and "no price is known for model 'gpt-5-codex'" in caplog.text
