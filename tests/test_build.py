@@ -509,6 +509,7 @@ def test_build_with_anthropic_and_a_system_prompt(tmp_path):
         bodies = [r["body"] for r in emu.requests]
     assert res.manifest["counts"]["ok"] == 6 and res.manifest["model"] == "claude-haiku-4-5"
     assert all(b.get("system") == "You write careful textbooks." for b in bodies) and len(bodies) == 6
+    assert all(b.get("top_p") is None for b in bodies)  # Claude 4.5 models refuse temperature with top_p
     docs = pl.read_parquet(tmp_path / "a" / "documents.parquet")
     assert docs["model"].unique().to_list() == ["claude-haiku-4-5"]
 
@@ -588,3 +589,102 @@ def test_grow_estimate_covers_the_input_tokens_grow_sends(source, target):
         gen = Generator(provider="openai", model="m", base_url=emu.openai_base_url, api_key="k", progress=False)
         grow(tax, gen, target, seed=1)
     assert emu.input_tokens * 0.97 <= est["input_tokens"] <= emu.input_tokens * 1.35
+
+
+def test_the_budget_covers_the_whole_build_across_stages_and_reruns(tmp_path):
+    """The budget is one for taxonomy growth and the documents, over every run in the output folder: the
+    journals say what was paid, and each stage gets only what is left."""
+    from textbookgen.build import BuildError, journal_spend
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    over = {"samples": 12, "taxonomy.grow": {"target": 200}, "taxonomy.max_per_topic": None,
+            "limits.concurrency": 2, "curation.filters.enabled": False, "budget.max_cost_usd": None}  # fmt: skip
+
+    def spent(out: Path) -> tuple[tuple[float, int], tuple[float, int]]:
+        return journal_spend(out / ".build" / "grow.sqlite"), journal_spend(out / "journal.sqlite")
+
+    def paid(out: Path) -> float:
+        return sum(usd for usd, _ in spent(out))
+
+    with Emulator(EmulatorConfig(latency_median_s=0.002)) as emu:
+        over["provider.base_url"] = emu.openai_base_url
+        free = build(load_recipe(QUICKSTART, {**over, "output": str(tmp_path / "free")}), progress=False)
+        (grow_usd, grow_out), (docs_usd, _) = spent(tmp_path / "free")
+        state = json.loads((tmp_path / "free" / ".build" / "state.json").read_text())
+        assert state["taxonomy"]["stats"]["grow"]["cost_usd"] == pytest.approx(grow_usd)
+        assert free.manifest["build_cost_usd"] == pytest.approx(
+            {"taxonomy": grow_usd, "generate": docs_usd, "total": grow_usd + docs_usd}
+        )
+        # enough for the growth and half the documents: the documents get what the growth left
+        budget = grow_usd + docs_usd / 2
+        out = tmp_path / "half"
+        recipe = load_recipe(QUICKSTART, {**over, "output": str(out), "budget.max_cost_usd": budget})
+        res = build(recipe, progress=False)
+        assert 0 < res.manifest["counts"]["skipped_budget"] < 12
+        assert any("a budget of the whole build" in n for n in res.manifest["notes"])
+        assert paid(out) <= grow_usd + 0.75 * docs_usd
+        billed = emu.billed
+        build(recipe, progress=False)  # a rerun: what the first run paid counts
+        assert emu.billed - billed <= 1 and paid(out) <= grow_usd + 0.75 * docs_usd
+        # less than the growth needs: the build stops there, before any document
+        for budget, name in ({"budget.max_cost_usd": grow_usd / 2}, "max_cost_usd"), (
+            {"budget.max_output_tokens": grow_out // 2}, "max_output_tokens"
+        ):
+            out = tmp_path / name
+            recipe = load_recipe(QUICKSTART, {**over, "output": str(out), **budget})
+            with pytest.raises(BuildError, match=f"budget.{name} .* whole build .* reached while growing"):
+                build(recipe, progress=False)
+            assert not (out / "journal.sqlite").exists()
+            assert paid(out) < grow_usd and spent(out)[0][1] < grow_out
+
+
+def test_refused_requests_are_replayed_until_the_build_runs_with_retry_failed(tmp_path):
+    from typer.testing import CliRunner
+
+    from textbookgen.build import BuildError
+    from textbookgen.cli import app
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
+
+    sets = {"output": str(tmp_path / "o"), "samples": 6, "curation.filters.enabled": False}
+    refusing = EmulatorConfig(latency_median_s=0.002, responder=prose_responder, faults=[Fault("400", rate=1.0)])
+    with Emulator(refusing) as emu:
+        with pytest.raises(BuildError, match=r"6 request\(s\) failed \(6 bad_request.*--retry-failed"):
+            build(load_recipe(QUICKSTART, {**sets, "provider.base_url": emu.openai_base_url}), progress=False)
+    with Emulator(EmulatorConfig(latency_median_s=0.002, responder=prose_responder)) as emu:
+        sets["provider.base_url"] = emu.openai_base_url
+        with pytest.raises(BuildError, match="no request gave a document"):
+            build(load_recipe(QUICKSTART, sets), progress=False)
+        assert emu.received == 0  # a plain rerun replays the refusals from the journal
+        res = CliRunner().invoke(app, ["build", str(QUICKSTART), "--retry-failed", "--no-progress",
+                                       *(f"--set={k}={v}" for k, v in sets.items())])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert emu.billed == 6 and "built 6 documents" in res.output
+
+
+def test_engine_knobs_of_the_recipe_reach_the_generator(tmp_path):
+    from textbookgen.build import Build
+
+    sets = {"output": str(tmp_path / "o"), "provider.timeout_s": 600, "provider.max_attempts": 3,
+            "limits.tpm": 200_000}  # fmt: skip
+    gen = Build(load_recipe(QUICKSTART, sets), retry_failed=True)._generator(tmp_path / "j.sqlite").gen
+    assert (gen.timeout_s, gen.max_attempts, gen.limits.tpm, gen.retry_failed) == (600, 3, 200_000, True)
+
+
+def test_plan_says_the_budget_is_for_the_whole_build_and_notes_refused_sampling(tmp_path):
+    res = _cli("plan", str(QUICKSTART), "--set", f"output={tmp_path / 'o'}", "--set", "limits.tpm=5000",
+               "--set", "provider.name=anthropic", "--set", "model=claude-sonnet-4-5", "--set", "sampling.top_p=0.9")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = " ".join(res.stdout.split())  # rich wraps long lines
+    assert "budget.max_cost_usd $2.00 covers the whole build" in out
+    assert "bound by 5000 tokens/min" in out
+    assert "Note: sampling: temperature and top_p are both set" in out
+    plan = json.loads((tmp_path / "o" / "plan.json").read_text())
+    assert plan["budget_usd"] == 2.0 and plan["spent_usd"] == 0
+
+
+def test_plan_time_counts_a_combined_token_limit():
+    from textbookgen.plan import estimate_time
+
+    seconds, basis = estimate_time(10, 30_000, 30_000, rpm=None, input_tpm=None, output_tpm=None, concurrency=64,
+                                   tpm=6_000)  # fmt: skip
+    assert seconds == pytest.approx(600.0) and basis == "6000 tokens/min"

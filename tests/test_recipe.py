@@ -112,6 +112,11 @@ def test_paths_resolve_relative_to_the_recipe(recipe_dir, monkeypatch, tmp_path_
             "provider",
             "batch: true needs name openai or anthropic",
         ),
+        (lambda t: t + "provider:\n  timeout_s: 0\n", 10, "provider.timeout_s", "greater than 0"),
+        (lambda t: t + "provider:\n  timeout_s: .inf\n", 10, "provider.timeout_s", "finite number"),
+        (lambda t: t + "provider:\n  max_attempts: 0\n", 10, "provider.max_attempts", "greater than or equal to 1"),
+        (lambda t: t + "provider:\n  max_attempts: 2.5\n", 10, "provider.max_attempts", "valid integer"),
+        (lambda t: t + "limits:\n  tpm: 0\n", 10, "limits.tpm", "greater than or equal to 1"),
     ],
 )
 def test_bad_recipes_name_file_line_and_field(recipe_dir, edit, line, field, message):
@@ -215,3 +220,40 @@ def test_validate_command(recipe_dir):
     (recipe_dir / "topics.yaml").write_text("topics:\n  - [unclosed\n")
     broken = runner.invoke(app, ["validate", str(_write(recipe_dir, GOOD))])
     assert broken.exit_code == 1 and "topics.yaml:3: invalid YAML" in broken.output
+
+
+def test_engine_knobs(recipe_dir):
+    r = load_recipe(_write(recipe_dir, GOOD + "provider: {timeout_s: 600, max_attempts: 3}\nlimits: {tpm: 90000}\n"))
+    assert (r.provider.timeout_s, r.provider.max_attempts, r.limits.tpm) == (600, 3, 90000)
+    defaults = load_recipe(_write(recipe_dir, GOOD))
+    assert (defaults.provider.timeout_s, defaults.provider.max_attempts, defaults.limits.tpm) == (120, 8, None)
+
+
+def test_shipped_recipes_set_one_sampling_knob():
+    """Claude Sonnet/Haiku 4.5 and Opus 4.1 refuse temperature together with top_p: the shipped recipes
+    must run on them as they are."""
+    for p in RECIPES:
+        r = load_recipe(p, {"provider.name": "anthropic", "model": "claude-haiku-4-5"})
+        assert r.sampling.temperature is not None and r.sampling.top_p is None, p.name
+        assert r.sampling_notes() == [], p.name
+
+
+def test_sampling_a_model_refuses_is_a_note_not_an_error(recipe_dir):
+    p = _write(recipe_dir, GOOD + "sampling: {temperature: 0.8, top_p: 0.95}\n")
+    assert load_recipe(p).sampling_notes() == []  # gpt-4o-mini takes both
+    claude = {"provider.name": "anthropic", "model": "claude-sonnet-4-5"}
+    [note] = load_recipe(p, claude).sampling_notes()
+    assert note.startswith("sampling: temperature and top_p are both set")
+    res = CliRunner().invoke(app, ["validate", str(p), *(f"--set={k}={v}" for k, v in claude.items())])
+    assert res.exit_code == 0 and f"note: {note}" in res.output and "ok: tiny" in res.output
+    notes = load_recipe(p, {"model": "gpt-5-mini"}).sampling_notes()
+    assert [n.split(":")[0] for n in notes] == ["sampling.temperature", "sampling.top_p"]
+    assert "set sampling.temperature: null" in notes[0]
+    off = {"sampling.temperature": None, "sampling.top_p": None}
+    assert load_recipe(p, {"model": "gpt-5-mini", **off}).sampling_notes() == []
+    assert load_recipe(p, {"model": "o4-mini", "sampling.temperature": 1, "sampling.top_p": None}).sampling_notes() == []
+    assert load_recipe(p, {"model": "gpt-5-chat-latest"}).sampling_notes() == []
+    # taxonomy growth samples too, on its own model
+    grow = {"taxonomy.grow": {"target": 50, "model": "o3"}, "sampling.top_p": None}
+    [note] = load_recipe(p, grow).sampling_notes()
+    assert note.startswith("taxonomy.grow.temperature: 0.7: o3")

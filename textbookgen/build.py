@@ -2,10 +2,13 @@
 
 Each stage hashes its inputs (config, upstream outputs) and is skipped when a previous run recorded
 the same hash and its outputs are still there, byte for byte. Generation goes through the engine's
-journal, so a killed build resumes without paying twice. With no provider credentials, or `--plan`,
-the build stops after rendering prompts and prints a plan (counts, tokens, cost, time). Decontamination
-benchmarks are loaded once, when first needed: before the first paid request, or before curation; a
-rerun whose stages are all current needs none of them (it can run offline).
+journal, so a killed build resumes without paying twice. The budget (`max_cost_usd`, `max_output_tokens`)
+is for the whole build: taxonomy growth and documents, over every run in the output folder (its journals
+say what was paid).
+With no provider credentials, or `--plan`, the build stops after rendering prompts and prints a plan
+(counts, tokens, cost, time). Decontamination benchmarks are loaded once, when first needed: before the
+first paid request, or before curation; a rerun whose stages are all current needs none of them (it can
+run offline).
 
 Layout of the output folder: taxonomy.yaml, prompts.parquet, journal.sqlite, documents.parquet,
 curated.parquet, dataset/ (the Hub repo: data/, README.md, recipe.yaml, manifest.json), manifest.json,
@@ -20,6 +23,7 @@ import math
 import os
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -30,13 +34,16 @@ import numpy as np
 import polars as pl
 
 from textbookgen.journal import lock_file
-from textbookgen.recipe import GrowConfig, Recipe
+from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
 from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, siblings_line, weighted_sequence
 from textbookgen.templates import Template, expand_mix, load_template, provenance, simple_words, variables
 from textbookgen.websamples import SeedAssigner, WebSampleError, WebSamples, hub_offline, hub_reachable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from textbookgen.curation.decontaminate import ItemTexts
+    from textbookgen.engine import ChatRequest, ChatResponse, Generator
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
 STATE_VERSION = 1
@@ -248,6 +255,62 @@ def _grow_input_tokens(k: int) -> int:
     return estimate_input_tokens(ChatRequest(messages=[{"role": "user", "content": content}]))
 
 
+# ---- the build's budget -------------------------------------------------------------------------
+def journal_spend(path: Path) -> tuple[float, int]:
+    """(USD, output tokens) a request journal records as paid; zeros where there is none yet."""
+    if not path.is_file():
+        return 0.0, 0
+    from textbookgen.journal import Journal
+
+    with Journal(path, read_only=True) as j:
+        summary = j.summary()
+    return float(summary["cost_usd"]), int(summary["output_tokens"])
+
+
+class BudgetedGenerator:
+    """A stage's Generator held to what is left of the recipe's budget, which is for the whole build:
+    every taxonomy-grow round and the documents, over every run in the output folder. Before each run
+    the journals say what was paid; the engine counts the answers it replays from its journal against
+    its own budget, so those are handed back to it rather than counted twice."""
+
+    def __init__(self, gen: Generator, budget: BudgetConfig, journals: dict[str, Path]) -> None:
+        self.gen, self.budget, self.journals = gen, budget, journals
+        self.skipped = 0  # requests the budget kept back, over every run
+        self.stop_note: str | None = None  # the engine's word on which budget stopped it
+
+    def spent(self) -> tuple[float, int]:
+        """(USD, output tokens) paid in the output folder, every journal and every run."""
+        spends = [journal_spend(p) for p in self.journals.values()]
+        return sum(usd for usd, _ in spends), sum(out for _, out in spends)
+
+    def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
+        b, gen = self.budget, self.gen
+        if b.max_cost_usd is not None or b.max_output_tokens is not None:
+            (usd, out), (replayed_usd, replayed_out) = self.spent(), self._replayed(requests)
+            if b.max_cost_usd is not None:
+                gen.max_cost_usd = max(0.0, b.max_cost_usd - usd + replayed_usd)
+            if b.max_output_tokens is not None:
+                gen.max_output_tokens = max(0, b.max_output_tokens - out + replayed_out)
+        responses = gen.run(requests)
+        skipped = [r for r in responses if r.status == "skipped_budget"]
+        self.skipped += len(skipped)
+        self.stop_note = skipped[0].error if skipped else self.stop_note
+        return responses
+
+    def _replayed(self, requests: Sequence[ChatRequest]) -> tuple[float, int]:
+        """(USD, output tokens) of the answers the engine will replay instead of sending them."""
+        from textbookgen.engine import canonical_request, replays, request_key
+        from textbookgen.journal import Journal
+
+        gen = self.gen
+        if gen.journal_path is None or not gen.journal_path.is_file():
+            return 0.0, 0
+        keys = list({request_key(canonical_request(gen.provider, gen.model, r)) for r in requests})
+        with Journal(gen.journal_path, read_only=True) as j:
+            rows = [row for row in j.rows(keys).values() if replays(row, gen.retry_failed)]
+        return sum(row["cost_usd"] for row in rows), sum(row["output_tokens"] for row in rows)
+
+
 # ---- hashing and state --------------------------------------------------------------------------
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -318,6 +381,7 @@ class Build:
         push: bool | None = None,
         progress: bool = True,
         console: Any = None,
+        retry_failed: bool = False,
     ):
         from rich.console import Console
 
@@ -327,12 +391,13 @@ class Build:
         self.plan_only = plan_only
         self.push = recipe.hub.push if push is None else push
         self.progress = progress
+        self.retry_failed = retry_failed
         self.console = console or Console(stderr=True)
         self.state_path = self.meta_dir / "state.json"
         self.state: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
-        self.notes: list[str] = []
+        self.notes: list[str] = recipe.sampling_notes()
         self.manifest: dict[str, Any] = {}
         self._web_stats: dict[str, Any] | None = None
         self._benchmark_texts: list[ItemTexts] | None = None
@@ -392,7 +457,7 @@ class Build:
         return seconds
 
     # -- engine --
-    def _generator(self, journal: Path, model: str | None = None, batch: bool = False) -> Any:
+    def _generator(self, journal: Path, model: str | None = None, batch: bool = False) -> BudgetedGenerator:
         """The engine for one stage; `batch`: through the provider's batch API if the recipe asks for it
         (the documents stage only: taxonomy growth is a few calls whose answers the next level needs now).
         Every paid request goes through an engine made here, so the benchmarks are loaded first: one
@@ -401,23 +466,30 @@ class Build:
 
         self.benchmark_texts()
         r = self.recipe
-        lim = r.limits
-        batch = batch and r.provider.batch
-        return Generator(
-            provider=r.provider.name,
+        lim, p = r.limits, r.provider
+        gen = Generator(
+            provider=p.name,
             model=model or r.model,
-            base_url=r.provider.base_url,
-            api_key=r.provider.api_key(),
+            base_url=p.base_url,
+            api_key=p.api_key(),
             journal=journal,
-            limits=RateLimits(rpm=lim.rpm, input_tpm=lim.input_tpm, output_tpm=lim.output_tpm),
+            limits=RateLimits(rpm=lim.rpm, input_tpm=lim.input_tpm, output_tpm=lim.output_tpm, tpm=lim.tpm),
             concurrency=lim.concurrency,
             max_cost_usd=r.budget.max_cost_usd,
             max_output_tokens=r.budget.max_output_tokens,
             progress=self.progress,
-            batch=batch,
-            batch_size=r.provider.batch_size,
-            batch_poll_s=r.provider.batch_poll_s,
+            timeout_s=p.timeout_s,
+            max_attempts=p.max_attempts,
+            retry_failed=self.retry_failed,
+            batch=batch and p.batch,
+            batch_size=p.batch_size,
+            batch_poll_s=p.batch_poll_s,
         )
+        return BudgetedGenerator(gen, r.budget, self.journals())
+
+    def journals(self) -> dict[str, Path]:
+        """The build's request journals, by stage: every dollar this output folder has paid is in one."""
+        return {"taxonomy": self.meta_dir / "grow.sqlite", "generate": self.out / "journal.sqlite"}
 
     # -- run --
     def run(self) -> BuildResult:
@@ -445,6 +517,9 @@ class Build:
             )
         if planning:  # a real build loads them when first needed (`benchmark_texts`)
             self.check_benchmarks(planning=True)
+        else:
+            for note in r.sampling_notes():  # said before paying, not only in the manifest
+                self.console.print(f"[yellow]note:[/yellow] {note}")
         self.check_finish()
         tax, tax_hash, grow_plan = self.stage_taxonomy(can_grow=not planning)
         if grow_plan and (r.taxonomy.max_per_topic or r.taxonomy.min_per_topic):
@@ -554,7 +629,7 @@ class Build:
             from textbookgen.taxonomy import grow
 
             g = tc.grow
-            gen = self._generator(self.meta_dir / "grow.sqlite", model=g.model)
+            gen = self._generator(self.journals()["taxonomy"], model=g.model)
             self.meta_dir.mkdir(parents=True, exist_ok=True)
             report = grow(
                 roots,
@@ -567,6 +642,8 @@ class Build:
                 max_tokens=g.max_tokens,
                 similarity=g.similarity,
             )
+            if gen.skipped:
+                raise BuildError(self._budget_reached("while growing the taxonomy", gen))
             stats["grow"] = asdict(report)
             self.console.print(
                 f"   grew {report.leaves_before:,} -> {report.leaves_after:,} leaves in "
@@ -684,8 +761,8 @@ class Build:
             )
             for row in prompts.iter_rows(named=True)
         ]
-        journal = self.out / "journal.sqlite"
-        responses = self._generator(journal, batch=True).run(requests)
+        gen = self._generator(self.journals()["generate"], batch=True)
+        responses = gen.run(requests)
         rows, by_status = [], {}
         tin = tout = 0
         cost = 0.0
@@ -739,17 +816,59 @@ class Build:
         }
         stats = {"counts": counts, "tokens": {"input": tin, "output": tout}, "cost_usd": round(cost, 6)}
         complete = counts["failed"] == 0 and counts["skipped_budget"] == 0
-        if not complete:
-            self.notes.append(
-                f"{counts['failed']} request(s) failed and {counts['skipped_budget']} were skipped by "
-                "the budget; rerun the build to retry them (finished ones are replayed free)."
-            )
+        unfinished = None if complete else self._unfinished(responses, gen)
+        if unfinished:
+            self.notes.append(unfinished)
         self._record("generate", input_hash, [out_path], stats, self._done("generate", t0), complete=complete)
+        if not docs.height:  # curation and the dataset would have nothing to work on
+            why = unfinished or "every answer was empty"
+            raise BuildError(f"generate: no request gave a document: {why}")
         self.manifest.update(stats)
         self.console.print(
             f"   {docs.height:,} documents ({by_status}), {tin:,} in / {tout:,} out tokens, ${cost:.4f}"
         )
         return docs, self.state["generate"]["output_hash"]
+
+    def _unfinished(self, responses: list[ChatResponse], gen: BudgetedGenerator) -> str:
+        """What to do about the requests that gave no answer: transient failures are re-sent by a plain
+        rerun; requests refused for good (400, refusal, content filter) only with `--retry-failed`, since
+        the journal would replay the same refusal; those the budget kept back need a larger budget."""
+        from textbookgen.journal import PERMANENT_ERRORS, Journal
+
+        failed = [r for r in responses if r.status == "failed"]
+        parts = []
+        if failed:
+            with Journal(self.journals()["generate"], read_only=True) as j:
+                classes = Counter(row["error_class"] for row in j.rows([r.key for r in failed]).values())
+            permanent = sum(n for c, n in classes.items() if c in PERMANENT_ERRORS)
+            kinds = ", ".join(f"{n} {c}" for c, n in classes.most_common())
+            parts.append(
+                f"{len(failed)} request(s) failed ({kinds}; e.g. {(failed[0].error or '')[:200]})"
+                + ("; a rerun re-sends the transient ones" if permanent < len(failed) else "")
+                + (
+                    "; the journal replays the refused ones: fix the cause, then rerun with "
+                    "`textbookgen build --retry-failed` to re-send them"
+                    if permanent and not self.retry_failed
+                    else ""
+                )
+            )
+        if gen.skipped:
+            parts.append(f"{gen.skipped} were not sent: " + self._budget_reached("", gen))
+        return "; ".join(parts) + " (finished answers are replayed free)."
+
+    def _budget_reached(self, when: str, gen: BudgetedGenerator) -> str:
+        from textbookgen.plan import usd
+
+        b, (spent, out) = self.recipe.budget, gen.spent()
+        if (gen.stop_note or "").startswith("max_output_tokens"):
+            what = f"budget.max_output_tokens {b.max_output_tokens:,} ({out:,} output tokens paid so far)"
+        else:
+            what = f"budget.max_cost_usd {usd(b.max_cost_usd or 0)} (${spent:,.4f} spent so far)"
+        return (
+            f"{what}, a budget of the whole build (taxonomy growth and documents, every run in "
+            f"{_rel(self.out)}), was reached{' ' + when if when else ''}; every answer is kept: raise it and "
+            "rerun to go on"
+        )
 
     def stage_curate(self, docs: pl.DataFrame, docs_hash: str) -> tuple[pl.DataFrame, str]:
         from textbookgen.curation import curate
@@ -868,7 +987,10 @@ class Build:
             self.manifest["created_at"] = self.state["generate"]["finished_at"]  # stable across reruns
         self.manifest["timings"] = dict(self.timings)
         self.manifest["stages"] = dict(self.stage_status)
-        journal = self.out / "journal.sqlite"
+        spent = {stage: journal_spend(p)[0] for stage, p in self.journals().items()}
+        # what budget.max_cost_usd covers: every journal of the output folder
+        self.manifest["build_cost_usd"] = {**spent, "total": sum(spent.values())}
+        journal = self.journals()["generate"]
         if journal.exists():
             from textbookgen.journal import Journal
 
@@ -915,6 +1037,7 @@ class Build:
             grow=grow_plan,
             notes=self.notes,
             extra_input_tokens=missing_web,
+            spent_usd=sum(journal_spend(p)[0] for p in self.journals().values()),
         )
         self._finish_manifest()
         _write_json(plan.to_dict(), self.out / "plan.json")
@@ -935,6 +1058,10 @@ def build(
     push: bool | None = None,
     progress: bool = True,
     console: Any = None,
+    retry_failed: bool = False,
 ) -> BuildResult:
-    """Run a recipe's build (see module docstring)."""
-    return Build(recipe, plan_only=plan_only, push=push, progress=progress, console=console).run()
+    """Run a recipe's build (see module docstring). `retry_failed`: re-send the requests the journals hold
+    as refused for good (400, refusal, content filter) instead of replaying the refusal."""
+    return Build(
+        recipe, plan_only=plan_only, push=push, progress=progress, console=console, retry_failed=retry_failed
+    ).run()

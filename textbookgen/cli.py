@@ -180,21 +180,27 @@ def generate(
     n: int = typer.Option(1, "--n", help="answers per prompt, seeded seed, seed+1, ... (the row's seed, else 0); "
                           "metadata.sample says which; a larger --n later pays only for the new ones"),
     price: Annotated[list[str] | None, typer.Option("--price", help="MODEL=IN,OUT USD per 1M tokens (repeatable)")] = None,
-    timeout: float = typer.Option(120.0, "--timeout", help="seconds per HTTP request"),
+    timeout: float = typer.Option(120.0, "--timeout", help="seconds an attempt waits for its answer; each timeout "
+                                  "doubles it for the rest of the run, up to 8x"),
     max_attempts: int = typer.Option(8, "--max-attempts", help="per request, over transient errors"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-send requests that failed for good (400, refusal)"),
+    max_error_rate: float = typer.Option(0.5, "--max-error-rate", help="stop the run once 50 requests have finished "
+                                         "and more than this share of them failed (1: never stop)"),
     batch: bool = typer.Option(False, "--batch", help="the provider's batch API (openai, anthropic): half price, "
                                "answers within 24 h; interrupt and rerun to collect submitted batches"),
     batch_size: int = typer.Option(10_000, "--batch-size", help="requests per batch (with --batch)"),
     batch_poll: float = typer.Option(30.0, "--batch-poll", help="seconds between batch status checks (with --batch)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Generate a completion for every prompt; writes the journal and the completions file."""
+    """Generate a completion for every prompt; writes the journal and the completions file.
+    Exit status: 0 every prompt answered, 1 bad input, 2 the run stopped (provider error, too many failures;
+    rerun to resume), 3 some requests failed for good (their errors are in the completions file)."""
     import logging
+    from collections import Counter
 
     from textbookgen.engine import Generator, RateLimits, sampled
     from textbookgen.errors import FatalProviderError
-    from textbookgen.journal import JournalError
+    from textbookgen.journal import Journal, JournalError
     from textbookgen.promptfile import load_prompts, write_completions
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -203,7 +209,8 @@ def generate(
                                 ("--input-tpm", input_tpm, "> 0"), ("--output-tpm", output_tpm, "> 0"),
                                 ("--max-cost", max_cost, ">= 0"), ("--max-output-tokens", max_output_tokens, ">= 0"),
                                 ("--max-tokens", max_tokens, ">= 1"), ("--temperature", temperature, "in [0, 2]"),
-                                ("--top-p", top_p, "in (0, 1]"), ("--n", n, ">= 1")):
+                                ("--top-p", top_p, "in (0, 1]"), ("--n", n, ">= 1"),
+                                ("--max-error-rate", max_error_rate, "in [0, 1]")):
         _check(option, value, rule)
     stem = Path(prompts).with_suffix("")
     out_path = out or f"{stem}.completions.jsonl"
@@ -224,7 +231,8 @@ def generate(
                         limits=RateLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, tpm=tpm),
                         concurrency=concurrency, max_cost_usd=max_cost, max_output_tokens=max_output_tokens,
                         prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
-                        retry_failed=retry_failed, batch=batch, batch_size=batch_size, batch_poll_s=batch_poll)
+                        retry_failed=retry_failed, batch=batch, batch_size=batch_size, batch_poll_s=batch_poll,
+                        max_error_rate=max_error_rate)
     try:
         responses = gen.run(requests)
     except FatalProviderError as err:
@@ -243,6 +251,21 @@ def generate(
     cost = sum(r.cost_usd for r in responses)
     typer.echo(f"{len(responses)} completions -> {path} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
                f"${cost:.4f}; journal {gen.journal_path}")
+    failed = [r for r in responses if r.status == "failed"]
+    if failed:  # not a success: say how many, why, and how to send them again
+        with _reported(), Journal(gen.journal_path, read_only=True) as j:
+            rows = j.rows(list({r.key for r in failed}))
+        classes = Counter(rows[r.key]["error_class"] or "failed" for r in failed if r.key in rows)
+        transient = classes.get("transient", 0)
+        again = []
+        if len(failed) > transient:
+            again.append(f"rerun with --retry-failed to send the {len(failed) - transient} refused for good again "
+                         "once the cause is fixed")
+        if transient:
+            again.append(f"a plain rerun sends the {transient} that gave up on transient errors again")
+        why = ", ".join(f"{name} {count}" for name, count in classes.most_common())
+        _fail(f"{len(failed)} of {len(responses)} requests failed ({why}), e.g. {(failed[0].error or '')[:200]}; "
+              + "; ".join(again), 3)
 
 
 @app.command()
@@ -250,13 +273,23 @@ def journal(
     path: str = typer.Argument(..., help="journal file written by generate / build"),
     export: str | None = typer.Option(None, "--export", help="write the rows to this parquet file"),
     status: Annotated[list[str] | None, typer.Option("--status", help="export only these statuses (repeatable)")] = None,
+    cancel_batches: bool = typer.Option(False, "--cancel-batches",
+                                        help="cancel the journal's open provider batches, keep what they finished; "
+                                        "the requests that never ran stay pending for a rerun"),
+    base_url: str | None = typer.Option(None, "--base-url", help="with --cancel-batches: the server the batches "
+                                        "went to (default: the provider's API)"),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", help="with --cancel-batches: environment variable "
+                                           "holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
 ) -> None:
-    """Summarise a request journal (counts by status, tokens, cost) and optionally export it to parquet."""
+    """Summarise a request journal (counts by status, tokens, cost) and optionally export it to parquet;
+    --cancel-batches first cancels its open batches (stop the run using it first)."""
     from textbookgen.engine import STATUSES
     from textbookgen.journal import Journal
 
     if not Path(path).is_file():
         _fail(f"no journal at {path}")
+    if (base_url or api_key_env) and not cancel_batches:
+        _fail("--base-url and --api-key-env go with --cancel-batches")
     for name in status or []:
         if name not in ("pending", *STATUSES):
             _fail(f"--status {name!r}: choose from pending, {', '.join(STATUSES)}")
@@ -264,6 +297,20 @@ def journal(
         if Path(export).suffix != ".parquet":
             _fail(f"--export {export}: writes parquet; give a .parquet file name")
         _check_output(export, "--export")
+    if cancel_batches:
+        import logging
+
+        from textbookgen.batch import cancel_batches as cancel
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        api_key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not api_key:
+            _fail(f"environment variable {api_key_env} is not set", 2)
+        with _reported():
+            counts = cancel(path, base_url=base_url, api_key=api_key)
+        typer.echo(f"batches: {counts['cancelled']} cancelled, {counts['lost']} never created; requests: "
+                   f"{counts['answered']} answered, {counts['failed']} failed, {counts['pending']} pending "
+                   "(rerun the generate or build command to send them)")
     with _reported(), Journal(path, read_only=True) as j:
         typer.echo(json.dumps(j.summary(), indent=2))
         if export:
@@ -338,14 +385,15 @@ def validate(
                f"output {r.output_dir()} [recipe {r.hash}]")
 
 
-def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool | None, progress: bool) -> None:
+def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool | None, progress: bool,
+               retry_failed: bool = False) -> None:
     from textbookgen.build import BuildError, build
     from textbookgen.errors import FatalProviderError
     from textbookgen.journal import JournalError
 
     r = _load_recipe(recipe, sets)
     try:
-        res = build(r, plan_only=plan_only, push=push, progress=progress)
+        res = build(r, plan_only=plan_only, push=push, progress=progress, retry_failed=retry_failed)
     except (BuildError, FatalProviderError, JournalError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     except OSError as err:  # a file, the network or the Hub failed mid-build: paid answers are in the journal
@@ -368,10 +416,13 @@ def build(
     push: bool | None = typer.Option(None, "--push/--no-push", help="push to hub.repo_id (default: recipe's hub.push)"),
     set_: SetOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live generation progress"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="re-send the requests the journals hold as "
+                                      "refused for good (400, refusal, content filter) once you fixed the cause; "
+                                      "a plain rerun replays those refusals and re-sends only transient failures"),
 ) -> None:
     """Build a dataset: taxonomy, prompts, generate, curate, dataset, card, push. Unchanged stages are
     skipped; a killed build resumes. With no API key it plans (prompts, tokens, cost, time) and exits 0."""
-    _run_build(recipe, set_, plan, push, progress)
+    _run_build(recipe, set_, plan, push, progress, retry_failed)
 
 
 @app.command("plan")
@@ -490,8 +541,11 @@ def _curation_run(input_path: str, output: str, make_steps, workdir: str | None,
 def dedup(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
     output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
-    workdir: str | None = typer.Option(None, "--workdir", help="signature store + clusters.parquet (resumable, "
-                                                               "incremental); default <output>.work"),
+    workdir: str | None = typer.Option(None, "--workdir", help="signature cache (a killed run resumes) + "
+                                       "clusters.parquet, pairs.parquet; default <output>.work"),
+    index: str | None = typer.Option(None, "--index", help="incremental: a folder keeping the documents that "
+                                     "earlier runs with it kept; this input is deduplicated against them too, "
+                                     "and what it keeps is added (without --index: a fresh dedup of the input)"),
     threshold: float | None = typer.Option(None, help="exact word-shingle Jaccard of a near-duplicate (0.8)"),
     num_perm: int | None = typer.Option(None, help="MinHash permutations (128)"),
     ngram: int | None = typer.Option(None, help="words per shingle (5)"),
@@ -502,13 +556,26 @@ def dedup(
     exact: bool = typer.Option(True, "--exact/--no-exact", help="exact dedup on normalised text first"),
     config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
-    """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then id)."""
+    """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then id).
+    Each run is a fresh dedup of its input, unless --index DIR makes it incremental: the input is then also
+    deduplicated against the documents earlier runs with DIR kept, which always stay; a document already
+    indexed (same id, same text) is kept, one with an indexed id and a new text replaces the old version,
+    and each run writes a new output (an earlier one holds what later runs drop as already indexed). Ids
+    identify documents across runs: give an id column, as made-up <file>:<row> ids change when rows move."""
+    from functools import partial
+
     from textbookgen.curation.commands import dedup_steps
 
+    if index is not None:
+        if Path(index).is_file():
+            _fail(f"--index {index}: is a file; give a folder")
+        if Path(output).exists():
+            _fail(f"--output {output}: exists; with --index each run writes a new output, since an earlier "
+                  "one holds documents later runs drop as already indexed (delete it to redo that run)")
     o = {"minhash.threshold": threshold, "minhash.num_perm": num_perm, "minhash.ngram": ngram,
          "minhash.bands": bands, "minhash.rows": rows, "minhash.workers": workers,
          "minhash.shard_size": shard_size, "exact.enabled": exact}
-    _curation_run(input_path, output, dedup_steps, workdir, config, o, text_column, id_column)
+    _curation_run(input_path, output, partial(dedup_steps, index=index), workdir, config, o, text_column, id_column)
 
 
 @app.command()

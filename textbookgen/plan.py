@@ -59,6 +59,8 @@ class Plan:
     grow: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     batch: bool = False  # documents through the provider's batch API: half price, within 24 h
+    budget_usd: float | None = None  # budget.max_cost_usd: for the whole build, growth and documents
+    spent_usd: float = 0.0  # already paid in the output folder's journals, which the budget counts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +75,7 @@ def estimate_time(
     input_tpm: int | None,
     output_tpm: int | None,
     concurrency: int,
+    tpm: int | None = None,
 ) -> tuple[float, str]:
     """Seconds for the run: the slowest of the rate limits and the concurrency bound (whole waves of
     `concurrency` requests: a run of 3 requests still takes one request's latency)."""
@@ -87,6 +90,8 @@ def estimate_time(
         bounds[f"{input_tpm} input tokens/min"] = 60.0 * input_tokens / input_tpm
     if output_tpm:
         bounds[f"{output_tpm} output tokens/min"] = 60.0 * output_tokens / output_tpm
+    if tpm:
+        bounds[f"{tpm} tokens/min"] = 60.0 * (input_tokens + output_tokens) / tpm
     basis, seconds = max(bounds.items(), key=lambda kv: kv[1])
     return seconds, basis
 
@@ -100,10 +105,12 @@ def make_plan(
     grow: dict[str, Any] | None = None,
     notes: list[str] | None = None,
     extra_input_tokens: int = 0,
+    spent_usd: float = 0.0,
 ) -> Plan:
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
     max_tokens, seed_extract_id, input_tokens_est). `extra_input_tokens`: prompt text the table lacks
-    (web extracts of a source the plan could not reach)."""
+    (web extracts of a source the plan could not reach). `spent_usd`: what the output folder's journals
+    already hold as paid (the budget counts it)."""
     from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, price_of
 
     n = prompts.height
@@ -146,6 +153,7 @@ def make_plan(
         input_tpm=lim.input_tpm,
         output_tpm=lim.output_tpm,
         concurrency=lim.concurrency,
+        tpm=lim.tpm,
     )
     counts = prompts.group_by("topic_path").len().sort(["len", "topic_path"], descending=[True, False])
     return Plan(
@@ -171,6 +179,8 @@ def make_plan(
         grow=grow,
         notes=list(notes or []),
         batch=recipe.provider.batch,
+        budget_usd=recipe.budget.max_cost_usd,
+        spent_usd=spent_usd,
     )
 
 
@@ -189,6 +199,25 @@ def _duration(s: float) -> str:
     if s < 48 * 3600:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} days"
+
+
+def usd(x: float) -> str:
+    """Dollars as a user would write them: cents for $1 and up, 4 significant digits below ($0.005)."""
+    return f"${x:,.2f}" if x >= 1 else f"${x:.4g}"
+
+
+def _budget_line(plan: Plan) -> str:
+    """What budget.max_cost_usd covers (the whole build), and whether the recipe's model fits in it."""
+    assert plan.budget_usd is not None
+    line = (
+        f"Budget: budget.max_cost_usd {usd(plan.budget_usd)} covers the whole build (taxonomy growth and "
+        f"documents, every run in this output folder: ${plan.spent_usd:,.4f} paid there so far); the build "
+        "stops sending requests when it is reached."
+    )
+    own = plan.estimates[0] if plan.estimates else None
+    if own is not None and own.priced and own.cost_usd > plan.budget_usd:
+        line += f" [yellow]The expected ${own.cost_usd:,.2f} is over it: the build would stop short.[/yellow]"
+    return line
 
 
 def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
@@ -246,6 +275,8 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
         else:
             c.add_row(name, "not in price table", "(self-hosted: $0)")
     console.print(c)
+    if plan.budget_usd is not None:
+        console.print(_budget_line(plan))
     if plan.batch:
         console.print("Time: within the providers' 24 h batch window (often an hour or two); live, it would be "
                       f"~{_duration(plan.time_s)} (bound by {plan.time_basis}).")

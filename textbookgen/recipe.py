@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ from textbookgen.curation import CurationConfig
 from textbookgen.jsonl import decode_utf8
 
 TOPICS_DIR = Path(__file__).with_name("topics")
+REASONING_MODELS = re.compile(r"(gpt-5(?!-chat)|o[1-9])\b")
+"""OpenAI's reasoning models (gpt-5 family but gpt-5-chat; o1, o3, o4-mini): temperature and top_p 1 only."""
 KEY_ENV = {
     "openai": "OPENAI_API_KEY",
     "anthropic": "ANTHROPIC_API_KEY",
@@ -52,6 +55,8 @@ class ProviderConfig(_Strict):
     batch: bool = False  # the provider's batch API for the documents: half price, answers within 24 h
     batch_size: int = Field(10_000, ge=1, strict=True)
     batch_poll_s: float = Field(60.0, ge=0.0)
+    timeout_s: float = Field(120.0, gt=0.0, allow_inf_nan=False)  # per attempt; reasoning models need more
+    max_attempts: int = Field(8, ge=1, strict=True)  # per request, over transient errors (429, 5xx, timeouts)
 
     @model_validator(mode="after")
     def _batch_api_exists(self) -> ProviderConfig:
@@ -77,7 +82,9 @@ class ProviderConfig(_Strict):
 
 
 class SamplingConfig(_Strict):
-    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    """None (`null`): not sent, the model's own default (OpenAI's reasoning models take no other)."""
+
+    temperature: float | None = Field(0.8, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1, strict=True)  # None: each template's own default
 
@@ -86,12 +93,15 @@ class LimitsConfig(_Strict):
     """Your account's rate limits (None: learned from the provider's headers) and concurrency."""
 
     rpm: int | None = Field(None, ge=1, strict=True)
+    tpm: int | None = Field(None, ge=1, strict=True)  # input + output tokens (OpenAI's tokens-per-minute)
     input_tpm: int | None = Field(None, ge=1, strict=True)
     output_tpm: int | None = Field(None, ge=1, strict=True)
     concurrency: int = Field(64, ge=1, strict=True)
 
 
 class BudgetConfig(_Strict):
+    """For the whole build: taxonomy growth and documents, over every run in the output folder."""
+
     max_cost_usd: float | None = Field(None, gt=0)
     max_output_tokens: int | None = Field(None, ge=1, strict=True)
 
@@ -103,7 +113,7 @@ class GrowConfig(_Strict):
     per_call: int | None = Field(None, ge=2, le=100, strict=True)
     max_depth: int | None = Field(None, ge=1, strict=True)
     model: str | None = None  # default: the recipe's model
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    temperature: float | None = Field(0.7, ge=0.0, le=2.0)  # None: not sent
     max_tokens: int = Field(1024, ge=16, strict=True)
     similarity: float = Field(90.0, ge=50.0, le=100.0)
 
@@ -278,6 +288,29 @@ class Recipe(_Strict):
         if cfg.classifier.model_path:
             cfg.classifier.model_path = str(self.resolve(cfg.classifier.model_path))
         return cfg
+
+    def sampling_notes(self) -> list[str]:
+        """Sampling settings the model is known to refuse with a 400 on every request: worth a warning
+        before a build, not an error (a proxy or a newer snapshot may take them)."""
+        notes = []
+        s = self.sampling
+        if self.provider.name == "anthropic" and s.temperature is not None and s.top_p is not None:
+            notes.append(
+                "sampling: temperature and top_p are both set; Claude Sonnet 4.5, Haiku 4.5 and Opus 4.1 "
+                "refuse that (400 `temperature` and `top_p` cannot both be specified): keep temperature, "
+                "set top_p: null"
+            )
+        grow = self.taxonomy.grow
+        knobs = [("sampling.temperature", self.model, s.temperature), ("sampling.top_p", self.model, s.top_p)]
+        if grow is not None:
+            knobs.append(("taxonomy.grow.temperature", grow.model or self.model, grow.temperature))
+        for field, model, value in knobs:
+            if value not in (None, 1) and REASONING_MODELS.match(model.rsplit("/", 1)[-1]):
+                notes.append(
+                    f"{field}: {value}: {model} samples at 1 only and refuses any other value (400); "
+                    f"set {field}: null"
+                )
+        return notes
 
     def public_dict(self) -> dict[str, Any]:
         """The recipe as data, for manifests and cards (it never holds a key: only its env name)."""
