@@ -74,6 +74,7 @@ from textbookgen.testing.batches import (
     openai_requests,
     page,
     parse_outcome,
+    token_limit_errors,
 )
 from textbookgen.testing.responder import (
     CHARS_PER_TOKEN,
@@ -194,6 +195,9 @@ class EmulatorConfig:
     batch_outcomes: list[str] = field(default_factory=list)
     """How batches end, one per created batch in creation order, then 'complete': 'complete' or
     'expire:<fraction>' (the batch expires with only its first round(fraction * n) requests answered)."""
+    batch_enqueued_tokens: int | None = None
+    """OpenAI's per-model enqueued-token limit: a batch whose prompt tokens, with those of the model's unfinished
+    batches, pass it fails validation as a whole (`token_limit_exceeded`, no line); None: no limit."""
     model_rules: bool = False
     """Refuse, with the real APIs' 400s, the parameters particular models refuse: gpt-5 and o-series models a
     temperature other than 1 (OpenAI's `unsupported_value`) and `max_tokens` (`unsupported_parameter`: they
@@ -211,6 +215,8 @@ class EmulatorConfig:
             raise ValueError(f"window_s must be > 0, got {self.window_s}")
         if self.batch_latency_s < 0:
             raise ValueError(f"batch_latency_s must be >= 0, got {self.batch_latency_s}")
+        if self.batch_enqueued_tokens is not None and self.batch_enqueued_tokens < 1:
+            raise ValueError(f"batch_enqueued_tokens must be >= 1 or None, got {self.batch_enqueued_tokens}")
         for spec in self.batch_outcomes:
             parse_outcome(spec)
         self.faults = [Fault.parse(f) if isinstance(f, str) else f for f in self.faults]
@@ -831,6 +837,8 @@ class Emulator:
             raise self._error(OPENAI, "400", message=f"File {file_id} was not uploaded with purpose 'batch'.",
                               param="input_file_id")
         requests, errors = openai_requests(file.data)
+        errors = errors or token_limit_errors(self._jobs[OPENAI].values(), requests, self._count_input,
+                                              self.config.batch_enqueued_tokens, time.time())
         fields = {"endpoint": OPENAI_ENDPOINT, "input_file_id": file_id, "completion_window": "24h",
                   "metadata": body.get("metadata"), "model": requests[0][1].get("model") if requests else None}
         job = self._new_job(OPENAI, "batch_", [] if errors else requests, errors=errors, fields=fields)
@@ -1439,6 +1447,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="refuse what particular models refuse (gpt-5: temperature != 1; Claude 4.5: temperature with top_p)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-latency", type=float, default=1.0, help="seconds before a batch ends")
+    p.add_argument("--batch-enqueued-tokens", type=int, help="OpenAI's enqueued-token limit per model: a batch "
+                   "past it fails as a whole with token_limit_exceeded")
     p.add_argument("--batch-outcome", action="append", default=[], metavar="OUTCOME",
                    help="how the next batch ends, in creation order: complete or expire:FRACTION (answered)")
     args = p.parse_args(argv)
@@ -1449,7 +1459,7 @@ def main(argv: list[str] | None = None) -> None:
             faults=[Fault.parse(s) for s in args.fault], seed=args.seed, api_keys=args.api_key,
             models=args.model, window_s=args.window, latency_per_output_token_s=args.latency_per_token,
             hang_s=args.hang, batch_latency_s=args.batch_latency, batch_outcomes=args.batch_outcome,
-            model_rules=args.model_rules)
+            batch_enqueued_tokens=args.batch_enqueued_tokens, model_rules=args.model_rules)
     except ValueError as e:
         p.error(str(e))
     try:
