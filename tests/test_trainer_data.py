@@ -278,3 +278,83 @@ def test_a_literal_eos_in_a_document_is_ordinary_text(shared_data, tmp_path):
                                                                                          None)
     again = prepare(str(src), tmp_path / "tok", spec, num_workers=1, progress=False)
     assert again["key"] == index["key"] and index_is_current(tmp_path / "tok", str(src), spec)
+
+
+def _doc_ranges(texts: list[str], tok) -> list[tuple[int, int]]:
+    """(start, length) of each document, with its EOS, in a prepared stream of `texts`."""
+    lengths = [len(tok.encode(t, add_special_tokens=False).ids) + 1 for t in texts]
+    starts = np.cumsum([0] + lengths[:-1])
+    return [(int(s), n) for s, n in zip(starts, lengths, strict=True)]
+
+
+def _held_texts(folder: Path, texts: list[str], tok) -> list[str]:
+    """The documents whose tokens a prepared folder's holdout.npy holds out (whole documents, or it fails)."""
+    held = np.load(folder / "holdout.npy")
+    docs = dict(zip(_doc_ranges(texts, tok), texts, strict=True))
+    bounds = {s for s, _ in docs} | {s + n for s, n in docs}
+    assert all(s in bounds and s + n in bounds for s, n in held.tolist())  # no cut inside a document
+    return [t for (s, n), t in docs.items() if any(a <= s and s + n <= a + m for a, m in held.tolist())]
+
+
+def test_a_holdout_takes_whole_documents_by_text_hash(corpus, tmp_path):
+    """The held-out documents are those whose text hash is lowest: the same set whatever the file order or
+    number of tokenizer workers, all of each document, and nothing else; training reads all the others."""
+    from trainer.data import Holdout, doc_hash
+
+    files = sorted((corpus["wiki"] / "data").glob("*.parquet"))
+    texts = [t for f in files for t in pq.read_table(f)["text"].to_pylist()]
+    tok = corpus["tok"]
+    docs = {t: tok.encode(t, add_special_tokens=False).ids + [tok.token_to_id("<|endoftext|>")] for t in texts}
+    for fraction in (0.15, 0.6):  # 0.6: neighbours held out together are one range in holdout.npy
+        index = prepare(str(corpus["wiki"]), tmp_path / "a", tok, num_workers=1, shard_tokens=5000, progress=False,
+                        holdout=Holdout(fraction=fraction))
+        held = _held_texts(tmp_path / "a", texts, tok)
+        assert held == [t for t in texts if doc_hash(t) < fraction * 2**64] and 0.5 < len(held) / len(texts) / fraction < 1.5
+        assert index["holdout"]["documents"] == len(held) and index["documents"] == len(texts)
+        whole = TokenStream(tmp_path / "a", held_out=True)
+        train = TokenStream(tmp_path / "a")
+        assert whole.read(0, len(whole)).tolist() == [i for t in held for i in docs[t]]
+        assert train.read(0, len(train)).tolist() == [i for t in texts if t not in held for i in docs[t]]
+        assert len(whole) == index["holdout"]["tokens"] and len(whole) + len(train) == index["total_tokens"]
+    assert index["holdout"]["ranges"] < len(held) - 10
+
+    backwards = write_hub_folder(tmp_path / "backwards", texts[::-1], files=3)
+    prepare(str(backwards), tmp_path / "b", tok, num_workers=2, batch_docs=7, progress=False,
+            holdout=Holdout(fraction=0.15))
+    assert sorted(_held_texts(tmp_path / "b", texts[::-1], tok)) == sorted(t for t in texts
+                                                                        if doc_hash(t) < 0.15 * 2**64)
+
+    by_count = prepare(str(corpus["wiki"]), tmp_path / "c", tok, num_workers=1, progress=False,
+                       holdout=Holdout(tokens=6000))
+    held = _held_texts(tmp_path / "c", texts, tok)
+    lowest = sorted(texts, key=doc_hash)[:len(held)]
+    assert sorted(held) == sorted(lowest)  # the lowest hashes ...
+    sizes = [len(docs[t]) for t in sorted(held, key=doc_hash)]
+    assert sum(sizes) == by_count["holdout"]["tokens"] >= 6000 > sum(sizes[:-1])  # ... just enough of them
+
+
+def test_the_holdout_is_part_of_the_index_key(corpus, tmp_path):
+    """Another holdout is other training data: the index is stale and prepare makes it again; the same one
+    is reused. A damaged holdout.npy is an error, not a silently other split."""
+    from trainer.data import Holdout, index_is_current
+
+    src, tok = str(corpus["books"]), corpus["tok"]
+    first = prepare(src, tmp_path / "t", tok, num_workers=1, progress=False, holdout=Holdout(fraction=0.2))
+    assert index_is_current(tmp_path / "t", src, tok, holdout=Holdout(fraction=0.2))
+    for other in (Holdout(), Holdout(fraction=0.3), Holdout(tokens=1000)):
+        assert not index_is_current(tmp_path / "t", src, tok, holdout=other)
+        assert not index_is_current(tmp_path / "t", src, None, holdout=other)
+    shard = tmp_path / "t" / first["shards"][0]["file"]
+    mtime = shard.stat().st_mtime_ns
+    assert prepare(src, tmp_path / "t", tok, num_workers=1, progress=False, holdout=Holdout(fraction=0.2)) == first
+    assert shard.stat().st_mtime_ns == mtime
+    again = prepare(src, tmp_path / "t", tok, num_workers=1, progress=False, holdout=Holdout(fraction=0.3))
+    assert again["key"] != first["key"] and again["holdout"]["tokens"] > first["holdout"]["tokens"]
+    plain = prepare(src, tmp_path / "t", tok, num_workers=1, progress=False)
+    assert "holdout" not in plain and "holdout" not in plain["key"] and not (tmp_path / "t" / "holdout.npy").exists()
+    with pytest.raises(DataError, match="holds out no documents"):
+        TokenStream(tmp_path / "t", held_out=True)
+    prepare(src, tmp_path / "t", tok, num_workers=1, progress=False, holdout=Holdout(fraction=0.2))
+    np.save(tmp_path / "t" / "holdout.npy", np.zeros((1, 2), dtype=np.int64))
+    with pytest.raises(DataError, match=r"holdout.npy: does not match index.json .*prepare again"):
+        TokenStream(tmp_path / "t")

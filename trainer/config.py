@@ -46,6 +46,27 @@ class DatasetSource(_Section):
     revision: str | None = None
     endpoint: str | None = None
     """Hub endpoint (a mirror or a test server); None uses HF_ENDPOINT or huggingface.co."""
+    val_split: str | None = None
+    """Validation set: a split the publisher made for it (validation, test, ...), prepared beside `split`."""
+    holdout_fraction: float = Field(0.0, ge=0, lt=1)
+    """Validation set: about this fraction of `split`'s tokens, as whole documents chosen by a hash of their
+    text, held out when the data is prepared (recorded in its index; training never draws them)."""
+    holdout_tokens: int = Field(0, ge=0)
+    """Validation set: whole documents of `split` (lowest text hashes first) that make at least this many tokens."""
+
+    @model_validator(mode="after")
+    def _one_validation_set(self) -> DatasetSource:
+        chosen = [k for k in ("val_split", "holdout_fraction", "holdout_tokens") if getattr(self, k)]
+        if len(chosen) > 1:
+            raise ValueError(f"{', '.join(chosen)} are set together: give one validation set")
+        if self.val_split is not None and self.val_split == self.split:
+            raise ValueError(f"val_split {self.val_split!r} is the training split: name another split "
+                             f"(validation, test) or hold out part of it (holdout_fraction, holdout_tokens)")
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.val_split or self.holdout_fraction or self.holdout_tokens)
 
     @property
     def cache_name(self) -> str:
@@ -105,6 +126,12 @@ class TrainSection(_Section):
     seed: int = 1337
     """Seeds the initial weights and the data order (a resume under another seed is refused, see
     checkpoint.allow_seed_change)."""
+    eval_interval: int = Field(0, ge=0)
+    """Validation loss of every dataset's validation set (data.datasets.N.val_split / holdout_*) every this
+    many steps and at the last step; 0 = never."""
+    eval_tokens: int = Field(1 << 20, ge=1)
+    """Tokens evaluated per dataset each time: the same whole seq_len windows, spread evenly over its validation
+    set (all of it when smaller)."""
     init_from: str | None = None
     """Start from these weights instead of a random init: an HF Phi folder (our export, microsoft/phi-1_5's),
     a Hub model id, or a training checkpoint (weights only: fresh optimizer, step 0). The model's shape
@@ -175,6 +202,13 @@ class TrainConfig(_Section):
             raise ValueError("train.precision bf16 with distributed.strategy fsdp: pure bf16 keeps LayerNorm gains "
                              "and biases in fp32, and FSDP2 needs one parameter dtype per block; use bf16-mixed, "
                              "whose fp32 shards are gathered in bf16 (most of pure bf16's memory saving)")
+        if self.train.eval_interval and not self.data.synthetic:
+            if not any(d.has_validation for d in self.data.datasets):
+                raise ValueError(f"train.eval_interval is {self.train.eval_interval} but no dataset has a validation "
+                                 f"set: give data.datasets.N a val_split, holdout_fraction or holdout_tokens")
+            if self.train.eval_tokens < self.data.seq_len:
+                raise ValueError(f"train.eval_tokens ({self.train.eval_tokens}) is less than one sequence "
+                                 f"(data.seq_len {self.data.seq_len})")
         names = [d.cache_name for d in self.data.datasets]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -5,6 +5,13 @@ processes with batch encoding, appends EOS after every document (phi-1: "<|endof
 separating the files", no document masking) and packs the stream into flat uint16 shards plus an
 `index.json` with token counts and source hashes, written atomically.
 
+Validation data: a split the publisher made (`validation`, `test`, ...) is prepared like any other; or
+`prepare(..., holdout=Holdout(...))` holds out whole documents of the training split, chosen by a hash of
+their text (independent of file order and worker count; exact duplicates fall on one side). All documents
+stay in the shards; `holdout.npy` lists the held-out token ranges, the index key records the rule (another
+rule makes the data stale), and `TokenStream` reads either the tokens for training (the held-out documents
+cut out) or only the held-out ones.
+
 Document text is encoded as ordinary text (tiktoken's `encode_ordinary`): a literal `<|endoftext|>`
 inside a document is spelled out by BPE, so only the appended EOS separates documents.
 
@@ -22,6 +29,7 @@ sees the same data.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import multiprocessing as mp
 import os
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 INDEX_NAME = "index.json"
+HOLDOUT_NAME = "holdout.npy"
 INDEX_VERSION = 1
 SPLIT_NAMES = ("train", "validation", "valid", "val", "test", "dev")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -129,8 +138,15 @@ def _init_worker(tokenizer_json: str, eos_id: int, dtype: str) -> None:
     _WORKER.update(tok=tok, eos=eos_id, dtype=np.dtype(dtype))
 
 
-def _encode(job: tuple[int, list[str]]) -> tuple[int, np.ndarray]:
-    """(source file number, token ids of a batch of its documents, each followed by EOS, flat)."""
+def doc_hash(text: str) -> int:
+    """64-bit hash of a document's text, which decides whether a `Holdout` takes it."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8, person=b"tbg-holdout-v1")
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _encode(job: tuple[int, list[str]]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(source file number, token ids of a batch of its documents, each followed by EOS, flat; each
+    document's token count with its EOS; each document's `doc_hash`)."""
     file_no, texts = job
     tok, eos, dtype = _WORKER["tok"], _WORKER["eos"], _WORKER["dtype"]
     encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
@@ -138,7 +154,9 @@ def _encode(job: tuple[int, list[str]]) -> tuple[int, np.ndarray]:
     for enc in encodings:
         ids.extend(enc.ids)
         ids.append(eos)
-    return file_no, np.asarray(ids, dtype=dtype)
+    lengths = np.fromiter((len(enc.ids) + 1 for enc in encodings), dtype=np.int64, count=len(texts))
+    hashes = np.fromiter((doc_hash(t) for t in texts), dtype=np.uint64, count=len(texts))
+    return file_no, np.asarray(ids, dtype=dtype), lengths, hashes
 
 
 def _open_parquet(path: Path, column: str):
@@ -208,6 +226,86 @@ class _ShardWriter:
         return self.shards
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """Documents of a training split kept for validation, by `doc_hash`: those whose hash falls in the lowest
+    `fraction` of its range (about that fraction of the tokens), or the lowest hashes that make at least
+    `tokens` tokens. Neither set: nothing held out."""
+
+    fraction: float = 0.0
+    tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction < 1 or self.tokens < 0 or (self.fraction and self.tokens):
+            raise DataError(f"holdout: fraction {self.fraction} must be in [0, 1) and tokens {self.tokens} >= 0, "
+                            f"not both set")
+
+    def __bool__(self) -> bool:
+        return bool(self.fraction or self.tokens)
+
+    def key(self) -> dict[str, Any]:
+        """The index key's entry: empty when nothing is held out, so older indexes stay current."""
+        if not self:
+            return {}
+        rule = {"fraction": self.fraction} if self.fraction else {"tokens": self.tokens}
+        return {"holdout": {"hash": "blake2b-64 of the text", **rule}}
+
+
+class _HoldoutPicker:
+    """Collects the held-out documents' token ranges while the stream is written."""
+
+    def __init__(self, holdout: Holdout):
+        self.holdout = holdout
+        self._threshold = np.uint64(int(holdout.fraction * 2**64))
+        self._picked: list[np.ndarray] = [np.zeros((0, 2), dtype=np.int64)]  # fraction: (start, length) arrays
+        self._heap: list[tuple[int, int, int]] = []  # tokens: (-hash, start, length), the largest hash on top
+        self._heap_tokens = 0
+
+    def add(self, start: int, lengths: np.ndarray, hashes: np.ndarray) -> None:
+        """Documents of `lengths` tokens laid out from stream position `start`, with their hashes."""
+        starts = start + np.cumsum(lengths) - lengths
+        if self.holdout.fraction:
+            keep = hashes < self._threshold
+            self._picked.append(np.stack([starts[keep], lengths[keep]], axis=1))
+        elif self.holdout.tokens:
+            for h, s, n in zip(hashes.tolist(), starts.tolist(), lengths.tolist(), strict=True):
+                if self._heap_tokens < self.holdout.tokens or h <= -self._heap[0][0]:
+                    heapq.heappush(self._heap, (-h, s, n))
+                    self._heap_tokens += n
+                    self._trim()
+
+    def _trim(self) -> None:
+        """Drop the documents of the largest hash while the rest still make `tokens` (ties go together)."""
+        while self._heap:
+            top, group = self._heap[0][0], []
+            while self._heap and self._heap[0][0] == top:
+                group.append(heapq.heappop(self._heap))
+            size = sum(n for _, _, n in group)
+            if self._heap_tokens - size < self.holdout.tokens:
+                for item in group:
+                    heapq.heappush(self._heap, item)
+                return
+            self._heap_tokens -= size
+
+    def _documents(self) -> np.ndarray:
+        if self.holdout.tokens:
+            return np.array([(s, n) for _, s, n in self._heap], dtype=np.int64).reshape(-1, 2)
+        return np.concatenate(self._picked)
+
+    @property
+    def documents(self) -> int:
+        return len(self._documents())
+
+    def ranges(self) -> np.ndarray:
+        """[k, 2] int64 (start, length) of the held-out tokens, by start, adjacent documents merged."""
+        picked = self._documents()
+        if not len(picked):
+            return picked
+        picked = picked[np.argsort(picked[:, 0], kind="stable")]
+        first = np.flatnonzero(np.concatenate([[True], picked[1:, 0] != picked[:-1, 0] + picked[:-1, 1]]))
+        return np.stack([picked[first, 0], np.add.reduceat(picked[:, 1], first)], axis=1)
+
+
 def tokenizer_fingerprint(tokenizer_json: str) -> str:
     return hashlib.sha256(tokenizer_json.encode()).hexdigest()
 
@@ -258,20 +356,21 @@ def _is_token_scratch(folder: Path) -> bool:
     """Whether `folder` is absent or holds only shards and an index: one `prepare` may delete."""
     if not folder.exists():
         return True
-    return folder.is_dir() and all(re.fullmatch(rf"shard-\d+\.bin|{re.escape(INDEX_NAME)}(\.tmp)?", p.name)
-                                   for p in folder.iterdir())
+    names = rf"shard-\d+\.bin|{re.escape(INDEX_NAME)}(\.tmp)?|{re.escape(HOLDOUT_NAME)}"
+    return folder.is_dir() and all(re.fullmatch(names, p.name) for p in folder.iterdir())
 
 
 def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "train", column: str = "text",
             revision: str | None = None, endpoint: str | None = None, eos_id: int | None = None,
             num_workers: int = 0, batch_docs: int = 1024, shard_tokens: int = 1 << 28,
-            force: bool = False, progress: bool = True) -> dict[str, Any]:
+            force: bool = False, progress: bool = True, holdout: Holdout = Holdout()) -> dict[str, Any]:
     """Tokenize a published dataset into `out_dir` (uint16 shards + index.json); returns the index.
 
     `tokenizer`: a `tokenizers.Tokenizer` or a spec for `trainer.tokenizer.load_tokenizer`.
+    `holdout`: documents to keep out of training (`holdout.npy`, see the module docstring).
 
-    Reuses an existing `out_dir` whose index has the same source files (by sha256), column and
-    tokenizer, unless `force`. Writes into a temporary folder renamed into place at the end, so a
+    Reuses an existing `out_dir` whose index has the same source files (by sha256), column,
+    tokenizer and holdout, unless `force`. Writes into a temporary folder renamed into place at the end, so a
     crash never leaves a half-written dataset behind.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -287,7 +386,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     spec = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None  # recorded for offline checks
     tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist
     sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
-    key = {"sources": [s["sha256"] for s in sources], **encoding_key(tokenizer, column, eos_id)}
+    key = {"sources": [s["sha256"] for s in sources], **encoding_key(tokenizer, column, eos_id), **holdout.key()}
     tok_json, eos = tokenizer.to_str(), key["eos_id"]
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = np.dtype(np.uint16 if max(vocab, eos + 1) <= 1 << 16 else np.uint32)
@@ -308,6 +407,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     writer = _ShardWriter(tmp, shard_tokens, dtype)
+    picker = _HoldoutPicker(holdout)
     for s in sources:
         s.update(documents=0, skipped_empty=0, tokens=0)
     workers = num_workers or os.cpu_count() or 1
@@ -319,9 +419,10 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
         task = bar.add_task(str(source), total=total_docs, tokens=0)
         total = 0
 
-        def consume(results: Iterator[tuple[int, np.ndarray]]) -> None:
+        def consume(results: Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> None:
             nonlocal total
-            for file_no, arr in results:
+            for file_no, arr, lengths, hashes in results:
+                picker.add(total, lengths, hashes)
                 writer.write(arr)
                 sources[file_no]["tokens"] += int(arr.size)
                 total += arr.size
@@ -336,6 +437,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
             with ctx.Pool(workers, initializer=_init_worker, initargs=(tok_json, eos, dtype.str)) as pool:
                 consume(pool.imap(_encode, batches))
     shards = writer.close()
+    held = picker.ranges()
     index = {
         "version": INDEX_VERSION, "key": key, "source": str(source), "split": split, "column": column,
         "revision": revision, "tokenizer": spec, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
@@ -343,6 +445,10 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
         "documents": sum(s["documents"] for s in sources), "skipped_empty": sum(s["skipped_empty"] for s in sources),
         "seconds": round(time.time() - t0, 3),
     }
+    if holdout:
+        np.save(tmp / HOLDOUT_NAME, held)
+        index["holdout"] = {"rule": holdout.key()["holdout"], "file": HOLDOUT_NAME, "documents": picker.documents,
+                            "tokens": int(held[:, 1].sum()), "ranges": len(held)}
     if total == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
@@ -370,9 +476,10 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def index_is_current(folder: str | Path, source: str, tokenizer: Any, *, split: str = "train",
-                     column: str = "text", eos_id: int | None = None, revision: str | None = None) -> bool:
+                     column: str = "text", eos_id: int | None = None, revision: str | None = None,
+                     holdout: Holdout = Holdout()) -> bool:
     """Cheap staleness check of prepared data: same source, split and revision, same column, tokenizer,
-    EOS id and encoding of special tokens in the text, and for a local source the same files, sizes and
+    EOS id, encoding of special tokens in the text and holdout, and for a local source the same files, sizes and
     mtimes (not hashed: training start-up should not read the corpus).
 
     `tokenizer`: a `tokenizers.Tokenizer` or a spec, as for `prepare`; None skips the tokenizer (the
@@ -383,6 +490,7 @@ def index_is_current(folder: str | Path, source: str, tokenizer: Any, *, split: 
         return False
     wanted = (encoding_key(_as_tokenizer(tokenizer), column, eos_id) if tokenizer is not None
               else {"column": column, **TEXT_SPECIALS})
+    wanted["holdout"] = holdout.key().get("holdout")
     if any(index["key"].get(k) != v for k, v in wanted.items()):
         return False
     if not Path(source).expanduser().exists():
@@ -405,9 +513,10 @@ def fsync_path(path: Path) -> None:
 
 
 class TokenStream:
-    """The concatenated token shards of one prepared dataset, read through memmaps."""
+    """The concatenated token shards of one prepared dataset, read through memmaps: the tokens for training
+    (any held-out documents cut out, see `Holdout`), or with `held_out` only the held-out documents."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, held_out: bool = False):
         self.folder = Path(folder)
         self.index = read_index(self.folder)
         dtype = np.dtype(self.index["dtype"])
@@ -419,24 +528,62 @@ class TokenStream:
                 raise DataError(f"{path}: missing or truncated shard (expected {expect} bytes); prepare again")
             self.maps.append(np.memmap(path, dtype=dtype, mode="r"))
         self.starts = np.cumsum([0] + [m.size for m in self.maps])
+        if held_out and "holdout" not in self.index:
+            raise DataError(f"{self.folder}: holds out no documents (prepared without a holdout)")
+        held = self._held_ranges()
+        self.segments = held if held_out else _complement(held, int(self.starts[-1]))
+        self.segment_starts = np.concatenate([[0], np.cumsum(self.segments[:, 1])])
+
+    def _held_ranges(self) -> np.ndarray:
+        """[k, 2] (start, length) of the held-out documents in the shards, checked against the index."""
+        info = self.index.get("holdout")
+        if info is None:
+            return np.zeros((0, 2), dtype=np.int64)
+        path = self.folder / info["file"]
+        try:
+            held = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: missing or unreadable ({e}); prepare again") from e
+        if held.shape != (info["ranges"], 2) or int(held[:, 1].sum()) != info["tokens"]:
+            raise DataError(f"{path}: does not match {INDEX_NAME} (damaged?); prepare again")
+        return held.astype(np.int64)
 
     def __len__(self) -> int:
-        return int(self.starts[-1])
+        return int(self.segment_starts[-1])
 
     def read(self, start: int, n: int) -> np.ndarray:
-        """Tokens [start, start+n) as int64, crossing shard boundaries when needed."""
+        """Tokens [start, start+n) of this view as int64, across held-out gaps and shard boundaries."""
         if start < 0 or start + n > len(self):
             raise IndexError(f"read [{start}, {start + n}) outside {len(self)} tokens")
         out = np.empty(n, dtype=np.int64)
-        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        k = int(np.searchsorted(self.segment_starts, start, side="right")) - 1
         done = 0
         while done < n:
-            lo = start + done - int(self.starts[k])
-            take = min(n - done, self.maps[k].size - lo)
-            out[done:done + take] = self.maps[k][lo:lo + take]
+            lo = start + done - int(self.segment_starts[k])
+            take = min(n - done, int(self.segments[k, 1]) - lo)
+            self._read_shards(int(self.segments[k, 0]) + lo, out[done:done + take])
             done += take
             k += 1
         return out
+
+    def _read_shards(self, start: int, out: np.ndarray) -> None:
+        """Fill `out` with the shards' tokens from `start` on."""
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1
+        done = 0
+        while done < out.size:
+            lo = start + done - int(self.starts[k])
+            take = min(out.size - done, self.maps[k].size - lo)
+            out[done:done + take] = self.maps[k][lo:lo + take]
+            done += take
+            k += 1
+
+
+def _complement(ranges: np.ndarray, total: int) -> np.ndarray:
+    """The (start, length) pieces of [0, total) outside `ranges` (sorted, disjoint)."""
+    starts = np.concatenate([[0], ranges[:, 0] + ranges[:, 1]]).astype(np.int64)
+    stops = np.concatenate([ranges[:, 0], [total]]).astype(np.int64)
+    keep = stops > starts
+    return np.stack([starts[keep], (stops - starts)[keep]], axis=1)
 
 
 def mix_quotas(weights: Sequence[float], block: int) -> np.ndarray:

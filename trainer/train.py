@@ -1,5 +1,6 @@
 """The training loop: data by step, bf16 autocast over fp32 master weights, AdamW, accumulation,
-clipping, atomic checkpoints, exact resume, metrics (JSONL, TensorBoard, PNG) and MFU.
+clipping, atomic checkpoints, exact resume, validation loss (trainer/validate.py), metrics (JSONL,
+TensorBoard, PNG) and MFU.
 
 `train(cfg)` runs one process of a (possibly torchrun-launched) job; see trainer/distributed.py.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import platform
@@ -30,6 +32,7 @@ from trainer.data import (
     INDEX_NAME,
     BatchPlan,
     DataError,
+    Holdout,
     Loader,
     MixtureSampler,
     SyntheticSampler,
@@ -40,6 +43,7 @@ from trainer.data import (
 )
 from trainer.model import CONFIGS, Phi, PhiConfig, attention_kernel
 from trainer.tokenizer import load_tokenizer
+from trainer.validate import Validator, ValSet
 
 # dense bf16 peak per device (data sheets), for MFU
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0, "A100": 312.0, "A800": 312.0,
@@ -61,6 +65,10 @@ class TrainResult:
     @property
     def losses(self) -> dict[int, float]:
         return {r["step"]: r["loss"] for r in self.history}
+
+    @property
+    def val_losses(self) -> dict[int, float]:
+        return {r["step"]: r["val_loss"] for r in self.history if "val_loss" in r}
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -167,6 +175,30 @@ def dataset_dir(cfg: TrainConfig, i: int) -> Path:
     return Path(cfg.data.cache_dir) / cfg.data.datasets[i].cache_name
 
 
+def val_dir(cfg: TrainConfig, i: int) -> Path:
+    """Where dataset i's val_split is prepared: beside its training split."""
+    ds = cfg.data.datasets[i]
+    return Path(cfg.data.cache_dir) / f"{ds.cache_name}.{ds.val_split}"
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One prepared folder of a dataset: its training split (with any holdout) or its val_split."""
+
+    dataset: int
+    folder: Path
+    split: str
+    holdout: Holdout
+
+
+def _parts(cfg: TrainConfig, i: int) -> list[_Part]:
+    ds = cfg.data.datasets[i]
+    parts = [_Part(i, dataset_dir(cfg, i), ds.split, Holdout(ds.holdout_fraction, ds.holdout_tokens))]
+    if ds.val_split:
+        parts.append(_Part(i, val_dir(cfg, i), ds.val_split, Holdout()))
+    return parts
+
+
 def to_bf16_matrices(model: torch.nn.Module) -> None:
     """Pure bf16 (`train.precision: bf16`): the weight matrices are stored in bf16, and the LayerNorm gains
     and biases stay fp32 (autocast casts them where a matmul needs it). A gain near 1.0 has a bf16 step of
@@ -177,19 +209,26 @@ def to_bf16_matrices(model: torch.nn.Module) -> None:
 
 
 def stale_datasets(cfg: TrainConfig) -> list[int]:
-    """Numbers of the datasets whose tokenized copy is missing or was made from another source, split,
-    revision, files (by size and mtime), column or tokenizer: those would train on the wrong ids."""
+    """Numbers of the datasets whose tokenized copy (or that of their val_split) is missing or was made from
+    another source, split, revision, files (by size and mtime), column, tokenizer or holdout: those would
+    train on the wrong ids, or on documents meant for validation."""
+    return sorted({p.dataset for p in _stale_parts(cfg)})
+
+
+def _stale_parts(cfg: TrainConfig) -> list[_Part]:
     spec = cfg.data.tokenizer
-    prepared = [i for i in range(len(cfg.data.datasets)) if (dataset_dir(cfg, i) / INDEX_NAME).is_file()]
-    stale = [i for i in range(len(cfg.data.datasets)) if i not in prepared]
+    parts = [p for i in range(len(cfg.data.datasets)) for p in _parts(cfg, i)]
+    prepared = [p for p in parts if (p.folder / INDEX_NAME).is_file()]
+    stale = [p for p in parts if p not in prepared]
     tokenizer = _tokenizer_or_none(spec) if prepared else None  # a missing dataset is named before this
-    for i in prepared:
-        ds, out = cfg.data.datasets[i], dataset_dir(cfg, i)
+    for p in prepared:
+        ds = cfg.data.datasets[p.dataset]
         if tokenizer is None:
-            _check_recorded_tokenizer(out, spec)
-        if not index_is_current(out, ds.source, tokenizer, split=ds.split, column=ds.column, revision=ds.revision):
-            stale.append(i)
-    return sorted(stale)
+            _check_recorded_tokenizer(p.folder, spec)
+        if not index_is_current(p.folder, ds.source, tokenizer, split=p.split, column=ds.column,
+                                revision=ds.revision, holdout=p.holdout):
+            stale.append(p)
+    return stale
 
 
 def _tokenizer_or_none(spec: str) -> Any:
@@ -215,20 +254,29 @@ def _check_recorded_tokenizer(folder: Path, spec: str) -> None:
 
 def prepare_all(cfg: TrainConfig, force: bool = False, quick_check: bool = False,
                 progress: bool = True) -> list[dict[str, Any]]:
-    """Tokenize every dataset of the config into data.cache_dir, skipping those up to date.
+    """Tokenize every dataset of the config (and its val_split) into data.cache_dir, skipping those up to
+    date; returns the index of each dataset's training split.
 
-    `quick_check` (training start-up) trusts an index made with the same column and tokenizer whose
+    `quick_check` (training start-up) trusts an index made with the same column, tokenizer and holdout whose
     local source files keep their sizes and mtimes, instead of hashing them again."""
-    stale = stale_datasets(cfg) if quick_check else range(len(cfg.data.datasets))
+    stale = _stale_parts(cfg) if quick_check else None
     indexes = []
     for i, ds in enumerate(cfg.data.datasets):
-        out = dataset_dir(cfg, i)
-        if i not in stale:
-            indexes.append(read_index(out))
-            continue
-        indexes.append(prepare(ds.source, out, cfg.data.tokenizer, split=ds.split, column=ds.column, revision=ds.revision,
-                               endpoint=ds.endpoint, num_workers=cfg.data.prepare_workers, force=force,
-                               progress=progress))
+        for part in _parts(cfg, i):
+            is_val = part.folder != dataset_dir(cfg, i)
+            if stale is not None and part not in stale:
+                index = read_index(part.folder)
+            else:
+                try:
+                    index = prepare(ds.source, part.folder, cfg.data.tokenizer, split=part.split, column=ds.column,
+                                    revision=ds.revision, endpoint=ds.endpoint, num_workers=cfg.data.prepare_workers,
+                                    force=force, progress=progress, holdout=part.holdout)
+                except DataError as e:
+                    if is_val:  # say which setting asked for this split
+                        raise DataError(f"data.datasets.{i}.val_split {part.split!r}: {e}") from e
+                    raise
+            if not is_val:
+                indexes.append(index)
     return indexes
 
 
@@ -244,14 +292,44 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
     if pending:
         prepare_all(cfg, quick_check=True, progress=progress)
     streams = [TokenStream(dataset_dir(cfg, i)) for i in range(len(d.datasets))]
-    for ds, s in zip(d.datasets, streams, strict=True):
+    for i, (ds, s) in enumerate(zip(d.datasets, streams, strict=True)):
         if s.index["vocab_size"] > vocab_size:
             raise ConfigError(f"dataset {ds.source}: tokenizer has {s.index['vocab_size']} tokens but the model "
                               f"only {vocab_size} (model.overrides.vocab_size)")
+        if "holdout" in s.index and len(s) < 2 * d.seq_len + 1:
+            raise ConfigError(f"{_holdout_field(cfg, i)}: holds out {s.index['holdout']['tokens']:,} of "
+                              f"{ds.source}'s {s.index['total_tokens']:,} tokens, leaving {len(s):,} to train on "
+                              f"(need at least {2 * d.seq_len + 1}); hold out less")
     sampler = MixtureSampler(streams, [ds.weight for ds in d.datasets], d.seq_len, cfg.train.seed,
                              d.mix_block, names=[ds.cache_name for ds in d.datasets])
     key = [[s.index["key"], ds.weight] for ds, s in zip(d.datasets, streams, strict=True)] + [d.seq_len, d.mix_block]
     return sampler, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _holdout_field(cfg: TrainConfig, i: int) -> str:
+    ds = cfg.data.datasets[i]
+    field_name = "holdout_fraction" if ds.holdout_fraction else "holdout_tokens"
+    return f"data.datasets.{i}.{field_name} {getattr(ds, field_name):g}"
+
+
+def build_validator(cfg: TrainConfig, info: distributed.DistInfo) -> Validator | None:
+    """The validation sets of the datasets that have one, when train.eval_interval asks for them."""
+    d, t = cfg.data, cfg.train
+    if not t.eval_interval or d.synthetic:
+        return None
+    sets = []
+    for i, ds in enumerate(d.datasets):
+        if not ds.has_validation:
+            continue
+        if ds.val_split:
+            stream, what = TokenStream(val_dir(cfg, i)), f"data.datasets.{i}.val_split {ds.val_split!r}"
+        else:
+            stream, what = TokenStream(dataset_dir(cfg, i), held_out=True), _holdout_field(cfg, i)
+        if len(stream) < d.seq_len + 1:
+            raise ConfigError(f"{what}: the validation set of {ds.source} has {len(stream):,} tokens, less than "
+                              f"one window of data.seq_len + 1 = {d.seq_len + 1}; give it more")
+        sets.append(ValSet.build(ds.cache_name, ds.weight, stream, d.seq_len, t.eval_tokens, t.micro_batch, info))
+    return Validator(sets, t.micro_batch, info.device)
 
 
 class MetricsLog:
@@ -285,7 +363,8 @@ class MetricsLog:
         if self.tb is not None:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
-                    self.tb.add_scalar(f"train/{k}", v, rec["step"])
+                    tag = f"val/{k.removeprefix('val_')}" if k.startswith("val_") else f"train/{k}"
+                    self.tb.add_scalar(tag, v, rec["step"])
 
     def close(self) -> None:
         if self.enabled:
@@ -295,7 +374,7 @@ class MetricsLog:
 
 
 def plot_metrics(jsonl: Path, png: Path) -> Path | None:
-    """Loss (and learning rate) against tokens seen, from metrics.jsonl."""
+    """Loss (and learning rate) against tokens seen, from metrics.jsonl; validation losses as points on it."""
     records = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()] if jsonl.is_file() else []
     if not records:
         return None
@@ -310,10 +389,21 @@ def plot_metrics(jsonl: Path, png: Path) -> Path | None:
     ax.set_xlabel("tokens (M)")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
+    val = [r for r in records if "val_loss" in r]
+    val_tokens = [r["tokens"] / 1e6 for r in val]
+    if val:
+        ax.plot(val_tokens, [r["val_loss"] for r in val], "o-", color="tab:red", ms=4, lw=1.2, label="val loss")
+    names = sorted({k for r in val for k in r if k.startswith("val_loss/")})
+    colors = ["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+    for k, color in zip(names if len(names) > 1 else [], itertools.cycle(colors)):
+        ax.plot(val_tokens, [r.get(k, math.nan) for r in val], ".--", color=color, ms=3, lw=0.8, alpha=0.8,
+                label=k.replace("val_loss/", "val "))
+    ax.legend(loc="upper right", fontsize="small")
     lr_ax = ax.twinx()
     lr_ax.plot(tokens, [r["lr"] for r in records], color="tab:orange", lw=0.8, alpha=0.6, label="lr")
     lr_ax.set_ylabel("learning rate")
-    ax.set_title(f"{jsonl.parent.name}: step {records[-1]['step']}, loss {records[-1]['loss']:.4f}")
+    val_note = f", val {val[-1]['val_loss']:.4f} at step {val[-1]['step']}" if val else ""
+    ax.set_title(f"{jsonl.parent.name}: step {records[-1]['step']}, loss {records[-1]['loss']:.4f}{val_note}")
     fig.tight_layout()
     tmp = png.with_name(png.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -392,6 +482,7 @@ class Trainer:
         if precision == "bf16":
             to_bf16_matrices(self.model)
         self.sampler, self.data_fp = build_sampler(cfg, self.model_cfg.vocab_size, info, show)
+        self.validator = build_validator(cfg, info)
         self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank, *data_start)
         self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
         self.strategy = distributed.choose_strategy(cfg.distributed.strategy, info)
@@ -548,6 +639,19 @@ class Trainer:
             rec["mem_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
         return rec
 
+    def validate(self) -> dict[str, float]:
+        """Validation losses now (every rank calls it), and the seconds they took."""
+        t0 = time.perf_counter()
+        out = self.validator(self.wrapped, self.autocast)
+        return {**out, "val_s": round(time.perf_counter() - t0, 4)}
+
+    def _describe_validation(self) -> str:
+        if self.validator is None:
+            return ("[yellow]validation off:[/] synthetic data has no validation set"
+                    if self.cfg.train.eval_interval else "")
+        sets = ", ".join(f"{vs.name} {vs.windows * self.cfg.data.seq_len:,} tokens" for vs in self.validator.sets)
+        return f"validation every {self.cfg.train.eval_interval} steps and at the last: {sets}"
+
     def _attention(self) -> str:
         """The attention kernel that the blocks' compute dtype gets here (fa4, flash or sdpa)."""
         dtype = torch.bfloat16 if self.cfg.train.precision != "fp32" else torch.float32
@@ -578,6 +682,9 @@ class Trainer:
             f"{self._attention()} | batch "
             f"{cfg.train.global_batch}x{cfg.data.seq_len} (micro {self.plan.micro_batch}, accum "
             f"{self.plan.accum_steps}) | steps {step}->{max_steps} | data {', '.join(self.sampler.names)}")
+        note = self._describe_validation()
+        if note:
+            self.console.print(note)
         self._record_environment()
         log = MetricsLog(self.run_dir, self.start, cfg.log.tensorboard, self.info.is_main)
         loader = Loader(self.sampler, self.plan, step, self.device) if step < max_steps else None
@@ -594,16 +701,22 @@ class Trainer:
                         stop.reason = stop.reason or "time budget"
                     return stop.reason is not None
 
+                last_val = None
                 while step < max_steps:
                     t0 = time.perf_counter()
                     loss, gnorm, stop_now = self.train_step(step, loader, stop_wanted)
                     step += 1
                     rec = self.record(step, loss, gnorm, time.perf_counter() - t0)
+                    # at fixed steps only (not at a stop), so a stopped and resumed run evaluates where one never stopped
+                    if self.validator is not None and (step % cfg.train.eval_interval == 0 or step == max_steps):
+                        rec.update(self.validate())
+                        last_val = rec
+                        self.console.print(f"step {step:>6}/{max_steps} | {_val_status(rec)}", highlight=False)
                     log.write(rec)
                     result.history.append(rec)
-                    bar.update(task, completed=step, status=_status(rec))
+                    bar.update(task, completed=step, status=_status(rec, last_val))
                     if step % cfg.log.every == 0 or step in (self.start + 1, max_steps):
-                        self.console.print(f"step {step:>6}/{max_steps} | {_status(rec)}", highlight=False)
+                        self.console.print(f"step {step:>6}/{max_steps} | {_status(rec, last_val)}", highlight=False)
                     if stop_now:
                         result.stop_reason = stop.reason or "stop requested on another rank"
                         break
@@ -626,14 +739,23 @@ class Trainer:
         return result
 
 
-def _status(rec: dict[str, Any]) -> str:
-    parts = [f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}", f"gnorm {rec['grad_norm']:.3f}",
-             f"{rec['tokens_per_s']:,.0f} tok/s"]
+def _status(rec: dict[str, Any], last_val: dict[str, Any] | None = None) -> str:
+    parts = [f"loss {rec['loss']:.4f}"]
+    if last_val is not None:
+        parts.append(f"val {last_val['val_loss']:.4f}" + ("" if last_val is rec else f" @{last_val['step']}"))
+    parts += [f"lr {rec['lr']:.2e}", f"gnorm {rec['grad_norm']:.3f}", f"{rec['tokens_per_s']:,.0f} tok/s"]
     if rec.get("mfu") is not None:
         parts.append(f"mfu {rec['mfu']:.1%}")
     if rec.get("mem_gb") is not None:
         parts.append(f"{rec['mem_gb']:.1f} GB")
     return " | ".join(parts)
+
+
+def _val_status(rec: dict[str, Any]) -> str:
+    """The validation line: mixed loss and perplexity, then each dataset's loss."""
+    each = [f"{k.removeprefix('val_loss/')} {v:.4f}" for k, v in rec.items() if k.startswith("val_loss/")]
+    return " | ".join([f"val_loss {rec['val_loss']:.4f}", f"val_ppl {rec['val_ppl']:.2f}", *each,
+                       f"{rec['val_s']:.1f} s"])
 
 
 def _progress(enabled: bool, console):
