@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,10 +48,12 @@ def test_prepare_train_export_generate(corpus, tmp_path, capsys):
     assert json.loads((out / "index.json").read_text())["documents"] == 150
 
     cfg = write_config(corpus, tmp_path / "c.yaml", tmp_path / "run")
-    assert main(["prepare", "-c", str(cfg)]) == 0
-    assert main(["train", "-c", str(cfg), "--max-steps", "3", "--set", "optim.lr=1e-3", "--no-progress"]) == 0
+    assert main(["prepare", "-c", str(cfg), "--set", "data.datasets.0.holdout_fraction=0.05"]) == 0
+    assert re.search(r"[1-9]\d* documents \([\d,]+ tokens\) held out for validation", capsys.readouterr().out)
+    assert main(["train", "-c", str(cfg), "--max-steps", "3", "--set", "optim.lr=1e-3", "--no-progress",
+                 "--set", "data.datasets.0.holdout_fraction=0.05", "--set", "train.eval_interval=2"]) == 0
     text = capsys.readouterr().out
-    assert "final step=3 loss=" in text and "tokens_per_s=" in text
+    assert re.search(r"final step=3 loss=\d\.\d{4} val_loss=\d\.\d{4} tokens_per_s=", text)
     assert checkpoint.read_meta(tmp_path / "run")["config"]["optim"]["lr"] == 1e-3
 
     hf = tmp_path / "hf"

@@ -76,8 +76,10 @@ def prepare_run(args: argparse.Namespace) -> int:
         indexes = prepare_all(cfg, force=args.force)
         dirs = [dataset_dir(cfg, i) for i in range(len(indexes))]
     for d, idx in zip(dirs, indexes, strict=True):
+        held = idx.get("holdout")
+        held_out = f", {held['documents']:,} documents ({held['tokens']:,} tokens) held out for validation" if held else ""
         console.print(f"{d}: {idx['documents']:,} documents, {idx['total_tokens']:,} tokens "
-                      f"in {len(idx['shards'])} shard(s) ({idx['dtype']})")
+                      f"in {len(idx['shards'])} shard(s) ({idx['dtype']}){held_out}")
     return 0
 
 
@@ -140,7 +142,9 @@ def train_run(args: argparse.Namespace) -> int:
         rates = [r["tokens_per_s"] for r in result.history[1:]] or [result.history[0]["tokens_per_s"]]
         last = result.history[-1]
         mfu = f" mfu={last['mfu']:.4f}" if last.get("mfu") is not None else ""
-        print(f"final step={result.final_step} loss={last['loss']:.4f} "
+        val = result.val_losses
+        val_loss = f" val_loss={val[max(val)]:.4f}" if val else ""
+        print(f"final step={result.final_step} loss={last['loss']:.4f}{val_loss} "
               f"tokens_per_s={sum(rates) / len(rates):.0f}{mfu} stop={result.stop_reason}")
     return 0
 
