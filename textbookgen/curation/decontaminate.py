@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from rapidfuzz.distance import LCSseq
+from xxhash import xxh3_64_intdigest as _xxh3
 
-from textbookgen.curation.base import StageStats, Step, progress, require_columns
+from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
 from textbookgen.curation.config import MAX_NGRAM, BenchmarkSource, DecontaminationConfig
 from textbookgen.curation.corpus_io import corpus_files, read_records
 from textbookgen.curation.normalize import simplify_text
@@ -55,8 +56,9 @@ def match_words(text: str) -> list[str]:
 
 
 def word_ids(words: list[str] | tuple[str, ...]) -> np.ndarray:
-    """Per-word 64-bit hashes (Python's str hash: stable within a process, which is all we need)."""
-    return np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+    """Per-word 64-bit hashes (xxh3 of the UTF-8), the same in every process: a pool worker started by
+    spawn has its own `hash()` seed and would find none of the index's n-grams."""
+    return np.fromiter((_xxh3(w.encode("utf-8", "surrogatepass")) for w in words), dtype=np.uint64, count=len(words))
 
 
 def gram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
@@ -151,11 +153,15 @@ class Decontaminate(Step):
     name = "decontamination"
 
     def __init__(self, config: DecontaminationConfig | None = None, text_column: str = "text",
-                 id_column: str = "id", texts: list[ItemTexts] | None = None) -> None:
+                 id_column: str = "id", texts: list[ItemTexts] | None = None, workers: int = 0,
+                 chunk_size: int = CHUNK_ROWS) -> None:
         """`texts`: the items of `config.benchmarks` already loaded (`load_benchmark_texts` of each, in
-        order), so a caller that checked them first does not load them twice; None loads them here."""
+        order), so a caller that checked them first does not load them twice; None loads them here.
+        `workers`: processes that match documents (0 = one per core; the curation config's
+        `minhash.workers`), `chunk_size` documents at a time; each gets the index once, not per chunk."""
         self.config = config or DecontaminationConfig()
         self.text_column, self.id_column = text_column, id_column
+        self.workers, self.chunk_size = workers, chunk_size
         if texts is None:
             texts = [t for src in self.config.benchmarks for t in load_benchmark_texts(src)]
         # each distinct text of an item once (an exercise can equal the question)
@@ -205,9 +211,9 @@ class Decontaminate(Step):
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
         report, dropped_ids = [], set()
-        rows = zip(df[self.id_column].cast(pl.String).to_list(), df[self.text_column].to_list(), strict=True)
-        for doc_id, text in progress(rows, df.height, "decontaminating"):
-            found = self.matches(text)
+        found_per_doc = map_rows(_match_rows, self, [df[self.text_column]], self.workers, self.chunk_size)
+        ids = df[self.id_column].cast(pl.String).to_list()
+        for doc_id, found in zip(ids, progress(found_per_doc, df.height, "decontaminating"), strict=True):
             if found:
                 dropped_ids.add(doc_id)
                 stats.dropped[found[0]["benchmark"]] += 1  # reason = benchmark name (the card lists them)
@@ -220,3 +226,8 @@ class Decontaminate(Step):
                                          "similarity": pl.Float64, "ngram_hits": pl.Int64,
                                          "item_text": pl.String}).write_parquet(workdir / "contamination.parquet")
         return df.filter(~pl.col(self.id_column).cast(pl.String).is_in(list(dropped_ids)))
+
+
+def _match_rows(step: Decontaminate, rows: list[tuple[str]]) -> list[list[dict]]:
+    """`step.matches` of each (text,) row: the work a pool worker does for one chunk."""
+    return [step.matches(text) for text, in rows]

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import polars as pl
 
-from textbookgen.curation.base import StageStats, Step, progress, require_columns
+from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
 from textbookgen.curation.config import FilterConfig
 
 _FENCE = re.compile(r"^\s*(```|~~~)[^\n]*\n.*?^\s*\1\s*$", re.M | re.S)
@@ -307,10 +307,13 @@ class HeuristicFilter(Step):
     name = "filters"
 
     def __init__(self, config: FilterConfig | None = None, text_column: str = "text", id_column: str = "id",
-                 rules: tuple[type[Rule], ...] = RULES) -> None:
+                 rules: tuple[type[Rule], ...] = RULES, workers: int = 0, chunk_size: int = CHUNK_ROWS) -> None:
+        """`workers`: processes for the rules (0 = one per core; the curation config's `minhash.workers`),
+        given `chunk_size` rows at a time; the result is the same for any number."""
         self.config = config or FilterConfig()
         self.text_column, self.id_column = text_column, id_column
         self.rules = [r(self.config) for r in rules]
+        self.workers, self.chunk_size = workers, chunk_size
 
     def is_code(self, text: str, fmt: str | None) -> bool:
         if fmt is not None and fmt.lower() in {f.lower() for f in self.config.code_formats}:
@@ -329,13 +332,12 @@ class HeuristicFilter(Step):
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column], self.name)
-        formats = df["format"].to_list() if "format" in df.columns else [None] * df.height
-        pairs = zip(df[self.text_column].to_list(), formats, strict=True)
+        formats = df["format"] if "format" in df.columns else pl.repeat(None, df.height, dtype=pl.String, eager=True)
+        judged = map_rows(_judge_rows, self, [df[self.text_column], formats], self.workers, self.chunk_size)
         reasons, n_code = [], 0
-        for text, fmt in progress(pairs, df.height, "filtering"):
-            doc = Doc(text, self.is_code(text, fmt))  # one at a time: a Doc caches its word lists
-            n_code += doc.is_code
-            reasons.append(self.check(doc))
+        for reason, is_code in progress(judged, df.height, "filtering"):
+            n_code += is_code
+            reasons.append(reason)
         flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String))
         dropped = flagged.filter(pl.col("_reason").is_not_null())
         stats.dropped.update(Counter(dropped["_reason"].to_list()))
@@ -343,3 +345,12 @@ class HeuristicFilter(Step):
         if workdir is not None and self.id_column in df.columns:
             dropped.select(self.id_column, pl.col("_reason").alias("reason")).write_parquet(workdir / "dropped.parquet")
         return flagged.filter(pl.col("_reason").is_null()).drop("_reason")
+
+
+def _judge_rows(step: HeuristicFilter, rows: list[tuple[str, str | None]]) -> list[tuple[str | None, bool]]:
+    """(first failing rule or None, is code) per (text, format) row; a Doc at a time (it caches word lists)."""
+    out = []
+    for text, fmt in rows:
+        doc = Doc(text, step.is_code(text, fmt))
+        out.append((step.check(doc), doc.is_code))
+    return out

@@ -24,13 +24,14 @@ def build_steps(config: CurationConfig, benchmark_texts: list[ItemTexts] | None 
     from textbookgen.curation.near_dedup import MinHashDedup
 
     t, i = config.text_column, config.id_column
+    workers = config.minhash.workers  # one worker-count setting for every step that runs on a pool
     steps: list[Step] = []
     if config.exact.enabled:
         steps.append(ExactDedup(t, i))
     if config.filters.enabled:
-        steps.append(HeuristicFilter(config.filters, t, i))
+        steps.append(HeuristicFilter(config.filters, t, i, workers=workers))
     if config.decontamination.enabled and config.decontamination.benchmarks:
-        steps.append(Decontaminate(config.decontamination, t, i, texts=benchmark_texts))
+        steps.append(Decontaminate(config.decontamination, t, i, texts=benchmark_texts, workers=workers))
     if config.classifier.enabled:  # score before MinHash, so each cluster keeps its best member
         steps.append(QualityScore(config.classifier, t))
     if config.minhash.enabled:  # curate() always gets the whole corpus: nothing to dedup against besides it
