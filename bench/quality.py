@@ -3,18 +3,24 @@
 Training data: 70 % of the DCLM human quality annotations (`dclm_human_quality_labels`, 1 = high
 quality), plus sections of real synthetic textbooks (SciPhi, positives) against real web text (C4,
 negatives). Held out: the other 30 % of DCLM, and textbook books / C4 documents never seen in training
-(textbooks are split by book, so no section of a test book is in training). lr x epochs are picked on a
-validation split of the training data. Reports precision/recall/F1, ROC AUC and the confusion matrix
+(textbooks are split by book, so no section of a test book is in training). The two labelled sources are
+passed to ours as groups: each weighs the same in training, and lr x epochs are picked by the mean of
+their AUCs on a validation split of the training data (`--pooled`: one group, the old behaviour).
+No held-out label is used for any choice. Reports precision/recall/F1, ROC AUC and the confusion matrix
 on each held-out set, and scoring speed (batched predict) in docs/s.
 
 Peer, in the same run on the same data: DCLM's classifier recipe (fastText `train_supervised` defaults
 except wordNgrams=2: lr 0.1, 5 epochs, dim 100; same bucket and thread count as ours), i.e. what one gets
-without our lr x epochs search.
+without our lr x epochs search. Ablation row: the same recipe on the group-balanced training file.
 
-    python bench/quality.py
+The DCLM test split has only 150 documents, so its AUC moves by about 0.04 from one split to the next;
+`--seeds 0,1,2,3,4` repeats the whole run on other splits and prints the mean of each model.
+
+    python bench/quality.py [--seeds 0,1,2,3,4] [--pooled]
 
 Last line: f1=<textbook-vs-web F1> auc=<..> dclm_f1=<human-label F1, keeping DCLM-train's positive share>
-dclm_auc=<..> docs_per_s=<n>, then the same five for the peer as dclm_recipe_f1=... etc.
+dclm_auc=<..> docs_per_s=<n>, then the same five for the peer as dclm_recipe_f1=... etc. (with several
+seeds: each the mean over the splits).
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ from textbookgen.curation.classifier import (
     Metrics,
     QualityModel,
     TrainSettings,
-    fasttext_line,
+    balance_copies,
     percentile_cut,
     train_classifier,
+    write_examples,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -51,14 +58,17 @@ def textbook_sections(books: list[dict]) -> list[str]:
     return [s for b in books for s in re.split(r"\n(?=#{1,3} )", b["text"]) if 80 <= len(s.split()) <= 3000]
 
 
-def dclm_recipe(texts: list[str], labels: list[bool], bucket: int, seed: int, tmp: Path) -> QualityModel:
-    """The peer: DCLM's fastText settings, trained once on all the training data (no search)."""
+def dclm_recipe(texts: list[str], labels: list[bool], bucket: int, seed: int, tmp: Path,
+                copies: np.ndarray | None = None) -> QualityModel:
+    """The peer: DCLM's fastText settings, trained once on all the training data (no search); `copies`
+    repeats examples as our group balancing does (the ablation row)."""
     import fasttext
 
     path = tmp / "dclm_recipe.txt"
-    order = np.random.default_rng(seed).permutation(len(texts))  # fastText reads in file order: mix classes
-    path.write_text("".join(f"__label__{'hq' if labels[i] else 'cc'} {fasttext_line(texts[i])}\n" for i in order),
-                    encoding="utf-8")
+    reps = np.ones(len(texts), dtype=np.int64) if copies is None else copies
+    # fastText reads in file order: mix the classes
+    order = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(texts)), reps))
+    write_examples(path, [texts[i] for i in order], np.asarray(labels, dtype=bool)[order], "hq", "cc")
     model = fasttext.train_supervised(input=str(path), lr=0.1, epoch=5, dim=100, wordNgrams=2, minCount=1,
                                       bucket=bucket, thread=MIN_THREADS, seed=seed, verbose=0)
     return QualityModel(model, {"positive_label": "hq"})
@@ -83,18 +93,19 @@ def docs_per_s(model: QualityModel, corpus: list[str]) -> float:
     return len(corpus) / (time.perf_counter() - t0)
 
 
-def summary(prefix: str, sets: dict[str, Metrics], dps: float) -> str:
-    tw, hd, hd_cut = sets.values()
-    return (f"{prefix}f1={tw.f1:.4f} {prefix}auc={tw.roc_auc:.4f} {prefix}dclm_f1={hd_cut.f1:.4f} "
-            f"{prefix}dclm_auc={hd.roc_auc:.4f} {prefix}docs_per_s={dps:.0f}")
+def summary(prefix: str, runs: list[tuple[dict[str, Metrics], float]]) -> str:
+    """The five summary numbers, each the mean over the runs (one run per seed)."""
+    rows = [(tw.f1, tw.roc_auc, cut.f1, hd.roc_auc, dps) for (tw, hd, cut), dps in
+            ((tuple(sets.values()), dps) for sets, dps in runs)]
+    f1, auc, dclm_f1, dclm_auc, dps = np.mean(rows, axis=0)
+    return (f"{prefix}f1={f1:.4f} {prefix}auc={auc:.4f} {prefix}dclm_f1={dclm_f1:.4f} "
+            f"{prefix}dclm_auc={dclm_auc:.4f} {prefix}docs_per_s={dps:.0f}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bucket", type=int, default=200_000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    rng = np.random.default_rng(args.seed)
+def one_split(seed: int, bucket: int, pooled: bool) -> dict[str, tuple[dict[str, Metrics], float]]:
+    """Split, train ours, the peer and the ablation, print the tables; each model's held-out metrics and
+    docs/s."""
+    rng = np.random.default_rng(seed)
 
     dclm = read(DATA / "dclm_human_quality_labels" / "majority_data.jsonl.gz")
     order = rng.permutation(len(dclm))
@@ -113,30 +124,38 @@ def main() -> None:
 
     texts = [r["text"] for r in dclm_train] + tb_train + web_train
     labels = [bool(r["label"]) for r in dclm_train] + [True] * len(tb_train) + [False] * len(web_train)
-    print(f"train: {len(texts)} docs (DCLM {len(dclm_train)}, textbook sections {len(tb_train)}, web {len(web_train)})"
+    groups = ["DCLM human labels"] * len(dclm_train) + ["textbook vs web"] * (len(tb_train) + len(web_train))
+    print(f"\n## seed {seed}\ntrain: {len(texts)} docs (DCLM {len(dclm_train)}, textbook sections {len(tb_train)}, web {len(web_train)})"
           f"; held out: DCLM {len(dclm_test)}, textbook sections {len(tb_test)} "
           f"(courses {sorted(test_names)}), web {len(web_test)}")
 
-    settings = TrainSettings(bucket=args.bucket, seed=args.seed)
+    settings = TrainSettings(bucket=bucket, seed=seed)
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         t0 = time.perf_counter()
-        model, meta = train_classifier(texts, labels, Path(tmp) / "quality", settings, source="bench/quality.py")
+        model, meta = train_classifier(texts, labels, Path(tmp) / "quality", settings, source="bench/quality.py",
+                                       groups=None if pooled else groups)
         train_s = time.perf_counter() - t0
         model = QualityModel.load(Path(tmp) / "quality.bin")
         size_mb = (Path(tmp) / "quality.bin").stat().st_size / 1e6
         t0 = time.perf_counter()
-        peer = dclm_recipe(texts, labels, args.bucket, args.seed, Path(tmp))
+        peer = dclm_recipe(texts, labels, bucket, seed, Path(tmp))
         peer_s = time.perf_counter() - t0
+        balanced = dclm_recipe(texts, labels, bucket, seed, Path(tmp), balance_copies(np.asarray(groups)))
     print(f"\ntrained in {train_s:.1f}s (grid of {len(meta['grid'])}), model {size_mb:.0f} MB, sha256 "
-          f"{meta['sha256'][:12]}; chosen lr={meta['chosen']['lr']} epoch={meta['chosen']['epoch']} "
-          f"(validation AUC {meta['validation']['roc_auc']}); peer (DCLM recipe, lr 0.1, 5 epochs) in {peer_s:.1f}s")
-    print("| lr | epochs | val F1 | val AUC |\n|---:|---:|---:|---:|")
+          f"{meta['sha256'][:12]}; groups {meta['groups']}; chosen lr={meta['chosen']['lr']} "
+          f"epoch={meta['chosen']['epoch']} (validation: mean group AUC {meta['validation']['select_auc']}, "
+          f"pooled {meta['validation']['roc_auc']}); peer (DCLM recipe, lr 0.1, 5 epochs) in {peer_s:.1f}s")
+    print("| lr | epochs | val F1 | val AUC, pooled | val AUC per group | mean of groups (selects) |\n"
+          "|---:|---:|---:|---:|---|---:|")
     for g in meta["grid"]:
-        print(f"| {g['lr']} | {g['epoch']} | {g.get('f1', 'NaN')} | {g.get('roc_auc', g.get('error'))} |")
+        per = " ".join(f"{k}: {v}" for k, v in g.get("group_auc", {}).items())
+        print(f"| {g['lr']} | {g['epoch']} | {g.get('f1', 'NaN')} | {g.get('roc_auc', g.get('error'))} | {per} | "
+              f"{g.get('select_auc', '')} |")
 
     keep_pct = 100.0 * float(np.mean([bool(r["label"]) for r in dclm_train]))
     results = {name: held_out(m, tb_test, web_test, dclm_test, keep_pct)
-               for name, m in (("ours (grid-searched)", model), ("DCLM recipe", peer))}
+               for name, m in (("ours (grid-searched)", model), ("DCLM recipe", peer),
+                               ("DCLM recipe, balanced (ablation)", balanced))}
     print("\n| model | held-out set | threshold | n | precision | recall | F1 | ROC AUC | confusion (tp fp tn fn) |\n"
           "|---|---|---:|---:|---:|---:|---:|---:|---|")
     for name, sets in results.items():
@@ -150,8 +169,34 @@ def main() -> None:
     words = sum(len(t.split()) for t in corpus) / len(corpus)
     print(f"\nscoring: {len(corpus):,} docs (mean {words:.0f} words), batched predict k=-1: ours {ours_dps:,.0f} "
           f"docs/s, DCLM recipe {peer_dps:,.0f} docs/s")
-    print(summary("", results["ours (grid-searched)"], ours_dps) + " "
-          + summary("dclm_recipe_", results["DCLM recipe"], peer_dps))
+    dps = {"ours (grid-searched)": ours_dps, "DCLM recipe": peer_dps, "DCLM recipe, balanced (ablation)": float("nan")}
+    return {name: (sets, dps[name]) for name, sets in results.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bucket", type=int, default=200_000)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds: one data split and run each")
+    ap.add_argument("--pooled", action="store_true",
+                    help="ablation: no groups (no balancing, lr x epochs by the pooled validation AUC)")
+    args = ap.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds: expects comma-separated integers, got {args.seeds!r}")
+    runs: dict[str, list[tuple[dict[str, Metrics], float]]] = {}
+    for seed in seeds:
+        for name, run in one_split(seed, args.bucket, args.pooled).items():
+            runs.setdefault(name, []).append(run)
+    if len(seeds) > 1:
+        print(f"\nmean over seeds {seeds}:\n| model | DCLM human labels ROC AUC (mean +- sd) | per seed | "
+              "textbook-vs-web AUC |\n|---|---:|---|---:|")
+        for name, rs in runs.items():
+            aucs = [sets["DCLM human labels"].roc_auc for sets, _ in rs]
+            print(f"| {name} | {np.mean(aucs):.4f} +- {np.std(aucs):.4f} | {' '.join(f'{a:.4f}' for a in aucs)} | "
+                  f"{np.mean([sets['textbook vs web'].roc_auc for sets, _ in rs]):.4f} |")
+    print(summary("", runs["ours (grid-searched)"]) + " " + summary("dclm_recipe_", runs["DCLM recipe"]))
+
 
 if __name__ == "__main__":
     main()

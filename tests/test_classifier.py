@@ -14,14 +14,19 @@ import polars as pl
 import pytest
 
 from textbookgen.curation import CurationConfig, curate
+from textbookgen.curation import classifier as clf
 from textbookgen.curation.classifier import (
     QualityModel,
     TrainSettings,
+    balance_copies,
     binary_metrics,
+    group_auc,
     percentile_cut,
+    pick,
     roc_auc,
     top_percent_mask,
     train_classifier,
+    validation_split,
 )
 
 
@@ -111,3 +116,62 @@ def test_a_dotted_model_name_keeps_its_dot_and_only_bin_is_taken_off(labelled, t
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "plain.bin", "plain.json", "quality.v1.bin", "quality.v1.json", "quality.v2.bin", "quality.v2.json"]
     assert QualityModel.load(tmp_path / "quality.v1.bin").meta["n_train"] == len(texts[::10])
+
+
+def test_groups_weigh_the_same_and_rank_only_within_themselves():
+    assert balance_copies(np.array(["human"] * 3 + ["tw"] * 15)).tolist() == [5] * 3 + [1] * 15
+    assert balance_copies(np.array(["all"] * 4)).tolist() == [1] * 4
+    # textbook-vs-web perfectly separated, the human group ranked backwards: the pooled AUC hides it
+    y = np.array([1, 0, 1, 0, 1, 1, 0, 0], dtype=bool)
+    s = np.array([0.2, 0.3, 0.25, 0.35, 0.9, 0.8, 0.1, 0.05])
+    g = np.array(["human"] * 4 + ["tw"] * 4)
+    assert group_auc(y, s, g) == {"human": 0.0, "tw": 1.0} and roc_auc(y, s) == 0.75
+    # every (group, class) stratum, even a tiny one, reaches the validation split
+    y2, g2 = np.array([1, 1, 0] + [1, 0] * 20, dtype=bool), np.array(["human"] * 3 + ["tw"] * 40)
+    valid = validation_split(y2, 0.2, np.random.default_rng(0), g2)
+    assert {(str(a), bool(b)) for a, b in zip(g2[valid], y2[valid], strict=True)} == {
+        ("human", True), ("human", False), ("tw", True), ("tw", False)}
+
+
+def test_the_grid_picks_by_the_mean_group_auc_not_the_pooled_one():
+    grid = [{"lr": 1.0, "epoch": 10, "roc_auc": 0.95, "select_auc": 0.86, "f1": 0.91},
+            {"lr": 0.5, "epoch": 5, "roc_auc": 0.94, "select_auc": 0.88, "f1": 0.90},
+            {"lr": 2.0, "epoch": 5, "error": "Encountered NaN."}]
+    assert (pick(grid)["lr"], pick(grid)["epoch"]) == (0.5, 5)
+    with pytest.raises(RuntimeError, match="every lr/epoch"):
+        pick(grid[2:])
+
+
+def test_train_with_groups_repeats_the_small_group_and_reports_each(labelled, shared_data, tmp_path, monkeypatch):
+    texts, labels = labelled
+    rows = [json.loads(x) for x in gzip.open(
+        shared_data / "dclm_human_quality_labels" / "majority_data.jsonl.gz", "rt")]
+    human = [r for r in rows if r["label"]][:20] + [r for r in rows if not r["label"]][:20]
+    texts, labels = texts + [r["text"] for r in human], labels + [bool(r["label"]) for r in human]
+    groups = ["tw"] * 600 + ["human"] * 40
+    lines: list[int] = []
+    real_train = clf._train
+
+    def counting_train(path, settings, lr, epoch):
+        lines.append(len(Path(path).read_text(encoding="utf-8").splitlines()))
+        return real_train(path, settings, lr, epoch)
+
+    monkeypatch.setattr(clf, "_train", counting_train)
+    tiny = TrainSettings(lrs=(0.5, 1.0), epochs=(5,), dim=16, bucket=10_000)
+    _, meta = train_classifier(texts, labels, tmp_path / "m", tiny, groups=groups)
+    assert meta["groups"] == {"human": {"n": 40, "copies": 15}, "tw": {"n": 600, "copies": 1}}
+    assert lines[-1] == 600 + 40 * 15  # the final model sees every example, the human ones 15 times
+    assert lines[0] == 480 + 32 * 15  # the grid trains without the validation split (8 human, 120 tw)
+    for r in meta["grid"]:
+        assert set(r["group_auc"]) == {"human", "tw"}
+        assert r["select_auc"] == pytest.approx(np.mean(list(r["group_auc"].values())), abs=1e-4)
+    assert meta["chosen"] == {k: pick(meta["grid"])[k] for k in ("lr", "epoch")}
+    assert meta["validation"]["n"] == 128
+
+
+def test_bad_groups_are_one_clear_error(labelled, tmp_path):
+    texts, labels = labelled
+    with pytest.raises(ValueError, match="groups has 3 entries for 600 texts"):
+        train_classifier(texts, labels, tmp_path / "m", SMALL, groups=["a", "b", "c"])
+    with pytest.raises(ValueError, match="group 'tb' needs both positive and negative"):
+        train_classifier(texts, labels, tmp_path / "m", SMALL, groups=["tb"] * 300 + ["web"] * 300)

@@ -1,5 +1,11 @@
 """fastText quality classifier: train (lr/epochs picked on a validation split), evaluate, score, cut.
 
+Training data often mixes labelled sources of very different size and difficulty (a few hundred human
+labels beside thousands of textbook-vs-web pairs). Given `groups` (the source of each example), every
+source carries the same total weight in training (small ones are repeated), and lr/epochs are picked by
+the mean of each source's own validation AUC. Without that, the big easy source drowns the small one
+twice: in the loss, and in a pooled AUC whose pairs are mostly cross-source (bench/RESULTS.md).
+
 Uses `fasttext-numpy2-wheel` (imports as `fasttext`): the other wheels give wrong k>1 probabilities or
 fail `predict(str)` under numpy 2. Training always runs with `thread >= 11`: fastText 0.9.x initialises
 only thread/10 of the input matrix (issue #1061) and, since commit b733943, leaves the rest as
@@ -10,7 +16,7 @@ deterministic setting, thread=1, is the one the NaN bug hits most. The seed fixe
 and the example order, not the model; the .json says `"deterministic": false` and the thread count.
 
 A model is saved as `<name>.bin` plus `<name>.json`: its sha256, the labels, training settings, the
-chosen lr/epochs, validation metrics and the size of the data it saw.
+chosen lr/epochs, validation metrics (per source too) and the size of the data it saw.
 """
 
 from __future__ import annotations
@@ -136,10 +142,24 @@ class QualityModel:
         return binary_metrics(np.asarray(labels, dtype=bool), self.scores(texts), threshold)
 
 
-def _write_examples(path: Path, texts: list[str], labels: np.ndarray, positive: str, negative: str) -> None:
+def write_examples(path: Path, texts: list[str], labels: np.ndarray, positive: str, negative: str) -> None:
+    """One `__label__<name> <text>` line per example, in the given order (fastText reads in file order)."""
     with open(path, "w", encoding="utf-8") as f:
         for t, y in zip(texts, labels, strict=True):
             f.write(f"__label__{positive if y else negative} {fasttext_line(t)}\n")
+
+
+def balance_copies(groups: np.ndarray) -> np.ndarray:
+    """How many times to write each example so that every group carries about the largest group's
+    weight: fastText has no sample weights, and repeating a small group in a shuffled file is the same
+    up-weighting in expectation. No groups (all one value): one copy each."""
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return np.maximum(1, np.rint(counts.max() / counts)).astype(np.int64)[inverse]
+
+
+def group_auc(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """ROC AUC within each group: pairs across groups rank the sources, not the quality inside one."""
+    return {str(g): round(roc_auc(y[groups == g], scores[groups == g]), 4) for g in np.unique(groups)}
 
 
 def _train(path: Path, settings: TrainSettings, lr: float, epoch: int) -> Any:
@@ -151,18 +171,22 @@ def _train(path: Path, settings: TrainSettings, lr: float, epoch: int) -> Any:
         seed=settings.seed, verbose=0, loss="softmax")
 
 
-def validation_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Stratified: `fraction` of each class (at least one) marked True."""
+def validation_split(y: np.ndarray, fraction: float, rng: np.random.Generator,
+                     groups: np.ndarray | None = None) -> np.ndarray:
+    """Stratified by class (and group): `fraction` of each stratum (at least one) marked True."""
+    groups = np.zeros(len(y), dtype=np.int64) if groups is None else groups
     valid = np.zeros(len(y), dtype=bool)
-    for cls_ in (True, False):
-        idx = np.flatnonzero(y == cls_)
-        valid[rng.choice(idx, size=max(1, int(len(idx) * fraction)), replace=False)] = True
+    for g in np.unique(groups):
+        for cls_ in (True, False):
+            idx = np.flatnonzero((groups == g) & (y == cls_))
+            valid[rng.choice(idx, size=max(1, int(len(idx) * fraction)), replace=False)] = True
     return valid
 
 
-def grid_search(train_file: Path, valid_texts: list[str], valid_y: np.ndarray, settings: TrainSettings,
-                positive: str) -> list[dict[str, Any]]:
-    """Train once per (lr, epochs) and score the validation split; a NaN-diverged run is recorded."""
+def grid_search(train_file: Path, valid_texts: list[str], valid_y: np.ndarray, valid_groups: np.ndarray,
+                settings: TrainSettings, positive: str) -> list[dict[str, Any]]:
+    """Train once per (lr, epochs) and score the validation split; a NaN-diverged run is recorded.
+    `select_auc` is the mean of the per-group AUCs (the pooled AUC when there is one group)."""
     grid: list[dict[str, Any]] = []
     for lr in settings.lrs:
         for epoch in settings.epochs:
@@ -172,34 +196,62 @@ def grid_search(train_file: Path, valid_texts: list[str], valid_y: np.ndarray, s
             except RuntimeError as e:  # "Encountered NaN": lr too high for this data
                 grid.append({"lr": lr, "epoch": epoch, "error": str(e)})
                 continue
-            met = m.evaluate(valid_texts, valid_y.tolist())
-            grid.append({"lr": lr, "epoch": epoch, "train_s": round(time.perf_counter() - t0, 2), **met.as_dict()})
+            s = m.scores(valid_texts)
+            per_group = group_auc(valid_y, s, valid_groups)
+            grid.append({"lr": lr, "epoch": epoch, "train_s": round(time.perf_counter() - t0, 2),
+                         "select_auc": round(float(np.mean(list(per_group.values()))), 4),
+                         "group_auc": per_group, **binary_metrics(valid_y, s).as_dict()})
     return grid
+
+
+def pick(grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The grid's best run: highest mean per-group validation AUC, then F1, then fewer epochs. Not the
+    pooled AUC: with a big easy group beside a small hard one, it rewards separating the groups."""
+    ok = [r for r in grid if "error" not in r]
+    if not ok:
+        raise RuntimeError(f"fastText training failed for every lr/epoch: {grid}")
+    return max(ok, key=lambda r: (r["select_auc"], r["f1"], -r["epoch"]))
+
+
+def _check_groups(groups: list[str] | None, y: np.ndarray) -> np.ndarray:
+    """The groups as an array (one group when None); each must hold both classes to have an AUC."""
+    if groups is None:
+        return np.full(len(y), "all")
+    g = np.asarray([str(x) for x in groups])
+    if len(g) != len(y):
+        raise ValueError(f"train_classifier: groups has {len(g)} entries for {len(y)} texts")
+    for name in np.unique(g):
+        if y[g == name].all() or not y[g == name].any():
+            raise ValueError(f"train_classifier: group {str(name)!r} needs both positive and negative examples")
+    return g
 
 
 def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
                      settings: TrainSettings | None = None, positive: str = "hq", negative: str = "cc",
-                     source: str | None = None) -> tuple[QualityModel, dict[str, Any]]:
-    """Pick lr x epochs on a stratified validation split (by ROC AUC, then F1), retrain on all data,
-    save `<out>.bin` + `<out>.json`. Returns the model and its metadata (with the grid's results)."""
+                     source: str | None = None, groups: list[str] | None = None,
+                     ) -> tuple[QualityModel, dict[str, Any]]:
+    """Pick lr x epochs on a validation split stratified by class and group (by the mean per-group ROC
+    AUC, then F1), retrain on all data, save `<out>.bin` + `<out>.json`. `groups` names each example's
+    labelled source (each needs both classes); every group then weighs the same in training. Returns
+    the model and its metadata (with the grid's results)."""
     settings = settings or TrainSettings()
     y = np.asarray(labels, dtype=bool)
     if len(texts) != len(y) or y.all() or not y.any():
         raise ValueError("train_classifier: need as many labels as texts, with both classes present")
+    g = _check_groups(groups, y)
+    copies = balance_copies(g)
     rng = np.random.default_rng(settings.seed)
-    valid = validation_split(y, settings.valid_fraction, rng)
-    order = rng.permutation(len(y))  # fastText reads examples in file order: shuffle the classes
+    valid = validation_split(y, settings.valid_fraction, rng, g)
+    # fastText reads examples in file order: shuffle the classes, and spread the copies of an example
+    order = rng.permutation(np.repeat(np.arange(len(y)), copies))
     with tempfile.TemporaryDirectory(prefix="textbookgen-fasttext-") as tmp:
         train_file, all_file = Path(tmp) / "train.txt", Path(tmp) / "all.txt"
-        tr = [i for i in order if not valid[i]]
-        _write_examples(train_file, [texts[i] for i in tr], y[tr], positive, negative)
-        _write_examples(all_file, [texts[i] for i in order], y[order], positive, negative)
+        tr = order[~valid[order]]
+        write_examples(train_file, [texts[i] for i in tr], y[tr], positive, negative)
+        write_examples(all_file, [texts[i] for i in order], y[order], positive, negative)
         vi = np.flatnonzero(valid)
-        grid = grid_search(train_file, [texts[i] for i in vi], y[vi], settings, positive)
-        ok = [g for g in grid if "error" not in g]
-        if not ok:
-            raise RuntimeError(f"fastText training failed for every lr/epoch: {grid}")
-        best = max(ok, key=lambda g: (g["roc_auc"], g["f1"], -g["epoch"]))
+        grid = grid_search(train_file, [texts[i] for i in vi], y[vi], g[vi], settings, positive)
+        best = pick(grid)
         model = _train(all_file, settings, best["lr"], best["epoch"])
     out, sidecar = model_paths(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +263,9 @@ def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
         "settings": {**asdict(settings), "thread": threads},
         "deterministic": False, "thread": threads,  # Hogwild training: same data and seed, another model
         "chosen": {"lr": best["lr"], "epoch": best["epoch"]},
-        "validation": {k: best[k] for k in ("n", "precision", "recall", "f1", "accuracy", "roc_auc", "confusion")},
+        "validation": {k: best[k] for k in ("n", "precision", "recall", "f1", "accuracy", "roc_auc", "confusion",
+                                            "select_auc", "group_auc")},
+        "groups": {str(n): {"n": int((g == n).sum()), "copies": int(copies[g == n][0])} for n in np.unique(g)},
         "grid": grid, "n_train": int(len(y)), "n_positive": int(y.sum()), "source": source,
         "fasttext_package": "fasttext-numpy2-wheel",
     }
