@@ -265,6 +265,43 @@ def test_end_to_end_against_the_emulator_then_everything_is_skipped(tmp_path):
     assert third.stages["generate"] == "skipped" and third.stages["curate"] == "ran"
 
 
+def test_curation_drops_documents_that_copy_their_web_seed(tmp_path, monkeypatch):
+    """The model pastes its prompt's web extract into some answers: curation drops exactly those, checked
+    against the extracts the prompts carried (no web source is read again). `action: flag` reruns
+    curation alone and keeps them, counted."""
+    from textbookgen import build as build_module
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+    from textbookgen.testing.responder import seed_copying
+
+    out = tmp_path / "qs"
+    over = {"output": str(out), "samples": 30, "curation.filters.enabled": False}
+    copying = seed_copying(prose_responder, 0.4)
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=copying)) as emu:
+        over["provider.base_url"] = emu.openai_base_url
+        res = build(load_recipe(QUICKSTART, over), progress=False)
+    docs = pl.read_parquet(out / "documents.parquet")
+    prompts = pl.read_parquet(out / "prompts.parquet").filter(pl.col("seed_extract_id").is_not_null())
+    extract = {p["seed_extract_id"]: json.loads(p["provenance"])["variables"]["web_extract"]
+               for p in prompts.iter_rows(named=True)}  # fmt: skip
+    seeded = docs.filter(pl.col("seed_extract_id").is_not_null())
+    copies = {d["id"] for d in seeded.iter_rows(named=True) if extract[d["seed_extract_id"]] in d["text"]}
+    assert 0 < len(copies) < seeded.height
+    stats = res.manifest["curation"]["seed_copy"]
+    assert stats["checked"] == seeded.height and stats["dropped"] == {"seed_verbatim_run": len(copies)}
+    assert set(docs["id"]) - set(pl.read_parquet(out / "dataset" / "data")["id"]) == copies
+    row = f"| seed_copy | 30 | {30 - len(copies)} | {len(copies)} | seed_verbatim_run: {len(copies)} |"
+    assert row in (out / "dataset" / "README.md").read_text()
+
+    monkeypatch.setattr(build_module, "open_web_samples", lambda *a, **k: pytest.fail("web read again"))
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
+        over.update({"provider.base_url": emu.openai_base_url, "curation.seed_copy.action": "flag"})
+        flagged = build(load_recipe(QUICKSTART, over), progress=False)
+        assert emu.billed == 0
+    assert flagged.stages["generate"] == "skipped" and flagged.stages["curate"] == "ran"
+    assert flagged.manifest["curation"]["seed_copy"]["flagged"] == len(copies)
+    assert pl.read_parquet(out / "curated.parquet").height == docs.height
+
+
 def test_raising_samples_pays_only_for_the_new_prompts(tmp_path):
     """Prompt i depends on (seed, i) only: samples 20 -> 30 re-renders the first 20 prompts byte for byte,
     the journal replays their answers, and the card's whole-build cost is the journal's total."""

@@ -892,12 +892,34 @@ class Build:
             return pl.read_parquet(out_path), st["output_hash"]
         t0 = self._begin("curate")
         bench = self.benchmark_texts()
-        curated, stats = curate(docs, cfg, workdir=self.meta_dir / "curation", benchmark_texts=bench)
+        seeds = self.seed_texts(docs) if cfg.seed_copy.enabled and r.web_samples is not None else None
+        curated, stats = curate(
+            docs, cfg, workdir=self.meta_dir / "curation", benchmark_texts=bench, seed_texts=seeds
+        )
         _write_parquet(curated, out_path)
         self._record("curate", input_hash, [out_path], stats, self._done("curate", t0))
         self.manifest["curation"] = stats
         self.console.print(f"   kept {curated.height:,} of {docs.height:,} documents")
         return curated, self.state["curate"]["output_hash"]
+
+    def seed_texts(self, docs: pl.DataFrame) -> dict[str, str]:
+        """The web extracts the documents were seeded with, by id, for the seed-copy check: read from
+        the prompts that carried them (each prompt's provenance holds its extract's text), so no web
+        source is read again. An extract's id is a hash of its text, so the documents' hash (part of
+        the curate stage's input hash) covers these texts too."""
+        ids = docs["seed_extract_id"].drop_nulls().unique()
+        if not ids.len():
+            return {}
+        extracts = (
+            pl.scan_parquet(self.out / "prompts.parquet")
+            .select("seed_extract_id", "provenance")
+            .filter(pl.col("seed_extract_id").is_in(ids.implode()))
+            .unique("seed_extract_id")
+            .select("seed_extract_id", pl.col("provenance").str.json_path_match("$.variables.web_extract"))
+            .drop_nulls()
+            .collect()
+        )
+        return dict(zip(extracts["seed_extract_id"].to_list(), extracts["provenance"].to_list(), strict=True))
 
     def stage_dataset(self, curated: pl.DataFrame, curated_hash: str) -> None:
         from textbookgen.dataset import write_dataset

@@ -20,7 +20,7 @@ from textbookgen.curation.pipeline import curate, run_pipeline
 _STEPS = {  # imported on first use: keeps `import textbookgen.curation` light
     "ExactDedup": "exact", "HeuristicFilter": "filters", "Decontaminate": "decontaminate",
     "MinHashDedup": "near_dedup", "QualityScore": "classifier", "QualityCut": "classifier",
-    "EducationalJudge": "judge",
+    "EducationalJudge": "judge", "SeedCopy": "seed_copy",
 }
 
 __all__ = ["CurationConfig", "curate", "run_pipeline", *_STEPS]

@@ -3,8 +3,8 @@
 Defaults follow the field notes (datatrove/text-dedup/DCLM practice): exact dedup on, MinHash with 128
 permutations of word 5-gram shingles (bit-compatible with datasketch 2.x `affine32`), LSH bands chosen so
 that a pair at the threshold is a candidate with probability >= `min_candidate_prob`, an exact-Jaccard
-check of candidates, 13-gram decontamination, Gopher-style heuristic filters on prose only, and an
-optional fastText quality classifier.
+check of candidates, 13-gram decontamination, Gopher-style heuristic filters on prose only, a check
+that documents do not copy their own web seed extract, and an optional fastText quality classifier.
 """
 
 from __future__ import annotations
@@ -184,14 +184,34 @@ class ClassifierConfig(_Strict):
         return self
 
 
+class SeedCopyConfig(_Strict):
+    """Documents that copy their own web seed extract: the share of the document's word n-grams found in
+    the extract (`max_containment`) and the longest verbatim run of words (`max_run_words`); over either,
+    the document is dropped, or with `action: flag` only counted (and listed in the step's report)."""
+
+    enabled: bool = True
+    ngram: int = Field(5, ge=1, le=MAX_NGRAM)  # MinHash's shingle size (measured: bench/RESULTS.md)
+    max_containment: float = Field(0.5, ge=0.0, le=1.0)
+    max_run_words: int = Field(15, ge=1)
+    action: Literal["drop", "flag"] = "drop"
+
+    @model_validator(mode="after")
+    def _run_spans_an_ngram(self) -> SeedCopyConfig:
+        if self.max_run_words < self.ngram:
+            raise ValueError(f"seed_copy: max_run_words ({self.max_run_words}) must be >= ngram "
+                             f"({self.ngram}): runs shorter than one n-gram are not measured")
+        return self
+
+
 class CurationConfig(_Strict):
-    """All curation stages, run in this order by `curate()`: exact, filters, decontamination, classifier
-    (scores first, so near-dup clusters keep their best member), minhash, classifier cut."""
+    """All curation stages, run in this order by `curate()`: exact, filters, decontamination, seed copy,
+    classifier (scores first, so near-dup clusters keep their best member), minhash, classifier cut."""
 
     exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    seed_copy: SeedCopyConfig = Field(default_factory=SeedCopyConfig)
     text_column: str = "text"
     id_column: str = "id"

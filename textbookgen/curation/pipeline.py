@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,15 +15,20 @@ from textbookgen.curation.config import CurationConfig
 if TYPE_CHECKING:
     from textbookgen.curation.decontaminate import ItemTexts
 
+log = logging.getLogger(__name__)
 
-def build_steps(config: CurationConfig, benchmark_texts: list[ItemTexts] | None = None) -> list[Step]:
+
+def build_steps(config: CurationConfig, benchmark_texts: list[ItemTexts] | None = None,
+                seed_texts: Mapping[str, str] | str | None = None) -> list[Step]:
     """The enabled stages as a list of steps (datatrove-style composition). `benchmark_texts`: the
-    decontamination benchmarks already loaded (see `Decontaminate`); None loads them here."""
+    decontamination benchmarks already loaded (see `Decontaminate`); None loads them here. `seed_texts`:
+    the documents' web seed extracts, by id or as a column name (see `SeedCopy`); None: no seed-copy step."""
     from textbookgen.curation.classifier import QualityCut, QualityScore
     from textbookgen.curation.decontaminate import Decontaminate
     from textbookgen.curation.exact import ExactDedup
     from textbookgen.curation.filters import HeuristicFilter
     from textbookgen.curation.near_dedup import MinHashDedup
+    from textbookgen.curation.seed_copy import SeedCopy
 
     t, i = config.text_column, config.id_column
     workers = config.minhash.workers  # one worker-count setting for every step that runs on a pool
@@ -32,6 +39,8 @@ def build_steps(config: CurationConfig, benchmark_texts: list[ItemTexts] | None 
         steps.append(HeuristicFilter(config.filters, t, i, workers=workers))
     if config.decontamination.enabled and config.decontamination.benchmarks:
         steps.append(Decontaminate(config.decontamination, t, i, texts=benchmark_texts, workers=workers))
+    if config.seed_copy.enabled and seed_texts is not None:
+        steps.append(SeedCopy(config.seed_copy, t, i, seeds=seed_texts, workers=workers))
     if config.classifier.enabled:  # score before MinHash, so each cluster keeps its best member
         steps.append(QualityScore(config.classifier, t))
     if config.minhash.enabled:  # curate() always gets the whole corpus: nothing to dedup against besides it
@@ -52,11 +61,20 @@ def run_pipeline(df: pl.DataFrame, steps: list[Step], workdir: Path | None = Non
 
 
 def curate(docs_df: pl.DataFrame, config: CurationConfig | None = None, workdir: Path | str | None = None,
-           benchmark_texts: list[ItemTexts] | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+           benchmark_texts: list[ItemTexts] | None = None, seed_texts: Mapping[str, str] | None = None
+           ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Run every enabled stage on `docs_df`; returns the kept rows (same columns, original order) and
     stats: {stage: {"in": n, "kept": n, "dropped": {reason: n}, ...}}. Stages that store state
     (MinHash signatures, decontamination reports, clusters) write under `workdir`. `benchmark_texts`:
-    the decontamination benchmarks, where the caller loaded them already (None: loaded here)."""
+    the decontamination benchmarks, where the caller loaded them already (None: loaded here).
+    `seed_texts`: the web extracts the documents' `seed_extract_id` name, by id; None: a `seed_text`
+    column if `docs_df` has one, else the seed-copy check is skipped (logged)."""
+    from textbookgen.curation.seed_copy import SEED_TEXT_COLUMN
+
     config = config or CurationConfig()
-    steps = build_steps(config, benchmark_texts)
+    if seed_texts is None and SEED_TEXT_COLUMN in docs_df.columns:
+        seed_texts = SEED_TEXT_COLUMN
+    elif seed_texts is None and config.seed_copy.enabled:
+        log.info("seed_copy: skipped: no seed extracts given and no %r column", SEED_TEXT_COLUMN)
+    steps = build_steps(config, benchmark_texts, seed_texts)
     return run_pipeline(docs_df, steps, Path(workdir) if workdir is not None else None)

@@ -8,9 +8,11 @@ Everything is derived from a seed (the request's hash), so the same request alwa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 CHARS_PER_TOKEN = 4
@@ -705,3 +707,23 @@ def default_responder(body: dict[str, Any], seed: int, max_tokens: int) -> str:
     else:  # as many words as asked for: max_tokens may cut it (finish_reason "length")
         text = writer.paragraphs(10**8 if n_words else budget, n_words)
     return json.dumps({"title": subject, "text": text}, ensure_ascii=False) if wants_json(body, prompt) else text
+
+
+_EXTRACT_TAG = re.compile(r"<extract>\s*(.*?)\s*</extract>", re.DOTALL)
+
+
+def seed_copying(responder: Callable[[dict[str, Any]], str], share: float) -> Callable[[dict[str, Any]], str]:
+    """`responder` made to paste the prompt's web extract (the `<extract>` block of the shipped templates)
+    into about `share` of its answers, after the first paragraph, as a model that copies its seed instead
+    of writing new text would. Which answers copy depends on the request alone (its hash)."""
+
+    def respond(body: dict[str, Any]) -> str:
+        text = responder(body)
+        found = _EXTRACT_TAG.search(prompt_text(body.get("messages") or [], body.get("system")))
+        draw = int(hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8], 16) / 2**32
+        if found is None or draw >= share:
+            return text
+        head, sep, tail = text.partition("\n\n")
+        return f"{head}\n\n{found.group(1)}{sep}{tail}"
+
+    return respond

@@ -1,0 +1,144 @@
+"""Seed-copy check: documents that copy their own web seed extract instead of writing new text.
+
+Web extracts seed prompts for diversity; a document that pastes its extract back re-introduces web
+text, with its licence and quality. MinHash misses this: a copied paragraph inside a longer document
+leaves the pair's Jaccard far below any dedup threshold. Two scores per document, on the words
+MinHash and decontamination see (`normalize.simplify_bytes`: lowercase, punctuation dropped, digit
+runs -> 0):
+
+- containment: the share of the document's word n-grams found in its extract (a document that is
+  mostly the extract, lightly edited);
+- longest verbatim run: the most consecutive words the document shares with the extract (a copied
+  passage inside an otherwise new document).
+
+A document over either threshold is dropped (or only counted, `action: flag`). Documents without a
+seed extract pass unchecked. Per-document scores go to `seed_copy.parquet` in the step's workdir.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
+from textbookgen.curation.config import SeedCopyConfig
+from textbookgen.curation.normalize import simplify_bytes
+
+SEED_ID_COLUMN = "seed_extract_id"  # what the build records for each document (build.DOC_SCHEMA)
+SEED_TEXT_COLUMN = "seed_text"  # a corpus may carry each document's extract itself (no id needed)
+REPORT_SCHEMA = {"id": pl.String, "seed_extract_id": pl.String, "containment": pl.Float64,
+                 "run_words": pl.Int64, "reason": pl.String}
+
+
+def ngrams(text: str, n: int) -> list[bytes]:
+    """The simplified text's word n-grams, in order (none when it has fewer than n words)."""
+    words = simplify_bytes(text).split()
+    return [b" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def copy_scores(text: str, seed: str, n: int) -> tuple[float, int]:
+    """(containment, longest verbatim run in words) of `text` in `seed`.
+
+    Containment counts the text's n-gram positions whose n-gram occurs in the seed. The run is the
+    longest chain of consecutive text n-grams found at consecutive seed positions: a common word
+    substring of chain + n - 1 words (exact for runs of n words or more; shorter ones count 0)."""
+    doc = ngrams(text, n)
+    where: dict[bytes, list[int]] = defaultdict(list)
+    for j, g in enumerate(ngrams(seed, n)):
+        where[g].append(j)
+    if not doc or not where:
+        return 0.0, 0
+    hits = best = 0
+    chain: dict[int, int] = {}  # seed position -> length of the chain ending there at the last text position
+    for g in doc:
+        at = where.get(g)
+        if at is None:
+            chain = {}
+            continue
+        hits += 1
+        chain = {j: chain.get(j - 1, 0) + 1 for j in at}
+        best = max(best, *chain.values())
+    return hits / len(doc), best + n - 1 if best else 0
+
+
+class SeedCopy(Step):
+    """Drop (or flag) documents whose text copies their own seed extract (containment or verbatim run)."""
+
+    name = "seed_copy"
+
+    def __init__(self, config: SeedCopyConfig | None = None, text_column: str = "text", id_column: str = "id",
+                 seeds: Mapping[str, str] | str = SEED_TEXT_COLUMN, workers: int = 0,
+                 chunk_size: int = CHUNK_ROWS) -> None:
+        """`seeds`: where each document's extract is. A mapping of extract id -> text, for documents that
+        name theirs in `seed_extract_id` (the build passes the extracts its prompts used), or the name of
+        a column that holds each document's extract. Documents with none (null) pass unchecked.
+        `workers`: processes that score documents (0 = one per core; the curation config's
+        `minhash.workers`), `chunk_size` documents at a time."""
+        self.config = config or SeedCopyConfig()
+        self.text_column, self.id_column = text_column, id_column
+        self.seeds, self.workers, self.chunk_size = seeds, workers, chunk_size
+
+    def seed_texts(self, df: pl.DataFrame) -> pl.Series:
+        """Each row's extract text; null where the document has no seed (or names one not passed)."""
+        if isinstance(self.seeds, str):
+            require_columns(df, [self.seeds], self.name)
+            return df[self.seeds].cast(pl.String)
+        if SEED_ID_COLUMN not in df.columns:
+            return pl.Series(SEED_TEXT_COLUMN, [None] * df.height, dtype=pl.String)
+        return df[SEED_ID_COLUMN].replace_strict(dict(self.seeds), default=None, return_dtype=pl.String)
+
+    def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
+        require_columns(df, [self.text_column, self.id_column], self.name)
+        cfg = self.config
+        stats.extra.update(ngram=cfg.ngram, max_containment=cfg.max_containment,
+                           max_run_words=cfg.max_run_words, action=cfg.action)
+        seeds = self.seed_texts(df)
+        rows = np.flatnonzero(seeds.is_not_null().to_numpy())
+        if not isinstance(self.seeds, str) and SEED_ID_COLUMN in df.columns:
+            missing = int(df[SEED_ID_COLUMN].is_not_null().sum()) - len(rows)
+            if missing:  # documents name an extract the caller did not pass: they pass unchecked
+                stats.extra["seed_not_found"] = missing
+        texts, seed_col = df[self.text_column][rows], seeds[rows]
+        scored = map_rows(_score_rows, cfg.ngram, [texts, seed_col], self.workers, self.chunk_size)
+        scores = list(progress(scored, len(rows), "seed-copy check"))
+        contain = np.array([c for c, _ in scores], dtype=np.float64)
+        run = np.array([r for _, r in scores], dtype=np.int64)
+        reasons = np.where(contain > cfg.max_containment, "seed_containment",
+                           np.where(run > cfg.max_run_words, "seed_verbatim_run", ""))
+        copied = reasons != ""
+        stats.extra.update(checked=len(rows), **_distribution(contain, run))
+        if cfg.action == "flag":
+            stats.extra["flagged"] = int(copied.sum())
+        else:
+            stats.dropped.update(reasons[copied].tolist())  # one count per document, by reason
+        if workdir is not None:
+            seed_ids = df[SEED_ID_COLUMN].cast(pl.String)[rows] if SEED_ID_COLUMN in df.columns else None
+            why = [r or None for r in reasons.tolist()]
+            report = {"id": df[self.id_column].cast(pl.String)[rows], "seed_extract_id": seed_ids,
+                      "containment": contain, "run_words": run, "reason": why}
+            pl.DataFrame(report, schema=REPORT_SCHEMA).write_parquet(workdir / "seed_copy.parquet")
+        if cfg.action == "flag" or not copied.any():
+            return df
+        keep = np.ones(df.height, dtype=bool)
+        keep[rows[copied]] = False
+        return df.filter(pl.Series(keep))
+
+
+def _distribution(contain: np.ndarray, run: np.ndarray) -> dict[str, float | int]:
+    """Median, 99th percentile and maximum of both scores, as flat numbers (the card shows scalars)."""
+    if not len(contain):
+        return {}
+    c50, c99, cmax = np.percentile(contain, [50, 99, 100])
+    r50, r99, rmax = np.percentile(run, [50, 99, 100])
+    return {"containment_p50": round(float(c50), 4), "containment_p99": round(float(c99), 4),
+            "containment_max": round(float(cmax), 4), "run_words_p50": int(r50), "run_words_p99": int(r99),
+            "run_words_max": int(rmax)}
+
+
+def _score_rows(n: int, rows: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    """`copy_scores` of each (text, seed) row: the work a pool worker does for one chunk."""
+    return [copy_scores(text, seed, n) for text, seed in rows]
