@@ -137,13 +137,16 @@ def test_a_crash_before_the_batch_id_is_recorded_finds_the_batch_again(provider,
 
 
 class LosesTheFirstCreateAnswer(Emulator):
-    """Creates the batch, then drops the connection before answering: the client sees a reset."""
+    """Creates the batch, then drops the connection before answering the `lose_at`-th create: the client
+    sees a reset."""
 
-    lost = 0
+    lost = creates = 0
+    lose_at = 1
 
     async def _lose_once(self, request, create):
         response = await create(request)
-        if self.lost == 0:
+        self.creates += 1
+        if self.creates == self.lose_at:
             self.lost += 1
             request.transport.abort()
         return response
@@ -162,6 +165,53 @@ def test_a_batch_whose_create_answer_was_lost_is_adopted_not_sent_twice(provider
         assert emu.lost == 1 and emu.stats()["batches_created"] == 1
         assert emu.billed == 5 and emu.duplicates == 0
     assert all(r.text for r in out)
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_lost_create_answer_is_adopted_beside_an_earlier_batch_of_the_same_size(provider, model, tmp_path):
+    # Anthropic finds the batch by size and time: the run's first chunk has both, and must not count as a match
+    with LosesTheFirstCreateAnswer(EmulatorConfig(batch_latency_s=0.3)) as emu:
+        emu.lose_at = 2
+        out = batch_gen(emu, provider, model, tmp_path, batch_size=10, backoff_initial_s=0.01,
+                        backoff_max_s=0.02).run(reqs(20))
+        assert emu.lost == 1 and emu.stats()["batches_created"] == 2
+        assert emu.billed == 20 and emu.duplicates == 0
+    assert all(r.text and r.attempts == 1 for r in out)
+
+
+def _crash_before_recording_the_second_id(emu: Emulator, provider: str, model: str, tmp_path, monkeypatch) -> None:
+    """A run of two equal chunks that dies right after the provider took the second one."""
+    real, recorded = Journal.update_batch, []
+
+    def die_before_recording(self, tag, status, batch_id=None):
+        if status == "running" and recorded:
+            raise KeyboardInterrupt
+        recorded.append(batch_id)
+        real(self, tag, status, batch_id)
+
+    monkeypatch.setattr(Journal, "update_batch", die_before_recording)
+    with pytest.raises(KeyboardInterrupt):
+        batch_gen(emu, provider, model, tmp_path, batch_size=10).run(reqs(20))
+    monkeypatch.setattr(Journal, "update_batch", real)
+    assert [status for _, _, status, _ in batch_rows(tmp_path / f"{provider}.sqlite")] == ["running", "submitting"]
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_rerun_finds_a_batch_whose_id_was_not_recorded_beside_one_of_the_same_size(provider, model, tmp_path,
+                                                                                       monkeypatch):
+    with Emulator(EmulatorConfig(batch_latency_s=0.3)) as emu:
+        _crash_before_recording_the_second_id(emu, provider, model, tmp_path, monkeypatch)
+        out = batch_gen(emu, provider, model, tmp_path, batch_size=10).run(reqs(20))
+        assert emu.stats()["batches_created"] == 2 and emu.billed == 20 and emu.duplicates == 0
+    assert all(r.text and r.attempts == 1 for r in out)
+
+
+def test_cancel_finds_a_batch_whose_id_was_not_recorded_beside_one_of_the_same_size(tmp_path, monkeypatch):
+    with Emulator(EmulatorConfig(batch_latency_s=30.0)) as emu:
+        _crash_before_recording_the_second_id(emu, "anthropic", "claude-haiku-4-5", tmp_path, monkeypatch)
+        counts = cancel_batches(tmp_path / "anthropic.sqlite", base_url=emu.anthropic_base_url,
+                                api_key="sk-test-key", poll_s=0.01)
+        assert counts["cancelled"] == 2 and counts["lost"] == 0 and emu.stats()["batches_created"] == 2
 
 
 def test_answers_to_requests_a_rerun_dropped_are_kept_in_the_journal(tmp_path):

@@ -297,3 +297,25 @@ def test_a_model_that_never_fits_the_schema_is_asked_a_bounded_number_of_times(t
     assert seeds == [0, 1, 1_000_000, 1_000_001, 2_000_000, 2_000_001]
     with pytest.raises(ValueError, match="schema_retries"):
         LLM("gpt-4o-mini", api_key="sk-test", progress=False, schema_retries=-1)
+
+
+@pytest.mark.parametrize("budget", [{"max_cost_usd": 1.6e-4}, {"max_output_tokens": 150}])
+def test_schema_re_asks_share_the_calls_budget_and_its_stats(budget, tmp_path):
+    """Each round of re-asks is a Generator run of its own; the call's budget covers them all, not each."""
+    from textbookgen.journal import Journal
+
+    with Emulator(EmulatorConfig(latency_median_s=0.001, responder=lambda body: "no JSON")) as emu:
+        task = make(Glossary, emu, "openai", "gpt-4o-mini", tmp_path, max_tokens=64, concurrency=1, **budget)
+        task([{"topic": f"topic {i}"} for i in range(30)])  # 30 answers fit the budget, 90 do not
+        billed = emu.billed
+    with Journal(task.generator.journal_path, read_only=True) as j:
+        summary = j.summary()
+    stats = task.generator.stats
+    assert billed > 30 and stats["sent"] == billed and stats["skipped_budget"] > 0  # the re-asks ran into it
+    assert stats["cost_usd"] == pytest.approx(summary["cost_usd"])
+    if "max_cost_usd" in budget:
+        assert summary["cost_usd"] <= budget["max_cost_usd"]
+    else:
+        assert stats["output_tokens"] <= budget["max_output_tokens"]
+    assert (task.generator.max_cost_usd, task.generator.max_output_tokens) == \
+        (budget.get("max_cost_usd"), budget.get("max_output_tokens"))

@@ -1,5 +1,6 @@
 """pricing.price_of: a name is priced as a table entry only when it is that model (its dated snapshots and
-`-latest` aliases); anything else is unknown, so a budget warns instead of counting at a cheaper model's price."""
+`-latest` aliases); anything else is unknown, so a budget warns instead of counting at a cheaper model's price.
+cache_rates resolves a name the same way."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import pytest
 
 from textbookgen.engine import Generator
-from textbookgen.pricing import price_of
+from textbookgen.pricing import CACHE_READ, CACHE_WRITE, PRICES, cache_rates, price_of
 
 
 @pytest.mark.parametrize("model, price", [
@@ -29,7 +30,15 @@ def test_dated_snapshots_latest_aliases_and_router_names_price_as_their_model(mo
     assert price_of(model) == price_of(base) != (0.0, 0.0)
 
 
-@pytest.mark.parametrize("model", ["gpt-5-codex", "gpt-4o-audio-preview", "gpt-3.5-turbo-1106", "o3-deep-research",
+@pytest.mark.parametrize("model, price", [
+    ("gpt-5-chat-latest", (1.25, 10.0)), ("gpt-5-codex", (1.25, 10.0)), ("gpt-3.5-turbo-0125", (0.5, 1.5)),
+    ("gpt-4o-search-preview", (2.5, 10.0)), ("gpt-4o-search-preview-2025-03-11", (2.5, 10.0)),
+])
+def test_variants_that_are_priced_models_of_their_own_have_their_list_prices(model, price):
+    assert price_of(model) == price
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-audio-preview", "gpt-3.5-turbo-1106", "o3-deep-research",
                                    "gpt-4o-mini-tts"])
 def test_any_other_suffix_is_another_model_of_unknown_price(model):
     assert price_of(model) == (0.0, 0.0)
@@ -41,5 +50,19 @@ def test_user_prices_extend_to_their_snapshots():
 
 def test_a_budget_on_an_unknown_suffix_warns_instead_of_using_the_base_price(caplog):
     with caplog.at_level(logging.WARNING, logger="textbookgen.engine"):
-        gen = Generator("openai", "gpt-5-codex", api_key="sk-x", max_cost_usd=10.0, progress=False)
-    assert gen.price_in == gen.price_out == 0 and "no price is known for model 'gpt-5-codex'" in caplog.text
+        gen = Generator("openai", "gpt-4o-mini-tts", api_key="sk-x", max_cost_usd=10.0, progress=False)
+    assert gen.price_in == gen.price_out == 0 and "no price is known for model 'gpt-4o-mini-tts'" in caplog.text
+
+
+@pytest.mark.parametrize("model, rates", [
+    ("gpt-4o-mini-2024-07-18", (0.5, 1.0)), ("openai/gpt-5-codex", (0.1, 1.0)),
+    ("claude-sonnet-4-5-20250929", (0.1, 1.25)),
+    ("gpt-4o-2024-05-13", (1.0, 1.0)), ("gpt-5-pro", (1.0, 1.0)), ("o3-pro-2025-06-10", (1.0, 1.0)),  # no caching
+    ("gpt-4o-mini-tts", (1.0, 1.0)), ("claude-next", (1.0, 1.0)),  # unknown: no price, no cache rate
+])
+def test_cache_rates_resolve_a_name_as_its_price_does(model, rates):
+    assert cache_rates(model) == rates
+
+
+def test_every_cache_rate_belongs_to_a_priced_model():
+    assert set(CACHE_READ) | set(CACHE_WRITE) <= set(PRICES)

@@ -18,7 +18,9 @@ Nothing is paid twice. A batch's row (tag, keys) is committed before it is submi
 after, so a rerun polls the batches the journal names instead of submitting their requests again. A crash
 between the submission and that second commit is covered by finding the batch at the provider: OpenAI by
 the tag stored in the batch's metadata; Anthropic, which keeps no metadata, by creation time and request
-count (only an unambiguous match is taken). Ctrl-C leaves submitted batches running (they are paid for);
+count among the batches the journal does not already name (only an unambiguous match is taken: chunks of one
+run have the same size, so the batches it recorded must be left out or its own earlier chunk looks like a
+second candidate and the lost batch is paid again). Ctrl-C leaves submitted batches running (they are paid for);
 rerunning collects them.
 """
 
@@ -30,7 +32,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,7 +137,8 @@ class OpenAIBatches:
                                                  completion_window="24h", metadata={"textbookgen_tag": tag})
         return batch.id
 
-    async def find(self, tag: str, since: float, n: int) -> str | None:
+    async def find(self, tag: str, since: float, n: int, known: Collection[str] = ()) -> str | None:
+        """The batch submitted under `tag`, by the tag in its metadata (exact: `known` is not needed)."""
         async for batch in self.client.batches.list(limit=100):  # newest first
             if batch.created_at < since - FIND_SLACK_S:
                 return None
@@ -195,11 +198,16 @@ class AnthropicBatches:
         batch = await self.client.messages.batches.create(requests=[json.loads(line) for line in lines])
         return batch.id
 
-    async def find(self, tag: str, since: float, n: int) -> str | None:
+    async def find(self, tag: str, since: float, n: int, known: Collection[str] = ()) -> str | None:
+        """The one batch of `n` requests created since `since` (less the clock slack) that is not in `known`
+        (the ids the journal and the run already hold), or None when there are none or several: adopting
+        someone else's batch would lose ours and cancel theirs, so an ambiguous match sends the batch again."""
         matches = []
         async for batch in self.client.messages.batches.list(limit=100):  # newest first
             if batch.created_at.timestamp() < since - FIND_SLACK_S:
                 break
+            if batch.id in known:
+                continue
             counts = batch.request_counts
             if counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired == n:
                 matches.append(batch.id)
@@ -227,6 +235,11 @@ class AnthropicBatches:
                 results.append(BatchResult(row.custom_id, error=f"anthropic batch: request {result.type}",
                                            error_class="transient"))
         return results
+
+
+def recorded_ids(journal: Journal) -> set[str]:
+    """Every batch id the journal holds: none of them is a batch whose submission lost its answer."""
+    return {bid for (bid,) in journal.db.execute("SELECT batch_id FROM batches WHERE batch_id IS NOT NULL")}
 
 
 def batch_api(provider: OpenAIProvider | AnthropicProvider) -> OpenAIBatches | AnthropicBatches:
@@ -292,7 +305,8 @@ class BatchRunner:
         for row in self.journal.open_batches(self.gen.provider, self.gen.model):
             batch_id = row["batch_id"]
             if batch_id is None:
-                batch_id = await self._call(self.api.find, row["tag"], row["created_at"], len(row["keys"]))
+                batch_id = await self._call(self.api.find, row["tag"], row["created_at"], len(row["keys"]),
+                                            self._known())
                 if batch_id is None:
                     log.warning("batch %s was being submitted when the last run stopped and is not at %s; its "
                                 "%d requests are submitted again", row["tag"], self.gen.provider, len(row["keys"]))
@@ -300,7 +314,14 @@ class BatchRunner:
                     continue
                 self.journal.update_batch(row["tag"], "running", batch_id)
             log.info("collecting batch %s (%d requests) submitted by an earlier run", batch_id, len(row["keys"]))
+            for key in row["keys"]:  # a round they had, as if this run had submitted it
+                if key in items:
+                    items[key].attempts += 1
             self._track(row["tag"], batch_id, row["keys"], row["created_at"], items)
+
+    def _known(self) -> set[str]:
+        """The batch ids this run already accounts for, which a lost submission's batch cannot be."""
+        return recorded_ids(self.journal) | {b["batch_id"] for b in self.running.values()}
 
     def _track(self, tag: str, batch_id: str, keys: list[str], since: float, items: dict[str, _Item]) -> None:
         cost = out = tokens = 0.0
@@ -393,7 +414,7 @@ class BatchRunner:
 
         async def submit_or_adopt() -> str:
             nonlocal sent
-            if sent and (found := await self.api.find(tag, since, len(lines))) is not None:
+            if sent and (found := await self.api.find(tag, since, len(lines), self._known())) is not None:
                 log.info("batch %s was created before its answer was lost: adopting %s", tag, found)
                 return found
             sent = True
@@ -555,7 +576,7 @@ async def _cancel_one(api, call, journal: Journal, gen: Generator, row: dict, po
     its answers; the batch's row is closed ("cancelled") only once they are in the journal."""
     tag, keys, batch_id = row["tag"], row["keys"], row["batch_id"]
     if batch_id is None:
-        batch_id = await call(api.find, tag, row["created_at"], len(keys))
+        batch_id = await call(api.find, tag, row["created_at"], len(keys), recorded_ids(journal))
         if batch_id is None:  # never created: its requests are pending, as after a lost submission in a run
             journal.update_batch(tag, "lost")
             counts["lost"] += 1

@@ -193,8 +193,12 @@ def generate(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate a completion for every prompt; writes the journal and the completions file.
-    Exit status: 0 every prompt answered, 1 bad input, 2 the run stopped (provider error, too many failures;
-    rerun to resume), 3 some requests failed for good (their errors are in the completions file)."""
+
+    Exit status (a script can tell what a rerun needs): 0 every prompt answered; 1 bad input; 2 the run
+    stopped (provider error, too many failures: rerun to resume); 3 some requests failed, their errors in the
+    completions file (refused for good: rerun with --retry-failed once the cause is fixed; gave up on transient
+    errors: a plain rerun); 4 the budget stopped it before every prompt was sent, none failed (rerun with a
+    larger --max-cost / --max-output-tokens). 130 interrupted."""
     import logging
     from collections import Counter
 
@@ -252,6 +256,10 @@ def generate(
     typer.echo(f"{len(responses)} completions -> {path} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
                f"${cost:.4f}; journal {gen.journal_path}")
     failed = [r for r in responses if r.status == "failed"]
+    skipped = counts.get("skipped_budget", 0)
+    note = next((r.error for r in responses if r.status == "skipped_budget" and r.error), "a budget was reached")
+    budget = (f"{skipped} of {len(responses)} requests were never sent, {note}; rerun with a larger --max-cost / "
+              "--max-output-tokens to send them")
     if failed:  # not a success: say how many, why, and how to send them again
         with _reported(), Journal(gen.journal_path, read_only=True) as j:
             rows = j.rows(list({r.key for r in failed}))
@@ -263,9 +271,13 @@ def generate(
                          "once the cause is fixed")
         if transient:
             again.append(f"a plain rerun sends the {transient} that gave up on transient errors again")
+        if skipped:
+            again.append(budget)
         why = ", ".join(f"{name} {count}" for name, count in classes.most_common())
         _fail(f"{len(failed)} of {len(responses)} requests failed ({why}), e.g. {(failed[0].error or '')[:200]}; "
               + "; ".join(again), 3)
+    if skipped:
+        _fail(budget, 4)
 
 
 @app.command()

@@ -22,7 +22,8 @@ Rows whose request failed, or whose answer does not fit `response_format`, are l
 listed in `.failures`. An answer that does not fit is asked again, up to `schema_retries` times (2 by default),
 each time with a new seed (seed + k * REASK_SEED_STRIDE, so never another sample's), which makes each re-ask a
 request of its own in the journal: a later call replays the whole chain for free, and raising `schema_retries`
-pays only for the new tries. An answer cut at max_tokens is not asked again (it would be cut again: raise
+pays only for the new tries. All rounds of one call share the Generator's `max_cost_usd` / `max_output_tokens`
+(a re-ask round gets what the earlier ones left) and `generator.stats` adds them up. An answer cut at max_tokens is not asked again (it would be cut again: raise
 max_tokens). `retry_failed=True` is about requests the provider refused (a 400, a refusal): it re-sends those,
 and an answer that does not fit is no such failure. The table's columns take the common type of all their values (ints and floats give
 floats); values with none (a list and a number) raise a TypeError naming the column, answers kept.
@@ -93,24 +94,28 @@ class LLM:
         """Generate for every row and return the parsed table (also from a Jupyter cell: see Generator.run)."""
         rows = self._checked(_as_rows(rows))
         requests = self._requests(rows)
-        responses = self.generator.run(requests)
-        for k in range(1, self.schema_retries + 1):
-            misses = self._misses(responses)
-            if not misses:
-                break
-            _put(responses, misses, self.generator.run(self._reasked(requests, misses, k)))
+        with _Rounds(self.generator) as rounds:
+            responses = self.generator.run(requests)
+            for k in range(1, self.schema_retries + 1):
+                misses = self._misses(responses)
+                if not misses:
+                    break
+                rounds.next()
+                _put(responses, misses, self.generator.run(self._reasked(requests, misses, k)))
         return self._table(rows, responses)
 
     async def acall(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """`__call__` inside a running event loop."""
         rows = self._checked(_as_rows(rows))
         requests = self._requests(rows)
-        responses = await self.generator.arun(requests)
-        for k in range(1, self.schema_retries + 1):
-            misses = self._misses(responses)
-            if not misses:
-                break
-            _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
+        with _Rounds(self.generator) as rounds:
+            responses = await self.generator.arun(requests)
+            for k in range(1, self.schema_retries + 1):
+                misses = self._misses(responses)
+                if not misses:
+                    break
+                rounds.next()
+                _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
         return self._table(rows, responses)
 
     def _checked(self, rows: list[Any]) -> list[Any]:
@@ -249,6 +254,51 @@ class LLM:
 
     def _fail(self, index: int, sample: int, resp: ChatResponse, error: str) -> None:
         self.failures.append({"row": index, "sample": sample, "key": resp.key, "status": resp.status, "error": error})
+
+
+class _Rounds:
+    """The runs of one call (the first round and its schema re-asks) under one budget: each Generator run
+    counts only its own request set, so before a re-ask round its `max_cost_usd` / `max_output_tokens` are
+    lowered by what the earlier rounds spent (restored after the call), and `generator.stats` adds the rounds
+    up (counts and money summed; levels such as `concurrency` from the last round)."""
+
+    _LEVELS = frozenset({"concurrency"})
+
+    def __init__(self, gen: Generator) -> None:
+        self.gen, self.limits = gen, (gen.max_cost_usd, gen.max_output_tokens)
+        self.stats: dict = {}
+        self.merged: dict | None = gen.stats  # the stats of a run before this call are not this call's
+
+    def __enter__(self) -> _Rounds:
+        return self
+
+    def next(self) -> None:
+        """Before a re-ask round: count the last round, leave the next one what the call has not spent."""
+        self._merge()
+        cost, out = self.limits
+        s = self.stats
+        if cost is not None:
+            self.gen.max_cost_usd = max(0.0, cost - s.get("cost_usd", 0.0) - s.get("abandoned_usd", 0.0))
+        if out is not None:
+            used = s.get("output_tokens", 0) + s.get("abandoned_output_tokens", 0)
+            self.gen.max_output_tokens = max(0, out - used)
+
+    def __exit__(self, *exc: object) -> None:
+        self._merge()  # a round that raised has its stats too
+        self.gen.max_cost_usd, self.gen.max_output_tokens = self.limits
+        if self.stats:
+            self.gen.stats = self.stats
+
+    def _merge(self) -> None:
+        stats = self.gen.stats
+        if stats is self.merged:
+            return
+        self.merged = stats
+        self.stats = {k: self.stats[k] + v if self._adds(k, v) else v for k, v in stats.items()}
+
+    def _adds(self, key: str, value: Any) -> bool:
+        return key in self.stats and key not in self._LEVELS and isinstance(value, (int, float)) \
+            and not isinstance(value, bool)
 
 
 def _put(responses: list[ChatResponse], indices: list[int], answers: list[ChatResponse]) -> None:

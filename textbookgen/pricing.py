@@ -5,20 +5,22 @@ them with `prices=` on the Generator (or `--price MODEL=IN,OUT` on the CLI) when
 A model not found here (a self-hosted one, say) costs 0. A name prices as a table entry only when it is
 that entry or one of its dated snapshots (`-2024-07-18`, `-20250929`) or `-latest` aliases: any other
 suffix (`-pro`, `-mini`, `-0613`) may be a different model at a different price, so it is unknown.
+Variants that are priced models of their own (`gpt-5-codex`, `gpt-3.5-turbo-0125`) are table entries.
+Prompt-cache rates resolve the same way (`resolve`), so a name never gets one model's price and another's
+cache rate.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TypeVar
-
-T = TypeVar("T")
 
 # model name -> (input USD per 1M tokens, output USD per 1M tokens); its dated snapshots price the same
 # unless listed themselves (gpt-4o-2024-05-13 is the first, dearer gpt-4o)
 PRICES: dict[str, tuple[float, float]] = {
     "gpt-5": (1.25, 10.00),
+    "gpt-5-chat-latest": (1.25, 10.00),
+    "gpt-5-codex": (1.25, 10.00),
     "gpt-5-pro": (15.00, 120.00),
     "gpt-5-mini": (0.25, 2.00),
     "gpt-5-nano": (0.05, 0.40),
@@ -28,8 +30,10 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o": (2.50, 10.00),
     "gpt-4o-2024-05-13": (5.00, 15.00),
     "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o-search-preview": (2.50, 10.00),
     "gpt-4-turbo": (10.00, 30.00),
     "gpt-3.5-turbo": (0.50, 1.50),
+    "gpt-3.5-turbo-0125": (0.50, 1.50),
     "o1": (15.00, 60.00),
     "o1-pro": (150.00, 600.00),
     "o1-mini": (1.10, 4.40),
@@ -55,40 +59,45 @@ PRICES: dict[str, tuple[float, float]] = {
 # OpenAI's Batch API and Anthropic's Message Batches bill half the standard price for input and output
 BATCH_DISCOUNT = 0.5
 
-# Prompt caching, as a fraction of the input price (model-name prefix -> fraction). OpenAI caches long
-# prompt prefixes by itself and bills the cached part at a per-family rate; Anthropic bills a cache read
-# at 0.1x and a (5-minute) cache write at 1.25x. An unknown model is charged the full input price.
-CACHE_READ: dict[str, float] = {"gpt-5": 0.1, "gpt-4.1": 0.25, "gpt-4o": 0.5, "o1": 0.5, "o3": 0.25,
-                                "o3-mini": 0.5, "o4-mini": 0.25, "claude": 0.1}
-CACHE_WRITE: dict[str, float] = {"claude": 1.25}
-
-
-def _by_prefix(model: str, table: Mapping[str, T], default: T) -> T:
-    """The entry of the longest prefix of the model's name (`gpt-4o-mini-2024-07-18` -> `gpt-4o-mini`)."""
-    name = model.rsplit("/", 1)[-1]
-    best = max((p for p in table if name.startswith(p)), key=len, default=None)
-    return table[best] if best else default
-
-
-def cache_rates(model: str) -> tuple[float, float]:
-    """(read, write) price of a cached input token, as a fraction of the model's input price."""
-    return _by_prefix(model, CACHE_READ, 1.0), _by_prefix(model, CACHE_WRITE, 1.0)
-
+_CLAUDE = [m for m in PRICES if m.startswith("claude")]
+# Prompt caching, as a fraction of the input price, per PRICES entry. OpenAI caches long prompt prefixes by
+# itself and bills the cached part at a per-model rate (none for the -pro models, gpt-4o-2024-05-13,
+# gpt-4-turbo, gpt-3.5-turbo, search previews); Anthropic bills a cache read at 0.1x and a (5-minute) cache
+# write at 1.25x. A model not listed, or unknown, is charged the full input price.
+CACHE_READ: dict[str, float] = {
+    **dict.fromkeys(("gpt-5", "gpt-5-chat-latest", "gpt-5-codex", "gpt-5-mini", "gpt-5-nano"), 0.1),
+    **dict.fromkeys(("gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini"), 0.25),
+    **dict.fromkeys(("gpt-4o", "gpt-4o-mini", "o1", "o1-mini", "o3-mini"), 0.5),
+    **dict.fromkeys(_CLAUDE, 0.1),
+}
+CACHE_WRITE: dict[str, float] = dict.fromkeys(_CLAUDE, 1.25)
 
 # what may follow a table entry's name and still be that model: a dated snapshot or the `-latest` alias
 _SNAPSHOT = re.compile(r"(?P<base>.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)")
 
 
-def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> tuple[float, float]:
-    """(input, output) USD per 1M tokens: the exact name, else the entry it is a dated snapshot or `-latest`
-    alias of (`gpt-4o-mini-2024-07-18` prices as `gpt-4o-mini`), else (0, 0): unknown."""
-    table = {**PRICES, **(prices or {})}
+def resolve(model: str, names: Mapping[str, object] | None = None) -> str | None:
+    """The table entry (PRICES, or `names`) a model is: its exact name (a router's `openai/` prefix dropped),
+    else the entry it is a dated snapshot or `-latest` alias of (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`);
+    None when it is none of them."""
+    table = PRICES if names is None else names
     name = model.rsplit("/", 1)[-1]  # also "openai/gpt-4o" style names of routers
     snapshot = _SNAPSHOT.fullmatch(name)
-    for key in (model, name, snapshot["base"] if snapshot else None):
-        if key in table:
-            return table[key]
-    return 0.0, 0.0
+    return next((key for key in (model, name, snapshot["base"] if snapshot else None) if key in table), None)
+
+
+def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> tuple[float, float]:
+    """(input, output) USD per 1M tokens of the entry the model resolves to, else (0, 0): unknown."""
+    table = {**PRICES, **(prices or {})}
+    entry = resolve(model, table)
+    return table[entry] if entry is not None else (0.0, 0.0)
+
+
+def cache_rates(model: str) -> tuple[float, float]:
+    """(read, write) price of a cached input token, as a fraction of the input price of the PRICES entry the
+    model resolves to (as `price_of` resolves it); 1.0 for a model without caching or unknown."""
+    entry = resolve(model)
+    return CACHE_READ.get(entry, 1.0), CACHE_WRITE.get(entry, 1.0)
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int,
