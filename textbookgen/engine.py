@@ -6,11 +6,15 @@
 
 Each request is keyed by the hash of its canonical form (provider, model, messages, system, sampling
 params, seed; metadata excluded). The journal is read first: done keys are replayed, the rest are
-sent. Every attempt passes the admission controller (rate buckets fed by response headers, then an
-AIMD concurrency slot); transient failures are retried by tenacity with backoff, outside any slot.
-Results are committed by a single journal writer as they arrive, so a killed run loses at most the
-requests on the wire. With `batch=True` the same requests go through the provider's batch API instead
-(textbookgen/batch.py): half the price, same journal. See README "Generation engine".
+sent, except those the journal answers under another max_tokens: an answer that stopped on its own
+(finish "stop", not cut at its limit) within this request's max_tokens is the answer this request would
+have got, so it is replayed free and recorded under the new key too (`reused_from` names its row). Raising
+max_tokens re-sends only the truncated answers; lowering it, only those that no longer fit. Every attempt
+passes the admission controller (rate buckets fed by response headers, then an AIMD concurrency slot);
+transient failures are retried by tenacity with backoff, outside any slot. Results are committed by a
+single journal writer as they arrive, so a killed run loses at most the requests on the wire. With
+`batch=True` the same requests go through the provider's batch API instead (textbookgen/batch.py): half the
+price, same journal. See README "Generation engine".
 
 Money the provider takes whether or not we listen is never paid twice:
 - Batches an earlier `--batch` run submitted keep running at the provider. A batch run collects them (also when
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import threading
@@ -44,7 +47,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from textbookgen.batch import BATCH_PROVIDERS, BatchRunner
 from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
-from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS, Journal, JournalWriter
+from textbookgen.journal import (
+    DONE_STATUSES,
+    PERMANENT_ERRORS,
+    Journal,
+    JournalWriter,
+    request_key,
+    request_of,
+)
 from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, price_of
 from textbookgen.providers import PROVIDERS, make_provider
 from textbookgen.ratelimit import AdmissionController, RateLimits
@@ -98,7 +108,8 @@ def sampled(req: ChatRequest, n: int, seed: int = 0) -> list[ChatRequest]:
 @dataclass(slots=True)
 class ChatResponse:
     """The outcome of one request. status: "ok", "truncated" (finish_reason length; text kept),
-    "failed" (error says why), or "skipped_budget" (not sent: a budget was reached)."""
+    "failed" (error says why), or "skipped_budget" (not sent: a budget was reached). A reused answer
+    (`reused_from`) has its tokens and costs nothing."""
 
     key: str
     text: str | None
@@ -111,6 +122,7 @@ class ChatResponse:
     attempts: int = 0
     cost_usd: float = 0.0
     metadata: dict = field(default_factory=dict)
+    reused_from: str | None = None  # the key of the request (another max_tokens) whose answer this is, free
 
 
 def canonical_request(provider: str, model: str, req: ChatRequest) -> dict:
@@ -129,10 +141,13 @@ def replays(row: Mapping[str, Any], retry_failed: bool = False) -> bool:
         row["status"] == "failed" and row["error_class"] in PERMANENT_ERRORS and not retry_failed)
 
 
-def request_key(canonical: Mapping) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces, UTF-8)."""
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+def fits(row: Mapping[str, Any], max_tokens: int) -> bool:
+    """Whether an answer that stopped on its own (a `Journal.natural_stops` row) answers the same request with
+    this max_tokens: it used no more output tokens. One whose server reported no usage (no tokens for some
+    text) fits only a max_tokens at least the one it was given."""
+    if row["output_tokens"] or not row["text"]:
+        return row["output_tokens"] <= max_tokens
+    return request_of(row).get("max_tokens", max_tokens + 1) <= max_tokens
 
 
 def estimate_input_tokens(req: ChatRequest) -> int:
@@ -293,22 +308,47 @@ class Generator:
 
     # ----- journal replay -----------------------------------------------------------------------
     def _replay(self, journal: Journal, unique: dict[str, ChatRequest]) -> dict[str, ChatResponse]:
-        """Responses the journal already holds; registers the other requests as pending."""
-        results: dict[str, ChatResponse] = {}
+        """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens;
+        registers the other requests as pending."""
         rows = journal.rows(list(unique))
-        for key, row in rows.items():
-            if replays(row, self.retry_failed):
-                results[key] = ChatResponse(
-                    key=key, text=row["text"], finish_reason=row["finish_reason"], status=row["status"],
-                    error=row["error"], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
-                    latency_s=row["latency_s"] or 0.0, attempts=row["attempts"], cost_usd=row["cost_usd"],
-                    metadata=unique[key].metadata)
+        done = {key: row for key, row in rows.items() if replays(row, self.retry_failed)}
+        sources = journal.rows(list({row["reused_from"] for row in done.values() if row["reused_from"]}))
+        results = {key: self._replayed(key, row, sources.get(row["reused_from"], row), unique[key])
+                   for key, row in done.items()}
         journal.add_pending(
             (key, self.provider, self.model,
              json.dumps(canonical_request(self.provider, self.model, req), ensure_ascii=False),
              json.dumps(req.metadata, ensure_ascii=False, default=str))
             for key, req in unique.items() if key not in rows)
+        self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
         return results
+
+    @staticmethod
+    def _replayed(key: str, row: Mapping[str, Any], answer: Mapping[str, Any], req: ChatRequest) -> ChatResponse:
+        """The response a journal row gives; tokens from the row whose `answer` it is (itself, unless reused)."""
+        return ChatResponse(
+            key=key, text=row["text"], finish_reason=row["finish_reason"], status=row["status"], error=row["error"],
+            input_tokens=answer["input_tokens"], output_tokens=answer["output_tokens"],
+            latency_s=row["latency_s"] or 0.0, attempts=row["attempts"], cost_usd=row["cost_usd"],
+            metadata=req.metadata, reused_from=row["reused_from"])
+
+    def _reuse(self, journal: Journal, missing: dict[str, ChatRequest], results: dict[str, ChatResponse]) -> None:
+        """Answer, free, the requests whose answer the journal holds under another max_tokens: one that stopped
+        on its own within this one (`fits`); recorded under the new key too, so later runs replay it directly.
+        Requests waiting in submitted batches are left to them (paid already; the batch answer is collected)."""
+        waiting = {key for batch in journal.open_batches(self.provider, self.model) for key in batch["keys"]}
+        found = journal.natural_stops([key for key in missing if key not in waiting])
+        pairs = []
+        for key, candidates in found.items():
+            source = next((row for row in candidates if fits(row, missing[key].max_tokens)), None)
+            if source is not None:
+                pairs.append((key, source["key"]))
+                results[key] = self._replayed(key, {**source, "cost_usd": 0.0, "latency_s": None, "attempts": 0,
+                                                    "reused_from": source["key"]}, source, missing[key])
+        if pairs:
+            journal.record_reused(pairs)
+            log.info("%d answers reused from the journal, given to the same requests under another max_tokens "
+                     "(they stopped on their own within this one): not sent", len(pairs))
 
     @staticmethod
     def _respond(resp: ChatResponse, req: ChatRequest) -> ChatResponse:
@@ -340,11 +380,13 @@ class Generator:
         self._inflight_out = 0.0
         self._in_batches = 0
         replayed = list(results.values())
+        billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
+        cost, tokens_out = sum(r.cost_usd for r in billed), sum(r.output_tokens for r in billed)
         self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0,
                    "skipped_budget": 0, "retries": 0, "timed_out": 0, "abandoned_usd": 0.0,
-                   "abandoned_output_tokens": 0, "cost_usd": sum(r.cost_usd for r in replayed),
-                   "input_tokens": sum(r.input_tokens for r in replayed),
-                   "output_tokens": sum(r.output_tokens for r in replayed), "replayed": len(replayed)}
+                   "abandoned_output_tokens": 0, "cost_usd": cost, "input_tokens": sum(r.input_tokens for r in billed),
+                   "output_tokens": tokens_out, "replayed": len(replayed), "reused": len(replayed) - len(billed),
+                   "replayed_usd": cost, "replayed_output_tokens": tokens_out}
         total = len(todo) + len(replayed)
         display = None
         if self.progress:
@@ -698,19 +740,20 @@ class Generator:
     # ----- reporting ----------------------------------------------------------------------------
     def _live_stats(self) -> dict:
         adm = self._admission
+        budgets = {"max_cost_usd": self.max_cost_usd, "max_output_tokens": self.max_output_tokens}
         if self.batch:  # requests waiting inside submitted batches
-            return {**self._c, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
+            return {**self._c, **budgets, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
                     "concurrency": self._in_batches, "rpm_limit": None}
-        return {**self._c, "rate_limited": adm.rate_limited, "in_flight": adm.concurrency.in_use,
+        return {**self._c, **budgets, "rate_limited": adm.rate_limited, "in_flight": adm.concurrency.in_use,
                 "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.buckets["requests"].limit}
 
     def _log_summary(self) -> None:
         s = self.stats
-        log.info("%s:%s — %d ok, %d truncated, %d failed, %d skipped (budget), %d replayed from journal; "
-                 "%d sent, %d retries, %d rate-limited; $%.4f, %d in / %d out tokens, %.1f s",
-                 self.provider, self.model, s["ok"], s["truncated"], s["failed"], s["skipped_budget"],
-                 s["replayed"], s["sent"], s["retries"], s["rate_limited"], s["cost_usd"], s["input_tokens"],
-                 s["output_tokens"], s["elapsed_s"])
+        log.info("%s:%s — %d ok, %d truncated, %d failed, %d skipped (budget), %d replayed from journal (%d of "
+                 "them reused from another max_tokens, free); %d sent, %d retries, %d rate-limited; $%.4f, %d in / "
+                 "%d out tokens, %.1f s", self.provider, self.model, s["ok"], s["truncated"], s["failed"],
+                 s["skipped_budget"], s["replayed"], s["reused"], s["sent"], s["retries"], s["rate_limited"],
+                 s["cost_usd"], s["input_tokens"], s["output_tokens"], s["elapsed_s"])
         if s["timed_out"]:
             log.warning("%d attempts timed out and were abandoned; the provider may bill them too (at most $%.4f, "
                         "%d output tokens, counted against the budgets but not in the journal's cost)",

@@ -6,24 +6,30 @@ that commits every batch of finished requests in one transaction), so no complet
 a lock or is lost to a torn write. A restarted run reads the journal first and sends only what is
 not done; a changed setting changes the key, so only the requests it touches are regenerated.
 The API key is never written here.
+
+Each row also carries a reuse key, the hash of its request without max_tokens, so the engine can find an
+answer given under another max_tokens (see `natural_stops`); a row that reuses one names it in `reused_from`
+and records what it billed: nothing. Schema 2 added both columns: a version-1 journal gets them (reuse keys
+computed from its stored requests) the first time it is opened for writing, and stays readable as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: reuse_key and reused_from; version 1 (and 0, before versions) is migrated on open
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
 PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
@@ -31,7 +37,7 @@ WRITE_RETRIES, WRITE_RETRY_S = 4, 2.0  # a failed commit (locked, disk full) is 
 
 COLUMNS = ("key", "provider", "model", "status", "text", "finish_reason", "input_tokens", "output_tokens",
            "cost_usd", "latency_s", "attempts", "error", "error_class", "response_id", "request",
-           "metadata", "created_at", "updated_at")
+           "metadata", "created_at", "updated_at", "reused_from")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -52,7 +58,9 @@ CREATE TABLE IF NOT EXISTS requests (
     request TEXT NOT NULL,
     metadata TEXT,
     created_at REAL NOT NULL,
-    updated_at REAL
+    updated_at REAL,
+    reuse_key TEXT,
+    reused_from TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
 CREATE TABLE IF NOT EXISTS batches (
@@ -120,18 +128,33 @@ class Journal:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if not 0 <= version <= SCHEMA_VERSION:
                 raise JournalError(f"journal {path} has schema version {version}; this textbookgen reads "
-                                   f"version {SCHEMA_VERSION}")
+                                   f"versions up to {SCHEMA_VERSION}")
             if read_only:
                 tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 if not {"requests", "batches"} <= tables:
                     raise JournalError(f"{path}: not a textbookgen journal (no requests table)")
             else:
+                self.db.create_function("reuse_key_of", 1, _reuse_key_of_json, deterministic=True)
                 self.db.executescript(_SCHEMA)
-                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._migrate()
+            present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        self._reuses = "reused_from" in present  # False only for a version-1 journal opened read-only
+        self._select = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
+
+    def _migrate(self) -> None:
+        """Bring a version-1 journal to this schema: the two reuse columns, reuse keys computed from the stored
+        requests. One transaction: a process opening it meanwhile waits, then finds it done."""
+        with self._transaction():
+            if "reuse_key" not in {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}:
+                self.db.execute("ALTER TABLE requests ADD COLUMN reuse_key TEXT")
+                self.db.execute("ALTER TABLE requests ADD COLUMN reused_from TEXT")
+                self.db.execute("UPDATE requests SET reuse_key = reuse_key_of(request)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS requests_reuse ON requests(reuse_key)")
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -165,18 +188,47 @@ class Journal:
         for start in range(0, len(keys), _SQL_VARS):
             chunk = keys[start:start + _SQL_VARS]
             cursor = self.db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM requests WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                f"SELECT {self._select} FROM requests WHERE key IN ({','.join('?' * len(chunk))})", chunk)
             for values in cursor:
                 found[values[0]] = dict(zip(COLUMNS, values, strict=True))
         return found
 
+    def natural_stops(self, keys: Sequence[str]) -> dict[str, list[dict]]:
+        """{key: rows}, oldest first: for each of these requests (rows in the journal), the answers to the same
+        request under another max_tokens (same reuse key) that stopped on their own (status ok, finish stop),
+        leaving out rows that reuse one (they name it in `reused_from`)."""
+        found: dict[str, list[dict]] = {}
+        columns = ", ".join(f"s.{c}" for c in COLUMNS)
+        for start in range(0, len(keys), _SQL_VARS):
+            chunk = keys[start:start + _SQL_VARS]
+            cursor = self.db.execute(  # +s.status: look rows up by reuse key, not by the (unselective) status
+                f"SELECT r.key, {columns} FROM requests AS r JOIN requests AS s ON s.reuse_key = r.reuse_key "
+                f"WHERE r.key IN ({','.join('?' * len(chunk))}) AND s.key != r.key AND +s.status = 'ok' "
+                "AND s.finish_reason = 'stop' AND s.reused_from IS NULL ORDER BY s.created_at, s.key", chunk)
+            for key, *values in cursor:
+                found.setdefault(key, []).append(dict(zip(COLUMNS, values, strict=True)))
+        return found
+
     def add_pending(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
-        """Insert (key, provider, model, request_json, metadata_json) rows not yet in the journal."""
+        """Insert (key, provider, model, request_json, metadata_json) rows not yet in the journal; each gets
+        its reuse key from its request."""
         now = time.time()
         with self._transaction():
             self.db.executemany(
-                "INSERT OR IGNORE INTO requests (key, provider, model, request, metadata, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)", ((*row, now) for row in rows))
+                "INSERT OR IGNORE INTO requests (key, provider, model, request, metadata, created_at, reuse_key) "
+                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, reuse_key_of(?4))", ((*row, now) for row in rows))
+
+    def record_reused(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Answer pending rows with the answers of others, (key, source key) pairs: the source's status, text,
+        finish and response id, `reused_from` naming it, and nothing billed (no tokens, no cost, no attempt),
+        so totals of what was paid count each answer once."""
+        now = time.time()
+        with self._transaction():
+            self.db.executemany(
+                "UPDATE requests SET (status, text, finish_reason, response_id) = (SELECT status, text, "
+                "finish_reason, response_id FROM requests AS source WHERE source.key = ?1), input_tokens=0, "
+                "output_tokens=0, cost_usd=0, latency_s=NULL, attempts=0, error=NULL, error_class=NULL, "
+                "reused_from=?1, updated_at=?2 WHERE key=?3", ((source, now, key) for key, source in pairs))
 
     def write_results(self, results: Sequence[tuple]) -> None:
         """Record finished requests, all in one transaction (see `_UPDATE` for the tuple layout)."""
@@ -212,8 +264,9 @@ class Journal:
         self.db.execute("COMMIT")
 
     def summary(self) -> dict:
-        """Counts by status and failure class, token and dollar totals, attempts, provider batches by status
-        (open ones, "submitting"/"running", are collected by the next run)."""
+        """Counts by status and failure class, token and dollar totals (what was paid: a reused answer counts
+        once), attempts, provider batches by status (open ones, "submitting"/"running", are collected by the
+        next run), and how many rows reuse another's answer."""
         db = self.db
         by_status = dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
         failures = dict(db.execute("SELECT error_class, COUNT(*) FROM requests WHERE status='failed' "
@@ -223,10 +276,11 @@ class Journal:
             "COALESCE(SUM(cost_usd),0), COALESCE(SUM(attempts),0) FROM requests").fetchone()
         models = dict(db.execute("SELECT model, COUNT(*) FROM requests GROUP BY model").fetchall())
         batches = dict(db.execute("SELECT status, COUNT(*) FROM batches GROUP BY status").fetchall())
+        reused = db.execute("SELECT COUNT(reused_from) FROM requests").fetchone()[0] if self._reuses else 0
         return {"path": str(self.path) if self.path else ":memory:", "requests": total,
                 "by_status": by_status, "done": sum(by_status.get(s, 0) for s in DONE_STATUSES),
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
-                "cost_usd": cost, "attempts": attempts, "models": models, "batches": batches}
+                "cost_usd": cost, "attempts": attempts, "models": models, "batches": batches, "reused": reused}
 
     def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None,
                        chunk_rows: int = 50_000) -> Path:
@@ -235,7 +289,7 @@ class Journal:
         import polars as pl
         import pyarrow.parquet as pq
 
-        query = f"SELECT {', '.join(COLUMNS)} FROM requests"
+        query = f"SELECT {self._select} FROM requests"
         params: tuple = ()
         if statuses:
             query += f" WHERE status IN ({','.join('?' * len(statuses))})"
@@ -262,7 +316,29 @@ def _parquet_schema() -> dict:
             "text": pl.String, "finish_reason": pl.String, "input_tokens": pl.Int64, "output_tokens": pl.Int64,
             "cost_usd": pl.Float64, "latency_s": pl.Float64, "attempts": pl.Int64, "error": pl.String,
             "error_class": pl.String, "response_id": pl.String, "request": pl.String, "metadata": pl.String,
-            "created_at": pl.Float64, "updated_at": pl.Float64}
+            "created_at": pl.Float64, "updated_at": pl.Float64, "reused_from": pl.String}
+
+
+def request_key(canonical: Mapping) -> str:
+    """A request's journal key: sha256 of its canonical JSON (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reuse_key(canonical: Mapping) -> str:
+    """The key of a request whatever its max_tokens: an answer that stopped on its own is the answer of every
+    request with this key whose max_tokens it fits in."""
+    return request_key({k: v for k, v in canonical.items() if k != "max_tokens"})
+
+
+def _reuse_key_of_json(request: str) -> str | None:
+    """`reuse_key` of a stored request (the SQL function reuse_key_of); None where it is no JSON object, so
+    one odd row cannot stop a journal from opening."""
+    try:
+        canonical = json.loads(request)
+    except (TypeError, ValueError):
+        return None
+    return reuse_key(canonical) if isinstance(canonical, dict) else None
 
 
 def request_of(row: dict) -> dict:

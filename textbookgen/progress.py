@@ -1,7 +1,9 @@
 """Live run display: requests done and failed, dollars, tokens, request rate, 429s and concurrency.
 
 Redrawn twice a second from the engine's counters by one asyncio task (no per-request display work,
-no refresh thread), on stderr so stdout stays clean for pipes.
+no refresh thread), on stderr so stdout stays clean for pipes. Once this run has paid for a few answers it
+also projects what the whole run will have cost (`project`), and where a budget is set, whether the run
+stays within it or where it will stop.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -21,10 +25,67 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+MIN_ANSWERS = 5  # requests this run has finished before it projects the rest from them
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """What the whole run will have spent (USD, output tokens) and what each request left costs, on average."""
+
+    usd: float
+    output_tokens: float
+    usd_each: float
+    output_tokens_each: float
+
+
+def project(s: Mapping[str, Any], total: int) -> Projection | None:
+    """Spent so far (timed-out attempts at their worst case, as the budgets count them) plus, for each of the
+    `total` requests not finished yet, the average of those this run sent and finished. Journal replays and
+    reused answers are in what is spent, not in the average (they were free this time). None until
+    MIN_ANSWERS requests have finished."""
+    finished = s["done"] - s["replayed"]
+    if finished < MIN_ANSWERS:
+        return None
+    left = max(0, total - s["done"])
+    usd_each = (s["cost_usd"] - s["replayed_usd"]) / finished
+    out_each = (s["output_tokens"] - s["replayed_output_tokens"]) / finished
+    return Projection(usd=s["cost_usd"] + s["abandoned_usd"] + usd_each * left,
+                      output_tokens=s["output_tokens"] + s["abandoned_output_tokens"] + out_each * left,
+                      usd_each=usd_each, output_tokens_each=out_each)
+
+
+def budget_outlook(projected: float, spent: float, each: float, done: int, total: int, budget: float) -> str:
+    """Whether the projection stays within the budget ("ok"), else roughly where the run will stop: the share of
+    its requests finished by then."""
+    if projected <= budget:
+        return "ok"
+    stop = done + max(0.0, budget - spent) / each if each > 0 else done
+    return f"reached at ~{min(stop, total) / max(total, 1):.0%}"
+
+
+def projection_note(s: Mapping[str, Any], total: int) -> tuple[str, str]:
+    """The projection's words beside the cost and beside the output tokens ("" where there is none yet; the
+    tokens are projected only under a token budget)."""
+    p = project(s, total)
+    if p is None:
+        return "", ""
+    cost = f" (~${p.usd:.4f} projected"
+    if s["max_cost_usd"] is not None:
+        spent = s["cost_usd"] + s["abandoned_usd"]
+        cost += f", budget ${s['max_cost_usd']:.4f} " + budget_outlook(
+            p.usd, spent, p.usd_each, s["done"], total, s["max_cost_usd"])
+    tokens = ""
+    if s["max_output_tokens"] is not None:
+        used = s["output_tokens"] + s["abandoned_output_tokens"]
+        tokens = f" (~{p.output_tokens:,.0f} projected, budget {s['max_output_tokens']:,} " + budget_outlook(
+            p.output_tokens, used, p.output_tokens_each, s["done"], total, s["max_output_tokens"]) + ")"
+    return cost + ")", tokens
+
 
 class RunProgress:
     """`stats()` returns the engine's counters: done, failed, cost_usd, input_tokens, output_tokens, sent,
-    rate_limited, in_flight, concurrency, rpm_limit."""
+    rate_limited, in_flight, concurrency, rpm_limit; for the projection replayed, replayed_usd,
+    replayed_output_tokens, abandoned_usd, abandoned_output_tokens, max_cost_usd, max_output_tokens."""
 
     def __init__(self, total: int, stats: Callable[[], dict], *, description: str = "generating",
                  console: Console | None = None, interval_s: float = 0.5) -> None:
@@ -36,6 +97,7 @@ class RunProgress:
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
             console=console or Console(stderr=True), auto_refresh=False, transient=False)
         self._task_id = self._progress.add_task(description, total=total, info="")
+        self.total = total
         self._runner: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -49,7 +111,9 @@ class RunProgress:
         t0, n0 = self._window[0]
         rpm = (s["sent"] - n0) / (now - t0) * 60 if now > t0 else 0.0
         limit = f"/{s['rpm_limit']:,.0f}" if s.get("rpm_limit") else ""
-        tokens = f"failed {s['failed']:,}  ${s['cost_usd']:.4f}  in {s['input_tokens']:,} out {s['output_tokens']:,} tok  "
+        cost, out = projection_note(s, self.total)
+        tokens = (f"failed {s['failed']:,}  ${s['cost_usd']:.4f}{cost}  in {s['input_tokens']:,} "
+                  f"out {s['output_tokens']:,} tok{out}  ")
         if s.get("batch"):  # provider batch API: no request rate to show, only what waits in batches
             info = tokens + f"in batches {s['in_flight']:,}"
         else:
