@@ -247,6 +247,27 @@ def test_sharded_checkpoint_of_another_shape_does_not_fit(tmp_path):
         checkpoint.load(tmp_path, other, torch.optim.AdamW(other.parameters()))
 
 
+@pytest.mark.parametrize("optimizer", [True, False])
+def test_sharded_checkpoint_of_a_bigger_model_does_not_load_into_a_smaller_one(tmp_path, optimizer):
+    """DCP fills only the keys the model asks for: the checkpoint's extra layer must be refused, not dropped."""
+    big = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    checkpoint.save(tmp_path, 1, big, torch.optim.AdamW(big.parameters()), {"config": {}, "model_config": {}},
+                    sharded=True)
+    small = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    opt = torch.optim.AdamW(small.parameters()) if optimizer else None
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit the model/optimizer: unexpected key.*model\.1\."):
+        checkpoint.load(tmp_path, small, opt)
+
+
+def test_fsdp2_checkpoint_of_more_layers_is_refused(corpus, tmp_path):
+    run = tmp_path / "run"
+    fsdp = {"distributed.strategy": "fsdp"}
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 1, **fsdp, "model.overrides": {
+        "vocab_size": 512, "num_hidden_layers": 3}})))
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit the model"):
+        train(load_config(None, overrides(corpus, run, **{"train.max_steps": 2, **fsdp})))
+
+
 def first_samples(trainer, step: int) -> list[int]:
     """The sample numbers that step `step` of this (one-process) trainer reads, in order."""
     return [g for micro in range(trainer.plan.accum_steps) for g in trainer.plan.samples(step, micro)]
@@ -271,6 +292,26 @@ def test_a_resume_under_another_global_batch_goes_on_from_the_samples_drawn(corp
     assert [r["tokens"] // 32 for r in records] == [8, 16, 24, 32, 48, 64]  # samples drawn x seq_len
     by_tokens = load_config(None, overrides(corpus, run, **{"train.max_steps": None, "train.max_tokens": 96 * 32}))
     assert train(by_tokens).final_step == 10  # 32 more samples to the token budget: 4 steps of 8
+
+
+def test_the_lr_schedule_follows_the_token_budget_across_a_global_batch_change(corpus, tmp_path):
+    """Under max_tokens the cosine decays over the samples drawn: after 10 of 20 steps of 8, steps of 16 go
+    on from the middle of the curve and end where the trainer stops (step 15), not at 160 / 16 = 10 steps
+    counted from step 0 (which put every later step at min_lr)."""
+    from trainer.train import lr_at
+
+    run = tmp_path / "run"
+    budget = {"train.max_steps": None, "train.max_tokens": 20 * 8 * 32, "schedule.kind": "cosine",
+              "schedule.min_lr": 1e-4, "checkpoint.every": 10}
+    first = load_config(None, overrides(corpus, run, **budget))
+    train(first)
+    resumed = load_config(None, overrides(corpus, run, **budget, **{
+        "train.global_batch": 16, "checkpoint.resume": str(run / "checkpoints" / "step-00000010")}))
+    assert train(resumed).final_step == 15
+    lr = {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    assert lr[11] == pytest.approx(lr_at(10, first))  # the curve of the uninterrupted run at its sample 80
+    assert lr[15] == pytest.approx(lr_at(18, first))  # sample 144: position 18 of 20 steps of 8
+    assert lr[10] > lr[11] > lr[12] > lr[13] > lr[14] > lr[15] > 1e-4
 
 
 def test_a_resume_under_another_seed_is_refused_unless_allowed(corpus, tmp_path):

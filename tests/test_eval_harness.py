@@ -380,3 +380,16 @@ def test_hellaswag_few_shot_from_a_train_file_given_twice(tmp_path: Path) -> Non
     (tmp_path / "hellaswag_train.txt").write_text(_SIX_LINES * 3)
     res = evaluate(FakeLM(), ["hellaswag@2"], data={"hellaswag": [val, tmp_path / "hellaswag_train.txt"]})
     assert res["hellaswag@2"].approximate == HELLASWAG_TEXT_CAUSE
+
+
+@pytest.mark.parametrize("task", ["copa", "commonsense_qa"])
+def test_llm_foundry_prompts_are_marked_approximate(shared_data: Path, tmp_path: Path, task: str) -> None:
+    """COPA and CommonsenseQA are read in llm-foundry's layout only, whose prompts are not lm_eval's (COPA's
+    comma and single space, CSQA's 'Choices:' line and four letters): their results must say so."""
+    from trainer.eval.harness import FOUNDRY_PROMPT_CAUSES
+
+    res = evaluate(FakeLM(), [task], data=shared_data / "llmfoundry_eval_gauntlet", limit=2)[task]
+    assert res.approximate == FOUNDRY_PROMPT_CAUSES[task]
+    write_report({task: res}, tmp_path, "tiny", samples=False)
+    assert json.loads((tmp_path / "results.json").read_text())["results"][task]["approximate"] == res.approximate
+    assert f"- {task} (n=2) †" in (tmp_path / "table.md").read_text()

@@ -86,6 +86,60 @@ def test_a_conflicting_model_config_is_refused(source, tmp_path):
                      "model.overrides": {"vocab_size": 640}})
 
 
+def test_the_context_of_the_weights_may_be_extended(source, tmp_path):
+    """RoPE shapes no weights: a longer data.seq_len than init_from's context is one override away, and
+    neither message names a model.name the config never set (they sent the user back and forth)."""
+    longer = unstated(source, tmp_path / "run", **{"train.init_from": str(source["hf"]), "data.seq_len": 512})
+    with pytest.raises(ConfigError, match=rf"^data.seq_len 512 exceeds the model's context 256 \(that of train.init_from "
+                                          rf"{re.escape(str(source['hf']))}\): set model.overrides."
+                                          r"max_position_embeddings to at least 512"):
+        trainer_for(longer)
+    trainer = trainer_for({**longer, "model.overrides": {"max_position_embeddings": 512}})
+    assert trainer.model_cfg.max_position_embeddings == 512 and trainer.model_cfg.num_hidden_layers == 3
+    assert same_weights(trainer.model, source["weights"])
+    with pytest.raises(ConfigError, match=r"holds a model with num_hidden_layers=3, but model.overrides asks for "
+                                          r"num_hidden_layers=2: .*drop the shape fields of model.overrides"):
+        trainer_for({**longer, "model.overrides": {"max_position_embeddings": 512, "num_hidden_layers": 2}})
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer(source):
+    """A BPE of another vocabulary (300 merges' worth, not 400) over the same corpus."""
+    from trainer.tokenizer import train_tokenizer
+
+    path = source["root"] / "tok-b.json"
+    train_tokenizer(sorted((source["wiki"] / "data").glob("*.parquet")), vocab_size=300).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "hf with tokenizer.json"])
+def test_weights_of_another_tokenizer_are_refused_unless_allowed(source, tmp_path, other_tokenizer, kind):
+    """Embedding row i means token i of the tokenizer the weights learned: another data.tokenizer reads them
+    as other tokens."""
+    from trainer.export import export_hf
+    from trainer.pretrained import InitError
+    from trainer.tokenizer import load_tokenizer
+
+    spec = source["run"]
+    if kind != "checkpoint":
+        spec = export_hf(checkpoint.load_model(source["run"]), tmp_path / "hf", load_tokenizer(source["tok"]))
+    cfg = unstated(source, tmp_path / "run", **{"train.init_from": str(spec), "train.max_steps": 1,
+                                                 "data.cache_dir": str(tmp_path / "cache")})
+    assert same_weights(trainer_for(cfg).model, source["weights"])  # its own tokenizer: accepted
+    other = {**cfg, "data.tokenizer": str(other_tokenizer)}
+    with pytest.raises(InitError, match=rf"^train.init_from {re.escape(str(spec))} was trained with tokenizer .*"
+                                        r"another vocabulary than data.tokenizer .*tok-b.json.*"
+                                        r"train.init_from_tokenizer_check: false"):
+        trainer_for(other)
+    assert train(load_config(None, {**other, "train.init_from_tokenizer_check": False})).final_step == 1
+
+
+def test_weights_that_carry_no_tokenizer_start_with_one_warning(source, tmp_path, capsys):
+    trainer_for(unstated(source, tmp_path / "run", **{"train.init_from": str(source["hf"])}))
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1 and "carries no tokenizer, so it cannot be checked" in out
+
+
 def test_a_run_started_from_weights_resumes_from_its_own_checkpoints(source, tmp_path):
     """The resume reads its checkpoint, not init_from again: it works with the init source gone."""
     init = tmp_path / "init"

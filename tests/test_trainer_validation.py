@@ -274,6 +274,52 @@ def test_a_validation_set_that_cannot_work_is_one_line_naming_the_field(corpus, 
     assert not list(checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints"))
 
 
+@pytest.mark.parametrize("layout", ["one parquet file", "files that name no split", "prepared before the check"])
+def test_a_val_split_that_the_files_do_not_name_is_refused(corpus, tmp_path, shared_data, layout):
+    """A single file or unnamed files (part-0.parquet) gave every split the same files: the validation set
+    was a copy of the training data, and an earlier copy prepared so is not trusted either."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if layout == "one parquet file":
+        source, found = tmp_path / "corpus.parquet", r"corpus.parquet is a single parquet file, which names no split"
+    else:
+        source, found = tmp_path / "unnamed", r"no parquet file under .*unnamed names a split \(found part-0.parquet\)"
+        source.mkdir()
+    pq.write_table(pa.table({"text": wiki_texts(shared_data, 40)}), source / "part-0.parquet"
+                   if source.suffix != ".parquet" else source)
+    cfg = load_config(None, overrides(corpus, tmp_path / "run", ({"val_split": "validation"},), [(source, 1.0)]))
+    if layout == "prepared before the check":
+        from trainer.data import prepare
+
+        for folder, split in ((dataset_dir(cfg, 0), "train"), (val_dir(cfg, 0), "validation")):
+            prepare(str(source), folder, str(corpus["tok"]), split=split, progress=False, num_workers=1)
+    with pytest.raises(DataError, match=rf"^data.datasets.0.val_split 'validation': .*{found}.*holdout_fraction"):
+        train(cfg)
+    assert not val_dir(cfg, 0).exists() or layout == "prepared before the check"
+
+
+@pytest.mark.parametrize(("first", "second", "message"), [
+    ({"holdout_fraction": 0.1}, {}, r"datasets.1 trains on .*wiki split 'train', whose documents datasets.0 keeps "
+                                    r"for validation \(holdout_fraction 0.1 of split 'train'\)"),
+    ({}, {"holdout_tokens": 3000}, r"datasets.0 trains on .* datasets.1 keeps for validation \(holdout_tokens 3000"),
+    ({"holdout_fraction": 0.1}, {"holdout_fraction": 0.2}, r"datasets.1 trains on .* \(holdout_fraction 0.1 of"),
+    ({"val_split": "validation"}, {"split": "validation"}, r"datasets.1 trains on .*wiki split 'validation', whose "
+                                                           r"documents datasets.0 keeps for validation \(val_split"),
+])
+def test_one_source_twice_never_trains_on_the_others_validation_set(corpus, tmp_path, first, second, message):
+    """The same documents listed twice (here once by another spelling of the path): held out by one dataset,
+    they reached training through the other."""
+    twice = [(corpus["wiki"], 0.5), (corpus["wiki"] / ".." / corpus["wiki"].name, 0.5)]
+    cfg = overrides(corpus, tmp_path / "run", (first, second), twice)
+    cfg["data.datasets"][1]["name"] = "again"
+    with pytest.raises(ConfigError, match=r"data: Value error, " + message + r".*give both the same validation set"):
+        load_config(None, cfg)
+    same = overrides(corpus, tmp_path / "run", (first or second,) * 2, twice)
+    same["data.datasets"][1]["name"] = "again"
+    assert len(load_config(None, same).data.datasets) == 2  # both hold the same documents out
+
+
 def _torchrun(args: list[str], cwd: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), NCCL_NVLS_ENABLE="0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -205,9 +205,30 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _unexpected_keys(state: dict[str, Any], ckpt: Path) -> list[str]:
+    """Weights and optimizer state in the sharded checkpoint that `state` has no place for: `dcp.load` fills
+    only the keys it is asked for, so a checkpoint of a bigger model would otherwise load into a smaller one.
+    Optimizer hyperparameters (param_groups) are left out: a newer torch may record more of them."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
+    saved = FileSystemReader(str(ckpt / "dcp")).read_metadata().state_dict_metadata
+    wanted = flatten_state_dict(state)[0]
+    prefixes = tuple(f"{k}." for k in state if k == "model") + (("optim.state.",) if "optim" in state else ())
+    return sorted(k for k in saved if k.startswith(prefixes) and k not in wanted)
+
+
 def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
     """`dcp.load` into `state`, its failures said in one line: a damaged or incomplete folder, or a
     checkpoint of another model. DCP wraps each rank's error in a CheckpointException (a BaseException)."""
+    try:
+        extra = _unexpected_keys(state, ckpt)
+    except (OSError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{ckpt / 'dcp'}: the sharded checkpoint is damaged or incomplete "
+                              f"({type(e).__name__}: {e})") from None
+    if extra:
+        shown = ", ".join(extra[:5]) + (f", ... ({len(extra)} in all)" if len(extra) > 5 else "")
+        raise CheckpointError(f"{ckpt}: does not fit the model/optimizer: unexpected key(s) in the checkpoint: {shown}")
     try:
         with warnings.catch_warnings():  # loading a sharded checkpoint into one process is intended here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")

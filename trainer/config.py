@@ -91,6 +91,33 @@ class DataSection(_Section):
     synthetic: bool = False
     """Random tokens instead of a dataset: for throughput benchmarks on machines without data."""
 
+    @model_validator(mode="after")
+    def _validation_not_trained_on(self) -> DataSection:
+        """Two datasets of one source (same resolved source, revision, column): one must not train on the
+        documents the other keeps for validation (its val_split, or its holdout under another rule). Overlapping
+        *different* corpora are not caught: holdouts are chosen per dataset, see README (validation)."""
+        def key(ds: DatasetSource, split: str) -> tuple:
+            local = Path(ds.source).expanduser()
+            return str(local.resolve()) if local.exists() else ds.source, split, ds.revision, ds.column
+
+        for i, held in enumerate(self.datasets):
+            for j, trains in enumerate(self.datasets):
+                if i == j:
+                    continue
+                rule = (trains.holdout_fraction, trains.holdout_tokens)
+                if held.val_split and key(trains, trains.split) == key(held, held.val_split):
+                    what = f"val_split {held.val_split!r}"
+                elif (held.holdout_fraction or held.holdout_tokens) and key(trains, trains.split) == key(
+                        held, held.split) and rule != (held.holdout_fraction, held.holdout_tokens):
+                    what = "holdout_fraction" if held.holdout_fraction else "holdout_tokens"
+                    what = f"{what} {getattr(held, what):g} of split {held.split!r}"
+                else:
+                    continue
+                raise ValueError(f"datasets.{j} trains on {trains.source} split {trains.split!r}, whose documents "
+                                 f"datasets.{i} keeps for validation ({what}): they would be trained on; drop one "
+                                 f"of the two, or give both the same validation set")
+        return self
+
 
 class OptimSection(_Section):
     lr: float = Field(2e-4, gt=0)
@@ -107,7 +134,9 @@ class ScheduleSection(_Section):
     warmup_steps: int = Field(0, ge=0)
     min_lr: float = Field(0.0, ge=0)
     decay_steps: int | None = Field(None, ge=1)
-    """Steps over which cosine/linear decay to min_lr after warmup; default: until max_steps."""
+    """Steps over which cosine/linear decay to min_lr after warmup; default: until the step the run stops at.
+    Under train.max_tokens the schedule runs over the samples drawn, counted in steps of the current
+    train.global_batch (warmup_steps too), so a resume under another global batch goes on along the curve."""
 
 
 class TrainSection(_Section):
@@ -135,7 +164,11 @@ class TrainSection(_Section):
     init_from: str | None = None
     """Start from these weights instead of a random init: an HF Phi folder (our export, microsoft/phi-1_5's),
     a Hub model id, or a training checkpoint (weights only: fresh optimizer, step 0). The model's shape
-    comes from the weights; model.name and model.overrides may only repeat it. A resume ignores it."""
+    comes from the weights; model.name and model.overrides may only repeat it, but for the context
+    (model.overrides.max_position_embeddings, which RoPE extends). A resume ignores it."""
+    init_from_tokenizer_check: bool = True
+    """Refuse init_from weights trained with another tokenizer than data.tokenizer (by vocabulary): their
+    embeddings would mean other tokens. false starts from them anyway (a deliberate vocabulary transplant)."""
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainSection:

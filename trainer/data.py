@@ -73,13 +73,21 @@ def _split_of(path: Path, root: Path) -> str | None:
     return None
 
 
-def find_parquet_files(folder: Path, split: str) -> list[Path]:
-    """Parquet files of one split in a Hub-layout folder (data/ preferred), in a stable order."""
+def find_parquet_files(folder: Path, split: str, named: bool = False) -> list[Path]:
+    """Parquet files of one split in a Hub-layout folder (data/ preferred), in a stable order.
+
+    Files that name no split are all taken, unless `named` (a validation split: taking them would
+    validate on the training data)."""
     root = folder / "data" if (folder / "data").is_dir() else folder
     files = sorted(p for p in root.rglob("*.parquet") if p.is_file())
     if not files:
         raise DataError(f"no parquet files under {root} (expected Hub layout: data/{split}-00000-of-00001.parquet)")
     labelled = {p: _split_of(p, root) for p in files}
+    if named and not any(labelled.values()):
+        shown = ", ".join(str(p.relative_to(root)) for p in files[:3]) + (", ..." if len(files) > 3 else "")
+        raise DataError(f"no parquet file under {root} names a split (found {shown}), so split {split!r} cannot "
+                        f"be told from the training data; name the files by split (data/{split}-00000-of-00001."
+                        f"parquet) or hold out part of the training split (holdout_fraction, holdout_tokens)")
     if any(labelled.values()):
         chosen = [p for p in files if labelled[p] == split]
         if not chosen:
@@ -90,15 +98,21 @@ def find_parquet_files(folder: Path, split: str) -> list[Path]:
 
 
 def resolve_source(source: str, split: str = "train", revision: str | None = None,
-                   endpoint: str | None = None) -> list[Path]:
-    """Parquet files of `source`: a local folder or file, else a Hub dataset repo id (downloaded)."""
+                   endpoint: str | None = None, named: bool = False) -> list[Path]:
+    """Parquet files of `source`: a local folder or file, else a Hub dataset repo id (downloaded).
+
+    `named`: the split must be identifiable (see `find_parquet_files`); a single file names none."""
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".parquet":
             raise DataError(f"{path}: not a parquet file")
+        if named:
+            raise DataError(f"{path} is a single parquet file, which names no split, so split {split!r} would be "
+                            f"the training data; give a folder with data/{split}-*.parquet files or hold out part "
+                            f"of the training split (holdout_fraction, holdout_tokens)")
         return [path]
     if path.is_dir():
-        return find_parquet_files(path, split)
+        return find_parquet_files(path, split, named)
     if not HUB_ID.match(source) or source.startswith((".", "/", "~")):
         raise DataError(f"dataset not found: {source!r} is neither a local folder/parquet file nor a Hub repo id")
     from huggingface_hub import snapshot_download
@@ -113,7 +127,7 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
         raise DataError(f"Hub dataset {source!r} has no revision {revision!r}") from e
     except (HfHubHTTPError, OSError, ConnectionError) as e:
         raise DataError(f"cannot download Hub dataset {source!r} (offline? use a local folder): {e}") from e
-    return find_parquet_files(Path(local), split)
+    return find_parquet_files(Path(local), split, named)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -363,11 +377,13 @@ def _is_token_scratch(folder: Path) -> bool:
 def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "train", column: str = "text",
             revision: str | None = None, endpoint: str | None = None, eos_id: int | None = None,
             num_workers: int = 0, batch_docs: int = 1024, shard_tokens: int = 1 << 28,
-            force: bool = False, progress: bool = True, holdout: Holdout = Holdout()) -> dict[str, Any]:
+            force: bool = False, progress: bool = True, holdout: Holdout = Holdout(),
+            named: bool = False) -> dict[str, Any]:
     """Tokenize a published dataset into `out_dir` (uint16 shards + index.json); returns the index.
 
     `tokenizer`: a `tokenizers.Tokenizer` or a spec for `trainer.tokenizer.load_tokenizer`.
     `holdout`: documents to keep out of training (`holdout.npy`, see the module docstring).
+    `named`: `split` must be named by the source's files (a validation split; see `find_parquet_files`).
 
     Reuses an existing `out_dir` whose index has the same source files (by sha256), column,
     tokenizer and holdout, unless `force`. Writes into a temporary folder renamed into place at the end, so a
@@ -382,7 +398,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     for scratch in (out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")):
         if not _is_token_scratch(scratch):
             raise DataError(f"{scratch}: exists and is not a token folder left by prepare; move it away")
-    files = resolve_source(source, split, revision, endpoint)
+    files = resolve_source(source, split, revision, endpoint, named)
     spec = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None  # recorded for offline checks
     tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist
     sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]

@@ -104,6 +104,15 @@ def load_tokenizer(spec: str | Path = "gpt2-codegen") -> Tokenizer:
         raise ValueError(f"cannot load tokenizer {spec!r} from the Hub (no such path here either): {e}") from e
 
 
+def vocab_fingerprint(tok: Tokenizer) -> str:
+    """sha256 of the token -> id mapping (added tokens included): two tokenizers with the same one give the
+    same ids, whatever their JSON says otherwise (a Hub tokenizer.json and our CodeGen-mono build)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(tok.get_vocab(with_added_tokens=True).items())).encode()).hexdigest()
+
+
 def eos_id(tok: Tokenizer) -> int:
     """Id of `<|endoftext|>`, the document separator (50256 for CodeGen/GPT-2)."""
     i = tok.token_to_id(EOS_TOKEN)

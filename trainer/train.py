@@ -40,6 +40,7 @@ from trainer.data import (
     index_is_current,
     prepare,
     read_index,
+    resolve_source,
 )
 from trainer.model import CONFIGS, Phi, PhiConfig, attention_kernel
 from trainer.tokenizer import load_tokenizer
@@ -76,6 +77,8 @@ class TrainResult:
 
 # PhiConfig fields that do not shape the weights (training switches); all others come from init_from's weights
 _SWITCHES = ("loss_chunk_size", "activation_checkpointing", "attn_impl", "fuse_projections", "fuse_out")
+# the context: rotary positions shape no weights, so model.overrides may extend init_from's
+_CONTEXT = "max_position_embeddings"
 
 
 def model_config(cfg: TrainConfig, weights: PhiConfig | None = None, origin: str = "") -> PhiConfig:
@@ -83,7 +86,8 @@ def model_config(cfg: TrainConfig, weights: PhiConfig | None = None, origin: str
 
     `weights`: the model config of the weights the run starts from (train.init_from, or the checkpoint a
     run started from them resumes; `origin` names it). The shape is theirs; an explicit model.name or
-    shape override that differs is an error, not a silently other model."""
+    shape override that differs is an error, not a silently other model. The context
+    (max_position_embeddings) is theirs unless model.overrides sets it: RoPE extends to any length."""
     m = cfg.model
     if m.name not in CONFIGS:
         raise ConfigError(f"model.name: unknown model {m.name!r} (known: {sorted(CONFIGS)})")
@@ -101,35 +105,48 @@ def model_config(cfg: TrainConfig, weights: PhiConfig | None = None, origin: str
     if weights is not None:
         pc = dataclasses.replace(pc, **_shape_of(weights, pc, cfg, origin))
     if cfg.data.seq_len > pc.max_position_embeddings:
-        raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the model's context "
-                          f"{pc.max_position_embeddings} (model.overrides.max_position_embeddings)")
+        if _CONTEXT in m.overrides:
+            whose = f"model.overrides.{_CONTEXT}"
+        elif weights is not None:
+            whose = f"that of {origin}"
+        else:
+            whose = f"model.name {m.name!r}" if "name" in m.model_fields_set else f"the default model {m.name!r}"
+        raise ConfigError(f"data.seq_len {cfg.data.seq_len} exceeds the model's context {pc.max_position_embeddings} "
+                          f"({whose}): set model.overrides.{_CONTEXT} to at least {cfg.data.seq_len} (rotary "
+                          f"positions, no weights change) or lower data.seq_len")
     return pc
 
 
 def _shape_of(weights: PhiConfig, asked: PhiConfig, cfg: TrainConfig, origin: str) -> dict[str, Any]:
     """The shape fields of `weights`, checked against those the config states: all of the preset's when
-    model.name is set explicitly, else the shape fields in model.overrides (initializer_range is moot)."""
-    shape = [f.name for f in dataclasses.fields(PhiConfig) if f.name not in _SWITCHES]
+    model.name is set explicitly, else the shape fields in model.overrides (initializer_range is moot).
+    The context comes from model.overrides when it sets one, else from the weights."""
+    shape = [f.name for f in dataclasses.fields(PhiConfig) if f.name not in (*_SWITCHES, _CONTEXT)]
     m = cfg.model
-    stated = shape if "name" in m.model_fields_set else [k for k in m.overrides if k in shape]
+    by_name = "name" in m.model_fields_set
+    stated = shape if by_name else [k for k in m.overrides if k in shape]
     differ = [k for k in stated if k != "initializer_range" and getattr(asked, k) != getattr(weights, k)]
     if differ:
         have = ", ".join(f"{k}={getattr(weights, k)!r}" for k in differ)
         want = ", ".join(f"{k}={getattr(asked, k)!r}" for k in differ)
-        raise ConfigError(f"{origin} holds a model with {have}, but model.name {m.name!r}"
-                          f"{' with model.overrides' if m.overrides else ''} asks for {want}: the model comes from "
-                          f"the weights; drop model.name and the model fields of model.overrides, or make them match")
-    return {k: getattr(weights, k) for k in shape}
+        who = (f"model.name {m.name!r}{' with model.overrides' if m.overrides else ''}" if by_name
+               else "model.overrides")
+        raise ConfigError(f"{origin} holds a model with {have}, but {who} asks for {want}: the model comes from "
+                          f"the weights; drop {'model.name and ' if by_name else ''}the shape fields of "
+                          f"model.overrides, or make them match ({_CONTEXT} may differ)")
+    context = {_CONTEXT: m.overrides.get(_CONTEXT, getattr(weights, _CONTEXT))}
+    return {k: getattr(weights, k) for k in shape} | context
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): a pure function, so resume needs no state."""
+def lr_at(step: float, cfg: TrainConfig, end: float | None = None) -> float:
+    """Learning rate at schedule position `step` (0-based optimizer steps; see `Trainer.schedule_position`)
+    of a schedule that ends at `end` (default cfg.max_steps): a pure function, so resume needs no state."""
     s, base = cfg.schedule, cfg.optim.lr
     if step < s.warmup_steps:
         return base * (step + 1) / s.warmup_steps
     if s.kind == "constant":
         return base
-    span = s.decay_steps or max(1, cfg.max_steps - s.warmup_steps)
+    span = s.decay_steps or max(1, (cfg.max_steps if end is None else end) - s.warmup_steps)
     frac = min(1.0, (step - s.warmup_steps) / span)
     if s.kind == "cosine":
         return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
@@ -195,8 +212,22 @@ def _parts(cfg: TrainConfig, i: int) -> list[_Part]:
     ds = cfg.data.datasets[i]
     parts = [_Part(i, dataset_dir(cfg, i), ds.split, Holdout(ds.holdout_fraction, ds.holdout_tokens))]
     if ds.val_split:
+        _check_val_split(cfg, i)
         parts.append(_Part(i, val_dir(cfg, i), ds.val_split, Holdout()))
     return parts
+
+
+def _check_val_split(cfg: TrainConfig, i: int) -> None:
+    """A local source's files must name dataset i's val_split (a single file or unnamed files would make the
+    validation set a copy of the training data); checked before any prepared copy is trusted. A Hub
+    source is checked by `prepare` once downloaded."""
+    ds = cfg.data.datasets[i]
+    if not Path(ds.source).expanduser().exists():
+        return
+    try:
+        resolve_source(ds.source, ds.val_split, ds.revision, named=True)
+    except DataError as e:
+        raise DataError(f"data.datasets.{i}.val_split {ds.val_split!r}: {e}") from None
 
 
 def to_bf16_matrices(model: torch.nn.Module) -> None:
@@ -270,7 +301,7 @@ def prepare_all(cfg: TrainConfig, force: bool = False, quick_check: bool = False
                 try:
                     index = prepare(ds.source, part.folder, cfg.data.tokenizer, split=part.split, column=ds.column,
                                     revision=ds.revision, endpoint=ds.endpoint, num_workers=cfg.data.prepare_workers,
-                                    force=force, progress=progress, holdout=part.holdout)
+                                    force=force, progress=progress, holdout=part.holdout, named=is_val)
                 except DataError as e:
                     if is_val:  # say which setting asked for this split
                         raise DataError(f"data.datasets.{i}.val_split {part.split!r}: {e}") from e
@@ -497,6 +528,7 @@ class Trainer:
         self.peak = peak_flops(self.device, cfg.log.peak_tflops)
         self.start = self._resume()
         self.max_steps = self._max_steps()
+        self.schedule_end = self.schedule_position(self.max_steps)
 
     def _resume_source(self) -> Path | None:
         """The checkpoint this start resumes (checkpoint.resume), or None for a fresh start."""
@@ -510,8 +542,12 @@ class Trainer:
         spec = self.cfg.train.init_from
         if not spec or self.resume_from is not None:
             return None
-        from trainer.pretrained import load_initial
+        from trainer.pretrained import check_tokenizer, load_initial
 
+        if self.cfg.train.init_from_tokenizer_check and not self.cfg.data.synthetic:
+            doubt = check_tokenizer(spec, self.cfg.data.tokenizer)
+            if doubt:
+                self.console.print(f"[yellow]warning:[/] {doubt}")
         initial = load_initial(spec)
         self.console.print(f"starting from the weights of {spec}")
         return initial
@@ -573,6 +609,20 @@ class Trainer:
         left = max(0, -(-int(t.max_tokens) // self.cfg.data.seq_len) - self.plan.samples_before(self.start))
         return self.start + -(-left // t.global_batch)
 
+    def schedule_position(self, step: int) -> float:
+        """Where optimizer step `step` is on the lr schedule, counted in steps of the run's budget unit: the
+        step itself under train.max_steps; under train.max_tokens the samples drawn before it over
+        train.global_batch. A resume under another global batch so goes on from the point of the curve it
+        left and reaches the end where the trainer stops (at the token budget). Under a constant batch both
+        are the step, and warmup_steps/decay_steps count optimizer steps as configured."""
+        if self.cfg.train.max_tokens is None:
+            return step
+        return self.plan.samples_before(step) / self.cfg.train.global_batch
+
+    def lr(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based)."""
+        return lr_at(self.schedule_position(step), self.cfg, self.schedule_end)
+
     def save(self, step: int) -> None:
         meta = {"model_config": dataclasses.asdict(self.model_cfg), "config": self.cfg.model_dump(mode="json"),
                 "data_fingerprint": self.data_fp, "samples": self.plan.samples_before(step),
@@ -604,7 +654,7 @@ class Trainer:
         before the update, on a non-finite loss or gradient."""
         plan = self.plan
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, self.cfg)
+            group["lr"] = self.lr(step)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(plan.accum_steps):
             data_step, data_micro, x, y = next(loader)
@@ -631,7 +681,7 @@ class Trainer:
 
     def record(self, step: int, loss: float, gnorm: float, dt: float) -> dict[str, Any]:
         tokens, seen = self.cfg.tokens_per_step, self.plan.samples_before(step) * self.cfg.data.seq_len
-        rec = {"step": step, "loss": loss, "lr": lr_at(step - 1, self.cfg), "grad_norm": gnorm,
+        rec = {"step": step, "loss": loss, "lr": self.lr(step - 1), "grad_norm": gnorm,
                "tokens": seen, "step_s": round(dt, 4), "tokens_per_s": round(tokens / dt, 1),
                "mfu": (round(self.flops_per_token * tokens / dt / (self.peak * self.info.world_size), 4)
                        if self.peak else None)}

@@ -22,7 +22,7 @@ from typing import Any
 from textbookgen.benchmarks import BENCHMARKS, BenchmarkItem, load_benchmark, mmlu_description, resolve_task
 from trainer.eval.fewshot import SHOT_SOURCES, mmlu_prefixes, sample_shots, shot_text
 
-__all__ = ["HELLASWAG_TEXT_CAUSE", "PAPER_TASKS", "TaskResult", "approximation", "evaluate", "fewshot_prefixes",
+__all__ = ["FOUNDRY_PROMPT_CAUSES", "HELLASWAG_TEXT_CAUSE", "PAPER_TASKS", "TaskResult", "approximation", "evaluate", "fewshot_prefixes",
            "find_task_data", "load_task_items", "mc_requests", "parse_task", "mean_stderr"]
 
 # the phi-1.5 paper's table (commonsense, language understanding, reasoning), in its order
@@ -55,6 +55,14 @@ HELLASWAG_TEXT_CAUSE = (
     "lm_eval's preprocess leaves on endings that open with a WikiHow tag such as '[title]' (its continuation "
     "is '  Use ...', two spaces), so most WikiHow items are scored on other tokens; give the Rowan/hellaswag "
     "jsonl or parquet for lm_eval's exact requests")
+# tasks read only in llm-foundry's layout, whose prompts are not lm_eval's (at every shot count)
+FOUNDRY_PROMPT_CAUSES = {
+    "copa": "COPA in llm-foundry's layout, whose prompt is not lm_eval's super_glue/copa: a comma before the "
+            "connective ('The man turned on the faucet, therefore') and one space before the choice, where "
+            "lm_eval has no comma and two spaces (its target delimiter plus the choice's own)",
+    "commonsense_qa": "CommonsenseQA in llm-foundry's layout, whose prompt is not lm_eval's commonsense_qa: a "
+                      "'Choices:' line and four options (A-D), where lm_eval lists all five (A-E) without that line",
+}
 
 
 @dataclass
@@ -286,7 +294,7 @@ def approximation(task: str, items: Iterable[BenchmarkItem]) -> str | None:
     """Why requests built from these items are not exactly lm_eval's (None when they are)."""
     if task == "hellaswag" and any(it.meta.get("ctx_split") == "heuristic" for it in items):
         return HELLASWAG_TEXT_CAUSE
-    return None
+    return FOUNDRY_PROMPT_CAUSES.get(task)
 
 
 def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any] | None = None,
