@@ -517,3 +517,15 @@ def test_params_are_part_of_the_request_key(tmp_path):
         changed = [*first[:3], ChatRequest(messages=first[3].messages, max_tokens=64, params={"top_k": 40})]
         gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(changed)
         assert emu.billed == 5
+
+
+def test_retry_failed_keeps_what_the_refusals_cost_in_the_journal(tmp_path):
+    """A refusal is billed; re-sending it must not erase that from the journal's total (the build's budget)."""
+    with Emulator(EmulatorConfig(latency_median_s=0.001, faults=[Fault("refusal", first=1)])) as emu:
+        first = gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(reqs(6))
+        again = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, retry_failed=True).run(reqs(6))
+        assert emu.billed == 12
+    assert {r.status for r in first} == {"failed"} and {r.status for r in again} == {"ok"}
+    paid = sum(r.cost_usd for r in first) + sum(r.cost_usd for r in again)
+    with Journal(tmp_path / "openai.sqlite") as j:
+        assert j.summary()["cost_usd"] == pytest.approx(paid, rel=1e-6) and paid > sum(r.cost_usd for r in again)

@@ -83,9 +83,12 @@ CREATE TABLE IF NOT EXISTS batches (
 OPEN_BATCH_STATUSES = ("submitting", "running")
 
 # result rows written by the engine: (status, text, finish_reason, input_tokens, output_tokens,
-# cost_usd, latency_s, attempts, error, error_class, response_id, updated_at, key)
+# cost_usd, latency_s, attempts, error, error_class, response_id, updated_at, key). A failed row sent again
+# (retry_failed) keeps what its failure cost in cost_usd: a refusal is billed, so the journal's total stays
+# what was paid (its tokens describe the new answer).
 _UPDATE = """UPDATE requests SET status=?, text=?, finish_reason=?, input_tokens=?, output_tokens=?,
-cost_usd=?, latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=? WHERE key=?"""
+cost_usd=? + CASE WHEN status = 'failed' THEN COALESCE(cost_usd, 0) ELSE 0 END,
+latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=? WHERE key=?"""
 
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
