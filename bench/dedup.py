@@ -10,12 +10,20 @@
    (sets of shingle bytes, no hashing) of each planted pair, plus any other pair we report that is
    verified >= the threshold. Precision = predicted same-cluster pairs with exact J >= threshold;
    recall = ground-truth pairs found in one cluster.
+3. Memory (--memory): `textbookgen dedup` (exact + MinHash) on synthetic corpora of 500-word documents
+   (Zipf pseudo-words, 10 % planted near-copies with 0-8 % of words replaced), written as parquet, each
+   size in a fresh process; against datasketch `MinHashLSH` (threshold 0.8, 128 perms, query then insert)
+   fed the same file row group by row group, also in a fresh process. Peak RSS: the main process's own
+   (VmHWM as it exits) and that plus each worker's own (VmHWM read from /proc every 0.05 s).
 
     python bench/dedup.py                  # 100k documents, 2 workers
     python bench/dedup.py --docs 20000     # quicker
+    python bench/dedup.py --memory --docs 50000,200000 [--baseline ../before]   # ../before: older checkout
 
 Last line: speedup_vs_datasketch_xxh32_end_to_end=<x> precision=<p> recall=<r> docs_per_s=<n> peak_rss_mb=<m>
-(the like-for-like speedup: same signatures, shingling timed in both; the table has the other three)
+(the like-for-like speedup: same signatures, shingling timed in both; the table has the other three);
+with --memory: kb_per_doc_ours=<peak growth per doc, all processes, smallest to largest size>
+kb_per_doc_datasketch=<...> (and kb_per_doc_ours_baseline=<...> with --baseline)
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import itertools
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -150,14 +160,22 @@ def speed(docs: list[str], n: int) -> dict[str, float]:
 
 
 class RssSampler(threading.Thread):
-    """Peak of (this process + all its descendants) resident memory, sampled every 0.1 s from /proc.
+    """Peak of (a process + all its descendants) resident memory, sampled every `every` s from /proc:
+    `peak_mb`, the largest sum of their VmRSS seen at once (a sample can miss a short peak), and
+    `peaks_mb`, the sum of each process's own peak (its VmHWM as last read, which no sample misses; an
+    upper bound, as the processes need not peak at once).
 
     (ru_maxrss of children is no use here: a spawned worker briefly holds the parent's pages between
     fork and exec, so it reports the parent's size.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | None = None, every: float = 0.1) -> None:
         super().__init__(daemon=True)
-        self.peak_mb, self.stop = 0.0, threading.Event()
+        self.pid, self.every = pid or os.getpid(), every
+        self.peak_mb, self.hwm, self.stop = 0.0, {}, threading.Event()
+
+    @property
+    def peaks_mb(self) -> float:
+        return sum(self.hwm.values())
 
     @staticmethod
     def _tree(pid: int) -> list[int]:
@@ -168,33 +186,148 @@ class RssSampler(threading.Thread):
         return out
 
     @staticmethod
-    def _rss_mb(pid: int) -> float:
+    def _status_mb(pid: int) -> tuple[float, float]:
+        """(VmRSS, VmHWM) of a process in MB; zeros once it is gone."""
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-        return 0.0
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+            return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+        except (FileNotFoundError, ProcessLookupError, KeyError, ValueError):
+            return 0.0, 0.0
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                self.peak_mb = max(self.peak_mb, sum(self._rss_mb(p) for p in self._tree(os.getpid())))
+                now = 0.0
+                for pid in self._tree(self.pid):
+                    rss, hwm = self._status_mb(pid)
+                    now += rss
+                    self.hwm[pid] = hwm or self.hwm.get(pid, 0.0)  # the latest: one read between fork and
+                    # exec gives the parent's size
+                self.peak_mb = max(self.peak_mb, now)
             except (FileNotFoundError, ProcessLookupError, ValueError):
                 pass
-            self.stop.wait(0.1)
+            self.stop.wait(self.every)
+
+
+def synthetic_corpus(path: Path, n_docs: int, words: int = 500, dup_frac: float = 0.1, seed: int = 0) -> None:
+    """The field notes' corpus (A.1) at scale: 500 Zipf(1.07) pseudo-words from a 30k vocabulary per
+    document, and `dup_frac` near-copies of random originals with 0-8 % of their words replaced."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = np.array(["".join(rng.choice(letters, size=n)) for n in rng.integers(2, 11, size=30_000)])
+    cdf = np.cumsum(1.0 / np.arange(1, vocab.size + 1) ** 1.07)
+    cdf /= cdf[-1]
+    n_orig = n_docs - int(n_docs * dup_frac)
+    docs = [" ".join(vocab[np.searchsorted(cdf, rng.random(words))]) for _ in range(n_orig)]
+    for src in rng.integers(0, n_orig, size=n_docs - n_orig):
+        w = docs[int(src)].split()
+        for j in rng.choice(len(w), size=int(len(w) * rng.uniform(0.0, 0.08)), replace=False):
+            w[int(j)] = vocab[int(rng.integers(vocab.size))]
+        docs.append(" ".join(w))
+    order = rng.permutation(n_docs)  # copies spread over the file, not all in its last row groups
+    pl.DataFrame({"id": [f"d{i:08d}" for i in range(n_docs)], "text": [docs[int(i)] for i in order],
+                  "quality_score": rng.random(n_docs)}).write_parquet(path)
+
+
+DATASKETCH_PEER = """
+import sys, pyarrow.parquet as pq, xxhash
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+from textbookgen.curation.normalize import word_shingles
+lsh, dropped = MinHashLSH(threshold=float(sys.argv[2]), num_perm=128), 0
+for batch in pq.ParquetFile(sys.argv[1]).iter_batches(batch_size=10_000, columns=["id", "text"]):
+    for key, text in zip(batch.column("id").to_pylist(), batch.column("text").to_pylist()):
+        m = MinHash(num_perm=128, seed=1, scheme="affine32", hashfunc=xxhash.xxh32_intdigest)
+        m.update_batch(word_shingles(text, 5))
+        m = LeanMinHash(m)
+        if lsh.query(m):
+            dropped += 1
+        else:
+            lsh.insert(key, m, check_duplication=False)
+print(f"dropped={dropped}")
+"""
+# run first in the measured process: its own peak at exit goes to stderr (VmHWM, not ru_maxrss, which
+# keeps the high-water mark of the bench process it was forked from across the exec)
+SELF_PEAK = ("import atexit, re, sys; atexit.register(lambda: print('self_peak_kb=' + re.search(r'VmHWM:\\s*(\\d+)', "
+             "open('/proc/self/status').read()).group(1), file=sys.stderr))\n")
+
+
+def measured(code: str, *args: str, pythonpath: str | None = None) -> tuple[float, float, float, str]:
+    """(wall s, the main process's peak MB, the sum of every process's peak MB, stdout) of
+    `python -c code args` in a fresh process (the main one's peak is read as it exits, exact), run in
+    an empty folder so that `pythonpath` is not shadowed by a textbookgen package in the current one."""
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        with tempfile.TemporaryDirectory() as cwd:
+            proc = subprocess.Popen([sys.executable, "-c", SELF_PEAK + code, *args], stdout=out, stderr=err,
+                                    text=True, env=env, cwd=cwd)
+            sampler = RssSampler(proc.pid, every=0.05)
+            sampler.start()
+            proc.wait()
+        wall = time.perf_counter() - t
+        sampler.stop.set()
+        sampler.join()
+        out.seek(0)
+        err.seek(0)
+        log = err.read()
+        if proc.returncode:
+            raise SystemExit(f"{args[:2]}: exit {proc.returncode}\n{log[-2000:]}")
+        main_mb = int(re.findall(r"self_peak_kb=(\d+)", log)[-1]) / 1024
+        others = sum(mb for pid, mb in sampler.hwm.items() if pid != proc.pid)
+        return wall, main_mb, main_mb + others, out.read()
+
+
+def memory(sizes: list[int], workers: int, threshold: float, peer: bool, baseline: str | None) -> None:
+    """`textbookgen dedup` and datasketch MinHashLSH on the same synthetic corpora, each in a fresh process;
+    with `baseline`, also the `textbookgen` package found there (an older checkout), on the same corpus."""
+    print("| docs | input MB | code | wall s | peak MB, main process | peak MB, all processes | kept |"
+          "\n|---:|---:|---|---:|---:|---:|---:|")
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-dedup-mem-") as tmp:
+            src = Path(tmp) / "in.parquet"
+            synthetic_corpus(src, n)
+            mb = src.stat().st_size / 2**20
+            runs = [("ours", None), *([("ours, baseline", baseline)] if baseline else [])]
+            for name, path in runs:
+                r = measured("from textbookgen.cli import app; app(prog_name='textbookgen')", "dedup", str(src),
+                             "-o", str(Path(tmp) / f"out-{len(rows)}.parquet"), "--workers", str(workers),
+                             "--threshold", str(threshold), pythonpath=path)
+                kept = f"{json.loads(r[3])['minhash_dedup']['kept']:,}"
+                rows.append((n, name, r[2]))
+                print(f"| {n:,} | {mb:,.0f} | {name} | {r[0]:.1f} | {r[1]:,.0f} | {r[2]:,.0f} | {kept} |", flush=True)
+            if peer:
+                r = measured(DATASKETCH_PEER, str(src), str(threshold))
+                rows.append((n, "datasketch", r[2]))
+                print(f"| {n:,} | {mb:,.0f} | datasketch MinHashLSH | {r[0]:.1f} | {r[1]:,.0f} | {r[2]:,.0f} | "
+                      f"{n - int(r[3].strip().removeprefix('dropped=')):,} |", flush=True)
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()} on {os.cpu_count()} cores")
+    growth = []
+    for name in dict.fromkeys(r[1] for r in rows):
+        mine = [r for r in rows if r[1] == name]
+        (n0, _, m0), (n1, _, m1) = mine[0], mine[-1]
+        growth.append(f"kb_per_doc_{re.sub(r'[^a-z]+', '_', name.lower()).strip('_')}={(m1 - m0) * 1024 / max(n1 - n0, 1):.2f}")
+    print(" ".join(growth))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--docs", default="100000", help="documents; with --memory, comma-separated sizes")
+    ap.add_argument("--memory", action="store_true", help="peak RSS and wall time of `textbookgen dedup` "
+                    "against datasketch MinHashLSH on synthetic corpora of each --docs size")
+    ap.add_argument("--no-peer", action="store_true", help="with --memory: skip datasketch")
+    ap.add_argument("--baseline", help="with --memory: also run the textbookgen package in this folder (e.g. a "
+                    "`git worktree` of an older commit) on the same corpora")
     ap.add_argument("--dup-frac", type=float, default=0.1)
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--speed-docs", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.memory:
+        memory([int(n) for n in args.docs.split(",")], args.workers, args.threshold, not args.no_peer, args.baseline)
+        return
+    args.docs = int(args.docs)
     sampler = RssSampler()
     sampler.start()
 

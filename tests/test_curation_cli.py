@@ -129,3 +129,116 @@ def test_unreadable_or_missing_labels_are_an_error_naming_the_file_not_a_negativ
     for command in (["classifier", "train", "-o", str(tmp_path / "m")], ["classifier", "eval", str(tmp_path / "m.bin")]):
         result = runner.invoke(app, [*command, "--labelled", str(bad), "--min-positive", "3"])
         assert result.exit_code == 1 and re.search(message, result.output), result.output
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rerunning_dedup_into_the_same_output_loses_no_document(corpus, tmp_path):
+    """Each run is a fresh dedup: with made-up <file>:<row> ids, the same docs given again under other
+    ids (a new file, a deleted row) were dropped as near-duplicates of an earlier run's, and the
+    output, written over, lost them."""
+    _, docs = corpus
+    out = tmp_path / "out.parquet"
+    invoke("dedup", write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in docs[:40]]), "-o", out, "--workers", "1")
+    stats = invoke("dedup", write_jsonl(tmp_path / "docs_v2.jsonl", [{"text": t} for t in docs]), "-o", out,
+                   "--workers", "1")
+    assert stats["minhash_dedup"]["dropped"] == {"near_duplicate": 0}
+    assert sorted(pl.read_parquet(out)["text"]) == sorted(docs)
+    one_less = docs[:10] + docs[11:40]
+    invoke("dedup", write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in one_less]), "-o", out, "--workers", "1")
+    assert sorted(pl.read_parquet(out)["text"]) == sorted(one_less)
+
+
+def test_dedup_with_an_index_is_incremental_and_keeps_the_indexed_documents(corpus, tmp_path):
+    """--index: batch 2 holds batch 1 again (a1 rewritten), a near-copy of a0, an exact copy of a2 whose
+    id sorts first, and new docs. The indexed docs are kept as themselves, the copies go, a1's old text
+    is no longer indexed; an output of an earlier batch is never written over."""
+    _, docs = corpus
+    first = [{"id": f"a{i}", "text": docs[i]} for i in range(20)]
+    invoke("dedup", write_jsonl(tmp_path / "b1.jsonl", first), "-o", tmp_path / "o1.parquet", "--index",
+           tmp_path / "idx", "--workers", "1")
+    second = [{"id": "a1", "text": docs[50]}, *first[:1], *first[2:], {"id": "b_copy", "text": docs[0] + " Thanks!"},
+              {"id": "a1_copy", "text": docs[2]},
+              {"id": "b_old", "text": docs[1]}, *({"id": f"b{i}", "text": docs[i]} for i in range(20, 30))]
+    stats = invoke("dedup", write_jsonl(tmp_path / "b2.jsonl", second), "-o", tmp_path / "o2.parquet", "--index",
+                   tmp_path / "idx", "--workers", "1")["minhash_dedup"]  # before exact dedup: see dedup_steps
+    assert stats["dropped"] == {"near_duplicate": 0, "near_duplicate_of_indexed": 2}
+    assert stats["already_indexed"] == 19 and stats["rewritten"] == 1
+    kept = sorted(r["id"] for r in second if not r["id"].endswith("_copy"))
+    assert sorted(pl.read_parquet(tmp_path / "o2.parquet")["id"]) == kept
+    index = pl.read_parquet(next((tmp_path / "idx").glob("minhash-*")) / "index.parquet")
+    assert index.height == index["id"].n_unique() == 31
+
+    before = (tmp_path / "o1.parquet").read_bytes()
+    result = runner.invoke(app, ["dedup", str(tmp_path / "b2.jsonl"), "-o", str(tmp_path / "o1.parquet"),
+                                 "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 1 and "o1.parquet: exists" in result.output and len(result.output.splitlines()) == 1
+    assert (tmp_path / "o1.parquet").read_bytes() == before
+
+
+def mixed_corpus(folder: Path) -> Path:
+    """Files whose columns differ (ids or not, ints in one and floats in another, dates, lists, a
+    categorical), parquet in row groups of 7 and an empty one, jsonl plain and gzipped, and a JSON array."""
+    folder.mkdir(parents=True)
+    n = 40
+    pl.DataFrame({"id": [f"p{i}" for i in range(n)], "text": [f"parquet text {i}" for i in range(n)],
+                  "score": list(range(n)), "day": [__import__("datetime").date(2020, 1, 1 + i % 28) for i in range(n)],
+                  "tags": [["a", "b"][: i % 3] for i in range(n)],
+                  "kind": pl.Series(["x", "y"] * (n // 2), dtype=pl.Categorical)}).write_parquet(
+        folder / "a.parquet", row_group_size=7)
+    pl.DataFrame(schema={"id": pl.String, "text": pl.String}).write_parquet(folder / "b_empty.parquet")
+    (folder / "c.jsonl").write_text("".join(json.dumps({"text": f"jsonl {i}", "score": i + 0.5, "url": "u"}) + "\n"
+                                            for i in range(25)))
+    with gzip.open(folder / "d.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps({"text": f"gz {i}", "id": i}) + "\n" for i in range(9)))
+    (folder / "e.json").write_text(json.dumps([{"text": "array one"}, {"text": "array two", "extra": True}]))
+    return folder
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 7, 1000])
+def test_corpus_chunks_are_read_corpus(tmp_path, chunk_rows):
+    """Read a chunk at a time, a corpus has `read_corpus`'s rows, ids, columns and types."""
+    from textbookgen.curation.corpus_io import Corpus, read_corpus
+
+    folder = mixed_corpus(tmp_path / "corpus")
+    whole = read_corpus(folder)
+    corpus = Corpus(folder, chunk_rows=chunk_rows)
+    chunks = list(corpus.chunks())
+    assert max(c.height for c in chunks) <= chunk_rows
+    assert pl.concat(chunks, how="diagonal_relaxed").equals(whole) and corpus.schema() == whole.schema
+    assert pl.concat(corpus.chunks(["score", "nothing"]), how="diagonal_relaxed").equals(
+        whole.select("id", "text", "score"))
+
+
+def test_dedup_never_reads_the_corpus_whole(corpus, tmp_path, monkeypatch):
+    """`textbookgen dedup` streams its input (200k docs of 500 words held 700 MB of texts, twice): its
+    output is the input's rows, in order and with their columns, less the exact and near duplicates."""
+    from textbookgen.curation import commands
+
+    path, _ = corpus
+
+    def whole(*args, **kwargs):
+        raise AssertionError("read_corpus called")
+
+    monkeypatch.setattr(commands, "read_corpus", whole)
+    stats = invoke("dedup", path, "-o", tmp_path / "out.jsonl", "--workers", "1")
+    assert stats["minhash_dedup"]["kept"] == 61
+    monkeypatch.undo()
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    source = commands.read_corpus(path)
+    assert [r["id"] for r in rows] == [i for i in source["id"] if i not in ("corpus:60", "corpus:61")]
+    assert set(rows[0]) == {"id", "text", "url"}
+
+
+def test_a_null_text_in_a_late_chunk_fails_before_any_output(tmp_path, monkeypatch):
+    from textbookgen.curation import corpus_io
+
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 4)
+    src = tmp_path / "in.parquet"
+    pl.DataFrame({"text": [f"doc {i} " + "word " * 30 for i in range(10)] + [None]}).write_parquet(src)
+    result = runner.invoke(app, ["dedup", str(src), "-o", str(tmp_path / "out.parquet")])
+    assert result.exit_code == 1 and "in.parquet: 1 row(s) with a null 'text'" in result.output
+    assert not list(tmp_path.glob("out.parquet*"))

@@ -4,6 +4,7 @@ near-duplicates, the incremental store, and resuming a killed run."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -21,10 +22,11 @@ import pytest
 import xxhash
 from datasketch import LeanMinHash, MinHash
 
+from textbookgen.curation import minhash, near_dedup
 from textbookgen.curation.config import MinHashConfig
-from textbookgen.curation.lsh import candidate_pairs, connected_components
+from textbookgen.curation.lsh import PAIRWISE_MAX, candidate_pairs, connected_components
 from textbookgen.curation.minhash import BLOCK, MinHasher, shingle_jaccard
-from textbookgen.curation.near_dedup import MinHashDedup
+from textbookgen.curation.near_dedup import MinHashDedup, SignParams
 from textbookgen.curation.normalize import simplify_text, word_shingles
 
 
@@ -124,12 +126,41 @@ def test_large_document_signed_in_blocks():
 
 
 def test_candidate_pairs_and_union_find():
-    bands = pl.DataFrame({"doc": [0, 1, 2, 3, 0, 4], "band": [0, 0, 0, 1, 1, 1], "key": [7, 7, 9, 5, 5, 6]},
-                         schema={"doc": pl.Int64, "band": pl.Int16, "key": pl.UInt64})
-    pairs = candidate_pairs(bands)
+    keys = np.array([[7, 5], [7, 1], [9, 2], [3, 5], [4, 6]], dtype=np.uint64)  # (doc, band)
+    pairs = candidate_pairs(5, lambda band: keys[:, band], 2)
     assert pairs.rows() == [(0, 1), (0, 3)]
     labels = connected_components(5, pairs)
     assert labels[0] == labels[1] == labels[3] and len({labels[0], labels[2], labels[4]}) == 3
+
+
+def polars_candidate_pairs(keys: np.ndarray) -> list[tuple[int, int]]:
+    """The candidates as the (doc, band, key) polars frame gave them before one band at a time: all
+    pairs of a bucket of up to PAIRWISE_MAX docs, star edges to the min doc of a larger one."""
+    n, b = keys.shape
+    lf = pl.DataFrame({"doc": np.repeat(np.arange(n, dtype=np.int64), b), "band": np.tile(np.arange(b), n),
+                       "key": keys.reshape(-1)}).lazy()
+    shared = lf.with_columns(pl.len().over(["band", "key"]).alias("size")).filter(pl.col("size") > 1)
+    small = shared.filter(pl.col("size") <= PAIRWISE_MAX).select("band", "key", "doc")
+    pairs = (small.join(small, on=["band", "key"], suffix="_b").filter(pl.col("doc") < pl.col("doc_b"))
+             .select(pl.col("doc").alias("a"), pl.col("doc_b").alias("b")))
+    star = (shared.filter(pl.col("size") > PAIRWISE_MAX)
+            .with_columns(pl.col("doc").min().over(["band", "key"]).alias("root"))
+            .filter(pl.col("doc") != pl.col("root")).select(pl.col("root").alias("a"), pl.col("doc").alias("b")))
+    return pl.concat([pairs, star]).unique().sort(["a", "b"]).collect().rows()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_candidates_band_by_band_are_the_polars_frames(seed):
+    """Sorting one band's keys at a time gives the very pairs of the whole (doc, band, key) frame, with
+    buckets of every size: pairs, the PAIRWISE_MAX edge, and star buckets."""
+    rng = np.random.default_rng(seed)
+    n, bands = 3000, 6
+    keys = rng.integers(0, 2**64, size=(n, bands), dtype=np.uint64)
+    for band in range(bands):  # buckets of 2..40 docs, some sharing docs across bands
+        for size in (2, 3, PAIRWISE_MAX, PAIRWISE_MAX + 1, 40, *rng.integers(2, 30, size=30).tolist()):
+            keys[rng.choice(n, size=size, replace=False), band] = rng.integers(2**64, dtype=np.uint64)
+    ours = candidate_pairs(n, lambda band: keys[:, band], bands)
+    assert ours.rows() == polars_candidate_pairs(keys) and ours.height > 2000
 
 
 def edit_words(text: str, frac: float, rng: random.Random) -> str:
@@ -198,10 +229,10 @@ def test_new_shard_dedups_against_indexed_ones(real_docs, tmp_path):
     rng = random.Random(3)
     cfg = MinHashConfig(workers=1)
     old = pl.DataFrame({"id": [f"old{i}" for i in range(60)], "text": real_docs[:60]})
-    MinHashDedup(cfg)(old, tmp_path)
+    MinHashDedup(cfg, incremental=True)(old, tmp_path)
     new_texts = [edit_words(real_docs[i], 0.01, rng) for i in range(10)] + real_docs[60:80]
     new = pl.DataFrame({"id": [f"new{i}" for i in range(30)], "text": new_texts})
-    out, stats = MinHashDedup(cfg)(new, tmp_path)
+    out, stats = MinHashDedup(cfg, incremental=True)(new, tmp_path)
     assert stats.dropped["near_duplicate_of_indexed"] == 10
     assert sorted(out["id"]) == sorted(f"new{i}" for i in range(10, 30))
     assert stats.extra["indexed_docs"] == 60
@@ -216,10 +247,79 @@ def test_only_kept_docs_are_indexed_for_later_runs(real_docs, tmp_path):
     z = edit_words(y, 0.015, rng)
     assert shingle_jaccard(x, y) >= 0.8 and shingle_jaccard(y, z) >= 0.8 > shingle_jaccard(x, z)
     cfg = MinHashConfig(workers=1)
-    first, _ = MinHashDedup(cfg)(pl.DataFrame({"id": ["a_x", "b_y"], "text": [x, y]}), tmp_path)
+    first, _ = MinHashDedup(cfg, incremental=True)(pl.DataFrame({"id": ["a_x", "b_y"], "text": [x, y]}), tmp_path)
     assert first["id"].to_list() == ["a_x"]
-    out, stats = MinHashDedup(cfg)(pl.DataFrame({"id": ["c_z"], "text": [z]}), tmp_path)
+    out, stats = MinHashDedup(cfg, incremental=True)(pl.DataFrame({"id": ["c_z"], "text": [z]}), tmp_path)
     assert out["id"].to_list() == ["c_z"] and stats.extra["indexed_docs"] == 1
+
+
+def test_a_doc_given_again_with_its_indexed_text_is_the_indexed_doc(real_docs, tmp_path):
+    """b_x was kept and indexed: given again (same id, same text) it is not a duplicate of itself, and it
+    stays its cluster's member even beside a near-copy that would win on id."""
+    x = real_docs[0]
+    cfg = MinHashConfig(workers=1)
+    MinHashDedup(cfg, incremental=True)(pl.DataFrame({"id": ["b_x"], "text": [x]}), tmp_path)
+    again = pl.DataFrame({"id": ["a_copy", "b_x", "c"], "text": [x + " Thanks for reading.", x, real_docs[1]]})
+    out, stats = MinHashDedup(cfg, incremental=True)(again, tmp_path)
+    assert out["id"].to_list() == ["b_x", "c"] and stats.dropped["near_duplicate_of_indexed"] == 1
+    assert stats.extra["already_indexed"] == 1 and stats.extra["indexed_docs"] == 0
+    out, stats = MinHashDedup(cfg, incremental=True)(again, tmp_path)  # the same batch again: the same output
+    assert out["id"].to_list() == ["b_x", "c"] and stats.extra["already_indexed"] == 2
+
+
+def test_only_the_newest_version_of_a_rewritten_doc_is_indexed(real_docs, tmp_path):
+    """x was indexed with T1, then rewritten to T2: a later y close to T1 is no duplicate of anything
+    indexed, and x itself is never compared with its own old text."""
+    t1, t2 = real_docs[10], real_docs[20]
+    cfg = MinHashConfig(workers=1)
+    step = MinHashDedup(cfg, incremental=True)
+    step(pl.DataFrame({"id": ["x"], "text": [t1]}), tmp_path)
+    out, _ = step(pl.DataFrame({"id": ["x"], "text": [t2 + " " + t1[:200]]}), tmp_path)
+    assert out["id"].to_list() == ["x"]
+    out, stats = step(pl.DataFrame({"id": ["y"], "text": [t1 + " extra"]}), tmp_path)
+    assert out["id"].to_list() == ["y"] and stats.dropped["near_duplicate_of_indexed"] == 0
+    index = pl.read_parquet(next(tmp_path.glob("minhash-*")) / "index.parquet")
+    assert index["id"].to_list() == ["x", "y"]
+    assert index["text_hash"][0] == xxhash.xxh3_128_hexdigest((t2 + " " + t1[:200]).encode())
+
+
+CJK = "光合作用是植物利用光能把二氧化碳和水转化为葡萄糖和氧气的过程。" * 6
+
+
+def test_signatures_of_other_normalisation_code_are_never_reused(monkeypatch, tmp_path, caplog):
+    """A store signed before 6aa12a1 (a CJK clause was one word) silently missed this near-duplicate in
+    the same workdir: the store is keyed by the signing code, so new code signs anew and says so."""
+    df = pl.DataFrame({"id": ["a", "b"], "text": [CJK + "叶绿素吸收光。", CJK + "叶绿素吸收热。"]})
+    cfg = MinHashConfig(workers=1)
+    real = minhash.simplify_bytes
+    monkeypatch.setattr(minhash, "simplify_bytes", lambda t: t.lower().encode())  # no CJK split, as before
+    _, old = MinHashDedup(cfg)(df, tmp_path)
+    assert old.kept == 2
+    monkeypatch.setattr(minhash, "simplify_bytes", real)
+    _, new = MinHashDedup(cfg)(df, tmp_path)
+    assert new.kept == 1 and new.extra["shards_signed"] == 1
+    stores = sorted(tmp_path.glob("minhash-*"))
+    assert len(stores) == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "ignoring" in warned[0] and "normalisation" in warned[0]
+    _, again = MinHashDedup(cfg)(df, tmp_path)  # said once, when the new store is made
+    assert again.extra["shards_signed"] == 0 and len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("change", [
+    lambda t: t.casefold(),  # casefold for lower: ß -> ss, ﬁ -> fi
+    lambda t: unicodedata.normalize("NFKC", t),  # half-width kana, ½, ²
+    lambda t: re.sub("[ा-्]", " ", t),  # Devanagari vowel signs and virama as spaces (before e3ba8f3)
+    lambda t: re.sub("[ً-ْ]", "", t),  # Arabic harakat stripped
+    lambda t: re.sub("[゙゚]", "", unicodedata.normalize("NFD", t)),  # kana voicing marks stripped
+    lambda t: t.replace("_", "u").replace("**", " pow "),  # code tokens
+], ids=["casefold", "nfkc", "devanagari", "arabic", "kana", "code"])
+def test_any_change_to_normalisation_makes_a_new_store(monkeypatch, change):
+    before = SignParams.from_config(MinHashConfig())
+    real = minhash.simplify_bytes
+    monkeypatch.setattr(minhash, "simplify_bytes", lambda t: real(change(t)))
+    after = SignParams.from_config(MinHashConfig())
+    assert after.tag != before.tag and after.tag.startswith(before.setting)
 
 
 KILLER = textwrap.dedent("""
@@ -270,3 +370,127 @@ def test_process_parallel_matches_serial(real_docs, tmp_path):
     sigs = [np.load(p) for p in sorted((tmp_path / "a").glob("minhash-*/shards/*/sig.npy"))]
     sigs_b = [np.load(p) for p in sorted((tmp_path / "b").glob("minhash-*/shards/*/sig.npy"))]
     assert all(np.array_equal(x, y) for x, y in zip(sigs, sigs_b, strict=True))
+
+
+def planted_corpus(shared_data: Path) -> pl.DataFrame:
+    """Wikipedia + C4 (2,000 real docs) and 420 planted copies: word edits of 0-15 % (J from 1 to ~0.5),
+    exact copies in capitals (exact dedup's), chains x -> y -> z, and one doc copied 30 times (buckets
+    above PAIRWISE_MAX give star edges); ids in random order, quality scores with nulls, rows shuffled."""
+    rng = random.Random(11)
+    docs = [d for d in read_texts(shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz", "eng_Latn")
+            + read_texts(shared_data / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "text") if len(d.split()) >= 30]
+    texts = list(docs)
+    for i in range(300):
+        frac = rng.choice([0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15])
+        copy = edit_words(docs[rng.randrange(len(docs))], frac, rng)
+        texts.append(copy.upper() if frac == 0.0 and i % 2 else copy)
+    for i in range(30):  # chains: each link is a near-copy of the one before
+        texts.append(edit_words(texts[-1] if i % 3 else docs[rng.randrange(len(docs))], 0.02, rng))
+    texts += [edit_words(docs[7], rng.choice([0.0, 0.01, 0.02]), rng) for _ in range(30)]
+    rng.shuffle(texts)
+    ids = [f"{rng.getrandbits(32):08x}-{i}" for i in range(len(texts))]
+    quality = [None if rng.random() < 0.2 else round(rng.random(), 2) for _ in texts]
+    return pl.DataFrame({"id": ids, "text": texts, "quality_score": quality},
+                        schema={"id": pl.String, "text": pl.String, "quality_score": pl.Float64})
+
+
+def write_parts(df: pl.DataFrame, folder: Path) -> Path:
+    """Two files of one corpus: parquet with ids and scores in small row groups, then jsonl of texts alone
+    (their ids are made up as "part-1:<row>")."""
+    folder.mkdir(parents=True, exist_ok=True)
+    df.head(1500).write_parquet(folder / "part-0.parquet", row_group_size=400)
+    df.slice(1500).select("text").write_ndjson(folder / "part-1.jsonl")
+    return folder
+
+
+def digest(*values) -> str:
+    """sha256 of the frames' rows (floats written exactly) and of any other JSON-able values."""
+    rows = [v.rows() if isinstance(v, pl.DataFrame) else v for v in values]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+# What the in-memory implementation (corpus read whole, every shingle set loaded; replaced 2026-11-26 by
+# out-of-core dedup) gave on `planted_corpus`: only a change to what dedup decides may change these.
+STEP_DIGEST = "6540ef6b844819d8"
+COMMAND_DIGEST = "28f585f9bba03714"
+INCREMENTAL_DIGEST = "b2767bac82be2b4c"
+
+
+def test_dedup_step_results_are_those_of_the_in_memory_store(shared_data, tmp_path, monkeypatch):
+    """The kept docs, clusters and verified pairs of the step (frame in, frame out) are bit-identical to
+    those of the in-memory implementation, with shingle sets read in many small batches."""
+    monkeypatch.setattr(near_dedup, "JACCARD_BATCH", 20_000)  # ~10 docs' shingles: hundreds of batches
+    df = planted_corpus(shared_data)
+    out, stats = MinHashDedup(MinHashConfig(workers=2, shard_size=700))(df, tmp_path)
+    clusters, pairs = (pl.read_parquet(tmp_path / f) for f in ("clusters.parquet", "pairs.parquet"))
+    assert stats.extra["verified_pairs"] > 300 and clusters.height > 150 and clusters["size"].max() > PAIRWISE_MAX
+    assert digest(out["id"].to_list(), clusters, pairs) == STEP_DIGEST
+
+
+def test_dedup_command_streams_the_corpus_with_the_in_memory_results(shared_data, tmp_path, monkeypatch):
+    """`textbookgen dedup` reads the corpus in chunks of 128 rows (parquet row groups of 400, and a jsonl
+    file with made-up ids): its output rows, stats, clusters and pairs are bit-identical to those of
+    reading the corpus whole."""
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+    from textbookgen.curation import corpus_io
+
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 128)
+    folder = write_parts(planted_corpus(shared_data), tmp_path / "in")
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(app, ["dedup", str(folder), "-o", str(out), "--workers", "2", "--shard-size", "700"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    work = tmp_path / "out.parquet.work" / "minhash_dedup"
+    assert stats["exact_dedup"]["dropped"]["exact_duplicate"] > 10
+    assert digest(pl.read_parquet(out), stats, pl.read_parquet(work / "clusters.parquet"),
+                  pl.read_parquet(work / "pairs.parquet")) == COMMAND_DIGEST
+
+
+def test_incremental_dedup_streams_with_the_in_memory_results(shared_data, tmp_path, monkeypatch):
+    """Two incremental runs (the second holds docs of the first, some rewritten): the second's output,
+    stats, clusters and index are bit-identical to the in-memory implementation's."""
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+    from textbookgen.curation import corpus_io
+
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 128)
+    df = planted_corpus(shared_data)
+    first, second = df.slice(0, 1400), pl.concat([df.slice(1000, 400).with_columns(
+        pl.when(pl.int_range(400) % 7 == 0).then(pl.col("text") + " Revised.").otherwise(pl.col("text"))),
+        df.slice(1400)])
+    results = []
+    for n, batch in enumerate([first, second]):
+        src = tmp_path / f"b{n}.parquet"
+        batch.write_parquet(src, row_group_size=300)
+        out = tmp_path / f"o{n}.parquet"
+        result = CliRunner().invoke(app, ["dedup", str(src), "-o", str(out), "--index", str(tmp_path / "idx"),
+                                          "--workers", "1", "--shard-size", "500"])
+        assert result.exit_code == 0, result.output
+        results.append(json.loads(result.output))
+    work = tmp_path / "o1.parquet.work" / "minhash_dedup"
+    index = pl.read_parquet(next((tmp_path / "idx").glob("minhash-*")) / "index.parquet")
+    assert results[1]["minhash_dedup"]["already_indexed"] > 300 and results[1]["minhash_dedup"]["rewritten"] > 40
+    assert digest(pl.read_parquet(tmp_path / "o1.parquet"), results, pl.read_parquet(work / "clusters.parquet"),
+                  index) == INCREMENTAL_DIGEST
+
+
+def test_only_candidates_shingle_sets_are_read_and_shards_are_memory_mapped(real_docs, tmp_path, monkeypatch):
+    """The store loaded every doc's shingle hashes (1.9 kB a doc) to verify a few pairs: now a shard's
+    arrays are memory-mapped, and only docs in candidate pairs have their shingle sets read."""
+    rng = random.Random(8)
+    texts = real_docs[:200] + [edit_words(real_docs[i], 0.01, rng) for i in range(10)]
+    df = pl.DataFrame({"id": [f"d{i:03d}" for i in range(len(texts))], "text": texts})
+    loads, read = [], []
+    real_load, real_sets = np.load, near_dedup.StoreView.shingle_sets
+    monkeypatch.setattr(np, "load", lambda f, *a, **kw: (loads.append((Path(f).name, kw.get("mmap_mode"))),
+                                                         real_load(f, *a, **kw))[1])
+    monkeypatch.setattr(near_dedup.StoreView, "shingle_sets",
+                        lambda self, docs: (read.extend(docs.tolist()), real_sets(self, docs))[1])
+    out, stats = MinHashDedup(MinHashConfig(workers=1, shard_size=64))(df, tmp_path)
+    assert stats.dropped["near_duplicate"] == 10 and stats.extra["shards"] == 4
+    assert {name for name, _ in loads} == {"keys.npy", "offsets.npy", "hashes.npy"}
+    assert all(mode == "r" for _, mode in loads)
+    assert set(range(10)) | set(range(200, 210)) <= set(read) and len(set(read)) < 40

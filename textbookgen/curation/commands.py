@@ -7,12 +7,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import yaml
 
-from textbookgen.curation.base import Step
+from textbookgen.curation.base import StageStats, Step
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
-from textbookgen.curation.corpus_io import check_output, read_corpus, write_corpus
+from textbookgen.curation.corpus_io import Corpus, CorpusWriter, check_output, read_corpus, write_corpus
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurationConfig:
@@ -47,26 +48,112 @@ def parse_benchmark(spec: str) -> BenchmarkSource:
 
 def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step], workdir: str | Path | None,
               text_column: str = "text", id_column: str = "id") -> dict[str, Any]:
-    """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`."""
-    from textbookgen.curation.pipeline import run_pipeline
-
+    """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`. Dedup steps
+    alone (`dedup_steps`) never hold the corpus: see `dedup_out_of_core`."""
     check_output(output_path, input_path)
     work = Path(workdir) if workdir is not None else Path(str(output_path) + ".work")
     if work.exists() and not work.is_dir():
         raise ValueError(f"{work}: the work folder is a file")
-    df = read_corpus(input_path, text_column, id_column)
-    df, stats = run_pipeline(df, steps, work)
-    write_corpus(df, output_path)
+    if _dedup_only(steps, text_column, id_column):
+        stats = dedup_out_of_core(Corpus(input_path, text_column, id_column), output_path, steps, work)
+    else:
+        from textbookgen.curation.pipeline import run_pipeline
+
+        df, stats = run_pipeline(read_corpus(input_path, text_column, id_column), steps, work)
+        write_corpus(df, output_path)
     Path(str(output_path) + ".stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
 
-def dedup_steps(cfg: CurationConfig) -> list[Step]:
+def _dedup_only(steps: list[Step], text_column: str, id_column: str) -> bool:
     from textbookgen.curation.exact import ExactDedup
     from textbookgen.curation.near_dedup import MinHashDedup
 
-    steps: list[Step] = [ExactDedup(cfg.text_column, cfg.id_column)] if cfg.exact.enabled else []
-    return steps + [MinHashDedup(cfg.minhash, cfg.text_column, cfg.id_column)]
+    return bool(steps) and all(isinstance(s, ExactDedup | MinHashDedup) and s.text_column == text_column
+                               and s.id_column == id_column for s in steps)
+
+
+def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step], work: Path) -> dict[str, Any]:
+    """`run_pipeline` and `write_corpus` for exact and MinHash dedup, holding per-doc ids, quality scores
+    and exact keys but never the texts: a first pass over the corpus keeps those (and finds bad input
+    before any work), MinHash reads the surviving texts again a shard at a time, and a last pass writes
+    the kept rows. The kept rows, stats, clusters and pairs are those of the in-memory steps."""
+    from textbookgen.curation.exact import ExactDedup
+
+    docs = _doc_table(corpus, exact=any(isinstance(s, ExactDedup) for s in steps))
+    alive = np.ones(docs.height, dtype=bool)
+    stats: dict[str, Any] = {}
+    for step in steps:
+        st = StageStats(step.name, n_in=int(alive.sum()))
+        (work / step.name).mkdir(parents=True, exist_ok=True)
+        rows = None if alive.all() else np.flatnonzero(alive)
+        live = docs if rows is None else docs[rows]  # no copy of the doc table for the first step
+        if isinstance(step, ExactDedup):
+            keep = _exact_keep(live, corpus.id_column)
+            st.dropped["exact_duplicate"] = int((~keep).sum())
+        else:
+            quality = live["quality_score"] if "quality_score" in live.columns else None
+            keep = step.dedup(live[corpus.id_column], _live_texts(corpus, alive), quality,  # type: ignore[attr-defined]
+                              work / step.name, st)
+        alive[slice(None) if rows is None else rows] = keep
+        st.kept = int(alive.sum())
+        if st.n_in - st.kept != sum(st.dropped.values()):
+            raise RuntimeError(f"{step.name}: dropped counts {dict(st.dropped)} do not explain {st.n_in} -> {st.kept}")
+        stats[step.name] = st.as_dict()
+    with CorpusWriter(output_path, corpus.schema()) as out:
+        start = 0
+        for chunk in corpus.chunks():
+            out.write(chunk.filter(alive[start : start + chunk.height]))
+            start += chunk.height
+    return stats
+
+
+def _doc_table(corpus: Corpus, exact: bool) -> pl.DataFrame:
+    """Per doc, in corpus order: id, quality_score (if any file has one) and, for exact dedup, the
+    128-bit `exact_key` of its text as two integers (16 bytes a doc, not a 32-character string)."""
+    from textbookgen.curation.exact import exact_key
+
+    parts = []
+    for chunk in corpus.chunks(["quality_score"]):
+        part = chunk.drop(corpus.text_column)
+        if exact:
+            keys = [0 if t is None else int(exact_key(t), 16) for t in chunk[corpus.text_column]]  # None: the
+            # file's null texts, an error once it is read to its end
+            part = part.with_columns(pl.Series("_exact_hi", [k >> 64 for k in keys], dtype=pl.UInt64),
+                                     pl.Series("_exact_lo", [k & (2**64 - 1) for k in keys], dtype=pl.UInt64))
+        parts.append(part)
+    return pl.concat(parts, how="diagonal_relaxed", rechunk=True)
+
+
+def _exact_keep(docs: pl.DataFrame, id_column: str) -> np.ndarray:
+    """`ExactDedup`'s choice on the doc table: the best member (quality, then id) of each exact key."""
+    from textbookgen.curation.exact import best_first
+
+    kept = best_first(docs.with_row_index("_row"), id_column).unique(["_exact_hi", "_exact_lo"], keep="first")
+    keep = np.zeros(docs.height, dtype=bool)
+    keep[kept["_row"].to_numpy()] = True
+    return keep
+
+
+def _live_texts(corpus: Corpus, alive: np.ndarray):
+    """The texts of the docs still in, in corpus order, a chunk at a time."""
+    start = 0
+    for chunk in corpus.chunks(()):
+        yield chunk[corpus.text_column].filter(alive[start : start + chunk.height])
+        start += chunk.height
+
+
+def dedup_steps(cfg: CurationConfig, index: str | Path | None = None) -> list[Step]:
+    """Exact then MinHash dedup: a fresh dedup of the input, or with `index` an incremental one against
+    the documents earlier runs with that index kept (see near_dedup). With an index MinHash goes first:
+    exact dedup knows no index, so it could keep a copy with a lower id and drop the indexed document
+    itself, where MinHash keeps the indexed one and drops the copy (a verified Jaccard of 1)."""
+    from textbookgen.curation.exact import ExactDedup
+    from textbookgen.curation.near_dedup import MinHashDedup
+
+    exact: list[Step] = [ExactDedup(cfg.text_column, cfg.id_column)] if cfg.exact.enabled else []
+    near = MinHashDedup(cfg.minhash, cfg.text_column, cfg.id_column, index=index)
+    return [near, *exact] if index is not None else [*exact, near]
 
 
 def decontaminate_steps(cfg: CurationConfig) -> list[Step]:

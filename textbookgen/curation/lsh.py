@@ -1,8 +1,8 @@
-"""LSH banding, candidate pairs with polars, exact-Jaccard verification and union-find clusters.
+"""LSH banding, candidate pairs one band at a time, exact-Jaccard verification and union-find clusters.
 
-Band keys live in a polars frame (doc, band, key), not in a dict per band: the group-by that finds
-colliding keys runs in Rust at ~100k docs/s and ~300 B/doc (field notes 6.2), where datasketch's
-MinHashLSH holds ~5 kB/doc of Python objects.
+Candidates come from sorting one band's keys at a time (datatrove's sorted buckets, in memory): ~25
+bytes a doc while a band is sorted, and nothing kept but the pairs, where a polars frame of every
+(doc, band, key) holds ~300 B/doc and datasketch's MinHashLSH ~5 kB/doc of Python objects (field notes 6.2).
 """
 
 from __future__ import annotations
@@ -28,40 +28,50 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def band_frame(keys: np.ndarray, doc_offset: int = 0) -> pl.DataFrame:
-    """Long form (doc, band, key) of a (docs x bands) key matrix."""
-    n, b = keys.shape
-    return pl.DataFrame({
-        "doc": np.repeat(np.arange(doc_offset, doc_offset + n, dtype=np.int64), b),
-        "band": np.tile(np.arange(b, dtype=np.int16), n),
-        "key": keys.reshape(-1),
-    })
-
-
-def candidate_pairs(bands: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """Distinct (a, b) doc pairs, a < b, that share a band key.
+def bucket_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Doc pairs (a, b), a < b, that share a key of one band (`keys[doc]`), each once.
 
     Small buckets give every pair (so a false collision with the bucket's min doc cannot hide a true
     pair); buckets above PAIRWISE_MAX give star edges to their min doc (text-dedup's trick against N^2)."""
-    lf = bands.lazy() if isinstance(bands, pl.DataFrame) else bands
-    shared = (lf.with_columns(pl.len().over(["band", "key"]).alias("size"))
-              .filter(pl.col("size") > 1))
-    small = shared.filter(pl.col("size") <= PAIRWISE_MAX).select("band", "key", "doc")
-    pairs = (small.join(small, on=["band", "key"], suffix="_b")
-             .filter(pl.col("doc") < pl.col("doc_b"))
-             .select(pl.col("doc").alias("a"), pl.col("doc_b").alias("b")))
-    star = (shared.filter(pl.col("size") > PAIRWISE_MAX)
-            .with_columns(pl.col("doc").min().over(["band", "key"]).alias("root"))
-            .filter(pl.col("doc") != pl.col("root"))
-            .select(pl.col("root").alias("a"), pl.col("doc").alias("b")))
-    return pl.concat([pairs, star]).unique().sort(["a", "b"]).collect()
+    order = np.argsort(keys, kind="stable")  # docs of equal keys stay ascending
+    sorted_keys = keys[order]
+    same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])  # i: sorted i and i+1 share a bucket
+    del sorted_keys
+    if same.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    head = np.concatenate(([True], np.diff(same) != 1))
+    starts = same[head]
+    sizes = np.diff(np.append(np.flatnonzero(head), same.size)) + 1
+    a_parts, b_parts = [], []
+    for size in np.unique(sizes[sizes <= PAIRWISE_MAX]).tolist():
+        members = order[starts[sizes == size][:, None] + np.arange(size)]
+        i, j = np.triu_indices(size, k=1)
+        a_parts.append(members[:, i].ravel())
+        b_parts.append(members[:, j].ravel())
+    big = sizes > PAIRWISE_MAX
+    if big.any():
+        first, rest = starts[big], sizes[big] - 1
+        within = np.arange(rest.sum()) - np.repeat(np.cumsum(rest) - rest, rest)
+        a_parts.append(np.repeat(order[first], rest))
+        b_parts.append(order[np.repeat(first, rest) + 1 + within])
+    return np.concatenate(a_parts).astype(np.int64), np.concatenate(b_parts).astype(np.int64)
 
 
-def verify_pairs(pairs: pl.DataFrame, jaccard: Callable[[int, int], float], threshold: float) -> pl.DataFrame:
-    """Candidate pairs with their exact Jaccard; only those >= threshold survive."""
-    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    j = np.fromiter((jaccard(int(x), int(y)) for x, y in zip(a, b, strict=True)), dtype=np.float64, count=len(a))
-    return pairs.with_columns(pl.Series("jaccard", j)).filter(pl.col("jaccard") >= threshold)
+def candidate_pairs(n: int, band_keys: Callable[[int], np.ndarray], bands: int) -> pl.DataFrame:
+    """Distinct (a, b) doc pairs, a < b, sorted, that share a key in some band; `band_keys(j)` gives the
+    keys of band j of docs 0..n-1, asked for one band at a time."""
+    codes = np.zeros(0, dtype=np.int64)
+    for band in range(bands):
+        a, b = bucket_pairs(band_keys(band))
+        codes = np.union1d(codes, a * n + b)
+    return pl.DataFrame({"a": codes // max(n, 1), "b": codes % max(n, 1)}, schema={"a": pl.Int64, "b": pl.Int64})
+
+
+def verify_pairs(pairs: pl.DataFrame, jaccards: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                 threshold: float) -> pl.DataFrame:
+    """Candidate pairs with their exact Jaccard (`jaccards(a, b)`, elementwise); those >= threshold survive."""
+    j = jaccards(pairs["a"].to_numpy(), pairs["b"].to_numpy())
+    return pairs.with_columns(pl.Series("jaccard", j, dtype=pl.Float64)).filter(pl.col("jaccard") >= threshold)
 
 
 class UnionFind:

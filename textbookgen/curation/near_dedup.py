@@ -1,28 +1,46 @@
-"""MinHash near-duplicate removal over a resumable, incremental store of per-shard signatures.
+"""MinHash near-duplicate removal over a resumable store of per-shard signatures, optionally incremental.
 
-Layout under the stage's workdir (one folder per signature setting, so settings never mix):
+Layout under the store's folder (the stage's workdir; for an incremental run, its index folder), one
+folder per signature setting and signing code, so neither ever mixes:
 
-    minhash-<params>/params.json
-    minhash-<params>/published.parquet   ids kept by earlier incremental runs (the "indexed" docs)
-    minhash-<params>/shards/<shard-key>/{ids.parquet, sig.npy, keys.npy, hashes.npy, offsets.npy, DONE}
-    clusters.parquet    every doc of a multi-doc cluster: id, cluster, size, kept, jaccard_to_kept, source
-    pairs.parquet       verified candidate pairs (id_a, id_b, jaccard)
+    minhash-<params>-c<code>/params.json
+    minhash-<params>-c<code>/index.parquet    incremental runs' index: id, shard, text_hash per kept doc
+    minhash-<params>-c<code>/shards/<shard-key>/{ids.parquet, sig.npy, keys.npy, hashes.npy, offsets.npy, DONE}
+    minhash-<params>-c<code>/shards/.tmp-texts-*.arrow    a shard's texts while it is signed (then deleted)
+    clusters.parquet    (workdir) every doc of a multi-doc cluster: id, cluster, size, kept, indexed, ...
+    pairs.parquet       (workdir) verified candidate pairs (id_a, id_b, jaccard)
 
-A shard's key hashes its ids and texts, so a killed run skips the shards it finished. Incremental runs
-(`textbookgen dedup` into one workdir, batch after batch) also dedup new documents against those that
-earlier runs kept: "indexed" docs are never dropped; a new doc in their cluster is. Only kept docs are
-indexed, and a doc given again is judged anew. `curate()` is not incremental: it always gets the whole
-corpus, so old shards only save signing, and the same input and config give the same output in a
-reused workdir as in a fresh one.
+<code> fingerprints what normalisation, shingling, hashing and banding make of a fixed multilingual probe
+text, so a change to any of them (normalize.py, say) starts a new store rather than comparing new
+signatures with stale ones; the old store is ignored with one warning line. A shard's key hashes its ids
+and texts, so a killed run skips the shards it finished.
+
+Memory grows with the docs' ids and one band's keys, not with the texts or shingle sets: texts come in
+pieces (a frame's slices, or chunks streamed from files by `commands.dedup_out_of_core`) and go to their
+shard's arrow file, which the worker signing it reads; the stored arrays are memory-mapped when needed:
+one band's keys at a time for the candidates (lsh.py), and the shingle sets of docs in candidate pairs
+only, in bounded batches, for the exact Jaccard.
+
+By default a run is a fresh dedup of its input: stored shards only save signing, and the same input and
+config give the same output in a reused workdir as in a fresh one (`curate()`, `textbookgen dedup`).
+An incremental run (`textbookgen dedup --index DIR`) also dedups its input against the documents that
+earlier runs with the same index kept, and indexes the documents it keeps:
+- an indexed document is never dropped; a new document in its cluster is ("near_duplicate_of_indexed");
+- an input document with an indexed id and the same text (xxh3-128 of it) is that indexed document: kept;
+- one with an indexed id and another text was rewritten: it is judged anew, never against its own old
+  text, and replaces the old version in the index if kept (leaves the index if dropped), so the index
+  holds one version per id, the newest kept one.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -30,19 +48,31 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import xxhash
 
 from textbookgen.curation.base import StageStats, Step, progress, require_columns
 from textbookgen.curation.config import MinHashConfig
 from textbookgen.curation.exact import best_first
-from textbookgen.curation.lsh import (
-    band_frame,
-    band_keys,
-    candidate_pairs,
-    connected_components,
-    verify_pairs,
-)
+from textbookgen.curation.lsh import band_keys, candidate_pairs, connected_components, verify_pairs
 from textbookgen.curation.minhash import MinHasher, jaccard_sorted
+
+log = logging.getLogger(__name__)
+INDEX = "index.parquet"
+INDEX_SCHEMA = {"id": pl.String, "shard": pl.String, "text_hash": pl.String}
+JACCARD_BATCH = 1 << 23  # shingle hashes (32 MiB) read per batch of candidate pairs to verify
+
+# the probe whose shingles fingerprint the signing code: accents, CJK with kana voicing marks (composed and
+# not), Indic vowel signs and viramas, Arabic harakat, Hebrew points, Thai, Hangul, other digits, odd spaces,
+# ligatures, variation selectors, emoji and code: any change to how one of them is normalised shows
+PROBE = (
+    "Crème brûlée à la façon d'Ångström: naïve Straße, İstanbul, ĲSSELMEER, Ǆ ﬁnal ½ ² e\u0301 a\u034fb. "
+    "Ελληνικά Ὀδυσσεύς, Москва́ ёлка. 光合作用是植物利用光能把二氧化碳和水转化为葡萄糖的过程。"
+    "東京は日本の首都です。がぎぐ か\u3099き\u309a ｶﾞｷﾞｸﾞ 한국어 텍스트. "
+    "हिन्दी भाषा भारत की राजभाषा है। की के को का कि क़िला ०१२३. தமிழ் மொழி ภาษาไทย คือ. "
+    "اللُّغَةُ العَرَبِيَّةُ جَمِيلَةٌ ١٢٣. שָׁלוֹם עוֹלָם. I ❤️ it 👍🏽 a\u00a0b\u2003c\u200bd\u200de 1998… 2,5 x_y "
+    "def f(x_1):\n    return x_1 ** 2  # 3.14 != 42\n\tif (a && b) { printf(\"%d\\n\", i++); } <a href='#'>ok</a>"
+)
 
 
 @dataclass(frozen=True)
@@ -54,38 +84,115 @@ class SignParams:
     ngram: int
     bands: int
     rows: int
-    hash_name: str = "xxh32"
+    hash_name: str
+    code: str  # `code_fingerprint` of the signing code
 
     @classmethod
     def from_config(cls, cfg: MinHashConfig) -> SignParams:
         b, r = cfg.band_rows
-        return cls(cfg.num_perm, cfg.seed, cfg.ngram, b, r, cfg.hash_name)
+        hasher = MinHasher(cfg.num_perm, cfg.seed, cfg.ngram, cfg.hash_name)
+        return cls(cfg.num_perm, cfg.seed, cfg.ngram, b, r, cfg.hash_name, code_fingerprint(hasher, b, r))
+
+    @property
+    def setting(self) -> str:
+        return f"minhash-p{self.num_perm}-s{self.seed}-n{self.ngram}-b{self.bands}x{self.rows}-{self.hash_name}"
 
     @property
     def tag(self) -> str:
-        return f"minhash-p{self.num_perm}-s{self.seed}-n{self.ngram}-b{self.bands}x{self.rows}-{self.hash_name}"
+        return f"{self.setting}-c{self.code}"
 
 
-def shard_key(ids: list[str], texts: list[str]) -> str:
-    """Content hash of a shard: same ids and texts -> same key -> reuse on resume."""
-    h = xxhash.xxh3_128()
+def code_fingerprint(hasher: MinHasher, bands: int, rows: int) -> str:
+    """xxh3-64 of PROBE's shingles, signature and band keys, as signing makes them: it changes when the
+    normalisation, the shingling, the hashing or the banding does, and with it the store's folder."""
+    h = xxhash.xxh3_64()
+    for shingle in hasher.shingles(PROBE):
+        h.update(shingle + b"\0")
+    sig = hasher.signature(PROBE)
+    h.update(sig.tobytes())
+    h.update(band_keys(sig[None, :], bands, rows).tobytes())
+    return h.hexdigest()
+
+
+def shard_key(ids: Iterable[str], texts: Iterable[str], h: xxhash.xxh3_128 | None = None) -> str:
+    """Content hash of a shard: same ids and texts -> same key -> reuse on resume. `h`: the hash of the
+    shard's docs before these (a shard's key can be taken a piece at a time)."""
+    h = h or xxhash.xxh3_128()
     for i, t in zip(ids, texts, strict=True):
         h.update(i.encode("utf-8", "surrogatepass") + b"\0" + t.encode("utf-8", "surrogatepass") + b"\1")
     return h.hexdigest()
 
 
-def sign_shard(shard_dir: str, ids: list[str], texts: list[str], params: SignParams) -> str:
-    """Compute and store one shard (signatures, band keys, shingle hash sets); atomic via rename."""
+def cut_shards(ids: pl.Series, texts: Iterable[pl.Series], size: int, spill: Path,
+               on_texts: Callable[[pl.Series], None] | None = None) -> Iterator[tuple[str, list[str], Path]]:
+    """(key, ids, texts file) of each `size` run of docs, as the texts come (Series of any length, in the
+    order of `ids`). A shard's texts go to an arrow file under `spill` piece by piece, so no more than
+    one piece is in memory and a worker gets a file name, not the texts; `on_texts` sees every piece."""
+    start, held, writer, path, h = 0, 0, None, Path(), xxhash.xxh3_128()
+    for chunk in itertools.chain(texts, [None]):  # None: the end, to close the last shard
+        chunk = chunk if chunk is None else chunk.cast(pl.String)
+        while chunk is not None and chunk.len():
+            if writer is None:
+                fd, name = tempfile.mkstemp(prefix=".tmp-texts-", suffix=".arrow", dir=spill)
+                os.close(fd)
+                path, h, held = Path(name), xxhash.xxh3_128(), 0
+                writer = pa.ipc.new_file(path, pa.schema([("text", chunk.to_arrow().type)]))
+            piece, chunk = chunk.slice(0, size - held), chunk.slice(size - held)
+            piece_ids = ids.slice(start + held, piece.len())
+            if piece_ids.len() != piece.len():
+                raise ValueError(f"more texts than the {ids.len()} ids")
+            writer.write_table(pa.table({"text": piece.to_arrow()}))
+            shard_key(piece_ids, piece, h)
+            if on_texts:
+                on_texts(piece)
+            held += piece.len()
+            if held == size:
+                writer.close()
+                writer = None
+                yield h.hexdigest(), ids.slice(start, held).to_list(), path
+                start += held
+        if chunk is None and writer is not None:
+            writer.close()
+            yield h.hexdigest(), ids.slice(start, held).to_list(), path
+            start += held
+    if start != ids.len():
+        raise ValueError(f"{start} texts for {ids.len()} ids")
+
+
+def content_hashes(texts: Iterable[str]) -> list[str]:
+    """xxh3-128 of each text: an input doc with an indexed id and the same hash is that indexed doc."""
+    return [xxhash.xxh3_128_hexdigest(t.encode("utf-8", "surrogatepass")) for t in texts]
+
+
+def _noted(shards: Iterable[tuple[str, list[str], Path]], into: list[tuple[str, int]]
+           ) -> Iterator[tuple[str, list[str], Path]]:
+    """The shards, appending each one's (key, docs) to `into` as it passes."""
+    for key, ids, texts_file in shards:
+        into.append((key, len(ids)))
+        yield key, ids, texts_file
+
+
+def sign_shard(shard_dir: str, ids: list[str], texts_file: str, hasher: MinHasher, params: SignParams) -> str:
+    """Compute and store one shard (signatures, band keys, shingle hash sets) from its texts' arrow file
+    (see `cut_shards`), which it deletes; atomic via rename. Texts are read a record batch at a time
+    from the memory-mapped file; `hasher` comes made (a worker need not import datasketch for it)."""
     final = Path(shard_dir)
     if (final / "DONE").exists():
+        Path(texts_file).unlink(missing_ok=True)
         return shard_dir
-    hasher = MinHasher(params.num_perm, params.seed, params.ngram, params.hash_name)  # type: ignore[arg-type]
-    sig = np.empty((len(texts), params.num_perm), dtype=np.uint32)
-    sets, offsets = [], np.zeros(len(texts) + 1, dtype=np.int64)
-    for i, text in enumerate(texts):
-        sig[i], uniq = hasher.sign(text)
-        sets.append(uniq)
-        offsets[i + 1] = offsets[i] + uniq.size
+    sig = np.empty((len(ids), params.num_perm), dtype=np.uint32)
+    sets, offsets = [], np.zeros(len(ids) + 1, dtype=np.int64)
+    with pa.memory_map(texts_file) as source:
+        reader = pa.ipc.open_file(source)
+        batches = [reader.get_batch(b) for b in range(reader.num_record_batches)]  # views of the map
+        if sum(b.num_rows for b in batches) != len(ids):
+            raise ValueError(f"{texts_file}: {sum(b.num_rows for b in batches)} texts for {len(ids)} ids")
+        texts = itertools.chain.from_iterable(b.column(0).to_pylist() for b in batches)
+        for i, text in enumerate(texts):
+            sig[i], uniq = hasher.sign(text)
+            sets.append(uniq)
+            offsets[i + 1] = offsets[i] + uniq.size
+        del batches
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     pl.DataFrame({"id": ids}, schema={"id": pl.String}).write_parquet(tmp / "ids.parquet")
     np.save(tmp / "sig.npy", sig)
@@ -96,34 +203,104 @@ def sign_shard(shard_dir: str, ids: list[str], texts: list[str], params: SignPar
     if final.exists():  # a half-written shard from a killed run (no DONE): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+    Path(texts_file).unlink(missing_ok=True)
     return shard_dir
 
 
-@dataclass
-class LoadedStore:
-    """All shards' docs in one index space: ids, band keys, shingle hash sets, and which are current."""
+@dataclass(frozen=True)
+class Segment:
+    """Docs of one stored shard in a `StoreView`: `rows` of the shard (None: all), from view index `start`."""
 
-    ids: list[str]
-    keys: np.ndarray
-    hashes: np.ndarray
-    offsets: np.ndarray
-    current: np.ndarray  # bool per doc: part of this run's input (False: indexed by an earlier run)
+    shard: Path
+    rows: np.ndarray | None
+    start: int
 
-    def jaccard(self, a: int, b: int) -> float:
-        o = self.offsets
-        return jaccard_sorted(self.hashes[o[a] : o[a + 1]], self.hashes[o[b] : o[b + 1]])
+
+class StoreView:
+    """This run's docs and the indexed ones in one index space, over the shards' files: ids and which
+    docs are current (part of this run's input) and indexed (kept by an earlier incremental run) are in
+    memory; band keys and shingle hash sets are memory-mapped from the shards when asked for."""
+
+    def __init__(self, segments: list[Segment], ids: pl.Series, current: np.ndarray, indexed: np.ndarray,
+                 bands: int) -> None:
+        self.segments, self.ids, self.current, self.indexed, self.bands = segments, ids, current, indexed, bands
+        self.starts = np.array([seg.start for seg in segments], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.ids.len()
+
+    def band_keys(self, band: int) -> np.ndarray:
+        """Every doc's key in one band (8 bytes a doc)."""
+        out = np.empty(len(self), dtype=np.uint64)
+        for seg in self.segments:
+            keys = np.load(seg.shard / "keys.npy", mmap_mode="r")
+            col = keys[:, band] if seg.rows is None else keys[seg.rows, band]
+            out[seg.start : seg.start + col.shape[0]] = col
+        return out
+
+    def _locate(self, docs: np.ndarray) -> Iterator[tuple[Segment, np.ndarray, np.ndarray]]:
+        """(segment, docs in it, their rows in its shard) for sorted distinct view indices."""
+        which = np.searchsorted(self.starts, docs, side="right") - 1
+        for s in np.unique(which):
+            seg, mine = self.segments[s], docs[which == s]
+            local = mine - seg.start
+            yield seg, mine, local if seg.rows is None else seg.rows[local]
+
+    def set_sizes(self, docs: np.ndarray) -> np.ndarray:
+        """Number of distinct shingle hashes of each of `docs` (sorted distinct view indices)."""
+        out = np.empty(docs.size, dtype=np.int64)
+        at = 0
+        for seg, mine, rows in self._locate(docs):
+            offsets = np.load(seg.shard / "offsets.npy", mmap_mode="r")
+            out[at : at + mine.size] = offsets[rows + 1] - offsets[rows]
+            at += mine.size
+        return out
+
+    def shingle_sets(self, docs: np.ndarray) -> dict[int, np.ndarray]:
+        """The sorted distinct shingle hashes of `docs` (sorted distinct view indices), copied out of the
+        memory-mapped shards so that no mapping outlives the call."""
+        out = {}
+        for seg, mine, rows in self._locate(docs):
+            offsets = np.load(seg.shard / "offsets.npy", mmap_mode="r")
+            hashes = np.load(seg.shard / "hashes.npy", mmap_mode="r")
+            for d, lo, hi in zip(mine.tolist(), offsets[rows].tolist(), offsets[rows + 1].tolist(), strict=True):
+                out[d] = np.array(hashes[lo:hi])
+        return out
+
+    def jaccards(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Exact Jaccard of each pair (a[i], b[i]) of view indices; the shingle sets are read in batches
+        of at most JACCARD_BATCH hashes (a doc in many pairs counted each time), so memory stays flat."""
+        out = np.empty(a.size, dtype=np.float64)
+        if a.size == 0:
+            return out
+        docs = np.unique(np.concatenate([a, b]))
+        sizes = self.set_sizes(docs)
+        cost = np.cumsum(sizes[np.searchsorted(docs, a)] + sizes[np.searchsorted(docs, b)])
+        cuts = np.searchsorted(cost, np.arange(JACCARD_BATCH, cost[-1], JACCARD_BATCH), side="right")
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), a.size], strict=True):
+            if lo == hi:
+                continue
+            sets = self.shingle_sets(np.unique(np.concatenate([a[lo:hi], b[lo:hi]])))
+            out[lo:hi] = [jaccard_sorted(sets[x], sets[y]) for x, y in zip(a[lo:hi].tolist(), b[lo:hi].tolist(),
+                                                                          strict=True)]
+        return out
 
 
 class MinHashStore:
-    """The per-shard signature store of one signature setting."""
+    """The per-shard signature store of one signature setting and signing code."""
 
     def __init__(self, root: Path, params: SignParams) -> None:
         self.params = params
+        self.hasher = MinHasher(params.num_perm, params.seed, params.ngram, params.hash_name)  # type: ignore[arg-type]
         self.root = Path(root) / params.tag
         self.shards = self.root / "shards"
+        self.ignored = [] if self.root.exists() else self._other_code_stores()
         self.shards.mkdir(parents=True, exist_ok=True)
-        for stale in self.shards.glob(".tmp-*"):  # half-written shards of a killed run
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.shards.glob(".tmp-*"):  # half-written shards and texts files of a killed run
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         meta = self.root / "params.json"
         if not meta.exists():
             meta.write_text(json.dumps(params.__dict__, indent=2) + "\n")
@@ -131,82 +308,107 @@ class MinHashStore:
     def done(self, key: str) -> bool:
         return (self.shards / key / "DONE").exists()
 
-    def add(self, shards: list[tuple[str, Callable[[], tuple[list[str], list[str]]]]], workers: int,
+    def add(self, shards: Iterable[tuple[str, list[str], Path]], total: int, workers: int,
             on_shard: Callable[[str], None] | None = None) -> list[str]:
-        """Sign the shards not yet stored, in `workers` processes; returns the keys signed now.
-
-        Each shard is (key, load) where load() gives its (ids, texts): texts are materialised one
-        shard at a time and at most `workers + 1` shards are in flight, so memory stays flat."""
-        todo = [(k, load) for k, load in shards if not self.done(k)]
-        if workers <= 1 or len(todo) <= 1:
-            results = (sign_shard(str(self.shards / k), *load(), self.params) for k, load in todo)
+        """Sign the shards (key, ids, texts file: see `cut_shards`) not yet stored, in `workers` processes,
+        taking them as they come; returns the keys signed now (`total`: the number of shards, for progress)."""
+        todo = self._todo(shards)
+        if workers <= 1 or total <= 1:
+            results = (sign_shard(str(self.shards / k), ids, str(f), self.hasher, self.params) for k, ids, f in todo)
         else:
-            results = self._parallel(todo, workers)
-        for path in progress(results, len(todo), "MinHash shards", min_total=2):
+            results = self._parallel(todo, min(workers, total))
+        signed = []
+        for path in progress(results, total, "MinHash shards", min_total=2):
+            signed.append(Path(path).name)
             if on_shard:
-                on_shard(Path(path).name)
-        return [k for k, _ in todo]
+                on_shard(signed[-1])
+        return signed
 
-    def _parallel(self, todo: list, workers: int) -> Iterator[str]:
-        pending = iter(todo)
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-            running = set()
-            for _ in range(min(workers + 1, len(todo))):
-                k, load = next(pending)
-                running.add(pool.submit(sign_shard, str(self.shards / k), *load(), self.params))
+    def _todo(self, shards: Iterable[tuple[str, list[str], Path]]) -> Iterator[tuple[str, list[str], Path]]:
+        for key, ids, texts_file in shards:
+            if self.done(key):
+                texts_file.unlink(missing_ok=True)
+            else:
+                yield key, ids, texts_file
+
+    def _parallel(self, todo: Iterator[tuple[str, list[str], Path]], workers: int) -> Iterator[str]:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            running: set = set()
+            for k, ids, f in todo:
+                running.add(pool.submit(sign_shard, str(self.shards / k), ids, str(f), self.hasher, self.params))
+                if len(running) > workers:
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in finished)
             while running:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    nxt = next(pending, None)
-                    if nxt is not None:
-                        running.add(pool.submit(sign_shard, str(self.shards / nxt[0]), *nxt[1](), self.params))
-                    yield f.result()
+                yield from (f.result() for f in finished)
 
-    @property
-    def _published_path(self) -> Path:
-        return self.root / "published.parquet"
+    def _other_code_stores(self) -> list[Path]:
+        """Stores of this setting made by other signing code (looked for as this one is made): never read."""
+        setting = self.params.setting
+        return [old for old in sorted(self.root.parent.glob(f"{setting}*")) if old.is_dir()
+                and (old.name == setting or old.name.startswith(f"{setting}-c"))]
 
-    def published(self) -> set[str]:
-        """Ids that earlier incremental runs kept (empty before the first one)."""
-        path = self._published_path
-        return set(pl.read_parquet(path)["id"].to_list()) if path.exists() else set()
+    def note_ignored(self, incremental: bool) -> None:
+        """One warning line per ignored store; for an incremental run, with the indexed docs it loses."""
+        for old in self.ignored:
+            lost = ""
+            index = next((f for f in (old / INDEX, old / "published.parquet") if f.exists()), None)  # new, old name
+            if incremental and index is not None:
+                n = pl.scan_parquet(index).select(pl.len()).collect().item()
+                lost = f", so this run is not deduplicated against the {n} documents it indexed"
+            log.warning(f"minhash: ignoring {old}: other text normalisation/shingling code signed it{lost}; "
+                        f"signing anew into {self.root.name}")
 
-    def publish(self, kept_ids: list[str], current_ids: set[str]) -> None:
-        """Record this run's outcome: its input's ids are judged anew, so only those it kept stay."""
-        ids = sorted((self.published() - current_ids) | set(kept_ids))
-        tmp = self.root / ".published.parquet.tmp"
-        pl.DataFrame({"id": ids}, schema={"id": pl.String}).write_parquet(tmp)
-        os.replace(tmp, self._published_path)
+    def index(self) -> pl.DataFrame:
+        """The incremental index (id, shard, text_hash): one row per doc that earlier runs kept."""
+        path = self.root / INDEX
+        return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=INDEX_SCHEMA)
 
-    def load(self, current_keys: list[str], indexed_ids: set[str]) -> LoadedStore:
-        """Current shards first (in order), then the `indexed_ids` docs of every other finished shard."""
-        others = sorted(p.name for p in self.shards.iterdir()
-                        if p.is_dir() and not p.name.startswith(".") and (p / "DONE").exists()
-                        and p.name not in set(current_keys)) if indexed_ids else []
-        ids, keys, sets, offs, current = [], [], [], [np.zeros(1, dtype=np.int64)], []
-        base = 0
-        for key in list(current_keys) + others:
-            d = self.shards / key
-            shard_ids = pl.read_parquet(d / "ids.parquet")["id"].to_list()
-            k, h, o = np.load(d / "keys.npy"), np.load(d / "hashes.npy"), np.load(d / "offsets.npy")
-            is_current = key in current_keys
-            keep = np.ones(len(shard_ids), dtype=bool) if is_current else \
-                np.array([i in indexed_ids for i in shard_ids], dtype=bool)
-            lengths = np.diff(o)
-            sets.append(h if keep.all() else h[np.repeat(keep, lengths)])
-            offs.append(base + np.cumsum(lengths[keep]))
-            base += int(lengths[keep].sum())
-            ids.extend(i for i, kk in zip(shard_ids, keep, strict=True) if kk)
-            keys.append(k[keep])
-            current.append(np.full(int(keep.sum()), is_current))
-        b = self.params.bands
-        return LoadedStore(
-            ids=ids,
-            keys=np.concatenate(keys) if keys else np.zeros((0, b), dtype=np.uint64),
-            hashes=np.concatenate(sets) if sets else np.zeros(0, dtype=np.uint32),
-            offsets=np.concatenate(offs),
-            current=np.concatenate(current) if current else np.zeros(0, dtype=bool),
-        )
+    def publish(self, kept: pl.DataFrame, current_ids: pl.Series) -> None:
+        """Record a run's outcome: its input's docs were judged anew, so of those only the kept stay, each
+        as the version this run signed (id, shard, text_hash); other docs keep their entries."""
+        index = pl.concat([self.index().filter(~pl.col("id").is_in(current_ids.implode())),
+                           kept.select(list(INDEX_SCHEMA))]).sort("id")
+        tmp = self.root / f".{INDEX}.tmp"
+        index.write_parquet(tmp)
+        os.replace(tmp, self.root / INDEX)
+
+    def view(self, current: list[tuple[str, int]], current_ids: pl.Series, indexed: pl.DataFrame) -> StoreView:
+        """The current shards (key, docs), whose ids are `current_ids`, in order, then the `indexed` docs
+        (id, shard) absent from them, each read from the shard holding its indexed version; an `indexed` id
+        among the current docs marks that doc."""
+        segments, start = [], 0
+        for key, n in current:
+            segments.append(Segment(self.shards / key, None, start))
+            start += n
+        ids = [current_ids]
+        others = indexed.filter(~pl.col("id").is_in(current_ids.implode()))
+        for (key,), group in sorted(others.group_by("shard"), key=lambda g: str(g[0][0])):
+            shard = self.shards / str(key)
+            if not (shard / "DONE").exists():
+                raise ValueError(f"{self.root / INDEX}: indexes {group.height} document(s) signed in "
+                                 f"{shard}, which is missing; restore it or start a new index")
+            shard_ids = pl.read_parquet(shard / "ids.parquet")["id"]
+            keep = shard_ids.is_in(group["id"].implode())
+            rows = np.flatnonzero(keep.to_numpy())
+            segments.append(Segment(shard, rows, start))
+            start += rows.size
+            ids.append(shard_ids.filter(keep))
+        all_ids = pl.concat(ids).rename("id")
+        current = np.arange(all_ids.len()) < current_ids.len()
+        flags = all_ids.is_in(indexed["id"].implode()).to_numpy()
+        return StoreView(segments, all_ids, current, flags, self.params.bands)
+
+
+def entries_in_force(index: pl.DataFrame, docs: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """The index entries a run uses, and how many input docs were rewritten: an entry stands for a doc
+    absent from the input, or for an input doc given with its indexed text (`docs`: id, text_hash); an
+    entry whose id comes with another text is superseded, so a doc is never compared with its old self."""
+    absent = index.join(docs, on="id", how="anti")
+    same = index.join(docs, on=["id", "text_hash"], how="semi")
+    rewritten = index.join(docs, on="id", how="semi").height - same.height
+    return pl.concat([absent, same]), rewritten
 
 
 class MinHashDedup(Step):
@@ -215,15 +417,30 @@ class MinHashDedup(Step):
     name = "minhash_dedup"
 
     def __init__(self, config: MinHashConfig | None = None, text_column: str = "text", id_column: str = "id",
-                 on_shard: Callable[[str], None] | None = None, incremental: bool = True) -> None:
+                 on_shard: Callable[[str], None] | None = None, incremental: bool = False,
+                 index: Path | str | None = None) -> None:
+        """`incremental`: dedup against the docs that earlier incremental runs kept, whose signatures are
+        in the store under `index` (default: the workdir); giving an `index` makes the run incremental."""
         self.config = config or MinHashConfig()
         self.text_column, self.id_column = text_column, id_column
         self.on_shard = on_shard
-        self.incremental = incremental  # dedup against docs kept by earlier runs in the same workdir
+        self.index = Path(index) if index is not None else None
+        self.incremental = incremental or self.index is not None
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
-        if df[self.id_column].n_unique() != df.height:
+        texts, size = df[self.text_column], self.config.shard_size
+        chunks = (texts.slice(s, size) for s in range(0, df.height, size))
+        quality = df["quality_score"] if "quality_score" in df.columns else None
+        return df.filter(self.dedup(df[self.id_column].cast(pl.String), chunks, quality, workdir, stats))
+
+    def dedup(self, ids: pl.Series, texts: Iterable[pl.Series], quality: pl.Series | None, workdir: Path | None,
+              stats: StageStats) -> np.ndarray:
+        """Which docs to keep (a mask), given their `ids` (strings), their `texts` in the same order in
+        Series of any length, taken once, and their `quality` scores (None: none); counts go to `stats`.
+
+        Memory: the ids and a few bytes a doc, one piece of texts, one band's keys (see the module doc)."""
+        if ids.n_unique() != ids.len():
             raise ValueError(f"{self.name}: column {self.id_column!r} has duplicate ids")
         cfg = self.config
         params = SignParams.from_config(cfg)
@@ -232,26 +449,29 @@ class MinHashDedup(Step):
             tmp = tempfile.TemporaryDirectory(prefix="textbookgen-minhash-")
             workdir = Path(tmp.name)
         try:
-            store = MinHashStore(workdir, params)
-            id_col = df[self.id_column].cast(pl.String)
-            shards = []
-            for s in range(0, df.height, cfg.shard_size):
-                load = self._shard_loader(id_col, df[self.text_column], s, cfg.shard_size)
-                shards.append((shard_key(*load()), load))
-            workers = cfg.workers or os.cpu_count() or 1
-            signed = store.add(shards, workers, self.on_shard)
-            current_ids = set(id_col.to_list())
-            indexed_ids = store.published() - current_ids if self.incremental else set()
-            loaded = store.load([k for k, _ in shards], indexed_ids)
-            kept_ids, clusters, pairs = self._cluster(loaded, df)
-            if self.incremental:
-                store.publish(kept_ids, current_ids)
+            store = MinHashStore(self.index or workdir, params)
+            store.note_ignored(self.incremental)
+            shards: list[tuple[str, int]] = []  # (key, docs) in order, as they are cut
+            hashes: list[pl.Series] = []  # incremental: the texts' content hashes, a piece at a time
+            on_texts = (lambda piece: hashes.append(pl.Series(content_hashes(piece), dtype=pl.String))) \
+                if self.incremental else None
+            cut = cut_shards(ids, texts, cfg.shard_size, store.shards, on_texts)
+            total = -(-ids.len() // cfg.shard_size)
+            signed = store.add(_noted(cut, shards), total, cfg.workers or os.cpu_count() or 1, self.on_shard)
+            docs = self._docs(ids, hashes, shards) if self.incremental else None
+            indexed, rewritten = entries_in_force(store.index(), docs) if docs is not None else \
+                (pl.DataFrame(schema=INDEX_SCHEMA), 0)
+            view = store.view(shards, ids, indexed)
+            quality_of = pl.DataFrame({"id": ids, "quality_score": quality if quality is not None else
+                                       pl.repeat(None, ids.len(), dtype=pl.Float64, eager=True)})
+            kept, clusters, pairs = self._cluster(view, quality_of)
+            if docs is not None:
+                store.publish(docs.filter(kept), ids)
             clusters.write_parquet(workdir / "clusters.parquet")
             pairs.write_parquet(workdir / "pairs.parquet")
         finally:
             if tmp is not None:
                 tmp.cleanup()
-        out = df.filter(pl.col(self.id_column).cast(pl.String).is_in(kept_ids))
         dropped = clusters.filter(~pl.col("kept") & (pl.col("source") == "current"))
         vs_indexed = dropped.filter(pl.col("cluster_has_indexed")).height
         stats.dropped["near_duplicate"] = dropped.height - vs_indexed
@@ -260,58 +480,60 @@ class MinHashDedup(Step):
         stats.extra.update({
             "bands": params.bands, "rows": params.rows, "threshold": cfg.threshold,
             "lsh_threshold": round(cfg.lsh_threshold, 4), "shards": len(shards), "shards_signed": len(signed),
-            "indexed_docs": int((~loaded.current).sum()), "verified_pairs": pairs.height,
+            "indexed_docs": int((~view.current).sum()), "verified_pairs": pairs.height,
             "clusters": clusters["cluster"].n_unique() if clusters.height else 0,
         })
-        return out
+        if self.incremental:  # input docs that are indexed ones (kept), and those given with a new text
+            stats.extra.update(already_indexed=int((view.current & view.indexed).sum()), rewritten=rewritten)
+        return kept
 
     @staticmethod
-    def _shard_loader(ids: pl.Series, texts: pl.Series, start: int, size: int):
-        return lambda: (ids.slice(start, size).to_list(), texts.slice(start, size).to_list())
+    def _docs(ids: pl.Series, hashes: list[pl.Series], shards: list[tuple[str, int]]) -> pl.DataFrame:
+        """(id, text_hash, shard) of each input doc: what the index records of those this run keeps."""
+        keys = pl.Series([k for k, _ in shards], dtype=pl.String)
+        return pl.DataFrame({"id": ids, "text_hash": pl.concat(hashes) if hashes else pl.Series([], dtype=pl.String),
+                             "shard": keys.gather(np.repeat(np.arange(len(shards)), [n for _, n in shards]))},
+                            schema=INDEX_SCHEMA)
 
-    def _cluster(self, store: LoadedStore, df: pl.DataFrame) -> tuple[list[str], pl.DataFrame, pl.DataFrame]:
-        """Verified pairs -> clusters -> the kept ids of this input, the cluster table and the pairs."""
-        cands = candidate_pairs(band_frame(store.keys))
-        pairs = verify_pairs(cands, store.jaccard, self.config.threshold) if self.config.verify else \
+    def _cluster(self, view: StoreView, quality: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
+        """Verified pairs -> clusters -> the kept mask of this input, the cluster table and the pairs."""
+        cands = candidate_pairs(len(view), view.band_keys, view.bands)
+        pairs = verify_pairs(cands, view.jaccards, self.config.threshold) if self.config.verify else \
             cands.with_columns(pl.lit(None, dtype=pl.Float64).alias("jaccard"))
-        labels = connected_components(len(store.ids), pairs)
-        clusters = cluster_table(store, labels, self._quality(df))
-        drop = set(clusters.filter(~pl.col("kept"))["id"].to_list())
-        kept_ids = [i for i, c in zip(store.ids, store.current, strict=True) if c and i not in drop]
-        ids = np.array(store.ids, dtype=object)
-        pair_table = pl.DataFrame({"id_a": ids[pairs["a"].to_numpy()].tolist(),
-                                   "id_b": ids[pairs["b"].to_numpy()].tolist(), "jaccard": pairs["jaccard"]},
+        labels = connected_components(len(view), pairs)
+        clusters = cluster_table(view, labels, quality)
+        n_current = int(view.current.sum())
+        dropped = clusters.filter(~pl.col("kept"))["id"]
+        kept = ~view.ids.slice(0, n_current).is_in(dropped.implode()).to_numpy()
+        pair_table = pl.DataFrame({"id_a": view.ids.gather(pairs["a"]), "id_b": view.ids.gather(pairs["b"]),
+                                   "jaccard": pairs["jaccard"]},
                                   schema={"id_a": pl.String, "id_b": pl.String, "jaccard": pl.Float64})
-        return kept_ids, clusters, pair_table
-
-    def _quality(self, df: pl.DataFrame) -> pl.DataFrame:
-        """(id, quality_score) of this input; null scores where the column is absent."""
-        score = pl.col("quality_score") if "quality_score" in df.columns else pl.lit(None, dtype=pl.Float64)
-        return df.select(pl.col(self.id_column).cast(pl.String).alias("id"), score.alias("quality_score"))
+        return kept, clusters, pair_table
 
 
-def cluster_table(store: LoadedStore, labels: np.ndarray, quality: pl.DataFrame) -> pl.DataFrame:
+def cluster_table(view: StoreView, labels: np.ndarray, quality: pl.DataFrame) -> pl.DataFrame:
     """One row per doc in a multi-doc cluster: which member is kept and how similar the others are.
 
     The kept member is an indexed doc if the cluster has one (it is already published), else the one
-    with the highest quality_score, then the lowest id. `cluster` is the kept member's id."""
-    n = len(store.ids)
+    with the highest quality_score, then the lowest id; `cluster` is its id. Every indexed doc is kept
+    (two can meet through a new doc near both). `source`: "current" (this run's input) or "indexed"."""
+    n = len(view)
     in_cluster = np.flatnonzero(np.bincount(labels, minlength=n)[labels] > 1)
     members = pl.DataFrame({
-        "id": np.array(store.ids, dtype=object)[in_cluster].tolist(), "doc": in_cluster,
-        "label": labels[in_cluster], "current": store.current[in_cluster],
-    }, schema={"id": pl.String, "doc": pl.Int64, "label": pl.Int64, "current": pl.Boolean})
-    members = members.join(quality, on="id", how="left").with_columns((~pl.col("current")).alias("indexed"))
+        "id": view.ids.gather(in_cluster), "doc": in_cluster,
+        "label": labels[in_cluster], "current": view.current[in_cluster], "indexed": view.indexed[in_cluster],
+    }, schema={"id": pl.String, "doc": pl.Int64, "label": pl.Int64, "current": pl.Boolean, "indexed": pl.Boolean})
+    members = members.join(quality, on="id", how="left")
     ranked = best_first(members, "id").sort(["label", "indexed"], descending=[False, True], maintain_order=True)
     first = ranked.group_by("label", maintain_order=True).first().select(
         "label", pl.col("id").alias("cluster"), pl.col("doc").alias("kept_doc"))
     clusters = members.join(first, on="label").with_columns(
         pl.len().over("label").alias("size"),
-        (pl.col("doc") == pl.col("kept_doc")).alias("kept"),
+        ((pl.col("doc") == pl.col("kept_doc")) | pl.col("indexed")).alias("kept"),
         pl.col("indexed").any().over("label").alias("cluster_has_indexed"),
         pl.when(pl.col("current")).then(pl.lit("current")).otherwise(pl.lit("indexed")).alias("source"))
-    jk = [store.jaccard(int(d), int(k)) for d, k in zip(clusters["doc"], clusters["kept_doc"], strict=True)]
+    jk = view.jaccards(clusters["doc"].to_numpy(), clusters["kept_doc"].to_numpy())
     return (clusters.with_columns(pl.Series("jaccard_to_kept", jk, dtype=pl.Float64))
-            .select("id", "cluster", "size", "kept", "jaccard_to_kept", "source", "cluster_has_indexed",
-                    "quality_score")
+            .select("id", "cluster", "size", "kept", "indexed", "jaccard_to_kept", "source",
+                    "cluster_has_indexed", "quality_score")
             .sort(["cluster", "kept", "id"], descending=[False, True, False]))
