@@ -101,3 +101,12 @@ def test_every_pool_step_takes_the_minhash_worker_setting():
     cfg = CurationConfig.model_validate({"minhash": {"workers": 3}, "decontamination": {"benchmarks": ["b.jsonl"]}})
     steps = {s.name: s for s in build_steps(cfg, benchmark_texts=[("b", "1", ["a question with enough words in it"])])}
     assert steps["filters"].workers == steps["decontamination"].workers == 3
+
+
+def test_the_filter_and_decontaminate_commands_take_the_minhash_worker_setting(tmp_path):
+    from textbookgen.curation.commands import decontaminate_steps, filter_steps
+
+    bench = tmp_path / "b.jsonl"
+    bench.write_text('{"question": "a question with enough words in it to be matched"}\n')
+    cfg = CurationConfig.model_validate({"minhash": {"workers": 3}, "decontamination": {"benchmarks": [str(bench)]}})
+    assert filter_steps(cfg)[0].workers == decontaminate_steps(cfg)[0].workers == 3

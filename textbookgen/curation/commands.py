@@ -161,13 +161,13 @@ def decontaminate_steps(cfg: CurationConfig) -> list[Step]:
 
     if not cfg.decontamination.benchmarks:
         raise ValueError("decontaminate: give at least one --benchmark (name=path, or a jsonl/parquet file/folder)")
-    return [Decontaminate(cfg.decontamination, cfg.text_column, cfg.id_column)]
+    return [Decontaminate(cfg.decontamination, cfg.text_column, cfg.id_column, workers=cfg.minhash.workers)]
 
 
 def filter_steps(cfg: CurationConfig) -> list[Step]:
     from textbookgen.curation.filters import HeuristicFilter
 
-    return [HeuristicFilter(cfg.filters, cfg.text_column, cfg.id_column)]
+    return [HeuristicFilter(cfg.filters, cfg.text_column, cfg.id_column, workers=cfg.minhash.workers)]
 
 
 # label words of --labelled files (case-insensitive, a fastText `__label__` prefix allowed); anything else that
