@@ -78,7 +78,7 @@ def test_judge_labels_train_the_classifier(docs, tmp_path):
 
     labelled = docs.head(80).with_columns(pl.Series("label", [4] * 40 + [1] * 40))
     labelled.write_parquet(tmp_path / "labels.parquet")
-    texts, labels = load_labelled([], [], [str(tmp_path / "labels.parquet")], min_positive=3)
+    texts, labels, _ = load_labelled([], [], [str(tmp_path / "labels.parquet")], min_positive=3)
     assert sum(labels) == 40
     model, meta = train_classifier(texts, labels, tmp_path / "m", TrainSettings(lrs=(1.0,), epochs=(5,), dim=16,
                                                                                 bucket=10_000))

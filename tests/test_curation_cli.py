@@ -85,6 +85,13 @@ def test_classifier_train_eval_score(shared_data, tmp_path):
     scored = pl.read_parquet(tmp_path / "s.parquet")
     assert stats["quality_filter"]["kept"] == scored.height == 50 and scored["quality_score"].is_not_null().all()
 
+    human = tmp_path / "human.parquet"  # a small labelled source beside the corpora: both weigh the same
+    pl.DataFrame([{"text": r["text"], "label": r["label"]} for r in src[200:300]]).write_parquet(human)
+    meta = invoke("classifier", "train", "-o", tmp_path / "b", "--positive", tmp_path / "pos.parquet",
+                  "--negative", tmp_path / "neg.parquet", "--labelled", human, "--balance-sources", "--lr", "0.5",
+                  "--epochs", "5", "--dim", "16", "--bucket", "10000")
+    assert meta["groups"] == {"corpora": {"n": 400, "copies": 1}, str(human): {"n": 100, "copies": 4}}
+
 
 def test_folder_without_ids_gets_one_id_per_file_path(tmp_path):
     """Same-named files in different subfolders (train/part-0.jsonl, test/part-0.jsonl) must not

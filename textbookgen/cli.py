@@ -649,6 +649,9 @@ def classifier_train(
     epochs: str = typer.Option("5,10", help="epoch counts to try"),
     dim: int = typer.Option(100), bucket: int = typer.Option(2_000_000, help="hash buckets for bigrams"),
     text_column: TextCol = "text",
+    balance_sources: bool = typer.Option(False, "--balance-sources", help="weigh every source the same (the "
+                                         "--positive/--negative corpora as one, each --labelled file as one; each "
+                                         "needs both classes) and pick lr x epochs by their mean AUC"),
 ) -> None:
     """Train on labelled text; lr and epochs are picked on a validation split. Prints the metadata."""
     from textbookgen.curation.classifier import TrainSettings, train_classifier
@@ -660,11 +663,12 @@ def classifier_train(
         for value in values:
             _check(option, value, rule)
     with _reported():
-        texts, labels = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
-                                      min_positive)
+        texts, labels, sources = load_labelled(positive or [], negative or [], labelled or [], text_column,
+                                               label_column, min_positive)
         try:
             _, meta = train_classifier(texts, labels, output, TrainSettings(lrs=lrs, epochs=epoch_counts, dim=dim,
-                                                                            bucket=bucket))
+                                                                            bucket=bucket),
+                                       groups=sources if balance_sources else None)
         except RuntimeError as err:  # fastText's own errors
             raise ValueError(str(err)) from None
     typer.echo(json.dumps({k: v for k, v in meta.items() if k != "grid"}, indent=2))
@@ -684,8 +688,8 @@ def classifier_eval(
 
     _check("--threshold", threshold, "in [0, 1]")
     with _reported():
-        texts, labels = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
-                                      min_positive, purpose="evaluation")
+        texts, labels, _ = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
+                                         min_positive, purpose="evaluation")
         metrics = QualityModel.load(model).evaluate(texts, labels, threshold)
     typer.echo(json.dumps(metrics.as_dict(), indent=2))
 

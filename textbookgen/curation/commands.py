@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -176,28 +176,36 @@ POSITIVE_WORDS = ("hq", "positive", "pos", "true", "yes")
 NEGATIVE_WORDS = ("cc", "lq", "negative", "neg", "false", "no")
 
 
+class Labelled(NamedTuple):
+    """Labelled examples and the source of each: "corpora" for --positive/--negative, else the file."""
+
+    texts: list[str]
+    labels: list[bool]
+    sources: list[str]
+
+
 def load_labelled(positive: list[str], negative: list[str], labelled: list[str], text_column: str = "text",
-                  label_column: str = "label", min_positive: float = 1.0,
-                  purpose: str = "training") -> tuple[list[str], list[bool]]:
+                  label_column: str = "label", min_positive: float = 1.0, purpose: str = "training") -> Labelled:
     """Texts and binary labels: whole corpora as positive/negative, and/or files with a label column
     (numbers, also as strings: >= `min_positive` is positive, e.g. 3 for a 0-5 judge score; booleans;
     or the words in POSITIVE_WORDS / NEGATIVE_WORDS). Missing or unreadable labels raise a ValueError."""
-    texts: list[str] = []
-    labels: list[bool] = []
+    out = Labelled([], [], [])
     for paths, y in ((positive, True), (negative, False)):
         for p in paths:
             t = read_corpus(p, text_column)[text_column].to_list()
-            texts += t
-            labels += [y] * len(t)
+            out.texts.extend(t)
+            out.labels.extend([y] * len(t))
+            out.sources.extend(["corpora"] * len(t))
     for p in labelled:
         df = read_corpus(p, text_column)
         if label_column not in df.columns:
             raise ValueError(f"{p}: no {label_column!r} column (columns: {df.columns})")
-        labels += read_labels(df[label_column], str(p), min_positive)
-        texts += df[text_column].to_list()
-    if not texts:
+        out.labels.extend(read_labels(df[label_column], str(p), min_positive))
+        out.texts.extend(df[text_column].to_list())
+        out.sources.extend([str(p)] * df.height)
+    if not out.texts:
         raise ValueError(f"classifier: no {purpose} data (give --positive/--negative or --labelled)")
-    return texts, labels
+    return out
 
 
 def read_labels(col: pl.Series, source: str, min_positive: float) -> list[bool]:
