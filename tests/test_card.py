@@ -189,3 +189,19 @@ def test_empty_or_untagged_tables_still_render(tmp_path):
     render_card(tmp_path / "bare", CARDS_DIR / "tiny-stories.md", RECIPE, {})
     assert [p.name for p in (tmp_path / "bare" / "assets").glob("*.png")] != []
     assert not (tmp_path / "bare" / "assets" / "topic_coverage.png").exists()
+
+
+def test_card_tables_order_ties_by_name_whatever_the_row_order():
+    """Equal counts used to come out in hash order, so rebuilding the same dataset changed its card."""
+    from textbookgen.card import data_stats
+
+    rows = [{"template": t, "template_hash": f"h{t}", "audience": a} for t, a in
+            [("qa", "kids"), ("exercises", "adults"), ("qa", "adults"), ("exercises", "kids"), ("story", "kids")]]
+    base = pl.DataFrame(rows).with_columns(
+        words=pl.lit(10), chars=pl.lit(50), input_tokens=pl.lit(1), output_tokens=pl.lit(2),
+        topic_path=pl.lit("A > b"), quality_score=pl.lit(None, dtype=pl.Float64), seed_extract_id=pl.lit(None, pl.String),
+        finish_reason=pl.lit("stop"), model=pl.lit("m"), style=pl.lit(None, pl.String), format=pl.lit(None, pl.String))
+    for seed in range(5):
+        stats = data_stats(base.sample(fraction=1.0, shuffle=True, seed=seed))
+        assert [t["name"] for t in stats["templates"]] == ["exercises", "qa", "story"]
+        assert [a["name"] for a in stats["audiences"]] == ["kids", "adults"]

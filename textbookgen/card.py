@@ -295,11 +295,12 @@ def data_stats(df: pl.DataFrame) -> dict:
     def mix(col: str) -> list[dict]:
         if df[col].null_count() == df.height:
             return []
-        counts = df[col].fill_null("(none)").value_counts(sort=True)
+        counts = df[col].fill_null("(none)").value_counts().sort(["count", col], descending=[True, False])
         return [{"name": r[col], "n": r["count"], "share": r["count"] / df.height} for r in counts.iter_rows(named=True)]
 
     templates = (
-        df.group_by("template", "template_hash").len().sort("len", descending=True).iter_rows(named=True)
+        df.group_by("template", "template_hash").len().sort(["len", "template"], descending=[True, False])
+        .iter_rows(named=True)
         if df["template"].null_count() < df.height
         else []
     )
