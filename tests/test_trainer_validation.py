@@ -18,9 +18,8 @@ import yaml
 from trainer_testlib import (
     VOCAB,
     one_torch_thread,
-    small_tokenizer,
-    textbook_texts,
     tiny_overrides,
+    wiki_and_books,
     wiki_texts,
     write_hub_folder,
 )
@@ -39,10 +38,7 @@ pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, shared_data):
-    root = tmp_path_factory.mktemp("val")
-    wiki = write_hub_folder(root / "wiki", wiki_texts(shared_data, 150))
-    books = write_hub_folder(root / "books", textbook_texts(shared_data), files=1)
-    return {"root": root, "wiki": wiki, "books": books, "tok": small_tokenizer(root / "tok.json", [wiki, books])}
+    return wiki_and_books(tmp_path_factory.mktemp("val"), shared_data)
 
 
 def overrides(corpus, run: Path, holdouts=({"holdout_fraction": 0.1},), sources=None, **extra) -> dict:

@@ -97,6 +97,14 @@ def wiki_corpus(root: Path, shared_data: Path) -> dict[str, Path]:
     return {"root": root, "wiki": wiki, "tok": small_tokenizer(root / "tok.json", [wiki])}
 
 
+def wiki_and_books(root: Path, shared_data: Path) -> dict[str, Path]:
+    """Two Hub-layout datasets under `root` (150 Wikipedia articles; textbooks in one file) and a small BPE
+    trained on both: the corpus of the training-loop and validation tests."""
+    wiki = write_hub_folder(root / "wiki", wiki_texts(shared_data, 150))
+    books = write_hub_folder(root / "books", textbook_texts(shared_data), files=1)
+    return {"root": root, "wiki": wiki, "books": books, "tok": small_tokenizer(root / "tok.json", [wiki, books])}
+
+
 def tiny_overrides(run_dir: Path, cache_dir: Path, tokenizer: Path, sources: list[tuple[Path, float]],
                    **extra) -> dict:
     """Overrides for load_config(None, ...): a 2-layer d64 model, seq 32, 8-sequence steps, fp32 on CPU."""
