@@ -78,7 +78,7 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
     and exact keys but never the texts: a first pass over the corpus keeps those (and finds bad input
     before any work), MinHash reads the surviving texts again a shard at a time, and a last pass writes
     the kept rows. The kept rows, stats, clusters and pairs are those of the in-memory steps."""
-    from textbookgen.curation.exact import ExactDedup
+    from textbookgen.curation.exact import ExactDedup, first_per_key
 
     docs = _doc_table(corpus, exact=any(isinstance(s, ExactDedup) for s in steps))
     alive = np.ones(docs.height, dtype=bool)
@@ -89,7 +89,7 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
         rows = None if alive.all() else np.flatnonzero(alive)
         live = docs if rows is None else docs[rows]  # no copy of the doc table for the first step
         if isinstance(step, ExactDedup):
-            keep = _exact_keep(live, corpus.id_column)
+            keep = first_per_key(live, ["_exact_hi", "_exact_lo"], corpus.id_column)
             st.dropped["exact_duplicate"] = int((~keep).sum())
         else:
             quality = live["quality_score"] if "quality_score" in live.columns else None
@@ -123,16 +123,6 @@ def _doc_table(corpus: Corpus, exact: bool) -> pl.DataFrame:
                                      pl.Series("_exact_lo", [k & (2**64 - 1) for k in keys], dtype=pl.UInt64))
         parts.append(part)
     return pl.concat(parts, how="diagonal_relaxed", rechunk=True)
-
-
-def _exact_keep(docs: pl.DataFrame, id_column: str) -> np.ndarray:
-    """`ExactDedup`'s choice on the doc table: the best member (quality, then id) of each exact key."""
-    from textbookgen.curation.exact import best_first
-
-    kept = best_first(docs.with_row_index("_row"), id_column).unique(["_exact_hi", "_exact_lo"], keep="first")
-    keep = np.zeros(docs.height, dtype=bool)
-    keep[kept["_row"].to_numpy()] = True
-    return keep
 
 
 def _live_texts(corpus: Corpus, alive: np.ndarray):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import xxhash
 
@@ -33,9 +34,17 @@ class ExactDedup(Step):
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
-        keyed = df.with_row_index("_row").with_columns(
+        keyed = df.with_columns(
             pl.col(self.text_column).map_elements(exact_key, return_dtype=pl.String).alias("_exact")
         )
-        kept = best_first(keyed, self.id_column).unique("_exact", keep="first").sort("_row")
+        kept = df.filter(first_per_key(keyed, ["_exact"], self.id_column))
         stats.dropped["exact_duplicate"] = df.height - kept.height
-        return kept.drop("_row", "_exact")
+        return kept
+
+
+def first_per_key(df: pl.DataFrame, key_columns: list[str], id_column: str) -> np.ndarray:
+    """Keep mask (in row order) of the best member (quality, then id) of each group of equal keys."""
+    kept = best_first(df.with_row_index("_first_row"), id_column).unique(key_columns, keep="first")
+    keep = np.zeros(df.height, dtype=bool)
+    keep[kept["_first_row"].to_numpy()] = True
+    return keep

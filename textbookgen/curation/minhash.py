@@ -81,21 +81,11 @@ class MinHasher:
     def signature_of_shingles(self, shingles: Sequence[bytes]) -> np.ndarray:
         return self.signature_of_hashes(self.shingle_hashes(shingles))
 
-    def _spans(self, text: str) -> tuple[memoryview, list[int], list[int]]:
-        """The simplified bytes and each shingle's (start, end) in them: what every signature is taken over."""
-        data = simplify_bytes(text)
-        starts, ends = shingle_spans(data, self.ngram)
-        return memoryview(data), starts, ends
-
-    def shingles(self, text: str) -> list[bytes]:
-        """The shingles `text_hashes` hashes, through the same code (the store's code fingerprint reads them)."""
-        view, starts, ends = self._spans(text)
-        return [bytes(view[s:e]) for s, e in zip(starts, ends, strict=True)]
-
     def text_hashes(self, text: str) -> np.ndarray:
         """`shingle_hashes(word_shingles(text))`, hashing slices of the simplified bytes (no joins)."""
-        view, starts, ends = self._spans(text)
-        hash_fn = self._hash
+        data = simplify_bytes(text)
+        starts, ends = shingle_spans(data, self.ngram)
+        view, hash_fn = memoryview(data), self._hash
         h = np.fromiter((hash_fn(view[s:e]) for s, e in zip(starts, ends, strict=True)), dtype=np.uint32, count=len(starts))
         return fmix32(h)
 

@@ -51,11 +51,12 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from textbookgen.curation.base import StageStats, Step, progress, require_columns
+from textbookgen.curation.base import StageStats, Step, progress, require_columns, worker_count
 from textbookgen.curation.config import MinHashConfig
 from textbookgen.curation.exact import best_first
 from textbookgen.curation.lsh import band_keys, candidate_pairs, connected_components, verify_pairs
 from textbookgen.curation.minhash import MinHasher, jaccard_sorted
+from textbookgen.curation.normalize import word_shingles
 
 log = logging.getLogger(__name__)
 INDEX = "index.parquet"
@@ -106,7 +107,7 @@ def code_fingerprint(hasher: MinHasher, bands: int, rows: int) -> str:
     """xxh3-64 of PROBE's shingles, signature and band keys, as signing makes them: it changes when the
     normalisation, the shingling, the hashing or the banding does, and with it the store's folder."""
     h = xxhash.xxh3_64()
-    for shingle in hasher.shingles(PROBE):
+    for shingle in word_shingles(PROBE, hasher.ngram):
         h.update(shingle + b"\0")
     sig = hasher.signature(PROBE)
     h.update(sig.tobytes())
@@ -457,7 +458,7 @@ class MinHashDedup(Step):
                 if self.incremental else None
             cut = cut_shards(ids, texts, cfg.shard_size, store.shards, on_texts)
             total = -(-ids.len() // cfg.shard_size)
-            signed = store.add(_noted(cut, shards), total, cfg.workers or os.cpu_count() or 1, self.on_shard)
+            signed = store.add(_noted(cut, shards), total, worker_count(cfg.workers), self.on_shard)
             docs = self._docs(ids, hashes, shards) if self.incremental else None
             indexed, rewritten = entries_in_force(store.index(), docs) if docs is not None else \
                 (pl.DataFrame(schema=INDEX_SCHEMA), 0)

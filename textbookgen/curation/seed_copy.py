@@ -26,7 +26,7 @@ import polars as pl
 
 from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
 from textbookgen.curation.config import SeedCopyConfig
-from textbookgen.curation.normalize import simplify_bytes
+from textbookgen.curation.normalize import words_bytes
 
 SEED_ID_COLUMN = "seed_extract_id"  # what the build records for each document (build.DOC_SCHEMA)
 SEED_TEXT_COLUMN = "seed_text"  # a corpus may carry each document's extract itself (no id needed)
@@ -36,7 +36,7 @@ REPORT_SCHEMA = {"id": pl.String, "seed_extract_id": pl.String, "containment": p
 
 def ngrams(text: str, n: int) -> list[bytes]:
     """The simplified text's word n-grams, in order (none when it has fewer than n words)."""
-    words = simplify_bytes(text).split()
+    words = words_bytes(text)
     return [b" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
