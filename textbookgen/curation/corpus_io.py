@@ -56,8 +56,13 @@ def read_records(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
     except (pl.exceptions.PolarsError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{path}: not a readable {''.join(path.suffixes) or 'corpus'} file ({reason})") from None
+        raise unreadable(path, err) from None
+
+
+def unreadable(path: Path, err: BaseException) -> ValueError:
+    """The one-line error for a file its reader failed on: its name, kind and the reader's first line."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ValueError(f"{path}: not a readable {''.join(path.suffixes) or 'corpus'} file ({reason})")
 
 
 def id_prefix(file: Path, root: Path) -> str:
@@ -154,8 +159,7 @@ class Corpus:
             if empty:
                 yield self._raw_schema(f).select(wanted or have)
         except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"{f}: not a readable .parquet file ({reason})") from None
+            raise unreadable(f, err) from None
 
     def _raw_schema(self, f: Path) -> pl.DataFrame:
         """The file's own columns as an empty frame: parquet metadata, or a jsonl file's parse (kept from
@@ -166,8 +170,7 @@ class Corpus:
             try:
                 return pl.DataFrame(schema=pl.read_parquet_schema(f))
             except pl.exceptions.PolarsError as err:
-                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise ValueError(f"{f}: not a readable .parquet file ({reason})") from None
+                raise unreadable(f, err) from None
         self._parsed[f] = read_records(f).clear()
         return self._parsed[f]
 
