@@ -358,7 +358,7 @@ class Generator:
     async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse]) -> None:
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
                                  timeout=self.timeout_s * TIMEOUT_CAP)  # the engine times attempts itself
-        self._secrets = tuple(k for k in provider.secrets if k != "EMPTY")
+        self._secrets = provider.secrets
         self._provider = provider
         self._admission = AdmissionController(self.limits, self.concurrency)
         self._writer = JournalWriter(journal)

@@ -96,6 +96,11 @@ def _refused_params(code: str, message: str, param: str) -> str | None:
     return None
 
 
+def _secrets(api_key: str) -> tuple[str, ...]:
+    """What error texts must never show: the key, unless it is the "EMPTY" placeholder of keyless servers."""
+    return () if api_key == "EMPTY" else (api_key,)
+
+
 def _request_url(exc) -> str:
     """The URL the failed request went to (base_url plus the endpoint's path), for the error message."""
     request = getattr(exc, "request", None)
@@ -207,7 +212,7 @@ class OpenAIProvider(_RawPostProvider):
                  http: str = "aiohttp") -> None:
         import openai
 
-        self.name, self.model, self.secrets = provider, model, (api_key,)
+        self.name, self.model, self.secrets = provider, model, _secrets(api_key)
         self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
                                          http_client=_http_client(http, openai))
         # OpenAI's own API wants max_completion_tokens (reasoning models reject max_tokens); servers
@@ -251,7 +256,7 @@ class AnthropicProvider(_RawPostProvider):
                  http: str = "aiohttp") -> None:
         import anthropic
 
-        self.name, self.model, self.secrets = "anthropic", model, (api_key,)
+        self.name, self.model, self.secrets = "anthropic", model, _secrets(api_key)
         self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0,
                                                timeout=timeout, http_client=_http_client(http, anthropic))
 
