@@ -256,15 +256,20 @@ def _grow_input_tokens(k: int) -> int:
 
 
 # ---- the build's budget -------------------------------------------------------------------------
-def journal_spend(path: Path) -> tuple[float, int]:
-    """(USD, output tokens) a request journal records as paid; zeros where there is none yet."""
+def journal_summary(path: Path) -> dict[str, Any] | None:
+    """A request journal's `Journal.summary()`, read without writing; None where there is none yet."""
     if not path.is_file():
-        return 0.0, 0
+        return None
     from textbookgen.journal import Journal
 
     with Journal(path, read_only=True) as j:
-        summary = j.summary()
-    return float(summary["cost_usd"]), int(summary["output_tokens"])
+        return j.summary()
+
+
+def journal_spend(path: Path) -> tuple[float, int]:
+    """(USD, output tokens) a request journal records as paid; zeros where there is none yet."""
+    summary = journal_summary(path)
+    return (float(summary["cost_usd"]), int(summary["output_tokens"])) if summary else (0.0, 0)
 
 
 class BudgetedGenerator:
@@ -1009,19 +1014,13 @@ class Build:
             self.manifest["created_at"] = self.state["generate"]["finished_at"]  # stable across reruns
         self.manifest["timings"] = dict(self.timings)
         self.manifest["stages"] = dict(self.stage_status)
-        spent = {stage: journal_spend(p)[0] for stage, p in self.journals().items()}
+        summaries = {stage: journal_summary(p) for stage, p in self.journals().items()}
+        spent = {stage: float(s["cost_usd"]) if s else 0.0 for stage, s in summaries.items()}
         # what budget.max_cost_usd covers: every journal of the output folder
         self.manifest["build_cost_usd"] = {**spent, "total": sum(spent.values())}
-        journal = self.journals()["generate"]
-        if journal.exists():
-            from textbookgen.journal import Journal
-
-            j = Journal(journal)
-            try:
-                # the journal's own path stays on this machine: the manifest and summary are published
-                self.manifest["journal_summary"] = {**j.summary(), "path": journal.name}
-            finally:
-                j.close()
+        if summaries["generate"]:
+            # the journal's own path stays on this machine: the manifest and summary are published
+            self.manifest["journal_summary"] = {**summaries["generate"], "path": self.journals()["generate"].name}
         if self.notes:
             self.manifest["notes"] = list(self.notes)
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from textbookgen.journal import DONE_STATUSES
 from textbookgen.jsonl import decode_utf8
 
 PATH_SEP = " > "
@@ -948,7 +949,7 @@ def grow(
 
 def _answered(resp: Any) -> bool:
     """An answer with text to parse; a cut-off (truncated) one still holds the names it finished."""
-    return resp.status in ("ok", "truncated") and bool(resp.text)
+    return resp.status in DONE_STATUSES and bool(resp.text)
 
 
 def _account(report: GrowReport, responses: list[Any]) -> None:
