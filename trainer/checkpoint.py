@@ -275,15 +275,22 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     return meta
 
 
+def saved_model_config(meta: dict[str, Any], **overrides):
+    """The `PhiConfig` a checkpoint's meta records (with `overrides`); fields this code does not know are
+    left out: a checkpoint may predate or outlive a switch."""
+    from trainer.model import PhiConfig
+
+    known = {f.name for f in dataclasses.fields(PhiConfig)}
+    return PhiConfig(**{k: v for k, v in {**meta["model_config"], **overrides}.items() if k in known})
+
+
 def load_model(path: str | Path, device: str = "cpu", **overrides) -> torch.nn.Module:
     """A `Phi` rebuilt from a training checkpoint's saved model config and weights (for export,
     generate, eval). `overrides`: PhiConfig training switches such as loss_chunk_size."""
-    from trainer.model import Phi, PhiConfig
+    from trainer.model import Phi
 
     ckpt = resolve(path)
-    meta = read_meta(ckpt)
-    known = {f.name for f in dataclasses.fields(PhiConfig)}  # a checkpoint may predate or outlive a switch
-    cfg = PhiConfig(**{k: v for k, v in {**meta["model_config"], **overrides}.items() if k in known})
+    cfg = saved_model_config(read_meta(ckpt), **overrides)
     with torch.device("meta"):
         model = Phi(cfg)
     model.to_empty(device=device)

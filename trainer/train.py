@@ -559,9 +559,7 @@ class Trainer:
             return initial.config, f"train.init_from {self.cfg.train.init_from}"
         if not self.cfg.train.init_from or self.resume_from is None:
             return None, ""
-        saved = self.resume_meta["model_config"]
-        known = {f.name for f in dataclasses.fields(PhiConfig)}
-        return PhiConfig(**{k: v for k, v in saved.items() if k in known}), f"checkpoint {self.resume_from}"
+        return checkpoint.saved_model_config(self.resume_meta), f"checkpoint {self.resume_from}"
 
     def _resume(self) -> int:
         source = self.resume_from
