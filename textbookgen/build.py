@@ -838,13 +838,12 @@ class Build:
         """What to do about the requests that gave no answer: transient failures are re-sent by a plain
         rerun; requests refused for good (400, refusal, content filter) only with `--retry-failed`, since
         the journal would replay the same refusal; those the budget kept back need a larger budget."""
-        from textbookgen.journal import PERMANENT_ERRORS, Journal
+        from textbookgen.journal import PERMANENT_ERRORS
 
         failed = [r for r in responses if r.status == "failed"]
         parts = []
         if failed:
-            with Journal(self.journals()["generate"], read_only=True) as j:
-                classes = Counter(row["error_class"] for row in j.rows([r.key for r in failed]).values())
+            classes = Counter(r.error_class for r in {r.key: r for r in failed}.values())
             permanent = sum(n for c, n in classes.items() if c in PERMANENT_ERRORS)
             kinds = ", ".join(f"{n} {c}" for c, n in classes.most_common())
             parts.append(

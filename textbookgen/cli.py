@@ -204,7 +204,7 @@ def generate(
 
     from textbookgen.engine import Generator, RateLimits, sampled
     from textbookgen.errors import FatalProviderError
-    from textbookgen.journal import Journal, JournalError
+    from textbookgen.journal import JournalError
     from textbookgen.promptfile import load_prompts, write_completions
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -261,9 +261,7 @@ def generate(
     budget = (f"{skipped} of {len(responses)} requests were never sent, {note}; rerun with a larger --max-cost / "
               "--max-output-tokens to send them")
     if failed:  # not a success: say how many, why, and how to send them again
-        with _reported(), Journal(gen.journal_path, read_only=True) as j:
-            rows = j.rows(list({r.key for r in failed}))
-        classes = Counter(rows[r.key]["error_class"] or "failed" for r in failed if r.key in rows)
+        classes = Counter(r.error_class or "failed" for r in failed)
         transient = classes.get("transient", 0)
         again = []
         if len(failed) > transient:

@@ -123,6 +123,7 @@ class ChatResponse:
     cost_usd: float = 0.0
     metadata: dict = field(default_factory=dict)
     reused_from: str | None = None  # the key of the request (another max_tokens) whose answer this is, free
+    error_class: str | None = None  # of a failure: "transient", or one of journal.PERMANENT_ERRORS
 
 
 def canonical_request(provider: str, model: str, req: ChatRequest) -> dict:
@@ -330,7 +331,7 @@ class Generator:
             key=key, text=row["text"], finish_reason=row["finish_reason"], status=row["status"], error=row["error"],
             input_tokens=answer["input_tokens"], output_tokens=answer["output_tokens"],
             latency_s=row["latency_s"] or 0.0, attempts=row["attempts"], cost_usd=row["cost_usd"],
-            metadata=req.metadata, reused_from=row["reused_from"])
+            metadata=req.metadata, reused_from=row["reused_from"], error_class=row["error_class"])
 
     def _reuse(self, journal: Journal, missing: dict[str, ChatRequest], results: dict[str, ChatResponse]) -> None:
         """Answer, free, the requests whose answer the journal holds under another max_tokens: one that stopped
@@ -711,7 +712,8 @@ class Generator:
     def _finish_failed(self, item: _Item, error: str, error_class: str) -> str:
         error = redact(error, self._secrets)
         self._results[item.key] = ChatResponse(key=item.key, text=None, finish_reason=None, status="failed",
-                                               error=error, attempts=item.attempts, metadata=item.req.metadata)
+                                               error=error, attempts=item.attempts, metadata=item.req.metadata,
+                                               error_class=error_class)
         self._c["failed"] += 1
         self._c["done"] += 1
         self._writer.put(("failed", None, None, 0, 0, 0.0, None, item.attempts, error, error_class, None,
