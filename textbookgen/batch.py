@@ -593,7 +593,7 @@ async def _cancel_one(api, call, journal: Journal, gen: Generator, row: dict, po
         log.info("cancelling batch %s (%d requests)", batch_id, len(keys))
     while not await call(api.ended, batch_id):
         await asyncio.sleep(poll_s)
-    latency, now, recorded = time.time() - row["created_at"], time.time(), []
+    latency, recorded = time.time() - row["created_at"], []
     current = journal.rows(keys)
     for result in await call(api.results, batch_id, keys):
         was = current.pop(result.key, None)
@@ -603,8 +603,8 @@ async def _cancel_one(api, call, journal: Journal, gen: Generator, row: dict, po
             recorded.append(gen._result_row(result.key, result.completion, latency, was["attempts"] + 1))
             counts["answered"] += 1
         elif result.error_class in PERMANENT_ERRORS:
-            recorded.append(("failed", None, None, 0, 0, 0.0, None, was["attempts"] + 1,
-                             redact(result.error or "", gen._secrets), result.error_class, None, now, result.key))
+            recorded.append(gen._failed_row(result.key, redact(result.error or "", gen._secrets), result.error_class,
+                                            was["attempts"] + 1))
             counts["failed"] += 1
         else:  # canceled, expired, transient or refused for room: pending
             current[result.key] = was

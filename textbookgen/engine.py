@@ -716,9 +716,13 @@ class Generator:
                                                error_class=error_class)
         self._c["failed"] += 1
         self._c["done"] += 1
-        self._writer.put(("failed", None, None, 0, 0, 0.0, None, item.attempts, error, error_class, None,
-                          time.time(), item.key))
+        self._writer.put(self._failed_row(item.key, error, error_class, item.attempts))
         return error_class
+
+    @staticmethod
+    def _failed_row(key: str, error: str, error_class: str, attempts: int) -> tuple:
+        """The journal row of a request that failed (see journal._UPDATE); `error` already redacted."""
+        return ("failed", None, None, 0, 0, 0.0, None, attempts, error, error_class, None, time.time(), key)
 
     def _skip(self, item: _Item) -> None:
         """Not sent because of a budget; the journal row stays pending so a rerun picks it up."""
