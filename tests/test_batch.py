@@ -6,13 +6,11 @@ import asyncio
 import json
 import sqlite3
 from collections import Counter
-from functools import partial
 
 import pytest
 from batch_testlib import QueueLimitedEmulator, TokenLimitedEmulator, shifted_clock
 
-from textbookgen import engine
-from textbookgen.batch import BatchLimits, BatchRunner, cancel_batches
+from textbookgen.batch import BatchLimits, cancel_batches
 from textbookgen.engine import ChatRequest, Generator
 from textbookgen.errors import FatalProviderError
 from textbookgen.journal import Journal
@@ -302,10 +300,9 @@ def test_with_no_room_even_alone_the_requests_stay_pending_for_a_rerun(tmp_path)
 
 
 @pytest.mark.parametrize("limits", [BatchLimits(enqueued_tokens=150), BatchLimits(batches=1)])
-def test_configured_limits_keep_submissions_under_them(limits, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "BatchRunner", partial(BatchRunner, limits=limits))
+def test_configured_limits_keep_submissions_under_them(limits, tmp_path):
     with TokenLimitedEmulator(EmulatorConfig(batch_latency_s=0.05), token_limit=150) as emu:
-        out = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, batch_size=10).run(reqs(30))
+        out = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, batch_size=10, batch_limits=limits).run(reqs(30))
         assert emu.refused == 0 and emu.billed == 30
     assert emu.most_enqueued <= 150 and emu.most_running == (2 if limits.batches is None else 1)
     assert all(r.status == "ok" for r in out)

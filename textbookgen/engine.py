@@ -45,7 +45,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from textbookgen.batch import BATCH_PROVIDERS, BatchRunner
+from textbookgen.batch import BATCH_PROVIDERS, BatchLimits, BatchRunner
 from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
 from textbookgen.journal import (
     DONE_STATUSES,
@@ -190,7 +190,8 @@ class Generator:
     (and paid) as a whole.
     batch: send through the provider's batch API (openai, anthropic) at half the price, answers within
     24 h (textbookgen/batch.py): `batch_size` requests per batch, polled every `batch_poll_s`, requests
-    that expire or fail transiently resubmitted up to `batch_max_rounds` times in all.
+    that expire or fail transiently resubmitted up to `batch_max_rounds` times in all; `batch_limits`
+    (`batch.BatchLimits`) caps what is queued at the provider from the start.
     """
 
     def __init__(self, provider: str = "openai", model: str = "gpt-4o-mini", *, base_url: str | None = None,
@@ -200,8 +201,8 @@ class Generator:
                  progress: bool = True, timeout_s: float = 120.0, max_attempts: int = 8,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0,
                  retry_failed: bool = False, batch: bool = False, batch_size: int = 10_000,
-                 batch_poll_s: float = 30.0, batch_max_rounds: int = 3, max_error_rate: float | None = 0.5,
-                 error_window: int = 50) -> None:
+                 batch_poll_s: float = 30.0, batch_max_rounds: int = 3, batch_limits: BatchLimits | None = None,
+                 max_error_rate: float | None = 0.5, error_window: int = 50) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if batch and provider not in BATCH_PROVIDERS:
@@ -226,7 +227,7 @@ class Generator:
         self.concurrency = concurrency
         self.max_cost_usd, self.max_output_tokens = max_cost_usd, max_output_tokens
         self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
-        self.batch_max_rounds = batch_max_rounds
+        self.batch_max_rounds, self.batch_limits = batch_max_rounds, batch_limits
         factor = BATCH_DISCOUNT if batch else 1.0
         self.price_in, self.price_out = (p * factor / 1e6 for p in price_of(model, prices))
         self.cache_read_rate, self.cache_write_rate = cache_rates(model)
@@ -400,7 +401,7 @@ class Generator:
             display.start()
         try:
             if self.batch:
-                await BatchRunner(self, journal).run(todo)
+                await BatchRunner(self, journal, self.batch_limits).run(todo)
             else:
                 await self._dispatch(await self._collect_batches(journal, todo))
         finally:
