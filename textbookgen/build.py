@@ -1049,6 +1049,7 @@ class Build:
             self.notes.append(
                 f"input tokens include ~{missing_web:,} for the web extracts this plan could not load."
             )
+        self._finish_manifest()
         plan = make_plan(
             prompts,
             self.recipe,
@@ -1057,9 +1058,8 @@ class Build:
             grow=grow_plan,
             notes=self.notes,
             extra_input_tokens=missing_web,
-            spent_usd=sum(journal_spend(p)[0] for p in self.journals().values()),
+            spent_usd=self.manifest["build_cost_usd"]["total"],
         )
-        self._finish_manifest()
         _write_json(plan.to_dict(), self.out / "plan.json")
         print_plan(plan, how_to_run=self.how_to_run(can_call))
         self.console.print(
