@@ -237,11 +237,6 @@ class AnthropicBatches:
         return results
 
 
-def recorded_ids(journal: Journal) -> set[str]:
-    """Every batch id the journal holds: none of them is a batch whose submission lost its answer."""
-    return {bid for (bid,) in journal.db.execute("SELECT batch_id FROM batches WHERE batch_id IS NOT NULL")}
-
-
 def batch_api(provider: OpenAIProvider | AnthropicProvider) -> OpenAIBatches | AnthropicBatches:
     """The batch API of a provider (the Generator admits only BATCH_PROVIDERS in batch mode)."""
     return AnthropicBatches(provider) if isinstance(provider, AnthropicProvider) else OpenAIBatches(provider)
@@ -321,7 +316,7 @@ class BatchRunner:
 
     def _known(self) -> set[str]:
         """The batch ids this run already accounts for, which a lost submission's batch cannot be."""
-        return recorded_ids(self.journal) | {b["batch_id"] for b in self.running.values()}
+        return self.journal.batch_ids() | {b["batch_id"] for b in self.running.values()}
 
     def _track(self, tag: str, batch_id: str, keys: list[str], since: float, items: dict[str, _Item]) -> None:
         cost = out = tokens = 0.0
@@ -543,15 +538,12 @@ def cancel_batches(path: str | Path, *, base_url: str | None = None, api_key: st
 async def _cancel_all(path: Path, base_url: str | None, api_key: str | None, poll_s: float,
                       timeout_s: float) -> dict[str, int]:
     from textbookgen.engine import Generator  # the engine imports this module
-    from textbookgen.journal import OPEN_BATCH_STATUSES, Journal
+    from textbookgen.journal import Journal
 
     counts = dict.fromkeys(("cancelled", "lost", "answered", "failed", "pending"), 0)
     with Journal(path) as journal:
         journal.lock_for_run()
-        marks = ",".join("?" * len(OPEN_BATCH_STATUSES))
-        groups = journal.db.execute(f"SELECT DISTINCT provider, model FROM batches WHERE status IN ({marks})",
-                                    OPEN_BATCH_STATUSES).fetchall()
-        for provider_name, model in groups:
+        for provider_name, model in journal.open_batch_groups():
             gen = Generator(provider_name, model, base_url=base_url, api_key=api_key, batch=True, progress=False,
                             timeout_s=timeout_s)  # its price and outcome rules, for the journal rows
             provider = make_provider(provider_name, model, api_key=api_key, base_url=base_url, timeout=timeout_s)
@@ -576,7 +568,7 @@ async def _cancel_one(api, call, journal: Journal, gen: Generator, row: dict, po
     its answers; the batch's row is closed ("cancelled") only once they are in the journal."""
     tag, keys, batch_id = row["tag"], row["keys"], row["batch_id"]
     if batch_id is None:
-        batch_id = await call(api.find, tag, row["created_at"], len(keys), recorded_ids(journal))
+        batch_id = await call(api.find, tag, row["created_at"], len(keys), journal.batch_ids())
         if batch_id is None:  # never created: its requests are pending, as after a lost submission in a run
             journal.update_batch(tag, "lost")
             counts["lost"] += 1

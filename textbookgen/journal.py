@@ -247,6 +247,16 @@ class Journal:
         self.db.execute("UPDATE batches SET status=?, batch_id=COALESCE(?, batch_id), updated_at=? WHERE tag=?",
                         (status, batch_id, time.time(), tag))
 
+    def batch_ids(self) -> set[str]:
+        """Every provider batch id the journal holds."""
+        return {bid for (bid,) in self.db.execute("SELECT batch_id FROM batches WHERE batch_id IS NOT NULL")}
+
+    def open_batch_groups(self) -> list[tuple[str, str]]:
+        """The (provider, model) pairs that have open batches."""
+        return self.db.execute(
+            f"SELECT DISTINCT provider, model FROM batches WHERE status IN ({','.join('?' * len(OPEN_BATCH_STATUSES))})",
+            OPEN_BATCH_STATUSES).fetchall()
+
     def open_batches(self, provider: str, model: str) -> list[dict]:
         """Batches of this provider and model submitted (or being submitted) whose results are not in yet."""
         cursor = self.db.execute(
