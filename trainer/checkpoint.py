@@ -275,6 +275,15 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     return meta
 
 
+def saved_tokenizer(path: str | Path) -> str:
+    """The `data.tokenizer` a training checkpoint was made with; a ValueError where its config has none."""
+    ckpt = resolve(path)
+    spec = (read_meta(ckpt)["config"].get("data") or {}).get("tokenizer")
+    if not spec:
+        raise ValueError(f"{ckpt}: no data.tokenizer in the checkpoint's config; pass --tokenizer")
+    return str(spec)
+
+
 def saved_model_config(meta: dict[str, Any], **overrides):
     """The `PhiConfig` a checkpoint's meta records (with `overrides`); fields this code does not know are
     left out: a checkpoint may predate or outlive a switch."""

@@ -162,11 +162,9 @@ def _tokenizer_for(path: Path, spec: str | None):
         if not (path / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{path / 'tokenizer.json'}: missing; pass --tokenizer")
         return load_tokenizer(path / "tokenizer.json")
-    from trainer.checkpoint import read_meta
+    from trainer.checkpoint import saved_tokenizer
 
-    saved = read_meta(path)["config"].get("data", {}).get("tokenizer")
-    if not saved:
-        raise ValueError(f"{path}: no data.tokenizer in the checkpoint's config; pass --tokenizer")
+    saved = saved_tokenizer(path)
     try:
         return load_tokenizer(saved)
     except ValueError as e:  # e.g. the Hub's GPT-2 files offline

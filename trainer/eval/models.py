@@ -391,15 +391,12 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
         model = _dir_model(p)
     elif Path(spec).expanduser().exists():  # a training checkpoint: step folder, checkpoints root or run dir
         from trainer.checkpoint import load_model as load_checkpoint
-        from trainer.checkpoint import read_meta, resolve
+        from trainer.checkpoint import resolve, saved_tokenizer
 
         ckpt = resolve(Path(spec).expanduser())
         model = phi_to_hf(load_checkpoint(ckpt))
         if tokenizer is None:
-            spec_tok = read_meta(ckpt).get("config", {}).get("data", {}).get("tokenizer")
-            if not spec_tok:
-                raise ValueError(f"{ckpt}: no tokenizer in the checkpoint's config; pass --tokenizer")
-            tokenizer = _load_tokenizer(str(spec_tok))
+            tokenizer = _load_tokenizer(saved_tokenizer(ckpt))
     elif str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1:  # not a Hub id (org/name)
         raise FileNotFoundError(f"{spec}: no such folder")
     else:  # a Hub id (online)
