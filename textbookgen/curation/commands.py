@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -101,10 +102,8 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
             raise RuntimeError(f"{step.name}: dropped counts {dict(st.dropped)} do not explain {st.n_in} -> {st.kept}")
         stats[step.name] = st.as_dict()
     with CorpusWriter(output_path, corpus.schema()) as out:
-        start = 0
-        for chunk in corpus.chunks():
-            out.write(chunk.filter(alive[start : start + chunk.height]))
-            start += chunk.height
+        for chunk in _alive_chunks(corpus, alive):
+            out.write(chunk)
     return stats
 
 
@@ -125,12 +124,17 @@ def _doc_table(corpus: Corpus, exact: bool) -> pl.DataFrame:
     return pl.concat(parts, how="diagonal_relaxed", rechunk=True)
 
 
-def _live_texts(corpus: Corpus, alive: np.ndarray):
-    """The texts of the docs still in, in corpus order, a chunk at a time."""
+def _alive_chunks(corpus: Corpus, alive: np.ndarray, columns: tuple[str, ...] | None = None) -> Iterator[pl.DataFrame]:
+    """The rows still in (`alive`, in corpus order), a chunk at a time; `columns` as `Corpus.chunks` takes them."""
     start = 0
-    for chunk in corpus.chunks(()):
-        yield chunk[corpus.text_column].filter(alive[start : start + chunk.height])
+    for chunk in corpus.chunks(columns):
+        yield chunk.filter(alive[start : start + chunk.height])
         start += chunk.height
+
+
+def _live_texts(corpus: Corpus, alive: np.ndarray) -> Iterator[pl.Series]:
+    """The texts of the docs still in, in corpus order, a chunk at a time."""
+    return (chunk[corpus.text_column] for chunk in _alive_chunks(corpus, alive, ()))
 
 
 def dedup_steps(cfg: CurationConfig, index: str | Path | None = None) -> list[Step]:
