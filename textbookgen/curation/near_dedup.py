@@ -130,9 +130,9 @@ def cut_shards(ids: pl.Series, texts: Iterable[pl.Series], size: int, spill: Pat
     order of `ids`). A shard's texts go to an arrow file under `spill` piece by piece, so no more than
     one piece is in memory and a worker gets a file name, not the texts; `on_texts` sees every piece."""
     start, held, writer, path, h = 0, 0, None, Path(), xxhash.xxh3_128()
-    for chunk in itertools.chain(texts, [None]):  # None: the end, to close the last shard
-        chunk = chunk if chunk is None else chunk.cast(pl.String)
-        while chunk is not None and chunk.len():
+    for chunk in texts:
+        chunk = chunk.cast(pl.String)
+        while chunk.len():
             if writer is None:
                 fd, name = tempfile.mkstemp(prefix=".tmp-texts-", suffix=".arrow", dir=spill)
                 os.close(fd)
@@ -152,10 +152,10 @@ def cut_shards(ids: pl.Series, texts: Iterable[pl.Series], size: int, spill: Pat
                 writer = None
                 yield h.hexdigest(), ids.slice(start, held).to_list(), path
                 start += held
-        if chunk is None and writer is not None:
-            writer.close()
-            yield h.hexdigest(), ids.slice(start, held).to_list(), path
-            start += held
+    if writer is not None:  # the last shard, shorter than `size`
+        writer.close()
+        yield h.hexdigest(), ids.slice(start, held).to_list(), path
+        start += held
     if start != ids.len():
         raise ValueError(f"{start} texts for {ids.len()} ids")
 
