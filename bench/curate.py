@@ -40,10 +40,9 @@ from pathlib import Path
 
 import polars as pl
 
-from textbookgen.benchmarks import load_benchmark
 from textbookgen.curation.base import map_rows
-from textbookgen.curation.config import DecontaminationConfig, FilterConfig
-from textbookgen.curation.decontaminate import Decontaminate, _match_rows
+from textbookgen.curation.config import BenchmarkSource, DecontaminationConfig, FilterConfig
+from textbookgen.curation.decontaminate import Decontaminate, _match_rows, load_benchmark_texts
 from textbookgen.curation.filters import HeuristicFilter
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -181,7 +180,7 @@ def main() -> None:
     df = corpus(args.docs)
     words = df["text"].str.split(" ").list.len().mean()
     t = time.perf_counter()
-    items = [(n, it.id, [*it.texts(), it.exercise()]) for n, p in BENCHMARKS.items() for it in load_benchmark(n, p)]
+    items = [t for n, p in BENCHMARKS.items() for t in load_benchmark_texts(BenchmarkSource(name=n, path=str(p)))]
     decon = Decontaminate(DecontaminationConfig(), texts=items, chunk_size=args.chunk_size)
     print(f"{df.height:,} docs (mean {words:.0f} words), {len(items):,} benchmark items, "
           f"{len(decon.index.hashes):,} indexed 13-grams, index built in {time.perf_counter() - t:.1f} s; "
