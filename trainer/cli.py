@@ -45,6 +45,7 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
                                              "repo id (omit to prepare every dataset of --config)")
     p.add_argument("--out", help="output folder for the token shards (with SOURCE)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec (with SOURCE; default gpt2-codegen)")
+    p.add_argument("--subset", default=None, help="config of the dataset card's `configs:` (default: its default)")
     p.add_argument("--split", default="train")
     p.add_argument("--column", default="text")
     p.add_argument("--revision", default=None)
@@ -63,7 +64,7 @@ def prepare_run(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise ValueError("--out is required with SOURCE")
-        indexes = [prepare(args.source, args.out, args.tokenizer or "gpt2-codegen", split=args.split,
+        indexes = [prepare(args.source, args.out, args.tokenizer or "gpt2-codegen", subset=args.subset, split=args.split,
                            column=args.column, revision=args.revision, endpoint=args.endpoint,
                            num_workers=args.workers, force=args.force)]
         dirs = [Path(args.out)]

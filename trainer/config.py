@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainer.data import Holdout, local_source
+
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
@@ -41,6 +43,8 @@ class DatasetSource(_Section):
     weight: float = Field(1.0, gt=0)
     name: str | None = None
     """Folder name of the tokenized copy under data.cache_dir; derived from `source` when unset."""
+    subset: str | None = None
+    """The config of the source's README `configs:` (the Hub viewer's subset) to read; None: the default one."""
     split: str = "train"
     column: str = "text"
     revision: str | None = None
@@ -65,8 +69,18 @@ class DatasetSource(_Section):
         return self
 
     @property
+    def holdout(self) -> Holdout:
+        return Holdout(self.holdout_fraction, self.holdout_tokens)
+
+    @property
+    def holdout_setting(self) -> str:
+        """The holdout field this dataset sets, with its value ("holdout_fraction 0.05"); "" when none."""
+        name = "holdout_fraction" if self.holdout_fraction else "holdout_tokens" if self.holdout_tokens else ""
+        return name and f"{name} {getattr(self, name):g}"
+
+    @property
     def has_validation(self) -> bool:
-        return bool(self.val_split or self.holdout_fraction or self.holdout_tokens)
+        return bool(self.val_split or self.holdout)
 
     @property
     def cache_name(self) -> str:
@@ -75,7 +89,7 @@ class DatasetSource(_Section):
         stem = self.source.rstrip("/").replace("\\", "/").split("/")[-1] or "dataset"
         if stem.endswith(".parquet"):
             stem = stem[: -len(".parquet")]
-        return f"{stem}-{self.split}"
+        return f"{stem}-{self.subset}-{self.split}" if self.subset else f"{stem}-{self.split}"
 
 
 class DataSection(_Section):
@@ -97,20 +111,17 @@ class DataSection(_Section):
         documents the other keeps for validation (its val_split, or its holdout under another rule). Overlapping
         *different* corpora are not caught: holdouts are chosen per dataset, see README (validation)."""
         def key(ds: DatasetSource, split: str) -> tuple:
-            local = Path(ds.source).expanduser()
-            return str(local.resolve()) if local.exists() else ds.source, split, ds.revision, ds.column
+            local = local_source(ds.source)
+            return str(local.resolve()) if local else ds.source, ds.subset, split, ds.revision, ds.column
 
         for i, held in enumerate(self.datasets):
             for j, trains in enumerate(self.datasets):
                 if i == j:
                     continue
-                rule = (trains.holdout_fraction, trains.holdout_tokens)
                 if held.val_split and key(trains, trains.split) == key(held, held.val_split):
                     what = f"val_split {held.val_split!r}"
-                elif (held.holdout_fraction or held.holdout_tokens) and key(trains, trains.split) == key(
-                        held, held.split) and rule != (held.holdout_fraction, held.holdout_tokens):
-                    what = "holdout_fraction" if held.holdout_fraction else "holdout_tokens"
-                    what = f"{what} {getattr(held, what):g} of split {held.split!r}"
+                elif held.holdout and key(trains, trains.split) == key(held, held.split) and trains.holdout != held.holdout:
+                    what = f"{held.holdout_setting} of split {held.split!r}"
                 else:
                     continue
                 raise ValueError(f"datasets.{j} trains on {trains.source} split {trains.split!r}, whose documents "

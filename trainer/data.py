@@ -1,6 +1,7 @@
 """Pretraining data: published parquet datasets -> token shards -> fixed-length samples.
 
-`prepare` reads a dataset in Hub layout (a local folder or a Hub repo id), tokenizes it in worker
+`prepare` reads a dataset in Hub layout (a local folder or a Hub repo id; its split's files found as
+`datasets.load_dataset` finds them, see `find_parquet_files`), tokenizes it in worker
 processes with batch encoding, appends EOS after every document (phi-1: "<|endoftext|> used for
 separating the files", no document masking) and packs the stream into flat uint16 shards plus an
 `index.json` with token counts and source hashes, written atomically.
@@ -52,7 +53,9 @@ INDEX_NAME = "index.json"
 HOLDOUT_NAME = "holdout.npy"
 INDEX_VERSION = 1
 SPLIT_NAMES = ("train", "validation", "valid", "val", "test", "dev")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name: never a path starting ".", "/" or "~"
+# `datasets`' SPLIT_PATTERN_SHARDED (data/{split}-NNNNN-of-NNNNN*), push_to_hub's and write_dataset's layout
+SHARDED = re.compile(r"^(?P<split>\w+(?:\.\w+)*)-\d{5}-of-\d{5}[^/]*\.parquet$")
 
 
 class DataError(ValueError):
@@ -60,6 +63,12 @@ class DataError(ValueError):
 
 
 # ----------------------------------------------------------------------------- locating parquet
+
+
+def local_source(source: str) -> Path | None:
+    """The local file or folder `source` names, or None: then it is read as a Hub repo id."""
+    path = Path(source).expanduser()
+    return path if path.exists() else None
 
 
 def _split_of(path: Path, root: Path) -> str | None:
@@ -73,11 +82,26 @@ def _split_of(path: Path, root: Path) -> str | None:
     return None
 
 
-def find_parquet_files(folder: Path, split: str, named: bool = False) -> list[Path]:
-    """Parquet files of one split in a Hub-layout folder (data/ preferred), in a stable order.
+def find_parquet_files(folder: Path, split: str, named: bool = False, subset: str | None = None) -> list[Path]:
+    """Parquet files of one split of a dataset folder, in a stable order, found as `datasets.load_dataset`
+    finds them: the README's `configs:` (the `subset` config, else the default one) when it has them; else
+    the sharded layout `data/{split}-NNNNN-of-NNNNN.parquet` (any split name: `train.clean` is not `train`);
+    else split keywords in file or folder names under data/ (or the folder).
 
-    Files that name no split are all taken, unless `named` (a validation split: taking them would
-    validate on the training data)."""
+    By keywords, files that name no split are all taken, unless `named` (a validation split: taking them
+    would validate on the training data)."""
+    configs = _readme_configs(folder)
+    if configs is not None or subset is not None:
+        return _config_files(folder, configs or [], split, subset)
+    sharded: dict[str, list[Path]] = {}
+    for p in sorted((folder / "data").glob("*.parquet")):
+        if m := SHARDED.match(p.name):
+            sharded.setdefault(m["split"], []).append(p)
+    if sharded:
+        if split not in sharded:
+            raise DataError(f"no parquet files for split {split!r} under {folder / 'data'} (splits found: "
+                            f"{sorted(sharded)})")
+        return sharded[split]
     root = folder / "data" if (folder / "data").is_dir() else folder
     files = sorted(p for p in root.rglob("*.parquet") if p.is_file())
     if not files:
@@ -97,37 +121,94 @@ def find_parquet_files(folder: Path, split: str, named: bool = False) -> list[Pa
     return files
 
 
+def _readme_configs(folder: Path) -> list[dict[str, Any]] | None:
+    """The `configs:` list of the folder's README.md front matter (the Hub's dataset card), or None."""
+    import yaml
+
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return None
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
+    try:
+        meta = yaml.safe_load(m[1]) if m else None
+    except yaml.YAMLError as e:
+        raise DataError(f"{readme}: the YAML front matter does not parse: {e}") from e
+    configs = meta.get("configs") if isinstance(meta, dict) else None
+    return [c for c in configs if isinstance(c, dict)] if isinstance(configs, list) else None
+
+
+def _split_patterns(data_files: Any) -> dict[str, list[str]]:
+    """A config's `data_files` as {split: [glob, ...]}: a glob or list of globs is the train split."""
+    if isinstance(data_files, str):
+        return {"train": [data_files]}
+    if isinstance(data_files, dict):
+        return {str(s): [p] if isinstance(p, str) else list(p) for s, p in data_files.items()}
+    out: dict[str, list[str]] = {}
+    for entry in data_files or []:
+        if isinstance(entry, str):
+            out.setdefault("train", []).append(entry)
+        elif isinstance(entry, dict) and "path" in entry:
+            path = entry["path"]
+            out.setdefault(str(entry.get("split", "train")), []).extend([path] if isinstance(path, str) else path)
+    return out
+
+
+def _config_files(folder: Path, configs: list[dict[str, Any]], split: str, subset: str | None) -> list[Path]:
+    """Parquet files of `split` in the config `subset` (None: the one marked default, else "default", else the
+    only one) of a README's `configs:`."""
+    names = [str(c.get("config_name", "default")) for c in configs]
+    if subset is None:
+        marked = [n for c, n in zip(configs, names, strict=True) if c.get("default")]
+        subset = marked[0] if marked else "default" if "default" in names or len(names) != 1 else names[0]
+    if subset not in names:
+        raise DataError(f"{folder}: no config {subset!r} in README.md's `configs:` (configs: {names or 'none'})")
+    patterns = _split_patterns(configs[names.index(subset)].get("data_files"))
+    if split not in patterns:
+        raise DataError(f"{folder / 'README.md'}: config {subset!r} has no split {split!r} (splits: {sorted(patterns)})")
+    files = sorted({p for pattern in patterns[split] for p in folder.glob(pattern) if p.is_file()})
+    other = [p for p in files if p.suffix != ".parquet"]
+    if other:
+        raise DataError(f"{other[0]}: config {subset!r} split {split!r} holds non-parquet files; the trainer reads parquet")
+    if not files:
+        raise DataError(f"{folder}: config {subset!r} split {split!r} ({', '.join(patterns[split])}) matches no files")
+    return files
+
+
 def resolve_source(source: str, split: str = "train", revision: str | None = None,
-                   endpoint: str | None = None, named: bool = False) -> list[Path]:
+                   endpoint: str | None = None, named: bool = False, subset: str | None = None) -> list[Path]:
     """Parquet files of `source`: a local folder or file, else a Hub dataset repo id (downloaded).
 
-    `named`: the split must be identifiable (see `find_parquet_files`); a single file names none."""
+    `named`: the split must be identifiable (see `find_parquet_files`); a single file names none.
+    `subset`: the config of the README's `configs:` to read (None: the default one)."""
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".parquet":
             raise DataError(f"{path}: not a parquet file")
+        if subset is not None:
+            raise DataError(f"{path} is a single parquet file, which has no config {subset!r}")
         if named:
             raise DataError(f"{path} is a single parquet file, which names no split, so split {split!r} would be "
                             f"the training data; give a folder with data/{split}-*.parquet files or hold out part "
                             f"of the training split (holdout_fraction, holdout_tokens)")
         return [path]
     if path.is_dir():
-        return find_parquet_files(path, split, named)
-    if not HUB_ID.match(source) or source.startswith((".", "/", "~")):
+        return find_parquet_files(path, split, named, subset)
+    if not HUB_ID.match(source):
         raise DataError(f"dataset not found: {source!r} is neither a local folder/parquet file nor a Hub repo id")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         local = snapshot_download(source, repo_type="dataset", revision=revision, endpoint=endpoint,
-                                  allow_patterns=["*.parquet", "**/*.parquet"])
+                                  allow_patterns=["README.md", "*.parquet", "**/*.parquet"])
     except RepositoryNotFoundError as e:
         raise DataError(f"dataset not found: Hub repo {source!r} does not exist or is private") from e
     except RevisionNotFoundError as e:
         raise DataError(f"Hub dataset {source!r} has no revision {revision!r}") from e
     except (HfHubHTTPError, OSError, ConnectionError) as e:
         raise DataError(f"cannot download Hub dataset {source!r} (offline? use a local folder): {e}") from e
-    return find_parquet_files(Path(local), split, named)
+    return find_parquet_files(Path(local), split, named, subset)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -378,12 +459,13 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
             revision: str | None = None, endpoint: str | None = None, eos_id: int | None = None,
             num_workers: int = 0, batch_docs: int = 1024, shard_tokens: int = 1 << 28,
             force: bool = False, progress: bool = True, holdout: Holdout = Holdout(),
-            named: bool = False) -> dict[str, Any]:
+            named: bool = False, subset: str | None = None) -> dict[str, Any]:
     """Tokenize a published dataset into `out_dir` (uint16 shards + index.json); returns the index.
 
     `tokenizer`: a `tokenizers.Tokenizer` or a spec for `trainer.tokenizer.load_tokenizer`.
     `holdout`: documents to keep out of training (`holdout.npy`, see the module docstring).
     `named`: `split` must be named by the source's files (a validation split; see `find_parquet_files`).
+    `subset`: the config of the source's README `configs:` to read (None: the default one).
 
     Reuses an existing `out_dir` whose index has the same source files (by sha256), column,
     tokenizer and holdout, unless `force`. Writes into a temporary folder renamed into place at the end, so a
@@ -398,7 +480,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     for scratch in (out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")):
         if not _is_token_scratch(scratch):
             raise DataError(f"{scratch}: exists and is not a token folder left by prepare; move it away")
-    files = resolve_source(source, split, revision, endpoint, named)
+    files = resolve_source(source, split, revision, endpoint, named, subset)
     spec = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None  # recorded for offline checks
     tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist
     sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
@@ -412,7 +494,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
             if old.get("key") == key:  # same bytes (files touched or moved): refresh the stamps only
                 for entry, new in zip(old["sources"], sources, strict=True):
                     entry.update(file=new["file"], bytes=new["bytes"], mtime_ns=new["mtime_ns"])
-                old.update(source=str(source), split=split, revision=revision, tokenizer=spec)
+                old.update(source=str(source), subset=subset, split=split, revision=revision, tokenizer=spec)
                 _write_json_atomic(out_dir / INDEX_NAME, old)
                 return old
         except DataError:
@@ -455,7 +537,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     shards = writer.close()
     held = picker.ranges()
     index = {
-        "version": INDEX_VERSION, "key": key, "source": str(source), "split": split, "column": column,
+        "version": INDEX_VERSION, "key": key, "source": str(source), "subset": subset, "split": split, "column": column,
         "revision": revision, "tokenizer": spec, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
         "sources": sources, "shards": shards, "total_tokens": int(total),
         "documents": sum(s["documents"] for s in sources), "skipped_empty": sum(s["skipped_empty"] for s in sources),
@@ -493,8 +575,8 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 def index_is_current(folder: str | Path, source: str, tokenizer: Any, *, split: str = "train",
                      column: str = "text", eos_id: int | None = None, revision: str | None = None,
-                     holdout: Holdout = Holdout()) -> bool:
-    """Cheap staleness check of prepared data: same source, split and revision, same column, tokenizer,
+                     holdout: Holdout = Holdout(), subset: str | None = None) -> bool:
+    """Cheap staleness check of prepared data: same source, subset, split and revision, same column, tokenizer,
     EOS id, encoding of special tokens in the text and holdout, and for a local source the same files, sizes and
     mtimes (not hashed: training start-up should not read the corpus).
 
@@ -502,16 +584,17 @@ def index_is_current(folder: str | Path, source: str, tokenizer: Any, *, split: 
     caller checked the index's recorded spec instead). Hub sources' files are not checked (no network at
     start-up); run `prepare` again after they change."""
     index = read_index(Path(folder))
-    if (index.get("source"), index.get("split"), index.get("revision")) != (str(source), split, revision):
+    recorded = (index.get("source"), index.get("subset"), index.get("split"), index.get("revision"))
+    if recorded != (str(source), subset, split, revision):
         return False
     wanted = (encoding_key(_as_tokenizer(tokenizer), column, eos_id) if tokenizer is not None
               else {"column": column, **TEXT_SPECIALS})
     wanted["holdout"] = holdout.key().get("holdout")
     if any(index["key"].get(k) != v for k, v in wanted.items()):
         return False
-    if not Path(source).expanduser().exists():
+    if local_source(source) is None:
         return True
-    files = resolve_source(source, split)
+    files = resolve_source(source, split, subset=subset)
     now = [(str(p), *_file_stamp(p).values()) for p in files]
     return now == [(s["file"], s["bytes"], s.get("mtime_ns")) for s in index["sources"]]
 

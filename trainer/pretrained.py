@@ -86,7 +86,7 @@ def _reported(spec: str, loader, path: Path) -> Phi:
 
 def _download(repo_id: str) -> Path:
     """The local snapshot of a Hub model repo's config and safetensors weights (the HF cache is reused)."""
-    if not HUB_ID.match(repo_id) or repo_id.startswith((".", "/", "~")):
+    if not HUB_ID.match(repo_id):
         raise InitError(f"train.init_from {repo_id}: no such file or folder, and not a Hub model id (owner/name)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError

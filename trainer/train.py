@@ -38,6 +38,7 @@ from trainer.data import (
     SyntheticSampler,
     TokenStream,
     index_is_current,
+    local_source,
     prepare,
     read_index,
     resolve_source,
@@ -210,7 +211,7 @@ class _Part:
 
 def _parts(cfg: TrainConfig, i: int) -> list[_Part]:
     ds = cfg.data.datasets[i]
-    parts = [_Part(i, dataset_dir(cfg, i), ds.split, Holdout(ds.holdout_fraction, ds.holdout_tokens))]
+    parts = [_Part(i, dataset_dir(cfg, i), ds.split, ds.holdout)]
     if ds.val_split:
         _check_val_split(cfg, i)
         parts.append(_Part(i, val_dir(cfg, i), ds.val_split, Holdout()))
@@ -222,10 +223,10 @@ def _check_val_split(cfg: TrainConfig, i: int) -> None:
     validation set a copy of the training data); checked before any prepared copy is trusted. A Hub
     source is checked by `prepare` once downloaded."""
     ds = cfg.data.datasets[i]
-    if not Path(ds.source).expanduser().exists():
+    if local_source(ds.source) is None:
         return
     try:
-        resolve_source(ds.source, ds.val_split, ds.revision, named=True)
+        resolve_source(ds.source, ds.val_split, ds.revision, named=True, subset=ds.subset)
     except DataError as e:
         raise DataError(f"data.datasets.{i}.val_split {ds.val_split!r}: {e}") from None
 
@@ -241,8 +242,9 @@ def to_bf16_matrices(model: torch.nn.Module) -> None:
 
 def stale_datasets(cfg: TrainConfig) -> list[int]:
     """Numbers of the datasets whose tokenized copy (or that of their val_split) is missing or was made from
-    another source, split, revision, files (by size and mtime), column, tokenizer or holdout: those would
-    train on the wrong ids, or on documents meant for validation."""
+    another source, subset, split, revision, local files (by size and mtime), column, tokenizer or holdout:
+    those would train on the wrong ids, or on documents meant for validation. A Hub source's new commits are
+    not seen here (no network at start-up); `python -m trainer prepare` sees them."""
     return sorted({p.dataset for p in _stale_parts(cfg)})
 
 
@@ -257,7 +259,7 @@ def _stale_parts(cfg: TrainConfig) -> list[_Part]:
         if tokenizer is None:
             _check_recorded_tokenizer(p.folder, spec)
         if not index_is_current(p.folder, ds.source, tokenizer, split=p.split, column=ds.column,
-                                revision=ds.revision, holdout=p.holdout):
+                                revision=ds.revision, holdout=p.holdout, subset=ds.subset):
             stale.append(p)
     return stale
 
@@ -288,8 +290,8 @@ def prepare_all(cfg: TrainConfig, force: bool = False, quick_check: bool = False
     """Tokenize every dataset of the config (and its val_split) into data.cache_dir, skipping those up to
     date; returns the index of each dataset's training split.
 
-    `quick_check` (training start-up) trusts an index made with the same column, tokenizer and holdout whose
-    local source files keep their sizes and mtimes, instead of hashing them again."""
+    `quick_check` (training start-up) trusts an index that `stale_datasets` finds current instead of hashing
+    the source files again (and a Hub source's without downloading it)."""
     stale = _stale_parts(cfg) if quick_check else None
     indexes = []
     for i, ds in enumerate(cfg.data.datasets):
@@ -301,7 +303,8 @@ def prepare_all(cfg: TrainConfig, force: bool = False, quick_check: bool = False
                 try:
                     index = prepare(ds.source, part.folder, cfg.data.tokenizer, split=part.split, column=ds.column,
                                     revision=ds.revision, endpoint=ds.endpoint, num_workers=cfg.data.prepare_workers,
-                                    force=force, progress=progress, holdout=part.holdout, named=is_val)
+                                    force=force, progress=progress, holdout=part.holdout, named=is_val,
+                                    subset=ds.subset)
                 except DataError as e:
                     if is_val:  # say which setting asked for this split
                         raise DataError(f"data.datasets.{i}.val_split {part.split!r}: {e}") from e
@@ -328,19 +331,13 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
             raise ConfigError(f"dataset {ds.source}: tokenizer has {s.index['vocab_size']} tokens but the model "
                               f"only {vocab_size} (model.overrides.vocab_size)")
         if "holdout" in s.index and len(s) < 2 * d.seq_len + 1:
-            raise ConfigError(f"{_holdout_field(cfg, i)}: holds out {s.index['holdout']['tokens']:,} of "
+            raise ConfigError(f"data.datasets.{i}.{ds.holdout_setting}: holds out {s.index['holdout']['tokens']:,} of "
                               f"{ds.source}'s {s.index['total_tokens']:,} tokens, leaving {len(s):,} to train on "
                               f"(need at least {2 * d.seq_len + 1}); hold out less")
     sampler = MixtureSampler(streams, [ds.weight for ds in d.datasets], d.seq_len, cfg.train.seed,
                              d.mix_block, names=[ds.cache_name for ds in d.datasets])
     key = [[s.index["key"], ds.weight] for ds, s in zip(d.datasets, streams, strict=True)] + [d.seq_len, d.mix_block]
     return sampler, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _holdout_field(cfg: TrainConfig, i: int) -> str:
-    ds = cfg.data.datasets[i]
-    field_name = "holdout_fraction" if ds.holdout_fraction else "holdout_tokens"
-    return f"data.datasets.{i}.{field_name} {getattr(ds, field_name):g}"
 
 
 def build_validator(cfg: TrainConfig, info: distributed.DistInfo) -> Validator | None:
@@ -355,7 +352,7 @@ def build_validator(cfg: TrainConfig, info: distributed.DistInfo) -> Validator |
         if ds.val_split:
             stream, what = TokenStream(val_dir(cfg, i)), f"data.datasets.{i}.val_split {ds.val_split!r}"
         else:
-            stream, what = TokenStream(dataset_dir(cfg, i), held_out=True), _holdout_field(cfg, i)
+            stream, what = TokenStream(dataset_dir(cfg, i), held_out=True), f"data.datasets.{i}.{ds.holdout_setting}"
         if len(stream) < d.seq_len + 1:
             raise ConfigError(f"{what}: the validation set of {ds.source} has {len(stream):,} tokens, less than "
                               f"one window of data.seq_len + 1 = {d.seq_len + 1}; give it more")
@@ -393,7 +390,7 @@ class MetricsLog:
         self._f.flush()
         if self.tb is not None:
             for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                if k != "step" and isinstance(v, (int, float)):
                     tag = f"val/{k.removeprefix('val_')}" if k.startswith("val_") else f"train/{k}"
                     self.tb.add_scalar(tag, v, rec["step"])
 
@@ -648,8 +645,7 @@ class Trainer:
         """Forward/backward over the accumulation micro-steps, clip, update.
 
         `stop_wanted()` is asked once the gradients are in. Returns (mean loss, grad norm, whether any
-        rank wants to stop). Raises TrainingDiverged,
-        before the update, on a non-finite loss or gradient."""
+        rank wants to stop). Raises TrainingDiverged, before the update, on a non-finite loss or gradient."""
         plan = self.plan
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(step)

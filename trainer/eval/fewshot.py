@@ -66,12 +66,9 @@ def _doc_key(source: ShotSource, item: BenchmarkItem) -> tuple:
 def sample_shots(task: str, evals: Sequence[BenchmarkItem], pool: Sequence[BenchmarkItem], k: int,
                  seed: int = FEWSHOT_SEED) -> list[list[BenchmarkItem]]:
     """The k examples lm_eval's default sampler draws for each evaluated item, in order; `pool` is the
-    few-shot split in the dataset's order (only its size and order matter to the random draws)."""
+    few-shot split in the dataset's order (only its size and order matter to the random draws), of at
+    least k examples (k + 1 where the evaluated doc may be among them): the harness's `fewshot_pool`."""
     source = SHOT_SOURCES[task]
-    need = k + source.excludes_eval_doc
-    if len(pool) < need:
-        raise ValueError(f"{task}: {k}-shot needs at least {need} examples in the {source.split!r} split, "
-                         f"found {len(pool)}")
     rnd = random.Random(seed)
     if not source.excludes_eval_doc:
         return [[pool[j] for j in rnd.sample(range(len(pool)), k)] for _ in evals]

@@ -136,8 +136,10 @@ def mc_requests(item: BenchmarkItem, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix + item.context, " " + c) for c in item.choices]
 
 
-def fewshot_pool(label: str, task: str, items: Sequence[BenchmarkItem], where: str = "the data") -> list[BenchmarkItem]:
-    """The items lm_eval draws `task`'s few-shot examples from (its YAML's split), in file order."""
+def fewshot_pool(label: str, task: str, items: Sequence[BenchmarkItem], k: int,
+                 where: str = "the data") -> list[BenchmarkItem]:
+    """The items lm_eval draws `task`'s k few-shot examples from (its YAML's split), in file order; checked
+    to be labelled and enough (k + 1 where lm_eval may draw the evaluated doc and drop it)."""
     split = SHOT_SOURCES[task].split
     pool = [it for it in items if it.meta.get("split") in _SPLIT_SYNONYMS.get(split, {split})]
     if not pool:
@@ -148,6 +150,9 @@ def fewshot_pool(label: str, task: str, items: Sequence[BenchmarkItem], where: s
     if unlabelled:
         raise ValueError(f"{label}: {len(unlabelled)} {split} items in {where} have no gold answer "
                          f"(e.g. id {unlabelled[0]!r}); few-shot examples need their answers")
+    need = k + SHOT_SOURCES[task].excludes_eval_doc
+    if len(pool) < need:
+        raise ValueError(f"{label}: needs at least {need} {split} examples, found {len(pool)} in {where}")
     return pool
 
 
@@ -155,20 +160,23 @@ def fewshot_prefixes(label: str, task: str, evals: Sequence[BenchmarkItem], item
                      where: str = "the data") -> list[str] | None:
     """Per evaluated item, what lm_eval puts before its context: MMLU's subject description and first k dev
     questions; for the other multiple-choice tasks, k sampled examples (None: nothing, zero-shot)."""
+    return _prefixes_and_pool(label, task, evals, items, k, where)[0]
+
+
+def _prefixes_and_pool(label: str, task: str, evals: Sequence[BenchmarkItem], items: Sequence[BenchmarkItem], k: int,
+                       where: str) -> tuple[list[str] | None, list[BenchmarkItem]]:
+    """`fewshot_prefixes`, and the pool the examples were drawn from (empty for MMLU and zero-shot)."""
     if task == "mmlu":
         dev = [it for it in items if it.meta.get("split") == "dev"]
         by_subject = mmlu_prefixes(evals, dev, k) if k else {
             s: mmlu_description(s) for s in {it.meta["subject"] for it in evals}}
-        return [by_subject[it.meta["subject"]] for it in evals]
+        return [by_subject[it.meta["subject"]] for it in evals], []
     if not k:
-        return None
+        return None, []
     if task not in SHOT_SOURCES:
         raise ValueError(f"{label}: few-shot is not available for {task}; few-shot tasks: " + ", ".join(FEWSHOT_TASKS))
-    pool = fewshot_pool(label, task, items, where)
-    need = k + SHOT_SOURCES[task].excludes_eval_doc  # lm_eval draws one more when it may drop the doc itself
-    if len(pool) < need:
-        raise ValueError(f"{label}: needs at least {need} {SHOT_SOURCES[task].split} examples, found {len(pool)} in {where}")
-    return ["".join(shot_text(s) for s in shots) for shots in sample_shots(task, evals, pool, k)]
+    pool = fewshot_pool(label, task, items, k, where)
+    return ["".join(shot_text(s) for s in shots) for shots in sample_shots(task, evals, pool, k)], pool
 
 
 def score_multiple_choice(lm: Any, task: str, items: list[BenchmarkItem],
@@ -328,11 +336,10 @@ def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any]
         kind = BENCHMARKS[task].kind
         if kind == "multiple_choice":
             k = shots or 0
-            prefixes = fewshot_prefixes(name, task, evals, items, k, where)
+            prefixes, pool = _prefixes_and_pool(name, task, evals, items, k, where)
             res = score_multiple_choice(lm, task, evals, prefixes)
             res.num_fewshot = k
-            shown = fewshot_pool(name, task, items, where) if k and task in SHOT_SOURCES else []
-            res.approximate = approximation(task, evals + shown)
+            res.approximate = approximation(task, evals + pool)
         elif kind == "loglikelihood":
             res = score_lambada(lm, evals)
         else:
