@@ -205,3 +205,23 @@ def test_card_tables_order_ties_by_name_whatever_the_row_order():
         stats = data_stats(base.sample(fraction=1.0, shuffle=True, seed=seed))
         assert [t["name"] for t in stats["templates"]] == ["exercises", "qa", "story"]
         assert [a["name"] for a in stats["audiences"]] == ["kids", "adults"]
+
+
+def test_splits_with_different_columns_are_refused_naming_the_shard(tmp_path):
+    """The card declares one schema for all splits; a split with other columns would not load as described."""
+    write_dataset(sample_documents(10), tmp_path)
+    write_dataset(sample_documents(5, seed=3).with_columns(pl.lit(1).alias("extra")), tmp_path, split="test",
+                  keep_extra=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"data/test-00000-of-00001.parquet has columns \['extra: int32'\] and lacks"):
+        render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST)
+
+
+def test_card_claims_only_what_the_build_did(tmp_path):
+    """No decontamination or taxonomy growth is claimed for a build whose manifest has none."""
+    write_dataset(sample_documents(20), tmp_path)
+    text = render_card(tmp_path, CARDS_DIR / "phi15-textbooks.md", RECIPE, {"taxonomy": {"source": "builtin"}}).read_text()
+    assert "No decontamination ran" in text and "Decontamination removes" not in text
+    assert "taxonomy was grown" not in text and "open generator" not in text
+    grown = {**MANIFEST, "taxonomy": {"source": "builtin", "grown_to": 500}}
+    text = render_card(tmp_path, CARDS_DIR / "phi15-textbooks.md", RECIPE, grown).read_text()
+    assert "taxonomy was grown" in text and "Decontamination removes" in text

@@ -208,3 +208,53 @@ def test_transient_errors_are_retried_by_the_client(hub, api):
     statuses = [s for m, p, s in hub.requests if "/preupload/" in p]
     assert statuses == [503, 503, 200]
     assert hub.read("tester/d", "x.txt") == b"x"
+
+
+def test_commits_to_a_branch_leave_main_alone(hub, api):
+    api.create_repo("tester/d", repo_type="dataset")
+    main = api.repo_info("tester/d", repo_type="dataset").sha
+    api.create_branch("tester/d", branch="dev", repo_type="dataset")
+    api.create_branch("tester/d", branch="dev", repo_type="dataset", exist_ok=True)
+    info = api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="tester/d", repo_type="dataset",
+                           revision="dev")  # fmt: skip
+    assert api.repo_info("tester/d", repo_type="dataset").sha == main
+    assert api.repo_info("tester/d", repo_type="dataset", revision="dev").sha == info.oid
+    assert [c.title for c in hub.commits("tester/d", branch="dev")][-1].startswith("Upload x.txt")
+    refs = {b.name: b.target_commit for b in api.list_repo_refs("tester/d", repo_type="dataset").branches}
+    assert refs == {"main": main, "dev": info.oid}
+    with pytest.raises(RevisionNotFoundError):
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="y.txt", repo_id="tester/d", repo_type="dataset",
+                        revision="nope")  # fmt: skip
+
+
+def test_repos_of_someone_else(hub, api):
+    """Readable but not writable when public (403 on write); not even revealed when private (404)."""
+    hub.add_repo("someone/open")
+    hub.add_repo("someone/closed", private=True)
+    assert api.repo_info("someone/open", repo_type="dataset").sha
+    with pytest.raises(HfHubHTTPError) as err:
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="someone/open", repo_type="dataset")
+    assert err.value.response.status_code == 403
+    with pytest.raises(RepositoryNotFoundError) as err:
+        api.repo_info("someone/closed", repo_type="dataset")
+    assert err.value.response.status_code == 404
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_repo("someone/closed", repo_type="dataset", exist_ok=True)
+    assert err.value.response.status_code == 403
+    assert len(hub.commits("someone/open")) == 1
+
+
+def test_injected_failures_dropped_connection_and_lost_answer(hub, api):
+    api.create_repo("tester/d", repo_type="dataset")
+    hub.inject("POST", r"/preupload/", None)  # a dropped connection: the client retries it
+    api.upload_file(path_or_fileobj=b"1", path_in_repo="one.txt", repo_id="tester/d", repo_type="dataset")
+    assert [s for m, p, s in hub.requests if "/preupload/" in p] == [0, 200]
+    hub.inject("POST", r"/commit/", 502, after=True)  # the commit lands, its answer is lost
+    with pytest.raises(HfHubHTTPError) as err:
+        api.upload_file(path_or_fileobj=b"2", path_in_repo="two.txt", repo_id="tester/d", repo_type="dataset")
+    assert err.value.response.status_code == 502
+    assert hub.read("tester/d", "two.txt") == b"2"
+    hub.inject("POST", r"/commit/", None)
+    with pytest.raises(Exception, match="(?i)disconnect|connection"):
+        api.upload_file(path_or_fileobj=b"3", path_in_repo="three.txt", repo_id="tester/d", repo_type="dataset")
+    assert api.list_repo_files("tester/d", repo_type="dataset") == [".gitattributes", "one.txt", "two.txt"]

@@ -316,3 +316,104 @@ def test_cli_subprocess_reaches_the_fake_through_hf_endpoint(hub, tmp_path):
     assert res.returncode == 0, res.stderr
     assert hub.commits(REPO)[-1].oid in res.stdout
     assert hub.token not in res.stdout + res.stderr
+
+
+def test_push_refuses_a_repo_id_without_namespace_before_any_request(hub, tmp_path):
+    """The client would create `<you>/quickstart` from a bare name, then fail reading `quickstart`."""
+    folder = build(tmp_path / "build")
+    for bad in ("quickstart", "", "a b/c", "tester/-x", "tester/x/y"):
+        with pytest.raises(ValueError, match="repo id must look like 'user/name'"):
+            push(folder, bad, token=hub.token, endpoint=hub.endpoint)
+    assert hub.repos == {} and hub.requests == []
+
+
+def closed_port_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_push_errors_are_one_clear_line_without_the_token(hub, tmp_path, caplog):
+    """Bad token, someone else's repo or namespace, Hub down: PermissionError/ConnectionError, one line each."""
+    caplog.set_level(logging.DEBUG)
+    folder = build(tmp_path / "build")
+    hub.add_repo("someone/theirs")
+    cases = [
+        ("tester/x", {"token": "hf_" + "x" * 34}, PermissionError, r"refused the token \(401\).*HF_TOKEN"),
+        ("someone/theirs", {}, PermissionError, r"no write access to someone/theirs \(403\)"),
+        ("someone/new", {}, PermissionError, r"no write access to someone/new \(403\)"),
+        ("tester/x", {"endpoint": closed_port_endpoint()}, ConnectionError, "cannot reach the Hub at http://127"),
+    ]
+    for repo_id, kwargs, error, message in cases:
+        with pytest.raises(error, match=message) as err:
+            push(folder, repo_id, **{"token": hub.token, "endpoint": hub.endpoint, **kwargs})
+        assert "\n" not in str(err.value) and hub.token not in str(err.value)
+    assert len(hub.commits("someone/theirs")) == 1 and ("dataset", "someone/new") not in hub.repos
+    assert not [p for m, p, _ in hub.requests if m == "PUT"]  # refused before any upload
+    assert hub.token not in caplog.text
+
+
+def test_interrupted_push_resumes_without_resending_uploaded_files(hub, tmp_path):
+    folder = build(tmp_path / "build", shards=3)
+    hub.inject("POST", r"/commit/", 500)
+    with pytest.raises(ConnectionError, match="answered 500: nothing is half-published; rerun the push"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    uploaded = [p for m, p, _ in hub.requests if m == "PUT"]
+    assert len(uploaded) >= 4 and len(hub.commits(REPO)) == 1  # shards and plots sent, nothing committed
+    hub.requests.clear()
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    assert not [p for m, p, _ in hub.requests if m == "PUT"] and len(hub.commits(REPO)) == 2
+
+
+def test_a_commit_whose_answer_is_lost_is_not_repeated_by_the_rerun(hub, tmp_path):
+    folder = build(tmp_path / "build")
+    hub.inject("POST", r"/commit/", 502, after=True)  # the commit lands; a proxy loses the answer
+    with pytest.raises(ConnectionError, match="answered 502"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    landed = hub.commits(REPO)[-1]
+    url = push(folder, REPO, token=hub.token, endpoint=hub.endpoint)  # no empty or duplicate commit
+    assert hub.commits(REPO)[-1] == landed and url.endswith(landed.oid)
+
+
+def test_push_to_a_branch_creates_it_and_leaves_main_alone(hub, tmp_path):
+    folder = build(tmp_path / "build")
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    main = hub.commits(REPO)[-1]
+    build(folder, n=25, seed=4)
+    url = push(folder, REPO, token=hub.token, endpoint=hub.endpoint, revision="v2")
+    assert hub.commits(REPO)[-1] == main and url.endswith(hub.commits(REPO, branch="v2")[-1].oid)
+    assert hub.read(REPO, "README.md", revision="v2") != hub.read(REPO, "README.md")
+
+
+def test_push_refuses_secrets_of_the_environment_and_in_the_commit_message(hub, tmp_path, monkeypatch):
+    """A provider key in a form the card's redaction does not know still never reaches the Hub."""
+    key = "AIzaSyFAKE0123456789abcdefghijklmnopq"
+    monkeypatch.setenv("GOOGLE_API_KEY", key)
+    folder = tmp_path / "build"
+    write_dataset(sample_documents(20), folder)
+    render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, {**MANIFEST, "notes": [f"endpoint ?key={key}"]})
+    with pytest.raises(ValueError, match=r"build/\S+ contains the value of \$GOOGLE_API_KEY;") as err:
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    assert key not in str(err.value)
+    monkeypatch.delenv("GOOGLE_API_KEY")
+    with pytest.raises(ValueError, match="commit message contains your Hugging Face token"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint, commit_message=f"pushed with {hub.token}")
+    assert ("dataset", REPO) not in hub.repos
+
+
+def test_repush_without_a_split_deletes_its_shards(hub, tmp_path, monkeypatch):
+    """A split dropped from the build leaves no stale shards the card no longer names."""
+    push(build(tmp_path / "a"), REPO, token=hub.token, endpoint=hub.endpoint)  # train + test
+    folder = tmp_path / "b"
+    write_dataset(sample_documents(30, seed=8), folder)
+    render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST)
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    files = HfApi(endpoint=hub.endpoint, token=hub.token).list_repo_files(REPO, repo_type="dataset")
+    assert [f for f in files if f.startswith("data/")] == ["data/train-00000-of-00001.parquet"]
+    out = pull(REPO, tmp_path / "pulled", token=hub.token, endpoint=hub.endpoint)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    assert list(datasets.load_dataset(str(out), cache_dir=str(tmp_path / "c"))) == ["train"]

@@ -214,6 +214,26 @@ def dataset_info(splits: dict[str, list[Path]], schema: pa.Schema) -> dict:
     }
 
 
+def shared_schema(out_dir: Path, splits: dict[str, list[Path]]) -> pa.Schema:
+    """The one Arrow schema of every shard (footers only), which the card declares for every split.
+
+    Shards that differ (a split written with `keep_extra`, another without) would load with columns
+    silently null-filled, or not at all; a ValueError names the shard and the columns.
+    """
+    shards = [p for paths in splits.values() for p in paths]
+    first = pq.read_schema(shards[0])
+    for path in shards[1:]:
+        schema = pq.read_schema(path)
+        if not schema.equals(first, check_metadata=False):
+            theirs = {f"{f.name}: {type_label(f.type)}" for f in schema}
+            ours = {f"{f.name}: {type_label(f.type)}" for f in first}
+            raise ValueError(
+                f"{path.relative_to(out_dir)} has columns {sorted(theirs - ours)} and lacks {sorted(ours - theirs)} "
+                f"of {shards[0].relative_to(out_dir)}; write every split with the same columns (keep_extra)"
+            )
+    return first
+
+
 def document_table(splits: dict[str, list[Path]]) -> pl.DataFrame:
     """Every column the card needs, with the text reduced to its word and character counts."""
     light = [c for c in SCHEMA if c not in ("text", "provenance")]
@@ -463,12 +483,12 @@ def render_card(
     splits = splits_of(out_dir)
     if not splits:
         raise FileNotFoundError(f"no data/{{split}}-NNNNN-of-NNNNN.parquet shards under {out_dir}; write them first")
+    schema = shared_schema(out_dir, splits)
     docs = document_table(splits)
     recipe, chosen = recipe_fields(recipe)
     recipe = redact(recipe)
     manifest = redact(dict(manifest))
 
-    schema = pq.read_schema(next(iter(splits.values()))[0])
     info = dataset_info(splits, schema)
     metadata, defaults = card_metadata(recipe, chosen)
     data = card_data(metadata, recipe, splits, info, docs.height)

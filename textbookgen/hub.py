@@ -13,9 +13,11 @@ user's `hf auth login`, and is never logged or written.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,10 @@ from textbookgen.dataset import SHARD_RE, split_rows, splits_of
 
 log = logging.getLogger(__name__)
 _USAGE_RE = re.compile(r'(load_dataset\()"[^"\n]*"')
+#: `namespace/name` as the Hub accepts it: word characters, '-' and '.', not at either end of the name.
+REPO_ID_RE = re.compile(r"[\w\-.]{1,96}/(?![.\-])[\w\-.]{1,96}(?<![.\-])")
+#: Environment variables whose values are secrets that must never be published (HF_TOKEN, *_API_KEY ...).
+SECRET_ENV_RE = re.compile(r"(?i)(api_?key|access_?key|secret|password|(^|_)token)$")
 
 #: Files of a built folder that are published, beside README.md, data/ and assets/.
 PROVENANCE_FILES = ("recipe.yaml", "manifest.json", "journal_summary.json")
@@ -31,6 +37,54 @@ TEXT_SUFFIXES = (".md", ".yaml", ".yml", ".json", ".txt")
 
 class PushConflictError(RuntimeError):
     """Someone committed to the repo between our read of its head and our commit; nothing was pushed."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Return `repo_id` if it names a repo (`namespace/name`), else raise one line saying what is wrong.
+
+    Checked before any request: the client would create `<you>/name` from a bare name, then fail.
+    """
+    if not isinstance(repo_id, str) or not REPO_ID_RE.fullmatch(repo_id):
+        raise ValueError(f"repo id must look like 'user/name' or 'org/name', got {repo_id!r}")
+    return repo_id
+
+
+@contextmanager
+def hub_errors(repo_id: str, endpoint: str, write: bool = True) -> Iterator[None]:
+    """Turn the client's HTTP and network errors into one line that says what to do.
+
+    Auth problems become PermissionError; an unreachable or failing Hub (network, timeouts, 429, 5xx)
+    becomes ConnectionError. Both are OSError, as the client's own errors are. A push is one atomic
+    commit, so whatever broke, nothing is half-published, and a rerun resends no uploaded file.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        from httpx2 import TransportError
+    except ImportError:  # huggingface_hub<2 speaks httpx
+        from httpx import TransportError
+    rerun = ("nothing is half-published; rerun the push (files already uploaded are not sent again)" if write
+             else "rerun the pull (files already downloaded are not fetched again)")
+    try:
+        yield
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        if status == 401:
+            raise PermissionError(
+                f"the Hub at {endpoint} refused the token (401): set HF_TOKEN to a valid token or run `hf auth login`"
+            ) from err
+        if status == 403 and not write:
+            raise PermissionError(f"no access to {repo_id} (403): if it is gated, accept its terms on the Hub") from err
+        if status == 403:
+            raise PermissionError(
+                f"no write access to {repo_id} (403): push to your own namespace or an organization you write "
+                "to, with a token that has write permission"
+            ) from err
+        if status is not None and (status in (408, 429) or status >= 500):
+            raise ConnectionError(f"the Hub at {endpoint} answered {status}: {rerun}") from err
+        raise
+    except TransportError as err:
+        raise ConnectionError(f"cannot reach the Hub at {endpoint} ({type(err).__name__}: {err}); {rerun}") from err
 
 
 def publishable_files(out_dir: Path) -> list[Path]:
@@ -101,13 +155,24 @@ def _merge_dataset_info(old: Any, new: Any) -> Any:
     return _merge_named(old, [{"config_name": "default", **i} for i in ours], "config_name")
 
 
-def _check_no_secret(files: list[Path], secrets: list[str]) -> None:
-    """Refuse to publish a text file that contains the token (a recipe or manifest gone wrong)."""
+def secrets_to_withhold(token: str) -> dict[str, str]:
+    """{what it is: value} of the secrets a push must not publish: the token, and the values of secret
+    environment variables (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY` ...) a recipe or manifest may have caught."""
+    found = {f"the value of ${k}": v for k, v in os.environ.items() if SECRET_ENV_RE.search(k) and len(v) >= 8}
+    return {"your Hugging Face token": token, **found}
+
+
+def _check_no_secret(files: list[Path], secrets: Mapping[str, str], commit_message: str) -> None:
+    """Refuse to publish a text file, or a commit message, that contains a secret; name it, never its value."""
+    for what, value in secrets.items():
+        if value and value in commit_message:
+            raise ValueError(f"the commit message contains {what}; remove it before pushing")
     for path in files:
         if path.suffix in TEXT_SUFFIXES and path.stat().st_size < 50 * 1024**2:
             text = path.read_text("utf-8", errors="replace")
-            if any(s and s in text for s in secrets):
-                raise ValueError(f"{path} contains your Hugging Face token; remove it before pushing")
+            what = next((w for w, v in secrets.items() if v and v in text), None)
+            if what:
+                raise ValueError(f"{path} contains {what}; remove it before pushing")
 
 
 def check_card_matches_data(out_dir: Path, card_text: str) -> None:
@@ -145,15 +210,18 @@ def push(
 
     `private=True` makes the repo private, a new one or an existing public one (before anything is
     committed); `private=False` never makes an existing private repo public: that is for its owner to do
-    on the Hub. Raises PushConflictError when the repo moved during the push (rerun to merge with the
-    new head), ValueError for a folder with nothing to publish (no shards, or a split with no rows,
-    which `load_dataset` cannot load), and the client's errors for auth and network.
+    on the Hub. A `revision` other than main is created from main if missing. A push that changes
+    nothing makes no commit and returns the head's URL. Raises PushConflictError when the repo moved
+    during the push (rerun to merge with the new head), ValueError for a bad repo id or a folder with
+    nothing to publish (no shards, or a split with no rows, which `load_dataset` cannot load),
+    PermissionError for a missing or refused token or a repo you cannot write, and ConnectionError when
+    the Hub cannot be reached or fails (rerun: uploaded files are not sent again).
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     from textbookgen.card import card_defaults
 
+    check_repo_id(repo_id)
     out_dir = Path(out_dir)
     splits = splits_of(out_dir)
     if not splits:
@@ -167,40 +235,99 @@ def push(
     if not secret:
         raise PermissionError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     files = publishable_files(out_dir)
-    _check_no_secret(files, [secret])
+    n_shards = sum(len(p) for p in splits.values())
+    message = commit_message or f"textbookgen: upload {n_shards} shard(s) of split(s) {', '.join(splits)} and card"
+    _check_no_secret(files, secrets_to_withhold(secret), message)
     check_card_matches_data(out_dir, (out_dir / "README.md").read_text("utf-8"))
 
     api = HfApi(endpoint=endpoint, token=secret)
-    url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.repo_info(repo_id, repo_type="dataset", revision=revision)
-    if private and not info.private:  # `create_repo(exist_ok=True)` leaves an existing repo's visibility
+    with hub_errors(repo_id, api.endpoint):
+        info = _open_repo(api, repo_id, private, revision)
+        head = info.sha
+        remote = {s.rfilename for s in info.siblings or []}
+        old_card = _read_card(api, repo_id, head) if "README.md" in remote else None
+        card = merge_card(
+            usage_for(repo_id, (out_dir / "README.md").read_text("utf-8")), old_card, card_defaults(out_dir)
+        )
+        operations: list[Any] = []
+        for path in files:
+            rel = path.relative_to(out_dir).as_posix()
+            content: Any = card.encode("utf-8") if rel == "README.md" else str(path)
+            operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=content))
+        operations += stale_deletions(remote, {op.path_in_repo for op in operations}, set(splits), old_card)
+        n_add = sum(isinstance(op, CommitOperationAdd) for op in operations)
+        log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)", n_add, len(operations) - n_add, repo_id,
+                 revision, head)  # fmt: skip
+        url = _commit(api, repo_id, operations, message, revision, head)
+    log.info("pushed %s", url)
+    return url
+
+
+def _open_repo(api: Any, repo_id: str, private: bool, revision: str) -> Any:
+    """The repo's info at `revision`, after creating the repo and the branch where missing.
+
+    Read first, create only when missing: an existing repo you may read but not write (someone
+    else's) then fails at the first write with a 403, before anything is uploaded.
+    """
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        info = api.repo_info(repo_id, repo_type="dataset")
+    except RepositoryNotFoundError:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.repo_info(repo_id, repo_type="dataset")
+    if private and not info.private:  # an existing repo keeps its visibility unless we change it
         log.warning("%s is public; making it private, as asked", repo_id)
         api.update_repo_settings(repo_id, repo_type="dataset", private=True)
-    head = info.sha
-    remote = {s.rfilename for s in info.siblings or []}
+    if revision != "main":
+        api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
+    return api.repo_info(repo_id, repo_type="dataset", revision=revision)
 
-    old_card = None
-    if "README.md" in remote:
-        with tempfile.TemporaryDirectory(prefix="textbookgen-card-") as tmp:
-            path = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=head, cache_dir=tmp)
-            old_card = Path(path).read_text("utf-8")
-    card = merge_card(usage_for(repo_id, (out_dir / "README.md").read_text("utf-8")), old_card, card_defaults(out_dir))
 
-    operations: list[Any] = []
-    for path in files:
-        rel = path.relative_to(out_dir).as_posix()
-        content: Any = card.encode("utf-8") if rel == "README.md" else str(path)
-        operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=content))
-    local = {op.path_in_repo for op in operations}
+def _read_card(api: Any, repo_id: str, head: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="textbookgen-card-") as tmp:
+        path = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=head, cache_dir=tmp)
+        return Path(path).read_text("utf-8")
+
+
+def stale_deletions(remote: set[str], local: set[str], splits: set[str], old_card: str | None) -> list[Any]:
+    """Deletions of the remote shards and plots the new build no longer has.
+
+    A shard is ours to replace when its split is one of the build's, or one the Hub card's default
+    config named (our previous push): that config is replaced by the new card's, so a split dropped
+    from the build must not linger as unlisted stale data. Shards of other configs are left alone.
+    """
+    from huggingface_hub import CommitOperationDelete
+
+    ours = splits | _default_config_splits(old_card)
+    deletions = []
     for rel in sorted(remote - local):
         shard = SHARD_RE.match(rel[len("data/"):]) if rel.startswith("data/") else None
-        if (shard and shard["split"] in splits) or (rel.startswith("assets/") and rel.endswith(".png")):
-            operations.append(CommitOperationDelete(path_in_repo=rel))
+        if (shard and shard["split"] in ours) or (rel.startswith("assets/") and rel.endswith(".png")):
+            deletions.append(CommitOperationDelete(path_in_repo=rel))
+    return deletions
 
-    n_shards = sum(len(p) for p in splits.values())
-    message = commit_message or f"textbookgen: upload {n_shards} shard(s) of split(s) {', '.join(splits)} and card"
-    n_add = sum(isinstance(op, CommitOperationAdd) for op in operations)
-    log.info("pushing %d file(s), deleting %d, to %s (parent %s)", n_add, len(operations) - n_add, url, head)
+
+def _default_config_splits(card_text: str | None) -> set[str]:
+    """Split names of the `default` config of a card's `configs:` (none when absent or unparsable)."""
+    from huggingface_hub import DatasetCard
+
+    if not card_text:
+        return set()
+    try:
+        configs = DatasetCard(card_text, ignore_metadata_errors=True).data.to_dict().get("configs") or []
+    except Exception:  # an unparsable remote card: merge_card already warned
+        return set()
+    default = next((c for c in configs if isinstance(c, Mapping) and c.get("config_name") == "default"), {})
+    files = default.get("data_files")
+    entries = files if isinstance(files, list) else []
+    return {e["split"] for e in entries if isinstance(e, Mapping) and isinstance(e.get("split"), str)}
+
+
+def _commit(api: Any, repo_id: str, operations: list[Any], message: str, revision: str, head: str) -> str:
+    """One `create_commit` on top of `head`; a concurrent commit raises PushConflictError."""
+    from huggingface_hub.errors import HfHubHTTPError
+
     try:
         commit = api.create_commit(
             repo_id,
@@ -218,7 +345,6 @@ def push(
                 "Run the push again to merge with the new head."
             ) from err
         raise
-    log.info("pushed %s", commit.commit_url)
     return commit.commit_url
 
 
@@ -230,18 +356,18 @@ def pull(
     endpoint: str | None = None,
 ) -> Path:
     """Download a dataset repo (all files, at `revision`) into `local_dir` (default: `./<name>`)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
-    if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
-        raise ValueError(f"repo id must look like 'user/name', got {repo_id!r}")
+    check_repo_id(repo_id)
     local_dir = Path(local_dir) if local_dir is not None else Path(repo_id.split("/")[1])
-    path = snapshot_download(
-        repo_id,
-        repo_type="dataset",
-        revision=revision,
-        local_dir=local_dir,
-        token=token,
-        endpoint=endpoint,
-    )
+    with hub_errors(repo_id, endpoint or constants.ENDPOINT, write=False):
+        path = snapshot_download(
+            repo_id,
+            repo_type="dataset",
+            revision=revision,
+            local_dir=local_dir,
+            token=token,
+            endpoint=endpoint,
+        )
     log.info("pulled %s into %s", repo_id, path)
     return Path(path)

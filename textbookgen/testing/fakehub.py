@@ -1,12 +1,17 @@
 """A local fake of the Hugging Face Hub's HTTP API, for testing pushes and pulls without network.
 
 The real `huggingface_hub` client talks to it (pass `endpoint=hub.endpoint` or set `HF_ENDPOINT`
-before importing the client): repo create / info / delete / visibility, preupload (honouring
-.gitignore rules), the Git LFS batch API with the basic transfer (PUT + verify), YAML validation,
-NDJSON commits (a stale `parentCommit` is answered 412, as the Hub does), refs, commit history, tree
-listing, paths-info, whoami and file resolve with the headers `hf_hub_download` reads
-(`X-Repo-Commit`, `ETag`, `X-Linked-Etag`, `X-Linked-Size`, ranges). Xet is switched off in the
-client while the fake runs, so large files take the LFS path.
+before importing the client): repo create / info / delete / visibility, branches, preupload
+(honouring .gitignore rules), the Git LFS batch API with the basic transfer (PUT + verify), YAML
+validation, NDJSON commits to any branch (a stale `parentCommit` is answered 412, as the Hub does),
+refs, commit history, tree listing, paths-info, whoami and file resolve with the headers
+`hf_hub_download` reads (`X-Repo-Commit`, `ETag`, `X-Linked-Etag`, `X-Linked-Size`, ranges). Xet is
+switched off in the client while the fake runs, so large files take the LFS path.
+
+Permissions follow the Hub's: the token's user writes to its own namespace and its `orgs`; a repo of
+someone else's (`hub.add_repo("them/data")`) is readable but answers writes 403, and is not found
+(404) when private. `hub.inject(...)` fails requests (an HTTP status, a dropped connection, a commit
+that lands but whose answer is lost); `hub.before(...)` runs a concurrent writer.
 
     with FakeHub() as hub:
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -274,9 +280,16 @@ class FakeHub:
             raise KeyError(f"{path} not in {repo_id}@{revision}")
         return (self._objects / commit.files[path].sha256).read_bytes()
 
-    def inject(self, method: str, path_regex: str, status: int, times: int = 1) -> None:
-        """Answer the next `times` requests matching method and path with `status` (to test retries)."""
-        self._faults.append({"method": method.upper(), "re": re.compile(path_regex), "status": status, "n": times})
+    def inject(self, method: str, path_regex: str, status: int | None = 500, times: int = 1, *,
+               after: bool = False) -> None:  # fmt: skip
+        """Fail the next `times` requests matching method and path (to test retries and recovery).
+
+        `status`: answer it instead of handling the request; None drops the connection without an
+        answer (the client sees a network error, as after a timeout). `after=True` handles the request
+        first and then fails: a commit lands but its answer is lost, as when a proxy times out.
+        """
+        self._faults.append({"method": method.upper(), "re": re.compile(path_regex), "status": status, "n": times,
+                             "after": after})  # fmt: skip
 
     def before(self, method: str, path_regex: str, callback: Any, times: int = 1) -> None:
         """Run `callback(hub)` in the server before the next `times` matching requests are handled.
@@ -287,34 +300,58 @@ class FakeHub:
         self._faults.append({"method": method.upper(), "re": re.compile(path_regex), "call": callback, "n": times})
 
     def commit_files(self, repo_id: str, files: dict[str, bytes], title: str = "concurrent commit",
-                     repo_type: str = "dataset") -> str:  # fmt: skip
-        """Commit `files` to main directly in the server's state (another writer); return the new oid."""
+                     repo_type: str = "dataset", branch: str = "main") -> str:  # fmt: skip
+        """Commit `files` to `branch` directly in the server's state (another writer); return the new oid."""
         repo = self.repo(repo_id, repo_type)
-        head = repo.commits[repo.branches["main"]]
+        head = repo.commits[repo.branches[branch]]
         tree = dict(head.files)
         for path, data in files.items():
             tree[path] = FileEntry(len(data), self._store(data), git_blob_sha1(data), False)
         ops = [{"key": "file", "path": p} for p in files]
-        return self._new_commit(repo, head, tree, title, "", "someone-else", ops).oid
+        return self._new_commit(repo, head, tree, title, "", "someone-else", ops, branch).oid
+
+    def add_repo(self, repo_id: str, repo_type: str = "dataset", private: bool = False,
+                 author: str | None = None) -> Repo:  # fmt: skip
+        """Create a repo in any namespace, as its owner would (e.g. someone else's, to test a 403)."""
+        if (repo_type, repo_id) in self.repos:
+            raise ValueError(f"{repo_type} repo {repo_id} exists")
+        repo = Repo(repo_type, repo_id, private)
+        self.repos[(repo_type, repo_id)] = repo
+        entry = FileEntry(len(GITATTRIBUTES), self._store(GITATTRIBUTES.encode()),
+                          git_blob_sha1(GITATTRIBUTES.encode()), False)  # fmt: skip
+        self._new_commit(repo, None, {".gitattributes": entry}, "initial commit", "", author or repo_id.split("/")[0],
+                         [{"key": "file", "path": ".gitattributes"}])  # fmt: skip
+        return repo
 
     # ---- plumbing --------------------------------------------------------------------------------
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        failure = None
         for fault in self._faults:
             if fault["n"] > 0 and fault["method"] == request.method and fault["re"].search(request.path):
                 fault["n"] -= 1
                 if "call" in fault:
                     fault["call"](self)
                     continue
-                self.requests.append((request.method, request.path, fault["status"]))
-                return web.json_response({"error": "injected fault"}, status=fault["status"])
-        try:
-            response = await handler(request)
-        except web.HTTPException as err:
-            self.requests.append((request.method, request.path, err.status))
-            raise
-        self.requests.append((request.method, request.path, response.status))
-        return response
+                failure = fault
+                break
+        if failure is None:
+            try:
+                response = await handler(request)
+            except web.HTTPException as err:
+                self.requests.append((request.method, request.path, err.status))
+                raise
+            self.requests.append((request.method, request.path, response.status))
+            return response
+        if failure["after"]:  # the request takes effect; only its answer is replaced
+            with contextlib.suppress(web.HTTPException):
+                await handler(request)
+        self.requests.append((request.method, request.path, failure["status"] or 0))
+        if failure["status"] is None:  # no answer at all: the client's connection breaks
+            await request.read()
+            request.transport.abort()
+            raise ConnectionResetError("injected dropped connection")
+        return web.json_response({"error": "injected fault"}, status=failure["status"])
 
     def _auth(self, request: web.Request, required: bool) -> str | None:
         """The user making the request (None when anonymous); 401 for a bad token or a missing one."""
@@ -332,10 +369,12 @@ class FakeHub:
         repo_id = f"{request.match_info['ns']}/{request.match_info['name']}"
         user = self._auth(request, required=write)
         repo = self.repos.get((kind, repo_id))
-        if repo is None or (repo.private and user is None):
-            # the Hub answers anonymous readers 401, signed-in ones 404; the client reads both as not found
+        member = user is not None and repo_id.split("/")[0] in (self.user, *self.orgs)
+        if repo is None or (repo.private and not member):
+            # the Hub answers anonymous readers 401, signed-in ones 404 (a private repo of someone else's
+            # too: its existence is not revealed); the client reads both as not found
             raise FakeHubError(404 if user else 401, "Repository not found", "RepoNotFound")
-        if write and repo_id.split("/")[0] not in (self.user, *self.orgs):
+        if write and not member:
             raise FakeHubError(403, "You don't have the rights to write to this repository")
         return repo
 
@@ -356,7 +395,7 @@ class FakeHub:
         return sha
 
     def _new_commit(self, repo: Repo, parent: Commit | None, files: dict[str, FileEntry], title: str,
-                    message: str, author: str, operations: list[dict]) -> Commit:  # fmt: skip
+                    message: str, author: str, operations: list[dict], branch: str = "main") -> Commit:  # fmt: skip
         self._counter += 1
         seed = json.dumps([parent.oid if parent else None, sorted((p, f.blob_id) for p, f in files.items()),
                            title, message, self._counter, time.time_ns()])  # fmt: skip
@@ -371,7 +410,7 @@ class FakeHub:
             operations=operations,
         )
         repo.commits[commit.oid] = commit
-        repo.branches["main"] = commit.oid
+        repo.branches[branch] = commit.oid
         return commit
 
     # ---- routes ----------------------------------------------------------------------------------
@@ -389,6 +428,7 @@ class FakeHub:
             web.post(f"/api/{t}/{repo}/preupload/{{rev}}", self.preupload),
             web.post(f"/api/{t}/{repo}/commit/{{rev}}", self.commit),
             web.get(f"/api/{t}/{repo}/refs", self.refs),
+            web.post(f"/api/{t}/{repo}/branch/{{branch}}", self.create_branch),
             web.get(f"/api/{t}/{repo}/commits/{{rev}}", self.list_commits),
             web.get(f"/api/{t}/{repo}/tree/{{rev}}", self.tree),
             web.get(f"/api/{t}/{repo}/tree/{{rev}}/{{path:.*}}", self.tree),
@@ -424,12 +464,7 @@ class FakeHub:
         if (kind, repo_id) in self.repos:
             url = self._url(self.repos[(kind, repo_id)])
             raise FakeHubError(409, f"You already created this {kind} repo", url=url)
-        repo = Repo(kind, repo_id, private)
-        self.repos[(kind, repo_id)] = repo
-        entry = FileEntry(len(GITATTRIBUTES), self._store(GITATTRIBUTES.encode()),
-                          git_blob_sha1(GITATTRIBUTES.encode()), False)  # fmt: skip
-        self._new_commit(repo, None, {".gitattributes": entry}, "initial commit", "", user,
-                         [{"key": "file", "path": ".gitattributes"}])  # fmt: skip
+        repo = self.add_repo(repo_id, kind, private, author=user)
         return web.json_response({"url": self._url(repo), "name": repo_id, "id": repo_id})
 
     async def delete_repo(self, request: web.Request) -> web.Response:
@@ -605,9 +640,22 @@ class FakeHub:
                 raise FakeHubError(400, "Invalid metadata in README.md: " + "; ".join(errors))
         user = self._auth(request, required=True)
         new = self._new_commit(repo, head, files, header.get("summary", ""), header.get("description", ""),
-                               user, operations)  # fmt: skip
+                               user, operations, rev)  # fmt: skip
         url = f"{self._url(repo)}/commit/{new.oid}"
         return web.json_response({"success": True, "commitOid": new.oid, "commitUrl": url, "hookOutput": ""})
+
+    async def create_branch(self, request: web.Request) -> web.Response:
+        """`HfApi.create_branch`: a new branch at `startingPoint` (a branch or commit; default main)."""
+        repo = self._repo(request, write=True)
+        branch = request.match_info["branch"]
+        body = await request.json() if request.can_read_body else {}
+        start = self._commit_at(repo, (body or {}).get("startingPoint") or "main")
+        if branch in repo.branches:
+            raise FakeHubError(409, f"Reference already exists: refs/heads/{branch}")
+        if not re.fullmatch(r"[\w.\-/]+", branch) or re.fullmatch(r"[0-9a-f]{40}", branch):
+            raise FakeHubError(400, f"Invalid branch name: {branch!r}")
+        repo.branches[branch] = start.oid
+        return web.json_response({})
 
     async def refs(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
