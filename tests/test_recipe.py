@@ -94,6 +94,9 @@ def test_paths_resolve_relative_to_the_recipe(recipe_dir, monkeypatch, tmp_path_
         (lambda t: t + "output: topics.yaml/sub\n", 9, "output", "topics.yaml is a file"),
         (lambda t: t.replace("{college: 1}", "{college: -1}"), 7, "mix.0.audiences", "weights must be >= 0"),
         (lambda t: t.replace("{college: 1}", "{college: 0}"), 7, "mix.0.audiences", "one positive weight"),
+        (lambda t: t.replace("{college: 1}", "{college: .nan}"), 7, "mix.0.audiences", "finite numbers"),
+        (lambda t: t.replace("{college: 1}", "{college: .inf}"), 7, "mix.0.audiences", "finite numbers"),
+        (lambda t: t.replace("    audiences: {college: 1}", "    weight: .inf"), 7, "mix.0.weight", "finite number"),
         (
             lambda t: t.replace("    audiences: {college: 1}", "    weight: 5\n    styles: {academic: 0}"),
             8,

@@ -546,3 +546,70 @@ def test_topics_commands(shared_data, tmp_path):
         )
     assert res.exit_code == 0, res.output
     assert len(Taxonomy.load(tmp_path / "g.yaml").leaves()) == 100
+
+
+@pytest.mark.parametrize(
+    "text, bad",
+    [
+        ("a: -1\nb: 2\n", "topic 'a': weight must be a finite number >= 0, not -1.0"),
+        ("a: .nan\nb: 2\n", "topic 'a': weight must be a finite number >= 0, not nan"),
+        ("a: .inf\nb: 2\n", "topic 'a': weight must be a finite number >= 0, not inf"),
+        ("a: 0\nb: 0\n", "taxonomy 'w': every topic below it has weight 0"),
+        ("S:\n  x: 0\n  y: 0\nT: 1\n", "topic 'S': every topic below it has weight 0"),
+    ],
+)
+def test_weights_that_are_not_shares_are_one_line_errors_naming_the_topic(tmp_path, text, bad):
+    """Negative weights were clamped to 0 and NaN or all-zero siblings silently made uniform (inf gave NaN
+    probabilities); each is now an error naming the file and the topic, at load and at sampling."""
+    yml = tmp_path / "w.yaml"
+    yml.write_text(text)
+    with pytest.raises(TaxonomyError, match=rf"^{yml}: {bad}"):
+        Taxonomy.load(yml)
+    table = tmp_path / "w.csv"
+    table.write_text("path,weight\nS > a,-2\nS > b,1\n")
+    with pytest.raises(TaxonomyError, match=rf"^{table}: topic 'S > a': weight must be a finite number >= 0"):
+        Taxonomy.load(table)
+    tax = Taxonomy(name="built")
+    tax.add("a", weight=float("nan"))
+    tax.add("b")
+    with pytest.raises(ValueError, match="topic 'a': weight must be a finite number"):
+        tax.sample(4, seed=0)
+
+
+def test_a_zero_weight_subject_may_hold_zero_weight_topics(tmp_path):
+    yml = tmp_path / "z.yaml"
+    yml.write_text("S:\n  weight: 0\n  x: 0\nT:\n  t1: 1\n  t2: 1\n")
+    tax = Taxonomy.load(yml)
+    assert Counter(t.name for t in tax.sample(4, seed=0)) == {"t1": 2, "t2": 2}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (  # a nested outline: the sub-bullets describe an item, they are not its siblings
+            "1. **Acids and Bases**\n   - Definition of acids\n   - The pH scale\n2. **Redox**\n   - Oxidation",
+            ["Acids and Bases", "Redox"],
+        ),
+        ("\t- Acids\n\t\t- strong acids\n\t- Bases", ["Acids", "Bases"]),
+        ("## Subtopics\n\n### 1. Acids and Bases\nAcids donate protons.\n\n### 2. Redox\nTransfer.",
+         ["Acids and Bases", "Redox"]),
+        ("# Chemistry\n\n## Acids and Bases\nAcids donate protons.\n\n## Redox\nElectron transfer.",
+         ["Acids and Bases", "Redox"]),
+        ('{"subtopics": [{"subtopic": "Acids"}, {"subtopic_name": "Bases", "depth": 2}]}', ["Acids", "Bases"]),
+        ("| # | Subtopic | Why |\n|---|---|---|\n| 1 | Acids | core |\n| 2 | Bases | core |", ["Acids", "Bases"]),
+        ("**1. Acids**: proton donors in water solutions\n**2. Bases**", ["Acids", "Bases"]),
+        ("- Topic 1: Acids and bases\n- Subtopic 2 - Redox", ["Acids and bases", "Redox"]),
+    ],
+)
+def test_parse_list_reads_outlines_headings_tables_and_named_objects(text, expected):
+    assert parse_list(text) == expected
+
+
+def test_grow_takes_at_most_per_call_names_from_a_longer_answer():
+    """Asked for 3 subtopics, a model listing 10 must not give a topic 10 children (breadth limit)."""
+    words = ("history", "theory", "tools", "ethics", "careers", "methods", "practice", "debates", "myths", "future")
+    tax, _, _ = _grow_scripted(
+        lambda topic, _: "\n".join(f"- {w.title()} of {topic}" for w in words), ["Chemistry", "Music"], 40,
+        per_call=3, max_rounds=1, structured=False,
+    )
+    assert [len(t.children) for t in tax.topics] == [3, 3]

@@ -251,3 +251,43 @@ def test_seed_assigner_uses_the_whole_pool_before_reuse_when_requests_skip_pick(
     first = picks(100)
     assert len(set(first)) == 100
     assert picks(250)[:100] == first
+
+
+def test_content_lines_that_mention_furniture_words_are_kept():
+    """Real C4 and Wikipedia lines that the old pattern dropped mid-extract (it matched the words anywhere)."""
+    content = [
+        "Old Church Bakery brought their speciality breads and some Christmas cookies to the fair this year.",
+        "The set includes a loaf pan, a cookie sheet, a square pan and eight silicone ramekin cups.",
+        "In November 2021, Triller was sued for infringing a design patent and registered copyright.",
+        "On 2 July 2020, Nathan Law posted on his social media page that he had left Hong Kong.",
+        "Children who read more books at home tend to build a larger vocabulary by the age of ten.",
+        "She found the old atlas listed in the catalog in the reading room of the town library.",
+        "Magazines depend on their subscribers, who pay for the issues long before they are printed.",
+        "He wrote 3 comments in the margin of the manuscript before he sent it back to the editor.",
+    ]
+    assert clean_text("\n".join(content)).splitlines() == content
+    furniture = ["Read more", "Log in to view documents.", "Subscribe now for weekly updates!",
+                 "Copyright 2019 Example School.", "We use cookies to improve your experience."]
+    assert clean_text("\n".join(furniture)) == ""
+
+
+@pytest.mark.parametrize(
+    "name, data, problem",
+    [
+        ("web.txt", b"A first paragraph that is fine.\n\nA second \xff one.\n", r"web\.txt:3: not valid UTF-8"),
+        ("web.json", b'[\n"fine",\n"bad \xff"\n]', r"web\.json:3: not valid UTF-8"),
+        ("web.json", b'[\n  "fine",\n  {broken\n]', r"web\.json:3: invalid JSON"),
+        ("web.json", b"5", r"web\.json: expected a JSON array of documents"),
+        ("web.json", b'{"count": 1}', r"web\.json: expected a JSON array of documents"),
+        ("web.jsonl", b"", r"web\.jsonl: no extract survived cleaning: it holds no documents"),
+        ("web.txt", b"\n\n  \n", r"web\.txt: no extract survived cleaning: it holds no documents"),
+        ("web.jsonl", b'{"text": "tiny"}\n', r"web\.jsonl: no extract survived cleaning of 1 documents read"),
+    ],
+)
+def test_bad_seed_files_are_one_line_errors_naming_file_and_line(tmp_path, name, data, problem):
+    """Non-UTF-8 text was named by byte offset only, bad or scalar JSON raised raw JSONDecodeError or
+    TypeError, and an empty file claimed that 'no extract survived cleaning'."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(WebSampleError, match=rf"^{tmp_path}/{problem}"):
+        WebSamples.load(path)

@@ -9,6 +9,7 @@ root topic list shipped in `textbookgen/topics/`.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -173,7 +174,7 @@ class WebSamplesConfig(_Strict):
 
 class MixEntry(_Strict):
     template: str  # a built-in name or a .j2 file
-    weight: float = Field(1.0, ge=0.0)
+    weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
     audiences: dict[str, float] = Field(default_factory=lambda: {"general": 1.0})
     styles: dict[str, float] = Field(default_factory=lambda: {"academic": 1.0})
     formats: dict[str, float] = Field(default_factory=lambda: {"markdown": 1.0})
@@ -184,6 +185,8 @@ class MixEntry(_Strict):
     def _shares(cls, v: dict[str, float]) -> dict[str, float]:
         """Relative weights within the entry: a negative one is meaningless, and all zeros would
         silently drop the entry from the mix whatever its `weight`."""
+        if not all(math.isfinite(w) for w in v.values()):
+            raise ValueError(f"weights must be finite numbers, got {v}")
         negative = {k: w for k, w in v.items() if w < 0}
         if negative:
             raise ValueError(f"weights must be >= 0, got {negative}")

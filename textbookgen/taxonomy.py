@@ -173,13 +173,14 @@ class Taxonomy:
     def leaf_probabilities(self, weighting: str = "hierarchical") -> tuple[list[Topic], np.ndarray]:
         """Probability of each leaf. `hierarchical`: weights are relative among siblings, so each
         subject gets its share whatever its number of leaves; `flat`: proportional to leaf weight."""
+        check_weights(self)
         leaves: list[Topic] = []
         probs: list[float] = []
 
         def visit(nodes: list[Topic], mass: float) -> None:
-            total = sum(max(n.weight, 0.0) for n in nodes)
+            total = sum(n.weight for n in nodes)  # > 0 below a sampled parent (check_weights)
             for n in nodes:
-                share = mass * (max(n.weight, 0.0) / total if total > 0 else 1.0 / len(nodes))
+                share = mass * n.weight / total if total > 0 else 0.0
                 if n.is_leaf:
                     leaves.append(n)
                     probs.append(share)
@@ -190,7 +191,7 @@ class Taxonomy:
             visit(self.topics, 1.0)
         elif weighting == "flat":
             leaves = self.leaves()
-            probs = [max(t.weight, 0.0) for t in leaves]
+            probs = [t.weight for t in leaves]
         else:
             raise ValueError(f"weighting must be 'hierarchical' or 'flat', not {weighting!r}")
         p = np.asarray(probs, dtype=np.float64)
@@ -330,6 +331,10 @@ class Taxonomy:
         if not tax.topics:
             raise TaxonomyError(f"{path}: no topics found")
         _check_quotas(tax, path)
+        try:
+            check_weights(tax)
+        except ValueError as e:
+            raise TaxonomyError(f"{path}: {e}") from None
         tax.merge_duplicates()
         tax.dedupe_ids()
         return tax
@@ -561,6 +566,24 @@ def _check_quotas(tax: Taxonomy, path: Path) -> None:
             raise TaxonomyError(f"{path}: topic {t.path_str!r}: quota must be an integer >= 0, not {q!r}")
 
 
+def check_weights(tax: Taxonomy) -> None:
+    """Weights are relative shares: a negative, NaN or infinite one has no meaning (it used to be
+    clamped to 0 or to make its siblings uniform, silently), and children all weighing 0 below a
+    parent that is sampled would leave its share nowhere. Raises ValueError naming the topic."""
+
+    def visit(nodes: list[Topic], parent: str) -> None:
+        for n in nodes:
+            if not (math.isfinite(n.weight) and n.weight >= 0):
+                raise ValueError(f"topic {n.path_str!r}: weight must be a finite number >= 0, not {n.weight!r}")
+        if nodes and sum(n.weight for n in nodes) <= 0:
+            raise ValueError(f"{parent}: every topic below it has weight 0, so nothing there can be sampled")
+        for n in nodes:
+            if n.weight > 0 and n.children:
+                visit(n.children, f"topic {n.path_str!r}")
+
+    visit(tax.topics, f"taxonomy {tax.name!r}")
+
+
 def _unwrap_single_root(tax: Taxonomy) -> Taxonomy:
     """A file with one root node holding everything (an H1 title, `title:`, a book name) names the
     taxonomy; its children become the top-level subjects."""
@@ -726,7 +749,12 @@ _CHATTER = re.compile(
 # A label in front of a plain-text list: "Subtopics: Acids, Bases", "Topics of Chemistry: ...".
 _LABEL = re.compile(r"^(?:sub-?)?(?:topics?|subjects?|chapters?|answer|list|output)\b[^:\n]{0,40}:\s*", re.I)
 _JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"(?!\s*:)')
-_JSON_NAME = re.compile(r'"(?:name|title|topic)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_JSON_NAME = re.compile(r'"(?:name|title|topic|subtopic)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_NAME_KEYS = ("name", "title", "topic", "subtopic")
+_MD_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+")
+_BOLD_NUMBER = re.compile(r"^(\s*)(?:\*\*|__)(?=\d{1,3}[.)]\s)")  # "**1. Acids**" is item 1
+# "Topic 3: Acids" / "Subtopic 2 - Redox": a numbering word in front of the name
+_ITEM_LABEL = re.compile(r"^(?:sub-?)?(?:topics?|subjects?|chapters?|sections?|units?|parts?)\s*\d{1,3}\s*[:.)\u2013\u2014-]\s*", re.I)
 
 
 def parse_list(text: str, *, truncated: bool = False) -> list[str]:
@@ -734,12 +762,12 @@ def parse_list(text: str, *, truncated: bool = False) -> list[str]:
     bulleted lines, or one comma-separated line. Descriptions (4+ words after ': ' or ' - ') are dropped.
     JSON cut off mid-way gives only the names it finished; `truncated` (the answer hit max_tokens)
     drops the last item of a plain-text list, which may be cut mid-name."""
-    text = (text or "").strip()
-    fenced = re.search(r"```(?:json|yaml|markdown|md)?\s*\n(.*?)```", text, re.S)
+    text = (text or "").strip("\r\n").rstrip()  # the first line keeps its indent: nesting is relative
+    fenced = re.search(r"```(?:json|yaml|markdown|md)?[ \t]*\n(.*?)```", text, re.S)
     if fenced:
-        text = fenced.group(1).strip()
+        text = fenced.group(1).strip("\r\n").rstrip()
     items = _json_items(text)
-    if items is None and text.startswith(("[", "{")):
+    if items is None and text.lstrip().startswith(("[", "{")):
         items = _complete_json_strings(text)
     if items is None:
         items = _text_items(text)
@@ -758,16 +786,42 @@ def parse_list(text: str, *, truncated: bool = False) -> list[str]:
 
 
 def _text_items(text: str) -> list[str]:
-    """Items of a plain-text answer: its bulleted or numbered lines, else one comma-separated line,
-    else its lines; sentences (ending in . ! ?), refusals, chatter and a leading label are not items."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    listed = [ln for ln in lines if _LIST_PREFIX.match(ln)]
+    """Items of a plain-text answer: its outermost bulleted or numbered lines (nested bullets describe
+    an item, they are not siblings of it; a numbered markdown heading counts as a numbered line), else
+    the rows of a markdown table, else its headings of the most used level, else one comma-separated
+    line, else its lines; sentences (ending in . ! ?), refusals, chatter and a leading label are not items."""
+    raw = [ln.expandtabs(4).rstrip() for ln in text.splitlines() if ln.strip()]
+    heading_level = {i: len(m.group(1)) for i, ln in enumerate(raw) if (m := _MD_HEADING.match(ln))}
+    raw = [_MD_HEADING.sub("", ln) if i in heading_level else _BOLD_NUMBER.sub(r"\1", ln) for i, ln in enumerate(raw)]
+    listed = [ln for ln in raw if _LIST_PREFIX.match(ln)]
     if listed:
-        return [_LIST_PREFIX.sub("", ln, count=1) for ln in listed]
-    lines = [_LABEL.sub("", ln) for ln in lines if not _CHATTER.match(ln)]
+        outer = min(len(ln) - len(ln.lstrip()) for ln in listed)
+        return [
+            _ITEM_LABEL.sub("", _LIST_PREFIX.sub("", ln, count=1))
+            for ln in listed
+            if len(ln) - len(ln.lstrip()) == outer
+        ]
+    cells = _table_items(raw)
+    if cells:
+        return cells
+    if heading_level:
+        levels = Counter(heading_level.values())
+        level = max(levels, key=lambda lv: (levels[lv], lv))
+        return [raw[i].strip() for i, lv in heading_level.items() if lv == level]
+    lines = [_LABEL.sub("", ln.strip()) for ln in raw if not _CHATTER.match(ln.strip())]
     if len(lines) == 1 and re.search(r"[,;]", lines[0]):
         return re.split(r"\s*[;,]\s*(?:and\s+)?", lines[0].rstrip("."))
     return [ln for ln in lines if ln and not ln.endswith((":", ".", "!", "?"))]
+
+
+def _table_items(lines: list[str]) -> list[str]:
+    """Names of a markdown table's rows: each row's first cell that is not a number (the header row,
+    above the |---| line, is not a row)."""
+    rows = [ln.strip().strip("|").split("|") for ln in lines if ln.strip().startswith("|")]
+    if len(rows) < 2 or not any(all(re.fullmatch(r"\s*:?-{3,}:?\s*", c) for c in r) for r in rows):
+        return []
+    body = rows[[all(re.fullmatch(r"\s*:?-{3,}:?\s*", c) for c in r) for r in rows].index(True) + 1 :]
+    return [next((c.strip() for c in r if c.strip() and not re.fullmatch(r"\s*[\d.#]+\s*", c)), "") for r in body]
 
 
 def _complete_json_strings(text: str) -> list[str]:
@@ -800,9 +854,18 @@ def _json_items(text: str) -> list[Any] | None:
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
         return None
-    names = (next((d[k] for k in ("name", "title", "topic") if d.get(k)), "") if isinstance(d, dict) else d
-             for d in data)
+    names = (_dict_name(d) if isinstance(d, dict) else d for d in data)
     return [n for n in names if isinstance(n, str)]  # numbers, null, booleans and lists are not names
+
+
+def _dict_name(d: dict[str, Any]) -> Any:
+    """The name of one JSON list item: its name/title/topic/subtopic key, else its only string value
+    ({"subtopic_name": "Acids", "depth": 2})."""
+    named = next((d[k] for k in _NAME_KEYS if d.get(k)), None)
+    if named is not None:
+        return named
+    strings = [v for v in d.values() if isinstance(v, str) and v.strip()]
+    return strings[0] if len(strings) == 1 else ""
 
 
 # ---- growth through the engine -------------------------------------------------------------------
@@ -935,7 +998,7 @@ def grow(
                     report.duplicates_dropped += 1
                     continue
                 fresh.append(nm)
-            fresh = fresh[:room]
+            fresh = fresh[: min(room, k)]  # asked for k: a longer answer must not widen the tree
             if len(fresh) < 2:  # a single child is not a split: keep the leaf as it is
                 continue
             for nm in fresh:  # only attached names are taken: the others stay free for later answers

@@ -27,16 +27,20 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from textbookgen.jsonl import iter_jsonl_lines
+from textbookgen.jsonl import decode_utf8, iter_jsonl_lines
 
 EXTRACT_CHARS = 1000
 
 # Lines that are page furniture rather than content (C4 / Cosmopedia-style rules), matched on short lines.
+# Whole words and page-furniture phrases only: "a cookie sheet", "copyright law", "children who read
+# more", "Nathan Law posted on social media" and "a catalog in the library" are content.
 _BOILERPLATE = re.compile(
-    r"(cookies?\b|privacy policy|terms (of (use|service)|and conditions)|all rights reserved|copyright|©|"
-    r"javascript|click here|sign up|log ?in\b|subscribe|newsletter|follow us|share (this|on)|"
-    r"skip to (main )?content|back to top|read more|leave a (reply|comment)|powered by|"
-    r"\bposted (on|by|in)\b|\d+ comments?\b|add to (cart|basket)|related posts?|previous post|next post)",
+    r"\b(?:(?:uses?|accept|enable|allow)\s+(?:all\s+)?cookies|cookie (?:policy|settings|consent|preferences)|"
+    r"privacy policy|terms (?:of (?:use|service)|and conditions)|all rights reserved|copyright\s+(?:©|\(c\)|\d{4})|"
+    r"javascript|click here|sign up\b|log ?in (?:to|with)\b|subscribe (?:to|now|here)\b|newsletter|follow us|"
+    r"share (?:this|on)\b|skip to (?:main )?content|back to top|leave a (?:reply|comment)|powered by|"
+    r"add to (?:cart|basket)|related posts?\b|(?:previous|next|older|newer) posts?\b)|©|"
+    r"^(?:read more|posted (?:on|by|in)\b|\d+ comments?\b|(?:log ?in|sign in|register|subscribe)\s*$)",
     re.I,
 )
 _SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?=\s|$)")
@@ -122,7 +126,14 @@ class WebSamples:
 
     def __post_init__(self) -> None:
         if not self.extracts:
-            raise WebSampleError(f"{self.source or 'web samples'}: no extract survived cleaning")
+            where = self.source or "web samples"
+            n = self.stats.get("documents")
+            if n == 0:
+                raise WebSampleError(
+                    f"{where}: no extract survived cleaning: it holds no documents (empty, or no text in its rows)"
+                )
+            read = f" of {n:,} documents read" if n else ""
+            raise WebSampleError(f"{where}: no extract survived cleaning{read} (too short, boilerplate or duplicates)")
 
     def __len__(self) -> int:
         return len(self.extracts)
@@ -339,10 +350,7 @@ def _read_bytes(data: bytes, name: str, where: str, text_field: str | None) -> I
     if kind in ("jsonl", "json"):
         return _read_json(data, kind, where, text_field)
     if kind == "text":
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise WebSampleError(f"{where}: not valid UTF-8 at byte {e.start}") from None
+        text = decode_utf8(data, where, error=WebSampleError)
         return (d for d in re.split(r"\n\s*\n", text) if d.strip())
     raise WebSampleError(f"{where}: unknown web-sample format (parquet, jsonl, json or txt, optionally .gz)")
 
@@ -353,11 +361,13 @@ def _read_json(data: bytes, kind: str, where: str, text_field: str | None) -> It
     numbered: Iterable[tuple[int, Any]]
     if kind == "json":
         try:
-            rows = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise WebSampleError(f"{where}: not valid UTF-8 at byte {e.start}") from None
+            rows = json.loads(decode_utf8(data, where, error=WebSampleError))
+        except json.JSONDecodeError as e:
+            raise WebSampleError(f"{where}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
         if isinstance(rows, dict):
-            rows = next((v for v in rows.values() if isinstance(v, list)), [])
+            rows = next((v for v in rows.values() if isinstance(v, list)), None)
+        if not isinstance(rows, list):
+            raise WebSampleError(f"{where}: expected a JSON array of documents (or an object holding one)")
         numbered = enumerate(rows, start=1)
     else:
         numbered = iter_jsonl_lines(io.BytesIO(data), where, error=WebSampleError, objects_only=False)
