@@ -214,21 +214,55 @@ def test_changed_source_is_tokenized_again(corpus, tmp_path, shared_data):
     import os
 
     from trainer.data import index_is_current
-    from trainer.train import dataset_dir, prepare_all
+    from trainer.train import dataset_dir, prepare_all, stale_parts
 
     src = write_hub_folder(tmp_path / "src", wiki_texts(shared_data, 40), files=1)
     cfg = load_config(None, tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(src, 1.0)]))
-    first = prepare_all(cfg, quick_check=True, progress=False)[0]
+    first = prepare_all(cfg, progress=False, stale=stale_parts(cfg))[0]
     assert first["documents"] == 40 and index_is_current(dataset_dir(cfg, 0), str(src), corpus["tok"])
     shard = next(dataset_dir(cfg, 0).glob("shard-*.bin"))
     parquet = next((src / "data").glob("*.parquet"))
     os.utime(parquet, ns=(1, 1))  # touched, same bytes: re-hashed, not re-tokenized
     assert not index_is_current(dataset_dir(cfg, 0), str(src), corpus["tok"])
     mtime = shard.stat().st_mtime_ns
-    assert prepare_all(cfg, quick_check=True, progress=False)[0]["key"] == first["key"]
+    assert prepare_all(cfg, progress=False, stale=stale_parts(cfg))[0]["key"] == first["key"]
     assert shard.stat().st_mtime_ns == mtime and index_is_current(dataset_dir(cfg, 0), str(src), corpus["tok"])
     write_hub_folder(src, wiki_texts(shared_data, 60), files=1)  # new content: tokenized again
-    assert prepare_all(cfg, quick_check=True, progress=False)[0]["documents"] == 60
+    assert prepare_all(cfg, progress=False, stale=stale_parts(cfg))[0]["documents"] == 60
+
+
+def test_start_up_checks_the_prepared_data_once(corpus, tmp_path, shared_data, monkeypatch):
+    """Start-up loads the tokenizer and lists the source files once to find stale data, then prepares only
+    what it found (a second check used to load and list everything again)."""
+    import os
+    from collections import Counter
+
+    import trainer.data as data_mod
+    import trainer.tokenizer as tokenizer_mod
+    import trainer.train as train_mod
+    from trainer.distributed import DistInfo
+
+    src = write_hub_folder(tmp_path / "src", wiki_texts(shared_data, 40))
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", tmp_path / "cache", corpus["tok"], [(src, 1.0)]))
+    train_mod.build_sampler(cfg, 512, DistInfo(), progress=False)
+    calls: Counter[str] = Counter()
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(train_mod, "load_tokenizer", counted("check loads", train_mod.load_tokenizer))
+    monkeypatch.setattr(tokenizer_mod, "load_tokenizer", counted("prepare loads", tokenizer_mod.load_tokenizer))
+    monkeypatch.setattr(data_mod, "resolve_source", counted("listings", data_mod.resolve_source))
+    train_mod.build_sampler(cfg, 512, DistInfo(), progress=False)  # current: one check, nothing prepared
+    assert calls == {"check loads": 1, "listings": 1}
+    calls.clear()
+    for parquet in (src / "data").glob("*.parquet"):  # touched: stale, so prepared (re-hashed)
+        os.utime(parquet)
+    train_mod.build_sampler(cfg, 512, DistInfo(), progress=False)
+    assert calls == {"check loads": 1, "prepare loads": 1, "listings": 2}  # one check, then prepare's own
 
 
 def test_changed_column_or_tokenizer_is_tokenized_again(corpus, tmp_path):

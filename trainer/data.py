@@ -38,7 +38,8 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Full, Queue
@@ -471,87 +472,132 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     tokenizer and holdout, unless `force`. Writes into a temporary folder renamed into place at the end, so a
     crash never leaves a half-written dataset behind.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    files = resolve_source(source, split, revision, endpoint, named, subset)
+    spec = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None  # recorded for offline checks
+    tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist
+    sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
+    key = {"sources": [s["sha256"] for s in sources], **encoding_key(tokenizer, column, eos_id), **holdout.key()}
+    origin = {"source": str(source), "subset": subset, "split": split, "revision": revision, "tokenizer": spec}
+    if not force and (reused := _reusable(out_dir, key, sources, origin)) is not None:
+        return reused
+    eos, vocab = key["eos_id"], tokenizer.get_vocab_size(with_added_tokens=True)
+    dtype = np.dtype(np.uint16 if max(vocab, eos + 1) <= 1 << 16 else np.uint32)
+    total_docs = sum(_open_parquet(p, column).metadata.num_rows for p in files)  # checks the column first
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    with _tokenize_bar(progress, str(source), total_docs) as report:
+        shards, total, picker = _tokenize_shards(
+            files, column, sources, tmp, tokenizer.to_str(), eos, dtype, holdout=holdout, batch_docs=batch_docs,
+            shard_tokens=shard_tokens, workers=num_workers or os.cpu_count() or 1, report=report)
+    if total == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
+    index = {
+        "version": INDEX_VERSION, "key": key, "source": str(source), "subset": subset, "split": split, "column": column,
+        "revision": revision, "tokenizer": spec, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
+        "sources": sources, "shards": shards, "total_tokens": total,
+        "documents": sum(s["documents"] for s in sources), "skipped_empty": sum(s["skipped_empty"] for s in sources),
+        "seconds": round(time.time() - t0, 3),
+    }
+    _write_index(tmp, index, holdout, picker)
+    _swap_in(tmp, out_dir)
+    return index
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a folder (or scratch beside it) that `prepare` did not write: it may be someone's data."""
     if out_dir.exists() and not (out_dir / INDEX_NAME).is_file():
         raise DataError(f"{out_dir}: exists but holds no {INDEX_NAME} of an earlier prepare; "
                         "refusing to replace it (choose a new folder)")
     for scratch in (out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")):
         if not _is_token_scratch(scratch):
             raise DataError(f"{scratch}: exists and is not a token folder left by prepare; move it away")
-    files = resolve_source(source, split, revision, endpoint, named, subset)
-    spec = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None  # recorded for offline checks
-    tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist
-    sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
-    key = {"sources": [s["sha256"] for s in sources], **encoding_key(tokenizer, column, eos_id), **holdout.key()}
-    tok_json, eos = tokenizer.to_str(), key["eos_id"]
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    dtype = np.dtype(np.uint16 if max(vocab, eos + 1) <= 1 << 16 else np.uint32)
-    if not force and (out_dir / INDEX_NAME).is_file():
-        try:
-            old = read_index(out_dir)
-            if old.get("key") == key:  # same bytes (files touched or moved): refresh the stamps only
-                for entry, new in zip(old["sources"], sources, strict=True):
-                    entry.update(file=new["file"], bytes=new["bytes"], mtime_ns=new["mtime_ns"])
-                old.update(source=str(source), subset=subset, split=split, revision=revision, tokenizer=spec)
-                _write_json_atomic(out_dir / INDEX_NAME, old)
-                return old
-        except DataError:
-            pass
 
-    total_docs = sum(_open_parquet(p, column).metadata.num_rows for p in files)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    writer = _ShardWriter(tmp, shard_tokens, dtype)
-    picker = _HoldoutPicker(holdout)
-    for s in sources:
-        s.update(documents=0, skipped_empty=0, tokens=0)
-    workers = num_workers or os.cpu_count() or 1
-    t0 = time.time()
-    batches = _text_batches(files, column, batch_docs, sources)
+
+def _reusable(out_dir: Path, key: dict[str, Any], sources: list[dict[str, Any]],
+              origin: dict[str, Any]) -> dict[str, Any] | None:
+    """The index already in `out_dir` when it was made from the same bytes the same way (files touched or moved:
+    only their stamps and `origin` are refreshed, no hours of tokenizing again); else None."""
+    if not (out_dir / INDEX_NAME).is_file():
+        return None
+    try:
+        old = read_index(out_dir)
+    except DataError:  # damaged or of another version: tokenize again
+        return None
+    if old.get("key") != key:
+        return None
+    for entry, new in zip(old["sources"], sources, strict=True):
+        entry.update(file=new["file"], bytes=new["bytes"], mtime_ns=new["mtime_ns"])
+    old.update(origin)
+    _write_json_atomic(out_dir / INDEX_NAME, old)
+    return old
+
+
+@contextmanager
+def _tokenize_bar(enabled: bool, label: str, total_docs: int) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for one `prepare`; yields `report(documents read, tokens written)` to move it."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(TextColumn("[bold]tokenizing[/] {task.description}"), BarColumn(),
                   TextColumn("{task.completed:,}/{task.total:,} docs  {task.fields[tokens]:,} tokens"),
-                  TimeRemainingColumn(), disable=not progress) as bar:
-        task = bar.add_task(str(source), total=total_docs, tokens=0)
-        total = 0
+                  TimeRemainingColumn(), disable=not enabled) as bar:
+        task = bar.add_task(label, total=total_docs, tokens=0)
+        yield lambda rows, tokens: bar.update(task, completed=rows, tokens=tokens)
 
-        def consume(results: Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> None:
-            nonlocal total
-            for file_no, arr, lengths, hashes in results:
-                picker.add(total, lengths, hashes)
-                writer.write(arr)
-                sources[file_no]["tokens"] += int(arr.size)
-                total += arr.size
-                rows = sum(s["documents"] + s["skipped_empty"] for s in sources)
-                bar.update(task, completed=rows, tokens=total)
 
-        if workers == 1:
-            _init_worker(tok_json, eos, dtype.str)
-            consume(_encode(b) for b in batches)
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(tok_json, eos, dtype.str)) as pool:
-                consume(pool.imap(_encode, batches))
-    shards = writer.close()
-    held = picker.ranges()
-    index = {
-        "version": INDEX_VERSION, "key": key, "source": str(source), "subset": subset, "split": split, "column": column,
-        "revision": revision, "tokenizer": spec, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
-        "sources": sources, "shards": shards, "total_tokens": int(total),
-        "documents": sum(s["documents"] for s in sources), "skipped_empty": sum(s["skipped_empty"] for s in sources),
-        "seconds": round(time.time() - t0, 3),
-    }
+def _tokenize_shards(files: Sequence[Path], column: str, sources: list[dict[str, Any]], folder: Path,
+                     tokenizer_json: str, eos: int, dtype: np.dtype, *, holdout: Holdout, batch_docs: int,
+                     shard_tokens: int, workers: int,
+                     report: Callable[[int, int], None]) -> tuple[list[dict[str, Any]], int, _HoldoutPicker]:
+    """Encode every document into shards under `folder`, in file order whatever the worker count, counting each
+    source file's documents and tokens into `sources` and picking the holdout as the stream goes by.
+    Returns (the shards, the token count, the holdout picked)."""
+    writer, picker, total = _ShardWriter(folder, shard_tokens, dtype), _HoldoutPicker(holdout), 0
+    for s in sources:
+        s.update(documents=0, skipped_empty=0, tokens=0)
+    batches = _text_batches(files, column, batch_docs, sources)
+    with _encoded(batches, workers, tokenizer_json, eos, dtype) as results:
+        for file_no, arr, lengths, hashes in results:
+            picker.add(total, lengths, hashes)
+            writer.write(arr)
+            sources[file_no]["tokens"] += int(arr.size)
+            total += int(arr.size)
+            report(sum(s["documents"] + s["skipped_empty"] for s in sources), total)
+    return writer.close(), total, picker
+
+
+@contextmanager
+def _encoded(batches: Iterator[tuple[int, list[str]]], workers: int, tokenizer_json: str, eos: int,
+             dtype: np.dtype) -> Iterator[Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
+    """The batches' `_encode` results in order: in this process for one worker (no start-up of a pool), else
+    from a pool of spawned processes, stopped when the block exits."""
+    if workers == 1:
+        _init_worker(tokenizer_json, eos, dtype.str)
+        yield map(_encode, batches)
+        return
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                      initargs=(tokenizer_json, eos, dtype.str)) as pool:
+        yield pool.imap(_encode, batches)
+
+
+def _write_index(folder: Path, index: dict[str, Any], holdout: Holdout, picker: _HoldoutPicker) -> None:
+    """Write `holdout.npy` (if any) and index.json into the scratch folder and fsync it, so the swap publishes
+    complete data: the index is what marks a folder as finished."""
     if holdout:
-        np.save(tmp / HOLDOUT_NAME, held)
+        held = picker.ranges()
+        np.save(folder / HOLDOUT_NAME, held)
         index["holdout"] = {"rule": holdout.key()["holdout"], "file": HOLDOUT_NAME, "documents": picker.documents,
                             "tokens": int(held[:, 1].sum()), "ranges": len(held)}
-    if total == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
-    (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
-    fsync_path(tmp)
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    fsync_path(folder)
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by the finished `tmp` with renames, so a crash leaves the old data or the new, never a mix."""
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():
@@ -559,7 +605,6 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     tmp.rename(out_dir)
     fsync_path(out_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
-    return index
 
 
 def _file_stamp(path: Path) -> dict[str, int]:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +200,7 @@ def val_dir(cfg: TrainConfig, i: int) -> Path:
 
 
 @dataclass(frozen=True)
-class _Part:
+class DataPart:
     """One prepared folder of a dataset: its training split (with any holdout) or its val_split."""
 
     dataset: int
@@ -209,12 +209,12 @@ class _Part:
     holdout: Holdout
 
 
-def _parts(cfg: TrainConfig, i: int) -> list[_Part]:
+def _parts(cfg: TrainConfig, i: int) -> list[DataPart]:
     ds = cfg.data.datasets[i]
-    parts = [_Part(i, dataset_dir(cfg, i), ds.split, ds.holdout)]
+    parts = [DataPart(i, dataset_dir(cfg, i), ds.split, ds.holdout)]
     if ds.val_split:
         _check_val_split(cfg, i)
-        parts.append(_Part(i, val_dir(cfg, i), ds.val_split, Holdout()))
+        parts.append(DataPart(i, val_dir(cfg, i), ds.val_split, Holdout()))
     return parts
 
 
@@ -245,10 +245,11 @@ def stale_datasets(cfg: TrainConfig) -> list[int]:
     another source, subset, split, revision, local files (by size and mtime), column, tokenizer or holdout:
     those would train on the wrong ids, or on documents meant for validation. A Hub source's new commits are
     not seen here (no network at start-up); `python -m trainer prepare` sees them."""
-    return sorted({p.dataset for p in _stale_parts(cfg)})
+    return sorted({p.dataset for p in stale_parts(cfg)})
 
 
-def _stale_parts(cfg: TrainConfig) -> list[_Part]:
+def stale_parts(cfg: TrainConfig) -> list[DataPart]:
+    """The prepared folders that `stale_datasets` finds missing or out of date, to pass to `prepare_all`."""
     spec = cfg.data.tokenizer
     parts = [p for i in range(len(cfg.data.datasets)) for p in _parts(cfg, i)]
     prepared = [p for p in parts if (p.folder / INDEX_NAME).is_file()]
@@ -285,14 +286,14 @@ def _check_recorded_tokenizer(folder: Path, spec: str) -> None:
                         f"folder or file) or set data.tokenizer to the one the data was prepared with")
 
 
-def prepare_all(cfg: TrainConfig, force: bool = False, quick_check: bool = False,
-                progress: bool = True) -> list[dict[str, Any]]:
+def prepare_all(cfg: TrainConfig, force: bool = False, progress: bool = True,
+                stale: Collection[DataPart] | None = None) -> list[dict[str, Any]]:
     """Tokenize every dataset of the config (and its val_split) into data.cache_dir, skipping those up to
     date; returns the index of each dataset's training split.
 
-    `quick_check` (training start-up) trusts an index that `stale_datasets` finds current instead of hashing
-    the source files again (and a Hub source's without downloading it)."""
-    stale = _stale_parts(cfg) if quick_check else None
+    `stale`: the parts `stale_parts` found out of date (training start-up, which has just checked): only those
+    are prepared, and the others' indexes are trusted instead of hashing their source files again (and a Hub
+    source's without downloading it). None: every part is checked by hashing its sources."""
     indexes = []
     for i, ds in enumerate(cfg.data.datasets):
         for part in _parts(cfg, i):
@@ -319,12 +320,13 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
     d = cfg.data
     if d.synthetic:
         return SyntheticSampler(vocab_size, d.seq_len, cfg.train.seed), "synthetic"
-    pending = [d.datasets[i].source for i in stale_datasets(cfg)]
-    if pending and info.enabled:
+    stale = stale_parts(cfg)
+    if stale and info.enabled:
+        pending = [d.datasets[i].source for i in sorted({p.dataset for p in stale})]
         raise DataError(f"tokenized data missing or out of date for {pending}: run `python -m trainer prepare "
                         f"-c CONFIG` before a multi-process run (the other ranks would time out waiting)")
-    if pending:
-        prepare_all(cfg, quick_check=True, progress=progress)
+    if stale:
+        prepare_all(cfg, progress=progress, stale=stale)
     streams = [TokenStream(dataset_dir(cfg, i)) for i in range(len(d.datasets))]
     for i, (ds, s) in enumerate(zip(d.datasets, streams, strict=True)):
         if s.index["vocab_size"] > vocab_size:
@@ -441,10 +443,13 @@ def plot_metrics(jsonl: Path, png: Path) -> Path | None:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop at the next step boundary (and checkpoint) instead of dying."""
+    """SIGINT/SIGTERM, or `budget_s` seconds from the start (train.time_budget_s), ask the loop to stop at the
+    next step boundary (and checkpoint) instead of dying."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget_s: float | None = None) -> None:
         self.reason: str | None = None
+        self._budget_s = budget_s
+        self._t0 = time.perf_counter()
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -452,6 +457,12 @@ class _StopFlag:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
+
+    def wanted(self) -> bool:
+        """Whether this process wants to stop: a signal came, or the time budget is spent."""
+        if self._budget_s and time.perf_counter() - self._t0 >= self._budget_s:
+            self.reason = self.reason or "time budget"
+        return self.reason is not None
 
     def _handle(self, signum, frame) -> None:
         if self.reason is not None:  # second signal: give up at once
@@ -486,46 +497,71 @@ class Trainer:
         self.console = Console(quiet=not info.is_main, soft_wrap=True)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
-        if cfg.checkpoint.resume == "never":
-            checkpoint.check_fresh_start(self.ckpt_root)
-        self.resume_from = self._resume_source()
-        self.resume_meta = checkpoint.read_meta(self.resume_from) if self.resume_from is not None else None
-        data_start = self._data_start()  # before anything is written: it may refuse the resume
-        if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        self.device, precision = info.device, cfg.train.precision
-        self.dev_type = torch.device(self.device).type
-        if self.dev_type == "cuda":  # fp32 matmuls outside autocast (pure fp32 runs) may use TF32 tensor cores
-            torch.set_float32_matmul_precision("high")
-
-        initial = self._initial_model()
-        self.model_cfg = model_config(cfg, *self._weights_config(initial))
-        torch.manual_seed(cfg.train.seed)
-        with torch.device(self.device):
-            self.model = Phi(self.model_cfg)
-        if initial is not None:  # before sharding: FSDP2 and DDP start from these full weights on every rank
-            self.model.load_state_dict(initial.state_dict())
-            del initial
-        if precision == "bf16":
-            to_bf16_matrices(self.model)
-        self.sampler, self.data_fp = build_sampler(cfg, self.model_cfg.vocab_size, info, show)
-        self.validator = build_validator(cfg, info)
-        self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank, *data_start)
-        self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
-        self.strategy = distributed.choose_strategy(cfg.distributed.strategy, info)
-        self.wrapped = distributed.parallelize(
-            self.model, info, self.strategy, cfg.train.compile,
-            param_dtype=torch.bfloat16 if precision != "fp32" else None,
-            reshard_after_forward=cfg.distributed.reshard_after_forward)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.autocast = (torch.autocast(self.dev_type, dtype=torch.bfloat16) if precision != "fp32"
-                         else nullcontext())
-        self.peak = peak_flops(self.device, cfg.log.peak_tflops)
+        data_start = self._open_run()
+        self._setup_device()
+        self._build_model()
+        self._build_data(data_start)
+        self._build_optimizer()
         self.start = self._resume()
         self.max_steps = self._max_steps()
         self.schedule_end = self.schedule_position(self.max_steps)
+
+    def _open_run(self) -> tuple[int, int]:
+        """Find the checkpoint to resume and where its data goes on, then write config.yaml: in this order, so a
+        refused resume leaves the run folder as it was. Returns (step, samples drawn) for the `BatchPlan`."""
+        if self.cfg.checkpoint.resume == "never":
+            checkpoint.check_fresh_start(self.ckpt_root)
+        self.resume_from = self._resume_source()
+        self.resume_meta = checkpoint.read_meta(self.resume_from) if self.resume_from is not None else None
+        data_start = self._data_start()
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        return data_start
+
+    def _setup_device(self) -> None:
+        """The device this process trains on; fp32 matmuls outside autocast (pure fp32 runs) may use TF32."""
+        self.device = self.info.device
+        self.dev_type = torch.device(self.device).type
+        if self.dev_type == "cuda":
+            torch.set_float32_matmul_precision("high")
+
+    def _build_model(self) -> None:
+        """The model, seeded by train.seed, with train.init_from's weights on a fresh start: unsharded, so
+        FSDP2 and DDP start from the same full weights on every rank."""
+        initial = self._initial_model()
+        self.model_cfg = model_config(self.cfg, *self._weights_config(initial))
+        torch.manual_seed(self.cfg.train.seed)
+        with torch.device(self.device):
+            self.model = Phi(self.model_cfg)
+        if initial is not None:
+            self.model.load_state_dict(initial.state_dict())
+            del initial
+        if self.cfg.train.precision == "bf16":
+            to_bf16_matrices(self.model)
+        self.flops_per_token = self.model.flops_per_token(self.cfg.data.seq_len)
+
+    def _build_data(self, data_start: tuple[int, int]) -> None:
+        """The sampler (preparing stale data first), the validation sets and this rank's `BatchPlan` from
+        `data_start` (the step and samples drawn it goes on from)."""
+        cfg, info = self.cfg, self.info
+        self.sampler, self.data_fp = build_sampler(cfg, self.model_cfg.vocab_size, info, self.show)
+        self.validator = build_validator(cfg, info)
+        self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank, *data_start)
+
+    def _build_optimizer(self) -> None:
+        """Wrap the model for the distributed strategy (DDP, FSDP2 or none, maybe compiled), then the optimizer,
+        autocast and the peak FLOP/s that MFU is measured against."""
+        cfg, mixed = self.cfg, self.cfg.train.precision != "fp32"
+        self.strategy = distributed.choose_strategy(cfg.distributed.strategy, self.info)
+        self.wrapped = distributed.parallelize(
+            self.model, self.info, self.strategy, cfg.train.compile,
+            param_dtype=torch.bfloat16 if mixed else None,
+            reshard_after_forward=cfg.distributed.reshard_after_forward)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.autocast = torch.autocast(self.dev_type, dtype=torch.bfloat16) if mixed else nullcontext()
+        self.peak = peak_flops(self.device, cfg.log.peak_tflops)
 
     def _resume_source(self) -> Path | None:
         """The checkpoint this start resumes (checkpoint.resume), or None for a fresh start."""
@@ -717,70 +753,81 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
     def run(self) -> TrainResult:
-        cfg, max_steps = self.cfg, self.max_steps
-        step = last_saved = self.start
-        result = TrainResult(self.run_dir, self.start, self.start, "done")
-        self.console.print(
-            f"[bold]{cfg.train.init_from or cfg.model.name}[/] {self.model.num_params(False):,} params | "
-            f"{self.strategy} x{self.info.world_size} on {self.device} | {cfg.train.precision} | attention "
-            f"{self._attention()} | batch "
-            f"{cfg.train.global_batch}x{cfg.data.seq_len} (micro {self.plan.micro_batch}, accum "
-            f"{self.plan.accum_steps}) | steps {step}->{max_steps} | data {', '.join(self.sampler.names)}")
-        note = self._describe_validation()
-        if note:
-            self.console.print(note)
+        """Train from `start` to `max_steps` or a stop; then the exit checkpoint, the HF export and the plot."""
+        self._announce()
         self._record_environment()
-        log = MetricsLog(self.run_dir, self.start, cfg.log.tensorboard, self.info.is_main)
-        loader = Loader(self.sampler, self.plan, step, self.device) if step < max_steps else None
-        bar = _progress(self.show and self.info.is_main, self.console)
-        task = bar.add_task("train", total=max_steps, completed=step, status="")
-        t_start = time.perf_counter()
+        result = TrainResult(self.run_dir, self.start, self.start, "done")
+        log = MetricsLog(self.run_dir, self.start, self.cfg.log.tensorboard, self.info.is_main)
+        loader = Loader(self.sampler, self.plan, self.start, self.device) if self.start < self.max_steps else None
         try:
-            with _StopFlag() as stop, bar:
-                self.model.train()
-                budget = cfg.train.time_budget_s
-
-                def stop_wanted() -> bool:
-                    if budget and time.perf_counter() - t_start >= budget:
-                        stop.reason = stop.reason or "time budget"
-                    return stop.reason is not None
-
-                last_val = None
-                while step < max_steps:
-                    t0 = time.perf_counter()
-                    loss, gnorm, stop_now = self.train_step(step, loader, stop_wanted)
-                    step += 1
-                    rec = self.record(step, loss, gnorm, time.perf_counter() - t0)
-                    # at fixed steps only (not at a stop), so a stopped and resumed run evaluates where one never stopped
-                    if self.validator is not None and (step % cfg.train.eval_interval == 0 or step == max_steps):
-                        rec.update(self.validate())
-                        last_val = rec
-                        self.console.print(f"step {step:>6}/{max_steps} | {_val_status(rec)}", highlight=False)
-                    log.write(rec)
-                    result.history.append(rec)
-                    bar.update(task, completed=step, status=_status(rec, last_val))
-                    if step % cfg.log.every == 0 or step in (self.start + 1, max_steps):
-                        self.console.print(f"step {step:>6}/{max_steps} | {_status(rec, last_val)}", highlight=False)
-                    if stop_now:
-                        result.stop_reason = stop.reason or "stop requested on another rank"
-                        break
-                    if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-                        self.save(step)
-                        last_saved = step
-            if cfg.checkpoint.at_exit and step != last_saved:
-                self.save(step)
-            if cfg.checkpoint.export_hf and step > self.start:
-                self.export(self.run_dir / "hf")
+            last_saved = self._train_steps(loader, log, result)
+            self._finish(result.final_step, last_saved)
         finally:
             if loader is not None:
                 loader.close()
             log.close()
-        if self.info.is_main and cfg.log.plot:
+        if self.info.is_main and self.cfg.log.plot:
             plot_metrics(log.path, self.run_dir / "loss.png")
-        result.final_step = step
         if result.stop_reason != "done":
-            self.console.print(f"stopped at step {step}: {result.stop_reason}")
+            self.console.print(f"stopped at step {result.final_step}: {result.stop_reason}")
         return result
+
+    def _announce(self) -> None:
+        """The run's header line (model, parallelism, precision, attention, batch, steps, data) and validation."""
+        cfg, plan = self.cfg, self.plan
+        self.console.print(
+            f"[bold]{cfg.train.init_from or cfg.model.name}[/] {self.model.num_params(False):,} params | "
+            f"{self.strategy} x{self.info.world_size} on {self.device} | {cfg.train.precision} | attention "
+            f"{self._attention()} | batch "
+            f"{cfg.train.global_batch}x{cfg.data.seq_len} (micro {plan.micro_batch}, accum "
+            f"{plan.accum_steps}) | steps {self.start}->{self.max_steps} | data {', '.join(self.sampler.names)}")
+        note = self._describe_validation()
+        if note:
+            self.console.print(note)
+
+    def _train_steps(self, loader: Loader | None, log: MetricsLog, result: TrainResult) -> int:
+        """Step until `max_steps` or a stop (a signal, train.time_budget_s, another rank's), validating, logging
+        and checkpointing at their intervals; each step's record goes into `result`, whose final_step and
+        stop_reason follow. Returns the last step checkpointed (`start` if none)."""
+        step = last_saved = self.start
+        last_val = None
+        bar = _progress(self.show and self.info.is_main, self.console)
+        task = bar.add_task("train", total=self.max_steps, completed=step, status="")
+        with _StopFlag(self.cfg.train.time_budget_s) as stop, bar:
+            self.model.train()
+            while step < self.max_steps:
+                t0 = time.perf_counter()
+                loss, gnorm, stop_now = self.train_step(step, loader, stop.wanted)
+                step = result.final_step = step + 1
+                rec = self.record(step, loss, gnorm, time.perf_counter() - t0)
+                if self._validation_due(step):
+                    rec.update(self.validate())
+                    last_val = rec
+                    self.console.print(f"step {step:>6}/{self.max_steps} | {_val_status(rec)}", highlight=False)
+                log.write(rec)
+                result.history.append(rec)
+                bar.update(task, completed=step, status=_status(rec, last_val))
+                if step % self.cfg.log.every == 0 or step in (self.start + 1, self.max_steps):
+                    self.console.print(f"step {step:>6}/{self.max_steps} | {_status(rec, last_val)}", highlight=False)
+                if stop_now:
+                    result.stop_reason = stop.reason or "stop requested on another rank"
+                    break
+                if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0:
+                    self.save(step)
+                    last_saved = step
+        return last_saved
+
+    def _validation_due(self, step: int) -> bool:
+        """Validate at every train.eval_interval-th step and the last; not at a stop, so a stopped and resumed run
+        validates at the steps where one never stopped does."""
+        return self.validator is not None and (step % self.cfg.train.eval_interval == 0 or step == self.max_steps)
+
+    def _finish(self, step: int, last_saved: int) -> None:
+        """The exit checkpoint (checkpoint.at_exit, unless `step` was just saved) and the HF export (if any step ran)."""
+        if self.cfg.checkpoint.at_exit and step != last_saved:
+            self.save(step)
+        if self.cfg.checkpoint.export_hf and step > self.start:
+            self.export(self.run_dir / "hf")
 
 
 def _status(rec: dict[str, Any], last_val: dict[str, Any] | None = None) -> str:
