@@ -39,7 +39,7 @@ MANIFEST = {
     },
     "tokens": {"input": 51234, "output": 98765},
     "cost_usd": 0.0421,
-    "counts": {"requests": 140, "ok": 138, "failed": 2},
+    "counts": {"requests": 140, "ok": 138, "failed": 2, "documents": 138, "curated": 120},
     "timings": {"generate": 42.5, "curate": 1.2},
     "journal_summary": {"ok": 138, "failed": 2, "authorization": "Bearer hf_abcdefghijklmnopqrstuvwxyz0123"},
 }
@@ -83,6 +83,8 @@ def test_card_body_reports_build(built):
     assert "| arc_easy | 2,376 | 2 |" in text and "| gsm8k | – | 1 |" in text  # per benchmark
     assert "| filter | 123 | 120 | 3 | too_short: 2, refusal_phrase: 1 |" in text
     assert "$0.0421" in text and "98,765" in text and "| seed | 1234 |" in text
+    assert "| requests ok | 138 |" in text and "| requests failed | 2 |" in text
+    assert "| documents generated | 138 |" in text and "| documents after curation | 120 |" in text
     assert "temperature=0.8" in text and "`textbook_section`" in text and "sha256:" in text
     for name in ("topic_coverage", "length_histogram", "quality_histogram"):
         png = folder / "assets" / f"{name}.png"

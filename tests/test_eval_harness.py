@@ -133,7 +133,8 @@ def test_cli_eval_writes_the_report(shared_data: Path, tmp_path: Path, capsys: p
     rc = main(["eval", str(tmp_path / "hf"), "--tasks", "arc_easy,winogrande,hellaswag,mmlu@5,humaneval", "--limit", "2",
                "--data", str(shared_data), "--out", str(tmp_path / "out"), "--device", "cpu", "--max-new-tokens", "8"])
     assert rc == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "'[title]'" in err  # the log is plain text: rich markup would eat the bracketed tag
     assert "| **hf** |" in out and "phi-1.5 (paper)" in out and "mmlu@5 5-shot" in out
     payload = json.loads((tmp_path / "out" / "results.json").read_text())
     assert payload["results"]["mmlu@5"]["n"] == 2 * 57 and payload["results"]["humaneval"]["n"] == 2

@@ -39,6 +39,19 @@ def test_export_loads_into_transformers_with_same_logits(tiny, tmp_path):
     assert cfg["model_type"] == "phi" and cfg["partial_rotary_factor"] == 0.5 and cfg["eos_token_id"] == 50256
 
 
+def test_exported_files_get_the_mode_of_a_new_file(tiny, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        out = export_hf(tiny, tmp_path / "hf")
+    finally:
+        os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o644 and modes["config.json"] == 0o644, modes
+
+
 def test_round_trip_and_bf16(tiny, tmp_path):
     export_hf(tiny, tmp_path / "fp32")
     back = load_hf(tmp_path / "fp32", loss_chunk_size=0)

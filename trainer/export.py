@@ -63,8 +63,13 @@ def hf_config(cfg: PhiConfig, dtype: str = "float32", eos_token_id: int = 50256)
 
 
 def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file, with the mode a plain new file gets (safetensors writes 0600, which
+    other users of a shared cluster cannot read)."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 

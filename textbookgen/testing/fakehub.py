@@ -818,9 +818,12 @@ def _as_list(value: Any) -> Iterator[Any]:
 
 def main() -> None:  # pragma: no cover - manual use
     """`python -m textbookgen.testing.fakehub [PORT]`: run the fake for trying `textbookgen push` by hand."""
-    import sys
+    import argparse
 
-    with FakeHub(port=int(sys.argv[1]) if len(sys.argv) > 1 else 0) as hub:
+    ap = argparse.ArgumentParser(prog="python -m textbookgen.testing.fakehub",
+                                 description="A fake Hugging Face Hub on 127.0.0.1 for trying pushes by hand.")
+    ap.add_argument("port", nargs="?", type=int, default=0, help="port to listen on (default: a free one)")
+    with FakeHub(port=ap.parse_args().port) as hub:
         print(f"FakeHub at {hub.endpoint}  token={hub.token}  user={hub.user}")
         print(f"  HF_ENDPOINT={hub.endpoint} HF_TOKEN={hub.token} HF_HUB_DISABLE_XET=1 textbookgen push DIR REPO_ID")
         try:

@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                     strategy=args.strategy, progress=True)
     gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     results = evaluate(lm, tasks, data=data, limit=args.limit, num_fewshot=args.num_fewshot,
-                       sandbox=SandboxConfig(timeout_s=args.sandbox_timeout), gen_kwargs=gen, log=console.log)
+                       sandbox=SandboxConfig(timeout_s=args.sandbox_timeout), gen_kwargs=gen,
+                       log=lambda msg: console.log(msg, markup=False))  # task notes quote '[title]'
     name = args.name or Path(str(args.checkpoint)).name
     config = {k: v for k, v in vars(args).items()
               if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, type(None)))}
