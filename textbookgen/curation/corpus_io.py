@@ -3,14 +3,16 @@ whole (`read_corpus`) or a chunk at a time (`Corpus`, `CorpusWriter`), with the 
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
+from typing import IO
 
 import polars as pl
 import pyarrow as pa
@@ -18,7 +20,7 @@ import pyarrow.parquet as pq
 
 from textbookgen.jsonl import decode_utf8, iter_jsonl_lines, open_compressed
 
-SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
+SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst")
 
 
 def corpus_files(path: Path) -> list[Path]:
@@ -34,29 +36,157 @@ def corpus_files(path: Path) -> list[Path]:
     return files
 
 
-def _read_jsonl(path: Path) -> pl.DataFrame:
-    """JSON lines (or one JSON array), optionally gzipped: polars' fast reader, and on any failure a
-    line-by-line parse whose error names the file and line."""
+GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+READ_ERRORS = (pl.exceptions.PolarsError, pa.ArrowException, OSError, EOFError, zlib.error)  # OSError: bad gzip,
+# zstd or bz2 data (pyarrow's codecs raise it through io.BufferedReader)
+
+
+def _open_jsonl(path: Path) -> IO[bytes]:
+    """`path` decompressed by its suffix (.gz, .bz2), else by a gzip or zstd magic number (polars' reader
+    took those whole files, so a `.jsonl.zst` file still reads). Gzip and zstd go through pyarrow's
+    streaming codecs (gzip 2x faster than the gzip module, members concatenated alike)."""
+    if path.suffix == ".bz2":
+        return open_compressed(path)
+    with path.open("rb") as f:
+        magic = f.read(4)
+    codec = "gzip" if path.suffix == ".gz" or magic.startswith(GZIP_MAGIC) else "zstd" if magic == ZSTD_MAGIC else None
+    if codec is None:
+        return path.open("rb")
+    return io.BufferedReader(pa.input_stream(str(path), compression=codec))  # type: ignore[arg-type]
+
+
+def _is_array(path: Path) -> bool:
+    """Whether the file is one JSON array (its first non-blank byte is "["), not JSON lines."""
+    with _open_jsonl(path) as f:
+        while block := f.read(1 << 16):
+            if head := block.lstrip():
+                return head[:1] == b"["
+    return False
+
+
+def _line_batches(path: Path, rows: int) -> Iterator[bytes]:
+    """The file's lines, `rows` at a time, as one bytes each; all-blank batches are left out (polars
+    cannot type one, and blank lines are no rows)."""
+    with _open_jsonl(path) as f:
+        while lines := list(islice(f, rows)):
+            if any(line.strip() for line in lines):
+                yield b"".join(lines)
+
+
+def _ndjson(raw: bytes, schema: pl.Schema) -> pl.DataFrame | None:
+    """JSON lines parsed by polars with `schema`, or None if it fails."""
+    try:
+        return pl.read_ndjson(io.BytesIO(raw), schema=schema)
+    except Exception:  # polars' errors do not name the line: `_parse_whole` parses again, to say where
+        return None
+
+
+SAMPLES = ((pl.Null, None), (pl.Boolean, True), (pl.Int64, 0), (pl.Int128, 2**64), (pl.Float64, 0.5), (pl.String, ""))
+
+
+def _sample(dtype: pl.DataType) -> object:
+    """A JSON value that polars types as `dtype` (one of those its JSON inference gives)."""
+    if isinstance(dtype, pl.Struct):
+        return {f.name: _sample(f.dtype) for f in dtype.fields}
+    if isinstance(dtype, pl.List):
+        return [_sample(dtype.inner)]
+    return next(value for kind, value in SAMPLES if dtype == kind)
+
+
+def _has_struct(dtype: pl.DataType) -> bool:
+    """Whether `dtype` is or holds a struct (a JSON object), whose field order `jsonl_schema` cannot fold."""
+    return isinstance(dtype, pl.Struct) or isinstance(dtype, pl.List) and _has_struct(dtype.inner)
+
+
+def _polars_source(path: Path) -> Path | bytes:
+    """The file as polars takes it: its path (plain, gzip or zstd), or, bz2 being none of those, its bytes."""
+    if path.suffix != ".bz2":
+        return path
     with open_compressed(path) as f:
-        raw = f.read()
-    if raw.lstrip()[:1] == b"[":
+        return f.read()
+
+
+def jsonl_schema(path: Path, rows: int) -> pl.Schema | None:
+    """The columns and types polars gives the whole file, found `rows` lines at a time, and every line
+    checked to parse with them as it would in the whole file. None: polars cannot read the file (a bad
+    line, a value its type cannot take such as a bool among ints, types without a supertype, a JSON
+    array), and `_parse_whole` reads it.
+
+    Polars types each distinct row type once, folding them into a supertype in the order they first come.
+    Each batch is typed after a row with the types so far, so the fold goes on as over the whole file: a
+    row type seen in an earlier batch is folded again, which changes nothing unless rows hold objects
+    (polars orders a struct's fields by the longer struct, on a tie by the first at the top level but the
+    second one level down); those files get polars' own inference over the whole file, which maps it
+    rather than reading it into memory. A batch parsed with the types it was given needs no second parse
+    unless later batches widened them (then only the batches up to the last widening are read again)."""
+    if _is_array(path):
+        return None
+    schema, given = None, []  # given: the types each batch parsed with (None: it did not parse with them)
+    try:
+        for raw in _line_batches(path, rows):
+            head = b"" if schema is None else json.dumps(_sample(pl.Struct(schema))).encode() + b"\n"
+            try:
+                schema = pl.read_ndjson(io.BytesIO(head + raw), infer_schema_length=None).schema
+                given.append(schema)
+            except Exception:  # a value its batch's types cannot take; the file's may (see `_ndjson`)
+                schema = pl.scan_ndjson(io.BytesIO(head + raw), infer_schema_length=None).collect_schema()
+                given.append(None)
+        if schema is not None and any(_has_struct(t) for t in schema.values()):
+            schema = pl.scan_ndjson(_polars_source(path), infer_schema_length=None).collect_schema()
+    except pl.exceptions.PolarsError:  # see `_ndjson`
+        return None
+    again = {i for i, s in enumerate(given) if s != schema}
+    for i, raw in enumerate(islice(_line_batches(path, rows), max(again, default=-1) + 1)):
+        if i in again and _ndjson(raw, schema) is None:  # type: ignore[arg-type]
+            return None
+    return schema
+
+
+def _parse_whole(path: Path) -> pl.DataFrame:
+    """A file polars cannot read, parsed in Python and held whole: a JSON array, or JSON lines checked a
+    line at a time first (a bad line raises naming the file and line, without holding what came before)."""
+    if _is_array(path):
+        with _open_jsonl(path) as f:
+            raw = f.read()
         try:
             return pl.DataFrame(json.loads(decode_utf8(raw, path)), infer_schema_length=None)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: invalid JSON array (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    with _open_jsonl(path) as f:
+        for _ in iter_jsonl_lines(f, str(path)):
+            pass
+    with _open_jsonl(path) as f:
+        return pl.DataFrame([row for _, row in iter_jsonl_lines(f, str(path))], infer_schema_length=None)
+
+
+def jsonl_frames(path: Path, rows: int, schema: pl.Schema | None) -> Iterator[pl.DataFrame]:
+    """The file's rows, at most `rows` at a time, typed by `schema` (`jsonl_schema`'s); with None, parsed
+    whole by `_parse_whole` and then cut (at least one frame, maybe empty)."""
+    if schema is not None:
+        for raw in _line_batches(path, rows):
+            yield pl.read_ndjson(io.BytesIO(raw), schema=schema)
+        return
+    df = _parse_whole(path)
+    for start in range(0, max(df.height, 1), rows):
+        yield df.slice(start, rows)
+
+
+@contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """Raise a reader's failure on `path` as `unreadable`'s one-line error."""
     try:
-        return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
-    except Exception:  # re-parsed below, to say where and why
-        rows = [row for _, row in iter_jsonl_lines(io.BytesIO(raw), str(path))]
-        return pl.DataFrame(rows, infer_schema_length=None)
+        yield
+    except READ_ERRORS as err:
+        raise unreadable(path, err) from None
 
 
 def read_records(path: Path) -> pl.DataFrame:
-    """One parquet or jsonl/json file as it is; a file that is not one raises ValueError naming it."""
-    try:
-        return pl.read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
-    except (pl.exceptions.PolarsError, EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise unreadable(path, err) from None
+    """One parquet or jsonl/json file as it is; a file that is not one raises ValueError naming it. JSON
+    lines are parsed a batch at a time (never the file's bytes and its frame at once)."""
+    with _named(path):
+        if path.suffix == ".parquet":
+            return pl.read_parquet(path)
+        return pl.concat(jsonl_frames(path, CHUNK_ROWS, jsonl_schema(path, CHUNK_ROWS)))
 
 
 def unreadable(path: Path, err: BaseException) -> ValueError:
@@ -109,8 +239,9 @@ CHUNK_ROWS = 2_000  # rows per chunk of a streamed corpus: ~7 MB of 500-word tex
 class Corpus:
     """A corpus read a chunk at a time, in `read_corpus`'s row order and with its ids, types and errors,
     for steps whose memory must not grow with the texts. Parquet streams in record batches of
-    `chunk_rows`; a jsonl/json file is parsed whole, one file at a time (its schema is inferred over all
-    its rows, as `read_corpus` does), then cut into chunks."""
+    `chunk_rows`, JSON lines in batches of `chunk_rows` lines, typed as `read_corpus` types the whole file
+    (`jsonl_schema`, found once per file by a first pass). A JSON array, or lines polars cannot read, is
+    parsed whole, one file at a time, then cut into chunks."""
 
     def __init__(self, path: str | Path, text_column: str = "text", id_column: str = "id",
                  chunk_rows: int | None = None) -> None:
@@ -119,7 +250,8 @@ class Corpus:
         self.path, self.text_column, self.id_column = Path(path), text_column, id_column
         self.files = corpus_files(self.path)
         self.chunk_rows = chunk_rows or CHUNK_ROWS
-        self._parsed: dict[Path, pl.DataFrame] = {}  # jsonl files' columns (empty frames), seen when read
+        self._schemas: dict[Path, pl.Schema | None] = {}  # jsonl files' `jsonl_schema`s, found when first read
+        self._parsed: dict[Path, pl.DataFrame] = {}  # columns (empty frames) of those parsed whole, seen when read
 
     def chunks(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
         """Every row, a chunk at a time: the id and text columns plus those of `columns` that the file
@@ -142,10 +274,10 @@ class Corpus:
 
     def _raw_chunks(self, f: Path, columns: Sequence[str] | None) -> Iterator[pl.DataFrame]:
         if f.suffix != ".parquet":
-            df = read_records(f)
-            self._parsed[f] = df.clear()
-            for start in range(0, max(df.height, 1), self.chunk_rows):
-                yield df.slice(start, self.chunk_rows)
+            with _named(f):
+                for df in jsonl_frames(f, self.chunk_rows, self._jsonl_schema(f)):
+                    self._parsed.setdefault(f, df.clear())
+                    yield df
             return
         try:
             reader = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
@@ -161,9 +293,15 @@ class Corpus:
         except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as err:
             raise unreadable(f, err) from None
 
+    def _jsonl_schema(self, f: Path) -> pl.Schema | None:
+        if f not in self._schemas:
+            with _named(f):
+                self._schemas[f] = jsonl_schema(f, self.chunk_rows)
+        return self._schemas[f]
+
     def _raw_schema(self, f: Path) -> pl.DataFrame:
-        """The file's own columns as an empty frame: parquet metadata, or a jsonl file's parse (kept from
-        its last reading, so a jsonl file is parsed once more only if it was never read)."""
+        """The file's own columns as an empty frame: parquet metadata, a jsonl file's `jsonl_schema`, or
+        the parse of one read whole (kept from its last reading, so parsed once more only if never read)."""
         if f in self._parsed:
             return self._parsed[f]
         if f.suffix == ".parquet":
@@ -171,7 +309,8 @@ class Corpus:
                 return pl.DataFrame(schema=pl.read_parquet_schema(f))
             except pl.exceptions.PolarsError as err:
                 raise unreadable(f, err) from None
-        self._parsed[f] = read_records(f).clear()
+        schema = self._jsonl_schema(f)
+        self._parsed[f] = pl.DataFrame(schema=schema) if schema is not None else read_records(f).clear()
         return self._parsed[f]
 
 

@@ -1,0 +1,177 @@
+"""JSON lines corpora are read a batch of lines at a time, with the rows, types and errors of a whole-file read."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import tracemalloc
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from textbookgen.cli import app
+from textbookgen.curation import corpus_io
+from textbookgen.curation.corpus_io import Corpus, read_corpus, read_records
+
+
+def whole_file_read(path: Path) -> pl.DataFrame:
+    """What the reader did before it streamed: polars on the whole file, else Python's parse of its lines."""
+    raw = path.read_bytes()
+    raw = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    try:
+        return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
+    except Exception:
+        return pl.DataFrame([json.loads(x) for x in raw.splitlines() if x.strip()], infer_schema_length=None)
+
+
+def lines(rows: list[object]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" if isinstance(r, dict) else r for r in rows)  # type: ignore[misc]
+
+
+def doc(i: int, **fields: object) -> dict:
+    return {"text": f"doc {i}", **fields}
+
+
+# each: rows whose types differ from one batch of 4 lines to the next (or lines polars cannot read)
+CASES = {
+    "int then float": [doc(i, v=i) for i in range(9)] + [doc(9, v=0.5)],
+    "nulls then ints": [doc(i, v=None) for i in range(6)] + [doc(i, v=i) for i in range(6, 10)],
+    "a field from batch 3": [doc(i) for i in range(8)] + [doc(8, late="x", n=[1, 2])],
+    "float to string keeps the JSON text": [doc(i, v="s") for i in range(5)] + [doc(5, v=1.5e20), doc(6, v=0.1)],
+    "struct fields united": [doc(i, meta={"a": i}) for i in range(4)] + [doc(4, meta={"b": "x", "a": None})],
+    "list widened": [doc(i, tags=[i]) for i in range(4)] + [doc(4, tags=[0.5]), doc(5, tags=[])],
+    "bool and int (python's types)": [doc(i, v=i) for i in range(4)] + [doc(4, v=True)],
+    "NaN (python only)": [doc(i) for i in range(5)] + [b'{"text": "nan", "v": NaN}\n'],
+    "duplicate key (polars keeps the first)": [b'{"text": "a", "text": "b"}\n'] * 6,
+    "blank lines and a blank batch": [doc(0), b"\n", b"  \r\n", b"\n", b"\n", b"\n", b"\n", doc(1), b"\n"],
+    "no final newline": [doc(0), doc(1), b'{"text": "last"}'],
+    "columns in polars' order (the longer row's first)": [doc(i, y=[[i]]) for i in range(4)] + [doc(4, x=1, v=[0.5])],
+    "struct fields in polars' order, a row type seen again": [
+        doc(0, v={"a": 2.5, "c": {"d": 1}}), doc(1), doc(2), doc(3, z={"c": {"e": "y"}, "a": None}),
+        doc(4, v={"c": {"e": "y"}, "a": None}), doc(5, v={"a": 2.5, "c": {"d": 1}})],
+}
+
+
+def write(path: Path, raw: bytes) -> Path:
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(raw))
+    elif path.name.endswith(".zst"):
+        with pa.output_stream(str(path), compression="zstd") as out:
+            out.write(raw)
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batches_have_the_whole_files_rows_and_types(tmp_path, case):
+    path = write(tmp_path / "c.jsonl", lines(CASES[case]))
+    whole = whole_file_read(path)
+    assert read_records(path).equals(whole)
+    corpus = Corpus(path, chunk_rows=4)
+    chunks = list(corpus.chunks())
+    assert max(c.height for c in chunks) <= 4
+    assert pl.concat(chunks).drop("id").equals(whole) and corpus.schema() == read_corpus(path).schema
+
+
+def test_random_type_mixes_read_as_whole_files(tmp_path, monkeypatch):
+    """Batches give polars' whole-file types, column and struct field orders and values, or its failure;
+    every other file has no objects in its rows (their types are found a batch at a time)."""
+    flat = [[None, 1, 2.5, 2**64], [None, "s", 1, 0.5, [1]], [None, True, 1], [None, [1], [0.5], [], ["a"]]]
+    nested = [[None, "s", {"a": 1}], [None, {"a": 1}, {"b": "x"}, {"a": 2.5, "c": {"d": 1}}, {"c": {"e": "y"}, "a": None}, {}],
+              [None, [{"a": 1}], [{"b": 2, "a": 3}], [], [{"c": [1]}]]]
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 3)
+    rng = random.Random(0)
+    for k in range(200):
+        field_kinds = {f: rng.choice(flat if k % 2 else flat + nested) for f in "uvwxyz"}
+        rows = []
+        for i in range(rng.randint(1, 30)):
+            fields = [(f, rng.choice(field_kinds[f])) for f in rng.sample("uvwxyz", rng.randint(0, 6))]
+            fields.insert(rng.randint(0, len(fields)), ("text", f"doc {i}"))
+            rows.append(dict(fields))
+        path = write(tmp_path / f"r{k}.jsonl", lines(rows))
+        try:
+            whole = whole_file_read(path)
+        except pl.exceptions.PolarsError:
+            with pytest.raises(ValueError, match=f"r{k}.jsonl: not a readable .jsonl file"):
+                read_records(path)
+            continue
+        chunks = pl.concat(Corpus(path, chunk_rows=rng.randint(1, 5)).chunks()).drop("id")
+        assert read_records(path).equals(whole) and chunks.equals(whole) and chunks.schema == whole.schema, rows
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "gzip-inside.jsonl"])
+def test_jsonl_is_parsed_a_batch_at_a_time(tmp_path, monkeypatch, name):
+    """Neither the file's bytes nor its lines are ever held whole: polars gets at most `chunk_rows` lines at
+    once (and a row with the types so far), and what Python allocates stays under a tenth of the file (it
+    held it all before)."""
+    raw = lines([doc(i, body="word " * 200) for i in range(8_000)])
+    path = write(tmp_path / name, raw)
+    if name.startswith("gzip"):
+        path.write_bytes(gzip.compress(raw))
+    seen: list[int] = []
+    read_ndjson = pl.read_ndjson
+
+    def counting(source, **kwargs):
+        df = read_ndjson(source, **kwargs)
+        seen.append(df.height)
+        return df
+
+    monkeypatch.setattr(pl, "read_ndjson", counting)
+    tracemalloc.start()
+    try:
+        rows = sum(chunk.height for chunk in Corpus(path, chunk_rows=50).chunks())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows == 8_000 and seen and max(seen) <= 51
+    assert peak < len(raw) / 10, f"{peak:,} bytes held reading a {len(raw):,}-byte file"
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 50)
+    seen.clear()
+    assert read_records(path).height == 8_000 and max(seen) <= 51
+
+
+@pytest.mark.parametrize("name", ["late.jsonl", "late.jsonl.gz"])
+@pytest.mark.parametrize(("bad", "message"), [(b'{"text": oops}\n', "invalid JSON"),
+                                              (b'{"text": "caf\xe9"}\n', "not valid UTF-8")])
+def test_a_bad_line_late_in_the_file_is_named_before_any_output(tmp_path, monkeypatch, name, bad, message):
+    """Found by the first pass over a streamed file (which never holds it), the error names file and line."""
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 10)
+    good = [doc(i, body=f"doc {i} " + "word " * 30) for i in range(95)]
+    path = write(tmp_path / name, lines([*good, bad, doc(95)]))
+    result = CliRunner().invoke(app, ["dedup", str(path), "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 1 and f"{name}:96: {message}" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not list(tmp_path.glob("out.jsonl*"))
+    with pytest.raises(ValueError, match=f"{name}:96: {message}"):
+        read_corpus(path)
+
+
+def test_a_json_array_is_still_read_whole(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([doc(0), doc(1, extra=True), doc(2)]))
+    assert [c.height for c in Corpus(path, chunk_rows=2).chunks()] == [2, 1]
+    assert read_records(path).columns == ["text", "extra"]
+    path.write_text('[{"text": "a"},\n{"text": oops}]')
+    with pytest.raises(ValueError, match=r"a.json: invalid JSON array \(line 2"):
+        read_records(path)
+
+
+def test_a_corrupt_compressed_file_is_one_clear_error(tmp_path):
+    for name in ("bad.jsonl.gz", "bad.jsonl.zst"):
+        path = write(tmp_path / name, lines([doc(i) for i in range(100)]))
+        path.write_bytes(path.read_bytes()[:40])
+        with pytest.raises(ValueError, match=f"{name}: not a readable .jsonl.(gz|zst) file"):
+            list(Corpus(path).chunks())
+
+
+def test_a_folder_includes_zstd_jsonl(tmp_path):
+    from textbookgen.curation.corpus_io import corpus_files
+
+    write(tmp_path / "a.jsonl.zst", b'{"text": "one"}\n')
+    write(tmp_path / "b.jsonl.gz", b'{"text": "two"}\n')
+    assert [p.name for p in corpus_files(tmp_path)] == ["a.jsonl.zst", "b.jsonl.gz"]
