@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from textbookgen.engine import ChatRequest, Generator, canonical_request, fits, request_key, sampled
-from textbookgen.journal import Journal, reuse_key
+from textbookgen.journal import SCHEMA_VERSION, Journal, reuse_key
 from textbookgen.llm import LLM
 from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
@@ -182,7 +182,7 @@ def test_a_journal_from_before_reuse_is_migrated_and_its_answers_reused(tmp_path
         assert emu.billed == 0
     assert answer.text == "the old answer" and answer.reused_from == request_key(canonical)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         stored = db.execute("SELECT reuse_key FROM requests WHERE key=?", (request_key(canonical),)).fetchone()[0]
     assert stored == reuse_key(canonical)
 

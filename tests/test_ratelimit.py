@@ -192,6 +192,22 @@ def test_output_reservation_is_refunded():
     assert after - reserved == pytest.approx(3950, abs=5)
 
 
+def test_an_abandoned_attempt_keeps_its_reservation_and_frees_its_slot():
+    """The provider may still be generating a request the client gave up on: its tokens stay taken."""
+    adm = AdmissionController(RateLimits(tpm=60_000, output_tpm=60_000), concurrency=1, headroom=1.0,
+                              slow_start=False)
+
+    async def main():
+        ticket = await adm.acquire(100, 4000)
+        levels = {name: adm.buckets[name].level for name in ("tokens", "output_tokens")}
+        adm.abandon(ticket)
+        return levels, await adm.acquire(1, 1)  # the slot is free again
+
+    reserved, _ = asyncio.run(main())
+    assert adm.buckets["tokens"].level == pytest.approx(reserved["tokens"], abs=5)
+    assert adm.buckets["output_tokens"].level == pytest.approx(reserved["output_tokens"], abs=5)
+
+
 def test_slow_start_until_first_answer_then_full_concurrency():
     async def main():
         adm = AdmissionController(None, concurrency=8)

@@ -22,7 +22,9 @@ Money the provider takes whether or not we listen is never paid twice:
   some of its requests still wait in running ones (rerun with batch=True to collect, or cancel them first).
 - A request that outlives the timeout is abandoned but still billed, so the timeout grows instead of the bill:
   each attempt that times out doubles the run's timeout (up to TIMEOUT_CAP x timeout_s), and attempts already
-  on the wire wait for the new one. Their cost is unknown; the budgets count each at its worst case (max_tokens).
+  on the wire wait for the new one. Their cost is unknown; the budgets count each at its worst case (max_tokens),
+  the journal records it with its request (so reruns count it too), and its tokens stay taken in the rate
+  buckets (the provider may still be generating it).
 - A run whose requests mostly fail (a parameter the model rejects, say) stops early: once at least
   `error_window` requests have finished and failures are more than `max_error_rate` of them and those still
   on the wire (failures come back faster than answers), the run raises FatalProviderError naming the
@@ -38,10 +40,10 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -59,10 +61,12 @@ from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, price_of
 from textbookgen.providers import PROVIDERS, make_provider
 from textbookgen.ratelimit import AdmissionController, RateLimits
 
-__all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "request_key", "sampled"]
+__all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "Spend", "request_key",
+           "sampled", "spent"]
 
 log = logging.getLogger("textbookgen.engine")
 
+T = TypeVar("T")
 STATUSES = ("ok", "truncated", "failed", "skipped_budget")
 TIMEOUT_CAP = 8  # timed-out attempts double the run's timeout, up to this many times timeout_s
 
@@ -126,6 +130,20 @@ class ChatResponse:
     error_class: str | None = None  # of a failure: "transient", or one of journal.PERMANENT_ERRORS
 
 
+class Spend(NamedTuple):
+    """Money and output tokens as the budgets count them."""
+
+    usd: float
+    output_tokens: int
+
+
+def spent(counts: Mapping[str, Any]) -> Spend:
+    """What a run's stats, or a journal summary, count against the budgets: what was paid plus the worst case of
+    the attempts abandoned on a timeout (the provider may bill those; what they cost is never known)."""
+    return Spend(counts["cost_usd"] + counts["abandoned_usd"],
+                 counts["output_tokens"] + counts["abandoned_output_tokens"])
+
+
 def canonical_request(provider: str, model: str, req: ChatRequest) -> dict:
     """The fields that decide the completion; None values are dropped so a new optional parameter
     does not change the keys of existing journals."""
@@ -170,6 +188,43 @@ class _Item:
         self.key, self.req, self.est_in, self.attempts = key, req, est_in, 0
 
 
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to its end from synchronous code; Ctrl-C cancels it, as asyncio.run does. Inside a running
+    event loop (a Jupyter cell) it gets a loop of its own on a worker thread, and Ctrl-C still cancels it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop: the usual case (returning from here keeps this out of tracebacks)
+        pass
+    else:
+        return _run_on_worker(coro)
+    return asyncio.run(coro)
+
+
+def _run_on_worker(coro: Coroutine[Any, Any, T]) -> T:
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    finished = threading.Event()  # waited on instead of Thread.join, which Ctrl-C can leave wrongly "stopped"
+
+    def work() -> None:
+        try:
+            loop.run_until_complete(asyncio.wait([task]))
+        finally:
+            loop.close()
+            finished.set()
+
+    threading.Thread(target=work, name="textbookgen-run", daemon=True).start()
+    try:
+        while not finished.wait(0.1):
+            pass
+    except KeyboardInterrupt:  # the main thread gets Ctrl-C: cancel the run there, as asyncio.run would
+        if not finished.is_set():
+            with contextlib.suppress(RuntimeError):  # the loop closed in the meantime: nothing to cancel
+                loop.call_soon_threadsafe(task.cancel)
+        finished.wait()
+        raise
+    return task.result()
+
+
 class Generator:
     """Configure once, call on many requests: `run()` (sync) or `await arun()`.
 
@@ -179,7 +234,9 @@ class Generator:
     limits: per-minute budgets to stay under; the server's headers tighten them.
     concurrency: the most requests on the wire (AIMD lowers it on 429s and raises it back).
     max_cost_usd / max_output_tokens: stop launching requests once reached (counted over this request
-    set, replayed journal rows included, so a resumed run keeps to the same budget).
+    set, replayed journal rows and earlier runs' abandoned attempts included, so a resumed run keeps to the same
+    budget). spent_before: for a budget over more than this request set (a whole build), all it has spent
+    before this run, this journal's record of these requests included: counted instead of that record.
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
     max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
     holds as failed for a permanent reason (400, refusal, content filter).
@@ -202,7 +259,7 @@ class Generator:
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0,
                  retry_failed: bool = False, batch: bool = False, batch_size: int = 10_000,
                  batch_poll_s: float = 30.0, batch_max_rounds: int = 3, batch_limits: BatchLimits | None = None,
-                 max_error_rate: float | None = 0.5, error_window: int = 50) -> None:
+                 max_error_rate: float | None = 0.5, error_window: int = 50, spent_before: Spend | None = None) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if batch and provider not in BATCH_PROVIDERS:
@@ -226,6 +283,7 @@ class Generator:
         self.limits = limits or RateLimits()
         self.concurrency = concurrency
         self.max_cost_usd, self.max_output_tokens = max_cost_usd, max_output_tokens
+        self.spent_before = spent_before
         self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
         self.batch_max_rounds, self.batch_limits = batch_max_rounds, batch_limits
         factor = BATCH_DISCOUNT if batch else 1.0
@@ -247,40 +305,9 @@ class Generator:
 
     # ----- public API ---------------------------------------------------------------------------
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
-        """Synchronous form of `arun`. Ctrl-C stops cleanly: in-flight requests are cancelled, all
-        finished ones are in the journal, and rerunning resumes. Inside a running event loop (a Jupyter
-        cell) the run gets a loop of its own on a worker thread, and Ctrl-C still cancels it."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # no loop: the usual case (returning from here keeps this out of tracebacks)
-            pass
-        else:
-            return self._run_on_worker(requests)
-        return asyncio.run(self.arun(requests))
-
-    def _run_on_worker(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
-        loop = asyncio.new_event_loop()
-        task = loop.create_task(self.arun(requests))
-        finished = threading.Event()  # waited on instead of Thread.join, which Ctrl-C can leave wrongly "stopped"
-
-        def work() -> None:
-            try:
-                loop.run_until_complete(asyncio.wait([task]))
-            finally:
-                loop.close()
-                finished.set()
-
-        threading.Thread(target=work, name="textbookgen-run", daemon=True).start()
-        try:
-            while not finished.wait(0.1):
-                pass
-        except KeyboardInterrupt:  # the main thread gets Ctrl-C: cancel the run there, as asyncio.run would
-            if not finished.is_set():
-                with contextlib.suppress(RuntimeError):  # the loop closed in the meantime: nothing to cancel
-                    loop.call_soon_threadsafe(task.cancel)
-            finished.wait()
-            raise
-        return task.result()
+        """Synchronous form of `arun`, also from a Jupyter cell (see `run_sync`). Ctrl-C stops cleanly: in-flight
+        requests are cancelled, all finished ones are in the journal, and rerunning resumes."""
+        return run_sync(self.arun(requests))
 
     async def arun(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         """Generate a completion for every request; returns responses in request order."""
@@ -300,19 +327,21 @@ class Generator:
         journal = Journal(self.journal_path if self.journal_path is not None else ":memory:")
         try:
             journal.lock_for_run()
-            results = self._replay(journal, unique)
+            results, abandoned = self._replay(journal, unique)
             todo = [_Item(k, r, estimate_input_tokens(r)) for k, r in unique.items() if k not in results]
             if todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
-                await self._generate(journal, todo, results)
+                await self._generate(journal, todo, results, abandoned)
         finally:
             journal.close()
         return [self._respond(results[key], req) for key, req in keyed]
 
     # ----- journal replay -----------------------------------------------------------------------
-    def _replay(self, journal: Journal, unique: dict[str, ChatRequest]) -> dict[str, ChatResponse]:
-        """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens;
-        registers the other requests as pending."""
+    def _replay(self, journal: Journal, unique: dict[str, ChatRequest]) -> tuple[dict[str, ChatResponse], Spend]:
+        """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens, and the worst
+        case of the attempts earlier runs abandoned on these requests; registers the other requests as pending."""
         rows = journal.rows(list(unique))
+        abandoned = Spend(sum(row["abandoned_usd"] for row in rows.values()),
+                          sum(row["abandoned_output_tokens"] for row in rows.values()))
         done = {key: row for key, row in rows.items() if replays(row, self.retry_failed)}
         sources = journal.rows(list({row["reused_from"] for row in done.values() if row["reused_from"]}))
         results = {key: self._replayed(key, row, sources.get(row["reused_from"], row), unique[key])
@@ -323,7 +352,7 @@ class Generator:
              json.dumps(req.metadata, ensure_ascii=False, default=str))
             for key, req in unique.items() if key not in rows)
         self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
-        return results
+        return results, abandoned
 
     @staticmethod
     def _replayed(key: str, row: Mapping[str, Any], answer: Mapping[str, Any], req: ChatRequest) -> ChatResponse:
@@ -357,7 +386,8 @@ class Generator:
         return resp if resp.metadata is req.metadata else replace(resp, metadata=req.metadata)
 
     # ----- the run ------------------------------------------------------------------------------
-    async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse]) -> None:
+    async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse],
+                        abandoned: Spend) -> None:
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
                                  timeout=self.timeout_s * TIMEOUT_CAP)  # the engine times attempts itself
         self._secrets = provider.secrets
@@ -384,11 +414,15 @@ class Generator:
         replayed = list(results.values())
         billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
         cost, tokens_out = sum(r.cost_usd for r in billed), sum(r.output_tokens for r in billed)
+        # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
         self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0,
-                   "skipped_budget": 0, "retries": 0, "timed_out": 0, "abandoned_usd": 0.0,
-                   "abandoned_output_tokens": 0, "cost_usd": cost, "input_tokens": sum(r.input_tokens for r in billed),
-                   "output_tokens": tokens_out, "replayed": len(replayed), "reused": len(replayed) - len(billed),
-                   "replayed_usd": cost, "replayed_output_tokens": tokens_out}
+                   "skipped_budget": 0, "retries": 0, "timed_out": 0, "abandoned_usd": abandoned.usd,
+                   "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
+                   "input_tokens": sum(r.input_tokens for r in billed), "output_tokens": tokens_out,
+                   "replayed": len(replayed), "reused": len(replayed) - len(billed), "replayed_usd": cost,
+                   "replayed_output_tokens": tokens_out, "prior_abandoned_usd": abandoned.usd,
+                   "prior_abandoned_output_tokens": abandoned.output_tokens}
+        self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
         total = len(todo) + len(replayed)
         display = None
         if self.progress:
@@ -570,10 +604,12 @@ class Generator:
         try:
             completion = await self._timed(req, t_send)
         except RetryableError as exc:
-            admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers, retry_after=exc.retry_after,
-                           answered=exc.reached)
-            if isinstance(exc, NoAnswerInTime):
+            if isinstance(exc, NoAnswerInTime):  # the provider may still be generating it: its tokens stay taken
+                admission.abandon(ticket)
                 self._abandoned(item)
+            else:
+                admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers,
+                               retry_after=exc.retry_after, answered=exc.reached)
             if self._fatal is not None:  # the run is stopping: no retry; the request stays pending
                 raise asyncio.CancelledError from exc
             self._check_reachable(exc)
@@ -624,11 +660,13 @@ class Generator:
 
     def _abandoned(self, item: _Item) -> None:
         """A timed-out attempt: the provider may finish and bill it, for at most max_tokens of output; the
-        budgets count that worst case (its real tokens are never known)."""
+        budgets count that worst case (its real tokens are never known), and the journal keeps it for reruns."""
         c = self._c
+        usd = item.est_in * self._in_ratio * self.price_in + item.req.max_tokens * self.price_out
         c["timed_out"] += 1
-        c["abandoned_usd"] += item.est_in * self._in_ratio * self.price_in + item.req.max_tokens * self.price_out
+        c["abandoned_usd"] += usd
         c["abandoned_output_tokens"] += item.req.max_tokens
+        self._writer.put_abandoned(item.key, usd, item.req.max_tokens)
 
     def _check_reachable(self, exc: RetryableError) -> None:
         """A wrong base_url or a server that is down: once as many attempts as one request may make have
@@ -648,19 +686,29 @@ class Generator:
                                          "check base_url and that the server is up, then rerun") from exc
 
     # ----- budgets ------------------------------------------------------------------------------
+    def _budgets(self, recorded: Spend) -> tuple[float | None, int | None]:
+        """This run's budgets over its request set, whose spend so far the journal `recorded`: those given, less
+        what `spent_before` counts beyond that record."""
+        cost, out = self.max_cost_usd, self.max_output_tokens
+        if self.spent_before is None:
+            return cost, out
+        beyond = Spend(self.spent_before.usd - recorded.usd, self.spent_before.output_tokens - recorded.output_tokens)
+        return (None if cost is None else max(0.0, cost - beyond.usd),
+                None if out is None else max(0, out - beyond.output_tokens))
+
     def _check_budget(self, expected_cost: float, expected_out: float) -> None:
         if self._budget_note is not None:
             raise BudgetExhausted
         c = self._c
         note = None
-        spent, used = c["cost_usd"] + c["abandoned_usd"], c["output_tokens"] + c["abandoned_output_tokens"]
-        abandoned = ", timed-out attempts counted at max_tokens" if c["timed_out"] else ""
-        if self.max_cost_usd is not None and spent + self._inflight_cost + expected_cost > self.max_cost_usd:
-            note = (f"max_cost_usd=${self.max_cost_usd:,.4f} reached (spent ${spent:,.4f}{abandoned}, "
+        usd, used = spent(c)
+        abandoned = ", timed-out attempts counted at max_tokens" if c["abandoned_output_tokens"] else ""
+        max_cost, max_out = self._max_cost_usd, self._max_output_tokens
+        if max_cost is not None and usd + self._inflight_cost + expected_cost > max_cost:
+            note = (f"max_cost_usd=${max_cost:,.4f} reached (spent ${usd:,.4f}{abandoned}, "
                     f"${self._inflight_cost:,.4f} more expected from requests in flight)")
-        elif self.max_output_tokens is not None and \
-                used + self._inflight_out + expected_out > self.max_output_tokens:
-            note = (f"max_output_tokens={self.max_output_tokens:,} reached (used {used:,}{abandoned}, "
+        elif max_out is not None and used + self._inflight_out + expected_out > max_out:
+            note = (f"max_output_tokens={max_out:,} reached (used {used:,}{abandoned}, "
                     f"~{self._inflight_out:,.0f} more expected from requests in flight)")
         if note is not None:
             self._budget_note = note
@@ -747,7 +795,7 @@ class Generator:
     # ----- reporting ----------------------------------------------------------------------------
     def _live_stats(self) -> dict:
         adm = self._admission
-        budgets = {"max_cost_usd": self.max_cost_usd, "max_output_tokens": self.max_output_tokens}
+        budgets = {"max_cost_usd": self._max_cost_usd, "max_output_tokens": self._max_output_tokens}
         if self.batch:  # requests waiting inside submitted batches
             return {**self._c, **budgets, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
                     "concurrency": self._in_batches, "rpm_limit": None}
@@ -763,7 +811,8 @@ class Generator:
                  s["cost_usd"], s["input_tokens"], s["output_tokens"], s["elapsed_s"])
         if s["timed_out"]:
             log.warning("%d attempts timed out and were abandoned; the provider may bill them too (at most $%.4f, "
-                        "%d output tokens, counted against the budgets but not in the journal's cost)",
-                        s["timed_out"], s["abandoned_usd"], s["abandoned_output_tokens"])
+                        "%d output tokens, counted against the budgets and journaled apart from the answers' cost)",
+                        s["timed_out"], s["abandoned_usd"] - s["prior_abandoned_usd"],
+                        s["abandoned_output_tokens"] - s["prior_abandoned_output_tokens"])
         if self._budget_note:
             log.warning("budget stop: %s; %d requests skipped", self._budget_note, s["skipped_budget"])

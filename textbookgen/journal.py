@@ -11,6 +11,11 @@ Each row also carries a reuse key, the hash of its request without max_tokens, s
 answer given under another max_tokens (see `natural_stops`); a row that reuses one names it in `reused_from`
 and records what it billed: nothing. Schema 2 added both columns: a version-1 journal gets them (reuse keys
 computed from its stored requests) the first time it is opened for writing, and stays readable as it is.
+
+Attempts abandoned on a timeout may be billed all the same, at most their max_tokens: each row adds up their
+worst case in `abandoned_usd` and `abandoned_output_tokens` (schema 3), once per attempt, as it happens, so a
+rerun's budget and a build's spend count that money once; older journals get the columns as zeros on opening
+for writing.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: reuse_key and reused_from; version 1 (and 0, before versions) is migrated on open
+SCHEMA_VERSION = 3  # 2: reuse_key and reused_from; 3: abandoned_*; older versions are migrated on open
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
 PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
@@ -37,7 +42,7 @@ WRITE_RETRIES, WRITE_RETRY_S = 4, 2.0  # a failed commit (locked, disk full) is 
 
 COLUMNS = ("key", "provider", "model", "status", "text", "finish_reason", "input_tokens", "output_tokens",
            "cost_usd", "latency_s", "attempts", "error", "error_class", "response_id", "request",
-           "metadata", "created_at", "updated_at", "reused_from")
+           "metadata", "created_at", "updated_at", "reused_from", "abandoned_usd", "abandoned_output_tokens")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -60,7 +65,9 @@ CREATE TABLE IF NOT EXISTS requests (
     created_at REAL NOT NULL,
     updated_at REAL,
     reuse_key TEXT,
-    reused_from TEXT
+    reused_from TEXT,
+    abandoned_usd REAL NOT NULL DEFAULT 0,
+    abandoned_output_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
 CREATE TABLE IF NOT EXISTS batches (
@@ -89,6 +96,9 @@ OPEN_BATCH_STATUSES = ("submitting", "running")
 _UPDATE = """UPDATE requests SET status=?, text=?, finish_reason=?, input_tokens=?, output_tokens=?,
 cost_usd=? + CASE WHEN status = 'failed' THEN COALESCE(cost_usd, 0) ELSE 0 END,
 latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=? WHERE key=?"""
+# abandoned attempts: (worst-case USD, max_tokens, key), added to what the row already holds
+_ABANDONED = """UPDATE requests SET abandoned_usd = abandoned_usd + ?,
+abandoned_output_tokens = abandoned_output_tokens + ? WHERE key=?"""
 
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
@@ -146,16 +156,22 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         self._reuses = "reused_from" in present  # False only for a version-1 journal opened read-only
+        self._abandons = "abandoned_usd" in present  # False only for an older journal opened read-only
         self._select = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
 
     def _migrate(self) -> None:
-        """Bring a version-1 journal to this schema: the two reuse columns, reuse keys computed from the stored
-        requests. One transaction: a process opening it meanwhile waits, then finds it done."""
+        """Bring an older journal to this schema: the two reuse columns (version 1), reuse keys computed from the
+        stored requests; the abandoned-attempt columns (version 2), zeros. One transaction: a process opening it
+        meanwhile waits, then finds it done."""
         with self._transaction():
-            if "reuse_key" not in {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}:
+            present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
+            if "reuse_key" not in present:
                 self.db.execute("ALTER TABLE requests ADD COLUMN reuse_key TEXT")
                 self.db.execute("ALTER TABLE requests ADD COLUMN reused_from TEXT")
                 self.db.execute("UPDATE requests SET reuse_key = reuse_key_of(request)")
+            if "abandoned_usd" not in present:
+                self.db.execute("ALTER TABLE requests ADD COLUMN abandoned_usd REAL NOT NULL DEFAULT 0")
+                self.db.execute("ALTER TABLE requests ADD COLUMN abandoned_output_tokens INTEGER NOT NULL DEFAULT 0")
             self.db.execute("CREATE INDEX IF NOT EXISTS requests_reuse ON requests(reuse_key)")
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -233,10 +249,12 @@ class Journal:
                 "output_tokens=0, cost_usd=0, latency_s=NULL, attempts=0, error=NULL, error_class=NULL, "
                 "reused_from=?1, updated_at=?2 WHERE key=?3", ((source, now, key) for key, source in pairs))
 
-    def write_results(self, results: Sequence[tuple]) -> None:
-        """Record finished requests, all in one transaction (see `_UPDATE` for the tuple layout)."""
+    def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float, int, str]] = ()) -> None:
+        """Record finished requests and abandoned attempts, all in one transaction (see `_UPDATE` and `_ABANDONED`
+        for the tuple layouts)."""
         with self._transaction():
             self.db.executemany(_UPDATE, results)
+            self.db.executemany(_ABANDONED, abandoned)
 
     def add_batch(self, tag: str, provider: str, model: str, keys: Sequence[str]) -> None:
         """Record a batch about to be submitted (before any money is at stake)."""
@@ -278,8 +296,9 @@ class Journal:
 
     def summary(self) -> dict:
         """Counts by status and failure class, token and dollar totals (what was paid: a reused answer counts
-        once), attempts, provider batches by status (open ones, "submitting"/"running", are collected by the
-        next run), and how many rows reuse another's answer."""
+        once), the worst case of abandoned attempts (what the provider may have billed besides), attempts,
+        provider batches by status (open ones, "submitting"/"running", are collected by the next run), and how
+        many rows reuse another's answer."""
         db = self.db
         by_status = dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
         failures = dict(db.execute("SELECT error_class, COUNT(*) FROM requests WHERE status='failed' "
@@ -290,10 +309,14 @@ class Journal:
         models = dict(db.execute("SELECT model, COUNT(*) FROM requests GROUP BY model").fetchall())
         batches = dict(db.execute("SELECT status, COUNT(*) FROM batches GROUP BY status").fetchall())
         reused = db.execute("SELECT COUNT(reused_from) FROM requests").fetchone()[0] if self._reuses else 0
+        abandoned_usd, abandoned_out = db.execute(
+            "SELECT COALESCE(SUM(abandoned_usd),0), COALESCE(SUM(abandoned_output_tokens),0) FROM requests"
+        ).fetchone() if self._abandons else (0.0, 0)
         return {"path": str(self.path) if self.path else ":memory:", "requests": total,
                 "by_status": by_status, "done": sum(by_status.get(s, 0) for s in DONE_STATUSES),
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
-                "cost_usd": cost, "attempts": attempts, "models": models, "batches": batches, "reused": reused}
+                "cost_usd": cost, "abandoned_usd": abandoned_usd, "abandoned_output_tokens": abandoned_out,
+                "attempts": attempts, "models": models, "batches": batches, "reused": reused}
 
     def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None,
                        chunk_rows: int = 50_000) -> Path:
@@ -329,7 +352,8 @@ def _parquet_schema() -> dict:
             "text": pl.String, "finish_reason": pl.String, "input_tokens": pl.Int64, "output_tokens": pl.Int64,
             "cost_usd": pl.Float64, "latency_s": pl.Float64, "attempts": pl.Int64, "error": pl.String,
             "error_class": pl.String, "response_id": pl.String, "request": pl.String, "metadata": pl.String,
-            "created_at": pl.Float64, "updated_at": pl.Float64, "reused_from": pl.String}
+            "created_at": pl.Float64, "updated_at": pl.Float64, "reused_from": pl.String,
+            "abandoned_usd": pl.Float64, "abandoned_output_tokens": pl.Int64}
 
 
 def request_key(canonical: Mapping) -> str:
@@ -367,6 +391,7 @@ class JournalWriter:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._pending: list[tuple] = []
+        self._abandoned: list[tuple[float, int, str]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -376,7 +401,16 @@ class JournalWriter:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="journal-writer")
 
     def put(self, row: tuple) -> None:
+        """Queue a result row (see `_UPDATE`)."""
         self._pending.append(row)  # kept even if the writer died: close() tries once more
+        self._queued()
+
+    def put_abandoned(self, key: str, usd: float, output_tokens: int) -> None:
+        """Queue an abandoned attempt's worst case, added to its request's row: money the provider may bill."""
+        self._abandoned.append((usd, output_tokens, key))
+        self._queued()
+
+    def _queued(self) -> None:
         self._wake.set()
         if self._task is not None and self._task.done() and not self._task.cancelled():
             self._task.result()  # the writer died (disk full, say): surface its error now
@@ -384,12 +418,13 @@ class JournalWriter:
     def flush(self) -> None:
         """Commit everything queued now (used at shutdown and by the loop). Rows a failed commit could
         not write stay queued: they are paid answers."""
-        if self._pending:
-            batch, self._pending = self._pending, []
+        if self._pending or self._abandoned:
+            batch, abandoned = self._pending, self._abandoned
+            self._pending, self._abandoned = [], []
             try:
-                self.journal.write_results(batch)
+                self.journal.write_results(batch, abandoned)
             except BaseException:
-                self._pending[:0] = batch
+                self._pending[:0], self._abandoned[:0] = batch, abandoned
                 raise
             self.written += len(batch)
 

@@ -47,7 +47,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ValidationError
 
-from textbookgen.engine import ChatRequest, ChatResponse, Generator, sampled
+from textbookgen.engine import ChatRequest, ChatResponse, Generator, run_sync, sampled, spent
 
 __all__ = ["LLM"]
 
@@ -91,23 +91,20 @@ class LLM:
         return {**base, "response": response.model_dump() if isinstance(response, BaseModel) else response}
 
     def __call__(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
-        """Generate for every row and return the parsed table (also from a Jupyter cell: see Generator.run)."""
+        """Generate for every row and return the parsed table (also from a Jupyter cell: see engine.run_sync)."""
         rows = self._checked(_as_rows(rows))
         requests = self._requests(rows)
-        with _Rounds(self.generator) as rounds:
-            responses = self.generator.run(requests)
-            for k in range(1, self.schema_retries + 1):
-                misses = self._misses(responses)
-                if not misses:
-                    break
-                rounds.next()
-                _put(responses, misses, self.generator.run(self._reasked(requests, misses, k)))
-        return self._table(rows, responses)
+        return self._table(rows, run_sync(self._answers(requests)))
 
     async def acall(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
         """`__call__` inside a running event loop."""
         rows = self._checked(_as_rows(rows))
         requests = self._requests(rows)
+        return self._table(rows, await self._answers(requests))
+
+    async def _answers(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+        """The responses to `requests`: the first round, then up to `schema_retries` re-asks of those that do not
+        fit `response_format`, all under one budget."""
         with _Rounds(self.generator) as rounds:
             responses = await self.generator.arun(requests)
             for k in range(1, self.schema_retries + 1):
@@ -116,7 +113,7 @@ class LLM:
                     break
                 rounds.next()
                 _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
-        return self._table(rows, responses)
+        return responses
 
     def _checked(self, rows: list[Any]) -> list[Any]:
         """Refuse, before anything is paid, rows whose `sample` field would clash with the answer index."""
@@ -275,12 +272,13 @@ class _Rounds:
     def next(self) -> None:
         """Before a re-ask round: count the last round, leave the next one what the call has not spent."""
         self._merge()
+        if not self.stats:  # the rounds so far sent nothing (all answered by the journal): nothing spent
+            return
         cost, out = self.limits
-        s = self.stats
+        usd, used = spent(self.stats)
         if cost is not None:
-            self.gen.max_cost_usd = max(0.0, cost - s.get("cost_usd", 0.0) - s.get("abandoned_usd", 0.0))
+            self.gen.max_cost_usd = max(0.0, cost - usd)
         if out is not None:
-            used = s.get("output_tokens", 0) + s.get("abandoned_output_tokens", 0)
             self.gen.max_output_tokens = max(0, out - used)
 
     def __exit__(self, *exc: object) -> None:

@@ -25,6 +25,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from textbookgen.engine import spent
+
 MIN_ANSWERS = 5  # requests this run has finished before it projects the rest from them
 
 
@@ -49,8 +51,8 @@ def project(s: Mapping[str, Any], total: int) -> Projection | None:
     left = max(0, total - s["done"])
     usd_each = (s["cost_usd"] - s["replayed_usd"]) / finished
     out_each = (s["output_tokens"] - s["replayed_output_tokens"]) / finished
-    return Projection(usd=s["cost_usd"] + s["abandoned_usd"] + usd_each * left,
-                      output_tokens=s["output_tokens"] + s["abandoned_output_tokens"] + out_each * left,
+    usd, used = spent(s)
+    return Projection(usd=usd + usd_each * left, output_tokens=used + out_each * left,
                       usd_each=usd_each, output_tokens_each=out_each)
 
 
@@ -69,14 +71,13 @@ def projection_note(s: Mapping[str, Any], total: int) -> tuple[str, str]:
     p = project(s, total)
     if p is None:
         return "", ""
+    usd, used = spent(s)
     cost = f" (~${p.usd:.4f} projected"
     if s["max_cost_usd"] is not None:
-        spent = s["cost_usd"] + s["abandoned_usd"]
         cost += f", budget ${s['max_cost_usd']:.4f} " + budget_outlook(
-            p.usd, spent, p.usd_each, s["done"], total, s["max_cost_usd"])
+            p.usd, usd, p.usd_each, s["done"], total, s["max_cost_usd"])
     tokens = ""
     if s["max_output_tokens"] is not None:
-        used = s["output_tokens"] + s["abandoned_output_tokens"]
         tokens = f" (~{p.output_tokens:,.0f} projected, budget {s['max_output_tokens']:,} " + budget_outlook(
             p.output_tokens, used, p.output_tokens_each, s["done"], total, s["max_output_tokens"]) + ")"
     return cost + ")", tokens

@@ -4,8 +4,9 @@ under an AIMD concurrency limit.
 Why this shape (field notes §7-8): providers enforce RPM and (separate or combined) token budgets;
 they say where you stand in every response's headers, so we learn and clamp the limits from real
 responses (no paid probe call), pace requests evenly instead of bursting into 429s, reserve
-`max_tokens` of output up front and refund what was not used, and cut concurrency multiplicatively
-when a 429 still gets through. Waiting is always a computed sleep (never a polling loop), and a
+`max_tokens` of output up front and refund what was not used (an attempt abandoned on a timeout refunds
+nothing: the provider goes on generating it), and cut concurrency multiplicatively when a 429 still gets
+through. Waiting is always a computed sleep (never a polling loop), and a
 request gives its concurrency slot back before any retry backoff.
 """
 
@@ -301,7 +302,7 @@ class Ticket:
 
 class AdmissionController:
     """Decides when the next attempt may go: a concurrency slot, then the buckets (FIFO, one computed
-    sleep at a time). Call exactly one of `complete`, `fail` or `cancel` per admitted ticket."""
+    sleep at a time). Call exactly one of `complete`, `fail`, `abandon` or `cancel` per admitted ticket."""
 
     def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.99,
                  request_burst_s: float = 1.0, token_burst_s: float = 60.0, slow_start: bool = True,
@@ -413,6 +414,12 @@ class AdmissionController:
             if not self.headers_seen:
                 pause = min(retry_after if retry_after is not None else self.concurrency.cooldown_s, 60.0)
                 self.paused_until = max(self.paused_until, now + pause)
+
+    def abandon(self, ticket: Ticket) -> None:
+        """An attempt given up on (no answer in time): its slot is free, but the provider may still be generating
+        it, up to max_tokens, so what it reserved stays taken; handing it back would send more than the
+        provider's per-minute budget has left, into 429s."""
+        self.concurrency.release()
 
     def cancel(self, ticket: Ticket) -> None:
         """The attempt never completed (run cancelled): give everything back."""

@@ -86,7 +86,7 @@ from textbookgen.testing.responder import (
 
 FAULT_KINDS = (
     "429", "500", "502", "503", "529", "timeout", "reset", "bad_json", "truncate", "refusal",
-    "quota", "400", "content_filter",
+    "quota", "400", "content_filter", "slow",
 )
 """429: rate-limit error; 500/502/503: server errors (502 with an HTML body, like a proxy); 529: overloaded
 (Anthropic's 529 overloaded_error, OpenAI's 503 overloaded); timeout: hang `hang_s` (longer than any sane
@@ -95,7 +95,8 @@ when streaming); bad_json: a 200 whose body
 is malformed JSON (billed: the provider did the work); truncate: stop at max_tokens (finish_reason length /
 stop_reason max_tokens); refusal: finish_reason content_filter / stop_reason refusal; quota: OpenAI 429
 insufficient_quota / Anthropic 402 billing_error; 400: invalid request; content_filter: a 400 for a
-flagged prompt."""
+flagged prompt; slow: answer only after `hang_s` (the client gives up first, but the provider goes on generating
+and bills it, as it does a slow answer)."""
 
 DEFAULT_MODELS = (
     "gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5-mini",
@@ -178,7 +179,7 @@ class EmulatorConfig:
     the providers estimate output tokens; False charges only the tokens generated."""
     default_max_tokens: int = 4096
     hang_s: float = 600.0
-    """How long a `timeout` fault hangs (the client's timeout should be shorter)."""
+    """How long a `timeout` fault hangs, and a `slow` one takes to answer (the client's timeout should be shorter)."""
     bill_disconnects: bool = True
     """A request the client abandons mid-generation (timeout, killed process) is still billed, as providers do."""
     context_tokens: int | None = 128_000
@@ -598,10 +599,11 @@ class Emulator:
         output_tokens = sum(estimate_tokens(text) for text, _ in choices)
         latency = cfg.latency_median_s * math.exp(cfg.latency_sigma * rng.gauss(0.0, 1.0))
         decode_s = 0.0 if call.stream else cfg.latency_per_output_token_s * output_tokens
+        slow_s = cfg.hang_s if fault == "slow" else 0.0
         try:
-            await asyncio.sleep(latency + decode_s)
+            await asyncio.sleep(latency + decode_s + slow_s)
         except asyncio.CancelledError:  # the client left; the provider still finishes the work and bills it
-            if cfg.bill_disconnects and fault in (None, "truncate", "refusal", "bad_json"):
+            if cfg.bill_disconnects and fault in (None, "truncate", "refusal", "bad_json", "slow"):
                 self._bill(call, output_tokens, "billed_after_disconnect")
             raise
         if fault == "reset":
