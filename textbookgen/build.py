@@ -34,16 +34,32 @@ import numpy as np
 import polars as pl
 
 from textbookgen.journal import lock_file
+from textbookgen.plan import prompt_diversity
 from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
-from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, siblings_line, weighted_sequence
-from textbookgen.templates import Template, expand_mix, load_template, provenance, simple_words, variables
-from textbookgen.websamples import SeedAssigner, WebSampleError, WebSamples, hub_offline, hub_reachable
+from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, siblings_line
+from textbookgen.templates import (
+    Template,
+    assign_cells,
+    expand_mix,
+    load_template,
+    provenance,
+    simple_words,
+    variables,
+)
+from textbookgen.websamples import (
+    SeedAssigner,
+    WebSampleError,
+    WebSamples,
+    hub_offline,
+    hub_reachable,
+    make_language_filter,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from textbookgen.curation.decontaminate import ItemTexts
-    from textbookgen.engine import ChatRequest, ChatResponse, Generator
+    from textbookgen.engine import ChatRequest, ChatResponse, Generator, Spend
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
 STATE_VERSION = 1
@@ -131,7 +147,7 @@ def render_prompts(
 ) -> pl.DataFrame:
     """All prompts of a build, deterministic in (recipe, taxonomy, web samples): topics by weight with
     quotas, mix cells by weight, one web extract per request. Prompt i depends on (seed, i) only, not
-    on `samples`, so raising `samples` adds prompts after the ones already paid for (`weighted_sequence`).
+    on `samples`, so raising `samples` adds prompts after the ones already paid for (`assign_cells`).
     `limit` renders only the first prompts of the full build (the same rows, at a fraction of the cost)."""
     from textbookgen.engine import ChatRequest, estimate_input_tokens
 
@@ -141,8 +157,7 @@ def render_prompts(
         n, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic
     )
     combos = expand_mix([e.model_dump() for e in recipe.mix])
-    order = weighted_sequence(n, np.array([c.weight for c in combos]), np.random.default_rng([seed, 0xC0]))
-    cells = [combos[int(k)] for k in order]
+    cells = assign_cells([t.id for t in topics], combos, seed)
     templates = templates or {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix}
     audiences, styles, formats = recipe.tables()
     wc = recipe.web_samples
@@ -216,6 +231,7 @@ def open_web_samples(recipe: Recipe, *, progress: bool = False) -> WebSamples:
         min_chars=wc.min_chars,
         max_chars=wc.max_chars,
         extract_chars=wc.extract_chars,
+        language_filter=make_language_filter(wc.language_filter, recipe.language, recipe.base_dir),
         progress=progress,
     )
 
@@ -266,54 +282,43 @@ def journal_summary(path: Path) -> dict[str, Any] | None:
         return j.summary()
 
 
-def journal_spend(path: Path) -> tuple[float, int]:
-    """(USD, output tokens) a request journal records as paid; zeros where there is none yet."""
+def journal_spend(path: Path) -> Spend:
+    """(USD, output tokens) a request journal records as spent, abandoned attempts at their worst case, as the
+    budgets count them; zeros where there is none yet."""
+    from textbookgen.engine import Spend, spent
+
     summary = journal_summary(path)
-    return (float(summary["cost_usd"]), int(summary["output_tokens"])) if summary else (0.0, 0)
+    return spent(summary) if summary else Spend(0.0, 0)
 
 
 class BudgetedGenerator:
     """A stage's Generator held to what is left of the recipe's budget, which is for the whole build:
-    every taxonomy-grow round and the documents, over every run in the output folder. Before each run
-    the journals say what was paid; the engine counts the answers it replays from its journal against
-    its own budget, so those are handed back to it rather than counted twice."""
+    every taxonomy-grow round and the documents, over every run in the output folder. `gen` is made with
+    that budget; before each run the journals say what was spent, and the engine counts that instead of its
+    own journal's record of the requests it is given."""
 
     def __init__(self, gen: Generator, budget: BudgetConfig, journals: dict[str, Path]) -> None:
         self.gen, self.budget, self.journals = gen, budget, journals
         self.skipped = 0  # requests the budget kept back, over every run
         self.stop_note: str | None = None  # the engine's word on which budget stopped it
 
-    def spent(self) -> tuple[float, int]:
-        """(USD, output tokens) paid in the output folder, every journal and every run."""
+    def spent(self) -> Spend:
+        """(USD, output tokens) spent in the output folder, every journal and every run, abandoned attempts
+        at their worst case."""
+        from textbookgen.engine import Spend
+
         spends = [journal_spend(p) for p in self.journals.values()]
-        return sum(usd for usd, _ in spends), sum(out for _, out in spends)
+        return Spend(sum(usd for usd, _ in spends), sum(out for _, out in spends))
 
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         b, gen = self.budget, self.gen
         if b.max_cost_usd is not None or b.max_output_tokens is not None:
-            (usd, out), (replayed_usd, replayed_out) = self.spent(), self._replayed(requests)
-            if b.max_cost_usd is not None:
-                gen.max_cost_usd = max(0.0, b.max_cost_usd - usd + replayed_usd)
-            if b.max_output_tokens is not None:
-                gen.max_output_tokens = max(0, b.max_output_tokens - out + replayed_out)
+            gen.spent_before = self.spent()
         responses = gen.run(requests)
         skipped = [r for r in responses if r.status == "skipped_budget"]
         self.skipped += len(skipped)
         self.stop_note = skipped[0].error if skipped else self.stop_note
         return responses
-
-    def _replayed(self, requests: Sequence[ChatRequest]) -> tuple[float, int]:
-        """(USD, output tokens) of the answers the engine will replay instead of sending them."""
-        from textbookgen.engine import canonical_request, replays, request_key
-        from textbookgen.journal import Journal
-
-        gen = self.gen
-        if gen.journal_path is None or not gen.journal_path.is_file():
-            return 0.0, 0
-        keys = list({request_key(canonical_request(gen.provider, gen.model, r)) for r in requests})
-        with Journal(gen.journal_path, read_only=True) as j:
-            rows = [row for row in j.rows(keys).values() if replays(row, gen.retry_failed)]
-        return sum(row["cost_usd"] for row in rows), sum(row["output_tokens"] for row in rows)
 
 
 # ---- hashing and state --------------------------------------------------------------------------
@@ -1003,6 +1008,7 @@ class Build:
                     "count": prompts.height,
                     "with_web_extract": int(prompts["seed_extract_id"].is_not_null().sum()),
                     "prompt_coverage": asdict(tax.coverage(prompts["topic_id"].to_list())),
+                    "diversity": prompt_diversity(prompts),
                 },
                 "versions": package_versions(),
             }
@@ -1013,10 +1019,12 @@ class Build:
             self.manifest["created_at"] = self.state["generate"]["finished_at"]  # stable across reruns
         self.manifest["timings"] = dict(self.timings)
         self.manifest["stages"] = dict(self.stage_status)
+        from textbookgen.engine import spent
+
         summaries = {stage: journal_summary(p) for stage, p in self.journals().items()}
-        spent = {stage: float(s["cost_usd"]) if s else 0.0 for stage, s in summaries.items()}
-        # what budget.max_cost_usd covers: every journal of the output folder
-        self.manifest["build_cost_usd"] = {**spent, "total": sum(spent.values())}
+        # what budget.max_cost_usd covers: every journal of the output folder, abandoned attempts at worst case
+        cost = {stage: spent(s).usd if s else 0.0 for stage, s in summaries.items()}
+        self.manifest["build_cost_usd"] = {**cost, "total": sum(cost.values())}
         if summaries["generate"]:
             # the journal's own path stays on this machine: the manifest and summary are published
             self.manifest["journal_summary"] = {**summaries["generate"], "path": self.journals()["generate"].name}

@@ -28,6 +28,7 @@ from pydantic import (
 
 from textbookgen.curation import CurationConfig
 from textbookgen.jsonl import decode_utf8
+from textbookgen.websamples import LID_MIN_SCORE, MIN_SCRIPT_SHARE, SCRIPTS
 
 TOPICS_DIR = Path(__file__).with_name("topics")
 REASONING_MODELS = re.compile(r"(gpt-5(?!-chat)|o[1-9])\b")
@@ -148,6 +149,37 @@ class RetrievalConfig(_Strict):
     top_k: int = Field(20, ge=1, strict=True)
 
 
+class LanguageFilterConfig(_Strict):
+    """Keep only extracts in the recipe's `language`. With `model` (a fastText language-ID model such
+    as lid.176.bin, GlotLID or OpenLID: a path, an http(s) URL, or a Hub model repo `hf:org/name` for its
+    model.bin, `hf:org/name/file.bin` for another file), the model's top label must be the language
+    (`label`, default from `language`: `en` or `eng_Latn`) with probability >= `min_score`. Without a
+    model, at least `min_script_share` of the letters must be in the language's script(s) (`scripts`,
+    default from `language`): this drops Russian or Korean pages from an English pool, but lets French
+    or German through (same script)."""
+
+    model: str | None = None
+    label: str | None = None
+    min_score: float = Field(LID_MIN_SCORE, gt=0.0, le=1.0)
+    scripts: list[str] | None = Field(None, min_length=1)
+    min_script_share: float = Field(MIN_SCRIPT_SHARE, gt=0.0, le=1.0)
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not v.startswith(("hf:", "hf://", "http://", "https://")):
+            _check_file(v, info, "language-ID model")
+        return v
+
+    @field_validator("scripts")
+    @classmethod
+    def _known_scripts(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [s for s in v or () if s not in SCRIPTS]
+        if unknown:
+            raise ValueError(f"unknown script(s) {unknown} (known: {', '.join(sorted(SCRIPTS))})")
+        return v
+
+
 class WebSamplesConfig(_Strict):
     source: str  # a file or folder (parquet/jsonl/json/txt, .gz), an http(s) URL, or hf:org/name
     text_field: str | None = None
@@ -159,6 +191,16 @@ class WebSamplesConfig(_Strict):
     extract_chars: int = Field(1000, ge=100, strict=True)
     share: float = Field(1.0, ge=0.0, le=1.0)  # share of prompts seeded with an extract at all
     retrieval: RetrievalConfig | None = None
+    # on by default (the script check for the recipe's language); `false` turns it off
+    language_filter: LanguageFilterConfig | None = Field(default_factory=LanguageFilterConfig)
+
+    @field_validator("language_filter", mode="before")
+    @classmethod
+    def _filter_switch(cls, v: Any) -> Any:
+        """`language_filter: false` turns the filter off, `true` asks for the defaults."""
+        if v is True:
+            return {}
+        return None if v is False else v
 
     @field_validator("source")
     @classmethod
@@ -336,6 +378,14 @@ def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
     blocker = next((p for p in (out, *out.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         problems.append((("output",), f"{out} cannot be the output folder: {blocker} is a file"))
+    lf = recipe.web_samples.language_filter if recipe.web_samples else None
+    if lf is not None and not lf.model:  # a model is loaded (maybe fetched) when the samples are opened
+        from textbookgen.websamples import WebSampleError, make_language_filter
+
+        try:
+            make_language_filter(lf, recipe.language, recipe.base_dir)
+        except WebSampleError as e:
+            problems.append((("web_samples", "language_filter"), str(e).split(": ", 1)[-1]))
     cur = recipe.resolved_curation()
     for i, b in enumerate(cur.decontamination.benchmarks):
         if not b.path.startswith("hf://") and not Path(b.path).exists():

@@ -3,8 +3,9 @@
 phi-1.5 put web samples into its prompts, and Cosmopedia cut them to 1,000 characters and, in v2,
 retrieved them per topic with full-text search. Here: load from parquet, jsonl, plain text or a
 Hugging Face dataset id (streaming), clean (ftfy mojibake fix, boilerplate lines, length bounds),
-cut at a sentence boundary, pick one per request deterministically from (seed, count of earlier
-picks), and optionally retrieve extracts that talk about a topic with BM25 (`bm25s`).
+cut at a sentence boundary, keep those in the build's language (a fastText language-ID model, or
+the share of letters in the language's script), pick one per request deterministically from (seed,
+count of earlier picks), and optionally retrieve extracts that talk about a topic with BM25 (`bm25s`).
 """
 
 from __future__ import annotations
@@ -15,19 +16,26 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
+import tempfile
+import unicodedata
 import urllib.request
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
 
 from textbookgen.jsonl import decode_utf8, iter_jsonl_lines
+
+if TYPE_CHECKING:
+    from textbookgen.recipe import LanguageFilterConfig
 
 EXTRACT_CHARS = 1000
 
@@ -122,6 +130,7 @@ class WebSamples:
     extracts: list[Extract]
     source: str = ""
     stats: dict[str, int] = field(default_factory=dict)
+    language_filter: str = ""  # what the language filter was, for messages ("" when none)
     _retriever: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,7 +142,11 @@ class WebSamples:
                     f"{where}: no extract survived cleaning: it holds no documents (empty, or no text in its rows)"
                 )
             read = f" of {n:,} documents read" if n else ""
-            raise WebSampleError(f"{where}: no extract survived cleaning{read} (too short, boilerplate or duplicates)")
+            lang = self.stats.get("language_dropped")
+            why = f"; {lang:,} not in the language ({self.language_filter})" if lang else ""
+            raise WebSampleError(
+                f"{where}: no extract survived cleaning{read} (too short, boilerplate or duplicates{why})"
+            )
 
     def __len__(self) -> int:
         return len(self.extracts)
@@ -149,13 +162,16 @@ class WebSamples:
         extract_chars: int = EXTRACT_CHARS,
         limit: int | None = None,
         progress: bool = False,
+        language_filter: LanguageFilter | None = None,
     ) -> WebSamples:
+        """Clean, cut and deduplicate `texts`; with `language_filter`, keep only the extracts it passes
+        (`stats["language_dropped"]` counts the others)."""
         from rich.console import Console
         from rich.progress import Progress
 
         seen: set[str] = set()
         out: list[Extract] = []
-        n_in = 0
+        n_in = n_lang = 0
         with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
             task = bar.add_task(f"web samples from {source or 'texts'}", total=limit)
             for text in texts:
@@ -164,12 +180,18 @@ class WebSamples:
                 if ex is None or ex.id in seen:
                     continue
                 seen.add(ex.id)
+                if language_filter is not None and not language_filter.keep(ex.text):
+                    n_lang += 1
+                    continue
                 out.append(ex)
                 bar.advance(task)
                 if limit is not None and len(out) >= limit:
                     break
         stats = {"documents": n_in, "extracts": len(out), "dropped": n_in - len(out)}
-        return cls(extracts=out, source=source, stats=stats)
+        if language_filter is not None:
+            stats["language_dropped"] = n_lang
+        desc = language_filter.description if language_filter is not None else ""
+        return cls(extracts=out, source=source, stats=stats, language_filter=desc)
 
     @classmethod
     def load(
@@ -278,6 +300,249 @@ class SeedAssigner:
             self.picked += 1
         self.uses[ex.id] = self.uses.get(ex.id, 0) + 1
         return ex
+
+
+# ---- language filter ----------------------------------------------------------------------------
+#: The script(s) each language (ISO 639-1) is written in, for the script check.
+_LANGUAGE_SCRIPTS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        "af az ca cs cy da de en eo es et eu fi fr ga gl hr hu id is it lt lv ms mt nb nl nn no pl pt ro "
+        "sk sl sq sv sw tl tr uz vi".split(),
+        ("Latin",),
+    ),
+    **dict.fromkeys("be bg kk ky mk mn ru tg uk".split(), ("Cyrillic",)),
+    **dict.fromkeys("ar fa ps ur".split(), ("Arabic",)),
+    **dict.fromkeys("hi mr ne".split(), ("Devanagari",)),
+    "el": ("Greek",), "he": ("Hebrew",), "yi": ("Hebrew",), "bn": ("Bengali",), "th": ("Thai",),
+    "ka": ("Georgian",), "hy": ("Armenian",), "ta": ("Tamil",), "te": ("Telugu",), "kn": ("Kannada",),
+    "ml": ("Malayalam",), "gu": ("Gujarati",), "pa": ("Gurmukhi",), "km": ("Khmer",), "lo": ("Lao",),
+    "my": ("Myanmar",), "si": ("Sinhala",), "am": ("Ethiopic",),
+    "zh": ("Han",), "ja": ("Han", "Kana"), "ko": ("Hangul", "Han"), "sr": ("Cyrillic", "Latin"),
+}  # fmt: skip
+SCRIPTS = frozenset(s for scripts in _LANGUAGE_SCRIPTS.values() for s in scripts)
+#: ISO 639-3 codes of a language, for models labelled `eng_Latn` (GlotLID, OpenLID); macrolanguages
+#: list the individual language the models use too (OpenLID labels Arabic `arb`, Persian `pes`).
+_ISO3 = {
+    "en": "eng", "fr": "fra", "de": "deu", "es": "spa", "it": "ita", "pt": "por", "nl": "nld", "ru": "rus",
+    "zh": "zho cmn", "ja": "jpn", "ko": "kor", "ar": "ara arb", "hi": "hin", "bn": "ben", "tr": "tur",
+    "pl": "pol", "sv": "swe", "uk": "ukr", "vi": "vie", "id": "ind", "el": "ell", "cs": "ces", "he": "heb",
+    "fa": "fas pes", "fi": "fin", "da": "dan", "no": "nor nob nno", "ro": "ron", "hu": "hun", "th": "tha",
+}  # fmt: skip
+#: Scripts whose one character is a syllable or a word: each counts as this many letters.
+_DENSE = {"Han": 2, "Kana": 2, "Hangul": 2}
+LID_MIN_SCORE = 0.65  # datatrove's LanguageFilter default
+MIN_SCRIPT_SHARE = 0.7  # English with Greek or Japanese quotes measures 0.73-0.8; mixed pages 0.4-0.65
+
+
+class LanguageFilter(Protocol):
+    """Decides whether an extract is in the build's language."""
+
+    @property
+    def description(self) -> str: ...
+
+    def keep(self, text: str) -> bool: ...
+
+
+@lru_cache(maxsize=4096)
+def _script_of(ch: str) -> str | None:
+    """A letter's script from its Unicode name ("CYRILLIC SMALL LETTER A" -> Cyrillic); None for letters
+    of no script (modifier letters)."""
+    word = unicodedata.name(ch, "").split(" ", 1)[0]
+    if word in ("", "MODIFIER"):
+        return None
+    if word == "CJK":
+        return "Han"
+    if word in ("HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA"):
+        return "Kana"
+    return word.title()
+
+
+def script_counts(text: str) -> Counter[str]:
+    """Letters per script, after NFKC (so full-width, math-italic and ligature letters count as the
+    plain ones); a Han, Kana or Hangul character counts as two letters, as it carries about as much
+    text as two Latin ones, so Japanese with English terms in it is still mostly Japanese."""
+    out: Counter[str] = Counter()
+    for ch, n in Counter(unicodedata.normalize("NFKC", text)).items():
+        if ch.isalpha():
+            script = "Latin" if ch.isascii() else _script_of(ch)
+            if script is not None:
+                out[script] += n * _DENSE.get(script, 1)
+    return out
+
+
+def script_share(text: str, scripts: Iterable[str]) -> float:
+    """The share of `text`'s letters that are in `scripts` (0.0 for a text without letters)."""
+    counts = script_counts(text)
+    total = sum(counts.values())
+    return sum(counts[s] for s in set(scripts)) / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class ScriptFilter:
+    """Keep a text when at least `min_share` of its letters are in the language's script(s).
+
+    Catches the unambiguous failures with no model: Russian, Korean or Japanese pages (or mostly
+    Cyrillic link lists) in an English pool, English pages in a Russian one. It cannot tell apart
+    languages that share a script: French, German or Spanish pass as English, Ukrainian as Russian,
+    Chinese as Japanese. Give a fastText language-ID model for that.
+    """
+
+    scripts: tuple[str, ...]
+    min_share: float = MIN_SCRIPT_SHARE
+    language: str = ""
+
+    @property
+    def description(self) -> str:
+        of = f"{self.language}: " if self.language else ""
+        return f"{of}{'/'.join(self.scripts)} letters >= {self.min_share:g}"
+
+    def keep(self, text: str) -> bool:
+        return script_share(text, self.scripts) >= self.min_share
+
+
+@dataclass(frozen=True)
+class FastTextLanguageFilter:
+    """Keep a text when a fastText language-ID model (lid.176, GlotLID, OpenLID) gives one of `labels`
+    as the most likely language with probability >= `min_score` (as datatrove's LanguageFilter)."""
+
+    model: Any
+    labels: frozenset[str]
+    min_score: float = LID_MIN_SCORE
+    name: str = ""
+
+    @property
+    def description(self) -> str:
+        labels = ", ".join(sorted(x.removeprefix("__label__") for x in self.labels))
+        return f"fastText {self.name}: {labels} >= {self.min_score:g}"
+
+    def predict(self, text: str) -> tuple[str, float]:
+        """The most likely label (without `__label__`) and its probability."""
+        from textbookgen.curation.classifier import fasttext_line
+
+        labels, probs = self.model.predict(fasttext_line(text), k=1)
+        return (labels[0].removeprefix("__label__"), float(probs[0])) if labels else ("", 0.0)
+
+    def keep(self, text: str) -> bool:
+        label, prob = self.predict(text)
+        return f"__label__{label}" in self.labels and prob >= self.min_score
+
+
+def make_language_filter(
+    config: LanguageFilterConfig | None, language: str, base_dir: Path
+) -> LanguageFilter | None:
+    """The filter a recipe's `web_samples.language_filter` asks for (None when it is off), for the recipe's
+    `language`; a relative model path is read from `base_dir`. Raises WebSampleError naming the field."""
+    if config is None:
+        return None
+    field_name = "web_samples.language_filter"
+    if config.model:
+        model = _load_lid_model(config.model, base_dir)
+        labels = _model_labels(model, config.label, language, config.model)
+        return FastTextLanguageFilter(model, labels, config.min_score, name=config.model)
+    scripts = tuple(config.scripts or ())
+    if not scripts:
+        code = _iso639_1(language)
+        if code not in _LANGUAGE_SCRIPTS:
+            raise WebSampleError(
+                f"{field_name}: no script known for language {language!r}; set {field_name}.scripts "
+                f"(one or more of {', '.join(sorted(SCRIPTS))}), give a language-ID model, or set "
+                f"{field_name}: false"
+            )
+        scripts = _LANGUAGE_SCRIPTS[code]
+    return ScriptFilter(scripts, config.min_script_share, language)
+
+
+def _iso639_1(language: str) -> str:
+    """ISO 639-1 code of "English", "en", "en-GB" or "eng" ("en"); "" for a language of no known code."""
+    from textbookgen.card import language_code
+
+    try:
+        code = language_code(language).lower().replace("_", "-").split("-")[0]
+    except ValueError:
+        return ""
+    return next((k for k, v in _ISO3.items() if code in v.split()), code)
+
+
+def _model_labels(model: Any, label: str | None, language: str, source: str) -> frozenset[str]:
+    """The model's labels for the language: `label` as given (`en`, `eng_Latn`), else the recipe
+    language's ISO 639-1 code (lid.176's `__label__en`) or ISO 639-3 code in any script (GlotLID's and
+    OpenLID's `__label__eng_Latn`)."""
+    field_name = "web_samples.language_filter"
+    names = {x.removeprefix("__label__") for x in model.get_labels()}
+    example = ", ".join(sorted(names)[:5])
+    if label:
+        label = label.removeprefix("__label__")
+        if label not in names:
+            raise WebSampleError(
+                f"{field_name}.label: {source} has no label {label!r} (its labels look like {example})"
+            )
+        return frozenset({f"__label__{label}"})
+    code = _iso639_1(language)
+    codes = {code, *_ISO3.get(code, "").split()}
+    found = {n for n in names if n in codes or n.split("_")[0] in codes}
+    if not found:
+        raise WebSampleError(
+            f"{field_name}: {source} has no label for language {language!r} (its labels look like "
+            f"{example}); set {field_name}.label"
+        )
+    return frozenset(f"__label__{n}" for n in found)
+
+
+def _load_lid_model(source: str, base_dir: Path) -> Any:
+    """A fastText model from a path, an http(s) URL (downloaded once into the user's cache) or a Hub
+    model repo `hf:org/name` (its `model.bin`) or `hf:org/name/file.bin`."""
+    path = _fetch_lid_model(source, base_dir)
+    try:
+        return _load_fasttext(str(path), path.stat().st_mtime_ns)
+    except ValueError as e:
+        raise WebSampleError(
+            f"web_samples.language_filter.model: {source}: not a fastText model ({e})"
+        ) from None
+
+
+@lru_cache(maxsize=2)
+def _load_fasttext(path: str, mtime_ns: int) -> Any:
+    """Loaded once per file version: lid.176.bin is 126 MB, and a build opens its web samples twice."""
+    import fasttext
+
+    return fasttext.load_model(path)
+
+
+def _fetch_lid_model(source: str, base_dir: Path) -> Path:
+    field_name = "web_samples.language_filter.model"
+    if source.startswith(("hf:", "hf://")):
+        from huggingface_hub import hf_hub_download
+
+        parts = source.removeprefix("hf://").removeprefix("hf:").split("/")
+        if len(parts) < 2 or not all(parts):
+            raise WebSampleError(f"{field_name}: {source}: expected hf:org/name or hf:org/name/file.bin")
+        repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or "model.bin"
+        try:
+            return Path(hf_hub_download(repo, filename, endpoint=os.environ.get("HF_ENDPOINT")))
+        except Exception as e:  # noqa: BLE001 - any Hub failure is reported with the model id
+            raise WebSampleError(
+                f"{field_name}: {source}: could not download ({type(e).__name__}: {e})"
+            ) from None
+    if source.startswith(("http://", "https://")):
+        name = source.rsplit("/", 1)[-1].split("?")[0] or "model.bin"
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textbookgen" / "lid"
+        path = cache / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}-{name}"
+        if not path.is_file():  # a partial download never takes the final name
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = tempfile.NamedTemporaryFile(dir=cache, prefix=".part-", delete=False)
+            try:
+                with tmp, urllib.request.urlopen(source, timeout=60) as r:  # noqa: S310 (user-given URL)
+                    shutil.copyfileobj(r, tmp)
+            except OSError as e:
+                Path(tmp.name).unlink(missing_ok=True)
+                raise WebSampleError(f"{field_name}: {source}: could not download ({e})") from None
+            os.replace(tmp.name, path)
+        return path
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        raise WebSampleError(f"{field_name}: language-ID model not found: {path}")
+    return path
 
 
 # ---- readers ------------------------------------------------------------------------------------
