@@ -217,3 +217,36 @@ def test_export_whose_training_tokenizer_is_out_of_reach_says_how_to_go_on(made,
     monkeypatch.setattr(tokenizer_mod, "load_tokenizer", offline)
     fails(["export", str(made["run"]), str(tmp_path / "hf")], "pass --tokenizer PATH, or --no-tokenizer", capsys)
     assert main(["export", str(made["run"]), str(tmp_path / "hf"), "--no-tokenizer"]) == 0
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"model:\n  bad: [1\n", "CFG:3: not valid YAML: expected ',' or ']', but got '<stream end>' "
+                             "(while parsing a flow sequence at line 2)"),
+    (b"model:\n  name: tiny\n\xff\xfe: 1\n", "CFG:3: not valid UTF-8"),
+    (b"model:\n  name: tiny\nmodel:\n  name: phi-1.5\n", "CFG:3: model: duplicate key"),
+    (b"data:\n  datasets:\n    - source: a\n      source: b\n", "CFG:4: data.datasets.0.source: duplicate key"),
+    (b"model:\n\tname: tiny\n", "CFG:2: not valid YAML: found character '\\t' that cannot start any token; "
+                                "indent with spaces, not tabs"),
+    (b"- model\n- train\n", "CFG:1: the top level must be a mapping of sections"),
+    (b"", "CFG: empty config file"),
+    (b"# nothing but a comment\n", "CFG: empty config file"),
+    (None, "config file not found: CFG"),
+])
+def test_bad_config_file_is_one_line_naming_file_and_line(tmp_path, capsys, text, message):
+    cfg = tmp_path / "c.yaml"
+    if text is not None:
+        cfg.write_bytes(text)
+    assert main(["train", "-c", str(cfg), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message.replace('CFG', str(cfg))}") and "\n" not in err, err
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.x=[1", "--set 'model.x=[1': value is not valid YAML (column 3): expected ',' or ']'"),
+    ("model.x=a: b: c", "--set 'model.x=a: b: c': value is not valid YAML (column 5): mapping values are not allowed"),
+    ("model.x", "--set 'model.x': expected KEY=VALUE"),
+])
+def test_bad_set_is_one_line_naming_it(capsys, override, message):
+    assert main(["train", "-c", "tiny", "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err, err

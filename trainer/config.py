@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from textbookgen.jsonl import decode_utf8
 from trainer.data import Holdout, local_source
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
@@ -306,12 +307,65 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=value` -> ("a.b", value), the value read as YAML (numbers, booleans, lists, null)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.max_steps=100")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.max_steps=100")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        column = f" (column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"--set {text!r}: value is not valid YAML{column}: {_yaml_problem(e, in_file=False)}") from None
     return key.strip(), value
+
+
+def _yaml_problem(err: yaml.YAMLError, in_file: bool = True) -> str:
+    """PyYAML's error in one line, without its dump of the text (which names "<unicode string>")."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context, mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and mark is not None:
+        problem += f" ({context} at line {mark.line + 1})" if in_file else f" ({context} at column {mark.column + 1})"
+    if "'\\t'" in problem:
+        problem += "; indent with spaces, not tabs"
+    return problem
+
+
+def _duplicate_key(node: yaml.Node, loc: str = "") -> str | None:
+    """`<line>: <dotted key>` of the first key repeated within one mapping (PyYAML keeps the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            field = f"{loc}.{k.value}" if loc else str(k.value)
+            if k.value in seen:
+                return f"{k.start_mark.line + 1}: {field}"
+            seen.add(k.value)
+            if found := _duplicate_key(v, field):
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            if found := _duplicate_key(item, f"{loc}.{i}"):
+                return found
+    return None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping a config file holds. Bad bytes, bad YAML, a repeated key, an empty file or a top level
+    that is not a mapping raise a one-line ConfigError `<file>:<line>: ...`, as the recipe loader's."""
+    text = decode_utf8(path.read_bytes(), path, error=ConfigError)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML: {_yaml_problem(e)}") from None
+    if node is None:
+        raise ConfigError(f"{path}: empty config file (state what differs from the defaults, e.g. data.datasets "
+                          f"and train.max_steps, or start from a bundled config: tiny, demo-100m, phi-1.5)")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: the top level must be a mapping of sections "
+                          f"(model:, data:, train:, ...), got a {type(loaded).__name__}")
+    if dup := _duplicate_key(node):
+        raise ConfigError(f"{path}:{dup}: duplicate key")
+    return loaded
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -333,13 +387,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     if path is not None:
         p = resolve_config_path(path)
         origin = str(p)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded or {}
+        tree = _read_config_file(p)
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         _set_dotted(tree, key, value, origin)

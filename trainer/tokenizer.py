@@ -63,17 +63,61 @@ def build_codegen_tokenizer(vocab: str | Path, merges: str | Path, whitespace_to
     return tok
 
 
-def codegen_from_hub(repo_id: str = GPT2_REPO, revision: str | None = None) -> Tokenizer:
-    """CodeGen-mono built the way Salesforce did: GPT-2's `vocab.json` + `merges.txt` from the Hub
-    (the local HF cache is used when present) plus the whitespace tokens."""
-    from huggingface_hub import hf_hub_download
+_USE_LOCAL = ("give --tokenizer (data.tokenizer in a config) a folder holding GPT-2's BPE files (vocab.json + "
+              "merges.txt, or OpenAI's encoder.json + vocab.bpe) or a tokenizer.json")
+
+
+def _hub_unreachable(repo_id: str, filename: str, revision: str | None = None) -> str | None:
+    """Why the Hub cannot be asked for `filename` now (HF_HUB_OFFLINE, or no answer to one HEAD), None when
+    it answers at all. huggingface_hub retries a network error 5 times over ~24 s, logging each try; this one
+    try lets an offline machine fall back to the HF cache, or fail, at once and quietly."""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import HFValidationError, get_session
 
     try:
-        vocab, merges = (hf_hub_download(repo_id, f, revision=revision) for f in ("vocab.json", "merges.txt"))
-    except Exception as e:
-        raise ValueError(f"cannot fetch GPT-2 BPE files from the Hub repo {repo_id!r} (offline? give a local "
-                         f"folder with encoder.json + vocab.bpe instead): {e}") from e
-    return build_codegen_tokenizer(vocab, merges)
+        url = hf_hub_url(repo_id, filename, revision=revision)
+    except HFValidationError:
+        return None  # not a repo id: the download names the problem
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as e:  # DNS, refused, timeout, proxy, TLS: the client's own classes (httpx or requests)
+        return f"no network: {_first_line(e)}"
+    return None  # any HTTP status: the download says what it means, as before
+
+
+def _first_line(e: Exception) -> str:
+    """An exception's message in one line (huggingface_hub's run over several)."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _cached(repo_id: str, filenames: Iterable[str], revision: str | None) -> list[str] | None:
+    """Paths of `filenames` in the local HF cache, None unless all are there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    paths = [try_to_load_from_cache(repo_id, f, revision=revision) for f in filenames]
+    return paths if all(isinstance(p, str) for p in paths) else None
+
+
+def codegen_from_hub(repo_id: str = GPT2_REPO, revision: str | None = None) -> Tokenizer:
+    """CodeGen-mono built the way Salesforce did: GPT-2's `vocab.json` + `merges.txt` from the Hub
+    (the local HF cache is used when present, and alone when the Hub is out of reach) plus the whitespace tokens."""
+    from huggingface_hub import hf_hub_download
+
+    files = ("vocab.json", "merges.txt")
+    offline = _hub_unreachable(repo_id, files[0], revision)
+    paths = _cached(repo_id, files, revision) if offline else None
+    if offline and paths is None:
+        raise ValueError(f"cannot fetch GPT-2's BPE files from the Hub repo {repo_id!r} ({offline}) and they "
+                         f"are not in the HF cache: {_USE_LOCAL}")
+    if paths is None:
+        try:
+            paths = [hf_hub_download(repo_id, f, revision=revision) for f in files]
+        except Exception as e:
+            raise ValueError(f"cannot fetch GPT-2's BPE files from the Hub repo {repo_id!r} ({_first_line(e)}): "
+                             f"{_USE_LOCAL}") from e
+    return build_codegen_tokenizer(*paths)
 
 
 def load_tokenizer(spec: str | Path = "gpt2-codegen") -> Tokenizer:
@@ -98,6 +142,13 @@ def load_tokenizer(spec: str | Path = "gpt2-codegen") -> Tokenizer:
         raise FileNotFoundError(f"{p}: no tokenizer.json, vocab.json+merges.txt or encoder.json+vocab.bpe there")
     if p.suffix == ".json" or str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1:
         raise FileNotFoundError(f"tokenizer not found: {spec}")
+    offline = _hub_unreachable(str(spec), "tokenizer.json")
+    if offline:
+        cached = _cached(str(spec), ["tokenizer.json"], None)
+        if cached is None:
+            raise ValueError(f"cannot load tokenizer {spec!r}: no such path here, and the Hub is out of reach "
+                             f"({offline}) with nothing in the HF cache: {_USE_LOCAL}")
+        return load_tokenizer(cached[0])
     try:
         return Tokenizer.from_pretrained(str(spec))
     except Exception as e:
