@@ -250,3 +250,43 @@ def test_bad_set_is_one_line_naming_it(capsys, override, message):
     assert main(["train", "-c", "tiny", "--set", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err, err
+
+
+VALID = "data:\n  synthetic: true\ntrain:\n  max_steps: 1\n"  # a config that trains: each case breaks it
+
+
+@pytest.mark.parametrize(("text", "argv", "lines"), [
+    (VALID + "optim:\n  lr: -1\n", [], ["CFG:6: optim.lr: Input should be greater than 0"]),
+    ("data:\n  datasets:\n    - source: a\n      weight: 0\noptim:\n  lr: 1.0e-3\n  lrr: 2\ntrain:\n  max_steps: 1\n"
+     "  global_batch: 10\n  micro_batch: 4\n",
+     [], ["CFG:4: data.datasets.0.weight: Input should be greater than 0",
+          "CFG:7: optim.lrr: unknown field (check the spelling)",
+          "CFG:8: train: global_batch (10) must be a multiple of micro_batch (4)"]),
+    ("train:\n  max_steps: 1\n  max_tokens: 1.0e+6\ndata:\n  synthetic: true\n", [],
+     ["CFG: train.max_steps (1) and train.max_tokens (1e+06) are both set; keep one: --set train.max_steps=null to "
+      "train by tokens, or --set train.max_tokens=null to train by steps"]),
+    (VALID, ["--set", "optim.lr=0"], ["--set optim.lr: Input should be greater than 0"]),
+    (VALID, ["--set", "optim={lr: 0}"], ["--set optim: optim.lr: Input should be greater than 0"]),
+    (VALID, ["--set", "train.micro_batch=3"],
+     ["--set train.micro_batch: train: global_batch (2048) must be a multiple of micro_batch (3)"]),
+    (VALID + "  global_batch: 10\n  micro_batch: 4\n", ["--device", "cpu"],  # the file's, not --device's
+     ["CFG:3: train: global_batch (10) must be a multiple of micro_batch (4)"]),
+    (VALID, ["--set", "data.datasets=[{source: a, weight: 0}]"],
+     ["--set data.datasets: data.datasets.0.weight: Input should be greater than 0"]),
+    (VALID, ["--set", "data.datasets=[{weight: 1}]"], ["--set data.datasets: data.datasets.0.source: required field "
+                                                      "missing"]),
+    (VALID, ["--set", "train.max_steps.x=1"], ["--set train.max_steps.x: train.max_steps is a value, not a section"]),
+    ("data:\n  datasets: [{source: a}]\ntrain:\n  max_steps: 1\n", ["--set", "data.datasets.3.weight=1"],
+     ["--set data.datasets.3.weight: data.datasets.3: no list item 3 (list has 1)"]),
+], ids=["field", "several", "top level", "set", "set section", "set in checked section", "flag in checked section",
+        "set list", "set missing", "set through a value", "set past a list"])
+def test_invalid_config_is_one_line_per_problem_naming_file_line_or_set(tmp_path, capsys, text, argv, lines):
+    """As the recipe loader's: each line names the file and line (or the --set) and the field, with no
+    "Value error, " of pydantic's; it was one "invalid config X:" header over indented fields."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    assert main(["train", "-c", str(cfg), "--run-dir", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [("error: " if i == 0 else "") + line.replace("CFG", str(cfg))
+                                for i, line in enumerate(lines)], err
+    assert not (tmp_path / "run").exists()

@@ -1,9 +1,10 @@
 """Without network the trainer's Hub look-ups (the default gpt2-codegen tokenizer, a Hub tokenizer id,
-train.init_from a Hub model) fail after one try, quietly, in one line that names the option to use
-instead; the HF cache serves what it holds; with a Hub there, downloads go on as before."""
+train.init_from a Hub model, a Hub dataset to prepare) fail after one try, quietly, in one line that names
+the option to use instead; the HF cache serves what it holds; with a Hub there, downloads go on as before."""
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 
@@ -15,6 +16,7 @@ from huggingface_hub import constants
 
 from textbookgen.testing.fakehub import FakeHub
 from trainer.cli import main
+from trainer.data import prepare
 from trainer.pretrained import InitError, load_initial
 from trainer.tokenizer import GPT2_REPO, load_tokenizer
 
@@ -142,3 +144,39 @@ def test_bad_hub_id_is_named_not_called_offline():
     with pytest.raises(ValueError, match="cannot load tokenizer 'a b' from the Hub"):
         load_tokenizer("a b")
 
+
+
+def test_hub_dataset_offline_is_one_line_naming_what_to_give(hub_at, tmp_path, capsys, caplog, monkeypatch):
+    """huggingface_hub's two-line "An error happened while trying to locate the files..." became one line."""
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    sent = hub_at(endpoint)
+    argv = ["prepare", "someone/ds", "--out", str(tmp_path / "tokens")]
+    with caplog.at_level(logging.WARNING, logger="huggingface_hub"):
+        err = one_line_error(argv, capsys)
+    assert err.startswith("error: cannot reach the Hub for dataset 'someone/ds' (") and err.endswith(
+        ") and it is not in the HF cache: give a local folder, or run prepare where the Hub is reachable"), err
+    assert len(sent) == 1 and sent[0].startswith(f"GET {endpoint}/api/datasets/someone/ds/"), sent
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    sent.clear()
+    mirror = f"http://127.0.0.1:{closed_port()}"  # --endpoint (data.datasets.N.endpoint): the one asked
+    assert one_line_error([*argv, "--endpoint", mirror], capsys).startswith("error: cannot reach the Hub for dataset")
+    assert len(sent) == 1 and sent[0].startswith(f"GET {mirror}/"), sent
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub refuses its request before sending
+    assert "(HF_HUB_OFFLINE is set) and it is not in the HF cache: give a local folder" in one_line_error(argv, capsys)
+    assert not (tmp_path / "tokens").exists()
+
+
+def test_hub_dataset_prepared_offline_from_the_cache(hub_at, tmp_path, shared_data):
+    """A Hub dataset downloaded once is prepared offline from the HF cache, after one refused try."""
+    parquet = io.BytesIO()
+    pq.write_table(pa.table({"text": ["hello world", "def f(x):\n        return x\n"] * 4}), parquet)
+    tok = shared_data / "tokenizer_gpt2"
+    with FakeHub() as hub:
+        hub.add_repo("someone/ds")
+        hub.commit_files("someone/ds", {"data/train-00000-of-00001.parquet": parquet.getvalue()})
+        hub_at(hub.endpoint)
+        online = prepare("someone/ds", tmp_path / "online", tok, num_workers=1, progress=False)
+    sent = hub_at(f"http://127.0.0.1:{closed_port()}")
+    sent.clear()
+    offline = prepare("someone/ds", tmp_path / "offline", tok, num_workers=1, progress=False)
+    assert offline["total_tokens"] == online["total_tokens"] > 0 and len(sent) == 1

@@ -238,17 +238,20 @@ def test_synthetic_data_trains_without_validation(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"train.eval_interval": -1}, r"train.eval_interval: Input should be greater than or equal to 0"),
-    ({"train.eval_tokens": 0}, r"train.eval_tokens: Input should be greater than or equal to 1"),
-    ({"train.eval_tokens": 100}, r"train.eval_tokens \(100\) is less than one sequence \(data.seq_len 128\)"),
-    ({"data.datasets.0.holdout_fraction": 1}, r"data.datasets.0.holdout_fraction: Input should be less than 1"),
-    ({"data.datasets.0.holdout_tokens": -5}, r"data.datasets.0.holdout_tokens: Input should be greater than or equal"),
+    ({"train.eval_interval": -1}, r"^--set train.eval_interval: Input should be greater than or equal to 0$"),
+    ({"train.eval_tokens": 0}, r"^--set train.eval_tokens: Input should be greater than or equal to 1$"),
+    ({"train.eval_tokens": 100}, r"^--set train.eval_tokens: train.eval_tokens \(100\) is less than one sequence "
+                                 r"\(data.seq_len 128\)$"),
+    ({"data.datasets.0.holdout_fraction": 1}, r"^--set data.datasets.0.holdout_fraction: Input should be less than 1$"),
+    ({"data.datasets.0.holdout_tokens": -5}, r"^--set data.datasets.0.holdout_tokens: Input should be greater than or "
+                                             r"equal to 0$"),
     ({"data.datasets.0.holdout_fraction": 0.1, "data.datasets.0.val_split": "test"},
-     r"data.datasets.0: Value error, val_split, holdout_fraction, holdout_tokens are set together: give one "),
+     r"^--set data.datasets.0.holdout_fraction, --set data.datasets.0.val_split: data.datasets.0: val_split, "
+     r"holdout_fraction, holdout_tokens are set together: give one validation set$"),
     ({"data.datasets.0.val_split": "train", "data.datasets.0.holdout_tokens": 0},
-     r"data.datasets.0: .*val_split 'train' is the training split"),
-    ({"data.datasets.0.holdout_tokens": 0}, r"train.eval_interval is 50 but no dataset has a validation set: "
-                                              r"give data.datasets.N a val_split, holdout_fraction or holdout_tokens"),
+     r"^--set data.datasets.0.val_split, .*: data.datasets.0: val_split 'train' is the training split"),
+    ({"data.datasets.0.holdout_tokens": 0}, r"^\S*tiny.yaml: train.eval_interval is 50 but no dataset has a validation "
+                                              r"set: give data.datasets.N a val_split, holdout_fraction or holdout_tokens$"),
 ])
 def test_bad_validation_settings_name_the_field(change, message):
     assert load_config("tiny").data.datasets[0].holdout_tokens > 0  # the bundled tiny config holds some out
@@ -309,7 +312,8 @@ def test_one_source_twice_never_trains_on_the_others_validation_set(corpus, tmp_
     twice = [(corpus["wiki"], 0.5), (corpus["wiki"] / ".." / corpus["wiki"].name, 0.5)]
     cfg = overrides(corpus, tmp_path / "run", (first, second), twice)
     cfg["data.datasets"][1]["name"] = "again"
-    with pytest.raises(ConfigError, match=r"data: Value error, " + message + r".*give both the same validation set"):
+    said = r"^--set data.datasets: data: " + message + r".*give both the same validation set$"
+    with pytest.raises(ConfigError, match=said):
         load_config(None, cfg)
     same = overrides(corpus, tmp_path / "run", (first or second,) * 2, twice)
     same["data.datasets"][1]["name"] = "again"

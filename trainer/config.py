@@ -6,6 +6,7 @@ must not silently fall back to a default), and every error names the file and th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -272,13 +273,46 @@ class TrainConfig(_Section):
         return -(-int(self.train.max_tokens) // self.tokens_per_step)
 
 
-def _format_error(err: ValidationError, origin: str) -> str:
-    lines = []
+Loc = tuple[str | int, ...]  # a field's place, as pydantic reports it: ("data", "datasets", 0, "weight")
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _key_path(dotted: str) -> Loc:
+    """`data.datasets.0.weight` -> ("data", "datasets", 0, "weight"), the shape of pydantic's locations."""
+    return tuple(int(k) if k.isdigit() else k for k in dotted.strip().split("."))
+
+
+def _where(loc: Loc, msg: str, path: Path | None, lines: dict[Loc, int], overrides: list[Loc]) -> str:
+    """Where the problem `msg` at `loc` comes from, as the recipe loader says it: the `--set` that gave the
+    field (or a section above it); for a check over a whole section, the `--set`s inside it that the message
+    names; else the file's line for the field (or its nearest section); else the section's `--set`s."""
+    above = [k for k in overrides if loc[: len(k)] == k]
+    if above:
+        return f"--set {_dotted(max(above, key=len))}"
+    inside = [k for k in overrides if k[: len(loc)] == loc]
+    named = [k for k in inside if re.search(rf"\b{re.escape(_dotted(k[len(loc):]))}\b", msg)]
+    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+    if not named and path is not None and line is not None:
+        return f"{path}:{line}"
+    shown = named or (inside if loc else [])
+    return ", ".join(f"--set {_dotted(k)}" for k in shown) or (str(path) if path is not None else "")
+
+
+def _format_errors(err: ValidationError, path: Path | None, lines: dict[Loc, int], overrides: list[Loc]) -> str:
+    """One self-contained line per problem, `file:line: field: message` (or `--set key: ...`), as the recipe
+    loader's; pydantic's own rendering runs over several lines per problem with no file or line."""
+    out = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        msg = "unknown field (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return f"invalid config {origin}:\n" + "\n".join(lines)
+        loc = tuple(e["loc"])
+        msg = {"extra_forbidden": "unknown field (check the spelling)",
+               "missing": "required field missing"}.get(e["type"], e["msg"].removeprefix("Value error, "))
+        where = _where(loc, msg, path, lines, overrides)
+        field = "" if where == f"--set {_dotted(loc)}" else _dotted(loc)
+        out.append(": ".join(part for part in (where, field, msg) if part))
+    return "\n".join(out)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
@@ -328,27 +362,29 @@ def _yaml_problem(err: yaml.YAMLError, in_file: bool = True) -> str:
     return problem
 
 
-def _duplicate_key(node: yaml.Node, loc: str = "") -> str | None:
-    """`<line>: <dotted key>` of the first key repeated within one mapping (PyYAML keeps the last silently)."""
+def _field_lines(node: yaml.Node, path: Path, loc: Loc = (),
+                 lines: dict[Loc, int] | None = None) -> dict[Loc, int]:
+    """The line (1-based) of each key and list item of a composed config file, by location; a key repeated
+    within one mapping (PyYAML keeps the last silently) is a ConfigError `<file>:<line>: <field>: duplicate key`."""
+    lines = {} if lines is None else lines
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
         for k, v in node.value:
-            field = f"{loc}.{k.value}" if loc else str(k.value)
-            if k.value in seen:
-                return f"{k.start_mark.line + 1}: {field}"
-            seen.add(k.value)
-            if found := _duplicate_key(v, field):
-                return found
+            field = (*loc, k.value)
+            if field in lines:
+                raise ConfigError(f"{path}:{k.start_mark.line + 1}: {_dotted(field)}: duplicate key")
+            lines[field] = k.start_mark.line + 1
+            _field_lines(v, path, field, lines)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            if found := _duplicate_key(item, f"{loc}.{i}"):
-                return found
-    return None
+            lines[(*loc, i)] = item.start_mark.line + 1
+            _field_lines(item, path, (*loc, i), lines)
+    return lines
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    """The mapping a config file holds. Bad bytes, bad YAML, a repeated key, an empty file or a top level
-    that is not a mapping raise a one-line ConfigError `<file>:<line>: ...`, as the recipe loader's."""
+def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """The mapping a config file holds, and the line of each of its fields (`_field_lines`). Bad bytes, bad
+    YAML, a repeated key, an empty file or a top level that is not a mapping raise a one-line ConfigError
+    `<file>:<line>: ...`, as the recipe loader's."""
     text = decode_utf8(path.read_bytes(), path, error=ConfigError)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -363,9 +399,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}:{node.start_mark.line + 1}: the top level must be a mapping of sections "
                           f"(model:, data:, train:, ...), got a {type(loaded).__name__}")
-    if dup := _duplicate_key(node):
-        raise ConfigError(f"{path}:{dup}: duplicate key")
-    return loaded
+    return loaded, _field_lines(node, path)
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -381,22 +415,21 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config (or start from defaults), apply dotted overrides, validate."""
+    """Read a YAML config (or start from defaults), apply dotted overrides, validate. Problems raise a
+    ConfigError of one line each, naming the file and line, or the `--set`, and the field."""
     tree: dict[str, Any] = {}
-    origin = "<defaults>"
+    lines: dict[Loc, int] = {}
+    p: Path | None = None
     if path is not None:
         p = resolve_config_path(path)
-        origin = str(p)
-        tree = _read_config_file(p)
+        tree, lines = _read_config_file(p)
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
-        _set_dotted(tree, key, value, origin)
-    if overrides:
-        origin += " with overrides"
+        _set_dotted(tree, key, value, f"--set {key}")
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, origin)) from None
+        raise ConfigError(_format_errors(e, p, lines, [_key_path(k) for k, _ in items])) from None
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -198,7 +198,12 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
     if not HUB_ID.match(source):
         raise DataError(f"dataset not found: {source!r} is neither a local folder/parquet file nor a Hub repo id")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         local = snapshot_download(source, repo_type="dataset", revision=revision, endpoint=endpoint,
@@ -207,9 +212,27 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
         raise DataError(f"dataset not found: Hub repo {source!r} does not exist or is private") from e
     except RevisionNotFoundError as e:
         raise DataError(f"Hub dataset {source!r} has no revision {revision!r}") from e
+    except LocalEntryNotFoundError as e:  # the Hub out of reach (its error is the cause), and no snapshot cached
+        raise DataError(f"cannot reach the Hub for dataset {source!r} ({hub_unreachable_reason(e)}) and it is not "
+                        f"in the HF cache: give a local folder, or run prepare where the Hub is reachable") from e
     except (HfHubHTTPError, OSError, ConnectionError) as e:
-        raise DataError(f"cannot download Hub dataset {source!r} (offline? use a local folder): {e}") from e
+        raise DataError(f"cannot download Hub dataset {source!r} (offline? use a local folder): "
+                        f"{first_line(e)}") from e
     return find_parquet_files(Path(local), split, named, subset)
+
+
+def hub_unreachable_reason(err: Exception) -> str:
+    """Why a Hub download (snapshot_download: one request, no retries) found neither the Hub nor a copy in the
+    HF cache, in one line: huggingface_hub's LocalEntryNotFoundError says it over two, with advice that does
+    not fit here. "HF_HUB_OFFLINE is set", else the first line of the network error behind it."""
+    from huggingface_hub import constants
+
+    return "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else first_line(err.__cause__ or err)
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message in one line (huggingface_hub's run over several)."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

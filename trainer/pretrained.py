@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import checkpoint
-from trainer.data import HUB_ID
+from trainer.data import HUB_ID, first_line, hub_unreachable_reason
 from trainer.model import Phi
 
 _HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "vocab.json",
@@ -88,7 +88,7 @@ def _download(repo_id: str) -> Path:
     """The local snapshot of a Hub model repo's config and safetensors weights (the HF cache is reused)."""
     if not HUB_ID.match(repo_id):
         raise InitError(f"train.init_from {repo_id}: no such file or folder, and not a Hub model id (owner/name)")
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
@@ -96,14 +96,9 @@ def _download(repo_id: str) -> Path:
     except RepositoryNotFoundError as e:
         raise InitError(f"train.init_from {repo_id}: no such Hub model (or it is private)") from e
     except LocalEntryNotFoundError as e:  # the Hub out of reach (its error is the cause), and no snapshot cached
-        why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else _first_line(e.__cause__ or e)
-        raise InitError(f"train.init_from {repo_id}: cannot reach the Hub ({why}) and the model is not in the HF "
-                        f"cache: give a local folder (an HF Phi model folder or a training checkpoint)") from e
+        raise InitError(f"train.init_from {repo_id}: cannot reach the Hub ({hub_unreachable_reason(e)}) and the "
+                        f"model is not in the HF cache: give a local folder (an HF Phi model folder or a training "
+                        f"checkpoint)") from e
     except (HfHubHTTPError, OSError, ConnectionError, ValueError) as e:
         raise InitError(f"train.init_from {repo_id}: cannot download the Hub model (offline? give a local "
-                        f"folder): {_first_line(e)}") from e
-
-
-def _first_line(e: BaseException) -> str:
-    """An exception's message in one line (huggingface_hub's run over several)."""
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                        f"folder): {first_line(e)}") from e
