@@ -74,6 +74,8 @@ def _hub_unreachable(repo_id: str, filename: str, revision: str | None = None) -
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.utils import HFValidationError, get_session
 
+    from trainer.data import first_line
+
     try:
         url = hf_hub_url(repo_id, filename, revision=revision)
     except HFValidationError:
@@ -83,13 +85,8 @@ def _hub_unreachable(repo_id: str, filename: str, revision: str | None = None) -
     try:
         get_session().head(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except Exception as e:  # DNS, refused, timeout, proxy, TLS: the client's own classes (httpx or requests)
-        return f"no network: {_first_line(e)}"
+        return f"no network: {first_line(e)}"
     return None  # any HTTP status: the download says what it means, as before
-
-
-def _first_line(e: Exception) -> str:
-    """An exception's message in one line (huggingface_hub's run over several)."""
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _cached(repo_id: str, filenames: Iterable[str], revision: str | None) -> list[str] | None:
@@ -105,6 +102,8 @@ def codegen_from_hub(repo_id: str = GPT2_REPO, revision: str | None = None) -> T
     (the local HF cache is used when present, and alone when the Hub is out of reach) plus the whitespace tokens."""
     from huggingface_hub import hf_hub_download
 
+    from trainer.data import first_line
+
     files = ("vocab.json", "merges.txt")
     offline = _hub_unreachable(repo_id, files[0], revision)
     paths = _cached(repo_id, files, revision) if offline else None
@@ -115,7 +114,7 @@ def codegen_from_hub(repo_id: str = GPT2_REPO, revision: str | None = None) -> T
         try:
             paths = [hf_hub_download(repo_id, f, revision=revision) for f in files]
         except Exception as e:
-            raise ValueError(f"cannot fetch GPT-2's BPE files from the Hub repo {repo_id!r} ({_first_line(e)}): "
+            raise ValueError(f"cannot fetch GPT-2's BPE files from the Hub repo {repo_id!r} ({first_line(e)}): "
                              f"{_USE_LOCAL}") from e
     return build_codegen_tokenizer(*paths)
 
