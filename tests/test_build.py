@@ -166,7 +166,7 @@ def test_build_io_failures_are_one_line_errors(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("Max retries exceeded with url: /api/datasets")
 
-    monkeypatch.setattr("textbookgen.build.build", offline)
+    monkeypatch.setattr("textbookgen.build.Build.run", offline)
     res = CliRunner().invoke(app, ["build", str(QUICKSTART), "--set", f"output={tmp_path / 'o'}"])
     assert res.exit_code == 1
     assert "error: ConnectionError: Max retries exceeded" in res.output

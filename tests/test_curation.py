@@ -74,7 +74,7 @@ def test_curate_documents_table_end_to_end(shared_data, tmp_path):
     cfg = CurationConfig.model_validate({"decontamination": {"benchmarks": [
         {"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl.gz")}]}})
     out, stats = curate(df, cfg, tmp_path)
-    assert list(stats) == ["exact_dedup", "filters", "decontamination", "minhash_dedup"]
+    assert list(stats) == ["truncated", "exact_dedup", "filters", "decontamination", "minhash_dedup"]
     assert stats["exact_dedup"]["dropped"] == {"exact_duplicate": 1}
     assert stats["filters"]["dropped"] == {"boilerplate_phrase": 1} and stats["filters"]["code_docs"] == 1
     assert stats["decontamination"]["dropped"] == {"gsm8k": 1}
@@ -114,3 +114,20 @@ def test_rerun_in_same_workdir_matches_fresh_one(shared_data, tmp_path):
     fresh, _ = curate(df, tightened, tmp_path / "fresh")
     assert "b_y" in reused["id"] and reused["id"].to_list() == fresh["id"].to_list()
     assert stats["minhash_dedup"]["dropped"] == {"near_duplicate": 0}
+
+
+def test_curate_drops_answers_cut_at_max_tokens_first():
+    def text(topic: str) -> str:
+        return f"A complete section about {topic} and the tides of the sea. " * 3
+
+    df = pl.DataFrame({
+        "id": ["a", "b", "c"],
+        "text": [text("tides"), text("tides"), text("rivers")],
+        "finish_reason": ["length", "stop", "stop"],
+    })
+    cfg = CurationConfig(minhash={"enabled": False}, classifier={"enabled": False}, filters={"enabled": False})
+    kept, stats = curate(df, cfg)
+    assert kept["id"].to_list() == ["b", "c"]  # the cut-off copy is dropped before exact dedup picks one
+    assert list(stats)[0] == "truncated" and stats["truncated"]["dropped"] == {"cut_at_max_tokens": 1}
+    kept, stats = curate(df, cfg.model_copy(update={"drop_truncated": False}))
+    assert "truncated" not in stats and kept.height == 2

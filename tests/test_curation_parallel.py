@@ -109,4 +109,4 @@ def test_the_filter_and_decontaminate_commands_take_the_minhash_worker_setting(t
     bench = tmp_path / "b.jsonl"
     bench.write_text('{"question": "a question with enough words in it to be matched"}\n')
     cfg = CurationConfig.model_validate({"minhash": {"workers": 3}, "decontamination": {"benchmarks": [str(bench)]}})
-    assert filter_steps(cfg)[0].workers == decontaminate_steps(cfg)[0].workers == 3
+    assert filter_steps(cfg)[-1].workers == decontaminate_steps(cfg)[0].workers == 3

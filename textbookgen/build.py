@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -118,8 +118,17 @@ DOC_SCHEMA = {
 }
 
 
+Unfinished = Literal["failed", "budget"]  # why requests went unanswered: some failed; the budget kept some back
+
+
 class BuildError(RuntimeError):
-    """A stage could not run; the message says which and why."""
+    """A stage could not run; the message says which and why. `unfinished`: set where requests left without an
+    answer stopped the build ("failed", or "budget": it kept them back), so the command line exits as
+    `generate` does."""
+
+    def __init__(self, message: str, unfinished: Unfinished | None = None) -> None:
+        super().__init__(message)
+        self.unfinished = unfinished
 
 
 @dataclass
@@ -128,7 +137,10 @@ class BuildResult:
     manifest: dict[str, Any]
     planned: bool = False
     plan: Any = None
-    stages: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped" | "planned" | "off"
+    # stage -> "ran" | "skipped" | "planned" | "off" | "held" (push: the dataset is incomplete)
+    stages: dict[str, str] = field(default_factory=dict)
+    unfinished: Unfinished | None = None  # None: every request has its answer
+    incomplete: str | None = None  # what is missing and what to do, where `unfinished`
 
 
 # ---- prompts ------------------------------------------------------------------------------------
@@ -354,9 +366,9 @@ def _write_parquet(df: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def _write_json(obj: Any, path: Path) -> Path:
+def _write_json(obj: Any, path: Path, sort_keys: bool = True) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -392,6 +404,7 @@ class Build:
         progress: bool = True,
         console: Any = None,
         retry_failed: bool = False,
+        push_incomplete: bool | None = None,
     ):
         from rich.console import Console
 
@@ -400,6 +413,9 @@ class Build:
         self.meta_dir = self.out / ".build"
         self.plan_only = plan_only
         self.push = recipe.hub.push if push is None else push
+        self.push_incomplete = recipe.hub.push_incomplete if push_incomplete is None else push_incomplete
+        self.stage: str | None = None  # the stage running now (what an interrupted build was doing)
+        self.unfinished: Unfinished | None = None
         self.progress = progress
         self.retry_failed = retry_failed
         self.console = console or Console(stderr=True)
@@ -449,9 +465,10 @@ class Build:
             "output_hash": _hash([path_hash(p) for p in outputs]),
         }
         self.meta_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.state, self.state_path)
+        _write_json(self.state, self.state_path, sort_keys=False)  # curation stats keep the pipeline's order
 
     def _begin(self, stage: str) -> float:
+        self.stage = stage
         self.console.print(f"[bold cyan]>> {stage}[/bold cyan]")
         return time.perf_counter()
 
@@ -552,7 +569,33 @@ class Build:
         self.stage_push()
         self._finish_manifest()
         _write_json(self.manifest, self.out / "manifest.json")
-        return BuildResult(self.out, self.manifest, stages=dict(self.stage_status))
+        return BuildResult(
+            self.out,
+            self.manifest,
+            stages=dict(self.stage_status),
+            unfinished=self.unfinished,
+            incomplete=self._incomplete(),
+        )
+
+    def _incomplete(self) -> str | None:
+        """Where requests went unanswered: what is missing, what to do, and what became of the push."""
+        if not self.unfinished:
+            return None
+        repo, dataset = self.recipe.hub.repo_id, _rel(self.out / "dataset")
+        if self.stage_status.get("push") == "held":
+            push = (
+                f"{dataset} is written for inspection, but was not pushed to {repo}: finish the build first, "
+                "or push it as it is with --push-incomplete (hub.push_incomplete: true)"
+            )
+        elif self.stage_status.get("push") == "ran":
+            push = f"pushed to {repo} as asked (push_incomplete); its card says it is incomplete"
+        else:
+            push = f"{dataset} is written for inspection; its card says it is incomplete"
+        inc = self.manifest["incomplete"]
+        return (
+            f"the dataset is incomplete, {inc['missing']:,} of {inc['requests']:,} requests gave no document: "
+            f"{inc['why']} {push}."
+        )
 
     def check_finish(self) -> None:
         """Check what the last stages need before anything is paid for: a repo to push to, a card
@@ -653,7 +696,7 @@ class Build:
                 similarity=g.similarity,
             )
             if gen.skipped:
-                raise BuildError(self._budget_reached("while growing the taxonomy", gen))
+                raise BuildError(self._budget_reached("while growing the taxonomy", gen), "budget")
             stats["grow"] = asdict(report)
             self.console.print(
                 f"   grew {report.leaves_before:,} -> {report.leaves_after:,} leaves in "
@@ -829,11 +872,18 @@ class Build:
         unfinished = None if complete else self._unfinished(responses, gen)
         if unfinished:
             self.notes.append(unfinished)
+            self.unfinished = "failed" if counts["failed"] else "budget"
         self._record("generate", input_hash, [out_path], stats, self._done("generate", t0), complete=complete)
         if not docs.height:  # curation and the dataset would have nothing to work on
             why = unfinished or "every answer was empty"
-            raise BuildError(f"generate: no request gave a document: {why}")
+            raise BuildError(f"generate: no request gave a document: {why}", self.unfinished)
         self.manifest.update(stats)
+        if unfinished:  # published: the card says the dataset is incomplete, and why
+            missing = counts["failed"] + counts["skipped_budget"]
+            self.manifest["incomplete"] = {
+                "requests": counts["requests"], "missing": missing, "failed": counts["failed"],
+                "not_sent": counts["skipped_budget"], "why": unfinished,
+            }  # fmt: skip
         self.console.print(
             f"   {docs.height:,} documents ({by_status}), {tin:,} in / {tout:,} out tokens, ${cost:.4f}"
         )
@@ -902,9 +952,7 @@ class Build:
         t0 = self._begin("curate")
         bench = self.benchmark_texts()
         seeds = self.seed_texts(docs) if cfg.seed_copy.enabled and r.web_samples is not None else None
-        curated, stats = curate(
-            docs, cfg, workdir=self.meta_dir / "curation", benchmark_texts=bench, seed_texts=seeds
-        )
+        curated, stats = curate(docs, cfg, workdir=self.meta_dir / "curation", benchmark_texts=bench, seed_texts=seeds)
         _write_parquet(curated, out_path)
         self._record("curate", input_hash, [out_path], stats, self._done("curate", t0))
         self.manifest["curation"] = stats
@@ -957,6 +1005,8 @@ class Build:
         published = json.loads(
             json.dumps({k: v for k, v in self.manifest.items() if k != "stages"}, sort_keys=True, default=str)
         )  # same order fresh or from state
+        if "curation" in self.manifest:  # the card lists the stages in the order they ran (as state.json keeps them)
+            published["curation"] = json.loads(json.dumps(self.manifest["curation"], default=str))
         readme = render_card(self.out / "dataset", r.resolve(r.card_template), r, published)
         self._done("card", t0)
         self.console.print(f"   {readme}")
@@ -968,6 +1018,10 @@ class Build:
             return
         if not r.hub.repo_id:
             raise BuildError("push: the recipe has no hub.repo_id")
+        if self.unfinished and not self.push_incomplete:  # a partial dataset is published only when asked
+            self.stage_status["push"] = "held"
+            self.console.print(f"[yellow]>> push: held, the dataset is incomplete (not pushed to {r.hub.repo_id})")
+            return
         from textbookgen.hub import push
 
         t0 = self._begin("push")
@@ -1087,9 +1141,18 @@ def build(
     progress: bool = True,
     console: Any = None,
     retry_failed: bool = False,
+    push_incomplete: bool | None = None,
 ) -> BuildResult:
     """Run a recipe's build (see module docstring). `retry_failed`: re-send the requests the journals hold
-    as refused for good (400, refusal, content filter) instead of replaying the refusal."""
+    as refused for good (400, refusal, content filter) instead of replaying the refusal. A build whose
+    requests did not all get an answer (`BuildResult.unfinished`) writes its dataset and card (which says
+    so) but pushes it only with `push_incomplete` (default: the recipe's `hub.push_incomplete`)."""
     return Build(
-        recipe, plan_only=plan_only, push=push, progress=progress, console=console, retry_failed=retry_failed
+        recipe,
+        plan_only=plan_only,
+        push=push,
+        progress=progress,
+        console=console,
+        retry_failed=retry_failed,
+        push_incomplete=push_incomplete,
     ).run()

@@ -21,6 +21,10 @@ app = typer.Typer(
 )
 
 
+# Exit statuses of a run that left requests unanswered (`generate` and `build`): some failed; the budget kept some back
+UNFINISHED_EXIT = {"failed": 3, "budget": 4}
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     """Print one `error: ...` line and exit with `code`."""
     typer.echo(f"error: {message}", err=True)
@@ -273,9 +277,9 @@ def generate(
             again.append(budget)
         why = ", ".join(f"{name} {count}" for name, count in classes.most_common())
         _fail(f"{len(failed)} of {len(responses)} requests failed ({why}), e.g. {(failed[0].error or '')[:200]}; "
-              + "; ".join(again), 3)
+              + "; ".join(again), UNFINISHED_EXIT["failed"])
     if skipped:
-        _fail(budget, 4)
+        _fail(budget, UNFINISHED_EXIT["budget"])
 
 
 @app.command()
@@ -396,27 +400,45 @@ def validate(
 
 
 def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool | None, progress: bool,
-               retry_failed: bool = False) -> None:
-    from textbookgen.build import BuildError, build
+               retry_failed: bool = False, push_incomplete: bool = False) -> None:
+    """Run a build; exit as `generate` does: 2 stopped (a fatal provider error or the error breaker), 3 some
+    requests failed, 4 the budget kept some back, 130 interrupted; the message says what a rerun needs."""
+    from textbookgen.build import Build, BuildError
     from textbookgen.errors import FatalProviderError
     from textbookgen.journal import JournalError
 
     r = _load_recipe(recipe, sets)
+    b = Build(r, plan_only=plan_only, push=push, progress=progress, retry_failed=retry_failed,
+              push_incomplete=push_incomplete or None)
     try:
-        res = build(r, plan_only=plan_only, push=push, progress=progress, retry_failed=retry_failed)
-    except (BuildError, FatalProviderError, JournalError, ValueError, FileNotFoundError) as err:
+        res = b.run()
+    except BuildError as err:
+        _fail(str(err), UNFINISHED_EXIT.get(err.unfinished, 1))
+    except FatalProviderError as err:  # from a paid stage: the provider, or too many failures, stopped it
+        kept = b.journals().get(b.stage or "", b.journals()["generate"])
+        _fail(f"{err}\nfinished requests are kept in {kept}; rerun the same command to resume.", 2)
+    except (JournalError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     except OSError as err:  # a file, the network or the Hub failed mid-build: paid answers are in the journal
         typer.echo(f"error: {type(err).__name__}: {err}\nfinished requests are kept in "
                    f"{r.output_dir() / 'journal.sqlite'}; rerun the same command to resume.", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        journal = b.journals().get(b.stage or "")
+        kept = f"finished requests are in {journal}; " if journal else "stages that finished are kept; "
+        typer.echo(f"\ninterrupted{f' during {b.stage}' if b.stage else ''}: {kept}rerun the same command to "
+                   "resume.", err=True)
+        raise typer.Exit(130) from None
     if not res.planned:
         m = res.manifest
         c = m["counts"]
         typer.echo(f"built {c['documents']:,} documents, {c['curated']:,} kept by curation (${m['cost_usd']:.2f}) -> "
                    f"{res.out_dir / 'dataset'}; manifest {res.out_dir / 'manifest.json'}")
         for note in m.get("notes", []):
-            typer.echo(f"note: {note}")
+            if note != m.get("incomplete", {}).get("why"):  # said once, in the error line below
+                typer.echo(f"note: {note}")
+        if res.unfinished:
+            _fail(res.incomplete or "the dataset is incomplete", UNFINISHED_EXIT[res.unfinished])
 
 
 @app.command()
@@ -424,6 +446,9 @@ def build(
     recipe: str = typer.Argument(..., help="recipe YAML, e.g. recipes/quickstart.yaml"),
     plan: bool = typer.Option(False, "--plan", help="stop after rendering prompts and print the plan"),
     push: bool | None = typer.Option(None, "--push/--no-push", help="push to hub.repo_id (default: recipe's hub.push)"),
+    push_incomplete: bool = typer.Option(False, "--push-incomplete", help="push even when requests failed or the "
+                                         "budget stopped generation (implies --push; default: the recipe's "
+                                         "hub.push_incomplete); the card says the dataset is incomplete"),
     set_: SetOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live generation progress"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-send the requests the journals hold as "
@@ -431,8 +456,16 @@ def build(
                                       "a plain rerun replays those refusals and re-sends only transient failures"),
 ) -> None:
     """Build a dataset: taxonomy, prompts, generate, curate, dataset, card, push. Unchanged stages are
-    skipped; a killed build resumes. With no API key it plans (prompts, tokens, cost, time) and exits 0."""
-    _run_build(recipe, set_, plan, push, progress, retry_failed)
+    skipped; a killed build resumes. With no API key it plans (prompts, tokens, cost, time) and exits 0.
+
+    Exit status, as `generate`'s: 0 built, every request answered; 1 bad input; 2 stopped (a fatal provider
+    error, or most requests failing: rerun to resume); 3 some requests failed (the message says whether a plain
+    rerun or --retry-failed sends them again); 4 the budget stopped generation (raise it and rerun); 130
+    interrupted. With 3 or 4 the dataset and its card (which says it is incomplete) are written, but pushed only
+    with --push-incomplete."""
+    if push_incomplete and push is False:
+        _fail("--push-incomplete pushes; it does not go with --no-push")
+    _run_build(recipe, set_, plan, True if push_incomplete else push, progress, retry_failed, push_incomplete)
 
 
 @app.command("plan")
@@ -721,7 +754,8 @@ def classifier_label(
     sample: int | None = typer.Option(None, help="judge a random sample of this many rows"),
     journal: str | None = typer.Option(None, help="SQLite journal (a killed run resumes; default <output>.journal)"),
     max_chars: int = typer.Option(2000, help="characters of each document shown to the judge"),
-    max_cost_usd: float | None = typer.Option(None, help="stop sending requests past this spend"),
+    max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget: stop sending requests when reached"),
+    max_cost_usd: float | None = typer.Option(None, "--max-cost-usd", hidden=True),  # the old spelling, for scripts
     concurrency: int = typer.Option(32), seed: int = typer.Option(0),
     text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
@@ -731,15 +765,18 @@ def classifier_label(
     from textbookgen.curation.judge import EducationalJudge, label_corpus
     from textbookgen.engine import Generator
 
+    if max_cost is not None and max_cost_usd is not None and max_cost != max_cost_usd:
+        _fail(f"--max-cost {max_cost:g} and --max-cost-usd {max_cost_usd:g} (its old name) disagree; give one")
+    max_cost = max_cost if max_cost is not None else max_cost_usd
     for option, value, rule in (("--sample", sample, ">= 1"), ("--max-chars", max_chars, ">= 1"),
-                                ("--max-cost-usd", max_cost_usd, ">= 0"), ("--concurrency", concurrency, ">= 1")):
+                                ("--max-cost", max_cost, ">= 0"), ("--concurrency", concurrency, ">= 1")):
         _check(option, value, rule)
     journal = journal or f"{output}.journal"
     with _reported():
         check_output(output, input_path)
         df = read_corpus(input_path, text_column, id_column)
         gen = Generator(provider=provider, model=model, base_url=base_url, concurrency=concurrency,
-                        journal=journal, max_cost_usd=max_cost_usd)
+                        journal=journal, max_cost_usd=max_cost)
         labelled, stats = label_corpus(df, EducationalJudge(gen, max_chars=max_chars), sample, seed,
                                        text_column, id_column)
     with _reported(journal=journal):

@@ -252,6 +252,9 @@ class HubConfig(_Strict):
     repo_id: str | None = None
     private: bool = False
     push: bool = False  # push after the card is written (or pass `--push`)
+    # push even when requests failed or the budget stopped generation (or pass `--push-incomplete`); the
+    # card says the dataset is incomplete. Off: a partial dataset is written locally, never published
+    push_incomplete: bool = False
 
 
 class Recipe(_Strict):

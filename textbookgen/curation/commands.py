@@ -160,8 +160,10 @@ def decontaminate_steps(cfg: CurationConfig) -> list[Step]:
 
 def filter_steps(cfg: CurationConfig) -> list[Step]:
     from textbookgen.curation.filters import HeuristicFilter
+    from textbookgen.curation.truncated import DropTruncated
 
-    return [HeuristicFilter(cfg.filters, cfg.text_column, cfg.id_column, workers=cfg.minhash.workers)]
+    truncated: list[Step] = [DropTruncated()] if cfg.drop_truncated else []
+    return [*truncated, HeuristicFilter(cfg.filters, cfg.text_column, cfg.id_column, workers=cfg.minhash.workers)]
 
 
 # label words of --labelled files (case-insensitive, a fastText `__label__` prefix allowed); anything else that

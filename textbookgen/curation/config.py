@@ -204,9 +204,15 @@ class SeedCopyConfig(_Strict):
 
 
 class CurationConfig(_Strict):
-    """All curation stages, run in this order by `curate()`: exact, filters, decontamination, seed copy,
-    classifier (scores first, so near-dup clusters keep their best member), minhash, classifier cut."""
+    """All curation stages, run in this order by `curate()`: truncated, exact, filters, decontamination, seed
+    copy, classifier (scores first, so near-dup clusters keep their best member), minhash, classifier cut.
 
+    `drop_truncated`: drop documents the model stopped at max_tokens (`finish_reason` "length") before any
+    other stage (`curate()`, `textbookgen build`, `textbookgen filter`): they end mid-sentence or mid-solution,
+    and a model trained on them learns to stop that way. On by default, as Curator treats a `length` finish as
+    a failed answer; `false` keeps them (the card counts those it keeps)."""
+
+    drop_truncated: bool = True
     exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)

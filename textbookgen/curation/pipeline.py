@@ -29,10 +29,13 @@ def build_steps(config: CurationConfig, benchmark_texts: list[ItemTexts] | None 
     from textbookgen.curation.filters import HeuristicFilter
     from textbookgen.curation.near_dedup import MinHashDedup
     from textbookgen.curation.seed_copy import SeedCopy
+    from textbookgen.curation.truncated import DropTruncated
 
     t, i = config.text_column, config.id_column
     workers = config.minhash.workers  # one worker-count setting for every step that runs on a pool
     steps: list[Step] = []
+    if config.drop_truncated:  # first: a cut-off copy must not be the one a duplicate cluster keeps
+        steps.append(DropTruncated())
     if config.exact.enabled:
         steps.append(ExactDedup(t, i))
     if config.filters.enabled:
