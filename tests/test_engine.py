@@ -272,9 +272,13 @@ def test_bad_request_content_filter_and_refusal_fail_one_item(provider, model, t
         assert flagged.status == "failed" and "flagged" in flagged.error and flagged.attempts == 1
         assert refused.status == "failed" and refused.attempts == 1 and refused.output_tokens > 0  # billed
         assert refused.error.startswith(("refusal", "content_filter"))
+        # each failure's class, live as on replay (the build's note and generate's summary count them by it)
+        assert [r.error_class for r in out[3:]] == ["bad_request", "content_filter",
+                                                    "refusal" if provider == "anthropic" else "content_filter"]
         received = emu.received
         again = gen_for(emu, provider, model, tmp_path).run(requests)  # permanent failures are not re-sent
-        assert emu.received == received and [r.status for r in again] == [r.status for r in out]
+        assert emu.received == received
+        assert [(r.status, r.error, r.error_class) for r in again] == [(r.status, r.error, r.error_class) for r in out]
     with Journal(tmp_path / f"{provider}.sqlite") as j:
         failures = j.summary()["failures"]
     assert failures["bad_request"] == 1 and failures["content_filter"] + failures.get("refusal", 0) == 2

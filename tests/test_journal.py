@@ -104,11 +104,11 @@ def test_a_failed_commit_keeps_its_rows_and_the_writer_retries(tmp_path, monkeyp
 
     real, calls = Journal.write_results, []
 
-    def locked_twice(self, rows, abandoned=()):
+    def locked_twice(self, rows, *more):
         calls.append(len(rows))
         if len(calls) <= 2:
             raise sqlite3.OperationalError("database is locked")
-        real(self, rows, abandoned)
+        real(self, rows, *more)
 
     monkeypatch.setattr(Journal, "write_results", locked_twice)
     monkeypatch.setattr(journal_mod, "WRITE_RETRY_S", 0.001)
@@ -134,7 +134,7 @@ def test_a_writer_that_keeps_failing_stops_the_run_after_a_last_try(tmp_path, mo
 
     monkeypatch.setattr(journal_mod, "WRITE_RETRIES", 0)
 
-    def full(self, rows, abandoned=()):
+    def full(self, rows, *more):
         raise sqlite3.OperationalError("database or disk is full")
 
     async def main():

@@ -25,6 +25,13 @@ Money the provider takes whether or not we listen is never paid twice:
   on the wire wait for the new one. Their cost is unknown; the budgets count each at its worst case (max_tokens),
   the journal records it with its request (so reruns count it too), and its tokens stay taken in the rate
   buckets (the provider may still be generating it).
+- Attempts cut off by Ctrl-C or a cancelled task are billed too: they count the same way, journaled on the way out.
+  Against a kill, each attempt is committed to the journal as on the wire before it goes out; the next run counts
+  a killed run's leftovers at their worst case, once (journal.py).
+- The budgets hold even if every request on the wire answers at max_tokens: an attempt goes out only when its
+  worst case fits beside what is spent and the worst case of those on the wire; otherwise it waits for them to
+  settle (they mostly cost far less). The budget is reached when nothing is on the wire and the next request's
+  worst case does not fit, so a run ends within one request's worst case of it.
 - A run whose requests mostly fail (a parameter the model rejects, say) stops early: once at least
   `error_window` requests have finished and failures are more than `max_error_rate` of them and those still
   on the wire (failures come back faster than answers), the run raises FatalProviderError naming the
@@ -182,10 +189,11 @@ def estimate_input_tokens(req: ChatRequest) -> int:
 class _Item:
     """A unique pending request and its running state."""
 
-    __slots__ = ("key", "req", "est_in", "attempts")
+    __slots__ = ("key", "req", "est_in", "attempts", "reserved")
 
     def __init__(self, key: str, req: ChatRequest, est_in: int) -> None:
         self.key, self.req, self.est_in, self.attempts = key, req, est_in, 0
+        self.reserved: Spend | None = None  # the worst case of its attempt in flight, held against the budgets
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -408,15 +416,18 @@ class Generator:
         self._examples: dict[str, str] = {}  # the first error message of each failure class
         self._in_ratio = 1.0
         self._avg_out: float | None = None
-        self._inflight_cost = 0.0
+        self._inflight_cost = 0.0  # live: the worst case of the attempts in flight; batch: their expected cost
         self._inflight_out = 0.0
+        self._reservations = 0  # live attempts holding a worst case in _inflight_*
+        self._settled = asyncio.Event()  # set (and replaced) whenever one of them settles: room may have opened
+        self._budget_held = 0  # attempts waiting for room in the budget
         self._in_batches = 0
         replayed = list(results.values())
         billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
         cost, tokens_out = sum(r.cost_usd for r in billed), sum(r.output_tokens for r in billed)
         # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
         self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0,
-                   "skipped_budget": 0, "retries": 0, "timed_out": 0, "abandoned_usd": abandoned.usd,
+                   "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "abandoned_usd": abandoned.usd,
                    "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
                    "input_tokens": sum(r.input_tokens for r in billed), "output_tokens": tokens_out,
                    "replayed": len(replayed), "reused": len(replayed) - len(billed), "replayed_usd": cost,
@@ -546,7 +557,10 @@ class Generator:
             self._fail_run(exc)
             return
         else:
-            failure = self._finish(item, completion, latency)
+            try:  # its cost is booked before its reservation makes room for others
+                failure = self._finish(item, completion, latency)
+            finally:
+                self._release(item)
         self._watch_errors(failure, self._results[item.key].error)
 
     def _watch_errors(self, failure: str | None, error: str | None) -> None:
@@ -579,23 +593,26 @@ class Generator:
         return max(base, min(hint, 300.0)) if hint is not None else base
 
     async def _attempt(self, item: _Item):
-        """One admitted HTTP exchange. Raises RetryableError / ItemError / FatalProviderError."""
+        """One admitted HTTP exchange. Raises RetryableError / ItemError / FatalProviderError / BudgetExhausted.
+        An answer comes back with its budget reservation still held: `_process` releases it once it is booked."""
         req = item.req
-        est_in = item.est_in * self._in_ratio
-        expected_out = self._avg_out if self._avg_out is not None else req.max_tokens
-        expected_cost = est_in * self.price_in + expected_out * self.price_out
+        await self._reserve(item)
         admission = self._admission
-        ticket = await admission.acquire(est_in, req.max_tokens)
-        try:  # checked once admitted, so every request already on the wire is counted
-            self._check_budget(expected_cost, expected_out)
-        except BudgetExhausted:
-            admission.cancel(ticket)
+        try:
+            ticket = await admission.acquire(item.est_in * self._in_ratio, req.max_tokens)
+        except BaseException:
+            self._release(item)
             raise
         if self._fatal is not None:
             admission.cancel(ticket)
+            self._release(item)
             raise asyncio.CancelledError
-        self._inflight_cost += expected_cost
-        self._inflight_out += expected_out
+        try:  # committed before it goes out: a run killed while it is on the wire leaves it counted
+            self._writer.on_wire(item.key, *item.reserved)
+        except BaseException:
+            admission.cancel(ticket)
+            self._release(item)
+            raise
         item.attempts += 1
         self._c["sent"] += 1
         t_send = time.monotonic()
@@ -606,25 +623,30 @@ class Generator:
         except RetryableError as exc:
             if isinstance(exc, NoAnswerInTime):  # the provider may still be generating it: its tokens stay taken
                 admission.abandon(ticket)
-                self._abandoned(item)
+                self._abandoned(item, "timed_out")
             else:
                 admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers,
                                retry_after=exc.retry_after, answered=exc.reached)
+                self._settled_unbilled(item)
             if self._fatal is not None:  # the run is stopping: no retry; the request stays pending
                 raise asyncio.CancelledError from exc
             self._check_reachable(exc)
             raise
-        except ItemError:
+        except ItemError:  # its failed row clears the on-wire record
             self._reached = True
             admission.fail(ticket)
+            self._release(item)
+            raise
+        except asyncio.CancelledError:  # Ctrl-C, a cancelled run: the provider goes on generating it, and bills it
+            admission.abandon(ticket)
+            self._abandoned(item, "interrupted")
             raise
         except BaseException:
             admission.cancel(ticket)
+            self._settled_unbilled(item)
             raise
         finally:
             self._on_wire.discard(task)
-            self._inflight_cost -= expected_cost
-            self._inflight_out -= expected_out
         self._reached = True
         admission.complete(ticket, completion.input_tokens, completion.output_tokens, completion.headers)
         if item.est_in and completion.input_tokens:
@@ -658,15 +680,21 @@ class Generator:
                         "wire (an abandoned generation is billed all the same)", round(limit_s, 1), round(grown, 1))
             self._timeout = grown
 
-    def _abandoned(self, item: _Item) -> None:
-        """A timed-out attempt: the provider may finish and bill it, for at most max_tokens of output; the
-        budgets count that worst case (its real tokens are never known), and the journal keeps it for reruns."""
-        c = self._c
-        usd = item.est_in * self._in_ratio * self.price_in + item.req.max_tokens * self.price_out
-        c["timed_out"] += 1
-        c["abandoned_usd"] += usd
-        c["abandoned_output_tokens"] += item.req.max_tokens
-        self._writer.put_abandoned(item.key, usd, item.req.max_tokens)
+    def _abandoned(self, item: _Item, why: str) -> None:
+        """An attempt given up on ("timed_out") or cut off ("interrupted"): the provider may finish and bill it,
+        for at most max_tokens of output; the budgets count the worst case it reserved (its real tokens are never
+        known), and the journal keeps it for reruns."""
+        c, worst = self._c, item.reserved
+        c[why] += 1
+        c["abandoned_usd"] += worst.usd
+        c["abandoned_output_tokens"] += worst.output_tokens
+        self._writer.put_abandoned(item.key, *worst)
+        self._release(item)
+
+    def _settled_unbilled(self, item: _Item) -> None:
+        """An attempt that ended without an answer the provider bills (a 429, a 5xx, a refused key)."""
+        self._writer.put_off_wire(item.key)
+        self._release(item)
 
     def _check_reachable(self, exc: RetryableError) -> None:
         """A wrong base_url or a server that is down: once as many attempts as one request may make have
@@ -696,25 +724,82 @@ class Generator:
         return (None if cost is None else max(0.0, cost - beyond.usd),
                 None if out is None else max(0, out - beyond.output_tokens))
 
+    def _worst_case(self, item: _Item) -> Spend:
+        """The most one attempt may cost: its prompt (as estimated) and max_tokens of output."""
+        out = item.req.max_tokens
+        return Spend(item.est_in * self._in_ratio * self.price_in + out * self.price_out, out)
+
+    def _over_budget(self, more: Spend) -> str | None:
+        """Why `more` does not fit in the budgets beside what is spent and what is in flight; None when it fits."""
+        c = self._c
+        usd, used = spent(c)
+        abandoned = ", timed-out or interrupted attempts counted at max_tokens" if c["abandoned_output_tokens"] else ""
+        max_cost, max_out = self._max_cost_usd, self._max_output_tokens
+        if max_cost is not None and usd + self._inflight_cost + more.usd > max_cost:
+            flight = f", ${self._inflight_cost:,.4f} more expected from requests in flight" if self._inflight_cost else ""
+            return (f"max_cost_usd=${max_cost:,.4f} reached (spent ${usd:,.4f}{abandoned}{flight}; "
+                    f"${more.usd:,.4f} more would not fit)")
+        if max_out is not None and used + self._inflight_out + more.output_tokens > max_out:
+            flight = f", ~{self._inflight_out:,.0f} more expected from requests in flight" if self._inflight_out else ""
+            return (f"max_output_tokens={max_out:,} reached (used {used:,}{abandoned}{flight}; "
+                    f"{more.output_tokens:,.0f} more would not fit)")
+        return None
+
     def _check_budget(self, expected_cost: float, expected_out: float) -> None:
+        """Batch submissions: stop for good once the next one is not expected to fit."""
         if self._budget_note is not None:
             raise BudgetExhausted
-        c = self._c
-        note = None
-        usd, used = spent(c)
-        abandoned = ", timed-out attempts counted at max_tokens" if c["abandoned_output_tokens"] else ""
-        max_cost, max_out = self._max_cost_usd, self._max_output_tokens
-        if max_cost is not None and usd + self._inflight_cost + expected_cost > max_cost:
-            note = (f"max_cost_usd=${max_cost:,.4f} reached (spent ${usd:,.4f}{abandoned}, "
-                    f"${self._inflight_cost:,.4f} more expected from requests in flight)")
-        elif max_out is not None and used + self._inflight_out + expected_out > max_out:
-            note = (f"max_output_tokens={max_out:,} reached (used {used:,}{abandoned}, "
-                    f"~{self._inflight_out:,.0f} more expected from requests in flight)")
+        note = self._over_budget(Spend(expected_cost, expected_out))
         if note is not None:
-            self._budget_note = note
-            log.warning("budget: %s; launching no more requests (they come back status skipped_budget; "
-                        "raise the budget and rerun to continue: finished work is kept)", note)
-            raise BudgetExhausted
+            self._stop_launching(note)
+
+    async def _reserve(self, item: _Item) -> None:
+        """Hold this attempt's worst case against the budgets, waiting while it does not fit for attempts in flight
+        to settle (most answer far below max_tokens, making room). The budget is reached only when nothing is in
+        flight and it still does not fit (or all of it is spent)."""
+        while True:
+            if self._budget_note is not None:
+                raise BudgetExhausted
+            worst = self._worst_case(item)
+            note = self._over_budget(worst)
+            if note is None:
+                break
+            usd, used = spent(self._c)
+            if not self._reservations or (self._max_cost_usd is not None and usd >= self._max_cost_usd) or (
+                    self._max_output_tokens is not None and used >= self._max_output_tokens):
+                self._stop_launching(note)
+            self._budget_held += 1
+            try:
+                await self._settled.wait()
+            finally:
+                self._budget_held -= 1
+        item.reserved = worst
+        self._reservations += 1
+        self._inflight_cost += worst.usd
+        self._inflight_out += worst.output_tokens
+
+    def _release(self, item: _Item) -> None:
+        """Give back an attempt's reservation (its cost, if any, is booked by now) and wake those waiting for room."""
+        if item.reserved is None:
+            return
+        worst, item.reserved = item.reserved, None
+        self._reservations -= 1
+        self._inflight_cost -= worst.usd
+        self._inflight_out -= worst.output_tokens
+        if not self._reservations and not self._in_batches:  # none in flight: no rounding left over
+            self._inflight_cost = self._inflight_out = 0.0
+        self._wake_held()
+
+    def _wake_held(self) -> None:
+        self._settled.set()
+        self._settled = asyncio.Event()
+
+    def _stop_launching(self, note: str) -> None:
+        self._budget_note = note
+        log.warning("budget: %s; launching no more requests (they come back status skipped_budget; "
+                    "raise the budget and rerun to continue: finished work is kept)", note)
+        self._wake_held()  # those waiting for room stop too
+        raise BudgetExhausted
 
     # ----- outcomes -----------------------------------------------------------------------------
     def _result_row(self, key: str, completion, latency: float, attempts: int) -> tuple:
@@ -747,7 +832,7 @@ class Generator:
         resp = ChatResponse(key=item.key, text=completion.text, finish_reason=completion.finish_reason,
                             status=status, error=error, input_tokens=completion.input_tokens,
                             output_tokens=completion.output_tokens, latency_s=latency, attempts=item.attempts,
-                            cost_usd=cost, metadata=item.req.metadata)
+                            cost_usd=cost, metadata=item.req.metadata, error_class=row[9])
         self._results[item.key] = resp
         c = self._c
         c[status] += 1
@@ -800,7 +885,8 @@ class Generator:
             return {**self._c, **budgets, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
                     "concurrency": self._in_batches, "rpm_limit": None}
         return {**self._c, **budgets, "rate_limited": adm.rate_limited, "in_flight": adm.concurrency.in_use,
-                "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.buckets["requests"].limit}
+                "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.buckets["requests"].limit,
+                "budget_held": self._budget_held}
 
     def _log_summary(self) -> None:
         s = self.stats
@@ -809,10 +895,11 @@ class Generator:
                  "%d out tokens, %.1f s", self.provider, self.model, s["ok"], s["truncated"], s["failed"],
                  s["skipped_budget"], s["replayed"], s["reused"], s["sent"], s["retries"], s["rate_limited"],
                  s["cost_usd"], s["input_tokens"], s["output_tokens"], s["elapsed_s"])
-        if s["timed_out"]:
-            log.warning("%d attempts timed out and were abandoned; the provider may bill them too (at most $%.4f, "
-                        "%d output tokens, counted against the budgets and journaled apart from the answers' cost)",
-                        s["timed_out"], s["abandoned_usd"] - s["prior_abandoned_usd"],
+        if s["timed_out"] or s["interrupted"]:
+            log.warning("%d attempts timed out and %d were interrupted on the wire, and were abandoned; the provider "
+                        "may bill them too (at most $%.4f, %d output tokens, counted against the budgets and journaled "
+                        "apart from the answers' cost)", s["timed_out"], s["interrupted"],
+                        s["abandoned_usd"] - s["prior_abandoned_usd"],
                         s["abandoned_output_tokens"] - s["prior_abandoned_output_tokens"])
         if self._budget_note:
             log.warning("budget stop: %s; %d requests skipped", self._budget_note, s["skipped_budget"])

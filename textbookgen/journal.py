@@ -15,7 +15,10 @@ computed from its stored requests) the first time it is opened for writing, and 
 Attempts abandoned on a timeout may be billed all the same, at most their max_tokens: each row adds up their
 worst case in `abandoned_usd` and `abandoned_output_tokens` (schema 3), once per attempt, as it happens, so a
 rerun's budget and a build's spend count that money once; older journals get the columns as zeros on opening
-for writing.
+for writing. Attempts cut off by Ctrl-C or a cancelled task are added the same way on the way out. For a run killed
+outright, each attempt is committed as on the wire (`on_wire_usd`, `on_wire_output_tokens`, schema 4) before it
+goes out and cleared when it settles; the next run to lock the journal adds what a killed run left there to the
+abandoned columns, once. Summaries count both as abandoned.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: reuse_key and reused_from; 3: abandoned_*; older versions are migrated on open
+SCHEMA_VERSION = 4  # 2: reuse_key and reused_from; 3: abandoned_*; 4: on_wire_*; older versions are migrated on open
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
 PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
@@ -67,7 +70,9 @@ CREATE TABLE IF NOT EXISTS requests (
     reuse_key TEXT,
     reused_from TEXT,
     abandoned_usd REAL NOT NULL DEFAULT 0,
-    abandoned_output_tokens INTEGER NOT NULL DEFAULT 0
+    abandoned_output_tokens INTEGER NOT NULL DEFAULT 0,
+    on_wire_usd REAL,
+    on_wire_output_tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
 CREATE TABLE IF NOT EXISTS batches (
@@ -95,10 +100,14 @@ OPEN_BATCH_STATUSES = ("submitting", "running")
 # what was paid (its tokens describe the new answer).
 _UPDATE = """UPDATE requests SET status=?, text=?, finish_reason=?, input_tokens=?, output_tokens=?,
 cost_usd=? + CASE WHEN status = 'failed' THEN COALESCE(cost_usd, 0) ELSE 0 END,
-latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=? WHERE key=?"""
+latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=?, on_wire_usd=NULL,
+on_wire_output_tokens=NULL WHERE key=?"""
 # abandoned attempts: (worst-case USD, max_tokens, key), added to what the row already holds
 _ABANDONED = """UPDATE requests SET abandoned_usd = abandoned_usd + ?,
-abandoned_output_tokens = abandoned_output_tokens + ? WHERE key=?"""
+abandoned_output_tokens = abandoned_output_tokens + ?, on_wire_usd = NULL, on_wire_output_tokens = NULL WHERE key=?"""
+# an attempt about to go on the wire: (worst-case USD, max_tokens, key); an attempt that settled unbilled: (key,)
+_ON_WIRE = "UPDATE requests SET on_wire_usd = ?, on_wire_output_tokens = ? WHERE key=?"
+_OFF_WIRE = "UPDATE requests SET on_wire_usd = NULL, on_wire_output_tokens = NULL WHERE key=?"
 
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
@@ -157,12 +166,13 @@ class Journal:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         self._reuses = "reused_from" in present  # False only for a version-1 journal opened read-only
         self._abandons = "abandoned_usd" in present  # False only for an older journal opened read-only
+        self._wires = "on_wire_usd" in present  # likewise
         self._select = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
 
     def _migrate(self) -> None:
         """Bring an older journal to this schema: the two reuse columns (version 1), reuse keys computed from the
-        stored requests; the abandoned-attempt columns (version 2), zeros. One transaction: a process opening it
-        meanwhile waits, then finds it done."""
+        stored requests; the abandoned-attempt columns (version 2), zeros; the on-wire columns (version 3), empty.
+        One transaction: a process opening it meanwhile waits, then finds it done."""
         with self._transaction():
             present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
             if "reuse_key" not in present:
@@ -172,7 +182,12 @@ class Journal:
             if "abandoned_usd" not in present:
                 self.db.execute("ALTER TABLE requests ADD COLUMN abandoned_usd REAL NOT NULL DEFAULT 0")
                 self.db.execute("ALTER TABLE requests ADD COLUMN abandoned_output_tokens INTEGER NOT NULL DEFAULT 0")
+            if "on_wire_usd" not in present:
+                self.db.execute("ALTER TABLE requests ADD COLUMN on_wire_usd REAL")
+                self.db.execute("ALTER TABLE requests ADD COLUMN on_wire_output_tokens INTEGER")
             self.db.execute("CREATE INDEX IF NOT EXISTS requests_reuse ON requests(reuse_key)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS requests_on_wire ON requests(key) "
+                            "WHERE on_wire_output_tokens IS NOT NULL")  # few rows: finds a killed run's at once
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -194,6 +209,24 @@ class Journal:
             raise JournalError(f"journal {self.path} is in use by another run (lock {handle.name}); wait for it, "
                                "or give this run its own journal") from None
         self._run_lock = handle
+        self._count_killed_attempts()
+
+    def _count_killed_attempts(self) -> None:
+        """Attempts a killed run left on the wire were billed and never answered: add their worst case to the
+        abandoned columns, once (the record is cleared in the same transaction). Only under the run lock, so no
+        live run's attempts are taken for a killed one's."""
+        with self._transaction():
+            n, usd, out = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(on_wire_usd),0), COALESCE(SUM(on_wire_output_tokens),0) FROM requests "
+                "WHERE on_wire_output_tokens IS NOT NULL").fetchone()
+            if n:
+                self.db.execute(
+                    "UPDATE requests SET abandoned_usd = abandoned_usd + on_wire_usd, abandoned_output_tokens = "
+                    "abandoned_output_tokens + on_wire_output_tokens, on_wire_usd = NULL, on_wire_output_tokens = NULL "
+                    "WHERE on_wire_output_tokens IS NOT NULL")
+        if n:
+            log.warning("journal %s: %d requests were on the wire when a run was killed; the provider may bill them, "
+                        "so they count at their worst case (at most $%.4f, %d output tokens)", self.path, n, usd, out)
 
     def __enter__(self) -> Journal:
         return self
@@ -249,12 +282,16 @@ class Journal:
                 "output_tokens=0, cost_usd=0, latency_s=NULL, attempts=0, error=NULL, error_class=NULL, "
                 "reused_from=?1, updated_at=?2 WHERE key=?3", ((source, now, key) for key, source in pairs))
 
-    def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float, int, str]] = ()) -> None:
-        """Record finished requests and abandoned attempts, all in one transaction (see `_UPDATE` and `_ABANDONED`
+    def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float, int, str]] = (),
+                      off_wire: Sequence[tuple[str]] = (), on_wire: Sequence[tuple[float, int, str]] = ()) -> None:
+        """Record finished requests, abandoned attempts, attempts that settled unbilled, then attempts about to go
+        out, in that order and all in one transaction (see `_UPDATE`, `_ABANDONED`, `_OFF_WIRE` and `_ON_WIRE`
         for the tuple layouts)."""
         with self._transaction():
             self.db.executemany(_UPDATE, results)
             self.db.executemany(_ABANDONED, abandoned)
+            self.db.executemany(_OFF_WIRE, off_wire)
+            self.db.executemany(_ON_WIRE, on_wire)
 
     def add_batch(self, tag: str, provider: str, model: str, keys: Sequence[str]) -> None:
         """Record a batch about to be submitted (before any money is at stake)."""
@@ -296,7 +333,8 @@ class Journal:
 
     def summary(self) -> dict:
         """Counts by status and failure class, token and dollar totals (what was paid: a reused answer counts
-        once), the worst case of abandoned attempts (what the provider may have billed besides), attempts,
+        once), the worst case of abandoned attempts and of those on the wire (what the provider may have billed
+        besides: a killed run's, or a running one's), attempts,
         provider batches by status (open ones, "submitting"/"running", are collected by the next run), and how
         many rows reuse another's answer."""
         db = self.db
@@ -312,6 +350,11 @@ class Journal:
         abandoned_usd, abandoned_out = db.execute(
             "SELECT COALESCE(SUM(abandoned_usd),0), COALESCE(SUM(abandoned_output_tokens),0) FROM requests"
         ).fetchone() if self._abandons else (0.0, 0)
+        if self._wires:
+            wire_usd, wire_out = db.execute(
+                "SELECT COALESCE(SUM(on_wire_usd),0), COALESCE(SUM(on_wire_output_tokens),0) FROM requests "
+                "WHERE on_wire_output_tokens IS NOT NULL").fetchone()
+            abandoned_usd, abandoned_out = abandoned_usd + wire_usd, abandoned_out + wire_out
         return {"path": str(self.path) if self.path else ":memory:", "requests": total,
                 "by_status": by_status, "done": sum(by_status.get(s, 0) for s in DONE_STATUSES),
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
@@ -386,12 +429,14 @@ def request_of(row: dict) -> dict:
 class JournalWriter:
     """The journal's single writer: an asyncio task that commits whatever finished since its last
     commit in one transaction. Writing on the loop thread (no thread hop per request) costs a few
-    microseconds per row; batching keeps commits few under load and immediate when idle."""
+    microseconds per row; batching keeps commits few under load and immediate when idle. An attempt about to go
+    on the wire is committed at once (`on_wire`), with whatever is queued before it, so the order holds."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._pending: list[tuple] = []
         self._abandoned: list[tuple[float, int, str]] = []
+        self._off_wire: list[tuple[str]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -410,21 +455,32 @@ class JournalWriter:
         self._abandoned.append((usd, output_tokens, key))
         self._queued()
 
+    def put_off_wire(self, key: str) -> None:
+        """Queue the end of an attempt that settled without a bill (a 429, a 5xx, never sent)."""
+        self._off_wire.append((key,))
+        self._queued()
+
+    def on_wire(self, key: str, usd: float, output_tokens: int) -> None:
+        """Commit now, with everything queued, that an attempt of `key` whose worst case is this is about to go
+        out: a run killed before it settles leaves the record, which the next run counts as abandoned. Nothing of
+        it stays queued if the commit fails (the attempt is not sent)."""
+        self.flush([(usd, output_tokens, key)])
+
     def _queued(self) -> None:
         self._wake.set()
         if self._task is not None and self._task.done() and not self._task.cancelled():
             self._task.result()  # the writer died (disk full, say): surface its error now
 
-    def flush(self) -> None:
-        """Commit everything queued now (used at shutdown and by the loop). Rows a failed commit could
-        not write stay queued: they are paid answers."""
-        if self._pending or self._abandoned:
-            batch, abandoned = self._pending, self._abandoned
-            self._pending, self._abandoned = [], []
+    def flush(self, on_wire: Sequence[tuple[float, int, str]] = ()) -> None:
+        """Commit everything queued now (used at shutdown and by the loop), then `on_wire`. Rows a failed commit
+        could not write stay queued: they are paid answers."""
+        if self._pending or self._abandoned or self._off_wire or on_wire:
+            batch, abandoned, off_wire = self._pending, self._abandoned, self._off_wire
+            self._pending, self._abandoned, self._off_wire = [], [], []
             try:
-                self.journal.write_results(batch, abandoned)
+                self.journal.write_results(batch, abandoned, off_wire, on_wire)
             except BaseException:
-                self._pending[:0], self._abandoned[:0] = batch, abandoned
+                self._pending[:0], self._abandoned[:0], self._off_wire[:0] = batch, abandoned, off_wire
                 raise
             self.written += len(batch)
 

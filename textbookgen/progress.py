@@ -85,8 +85,9 @@ def projection_note(s: Mapping[str, Any], total: int) -> tuple[str, str]:
 
 class RunProgress:
     """`stats()` returns the engine's counters: done, failed, cost_usd, input_tokens, output_tokens, sent,
-    rate_limited, in_flight, concurrency, rpm_limit; for the projection replayed, replayed_usd,
-    replayed_output_tokens, abandoned_usd, abandoned_output_tokens, max_cost_usd, max_output_tokens."""
+    rate_limited, in_flight, concurrency, rpm_limit, budget_held (requests waiting for room in a budget); for the
+    projection replayed, replayed_usd, replayed_output_tokens, abandoned_usd, abandoned_output_tokens, max_cost_usd,
+    max_output_tokens."""
 
     def __init__(self, total: int, stats: Callable[[], dict], *, description: str = "generating",
                  console: Console | None = None, interval_s: float = 0.5) -> None:
@@ -119,6 +120,8 @@ class RunProgress:
             info = tokens + f"in batches {s['in_flight']:,}"
         else:
             info = tokens + f"{rpm:,.0f}{limit} rpm  429s {s['rate_limited']}  in-flight {s['in_flight']}/{s['concurrency']}"
+            if s.get("budget_held"):  # waiting for answers in flight to settle below their worst case
+                info += f"  held for budget {s['budget_held']}"
         self._progress.update(self._task_id, completed=s["done"], info=info)
         self._progress.refresh()
 

@@ -1,0 +1,96 @@
+"""The budgets under concurrency: an attempt goes out only when its worst case (max_tokens) fits beside what is
+spent and the worst case of every attempt in flight; when it does not, it waits for those to settle (they mostly
+answer far below max_tokens) instead of ending the run. Real openai/anthropic clients against the loopback emulator."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from textbookgen.engine import ChatRequest, Generator
+from textbookgen.journal import Journal
+from textbookgen.progress import RunProgress
+from textbookgen.testing.emulator import Emulator, EmulatorConfig, request_key
+
+FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, progress=False, timeout_s=20.0)
+PRICES = {"pricey": (0.0, 1000.0)}  # $0.001 an output token, prompts free: cost is output tokens / 1000
+MAX_TOKENS, SHORT = 400, 100  # worst case $0.40; a short answer is a quarter of it, $0.10
+
+
+def answer(body: dict) -> str:
+    """SHORT tokens (4 characters each) for most prompts; a LONG prompt runs to max_tokens."""
+    prompt = body["messages"][-1]["content"]
+    return "word " * 10_000 if "LONG" in str(prompt) else "abc " * SHORT
+
+
+def ask(prefix: str, n: int, max_tokens: int = MAX_TOKENS) -> list[ChatRequest]:
+    return [ChatRequest(messages=[{"role": "user", "content": f"{prefix} {i}"}], max_tokens=max_tokens)
+            for i in range(n)]
+
+
+def gen_for(emu: Emulator, provider: str, tmp_path, **kw) -> Generator:
+    base_url = emu.anthropic_base_url if provider == "anthropic" else emu.openai_base_url
+    return Generator(provider, "pricey", base_url=base_url, api_key="sk-test", journal=tmp_path / f"{provider}.sqlite",
+                     prices=PRICES, concurrency=32, **{**FAST, **kw})
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("budget", ["max_cost_usd", "max_output_tokens"])
+def test_a_budget_is_spent_to_within_one_worst_case_whatever_the_concurrency(budget, provider, tmp_path):
+    """The budget fits 14 answers at their size but only 3.5 at max_tokens. At concurrency 32 the run used to stop
+    after 3 (the worst case of those in flight filled it); it now waits for them to settle and sends more."""
+    limit = {"max_cost_usd": 1.4, "max_output_tokens": 1400}[budget]
+    with Emulator(EmulatorConfig(latency_median_s=0.02, latency_sigma=0.0, responder=answer)) as emu:
+        gen = gen_for(emu, provider, tmp_path, **{budget: limit})
+        out = gen.run(ask("Hi", 60))
+        billed = emu.output_tokens
+    sent = [r for r in out if r.status != "skipped_budget"]
+    assert all(r.status == "ok" and r.output_tokens == SHORT for r in sent)
+    assert billed == SHORT * len(sent) == gen.stats["output_tokens"]
+    assert 1400 - MAX_TOKENS <= billed <= 1400  # within one request's worst case of the budget, never past it
+    assert len(sent) < 60 and gen.stats["skipped_budget"] == 60 - len(sent)
+    with Journal(gen.journal_path) as j:
+        assert j.summary()["output_tokens"] == billed
+    note = next(r.error for r in out if r.status == "skipped_budget")  # what the run stopped on, as it stood
+    if budget == "max_cost_usd":
+        assert note == f"max_cost_usd=$1.4000 reached (spent ${billed / 1000:.4f}; $0.4000 more would not fit)"
+    else:
+        assert note == f"max_output_tokens=1,400 reached (used {billed:,}; 400 more would not fit)"
+
+
+def test_the_budget_holds_even_if_every_answer_in_flight_runs_to_max_tokens(tmp_path):
+    """At each request the provider gets, what it billed plus max_tokens for every request it is working on stays
+    within the budget. Short answers (all of their max_tokens) first teach the engine that answers are small; then
+    answers run to a 16 times larger max_tokens: counting those in flight at the average let them pass it."""
+    started: dict[str, int] = {}  # request hash: max_tokens
+    worst: list[int] = []
+
+    def watched(body: dict) -> str:
+        started[request_key("openai", body)] = body.get("max_completion_tokens") or body["max_tokens"]
+        in_flight = sum(n for key, n in started.items() if key not in emu.billed_keys)
+        worst.append(emu.output_tokens + in_flight)
+        return answer(body)
+
+    with Emulator(EmulatorConfig(latency_median_s=0.02, latency_sigma=0.0, responder=watched)) as emu:
+        gen = gen_for(emu, "openai", tmp_path, max_cost_usd=20.0)
+        out = gen.run(ask("Hi", 80, max_tokens=SHORT) + ask("LONG", 60, max_tokens=16 * SHORT))
+        billed = emu.output_tokens
+    assert max(worst) <= 20_000 and len(worst) == emu.billed
+    assert [r.status for r in out[:80]] == ["ok"] * 80
+    assert 20_000 - 16 * SHORT <= billed <= 20_000
+    assert sum(r.cost_usd for r in out) == pytest.approx(billed / 1000)
+
+
+def test_the_progress_line_shows_the_requests_held_for_the_budget():
+    s = {"done": 3, "failed": 0, "cost_usd": 0.3, "input_tokens": 30, "output_tokens": 300, "sent": 5,
+         "rate_limited": 0, "in_flight": 2, "concurrency": 32, "rpm_limit": None, "replayed": 0, "replayed_usd": 0.0,
+         "replayed_output_tokens": 0, "abandoned_usd": 0.0, "abandoned_output_tokens": 0, "max_cost_usd": 1.4,
+         "max_output_tokens": None, "budget_held": 30}
+    display = RunProgress(60, lambda: s, console=Console(file=io.StringIO()))
+    display._draw()
+    assert display._progress.tasks[0].fields["info"].endswith("in-flight 2/32  held for budget 30")
+    s["budget_held"] = 0
+    display._draw()
+    assert display._progress.tasks[0].fields["info"].endswith("in-flight 2/32")
