@@ -13,7 +13,7 @@ many processes it runs. With --spawn, decontamination also runs through `map_row
 step pickled once by the pool initializer (the size is printed: what pickling it per chunk would send
 every chunk).
 
-Memory is the peak PSS summed over this process and its workers, sampled every 0.1 s from /proc (Linux):
+Memory is the peak PSS summed over this process and its workers, sampled every 0.25 s from /proc (Linux):
 PSS counts a page shared by k processes as 1/k, so the copy-on-write sharing of a forked index shows.
 There is no peer column: the field notes give no published datatrove throughput for these steps.
 
@@ -46,6 +46,9 @@ from textbookgen.curation.decontaminate import Decontaminate, _match_rows, load_
 from textbookgen.curation.filters import HeuristicFilter
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+WIKIPEDIA = DATA / "wikipedia_en_1k" / "wikipedia.jsonl.gz"
+C4 = DATA / "c4_en_sample_1k" / "c4_sample.jsonl.gz"
+SCIPHI = DATA / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz"
 GAUNTLET = DATA / "llmfoundry_eval_gauntlet"
 BENCHMARKS = {
     "arc_easy": GAUNTLET / "arc_easy.jsonl.gz", "arc_challenge": GAUNTLET / "arc_challenge.jsonl.gz",
@@ -55,6 +58,16 @@ BENCHMARKS = {
     "gsm8k": DATA / "gsm8k" / "test.jsonl.gz", "humaneval": DATA / "humaneval" / "HumanEval.jsonl.gz",
     "mbpp": DATA / "opencompass_data_formulamonks" / "mbpp__mbpp.jsonl.gz",
 }
+DATA_FILES = [WIKIPEDIA, C4, SCIPHI, *BENCHMARKS.values()]
+
+
+def skip_without(files: list[Path]) -> None:
+    """Exit 0 with one line where the shared data is absent: only developer and CI machines have
+    ../shared/data, and without it there is nothing to measure."""
+    if missing := [f for f in files if not f.exists()]:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        print(f"skipped: {Path(__file__).name} reads the shared data: {missing[0]} not found{more}")
+        raise SystemExit(0)
 
 
 def read(path: Path, field: str) -> list[str]:
@@ -63,9 +76,8 @@ def read(path: Path, field: str) -> list[str]:
 
 
 def corpus(n_docs: int) -> pl.DataFrame:
-    docs = read(DATA / "wikipedia_en_1k" / "wikipedia.jsonl.gz", "eng_Latn")
-    docs += read(DATA / "c4_en_sample_1k" / "c4_sample.jsonl.gz", "text")
-    for book in read(DATA / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz", "text"):
+    docs = read(WIKIPEDIA, "eng_Latn") + read(C4, "text")
+    for book in read(SCIPHI, "text"):
         docs += [s for s in re.split(r"\n(?=#{1,3} )", book) if len(s.split()) >= 50]
     texts = [docs[i % len(docs)] for i in range(n_docs)]
     return pl.DataFrame({"id": [f"d{i:07d}" for i in range(n_docs)], "text": texts})
@@ -177,6 +189,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each setting; the fastest is reported")
     ap.add_argument("--spawn", action="store_true", help="also decontaminate on spawned workers (slow to start)")
     args = ap.parse_args()
+    skip_without(DATA_FILES)
     df = corpus(args.docs)
     words = df["text"].str.split(" ").list.len().mean()
     t = time.perf_counter()

@@ -103,12 +103,21 @@ def cosmopedia_style(recipe, tax: Taxonomy, web: WebSamples, n: int) -> pl.DataF
     )
 
 
+SEEDS = {"c4_en_sample_1k/c4_sample.jsonl.gz": "text", "wikipedia_en_1k/wikipedia.jsonl.gz": "eng_Latn"}
+
+
+def skip_without(files: list[Path]) -> None:
+    """Exit 0 with one line where the shared data is absent: only developer and CI machines have
+    ../shared/data, and without it there is nothing to measure."""
+    if missing := [f for f in files if not f.exists()]:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        print(f"skipped: {Path(__file__).name} reads the shared data: {missing[0]} not found{more}")
+        raise SystemExit(0)
+
+
 def shared_texts(shared: Path) -> list[str]:
     texts = []
-    for rel, field in (
-        ("c4_en_sample_1k/c4_sample.jsonl.gz", "text"),
-        ("wikipedia_en_1k/wikipedia.jsonl.gz", "eng_Latn"),
-    ):
+    for rel, field in SEEDS.items():
         for line in gzip.decompress((shared / rel).read_bytes()).decode().splitlines():
             texts.append(json.loads(line)[field])
     return texts
@@ -121,6 +130,7 @@ def main() -> None:
     ap.add_argument("--taxonomy", type=Path, default=None, help="default: SciPhi grade-school course titles")
     args = ap.parse_args()
     tax_path = args.taxonomy or args.shared / "sciphi_topics" / "tayn_evol_evol_grade_school.yaml.gz"
+    skip_without([tax_path, *(args.shared / rel for rel in SEEDS)])
 
     recipe = load_recipe(
         ROOT / "recipes" / "phi15-textbooks.yaml",

@@ -31,6 +31,22 @@ from trainer.eval.harness import eval_items, fewshot_prefixes, find_task_data, m
 from trainer.eval.models import CausalLM  # noqa: E402
 
 
+def data_files(data: Path, tasks: list[str]) -> list[Path]:
+    """What a run reads from the data folder: the GPT-2 tokenizer and each task's folder."""
+    names = [t.partition("@")[0] for t in tasks]
+    return [data / "tokenizer_gpt2" / "encoder.json", data / "tokenizer_gpt2" / "vocab.bpe",
+            *(find_task_data(n, data) or data / n for n in names)]
+
+
+def skip_without(files: list[Path]) -> None:
+    """Exit 0 with one line where the shared data is absent: only developer and CI machines have
+    ../shared/data, and without it there is nothing to measure."""
+    if missing := [f for f in files if not f.exists()]:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        print(f"skipped: {Path(__file__).name} reads the shared data: {missing[0]} not found{more}")
+        raise SystemExit(0)
+
+
 def _tokenizer(data: Path):
     from transformers import GPT2TokenizerFast
 
@@ -73,6 +89,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = ap.parse_args()
+    skip_without(data_files(Path(args.data), args.tasks.split(",")))
 
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM

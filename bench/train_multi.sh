@@ -8,7 +8,13 @@
 #
 # Prints one line per run and a last line `scaling=<rate_N / (N x rate_1)>` (target >= 0.90).
 # tokens/s is the mean over steps 2.. (step 1 includes torch.compile).
+# Settings, as environment variables: NGPU (2), CONFIG (phi-1.5), STEPS (8), MICRO (8), GLOBAL
+# (MICRO x NGPU x 4), STRATEGY (ddp | fsdp), OUT (/tmp/train_multi). -h/--help prints this text.
 set -euo pipefail
+if (( $# )); then
+    sed -n '2,/^set /s/^# \{0,1\}//p' "$0"
+    case $1 in -h|--help) exit 0 ;; *) echo "error: unknown argument '$1' (settings are environment variables)" >&2; exit 2 ;; esac
+fi
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0          # NVLink multicast stays off on the lent machines
 NGPU=${NGPU:-2}
