@@ -177,3 +177,13 @@ def test_push_incomplete_with_no_push_is_one_line_error(tmp_path):
                                    f"--set=output={tmp_path / 'o'}"])  # fmt: skip
     assert res.exit_code == 1 and res.output.strip() == "error: --push-incomplete pushes; it does not go with --no-push"
     assert not (tmp_path / "o").exists()
+
+
+def test_classifier_label_needs_no_key_for_a_local_server(tmp_path):
+    pl.DataFrame({"id": ["0", "1"], "text": ["Text about cells.", "Text about tides."]}).write_parquet(tmp_path / "in.parquet")
+    with Emulator(EmulatorConfig(latency_median_s=0.002)) as emu:  # build and topics grow take it keyless too
+        res = CliRunner().invoke(app, ["classifier", "label", str(tmp_path / "in.parquet"), "-o",
+                                       str(tmp_path / "labels.jsonl"), "--base-url", emu.openai_base_url],
+                                 env={"OPENAI_API_KEY": None})  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert emu.billed == 2

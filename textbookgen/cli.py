@@ -764,6 +764,7 @@ def classifier_label(
     from textbookgen.curation.corpus_io import check_output, read_corpus, write_corpus
     from textbookgen.curation.judge import EducationalJudge, label_corpus
     from textbookgen.engine import Generator
+    from textbookgen.recipe import ProviderConfig
 
     if max_cost is not None and max_cost_usd is not None and max_cost != max_cost_usd:
         _fail(f"--max-cost {max_cost:g} and --max-cost-usd {max_cost_usd:g} (its old name) disagree; give one")
@@ -775,7 +776,8 @@ def classifier_label(
     with _reported():
         check_output(output, input_path)
         df = read_corpus(input_path, text_column, id_column)
-        gen = Generator(provider=provider, model=model, base_url=base_url, concurrency=concurrency,
+        key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
+        gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, concurrency=concurrency,
                         journal=journal, max_cost_usd=max_cost)
         labelled, stats = label_corpus(df, EducationalJudge(gen, max_chars=max_chars), sample, seed,
                                        text_column, id_column)
