@@ -93,6 +93,12 @@ def test_a_build_the_error_breaker_stops_exits_2_naming_its_journal(tmp_path):
         res = _build(out, emu.openai_base_url, samples=60, **{"limits.concurrency": 4})
     assert res.exit_code == 2, res.output
     assert "stopped early" in res.output and f"finished requests are kept in {out / 'journal.sqlite'}" in res.output
+    assert "provider.max_error_rate: null" in res.output
+    with _emulator(Fault("400", rate=1.0)) as emu:  # the recipe turns the breaker off: every request is tried
+        res = _build(tmp_path / "qs2", emu.openai_base_url, samples=60,
+                     **{"limits.concurrency": 4, "provider.max_error_rate": "null"})
+    assert res.exit_code == 3, res.output
+    assert emu.received >= 60  # stopped at the 50th with the breaker on
 
 
 def test_ctrl_c_during_a_build_exits_130_with_a_resume_hint(tmp_path):

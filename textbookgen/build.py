@@ -507,6 +507,7 @@ class Build:
             progress=self.progress,
             timeout_s=p.timeout_s,
             max_attempts=p.max_attempts,
+            max_error_rate=p.max_error_rate,
             retry_failed=self.retry_failed,
             batch=batch and p.batch,
             batch_size=p.batch_size,

@@ -582,7 +582,7 @@ class Generator:
         self._fail_run(FatalProviderError(
             f"stopped early: {failed} of the {self._finished} requests finished so far failed "
             f"(max_error_rate={self.max_error_rate:g}), {count} of them {common}, e.g. {self._examples[common][:300]}; "
-            f"fix the cause, then {again} (max_error_rate=None, --max-error-rate 1, turns this check off)"))
+            f"fix the cause, then {again} (max_error_rate=None, `--max-error-rate 1` or a recipe's provider.max_error_rate: null turns this check off)"))
 
     def _wait(self, state) -> float:
         """Exponential backoff with jitter, but never sooner than the server's Retry-After."""

@@ -59,6 +59,8 @@ class ProviderConfig(_Strict):
     batch_poll_s: float = Field(60.0, ge=0.0)
     timeout_s: float = Field(120.0, gt=0.0, allow_inf_nan=False)  # per attempt; reasoning models need more
     max_attempts: int = Field(8, ge=1, strict=True)  # per request, over transient errors (429, 5xx, timeouts)
+    # stop once 50 requests finished and more than this share failed (null: never): a bad prompt or model
+    max_error_rate: float | None = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _batch_api_exists(self) -> ProviderConfig:
