@@ -357,3 +357,20 @@ def test_a_language_of_no_known_script_is_a_recipe_error(tmp_path):
     with pytest.raises(RecipeError, match=r"web_samples\.language_filter: .*no script known for language 'Klingon'"):
         load_recipe(p)
     assert load_recipe(p, {"web_samples.language_filter": False}).language == "Klingon"
+
+
+def test_a_language_model_replaced_in_place_changes_the_prompts_key(tmp_path):
+    from textbookgen.build import Build
+
+    (tmp_path / "topics.yaml").write_text("topics: [Physics]\n")
+    (tmp_path / "web.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "lid.bin").write_bytes(b"model one")
+    (tmp_path / "r.yaml").write_text(
+        "name: tiny\nmodel: gpt-4o-mini\ntaxonomy: {source: topics.yaml}\n"
+        "web_samples: {source: web.jsonl, language_filter: {model: lid.bin}}\n"
+        "mix: [{template: textbook_section}]\nsamples: 10\n"
+    )
+    recipe = load_recipe(tmp_path / "r.yaml")
+    before = Build(recipe, plan_only=True)._web_identity()
+    (tmp_path / "lid.bin").write_bytes(b"model two")
+    assert Build(recipe, plan_only=True)._web_identity() != before

@@ -722,6 +722,9 @@ class Build:
         ident = wc.model_dump(mode="json")
         if not wc.is_remote:
             ident["content"] = path_hash(self.recipe.resolve(wc.source))
+        model = wc.language_filter.model if wc.language_filter else None
+        if model and not model.startswith(("hf:", "http://", "https://")):  # a model replaced in place re-filters
+            ident["language_model"] = path_hash(self.recipe.resolve(model))
         return ident
 
     def load_web_samples(self, planning: bool) -> WebSamples | None:
