@@ -12,7 +12,15 @@ import polars as pl
 import pytest
 
 from textbookgen.curation.config import FilterConfig
-from textbookgen.curation.filters import Doc, HeuristicFilter, RepeatedNgrams, SymbolRatio, looks_like_code
+from textbookgen.curation.filters import (
+    Doc,
+    HeuristicFilter,
+    NonAlphaWords,
+    RepeatedNgrams,
+    StopWords,
+    SymbolRatio,
+    looks_like_code,
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +159,16 @@ def test_bare_words_are_not_code():
         assert HeuristicFilter().reason(text) == "too_short", text
     for code in ["x = 1\ny = 2\nx + y", "import os\n\nos\npath", "values\nprint(values)\nvalues"]:
         assert looks_like_code(code), code
+
+
+def test_stop_words_are_counted_distinct_as_gopher_does():
+    rule = StopWords(FilterConfig())
+    assert rule.keep(Doc("the cat and the dog sat on a mat near the door today", False))  # "the", "and"
+    assert not rule.keep(Doc("Skier born in Oslo. The race results: the podium, the medals", False))  # "the" x3
+
+
+def test_non_alpha_words_keep_textbook_math_and_drop_lists(sciphi_sections, wiki):
+    rule = NonAlphaWords(FilterConfig())
+    assert all(rule.keep(Doc(s, False)) for s in sciphi_sections)  # exercise lists of inline math stay
+    catalogue = "Species list:\n" + "\n".join(f"{i}. {1900 + i} – {i * 7}.{i} – {i * 3} mm" for i in range(60))
+    assert not rule.keep(Doc(catalogue, False))  # the old default (80% without a letter allowed) kept this

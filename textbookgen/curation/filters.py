@@ -198,11 +198,14 @@ class StopWords(Rule):
     scope = "prose"
 
     def keep(self, doc: Doc) -> bool:
-        n = 0
+        """Gopher's rule as datatrove applies it: that many *different* stop words ("the the" is one)."""
+        seen: set[str] = set()
         for w in doc.prose_words:
-            n += w.lower().strip(".,;:!?\"'()") in STOP_WORDS
-            if n >= self.cfg.prose_min_stop_words:
-                return True
+            w = w.lower().strip(".,;:!?\"'()")
+            if w in STOP_WORDS:
+                seen.add(w)
+                if len(seen) >= self.cfg.prose_min_stop_words:
+                    return True
         return False
 
 
