@@ -225,11 +225,12 @@ def test_answers_to_requests_a_rerun_dropped_are_kept_in_the_journal(tmp_path):
 
 
 def test_budget_limits_what_is_submitted(tmp_path):
+    """5 requests fit at max_tokens; answers that stop sooner leave room for more (tests/test_batch_budget.py)."""
     with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
         gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, max_output_tokens=64 * 5)
         out = gen.run(reqs(12))
-        assert emu.billed == 5
-    assert [r.status for r in out].count("skipped_budget") == 7
+        assert emu.billed >= 5 and 64 * 4 <= emu.output_tokens <= 64 * 5
+    assert [r.status for r in out].count("skipped_budget") == 12 - emu.billed > 0
 
 
 def test_batch_needs_a_provider_with_a_batch_api_and_a_valid_key(tmp_path):

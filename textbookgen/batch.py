@@ -14,6 +14,13 @@ back to the queue, not counted as a round, and the run learns a cap from it, hol
 while its batches run and submitting the rest as they end. `BatchLimits` sets a cap up front instead.
 `cancel_batches` (`textbookgen journal PATH --cancel-batches`) cancels a journal's open batches.
 
+The budgets hold as in a live run, at the batch price, even if every answer runs to max_tokens: a batch goes out
+only when its worst case (the engine's, per request: the prompt as estimated and max_tokens of output), with that
+of every batch still running, fits beside what is spent. When the whole next batch does not fit, the requests that
+do (in order) go as a smaller one, or the run waits for running batches to end: their real cost, mostly far below
+max_tokens, frees room. The budget is reached when none is running and the next request's worst case does not fit,
+so a run ends within one request's worst case of it.
+
 Nothing is paid twice. A batch's row (tag, keys) is committed before it is submitted and its batch id right
 after, so a rerun polls the batches the journal names instead of submitting their requests again. A crash
 between the submission and that second commit is covered by finding the batch at the provider: OpenAI by
@@ -51,7 +58,7 @@ from textbookgen.providers import (
 )
 
 if TYPE_CHECKING:
-    from textbookgen.engine import Generator, _Item
+    from textbookgen.engine import Generator, Spend, _Item
     from textbookgen.journal import Journal
 
 log = logging.getLogger("textbookgen.batch")
@@ -256,7 +263,7 @@ class BatchRunner:
         self.learned_tokens: float | None = None  # the enqueued-token cap the provider's refusals taught
         self.refusals = 0  # refusals in a row with none of this run's batches running (others fill the queue)
         self.not_before = 0.0  # monotonic time before which nothing is submitted (after such a refusal)
-        self.running: dict[str, dict] = {}  # tag -> {"batch_id", "keys", "since", "cost", "out", "tokens"}
+        self.running: dict[str, dict] = {}  # tag -> {"batch_id", "keys", "since", "worst", "tokens"}
 
     async def run(self, todo: list[_Item]) -> None:
         items = {item.key: item for item in todo}
@@ -319,21 +326,21 @@ class BatchRunner:
         return self.journal.batch_ids() | {b["batch_id"] for b in self.running.values()}
 
     def _track(self, tag: str, batch_id: str, keys: list[str], since: float, items: dict[str, _Item]) -> None:
-        cost = out = tokens = 0.0
-        for key in keys:
-            if key in items:
-                item_cost, item_out = self._expected(items[key])
-                cost, out, tokens = cost + item_cost, out + item_out, tokens + self._tokens(items[key])
-        self.running[tag] = {"batch_id": batch_id, "keys": keys, "since": since, "cost": cost, "out": out,
-                             "tokens": tokens}
-        self.gen._inflight_cost += cost
-        self.gen._inflight_out += out
+        """Follow a submitted batch; its requests' worst case is held against the budgets until it has ended."""
+        mine = [items[key] for key in keys if key in items]
+        worst = self._worst_of(mine)
+        self.running[tag] = {"batch_id": batch_id, "keys": keys, "since": since, "worst": worst,
+                             "tokens": sum(self._tokens(item) for item in mine)}
+        self.gen._inflight_cost += worst.usd
+        self.gen._inflight_out += worst.output_tokens
         self.gen._in_batches += len(keys)
 
-    def _expected(self, item: _Item) -> tuple[float, float]:
-        gen = self.gen
-        out = gen._avg_out if gen._avg_out is not None else item.req.max_tokens
-        return item.est_in * gen._in_ratio * gen.price_in + out * gen.price_out, out
+    def _worst_of(self, items: Sequence[_Item]) -> Spend:
+        """The most `items` may cost together: the engine's worst case of each (here at the batch price)."""
+        from textbookgen.engine import Spend  # the engine imports this module
+
+        worst = [self.gen._worst_case(item) for item in items]
+        return Spend(sum(w.usd for w in worst), sum(w.output_tokens for w in worst))
 
     def _tokens(self, item: _Item) -> float:
         """The prompt tokens a request puts in the provider's queue: the engine's estimate, corrected by the
@@ -346,36 +353,40 @@ class BatchRunner:
         return min(caps) - sum(b["tokens"] for b in self.running.values()) if caps else math.inf
 
     async def _submit(self, queue: list[_Item]) -> list[_Item]:
-        """Submit the queue in batches while the budget and the provider's room allow; returns what is held
-        back until running batches end (all is submitted, or skipped for the budget, otherwise)."""
+        """Submit the queue in batches while the budgets and the provider's room allow; returns what is held
+        back until running batches end (all is submitted, or skipped for the budget, otherwise). A batch takes
+        the requests, in order, whose worst case fits in the budgets beside what is spent and the worst case of
+        the batches running (see the module's docstring)."""
+        from textbookgen.engine import Spend  # the engine imports this module
+
         gen = self.gen
         while queue and gen._fatal is None:
             if time.monotonic() < self.not_before or (
                     self.running and self.limits.batches is not None and len(self.running) >= self.limits.batches):
                 return queue
             room = self._room()
-            lines, chunk, size, cost, out, tokens, spent = [], [], 0, 0.0, 0.0, 0.0, False
+            lines, chunk, size, tokens, worst, over = [], [], 0, 0.0, Spend(0.0, 0), None
             for item in queue[:self.max_requests]:
                 line = self.api.line(item.key, item.req)
                 if chunk and size + len(line) > MAX_BYTES:
                     break
                 if (chunk or self.running) and tokens + self._tokens(item) > room:
                     break  # one request at least when none is running, or nothing would ever go
-                item_cost, item_out = self._expected(item)
-                try:
-                    gen._check_budget(cost + item_cost, out + item_out)
-                except BudgetExhausted:
-                    spent = True
+                more = gen._worst_case(item)
+                more = Spend(worst.usd + more.usd, worst.output_tokens + more.output_tokens)
+                if (over := gen._over_budget(more)) is not None:
                     break
                 lines.append(line)
                 chunk.append(item)
-                size, cost, out = size + len(line) + 1, cost + item_cost, out + item_out
-                tokens += self._tokens(item)
+                size, tokens, worst = size + len(line) + 1, tokens + self._tokens(item), more
             if not chunk:
-                if not spent:
-                    return queue  # no room until a running batch ends
-                for item in queue:  # the budget is spent: the rest stay pending for a rerun with a larger one
-                    gen._skip(item)
+                if over is None or self.running:
+                    return queue  # no room (at the provider, or in the budgets) until a running batch ends
+                try:
+                    gen._stop_launching(over)
+                except BudgetExhausted:  # the rest stay pending for a rerun with a larger budget
+                    for item in queue:
+                        gen._skip(item)
                 return []
             tag = f"tbg-{secrets.token_hex(8)}"
             keys = [item.key for item in chunk]
@@ -474,10 +485,12 @@ class BatchRunner:
             self._record_orphans(orphans, latency)
             gen._writer.flush()  # answers are in the journal before the batch is marked done
             self.journal.update_batch(tag, "done")
-            del self.running[tag]
-            gen._inflight_cost -= batch["cost"]
-            gen._inflight_out -= batch["out"]
+            del self.running[tag]  # its answers are booked: its worst case makes room
+            gen._inflight_cost -= batch["worst"].usd
+            gen._inflight_out -= batch["worst"].output_tokens
             gen._in_batches -= len(batch["keys"])
+            if not self.running:  # none in flight: no rounding left over
+                gen._inflight_cost = gen._inflight_out = 0.0
             if refused:  # never ran: not a round
                 for item, _ in refused:
                     item.attempts -= 1

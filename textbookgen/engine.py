@@ -415,8 +415,7 @@ class Generator:
         self._failures: Counter[str] = Counter()
         self._examples: dict[str, str] = {}  # the first error message of each failure class
         self._in_ratio = 1.0
-        self._avg_out: float | None = None
-        self._inflight_cost = 0.0  # live: the worst case of the attempts in flight; batch: their expected cost
+        self._inflight_cost = 0.0  # the worst case of the attempts in flight (live) or of the batches running
         self._inflight_out = 0.0
         self._reservations = 0  # live attempts holding a worst case in _inflight_*
         self._settled = asyncio.Event()  # set (and replaced) whenever one of them settles: room may have opened
@@ -651,8 +650,6 @@ class Generator:
         admission.complete(ticket, completion.input_tokens, completion.output_tokens, completion.headers)
         if item.est_in and completion.input_tokens:
             self._in_ratio += 0.05 * (completion.input_tokens / item.est_in - self._in_ratio)
-        out = completion.output_tokens
-        self._avg_out = out if self._avg_out is None else self._avg_out + 0.05 * (out - self._avg_out)
         return completion, time.monotonic() - t_send
 
     async def _timed(self, req: ChatRequest, t_send: float):
@@ -736,22 +733,14 @@ class Generator:
         abandoned = ", timed-out or interrupted attempts counted at max_tokens" if c["abandoned_output_tokens"] else ""
         max_cost, max_out = self._max_cost_usd, self._max_output_tokens
         if max_cost is not None and usd + self._inflight_cost + more.usd > max_cost:
-            flight = f", ${self._inflight_cost:,.4f} more expected from requests in flight" if self._inflight_cost else ""
+            flight = f", ${self._inflight_cost:,.4f} held at worst case for requests in flight" if self._inflight_cost else ""
             return (f"max_cost_usd=${max_cost:,.4f} reached (spent ${usd:,.4f}{abandoned}{flight}; "
                     f"${more.usd:,.4f} more would not fit)")
         if max_out is not None and used + self._inflight_out + more.output_tokens > max_out:
-            flight = f", ~{self._inflight_out:,.0f} more expected from requests in flight" if self._inflight_out else ""
+            flight = f", ~{self._inflight_out:,.0f} held at worst case for requests in flight" if self._inflight_out else ""
             return (f"max_output_tokens={max_out:,} reached (used {used:,}{abandoned}{flight}; "
                     f"{more.output_tokens:,.0f} more would not fit)")
         return None
-
-    def _check_budget(self, expected_cost: float, expected_out: float) -> None:
-        """Batch submissions: stop for good once the next one is not expected to fit."""
-        if self._budget_note is not None:
-            raise BudgetExhausted
-        note = self._over_budget(Spend(expected_cost, expected_out))
-        if note is not None:
-            self._stop_launching(note)
 
     async def _reserve(self, item: _Item) -> None:
         """Hold this attempt's worst case against the budgets, waiting while it does not fit for attempts in flight
