@@ -258,3 +258,16 @@ def test_injected_failures_dropped_connection_and_lost_answer(hub, api):
     with pytest.raises(Exception, match="(?i)disconnect|connection"):
         api.upload_file(path_or_fileobj=b"3", path_in_repo="three.txt", repo_id="tester/d", repo_type="dataset")
     assert api.list_repo_files("tester/d", repo_type="dataset") == [".gitattributes", "one.txt", "two.txt"]
+
+
+def test_injected_hang_reads_the_request_and_never_answers(hub, api):
+    """`status="hang"`: only the client's timeout ends the request, which the Hub never handles."""
+    import httpx2
+
+    hub.inject("POST", r"/api/repos/create", "hang")
+    with pytest.raises(httpx2.ReadTimeout):
+        httpx2.post(f"{hub.endpoint}/api/repos/create", json={"name": "d", "organization": "tester", "type": "dataset"},
+                    headers={"Authorization": f"Bearer {hub.token}"}, timeout=0.5)  # fmt: skip
+    assert hub.requests == [("POST", "/api/repos/create", 0)] and hub.repos == {}
+    api.create_repo("tester/d", repo_type="dataset")  # the fault is spent: the next request is answered
+    assert ("dataset", "tester/d") in hub.repos

@@ -417,3 +417,37 @@ def test_repush_without_a_split_deletes_its_shards(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
     assert list(datasets.load_dataset(str(out), cache_dir=str(tmp_path / "c"))) == ["train"]
+
+
+def test_a_hub_that_never_answers_fails_the_push_in_one_line_and_nothing_lands(hub, tmp_path):
+    """The client sends requests without a timeout; ours bounds each one, and a rerun completes the push."""
+    from huggingface_hub.utils import _http
+
+    folder = build(tmp_path / "build")
+    factory = _http._GLOBAL_CLIENT_FACTORY
+    hub.inject("POST", r"/commit/", "hang")
+    with pytest.raises(ConnectionError, match=r"the Hub at http://127\.0\.0\.1:\d+ did not answer within 1 s") as err:
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint, timeout=1)
+    assert "\n" not in str(err.value) and "TEXTBOOKGEN_HUB_TIMEOUT" in str(err.value)
+    assert len(hub.commits(REPO)) == 1  # nothing committed
+    assert _http._GLOBAL_CLIENT_FACTORY is factory  # the client's own session is left as it was
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint, timeout=1)
+    assert len(hub.commits(REPO)) == 2
+
+
+def test_pull_and_push_timeouts_from_the_environment(hub, tmp_path, monkeypatch):
+    """`repo_info` (also inside `snapshot_download`) sends `timeout=None`: a Hub silent on it hung a pull."""
+    push(build(tmp_path / "build"), REPO, token=hub.token, endpoint=hub.endpoint)
+    monkeypatch.setenv("TEXTBOOKGEN_HUB_TIMEOUT", "0.5")
+    hub.inject("GET", rf"^/api/datasets/{REPO}", "hang")
+    with pytest.raises(ConnectionError, match=r"did not answer within 0\.5 s .*rerun the pull"):
+        pull(REPO, tmp_path / "pulled", token=hub.token, endpoint=hub.endpoint)
+    assert not (tmp_path / "pulled").exists() or not any((tmp_path / "pulled").iterdir())
+    hub.requests.clear()
+    for bad in ("0", "soon", "inf"):
+        monkeypatch.setenv("TEXTBOOKGEN_HUB_TIMEOUT", bad)
+        with pytest.raises(ValueError, match=r"\$TEXTBOOKGEN_HUB_TIMEOUT must be a positive number of seconds"):
+            pull(REPO, tmp_path / "pulled", token=hub.token, endpoint=hub.endpoint)
+    with pytest.raises(ValueError, match="^timeout must be a positive"):
+        push(tmp_path / "build", REPO, token=hub.token, endpoint=hub.endpoint, timeout=-1)
+    assert hub.requests == []  # refused before any request

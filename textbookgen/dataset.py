@@ -7,6 +7,7 @@ table) so every build of every recipe has the same columns, in the same order, w
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -45,6 +46,9 @@ SHARD_RE = re.compile(r"^(?P<split>\w+(?:\.\w+)*)-(?P<index>\d{5})-of-(?P<total>
 
 DEFAULT_MAX_SHARD_BYTES = 500 * 1000**2  # `datasets`' max_shard_size default, measured the same way
 DEFAULT_ROW_GROUP_BYTES = 64 * 1024**2  # small enough for the viewer's random access, big enough to scan
+#: pyarrow's content-defined chunking options, `datasets`' defaults (`config.DEFAULT_CDC_OPTIONS`):
+#: pages cut by a rolling hash between 256 KiB and 1 MiB, so an insertion moves no later page boundary.
+CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
 
 
 def validate_split(split: str) -> str:
@@ -144,6 +148,7 @@ def write_dataset(
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
     compression_level: int = 9,
     keep_extra: bool = False,
+    content_defined_chunking: bool = True,
 ) -> list[Path]:
     """Write `df` as zstd parquet shards `out_dir/data/{split}-NNNNN-of-NNNNN.parquet`; return their paths.
 
@@ -153,6 +158,9 @@ def write_dataset(
     under a temporary name and renamed, so a crash leaves no half-written shard that `load_dataset`
     would pick up. An empty table is refused (the folder is left as it was): `load_dataset` cannot load
     a split with no rows.
+
+    `content_defined_chunking` (default on) cuts data pages where the content says, so a rebuild with
+    more documents repeats most pages byte for byte and the Hub's Xet storage uploads only new ones.
     """
     validate_split(split)
     lf = df.lazy()
@@ -172,13 +180,7 @@ def write_dataset(
         shard = _cast(lf.slice(start, end - start).collect(), keep_extra)
         path = data_dir / f"{split}-{i:05d}-of-{n_shards:05d}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
-        shard.write_parquet(
-            tmp,
-            compression="zstd",
-            compression_level=compression_level,
-            statistics=True,
-            row_group_size=row_group_rows,
-        )
+        _write_shard(shard, tmp, compression_level, row_group_rows, content_defined_chunking)
         tmp.replace(path)
         paths.append(path)
         log.debug("wrote %s (%d rows)", path.name, shard.height)
@@ -188,6 +190,23 @@ def write_dataset(
             log.info("removed stale shard %s", stale)
     log.info("wrote %d rows of split %r in %d shard(s) to %s", rows, split, n_shards, data_dir)
     return paths
+
+
+def _write_shard(shard: pl.DataFrame, path: Path, compression_level: int, row_group_rows: int, cdc: bool) -> None:
+    """Write one shard: with CDC through pyarrow (polars' writer has no such option) as `datasets`
+    writes it (same chunk sizes, a page index, the options in the footer); without, through polars."""
+    if not cdc:
+        shard.write_parquet(path, compression="zstd", compression_level=compression_level, statistics=True,
+                            row_group_size=row_group_rows)  # fmt: skip
+        return
+    import pyarrow.parquet as pq
+
+    table = shard.to_arrow()
+    with pq.ParquetWriter(path, table.schema, compression="zstd", compression_level=compression_level,
+                          write_statistics=True, write_page_index=True,
+                          use_content_defined_chunking=CDC_OPTIONS) as writer:  # fmt: skip
+        writer.add_key_value_metadata({"content_defined_chunking": json.dumps(CDC_OPTIONS)})
+        writer.write_table(table, row_group_size=row_group_rows)
 
 
 def existing_shards(out_dir: str | Path, split: str | None = None) -> list[Path]:

@@ -7,7 +7,9 @@ silent overwrite). An existing card's metadata is merged, not replaced, so a lic
 describes the data (configs, features, sizes) replace the Hub's values. Shards the new build no longer
 has are deleted in the same commit, so `data/train-*` never mixes two builds. Large files go through
 the client's normal upload path (Xet or LFS, whichever the Hub offers). The token comes from `token=`, `HF_TOKEN` or the
-user's `hf auth login`, and is never logged or written.
+user's `hf auth login`, and is never logged or written. Every request has a finite timeout (`timeout=`,
+`$TEXTBOOKGEN_HUB_TIMEOUT`): the client sends its own without one, so a Hub that took the connection and
+never answered would hang a push forever.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ REPO_ID_RE = re.compile(r"[\w\-.]{1,96}/(?![.\-])[\w\-.]{1,96}(?<![.\-])")
 #: Environment variables whose values are secrets that must never be published (HF_TOKEN, *_API_KEY ...).
 SECRET_ENV_RE = re.compile(r"(?i)(api_?key|access_?key|secret|password|(^|_)token)$")
 
+#: Seconds a Hub request may wait to connect, or for the next bytes sent or received: never a total, so a
+#: large upload that keeps moving is not cut. `$TEXTBOOKGEN_HUB_TIMEOUT` or `timeout=` changes it.
+DEFAULT_TIMEOUT_S = 60.0
+TIMEOUT_ENV = "TEXTBOOKGEN_HUB_TIMEOUT"
+
 #: Files of a built folder that are published, beside README.md, data/ and assets/.
 PROVENANCE_FILES = ("recipe.yaml", "manifest.json", "journal_summary.json")
 TEXT_SUFFIXES = (".md", ".yaml", ".yml", ".json", ".txt")
@@ -49,8 +56,53 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def hub_timeout(timeout: float | None = None) -> float:
+    """Seconds of the per-request timeout: `timeout`, else `$TEXTBOOKGEN_HUB_TIMEOUT`, else the default."""
+    source, value = ("timeout", timeout) if timeout is not None else (f"${TIMEOUT_ENV}", os.environ.get(TIMEOUT_ENV))
+    if value is None or value == "":
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{source} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
 @contextmanager
-def hub_errors(repo_id: str, endpoint: str, write: bool = True) -> Iterator[None]:
+def request_timeout(seconds: float) -> Iterator[None]:
+    """Give each request `huggingface_hub` sends inside the block a timeout of `seconds`.
+
+    The client's default session and calls such as `repo_info` (also inside `snapshot_download`) send
+    `timeout=None`, so a request hook of the session sets every phase (connect, the wait for the next
+    bytes read or written, a pool slot) to `seconds`, the client's own 10 s for downloads included, so
+    that the error can say what the limit was. httpx has no total timeout: an upload that keeps sending
+    is never cut. The session is rebuilt from the factory in use (a user's proxy settings stay) and
+    the factory is restored afterwards. Xet transfers (hf_xet's own HTTP stack) are outside its reach.
+    """
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
+
+    def bound(request: Any) -> None:
+        request.extensions["timeout"] = dict.fromkeys(("connect", "read", "write", "pool"), seconds)
+
+    def factory() -> Any:
+        client = previous()
+        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], bound]}
+        return client
+
+    set_client_factory(factory)
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
+
+@contextmanager
+def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float | None = None) -> Iterator[None]:
     """Turn the client's HTTP and network errors into one line that says what to do.
 
     Auth problems become PermissionError; an unreachable or failing Hub (network, timeouts, 429, 5xx)
@@ -60,9 +112,9 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True) -> Iterator[None
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        from httpx2 import TransportError
+        from httpx2 import TimeoutException, TransportError
     except ImportError:  # huggingface_hub<2 speaks httpx
-        from httpx import TransportError
+        from httpx import TimeoutException, TransportError
     rerun = ("nothing is half-published; rerun the push (files already uploaded are not sent again)" if write
              else "rerun the pull (files already downloaded are not fetched again)")
     try:
@@ -83,6 +135,12 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True) -> Iterator[None
         if status is not None and (status in (408, 429) or status >= 500):
             raise ConnectionError(f"the Hub at {endpoint} answered {status}: {rerun}") from err
         raise
+    except TimeoutException as err:
+        limit = f"{timeout:g} s" if timeout is not None else "its timeout"
+        raise ConnectionError(
+            f"the Hub at {endpoint} did not answer within {limit} ({type(err).__name__}); {rerun}, or allow more "
+            f"time with ${TIMEOUT_ENV} or timeout="
+        ) from err
     except TransportError as err:
         raise ConnectionError(f"cannot reach the Hub at {endpoint} ({type(err).__name__}: {err}); {rerun}") from err
 
@@ -205,6 +263,7 @@ def push(
     *,
     commit_message: str | None = None,
     revision: str = "main",
+    timeout: float | None = None,
 ) -> str:
     """Create `repo_id` (a dataset repo) if needed and commit the built folder in one commit; return its URL.
 
@@ -215,13 +274,15 @@ def push(
     during the push (rerun to merge with the new head), ValueError for a bad repo id or a folder with
     nothing to publish (no shards, or a split with no rows, which `load_dataset` cannot load),
     PermissionError for a missing or refused token or a repo you cannot write, and ConnectionError when
-    the Hub cannot be reached or fails (rerun: uploaded files are not sent again).
+    the Hub cannot be reached, fails, or leaves a request unanswered for `timeout` seconds (default
+    `$TEXTBOOKGEN_HUB_TIMEOUT` or 60; rerun: uploaded files are not sent again).
     """
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     from textbookgen.card import card_defaults
 
     check_repo_id(repo_id)
+    seconds = hub_timeout(timeout)
     out_dir = Path(out_dir)
     splits = splits_of(out_dir)
     if not splits:
@@ -241,7 +302,7 @@ def push(
     check_card_matches_data(out_dir, (out_dir / "README.md").read_text("utf-8"))
 
     api = HfApi(endpoint=endpoint, token=secret)
-    with hub_errors(repo_id, api.endpoint):
+    with request_timeout(seconds), hub_errors(repo_id, api.endpoint, timeout=seconds):
         info = _open_repo(api, repo_id, private, revision)
         head = info.sha
         remote = {s.rfilename for s in info.siblings or []}
@@ -354,17 +415,27 @@ def pull(
     revision: str | None = None,
     token: str | None = None,
     endpoint: str | None = None,
+    *,
+    timeout: float | None = None,
 ) -> Path:
-    """Download a dataset repo (all files, at `revision`) into `local_dir` (default: `./<name>`)."""
-    from huggingface_hub import constants, snapshot_download
+    """Download a dataset repo (all files, at `revision`) into `local_dir` (default: `./<name>`); a request
+    left unanswered for `timeout` seconds (as for `push`) is a ConnectionError.
+
+    The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
+    the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
+    """
+    from huggingface_hub import HfApi, snapshot_download
 
     check_repo_id(repo_id)
+    seconds = hub_timeout(timeout)
     local_dir = Path(local_dir) if local_dir is not None else Path(repo_id.split("/")[1])
-    with hub_errors(repo_id, endpoint or constants.ENDPOINT, write=False):
+    api = HfApi(endpoint=endpoint, token=token)
+    with request_timeout(seconds), hub_errors(repo_id, api.endpoint, write=False, timeout=seconds):
+        head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
         path = snapshot_download(
             repo_id,
             repo_type="dataset",
-            revision=revision,
+            revision=head,
             local_dir=local_dir,
             token=token,
             endpoint=endpoint,

@@ -10,8 +10,8 @@ switched off in the client while the fake runs, so large files take the LFS path
 
 Permissions follow the Hub's: the token's user writes to its own namespace and its `orgs`; a repo of
 someone else's (`hub.add_repo("them/data")`) is readable but answers writes 403, and is not found
-(404) when private. `hub.inject(...)` fails requests (an HTTP status, a dropped connection, a commit
-that lands but whose answer is lost); `hub.before(...)` runs a concurrent writer.
+(404) when private. `hub.inject(...)` fails requests (an HTTP status, a dropped connection, no answer
+ever, a commit that lands but whose answer is lost); `hub.before(...)` runs a concurrent writer.
 
     with FakeHub() as hub:
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from aiohttp import web
@@ -184,6 +184,7 @@ class FakeHub:
         self._runner: web.AppRunner | None = None
         self._counter = 0
         self._saved_env: dict[str, str | None] = {}
+        self._closing = False  # set on exit: ends injected hangs so the server can stop
         self.port: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -194,6 +195,7 @@ class FakeHub:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> FakeHub:
+        self._closing = False
         self._tmp = tempfile.TemporaryDirectory(prefix="fakehub-")
         self._objects = Path(self._tmp.name) / "objects"
         self._objects.mkdir()
@@ -223,6 +225,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing = True
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
@@ -280,13 +283,15 @@ class FakeHub:
             raise KeyError(f"{path} not in {repo_id}@{revision}")
         return (self._objects / commit.files[path].sha256).read_bytes()
 
-    def inject(self, method: str, path_regex: str, status: int | None = 500, times: int = 1, *,
+    def inject(self, method: str, path_regex: str, status: int | Literal["hang"] | None = 500, times: int = 1, *,
                after: bool = False) -> None:  # fmt: skip
         """Fail the next `times` requests matching method and path (to test retries and recovery).
 
         `status`: answer it instead of handling the request; None drops the connection without an
-        answer (the client sees a network error, as after a timeout). `after=True` handles the request
-        first and then fails: a commit lands but its answer is lost, as when a proxy times out.
+        answer (the client sees a network error, as after a timeout); "hang" reads the request and
+        never answers (only a client timeout ends it; the request is not handled). `after=True`
+        handles the request first and then fails: a commit lands but its answer is lost, as when a
+        proxy times out.
         """
         self._faults.append({"method": method.upper(), "re": re.compile(path_regex), "status": status, "n": times,
                              "after": after})  # fmt: skip
@@ -346,11 +351,16 @@ class FakeHub:
         if failure["after"]:  # the request takes effect; only its answer is replaced
             with contextlib.suppress(web.HTTPException):
                 await handler(request)
-        self.requests.append((request.method, request.path, failure["status"] or 0))
+        self.requests.append((request.method, request.path, failure["status"] if isinstance(failure["status"], int) else 0))
         if failure["status"] is None:  # no answer at all: the client's connection breaks
             await request.read()
             request.transport.abort()
             raise ConnectionResetError("injected dropped connection")
+        if failure["status"] == "hang":  # the connection stays open, silent, until the client leaves
+            await request.read()
+            while request.transport is not None and not request.transport.is_closing() and not self._closing:
+                await asyncio.sleep(0.01)
+            raise ConnectionResetError("injected hang: the client gave up")
         return web.json_response({"error": "injected fault"}, status=failure["status"])
 
     def _auth(self, request: web.Request, required: bool) -> str | None:
