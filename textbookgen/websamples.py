@@ -6,6 +6,11 @@ Hugging Face dataset id (streaming), clean (ftfy mojibake fix, boilerplate lines
 cut at a sentence boundary, keep those in the build's language (a fastText language-ID model, or
 the share of letters in the language's script), pick one per request deterministically from (seed,
 count of earlier picks), and optionally retrieve extracts that talk about a topic with BM25 (`bm25s`).
+
+Scripts written without spaces (Chinese, Japanese; Thai, Lao, Khmer, Myanmar) are measured in words of
+a few characters each, and `。！？` end sentences, so their pages survive cleaning and reach the language
+filter. Retrieval indexes Han and Kana as overlapping character bigrams (as Lucene's CJK analyzer does);
+Thai, Lao, Khmer and Myanmar runs stay one token each, so a topic in those scripts rarely matches.
 """
 
 from __future__ import annotations
@@ -48,10 +53,30 @@ _BOILERPLATE = re.compile(
     r"javascript|click here|sign up\b|log ?in (?:to|with)\b|subscribe (?:to|now|here)\b|newsletter|follow us|"
     r"share (?:this|on)\b|skip to (?:main )?content|back to top|leave a (?:reply|comment)|powered by|"
     r"add to (?:cart|basket)|related posts?\b|(?:previous|next|older|newer) posts?\b)|©|"
-    r"^(?:read more|posted (?:on|by|in)\b|\d+ comments?\b|(?:log ?in|sign in|register|subscribe)\s*$)",
+    r"^(?:read more|posted (?:on|by|in)\b|\d+ comments?\b|(?:log ?in|sign in|register|subscribe)\s*$)|"
+    # Chinese and Japanese: all rights reserved, privacy policy, back to top, reproduction prohibited
+    r"版权所有|版權所有|隐私政策|隱私政策|返回顶部|回到顶部|無断転載|^(?:上一篇|下一篇|上一页|下一页)",
     re.I,
 )
-_SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?=\s|$)")
+_HAN_KANA = (
+    r"[\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+    r"\U00020000-\U0003ffff]"
+)
+_HAN_KANA_RUN = re.compile(_HAN_KANA + "+")
+# A sentence ends at . ! ? … (and the danda, the Arabic question mark and the Urdu full stop) before a
+# space, or at 。！？ anywhere, and at ! ? after a Han or Kana character: Chinese and Japanese put no
+# space after them (and ftfy makes ！？ ASCII). Closing quotes and brackets go with it.
+_SENTENCE_END = re.compile(
+    r"[.!?\u2026\u0964\u0965\u061f\u06d4][\"'\u201d\u2019)\]]*(?=\s|$)"
+    rf"|(?:[\u3002\uff01\uff1f\uff61]|(?<={_HAN_KANA})[!?])[\u3002\uff01\uff1f\uff61!?]*"
+    r"[\"'\u201d\u2019)\]\u300d\u300f\u3011\u3015\u3009\u300b\uff09\uff3d]*"
+)
+#: Runs of scripts written without spaces between words, and about how many characters a word has in
+#: them (Chinese words average 1.5-2 characters, Japanese about 2; Thai, Lao, Khmer, Myanmar about 4).
+_UNSPACED_RUNS = (
+    (_HAN_KANA_RUN, 2),
+    (re.compile(r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]+"), 4),  # Thai, Lao, Myanmar, Khmer
+)
 _SOURCE_DROP = re.compile(r"lorem ipsum", re.I)
 _NAV = re.compile(
     r"^(?:[^|\u00bb\u203a/]{1,30}\s[|\u00bb\u203a/]\s){2,}[^|\u00bb\u203a/]{1,30}$"
@@ -85,21 +110,34 @@ def clean_text(text: str, *, boilerplate_max_chars: int = 200) -> str:
         short = len(line) <= boilerplate_max_chars
         if short and (_BOILERPLATE.search(line) or _NAV.match(line)):
             continue
-        if len(line.split()) < 3 and not _SENTENCE_END.search(line):
+        if word_count(line) < 3 and not _SENTENCE_END.search(line):
             continue  # menu items, bare headings, crumbs
         kept.append(line)
     return "\n".join(kept)
 
 
+def word_count(line: str) -> int:
+    """Space-separated words, where a run of a script written without spaces counts one word per few
+    characters (so a Chinese sentence is not one "word", and "首页" is still a bare menu item)."""
+    if line.isascii():
+        return len(line.split())
+    n = 0
+    for run, chars_per_word in _UNSPACED_RUNS:
+        n += sum(-(-len(m) // chars_per_word) for m in run.findall(line))
+        line = run.sub(" ", line)
+    return n + len(line.split())
+
+
 def cut_at_sentence(text: str, limit: int = EXTRACT_CHARS) -> str:
     """At most `limit` characters, ending at the last sentence end in the window (if that keeps at
-    least half of it), else at the last word boundary. A '.' at the window's edge ends a sentence only
-    if the text goes on with a space (not "3." of "3.14", nor "example." of "example.com")."""
+    least half of it), else at the last word boundary (or the window's edge, in text without spaces).
+    A '.' at the window's edge ends a sentence only if the text goes on with a space (not "3." of
+    "3.14", nor "example." of "example.com"), and a '。' only if no closing quote follows it."""
     if len(text) <= limit:
         return text.strip()
     window = text[:limit]
-    edge_ends_sentence = text[limit].isspace()
-    ends = [m.end() for m in _SENTENCE_END.finditer(window) if m.end() < limit or edge_ends_sentence]
+    # matched on one character past the window, so the lookahead sees what follows the edge
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, limit + 1) if m.end() <= limit]
     if ends and ends[-1] >= limit // 2:
         return window[: ends[-1]].strip()
     space = window.rfind(" ")
@@ -233,7 +271,7 @@ class WebSamples:
         stemmer = _english_stemmer()
         if self._retriever is None:
             tokens = bm25s.tokenize(
-                [e.text for e in self.extracts],
+                [_han_kana_bigrams(e.text) for e in self.extracts],
                 stopwords="en",
                 stemmer=stemmer,
                 return_ids=False,
@@ -243,7 +281,7 @@ class WebSamples:
             self._retriever.index(tokens, show_progress=False)
         vocab = self._retriever.vocab_dict
         query_words = bm25s.tokenize(
-            [query], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
+            [_han_kana_bigrams(query)], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
         )[0]
         words = [w for w in query_words if w in vocab]
         if not words:
@@ -254,6 +292,15 @@ class WebSamples:
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.lexsort((top, -scores[top]))]
         return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
+
+
+def _han_kana_bigrams(text: str) -> str:
+    """Chinese and Japanese runs as space-separated overlapping character bigrams ("北京首都" ->
+    "北京 京首 首都"): BM25's tokenizer would take a whole clause as one word. A lone character is
+    dropped, as the tokenizer drops one-letter words."""
+    if text.isascii():
+        return text
+    return _HAN_KANA_RUN.sub(lambda m: " " + " ".join(m[0][i : i + 2] for i in range(len(m[0]) - 1)) + " ", text)
 
 
 @lru_cache(maxsize=1)
