@@ -363,3 +363,38 @@ def test_cli_cancel_batches(tmp_path, monkeypatch):
             "or build command") in done.output
     assert '"cancelled": 2' in done.output
     assert again.exit_code == 0 and "batches: 0 cancelled" in again.output
+
+
+def test_an_interrupted_batch_run_names_the_cancel_command_with_its_server(tmp_path, caplog):
+    with Emulator(EmulatorConfig(batch_latency_s=30.0)) as emu, caplog.at_level("WARNING", logger="textbookgen"):
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path)
+        asyncio.run(_interrupt_after_submission(gen, emu, reqs(24)))
+    assert (f"rerun the same command to collect them, or cancel them, keeping what they finished, with "
+            f"`textbookgen journal {gen.journal_path} --cancel-batches --base-url {emu.openai_base_url}`") in caplog.text
+
+
+def test_cli_cancel_batches_at_the_wrong_server_says_to_pass_base_url(tmp_path, monkeypatch):
+    import socket
+
+    from tenacity import wait_none
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+
+    with Emulator(EmulatorConfig(batch_latency_s=30.0)) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path)
+        asyncio.run(_interrupt_after_submission(gen, emu, reqs(24)))
+    with socket.socket() as s:  # a port nothing listens on stands in for the provider's API
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", closed)  # what the client tries without --base-url
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    monkeypatch.setattr("textbookgen.batch.wait_exponential_jitter", lambda **_: wait_none())
+    res = CliRunner().invoke(app, ["journal", str(gen.journal_path), "--cancel-batches"])
+    assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
+    assert "Cannot connect to host" in res.output and res.output.rstrip().endswith(
+        "no server answered at the provider's API: if the batches went to another server (a recipe's "
+        "provider.base_url), pass --base-url with its URL")
+    wrong = CliRunner().invoke(app, ["journal", str(gen.journal_path), "--cancel-batches", "--base-url", closed])
+    assert wrong.exit_code == 1 and "Cannot connect to host" in wrong.output and "--base-url" not in wrong.output
+    assert batch_rows(gen.journal_path)[0][2] == "running"  # still open: a cancel at the right server finds it

@@ -565,6 +565,21 @@ def test_build_through_the_batch_api_records_it_in_manifest_and_card(tmp_path):
     assert "| API | the provider's batch API (half the list price) |" in card
 
 
+def test_a_recipe_without_card_template_gets_the_base_card(tmp_path):
+    """The dataset folder always has its card: without `card_template` the base one every card extends."""
+    from huggingface_hub import DatasetCard
+
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
+        over = {"output": str(tmp_path / "c"), "samples": 4, "provider.base_url": emu.openai_base_url,
+                "card_template": None, "curation.filters.enabled": False}  # fmt: skip
+        res = build(load_recipe(QUICKSTART, over), progress=False)
+    assert res.stages["card"] == "ran" and not any("card" in note for note in res.manifest.get("notes", []))
+    card = DatasetCard.load(tmp_path / "c" / "dataset" / "README.md", ignore_metadata_errors=False)
+    assert card.data.configs and "## Limitations" in card.text
+
+
 def test_one_build_per_output_folder(tmp_path):
     import fcntl
 
@@ -725,3 +740,17 @@ def test_plan_time_counts_a_combined_token_limit():
     seconds, basis = estimate_time(10, 30_000, 30_000, rpm=None, input_tpm=None, output_tpm=None, concurrency=64,
                                    tpm=6_000)  # fmt: skip
     assert seconds == pytest.approx(600.0) and basis == "6000 tokens/min"
+
+
+def test_without_a_card_template_anywhere_the_build_writes_no_card_but_finishes(tmp_path, monkeypatch):
+    """An install without the project's datasets_cards/ folder (it is not packaged) builds as before, cardless."""
+    import textbookgen.card as card
+
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    monkeypatch.setattr(card, "BASE_TEMPLATE", tmp_path / "nowhere" / "_base.md")
+    with Emulator(EmulatorConfig(latency_median_s=0.005, responder=prose_responder)) as emu:
+        over = {"output": str(tmp_path / "c"), "samples": 4, "provider.base_url": emu.openai_base_url,
+                "card_template": None, "curation.filters.enabled": False}  # fmt: skip
+        res = build(load_recipe(QUICKSTART, over), progress=False)
+    assert res.stages["dataset"] == "ran" and not (tmp_path / "c" / "dataset" / "README.md").exists()

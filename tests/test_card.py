@@ -11,7 +11,15 @@ import yaml
 from huggingface_hub import DatasetCard
 from test_dataset import sample_documents
 
-from textbookgen.card import CARDS_DIR, language_code, redact, render_card, size_category, validate_card_text
+from textbookgen.card import (
+    CARDS_DIR,
+    language_code,
+    load_card_template,
+    redact,
+    render_card,
+    size_category,
+    validate_card_text,
+)
 from textbookgen.dataset import check_rows, splits_of, write_dataset
 
 RECIPE = {
@@ -105,7 +113,7 @@ def test_secrets_never_published(built):
         "token": "<redacted>", "max_tokens": 5, "note": "key <redacted>"}  # fmt: skip
 
 
-@pytest.mark.parametrize("template", ["quickstart", "phi15-textbooks", "phi1-code-textbooks", "tiny-stories"])
+@pytest.mark.parametrize("template", ["_base", "quickstart", "phi15-textbooks", "phi1-code-textbooks", "tiny-stories"])
 def test_every_template_renders_valid_card(tmp_path, template):
     write_dataset(sample_documents(20), tmp_path)
     readme = render_card(tmp_path, CARDS_DIR / f"{template}.md", {"name": template, "license": "cc-by-4.0"}, {})
@@ -159,6 +167,11 @@ def test_features_follow_the_arrow_schema_or_name_the_column_they_cannot_declare
     docs = sample_documents(3).with_columns(tags=pl.Series([["a"], [], ["b"]]))
     write_dataset(docs, tmp_path, keep_extra=True)
     assert "| `tags` | list<string> |" in render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, {}).read_text()
+
+
+def test_a_card_template_that_is_not_there_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"^card template not found: {tmp_path / 'nope.md'}$"):
+        load_card_template(tmp_path / "nope.md")
 
 
 def test_size_categories():

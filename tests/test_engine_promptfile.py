@@ -190,3 +190,15 @@ def test_generate_n_answers_per_prompt_are_seeded_and_growing_n_pays_only_the_ne
     assert seeds == [0, 1, 40, 41]
     rows = [json.loads(line) for line in (tmp_path / "p.completions.jsonl").read_text().splitlines()]
     assert [r["metadata"]["sample"] for r in rows] == [0, 1, 2, 0, 1, 2] and len({r["id"] for r in rows}) == 6
+
+
+def test_generate_n_answers_at_temperature_0_on_anthropic_warn_that_they_pay_for_one(tmp_path, caplog):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a"}) + "\n")
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu, caplog.at_level("WARNING", logger="textbookgen"):
+        result = CliRunner().invoke(app, ["generate", str(prompts), "--provider", "anthropic", "--model",
+                                          "claude-haiku-4-5", "--base-url", emu.anthropic_base_url, "--n", "2",
+                                          "--temperature", "0", "--no-progress"], env={"ANTHROPIC_API_KEY": "sk-test"})
+    assert result.exit_code == 0, result.output
+    assert ("n=2 samples per prompt at temperature 0 are (nearly) the same answer, paid 2 times: Anthropic's API "
+            "takes no seed, so the copies are the same request") in caplog.text

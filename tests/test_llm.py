@@ -167,6 +167,18 @@ def test_n_samples_per_row_are_seeded_requests_and_growing_n_pays_only_the_new_o
         assert all("seed" not in b for b in bodies)
 
 
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_n_samples_at_temperature_0_warn_once_that_they_pay_for_one_answer(provider, model, tmp_path, caplog):
+    with Emulator(EmulatorConfig()) as emu, caplog.at_level("WARNING", logger="textbookgen"):
+        make(Lesson, emu, provider, model, tmp_path, n=3, temperature=1.0)(TOPICS)
+        make(Lesson, emu, provider, model, tmp_path / "one", n=1, temperature=0.0)(TOPICS)
+        assert "temperature 0" not in caplog.text
+        make(Lesson, emu, provider, model, tmp_path / "greedy", n=3, temperature=0.0)(TOPICS)
+    warnings = [r.getMessage() for r in caplog.records if "temperature 0" in r.getMessage()]
+    assert len(warnings) == 1 and "are (nearly) the same answer, paid 3 times" in warnings[0]
+    assert ("Anthropic's API takes no seed" in warnings[0]) == (provider == "anthropic")
+
+
 def test_n_samples_failures_name_row_and_sample_and_n_is_checked(tmp_path):
     rows = TOPICS[:1] + [{"topic": "BROKEN thing"}]
     with Emulator(EmulatorConfig(faults=[Fault("400", rate=1.0, match="BROKEN")])) as emu:

@@ -286,9 +286,13 @@ class BatchRunner:
                 "journal: rerun to collect them")
         finally:
             if self.running:
+                gen = self.gen
+                server = f" --base-url {gen.base_url}" if gen.base_url else ""
                 log.warning("%d batches (%d requests) are still running at %s and are paid for; rerun the same "
-                            "command to collect them", len(self.running),
-                            sum(len(b["keys"]) for b in self.running.values()), self.gen.provider)
+                            "command to collect them, or cancel them, keeping what they finished, with "
+                            "`textbookgen journal %s --cancel-batches%s`", len(self.running),
+                            sum(len(b["keys"]) for b in self.running.values()), gen.provider,
+                            gen.journal_path or "JOURNAL", server)
 
     async def _call(self, fn, *args):
         gen = self.gen

@@ -601,13 +601,14 @@ class Build:
     def check_finish(self) -> None:
         """Check what the last stages need before anything is paid for: a repo to push to, a card
         template that compiles."""
-        from textbookgen.card import load_card_template
+        from textbookgen.card import card_template_of, load_card_template
 
         r = self.recipe
         if self.push and not r.hub.repo_id:
             raise BuildError("push: the recipe has no hub.repo_id; set it, or build with --no-push")
-        if r.card_template:
-            load_card_template(r.resolve(r.card_template))
+        template = card_template_of(r)
+        if template is not None:
+            load_card_template(template)
 
     def benchmark_texts(self) -> list[ItemTexts]:
         """The decontamination benchmarks' texts, loaded on first use: before the first paid request
@@ -996,12 +997,13 @@ class Build:
         self._record("dataset", input_hash, [data_dir], {"rows": curated.height}, self._done("dataset", t0))
 
     def stage_card(self) -> None:
-        from textbookgen.card import render_card
+        from textbookgen.card import card_template_of, render_card
 
         r = self.recipe
-        if not r.card_template:
-            self.stage_status["card"] = "off"
-            self.notes.append("no card_template in the recipe: no dataset card written.")
+        template = card_template_of(r)
+        if template is None:
+            self.console.print("   note: no card_template in the recipe and no datasets_cards/_base.md beside this "
+                               "install (it ships with the source checkout): no dataset card written")
             return
         t0 = self._begin("card")
         # What this run did (ran/skipped) stays out of the published copy: an unchanged build re-renders
@@ -1011,7 +1013,7 @@ class Build:
         )  # same order fresh or from state
         if "curation" in self.manifest:  # the card lists the stages in the order they ran (as state.json keeps them)
             published["curation"] = json.loads(json.dumps(self.manifest["curation"], default=str))
-        readme = render_card(self.out / "dataset", r.resolve(r.card_template), r, published)
+        readme = render_card(self.out / "dataset", template, r, published)
         self._done("card", t0)
         self.console.print(f"   {readme}")
 

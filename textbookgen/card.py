@@ -44,6 +44,8 @@ ASSETS_DIR = "assets"
 DEFAULTS_FILE = ".card_defaults.json"
 #: The project's card templates; a template elsewhere can still `{% extends "_base.md" %}`.
 CARDS_DIR = Path(__file__).resolve().parents[1] / "datasets_cards"
+#: The card of a recipe without `card_template`, so every built dataset has one.
+BASE_TEMPLATE = CARDS_DIR / "_base.md"
 PLOTS = {
     "topic_coverage": "Documents per subject and documents per topic",
     "length_histogram": "Document length",
@@ -526,6 +528,14 @@ def render_card(
     return readme
 
 
+def card_template_of(recipe: Recipe) -> Path | None:
+    """The recipe's `card_template`, else the base template every project card extends; None where that is
+    not there either (an install without the project's `datasets_cards/` folder, which is not packaged)."""
+    if recipe.card_template:
+        return recipe.resolve(recipe.card_template)
+    return BASE_TEMPLATE if BASE_TEMPLATE.is_file() else None
+
+
 def load_card_template(template_path: str | Path) -> jinja2.Template:
     """Compile a card template (UTF-8, Jinja); a file that is not one raises ValueError naming file and line."""
     template_path = Path(template_path)
@@ -543,6 +553,8 @@ def load_card_template(template_path: str | Path) -> jinja2.Template:
     env.filters["usd"] = lambda v: f"${v:,.4f}" if isinstance(v, (int, float)) else "–"
     try:
         return env.get_template(template_path.name)
+    except jinja2.TemplateNotFound:  # the base template where the package was installed without datasets_cards/
+        raise FileNotFoundError(f"card template not found: {template_path}") from None
     except jinja2.TemplateSyntaxError as err:
         raise ValueError(f"card template {err.filename or template_path}:{err.lineno}: {err.message}") from None
     except UnicodeDecodeError as err:

@@ -181,7 +181,8 @@ def generate(
     temperature: float | None = typer.Option(None, "--temperature"),
     top_p: float | None = typer.Option(None, "--top-p"),
     system: str | None = typer.Option(None, "--system", help="system prompt, where a row does not say"),
-    n: int = typer.Option(1, "--n", help="answers per prompt, seeded seed, seed+1, ... (the row's seed, else 0); "
+    n: int = typer.Option(1, "--n", help="answers per prompt, seeded seed, seed+1, ... (the row's seed, else 0; "
+                          "sent where the API takes one, not to Anthropic: use a temperature above 0); "
                           "metadata.sample says which; a larger --n later pays only for the new ones"),
     price: Annotated[list[str] | None, typer.Option("--price", help="MODEL=IN,OUT USD per 1M tokens (repeatable)")] = None,
     timeout: float = typer.Option(120.0, "--timeout", help="seconds an attempt waits for its answer; each timeout "
@@ -206,7 +207,7 @@ def generate(
     import logging
     from collections import Counter
 
-    from textbookgen.engine import Generator, RateLimits, sampled
+    from textbookgen.engine import Generator, RateLimits, sampled, warn_same_samples
     from textbookgen.errors import FatalProviderError
     from textbookgen.journal import JournalError
     from textbookgen.promptfile import load_prompts, write_completions
@@ -228,6 +229,7 @@ def generate(
         requests = load_prompts(prompts, defaults)
         if n != 1:
             requests = [s for r in requests for s in sampled(r, n)]
+            warn_same_samples(provider, n, requests)
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env)
@@ -282,6 +284,14 @@ def generate(
         _fail(budget, UNFINISHED_EXIT["budget"])
 
 
+def _unreached(err: BaseException) -> bool:
+    """Whether `err` comes of calls no server answered (connection refused, unknown host, timeout)."""
+    from textbookgen.errors import RetryableError
+
+    cause = err.__cause__ or err.__context__
+    return isinstance(cause, RetryableError) and not cause.reached
+
+
 @app.command()
 def journal(
     path: str = typer.Argument(..., help="journal file written by generate / build"),
@@ -291,7 +301,8 @@ def journal(
                                         help="cancel the journal's open provider batches, keep what they finished; "
                                         "the requests that never ran stay pending for a rerun"),
     base_url: str | None = typer.Option(None, "--base-url", help="with --cancel-batches: the server the batches "
-                                        "went to (default: the provider's API)"),
+                                        "went to, e.g. a recipe's provider.base_url (the journal does not record "
+                                        "it; default: the provider's API)"),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="with --cancel-batches: environment variable "
                                            "holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
 ) -> None:
@@ -315,13 +326,20 @@ def journal(
         import logging
 
         from textbookgen.batch import cancel_batches as cancel
+        from textbookgen.errors import FatalProviderError
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         api_key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not api_key:
             _fail(f"environment variable {api_key_env} is not set", 2)
         with _reported():
-            counts = cancel(path, base_url=base_url, api_key=api_key)
+            try:
+                counts = cancel(path, base_url=base_url, api_key=api_key)
+            except FatalProviderError as err:
+                if base_url or not _unreached(err):
+                    raise
+                _fail(f"{_error_line(err)}; no server answered at the provider's API: if the batches went to "
+                      "another server (a recipe's provider.base_url), pass --base-url with its URL")
         typer.echo(f"batches: {counts['cancelled']} cancelled, {counts['lost']} never created; requests: "
                    f"{counts['answered']} answered, {counts['failed']} failed, {counts['pending']} pending "
                    "(rerun the generate or build command to send them)")
@@ -381,11 +399,12 @@ def validate(
         except WebSampleError as err:
             typer.echo(f"error: web samples: {err}", err=True)
             raise typer.Exit(1) from None
-    if r.card_template:
-        from textbookgen.card import load_card_template
+    from textbookgen.card import card_template_of, load_card_template
 
-        with _reported():
-            load_card_template(r.resolve(r.card_template))
+    template = card_template_of(r)
+    with _reported():
+        if template is not None:
+            load_card_template(template)
     check = Build(r, plan_only=True)
     try:  # local files only: a plan downloads nothing
         check.check_benchmarks(planning=True)
@@ -481,11 +500,26 @@ topics_app = typer.Typer(no_args_is_help=True, help="Topic taxonomies: inspect, 
 app.add_typer(topics_app, name="topics")
 
 
+def _taxonomy_file(path: str) -> str:
+    """A taxonomy argument as a file: `builtin:NAME` is a shipped topic list, as in a recipe's taxonomy.source."""
+    if not path.startswith("builtin:"):
+        return path
+    from pydantic import ValidationError
+
+    from textbookgen.recipe import TOPICS_DIR, TaxonomyConfig
+
+    try:
+        TaxonomyConfig(source=path)  # the recipe's check, naming the built-ins when there is no such list
+    except ValidationError as err:
+        _fail(err.errors()[0]["msg"].removeprefix("Value error, "))
+    return str(TOPICS_DIR / f"{path.removeprefix('builtin:')}.yaml")
+
+
 def _load_taxonomy(path: str, select: str | None):
     from textbookgen.taxonomy import Taxonomy, TaxonomyError
 
     try:
-        return Taxonomy.load(path, select=select)
+        return Taxonomy.load(_taxonomy_file(path), select=select)
     except TaxonomyError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -493,7 +527,8 @@ def _load_taxonomy(path: str, select: str | None):
 
 @topics_app.command("stats")
 def topics_stats(
-    path: str = typer.Argument(..., help="taxonomy: .yaml, .csv (path column) or .md outline (.gz ok)"),
+    path: str = typer.Argument(..., help="taxonomy: .yaml, .csv (path column) or .md outline (.gz ok), or "
+                               "builtin:NAME (a shipped topic list)"),
     select: str | None = typer.Option(None, help="dotted key of the YAML subtree holding the topics"),
 ) -> None:
     """Print a taxonomy's size, depth and top-level subjects."""
@@ -505,7 +540,7 @@ def topics_stats(
 
 @topics_app.command("convert")
 def topics_convert(
-    src: str = typer.Argument(..., help="taxonomy to read"),
+    src: str = typer.Argument(..., help="taxonomy to read (a file or builtin:NAME)"),
     dst: str = typer.Argument(..., help="file to write (.yaml keeps ids, weights and metadata)"),
     select: str | None = typer.Option(None, help="dotted key of the YAML subtree holding the topics"),
 ) -> None:
@@ -528,23 +563,34 @@ def _save_taxonomy(tax, dst: str):
 
 @topics_app.command("grow")
 def topics_grow(
-    src: str = typer.Argument(..., help="root taxonomy"),
+    src: str = typer.Argument(..., help="root taxonomy (a file or builtin:NAME)"),
     dst: str = typer.Argument(..., help="grown taxonomy to write (.yaml)"),
     target: int = typer.Option(..., "--target", help="number of leaf topics to reach (phi-1.5: ~20,000)"),
     model: str = typer.Option("gpt-4o-mini", help="model"),
     provider: str = typer.Option("openai", help="openai, anthropic or openai-compatible"),
     base_url: str | None = typer.Option(None, help="server URL (vLLM, proxy, emulator)"),
-    journal: str = typer.Option("grow.sqlite", help="engine journal (resume after a crash)"),
+    journal: str | None = typer.Option(None, help="engine journal (default: <dst>.journal.sqlite, beside DST); "
+                                       "rerun with the same one to resume without paying again"),
+    max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget over the whole growth (everything "
+                                          "the journal records, earlier runs included): stop sending when reached"),
+    max_output_tokens: int | None = typer.Option(None, "--max-output-tokens", help="output-token budget, as --max-cost"),
     per_call: int | None = typer.Option(None, help="subtopics asked per call"),
     seed: int = typer.Option(0, help="seed"),
 ) -> None:
-    """Expand leaves through the LLM to a target count, dropping near-duplicate names."""
+    """Expand leaves through the LLM to a target count, dropping near-duplicate names.
+
+    Exit status: 0 grown, DST written; 1 bad input or a provider error (answers kept: rerun to resume); 4, as
+    `generate`'s, the budget stopped growth: DST is not written (it would fall short of --target), the answers
+    paid for stay in the journal and a rerun with a larger --max-cost / --max-output-tokens goes on from them."""
+    from textbookgen.build import BudgetedGenerator
     from textbookgen.engine import Generator
     from textbookgen.providers import PROVIDERS
-    from textbookgen.recipe import ProviderConfig
+    from textbookgen.recipe import BudgetConfig, ProviderConfig
     from textbookgen.taxonomy import grow, save_format
 
-    _check("--per-call", per_call, ">= 2")
+    for option, value, rule in (("--per-call", per_call, ">= 2"), ("--max-cost", max_cost, ">= 0"),
+                                ("--max-output-tokens", max_output_tokens, ">= 0")):
+        _check(option, value, rule)
     if provider not in PROVIDERS:
         _fail(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
     tax = _load_taxonomy(src, None)
@@ -554,13 +600,31 @@ def topics_grow(
     with _reported():
         save_format(dst)  # before paying for the growth
     _check_output(dst, "DST")
+    journal_path = Path(journal or f"{Path(dst).with_suffix('')}.journal.sqlite")
     key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
     with _reported():
-        gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal)
-        report = grow(tax, gen, target, per_call=per_call, seed=seed)
+        gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal_path,
+                        max_cost_usd=max_cost, max_output_tokens=max_output_tokens)
+    # One budget over every round (each is a run of its own), as a build's: checked here, so a 0 passes too.
+    budgeted = BudgetedGenerator(gen, BudgetConfig.model_construct(max_cost_usd=max_cost,
+                                                                   max_output_tokens=max_output_tokens),
+                                 {"grow": journal_path})
+    if journal is None and Path("grow.sqlite").is_file():
+        typer.echo(f"note: journal {journal_path}; to resume a grow journaled in ./grow.sqlite (the old default), "
+                   "pass --journal grow.sqlite", err=True)
+    with _reported(journal=journal_path):
+        report = grow(tax, budgeted, target, per_call=per_call, seed=seed)
+    done = f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls:,} calls"
+    if budgeted.skipped and report.leaves_after < target:
+        usd, out = budgeted.spent()
+        budget = (f"--max-output-tokens {max_output_tokens:,} ({out:,} output tokens paid)"
+                  if (budgeted.stop_note or "").startswith("max_output_tokens") else f"--max-cost {max_cost:g} "
+                  f"(${usd:,.4f} spent)")
+        _fail(f"{done}: the budget {budget} stopped growth; {dst} not written (short of --target {target:,}); the "
+              f"answers paid for are kept in {journal_path}: rerun with a larger budget to go on from them",
+              UNFINISHED_EXIT["budget"])
     _save_taxonomy(tax, dst)
-    typer.echo(f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls:,} calls, "
-               f"{report.duplicates_dropped:,} near-duplicates dropped; wrote {dst}")
+    typer.echo(f"{done}, {report.duplicates_dropped:,} near-duplicates dropped; wrote {dst} (journal {journal_path})")
 
 
 # ---- curation: dedup / decontaminate / filter / classifier (owner: curation) -----------------------
@@ -788,7 +852,8 @@ def classifier_label(
 
 @topics_app.command("coverage")
 def topics_coverage(
-    taxonomy: str = typer.Argument(..., help="taxonomy the table was built from (e.g. build/x/taxonomy.yaml)"),
+    taxonomy: str = typer.Argument(..., help="taxonomy the table was built from (e.g. build/x/taxonomy.yaml, "
+                                   "or builtin:NAME)"),
     table: str = typer.Argument(..., help="parquet with a topic_id column: prompts.parquet or documents"),
 ) -> None:
     """Samples per topic: how much of the taxonomy a prompt or document table covers."""

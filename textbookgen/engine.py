@@ -116,6 +116,16 @@ def sampled(req: ChatRequest, n: int, seed: int = 0) -> list[ChatRequest]:
     return [replace(req, seed=base + j, metadata={**req.metadata, "sample": j}) for j in range(n)]
 
 
+def warn_same_samples(provider: str, n: int, requests: Sequence[ChatRequest]) -> None:
+    """Warn once when `n` samples per prompt would be one answer paid n times: at temperature 0 a seed does not
+    change a greedy answer, and Anthropic's API takes none, so its copies are the same request body."""
+    if n > 1 and any(r.temperature == 0 for r in requests):
+        why = ("Anthropic's API takes no seed, so the copies are the same request" if provider == "anthropic"
+               else "a seed does not change a greedy answer")
+        log.warning("n=%d samples per prompt at temperature 0 are (nearly) the same answer, paid %d times: %s; set "
+                    "a temperature above 0 for distinct samples", n, n, why)
+
+
 @dataclass(slots=True)
 class ChatResponse:
     """The outcome of one request. status: "ok", "truncated" (finish_reason length; text kept),

@@ -31,7 +31,8 @@ floats); values with none (a list and a number) raise a TypeError naming the col
 Several answers per row: `n=4` makes four requests per row, seeded `seed, seed+1, ...` (0 by default), each its
 own journal entry, and the table gets a `sample` column, the answer's index: with `n > 1` the name is
 reserved, so rows or parse() output with a `sample` field raise a ValueError instead of hiding it.
-Raising `n` later pays only for the new samples.
+Raising `n` later pays only for the new samples. The seed is sent only where the API takes one (not Anthropic's):
+at temperature 0 the samples are one answer paid n times, which a warning says.
 """
 
 from __future__ import annotations
@@ -47,7 +48,15 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ValidationError
 
-from textbookgen.engine import ChatRequest, ChatResponse, Generator, run_sync, sampled, spent
+from textbookgen.engine import (
+    ChatRequest,
+    ChatResponse,
+    Generator,
+    run_sync,
+    sampled,
+    spent,
+    warn_same_samples,
+)
 
 __all__ = ["LLM"]
 
@@ -133,6 +142,7 @@ class LLM:
         for index, row in enumerate(rows):
             req = self._request(index, row)
             out += [req] if self.n == 1 and self.seed is None else sampled(req, self.n, self.seed or 0)
+        warn_same_samples(self.generator.provider, self.n, out)
         return out
 
     def _request(self, index: int, row: Any) -> ChatRequest:
