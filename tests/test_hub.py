@@ -240,6 +240,9 @@ def test_cli_push_and_pull(hub, tmp_path, monkeypatch):
     res = runner.invoke(app, ["push", str(tmp_path / "empty"), REPO, "--endpoint", hub.endpoint])
     assert res.exit_code != 0 and "no data/" in res.output
     assert os.environ["HF_TOKEN"] == hub.token
+    hub.inject("GET", rf"^/api/datasets/{REPO}", "hang")
+    res = runner.invoke(app, ["pull", REPO, "--out", str(tmp_path / "q"), "--endpoint", hub.endpoint, "--timeout", "0.5"])
+    assert res.exit_code == 1 and "did not answer within 0.5 s" in res.output, res.output
 
 
 def test_load_dataset_from_the_hub_after_push(hub, tmp_path, monkeypatch):

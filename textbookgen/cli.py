@@ -117,13 +117,14 @@ def push(
     private: bool = typer.Option(False, "--private", help="make the repo private, an existing public one too (a private repo is never made public)"),
     message: str | None = typer.Option(None, "--message", "-m", help="commit message"),
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
+    timeout: float | None = typer.Option(None, "--timeout", envvar="TEXTBOOKGEN_HUB_TIMEOUT", help="seconds to wait for each Hub answer (default 60)"),
 ) -> None:
     """Push a built dataset to the Hub in one commit (token from HF_TOKEN or `hf auth login`)."""
     from textbookgen import hub
 
     _check_endpoint(endpoint)
     try:
-        url = hub.push(folder, repo_id, private=private, endpoint=endpoint, commit_message=message)
+        url = hub.push(folder, repo_id, private=private, endpoint=endpoint, commit_message=message, timeout=timeout)
     except (ValueError, OSError, hub.PushConflictError) as err:
         _fail(_error_line(err))
     typer.echo(url)
@@ -135,13 +136,14 @@ def pull(
     out: str | None = typer.Option(None, "--out", "-o", help="folder to write (default: ./<repo name>)"),
     revision: str | None = typer.Option(None, "--revision", help="branch, tag or commit (default main)"),
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
+    timeout: float | None = typer.Option(None, "--timeout", envvar="TEXTBOOKGEN_HUB_TIMEOUT", help="seconds to wait for each Hub answer (default 60)"),
 ) -> None:
     """Download a dataset repo (shards, card, plots, recipe, manifest) into a folder."""
     from textbookgen import hub
 
     _check_endpoint(endpoint)
     with _reported():
-        path = hub.pull(repo_id, out, revision=revision, endpoint=endpoint)
+        path = hub.pull(repo_id, out, revision=revision, endpoint=endpoint, timeout=timeout)
     typer.echo(str(path))
 
 
@@ -504,15 +506,12 @@ def _taxonomy_file(path: str) -> str:
     """A taxonomy argument as a file: `builtin:NAME` is a shipped topic list, as in a recipe's taxonomy.source."""
     if not path.startswith("builtin:"):
         return path
-    from pydantic import ValidationError
-
-    from textbookgen.recipe import TOPICS_DIR, TaxonomyConfig
+    from textbookgen.recipe import builtin_topics
 
     try:
-        TaxonomyConfig(source=path)  # the recipe's check, naming the built-ins when there is no such list
-    except ValidationError as err:
-        _fail(err.errors()[0]["msg"].removeprefix("Value error, "))
-    return str(TOPICS_DIR / f"{path.removeprefix('builtin:')}.yaml")
+        return str(builtin_topics(path))
+    except ValueError as err:
+        _fail(str(err))
 
 
 def _load_taxonomy(path: str, select: str | None):

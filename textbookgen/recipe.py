@@ -31,6 +31,15 @@ from textbookgen.jsonl import decode_utf8
 from textbookgen.websamples import LID_MIN_SCORE, MIN_SCRIPT_SHARE, SCRIPTS
 
 TOPICS_DIR = Path(__file__).with_name("topics")
+
+
+def builtin_topics(source: str) -> Path:
+    """The file of a shipped topic list `builtin:NAME`; ValueError naming the built-ins when there is none."""
+    path = TOPICS_DIR / f"{source.removeprefix('builtin:')}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in TOPICS_DIR.glob("*.yaml")))
+        raise ValueError(f"no built-in topic list {source!r} (built-ins: {names})")
+    return path
 REASONING_MODELS = re.compile(r"(gpt-5(?!-chat)|o[1-9])\b")
 """OpenAI's reasoning models (gpt-5 family but gpt-5-chat; o1, o3, o4-mini): temperature and top_p 1 only."""
 KEY_ENV = {
@@ -136,9 +145,7 @@ class TaxonomyConfig(_Strict):
     @classmethod
     def _exists(cls, v: str, info: ValidationInfo) -> str:
         if v.startswith("builtin:"):
-            if not (TOPICS_DIR / f"{v.removeprefix('builtin:')}.yaml").is_file():
-                names = ", ".join(sorted(p.stem for p in TOPICS_DIR.glob("*.yaml")))
-                raise ValueError(f"no built-in topic list {v!r} (built-ins: {names})")
+            builtin_topics(v)
             return v
         _check_file(v, info, "taxonomy file")
         return v
@@ -318,7 +325,7 @@ class Recipe(_Strict):
     def taxonomy_path(self) -> Path:
         src = self.taxonomy.source
         if src.startswith("builtin:"):
-            return TOPICS_DIR / f"{src.removeprefix('builtin:')}.yaml"
+            return builtin_topics(src)
         return self.resolve(src)
 
     def output_dir(self) -> Path:
