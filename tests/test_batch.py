@@ -393,8 +393,57 @@ def test_cli_cancel_batches_at_the_wrong_server_says_to_pass_base_url(tmp_path, 
     res = CliRunner().invoke(app, ["journal", str(gen.journal_path), "--cancel-batches"])
     assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
     assert "Cannot connect to host" in res.output and res.output.rstrip().endswith(
-        "no server answered at the provider's API: if the batches went to another server (a recipe's "
-        "provider.base_url), pass --base-url with its URL")
+        "no server answered at the one the journal recorded (or the provider's API): if the batches went to another "
+        "server (a recipe's provider.base_url), pass --base-url with its URL")
     wrong = CliRunner().invoke(app, ["journal", str(gen.journal_path), "--cancel-batches", "--base-url", closed])
     assert wrong.exit_code == 1 and "Cannot connect to host" in wrong.output and "--base-url" not in wrong.output
     assert batch_rows(gen.journal_path)[0][2] == "running"  # still open: a cancel at the right server finds it
+
+
+def _closed_url() -> str:
+    """A URL nothing listens at."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_cli_cancel_batches_without_base_url_reaches_the_server_the_journal_recorded(provider, model, tmp_path,
+                                                                                     monkeypatch):
+    """The batches went to the emulator; the provider's API (its environment variable here) is elsewhere. Without
+    --base-url the cancel goes where the journal says they were submitted; an explicit --base-url wins."""
+    from tenacity import wait_none
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+
+    monkeypatch.setenv(f"{provider.upper()}_BASE_URL", _closed_url())  # what the client tries on its own
+    monkeypatch.setenv("TBG_TEST_KEY", "sk-test-key")
+    monkeypatch.setattr("textbookgen.batch.wait_exponential_jitter", lambda **_: wait_none())
+    with Emulator(EmulatorConfig(batch_latency_s=30.0)) as emu:
+        gen = batch_gen(emu, provider, model, tmp_path)
+        asyncio.run(_interrupt_after_submission(gen, emu, reqs(24)))
+        path = str(gen.journal_path)
+        elsewhere = CliRunner().invoke(app, ["journal", path, "--cancel-batches", "--base-url", _closed_url(),
+                                             "--api-key-env", "TBG_TEST_KEY"])
+        assert elsewhere.exit_code == 1 and "Cannot connect to host" in elsewhere.output
+        assert [status for _, _, status, _ in batch_rows(path)] == ["running"] * 2
+        done = CliRunner().invoke(app, ["journal", path, "--cancel-batches", "--api-key-env", "TBG_TEST_KEY"])
+        assert emu.stats()["batches_created"] == 2 and emu.billed == 0
+    assert done.exit_code == 0, done.output
+    assert "batches: 2 cancelled, 0 never created; requests: 0 answered, 0 failed, 24 pending" in done.output
+    with sqlite3.connect(path) as db:
+        recorded = {url for (url,) in db.execute("SELECT base_url FROM batches")}
+    assert {url.rstrip("/") for url in recorded} == {gen.base_url.rstrip("/")}
+    assert not any(b"sk-test-key" in f.read_bytes() for f in tmp_path.glob(f"{provider}.sqlite*"))
+
+
+def test_the_recorded_server_leaves_out_credentials_in_its_url():
+    from textbookgen.batch import server_of
+    from textbookgen.providers import make_provider
+
+    provider = make_provider("openai", "gpt-4o-mini", api_key="sk-x", base_url="http://me:secret@proxy.local/v1",
+                             timeout=5.0)
+    assert server_of(provider) == "http://proxy.local/v1/"

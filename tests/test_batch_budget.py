@@ -89,3 +89,25 @@ def test_a_batch_budget_holds_when_every_answer_runs_to_max_tokens(provider, tmp
     assert billed == 3 * MAX_TOKENS == gen.stats["output_tokens"] and emu.duplicates == 0
     assert [r.status for r in out].count("truncated") == 3 and gen.stats["skipped_budget"] == 17
     assert gen.stats["cost_usd"] == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_batch_results_correct_the_prompt_size_estimate(provider, tmp_path):
+    """Priced prompts in many short content blocks: the estimate counts their JSON (1,557 tokens) where the emulator
+    counts their text (106), so at the raw estimate each worst case is $0.78 of a $1.00 budget, and the run sent
+    5 of 8 requests one by one ($0.27 spent). The batches' reported usage corrects the estimate, as live answers do:
+    all 8 fit, within the budget."""
+    prices = {"pricey": (1000.0, 0.0)}  # at the batch price $0.0005 a prompt token, answers free
+    with Emulator(EmulatorConfig(batch_latency_s=0.02)) as emu:
+        base = emu.anthropic_base_url if provider == "anthropic" else emu.openai_base_url
+        gen = Generator(provider, "pricey", base_url=base, api_key="sk-test", journal=tmp_path / "j.sqlite",
+                        prices=prices, batch=True, batch_size=12, batch_poll_s=0.02, progress=False, timeout_s=20.0,
+                        max_cost_usd=1.0)
+        blocks = [{"type": "text", "text": "a"}] * 199
+        requests = [ChatRequest(messages=[{"role": "user", "content": [{"type": "text", "text": f"{i}"}, *blocks]}],
+                                max_tokens=16) for i in range(8)]
+        out = gen.run(requests)
+        billed = emu.input_tokens
+    assert gen.stats["skipped_budget"] == 0 and all(r.status in ("ok", "truncated") for r in out)
+    assert {r.input_tokens for r in out} == {106} and gen._in_ratio < 0.8
+    assert billed == 8 * 106 and gen.stats["cost_usd"] == pytest.approx(8 * 106 * 0.0005)

@@ -179,3 +179,28 @@ def test_two_runs_cannot_share_a_journal_but_readers_can(tmp_path):
         with Journal(path) as reader:  # reading needs no lock
             assert reader.summary()["done"] == 8
         assert len(gen(emu).run(reqs)) == 8 and emu.billed == 8  # the lock went with the first run
+
+
+def test_a_journal_from_before_batch_servers_were_recorded_opens_and_is_migrated(tmp_path):
+    """Schema 4 had no batches.base_url: it still reads (read-only too), and opening it to write adds the column, its
+    open batches' server unknown (a cancel then uses --base-url or the provider's API)."""
+    from textbookgen.journal import SCHEMA_VERSION
+
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as j:
+        j.add_pending([("k1", "openai", "m", "{}", "{}")])
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE batches DROP COLUMN base_url")
+    db.execute("INSERT INTO batches (tag, batch_id, provider, model, keys, status, created_at) "
+               "VALUES ('t', 'b', 'openai', 'm', '[\"k1\"]', 'running', 1.0)")
+    db.execute("PRAGMA user_version=4")
+    db.commit()
+    db.close()
+    with Journal(path, read_only=True) as j:
+        assert j.summary()["batches"] == {"running": 1}
+    with Journal(path) as j:
+        assert j.open_batch_groups() == [("openai", "m", None)]
+        assert j.open_batches("openai", "m")[0]["base_url"] is None
+        j.add_batch("t2", "openai", "m", ["k1"], "http://127.0.0.1:8000/v1/")
+        assert set(j.open_batch_groups()) == {("openai", "m", None), ("openai", "m", "http://127.0.0.1:8000/v1/")}
+        assert j.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5

@@ -244,6 +244,12 @@ class AnthropicBatches:
         return results
 
 
+def server_of(provider: OpenAIProvider | AnthropicProvider) -> str:
+    """The URL the provider's client sends to (the emulator, a proxy, the provider's API), recorded with each batch so
+    that cancelling it later finds it there; any user:password in it is left out (the journal holds no key)."""
+    return str(provider.client.base_url.copy_with(userinfo=b""))
+
+
 def batch_api(provider: OpenAIProvider | AnthropicProvider) -> OpenAIBatches | AnthropicBatches:
     """The batch API of a provider (the Generator admits only BATCH_PROVIDERS in batch mode)."""
     return AnthropicBatches(provider) if isinstance(provider, AnthropicProvider) else OpenAIBatches(provider)
@@ -258,6 +264,7 @@ class BatchRunner:
     def __init__(self, gen: Generator, journal: Journal, limits: BatchLimits | None = None) -> None:
         self.gen, self.journal = gen, journal
         self.api = batch_api(gen._provider)
+        self.server = server_of(gen._provider)
         self.max_requests = min(gen.batch_size, MAX_REQUESTS[gen.provider])
         self.limits = limits or BatchLimits()
         self.learned_tokens: float | None = None  # the enqueued-token cap the provider's refusals taught
@@ -394,7 +401,7 @@ class BatchRunner:
                 return []
             tag = f"tbg-{secrets.token_hex(8)}"
             keys = [item.key for item in chunk]
-            self.journal.add_batch(tag, gen.provider, gen.model, keys)
+            self.journal.add_batch(tag, gen.provider, gen.model, keys, self.server)
             queue = queue[len(chunk):]
             try:
                 batch_id = await self._submit_once(lines, tag)
@@ -477,6 +484,7 @@ class BatchRunner:
                     continue  # a repeated line
                 seen.add(result.key)
                 if result.completion is not None:
+                    gen._learn_prompt_size(item, result.completion.input_tokens)
                     gen._finish(item, result.completion, latency)
                 elif result.error_class == CAPACITY:
                     refused.append((item, result.error))
@@ -535,8 +543,8 @@ def cancel_batches(path: str | Path, *, base_url: str | None = None, api_key: st
                    poll_s: float = 5.0, timeout_s: float = 120.0) -> dict[str, int]:
     """Cancel a journal's open batches at their providers and keep what they had finished.
 
-    Each batch is cancelled through the provider's client (keys: `api_key`, else the provider's environment
-    variable), waited for until it has ended (OpenAI: up to 10 minutes cancelling), and its answers go into
+    Each batch is cancelled through the provider's client at `base_url`, else at the server the journal recorded it
+    was submitted to (keys: `api_key`, else the provider's environment variable), waited for until it has ended (OpenAI: up to 10 minutes cancelling), and its answers go into
     the journal as a run records them (priced at the batch rate of `textbookgen.pricing`); requests refused
     for good are recorded as failed. The requests that never ran stay pending, so rerunning the same command
     sends them again: a cancel stops the spending (a wrong setting, a full queue, a switch to live calls) and
@@ -560,10 +568,11 @@ async def _cancel_all(path: Path, base_url: str | None, api_key: str | None, pol
     counts = dict.fromkeys(("cancelled", "lost", "answered", "failed", "pending"), 0)
     with Journal(path) as journal:
         journal.lock_for_run()
-        for provider_name, model in journal.open_batch_groups():
-            gen = Generator(provider_name, model, base_url=base_url, api_key=api_key, batch=True, progress=False,
+        for provider_name, model, recorded in journal.open_batch_groups():
+            url = base_url or recorded  # None for a batch an older textbookgen submitted: the client's default
+            gen = Generator(provider_name, model, base_url=url, api_key=api_key, batch=True, progress=False,
                             timeout_s=timeout_s)  # its price and outcome rules, for the journal rows
-            provider = make_provider(provider_name, model, api_key=api_key, base_url=base_url, timeout=timeout_s)
+            provider = make_provider(provider_name, model, api_key=api_key, base_url=url, timeout=timeout_s)
             gen._secrets = provider.secrets
             api = batch_api(provider)
 
@@ -573,7 +582,8 @@ async def _cancel_all(path: Path, base_url: str | None, api_key: str | None, pol
 
             try:
                 for row in journal.open_batches(provider_name, model):
-                    await _cancel_one(api, call, journal, gen, row, poll_s, counts)
+                    if row["base_url"] == recorded:
+                            await _cancel_one(api, call, journal, gen, row, poll_s, counts)
             finally:
                 await provider.aclose()
     return counts

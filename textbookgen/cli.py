@@ -303,8 +303,8 @@ def journal(
                                         help="cancel the journal's open provider batches, keep what they finished; "
                                         "the requests that never ran stay pending for a rerun"),
     base_url: str | None = typer.Option(None, "--base-url", help="with --cancel-batches: the server the batches "
-                                        "went to, e.g. a recipe's provider.base_url (the journal does not record "
-                                        "it; default: the provider's API)"),
+                                        "went to, e.g. a recipe's provider.base_url (default: the one the journal "
+                                        "recorded for each batch, else the provider's API)"),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="with --cancel-batches: environment variable "
                                            "holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
 ) -> None:
@@ -340,8 +340,9 @@ def journal(
             except FatalProviderError as err:
                 if base_url or not _unreached(err):
                     raise
-                _fail(f"{_error_line(err)}; no server answered at the provider's API: if the batches went to "
-                      "another server (a recipe's provider.base_url), pass --base-url with its URL")
+                _fail(f"{_error_line(err)}; no server answered at the one the journal recorded (or the provider's "
+                      "API): if the batches went to another server (a recipe's provider.base_url), pass --base-url "
+                      "with its URL")
         typer.echo(f"batches: {counts['cancelled']} cancelled, {counts['lost']} never created; requests: "
                    f"{counts['answered']} answered, {counts['failed']} failed, {counts['pending']} pending "
                    "(rerun the generate or build command to send them)")

@@ -658,9 +658,14 @@ class Generator:
             self._on_wire.discard(task)
         self._reached = True
         admission.complete(ticket, completion.input_tokens, completion.output_tokens, completion.headers)
-        if item.est_in and completion.input_tokens:
-            self._in_ratio += 0.05 * (completion.input_tokens / item.est_in - self._in_ratio)
+        self._learn_prompt_size(item, completion.input_tokens)
         return completion, time.monotonic() - t_send
+
+    def _learn_prompt_size(self, item: _Item, input_tokens: int) -> None:
+        """Move the prompt-size correction toward the input tokens the provider reported for `item` (live answers and
+        batch results alike), so budgets and rate limits rest on real usage, not on 4 characters a token."""
+        if item.est_in and input_tokens:
+            self._in_ratio += 0.05 * (input_tokens / item.est_in - self._in_ratio)
 
     async def _timed(self, req: ChatRequest, t_send: float):
         """`provider.complete` within the run's timeout, read afresh while waiting: when another attempt times

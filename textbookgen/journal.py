@@ -19,6 +19,9 @@ for writing. Attempts cut off by Ctrl-C or a cancelled task are added the same w
 outright, each attempt is committed as on the wire (`on_wire_usd`, `on_wire_output_tokens`, schema 4) before it
 goes out and cleared when it settles; the next run to lock the journal adds what a killed run left there to the
 abandoned columns, once. Summaries count both as abandoned.
+
+Each provider batch row records the server it went to (`base_url`, schema 5; never a key), so cancelling it later
+needs no --base-url; rows of older journals have none.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 2: reuse_key and reused_from; 3: abandoned_*; 4: on_wire_*; older versions are migrated on open
+SCHEMA_VERSION = 5  # 2: reuse_key, reused_from; 3: abandoned_*; 4: on_wire_*; 5: batches.base_url; older: migrated on open
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
 PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
@@ -83,7 +86,8 @@ CREATE TABLE IF NOT EXISTS batches (
     keys TEXT NOT NULL,
     status TEXT NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL
+    updated_at REAL,
+    base_url TEXT
 );
 """
 # batches (provider batch APIs, textbookgen/batch.py): a row is written with status "submitting" before the
@@ -91,7 +95,7 @@ CREATE TABLE IF NOT EXISTS batches (
 # for its requests again; "done" once its results are in the requests table, "lost" if never found again,
 # "rejected" if the provider refused it as a whole (its requests are failed as bad requests), "deferred" if
 # refused for lack of room (its requests go back to the queue), "cancelled" by `textbookgen journal
-# --cancel-batches` (what ran is recorded; the rest stays pending).
+# --cancel-batches` (what ran is recorded; the rest stays pending). base_url: the server it was submitted to.
 OPEN_BATCH_STATUSES = ("submitting", "running")
 
 # result rows written by the engine: (status, text, finish_reason, input_tokens, output_tokens,
@@ -171,8 +175,8 @@ class Journal:
 
     def _migrate(self) -> None:
         """Bring an older journal to this schema: the two reuse columns (version 1), reuse keys computed from the
-        stored requests; the abandoned-attempt columns (version 2), zeros; the on-wire columns (version 3), empty.
-        One transaction: a process opening it meanwhile waits, then finds it done."""
+        stored requests; the abandoned-attempt columns (version 2), zeros; the on-wire columns (version 3), empty;
+        the batches' base_url (version 4), unknown. One transaction: a process opening it meanwhile waits, then finds it done."""
         with self._transaction():
             present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
             if "reuse_key" not in present:
@@ -185,6 +189,8 @@ class Journal:
             if "on_wire_usd" not in present:
                 self.db.execute("ALTER TABLE requests ADD COLUMN on_wire_usd REAL")
                 self.db.execute("ALTER TABLE requests ADD COLUMN on_wire_output_tokens INTEGER")
+            if "base_url" not in {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}:
+                self.db.execute("ALTER TABLE batches ADD COLUMN base_url TEXT")
             self.db.execute("CREATE INDEX IF NOT EXISTS requests_reuse ON requests(reuse_key)")
             self.db.execute("CREATE INDEX IF NOT EXISTS requests_on_wire ON requests(key) "
                             "WHERE on_wire_output_tokens IS NOT NULL")  # few rows: finds a killed run's at once
@@ -293,10 +299,11 @@ class Journal:
             self.db.executemany(_OFF_WIRE, off_wire)
             self.db.executemany(_ON_WIRE, on_wire)
 
-    def add_batch(self, tag: str, provider: str, model: str, keys: Sequence[str]) -> None:
-        """Record a batch about to be submitted (before any money is at stake)."""
-        self.db.execute("INSERT INTO batches (tag, provider, model, keys, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (tag, provider, model, json.dumps(list(keys)), "submitting", time.time()))
+    def add_batch(self, tag: str, provider: str, model: str, keys: Sequence[str], base_url: str | None = None) -> None:
+        """Record a batch about to be submitted (before any money is at stake) to the server at `base_url`."""
+        self.db.execute("INSERT INTO batches (tag, provider, model, keys, status, created_at, base_url) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (tag, provider, model, json.dumps(list(keys)), "submitting", time.time(), base_url))
 
     def update_batch(self, tag: str, status: str, batch_id: str | None = None) -> None:
         self.db.execute("UPDATE batches SET status=?, batch_id=COALESCE(?, batch_id), updated_at=? WHERE tag=?",
@@ -306,20 +313,20 @@ class Journal:
         """Every provider batch id the journal holds."""
         return {bid for (bid,) in self.db.execute("SELECT batch_id FROM batches WHERE batch_id IS NOT NULL")}
 
-    def open_batch_groups(self) -> list[tuple[str, str]]:
-        """The (provider, model) pairs that have open batches."""
+    def open_batch_groups(self) -> list[tuple[str, str, str | None]]:
+        """The (provider, model, base_url) groups that have open batches (base_url None where not recorded)."""
         return self.db.execute(
-            f"SELECT DISTINCT provider, model FROM batches WHERE status IN ({','.join('?' * len(OPEN_BATCH_STATUSES))})",
+            f"SELECT DISTINCT provider, model, base_url FROM batches WHERE status IN ({','.join('?' * len(OPEN_BATCH_STATUSES))})",
             OPEN_BATCH_STATUSES).fetchall()
 
     def open_batches(self, provider: str, model: str) -> list[dict]:
         """Batches of this provider and model submitted (or being submitted) whose results are not in yet."""
         cursor = self.db.execute(
-            "SELECT tag, batch_id, keys, status, created_at FROM batches WHERE provider=? AND model=? "
+            "SELECT tag, batch_id, keys, status, created_at, base_url FROM batches WHERE provider=? AND model=? "
             f"AND status IN ({','.join('?' * len(OPEN_BATCH_STATUSES))}) ORDER BY created_at",
             (provider, model, *OPEN_BATCH_STATUSES))
-        return [{"tag": t, "batch_id": b, "keys": json.loads(k), "status": st, "created_at": c}
-                for t, b, k, st, c in cursor]
+        return [{"tag": t, "batch_id": b, "keys": json.loads(k), "status": st, "created_at": c, "base_url": u}
+                for t, b, k, st, c, u in cursor]
 
     @contextmanager
     def _transaction(self):
