@@ -175,3 +175,21 @@ def test_bad_groups_are_one_clear_error(labelled, tmp_path):
         train_classifier(texts, labels, tmp_path / "m", SMALL, groups=["a", "b", "c"])
     with pytest.raises(ValueError, match="group 'tb' needs both positive and negative"):
         train_classifier(texts, labels, tmp_path / "m", SMALL, groups=["tb"] * 300 + ["web"] * 300)
+
+
+def test_size_note_gives_the_model_size_and_what_fewer_buckets_make_it(labelled, tmp_path):
+    """The default 2M buckets make an ~800 MB model whatever the data: the note says so, and its estimate
+    for --bucket 200000 is the size such a model has."""
+    texts, labels = labelled
+    sizes = {}
+    for bucket in (300_000, 200_000):
+        tiny = TrainSettings(lrs=(1.0,), epochs=(1,), dim=8, bucket=bucket)
+        train_classifier(texts[::10], labels[::10], tmp_path / f"b{bucket}", tiny)
+        path = tmp_path / f"b{bucket}.bin"
+        sizes[bucket] = path.stat().st_size, clf.size_note(path, tiny)
+    (big, note), (small, plain) = sizes[300_000], sizes[200_000]
+    assert big - small == 100_000 * 8 * 4  # a row of dim float32s per bucket
+    assert note == (f"{tmp_path / 'b300000.bin'}: {big / 1e6:.1f} MB; --bucket 200000 makes it ~{small / 1e6:.1f} MB "
+                    f"({big / small:.0f}x smaller) at a small accuracy cost (check with `classifier eval`)")
+    assert plain == f"{tmp_path / 'b200000.bin'}: {small / 1e6:.1f} MB"  # no hint at 200000 buckets or fewer
+

@@ -29,7 +29,7 @@ def corpus(shared_data: Path, tmp_path_factory) -> tuple[Path, list[str]]:
 def invoke(*args: str) -> dict:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)
 
 
 def test_dedup_filter_decontaminate_commands(corpus, tmp_path):
@@ -73,10 +73,14 @@ def test_classifier_train_eval_score(shared_data, tmp_path):
     pos = [{"text": " ".join(b.split()[i : i + 300])} for b in books for i in range(0, 6000, 300)][:200]
     pl.DataFrame(pos).write_parquet(tmp_path / "pos.parquet")
     pl.DataFrame([{"text": r["text"]} for r in src[:200]]).write_parquet(tmp_path / "neg.parquet")
-    meta = invoke("classifier", "train", "-o", tmp_path / "m", "--positive", tmp_path / "pos.parquet",
-                  "--negative", tmp_path / "neg.parquet", "--lr", "0.5,1.0", "--epochs", "5", "--dim", "16",
-                  "--bucket", "10000")
+    trained = runner.invoke(app, ["classifier", "train", "-o", str(tmp_path / "m"), "--positive",
+                                  str(tmp_path / "pos.parquet"), "--negative", str(tmp_path / "neg.parquet"), "--lr",
+                                  "0.5,1.0", "--epochs", "5", "--dim", "16", "--bucket", "10000"])
+    assert trained.exit_code == 0, trained.output
+    meta = json.loads(trained.stdout)  # the model's size goes to stderr, beside the metadata
     assert meta["chosen"]["lr"] in (0.5, 1.0) and len(meta["sha256"]) == 64
+    size = (tmp_path / "m.bin").stat().st_size
+    assert trained.stderr == f"{tmp_path / 'm.bin'}: {size / 1e6:.1f} MB\n"
     m = invoke("classifier", "eval", tmp_path / "m.bin", "--positive", tmp_path / "pos.parquet",
                "--negative", tmp_path / "neg.parquet")
     assert m["roc_auc"] > 0.9 and sum(m["confusion"].values()) == 400

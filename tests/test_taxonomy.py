@@ -505,6 +505,38 @@ def test_grow_report_counts_every_billed_answer():
     assert (report.input_tokens, report.output_tokens) == (emu.input_tokens, emu.output_tokens)
 
 
+def test_grow_stops_after_the_round_the_budget_stopped(tmp_path):
+    """Once the budget keeps a round's requests back, later rounds would only be skipped too (each one an
+    engine run and a budget line): grow returns what it grew, answers of that round included."""
+    from textbookgen.build import BudgetedGenerator
+    from textbookgen.engine import Generator
+    from textbookgen.recipe import BudgetConfig
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    journal = tmp_path / "grow.sqlite"
+    runs: list[list[str]] = []  # the statuses of each engine run
+
+    class Counting(BudgetedGenerator):
+        def run(self, requests):
+            responses = super().run(requests)
+            runs.append([r.status for r in responses])
+            return responses
+
+    tax = Taxonomy(name="t")
+    for name in ("Chemistry", "Music", "Astronomy"):
+        tax.add(name)
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        gen = Generator(provider="openai", model="gpt-4o-mini", base_url=emu.openai_base_url, api_key="k",
+                        progress=False, journal=journal, max_output_tokens=2000)
+        budgeted = Counting(gen, BudgetConfig(max_output_tokens=2000), {"grow": journal})
+        report = grow(tax, budgeted, 500, seed=1, per_call=4, max_tokens=200)
+    stopped = [i for i, statuses in enumerate(runs) if "skipped_budget" in statuses]
+    assert len(runs) > 1 and stopped == [len(runs) - 1], runs  # not one run after the budget stopped one
+    assert report.rounds == len(runs) and budgeted.skipped > 0
+    assert len(tax.leaves()) == report.leaves_after < 500
+    assert sum(s in ("ok", "truncated") for r in runs for s in r) == emu.billed == report.calls - budgeted.skipped
+
+
 def test_grow_does_not_burn_names_it_did_not_attach():
     """A name offered alone (no split) is still free when a later answer offers it with another."""
     offers = {1: ["Chemistry", "Reaction rates"], 2: ["Reaction rates", "Chemical equilibrium"]}

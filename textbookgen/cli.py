@@ -742,14 +742,16 @@ def classifier_train(
     min_positive: float = typer.Option(1.0, help="numeric labels >= this are positive (3 for 0-5 judge scores)"),
     lr: str = typer.Option("0.1,0.5,1.0", help="learning rates to try"),
     epochs: str = typer.Option("5,10", help="epoch counts to try"),
-    dim: int = typer.Option(100), bucket: int = typer.Option(2_000_000, help="hash buckets for bigrams"),
+    dim: int = typer.Option(100),
+    bucket: int = typer.Option(2_000_000, help="hash buckets for word bigrams, dim x 4 bytes each in the model "
+                               "(2M at dim 100: ~800 MB; 200000: ~10x smaller)"),
     text_column: TextCol = "text",
     balance_sources: bool = typer.Option(False, "--balance-sources", help="weigh every source the same (the "
                                          "--positive/--negative corpora as one, each --labelled file as one; each "
                                          "needs both classes) and pick lr x epochs by their mean AUC"),
 ) -> None:
     """Train on labelled text; lr and epochs are picked on a validation split. Prints the metadata."""
-    from textbookgen.curation.classifier import TrainSettings, train_classifier
+    from textbookgen.curation.classifier import TrainSettings, model_paths, size_note, train_classifier
     from textbookgen.curation.commands import load_labelled
 
     lrs, epoch_counts = _numbers("--lr", lr, float), _numbers("--epochs", epochs, int)
@@ -760,13 +762,13 @@ def classifier_train(
     with _reported():
         texts, labels, sources = load_labelled(positive or [], negative or [], labelled or [], text_column,
                                                label_column, min_positive)
+        settings = TrainSettings(lrs=lrs, epochs=epoch_counts, dim=dim, bucket=bucket)
         try:
-            _, meta = train_classifier(texts, labels, output, TrainSettings(lrs=lrs, epochs=epoch_counts, dim=dim,
-                                                                            bucket=bucket),
-                                       groups=sources if balance_sources else None)
+            _, meta = train_classifier(texts, labels, output, settings, groups=sources if balance_sources else None)
         except RuntimeError as err:  # fastText's own errors
             raise ValueError(str(err)) from None
     typer.echo(json.dumps({k: v for k, v in meta.items() if k != "grid"}, indent=2))
+    typer.echo(size_note(model_paths(output)[0], settings), err=True)  # stdout stays the metadata's JSON
 
 
 @classifier_app.command("eval")

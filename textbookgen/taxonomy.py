@@ -939,7 +939,8 @@ def grow(
     (structured output where the provider has it); answers are parsed robustly either way. Names equal
     to any existing name (after `name_key`) or fuzzy-close to a sibling are dropped. The last round
     trims so the count lands exactly on `target`. Requests are deterministic, so a crashed grow resumes from the engine's
-    journal without paying twice.
+    journal without paying twice. A round whose requests the budget kept back (status skipped_budget) is the last:
+    the taxonomy stays short of `target`, and the caller says the budget stopped it.
     """
     from textbookgen.engine import ChatRequest
 
@@ -1005,6 +1006,8 @@ def grow(
                 t.add(nm, meta={"grown": True})
                 names.add(nm)
             n_now += len(fresh) - 1
+        if any(r.status == "skipped_budget" for r in responses):
+            break  # the budget is reached: every later round would come back skipped too
     tax.dedupe_ids()
     report.leaves_after = len(tax.leaves())
     return report

@@ -279,6 +279,26 @@ def model_paths(out_path: str | Path) -> tuple[Path, Path]:
     return Path(stem + ".bin"), Path(stem + ".json")
 
 
+SMALL_BUCKET = 200_000
+
+
+def size_note(path: Path, settings: TrainSettings) -> str:
+    """The saved model's size, and what `--bucket 200000` would make it. fastText keeps `dim` float32s per hash
+    bucket of word n-grams beside those of the words, so the default 2M buckets are ~800 MB of a model's file
+    whatever the data; fewer buckets share more n-grams, mostly a small accuracy cost."""
+    size = path.stat().st_size
+    note = f"{path}: {_mb(size)}"
+    if settings.word_ngrams > 1 and settings.bucket > SMALL_BUCKET:
+        smaller = size - (settings.bucket - SMALL_BUCKET) * settings.dim * 4
+        note += (f"; --bucket {SMALL_BUCKET} makes it ~{_mb(smaller)} ({size / smaller:.0f}x smaller) at a small "
+                 "accuracy cost (check with `classifier eval`)")
+    return note
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 10e6 else f"{n / 1e6:,.0f} MB"
+
+
 def percentile_cut(scores: np.ndarray, keep_top_percent: float) -> float:
     """The score at which the top `keep_top_percent` % of documents are kept."""
     return float(np.percentile(scores, 100.0 - keep_top_percent)) if len(scores) else 0.0
