@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from shared_data import skip_without  # bench/ is on the path
 
 from textbookgen.curation.base import map_rows
 from textbookgen.curation.config import BenchmarkSource, DecontaminationConfig, FilterConfig
@@ -85,15 +86,6 @@ BENCHMARKS = {
     "mbpp": DATA / "opencompass_data_formulamonks" / "mbpp__mbpp.jsonl.gz",
 }
 DATA_FILES = [WIKIPEDIA, C4, SCIPHI, *BENCHMARKS.values()]
-
-
-def skip_without(files: list[Path]) -> None:
-    """Exit 0 with one line where the shared data is absent: only developer and CI machines have
-    ../shared/data, and without it there is nothing to measure."""
-    if missing := [f for f in files if not f.exists()]:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        print(f"skipped: {Path(__file__).name} reads the shared data: {missing[0]} not found{more}")
-        raise SystemExit(0)
 
 
 def read(path: Path, field: str) -> list[str]:

@@ -45,6 +45,7 @@ import numpy as np
 import polars as pl
 import xxhash
 from datasketch import MinHash
+from shared_data import skip_without  # bench/ is on the path
 
 from textbookgen.curation.config import MinHashConfig
 from textbookgen.curation.minhash import MinHasher
@@ -62,15 +63,6 @@ PROSE = {  # real documents, the text field of each file
 SCIPHI = DATA / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz"
 DATA_FILES = [*PROSE, SCIPHI]  # what the default run reads; --memory makes its own corpora
 _SENT = re.compile(r"(?<=[.!?])\s+")
-
-
-def skip_without(files: list[Path]) -> None:
-    """Exit 0 with one line where the shared data is absent: only developer and CI machines have
-    ../shared/data, and without it there is nothing to measure."""
-    if missing := [f for f in files if not f.exists()]:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        print(f"skipped: {Path(__file__).name} reads the shared data: {missing[0]} not found{more}")
-        raise SystemExit(0)
 
 
 def read(path: Path, field: str) -> list[str]:

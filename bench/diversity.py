@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from shared_data import skip_without  # bench/ is on the path
 
 from textbookgen.build import render_prompts
 from textbookgen.recipe import load_recipe
@@ -104,15 +105,6 @@ def cosmopedia_style(recipe, tax: Taxonomy, web: WebSamples, n: int) -> pl.DataF
 
 
 SEEDS = {"c4_en_sample_1k/c4_sample.jsonl.gz": "text", "wikipedia_en_1k/wikipedia.jsonl.gz": "eng_Latn"}
-
-
-def skip_without(files: list[Path]) -> None:
-    """Exit 0 with one line where the shared data is absent: only developer and CI machines have
-    ../shared/data, and without it there is nothing to measure."""
-    if missing := [f for f in files if not f.exists()]:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        print(f"skipped: {Path(__file__).name} reads the shared data: {missing[0]} not found{more}")
-        raise SystemExit(0)
 
 
 def shared_texts(shared: Path) -> list[str]:

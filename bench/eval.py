@@ -26,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared_data import skip_without  # noqa: E402  bench/ is on the path
+
 from textbookgen.benchmarks import load_benchmark  # noqa: E402
 from trainer.eval.harness import eval_items, fewshot_prefixes, find_task_data, mc_requests  # noqa: E402
 from trainer.eval.models import CausalLM  # noqa: E402
@@ -36,15 +38,6 @@ def data_files(data: Path, tasks: list[str]) -> list[Path]:
     names = [t.partition("@")[0] for t in tasks]
     return [data / "tokenizer_gpt2" / "encoder.json", data / "tokenizer_gpt2" / "vocab.bpe",
             *(find_task_data(n, data) or data / n for n in names)]
-
-
-def skip_without(files: list[Path]) -> None:
-    """Exit 0 with one line where the shared data is absent: only developer and CI machines have
-    ../shared/data, and without it there is nothing to measure."""
-    if missing := [f for f in files if not f.exists()]:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        print(f"skipped: {Path(__file__).name} reads the shared data: {missing[0]} not found{more}")
-        raise SystemExit(0)
 
 
 def _tokenizer(data: Path):

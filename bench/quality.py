@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from shared_data import skip_without  # bench/ is on the path
 
 from textbookgen.curation.classifier import (
     MIN_THREADS,
@@ -51,15 +52,6 @@ DCLM = DATA / "dclm_human_quality_labels" / "majority_data.jsonl.gz"
 SCIPHI = DATA / "sciphi_synthetic_textbooks" / "sciphi_textbooks.jsonl.gz"
 C4 = DATA / "c4_en_sample_1k" / "c4_sample.jsonl.gz"
 DATA_FILES = [DCLM, SCIPHI, C4]
-
-
-def skip_without(files: list[Path]) -> None:
-    """Exit 0 with one line where the shared data is absent: only developer and CI machines have
-    ../shared/data, and without it there is nothing to measure."""
-    if missing := [f for f in files if not f.exists()]:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        print(f"skipped: {Path(__file__).name} reads the shared data: {missing[0]} not found{more}")
-        raise SystemExit(0)
 
 
 def read(path: Path) -> list[dict]:

@@ -21,10 +21,12 @@ def _load(path: Path):
     spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    sys.path.insert(0, str(path.parent))  # as `python bench/x.py` does: the scripts import bench/shared_data.py
     try:
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
+        sys.path.remove(str(path.parent))
     return module
 
 
@@ -34,6 +36,7 @@ def test_bench_skips_in_one_line_without_shared_data(script, tmp_path, monkeypat
     copy = tmp_path / "repo" / "bench" / script  # ../shared/data of this copy does not exist
     copy.parent.mkdir(parents=True)
     shutil.copy(BENCH / script, copy)
+    shutil.copy(BENCH / "shared_data.py", copy.parent)
     monkeypatch.setattr(sys, "argv", [str(copy), *READERS[script]])
     with pytest.raises(SystemExit) as stop:
         _load(copy).main()
