@@ -174,4 +174,5 @@ def test_a_folder_includes_zstd_jsonl(tmp_path):
 
     write(tmp_path / "a.jsonl.zst", b'{"text": "one"}\n')
     write(tmp_path / "b.jsonl.gz", b'{"text": "two"}\n')
-    assert [p.name for p in corpus_files(tmp_path)] == ["a.jsonl.zst", "b.jsonl.gz"]
+    write(tmp_path / "c.ndjson.zst", b'{"text": "three"}\n')
+    assert [p.name for p in corpus_files(tmp_path)] == ["a.jsonl.zst", "b.jsonl.gz", "c.ndjson.zst"]

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from textbookgen.jsonl import decode_utf8, iter_jsonl_lines, open_compressed
 
-SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst")
+SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
+            ".ndjson.zst")
 
 
 def corpus_files(path: Path) -> list[Path]:
