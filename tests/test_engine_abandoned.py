@@ -72,7 +72,7 @@ def test_abandoned_attempts_are_journaled_once_and_count_in_a_reruns_budget(tmp_
         tight = gen_for(emu, journal, max_cost_usd=s["cost_usd"] + abandoned * 0.9)
         more = tight.run(first + ask("NEW", 4, 64))
         assert [r.status for r in more[4:]] == ["skipped_budget"] * 4 and emu.billed == billed
-        assert "timed-out or interrupted attempts counted at max_tokens" in more[4].error
+        assert "timed-out, interrupted or garbled attempts counted at max_tokens" in more[4].error
         again = gen_for(emu, journal)
         assert all(r.status == "ok" for r in again.run(first + ask("NEW", 4, 64)))
         assert again.stats["abandoned_usd"] == pytest.approx(abandoned)  # counted, not added twice
@@ -122,3 +122,18 @@ def test_a_journal_from_before_abandoned_attempts_were_journaled_opens_and_is_mi
         assert spent(j.summary()) == (0.75, 84)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_an_answer_with_an_unreadable_body_counts_at_worst_case(provider, tmp_path):
+    """A 200 whose body is cut is billed by the provider: the budget must count it (it was taken as free)."""
+    with Emulator(EmulatorConfig(latency_median_s=0.02, latency_sigma=0.0, responder=lambda body: "abc " * 100,
+                                 faults=[Fault("bad_json", rate=0.5)])) as emu:  # fmt: skip
+        base = emu.anthropic_base_url if provider == "anthropic" else emu.openai_base_url
+        gen = Generator(provider, "pricey", base_url=base, api_key="sk-test", journal=tmp_path / "j.sqlite",
+                        prices={"pricey": (0.0, 1000.0)}, concurrency=8, max_output_tokens=1400, progress=False,
+                        backoff_initial_s=0.01, backoff_max_s=0.05, max_error_rate=None)  # fmt: skip
+        gen.run([ChatRequest(messages=[{"role": "user", "content": f"Hi {i}"}], max_tokens=400) for i in range(60)])
+    assert emu.outcomes["bad_json"] > 0 and gen.stats["garbled"] == emu.outcomes["bad_json"]
+    assert emu.output_tokens <= 1400  # was about twice the budget
+    assert gen.stats["abandoned_output_tokens"] == 400 * gen.stats["garbled"]

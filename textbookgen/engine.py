@@ -55,7 +55,14 @@ from typing import Any, NamedTuple, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from textbookgen.batch import BATCH_PROVIDERS, BatchLimits, BatchRunner
-from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
+from textbookgen.errors import (
+    BudgetExhausted,
+    FatalProviderError,
+    GarbledAnswer,
+    ItemError,
+    RetryableError,
+    redact,
+)
 from textbookgen.journal import (
     DONE_STATUSES,
     PERMANENT_ERRORS,
@@ -436,7 +443,7 @@ class Generator:
         cost, tokens_out = sum(r.cost_usd for r in billed), sum(r.output_tokens for r in billed)
         # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
         self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0,
-                   "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "abandoned_usd": abandoned.usd,
+                   "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0, "abandoned_usd": abandoned.usd,
                    "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
                    "input_tokens": sum(r.input_tokens for r in billed), "output_tokens": tokens_out,
                    "replayed": len(replayed), "reused": len(replayed) - len(billed), "replayed_usd": cost,
@@ -633,6 +640,9 @@ class Generator:
             if isinstance(exc, NoAnswerInTime):  # the provider may still be generating it: its tokens stay taken
                 admission.abandon(ticket)
                 self._abandoned(item, "timed_out")
+            elif isinstance(exc, GarbledAnswer):  # billed, but its usage is unreadable: counted at worst case
+                admission.abandon(ticket)
+                self._abandoned(item, "garbled")
             else:
                 admission.fail(ticket, rate_limited=exc.rate_limited, headers=exc.headers,
                                retry_after=exc.retry_after, answered=exc.reached)
@@ -693,7 +703,8 @@ class Generator:
             self._timeout = grown
 
     def _abandoned(self, item: _Item, why: str) -> None:
-        """An attempt given up on ("timed_out") or cut off ("interrupted"): the provider may finish and bill it,
+        """An attempt given up on ("timed_out"), cut off ("interrupted") or answered unreadably ("garbled"): the
+        provider may finish and bill it,
         for at most max_tokens of output; the budgets count the worst case it reserved (its real tokens are never
         known), and the journal keeps it for reruns."""
         c, worst = self._c, item.reserved
@@ -745,7 +756,7 @@ class Generator:
         """Why `more` does not fit in the budgets beside what is spent and what is in flight; None when it fits."""
         c = self._c
         usd, used = spent(c)
-        abandoned = ", timed-out or interrupted attempts counted at max_tokens" if c["abandoned_output_tokens"] else ""
+        abandoned = ", timed-out, interrupted or garbled attempts counted at max_tokens" if c["abandoned_output_tokens"] else ""
         max_cost, max_out = self._max_cost_usd, self._max_output_tokens
         if max_cost is not None and usd + self._inflight_cost + more.usd > max_cost:
             flight = f", ${self._inflight_cost:,.4f} held at worst case for requests in flight" if self._inflight_cost else ""
@@ -899,10 +910,11 @@ class Generator:
                  "%d out tokens, %.1f s", self.provider, self.model, s["ok"], s["truncated"], s["failed"],
                  s["skipped_budget"], s["replayed"], s["reused"], s["sent"], s["retries"], s["rate_limited"],
                  s["cost_usd"], s["input_tokens"], s["output_tokens"], s["elapsed_s"])
-        if s["timed_out"] or s["interrupted"]:
-            log.warning("%d attempts timed out and %d were interrupted on the wire, and were abandoned; the provider "
-                        "may bill them too (at most $%.4f, %d output tokens, counted against the budgets and journaled "
-                        "apart from the answers' cost)", s["timed_out"], s["interrupted"],
+        if s["timed_out"] or s["interrupted"] or s["garbled"]:
+            log.warning("%d attempts timed out, %d were interrupted on the wire and %d answered with an unreadable "
+                        "body; the provider may bill them too (at most $%.4f, %d output tokens, counted against the "
+                        "budgets and journaled apart from the answers' cost)", s["timed_out"], s["interrupted"],
+                        s["garbled"],
                         s["abandoned_usd"] - s["prior_abandoned_usd"],
                         s["abandoned_output_tokens"] - s["prior_abandoned_output_tokens"])
         if self._budget_note:

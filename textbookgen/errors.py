@@ -30,6 +30,10 @@ class RetryableError(Exception):
         self.reached = reached
 
 
+class GarbledAnswer(RetryableError):
+    """A 2xx answer whose body could not be read (cut or malformed): the provider generated and billed it."""
+
+
 class ItemError(Exception):
     """This one request cannot succeed as sent (400, content filter, refusal): record it and go on."""
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from textbookgen.errors import FatalProviderError, ItemError, RetryableError, redact
+from textbookgen.errors import FatalProviderError, GarbledAnswer, ItemError, RetryableError, redact
 from textbookgen.ratelimit import parse_retry_after
 
 try:  # the HTTP library of the installed SDKs (httpx2 for openai>=3, httpx before)
@@ -145,7 +145,7 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
         return RetryableError(redact(f"{provider}: connection error: {exc.__cause__ or exc}", secrets), reached=False)
     if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError,
                         ValueError, KeyError, IndexError, TypeError)):  # a garbled or cut body
-        return RetryableError(redact(f"{provider}: malformed response: {type(exc).__name__}: {exc}", secrets)[:500])
+        return GarbledAnswer(redact(f"{provider}: malformed response: {type(exc).__name__}: {exc}", secrets)[:500])
     return exc  # a bug or something unexpected: let it surface
 
 
