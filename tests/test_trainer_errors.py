@@ -278,8 +278,9 @@ VALID = "data:\n  synthetic: true\ntrain:\n  max_steps: 1\n"  # a config that tr
     (VALID, ["--set", "train.max_steps.x=1"], ["--set train.max_steps.x: train.max_steps is a value, not a section"]),
     ("data:\n  datasets: [{source: a}]\ntrain:\n  max_steps: 1\n", ["--set", "data.datasets.3.weight=1"],
      ["--set data.datasets.3.weight: data.datasets.3: no list item 3 (list has 1)"]),
+    (VALID, ["--max-steps", "0"], ["--max-steps: train.max_steps: Input should be greater than or equal to 1"]),
 ], ids=["field", "several", "top level", "set", "set section", "set in checked section", "flag in checked section",
-        "set list", "set missing", "set through a value", "set past a list"])
+        "set list", "set missing", "set through a value", "set past a list", "flag"])
 def test_invalid_config_is_one_line_per_problem_naming_file_line_or_set(tmp_path, capsys, text, argv, lines):
     """As the recipe loader's: each line names the file and line (or the --set) and the field, with no
     "Value error, " of pydantic's; it was one "invalid config X:" header over indented fields."""

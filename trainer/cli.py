@@ -26,15 +26,16 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set train.max_steps=100 (repeatable)")
 
 
-def _load(args: argparse.Namespace, extra: dict[str, object] | None = None, unset: Sequence[str] = ()):
-    """The config with --set overrides, then the flags' `extra` values (None: flag not given), then the
-    fields in `unset` set to null."""
+def _load(args: argparse.Namespace, extra: dict[str, tuple[str, object]] | None = None, unset: Sequence[str] = ()):
+    """The config with --set overrides, then the flags' `extra` values ({field: (flag, value)}; None: flag not
+    given), then the fields in `unset` set to null. Errors name the flag that gave a bad value."""
     from trainer.config import load_config, parse_override
 
+    given = {k: fv for k, fv in (extra or {}).items() if fv[1] is not None}
     overrides = dict(parse_override(o) for o in args.overrides)
-    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    overrides.update({k: v for k, (_, v) in given.items()})
     overrides.update(dict.fromkeys(unset))
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, flags={k: flag for k, (flag, _) in given.items()})
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -73,7 +74,7 @@ def prepare_run(args: argparse.Namespace) -> int:
 
         if args.config is None:
             raise ValueError("give a dataset SOURCE with --out, or --config to prepare a config's datasets")
-        cfg = _load(args, {"data.prepare_workers": args.workers or None})
+        cfg = _load(args, {"data.prepare_workers": ("--workers", args.workers or None)})
         indexes = prepare_all(cfg, force=args.force)
         dirs = [dataset_dir(cfg, i) for i in range(len(indexes))]
     for d, idx in zip(dirs, indexes, strict=True):
@@ -133,10 +134,10 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
 def train_run(args: argparse.Namespace) -> int:
     from trainer.train import train
 
-    cfg = _load(args, {"run_dir": args.run_dir, "train.max_steps": args.max_steps,
-                       "train.time_budget_s": args.time_budget, "checkpoint.resume": args.resume,
-                       "train.device": args.device, "train.compile": args.compile,
-                       "data.synthetic": args.synthetic},
+    cfg = _load(args, {"run_dir": ("--run-dir", args.run_dir), "train.max_steps": ("--max-steps", args.max_steps),
+                       "train.time_budget_s": ("--time-budget", args.time_budget),
+                       "checkpoint.resume": ("--resume", args.resume), "train.device": ("--device", args.device),
+                       "train.compile": ("--compile", args.compile), "data.synthetic": ("--synthetic", args.synthetic)},
                 unset=["train.max_tokens"] if args.max_steps is not None else [])
     result = train(cfg, progress=False if args.no_progress else None)
     if result.history and os.environ.get("RANK", "0") == "0":

@@ -285,23 +285,24 @@ def _key_path(dotted: str) -> Loc:
     return tuple(int(k) if k.isdigit() else k for k in dotted.strip().split("."))
 
 
-def _where(loc: Loc, msg: str, path: Path | None, lines: dict[Loc, int], overrides: list[Loc]) -> str:
-    """Where the problem `msg` at `loc` comes from, as the recipe loader says it: the `--set` that gave the
-    field (or a section above it); for a check over a whole section, the `--set`s inside it that the message
-    names; else the file's line for the field (or its nearest section); else the section's `--set`s."""
+def _where(loc: Loc, msg: str, path: Path | None, lines: dict[Loc, int], overrides: dict[Loc, str]) -> str:
+    """Where the problem `msg` at `loc` comes from, as the recipe loader says it: the override (`--set`, or the
+    CLI flag) that gave the field (or a section above it); for a check over a whole section, the overrides
+    inside it that the message names; else the file's line for the field (or its nearest section); else the
+    section's overrides."""
     above = [k for k in overrides if loc[: len(k)] == k]
     if above:
-        return f"--set {_dotted(max(above, key=len))}"
+        return overrides[max(above, key=len)]
     inside = [k for k in overrides if k[: len(loc)] == loc]
     named = [k for k in inside if re.search(rf"\b{re.escape(_dotted(k[len(loc):]))}\b", msg)]
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
     if not named and path is not None and line is not None:
         return f"{path}:{line}"
     shown = named or (inside if loc else [])
-    return ", ".join(f"--set {_dotted(k)}" for k in shown) or (str(path) if path is not None else "")
+    return ", ".join(overrides[k] for k in shown) or (str(path) if path is not None else "")
 
 
-def _format_errors(err: ValidationError, path: Path | None, lines: dict[Loc, int], overrides: list[Loc]) -> str:
+def _format_errors(err: ValidationError, path: Path | None, lines: dict[Loc, int], overrides: dict[Loc, str]) -> str:
     """One self-contained line per problem, `file:line: field: message` (or `--set key: ...`), as the recipe
     loader's; pydantic's own rendering runs over several lines per problem with no file or line."""
     out = []
@@ -414,9 +415,11 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file not found: {path} (bundled configs: {known})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                flags: dict[str, str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from defaults), apply dotted overrides, validate. Problems raise a
-    ConfigError of one line each, naming the file and line, or the `--set`, and the field."""
+    ConfigError of one line each, naming the file and line, or the `--set`, and the field. `flags` names the
+    CLI flag that gave an override ({"train.max_steps": "--max-steps"}), for errors to name it instead."""
     tree: dict[str, Any] = {}
     lines: dict[Loc, int] = {}
     p: Path | None = None
@@ -424,12 +427,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         p = resolve_config_path(path)
         tree, lines = _read_config_file(p)
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    origins = {key: (flags or {}).get(key, f"--set {key}") for key, _ in items}
     for key, value in items:
-        _set_dotted(tree, key, value, f"--set {key}")
+        _set_dotted(tree, key, value, origins[key])
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, p, lines, [_key_path(k) for k, _ in items])) from None
+        raise ConfigError(_format_errors(e, p, lines, {_key_path(k): o for k, o in origins.items()})) from None
 
 
 def dump_config(cfg: TrainConfig) -> str:
