@@ -182,7 +182,7 @@ def corpus(tmp_path: Path) -> Path:
     (["dedup", "bad.parquet"], "bad.parquet: not a readable .parquet file"),
     (["dedup", "fake.jsonl.gz"], "fake.jsonl.gz: not a readable .jsonl.gz file"),
     (["dedup", "d.jsonl", "--config", "folder"], "folder: Is a directory"),
-    (["dedup", "d.jsonl", "--config", "bad.yaml"], "--config bad.yaml: not valid YAML"),
+    (["dedup", "d.jsonl", "--config", "bad.yaml"], "--config bad.yaml:2: not valid YAML"),
     (["dedup", "d.jsonl", "--config", "list.yaml"], "must hold a mapping of curation settings, not a list"),
     (["dedup", "d.jsonl", "--workdir", "afile"], "afile: the work folder is a file"),
     (["filter", "d.jsonl", "--text-column", "id"], "the text column and the id column are both 'id'"),

@@ -153,7 +153,7 @@ def test_curation_files_resolve_and_are_checked(recipe_dir):
 
 def test_bad_yaml_and_bad_bytes(recipe_dir):
     p = _write(recipe_dir, GOOD.replace("mix:\n", "mix:\n  - template: [unclosed\n"))
-    with pytest.raises(RecipeError, match=rf"{p}:\d+: invalid YAML"):
+    with pytest.raises(RecipeError, match=rf"{p}:\d+: not valid YAML"):
         load_recipe(p)
     p.write_bytes(GOOD.encode() + b"description: caf\xe9\n")
     with pytest.raises(RecipeError, match=rf"{p}:9: not valid UTF-8"):
@@ -222,7 +222,7 @@ def test_validate_command(recipe_dir):
     assert bad.exit_code == 1 and ":9: extra: unknown key" in bad.output
     (recipe_dir / "topics.yaml").write_text("topics:\n  - [unclosed\n")
     broken = runner.invoke(app, ["validate", str(_write(recipe_dir, GOOD))])
-    assert broken.exit_code == 1 and "topics.yaml:3: invalid YAML" in broken.output
+    assert broken.exit_code == 1 and "topics.yaml:3: not valid YAML" in broken.output
 
 
 def test_engine_knobs(recipe_dir):

@@ -153,7 +153,7 @@ def test_csv_path_column_and_errors(tmp_path):
 def test_bad_files_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("topics:\n  - name: A\n   - name: B\n")
-    with pytest.raises(TaxonomyError, match=r"bad\.yaml:3: invalid YAML"):
+    with pytest.raises(TaxonomyError, match=r"bad\.yaml:3: not valid YAML"):
         Taxonomy.load(bad)
     latin = tmp_path / "latin.md"
     latin.write_bytes(b"# T\n\n- caf\xe9\n")

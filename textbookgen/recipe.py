@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +28,7 @@ from pydantic import (
 from textbookgen.curation import CurationConfig
 from textbookgen.jsonl import decode_utf8
 from textbookgen.websamples import LID_MIN_SCORE, MIN_SCRIPT_SHARE, SCRIPTS
+from textbookgen.yamlfile import key_path, read_yaml
 
 TOPICS_DIR = Path(__file__).with_name("topics")
 
@@ -437,25 +437,13 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise RecipeError(f"{path}: recipe file not found") from None
     except IsADirectoryError:
         raise RecipeError(f"{path}: is a folder, not a recipe file") from None
-    text = decode_utf8(raw, path, error=RecipeError)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise RecipeError(f"{path}{line}: invalid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}:1: a recipe is a YAML mapping (name:, model:, taxonomy:, ...)")
-    lines: dict[tuple[Any, ...], int] = {}
-    dupes: list[str] = []
-    _index_lines(node, (), lines, dupes)
-    if dupes:
-        raise RecipeError("\n".join(f"{path}:{d}" for d in dupes))
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
-    where = _Where(path, lines, [_key_path(k) for k in overrides or {}])
+    doc = read_yaml(decode_utf8(raw, path, error=RecipeError), path, RecipeError)
+    if not isinstance(doc.data, dict):
+        raise RecipeError(f"{path}:{doc.lines.get((), 1)}: a recipe is a YAML mapping (name:, model:, taxonomy:, ...)")
+    data = doc.data
+    for name, value in (overrides or {}).items():
+        _set_dotted(data, name, value)
+    where = _Where(path, doc.lines, [key_path(k) for k in overrides or {}])
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as e:
@@ -468,29 +456,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe
 
 
-def _index_lines(
-    node: yaml.Node, loc: tuple[Any, ...], out: dict[tuple[Any, ...], int], dupes: list[str]
-) -> None:
-    out.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for k, v in node.value:
-            key = k.value
-            if key in seen:
-                field = ".".join(str(x) for x in (*loc, key))
-                dupes.append(f"{k.start_mark.line + 1}: {field}: duplicate key")
-            seen.add(key)
-            out[(*loc, key)] = k.start_mark.line + 1
-            _index_lines(v, (*loc, key), out, dupes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index_lines(item, (*loc, i), out, dupes)
-
-
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Apply one `--set a.b.0.c=VALUE`: missing (or null) mappings are created on the way, list items
     are addressed by index; going through anything else is a RecipeError naming the key."""
-    keys = _key_path(dotted)
+    keys = key_path(dotted)
     cur: Any = data
     for depth, key in enumerate(keys):
         above = ".".join(str(k) for k in keys[:depth]) or "the recipe"
@@ -507,11 +476,6 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         elif isinstance(cur, dict) and cur.get(key) is None:
             cur[key] = {}
         cur = cur[key]
-
-
-def _key_path(dotted: str) -> tuple[Any, ...]:
-    """`mix.0.weight` -> ("mix", 0, "weight"): the shape of pydantic's error locations."""
-    return tuple(int(k) if k.isdigit() else k for k in dotted.strip().split("."))
 
 
 class _Where:

@@ -32,6 +32,7 @@ import yaml
 
 from textbookgen.journal import DONE_STATUSES
 from textbookgen.jsonl import decode_utf8
+from textbookgen.yamlfile import yaml_problem
 
 PATH_SEP = " > "
 # Keys that group children rather than name a topic (Khan Academy tables of contents, generic outlines).
@@ -475,9 +476,9 @@ def _from_yaml_text(text: str, path: Path, *, select: str | None, name: str) -> 
     try:
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise TaxonomyError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        raise TaxonomyError(f"{path}{where}: not valid YAML: {yaml_problem(e)}") from None
     if select:
         for key in select.split("."):
             if not isinstance(data, dict) or key not in data:

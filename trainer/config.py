@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from textbookgen.jsonl import decode_utf8
+from textbookgen.yamlfile import Loc, dotted, key_path, read_yaml, yaml_problem
 from trainer.data import Holdout, local_source
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
@@ -273,18 +274,6 @@ class TrainConfig(_Section):
         return -(-int(self.train.max_tokens) // self.tokens_per_step)
 
 
-Loc = tuple[str | int, ...]  # a field's place, as pydantic reports it: ("data", "datasets", 0, "weight")
-
-
-def _dotted(loc: Loc) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def _key_path(dotted: str) -> Loc:
-    """`data.datasets.0.weight` -> ("data", "datasets", 0, "weight"), the shape of pydantic's locations."""
-    return tuple(int(k) if k.isdigit() else k for k in dotted.strip().split("."))
-
-
 def _where(loc: Loc, msg: str, path: Path | None, lines: dict[Loc, int], overrides: dict[Loc, str]) -> str:
     """Where the problem `msg` at `loc` comes from, as the recipe loader says it: the override (`--set`, or the
     CLI flag) that gave the field (or a section above it); for a check over a whole section, the overrides
@@ -294,7 +283,7 @@ def _where(loc: Loc, msg: str, path: Path | None, lines: dict[Loc, int], overrid
     if above:
         return overrides[max(above, key=len)]
     inside = [k for k in overrides if k[: len(loc)] == loc]
-    named = [k for k in inside if re.search(rf"\b{re.escape(_dotted(k[len(loc):]))}\b", msg)]
+    named = [k for k in inside if re.search(rf"\b{re.escape(dotted(k[len(loc):]))}\b", msg)]
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
     if not named and path is not None and line is not None:
         return f"{path}:{line}"
@@ -311,13 +300,13 @@ def _format_errors(err: ValidationError, path: Path | None, lines: dict[Loc, int
         msg = {"extra_forbidden": "unknown field (check the spelling)",
                "missing": "required field missing"}.get(e["type"], e["msg"].removeprefix("Value error, "))
         where = _where(loc, msg, path, lines, overrides)
-        field = "" if where == f"--set {_dotted(loc)}" else _dotted(loc)
+        field = "" if where == f"--set {dotted(loc)}" else dotted(loc)
         out.append(": ".join(part for part in (where, field, msg) if part))
     return "\n".join(out)
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
-    keys = dotted.split(".")
+def _set_dotted(tree: dict, name: str, value: Any, origin: str) -> None:
+    keys = name.split(".")
     node: Any = tree
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
@@ -348,59 +337,22 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         column = f" (column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"--set {text!r}: value is not valid YAML{column}: {_yaml_problem(e, in_file=False)}") from None
+        raise ConfigError(f"--set {text!r}: value is not valid YAML{column}: {yaml_problem(e, in_file=False)}") from None
     return key.strip(), value
 
 
-def _yaml_problem(err: yaml.YAMLError, in_file: bool = True) -> str:
-    """PyYAML's error in one line, without its dump of the text (which names "<unicode string>")."""
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    context, mark = getattr(err, "context", None), getattr(err, "context_mark", None)
-    if context and mark is not None:
-        problem += f" ({context} at line {mark.line + 1})" if in_file else f" ({context} at column {mark.column + 1})"
-    if "'\\t'" in problem:
-        problem += "; indent with spaces, not tabs"
-    return problem
-
-
-def _field_lines(node: yaml.Node, path: Path, loc: Loc = (),
-                 lines: dict[Loc, int] | None = None) -> dict[Loc, int]:
-    """The line (1-based) of each key and list item of a composed config file, by location; a key repeated
-    within one mapping (PyYAML keeps the last silently) is a ConfigError `<file>:<line>: <field>: duplicate key`."""
-    lines = {} if lines is None else lines
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            field = (*loc, k.value)
-            if field in lines:
-                raise ConfigError(f"{path}:{k.start_mark.line + 1}: {_dotted(field)}: duplicate key")
-            lines[field] = k.start_mark.line + 1
-            _field_lines(v, path, field, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[(*loc, i)] = item.start_mark.line + 1
-            _field_lines(item, path, (*loc, i), lines)
-    return lines
-
-
 def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
-    """The mapping a config file holds, and the line of each of its fields (`_field_lines`). Bad bytes, bad
-    YAML, a repeated key, an empty file or a top level that is not a mapping raise a one-line ConfigError
-    `<file>:<line>: ...`, as the recipe loader's."""
-    text = decode_utf8(path.read_bytes(), path, error=ConfigError)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML: {_yaml_problem(e)}") from None
-    if node is None:
+    """The mapping a config file holds, and the line of each of its fields. Bad bytes, bad YAML, a repeated
+    key, an empty file or a top level that is not a mapping raise a one-line ConfigError `<file>:<line>: ...`,
+    as the recipe loader's."""
+    doc = read_yaml(decode_utf8(path.read_bytes(), path, error=ConfigError), path, ConfigError)
+    if doc.data is None:
         raise ConfigError(f"{path}: empty config file (state what differs from the defaults, e.g. data.datasets "
                           f"and train.max_steps, or start from a bundled config: tiny, demo-100m, phi-1.5)")
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}:{node.start_mark.line + 1}: the top level must be a mapping of sections "
-                          f"(model:, data:, train:, ...), got a {type(loaded).__name__}")
-    return loaded, _field_lines(node, path)
+    if not isinstance(doc.data, dict):
+        raise ConfigError(f"{path}:{doc.lines[()]}: the top level must be a mapping of sections "
+                          f"(model:, data:, train:, ...), got a {type(doc.data).__name__}")
+    return doc.data, doc.lines
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -433,7 +385,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, p, lines, {_key_path(k): o for k, o in origins.items()})) from None
+        raise ConfigError(_format_errors(e, p, lines, {key_path(k): o for k, o in origins.items()})) from None
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -10,21 +10,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
-import yaml
 
 from textbookgen.curation.base import StageStats, Step
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
 from textbookgen.curation.corpus_io import Corpus, CorpusWriter, check_output, read_corpus, write_corpus
+from textbookgen.jsonl import decode_utf8
+from textbookgen.yamlfile import read_yaml
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurationConfig:
     """A CurationConfig from YAML (the file itself or its `curation:` block), with dotted overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ValueError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        label = f"--config {path}"
+        raw = read_yaml(decode_utf8(Path(path).read_bytes(), label), label, ValueError).data or {}
         data = raw.get("curation", raw) if isinstance(raw, dict) else raw
         if not isinstance(data, dict):
             raise ValueError(f"--config {path}: must hold a mapping of curation settings, not a {type(data).__name__}")
