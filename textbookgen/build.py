@@ -1002,8 +1002,8 @@ class Build:
         r = self.recipe
         template = card_template_of(r)
         if template is None:
-            self.console.print("   note: no card_template in the recipe and no datasets_cards/_base.md beside this "
-                               "install (it ships with the source checkout): no dataset card written")
+            self.console.print("   note: no card_template in the recipe and this install lacks datasets_cards/_base.md "
+                               "(reinstall textbookgen): no dataset card written")
             return
         t0 = self._begin("card")
         # What this run did (ran/skipped) stays out of the published copy: an unchanged build re-renders

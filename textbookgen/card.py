@@ -42,8 +42,17 @@ log = logging.getLogger(__name__)
 ASSETS_DIR = "assets"
 #: Beside README.md, not published: the card metadata `render_card` filled in by default ({key: value}).
 DEFAULTS_FILE = ".card_defaults.json"
+
+
+def _cards_dir() -> Path:
+    """The project's card templates: the repository's `datasets_cards/`, which a wheel carries inside the
+    package (pyproject.toml maps it to `textbookgen/datasets_cards`)."""
+    packaged = Path(__file__).with_name("datasets_cards")
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "datasets_cards"
+
+
 #: The project's card templates; a template elsewhere can still `{% extends "_base.md" %}`.
-CARDS_DIR = Path(__file__).resolve().parents[1] / "datasets_cards"
+CARDS_DIR = _cards_dir()
 #: The card of a recipe without `card_template`, so every built dataset has one.
 BASE_TEMPLATE = CARDS_DIR / "_base.md"
 PLOTS = {
@@ -530,7 +539,7 @@ def render_card(
 
 def card_template_of(recipe: Recipe) -> Path | None:
     """The recipe's `card_template`, else the base template every project card extends; None where that is
-    not there either (an install without the project's `datasets_cards/` folder, which is not packaged)."""
+    not there either (a broken install), so the build still finishes, cardless."""
     if recipe.card_template:
         return recipe.resolve(recipe.card_template)
     return BASE_TEMPLATE if BASE_TEMPLATE.is_file() else None
@@ -553,7 +562,7 @@ def load_card_template(template_path: str | Path) -> jinja2.Template:
     env.filters["usd"] = lambda v: f"${v:,.4f}" if isinstance(v, (int, float)) else "–"
     try:
         return env.get_template(template_path.name)
-    except jinja2.TemplateNotFound:  # the base template where the package was installed without datasets_cards/
+    except jinja2.TemplateNotFound:  # the template itself: one it extends is looked up only at render time
         raise FileNotFoundError(f"card template not found: {template_path}") from None
     except jinja2.TemplateSyntaxError as err:
         raise ValueError(f"card template {err.filename or template_path}:{err.lineno}: {err.message}") from None
