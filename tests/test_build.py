@@ -743,7 +743,7 @@ def test_plan_time_counts_a_combined_token_limit():
 
 
 def test_without_a_card_template_anywhere_the_build_writes_no_card_but_finishes(tmp_path, monkeypatch):
-    """An install without the project's datasets_cards/ folder (it is not packaged) builds as before, cardless."""
+    """A broken install without the card templates (datasets_cards/) builds as before, cardless."""
     import textbookgen.card as card
     from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
