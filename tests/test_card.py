@@ -240,3 +240,16 @@ def test_card_claims_only_what_the_build_did(tmp_path):
     grown = {**MANIFEST, "taxonomy": {"source": "builtin", "grown_to": 500}}
     text = render_card(tmp_path, CARDS_DIR / "phi15-textbooks.md", RECIPE, grown).read_text()
     assert "taxonomy was grown" in text and "Decontamination removes" in text
+
+
+def test_a_template_whose_parent_is_missing_or_broken_fails_when_loaded(tmp_path):
+    """Jinja looks up an `{% extends %}` parent only at render time, after a build's paid generation."""
+    (tmp_path / "mine.md").write_text('{% extends "gone.md" %}\n{% block body %}x{% endblock %}\n')
+    with pytest.raises(FileNotFoundError, match=r"mine\.md: uses 'gone\.md', which is not in .*datasets_cards"):
+        load_card_template(tmp_path / "mine.md")
+    (tmp_path / "gone.md").write_text('{% include "part.md" %}{% block body %}{% endblock %}\n')
+    (tmp_path / "part.md").write_text("{% if %}\n")
+    with pytest.raises(ValueError, match=r"part\.md:1: "):
+        load_card_template(tmp_path / "mine.md")
+    (tmp_path / "part.md").write_text("fine\n")
+    assert load_card_template(tmp_path / "mine.md").render() == "fine\nx"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import jinja2.meta
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -561,13 +562,32 @@ def load_card_template(template_path: str | Path) -> jinja2.Template:
     env.filters["filesize"] = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
     env.filters["usd"] = lambda v: f"${v:,.4f}" if isinstance(v, (int, float)) else "–"
     try:
-        return env.get_template(template_path.name)
-    except jinja2.TemplateNotFound:  # the template itself: one it extends is looked up only at render time
+        template = env.get_template(template_path.name)
+        _compile_referenced(env, template_path.name, template_path)
+    except jinja2.TemplateNotFound:
         raise FileNotFoundError(f"card template not found: {template_path}") from None
     except jinja2.TemplateSyntaxError as err:
         raise ValueError(f"card template {err.filename or template_path}:{err.lineno}: {err.message}") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"card template {template_path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    return template
+
+
+def _compile_referenced(env: jinja2.Environment, name: str, origin: Path, seen: set[str] | None = None) -> None:
+    """Compile every template `name` extends, includes or imports, transitively. Jinja looks them up only
+    at render time, which for a build is after the paid generation: a missing `_base.md` must fail first."""
+    seen = set() if seen is None else seen
+    source = env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
+    for ref in jinja2.meta.find_referenced_templates(env.parse(source)):
+        if ref is None or ref in seen:  # a name computed at render time cannot be checked here
+            continue
+        seen.add(ref)
+        try:
+            env.get_template(ref)
+        except jinja2.TemplateNotFound:
+            searched = ", ".join(env.loader.searchpath)  # type: ignore[union-attr]
+            raise FileNotFoundError(f"card template {origin}: uses {ref!r}, which is not in {searched}") from None
+        _compile_referenced(env, ref, origin, seen)
 
 
 def _write_provenance(out_dir: Path, recipe: Mapping, manifest: Mapping) -> list[str]:
