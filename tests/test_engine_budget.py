@@ -1,9 +1,11 @@
 """The budgets under concurrency: an attempt goes out only when its worst case (max_tokens) fits beside what is
 spent and the worst case of every attempt in flight; when it does not, it waits for those to settle (they mostly
-answer far below max_tokens) instead of ending the run. Real openai/anthropic clients against the loopback emulator."""
+answer far below max_tokens) instead of ending the run, in line: in arrival order, only the first looking for room.
+Real openai/anthropic clients against the loopback emulator."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
@@ -33,7 +35,7 @@ def ask(prefix: str, n: int, max_tokens: int = MAX_TOKENS) -> list[ChatRequest]:
 def gen_for(emu: Emulator, provider: str, tmp_path, **kw) -> Generator:
     base_url = emu.anthropic_base_url if provider == "anthropic" else emu.openai_base_url
     return Generator(provider, "pricey", base_url=base_url, api_key="sk-test", journal=tmp_path / f"{provider}.sqlite",
-                     prices=PRICES, concurrency=32, **{**FAST, **kw})
+                     prices=PRICES, **{"concurrency": 32, **FAST, **kw})
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -94,3 +96,61 @@ def test_the_progress_line_shows_the_requests_held_for_the_budget():
     s["budget_held"] = 0
     display._draw()
     assert display._progress.tasks[0].fields["info"].endswith("in-flight 2/32")
+
+
+def test_a_release_wakes_one_attempt_in_line_not_all_of_them(monkeypatch, tmp_path):
+    """At concurrency 64 the budget holds a few attempts' worst case and the rest (over a hundred) wait for room. Each
+    answer used to wake every one of them to re-check the budgets (a thundering herd: thousands of checks); now it
+    wakes the first in line alone, so the budgets are checked once per attempt and once per answer at most."""
+    checks = 0
+    over_budget = Generator._over_budget
+
+    def counted(self, more):
+        nonlocal checks
+        checks += 1
+        return over_budget(self, more)
+
+    monkeypatch.setattr(Generator, "_over_budget", counted)
+    with Emulator(EmulatorConfig(latency_median_s=0.005, latency_sigma=0.5, responder=answer)) as emu:
+        gen = gen_for(emu, "openai", tmp_path, concurrency=64, max_output_tokens=6000)
+        out = gen.run(ask("Hi", 200))
+        billed = emu.output_tokens
+    assert 6000 - MAX_TOKENS <= billed <= 6000 and gen.stats["skipped_budget"] > 0
+    assert checks <= len(out) + gen.stats["sent"] + 1
+
+
+def test_a_big_request_in_line_is_not_passed_over_by_small_ones(tmp_path):
+    """A request whose worst case is most of the budget waits behind five small ones for room; those after it wait
+    behind it, in line, instead of taking every bit of room that opens (it used to be skipped for the budget at the
+    end while the small ones after it were sent). What is sent is a prefix of the requests."""
+    requests = ask("Hi", 5) + ask("Big", 1, max_tokens=3000) + ask("Then", 40)
+    with Emulator(EmulatorConfig(latency_median_s=0.01, latency_sigma=0.5, responder=answer)) as emu:
+        gen = gen_for(emu, "openai", tmp_path, max_output_tokens=4000)
+        out = gen.run(requests)
+        billed = emu.output_tokens
+    statuses = [r.status for r in out]
+    sent = statuses.index("skipped_budget")
+    assert statuses == ["ok"] * sent + ["skipped_budget"] * (len(out) - sent) and sent > 6
+    assert 4000 - MAX_TOKENS <= billed == SHORT * sent <= 4000
+
+
+def test_a_run_cancelled_with_attempts_in_line_for_the_budget_ends_and_counts_those_on_the_wire(tmp_path):
+    """Ctrl-C while the budget holds two attempts on the wire and 38 wait in line: the run ends (no waiter is left
+    stranded by a turn handed to a cancelled one), and the two cut off count at their worst case."""
+    with Emulator(EmulatorConfig(latency_median_s=60.0, latency_sigma=0.0, responder=answer)) as emu:
+        gen = gen_for(emu, "openai", tmp_path, concurrency=64, max_output_tokens=2 * MAX_TOKENS + SHORT)
+
+        async def cut_off() -> int:
+            run = asyncio.ensure_future(gen.arun(ask("Hi", 40)))
+            while emu.in_flight < 2 or gen._live_stats()["budget_held"] < 38:
+                await asyncio.sleep(0.01)
+            held = gen._live_stats()["budget_held"]
+            run.cancel()  # what Ctrl-C does to a run
+            done, _ = await asyncio.wait((run,), timeout=30)
+            assert done and run.cancelled()
+            return held
+
+        assert asyncio.run(cut_off()) == 38
+    assert gen.stats["interrupted"] == 2 and gen.stats["abandoned_output_tokens"] == 2 * MAX_TOKENS
+    with Journal(gen.journal_path) as j:
+        assert j.summary()["by_status"]["pending"] == 40

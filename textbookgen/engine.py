@@ -29,8 +29,8 @@ Money the provider takes whether or not we listen is never paid twice:
   Against a kill, each attempt is committed to the journal as on the wire before it goes out; the next run counts
   a killed run's leftovers at their worst case, once (journal.py).
 - The budgets hold even if every request on the wire answers at max_tokens: an attempt goes out only when its
-  worst case fits beside what is spent and the worst case of those on the wire; otherwise it waits for them to
-  settle (they mostly cost far less). The budget is reached when nothing is on the wire and the next request's
+  worst case fits beside what is spent and the worst case of those on the wire; otherwise it waits, in line, for them
+  to settle (they mostly cost far less). The budget is reached when nothing is on the wire and the next request's
   worst case does not fit, so a run ends within one request's worst case of it.
 - A run whose requests mostly fail (a parameter the model rejects, say) stops early: once at least
   `error_window` requests have finished and failures are more than `max_error_rate` of them and those still
@@ -201,6 +201,43 @@ def estimate_input_tokens(req: ChatRequest) -> int:
         content = message.get("content")
         chars += len(content) if isinstance(content, str) else len(json.dumps(content, ensure_ascii=False))
     return chars // 4 + 4 * len(req.messages) + 3
+
+
+class BudgetGate:
+    """The line where attempts wait for room in the budgets: in arrival order, only the first one looking for room.
+
+    Each release of a hold wakes the first in line alone; once its worst case fits, it takes that room and hands its
+    turn to the next (who may fit in what is left), so a release wakes those it makes room for and one more. Waking
+    every waiter at each release instead (a herd, each re-checking the budgets) cost CPU in proportion to the
+    waiters at high concurrency, and letting through whoever fits would starve a big request behind small ones. A
+    waiter cancelled in line, or first in line, hands its turn on (asyncio.Lock does), so Ctrl-C cannot stall it."""
+
+    def __init__(self) -> None:
+        self._line = asyncio.Lock()  # FIFO: its holder is the first in line
+        self._opened = asyncio.Event()
+        self.waiting = 0  # attempts in line, the first included
+
+    async def __aenter__(self) -> None:
+        """Wait for this attempt's turn (at once when nobody is in line); it is held until the block ends."""
+        self.waiting += 1
+        try:
+            await self._line.acquire()
+        except BaseException:
+            self.waiting -= 1
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.waiting -= 1
+        self._line.release()
+
+    async def room(self) -> None:
+        """For the first in line, whose worst case does not fit: wait until room may have opened."""
+        self._opened.clear()
+        await self._opened.wait()
+
+    def open(self) -> None:
+        """Room may have opened (a hold was released), or the run stops: the first in line looks again."""
+        self._opened.set()
 
 
 class _Item:
@@ -435,8 +472,7 @@ class Generator:
         self._inflight_cost = 0.0  # the worst case of the attempts in flight (live) or of the batches running
         self._inflight_out = 0.0
         self._reservations = 0  # live attempts holding a worst case in _inflight_*
-        self._settled = asyncio.Event()  # set (and replaced) whenever one of them settles: room may have opened
-        self._budget_held = 0  # attempts waiting for room in the budget
+        self._gate = BudgetGate()  # attempts waiting for room in the budgets, in line
         self._in_batches = 0
         replayed = list(results.values())
         billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
@@ -770,31 +806,29 @@ class Generator:
 
     async def _reserve(self, item: _Item) -> None:
         """Hold this attempt's worst case against the budgets, waiting while it does not fit for attempts in flight
-        to settle (most answer far below max_tokens, making room). The budget is reached only when nothing is in
-        flight and it still does not fit (or all of it is spent)."""
-        while True:
-            if self._budget_note is not None:
-                raise BudgetExhausted
-            worst = self._worst_case(item)
-            note = self._over_budget(worst)
-            if note is None:
-                break
-            usd, used = spent(self._c)
-            if not self._reservations or (self._max_cost_usd is not None and usd >= self._max_cost_usd) or (
-                    self._max_output_tokens is not None and used >= self._max_output_tokens):
-                self._stop_launching(note)
-            self._budget_held += 1
-            try:
-                await self._settled.wait()
-            finally:
-                self._budget_held -= 1
-        item.reserved = worst
-        self._reservations += 1
-        self._inflight_cost += worst.usd
-        self._inflight_out += worst.output_tokens
+        to settle (most answer far below max_tokens, making room), in line behind those waiting already
+        (`BudgetGate`). The budget is reached only when nothing is in flight and it still does not fit (or all of it
+        is spent)."""
+        async with self._gate:
+            while True:
+                if self._budget_note is not None:
+                    raise BudgetExhausted
+                worst = self._worst_case(item)
+                note = self._over_budget(worst)
+                if note is None:
+                    break
+                usd, used = spent(self._c)
+                if not self._reservations or (self._max_cost_usd is not None and usd >= self._max_cost_usd) or (
+                        self._max_output_tokens is not None and used >= self._max_output_tokens):
+                    self._stop_launching(note)
+                await self._gate.room()
+            item.reserved = worst  # taken before the next in line looks at what is left
+            self._reservations += 1
+            self._inflight_cost += worst.usd
+            self._inflight_out += worst.output_tokens
 
     def _release(self, item: _Item) -> None:
-        """Give back an attempt's reservation (its cost, if any, is booked by now) and wake those waiting for room."""
+        """Give back an attempt's reservation (its cost, if any, is booked by now) and wake the first waiting for room."""
         if item.reserved is None:
             return
         worst, item.reserved = item.reserved, None
@@ -803,17 +837,13 @@ class Generator:
         self._inflight_out -= worst.output_tokens
         if not self._reservations and not self._in_batches:  # none in flight: no rounding left over
             self._inflight_cost = self._inflight_out = 0.0
-        self._wake_held()
-
-    def _wake_held(self) -> None:
-        self._settled.set()
-        self._settled = asyncio.Event()
+        self._gate.open()
 
     def _stop_launching(self, note: str) -> None:
         self._budget_note = note
         log.warning("budget: %s; launching no more requests (they come back status skipped_budget; "
                     "raise the budget and rerun to continue: finished work is kept)", note)
-        self._wake_held()  # those waiting for room stop too
+        self._gate.open()  # those waiting for room stop too, each in turn
         raise BudgetExhausted
 
     # ----- outcomes -----------------------------------------------------------------------------
@@ -901,7 +931,7 @@ class Generator:
                     "concurrency": self._in_batches, "rpm_limit": None}
         return {**self._c, **budgets, "rate_limited": adm.rate_limited, "in_flight": adm.concurrency.in_use,
                 "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.buckets["requests"].limit,
-                "budget_held": self._budget_held}
+                "budget_held": self._gate.waiting}
 
     def _log_summary(self) -> None:
         s = self.stats
