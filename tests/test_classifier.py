@@ -193,3 +193,49 @@ def test_size_note_gives_the_model_size_and_what_fewer_buckets_make_it(labelled,
                     f"({big / small:.0f}x smaller) at a small accuracy cost (check with `classifier eval`)")
     assert plain == f"{tmp_path / 'b200000.bin'}: {small / 1e6:.1f} MB"  # no hint at 200000 buckets or fewer
 
+
+
+def _train_cli(tmp_path: Path, labels: list, *options: str):
+    """`classifier train --labelled` on one small file of `labels`, with small settings."""
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+
+    texts = [f"lesson {i}: the theorem explains the concept with an example" if i % 2 else
+             f"offer {i}: buy now, free shipping, click here" for i in range(len(labels))]
+    path = tmp_path / "labels.parquet"
+    pl.DataFrame({"text": texts, "label": labels}).write_parquet(path)
+    return CliRunner().invoke(app, ["classifier", "train", "-o", str(tmp_path / "m"), "--labelled", str(path),
+                                    "--lr", "0.5", "--epochs", "2", "--dim", "8", "--bucket", "1000", *options])
+
+
+JUDGE_SCORES = [0] * 2 + [1] * 5 + [2] * 18 + [3] * 25 + [4] * 16 + [5] * 10  # as `classifier label` gives them
+
+
+def test_train_reads_judge_scores_on_their_0_to_5_scale_and_warns_of_a_lopsided_split(tmp_path):
+    """FineWeb-Edu kept int_score >= 3; the old default (1) made 97 % of judge labels positive, silently."""
+    res = _train_cli(tmp_path, JUDGE_SCORES)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_positive"] == sum(y >= 3 for y in JUDGE_SCORES) and "warning" not in res.stderr
+    res = _train_cli(tmp_path, JUDGE_SCORES, "--min-positive", "1")
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_positive"] == 74, res.output
+    assert ("warning: 97% of the 76 labelled examples are positive: --min-positive 1 makes numeric labels >= 1 "
+            "positive") in res.stderr
+
+
+def test_binary_labels_keep_1_as_positive_and_another_scale_needs_min_positive(tmp_path):
+    res = _train_cli(tmp_path, [0, 1] * 30)  # e.g. DCLM's human labels
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_positive"] == 30, res.output
+    res = _train_cli(tmp_path, ["0", "1.0", "true", "no"] * 15)  # numbers written as text count too
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_positive"] == 30, res.output
+    res = _train_cli(tmp_path, list(range(11)) * 6)
+    assert res.exit_code == 1 and "labels.parquet: labels go up to 10" in res.output and "--min-positive" in res.output
+    assert _train_cli(tmp_path, list(range(11)) * 6, "--min-positive", "7").exit_code == 0
+
+
+def test_no_one_default_fits_0_1_labels_beside_judge_scores(tmp_path):
+    pl.DataFrame({"text": ["a", "b"], "label": [0, 1]}).write_parquet(tmp_path / "human.parquet")
+    pl.DataFrame({"text": ["a", "b"], "label": [2, 5]}).write_ndjson(tmp_path / "judged.jsonl")
+    assert clf.default_min_positive([str(tmp_path / "judged.jsonl")]) == 3
+    with pytest.raises(ValueError, match=r"human.parquet has 0/1 labels and .*judged.jsonl 0-5 judge scores"):
+        clf.default_min_positive([str(tmp_path / "human.parquet"), str(tmp_path / "judged.jsonl")])

@@ -264,3 +264,15 @@ def test_prompt_rows_out_of_range(tmp_path):
     path.write_text('{"prompt": "x", "temperature": 5}\n')
     with pytest.raises(PromptFileError, match=r"p.jsonl:1: 'temperature' must be in \[0, 2\]"):
         load_prompts(path)
+
+
+def test_a_model_level_validation_error_is_one_line_not_a_crash(tmp_path):
+    """A validator of the whole model (two options that exclude each other) has an empty `loc`."""
+    res = CliRunner().invoke(app, ["classifier", "score", str(tmp_path / "m.bin"), str(tmp_path / "in.parquet"),
+                                   "-o", str(tmp_path / "out.parquet"), "--threshold", "0.5",
+                                   "--keep-top-percent", "50"])
+    _one_error(res, "give `threshold` or `keep_top_percent`, not both")
+    assert len(res.output.splitlines()) == 1
+    res = CliRunner().invoke(app, ["classifier", "score", str(tmp_path / "m.bin"), str(tmp_path / "in.parquet"),
+                                   "-o", str(tmp_path / "out.parquet"), "--keep-top-percent", "0"])
+    _one_error(res, "--keep-top-percent: Input should be greater than 0")  # a field's error still names its option

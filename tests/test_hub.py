@@ -359,6 +359,38 @@ def test_push_errors_are_one_clear_line_without_the_token(hub, tmp_path, caplog)
     assert hub.token not in caplog.text
 
 
+
+def test_pull_of_a_missing_repo_revision_or_file_is_one_line_naming_it(hub, tmp_path, monkeypatch):
+    """The client's RepositoryNotFoundError, RevisionNotFoundError and EntryNotFoundError say only "404 Client
+    Error." on their first line; a private repo answers as a missing one (401 to no token, 404 to another user's)."""
+    from textbookgen.cli import app
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    hub.add_repo("someone/secret", private=True)
+    cases = [
+        ("tester/nonexistent", {"token": hub.token}, r"^dataset repo tester/nonexistent not found at http://\S+; "
+                                                     r"if it is private, the token has no access to it$"),
+        ("tester/nonexistent", {}, r"^dataset repo tester/nonexistent not found at http://\S+; if it is private or "
+                                   r"gated, a token may be needed: set HF_TOKEN or run `hf auth login`$"),
+        ("someone/secret", {}, r"^dataset repo someone/secret not found .*a token may be needed"),
+        ("someone/secret", {"token": hub.token}, r"^dataset repo someone/secret not found .*no access to it$"),
+        ("someone/secret", {"token": hub.token, "revision": "v2"}, r"not found"),  # the repo, not the revision
+    ]
+    hub.add_repo("someone/open")
+    cases.append(("someone/open", {"revision": "v2"}, r"^dataset repo someone/open has no revision 'v2' at http://"))
+    for repo_id, kwargs, message in cases:
+        with pytest.raises(FileNotFoundError, match=message):
+            pull(repo_id, tmp_path / "out", endpoint=hub.endpoint, **kwargs)
+    head = hub.repo("someone/open").branches["main"]
+    hub.before("GET", "/resolve/", lambda h: h.repo("someone/open").commits[head].files.pop(".gitattributes"))
+    with pytest.raises(FileNotFoundError, match=r"^dataset repo someone/open: file .gitattributes not found at "):
+        pull("someone/open", tmp_path / "out", endpoint=hub.endpoint)
+    res = CliRunner().invoke(app, ["pull", "tester/nonexistent", "--revision", "v1", "-o", str(tmp_path / "p"),
+                                   "--endpoint", hub.endpoint])
+    assert res.exit_code == 1 and res.output.startswith("error: dataset repo tester/nonexistent not found at ")
+    assert len(res.output.splitlines()) == 1 and "Traceback" not in res.output, res.output
+
 def test_interrupted_push_resumes_without_resending_uploaded_files(hub, tmp_path):
     folder = build(tmp_path / "build", shards=3)
     hub.inject("POST", r"/commit/", 500)

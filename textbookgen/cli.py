@@ -32,11 +32,12 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _error_line(err: Exception) -> str:
-    """The first line of a known bad-input error, naming the file (OSError) or the option (pydantic)."""
+    """The first line of a known bad-input error, naming the file (OSError) or the option (pydantic; a
+    validator of the whole model, e.g. of two options that exclude each other, has no field to name)."""
     from pydantic import ValidationError
 
     if isinstance(err, ValidationError):
-        return "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')}: " * bool(e["loc"])
+        return "; ".join((f"--{str(e['loc'][-1]).replace('_', '-')}: " if e["loc"] else "")
                          + e["msg"].removeprefix("Value error, ") for e in err.errors())
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
@@ -739,7 +740,8 @@ def classifier_train(
     positive: Paths = None, negative: Paths = None,
     labelled: Paths = None,
     label_column: str = typer.Option("label", help="label field of --labelled files"),
-    min_positive: float = typer.Option(1.0, help="numeric labels >= this are positive (3 for 0-5 judge scores)"),
+    min_positive: float | None = typer.Option(None, help="numeric labels >= this are positive (default: by "
+                                              "the labels' scale, 1 for 0/1 labels, 3 for 0-5 judge scores)"),
     lr: str = typer.Option("0.1,0.5,1.0", help="learning rates to try"),
     epochs: str = typer.Option("5,10", help="epoch counts to try"),
     dim: int = typer.Option(100),
@@ -751,7 +753,14 @@ def classifier_train(
                                          "needs both classes) and pick lr x epochs by their mean AUC"),
 ) -> None:
     """Train on labelled text; lr and epochs are picked on a validation split. Prints the metadata."""
-    from textbookgen.curation.classifier import TrainSettings, model_paths, size_note, train_classifier
+    from textbookgen.curation.classifier import (
+        TrainSettings,
+        default_min_positive,
+        lopsided_warning,
+        model_paths,
+        size_note,
+        train_classifier,
+    )
     from textbookgen.curation.commands import load_labelled
 
     lrs, epoch_counts = _numbers("--lr", lr, float), _numbers("--epochs", epochs, int)
@@ -760,8 +769,13 @@ def classifier_train(
         for value in values:
             _check(option, value, rule)
     with _reported():
+        if min_positive is None:
+            min_positive = default_min_positive(labelled or [], label_column, text_column)
         texts, labels, sources = load_labelled(positive or [], negative or [], labelled or [], text_column,
                                                label_column, min_positive)
+        from_files = [y for y, s in zip(labels, sources, strict=True) if s in (labelled or [])]
+        if from_files and (warning := lopsided_warning(from_files, min_positive)):
+            typer.echo(warning, err=True)
         settings = TrainSettings(lrs=lrs, epochs=epoch_counts, dim=dim, bucket=bucket)
         try:
             _, meta = train_classifier(texts, labels, output, settings, groups=sources if balance_sources else None)
@@ -775,16 +789,19 @@ def classifier_train(
 def classifier_eval(
     model: str = typer.Argument(..., help="model .bin"),
     positive: Paths = None, negative: Paths = None, labelled: Paths = None,
-    label_column: str = typer.Option("label"), min_positive: float = typer.Option(1.0),
+    label_column: str = typer.Option("label"),
+    min_positive: float | None = typer.Option(None, help="as for `classifier train`"),
     threshold: float = typer.Option(0.5, help="probability threshold for P/R/F1 and the confusion matrix"),
     text_column: TextCol = "text",
 ) -> None:
     """Precision, recall, F1, ROC AUC and the confusion matrix on held-out labelled text."""
-    from textbookgen.curation.classifier import QualityModel
+    from textbookgen.curation.classifier import QualityModel, default_min_positive
     from textbookgen.curation.commands import load_labelled
 
     _check("--threshold", threshold, "in [0, 1]")
     with _reported():
+        if min_positive is None:
+            min_positive = default_min_positive(labelled or [], label_column, text_column)
         texts, labels, _ = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
                                          min_positive, purpose="evaluation")
         metrics = QualityModel.load(model).evaluate(texts, labels, threshold)

@@ -101,13 +101,41 @@ def request_timeout(seconds: float) -> Iterator[None]:
         set_client_factory(previous)
 
 
+def _not_found(err: Any, repo_id: str, endpoint: str, revision: str | None) -> str | None:
+    """The line for a repo, revision or file the Hub says is missing (None for another error). The client's
+    own first line is only "404 Client Error.". The Hub answers a private repo as a missing one (401 to
+    no token, 404 to a token without access), so the line says what a token would change."""
+    from huggingface_hub.errors import (
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    status = err.response.status_code if isinstance(err, RepositoryNotFoundError) else None
+    if status in (401, 404):  # not a gated repo's 403, whose terms are not accepted yet
+        token = "authorization" in err.response.request.headers
+        hint = ("if it is private, the token has no access to it" if token else
+                "if it is private or gated, a token may be needed: set HF_TOKEN or run `hf auth login`")
+        return f"dataset repo {repo_id} not found at {endpoint}; {hint}"
+    if isinstance(err, RevisionNotFoundError):
+        return (f"dataset repo {repo_id} has no revision {revision or 'main'!r} at {endpoint} (give a branch, tag "
+                "or commit it has)")
+    if isinstance(err, RemoteEntryNotFoundError):  # a download's URL ends /resolve/<revision>/<path>
+        rev, _, path = err.response.url.path.partition("/resolve/")[2].partition("/")
+        where = f"file {path} not found at revision {rev}" if path else f"a file is missing ({err.server_message})"
+        return f"dataset repo {repo_id}: {where} on {endpoint}"
+    return None
+
+
 @contextmanager
-def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float | None = None) -> Iterator[None]:
+def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float | None = None,
+               revision: str | None = None) -> Iterator[None]:
     """Turn the client's HTTP and network errors into one line that says what to do.
 
-    Auth problems become PermissionError; an unreachable or failing Hub (network, timeouts, 429, 5xx)
-    becomes ConnectionError. Both are OSError, as the client's own errors are. A push is one atomic
-    commit, so whatever broke, nothing is half-published, and a rerun resends no uploaded file.
+    A missing repo, revision (`revision`) or file becomes FileNotFoundError naming it; auth problems
+    PermissionError; an unreachable or failing Hub (network, timeouts, 429, 5xx) ConnectionError. All
+    are OSError, as the client's own errors are. A push is one atomic commit, so whatever broke,
+    nothing is half-published, and a rerun resends no uploaded file.
     """
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -121,6 +149,9 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float |
         yield
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
+        missing = _not_found(err, repo_id, endpoint, revision)
+        if missing:
+            raise FileNotFoundError(missing) from err
         if status == 401:
             raise PermissionError(
                 f"the Hub at {endpoint} refused the token (401): set HF_TOKEN to a valid token or run `hf auth login`"
@@ -302,7 +333,7 @@ def push(
     check_card_matches_data(out_dir, (out_dir / "README.md").read_text("utf-8"))
 
     api = HfApi(endpoint=endpoint, token=secret)
-    with request_timeout(seconds), hub_errors(repo_id, api.endpoint, timeout=seconds):
+    with request_timeout(seconds), hub_errors(repo_id, api.endpoint, timeout=seconds, revision=revision):
         info = _open_repo(api, repo_id, private, revision)
         head = info.sha
         remote = {s.rfilename for s in info.siblings or []}
@@ -419,7 +450,8 @@ def pull(
     timeout: float | None = None,
 ) -> Path:
     """Download a dataset repo (all files, at `revision`) into `local_dir` (default: `./<name>`); a request
-    left unanswered for `timeout` seconds (as for `push`) is a ConnectionError.
+    left unanswered for `timeout` seconds (as for `push`) is a ConnectionError; a missing (or private) repo,
+    revision or file a FileNotFoundError naming it.
 
     The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
     the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
@@ -430,7 +462,8 @@ def pull(
     seconds = hub_timeout(timeout)
     local_dir = Path(local_dir) if local_dir is not None else Path(repo_id.split("/")[1])
     api = HfApi(endpoint=endpoint, token=token)
-    with request_timeout(seconds), hub_errors(repo_id, api.endpoint, write=False, timeout=seconds):
+    with (request_timeout(seconds),
+          hub_errors(repo_id, api.endpoint, write=False, timeout=seconds, revision=revision)):
         head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
         path = snapshot_download(
             repo_id,

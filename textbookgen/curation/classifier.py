@@ -273,6 +273,56 @@ def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
     return QualityModel(model, meta), meta
 
 
+#: `classifier label`'s 0-5 judge scores: FineWeb-Edu kept int_score >= 3 as educational (field notes).
+JUDGE_MIN_POSITIVE = 3.0
+#: A positive share of the labelled examples outside (1 - this, this) is most likely a --min-positive that
+#: does not fit the labels' scale.
+LOPSIDED_SHARE = 0.9
+
+
+def _top_label(path: str, label_column: str, text_column: str) -> float | None:
+    """The largest numeric label of a labelled file or folder (numbers written as text too), or None when it
+    has none (booleans, class words, no such column: `load_labelled` reads or refuses those)."""
+    from textbookgen.curation.corpus_io import Corpus
+
+    tops = []
+    for chunk in Corpus(path, text_column).chunks([label_column]):
+        col = chunk.get_column(label_column, default=None)
+        if col is not None and (col.dtype.is_numeric() or col.dtype == pl.String):
+            col = col.str.strip_chars() if col.dtype == pl.String else col
+            tops.append(col.cast(pl.Float64, strict=False).fill_nan(None).max())
+    return max((t for t in tops if t is not None), default=None)
+
+
+def default_min_positive(paths: list[str], label_column: str = "label", text_column: str = "text") -> float:
+    """`--min-positive` when it is not given, by the labels' scale: 1 for 0/1 labels (e.g. DCLM's human
+    ones), 3 for 0-5 judge scores (`classifier label`). One fixed default trained on ~97 % positives from
+    judge scores, or on none from 0/1 labels. Another scale, or files of both, raise ValueError: no
+    default fits them."""
+    scales: dict[str, float] = {}
+    for path in paths:
+        top = _top_label(path, label_column, text_column)
+        if top is not None and top > 5:
+            raise ValueError(f"{path}: labels go up to {top:g}, neither 0/1 nor 0-5 judge scores; give "
+                             "--min-positive (numeric labels >= it are positive)")
+        scales[path] = 1.0 if top is None or top <= 1 else JUDGE_MIN_POSITIVE
+    binary, judged = ([p for p, v in scales.items() if v == t] for t in (1.0, JUDGE_MIN_POSITIVE))
+    if binary and judged:
+        raise ValueError(f"--labelled {binary[0]} has 0/1 labels and {judged[0]} 0-5 judge scores: no one "
+                         "--min-positive fits both; give it, or make the labels one scale")
+    return JUDGE_MIN_POSITIVE if judged else 1.0
+
+
+def lopsided_warning(labels: list[bool], min_positive: float) -> str | None:
+    """A one-line warning when nearly all, or nearly none, of the labelled examples are positive."""
+    share = sum(labels) / len(labels) if labels else 0.5
+    if 1 - LOPSIDED_SHARE <= share <= LOPSIDED_SHARE:
+        return None
+    return (f"warning: {share:.0%} of the {len(labels):,} labelled examples are positive: --min-positive "
+            f"{min_positive:g} makes numeric labels >= {min_positive:g} positive (3 for 0-5 judge scores, as "
+            "FineWeb-Edu; 1 for 0/1 labels)")
+
+
 def model_paths(out_path: str | Path) -> tuple[Path, Path]:
     """`<out>.bin` and `<out>.json`; only a `.bin` ending is taken off, so `quality.v1` keeps its dot."""
     stem = str(out_path).removesuffix(".bin")

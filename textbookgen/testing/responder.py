@@ -436,8 +436,7 @@ _JUDGE_RE = re.compile(
     r"(?:\b(?:score|rating)\b|\brate\s+(?:the|this|each|its|how|on)\b|\bevaluate\b)"
     r".{0,200}?(?:\bscale\b|\bpoints?\b|score\s*:|\b\d+\s*(?:-|to|–)\s*\d+\b)", re.IGNORECASE | re.DOTALL)
 _SCALE_RE = re.compile(r"\b(\d{1,2})\s*(?:-|to|–|and)\s*(\d{1,3})\b")
-_EXTRACT_RE = re.compile(r"(?:extract|text|document|passage|sample|content)\s*:\s*\n?(.+?)(?:\n\s*\n[A-Z][^\n]{0,80}:|\Z)",
-                         re.IGNORECASE | re.DOTALL)
+_DOC_LABEL_RE = re.compile(r"\b(extract|text|document|passage|sample|content)\s*:[ \t]*\n?", re.IGNORECASE)
 _EDU_WORDS = frozenset(
     "because therefore example examples define definition theorem concept concepts students learn learning "
     "explain explains equation process principle principles study understand understanding lesson chapter "
@@ -464,11 +463,28 @@ def judge_score(text: str, lo: int = 0, hi: int = 5) -> int:
     return max(lo, min(hi, lo + round(value / 5.0 * (hi - lo))))
 
 
+def _judged_span(prompt: str) -> tuple[int, int]:
+    """Where the judged document lies in a judging prompt: from its label ("The extract:", "Text:") to the
+    paragraph that refers back to it (FineWeb-Edu's "After examining the extract:", "Rate the text above
+    ..."), else to the end; without a label, the longest paragraph. The document is data, whatever it
+    says: a date range, a heading line or "JSON" in it is not an instruction."""
+    label = _DOC_LABEL_RE.search(prompt)
+    if label:
+        word = re.escape(label.group(1))
+        closing = re.compile(rf"\n[ \t]*\n(?=[^\n]{{0,80}}\b{word}\b[^\n]{{0,80}}:[ \t]*(?:\n|$)"  # After ... extract:
+                             rf"|[ \t]*(?:now[ \t]+)?(?:rate|score|evaluate|grade|judge|assess)\b[^\n]*\b{word}\b)",
+                             re.IGNORECASE)
+        ends = [m.start() for m in closing.finditer(prompt, label.end())]
+        end = ends[-1] if ends else len(prompt)
+        if len(prompt[label.end():end].strip()) > 20:
+            return label.end(), end
+    spans = [(m.start(), m.end()) for m in re.finditer(r"(?:[^\n]|\n(?![ \t]*\n))+", prompt)] or [(0, 0)]
+    return max(spans, key=lambda s: s[1] - s[0])
+
+
 def _judged_text(prompt: str) -> str:
-    m = _EXTRACT_RE.search(prompt)
-    if m and len(m.group(1).strip()) > 20:
-        return m.group(1)
-    return max(re.split(r"\n\s*\n", prompt), key=len)
+    start, end = _judged_span(prompt)
+    return prompt[start:end]
 
 
 def _justification(score: int, rng: random.Random) -> str:
@@ -480,13 +496,16 @@ def _justification(score: int, rng: random.Random) -> str:
 
 
 def _judge(prompt: str, body: dict[str, Any], rng: random.Random) -> str:
-    """An LLM-judge answer: a short justification and a score in the prompt's scale and format."""
-    scales = [(int(a), int(b)) for a, b in _SCALE_RE.findall(prompt) if int(a) < int(b) <= 100]
+    """An LLM-judge answer: a short justification and a score in the rubric's scale and format (the prompt
+    less the judged document: FineWeb-Edu's rubric names no range, so 0-5, whatever dates the page has)."""
+    start, end = _judged_span(prompt)
+    rubric = prompt[:start] + prompt[end:]
+    scales = [(int(a), int(b)) for a, b in _SCALE_RE.findall(rubric) if int(a) < int(b) <= 100]
     lo, hi = scales[0] if scales else (0, 5)
-    score = judge_score(_judged_text(prompt), lo, hi)
-    if wants_json(body, prompt):
+    score = judge_score(prompt[start:end], lo, hi)
+    if wants_json(body, rubric):
         return json.dumps({"reason": _justification(score, rng), "score": score})
-    label = re.search(r"([A-Z][A-Za-z ]{0,30}score)\s*:\s*<", prompt)
+    label = re.search(r"([A-Z][A-Za-z ]{0,30}score)\s*:\s*<", rubric)
     return f"{_justification(score, rng)}\n\n{label.group(1) if label else 'Score'}: {score}"
 
 
