@@ -176,3 +176,59 @@ def test_a_folder_includes_zstd_jsonl(tmp_path):
     write(tmp_path / "b.jsonl.gz", b'{"text": "two"}\n')
     write(tmp_path / "c.ndjson.zst", b'{"text": "three"}\n')
     assert [p.name for p in corpus_files(tmp_path)] == ["a.jsonl.zst", "b.jsonl.gz", "c.ndjson.zst"]
+
+
+def test_an_empty_jsonl_shard_is_a_shard_with_no_rows(tmp_path):
+    """An empty (or all-blank) JSON lines file stopped the run as one without the text field, where an
+    empty parquet file was already read as no rows; an input with no documents at all is still an error."""
+    folder = tmp_path / "c"
+    folder.mkdir()
+    write(folder / "a.jsonl", b"")
+    write(folder / "b.jsonl.gz", b"\n \n")
+    write(folder / "c.jsonl", lines([doc(0, id=7), doc(1, id=8)]))
+    whole = read_corpus(folder)
+    assert whole.rows() == [("doc 0", 7), ("doc 1", 8)]
+    corpus = Corpus(folder, chunk_rows=1)
+    assert pl.concat(corpus.chunks()).equals(whole) and corpus.schema() == whole.schema
+    for f in ("c.jsonl", "b.jsonl.gz"):
+        (folder / f).unlink()
+    for read in (read_corpus, lambda p: list(Corpus(p).chunks()), lambda p: Corpus(p).schema()):
+        with pytest.raises(ValueError, match=r"c: no documents \(every corpus file is empty or blank\)"):
+            read(folder)
+    write(folder / "a.jsonl", b"{}\n{}\n")  # rows without fields are no empty file
+    with pytest.raises(ValueError, match=r"a.jsonl: no 'text' field \(fields: \[\]\)"):
+        list(Corpus(folder).chunks())
+
+
+def test_a_parquet_file_without_the_text_field_names_the_fields_it_has(tmp_path):
+    """Dedup reads only the columns it needs: the error named none ("fields: []")."""
+    pl.DataFrame({"doc": ["x"], "content": ["y"]}).write_parquet(tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match=r"c.parquet: no 'text' field \(fields: \['doc', 'content'\]\)"):
+        list(Corpus(tmp_path / "c.parquet").chunks(["quality_score"]))
+
+
+@pytest.mark.parametrize(("values", "kind"), [([["a", "b"]], r"List\(String\)"), ([b"\xff\xfe"], "Binary")])
+def test_a_text_column_that_is_not_text_is_named(tmp_path, values, kind):
+    """It was a bare "cannot cast List type" or "invalid utf8", naming neither the file nor the column."""
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"text": values}).write_parquet(path)
+    for read in (read_corpus, lambda p: list(Corpus(p).chunks(["quality_score"]))):
+        with pytest.raises(ValueError, match=rf"t.parquet: column 'text' holds {kind} values, not text \("):
+            read(path)
+    pl.DataFrame({"text": ["x"], "id": [[1]]}).write_parquet(path)
+    with pytest.raises(ValueError, match=r"t.parquet: column 'id' holds List\(Int64\) values, not ids"):
+        read_corpus(path)
+
+
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.jsonl.gz", "bom.jsonl.zst"])
+def test_a_utf8_bom_is_no_part_of_the_first_line(tmp_path, monkeypatch, name):
+    """Windows tools write a byte order mark: the file was rejected ("Unexpected UTF-8 BOM")."""
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 3)
+    rows = [doc(i, id=i) for i in range(7)]
+    path = write(tmp_path / name, b"\xef\xbb\xbf" + lines(rows))
+    expected = pl.DataFrame(rows)
+    assert read_corpus(path).equals(expected) and pl.concat(Corpus(path).chunks()).equals(expected)
+    assert corpus_io.jsonl_schema(path, 3) is not None  # read by polars a batch at a time, not parsed whole
+    nested = write(tmp_path / "nested.jsonl", b"\xef\xbb\xbf" + lines([doc(0, m={"a": 1})]))
+    array = write(tmp_path / "array.json", b"\xef\xbb\xbf" + json.dumps([doc(0)]).encode())
+    assert read_corpus(nested)["m"].to_list() == [{"a": 1}] and read_corpus(array)["text"].to_list() == ["doc 0"]

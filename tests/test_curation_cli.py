@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import polars as pl
@@ -164,15 +166,15 @@ def test_rerunning_dedup_into_the_same_output_loses_no_document(corpus, tmp_path
 
 
 def test_dedup_with_an_index_is_incremental_and_keeps_the_indexed_documents(corpus, tmp_path):
-    """--index: batch 2 holds batch 1 again (a1 rewritten), a near-copy of a0, an exact copy of a2 whose
-    id sorts first, and new docs. The indexed docs are kept as themselves, the copies go, a1's old text
+    """--index: batch 2 holds batch 1 again (a1 rewritten), a near-copy of a0, an exact copy of a2 that
+    comes first, and new docs. The indexed docs are kept as themselves, the copies go, a1's old text
     is no longer indexed; an output of an earlier batch is never written over."""
     _, docs = corpus
     first = [{"id": f"a{i}", "text": docs[i]} for i in range(20)]
     invoke("dedup", write_jsonl(tmp_path / "b1.jsonl", first), "-o", tmp_path / "o1.parquet", "--index",
            tmp_path / "idx", "--workers", "1")
-    second = [{"id": "a1", "text": docs[50]}, *first[:1], *first[2:], {"id": "b_copy", "text": docs[0] + " Thanks!"},
-              {"id": "a1_copy", "text": docs[2]},
+    second = [{"id": "a1_copy", "text": docs[2]}, {"id": "a1", "text": docs[50]}, *first[:1], *first[2:],
+              {"id": "b_copy", "text": docs[0] + " Thanks!"},
               {"id": "b_old", "text": docs[1]}, *({"id": f"b{i}", "text": docs[i]} for i in range(20, 30))]
     stats = invoke("dedup", write_jsonl(tmp_path / "b2.jsonl", second), "-o", tmp_path / "o2.parquet", "--index",
                    tmp_path / "idx", "--workers", "1")["minhash_dedup"]  # before exact dedup: see dedup_steps
@@ -253,3 +255,65 @@ def test_a_null_text_in_a_late_chunk_fails_before_any_output(tmp_path, monkeypat
     result = runner.invoke(app, ["dedup", str(src), "-o", str(tmp_path / "out.parquet")])
     assert result.exit_code == 1 and "in.parquet: 1 row(s) with a null 'text'" in result.output
     assert not list(tmp_path.glob("out.parquet*"))
+
+
+@pytest.mark.parametrize("with_ids", [True, False], ids=["int ids", "made-up ids"])
+def test_dedup_keeps_the_first_occurrence_and_the_ids_as_given(corpus, tmp_path, with_ids):
+    """"Keep the lowest id" compared ids as strings: an exact copy with id 10 (or "f:10") was kept over
+    its original 9 ("f:9"), a near copy 11 over 2, and int ids came out as strings."""
+    _, docs = corpus
+    texts = [*docs[:10], docs[9].upper(), docs[2] + " Thanks for reading."]
+    rows = [{"id": i, "text": t} if with_ids else {"text": t} for i, t in enumerate(texts)]
+    out = tmp_path / "out.jsonl"
+    stats = invoke("dedup", write_jsonl(tmp_path / "f.jsonl", rows), "-o", out, "--workers", "1")
+    assert stats["exact_dedup"]["kept"] == 11 and stats["minhash_dedup"]["kept"] == 10
+    kept = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert kept == (list(range(10)) if with_ids else [f"f:{i}" for i in range(10)])
+
+
+def test_dedup_reports_the_exact_duplicates_it_drops(corpus, tmp_path):
+    from textbookgen.curation.exact import exact_key
+
+    _, docs = corpus
+    rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(docs[:5])] + [{"id": "a_copy", "text": docs[3].upper()}]
+    invoke("dedup", write_jsonl(tmp_path / "f.jsonl", rows), "-o", tmp_path / "out.parquet", "--workers", "1")
+    report = pl.read_parquet(tmp_path / "out.parquet.work" / "exact_dedup" / "duplicates.parquet")
+    assert report.rows() == [("a_copy", "d3", exact_key(docs[3]))]
+
+
+@pytest.mark.parametrize("option", ["--workdir", "--index"])
+def test_a_workdir_or_index_inside_the_input_folder_is_refused(tmp_path, option):
+    """A rerun on the folder read the reports and index written into it as corpus shards."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"text": f"document {i} " + "word " * 20} for i in range(3)])
+    result = runner.invoke(app, ["dedup", str(folder), "-o", str(tmp_path / "o.parquet"), option, str(folder / "w")])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+    assert f"{option} {folder / 'w'}: is inside the input {folder}" in result.output
+    assert not (folder / "w").exists() and not list(tmp_path.glob("o.parquet*"))
+
+
+def test_an_index_the_run_cannot_use_is_refused_before_any_work(corpus, tmp_path):
+    _, docs = corpus
+    src = write_jsonl(tmp_path / "b.jsonl", [{"id": f"a{i}", "text": docs[i]} for i in range(5)])
+    invoke("dedup", src, "-o", tmp_path / "o1.parquet", "--index", tmp_path / "idx", "--workers", "1")
+    result = runner.invoke(app, ["dedup", str(src), "-o", str(tmp_path / "o2.parquet"), "--index",
+                                 str(tmp_path / "idx"), "--ngram", "4"])
+    assert result.exit_code == 1 and len(result.output.splitlines()) == 1, result.output
+    assert f"{tmp_path / 'idx'}: its index holds 5 documents" in result.output and "ngram=4" in result.output
+    assert not list(tmp_path.glob("o2.parquet*"))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_dedup_output_and_index_get_the_mode_of_any_new_file(corpus, tmp_path, suffix):
+    """The output was written to a mkstemp file (0600) and renamed, shards to mkdtemp folders (0700):
+    other users could not read them, where every other command's files are 0644."""
+    path, _ = corpus
+    umask = os.umask(0o022)
+    try:
+        invoke("dedup", path, "-o", tmp_path / f"out{suffix}", "--index", tmp_path / "idx", "--workers", "1")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / f"out{suffix}").stat().st_mode) == 0o644
+    shards = list((tmp_path / "idx").glob("minhash-*/shards/*"))
+    assert shards and all(stat.S_IMODE(s.stat().st_mode) == 0o755 for s in shards)

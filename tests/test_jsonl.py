@@ -7,7 +7,7 @@ import gzip
 
 import pytest
 
-from textbookgen.jsonl import iter_jsonl, iter_jsonl_lines
+from textbookgen.jsonl import decode_utf8, iter_jsonl, iter_jsonl_lines
 
 
 class MyError(ValueError):
@@ -54,3 +54,18 @@ def test_non_object_lines(tmp_path):
 def test_lines_from_memory_are_named_by_where():
     with pytest.raises(MyError, match=r"^https://x/y\.jsonl:2: invalid JSON"):
         list(iter_jsonl_lines([b"{}\n", b"{\n"], "https://x/y.jsonl", error=MyError))
+
+
+def test_a_leading_utf8_bom_is_skipped_and_lines_still_counted(tmp_path):
+    """Windows tools start files with a byte order mark: json rejected the first line ("Unexpected UTF-8 BOM")."""
+    bom = b"\xef\xbb\xbf"
+    path = tmp_path / "w.jsonl.gz"
+    path.write_bytes(gzip.compress(bom + b'{"a": 1}\n{"a": "caf\xe9"}\n'))
+    with pytest.raises(ValueError, match=r"w\.jsonl\.gz:2: not valid UTF-8"):
+        list(iter_jsonl(path))
+    assert list(iter_jsonl_lines([bom + b'{"a": 1}\n', b'{"a": 2}\n'], "mem")) == [(1, {"a": 1}), (2, {"a": 2})]
+    with pytest.raises(ValueError, match=r"mem:2: invalid JSON"):
+        list(iter_jsonl_lines([b'{"a": 1}\n', bom + b'{"a": 2}\n'], "mem"))  # a BOM is a mark at the start only
+    assert decode_utf8(bom + b"key: v\n", "c.yaml") == "key: v\n"
+    with pytest.raises(ValueError, match=r"c\.yaml:2: not valid UTF-8"):
+        decode_utf8(bom + b"a\n\xff", "c.yaml")

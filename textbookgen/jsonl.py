@@ -2,12 +2,14 @@
 
 Callers pass their own error class, so a prompts file still raises `PromptFileError`, a benchmark
 `BenchmarkError`, and so on; the message always starts with `<where>:<line>:`. Lines are split on
-`\\n` only (a U+2028 inside a JSON string is data, not a line break) and blank lines are skipped.
+`\\n` only (a U+2028 inside a JSON string is data, not a line break) and blank lines are skipped. A
+leading UTF-8 byte order mark (Windows tools write one) is no part of the text.
 """
 
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import json
 from collections.abc import Iterable, Iterator
@@ -19,6 +21,7 @@ __all__ = ["decode_utf8", "iter_jsonl", "iter_jsonl_lines", "open_compressed"]
 
 def decode_utf8(raw: bytes, where: str | Path, *, error: type[Exception] = ValueError) -> str:
     """A whole file's bytes as text; raises `error("<where>:<line>: not valid UTF-8 (...)")` naming the line."""
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -44,7 +47,7 @@ def iter_jsonl_lines(lines: Iterable[bytes], where: str, *, error: type[Exceptio
     not JSON (with the column) or, when `objects_only`, not a JSON object."""
     for n, raw in enumerate(lines, start=1):
         try:
-            line = raw.decode("utf-8")
+            line = (raw.removeprefix(codecs.BOM_UTF8) if n == 1 else raw).decode("utf-8")
         except UnicodeDecodeError as e:
             raise error(f"{where}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         if not line.strip():

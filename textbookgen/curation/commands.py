@@ -50,10 +50,17 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
               text_column: str = "text", id_column: str = "id") -> dict[str, Any]:
     """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`. Dedup steps
     alone (`dedup_steps`) never hold the corpus: see `dedup_out_of_core`."""
+    from textbookgen.curation.near_dedup import MinHashDedup
+
     check_output(output_path, input_path)
     work = Path(workdir) if workdir is not None else Path(str(output_path) + ".work")
     if work.exists() and not work.is_dir():
         raise ValueError(f"{work}: the work folder is a file")
+    incremental = [s for s in steps if isinstance(s, MinHashDedup) and s.index is not None]
+    for option, folder in [("--workdir", work), *(("--index", s.index) for s in incremental)]:
+        _check_outside(option, folder, input_path)  # type: ignore[arg-type]
+    for step in incremental:
+        step.check_index()
     if _dedup_only(steps, text_column, id_column):
         stats = dedup_out_of_core(Corpus(input_path, text_column, id_column), output_path, steps, work)
     else:
@@ -63,6 +70,15 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
         write_corpus(df, output_path)
     Path(str(output_path) + ".stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def _check_outside(option: str, folder: Path, input_path: str | Path) -> None:
+    """Raise ValueError if `folder` (one a step writes parquet reports or an index into) is the input or
+    inside it: a later run on that input would read them as corpus files."""
+    src = Path(input_path).resolve()
+    if folder.resolve() == src or src in folder.resolve().parents:
+        raise ValueError(f"{option} {folder}: is inside the input {input_path}, whose files are all read as "
+                         "the corpus; put it elsewhere")
 
 
 def _dedup_only(steps: list[Step], text_column: str, id_column: str) -> bool:
@@ -78,7 +94,7 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
     and exact keys but never the texts: a first pass over the corpus keeps those (and finds bad input
     before any work), MinHash reads the surviving texts again a shard at a time, and a last pass writes
     the kept rows. The kept rows, stats, clusters and pairs are those of the in-memory steps."""
-    from textbookgen.curation.exact import ExactDedup, first_per_key
+    from textbookgen.curation.exact import ExactDedup, first_per_key, write_report
 
     docs = _doc_table(corpus, exact=any(isinstance(s, ExactDedup) for s in steps))
     alive = np.ones(docs.height, dtype=bool)
@@ -89,7 +105,8 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
         rows = None if alive.all() else np.flatnonzero(alive)
         live = docs if rows is None else docs[rows]  # no copy of the doc table for the first step
         if isinstance(step, ExactDedup):
-            keep = first_per_key(live, ["_exact_hi", "_exact_lo"], corpus.id_column)
+            keep = first_per_key(live)
+            write_report(live, keep, corpus.id_column, work / step.name)
             st.dropped["exact_duplicate"] = int((~keep).sum())
         else:
             quality = live["quality_score"] if "quality_score" in live.columns else None
@@ -108,17 +125,14 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
 
 def _doc_table(corpus: Corpus, exact: bool) -> pl.DataFrame:
     """Per doc, in corpus order: id, quality_score (if any file has one) and, for exact dedup, the
-    128-bit `exact_key` of its text as two integers (16 bytes a doc, not a 32-character string)."""
-    from textbookgen.curation.exact import exact_key
+    `exact_key_columns` of its text."""
+    from textbookgen.curation.exact import exact_key_columns
 
     parts = []
     for chunk in corpus.chunks(["quality_score"]):
         part = chunk.drop(corpus.text_column)
         if exact:
-            keys = [0 if t is None else int(exact_key(t), 16) for t in chunk[corpus.text_column]]  # None: the
-            # file's null texts, an error once it is read to its end
-            part = part.with_columns(pl.Series("_exact_hi", [k >> 64 for k in keys], dtype=pl.UInt64),
-                                     pl.Series("_exact_lo", [k & (2**64 - 1) for k in keys], dtype=pl.UInt64))
+            part = part.with_columns(exact_key_columns(chunk[corpus.text_column]))
         parts.append(part)
     return pl.concat(parts, how="diagonal_relaxed", rechunk=True)
 
@@ -139,7 +153,7 @@ def _live_texts(corpus: Corpus, alive: np.ndarray) -> Iterator[pl.Series]:
 def dedup_steps(cfg: CurationConfig, index: str | Path | None = None) -> list[Step]:
     """Exact then MinHash dedup: a fresh dedup of the input, or with `index` an incremental one against
     the documents earlier runs with that index kept (see near_dedup). With an index MinHash goes first:
-    exact dedup knows no index, so it could keep a copy with a lower id and drop the indexed document
+    exact dedup knows no index, so it could keep a copy that comes first and drop the indexed document
     itself, where MinHash keeps the indexed one and drops the copy (a verified Jaccard of 1)."""
     from textbookgen.curation.exact import ExactDedup
     from textbookgen.curation.near_dedup import MinHashDedup

@@ -3,10 +3,11 @@ whole (`read_corpus`) or a chunk at a time (`Corpus`, `CorpusWriter`), with the 
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
-import tempfile
+import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,16 +45,21 @@ READ_ERRORS = (pl.exceptions.PolarsError, pa.ArrowException, OSError, EOFError, 
 
 def _open_jsonl(path: Path) -> IO[bytes]:
     """`path` decompressed by its suffix (.gz, .bz2), else by a gzip or zstd magic number (polars' reader
-    took those whole files, so a `.jsonl.zst` file still reads). Gzip and zstd go through pyarrow's
-    streaming codecs (gzip 2x faster than the gzip module, members concatenated alike)."""
+    took those whole files, so a `.jsonl.zst` file still reads), past a leading UTF-8 BOM (which polars
+    and `json` reject; Windows tools write one). Gzip and zstd go through pyarrow's streaming codecs
+    (gzip 2x faster than the gzip module, members concatenated alike)."""
     if path.suffix == ".bz2":
-        return open_compressed(path)
-    with path.open("rb") as f:
-        magic = f.read(4)
-    codec = "gzip" if path.suffix == ".gz" or magic.startswith(GZIP_MAGIC) else "zstd" if magic == ZSTD_MAGIC else None
-    if codec is None:
-        return path.open("rb")
-    return io.BufferedReader(pa.input_stream(str(path), compression=codec))  # type: ignore[arg-type]
+        f = open_compressed(path)
+    else:
+        with path.open("rb") as f:
+            magic = f.read(4)
+        codec = "gzip" if path.suffix == ".gz" or magic.startswith(GZIP_MAGIC) else "zstd" if magic == ZSTD_MAGIC \
+            else None
+        f = path.open("rb") if codec is None else \
+            io.BufferedReader(pa.input_stream(str(path), compression=codec))  # type: ignore[arg-type]
+    if f.peek(len(codecs.BOM_UTF8))[: len(codecs.BOM_UTF8)] == codecs.BOM_UTF8:  # type: ignore[attr-defined]
+        f.read(len(codecs.BOM_UTF8))
+    return f
 
 
 def _is_array(path: Path) -> bool:
@@ -203,16 +209,39 @@ def id_prefix(file: Path, root: Path) -> str:
     return rel.with_name(rel.name.split(".")[0]).as_posix()
 
 
+def _no_text_field(file: Path, fields: Sequence[str], text_column: str) -> ValueError:
+    return ValueError(f"{file}: no {text_column!r} field (fields: {list(fields)}); pass --text-column")
+
+
+def _is_empty(df: pl.DataFrame) -> bool:
+    """Whether a file's frame is that of an empty (or all-blank) JSON lines file: no rows and no fields.
+    Such a file is a shard with no rows, as an empty parquet file is, not one without the text field."""
+    return df.width == 0 and df.height == 0
+
+
+def _no_documents(path: Path) -> ValueError:
+    files = "every corpus file is" if path.is_dir() else "the file is"
+    return ValueError(f"{path}: no documents ({files} empty or blank)")
+
+
 def _prepare(df: pl.DataFrame, file: Path, root: Path, first_row: int, text_column: str, id_column: str
              ) -> pl.DataFrame:
-    """Rows `first_row`.. of one file as the corpus has them: "<file>:<row>" ids where the file has none,
-    id and text as strings. Checks the text column (and leaves counting null texts to the caller)."""
+    """Rows `first_row`.. of one file as the corpus has them: "<file>:<row>" ids where the file has none
+    (its own ids keep their type), texts as strings. Checks the text and id columns' types (and leaves
+    counting null texts to the caller)."""
     if text_column not in df.columns:
-        raise ValueError(f"{file}: no {text_column!r} field (fields: {df.columns}); pass --text-column")
+        raise _no_text_field(file, df.columns, text_column)
     if id_column not in df.columns:
         df = df.with_row_index(id_column, offset=first_row).with_columns(
             pl.format("{}:{}", pl.lit(id_prefix(file, root)), pl.col(id_column)).alias(id_column))
-    return df.with_columns(pl.col(id_column).cast(pl.String), pl.col(text_column).cast(pl.String))
+    elif df.schema[id_column].is_nested():
+        raise ValueError(f"{file}: column {id_column!r} holds {df.schema[id_column]} values, not ids; pass --id-column")
+    try:
+        return df.with_columns(pl.col(text_column).cast(pl.String))
+    except pl.exceptions.PolarsError as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{file}: column {text_column!r} holds {df.schema[text_column]} values, not text "
+                         f"({reason}); pass --text-column") from None
 
 
 def _check_texts(file: Path, nulls: int, text_column: str) -> None:
@@ -227,9 +256,14 @@ def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "i
         raise ValueError(f"the text column and the id column are both {text_column!r}; they must differ")
     frames = []
     for f in corpus_files(Path(path)):
-        df = _prepare(read_records(f), f, Path(path), 0, text_column, id_column)
+        raw = read_records(f)
+        if _is_empty(raw):
+            continue
+        df = _prepare(raw, f, Path(path), 0, text_column, id_column)
         _check_texts(f, df[text_column].null_count(), text_column)
         frames.append(df)
+    if not frames:
+        raise _no_documents(Path(path))
     return pl.concat(frames, how="diagonal_relaxed")
 
 
@@ -256,21 +290,30 @@ class Corpus:
 
     def chunks(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
         """Every row, a chunk at a time: the id and text columns plus those of `columns` that the file
-        has (None: all its columns). A file with a null text raises after its last chunk."""
+        has (None: all its columns). A file with a null text raises after its last chunk; an empty
+        JSON lines file gives none."""
+        documents = False
         for f in self.files:
             first, nulls = 0, 0
             for raw in self._raw_chunks(f, columns):
+                if _is_empty(raw):
+                    continue
+                documents = True
                 df = _prepare(raw, f, self.path, first, self.text_column, self.id_column)
                 first += df.height
                 nulls += df[self.text_column].null_count()
                 yield df if columns is None else df.select(self.id_column, self.text_column,
                                                            *(c for c in columns if c in df.columns))
             _check_texts(f, nulls, self.text_column)
+        if not documents:
+            raise _no_documents(self.path)
 
     def schema(self) -> pl.Schema:
         """The columns and types of `read_corpus`'s frame (files' columns joined, types widened)."""
-        empty = [_prepare(self._raw_schema(f), f, self.path, 0, self.text_column, self.id_column)
-                 for f in self.files]
+        empty = [_prepare(raw, f, self.path, 0, self.text_column, self.id_column)
+                 for f in self.files if not _is_empty(raw := self._raw_schema(f))]
+        if not empty:
+            raise _no_documents(self.path)
         return pl.concat(empty, how="diagonal_relaxed").schema
 
     def _raw_chunks(self, f: Path, columns: Sequence[str] | None) -> Iterator[pl.DataFrame]:
@@ -283,6 +326,8 @@ class Corpus:
         try:
             reader = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
             have = reader.schema_arrow.names
+            if self.text_column not in have:  # before the columns are pruned, to name those it has
+                raise _no_text_field(f, have, self.text_column)
             wanted = None if columns is None else [c for c in have if c in
                                                    {self.id_column, self.text_column, *columns}]
             empty = True
@@ -315,6 +360,18 @@ class Corpus:
         return self._parsed[f]
 
 
+def new_path(folder: Path, prefix: str, suffix: str = "", directory: bool = False) -> Path:
+    """A new empty file (or folder) of a unique name in `folder`, with the mode any new one gets (the
+    umask applied), where tempfile's mkstemp and mkdtemp give 0600 and 0700: an output or a store folder
+    renamed from it is then as readable as every other file written (0644 under the usual umask 022)."""
+    path = folder / f"{prefix}{uuid.uuid4().hex}{suffix}"
+    if directory:
+        path.mkdir()
+    else:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return path
+
+
 def check_output(path: str | Path, *inputs: str | Path) -> None:
     """Raise ValueError unless `path` can take a corpus: a .parquet or .jsonl file name, not a folder, and
     neither one of `inputs` nor inside one (writing it would overwrite or grow the input)."""
@@ -337,9 +394,7 @@ class CorpusWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.empty = pl.DataFrame(schema=schema)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
+        self.tmp = new_path(self.path.parent, f".{self.path.name}.", ".tmp")
         parquet = self.path.suffix == ".parquet"
         self.parquet = pq.ParquetWriter(self.tmp, self.empty.to_arrow().schema, compression="zstd") if parquet else None
         self.jsonl = None if parquet else self.tmp.open("wb")

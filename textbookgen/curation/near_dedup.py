@@ -1,7 +1,7 @@
 """MinHash near-duplicate removal over a resumable store of per-shard signatures, optionally incremental.
 
 Layout under the store's folder (the stage's workdir; for an incremental run, its index folder), one
-folder per signature setting and signing code, so neither ever mixes:
+folder per signature setting, banding and signing code, so none of them ever mixes:
 
     minhash-<params>-c<code>/params.json
     minhash-<params>-c<code>/index.parquet    incremental runs' index: id, shard, text_hash per kept doc
@@ -12,7 +12,9 @@ folder per signature setting and signing code, so neither ever mixes:
 
 <code> fingerprints what normalisation, shingling, hashing and banding make of a fixed multilingual probe
 text, so a change to any of them (normalize.py, say) starts a new store rather than comparing new
-signatures with stale ones; the old store is ignored with one warning line. A shard's key hashes its ids
+signatures with stale ones; the old store is ignored with one warning line. A store of other banding
+(another threshold) whose signatures are this one's (same num_perm, seed, ngram, shingle hash and code)
+is kin: its shards are reused, their band keys made anew, not signed again. A shard's key hashes its ids
 and texts, so a killed run skips the shards it finished.
 
 Memory grows with the docs' ids and one band's keys, not with the texts or shingle sets: texts come in
@@ -30,6 +32,9 @@ earlier runs with the same index kept, and indexes the documents it keeps:
 - one with an indexed id and another text was rewritten: it is judged anew, never against its own old
   text, and replaces the old version in the index if kept (leaves the index if dropped), so the index
   holds one version per id, the newest kept one.
+An index folder holds one index. A run with another threshold or banding takes it over from the kin
+store that holds it (re-banding its shards); a run whose signatures cannot be compared with the indexed
+ones (other num_perm, ngram, seed, shingle hash or signing code) is refused, never run against no index.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import xxhash
 
 from textbookgen.curation.base import StageStats, Step, progress, require_columns, worker_count
 from textbookgen.curation.config import MinHashConfig
+from textbookgen.curation.corpus_io import new_path
 from textbookgen.curation.exact import best_first
 from textbookgen.curation.lsh import band_keys, candidate_pairs, connected_components, verify_pairs
 from textbookgen.curation.minhash import MinHasher, jaccard_sorted
@@ -60,6 +66,8 @@ from textbookgen.curation.normalize import word_shingles
 
 log = logging.getLogger(__name__)
 INDEX = "index.parquet"
+LEGACY_INDEX = "published.parquet"  # the index's earlier name
+SIGNATURE_FIELDS = ("num_perm", "seed", "ngram", "hash_name")  # the settings a signature depends on
 INDEX_SCHEMA = {"id": pl.String, "shard": pl.String, "text_hash": pl.String}
 JACCARD_BATCH = 1 << 23  # shingle hashes (32 MiB) read per batch of candidate pairs to verify
 
@@ -78,7 +86,8 @@ PROBE = (
 
 @dataclass(frozen=True)
 class SignParams:
-    """What a stored signature depends on (the threshold does not: it only affects verification)."""
+    """What a store's files depend on: SIGNATURE_FIELDS and the signing code for its signatures and
+    shingle sets, the banding too for its band keys (the threshold only affects verification)."""
 
     num_perm: int
     seed: int
@@ -194,18 +203,99 @@ def sign_shard(shard_dir: str, ids: list[str], texts_file: str, hasher: MinHashe
             sets.append(uniq)
             offsets[i + 1] = offsets[i] + uniq.size
         del batches
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
-    pl.DataFrame({"id": ids}, schema={"id": pl.String}).write_parquet(tmp / "ids.parquet")
-    np.save(tmp / "sig.npy", sig)
-    np.save(tmp / "keys.npy", band_keys(sig, params.bands, params.rows))
-    np.save(tmp / "hashes.npy", np.concatenate(sets) if sets else np.zeros(0, dtype=np.uint32))
-    np.save(tmp / "offsets.npy", offsets)
-    (tmp / "DONE").write_text("ok\n")
-    if final.exists():  # a half-written shard from a killed run (no DONE): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+    def write(tmp: Path) -> None:
+        pl.DataFrame({"id": ids}, schema={"id": pl.String}).write_parquet(tmp / "ids.parquet")
+        np.save(tmp / "sig.npy", sig)
+        np.save(tmp / "keys.npy", band_keys(sig, params.bands, params.rows))
+        np.save(tmp / "hashes.npy", np.concatenate(sets) if sets else np.zeros(0, dtype=np.uint32))
+        np.save(tmp / "offsets.npy", offsets)
+
+    store_shard(final, write)
     Path(texts_file).unlink(missing_ok=True)
     return shard_dir
+
+
+def store_shard(final: Path, write: Callable[[Path], None]) -> None:
+    """A shard's files written by `write(folder)` into a new folder, then renamed to `final` with its DONE
+    marker: a killed run leaves no half shard under the final name (one without DONE is replaced)."""
+    tmp = new_path(final.parent, ".tmp-", directory=True)
+    write(tmp)
+    (tmp / "DONE").write_text("ok\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """`dst` as a hard link to `src` (stored files are never rewritten in place), or a copy where links fail."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _index_file(store: Path) -> Path | None:
+    return next((f for f in (store / INDEX, store / LEGACY_INDEX) if f.exists()), None)
+
+
+def _count_rows(parquet: Path) -> int:
+    return pl.scan_parquet(parquet).select(pl.len()).collect().item()
+
+
+def _stored_params(store: Path) -> dict | None:
+    """The settings a store was made with (its params.json), or None if unreadable."""
+    try:
+        return json.loads((store / "params.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stores(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.glob("minhash-*") if d.is_dir())
+
+
+def is_kin(store: Path, params: SignParams, hasher: MinHasher) -> bool:
+    """Whether `store` holds the signatures and shingle sets of a store of `params`, only banded
+    otherwise: the same SIGNATURE_FIELDS, and signed by this code (`hasher`'s: its code fingerprint is
+    the one this code gives at its banding)."""
+    theirs = _stored_params(store)
+    if theirs is None or any(theirs.get(k) != getattr(params, k) for k in SIGNATURE_FIELDS):
+        return False
+    try:
+        return theirs.get("code") == code_fingerprint(hasher, theirs["bands"], theirs["rows"])
+    except (KeyError, TypeError, ValueError):  # a params.json of another layout
+        return False
+
+
+def index_source(folder: Path, params: SignParams, hasher: MinHasher) -> Path | None:
+    """The store in `folder` whose index a store of `params` takes over: a kin one (`is_kin`) made with
+    another threshold; None if no other store holds an index. Raises, naming the index, its documents and
+    its settings, where a run with `params` cannot use the folder's index: it was signed otherwise, or
+    the folder holds several (left apart by runs before this check)."""
+    mine = folder / params.tag
+    held = [d for d in _stores(folder) if _index_file(d) is not None]
+    if not held or held == [mine]:
+        return None
+    docs = {d: _count_rows(_index_file(d)) for d in held}  # type: ignore[arg-type]
+    if len(held) > 1:
+        listed = "; ".join(f"{d.name}: {n} documents" for d, n in docs.items())
+        raise ValueError(f"{folder}: holds {len(held)} indexes ({listed}), each made with other MinHash settings, "
+                         f"and a run dedups against one: move all but one out of {folder}")
+    (source,) = held
+    if (source / INDEX).exists() and is_kin(source, params, hasher):
+        return source
+    theirs = _stored_params(source) or {}
+    differ = [f"{k}={getattr(params, k)}" for k in SIGNATURE_FIELDS if theirs.get(k) != getattr(params, k)]
+    why = f"this run's {', '.join(differ)}" if differ else "this textbookgen's text normalisation/shingling code"
+    raise ValueError(f"{folder}: its index holds {docs[source]} documents signed with {_describe(theirs)} "
+                     f"({source.name}), which {why} cannot compare with: rerun with those settings, or give "
+                     "another index folder to start a new index")
+
+
+def _describe(params: dict) -> str:
+    return ", ".join(f"{k}={params.get(k)}" for k in SIGNATURE_FIELDS) + f", bands={params.get('bands')}x" \
+        f"{params.get('rows')}"
 
 
 @dataclass(frozen=True)
@@ -288,13 +378,17 @@ class StoreView:
 
 
 class MinHashStore:
-    """The per-shard signature store of one signature setting and signing code."""
+    """The per-shard signature store of one signature setting, banding and signing code."""
 
-    def __init__(self, root: Path, params: SignParams) -> None:
+    def __init__(self, root: Path, params: SignParams, incremental: bool = False) -> None:
+        """`incremental`: the run uses the folder's index, which this store takes over from a kin store
+        (see `index_source`; a folder whose index this run cannot use raises before anything is made)."""
         self.params = params
         self.hasher = MinHasher(params.num_perm, params.seed, params.ngram, params.hash_name)  # type: ignore[arg-type]
         self.root = Path(root) / params.tag
         self.shards = self.root / "shards"
+        source = index_source(Path(root), params, self.hasher) if incremental else None
+        self.kin = [d for d in _stores(Path(root)) if d != self.root and is_kin(d, params, self.hasher)]
         self.ignored = [] if self.root.exists() else self._other_code_stores()
         self.shards.mkdir(parents=True, exist_ok=True)
         for stale in self.shards.glob(".tmp-*"):  # half-written shards and texts files of a killed run
@@ -305,9 +399,41 @@ class MinHashStore:
         meta = self.root / "params.json"
         if not meta.exists():
             meta.write_text(json.dumps(params.__dict__, indent=2) + "\n")
+        if source is not None:
+            self._take_index(source)
 
     def done(self, key: str) -> bool:
         return (self.shards / key / "DONE").exists()
+
+    def _take_index(self, source: Path) -> None:
+        """Move the index of `source`, a kin store, here (a run with another threshold): first each shard
+        of its indexed docs, re-banded (`_reband`), so that a killed run loses nothing."""
+        for key in pl.read_parquet(source / INDEX, columns=["shard"])["shard"].unique().sort():
+            if not self.done(key) and (source / "shards" / key / "DONE").exists():
+                self._reband(source, key)
+        os.replace(source / INDEX, self.root / INDEX)
+        log.info(f"minhash: index moved from {source.name} to {self.root.name} (same signatures, other banding)")
+
+    def _reband(self, source: Path, key: str) -> None:
+        """Store shard `key` of the kin store `source` here: its ids, signatures and shingle sets linked,
+        its band keys made for this banding (a fraction of signing it)."""
+        src = source / "shards" / key
+
+        def write(tmp: Path) -> None:
+            for name in ("ids.parquet", "sig.npy", "hashes.npy", "offsets.npy"):
+                _link(src / name, tmp / name)
+            np.save(tmp / "keys.npy", band_keys(np.load(src / "sig.npy"), self.params.bands, self.params.rows))
+
+        store_shard(self.shards / key, write)
+
+    def _stored(self, key: str) -> bool:
+        """Whether shard `key` is stored here, after re-banding it from a kin store that has it."""
+        if self.done(key):
+            return True
+        source = next((d for d in self.kin if (d / "shards" / key / "DONE").exists()), None)
+        if source is not None:
+            self._reband(source, key)
+        return source is not None
 
     def add(self, shards: Iterable[tuple[str, list[str], Path]], total: int, workers: int,
             on_shard: Callable[[str], None] | None = None) -> list[str]:
@@ -327,7 +453,7 @@ class MinHashStore:
 
     def _todo(self, shards: Iterable[tuple[str, list[str], Path]]) -> Iterator[tuple[str, list[str], Path]]:
         for key, ids, texts_file in shards:
-            if self.done(key):
+            if self._stored(key):
                 texts_file.unlink(missing_ok=True)
             else:
                 yield key, ids, texts_file
@@ -350,15 +476,10 @@ class MinHashStore:
         return [old for old in sorted(self.root.parent.glob(f"{setting}*")) if old.is_dir()
                 and (old.name == setting or old.name.startswith(f"{setting}-c"))]
 
-    def note_ignored(self, incremental: bool) -> None:
-        """One warning line per ignored store; for an incremental run, with the indexed docs it loses."""
+    def note_ignored(self) -> None:
+        """One warning line per ignored store (an incremental run never ignores one holding its index)."""
         for old in self.ignored:
-            lost = ""
-            index = next((f for f in (old / INDEX, old / "published.parquet") if f.exists()), None)  # new, old name
-            if incremental and index is not None:
-                n = pl.scan_parquet(index).select(pl.len()).collect().item()
-                lost = f", so this run is not deduplicated against the {n} documents it indexed"
-            log.warning(f"minhash: ignoring {old}: other text normalisation/shingling code signed it{lost}; "
+            log.warning(f"minhash: ignoring {old}: other text normalisation/shingling code signed it; "
                         f"signing anew into {self.root.name}")
 
     def index(self) -> pl.DataFrame:
@@ -428,19 +549,28 @@ class MinHashDedup(Step):
         self.index = Path(index) if index is not None else None
         self.incremental = incremental or self.index is not None
 
+    def check_index(self) -> None:
+        """Raise now, before any work, if this run cannot use its index folder (see `index_source`)."""
+        if self.index is not None and self.index.is_dir():
+            cfg = self.config
+            index_source(self.index, SignParams.from_config(cfg), MinHasher(cfg.num_perm, cfg.seed, cfg.ngram,
+                                                                               cfg.hash_name))
+
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
         texts, size = df[self.text_column], self.config.shard_size
         chunks = (texts.slice(s, size) for s in range(0, df.height, size))
         quality = df["quality_score"] if "quality_score" in df.columns else None
-        return df.filter(self.dedup(df[self.id_column].cast(pl.String), chunks, quality, workdir, stats))
+        return df.filter(self.dedup(df[self.id_column], chunks, quality, workdir, stats))
 
     def dedup(self, ids: pl.Series, texts: Iterable[pl.Series], quality: pl.Series | None, workdir: Path | None,
               stats: StageStats) -> np.ndarray:
-        """Which docs to keep (a mask), given their `ids` (strings), their `texts` in the same order in
-        Series of any length, taken once, and their `quality` scores (None: none); counts go to `stats`.
+        """Which docs to keep (a mask), given their `ids` (of any type; compared and reported as strings),
+        their `texts` in the same order in Series of any length, taken once, and their `quality` scores
+        (None: none); counts go to `stats`.
 
         Memory: the ids and a few bytes a doc, one piece of texts, one band's keys (see the module doc)."""
+        ids = ids.cast(pl.String)
         if ids.n_unique() != ids.len():
             raise ValueError(f"{self.name}: column {self.id_column!r} has duplicate ids")
         cfg = self.config
@@ -450,8 +580,8 @@ class MinHashDedup(Step):
             tmp = tempfile.TemporaryDirectory(prefix="textbookgen-minhash-")
             workdir = Path(tmp.name)
         try:
-            store = MinHashStore(self.index or workdir, params)
-            store.note_ignored(self.incremental)
+            store = MinHashStore(self.index or workdir, params, self.incremental)
+            store.note_ignored()
             shards: list[tuple[str, int]] = []  # (key, docs) in order, as they are cut
             hashes: list[pl.Series] = []  # incremental: the texts' content hashes, a piece at a time
             on_texts = (lambda piece: hashes.append(pl.Series(content_hashes(piece), dtype=pl.String))) \
@@ -516,8 +646,9 @@ def cluster_table(view: StoreView, labels: np.ndarray, quality: pl.DataFrame) ->
     """One row per doc in a multi-doc cluster: which member is kept and how similar the others are.
 
     The kept member is an indexed doc if the cluster has one (it is already published), else the one
-    with the highest quality_score, then the lowest id; `cluster` is its id. Every indexed doc is kept
-    (two can meet through a new doc near both). `source`: "current" (this run's input) or "indexed"."""
+    with the highest quality_score, then the first in input order (`best_first`); `cluster` is its id.
+    Every indexed doc is kept (two can meet through a new doc near both). `source`: "current" (this run's
+    input) or "indexed"."""
     n = len(view)
     in_cluster = np.flatnonzero(np.bincount(labels, minlength=n)[labels] > 1)
     members = pl.DataFrame({
@@ -525,7 +656,7 @@ def cluster_table(view: StoreView, labels: np.ndarray, quality: pl.DataFrame) ->
         "label": labels[in_cluster], "current": view.current[in_cluster], "indexed": view.indexed[in_cluster],
     }, schema={"id": pl.String, "doc": pl.Int64, "label": pl.Int64, "current": pl.Boolean, "indexed": pl.Boolean})
     members = members.join(quality, on="id", how="left")
-    ranked = best_first(members, "id").sort(["label", "indexed"], descending=[False, True], maintain_order=True)
+    ranked = best_first(members, "doc").sort(["label", "indexed"], descending=[False, True], maintain_order=True)
     first = ranked.group_by("label", maintain_order=True).first().select(
         "label", pl.col("id").alias("cluster"), pl.col("doc").alias("kept_doc"))
     clusters = members.join(first, on="label").with_columns(
