@@ -158,3 +158,122 @@ def test_fsdp2_two_processes_and_resharded_resume(corpus, tmp_path):
     fsdp_losses = [json.loads(x)["loss"] for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
     assert fsdp_losses == pytest.approx([r["loss"] for r in full.history], abs=1e-5)
     shutil.rmtree(tmp_path / "full")
+
+
+@pytest.mark.parametrize(("reason", "code"), [("done", 0), ("SIGINT", 130), ("SIGTERM", 143), ("time budget", 3),
+                                              ("stop requested on another rank", 3)])
+def test_train_exit_code_tells_stopped_from_done(reason, code, tmp_path, monkeypatch, capsys):
+    """`train && export` must not export a half-trained model, and a requeue loop must tell "stopped" from "done"."""
+    from trainer import train as train_module
+    from trainer.train import TrainResult
+
+    (tmp_path / "run" / "checkpoints" / "step-00000005").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-00000005" / "meta.json").write_text("{}")
+    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None: TrainResult(Path(cfg.run_dir), 0, 5, reason))
+    assert main(["train", "-c", "tiny", "--run-dir", str(tmp_path / "run")]) == code
+    err = capsys.readouterr().err
+    if code:
+        assert err == (f"exit code {code} ({reason}): resumable; run the same command again to go on from "
+                       f"{tmp_path / 'run' / 'checkpoints' / 'step-00000005'}\n")
+    assert main(["train", "-c", "tiny", "--run-dir", str(tmp_path / "run"), "--resume", "never"]) == code
+    assert ("run the same command again with --resume auto to go on" in capsys.readouterr().err) == bool(code)
+
+
+def test_a_time_budget_stop_exits_3_and_the_same_command_finishes(corpus, tmp_path, capsys):
+    cfg = write_config(corpus, tmp_path / "c.yaml", tmp_path / "run", **{"train.max_steps": 4})
+    assert main(["train", "-c", str(cfg), "--no-progress", "--time-budget", "1e-9"]) == 3
+    assert "exit code 3 (time budget): resumable; run the same command again" in capsys.readouterr().err
+    assert checkpoint.read_meta(tmp_path / "run")["step"] == 1
+    assert main(["train", "-c", str(cfg), "--no-progress"]) == 0
+    assert "final step=4" in capsys.readouterr().out
+    assert "exit codes: 0 done; 3 stopped by --time-budget" in " ".join(_train_help(capsys).split())
+
+
+def _train_help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    return capsys.readouterr().out
+
+
+def _exit_code(argv: list[str]) -> int | str:
+    """main(argv), with a KeyboardInterrupt that escapes it a failed assertion rather than the end of pytest."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt escaped"
+
+
+def test_ctrl_c_while_preparing_is_one_line_and_exit_130(corpus, tmp_path, monkeypatch, capsys):
+    """In `prepare` and in `train` preparing its data: no KeyboardInterrupt traceback; the rerun goes on."""
+    from trainer import data
+
+    encode = data._encode
+
+    def ctrl_c_in_the_second_file(job):
+        if job[0] == 1 and job[1]:
+            raise KeyboardInterrupt
+        return encode(job)
+
+    monkeypatch.setattr(data, "_encode", ctrl_c_in_the_second_file)
+    out = tmp_path / "tokens"
+    argv = ["prepare", str(corpus["wiki"]), "--out", str(out), "--tokenizer", str(corpus["tok"]), "--workers", "1"]
+    assert _exit_code(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"interrupted: prepare of {corpus['wiki']} stopped after 1 of 2 source files (kept in "
+                   f"{out}.tmp); run it again to go on from there")
+    cfg = write_config(corpus, tmp_path / "c.yaml", tmp_path / "run", **{"data.cache_dir": str(tmp_path / "cache")})
+    assert _exit_code(["train", "-c", str(cfg), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: prepare of") and "\n" not in err
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert "going on from an interrupted prepare (1 of 2 source files done)" in capsys.readouterr().err
+
+
+def test_train_tokenizer_learns_from_the_train_split_and_warns_when_the_vocab_is_short(corpus, tmp_path, capsys):
+    """A dataset folder means its train split, as for prepare (not its validation files too); a vocabulary the
+    text cannot fill is said in one line."""
+    folder = tmp_path / "ds"
+    shutil.copytree(corpus["wiki"], folder)
+    shutil.copy(folder / "data" / "train-00000-of-00002.parquet", folder / "data" / "validation-00000-of-00001.parquet")
+    assert main(["train-tokenizer", str(folder), "--vocab-size", "300", "--out", str(tmp_path / "t.json")]) == 0
+    said = capsys.readouterr()
+    assert "338 tokens from 2 file(s)" in said.out and said.err == ""
+    assert main(["train-tokenizer", str(folder), "--vocab-size", "60000", "--out", str(tmp_path / "t.json")]) == 0
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"warning: --vocab-size 60,000 asked for, but the text only gave [\d,]+ BPE tokens \(no pair "
+                        r"left that occurs twice\); more text gives more\n", err), err
+
+
+def test_tokenizer_hints_name_the_options_of_the_command(corpus, tmp_path, monkeypatch, capsys):
+    """`train` takes a tokenizer only as data.tokenizer; generate has no --no-tokenizer (export's)."""
+    import trainer.tokenizer as tokenizer_mod
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tokenizer_mod, "_hub_unreachable", lambda *a, **k: "no network: test")
+    monkeypatch.setattr(tokenizer_mod, "_cached", lambda *a, **k: None)
+    cfg = write_config(corpus, tmp_path / "c.yaml", tmp_path / "run", **{"data.tokenizer": "gpt2-codegen",
+                                                                         "data.cache_dir": str(tmp_path / "cache")})
+    assert main(["train", "-c", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "(no network: test) and they are not in the HF cache: set data.tokenizer (in the config, or --set " \
+           "data.tokenizer=PATH) to a folder holding GPT-2's BPE files" in err and "--tokenizer " not in err, err
+
+    train(load_config(write_config(corpus, tmp_path / "c2.yaml", tmp_path / "run2", **{"train.max_steps": 1})))
+    assert main(["generate", str(tmp_path / "run2"), "-p", "x", "--tokenizer", "gpt2-codegen"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the HF cache: give --tokenizer a folder holding" in err and "data.tokenizer" not in err, err
+    # a run from before checkpoints kept their tokenizer, whose config's one cannot be loaded here
+    from trainer.cli import _EXPORT_WEIGHTS_ALONE, _command_hints
+
+    line = f"offline (the training config's data.tokenizer; pass --tokenizer PATH{_EXPORT_WEIGHTS_ALONE})"
+    assert _command_hints(line, "export") == line
+    assert _command_hints(line, "generate") == "offline (the training config's data.tokenizer; pass --tokenizer PATH)"
+
+
+def test_tensorboard_has_an_extra_outside_the_torch_free_sdk():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(r.startswith("tensorboard") for r in project["optional-dependencies"]["tensorboard"])
+    assert not any(r.startswith(("tensorboard", "torch")) for r in project["dependencies"])

@@ -180,3 +180,15 @@ def test_hub_dataset_prepared_offline_from_the_cache(hub_at, tmp_path, shared_da
     sent.clear()
     offline = prepare("someone/ds", tmp_path / "offline", tok, num_workers=1, progress=False)
     assert offline["total_tokens"] == online["total_tokens"] > 0 and len(sent) == 1
+
+
+def test_eval_of_a_mistyped_local_folder_offline_is_one_line_saying_there_is_none(hub_at, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """`out/nope` (with `out/` here) reads as a Hub id; transformers' two-line "couldn't connect" hid the typo."""
+    hub_at(f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    err = one_line_error(["eval", "out/nope", "--tasks", "arc_easy"], capsys)
+    assert err.startswith("error: out/nope: cannot load it as a Hub model") and "no local file or folder 'out/nope'" in err

@@ -3,7 +3,9 @@
 Layout under `run_dir/checkpoints/`:
 
     step-00000100/   meta.json (step, config, model config, data position: samples drawn, data seed and
-                     fingerprint), rng/rank-00000.pt, and
+                     fingerprint, the tokenizer's sha256), tokenizer.json (the tokenizer the weights were trained
+                     with: export, generate and eval read it, and a resume is checked against it),
+                     rng/rank-00000.pt, and
                      either model.pt + optim.pt (one process, DDP) or dcp/ (FSDP2, sharded, one file
                      per rank through torch.distributed.checkpoint; loads under any world size)
     latest           name of the newest complete checkpoint
@@ -17,6 +19,7 @@ step + samples + RNG is the whole state.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pickle
@@ -43,6 +46,7 @@ from trainer.data import fsync_path
 from trainer.files import load_weights, read_json
 
 LATEST = "latest"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class CheckpointError(RuntimeError):
@@ -84,7 +88,8 @@ def _fsync_tree(root: Path) -> None:
         fsync_path(Path(dirpath))
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` through a fsynced temporary file: a crash leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -98,8 +103,9 @@ def step_dir_name(step: int) -> str:
 
 
 def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         meta: dict[str, Any], sharded: bool = False, keep: int | None = None) -> Path:
-    """Write checkpoint `step` under `root` atomically; every rank calls it. Returns the final path."""
+         meta: dict[str, Any], sharded: bool = False, keep: int | None = None, tokenizer: str | None = None) -> Path:
+    """Write checkpoint `step` under `root` atomically; every rank calls it. Returns the final path.
+    `tokenizer`: the run's tokenizer serialized (`Tokenizer.to_str()`), kept as tokenizer.json."""
     root = Path(root)
     final, tmp = root / step_dir_name(step), root / (step_dir_name(step) + ".tmp")
     rank = _rank()
@@ -119,12 +125,15 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         info = {**meta, "step": step, "format": "dcp" if sharded else "torch", "world_size": world,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if tokenizer is not None:
+            (tmp / TOKENIZER_FILE).write_text(tokenizer, encoding="utf-8")
+            info["tokenizer_sha256"] = hashlib.sha256(tokenizer.encode()).hexdigest()
         (tmp / "meta.json").write_text(json.dumps(info, indent=2))
         _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        _write_atomic(root / LATEST, final.name + "\n")
+        write_atomic(root / LATEST, final.name + "\n")
         fsync_path(root)
         if keep:
             _prune(root, final, keep)
@@ -273,6 +282,62 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     if restore_rng and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return meta
+
+
+def tokenizer_sha256(tok: Any) -> str:
+    """sha256 of a `tokenizers.Tokenizer`'s serialization: the same for the same tokenizer whatever it was
+    loaded from (a tokenizer.json, GPT-2's BPE files), and what a checkpoint records of its tokenizer.json."""
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()
+
+
+def pinned_tokenizer(path: str | Path) -> Any:
+    """The tokenizer kept with a training checkpoint, checked against the sha256 its meta.json records; None
+    for a checkpoint that kept none (from before checkpoints did, or of a run on synthetic data)."""
+    ckpt = resolve(path)
+    sha = read_meta(ckpt).get("tokenizer_sha256")
+    if sha is None:
+        return None
+    file = ckpt / TOKENIZER_FILE
+    try:
+        text = file.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing (meta.json records the tokenizer the weights were trained with, "
+                              f"sha256 {sha[:12]})") from None
+    if hashlib.sha256(text).hexdigest() != sha:
+        raise CheckpointError(f"{file}: not the tokenizer meta.json records (sha256 {sha[:12]}, the file's "
+                              f"{hashlib.sha256(text).hexdigest()[:12]}): damaged or replaced")
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(text.decode("utf-8"))
+    except Exception as e:  # tokenizers raises plain Exception on a JSON it cannot read
+        raise CheckpointError(f"{file}: cannot read the tokenizer ({e})") from e
+
+
+def tokenizer_for(path: str | Path, spec: str | Path | None) -> Any:
+    """The tokenizer to read a training checkpoint with: the one kept with it, which `spec` (an explicit
+    --tokenizer) must equal (by `tokenizer_sha256`): other ids would not be the weights'. None where the
+    checkpoint kept none: the caller goes by `spec` or the config's data.tokenizer."""
+    ckpt = resolve(path)
+    pinned = pinned_tokenizer(ckpt)
+    if pinned is None or spec is None:
+        return pinned
+    from trainer.tokenizer import load_tokenizer
+
+    given = load_tokenizer(spec)
+    if tokenizer_sha256(given) != tokenizer_sha256(pinned):
+        raise ValueError(f"--tokenizer {spec}: not the tokenizer {ckpt} was trained with ({ckpt / TOKENIZER_FILE}, "
+                         f"{pinned.get_vocab_size():,} tokens; this one {given.get_vocab_size():,}): its ids would not "
+                         f"be the weights'; leave out --tokenizer to use the saved one")
+    return pinned
+
+
+def check_vocab(tokens: int, vocab_size: int, what: str) -> None:
+    """Refuse a tokenizer with more tokens than the model has embedding rows: its ids past them index nothing
+    (a broken export, an IndexError mid-generation)."""
+    if tokens > vocab_size:
+        raise ValueError(f"{what} has {tokens:,} tokens but the model only {vocab_size:,} (its vocab_size): not "
+                         f"the tokenizer it was trained with; give that one")
 
 
 def saved_tokenizer(path: str | Path) -> str:

@@ -16,6 +16,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _RUNTIME_USER_ERRORS = {"CheckpointError", "TrainingDiverged"}
+# `train` exits 0 when done. A run stopped early, with a checkpoint to resume from by running the same command
+# again, exits 130 on SIGINT and 143 on SIGTERM (128 + the signal, as the shell reports a process they kill) and
+# STOPPED otherwise (train.time_budget_s, or a stop that another rank asked for): a requeue loop can tell
+# "stopped" from "done", and `train && export` exports a finished model only.
+STOPPED = 3
+_STOP_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+_EXIT_CODES = ("exit codes: 0 done; 3 stopped by --time-budget (train.time_budget_s); 130 SIGINT (Ctrl-C); "
+               "143 SIGTERM; 1 diverged; 2 bad input. 3, 130 and 143 leave a checkpoint: run the same "
+               "command again to resume.")
 Command = tuple[str, Callable[[argparse.ArgumentParser], object], Callable[[argparse.Namespace], int]]
 
 
@@ -87,7 +96,8 @@ def prepare_run(args: argparse.Namespace) -> int:
 
 def train_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", help=".txt/.md/.py files, or .parquet/.jsonl with a `text` column; "
-                                            "a dataset folder means its data/*.parquet")
+                                            "a dataset folder means its train split's parquet files, as prepare "
+                                            "finds them")
     p.add_argument("--vocab-size", type=int, required=True, help="BPE size before the 38 whitespace tokens")
     p.add_argument("--out", required=True, help="tokenizer.json to write (give it as data.tokenizer)")
     p.add_argument("--no-whitespace-tokens", action="store_true", help="skip CodeGen's whitespace-run tokens")
@@ -104,12 +114,21 @@ def train_tokenizer_run(args: argparse.Namespace) -> int:
         raise PermissionError(errno.EACCES, "not writable", str(out))
     files = []
     for f in map(Path, args.files):
-        files += sorted((f / "data" if (f / "data").is_dir() else f).rglob("*.parquet")) if f.is_dir() else [f]
+        if not f.is_dir():
+            files.append(f)
+        elif any(f.rglob("*.parquet")):  # a dataset folder: its train split, as prepare reads it
+            from trainer.data import find_parquet_files
+
+            files += find_parquet_files(f, "train")
     if not files:
         raise ValueError(f"no .parquet files in {', '.join(args.files)}")
     tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens)
     tok.save(args.out)
     print(f"wrote {args.out}: {tok.get_vocab_size():,} tokens from {len(files)} file(s)")
+    learned = tok.get_vocab_size(with_added_tokens=False)
+    if learned < args.vocab_size:
+        print(f"warning: --vocab-size {args.vocab_size:,} asked for, but the text only gave {learned:,} BPE tokens "
+              f"(no pair left that occurs twice); more text gives more", file=sys.stderr)
     return 0
 
 
@@ -122,13 +141,14 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None,
                    help="train this many optimizer steps (replaces the config's train.max_tokens)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="stop with a checkpoint after this much wall time")
+                   help=f"stop with a checkpoint after this much wall time (exit code {STOPPED}: resumable)")
     p.add_argument("--resume", default=None, help="auto (newest checkpoint of the run, default) | never | PATH")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--synthetic", action="store_true", default=None,
                    help="random tokens instead of the datasets (throughput runs)")
     p.add_argument("--no-progress", action="store_true", help="log lines only, no live progress bar")
+    p.epilog = _EXIT_CODES
 
 
 def train_run(args: argparse.Namespace) -> int:
@@ -148,30 +168,53 @@ def train_run(args: argparse.Namespace) -> int:
         val_loss = f" val_loss={val[max(val)]:.4f}" if val else ""
         print(f"final step={result.final_step} loss={last['loss']:.4f}{val_loss} "
               f"tokens_per_s={sum(rates) / len(rates):.0f}{mfu} stop={result.stop_reason}")
-    return 0
+    if result.stop_reason == "done":
+        return 0
+    code = _STOP_EXIT.get(result.stop_reason, STOPPED)
+    if os.environ.get("RANK", "0") == "0":
+        print(_resume_hint(result.run_dir, cfg.checkpoint.resume, code, result.stop_reason), file=sys.stderr)
+    return code
+
+
+def _resume_hint(run_dir: Path, resume: str, code: int, reason: str) -> str:
+    """The one line that tells a stopped run's user how to go on."""
+    from trainer.checkpoint import find_latest
+
+    latest = find_latest(run_dir / "checkpoints")
+    if latest is None:
+        return f"exit code {code} ({reason}): stopped with no checkpoint (checkpoint.at_exit is off); a rerun starts over"
+    again = "" if resume == "auto" else " with --resume auto"
+    return f"exit code {code} ({reason}): resumable; run the same command again{again} to go on from {latest}"
 
 
 # ----------------------------------------------------------------------------- export / generate
 
 
-def _tokenizer_for(path: Path, spec: str | None):
-    """The tokenizer given, else the one saved beside an export, else the training config's."""
+def _tokenizer_for(path: Path, spec: str | None, vocab_size: int):
+    """The tokenizer a training checkpoint kept (an explicit one must be the same), else the one given, else the
+    one saved beside an export, else the training config's (a checkpoint from before they kept theirs); one with
+    more tokens than the model's `vocab_size` is refused."""
+    from trainer.checkpoint import check_vocab, saved_tokenizer, tokenizer_for
     from trainer.tokenizer import load_tokenizer
 
-    if spec:
-        return load_tokenizer(spec)
-    if (path / "config.json").is_file():  # an export folder
+    export = (path / "config.json").is_file()
+    pinned = None if export else tokenizer_for(path, spec)
+    if pinned is not None:
+        tok, what = pinned, str(path / "tokenizer.json")
+    elif spec:
+        tok, what = load_tokenizer(spec), f"--tokenizer {spec}"
+    elif export:
         if not (path / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{path / 'tokenizer.json'}: missing; pass --tokenizer")
-        return load_tokenizer(path / "tokenizer.json")
-    from trainer.checkpoint import saved_tokenizer
-
-    saved = saved_tokenizer(path)
-    try:
-        return load_tokenizer(saved)
-    except ValueError as e:  # e.g. the Hub's GPT-2 files offline
-        raise ValueError(f"{e} (the training config's data.tokenizer; pass --tokenizer PATH, or --no-tokenizer "
-                         "to export the weights alone)") from e
+        tok, what = load_tokenizer(path / "tokenizer.json"), str(path / "tokenizer.json")
+    else:
+        saved = saved_tokenizer(path)
+        try:
+            tok, what = load_tokenizer(saved), f"the training config's data.tokenizer {saved}"
+        except ValueError as e:  # e.g. the Hub's GPT-2 files offline
+            raise ValueError(f"{e} (the training config's data.tokenizer; pass --tokenizer PATH{_EXPORT_WEIGHTS_ALONE})") from e
+    check_vocab(tok.get_vocab_size(), vocab_size, what)
+    return tok
 
 
 def _load_any_model(path: Path, device: str):
@@ -189,16 +232,18 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="training checkpoint: step folder, checkpoints folder or run folder")
     p.add_argument("out", help="output folder (model.safetensors, config.json, tokenizer files)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--tokenizer", default=None, help="tokenizer spec (default: the training config's)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer spec (default: the one saved with the checkpoint; one that differs is refused)")
     p.add_argument("--no-tokenizer", action="store_true", help="export weights and config only")
 
 
 def export_run(args: argparse.Namespace) -> int:
-    from trainer.checkpoint import load_model, resolve
+    from trainer.checkpoint import load_model, read_meta, resolve, saved_model_config
     from trainer.export import export_hf
 
     ckpt = resolve(args.checkpoint)
-    tok = None if args.no_tokenizer else _tokenizer_for(ckpt, args.tokenizer)
+    vocab_size = saved_model_config(read_meta(ckpt)).vocab_size
+    tok = None if args.no_tokenizer else _tokenizer_for(ckpt, args.tokenizer, vocab_size)
     out = export_hf(load_model(ckpt), args.out, tokenizer=tok, dtype=args.dtype)
     print(f"exported {ckpt} -> {out}")
     return 0
@@ -229,8 +274,9 @@ def generate_run(args: argparse.Namespace) -> int:
         path = resolve(path)
     prompts = args.prompt or [sys.stdin.read()]
     model = _load_any_model(path, device)
-    outs = generate_text(model, _tokenizer_for(path, args.tokenizer), prompts, args.max_new_tokens,
-                         args.temperature, args.top_k or None, args.top_p, args.seed)
+    tok = _tokenizer_for(path, args.tokenizer, model.config.vocab_size)
+    outs = generate_text(model, tok, prompts, args.max_new_tokens, args.temperature, args.top_k or None, args.top_p,
+                         args.seed)
     for prompt, out in zip(prompts, outs, strict=True):
         print(prompt + out)
         print("-" * 40)
@@ -280,17 +326,42 @@ def _os_error_line(e: OSError) -> str:
     return f"{e.filename}: {e.strerror}{hints.get(type(e), '')}"
 
 
+# How each command takes a tokenizer, in place of the hint of trainer.tokenizer's messages (prepare's options)
+_GIVE_TOKENIZER = {"train": "set data.tokenizer (in the config, or --set data.tokenizer=PATH) to",
+                   "export": "give --tokenizer", "generate": "give --tokenizer", "eval": "give --tokenizer"}
+_EXPORT_WEIGHTS_ALONE = ", or --no-tokenizer to export the weights alone"  # export's option only
+
+
+def _command_hints(message: str, command: str | None) -> str:
+    """`message` with its hints naming the options of `command`: the library's tokenizer messages name prepare's
+    (--tokenizer, data.tokenizer), which `train` (data.tokenizer only) and export/generate/eval (--tokenizer
+    only) do not all take, and only export has --no-tokenizer."""
+    if "tokenizer" not in message:
+        return message
+    from trainer.tokenizer import GIVE_TOKENIZER
+
+    if command in _GIVE_TOKENIZER:
+        message = message.replace(GIVE_TOKENIZER, _GIVE_TOKENIZER[command])
+    return message if command == "export" else message.replace(_EXPORT_WEIGHTS_ALONE, "")
+
+
 def report_user_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """`run(args)`, with user errors (bad config or option, missing or unreadable data, checkpoint or
     output path, divergence) printed as one `error: ...` line instead of a traceback (set TRAINER_DEBUG=1
-    for the traceback)."""
+    for the traceback), and Ctrl-C as one `interrupted` line with exit code 130."""
     try:
         return run(args)
+    except KeyboardInterrupt as e:  # a second Ctrl-C in training, or one in prepare (which says how to go on)
+        if os.environ.get("TRAINER_DEBUG"):
+            raise
+        print(f"interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
+        return _STOP_EXIT["SIGINT"]
     except (ValueError, OSError, RuntimeError) as e:
         user_error = isinstance(e, (ValueError, OSError)) or type(e).__name__ in _RUNTIME_USER_ERRORS
         if not user_error or os.environ.get("TRAINER_DEBUG"):
             raise
-        print(f"error: {_os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        line = _os_error_line(e) if isinstance(e, OSError) else str(e)
+        print(f"error: {_command_hints(line, getattr(args, 'command', None))}", file=sys.stderr)
         return 1 if type(e).__name__ == "TrainingDiverged" else 2
 
 

@@ -36,11 +36,13 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Full, Queue
 from typing import TYPE_CHECKING, Any
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 
 INDEX_NAME = "index.json"
 HOLDOUT_NAME = "holdout.npy"
+PROGRESS_NAME = "progress.json"  # in a prepare's scratch folder: how far it got (`_Progress`)
 INDEX_VERSION = 1
 SPLIT_NAMES = ("train", "validation", "valid", "val", "test", "dev")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name: never a path starting ".", "/" or "~"
@@ -70,6 +73,16 @@ def local_source(source: str) -> Path | None:
     """The local file or folder `source` names, or None: then it is read as a Hub repo id."""
     path = Path(source).expanduser()
     return path if path.exists() else None
+
+
+def no_local_copy(source: str) -> str:
+    """", and there is no local file or folder 'ds/nope' (relative to CWD)" when `source`, read as a Hub id, starts with
+    a folder that exists here (`ds/` of `ds/nope`): likely a mistyped local path, which a Hub error alone would
+    hide. "" for anything else (`someone/model`), which is named as a Hub id as before."""
+    owner = Path(source).parts[0] if source else ""
+    if not owner or not Path(owner).is_dir():
+        return ""
+    return f", and there is no local file or folder {source!r} (relative to {Path.cwd()})"
 
 
 def _split_of(path: Path, root: Path) -> str | None:
@@ -209,15 +222,17 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
         local = snapshot_download(source, repo_type="dataset", revision=revision, endpoint=endpoint,
                                   allow_patterns=["README.md", "*.parquet", "**/*.parquet"])
     except RepositoryNotFoundError as e:
-        raise DataError(f"dataset not found: Hub repo {source!r} does not exist or is private") from e
+        raise DataError(f"dataset not found: Hub repo {source!r} does not exist or is private"
+                        f"{no_local_copy(source)}") from e
     except RevisionNotFoundError as e:
         raise DataError(f"Hub dataset {source!r} has no revision {revision!r}") from e
     except LocalEntryNotFoundError as e:  # the Hub out of reach (its error is the cause), and no snapshot cached
         raise DataError(f"cannot reach the Hub for dataset {source!r} ({hub_unreachable_reason(e)}) and it is not "
-                        f"in the HF cache: give a local folder, or run prepare where the Hub is reachable") from e
+                        f"in the HF cache{no_local_copy(source)}: give a local folder, or run prepare where the "
+                        f"Hub is reachable") from e
     except (HfHubHTTPError, OSError, ConnectionError) as e:
-        raise DataError(f"cannot download Hub dataset {source!r} (offline? use a local folder): "
-                        f"{first_line(e)}") from e
+        raise DataError(f"cannot download Hub dataset {source!r}{no_local_copy(source)} (offline? use a local "
+                        f"folder): {first_line(e)}") from e
     return find_parquet_files(Path(local), split, named, subset)
 
 
@@ -255,6 +270,13 @@ def _init_worker(tokenizer_json: str, eos_id: int, dtype: str) -> None:
     tok = Tokenizer.from_str(tokenizer_json)
     tok.encode_special_tokens = True  # text is ordinary text: a literal <|endoftext|> is not a separator
     _WORKER.update(tok=tok, eos=eos_id, dtype=np.dtype(dtype))
+
+
+def _init_pool_worker(tokenizer_json: str, eos_id: int, dtype: str) -> None:
+    """`_init_worker` in a pool process, which leaves Ctrl-C to the parent: the terminal sends SIGINT to the whole
+    process group, and each worker would print its own KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(tokenizer_json, eos_id, dtype)
 
 
 def doc_hash(text: str) -> int:
@@ -296,27 +318,39 @@ def _open_parquet(path: Path, column: str):
     return pf
 
 
-def _text_batches(files: Sequence[Path], column: str, batch_docs: int,
-                  sources: list[dict[str, Any]]) -> Iterator[tuple[int, list[str]]]:
-    """(file number, non-empty documents of `column`) in file order, in batches; counts docs per file."""
-    for file_no, path in enumerate(files):
-        for batch in _open_parquet(path, column).iter_batches(batch_size=batch_docs, columns=[column]):
+def _text_batches(files: Sequence[Path], column: str, batch_docs: int, sources: list[dict[str, Any]],
+                  first: int = 0) -> Iterator[tuple[int, list[str]]]:
+    """(file number, non-empty documents of `column`) in file order from file `first` on, in batches, each file
+    closed by an empty batch (which tells the writer, in stream order, that the file is done); counts docs per file."""
+    for file_no in range(first, len(files)):
+        for batch in _open_parquet(files[file_no], column).iter_batches(batch_size=batch_docs, columns=[column]):
             texts = batch.column(0).to_pylist()
             kept = [t for t in texts if t]
             sources[file_no]["skipped_empty"] += len(texts) - len(kept)
             sources[file_no]["documents"] += len(kept)
             if kept:
                 yield file_no, kept
+        yield file_no, []
 
 
 class _ShardWriter:
-    """Appends token arrays to fixed-size flat shard files `shard-NNNNN.bin`."""
+    """Appends token arrays to fixed-size flat shard files `shard-NNNNN.bin`, after the `shards` already written
+    (a resumed prepare: the last one is cut back to its recorded length, later ones deleted)."""
 
-    def __init__(self, folder: Path, shard_tokens: int, dtype: np.dtype):
+    def __init__(self, folder: Path, shard_tokens: int, dtype: np.dtype, shards: Sequence[dict[str, Any]] = ()):
         self.folder, self.shard_tokens, self.dtype = folder, shard_tokens, dtype
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[dict[str, Any]] = [dict(s) for s in shards]
         self._f = None
         self._n = 0
+        kept = {s["file"] for s in self.shards}
+        for path in folder.glob("shard-*.bin"):
+            if path.name not in kept:
+                path.unlink()
+        if self.shards and self.shards[-1]["tokens"] < shard_tokens:
+            self._n = self.shards[-1]["tokens"]
+            self._f = open(folder / self.shards[-1]["file"], "r+b")
+            self._f.truncate(self._n * dtype.itemsize)
+            self._f.seek(0, os.SEEK_END)
 
     def write(self, arr: np.ndarray) -> None:
         while arr.size:
@@ -333,10 +367,15 @@ class _ShardWriter:
             if self._n == self.shard_tokens:
                 self._close()
 
-    def _close(self) -> None:
+    def sync(self) -> None:
+        """Flush the open shard to disk, so that the shards hold what `shards` says."""
         if self._f is not None:
             self._f.flush()
             os.fsync(self._f.fileno())
+
+    def _close(self) -> None:
+        if self._f is not None:
+            self.sync()
             self._f.close()
             self._f = None
 
@@ -371,14 +410,28 @@ class Holdout:
 
 
 class _HoldoutPicker:
-    """Collects the held-out documents' token ranges while the stream is written."""
+    """Collects the held-out documents' token ranges while the stream is written; `state` resumes it."""
 
-    def __init__(self, holdout: Holdout):
+    def __init__(self, holdout: Holdout, state: np.ndarray | None = None):
         self.holdout = holdout
         self._threshold = np.uint64(int(holdout.fraction * 2**64))
         self._picked: list[np.ndarray] = [np.zeros((0, 2), dtype=np.int64)]  # fraction: (start, length) arrays
         self._heap: list[tuple[int, int, int]] = []  # tokens: (-hash, start, length), the largest hash on top
-        self._heap_tokens = 0
+        if state is not None and len(state):
+            if holdout.tokens:
+                self._heap = [(-h, s, n) for h, s, n in state.tolist()]
+                heapq.heapify(self._heap)
+            else:
+                self._picked.append(state[:, 1:].astype(np.int64))
+        self._heap_tokens = sum(n for _, _, n in self._heap)
+
+    def state(self) -> np.ndarray:
+        """[k, 3] uint64 (hash, start, length) of the documents picked so far (hash 0 by fraction): what the
+        constructor takes to go on."""
+        if self.holdout.tokens:
+            return np.array([(-h, s, n) for h, s, n in self._heap], dtype=np.uint64).reshape(-1, 3)
+        picked = np.concatenate(self._picked)
+        return np.concatenate([np.zeros((len(picked), 1), np.int64), picked], axis=1).astype(np.uint64)
 
     def add(self, start: int, lengths: np.ndarray, hashes: np.ndarray) -> None:
         """Documents of `lengths` tokens laid out from stream position `start`, with their hashes."""
@@ -472,10 +525,10 @@ def read_index(folder: Path) -> dict[str, Any]:
 
 
 def _is_token_scratch(folder: Path) -> bool:
-    """Whether `folder` is absent or holds only shards and an index: one `prepare` may delete."""
+    """Whether `folder` is absent or holds only shards, an index and a prepare's progress: one `prepare` may delete."""
     if not folder.exists():
         return True
-    names = rf"shard-\d+\.bin|{re.escape(INDEX_NAME)}(\.tmp)?|{re.escape(HOLDOUT_NAME)}"
+    names = rf"shard-\d+\.bin|({re.escape(INDEX_NAME)}|{re.escape(PROGRESS_NAME)})(\.tmp)?|{re.escape(HOLDOUT_NAME)}"
     return folder.is_dir() and all(re.fullmatch(names, p.name) for p in folder.iterdir())
 
 
@@ -493,7 +546,9 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
 
     Reuses an existing `out_dir` whose index has the same source files (by sha256), column,
     tokenizer and holdout, unless `force`. Writes into a temporary folder renamed into place at the end, so a
-    crash never leaves a half-written dataset behind.
+    crash never leaves a half-written dataset behind; the source files finished there are kept, and a rerun
+    goes on from the next one (`_Progress`; not with `force`). Holds a lock on `out_dir` meanwhile
+    (`_prepare_lock`): a second prepare of it waits, then reuses its result.
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -503,32 +558,114 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
     key = {"sources": [s["sha256"] for s in sources], **encoding_key(tokenizer, column, eos_id), **holdout.key()}
     origin = {"source": str(source), "subset": subset, "split": split, "revision": revision, "tokenizer": spec}
-    if not force and (reused := _reusable(out_dir, key, sources, origin)) is not None:
-        return reused
-    eos, vocab = key["eos_id"], tokenizer.get_vocab_size(with_added_tokens=True)
-    dtype = np.dtype(np.uint16 if max(vocab, eos + 1) <= 1 << 16 else np.uint32)
-    total_docs = sum(_open_parquet(p, column).metadata.num_rows for p in files)  # checks the column first
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t0 = time.time()
-    with _tokenize_bar(progress, str(source), total_docs) as report:
-        shards, total, picker = _tokenize_shards(
-            files, column, sources, tmp, tokenizer.to_str(), eos, dtype, holdout=holdout, batch_docs=batch_docs,
-            shard_tokens=shard_tokens, workers=num_workers or os.cpu_count() or 1, report=report)
-    if total == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
-    index = {
-        "version": INDEX_VERSION, "key": key, "source": str(source), "subset": subset, "split": split, "column": column,
-        "revision": revision, "tokenizer": spec, "dtype": dtype.name, "eos_id": eos, "vocab_size": vocab,
-        "sources": sources, "shards": shards, "total_tokens": total,
-        "documents": sum(s["documents"] for s in sources), "skipped_empty": sum(s["skipped_empty"] for s in sources),
-        "seconds": round(time.time() - t0, 3),
-    }
-    _write_index(tmp, index, holdout, picker)
-    _swap_in(tmp, out_dir)
+    with _prepare_lock(out_dir):
+        if not force and (reused := _reusable(out_dir, key, sources, origin)) is not None:
+            return reused
+        eos, vocab = key["eos_id"], tokenizer.get_vocab_size(with_added_tokens=True)
+        dtype = np.dtype(np.uint16 if max(vocab, eos + 1) <= 1 << 16 else np.uint32)
+        total_docs = sum(_open_parquet(p, column).metadata.num_rows for p in files)  # checks the column first
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        state = _Progress.start(tmp, {**key, "dtype": dtype.name, "shard_tokens": shard_tokens}, fresh=force)
+        if state.files_done:
+            print(f"{source}: going on from an interrupted prepare ({state.files_done} of {len(files)} source "
+                  f"files done)", file=sys.stderr)
+        try:
+            with _tokenize_bar(progress, str(source), total_docs) as report:
+                shards, total, picker = _tokenize_shards(
+                    files, column, sources, state, tokenizer.to_str(), eos, dtype, holdout=holdout,
+                    batch_docs=batch_docs, shard_tokens=shard_tokens, workers=num_workers or os.cpu_count() or 1,
+                    report=report)
+        except KeyboardInterrupt:
+            kept = (f"after {state.files_done} of {len(files)} source files (kept in {tmp}); run it again to go on "
+                    f"from there" if state.files_done else "before its first source file was done")
+            raise KeyboardInterrupt(f"prepare of {source} stopped {kept}") from None
+        if total == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
+        index = {
+            "version": INDEX_VERSION, "key": key, "source": str(source), "subset": subset, "split": split,
+            "column": column, "revision": revision, "tokenizer": spec, "dtype": dtype.name, "eos_id": eos,
+            "vocab_size": vocab, "sources": sources, "shards": shards, "total_tokens": total,
+            "documents": sum(s["documents"] for s in sources),
+            "skipped_empty": sum(s["skipped_empty"] for s in sources), "seconds": round(state.seconds, 3),
+        }
+        (tmp / PROGRESS_NAME).unlink()
+        _write_index(tmp, index, holdout, picker)
+        _swap_in(tmp, out_dir)
     return index
+
+
+@contextmanager
+def _prepare_lock(out_dir: Path) -> Iterator[None]:
+    """Hold `out_dir`'s lock (the file `.NAME.lock` beside it) while preparing it: a second prepare of the same
+    folder (an lr sweep starting N runs of one config at once) waits, saying so, then finds the data current,
+    instead of both writing one scratch folder. A file system without locks goes on unlocked, as before."""
+    import fcntl
+
+    if not out_dir.parent.exists():  # (a file there: opening the lock fails, naming the path)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.with_name(f".{out_dir.name}.lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another prepare of {out_dir} to finish", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # e.g. ENOLCK on an NFS mount without a lock daemon
+            pass
+        yield
+
+
+@dataclass
+class _Progress:
+    """How far a `prepare` got, saved in its scratch folder after each source file, so that an interrupted one
+    (Ctrl-C, a kill, a crash) goes on from the next file when run again with the same `key` (source bytes,
+    encoding, holdout, dtype and shard size) instead of tokenizing everything again."""
+
+    folder: Path
+    key: dict[str, Any]
+    files_done: int = 0
+    total: int = 0  # tokens written
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[dict[str, int]] = field(default_factory=list)  # documents, skipped_empty, tokens per file done
+    held: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.uint64))  # `_HoldoutPicker.state`
+    seconds: float = 0.0
+
+    @classmethod
+    def start(cls, folder: Path, key: dict[str, Any], fresh: bool) -> _Progress:
+        """The progress saved in `folder` under `key` (unless `fresh`), else a new one in an emptied `folder`."""
+        saved = None if fresh else cls._load(folder, key)
+        if saved is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            return cls(folder, key)
+        return saved
+
+    @classmethod
+    def _load(cls, folder: Path, key: dict[str, Any]) -> _Progress | None:
+        """The saved progress if it is of `key` and its shards are all there; else None."""
+        try:
+            rec = json.loads((folder / PROGRESS_NAME).read_text())
+            if rec["key"] != key:
+                return None
+            size = np.dtype(key["dtype"]).itemsize
+            if any(not (folder / s["file"]).is_file() or (folder / s["file"]).stat().st_size < s["tokens"] * size
+                   for s in rec["shards"]):
+                return None
+            held = np.array(rec["held"], dtype=np.uint64).reshape(-1, 3)
+            return cls(folder, key, rec["files_done"], rec["total"], rec["shards"], rec["sources"], held,
+                       rec["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def record(self, files_done: int, total: int, shards: list[dict[str, Any]], sources: list[dict[str, Any]],
+               held: np.ndarray, seconds: float) -> None:
+        """Save that the first `files_done` source files are done, with what they made (`total` tokens in `shards`,
+        counted into `sources`); the shards must be on disk first (`_ShardWriter.sync`)."""
+        self.files_done, self.total, self.held, self.seconds = files_done, total, held, seconds
+        self.shards = [dict(s) for s in shards]
+        self.sources = [{k: s[k] for k in ("documents", "skipped_empty", "tokens")} for s in sources[:files_done]]
+        rec = {k: getattr(self, k) for k in ("key", "files_done", "total", "shards", "sources", "seconds")}
+        _write_json_atomic(self.folder / PROGRESS_NAME, {**rec, "held": self.held.tolist()})
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -572,19 +709,29 @@ def _tokenize_bar(enabled: bool, label: str, total_docs: int) -> Iterator[Callab
         yield lambda rows, tokens: bar.update(task, completed=rows, tokens=tokens)
 
 
-def _tokenize_shards(files: Sequence[Path], column: str, sources: list[dict[str, Any]], folder: Path,
+def _tokenize_shards(files: Sequence[Path], column: str, sources: list[dict[str, Any]], progress: _Progress,
                      tokenizer_json: str, eos: int, dtype: np.dtype, *, holdout: Holdout, batch_docs: int,
                      shard_tokens: int, workers: int,
                      report: Callable[[int, int], None]) -> tuple[list[dict[str, Any]], int, _HoldoutPicker]:
-    """Encode every document into shards under `folder`, in file order whatever the worker count, counting each
-    source file's documents and tokens into `sources` and picking the holdout as the stream goes by.
+    """Encode every document of the files after `progress.files_done` into shards in `progress.folder`, in file
+    order whatever the worker count, counting each source file's documents and tokens into `sources`, picking the
+    holdout as the stream goes by, and saving `progress` as each file is done.
     Returns (the shards, the token count, the holdout picked)."""
-    writer, picker, total = _ShardWriter(folder, shard_tokens, dtype), _HoldoutPicker(holdout), 0
-    for s in sources:
+    done, t0, seconds = progress.files_done, time.time(), progress.seconds
+    writer = _ShardWriter(progress.folder, shard_tokens, dtype, progress.shards)
+    picker, total = _HoldoutPicker(holdout, progress.held), progress.total
+    for s, counts in zip(sources[:done], progress.sources, strict=True):
+        s.update(counts)
+    for s in sources[done:]:
         s.update(documents=0, skipped_empty=0, tokens=0)
-    batches = _text_batches(files, column, batch_docs, sources)
+    report(sum(s["documents"] + s["skipped_empty"] for s in sources), total)
+    batches = _text_batches(files, column, batch_docs, sources, done)
     with _encoded(batches, workers, tokenizer_json, eos, dtype) as results:
         for file_no, arr, lengths, hashes in results:
+            if not len(lengths):  # the end of file `file_no`
+                writer.sync()
+                progress.record(file_no + 1, total, writer.shards, sources, picker.state(), seconds + time.time() - t0)
+                continue
             picker.add(total, lengths, hashes)
             writer.write(arr)
             sources[file_no]["tokens"] += int(arr.size)
@@ -602,7 +749,7 @@ def _encoded(batches: Iterator[tuple[int, list[str]]], workers: int, tokenizer_j
         _init_worker(tokenizer_json, eos, dtype.str)
         yield map(_encode, batches)
         return
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+    with mp.get_context("spawn").Pool(workers, initializer=_init_pool_worker,
                                       initargs=(tokenizer_json, eos, dtype.str)) as pool:
         yield pool.imap(_encode, batches)
 
@@ -823,6 +970,23 @@ class MixtureSampler:
     def sample(self, g: int) -> np.ndarray:
         d, start = self.locate(g)
         return self.streams[d].read(start, self.seq_len + 1)
+
+    def drawn(self, samples: int) -> list[int]:
+        """Samples of each dataset among samples [0, samples)."""
+        full, part = divmod(samples, self.block)
+        labels = self._block(full)[0][:part]
+        return [full * int(q) + int(np.count_nonzero(labels == d)) for d, q in enumerate(self.quotas)]
+
+    def epoch_lines(self, samples: int) -> list[str]:
+        """One line per dataset for a run's start-up header: what samples [0, samples) draw of it, in tokens and
+        epochs (an epoch: each of its rows once), noting where that repeats the data. From the counts at hand:
+        no pass over the data."""
+        lines = []
+        for name, stream, rows, n in zip(self.names, self.streams, self.rows, self.drawn(samples), strict=True):
+            e = n / rows
+            note = f"; the run sees each token about {e:.1f} times" if e > 1 else ""
+            lines.append(f"data {name}: draws {n * self.seq_len:,} of its {len(stream):,} tokens, {e:.2f} epochs{note}")
+        return lines
 
 
 class SyntheticSampler:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import checkpoint
-from trainer.data import HUB_ID, first_line, hub_unreachable_reason
+from trainer.data import HUB_ID, first_line, hub_unreachable_reason, no_local_copy
 from trainer.model import Phi
 
 _HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "vocab.json",
@@ -94,11 +94,11 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
     except RepositoryNotFoundError as e:
-        raise InitError(f"train.init_from {repo_id}: no such Hub model (or it is private)") from e
+        raise InitError(f"train.init_from {repo_id}: no such Hub model (or it is private){no_local_copy(repo_id)}") from e
     except LocalEntryNotFoundError as e:  # the Hub out of reach (its error is the cause), and no snapshot cached
         raise InitError(f"train.init_from {repo_id}: cannot reach the Hub ({hub_unreachable_reason(e)}) and the "
-                        f"model is not in the HF cache: give a local folder (an HF Phi model folder or a training "
-                        f"checkpoint)") from e
+                        f"model is not in the HF cache{no_local_copy(repo_id)}: give a local folder (an HF Phi model "
+                        f"folder or a training checkpoint)") from e
     except (HfHubHTTPError, OSError, ConnectionError, ValueError) as e:
-        raise InitError(f"train.init_from {repo_id}: cannot download the Hub model (offline? give a local "
-                        f"folder): {first_line(e)}") from e
+        raise InitError(f"train.init_from {repo_id}: cannot download the Hub model{no_local_copy(repo_id)} "
+                        f"(offline? give a local folder): {first_line(e)}") from e

@@ -63,8 +63,10 @@ def build_codegen_tokenizer(vocab: str | Path, merges: str | Path, whitespace_to
     return tok
 
 
-_USE_LOCAL = ("give --tokenizer (data.tokenizer in a config) a folder holding GPT-2's BPE files (vocab.json + "
-              "merges.txt, or OpenAI's encoder.json + vocab.bpe) or a tokenizer.json")
+# prepare's options (--tokenizer with a SOURCE, data.tokenizer with a config); the CLI names each command's own
+GIVE_TOKENIZER = "give --tokenizer (data.tokenizer in a config)"
+_USE_LOCAL = (f"{GIVE_TOKENIZER} a folder holding GPT-2's BPE files (vocab.json + merges.txt, or OpenAI's "
+              "encoder.json + vocab.bpe) or a tokenizer.json")
 
 
 def _hub_unreachable(repo_id: str, filename: str, revision: str | None = None) -> str | None:

@@ -8,23 +8,27 @@ TensorBoard, PNG) and MFU.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import itertools
 import json
 import math
+import os
 import platform
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Collection
-from contextlib import nullcontext
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from trainer import checkpoint, distributed
 from trainer.config import ConfigError, TrainConfig, dump_config
@@ -43,6 +47,7 @@ from trainer.data import (
     read_index,
     resolve_source,
 )
+from trainer.files import FileFormatError
 from trainer.model import CONFIGS, Phi, PhiConfig, attention_kernel
 from trainer.tokenizer import load_tokenizer
 from trainer.validate import Validator, ValSet
@@ -54,6 +59,19 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0, "A10
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN/inf; training stops instead of learning from garbage."""
+
+
+class RunDirBusy(BlockingIOError):
+    """Another `train` holds the run folder: two runs into one interleave metrics.jsonl and overwrite each
+    other's checkpoints."""
+
+
+class NothingToTrain(Exception):
+    """The resumed checkpoint is already at (or past) the step the run stops at; `step` is its step."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -118,11 +136,16 @@ def model_config(cfg: TrainConfig, weights: PhiConfig | None = None, origin: str
     return pc
 
 
+def _shape_fields() -> list[str]:
+    """The PhiConfig fields that make the model the weights are for: not the switches or the context."""
+    return [f.name for f in dataclasses.fields(PhiConfig) if f.name not in (*_SWITCHES, _CONTEXT)]
+
+
 def _shape_of(weights: PhiConfig, asked: PhiConfig, cfg: TrainConfig, origin: str) -> dict[str, Any]:
     """The shape fields of `weights`, checked against those the config states: all of the preset's when
     model.name is set explicitly, else the shape fields in model.overrides (initializer_range is moot).
     The context comes from model.overrides when it sets one, else from the weights."""
-    shape = [f.name for f in dataclasses.fields(PhiConfig) if f.name not in (*_SWITCHES, _CONTEXT)]
+    shape = _shape_fields()
     m = cfg.model
     by_name = "name" in m.model_fields_set
     stated = shape if by_name else [k for k in m.overrides if k in shape]
@@ -370,20 +393,36 @@ class MetricsLog:
         self.tb = None
         if not enabled:
             return
-        kept = []
         if self.path.is_file():  # drop records past the resumed step (they came from a lost future)
-            for line in self.path.read_text().splitlines():
-                rec = json.loads(line) if line.strip() else None
-                if rec and rec.get("step", 0) <= resume_step:
-                    kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+            old = self.path.read_bytes().decode("utf-8", errors="replace")
+            kept = "".join(line + "\n" for line in self._records_up_to(old, resume_step))
+            if kept != old:
+                checkpoint.write_atomic(self.path, kept)  # a kill mid-rewrite leaves the history whole
         self._f = open(self.path, "a")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ConfigError("log.tensorboard: needs the tensorboard package (pip install tensorboard)") from e
+                raise ConfigError("log.tensorboard: needs the tensorboard package: pip install 'textbookgen[tensorboard]'") from e
             self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+
+    def _records_up_to(self, text: str, step: int) -> list[str]:
+        """The lines of metrics.jsonl `text` with records up to `step`. An unreadable last line (a write cut
+        short by a crash or a full disk) is dropped with a warning; one before it is an error naming it."""
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        kept = []
+        for n, line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                if n == lines[-1][0]:
+                    print(f"warning: {self.path}:{n}: dropped an unreadable last line (a write cut short: {e})",
+                          file=sys.stderr)
+                    continue
+                raise FileFormatError(f"{self.path}:{n}: not a JSON record ({e}); fix or delete that line") from None
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
+                kept.append(line)
+        return kept
 
     def write(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
@@ -479,12 +518,78 @@ class _StopFlag:
 
 
 def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
-    """Train (or resume) the run described by `cfg`; returns the per-step history of this process."""
+    """Train (or resume) the run described by `cfg`, holding its run folder; returns the per-step history of
+    this process. A resume with nothing left to train says so and returns with no step run."""
     info = distributed.setup(cfg.train.device, cfg.distributed.backend)
     try:
-        return Trainer(cfg, info, cfg.log.progress if progress is None else progress).run()
+        with run_lock(Path(cfg.run_dir), info):
+            try:
+                trainer = Trainer(cfg, info, cfg.log.progress if progress is None else progress)
+            except NothingToTrain as e:
+                if info.is_main:
+                    print(e)
+                return TrainResult(Path(cfg.run_dir), e.step, e.step, "done")
+            return trainer.run()
     finally:
         distributed.teardown()
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path, info: distributed.DistInfo) -> Iterator[None]:
+    """Hold an exclusive lock on run_dir/.lock while the run lives (the OS drops it when the process dies, by
+    kill -9 too), or refuse at once, naming the holder's pid. Rank 0 alone takes it, before any rank goes on
+    (the others wait for its outcome, and raise the same refusal), so no rank writes into a held folder.
+    A run folder made here for a start refused before it wrote anything is removed again."""
+    made = info.is_main and not run_dir.exists()
+    held, refusal = _take_lock(run_dir) if info.is_main else (None, None)
+    if info.enabled:
+        outcome = [refusal]
+        dist.broadcast_object_list(outcome, src=0)
+        refusal = outcome[0]
+    if refusal:
+        raise RunDirBusy(errno.EBUSY, refusal, str(run_dir))
+    try:
+        yield
+    except BaseException:
+        if made and held is not None and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()  # while held: a start that opened it meanwhile sees it gone (_take_lock)
+            with suppress(OSError):  # such a start has made a new one
+                run_dir.rmdir()
+        raise
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _take_lock(run_dir: Path) -> tuple[Any, str | None]:
+    """(the open lock file, None) where this process now holds run_dir, (None, why not) where another does;
+    (None, None) on a file system without flock, which is warned about."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "pid unknown"
+        f.close()
+        return None, (f"in use by another train run ({holder}): wait for it to end, or train into another "
+                      f"run_dir (--run-dir)")
+    except OSError as e:  # some network file systems (Lustre without -o flock)
+        f.close()
+        warnings.warn(f"{run_dir}: cannot lock it ({e.strerror}); a second run into it would not be refused",
+                      stacklevel=3)
+        return None, None
+    if not path.exists() or path.stat().st_ino != os.fstat(f.fileno()).st_ino:  # removed by a refused start
+        f.close()
+        return _take_lock(run_dir)
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {platform.node()}\n")
+    f.flush()
+    return f, None
 
 
 class Trainer:
@@ -503,21 +608,65 @@ class Trainer:
         self._build_data(data_start)
         self._build_optimizer()
         self.start = self._resume()
-        self.max_steps = self._max_steps()
         self.schedule_end = self.schedule_position(self.max_steps)
 
     def _open_run(self) -> tuple[int, int]:
-        """Find the checkpoint to resume and where its data goes on, then write config.yaml: in this order, so a
-        refused resume leaves the run folder as it was. Returns (step, samples drawn) for the `BatchPlan`."""
+        """Find the checkpoint to resume, where its data goes on, the run's tokenizer and the step it stops at,
+        checking that the resume fits (seed, tokenizer, model shape) and has steps left (else NothingToTrain):
+        all before anything is written, so a refused resume leaves the run folder as it was (`run` writes
+        config.yaml). Returns (step, samples drawn) for the `BatchPlan`."""
         if self.cfg.checkpoint.resume == "never":
             checkpoint.check_fresh_start(self.ckpt_root)
         self.resume_from = self._resume_source()
         self.resume_meta = checkpoint.read_meta(self.resume_from) if self.resume_from is not None else None
         data_start = self._data_start()
-        if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        self.tokenizer = self._run_tokenizer()
+        self._check_resumed_model()
+        self.max_steps = self._max_steps(*data_start)
+        if data_start[0] >= self.max_steps:
+            budget = "" if self.cfg.train.max_tokens is None else f" (train.max_tokens {self.cfg.train.max_tokens:g})"
+            raise NothingToTrain(f"{self.resume_from}: already at step {data_start[0]} >= max_steps {self.max_steps}"
+                                 f"{budget}: nothing to train; raise train.max_steps (--max-steps) to go on",
+                                 data_start[0])
         return data_start
+
+    def _run_tokenizer(self) -> Any:
+        """data.tokenizer, which each checkpoint keeps (export, generate and eval read it there). A resume
+        refuses another one than its checkpoint kept: the embeddings would go on learning other ids. None on
+        synthetic data; where data.tokenizer cannot be loaded here (the Hub offline), the checkpoint's."""
+        if self.cfg.data.synthetic:
+            return None
+        spec = self.cfg.data.tokenizer
+        saved = checkpoint.pinned_tokenizer(self.resume_from) if self.resume_from is not None else None
+        try:
+            tok = load_tokenizer(spec)
+        except ValueError as e:
+            if saved is None:
+                self.console.print(f"[yellow]warning:[/] cannot load data.tokenizer {spec!r} ({e}): the checkpoints "
+                                   f"will not keep it")
+            return saved
+        if saved is not None and checkpoint.tokenizer_sha256(tok) != checkpoint.tokenizer_sha256(saved):
+            raise checkpoint.CheckpointError(
+                f"data.tokenizer {spec!r} is not the tokenizer {self.resume_from} was trained with "
+                f"({self.resume_from / checkpoint.TOKENIZER_FILE}, {saved.get_vocab_size():,} tokens; data.tokenizer "
+                f"has {tok.get_vocab_size():,}): resuming would train on other token ids; set data.tokenizer back "
+                f"to that one, or train in another run_dir (--run-dir)")
+        return tok
+
+    def _check_resumed_model(self) -> None:
+        """A resume goes on with its checkpoint's model: a config that asks for another shape is refused in one
+        line naming the fields (old -> new), before any weights are loaded."""
+        if self.resume_meta is None:
+            return
+        saved = self.resume_meta["model_config"]
+        asked = dataclasses.asdict(model_config(self.cfg, *self._weights_config(None)))
+        differ = [k for k in _shape_fields() if k != "initializer_range" and k in saved and saved[k] != asked[k]]
+        if differ:
+            changes = ", ".join(f"{k} {saved[k]!r} -> {asked[k]!r}" for k in differ)
+            raise checkpoint.CheckpointError(
+                f"{self.resume_from}: does not fit the model the config asks for ({changes}): a resume goes on with the "
+                f"checkpoint's model; set model.name/model.overrides back, or train the new model in another "
+                f"run_dir (--run-dir)")
 
     def _setup_device(self) -> None:
         """The device this process trains on; fp32 matmuls outside autocast (pure fp32 runs) may use TF32."""
@@ -631,14 +780,15 @@ class Trainer:
             self.console.print(f"data goes on from sample {samples} (global batch {t.global_batch} from step {step})")
         return step, samples
 
-    def _max_steps(self) -> int:
-        """The step to stop at: train.max_steps, or where train.max_tokens is reached (counted in samples
-        drawn, so a resume under another global batch still stops at the token budget)."""
+    def _max_steps(self, start: int, samples: int) -> int:
+        """The step to stop at, for a run going on from step `start` with `samples` drawn: train.max_steps, or
+        where train.max_tokens is reached (counted in samples drawn, so a resume under another global batch
+        still stops at the token budget)."""
         t = self.cfg.train
         if t.max_tokens is None:
             return self.cfg.max_steps
-        left = max(0, -(-int(t.max_tokens) // self.cfg.data.seq_len) - self.plan.samples_before(self.start))
-        return self.start + -(-left // t.global_batch)
+        left = max(0, -(-int(t.max_tokens) // self.cfg.data.seq_len) - samples)
+        return start + -(-left // t.global_batch)
 
     def schedule_position(self, step: int) -> float:
         """Where optimizer step `step` is on the lr schedule, counted in steps of the run's budget unit: the
@@ -659,7 +809,8 @@ class Trainer:
                 "data_fingerprint": self.data_fp, "samples": self.plan.samples_before(step),
                 "data_seed": self.cfg.train.seed, "init_from": self.cfg.train.init_from}
         path = checkpoint.save(self.ckpt_root, step, self.model, self.optimizer, meta,
-                               sharded=self.strategy == "fsdp", keep=self.cfg.checkpoint.keep)
+                               sharded=self.strategy == "fsdp", keep=self.cfg.checkpoint.keep,
+                               tokenizer=self.tokenizer.to_str() if self.tokenizer is not None else None)
         if self.info.is_main and self.cfg.log.plot:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         self.console.print(f"checkpoint {path}")
@@ -668,13 +819,7 @@ class Trainer:
         """The trained weights as an HF folder (every rank calls it: FSDP gathers shards)."""
         from trainer.export import export_hf
 
-        tok = None
-        if not self.cfg.data.synthetic:
-            try:
-                tok = load_tokenizer(self.cfg.data.tokenizer)
-            except (OSError, ValueError) as e:
-                self.console.print(f"[yellow]warning:[/] exporting without a tokenizer: {e}")
-        export_hf(self.model, out, tokenizer=tok, dtype=self.cfg.checkpoint.export_dtype)
+        export_hf(self.model, out, tokenizer=self.tokenizer, dtype=self.cfg.checkpoint.export_dtype)
         self.console.print(f"exported {out}")
 
     def train_step(self, step: int, loader: Loader, stop_wanted: Callable[[], bool]) -> tuple[float, float, bool]:
@@ -754,17 +899,21 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train from `start` to `max_steps` or a stop; then the exit checkpoint, the HF export and the plot."""
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        # first: an unreadable metrics.jsonl is refused before anything is written
+        log = MetricsLog(self.run_dir, self.start, self.cfg.log.tensorboard, self.info.is_main)
+        if self.info.is_main:
+            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
         self._announce()
         self._record_environment()
         result = TrainResult(self.run_dir, self.start, self.start, "done")
-        log = MetricsLog(self.run_dir, self.start, self.cfg.log.tensorboard, self.info.is_main)
-        loader = Loader(self.sampler, self.plan, self.start, self.device) if self.start < self.max_steps else None
+        loader = Loader(self.sampler, self.plan, self.start, self.device)  # start < max_steps: see _open_run
         try:
             last_saved = self._train_steps(loader, log, result)
             self._finish(result.final_step, last_saved)
         finally:
-            if loader is not None:
-                loader.close()
+            loader.close()
             log.close()
         if self.info.is_main and self.cfg.log.plot:
             plot_metrics(log.path, self.run_dir / "loss.png")
@@ -781,11 +930,14 @@ class Trainer:
             f"{self._attention()} | batch "
             f"{cfg.train.global_batch}x{cfg.data.seq_len} (micro {plan.micro_batch}, accum "
             f"{plan.accum_steps}) | steps {self.start}->{self.max_steps} | data {', '.join(self.sampler.names)}")
+        if isinstance(self.sampler, MixtureSampler):
+            for line in self.sampler.epoch_lines(self.plan.samples_before(self.max_steps)):
+                self.console.print(line)
         note = self._describe_validation()
         if note:
             self.console.print(note)
 
-    def _train_steps(self, loader: Loader | None, log: MetricsLog, result: TrainResult) -> int:
+    def _train_steps(self, loader: Loader, log: MetricsLog, result: TrainResult) -> int:
         """Step until `max_steps` or a stop (a signal, train.time_budget_s, another rank's), validating, logging
         and checkpointing at their intervals; each step's record goes into `result`, whose final_step and
         stop_reason follow. Returns the last step checkpointed (`start` if none)."""

@@ -372,14 +372,17 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
     `export_hf`, or any transformers causal LM); a training checkpoint; or a Hub id (when online).
 
     `tokenizer`: a tokenizer object, a path/spec for `trainer.tokenizer.load_tokenizer`, or None to use the
-    model directory's own. `dtype`: float32 (default on CPU) | bfloat16 (default on GPU) | float16.
+    model directory's own (a training checkpoint's: the one it kept, which a path/spec must equal). One with more
+    tokens than a phi model's vocab_size is refused. `dtype`: float32 (default on CPU) | bfloat16 (default on
+    GPU) | float16.
     """
     if dtype and dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _DTYPES[dtype] if dtype else (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-    if isinstance(tokenizer, (str, Path)):
-        tokenizer = _load_tokenizer(str(tokenizer))
+    tok_spec = str(tokenizer) if isinstance(tokenizer, (str, Path)) else None
+    if tok_spec is not None:
+        tokenizer = _load_tokenizer(tok_spec)
     if isinstance(spec, torch.nn.Module):
         model = spec if hasattr(spec, "generate") else phi_to_hf(spec)
         if tokenizer is None:
@@ -391,18 +394,33 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
         model = _dir_model(p)
     elif Path(spec).expanduser().exists():  # a training checkpoint: step folder, checkpoints root or run dir
         from trainer.checkpoint import load_model as load_checkpoint
-        from trainer.checkpoint import resolve, saved_tokenizer
+        from trainer.checkpoint import resolve, saved_tokenizer, tokenizer_for
 
         ckpt = resolve(Path(spec).expanduser())
         model = phi_to_hf(load_checkpoint(ckpt))
-        if tokenizer is None:
-            tokenizer = _load_tokenizer(saved_tokenizer(ckpt))
+        if tok_spec is not None or tokenizer is None:  # a tokenizer object given stays the caller's choice
+            pinned = tokenizer_for(ckpt, tok_spec)
+            if pinned is not None:
+                tokenizer = pinned
+            elif tokenizer is None:
+                tokenizer = _load_tokenizer(saved_tokenizer(ckpt))
     elif str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1:  # not a Hub id (org/name)
         raise FileNotFoundError(f"{spec}: no such folder")
     else:  # a Hub id (online)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(str(spec))
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(spec))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(spec))
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(spec))
+        except OSError as e:  # offline, not on the Hub, or a mistyped local folder: transformers says it in lines
+            from trainer.data import first_line, no_local_copy
+
+            raise FileNotFoundError(f"{spec}: cannot load it as a Hub model ({first_line(e)})"
+                                    f"{no_local_copy(str(spec))}") from None
+    tokenizer = wrap_tokenizer(tokenizer)
+    if getattr(model.config, "model_type", None) == "phi":
+        from trainer.checkpoint import check_vocab
+
+        check_vocab(len(tokenizer), model.config.vocab_size, f"--tokenizer {tok_spec}" if tok_spec else "the tokenizer")
     model = model.to(device=device, dtype=torch_dtype)
-    return CausalLM(model, wrap_tokenizer(tokenizer), device=device, **kwargs)
+    return CausalLM(model, tokenizer, device=device, **kwargs)
