@@ -197,3 +197,73 @@ def test_curate_uses_benchmark_texts_loaded_by_the_caller(tmp_path):
         "decontamination": {"benchmarks": [str(tmp_path / "gone.jsonl")]}})
     out, stats = curate(df, cfg, benchmark_texts=[("riddles", "r1", [item])])
     assert out["id"].to_list() == ["b"] and stats["decontamination"]["dropped"] == {"riddles": 1}
+
+
+def test_a_test_harness_of_numbers_is_not_a_humaneval_test(step):
+    """HumanEval's tests are `def check(candidate): assert candidate(<numbers>) == <numbers>`; with the
+    numbers normalised away, any such harness of one's own was 'found' in a dozen of them. A copied test
+    is still caught by its own words (here HumanEval/48's strings)."""
+    cases = [([1, 2, 3], [2, 4, 6]), ([], []), ([0], [0]), ([-1, 5], [-2, 10]), ([10, 20, 30, 40], [20, 40, 60, 80]),
+             ([7], [14]), ([1, 1], [2, 2])]
+    own = ("# Testing your solution\n\nWe write a small test harness for our own function that doubles every "
+           "number in a list.\n\n```python\ndef double_all(xs):\n    return [2 * x for x in xs]\n\n\n"
+           "def check(candidate):\n" + "".join(f"    assert candidate({a}) == {b}\n" for a, b in cases)
+           + "\ncheck(double_all)\n```\n\nIf all pass, nothing is printed.\n")
+    asserts = [("''", True), ("'aba'", True), ("'aaaaa'", True), ("'zbcd'", False), ("'xywyx'", True),
+               ("'xywyz'", False), ("'xywzx'", False)]
+    copied = ("Here is how to check a palindrome function with a few tests.\n\ndef is_pal(s):\n    return s == "
+              "s[::-1]\n\ndef check(candidate):\n" + "".join(f"    assert candidate({a}) == {b}\n" for a, b in asserts)
+              + "\ncheck(is_pal)\n")
+    assert step.matches(own) == []
+    assert [(m["benchmark"], m["item_id"]) for m in step.matches(copied)] == [("humaneval", "HumanEval/48")]
+
+
+def test_spread_out_edits_do_not_hide_a_short_item(wiki, step, shared_data):
+    """3 edited words, a quarter of the way apart, leave no 13 words of a 20-50-word question in a row:
+    one exact 13-gram as the only candidate missed such copies, whose in-order similarity is >= 0.85."""
+    from textbookgen.benchmarks import load_benchmark
+    from textbookgen.curation.decontaminate import match_words
+
+    rng = random.Random(5)
+    gsm = [it for it in load_benchmark("gsm8k", shared_data / "gsm8k" / "test.jsonl.gz")
+           if 20 <= len(match_words(it.context)) <= 50][:40]
+    missed = []
+    for it in gsm:
+        words = it.context.split()
+        for j in (len(words) // 4, len(words) // 2, 3 * len(words) // 4):
+            words[j] = "really"
+        found = {m["item_id"] for m in step.matches(embed(rng.choice(wiki), " ".join(words), rng))}
+        if it.id not in found:
+            missed.append(it.id)
+    assert len(gsm) == 40 and missed == []
+
+
+RIDDLE = ("A farmer has 17 sheep and all but 9 run away through a hole in the fence; how many sheep does the "
+          "farmer have left standing in the field?")
+
+
+def test_rows_are_dropped_by_position_not_by_id(tmp_path):
+    """Shards numbered from 0 each give two rows one id: only the contaminated row goes (not its clean
+    namesake too, which then failed the stage's count check), and the report names it by row."""
+    df = pl.DataFrame({"id": ["0", "1", "0", "1"],
+                       "text": ["A page about fences.", "Fields in spring.", f"Exercise: {RIDDLE}", "Sheep."]})
+    out, stats = Decontaminate(texts=[("riddles", "r1", [RIDDLE])])(df, tmp_path)
+    assert out["text"].to_list() == ["A page about fences.", "Fields in spring.", "Sheep."]
+    assert stats.dropped == {"riddles": 1}
+    report = pl.read_parquet(tmp_path / "contamination.parquet")
+    assert report.select("id", "row", "benchmark", "item_id").rows() == [("0", 2, "riddles", "r1")]
+
+
+def test_same_named_files_of_a_folder_are_distinct_benchmarks(tmp_path):
+    """my_evals/a/test.jsonl and my_evals/b/test.jsonl were both "test", their items' ids colliding."""
+    questions = {"a": RIDDLE, "b": ("Ann, Bill, Cate and Dale each buy a personal pan pizza cut into four "
+                                    "pieces; if Bill and Dale eat half of theirs, how many pieces are left?")}
+    for sub, q in questions.items():
+        (tmp_path / "my_evals" / sub).mkdir(parents=True)
+        (tmp_path / "my_evals" / sub / "test.jsonl").write_text(json.dumps({"id": "q0", "question": q}) + "\n")
+    df = pl.DataFrame({"id": ["x", "y", "z"], "text": [f"Try this: {RIDDLE}", questions["b"], "Nothing here."]})
+    step = Decontaminate(DecontaminationConfig(benchmarks=[str(tmp_path / "my_evals")]))
+    out, stats = step(df, tmp_path / "work")
+    assert out["id"].to_list() == ["z"] and stats.dropped == {"a/test": 1, "b/test": 1}
+    report = pl.read_parquet(tmp_path / "work" / "contamination.parquet")
+    assert sorted(report.select("id", "benchmark", "item_id").rows()) == [("x", "a/test", "q0"), ("y", "b/test", "q0")]

@@ -1,17 +1,26 @@
-"""Benchmark decontamination: 13-gram overlap finds candidates; the item's words found in order confirm.
+"""Benchmark decontamination: word n-gram overlap finds candidates; the item's words found in order confirm.
 
 Benchmarks come from `textbookgen.benchmarks.load_benchmark` (ARC, BoolQ, WinoGrande, PIQA, SIQA,
 HellaSwag, OBQA, MMLU, GSM8K, HumanEval, MBPP, ...) or from any jsonl/parquet file or folder, whose
-string fields (or the `fields` named) are the item's texts; a multiple-choice item also counts its
-question and options together as one text (a copied exercise). Texts are compared after MinHash's
-normalisation (lowercase, punctuation dropped, digit runs -> 0), so reformatting does not hide a copy;
-option labels ("(a)", "B.") are dropped and a run of numbers is one "0", and numbers do not count
-toward the similarity: a table or a worked calculation does not "contain" a number-heavy item. An
-item text shorter than n words (but at least `min_item_words`) must appear whole.
+string fields (or the `fields` named) are the items' texts and whose files, named by their path under
+the folder ("a/test"), are the benchmarks; a multiple-choice item also counts its question and options
+together as one text (a copied exercise). Texts are compared after MinHash's normalisation (lowercase,
+punctuation dropped, digit runs -> 0), so reformatting does not hide a copy; option labels ("(a)",
+"B.") are dropped and a run of numbers is one "0", and numbers do not count toward the similarity: a
+table or a worked calculation does not "contain" a number-heavy item.
 
-The report (`contamination.parquet`) names, for each dropped document, the benchmark items it matched,
-the n-gram hits, and the similarity: the share of the item's words (numbers aside) found, in order
-(LCS), in the best-aligned doc window (default >= 0.8: a lightly edited copy passes, a shared phrase does not).
+Candidates: an item text of L >= n words (13) is indexed by its k-grams, k = L // 4 kept between
+MIN_GRAM (5) and n, so that any 3 edited words leave a copy one k-gram intact from 20 words on (2 from
+15, 1 from 13), where one 13-gram let 2 well-placed edits hide a 26-word question; a shorter text (at
+least `min_item_words`) must appear whole. Words common in a benchmark (in over 5% of its items, e.g.
+HumanEval's `def check(candidate): assert candidate`) are boilerplate: an n-gram of only those, letters
+and numbers is not indexed, and a match must find the item's rarer words too (3 of them, or all it
+has), so a test harness of one's own does not match a HumanEval test.
+
+The report (`contamination.parquet`) names, for each dropped document (its id and its row in the input,
+as ids need not be unique), the benchmark items it matched, the n-gram hits, and the similarity: the
+share of the item's words (numbers aside) found, in order (LCS), in the best-aligned doc window
+(default >= 0.8: a lightly edited copy passes, a shared phrase does not).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +38,14 @@ from xxhash import xxh3_64_intdigest as _xxh3
 
 from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
 from textbookgen.curation.config import MAX_NGRAM, BenchmarkSource, DecontaminationConfig
-from textbookgen.curation.corpus_io import corpus_files, read_records
+from textbookgen.curation.corpus_io import corpus_files, id_prefix, read_records
 from textbookgen.curation.normalize import simplify_text
 
 NUMBER = "0"  # every digit run, after normalisation
+EDITS_SURVIVED = 3  # edited words a copy may have and still share an indexed n-gram (`gram_size`)
+MIN_GRAM = 5  # the shortest n-gram indexed of a text of n words or more
+COMMON_SHARE, COMMON_MIN_ITEMS = 0.05, 10  # a word in more of a benchmark's items is its boilerplate
+MIN_RARE = 3  # rare words of an item a match must find (all, if it has fewer)
 # an option label: "(a)", "(12)" anywhere, or "B." / "c)" / "3." opening a line
 _LABEL = re.compile(r"\((?:[A-Za-z]|\d{1,2})\)|^[ \t]*(?:[A-Za-z]|\d{1,2})[.)][ \t]", re.MULTILINE)
 _MIX = np.random.default_rng(0x5EED).integers(1, 2**63, size=MAX_NGRAM, dtype=np.uint64) | np.uint64(1)
@@ -87,7 +101,7 @@ def load_benchmark_texts(source: BenchmarkSource) -> list[ItemTexts]:
 
 
 def _file_texts(source: BenchmarkSource) -> list[ItemTexts]:
-    """(file name, item id, texts) for every row of a generic benchmark file/folder."""
+    """(file path under the folder, item id, texts) for every row of a generic benchmark file/folder."""
     out = []
     for f in corpus_files(Path(source.path)):
         df = read_records(f)
@@ -95,56 +109,93 @@ def _file_texts(source: BenchmarkSource) -> list[ItemTexts]:
         missing = [c for c in cols if c not in df.columns]
         if missing or not cols:
             raise ValueError(f"{f}: no text field(s) {missing or ''} to decontaminate against (fields: {df.columns})")
-        name = f.name.split(".")[0]
+        name = id_prefix(f, Path(source.path))  # "a/test": a folder's same-named files are distinct sets
         ids = df["id"].cast(pl.String).to_list() if "id" in df.columns else [str(i) for i in range(df.height)]
         for item_id, row in zip(ids, df.select(cols).iter_rows(), strict=True):
             out.append((name, item_id, [t for t in row if isinstance(t, str) and t.strip()]))
     return out
 
 
+def gram_size(length: int, n: int) -> int:
+    """Words per indexed n-gram of a text of `length` words: the whole text below n; else a quarter of
+    it, kept between MIN_GRAM and n (see the module doc)."""
+    return length if length < n else min(n, max(MIN_GRAM, length // (EDITS_SURVIVED + 1)))
+
+
+def rare_vocabulary(texts: list[BenchText]) -> dict[str, set[str]]:
+    """Per benchmark, its words that show what was copied: not its boilerplate (in more than COMMON_SHARE
+    of its items, and COMMON_MIN_ITEMS: question cues, `assert candidate`), not one letter (a variable,
+    an option) and no number ("0", "0x")."""
+    items: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for t in texts:
+        items[t.benchmark][t.item_id].update(t.words)
+    vocab = {}
+    for bench, per_item in items.items():
+        counts: Counter = Counter()
+        for words in per_item.values():
+            counts.update(words)
+        limit = max(COMMON_SHARE * len(per_item), COMMON_MIN_ITEMS)
+        vocab[bench] = {w for w, c in counts.items() if c <= limit and len(w) > 1 and NUMBER not in w}
+    return vocab
+
+
 class NgramIndex:
-    """Sorted n-gram hashes of all benchmark texts -> (text index, offset); short texts matched whole."""
+    """Sorted hashes of the n-grams of all benchmark texts -> (text index, offset), n per text by
+    `gram_size` (a short text is one n-gram, matched whole); n-grams of boilerplate only are left out.
+    A bitmap of the hashes' top bits answers most doc n-grams' "not here" before the binary search."""
 
     def __init__(self, texts: list[BenchText], n: int, min_words: int) -> None:
         self.texts, self.n = texts, n
-        # all texts' words in one array: window hashes are computed once, then windows that cross a
-        # text boundary are dropped (one numpy pass instead of one per text)
-        lens = np.fromiter((len(t.words) for t in texts), dtype=np.int64, count=len(texts))
-        starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
-        ids = word_ids([w for t in texts for w in t.words])
-        owner_of_pos = np.repeat(np.arange(len(texts), dtype=np.int64), lens)
-        g = gram_hashes(ids, n)
-        owner = owner_of_pos[: len(g)]
-        offset = np.arange(len(g), dtype=np.int64) - starts[owner]
-        valid = offset + n <= lens[owner]
-        h, owner, offset = g[valid], owner[valid], offset[valid]
+        vocab = rare_vocabulary(texts)
+        #: per text, its rare words in order: a match must find some (`Decontaminate._similarity`)
+        self.rare = [tuple(filter(vocab[t.benchmark].__contains__, t.words)) for t in texts]
+        sizes = np.fromiter((gram_size(len(t.words), n) if len(t.words) >= min_words else 0
+                             for t in texts), dtype=np.int64, count=len(texts))
+        self.sizes = np.unique(sizes[sizes > 0]).tolist()
+        empty = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
+        parts = [self._grams(np.flatnonzero(sizes == k), k, vocab) for k in self.sizes]
+        h, owner, offset = (np.concatenate(column) for column in zip(empty, *parts, strict=True))
         order = np.argsort(h, kind="stable")
         self.hashes, self.owner, self.offset = h[order], owner[order], offset[order]
-        self.short: dict[int, dict[int, list[int]]] = {}  # length k < n -> {hash of whole text: texts}
-        for k in range(min_words, n):
-            sel = np.flatnonzero(lens == k)
-            if len(sel):
-                table: dict[int, list[int]] = defaultdict(list)
-                for t_idx, hk in zip(sel.tolist(), gram_hashes(ids, k)[starts[sel]].tolist(), strict=True):
-                    table[hk].append(t_idx)
-                self.short[k] = table
+        bits = max(16, (16 * len(h)).bit_length())  # at most 1 bit in 16 set
+        self.shift = np.uint64(64 - bits)
+        self.bitmap = np.zeros(1 << (bits - 3), dtype=np.uint8)
+        np.bitwise_or.at(self.bitmap, *self._bit(self.hashes))
+
+    def _grams(self, sel: np.ndarray, k: int, vocab: dict[str, set[str]]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hash, text index, offset) of the k-grams of texts `sel` that hold a rare word. All texts'
+        words in one array: window hashes are computed once, then windows that cross a text boundary
+        are dropped (one numpy pass instead of one per text)."""
+        group = [self.texts[i] for i in sel.tolist()]
+        lens = np.fromiter((len(t.words) for t in group), dtype=np.int64, count=len(group))
+        starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
+        g = gram_hashes(word_ids(list(chain.from_iterable(t.words for t in group))), k)
+        owner = np.repeat(np.arange(len(group), dtype=np.int64), lens)[: len(g)]
+        offset = np.arange(len(g), dtype=np.int64) - starts[owner]
+        is_rare = np.fromiter(chain.from_iterable(map(vocab[t.benchmark].__contains__, t.words) for t in group),
+                              dtype=np.int64, count=int(lens.sum()))
+        rare_run = np.concatenate(([0], np.cumsum(is_rare)))
+        valid = (offset + k <= lens[owner]) & (rare_run[k:] - rare_run[:-k] > 0)
+        return g[valid], sel[owner[valid]].astype(np.int32), offset[valid].astype(np.int32)
+
+    def _bit(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(byte, bit mask) of each hash's place in the bitmap."""
+        top = h >> self.shift
+        return top >> np.uint64(3), np.left_shift(1, top & np.uint64(7)).astype(np.uint8)
 
     def hits(self, words: list[str]) -> list[tuple[int, int, int]]:
         """(text index, doc word position, text word offset) for each doc window found in the index."""
         ids = word_ids(words)
-        out: list[tuple[int, int, int]] = []
-        g = gram_hashes(ids, self.n)
-        if len(g) and len(self.hashes):
-            lo = np.searchsorted(self.hashes, g, side="left")
-            hi = np.searchsorted(self.hashes, g, side="right")
-            for pos in np.flatnonzero(hi > lo):
-                for j in range(lo[pos], hi[pos]):
-                    out.append((int(self.owner[j]), int(pos), int(self.offset[j])))
-        for k, table in self.short.items():
-            for pos, h in enumerate(gram_hashes(ids, k).tolist()):
-                for t_idx in table.get(h, ()):
-                    out.append((t_idx, pos, 0))
-        return out
+        grams = [gram_hashes(ids, k) for k in self.sizes]
+        g = np.concatenate([np.zeros(0, dtype=np.uint64), *grams])
+        pos = np.concatenate([np.zeros(0, dtype=np.int64), *(np.arange(len(x)) for x in grams)])
+        byte, bit = self._bit(g)
+        maybe = np.flatnonzero(self.bitmap[byte] & bit)
+        lo = np.searchsorted(self.hashes, g[maybe], side="left")
+        hi = np.searchsorted(self.hashes, g[maybe], side="right")
+        return [(int(self.owner[j]), int(pos[maybe[i]]), int(self.offset[j]))
+                for i in np.flatnonzero(hi > lo).tolist() for j in range(lo[i], hi[i])]
 
 
 class Decontaminate(Step):
@@ -179,7 +230,7 @@ class Decontaminate(Step):
         best: dict[tuple[str, str], dict] = {}
         for t_idx, hits in by_text.items():
             bt = self.bench_texts[t_idx]
-            sim = self._similarity(words, bt.words, hits)
+            sim = self._similarity(words, bt.words, self.index.rare[t_idx], hits)
             key = (bt.benchmark, bt.item_id)
             if sim >= self.config.similarity and (key not in best or sim > best[key]["similarity"]):
                 best[key] = {"benchmark": bt.benchmark, "item_id": bt.item_id, "similarity": round(sim, 4),
@@ -187,45 +238,49 @@ class Decontaminate(Step):
         return sorted(best.values(), key=lambda m: -m["similarity"])
 
     @staticmethod
-    def _similarity(doc: list[str], item: tuple[str, ...], hits: list[tuple[int, int]]) -> float:
+    def _similarity(doc: list[str], item: tuple[str, ...], rare: tuple[str, ...], hits: list[tuple[int, int]]
+                    ) -> float:
         """Share of the item's words found in order (LCS) in the doc window a hit aligns it to, numbers
-        left out on both sides (any numbers in the doc would match them).
+        left out on both sides (any numbers in the doc would match them); 0 where the window lacks the
+        item's rare words (MIN_RARE of them in order, or all): its boilerplate alone is no copy.
 
         One changed word in a 25-word question gives 0.96; a 13-word phrase of it gives 0.52."""
         words = [w for w in item if w != NUMBER]
         if not words:
             return 0.0
         size, slack = len(item), max(3, len(item) // 5)
-        best, tried = 0.0, set()
-        for pos, off in hits:
-            start = max(0, pos - off - slack)
-            if start in tried:
-                continue
-            tried.add(start)
-            window = [w for w in doc[start : pos - off + size + slack] if w != NUMBER]
-            best = max(best, LCSseq.similarity(words, window) / len(words))
-            if best >= 0.999 or len(tried) >= 8:
+        need = min(MIN_RARE, len(rare))
+        best = 0.0
+        # the 8 alignments most hits agree on: a copy's hits share one, stray phrases scatter
+        for start, _ in Counter(pos - off for pos, off in hits).most_common(8):
+            window = [w for w in doc[max(0, start - slack) : start + size + slack] if w != NUMBER]
+            if LCSseq.similarity(rare, window) >= need:
+                best = max(best, LCSseq.similarity(words, window) / len(words))
+            if best >= 0.999:
                 break
         return best
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
-        report, dropped_ids = [], set()
+        report, keep = [], np.ones(df.height, dtype=bool)
         found_per_doc = map_rows(_match_rows, self, [df[self.text_column]], self.workers, self.chunk_size)
         ids = df[self.id_column].cast(pl.String).to_list()
-        for doc_id, found in zip(ids, progress(found_per_doc, df.height, "decontaminating"), strict=True):
+        # by row, not id: ids need not be unique (shards numbered from 0 each), and a clean row must not go
+        # with a contaminated one that shares its id
+        for row, (doc_id, found) in enumerate(zip(ids, progress(found_per_doc, df.height, "decontaminating"),
+                                                  strict=True)):
             if found:
-                dropped_ids.add(doc_id)
+                keep[row] = False
                 stats.dropped[found[0]["benchmark"]] += 1  # reason = benchmark name (the card lists them)
-                report += [{"id": doc_id, **m} for m in found]
+                report += [{"id": doc_id, "row": row, **m} for m in found]
         stats.extra["benchmark_items"] = dict(self.items_per_benchmark)
         stats.extra["ngram"] = self.config.ngram
         stats.extra["matched_items"] = len({(r["benchmark"], r["item_id"]) for r in report})
         if workdir is not None:
-            pl.DataFrame(report, schema={"id": pl.String, "benchmark": pl.String, "item_id": pl.String,
-                                         "similarity": pl.Float64, "ngram_hits": pl.Int64,
+            pl.DataFrame(report, schema={"id": pl.String, "row": pl.Int64, "benchmark": pl.String,
+                                         "item_id": pl.String, "similarity": pl.Float64, "ngram_hits": pl.Int64,
                                          "item_text": pl.String}).write_parquet(workdir / "contamination.parquet")
-        return df.filter(~pl.col(self.id_column).cast(pl.String).is_in(list(dropped_ids)))
+        return df.filter(pl.Series(keep))
 
 
 def _match_rows(step: Decontaminate, rows: list[tuple[str]]) -> list[list[dict]]:

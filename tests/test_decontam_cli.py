@@ -1,0 +1,78 @@
+"""`textbookgen decontaminate`: benchmarks from --config and -b together, and where the report goes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+from textbookgen.cli import app
+
+runner = CliRunner()
+QUESTIONS = {
+    "a": ("A farmer has 17 sheep and all but 9 run away through a hole in the fence; how many sheep does the "
+          "farmer have left standing in the field?"),
+    "b": ("Ann, Bill, Cate and Dale each buy a personal pan pizza cut into four pieces; if Bill and Dale eat "
+          "half of theirs, how many pieces are left?"),
+}
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Path]:
+    """Benchmarks a.jsonl and b.jsonl (one question each) and a corpus copying both, plus a clean doc."""
+    for name, q in QUESTIONS.items():
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"id": "q0", "question": q}) + "\n")
+    corpus = tmp_path / "corpus.jsonl"
+    texts = [f"Exercise: {QUESTIONS['a']}", f"Puzzle. {QUESTIONS['b']}", "A page about spring in the fields."]
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return corpus, tmp_path / "cur.yaml"
+
+
+def test_benchmark_option_adds_to_the_config_list(tmp_path):
+    """-b used to replace the --config list (the config's set silently unchecked); now it adds, and a
+    benchmark given in both is loaded once."""
+    corpus, cfg = _setup(tmp_path)
+    cfg.write_text(f"curation:\n  decontamination:\n    benchmarks: [{tmp_path / 'a.jsonl'}]\n")
+    base = ["decontaminate", str(corpus), "--config", str(cfg)]
+    res = runner.invoke(app, [*base, "-o", str(tmp_path / "out.jsonl"), "-b", str(tmp_path / "b.jsonl")])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)["decontamination"]
+    assert stats["dropped"] == {"a": 1, "b": 1} and stats["benchmark_items"] == {"a": 1, "b": 1}
+    report = pl.read_parquet(tmp_path / "out.jsonl.work" / "decontamination" / "contamination.parquet")
+    assert sorted(report["benchmark"]) == ["a", "b"]
+    res = runner.invoke(app, [*base, "-o", str(tmp_path / "again.jsonl"), "-b", str(tmp_path / "a.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["decontamination"]["benchmark_items"] == {"a": 1}
+
+
+def test_config_alone_names_the_benchmarks(tmp_path):
+    corpus, cfg = _setup(tmp_path)
+    cfg.write_text(f"decontamination:\n  benchmarks: [{tmp_path / 'b.jsonl'}]\n")
+    res = runner.invoke(app, ["decontaminate", str(corpus), "-o", str(tmp_path / "out.jsonl"), "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["decontamination"]["dropped"] == {"b": 1}
+
+
+def test_no_benchmark_anywhere_is_one_clear_error(tmp_path):
+    corpus, cfg = _setup(tmp_path)
+    cfg.write_text("filters: {min_words: 20}\n")
+    for extra in ([], ["--config", str(cfg)]):
+        res = runner.invoke(app, ["decontaminate", str(corpus), "-o", str(tmp_path / "out.jsonl"), *extra])
+        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+        assert res.output.startswith("error: decontaminate: no benchmarks: give -b") and res.output.count("\n") == 1
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_workdir_help_says_where_the_reports_are(tmp_path):
+    """The help said contamination.parquet / dropped.parquet go in --workdir; they go in a step's folder."""
+    corpus, _ = _setup(tmp_path)
+    for command, report in (("decontaminate", "decontamination/contamination.parquet"),
+                            ("filter", "filters/dropped.parquet")):
+        out = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"}).output
+        assert report in " ".join(out.split()), out
+        args = ["-b", str(tmp_path / "a.jsonl")] if command == "decontaminate" else ["--min-words", "20"]
+        res = runner.invoke(app, [command, str(corpus), "-o", str(tmp_path / f"{command}.jsonl"), "--workdir",
+                                  str(tmp_path / command), *args])
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / command / report).is_file()
