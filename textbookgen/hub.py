@@ -9,7 +9,9 @@ has are deleted in the same commit, so `data/train-*` never mixes two builds. La
 the client's normal upload path (Xet or LFS, whichever the Hub offers). The token comes from `token=`, `HF_TOKEN` or the
 user's `hf auth login`, and is never logged or written. Every request has a finite timeout (`timeout=`,
 `$TEXTBOOKGEN_HUB_TIMEOUT`): the client sends its own without one, so a Hub that took the connection and
-never answered would hang a push forever.
+never answered would hang a push forever. Ctrl-C stops a push or pull at once (HubInterrupted), even while
+the client's transfer threads wait on a stalled request, and a push interrupted before its commit commits
+nothing.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from textbookgen.dataset import SHARD_RE, split_rows, splits_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _USAGE_RE = re.compile(r'(load_dataset\()"[^"\n]*"')
 #: `namespace/name` as the Hub accepts it: word characters, '-' and '.', not at either end of the name.
 REPO_ID_RE = re.compile(r"[\w\-.]{1,96}/(?![.\-])[\w\-.]{1,96}(?<![.\-])")
@@ -44,6 +49,13 @@ TEXT_SUFFIXES = (".md", ".yaml", ".yml", ".json", ".txt")
 
 class PushConflictError(RuntimeError):
     """Someone committed to the repo between our read of its head and our commit; nothing was pushed."""
+
+
+class HubInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a push or pull; the message (one line) says what was left and that a rerun finishes it.
+
+    A KeyboardInterrupt, so that callers that handle Ctrl-C (`build`, typer) still do.
+    """
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -101,6 +113,31 @@ def request_timeout(seconds: float) -> Iterator[None]:
         set_client_factory(previous)
 
 
+def _in_background(work: Callable[[], T]) -> T:
+    """`work()`, run in a daemon thread while this one waits for it, so that Ctrl-C is raised here at once.
+
+    The client uploads and downloads through a thread pool that, when Ctrl-C reaches the thread that called
+    it, first waits for its threads: a stalled request held the interrupt until it had timed out and been
+    retried (minutes). The transfers left running cannot commit (the commit is a request of ours, never sent
+    after this raises) and put no partial file where a complete one belongs; Python's exit still waits for
+    the pool's threads, so the CLI leaves with `os._exit` after an interrupt.
+    """
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as err:  # handed to the waiting thread
+            future.set_exception(err)
+
+    threading.Thread(target=run, name="textbookgen-hub", daemon=True).start()
+    # Short waits, so that Ctrl-C is seen between two on any platform. Not Thread.join: Ctrl-C inside it
+    # marks a running thread as finished (CPython 3.11).
+    while not wait([future], timeout=0.1).done:
+        pass
+    return future.result()
+
+
 def _not_found(err: Any, repo_id: str, endpoint: str, revision: str | None) -> str | None:
     """The line for a repo, revision or file the Hub says is missing (None for another error). The client's
     own first line is only "404 Client Error.". The Hub answers a private repo as a missing one (401 to
@@ -146,7 +183,12 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float |
     rerun = ("nothing is half-published; rerun the push (files already uploaded are not sent again)" if write
              else "rerun the pull (files already downloaded are not fetched again)")
     try:
-        yield
+        try:
+            yield
+        except RuntimeError as err:  # the client's "Error while uploading 'x' to the Hub." wraps what failed
+            if type(err) is RuntimeError and isinstance(err.__cause__, (HfHubHTTPError, TransportError)):
+                raise err.__cause__ from None
+            raise
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         missing = _not_found(err, repo_id, endpoint, revision)
@@ -306,11 +348,13 @@ def push(
     nothing to publish (no shards, or a split with no rows, which `load_dataset` cannot load),
     PermissionError for a missing or refused token or a repo you cannot write, and ConnectionError when
     the Hub cannot be reached, fails, or leaves a request unanswered for `timeout` seconds (default
-    `$TEXTBOOKGEN_HUB_TIMEOUT` or 60; rerun: uploaded files are not sent again).
+    `$TEXTBOOKGEN_HUB_TIMEOUT` or 60; rerun: uploaded files are not sent again), and HubInterrupted on
+    Ctrl-C (at once, even mid-upload; before the commit, nothing is committed).
+
+    Files are uploaded first (`preupload_lfs_files`, in the background: see `_in_background`), then the
+    commit is sent on its own, so Ctrl-C during the uploads cannot be followed by a commit.
     """
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
-
-    from textbookgen.card import card_defaults
 
     check_repo_id(repo_id)
     seconds = hub_timeout(timeout)
@@ -333,26 +377,44 @@ def push(
     check_card_matches_data(out_dir, (out_dir / "README.md").read_text("utf-8"))
 
     api = HfApi(endpoint=endpoint, token=secret)
-    with request_timeout(seconds), hub_errors(repo_id, api.endpoint, timeout=seconds, revision=revision):
-        info = _open_repo(api, repo_id, private, revision)
-        head = info.sha
-        remote = {s.rfilename for s in info.siblings or []}
-        old_card = _read_card(api, repo_id, head) if "README.md" in remote else None
-        card = merge_card(
-            usage_for(repo_id, (out_dir / "README.md").read_text("utf-8")), old_card, card_defaults(out_dir)
-        )
-        operations: list[Any] = []
-        for path in files:
-            rel = path.relative_to(out_dir).as_posix()
-            content: Any = card.encode("utf-8") if rel == "README.md" else str(path)
-            operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=content))
-        operations += stale_deletions(remote, {op.path_in_repo for op in operations}, set(splits), old_card)
-        n_add = sum(isinstance(op, CommitOperationAdd) for op in operations)
-        log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)", n_add, len(operations) - n_add, repo_id,
-                 revision, head)  # fmt: skip
-        url = _commit(api, repo_id, operations, message, revision, head)
+    committing = False
+    try:
+        with request_timeout(seconds), hub_errors(repo_id, api.endpoint, timeout=seconds, revision=revision):
+            info = _open_repo(api, repo_id, private, revision)
+            operations = _operations(api, repo_id, out_dir, files, set(splits), info)
+            additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
+            log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)", len(additions),
+                     len(operations) - len(additions), repo_id, revision, info.sha)  # fmt: skip
+            _in_background(lambda: api.preupload_lfs_files(repo_id, additions, repo_type="dataset", revision=revision,
+                                                           free_memory=False))  # fmt: skip
+            committing = True
+            url = _commit(api, repo_id, operations, message, revision, info.sha)
+    except KeyboardInterrupt:
+        raise HubInterrupted(
+            f"interrupted while committing to {repo_id}: the commit may have landed; rerun the push to make sure "
+            "(it makes no second commit)" if committing else
+            f"interrupted: nothing was committed to {repo_id}; rerun the push to publish it (files already "
+            "uploaded are not sent again)"
+        ) from None
     log.info("pushed %s", url)
     return url
+
+
+def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits: set[str], info: Any) -> list[Any]:
+    """The commit's additions (the card merged with the Hub's) and deletions of the shards it replaces."""
+    from huggingface_hub import CommitOperationAdd
+
+    from textbookgen.card import card_defaults
+
+    remote = {s.rfilename for s in info.siblings or []}
+    old_card = _read_card(api, repo_id, info.sha) if "README.md" in remote else None
+    card = merge_card(usage_for(repo_id, (out_dir / "README.md").read_text("utf-8")), old_card, card_defaults(out_dir))
+    operations: list[Any] = []
+    for path in files:
+        rel = path.relative_to(out_dir).as_posix()
+        content: Any = card.encode("utf-8") if rel == "README.md" else str(path)
+        operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=content))
+    return operations + stale_deletions(remote, {op.path_in_repo for op in operations}, splits, old_card)
 
 
 def _open_repo(api: Any, repo_id: str, private: bool, revision: str) -> Any:
@@ -451,7 +513,8 @@ def pull(
 ) -> Path:
     """Download a dataset repo (all files, at `revision`) into `local_dir` (default: `./<name>`); a request
     left unanswered for `timeout` seconds (as for `push`) is a ConnectionError; a missing (or private) repo,
-    revision or file a FileNotFoundError naming it.
+    revision or file a FileNotFoundError naming it; Ctrl-C a HubInterrupted at once (files are written whole
+    or not at all: one in flight is `.incomplete` under `local_dir/.cache`).
 
     The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
     the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
@@ -462,16 +525,14 @@ def pull(
     seconds = hub_timeout(timeout)
     local_dir = Path(local_dir) if local_dir is not None else Path(repo_id.split("/")[1])
     api = HfApi(endpoint=endpoint, token=token)
-    with (request_timeout(seconds),
-          hub_errors(repo_id, api.endpoint, write=False, timeout=seconds, revision=revision)):
-        head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
-        path = snapshot_download(
-            repo_id,
-            repo_type="dataset",
-            revision=head,
-            local_dir=local_dir,
-            token=token,
-            endpoint=endpoint,
-        )
+    try:
+        with (request_timeout(seconds),
+              hub_errors(repo_id, api.endpoint, write=False, timeout=seconds, revision=revision)):
+            head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+            path = _in_background(lambda: snapshot_download(repo_id, repo_type="dataset", revision=head,
+                                                            local_dir=local_dir, token=token, endpoint=endpoint))
+    except KeyboardInterrupt:
+        raise HubInterrupted(f"interrupted: the pull into {local_dir} did not finish; rerun it to complete the folder "
+                             "(files already downloaded are not fetched again)") from None
     log.info("pulled %s into %s", repo_id, path)
     return Path(path)

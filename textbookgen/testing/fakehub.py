@@ -304,6 +304,10 @@ class FakeHub:
         """
         self._faults.append({"method": method.upper(), "re": re.compile(path_regex), "call": callback, "n": times})
 
+    def clear_faults(self) -> None:
+        """Drop what `inject` and `before` set up and no request used up yet (e.g. before a rerun that must pass)."""
+        self._faults.clear()
+
     def commit_files(self, repo_id: str, files: dict[str, bytes], title: str = "concurrent commit",
                      repo_type: str = "dataset", branch: str = "main") -> str:  # fmt: skip
         """Commit `files` to `branch` directly in the server's state (another writer); return the new oid."""
