@@ -638,3 +638,48 @@ def test_default_responder_stories_and_python_with_passing_doctests():
     section = ask('Write a section of a Python programming textbook on "Recursion".\n'
                   '- end with two exercises, each with a function signature and docstring.')
     assert section.count("```python") == 3 and section.count("    ...\n```") == 2
+
+
+def test_answer_faults_in_both_wire_formats_streamed_or_not():
+    """What reasoning models and odd servers send: no text; reasoning apart from an answer never reached (vLLM's
+    reasoning_content, Anthropic's thinking block), cut at max_tokens; a <think> block opening the answer."""
+    faults = [Fault(kind, rate=1.0, match=f"[{kind}]") for kind in ("empty", "reasoning", "think", "think_cut")]
+
+    def ask(kind: str) -> list[dict]:
+        return [{"role": "user", "content": f"[{kind}] write about tides"}]
+
+    async def go() -> dict:
+        seen = {}
+        for kind in ("empty", "reasoning", "think", "think_cut"):
+            c = await chat(oa(emu), messages=ask(kind), max_tokens=100)
+            m = await an(emu).messages.create(model="claude-haiku-4-5", max_tokens=100, messages=ask(kind))
+            parts, reasoning, finish = [], [], None
+            async for chunk in await chat(oa(emu), messages=ask(kind), max_tokens=100, stream=True):
+                delta = chunk.choices[0].delta
+                parts.append(delta.content or "")
+                reasoning.append((delta.model_extra or {}).get("reasoning_content") or "")
+                finish = chunk.choices[0].finish_reason or finish
+            async with an(emu).messages.stream(model="claude-haiku-4-5", max_tokens=100, messages=ask(kind)) as s:
+                streamed = await s.get_final_message()
+            seen[kind] = (c.choices[0], m, ("".join(parts), "".join(reasoning), finish), streamed)
+        return seen
+
+    with Emulator(cfg(faults=faults)) as emu:
+        seen = asyncio.run(go())
+        assert emu.billed == 16 and emu.outcomes["empty"] == 4
+    choice, message, (text, reasoning, finish), streamed = seen["empty"]
+    assert choice.message.content == "" and choice.finish_reason == "stop" and (text, finish) == ("", "stop")
+    assert message.content == [] == streamed.content and message.stop_reason == "end_turn"
+    choice, message, (text, reasoning, finish), streamed = seen["reasoning"]
+    assert choice.message.content is None and choice.finish_reason == "length"
+    assert choice.message.model_extra["reasoning_content"].startswith("Okay, the user wants")
+    assert (text, finish) == ("", "length") and reasoning.startswith("Okay, the user wants")
+    for m in (message, streamed):
+        assert [b.type for b in m.content] == ["thinking"] and m.stop_reason == "max_tokens"
+        assert m.content[0].thinking.startswith("Okay, the user wants") and m.usage.output_tokens == 100
+    choice, message, (text, _, finish), streamed = seen["think"]
+    assert choice.message.content.startswith("<think>\nOkay") and "</think>\n\n" in choice.message.content
+    assert text.startswith("<think>\nOkay") and message.content[0].text.startswith("<think>")
+    choice, message, (text, _, finish), streamed = seen["think_cut"]
+    assert choice.finish_reason == finish == "length" and message.stop_reason == "max_tokens"
+    assert choice.message.content.startswith("<think>") and "</think>" not in choice.message.content + text

@@ -158,8 +158,9 @@ def test_a_server_that_is_not_there_stops_the_run_and_says_so(provider, model, t
     base = f"http://127.0.0.1:{port}" + ("/v1" if provider == "openai" else "")
     gen = Generator(provider, model, base_url=base, api_key="sk-test-key", journal=tmp_path / "j.sqlite",
                     max_attempts=3, concurrency=16, **FAST)
-    with pytest.raises(FatalProviderError, match=f"cannot reach {base}.*(Connect|connect)"):
+    with pytest.raises(FatalProviderError, match=f"cannot connect to {base}: 3 attempts .*Connect call failed") as info:
         gen.run(reqs(300))
+    assert "timed out" not in str(info.value)  # the openai SDK's aiohttp transport calls a refused connection a timeout
     assert gen.stats["sent"] <= 3 + PROBES  # the probes on the wire when the third went unanswered
     with Journal(tmp_path / "j.sqlite") as journal:
         assert journal.summary()["by_status"] == {"pending": 300}  # the rerun sends them all

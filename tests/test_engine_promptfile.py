@@ -126,6 +126,15 @@ def test_write_completions_jsonl_and_parquet(tmp_path):
     assert frame["id"].to_list() == ["k1", "k2"] and json.loads(frame["metadata"][0]) == {"a": 1}
 
 
+def test_completions_set_a_leading_reasoning_block_apart_from_the_text(tmp_path):
+    responses = [ChatResponse(key="k", text="<think>\nplan\n</think>\n\nThe answer.", finish_reason="stop",
+                              status="ok")]
+    row = json.loads(write_completions(tmp_path / "c.jsonl", responses).read_text())
+    assert row["text"] == "The answer." and row["reasoning"] == "\nplan\n"
+    frame = pl.read_parquet(write_completions(tmp_path / "c.parquet", responses))
+    assert frame["text"].to_list() == ["The answer."] and frame["reasoning"].to_list() == ["\nplan\n"]
+
+
 def test_generate_command_writes_journal_and_completions(tmp_path, monkeypatch):
     monkeypatch.setenv("MY_KEY", "sk-cli-test")
     prompts = tmp_path / "prompts.jsonl"

@@ -331,3 +331,11 @@ def test_schema_re_asks_share_the_calls_budget_and_its_stats(budget, tmp_path):
         assert stats["output_tokens"] <= budget["max_output_tokens"]
     assert (task.generator.max_cost_usd, task.generator.max_output_tokens) == \
         (budget.get("max_cost_usd"), budget.get("max_output_tokens"))
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_leading_think_block_is_not_part_of_the_answer_parse_gets(provider, model, tmp_path):
+    """Qwen3 / R1 distills on vLLM without a reasoning parser put `<think>...</think>` before the answer."""
+    with Emulator(EmulatorConfig(faults=[Fault("think", rate=1.0)])) as emu:
+        table = make(Lesson, emu, provider, model, tmp_path)(TOPICS[:2])
+    assert table.height == 2 and all(t and "<think>" not in t and "</think>" not in t for t in table["response"])

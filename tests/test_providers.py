@@ -92,3 +92,30 @@ def test_params_reach_the_batch_request_bodies(provider, tmp_path):
         bodies = [r["body"] for r in emu.requests]
     assert all(r.status in ("ok", "truncated") for r in out)
     assert len(bodies) == 2 and all(b.items() >= params.items() for b in bodies)
+
+
+@pytest.mark.parametrize("provider, path", [("openai-compatible", "/v1"), ("anthropic", "")])
+@pytest.mark.parametrize("http", ["aiohttp", "httpx"])
+def test_a_refused_connection_says_cannot_connect_to_the_base_url(provider, path, http):
+    """The openai SDK's aiohttp transport raises a timeout for it: "request timed out (Cannot connect ...)"."""
+    import asyncio
+    import socket
+
+    from textbookgen.errors import RetryableError
+    from textbookgen.providers import make_provider
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{s.getsockname()[1]}{path}"  # nothing listens here once closed
+    client = make_provider(provider, "m", base_url=base, api_key="sk-test-key", http=http)
+
+    async def ask() -> None:
+        try:
+            await client.complete(reqs(1)[0])
+        finally:
+            await client.aclose()
+
+    with pytest.raises(RetryableError) as info:
+        asyncio.run(ask())
+    assert str(info.value).startswith(f"{provider}: cannot connect to {base} (") and not info.value.reached
+    assert "timed out" not in str(info.value)

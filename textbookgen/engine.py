@@ -32,6 +32,10 @@ Money the provider takes whether or not we listen is never paid twice:
   worst case fits beside what is spent and the worst case of those on the wire; otherwise it waits, in line, for them
   to settle (they mostly cost far less). The budget is reached when nothing is on the wire and the next request's
   worst case does not fit, so a run ends within one request's worst case of it.
+- An answer with no text (empty, whitespace, or only a reasoning block: see `empty_answer`) is billed and gives
+  nothing: a failed request (error class `empty_answer`, or `empty_answer_reasoning` where reasoning ate it), its
+  cost booked, re-sent by the next run rather than within this one (the same request, seed included, tends to come
+  back the same). The journal keeps every answer as the provider sent it, reasoning included.
 - A run whose requests mostly fail (a parameter the model rejects, say) stops early: once at least
   `error_window` requests have finished and failures are more than `max_error_rate` of them and those still
   on the wire (failures come back faster than answers), the run raises FatalProviderError naming the
@@ -44,6 +48,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -72,17 +77,62 @@ from textbookgen.journal import (
     request_of,
 )
 from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, price_of
-from textbookgen.providers import PROVIDERS, make_provider
+from textbookgen.providers import PROVIDERS, CannotConnect, make_provider
 from textbookgen.ratelimit import AdmissionController, RateLimits
 
-__all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "Spend", "request_key",
-           "sampled", "spent"]
+__all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "Spend", "empty_answer",
+           "request_key", "sampled", "spent", "split_reasoning"]
 
 log = logging.getLogger("textbookgen.engine")
 
 T = TypeVar("T")
 STATUSES = ("ok", "truncated", "failed", "skipped_budget")
 TIMEOUT_CAP = 8  # timed-out attempts double the run's timeout, up to this many times timeout_s
+
+
+EMPTY_ERRORS = ("empty_answer", "empty_answer_reasoning")  # failure classes of answers with no text
+_THINK_OPEN = re.compile(r"\A\s*<(think|thinking)>", re.IGNORECASE)
+_THINK_CLOSE = {tag: re.compile(f"</{tag}>", re.IGNORECASE) for tag in ("think", "thinking")}
+_THINK_OPENED = re.compile(r"<think", re.IGNORECASE)
+
+
+def split_reasoning(text: str | None) -> tuple[str | None, str]:
+    """(reasoning, answer) of an answer that may start with a reasoning block, `<think>...</think>` or
+    `<thinking>...</thinking>` (Qwen3, DeepSeek-R1 distills served without a reasoning parser), or text ending in a
+    lone `</think>` (R1's chat template opens the block in the prompt). A block never closed (cut at max_tokens) is
+    all reasoning, no answer. (None, text) without one; tags further into an answer are its own."""
+    if not text:
+        return None, text or ""
+    opened = _THINK_OPEN.match(text)
+    start = opened.end() if opened else 0
+    close = _THINK_CLOSE[opened.group(1).lower() if opened else "think"].search(text, start)
+    if close is None or (not opened and _THINK_OPENED.search(text, 0, close.start())):  # the answer's own tag
+        return (text[start:], "") if opened else (None, text)
+    return text[start:close.start()], text[close.end():].lstrip()
+
+
+def empty_answer(text: str | None, finish_reason: str | None, reasoning: str | None = None) -> tuple[str, str] | None:
+    """(error class, message) of an answer with no text once a leading reasoning block is set aside, else None.
+    `reasoning`: what the server returned apart (vLLM's `reasoning_content`, Anthropic's thinking blocks). Cut at
+    max_tokens with no text, a model spent its budget thinking (OpenAI's reasoning models keep theirs hidden)."""
+    thought, answer = split_reasoning(text)
+    if answer.strip():
+        return None
+    reasoning = reasoning or thought
+    thinking_off = ("turn thinking off (Qwen3 on vLLM/SGLang: chat_template_kwargs {\"enable_thinking\": false} in "
+                    "the request params)")
+    if finish_reason == "length":
+        spent_on = "reasoning" if reasoning else "hidden reasoning or nothing visible"
+        return "empty_answer_reasoning", (
+            f"empty answer: cut at max_tokens (finish_reason length) before any text, the tokens spent on {spent_on}; "
+            f"raise max_tokens or {thinking_off}")
+    if reasoning:
+        return "empty_answer_reasoning", (
+            f"empty answer: only reasoning came back, no text after it (finish_reason {finish_reason}); "
+            f"{thinking_off}, or check the prompt")
+    return "empty_answer", (
+        f"empty answer: no text (finish_reason {finish_reason}); if answers keep coming back empty, check the "
+        "server (chat template, stop sequences)")
 
 
 class NoAnswerInTime(RetryableError):
@@ -136,8 +186,9 @@ def warn_same_samples(provider: str, n: int, requests: Sequence[ChatRequest]) ->
 @dataclass(slots=True)
 class ChatResponse:
     """The outcome of one request. status: "ok", "truncated" (finish_reason length; text kept),
-    "failed" (error says why), or "skipped_budget" (not sent: a budget was reached). A reused answer
-    (`reused_from`) has its tokens and costs nothing."""
+    "failed" (error says why; an empty answer keeps its text and what it cost), or "skipped_budget" (not sent: a
+    budget was reached). `text` is the answer as the provider sent it, a leading reasoning block included
+    (`split_reasoning` sets it apart). A reused answer (`reused_from`) has its tokens and costs nothing."""
 
     key: str
     text: str | None
@@ -152,6 +203,16 @@ class ChatResponse:
     metadata: dict = field(default_factory=dict)
     reused_from: str | None = None  # the key of the request (another max_tokens) whose answer this is, free
     error_class: str | None = None  # of a failure: "transient", or one of journal.PERMANENT_ERRORS
+
+    @property
+    def answer(self) -> str:
+        """The text without a leading reasoning block: what a dataset, a parser or a judge should read."""
+        return split_reasoning(self.text)[1]
+
+    @property
+    def reasoning(self) -> str | None:
+        """The leading reasoning block's text, if the answer has one (`split_reasoning`)."""
+        return split_reasoning(self.text)[0]
 
 
 class Spend(NamedTuple):
@@ -301,7 +362,8 @@ class Generator:
     before this run, this journal's record of these requests included: counted instead of that record.
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
     max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
-    holds as failed for a permanent reason (400, refusal, content filter).
+    holds as failed for a permanent reason (400, refusal, content filter); those failed for a passing one
+    (retries exhausted, an empty answer) are re-sent by every run.
     timeout_s: per attempt at first; each attempt that times out doubles it for the rest of the run, up to
     TIMEOUT_CAP x timeout_s (an abandoned generation is billed all the same: waiting longer is cheaper).
     max_error_rate / error_window: stop the run (FatalProviderError) once `error_window` or more requests have
@@ -402,6 +464,7 @@ class Generator:
         """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens, and the worst
         case of the attempts earlier runs abandoned on these requests; registers the other requests as pending."""
         rows = journal.rows(list(unique))
+        self._fail_empty_rows(journal, rows)
         abandoned = Spend(sum(row["abandoned_usd"] for row in rows.values()),
                           sum(row["abandoned_output_tokens"] for row in rows.values()))
         done = {key: row for key, row in rows.items() if replays(row, self.retry_failed)}
@@ -415,6 +478,23 @@ class Generator:
             for key, req in unique.items() if key not in rows)
         self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
         return results, abandoned
+
+    @staticmethod
+    def _fail_empty_rows(journal: Journal, rows: dict[str, dict]) -> None:
+        """Answers an older textbookgen recorded as done though they have no text (`empty_answer`): recorded now as
+        the failures they are, what they cost kept, so this run sends them again instead of replaying nothing."""
+        now, fixed = time.time(), []
+        for key, row in rows.items():
+            empty = empty_answer(row["text"], row["finish_reason"]) if row["status"] in DONE_STATUSES else None
+            if empty is not None:
+                rows[key] = {**row, "status": "failed", "error_class": empty[0], "error": empty[1]}
+                fixed.append(("failed", row["text"], row["finish_reason"], row["input_tokens"], row["output_tokens"],
+                              row["cost_usd"], row["latency_s"], row["attempts"], empty[1], empty[0],
+                              row["response_id"], now, key))
+        if fixed:
+            journal.write_results(fixed)
+            log.warning("%d answers in the journal have no text (empty, or only reasoning): recorded as failed "
+                        "(empty_answer), and sent again", len(fixed))
 
     @staticmethod
     def _replayed(key: str, row: Mapping[str, Any], answer: Mapping[str, Any], req: ChatRequest) -> ChatResponse:
@@ -433,7 +513,8 @@ class Generator:
         found = journal.natural_stops([key for key in missing if key not in waiting])
         pairs = []
         for key, candidates in found.items():
-            source = next((row for row in candidates if fits(row, missing[key].max_tokens)), None)
+            source = next((row for row in candidates if fits(row, missing[key].max_tokens)
+                           and empty_answer(row["text"], row["finish_reason"]) is None), None)
             if source is not None:
                 pairs.append((key, source["key"]))
                 results[key] = self._replayed(key, {**source, "cost_usd": 0.0, "latency_s": None, "attempts": 0,
@@ -478,7 +559,7 @@ class Generator:
         billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
         cost, tokens_out = sum(r.cost_usd for r in billed), sum(r.output_tokens for r in billed)
         # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
-        self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0,
+        self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0, "empty": 0,
                    "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0, "abandoned_usd": abandoned.usd,
                    "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
                    "input_tokens": sum(r.input_tokens for r in billed), "output_tokens": tokens_out,
@@ -629,7 +710,7 @@ class Generator:
         if self._finished < self.error_window or failed <= self.max_error_rate * (self._finished + len(self._on_wire)):
             return
         common, count = self._failures.most_common(1)[0]
-        again = ("a plain rerun re-sends them" if common == "transient"
+        again = ("a plain rerun re-sends them" if common not in PERMANENT_ERRORS
                  else "rerun with retry_failed=True (--retry-failed) to re-send the failed ones")
         self._fail_run(FatalProviderError(
             f"stopped early: {failed} of the {self._finished} requests finished so far failed "
@@ -769,6 +850,9 @@ class Generator:
                         f"no answer from {where} to {self._unanswered} attempts, the last within {round(exc.limit_s, 1):g} s "
                         "(it takes connections but answers nothing: overloaded, hung, or slower than the timeout); "
                         "check the server, or raise timeout_s (--timeout), then rerun") from exc
+                if isinstance(exc, CannotConnect):
+                    raise FatalProviderError(f"cannot connect to {where}: {self._unanswered} attempts ({exc.reason}); "
+                                             "check base_url and that the server is up, then rerun") from exc
                 raise FatalProviderError(f"cannot reach {where}: no answer to {self._unanswered} attempts ({exc}); "
                                          "check base_url and that the server is up, then rerun") from exc
 
@@ -848,14 +932,17 @@ class Generator:
 
     # ----- outcomes -----------------------------------------------------------------------------
     def _result_row(self, key: str, completion, latency: float, attempts: int) -> tuple:
-        """The journal row of an answer (see journal._UPDATE): refusals and filtered output are failures,
-        a length stop is kept as truncated."""
+        """The journal row of an answer (see journal._UPDATE): refusals, filtered output and answers with no text
+        (`empty_answer`) are failures, billed all the same; a length stop is kept as truncated. The text is kept
+        as sent, reasoning included."""
         cost = self._cost(completion)
         finish = completion.finish_reason
         error = error_class = None
         if completion.refusal or finish in ("content_filter", "refusal"):
             status, error_class = "failed", "refusal" if finish != "content_filter" else "content_filter"
             error = redact(f"{finish}: {completion.refusal or 'output blocked by the provider'}", self._secrets)
+        elif (empty := empty_answer(completion.text, finish, completion.reasoning)) is not None:
+            status, (error_class, error) = "failed", empty
         elif finish == "length":
             status = "truncated"
         else:
@@ -871,7 +958,10 @@ class Generator:
         return input_cost + completion.output_tokens * self.price_out
 
     def _finish(self, item: _Item, completion, latency: float) -> str | None:
-        """Record an answer; returns its failure class (a refusal, filtered output), None when it is one."""
+        """Record an answer; returns its failure class (a refusal, filtered output, no text), None when it is one.
+        An empty answer is not retried within the run: the identical request (its seed included; often at
+        temperature 0) tends to come back the same and be billed again, and the usual causes (thinking that eats
+        max_tokens, a chat template or stop sequence) need a change first. The next run re-sends it."""
         row = self._result_row(item.key, completion, latency, item.attempts)
         status, cost, error = row[0], row[5], row[8]
         resp = ChatResponse(key=item.key, text=completion.text, finish_reason=completion.finish_reason,
@@ -881,6 +971,7 @@ class Generator:
         self._results[item.key] = resp
         c = self._c
         c[status] += 1
+        c["empty"] += row[9] in EMPTY_ERRORS
         c["done"] += 1
         c["cost_usd"] += cost
         c["input_tokens"] += completion.input_tokens
@@ -947,5 +1038,8 @@ class Generator:
                         s["garbled"],
                         s["abandoned_usd"] - s["prior_abandoned_usd"],
                         s["abandoned_output_tokens"] - s["prior_abandoned_output_tokens"])
+        if s["empty"]:
+            log.warning("%d answers had no text (empty, or only reasoning): billed, and failed (empty_answer); the "
+                        "next run sends them again", s["empty"])
         if self._budget_note:
             log.warning("budget stop: %s; %d requests skipped", self._budget_note, s["skipped_budget"])

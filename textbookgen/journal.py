@@ -101,11 +101,11 @@ OPEN_BATCH_STATUSES = ("submitting", "running")
 # result rows written by the engine: (status, text, finish_reason, input_tokens, output_tokens,
 # cost_usd, latency_s, attempts, error, error_class, response_id, updated_at, key). A failed row sent again
 # (retry_failed) keeps what its failure cost in cost_usd: a refusal is billed, so the journal's total stays
-# what was paid (its tokens describe the new answer).
+# what was paid (its tokens describe the new answer). A row answered anew no longer reuses another's answer.
 _UPDATE = """UPDATE requests SET status=?, text=?, finish_reason=?, input_tokens=?, output_tokens=?,
 cost_usd=? + CASE WHEN status = 'failed' THEN COALESCE(cost_usd, 0) ELSE 0 END,
 latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=?, on_wire_usd=NULL,
-on_wire_output_tokens=NULL WHERE key=?"""
+on_wire_output_tokens=NULL, reused_from=NULL WHERE key=?"""
 # abandoned attempts: (worst-case USD, max_tokens, key), added to what the row already holds
 _ABANDONED = """UPDATE requests SET abandoned_usd = abandoned_usd + ?,
 abandoned_output_tokens = abandoned_output_tokens + ?, on_wire_usd = NULL, on_wire_output_tokens = NULL WHERE key=?"""

@@ -163,7 +163,7 @@ class LLM:
         """The complete answers (not cut at max_tokens) that do not fit `response_format`: worth asking again."""
         if self.response_format is None:
             return []
-        return [i for i, resp in enumerate(responses) if resp.status == "ok" and not self._fits(resp.text or "")]
+        return [i for i, resp in enumerate(responses) if resp.status == "ok" and not self._fits(resp.answer)]
 
     def _fits(self, text: str) -> bool:
         try:
@@ -196,7 +196,7 @@ class LLM:
                 self._fail(index, sample, resp, resp.error or resp.status)
                 continue
             try:
-                answer = self._answer(resp.text or "")
+                answer = self._answer(resp.answer)
             except ValueError as exc:
                 how = ("cut at max_tokens: raise it" if resp.status == "truncated"
                        else f"{self.schema_retries + 1} tries")

@@ -120,7 +120,9 @@ def load_prompts(path: str | Path, defaults: Mapping | None = None) -> list[Chat
 
 
 def completion_rows(responses: Sequence[ChatResponse]) -> list[dict]:
-    return [{"id": r.key, "status": r.status, "text": r.text, "finish_reason": r.finish_reason,
+    """One row per response: `text` is the answer, a leading reasoning block set apart in `reasoning`."""
+    return [{"id": r.key, "status": r.status, "text": r.answer if r.text is not None else None,
+             "reasoning": r.reasoning, "finish_reason": r.finish_reason,
              "error": r.error, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
              "cost_usd": r.cost_usd, "latency_s": r.latency_s, "attempts": r.attempts,
              "metadata": r.metadata} for r in responses]
@@ -138,7 +140,7 @@ def write_completions(path: str | Path, responses: Sequence[ChatResponse]) -> Pa
         for row in rows:
             row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False, default=str)
         pl.DataFrame(rows, schema={
-            "id": pl.String, "status": pl.String, "text": pl.String, "finish_reason": pl.String,
+            "id": pl.String, "status": pl.String, "text": pl.String, "reasoning": pl.String, "finish_reason": pl.String,
             "error": pl.String, "input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
             "latency_s": pl.Float64, "attempts": pl.Int64, "metadata": pl.String}).write_parquet(tmp)
     else:

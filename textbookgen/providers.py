@@ -19,8 +19,10 @@ from textbookgen.errors import FatalProviderError, GarbledAnswer, ItemError, Ret
 from textbookgen.ratelimit import parse_retry_after
 
 try:  # the HTTP library of the installed SDKs (httpx2 for openai>=3, httpx before)
+    from httpx2 import ConnectError as _ConnectError
     from httpx2 import Response as _Response
 except ImportError:  # pragma: no cover
+    from httpx import ConnectError as _ConnectError
     from httpx import Response as _Response
 
 if TYPE_CHECKING:
@@ -64,6 +66,17 @@ class Completion:
     refusal: str | None = None
     cache_read_tokens: int = 0  # of input_tokens, read from the provider's prompt cache (billed at a discount)
     cache_write_tokens: int = 0  # of input_tokens, written to it (Anthropic bills these at a premium)
+    # the reasoning the server returned apart from the answer (vLLM's reasoning parser: `reasoning_content`;
+    # Anthropic: thinking blocks); not journaled, it tells why an answer is empty
+    reasoning: str | None = None
+
+
+class CannotConnect(RetryableError):
+    """The server refused the connection or its host is unknown: nothing was sent, nothing billed."""
+
+    def __init__(self, provider: str, where: str, reason: str) -> None:
+        super().__init__(f"{provider}: cannot connect to {where} ({reason})", reached=False)
+        self.reason = reason
 
 
 def _error_info(exc) -> tuple[str, str, str]:
@@ -107,8 +120,35 @@ def _request_url(exc) -> str:
     return str(getattr(request, "url", "") or "") or "the base_url"
 
 
-def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, ...] = ()) -> Exception:
-    """Map an SDK exception to FatalProviderError, RetryableError or ItemError (messages redacted)."""
+def _connect_failure(exc: BaseException) -> str | None:
+    """Why the connection could not be made (refused, unknown host) when that is what an SDK error comes of, else
+    None. The openai SDK's aiohttp transport reports a refused connection as a timeout; the aiohttp connector error
+    under it says otherwise (a connect timeout is no connector error, and stays a timeout). aiohttp's own words
+    name the host; under httpx's ("All connection attempts failed") the socket error says why."""
+    from aiohttp import ClientConnectorError
+
+    chain: list[BaseException] = []
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    said = next((c for c in chain if isinstance(c, ClientConnectorError)), None)
+    if said is None and not any(isinstance(c, _ConnectError) for c in chain):
+        return None
+    said = said or chain[-1]
+    return str(said) or type(said).__name__
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL: the server, where the base_url is not known."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}" if rest else url
+
+
+def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, ...] = (),
+             base_url: str | None = None) -> Exception:
+    """Map an SDK exception to FatalProviderError, RetryableError or ItemError (messages redacted); `base_url`
+    names the server in a connection failure (else the request's URL)."""
     import anthropic
     import openai
 
@@ -138,8 +178,12 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
         if status in (408, 409) or status >= 500:
             return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
         return ItemError(text, error_class=item_error_class(lowered))
-    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):  # the aiohttp transport says
-        cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""  # so for a refused connection too
+    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)) and (
+            refused := _connect_failure(exc)) is not None:  # APITimeoutError is an APIConnectionError
+        where = base_url.rstrip("/") if base_url else _origin(_request_url(exc))
+        return CannotConnect(provider, redact(where, secrets), redact(refused, secrets))
+    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):
+        cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""
         return RetryableError(redact(f"{provider}: request timed out{cause}", secrets), reached=False)
     if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
         return RetryableError(redact(f"{provider}: connection error: {exc.__cause__ or exc}", secrets), reached=False)
@@ -191,7 +235,7 @@ class _RawPostProvider:
             raw = await self.client.post(self.path, cast_to=_Response, body=self.body(req))
             return self.parse(json.loads(raw.content), raw.headers)
         except Exception as exc:  # noqa: BLE001 - classified and re-raised
-            raise classify(exc, self.name, self.model, self.secrets) from None
+            raise classify(exc, self.name, self.model, self.secrets, str(self.client.base_url)) from None
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -244,7 +288,8 @@ class OpenAIProvider(_RawPostProvider):
                           input_tokens=usage.get("prompt_tokens") or 0,
                           output_tokens=usage.get("completion_tokens") or 0,
                           headers=headers, response_id=data.get("id"), refusal=message.get("refusal"),
-                          cache_read_tokens=cached)
+                          cache_read_tokens=cached,  # vLLM's reasoning parsers: reasoning_content, newer `reasoning`
+                          reasoning=message.get("reasoning_content") or message.get("reasoning"))
 
 
 class AnthropicProvider(_RawPostProvider):
@@ -291,7 +336,14 @@ class AnthropicProvider(_RawPostProvider):
         return Completion(text=text, finish_reason=finish, input_tokens=(usage.get("input_tokens") or 0) + read + write,
                           output_tokens=usage.get("output_tokens") or 0, headers=headers,
                           response_id=data.get("id"), refusal=text if finish == "refusal" else None,
-                          cache_read_tokens=read, cache_write_tokens=write)
+                          cache_read_tokens=read, cache_write_tokens=write, reasoning=_thinking(data["content"]))
+
+
+def _thinking(content: list[dict]) -> str | None:
+    """The text of an Anthropic answer's thinking blocks (a redacted block's is encrypted: named only), else None."""
+    parts = [(b.get("thinking") or "") if b.get("type") == "thinking" else "(redacted thinking)"
+             for b in content if b.get("type") in ("thinking", "redacted_thinking")]
+    return "".join(parts) or None
 
 
 def structured_output_tool(response_format: dict | None) -> dict | None:

@@ -3,8 +3,8 @@
 The real `openai` and `anthropic` clients talk to it unmodified (point `base_url` at it), so tests,
 benchmarks and users' dry runs exercise the same code paths as production: latency drawn from a
 lognormal, token-bucket rate limits that send the providers' headers and 429s, injected faults (5xx,
-529, hangs, dropped connections, malformed JSON, truncation, refusals, quota), and counters of what it
-billed so a test can prove nothing was paid twice.
+529, hangs, dropped connections, malformed JSON, truncation, refusals, quota, empty answers, reasoning
+models' answers), and counters of what it billed so a test can prove nothing was paid twice.
 
     with Emulator(EmulatorConfig(rpm=600, faults=[Fault("500", rate=0.1)])) as emu:
         client = openai.AsyncOpenAI(base_url=emu.openai_base_url, api_key="sk-test")
@@ -86,7 +86,7 @@ from textbookgen.testing.responder import (
 
 FAULT_KINDS = (
     "429", "500", "502", "503", "529", "timeout", "reset", "bad_json", "truncate", "refusal",
-    "quota", "400", "content_filter", "slow",
+    "quota", "400", "content_filter", "slow", "empty", "reasoning", "think", "think_cut",
 )
 """429: rate-limit error; 500/502/503: server errors (502 with an HTML body, like a proxy); 529: overloaded
 (Anthropic's 529 overloaded_error, OpenAI's 503 overloaded); timeout: hang `hang_s` (longer than any sane
@@ -96,7 +96,16 @@ is malformed JSON (billed: the provider did the work); truncate: stop at max_tok
 stop_reason max_tokens); refusal: finish_reason content_filter / stop_reason refusal; quota: OpenAI 429
 insufficient_quota / Anthropic 402 billing_error; 400: invalid request; content_filter: a 400 for a
 flagged prompt; slow: answer only after `hang_s` (the client gives up first, but the provider goes on generating
-and bills it, as it does a slow answer)."""
+and bills it, as it does a slow answer). Answers of reasoning models and odd servers, all billed 200s: empty: no
+text (OpenAI content "", Anthropic no content block), finish stop; reasoning: max_tokens spent thinking, no answer
+(OpenAI content null with `reasoning_content`, as vLLM's reasoning parser returns it, finish length; Anthropic a
+thinking block only, stop_reason max_tokens); think: the answer starts with a `<think>...</think>` block (a
+reasoning model served without a reasoning parser); think_cut: an unterminated `<think>` block cut at max_tokens."""
+ANSWER_FAULTS = ("empty", "reasoning", "think", "think_cut")
+"""Faults that shape a billed answer, online or in a batch."""
+THINKING = ("Okay, the user wants a textbook section. Let me work out what it should cover first, then how to "
+            "order it, and which example makes the idea clearest before I write anything. ")
+"""What the emulated reasoning model thinks, repeated as long as it thinks."""
 
 DEFAULT_MODELS = (
     "gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5-mini",
@@ -603,7 +612,7 @@ class Emulator:
         try:
             await asyncio.sleep(latency + decode_s + slow_s)
         except asyncio.CancelledError:  # the client left; the provider still finishes the work and bills it
-            if cfg.bill_disconnects and fault in (None, "truncate", "refusal", "bad_json", "slow"):
+            if cfg.bill_disconnects and fault in (None, "truncate", "refusal", "bad_json", "slow", *ANSWER_FAULTS):
                 self._bill(call, output_tokens, "billed_after_disconnect")
             raise
         if fault == "reset":
@@ -705,6 +714,9 @@ class Emulator:
         if tool:
             block = {"type": "tool_use", "id": _tool_use_id(), "name": tool[0], "input": {}}
             deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+        elif finish == "reasoning":
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in pieces]
         else:
             block = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": p} for p in pieces]
@@ -973,18 +985,31 @@ class Emulator:
 
     # ----- completion text ------------------------------------------------------------------------
     def _completion_text(self, call: _Call, fault: str | None, index: int = 0) -> tuple[str, str]:
-        """The text and the normalized finish: 'stop', 'length', 'stop_sequence:<s>' or 'refusal'."""
+        """The text and the normalized finish: 'stop', 'length', 'stop_sequence:<s>', 'refusal' or 'reasoning'
+        (the text is reasoning returned apart from the answer, cut at max_tokens)."""
         if fault == "refusal":
             return "I'm sorry, but I can't help with that request.", "refusal"
+        if fault == "empty":
+            return "", "stop"
+        if fault == "reasoning":
+            return _thoughts(call.max_tokens), "reasoning"
+        if fault == "think_cut":  # cut below, at max_tokens
+            return self._finished(call, f"<think>\n{_thoughts(call.max_tokens * 2)}")
         seed = (int(call.key[:15], 16) ^ self.config.seed) + index
-        budget = call.max_tokens * 2 if fault == "truncate" else call.max_tokens
+        think = f"<think>\n{_thoughts(len(THINKING) // CHARS_PER_TOKEN)}\n</think>\n\n" if fault == "think" else ""
+        budget = call.max_tokens * 2 if fault == "truncate" else max(1, call.max_tokens - estimate_tokens(think))
         if self.config.responder is not None:
             text = self.config.responder(call.body)
         else:
             text = default_responder(call.body, seed, budget)
-        text = _strip_prefill(call, text)
+        text = think + _strip_prefill(call, text)
         if fault == "truncate" and estimate_tokens(text) <= call.max_tokens:
             text = (text + " ") * (call.max_tokens * 4 // max(1, len(text)) + 1)
+        return self._finished(call, text)
+
+    @staticmethod
+    def _finished(call: _Call, text: str) -> tuple[str, str]:
+        """`text` as generated: up to the first stop sequence, else cut at max_tokens, else whole."""
         for stop in call.stops:
             cut = text.find(stop)
             if cut >= 0:
@@ -1013,7 +1038,9 @@ class Emulator:
     def _anthropic_payload(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> dict[str, Any]:
         text, finish = choices[0]
         stop_reason, stop_sequence = _anthropic_stop(finish)
-        content = [{"type": "text", "text": text}] if text and finish != "refusal" else []
+        content = [{"type": "text", "text": text}] if text and finish not in ("refusal", "reasoning") else []
+        if finish == "reasoning":  # extended thinking that used up max_tokens: a thinking block, no text
+            content = [{"type": "thinking", "thinking": text, "signature": secrets.token_hex(32)}]
         tool = _anthropic_tool(call, text, finish)
         if tool is not None:  # structured output: the answer is the forced tool's input (cut: stop_reason max_tokens)
             content = [{"type": "tool_use", "id": _tool_use_id(), "name": tool[0], "input": tool[1]}]
@@ -1170,9 +1197,10 @@ _ERRORS: dict[str, dict[str, _ErrorSpec]] = {
 """Each provider's error responses by kind, in its own wording."""
 
 
-_OPENAI_FINISH = {"length": "length", "refusal": "content_filter", "stop_sequence": "stop", "stop": "stop"}
+_OPENAI_FINISH = {"length": "length", "refusal": "content_filter", "stop_sequence": "stop", "stop": "stop",
+                  "reasoning": "length"}
 _BATCH_FAULTS = {"400": "400", "content_filter": "content_filter", "500": "500", "502": "500", "503": "500",
-                 "529": "500", "truncate": "truncate", "refusal": "refusal"}
+                 "529": "500", "truncate": "truncate", "refusal": "refusal", **{f: f for f in ANSWER_FAULTS}}
 """The faults that apply inside a batch, as what they become there (a server error is a 500 result). Rate
 limits, quota, hangs, dropped connections and malformed bodies belong to a connection; a batched request has none."""
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -1183,7 +1211,13 @@ def _anthropic_stop(finish: str) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence) for a normalized finish."""
     if finish.startswith("stop_sequence:"):
         return "stop_sequence", finish.partition(":")[2]
-    return {"length": "max_tokens", "refusal": "refusal"}.get(finish, "end_turn"), None
+    return {"length": "max_tokens", "refusal": "refusal", "reasoning": "max_tokens"}.get(finish, "end_turn"), None
+
+
+def _thoughts(n_tokens: int) -> str:
+    """`n_tokens` of a reasoning model's thinking."""
+    n_chars = n_tokens * CHARS_PER_TOKEN
+    return (THINKING * (n_chars // len(THINKING) + 1))[:n_chars].strip()
 
 
 def _pieces(text: str) -> list[str]:
@@ -1260,6 +1294,8 @@ def _openai_choice(call: _Call, index: int, text: str, finish: str) -> dict[str,
                                                   "function": {"name": tool[0], "arguments": text}}])
     elif finish == "refusal":
         message.update(content=None, refusal=text)
+    elif finish == "reasoning":  # vLLM's reasoning parser: the thinking apart, no answer yet
+        message.update(content=None, reasoning_content=text)
     logprobs = _openai_logprobs(call, index, text, finish) if tool is None else None
     return {"index": index, "message": message, "logprobs": logprobs,
             "finish_reason": _openai_finish(call, finish, tool is not None)}
@@ -1277,7 +1313,7 @@ def _openai_deltas(call: _Call, index: int, text: str, finish: str) -> list[dict
         deltas = [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
     else:
         first = {"role": "assistant", "content": "", "refusal": None}
-        deltas = [{"content": p} for p in pieces]
+        deltas = [{"reasoning_content" if finish == "reasoning" else "content": p} for p in pieces]
     logprobs = _openai_logprobs(call, index, text, finish) if tool is None else None
     chunks = [{"index": index, "delta": first, "logprobs": None, "finish_reason": None}]
     chunks += [{"index": index, "delta": delta, "logprobs": _piece_logprobs(logprobs, i), "finish_reason": None}
