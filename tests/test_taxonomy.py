@@ -15,6 +15,7 @@ from textbookgen.taxonomy import (
     NameIndex,
     Taxonomy,
     TaxonomyError,
+    Topic,
     grow,
     name_key,
     parse_list,
@@ -283,6 +284,27 @@ def test_a_larger_sample_extends_a_smaller_one():
         got = Counter(plain[:n])
         assert all(abs(got[t.id] - n * q) < 1.5 for t, q in zip(leaves, p, strict=True)), n
 
+
+
+def test_a_topic_added_or_reweighted_leaves_the_others_where_they_were():
+    """A leaf's phase is drawn from its id, not its place in the tree: the old phases were drawn in leaf
+    order, so a topic inserted before others reshuffled them all (and the prompts of all, re-paid)."""
+    tax = Taxonomy(name="t")
+    for s in ("A", "B", "C"):
+        subject = tax.add(s)
+        for i in range(15):
+            subject.add(f"{s}{i}")
+    before = [t.id for t in tax.sample(300, seed=4, weighting="flat")]
+    new = Topic(name="A new", path=("A", "A new"))
+    tax.topics[0].children.insert(0, new)
+    after = [t.id for t in tax.sample(300, seed=4, weighting="flat")]
+    others = [i for i in after if i != new.id]
+    assert others == before[: len(others)] and 0 < after.count(new.id) <= 8  # 300/46 of the samples
+    heavy = tax.topics[2].children[3]
+    heavy.weight = 3
+    reweighted = [t.id for t in tax.sample(300, seed=4, weighting="flat")]
+    others = [i for i in reweighted if i != heavy.id]
+    assert others == [i for i in after if i != heavy.id][: len(others)]
 
 def test_a_short_prefix_of_many_light_topics_still_gets_their_subject_share():
     """1,000 topics of one subject, 10 of another, equal subject weights: the first 100 prompts split about

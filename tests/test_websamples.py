@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections import Counter
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from textbookgen.websamples import (
-    Extract,
-    SeedAssigner,
     WebSampleError,
     WebSamples,
     clean_text,
@@ -99,16 +96,6 @@ def test_a_dot_at_the_window_edge_inside_a_word_is_no_sentence_end(tail):
     assert cut_at_sentence(text, len(whole)) == whole.strip()  # a dot followed by a space still ends one
 
 
-def test_pick_is_deterministic_and_uses_every_extract_before_reuse(c4):
-    n = len(c4)
-    first = [c4.pick(3, i).id for i in range(n)]
-    assert first == [c4.pick(3, i).id for i in range(n)]
-    assert len(set(first)) == n  # a permutation per pass
-    assert first != [c4.pick(4, i).id for i in range(n)]
-    twice = Counter(c4.pick(3, i).id for i in range(2 * n))
-    assert set(twice.values()) == {2}
-
-
 def test_bm25_retrieval_finds_extracts_about_the_topic(c4):
     hits = c4.search("barbecue grilling meat smoker", k=5)
     assert hits and all(s > 0 for _, s in hits)
@@ -126,17 +113,6 @@ def test_bm25_retrieval_matches_inflected_forms(shared_data):
     for query, word in (("footballs", "football"), ("rivers", "river"), ("elections", "election")):
         hits = wiki.search(query, k=3)
         assert hits and all(word in wiki.extracts[i].text.lower() for i, _ in hits), query
-
-
-def test_seed_assigner_balances_retrieved_extracts(c4):
-    a = SeedAssigner(c4, seed=1, retrieval_share=1.0, top_k=10)
-    picks = [a.assign(i, "wedding dress bride").id for i in range(20)]
-    b = SeedAssigner(c4, seed=1, retrieval_share=1.0, top_k=10)
-    assert picks == [b.assign(i, "wedding dress bride").id for i in range(20)]
-    assert max(Counter(picks).values()) == 2  # 20 requests over the 10 best hits: least-used first
-    assert a.retrieved == 20
-    plain = SeedAssigner(c4, seed=1, retrieval_share=0.0)
-    assert [plain.assign(i, "wedding").id for i in range(5)] == [c4.pick(1, i).id for i in range(5)]
 
 
 def test_formats_parquet_jsonl_text_and_folder(tmp_path):
@@ -236,21 +212,6 @@ def test_hub_source_streams_through_datasets(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WebSampleError, match="not reachable"):
         WebSamples.load("hf:org/name")
-
-
-def test_seed_assigner_uses_the_whole_pool_before_reuse_when_requests_skip_pick():
-    """Prompts without an extract (share < 1) or with a retrieved one must not leave gaps in the
-    pick sequence: the first len(pool) picks are a full pass, and prefixes are stable."""
-    pool = WebSamples(extracts=[Extract(id=f"e{i:03d}", text=f"text {i}") for i in range(100)])
-    seeded = [i for i in range(400) if i % 3 != 1]  # a third of the requests get no extract
-
-    def picks(n: int) -> list[str]:
-        a = SeedAssigner(pool, seed=7)
-        return [a.assign(i, "x").id for i in seeded[:n]]
-
-    first = picks(100)
-    assert len(set(first)) == 100
-    assert picks(250)[:100] == first
 
 
 def test_content_lines_that_mention_furniture_words_are_kept():

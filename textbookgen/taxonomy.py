@@ -230,7 +230,9 @@ class Taxonomy:
         Fixed counts come first, interleaved: each leaf's `meta.quota`, and `min_per_topic` of every
         other leaf. The rest follows the weights by `weighted_sequence`: every prefix (a build stopped
         by its budget, the first 2,000 prompts) gives each leaf about its share, a leaf's repeats are
-        evenly spaced, and a leaf that reaches `max_per_topic` drops out, its share going to the others."""
+        evenly spaced, and a leaf that reaches `max_per_topic` drops out, its share going to the others.
+        A leaf's phase is drawn from its id, so a leaf added, removed or reweighted changes no other leaf's
+        count beyond the share it takes or gives back."""
         leaves, p = self.leaf_probabilities(weighting)
         fixed = {i: t.meta["quota"] for i, t in enumerate(leaves) if "quota" in t.meta}
         rest = n - sum(fixed.values())
@@ -247,7 +249,8 @@ class Taxonomy:
             head_counts[i] = q
         head = _interleave(head_counts, np.random.default_rng([seed, 0x5A3]))
         cap = np.full(len(free), (max_per_topic if max_per_topic is not None else n) - min_per_topic)
-        tail = free[weighted_sequence(n - len(head), p[free], np.random.default_rng([seed, 0x7A0]), cap=cap)]
+        phases = np.array([keyed_uniform(seed, "topic", leaves[int(i)].id) for i in free])
+        tail = free[weighted_sequence(n - len(head), p[free], phases, cap=cap)]
         return [leaves[int(i)] for i in (*head, *tail)]
 
     def coverage(self, topic_ids: Iterable[str]) -> Coverage:
@@ -400,20 +403,34 @@ class Coverage:
         )
 
 
+def keyed_bits(*key: object) -> int:
+    """64 bits that depend on `key` only (blake2b of its parts): a draw named by what it is for (a topic,
+    a mix cell, a prompt), not by its place in a random stream, so adding, removing or reordering other
+    options, topics or prompts leaves it as it was."""
+    text = "\x1f".join(str(k) for k in key)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def keyed_uniform(*key: object) -> float:
+    """A uniform number in (0, 1) named by `key` (see `keyed_bits`)."""
+    return (keyed_bits(*key) + 0.5) / 2.0**64
+
+
 def weighted_sequence(
-    n: int, p: np.ndarray, rng: np.random.Generator, *, cap: np.ndarray | None = None
+    n: int, p: np.ndarray, start: np.ndarray, *, cap: np.ndarray | None = None
 ) -> np.ndarray:
-    """`n` bin indices in which bin b's j-th sample sits at time (j + u_b) / p_b, u_b uniform and seeded:
-    the times do not depend on `n`, so the sequence for n is a prefix of the sequence for n + k (a larger
-    build extends a smaller one). Every prefix is a systematic sample: each bin gets the floor or ceil of
-    its share at that time, and a bin whose share is below one sample gets in with that probability, so
-    the first 2,000 prompts of a 20K-topic build still cover every subject in proportion (a fixed offset,
-    as in Sainte-Lague, would give them all to the heaviest topics). A bin that reaches its `cap` drops
-    out. Zero-weight bins are used, evenly, only once every other bin is full."""
+    """`n` bin indices in which bin b's j-th sample sits at time (j + start_b) / p_b, with `start` uniform
+    in [0, 1) (the caller draws it per bin by name, `keyed_uniform`): the times do not depend on `n`, so
+    the sequence for n is a prefix of the sequence for n + k (a larger build extends a smaller one), and a
+    bin's times depend on its own weight only, up to a common scale (another bin reweighted or added moves
+    no other bin's samples among themselves). Every prefix is a systematic sample: each bin gets the floor or
+    ceil of its share at that time, and a bin whose share is below one sample gets in with that probability,
+    so the first 2,000 prompts of a 20K-topic build still cover every subject in proportion (a fixed
+    offset, as in Sainte-Lague, would give them all to the heaviest topics). A bin that reaches its `cap`
+    drops out. Zero-weight bins are used, evenly, only once every other bin is full."""
     p = np.asarray(p, dtype=np.float64)
     cap = np.full(len(p), n, dtype=np.int64) if cap is None else np.asarray(cap, dtype=np.int64)
     counts = np.zeros(len(p), dtype=np.int64)
-    start = rng.random(len(p))
     heap = [(_time(0, start[b], p[b]), 0, start[b], b) for b in range(len(p)) if cap[b] > 0]
     heapq.heapify(heap)
     out = np.empty(n, dtype=np.int64)
@@ -995,7 +1012,7 @@ def grow(
             if room < 2:
                 break
             fresh: list[str] = []
-            for nm in parse_list(resp.text, truncated=resp.status == "truncated"):
+            for nm in parse_list(resp.answer, truncated=resp.status == "truncated"):
                 if names.is_duplicate(nm, scope=[*fresh, t.name]):
                     report.duplicates_dropped += 1
                     continue
@@ -1016,7 +1033,7 @@ def grow(
 
 def _answered(resp: Any) -> bool:
     """An answer with text to parse; a cut-off (truncated) one still holds the names it finished."""
-    return resp.status in DONE_STATUSES and bool(resp.text)
+    return resp.status in DONE_STATUSES and bool(resp.answer)
 
 
 def _account(report: GrowReport, responses: list[Any]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from textbookgen.taxonomy import keyed_bits, keyed_uniform
 
 BUILTIN_DIR = Path(__file__).with_name("templates")
 
@@ -264,7 +265,8 @@ def simple_words(seed: int, index: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Combo:
-    """One cell of a mix: template x audience x style x format, with its probability."""
+    """One cell of a mix: template x audience x style x format, with its probability. `entry` names the
+    mix entry in draws: its template, with `#2`, `#3` for a template's later entries."""
 
     template: str
     audience: str
@@ -272,6 +274,12 @@ class Combo:
     format: str
     weight: float
     max_tokens: int | None = None
+    entry: str = ""
+
+    @property
+    def names(self) -> tuple[str, str, str, str]:
+        """What names the cell in draws (never its place in the mix): entry, audience, style, format."""
+        return (self.entry or self.template, self.audience, self.style, self.format)
 
 
 def expand_mix(entries: list[dict[str, Any]]) -> list[Combo]:
@@ -279,8 +287,11 @@ def expand_mix(entries: list[dict[str, Any]]) -> list[Combo]:
     Each entry gives `template`, `weight`, and `audiences`/`styles`/`formats` as {name: weight}."""
     shares = _norm({str(i): float(e.get("weight", 1.0)) for i, e in enumerate(entries)}, "entry")
     combos: list[Combo] = []
+    seen: dict[str, int] = {}
     for i, e in enumerate(entries):
         w = shares[str(i)]
+        seen[e["template"]] = seen.get(e["template"], 0) + 1
+        entry = e["template"] + (f"#{seen[e['template']]}" if seen[e["template"]] > 1 else "")
         dims = [
             _norm(e.get(k) or {default: 1.0}, k)
             for k, default in (("audiences", "general"), ("styles", "academic"), ("formats", "markdown"))
@@ -288,7 +299,9 @@ def expand_mix(entries: list[dict[str, Any]]) -> list[Combo]:
         for a, wa in dims[0].items():
             for s, ws in dims[1].items():
                 for f, wf in dims[2].items():
-                    combos.append(Combo(e["template"], a, s, f, w * wa * ws * wf, e.get("max_tokens")))
+                    combos.append(
+                        Combo(e["template"], a, s, f, w * wa * ws * wf, e.get("max_tokens"), entry)
+                    )
     return [c for c in combos if c.weight > 0]
 
 
@@ -300,44 +313,112 @@ def _norm(d: dict[str, float], dim: str) -> dict[str, float]:
     return {k: v / total for k, v in d.items()}
 
 
-MIX_LOOKAHEAD = 256  # how far ahead `assign_cells` looks for a cell the topic has not had yet
+MAX_SKIPS = 16  # how many more cells a prompt whose exact text came earlier may try (`render_prompts`)
 
 
-def assign_cells(topic_ids: Sequence[str], combos: list[Combo], seed: int) -> list[Combo]:
-    """The mix cell of each prompt, given its topic: the weighted sequence of cells (systematic, so
-    every prefix follows the mix weights), except that a topic that already had the cell due at its
-    position takes the nearest later cell it has not had (the two swap places), within MIX_LOOKAHEAD.
-    Drawn independently of the topics, a topic asked for 4 times among 24 cells got the same
-    (topic, template, audience, style, format) twice in about 1 case in 5: the same prompt twice unless a
-    web extract told them apart (10.6% exact duplicate prompts on a 26K-topic, 100K-prompt build).
-    Prompt i depends on (seed, topics[: i + 1]) only, so a larger build still extends a smaller one;
-    without repeats the cells are those of the plain weighted sequence."""
-    from textbookgen.taxonomy import weighted_sequence
+class MixSchedule:
+    """The mix cell of every prompt, topic by topic: the mix entry of each prompt of a topic in turn
+    (`_Turns` over the entries), then the cell of each entry's prompts in turn (over the entry's audience x
+    style x format cells). Every prompt of a topic, the first or the 26th, has cell c with probability w_c,
+    so shares follow the weights without bias however often topics repeat; a topic's cells are spread, a
+    cell coming back only after about 1 / w_c of the topic's prompts (26K topics x 100K prompts: no topic
+    had a cell twice); and the draws are named by topic, entry and cell, so a mix edit moves only the
+    prompts it implies: a weight w -> 2w about those the cell gains, a new audience or style of an entry
+    only that entry's prompts (one schedule over all cells would also trade prompts between entries), and
+    reordering the mix none.
 
-    n = len(topic_ids)
-    weights = np.array([c.weight for c in combos], dtype=np.float64)
-    seq = weighted_sequence(n + MIX_LOOKAHEAD, weights, np.random.default_rng([seed, 0xC0]))
-    had: dict[str, dict[int, int]] = {}
-    for i, tid in enumerate(topic_ids):
-        used = had.setdefault(tid, {})
-        if seq[i] in used:
-            j = _least_used_ahead(seq, i, used)
-            seq[i], seq[j] = seq[j], seq[i]
-        used[int(seq[i])] = used.get(int(seq[i]), 0) + 1
-    return [combos[int(k)] for k in seq[:n]]
+    A prompt is named by its series (topic and cell) and its number in the series (how many times the
+    topic had the cell before): the build draws its extract, story words and request seed from that name,
+    not from its position, so a prompt that an edit moves keeps them, and the journal replays its answer."""
+
+    def __init__(self, combos: list[Combo], seed: int) -> None:
+        self.combos, self.seed = combos, seed
+        members: dict[str, list[int]] = {}
+        for b, c in enumerate(combos):
+            members.setdefault(c.names[0], []).append(b)
+        self._entries = [(e,) for e in members]
+        self._members = list(members.values())
+        self._entry_weights = np.array([sum(combos[b].weight for b in m) for m in self._members])
+        self._cells = [[combos[b].names[1:] for b in m] for m in self._members]
+        self._cell_weights = [np.array([combos[b].weight for b in m]) for m in self._members]
+        self._topics: dict[str, _Topic] = {}
+
+    def next(self, topic_id: str, *, retry: bool = False) -> tuple[Combo, tuple[str, ...], int]:
+        """The cell, series and number of the topic's next prompt. `retry`: the next cell of the topic's
+        last entry instead, for a prompt that came out a duplicate: the entry keeps its share, and the
+        cell's next prompt in its series may carry a web extract."""
+        topic = self._topics.get(topic_id)
+        if topic is None:
+            topic = self._topics[topic_id] = _Topic(len(self._members))
+        if not retry or topic.entry < 0:
+            topic.entry = topic.entries.next(self.seed, (topic_id,), self._entries, self._entry_weights)
+        e = topic.entry
+        within = topic.within[e]
+        key = (topic_id, self._entries[e][0])
+        b = self._members[e][within.next(self.seed, key, self._cells[e], self._cell_weights[e])]
+        uses = topic.uses.get(b, 0)
+        topic.uses[b] = uses + 1
+        return self.combos[b], (topic_id, *self.combos[b].names), uses
 
 
-def _least_used_ahead(seq: np.ndarray, i: int, used: dict[int, int]) -> int:
-    """Position of the first cell in seq[i : i + MIX_LOOKAHEAD] that the topic never had, else of the
-    one it had least often (the earliest of those)."""
-    best, best_uses = i, used[int(seq[i])]
-    for j in range(i + 1, min(i + MIX_LOOKAHEAD + 1, len(seq))):
-        uses = used.get(int(seq[j]), 0)
-        if uses < best_uses:
-            best, best_uses = j, uses
-            if uses == 0:
-                break
-    return best
+def prompt_key(series: tuple[str, ...], k: int) -> int:
+    """A prompt's 64-bit key, from its name (`MixSchedule`): what its story words and request seed come from."""
+    return keyed_bits(*series, k)
+
+
+class _Topic:
+    """Where one topic is in its schedule: its entries' turns, each entry's cells' turns, each cell's uses."""
+
+    __slots__ = ("entries", "entry", "uses", "within")
+
+    def __init__(self, n_entries: int) -> None:
+        self.entries = _Turns()
+        self.within = [_Turns() for _ in range(n_entries)]
+        self.entry = -1
+        self.uses: dict[int, int] = {}
+
+
+class _Turns:
+    """Options (named by tuples) in turn by weight: a systematic schedule, option o's j-th turn at time
+    (j + u_o) / w_o, seen from its first turn. The first option is an exponential race (`_race`, P = w_o)
+    with u = 0; every other option has a uniform u drawn from (seed, key, o). Started this way (the Palm
+    version of the stationary schedule) the k-th turn is o with probability w_o for every k, where the
+    plain schedule would favour heavy options early; each option gets the floor or ceil of its share of the
+    time; and an option's times depend on its own weight only, up to a common scale."""
+
+    __slots__ = ("phase", "turns")
+
+    def __init__(self) -> None:
+        self.turns: np.ndarray | None = None
+        self.phase: np.ndarray | None = None
+
+    def next(self, seed: int, key: tuple[str, ...], options: list[tuple[str, ...]], weights: np.ndarray) -> int:
+        """The next option's index; `key` names the schedule (topic, or topic and entry) in the draws."""
+        if self.turns is None:
+            i = _race(seed, key, options, weights)
+            self.turns = np.zeros(len(options), dtype=np.int32)
+        else:
+            if self.phase is None:  # drawn at the second turn (many schedules have one turn only)
+                draws = np.array([keyed_uniform(seed, "phase", *key, *o) for o in options])
+                self.phase = np.where(self.turns > 0, 0.0, draws)
+            i = int(np.argmin((self.turns + self.phase) / weights))
+        self.turns[i] += 1
+        return i
+
+
+def _race(seed: int, key: tuple[str, ...], options: list[tuple[str, ...]], weights: np.ndarray) -> int:
+    """An exponential race at each level of the options' names in turn (for cells: audience, style, format):
+    name n wins with time -ln(u_n) / w_n, u_n drawn from (seed, key, level, n), w_n the weight of its
+    options. P = w_o, and an edit moves only what it must: a new style takes prompts from the other
+    styles only (one race over all cells would also trade prompts between audiences)."""
+    cands = list(range(len(options)))
+    for level in range(len(options[0])):
+        mass: dict[str, float] = {}
+        for i in cands:
+            mass[options[i][level]] = mass.get(options[i][level], 0.0) + float(weights[i])
+        win = min(mass, key=lambda n: -math.log(keyed_uniform(seed, "first", *key, level, n)) / mass[n])
+        cands = [i for i in cands if options[i][level] == win]
+    return cands[0]
 
 
 def variables(
@@ -384,3 +465,31 @@ def provenance(template: Template, vars_: dict[str, Any]) -> str:
         sort_keys=True,
         ensure_ascii=False,
     )
+
+
+def undeclared_variables(template: Template) -> list[str]:
+    """`line N: 'name' is undefined ...`, once for each name the template reads that rendering does not give
+    it (nor sets itself, nor Jinja provides): StrictUndefined fails on one only when a prompt is rendered,
+    after a build may have paid to grow its taxonomy. A name only tested with `is defined` is allowed."""
+    from difflib import get_close_matches
+
+    from jinja2 import meta, nodes
+
+    env = _environment()
+    tree = env.parse(template.source)
+    table = {"t": ""}
+    given = variables(topic_path=("t",), audience="t", style="t", format="t", web_extract=None, language="",
+                      words=[], audiences=table, styles=table, formats=table)
+    tested = {t.node.name for t in tree.find_all(nodes.Test)
+              if t.name in ("defined", "undefined") and isinstance(t.node, nodes.Name)}
+    unknown = meta.find_undeclared_variables(tree) - set(given) - set(env.globals) - tested
+    lines: dict[str, int] = {}
+    for name in tree.find_all(nodes.Name):
+        if name.name in unknown:
+            lines.setdefault(name.name, name.lineno)
+    out = []
+    for name, line in sorted(lines.items(), key=lambda kv: (kv[1], kv[0])):
+        close = get_close_matches(name, given, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"a template gets {', '.join(given)}"
+        out.append(f"line {line}: '{name}' is undefined ({hint})")
+    return out

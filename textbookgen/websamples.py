@@ -4,8 +4,8 @@ phi-1.5 put web samples into its prompts, and Cosmopedia cut them to 1,000 chara
 retrieved them per topic with full-text search. Here: load from parquet, jsonl, plain text or a
 Hugging Face dataset id (streaming), clean (ftfy mojibake fix, boilerplate lines, length bounds),
 cut at a sentence boundary, keep those in the build's language (a fastText language-ID model, or
-the share of letters in the language's script), pick one per request deterministically from (seed,
-count of earlier picks), and optionally retrieve extracts that talk about a topic with BM25 (`bm25s`).
+the share of letters in the language's script), pick one per prompt from the prompt's name
+(`KeyedExtracts`), and optionally retrieve extracts that talk about a topic with BM25 (`bm25s`).
 
 Scripts written without spaces (Chinese, Japanese; Thai, Lao, Khmer, Myanmar) are measured in words of
 a few characters each, and `。！？` end sentences, so their pages survive cleaning and reach the language
@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from textbookgen.jsonl import decode_utf8, iter_jsonl_lines
+from textbookgen.taxonomy import keyed_bits, keyed_uniform
 
 if TYPE_CHECKING:
     from textbookgen.recipe import LanguageFilterConfig
@@ -256,14 +257,6 @@ class WebSamples:
         return h.hexdigest()[:16]
 
     # ---- picking ----------------------------------------------------------------------------
-    def pick(self, seed: int, index: int) -> Extract:
-        """The extract for request `index`: a seeded permutation per pass over the pool, so no
-        extract is used twice before every extract has been used once."""
-        n = len(self.extracts)
-        epoch, pos = divmod(index, n)
-        perm = np.random.default_rng([seed, epoch, 0xE7]).permutation(n)
-        return self.extracts[int(perm[pos])]
-
     def search(self, query: str, k: int = 20) -> list[tuple[int, float]]:
         """Top-`k` (extract position, BM25 score) for a query, best first; score > 0 only."""
         import bm25s
@@ -311,42 +304,42 @@ def _english_stemmer() -> Any:
     return Stemmer.Stemmer("english")
 
 
-class SeedAssigner:
-    """Assigns an extract to each request in order: with probability `retrieval_share` (decided
-    from (seed, index)) one retrieved for the request's topic, the least-used of the top `top_k`
-    BM25 hits; otherwise (or when nothing matches) the global `pick`. `pick` is indexed by how many
-    earlier requests used it, not by the request index, so requests that skip it (no extract, or a
-    retrieved one) leave no gap and no extract repeats before the pool is used up. Deterministic,
-    and stable for a prefix, when requests are assigned in the same order."""
+class KeyedExtracts:
+    """Each prompt's web extract, drawn from the prompt's name, never from what earlier prompts took. A
+    prompt is named by its series (topic and mix cell, `MixSchedule`) and its number k in the series:
+    it carries an extract iff frac(u + k x 0.618...) < `share`, u drawn from the series, so each prompt
+    with probability `share`, raising `share` only adds extracts, and the prompts of a series take them in
+    turn (a golden-ratio sequence: a series' topic-only prompts, the same prompt twice, are as few as
+    `share` allows). Of those with one, `retrieval_share` get one of the top `top_k` BM25 hits for the topic
+    (again in turn along the series), the others (and those no hit matches) one of the whole pool. An
+    edit that changes some prompts leaves every other prompt's extract as it was. Drawn independently, n
+    picks from a pool of N repeat about n^2 / 2N extracts (a permutation would repeat none, but then one
+    prompt more or less before it would move every later pick)."""
 
-    def __init__(self, samples: WebSamples, seed: int, *, retrieval_share: float = 0.0, top_k: int = 20):
-        self.samples = samples
-        self.seed = seed
-        self.retrieval_share = retrieval_share
-        self.top_k = top_k
-        self.uses: dict[str, int] = {}
+    def __init__(
+        self, samples: WebSamples, seed: int, *, share: float, retrieval_share: float = 0.0, top_k: int = 20
+    ) -> None:
+        self.samples, self.seed, self.share = samples, seed, share
+        self.retrieval_share, self.top_k = retrieval_share, top_k
         self._hits: dict[str, list[tuple[int, float]]] = {}
-        self.retrieved = 0
-        self.picked = 0
 
-    def assign(self, index: int, topic_query: str | None) -> Extract:
-        rng = np.random.default_rng([self.seed, index, 0xB2])
-        ex: Extract | None = None
-        if topic_query and self.retrieval_share > 0 and rng.random() < self.retrieval_share:
+    def choose(self, series: tuple[str, ...], k: int, topic_query: str | None) -> Extract | None:
+        if _golden(keyed_uniform(self.seed, "extract", *series), k) >= self.share:
+            return None
+        if topic_query and keyed_uniform(self.seed, "retrieve", *series, k) < self.retrieval_share:
             hits = self._hits.get(topic_query)
             if hits is None:
                 hits = self._hits[topic_query] = self.samples.search(topic_query, self.top_k)
             if hits:
-                best = min(
-                    hits, key=lambda h: (self.uses.get(self.samples.extracts[h[0]].id, 0), -h[1], h[0])
-                )
-                ex = self.samples.extracts[best[0]]
-                self.retrieved += 1
-        if ex is None:
-            ex = self.samples.pick(self.seed, self.picked)
-            self.picked += 1
-        self.uses[ex.id] = self.uses.get(ex.id, 0) + 1
-        return ex
+                turn = _golden(keyed_uniform(self.seed, "hit", *series), k)
+                return self.samples.extracts[hits[int(turn * len(hits))][0]]
+        return self.samples.extracts[keyed_bits(self.seed, "pick", *series, k) % len(self.samples)]
+
+
+def _golden(u: float, k: int) -> float:
+    """The k-th number of the golden-ratio sequence from u: uniform for every k, and any run of them spread
+    evenly over [0, 1) (a low-discrepancy sequence)."""
+    return (u + k * 0.6180339887498949) % 1.0
 
 
 # ---- language filter ----------------------------------------------------------------------------
