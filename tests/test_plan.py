@@ -50,3 +50,95 @@ def test_plan_reports_diversity_and_states_its_token_basis():
     text = out.getvalue()
     assert "Diversity: " in text and "exact duplicate prompts" in text
     assert "4 characters a token" in text and "upper bound" in text
+
+
+def _text(plan) -> str:
+    from rich.console import Console
+
+    out = io.StringIO()
+    print_plan(plan, Console(file=out, width=400), how_to_run="textbookgen build x")
+    return out.getvalue()
+
+
+def test_the_plan_prices_a_self_hosted_model_at_the_recipes_price_and_says_when_a_budget_cannot_stop_it():
+    quick = ROOT / "recipes" / "quickstart.yaml"
+    own = {"model": "my/llm", "provider.name": "openai-compatible", "provider.base_url": "http://127.0.0.1:9/v1"}
+    r = load_recipe(quick, own)
+    tax = Taxonomy.load(r.taxonomy_path())
+    prompts = render_prompts(r, tax, open_web_samples(r))
+    unpriced = make_plan(prompts, r, n_leaves=len(tax.leaves()), expected_tokens={}, notes=r.notes())
+    assert not unpriced.estimates[0].priced and unpriced.estimates[0].cost_usd == 0
+    text = _text(unpriced)
+    assert "budget.max_cost_usd $2.00 can never stop this build: my/llm has no price" in text
+    assert "the build stops sending requests when it is reached" not in text
+    assert "Note: budget.max_cost_usd: my/llm has no price" in text
+    priced = load_recipe(quick, own, prices={"my/llm": (1.0, 2.0)})
+    plan = make_plan(prompts, priced, n_leaves=len(tax.leaves()), expected_tokens={})
+    expected = (plan.input_tokens * 1.0 + plan.output_tokens_expected * 2.0) / 1e6
+    assert plan.estimates[0].priced and plan.estimates[0].cost_usd == pytest.approx(expected)
+    assert "the build stops sending requests when it is reached" in _text(plan)
+
+
+def test_a_plan_on_an_output_folder_says_what_its_journal_answers_and_what_the_rest_costs(tmp_path):
+    """What the plan counts as answered is what the build then does not send (the engine's replay and reuse)."""
+    from textbookgen.build import build
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    quick = ROOT / "recipes" / "quickstart.yaml"
+    with Emulator(EmulatorConfig(latency_median_s=0.002)) as emu:
+        over = {"output": str(tmp_path / "o"), "provider.base_url": emu.openai_base_url, "samples": 12,
+                "web_samples": None}
+
+        def plan_then_build(send: bool = True, **sets):
+            recipe = load_recipe(quick, {**over, **sets})
+            plan = build(recipe, plan_only=True, progress=False).plan
+            billed = emu.billed
+            if send:
+                build(recipe, progress=False)
+            return plan, emu.billed - billed
+
+        first, sent = plan_then_build()
+        assert first.journal is None and sent == 12  # no journal yet: nothing to say
+        more, sent = plan_then_build(samples=20)  # the first 12 prompts are the same
+        j = more.journal
+        assert (j["answered"], j["new"], j["refused"], j["batch"], sent) == (12, 8, 0, 0, 8)
+        assert 0 < j["new_cost_usd"] <= j["new_cost_usd_max"] < more.estimates[0].cost_usd
+        assert "Journal: 12 of 20 prompts already answered in the journal (free), 8 new, $0.00" in _text(more)
+        # a larger max_tokens: answers that stopped on their own within it are reused, free
+        longer, sent = plan_then_build(samples=20, **{"sampling.max_tokens": 1600})
+        assert (longer.journal["answered"], longer.journal["new"], sent) == (20, 0, 0)
+        colder, _ = plan_then_build(False, samples=20, **{"sampling.temperature": 0.3})  # every request changes
+        assert (colder.journal["answered"], colder.journal["new"]) == (0, 20)
+
+
+def test_journal_states_tell_refusals_the_journal_replays_from_new_requests(tmp_path):
+    from textbookgen.build import document_requests
+    from textbookgen.engine import Generator
+    from textbookgen.plan import journal_states
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
+
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", {"samples": 6, "web_samples": None})
+    prompts = render_prompts(r, Taxonomy.load(r.taxonomy_path()), None)
+    requests = document_requests(prompts, r)
+    journal = tmp_path / "journal.sqlite"
+    with Emulator(EmulatorConfig(latency_median_s=0.002, faults=[Fault("refusal", first=1)])) as emu:
+        gen = Generator("openai", r.model, base_url=emu.openai_base_url, api_key="sk-test", journal=journal,
+                        progress=False)
+        assert {x.status for x in gen.run(requests[:4])} == {"failed"}  # refused for good
+    assert journal_states(prompts, r, journal) == ["refused"] * 4 + ["new"] * 2
+    assert journal_states(prompts, r, journal, retry_failed=True) == ["new"] * 6  # --retry-failed sends them again
+
+
+def test_the_plan_notes_requests_whose_prompt_tips_their_worst_case_over_the_dollar_budget():
+    """The recipe refuses a max_tokens whose output alone is over budget.max_cost_usd; the plan, which has the
+    prompts, also counts their input (the engine holds prompt and max_tokens against the budget)."""
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", {"samples": 20, "web_samples": None,
+                                                            "budget.max_cost_usd": 0.1},
+                    prices={"gpt-4o-mini": (1000.0, 0.0)})  # $0.001 an input token: a prompt costs ~$0.1-0.3
+    prompts = render_prompts(r, Taxonomy.load(r.taxonomy_path()), None)
+    over = int((prompts["input_tokens_est"] > 100).sum())
+    [note] = make_plan(prompts, r, n_leaves=125, expected_tokens={}).notes
+    assert note.startswith(f"budget.max_cost_usd $0.1: {over:,} request(s) cost more than that at worst")
+    assert "the build would stop at the first of them and never finish" in note
+    assert make_plan(prompts, load_recipe(r.path, {"samples": 20, "web_samples": None}), n_leaves=125,
+                     expected_tokens={}).notes == []

@@ -66,3 +66,12 @@ def test_cache_rates_resolve_a_name_as_its_price_does(model, rates):
 
 def test_every_cache_rate_belongs_to_a_priced_model():
     assert set(CACHE_READ) | set(CACHE_WRITE) <= set(PRICES)
+
+
+def test_a_model_is_priced_by_the_table_or_by_a_price_given_for_it_even_zero():
+    """A self-hosted model has no list price: a dollar budget can count its requests only at a price given."""
+    from textbookgen.pricing import is_priced
+
+    assert is_priced("gpt-4o-mini-2024-07-18") and is_priced("openai/gpt-4o")
+    assert not is_priced("Qwen/Qwen2.5-7B-Instruct") and not is_priced("gpt-4o-mini-pro")
+    assert is_priced("Qwen/Qwen2.5-7B-Instruct", {"Qwen/Qwen2.5-7B-Instruct": (0.0, 0.0)})  # free, said on purpose

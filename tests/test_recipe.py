@@ -260,3 +260,116 @@ def test_sampling_a_model_refuses_is_a_note_not_an_error(recipe_dir):
     grow = {"taxonomy.grow": {"target": 50, "model": "o3"}, "sampling.top_p": None}
     [note] = load_recipe(p, grow).sampling_notes()
     assert note.startswith("taxonomy.grow.temperature: 0.7: o3")
+
+
+# ---- what a build would reject late, caught as the recipe loads or validates ---------------------------------
+def test_a_template_reading_a_variable_rendering_does_not_give_fails_naming_its_file_and_line(recipe_dir):
+    from textbookgen.templates import builtin_templates, undeclared_variables
+
+    (recipe_dir / "lecture.j2").write_text("Notes for {{ audience }}.\nWrite on {{ topik }}.\n")
+    p = _write(recipe_dir, GOOD.replace("template: textbook_section", "template: lecture.j2"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p)
+    assert str(err.value) == (
+        f"{p}:6: mix.0.template: {recipe_dir / 'lecture.j2'}:line 2: 'topik' is undefined (did you mean 'topic'?)"
+    )
+    res = CliRunner().invoke(app, ["validate", str(p)])
+    assert res.exit_code == 1 and "'topik' is undefined" in res.output and "ok:" not in res.output
+    # a name only tested with `is defined`, names a template sets itself and Jinja's own globals are fine
+    (recipe_dir / "lecture.j2").write_text(
+        "{% set n = 3 %}{% if note is defined %}{{ note }}{% endif %}{% for i in range(n) %}{{ topic }}{% endfor %}"
+    )
+    load_recipe(p)
+    assert all(undeclared_variables(t) == [] for t in builtin_templates().values())
+
+
+def test_validate_runs_the_checks_a_build_makes_only_at_its_prompts(recipe_dir):
+    capped = GOOD.replace("  source: topics.yaml\n", "  source: topics.yaml\n  max_per_topic: 3\n")
+    p = _write(recipe_dir, capped)
+    runner = CliRunner()
+    res = runner.invoke(app, ["validate", str(p)])  # 2 topics x 3 < 10 samples: the prompts stage would fail
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith(f"error: {p}:5: taxonomy.max_per_topic: max_per_topic=3 x 2 topics < 10 samples")
+    assert runner.invoke(app, ["validate", str(p), "--set", "samples=6"]).exit_code == 0
+    grown = runner.invoke(app, ["validate", str(p), "--set", "taxonomy.grow.target=3"])  # grown, 3 x 3 < 10 still
+    assert grown.exit_code == 1 and "x 3 topics (taxonomy.grow.target) < 10 samples" in grown.output
+    # a template that parses and names only known variables but fails on a real topic
+    (recipe_dir / "deep.j2").write_text("{{ topic_path[3] | upper }}")
+    deep = runner.invoke(app, ["validate", str(p), "--set", "samples=6", "--set", "mix.0.template=deep.j2"])
+    assert deep.exit_code == 1 and "--set mix.0.template: template 'deep'" in deep.output, deep.output
+    push = runner.invoke(app, ["validate", str(p), "--set", "samples=6", "--set", "hub.push=true"])
+    assert push.exit_code == 1 and "push: the recipe has no hub.repo_id" in push.output
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"sampling.max_tokens": 5000}, "--set sampling.max_tokens: max_tokens 5,000 is over budget.max_output_tokens 2,000: "
+     "no single request can fit the budget"),
+    ({"mix.0.max_tokens": 3000}, "--set mix.0.max_tokens: max_tokens 3,000 is over budget.max_output_tokens 2,000"),
+    ({"budget.max_output_tokens": 1000}, ":6: mix.0.template: its default max_tokens 1,500 is over "
+     "budget.max_output_tokens 1,000"),
+    ({"taxonomy.grow": {"target": 50, "max_tokens": 4000}}, "--set taxonomy.grow: taxonomy.grow.max_tokens: max_tokens 4,000"),
+    ({"budget.max_cost_usd": 0.0005}, ":6: mix.0.template: its default max_tokens 1,500 is $0.0009 of output at "
+     "gpt-4o-mini's price, over budget.max_cost_usd $0.0005"),
+])
+def test_a_max_tokens_no_budget_can_hold_is_refused_naming_both_fields(recipe_dir, sets, message):
+    """The engine sends a request only when its max_tokens (at the model's price) fits in the budget: one that
+    never can stops the build before anything is sent, which used to read as the budget being reached."""
+    p = _write(recipe_dir, GOOD + "budget: {max_output_tokens: 2000}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(p, sets)
+    assert message in str(err.value) and len(str(err.value).splitlines()) == 1, str(err.value)
+    load_recipe(p, {"sampling.max_tokens": 2000})  # fits, just
+
+
+def test_budget_null_is_no_budget(recipe_dir):
+    from textbookgen.recipe import BudgetConfig
+
+    p = _write(recipe_dir, GOOD + "budget: {max_cost_usd: 5}\n")
+    assert load_recipe(p, {"budget": None}).budget == BudgetConfig()
+    assert load_recipe(_write(recipe_dir, GOOD + "budget:\n")).budget == BudgetConfig()
+
+
+def test_prices_come_from_the_recipe_and_the_command_line(recipe_dir):
+    own = GOOD.replace("model: gpt-4o-mini", "model: my/llm") + "prices:\n  my/llm: {input_per_mtok: 0.2, output_per_mtok: 0.8}\n"
+    p = _write(recipe_dir, own)
+    r = load_recipe(p)
+    assert r.price_table() == {"my/llm": (0.2, 0.8)} and r.model_prices() == {
+        "my/llm": {"input_per_mtok": 0.2, "output_per_mtok": 0.8}}
+    more = load_recipe(p, prices={"gpt-4.1": (1.0, 2.0), "my/llm": (0.3, 0.9)})
+    assert more.price_table() == {"my/llm": (0.3, 0.9), "gpt-4.1": (1.0, 2.0)} and more.hash != r.hash
+    assert "gpt-4.1" not in more.model_prices()  # the manifest gives the prices of the models the build uses
+    with pytest.raises(RecipeError, match=r"^--price my/llm: prices.my/llm.input_per_mtok: Input should be greater"):
+        load_recipe(p, prices={"my/llm": (-1.0, 1.0)})
+    with pytest.raises(RecipeError, match=r":10: prices.my/llm.output: unknown key"):
+        load_recipe(_write(recipe_dir, own.replace("output_per_mtok", "output")))
+    res = CliRunner().invoke(app, ["validate", str(p), "--price", "my/llm=oops"])
+    assert res.exit_code == 2 and "--price expects MODEL=IN,OUT" in res.output
+
+
+def test_a_dollar_budget_on_a_model_without_a_price_is_a_one_line_note(recipe_dir):
+    p = _write(recipe_dir, GOOD.replace("model: gpt-4o-mini", "model: my/llm") + "budget: {max_cost_usd: 5}\n")
+    [note] = load_recipe(p).notes()
+    assert note.startswith("budget.max_cost_usd: my/llm has no price, so its requests count as $0 and this budget "
+                           "can never stop them") and "--price my/llm=IN,OUT" in note and "\n" not in note
+    assert load_recipe(p, prices={"my/llm": (0.0, 0.0)}).notes() == []  # free, said on purpose
+    assert load_recipe(p, {"budget": None}).notes() == []
+    growth = {"model": "gpt-4o-mini", "taxonomy.grow": {"target": 50, "model": "my/llm"}}
+    [note] = load_recipe(p, growth).notes()  # growth runs on a model of its own
+    assert note.startswith("budget.max_cost_usd: my/llm has no price")
+    res = CliRunner().invoke(app, ["validate", str(p)])
+    assert res.exit_code == 0 and "note: budget.max_cost_usd: my/llm has no price" in res.output
+
+
+def test_a_key_variable_the_recipe_names_must_be_set(recipe_dir, monkeypatch):
+    """An unset api_key_env used to be sent as the placeholder "EMPTY", and the server's 401 blamed the key."""
+    monkeypatch.delenv("VLLM_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    own = {"provider.name": "openai-compatible", "provider.base_url": "http://127.0.0.1:9/v1"}
+    r = load_recipe(_write(recipe_dir, GOOD), {**own, "provider.api_key_env": "VLLM_KEY"})
+    assert r.provider.has_credentials()
+    with pytest.raises(RecipeError, match=r"^\$VLLM_KEY \(provider.api_key_env\) is not set$"):
+        r.provider.api_key()
+    assert "$VLLM_KEY (provider.api_key_env) is not set: export it before building" in r.notes()[-1]
+    assert load_recipe(_write(recipe_dir, GOOD), own).provider.api_key() == "EMPTY"  # the default variable
+    monkeypatch.setenv("VLLM_KEY", "k-123")
+    assert r.provider.api_key() == "k-123" and r.notes() == []

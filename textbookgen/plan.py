@@ -11,7 +11,9 @@ concurrency allow.
 from __future__ import annotations
 
 import math
+import sqlite3
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -34,6 +36,9 @@ TOKEN_BASIS = (
     "several times under on Chinese or Japanese text)"
 )
 MIX_CELL = ("topic_id", "template", "audience", "style", "format")
+# What the documents stage does with a prompt, given the output folder's journal (`journal_states`)
+JOURNAL_STATES = ("answered", "refused", "batch", "new")
+_SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
 
 @dataclass
@@ -71,6 +76,8 @@ class Plan:
     budget_usd: float | None = None  # budget.max_cost_usd: for the whole build, growth and documents
     spent_usd: float = 0.0  # already paid in the output folder's journals, which the budget counts
     diversity: dict[str, Any] = field(default_factory=dict)  # prompt_diversity(prompts)
+    # what the output folder's journal answers already: prompts per JOURNAL_STATES, the new ones' cost
+    journal: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,22 +155,19 @@ def make_plan(
     notes: list[str] | None = None,
     extra_input_tokens: int = 0,
     spent_usd: float = 0.0,
+    journal: list[str] | None = None,
 ) -> Plan:
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
     max_tokens, seed_extract_id, input_tokens_est). `extra_input_tokens`: prompt text the table lacks
     (web extracts of a source the plan could not reach). `spent_usd`: what the output folder's journals
-    already hold as paid (the budget counts it)."""
-    from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, price_of
+    already hold as paid (the budget counts it). `journal`: each prompt's `journal_states`, where the output
+    folder has a journal: the plan then says what is answered already and what the rest costs."""
+    from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, is_priced
 
     n = prompts.height
     in_tok = (int(prompts["input_tokens_est"].sum()) if n else 0) + extra_input_tokens
-    exp = prompts.select(
-        pl.min_horizontal(
-            pl.col("template").replace_strict(expected_tokens, default=800, return_dtype=pl.Int64),
-            pl.col("max_tokens"),
-        ).alias("e")
-    )
-    out_exp = int(exp["e"].sum()) if n else 0
+    exp = _expected_output(prompts, expected_tokens)
+    out_exp = int(exp.sum()) if n else 0
     out_max = int(prompts["max_tokens"].sum()) if n else 0
     growth = grow or {}
     grow_in = int(growth.get("input_tokens", 0))
@@ -174,16 +178,17 @@ def make_plan(
     models = [recipe.model, *[m for m in ALTERNATIVES if m != recipe.model and m in PRICES]]
     estimates = []
     docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0  # the documents go through the batch API
+    table = recipe.price_table()  # the recipe's prices (and --price) over the list prices
     for m in models:
-        priced = price_of(m) != (0.0, 0.0)
         gm = grow_model or m
-        grow_cost, grow_cost_max = estimate_cost(gm, grow_in, grow_out), estimate_cost(gm, grow_in, grow_out_max)
+        grow_cost = estimate_cost(gm, grow_in, grow_out, table)
+        grow_cost_max = estimate_cost(gm, grow_in, grow_out_max, table)
         estimates.append(
             ModelEstimate(
                 model=m,
-                priced=priced,
-                cost_usd=docs * estimate_cost(m, in_tok, out_exp) + grow_cost,
-                cost_usd_max=docs * estimate_cost(m, in_tok, out_max) + grow_cost_max,
+                priced=is_priced(m, table),
+                cost_usd=docs * estimate_cost(m, in_tok, out_exp, table) + grow_cost,
+                cost_usd_max=docs * estimate_cost(m, in_tok, out_max, table) + grow_cost_max,
             )
         )
     lim = recipe.limits
@@ -219,12 +224,123 @@ def make_plan(
         time_s=seconds,
         time_basis=basis,
         grow=grow,
-        notes=list(notes or []),
+        notes=[*(notes or []), *_unaffordable(prompts, recipe, docs)],
         batch=recipe.provider.batch,
         budget_usd=recipe.budget.max_cost_usd,
         spent_usd=spent_usd,
         diversity=prompt_diversity(prompts),
+        journal=_journal_counts(prompts, exp, journal, recipe) if journal is not None else None,
     )
+
+
+def _unaffordable(prompts: pl.DataFrame, recipe: Any, docs: float) -> list[str]:
+    """Requests whose worst case (prompt and max_tokens, at the model's price) is over the dollar budget: the
+    engine sends requests in order, each once its worst case fits, so the build stops at the first of them and
+    can never finish. The recipe refuses a max_tokens whose output alone is over it; a long prompt can tip it."""
+    from textbookgen.pricing import price_of
+
+    budget = recipe.budget.max_cost_usd
+    if budget is None or not prompts.height:
+        return []
+    price_in, price_out = price_of(recipe.model, recipe.price_table())
+    worst = docs * (prompts["input_tokens_est"] * price_in + prompts["max_tokens"] * price_out) / 1e6
+    over = int((worst > budget).sum())
+    if not over:
+        return []
+    return [f"budget.max_cost_usd {usd(budget)}: {over:,} request(s) cost more than that at worst (prompt and "
+            f"max_tokens at {recipe.model}'s price, up to {usd(float(worst.max()))}), so the build would stop at "
+            "the first of them and never finish; lower max_tokens or raise the budget"]
+
+
+def _expected_output(prompts: pl.DataFrame, expected_tokens: dict[str, int]) -> pl.Series:
+    """Each prompt's expected answer length: its template's typical one, within its max_tokens."""
+    return prompts.select(
+        pl.min_horizontal(
+            pl.col("template").replace_strict(expected_tokens, default=800, return_dtype=pl.Int64),
+            pl.col("max_tokens"),
+        ).alias("e")
+    )["e"]
+
+
+def _journal_counts(
+    prompts: pl.DataFrame, expected: pl.Series, states: list[str], recipe: Any
+) -> dict[str, Any]:
+    """Prompts per journal state, and what the new ones cost at the recipe model's price (expected, most)."""
+    from textbookgen.pricing import BATCH_DISCOUNT, estimate_cost, is_priced
+
+    new = pl.Series(states, dtype=pl.String) == "new"
+    tin = int(prompts["input_tokens_est"].filter(new).sum())
+    out_exp, out_max = int(expected.filter(new).sum()), int(prompts["max_tokens"].filter(new).sum())
+    docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0
+    table = recipe.price_table()
+    return {
+        **{s: states.count(s) for s in JOURNAL_STATES},
+        "priced": is_priced(recipe.model, table),
+        "new_cost_usd": docs * estimate_cost(recipe.model, tin, out_exp, table),
+        "new_cost_usd_max": docs * estimate_cost(recipe.model, tin, out_max, table),
+    }
+
+
+def journal_states(
+    prompts: pl.DataFrame, recipe: Any, journal: Path, *, retry_failed: bool = False
+) -> list[str]:
+    """What the documents stage would do with each prompt, read from the output folder's journal (nothing is
+    written): "answered" (its answer is replayed, or one the same request got under another max_tokens that
+    stopped within this one is reused: free), "refused" (a refusal for good is replayed, free and without a
+    document, unless `retry_failed`), "batch" (in a batch already submitted: paid, the build collects it) or
+    "new" (sent and paid), the engine's rules (`engine.replays`, `engine.fits`)."""
+    from textbookgen.build import document_requests
+    from textbookgen.engine import canonical_request, fits, replays
+    from textbookgen.journal import Journal, request_key, reuse_key
+
+    provider, model = recipe.provider.name, recipe.model
+    canon = [canonical_request(provider, model, r) for r in document_requests(prompts, recipe)]
+    keys = [request_key(c) for c in canon]
+    with Journal(journal, read_only=True) as j:
+        rows = _select(j, "key, status, error_class", "key", list(dict.fromkeys(keys)))
+        waiting = {k for b in j.open_batches(provider, model) for k in b["keys"]}
+        unanswered = {reuse_key(c) for c, k in zip(canon, keys, strict=True)
+                      if k not in rows or not replays(rows[k], retry_failed)}
+        try:
+            stops = _select(j, "reuse_key, output_tokens, text IS NOT NULL AND text != '' AS text, request",
+                            "reuse_key", list(unanswered), "status = 'ok' AND finish_reason = 'stop' "
+                            "AND reused_from IS NULL", many=True)
+        except sqlite3.OperationalError:  # a version-1 journal, read as it is, has no reuse keys
+            stops = {}
+    states = []
+    for c, k in zip(canon, keys, strict=True):
+        row = rows.get(k)
+        if row is not None and replays(row, retry_failed):
+            states.append("refused" if row["status"] == "failed" else "answered")
+        elif k in waiting:
+            states.append("batch")
+        elif any(fits(s, c["max_tokens"]) for s in stops.get(reuse_key(c), ())):
+            states.append("answered")
+        else:
+            states.append("new")
+    return states
+
+
+def _select(
+    journal: Any, columns: str, by: str, values: list[str], where: str = "1", *, many: bool = False
+) -> dict[str, Any]:
+    """Journal rows whose `by` column is one of `values` (a few columns, not the answers' text), as dicts
+    keyed by it: one row each, or with `many` a list. The engine's own lookups (`Journal.rows`,
+    `natural_stops`) go by requests the journal holds; a plan's new requests are not in it."""
+    found: dict[str, Any] = {}
+    for start in range(0, len(values), _SQL_VARS):
+        chunk = values[start : start + _SQL_VARS]
+        cursor = journal.db.execute(
+            f"SELECT {columns} FROM requests WHERE {by} IN ({','.join('?' * len(chunk))}) AND {where}", chunk
+        )
+        names = [d[0] for d in cursor.description]
+        for record in cursor:
+            row = dict(zip(names, record, strict=True))
+            if many:
+                found.setdefault(row[by], []).append(row)
+            else:
+                found[row[by]] = row
+    return found
 
 
 def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
@@ -258,9 +374,34 @@ def _budget_line(plan: Plan) -> str:
         "stops sending requests when it is reached."
     )
     own = plan.estimates[0] if plan.estimates else None
+    if own is not None and not own.priced:
+        return (
+            f"Budget: [yellow]budget.max_cost_usd {usd(plan.budget_usd)} can never stop this build: "
+            f"{plan.model} has no price, so its requests count as $0[/yellow] (see the note below)."
+        )
     if own is not None and own.priced and own.cost_usd > plan.budget_usd:
         line += f" [yellow]The expected ${own.cost_usd:,.2f} is over it: the build would stop short.[/yellow]"
     return line
+
+
+def _journal_line(plan: Plan) -> str:
+    """How much of the build the output folder's journal answers already, and what the rest should cost."""
+    j = plan.journal
+    assert j is not None
+    line = (
+        f"Journal: {j['answered']:,} of {plan.n_prompts:,} prompts already answered in the journal (free), "
+        f"{j['new']:,} new, "
+    )
+    if j["priced"]:
+        line += f"{usd(j['new_cost_usd'])} expected for the rest (at most {usd(j['new_cost_usd_max'])})"
+    else:
+        line += f"$0 expected for the rest ({plan.model} has no price)"
+    if j["batch"]:
+        line += f"; {j['batch']:,} wait in batches already submitted (paid; the build collects them)"
+    if j["refused"]:
+        line += (f"; {j['refused']:,} were refused for good, replayed without a document "
+                 "(`build --retry-failed` sends them again)")
+    return line + "."
 
 
 def _diversity_line(d: dict[str, Any]) -> str:
@@ -331,8 +472,10 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
         if e.priced:
             c.add_row(name, f"${e.cost_usd:,.2f}", f"${e.cost_usd_max:,.2f}")
         else:
-            c.add_row(name, "not in price table", "(self-hosted: $0)")
+            c.add_row(name, "no price: counts as $0", "(`prices:` or --price)")
     console.print(c)
+    if plan.journal is not None:
+        console.print(_journal_line(plan))
     if plan.budget_usd is not None:
         console.print(_budget_line(plan))
     if plan.batch:

@@ -1,10 +1,11 @@
 """USD prices per million tokens, so a run can show and cap what it spends.
 
 Prices are list prices for standard API calls (batch calls cost `BATCH_DISCOUNT` of them); override
-them with `prices=` on the Generator (or `--price MODEL=IN,OUT` on the CLI) when your contract differs.
-A model not found here (a self-hosted one, say) costs 0. A name prices as a table entry only when it is
-that entry or one of its dated snapshots (`-2024-07-18`, `-20250929`) or `-latest` aliases: any other
-suffix (`-pro`, `-mini`, `-0613`) may be a different model at a different price, so it is unknown.
+them with `prices=` on the Generator (`--price MODEL=IN,OUT` on the CLI, `prices:` in a recipe) when your
+contract differs, or to price a self-hosted model. A model found in neither costs 0 (`is_priced` tells).
+A name prices as a table entry only when it is that entry or one of its dated snapshots (`-2024-07-18`,
+`-20250929`) or `-latest` aliases: any other suffix (`-pro`, `-mini`, `-0613`) may be a different model at a
+different price, so it is unknown.
 Variants that are priced models of their own (`gpt-5-codex`, `gpt-3.5-turbo-0125`) are table entries.
 Prompt-cache rates resolve the same way (`resolve`), so a name never gets one model's price and another's
 cache rate.
@@ -91,6 +92,12 @@ def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None
     table = {**PRICES, **(prices or {})}
     entry = resolve(model, table)
     return table[entry] if entry is not None else (0.0, 0.0)
+
+
+def is_priced(model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> bool:
+    """Whether the model has a price, in PRICES or `prices` ($0 given on purpose included): one without
+    counts as $0, so a dollar budget can never stop its requests."""
+    return resolve(model, {**PRICES, **(prices or {})}) is not None
 
 
 def cache_rates(model: str) -> tuple[float, float]:

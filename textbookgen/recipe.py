@@ -12,8 +12,9 @@ import hashlib
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,7 +29,10 @@ from pydantic import (
 from textbookgen.curation import CurationConfig
 from textbookgen.jsonl import decode_utf8
 from textbookgen.websamples import LID_MIN_SCORE, MIN_SCRIPT_SHARE, SCRIPTS
-from textbookgen.yamlfile import key_path, read_yaml
+from textbookgen.yamlfile import dotted, key_path, read_yaml
+
+if TYPE_CHECKING:
+    from textbookgen.taxonomy import Taxonomy
 
 TOPICS_DIR = Path(__file__).with_name("topics")
 
@@ -90,8 +94,20 @@ class ProviderConfig(_Strict):
         return host in ("127.0.0.1", "localhost", "::1", "[::1]")
 
     def api_key(self) -> str | None:
-        """The key to hand the engine: the environment's, or a placeholder for a local server."""
+        """The key to hand the engine: the environment's, or a placeholder for a server of your own. A
+        variable named in `api_key_env` must be set: the server wants that key, and a placeholder would only
+        come back as an authentication failure that hides the cause."""
+        unset = self.unset_key()
+        if unset:
+            raise RecipeError(unset)
         return os.environ.get(self.key_env) or ("EMPTY" if self.has_credentials() else None)
+
+    def unset_key(self) -> str | None:
+        """Why `api_key()` fails: the variable `api_key_env` names is not set; None when it is (or none is
+        named)."""
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            return f"${self.api_key_env} (provider.api_key_env) is not set"
+        return None
 
 
 class SamplingConfig(_Strict):
@@ -110,6 +126,14 @@ class LimitsConfig(_Strict):
     input_tpm: int | None = Field(None, ge=1, strict=True)
     output_tpm: int | None = Field(None, ge=1, strict=True)
     concurrency: int = Field(64, ge=1, strict=True)
+
+
+class ModelPrice(_Strict):
+    """USD per million tokens at the standard API (the batch API bills `pricing.BATCH_DISCOUNT` of it): what
+    a self-hosted model costs you (GPU hours over tokens served), or a contract price unlike the list's."""
+
+    input_per_mtok: float = Field(..., ge=0.0, allow_inf_nan=False)
+    output_per_mtok: float = Field(..., ge=0.0, allow_inf_nan=False)
 
 
 class BudgetConfig(_Strict):
@@ -248,12 +272,17 @@ class MixEntry(_Strict):
     @field_validator("template")
     @classmethod
     def _template(cls, v: str, info: ValidationInfo) -> str:
-        from textbookgen.templates import TemplateError, load_template
+        """The template parses and reads only the variables rendering gives it (else the build would fail at
+        its prompts, after growing the taxonomy)."""
+        from textbookgen.templates import TemplateError, load_template, undeclared_variables
 
         try:
-            load_template(v, _base_dir(info))
+            template = load_template(v, _base_dir(info))
         except TemplateError as e:
             raise ValueError(str(e)) from None
+        unknown = undeclared_variables(template)
+        if unknown:
+            raise ValueError("; ".join(f"{template.origin}:{u}" for u in unknown))
         return v
 
 
@@ -277,7 +306,9 @@ class Recipe(_Strict):
     model: str
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)  # null: no budget
+    # by model name, over textbookgen.pricing.PRICES; a model in neither counts as $0 (`--price` adds one)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
     taxonomy: TaxonomyConfig
     web_samples: WebSamplesConfig | None = None
     mix: list[MixEntry] = Field(..., min_length=1)
@@ -296,6 +327,13 @@ class Recipe(_Strict):
     # set by load_recipe
     _path: Path | None = None
     _hash: str = ""
+    _where: Any = None  # _Where: the file's lines and the overrides, for problems found after loading
+
+    @field_validator("budget", "prices", mode="before")
+    @classmethod
+    def _null_is_none(cls, v: Any) -> Any:
+        """`budget: null` (or `--set budget=null`) is no budget, `prices: null` no prices of your own."""
+        return {} if v is None else v
 
     @field_validator("card_template")
     @classmethod
@@ -369,6 +407,61 @@ class Recipe(_Strict):
                 )
         return notes
 
+    def price_table(self) -> dict[str, tuple[float, float]]:
+        """`prices` as the engine and `textbookgen.pricing` take them: {model: (input, output) per 1M}."""
+        return {m: (p.input_per_mtok, p.output_per_mtok) for m, p in self.prices.items()}
+
+    def models(self) -> dict[str, str]:
+        """The models the build sends requests to, by the field naming each (growth's, if its own)."""
+        grow = self.taxonomy.grow
+        if grow is None or grow.model in (None, self.model):
+            return {"model": self.model}
+        return {"model": self.model, "taxonomy.grow.model": grow.model}
+
+    def model_prices(self) -> dict[str, dict[str, float]]:
+        """The price (USD per 1M tokens, standard API) each model of the build is counted at, for the
+        manifest; a model without one is left out (it counts as $0)."""
+        from textbookgen.pricing import is_priced, price_of
+
+        table = self.price_table()
+        return {
+            m: dict(zip(("input_per_mtok", "output_per_mtok"), price_of(m, table), strict=True))
+            for m in self.models().values()
+            if is_priced(m, table)
+        }
+
+    def notes(self) -> list[str]:
+        """What is worth a warning before a build pays: sampling the model refuses (`sampling_notes`), a
+        dollar budget that cannot stop the run (`budget_notes`), and a key variable named but not set where
+        the build would otherwise go ahead (it stops before its first request)."""
+        unset = self.provider.unset_key() if self.provider.has_credentials() else None
+        key = [f"{unset}: export it before building (a build stops before its first request)"] * bool(unset)
+        return [*self.sampling_notes(), *self.budget_notes(), *key]
+
+    def budget_notes(self) -> list[str]:
+        """A dollar budget over a model with no price: its requests count as $0, so it never stops them."""
+        from textbookgen.pricing import is_priced
+
+        if self.budget.max_cost_usd is None:
+            return []
+        table = self.price_table()
+        unpriced = [m for m in dict.fromkeys(self.models().values()) if not is_priced(m, table)]
+        if not unpriced:
+            return []
+        m, has = unpriced[0], "has" if len(unpriced) == 1 else "have"
+        return [
+            f"budget.max_cost_usd: {' and '.join(unpriced)} {has} no price, so its requests count as $0 and "
+            "this budget can never stop them; give the price in USD per 1M tokens: "
+            f"`prices: {{{m}: {{input_per_mtok: IN, output_per_mtok: OUT}}}}` in the recipe, "
+            f"or --price {m}=IN,OUT"
+        ]
+
+    def problem_text(self, problems: list[tuple[tuple[Any, ...], str]]) -> str:
+        """Problems (field location, message) found after loading, as `load_recipe` reports its own: one line
+        each, `file:line: field: message`, or naming the `--set` / `--price` that set the field."""
+        where = self._where or _Where(self._path or Path("recipe"), {}, {})
+        return "\n".join(where.format(loc, msg) for loc, msg in problems)
+
     def public_dict(self) -> dict[str, Any]:
         """The recipe as data, for manifests and cards (it never holds a key: only its env name)."""
         return self.model_dump(mode="json")
@@ -398,6 +491,7 @@ def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
             make_language_filter(lf, recipe.language, recipe.base_dir)
         except WebSampleError as e:
             problems.append((("web_samples", "language_filter"), str(e).split(": ", 1)[-1]))
+    problems += _unaffordable(recipe)
     cur = recipe.resolved_curation()
     for i, b in enumerate(cur.decontamination.benchmarks):
         if not b.path.startswith("hf://") and not Path(b.path).exists():
@@ -410,6 +504,113 @@ def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
                 f"classifier model not found: {cur.classifier.model_path}",
             )
         )
+    return problems
+
+
+def deferred_problems(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], str]]:
+    """What a build rejects only on reaching it, checked here with its taxonomy at hand, without the network
+    or paid work (`textbookgen validate`): too few topics for `samples` under the per-topic caps, a template
+    that fails to render for a real topic, an output folder that cannot be written, a classifier model that
+    does not load (curation comes after every paid request)."""
+    problems = _taxonomy_fit(recipe, tax)
+    leaves = tax.leaves()
+    for i, entry in enumerate(recipe.mix if leaves else []):
+        problem = _render_problem(recipe, entry, leaves[0].path)
+        if problem:
+            problems.append((("mix", i, "template"), problem))
+    out = recipe.output_dir()
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        problems.append((("output",), f"{out} cannot be the output folder: {existing} is not writable"))
+    classifier = recipe.resolved_curation().classifier
+    if classifier.enabled and classifier.model_path and Path(classifier.model_path).is_file():
+        from textbookgen.curation.classifier import QualityModel
+
+        try:
+            QualityModel.load(classifier.model_path, classifier.positive_label)
+        except (ValueError, OSError) as e:
+            problems.append((("curation", "classifier", "model_path"), str(e)))
+    return problems
+
+
+def _taxonomy_fit(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], str]]:
+    """The topics sampled for `samples` under the per-topic caps and quotas, as the prompts stage samples
+    them; a taxonomy the build grows first is checked against `grow.target` leaves, the most growth gives."""
+    tc = recipe.taxonomy
+    leaves = len(tax.leaves())
+    if tc.grow is not None and leaves < tc.grow.target:
+        if tc.max_per_topic is not None and tc.max_per_topic * tc.grow.target < recipe.samples:
+            problem = (f"max_per_topic={tc.max_per_topic} x {tc.grow.target:,} topics (taxonomy.grow.target) "
+                       f"< {recipe.samples:,} samples: raise it, or lower samples")
+            return [(("taxonomy", "max_per_topic"), problem)]
+        return []
+    try:
+        tax.sample(recipe.samples, recipe.seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic,
+                   min_per_topic=tc.min_per_topic)
+    except ValueError as e:
+        field = next((f for f in ("max_per_topic", "min_per_topic") if str(e).startswith(f)), "source")
+        knob = "the quotas" if field == "source" else field
+        problem = f"{e} ({tc.source} has {leaves:,} leaf topics): change {knob}, samples or the taxonomy"
+        return [(("taxonomy", field), problem)]
+    return []
+
+
+def _render_problem(recipe: Recipe, entry: MixEntry, topic_path: tuple[str, ...]) -> str | None:
+    """Why a mix entry's template fails to render for this topic (with and without a web extract, where the
+    recipe has web samples), as the prompts stage renders it; None when it renders."""
+    from textbookgen.templates import TemplateError, load_template, simple_words, variables
+
+    template = load_template(entry.template, recipe.base_dir)
+    audiences, styles, formats = recipe.tables()
+    for extract in (None, "An extract of a web page.") if recipe.web_samples else (None,):
+        v = variables(topic_path=topic_path, audience=next(iter(entry.audiences)),
+                      style=next(iter(entry.styles)), format=next(iter(entry.formats)), web_extract=extract,
+                      language=recipe.language, words=simple_words(recipe.seed, 0), audiences=audiences,
+                      styles=styles, formats=formats)
+        try:
+            template.render(**v)
+        except TemplateError as e:
+            return str(e)
+    return None
+
+
+def _unaffordable(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
+    """Requests no budget can hold: the engine sends one only when its worst case (its max_tokens of output,
+    at the model's price) fits beside what is spent, so a max_tokens over `budget.max_output_tokens`, or whose
+    output alone costs more than `budget.max_cost_usd`, stops the build before it sends anything."""
+    from textbookgen.pricing import BATCH_DISCOUNT, price_of
+    from textbookgen.templates import load_template
+
+    b = recipe.budget
+    if b.max_output_tokens is None and b.max_cost_usd is None:
+        return []
+    docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0
+    asks: dict[tuple[Any, ...], tuple[str, int, str, float]] = {}  # field: what, max_tokens, model, factor
+    for i, e in enumerate(recipe.mix):
+        if e.max_tokens is not None:
+            asks[("mix", i, "max_tokens")] = ("max_tokens", e.max_tokens, recipe.model, docs)
+        elif recipe.sampling.max_tokens is not None:
+            asks[("sampling", "max_tokens")] = ("max_tokens", recipe.sampling.max_tokens, recipe.model, docs)
+        else:
+            default = load_template(e.template, recipe.base_dir).max_tokens
+            asks[("mix", i, "template")] = ("its default max_tokens", default, recipe.model, docs)
+    grow = recipe.taxonomy.grow
+    if grow is not None:
+        grow_model = grow.model or recipe.model
+        asks[("taxonomy", "grow", "max_tokens")] = ("max_tokens", grow.max_tokens, grow_model, 1.0)
+    table = recipe.price_table()
+    problems = []
+    for loc, (what, n, model, factor) in asks.items():
+        worst = n * price_of(model, table)[1] * factor / 1e6
+        if b.max_output_tokens is not None and n > b.max_output_tokens:
+            over = f"over budget.max_output_tokens {b.max_output_tokens:,}"
+        elif b.max_cost_usd is not None and worst > b.max_cost_usd:
+            over = (f"${worst:,.4f} of output at {model}'s price, over budget.max_cost_usd "
+                    f"${b.max_cost_usd:,.4f}")
+        else:
+            continue
+        problems.append((loc, f"{what} {n:,} is {over}: no single request can fit the budget, so the build "
+                              "would send none; lower max_tokens or raise the budget"))
     return problems
 
 
@@ -427,9 +628,14 @@ def _check_file(v: str, info: ValidationInfo, what: str, *, allow_dir: bool = Fa
 
 
 # ---- loading with line numbers -----------------------------------------------------------------
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    prices: Mapping[str, tuple[float, float]] | None = None,
+) -> Recipe:
     """Read and validate a recipe; raise RecipeError naming the file, line and field of each problem.
-    `overrides` ({"samples": 10, "provider.base_url": "..."}) are applied before validation."""
+    `overrides` ({"samples": 10, "provider.base_url": "..."}) are applied before validation, and `prices`
+    ({model: (input, output) USD per 1M tokens}, `--price`) over the recipe's own."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -443,17 +649,33 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     data = doc.data
     for name, value in (overrides or {}).items():
         _set_dotted(data, name, value)
-    where = _Where(path, doc.lines, [key_path(k) for k in overrides or {}])
+    if prices:
+        _add_prices(data, prices)
+    labels = {key_path(k): f"--set {dotted(key_path(k))}" for k in overrides or {}}
+    labels.update({("prices", m): f"--price {m}" for m in prices or {}})
+    where = _Where(path, doc.lines, labels)
     try:
         recipe = Recipe.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as e:
         raise RecipeError(_format_errors(where, e)) from None
     recipe._path = path.resolve()
+    recipe._where = where
     problems = _problems(recipe)
     if problems:
-        raise RecipeError("\n".join(where.format(loc, msg) for loc, msg in problems))
-    recipe._hash = hashlib.sha256(raw + repr(sorted((overrides or {}).items())).encode()).hexdigest()[:16]
+        raise RecipeError(recipe.problem_text(problems))
+    given = repr(sorted((overrides or {}).items())) + (repr(sorted(prices.items())) if prices else "")
+    recipe._hash = hashlib.sha256(raw + given.encode()).hexdigest()[:16]
     return recipe
+
+
+def _add_prices(data: dict[str, Any], prices: Mapping[str, tuple[float, float]]) -> None:
+    """`--price MODEL=IN,OUT` over the recipe's `prices:`, whose other models keep theirs (a `prices:` that is
+    no mapping is left for validation to report)."""
+    table = data.get("prices")
+    if table is None:
+        table = data["prices"] = {}
+    if isinstance(table, dict):
+        table.update({m: {"input_per_mtok": i, "output_per_mtok": o} for m, (i, o) in prices.items()})
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -479,17 +701,18 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 class _Where:
-    """Where a problem comes from: a `--set` that touched the field, else the recipe file's line."""
+    """Where a problem comes from: the `--set` (or `--price`) that set the field, else the file's line."""
 
-    def __init__(self, path: Path, lines: dict[tuple[Any, ...], int], overrides: list[tuple[Any, ...]]):
-        self.path, self.lines, self.overrides = path, lines, overrides
+    def __init__(
+        self, path: Path, lines: dict[tuple[Any, ...], int], overrides: dict[tuple[Any, ...], str]
+    ) -> None:
+        self.path, self.lines, self.overrides = path, lines, overrides  # field -> the option that set it
 
     def format(self, loc: tuple[Any, ...], msg: str) -> str:
         field = ".".join(str(x) for x in loc) or "(recipe)"
-        for key in self.overrides:
+        for key, option in self.overrides.items():
             if loc and (key[: len(loc)] == loc or loc[: len(key)] == key):
-                dotted = ".".join(str(x) for x in key)
-                return f"--set {dotted}: {msg}" if loc == key else f"--set {dotted}: {field}: {msg}"
+                return f"{option}: {msg}" if loc == key else f"{option}: {field}: {msg}"
         line = next((self.lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in self.lines), 1)
         return f"{self.path}:{line}: {field}: {msg}"
 
