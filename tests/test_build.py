@@ -104,7 +104,7 @@ def test_prompts_follow_the_mix_and_cover_topics(tmp_path):
     df = render_prompts(r, tax, web)
     assert df["template"].value_counts().sort("template").to_dict(as_series=False) == {
         "template": ["exercises", "qa", "textbook_section"],
-        "count": [60, 60, 180],
+        "count": [64, 58, 178],  # drawn by weight per prompt: 60, 60, 180 expected
     }
     assert tax.coverage(df["topic_id"].to_list()).covered == 125  # every topic, at most 4 each
     assert df.group_by("topic_id").len()["len"].max() <= 4
@@ -649,8 +649,10 @@ def test_the_budget_covers_the_whole_build_across_stages_and_reruns(tmp_path):
     from textbookgen.build import BuildError, journal_spend
     from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
-    over = {"samples": 12, "taxonomy.grow": {"target": 200}, "taxonomy.max_per_topic": None,
-            "limits.concurrency": 2, "curation.filters.enabled": False, "budget.max_cost_usd": None}  # fmt: skip
+    # max_tokens small enough that one request fits the budgets below (else the recipe is refused as it loads)
+    over = {"samples": 12, "taxonomy.grow": {"target": 200, "max_tokens": 256}, "sampling.max_tokens": 256,
+            "taxonomy.max_per_topic": None, "limits.concurrency": 2, "curation.filters.enabled": False,
+            "budget.max_cost_usd": None}  # fmt: skip
 
     def spent(out: Path) -> tuple[tuple[float, int], tuple[float, int]]:
         return journal_spend(out / ".build" / "grow.sqlite"), journal_spend(out / "journal.sqlite")
@@ -753,3 +755,61 @@ def test_without_a_card_template_anywhere_the_build_writes_no_card_but_finishes(
                 "card_template": None, "curation.filters.enabled": False}  # fmt: skip
         res = build(load_recipe(QUICKSTART, over), progress=False)
     assert res.stages["dataset"] == "ran" and not (tmp_path / "c" / "dataset" / "README.md").exists()
+
+
+def test_a_dollar_budget_stops_a_self_hosted_model_at_the_price_the_recipe_or_command_line_gives(tmp_path):
+    """A model with no list price used to count as $0, so `budget.max_cost_usd` never stopped it; nothing in a
+    recipe could price it and `build --price` did not exist."""
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    with Emulator(EmulatorConfig(latency_median_s=0.002, responder=prose_responder)) as emu:
+        sets = {"model": "my/llm", "provider.name": "openai-compatible", "provider.base_url": emu.openai_base_url,
+                "samples": 12, "web_samples": None, "limits.concurrency": 1, "sampling.max_tokens": 1000,
+                "budget.max_cost_usd": 0.2}  # fmt: skip
+        # $100 per 1M output tokens: a request is at most $0.10 and answers cost about half, so a few fit in $0.20
+        recipe = load_recipe(QUICKSTART, {**sets, "output": str(tmp_path / "r")}, prices={"my/llm": (1.0, 100.0)})
+        res = build(recipe, progress=False)
+        assert res.unfinished == "budget" and 0 < res.manifest["counts"]["ok"] < 12
+        assert res.manifest["cost_usd"] <= 0.2 and res.manifest["prices"] == {
+            "my/llm": {"input_per_mtok": 1.0, "output_per_mtok": 100.0}}
+        cli = ["build", str(QUICKSTART), "--no-progress", "--price", "my/llm=1,100",
+               *(f"--set={k}={_yaml(v)}" for k, v in {**sets, "output": tmp_path / "c"}.items())]
+        out = CliRunner().invoke(app, cli)
+        assert out.exit_code == 4 and "budget.max_cost_usd $0.2 (" in out.output, out.output
+        free = CliRunner().invoke(app, [*cli[:2], *cli[5:], "--set", f"output={tmp_path / 'f'}"])  # unpriced: $0
+        assert free.exit_code == 0 and "note: budget.max_cost_usd: my/llm has no price" in free.output, free.output
+
+
+def test_a_key_variable_the_recipe_names_but_is_not_set_stops_the_build_before_a_request(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    monkeypatch.delenv("VLLM_KEY", raising=False)
+    with Emulator(EmulatorConfig(latency_median_s=0.002, api_keys={"secret"})) as emu:
+        sets = {"provider.name": "openai-compatible", "provider.base_url": emu.openai_base_url,
+                "provider.api_key_env": "VLLM_KEY", "samples": 3, "web_samples": None, "output": tmp_path / "o"}
+        cli = ["build", str(QUICKSTART), "--no-progress", *(f"--set={k}={_yaml(v)}" for k, v in sets.items())]
+        res = CliRunner().invoke(app, cli)
+        assert res.exit_code == 1 and res.output.rstrip().endswith("error: $VLLM_KEY (provider.api_key_env) is not set")
+        assert emu.received == 0 and "authentication" not in res.output
+        monkeypatch.setenv("VLLM_KEY", "secret")
+        assert CliRunner().invoke(app, cli).exit_code == 0 and emu.billed == 3
+
+
+def test_a_max_tokens_over_the_output_token_budget_is_refused_before_the_build_not_reported_as_reached(tmp_path):
+    res = _cli("build", str(QUICKSTART), "--set", f"output={tmp_path / 'o'}", "--set", "budget.max_output_tokens=2000",
+               "--set", "sampling.max_tokens=10000000", "--set", "provider.base_url=http://127.0.0.1:9/v1")
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.startswith("error: --set sampling.max_tokens: max_tokens 10,000,000 is over "
+                                 "budget.max_output_tokens 2,000: no single request can fit the budget")
+    assert not (tmp_path / "o").exists()
+
+
+def _yaml(value: object) -> str:
+    """A `--set` value as the command line takes it (YAML): None is `null`."""
+    return "null" if value is None else str(value)

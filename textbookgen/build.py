@@ -30,7 +30,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import polars as pl
 
 from textbookgen.journal import lock_file
@@ -38,16 +37,18 @@ from textbookgen.plan import prompt_diversity
 from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
 from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, siblings_line
 from textbookgen.templates import (
+    MAX_SKIPS,
+    MixSchedule,
     Template,
-    assign_cells,
     expand_mix,
     load_template,
+    prompt_key,
     provenance,
     simple_words,
     variables,
 )
 from textbookgen.websamples import (
-    SeedAssigner,
+    KeyedExtracts,
     WebSampleError,
     WebSamples,
     hub_offline,
@@ -144,9 +145,30 @@ class BuildResult:
 
 
 # ---- prompts ------------------------------------------------------------------------------------
-def request_seed(seed: int, index: int) -> int:
-    """The per-request seed: distinct for every sample, so repeated prompts are distinct requests."""
-    return (seed * 1_000_003 + index) % (2**31 - 1)
+def request_seed(seed: int, key: int) -> int:
+    """The per-request seed, from the prompt's key (`templates.prompt_key`), not its position, so an edit that
+    moves a prompt keeps its journal entry; repeated prompts are distinct requests (two prompts sharing a seed,
+    about 3 pairs in 100K, still differ in text)."""
+    return (seed * 1_000_003 + key) % (2**31 - 1)
+
+
+def document_requests(prompts: pl.DataFrame, recipe: Recipe) -> list[ChatRequest]:
+    """The generate stage's requests, one per prompt; `plan` reads the journal with the same ones (same keys)."""
+    from textbookgen.engine import ChatRequest
+
+    s = recipe.sampling
+    return [
+        ChatRequest(
+            messages=[{"role": "user", "content": row["prompt"]}],
+            max_tokens=row["max_tokens"],
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=row["request_seed"],
+            system=row["system"],
+            metadata={"prompt_index": row["index"], "topic_id": row["topic_id"]},
+        )
+        for row in prompts.iter_rows(named=True)
+    ]
 
 
 def render_prompts(
@@ -158,9 +180,17 @@ def render_prompts(
     progress: bool = False,
 ) -> pl.DataFrame:
     """All prompts of a build, deterministic in (recipe, taxonomy, web samples): topics by weight with
-    quotas, mix cells by weight, one web extract per request. Prompt i depends on (seed, i) only, not
-    on `samples`, so raising `samples` adds prompts after the ones already paid for (`assign_cells`).
-    `limit` renders only the first prompts of the full build (the same rows, at a fraction of the cost)."""
+    quotas (`Taxonomy.sample`), each topic's mix cells by weight (`MixSchedule`), a web extract per prompt
+    (`KeyedExtracts`). A prompt's extract, story words and request seed are drawn from its key (topic,
+    cell, the cell's use by the topic), not from its position, so an edit re-renders only the prompts it
+    changes (a cell's weight w -> 2w: about the prompts the cell gains; `web_samples.share` up: the prompts
+    that gain an extract), and raising `samples` adds prompts after the ones already paid for. A prompt
+    whose exact text came earlier takes the next cell of its mix entry instead (up to MAX_SKIPS times): a
+    second request for the same prompt would pay for a near-copy. `limit` renders only the first prompts of
+    the full build (the same rows, at a fraction of the cost)."""
+    from rich.console import Console
+    from rich.progress import track
+
     from textbookgen.engine import ChatRequest, estimate_input_tokens
 
     n, seed = recipe.samples, recipe.seed
@@ -168,41 +198,43 @@ def render_prompts(
     topics = tax.sample(
         n, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic
     )
-    combos = expand_mix([e.model_dump() for e in recipe.mix])
-    cells = assign_cells([t.id for t in topics], combos, seed)
+    cells = MixSchedule(expand_mix([e.model_dump() for e in recipe.mix]), seed)
     templates = templates or {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix}
     audiences, styles, formats = recipe.tables()
     wc = recipe.web_samples
-    assigner = None
+    extracts = None
     if web is not None and wc is not None:
         r = wc.retrieval
-        assigner = SeedAssigner(web, seed, retrieval_share=r.share if r else 0.0, top_k=r.top_k if r else 20)
-    rows = []
-    from rich.console import Console
-    from rich.progress import track
-
-    pairs = list(zip(topics[:limit], cells[:limit], strict=True))
-    pairs_it = track(
-        pairs, "rendering prompts", console=Console(stderr=True), transient=True, disable=not progress
-    )
-    for i, (topic, cell) in enumerate(pairs_it):
-        tpl = templates[cell.template]
-        extract = None
-        if assigner is not None and np.random.default_rng([seed, i, 0x5E]).random() < wc.share:
-            extract = assigner.assign(i, " ".join(topic.path[-2:]))
-        v = variables(
-            topic_path=topic.path,
-            audience=cell.audience,
-            style=cell.style,
-            format=cell.format,
-            web_extract=extract.text if extract else None,
-            language=recipe.language,
-            words=simple_words(seed, i),
-            audiences=audiences,
-            styles=styles,
-            formats=formats,
+        extracts = KeyedExtracts(
+            web, seed, share=wc.share, retrieval_share=r.share if r else 0.0, top_k=r.top_k if r else 20
         )
-        prompt = tpl.render(**v)
+    rows = []
+    seen: set[str] = set()
+    console = Console(stderr=True)
+    topics_it = track(topics[:limit], "rendering prompts", console=console, transient=True,
+                      disable=not progress)
+    for i, topic in enumerate(topics_it):
+        for attempt in range(MAX_SKIPS + 1):
+            cell, series, k = cells.next(topic.id, retry=attempt > 0)
+            key = prompt_key(series, k)
+            tpl = templates[cell.template]
+            extract = extracts.choose(series, k, " ".join(topic.path[-2:])) if extracts is not None else None
+            v = variables(
+                topic_path=topic.path,
+                audience=cell.audience,
+                style=cell.style,
+                format=cell.format,
+                web_extract=extract.text if extract else None,
+                language=recipe.language,
+                words=simple_words(seed, key),
+                audiences=audiences,
+                styles=styles,
+                formats=formats,
+            )
+            prompt = tpl.render(**v)
+            if prompt not in seen:
+                break
+        seen.add(prompt)
         max_tokens = cell.max_tokens or recipe.sampling.max_tokens or tpl.max_tokens
         est = estimate_input_tokens(
             ChatRequest(messages=[{"role": "user", "content": prompt}], system=recipe.system)
@@ -222,7 +254,7 @@ def render_prompts(
                 "system": recipe.system,
                 "prompt": prompt,
                 "max_tokens": int(max_tokens),
-                "request_seed": request_seed(seed, i),
+                "request_seed": request_seed(seed, key),
                 "input_tokens_est": int(est),
                 "provenance": provenance(tpl, v),
             }
@@ -423,7 +455,7 @@ class Build:
         self.state: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
-        self.notes: list[str] = recipe.sampling_notes()
+        self.notes: list[str] = recipe.notes()
         self.manifest: dict[str, Any] = {}
         self._web_stats: dict[str, Any] | None = None
         self._benchmark_texts: list[ItemTexts] | None = None
@@ -504,6 +536,7 @@ class Build:
             concurrency=lim.concurrency,
             max_cost_usd=r.budget.max_cost_usd,
             max_output_tokens=r.budget.max_output_tokens,
+            prices=r.price_table(),
             progress=self.progress,
             timeout_s=p.timeout_s,
             max_attempts=p.max_attempts,
@@ -546,7 +579,7 @@ class Build:
         if planning:  # a real build loads them when first needed (`benchmark_texts`)
             self.check_benchmarks(planning=True)
         else:
-            for note in r.sampling_notes():  # said before paying, not only in the manifest
+            for note in r.notes():  # said before paying, not only in the manifest
                 self.console.print(f"[yellow]note:[/yellow] {note}")
         self.check_finish()
         tax, tax_hash, grow_plan = self.stage_taxonomy(can_grow=not planning)
@@ -789,7 +822,10 @@ class Build:
         return df, self.state["prompts"]["output_hash"]
 
     def stage_generate(self, prompts: pl.DataFrame, prompts_hash: str) -> tuple[pl.DataFrame, str]:
-        from textbookgen.engine import ChatRequest
+        """Send the prompts and make a document of every answer with text. A document is the answer without a
+        leading reasoning block (`<think>...</think>`: a reasoning model served without a reasoning parser); the
+        journal keeps the answer as the provider sent it. An answer with no text besides is a failed request."""
+        from textbookgen.engine import split_reasoning
 
         r = self.recipe
         key = {
@@ -798,6 +834,8 @@ class Build:
             "model": r.model,
             "sampling": r.sampling.model_dump(mode="json"),
             "budget": r.budget.model_dump(mode="json"),
+            # how answers become documents; 2: leading reasoning block set apart, an answer without text failed
+            "answers": 2,
         }
         input_hash = _hash(key)
         out_path = self.out / "documents.parquet"
@@ -807,30 +845,20 @@ class Build:
             self.manifest.update(st["stats"])
             return pl.read_parquet(out_path), st["output_hash"]
         t0 = self._begin("generate")
-        requests = [
-            ChatRequest(
-                messages=[{"role": "user", "content": row["prompt"]}],
-                max_tokens=row["max_tokens"],
-                temperature=r.sampling.temperature,
-                top_p=r.sampling.top_p,
-                seed=row["request_seed"],
-                system=row["system"],
-                metadata={"prompt_index": row["index"], "topic_id": row["topic_id"]},
-            )
-            for row in prompts.iter_rows(named=True)
-        ]
         gen = self._generator(self.journals()["generate"], batch=True)
-        responses = gen.run(requests)
+        responses = gen.run(document_requests(prompts, r))
         rows, by_status = [], {}
-        tin = tout = 0
+        tin = tout = reasoned = 0
         cost = 0.0
         for row, resp in zip(prompts.iter_rows(named=True), responses, strict=True):
             by_status[resp.status] = by_status.get(resp.status, 0) + 1
             tin += resp.input_tokens
             tout += resp.output_tokens
             cost += resp.cost_usd
-            if resp.status not in ("ok", "truncated") or not resp.text:
+            reasoning, text = split_reasoning(resp.text)
+            if resp.status not in ("ok", "truncated") or not text.strip():
                 continue
+            reasoned += reasoning is not None
             prov = json.loads(row["provenance"])
             # The extract's text stays in prompts.parquet; the published row names it by id only (web text
             # keeps its own licence, and a 1,000-character copy per document would bloat the dataset).
@@ -848,7 +876,7 @@ class Build:
             rows.append(
                 {
                     "id": resp.key,
-                    "text": resp.text,
+                    "text": text,
                     "topic_path": row["topic_path"],
                     "topic_id": row["topic_id"],
                     "template": row["template"],
@@ -868,11 +896,12 @@ class Build:
         docs = pl.DataFrame(rows, schema=DOC_SCHEMA).unique("id", keep="first", maintain_order=True)
         _write_parquet(docs, out_path)
         counts = {
-            "requests": len(requests),
+            "requests": len(responses),
             **{s: by_status.get(s, 0) for s in ("ok", "truncated", "failed", "skipped_budget")},
             "documents": docs.height,
         }
-        stats = {"counts": counts, "tokens": {"input": tin, "output": tout}, "cost_usd": round(cost, 6)}
+        stats = {"counts": counts, "tokens": {"input": tin, "output": tout}, "cost_usd": round(cost, 6),
+                 "reasoning_stripped": reasoned}  # documents whose answer began with a reasoning block, left out
         complete = counts["failed"] == 0 and counts["skipped_budget"] == 0
         unfinished = None if complete else self._unfinished(responses, gen)
         if unfinished:
@@ -892,23 +921,33 @@ class Build:
         self.console.print(
             f"   {docs.height:,} documents ({by_status}), {tin:,} in / {tout:,} out tokens, ${cost:.4f}"
         )
+        if reasoned:
+            self.console.print(
+                f"   {reasoned:,} answers began with a reasoning block (<think>...</think>): left out of the "
+                "documents; the journal keeps the answers as sent"
+            )
         return docs, self.state["generate"]["output_hash"]
 
     def _unfinished(self, responses: list[ChatResponse], gen: BudgetedGenerator) -> str:
-        """What to do about the requests that gave no answer: transient failures are re-sent by a plain
-        rerun; requests refused for good (400, refusal, content filter) only with `--retry-failed`, since
-        the journal would replay the same refusal; those the budget kept back need a larger budget."""
+        """What to do about the requests that gave no answer: transient failures and empty answers are re-sent
+        by a plain rerun; requests refused for good (400, refusal, content filter) only with `--retry-failed`,
+        since the journal would replay the same refusal; those the budget kept back need a larger budget."""
         from textbookgen.journal import PERMANENT_ERRORS
 
         failed = [r for r in responses if r.status == "failed"]
         parts = []
         if failed:
-            classes = Counter(r.error_class for r in {r.key: r for r in failed}.values())
+            unique = list({r.key: r for r in failed}.values())
+            classes = Counter(r.error_class for r in unique)
             permanent = sum(n for c, n in classes.items() if c in PERMANENT_ERRORS)
             kinds = ", ".join(f"{n} {c}" for c, n in classes.most_common())
+            common = classes.most_common(1)[0][0]  # its example says what to do about most of them
+            example = next(r.error for r in unique if r.error_class == common) or ""
             parts.append(
-                f"{len(failed)} request(s) failed ({kinds}; e.g. {(failed[0].error or '')[:200]})"
-                + ("; a rerun re-sends the transient ones" if permanent < len(failed) else "")
+                f"{len(failed)} request(s) failed ({kinds}; e.g. {example[:300]})"
+                + ("; a rerun re-sends the others (transient failures, empty answers)"
+                   if permanent and permanent < len(unique) else "")
+                + ("; a rerun re-sends them" if not permanent else "")
                 + (
                     "; the journal replays the refused ones: fix the cause, then rerun with "
                     "`textbookgen build --retry-failed` to re-send them"
@@ -1051,8 +1090,9 @@ class Build:
                 "provider": r.provider.name,
                 "api": "batch" if r.provider.batch else "live",
                 "model": r.model,
+                "prices": r.model_prices(),  # USD per 1M tokens the costs are counted at (batch: half)
                 "seed": r.seed,
-                "seeds": {"recipe": r.seed, "request_seed": "(seed * 1000003 + index) mod (2^31 - 1)"},
+                "seeds": {"recipe": r.seed, "request_seed": "(seed * 1000003 + prompt key) mod (2^31 - 1)"},
                 "sampling": r.sampling.model_dump(mode="json"),
                 "taxonomy": {
                     "source": r.taxonomy.source,
@@ -1105,7 +1145,7 @@ class Build:
     def _plan(
         self, tax: Taxonomy, prompts: pl.DataFrame, grow_plan: dict[str, int] | None, can_call: bool
     ) -> BuildResult:
-        from textbookgen.plan import make_plan, print_plan
+        from textbookgen.plan import journal_states, make_plan, print_plan
         from textbookgen.templates import builtin_templates
 
         expected = {n: t.expected_output_tokens for n, t in builtin_templates().items()}
@@ -1118,6 +1158,13 @@ class Build:
                 f"input tokens include ~{missing_web:,} for the web extracts this plan could not load."
             )
         self._finish_manifest()
+        journal = self.journals()["generate"]
+        # what is paid for already, where these prompts are the ones the build sends (no growth or extracts due)
+        states = (
+            journal_states(prompts, self.recipe, journal, retry_failed=self.retry_failed)
+            if journal.is_file() and not grow_plan and not missing_web
+            else None
+        )
         plan = make_plan(
             prompts,
             self.recipe,
@@ -1127,6 +1174,7 @@ class Build:
             notes=self.notes,
             extra_input_tokens=missing_web,
             spent_usd=self.manifest["build_cost_usd"]["total"],
+            journal=states,
         )
         _write_json(plan.to_dict(), self.out / "plan.json")
         print_plan(plan, how_to_run=self.how_to_run(can_call))

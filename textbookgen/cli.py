@@ -111,6 +111,21 @@ def _check_endpoint(endpoint: str | None) -> None:
         _fail(f"--endpoint {endpoint}: cannot connect ({getattr(err, 'strerror', None) or err})")
 
 
+def _exit_interrupted(message: str) -> NoReturn:
+    """Print the line saying what an interrupted push or pull left (`hub.HubInterrupted`), and exit 130 now.
+
+    `os._exit`, not a normal exit: Python joins the client's transfer threads at exit (its pool's, daemon or
+    not), and one stalled in a socket read would hold the process until its request timed out, and then its
+    retries. Nothing is left to save: no commit was sent, and downloads in flight are `.incomplete`.
+    """
+    import sys
+
+    typer.echo(f"\n{message}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 @app.command()
 def push(
     folder: str = typer.Argument(..., help="built dataset folder: data/ shards, README.md, assets/, provenance"),
@@ -128,6 +143,8 @@ def push(
         url = hub.push(folder, repo_id, private=private, endpoint=endpoint, commit_message=message, timeout=timeout)
     except (ValueError, OSError, hub.PushConflictError) as err:
         _fail(_error_line(err))
+    except hub.HubInterrupted as err:
+        _exit_interrupted(str(err))
     typer.echo(url)
 
 
@@ -143,8 +160,11 @@ def pull(
     from textbookgen import hub
 
     _check_endpoint(endpoint)
-    with _reported():
-        path = hub.pull(repo_id, out, revision=revision, endpoint=endpoint, timeout=timeout)
+    try:
+        with _reported():
+            path = hub.pull(repo_id, out, revision=revision, endpoint=endpoint, timeout=timeout)
+    except hub.HubInterrupted as err:
+        _exit_interrupted(str(err))
     typer.echo(str(path))
 
 
@@ -295,6 +315,19 @@ def _unreached(err: BaseException) -> bool:
     return isinstance(cause, RetryableError) and not cause.reached
 
 
+def _local_server_key(path: str, base_url: str | None) -> str | None:
+    """The placeholder key a build hands a server of your own (recipe.ProviderConfig.api_key) where the journal's
+    open batches went to one (`base_url`, else the server each recorded) and no key is set; else None (the
+    provider's environment variable)."""
+    from textbookgen.journal import Journal
+    from textbookgen.recipe import ProviderConfig
+
+    with Journal(path, read_only=True) as j:
+        groups = j.open_batch_groups()
+    keys = {ProviderConfig(name=provider, base_url=base_url or recorded).api_key() for provider, _, recorded in groups}
+    return "EMPTY" if "EMPTY" in keys else None
+
+
 @app.command()
 def journal(
     path: str = typer.Argument(..., help="journal file written by generate / build"),
@@ -336,6 +369,7 @@ def journal(
         if api_key_env and not api_key:
             _fail(f"environment variable {api_key_env} is not set", 2)
         with _reported():
+            api_key = api_key or _local_server_key(path, base_url)
             try:
                 counts = cancel(path, base_url=base_url, api_key=api_key)
             except FatalProviderError as err:
@@ -366,11 +400,11 @@ def _overrides(sets: list[str] | None) -> dict:
     return out
 
 
-def _load_recipe(path: str, sets: list[str] | None):
+def _load_recipe(path: str, sets: list[str] | None, prices: list[str] | None = None):
     from textbookgen.recipe import RecipeError, load_recipe
 
     try:
-        return load_recipe(path, _overrides(sets))
+        return load_recipe(path, _overrides(sets), _prices(prices))
     except RecipeError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -378,19 +412,25 @@ def _load_recipe(path: str, sets: list[str] | None):
 
 SET_HELP = "override a recipe field, e.g. --set samples=20 --set provider.base_url=http://127.0.0.1:8000/v1"
 SetOption = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
+PRICE_HELP = ("MODEL=IN,OUT: USD per 1M input and output tokens (standard API; batch bills half), over the "
+              "recipe's `prices:` and the built-in table, e.g. for a self-hosted model (repeatable)")
+PriceOption = Annotated[list[str] | None, typer.Option("--price", help=PRICE_HELP)]
 
 
 @app.command()
 def validate(
     recipe: str = typer.Argument(..., help="recipe YAML"),
     set_: SetOption = None,
+    price: PriceOption = None,
 ) -> None:
-    """Check a recipe: schema, files it names, templates, mix names. Errors name file, line and field."""
+    """Check a recipe: schema, files it names, templates, mix names, and everything else the build would
+    reject later that needs no network and no paid request. Errors name file, line and field."""
     from textbookgen.build import Build, BuildError, open_web_samples
+    from textbookgen.recipe import deferred_problems
     from textbookgen.taxonomy import Taxonomy, TaxonomyError
     from textbookgen.websamples import WebSampleError
 
-    r = _load_recipe(recipe, set_)
+    r = _load_recipe(recipe, set_, price)
     tc = r.taxonomy
     try:  # the taxonomy file is the recipe's other input that can be malformed
         tax = Taxonomy.load(r.taxonomy_path(), format=tc.format, select=tc.select, name=tc.name)
@@ -403,14 +443,13 @@ def validate(
         except WebSampleError as err:
             typer.echo(f"error: web samples: {err}", err=True)
             raise typer.Exit(1) from None
-    from textbookgen.card import card_template_of, load_card_template
-
-    template = card_template_of(r)
-    with _reported():
-        if template is not None:
-            load_card_template(template)
+    problems = deferred_problems(r, tax)
+    if problems:
+        _fail(r.problem_text(problems))
     check = Build(r, plan_only=True)
     try:  # local files only: a plan downloads nothing
+        with _reported():
+            check.check_finish()  # a repo to push to, a card template that compiles
         check.check_benchmarks(planning=True)
     except BuildError as err:
         _fail(str(err))
@@ -423,14 +462,15 @@ def validate(
 
 
 def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool | None, progress: bool,
-               retry_failed: bool = False, push_incomplete: bool = False) -> None:
+               retry_failed: bool = False, push_incomplete: bool = False,
+               prices: list[str] | None = None) -> None:
     """Run a build; exit as `generate` does: 2 stopped (a fatal provider error or the error breaker), 3 some
     requests failed, 4 the budget kept some back, 130 interrupted; the message says what a rerun needs."""
     from textbookgen.build import Build, BuildError
     from textbookgen.errors import FatalProviderError
     from textbookgen.journal import JournalError
 
-    r = _load_recipe(recipe, sets)
+    r = _load_recipe(recipe, sets, prices)
     b = Build(r, plan_only=plan_only, push=push, progress=progress, retry_failed=retry_failed,
               push_incomplete=push_incomplete or None)
     try:
@@ -446,7 +486,11 @@ def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool 
         typer.echo(f"error: {type(err).__name__}: {err}\nfinished requests are kept in "
                    f"{r.output_dir() / 'journal.sqlite'}; rerun the same command to resume.", err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        from textbookgen.hub import HubInterrupted
+
+        if isinstance(err, HubInterrupted):  # the push's stalled transfers are not waited for
+            _exit_interrupted(f"{err}; or rerun the same command (stages that finished are skipped)")
         journal = b.journals().get(b.stage or "")
         kept = f"finished requests are in {journal}; " if journal else "stages that finished are kept; "
         typer.echo(f"\ninterrupted{f' during {b.stage}' if b.stage else ''}: {kept}rerun the same command to "
@@ -473,6 +517,7 @@ def build(
                                          "budget stopped generation (implies --push; default: the recipe's "
                                          "hub.push_incomplete); the card says the dataset is incomplete"),
     set_: SetOption = None,
+    price: PriceOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live generation progress"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-send the requests the journals hold as "
                                       "refused for good (400, refusal, content filter) once you fixed the cause; "
@@ -488,16 +533,19 @@ def build(
     with --push-incomplete."""
     if push_incomplete and push is False:
         _fail("--push-incomplete pushes; it does not go with --no-push")
-    _run_build(recipe, set_, plan, True if push_incomplete else push, progress, retry_failed, push_incomplete)
+    _run_build(recipe, set_, plan, True if push_incomplete else push, progress, retry_failed, push_incomplete,
+               price)
 
 
 @app.command("plan")
 def plan_cmd(
     recipe: str = typer.Argument(..., help="recipe YAML"),
     set_: SetOption = None,
+    price: PriceOption = None,
 ) -> None:
-    """Same as `build --plan`: render prompts, print counts, token, cost and time estimates."""
-    _run_build(recipe, set_, True, False, False)
+    """Same as `build --plan`: render prompts, print counts, token, cost and time estimates, and on an output
+    folder with a journal what is answered already and what the rest costs."""
+    _run_build(recipe, set_, True, False, False, prices=price)
 
 
 topics_app = typer.Typer(no_args_is_help=True, help="Topic taxonomies: inspect, convert, grow.")
@@ -650,7 +698,7 @@ def dedup(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
     output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
     workdir: str | None = typer.Option(None, "--workdir", help="signature cache (a killed run resumes) + "
-                                       "clusters.parquet, pairs.parquet; default <output>.work"),
+                                       "clusters.parquet, pairs.parquet, exact_dedup/duplicates.parquet; default <output>.work"),
     index: str | None = typer.Option(None, "--index", help="incremental: a folder keeping the documents that "
                                      "earlier runs with it kept; this input is deduplicated against them too, "
                                      "and what it keeps is added (without --index: a fresh dedup of the input)"),
@@ -664,7 +712,7 @@ def dedup(
     exact: bool = typer.Option(True, "--exact/--no-exact", help="exact dedup on normalised text first"),
     config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
-    """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then id).
+    """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then the first in input order).
     Each run is a fresh dedup of its input, unless --index DIR makes it incremental: the input is then also
     deduplicated against the documents earlier runs with DIR kept, which always stay; a document already
     indexed (same id, same text) is kept, one with an indexed id and a new text replaces the old version,
@@ -688,21 +736,36 @@ def dedup(
 
 @app.command()
 def decontaminate(
-    benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="NAME=PATH for a known benchmark "
-                         "(arc_easy, gsm8k, mmlu, humaneval, ...) or a jsonl/parquet file/folder")],
+    benchmark: Annotated[list[str] | None, typer.Option("--benchmark", "-b", help="NAME=PATH for a known benchmark "
+                         "(arc_easy, gsm8k, mmlu, humaneval, ...) or a jsonl/parquet file/folder; added to those "
+                         "of --config (a name in both: this path)")] = None,
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
     output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
     ngram: int | None = typer.Option(None, help="n-gram size for candidates (13)"),
     similarity: float | None = typer.Option(None, help="share of an item's words found in order to drop (0.8)"),
-    workdir: str | None = typer.Option(None, "--workdir", help="where contamination.parquet (the report) goes"),
+    workdir: str | None = typer.Option(None, "--workdir", help="work folder (default <output>.work); the report "
+                                       "is its decontamination/contamination.parquet"),
     config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
     """Drop documents containing benchmark items (n-gram overlap, then an in-order word match); report which."""
     from textbookgen.curation.commands import decontaminate_steps, parse_benchmark
+    from textbookgen.curation.config import BenchmarkSource, CurationConfig
 
-    o = {"decontamination.benchmarks": [parse_benchmark(b).model_dump() for b in benchmark],
-         "decontamination.ngram": ngram, "decontamination.similarity": similarity}
-    _curation_run(input_path, output, decontaminate_steps, workdir, config, o, text_column, id_column)
+    given = [parse_benchmark(b) for b in benchmark or []]
+
+    def steps(cfg: CurationConfig) -> list:
+        """--config's benchmarks, then those of -b; one named in both (or the same path) is -b's."""
+        sources: dict[str, BenchmarkSource] = {}
+        for src in [*cfg.decontamination.benchmarks, *given]:
+            sources[src.name or str(Path(src.path))] = src
+        if not sources:
+            raise ValueError("decontaminate: no benchmarks: give -b NAME=PATH (or a jsonl/parquet file/folder), "
+                             "or list them under decontamination.benchmarks in --config")
+        cfg.decontamination.benchmarks = list(sources.values())
+        return decontaminate_steps(cfg)
+
+    o = {"decontamination.ngram": ngram, "decontamination.similarity": similarity}
+    _curation_run(input_path, output, steps, workdir, config, o, text_column, id_column)
 
 
 @app.command("filter")
@@ -711,7 +774,8 @@ def filter_cmd(
     output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
     min_words: int | None = typer.Option(None, help="fewest words of a prose document (50)"),
     max_words: int | None = typer.Option(None, help="most words of any document (100000)"),
-    workdir: str | None = typer.Option(None, "--workdir", help="where dropped.parquet (id, reason) goes"),
+    workdir: str | None = typer.Option(None, "--workdir", help="work folder (default <output>.work); its "
+                                       "filters/dropped.parquet lists the dropped rows (id, reason)"),
     config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
     """Heuristic quality filters (length, repetition, symbols, boilerplate); prose rules skip code."""
