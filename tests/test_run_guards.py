@@ -288,3 +288,22 @@ def test_a_tokenizer_bigger_than_the_model_is_one_line(corpus, tmp_path, shared_
     assert not (tmp_path / "big").exists()
     with pytest.raises(ValueError, match="has 50,295 tokens but the model only 512"):
         load_model(run, tokenizer=gpt2, device="cpu")
+
+
+def test_a_signal_passed_on_by_the_launcher_is_not_an_abort(monkeypatch):
+    """torchrun re-sends the SIGTERM it gets to workers a scheduler signalled already: the second copy, within
+    seconds, must not abort the checkpoint the first one asked for (the ranks hung mid-save until SIGKILL)."""
+    import os
+    import signal
+
+    from trainer import train as train_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(train_mod.time, "monotonic", lambda: clock[0])
+    with train_mod._StopFlag() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's copy
+        assert stop.wanted() and stop.reason == "SIGTERM"
+        clock[0] += train_mod._StopFlag.REPEAT_S
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # asked again, later: abort

@@ -483,12 +483,18 @@ def plot_metrics(jsonl: Path, png: Path) -> Path | None:
 
 class _StopFlag:
     """SIGINT/SIGTERM, or `budget_s` seconds from the start (train.time_budget_s), ask the loop to stop at the
-    next step boundary (and checkpoint) instead of dying."""
+    next step boundary (and checkpoint) instead of dying. A second signal aborts, unless it comes within
+    `REPEAT_S` of the first: that is the same request passed on, as torchrun re-sends the SIGTERM or SIGINT it
+    gets to its workers, which a scheduler (SLURM's scancel) or a terminal's Ctrl-C has signalled already. Taken
+    as an abort, it cut the checkpoint short, mid-collective: the ranks hung until torchrun killed them."""
+
+    REPEAT_S = 5.0
 
     def __init__(self, budget_s: float | None = None) -> None:
         self.reason: str | None = None
         self._budget_s = budget_s
         self._t0 = time.perf_counter()
+        self._signalled_at: float | None = None
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -504,10 +510,15 @@ class _StopFlag:
         return self.reason is not None
 
     def _handle(self, signum, frame) -> None:
-        if self.reason is not None:  # second signal: give up at once
-            raise KeyboardInterrupt
-        self.reason = signal.Signals(signum).name
-        sys.stderr.write(f"\n{self.reason}: stopping after this step, with a checkpoint (send it again to abort)\n")
+        now = time.monotonic()
+        if self._signalled_at is not None:
+            if now - self._signalled_at < self.REPEAT_S:  # the first one, passed on by a launcher
+                return
+            raise KeyboardInterrupt  # asked again: give up at once
+        self._signalled_at = now
+        self.reason = self.reason or signal.Signals(signum).name
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint (send it "
+                         f"again, {self.REPEAT_S:.0f} s or more from now, to abort)\n")
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
