@@ -698,7 +698,8 @@ def dedup(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
     output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
     workdir: str | None = typer.Option(None, "--workdir", help="signature cache (a killed run resumes) + "
-                                       "clusters.parquet, pairs.parquet, exact_dedup/duplicates.parquet; default <output>.work"),
+                                       "minhash_dedup/clusters.parquet and pairs.parquet, exact_dedup/duplicates.parquet; "
+                                       "default <output>.work"),
     index: str | None = typer.Option(None, "--index", help="incremental: a folder keeping the documents that "
                                      "earlier runs with it kept; this input is deduplicated against them too, "
                                      "and what it keeps is added (without --index: a fresh dedup of the input)"),
