@@ -62,6 +62,8 @@ def test_quickstart_without_a_key_plans_and_exits_0(tmp_path):
     plan = json.loads((out / "plan.json").read_text())
     assert plan["n_prompts"] == 300 and plan["input_tokens"] > 0 and plan["estimates"][0]["cost_usd"] > 0
     assert not (out / "journal.sqlite").exists()  # nothing was sent
+    said = "".join(res.stdout.split())  # rich wraps long lines
+    assert f"&&textbookgenbuildrecipes/quickstart.yaml--setoutput={out}" in said  # the command as given, to rerun
 
 
 def test_plan_with_the_batch_api_costs_half(tmp_path):
@@ -782,6 +784,22 @@ def test_a_dollar_budget_stops_a_self_hosted_model_at_the_price_the_recipe_or_co
         free = CliRunner().invoke(app, [*cli[:2], *cli[5:], "--set", f"output={tmp_path / 'f'}"])  # unpriced: $0
         assert free.exit_code == 0 and "note: budget.max_cost_usd: my/llm has no price" in free.output, free.output
 
+
+
+def test_an_unpriced_model_under_a_dollar_budget_is_one_note_per_build(tmp_path, capsys, caplog):
+    """The recipe's note said it, then each stage's engine logged its own warning of the same fact."""
+    import logging
+
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    with Emulator(EmulatorConfig(latency_median_s=0.002, responder=prose_responder)) as emu:
+        sets = {"model": "my/llm", "provider.name": "openai-compatible", "provider.base_url": emu.openai_base_url,
+                "samples": 3, "web_samples": None, "limits.concurrency": 1, "budget.max_cost_usd": 0.2,
+                "output": str(tmp_path / "o")}  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="textbookgen.engine"):
+            res = build(load_recipe(QUICKSTART, sets), progress=False)
+    assert res.unfinished is None and capsys.readouterr().err.count("note: budget.max_cost_usd: my/llm") == 1
+    assert "no price is known" not in caplog.text
 
 def test_a_key_variable_the_recipe_names_but_is_not_set_stops_the_build_before_a_request(tmp_path, monkeypatch):
     from typer.testing import CliRunner

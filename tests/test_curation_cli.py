@@ -257,6 +257,21 @@ def test_a_null_text_in_a_late_chunk_fails_before_any_output(tmp_path, monkeypat
     assert not list(tmp_path.glob("out.parquet*"))
 
 
+@pytest.mark.parametrize("command", [["dedup"], ["filter"]], ids=["streamed", "read whole"])
+def test_null_ids_are_refused_naming_the_file_and_count(tmp_path, monkeypatch, command):
+    """Null ids used to reach near dedup, which called them duplicate ids (or failed later)."""
+    from textbookgen.curation import corpus_io
+
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 4)
+    src = tmp_path / "f.jsonl"
+    src.write_text("".join(json.dumps({"id": None if i in (1, 9) else f"d{i}", "text": f"doc {i} " + "word " * 30})
+                           + "\n" for i in range(10)))
+    result = runner.invoke(app, [*command, str(src), "-o", str(tmp_path / "out.parquet"), "--id-column", "id"])
+    assert result.exit_code == 1
+    assert re.search(r"f\.jsonl: 2 row\(s\) with a null 'id'.*--id-column", result.output), result.output
+    assert not list(tmp_path.glob("out.parquet*"))
+
+
 @pytest.mark.parametrize("with_ids", [True, False], ids=["int ids", "made-up ids"])
 def test_dedup_keeps_the_first_occurrence_and_the_ids_as_given(corpus, tmp_path, with_ids):
     """"Keep the lowest id" compared ids as strings: an exact copy with id 10 (or "f:10") was kept over

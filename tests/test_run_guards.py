@@ -307,3 +307,42 @@ def test_a_signal_passed_on_by_the_launcher_is_not_an_abort(monkeypatch):
         clock[0] += train_mod._StopFlag.REPEAT_S
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # asked again, later: abort
+
+
+# ----------------------------------------------------------------------------- torchrun: one line, not one per rank
+
+
+def test_a_refusal_every_rank_raises_is_printed_by_rank_0_only(corpus, pinned, tmp_path, capsys, monkeypatch):
+    """Under torchrun every rank raised the run lock's (broadcast) refusal and the resume refusals, and each
+    printed it: `error: ...: in use by another train run` once per rank. Other ranks now exit alike, silently."""
+    import fcntl
+
+    from trainer.cli import report_user_errors
+    from trainer.distributed import DistInfo
+    from trainer.train import run_lock
+
+    run = tmp_path / "run"
+    shutil.copytree(pinned / "run", run)
+    tokenizer = write_config(overrides(corpus, run, **{"data.tokenizer": str(corpus["other"]),
+                                                       "data.cache_dir": str(tmp_path / "cache")}), tmp_path / "t.yaml")
+    shape = write_config({**overrides(corpus, run), "model.overrides": {"vocab_size": 512, "hidden_size": 128}},
+                         tmp_path / "s.yaml")
+
+    def locked(_args) -> int:
+        with run_lock(run, DistInfo()):
+            return 0
+
+    monkeypatch.setenv("RANK", "1")
+    for argv in (["train", "-c", str(tokenizer), "--max-steps", "3", "--no-progress"],
+                 ["train", "-c", str(shape), "--max-steps", "3", "--no-progress"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == "", argv
+    with open(run / ".lock", "a+") as f:  # held as by another run
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert report_user_errors(locked, None) == 2  # type: ignore[arg-type]
+        assert capsys.readouterr().err == ""
+        monkeypatch.setenv("RANK", "0")
+        assert report_user_errors(locked, None) == 2  # type: ignore[arg-type]
+        assert "in use by another train run" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # an error not marked as every rank's may differ by rank: still printed
+    one_line_error(["train", "-c", str(shape), "--set", "train.max_steps=many"], capsys)

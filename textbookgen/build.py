@@ -437,7 +437,9 @@ class Build:
         console: Any = None,
         retry_failed: bool = False,
         push_incomplete: bool | None = None,
+        options: str = "",
     ):
+        """`options`: the command-line options this build was given (`--set ...`), for the command it prints."""
         from rich.console import Console
 
         self.recipe = recipe
@@ -450,6 +452,7 @@ class Build:
         self.unfinished: Unfinished | None = None
         self.progress = progress
         self.retry_failed = retry_failed
+        self.options = options
         self.console = console or Console(stderr=True)
         self.state_path = self.meta_dir / "state.json"
         self.state: dict[str, Any] = {}
@@ -537,6 +540,7 @@ class Build:
             max_cost_usd=r.budget.max_cost_usd,
             max_output_tokens=r.budget.max_output_tokens,
             prices=r.price_table(),
+            warn_unpriced=False,  # the recipe's note says it once per build (`Recipe.budget_notes`)
             progress=self.progress,
             timeout_s=p.timeout_s,
             max_attempts=p.max_attempts,
@@ -1134,10 +1138,11 @@ class Build:
     def how_to_run(self, can_call: bool) -> str:
         r = self.recipe
         path = _rel(r.path) if r.path else "RECIPE"
+        command = f"textbookgen build {path}{f' {self.options}' if self.options else ''}"
         if can_call:
-            return f"textbookgen build {path}"
+            return command
         return (
-            f"export {r.provider.key_env}=<your key> && textbookgen build {path}\n"
+            f"export {r.provider.key_env}=<your key> && {command}\n"
             f"  (or use a server of your own: textbookgen build {path} --set provider.name=openai-compatible "
             f"--set provider.base_url=http://127.0.0.1:8000/v1 --set model=<served model>)"
         )

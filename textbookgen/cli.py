@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -166,6 +167,79 @@ def pull(
     except hub.HubInterrupted as err:
         _exit_interrupted(str(err))
     typer.echo(str(path))
+
+
+#: The id column `publish` has the corpus reader make up, and drops: the input's columns go out as they are.
+_ROW = "\0publish_row"
+
+
+@app.command()
+def publish(
+    input_path: str = typer.Argument(..., help="your corpus: parquet/jsonl file or folder (e.g. a curation output)"),
+    out: str = typer.Option(..., "--output", "-o", help="folder to write: data/{split}-NNNNN-of-NNNNN.parquet, "
+                            "README.md, assets/; then `textbookgen push` it"),
+    split: str = typer.Option("train", "--split", help="split the input becomes (publish again to add another)"),
+    name: str | None = typer.Option(None, "--name", help="card title and pretty_name (default: the folder's name)"),
+    license: str | None = typer.Option(None, "--license", help="Hub license id, e.g. cc-by-4.0 (default: unknown)"),
+    language: str | None = typer.Option(None, "--language", help="ISO 639 code of the text (default: en)"),
+    stats: Annotated[list[str] | None, typer.Option("--stats", help="a curation command's <output>.stats.json, "
+                     "reported in the card; repeat in the order the commands ran")] = None,
+    repo_id: str | None = typer.Option(None, "--repo-id", help="repo named in the card's usage example"),
+    text_column: str = typer.Option("text", "--text-column", help="field holding the text"),
+) -> None:
+    """Write your own corpus as a Hub dataset folder with every column as given, and a card that describes it."""
+    import polars as pl
+
+    from textbookgen.card import language_code, render_corpus_card
+    from textbookgen.curation.corpus_io import Corpus, CorpusWriter, new_path
+    from textbookgen.dataset import validate_split, write_dataset
+    from textbookgen.hub import PROVENANCE_FILES
+
+    folder, src = Path(out), Path(input_path)
+    with _reported():
+        validate_split(split)
+        if language is not None:
+            try:
+                language_code(language)
+            except ValueError:
+                _fail(f"--language {language}: neither an ISO 639 code nor a known language name")
+        if folder.resolve() == src.resolve() or src.resolve() in folder.resolve().parents:
+            _fail(f"--output {out}: is the input {input_path} or inside it; write the dataset elsewhere")
+        built = next((n for n in PROVENANCE_FILES if (folder / n).exists()), None)
+        if built:
+            _fail(f"--output {out}: holds {built} of a textbookgen build, which a push would publish with this "
+                  "corpus; publish into a new folder")
+        curation = [_curation_report(f) for f in stats or []]
+        corpus = Corpus(src, text_column, _ROW)
+        schema = pl.Schema({k: v for k, v in corpus.schema().items() if k != _ROW})
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = new_path(folder, ".publish-", ".parquet")  # one typed file, so shards stream from a LazyFrame
+        try:
+            with CorpusWriter(staged, schema) as writer:
+                for chunk in corpus.chunks():
+                    writer.write(chunk.drop(_ROW))
+            write_dataset(pl.scan_parquet(staged), folder, split, as_given=True)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            if created and not any(folder.iterdir()):
+                folder.rmdir()  # a failed first publish leaves no empty folder behind
+            raise
+        staged.unlink()
+        readme = render_corpus_card(folder, text_column, name=name, license=license, language=language,
+                                    repo_id=repo_id, curation=curation)
+    typer.echo(str(readme))
+
+
+def _curation_report(path: str) -> dict:
+    """A curation command's stats file ({stage: {in, kept, dropped: {reason: n}}}); exits naming it if not one."""
+    try:
+        report = json.loads(Path(path).read_text("utf-8"))
+    except json.JSONDecodeError as err:
+        _fail(f"--stats {path}: not JSON ({err})")
+    if not isinstance(report, dict) or not all(isinstance(v, dict) and "kept" in v for v in report.values()):
+        _fail(f"--stats {path}: not a curation report ({{stage: {{in, kept, dropped}}}}, a <output>.stats.json)")
+    return report
 
 
 # ---- generation engine: generate (owner: engine) ---------------------------------------------------
@@ -471,8 +545,9 @@ def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool 
     from textbookgen.journal import JournalError
 
     r = _load_recipe(recipe, sets, prices)
+    given = [*(f"--set {shlex.quote(s)}" for s in sets or []), *(f"--price {shlex.quote(p)}" for p in prices or [])]
     b = Build(r, plan_only=plan_only, push=push, progress=progress, retry_failed=retry_failed,
-              push_incomplete=push_incomplete or None)
+              push_incomplete=push_incomplete or None, options=" ".join(given))
     try:
         res = b.run()
     except BuildError as err:

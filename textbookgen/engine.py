@@ -361,6 +361,8 @@ class Generator:
     budget). spent_before: for a budget over more than this request set (a whole build), all it has spent
     before this run, this journal's record of these requests included: counted instead of that record.
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
+    warn_unpriced: log a warning where max_cost_usd is set on a model with no price (it counts as $0, so the
+    budget cannot stop it); False where the caller says so already (a build's recipe note).
     max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
     holds as failed for a permanent reason (400, refusal, content filter); those failed for a passing one
     (retries exhausted, an empty answer) are re-sent by every run.
@@ -383,7 +385,8 @@ class Generator:
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0,
                  retry_failed: bool = False, batch: bool = False, batch_size: int = 10_000,
                  batch_poll_s: float = 30.0, batch_max_rounds: int = 3, batch_limits: BatchLimits | None = None,
-                 max_error_rate: float | None = 0.5, error_window: int = 50, spent_before: Spend | None = None) -> None:
+                 max_error_rate: float | None = 0.5, error_window: int = 50, spent_before: Spend | None = None,
+                 warn_unpriced: bool = True) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if batch and provider not in BATCH_PROVIDERS:
@@ -413,7 +416,7 @@ class Generator:
         factor = BATCH_DISCOUNT if batch else 1.0
         self.price_in, self.price_out = (p * factor / 1e6 for p in price_of(model, prices))
         self.cache_read_rate, self.cache_write_rate = cache_rates(model)
-        if max_cost_usd is not None and not (self.price_in or self.price_out):
+        if warn_unpriced and max_cost_usd is not None and not (self.price_in or self.price_out):
             log.warning("max_cost_usd is set but no price is known for model %r, so its calls count as $0 "
                         "and the cost budget cannot stop the run; pass prices={%r: (input, output)} in USD "
                         "per 1M tokens (or --price) if it is not free", model, model)
@@ -1039,7 +1042,7 @@ class Generator:
                         s["abandoned_usd"] - s["prior_abandoned_usd"],
                         s["abandoned_output_tokens"] - s["prior_abandoned_output_tokens"])
         if s["empty"]:
-            log.warning("%d answers had no text (empty, or only reasoning): billed, and failed (empty_answer); the "
-                        "next run sends them again", s["empty"])
+            log.warning("%d answers had no text (empty, or only reasoning): billed, and failed (empty_answer, or "
+                        "empty_answer_reasoning after reasoning); the next run sends them again", s["empty"])
         if self._budget_note:
             log.warning("budget stop: %s; %d requests skipped", self._budget_note, s["skipped_budget"])

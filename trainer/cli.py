@@ -348,7 +348,8 @@ def _command_hints(message: str, command: str | None) -> str:
 def report_user_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """`run(args)`, with user errors (bad config or option, missing or unreadable data, checkpoint or
     output path, divergence) printed as one `error: ...` line instead of a traceback (set TRAINER_DEBUG=1
-    for the traceback), and Ctrl-C as one `interrupted` line with exit code 130."""
+    for the traceback), and Ctrl-C as one `interrupted` line with exit code 130. Under torchrun a refusal
+    that every rank raises alike (marked by `train.every_rank`) is printed by rank 0 alone."""
     try:
         return run(args)
     except KeyboardInterrupt as e:  # a second Ctrl-C in training, or one in prepare (which says how to go on)
@@ -361,7 +362,8 @@ def report_user_errors(run: Callable[[argparse.Namespace], int], args: argparse.
         if not user_error or os.environ.get("TRAINER_DEBUG"):
             raise
         line = _os_error_line(e) if isinstance(e, OSError) else str(e)
-        print(f"error: {_command_hints(line, getattr(args, 'command', None))}", file=sys.stderr)
+        if not getattr(e, "every_rank", False) or os.environ.get("RANK", "0") == "0":
+            print(f"error: {_command_hints(line, getattr(args, 'command', None))}", file=sys.stderr)
         return 1 if type(e).__name__ == "TrainingDiverged" else 2
 
 

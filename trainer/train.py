@@ -548,6 +548,13 @@ def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
 LOCK_FILE = ".lock"
 
 
+def every_rank(error: Exception) -> Exception:
+    """`error`, marked as a refusal that every rank of a torchrun raises alike (broadcast from rank 0, or
+    decided from the same files), so that `report_user_errors` prints it on rank 0 only."""
+    error.every_rank = True  # type: ignore[attr-defined]
+    return error
+
+
 @contextmanager
 def run_lock(run_dir: Path, info: distributed.DistInfo) -> Iterator[None]:
     """Hold an exclusive lock on run_dir/.lock while the run lives (the OS drops it when the process dies, by
@@ -561,7 +568,7 @@ def run_lock(run_dir: Path, info: distributed.DistInfo) -> Iterator[None]:
         dist.broadcast_object_list(outcome, src=0)
         refusal = outcome[0]
     if refusal:
-        raise RunDirBusy(errno.EBUSY, refusal, str(run_dir))
+        raise every_rank(RunDirBusy(errno.EBUSY, refusal, str(run_dir)))
     try:
         yield
     except BaseException:
@@ -657,11 +664,11 @@ class Trainer:
                                    f"will not keep it")
             return saved
         if saved is not None and checkpoint.tokenizer_sha256(tok) != checkpoint.tokenizer_sha256(saved):
-            raise checkpoint.CheckpointError(
+            raise every_rank(checkpoint.CheckpointError(
                 f"data.tokenizer {spec!r} is not the tokenizer {self.resume_from} was trained with "
                 f"({self.resume_from / checkpoint.TOKENIZER_FILE}, {saved.get_vocab_size():,} tokens; data.tokenizer "
                 f"has {tok.get_vocab_size():,}): resuming would train on other token ids; set data.tokenizer back "
-                f"to that one, or train in another run_dir (--run-dir)")
+                f"to that one, or train in another run_dir (--run-dir)"))
         return tok
 
     def _check_resumed_model(self) -> None:
@@ -674,10 +681,10 @@ class Trainer:
         differ = [k for k in _shape_fields() if k != "initializer_range" and k in saved and saved[k] != asked[k]]
         if differ:
             changes = ", ".join(f"{k} {saved[k]!r} -> {asked[k]!r}" for k in differ)
-            raise checkpoint.CheckpointError(
+            raise every_rank(checkpoint.CheckpointError(
                 f"{self.resume_from}: does not fit the model the config asks for ({changes}): a resume goes on with the "
                 f"checkpoint's model; set model.name/model.overrides back, or train the new model in another "
-                f"run_dir (--run-dir)")
+                f"run_dir (--run-dir)"))
 
     def _setup_device(self) -> None:
         """The device this process trains on; fp32 matmuls outside autocast (pure fp32 runs) may use TF32."""

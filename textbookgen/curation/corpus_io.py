@@ -228,7 +228,7 @@ def _prepare(df: pl.DataFrame, file: Path, root: Path, first_row: int, text_colu
              ) -> pl.DataFrame:
     """Rows `first_row`.. of one file as the corpus has them: "<file>:<row>" ids where the file has none
     (its own ids keep their type), texts as strings. Checks the text and id columns' types (and leaves
-    counting null texts to the caller)."""
+    counting null texts and ids to the caller)."""
     if text_column not in df.columns:
         raise _no_text_field(file, df.columns, text_column)
     if id_column not in df.columns:
@@ -244,9 +244,14 @@ def _prepare(df: pl.DataFrame, file: Path, root: Path, first_row: int, text_colu
                          f"({reason}); pass --text-column") from None
 
 
-def _check_texts(file: Path, nulls: int, text_column: str) -> None:
-    if nulls:
-        raise ValueError(f"{file}: {nulls} row(s) with a null {text_column!r}")
+def _check_nulls(file: Path, texts: int, ids: int, text_column: str, id_column: str) -> None:
+    """Refuse a file with null texts or null ids (counts of each): near dedup would take null ids for
+    duplicates, and a judge's journal keys its rows by id."""
+    if texts:
+        raise ValueError(f"{file}: {texts} row(s) with a null {text_column!r}")
+    if ids:
+        raise ValueError(f"{file}: {ids} row(s) with a null {id_column!r}; give every row an id, or pass "
+                         f"--id-column naming a field the file lacks to have <file>:<row> ids made up")
 
 
 def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "id") -> pl.DataFrame:
@@ -260,7 +265,7 @@ def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "i
         if _is_empty(raw):
             continue
         df = _prepare(raw, f, Path(path), 0, text_column, id_column)
-        _check_texts(f, df[text_column].null_count(), text_column)
+        _check_nulls(f, df[text_column].null_count(), df[id_column].null_count(), text_column, id_column)
         frames.append(df)
     if not frames:
         raise _no_documents(Path(path))
@@ -290,11 +295,11 @@ class Corpus:
 
     def chunks(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
         """Every row, a chunk at a time: the id and text columns plus those of `columns` that the file
-        has (None: all its columns). A file with a null text raises after its last chunk; an empty
+        has (None: all its columns). A file with a null text or id raises after its last chunk; an empty
         JSON lines file gives none."""
         documents = False
         for f in self.files:
-            first, nulls = 0, 0
+            first, nulls, null_ids = 0, 0, 0
             for raw in self._raw_chunks(f, columns):
                 if _is_empty(raw):
                     continue
@@ -302,9 +307,10 @@ class Corpus:
                 df = _prepare(raw, f, self.path, first, self.text_column, self.id_column)
                 first += df.height
                 nulls += df[self.text_column].null_count()
+                null_ids += df[self.id_column].null_count()
                 yield df if columns is None else df.select(self.id_column, self.text_column,
                                                            *(c for c in columns if c in df.columns))
-            _check_texts(f, nulls, self.text_column)
+            _check_nulls(f, nulls, null_ids, self.text_column, self.id_column)
         if not documents:
             raise _no_documents(self.path)
 
