@@ -208,14 +208,15 @@ def features(schema: pa.Schema) -> list[dict]:
     return out
 
 
-def dataset_info(splits: dict[str, list[Path]], schema: pa.Schema) -> dict:
+def dataset_info(splits: dict[str, list[Path]], schema: pa.Schema, as_given: bool = False) -> dict:
     """The card's `dataset_info` block: features, split sizes, download and dataset sizes.
 
     Reads only parquet footers and one streaming pass per split, never the whole text into memory.
+    `as_given`: shards of a user's corpus (`write_dataset(..., as_given=True)`), measured column by column.
     """
     rows = split_rows(splits)
     split_info = [
-        {"name": name, "num_bytes": check_rows(pl.scan_parquet(paths))[1], "num_examples": rows[name]}
+        {"name": name, "num_bytes": check_rows(pl.scan_parquet(paths), as_given)[1], "num_examples": rows[name]}
         for name, paths in splits.items()
     ]
     return {
@@ -626,3 +627,149 @@ def validate_card_text(text: str) -> DatasetCard:
             if split is None or not re.match(r"^\w+(\.\w+)*$", split) or not entry.get("path"):
                 raise ValueError(f"dataset card config {config['config_name']!r}: bad data_files entry {entry}")
     return card
+
+
+# ---- the card of a user's own corpus (`textbookgen publish`) ---------------------------------------
+#: The card of a corpus published as given: it describes the data, and claims nothing about its origin.
+CORPUS_TEMPLATE = CARDS_DIR / "corpus.md"
+
+
+def corpus_metadata(name: str, license: str | None, language: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A corpus card's descriptive metadata, and the part of it that is defaults (as `card_metadata`).
+
+    Nothing about how the text was made (no `*_creators`, `source_datasets`, `synthetic`): the tool
+    does not know it. An unset license is `unknown`, not a guess.
+    """
+    metadata = {
+        "license": license or "unknown",
+        "language": [language_code(language or "en")],
+        "task_categories": ["text-generation"],
+        "task_ids": ["language-modeling"],
+        "pretty_name": name,
+    }
+    given = {k for k, v in (("license", license), ("language", language)) if v}
+    return metadata, {k: v for k, v in metadata.items() if k not in given}
+
+
+def corpus_table(splits: dict[str, list[Path]], text_column: str, schema: pa.Schema) -> pl.DataFrame:
+    """What `plot_all` and `corpus_stats` need of every row: the text's word and character counts, the
+    corpus's `quality_score` where it has a numeric one (`textbookgen classifier score`), and the build
+    columns the plots look for, null."""
+    score = schema.field("quality_score").type if "quality_score" in schema.names else None
+    numeric = score is not None and (pa.types.is_integer(score) or pa.types.is_floating(score))
+    lf = pl.scan_parquet([p for paths in splits.values() for p in paths])
+    return lf.select(
+        pl.col(text_column).str.count_matches(r"\S+").alias("words"),
+        pl.col(text_column).str.len_chars().alias("chars"),
+        (pl.col("quality_score").cast(pl.Float64) if numeric else pl.lit(None, pl.Float64)).alias("quality_score"),
+        pl.lit(None, pl.String).alias("topic_path"),
+        pl.lit(None, pl.Int64).alias("output_tokens"),
+    ).collect(engine="streaming")
+
+
+def corpus_stats(df: pl.DataFrame) -> dict:
+    """Lengths and quality scores of a corpus, from `corpus_table`."""
+    words, scores = df["words"], df["quality_score"].drop_nulls()
+    return {
+        "rows": df.height,
+        "words": int(words.sum() or 0),
+        "chars": int(df["chars"].sum() or 0),
+        "words_median": float(words.median() or 0),
+        "words_min": int(words.min() or 0),
+        "words_max": int(words.max() or 0),
+        "empty": int((words == 0).sum()),
+        "quality": {
+            "n": scores.len(),
+            "mean": float(scores.mean()) if scores.len() else None,
+            "median": float(scores.median()) if scores.len() else None,
+        },
+    }
+
+
+def render_corpus_card(
+    out_dir: str | Path,
+    text_column: str = "text",
+    *,
+    name: str | None = None,
+    license: str | None = None,
+    language: str | None = None,
+    repo_id: str | None = None,
+    curation: Collection[Mapping] = (),
+    template_path: str | Path = CORPUS_TEMPLATE,
+) -> Path:
+    """Write `out_dir/README.md` (+ `assets/*.png`) for shards written with `write_dataset(as_given=True)`.
+
+    The card states what the data holds (columns, splits, lengths) and nothing it cannot know: no
+    generator, no synthetic tags; `curation` (the `<output>.stats.json` of curation commands, in the
+    order they ran) is reported only where given. Raises ValueError naming the column if `text_column`
+    is absent or not text, or if the metadata does not validate.
+    """
+    out_dir = Path(out_dir)
+    splits = splits_of(out_dir)
+    if not splits:
+        raise FileNotFoundError(f"no data/{{split}}-NNNNN-of-NNNNN.parquet shards under {out_dir}; write them first")
+    schema = shared_schema(out_dir, splits)
+    if text_column not in schema.names:
+        raise ValueError(f"{out_dir}: no text column {text_column!r} in the shards (columns: {schema.names}); "
+                         "pass --text-column")
+    info = dataset_info(splits, schema, as_given=True)  # first: it names a column of a type `datasets` lacks
+    if hf_feature(schema.field(text_column).type) != {"dtype": "string"}:
+        raise ValueError(f"{out_dir}: column {text_column!r} holds {type_label(schema.field(text_column).type)}, "
+                         "not text; pass --text-column")
+    name = name or out_dir.resolve().name
+    docs = corpus_table(splits, text_column, schema)
+    metadata, defaults = corpus_metadata(name, license, language)
+    data = DatasetCardData(
+        **metadata,
+        size_categories=[size_category(docs.height)],
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],  # fmt: skip
+        dataset_info=info,
+    )
+    plots = plot_all(docs, out_dir / ASSETS_DIR)
+    for stale in (out_dir / ASSETS_DIR).glob("*.png"):
+        if f"{ASSETS_DIR}/{stale.name}" not in plots.values():
+            stale.unlink()
+    stages, decontam = [], []
+    for stats in curation:
+        rows, benchmarks = curation_rows({"curation": stats})
+        stages += rows
+        decontam += benchmarks
+    context = {
+        "card_data": data.to_yaml(),
+        "name": name,
+        "text_column": text_column,
+        "stats": corpus_stats(docs),
+        "splits": [
+            {"name": s["name"], "rows": s["num_examples"], "shards": len(splits[s["name"]]),
+             "bytes": sum(p.stat().st_size for p in splits[s["name"]])}
+            for s in info["splits"]
+        ],  # fmt: skip
+        "fields": [{"name": f.name, "dtype": type_label(f.type)} for f in schema],
+        "curation": stages,
+        "decontamination": decontam,
+        "plots": [{"name": k, "path": v, "title": PLOTS[k]} for k, v in plots.items()],
+        "repo_id": repo_id or f"<user>/{name}",
+    }
+    text = re.sub(r"\n{3,}", "\n\n", load_card_template(template_path).render(**context))
+    validate_card_text(text)
+    readme = out_dir / "README.md"
+    readme.write_text(text, encoding="utf-8")
+    (out_dir / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("wrote corpus card %s with %d plot(s)", readme, len(plots))
+    return readme
+
+
+def check_split_columns(out_dir: str | Path, split: str, schema: pa.Schema) -> None:
+    """Raise ValueError unless `schema` (of a split about to be written) is that of the folder's other
+    splits: the card declares one set of columns for all of them, as `load_dataset` reads them."""
+    others = {s: paths for s, paths in splits_of(out_dir).items() if s != split}
+    if not others:
+        return
+    theirs = shared_schema(Path(out_dir), others)
+    if not schema.equals(theirs, check_metadata=False):
+        def labels(s: pa.Schema) -> str:
+            return ", ".join(f"{f.name}: {type_label(f.type)}" for f in s)
+
+        raise ValueError(f"split {split!r} would have columns ({labels(schema)}) unlike split(s) {sorted(others)} "
+                         f"of {out_dir} ({labels(theirs)}); every split needs the same columns and types")

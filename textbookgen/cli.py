@@ -169,10 +169,6 @@ def pull(
     typer.echo(str(path))
 
 
-#: The id column `publish` has the corpus reader make up, and drops: the input's columns go out as they are.
-_ROW = "\0publish_row"
-
-
 @app.command()
 def publish(
     input_path: str = typer.Argument(..., help="your corpus: parquet/jsonl file or folder (e.g. a curation output)"),
@@ -188,58 +184,12 @@ def publish(
     text_column: str = typer.Option("text", "--text-column", help="field holding the text"),
 ) -> None:
     """Write your own corpus as a Hub dataset folder with every column as given, and a card that describes it."""
-    import polars as pl
+    from textbookgen.publish import publish as publish_corpus
 
-    from textbookgen.card import language_code, render_corpus_card
-    from textbookgen.curation.corpus_io import Corpus, CorpusWriter, new_path
-    from textbookgen.dataset import validate_split, write_dataset
-    from textbookgen.hub import PROVENANCE_FILES
-
-    folder, src = Path(out), Path(input_path)
     with _reported():
-        validate_split(split)
-        if language is not None:
-            try:
-                language_code(language)
-            except ValueError:
-                _fail(f"--language {language}: neither an ISO 639 code nor a known language name")
-        if folder.resolve() == src.resolve() or src.resolve() in folder.resolve().parents:
-            _fail(f"--output {out}: is the input {input_path} or inside it; write the dataset elsewhere")
-        built = next((n for n in PROVENANCE_FILES if (folder / n).exists()), None)
-        if built:
-            _fail(f"--output {out}: holds {built} of a textbookgen build, which a push would publish with this "
-                  "corpus; publish into a new folder")
-        curation = [_curation_report(f) for f in stats or []]
-        corpus = Corpus(src, text_column, _ROW)
-        schema = pl.Schema({k: v for k, v in corpus.schema().items() if k != _ROW})
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        staged = new_path(folder, ".publish-", ".parquet")  # one typed file, so shards stream from a LazyFrame
-        try:
-            with CorpusWriter(staged, schema) as writer:
-                for chunk in corpus.chunks():
-                    writer.write(chunk.drop(_ROW))
-            write_dataset(pl.scan_parquet(staged), folder, split, as_given=True)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            if created and not any(folder.iterdir()):
-                folder.rmdir()  # a failed first publish leaves no empty folder behind
-            raise
-        staged.unlink()
-        readme = render_corpus_card(folder, text_column, name=name, license=license, language=language,
-                                    repo_id=repo_id, curation=curation)
+        readme = publish_corpus(input_path, out, split=split, text_column=text_column, name=name, license=license,
+                                language=language, repo_id=repo_id, stats=stats)
     typer.echo(str(readme))
-
-
-def _curation_report(path: str) -> dict:
-    """A curation command's stats file ({stage: {in, kept, dropped: {reason: n}}}); exits naming it if not one."""
-    try:
-        report = json.loads(Path(path).read_text("utf-8"))
-    except json.JSONDecodeError as err:
-        _fail(f"--stats {path}: not JSON ({err})")
-    if not isinstance(report, dict) or not all(isinstance(v, dict) and "kept" in v for v in report.values()):
-        _fail(f"--stats {path}: not a curation report ({{stage: {{in, kept, dropped}}}}, a <output>.stats.json)")
-    return report
 
 
 # ---- generation engine: generate (owner: engine) ---------------------------------------------------
@@ -278,9 +228,10 @@ def generate(
     temperature: float | None = typer.Option(None, "--temperature"),
     top_p: float | None = typer.Option(None, "--top-p"),
     system: str | None = typer.Option(None, "--system", help="system prompt, where a row does not say"),
-    n: int = typer.Option(1, "--n", help="answers per prompt, seeded seed, seed+1, ... (the row's seed, else 0; "
-                          "sent where the API takes one, not to Anthropic: use a temperature above 0); "
-                          "metadata.sample says which; a larger --n later pays only for the new ones"),
+    n: int = typer.Option(1, "--n", help="answers per prompt: sample 0 is the prompt as --n 1 sends it, sample k "
+                          "is seeded the row's seed + k (k where it has none; sent where the API takes one, "
+                          "not to Anthropic: use a temperature above 0); metadata.sample says which; a larger "
+                          "--n later (from 1 too) pays only for the new ones"),
     price: Annotated[list[str] | None, typer.Option("--price", help="MODEL=IN,OUT USD per 1M tokens (repeatable)")] = None,
     timeout: float = typer.Option(120.0, "--timeout", help="seconds an attempt waits for its answer; each timeout "
                                   "doubles it for the rest of the run, up to 8x"),
@@ -1009,21 +960,44 @@ def classifier_label(
     typer.echo(json.dumps(stats, indent=2))
 
 
+def _topic_ids(table: str) -> list:
+    """The topic ids of a parquet table: its `topic_id` column, else the `topic_id` of its `metadata` column,
+    a struct or the JSON text `generate --out` writes (prompts carry the topic in their metadata)."""
+    import polars as pl
+
+    schema = pl.read_parquet_schema(table)
+    if "topic_id" in schema:
+        return pl.read_parquet(table, columns=["topic_id"])["topic_id"].to_list()
+    kind = schema.get("metadata")
+    if kind == pl.String:
+        field = pl.col("metadata").str.json_path_match("$.topic_id")
+    elif isinstance(kind, pl.Struct) and "topic_id" in {f.name for f in kind.fields}:
+        field = pl.col("metadata").struct.field("topic_id")
+    else:
+        field = None
+    ids = pl.read_parquet(table, columns=["metadata"]).select(field)[:, 0] if field is not None else None
+    if ids is None or ids.null_count() == len(ids):
+        _fail(f"{table}: no topic ids: looked for a topic_id column and a metadata column (struct or JSON) with "
+              f"topic_id; its columns: {', '.join(schema) or 'none'}")
+    return ids.to_list()
+
+
 @topics_app.command("coverage")
 def topics_coverage(
     taxonomy: str = typer.Argument(..., help="taxonomy the table was built from (e.g. build/x/taxonomy.yaml, "
                                    "or builtin:NAME)"),
-    table: str = typer.Argument(..., help="parquet with a topic_id column: prompts.parquet or documents"),
+    table: str = typer.Argument(..., help="parquet with a topic_id column, or a metadata column (struct or JSON) "
+                                "holding topic_id: prompts.parquet, documents, or generate --out"),
 ) -> None:
     """Samples per topic: how much of the taxonomy a prompt or document table covers."""
     import polars as pl
 
     tax = _load_taxonomy(taxonomy, None)
     try:
-        ids = pl.read_parquet(table, columns=["topic_id"])["topic_id"].to_list()
+        ids = _topic_ids(table)
     except (OSError, pl.exceptions.PolarsError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        typer.echo(f"error: {table}: cannot read a topic_id column from it as parquet ({reason})", err=True)
+        typer.echo(f"error: {table}: cannot read topic ids from it as parquet ({reason})", err=True)
         raise typer.Exit(1) from None
     cov = tax.coverage(ids)
     typer.echo(cov.summary())

@@ -71,34 +71,37 @@ def conform(df: pl.DataFrame, keep_extra: bool = False) -> pl.DataFrame:
     return _cast(df, keep_extra)
 
 
-def check_rows(lf: pl.LazyFrame) -> tuple[int, int]:
+def check_rows(lf: pl.LazyFrame, as_given: bool = False) -> tuple[int, int]:
     """Check required columns, nulls and duplicate ids in one (streaming) pass; return (rows, est. bytes).
 
     The byte estimate is the Arrow size of the conformed table: string bytes plus 4-byte offsets, 8
-    bytes per number, the measure `datasets` uses for `max_shard_size`.
+    bytes per number, the measure `datasets` uses for `max_shard_size`. `as_given` (a table written
+    with its own columns, e.g. a user's corpus) checks nothing and measures every column, other than
+    string ones as 8 bytes per value.
     """
     schema = lf.collect_schema()
-    missing = [c for c in REQUIRED if c not in schema]
+    required = () if as_given else REQUIRED
+    missing = [c for c in required if c not in schema]
     if missing:
         raise ValueError(f"documents table lacks required column(s) {missing}; it has {schema.names()}")
+    types = dict(schema) if as_given else {c: t for c, t in SCHEMA.items() if c in schema}
     sizes = [
-        (pl.col(c).cast(pl.String).str.len_bytes().sum() + 4 * pl.len()) if SCHEMA[c] == pl.String else 8 * pl.len()
-        for c in SCHEMA
-        if c in schema
+        (pl.col(c).cast(pl.String).str.len_bytes().sum() + 4 * pl.len()) if t == pl.String else 8 * pl.len()
+        for c, t in types.items()
     ]
     stats = lf.select(
         pl.len().alias("rows"),
         pl.sum_horizontal(sizes).alias("bytes"),
-        pl.col("id").is_duplicated().sum().alias("dup"),
-        *[pl.col(c).null_count().alias(f"null_{c}") for c in REQUIRED],
-        *[pl.col(c).is_null().arg_max().alias(f"first_{c}") for c in REQUIRED],
+        *([] if as_given else [pl.col("id").is_duplicated().sum().alias("dup")]),
+        *[pl.col(c).null_count().alias(f"null_{c}") for c in required],
+        *[pl.col(c).is_null().arg_max().alias(f"first_{c}") for c in required],
     ).collect(engine="streaming").row(0, named=True)
-    for name in REQUIRED:
+    for name in required:
         if stats[f"null_{name}"]:
             raise ValueError(
                 f"column {name!r} has {stats[f'null_{name}']} null value(s), first at row {stats[f'first_{name}']}"
             )
-    if stats["dup"]:
+    if stats.get("dup"):
         dup = lf.filter(pl.col("id").is_duplicated()).select(
             pl.col("id").n_unique().alias("n"), pl.col("id").first().alias("example")
         )
@@ -149,6 +152,7 @@ def write_dataset(
     compression_level: int = 9,
     keep_extra: bool = False,
     content_defined_chunking: bool = True,
+    as_given: bool = False,
 ) -> list[Path]:
     """Write `df` as zstd parquet shards `out_dir/data/{split}-NNNNN-of-NNNNN.parquet`; return their paths.
 
@@ -161,10 +165,13 @@ def write_dataset(
 
     `content_defined_chunking` (default on) cuts data pages where the content says, so a rebuild with
     more documents repeats most pages byte for byte and the Hub's Xet storage uploads only new ones.
+
+    `as_given` writes the table's own columns, in its order and types, with no id checks: a user's
+    corpus (`textbookgen publish`), not the documents table of a build.
     """
     validate_split(split)
     lf = df.lazy()
-    rows, est_bytes = check_rows(lf)
+    rows, est_bytes = check_rows(lf, as_given)
     data_dir = Path(out_dir) / "data"
     if not rows:
         raise ValueError(
@@ -177,7 +184,8 @@ def write_dataset(
     paths = []
     for i in range(n_shards):
         start, end = i * rows // n_shards, (i + 1) * rows // n_shards
-        shard = _cast(lf.slice(start, end - start).collect(), keep_extra)
+        shard = lf.slice(start, end - start).collect()
+        shard = shard if as_given else _cast(shard, keep_extra)
         path = data_dir / f"{split}-{i:05d}-of-{n_shards:05d}.parquet"
         tmp = path.with_name(f".{path.name}.tmp")
         _write_shard(shard, tmp, compression_level, row_group_rows, content_defined_chunking)

@@ -13,7 +13,14 @@ import polars as pl
 
 from textbookgen.curation.base import StageStats, Step
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
-from textbookgen.curation.corpus_io import Corpus, CorpusWriter, check_output, read_corpus, write_corpus
+from textbookgen.curation.corpus_io import (
+    STATS_SUFFIX,
+    Corpus,
+    CorpusWriter,
+    check_output,
+    read_corpus,
+    write_corpus,
+)
 from textbookgen.jsonl import decode_utf8
 from textbookgen.yamlfile import read_yaml
 
@@ -68,7 +75,7 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
 
         df, stats = run_pipeline(read_corpus(input_path, text_column, id_column), steps, work)
         write_corpus(df, output_path)
-    Path(str(output_path) + ".stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    Path(str(output_path) + STATS_SUFFIX).write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
 

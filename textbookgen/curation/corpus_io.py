@@ -25,14 +25,19 @@ SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", "
             ".ndjson.zst")
 
 
+STATS_SUFFIX = ".stats.json"  # what a curation command writes beside its output (commands.run_steps)
+
+
 def corpus_files(path: Path) -> list[Path]:
-    """The data files of `path` (itself, or the corpus files under a folder, sorted)."""
+    """The data files of `path` (itself, or the corpus files under a folder, sorted). A curation command's
+    report beside its output (`<output>.stats.json`) is not data: a folder of curation outputs reads back."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)
+                   and not p.name.endswith(STATS_SUFFIX))
     if not files:
         raise ValueError(f"{path}: no corpus files ({', '.join(SUFFIXES)})")
     return files
