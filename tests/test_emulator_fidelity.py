@@ -254,3 +254,32 @@ def test_anthropic_forced_tool_cut_at_max_tokens_is_an_incomplete_tool_use_block
         final = s.get_final_message()
     [block] = final.content
     assert final.stop_reason == "max_tokens" and block.type == "tool_use" and isinstance(block.input, dict)
+
+
+# ----- role-"system" messages in Anthropic's messages ---------------------------------------------------------
+
+UNEXPECTED_SYSTEM = ('messages: Unexpected role "system". The Messages API accepts a top-level `system` parameter, '
+                     'not "system" as an input message role.')
+LATER_SYSTEM = [*USER, {"role": "system", "content": "Answer in French."}]
+
+
+@pytest.mark.parametrize("messages", [[{"role": "system", "content": "Be brief."}, *USER], LATER_SYSTEM])
+def test_anthropic_refuses_a_system_role_in_messages_before_opus_4_8(emu, messages):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        an(emu).messages.create(model="claude-haiku-4-5", messages=messages, max_tokens=20)
+    assert e.value.body["type"] == "error" and e.value.body["request_id"].startswith("req_")
+    assert e.value.body["error"] == {"type": "invalid_request_error", "message": UNEXPECTED_SYSTEM}
+    assert emu.billed == 0
+
+
+@pytest.mark.parametrize("messages, words", [
+    ([{"role": "system", "content": "Be brief."}, *USER], "messages.0: a system message cannot be the first"),
+    ([*LATER_SYSTEM, {"role": "user", "content": "Go on."}], "messages.1: a system message must be the last"),
+    ([*USER, {"role": "assistant", "content": "Rivers."}, {"role": "system", "content": "Shorter."}],
+     "messages.2: role 'system' must follow a 'user' message"),
+])
+def test_anthropic_opus_4_8_places_mid_conversation_system_messages_by_its_rules(emu, messages, words):
+    with pytest.raises(anthropic.BadRequestError, match=words):
+        an(emu).messages.create(model="claude-opus-4-8", messages=messages, max_tokens=20)
+    assert an(emu).messages.create(model="claude-opus-4-8", messages=LATER_SYSTEM, max_tokens=20).content
+    assert emu.billed == 1

@@ -119,3 +119,41 @@ def test_a_refused_connection_says_cannot_connect_to_the_base_url(provider, path
         asyncio.run(ask())
     assert str(info.value).startswith(f"{provider}: cannot connect to {base} (") and not info.value.reached
     assert "timed out" not in str(info.value)
+
+
+SYSTEM_LEAD = [{"role": "system", "content": "You write glossaries."}, {"role": "user", "content": "Define entropy"}]
+
+
+@pytest.mark.parametrize("system, sent", [
+    (None, "You write glossaries."),
+    ("Be brief.", "Be brief.\n\nYou write glossaries."),  # the field first, then the messages
+])
+@pytest.mark.parametrize("batch", [False, True])
+def test_anthropic_leading_system_messages_go_to_the_system_field(system, sent, batch, tmp_path):
+    """The Messages API refuses a role-"system" message first in `messages` (curator-style prompts send one)."""
+    with Emulator(EmulatorConfig(latency_median_s=0.001, batch_latency_s=0.05, record_requests=True)) as emu:
+        out = gen_for(emu, "anthropic", "claude-haiku-4-5", tmp_path, batch=batch, batch_poll_s=0.05).run(
+            [ChatRequest(messages=SYSTEM_LEAD, max_tokens=64, system=system)])
+        bodies = [r["body"] for r in emu.requests]
+    assert out[0].status in ("ok", "truncated"), out[0].error
+    assert [(b["system"], b["messages"]) for b in bodies] == [(sent, SYSTEM_LEAD[1:])]
+
+
+def test_anthropic_system_content_blocks_join_the_field_as_blocks():
+    from textbookgen.providers import anthropic_system
+
+    cached = [{"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral"}}]
+    assert anthropic_system("Be brief.", [{"role": "system", "content": cached}, *SYSTEM_LEAD[1:]]) == (
+        [{"type": "text", "text": "Be brief."}, *cached], SYSTEM_LEAD[1:])
+
+
+def test_anthropic_body_without_leading_system_messages_is_unchanged():
+    """Bodies of requests without a leading system message are the same as before (batch lines, emulator keys);
+    a later one is a mid-conversation system message, sent where it is (the API takes it on Opus 4.8)."""
+    from textbookgen.providers import AnthropicProvider
+
+    later = [{"role": "user", "content": "Define entropy"}, {"role": "system", "content": "Answer in French."}]
+    provider = AnthropicProvider("claude-opus-4-8", "sk-test-key", "http://127.0.0.1:9", 5.0, "httpx")
+    for messages in (SYSTEM_LEAD[1:], later):
+        assert provider.body(ChatRequest(messages=messages, max_tokens=64, system="Be brief.")) == {
+            "model": "claude-opus-4-8", "messages": messages, "max_tokens": 64, "system": "Be brief."}

@@ -203,8 +203,8 @@ def test_topics_commands_print_one_error_line(tmp_path):
         (["stats", str(tmp_path)], "is a folder"),
         (["convert", str(tax), str(tmp_path / "out.txt")], "unknown taxonomy format 'txt'"),
         (["convert", str(tax), str(tmp_path / "afile" / "t.yaml")], "cannot write"),
-        (["coverage", str(tax), str(tmp_path / "nothere.parquet")], "cannot read a topic_id column"),
-        (["coverage", str(tax), str(tax)], "cannot read a topic_id column"),
+        (["coverage", str(tax), str(tmp_path / "nothere.parquet")], "cannot read topic ids"),
+        (["coverage", str(tax), str(tax)], "cannot read topic ids"),
         (["grow", str(tax), str(tmp_path / "g.txt"), "--target", "9"], "unknown taxonomy format 'txt'"),
     ]
     for args, message in cases:

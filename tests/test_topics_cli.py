@@ -73,3 +73,35 @@ def test_grow_budget_stops_growth_exits_4_without_writing_and_a_rerun_goes_on(tm
     assert len(Taxonomy.load(dst).leaves()) == 200 and journal.is_file()
     bad = _topics(*args, "--max-cost", "-1")
     assert bad.exit_code == 1 and bad.output == "error: --max-cost: must be >= 0, got -1.0\n"
+
+
+def test_coverage_reads_the_topic_ids_generate_writes_in_metadata(tmp_path, emu, monkeypatch):
+    """`generate --out x.parquet` keeps each prompt's metadata (topic_id included) as one JSON text column."""
+    import json
+
+    outline = tmp_path / "t.md"
+    outline.write_text("# T\n\n## A\n\n- a1\n- a2\n\n## B\n\n- b1\n- b2\n")
+    tax = Taxonomy.load(outline)
+    leaves = tax.leaves()[:3]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Write about {t.name}", "metadata": {"topic_id": t.id}}) + "\n"
+                               for t in leaves))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    out = tmp_path / "out.parquet"
+    gen = CliRunner().invoke(app, ["generate", str(prompts), "--base-url", emu.openai_base_url, "--out", str(out)])
+    assert gen.exit_code == 0, gen.output
+    coverage = _topics("coverage", str(outline), str(out))
+    assert coverage.exit_code == 0, coverage.output
+    assert coverage.output.startswith("3 samples over 3/4 leaf topics"), coverage.output
+    structs = tmp_path / "structs.parquet"
+    pl.DataFrame({"metadata": [{"topic_id": t.id, "style": "x"} for t in leaves]}).write_parquet(structs)
+    assert _topics("coverage", str(outline), str(structs)).output == coverage.output
+
+
+def test_coverage_without_topic_ids_names_the_columns_it_looked_for(tmp_path):
+    table = tmp_path / "t.parquet"
+    pl.DataFrame({"text": ["a"], "metadata": ['{"style": "x"}']}).write_parquet(table)
+    res = _topics("coverage", "builtin:python", str(table))
+    assert res.exit_code == 1 and len(res.output.splitlines()) == 1
+    assert res.output == (f"error: {table}: no topic ids: looked for a topic_id column and a metadata column "
+                          "(struct or JSON) with topic_id; its columns: text, metadata\n")

@@ -306,9 +306,10 @@ class AnthropicProvider(_RawPostProvider):
                                                timeout=timeout, http_client=_http_client(http, anthropic))
 
     def body(self, req: ChatRequest) -> dict:
-        body: dict = {"model": self.model, "messages": req.messages, "max_tokens": req.max_tokens}
-        if req.system is not None:
-            body["system"] = req.system
+        system, messages = anthropic_system(req.system, req.messages)
+        body: dict = {"model": self.model, "messages": messages, "max_tokens": req.max_tokens}
+        if system is not None:
+            body["system"] = system
         if req.temperature is not None:
             body["temperature"] = req.temperature
         if req.top_p is not None:
@@ -337,6 +338,26 @@ class AnthropicProvider(_RawPostProvider):
                           output_tokens=usage.get("output_tokens") or 0, headers=headers,
                           response_id=data.get("id"), refusal=text if finish == "refusal" else None,
                           cache_read_tokens=read, cache_write_tokens=write, reasoning=_thinking(data["content"]))
+
+
+def anthropic_system(system: str | None, messages: list[dict]) -> tuple[str | list[dict] | None, list[dict]]:
+    """The `system` field and `messages` of an Anthropic request for OpenAI-style messages: the leading
+    role-"system" messages (which the Messages API refuses at the start of `messages`) join the system
+    field, after it, as curator and litellm do: one string joined by blank lines, or text blocks where a
+    message has content blocks. A system message after a user or assistant turn stays where it is: that is a
+    mid-conversation system message (Claude Opus 4.8), which the API takes or refuses by model and placement;
+    moving it to the top would change what it applies to. Requests without leading system messages are
+    returned as they are, so their bodies do not change."""
+    lead = next((i for i, m in enumerate(messages) if not (isinstance(m, dict) and m.get("role") == "system")),
+                len(messages))
+    if lead == 0:
+        return system, messages
+    parts = ([] if system is None else [system]) + [m.get("content") for m in messages[:lead]]
+    if all(isinstance(part, str) for part in parts):
+        return "\n\n".join(parts), messages[lead:]
+    blocks = [block for part in parts
+              for block in ([{"type": "text", "text": part}] if isinstance(part, str) else part or [])]
+    return blocks, messages[lead:]
 
 
 def _thinking(content: list[dict]) -> str | None:

@@ -14,7 +14,8 @@ models' answers), and counters of what it billed so a test can prove nothing was
 Routes: POST /v1/chat/completions (OpenAI, incl. n, stop, response_format, forced tools, synthetic logprobs,
 stream + include_usage; the 400s of the real API for the parameters the SDK documents, and with `model_rules`
 those of models that refuse a parameter), POST /v1/messages (Anthropic, incl. system, stop_sequences, prefill,
-output_config.format, forced tools (cut at max_tokens: an incomplete tool_use block), max_tokens 0, stream), POST
+output_config.format, forced tools (cut at max_tokens: an incomplete tool_use block), max_tokens 0, stream, the
+400s for a role-"system" message in messages: refused before Opus 4.8, placed by its rules on it), POST
 /v1/messages/count_tokens, GET /v1/models[/{id}] (either shape), GET /_emulator/stats and POST
 /_emulator/reset (counters for a benchmark running the emulator in another process).
 Batches (see textbookgen.testing.batches for the lifecycle): OpenAI's POST /v1/files (multipart),
@@ -944,6 +945,9 @@ class Emulator:
             param, message, code = refused
             raise self._error(provider, "400", message=message, param=param, code=code)
         if provider == ANTHROPIC:
+            invalid = _anthropic_system_misplaced(model, messages)
+            if invalid is not None:
+                raise self._error(provider, "400", message=invalid)
             max_tokens, stops, n = body.get("max_tokens"), body.get("stop_sequences") or [], 1
             if not isinstance(max_tokens, int) or max_tokens < 0:  # 0 only fills the prompt cache
                 raise self._error(provider, "400", message="max_tokens: Field required (an integer >= 0)",
@@ -1405,6 +1409,48 @@ def _openai_invalid(body: dict[str, Any]) -> tuple[str, str, str | None] | None:
     if body.get("stream_options") is not None and not body.get("stream"):
         return "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.", None
     return None
+
+
+_MID_CONVERSATION_SYSTEM = ("claude-opus-4-8",)
+"""Claude models that take role-"system" messages inside `messages` (mid-conversation system messages)."""
+
+
+def _anthropic_system_misplaced(model: str, messages: list[Any]) -> str | None:
+    """The message of Anthropic's 400 for a role-"system" message in `messages`, else None. Models before
+    Opus 4.8 take no such message; Opus 4.8 takes one only after a user turn or an assistant turn ending in a
+    server tool's block, last or before an assistant turn: never first, never two in a row. The first wording is
+    the API's; the placement wordings follow the one seen live ("role 'system' must follow...")."""
+    roles = [_role(m) for m in messages]
+    for i, role in enumerate(roles):
+        if role != "system":
+            continue
+        if not model.startswith(_MID_CONVERSATION_SYSTEM):
+            return ('messages: Unexpected role "system". The Messages API accepts a top-level `system` parameter, '
+                    'not "system" as an input message role.')
+        if i == 0:
+            return (f"messages.{i}: a system message cannot be the first entry in messages; use the top-level "
+                    "`system` parameter")
+        if roles[i - 1] not in ("user", _SERVER_TOOL_TURN):
+            return (f"messages.{i}: role 'system' must follow a 'user' message or an 'assistant' message ending "
+                    "in a server tool result")
+        if i + 1 < len(roles) and roles[i + 1] not in ("assistant", _SERVER_TOOL_TURN):
+            return f"messages.{i}: a system message must be the last entry in messages or precede an 'assistant' message"
+    return None
+
+
+_SERVER_TOOL_TURN = "assistant (server tool)"
+
+
+def _role(message: Any) -> str | None:
+    """A message's role for the placement rules: an assistant turn whose last block is a server tool's
+    (server_tool_use, web_search_tool_result...) is told apart, a system message may follow it."""
+    if not isinstance(message, dict):
+        return None
+    content = message.get("content")
+    last = content[-1] if isinstance(content, list) and content else None
+    kind = str(last.get("type") or "") if isinstance(last, dict) else ""
+    server_tool = kind == "server_tool_use" or kind.endswith("_tool_result")
+    return _SERVER_TOOL_TURN if message.get("role") == "assistant" and server_tool else message.get("role")
 
 
 def _out_of_range(param: str, value: Any, low: float, high: float | None,
