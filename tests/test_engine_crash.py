@@ -108,3 +108,26 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         assert proc.returncode == 0, stderr
         assert len(emu.billed_keys) == n and emu.billed - n <= CONCURRENCY
     assert _done(tmp_path) == n
+
+
+def test_sigterm_takes_the_ctrl_c_path_and_counts_the_attempts_on_the_wire(tmp_path):
+    """A scheduler's stop or `kill` (and a job started with `&` ignores SIGINT): SIGTERM's default action ended the
+    process mid-request, with no hint, and the answers billed after it were neither kept nor counted."""
+    n = 120
+    prompts = _prompts(tmp_path, n)
+    with Emulator(EmulatorConfig(latency_median_s=0.05, seed=3)) as emu:
+        proc = _start(emu, tmp_path, prompts)
+        _wait_billed(emu, proc, 20)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "rerun the same command to resume" in stderr, stderr[-2000:]
+        db = sqlite3.connect(tmp_path / "journal.sqlite")
+        try:  # those on the wire at the stop are counted at their worst case, as after Ctrl-C
+            abandoned = db.execute("SELECT COUNT(*) FROM requests WHERE abandoned_usd > 0").fetchone()[0]
+        finally:
+            db.close()
+        assert abandoned > 0
+        proc = _start(emu, tmp_path, prompts)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    assert _done(tmp_path) == n

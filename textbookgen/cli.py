@@ -86,6 +86,31 @@ def _check_output(path: str | Path, option: str) -> None:
 @app.callback()
 def main() -> None:
     """textbookgen: recipe -> topics -> prompts -> journal -> documents -> curated dataset -> card -> Hub."""
+    _terminate_as_interrupt()
+
+
+def _interrupt_exit() -> int:
+    """The exit code of an interrupted command: 143 after SIGTERM, else 130 (Ctrl-C)."""
+    return 143 if _TERMINATED else 130
+
+
+_TERMINATED = False
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop, `kill`, a job started with `&`, which ignores SIGINT) takes Ctrl-C's path: the
+    attempts on the wire are counted as billed, the journal is closed, a resume hint is printed. Its default
+    action killed the process mid-request, and answers billed after it were neither kept nor counted."""
+    import signal
+    import threading
+
+    def terminated(signum, frame) -> None:
+        global _TERMINATED
+        _TERMINATED = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
 
 
 @app.command()
@@ -124,7 +149,7 @@ def _exit_interrupted(message: str) -> NoReturn:
     typer.echo(f"\n{message}", err=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(_interrupt_exit())
 
 
 @app.command()
@@ -300,7 +325,7 @@ def generate(
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished requests are in {gen.journal_path}; rerun the same command to resume.",
                    err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(_interrupt_exit()) from None
     with _reported(journal=gen.journal_path):
         path = write_completions(out_path, responses)
     counts: dict[str, int] = {}
@@ -521,7 +546,7 @@ def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool 
         kept = f"finished requests are in {journal}; " if journal else "stages that finished are kept; "
         typer.echo(f"\ninterrupted{f' during {b.stage}' if b.stage else ''}: {kept}rerun the same command to "
                    "resume.", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(_interrupt_exit()) from None
     if not res.planned:
         m = res.manifest
         c = m["counts"]
