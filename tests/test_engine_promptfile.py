@@ -190,13 +190,14 @@ def test_generate_n_answers_per_prompt_are_seeded_and_growing_n_pays_only_the_ne
     with Emulator(EmulatorConfig(latency_median_s=0.001, record_requests=True)) as emu:
         base = ["generate", str(prompts), "--base-url", emu.openai_base_url, "--no-progress"]
         env = {"OPENAI_API_KEY": "sk-test"}
+        assert runner.invoke(app, base, env=env).exit_code == 0 and emu.billed == 2
         assert runner.invoke(app, [*base, "--n", "2"], env=env).exit_code == 0
-        assert emu.billed == 4
-        seeds = sorted(r["body"]["seed"] for r in emu.requests)
+        assert emu.billed == 4  # sample 0 is the request --n 1 sent: from the journal
+        seeds = sorted(r["body"].get("seed", -1) for r in emu.requests)
         result = runner.invoke(app, [*base, "--n", "3"], env=env)
         assert result.exit_code == 0 and emu.billed == 6  # samples 0 and 1 come from the journal
         assert runner.invoke(app, [*base, "--n", "0"], env=env).exit_code == 1
-    assert seeds == [0, 1, 40, 41]
+    assert seeds == [-1, 1, 40, 41]  # sample 0 of "a" unseeded, as --n 1 sends it; "b" from its own seed
     rows = [json.loads(line) for line in (tmp_path / "p.completions.jsonl").read_text().splitlines()]
     assert [r["metadata"]["sample"] for r in rows] == [0, 1, 2, 0, 1, 2] and len({r["id"] for r in rows}) == 6
 

@@ -83,7 +83,8 @@ def test_each_sample_reuses_its_own_seeds_answer(tmp_path):
         prompt.max_tokens = 200
         raised = gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(sampled(prompt, 4))
         assert emu.billed == 4  # only the new sample
-    assert len({r.text for r in first}) == 3 and all(f"[seed {j}]" in r.text for j, r in enumerate(first))
+    assert len({r.text for r in first}) == 3 and "[seed None]" in first[0].text  # sample 0 unseeded, as n=1 sends it
+    assert all(f"[seed {j}]" in r.text for j, r in enumerate(first) if j)
     assert [r.text for r in raised[:3]] == [r.text for r in first]
     assert [r.reused_from for r in raised] == [r.key for r in first] + [None]
 

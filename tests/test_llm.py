@@ -151,17 +151,21 @@ def test_structured_output_through_the_batch_api(provider, model, tmp_path):
 
 @pytest.mark.parametrize("provider, model", PROVIDERS)
 def test_n_samples_per_row_are_seeded_requests_and_growing_n_pays_only_the_new_ones(provider, model, tmp_path):
+    """Sample 0 is the request n=1 makes, so going from 1 to 3 samples pays for two more, not three."""
     with Emulator(EmulatorConfig(record_requests=True)) as emu:
+        one = make(Lesson, emu, provider, model, tmp_path, temperature=1.0)(TOPICS)
+        assert emu.billed == 4
         three = make(Lesson, emu, provider, model, tmp_path, n=3, temperature=1.0)(TOPICS)
-        assert emu.billed == 4 * 3
+        assert emu.billed == 4 * 3  # sample 0 comes from the journal
         bodies = [r["body"] for r in emu.requests]
         five = make(Lesson, emu, provider, model, tmp_path, n=5, temperature=1.0)(TOPICS)
         assert emu.billed == 4 * 5  # samples 0-2 come from the journal
     assert three.columns == ["topic", "response", "sample"]
     assert three.group_by("topic").agg(pl.col("sample").sort())["sample"].to_list() == [[0, 1, 2]] * 4
+    assert three.filter(pl.col("sample") == 0)["response"].to_list() == one["response"].to_list()
     assert five.filter(pl.col("sample") < 3).sort("topic", "sample").equals(three.sort("topic", "sample"))
-    if provider == "openai":  # the seed goes on the wire where the API takes one
-        assert sorted(b["seed"] for b in bodies) == sorted([0, 1, 2] * 4)
+    if provider == "openai":  # the seed goes on the wire where the API takes one; sample 0 is unseeded, as n=1
+        assert sorted(b.get("seed", -1) for b in bodies) == sorted([-1, 1, 2] * 4)
         assert three.group_by("topic").agg(pl.col("response").n_unique())["response"].to_list() == [3] * 4
     else:
         assert all("seed" not in b for b in bodies)
@@ -301,12 +305,12 @@ def test_a_model_that_never_fits_the_schema_is_asked_a_bounded_number_of_times(t
         assert task(TOPICS[:1]).height == 0 and emu.received == 2 * 3  # 2 samples, each asked 3 times
         assert [f["sample"] for f in task.failures] == [0, 1]
         assert all("does not fit Terms (3 tries): no JSON object" in f["error"] for f in task.failures)
-        seeds = sorted(r["body"]["seed"] for r in emu.requests)  # re-asks never take another sample's seed
+        seeds = sorted(r["body"].get("seed", -1) for r in emu.requests)  # re-asks never take another sample's seed
         make(Glossary, emu, "openai", "gpt-4o-mini", tmp_path, n=2)(TOPICS[:1])
         assert emu.received == 6  # the next call replays them all
         make(Glossary, emu, "openai", "gpt-4o-mini", tmp_path, n=2, schema_retries=3)(TOPICS[:1])
         assert emu.received == 8 and emu.duplicates == 0  # one more try each
-    assert seeds == [0, 1, 1_000_000, 1_000_001, 2_000_000, 2_000_001]
+    assert seeds == [-1, 1, 1_000_000, 1_000_001, 2_000_000, 2_000_001]  # sample 0 unseeded, as with n=1
     with pytest.raises(ValueError, match="schema_retries"):
         LLM("gpt-4o-mini", api_key="sk-test", progress=False, schema_retries=-1)
 
@@ -331,6 +335,28 @@ def test_schema_re_asks_share_the_calls_budget_and_its_stats(budget, tmp_path):
         assert stats["output_tokens"] <= budget["max_output_tokens"]
     assert (task.generator.max_cost_usd, task.generator.max_output_tokens) == \
         (budget.get("max_cost_usd"), budget.get("max_output_tokens"))
+
+
+@pytest.mark.parametrize("budget", [{"max_cost_usd": 1.6e-4}, {"max_output_tokens": 150}])
+def test_calling_again_keeps_to_the_one_budget_over_every_round_and_rerun(budget, tmp_path):
+    """A rerun whose first round the journal answers whole leaves its re-ask rounds only what the call has not
+    spent, replayed answers included: the journal never holds more than the budget, and a budget stop names it."""
+    from textbookgen.build import journal_spend
+
+    rows = [{"topic": f"topic {i}"} for i in range(30)]
+    with Emulator(EmulatorConfig(latency_median_s=0.001, responder=lambda body: "no JSON")) as emu:
+        for _ in range(3):
+            task = make(Glossary, emu, "openai", "gpt-4o-mini", tmp_path, max_tokens=64, concurrency=1, **budget)
+            task(rows)
+        assert emu.duplicates == 0
+    usd, used = journal_spend(task.generator.journal_path)
+    if "max_cost_usd" in budget:
+        assert usd <= budget["max_cost_usd"]
+        assert any(f["error"].startswith("max_cost_usd=$0.0002 reached") for f in task.failures)
+    else:
+        assert used <= budget["max_output_tokens"]
+        assert any(f["error"].startswith("max_output_tokens=150 reached") for f in task.failures)
+    assert task.generator.stats["sent"] == 0 and task.generator.stats["replayed"] > 30
 
 
 @pytest.mark.parametrize("provider, model", PROVIDERS)

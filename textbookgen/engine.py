@@ -163,14 +163,16 @@ class ChatRequest:
     params: dict = field(default_factory=dict)  # more request-body keys, sent as is (stop, top_k, min_p, ...)
 
 
-def sampled(req: ChatRequest, n: int, seed: int = 0) -> list[ChatRequest]:
-    """`n` answers to one prompt: copies of `req` seeded base, base+1, ... (base: `req.seed`, else `seed`),
-    each tagged `metadata["sample"]`. The seed keys each copy, so they are distinct journal entries, and a
-    larger `n` later reuses the first ones (the provider gets the seed where its API takes one)."""
+def sampled(req: ChatRequest, n: int, seed: int | None = None) -> list[ChatRequest]:
+    """`n` answers to one prompt, each tagged `metadata["sample"]`: sample 0 is the request n=1 makes (seeded
+    `req.seed`, else `seed`, else not at all), sample j >= 1 is seeded base + j (base: the same seed, else 0).
+    The seed keys each copy, so they are distinct journal entries, and any larger `n` later (from 1 too) reuses
+    the ones paid for (the provider gets the seed where its API takes one)."""
     if n < 1:
         raise ValueError(f"n (answers per prompt) must be at least 1, got {n}")
-    base = req.seed if req.seed is not None else seed
-    return [replace(req, seed=base + j, metadata={**req.metadata, "sample": j}) for j in range(n)]
+    first = req.seed if req.seed is not None else seed
+    return [replace(req, seed=first if j == 0 else (first or 0) + j, metadata={**req.metadata, "sample": j})
+            for j in range(n)]
 
 
 def warn_same_samples(provider: str, n: int, requests: Sequence[ChatRequest]) -> None:
@@ -360,6 +362,8 @@ class Generator:
     set, replayed journal rows and earlier runs' abandoned attempts included, so a resumed run keeps to the same
     budget). spent_before: for a budget over more than this request set (a whole build), all it has spent
     before this run, this journal's record of these requests included: counted instead of that record.
+    spent_aside (an attribute): spent against the same budgets outside this request set and outside spent_before,
+    counted besides them (an LLM call's earlier schema re-ask rounds, each a request set of its own).
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
     warn_unpriced: log a warning where max_cost_usd is set on a model with no price (it counts as $0, so the
     budget cannot stop it); False where the caller says so already (a build's recipe note).
@@ -411,6 +415,7 @@ class Generator:
         self.concurrency = concurrency
         self.max_cost_usd, self.max_output_tokens = max_cost_usd, max_output_tokens
         self.spent_before = spent_before
+        self.spent_aside: Spend | None = None  # see the class docstring
         self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
         self.batch_max_rounds, self.batch_limits = batch_max_rounds, batch_limits
         factor = BATCH_DISCOUNT if batch else 1.0
@@ -458,6 +463,10 @@ class Generator:
             todo = [_Item(k, r, estimate_input_tokens(r)) for k, r in unique.items() if k not in results]
             if todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
                 await self._generate(journal, todo, results, abandoned)
+            else:  # all answered by the journal: the stats still describe this run, not the last one
+                self._c, self._budget_note = self._counts(results, abandoned), None
+                self._admission = AdmissionController(self.limits, self.concurrency)
+                self._report(time.monotonic(), len(results))
         finally:
             journal.close()
         return [self._respond(results[key], req) for key, req in keyed]
@@ -558,19 +567,10 @@ class Generator:
         self._reservations = 0  # live attempts holding a worst case in _inflight_*
         self._gate = BudgetGate()  # attempts waiting for room in the budgets, in line
         self._in_batches = 0
-        replayed = list(results.values())
-        billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
-        cost, tokens_out = sum(r.cost_usd for r in billed), sum(r.output_tokens for r in billed)
-        # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
-        self._c = {"done": len(replayed), "sent": 0, "ok": 0, "truncated": 0, "failed": 0, "empty": 0,
-                   "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0, "abandoned_usd": abandoned.usd,
-                   "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
-                   "input_tokens": sum(r.input_tokens for r in billed), "output_tokens": tokens_out,
-                   "replayed": len(replayed), "reused": len(replayed) - len(billed), "replayed_usd": cost,
-                   "replayed_output_tokens": tokens_out, "prior_abandoned_usd": abandoned.usd,
-                   "prior_abandoned_output_tokens": abandoned.output_tokens}
+        self._collecting = self.batch  # answers come from batches (`collected`): a batch run's all come so
+        self._c = self._counts(results, abandoned)
         self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
-        total = len(todo) + len(replayed)
+        total = len(todo) + len(results)
         display = None
         if self.progress:
             from textbookgen.progress import RunProgress
@@ -592,13 +592,32 @@ class Generator:
                 if display:
                     await display.stop()
                 await provider.aclose()
-                self.stats = {**self._c, "elapsed_s": time.monotonic() - t0, "total": total,
-                              "rate_limited": self._admission.rate_limited,
-                              "concurrency": int(self._admission.concurrency.limit),
-                              "limits": self._admission.limits, "headers_seen": self._admission.headers_seen}
-                self._log_summary()
+                self._report(t0, total)
         if self._fatal is not None:
             raise self._fatal
+
+    @staticmethod
+    def _counts(results: dict[str, ChatResponse], abandoned: Spend) -> dict[str, Any]:
+        """A run's counters at its start: what the journal answered (`replayed`), nothing sent yet."""
+        replayed = list(results.values())
+        billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
+        cost, tokens_out = sum(r.cost_usd for r in billed), sum(r.output_tokens for r in billed)
+        # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
+        return {"done": len(replayed), "sent": 0, "collected": 0, "ok": 0, "truncated": 0, "failed": 0, "empty": 0,
+                "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0,
+                "abandoned_usd": abandoned.usd, "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
+                "input_tokens": sum(r.input_tokens for r in billed), "output_tokens": tokens_out,
+                "replayed": len(replayed), "reused": len(replayed) - len(billed), "replayed_usd": cost,
+                "replayed_output_tokens": tokens_out, "prior_abandoned_usd": abandoned.usd,
+                "prior_abandoned_output_tokens": abandoned.output_tokens}
+
+    def _report(self, t0: float, total: int) -> None:
+        """`stats` of the run that ends now (also one the journal answered whole), and its summary in the log."""
+        adm = self._admission
+        self.stats = {**self._c, "elapsed_s": time.monotonic() - t0, "total": total,
+                      "rate_limited": adm.rate_limited, "concurrency": int(adm.concurrency.limit),
+                      "limits": adm.limits, "headers_seen": adm.headers_seen}
+        self._log_summary()
 
     async def _collect_batches(self, journal: Journal, todo: list[_Item]) -> list[_Item]:
         """A live run's requests that an earlier batch run submitted: the provider runs and bills those batches
@@ -633,10 +652,12 @@ class Generator:
         """Answers collected from batches by a live run cost what the provider billed: the batch price."""
         full = self.price_in, self.price_out
         self.price_in, self.price_out = (p * BATCH_DISCOUNT for p in full)
+        self._collecting = True
         try:
             yield
         finally:
             self.price_in, self.price_out = full
+            self._collecting = self.batch
 
     async def _dispatch(self, todo: list[_Item]) -> None:
         """Start one task per request, at most 2x concurrency alive (the rest wait here, costing no
@@ -862,13 +883,13 @@ class Generator:
     # ----- budgets ------------------------------------------------------------------------------
     def _budgets(self, recorded: Spend) -> tuple[float | None, int | None]:
         """This run's budgets over its request set, whose spend so far the journal `recorded`: those given, less
-        what `spent_before` counts beyond that record."""
+        what is counted beyond that record (`_beyond`: `spent_before` less the record, and `spent_aside`)."""
+        before, aside = self.spent_before or recorded, self.spent_aside or Spend(0.0, 0)
+        self._beyond = Spend(before.usd - recorded.usd + aside.usd,
+                             before.output_tokens - recorded.output_tokens + aside.output_tokens)
         cost, out = self.max_cost_usd, self.max_output_tokens
-        if self.spent_before is None:
-            return cost, out
-        beyond = Spend(self.spent_before.usd - recorded.usd, self.spent_before.output_tokens - recorded.output_tokens)
-        return (None if cost is None else max(0.0, cost - beyond.usd),
-                None if out is None else max(0, out - beyond.output_tokens))
+        return (None if cost is None else max(0.0, cost - self._beyond.usd),
+                None if out is None else max(0, out - self._beyond.output_tokens))
 
     def _worst_case(self, item: _Item) -> Spend:
         """The most one attempt may cost: its prompt (as estimated) and max_tokens of output."""
@@ -876,19 +897,25 @@ class Generator:
         return Spend(item.est_in * self._in_ratio * self.price_in + out * self.price_out, out)
 
     def _over_budget(self, more: Spend) -> str | None:
-        """Why `more` does not fit in the budgets beside what is spent and what is in flight; None when it fits."""
+        """Why `more` does not fit in the budgets beside what is spent and what is in flight; None when it fits.
+        It names the budget given and all spent against it: earlier runs' share (the journal's record of these
+        requests, and what is counted beyond it) apart, never the remainder this run was left."""
         c = self._c
         usd, used = spent(c)
         abandoned = ", timed-out, interrupted or garbled attempts counted at max_tokens" if c["abandoned_output_tokens"] else ""
-        max_cost, max_out = self._max_cost_usd, self._max_output_tokens
-        if max_cost is not None and usd + self._inflight_cost + more.usd > max_cost:
+        beyond = self._beyond
+        if self._max_cost_usd is not None and usd + self._inflight_cost + more.usd > self._max_cost_usd:
             flight = f", ${self._inflight_cost:,.4f} held at worst case for requests in flight" if self._inflight_cost else ""
-            return (f"max_cost_usd=${max_cost:,.4f} reached (spent ${usd:,.4f}{abandoned}{flight}; "
-                    f"${more.usd:,.4f} more would not fit)")
-        if max_out is not None and used + self._inflight_out + more.output_tokens > max_out:
+            earlier = beyond.usd + c["replayed_usd"] + c["prior_abandoned_usd"]
+            by = f", ${earlier:,.4f} of it by earlier runs" if earlier > 0 else ""
+            return (f"max_cost_usd=${self.max_cost_usd:,.4f} reached (spent ${beyond.usd + usd:,.4f}{by}{abandoned}"
+                    f"{flight}; ${more.usd:,.4f} more would not fit)")
+        if self._max_output_tokens is not None and used + self._inflight_out + more.output_tokens > self._max_output_tokens:
             flight = f", ~{self._inflight_out:,.0f} held at worst case for requests in flight" if self._inflight_out else ""
-            return (f"max_output_tokens={max_out:,} reached (used {used:,}{abandoned}{flight}; "
-                    f"{more.output_tokens:,.0f} more would not fit)")
+            earlier = beyond.output_tokens + c["replayed_output_tokens"] + c["prior_abandoned_output_tokens"]
+            by = f", {earlier:,} of them by earlier runs" if earlier > 0 else ""
+            return (f"max_output_tokens={self.max_output_tokens:,} reached (used {beyond.output_tokens + used:,}{by}"
+                    f"{abandoned}{flight}; {more.output_tokens:,.0f} more would not fit)")
         return None
 
     async def _reserve(self, item: _Item) -> None:
@@ -974,6 +1001,7 @@ class Generator:
         self._results[item.key] = resp
         c = self._c
         c[status] += 1
+        c["collected"] += self._collecting
         c["empty"] += row[9] in EMPTY_ERRORS
         c["done"] += 1
         c["cost_usd"] += cost
@@ -1030,9 +1058,10 @@ class Generator:
     def _log_summary(self) -> None:
         s = self.stats
         log.info("%s:%s — %d ok, %d truncated, %d failed, %d skipped (budget), %d replayed from journal (%d of "
-                 "them reused from another max_tokens, free); %d sent, %d retries, %d rate-limited; $%.4f, %d in / "
-                 "%d out tokens, %.1f s", self.provider, self.model, s["ok"], s["truncated"], s["failed"],
-                 s["skipped_budget"], s["replayed"], s["reused"], s["sent"], s["retries"], s["rate_limited"],
+                 "them reused from another max_tokens, free); %d sent, %d answers collected from batches, %d retries, "
+                 "%d rate-limited; $%.4f, %d in / %d out tokens, %.1f s", self.provider, self.model, s["ok"],
+                 s["truncated"], s["failed"], s["skipped_budget"], s["replayed"], s["reused"], s["sent"],
+                 s["collected"], s["retries"], s["rate_limited"],
                  s["cost_usd"], s["input_tokens"], s["output_tokens"], s["elapsed_s"])
         if s["timed_out"] or s["interrupted"] or s["garbled"]:
             log.warning("%d attempts timed out, %d were interrupted on the wire and %d answered with an unreadable "

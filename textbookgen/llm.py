@@ -28,10 +28,10 @@ max_tokens). `retry_failed=True` is about requests the provider refused (a 400, 
 and an answer that does not fit is no such failure. The table's columns take the common type of all their values (ints and floats give
 floats); values with none (a list and a number) raise a TypeError naming the column, answers kept.
 
-Several answers per row: `n=4` makes four requests per row, seeded `seed, seed+1, ...` (0 by default), each its
-own journal entry, and the table gets a `sample` column, the answer's index: with `n > 1` the name is
+Several answers per row: `n=4` makes four requests per row: sample 0 is the request n=1 makes (seeded `seed`
+if given), sample k is seeded `seed + k` (k without a seed), each its own journal entry, and the table gets a `sample` column, the answer's index: with `n > 1` the name is
 reserved, so rows or parse() output with a `sample` field raise a ValueError instead of hiding it.
-Raising `n` later pays only for the new samples. The seed is sent only where the API takes one (not Anthropic's):
+Raising `n` later, from 1 too, pays only for the new samples. The seed is sent only where the API takes one (not Anthropic's):
 at temperature 0 the samples are one answer paid n times, which a warning says.
 """
 
@@ -52,6 +52,7 @@ from textbookgen.engine import (
     ChatRequest,
     ChatResponse,
     Generator,
+    Spend,
     run_sync,
     sampled,
     spent,
@@ -135,13 +136,12 @@ class LLM:
 
     # ----- requests and answers -------------------------------------------------------------------
     def _requests(self, rows: list[Any]) -> list[ChatRequest]:
-        """`n` requests per row, row by row. With one sample and no seed the request is as `prompt` made it;
-        otherwise sample j gets seed `base + j` (base: the request's own seed, else `self.seed`, else 0),
-        which makes the samples distinct requests and keeps each one's journal key stable as `n` grows."""
+        """`n` requests per row, row by row (`engine.sampled`): sample 0 is the request `prompt` made (seeded
+        `self.seed` where it has no seed of its own), sample j >= 1 gets seed `base + j` (base: that seed, else
+        0), which makes the samples distinct requests and keeps each one's journal key stable as `n` grows."""
         out = []
         for index, row in enumerate(rows):
-            req = self._request(index, row)
-            out += [req] if self.n == 1 and self.seed is None else sampled(req, self.n, self.seed or 0)
+            out += sampled(self._request(index, row), self.n, self.seed)
         warn_same_samples(self.generator.provider, self.n, out)
         return out
 
@@ -265,14 +265,16 @@ class LLM:
 
 class _Rounds:
     """The runs of one call (the first round and its schema re-asks) under one budget: each Generator run
-    counts only its own request set, so before a re-ask round its `max_cost_usd` / `max_output_tokens` are
-    lowered by what the earlier rounds spent (restored after the call), and `generator.stats` adds the rounds
-    up (counts and money summed; levels such as `concurrency` from the last round)."""
+    counts only its own request set (what the journal recorded for it included), so before a re-ask round the
+    Generator's `spent_aside` is what the earlier rounds spent, replayed answers included (restored after the
+    call): over the rounds and over reruns the call keeps to the one budget, and a budget stop names it. And
+    `generator.stats` adds the rounds up (counts and money summed; levels such as `concurrency` from the last
+    round)."""
 
     _LEVELS = frozenset({"concurrency"})
 
     def __init__(self, gen: Generator) -> None:
-        self.gen, self.limits = gen, (gen.max_cost_usd, gen.max_output_tokens)
+        self.gen, self.aside = gen, gen.spent_aside
         self.stats: dict = {}
         self.merged: dict | None = gen.stats  # the stats of a run before this call are not this call's
 
@@ -280,20 +282,15 @@ class _Rounds:
         return self
 
     def next(self) -> None:
-        """Before a re-ask round: count the last round, leave the next one what the call has not spent."""
+        """Before a re-ask round: count the last round, and what the call has spent, against the next one."""
         self._merge()
-        if not self.stats:  # the rounds so far sent nothing (all answered by the journal): nothing spent
-            return
-        cost, out = self.limits
         usd, used = spent(self.stats)
-        if cost is not None:
-            self.gen.max_cost_usd = max(0.0, cost - usd)
-        if out is not None:
-            self.gen.max_output_tokens = max(0, out - used)
+        aside = self.aside or Spend(0.0, 0)
+        self.gen.spent_aside = Spend(aside.usd + usd, aside.output_tokens + used)
 
     def __exit__(self, *exc: object) -> None:
         self._merge()  # a round that raised has its stats too
-        self.gen.max_cost_usd, self.gen.max_output_tokens = self.limits
+        self.gen.spent_aside = self.aside
         if self.stats:
             self.gen.stats = self.stats
 
