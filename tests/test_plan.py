@@ -142,3 +142,20 @@ def test_the_plan_notes_requests_whose_prompt_tips_their_worst_case_over_the_dol
     assert "the build would stop at the first of them and never finish" in note
     assert make_plan(prompts, load_recipe(r.path, {"samples": 20, "web_samples": None}), n_leaves=125,
                      expected_tokens={}).notes == []
+
+
+def test_the_budget_line_weighs_what_is_paid_and_the_rest_not_the_whole_build_again():
+    """After a budget stop, $0.19 paid and $0.72 to go fit a $1 budget; the whole build from scratch ($1.04) did
+    not, and the plan said the build would stop short."""
+    from textbookgen.plan import ModelEstimate, Plan, _budget_line
+
+    plan = Plan(recipe="r", model="m", provider="openai-compatible", n_prompts=120, n_leaves=10, topics_used=10,
+                per_template={}, per_audience={}, per_subject={}, top_topics=[], with_web_extract=0,
+                input_tokens=1, output_tokens_expected=1, output_tokens_max=1,
+                estimates=[ModelEstimate("m", 1.04, 1.74, True)], time_s=1.0, time_basis="", budget_usd=1.0,
+                spent_usd=0.19, journal={"new_cost_usd": 0.72, "priced": True})
+    assert "stop short" not in _budget_line(plan)
+    plan.journal["new_cost_usd"] = 0.9
+    assert "The expected $1.09 ($0.19 paid, $0.90 for the rest) is over it" in _budget_line(plan)
+    plan.journal = None
+    assert "The expected $1.04 is over it" in _budget_line(plan)

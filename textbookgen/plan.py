@@ -379,8 +379,13 @@ def _budget_line(plan: Plan) -> str:
             f"Budget: [yellow]budget.max_cost_usd {usd(plan.budget_usd)} can never stop this build: "
             f"{plan.model} has no price, so its requests count as $0[/yellow] (see the note below)."
         )
-    if own is not None and own.priced and own.cost_usd > plan.budget_usd:
-        line += f" [yellow]The expected ${own.cost_usd:,.2f} is over it: the build would stop short.[/yellow]"
+    if own is None or not own.priced:
+        return line
+    j = plan.journal  # with one, what is paid and what the rest should cost, not the whole build from scratch
+    expected, how = ((plan.spent_usd + j["new_cost_usd"], f" (${plan.spent_usd:,.2f} paid, "
+                      f"${j['new_cost_usd']:,.2f} for the rest)") if j and j["priced"] else (own.cost_usd, ""))
+    if expected > plan.budget_usd:
+        line += f" [yellow]The expected ${expected:,.2f}{how} is over it: the build would stop short.[/yellow]"
     return line
 
 
