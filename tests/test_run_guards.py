@@ -334,7 +334,8 @@ def test_a_refusal_every_rank_raises_is_printed_by_rank_0_only(corpus, pinned, t
 
     monkeypatch.setenv("RANK", "1")
     for argv in (["train", "-c", str(tokenizer), "--max-steps", "3", "--no-progress"],
-                 ["train", "-c", str(shape), "--max-steps", "3", "--no-progress"]):
+                 ["train", "-c", str(shape), "--max-steps", "3", "--no-progress"],
+                 ["train", "-c", str(tokenizer), "--max-steps", "3", "--no-progress", "--resume", "never"]):
         assert main(argv) == 2
         assert capsys.readouterr().err == "", argv
     with open(run / ".lock", "a+") as f:  # held as by another run

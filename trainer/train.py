@@ -634,7 +634,10 @@ class Trainer:
         all before anything is written, so a refused resume leaves the run folder as it was (`run` writes
         config.yaml). Returns (step, samples drawn) for the `BatchPlan`."""
         if self.cfg.checkpoint.resume == "never":
-            checkpoint.check_fresh_start(self.ckpt_root)
+            try:
+                checkpoint.check_fresh_start(self.ckpt_root)
+            except checkpoint.CheckpointError as e:  # every rank reads the same folder
+                raise every_rank(e) from None
         self.resume_from = self._resume_source()
         self.resume_meta = checkpoint.read_meta(self.resume_from) if self.resume_from is not None else None
         data_start = self._data_start()
