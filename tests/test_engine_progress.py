@@ -39,6 +39,9 @@ def test_the_budget_outlook_says_where_the_run_will_stop():
     cost, tokens = projection_note({**s, "max_cost_usd": 10.0, "max_output_tokens": 50_000}, 100)
     assert cost == " (~$19.0000 projected, budget $10.0000 reached at ~55%)"
     assert tokens == " (~19,000 projected, budget 50,000 ok)"
+    resumed = {**s, "max_cost_usd": 8.0, "max_cost_usd_given": 10.0}  # earlier runs spent $2 of the $10 given
+    assert projection_note(resumed, 100)[0] == (" (~$19.0000 projected, budget $10.0000 ($8.0000 left after "
+                                                "earlier runs) reached at ~45%)")
 
 
 def reqs(n: int) -> list[ChatRequest]:

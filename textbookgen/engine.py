@@ -1047,7 +1047,8 @@ class Generator:
     # ----- reporting ----------------------------------------------------------------------------
     def _live_stats(self) -> dict:
         adm = self._admission
-        budgets = {"max_cost_usd": self._max_cost_usd, "max_output_tokens": self._max_output_tokens}
+        budgets = {"max_cost_usd": self._max_cost_usd, "max_output_tokens": self._max_output_tokens,
+                   "max_cost_usd_given": self.max_cost_usd, "max_output_tokens_given": self.max_output_tokens}
         if self.batch:  # requests waiting inside submitted batches
             return {**self._c, **budgets, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
                     "concurrency": self._in_batches, "rpm_limit": None}

@@ -74,11 +74,15 @@ def projection_note(s: Mapping[str, Any], total: int) -> tuple[str, str]:
     usd, used = spent(s)
     cost = f" (~${p.usd:.4f} projected"
     if s["max_cost_usd"] is not None:
-        cost += f", budget ${s['max_cost_usd']:.4f} " + budget_outlook(
+        given = s.get("max_cost_usd_given", s["max_cost_usd"])
+        left = f" (${s['max_cost_usd']:.4f} left after earlier runs)" if given != s["max_cost_usd"] else ""
+        cost += f", budget ${given:.4f}{left} " + budget_outlook(
             p.usd, usd, p.usd_each, s["done"], total, s["max_cost_usd"])
     tokens = ""
     if s["max_output_tokens"] is not None:
-        tokens = f" (~{p.output_tokens:,.0f} projected, budget {s['max_output_tokens']:,} " + budget_outlook(
+        given = s.get("max_output_tokens_given", s["max_output_tokens"])
+        left = f" ({s['max_output_tokens']:,} left after earlier runs)" if given != s["max_output_tokens"] else ""
+        tokens = f" (~{p.output_tokens:,.0f} projected, budget {given:,}{left} " + budget_outlook(
             p.output_tokens, used, p.output_tokens_each, s["done"], total, s["max_output_tokens"]) + ")"
     return cost + ")", tokens
 
@@ -87,7 +91,8 @@ class RunProgress:
     """`stats()` returns the engine's counters: done, failed, cost_usd, input_tokens, output_tokens, sent,
     rate_limited, in_flight, concurrency, rpm_limit, budget_held (requests waiting for room in a budget); for the
     projection replayed, replayed_usd, replayed_output_tokens, abandoned_usd, abandoned_output_tokens, max_cost_usd,
-    max_output_tokens."""
+    max_output_tokens (what this run may spend), and the budgets as given, max_cost_usd_given and
+    max_output_tokens_given (less what earlier runs spent, they are the former)."""
 
     def __init__(self, total: int, stats: Callable[[], dict], *, description: str = "generating",
                  console: Console | None = None, interval_s: float = 0.5) -> None:
