@@ -479,6 +479,21 @@ def _fmt_kv(d: Any, sep: str = ": ", join: str = "; ") -> str:
     return join.join(f"{k}{sep}{short(v)}" for k, v in d.items() if v is not None and not isinstance(v, (Mapping, list)))
 
 
+def _fresh_plots(docs: pl.DataFrame, out_dir: Path) -> dict[str, str]:
+    """The card's plots of `docs` under out_dir/assets, and no stale one left from an earlier render."""
+    plots = plot_all(docs, out_dir / ASSETS_DIR)
+    for stale in (out_dir / ASSETS_DIR).glob("*.png"):
+        if f"{ASSETS_DIR}/{stale.name}" not in plots.values():
+            stale.unlink()
+    return plots
+
+
+def _split_rows(info: Mapping, splits: Mapping[str, list[Path]]) -> list[dict[str, Any]]:
+    """The card's table of splits: rows, shards and bytes on disk."""
+    return [{"name": s["name"], "rows": s["num_examples"], "shards": len(splits[s["name"]]),
+             "bytes": sum(p.stat().st_size for p in splits[s["name"]])} for s in info["splits"]]
+
+
 def render_card(
     out_dir: str | Path, template_path: str | Path, recipe: Recipe | Mapping, manifest: dict
 ) -> Path:
@@ -505,10 +520,7 @@ def render_card(
     info = dataset_info(splits, schema)
     metadata, defaults = card_metadata(recipe, chosen)
     data = card_data(metadata, recipe, splits, info, docs.height)
-    plots = plot_all(docs, out_dir / ASSETS_DIR)
-    for stale in (out_dir / ASSETS_DIR).glob("*.png"):
-        if f"{ASSETS_DIR}/{stale.name}" not in plots.values():
-            stale.unlink()
+    plots = _fresh_plots(docs, out_dir)
     stages, decontam = curation_rows(manifest)
     files = _write_provenance(out_dir, recipe, manifest)
 
@@ -517,11 +529,7 @@ def render_card(
         "recipe": recipe,
         "manifest": manifest,
         "stats": data_stats(docs),
-        "splits": [
-            {"name": s["name"], "rows": s["num_examples"], "shards": len(splits[s["name"]]),
-             "bytes": sum(p.stat().st_size for p in splits[s["name"]])}
-            for s in info["splits"]
-        ],  # fmt: skip
+        "splits": _split_rows(info, splits),
         "fields": [{"name": f.name, "dtype": type_label(f.type), "doc": FIELD_DOCS.get(f.name, "")} for f in schema],
         "curation": stages,
         "decontamination": decontam,
@@ -726,10 +734,7 @@ def render_corpus_card(
                   "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],  # fmt: skip
         dataset_info=info,
     )
-    plots = plot_all(docs, out_dir / ASSETS_DIR)
-    for stale in (out_dir / ASSETS_DIR).glob("*.png"):
-        if f"{ASSETS_DIR}/{stale.name}" not in plots.values():
-            stale.unlink()
+    plots = _fresh_plots(docs, out_dir)
     stages, decontam = [], []
     for stats in curation:
         rows, benchmarks = curation_rows({"curation": stats})
@@ -740,11 +745,7 @@ def render_corpus_card(
         "name": name,
         "text_column": text_column,
         "stats": corpus_stats(docs),
-        "splits": [
-            {"name": s["name"], "rows": s["num_examples"], "shards": len(splits[s["name"]]),
-             "bytes": sum(p.stat().st_size for p in splits[s["name"]])}
-            for s in info["splits"]
-        ],  # fmt: skip
+        "splits": _split_rows(info, splits),
         "fields": [{"name": f.name, "dtype": type_label(f.type)} for f in schema],
         "curation": stages,
         "decontamination": decontam,
