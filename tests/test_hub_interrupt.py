@@ -16,8 +16,11 @@ import pytest
 from test_hub import REPO, build, published
 
 import textbookgen
+from textbookgen.curation.corpus_io import corpus_files
+from textbookgen.dataset import read_dataset
 from textbookgen.hub import pull, push
 from textbookgen.testing.fakehub import FakeHub
+from trainer.data import find_parquet_files
 
 ROOT = Path(textbookgen.__file__).resolve().parents[1]
 # SIGINT as a terminal's Ctrl-C delivers it, even where this test runs with SIGINT ignored (a job started with `&`
@@ -91,8 +94,13 @@ def test_ctrl_c_during_a_stalled_download_stops_the_pull_at_once_leaving_no_part
     written = published(out_dir) if out_dir.exists() else {}
     assert stalled and not stalled & set(written)  # the stalled shards are not there, not even in part
     assert all(data == hub.read(REPO, p) for p, data in written.items())  # what is there is whole
+    # but not all of it is there: every reader of dataset folders refuses the folder rather than take it as smaller
+    for read in (read_dataset, lambda d: find_parquet_files(d, "train"), corpus_files,
+                 lambda d: push(d, REPO, token=hub.token, endpoint=hub.endpoint)):
+        with pytest.raises(ValueError, match="an interrupted `textbookgen pull` left it with files missing"):
+            read(out_dir)
     pull(REPO, out_dir, token=hub.token, endpoint=hub.endpoint)  # the rerun completes the folder
-    assert published(out_dir) == published(folder)
+    assert published(out_dir) == published(folder) and read_dataset(out_dir).height == read_dataset(folder).height
 
 
 def test_an_upload_the_hub_never_answers_is_one_line_not_the_clients_traceback(hub, tmp_path, monkeypatch):

@@ -230,8 +230,22 @@ def existing_shards(out_dir: str | Path, split: str | None = None) -> list[Path]
     return found
 
 
+#: Left in a folder while `hub.pull` downloads into it: some files may be missing until a pull completes it.
+PULL_INCOMPLETE = ".pull-incomplete"
+
+
+def check_complete(folder: str | Path, error: type[Exception] = ValueError) -> None:
+    """Refuse a dataset folder that an interrupted pull left with files missing (it would train, curate or
+    push as a smaller dataset, silently)."""
+    if (Path(folder) / PULL_INCOMPLETE).exists():
+        raise error(f"{folder}: an interrupted `textbookgen pull` left it with files missing; rerun the pull to "
+                    "complete it")
+
+
 def splits_of(out_dir: str | Path) -> dict[str, list[Path]]:
-    """Split name -> its shards, read from the folder's file names; train, validation, test first."""
+    """Split name -> its shards, read from the folder's file names; train, validation, test first. A folder
+    an interrupted pull left is refused (`check_complete`)."""
+    check_complete(out_dir)
     splits: dict[str, list[Path]] = {}
     for path in existing_shards(out_dir):
         splits.setdefault(SHARD_RE.match(path.name)["split"], []).append(path)

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from textbookgen.dataset import SHARD_RE, split_rows, splits_of
+from textbookgen.dataset import PULL_INCOMPLETE, SHARD_RE, split_rows, splits_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -514,7 +514,9 @@ def pull(
     """Download a dataset repo (all files, at `revision`) into `local_dir` (default: `./<name>`); a request
     left unanswered for `timeout` seconds (as for `push`) is a ConnectionError; a missing (or private) repo,
     revision or file a FileNotFoundError naming it; Ctrl-C a HubInterrupted at once (files are written whole
-    or not at all: one in flight is `.incomplete` under `local_dir/.cache`).
+    or not at all: one in flight is `.incomplete` under `local_dir/.cache`). Until every file is there the
+    folder holds `dataset.PULL_INCOMPLETE`, and the readers of dataset folders (push, the trainer, the curation
+    commands) refuse it: a pull cut short would otherwise pass for a smaller dataset.
 
     The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
     the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
@@ -529,8 +531,12 @@ def pull(
         with (request_timeout(seconds),
               hub_errors(repo_id, api.endpoint, write=False, timeout=seconds, revision=revision)):
             head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+            local_dir.mkdir(parents=True, exist_ok=True)
+            mark = local_dir / PULL_INCOMPLETE  # until every file is there; readers of the folder refuse it
+            mark.write_text(f"{repo_id}@{head}\n", encoding="utf-8")
             path = _in_background(lambda: snapshot_download(repo_id, repo_type="dataset", revision=head,
                                                             local_dir=local_dir, token=token, endpoint=endpoint))
+            mark.unlink()
     except KeyboardInterrupt:
         raise HubInterrupted(f"interrupted: the pull into {local_dir} did not finish; rerun it to complete the folder "
                              "(files already downloaded are not fetched again)") from None

@@ -104,6 +104,9 @@ def find_parquet_files(folder: Path, split: str, named: bool = False, subset: st
 
     By keywords, files that name no split are all taken, unless `named` (a validation split: taking them
     would validate on the training data)."""
+    from textbookgen.dataset import check_complete
+
+    check_complete(folder, DataError)
     configs = _readme_configs(folder)
     if configs is not None or subset is not None:
         return _config_files(folder, configs or [], split, subset)

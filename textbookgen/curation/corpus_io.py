@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from textbookgen.dataset import check_complete
 from textbookgen.jsonl import decode_utf8, iter_jsonl_lines, open_compressed
 
 SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
@@ -36,6 +37,7 @@ def corpus_files(path: Path) -> list[Path]:
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file():
         return [path]
+    check_complete(path)
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)
                    and not p.name.endswith(STATS_SUFFIX))
     if not files:
