@@ -479,6 +479,18 @@ def _fmt_kv(d: Any, sep: str = ": ", join: str = "; ") -> str:
     return join.join(f"{k}{sep}{short(v)}" for k, v in d.items() if v is not None and not isinstance(v, (Mapping, list)))
 
 
+def _write_card(out_dir: Path, template_path: str | Path, context: dict[str, Any], defaults: dict[str, Any],
+                what: str) -> Path:
+    """Render the template, check the card the Hub will parse, write README.md and the defaults it filled in."""
+    text = re.sub(r"\n{3,}", "\n\n", load_card_template(template_path).render(**context))
+    validate_card_text(text)
+    readme = out_dir / "README.md"
+    readme.write_text(text, encoding="utf-8")
+    (out_dir / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("wrote %s card %s with %d plot(s)", what, readme, len(context["plots"]))
+    return readme
+
+
 def _fresh_plots(docs: pl.DataFrame, out_dir: Path) -> dict[str, str]:
     """The card's plots of `docs` under out_dir/assets, and no stale one left from an earlier render."""
     plots = plot_all(docs, out_dir / ASSETS_DIR)
@@ -537,14 +549,7 @@ def render_card(
         "files": files,
         "repo_id": (recipe.get("hub") or {}).get("repo_id") or f"<user>/{recipe.get('name', 'dataset')}",
     }
-    text = load_card_template(template_path).render(**context)
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    validate_card_text(text)
-    readme = out_dir / "README.md"
-    readme.write_text(text, encoding="utf-8")
-    (out_dir / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    log.info("wrote dataset card %s with %d plot(s)", readme, len(plots))
-    return readme
+    return _write_card(out_dir, template_path, context, defaults, "dataset")
 
 
 def card_template_of(recipe: Recipe) -> Path | None:
@@ -752,13 +757,7 @@ def render_corpus_card(
         "plots": [{"name": k, "path": v, "title": PLOTS[k]} for k, v in plots.items()],
         "repo_id": repo_id or f"<user>/{name}",
     }
-    text = re.sub(r"\n{3,}", "\n\n", load_card_template(template_path).render(**context))
-    validate_card_text(text)
-    readme = out_dir / "README.md"
-    readme.write_text(text, encoding="utf-8")
-    (out_dir / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    log.info("wrote corpus card %s with %d plot(s)", readme, len(plots))
-    return readme
+    return _write_card(out_dir, template_path, context, defaults, "corpus")
 
 
 def check_split_columns(out_dir: str | Path, split: str, schema: pa.Schema) -> None:
