@@ -90,6 +90,17 @@ def test_failed_requests_and_answers_that_miss_the_schema_are_listed_not_tabled(
     assert len(cut.failures) == 4 and all("does not fit Terms" in f["error"] for f in cut.failures)
 
 
+def test_a_text_answer_cut_at_max_tokens_is_parsed_and_listed(tmp_path, caplog):
+    with Emulator() as emu:
+        task = make(Lesson, emu, "openai", "gpt-4o-mini", tmp_path, max_tokens=5)
+        table = task(TOPICS)
+        whole = make(Lesson, emu, "openai", "gpt-4o-mini", tmp_path / "whole")
+        whole(TOPICS[:1])
+    assert table.height == 4 and not task.failures
+    assert [t["row"] for t in task.truncated] == [0, 1, 2, 3] and "4 answers were cut at max_tokens" in caplog.text
+    assert whole.truncated == []
+
+
 def test_a_bug_in_parse_surfaces_and_costs_nothing_to_fix(tmp_path):
     class Buggy(Glossary):
         def parse(self, row, response):

@@ -19,7 +19,9 @@ Where the answers live decides who gets them for free: with `journal="path.sqlit
 using that file; with the default `journal=None` only this object, whose answers sit in a temporary
 journal deleted with it (so a new object, e.g. after redefining the class, pays again).
 Rows whose request failed, or whose answer does not fit `response_format`, are left out of the table and
-listed in `.failures`. An answer that does not fit is asked again, up to `schema_retries` times (2 by default),
+listed in `.failures`. An answer cut at max_tokens goes to `parse` as it is (text, or the JSON object when it
+is complete: a server can pad a finished object with whitespace up to max_tokens) and is listed in `.truncated`
+with a warning, so a cut answer never passes unnoticed. An answer that does not fit is asked again, up to `schema_retries` times (2 by default),
 each time with a new seed (seed + k * REASK_SEED_STRIDE, so never another sample's), which makes each re-ask a
 request of its own in the journal: a later call replays the whole chain for free, and raising `schema_retries`
 pays only for the new tries. All rounds of one call share the Generator's `max_cost_usd` / `max_output_tokens`
@@ -89,6 +91,7 @@ class LLM:
         self.max_tokens, self.temperature, self.top_p, self.system = max_tokens, temperature, top_p, system
         self.n, self.seed, self.schema_retries = n, seed, schema_retries
         self.failures: list[dict] = []
+        self.truncated: list[dict] = []
 
     def prompt(self, row: Any) -> str | list[dict] | ChatRequest:
         """The request for one row: a user message, a list of chat messages, or a full ChatRequest."""
@@ -186,7 +189,7 @@ class LLM:
                                                        "schema": self.response_format.model_json_schema()}}
 
     def _table(self, rows: list[Any], responses: list[ChatResponse]) -> pl.DataFrame:
-        self.failures = []
+        self.failures, self.truncated = [], []
         records: list[dict] = []
         origins: list[int] = []  # the row of each record, to name it in errors
         for k, resp in enumerate(responses):  # row-major: row i's samples are responses i*n .. i*n+n-1
@@ -202,6 +205,8 @@ class LLM:
                        else f"{self.schema_retries + 1} tries")
                 self._fail(index, sample, resp, f"answer does not fit {self.response_format.__name__} ({how}): {exc}")
                 continue
+            if resp.status == "truncated":
+                self.truncated.append({"row": index, "sample": sample, "key": resp.key})
             try:
                 out = self.parse(row, answer)
             except Exception as exc:
@@ -214,6 +219,9 @@ class LLM:
             failed_rows = len({f["row"] for f in self.failures})
             log.warning("%s: %d of %d requests failed (n=%d per row), on %d of %d rows (see .failures)",
                         type(self).__name__, len(self.failures), len(responses), self.n, failed_rows, len(rows))
+        if self.truncated:
+            log.warning("%s: %d answers were cut at max_tokens and parsed as they are (see .truncated; raise "
+                        "max_tokens to get them whole)", type(self).__name__, len(self.truncated))
         return self._frame(records, origins)
 
     def _kept(self) -> str:
