@@ -174,3 +174,32 @@ def test_empty_input_is_refused(tmp_path):
     code, output = publish(str(tmp_path / "empty.jsonl"), "-o", str(tmp_path / "out"))
     assert code == 1 and output == f"error: {tmp_path / 'empty.jsonl'}: no documents (the file is empty or blank)\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_parquet_of_one_schema_is_sharded_as_it_is_without_a_staged_copy(tmp_path, monkeypatch):
+    """A staged copy needs the corpus's size again in free disk: parquet input streams into the shards."""
+    import textbookgen.curation.corpus_io as corpus_io
+
+    src = tmp_path / "corpus"
+    web_corpus(src)
+    (src / "b.jsonl").unlink()
+    pl.read_parquet(src / "a.parquet").reverse().write_parquet(src / "c.parquet")
+
+    class NoStaging:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("staged a copy of parquet input")
+
+    monkeypatch.setattr(corpus_io, "CorpusWriter", NoStaging)
+    code, output = publish(str(src), "-o", str(tmp_path / "out"))
+    assert code == 0, output
+    expected = pl.concat([pl.read_parquet(src / "a.parquet"), pl.read_parquet(src / "c.parquet")])
+    assert read_dataset(tmp_path / "out", "train").equals(expected)
+
+
+def test_a_null_text_in_parquet_input_names_the_file(tmp_path):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    pl.DataFrame({"text": ["a page", None]}).write_parquet(src / "a.parquet")
+    code, output = publish(str(src), "-o", str(tmp_path / "out"))
+    assert code == 1 and output == f"error: {src / 'a.parquet'}: 1 row(s) with a null 'text'\n", output
+    assert not (tmp_path / "out").exists()

@@ -1,9 +1,10 @@
 """Publish your own corpus: a Hub dataset folder with every column as given, and a card that describes it.
 
 Recipe builds get their dataset folder from the build. A corpus curated with the curation commands (web text,
-any columns) gets one here: its rows are streamed through the curation reader into one typed parquet file,
-sharded by `dataset.write_dataset(as_given=True)` (no column added, none dropped, none recast), and described
-by `datasets_cards/corpus.md`, which claims nothing the data does not show (no synthetic tags, no sources).
+any columns) gets one here: parquet files of one schema are sharded as they are; other input is streamed
+through the curation reader into one typed parquet file first. Either way it is sharded by
+`dataset.write_dataset(as_given=True)` (no column added, none dropped, none recast) and described by
+`datasets_cards/corpus.md`, which claims nothing the data does not show (no synthetic tags, no sources).
 `textbookgen push` then publishes the folder like any other.
 """
 
@@ -11,6 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
 
 #: The id column the corpus reader is made to invent, and that is dropped again: the input goes out as it is.
 _ROW = "\0publish_row"
@@ -32,7 +37,6 @@ def publish(
     `stats`: curation commands' `<output>.stats.json`, in the order they ran, reported in the card. Bad input
     raises ValueError naming the option, and leaves no new folder behind."""
     import polars as pl
-    import pyarrow.parquet as pq
 
     from textbookgen.card import check_split_columns, language_code, render_corpus_card
     from textbookgen.curation.corpus_io import Corpus, CorpusWriter, new_path
@@ -55,23 +59,41 @@ def publish(
     curation = [curation_report(f) for f in stats or []]
     corpus = Corpus(src, text_column, _ROW)
     schema = pl.Schema({k: v for k, v in corpus.schema().items() if k != _ROW})
+    check_split_columns(folder, split, pl.DataFrame(schema=schema).to_arrow().schema)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    staged = new_path(folder, ".publish-", ".parquet")  # one typed file, so shards stream from a LazyFrame
+    staged = None
     try:
-        with CorpusWriter(staged, schema) as writer:
-            for chunk in corpus.chunks():
-                writer.write(chunk.drop(_ROW))
-        check_split_columns(folder, split, pq.read_schema(staged))
-        write_dataset(pl.scan_parquet(staged), folder, split, as_given=True)
+        scan = _parquet_scan(corpus.files, schema, text_column)
+        if scan is None:  # JSON, or parquet files of several schemas: one typed file, so shards stream from it
+            staged = new_path(folder, ".publish-", ".parquet")
+            with CorpusWriter(staged, schema) as writer:
+                for chunk in corpus.chunks():
+                    writer.write(chunk.drop(_ROW))
+            scan = pl.scan_parquet(staged)
+        write_dataset(scan, folder, split, as_given=True)
     except BaseException:
-        staged.unlink(missing_ok=True)
+        if staged is not None:
+            staged.unlink(missing_ok=True)
         if created and not any(folder.iterdir()):
             folder.rmdir()  # a failed first publish leaves no empty folder behind
         raise
-    staged.unlink()
+    if staged is not None:
+        staged.unlink()
     return render_corpus_card(folder, text_column, name=name, license=license, language=language,
                               repo_id=repo_id, curation=curation)
+
+
+def _parquet_scan(files: list[Path], schema: pl.Schema, text_column: str) -> pl.LazyFrame | None:
+    """The input itself when it is parquet files of one schema with text in every row: the shards then stream
+    from it, and publishing needs no staged copy of the corpus (its size again in free disk). None otherwise;
+    the reader then stages it, and names the file of a null text."""
+    import polars as pl
+
+    if any(f.suffix != ".parquet" for f in files) or any(pl.read_parquet_schema(f) != schema for f in files):
+        return None
+    scan = pl.scan_parquet(files)
+    return None if scan.select(pl.col(text_column).null_count()).collect().item() else scan
 
 
 def curation_report(path: str | Path) -> dict:
