@@ -18,7 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+try:
+    import torch
+except ImportError:  # the SDK installs without torch
+    sys.exit("error: attention.py needs torch: pip install -e \".[train]\"")
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 

@@ -1,13 +1,15 @@
 """Prompt-diversity benchmark: the first 2,000 prompts of recipes/phi15-textbooks.yaml, three ways.
 
 - web-seeded (ours): the recipe as written — topics by weight with quotas (a systematic sequence,
-  prefix-stable),
-  80 % of prompts seeded with a web extract, half of those BM25-retrieved for the topic, extracts
-  picked by a seeded permutation (no reuse before the pool is used up);
+  prefix-stable), 80 % of prompts seeded with a web extract, half of those BM25-retrieved for the
+  topic, extracts picked by a seeded permutation (no reuse before the pool is used up);
 - topic-only (ours, no web samples): the same recipe with `web_samples` removed;
-- Cosmopedia-style peer: the same templates and mix, but topics drawn i.i.d. by weight and a
-  uniformly random extract per prompt (what `random.random()` inside `ds.map` gives), topic
-  conditioning on half of the prompts.
+- Cosmopedia-style peer: the same templates, mix and shares, topics drawn i.i.d. by weight (Cosmopedia's
+  web prompts take the sample's cluster label; it has no weighted taxonomy to walk), extracts picked as
+  its scripts pick them: `ds.map` over the web samples uses each once (here in a seeded shuffled order,
+  again once all are used), and a retrieved prompt takes one of its topic's search hits not yet used
+  for that topic (v2: one prompt per page retrieved for a topic). Before 2026-11-26 the peer drew
+  extracts with replacement, which Cosmopedia does not do.
 
 The taxonomy is a fixture standing in for phi-1.5's ~20K grown topics: SciPhi's 26K grade-school
 course titles (`../shared/data/sciphi_topics`, weighted). The web seeds are the shared C4 and
@@ -22,7 +24,8 @@ seed_reuse = the most times one web extract is used.
     python bench/diversity.py [--prompts 2000] [--shared ../shared/data]
 
 Last line: topics_covered=<..> distinct_4gram=<..> seed_reuse=<..> peer_topics_covered=<..>
-peer_distinct_4gram=<..> peer_seed_reuse=<..> (topic-only: topics_covered=<..> distinct_4gram=<..> seed_reuse=0)
+peer_distinct_4gram=<..> peer_seed_reuse=<..> topic_only_topics_covered=<..> topic_only_distinct_4gram=<..>
+topic_only_seed_reuse=0
 """
 
 from __future__ import annotations
@@ -63,23 +66,33 @@ def figures(df: pl.DataFrame, n_topics: int) -> dict[str, float]:
 
 
 def cosmopedia_style(recipe, tax: Taxonomy, web: WebSamples, n: int) -> pl.DataFrame:
-    """The peer: i.i.d. topics and extracts (with replacement), topic conditioning half the time."""
+    """The peer, picking as Cosmopedia's scripts do: topics drawn i.i.d. by weight, and extracts as `ds.map`
+    over the web samples gives them, each sample once (in a seeded shuffled order, again once all are used);
+    a retrieved prompt takes a random one of its topic's hits, one prompt per (topic, hit), as v2 ran one
+    prompt per page retrieved for a topic."""
     rng = np.random.default_rng(recipe.seed)
     leaves, p = tax.leaf_probabilities(recipe.taxonomy.weighting)
     combos = expand_mix([e.model_dump() for e in recipe.mix])
     cw = np.array([c.weight for c in combos])
     templates = {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix}
     audiences, styles, formats = recipe.tables()
+    wc = recipe.web_samples
+    order, taken, topic_hits = rng.permutation(len(web)), 0, {}
     rows = []
     for i in range(n):
         topic = leaves[int(rng.choice(len(leaves), p=p))]
         cell = combos[int(rng.choice(len(combos), p=cw / cw.sum()))]
         extract = None
-        if rng.random() < recipe.web_samples.share:
-            if rng.random() < 0.5:
-                hits = web.search(" ".join(topic.path[-2:]), k=50)
-                extract = web.extracts[hits[int(rng.integers(len(hits)))][0]] if hits else None
-            extract = extract or web.extracts[int(rng.integers(len(web)))]
+        if rng.random() < wc.share:
+            if wc.retrieval and rng.random() < wc.retrieval.share:
+                if topic.id not in topic_hits:  # the topic's pages, each used once, in no particular order
+                    hits = web.search(" ".join(topic.path[-2:]), k=wc.retrieval.top_k)
+                    topic_hits[topic.id] = [hits[int(j)][0] for j in rng.permutation(len(hits))]
+                if topic_hits[topic.id]:
+                    extract = web.extracts[topic_hits[topic.id].pop()]
+            if extract is None:
+                extract = web.extracts[int(order[taken % len(order)])]
+                taken += 1
         v = variables(
             topic_path=topic.path,
             audience=cell.audience,
@@ -169,14 +182,15 @@ def main() -> None:
     print(
         f"\nrender time: ours {t_ours:.1f} s, peer {t_peer:.1f} s; same recipe+seed -> identical prompts: yes"
     )
-    ours, topic_only, peer = res["web-seeded (ours)"], res["topic-only (ours)"], res["cosmopedia-style peer"]
-    print(
-        f"topics_covered={ours['topics_covered']:.3f} distinct_4gram={ours['distinct_4gram']:.3f} "
-        f"seed_reuse={ours['seed_reuse']} peer_topics_covered={peer['topics_covered']:.3f} "
-        f"peer_distinct_4gram={peer['distinct_4gram']:.3f} peer_seed_reuse={peer['seed_reuse']} "
-        f"(topic-only: topics_covered={topic_only['topics_covered']:.3f} "
-        f"distinct_4gram={topic_only['distinct_4gram']:.3f} seed_reuse={topic_only['seed_reuse']})"
-    )
+    print(summary_line(res))
+
+
+def summary_line(res: dict[str, dict[str, float]]) -> str:
+    """The last line: key=value pairs, each key once (ours unprefixed, then peer_ and topic_only_)."""
+    prefixes = {"web-seeded (ours)": "", "cosmopedia-style peer": "peer_", "topic-only (ours)": "topic_only_"}
+    keys = ("topics_covered", "distinct_4gram", "seed_reuse")
+    return " ".join(f"{prefix}{key}={res[name][key]:.3f}" if isinstance(res[name][key], float)
+                    else f"{prefix}{key}={res[name][key]}" for name, prefix in prefixes.items() for key in keys)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+try:
+    import torch
+except ImportError:  # the SDK installs without torch
+    sys.exit("error: train.py needs torch and transformers: pip install -e \".[train]\"")
 
 from trainer.model import CONFIGS, Phi, attention_kernel  # noqa: E402
 
@@ -47,7 +50,7 @@ HF_RUNS = {"full": "hf", "block": "hf-block"}  # result name of HF per compile s
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="phi-1.5", choices=sorted(CONFIGS))
-    ap.add_argument("--device", default="auto", help="cuda | cpu | auto")
+    ap.add_argument("--device", default="auto", help="cuda | cpu | auto (the GPU; an error without one)")
     ap.add_argument("--seq-len", type=int, default=None, help="default: the config's context (2048)")
     ap.add_argument("--micro-batch", type=int, default=None, help="sequences per forward (default 8 GPU, 2 CPU)")
     ap.add_argument("--accum", type=int, default=None,
@@ -323,7 +326,11 @@ def profile_step(name: str, step, dev: torch.device, top: int = 12) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():  # falling back to CPU would train phi-1.5 there: hours, ~25 GB
+            log("error: no CUDA GPU here (torch.cuda.is_available() is False); for a CPU smoke test run "
+                "python bench/train.py --config tiny --device cpu")
+            return 2
+        args.device = "cuda"
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         log("error: --device cuda but torch.cuda.is_available() is False (CPU-only torch or no GPU visible)")

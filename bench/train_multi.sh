@@ -24,6 +24,16 @@ MICRO=${MICRO:-8}
 GLOBAL=${GLOBAL:-$((MICRO * NGPU * 4))}
 STRATEGY=${STRATEGY:-ddp}
 OUT=${OUT:-/tmp/train_multi}
+python - "$NGPU" <<'PY' || exit 2
+import sys
+try:
+    import torch
+except ImportError:
+    sys.exit('error: bench/train_multi.sh needs torch: pip install -e ".[train]"')
+have = torch.cuda.device_count()
+if have < int(sys.argv[1]):
+    sys.exit(f"error: bench/train_multi.sh needs {sys.argv[1]} CUDA GPUs (NGPU), {have} visible")
+PY
 mkdir -p "$OUT"
 COMMON=(--config "$CONFIG" --synthetic --max-steps "$STEPS" --no-progress --resume never
         --set "train.global_batch=$GLOBAL" --set "train.micro_batch=$MICRO"

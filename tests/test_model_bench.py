@@ -107,3 +107,13 @@ def test_attention_bench_error_helper_measures_bf16_rounding():
     spec.loader.exec_module(mod)
     errs = mod.errors(mod.sdpa("math"), (2, 64, 2, 16), "cpu")
     assert len(errs) == 4 and all(0 < e < 0.05 for e in errs)
+
+
+def test_bench_without_cuda_says_so_in_one_line(capsys, monkeypatch):
+    """`--device auto` (the default) on a machine without CUDA stops with one line naming the CPU smoke test,
+    rather than training the default phi-1.5 on the CPU (hours, ~25 GB)."""
+    bench = _bench()
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--config", "tiny", "--steps", "1", "--warmup", "0", "--seq-len", "32"]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("error: no CUDA GPU here") and "--config tiny --device cpu" in out[0]
