@@ -201,11 +201,11 @@ def test_topics_commands_print_one_error_line(tmp_path):
     (tmp_path / "afile").write_text("")
     cases = [
         (["stats", str(tmp_path)], "is a folder"),
-        (["convert", str(tax), str(tmp_path / "out.txt")], "unknown taxonomy format 'txt'"),
+        (["convert", str(tax), str(tmp_path / "out.json")], "unknown taxonomy format 'json'"),
         (["convert", str(tax), str(tmp_path / "afile" / "t.yaml")], "cannot write"),
         (["coverage", str(tax), str(tmp_path / "nothere.parquet")], "cannot read topic ids"),
         (["coverage", str(tax), str(tax)], "cannot read topic ids"),
-        (["grow", str(tax), str(tmp_path / "g.txt"), "--target", "9"], "unknown taxonomy format 'txt'"),
+        (["grow", str(tax), str(tmp_path / "g.json"), "--target", "9"], "unknown taxonomy format 'json'"),
     ]
     for args, message in cases:
         res = CliRunner().invoke(app, ["topics", *args])
@@ -667,3 +667,97 @@ def test_grow_takes_at_most_per_call_names_from_a_longer_answer():
         per_call=3, max_rounds=1, structured=False,
     )
     assert [len(t.children) for t in tax.topics] == [3, 3]
+
+
+@pytest.mark.parametrize(
+    "text, line, problem",
+    [
+        ("path,weight\nA > B,1\n\nA > C,2,extra\n", 4, "3 fields, the header has 2"),
+        ("path\nA > B\nArts > Music, dance and drama\n", 3, "2 fields, the header has 1"),
+        ('path,weight\nA > B,1\n"A > C,2\nA > D,1\n', 3, "a quote is never closed"),
+    ],
+)
+def test_a_csv_row_that_does_not_fit_the_header_is_an_error_naming_its_line(tmp_path, text, line, problem):
+    """A stray comma used to crash with a traceback, and an unclosed quote swallowed the rows below it."""
+    p = tmp_path / "t.csv"
+    p.write_text(text)
+    with pytest.raises(TaxonomyError, match=rf"^{p}:{line}: {problem}"):
+        Taxonomy.load(p)
+
+
+def test_a_topic_node_with_a_misspelt_key_is_an_error_naming_topic_and_key(tmp_path):
+    """{name: A, weigth: 2} used to load as two topics named 'name' and 'weigth'."""
+    p = tmp_path / "t.yaml"
+    p.write_text("topics:\n  - name: Algebra\n    weigth: 2\n  - name: Geometry\n")
+    with pytest.raises(TaxonomyError, match=rf"^{p}: topic 'Algebra': unknown key 'weigth' \(a topic takes name, "):
+        Taxonomy.load(p)
+    p.write_text("- name: Algebra\n  description: equations\n  subtopics: [Linear, Quadratic]\n- name: Geometry\n")
+    tax = Taxonomy.load(p)
+    assert [t.path_str for t in tax.leaves()] == ["Algebra > Linear", "Algebra > Quadratic", "Geometry"]
+    assert tax.topics[0].meta == {"description": "equations"}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1. Acids 2. Bases 3. Salts 4. Buffers", ["Acids", "Bases", "Salts", "Buffers"]),
+        ("Subtopics: 1) Optics 2) Waves and sound 3) Heat", ["Optics", "Waves and sound", "Heat"]),
+        ("1. Python 3. Basics", ["Python 3. Basics"]),  # not a run 1, 2, 3...: one name
+    ],
+)
+def test_parse_list_splits_a_numbered_list_run_together_on_one_line(text, expected):
+    """Small local models often answer '1. A 2. B 3. C' on one line: it used to be one topic named all of it."""
+    assert parse_list(text) == expected
+
+
+def test_grow_drops_an_introduction_to_a_topic_held_in_another_branch_but_not_under_its_own_parent():
+    """'Intro to X', 'Introduction to X', 'X basics' and 'X: an overview' are X: a second branch holding one
+    wrote the same textbook twice. Under X itself, 'Introduction to X' is X's first chapter."""
+    answers = {
+        "Physics": ["Thermodynamics", "Optics", "Intro to mechanics", "Introduction to mechanics"],
+        "Chemistry": ["Introduction to thermodynamics", "Thermodynamics basics", "Optics: an overview",
+                      "Acids", "Bases"],
+        "Mechanics": ["Introduction to mechanics", "Statics", "Dynamics"],
+    }
+    tax, report, _ = _grow_scripted(
+        lambda topic, _: json.dumps({"subtopics": answers[topic]}), ["Physics", "Chemistry"], 20, per_call=5,
+        max_rounds=1,
+    )
+    grown = {t.name: [c.name for c in t.children] for t in tax.topics}
+    assert grown == {"Physics": ["Thermodynamics", "Optics", "Intro to mechanics"], "Chemistry": ["Acids", "Bases"]}
+    assert report.duplicates_dropped == 4
+    mech, _, _ = _grow_scripted(lambda topic, _: json.dumps({"subtopics": answers[topic]}), ["Mechanics"], 3,
+                                per_call=3, max_rounds=1)
+    assert [c.name for c in mech.topics[0].children] == ["Introduction to mechanics", "Statics", "Dynamics"]
+
+
+def test_a_save_that_fails_half_way_leaves_the_file_it_replaces_whole(tmp_path, monkeypatch):
+    """A grown 20K-topic file takes seconds to write: a kill or a full disk then left half a YAML file."""
+    dst = tmp_path / "grown.yaml"
+    tax = Taxonomy(name="t")
+    tax.add("Optics")
+    tax.save(dst)
+    before = dst.read_bytes()
+
+    def half(self, data):
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    tax.add("Mechanics")
+    monkeypatch.setattr(Path, "write_bytes", half)
+    with pytest.raises(OSError):
+        tax.save(dst)
+    assert dst.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["grown.yaml"]
+
+
+def test_a_plain_text_topic_list_loads_one_topic_a_line_indent_nesting(tmp_path):
+    """The commonest topic list is a .txt file, one topic a line; it was 'unknown taxonomy format'."""
+    p = tmp_path / "topics.txt"
+    p.write_text("Physics\n  Optics\n  Mechanics\n    Statics\n\nМатематика\n\t代数\nHistory\n")
+    tax = Taxonomy.load(p)
+    assert [t.path_str for t in tax.leaves()] == [
+        "Physics > Optics", "Physics > Mechanics > Statics", "Математика > 代数", "History"
+    ]
+    out = tax.save(tmp_path / "again.txt")
+    assert [t.id for t in Taxonomy.load(out).leaves()] == [t.id for t in tax.leaves()]

@@ -625,17 +625,38 @@ def _load_taxonomy(path: str, select: str | None):
         raise typer.Exit(1) from None
 
 
+SHOWN = 25  # subjects, branches and uncovered topics listed on the terminal
+
+
 @topics_app.command("stats")
 def topics_stats(
-    path: str = typer.Argument(..., help="taxonomy: .yaml, .csv (path column) or .md outline (.gz ok), or "
+    path: str = typer.Argument(..., help="taxonomy: .yaml, .csv (path column), .md outline or .txt (a topic a "
+                               "line, indent nests; .gz ok), or "
                                "builtin:NAME (a shipped topic list)"),
     select: str | None = typer.Option(None, help="dotted key of the YAML subtree holding the topics"),
 ) -> None:
-    """Print a taxonomy's size, depth and top-level subjects."""
+    """Print a taxonomy's size, leaves by depth, names found in more than one place, and its top-level subjects."""
+    from collections import Counter, defaultdict
+
+    from textbookgen.taxonomy import name_key
+
     tax = _load_taxonomy(path, select)
-    typer.echo(f"{tax.name}: {len(tax):,} topics, {len(tax.leaves()):,} leaves, depth {tax.depth()}")
-    for t in tax.topics:
+    leaves = tax.leaves()
+    typer.echo(f"{tax.name}: {len(tax):,} topics, {len(leaves):,} leaves, depth {tax.depth()}")
+    depths = Counter(len(t.path) for t in leaves)
+    typer.echo("leaves by depth: " + " · ".join(f"{d}: {n:,}" for d, n in sorted(depths.items())))
+    places = defaultdict(list)
+    for t in tax.walk():
+        places[name_key(t.name)].append(t)
+    repeated = [ts for ts in places.values() if len(ts) > 1]
+    if repeated:  # a build writes about each of them apart: near-duplicate documents
+        first = repeated[0]
+        typer.echo(f"names in more than one place (case, plurals and accents aside): {len(repeated):,}, e.g. "
+                   f"{first[0].name!r}: {'; '.join(t.path_str for t in first[:3])}")
+    for t in tax.topics[:SHOWN]:
         typer.echo(f"  {t.name}: {sum(1 for x in t.walk() if x.is_leaf):,} leaves")
+    if len(tax.topics) > SHOWN:
+        typer.echo(f"  ... {len(tax.topics) - SHOWN:,} more subjects")
 
 
 @topics_app.command("convert")
@@ -644,7 +665,7 @@ def topics_convert(
     dst: str = typer.Argument(..., help="file to write (.yaml keeps ids, weights and metadata)"),
     select: str | None = typer.Option(None, help="dotted key of the YAML subtree holding the topics"),
 ) -> None:
-    """Convert a taxonomy between YAML, CSV and markdown."""
+    """Convert a taxonomy between YAML, CSV, markdown and plain text (.txt)."""
     typer.echo(str(_save_taxonomy(_load_taxonomy(src, select), dst)))
 
 
@@ -661,6 +682,11 @@ def _save_taxonomy(tax, dst: str):
         raise typer.Exit(1) from None
 
 
+# Subtopics asked per call: a fixed number (not one that follows --target) keeps the requests of a grow the same
+# when its target is raised, and asks for real chapters, not 3 names a call in the last rounds.
+GROW_PER_CALL = 10
+
+
 @topics_app.command("grow")
 def topics_grow(
     src: str = typer.Argument(..., help="root taxonomy (a file or builtin:NAME)"),
@@ -674,25 +700,34 @@ def topics_grow(
     max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget over the whole growth (everything "
                                           "the journal records, earlier runs included): stop sending when reached"),
     max_output_tokens: int | None = typer.Option(None, "--max-output-tokens", help="output-token budget, as --max-cost"),
-    per_call: int | None = typer.Option(None, help="subtopics asked per call"),
+    per_call: int | None = typer.Option(None, help=f"subtopics asked per call (default: as the journal's answers "
+                                        f"asked, else {GROW_PER_CALL}; the same value lets a larger --target reuse "
+                                        "every answer paid for)"),
+    max_depth: int | None = typer.Option(None, "--max-depth", help="grow no leaf deeper than this many levels"),
+    price: PriceOption = None,
+    plan: bool = typer.Option(False, "--plan", help="print the calls, tokens and cost growth would take; send nothing"),
     seed: int = typer.Option(0, help="seed"),
 ) -> None:
     """Expand leaves through the LLM to a target count, dropping near-duplicate names.
 
-    Exit status: 0 grown, DST written; 1 bad input or a provider error (answers kept: rerun to resume); 4, as
-    `generate`'s, the budget stopped growth: DST is not written (it would fall short of --target), the answers
-    paid for stay in the journal and a rerun with a larger --max-cost / --max-output-tokens goes on from them."""
+    The first line estimates the calls, tokens and cost before any is paid (--plan stops there).
+    Exit status: 0 grown, DST written; 1 bad input or a provider error (answers kept: rerun to resume); 3 calls
+    failed and left DST short of --target (DST written; a rerun retries them); 4, as `generate`'s, the budget
+    stopped growth: DST is not written (it would fall short of --target), the answers paid for stay in the
+    journal and a rerun with a larger --max-cost / --max-output-tokens goes on from them; 130 Ctrl-C, 143 SIGTERM
+    (the answers paid for are kept: rerun the same command to resume)."""
     from textbookgen.build import BudgetedGenerator
     from textbookgen.engine import Generator
     from textbookgen.providers import PROVIDERS
     from textbookgen.recipe import BudgetConfig, ProviderConfig
-    from textbookgen.taxonomy import grow, save_format
+    from textbookgen.taxonomy import save_format
 
     for option, value, rule in (("--per-call", per_call, ">= 2"), ("--max-cost", max_cost, ">= 0"),
-                                ("--max-output-tokens", max_output_tokens, ">= 0")):
+                                ("--max-output-tokens", max_output_tokens, ">= 0"), ("--max-depth", max_depth, ">= 1")):
         _check(option, value, rule)
     if provider not in PROVIDERS:
         _fail(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+    prices = _prices(price)
     tax = _load_taxonomy(src, None)
     leaves = len(tax.leaves())
     if leaves >= target:
@@ -701,10 +736,19 @@ def topics_grow(
         save_format(dst)  # before paying for the growth
     _check_output(dst, "DST")
     journal_path = Path(journal or f"{Path(dst).with_suffix('')}.journal.sqlite")
+    if per_call is None:
+        per_call = _journal_per_call(journal_path)
+        if per_call is not None:
+            typer.echo(f"note: {per_call} subtopics per call, as the answers in {journal_path} asked (they are "
+                       "replayed, not paid again; --per-call changes it)")
+    per_call = per_call or GROW_PER_CALL
+    typer.echo(_grow_estimate(leaves, target, per_call, model, prices, max_cost))
+    if plan:
+        return
     key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
     with _reported():
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal_path,
-                        max_cost_usd=max_cost, max_output_tokens=max_output_tokens)
+                        max_cost_usd=max_cost, max_output_tokens=max_output_tokens, prices=prices)
     # One budget over every round (each is a run of its own), as a build's: checked here, so a 0 passes too.
     budgeted = BudgetedGenerator(gen, BudgetConfig.model_construct(max_cost_usd=max_cost,
                                                                    max_output_tokens=max_output_tokens),
@@ -712,9 +756,19 @@ def topics_grow(
     if journal is None and Path("grow.sqlite").is_file():
         typer.echo(f"note: journal {journal_path}; to resume a grow journaled in ./grow.sqlite (the old default), "
                    "pass --journal grow.sqlite", err=True)
-    with _reported(journal=journal_path):
-        report = grow(tax, budgeted, target, per_call=per_call, seed=seed)
-    done = f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls:,} calls"
+    from textbookgen import taxonomy
+
+    try:
+        with _reported(journal=journal_path):
+            report = taxonomy.grow(tax, budgeted, target, per_call=per_call, max_depth=max_depth, seed=seed,
+                                   log=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: the answers paid for are kept in {journal_path}; rerun the same command to resume "
+                   "(they are not paid again)", err=True)
+        raise typer.Exit(_interrupt_exit()) from None
+    kept_back = f" ({budgeted.skipped:,} kept back by the budget)" if budgeted.skipped else ""
+    done = (f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls - budgeted.skipped:,} "
+            f"calls{kept_back}")
     if budgeted.skipped and report.leaves_after < target:
         usd, out = budgeted.spent()
         budget = (f"--max-output-tokens {max_output_tokens:,} ({out:,} output tokens paid)"
@@ -725,6 +779,64 @@ def topics_grow(
               UNFINISHED_EXIT["budget"])
     _save_taxonomy(tax, dst)
     typer.echo(f"{done}, {report.duplicates_dropped:,} near-duplicates dropped; wrote {dst} (journal {journal_path})")
+    if report.leaves_after < target:
+        short = f"{report.leaves_after:,} leaves, short of --target {target:,}: "
+        if max_depth is not None and all(len(t.path) >= max_depth for t in tax.leaves()):
+            typer.echo(f"note: {short}every leaf is at --max-depth {max_depth}; raise it to grow further")
+        elif report.failed_calls:
+            _fail(f"{short}{report.failed_calls:,} calls got no answer (failed, refused or empty); rerun the same "
+                  "command to retry those that failed on the way (the answers paid for are replayed from "
+                  f"{journal_path}), or pass another --seed to ask anew", UNFINISHED_EXIT["failed"])
+        else:
+            typer.echo(f"note: {short}the answers held too few new names ({report.duplicates_dropped:,} "
+                       "near-duplicates dropped); try a larger --per-call or another --seed")
+
+
+def _journal_per_call(journal: Path) -> int | None:
+    """The subtopics per call a grow journal's first request asked for (None without one): a rerun asking the
+    same, whatever its --target, replays the answers instead of paying for them again."""
+    import contextlib
+    import re
+    import sqlite3
+
+    from textbookgen.taxonomy import GROW_PROMPT
+
+    if not journal.is_file():
+        return None
+    before, after = GROW_PROMPT.split("{k}", 1)
+    asked = re.compile(re.escape(before.splitlines()[-1]) + r"(\d+)" + re.escape(after.split('"', 1)[0]))
+    try:
+        with contextlib.closing(sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT request FROM requests ORDER BY rowid LIMIT 1").fetchone()
+    except sqlite3.Error:
+        return None
+    found = asked.search(row[0]) if row else None
+    return int(found.group(1)) if found else None
+
+
+def _grow_estimate(leaves: int, target: int, per_call: int | None, model: str,
+                   prices: dict[str, tuple[float, float]], max_cost: float | None) -> str:
+    """`plan: ...`: calls, tokens and cost of growing `leaves` to `target` (as a recipe's plan estimates them),
+    and what keeps a budget from stopping it or makes it stop growth short."""
+    from textbookgen.build import estimate_grow
+    from textbookgen.pricing import PRICES, estimate_cost, is_priced
+    from textbookgen.recipe import GrowConfig
+
+    cfg = GrowConfig(target=target, per_call=per_call)
+    est = estimate_grow(leaves, cfg)
+    table = {**PRICES, **prices}
+    usd = estimate_cost(model, est["input_tokens"], est["output_tokens"], table)
+    worst = estimate_cost(model, est["input_tokens"], est["output_tokens_max"], table)
+    line = (f"plan: {leaves:,} -> {target:,} leaves: ~{est['calls']:,} calls, ~{est['input_tokens']:,} input + "
+            f"~{est['output_tokens']:,} output tokens, ~${usd:,.4f} on {model} (at most ${worst:,.4f} if every "
+            f"answer runs to {cfg.max_tokens:,} tokens)")
+    if not is_priced(model, table):
+        line += (f"\nnote: {model} is not in the price table, so it counts as $0 and --max-cost cannot stop it; "
+                 "give its price with --price MODEL=IN,OUT (USD per 1M tokens)")
+    elif max_cost is not None and usd > max_cost:
+        line += (f"\nnote: the estimate exceeds --max-cost {max_cost:g}: growth will stop short of --target and DST "
+                 "will not be written (the answers paid for are kept for a rerun with a larger budget)")
+    return line
 
 
 # ---- curation: dedup / decontaminate / filter / classifier (owner: curation) -----------------------
@@ -985,14 +1097,21 @@ def classifier_label(
     typer.echo(json.dumps(stats, indent=2))
 
 
-def _topic_ids(table: str) -> list:
-    """The topic ids of a parquet table: its `topic_id` column, else the `topic_id` of its `metadata` column,
-    a struct or the JSON text `generate --out` writes (prompts carry the topic in their metadata)."""
+def _topic_ids(table: str) -> tuple[list, list | None]:
+    """The topic ids of a parquet table (or a folder of parquet shards, as a build or a pull writes a dataset)
+    and its documents' `output_tokens` where it has them: its `topic_id` column, else the `topic_id` of its
+    `metadata` column, a struct or the JSON text `generate --out` writes (prompts carry the topic in their
+    metadata)."""
     import polars as pl
 
-    schema = pl.read_parquet_schema(table)
+    files = sorted(str(f) for f in Path(table).rglob("*.parquet")) if Path(table).is_dir() else [table]
+    if not files:
+        _fail(f"{table}: a folder with no .parquet file in it")
+    schema = pl.read_parquet_schema(files[0])
+    tokens = (pl.read_parquet(files, columns=["output_tokens"])["output_tokens"].to_list()
+              if "output_tokens" in schema else None)
     if "topic_id" in schema:
-        return pl.read_parquet(table, columns=["topic_id"])["topic_id"].to_list()
+        return pl.read_parquet(files, columns=["topic_id"])["topic_id"].to_list(), tokens
     kind = schema.get("metadata")
     if kind == pl.String:
         field = pl.col("metadata").str.json_path_match("$.topic_id")
@@ -1000,33 +1119,89 @@ def _topic_ids(table: str) -> list:
         field = pl.col("metadata").struct.field("topic_id")
     else:
         field = None
-    ids = pl.read_parquet(table, columns=["metadata"]).select(field)[:, 0] if field is not None else None
+    ids = pl.read_parquet(files, columns=["metadata"]).select(field)[:, 0] if field is not None else None
     if ids is None or ids.null_count() == len(ids):
         _fail(f"{table}: no topic ids: looked for a topic_id column and a metadata column (struct or JSON) with "
               f"topic_id; its columns: {', '.join(schema) or 'none'}")
-    return ids.to_list()
+    return ids.to_list(), tokens
 
 
 @topics_app.command("coverage")
 def topics_coverage(
     taxonomy: str = typer.Argument(..., help="taxonomy the table was built from (e.g. build/x/taxonomy.yaml, "
                                    "or builtin:NAME)"),
-    table: str = typer.Argument(..., help="parquet with a topic_id column, or a metadata column (struct or JSON) "
-                                "holding topic_id: prompts.parquet, documents, or generate --out"),
+    table: str = typer.Argument(..., help="parquet (or a folder of parquet shards) with a topic_id column, or a "
+                                "metadata column (struct or JSON) holding topic_id: prompts.parquet, documents, "
+                                "or generate --out; an output_tokens column is summed too"),
+    depth: int = typer.Option(1, "--depth", help="report branches this many levels deep (1: the subjects)"),
+    out: str | None = typer.Option(None, "--out", help="write every leaf's samples and tokens (.csv or .parquet)"),
+    plot: str | None = typer.Option(None, "--plot", help="draw samples per topic and per branch (.png, .svg, .pdf)"),
 ) -> None:
-    """Samples per topic: how much of the taxonomy a prompt or document table covers."""
+    """Samples per topic: how much of the taxonomy a prompt or document table covers, per branch, and which
+    topics it never reached."""
     import polars as pl
 
+    _check("--depth", depth, ">= 1")
+    for option, path in (("--out", out), ("--plot", plot)):
+        if path is not None:
+            _check_output(path, option)
+    if out is not None and Path(out).suffix not in (".csv", ".parquet"):
+        _fail(f"--out {out}: write .csv or .parquet")
+    if plot is not None and Path(plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+        _fail(f"--plot {plot}: draw a .png, .svg or .pdf")
     tax = _load_taxonomy(taxonomy, None)
     try:
-        ids = _topic_ids(table)
+        ids, tokens = _topic_ids(table)
     except (OSError, pl.exceptions.PolarsError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
         typer.echo(f"error: {table}: cannot read topic ids from it as parquet ({reason})", err=True)
         raise typer.Exit(1) from None
     cov = tax.coverage(ids)
-    typer.echo(cov.summary())
-    for subject, n in cov.per_subject.items():
-        typer.echo(f"  {subject}: {n:,}")
+    typer.echo(cov.summary() + (f"; {sum(t or 0 for t in tokens):,} output tokens" if tokens is not None else ""))
+    branches = tax.use(ids, tokens, depth=depth)
+    typer.echo(f"by branch (depth {depth}):")
+    for b in branches[:SHOWN]:
+        typer.echo(f"  {b.path}: {b.covered:,}/{b.leaves:,} leaves covered, {b.samples:,} samples"
+                   + (f", {b.tokens:,} tokens" if tokens is not None else ""))
+    if len(branches) > SHOWN:
+        typer.echo(f"  ... {len(branches) - SHOWN:,} more branches (--out has every topic)")
+    leaves = tax.use(ids, tokens)
+    uncovered = [t for t in leaves if not t.samples]
+    if uncovered:
+        more = f" (the first {SHOWN}; --out has them all)" if len(uncovered) > SHOWN else ""
+        typer.echo(f"uncovered: {len(uncovered):,} leaf topics{more}")
+        for t in uncovered[:SHOWN]:
+            typer.echo(f"  {t.path}")
     if cov.unknown:
-        typer.echo(f"  ({cov.unknown:,} samples name topics that are not in this taxonomy)")
+        typer.echo(f"({cov.unknown:,} samples name topics that are not in this taxonomy)")
+    if out is not None:
+        frame = pl.DataFrame({"topic_id": [t.id for t in leaves], "topic_path": [t.path for t in leaves],
+                              "samples": [t.samples for t in leaves], "tokens": [t.tokens for t in leaves]})
+        with _reported():
+            frame.write_csv(out) if out.endswith(".csv") else frame.write_parquet(out)
+        typer.echo(f"wrote {out}")
+    if plot is not None:
+        with _reported():
+            _coverage_plot(plot, leaves, branches, depth)
+        typer.echo(f"wrote {plot}")
+
+
+def _coverage_plot(path: str, leaves: list, branches: list, depth: int) -> None:
+    """Two panels: how many topics got 0, 1, 2... samples, and the samples of each branch (the largest 40)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (hist, bars) = plt.subplots(1, 2, figsize=(13, 5))
+    counts = [t.samples for t in leaves]
+    hist.hist(counts, bins=range(max(counts, default=0) + 2), color="#4477aa", align="left")
+    hist.set(title=f"{len(leaves):,} leaf topics", xlabel="samples per topic", ylabel="topics")
+    top = sorted(branches, key=lambda b: -b.samples)[:40][::-1]
+    bars.barh([b.path if len(b.path) <= 60 else "\u2026" + b.path[-59:] for b in top], [b.samples for b in top],
+              color="#66aa55")
+    bars.set(title=f"samples per branch (depth {depth})", xlabel="samples")
+    bars.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -21,7 +21,7 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +53,8 @@ CONTAINER_KEYS = frozenset(
     }
 )
 NATIVE_KEYS = frozenset({"name", "id", "weight", "meta", "children", "topics", "quota"})
+# What a node with a `name` may hold besides NATIVE_KEYS: any other key is a typo (`weigth`), not a topic.
+NODE_KEYS = NATIVE_KEYS | CONTAINER_KEYS | {"description"}
 _PATH_SEPS = (" > ", ">", " / ", "/", " | ", "|", "::")
 
 
@@ -275,6 +277,29 @@ class Taxonomy:
             unknown=sum(c for tid, c in counts.items() if tid not in by_id),
         )
 
+    def use(
+        self, topic_ids: Iterable[str], tokens: Iterable[int] | None = None, *, depth: int | None = None
+    ) -> list[TopicUse]:
+        """Samples (and tokens, parallel to `topic_ids`) per leaf, or per branch at `depth` (its leaves
+        summed; a leaf above that depth is a branch of its own), in tree order: what `coverage` sums up,
+        for a report that shows which parts of a 20K-topic tree a build left thin."""
+        ids = list(topic_ids)
+        counts = Counter(ids)
+        toks: Counter[str] = Counter()
+        for tid, n in zip(ids, tokens if tokens is not None else [0] * len(ids), strict=True):
+            toks[tid] += int(n or 0)
+        rows: dict[tuple[str, ...], TopicUse] = {}
+        for t in self.leaves():
+            key = t.path if depth is None else t.path[:depth]
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = TopicUse(PATH_SEP.join(key), t.id if depth is None else topic_id(key))
+            row.leaves += 1
+            row.covered += counts[t.id] > 0
+            row.samples += counts[t.id]
+            row.tokens += toks[t.id]
+        return list(rows.values())
+
     # ---- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         def node(t: Topic) -> dict[str, Any]:
@@ -328,8 +353,10 @@ class Taxonomy:
             tax = _from_csv_text(text, path, name=default_name, sep=sep)
         elif fmt == "markdown":
             tax = _from_markdown(text, name=default_name)
+        elif fmt == "text":
+            tax = _from_lines(text, name=default_name)
         else:
-            raise TaxonomyError(f"{path}: unknown taxonomy format {fmt!r} (yaml, csv or markdown)")
+            raise TaxonomyError(f"{path}: unknown taxonomy format {fmt!r} (yaml, csv, markdown or txt)")
         if name:
             tax.name = name
         if not tax.topics:
@@ -344,18 +371,26 @@ class Taxonomy:
         return tax
 
     def save(self, path: str | Path, *, format: str | None = None) -> Path:
-        """Write YAML (everything), CSV (one row per node: path, id, weight, meta) or markdown (names)."""
+        """Write YAML (everything), CSV (one row per node: path, id, weight, meta), markdown or text (names)."""
         path = Path(path)
         fmt = format or save_format(path)
         if fmt == "yaml":
-            text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=110)
+            dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # the same text, twice as fast on a 20K tree
+            text = yaml.dump(self.to_dict(), Dumper=dumper, sort_keys=False, allow_unicode=True, width=110)
         elif fmt == "csv":
             text = self._to_csv()
+        elif fmt == "text":
+            text = "".join(f"{'  ' * (len(t.path) - 1)}{t.name}\n" for t in self.walk())
         else:
             text = self._to_markdown()
         path.parent.mkdir(parents=True, exist_ok=True)
         data = text.encode("utf-8")
-        path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+        partial = path.with_name(f".{path.name}.partial")  # a kill mid-write never leaves half a file at `path`
+        try:
+            partial.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     def _to_csv(self) -> str:
@@ -381,6 +416,18 @@ class Taxonomy:
             bullets(t, 0)
             lines.append("")
         return "\n".join(lines).rstrip() + "\n"
+
+
+@dataclass
+class TopicUse:
+    """Samples and tokens of one leaf topic, or of a branch (its leaves summed)."""
+
+    path: str
+    id: str
+    leaves: int = 0
+    covered: int = 0
+    samples: int = 0
+    tokens: int = 0
 
 
 @dataclass
@@ -465,7 +512,8 @@ def _interleave(counts: np.ndarray, rng: np.random.Generator) -> list[int]:
 def _format_of(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     ext = suffixes[-1] if suffixes else ""
-    return {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".md": "markdown", ".markdown": "markdown"}.get(
+    return {".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".md": "markdown", ".markdown": "markdown",
+            ".txt": "text"}.get(
         ext, ext.lstrip(".") or "unknown"
     )
 
@@ -474,9 +522,9 @@ def save_format(path: str | Path) -> str:
     """The format `save` writes for this file name; a TaxonomyError for one it cannot write (checked
     before paid work such as `grow`, not after)."""
     fmt = _format_of(Path(path))
-    if fmt not in ("yaml", "csv", "markdown"):
+    if fmt not in ("yaml", "csv", "markdown", "text"):
         raise TaxonomyError(
-            f"{path}: unknown taxonomy format {fmt!r} (write .yaml, .csv or .md, optionally .gz)"
+            f"{path}: unknown taxonomy format {fmt!r} (write .yaml, .csv, .md or .txt, optionally .gz)"
         )
     return fmt
 
@@ -522,7 +570,7 @@ def _yaml_nodes(value: Any, parent: tuple[str, ...]) -> list[Topic]:
         return out
     if isinstance(value, list):
         for item in value:
-            if isinstance(item, dict) and isinstance(item.get("name"), str) and set(item) <= NATIVE_KEYS:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
                 out.append(_native_node(item, parent))
             elif isinstance(item, dict):
                 out.extend(_yaml_nodes(item, parent))
@@ -532,7 +580,7 @@ def _yaml_nodes(value: Any, parent: tuple[str, ...]) -> list[Topic]:
                 raise TaxonomyError(f"under {PATH_SEP.join(parent) or 'the root'}: unexpected item {item!r}")
         return out
     if isinstance(value, dict):
-        if isinstance(value.get("name"), str) and set(value) <= NATIVE_KEYS:
+        if isinstance(value.get("name"), str):
             return [_native_node(value, parent)]
         for key, sub in value.items():
             if str(key).strip().lower() in CONTAINER_KEYS:
@@ -562,16 +610,25 @@ def _yaml_nodes(value: Any, parent: tuple[str, ...]) -> list[Topic]:
 
 
 def _native_node(d: dict[str, Any], parent: tuple[str, ...]) -> Topic:
+    """A {name, weight, quota, id, meta, description, children} node; its children may sit under any
+    container key (subtopics, chapters...)."""
     nm = _clean_name(d["name"])
     path = (*parent, nm)
+    unknown = [str(k) for k in d if str(k).strip().lower() not in NODE_KEYS]
+    if unknown:
+        raise TaxonomyError(f"topic {PATH_SEP.join(path)!r}: unknown key {unknown[0]!r} (a topic takes name, "
+                            "weight, quota, id, meta, description, and its children under children or topics)")
     weight = d.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise TaxonomyError(f"topic {PATH_SEP.join(path)!r}: weight must be a number, not {weight!r}")
     meta = dict(d.get("meta") or {})
-    if "quota" in d:
-        meta["quota"] = d["quota"]
+    for key in ("quota", "description"):
+        if key in d:
+            meta[key] = d[key]
     t = Topic(name=nm, path=path, id=str(d.get("id") or ""), weight=float(weight), meta=meta)
-    t.children = _yaml_nodes(d.get("children", d.get("topics")), path)
+    for key, sub in d.items():
+        if str(key).strip().lower() in CONTAINER_KEYS:
+            t.children.extend(_yaml_nodes(sub, path))
     return t
 
 
@@ -615,17 +672,22 @@ def _unwrap_single_root(tax: Taxonomy) -> Taxonomy:
 
 
 def _from_csv_text(text: str, path: Path, *, name: str, sep: str | None) -> Taxonomy:
-    reader = csv.DictReader(io.StringIO(text))
-    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-    if "path" not in fields:
-        raise TaxonomyError(f"{path}:1: CSV needs a 'path' column (found {reader.fieldnames})")
-    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in reader]
+    numbered = _csv_rows(text, path)
+    if not numbered or "path" not in numbered[0][1]:
+        raise TaxonomyError(f"{path}:1: CSV needs a 'path' column (found {numbered[0][1] if numbered else []})")
+    header = numbered[0][1]
+    rows: list[tuple[int, dict[str, str]]] = []
+    for lineno, cells in numbered[1:]:
+        if len(cells) > len(header):
+            raise TaxonomyError(f"{path}:{lineno}: {len(cells)} fields, the header has {len(header)} "
+                                "(a comma in a name needs the name in double quotes)")
+        rows.append((lineno, dict(zip(header, cells, strict=False))))
     if sep is None:
-        sep = next((s for s in _PATH_SEPS if any(s in r["path"] for r in rows)), PATH_SEP)
+        sep = next((s for s in _PATH_SEPS if any(s in r.get("path", "") for _, r in rows)), PATH_SEP)
     tax = Taxonomy(name=name)
     index: dict[tuple[str, ...], Topic] = {}
-    for lineno, r in enumerate(rows, start=2):
-        parts = tuple(_clean_name(p) for p in r["path"].split(sep) if p.strip())
+    for lineno, r in rows:
+        parts = tuple(_clean_name(p) for p in r.get("path", "").split(sep) if p.strip())
         if not parts:
             raise TaxonomyError(f"{path}:{lineno}: empty path")
         node = None
@@ -653,6 +715,25 @@ def _from_csv_text(text: str, path: Path, *, name: str, sep: str | None) -> Taxo
             if k not in {"path", "id", "weight", "meta"} and v:
                 node.meta[k] = int(v) if k == "quota" and re.fullmatch(r"-?\d+", v) else v
     return tax
+
+
+def _csv_rows(text: str, path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells) of each non-blank CSV row, header first (lower-cased); a row whose
+    quote never closes is an error naming the line it starts on (it would swallow every row below it)."""
+    reader = csv.reader(io.StringIO(text), strict=True)
+    out: list[tuple[int, list[str]]] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as e:
+            problem = "a quote is never closed" if "unexpected end of data" in str(e) else f"not valid CSV ({e})"
+            raise TaxonomyError(f"{path}:{start}: {problem}") from None
+        if any(c.strip() for c in cells) or (not out and cells):
+            cells = [c.strip() for c in cells]
+            out.append((start, [c.lower() for c in cells] if not out else cells))
 
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
@@ -700,6 +781,23 @@ def _from_markdown(text: str, *, name: str) -> Taxonomy:
     return tax
 
 
+def _from_lines(text: str, *, name: str) -> Taxonomy:
+    """A plain topic list: one topic a line, nested by indentation (any width; a tab is 4 spaces); a
+    bullet or number in front of a name is not part of it."""
+    root = Topic(name=name, path=())
+    stack: list[tuple[int, Topic]] = [(-1, root)]
+    for raw in text.splitlines():
+        line = raw.expandtabs(4).rstrip()
+        nm = _clean_name(_LIST_PREFIX.sub("", line.strip(), count=1))
+        if not nm:
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, stack[-1][1].add(nm)))
+    return Taxonomy(name=name, topics=root.children)
+
+
 # ---- near-duplicate names -----------------------------------------------------------------------
 _ARTICLES = re.compile(r"^(the|a|an)\s+")
 _ACCENTS = re.compile(r"[\u0300-\u036f]")  # combining diacritics of Latin, Greek and Cyrillic letters
@@ -730,19 +828,44 @@ def _singular(w: str) -> str:
     return w
 
 
+# Framing that names a topic's overview rather than another topic ("Intro to X", "X basics", on name_key forms).
+_FRAMING = re.compile(
+    r"^(?:(?:intro|introduction|overview) (?:to|of)|(?:basic|fundamental|essential) of) (?:the )?"
+    r"|(?: (?:basic|fundamental|(?:an )?introduction|(?:an )?overview|101|for beginner))+$"
+)
+
+
+def core_key(name: str) -> str:
+    """`name_key` without the framing of an overview: 'Intro to X', 'Introduction to X', 'Basics of X',
+    'X basics' and 'X: an overview' all give X's key (a name that is nothing but framing keeps it)."""
+    key = name_key(name)
+    return _FRAMING.sub("", key).strip() or key
+
+
 class NameIndex:
-    """Names seen so far; `accept` says whether a new name is distinct from all of them: an exact
-    match on `name_key` anywhere, or a fuzzy match (rapidfuzz token-sort ratio) among `scope`."""
+    """Names seen so far; `is_duplicate` says whether a new name repeats one of them: an exact match on
+    `name_key` anywhere, the same `core_key` anywhere but in the parent being grown ('Introduction to X'
+    is X's first chapter under X, and X again in another branch), or a fuzzy match (rapidfuzz
+    token-sort ratio) among `scope`."""
 
     def __init__(self, names: Iterable[str] = (), threshold: float = 90.0):
         self.threshold = threshold
-        self.keys: set[str] = {name_key(n) for n in names}
+        self.keys: set[str] = set()
+        self.cores: Counter[str] = Counter()
+        for n in names:
+            self.add(n)
 
-    def is_duplicate(self, name: str, scope: Iterable[str] = ()) -> bool:
+    def is_duplicate(self, name: str, scope: Iterable[str] = (), parent: str | None = None) -> bool:
         from rapidfuzz import fuzz, process
 
         key = name_key(name)
         if not key or key in self.keys:
+            return True
+        core = core_key(name)
+        scope = list(scope)
+        if self.cores[core] > (parent is not None and core_key(parent) == core) or core in {
+            core_key(s) for s in scope if s != parent
+        }:
             return True
         scope_keys = [name_key(s) for s in scope]
         return (
@@ -752,6 +875,7 @@ class NameIndex:
 
     def add(self, name: str) -> None:
         self.keys.add(name_key(name))
+        self.cores[core_key(name)] += 1
 
 
 # ---- list parsing (LLM answers) -----------------------------------------------------------------
@@ -808,7 +932,7 @@ def _text_items(text: str) -> list[str]:
     an item, they are not siblings of it; a numbered markdown heading counts as a numbered line), else
     the rows of a markdown table, else its headings of the most used level, else one comma-separated
     line, else its lines; sentences (ending in . ! ?), refusals, chatter and a leading label are not items."""
-    raw = [ln.expandtabs(4).rstrip() for ln in text.splitlines() if ln.strip()]
+    raw = [part for ln in text.splitlines() if ln.strip() for part in _split_numbered_run(ln.expandtabs(4).rstrip())]
     heading_level = {i: len(m.group(1)) for i, ln in enumerate(raw) if (m := _MD_HEADING.match(ln))}
     raw = [_MD_HEADING.sub("", ln) if i in heading_level else _BOLD_NUMBER.sub(r"\1", ln) for i, ln in enumerate(raw)]
     listed = [ln for ln in raw if _LIST_PREFIX.match(ln)]
@@ -830,6 +954,23 @@ def _text_items(text: str) -> list[str]:
     if len(lines) == 1 and re.search(r"[,;]", lines[0]):
         return re.split(r"\s*[;,]\s*(?:and\s+)?", lines[0].rstrip("."))
     return [ln for ln in lines if ln and not ln.endswith((":", ".", "!", "?"))]
+
+
+_INLINE_NUMBER = re.compile(r"(?:(?<=\s)|^)\(?(\d{1,3})[.)]\s+")
+
+
+def _split_numbered_run(line: str) -> list[str]:
+    """'1. Acids 2. Bases 3. Salts' (a numbered list run together on one line, as small models write it)
+    as one line per item; a line whose numbers do not count up by one ('Python 3. Basics') stays whole."""
+    marks = list(_INLINE_NUMBER.finditer(line))
+    numbers = [int(m.group(1)) for m in marks]
+    if len(marks) < 2 or numbers != list(range(numbers[0], numbers[0] + len(marks))):
+        return [line]
+    indent = line[: len(line) - len(line.lstrip())]
+    cuts = [m.start() for m in marks]
+    head = line[: cuts[0]].strip()
+    items = [indent + line[a:b].strip() for a, b in zip(cuts, [*cuts[1:], len(line)], strict=True)]
+    return [indent + head, *items] if head else items
 
 
 def _table_items(lines: list[str]) -> list[str]:
@@ -949,6 +1090,7 @@ def grow(
     max_rounds: int = 8,
     prompt: str = GROW_PROMPT,
     structured: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> GrowReport:
     """Expand leaves through the engine until the taxonomy has `target` leaves (in place).
 
@@ -956,7 +1098,8 @@ def grow(
     first), so growth stays balanced across subjects. With `structured`, requests carry a JSON schema
     (structured output where the provider has it); answers are parsed robustly either way. Names equal
     to any existing name (after `name_key`) or fuzzy-close to a sibling are dropped. The last round
-    trims so the count lands exactly on `target`. Requests are deterministic, so a crashed grow resumes from the engine's
+    trims so the count lands exactly on `target`. `log` hears one line per round (the engine's progress
+    line starts again with each). Requests are deterministic, so a crashed grow resumes from the engine's
     journal without paying twice. A round whose requests the budget kept back (status skipped_budget) is the last:
     the taxonomy stays short of `target`, and the caller says the budget stopped it.
     """
@@ -1001,6 +1144,8 @@ def grow(
                     metadata={"stage": "taxonomy.grow", "topic_id": t.id, "round": rnd},
                 )
             )
+        if log is not None:
+            log(f"round {rnd + 1}: {len(chosen):,} topics x {k} subtopics ({n_leaves:,} of {target:,} leaves)")
         responses = generator.run(requests)
         report.rounds += 1
         _account(report, responses)
@@ -1013,7 +1158,7 @@ def grow(
                 break
             fresh: list[str] = []
             for nm in parse_list(resp.answer, truncated=resp.status == "truncated"):
-                if names.is_duplicate(nm, scope=[*fresh, t.name]):
+                if names.is_duplicate(nm, scope=[*fresh, t.name], parent=t.name):
                     report.duplicates_dropped += 1
                     continue
                 fresh.append(nm)
