@@ -234,3 +234,12 @@ def test_a_grow_left_short_by_refusals_exits_3_and_says_what_a_rerun_can_do(tmp_
         res = _topics("grow", "builtin:stories", str(dst), "--target", "300", "--base-url", refusing.openai_base_url)
     assert res.exit_code == 3 and dst.is_file(), res.output  # it said nothing and exited 0
     assert "error: 38 leaves, short of --target 300: " in res.output and "another --seed" in res.output
+
+
+def test_per_call_help_names_the_default_the_sdk_uses():
+    """The help spells the number out (the CLI does not import the taxonomy module to start)."""
+    from textbookgen.recipe import GrowConfig
+    from textbookgen.taxonomy import PER_CALL
+
+    out = CliRunner().invoke(app, ["topics", "grow", "--help"], terminal_width=200).output
+    assert f"else {PER_CALL};" in " ".join(out.split()) and GrowConfig(target=5).per_call == PER_CALL

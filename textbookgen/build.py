@@ -287,10 +287,10 @@ def estimate_grow(leaves: int, cfg: GrowConfig) -> dict[str, int]:
     calls = tokens_in = tokens_out = 0
     n = leaves
     while n < target:
-        k = cfg.per_call or int(min(50, max(3, math.ceil(target / n))))
+        k = cfg.per_call
         m = min(n, math.ceil((target - n) / (k - 1) * 1.15))
         calls += m
-        tokens_in += m * _grow_input_tokens(k)
+        tokens_in += m * _grow_input_tokens(k, grown=n > leaves)
         tokens_out += m * (12 * k + 10)
         n = min(target, n + m * (k - 1))
     return {
@@ -303,12 +303,13 @@ def estimate_grow(leaves: int, cfg: GrowConfig) -> dict[str, int]:
     }
 
 
-def _grow_input_tokens(k: int) -> int:
-    """Input tokens of one grow request: the real prompt for a topic with a name of typical length,
-    and a sibling line naming the k - 1 topics grown beside it (as many as the prompt shows)."""
+def _grow_input_tokens(k: int, grown: bool) -> int:
+    """Input tokens of one grow request: the real prompt for a topic with a name of typical length, and a
+    sibling line naming the k - 1 topics beside it (as many as the prompt shows). Names a list starts from
+    are short ("Algebra"); those an LLM grows run to six to nine words, in the path and the siblings."""
     from textbookgen.engine import ChatRequest, estimate_input_tokens
 
-    name = "A typical topic name"
+    name = "The role of a typical topic in its field" if grown else "A typical topic name"
     content = GROW_PROMPT.format(
         k=k, topic=name, path=f"Subject > Topic > {name}", siblings=siblings_line([name] * (k - 1))
     )

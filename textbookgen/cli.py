@@ -682,11 +682,6 @@ def _save_taxonomy(tax, dst: str):
         raise typer.Exit(1) from None
 
 
-# Subtopics asked per call: a fixed number (not one that follows --target) keeps the requests of a grow the same
-# when its target is raised, and asks for real chapters, not 3 names a call in the last rounds.
-GROW_PER_CALL = 10
-
-
 @topics_app.command("grow")
 def topics_grow(
     src: str = typer.Argument(..., help="root taxonomy (a file or builtin:NAME)"),
@@ -700,8 +695,8 @@ def topics_grow(
     max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget over the whole growth (everything "
                                           "the journal records, earlier runs included): stop sending when reached"),
     max_output_tokens: int | None = typer.Option(None, "--max-output-tokens", help="output-token budget, as --max-cost"),
-    per_call: int | None = typer.Option(None, help=f"subtopics asked per call (default: as the journal's answers "
-                                        f"asked, else {GROW_PER_CALL}; the same value lets a larger --target reuse "
+    per_call: int | None = typer.Option(None, help="subtopics asked per call (default: as the journal's answers "
+                                        "asked, else 10; the same value lets a larger --target reuse "
                                         "every answer paid for)"),
     max_depth: int | None = typer.Option(None, "--max-depth", help="grow no leaf deeper than this many levels"),
     price: PriceOption = None,
@@ -720,7 +715,7 @@ def topics_grow(
     from textbookgen.engine import Generator
     from textbookgen.providers import PROVIDERS
     from textbookgen.recipe import BudgetConfig, ProviderConfig
-    from textbookgen.taxonomy import save_format
+    from textbookgen.taxonomy import PER_CALL, save_format
 
     for option, value, rule in (("--per-call", per_call, ">= 2"), ("--max-cost", max_cost, ">= 0"),
                                 ("--max-output-tokens", max_output_tokens, ">= 0"), ("--max-depth", max_depth, ">= 1")):
@@ -741,7 +736,7 @@ def topics_grow(
         if per_call is not None:
             typer.echo(f"note: {per_call} subtopics per call, as the answers in {journal_path} asked (they are "
                        "replayed, not paid again; --per-call changes it)")
-    per_call = per_call or GROW_PER_CALL
+    per_call = per_call or PER_CALL
     typer.echo(_grow_estimate(leaves, target, per_call, model, prices, max_cost))
     if plan:
         return

@@ -28,6 +28,7 @@ from pydantic import (
 
 from textbookgen.curation import CurationConfig
 from textbookgen.jsonl import decode_utf8
+from textbookgen.taxonomy import PER_CALL
 from textbookgen.websamples import LID_MIN_SCORE, MIN_SCRIPT_SHARE, SCRIPTS
 from textbookgen.yamlfile import dotted, key_path, read_yaml
 
@@ -147,7 +148,7 @@ class GrowConfig(_Strict):
     """Expand the root topics through the LLM to `target` leaves (phi-1.5 used ~20,000)."""
 
     target: int = Field(..., ge=1, strict=True)
-    per_call: int | None = Field(None, ge=2, le=100, strict=True)
+    per_call: int = Field(PER_CALL, ge=2, le=100, strict=True)
     max_depth: int | None = Field(None, ge=1, strict=True)
     model: str | None = None  # default: the recipe's model
     temperature: float | None = Field(0.7, ge=0.0, le=2.0)  # None: not sent

@@ -1076,12 +1076,17 @@ class GrowReport:
     cost_usd: float = 0.0
 
 
+#: Subtopics asked per grow call: a fixed number (not one that follows the target) keeps a grow's requests the
+#: same when its target is raised, so the journal answers them, and asks for real chapters in every round.
+PER_CALL = 10
+
+
 def grow(
     tax: Taxonomy,
     generator: Any,
     target: int,
     *,
-    per_call: int | None = None,
+    per_call: int = PER_CALL,
     max_depth: int | None = None,
     seed: int = 0,
     temperature: float = 0.7,
@@ -1105,7 +1110,7 @@ def grow(
     """
     from textbookgen.engine import ChatRequest
 
-    if per_call is not None and per_call < 2:
+    if per_call < 2:
         raise ValueError(f"per_call must be >= 2 (a single subtopic is not a split), got {per_call}")
     report = GrowReport(leaves_before=len(tax.leaves()), leaves_after=0)
     names = NameIndex((t.name for t in tax.walk()), threshold=similarity)
@@ -1116,7 +1121,7 @@ def grow(
         if n_leaves >= target:
             break
         need = target - n_leaves
-        k = per_call or int(min(50, max(3, math.ceil(target / n_leaves))))
+        k = per_call
         order = sorted(range(n_leaves), key=lambda i: (len(leaves[i].path), -probs[i], leaves[i].id))
         cands = [
             leaves[i]
