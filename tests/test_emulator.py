@@ -305,11 +305,33 @@ def test_rate_limit_refills_over_time():
             await chat(client)
             with pytest.raises(openai.RateLimitError):
                 await chat(client)
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(1.1)  # the refused request counted too: two requests' worth to refill
             await chat(client)
 
         asyncio.run(go())
         assert emu.billed == 2 and emu.rate_limited == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_refused_openai_request_counts_toward_the_limit(provider):
+    """OpenAI counts unsuccessful requests toward the per-minute limit; a client that resends at once after a
+    429 stays limited (Anthropic documents no such rule: a 429 there takes nothing)."""
+    with Emulator(cfg(rpm=120, window_s=0.5)) as emu:  # 1 request of burst, 2 a second
+        async def go():
+            client = oa(emu) if provider == "openai" else an(emu)
+            send = chat if provider == "openai" else msg
+            await send(client)
+            for _ in range(3):  # refused, and (OpenAI) each one pushes the bucket further into debt
+                with pytest.raises((openai.RateLimitError, anthropic.RateLimitError)):
+                    await send(client)
+            await asyncio.sleep(0.6)  # refills 1.2 requests: enough only where the refusals took nothing
+            try:
+                await send(client)
+            except (openai.RateLimitError, anthropic.RateLimitError):
+                return False
+            return True
+
+        assert asyncio.run(go()) is (provider == "anthropic")
 
 
 def test_no_headers_mode_is_vllm_like():
@@ -599,7 +621,8 @@ def test_concurrent_burst_is_admitted_exactly_up_to_the_bucket():
         refilled = math.ceil(elapsed * 10)  # 10 a second come back while the burst is in flight
         assert len(ok) + len(limited) == 40 and 10 <= len(ok) <= 10 + refilled
         assert emu.billed == len(ok) and emu.rate_limited == len(limited)
-        assert all(float(r.response.headers["retry-after-ms"]) <= 1000 for r in limited)
+        # each refusal also counts (OpenAI's rule), down to one window in debt: a wait of at most two windows
+        assert all(float(r.response.headers["retry-after-ms"]) <= 2000 for r in limited)
 
 
 def test_default_responder_writes_exercises_questions_and_sections():

@@ -2,7 +2,8 @@
 
 The real `openai` and `anthropic` clients talk to it unmodified (point `base_url` at it), so tests,
 benchmarks and users' dry runs exercise the same code paths as production: latency drawn from a
-lognormal, token-bucket rate limits that send the providers' headers and 429s, injected faults (5xx,
+lognormal, token-bucket rate limits that send the providers' headers and 429s (a refused OpenAI request
+still counts toward the RPM limit, as OpenAI's does), injected faults (5xx,
 529, hangs, dropped connections, malformed JSON, truncation, refusals, quota, empty answers, reasoning
 models' answers), and counters of what it billed so a test can prove nothing was paid twice.
 
@@ -289,6 +290,15 @@ class RateLimiter:
             if b is not None:
                 b.level -= costs[name]
         return None
+
+    def charge_refused(self, now: float) -> None:
+        """A refused request still takes one from the requests bucket, down to one window in debt: OpenAI's
+        rate-limit guide says unsuccessful requests count toward the per-minute limit, so a client that
+        resends at once after a 429 keeps itself limited."""
+        b = self.buckets["requests"]
+        if b is not None:
+            b.refill(now)
+            b.level = max(-b.capacity, b.level - 1)
 
     def refund(self, name: str, n: float, now: float) -> None:
         b = self.buckets[name]
@@ -586,6 +596,8 @@ class Emulator:
         denied = self._limiter.admit(costs, time.monotonic())
         if denied is not None:
             self.rate_limited += 1
+            if provider == OPENAI:
+                self._limiter.charge_refused(time.monotonic())
             raise self._rate_limited(call, *denied)
         # Faults are drawn per admitted attempt, so the same retry sequence always meets the same faults.
         call.attempt = self.admitted_keys[call.key]
