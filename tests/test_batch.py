@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from batch_testlib import QueueLimitedEmulator, TokenLimitedEmulator, shifted_clock
@@ -236,6 +237,8 @@ def test_budget_limits_what_is_submitted(tmp_path):
 def test_batch_needs_a_provider_with_a_batch_api_and_a_valid_key(tmp_path):
     with pytest.raises(ValueError, match="batch mode needs provider"):
         Generator("openai-compatible", "m", base_url="http://127.0.0.1:9/v1", batch=True)
+    with pytest.raises(ValueError, match="batch=True needs a journal"):  # in memory, an interrupted run's batches
+        Generator("openai", "gpt-4o-mini", batch=True)                     # were lost, and paid again by a rerun
     with Emulator(EmulatorConfig(api_keys=["sk-right"])) as emu:
         for provider, model in PROVIDERS:
             with pytest.raises(FatalProviderError, match="authentication"):
@@ -329,7 +332,7 @@ def test_cancelling_keeps_what_ran_and_a_rerun_sends_the_rest(provider, model, t
         asyncio.run(_interrupt_after_submission(gen, emu, requests))
         shift[0] = 60.0  # validated at 25 s, one request done every 6.25 s: 5 of each batch of 12 have run
         counts = cancel_batches(gen.journal_path, base_url=gen.base_url, api_key="sk-test-key", poll_s=0.01)
-        assert counts == {"cancelled": 2, "lost": 0, "answered": 10, "failed": 0, "pending": 14}
+        assert counts == {"cancelled": 2, "lost": 0, "gone": 0, "answered": 10, "failed": 0, "pending": 14}
         assert emu.billed == 10
         with Journal(gen.journal_path) as j:
             summary = j.summary()
@@ -447,3 +450,206 @@ def test_the_recorded_server_leaves_out_credentials_in_its_url():
     provider = make_provider("openai", "gpt-4o-mini", api_key="sk-x", base_url="http://me:secret@proxy.local/v1",
                              timeout=5.0)
     assert server_of(provider) == "http://proxy.local/v1/"
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_an_unreadable_results_line_loses_only_its_own_answer(provider, model, tmp_path, monkeypatch):
+    """A cut or garbled line in a results file failed the whole batch on every rerun (its paid answers lost for good);
+    now the other answers are recorded and the request whose line is unreadable goes round again."""
+    from textbookgen.testing import emulator as emulator_module
+
+    def spoil(data: bytes) -> bytes:  # a cut line, a garbled one, and one whose answer has no body
+        first, second, rest = data.split(b"\n", 2)
+        hollow = json.loads(second)
+        hollow.update(response={"status_code": 200, "body": {}}, result={"type": "succeeded", "message": {}})
+        return first[:len(first) // 2] + b"\n{not json\n\n" + json.dumps(hollow).encode() + b"\n" + rest
+
+    openai_output, anthropic_results = emulator_module.openai_output, emulator_module.anthropic_results
+    spoiled: list[str] = []
+
+    def spoiled_openai(job):
+        output, errors = openai_output(job)
+        return (spoil(output), errors) if not spoiled and not spoiled.append(job.id) else (output, errors)
+
+    def spoiled_anthropic(job):
+        data = anthropic_results(job)
+        return spoil(data) if not spoiled and not spoiled.append(job.id) else data
+
+    monkeypatch.setattr(emulator_module, "openai_output", spoiled_openai)
+    monkeypatch.setattr(emulator_module, "anthropic_results", spoiled_anthropic)
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        out = batch_gen(emu, provider, model, tmp_path).run(reqs(6))
+        assert emu.stats()["batches_created"] == 2 and emu.billed == 8  # the unreadable answers, paid again
+    assert all(r.status in ("ok", "truncated") and r.text for r in out)
+    assert sorted(r.attempts for r in out) == [1] * 4 + [2] * 2
+    assert {status for _, _, status, _ in batch_rows(tmp_path / f"{provider}.sqlite")} == {"done"}
+
+
+@pytest.mark.parametrize("provider, model, config", [
+    ("openai", "gpt-4o-mimi", EmulatorConfig(batch_latency_s=0.05, models=["gpt-4o-mini"])),
+    ("anthropic", "claude-haiku-4-6", EmulatorConfig(batch_latency_s=0.05, models=["claude-haiku-4-5"])),
+    ("openai", "gpt-5-mini", EmulatorConfig(batch_latency_s=0.05, model_rules=True)),  # temperature 0.7 refused
+])
+def test_answers_that_stop_a_live_run_stop_a_batch_run_and_leave_the_requests_pending(provider, model, config,
+                                                                                       tmp_path):
+    """An unknown model or a parameter the model refuses came back inside a batch as a failure of every request:
+    for good (bad_request, a rerun does not send them) or, at Anthropic, as transient, round after round (a day of
+    waiting each); like a live call's, such an answer now stops the run and the requests stay pending."""
+    requests = [replace(r, temperature=0.7) for r in reqs(6)]
+    with Emulator(config) as emu:
+        gen = batch_gen(emu, provider, model, tmp_path, batch_size=3)
+        with pytest.raises(FatalProviderError, match="unknown model|refuses the request parameter"):
+            gen.run(requests)
+        assert emu.stats()["batches_created"] == 2 and emu.billed == 0  # no round after it
+    with Journal(gen.journal_path) as j:
+        assert j.summary()["by_status"] == {"pending": 6}
+
+
+def test_polls_that_keep_failing_for_a_while_do_not_end_a_run_waiting_for_its_batches(tmp_path, monkeypatch):
+    """A batch API outage longer than one call's retries ended a run that may wait a day for its batches; polls now
+    go on through it, and the run gives up only after max_attempts failed polls in a row (a rerun collects)."""
+    from textbookgen import batch as batch_mod
+    from textbookgen.errors import RetryableError
+
+    real_ended, down = batch_mod.OpenAIBatches.ended, [10**9]
+
+    async def down_for_a_while(self, batch_id):
+        down[0] -= 1
+        if down[0] >= 0:
+            raise RetryableError("openai HTTP 503 (service_unavailable): down for maintenance")
+        return await real_ended(self, batch_id)
+
+    monkeypatch.setattr(batch_mod.OpenAIBatches, "ended", down_for_a_while)
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, max_attempts=2, backoff_initial_s=0.01,
+                        backoff_max_s=0.02)
+        with pytest.raises(FatalProviderError, match="kept failing"):
+            gen.run(reqs(6))
+        assert [status for _, _, status, _ in batch_rows(gen.journal_path)] == ["running"]
+        down[0] = 9  # two polls and more, each call tried 4 times
+        out = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, max_attempts=4, backoff_initial_s=0.01,
+                        backoff_max_s=0.02).run(reqs(6))
+        assert emu.billed == 6 and emu.stats()["batches_created"] == 1
+    assert all(r.status in ("ok", "truncated") for r in out)
+
+
+def test_cli_batch_options_are_checked_before_anything_is_sent(tmp_path):
+    """`--batch-size 0` failed naming the API's batch_size; `--batch-size` without `--batch` was ignored and the run
+    went live, at twice the batch price."""
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    common = ["generate", str(prompts), "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "PATH"]
+    zero = CliRunner().invoke(app, [*common, "--batch", "--batch-size", "0"])
+    live = CliRunner().invoke(app, [*common, "--batch-size", "500"])
+    assert zero.exit_code == 1 and "--batch-size: must be >= 1, got 0" in zero.output
+    assert live.exit_code == 1 and "--batch-size and --batch-poll go with --batch" in live.output
+    assert not (tmp_path / "p.journal.sqlite").exists()
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_batches_split_at_the_providers_request_and_size_limits(provider, model, tmp_path, monkeypatch):
+    """A batch_size or prompts past a provider's per-batch limits (requests, bytes) go as more batches."""
+    from textbookgen import batch as batch_mod
+
+    monkeypatch.setitem(batch_mod.MAX_REQUESTS, provider, 5)
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        out = batch_gen(emu, provider, model, tmp_path, batch_size=100).run(reqs(12))
+        assert emu.stats()["batches_created"] == 3 and emu.billed == 12  # 5 + 5 + 2
+        long = [replace(r, messages=[{"role": "user", "content": f"{i} " + "word " * 400}]) for i, r in enumerate(reqs(6))]
+        monkeypatch.setattr(batch_mod, "MAX_BYTES", 5_000)  # two of these prompts a batch
+        out += batch_gen(emu, provider, model, tmp_path, batch_size=100).run(long)
+        assert emu.stats()["batches_created"] == 6 and emu.billed == 18 and emu.duplicates == 0
+    assert all(r.status in ("ok", "truncated") for r in out)
+
+
+def test_an_openai_batch_failed_for_a_model_it_does_not_batch_stops_the_run(tmp_path, monkeypatch):
+    """OpenAI fails a batch as a whole at validation for a model its Batch API does not serve: that failed every
+    request for good; it now stops the run as a live call's unknown model does, the requests pending."""
+    from textbookgen.testing import emulator as emulator_module
+
+    def no_such_model(data):
+        return [], [{"code": "model_not_found", "line": 1, "param": "body.model",
+                     "message": "The provided model 'gpt-4o-mini' is not supported by the Batch API."}]
+
+    monkeypatch.setattr(emulator_module, "openai_requests", no_such_model)
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path)
+        with pytest.raises(FatalProviderError, match="unknown model 'gpt-4o-mini'"):
+            gen.run(reqs(4))
+    with Journal(gen.journal_path) as j:
+        assert j.summary()["by_status"] == {"pending": 4}
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_batch_cancelled_at_the_provider_is_not_sent_again_by_the_run(provider, model, tmp_path):
+    """A batch cancelled in the provider's console (to stop its spending) while the run waited for it: the run sent
+    its requests that had not run again in a new batch, round after round; they now fail as transient (a rerun
+    sends them) and the run goes on with its other batches."""
+    import anthropic
+    import openai
+
+    async def cancel_the_first_batch(gen: Generator) -> list:
+        task = asyncio.ensure_future(gen.arun(reqs(24)))
+        await asyncio.sleep(0)
+        while [status for _, _, status, _ in batch_rows(gen.journal_path)] != ["running"] * 2:
+            await asyncio.sleep(0.01)
+        batch_id = batch_rows(gen.journal_path)[0][1]
+        if provider == "openai":
+            await openai.AsyncOpenAI(base_url=gen.base_url, api_key="sk-test-key").batches.cancel(batch_id)
+        else:
+            await anthropic.AsyncAnthropic(base_url=gen.base_url, api_key="sk-test-key").messages.batches.cancel(batch_id)
+        return await task
+
+    with Emulator(EmulatorConfig(batch_latency_s=1.0)) as emu:
+        out = asyncio.run(cancel_the_first_batch(batch_gen(emu, provider, model, tmp_path)))
+        assert emu.stats()["batches_created"] == 2
+    assert [r.status for r in out] == ["failed"] * 12 + ["ok"] * 12
+    assert {r.error_class for r in out[:12]} == {"transient"} and "cancelled at the provider" in out[0].error
+
+
+@pytest.mark.parametrize("provider, model", PROVIDERS)
+def test_a_recorded_batch_the_provider_no_longer_has_can_be_let_go(provider, model, tmp_path):
+    """A batch the provider does not have for this key (deleted, or submitted with another project's key) stuck the
+    journal: every rerun and --cancel-batches failed with "no such endpoint: check base_url". The run now says what
+    it is and stops (paying again is the user's call); --cancel-batches records it as lost, its requests pending."""
+    with Emulator(EmulatorConfig(batch_latency_s=0.5)) as emu:
+        gen = batch_gen(emu, provider, model, tmp_path)
+        asyncio.run(_interrupt_after_submission(gen, emu, reqs(24)))
+        emu.reset()  # the provider forgets the batches
+        with pytest.raises(FatalProviderError, match="is not at .* for this key"):
+            batch_gen(emu, provider, model, tmp_path).run(reqs(24))
+        counts = cancel_batches(gen.journal_path, base_url=gen.base_url, api_key="sk-test-key", poll_s=0.01)
+        assert counts == {"cancelled": 0, "lost": 0, "gone": 2, "answered": 0, "failed": 0, "pending": 24}
+        emu.config.batch_latency_s = 0.05
+        out = batch_gen(emu, provider, model, tmp_path).run(reqs(24))
+        assert emu.billed == 24
+    assert all(r.status in ("ok", "truncated") for r in out)
+
+
+def test_an_openai_batchs_files_are_deleted_once_its_answers_are_in_the_journal(tmp_path):
+    """The input, output and error files of every batch stayed in the organisation's file storage (prompts and
+    answers kept at the provider, up to 200 MB a batch); they go once the journal holds the answers."""
+    import openai
+
+    async def files_left(base_url: str, batch_ids: list[str]) -> list[str]:
+        client, left = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test-key"), []
+        for batch_id in batch_ids:
+            batch = await client.batches.retrieve(batch_id)
+            for file_id in filter(None, (batch.input_file_id, batch.output_file_id, batch.error_file_id)):
+                try:
+                    left.append((await client.files.retrieve(file_id)).id)
+                except openai.NotFoundError:
+                    pass
+        return left
+
+    faults = [Fault("400", rate=1.0, match="BAD")]  # an error file too
+    with Emulator(EmulatorConfig(batch_latency_s=0.05, faults=faults)) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path)
+        out = gen.run(reqs(20) + reqs(2, "BAD request"))
+        batch_ids = [batch_id for _, batch_id, _, _ in batch_rows(gen.journal_path)]
+        assert len(batch_ids) == 2 and asyncio.run(files_left(emu.openai_base_url, batch_ids)) == []
+    assert [r.status for r in out].count("failed") == 2

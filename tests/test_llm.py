@@ -101,6 +101,12 @@ def test_a_text_answer_cut_at_max_tokens_is_parsed_and_listed(tmp_path, caplog):
     assert whole.truncated == []
 
 
+def test_batch_mode_needs_a_journal_file():
+    """A temporary journal dies with the object: a killed script's paid batches could not be collected."""
+    with pytest.raises(ValueError, match="batch=True needs journal='path.sqlite'"):
+        Lesson("gpt-4o-mini", batch=True, api_key="sk-test", progress=False)
+
+
 def test_a_bug_in_parse_surfaces_and_costs_nothing_to_fix(tmp_path):
     class Buggy(Glossary):
         def parse(self, row, response):

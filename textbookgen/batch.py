@@ -4,8 +4,15 @@ OpenAI's Batch API and Anthropic's Message Batches take thousands of requests pe
 half the standard price (`pricing.BATCH_DISCOUNT`). `Generator(batch=True)` sends the pending requests
 that way: in chunks of `batch_size`, each request's `custom_id` its journal key, polled every
 `batch_poll_s`; answers go through the same outcome rules and journal as live calls. Requests that come
-back expired, cancelled or with a transient error are resubmitted in a later batch, up to
-`batch_max_rounds` times.
+back expired or with a transient error are resubmitted in a later batch, up to `batch_max_rounds` times;
+those of a batch someone cancelled at the provider (to stop its spending) fail as transient instead, so a
+rerun sends them but this run does not. A request's error is classed as a live call's would be
+(`providers.classify`): one that would stop a live run (an unknown model, a parameter the model refuses, no
+credit) stops this one, the requests pending, instead of failing them all or sending them round again a day
+at a time. A results line that cannot be read loses only its own answer (its request goes round again), and
+a poll that fails after its retries is tried again at the next poll, up to `max_attempts` in a row: the
+batches run on meanwhile. Once the journal holds a batch's answers, its OpenAI input, output and error files
+are deleted (they would stay in the organisation's file storage, prompts and answers with them).
 
 Providers cap what an organisation keeps queued: OpenAI the prompt tokens of its unfinished batches per
 model (a batch over the limit fails as a whole with `token_limit_exceeded`), Anthropic the requests in its
@@ -34,12 +41,13 @@ rerunning collects them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import secrets
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +61,6 @@ from textbookgen.providers import (
     Completion,
     OpenAIProvider,
     classify,
-    item_error_class,
     make_provider,
 )
 
@@ -69,9 +76,16 @@ MAX_REQUESTS = {"openai": 50_000, "anthropic": 100_000}
 MAX_BYTES = 150_000_000
 FIND_SLACK_S = 120.0  # clock skew allowed when matching a batch's creation time to our record
 CAPACITY = "capacity"  # a BatchResult's class when the provider refused its batch for room, not content
+FATAL = "fatal"  # a BatchResult's class when its answer would stop a live run (unknown model, refused parameter)
+CANCELLED = "cancelled"  # a BatchResult's class when its batch was cancelled at the provider before it ran
 # batch-level (line-less) OpenAI errors that are about the organisation's limits, not the input file
 _CAPACITY_CODES = ("token_limit_exceeded", "rate_limit_exceeded", "request_limit_exceeded", "batch_limit_exceeded")
 _CAPACITY_WORDS = ("limit reached", "limit exceeded", "try again")
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)  # a cut or malformed results line
+# the HTTP status of an Anthropic error type (a batch result gives the type only)
+_ANTHROPIC_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                     "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                     "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +103,33 @@ class QueueFull(Exception):
     """The provider refused to take a batch for lack of room (a 429 at create) while this run's batches run."""
 
 
+class BatchGone(Exception):
+    """The provider, which answers for this key, has no batch by a recorded id: deleted, or submitted with
+    another key (OpenAI projects and Anthropic workspaces do not see each other's batches)."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(batch_id)
+        self.batch_id = batch_id
+
+
+async def retrieve(get, listing, batch_id: str):
+    """`get(batch_id)`; a 404 is BatchGone once `listing()` shows the server and key are right (a 404 there too is
+    a wrong base_url, which the caller's classification says)."""
+    try:
+        return await get(batch_id)
+    except Exception as exc:  # noqa: BLE001 - only a 404 is looked at; the rest is re-raised as is
+        if getattr(exc, "status_code", None) != 404:
+            raise
+    await listing(limit=1)
+    raise BatchGone(batch_id)
+
+
 @dataclass(slots=True)
 class BatchResult:
     """One request's outcome inside a finished batch: a completion, or an error and its class
     ("bad_request" / "content_filter": permanent; "transient": resubmit, a round; CAPACITY: resubmit once
-    there is room, not a round)."""
+    there is room, not a round; FATAL: stop the run, the request pending; CANCELLED: its batch was cancelled
+    before it ran, by someone stopping the spending: not sent again by this run)."""
 
     key: str
     completion: Completion | None = None
@@ -115,17 +151,58 @@ async def call_api(fn, *args, provider: str, model: str, secrets: tuple[str, ...
         with attempt:
             try:
                 return await fn(*args)
-            except (FatalProviderError, ItemError, RetryableError, QueueFull):
+            except (FatalProviderError, ItemError, RetryableError, QueueFull, BatchGone):
                 raise
             except Exception as exc:  # noqa: BLE001 - SDK errors are classified; a bug surfaces as itself
                 raise classify(exc, provider, model, secrets) from None
 
 
-def error_class_of(status: int, text: str) -> str:
-    """The class of a request that failed inside a batch, by the HTTP status it would have had."""
-    if status in (408, 409, 429) or status >= 500:
-        return "transient"
-    return item_error_class(text)
+async def read_results(batch_id: str, lines: AsyncIterator[str], parse: Callable[[dict], BatchResult]) -> list[BatchResult]:
+    """The results in a streamed results file (a batch's answers may be hundreds of MB). A line that cannot be read
+    (cut, malformed) is the transient failure of the request it names, or left out where it names none: either way
+    its request goes round again (a run) or stays pending (a cancel), where the error used to fail the whole batch,
+    and its paid answers, on every rerun."""
+    results, bad = [], 0
+    async for line in lines:
+        if not line.strip():
+            continue
+        row: Any = None
+        try:
+            results.append(parse(row := json.loads(line)))
+        except _UNREADABLE as exc:
+            bad += 1
+            key = row.get("custom_id") if isinstance(row, dict) else None
+            if isinstance(key, str):
+                results.append(BatchResult(key, error=f"unreadable result line: {type(exc).__name__}: {exc}"[:300],
+                                           error_class="transient"))
+    if bad:
+        log.warning("batch %s: %d result lines could not be read; their requests go round again", batch_id, bad)
+    return results
+
+
+@functools.cache
+def _line_error_type() -> type[Exception]:
+    import openai
+
+    class BatchLineError(openai.APIStatusError):
+        """A request's error inside a batch in the shape of the SDK error a live call gets (status, body)."""
+
+        def __init__(self, status: int, body: dict) -> None:
+            Exception.__init__(self, f"HTTP {status}")
+            self.status_code, self.body = status, body
+
+    return BatchLineError
+
+
+def line_error(key: str, provider: OpenAIProvider | AnthropicProvider, status: int, body: dict) -> BatchResult:
+    """A request that failed inside a batch, with the class a live call given this answer would have
+    (`providers.classify`): FATAL where it stops a live run (an unknown model, a parameter the model refuses,
+    a bad key, no credit: every request would fail alike, so the run stops and they stay pending), "transient"
+    where a retry may pass, else the request's own ("bad_request", "content_filter")."""
+    exc = classify(_line_error_type()(status, body), provider.name, provider.model, provider.secrets)
+    if isinstance(exc, FatalProviderError):
+        return BatchResult(key, error=str(exc), error_class=FATAL)
+    return BatchResult(key, error=str(exc), error_class=exc.error_class if isinstance(exc, ItemError) else "transient")
 
 
 class OpenAIBatches:
@@ -154,11 +231,17 @@ class OpenAIBatches:
         return None
 
     async def ended(self, batch_id: str) -> bool:
-        batch = await self.client.batches.retrieve(batch_id)
+        batch = await retrieve(self.client.batches.retrieve, self.client.batches.list, batch_id)
         return batch.status in ("completed", "failed", "expired", "cancelled")
 
     async def cancel(self, batch_id: str) -> None:
         await self.client.batches.cancel(batch_id)
+
+    async def clean_up(self, batch_id: str) -> None:
+        """Delete an ended batch's input, output and error files, which would stay in the organisation's storage."""
+        batch = await self.client.batches.retrieve(batch_id)
+        for file_id in filter(None, (batch.input_file_id, batch.output_file_id, batch.error_file_id)):
+            await self.client.files.delete(file_id)
 
     async def results(self, batch_id: str, keys: Sequence[str]) -> list[BatchResult]:
         batch = await self.client.batches.retrieve(batch_id)
@@ -168,14 +251,22 @@ class OpenAIBatches:
                 text = "; ".join(f"{e.code}: {e.message}" for e in found)
                 return [BatchResult(k, error=f"openai batch {batch_id} refused for room: {text}",
                                     error_class=CAPACITY) for k in keys]
+            for e in found[:1]:  # one that would stop a live run (a model it lacks) stops this one too
+                fatal = line_error("", self.provider, 400, {"error": {"code": e.code, "message": e.message}})
+                if fatal.error_class == FATAL:
+                    return [BatchResult(k, error=fatal.error, error_class=FATAL) for k in keys]
             errors = "; ".join(f"line {e.line}: {e.message}" for e in found) or "no reason given"
             return [BatchResult(k, error=f"openai batch {batch_id} failed validation: {errors}",
                                 error_class="bad_request") for k in keys]
         results = []
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
-                content = await self.client.files.content(file_id)
-                results += [self._result(json.loads(line)) for line in content.text.splitlines() if line.strip()]
+                async with self.client.files.with_streaming_response.content(file_id) as content:
+                    results += await read_results(batch_id, content.iter_lines(), self._result)
+        if batch.status == "cancelled":  # the requests that never ran, should its files leave them out
+            seen = {r.key for r in results}
+            results += [BatchResult(k, error="openai batch: batch_cancelled", error_class=CANCELLED)
+                        for k in keys if k not in seen]
         return results
 
     def _result(self, row: dict) -> BatchResult:
@@ -183,13 +274,10 @@ class OpenAIBatches:
         if response and response.get("status_code") == 200:
             return BatchResult(key, completion=self.provider.parse(response["body"]))
         if response:
-            status = int(response.get("status_code") or 500)
-            body = (response.get("body") or {}).get("error") or {}
-            text = f"openai batch HTTP {status} ({body.get('code') or body.get('type') or 'error'}): " \
-                   f"{body.get('message') or ''}"
-            return BatchResult(key, error=text, error_class=error_class_of(status, text))
-        text = f"openai batch: {(error or {}).get('code', 'no response')}: {(error or {}).get('message', '')}"
-        return BatchResult(key, error=text, error_class="transient")  # expired or cancelled before it ran
+            return line_error(key, self.provider, int(response.get("status_code") or 500), response.get("body") or {})
+        code = (error or {}).get("code", "no response")
+        text = f"openai batch: {code}: {(error or {}).get('message', '')}"  # expired or cancelled before it ran
+        return BatchResult(key, error=text, error_class=CANCELLED if code == "batch_cancelled" else "transient")
 
 
 class AnthropicBatches:
@@ -221,27 +309,42 @@ class AnthropicBatches:
         return matches[0] if len(matches) == 1 else None
 
     async def ended(self, batch_id: str) -> bool:
-        batch = await self.client.messages.batches.retrieve(batch_id)
+        batch = await retrieve(self.client.messages.batches.retrieve, self.client.messages.batches.list, batch_id)
         return batch.processing_status == "ended"
 
     async def cancel(self, batch_id: str) -> None:
         await self.client.messages.batches.cancel(batch_id)
 
+    async def clean_up(self, batch_id: str) -> None:
+        """Nothing: a message batch keeps no files (its results go after 29 days)."""
+
     async def results(self, batch_id: str, keys: Sequence[str]) -> list[BatchResult]:
-        results = []
-        async for row in await self.client.messages.batches.results(batch_id):
-            result = row.result
-            if result.type == "succeeded":
-                results.append(BatchResult(row.custom_id, completion=self.provider.parse(result.message.model_dump())))
-            elif result.type == "errored":
-                err = result.error.error
-                text = f"anthropic batch ({err.type}): {err.message}"
-                cls = item_error_class(text) if err.type == "invalid_request_error" else "transient"
-                results.append(BatchResult(row.custom_id, error=text, error_class=cls))
-            else:  # expired or canceled before it ran
-                results.append(BatchResult(row.custom_id, error=f"anthropic batch: request {result.type}",
-                                           error_class="transient"))
-        return results
+        """Read line by line (not through the SDK's decoder, which one bad line stops with the rest unread)."""
+        stream = await self.client.messages.batches.results(batch_id)
+        try:
+            return await read_results(batch_id, stream.http_response.aiter_lines(), self._result)
+        finally:
+            await stream.close()
+
+    def _result(self, row: dict) -> BatchResult:
+        key, result = row["custom_id"], row["result"]
+        if result["type"] == "succeeded":
+            return BatchResult(key, completion=self.provider.parse(result["message"]))
+        if result["type"] == "errored":
+            error = result["error"]
+            return line_error(key, self.provider, _ANTHROPIC_STATUS.get(error["error"]["type"], 500), error)
+        # expired or canceled before it ran
+        return BatchResult(key, error=f"anthropic batch: request {result['type']}",
+                           error_class=CANCELLED if result["type"] == "canceled" else "transient")
+
+
+async def clean_up(api: OpenAIBatches | AnthropicBatches, call, batch_id: str) -> None:
+    """Delete what an ended batch leaves at the provider, once the journal holds its answers; a failure only warns."""
+    try:
+        await call(api.clean_up, batch_id)
+    except (FatalProviderError, ItemError, RetryableError) as exc:
+        log.warning("could not delete the files of batch %s (%s); they stay in the provider's file storage",
+                    batch_id, exc)
 
 
 def server_of(provider: OpenAIProvider | AnthropicProvider) -> str:
@@ -270,6 +373,7 @@ class BatchRunner:
         self.learned_tokens: float | None = None  # the enqueued-token cap the provider's refusals taught
         self.refusals = 0  # refusals in a row with none of this run's batches running (others fill the queue)
         self.not_before = 0.0  # monotonic time before which nothing is submitted (after such a refusal)
+        self.failed_polls = 0  # polls in a row that failed after their retries (an outage of the batch API)
         self.running: dict[str, dict] = {}  # tag -> {"batch_id", "keys", "since", "worst", "tokens"}
 
     async def run(self, todo: list[_Item]) -> None:
@@ -310,7 +414,7 @@ class BatchRunner:
         """For a live run: adopt the batches earlier runs submitted and record those that have ended; returns
         the ones still running (the requests that expired or were cancelled in them go back to `items`' run)."""
         await self._recover(items)
-        await self._collect(items)
+        await self._collect(items, once=True)
         return list(self.running.values())
 
     async def _recover(self, items: dict[str, _Item]) -> None:
@@ -467,15 +571,34 @@ class BatchRunner:
                         "batches end (BatchLimits sets a cap up front)", gen.provider, gen.model, reason)
         self.learned_tokens = cap if self.learned_tokens is None else min(self.learned_tokens, cap)
 
-    async def _collect(self, items: dict[str, _Item]) -> list[_Item]:
-        """Record the answers of every batch that has ended; returns the requests to submit again."""
-        gen, again, held = self.gen, [], []
+    async def _collect(self, items: dict[str, _Item], *, once: bool = False) -> list[_Item]:
+        """Record the answers of every batch that has ended; returns the requests to submit again. Raises
+        FatalProviderError, once all ended batches are recorded, where answers would stop a live run (FATAL).
+        A batch that cannot be checked is checked again at the next poll (`_poll_failed`), and the requests of one
+        cancelled at the provider fail as transient (a rerun sends them). `once`: a live run's one look at earlier
+        runs' batches: a failed check raises, and cancelled requests are left to the run, like expired ones."""
+        gen, again, held, fatal = self.gen, [], [], []
         for tag, batch in list(self.running.items()):
-            if not await self._call(self.api.ended, batch["batch_id"]):
+            try:
+                if not await self._call(self.api.ended, batch["batch_id"]):
+                    continue
+                results = await self._call(self.api.results, batch["batch_id"], batch["keys"])
+            except RetryableError as exc:
+                if once:
+                    raise
+                self._poll_failed(batch["batch_id"], exc)
                 continue
+            except BatchGone:
+                raise FatalProviderError(
+                    f"batch {batch['batch_id']} ({len(batch['keys'])} requests), recorded in the journal as running, is "
+                    f"not at {self.server} for this key: if it was submitted with another API key (another project or "
+                    "workspace), rerun with that one to collect it; if it is gone (deleted), `textbookgen journal "
+                    f"{gen.journal_path or 'JOURNAL'} --cancel-batches` records it as lost, leaving its requests "
+                    "pending for a rerun to send again") from None
+            self.failed_polls = 0
             latency = time.time() - batch["since"]
-            seen, orphans, refused = set(), [], []
-            for result in await self._call(self.api.results, batch["batch_id"], batch["keys"]):
+            seen, orphans, refused, cancelled = set(), [], [], 0
+            for result in results:
                 item = items.get(result.key)
                 if item is None:
                     orphans.append(result)
@@ -488,15 +611,25 @@ class BatchRunner:
                     gen._finish(item, result.completion, latency)
                 elif result.error_class == CAPACITY:
                     refused.append((item, result.error))
-                elif result.error_class != "transient":
+                elif result.error_class == FATAL:  # stays pending: sent again once the cause is fixed
+                    fatal.append(result.error)
+                elif result.error_class == CANCELLED and not once:
+                    cancelled += 1
+                    gen._finish_failed(item, f"{result.error}: batch {batch['batch_id']} was cancelled at the "
+                                       "provider before this request ran; a rerun sends it again", "transient")
+                elif result.error_class not in ("transient", CANCELLED):
                     gen._finish_failed(item, result.error, result.error_class)
                 else:
                     again.append((item, result.error))
             again += [(items[k], "missing from the batch's results") for k in batch["keys"]
                       if k in items and k not in seen]
             self._record_orphans(orphans, latency)
+            if cancelled:
+                log.warning("batch %s was cancelled at %s: its %d requests that had not run are not sent again by this "
+                            "run (a rerun sends them)", batch["batch_id"], gen.provider, cancelled)
             gen._writer.flush()  # answers are in the journal before the batch is marked done
             self.journal.update_batch(tag, "done")
+            await clean_up(self.api, self._call, batch["batch_id"])
             del self.running[tag]  # its answers are booked: its worst case makes room
             gen._inflight_cost -= batch["worst"].usd
             gen._inflight_out -= batch["worst"].output_tokens
@@ -512,6 +645,9 @@ class BatchRunner:
                 self._refused(batch["tokens"], refused[0][1])
             else:
                 self.refusals = 0
+        if fatal:
+            raise FatalProviderError(f"{fatal[0]} ({len(fatal)} requests in batches got this answer; they stay "
+                                     "pending)")
         resubmit = []
         for item, error in again:
             if item.attempts >= gen.batch_max_rounds:
@@ -522,6 +658,15 @@ class BatchRunner:
         if again:
             log.info("%d requests come back for another batch round", len(resubmit))
         return held + resubmit
+
+    def _poll_failed(self, batch_id: str, exc: RetryableError) -> None:
+        """A poll failed after its retries: the batch runs on at the provider, so wait for the next poll rather
+        than end a run that may wait hours for it; raise after `max_attempts` failed polls in a row."""
+        self.failed_polls += 1
+        if self.failed_polls >= self.gen.max_attempts:
+            raise exc
+        log.warning("cannot check batch %s (%s); it runs on at %s: trying again at the next poll (%d failed in a row, "
+                    "giving up at %d)", batch_id, exc, self.gen.provider, self.failed_polls, self.gen.max_attempts)
 
     def _record_orphans(self, results: list[BatchResult], latency: float) -> None:
         """Paid answers to requests an earlier run submitted but this one does not ask for (the recipe
@@ -549,8 +694,9 @@ def cancel_batches(path: str | Path, *, base_url: str | None = None, api_key: st
     for good are recorded as failed. The requests that never ran stay pending, so rerunning the same command
     sends them again: a cancel stops the spending (a wrong setting, a full queue, a switch to live calls) and
     says nothing against the requests, which a rerun that still asks for them should get. Holds the journal's
-    run lock: a run using it must be stopped first. Returns counts: cancelled and lost batches, answered,
-    failed and pending requests."""
+    run lock: a run using it must be stopped first. Returns counts: cancelled batches, lost ones (never created)
+    and gone ones (the provider has none by the recorded id for this key: recorded as lost), answered, failed and
+    pending requests."""
     if not Path(path).is_file():
         raise ValueError(f"no journal at {path}")
     try:
@@ -565,13 +711,13 @@ async def _cancel_all(path: Path, base_url: str | None, api_key: str | None, pol
     from textbookgen.engine import Generator  # the engine imports this module
     from textbookgen.journal import Journal
 
-    counts = dict.fromkeys(("cancelled", "lost", "answered", "failed", "pending"), 0)
+    counts = dict.fromkeys(("cancelled", "lost", "gone", "answered", "failed", "pending"), 0)
     with Journal(path) as journal:
         journal.lock_for_run()
         for provider_name, model, recorded in journal.open_batch_groups():
             url = base_url or recorded  # None for a batch an older textbookgen submitted: the client's default
-            gen = Generator(provider_name, model, base_url=url, api_key=api_key, batch=True, progress=False,
-                            timeout_s=timeout_s)  # its price and outcome rules, for the journal rows
+            gen = Generator(provider_name, model, base_url=url, api_key=api_key, journal=path, batch=True,
+                            progress=False, timeout_s=timeout_s)  # its price and outcome rules, for the journal rows
             provider = make_provider(provider_name, model, api_key=api_key, base_url=url, timeout=timeout_s)
             gen._secrets = provider.secrets
             api = batch_api(provider)
@@ -602,7 +748,17 @@ async def _cancel_one(api, call, journal: Journal, gen: Generator, row: dict, po
             counts["pending"] += len(keys)
             return
         journal.update_batch(tag, "running", batch_id)
-    if not await call(api.ended, batch_id):
+    try:
+        running = not await call(api.ended, batch_id)
+    except BatchGone:  # the user asked to let it go: its requests are pending, as for a batch never created
+        log.warning("batch %s is not at %s for this key: recorded as lost, its %d requests pending. If it was "
+                    "submitted with another key (project, workspace), it runs on there, and is paid for: cancel "
+                    "it there before a rerun sends them again", batch_id, gen.provider, len(keys))
+        journal.update_batch(tag, "lost")
+        counts["gone"] += 1
+        counts["pending"] += sum(1 for r in journal.rows(keys).values() if r["status"] not in DONE_STATUSES)
+        return
+    if running:
         try:
             await call(api.cancel, batch_id)
         except (ItemError, RetryableError) as exc:  # refused because it ended meanwhile, or really refused
@@ -629,5 +785,6 @@ async def _cancel_one(api, call, journal: Journal, gen: Generator, row: dict, po
             current[result.key] = was
     journal.write_results(recorded)
     journal.update_batch(tag, "cancelled")
+    await clean_up(api, call, batch_id)
     counts["cancelled"] += 1
     counts["pending"] += sum(1 for r in current.values() if r["status"] not in DONE_STATUSES)

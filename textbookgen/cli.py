@@ -292,8 +292,11 @@ def generate(
                                 ("--max-cost", max_cost, ">= 0"), ("--max-output-tokens", max_output_tokens, ">= 0"),
                                 ("--max-tokens", max_tokens, ">= 1"), ("--temperature", temperature, "in [0, 2]"),
                                 ("--top-p", top_p, "in (0, 1]"), ("--n", n, ">= 1"),
-                                ("--max-error-rate", max_error_rate, "in [0, 1]")):
+                                ("--max-error-rate", max_error_rate, "in [0, 1]"), ("--batch-size", batch_size, ">= 1"),
+                                ("--batch-poll", batch_poll, ">= 0")):
         _check(option, value, rule)
+    if not batch and (batch_size, batch_poll) != (10_000, 30.0):  # else the run goes live, at twice the price
+        _fail("--batch-size and --batch-poll go with --batch")
     stem = Path(prompts).with_suffix("")
     out_path = out or f"{stem}.completions.jsonl"
     _check_output(out_path, "--out")
@@ -428,7 +431,8 @@ def journal(
                 _fail(f"{_error_line(err)}; no server answered at the one the journal recorded (or the provider's "
                       "API): if the batches went to another server (a recipe's provider.base_url), pass --base-url "
                       "with its URL")
-        typer.echo(f"batches: {counts['cancelled']} cancelled, {counts['lost']} never created; requests: "
+        gone = f", {counts['gone']} not at the provider for this key (let go)" if counts["gone"] else ""
+        typer.echo(f"batches: {counts['cancelled']} cancelled, {counts['lost']} never created{gone}; requests: "
                    f"{counts['answered']} answered, {counts['failed']} failed, {counts['pending']} pending "
                    "(rerun the generate or build command to send them)")
     with _reported(), Journal(path, read_only=True) as j:

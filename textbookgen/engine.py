@@ -376,9 +376,9 @@ class Generator:
     finished and more than this share of them failed; None never stops. Live runs only: a batch is submitted
     (and paid) as a whole.
     batch: send through the provider's batch API (openai, anthropic) at half the price, answers within
-    24 h (textbookgen/batch.py): `batch_size` requests per batch, polled every `batch_poll_s`, requests
-    that expire or fail transiently resubmitted up to `batch_max_rounds` times in all; `batch_limits`
-    (`batch.BatchLimits`) caps what is queued at the provider from the start.
+    24 h (textbookgen/batch.py; needs a journal file): `batch_size` requests per batch, polled every
+    `batch_poll_s`, requests that expire or fail transiently resubmitted up to `batch_max_rounds` times in all;
+    `batch_limits` (`batch.BatchLimits`) caps what is queued at the provider from the start.
     """
 
     def __init__(self, provider: str = "openai", model: str = "gpt-4o-mini", *, base_url: str | None = None,
@@ -396,6 +396,10 @@ class Generator:
         if batch and provider not in BATCH_PROVIDERS:
             raise ValueError(f"batch mode needs provider {' or '.join(BATCH_PROVIDERS)}, not {provider!r} "
                              "(OpenAI-compatible servers have no batch API: run them live)")
+        if batch and journal is None:
+            raise ValueError("batch=True needs a journal file (journal=PATH): batches run for hours at the provider, "
+                             "and in memory an interrupted run's batches can be neither collected nor cancelled, and "
+                             "a rerun pays for them again")
         if batch_size < 1 or batch_max_rounds < 1 or batch_poll_s < 0:
             raise ValueError("batch_size and batch_max_rounds must be >= 1 and batch_poll_s >= 0")
         if concurrency < 1:

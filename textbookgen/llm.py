@@ -83,6 +83,10 @@ class LLM:
             raise ValueError(f"n (answers per row) must be at least 1, got {n}")  # before the Generator opens a journal
         if schema_retries < 0:
             raise ValueError(f"schema_retries must be >= 0, got {schema_retries}")
+        if engine.get("batch") and engine.get("journal") is None:
+            raise ValueError("batch=True needs journal='path.sqlite': batches run for hours, and the temporary "
+                             "journal goes with this object, so a killed script could neither collect nor cancel "
+                             "the batches it paid for")
         self._scratch: tempfile.TemporaryDirectory | None = None
         if engine.get("journal") is None:  # the engine's in-memory journal forgets each run's answers
             self._scratch = tempfile.TemporaryDirectory(prefix="textbookgen-llm-")
