@@ -138,6 +138,13 @@ def plot(results: Mapping[str, Any], model_name: str, out: str | Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title(f"{model_name} vs the phi-1.5 paper")
     ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    """Write a chart as `out` (its folder made) and free the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -224,12 +231,7 @@ def plot_compare(runs: Mapping[str, Mapping[str, Any]], out: str | Path) -> Path
     ax.set_ylabel("accuracy / pass@1 (fraction)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def write_compare(runs: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> dict[str, Path]:
