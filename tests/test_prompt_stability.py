@@ -1,6 +1,7 @@
 """Rendered prompts under recipe edits: a prompt's cell, extract, words and request seed are drawn from its
-name, not its position, so an edit re-renders (and the journal re-pays) only the prompts it changes; and a
-small build whose topics repeat many times keeps the mix weights with no exact duplicate prompt."""
+name, not its position, so an edit re-renders (and the journal re-pays) only the prompts it changes (and a
+short chain of prompts after them whose extract the changed ones took or left free); and a small build
+whose topics repeat many times keeps the mix weights with no exact duplicate prompt."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from textbookgen.build import render_prompts
 from textbookgen.recipe import load_recipe
 from textbookgen.taxonomy import Taxonomy
-from textbookgen.websamples import KeyedExtracts, WebSamples
+from textbookgen.websamples import Extract, KeyedExtracts, WebSamples
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -22,8 +23,14 @@ QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 
 @pytest.fixture(scope="module")
 def web() -> WebSamples:
+    """Quickstart's 30 paragraphs and 3,000 fillers: a pool much larger than the build, as a real one is.
+    On the 30 alone (300 prompts use each extract 7 times) every edit also moves most picks after it: an
+    extract is taken again only once every one has been, so a pick taken or left free shifts the rounds."""
     r = load_recipe(QUICKSTART)
-    return WebSamples.load(r.resolve(r.web_samples.source), min_chars=r.web_samples.min_chars)
+    toy = WebSamples.load(r.resolve(r.web_samples.source), min_chars=r.web_samples.min_chars)
+    fillers = [Extract(id=f"filler{i:010d}", text=f"Filler extract number {i}, with nothing to say. " * 4)
+               for i in range(3_000)]
+    return WebSamples(extracts=toy.extracts + fillers)
 
 
 def _requests(overrides: dict[str, Any], web: WebSamples, tax: Taxonomy | None = None) -> set[tuple]:
@@ -44,11 +51,13 @@ def _requests(overrides: dict[str, Any], web: WebSamples, tax: Taxonomy | None =
     ],
 )
 def test_an_edit_re_renders_about_the_prompts_it_moves(web, edit, moves):
-    """`moves`: the share of prompts the edit moves (total variation of the cells' or extracts' weights).
-    The old cell sequence and extract stream re-rendered 40-90% of the prompts for each of these."""
+    """`moves`: the share of prompts the edit moves (total variation of the cells' or extracts' weights);
+    on top, the later prompts whose extract the moved ones took or left free (36 for an audience that moves
+    20 here: independent extracts re-rendered 31, which repeated extracts). The old cell sequence and
+    extract stream re-rendered 40-90% of the prompts for each of these."""
     base = _requests({}, web)
     changed = len(_requests(edit, web) - base)
-    assert changed <= 300 * moves * 1.4 + 6, changed
+    assert changed <= 300 * moves * 1.5 + 10, changed
 
 
 def test_reordering_the_mix_changes_no_prompt(web):
@@ -68,15 +77,17 @@ def test_a_heavier_subject_re_renders_about_the_prompts_it_gains(web):
     assert len(_requests({}, web, tax) - base) <= 30
 
 
-def test_raising_the_extract_share_only_adds_extracts(web):
+def test_raising_the_extract_share_keeps_the_extracts(web):
+    """The same prompts (names), more of them with an extract, and nearly every extract as it was: a new one
+    takes an extract (or a topic's hit) that a later prompt had taken, which moves that one (10 of 221 here)."""
     r = load_recipe(QUICKSTART)
     tax = Taxonomy.load(r.taxonomy_path())
     before = render_prompts(r, tax, web)
     after = render_prompts(load_recipe(QUICKSTART, {"web_samples.share": 0.9}), tax, web)
     kept = before.join(after, on="request_seed", suffix="_after")
-    assert kept.height == 300  # the same prompts (the same names)
+    assert kept.height == 300
     had = kept.filter(pl.col("seed_extract_id").is_not_null())
-    assert (had["seed_extract_id"] == had["seed_extract_id_after"]).all()  # every extract stays
+    assert (had["seed_extract_id"] != had["seed_extract_id_after"]).sum() <= 0.06 * had.height
     assert after["seed_extract_id"].null_count() < before["seed_extract_id"].null_count()
 
 
@@ -101,11 +112,24 @@ def test_a_small_build_of_repeated_topics_keeps_the_weights_without_duplicates(w
 
 def test_keyed_extracts_take_turns_along_a_series(web):
     """A series (topic x cell) takes extracts in turn: with share 0.7 no series' first two prompts are both
-    topic-only (the same prompt twice), where independent draws would make 9% of them so; and two
-    retrieved extracts of a series are two different hits."""
+    topic-only (the same prompt twice), where independent draws would make 9% of them so; and a topic's
+    prompts use its hits in turn (independent turns per series used 5 hits 545 to 574 times)."""
     pick = KeyedExtracts(web, seed=4, share=0.7, retrieval_share=1.0, top_k=5)
     pairs = [[pick.choose(("topic", f"cell {i}"), k, "water") for k in range(2)] for i in range(2_000)]
     assert all(any(x is not None for x in pair) for pair in pairs)
     both = [pair for pair in pairs if all(x is not None for x in pair)]
     assert len(both) == pytest.approx(2_000 * 0.4, rel=0.1)
-    assert all(a.id != b.id for a, b in both)
+    hits = Counter(x.id for pair in pairs for x in pair if x is not None)
+    assert len(hits) == 5 and max(hits.values()) - min(hits.values()) <= 1
+
+
+def test_more_samples_and_limit_keep_the_first_prompts_with_their_extracts(web):
+    """Extracts are taken in the build's order, so the first prompts of a larger build (or of `limit`) are
+    the smaller build's, extracts and all: raising `samples` re-pays nothing."""
+    r = load_recipe(QUICKSTART)
+    tax = Taxonomy.load(r.taxonomy_path())
+    full = render_prompts(r, tax, web)
+    cols = ["prompt", "request_seed", "seed_extract_id"]
+    assert render_prompts(r, tax, web, limit=120).select(cols).equals(full.head(120).select(cols))
+    bigger = render_prompts(load_recipe(QUICKSTART, {"samples": 400}), tax, web)
+    assert bigger.head(300).select(cols).equals(full.select(cols))

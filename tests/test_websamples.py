@@ -9,7 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from textbookgen.taxonomy import keyed_bits
 from textbookgen.websamples import (
+    Extract,
+    KeyedExtracts,
     WebSampleError,
     WebSamples,
     clean_text,
@@ -252,3 +255,49 @@ def test_bad_seed_files_are_one_line_errors_naming_file_and_line(tmp_path, name,
     path.write_bytes(data)
     with pytest.raises(WebSampleError, match=rf"^{tmp_path}/{problem}"):
         WebSamples.load(path)
+
+
+def _pool(n: int) -> WebSamples:
+    return WebSamples(extracts=[Extract(id=f"{i:016x}", text=f"Extract {i}.") for i in range(n)])
+
+
+def test_keyed_extracts_use_every_extract_before_any_twice():
+    """1,250 prompts on 500 extracts: the first 500 are all different (independent keyed draws repeated 184
+    of the first 500 and left 47 extracts unused in all); after that, independent draws again."""
+    keyed = KeyedExtracts(_pool(500), seed=3, share=1.0)
+    ids = [keyed.choose(("topic", "cell"), k, None).id for k in range(1_250)]  # type: ignore[union-attr]
+    assert len(set(ids[:500])) == 500 and keyed.level >= 1
+    independent = [f"{keyed_bits(3, 'pick', 'topic', 'cell', k) % 500:016x}" for k in range(500, 1_250)]
+    assert ids[500:] == independent
+
+
+def test_keyed_extracts_use_the_whole_pool_at_any_size():
+    """Past its keyed candidates a prompt takes the next unused extract in pool order, so the last ones of the
+    first round are found too (independent draws, 64 prompts on 64 extracts: 21 never used)."""
+    for n in (1, 7, 64):
+        keyed = KeyedExtracts(_pool(n), seed=0, share=1.0)
+        ids = [keyed.choose((f"topic {k % 5}", "cell"), k, None).id for k in range(n)]  # type: ignore[union-attr]
+        assert len(set(ids)) == n
+
+
+def test_a_pick_counts_only_once_taken():
+    """`render_prompts` picks for every try at a prompt and takes only the one it keeps: a skipped duplicate
+    leaves its extract free for the next prompt."""
+    keyed = KeyedExtracts(_pool(10), seed=1, share=1.0)
+    first = keyed.pick(("a", "x"), 0, None)
+    assert keyed.pick(("a", "x"), 0, None) == first  # not taken: the same pick again
+    keyed.take()
+    assert keyed.pick(("a", "x"), 0, None) != first
+    assert keyed.uses.sum() == 1
+
+
+def test_topics_that_share_hits_take_the_ones_no_prompt_used_yet():
+    """Two topics whose BM25 hits are the same 10 extracts, 5 prompts each: 10 different extracts (each
+    topic's turns alone gave the second topic 4 of the first one's; the bench's 2,000 prompts on 1,789
+    extracts used one 15 times, now 2)."""
+    water = [Extract(id=f"water{i}", text=f"Fact {i}: rain fills rivers with water.") for i in range(10)]
+    web = WebSamples(extracts=water + _pool(20).extracts)
+    keyed = KeyedExtracts(web, seed=2, share=1.0, retrieval_share=1.0, top_k=10)
+    ids = [keyed.choose((topic, "cell"), k, topic).id for topic in ("rain", "rivers") for k in range(5)]  # type: ignore[union-attr]
+    assert all(i.startswith("water") for i in ids)
+    assert len(set(ids)) == 10

@@ -181,13 +181,16 @@ def render_prompts(
 ) -> pl.DataFrame:
     """All prompts of a build, deterministic in (recipe, taxonomy, web samples): topics by weight with
     quotas (`Taxonomy.sample`), each topic's mix cells by weight (`MixSchedule`), a web extract per prompt
-    (`KeyedExtracts`). A prompt's extract, story words and request seed are drawn from its key (topic,
-    cell, the cell's use by the topic), not from its position, so an edit re-renders only the prompts it
-    changes (a cell's weight w -> 2w: about the prompts the cell gains; `web_samples.share` up: the prompts
-    that gain an extract), and raising `samples` adds prompts after the ones already paid for. A prompt
-    whose exact text came earlier takes the next cell of its mix entry instead (up to MAX_SKIPS times): a
-    second request for the same prompt would pay for a near-copy. `limit` renders only the first prompts of
-    the full build (the same rows, at a fraction of the cost)."""
+    (`KeyedExtracts`: no extract twice while unused ones remain, taken in this loop's order). A prompt's
+    story words and request seed are drawn from its key (topic, cell, the cell's use by the topic), and its
+    extract from the key and the extracts taken before it, not from its position, so an edit re-renders the
+    prompts it changes (a cell's weight w -> 2w: about the prompts the cell gains; `web_samples.share` up:
+    the prompts that gain an extract) and the later prompts whose extract those took or left free (a few
+    percent more where the pool is much larger than the build; most once each extract is used many times),
+    and raising `samples` adds prompts after the ones already paid for. A prompt whose exact text came
+    earlier takes the next cell of its mix entry instead (up to MAX_SKIPS times; only the kept try takes
+    its extract): a second request for the same prompt would pay for a near-copy. `limit` renders only the
+    first prompts of the full build (the same rows, at a fraction of the cost)."""
     from rich.console import Console
     from rich.progress import track
 
@@ -218,7 +221,8 @@ def render_prompts(
             cell, series, k = cells.next(topic.id, retry=attempt > 0)
             key = prompt_key(series, k)
             tpl = templates[cell.template]
-            extract = extracts.choose(series, k, " ".join(topic.path[-2:])) if extracts is not None else None
+            pick = extracts.pick(series, k, " ".join(topic.path[-2:])) if extracts is not None else None
+            extract = web.extracts[pick] if web is not None and pick is not None else None
             v = variables(
                 topic_path=topic.path,
                 audience=cell.audience,
@@ -235,6 +239,8 @@ def render_prompts(
             if prompt not in seen:
                 break
         seen.add(prompt)
+        if extracts is not None:
+            extracts.take()  # only now, the kept try's pick: a skipped duplicate's extract stays free
         max_tokens = cell.max_tokens or recipe.sampling.max_tokens or tpl.max_tokens
         est = estimate_input_tokens(
             ChatRequest(messages=[{"role": "user", "content": prompt}], system=recipe.system)
