@@ -2,7 +2,8 @@
 
 - web-seeded (ours): the recipe as written — topics by weight with quotas (a systematic sequence,
   prefix-stable), 80 % of prompts seeded with a web extract, half of those BM25-retrieved for the
-  topic, extracts picked by a seeded permutation (no reuse before the pool is used up);
+  topic (a topic's hits in turn, the least used first), the others keyed picks from the pool with no
+  extract taken twice while unused ones remain (`KeyedExtracts`);
 - topic-only (ours, no web samples): the same recipe with `web_samples` removed;
 - Cosmopedia-style peer: the same templates, mix and shares, topics drawn i.i.d. by weight (Cosmopedia's
   web prompts take the sample's cluster label; it has no weighted taxonomy to walk), extracts picked as

@@ -25,7 +25,7 @@ from datasketch import LeanMinHash, MinHash
 from textbookgen.curation import minhash, near_dedup
 from textbookgen.curation.config import MinHashConfig
 from textbookgen.curation.lsh import PAIRWISE_MAX, candidate_pairs, connected_components
-from textbookgen.curation.minhash import BLOCK, MinHasher, shingle_jaccard
+from textbookgen.curation.minhash import BLOCK, MinHasher, shingle_jaccard, sorted_distinct, xxh32_slices
 from textbookgen.curation.near_dedup import MinHashDedup, SignParams
 from textbookgen.curation.normalize import simplify_text, word_shingles
 
@@ -59,6 +59,48 @@ def test_signatures_bit_identical_to_datasketch(real_docs):
     assert la.jaccard(lb) == pytest.approx(shingle_jaccard(a, b), abs=0.1)
 
 
+def test_vectorised_xxh32_equals_xxhash(real_docs):
+    """`xxh32_slices` (xxh32 in numpy over slices of one buffer) is xxhash's xxh32 on every length 0..200
+    (under and over a 16-byte stripe, every tail of lanes and bytes), on any bytes and real UTF-8 text."""
+    rng = random.Random(5)
+    pieces = ["a", "Zz", "é", "ß", "ñ", "漢字", "かな", "😀", "👍🏽", " ", "0", "हि", "ไทย"]
+    parts = [bytes(rng.randrange(256) for _ in range(n)) for n in range(201)]
+    parts += ["".join(rng.choice(pieces) for _ in range(n)).encode()[:n] for n in range(201)]
+    parts += [d.encode()[i : i + n] for d in real_docs[:20] for i, n in ((0, 7), (3, 16), (40, 33), (99, 200))]
+    buf = b"".join(parts)
+    ends = np.cumsum([len(p) for p in parts])
+    for seed in (0, 1, 2**32 - 1):
+        expected = [xxhash.xxh32_intdigest(p, seed) for p in parts]
+        assert xxh32_slices(buf, ends - [len(p) for p in parts], ends, seed).tolist() == expected
+
+
+@pytest.mark.parametrize("hash_name", ["xxh32", "sha1"])
+def test_batch_signing_equals_one_text_at_a_time(monkeypatch, real_docs, hash_name):
+    """`sign_many` (what shard workers run: texts signed in batches, blocks of shingles crossing texts)
+    gives each text's `sign`, hence datasketch's signature, whatever the texts' lengths."""
+    monkeypatch.setattr(minhash, "BLOCK", 100)  # blocks end inside texts and span several
+    monkeypatch.setattr(minhash, "BATCH_CHARS", 5_000)  # several batches
+    texts = ["", " ", "x", "a b c d", "a b c d e", "a b c d e f", "東京は日本の首都", "naïve 👍🏽 ½ x"] + real_docs[:30]
+    random.Random(0).shuffle(texts)
+    hasher = MinHasher(hash_name=hash_name)
+    kw = {"hashfunc": xxhash.xxh32_intdigest} if hash_name == "xxh32" else {}
+    sig, hashes, offsets = hasher.sign_many(iter(texts), len(texts))
+    assert offsets.tolist()[0] == 0 and offsets.size == len(texts) + 1 == sig.shape[0] + 1
+    for i, text in enumerate(texts):
+        one_sig, one_set = hasher.sign(text)
+        assert np.array_equal(sig[i], one_sig) and np.array_equal(hashes[offsets[i] : offsets[i + 1]], one_set)
+        assert np.array_equal(sig[i], datasketch_sig(word_shingles(text, 5), **kw))
+    assert np.array_equal(hasher.signatures(texts), sig)
+    monkeypatch.setattr(minhash, "simplify_bytes", lambda t: t.lower().encode())  # spaces not single: empty words
+    sig, hashes, offsets = hasher.sign_many(texts, len(texts))
+    assert all(np.array_equal(sig[i], hasher.signature(t)) for i, t in enumerate(texts))
+    assert all(np.array_equal(hashes[offsets[i] : offsets[i + 1]], sorted_distinct(hasher.text_hashes(t)))
+               for i, t in enumerate(texts))
+    assert [len(x) for x in hasher.sign_many([], 0)] == [0, 0, 1]
+    with pytest.raises(ValueError, match="2 texts for the 3 announced"):
+        hasher.sign_many(["a", "b"], 3)
+
+
 def test_simplify_text_matches_datatrove_rules(real_docs):
     assert simplify_text("Héllo, WÖRLD!  It's 1998… x_y\t“ok”") == "hello world it s 0 x y ok"
     accents = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
@@ -73,7 +115,8 @@ def test_simplify_text_matches_datatrove_rules(real_docs):
         return " ".join(t.replace("_", " ").split())
 
     samples = real_docs + ["x ١٢٣ y", "a\u00a0b\u2003c\x85d\x80e\x03f", "naïve ½ ² Ǆ ﬁ Å Ω 한국어", "a\u034fb e\u0301",
-                           "東京は日本の首都です。ｶﾀｶﾅ, abc漢字123", "हिन्दी की, क़िला।", "ภาษาไทย", "اللُّغَة", "がぱ I ❤️ u"]
+                           "東京は日本の首都です。ｶﾀｶﾅ, abc漢字123", "हिन्दी की, क़िला।", "ภาษาไทย", "اللُّغَة", "がぱ I ❤️ u",
+                           "  00 0  ٠٠ 12,5 --  x  ", "...", "", "e\u0301\u0301e\u0300 ΣΑΣ Σ"]
     assert sum(not d.isascii() for d in samples) > 20
     assert [simplify_text(d) for d in samples] == [reference(d) for d in samples]
 

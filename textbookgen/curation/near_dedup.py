@@ -118,9 +118,9 @@ def code_fingerprint(hasher: MinHasher, bands: int, rows: int) -> str:
     h = xxhash.xxh3_64()
     for shingle in word_shingles(PROBE, hasher.ngram):
         h.update(shingle + b"\0")
-    sig = hasher.signature(PROBE)
-    h.update(sig.tobytes())
-    h.update(band_keys(sig[None, :], bands, rows).tobytes())
+    sig = hasher.sign_many([PROBE], 1)[0]  # the path that signs shards
+    h.update(sig[0].tobytes())
+    h.update(band_keys(sig, bands, rows).tobytes())
     return h.hexdigest()
 
 
@@ -190,25 +190,20 @@ def sign_shard(shard_dir: str, ids: list[str], texts_file: str, hasher: MinHashe
     if (final / "DONE").exists():
         Path(texts_file).unlink(missing_ok=True)
         return shard_dir
-    sig = np.empty((len(ids), params.num_perm), dtype=np.uint32)
-    sets, offsets = [], np.zeros(len(ids) + 1, dtype=np.int64)
     with pa.memory_map(texts_file) as source:
         reader = pa.ipc.open_file(source)
         batches = [reader.get_batch(b) for b in range(reader.num_record_batches)]  # views of the map
         if sum(b.num_rows for b in batches) != len(ids):
             raise ValueError(f"{texts_file}: {sum(b.num_rows for b in batches)} texts for {len(ids)} ids")
         texts = itertools.chain.from_iterable(b.column(0).to_pylist() for b in batches)
-        for i, text in enumerate(texts):
-            sig[i], uniq = hasher.sign(text)
-            sets.append(uniq)
-            offsets[i + 1] = offsets[i] + uniq.size
+        sig, hashes, offsets = hasher.sign_many(texts, len(ids))
         del batches
 
     def write(tmp: Path) -> None:
         pl.DataFrame({"id": ids}, schema={"id": pl.String}).write_parquet(tmp / "ids.parquet")
         np.save(tmp / "sig.npy", sig)
         np.save(tmp / "keys.npy", band_keys(sig, params.bands, params.rows))
-        np.save(tmp / "hashes.npy", np.concatenate(sets) if sets else np.zeros(0, dtype=np.uint32))
+        np.save(tmp / "hashes.npy", hashes)
         np.save(tmp / "offsets.npy", offsets)
 
     store_shard(final, write)
