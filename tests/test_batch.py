@@ -250,13 +250,13 @@ def test_transient_batch_api_errors_are_retried_and_a_refused_batch_fails_its_re
     from textbookgen import batch as batch_mod
     from textbookgen.errors import ItemError, RetryableError
 
-    real_ended, real_submit, calls = batch_mod.OpenAIBatches.ended, batch_mod.OpenAIBatches.submit, Counter()
+    real_poll, real_submit, calls = batch_mod.OpenAIBatches.poll, batch_mod.OpenAIBatches.submit, Counter()
 
-    async def flaky_ended(self, batch_id):
-        calls["ended"] += 1
-        if calls["ended"] <= 2:
+    async def flaky_poll(self, batch_id):
+        calls["poll"] += 1
+        if calls["poll"] <= 2:
             raise RetryableError("openai: connection error: reset by peer")
-        return await real_ended(self, batch_id)
+        return await real_poll(self, batch_id)
 
     async def refuse_first(self, lines, tag):
         calls["submit"] += 1
@@ -264,7 +264,7 @@ def test_transient_batch_api_errors_are_retried_and_a_refused_batch_fails_its_re
             raise ItemError("openai HTTP 400 (invalid_request_error): file too large", error_class="bad_request")
         return await real_submit(self, lines, tag)
 
-    monkeypatch.setattr(batch_mod.OpenAIBatches, "ended", flaky_ended)
+    monkeypatch.setattr(batch_mod.OpenAIBatches, "poll", flaky_poll)
     monkeypatch.setattr(batch_mod.OpenAIBatches, "submit", refuse_first)
     with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
         gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, batch_size=5, backoff_initial_s=0.01,
@@ -511,15 +511,15 @@ def test_polls_that_keep_failing_for_a_while_do_not_end_a_run_waiting_for_its_ba
     from textbookgen import batch as batch_mod
     from textbookgen.errors import RetryableError
 
-    real_ended, down = batch_mod.OpenAIBatches.ended, [10**9]
+    real_poll, down = batch_mod.OpenAIBatches.poll, [10**9]
 
     async def down_for_a_while(self, batch_id):
         down[0] -= 1
         if down[0] >= 0:
             raise RetryableError("openai HTTP 503 (service_unavailable): down for maintenance")
-        return await real_ended(self, batch_id)
+        return await real_poll(self, batch_id)
 
-    monkeypatch.setattr(batch_mod.OpenAIBatches, "ended", down_for_a_while)
+    monkeypatch.setattr(batch_mod.OpenAIBatches, "poll", down_for_a_while)
     with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
         gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, max_attempts=2, backoff_initial_s=0.01,
                         backoff_max_s=0.02)
@@ -653,3 +653,35 @@ def test_an_openai_batchs_files_are_deleted_once_its_answers_are_in_the_journal(
         batch_ids = [batch_id for _, batch_id, _, _ in batch_rows(gen.journal_path)]
         assert len(batch_ids) == 2 and asyncio.run(files_left(emu.openai_base_url, batch_ids)) == []
     assert [r.status for r in out].count("failed") == 2
+
+
+def running(path) -> bool:
+    """Whether the journal records its one batch as running at the provider (False while it is being made)."""
+    if not path.exists():  # connecting would create it
+        return False
+    try:
+        return [status for _, _, status, _ in batch_rows(path)] == ["running"]
+    except sqlite3.OperationalError:  # no journal tables yet
+        return False
+
+
+def test_a_live_rerun_stopped_by_running_batches_says_how_far_they_have_got(tmp_path, monkeypatch):
+    """The stop named the batches only: whether to wait for them or cancel them was a guess."""
+    shift = shifted_clock(monkeypatch)  # the batch takes 1000 s: validated at 250 s, then a request every 62.5 s
+    with Emulator(EmulatorConfig(batch_latency_s=1000.0)) as emu:
+        gen = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path)
+
+        async def interrupted() -> None:  # Ctrl-C once the batch runs at the provider
+            task = asyncio.ensure_future(gen.arun(reqs(12)))
+            while not running(gen.journal_path):
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(interrupted())
+        shift[0] = 600.0
+        with pytest.raises(FatalProviderError, match=r"12 of these requests are in 1 openai batches still running "
+                                                     r"\(batch_\w+; 5 of their 12 requests answered there so far\)"):
+            batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, batch=False).run(reqs(12))
+        assert emu.received == 0

@@ -99,6 +99,16 @@ class BatchLimits:
     batches: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """What one look at a batch tells: whether it has ended and, while it runs, how many of its requests the
+    provider has answered or failed so far (not collected: they reach the journal only when the batch ends)."""
+
+    ended: bool
+    answered: int = 0
+    failed: int = 0
+
+
 class QueueFull(Exception):
     """The provider refused to take a batch for lack of room (a 429 at create) while this run's batches run."""
 
@@ -230,9 +240,14 @@ class OpenAIBatches:
                 return batch.id
         return None
 
-    async def ended(self, batch_id: str) -> bool:
+    async def poll(self, batch_id: str) -> Poll:
         batch = await retrieve(self.client.batches.retrieve, self.client.batches.list, batch_id)
-        return batch.status in ("completed", "failed", "expired", "cancelled")
+        counts = batch.request_counts  # None while it validates
+        return Poll(batch.status in ("completed", "failed", "expired", "cancelled"),
+                    counts.completed if counts else 0, counts.failed if counts else 0)
+
+    async def ended(self, batch_id: str) -> bool:
+        return (await self.poll(batch_id)).ended
 
     async def cancel(self, batch_id: str) -> None:
         await self.client.batches.cancel(batch_id)
@@ -308,9 +323,13 @@ class AnthropicBatches:
                 matches.append(batch.id)
         return matches[0] if len(matches) == 1 else None
 
-    async def ended(self, batch_id: str) -> bool:
+    async def poll(self, batch_id: str) -> Poll:
         batch = await retrieve(self.client.messages.batches.retrieve, self.client.messages.batches.list, batch_id)
-        return batch.processing_status == "ended"
+        counts = batch.request_counts
+        return Poll(batch.processing_status == "ended", counts.succeeded, counts.errored)
+
+    async def ended(self, batch_id: str) -> bool:
+        return (await self.poll(batch_id)).ended
 
     async def cancel(self, batch_id: str) -> None:
         await self.client.messages.batches.cancel(batch_id)
@@ -362,10 +381,12 @@ class BatchRunner:
     """Submits the Generator's pending items as provider batches and records what comes back.
 
     Shares the Generator's journal writer, counters, budget check and outcome rules (`_finish`,
-    `_finish_failed`, `_skip`), so a batch run and a live run leave the same journal behind."""
+    `_finish_failed`, `_skip`), so a batch run and a live run leave the same journal behind. `on_poll` is called
+    after each round of polls (the engine's log line of a run without a live display)."""
 
-    def __init__(self, gen: Generator, journal: Journal, limits: BatchLimits | None = None) -> None:
-        self.gen, self.journal = gen, journal
+    def __init__(self, gen: Generator, journal: Journal, limits: BatchLimits | None = None,
+                 on_poll: Callable[[], None] | None = None) -> None:
+        self.gen, self.journal, self.on_poll = gen, journal, on_poll
         self.api = batch_api(gen._provider)
         self.server = server_of(gen._provider)
         self.max_requests = min(gen.batch_size, MAX_REQUESTS[gen.provider])
@@ -374,7 +395,8 @@ class BatchRunner:
         self.refusals = 0  # refusals in a row with none of this run's batches running (others fill the queue)
         self.not_before = 0.0  # monotonic time before which nothing is submitted (after such a refusal)
         self.failed_polls = 0  # polls in a row that failed after their retries (an outage of the batch API)
-        self.running: dict[str, dict] = {}  # tag -> {"batch_id", "keys", "since", "worst", "tokens"}
+        # tag -> {"batch_id", "keys", "since", "worst", "tokens", "answered", "failed"}; the last two as last polled
+        self.running: dict[str, dict] = {}
 
     async def run(self, todo: list[_Item]) -> None:
         items = {item.key: item for item in todo}
@@ -387,6 +409,8 @@ class BatchRunner:
                 if self.running:
                     await asyncio.sleep(self.gen.batch_poll_s)
                     queue += await self._collect(items)
+                    if self.on_poll is not None:
+                        self.on_poll()
                 elif queue:  # refused for room with none of ours running: wait before trying again
                     await asyncio.sleep(max(self.gen.batch_poll_s, self.not_before - time.monotonic()))
         except FatalProviderError as exc:
@@ -445,10 +469,21 @@ class BatchRunner:
         mine = [items[key] for key in keys if key in items]
         worst = self._worst_of(mine)
         self.running[tag] = {"batch_id": batch_id, "keys": keys, "since": since, "worst": worst,
-                             "tokens": sum(self._tokens(item) for item in mine)}
+                             "tokens": sum(self._tokens(item) for item in mine), "answered": 0, "failed": 0}
         self.gen._inflight_cost += worst.usd
         self.gen._inflight_out += worst.output_tokens
         self.gen._in_batches += len(keys)
+
+    def waiting(self) -> dict[str, float]:
+        """What the last polls said of the running batches, for the progress display: requests the provider has
+        answered (`batch_answered`) and failed (`batch_failed`) in them, not collected yet, so in no count, cost or
+        budget; the answered share of the batches' worst case, about the most those answers may cost
+        (`batch_answered_worst_usd`); and how long the oldest has run (`batch_oldest_s`, 0 with none running)."""
+        batches = self.running.values()
+        return {"batch_answered": sum(b["answered"] for b in batches),
+                "batch_failed": sum(b["failed"] for b in batches),
+                "batch_answered_worst_usd": sum(b["worst"].usd * b["answered"] / len(b["keys"]) for b in batches),
+                "batch_oldest_s": time.time() - min(b["since"] for b in batches) if batches else 0.0}
 
     def _worst_of(self, items: Sequence[_Item]) -> Spend:
         """The most `items` may cost together: the engine's worst case of each (here at the batch price)."""
@@ -580,7 +615,9 @@ class BatchRunner:
         gen, again, held, fatal = self.gen, [], [], []
         for tag, batch in list(self.running.items()):
             try:
-                if not await self._call(self.api.ended, batch["batch_id"]):
+                poll = await self._call(self.api.poll, batch["batch_id"])
+                if not poll.ended:
+                    batch["answered"], batch["failed"] = poll.answered, poll.failed
                     continue
                 results = await self._call(self.api.results, batch["batch_id"], batch["keys"])
             except RetryableError as exc:

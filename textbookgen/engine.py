@@ -378,7 +378,10 @@ class Generator:
     batch: send through the provider's batch API (openai, anthropic) at half the price, answers within
     24 h (textbookgen/batch.py; needs a journal file): `batch_size` requests per batch, polled every
     `batch_poll_s`, requests that expire or fail transiently resubmitted up to `batch_max_rounds` times in all;
-    `batch_limits` (`batch.BatchLimits`) caps what is queued at the provider from the start.
+    `batch_limits` (`batch.BatchLimits`) caps what is queued at the provider from the start. While batches run,
+    the progress line shows what the provider's polls say of them (answered and failed there, not collected yet);
+    without a live line (no terminal, or progress=False) a plain line says it at most once a minute, on stderr
+    (progress=True) or at INFO on the textbookgen.progress logger.
     """
 
     def __init__(self, provider: str = "openai", model: str = "gpt-4o-mini", *, base_url: str | None = None,
@@ -575,18 +578,25 @@ class Generator:
         self._c = self._counts(results, abandoned)
         self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
         total = len(todo) + len(results)
-        display = None
+        display = poll_log = None
         if self.progress:
             from textbookgen.progress import RunProgress
 
             display = RunProgress(total, self._live_stats, description=f"{self.provider}:{self.model}")
+        if self.batch and not (display and display.visible):  # hours between answers, no live line: log lines
+            from textbookgen.progress import PollLog
+
+            poll_log = PollLog(total, self._live_stats, description=f"{self.provider}:{self.model}",
+                               to_stderr=self.progress)
+        self._batches: BatchRunner | None = None
         t0 = time.monotonic()
         self._writer.start()
         if display:
             display.start()
         try:
             if self.batch:
-                await BatchRunner(self, journal, self.batch_limits).run(todo)
+                self._batches = BatchRunner(self, journal, self.batch_limits, on_poll=poll_log)
+                await self._batches.run(todo)
             else:
                 await self._dispatch(await self._collect_batches(journal, todo))
         finally:
@@ -641,8 +651,10 @@ class Generator:
         if waiting:
             n = sum(len(keys.intersection(b["keys"])) for b in waiting)
             ids = ", ".join(b["batch_id"] for b in waiting)
+            answered, size = sum(b["answered"] for b in waiting), sum(len(b["keys"]) for b in waiting)
             raise FatalProviderError(
-                f"{n} of these requests are in {len(waiting)} {self.provider} batches still running ({ids}), "
+                f"{n} of these requests are in {len(waiting)} {self.provider} batches still running ({ids}; "
+                f"{answered:,} of their {size:,} requests answered there so far), "
                 "submitted and paid for by an earlier --batch run; nothing was sent: rerun with --batch (batch=True) "
                 "to wait for them and collect their answers, or cancel them (textbookgen journal "
                 f"{self.journal_path or 'JOURNAL'} --cancel-batches) and rerun: what they leave unanswered goes live")
@@ -1053,8 +1065,9 @@ class Generator:
         adm = self._admission
         budgets = {"max_cost_usd": self._max_cost_usd, "max_output_tokens": self._max_output_tokens,
                    "max_cost_usd_given": self.max_cost_usd, "max_output_tokens_given": self.max_output_tokens}
-        if self.batch:  # requests waiting inside submitted batches
-            return {**self._c, **budgets, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
+        if self.batch:  # requests waiting inside submitted batches, and what the provider has done with them so far
+            waiting = self._batches.waiting() if self._batches else {}
+            return {**self._c, **budgets, **waiting, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
                     "concurrency": self._in_batches, "rpm_limit": None}
         return {**self._c, **budgets, "rate_limited": adm.rate_limited, "in_flight": adm.concurrency.in_use,
                 "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.buckets["requests"].limit,

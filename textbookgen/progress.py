@@ -4,11 +4,19 @@ Redrawn twice a second from the engine's counters by one asyncio task (no per-re
 no refresh thread), on stderr so stdout stays clean for pipes. Once this run has paid for a few answers it
 also projects what the whole run will have cost (`project`), and where a budget is set, whether the run
 stays within it or where it will stop.
+
+A batch run (`batch=True`) waits hours between answers: its line shows what the provider's last poll said of
+the running batches (answered and failed there, not collected yet, so in no count, cost or budget; what the
+answered part costs so far; how long the oldest has run). Without a live line (no terminal, or progress off)
+`PollLog` gives that as a plain line per poll, at most once a minute, for a user tailing a log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -28,6 +36,10 @@ from rich.progress import (
 from textbookgen.engine import spent
 
 MIN_ANSWERS = 5  # requests this run has finished before it projects the rest from them
+POLL_LOG_S = 60.0  # the least time between two of `PollLog`'s lines
+LOG_WIDTH = 1000  # columns of the line where it goes to a file (rich's default there is 80: the line was cut)
+
+log = logging.getLogger("textbookgen.progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,25 +99,86 @@ def projection_note(s: Mapping[str, Any], total: int) -> tuple[str, str]:
     return cost + ")", tokens
 
 
+def duration(seconds: float) -> str:
+    """`1h 04m`, `4m 10s`, `42s`."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def batch_note(s: Mapping[str, Any], total: int) -> str:
+    """`in batches 9,000 (6,512 answered there, 12 failed, ~$0.8123 so far; oldest 1h 04m)`: the requests in running
+    batches and what the provider's last polls said of them. Their cost so far is this run's average cost per
+    request times the answered ones ("~") once it has collected a few, else the answered share of the batches' worst
+    case ("up to"): their usage is known only once a batch ends."""
+    note = f"in batches {s['in_flight']:,}"
+    if not s["in_flight"]:
+        return note
+    answered, failed = s.get("batch_answered", 0), s.get("batch_failed", 0)
+    parts = [f"{answered:,} answered there"] + ([f"{failed:,} failed"] if failed else [])
+    if answered:
+        p = project(s, total)
+        parts.append(f"~${answered * p.usd_each:.4f} so far" if p is not None
+                     else f"up to ${s.get('batch_answered_worst_usd', 0.0):.4f} so far")
+    return f"{note} ({', '.join(parts)}; oldest {duration(s.get('batch_oldest_s', 0.0))})"
+
+
+class PollLog:
+    """A plain line after a round of batch polls, at most once every `interval_s`, where no live line is drawn: on
+    stderr when progress was asked for (the live line is not drawn without a terminal, so a redirected run showed
+    nothing for hours), else at INFO on the `textbookgen.progress` logger."""
+
+    def __init__(self, total: int, stats: Callable[[], dict], *, description: str, to_stderr: bool,
+                 interval_s: float = POLL_LOG_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.stats, self.description, self.to_stderr = total, stats, description, to_stderr
+        self.interval_s, self.clock = interval_s, clock
+        self._last: float | None = None
+
+    def __call__(self) -> None:
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval_s:
+            return
+        self._last = now
+        s = self.stats()
+        line = (f"{self.description}: {s['done']:,}/{self.total:,} done, failed {s['failed']:,}, "
+                f"${s['cost_usd']:.4f} journaled; {batch_note(s, self.total)}")
+        if self.to_stderr:
+            print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
+        else:
+            log.info("%s", line)
+
+
 class RunProgress:
     """`stats()` returns the engine's counters: done, failed, cost_usd, input_tokens, output_tokens, sent,
     rate_limited, in_flight, concurrency, rpm_limit, budget_held (requests waiting for room in a budget); for the
     projection replayed, replayed_usd, replayed_output_tokens, abandoned_usd, abandoned_output_tokens, max_cost_usd,
     max_output_tokens (what this run may spend), and the budgets as given, max_cost_usd_given and
-    max_output_tokens_given (less what earlier runs spent, they are the former)."""
+    max_output_tokens_given (less what earlier runs spent, they are the former). A batch run's also have batch (True)
+    and what the last polls said of its running batches: batch_answered, batch_failed, batch_answered_worst_usd and
+    batch_oldest_s (`BatchRunner.waiting`)."""
 
     def __init__(self, total: int, stats: Callable[[], dict], *, description: str = "generating",
                  console: Console | None = None, interval_s: float = 0.5) -> None:
         self.stats = stats
         self.interval_s = interval_s
         self._window: deque[tuple[float, int]] = deque(maxlen=int(30 / interval_s))  # 30 s of samples
+        console = console or Console(stderr=True)
+        if not (console.is_terminal or console.is_jupyter) and "COLUMNS" not in os.environ:
+            console.width = LOG_WIDTH  # a log file gets the final line whole, not its first 80 columns
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=console or Console(stderr=True), auto_refresh=False, transient=False)
+            console=console, auto_refresh=False, transient=False)
         self._task_id = self._progress.add_task(description, total=total, info="")
         self.total = total
         self._runner: asyncio.Task | None = None
+
+    @property
+    def visible(self) -> bool:
+        """Whether the live line is drawn as it changes (rich draws it only on a terminal or in Jupyter; elsewhere
+        only its last state, at the end)."""
+        console = self._progress.console
+        return console.is_jupyter or (console.is_terminal and not console.is_dumb_terminal)
 
     def start(self) -> None:
         self._progress.start()
@@ -122,7 +195,7 @@ class RunProgress:
         tokens = (f"failed {s['failed']:,}  ${s['cost_usd']:.4f}{cost}  in {s['input_tokens']:,} "
                   f"out {s['output_tokens']:,} tok{out}  ")
         if s.get("batch"):  # provider batch API: no request rate to show, only what waits in batches
-            info = tokens + f"in batches {s['in_flight']:,}"
+            info = tokens + batch_note(s, self.total)
         else:
             info = tokens + f"{rpm:,.0f}{limit} rpm  429s {s['rate_limited']}  in-flight {s['in_flight']}/{s['concurrency']}"
             if s.get("budget_held"):  # waiting for answers in flight to settle below their worst case
