@@ -232,12 +232,28 @@ def _prices(specs: list[str] | None) -> dict[str, tuple[float, float]]:
     return prices
 
 
+def _base_urls(urls: list[str] | None) -> str | list[str] | None:
+    """`--base-url` as given: not at all, once (one server) or once per replica; one that is no URL is refused."""
+    from textbookgen.providers import replica_urls
+
+    if not urls:
+        return None
+    try:
+        replica_urls("openai-compatible", urls)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    return urls[0] if len(urls) == 1 else urls
+
+
 @app.command()
 def generate(
     prompts: str = typer.Argument(..., help="prompts file: .jsonl (one {prompt|messages, ...} a line) or .parquet"),
     provider: str = typer.Option("openai", "--provider", help="openai | anthropic | openai-compatible"),
     model: str = typer.Option("gpt-4o-mini", "--model"),
-    base_url: str | None = typer.Option(None, "--base-url", help="server URL (vLLM, SGLang, llama.cpp, emulator)"),
+    base_url: Annotated[list[str] | None, typer.Option(
+        "--base-url", callback=_base_urls, help="server URL (vLLM, SGLang, llama.cpp, emulator); repeat it for several "
+        "replicas of the model (one per GPU node): each request goes to the one with the fewest in flight, one that is "
+        "down is set aside, and the journal replays whichever answered")] = None,
     api_key_env: str | None = typer.Option(None, "--api-key-env",
                                            help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
     journal: str | None = typer.Option(None, "--journal", help="journal file (default: <prompts>.journal.sqlite); rerun to resume"),
@@ -276,7 +292,7 @@ def generate(
     stopped (provider error, too many failures: rerun to resume); 3 some requests failed, their errors in the
     completions file (refused for good: rerun with --retry-failed once the cause is fixed; gave up on transient
     errors: a plain rerun); 4 the budget stopped it before every prompt was sent, none failed (rerun with a
-    larger --max-cost / --max-output-tokens). 130 interrupted."""
+    larger --max-cost / --max-output-tokens). 130 Ctrl-C, 143 SIGTERM (the same path: journal closed, resume hint)."""
     import logging
     from collections import Counter
 
@@ -519,7 +535,7 @@ def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool 
                retry_failed: bool = False, push_incomplete: bool = False,
                prices: list[str] | None = None) -> None:
     """Run a build; exit as `generate` does: 2 stopped (a fatal provider error or the error breaker), 3 some
-    requests failed, 4 the budget kept some back, 130 interrupted; the message says what a rerun needs."""
+    requests failed, 4 the budget kept some back, 130 Ctrl-C, 143 SIGTERM; the message says what a rerun needs."""
     from textbookgen.build import Build, BuildError
     from textbookgen.errors import FatalProviderError
     from textbookgen.journal import JournalError
@@ -584,7 +600,7 @@ def build(
     Exit status, as `generate`'s: 0 built, every request answered; 1 bad input; 2 stopped (a fatal provider
     error, or most requests failing: rerun to resume); 3 some requests failed (the message says whether a plain
     rerun or --retry-failed sends them again); 4 the budget stopped generation (raise it and rerun); 130
-    interrupted. With 3 or 4 the dataset and its card (which says it is incomplete) are written, but pushed only
+    Ctrl-C, 143 SIGTERM. With 3 or 4 the dataset and its card (which says it is incomplete) are written, but pushed only
     with --push-incomplete."""
     if push_incomplete and push is False:
         _fail("--push-incomplete pushes; it does not go with --no-push")
