@@ -232,17 +232,17 @@ def _prices(specs: list[str] | None) -> dict[str, tuple[float, float]]:
     return prices
 
 
-def _base_urls(urls: list[str] | None) -> str | list[str] | None:
-    """`--base-url` as given: not at all, once (one server) or once per replica; one that is no URL is refused."""
+def _base_urls(value: str | None) -> str | list[str] | None:
+    """`--base-url` as given: one URL, or the comma-separated URLs of several replicas (a list); a URL that is
+    none is refused."""
     from textbookgen.providers import replica_urls
 
-    if not urls:
-        return None
+    urls = [url.strip() for url in (value or "").split(",") if url.strip()]
     try:
-        replica_urls("openai-compatible", urls)
+        replica_urls("openai-compatible", urls or None)
     except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    return urls[0] if len(urls) == 1 else urls
+        _fail(f"--base-url: {err}")
+    return urls if len(urls) > 1 else value
 
 
 @app.command()
@@ -250,10 +250,10 @@ def generate(
     prompts: str = typer.Argument(..., help="prompts file: .jsonl (one {prompt|messages, ...} a line) or .parquet"),
     provider: str = typer.Option("openai", "--provider", help="openai | anthropic | openai-compatible"),
     model: str = typer.Option("gpt-4o-mini", "--model"),
-    base_url: Annotated[list[str] | None, typer.Option(
-        "--base-url", callback=_base_urls, help="server URL (vLLM, SGLang, llama.cpp, emulator); repeat it for several "
-        "replicas of the model (one per GPU node): each request goes to the one with the fewest in flight, one that is "
-        "down is set aside, and the journal replays whichever answered")] = None,
+    base_url: str | None = typer.Option(None, "--base-url", callback=_base_urls, help="server URL (vLLM, SGLang, "
+                                        "llama.cpp, emulator); several replicas of the model (one server per GPU "
+                                        "node) comma-separated: each request goes to the one with the fewest in "
+                                        "flight, one that is down is set aside until it is back"),
     api_key_env: str | None = typer.Option(None, "--api-key-env",
                                            help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
     journal: str | None = typer.Option(None, "--journal", help="journal file (default: <prompts>.journal.sqlite); rerun to resume"),

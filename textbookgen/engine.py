@@ -77,7 +77,7 @@ from textbookgen.journal import (
     request_of,
 )
 from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, price_of
-from textbookgen.providers import PROVIDERS, CannotConnect, make_provider
+from textbookgen.providers import PROVIDERS, CannotConnect, make_provider, replica_urls
 from textbookgen.ratelimit import AdmissionController, RateLimits
 
 __all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "Spend", "empty_answer",
@@ -354,6 +354,9 @@ class Generator:
     """Configure once, call on many requests: `run()` (sync) or `await arun()`.
 
     provider: "openai", "anthropic" or "openai-compatible" (vLLM, SGLang, llama.cpp: needs base_url).
+    base_url: the server's URL, or a list of the URLs of several replicas of the model (one server per GPU node):
+    each request goes to the one with the fewest in flight, one that is down is set aside (`ReplicaProvider`);
+    `stats["answers_by_replica"]` says what each answered. `concurrency` is over all of them.
     api_key: explicit, else OPENAI_API_KEY / ANTHROPIC_API_KEY. Never written anywhere.
     journal: SQLite path (resume is automatic); None keeps the journal in memory.
     limits: per-minute budgets to stay under; the server's headers tighten them.
@@ -384,7 +387,8 @@ class Generator:
     (progress=True) or at INFO on the textbookgen.progress logger.
     """
 
-    def __init__(self, provider: str = "openai", model: str = "gpt-4o-mini", *, base_url: str | None = None,
+    def __init__(self, provider: str = "openai", model: str = "gpt-4o-mini", *,
+                 base_url: str | Sequence[str] | None = None,
                  api_key: str | None = None, journal: str | Path | None = None,
                  limits: RateLimits | None = None, concurrency: int = 64, max_cost_usd: float | None = None,
                  max_output_tokens: int | None = None, prices: Mapping[str, tuple[float, float]] | None = None,
@@ -399,6 +403,7 @@ class Generator:
         if batch and provider not in BATCH_PROVIDERS:
             raise ValueError(f"batch mode needs provider {' or '.join(BATCH_PROVIDERS)}, not {provider!r} "
                              "(OpenAI-compatible servers have no batch API: run them live)")
+        replica_urls(provider, base_url, batch=batch)  # one line for a bad URL, several for anthropic or a batch
         if batch and journal is None:
             raise ValueError("batch=True needs a journal file (journal=PATH): batches run for hours at the provider, "
                              "and in memory an interrupted run's batches can be neither collected nor cancelled, and "
@@ -607,6 +612,8 @@ class Generator:
                     await display.stop()
                 await provider.aclose()
                 self._report(t0, total)
+                if hasattr(provider, "answers"):  # several replicas: what each answered, to spot a sick node
+                    self.stats["answers_by_replica"] = provider.answers
         if self._fatal is not None:
             raise self._fatal
 
@@ -884,7 +891,8 @@ class Generator:
         if not self._reached:
             self._unanswered += 1
             if self._unanswered >= self.max_attempts:
-                where = self.base_url or f"the {self.provider} API"
+                where = (", ".join(self.base_url) if isinstance(self.base_url, (list, tuple))
+                         else self.base_url or f"the {self.provider} API")
                 if isinstance(exc, NoAnswerInTime):
                     raise FatalProviderError(
                         f"no answer from {where} to {self._unanswered} attempts, the last within {round(exc.limit_s, 1):g} s "

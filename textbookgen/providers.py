@@ -4,16 +4,22 @@ The SDK clients run with `max_retries=0`: the engine owns retries (tenacity), so
 by the admission controller instead of being retried N x M times behind its back. Every SDK error
 is mapped here to one of three classes (errors.py): fatal for the run, retryable, or failed item.
 Responses are taken raw (`client.post(..., cast_to=Response)`, the SDKs' documented raw-request path)
-so the rate-limit headers of every real answer reach the admission controller.
+so the rate-limit headers of every real answer reach the admission controller. Several base URLs (replicas of
+one model) make a `ReplicaProvider`, which spreads the requests over one OpenAIProvider per URL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from textbookgen.errors import FatalProviderError, GarbledAnswer, ItemError, RetryableError, redact
 from textbookgen.ratelimit import parse_retry_after
@@ -27,6 +33,8 @@ except ImportError:  # pragma: no cover
 
 if TYPE_CHECKING:
     from textbookgen.engine import ChatRequest
+
+log = logging.getLogger(__name__)
 
 PROVIDERS = ("openai", "anthropic", "openai-compatible")
 ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "openai-compatible": "OPENAI_API_KEY"}
@@ -77,6 +85,10 @@ class CannotConnect(RetryableError):
     def __init__(self, provider: str, where: str, reason: str) -> None:
         super().__init__(f"{provider}: cannot connect to {where} ({reason})", reached=False)
         self.reason = reason
+
+
+class Unavailable(RetryableError):
+    """A 502, 503 or 504: the server, or the one behind the proxy that answered, is down or overloaded."""
 
 
 def _error_info(exc) -> tuple[str, str, str]:
@@ -175,6 +187,8 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
         if status == 429:
             return RetryableError(text, rate_limited=True, retry_after=parse_retry_after(headers),
                                   headers=headers)
+        if status in (502, 503, 504):
+            return Unavailable(text, retry_after=parse_retry_after(headers), headers=headers)
         if status in (408, 409) or status >= 500:
             return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
         return ItemError(text, error_class=item_error_class(lowered))
@@ -376,14 +390,174 @@ def structured_output_tool(response_format: dict | None) -> dict | None:
             "input_schema": spec.get("schema") or {"type": "object"}}
 
 
-def make_provider(provider: str, model: str, *, api_key: str | None = None, base_url: str | None = None,
-                  timeout: float = 120.0, http: str = "aiohttp") -> OpenAIProvider | AnthropicProvider:
-    """Build the provider client; raises FatalProviderError for an unknown provider or a missing key."""
+def replica_urls(provider: str, base_url: str | Sequence[str] | None, *, batch: bool = False) -> list[str]:
+    """The server URLs a `base_url` names: none, one, or several replicas of one model (one vLLM, SGLang or
+    llama.cpp server per GPU node) that requests are spread over. ValueError, one line, for a URL that is no
+    http(s) URL, one holding a comma (two URLs written as one), a URL given twice, or several where they cannot
+    be used: Anthropic (no OpenAI-compatible replicas) and batch mode (a batch is submitted to and collected from
+    one server)."""
+    if base_url is None or isinstance(base_url, str):
+        urls = [base_url] if base_url else []
+    else:
+        urls = list(base_url)
+        if not urls:
+            raise ValueError("base_url is an empty list: give one server URL, or several replicas")
+    for url in urls:
+        if not isinstance(url, str):
+            raise ValueError(f"base_url {url!r} is not a URL string")
+        if "," in url:
+            raise ValueError(f"base_url {url!r} holds a comma: give several replicas as a list of URLs (a YAML "
+                             "list in a recipe)")
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"base_url {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+    twice = next((url for i, url in enumerate(urls) if url in urls[:i]), None)
+    if twice:
+        raise ValueError(f"base_url lists {twice} twice: give each replica once")
+    if len(urls) > 1 and provider == "anthropic":
+        raise ValueError(f"provider 'anthropic' takes one base_url, not {len(urls)}: several replicas are for "
+                         "openai-compatible servers (vLLM, SGLang, llama.cpp) or OpenAI proxies")
+    if len(urls) > 1 and batch:
+        raise ValueError(f"batch mode takes one base_url, not {len(urls)}: a batch is submitted to and collected "
+                         "from one server (run several replicas live)")
+    return urls
+
+
+def _shown(url: str) -> str:
+    """A URL as a log may show it: any user:password in it left out."""
+    parsed = urlparse(url)
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+
+
+@dataclass(slots=True, eq=False)
+class _Replica:
+    """One server of a ReplicaProvider, with what the picking and the stats need."""
+
+    url: str  # as logs and stats show it (no user:password)
+    provider: OpenAIProvider
+    index: int
+    in_flight: int = 0
+    answers: int = 0
+    set_aside: int = 0  # times it was set aside this run
+    failures: int = 0  # set-asides since it last answered: its cooldown doubles with each
+    back_at: float = 0.0  # when its cooldown ends (clock time)
+
+
+class ReplicaProvider:
+    """Several OpenAI-compatible servers of one model as one provider, like llm-swarm's nginx in front of N
+    vLLM servers, but without the proxy: each request goes to the replica with the fewest requests in flight
+    (ties in turn), so a slow replica gets fewer.
+
+    A replica that refuses the connection, gets no answer (timed out, or dropped), or answers 502/503/504 is set
+    aside for `cooldown_s`, doubling (up to `max_cooldown_s`) while it stays down; then one request at a time
+    tries it until it answers, and it rejoins. A refused connection sent nothing, so its request goes to the next
+    replica at once; the other failures go back to the engine as the RetryableError they are, and its retry goes
+    to another replica. Only when every replica refuses does the request fail, with CannotConnect, the engine's
+    "cannot connect" stop. The journal key holds no URL, so any set of replicas replays the same journal.
+    """
+
+    def __init__(self, provider: str, model: str, api_key: str, urls: Sequence[str], timeout: float,
+                 http: str = "aiohttp", *, cooldown_s: float = 30.0, max_cooldown_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name, self.model, self.secrets = provider, model, _secrets(api_key)
+        self.cooldown_s, self.max_cooldown_s, self._clock = cooldown_s, max_cooldown_s, clock
+        self._replicas = [_Replica(_shown(url), OpenAIProvider(provider, model, api_key, url, timeout, http), i)
+                          for i, url in enumerate(urls)]
+        self._turn = 0  # the replica first in line on a tie
+
+    @property
+    def answers(self) -> dict[str, int]:
+        """Answers (completions) each replica gave this run, by URL (without user:password): a sick or slow node
+    gives few."""
+        return {r.url: r.answers for r in self._replicas}
+
+    async def complete(self, req: ChatRequest) -> Completion:
+        tried: list[_Replica] = []
+        refused: CannotConnect | None = None
+        while (replica := self._pick(tried)) is not None:
+            tried.append(replica)
+            replica.in_flight += 1
+            try:
+                completion = await replica.provider.complete(req)
+            except CannotConnect as exc:  # nothing was sent: the next replica takes it now
+                self._set_aside(replica, exc.reason)
+                refused = exc
+                continue
+            except RetryableError as exc:
+                if isinstance(exc, Unavailable) or not exc.reached:
+                    self._set_aside(replica, str(exc))
+                raise
+            except asyncio.CancelledError:  # the engine gave up waiting (its timeout), or the run stops
+                self._set_aside(replica, "a request to it went unanswered")
+                raise
+            finally:
+                replica.in_flight -= 1
+            replica.answers += 1
+            if replica.failures and replica.back_at <= self._clock():  # not one sent before it was set aside
+                replica.failures = 0
+                log.warning("replica %s answers again: back in use", replica.url)
+            return completion
+        assert refused is not None
+        raise CannotConnect(self.name, f"any of its {len(tried)} replicas ({', '.join(r.url for r in tried)})",
+                            f"none accepts connections; the last: {refused.reason}")
+
+    def _pick(self, tried: list[_Replica]) -> _Replica | None:
+        """The replica in use with the fewest requests in flight (ties: the next in turn); a replica back from
+        its cooldown takes one request at a time until it answers. With every replica left set aside, the one
+        back soonest (it may be up again); None once all were tried."""
+        now = self._clock()
+        left = [r for r in self._replicas if r not in tried]
+        ready = [r for r in left if r.back_at <= now and not (r.failures and r.in_flight)]
+        if not ready:
+            return min(left, key=lambda r: r.back_at, default=None)
+        n = len(self._replicas)
+        best = min(ready, key=lambda r: (r.in_flight, (r.index - self._turn) % n))
+        self._turn = best.index + 1
+        return best
+
+    def _set_aside(self, replica: _Replica, why: str) -> None:
+        """Take `replica` out of use for its cooldown (once per failure: others of the same outage are ignored)."""
+        now = self._clock()
+        if replica.back_at > now:
+            return
+        replica.failures += 1
+        replica.set_aside += 1
+        cooldown = min(self.cooldown_s * 2 ** (replica.failures - 1), self.max_cooldown_s)
+        replica.back_at = now + cooldown
+        up = sum(r.back_at <= now for r in self._replicas)
+        log.warning("replica %s set aside for %g s (%s); %d of %d replicas in use", replica.url, cooldown,
+                    redact(why, self.secrets)[:300], up, len(self._replicas))
+
+    async def aclose(self) -> None:
+        """Close every replica's client, and log what each answered (a warning when one was set aside or
+        answered under half its share, so a sick node shows)."""
+        try:
+            total, n = sum(r.answers for r in self._replicas), len(self._replicas)
+            sick = any(r.set_aside or (total >= 20 * n and r.answers < total / n / 2) for r in self._replicas)
+            log.log(logging.WARNING if sick else logging.INFO, "answers by replica: %s", ", ".join(
+                f"{r.url} {r.answers}" + (f" (set aside {r.set_aside}x)" if r.set_aside else "")
+                for r in self._replicas))
+        finally:
+            await asyncio.gather(*(r.provider.aclose() for r in self._replicas))
+
+
+def make_provider(provider: str, model: str, *, api_key: str | None = None,
+                  base_url: str | Sequence[str] | None = None, timeout: float = 120.0,
+                  http: str = "aiohttp") -> OpenAIProvider | AnthropicProvider | ReplicaProvider:
+    """Build the provider client (a ReplicaProvider for several base URLs); raises FatalProviderError for an
+    unknown provider, a bad base_url or a missing key."""
     if provider not in PROVIDERS:
         raise FatalProviderError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
-    if provider == "openai-compatible" and not base_url:
+    try:
+        urls = replica_urls(provider, base_url)
+    except ValueError as exc:
+        raise FatalProviderError(str(exc)) from None
+    if provider == "openai-compatible" and not urls:
         raise FatalProviderError("provider 'openai-compatible' needs base_url (e.g. http://localhost:8000/v1)")
-    key = resolve_key(provider, api_key, base_url)
+    url = urls[0] if urls else None
+    key = resolve_key(provider, api_key, url)
     if provider == "anthropic":
-        return AnthropicProvider(model, key, base_url, timeout, http)
-    return OpenAIProvider(provider, model, key, base_url, timeout, http)
+        return AnthropicProvider(model, key, url, timeout, http)
+    if len(urls) > 1:
+        return ReplicaProvider(provider, model, key, urls, timeout, http)
+    return OpenAIProvider(provider, model, key, url, timeout, http)

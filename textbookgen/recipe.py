@@ -63,10 +63,11 @@ class _Strict(BaseModel):
 
 
 class ProviderConfig(_Strict):
-    """Which API serves the model. `base_url` points at a vLLM server, a proxy or the emulator."""
+    """Which API serves the model. `base_url` points at a vLLM server, a proxy or the emulator; a list of URLs
+    spreads the requests over replicas of the model (one server per GPU node)."""
 
     name: Literal["openai", "anthropic", "openai-compatible"] = "openai"
-    base_url: str | None = None
+    base_url: str | list[str] | None = None
     api_key_env: str | None = None  # the environment variable holding the key (never the key itself)
     batch: bool = False  # the provider's batch API for the documents: half price, answers within 24 h
     batch_size: int = Field(10_000, ge=1, strict=True)
@@ -76,12 +77,28 @@ class ProviderConfig(_Strict):
     # stop once 50 requests finished and more than this share failed (null: never): a bad prompt or model
     max_error_rate: float | None = Field(0.5, ge=0.0, le=1.0)
 
+    @field_validator("base_url")
+    @classmethod
+    def _urls(cls, v: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        from textbookgen.providers import replica_urls
+
+        replica_urls(info.data.get("name", "openai"), v)
+        return v
+
     @model_validator(mode="after")
     def _batch_api_exists(self) -> ProviderConfig:
         if self.batch and self.name == "openai-compatible":
             raise ValueError("batch: true needs name openai or anthropic (OpenAI-compatible servers have no batch "
                              "API; a local server is fastest live)")
+        if self.batch and len(self.urls) > 1:
+            raise ValueError(f"batch: true takes one base_url, not {len(self.urls)}: a batch is submitted to and "
+                             "collected from one server")
         return self
+
+    @property
+    def urls(self) -> list[str]:
+        """The server URLs `base_url` names: none, one, or one per replica."""
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url or [])
 
     @property
     def key_env(self) -> str:
@@ -91,8 +108,8 @@ class ProviderConfig(_Strict):
         """A key in the environment, or a server of your own (local, or any openai-compatible one)."""
         if os.environ.get(self.key_env) or (self.name == "openai-compatible" and self.base_url):
             return True
-        host = (self.base_url or "").split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-        return host in ("127.0.0.1", "localhost", "::1", "[::1]")
+        hosts = {url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0] for url in self.urls}
+        return bool(hosts) and hosts <= {"127.0.0.1", "localhost", "::1", "[::1]"}
 
     def api_key(self) -> str | None:
         """The key to hand the engine: the environment's, or a placeholder for a server of your own. A
