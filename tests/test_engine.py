@@ -343,7 +343,7 @@ def test_429_storm_recovers_with_aimd(tmp_path):
     cfg = EmulatorConfig(latency_median_s=0.02, rpm=1200, window_s=1.0, send_headers=False)
     with Emulator(cfg) as emu:
         gen = gen_for(emu, "openai-compatible", "local-model", tmp_path, concurrency=64,
-                      backoff_initial_s=0.05, backoff_max_s=0.5, timeout_s=30.0)
+                      backoff_initial_s=0.05, backoff_max_s=2.0, timeout_s=30.0)
         out = gen.run(reqs(80))
         assert emu.rate_limited > 0
         assert emu.billed == 80 and emu.duplicates == 0
