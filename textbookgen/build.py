@@ -460,7 +460,7 @@ class Build:
         self.progress = progress
         self.retry_failed = retry_failed
         self.options = options
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)  # a log file gets URLs and paths whole
         self.state_path = self.meta_dir / "state.json"
         self.state: dict[str, Any] = {}
         self.timings: dict[str, float] = {}

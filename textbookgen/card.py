@@ -364,8 +364,11 @@ def data_stats(df: pl.DataFrame) -> dict:
     }
 
 
-def plot_all(df: pl.DataFrame, assets: Path) -> dict[str, str]:
-    """Draw the card's PNGs into `assets`; return {plot name: path relative to the repo root}."""
+def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None) -> dict[str, str]:
+    """Draw the card's PNGs into `assets`; return {plot name: path relative to the repo root}.
+
+    `quality_cut`: the manifest's `curation.quality_filter` stats, whose threshold is drawn on the score
+    histogram: it shows only the documents kept, so without the line the cut would not show at all."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -419,7 +422,11 @@ def plot_all(df: pl.DataFrame, assets: Path) -> dict[str, str]:
     if scores.len():
         fig, ax = plt.subplots(figsize=(8, 4.5))
         ax.hist(scores.to_numpy(), bins=40, **style)
-        ax.axvline(float(scores.median()), color="#c0392b", linestyle="--", label=f"median {scores.median():.2f}")
+        ax.axvline(float(scores.median()), color="#c0392b", linestyle="--", label=f"median {scores.median():.3g}")
+        if quality_cut and quality_cut.get("threshold") is not None:
+            dropped = sum((quality_cut.get("dropped") or {}).values())
+            ax.axvline(float(quality_cut["threshold"]), color="#2c3e50", linestyle=":",
+                       label=f"quality cut {quality_cut['threshold']:.3g} ({dropped:,} documents below it dropped)")
         ax.set_xlabel("quality score")
         ax.set_ylabel("documents")
         ax.set_title(f"Quality score, {scores.len():,} scored documents")
@@ -491,9 +498,9 @@ def _write_card(out_dir: Path, template_path: str | Path, context: dict[str, Any
     return readme
 
 
-def _fresh_plots(docs: pl.DataFrame, out_dir: Path) -> dict[str, str]:
+def _fresh_plots(docs: pl.DataFrame, out_dir: Path, quality_cut: Mapping | None = None) -> dict[str, str]:
     """The card's plots of `docs` under out_dir/assets, and no stale one left from an earlier render."""
-    plots = plot_all(docs, out_dir / ASSETS_DIR)
+    plots = plot_all(docs, out_dir / ASSETS_DIR, quality_cut)
     for stale in (out_dir / ASSETS_DIR).glob("*.png"):
         if f"{ASSETS_DIR}/{stale.name}" not in plots.values():
             stale.unlink()
@@ -532,7 +539,7 @@ def render_card(
     info = dataset_info(splits, schema)
     metadata, defaults = card_metadata(recipe, chosen)
     data = card_data(metadata, recipe, splits, info, docs.height)
-    plots = _fresh_plots(docs, out_dir)
+    plots = _fresh_plots(docs, out_dir, (manifest.get("curation") or {}).get("quality_filter"))
     stages, decontam = curation_rows(manifest)
     files = _write_provenance(out_dir, recipe, manifest)
 
@@ -604,10 +611,19 @@ def _compile_referenced(env: jinja2.Environment, name: str, origin: Path, seen: 
         _compile_referenced(env, ref, origin, seen)
 
 
+# Whoever pulls the dataset reads this copy, not the file the build read: say how the two differ.
+RECIPE_HEADER = (
+    "# The recipe this dataset was built from, every field with the value the build used (defaults filled in).\n"
+    "# manifest.json's recipe_hash is of the original recipe file (and any --set/--price), not of this copy.\n"
+    "# Relative paths (taxonomy.source, web_samples.source, card_template) were relative to that file's folder:\n"
+    "# to rebuild, place this file there or make them absolute.\n"
+)
+
+
 def _write_provenance(out_dir: Path, recipe: Mapping, manifest: Mapping) -> list[str]:
     """Copy the recipe, manifest and journal summary next to the data; return their repo paths."""
     (out_dir / "recipe.yaml").write_text(
-        yaml.safe_dump(json.loads(json.dumps(recipe, default=str)), sort_keys=False, allow_unicode=True),
+        RECIPE_HEADER + yaml.safe_dump(json.loads(json.dumps(recipe, default=str)), sort_keys=False, allow_unicode=True),
         encoding="utf-8",
     )
     (out_dir / "manifest.json").write_text(

@@ -16,6 +16,7 @@ nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -228,6 +229,13 @@ def publishable_files(out_dir: Path) -> list[Path]:
     return sorted(files)
 
 
+def _card_repo(out_dir: Path) -> str | None:
+    """The repo id the card's `load_dataset("...")` line names, None for none or the `<user>/` placeholder."""
+    m = _USAGE_RE.search((out_dir / "README.md").read_text("utf-8"))
+    name = m[0].split('"')[1] if m else ""
+    return name if REPO_ID_RE.fullmatch(name) else None
+
+
 def usage_for(repo_id: str, card_text: str) -> str:
     """The card with its `load_dataset("...")` usage naming the repo it is pushed to (a build without
     `hub.repo_id` renders a `<user>/name` placeholder there, and a folder may be pushed elsewhere)."""
@@ -361,7 +369,9 @@ def push(
     out_dir = Path(out_dir)
     splits = splits_of(out_dir)
     if not splits:
-        raise ValueError(f"{out_dir} has no data/{{split}}-NNNNN-of-NNNNN.parquet shards to push")
+        hint = (f"; it is a build folder: push its dataset folder, {out_dir / 'dataset'}"
+                if splits_of(out_dir / "dataset") else "")
+        raise ValueError(f"{out_dir} has no data/{{split}}-NNNNN-of-NNNNN.parquet shards to push{hint}")
     empty = [split for split, n in split_rows(out_dir).items() if not n]
     if empty:
         raise ValueError(f"{out_dir}: split(s) {empty} have no rows; load_dataset cannot load an empty split")
@@ -375,12 +385,13 @@ def push(
     message = commit_message or f"textbookgen: upload {n_shards} shard(s) of split(s) {', '.join(splits)} and card"
     _check_no_secret(files, secrets_to_withhold(secret), message)
     check_card_matches_data(out_dir, (out_dir / "README.md").read_text("utf-8"))
+    _warn_incomplete(out_dir, repo_id)
 
     api = HfApi(endpoint=endpoint, token=secret)
     committing = False
     try:
         with request_timeout(seconds), hub_errors(repo_id, api.endpoint, timeout=seconds, revision=revision):
-            info = _open_repo(api, repo_id, private, revision)
+            info = _open_repo(api, repo_id, private, revision, out_dir, _card_repo(out_dir))
             operations = _operations(api, repo_id, out_dir, files, set(splits), info)
             additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
             log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)", len(additions),
@@ -417,19 +428,27 @@ def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits
     return operations + stale_deletions(remote, {op.path_in_repo for op in operations}, splits, old_card)
 
 
-def _open_repo(api: Any, repo_id: str, private: bool, revision: str) -> Any:
+def _open_repo(api: Any, repo_id: str, private: bool, revision: str, folder: Path | None = None,
+               card_repo: str | None = None) -> Any:
     """The repo's info at `revision`, after creating the repo and the branch where missing.
 
     Read first, create only when missing: an existing repo you may read but not write (someone
-    else's) then fails at the first write with a 403, before anything is uploaded.
+    else's) then fails at the first write with a 403, before anything is uploaded. `card_repo`: the repo
+    the card of `folder` was rendered for; pushing elsewhere is said in one warning line.
     """
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    created = False
     try:
         info = api.repo_info(repo_id, repo_type="dataset")
     except RepositoryNotFoundError:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         info = api.repo_info(repo_id, repo_type="dataset")
+        created = True
+    if card_repo and card_repo != repo_id:  # a mistyped id, or another dataset's repo about to be replaced
+        log.warning("%s's card names %s (the recipe's hub.repo_id), not %s%s; pushing there as asked, with the "
+                    "card's load_dataset line naming %s", folder, card_repo, repo_id,
+                    ", which did not exist: created it" if created else ", an existing repo", repo_id)
     if private and not info.private:  # an existing repo keeps its visibility unless we change it
         log.warning("%s is public; making it private, as asked", repo_id)
         api.update_repo_settings(repo_id, repo_type="dataset", private=True)
@@ -536,9 +555,46 @@ def pull(
             mark.write_text(f"{repo_id}@{head}\n", encoding="utf-8")
             path = _in_background(lambda: snapshot_download(repo_id, repo_type="dataset", revision=head,
                                                             local_dir=local_dir, token=token, endpoint=endpoint))
+            files = set(api.list_repo_files(repo_id, repo_type="dataset", revision=head))
+            stale = _drop_stale(local_dir, files)
             mark.unlink()
     except KeyboardInterrupt:
         raise HubInterrupted(f"interrupted: the pull into {local_dir} did not finish; rerun it to complete the folder "
                              "(files already downloaded are not fetched again)") from None
+    if stale:
+        log.warning("removed %d file(s) an earlier pull left in %s that %s@%s does not have: %s", len(stale),
+                    local_dir, repo_id, head[:12], ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else ""))
     log.info("pulled %s into %s", repo_id, path)
     return Path(path)
+
+
+def _warn_incomplete(out_dir: Path, repo_id: str) -> None:
+    """One warning line when the build's manifest says requests gave no document: `build` holds such a dataset
+    back unless asked (--push-incomplete), and a plain `textbookgen push` of its folder should not publish it
+    unremarked (its card says it is incomplete)."""
+    try:
+        incomplete = json.loads((out_dir / "manifest.json").read_text("utf-8")).get("incomplete")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(incomplete, dict):
+        log.warning("pushing an incomplete dataset to %s: %s of %s requests gave no document (its card says so); "
+                    "finish the build (rerun `textbookgen build`) to publish it whole", repo_id,
+                    incomplete.get("missing", "?"), incomplete.get("requests", "?"))
+
+
+def _drop_stale(local_dir: Path, keep: set[str]) -> list[str]:
+    """Delete the files an earlier pull downloaded into `local_dir` (huggingface_hub's metadata under
+    .cache/huggingface/download names them) that are not in `keep`, the repo's files at the pulled head: a
+    shard left from an older revision or another repo would be read along with the new ones. Files the user
+    put there themselves have no such metadata and stay. Returns the repo paths removed."""
+    meta_root = local_dir / ".cache" / "huggingface" / "download"
+    removed = []
+    for meta in sorted(meta_root.rglob("*.metadata")):
+        rel = meta.relative_to(meta_root).as_posix().removesuffix(".metadata")
+        if rel in keep:
+            continue
+        (local_dir / rel).unlink(missing_ok=True)
+        meta.with_suffix(".lock").unlink(missing_ok=True)
+        meta.unlink()
+        removed.append(rel)
+    return removed

@@ -89,8 +89,9 @@ def prepare_run(args: argparse.Namespace) -> int:
     for d, idx in zip(dirs, indexes, strict=True):
         held = idx.get("holdout")
         held_out = f", {held['documents']:,} documents ({held['tokens']:,} tokens) held out for validation" if held else ""
+        commit = f" from {idx['source']}@{idx['commit'][:12]}" if idx.get("commit") else ""
         console.print(f"{d}: {idx['documents']:,} documents, {idx['total_tokens']:,} tokens "
-                      f"in {len(idx['shards'])} shard(s) ({idx['dtype']}){held_out}")
+                      f"in {len(idx['shards'])} shard(s) ({idx['dtype']}){commit}{held_out}")
     return 0
 
 

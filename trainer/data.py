@@ -208,9 +208,12 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
             raise DataError(f"{path} is a single parquet file, which names no split, so split {split!r} would be "
                             f"the training data; give a folder with data/{split}-*.parquet files or hold out part "
                             f"of the training split (holdout_fraction, holdout_tokens)")
+        if path.name == "documents.parquet" and _is_build_folder(path.parent):
+            print(f"warning: {path} is a textbookgen build's documents before curation (not deduplicated, "
+                  f"decontaminated or filtered); its curated dataset is {path.parent / 'dataset'}", file=sys.stderr)
         return [path]
     if path.is_dir():
-        return find_parquet_files(path, split, named, subset)
+        return find_parquet_files(_dataset_of_build(path), split, named, subset)
     if not HUB_ID.match(source):
         raise DataError(f"dataset not found: {source!r} is neither a local folder/parquet file nor a Hub repo id")
     from huggingface_hub import snapshot_download
@@ -237,6 +240,32 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
         raise DataError(f"cannot download Hub dataset {source!r}{no_local_copy(source)} (offline? use a local "
                         f"folder): {first_line(e)}") from e
     return find_parquet_files(Path(local), split, named, subset)
+
+
+def hub_commit(files: Sequence[Path]) -> str | None:
+    """The Hub commit that downloaded files come from (their HF cache folder is snapshots/<commit>/): with
+    `revision` unset, the index would otherwise not say which state of a repo that others push to was read."""
+    parts = files[0].parts if files else ()
+    at = [i for i in range(1, len(parts) - 2) if parts[i] == "snapshots" and parts[i - 1].startswith("datasets--")]
+    return parts[at[-1] + 1] if at else None
+
+
+def _is_build_folder(folder: Path) -> bool:
+    """A `textbookgen build` output folder (manifest.json and the .build/ state beside it), not a dataset."""
+    return (folder / "manifest.json").is_file() and (folder / ".build").is_dir() and not (folder / "data").is_dir()
+
+
+def _dataset_of_build(folder: Path) -> Path:
+    """`folder`, or its dataset/ when it is a build folder: searched as a dataset, a build folder would give its
+    generation and curation files (uncurated documents, dropped rows) or fail on the first without `text`."""
+    if not _is_build_folder(folder):
+        return folder
+    dataset = folder / "dataset"
+    if not (dataset / "data").is_dir():
+        raise DataError(f"{folder} is a textbookgen build folder with no dataset/ yet: finish the build "
+                        f"(`textbookgen build RECIPE`), then prepare {dataset}")
+    print(f"note: {folder} is a textbookgen build folder; reading its dataset, {dataset}", file=sys.stderr)
+    return dataset
 
 
 def hub_unreachable_reason(err: Exception) -> str:
@@ -560,7 +589,8 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
     tokenizer = _as_tokenizer(tokenizer)  # loaded only once the data is known to exist
     sources = [{"file": str(p), "sha256": sha256_file(p), **_file_stamp(p)} for p in files]
     key = {"sources": [s["sha256"] for s in sources], **encoding_key(tokenizer, column, eos_id), **holdout.key()}
-    origin = {"source": str(source), "subset": subset, "split": split, "revision": revision, "tokenizer": spec}
+    origin = {"source": str(source), "subset": subset, "split": split, "revision": revision, "tokenizer": spec,
+              "commit": hub_commit(files) if local_source(source) is None else None}
     with _prepare_lock(out_dir):
         if not force and (reused := _reusable(out_dir, key, sources, origin)) is not None:
             return reused
@@ -587,7 +617,8 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
             raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
         index = {
             "version": INDEX_VERSION, "key": key, "source": str(source), "subset": subset, "split": split,
-            "column": column, "revision": revision, "tokenizer": spec, "dtype": dtype.name, "eos_id": eos,
+            "column": column, "revision": revision, "commit": origin["commit"], "tokenizer": spec,
+            "dtype": dtype.name, "eos_id": eos,
             "vocab_size": vocab, "sources": sources, "shards": shards, "total_tokens": total,
             "documents": sum(s["documents"] for s in sources),
             "skipped_empty": sum(s["skipped_empty"] for s in sources), "seconds": round(state.seconds, 3),

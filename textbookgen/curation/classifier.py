@@ -387,10 +387,13 @@ class QualityCut(Step):
 
     name = "quality_filter"
 
-    def __init__(self, config: ClassifierConfig) -> None:
+    def __init__(self, config: ClassifierConfig, id_column: str = "id") -> None:
         self.config = config
+        self.id_column = id_column
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
+        """Writes `workdir/dropped.parquet` (id, quality_score of each document cut, lowest first), as the
+        filters do: the cut is the one stage whose removals no file would otherwise show."""
         require_columns(df, ["quality_score"], self.name)
         scores = df["quality_score"].fill_null(0.0).to_numpy()
         if self.config.keep_top_percent is not None:
@@ -401,4 +404,7 @@ class QualityCut(Step):
             keep = scores >= cut
         stats.dropped["low_quality"] = int((~keep).sum())
         stats.extra.update({"threshold": float(cut), "keep_top_percent": self.config.keep_top_percent})
+        if workdir is not None and self.id_column in df.columns:
+            (df.filter(~pl.Series(keep)).select(self.id_column, "quality_score").sort("quality_score")
+             .write_parquet(workdir / "dropped.parquet"))
         return df.filter(pl.Series(keep))

@@ -49,7 +49,7 @@ def build_steps(config: CurationConfig, benchmark_texts: list[ItemTexts] | None 
     if config.minhash.enabled:  # curate() always gets the whole corpus: nothing to dedup against besides it
         steps.append(MinHashDedup(config.minhash, t, i, incremental=False))
     if config.classifier.enabled:
-        steps.append(QualityCut(config.classifier))
+        steps.append(QualityCut(config.classifier, i))
     return steps
 
 
