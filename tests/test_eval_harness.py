@@ -512,3 +512,157 @@ def test_compare_report_folders_written_earlier(tmp_path: Path, capsys: pytest.C
     (tmp_path / "x.json").write_text("{}")
     assert main([str(tmp_path / "x.json")]) == 2
     assert capsys.readouterr().err.strip().endswith("x.json: not a results.json written by trainer eval (KeyError: 'results')")
+
+
+def _piqa_report(folder: Path, name: str, right: set[int], n: int = 50, shots: int = 0, samples: bool = True,
+                 ids: list[str] | None = None, training: dict | None = None) -> Path:
+    """A hand-made PIQA report of `n` items (gold 0) that the model gets right exactly on the items in `right`."""
+    ids = ids or [str(i) for i in range(n)]
+    items = [BenchmarkItem("piqa", ids[i], f"Question: g{ids[i]}\nAnswer:", ["x", "yy"], 0, None) for i in range(n)]
+    lm = FakeLM({(it.context, " x" if i in right else " yy"): -1.0 for i, it in enumerate(items)})
+    res = evaluate(lm, ["piqa"], data={"piqa": items})
+    res["piqa"].num_fewshot = shots
+    write_report(res, folder / name, name, samples=samples, training=training)
+    return folder / name
+
+
+def _paired(out: Path) -> dict[str, dict]:
+    """compare.json's paired rows by "B vs A"."""
+    return {f"{r['b']} vs {r['a']}": r for r in json.loads((out / "compare.json").read_text())["paired"]}
+
+
+def test_paired_difference_on_the_same_items(tmp_path: Path) -> None:
+    """Identical models: diff 0, no mark. B right on A's 20 items and 5 more of 50: +0.100 ± 0.043, marked,
+    though the rows' own stderrs (± 0.07) overlap; compare.md says so, and the pairing is by item id."""
+    from trainer.eval.report import main
+
+    evals = tmp_path / "evals"
+    _piqa_report(evals, "step-10", set(range(20)))
+    _piqa_report(evals, "step-20", set(range(20)))
+    _piqa_report(evals, "step-30", set(range(25)))
+    assert main([str(evals / s) for s in ("step-10", "step-20", "step-30")] + ["--out", str(tmp_path / "cmp")]) == 0
+    paired = _paired(tmp_path / "cmp")
+    same = paired["step-20 vs step-10"]
+    assert (same["diff"], same["stderr"], same["significant"], same["better"], same["worse"]) == (0.0, 0.0, False, 0, 0)
+    real = paired["step-30 vs step-10"]
+    assert real["n"] == 50 and real["diff"] == pytest.approx(0.1) and real["significant"] is True
+    assert real["stderr"] == pytest.approx(mean_stderr([1.0] * 5 + [0.0] * 45))
+    assert paired["step-30 vs step-20"]["significant"] is True
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| step-10 | 0.400 ± 0.070 |" in md and "| step-30 | 0.500 ± 0.071 |" in md
+    assert "| step-20 vs step-10 | +0.000 ± 0.000 (0↑ 0↓) |" in md
+    assert "| step-30 vs step-10 | +0.100 ± 0.043 * (5↑ 0↓) |" in md
+    # a noisy change (9 items won, 6 lost) is not marked
+    _piqa_report(evals, "noisy", set(range(20)) - set(range(6)) | set(range(20, 29)))
+    assert main([str(evals / "step-10"), str(evals / "noisy"), "--out", str(tmp_path / "cmp2")]) == 0
+    noisy = _paired(tmp_path / "cmp2")["noisy vs step-10"]
+    assert noisy["diff"] == pytest.approx(0.06) and (noisy["better"], noisy["worse"], noisy["significant"]) == (9, 6, False)
+
+
+def test_paired_difference_is_deterministic_and_pairs_by_id(tmp_path: Path) -> None:
+    """The same reports give the same figures every time, whatever order the second one lists its items in."""
+    from trainer.eval.report import paired_diff, read_report
+
+    a = read_report(_piqa_report(tmp_path, "a", set(range(0, 50, 2))))[1]["piqa"]
+    b = read_report(_piqa_report(tmp_path, "b", set(range(0, 50, 3))))[1]["piqa"]
+    first = paired_diff(a, b, "acc")
+    assert first == paired_diff(a, b, "acc") and not isinstance(first, str)
+    shuffled = dataclasses.replace(b, samples=list(reversed(b.samples)))
+    assert paired_diff(a, shuffled, "acc") == first
+    assert (first.better, first.worse) == (8, 16) and first.diff == pytest.approx(-8 / 50)
+
+
+def test_paired_difference_refuses_other_items_with_the_reason(tmp_path: Path) -> None:
+    """Reports of other item counts, ids, shots, gold answers, or without per-item results get no paired
+    figure; compare.md names why."""
+    from trainer.eval.report import main, paired_diff, read_report
+
+    base = _piqa_report(tmp_path, "base", set(range(20)))
+    cases = {"fewer": (_piqa_report(tmp_path, "fewer", set(range(20)), n=40), "other items: base has 50, fewer 40"),
+             "ids": (_piqa_report(tmp_path, "ids", set(range(20)), ids=[f"x{i}" for i in range(50)]),
+                     "other item ids (e.g. '0' only in base)"),
+             "shots": (_piqa_report(tmp_path, "shots", set(range(20)), shots=5), "base is 0-shot, shots 5-shot"),
+             "nosamples": (_piqa_report(tmp_path, "nosamples", set(range(20)), samples=False),
+                           "nosamples: no per-item results (samples.jsonl missing or written with samples=False)")}
+    a = read_report(base)[1]["piqa"]
+    for name, (folder, reason) in cases.items():
+        assert paired_diff(a, read_report(folder)[1]["piqa"], "acc", ("base", name)) == reason
+    regold = dataclasses.replace(a, samples=[{**s, "gold": 1} if s["id"] == "3" else s for s in a.samples])
+    assert paired_diff(a, regold, "acc") == "item '3' has gold 0 in A, 1 in B (another version of the data)"
+    approx = dataclasses.replace(a, approximate="6-lines text")
+    assert paired_diff(a, approx, "acc") == "other requests: B is approximate, A exact"
+    # a samples.jsonl torn by a crash mid-write: that task is not paired, and says why
+    torn = tmp_path / "torn"
+    shutil.copytree(base, torn)
+    lines = (torn / "samples.jsonl").read_text().splitlines()
+    (torn / "samples.jsonl").write_text("\n".join(lines[:30]) + "\n" + lines[30][:9])
+    assert paired_diff(a, read_report(torn)[1]["piqa"], "acc") == "B: samples hold 30 of its 50 items"
+    assert main([str(base), str(cases["fewer"][0]), "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| fewer vs base | n/a |" in md and "- fewer vs base, PIQA: other items: base has 50, fewer 40" in md
+
+
+def test_results_json_records_what_a_checkpoint_was_trained_on(shared_data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training checkpoint's datasets (source, split, revision) and step go to results.json and compare.md;
+    the Hub commit comes from the prepared data's index while it still is the data trained on."""
+    import hashlib
+
+    import trainer.eval.models as models
+    from trainer.cli import main
+    from trainer.data import INDEX_VERSION
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(models, "load_model", lambda spec, **kwargs: FakeLM())
+    index = {"version": INDEX_VERSION, "key": {"sources": ["abc"]}, "commit": "c0ffee1234"}
+    (tmp_path / "data" / "tokens" / "corpus-train").mkdir(parents=True)
+    (tmp_path / "data" / "tokens" / "corpus-train" / "index.json").write_text(json.dumps(index))
+    data = {"datasets": [{"source": "me/corpus", "weight": 1.0, "split": "train", "revision": "main"}],
+            "cache_dir": "data/tokens", "seq_len": 64, "mix_block": 1000}
+    key = [[index["key"], 1.0], 64, 1000]
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    for step, fp in ((10, fingerprint), (20, "0123456789abcdef")):
+        ckpt = tmp_path / "run" / "checkpoints" / f"step-{step:08d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "meta.json").write_text(json.dumps({"format": "torch", "model_config": {}, "step": step, "samples": 8 * step,
+                                                    "data_fingerprint": fp, "config": {"data": data}}))
+    ckpts = [str(tmp_path / "run" / "checkpoints" / f"step-{s:08d}") for s in (10, 20)]
+    assert main(["eval", *ckpts, "--tasks", "boolq", "--data", str(shared_data), "--limit", "3", "--out", "out"]) == 0
+    first = json.loads((tmp_path / "out" / "step-00000010" / "results.json").read_text())["training"]
+    assert first["step"] == 10 and first["tokens"] == 80 * 64 and first["commit_note"] is None
+    assert first["datasets"] == [{"source": "me/corpus", "subset": None, "split": "train", "revision": "main",
+                                  "column": None, "weight": 1.0, "commit": "c0ffee1234"}]
+    second = json.loads((tmp_path / "out" / "step-00000020" / "results.json").read_text())["training"]
+    assert second["datasets"][0]["commit"] is None and "prepared again since" in second["commit_note"]
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "- step-00000010: step 10, 80 samples (5,120 tokens) on me/corpus split train revision main commit c0ffee1234\n" in md
+    from trainer.eval.cli import trained_on
+
+    monkeypatch.chdir(tmp_path / "run")  # data.cache_dir is relative to the folder training ran in
+    moved = trained_on(ckpts[0])
+    assert moved["datasets"][0]["commit"] is None and "the prepared data is not in data/tokens" in moved["commit_note"]
+
+
+def test_item_scores_average_to_the_reported_metrics(shared_data: Path) -> None:
+    """The per-item values paired differences are made of agree with each task kind's reported metric."""
+    from trainer.eval.report import item_scores
+
+    item = BenchmarkItem("arc_easy", "1", "Question: q\nAnswer:", ["a", "longer answer"], 1, "longer answer")
+    lm = FakeLM({("Question: q\nAnswer:", " a"): -2.0, ("Question: q\nAnswer:", " longer answer"): -13.0})
+    results = list(evaluate(lm, ["arc_easy"], data={"arc_easy": [item]}).values())
+    gsm = load_benchmark("gsm8k", shared_data / "gsm8k", split="test", limit=4)
+    golds = {it.context: normalize_answer(it.target) for it in gsm}
+    outs = {it.context: f" So {golds[it.context]}." if i % 2 else f" The answer is {golds[it.context]}."
+            for i, it in enumerate(gsm)}
+    results.append(run_task(FakeLM(gen=lambda p: outs[p.rsplit("Q: ", 1)[1].removesuffix("\nA:")]), "gsm8k", gsm, gsm))
+    he = load_benchmark("humaneval", shared_data / "humaneval")[:2]
+    results.append(run_task(FakeLM(gen=lambda p: he[0].target if p == he[0].context else "    return None\n"),
+                            "humaneval", he, he, sandbox=SandboxConfig(timeout_s=10)))
+    checked = 0
+    for res in results:
+        for metric, value in res.metrics.items():
+            scores = item_scores(res, metric)
+            assert not isinstance(scores, str), (res.task, metric)
+            assert sum(s[2] for s in scores) / len(scores) == value, (res.task, metric)
+            checked += 1
+    assert checked == 5 and results[1].metrics == {"exact_match": 0.5, "exact_match_flexible": 1.0}

@@ -5,9 +5,12 @@ each under --out and compare.md / compare.png across them."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -109,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     config = {k: v for k, v in vars(args).items()
               if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, type(None)))}
     runs: dict[str, dict] = {}
+    training: dict[str, dict | None] = {}
     paths: dict[str, Path] = {}
     plans = None
     for checkpoint, name in zip(checkpoints, names, strict=True):
@@ -119,12 +123,14 @@ def run(args: argparse.Namespace) -> int:
                         device=pick_device(args.device) if args.device else None, dtype=args.dtype,
                         batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, strategy=args.strategy,
                         progress=True)
+        training[name] = trained_on(checkpoint)
         if plans is None:  # every task's data, read and checked before the first is scored (a model error first)
             plans = plan_tasks(tasks, data=data, limit=args.limit, num_fewshot=args.num_fewshot, log=log)
 
         def report(results: dict, out: Path = out, name: str = name, checkpoint: str = checkpoint) -> None:
             # after every task: a later crash or Ctrl-C keeps the finished ones
-            paths.update(write_report(results, out, name, config={**config, "checkpoint": checkpoint}))
+            paths.update(write_report(results, out, name, config={**config, "checkpoint": checkpoint},
+                                      training=training[name]))
 
         try:
             runs[name] = run_plans(lm, plans, sandbox=SandboxConfig(timeout_s=args.sandbox_timeout), gen_kwargs=gen,
@@ -135,12 +141,62 @@ def run(args: argparse.Namespace) -> int:
             raise
         del lm  # the next checkpoint loads into the memory this one held
         if len(checkpoints) > 1:
-            paths.update(write_compare(runs, args.out))
-    print(markdown_table(runs[names[0]], names[0]) if len(checkpoints) == 1 else compare_table(runs))
+            paths.update(write_compare(runs, args.out, training))
+    print(markdown_table(runs[names[0]], names[0]) if len(checkpoints) == 1 else compare_table(runs, training))
     console.log("wrote " + ", ".join(str(p) for p in paths.values()) if len(checkpoints) == 1
                 else f"wrote {len(runs)} reports under {args.out}, and " + ", ".join(
-                    str(paths[k]) for k in ("compare", "compare_chart")))
+                    str(paths[k]) for k in ("compare", "compare_json", "compare_chart")))
     return 0
+
+
+def trained_on(checkpoint: str) -> dict[str, Any] | None:
+    """What a training checkpoint's meta.json says its weights were trained on: step, samples and tokens
+    seen, each dataset (source, subset, split, revision, column, weight) and the Hub commit its prepared data
+    was read from, taken from the data.cache_dir index when that still holds the data trained on (its
+    fingerprint equals the checkpoint's); None for other models (HF folders, Hub ids), which do not say."""
+    from trainer.checkpoint import resolve
+    from trainer.data import local_source
+    from trainer.files import read_json
+
+    path = Path(checkpoint).expanduser()
+    if (path / "config.json").is_file() or not path.exists():
+        return None
+    ckpt = resolve(path)
+    meta = read_json(ckpt / "meta.json")
+    data = meta["config"].get("data") or {}
+    datasets = [{k: ds.get(k) for k in ("source", "subset", "split", "revision", "column", "weight")}
+                for ds in data.get("datasets") or []]
+    samples, seq_len = meta.get("samples"), data.get("seq_len")
+    info = {"checkpoint": str(ckpt.absolute()), "step": meta.get("step"), "samples": samples,
+            "tokens": samples * seq_len if samples is not None and seq_len else None,
+            "synthetic": bool(data.get("synthetic")), "datasets": datasets,
+            "data_fingerprint": meta.get("data_fingerprint"), "init_from": meta.get("init_from")}
+    if any(local_source(ds["source"]) is None for ds in datasets) and not info["synthetic"]:  # a Hub dataset
+        commits, note = _prepared_commits(data, meta.get("data_fingerprint"))
+        for ds, commit in zip(datasets, commits or [None] * len(datasets), strict=True):
+            ds["commit"] = commit
+        info["commit_note"] = note
+    return info
+
+
+def _prepared_commits(data: dict[str, Any], fingerprint: str | None) -> tuple[list[str | None] | None, str | None]:
+    """The Hub commit of each dataset's prepared copy under data.cache_dir (relative to the working folder),
+    with None and why where that copy is gone or no longer the data the checkpoint was trained on."""
+    from trainer.config import DatasetSource
+    from trainer.data import DataError, read_index
+
+    root = Path(data.get("cache_dir") or "data/tokens")
+    try:
+        indexes = [read_index(root / DatasetSource(**ds).cache_name) for ds in data["datasets"]]
+    except (DataError, ValueError):  # gone, moved, or a config this version cannot read
+        return None, (f"Hub commits unknown: the prepared data is not in {root} (data.cache_dir, read from "
+                      "the folder eval runs in)")
+    key = [[ix["key"], ds["weight"]] for ix, ds in zip(indexes, data["datasets"], strict=True)]
+    key += [data.get("seq_len"), data.get("mix_block")]
+    if hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] != fingerprint:
+        return None, (f"Hub commits unknown: the prepared data in {root} is not what this checkpoint was trained "
+                      "on (prepared again since)")
+    return [ix.get("commit") for ix in indexes], None
 
 
 def model_names(checkpoints: Sequence[str]) -> list[str]:

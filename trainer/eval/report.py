@@ -10,7 +10,12 @@ requests are not exactly lm_eval's (HellaSwag from the 6-lines text) is marked �
 
 Several models or checkpoints: compare.md (a row each) and compare.png (a line per task across them), from
 one `trainer eval` call with several checkpoints, or `python -m trainer.eval.report DIR ...` over report
-folders written earlier.
+folders written earlier. Two models' accuracies each ± its own stderr overlap far more than their
+difference is uncertain when both were scored on the same items, so compare.md (and compare.json) also gives
+paired differences: per task, the mean of the per-item differences ± their stderr (lm_eval's sample std /
+sqrt(n), applied to the differences), marked where the 95% interval excludes 0; only where both reports hold
+the same items, shots and requests (otherwise the reason). What each model was trained on, where its
+checkpoint says, is listed under the table.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["APPROXIMATE_MARK", "COLUMNS", "REFERENCE", "REFERENCE_NOTE", "compare_table", "markdown_table", "plot",
-           "plot_compare", "read_report", "write_compare", "write_report"]
+__all__ = ["APPROXIMATE_MARK", "COLUMNS", "REFERENCE", "REFERENCE_NOTE", "PairedDiff", "compare_table",
+           "describe_training", "item_scores", "markdown_table", "paired_diff", "paired_rows", "paired_table", "plot",
+           "plot_compare", "read_report", "read_training", "write_compare", "write_report"]
 
 # (result key, column title, metric, scale): the paper's column order
 COLUMNS = [
@@ -154,11 +161,13 @@ def _save(fig, out: str | Path) -> Path:
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path, model_name: str,
-                 config: Mapping[str, Any] | None = None, samples: bool = True) -> dict[str, Path]:
-    """results.json (metrics, stderr, config, reference), table.md, chart.png, and samples.jsonl."""
+                 config: Mapping[str, Any] | None = None, samples: bool = True,
+                 training: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """results.json (metrics, stderr, config, what the model was trained on, reference), table.md, chart.png,
+    and samples.jsonl."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"model": model_name, "config": dict(config or {}),
+    payload = {"model": model_name, "config": dict(config or {}), "training": dict(training) if training else None,
                "results": {k: r.to_dict() for k, r in results.items()},
                "reference": REFERENCE, "reference_note": REFERENCE_NOTE}
     paths = {"json": out / "results.json", "table": out / "table.md", "chart": out / "chart.png"}
@@ -186,9 +195,11 @@ def _compare_columns(runs: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, s
     return cols
 
 
-def compare_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+def compare_table(runs: Mapping[str, Mapping[str, Any]],
+                  training: Mapping[str, Mapping[str, Any] | None] | None = None) -> str:
     """Markdown: one row per evaluated model or checkpoint (in the order given), one column per task
-    (± stderr), and the phi-1.5 paper's row for reference."""
+    (± stderr), the phi-1.5 paper's row for reference, then the paired differences (`paired_table`) and
+    what each model was trained on (`training`: {model: results.json's "training"}, where known)."""
     cols = _compare_columns(runs)
     lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, results in runs.items():
@@ -205,8 +216,167 @@ def compare_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
     causes = {r.approximate: k for results in runs.values() for k, r in results.items() if r.approximate}
     notes = "".join(f"\n{APPROXIMATE_MARK} {k}: approximate, not lm_eval's exact requests: {c}\n"
                     for c, k in causes.items())
-    return "\n".join(lines) + "\n\n" + "Metrics as in table.md of each model's folder (" + ", ".join(
-        f"{c[1]} {c[2]}" for c in cols) + "). " + REFERENCE_NOTE + "\n" + notes
+    own = "± is each model's own stderr: compare models by the paired differences below. " if len(runs) > 1 else ""
+    text = "\n".join(lines) + "\n\n" + "Metrics as in table.md of each model's folder (" + ", ".join(
+        f"{c[1]} {c[2]}" for c in cols) + "). " + own + REFERENCE_NOTE + "\n" + notes
+    if len(runs) > 1:
+        text += "\n" + paired_table(runs)
+    known = {name: t for name, t in (training or {}).items() if t}
+    if known:
+        text += "\n## Trained on\n\n" + "".join(f"- {name}: {describe_training(t)}\n" for name, t in known.items())
+    return text
+
+
+# ---------------------------------------------------------------------------- paired differences
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """Model B minus model A on the same n items: the mean per-item difference, its standard error (the
+    differences' sample std / sqrt(n), lm_eval's `mean_stderr`), and the items only B / only A got right."""
+
+    metric: str
+    n: int
+    diff: float
+    stderr: float | None
+    better: int
+    worse: int
+
+    @property
+    def significant(self) -> bool:
+        """Whether the 95% interval (diff ± 1.96 stderr) excludes 0 (a constant nonzero difference does)."""
+        return self.stderr is not None and abs(self.diff) > Z95 * self.stderr
+
+
+def item_scores(result: Any, metric: str) -> list[tuple[str, Any, float]] | str:
+    """(item id, gold, the item's `metric` value) from a result's per-item samples, or why there are none."""
+    samples = result.samples
+    if not samples:
+        return "no per-item results (samples.jsonl missing or written with samples=False)"
+    if len(samples) != result.n:
+        return f"samples hold {len(samples)} of its {result.n} items"
+    first = samples[0]
+    if metric in ("acc", "acc_norm") and "pred" in first:
+        pred = "pred_norm" if metric == "acc_norm" else "pred"
+        if pred not in first:
+            return f"no per-item {metric}"
+        return [(str(s["id"]), s["gold"], float(s[pred] == s["gold"])) for s in samples]
+    if metric == "acc" and "greedy" in first:  # LAMBADA
+        return [(str(s["id"]), None, float(s["greedy"])) for s in samples]
+    if metric in ("exact_match", "exact_match_flexible") and "strict" in first:
+        from trainer.eval.generative import normalize_answer
+
+        field = "strict" if metric == "exact_match" else "flexible"
+        return [(str(s["id"]), s["gold"], float(normalize_answer(s[field]) == s["gold"])) for s in samples]
+    if metric == "pass@1" and "status" in first:
+        return [(str(s["id"]), None, float(s["status"] == "passed")) for s in samples]
+    return f"no per-item {metric}"
+
+
+def paired_diff(a: Any, b: Any, metric: str, names: tuple[str, str] = ("A", "B")) -> PairedDiff | str:
+    """B minus A on `metric` item by item, or why the two results (called `names` in it) cannot be paired:
+    other shots, other requests (one approximate), other items (count, ids) or other gold answers."""
+    na, nb = names
+    if a.num_fewshot != b.num_fewshot:
+        return f"{na} is {a.num_fewshot}-shot, {nb} {b.num_fewshot}-shot"
+    if a.approximate != b.approximate:
+        if a.approximate and b.approximate:
+            return "other requests: approximate for other causes"
+        return f"other requests: {na if a.approximate else nb} is approximate, {nb if a.approximate else na} exact"
+    if a.n != b.n:
+        return f"other items: {na} has {a.n}, {nb} {b.n}"
+    xs, ys = item_scores(a, metric), item_scores(b, metric)
+    for name, got in ((na, xs), (nb, ys)):
+        if isinstance(got, str):
+            return f"{name}: {got}"
+    ids_a, ids_b = [x[0] for x in xs], [y[0] for y in ys]
+    if ids_a != ids_b:
+        if len(set(ids_a)) != len(ids_a) or set(ids_a) != set(ids_b):
+            first = min(set(ids_a) ^ set(ids_b), default=None)
+            if first is None:
+                return "item ids repeat, in another order"
+            return f"other item ids (e.g. {first!r} only in {na if first in set(ids_a) else nb})"
+        by_id = {y[0]: y for y in ys}
+        ys = [by_id[i] for i in ids_a]
+    for (i, gold_a, _), (_, gold_b, _) in zip(xs, ys, strict=True):
+        if gold_a != gold_b:
+            return f"item {i!r} has gold {gold_a!r} in {na}, {gold_b!r} in {nb} (another version of the data)"
+    from trainer.eval.harness import mean_stderr
+
+    d = [y[2] - x[2] for x, y in zip(xs, ys, strict=True)]
+    return PairedDiff(metric, len(d), sum(d) / len(d), mean_stderr(d), sum(v > 0 for v in d), sum(v < 0 for v in d))
+
+
+def _pairs(names: list[str]) -> list[tuple[str, str]]:
+    """Each model against the first (the baseline), then, past two models, each against the one before."""
+    pairs = [(names[0], n) for n in names[1:]]
+    return pairs + [(a, b) for a, b in zip(names[1:], names[2:], strict=False)]
+
+
+def paired_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every pair's paired difference per compared task (compare.json's "paired")."""
+    rows = []
+    for a, b in _pairs(list(runs)):
+        for key, _, metric, _scale in _compare_columns(runs):
+            ra, rb = _result_for(runs[a], key), _result_for(runs[b], key)
+            row: dict[str, Any] = {"a": a, "b": b, "task": key, "metric": metric}
+            if ra is None or rb is None:
+                row["reason"] = f"not evaluated in {a if ra is None else b}"
+            else:
+                got = paired_diff(ra, rb, metric, (a, b))
+                row.update({"reason": got} if isinstance(got, str) else {**asdict(got), "significant": got.significant})
+            rows.append(row)
+    return rows
+
+
+def paired_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: per pair of models and task, B − A on the same items ± the paired stderr, * where significant."""
+    cols = _compare_columns(runs)
+    rows = paired_rows(runs)
+    lines = ["## Paired differences (same items)", "",
+             "| B vs A | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    reasons = []
+    for i in range(0, len(rows), len(cols)):
+        cells = []
+        for row, (_, title, _, scale) in zip(rows[i:i + len(cols)], cols, strict=True):
+            if "reason" in row:
+                cells.append("n/a")
+                reasons.append(f"- {row['b']} vs {row['a']}, {title}: {row['reason']}")
+                continue
+            se = "" if row["stderr"] is None else (f" ± {row['stderr'] * scale:.1f}" if scale == 100
+                                                      else f" ± {row['stderr']:.3f}")
+            diff = f"{row['diff'] * scale:+.1f}" if scale == 100 else f"{row['diff']:+.3f}"
+            cells.append(f"{diff}{se}{' *' if row['significant'] else ''} ({row['better']}↑ {row['worse']}↓)")
+        lines.append(f"| {rows[i]['b']} vs {rows[i]['a']} | " + " | ".join(cells) + " |")
+    lines += ["", "B − A per task, on the items both were scored on: the mean of the per-item differences ± its "
+              "standard error (their sample std / sqrt(n), lm_eval's stderr applied to the differences); "
+              "↑/↓ count the items only B / only A gets right. * marks a difference whose 95% interval "
+              "(± 1.96 stderr) excludes 0 (by chance alone about one cell in 20 is); without it the gap is "
+              "within noise, whatever the rows above suggest (their ± is each model's own, not the "
+              "uncertainty of a difference on shared items). Each model is paired with the first, and with "
+              "the one before it."]
+    if reasons:
+        lines += ["", "No paired figure (n/a):", *reasons]
+    return "\n".join(lines) + "\n"
+
+
+def describe_training(t: Mapping[str, Any]) -> str:
+    """One line from results.json's "training": step, samples/tokens seen, each dataset with its revision
+    and the Hub commit its prepared data was read from (where known)."""
+    seen = [f"step {t['step']}"] if t.get("step") is not None else []
+    if t.get("samples") is not None:
+        seen.append(f"{t['samples']:,} samples" + (f" ({t['tokens']:,} tokens)" if t.get("tokens") else ""))
+    if t.get("synthetic"):
+        data = "synthetic tokens"
+    else:
+        data = "; ".join(
+            ds["source"] + "".join(f" {k} {ds[k]}" for k in ("subset", "split", "revision", "commit") if ds.get(k))
+            + (f" (weight {ds['weight']:g})" if len(t["datasets"]) > 1 else "") for ds in t.get("datasets") or [])
+    note = f" [{t['commit_note']}]" if t.get("commit_note") else ""
+    init = f", from {t['init_from']}" if t.get("init_from") else ""
+    return ", ".join(seen) + f" on {data or 'data not recorded'}{note}{init}"
 
 
 def plot_compare(runs: Mapping[str, Mapping[str, Any]], out: str | Path) -> Path:
@@ -234,29 +404,58 @@ def plot_compare(runs: Mapping[str, Mapping[str, Any]], out: str | Path) -> Path
     return _save(fig, out)
 
 
-def write_compare(runs: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> dict[str, Path]:
-    """compare.md and compare.png in `out_dir`, beside each model's own report folder."""
+def write_compare(runs: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
+                  training: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, Path]:
+    """compare.md, compare.json (paired differences, training data) and compare.png in `out_dir`, beside
+    each model's own report folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"compare": out / "compare.md", "compare_chart": out / "compare.png"}
-    paths["compare"].write_text(compare_table(runs), encoding="utf-8")
+    paths = {"compare": out / "compare.md", "compare_json": out / "compare.json", "compare_chart": out / "compare.png"}
+    paths["compare"].write_text(compare_table(runs, training), encoding="utf-8")
+    payload = {"models": list(runs), "paired": paired_rows(runs) if len(runs) > 1 else [],
+               "training": {name: (training or {}).get(name) for name in runs}}
+    paths["compare_json"].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plot_compare(runs, paths["compare_chart"])
     return paths
 
 
+def _results_json(folder: str | Path) -> Path:
+    return Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
+
+
 def read_report(folder: str | Path) -> tuple[str, dict[str, Any]]:
-    """(model name, {task: TaskResult}) from a report folder's results.json, without its samples."""
+    """(model name, {task: TaskResult}) from a report folder's results.json, with the per-item results of
+    the samples.jsonl beside it (for paired differences) where there is one."""
     from trainer.eval.harness import TaskResult
     from trainer.files import read_json
 
-    path = Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
+    path = _results_json(folder)
     payload = read_json(path)
     try:
         results = {k: TaskResult(**{f: v for f, v in r.items() if f in TaskResult.__dataclass_fields__})
                    for k, r in payload["results"].items()}
-        return str(payload["model"]), results
+        name = str(payload["model"])
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a results.json written by trainer eval ({type(e).__name__}: {e})") from None
+    samples = path.parent / "samples.jsonl"
+    if samples.is_file():
+        for line in samples.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                task = rec.pop("task")
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                break  # torn by a crash mid-write: the tasks it cuts short get no paired figure, and say why
+            if task in results:
+                results[task].samples.append(rec)
+    return name, results
+
+
+def read_training(folder: str | Path) -> dict[str, Any] | None:
+    """What a report's results.json says its model was trained on (None: not recorded)."""
+    from trainer.files import read_json
+
+    training = read_json(_results_json(folder)).get("training")
+    return training if isinstance(training, dict) else None
 
 
 def _report_folders(path: Path) -> list[Path]:
@@ -269,23 +468,26 @@ def _report_folders(path: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m trainer.eval.report DIR [DIR ...] --out CMP`: compare.md and compare.png across report
-    folders written earlier (one per checkpoint, in the order given)."""
+    """`python -m trainer.eval.report DIR [DIR ...] --out CMP`: compare.md, compare.json and compare.png across
+    report folders written earlier (one per checkpoint, in the order given; the first is the baseline of the
+    paired differences)."""
     import argparse
 
     from trainer.cli import report_user_errors
 
     p = argparse.ArgumentParser(prog="python -m trainer.eval.report", description=main.__doc__)
     p.add_argument("reports", nargs="+", help="report folders (or their results.json)")
-    p.add_argument("--out", default="eval_compare", help="folder for compare.md and compare.png")
+    p.add_argument("--out", default="eval_compare", help="folder for compare.md, compare.json and compare.png")
 
     def run(args: argparse.Namespace) -> int:
         runs: dict[str, dict[str, Any]] = {}
+        training: dict[str, dict[str, Any] | None] = {}
         for folder in [f for given in args.reports for f in _report_folders(Path(given))]:
             name, results = read_report(folder)
-            runs[name if name not in runs else str(folder)] = results
-        paths = write_compare(runs, args.out)
-        print(compare_table(runs), end="")
+            name = name if name not in runs else str(folder)
+            runs[name], training[name] = results, read_training(folder)
+        paths = write_compare(runs, args.out, training)
+        print(compare_table(runs, training), end="")
         print("wrote " + ", ".join(str(v) for v in paths.values()))
         return 0
 
