@@ -4,12 +4,13 @@ Both run in this process against the same emulator, which runs in a *subprocess*
 not counted as the engine's. The emulator enforces 6,000 RPM, 2M input TPM and 400K output TPM,
 quantised to one-second buckets (`window_s=1`, as OpenAI enforces high per-minute limits), with a
 lognormal latency of median 0.8 s. The naive baseline is what most scripts do: `asyncio.gather`
-under a semaphore, with the SDK's retries (honouring Retry-After). The emulator, like a token bucket,
-does not count a 429'd request against the limit; OpenAI's rate-limit guide says "unsuccessful requests
-contribute to your per-minute limit", so the naive loops' 429s cost them more there than here.
+under a semaphore, with the SDK's retries (honouring Retry-After). With the OpenAI wire format a 429'd
+request counts against the RPM limit, as OpenAI's rate-limit guide says ("unsuccessful requests contribute
+to your per-minute limit"); with Anthropic's it does not.
 
     python bench/generation.py                  # 5,000 prompts, ~3 minutes
     python bench/generation.py --prompts 1000   # quicker
+    python bench/generation.py --processes 4    # 4 engine processes sharing one key (no baselines)
 
 Two baselines: the SDK's default retries (2), and 7 retries, the engine's 8 attempts (so that what the
 engine adds is not just more retries).
@@ -121,7 +122,19 @@ def ours(provider: str, base: str, prompts: list[str], concurrency: int, max_tok
     responses = gen.run([ChatRequest(messages=[{"role": "user", "content": p}], max_tokens=max_tokens)
                          for p in prompts])
     return {"ok": sum(r.status in ("ok", "truncated") for r in responses),
-            "failed": sum(r.status not in ("ok", "truncated") for r in responses)}
+            "failed": sum(r.status not in ("ok", "truncated") for r in responses), "retries": gen.stats["retries"]}
+
+
+def ours_processes(args: argparse.Namespace, base: str, tmp: Path) -> dict:
+    """`args.processes` engine processes on one API key, as a team runs several builds at once: each its own
+    journal and every N-th prompt, none told of the others (they share the key through its rate-limit headers)."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(i), "--processes", str(args.processes),
+                               "--base", base, "--journal", str(tmp / f"journal{i}.sqlite"), "--prompts",
+                               str(args.prompts), "--provider", args.provider, "--concurrency", str(args.concurrency),
+                               "--max-tokens", str(args.max_tokens)], stdout=subprocess.PIPE, text=True)
+             for i in range(args.processes)]
+    results = [json.loads(p.communicate()[0].splitlines()[-1]) for p in procs]
+    return {k: sum(r[k] for r in results) for k in ("ok", "failed", "retries")}
 
 
 class ArrivalClock:
@@ -181,10 +194,19 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--provider", choices=sorted(MODELS), default="openai", help="wire format and client")
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--processes", type=int, default=1, help="engine processes sharing one key (>1: no baselines; "
+                   "CPU ms/req counts only this process)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--base", help=argparse.SUPPRESS)
+    p.add_argument("--journal", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
         return serve(args)
+    if args.worker is not None:  # one of --processes: its share of the prompts, its counters as a JSON line
+        mine = make_prompts(args.prompts)[args.worker::args.processes]
+        return print(json.dumps(ours(args.provider, args.base, mine, args.concurrency, args.max_tokens,
+                                     Path(args.journal))))
     import anthropic  # noqa: F401 - import cost (about a second of CPU) is paid before measuring
     import openai  # noqa: F401
 
@@ -197,16 +219,20 @@ def main() -> None:
         prompts = make_prompts(args.prompts)
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(measure("textbookgen Generator", base, lambda: ours(
-                args.provider, base, prompts, args.concurrency, args.max_tokens, Path(tmp) / "journal.sqlite")))
-        if not args.skip_baseline:
+            if args.processes > 1:
+                rows.append(measure(f"textbookgen x{args.processes} procs", base,
+                                    lambda: ours_processes(args, base, Path(tmp))))
+            else:
+                rows.append(measure("textbookgen Generator", base, lambda: ours(
+                    args.provider, base, prompts, args.concurrency, args.max_tokens, Path(tmp) / "journal.sqlite")))
+        if not args.skip_baseline and args.processes == 1:
             for name, retries in NAIVE.items():
                 rows.append(measure(name, base, lambda r=retries: asyncio.run(
                     naive(args.provider, base, prompts, args.concurrency, args.max_tokens, r))))
     finally:
         server.stdin.close()
         server.wait(timeout=30)
-    print(f"\n{args.provider}: {args.prompts} prompts; emulator limits {RPM:,} RPM, {INPUT_TPM:,} input TPM, {OUTPUT_TPM:,} "
+    print(f"\n{args.provider}: {args.prompts} prompts in {args.processes} process(es); emulator limits {RPM:,} RPM, {INPUT_TPM:,} input TPM, {OUTPUT_TPM:,} "
           f"output TPM (1 s buckets); latency median {args.latency} s; concurrency {args.concurrency}\n")
     header = (f"{'':24} {'ok':>5} {'failed':>6} {'send s':>6} {'RPM':>6} {'util':>5} {'wall s':>6} "
               f"{'wall RPM':>8} {'HTTP':>5} {'429s':>5} {'429 share':>9} {'CPU ms/req':>10} {'dup billed':>10}")

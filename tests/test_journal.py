@@ -204,3 +204,14 @@ def test_a_journal_from_before_batch_servers_were_recorded_opens_and_is_migrated
         j.add_batch("t2", "openai", "m", ["k1"], "http://127.0.0.1:8000/v1/")
         assert set(j.open_batch_groups()) == {("openai", "m", None), ("openai", "m", "http://127.0.0.1:8000/v1/")}
         assert j.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+
+
+def test_a_second_run_through_a_symlink_to_the_journal_is_refused(tmp_path):
+    """`latest.sqlite -> run-3.sqlite`: the same file under another name is still one journal; two runs on it
+    would each send what the other has in flight and pay twice."""
+    path = tmp_path / "run-3.sqlite"
+    (tmp_path / "latest.sqlite").symlink_to(path.name)
+    with Journal(path) as first:
+        first.lock_for_run()
+        with Journal(tmp_path / "latest.sqlite") as second, pytest.raises(JournalError, match="in use by another run"):
+            second.lock_for_run()

@@ -285,3 +285,70 @@ def test_output_remaining_clamps_only_on_429():
 
     out_ok, req_ok, out_429 = asyncio.run(main())
     assert out_ok > 50_000 and req_ok < 1 and out_429 <= 200
+
+
+def _share_a_key(foreign_per_s: float, seconds: float = 40.0) -> tuple[int, int, float]:
+    """Virtual time: our controller and another process (pacing `foreign_per_s`) on one key of 600 RPM, enforced
+    OpenAI-style (a 1 s bucket; a refused request counts too), answers after 0.3 s. Returns our answered and
+    refused requests in the second half, and the server's total admitted rate there, per second."""
+    now = [0.0]
+    limit, cap, latency = 600, 10.0, 0.3
+    server = {"level": cap, "t": 0.0}
+
+    def server_level() -> float:
+        server["level"] = min(cap, server["level"] + (now[0] - server["t"]) * limit / 60)
+        server["t"] = now[0]
+        return server["level"]
+
+    def admit() -> bool:
+        ok = server_level() >= 1
+        server["level"] = server["level"] - 1 if ok else max(-cap, server["level"] - 1)
+        return ok
+
+    def headers() -> dict:
+        level = server_level()
+        return {"x-ratelimit-limit-requests": str(limit), "x-ratelimit-remaining-requests": str(max(0, int(level))),
+                "x-ratelimit-reset-requests": f"{max(0.0, cap - level) * 60 / limit:.3f}s"}
+
+    async def main() -> tuple[int, int, float]:
+        adm = AdmissionController(None, concurrency=1000, headroom=1.0, clock=lambda: now[0])
+        on_wire: list[tuple[float, object, bool]] = []
+        ours_ok = ours_refused = admitted = 0
+        next_foreign = 0.0
+        for step in range(int(seconds / 0.005)):
+            now[0] = step * 0.005
+            late = now[0] >= seconds / 2
+            if foreign_per_s and now[0] >= next_foreign:
+                next_foreign += 1 / foreign_per_s
+                admitted += admit() and late
+            for item in [w for w in on_wire if w[0] <= now[0]]:
+                on_wire.remove(item)
+                _, ticket, ok = item
+                if ok:
+                    adm.complete(ticket, 0, 0, headers())
+                else:
+                    adm.fail(ticket, rate_limited=True, headers=headers())
+            while adm.buckets["requests"].wait_time(1, now[0]) <= 0 and \
+                    adm.concurrency.in_use < int(adm.concurrency.limit):
+                ticket = await adm.acquire(0, 0)
+                ok = admit()
+                admitted += ok and late
+                ours_ok += ok and late
+                ours_refused += (not ok) and late
+                on_wire.append((now[0] + (latency if ok else 0.01), ticket, ok))
+        return ours_ok, ours_refused, admitted / (seconds / 2)
+
+    return asyncio.run(main())
+
+
+def test_another_process_on_the_key_gets_its_share_without_a_429_storm():
+    """Another process spending half the key's limit shows only in the server's `remaining`: we keep to the
+    rest instead of pacing at the whole limit into 429s (which, counted by OpenAI, starve both)."""
+    ours_ok, ours_refused, total = _share_a_key(foreign_per_s=5.0)
+    assert ours_refused <= 0.1 * ours_ok
+    assert total >= 0.85 * 10  # the key's limit is still used
+
+
+def test_alone_on_the_key_the_whole_limit_is_used():
+    ours_ok, ours_refused, total = _share_a_key(foreign_per_s=0.0)
+    assert ours_refused == 0 and ours_ok >= 0.9 * 10 * 20

@@ -204,10 +204,11 @@ class Journal:
     def lock_for_run(self) -> None:
         """Claim the journal for one sending run. Two runs on one journal would each send the requests the
         other has in flight and pay for them twice, so the second fails here, naming the file. Readers
-        (summary, export) need no lock."""
+        (summary, export) need no lock. The lock is beside the file a symlink points to: one journal, one lock."""
         if self.path is None:
             return
-        handle = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 - held until close()
+        real = self.path.resolve()
+        handle = open(real.with_name(real.name + ".lock"), "a+")  # noqa: SIM115 - held until close()
         try:
             lock_file(handle)
         except OSError:

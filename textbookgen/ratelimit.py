@@ -6,8 +6,10 @@ they say where you stand in every response's headers, so we learn and clamp the 
 responses (no paid probe call), pace requests evenly instead of bursting into 429s, reserve
 `max_tokens` of output up front and refund what was not used (an attempt abandoned on a timeout refunds
 nothing: the provider goes on generating it), and cut concurrency multiplicatively when a 429 still gets
-through. Waiting is always a computed sleep (never a polling loop), and a
-request gives its concurrency slot back before any retry backoff.
+through. Several processes on one key (field notes §7.1) share it through the same headers: when the server's
+`remaining` falls faster than our own spend explains, each cuts its share of the refill rate, and grows it back
+while the server's bucket has room; no shared file or lock. Waiting is always a computed sleep (never a polling
+loop), and a request gives its concurrency slot back before any retry backoff.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime, timezone
 BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
 _INDEX = {name: i for i, name in enumerate(BUCKETS)}
 _EXACT = ("requests", "input_tokens")  # known in full when a request is sent
+MIN_SHARE = 1 / 32  # the least of a limit a process keeps when others on its key spend the rest
 PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -155,7 +158,7 @@ class TokenBucket:
     """
 
     __slots__ = ("name", "user_limit", "server_limit", "headroom", "burst_s", "start_full", "rate",
-                 "capacity", "level", "t", "taken")
+                 "capacity", "level", "t", "taken", "share", "full_rate", "_decided_at", "_foreign")
 
     def __init__(self, name: str, user_limit: float | None, *, headroom: float, burst_s: float,
                  now: float, start_full: bool = True) -> None:
@@ -170,6 +173,10 @@ class TokenBucket:
         self.level = 0.0
         self.t = now
         self.taken = 0.0  # running total of everything taken: lets a response's `remaining` be aged
+        self.share = 1.0  # of the limit we refill at: less while others spend the same key (see `observe`)
+        self.full_rate = math.inf
+        self._decided_at = now  # when `share` was last changed or confirmed
+        self._foreign = 0.0  # how far the server fell below our model since then: others' spend
         self._configure(now, fill=True)
 
     @property
@@ -181,10 +188,11 @@ class TokenBucket:
         self.refill(now)
         limit = self.limit
         if limit is None:
-            self.rate = self.capacity = math.inf
+            self.rate = self.full_rate = self.capacity = math.inf
             return
-        self.rate = limit * self.headroom / 60.0
-        self.capacity = max(self.rate * self.burst_s, 1.0)
+        self.full_rate = limit * self.headroom / 60.0
+        self.rate = self.full_rate * self.share
+        self.capacity = max(self.full_rate * self.burst_s, 1.0)
         if fill:
             self.level = self.capacity if self.start_full else 0.0
         else:
@@ -214,17 +222,48 @@ class TokenBucket:
             self.level = min(self.capacity, self.level + n)
 
     def observe(self, obs: Observation, taken_since: float, age_s: float, now: float,
-                clamp: bool = True) -> None:
+                clamp: bool = True, sent_at: float | None = None, rate_limited: bool = False) -> None:
         """Learn the server's limit; with `clamp`, lower our level to the server's `remaining`, aged
-        by what we have taken since that request was sent and what refilled since."""
+        by what we have taken since that request was sent and what refilled since (our share of it),
+        and adapt that share to what others spend (see `_adapt`)."""
         if obs.limit and obs.limit != self.server_limit:
             self.server_limit = obs.limit
             self._configure(now, fill=self.rate == math.inf)  # first limit known: start full, then clamp
-        if clamp and obs.remaining is not None and self.rate != math.inf:
-            self.refill(now)
-            server_level = obs.remaining * self.headroom - taken_since + age_s * self.rate
-            if server_level < self.level:
-                self.level = max(server_level, 0.0)
+        if obs.remaining is None or self.rate == math.inf:
+            return
+        self.refill(now)
+        server_level = obs.remaining * self.headroom - taken_since + age_s * self.rate
+        if clamp and server_level < self.level:
+            self._foreign += self.level - server_level
+            self.level = max(server_level, 0.0)
+        if sent_at is not None:
+            self._adapt(obs, server_level, sent_at, now, rate_limited)
+
+    def _adapt(self, obs: Observation, server_level: float, sent_at: float, now: float,
+               rate_limited: bool) -> None:
+        """Share the limit with other processes on the same key, which nobody tells us about but the
+        server's `remaining`: once per round trip (an answer to a request sent after the last decision),
+        cut our refill rate by a quarter when the server's bucket is in its lower half and either its level
+        fell below our model by more than noise (others spent it) or a 429 got through; grow it back
+        while the server's bucket is over half full (nobody is short). Each process cutting by the same
+        factor keeps the total stable however many share the key; growing while there is room reclaims
+        what a finished process leaves."""
+        if sent_at <= self._decided_at:
+            return
+        span = now - self._decided_at
+        server_capacity = self.capacity
+        if obs.reset_s is not None and obs.remaining is not None:
+            server_capacity = max(1.0, obs.remaining + obs.reset_s * (self.server_limit or self.limit) / 60.0)
+        low = server_level < 0.5 * server_capacity
+        others = self._foreign > 1.0 + 0.05 * self.full_rate * span
+        if low and (rate_limited or others):  # `others` only where `remaining` is trusted (clamped)
+            self.share = max(MIN_SHARE, self.share * 0.75)
+        elif not low:
+            self.share = min(1.0, self.share * (1.0 + 0.5 * min(span, 1.0)) + 0.02)
+        self._foreign = 0.0
+        self._decided_at = now
+        self.refill(now)
+        self.rate = self.full_rate * self.share
 
 
 class AdaptiveConcurrency:
@@ -376,7 +415,7 @@ class AdmissionController:
         for name, obs in observations.items():
             bucket = self.buckets[name]
             bucket.observe(obs, bucket.taken - ticket.taken[_INDEX[name]], age, now,
-                           clamp=rate_limited or name in _EXACT)
+                           clamp=rate_limited or name in _EXACT, sent_at=ticket.t_send, rate_limited=rate_limited)
 
     def _first_answer(self) -> None:
         self._started = True
