@@ -533,6 +533,31 @@ def test_polls_that_keep_failing_for_a_while_do_not_end_a_run_waiting_for_its_ba
     assert all(r.status in ("ok", "truncated") for r in out)
 
 
+def test_failed_polls_between_answered_ones_do_not_add_up_to_an_outage(tmp_path, monkeypatch):
+    """failed_polls was reset only when a batch ended, so max_attempts failed polls spread over a day-long batch,
+    each followed by polls that answered, ended the run; only failures in a row count."""
+    from textbookgen import batch as batch_mod
+    from textbookgen.errors import RetryableError
+
+    real_poll = batch_mod.OpenAIBatches.poll
+    script = ["fail", "fail", "running"] * 3  # max_attempts=2: each fail pair is one failed poll, then one that answers
+
+    async def flaky(self, batch_id):
+        step = script.pop(0) if script else "real"
+        if step == "fail":
+            raise RetryableError("openai HTTP 503 (service_unavailable): down for a moment")
+        if step == "running":
+            return batch_mod.Poll(ended=False)
+        return await real_poll(self, batch_id)
+
+    monkeypatch.setattr(batch_mod.OpenAIBatches, "poll", flaky)
+    with Emulator(EmulatorConfig(batch_latency_s=0.05)) as emu:
+        out = batch_gen(emu, "openai", "gpt-4o-mini", tmp_path, max_attempts=2, backoff_initial_s=0.01,
+                        backoff_max_s=0.02).run(reqs(6))
+        assert emu.billed == 6 and not script
+    assert all(r.status in ("ok", "truncated") for r in out)
+
+
 def test_cli_batch_options_are_checked_before_anything_is_sent(tmp_path):
     """`--batch-size 0` failed naming the API's batch_size; `--batch-size` without `--batch` was ignored and the run
     went live, at twice the batch price."""

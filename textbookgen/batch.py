@@ -618,6 +618,7 @@ class BatchRunner:
                 poll = await self._call(self.api.poll, batch["batch_id"])
                 if not poll.ended:
                     batch["answered"], batch["failed"] = poll.answered, poll.failed
+                    self.failed_polls = 0
                     continue
                 results = await self._call(self.api.results, batch["batch_id"], batch["keys"])
             except RetryableError as exc:

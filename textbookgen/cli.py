@@ -233,7 +233,7 @@ def _prices(specs: list[str] | None) -> dict[str, tuple[float, float]]:
 
 
 def _base_urls(value: str | None) -> str | list[str] | None:
-    """`--base-url` as given: one URL, or the comma-separated URLs of several replicas (a list); a URL that is
+    """`--base-url` as read: one URL, or the comma-separated URLs of several replicas (a list); a URL that is
     none is refused."""
     from textbookgen.providers import replica_urls
 
@@ -242,7 +242,7 @@ def _base_urls(value: str | None) -> str | list[str] | None:
         replica_urls("openai-compatible", urls or None)
     except ValueError as err:
         _fail(f"--base-url: {err}")
-    return urls if len(urls) > 1 else value
+    return urls if len(urls) > 1 else (urls[0] if urls else value)
 
 
 @app.command()
