@@ -570,8 +570,10 @@ def test_cli_batch_options_are_checked_before_anything_is_sent(tmp_path):
     common = ["generate", str(prompts), "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "PATH"]
     zero = CliRunner().invoke(app, [*common, "--batch", "--batch-size", "0"])
     live = CliRunner().invoke(app, [*common, "--batch-size", "500"])
+    default = CliRunner().invoke(app, [*common, "--batch-size", "10000"])  # the default value, given: still refused
     assert zero.exit_code == 1 and "--batch-size: must be >= 1, got 0" in zero.output
     assert live.exit_code == 1 and "--batch-size and --batch-poll go with --batch" in live.output
+    assert default.exit_code == 1 and "--batch-size and --batch-poll go with --batch" in default.output
     assert not (tmp_path / "p.journal.sqlite").exists()
 
 

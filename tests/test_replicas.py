@@ -289,3 +289,10 @@ def test_generate_cli_takes_one_url_as_the_comma_list_reads_it(tmp_path):
                                           "--no-progress", "--base-url", f" {a.openai_base_url},"])
         assert result.exit_code == 0, result.output
         assert a.billed == 1
+
+
+def test_a_one_url_list_is_one_server(tmp_path):
+    """A recipe's `base_url: [url]` with batch mode printed `--base-url ['http://...']` in its hints."""
+    gen = Generator("openai", "m", base_url=["http://127.0.0.1:9/v1"], api_key="k", batch=True,
+                    journal=tmp_path / "j.sqlite", progress=False)
+    assert gen.base_url == "http://127.0.0.1:9/v1"

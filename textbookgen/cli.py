@@ -282,8 +282,10 @@ def generate(
                                          "and more than this share of them failed (1: never stop)"),
     batch: bool = typer.Option(False, "--batch", help="the provider's batch API (openai, anthropic): half price, "
                                "answers within 24 h; interrupt and rerun to collect submitted batches"),
-    batch_size: int = typer.Option(10_000, "--batch-size", help="requests per batch (with --batch)"),
-    batch_poll: float = typer.Option(30.0, "--batch-poll", help="seconds between batch status checks (with --batch)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="requests per batch (with --batch; default "
+                                          "10,000)"),
+    batch_poll: float | None = typer.Option(None, "--batch-poll", help="seconds between batch status checks (with "
+                                            "--batch; default 30)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate a completion for every prompt; writes the journal and the completions file.
@@ -311,7 +313,7 @@ def generate(
                                 ("--max-error-rate", max_error_rate, "in [0, 1]"), ("--batch-size", batch_size, ">= 1"),
                                 ("--batch-poll", batch_poll, ">= 0")):
         _check(option, value, rule)
-    if not batch and (batch_size, batch_poll) != (10_000, 30.0):  # else the run goes live, at twice the price
+    if not batch and (batch_size is not None or batch_poll is not None):  # else it runs live, at twice the price
         _fail("--batch-size and --batch-poll go with --batch")
     stem = Path(prompts).with_suffix("")
     out_path = out or f"{stem}.completions.jsonl"
@@ -333,8 +335,8 @@ def generate(
                         limits=RateLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, tpm=tpm),
                         concurrency=concurrency, max_cost_usd=max_cost, max_output_tokens=max_output_tokens,
                         prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
-                        retry_failed=retry_failed, batch=batch, batch_size=batch_size, batch_poll_s=batch_poll,
-                        max_error_rate=max_error_rate)
+                        retry_failed=retry_failed, batch=batch, max_error_rate=max_error_rate,
+                        **{k: v for k, v in (("batch_size", batch_size), ("batch_poll_s", batch_poll)) if v is not None})
     try:
         responses = gen.run(requests)
     except FatalProviderError as err:

@@ -420,6 +420,8 @@ class Generator:
         if (max_cost_usd is not None and not max_cost_usd >= 0) or (max_output_tokens or 0) < 0:
             raise ValueError(f"max_cost_usd and max_output_tokens must be >= 0, got {max_cost_usd} and "
                              f"{max_output_tokens}")
+        if isinstance(base_url, (list, tuple)) and len(base_url) == 1:
+            base_url = base_url[0]  # one replica is one server: messages and hints name it as such
         self.provider, self.model, self.base_url = provider, model, base_url
         self._api_key = api_key
         self.journal_path = Path(journal) if journal is not None else None
