@@ -243,3 +243,24 @@ def test_per_call_help_names_the_default_the_sdk_uses():
 
     out = CliRunner().invoke(app, ["topics", "grow", "--help"], terminal_width=200).output
     assert f"else {PER_CALL};" in " ".join(out.split()) and GrowConfig(target=5).per_call == PER_CALL
+
+
+def test_coverage_of_a_build_folder_reads_its_dataset(tmp_path):
+    """A build folder holds prompts, documents and curation reports: read whole, each document counted three times
+    (or a report without topic ids failed the command)."""
+    outline = tmp_path / "t.md"
+    outline.write_text("# T\n\n## A\n\n- a1\n- a2\n\n## B\n\n- b1\n- b2\n")
+    leaf = Taxonomy.load(outline).leaves()[0]
+    build = tmp_path / "build"
+    (build / ".build").mkdir(parents=True)
+    (build / "manifest.json").write_text("{}")
+    docs = pl.DataFrame({"topic_id": [leaf.id] * 2, "text": ["x", "y"]})
+    docs.write_parquet(build / "documents.parquet")
+    docs.write_parquet(build / "prompts.parquet")
+    pl.DataFrame({"id": ["z"]}).write_parquet(build / ".build" / "dropped.parquet")
+    res = _topics("coverage", str(outline), str(build))
+    assert res.exit_code == 1 and "no dataset/ yet" in res.output, res.output
+    (build / "dataset" / "data").mkdir(parents=True)
+    docs.write_parquet(build / "dataset" / "data" / "train-00000-of-00001.parquet")
+    res = _topics("coverage", str(outline), str(build))
+    assert res.exit_code == 0 and res.output.startswith("note: ") and "2 samples over 1/4 leaf topics" in res.output

@@ -1121,6 +1121,15 @@ def _topic_ids(table: str) -> tuple[list, list | None]:
     metadata)."""
     import polars as pl
 
+    from textbookgen.dataset import is_build_folder
+
+    if is_build_folder(table):  # its parquet files are prompts, documents and curation reports: not one table
+        if not (Path(table) / "dataset" / "data").is_dir():
+            _fail(f"{table} is a textbookgen build folder with no dataset/ yet: give its prompts.parquet, or "
+                  f"finish the build")
+        typer.echo(f"note: {table} is a textbookgen build folder; reading its dataset, {Path(table) / 'dataset'}",
+                   err=True)
+        table = str(Path(table) / "dataset")
     files = sorted(str(f) for f in Path(table).rglob("*.parquet")) if Path(table).is_dir() else [table]
     if not files:
         _fail(f"{table}: a folder with no .parquet file in it")

@@ -230,6 +230,13 @@ def existing_shards(out_dir: str | Path, split: str | None = None) -> list[Path]
     return found
 
 
+def is_build_folder(folder: str | Path) -> bool:
+    """A `textbookgen build` output folder (manifest.json and the .build/ state beside it), not a dataset: its
+    parquet files are generation and curation files, and its dataset is `folder/dataset`."""
+    folder = Path(folder)
+    return (folder / "manifest.json").is_file() and (folder / ".build").is_dir() and not (folder / "data").is_dir()
+
+
 #: Left in a folder while `hub.pull` downloads into it: some files may be missing until a pull completes it.
 PULL_INCOMPLETE = ".pull-incomplete"
 

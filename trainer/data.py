@@ -208,7 +208,9 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
             raise DataError(f"{path} is a single parquet file, which names no split, so split {split!r} would be "
                             f"the training data; give a folder with data/{split}-*.parquet files or hold out part "
                             f"of the training split (holdout_fraction, holdout_tokens)")
-        if path.name == "documents.parquet" and _is_build_folder(path.parent):
+        from textbookgen.dataset import is_build_folder
+
+        if path.name == "documents.parquet" and is_build_folder(path.parent):
             print(f"warning: {path} is a textbookgen build's documents before curation (not deduplicated, "
                   f"decontaminated or filtered); its curated dataset is {path.parent / 'dataset'}", file=sys.stderr)
         return [path]
@@ -250,15 +252,12 @@ def hub_commit(files: Sequence[Path]) -> str | None:
     return parts[at[-1] + 1] if at else None
 
 
-def _is_build_folder(folder: Path) -> bool:
-    """A `textbookgen build` output folder (manifest.json and the .build/ state beside it), not a dataset."""
-    return (folder / "manifest.json").is_file() and (folder / ".build").is_dir() and not (folder / "data").is_dir()
-
-
 def _dataset_of_build(folder: Path) -> Path:
     """`folder`, or its dataset/ when it is a build folder: searched as a dataset, a build folder would give its
     generation and curation files (uncurated documents, dropped rows) or fail on the first without `text`."""
-    if not _is_build_folder(folder):
+    from textbookgen.dataset import is_build_folder
+
+    if not is_build_folder(folder):
         return folder
     dataset = folder / "dataset"
     if not (dataset / "data").is_dir():
