@@ -222,7 +222,7 @@ samples: 10
     ("{name: anthropic, base_url: [http://a:8000, http://b:8000]}", 9, "provider.base_url",
      "provider 'anthropic' takes one base_url, not 2"),
     ("{name: openai, base_url: [http://a:8000/v1, http://b:8000/v1], batch: true}", 9, "provider",
-     "batch: true takes one base_url, not 2"),
+     "batch mode takes one base_url, not 2"),
 ])
 def test_a_recipe_base_url_list_that_cannot_work_names_its_line(tmp_path, provider, line, field, said):
     from textbookgen.recipe import RecipeError, load_recipe

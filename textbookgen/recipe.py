@@ -90,15 +90,18 @@ class ProviderConfig(_Strict):
         if self.batch and self.name == "openai-compatible":
             raise ValueError("batch: true needs name openai or anthropic (OpenAI-compatible servers have no batch "
                              "API; a local server is fastest live)")
-        if self.batch and len(self.urls) > 1:
-            raise ValueError(f"batch: true takes one base_url, not {len(self.urls)}: a batch is submitted to and "
-                             "collected from one server")
+        if self.batch:
+            from textbookgen.providers import replica_urls
+
+            replica_urls(self.name, self.base_url, batch=True)  # several URLs: one line naming the reason
         return self
 
     @property
     def urls(self) -> list[str]:
         """The server URLs `base_url` names: none, one, or one per replica."""
-        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url or [])
+        from textbookgen.providers import replica_urls
+
+        return replica_urls(self.name, self.base_url)
 
     @property
     def key_env(self) -> str:
