@@ -761,3 +761,10 @@ def test_a_plain_text_topic_list_loads_one_topic_a_line_indent_nesting(tmp_path)
     ]
     out = tax.save(tmp_path / "again.txt")
     assert [t.id for t in Taxonomy.load(out).leaves()] == [t.id for t in tax.leaves()]
+
+
+def test_a_name_that_starts_like_an_outline_letter_keeps_it(tmp_path):
+    """'E. coli genetics' lost its 'E. ' as an outline letter; 'A. Algebra' and 'b) biology' are outline items."""
+    p = tmp_path / "topics.txt"
+    p.write_text("Microbiology\n  E. coli genetics\n  A. Algebra of cells\n  b) biofilms\n")
+    assert [t.name for t in Taxonomy.load(p).leaves()] == ["E. coli genetics", "Algebra of cells", "biofilms"]

@@ -879,7 +879,8 @@ class NameIndex:
 
 
 # ---- list parsing (LLM answers) -----------------------------------------------------------------
-_LIST_PREFIX = re.compile(r"^\s*(?:[-*+\u2022\u2013]|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)])\s+")
+# a bullet, "1." / "1)", "a)" / "(a)", or "A." before a word that is no lowercase one ("E. coli" is a name)
+_LIST_PREFIX = re.compile(r"^\s*(?:[-*+\u2022\u2013]|\(?\d{1,3}[.):]|\(?[a-zA-Z]\)|[a-zA-Z]\.(?=\s+[^\sa-z]))\s+")
 
 
 # Chatter around a plain-text list: refusals, "Sure, here are...", a closing "I hope this helps".
