@@ -296,3 +296,26 @@ def test_a_one_url_list_is_one_server(tmp_path):
     gen = Generator("openai", "m", base_url=["http://127.0.0.1:9/v1"], api_key="k", batch=True,
                     journal=tmp_path / "j.sqlite", progress=False)
     assert gen.base_url == "http://127.0.0.1:9/v1"
+
+
+def test_a_stopping_run_does_not_set_healthy_replicas_aside(caplog):
+    """Ctrl-C cancels the requests on the wire as the engine's timeout does: each replica was 'set aside' and the
+    end-of-run line called the nodes sick. A cancel sooner than the attempt timeout is the run stopping."""
+    slow = EmulatorConfig(latency_median_s=5.0, latency_sigma=0.0)
+    with Emulator(slow) as a, Emulator(slow) as b:
+        urls = [a.openai_base_url, b.openai_base_url]
+
+        async def cancel_after(replicas: ReplicaProvider, s: float) -> None:
+            task = asyncio.ensure_future(replicas.complete(reqs(1)[0]))
+            await asyncio.sleep(s)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await replicas.aclose()
+
+        stopping = make_provider("openai-compatible", "m", api_key="k", base_url=urls, attempt_timeout_s=60.0)
+        asyncio.run(cancel_after(stopping, 0.3))
+        assert not any("set aside" in r.getMessage() for r in caplog.records)
+        timed_out = make_provider("openai-compatible", "m", api_key="k", base_url=urls, attempt_timeout_s=0.1)
+        asyncio.run(cancel_after(timed_out, 0.3))
+        assert any("set aside" in r.getMessage() for r in caplog.records)

@@ -558,7 +558,8 @@ class Generator:
     async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse],
                         abandoned: Spend) -> None:
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
-                                 timeout=self.timeout_s * TIMEOUT_CAP)  # the engine times attempts itself
+                                 timeout=self.timeout_s * TIMEOUT_CAP,  # the engine times attempts itself
+                                 attempt_timeout_s=self.timeout_s)
         self._secrets = provider.secrets
         self._provider = provider
         self._admission = AdmissionController(self.limits, self.concurrency)

@@ -458,8 +458,9 @@ class ReplicaProvider:
 
     def __init__(self, provider: str, model: str, api_key: str, urls: Sequence[str], timeout: float,
                  http: str = "aiohttp", *, cooldown_s: float = 30.0, max_cooldown_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 unanswered_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.name, self.model, self.secrets = provider, model, _secrets(api_key)
+        self.unanswered_s = unanswered_s  # the engine's attempt timeout: a request cancelled sooner was not timed out
         self.cooldown_s, self.max_cooldown_s, self._clock = cooldown_s, max_cooldown_s, clock
         self._replicas = [_Replica(_shown(url), OpenAIProvider(provider, model, api_key, url, timeout, http), i)
                           for i, url in enumerate(urls)]
@@ -477,6 +478,7 @@ class ReplicaProvider:
         while (replica := self._pick(tried)) is not None:
             tried.append(replica)
             replica.in_flight += 1
+            sent = self._clock()
             try:
                 completion = await replica.provider.complete(req)
             except CannotConnect as exc:  # nothing was sent: the next replica takes it now
@@ -487,8 +489,9 @@ class ReplicaProvider:
                 if isinstance(exc, Unavailable) or not exc.reached:
                     self._set_aside(replica, str(exc))
                 raise
-            except asyncio.CancelledError:  # the engine gave up waiting (its timeout), or the run stops
-                self._set_aside(replica, "a request to it went unanswered")
+            except asyncio.CancelledError:  # the engine gave up waiting (its timeout), or the run stops (Ctrl-C)
+                if self._clock() - sent >= self.unanswered_s:
+                    self._set_aside(replica, "a request to it went unanswered")
                 raise
             finally:
                 replica.in_flight -= 1
@@ -543,9 +546,11 @@ class ReplicaProvider:
 
 def make_provider(provider: str, model: str, *, api_key: str | None = None,
                   base_url: str | Sequence[str] | None = None, timeout: float = 120.0,
-                  http: str = "aiohttp") -> OpenAIProvider | AnthropicProvider | ReplicaProvider:
+                  http: str = "aiohttp", attempt_timeout_s: float = 0.0
+                  ) -> OpenAIProvider | AnthropicProvider | ReplicaProvider:
     """Build the provider client (a ReplicaProvider for several base URLs); raises FatalProviderError for an
-    unknown provider, a bad base_url or a missing key."""
+    unknown provider, a bad base_url or a missing key. `attempt_timeout_s`: the engine's own timeout of an
+    attempt, so that replicas tell a request it timed out from one a stopping run cancelled."""
     if provider not in PROVIDERS:
         raise FatalProviderError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
     try:
@@ -559,5 +564,5 @@ def make_provider(provider: str, model: str, *, api_key: str | None = None,
     if provider == "anthropic":
         return AnthropicProvider(model, key, url, timeout, http)
     if len(urls) > 1:
-        return ReplicaProvider(provider, model, key, urls, timeout, http)
+        return ReplicaProvider(provider, model, key, urls, timeout, http, unanswered_s=attempt_timeout_s)
     return OpenAIProvider(provider, model, key, url, timeout, http)
