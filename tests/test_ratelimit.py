@@ -352,3 +352,70 @@ def test_another_process_on_the_key_gets_its_share_without_a_429_storm():
 def test_alone_on_the_key_the_whole_limit_is_used():
     ours_ok, ours_refused, total = _share_a_key(foreign_per_s=0.0)
     assert ours_refused == 0 and ours_ok >= 0.9 * 10 * 20
+
+
+def _headerless_server(rpm: float, latency: float, seconds: float = 20.0) -> tuple[int, int]:
+    """Virtual time: a proxy with an RPM limit over a 1 s window that sends no limit headers, only 429s with a
+    Retry-After (a refused request counts against the limit, as OpenAI's does), answering after `latency`; we
+    send as fast as the controller admits. Returns our answered and refused requests in the second half."""
+    now = [0.0]
+    rate, cap = rpm / 60, max(1.0, rpm / 60)
+    server = {"level": cap, "t": 0.0}
+
+    def admit() -> tuple[bool, float]:
+        server["level"] = min(cap, server["level"] + (now[0] - server["t"]) * rate)
+        server["t"] = now[0]
+        ok = server["level"] >= 1
+        server["level"] = server["level"] - 1 if ok else max(-cap, server["level"] - 1)
+        return ok, max(0.0, (1 - server["level"]) / rate)
+
+    async def main() -> tuple[int, int]:
+        adm = AdmissionController(None, concurrency=64, clock=lambda: now[0])
+        on_wire: list[tuple[float, object, bool, float]] = []
+        ok_late = refused_late = 0
+        for step in range(int(seconds / 0.005)):
+            now[0] = step * 0.005
+            for item in [w for w in on_wire if w[0] <= now[0]]:
+                on_wire.remove(item)
+                _, ticket, ok, retry_after = item
+                if ok:
+                    adm.complete(ticket, 0, 0, {})
+                else:
+                    adm.fail(ticket, rate_limited=True, headers={}, retry_after=retry_after)
+            while adm.buckets["requests"].wait_time(1, now[0]) <= 0 and now[0] >= adm.paused_until and \
+                    adm.concurrency.in_use < int(adm.concurrency.limit):
+                ticket = await adm.acquire(0, 0)
+                ok, retry_after = admit()
+                late = now[0] >= seconds / 2
+                ok_late += ok and late
+                refused_late += (not ok) and late
+                on_wire.append((now[0] + (latency if ok else 0.005), ticket, ok, retry_after))
+        return ok_late, refused_late
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("latency", [0.02, 0.5])
+def test_a_server_without_headers_gets_its_rate_learned_from_429s(latency):
+    """A proxy with an RPM limit and no headers: concurrency cannot cap a rate when answers are quick (one in
+    flight at 20 ms is 50 a second), so the rate is learned from the 429s: most of the limit, few 429s."""
+    ok, refused = _headerless_server(rpm=1200, latency=latency)
+    assert ok >= 0.8 * 20 * 10 and refused <= 0.05 * ok
+
+
+def test_a_rate_is_learned_only_from_429s_and_forgotten_once_the_server_sends_headers():
+    """No 429, no pacing (vLLM has no limit at all); a limit header makes the guess moot."""
+    async def main():
+        now = [0.0]
+        adm = AdmissionController(None, concurrency=8, slow_start=False, clock=lambda: now[0])
+        for _ in range(10):
+            adm.complete(await adm.acquire(0, 0), 0, 0)
+        unlimited = adm.limits["requests"]
+        adm.fail(await adm.acquire(0, 0), rate_limited=True, retry_after=0.0)
+        learned = adm.limits["requests"]
+        now[0] = 1.0  # the learned bucket has refilled
+        adm.complete(await adm.acquire(0, 0), 0, 0, {"x-ratelimit-limit-tokens": "100000"})
+        return unlimited, learned, adm.limits["requests"]
+
+    unlimited, learned, after = asyncio.run(main())
+    assert unlimited is None and learned == pytest.approx(0.75 * 10 * 60) and after is None

@@ -8,8 +8,11 @@ responses (no paid probe call), pace requests evenly instead of bursting into 42
 nothing: the provider goes on generating it), and cut concurrency multiplicatively when a 429 still gets
 through. Several processes on one key (field notes §7.1) share it through the same headers: when the server's
 `remaining` falls faster than our own spend explains, each cuts its share of the refill rate, and grows it back
-while the server's bucket has room; no shared file or lock. Waiting is always a computed sleep (never a polling
-loop), and a request gives its concurrency slot back before any retry backoff.
+while the server's bucket has room; no shared file or lock. A server that sends no limit headers (a proxy with an
+RPM limit) speaks only through 429s, and concurrency cannot cap a rate when answers are quick: its request rate
+is learned from those 429s instead, AIMD on the requests bucket (`AdmissionController._cut_rate`). Waiting is
+always a computed sleep (never a polling loop), and a request gives its concurrency slot back before any retry
+backoff.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from datetime import datetime, timezone
 BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
 _INDEX = {name: i for i, name in enumerate(BUCKETS)}
 _EXACT = ("requests", "input_tokens")  # known in full when a request is sent
+LEARN_CUT = 0.75  # a 429 from a header-less server: pace at this much of the rate it just admitted
+LEARN_GROWTH = 0.15  # then grow by this fraction of that rate per second of successes
+MIN_LEARNED_RPM = 1.0  # the least a learned limit falls to: a 429 with no success in its window says little
 MIN_SHARE = 1 / 32  # the least of a limit a process keeps when others on its key spend the rest
 PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many
 
@@ -158,13 +164,15 @@ class TokenBucket:
     """
 
     __slots__ = ("name", "user_limit", "server_limit", "headroom", "burst_s", "start_full", "rate",
-                 "capacity", "level", "t", "taken", "share", "full_rate", "_decided_at", "_foreign")
+                 "capacity", "level", "t", "taken", "share", "full_rate", "_decided_at", "_foreign",
+                 "learned_limit")
 
     def __init__(self, name: str, user_limit: float | None, *, headroom: float, burst_s: float,
                  now: float, start_full: bool = True) -> None:
         self.name = name
         self.user_limit = user_limit
         self.server_limit: float | None = None
+        self.learned_limit: float | None = None  # from 429s alone, where the server sends no limit headers
         self.headroom = headroom
         self.burst_s = burst_s
         self.start_full = start_full
@@ -181,7 +189,7 @@ class TokenBucket:
 
     @property
     def limit(self) -> float | None:
-        limits = [x for x in (self.user_limit, self.server_limit) if x]
+        limits = [x for x in (self.user_limit, self.server_limit, self.learned_limit) if x]
         return min(limits) if limits else None
 
     def _configure(self, now: float, fill: bool = False) -> None:
@@ -197,6 +205,17 @@ class TokenBucket:
             self.level = self.capacity if self.start_full else 0.0
         else:
             self.level = min(self.level, self.capacity)
+
+    def learn(self, limit: float | None, now: float) -> None:
+        """Set (None: forget) the limit learned from 429s; the level carries over, so a cut sends no burst."""
+        self.learned_limit = limit
+        self._configure(now)
+
+    def empty_at(self, t: float, now: float) -> None:
+        """The server's bucket is empty (it said so with a 429) and refills from `t` on: so does ours."""
+        if self.rate != math.inf:
+            self.refill(now)
+            self.level = min(self.level, -(t - now) * self.rate)
 
     def refill(self, now: float) -> None:
         if now > self.t:
@@ -367,6 +386,10 @@ class AdmissionController:
         self.headers_seen = False
         self.rate_limited = 0
         self.paused_until = 0.0
+        self._answered: deque[float] = deque()  # when recent requests succeeded, while no headers are seen
+        self._rate_decided_at = -math.inf  # when the learned rate was last cut: one cut per round trip
+        self._grown_at = -math.inf
+        self._growth = 0.0  # requests per minute added per second of successes, set at each cut
         # Admit in small batches rather than one wake-up per request: the same rate, a tenth of the
         # wake-ups (and warmer caches: ~20% less CPU a request) at thousands of requests per minute.
         self.min_sleep_s = batch_s
@@ -411,6 +434,8 @@ class AdmissionController:
             return
         self.headers_seen = True
         now = self.clock()
+        if self._req.learned_limit is not None:  # the server states its limits now: nothing left to guess
+            self._req.learn(None, now)
         age = now - ticket.t_send
         for name, obs in observations.items():
             bucket = self.buckets[name]
@@ -431,6 +456,8 @@ class AdmissionController:
         self._in.give(d_in) if d_in >= 0 else self._in.take(-d_in)
         self._out.give(d_out) if d_out >= 0 else self._out.take(-d_out)
         self._learn(ticket, headers)
+        if not self.headers_seen:
+            self._admitted(self.clock())
         self.concurrency.on_success()
         if not self._started:
             self._first_answer()
@@ -451,8 +478,50 @@ class AdmissionController:
             now = self.clock()
             self.concurrency.on_rate_limited(now)
             if not self.headers_seen:
+                self._cut_rate(ticket, now)
                 pause = min(retry_after if retry_after is not None else self.concurrency.cooldown_s, 60.0)
                 self.paused_until = max(self.paused_until, now + pause)
+                self._req.empty_at(self.paused_until, now)  # no burst saved up while paused
+
+    def _window(self, now: float) -> int:
+        """Successes in the last second (the window most proxies and providers count a limit over)."""
+        while self._answered and self._answered[0] <= now - 1.0:
+            self._answered.popleft()
+        return len(self._answered)
+
+    def _admitted(self, now: float) -> None:
+        """A success from a header-less server: while a learned limit is in use (the last second's successes fill
+        at least half of it), grow it additively, so it climbs back to the server's limit after each cut. It is
+        never below a cut from what the server just admitted: answers still in flight at a 429 count too."""
+        self._answered.append(now)
+        admitted_rpm = self._window(now) * 60.0  # also keeps the record to one second
+        learned = self._req.learned_limit
+        if learned is None:
+            return
+        dt = min(now - self._grown_at, 1.0)
+        self._grown_at = now
+        if admitted_rpm >= 0.5 * learned:
+            grown, floor = learned + self._growth * dt, LEARN_CUT * admitted_rpm
+            if floor > grown:  # a cut from too few answers: grow at the pace of the rate really admitted
+                self._growth = LEARN_GROWTH * floor
+            self._req.learn(max(grown, floor), now)
+
+    def _cut_rate(self, ticket: Ticket, now: float) -> None:
+        """A 429 from a server that sends no limit headers: pace requests at 3/4 of the learned rate, the first
+        time at 3/4 of what the server admitted over the last second (answers still in flight raise it, see
+        `_admitted`), at most once per round trip (only an attempt sent after the last cut says the cut was not
+        enough; the Retry-After pause keeps the server's debt from cutting again). Concurrency cannot do this:
+        one request in flight at 20 ms is already 50 a second."""
+        if ticket.t_send <= self._rate_decided_at:
+            return
+        current = self._req.learned_limit or self._window(now) * 60.0
+        if not current:
+            return  # nothing admitted and nothing learned yet: the Retry-After pause is all we know
+        self._rate_decided_at = now
+        learned = max(MIN_LEARNED_RPM, LEARN_CUT * current)
+        self._growth = LEARN_GROWTH * learned
+        self._grown_at = now
+        self._req.learn(learned, now)
 
     def abandon(self, ticket: Ticket) -> None:
         """An attempt given up on (no answer in time): its slot is free, but the provider may still be generating
