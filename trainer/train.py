@@ -241,15 +241,16 @@ def _parts(cfg: TrainConfig, i: int) -> list[DataPart]:
     return parts
 
 
-def _check_val_split(cfg: TrainConfig, i: int) -> None:
+def _check_val_split(cfg: TrainConfig, i: int, hub: bool = False) -> None:
     """A local source's files must name dataset i's val_split (a single file or unnamed files would make the
-    validation set a copy of the training data); checked before any prepared copy is trusted. A Hub
-    source is checked by `prepare` once downloaded."""
+    validation set a copy of the training data); checked before any prepared copy is trusted. A Hub source
+    (`hub`) is checked by `prepare_all` before it tokenizes any split of it: its snapshot is downloaded then
+    anyway, and a missing val_split found after the training split cost that tokenizing (and replaced it)."""
     ds = cfg.data.datasets[i]
-    if local_source(ds.source) is None:
+    if (local_source(ds.source) is None) != hub:
         return
     try:
-        resolve_source(ds.source, ds.val_split, ds.revision, named=True, subset=ds.subset)
+        resolve_source(ds.source, ds.val_split, ds.revision, ds.endpoint, named=True, subset=ds.subset)
     except DataError as e:
         raise DataError(f"data.datasets.{i}.val_split {ds.val_split!r}: {e}") from None
 
@@ -319,6 +320,8 @@ def prepare_all(cfg: TrainConfig, force: bool = False, progress: bool = True,
     source's without downloading it). None: every part is checked by hashing its sources."""
     indexes = []
     for i, ds in enumerate(cfg.data.datasets):
+        if ds.val_split and (stale is None or any(p.dataset == i for p in stale)):
+            _check_val_split(cfg, i, hub=True)
         for part in _parts(cfg, i):
             is_val = part.folder != dataset_dir(cfg, i)
             if stale is not None and part not in stale:
