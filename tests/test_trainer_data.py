@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from trainer_testlib import small_tokenizer, textbook_texts, wiki_texts, write_hub_folder
+from trainer_testlib import hub_dataset, small_tokenizer, textbook_texts, wiki_texts, write_hub_folder
 
 from trainer.data import (
     BatchPlan,
@@ -219,22 +219,11 @@ def test_too_small_dataset_is_reported(prepared):
 
 
 def test_prepare_from_a_hub_repo(corpus, tmp_path, monkeypatch):
-    pytest.importorskip("aiohttp")
-    import huggingface_hub.constants as hc
-
-    from textbookgen.testing.fakehub import FakeHub
-
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    with FakeHub() as hub:
-        from huggingface_hub import HfApi
-
-        api = HfApi(endpoint=hub.endpoint, token=hub.token)
-        api.create_repo("tester/wiki", repo_type="dataset")
-        api.upload_folder(folder_path=str(corpus["wiki"]), repo_id="tester/wiki", repo_type="dataset")
-        index = prepare("tester/wiki", tmp_path / "tok", corpus["tok"], endpoint=hub.endpoint, num_workers=1,
+    with hub_dataset(corpus["wiki"], "tester/wiki", tmp_path / "hf-cache", monkeypatch) as endpoint:
+        index = prepare("tester/wiki", tmp_path / "tok", corpus["tok"], endpoint=endpoint, num_workers=1,
                         progress=False)
         with pytest.raises(DataError, match="tester/missing"):
-            prepare("tester/missing", tmp_path / "tok2", corpus["tok"], endpoint=hub.endpoint, progress=False)
+            prepare("tester/missing", tmp_path / "tok2", corpus["tok"], endpoint=endpoint, progress=False)
     local = prepare(str(corpus["wiki"]), tmp_path / "local", corpus["tok"], num_workers=1, progress=False)
     assert index["key"] == local["key"] and index["total_tokens"] == local["total_tokens"]
     assert Path(index["sources"][0]["file"]).name == "train-00000-of-00002.parquet"

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import yaml
 from trainer_testlib import (
     VOCAB,
+    hub_dataset,
     one_torch_thread,
     tiny_overrides,
     wiki_and_books,
@@ -357,21 +358,12 @@ def test_two_processes_evaluate_as_one(corpus, tmp_path, strategy):
 def test_a_hub_sources_missing_val_split_is_found_before_any_split_is_tokenized(corpus, tmp_path, monkeypatch):
     """A Hub source's val_split was found missing only after its training split was tokenized (which replaced
     the prepared one): now it is checked once the snapshot is down, before any tokenizing."""
-    pytest.importorskip("aiohttp")
-    import huggingface_hub.constants as hc
-    from huggingface_hub import HfApi
-
-    from textbookgen.testing.fakehub import FakeHub
     from trainer.train import prepare_all
 
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    with FakeHub() as hub:
-        api = HfApi(endpoint=hub.endpoint, token=hub.token)
-        api.create_repo("tester/wiki", repo_type="dataset")
-        api.upload_folder(folder_path=str(corpus["wiki"]), repo_id="tester/wiki", repo_type="dataset")
+    with hub_dataset(corpus["wiki"], "tester/wiki", tmp_path / "hf-cache", monkeypatch) as endpoint:
         cfg = load_config(None, overrides(corpus, tmp_path / "run", ({"val_split": "validation"},),
                                           [("tester/wiki", 1.0)], **{"data.cache_dir": str(tmp_path / "cache")}))
-        cfg.data.datasets[0].endpoint = hub.endpoint
+        cfg.data.datasets[0].endpoint = endpoint
         with pytest.raises(DataError, match=r"^data.datasets.0.val_split 'validation': no parquet files for split"):
             prepare_all(cfg, progress=False)
     assert not dataset_dir(cfg, 0).exists()

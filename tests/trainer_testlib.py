@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -68,6 +70,23 @@ def write_hub_folder(folder: Path, texts: list[str], files: int = 2, split: str 
         table = pa.table({"text": chunk, "id": [f"{i}-{j}" for j in range(len(chunk))]})
         pq.write_table(table, folder / "data" / f"{split}-{i:05d}-of-{files:05d}.parquet", row_group_size=64)
     return folder
+
+
+@contextmanager
+def hub_dataset(folder: Path, repo_id: str, cache: Path, monkeypatch) -> Iterator[str]:
+    """A FakeHub serving `folder` as dataset `repo_id` (downloads cached under `cache`); yields its endpoint."""
+    pytest.importorskip("aiohttp")
+    import huggingface_hub.constants as hc
+    from huggingface_hub import HfApi
+
+    from textbookgen.testing.fakehub import FakeHub
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    with FakeHub() as hub:
+        api = HfApi(endpoint=hub.endpoint, token=hub.token)
+        api.create_repo(repo_id, repo_type="dataset")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset")
+        yield hub.endpoint
 
 
 def wiki_texts(shared_data: Path, n: int = 150) -> list[str]:
