@@ -239,3 +239,18 @@ def test_no_one_default_fits_0_1_labels_beside_judge_scores(tmp_path):
     assert clf.default_min_positive([str(tmp_path / "judged.jsonl")]) == 3
     with pytest.raises(ValueError, match=r"human.parquet has 0/1 labels and .*judged.jsonl 0-5 judge scores"):
         clf.default_min_positive([str(tmp_path / "human.parquet"), str(tmp_path / "judged.jsonl")])
+
+
+def test_load_names_the_file_that_is_not_a_model(tmp_path, trained):
+    """fastText's own message ("x has wrong file format!") does not say which argument was wrong."""
+    not_model = tmp_path / "docs.jsonl"
+    not_model.write_text('{"text": "a"}\n')
+    with pytest.raises(ValueError, match=r"docs.jsonl: not a fastText model"):
+        QualityModel.load(not_model)
+    with pytest.raises(ValueError, match=r"is a folder, not a fastText model"):
+        QualityModel.load(tmp_path)
+    bad_meta = tmp_path / "m.bin"
+    bad_meta.write_bytes(trained[0].read_bytes())
+    bad_meta.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"m.json: the model's metadata is not valid JSON"):
+        QualityModel.load(bad_meta)

@@ -104,6 +104,19 @@ def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) ->
                    confusion={"tp": tp, "fp": fp, "tn": tn, "fn": fn})
 
 
+def _sidecar(meta_path: Path) -> dict[str, Any]:
+    """The model's .json metadata (training figures, positive label); a bare .bin means label `hq`."""
+    if not meta_path.exists():
+        return {"positive_label": "hq"}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path}: the model's metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: the model's metadata must be a JSON object")
+    return meta
+
+
 class QualityModel:
     """A trained fastText model and its metadata; `scores(texts)` is P(positive label)."""
 
@@ -119,9 +132,13 @@ class QualityModel:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such fastText model")
-        meta_path = path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"positive_label": "hq"}
-        model = fasttext.load_model(str(path))
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder, not a fastText model (.bin)")
+        meta = _sidecar(path.with_suffix(".json"))
+        try:
+            model = fasttext.load_model(str(path))
+        except ValueError as e:  # fastText says only "<path> has wrong file format!"
+            raise ValueError(f"{path}: not a fastText model (fastText: {e})") from None
         meta["positive_label"] = positive or meta.get("positive_label", "hq")
         if f"__label__{meta['positive_label']}" not in model.get_labels():
             raise ValueError(f"{path}: no label {meta['positive_label']!r} (labels: {model.get_labels()})")
