@@ -124,6 +124,10 @@ def test_clear_errors_for_bad_sources(corpus, tmp_path):
     pq.write_table(pa.table({"text": ["", None]}), bad / "train-00000-of-00001.parquet")
     with pytest.raises(DataError, match="no non-empty documents"):
         prepare(str(tmp_path / "bad"), tmp_path / "o", tok, progress=False)
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text('{"text": "a"}\n')
+    with pytest.raises(DataError, match=r"corpus.jsonl: not a parquet file.*textbookgen publish .*corpus.jsonl -o"):
+        prepare(str(jsonl), tmp_path / "o", tok, progress=False)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.tmp").exists()
 
 

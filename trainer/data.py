@@ -201,7 +201,8 @@ def resolve_source(source: str, split: str = "train", revision: str | None = Non
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".parquet":
-            raise DataError(f"{path}: not a parquet file")
+            raise DataError(f"{path}: not a parquet file; the trainer reads published datasets (parquet). For "
+                            f"a JSONL/JSON corpus run `textbookgen publish {path} -o <folder>` and prepare <folder>")
         if subset is not None:
             raise DataError(f"{path} is a single parquet file, which has no config {subset!r}")
         if named:
