@@ -253,3 +253,18 @@ def test_a_template_whose_parent_is_missing_or_broken_fails_when_loaded(tmp_path
         load_card_template(tmp_path / "mine.md")
     (tmp_path / "part.md").write_text("fine\n")
     assert load_card_template(tmp_path / "mine.md").render() == "fine\nx"
+
+
+def test_card_lists_counts_and_stage_times_in_pipeline_order(tmp_path):
+    """A manifest read back from JSON has sorted keys; the card still reads requests -> ok -> failed and
+    taxonomy -> prompts -> generate -> curate, not alphabetically ("requests" after "requests ok")."""
+    write_dataset(sample_documents(10), tmp_path)
+    manifest = {**MANIFEST, "counts": dict(sorted({**MANIFEST["counts"], "skipped_budget": 0}.items())),
+                "timings": dict(sorted({"taxonomy": 0.1, "prompts": 0.4, "generate": 3.7, "curate": 0.6,
+                                        "dataset": 0.2}.items()))}
+    text = render_card(tmp_path, CARDS_DIR / "quickstart.md", RECIPE, manifest).read_text()
+    rows = ["| requests | 140 |", "| requests ok | 138 |", "| requests failed | 2 |",
+            "| requests skipped budget | 0 |", "| documents generated | 138 |", "| documents after curation | 120 |",
+            "| time: taxonomy |", "| time: prompts |", "| time: generate |", "| time: curate |", "| time: dataset |"]
+    at = [text.index(r) for r in rows]
+    assert at == sorted(at)
