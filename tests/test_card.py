@@ -268,3 +268,30 @@ def test_card_lists_counts_and_stage_times_in_pipeline_order(tmp_path):
             "| time: taxonomy |", "| time: prompts |", "| time: generate |", "| time: curate |", "| time: dataset |"]
     at = [text.index(r) for r in rows]
     assert at == sorted(at)
+
+
+def test_plots_count_in_whole_numbers_with_bins_fit_to_the_sample():
+    """50 documents in 50 fixed bins drew a comb of 1s and 0s with ticks at 0.5, 1.5; a single
+    documents-per-topic value got ticks 0.6 ... 1.4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from textbookgen.card import _bins, _count_axis
+
+    rng = np.random.default_rng(0)
+    assert 3 <= _bins(rng.normal(480, 60, 50)) <= 15
+    assert _bins(rng.lognormal(6, 1, 200_000)) == 60 and _bins(np.array([7.0])) == 1
+    fig, (a, b) = plt.subplots(1, 2)
+    a.hist([1] * 50, bins=[0.5, 1.5])
+    _count_axis(a.xaxis, 1, 1)
+    _count_axis(a.yaxis)
+    b.hist(rng.normal(480, 60, 50), bins=8)
+    _count_axis(b.yaxis)
+    fig.canvas.draw()
+    assert list(a.get_xticks()) == [1]
+    for ticks in (a.get_yticks(), b.get_yticks()):
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    plt.close(fig)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.meta
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -395,8 +396,8 @@ def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None)
         lo, hi = int(per_topic.min()), int(per_topic.max())
         bins = [b - 0.5 for b in range(lo, hi + 2)] if hi - lo <= 60 else 60
         right.hist(per_topic, bins=bins, **style)
-        right.yaxis.get_major_locator().set_params(integer=True)
-        right.xaxis.get_major_locator().set_params(integer=True)
+        _count_axis(right.yaxis)
+        _count_axis(right.xaxis, lo, hi)
         right.set_xlabel("documents per topic")
         right.set_ylabel("topics")
         right.set_title(f"{len(per_topic):,} distinct topics")
@@ -409,7 +410,8 @@ def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None)
     if lengths.len():
         fig, ax = plt.subplots(figsize=(8, 4.5))
         values = lengths.to_numpy()
-        ax.hist(values, bins=50, **style)
+        ax.hist(values, bins=_bins(values), **style)
+        _count_axis(ax.yaxis)
         median = float(lengths.median())
         ax.axvline(median, color="#c0392b", linestyle="--", label=f"median {median:,.0f}")
         ax.set_xlabel(f"{label} per document")
@@ -421,7 +423,8 @@ def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None)
     scores = df["quality_score"].drop_nulls()
     if scores.len():
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        ax.hist(scores.to_numpy(), bins=40, **style)
+        ax.hist(scores.to_numpy(), bins=_bins(scores.to_numpy()), **style)
+        _count_axis(ax.yaxis)
         ax.axvline(float(scores.median()), color="#c0392b", linestyle="--", label=f"median {scores.median():.3g}")
         if quality_cut and quality_cut.get("threshold") is not None:
             dropped = sum((quality_cut.get("dropped") or {}).values())
@@ -433,6 +436,22 @@ def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None)
         ax.legend()
         made["quality_histogram"] = _save(fig, assets / "quality_histogram.png")
     return {name: f"{ASSETS_DIR}/{Path(path).name}" for name, path in made.items()}
+
+
+def _bins(values: np.ndarray, most: int = 60) -> int:
+    """numpy's "auto" bin count, at most `most`: 50 fixed bins left 50 documents a comb of 1s and 0s."""
+    return max(1, min(most, len(np.histogram_bin_edges(values, bins="auto")) - 1))
+
+
+def _count_axis(axis: Any, lo: int | None = None, hi: int | None = None) -> None:
+    """Whole-number ticks on an axis of counts. Matplotlib relaxes `integer=True` when fewer than two
+    whole numbers fall in range (one topic count: ticks 0.6 ... 1.4), so a short span gets its ticks set."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    if lo is not None and hi is not None and hi - lo <= 10:
+        axis.set_major_locator(FixedLocator(range(lo, hi + 1)))
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _save(fig: Any, path: Path) -> str:
