@@ -367,3 +367,24 @@ def test_a_hub_sources_missing_val_split_is_found_before_any_split_is_tokenized(
         with pytest.raises(DataError, match=r"^data.datasets.0.val_split 'validation': no parquet files for split"):
             prepare_all(cfg, progress=False)
     assert not dataset_dir(cfg, 0).exists()
+
+
+def test_loss_plot_learning_rate_axis_starts_at_zero(tmp_path, monkeypatch):
+    """A constant lr (phi-1.5's schedule) drawn on an autoscaled axis read 0.00096 ... 0.00104: a flat line
+    that looked like noise. From 0, it is the schedule; the legend names it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainer.train import plot_metrics
+
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text("".join(json.dumps({"step": s, "tokens": 512 * s, "loss": 10 - s / 10, "lr": 1e-3}) + "\n"
+                             for s in range(1, 21)))
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    assert plot_metrics(jsonl, tmp_path / "loss.png").stat().st_size > 5000
+    loss_ax, lr_ax = drawn[0].axes
+    assert lr_ax.get_ylim()[0] == 0 and lr_ax.get_ylim()[1] >= 1e-3
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train loss", "learning rate"]

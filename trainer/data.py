@@ -343,7 +343,8 @@ def _open_parquet(path: Path, column: str):
         raise DataError(f"{path}: not a readable parquet file: {e}") from e
     names = pf.schema_arrow.names
     if column not in names:
-        raise DataError(f"{path}: no column {column!r} (columns: {names})")
+        raise DataError(f"{path}: no column {column!r} (columns: {names}); name the text column with "
+                        f"`prepare --column NAME` or `column: NAME` in the config's dataset entry")
     col_type = pf.schema_arrow.field(column).type
     if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
         raise DataError(f"{path}: column {column!r} holds {col_type}, expected strings")

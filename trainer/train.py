@@ -470,10 +470,13 @@ def plot_metrics(jsonl: Path, png: Path) -> Path | None:
     for k, color in zip(names if len(names) > 1 else [], itertools.cycle(colors)):
         ax.plot(val_tokens, [r.get(k, math.nan) for r in val], ".--", color=color, ms=3, lw=0.8, alpha=0.8,
                 label=k.replace("val_loss/", "val "))
-    ax.legend(loc="upper right", fontsize="small")
     lr_ax = ax.twinx()
-    lr_ax.plot(tokens, [r["lr"] for r in records], color="tab:orange", lw=0.8, alpha=0.6, label="lr")
-    lr_ax.set_ylabel("learning rate")
+    lrs = [r["lr"] for r in records]
+    lr_ax.plot(tokens, lrs, color="tab:orange", lw=0.8, alpha=0.6, label="learning rate")
+    lr_ax.set_ylim(0, 1.05 * max(max(lrs), 1e-12))  # from 0: a constant lr (phi-1.5's) is a line at the top,
+    lr_ax.set_ylabel("learning rate")              # not a flat line on a 0.00096-0.00104 axis
+    lines = ax.get_lines() + lr_ax.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize="small")
     val_note = f", val {val[-1]['val_loss']:.4f} at step {val[-1]['step']}" if val else ""
     ax.set_title(f"{jsonl.parent.name}: step {records[-1]['step']}, loss {records[-1]['loss']:.4f}{val_note}")
     fig.tight_layout()
