@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from textbookgen.build import open_web_samples, render_prompts
-from textbookgen.plan import make_plan, print_plan, prompt_diversity
+from textbookgen.plan import _request_tokens, make_plan, print_plan, prompt_diversity
 from textbookgen.recipe import load_recipe
 from textbookgen.taxonomy import Taxonomy
 
@@ -49,7 +49,7 @@ def test_plan_reports_diversity_and_states_its_token_basis():
     print_plan(plan, Console(file=out, width=400), how_to_run="textbookgen build x")
     text = out.getvalue()
     assert "Diversity: " in text and "exact duplicate prompts" in text
-    assert "4 characters a token" in text and "upper bound" in text
+    assert "characters weighed by script" in text and "upper bound" in text
 
 
 def _text(plan) -> str:
@@ -136,7 +136,7 @@ def test_the_plan_notes_requests_whose_prompt_tips_their_worst_case_over_the_dol
                                                             "budget.max_cost_usd": 0.1},
                     prices={"gpt-4o-mini": (1000.0, 0.0)})  # $0.001 an input token: a prompt costs ~$0.1-0.3
     prompts = render_prompts(r, Taxonomy.load(r.taxonomy_path()), None)
-    over = int((prompts["input_tokens_est"] > 100).sum())
+    over = int((_request_tokens(prompts)[0] > 100).sum())
     [note] = make_plan(prompts, r, n_leaves=125, expected_tokens={}).notes
     assert note.startswith(f"budget.max_cost_usd $0.1: {over:,} request(s) cost more than that at worst")
     assert "the build would stop at the first of them and never finish" in note
@@ -159,3 +159,11 @@ def test_the_budget_line_weighs_what_is_paid_and_the_rest_not_the_whole_build_ag
     assert "The expected $1.09 ($0.19 paid, $0.90 for the rest) is over it" in _budget_line(plan)
     plan.journal = None
     assert "The expected $1.04 is over it" in _budget_line(plan)
+
+
+def test_the_cost_table_marks_reasoning_models_whose_hidden_reasoning_is_billed_beyond_the_expected_answer():
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", {"samples": 5, "web_samples": None})
+    prompts = render_prompts(r, Taxonomy.load(r.taxonomy_path()), None)
+    text = _text(make_plan(prompts, r, n_leaves=125, expected_tokens={}))
+    assert "gpt-5-mini *" in text and "gpt-4o-mini *" not in text and "gpt-4.1 *" not in text
+    assert "* a reasoning model: its hidden reasoning is billed as output besides the answer" in text

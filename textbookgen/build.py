@@ -716,7 +716,12 @@ class Build:
         t0 = self._begin("taxonomy")
         stats: dict[str, Any] = {"root_leaves": n_roots}
         if wants_grow and not can_grow:
-            plan = estimate_grow(n_roots, tc.grow)
+            from textbookgen.plan import estimate_grow_left
+
+            grown = self.journals()["taxonomy"]  # a rerun pays only for the calls its journal does not answer
+            plan = (estimate_grow_left(roots, tc.grow, grown, provider=r.provider.name, model=tc.grow.model or r.model,
+                                       seed=r.seed, retry_failed=self.retry_failed)
+                    if grown.is_file() else estimate_grow(n_roots, tc.grow))
             self.notes.append(
                 f"the taxonomy is not grown in a plan: prompts use the {n_roots:,} root topics; "
                 f"the real build grows them to {tc.grow.target:,} first."

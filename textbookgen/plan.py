@@ -1,11 +1,12 @@
 """Plans: what a build will ask for and what it will cost, before a single paid token.
 
 From the rendered prompts: counts per topic and template, how diverse the prompts are (exact
-duplicates, prompts repeating a topic x mix cell, distinct word 4-grams), input tokens (the engine's
-estimate: 4 characters a token, no tokenizer), expected output tokens (each template's typical answer
-length: an expectation) and the most output max_tokens allows (an upper bound), the cost under the
-price table for the recipe's model and a few alternatives, and the wall time the rate limits and
-concurrency allow.
+duplicates, prompts repeating a topic x mix cell, distinct word 4-grams), input tokens (no tokenizer:
+characters weighed by script, `input_token_estimates`, expected and at most), expected output tokens
+(each template's typical answer length: an expectation) and the most output max_tokens allows (an upper
+bound), the cost under the price table for the recipe's model and a few alternatives, and the wall time
+the rate limits and concurrency allow. Calls an output folder's journals answer already are free and not
+counted again (`journal_states`, `estimate_grow_left`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import math
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from textbookgen.recipe import GrowConfig
+    from textbookgen.taxonomy import Taxonomy
 
 # Models compared in every plan (those the price table knows), beside the recipe's own.
 ALTERNATIVES = (
@@ -30,10 +35,28 @@ ALTERNATIVES = (
 DECODE_TOKENS_PER_S = 60.0  # typical hosted-API streaming speed, for the concurrency-bound time
 FIRST_TOKEN_S = 1.0
 NGRAM_SAMPLE = 20_000  # prompts read for the distinct 4-gram ratio (the first ones: a build's prefix)
-# What a plan's token counts are: no model tokenizer is loaded (tiktoken is not a dependency).
+# Input tokens a character costs, by script: (name, regex class, expected, at most). No model tokenizer is loaded
+# (tiktoken is not a dependency). At most: GPT-2's byte-level BPE, measured on prose of each script and rounded
+# up; its 50K mostly-English vocabulary splits other scripts into more pieces than the providers' 100K-200K ones
+# (and no byte-level BPE gives more tokens than UTF-8 bytes: 3 for a CJK, Hangul or Indic character). Expected:
+# 4 characters a token for English (15% over GPT-2 on prompts), about half GPT-2's rate for other scripts.
+# Characters in none of these (emoji, typographic quotes, symbols) count 1 expected, 2 at most.
+SCRIPTS = (
+    ("latin", "[A-Za-z ]", 0.25, 0.3),  # GPT-2: 0.22-0.25 on prompts and English prose
+    ("ascii", "[\\x00-\\x1f!-@\\[-`{-\\x7f]", 0.25, 1.0),  # digits, punctuation, newlines: tables, lists, code
+    ("accented", "[\u00c0-\u024f\u1e00-\u1eff]", 0.5, 1.0),  # é, ß, ệ (Vietnamese)
+    ("cjk", "[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+     "\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f]", 1.0, 2.2),  # GPT-2: Chinese 2.10, Japanese 1.53
+    ("hangul", "[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]", 1.3, 3.0),  # GPT-2: Korean syllables 2.68
+    ("indic", "[\u0900-\u0fff\u1000-\u109f\u1780-\u17ff]", 1.0, 2.2),  # GPT-2: Hindi 1.91, Thai 2.00
+    # GPT-2: Russian 1.19, Greek 1.28, Hebrew 1.25, Arabic 1.09
+    ("alphabet", "[\u0370-\u08ff\u10a0-\u10ff\u1200-\u139f]", 0.6, 1.4),
+)
+OTHER_CHAR = (1.0, 2.0)
 TOKEN_BASIS = (
-    "input estimated at 4 characters a token (no tokenizer: about 15% over GPT-2 BPE on English prompts, "
-    "several times under on Chinese or Japanese text)"
+    "no tokenizer: characters weighed by script, English at 4 characters a token (at most 3.3, and a token for "
+    "each digit or punctuation mark), Chinese and Japanese at 1 token a character (at most 2.2), Korean 1.3 (3), "
+    "Hindi or Thai 1 (2.2), Russian, Greek or Arabic 0.6 (1.4); the 'at most' rates are GPT-2 BPE's, rounded up"
 )
 MIX_CELL = ("topic_id", "template", "audience", "style", "format")
 # What the documents stage does with a prompt, given the output folder's journal (`journal_states`)
@@ -64,7 +87,7 @@ class Plan:
     per_subject: dict[str, int]
     top_topics: list[tuple[str, int]]
     with_web_extract: int
-    input_tokens: int
+    input_tokens: int  # expected; `input_tokens_max` at most (`input_token_estimates`)
     output_tokens_expected: int
     output_tokens_max: int
     estimates: list[ModelEstimate]
@@ -78,6 +101,7 @@ class Plan:
     diversity: dict[str, Any] = field(default_factory=dict)  # prompt_diversity(prompts)
     # what the output folder's journal answers already: prompts per JOURNAL_STATES, the new ones' cost
     journal: dict[str, Any] | None = None
+    input_tokens_max: int = 0  # the input at most (SCRIPTS' upper rates), which the worst case is priced at
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +135,32 @@ def estimate_time(
         bounds[f"{tpm} tokens/min"] = 60.0 * (input_tokens + output_tokens) / tpm
     basis, seconds = max(bounds.items(), key=lambda kv: kv[1])
     return seconds, basis
+
+
+def input_token_estimates(texts: pl.Series, messages: int = 1) -> tuple[pl.Series, pl.Series]:
+    """Input tokens of each request text (expected, at most): its characters weighed by script (`SCRIPTS`), plus
+    the engine's overhead for `messages` messages. 4 characters a token, the engine's own estimate, is right for
+    English but a quarter to a ninth of what Chinese, Japanese or Korean text costs."""
+    text = pl.col("t").fill_null("")
+    counts = pl.DataFrame({"t": texts}, schema={"t": pl.String}).select(
+        text.str.len_chars().cast(pl.Int64).alias("n"),
+        *[text.str.count_matches(rx).cast(pl.Int64).alias(name) for name, rx, _, _ in SCRIPTS],
+    )
+    other = counts["n"] - counts.select([name for name, *_ in SCRIPTS]).sum_horizontal()
+    overhead = 4 * messages + 3
+    result = []
+    for col, fallback in ((2, OTHER_CHAR[0]), (3, OTHER_CHAR[1])):
+        tokens = other * fallback
+        for script in SCRIPTS:
+            tokens = tokens + counts[script[0]] * script[col]
+        result.append((tokens.ceil() + overhead).cast(pl.Int64))
+    return result[0], result[1]
+
+
+def _request_tokens(prompts: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    """`input_token_estimates` of the document requests: the system prompt and the prompt, one message."""
+    texts = prompts.select(pl.concat_str([pl.col("system").fill_null(""), pl.col("prompt")]))
+    return input_token_estimates(texts.to_series())
 
 
 def prompt_diversity(prompts: pl.DataFrame) -> dict[str, Any]:
@@ -158,19 +208,23 @@ def make_plan(
     journal: list[str] | None = None,
 ) -> Plan:
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
-    max_tokens, seed_extract_id, input_tokens_est). `extra_input_tokens`: prompt text the table lacks
-    (web extracts of a source the plan could not reach). `spent_usd`: what the output folder's journals
+    max_tokens, seed_extract_id, system; its own estimate input_tokens_est, 4 characters a token, is not read:
+    `input_token_estimates` weighs each script). `extra_input_tokens`: prompt text the table lacks (web extracts
+    of a source the plan could not reach, estimated as English). `spent_usd`: what the output folder's journals
     already hold as paid (the budget counts it). `journal`: each prompt's `journal_states`, where the output
     folder has a journal: the plan then says what is answered already and what the rest costs."""
     from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, is_priced
 
     n = prompts.height
-    in_tok = (int(prompts["input_tokens_est"].sum()) if n else 0) + extra_input_tokens
+    tokens = _request_tokens(prompts)
+    in_tok = int(tokens[0].sum()) + extra_input_tokens
+    in_max = int(tokens[1].sum()) + math.ceil(extra_input_tokens * SCRIPTS[0][3] / SCRIPTS[0][2])
     exp = _expected_output(prompts, expected_tokens)
     out_exp = int(exp.sum()) if n else 0
     out_max = int(prompts["max_tokens"].sum()) if n else 0
     growth = grow or {}
     grow_in = int(growth.get("input_tokens", 0))
+    grow_in_max = int(growth.get("input_tokens_max", grow_in))  # estimate_grow's is an English prompt's, over GPT-2's
     grow_out = int(growth.get("output_tokens", 0))
     grow_out_max = int(growth.get("output_tokens_max", grow_out))
     # growth runs on taxonomy.grow.model whichever model writes the documents; unset, on that model
@@ -182,13 +236,13 @@ def make_plan(
     for m in models:
         gm = grow_model or m
         grow_cost = estimate_cost(gm, grow_in, grow_out, table)
-        grow_cost_max = estimate_cost(gm, grow_in, grow_out_max, table)
+        grow_cost_max = estimate_cost(gm, grow_in_max, grow_out_max, table)
         estimates.append(
             ModelEstimate(
                 model=m,
                 priced=is_priced(m, table),
                 cost_usd=docs * estimate_cost(m, in_tok, out_exp, table) + grow_cost,
-                cost_usd_max=docs * estimate_cost(m, in_tok, out_max, table) + grow_cost_max,
+                cost_usd_max=docs * estimate_cost(m, in_max, out_max, table) + grow_cost_max,
             )
         )
     lim = recipe.limits
@@ -218,32 +272,34 @@ def make_plan(
         top_topics=[(r[0], int(r[1])) for r in counts.head(8).iter_rows()],
         with_web_extract=int(prompts["seed_extract_id"].is_not_null().sum()) if n else 0,
         input_tokens=in_tok,
+        input_tokens_max=in_max,
         output_tokens_expected=out_exp,
         output_tokens_max=out_max,
         estimates=estimates,
         time_s=seconds,
         time_basis=basis,
         grow=grow,
-        notes=[*(notes or []), *_unaffordable(prompts, recipe, docs)],
+        notes=[*(notes or []), *_unaffordable(prompts, tokens[0], recipe, docs)],
         batch=recipe.provider.batch,
         budget_usd=recipe.budget.max_cost_usd,
         spent_usd=spent_usd,
         diversity=prompt_diversity(prompts),
-        journal=_journal_counts(prompts, exp, journal, recipe) if journal is not None else None,
+        journal=_journal_counts(prompts, tokens, exp, journal, recipe) if journal is not None else None,
     )
 
 
-def _unaffordable(prompts: pl.DataFrame, recipe: Any, docs: float) -> list[str]:
+def _unaffordable(prompts: pl.DataFrame, input_tokens: pl.Series, recipe: Any, docs: float) -> list[str]:
     """Requests whose worst case (prompt and max_tokens, at the model's price) is over the dollar budget: the
     engine sends requests in order, each once its worst case fits, so the build stops at the first of them and
-    can never finish. The recipe refuses a max_tokens whose output alone is over it; a long prompt can tip it."""
+    can never finish. The recipe refuses a max_tokens whose output alone is over it; a long prompt can tip it.
+    The prompt counts at its expected tokens (`input_tokens`): the engine learns prompt sizes from real usage."""
     from textbookgen.pricing import price_of
 
     budget = recipe.budget.max_cost_usd
     if budget is None or not prompts.height:
         return []
     price_in, price_out = price_of(recipe.model, recipe.price_table())
-    worst = docs * (prompts["input_tokens_est"] * price_in + prompts["max_tokens"] * price_out) / 1e6
+    worst = docs * (input_tokens * price_in + prompts["max_tokens"] * price_out) / 1e6
     over = int((worst > budget).sum())
     if not over:
         return []
@@ -263,13 +319,14 @@ def _expected_output(prompts: pl.DataFrame, expected_tokens: dict[str, int]) -> 
 
 
 def _journal_counts(
-    prompts: pl.DataFrame, expected: pl.Series, states: list[str], recipe: Any
+    prompts: pl.DataFrame, tokens: tuple[pl.Series, pl.Series], expected: pl.Series, states: list[str], recipe: Any
 ) -> dict[str, Any]:
-    """Prompts per journal state, and what the new ones cost at the recipe model's price (expected, most)."""
+    """Prompts per journal state, and what the new ones cost at the recipe model's price (expected, most);
+    `tokens`: each prompt's input tokens (expected, most)."""
     from textbookgen.pricing import BATCH_DISCOUNT, estimate_cost, is_priced
 
     new = pl.Series(states, dtype=pl.String) == "new"
-    tin = int(prompts["input_tokens_est"].filter(new).sum())
+    tin, tin_max = int(tokens[0].filter(new).sum()), int(tokens[1].filter(new).sum())
     out_exp, out_max = int(expected.filter(new).sum()), int(prompts["max_tokens"].filter(new).sum())
     docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0
     table = recipe.price_table()
@@ -277,7 +334,7 @@ def _journal_counts(
         **{s: states.count(s) for s in JOURNAL_STATES},
         "priced": is_priced(recipe.model, table),
         "new_cost_usd": docs * estimate_cost(recipe.model, tin, out_exp, table),
-        "new_cost_usd_max": docs * estimate_cost(recipe.model, tin, out_max, table),
+        "new_cost_usd_max": docs * estimate_cost(recipe.model, tin_max, out_max, table),
     }
 
 
@@ -290,35 +347,122 @@ def journal_states(
     document, unless `retry_failed`), "batch" (in a batch already submitted: paid, the build collects it) or
     "new" (sent and paid), the engine's rules (`engine.replays`, `engine.fits`)."""
     from textbookgen.build import document_requests
+
+    requests = document_requests(prompts, recipe)
+    return [state for state, _ in _lookup(journal, recipe.provider.name, recipe.model, requests, retry_failed)]
+
+
+def _lookup(
+    journal: Path, provider: str, model: str, requests: list[Any], retry_failed: bool, *, text: bool = False
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """Each request's `journal_states` state, and the journal row that answers it (its status, and with `text`
+    its text and finish_reason) where it is "answered" or "refused"."""
     from textbookgen.engine import canonical_request, fits, replays
     from textbookgen.journal import Journal, request_key, reuse_key
 
-    provider, model = recipe.provider.name, recipe.model
-    canon = [canonical_request(provider, model, r) for r in document_requests(prompts, recipe)]
+    canon = [canonical_request(provider, model, r) for r in requests]
     keys = [request_key(c) for c in canon]
+    answer = "text, finish_reason" if text else "text IS NOT NULL AND text != '' AS text"
     with Journal(journal, read_only=True) as j:
-        rows = _select(j, "key, status, error_class", "key", list(dict.fromkeys(keys)))
+        rows = _select(j, f"key, status, error_class, {answer}", "key", list(dict.fromkeys(keys)))
         waiting = {k for b in j.open_batches(provider, model) for k in b["keys"]}
         unanswered = {reuse_key(c) for c, k in zip(canon, keys, strict=True)
                       if k not in rows or not replays(rows[k], retry_failed)}
         try:
-            stops = _select(j, "reuse_key, output_tokens, text IS NOT NULL AND text != '' AS text, request",
-                            "reuse_key", list(unanswered), "status = 'ok' AND finish_reason = 'stop' "
-                            "AND reused_from IS NULL", many=True)
+            stops = _select(j, f"reuse_key, status, output_tokens, request, {answer}", "reuse_key",
+                            list(unanswered), "status = 'ok' AND finish_reason = 'stop' AND reused_from IS NULL",
+                            many=True)
         except sqlite3.OperationalError:  # a version-1 journal, read as it is, has no reuse keys
             stops = {}
-    states = []
+    found: list[tuple[str, dict[str, Any] | None]] = []
     for c, k in zip(canon, keys, strict=True):
         row = rows.get(k)
         if row is not None and replays(row, retry_failed):
-            states.append("refused" if row["status"] == "failed" else "answered")
+            found.append(("refused" if row["status"] == "failed" else "answered", row))
         elif k in waiting:
-            states.append("batch")
-        elif any(fits(s, c["max_tokens"]) for s in stops.get(reuse_key(c), ())):
-            states.append("answered")
+            found.append(("batch", None))
         else:
-            states.append("new")
-    return states
+            reused = next((s for s in stops.get(reuse_key(c), ()) if fits(s, c["max_tokens"])), None)
+            found.append(("new", None) if reused is None else ("answered", reused))
+    return found
+
+
+class _GrowReplay:
+    """A stand-in for the engine under `taxonomy.grow`, sending nothing: what a grow journal holds is answered
+    from it (free), any other call gets `per_call` made-up names (as if the call paid for them) and is counted
+    at its prompt's tokens, the answer length `estimate_grow` expects, and max_tokens at most."""
+
+    def __init__(self, journal: Path, provider: str, model: str, per_call: int, retry_failed: bool) -> None:
+        self.journal, self.provider, self.model = journal, provider, model
+        self.per_call, self.retry_failed = per_call, retry_failed
+        self.answered = self.calls = self.input_tokens = self.input_tokens_max = self.output_tokens_max = 0
+
+    def run(self, requests: list[Any]) -> list[Any]:
+        from textbookgen.engine import ChatResponse
+
+        found = (_lookup(self.journal, self.provider, self.model, requests, self.retry_failed, text=True)
+                 if _holds_requests(self.journal) else [("new", None)] * len(requests))
+        new = [r for r, (state, _) in zip(requests, found, strict=True) if state == "new"]
+        expected, most = input_token_estimates(pl.Series([r.messages[0]["content"] for r in new], dtype=pl.String))
+        self.calls += len(new)
+        self.input_tokens += int(expected.sum())
+        self.input_tokens_max += int(most.sum())
+        self.output_tokens_max += sum(r.max_tokens for r in new)
+        self.answered += len(requests) - len(new)
+        return [
+            ChatResponse(key="", text=row["text"], finish_reason=row["finish_reason"], status=row["status"])
+            if row is not None
+            else ChatResponse(key="", text=self._names(req), finish_reason="stop", status="ok")
+            for req, (_, row) in zip(requests, found, strict=True)
+        ]
+
+    def _names(self, req: Any) -> str:
+        """`per_call` names no near-duplicate check drops, about as long as grown names are (six words)."""
+        import hashlib
+        import json
+
+        def name(i: int) -> str:
+            digest = hashlib.sha256(f"{req.metadata['topic_id']}/{i}".encode()).digest()
+            return " ".join("".join(chr(97 + b % 26) for b in digest[w * 5 : w * 5 + 5]).title() for w in range(6))
+
+        return json.dumps({"subtopics": [name(i) for i in range(self.per_call)]})
+
+
+def estimate_grow_left(
+    roots: Taxonomy, cfg: GrowConfig, journal: Path, *, provider: str, model: str, seed: int,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """`build.estimate_grow` for growth that a journal answers in part (a rerun after a budget stop, a crash or a
+    Ctrl-C): `taxonomy.grow` is replayed on a copy of `roots`, grown by `cfg` as the build grows it, the journal
+    answering what it holds; `calls` and the tokens are those still to pay for, `answered` those the journal
+    answers (free), `paid_usd` what the journal paid (the budget counts it). Calls past the journal's answers are
+    counted as `estimate_grow` counts them: each answer brings per_call new names."""
+    import copy
+
+    from textbookgen.build import journal_summary
+    from textbookgen.engine import spent
+    from textbookgen.taxonomy import grow
+
+    tax = copy.deepcopy(roots)
+    replay = _GrowReplay(journal, provider, model, cfg.per_call, retry_failed)
+    grow(tax, replay, cfg.target, per_call=cfg.per_call, max_depth=cfg.max_depth, seed=seed,
+         temperature=cfg.temperature, max_tokens=cfg.max_tokens, similarity=cfg.similarity)
+    return {
+        "leaves_before": len(roots.leaves()),
+        "target": cfg.target,
+        "calls": replay.calls,
+        "answered": replay.answered,
+        "input_tokens": replay.input_tokens,
+        "input_tokens_max": replay.input_tokens_max,
+        "output_tokens": replay.calls * (12 * cfg.per_call + 10),  # estimate_grow's answer: ~12 tokens a name
+        "output_tokens_max": replay.output_tokens_max,
+        "paid_usd": spent(journal_summary(journal)).usd if _holds_requests(journal) else 0.0,
+    }
+
+
+def _holds_requests(journal: Path) -> bool:
+    """Whether there is a journal to read: an empty file (`touch`ed, or one a run never got to) is none yet."""
+    return journal.is_file() and journal.stat().st_size > 0
 
 
 def _select(
@@ -382,10 +526,17 @@ def _budget_line(plan: Plan) -> str:
     if own is None or not own.priced:
         return line
     j = plan.journal  # with one, what is paid and what the rest should cost, not the whole build from scratch
-    expected, how = ((plan.spent_usd + j["new_cost_usd"], f" (${plan.spent_usd:,.2f} paid, "
-                      f"${j['new_cost_usd']:,.2f} for the rest)") if j and j["priced"] else (own.cost_usd, ""))
+    grown = (plan.grow or {}).get("paid_usd", 0.0)  # paid growth, which the estimates leave out (free to replay)
+    if j and j["priced"]:
+        expected = plan.spent_usd + j["new_cost_usd"]
+        how = f"${expected:,.2f} (${plan.spent_usd:,.2f} paid, ${j['new_cost_usd']:,.2f} for the rest)"
+    elif grown:
+        expected = own.cost_usd + grown
+        how = f"{usd(expected)} ({usd(grown)} paid for growth, {usd(own.cost_usd)} for the rest)"
+    else:
+        expected, how = own.cost_usd, f"${own.cost_usd:,.2f}"
     if expected > plan.budget_usd:
-        line += f" [yellow]The expected ${expected:,.2f}{how} is over it: the build would stop short.[/yellow]"
+        line += f" [yellow]The expected {how} is over it: the build would stop short.[/yellow]"
     return line
 
 
@@ -426,6 +577,8 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from textbookgen.recipe import REASONING_MODELS
+
     console = console or Console()
     console.print(
         f"\n[bold]Plan for recipe {plan.recipe!r}[/bold]: {plan.n_prompts:,} prompts over "
@@ -434,9 +587,11 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
     )
     if plan.grow:
         g = plan.grow
+        answered = (f" still to pay for; {g['answered']:,} answered by the grow journal (free, "
+                    f"{usd(g['paid_usd'])} paid there)") if g.get("answered") else ""
         console.print(
             f"Taxonomy growth: {g['leaves_before']:,} -> {g['target']:,} leaves, about "
-            f"{g['calls']:,} LLM calls (included below)."
+            f"{g['calls']:,} LLM calls{answered} (included below)."
         )
     t = Table(title="Prompts per template and audience", show_edge=False)
     t.add_column("template")
@@ -464,21 +619,27 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
     if plan.diversity:
         console.print(_diversity_line(plan.diversity))
     console.print(
-        f"Tokens: ~{plan.input_tokens:,} input; ~{plan.output_tokens_expected:,} output expected (each "
-        f"template's typical answer length), at most {plan.output_tokens_max:,} (every answer reaching "
-        f"max_tokens: the upper bound the worst case is priced at). Basis: {TOKEN_BASIS}."
+        f"Tokens: ~{plan.input_tokens:,} input (at most {plan.input_tokens_max:,}); "
+        f"~{plan.output_tokens_expected:,} output expected (each template's typical answer length), at most "
+        f"{plan.output_tokens_max:,} (every answer reaching max_tokens: the upper bound the worst case is priced "
+        f"at). Input basis: {TOKEN_BASIS}."
     )
     api = "batch API for the documents: half the list price" if plan.batch else "list prices, standard API"
     c = Table(title=f"Estimated cost ({api})", show_edge=False)
     for col, just in (("model", "left"), ("expected", "right"), ("worst case", "right")):
         c.add_column(col, justify=just)
+    thinkers = [e.model for e in plan.estimates if REASONING_MODELS.match(e.model.rsplit("/", 1)[-1])]
     for e in plan.estimates:
         name = f"[bold]{e.model}[/bold] (recipe)" if e.model == plan.model else e.model
+        name += " *" if e.model in thinkers else ""
         if e.priced:
             c.add_row(name, f"${e.cost_usd:,.2f}", f"${e.cost_usd_max:,.2f}")
         else:
             c.add_row(name, "no price: counts as $0", "(`prices:` or --price)")
     console.print(c)
+    if thinkers:
+        console.print("* a reasoning model: its hidden reasoning is billed as output besides the answer, so expect "
+                      "more than 'expected' (max_tokens holds both: the worst case still bounds it).")
     if plan.journal is not None:
         console.print(_journal_line(plan))
     if plan.budget_usd is not None:
