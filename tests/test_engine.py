@@ -537,3 +537,18 @@ def test_retry_failed_keeps_what_the_refusals_cost_in_the_journal(tmp_path):
     paid = sum(r.cost_usd for r in first) + sum(r.cost_usd for r in again)
     with Journal(tmp_path / "openai.sqlite") as j:
         assert j.summary()["cost_usd"] == pytest.approx(paid, rel=1e-6) and paid > sum(r.cost_usd for r in again)
+
+
+def test_input_estimate_counts_cjk_characters_near_a_token_each():
+    """At 4 characters a token a Chinese prompt was held at a quarter or less of its input (GPT-2 BPE: 2.1 tokens a
+    character; the providers' larger vocabularies about 1): the budget and TPM reservations were that far under."""
+    from textbookgen.engine import estimate_input_tokens
+
+    def est(text: str) -> int:
+        return estimate_input_tokens(ChatRequest(messages=[{"role": "user", "content": text}]))
+
+    english = "Photosynthesis turns light, water and carbon dioxide into sugar. " * 20
+    chinese = "光合作用是植物利用光能把二氧化碳和水转化为有机物并释放氧气的过程。" * 20
+    assert abs(est(english) - len(english) / 4) <= 8  # English as before: 4 characters a token
+    assert 0.9 * len(chinese) <= est(chinese) <= 1.2 * len(chinese)
+    assert len(english) / 4 < est("é" * len(english)) < len(english)  # accented Latin: in between

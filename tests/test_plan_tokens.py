@@ -78,7 +78,8 @@ def test_the_plan_bounds_the_input_of_prompts_seeded_with_chinese_extracts(share
     assert prompts["seed_extract_id"].is_not_null().all()
     plan = make_plan(prompts, r, n_leaves=5, expected_tokens={})
     gpt2 = sum(len(e.ids) + 7 for e in _gpt2(shared_data).encode_batch(prompts["prompt"].to_list()))
-    assert prompts["input_tokens_est"].sum() < 0.5 * gpt2  # the engine's estimate, which the plan used to sum
+    # the engine's own estimate (budget and TPM holds until real usage corrects it) is near the plan's expected one
+    assert 0.7 * plan.input_tokens <= prompts["input_tokens_est"].sum() <= 1.3 * plan.input_tokens
     assert plan.input_tokens < gpt2 <= plan.input_tokens_max
     worst = (plan.input_tokens_max * 0.15 + plan.output_tokens_max * 0.6) / 1e6  # gpt-4o-mini's list price
     assert plan.estimates[0].cost_usd_max == pytest.approx(worst)
