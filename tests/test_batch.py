@@ -443,12 +443,13 @@ def test_cli_cancel_batches_without_base_url_reaches_the_server_the_journal_reco
     assert not any(b"sk-test-key" in f.read_bytes() for f in tmp_path.glob(f"{provider}.sqlite*"))
 
 
-def test_the_recorded_server_leaves_out_credentials_in_its_url():
+def test_the_recorded_server_leaves_out_credentials_in_its_url(monkeypatch):
+    """A base_url with user:password is refused (providers.replica_urls), but the SDK's own variable still takes one."""
     from textbookgen.batch import server_of
     from textbookgen.providers import make_provider
 
-    provider = make_provider("openai", "gpt-4o-mini", api_key="sk-x", base_url="http://me:secret@proxy.local/v1",
-                             timeout=5.0)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://me:secret@proxy.local/v1")
+    provider = make_provider("openai", "gpt-4o-mini", api_key="sk-x", base_url=None, timeout=5.0)
     assert server_of(provider) == "http://proxy.local/v1/"
 
 

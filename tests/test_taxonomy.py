@@ -559,6 +559,11 @@ def test_grow_stops_after_the_round_the_budget_stopped(tmp_path):
     assert sum(s in ("ok", "truncated") for r in runs for s in r) == emu.billed == report.calls - budgeted.skipped
 
 
+def test_grow_refuses_fewer_than_two_subtopics_per_call():
+    with pytest.raises(ValueError, match="per_call must be >= 2 \\(a single subtopic is not a split\\), got 1"):
+        grow(Taxonomy(name="t"), None, 10, per_call=1)
+
+
 def test_grow_does_not_burn_names_it_did_not_attach():
     """A name offered alone (no split) is still free when a later answer offers it with another."""
     offers = {1: ["Chemistry", "Reaction rates"], 2: ["Reaction rates", "Chemical equilibrium"]}

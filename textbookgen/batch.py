@@ -48,7 +48,7 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -377,6 +377,16 @@ def batch_api(provider: OpenAIProvider | AnthropicProvider) -> OpenAIBatches | A
     return AnthropicBatches(provider) if isinstance(provider, AnthropicProvider) else OpenAIBatches(provider)
 
 
+@dataclass(slots=True)
+class _Booked:
+    """What recording an ended batch leaves to do: requests for another round and requests refused for room (each
+    with its error), and the errors that stop the run (FATAL)."""
+
+    again: list[tuple[_Item, str | None]] = field(default_factory=list)
+    refused: list[tuple[_Item, str | None]] = field(default_factory=list)
+    fatal: list[str | None] = field(default_factory=list)
+
+
 class BatchRunner:
     """Submits the Generator's pending items as provider batches and records what comes back.
 
@@ -507,28 +517,12 @@ class BatchRunner:
         back until running batches end (all is submitted, or skipped for the budget, otherwise). A batch takes
         the requests, in order, whose worst case fits in the budgets beside what is spent and the worst case of
         the batches running (see the module's docstring)."""
-        from textbookgen.engine import Spend  # the engine imports this module
-
         gen = self.gen
         while queue and gen._fatal is None:
             if time.monotonic() < self.not_before or (
                     self.running and self.limits.batches is not None and len(self.running) >= self.limits.batches):
                 return queue
-            room = self._room()
-            lines, chunk, size, tokens, worst, over = [], [], 0, 0.0, Spend(0.0, 0), None
-            for item in queue[:self.max_requests]:
-                line = self.api.line(item.key, item.req)
-                if chunk and size + len(line) > MAX_BYTES:
-                    break
-                if (chunk or self.running) and tokens + self._tokens(item) > room:
-                    break  # one request at least when none is running, or nothing would ever go
-                more = gen._worst_case(item)
-                more = Spend(worst.usd + more.usd, worst.output_tokens + more.output_tokens)
-                if (over := gen._over_budget(more)) is not None:
-                    break
-                lines.append(line)
-                chunk.append(item)
-                size, tokens, worst = size + len(line) + 1, tokens + self._tokens(item), more
+            lines, chunk, tokens, over = self._next_chunk(queue)
             if not chunk:
                 if over is None or self.running:
                     return queue  # no room (at the provider, or in the budgets) until a running batch ends
@@ -560,6 +554,29 @@ class BatchRunner:
             log.info("submitted batch %s: %d requests", batch_id, len(chunk))
             self._track(tag, batch_id, keys, time.time(), {item.key: item for item in chunk})
         return queue
+
+    def _next_chunk(self, queue: list[_Item]) -> tuple[list[bytes], list[_Item], float, str | None]:
+        """The next batch (its lines, requests and prompt tokens): the queue's first requests, in order, that fit the
+        provider's request and size limits, the room under the enqueued-token caps and the budgets; with why the
+        budgets took no more (None where something else ended it, or the queue did)."""
+        from textbookgen.engine import Spend  # the engine imports this module
+
+        gen, room = self.gen, self._room()
+        lines, chunk, size, tokens, worst, over = [], [], 0, 0.0, Spend(0.0, 0), None
+        for item in queue[:self.max_requests]:
+            line = self.api.line(item.key, item.req)
+            if chunk and size + len(line) > MAX_BYTES:
+                break
+            if (chunk or self.running) and tokens + self._tokens(item) > room:
+                break  # one request at least when none is running, or nothing would ever go
+            more = gen._worst_case(item)
+            more = Spend(worst.usd + more.usd, worst.output_tokens + more.output_tokens)
+            if (over := gen._over_budget(more)) is not None:
+                break
+            lines.append(line)
+            chunk.append(item)
+            size, tokens, worst = size + len(line) + 1, tokens + self._tokens(item), more
+        return lines, chunk, tokens, over
 
     async def _submit_once(self, lines: list[bytes], tag: str) -> str:
         """Submit a batch, retried like any call; but before a retry, look for it at the provider: it may
@@ -612,81 +629,113 @@ class BatchRunner:
         A batch that cannot be checked is checked again at the next poll (`_poll_failed`), and the requests of one
         cancelled at the provider fail as transient (a rerun sends them). `once`: a live run's one look at earlier
         runs' batches: a failed check raises, and cancelled requests are left to the run, like expired ones."""
-        gen, again, held, fatal = self.gen, [], [], []
+        again, held, fatal = [], [], []
         for tag, batch in list(self.running.items()):
-            try:
-                poll = await self._call(self.api.poll, batch["batch_id"])
-                if not poll.ended:
-                    batch["answered"], batch["failed"] = poll.answered, poll.failed
-                    self.failed_polls = 0
-                    continue
-                results = await self._call(self.api.results, batch["batch_id"], batch["keys"])
-            except RetryableError as exc:
-                if once:
-                    raise
-                self._poll_failed(batch["batch_id"], exc)
+            results = await self._results_if_ended(batch, once)
+            if results is None:
                 continue
-            except BatchGone:
-                raise FatalProviderError(
-                    f"batch {batch['batch_id']} ({len(batch['keys'])} requests), recorded in the journal as running, is "
-                    f"not at {self.server} for this key: if it was submitted with another API key (another project or "
-                    "workspace), rerun with that one to collect it; if it is gone (deleted), `textbookgen journal "
-                    f"{gen.journal_path or 'JOURNAL'} --cancel-batches` records it as lost, leaving its requests "
-                    "pending for a rerun to send again") from None
-            self.failed_polls = 0
-            latency = time.time() - batch["since"]
-            seen, orphans, refused, cancelled = set(), [], [], 0
-            for result in results:
-                item = items.get(result.key)
-                if item is None:
-                    orphans.append(result)
-                    continue
-                if result.key in seen or result.key in gen._results:
-                    continue  # a repeated line
-                seen.add(result.key)
-                if result.completion is not None:
-                    gen._learn_prompt_size(item, result.completion.input_tokens)
-                    gen._finish(item, result.completion, latency)
-                elif result.error_class == CAPACITY:
-                    refused.append((item, result.error))
-                elif result.error_class == FATAL:  # stays pending: sent again once the cause is fixed
-                    fatal.append(result.error)
-                elif result.error_class == CANCELLED and not once:
-                    cancelled += 1
-                    gen._finish_failed(item, f"{result.error}: batch {batch['batch_id']} was cancelled at the "
-                                       "provider before this request ran; a rerun sends it again", "transient")
-                elif result.error_class not in ("transient", CANCELLED):
-                    gen._finish_failed(item, result.error, result.error_class)
-                else:
-                    again.append((item, result.error))
-            again += [(items[k], "missing from the batch's results") for k in batch["keys"]
-                      if k in items and k not in seen]
-            self._record_orphans(orphans, latency)
-            if cancelled:
-                log.warning("batch %s was cancelled at %s: its %d requests that had not run are not sent again by this "
-                            "run (a rerun sends them)", batch["batch_id"], gen.provider, cancelled)
-            gen._writer.flush()  # answers are in the journal before the batch is marked done
-            self.journal.update_batch(tag, "done")
-            await clean_up(self.api, self._call, batch["batch_id"])
-            del self.running[tag]  # its answers are booked: its worst case makes room
-            gen._inflight_cost -= batch["worst"].usd
-            gen._inflight_out -= batch["worst"].output_tokens
-            gen._in_batches -= len(batch["keys"])
-            if not self.running:  # none in flight: no rounding left over
-                gen._inflight_cost = gen._inflight_out = 0.0
-            if refused:  # never ran: not a round
-                for item, _ in refused:
-                    item.attempts -= 1
-                held += [item for item, _ in refused]
-                log.info("batch %s was refused for room; its %d requests wait for running batches to end",
-                         batch["batch_id"], len(refused))
-                self._refused(batch["tokens"], refused[0][1])
-            else:
-                self.refusals = 0
+            booked = self._book(batch, results, items, once)
+            again += booked.again
+            fatal += booked.fatal
+            await self._close(tag, batch)
+            held += self._hold_refused(batch, booked.refused)
         if fatal:
             raise FatalProviderError(f"{fatal[0]} ({len(fatal)} requests in batches got this answer; they stay "
                                      "pending)")
-        resubmit = []
+        return held + self._round_again(again)
+
+    async def _results_if_ended(self, batch: dict, once: bool) -> list[BatchResult] | None:
+        """A batch's results once it has ended; None while it runs (its counts noted for the display) or when it
+        cannot be checked now (`once`: raises instead)."""
+        try:
+            poll = await self._call(self.api.poll, batch["batch_id"])
+            if not poll.ended:
+                batch["answered"], batch["failed"] = poll.answered, poll.failed
+                self.failed_polls = 0
+                return None
+            results = await self._call(self.api.results, batch["batch_id"], batch["keys"])
+        except RetryableError as exc:
+            if once:
+                raise
+            self._poll_failed(batch["batch_id"], exc)
+            return None
+        except BatchGone:
+            raise FatalProviderError(
+                f"batch {batch['batch_id']} ({len(batch['keys'])} requests), recorded in the journal as running, is "
+                f"not at {self.server} for this key: if it was submitted with another API key (another project or "
+                "workspace), rerun with that one to collect it; if it is gone (deleted), `textbookgen journal "
+                f"{self.gen.journal_path or 'JOURNAL'} --cancel-batches` records it as lost, leaving its requests "
+                "pending for a rerun to send again") from None
+        self.failed_polls = 0
+        return results
+
+    def _book(self, batch: dict, results: list[BatchResult], items: dict[str, _Item], once: bool) -> _Booked:
+        """Record an ended batch's answers and final failures through the engine's outcome rules; returns the
+        requests it leaves to a later round, those refused for room, and the errors that stop the run."""
+        gen, booked = self.gen, _Booked()
+        latency = time.time() - batch["since"]
+        seen, orphans, cancelled = set(), [], 0
+        for result in results:
+            item = items.get(result.key)
+            if item is None:
+                orphans.append(result)
+                continue
+            if result.key in seen or result.key in gen._results:
+                continue  # a repeated line
+            seen.add(result.key)
+            if result.completion is not None:
+                gen._learn_prompt_size(item, result.completion.input_tokens)
+                gen._finish(item, result.completion, latency)
+            elif result.error_class == CAPACITY:
+                booked.refused.append((item, result.error))
+            elif result.error_class == FATAL:  # stays pending: sent again once the cause is fixed
+                booked.fatal.append(result.error)
+            elif result.error_class == CANCELLED and not once:
+                cancelled += 1
+                gen._finish_failed(item, f"{result.error}: batch {batch['batch_id']} was cancelled at the "
+                                   "provider before this request ran; a rerun sends it again", "transient")
+            elif result.error_class not in ("transient", CANCELLED):
+                gen._finish_failed(item, result.error, result.error_class)
+            else:
+                booked.again.append((item, result.error))
+        booked.again += [(items[k], "missing from the batch's results") for k in batch["keys"]
+                         if k in items and k not in seen]
+        self._record_orphans(orphans, latency)
+        if cancelled:
+            log.warning("batch %s was cancelled at %s: its %d requests that had not run are not sent again by this "
+                        "run (a rerun sends them)", batch["batch_id"], gen.provider, cancelled)
+        return booked
+
+    async def _close(self, tag: str, batch: dict) -> None:
+        """Mark an ended batch done once its answers are in the journal, delete its files at the provider, and
+        free the room its worst case held in the budgets."""
+        gen = self.gen
+        gen._writer.flush()  # answers are in the journal before the batch is marked done
+        self.journal.update_batch(tag, "done")
+        await clean_up(self.api, self._call, batch["batch_id"])
+        del self.running[tag]  # its answers are booked: its worst case makes room
+        gen._inflight_cost -= batch["worst"].usd
+        gen._inflight_out -= batch["worst"].output_tokens
+        gen._in_batches -= len(batch["keys"])
+        if not self.running:  # none in flight: no rounding left over
+            gen._inflight_cost = gen._inflight_out = 0.0
+
+    def _hold_refused(self, batch: dict, refused: list[tuple[_Item, str | None]]) -> list[_Item]:
+        """The requests of a batch refused for room, held until running batches end (it never ran: not a round);
+        a batch that ran ends a streak of such refusals."""
+        if not refused:
+            self.refusals = 0
+            return []
+        for item, _ in refused:
+            item.attempts -= 1
+        log.info("batch %s was refused for room; its %d requests wait for running batches to end",
+                 batch["batch_id"], len(refused))
+        self._refused(batch["tokens"], refused[0][1])
+        return [item for item, _ in refused]
+
+    def _round_again(self, again: list[tuple[_Item, str | None]]) -> list[_Item]:
+        """The requests that may go in another batch round; those that had `batch_max_rounds` fail as transient."""
+        gen, resubmit = self.gen, []
         for item, error in again:
             if item.attempts >= gen.batch_max_rounds:
                 gen._finish_failed(item, f"gave up after {item.attempts} batch rounds: {error}", "transient")
@@ -695,7 +744,7 @@ class BatchRunner:
                 resubmit.append(item)
         if again:
             log.info("%d requests come back for another batch round", len(resubmit))
-        return held + resubmit
+        return resubmit
 
     def _poll_failed(self, batch_id: str, exc: RetryableError) -> None:
         """A poll failed after its retries: the batch runs on at the provider, so wait for the next poll rather

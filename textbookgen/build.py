@@ -35,9 +35,10 @@ import polars as pl
 from textbookgen.journal import lock_file
 from textbookgen.plan import prompt_diversity
 from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
-from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, siblings_line
+from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, Topic, siblings_line
 from textbookgen.templates import (
     MAX_SKIPS,
+    Combo,
     MixSchedule,
     Template,
     expand_mix,
@@ -48,6 +49,7 @@ from textbookgen.templates import (
     variables,
 )
 from textbookgen.websamples import (
+    Extract,
     KeyedExtracts,
     WebSampleError,
     WebSamples,
@@ -194,78 +196,106 @@ def render_prompts(
     from rich.console import Console
     from rich.progress import track
 
-    from textbookgen.engine import ChatRequest, estimate_input_tokens
-
-    n, seed = recipe.samples, recipe.seed
-    tc = recipe.taxonomy
+    seed, tc = recipe.seed, recipe.taxonomy
     topics = tax.sample(
-        n, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic
+        recipe.samples, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic
     )
     cells = MixSchedule(expand_mix([e.model_dump() for e in recipe.mix]), seed)
     templates = templates or {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix}
-    audiences, styles, formats = recipe.tables()
-    wc = recipe.web_samples
-    extracts = None
-    if web is not None and wc is not None:
-        r = wc.retrieval
-        extracts = KeyedExtracts(
-            web, seed, share=wc.share, retrieval_share=r.share if r else 0.0, top_k=r.top_k if r else 20
-        )
+    extracts = _keyed_extracts(recipe, web)
     rows = []
     seen: set[str] = set()
     console = Console(stderr=True)
     topics_it = track(topics[:limit], "rendering prompts", console=console, transient=True,
                       disable=not progress)
     for i, topic in enumerate(topics_it):
-        for attempt in range(MAX_SKIPS + 1):
-            cell, series, k = cells.next(topic.id, retry=attempt > 0)
-            key = prompt_key(series, k)
-            tpl = templates[cell.template]
-            pick = extracts.pick(series, k, " ".join(topic.path[-2:])) if extracts is not None else None
-            extract = web.extracts[pick] if web is not None and pick is not None else None
-            v = variables(
-                topic_path=topic.path,
-                audience=cell.audience,
-                style=cell.style,
-                format=cell.format,
-                web_extract=extract.text if extract else None,
-                language=recipe.language,
-                words=simple_words(seed, key),
-                audiences=audiences,
-                styles=styles,
-                formats=formats,
-            )
-            prompt = tpl.render(**v)
-            if prompt not in seen:
-                break
-        seen.add(prompt)
+        rendered = _render_unseen(recipe, topic, cells, templates, extracts, seen)
+        seen.add(rendered.prompt)
         if extracts is not None:
             extracts.take()  # only now, the kept try's pick: a skipped duplicate's extract stays free
-        max_tokens = cell.max_tokens or recipe.sampling.max_tokens or tpl.max_tokens
-        est = estimate_input_tokens(
-            ChatRequest(messages=[{"role": "user", "content": prompt}], system=recipe.system)
-        )
-        rows.append(
-            {
-                "index": i,
-                "topic_id": topic.id,
-                "topic_path": topic.path_str,
-                "template": tpl.name,
-                "template_hash": tpl.hash,
-                "audience": cell.audience,
-                "style": cell.style,
-                "format": cell.format,
-                "language": recipe.language,
-                "seed_extract_id": extract.id if extract else None,
-                "system": recipe.system,
-                "prompt": prompt,
-                "max_tokens": int(max_tokens),
-                "request_seed": request_seed(seed, key),
-                "input_tokens_est": int(est),
-                "provenance": provenance(tpl, v),
-            }
-        )
+        rows.append(_prompt_row(recipe, i, topic, rendered))
     return pl.DataFrame(rows, schema=PROMPT_SCHEMA)
+
+
+def _keyed_extracts(recipe: Recipe, web: WebSamples | None) -> KeyedExtracts | None:
+    """Where the prompts' web extracts come from; None without web samples (every prompt topic-only)."""
+    wc = recipe.web_samples
+    if web is None or wc is None:
+        return None
+    r = wc.retrieval
+    return KeyedExtracts(
+        web, recipe.seed, share=wc.share, retrieval_share=r.share if r else 0.0, top_k=r.top_k if r else 20
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    """One prompt as rendered: its mix cell, template, variables and text, its key and its web extract."""
+
+    cell: Combo
+    template: Template
+    variables: dict[str, Any]
+    prompt: str
+    key: int
+    extract: Extract | None
+
+
+def _render_unseen(recipe: Recipe, topic: Topic, cells: MixSchedule, templates: dict[str, Template],
+                   extracts: KeyedExtracts | None, seen: set[str]) -> _Rendered:
+    """The topic's next prompt, or where its text came earlier the next cell of its mix entry, up to MAX_SKIPS
+    times (a second request for the same prompt would pay for a near-copy); its extract is picked, not taken."""
+    audiences, styles, formats = recipe.tables()
+    for attempt in range(MAX_SKIPS + 1):
+        cell, series, k = cells.next(topic.id, retry=attempt > 0)
+        key = prompt_key(series, k)
+        tpl = templates[cell.template]
+        pick = extracts.pick(series, k, " ".join(topic.path[-2:])) if extracts is not None else None
+        extract = extracts.samples.extracts[pick] if extracts is not None and pick is not None else None
+        v = variables(
+            topic_path=topic.path,
+            audience=cell.audience,
+            style=cell.style,
+            format=cell.format,
+            web_extract=extract.text if extract else None,
+            language=recipe.language,
+            words=simple_words(recipe.seed, key),
+            audiences=audiences,
+            styles=styles,
+            formats=formats,
+        )
+        prompt = tpl.render(**v)
+        if prompt not in seen:
+            break
+    return _Rendered(cell, tpl, v, prompt, key, extract)
+
+
+def _prompt_row(recipe: Recipe, index: int, topic: Topic, r: _Rendered) -> dict[str, Any]:
+    """A prompt's row of prompts.parquet (PROMPT_SCHEMA): what the engine sends, its estimated input tokens, and
+    where it came from."""
+    from textbookgen.engine import ChatRequest, estimate_input_tokens
+
+    max_tokens = r.cell.max_tokens or recipe.sampling.max_tokens or r.template.max_tokens
+    est = estimate_input_tokens(
+        ChatRequest(messages=[{"role": "user", "content": r.prompt}], system=recipe.system)
+    )
+    return {
+        "index": index,
+        "topic_id": topic.id,
+        "topic_path": topic.path_str,
+        "template": r.template.name,
+        "template_hash": r.template.hash,
+        "audience": r.cell.audience,
+        "style": r.cell.style,
+        "format": r.cell.format,
+        "language": recipe.language,
+        "seed_extract_id": r.extract.id if r.extract else None,
+        "system": recipe.system,
+        "prompt": r.prompt,
+        "max_tokens": int(max_tokens),
+        "request_seed": request_seed(recipe.seed, r.key),
+        "input_tokens_est": int(est),
+        "provenance": provenance(r.template, r.variables),
+    }
 
 
 def open_web_samples(recipe: Recipe, *, progress: bool = False) -> WebSamples:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -33,6 +33,9 @@ import yaml
 from textbookgen.journal import DONE_STATUSES
 from textbookgen.jsonl import decode_utf8
 from textbookgen.yamlfile import yaml_problem
+
+if TYPE_CHECKING:
+    from textbookgen.engine import ChatRequest
 
 PATH_SEP = " > "
 # Keys that group children rather than name a topic (Khan Academy tables of contents, generic outlines).
@@ -1109,8 +1112,6 @@ def grow(
     journal without paying twice. A round whose requests the budget kept back (status skipped_budget) is the last:
     the taxonomy stays short of `target`, and the caller says the budget stopped it.
     """
-    from textbookgen.engine import ChatRequest
-
     if per_call < 2:
         raise ValueError(f"per_call must be >= 2 (a single subtopic is not a split), got {per_call}")
     report = GrowReport(leaves_before=len(tax.leaves()), leaves_after=0)
@@ -1118,68 +1119,93 @@ def grow(
     attempts: Counter[str] = Counter()
     for rnd in range(max_rounds):
         leaves, probs = tax.leaf_probabilities("hierarchical")
-        n_leaves = len(leaves)
-        if n_leaves >= target:
+        if len(leaves) >= target:
             break
-        need = target - n_leaves
-        k = per_call
-        order = sorted(range(n_leaves), key=lambda i: (len(leaves[i].path), -probs[i], leaves[i].id))
-        cands = [
-            leaves[i]
-            for i in order
-            if (max_depth is None or len(leaves[i].path) < max_depth) and attempts[leaves[i].id] < 3
-        ]
+        cands = _expandable(leaves, probs, attempts, max_depth)
         if not cands:
             break
-        m = min(len(cands), math.ceil(need / max(1, k - 1) * 1.15))
-        chosen = cands[:m]
-        requests = []
-        parents = {id(c): p for p in tax.walk() for c in p.children}
-        for t in chosen:
-            attempts[t.id] += 1
-            content = prompt.format(
-                k=k, topic=t.name, path=t.path_str, siblings=_siblings_line(t, parents, tax)
-            )
-            requests.append(
-                ChatRequest(
-                    messages=[{"role": "user", "content": content}],
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                    seed=seed * 1_000_003 + attempts[t.id],
-                    response_format=subtopics_schema(k) if structured else None,
-                    metadata={"stage": "taxonomy.grow", "topic_id": t.id, "round": rnd},
-                )
-            )
+        need = target - len(leaves)
+        chosen = cands[: math.ceil(need / (per_call - 1) * 1.15)]  # a split adds per_call - 1 leaves, or fewer
+        requests = _grow_requests(tax, chosen, attempts, rnd, prompt=prompt, k=per_call, max_tokens=max_tokens,
+                                  temperature=temperature, seed=seed, structured=structured)
         if log is not None:
-            log(f"round {rnd + 1}: {len(chosen):,} topics x {k} subtopics ({n_leaves:,} of {target:,} leaves)")
+            log(f"round {rnd + 1}: {len(chosen):,} topics x {per_call} subtopics ({len(leaves):,} of {target:,} leaves)")
         responses = generator.run(requests)
         report.rounds += 1
         _account(report, responses)
-        n_now = n_leaves
-        for t, resp in zip(chosen, responses, strict=True):
-            if not _answered(resp):
-                continue
-            room = target - n_now + 1  # expanding a leaf removes it as a leaf
-            if room < 2:
-                break
-            fresh: list[str] = []
-            for nm in parse_list(resp.answer, truncated=resp.status == "truncated"):
-                if names.is_duplicate(nm, scope=[*fresh, t.name], parent=t.name):
-                    report.duplicates_dropped += 1
-                    continue
-                fresh.append(nm)
-            fresh = fresh[: min(room, k)]  # asked for k: a longer answer must not widen the tree
-            if len(fresh) < 2:  # a single child is not a split: keep the leaf as it is
-                continue
-            for nm in fresh:  # only attached names are taken: the others stay free for later answers
-                t.add(nm, meta={"grown": True})
-                names.add(nm)
-            n_now += len(fresh) - 1
+        _attach_answers(chosen, responses, names, report, need, per_call)
         if any(r.status == "skipped_budget" for r in responses):
             break  # the budget is reached: every later round would come back skipped too
     tax.dedupe_ids()
     report.leaves_after = len(tax.leaves())
     return report
+
+
+def _expandable(leaves: list[Topic], probs: np.ndarray, attempts: Counter[str], max_depth: int | None) -> list[Topic]:
+    """The leaves a round may expand, shallowest and then most sampled first (growth stays balanced across
+    subjects): those above `max_depth` not yet asked three times."""
+    order = sorted(range(len(leaves)), key=lambda i: (len(leaves[i].path), -probs[i], leaves[i].id))
+    return [
+        leaves[i]
+        for i in order
+        if (max_depth is None or len(leaves[i].path) < max_depth) and attempts[leaves[i].id] < 3
+    ]
+
+
+def _grow_requests(tax: Taxonomy, chosen: list[Topic], attempts: Counter[str], rnd: int, *, prompt: str, k: int,
+                   max_tokens: int, temperature: float, seed: int, structured: bool) -> list[ChatRequest]:
+    """One request for `k` subtopics per chosen topic, seeded by its attempts so far: a rerun asks the same (the
+    journal answers it), a topic asked again gets a new answer."""
+    from textbookgen.engine import ChatRequest
+
+    parents = {id(c): p for p in tax.walk() for c in p.children}
+    requests = []
+    for t in chosen:
+        attempts[t.id] += 1
+        content = prompt.format(
+            k=k, topic=t.name, path=t.path_str, siblings=_siblings_line(t, parents, tax)
+        )
+        requests.append(
+            ChatRequest(
+                messages=[{"role": "user", "content": content}],
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed * 1_000_003 + attempts[t.id],
+                response_format=subtopics_schema(k) if structured else None,
+                metadata={"stage": "taxonomy.grow", "topic_id": t.id, "round": rnd},
+            )
+        )
+    return requests
+
+
+def _attach_answers(chosen: list[Topic], responses: list[Any], names: NameIndex, report: GrowReport, need: int,
+                    k: int) -> None:
+    """Add each answer's new names under its topic, in order, until `need` more leaves are reached."""
+    for t, resp in zip(chosen, responses, strict=True):
+        if not _answered(resp):
+            continue
+        room = need + 1  # expanding a leaf removes it as a leaf
+        if room < 2:
+            break
+        fresh = _new_names(t, resp, names, report)[: min(room, k)]  # asked for k: a longer answer must not widen the tree
+        if len(fresh) < 2:  # a single child is not a split: keep the leaf as it is
+            continue
+        for nm in fresh:  # only attached names are taken: the others stay free for later answers
+            t.add(nm, meta={"grown": True})
+            names.add(nm)
+        need -= len(fresh) - 1
+
+
+def _new_names(t: Topic, resp: Any, names: NameIndex, report: GrowReport) -> list[str]:
+    """The names an answer about `t` gives, in order, less near-duplicates (`NameIndex.is_duplicate`: of a name in
+    the taxonomy, of `t`, of an earlier name of the answer), which are counted in `report.duplicates_dropped`."""
+    fresh: list[str] = []
+    for nm in parse_list(resp.answer, truncated=resp.status == "truncated"):
+        if names.is_duplicate(nm, scope=[*fresh, t.name], parent=t.name):
+            report.duplicates_dropped += 1
+            continue
+        fresh.append(nm)
+    return fresh
 
 
 def _answered(resp: Any) -> bool:
