@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -69,6 +71,9 @@ def test_grow_budget_stops_growth_exits_4_without_writing_and_a_rerun_goes_on(tm
     some = _topics(*args, "--max-output-tokens", "3000")
     assert some.exit_code == 4 and 0 < emu.billed and not dst.exists(), some.output
     paid = emu.billed
+    replan = _topics(*args, "--plan")  # the calls the journal answers are free: not planned as paid again
+    assert replan.exit_code == 0 and emu.billed == paid, replan.output
+    assert re.search(r"calls \([\d,]+ more answered by .*g\.journal\.sqlite, free\)", replan.output), replan.output
     done = _topics(*args)
     assert done.exit_code == 0 and emu.duplicates == 0 and emu.billed > paid, done.output
     assert len(Taxonomy.load(dst).leaves()) == 200 and journal.is_file()
@@ -264,3 +269,49 @@ def test_coverage_of_a_build_folder_reads_its_dataset(tmp_path):
     docs.write_parquet(build / "dataset" / "data" / "train-00000-of-00001.parquet")
     res = _topics("coverage", str(outline), str(build))
     assert res.exit_code == 0 and res.output.startswith("note: ") and "2 samples over 1/4 leaf topics" in res.output
+
+
+def test_a_grow_left_short_by_repetitive_answers_says_so_and_exits_0(tmp_path):
+    """Every answer repeats names already taken: no call failed, so DST is written and the note suggests a larger
+    --per-call or another --seed (not a rerun, which would replay the same answers)."""
+    import json
+
+    dst = tmp_path / "g.yaml"
+    same = EmulatorConfig(latency_median_s=0.001, responder=lambda body: json.dumps({"subtopics": ["Aa", "Bb"]}))
+    with Emulator(same) as emu:
+        res = _topics("grow", "builtin:stories", str(dst), "--target", "300", "--base-url", emu.openai_base_url)
+    assert res.exit_code == 0 and dst.is_file(), res.output
+    assert "note: 39 leaves, short of --target 300: the answers held too few new names (" in res.output
+    assert "near-duplicates dropped); try a larger --per-call or another --seed" in res.output
+
+
+def test_grow_points_at_a_journal_left_at_the_old_default_path(tmp_path, emu, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grow.sqlite").write_bytes(b"")
+    res = _topics("grow", "builtin:stories", "g.yaml", "--target", "60", "--base-url", emu.openai_base_url)
+    assert res.exit_code == 0, res.output
+    assert ("note: journal g.journal.sqlite; to resume a grow journaled in ./grow.sqlite (the old default), pass "
+            "--journal grow.sqlite") in res.output
+    quiet = _topics("grow", "builtin:stories", "h.yaml", "--target", "60", "--base-url", emu.openai_base_url,
+                    "--journal", "grow.sqlite")
+    assert quiet.exit_code == 0 and "old default" not in quiet.output, quiet.output
+
+
+def test_a_grow_stopped_by_max_cost_names_that_budget_and_what_it_spent(tmp_path, emu):
+    dst = tmp_path / "g.yaml"
+    res = _topics("grow", "builtin:stories", str(dst), "--target", "200", "--base-url", emu.openai_base_url,
+                  "--max-cost", "0")
+    assert res.exit_code == 4 and emu.billed == 0 and not dst.exists(), res.output
+    assert "38 -> 38 leaves in 0 calls (21 kept back by the budget): the budget --max-cost 0 ($0.0000 spent) " \
+           "stopped growth" in res.output
+
+
+def test_a_grow_journal_that_is_a_folder_is_one_error_line_before_anything(tmp_path, emu):
+    """It failed after the plan and the first round's line, saying the answers were kept in the folder and to rerun
+    the same command (which failed the same way)."""
+    folder = tmp_path / "j"
+    folder.mkdir()
+    res = _topics("grow", "builtin:stories", str(tmp_path / "g.yaml"), "--target", "60", "--journal", str(folder),
+                  "--base-url", emu.openai_base_url)
+    assert res.exit_code == 1 and emu.received == 0
+    assert res.output == f"error: --journal {folder}: is a folder; give a file name\n"

@@ -11,9 +11,14 @@ import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from textbookgen.build import BudgetedGenerator
+    from textbookgen.engine import ChatRequest, ChatResponse, Generator
+    from textbookgen.taxonomy import GrowReport, Taxonomy
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -299,8 +304,6 @@ def generate(
     from collections import Counter
 
     from textbookgen.engine import Generator, RateLimits, sampled, warn_same_samples
-    from textbookgen.errors import FatalProviderError
-    from textbookgen.journal import JournalError
     from textbookgen.promptfile import load_prompts, write_completions
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -324,11 +327,7 @@ def generate(
         if n != 1:
             requests = [s for r in requests for s in sampled(r, n)]
             warn_same_samples(provider, n, requests)
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            _fail(f"environment variable {api_key_env} is not set", 2)
+    api_key = _env_key(api_key_env)
     with _reported():
         gen = Generator(provider, model, base_url=base_url, api_key=api_key,
                         journal=journal or f"{stem}.journal.sqlite",
@@ -337,8 +336,35 @@ def generate(
                         prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
                         retry_failed=retry_failed, batch=batch, max_error_rate=max_error_rate,
                         **{k: v for k, v in (("batch_size", batch_size), ("batch_poll_s", batch_poll)) if v is not None})
+    responses = _run_generator(gen, requests)
+    with _reported(journal=gen.journal_path):
+        path = write_completions(out_path, responses)
+    counts = Counter(r.status for r in responses)
+    cost = sum(r.cost_usd for r in responses)
+    typer.echo(f"{len(responses)} completions -> {path} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
+               f"${cost:.4f}; journal {gen.journal_path}")
+    _exit_unfinished(responses)
+
+
+def _env_key(api_key_env: str | None) -> str | None:
+    """The key in the variable --api-key-env names (None without the option: the provider's default variable);
+    exits 2 when it is not set."""
+    if not api_key_env:
+        return None
+    api_key = os.environ.get(api_key_env)
+    if not api_key:
+        _fail(f"environment variable {api_key_env} is not set", 2)
+    return api_key
+
+
+def _run_generator(gen: Generator, requests: list[ChatRequest]) -> list[ChatResponse]:
+    """`gen.run`; a provider error exits 2 and Ctrl-C 130 (SIGTERM 143), each saying the journal keeps the finished
+    requests, and a journal another run holds (or that is none) exits 1."""
+    from textbookgen.errors import FatalProviderError
+    from textbookgen.journal import JournalError
+
     try:
-        responses = gen.run(requests)
+        return gen.run(requests)
     except FatalProviderError as err:
         _fail(f"{err}\nfinished work is kept in {gen.journal_path}; rerun to resume.", 2)
     except JournalError as err:  # in use by another run, not a journal, a directory
@@ -347,16 +373,15 @@ def generate(
         typer.echo(f"\ninterrupted: finished requests are in {gen.journal_path}; rerun the same command to resume.",
                    err=True)
         raise typer.Exit(_interrupt_exit()) from None
-    with _reported(journal=gen.journal_path):
-        path = write_completions(out_path, responses)
-    counts: dict[str, int] = {}
-    for r in responses:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    cost = sum(r.cost_usd for r in responses)
-    typer.echo(f"{len(responses)} completions -> {path} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
-               f"${cost:.4f}; journal {gen.journal_path}")
+
+
+def _exit_unfinished(responses: list[ChatResponse]) -> None:
+    """Exit 3 where requests failed, saying how many, why, and what sends them again (a rerun with --retry-failed,
+    a plain one, a larger budget); else 4 where the budget kept requests back. Returns when all were answered."""
+    from collections import Counter
+
     failed = [r for r in responses if r.status == "failed"]
-    skipped = counts.get("skipped_budget", 0)
+    skipped = sum(r.status == "skipped_budget" for r in responses)
     note = next((r.error for r in responses if r.status == "skipped_budget" and r.error), "a budget was reached")
     budget = (f"{skipped} of {len(responses)} requests were never sent, {note}; rerun with a larger --max-cost / "
               "--max-output-tokens to send them")
@@ -436,9 +461,7 @@ def journal(
         from textbookgen.errors import FatalProviderError
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        api_key = os.environ.get(api_key_env) if api_key_env else None
-        if api_key_env and not api_key:
-            _fail(f"environment variable {api_key_env} is not set", 2)
+        api_key = _env_key(api_key_env)
         with _reported():
             api_key = api_key or _local_server_key(path, base_url)
             try:
@@ -733,80 +756,122 @@ def topics_grow(
     stopped growth: DST is not written (it would fall short of --target), the answers paid for stay in the
     journal and a rerun with a larger --max-cost / --max-output-tokens goes on from them; 130 Ctrl-C, 143 SIGTERM
     (the answers paid for are kept: rerun the same command to resume)."""
-    from textbookgen.build import BudgetedGenerator
-    from textbookgen.engine import Generator
+    _check_grow_options(provider, per_call, max_cost, max_output_tokens, max_depth)
+    prices = _prices(price)
+    tax = _load_taxonomy(src, None)
+    leaves = len(tax.leaves())
+    if leaves >= target:
+        _fail(f"--target {target:,}: {src} already has {leaves:,} leaves; nothing to grow")
+    _check_grow_output(dst)
+    journal_path = Path(journal or f"{Path(dst).with_suffix('')}.journal.sqlite")
+    _check_output(journal_path, "--journal")
+    per_call = _grow_per_call(per_call, journal_path)
+    typer.echo(_grow_estimate(tax, target, per_call, model, prices, max_cost, journal=journal_path, provider=provider,
+                              seed=seed, max_depth=max_depth))
+    if plan:
+        return
+    budgeted = _grow_generator(provider, model, base_url, journal_path, max_cost, max_output_tokens, prices)
+    if journal is None and Path("grow.sqlite").is_file():
+        typer.echo(f"note: journal {journal_path}; to resume a grow journaled in ./grow.sqlite (the old default), "
+                   "pass --journal grow.sqlite", err=True)
+    report = _run_grow(tax, budgeted, target, journal_path, per_call=per_call, max_depth=max_depth, seed=seed)
+    kept_back = f" ({budgeted.skipped:,} kept back by the budget)" if budgeted.skipped else ""
+    done = (f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls - budgeted.skipped:,} "
+            f"calls{kept_back}")
+    if budgeted.skipped and report.leaves_after < target:
+        _fail(f"{done}: the budget {_budget_spent(budgeted, max_cost, max_output_tokens)} stopped growth; {dst} not "
+              f"written (short of --target {target:,}); the answers paid for are kept in {journal_path}: rerun with a "
+              "larger budget to go on from them", UNFINISHED_EXIT["budget"])
+    _save_taxonomy(tax, dst)
+    typer.echo(f"{done}, {report.duplicates_dropped:,} near-duplicates dropped; wrote {dst} (journal {journal_path})")
+    if report.leaves_after < target:
+        _say_why_short(tax, report, target, max_depth, journal_path)
+
+
+def _check_grow_options(provider: str, per_call: int | None, max_cost: float | None,
+                        max_output_tokens: int | None, max_depth: int | None) -> None:
+    """Exit naming the first option out of its range, or a provider there is none of."""
     from textbookgen.providers import PROVIDERS
-    from textbookgen.recipe import BudgetConfig, ProviderConfig
-    from textbookgen.taxonomy import PER_CALL, save_format
 
     for option, value, rule in (("--per-call", per_call, ">= 2"), ("--max-cost", max_cost, ">= 0"),
                                 ("--max-output-tokens", max_output_tokens, ">= 0"), ("--max-depth", max_depth, ">= 1")):
         _check(option, value, rule)
     if provider not in PROVIDERS:
         _fail(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
-    prices = _prices(price)
-    tax = _load_taxonomy(src, None)
-    leaves = len(tax.leaves())
-    if leaves >= target:
-        _fail(f"--target {target:,}: {src} already has {leaves:,} leaves; nothing to grow")
+
+
+def _check_grow_output(dst: str) -> None:
+    """Before paying for the growth: DST must be a taxonomy format, and a file in a folder we can write."""
+    from textbookgen.taxonomy import save_format
+
     with _reported():
-        save_format(dst)  # before paying for the growth
+        save_format(dst)
     _check_output(dst, "DST")
-    journal_path = Path(journal or f"{Path(dst).with_suffix('')}.journal.sqlite")
+
+
+def _grow_per_call(per_call: int | None, journal: Path) -> int:
+    """--per-call, else as many as the journal's answers asked (said in a note: they are replayed), else PER_CALL."""
+    from textbookgen.taxonomy import PER_CALL
+
     if per_call is None:
-        per_call = _journal_per_call(journal_path)
+        per_call = _journal_per_call(journal)
         if per_call is not None:
-            typer.echo(f"note: {per_call} subtopics per call, as the answers in {journal_path} asked (they are "
+            typer.echo(f"note: {per_call} subtopics per call, as the answers in {journal} asked (they are "
                        "replayed, not paid again; --per-call changes it)")
-    per_call = per_call or PER_CALL
-    typer.echo(_grow_estimate(leaves, target, per_call, model, prices, max_cost))
-    if plan:
-        return
+    return per_call or PER_CALL
+
+
+def _grow_generator(provider: str, model: str, base_url: str | None, journal: Path, max_cost: float | None,
+                    max_output_tokens: int | None, prices: dict[str, tuple[float, float]]) -> BudgetedGenerator:
+    """The engine of a grow, with one budget over every round (each is a run of its own), as a build's: checked
+    by the BudgetedGenerator, so a 0 passes too."""
+    from textbookgen.build import BudgetedGenerator
+    from textbookgen.engine import Generator
+    from textbookgen.recipe import BudgetConfig, ProviderConfig
+
     key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
     with _reported():
-        gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal_path,
+        gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal,
                         max_cost_usd=max_cost, max_output_tokens=max_output_tokens, prices=prices)
-    # One budget over every round (each is a run of its own), as a build's: checked here, so a 0 passes too.
-    budgeted = BudgetedGenerator(gen, BudgetConfig.model_construct(max_cost_usd=max_cost,
-                                                                   max_output_tokens=max_output_tokens),
-                                 {"grow": journal_path})
-    if journal is None and Path("grow.sqlite").is_file():
-        typer.echo(f"note: journal {journal_path}; to resume a grow journaled in ./grow.sqlite (the old default), "
-                   "pass --journal grow.sqlite", err=True)
+    budget = BudgetConfig.model_construct(max_cost_usd=max_cost, max_output_tokens=max_output_tokens)
+    return BudgetedGenerator(gen, budget, {"grow": journal})
+
+
+def _run_grow(tax: Taxonomy, budgeted: BudgetedGenerator, target: int, journal: Path, **options) -> GrowReport:
+    """`taxonomy.grow`, its round lines on stderr; bad input or a provider error exits 1 and Ctrl-C 130 (SIGTERM
+    143), each naming the journal that keeps the answers paid for."""
     from textbookgen import taxonomy
 
     try:
-        with _reported(journal=journal_path):
-            report = taxonomy.grow(tax, budgeted, target, per_call=per_call, max_depth=max_depth, seed=seed,
-                                   log=lambda line: typer.echo(line, err=True))
+        with _reported(journal=journal):
+            return taxonomy.grow(tax, budgeted, target, **options, log=lambda line: typer.echo(line, err=True))
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: the answers paid for are kept in {journal_path}; rerun the same command to resume "
+        typer.echo(f"\ninterrupted: the answers paid for are kept in {journal}; rerun the same command to resume "
                    "(they are not paid again)", err=True)
         raise typer.Exit(_interrupt_exit()) from None
-    kept_back = f" ({budgeted.skipped:,} kept back by the budget)" if budgeted.skipped else ""
-    done = (f"{report.leaves_before:,} -> {report.leaves_after:,} leaves in {report.calls - budgeted.skipped:,} "
-            f"calls{kept_back}")
-    if budgeted.skipped and report.leaves_after < target:
-        usd, out = budgeted.spent()
-        budget = (f"--max-output-tokens {max_output_tokens:,} ({out:,} output tokens paid)"
-                  if (budgeted.stop_note or "").startswith("max_output_tokens") else f"--max-cost {max_cost:g} "
-                  f"(${usd:,.4f} spent)")
-        _fail(f"{done}: the budget {budget} stopped growth; {dst} not written (short of --target {target:,}); the "
-              f"answers paid for are kept in {journal_path}: rerun with a larger budget to go on from them",
-              UNFINISHED_EXIT["budget"])
-    _save_taxonomy(tax, dst)
-    typer.echo(f"{done}, {report.duplicates_dropped:,} near-duplicates dropped; wrote {dst} (journal {journal_path})")
-    if report.leaves_after < target:
-        short = f"{report.leaves_after:,} leaves, short of --target {target:,}: "
-        if max_depth is not None and all(len(t.path) >= max_depth for t in tax.leaves()):
-            typer.echo(f"note: {short}every leaf is at --max-depth {max_depth}; raise it to grow further")
-        elif report.failed_calls:
-            _fail(f"{short}{report.failed_calls:,} calls got no answer (failed, refused or empty); rerun the same "
-                  "command to retry those that failed on the way (the answers paid for are replayed from "
-                  f"{journal_path}), or pass another --seed to ask anew", UNFINISHED_EXIT["failed"])
-        else:
-            typer.echo(f"note: {short}the answers held too few new names ({report.duplicates_dropped:,} "
-                       "near-duplicates dropped); try a larger --per-call or another --seed")
+
+
+def _budget_spent(budgeted: BudgetedGenerator, max_cost: float | None, max_output_tokens: int | None) -> str:
+    """The budget that stopped growth and what it had paid, e.g. `--max-cost 0.5 ($0.5012 spent)`."""
+    usd, out = budgeted.spent()
+    if (budgeted.stop_note or "").startswith("max_output_tokens"):
+        return f"--max-output-tokens {max_output_tokens:,} ({out:,} output tokens paid)"
+    return f"--max-cost {max_cost:g} (${usd:,.4f} spent)"
+
+
+def _say_why_short(tax: Taxonomy, report: GrowReport, target: int, max_depth: int | None, journal: Path) -> None:
+    """Why a written taxonomy is short of --target: every leaf at --max-depth or too few new names (notes), or
+    calls that got no answer (exit 3: a rerun retries them)."""
+    short = f"{report.leaves_after:,} leaves, short of --target {target:,}: "
+    if max_depth is not None and all(len(t.path) >= max_depth for t in tax.leaves()):
+        typer.echo(f"note: {short}every leaf is at --max-depth {max_depth}; raise it to grow further")
+    elif report.failed_calls:
+        _fail(f"{short}{report.failed_calls:,} calls got no answer (failed, refused or empty); rerun the same "
+              "command to retry those that failed on the way (the answers paid for are replayed from "
+              f"{journal}), or pass another --seed to ask anew", UNFINISHED_EXIT["failed"])
+    else:
+        typer.echo(f"note: {short}the answers held too few new names ({report.duplicates_dropped:,} "
+                   "near-duplicates dropped); try a larger --per-call or another --seed")
 
 
 def _journal_per_call(journal: Path) -> int | None:
@@ -831,26 +896,31 @@ def _journal_per_call(journal: Path) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _grow_estimate(leaves: int, target: int, per_call: int | None, model: str,
-                   prices: dict[str, tuple[float, float]], max_cost: float | None) -> str:
-    """`plan: ...`: calls, tokens and cost of growing `leaves` to `target` (as a recipe's plan estimates them),
-    and what keeps a budget from stopping it or makes it stop growth short."""
+def _grow_estimate(tax: Taxonomy, target: int, per_call: int | None, model: str,
+                   prices: dict[str, tuple[float, float]], max_cost: float | None, *, journal: Path, provider: str,
+                   seed: int, max_depth: int | None) -> str:
+    """`plan: ...`: calls, tokens and cost of growing `tax` to `target` (as a recipe's plan estimates them; the
+    calls `journal` answers are free), and what keeps a budget from stopping it or makes it stop growth short."""
     from textbookgen.build import estimate_grow
+    from textbookgen.plan import estimate_grow_left
     from textbookgen.pricing import PRICES, estimate_cost, is_priced
     from textbookgen.recipe import GrowConfig
 
-    cfg = GrowConfig(target=target, per_call=per_call)
-    est = estimate_grow(leaves, cfg)
+    leaves = len(tax.leaves())
+    cfg = GrowConfig(target=target, per_call=per_call, max_depth=max_depth)
+    est = (estimate_grow_left(tax, cfg, journal, provider=provider, model=model, seed=seed) if journal.is_file()
+           else estimate_grow(leaves, cfg))
     table = {**PRICES, **prices}
     usd = estimate_cost(model, est["input_tokens"], est["output_tokens"], table)
-    worst = estimate_cost(model, est["input_tokens"], est["output_tokens_max"], table)
-    line = (f"plan: {leaves:,} -> {target:,} leaves: ~{est['calls']:,} calls, ~{est['input_tokens']:,} input + "
+    worst = estimate_cost(model, est.get("input_tokens_max", est["input_tokens"]), est["output_tokens_max"], table)
+    answered = f" ({est['answered']:,} more answered by {journal}, free)" if est.get("answered") else ""
+    line = (f"plan: {leaves:,} -> {target:,} leaves: ~{est['calls']:,} calls{answered}, ~{est['input_tokens']:,} input + "
             f"~{est['output_tokens']:,} output tokens, ~${usd:,.4f} on {model} (at most ${worst:,.4f} if every "
             f"answer runs to {cfg.max_tokens:,} tokens)")
     if not is_priced(model, table):
         line += (f"\nnote: {model} is not in the price table, so it counts as $0 and --max-cost cannot stop it; "
                  "give its price with --price MODEL=IN,OUT (USD per 1M tokens)")
-    elif max_cost is not None and usd > max_cost:
+    elif max_cost is not None and usd + est.get("paid_usd", 0.0) > max_cost:
         line += (f"\nnote: the estimate exceeds --max-cost {max_cost:g}: growth will stop short of --target and DST "
                  "will not be written (the answers paid for are kept for a rerun with a larger budget)")
     return line
