@@ -160,6 +160,62 @@ def test_fsdp2_two_processes_and_resharded_resume(corpus, tmp_path):
     shutil.rmtree(tmp_path / "full")
 
 
+@pytest.mark.slow
+def test_an_error_every_rank_meets_is_printed_once_under_torchrun(corpus, tmp_path):
+    """2 ranks on gloo, data never prepared: the error line came once per rank; now once, naming the rank that
+    printed it, and each rank still exits 2 (bad input)."""
+    cfg = write_config(corpus, tmp_path / "c.yaml", tmp_path / "run", **{"train.max_steps": 1,
+                                                                         "data.cache_dir": str(tmp_path / "cache")})
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), NCCL_NVLS_ENABLE="0")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "trainer", "train", "--no-progress", "-c", str(cfg)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert re.match(r"error: rank [01] of 2: tokenized data missing or out of date for ", errors[0]), errors
+    assert proc.returncode == 1 and "exitcode  : 2" in proc.stderr and "exitcode  : 1" not in proc.stderr
+
+
+def test_a_torchrun_error_is_printed_by_the_first_rank_that_meets_it(tmp_path, monkeypatch, capsys):
+    """The decision, with ranks played in turn against a store like torchrun's agent's: an error line or a
+    crash's traceback the ranks meet alike is printed once, by the first, named; another one is printed too;
+    every rank keeps its exit code. Without the agent's store (another launcher) every rank prints."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from trainer.cli import report_user_errors
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+    for key, value in {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+                       "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "0"}.items():
+        monkeypatch.setenv(key, value)
+
+    def fail(error: Exception):
+        def run(_args) -> int:
+            raise error
+        return run
+
+    def as_rank(rank: int, error: Exception) -> tuple[int, str]:
+        monkeypatch.setenv("RANK", str(rank))
+        code = report_user_errors(fail(error), None)  # type: ignore[arg-type]
+        return code, capsys.readouterr().err
+
+    missing = "dataset not found: '/no/such/folder'"
+    assert as_rank(1, ValueError(missing)) == (2, f"error: rank 1 of 2: {missing}\n")
+    assert as_rank(0, ValueError(missing)) == (2, "")
+    assert as_rank(0, FileNotFoundError(2, "No such file or directory", "/x/index.json")) == (
+        2, "error: rank 0 of 2: /x/index.json: No such file or directory\n")
+    code, err = as_rank(0, TypeError("a bug"))
+    assert code == 1 and err.startswith("rank 0 of 2:\nTraceback (most recent call last):") and "TypeError: a bug" in err
+    assert as_rank(1, TypeError("a bug"))[1] == ""  # the same traceback: not printed again
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    assert as_rank(1, ValueError(missing)) == (2, f"error: rank 1 of 2: {missing}\n")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: a crash is still raised as it is
+    with pytest.raises(TypeError):
+        as_rank(0, TypeError("a bug"))
+
+
 @pytest.mark.parametrize(("reason", "code"), [("done", 0), ("SIGINT", 130), ("SIGTERM", 143), ("time budget", 3),
                                               ("stop requested on another rank", 3)])
 def test_train_exit_code_tells_stopped_from_done(reason, code, tmp_path, monkeypatch, capsys):

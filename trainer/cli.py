@@ -12,6 +12,7 @@ import errno
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -350,7 +351,9 @@ def report_user_errors(run: Callable[[argparse.Namespace], int], args: argparse.
     """`run(args)`, with user errors (bad config or option, missing or unreadable data, checkpoint or
     output path, divergence) printed as one `error: ...` line instead of a traceback (set TRAINER_DEBUG=1
     for the traceback), and Ctrl-C as one `interrupted` line with exit code 130. Under torchrun a refusal
-    that every rank raises alike (marked by `train.every_rank`) is printed by rank 0 alone."""
+    that every rank raises alike (marked by `train.every_rank`) is printed by rank 0 alone, and any other error
+    line or traceback by the first rank to meet it, which names itself (`_first_rank`); each rank still exits
+    with its own code (2 bad input, 1 diverged or a crash)."""
     try:
         return run(args)
     except KeyboardInterrupt as e:  # a second Ctrl-C in training, or one in prepare (which says how to go on)
@@ -358,14 +361,38 @@ def report_user_errors(run: Callable[[argparse.Namespace], int], args: argparse.
             raise
         print(f"interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return _STOP_EXIT["SIGINT"]
-    except (ValueError, OSError, RuntimeError) as e:
+    except Exception as e:
         user_error = isinstance(e, (ValueError, OSError)) or type(e).__name__ in _RUNTIME_USER_ERRORS
-        if not user_error or os.environ.get("TRAINER_DEBUG"):
+        if os.environ.get("TRAINER_DEBUG") or not (user_error or _world_size() > 1):
             raise
+        if not user_error:  # a crash under torchrun: its traceback, once for the ranks that crash alike
+            _first_rank(traceback.format_exc().rstrip())
+            return 1
         line = _os_error_line(e) if isinstance(e, OSError) else str(e)
-        if not getattr(e, "every_rank", False) or os.environ.get("RANK", "0") == "0":
-            print(f"error: {_command_hints(line, getattr(args, 'command', None))}", file=sys.stderr)
+        line = f"error: {_command_hints(line, getattr(args, 'command', None))}"
+        if not getattr(e, "every_rank", False):
+            _first_rank(line)
+        elif os.environ.get("RANK", "0") == "0":
+            print(line, file=sys.stderr)
         return 1 if type(e).__name__ == "TrainingDiverged" else 2
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _first_rank(text: str) -> None:
+    """Print `text` to stderr; under torchrun only on the first rank that reports this same text (the other
+    ranks failing alike stay quiet), with that rank named."""
+    if _world_size() <= 1:
+        print(text, file=sys.stderr)
+        return
+    from trainer.distributed import first_to_report
+
+    if first_to_report(text):
+        rank = f"rank {os.environ.get('RANK', '?')} of {_world_size()}"
+        print(text.replace("error: ", f"error: {rank}: ", 1) if text.startswith("error: ") else f"{rank}:\n{text}",
+              file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,9 +10,11 @@ NVLink multicast (NVLS) stays off: the lent GPU machines do not support it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -137,3 +139,20 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def first_to_report(text: str) -> bool:
+    """Whether this process is the first rank of its torchrun to report `text` (an error line or traceback),
+    so that ranks failing alike print it once: decided in the store torchrun's agent keeps for its workers,
+    which outlives the process group (often torn down before the error reaches the CLI). True outside
+    torchrun, or where the agent holds no store (other launchers: every rank prints, as before)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return True
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted group reports its errors again
+    key = f"trainer/reported/{attempt}/{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=10))
+        return store.add(key, 1) == 1
+    except (KeyError, ValueError, RuntimeError):  # no address, or the store is gone: better twice than never
+        return True
