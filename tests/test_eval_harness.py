@@ -135,6 +135,7 @@ def test_cli_eval_writes_the_report(shared_data: Path, tmp_path: Path, capsys: p
     assert rc == 0
     out, err = capsys.readouterr()
     assert "'[title]'" in err  # the log is plain text: rich markup would eat the bracketed tag
+    assert out.startswith("| model |") and "scoring" not in out  # progress bars on stderr: `> table.md` is the table
     assert "| **hf** |" in out and "phi-1.5 (paper)" in out and "mmlu@5 5-shot" in out
     payload = json.loads((tmp_path / "out" / "results.json").read_text())
     assert payload["results"]["mmlu@5"]["n"] == 2 * 57 and payload["results"]["humaneval"]["n"] == 2
@@ -280,6 +281,7 @@ def test_report_files(tmp_path: Path) -> None:
     table = markdown_table(results, "mymodel")
     assert "| **mymodel** | 1.000 | 0.500 ± 0.224 |" in table
     assert "phi-1.5 (paper) | 0.758 | 0.766 |" in table
+    assert "Items scored: piqa 6, boolq 1 (" in table  # a --limit subset is not the paper's full benchmark
     assert len(paths["samples"].read_text().splitlines()) == 7
 
 
@@ -475,6 +477,51 @@ def test_cli_compares_several_checkpoints(shared_data: Path, tmp_path: Path, mon
     assert "--name names one checkpoint" in capsys.readouterr().err
 
 
+def test_cli_baseline_is_a_checkpoint_given_or_an_earlier_report(shared_data: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """`--baseline`: a checkpoint among those given (evaluated first, so each compare.md on the way pairs with
+    it; rows in the order given), or a report folder of an earlier eval (read, not evaluated again; its row
+    first); anything else is refused before a model is loaded."""
+    import trainer.eval.models as models
+    from trainer.cli import main
+
+    loaded: list[str] = []
+
+    def fake_load(spec, **kwargs):
+        loaded.append(Path(spec).name)
+        lm = FakeLM()
+        if "step-20" in str(spec):  # prefers the shortest choice
+            lm.loglikelihood = lambda reqs: [(-len(c), False) for _, c in reqs]
+        return lm
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    ckpts = [str(tmp_path / "run" / "checkpoints" / f"step-{s}") for s in (10, 20, 30)]
+    common = ["--tasks", "boolq,piqa", "--data", str(shared_data), "--limit", "6"]
+    assert main(["eval", *ckpts, *common, "--out", str(tmp_path / "out"), "--baseline", ckpts[1]]) == 0
+    assert loaded == ["step-20", "step-10", "step-30"]
+    payload = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert payload["models"] == ["step-10", "step-20", "step-30"] and payload["baseline"] == "step-20"
+    assert {(r["b"], r["a"]) for r in payload["paired"]} == {("step-10", "step-20"), ("step-30", "step-20")}
+    assert "| step-20 (baseline) |" in capsys.readouterr().out
+    loaded.clear()  # a later checkpoint against the report of step-20 written above, by folder
+    assert main(["eval", ckpts[2], *common, "--out", str(tmp_path / "later"), "--baseline",
+                 str(tmp_path / "out" / "step-20")]) == 0
+    assert loaded == ["step-30"]
+    payload = json.loads((tmp_path / "later" / "compare.json").read_text())
+    assert payload["models"] == ["step-20", "step-30"] and (tmp_path / "later" / "step-30" / "results.json").is_file()
+    assert [(r["b"], r["a"], "reason" in r) for r in payload["paired"]] == [("step-30", "step-20", False)] * 2
+    capsys.readouterr()
+    loaded.clear()
+    for spec, said in ((str(tmp_path / "run" / "checkpoints" / "step-40"), "not among the checkpoints given "
+                                                                            "(step-10, step-20, by path or name)"),
+                       (ckpts[0], "the only checkpoint; give others to pair with it")):
+        assert main(["eval", *(ckpts[:2] if "40" in spec else ckpts[:1]), *common, "--out", str(tmp_path / "x"),
+                     "--baseline", spec]) == 2
+        assert said in capsys.readouterr().err
+    assert loaded == [] and not (tmp_path / "x").exists()
+
+
 def test_shots_past_lm_evals_fixed_examples() -> None:
     """GSM8K CoT has 8 fixed exemplars and MBPP 3: 'gsm8k@9' is refused (it ran 8 and reported 9-shot);
     --num-fewshot beyond them takes them all and reports that count."""
@@ -532,31 +579,117 @@ def _paired(out: Path) -> dict[str, dict]:
 
 
 def test_paired_difference_on_the_same_items(tmp_path: Path) -> None:
-    """Identical models: diff 0, no mark. B right on A's 20 items and 5 more of 50: +0.100 ± 0.043, marked,
-    though the rows' own stderrs (± 0.07) overlap; compare.md says so, and the pairing is by item id."""
+    """Identical models: diff 0, p 1, no mark. B right on A's 20 items and 6 more of 50: +0.120 ± 0.046,
+    p 0.031, though the rows' own stderrs (± 0.07) overlap; alone it is marked, but among the 3 tests of a
+    3-model table Holm's correction takes the mark away; compare.md says so, and the pairing is by item id."""
     from trainer.eval.report import main
 
     evals = tmp_path / "evals"
     _piqa_report(evals, "step-10", set(range(20)))
     _piqa_report(evals, "step-20", set(range(20)))
-    _piqa_report(evals, "step-30", set(range(25)))
+    _piqa_report(evals, "step-30", set(range(26)))
     assert main([str(evals / s) for s in ("step-10", "step-20", "step-30")] + ["--out", str(tmp_path / "cmp")]) == 0
     paired = _paired(tmp_path / "cmp")
     same = paired["step-20 vs step-10"]
-    assert (same["diff"], same["stderr"], same["significant"], same["better"], same["worse"]) == (0.0, 0.0, False, 0, 0)
+    assert (same["diff"], same["stderr"], same["p"], same["significant"], same["better"], same["worse"]) == (
+        0.0, 0.0, 1.0, False, 0, 0)
     real = paired["step-30 vs step-10"]
-    assert real["n"] == 50 and real["diff"] == pytest.approx(0.1) and real["significant"] is True
-    assert real["stderr"] == pytest.approx(mean_stderr([1.0] * 5 + [0.0] * 45))
-    assert paired["step-30 vs step-20"]["significant"] is True
+    assert real["n"] == 50 and real["diff"] == pytest.approx(0.12)
+    assert real["stderr"] == pytest.approx(mean_stderr([1.0] * 6 + [0.0] * 44))
+    assert real["p"] == 2 / 2**6 and real["significant_uncorrected"] is True  # 6 coin flips all one way
+    assert real["p_holm"] == pytest.approx(3 * real["p"]) and real["significant"] is False
+    assert paired["step-30 vs step-20"]["significant"] is False
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| step-10 | 0.400 ± 0.070 |" in md and "| step-30 | 0.500 ± 0.071 |" in md
-    assert "| step-20 vs step-10 | +0.000 ± 0.000 (0↑ 0↓) |" in md
-    assert "| step-30 vs step-10 | +0.100 ± 0.043 * (5↑ 0↓) |" in md
+    assert "| step-10 | 0.400 ± 0.070 |" in md and "| step-30 | 0.520 ± 0.071 |" in md
+    assert "| step-20 vs step-10 | +0.000 ± 0.000 (0↑ 0↓, p=1.000) |" in md
+    assert "| step-30 vs step-10 | +0.120 ± 0.046 (6↑ 0↓, p=0.031) |" in md
+    assert "exact McNemar test" in md and "Uncorrected, 2 of the 3 have p < 0.05" in md
+    assert "Holm-Bonferroni correction over the family of all 3 paired tests" in md
+    assert main([str(evals / "step-10"), str(evals / "step-30"), "--out", str(tmp_path / "one")]) == 0
+    assert "| step-30 vs step-10 | +0.120 ± 0.046 * (6↑ 0↓, p=0.031) |" in (tmp_path / "one" / "compare.md").read_text()
     # a noisy change (9 items won, 6 lost) is not marked
     _piqa_report(evals, "noisy", set(range(20)) - set(range(6)) | set(range(20, 29)))
     assert main([str(evals / "step-10"), str(evals / "noisy"), "--out", str(tmp_path / "cmp2")]) == 0
     noisy = _paired(tmp_path / "cmp2")["noisy vs step-10"]
     assert noisy["diff"] == pytest.approx(0.06) and (noisy["better"], noisy["worse"], noisy["significant"]) == (9, 6, False)
+    assert noisy["p"] == pytest.approx(0.6072, abs=1e-4)
+
+
+def test_paired_p_is_the_exact_mcnemar_test() -> None:
+    """p equals scipy's exact binomial test on the items only one model gets right; a z-test on diff / stderr
+    said 0.020 for 5 items won and none lost of 50, the exact test 0.0625 (not significant)."""
+    stats = pytest.importorskip("scipy.stats")
+    from trainer.eval.report import PairedDiff
+
+    for better, worse in ((5, 0), (0, 5), (9, 6), (30, 12), (1, 0), (0, 0), (100, 70)):
+        got = PairedDiff("acc", 500, (better - worse) / 500, 0.01, better, worse).p
+        want = stats.binomtest(better, better + worse).pvalue if better + worse else 1.0
+        assert got == pytest.approx(want, rel=1e-9), (better, worse)
+    assert PairedDiff("acc", 50, 0.1, mean_stderr([1.0] * 5 + [0.0] * 45), 5, 0).p == 0.0625
+
+
+def test_holm_adjusted_p_values() -> None:
+    """Holm's step-down: the k-th smallest p times (m - k + 1), kept non-decreasing, capped at 1, in input order."""
+    from trainer.eval.report import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.3]) == pytest.approx([0.6, 0.6]) and holm([0.9, 0.0]) == [0.9, 0.0] and holm([]) == []
+
+
+def test_many_comparisons_are_corrected_against_one_baseline(tmp_path: Path) -> None:
+    """Each of 3 checkpoints gets 6 more of 50 PIQA items right than the baseline (p 0.031 each, all marked
+    uncorrected) and a 4th gets 20 more (p < 0.001): after Holm-Bonferroni over the 4 tests only the 4th is
+    marked (3 x 0.031 > 0.05); the raw p stays in every cell, compare.json holds both verdicts."""
+    from trainer.eval.report import main
+
+    evals = tmp_path / "evals"
+    _piqa_report(evals, "base", set(range(20)))
+    for name in ("a", "b", "c"):
+        _piqa_report(evals, name, set(range(26)))
+    _piqa_report(evals, "big", set(range(40)))
+    argv = [str(evals / n) for n in ("a", "base", "b", "c", "big")] + ["--out", str(tmp_path / "cmp")]
+    assert main([*argv, "--baseline", "base"]) == 0
+    paired = _paired(tmp_path / "cmp")
+    assert set(paired) == {"a vs base", "b vs base", "c vs base", "big vs base"}
+    for name in ("a", "b", "c"):
+        row = paired[f"{name} vs base"]
+        assert row["significant_uncorrected"] is True and row["significant"] is False
+        assert row["p_holm"] == pytest.approx(3 * row["p"]) and row["p_holm"] > 0.05
+    assert paired["big vs base"]["significant"] is True and paired["big vs base"]["p_holm"] < 0.001
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| a vs base | +0.120 ± 0.046 (6↑ 0↓, p=0.031) |" in md
+    assert "| big vs base | +0.400 ± 0.070 * (20↑ 0↓, p<0.001) |" in md
+    assert "| base (baseline) | 0.400 ± 0.070 |" in md and "Each model is paired with the baseline, base." in md
+    payload = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert payload["baseline"] == "base" and payload["correction"]["tests"] == 4
+    assert payload["models"] == ["a", "base", "b", "c", "big"]  # the rows stay in the order given
+
+
+def test_baseline_names_one_of_the_reports_or_an_earlier_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--baseline by model name or folder; a report folder not among the others is read and comes first;
+    anything else is one error line naming the reports given."""
+    from trainer.eval.report import main
+
+    evals = tmp_path / "evals"
+    for name, right in (("step-10", 20), ("step-20", 22), ("step-30", 25)):
+        _piqa_report(evals, name, set(range(right)))
+    for spec in ("step-20", str(evals / "step-20"), str(evals / "step-20" / "results.json")):
+        assert main([str(evals), "--out", str(tmp_path / "cmp"), "--baseline", spec]) == 0
+        assert set(_paired(tmp_path / "cmp")) == {"step-10 vs step-20", "step-30 vs step-20"}
+    old = _piqa_report(tmp_path / "old", "base", set(range(10)))
+    assert main([str(evals / "step-30"), "--out", str(tmp_path / "cmp"), "--baseline", str(old)]) == 0
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["models"] == ["base", "step-30"]
+    assert set(_paired(tmp_path / "cmp")) == {"step-30 vs base"}
+    capsys.readouterr()
+    for spec, said in (("step-40", "--baseline step-40: not among the reports given (step-10, step-20, step-30, by "
+                                   "path or name), nor a report folder"),
+                       (str(tmp_path), "and not a report folder (no results.json); to pair with it, add it to the reports"),
+                       (str(evals), f"--baseline {evals}: holds 3 report folders (step-10, step-20, step-30); name one")):
+        assert main([str(evals), "--out", str(tmp_path / "x"), "--baseline", spec]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and said in err and err.count("\n") == 1, err
+    assert main([str(evals / "step-10"), "--out", str(tmp_path / "x"), "--baseline", "step-10"]) == 2
+    assert "the only report" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_paired_difference_is_deterministic_and_pairs_by_id(tmp_path: Path) -> None:
@@ -641,6 +774,10 @@ def test_results_json_records_what_a_checkpoint_was_trained_on(shared_data: Path
     monkeypatch.chdir(tmp_path / "run")  # data.cache_dir is relative to the folder training ran in
     moved = trained_on(ckpts[0])
     assert moved["datasets"][0]["commit"] is None and "the prepared data is not in data/tokens" in moved["commit_note"]
+    meta = json.loads((Path(ckpts[0]) / "meta.json").read_text())  # a local dataset moved since: no Hub commit to miss
+    meta["config"]["data"]["datasets"][0]["source"] = str(tmp_path / "gone" / "corpus")
+    (Path(ckpts[0]) / "meta.json").write_text(json.dumps(meta))
+    assert "commit_note" not in trained_on(ckpts[0]) and "commit" not in trained_on(ckpts[0])["datasets"][0]
 
 
 def test_item_scores_average_to_the_reported_metrics(shared_data: Path) -> None:

@@ -1,6 +1,6 @@
 """`python -m trainer eval CKPT [CKPT ...] --tasks ...` (also `python -m trainer.eval`): run the benchmarks and
 write the report (table.md, results.json, chart.png, samples.jsonl); for several checkpoints, one such folder
-each under --out and compare.md / compare.png across them."""
+each under --out and compare.md / compare.json / compare.png across them (--baseline: each paired with that one)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="prefix: each context computed once (KV cache); full: lm_eval's whole sequences")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (task defaults otherwise)")
     p.add_argument("--sandbox-timeout", type=float, default=3.0, help="seconds per generated program")
-    p.add_argument("--out", default="eval_out", help="report directory (several checkpoints: a folder each in it)")
+    p.add_argument("--out", default="eval_out",
+                   help="report directory (several checkpoints, or --baseline: a folder each in it, and compare.md)")
     p.add_argument("--name", default=None, help="model name in the table (default: checkpoint name; one checkpoint)")
+    p.add_argument("--baseline", default=None, metavar="CHECKPOINT|REPORT",
+                   help="pair every other checkpoint with this one alone in compare.md (default: each with the first "
+                        "and with the one before it): one of the checkpoints (as given, or its name in compare.md), "
+                        "evaluated first, or a report folder written earlier (results.json, samples.jsonl), read, "
+                        "not evaluated again (items pair only under the same --limit and shots)")
     return p
 
 
@@ -90,7 +96,14 @@ def run(args: argparse.Namespace) -> int:
     from trainer.distributed import pick_device
     from trainer.eval.harness import plan_tasks, run_plans
     from trainer.eval.models import load_model
-    from trainer.eval.report import compare_table, markdown_table, write_compare, write_report
+    from trainer.eval.report import (
+        baseline_report,
+        compare_table,
+        find_baseline,
+        markdown_table,
+        write_compare,
+        write_report,
+    )
     from trainer.eval.sandbox import SandboxConfig
 
     console = Console(stderr=True)
@@ -108,16 +121,27 @@ def run(args: argparse.Namespace) -> int:
     if args.name and len(checkpoints) > 1:
         raise ValueError("--name names one checkpoint; with several, each is named by its folder")
     names = [args.name] if args.name else model_names(checkpoints)
+    given = dict(zip(names, checkpoints, strict=True))
+    runs: dict[str, dict] = {}
+    training: dict[str, dict | None] = {}
+    baseline = None if args.baseline is None else find_baseline(args.baseline, given)
+    if args.baseline is not None and baseline is None:  # an earlier report, read before any model is loaded
+        baseline, runs[baseline], training[baseline] = baseline_report(args.baseline, given, "checkpoints")
+    elif baseline is not None:  # evaluated first, so every compare.md written on the way pairs with it
+        if len(checkpoints) == 1:
+            raise ValueError(f"--baseline {args.baseline}: the only checkpoint; give others to pair with it")
+        names = [baseline] + [n for n in names if n != baseline]
+    order = [*runs, *given]  # compare.md's rows: an earlier report first, then the checkpoints as given
+    several = len(order) > 1
     gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     config = {k: v for k, v in vars(args).items()
               if not k.startswith("_") and isinstance(v, (str, int, float, bool, list, type(None)))}
-    runs: dict[str, dict] = {}
-    training: dict[str, dict | None] = {}
     paths: dict[str, Path] = {}
     plans = None
-    for checkpoint, name in zip(checkpoints, names, strict=True):
-        out = Path(args.out) if len(checkpoints) == 1 else Path(args.out) / name
-        if len(checkpoints) > 1:
+    for name in names:
+        checkpoint = given[name]
+        out = Path(args.out) / name if several else Path(args.out)
+        if several:
             log(f"{name}: {checkpoint}")
         lm = load_model(checkpoint, tokenizer=args.tokenizer,
                         device=pick_device(args.device) if args.device else None, dtype=args.dtype,
@@ -140,12 +164,16 @@ def run(args: argparse.Namespace) -> int:
                 log(f"the tasks finished before the stop are reported in {paths['table'].parent}")
             raise
         del lm  # the next checkpoint loads into the memory this one held
-        if len(checkpoints) > 1:
-            paths.update(write_compare(runs, args.out, training))
-    print(markdown_table(runs[names[0]], names[0]) if len(checkpoints) == 1 else compare_table(runs, training))
-    console.log("wrote " + ", ".join(str(p) for p in paths.values()) if len(checkpoints) == 1
-                else f"wrote {len(runs)} reports under {args.out}, and " + ", ".join(
-                    str(paths[k]) for k in ("compare", "compare_json", "compare_chart")))
+        if several:
+            ordered = {n: runs[n] for n in order if n in runs}
+            paths.update(write_compare(ordered, args.out, training, baseline))
+    if not several:
+        print(markdown_table(runs[names[0]], names[0]))
+        console.log("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
+    print(compare_table(ordered, training, baseline))
+    console.log(f"wrote {len(given)} report{'s' if len(given) > 1 else ''} under {args.out}, and " + ", ".join(
+        str(paths[k]) for k in ("compare", "compare_json", "compare_chart")))
     return 0
 
 
@@ -155,7 +183,6 @@ def trained_on(checkpoint: str) -> dict[str, Any] | None:
     was read from, taken from the data.cache_dir index when that still holds the data trained on (its
     fingerprint equals the checkpoint's); None for other models (HF folders, Hub ids), which do not say."""
     from trainer.checkpoint import resolve
-    from trainer.data import local_source
     from trainer.files import read_json
 
     path = Path(checkpoint).expanduser()
@@ -171,12 +198,21 @@ def trained_on(checkpoint: str) -> dict[str, Any] | None:
             "tokens": samples * seq_len if samples is not None and seq_len else None,
             "synthetic": bool(data.get("synthetic")), "datasets": datasets,
             "data_fingerprint": meta.get("data_fingerprint"), "init_from": meta.get("init_from")}
-    if any(local_source(ds["source"]) is None for ds in datasets) and not info["synthetic"]:  # a Hub dataset
+    if any(_hub_dataset(ds["source"]) for ds in datasets) and not info["synthetic"]:
         commits, note = _prepared_commits(data, meta.get("data_fingerprint"))
         for ds, commit in zip(datasets, commits or [None] * len(datasets), strict=True):
             ds["commit"] = commit
         info["commit_note"] = note
     return info
+
+
+def _hub_dataset(source: str | None) -> bool:
+    """Whether a dataset source is a Hub repo id, not a local folder or file (one gone since is still local:
+    "/data/corpus" has no Hub commit to look for)."""
+    from textbookgen.hub import REPO_ID_RE
+    from trainer.data import local_source
+
+    return bool(source) and local_source(source) is None and REPO_ID_RE.fullmatch(source) is not None
 
 
 def _prepared_commits(data: dict[str, Any], fingerprint: str | None) -> tuple[list[str | None] | None, str | None]:

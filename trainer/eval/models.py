@@ -12,7 +12,7 @@ context with a single continuation (WinoGrande's partial scoring) runs whole, as
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,12 +227,14 @@ class CausalLM:
                     lp = torch.cat([first[gi : gi + 1], logp[row, : len(x) - 1]])
                     results[i] = self._sum_greedy(lp, x)
 
-    def _progress(self, batches: list[list[int]], what: str) -> list[list[int]]:
+    def _progress(self, batches: list[list[int]], what: str) -> Iterable[list[int]]:
+        """`batches`, advancing a bar on stderr as each is taken (stdout keeps the report table alone)."""
         if not self.progress:
             return batches
+        from rich.console import Console
         from rich.progress import track
 
-        return list(track(batches, description=what))
+        return track(batches, description=what, console=Console(stderr=True), transient=True)
 
     # ------------------------------------------------------------------ generation
 

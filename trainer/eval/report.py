@@ -13,9 +13,12 @@ one `trainer eval` call with several checkpoints, or `python -m trainer.eval.rep
 folders written earlier. Two models' accuracies each ± its own stderr overlap far more than their
 difference is uncertain when both were scored on the same items, so compare.md (and compare.json) also gives
 paired differences: per task, the mean of the per-item differences ± their stderr (lm_eval's sample std /
-sqrt(n), applied to the differences), marked where the 95% interval excludes 0; only where both reports hold
-the same items, shots and requests (otherwise the reason). What each model was trained on, where its
-checkpoint says, is listed under the table.
+sqrt(n), applied to the differences) and the raw p-value of the exact McNemar test on the items only one model
+gets right, marked where significant after the Holm-Bonferroni correction over all the table's paired tests
+(many tasks x checkpoints would otherwise mark one test in 20 by chance); only where both reports hold the
+same items, shots and requests (otherwise the reason). Pairs: each model with the first and with the one
+before it, or each with one named baseline. What each model was trained on, where its checkpoint says, is
+listed under the table.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["APPROXIMATE_MARK", "COLUMNS", "REFERENCE", "REFERENCE_NOTE", "PairedDiff", "compare_table",
-           "describe_training", "item_scores", "markdown_table", "paired_diff", "paired_rows", "paired_table", "plot",
-           "plot_compare", "read_report", "read_training", "write_compare", "write_report"]
+__all__ = ["ALPHA", "APPROXIMATE_MARK", "COLUMNS", "REFERENCE", "REFERENCE_NOTE", "PairedDiff", "baseline_report",
+           "compare_table", "describe_training", "find_baseline", "holm", "item_scores", "markdown_table",
+           "paired_diff", "paired_rows", "paired_table", "plot", "plot_compare", "read_report", "read_training",
+           "write_compare", "write_report"]
 
 # (result key, column title, metric, scale): the paper's column order
 COLUMNS = [
@@ -103,7 +107,10 @@ def markdown_table(results: Mapping[str, Any], model_name: str, reference: bool 
     lines += ["", "acc (lm-evaluation-harness prompts and formulas), zero-shot unless noted"
               + (f" ({shots})" if shots else "") + "; GSM8K chain-of-thought exact match (strict), "
               "HumanEval/MBPP greedy pass@1; those three in %, the others as fractions. ± is the standard error.", "",
-              REFERENCE_NOTE]
+              "Items scored: " + ", ".join(f"{k} {r.n:,}" for k, r in results.items())
+              + " (under --limit the first N of each, of each subject for MMLU: not the full sets of the paper's "
+              "rows).",
+              "", REFERENCE_NOTE]
     others = [(k, r) for k, r in results.items() if id(r) not in shown]
     for k, r in others:
         vals = ", ".join(f"{m} {v:.4f}" + (f" ± {r.stderr[m]:.4f}" if r.stderr.get(m) is not None else "")
@@ -196,10 +203,11 @@ def _compare_columns(runs: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, s
 
 
 def compare_table(runs: Mapping[str, Mapping[str, Any]],
-                  training: Mapping[str, Mapping[str, Any] | None] | None = None) -> str:
+                  training: Mapping[str, Mapping[str, Any] | None] | None = None, baseline: str | None = None) -> str:
     """Markdown: one row per evaluated model or checkpoint (in the order given), one column per task
-    (± stderr), the phi-1.5 paper's row for reference, then the paired differences (`paired_table`) and
-    what each model was trained on (`training`: {model: results.json's "training"}, where known)."""
+    (± stderr), the phi-1.5 paper's row for reference, then the paired differences (`paired_table`, against
+    `baseline` alone where one is named) and what each model was trained on (`training`: {model: results.json's
+    "training"}, where known)."""
     cols = _compare_columns(runs)
     lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, results in runs.items():
@@ -210,7 +218,7 @@ def compare_table(runs: Mapping[str, Mapping[str, Any]],
             se = r.stderr.get(metric) if r is not None else None
             cells.append(_fmt(v * scale if v is not None else None, scale, se * scale if se is not None else None)
                          + _mark(r))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name}{' (baseline)' if name == baseline else ''} | " + " | ".join(cells) + " |")
     paper = REFERENCE["phi-1.5 (paper)"]
     lines.append("| phi-1.5 (paper) | " + " | ".join(_fmt(paper.get(k), scale) for k, _, _, scale in cols) + " |")
     causes = {r.approximate: k for results in runs.values() for k, r in results.items() if r.approximate}
@@ -220,7 +228,7 @@ def compare_table(runs: Mapping[str, Mapping[str, Any]],
     text = "\n".join(lines) + "\n\n" + "Metrics as in table.md of each model's folder (" + ", ".join(
         f"{c[1]} {c[2]}" for c in cols) + "). " + own + REFERENCE_NOTE + "\n" + notes
     if len(runs) > 1:
-        text += "\n" + paired_table(runs)
+        text += "\n" + paired_table(runs, baseline)
     known = {name: t for name, t in (training or {}).items() if t}
     if known:
         text += "\n## Trained on\n\n" + "".join(f"- {name}: {describe_training(t)}\n" for name, t in known.items())
@@ -229,7 +237,7 @@ def compare_table(runs: Mapping[str, Mapping[str, Any]],
 
 # ---------------------------------------------------------------------------- paired differences
 
-Z95 = 1.959964  # two-sided 95% normal quantile
+ALPHA = 0.05  # the family-wise error rate the * of compare.md keeps to
 
 
 @dataclass(frozen=True)
@@ -245,9 +253,29 @@ class PairedDiff:
     worse: int
 
     @property
+    def p(self) -> float:
+        """Two-sided p-value of the exact McNemar test: under "no difference" each item only one model gets
+        right is B's or A's by a fair coin, so p = P(a split of `better + worse` as uneven or more). Per-item
+        scores are 0/1; unlike a z-test on diff / stderr it holds at the few items a --limit run differs on
+        (5 of 50 items won, none lost: 0.0625, where the z-test says 0.020)."""
+        k, m = min(self.better, self.worse), self.better + self.worse
+        return min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m)
+
+    @property
     def significant(self) -> bool:
-        """Whether the 95% interval (diff ± 1.96 stderr) excludes 0 (a constant nonzero difference does)."""
-        return self.stderr is not None and abs(self.diff) > Z95 * self.stderr
+        """Uncorrected: p < ALPHA."""
+        return self.p < ALPHA
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given: the k-th smallest p times (m - k + 1), made
+    non-decreasing and capped at 1. Adjusted p < ALPHA keeps the chance of any false finding among the m
+    tests at most ALPHA, whatever their dependence."""
+    adjusted, running = [1.0] * len(ps), 0.0
+    for k, i in enumerate(sorted(range(len(ps)), key=ps.__getitem__)):
+        running = max(running, min(1.0, (len(ps) - k) * ps[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def item_scores(result: Any, metric: str) -> list[tuple[str, Any, float]] | str:
@@ -309,16 +337,21 @@ def paired_diff(a: Any, b: Any, metric: str, names: tuple[str, str] = ("A", "B")
     return PairedDiff(metric, len(d), sum(d) / len(d), mean_stderr(d), sum(v > 0 for v in d), sum(v < 0 for v in d))
 
 
-def _pairs(names: list[str]) -> list[tuple[str, str]]:
-    """Each model against the first (the baseline), then, past two models, each against the one before."""
+def _pairs(names: list[str], baseline: str | None = None) -> list[tuple[str, str]]:
+    """Each model against `baseline` alone; without one, each against the first, then, past two models, each
+    against the one before."""
+    if baseline is not None:
+        return [(baseline, n) for n in names if n != baseline]
     pairs = [(names[0], n) for n in names[1:]]
     return pairs + [(a, b) for a, b in zip(names[1:], names[2:], strict=False)]
 
 
-def paired_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Every pair's paired difference per compared task (compare.json's "paired")."""
+def paired_rows(runs: Mapping[str, Mapping[str, Any]], baseline: str | None = None) -> list[dict[str, Any]]:
+    """Every pair's paired difference per compared task (compare.json's "paired"): its raw p-value ("p") and
+    uncorrected verdict ("significant_uncorrected"), and the Holm-Bonferroni adjusted p-value ("p_holm") over
+    all the rows' tests, whose verdict is "significant"."""
     rows = []
-    for a, b in _pairs(list(runs)):
+    for a, b in _pairs(list(runs), baseline if baseline in runs else None):
         for key, _, metric, _scale in _compare_columns(runs):
             ra, rb = _result_for(runs[a], key), _result_for(runs[b], key)
             row: dict[str, Any] = {"a": a, "b": b, "task": key, "metric": metric}
@@ -326,15 +359,24 @@ def paired_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                 row["reason"] = f"not evaluated in {a if ra is None else b}"
             else:
                 got = paired_diff(ra, rb, metric, (a, b))
-                row.update({"reason": got} if isinstance(got, str) else {**asdict(got), "significant": got.significant})
+                row.update({"reason": got} if isinstance(got, str) else
+                           {**asdict(got), "p": got.p, "significant_uncorrected": got.significant})
             rows.append(row)
+    tested = [r for r in rows if "p" in r]
+    for row, adjusted in zip(tested, holm([r["p"] for r in tested]), strict=True):
+        row.update(p_holm=adjusted, significant=adjusted < ALPHA)
     return rows
 
 
-def paired_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: per pair of models and task, B − A on the same items ± the paired stderr, * where significant."""
+def _p(p: float) -> str:
+    return ", p<0.001" if p < 0.001 else f", p={p:.3f}"
+
+
+def paired_table(runs: Mapping[str, Mapping[str, Any]], baseline: str | None = None) -> str:
+    """Markdown: per pair of models and task, B − A on the same items ± the paired stderr and raw p-value,
+    * where significant after the Holm-Bonferroni correction over every test in the table."""
     cols = _compare_columns(runs)
-    rows = paired_rows(runs)
+    rows = paired_rows(runs, baseline)
     lines = ["## Paired differences (same items)", "",
              "| B vs A | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
     reasons = []
@@ -348,15 +390,23 @@ def paired_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
             se = "" if row["stderr"] is None else (f" ± {row['stderr'] * scale:.1f}" if scale == 100
                                                       else f" ± {row['stderr']:.3f}")
             diff = f"{row['diff'] * scale:+.1f}" if scale == 100 else f"{row['diff']:+.3f}"
-            cells.append(f"{diff}{se}{' *' if row['significant'] else ''} ({row['better']}↑ {row['worse']}↓)")
+            cells.append(f"{diff}{se}{' *' if row['significant'] else ''} ({row['better']}↑ {row['worse']}↓"
+                         f"{_p(row['p'])})")
         lines.append(f"| {rows[i]['b']} vs {rows[i]['a']} | " + " | ".join(cells) + " |")
-    lines += ["", "B − A per task, on the items both were scored on: the mean of the per-item differences ± its "
-              "standard error (their sample std / sqrt(n), lm_eval's stderr applied to the differences); "
-              "↑/↓ count the items only B / only A gets right. * marks a difference whose 95% interval "
-              "(± 1.96 stderr) excludes 0 (by chance alone about one cell in 20 is); without it the gap is "
-              "within noise, whatever the rows above suggest (their ± is each model's own, not the "
-              "uncertainty of a difference on shared items). Each model is paired with the first, and with "
-              "the one before it."]
+    tests = sum("p" in r for r in rows)
+    nominal = sum(bool(r.get("significant_uncorrected")) for r in rows)
+    paired_with = (f"Each model is paired with the baseline, {baseline}." if baseline in runs else
+                   "Each model is paired with the first, and with the one before it (--baseline NAME: with that "
+                   "one alone).")
+    lines += ["", "B − A per task on the items both were scored on: the mean per-item difference ± its standard "
+              "error (lm_eval's stderr applied to the differences); ↑/↓: the items only B / only A gets right; p: "
+              "the two-sided exact McNemar test on those, uncorrected. * = significant at 5% after the "
+              f"Holm-Bonferroni correction over the family of all {tests} paired tests in this table (every pair "
+              "and task with a figure): the chance of any false * is at most 5%. Uncorrected, "
+              f"{nominal} of the {tests} have p < 0.05 (by chance alone about 1 in 20 would); compare.json gives "
+              "each p and its Holm-adjusted p_holm. Without * a gap is not established, whatever the rows above "
+              "suggest (their ± is each model's own, not the uncertainty of a difference on shared items). "
+              + paired_with]
     if reasons:
         lines += ["", "No paired figure (n/a):", *reasons]
     return "\n".join(lines) + "\n"
@@ -405,15 +455,20 @@ def plot_compare(runs: Mapping[str, Mapping[str, Any]], out: str | Path) -> Path
 
 
 def write_compare(runs: Mapping[str, Mapping[str, Any]], out_dir: str | Path,
-                  training: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, Path]:
-    """compare.md, compare.json (paired differences, training data) and compare.png in `out_dir`, beside
-    each model's own report folder."""
+                  training: Mapping[str, Mapping[str, Any] | None] | None = None,
+                  baseline: str | None = None) -> dict[str, Path]:
+    """compare.md, compare.json (paired differences, against `baseline` alone where one is named; training
+    data) and compare.png in `out_dir`, beside each model's own report folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"compare": out / "compare.md", "compare_json": out / "compare.json", "compare_chart": out / "compare.png"}
-    paths["compare"].write_text(compare_table(runs, training), encoding="utf-8")
-    payload = {"models": list(runs), "paired": paired_rows(runs) if len(runs) > 1 else [],
-               "training": {name: (training or {}).get(name) for name in runs}}
+    paths["compare"].write_text(compare_table(runs, training, baseline), encoding="utf-8")
+    paired = paired_rows(runs, baseline) if len(runs) > 1 else []
+    tests = sum("p_holm" in r for r in paired)
+    payload = {"models": list(runs), "baseline": baseline,
+               "correction": {"test": "exact McNemar, two-sided", "method": "holm-bonferroni", "alpha": ALPHA,
+                              "family": "every paired test in this file", "tests": tests},
+               "paired": paired, "training": {name: (training or {}).get(name) for name in runs}}
     paths["compare_json"].write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plot_compare(runs, paths["compare_chart"])
     return paths
@@ -467,10 +522,38 @@ def _report_folders(path: Path) -> list[Path]:
     return [path]
 
 
+def find_baseline(spec: str, inputs: Mapping[str, str | Path]) -> str | None:
+    """The name of the input `spec` names ({name: path as given}): by its name in compare.md, or by its path
+    (as given, or the same file or folder); None where it names none of them."""
+    if spec in inputs:
+        return spec
+    target = _results_json(Path(spec).expanduser()).resolve()
+    return next((name for name, given in inputs.items()
+                 if str(given) == spec or _results_json(Path(given).expanduser()).resolve() == target), None)
+
+
+def baseline_report(spec: str, inputs: Mapping[str, str | Path], what: str) -> tuple[str, dict[str, Any],
+                                                                                          dict[str, Any] | None]:
+    """(name, results, training) of the report folder `spec` names, as a baseline that is none of the `inputs`
+    (the `what` given); a clear error where it is no report folder either."""
+    folders = _report_folders(Path(spec).expanduser())
+    if len(folders) > 1:
+        names = ", ".join(f.name for f in folders)
+        raise ValueError(f"--baseline {spec}: holds {len(folders)} report folders ({names}); name one of them")
+    if not _results_json(folders[0]).is_file():
+        among = f"--baseline {spec}: not among the {what} given ({', '.join(inputs)}, by path or name)"
+        if folders[0].exists():
+            raise ValueError(f"{among}, and not a report folder (no results.json); to pair with it, add it to the "
+                             f"{what}")
+        raise ValueError(f"{among}, nor a report folder")
+    name, results = read_report(folders[0])
+    return (name if name not in inputs else str(folders[0])), results, read_training(folders[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m trainer.eval.report DIR [DIR ...] --out CMP`: compare.md, compare.json and compare.png across
-    report folders written earlier (one per checkpoint, in the order given; the first is the baseline of the
-    paired differences)."""
+    report folders written earlier (one per checkpoint, in the order given; the paired differences pair each
+    with the first and with the one before it, or with --baseline alone)."""
     import argparse
 
     from trainer.cli import report_user_errors
@@ -478,16 +561,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.eval.report", description=main.__doc__)
     p.add_argument("reports", nargs="+", help="report folders (or their results.json)")
     p.add_argument("--out", default="eval_compare", help="folder for compare.md, compare.json and compare.png")
+    p.add_argument("--baseline", default=None, metavar="REPORT",
+                   help="pair every other report with this one alone: one of the reports (its folder, or its model "
+                        "name in compare.md), or another report folder, which then comes first")
 
     def run(args: argparse.Namespace) -> int:
         runs: dict[str, dict[str, Any]] = {}
         training: dict[str, dict[str, Any] | None] = {}
+        folders: dict[str, Path] = {}
         for folder in [f for given in args.reports for f in _report_folders(Path(given))]:
             name, results = read_report(folder)
             name = name if name not in runs else str(folder)
-            runs[name], training[name] = results, read_training(folder)
-        paths = write_compare(runs, args.out, training)
-        print(compare_table(runs, training), end="")
+            runs[name], training[name], folders[name] = results, read_training(folder), folder
+        baseline = None if args.baseline is None else find_baseline(args.baseline, folders)
+        if args.baseline is not None and baseline is None:
+            baseline, results, trained = baseline_report(args.baseline, folders, "reports")
+            runs, training = {baseline: results, **runs}, {baseline: trained, **training}
+        if baseline is not None and len(runs) < 2:
+            raise ValueError(f"--baseline {args.baseline}: the only report; give others to pair with it")
+        paths = write_compare(runs, args.out, training, baseline)
+        print(compare_table(runs, training, baseline), end="")
         print("wrote " + ", ".join(str(v) for v in paths.values()))
         return 0
 
