@@ -7,6 +7,7 @@ import codecs
 import io
 import json
 import os
+import re
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from textbookgen.dataset import check_complete
-from textbookgen.jsonl import decode_utf8, iter_jsonl_lines, open_compressed
+from textbookgen.jsonl import iter_jsonl_lines, open_compressed
 
 SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
             ".ndjson.zst")
@@ -78,13 +79,112 @@ def _is_array(path: Path) -> bool:
     return False
 
 
-def _line_batches(path: Path, rows: int) -> Iterator[bytes]:
-    """The file's lines, `rows` at a time, as one bytes each; all-blank batches are left out (polars
-    cannot type one, and blank lines are no rows)."""
+ARRAY_BLOCK = 1 << 20  # bytes of a JSON array file decoded at a time
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's, as the json module skips it
+
+
+class _ArrayText:
+    """A JSON array file's text, decoded a block at a time: `buf` from `pos` on is what is not parsed yet,
+    and `line`, `column` say where `buf` starts in the file (for errors)."""
+
+    def __init__(self, f: IO[bytes], path: Path) -> None:
+        self.f, self.path = f, path
+        self.utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.buf, self.pos, self.eof = "", 0, False
+        self.line, self.column, self.raw_lines = 1, 0, 0  # raw_lines: newlines in the bytes read so far
+
+    def more(self) -> bool:
+        """Drop what is parsed and add the next block of text; False at the end of the file (then `buf`
+        and `pos` are as they were)."""
+        raw, pending = self.f.read(ARRAY_BLOCK), self.utf8.getstate()[0]  # pending: a character cut in two
+        self.eof = not raw
+        try:
+            text = self.utf8.decode(raw, final=self.eof)
+        except UnicodeDecodeError as err:
+            line = self.raw_lines + (pending + raw)[: err.start].count(b"\n") + 1
+            raise ValueError(f"{self.path}:{line}: not valid UTF-8 ({err.reason})") from None
+        if self.eof:
+            return False
+        self.raw_lines += raw.count(b"\n")
+        done, self.buf = self.buf[: self.pos], self.buf[self.pos :] + text
+        self.pos, newlines = 0, done.count("\n")
+        self.line += newlines
+        self.column = len(done) - done.rfind("\n") - 1 if newlines else self.column + len(done)
+        return True
+
+    def next_char(self) -> str:
+        """The next character past whitespace ("" at the end of the file), `pos` on it."""
+        while True:
+            self.pos = _WHITESPACE.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf) or not self.more():
+                return self.buf[self.pos : self.pos + 1]
+
+    def record(self, decoder: json.JSONDecoder, record: int) -> str:
+        """The text of the JSON object next (the array's `record`th), `pos` past it. Decoding fails at
+        the end of a block on a value cut in two (a string at its start, else near the end): it is decoded
+        again with one more block."""
+        self.next_char()
+        while True:
+            try:
+                value, end = decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as err:
+                cut = err.msg.startswith("Unterminated string") or len(self.buf) - err.pos < 16
+                if cut and self.more():
+                    continue
+                raise self.error(err.pos, record, err.msg) from None
+            if end == len(self.buf) and self.more():  # a number may go on in the next block
+                continue
+            if not isinstance(value, dict):
+                raise self.error(self.pos, record, f"not an object ({type(value).__name__})")
+            text, self.pos = self.buf[self.pos : end], end
+            return text
+
+    def error(self, pos: int, record: int, message: str) -> ValueError:
+        newlines = self.buf.count("\n", 0, pos)
+        column = pos - self.buf.rfind("\n", 0, pos) + (0 if newlines else self.column)
+        return ValueError(f"{self.path}: invalid JSON array (line {self.line + newlines}, column {column}, "
+                          f"record {record}: {message})")
+
+
+def _array_lines(path: Path) -> Iterator[bytes]:
+    """The records of a file that is one JSON array, as JSON lines (each its own text, line breaks made
+    spaces: the same values), decoded a block at a time, never whole. Bad JSON or UTF-8, or a record that
+    is not an object, raises naming the file, line and record."""
+    decoder = json.JSONDecoder()
     with _open_jsonl(path) as f:
-        while lines := list(islice(f, rows)):
-            if any(line.strip() for line in lines):
-                yield b"".join(lines)
+        text, record = _ArrayText(f, path), 0
+        text.next_char()
+        text.pos += 1  # the "[" (`_is_array`)
+        if text.next_char() != "]":
+            while True:
+                record += 1
+                yield text.record(decoder, record).replace("\n", " ").replace("\r", " ").encode() + b"\n"
+                if (sep := text.next_char()) == "]":
+                    break
+                if sep != ",":
+                    raise text.error(text.pos, record, "Expecting ',' delimiter")
+                text.pos += 1
+        text.pos += 1  # the "]"
+        if text.next_char():
+            raise text.error(text.pos, record, "Extra data")
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    """The file's JSON lines: its own, or its records if it is one JSON array."""
+    if _is_array(path):
+        yield from _array_lines(path)
+        return
+    with _open_jsonl(path) as f:
+        yield from f
+
+
+def _line_batches(path: Path, rows: int) -> Iterator[bytes]:
+    """The file's lines (`_lines`), `rows` at a time, as one bytes each; all-blank batches are left out
+    (polars cannot type one, and blank lines are no rows)."""
+    lines = _lines(path)
+    while batch := list(islice(lines, rows)):
+        if any(line.strip() for line in batch):
+            yield b"".join(batch)
 
 
 def _ndjson(raw: bytes, schema: pl.Schema) -> pl.DataFrame | None:
@@ -123,18 +223,17 @@ def _polars_source(path: Path) -> Path | bytes:
 def jsonl_schema(path: Path, rows: int) -> pl.Schema | None:
     """The columns and types polars gives the whole file, found `rows` lines at a time, and every line
     checked to parse with them as it would in the whole file. None: polars cannot read the file (a bad
-    line, a value its type cannot take such as a bool among ints, types without a supertype, a JSON
-    array), and `_parse_whole` reads it.
+    line, a value its type cannot take such as a bool among ints, types without a supertype), and
+    `_parse_whole` reads it. A JSON array's records are its lines (`_lines`).
 
     Polars types each distinct row type once, folding them into a supertype in the order they first come.
     Each batch is typed after a row with the types so far, so the fold goes on as over the whole file: a
     row type seen in an earlier batch is folded again, which changes nothing unless rows hold objects
     (polars orders a struct's fields by the longer struct, on a tie by the first at the top level but the
     second one level down); those files get polars' own inference over the whole file, which maps it
-    rather than reading it into memory. A batch parsed with the types it was given needs no second parse
-    unless later batches widened them (then only the batches up to the last widening are read again)."""
-    if _is_array(path):
-        return None
+    rather than reading it into memory (a JSON array, which polars cannot map, keeps the batches' order).
+    A batch parsed with the types it was given needs no second parse unless later batches widened them
+    (then only the batches up to the last widening are read again)."""
     schema, given = None, []  # given: the types each batch parsed with (None: it did not parse with them)
     try:
         for raw in _line_batches(path, rows):
@@ -145,7 +244,7 @@ def jsonl_schema(path: Path, rows: int) -> pl.Schema | None:
             except Exception:  # a value its batch's types cannot take; the file's may (see `_ndjson`)
                 schema = pl.scan_ndjson(io.BytesIO(head + raw), infer_schema_length=None).collect_schema()
                 given.append(None)
-        if schema is not None and any(_has_struct(t) for t in schema.values()):
+        if schema is not None and any(_has_struct(t) for t in schema.values()) and not _is_array(path):
             schema = pl.scan_ndjson(_polars_source(path), infer_schema_length=None).collect_schema()
     except pl.exceptions.PolarsError:  # see `_ndjson`
         return None
@@ -157,20 +256,11 @@ def jsonl_schema(path: Path, rows: int) -> pl.Schema | None:
 
 
 def _parse_whole(path: Path) -> pl.DataFrame:
-    """A file polars cannot read, parsed in Python and held whole: a JSON array, or JSON lines checked a
-    line at a time first (a bad line raises naming the file and line, without holding what came before)."""
-    if _is_array(path):
-        with _open_jsonl(path) as f:
-            raw = f.read()
-        try:
-            return pl.DataFrame(json.loads(decode_utf8(raw, path)), infer_schema_length=None)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON array (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    with _open_jsonl(path) as f:
-        for _ in iter_jsonl_lines(f, str(path)):
-            pass
-    with _open_jsonl(path) as f:
-        return pl.DataFrame([row for _, row in iter_jsonl_lines(f, str(path))], infer_schema_length=None)
+    """A file polars cannot read, parsed in Python and held whole: its lines (a JSON array's records) checked
+    a line at a time first (a bad line raises naming the file and line, without holding what came before)."""
+    for _ in iter_jsonl_lines(_lines(path), str(path)):
+        pass
+    return pl.DataFrame([row for _, row in iter_jsonl_lines(_lines(path), str(path))], infer_schema_length=None)
 
 
 def jsonl_frames(path: Path, rows: int, schema: pl.Schema | None) -> Iterator[pl.DataFrame]:
@@ -286,9 +376,9 @@ CHUNK_ROWS = 2_000  # rows per chunk of a streamed corpus: ~7 MB of 500-word tex
 class Corpus:
     """A corpus read a chunk at a time, in `read_corpus`'s row order and with its ids, types and errors,
     for steps whose memory must not grow with the texts. Parquet streams in record batches of
-    `chunk_rows`, JSON lines in batches of `chunk_rows` lines, typed as `read_corpus` types the whole file
-    (`jsonl_schema`, found once per file by a first pass). A JSON array, or lines polars cannot read, is
-    parsed whole, one file at a time, then cut into chunks."""
+    `chunk_rows`, JSON lines (and a JSON array's records) in batches of `chunk_rows`, typed as `read_corpus`
+    types the whole file (`jsonl_schema`, found once per file by a first pass). Lines polars cannot read
+    are parsed whole, one file at a time, then cut into chunks."""
 
     def __init__(self, path: str | Path, text_column: str = "text", id_column: str = "id",
                  chunk_rows: int | None = None) -> None:
@@ -398,6 +488,12 @@ def check_output(path: str | Path, *inputs: str | Path) -> None:
             raise ValueError(f"{path}: is the input {src} or inside it; write the output elsewhere")
 
 
+def typed(chunk: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
+    """`chunk` with the columns and types of `schema` (`Corpus.schema`'s): those its file lacks are null,
+    types widened as `read_corpus` widens them."""
+    return pl.concat([pl.DataFrame(schema=schema), chunk], how="diagonal_relaxed").cast(dict(schema))
+
+
 class CorpusWriter:
     """`write_corpus` a chunk at a time, into a temporary file renamed over `path` only when complete;
     every chunk is first given `schema` (the whole corpus's columns and types, see `Corpus.schema`)."""
@@ -414,7 +510,7 @@ class CorpusWriter:
 
     def write(self, chunk: pl.DataFrame) -> None:
         """Append rows; columns the chunk's file lacks are null, types widened as `read_corpus` widens them."""
-        chunk = pl.concat([self.empty, chunk], how="diagonal_relaxed").cast(dict(self.empty.schema))
+        chunk = typed(chunk, self.empty.schema)
         if self.parquet is not None:
             self.parquet.write_table(chunk.to_arrow())
         else:
