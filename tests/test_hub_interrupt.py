@@ -4,10 +4,12 @@ unanswered; SIGINT is sent once the fake holds it."""
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from test_hub import REPO, build, published
 import textbookgen
 from textbookgen.curation.corpus_io import corpus_files
 from textbookgen.dataset import read_dataset
-from textbookgen.hub import pull, push
+from textbookgen.hub import HubInterrupted, publishable_files, pull, push
 from textbookgen.testing.fakehub import FakeHub
 from trainer.data import find_parquet_files
 
@@ -125,3 +127,56 @@ def test_ctrl_c_while_the_commit_goes_unanswered_says_it_may_have_landed(hub, tm
                           "make sure (it makes no second commit)"] and out == ""  # fmt: skip
     push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
     assert len(hub.commits(REPO)) == 2
+
+
+def interrupt_this_thread_when_stalled(hub: FakeHub, method: str) -> None:
+    """Ctrl-C in the calling thread (as a terminal's reaches a library caller) once the fake holds a `method`
+    request unanswered."""
+    def watch() -> None:
+        while not any(m == method and s == 0 for m, _, s in hub.requests):
+            time.sleep(0.01)
+        _thread.interrupt_main()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def transfer_threads(before: set[int]) -> list[str]:
+    """The threads started since `before` (idents) that run the client's transfers, or wait for them."""
+    return [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()
+            and (t.name == "textbookgen-hub" or t.name.startswith("ThreadPoolExecutor"))]
+
+
+def test_a_library_callers_ctrl_c_during_a_push_leaves_no_upload_running(hub, tmp_path):
+    """HubInterrupted gave control back while the client's upload threads went on: blocked on the stalled
+    requests until they timed out, then retrying them, and uploading the files not yet sent (through a client
+    without the push's timeout, which was gone). They are stopped before it is raised now."""
+    folder = build(tmp_path / "build", n=200, shards=12)
+    hub.inject("PUT", r"^/_lfs/upload/", "hang", times=100)
+    before = {t.ident for t in threading.enumerate()}
+    interrupt_this_thread_when_stalled(hub, "PUT")
+    with pytest.raises(HubInterrupted, match=f"nothing was committed to {REPO}"):
+        push(folder, REPO, token=hub.token, endpoint=hub.endpoint, timeout=600)
+    assert transfer_threads(before) == []  # none left to upload, retry or start an upload
+    puts = [p for m, p, _ in hub.requests if m == "PUT"]
+    assert 0 < len(puts) <= 5 < len(publishable_files(folder))  # the client's 5 threads' stalled ones only
+    assert [c.title for c in hub.commits(REPO)] == ["initial commit"]
+    hub.clear_faults()
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)  # the same process pushes it again, whole
+    assert len(hub.commits(REPO)) == 2
+
+
+def test_a_library_callers_ctrl_c_during_a_pull_leaves_no_download_writing(hub, tmp_path):
+    folder = build(tmp_path / "build", shards=3)
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    hub.inject("GET", r"/resolve/[0-9a-f]{40}/data/train-", "hang", times=2)
+    out_dir = tmp_path / "pulled"
+    before = {t.ident for t in threading.enumerate()}
+    interrupt_this_thread_when_stalled(hub, "GET")
+    with pytest.raises(HubInterrupted, match="did not finish"):
+        pull(REPO, out_dir, token=hub.token, endpoint=hub.endpoint, timeout=600)
+    assert transfer_threads(before) == []  # nothing downloads on into the folder
+    stalled = {p.partition("/resolve/")[2].partition("/")[2] for m, p, s in hub.requests if m == "GET" and s == 0}
+    assert stalled and not stalled & set(published(out_dir))
+    hub.clear_faults()
+    pull(REPO, out_dir, token=hub.token, endpoint=hub.endpoint)
+    assert published(out_dir) == published(folder)

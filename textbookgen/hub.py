@@ -11,7 +11,7 @@ user's `hf auth login`, and is never logged or written. Every request has a fini
 `$TEXTBOOKGEN_HUB_TIMEOUT`): the client sends its own without one, so a Hub that took the connection and
 never answered would hang a push forever. Ctrl-C stops a push or pull at once (HubInterrupted), even while
 the client's transfer threads wait on a stalled request, and a push interrupted before its commit commits
-nothing.
+nothing. Those threads stop with it: no upload or download goes on, or starts, after HubInterrupted.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,9 +86,61 @@ def hub_timeout(timeout: float | None = None) -> float:
     return seconds
 
 
+class TransfersStopped(Exception):
+    """A request refused or cut because its push or pull was interrupted (never retried by the client)."""
+
+
+class Transfers:
+    """The client's requests inside `request_timeout`, which `stop` ends: a request not sent yet is refused,
+    and those in flight are cut by shutting down their connections' sockets (a thread blocked reading a
+    stalled answer wakes at once). The client's transfer threads then fail fast instead of uploading or
+    downloading on, or retrying, after Ctrl-C has returned control to the caller."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()  # httpcore network streams opened
+        self._lock = threading.Lock()
+
+    def hook(self, request: Any) -> None:
+        """A request event hook: refuse the request once stopped, else trace its connection and phases."""
+        if self.stopped.is_set():
+            raise TransfersStopped("interrupted")
+        theirs = request.extensions.get("trace")
+        request.extensions["trace"] = lambda name, info: self._trace(name, info, theirs)
+
+    def _trace(self, name: str, info: dict[str, Any], theirs: Callable[[str, dict], Any] | None) -> None:
+        """httpcore's trace of a request: keep each connection it opens; once stopped, fail at its next phase
+        (a failure of the cut connection becomes TransfersStopped, which the client does not retry)."""
+        if theirs is not None:
+            theirs(name, info)
+        opened = info.get("return_value") if name.endswith((".connect_tcp.complete", ".start_tls.complete")) else None
+        if opened is not None:
+            with self._lock:
+                self._connections.add(opened)
+        if self.stopped.is_set():
+            if opened is not None:
+                _shut(opened)
+            raise TransfersStopped("interrupted")
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            _shut(connection)
+
+
+def _shut(connection: Any) -> None:
+    """Shut down a connection's socket both ways: a read or write blocked on it, in any thread, fails now (a
+    close would leave it blocked). The socket's own method, so that a TLS socket keeps its state for the error."""
+    with suppress(OSError, AttributeError, TypeError):
+        socket.socket.shutdown(connection.get_extra_info("socket"), socket.SHUT_RDWR)
+
+
 @contextmanager
-def request_timeout(seconds: float) -> Iterator[None]:
-    """Give each request `huggingface_hub` sends inside the block a timeout of `seconds`.
+def request_timeout(seconds: float) -> Iterator[Transfers]:
+    """Give each request `huggingface_hub` sends inside the block a timeout of `seconds`; yield the
+    `Transfers` that can stop them.
 
     The client's default session and calls such as `repo_info` (also inside `snapshot_download`) send
     `timeout=None`, so a request hook of the session sets every phase (connect, the wait for the next
@@ -98,30 +153,40 @@ def request_timeout(seconds: float) -> Iterator[None]:
     from huggingface_hub.utils import _http
 
     previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
+    transfers = Transfers()
 
     def bound(request: Any) -> None:
         request.extensions["timeout"] = dict.fromkeys(("connect", "read", "write", "pool"), seconds)
 
     def factory() -> Any:
         client = previous()
-        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], bound]}
+        hooks = [*client.event_hooks["request"], bound, transfers.hook]
+        client.event_hooks = {**client.event_hooks, "request": hooks}
         return client
 
     set_client_factory(factory)
     try:
-        yield
+        yield transfers
     finally:
         set_client_factory(previous)
 
 
-def _in_background(work: Callable[[], T]) -> T:
+#: Seconds an interrupted push or pull waits at most for the client's threads to end once their requests are
+#: cut (they take milliseconds; an Xet transfer, hf_xet's own HTTP stack, cannot be cut and is not waited for
+#: longer); a second Ctrl-C waits no more.
+STOP_WAIT_S = 2.0
+
+
+def _in_background(work: Callable[[], T], transfers: Transfers) -> T:
     """`work()`, run in a daemon thread while this one waits for it, so that Ctrl-C is raised here at once.
 
     The client uploads and downloads through a thread pool that, when Ctrl-C reaches the thread that called
     it, first waits for its threads: a stalled request held the interrupt until it had timed out and been
-    retried (minutes). The transfers left running cannot commit (the commit is a request of ours, never sent
-    after this raises) and put no partial file where a complete one belongs; Python's exit still waits for
-    the pool's threads, so the CLI leaves with `os._exit` after an interrupt.
+    retried (minutes). On Ctrl-C `transfers` are stopped, which ends the pool's requests at once, and the
+    work is given `STOP_WAIT_S` to end, so that no thread of it uploads, downloads or writes a file after
+    this raises. Its requests cannot commit (the commit is a request of ours, never sent after this
+    raises), and a download cut short stays `.incomplete`. An Xet transfer cannot be cut, and Python's exit
+    would wait for it: the CLI leaves with `os._exit` after an interrupt.
     """
     future: Future[T] = Future()
 
@@ -132,11 +197,22 @@ def _in_background(work: Callable[[], T]) -> T:
             future.set_exception(err)
 
     threading.Thread(target=run, name="textbookgen-hub", daemon=True).start()
-    # Short waits, so that Ctrl-C is seen between two on any platform. Not Thread.join: Ctrl-C inside it
-    # marks a running thread as finished (CPython 3.11).
-    while not wait([future], timeout=0.1).done:
-        pass
+    try:
+        _wait(future)
+    except KeyboardInterrupt:
+        transfers.stop()
+        with suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
+            _wait(future, STOP_WAIT_S)
+        raise
     return future.result()
+
+
+def _wait(future: Future[Any], timeout: float = float("inf")) -> None:
+    """Wait for `future` up to `timeout` seconds, in short waits, so that Ctrl-C is seen between two on any
+    platform. Not Thread.join: Ctrl-C inside it marks a running thread as finished (CPython 3.11)."""
+    deadline = time.monotonic() + timeout
+    while not wait([future], timeout=0.1).done and time.monotonic() < deadline:
+        pass
 
 
 def _not_found(err: Any, repo_id: str, endpoint: str, revision: str | None) -> str | None:
@@ -390,14 +466,15 @@ def push(
     api = HfApi(endpoint=endpoint, token=secret)
     committing = False
     try:
-        with request_timeout(seconds), hub_errors(repo_id, api.endpoint, timeout=seconds, revision=revision):
+        with request_timeout(seconds) as transfers, hub_errors(repo_id, api.endpoint, timeout=seconds,
+                                                               revision=revision):
             info = _open_repo(api, repo_id, private, revision, out_dir, _card_repo(out_dir))
             operations = _operations(api, repo_id, out_dir, files, set(splits), info)
             additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
             log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)", len(additions),
                      len(operations) - len(additions), repo_id, revision, info.sha)  # fmt: skip
             _in_background(lambda: api.preupload_lfs_files(repo_id, additions, repo_type="dataset", revision=revision,
-                                                           free_memory=False))  # fmt: skip
+                                                           free_memory=False), transfers)  # fmt: skip
             committing = True
             url = _commit(api, repo_id, operations, message, revision, info.sha)
     except KeyboardInterrupt:
@@ -547,14 +624,15 @@ def pull(
     local_dir = Path(local_dir) if local_dir is not None else Path(repo_id.split("/")[1])
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        with (request_timeout(seconds),
+        with (request_timeout(seconds) as transfers,
               hub_errors(repo_id, api.endpoint, write=False, timeout=seconds, revision=revision)):
             head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
             local_dir.mkdir(parents=True, exist_ok=True)
             mark = local_dir / PULL_INCOMPLETE  # until every file is there; readers of the folder refuse it
             mark.write_text(f"{repo_id}@{head}\n", encoding="utf-8")
             path = _in_background(lambda: snapshot_download(repo_id, repo_type="dataset", revision=head,
-                                                            local_dir=local_dir, token=token, endpoint=endpoint))
+                                                            local_dir=local_dir, token=token, endpoint=endpoint),
+                                  transfers)
             files = set(api.list_repo_files(repo_id, repo_type="dataset", revision=head))
             stale = _drop_stale(local_dir, files)
             mark.unlink()
