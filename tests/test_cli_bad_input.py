@@ -181,10 +181,11 @@ def corpus(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("args, message", [
     (["dedup", "bad.parquet"], "bad.parquet: not a readable .parquet file"),
     (["dedup", "fake.jsonl.gz"], "fake.jsonl.gz: not a readable .jsonl.gz file"),
-    (["dedup", "d.jsonl", "--config", "folder"], "folder: Is a directory"),
+    (["dedup", "d.jsonl", "--config", "folder"], "--config folder: is a folder"),
+    (["dedup", "d.jsonl", "--config", "nope.yaml"], "--config nope.yaml: no such file"),
     (["dedup", "d.jsonl", "--config", "bad.yaml"], "--config bad.yaml:2: not valid YAML"),
     (["dedup", "d.jsonl", "--config", "list.yaml"], "must hold a mapping of curation settings, not a list"),
-    (["dedup", "d.jsonl", "--workdir", "afile"], "afile: the work folder is a file"),
+    (["dedup", "d.jsonl", "--workdir", "afile"], "--workdir afile: is a file"),
     (["filter", "d.jsonl", "--text-column", "id"], "the text column and the id column are both 'id'"),
     (["filter", "arr.json"], "arr.json: invalid JSON array"),
     (["dedup", "d.jsonl", "--threshold", "5"], "--threshold: Input should be less than or equal to 1"),
@@ -276,3 +277,56 @@ def test_a_model_level_validation_error_is_one_line_not_a_crash(tmp_path):
     res = CliRunner().invoke(app, ["classifier", "score", str(tmp_path / "m.bin"), str(tmp_path / "in.parquet"),
                                    "-o", str(tmp_path / "out.parquet"), "--keep-top-percent", "0"])
     _one_error(res, "--keep-top-percent: Input should be greater than 0")  # a field's error still names its option
+
+
+@pytest.mark.parametrize("args, message", [
+    (["topics", "convert", str(STORIES), "folder"], "DST folder: is a folder"),
+    (["topics", "grow", str(STORIES), "folder", "--target", "100", "--plan"], "DST folder: is a folder"),
+    (["topics", "coverage", str(STORIES), "nothere.parquet"], "nothere.parquet: cannot read topic ids from it: no such"),
+    (["journal", "folder"], "folder: is a folder; give the journal file"),
+    (["journal", "j.sqlite", "--status", "ok"], "--status picks the rows --export writes"),
+    (["pull", "u/x", "-o", "afile", "--endpoint", "foo"], "--out afile: is a file; give a folder"),
+    (["push", "folder", "u/x", "--timeout", "0", "--endpoint", "foo"], "--timeout: must be > 0"),
+    (["generate", "d.jsonl", "--provider", "bogus"], "--provider 'bogus': choose one of openai"),
+    (["classifier", "label", "d.jsonl", "-o", "l.jsonl", "--provider", "bogus"], "--provider 'bogus'"),
+    (["classifier", "train", "-o", "m", "--positive", "d.jsonl"], "no negative examples among the 5 to train on"),
+    (["classifier", "train", "-o", "m", "--labelled", "d.jsonl", "--label-column", "text"],
+     "--label-column text: is the text column too"),
+    (["classifier", "eval", "m.bin", "--labelled", "d.jsonl", "--label-column", "text"], "--label-column text"),
+])
+def test_bad_input_names_the_option_or_file(corpus, monkeypatch, args, message):
+    from textbookgen.journal import Journal
+
+    monkeypatch.chdir(corpus.parent)
+    Journal("j.sqlite").close()
+    res = CliRunner().invoke(app, args)
+    _one_error(res, message)
+    assert len(res.output.splitlines()) == 1
+
+
+def test_classifier_eval_and_score_take_the_model_as_train_named_it(tmp_path):
+    labelled = tmp_path / "l.parquet"
+    pl.DataFrame({"text": ["the cell divides by mitosis"] * 8 + ["buy cheap pills now"] * 8,
+                  "label": [1] * 8 + [0] * 8}).write_parquet(labelled)
+    model = str(tmp_path / "m")
+    train = ["classifier", "train", "-o", model, "--labelled", str(labelled), "--lr", "0.5", "--epochs", "1",
+             "--dim", "8", "--bucket", "1000"]
+    assert CliRunner().invoke(app, train).exit_code == 0
+    res = CliRunner().invoke(app, ["classifier", "eval", model, "--labelled", str(labelled)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["classifier", "score", model, str(labelled), "-o", str(tmp_path / "s.parquet")])
+    assert res.exit_code == 0 and pl.read_parquet(tmp_path / "s.parquet").height == 16, res.output
+
+
+def test_classifier_label_stopped_by_the_provider_names_the_journal_that_keeps_the_answers(tmp_path, monkeypatch):
+    from textbookgen.errors import FatalProviderError
+
+    def quota(*args, **kwargs):
+        raise FatalProviderError("quota or billing exhausted for openai")
+
+    monkeypatch.setattr("textbookgen.curation.judge.label_corpus", quota)
+    pl.DataFrame({"text": ["some text here"]}).write_parquet(tmp_path / "in.parquet")
+    res = CliRunner().invoke(app, ["classifier", "label", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "l.jsonl"),
+                                   "--base-url", "http://127.0.0.1:9/v1"], env=ENV)
+    _one_error(res, "quota or billing exhausted")
+    assert f"finished requests are kept in {tmp_path / 'l.jsonl.journal'}" in res.output

@@ -5,8 +5,10 @@ Commands here are thin: they parse options and call the stage's module, where th
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,13 +16,83 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer 0.2x vendors its click
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError as _UsageError
 
 if TYPE_CHECKING:
     from textbookgen.build import BudgetedGenerator
     from textbookgen.engine import ChatRequest, ChatResponse, Generator
     from textbookgen.taxonomy import GrowReport, Taxonomy
 
+_LIST_ITEM = re.compile(r"\s*([-*\u2022]|\d+[.)])\s")  # a line that starts a list item keeps its line break
+
+
+def _flow(text: str | None) -> str | None:
+    """A help text whose paragraphs flow: the lines of each are joined, so that rich wraps them once, at the
+    terminal's width. Docstrings are hard-wrapped at ~110 columns, and rich kept those breaks, breaking lines
+    mid-sentence; blank-line paragraph breaks, list items and click's `\\b` (no rewrap) paragraphs are kept."""
+    if not text:
+        return text
+    paragraphs = re.split(r"\n[ \t]*\n", inspect.cleandoc(text))
+    return "\n\n".join(p if p.startswith("\b") else _join_lines(p) for p in paragraphs)
+
+
+def _join_lines(paragraph: str) -> str:
+    """One paragraph's lines as one, each list item starting a line of its own."""
+    lines: list[str] = []
+    for line in paragraph.splitlines():
+        if lines and not _LIST_ITEM.match(line):
+            lines[-1] += " " + line.strip()
+        else:
+            lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+class _Root(TyperGroup):
+    """The `textbookgen` command: flows the help of every command under it (`_flow`), in one place rather than in
+    every docstring, and makes click's usage errors (a missing argument, an unknown option, `--concurrency abc`)
+    bad input like any other: one `error:` line and exit 1. Click exits 2 for them, which `generate` and `build`
+    document as a stopped run that a rerun resumes."""
+
+    def __init__(self, **attrs) -> None:
+        super().__init__(**attrs)
+        _flow_all(self)
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_as_bad_input():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_as_bad_input():
+            return super().invoke(ctx)
+
+
+def _flow_all(command) -> None:
+    """`_flow` the help of `command` and of every command under it."""
+    command.help = _flow(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _flow_all(sub)
+
+
+@contextmanager
+def _usage_errors_as_bad_input() -> Iterator[None]:
+    """Turn a click UsageError into `error: MESSAGE (see 'COMMAND --help')` and exit 1; a group called with no
+    arguments still prints its help."""
+    try:
+        yield
+    except _UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # as typer tells it, the class being new in click 8.2
+            raise
+        see = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        _fail(err.format_message().rstrip(".") + see)
+
+
 app = typer.Typer(
+    cls=_Root,
     no_args_is_help=True,
     add_completion=False,
     help="Build textbook-quality synthetic pretraining datasets, from recipe to Hub.",
@@ -76,6 +148,14 @@ def _check(option: str, value: float | None, rule: str) -> None:
     """Exit with `error: OPTION: must be RULE` unless `value` is None or keeps to the rule (a key of _RULES)."""
     if value is not None and not _RULES[rule](value):
         _fail(f"{option}: must be {rule}, got {value}")
+
+
+def _check_provider(provider: str) -> None:
+    """Exit naming --provider unless it is one we have a client for."""
+    from textbookgen.providers import PROVIDERS
+
+    if provider not in PROVIDERS:
+        _fail(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
 
 
 def _check_output(path: str | Path, option: str) -> None:
@@ -169,6 +249,7 @@ def push(
     """Push a built dataset to the Hub in one commit (token from HF_TOKEN or `hf auth login`)."""
     from textbookgen import hub
 
+    _check("--timeout", timeout, "> 0")
     _check_endpoint(endpoint)
     try:
         url = hub.push(folder, repo_id, private=private, endpoint=endpoint, commit_message=message, timeout=timeout)
@@ -182,7 +263,7 @@ def push(
 @app.command()
 def pull(
     repo_id: str = typer.Argument(..., help="dataset repo on the Hub, e.g. user/my-textbooks"),
-    out: str | None = typer.Option(None, "--out", "-o", help="folder to write (default: ./<repo name>)"),
+    out: str | None = typer.Option(None, "--out", "--output", "-o", help="folder to write (default: ./<repo name>)"),
     revision: str | None = typer.Option(None, "--revision", help="branch, tag or commit (default main)"),
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
     timeout: float | None = typer.Option(None, "--timeout", envvar="TEXTBOOKGEN_HUB_TIMEOUT", help="seconds to wait for each Hub answer (default 60)"),
@@ -190,6 +271,9 @@ def pull(
     """Download a dataset repo (shards, card, plots, recipe, manifest) into a folder."""
     from textbookgen import hub
 
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        _fail(f"--out {out}: is a file; give a folder")
+    _check("--timeout", timeout, "> 0")
     _check_endpoint(endpoint)
     try:
         with _reported():
@@ -202,7 +286,7 @@ def pull(
 @app.command()
 def publish(
     input_path: str = typer.Argument(..., help="your corpus: parquet/jsonl file or folder (e.g. a curation output)"),
-    out: str = typer.Option(..., "--output", "-o", help="folder to write: data/{split}-NNNNN-of-NNNNN.parquet, "
+    out: str = typer.Option(..., "--output", "--out", "-o", help="folder to write: data/{split}-NNNNN-of-NNNNN.parquet, "
                             "README.md, assets/; then `textbookgen push` it"),
     split: str = typer.Option("train", "--split", help="split the input becomes (publish again to add another)"),
     name: str | None = typer.Option(None, "--name", help="card title and pretty_name (default: the folder's name)"),
@@ -230,9 +314,9 @@ def _prices(specs: list[str] | None) -> dict[str, tuple[float, float]]:
         try:
             price_in, price_out = (float(x) for x in pair.split(","))
         except ValueError:
-            raise typer.BadParameter(f"--price expects MODEL=IN,OUT (USD per 1M tokens), got {spec!r}") from None
+            _fail(f"--price expects MODEL=IN,OUT (USD per 1M tokens), got {spec!r}")
         if not sep or not model:
-            raise typer.BadParameter(f"--price expects MODEL=IN,OUT (USD per 1M tokens), got {spec!r}")
+            _fail(f"--price expects MODEL=IN,OUT (USD per 1M tokens), got {spec!r}")
         prices[model] = (price_in, price_out)
     return prices
 
@@ -262,7 +346,7 @@ def generate(
     api_key_env: str | None = typer.Option(None, "--api-key-env",
                                            help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
     journal: str | None = typer.Option(None, "--journal", help="journal file (default: <prompts>.journal.sqlite); rerun to resume"),
-    out: str | None = typer.Option(None, "--out", "-o", help="completions file, .jsonl or .parquet (default: <prompts>.completions.jsonl)"),
+    out: str | None = typer.Option(None, "--out", "--output", "-o", help="completions file, .jsonl or .parquet (default: <prompts>.completions.jsonl)"),
     concurrency: int = typer.Option(64, "--concurrency", help="most requests on the wire"),
     rpm: float | None = typer.Option(None, "--rpm", help="requests/min to stay under (server headers tighten it)"),
     tpm: float | None = typer.Option(None, "--tpm", help="combined tokens/min"),
@@ -318,6 +402,7 @@ def generate(
         _check(option, value, rule)
     if not batch and (batch_size is not None or batch_poll is not None):  # else it runs live, at twice the price
         _fail("--batch-size and --batch-poll go with --batch")
+    _check_provider(provider)
     stem = Path(prompts).with_suffix("")
     out_path = out or f"{stem}.completions.jsonl"
     _check_output(out_path, "--out")
@@ -444,12 +529,14 @@ def journal(
     from textbookgen.journal import Journal
 
     if not Path(path).is_file():
-        _fail(f"no journal at {path}")
+        _fail(f"{path}: is a folder; give the journal file" if Path(path).is_dir() else f"no journal at {path}")
     if (base_url or api_key_env) and not cancel_batches:
         _fail("--base-url and --api-key-env go with --cancel-batches")
     for name in status or []:
         if name not in ("pending", *STATUSES):
             _fail(f"--status {name!r}: choose from pending, {', '.join(STATUSES)}")
+    if status and not export:
+        _fail("--status picks the rows --export writes; it goes with --export")
     if export:
         if Path(export).suffix != ".parquet":
             _fail(f"--export {export}: writes parquet; give a .parquet file name")
@@ -490,7 +577,7 @@ def _overrides(sets: list[str] | None) -> dict:
     for s in sets or []:
         key, sep, value = s.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"--set expects KEY=VALUE (dotted key), got {s!r}")
+            _fail(f"--set expects KEY=VALUE (dotted key), got {s!r}")
         out[key.strip()] = yaml.safe_load(value) if value else None
     return out
 
@@ -644,7 +731,7 @@ def plan_cmd(
     _run_build(recipe, set_, True, False, False, prices=price)
 
 
-topics_app = typer.Typer(no_args_is_help=True, help="Topic taxonomies: inspect, convert, grow.")
+topics_app = typer.Typer(no_args_is_help=True, help="Topic taxonomies: inspect, convert, grow; what a table covers.")
 app.add_typer(topics_app, name="topics")
 
 
@@ -711,6 +798,7 @@ def topics_convert(
     select: str | None = typer.Option(None, help="dotted key of the YAML subtree holding the topics"),
 ) -> None:
     """Convert a taxonomy between YAML, CSV, markdown and plain text (.txt)."""
+    _check_output(dst, "DST")
     typer.echo(str(_save_taxonomy(_load_taxonomy(src, select), dst)))
 
 
@@ -751,6 +839,7 @@ def topics_grow(
     """Expand leaves through the LLM to a target count, dropping near-duplicate names.
 
     The first line estimates the calls, tokens and cost before any is paid (--plan stops there).
+
     Exit status: 0 grown, DST written; 1 bad input or a provider error (answers kept: rerun to resume); 3 calls
     failed and left DST short of --target (DST written; a rerun retries them); 4, as `generate`'s, the budget
     stopped growth: DST is not written (it would fall short of --target), the answers paid for stay in the
@@ -791,22 +880,19 @@ def topics_grow(
 def _check_grow_options(provider: str, per_call: int | None, max_cost: float | None,
                         max_output_tokens: int | None, max_depth: int | None) -> None:
     """Exit naming the first option out of its range, or a provider there is none of."""
-    from textbookgen.providers import PROVIDERS
-
     for option, value, rule in (("--per-call", per_call, ">= 2"), ("--max-cost", max_cost, ">= 0"),
                                 ("--max-output-tokens", max_output_tokens, ">= 0"), ("--max-depth", max_depth, ">= 1")):
         _check(option, value, rule)
-    if provider not in PROVIDERS:
-        _fail(f"--provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+    _check_provider(provider)
 
 
 def _check_grow_output(dst: str) -> None:
     """Before paying for the growth: DST must be a taxonomy format, and a file in a folder we can write."""
     from textbookgen.taxonomy import save_format
 
+    _check_output(dst, "DST")
     with _reported():
         save_format(dst)
-    _check_output(dst, "DST")
 
 
 def _grow_per_call(per_call: int | None, journal: Path) -> int:
@@ -946,7 +1032,7 @@ def _curation_run(input_path: str, output: str, make_steps, workdir: str | None,
 @app.command()
 def dedup(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
-    output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl"),
     workdir: str | None = typer.Option(None, "--workdir", help="signature cache (a killed run resumes) + "
                                        "minhash_dedup/clusters.parquet and pairs.parquet, exact_dedup/duplicates.parquet; "
                                        "default <output>.work"),
@@ -963,7 +1049,9 @@ def dedup(
     exact: bool = typer.Option(True, "--exact/--no-exact", help="exact dedup on normalised text first"),
     config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
-    """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then the first in input order).
+    """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then the first in
+    input order).
+
     Each run is a fresh dedup of its input, unless --index DIR makes it incremental: the input is then also
     deduplicated against the documents earlier runs with DIR kept, which always stay; a document already
     indexed (same id, same text) is kept, one with an indexed id and a new text replaces the old version,
@@ -991,7 +1079,7 @@ def decontaminate(
                          "(arc_easy, gsm8k, mmlu, humaneval, ...) or a jsonl/parquet file/folder; added to those "
                          "of --config (a name in both: this path)")] = None,
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
-    output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl"),
     ngram: int | None = typer.Option(None, help="n-gram size for candidates (13)"),
     similarity: float | None = typer.Option(None, help="share of an item's words found in order to drop (0.8)"),
     workdir: str | None = typer.Option(None, "--workdir", help="work folder (default <output>.work); the report "
@@ -1022,7 +1110,7 @@ def decontaminate(
 @app.command("filter")
 def filter_cmd(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
-    output: str = typer.Option(..., "--output", "-o", help="kept rows: .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl"),
     min_words: int | None = typer.Option(None, help="fewest words of a prose document (50)"),
     max_words: int | None = typer.Option(None, help="most words of any document (100000)"),
     workdir: str | None = typer.Option(None, "--workdir", help="work folder (default <output>.work); its "
@@ -1044,14 +1132,14 @@ def _numbers(option: str, text: str, kind: type[float] | type[int]) -> tuple:
         _fail(f"{option}: expects comma-separated {kind.__name__} values, got {text!r}")
 
 
-classifier_app = typer.Typer(no_args_is_help=True, help="fastText quality classifier: train, eval, score.")
+classifier_app = typer.Typer(no_args_is_help=True, help="fastText quality classifier: train, eval, score; LLM labels.")
 app.add_typer(classifier_app, name="classifier")
 Paths = Annotated[list[str] | None, typer.Option(help="corpus file/folder (repeatable)")]
 
 
 @classifier_app.command("train")
 def classifier_train(
-    output: str = typer.Option(..., "--output", "-o", help="model path (<output>.bin + <output>.json)"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="model path (<output>.bin + <output>.json)"),
     positive: Paths = None, negative: Paths = None,
     labelled: Paths = None,
     label_column: str = typer.Option("label", help="label field of --labelled files"),
@@ -1076,7 +1164,7 @@ def classifier_train(
         size_note,
         train_classifier,
     )
-    from textbookgen.curation.commands import load_labelled
+    from textbookgen.curation.commands import check_label_column, load_labelled
 
     lrs, epoch_counts = _numbers("--lr", lr, float), _numbers("--epochs", epochs, int)
     for option, values, rule in (("--lr", lrs, "> 0"), ("--epochs", epoch_counts, ">= 1"), ("--dim", [dim], ">= 1"),
@@ -1084,10 +1172,13 @@ def classifier_train(
         for value in values:
             _check(option, value, rule)
     with _reported():
+        if labelled:
+            check_label_column(label_column, text_column)
         if min_positive is None:
             min_positive = default_min_positive(labelled or [], label_column, text_column)
         texts, labels, sources = load_labelled(positive or [], negative or [], labelled or [], text_column,
                                                label_column, min_positive)
+        _check_both_classes(labels, bool(labelled), min_positive)
         from_files = [y for y, s in zip(labels, sources, strict=True) if s in (labelled or [])]
         if from_files and (warning := lopsided_warning(from_files, min_positive)):
             typer.echo(warning, err=True)
@@ -1100,9 +1191,22 @@ def classifier_train(
     typer.echo(size_note(model_paths(output)[0], settings), err=True)  # stdout stays the metadata's JSON
 
 
+def _check_both_classes(labels: list[bool], labelled: bool, min_positive: float) -> None:
+    """Exit naming the options that give the class training lacks (fastText's own error named a function)."""
+    if len(set(labels)) < 2:
+        rule = f" (numeric labels >= --min-positive {min_positive:g} are positive)" if labelled else ""
+        _fail(f"no {'negative' if labels[0] else 'positive'} examples among the {len(labels):,} to train on{rule}; "
+              "training needs both classes: give --positive and --negative corpora, or --labelled files with both")
+
+
+def _model_file(model: str) -> str:
+    """The model .bin; `classifier train -o OUT` writes OUT.bin, so OUT names it too."""
+    return f"{model}.bin" if not Path(model).exists() and Path(f"{model}.bin").is_file() else model
+
+
 @classifier_app.command("eval")
 def classifier_eval(
-    model: str = typer.Argument(..., help="model .bin"),
+    model: str = typer.Argument(..., help="model .bin (or the -o given to `classifier train`)"),
     positive: Paths = None, negative: Paths = None, labelled: Paths = None,
     label_column: str = typer.Option("label"),
     min_positive: float | None = typer.Option(None, help="as for `classifier train`"),
@@ -1111,23 +1215,25 @@ def classifier_eval(
 ) -> None:
     """Precision, recall, F1, ROC AUC and the confusion matrix on held-out labelled text."""
     from textbookgen.curation.classifier import QualityModel, default_min_positive
-    from textbookgen.curation.commands import load_labelled
+    from textbookgen.curation.commands import check_label_column, load_labelled
 
     _check("--threshold", threshold, "in [0, 1]")
     with _reported():
+        if labelled:
+            check_label_column(label_column, text_column)
         if min_positive is None:
             min_positive = default_min_positive(labelled or [], label_column, text_column)
         texts, labels, _ = load_labelled(positive or [], negative or [], labelled or [], text_column, label_column,
                                          min_positive, purpose="evaluation")
-        metrics = QualityModel.load(model).evaluate(texts, labels, threshold)
+        metrics = QualityModel.load(_model_file(model)).evaluate(texts, labels, threshold)
     typer.echo(json.dumps(metrics.as_dict(), indent=2))
 
 
 @classifier_app.command("score")
 def classifier_score(
-    model: str = typer.Argument(..., help="model .bin"),
+    model: str = typer.Argument(..., help="model .bin (or the -o given to `classifier train`)"),
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
-    output: str = typer.Option(..., "--output", "-o", help="rows with quality_score: .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="rows with quality_score: .parquet or .jsonl"),
     threshold: float | None = typer.Option(None, help="keep rows with score >= this"),
     keep_top_percent: float | None = typer.Option(None, help="keep the top X % by score"),
     batch_size: int = typer.Option(4096),
@@ -1137,7 +1243,7 @@ def classifier_score(
     from textbookgen.curation.commands import run_steps, score_steps
 
     with _reported():
-        steps = score_steps(model, threshold, keep_top_percent, batch_size, text_column)
+        steps = score_steps(_model_file(model), threshold, keep_top_percent, batch_size, text_column)
         stats = run_steps(input_path, output, steps, None, text_column, id_column)
     typer.echo(json.dumps(stats, indent=2))
 
@@ -1145,7 +1251,7 @@ def classifier_score(
 @classifier_app.command("label")
 def classifier_label(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder to sample and judge"),
-    output: str = typer.Option(..., "--output", "-o", help="rows with `label` (0-5): .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="rows with `label` (0-5): .parquet or .jsonl"),
     provider: str = typer.Option("openai", help="openai | anthropic | openai-compatible"),
     model: str = typer.Option("gpt-4o-mini", help="judge model"),
     base_url: str | None = typer.Option(None, help="server URL (openai-compatible, or the emulator)"),
@@ -1167,6 +1273,7 @@ def classifier_label(
     if max_cost is not None and max_cost_usd is not None and max_cost != max_cost_usd:
         _fail(f"--max-cost {max_cost:g} and --max-cost-usd {max_cost_usd:g} (its old name) disagree; give one")
     max_cost = max_cost if max_cost is not None else max_cost_usd
+    _check_provider(provider)
     for option, value, rule in (("--sample", sample, ">= 1"), ("--max-chars", max_chars, ">= 1"),
                                 ("--max-cost", max_cost, ">= 0"), ("--concurrency", concurrency, ">= 1")):
         _check(option, value, rule)
@@ -1177,9 +1284,9 @@ def classifier_label(
         key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, concurrency=concurrency,
                         journal=journal, max_cost_usd=max_cost)
+    with _reported(journal=journal):  # a provider error or a failed write: the answers paid for are kept
         labelled, stats = label_corpus(df, EducationalJudge(gen, max_chars=max_chars), sample, seed,
                                        text_column, id_column)
-    with _reported(journal=journal):
         write_corpus(labelled, output)
     typer.echo(json.dumps(stats, indent=2))
 
@@ -1193,6 +1300,8 @@ def _topic_ids(table: str) -> tuple[list, list | None]:
 
     from textbookgen.dataset import is_build_folder
 
+    if not Path(table).exists():
+        _fail(f"{table}: cannot read topic ids from it: no such file or folder")
     if is_build_folder(table):  # its parquet files are prompts, documents and curation reports: not one table
         if not (Path(table) / "dataset" / "data").is_dir():
             _fail(f"{table} is a textbookgen build folder with no dataset/ yet: give its prompts.parquet, or "
@@ -1230,7 +1339,7 @@ def topics_coverage(
                                 "metadata column (struct or JSON) holding topic_id: prompts.parquet, documents, "
                                 "or generate --out; an output_tokens column is summed too"),
     depth: int = typer.Option(1, "--depth", help="report branches this many levels deep (1: the subjects)"),
-    out: str | None = typer.Option(None, "--out", help="write every leaf's samples and tokens (.csv or .parquet)"),
+    out: str | None = typer.Option(None, "--out", "--output", "-o", help="write every leaf's samples and tokens (.csv or .parquet)"),
     plot: str | None = typer.Option(None, "--plot", help="draw samples per topic and per branch (.png, .svg, .pdf)"),
 ) -> None:
     """Samples per topic: how much of the taxonomy a prompt or document table covers, per branch, and which

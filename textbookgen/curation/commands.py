@@ -30,6 +30,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     data: dict[str, Any] = {}
     if path is not None:
         label = f"--config {path}"
+        if not Path(path).is_file():
+            raise ValueError(f"{label}: {'is a folder' if Path(path).is_dir() else 'no such file'}; give a YAML file")
         raw = read_yaml(decode_utf8(Path(path).read_bytes(), label), label, ValueError).data or {}
         data = raw.get("curation", raw) if isinstance(raw, dict) else raw
         if not isinstance(data, dict):
@@ -62,7 +64,7 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
     check_output(output_path, input_path)
     work = Path(workdir) if workdir is not None else Path(str(output_path) + ".work")
     if work.exists() and not work.is_dir():
-        raise ValueError(f"{work}: the work folder is a file")
+        raise ValueError(f"--workdir {work}: is a file; give a folder (default: <output>.work)")
     incremental = [s for s in steps if isinstance(s, MinHashDedup) and s.index is not None]
     for option, folder in [("--workdir", work), *(("--index", s.index) for s in incremental)]:
         _check_outside(option, folder, input_path)  # type: ignore[arg-type]
@@ -222,6 +224,12 @@ def load_labelled(positive: list[str], negative: list[str], labelled: list[str],
     if not out.texts:
         raise ValueError(f"classifier: no {purpose} data (give --positive/--negative or --labelled)")
     return out
+
+
+def check_label_column(label_column: str, text_column: str) -> None:
+    """Raise a ValueError naming --label-column when it is the text column (polars' own error names neither)."""
+    if label_column == text_column:
+        raise ValueError(f"--label-column {label_column}: is the text column too; name the column of labels")
 
 
 def read_labels(col: pl.Series, source: str, min_positive: float) -> list[bool]:
