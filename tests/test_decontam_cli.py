@@ -76,3 +76,13 @@ def test_workdir_help_says_where_the_reports_are(tmp_path):
                                   str(tmp_path / command), *args])
         assert res.exit_code == 0, res.output
         assert (tmp_path / command / report).is_file()
+
+
+def test_an_empty_benchmark_file_is_named_as_empty(tmp_path):
+    """It read "no text field(s)  to decontaminate against (fields: [])": a missing field, not an empty file."""
+    corpus, _ = _setup(tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    res = runner.invoke(app, ["decontaminate", str(corpus), "-o", str(tmp_path / "out.jsonl"),
+                              "-b", str(tmp_path / "empty.jsonl")])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert res.output == f"error: {tmp_path / 'empty.jsonl'}: no benchmark items (the file is empty)\n"

@@ -107,8 +107,11 @@ def _file_texts(source: BenchmarkSource) -> list[ItemTexts]:
         df = read_records(f)
         cols = source.fields or [c for c, t in df.schema.items() if t == pl.String and c != "id"]
         missing = [c for c in cols if c not in df.columns]
+        if not df.width:
+            raise ValueError(f"{f}: no benchmark items (the file is empty)")
         if missing or not cols:
-            raise ValueError(f"{f}: no text field(s) {missing or ''} to decontaminate against (fields: {df.columns})")
+            shown = f" {missing}" if missing else ""
+            raise ValueError(f"{f}: no text field(s){shown} to decontaminate against (fields: {df.columns})")
         name = id_prefix(f, Path(source.path))  # "a/test": a folder's same-named files are distinct sets
         ids = df["id"].cast(pl.String).to_list() if "id" in df.columns else [str(i) for i in range(df.height)]
         for item_id, row in zip(ids, df.select(cols).iter_rows(), strict=True):
