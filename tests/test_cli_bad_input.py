@@ -286,6 +286,7 @@ def test_a_model_level_validation_error_is_one_line_not_a_crash(tmp_path):
     (["journal", "folder"], "folder: is a folder; give the journal file"),
     (["journal", "j.sqlite", "--status", "ok"], "--status picks the rows --export writes"),
     (["pull", "u/x", "-o", "afile", "--endpoint", "foo"], "--out afile: is a file; give a folder"),
+    (["pull", "u/afile", "--endpoint", "foo"], "afile: is a file, and pull writes into ./afile by default"),
     (["push", "folder", "u/x", "--timeout", "0", "--endpoint", "foo"], "--timeout: must be > 0"),
     (["generate", "d.jsonl", "--provider", "bogus"], "--provider 'bogus': choose one of openai"),
     (["classifier", "label", "d.jsonl", "-o", "l.jsonl", "--provider", "bogus"], "--provider 'bogus'"),
@@ -293,6 +294,10 @@ def test_a_model_level_validation_error_is_one_line_not_a_crash(tmp_path):
     (["classifier", "train", "-o", "m", "--labelled", "d.jsonl", "--label-column", "text"],
      "--label-column text: is the text column too"),
     (["classifier", "eval", "m.bin", "--labelled", "d.jsonl", "--label-column", "text"], "--label-column text"),
+    (["classifier", "train", "-o", "m", "--positive", "d.jsonl", "--negative", "d.jsonl", "--label-column", "y"],
+     "--label-column y: it names the label field of --labelled files; none is given"),
+    (["classifier", "eval", "m.bin", "--positive", "d.jsonl", "--min-positive", "3"],
+     "--min-positive 3: it reads the labels of --labelled files; none is given"),
 ])
 def test_bad_input_names_the_option_or_file(corpus, monkeypatch, args, message):
     from textbookgen.journal import Journal

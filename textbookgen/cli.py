@@ -271,8 +271,10 @@ def pull(
     """Download a dataset repo (shards, card, plots, recipe, manifest) into a folder."""
     from textbookgen import hub
 
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        _fail(f"--out {out}: is a file; give a folder")
+    target = Path(out) if out is not None else Path(repo_id.rstrip("/").split("/")[-1])  # hub.pull's default
+    if target.exists() and not target.is_dir():
+        _fail(f"--out {target}: is a file; give a folder" if out is not None else
+              f"{target}: is a file, and pull writes into ./{target} by default; give another folder with --out")
     _check("--timeout", timeout, "> 0")
     _check_endpoint(endpoint)
     try:
@@ -1171,6 +1173,7 @@ def classifier_train(
                                  ("--bucket", [bucket], ">= 1")):
         for value in values:
             _check(option, value, rule)
+    _labelled_only(labelled, label_column, min_positive)
     with _reported():
         if labelled:
             check_label_column(label_column, text_column)
@@ -1189,6 +1192,16 @@ def classifier_train(
             raise ValueError(str(err)) from None
     typer.echo(json.dumps({k: v for k, v in meta.items() if k != "grid"}, indent=2))
     typer.echo(size_note(model_paths(output)[0], settings), err=True)  # stdout stays the metadata's JSON
+
+
+def _labelled_only(labelled: list[str] | None, label_column: str, min_positive: float | None) -> None:
+    """--label-column and --min-positive read --labelled files: without one they would silently do nothing."""
+    if labelled:
+        return
+    if label_column != "label":
+        _fail(f"--label-column {label_column}: it names the label field of --labelled files; none is given")
+    if min_positive is not None:
+        _fail(f"--min-positive {min_positive:g}: it reads the labels of --labelled files; none is given")
 
 
 def _check_both_classes(labels: list[bool], labelled: bool, min_positive: float) -> None:
@@ -1218,6 +1231,7 @@ def classifier_eval(
     from textbookgen.curation.commands import check_label_column, load_labelled
 
     _check("--threshold", threshold, "in [0, 1]")
+    _labelled_only(labelled, label_column, min_positive)
     with _reported():
         if labelled:
             check_label_column(label_column, text_column)
