@@ -904,8 +904,8 @@ class Generator:
         if not self._reached:
             self._unanswered += 1
             if self._unanswered >= self.max_attempts:
-                where = (", ".join(self.base_url) if isinstance(self.base_url, (list, tuple))
-                         else self.base_url or f"the {self.provider} API")
+                where = redact(", ".join(self.base_url) if isinstance(self.base_url, (list, tuple))
+                               else self.base_url or f"the {self.provider} API", self._secrets)
                 if isinstance(exc, NoAnswerInTime):
                     raise FatalProviderError(
                         f"no answer from {where} to {self._unanswered} attempts, the last within {round(exc.limit_s, 1):g} s "

@@ -47,11 +47,28 @@ class BudgetExhausted(Exception):
 
 
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*.]{3,}|sk-ant-[A-Za-z0-9_\-*.]{3,})")
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
+# a key as a server echoes it, part of it starred out: OpenAI's "sk-abcde*****wxyz", DeepSeek's "****wxyz"
+_MASKED = re.compile(r"[^\s'\"*]*\*{4,}[^\s'\"*.,;:)\]}]*")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+")
+# a credential in a URL's query string (?api_key=..., &token=...): the SDKs log and report the URLs they call
+_QUERY_SECRET = re.compile(r"(?i)([?&][\w.\-]*(?:key|token|secret|password|passwd|auth|sig|signature|code)"
+                           r"[\w.\-]*=)[^&\s#'\"]+")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove API keys (the exact secrets given, and anything shaped like `sk-...`) from a message."""
+    """Remove API keys from a message: the exact secrets given and any part of one a server echoes (its first 8
+    characters onward, its last 4 after stars or dots), anything shaped like a key (`sk-...`, `hf_...`, a starred-out
+    key, a Bearer token) and credentials in a URL's query string. A 401 from OpenAI shows the first 8 and last 4
+    characters of the key it refused: those must not reach a journal row, a log line or an error either."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
+            if len(secret) >= 12 and "://" not in secret:
+                text = re.sub(re.escape(secret[:8]) + r"\S*?(?=[.,;:)\]}'\"]*(?:\s|$))", "***", text)
+                text = re.sub(r"\S*(?:\*|\.\.\.|\u2026)" + re.escape(secret[-4:]), "***", text)
+    text = _QUERY_SECRET.sub(r"\1***", text)
+    text = _BEARER.sub(r"\1***", text)
+    text = _MASKED.sub("***", text)
+    text = _HF_TOKEN.sub("hf_***", text)
     return _KEYLIKE.sub("sk-***", text)

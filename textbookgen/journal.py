@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ class Journal:
         """Record a batch about to be submitted (before any money is at stake) to the server at `base_url`."""
         self.db.execute("INSERT INTO batches (tag, provider, model, keys, status, created_at, base_url) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (tag, provider, model, json.dumps(list(keys)), "submitting", time.time(), base_url))
+                        (tag, provider, model, json.dumps(list(keys)), "submitting", time.time(), server(base_url)))
 
     def update_batch(self, tag: str, status: str, batch_id: str | None = None) -> None:
         self.db.execute("UPDATE batches SET status=?, batch_id=COALESCE(?, batch_id), updated_at=? WHERE tag=?",
@@ -405,6 +406,15 @@ def _parquet_schema() -> dict:
             "error_class": pl.String, "response_id": pl.String, "request": pl.String, "metadata": pl.String,
             "created_at": pl.Float64, "updated_at": pl.Float64, "reused_from": pl.String,
             "abandoned_usd": pl.Float64, "abandoned_output_tokens": pl.Int64}
+
+
+def server(url: str | None) -> str | None:
+    """A server's URL as the journal keeps it: no user:password, query or fragment, where a token may be (the
+    journal is shared and exported; the key comes from the environment when the batch is cancelled)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def request_key(canonical: Mapping) -> str:

@@ -935,7 +935,10 @@ class Emulator:
             key = _bearer(request.headers.get("Authorization", ""))
         allowed = self.config.api_keys
         if not key or (allowed is not None and key not in allowed):
-            raise self._error(provider, "auth")
+            said = _ERRORS[provider]["auth"].message
+            if provider == OPENAI and key:  # OpenAI's 401 shows part of the key it refused
+                said = said.replace("provided.", f"provided: {_masked(key)}.")
+            raise self._error(provider, "auth", message=said)
         if provider == ANTHROPIC and request.path.startswith("/v1/messages") and \
                 "anthropic-version" not in request.headers:
             raise self._error(provider, "400", message="anthropic-version: header is required")
@@ -1372,6 +1375,12 @@ def _openai_logprobs(call: _Call, index: int, text: str, finish: str) -> dict[st
 
 def _logprob(token: str, p: float) -> dict[str, Any]:
     return {"token": token, "bytes": list(token.encode()), "logprob": math.log(p)}
+
+
+def _masked(key: str) -> str:
+    """A refused key as OpenAI's 401 echoes it: its first 8 and last 4 characters around stars (a short one whole),
+    so tests see what an error message, a log line or a journal row must not pass on."""
+    return key if len(key) < 16 else key[:8] + "*" * (len(key) - 12) + key[-4:]
 
 
 def _bearer(value: str) -> str:
