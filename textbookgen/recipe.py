@@ -77,6 +77,14 @@ class ProviderConfig(_Strict):
     # stop once 50 requests finished and more than this share failed (null: never): a bad prompt or model
     max_error_rate: float | None = Field(0.5, ge=0.0, le=1.0)
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):  # the key itself: never echo it
+            raise ValueError("takes the name of an environment variable holding the key (e.g. OPENAI_API_KEY), "
+                             "not the key itself")
+        return v
+
     @field_validator("base_url")
     @classmethod
     def _urls(cls, v: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:

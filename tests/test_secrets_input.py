@@ -1,0 +1,29 @@
+"""A key pasted where a variable name goes is refused in one line that does not show it."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from textbookgen.cli import app
+
+KEY = "sk-CANARYoai7Q2xZ9mK4vB8nL3pR6tY1wE5uI0oPaSdFgHjK"
+
+
+def test_generate_refuses_a_key_given_as_api_key_env(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    res = CliRunner().invoke(app, ["generate", str(prompts), "--api-key-env", KEY])
+    assert res.exit_code == 1 and "--api-key-env takes the name of an environment variable" in res.output
+    assert "CANARY" not in res.output
+
+
+def test_a_recipe_refuses_a_key_given_as_api_key_env(tmp_path):
+    from textbookgen.recipe import RecipeError, load_recipe
+
+    (tmp_path / "topics.yaml").write_text("topics: [Physics]\n")
+    (tmp_path / "r.yaml").write_text("name: t\nmodel: m\ntaxonomy:\n  source: topics.yaml\nmix:\n  - template: "
+                                     f"textbook_section\nsamples: 3\nprovider: {{api_key_env: {KEY}}}\n")
+    with pytest.raises(RecipeError, match="provider.api_key_env: takes the name of an environment variable") as info:
+        load_recipe(tmp_path / "r.yaml")
+    assert "CANARY" not in str(info.value)
