@@ -295,3 +295,45 @@ def test_plots_count_in_whole_numbers_with_bins_fit_to_the_sample():
     for ticks in (a.get_yticks(), b.get_yticks()):
         assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
     plt.close(fig)
+
+
+def test_a_corpus_card_names_missing_shards_and_a_text_column_it_cannot_use(tmp_path):
+    from textbookgen.card import render_corpus_card
+
+    with pytest.raises(FileNotFoundError, match=r"no data/\{split\}-NNNNN-of-NNNNN.parquet shards under .*write them"):
+        render_corpus_card(tmp_path)
+    write_dataset(pl.DataFrame({"body": ["one text", "two texts"], "n": [1, 2]}), tmp_path, as_given=True)
+    with pytest.raises(ValueError, match=r"no text column 'text' in the shards \(columns: \['body', 'n'\]\); "
+                                         r"pass --text-column"):
+        render_corpus_card(tmp_path)
+    with pytest.raises(ValueError, match=r"column 'n' holds int64, not text; pass --text-column"):
+        render_corpus_card(tmp_path, "n")
+    assert not (tmp_path / "README.md").exists()
+    assert render_corpus_card(tmp_path, "body").is_file()
+
+
+def test_plots_show_the_top_subjects_cut_long_names_and_bin_wide_topic_counts(monkeypatch, tmp_path):
+    """30 subjects: the top 25 drawn and the title says so; a name past 45 characters is cut; a topic 100
+    documents ahead of the others gets 60 bins, not one per count; untokenized lengths are counted in words."""
+    from textbookgen import card
+
+    figures = {}
+
+    def keep(fig, path):
+        figures[Path(path).stem] = fig
+        return str(path)
+
+    monkeypatch.setattr(card, "_save", keep)
+    subjects = [f"Subject {i:02d} " + "with a very long name indeed, longer than the plot shows" * (i == 0)
+                for i in range(30)]
+    paths = [f"{s} > topic" for s in subjects] + [f"{subjects[0]} > big"] * 100
+    df = pl.DataFrame({"topic_path": paths, "output_tokens": [0] * len(paths), "words": range(len(paths)),
+                       "quality_score": [None] * len(paths)}, schema_overrides={"quality_score": pl.Float64})
+    made = card.plot_all(df, tmp_path)
+    assert made == {"topic_coverage": "assets/topic_coverage.png", "length_histogram": "assets/length_histogram.png"}
+    left, right = figures["topic_coverage"].axes
+    assert left.get_title() == "Documents per subject (top 25 of 30 subjects)"
+    labels = [t.get_text() for t in left.get_yticklabels()]
+    assert labels[-1] == subjects[0][:44] + "…" and len(labels) == 25
+    assert len(right.patches) == 60 and right.get_title() == "31 distinct topics"
+    assert figures["length_histogram"].axes[0].get_title() == f"Document length (words), {len(paths):,} documents"

@@ -169,3 +169,10 @@ def test_the_epochs_a_run_draws_of_each_dataset(corpus, tmp_path):
                     f"{n_wiki / sampler.rows[0]:.2f} epochs")
     assert books.startswith(f"data books: draws {n_books * 32:,} of its {len(folders[1]):,} tokens, 2.10 epochs; "
                             f"the run sees each token about 2.1 times")
+
+
+def test_a_prepare_interrupted_in_its_first_source_file_says_nothing_was_kept(corpus, tmp_path, monkeypatch):
+    _interrupt_at(monkeypatch, file_no=0, batch=1)
+    with pytest.raises(KeyboardInterrupt, match=r"^prepare of .*wiki stopped before its first source file was done$"):
+        prepare(str(corpus["wiki"]), tmp_path / "out", corpus["tok"], num_workers=1, batch_docs=8, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -173,6 +173,106 @@ def document_requests(prompts: pl.DataFrame, recipe: Recipe) -> list[ChatRequest
     ]
 
 
+# ---- documents ----------------------------------------------------------------------------------
+def _documents_of(
+    prompts: pl.DataFrame, responses: Sequence[ChatResponse], recipe: Recipe
+) -> tuple[pl.DataFrame, int]:
+    """The documents table (DOC_SCHEMA) of the answers with text, one per request key, and how many of them
+    began with a reasoning block, left out of the document."""
+    from textbookgen.engine import split_reasoning
+
+    rows = []
+    reasoned = 0
+    for row, resp in zip(prompts.iter_rows(named=True), responses, strict=True):
+        reasoning, text = split_reasoning(resp.text)
+        if resp.status not in ("ok", "truncated") or not text.strip():
+            continue
+        reasoned += reasoning is not None
+        rows.append(_document_row(row, resp, text, recipe))
+    docs = pl.DataFrame(rows, schema=DOC_SCHEMA).unique("id", keep="first", maintain_order=True)
+    return docs, reasoned
+
+
+def _document_row(row: dict[str, Any], resp: ChatResponse, text: str, recipe: Recipe) -> dict[str, Any]:
+    """A document's row: the answer's text, its prompt's columns, and its provenance (the template's variables
+    and the request's parameters)."""
+    prov = json.loads(row["provenance"])
+    # The extract's text stays in prompts.parquet; the published row names it by id only (web text
+    # keeps its own licence, and a 1,000-character copy per document would bloat the dataset).
+    prov["variables"]["web_extract"] = row["seed_extract_id"]
+    prov.update(
+        request_key=resp.key,
+        prompt_index=row["index"],
+        request_seed=row["request_seed"],
+        recipe=recipe.name,
+        recipe_hash=recipe.hash,
+        temperature=recipe.sampling.temperature,
+        top_p=recipe.sampling.top_p,
+        max_tokens=row["max_tokens"],
+    )
+    return {
+        "id": resp.key,
+        "text": text,
+        "topic_path": row["topic_path"],
+        "topic_id": row["topic_id"],
+        "template": row["template"],
+        "template_hash": row["template_hash"],
+        "audience": row["audience"],
+        "style": row["style"],
+        "format": row["format"],
+        "seed_extract_id": row["seed_extract_id"],
+        "model": recipe.model,
+        "finish_reason": resp.finish_reason or "",
+        "input_tokens": resp.input_tokens,
+        "output_tokens": resp.output_tokens,
+        "quality_score": None,
+        "provenance": json.dumps(prov, sort_keys=True, ensure_ascii=False),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Tally:
+    """What the documents' requests came to: responses by status (in the order first met), tokens and cost."""
+
+    by_status: dict[str, int]
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+    @classmethod
+    def of(cls, responses: Sequence[ChatResponse]) -> _Tally:
+        by_status: dict[str, int] = {}
+        tin = tout = 0
+        cost = 0.0
+        for resp in responses:
+            by_status[resp.status] = by_status.get(resp.status, 0) + 1
+            tin += resp.input_tokens
+            tout += resp.output_tokens
+            cost += resp.cost_usd
+        return cls(by_status, tin, tout, cost)
+
+    def stats(self, documents: int, reasoned: int) -> dict[str, Any]:
+        """The generate stage's stats (state.json, the manifest): counts by status, tokens, cost, and the
+        documents whose answer began with a reasoning block, left out."""
+        counts = {
+            "requests": sum(self.by_status.values()),
+            **{s: self.by_status.get(s, 0) for s in ("ok", "truncated", "failed", "skipped_budget")},
+            "documents": documents,
+        }
+        return {"counts": counts, "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+                "cost_usd": round(self.cost_usd, 6), "reasoning_stripped": reasoned}  # fmt: skip
+
+
+def _incomplete_entry(counts: dict[str, int], why: str) -> dict[str, Any]:
+    """The manifest's `incomplete` entry, which the card shows: requests, how many gave no document, and why."""
+    missing = counts["failed"] + counts["skipped_budget"]
+    return {
+        "requests": counts["requests"], "missing": missing, "failed": counts["failed"],
+        "not_sent": counts["skipped_budget"], "why": why,
+    }  # fmt: skip
+
+
+# ---- rendering prompts --------------------------------------------------------------------------
 def render_prompts(
     recipe: Recipe,
     tax: Taxonomy,
@@ -726,63 +826,28 @@ class Build:
 
     # -- stages --
     def stage_taxonomy(self, *, can_grow: bool) -> tuple[Taxonomy, str, dict[str, int] | None]:
-        r, tc = self.recipe, self.recipe.taxonomy
-        src = r.taxonomy_path()
+        """The taxonomy the prompts are drawn from: the recipe's, grown to `taxonomy.grow.target` where it asks.
+        A plan (`can_grow` false) grows nothing: it returns the roots and what growing them would take."""
+        tc = self.recipe.taxonomy
+        src = self.recipe.taxonomy_path()
         roots = Taxonomy.load(src, format=tc.format, select=tc.select, name=tc.name)
         n_roots = len(roots.leaves())
         wants_grow = tc.grow is not None and n_roots < tc.grow.target
-        key = {
-            "source": path_hash(src),
-            "cfg": tc.model_dump(mode="json", exclude={"weighting", "max_per_topic", "min_per_topic"}),
-        }
-        if wants_grow:
-            key["grow_by"] = [r.provider.name, tc.grow.model or r.model, r.seed]
-        input_hash = _hash(key)
+        input_hash = self._taxonomy_hash(src, wants_grow)
         out_path = self.out / "taxonomy.yaml"
         st = self._cached("taxonomy", input_hash)
         if st:
             self._skip("taxonomy", st)
             return Taxonomy.load(out_path), st["output_hash"], None
         t0 = self._begin("taxonomy")
-        stats: dict[str, Any] = {"root_leaves": n_roots}
         if wants_grow and not can_grow:
-            from textbookgen.plan import estimate_grow_left
-
-            grown = self.journals()["taxonomy"]  # a rerun pays only for the calls its journal does not answer
-            plan = (estimate_grow_left(roots, tc.grow, grown, provider=r.provider.name, model=tc.grow.model or r.model,
-                                       seed=r.seed, retry_failed=self.retry_failed)
-                    if grown.is_file() else estimate_grow(n_roots, tc.grow))
-            self.notes.append(
-                f"the taxonomy is not grown in a plan: prompts use the {n_roots:,} root topics; "
-                f"the real build grows them to {tc.grow.target:,} first."
-            )
+            plan = self._grow_plan(roots, n_roots)
             self._done("taxonomy", t0)
             self.stage_status["taxonomy"] = "planned"
             return roots, roots.content_hash(), plan
+        stats: dict[str, Any] = {"root_leaves": n_roots}
         if wants_grow:
-            from textbookgen.taxonomy import grow
-
-            g = tc.grow
-            gen = self._generator(self.journals()["taxonomy"], model=g.model)
-            self.meta_dir.mkdir(parents=True, exist_ok=True)
-            report = grow(
-                roots,
-                gen,
-                g.target,
-                per_call=g.per_call,
-                max_depth=g.max_depth,
-                seed=r.seed,
-                temperature=g.temperature,
-                max_tokens=g.max_tokens,
-                similarity=g.similarity,
-            )
-            if gen.skipped:
-                raise BuildError(self._budget_reached("while growing the taxonomy", gen), "budget")
-            stats["grow"] = asdict(report)
-            self.console.print(
-                f"   grew {report.leaves_before:,} -> {report.leaves_after:,} leaves in "
-                f"{report.calls:,} calls ({report.duplicates_dropped:,} near-duplicates dropped)"
-            )
+            stats["grow"] = self._grow(roots)
         roots.save(out_path)
         stats.update(leaves=len(roots.leaves()), nodes=len(roots), depth=roots.depth())
         self._record(
@@ -794,6 +859,61 @@ class Build:
             complete=not wants_grow or stats["leaves"] >= tc.grow.target,
         )
         return roots, self.state["taxonomy"]["output_hash"], None
+
+    def _taxonomy_hash(self, src: Path, wants_grow: bool) -> str:
+        """The taxonomy stage's input hash: the source's bytes and the settings that shape the tree (not the
+        per-topic weighting and caps, which only the prompts read); where it grows, who grows it, and the seed."""
+        r, tc = self.recipe, self.recipe.taxonomy
+        key = {
+            "source": path_hash(src),
+            "cfg": tc.model_dump(mode="json", exclude={"weighting", "max_per_topic", "min_per_topic"}),
+        }
+        if wants_grow:
+            key["grow_by"] = [r.provider.name, tc.grow.model or r.model, r.seed]
+        return _hash(key)
+
+    def _grow_plan(self, roots: Taxonomy, n_roots: int) -> dict[str, int]:
+        """What growing the roots would take, for a plan; a rerun pays only for the calls its journal does not
+        answer."""
+        from textbookgen.plan import estimate_grow_left
+
+        r, g = self.recipe, self.recipe.taxonomy.grow
+        grown = self.journals()["taxonomy"]
+        plan = (estimate_grow_left(roots, g, grown, provider=r.provider.name, model=g.model or r.model,
+                                   seed=r.seed, retry_failed=self.retry_failed)
+                if grown.is_file() else estimate_grow(n_roots, g))
+        self.notes.append(
+            f"the taxonomy is not grown in a plan: prompts use the {n_roots:,} root topics; "
+            f"the real build grows them to {g.target:,} first."
+        )
+        return plan
+
+    def _grow(self, roots: Taxonomy) -> dict[str, Any]:
+        """Grow the roots in place (`taxonomy.grow`), paid from the build's budget; return the grow report.
+        A budget reached while growing stops the build: the prompts need the grown tree."""
+        from textbookgen.taxonomy import grow
+
+        g = self.recipe.taxonomy.grow
+        gen = self._generator(self.journals()["taxonomy"], model=g.model)
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        report = grow(
+            roots,
+            gen,
+            g.target,
+            per_call=g.per_call,
+            max_depth=g.max_depth,
+            seed=self.recipe.seed,
+            temperature=g.temperature,
+            max_tokens=g.max_tokens,
+            similarity=g.similarity,
+        )
+        if gen.skipped:
+            raise BuildError(self._budget_reached("while growing the taxonomy", gen), "budget")
+        self.console.print(
+            f"   grew {report.leaves_before:,} -> {report.leaves_after:,} leaves in "
+            f"{report.calls:,} calls ({report.duplicates_dropped:,} near-duplicates dropped)"
+        )
+        return asdict(report)
 
     def _web_identity(self) -> dict[str, Any] | None:
         wc = self.recipe.web_samples
@@ -871,8 +991,6 @@ class Build:
         """Send the prompts and make a document of every answer with text. A document is the answer without a
         leading reasoning block (`<think>...</think>`: a reasoning model served without a reasoning parser); the
         journal keeps the answer as the provider sent it. An answer with no text besides is a failed request."""
-        from textbookgen.engine import split_reasoning
-
         r = self.recipe
         key = {
             "prompts": prompts_hash,
@@ -893,61 +1011,11 @@ class Build:
         t0 = self._begin("generate")
         gen = self._generator(self.journals()["generate"], batch=True)
         responses = gen.run(document_requests(prompts, r))
-        rows, by_status = [], {}
-        tin = tout = reasoned = 0
-        cost = 0.0
-        for row, resp in zip(prompts.iter_rows(named=True), responses, strict=True):
-            by_status[resp.status] = by_status.get(resp.status, 0) + 1
-            tin += resp.input_tokens
-            tout += resp.output_tokens
-            cost += resp.cost_usd
-            reasoning, text = split_reasoning(resp.text)
-            if resp.status not in ("ok", "truncated") or not text.strip():
-                continue
-            reasoned += reasoning is not None
-            prov = json.loads(row["provenance"])
-            # The extract's text stays in prompts.parquet; the published row names it by id only (web text
-            # keeps its own licence, and a 1,000-character copy per document would bloat the dataset).
-            prov["variables"]["web_extract"] = row["seed_extract_id"]
-            prov.update(
-                request_key=resp.key,
-                prompt_index=row["index"],
-                request_seed=row["request_seed"],
-                recipe=r.name,
-                recipe_hash=r.hash,
-                temperature=r.sampling.temperature,
-                top_p=r.sampling.top_p,
-                max_tokens=row["max_tokens"],
-            )
-            rows.append(
-                {
-                    "id": resp.key,
-                    "text": text,
-                    "topic_path": row["topic_path"],
-                    "topic_id": row["topic_id"],
-                    "template": row["template"],
-                    "template_hash": row["template_hash"],
-                    "audience": row["audience"],
-                    "style": row["style"],
-                    "format": row["format"],
-                    "seed_extract_id": row["seed_extract_id"],
-                    "model": r.model,
-                    "finish_reason": resp.finish_reason or "",
-                    "input_tokens": resp.input_tokens,
-                    "output_tokens": resp.output_tokens,
-                    "quality_score": None,
-                    "provenance": json.dumps(prov, sort_keys=True, ensure_ascii=False),
-                }
-            )
-        docs = pl.DataFrame(rows, schema=DOC_SCHEMA).unique("id", keep="first", maintain_order=True)
+        docs, reasoned = _documents_of(prompts, responses, r)
         _write_parquet(docs, out_path)
-        counts = {
-            "requests": len(responses),
-            **{s: by_status.get(s, 0) for s in ("ok", "truncated", "failed", "skipped_budget")},
-            "documents": docs.height,
-        }
-        stats = {"counts": counts, "tokens": {"input": tin, "output": tout}, "cost_usd": round(cost, 6),
-                 "reasoning_stripped": reasoned}  # documents whose answer began with a reasoning block, left out
+        tally = _Tally.of(responses)
+        stats = tally.stats(docs.height, reasoned)
+        counts = stats["counts"]
         complete = counts["failed"] == 0 and counts["skipped_budget"] == 0
         unfinished = None if complete else self._unfinished(responses, gen)
         if unfinished:
@@ -959,20 +1027,21 @@ class Build:
             raise BuildError(f"generate: no request gave a document: {why}", self.unfinished)
         self.manifest.update(stats)
         if unfinished:  # published: the card says the dataset is incomplete, and why
-            missing = counts["failed"] + counts["skipped_budget"]
-            self.manifest["incomplete"] = {
-                "requests": counts["requests"], "missing": missing, "failed": counts["failed"],
-                "not_sent": counts["skipped_budget"], "why": unfinished,
-            }  # fmt: skip
+            self.manifest["incomplete"] = _incomplete_entry(counts, unfinished)
+        self._print_generated(docs.height, tally, reasoned)
+        return docs, self.state["generate"]["output_hash"]
+
+    def _print_generated(self, n_docs: int, tally: _Tally, reasoned: int) -> None:
+        """The generate stage's summary line, and a word on the answers whose reasoning block was left out."""
         self.console.print(
-            f"   {docs.height:,} documents ({by_status}), {tin:,} in / {tout:,} out tokens, ${cost:.4f}"
+            f"   {n_docs:,} documents ({tally.by_status}), {tally.input_tokens:,} in / {tally.output_tokens:,} out "
+            f"tokens, ${tally.cost_usd:.4f}"
         )
         if reasoned:
             self.console.print(
                 f"   {reasoned:,} answers began with a reasoning block (<think>...</think>): left out of the "
                 "documents; the journal keeps the answers as sent"
             )
-        return docs, self.state["generate"]["output_hash"]
 
     def _unfinished(self, responses: list[ChatResponse], gen: BudgetedGenerator) -> str:
         """What to do about the requests that gave no answer: transient failures and empty answers are re-sent

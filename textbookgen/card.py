@@ -365,6 +365,9 @@ def data_stats(df: pl.DataFrame) -> dict:
     }
 
 
+_BAR_STYLE = {"color": "#3b6ea5", "edgecolor": "white"}  # the bars of every plot
+
+
 def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None) -> dict[str, str]:
     """Draw the card's PNGs into `assets`; return {plot name: path relative to the repo root}.
 
@@ -373,69 +376,102 @@ def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None)
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     assets.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
-    style = {"color": "#3b6ea5", "edgecolor": "white"}
+    if (fig := _topic_coverage_figure(df)) is not None:
+        made["topic_coverage"] = _save(fig, assets / "topic_coverage.png")
+    if (fig := _length_figure(df)) is not None:
+        made["length_histogram"] = _save(fig, assets / "length_histogram.png")
+    if (fig := _quality_figure(df, quality_cut)) is not None:
+        made["quality_histogram"] = _save(fig, assets / "quality_histogram.png")
+    return {name: f"{ASSETS_DIR}/{Path(path).name}" for name, path in made.items()}
+
+
+def _topic_coverage_figure(df: pl.DataFrame) -> Any:
+    """Documents per subject (the 25 largest) beside the spread of documents per topic; None without topics."""
+    import matplotlib.pyplot as plt
 
     topics = df.filter(pl.col("topic_path").is_not_null())
-    if topics.height:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
-        subjects = (
-            topics.select(pl.col("topic_path").str.split(" > ").list.first().alias("subject"))
-            .group_by("subject").len().sort(["len", "subject"], descending=[True, False]).head(25)
-        )  # fmt: skip
-        labels = [s if len(s) <= 45 else s[:44] + "…" for s in subjects["subject"].to_list()]
-        left.barh(labels[::-1], subjects["len"].to_list()[::-1], **style)
-        left.set_xlabel("documents")
-        n_subjects = topics["topic_path"].str.split(" > ").list.first().n_unique()
-        shown = f"top {subjects.height} of {n_subjects}" if n_subjects > subjects.height else f"{n_subjects}"
-        left.set_title(f"Documents per subject ({shown} subjects)")
-        per_topic = topics["topic_path"].value_counts()["count"].to_numpy()
-        lo, hi = int(per_topic.min()), int(per_topic.max())
-        bins = [b - 0.5 for b in range(lo, hi + 2)] if hi - lo <= 60 else 60
-        right.hist(per_topic, bins=bins, **style)
-        _count_axis(right.yaxis)
-        _count_axis(right.xaxis, lo, hi)
-        right.set_xlabel("documents per topic")
-        right.set_ylabel("topics")
-        right.set_title(f"{len(per_topic):,} distinct topics")
-        made["topic_coverage"] = _save(fig, assets / "topic_coverage.png")
+    if not topics.height:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
+    _subjects_panel(left, topics)
+    _per_topic_panel(right, topics)
+    return fig
+
+
+def _subjects_panel(ax: Any, topics: pl.DataFrame) -> None:
+    """Bars of documents per subject, largest on top: the first 25, names cut at 45 characters."""
+    subjects = (
+        topics.select(pl.col("topic_path").str.split(" > ").list.first().alias("subject"))
+        .group_by("subject").len().sort(["len", "subject"], descending=[True, False]).head(25)
+    )  # fmt: skip
+    labels = [s if len(s) <= 45 else s[:44] + "…" for s in subjects["subject"].to_list()]
+    ax.barh(labels[::-1], subjects["len"].to_list()[::-1], **_BAR_STYLE)
+    ax.set_xlabel("documents")
+    n_subjects = topics["topic_path"].str.split(" > ").list.first().n_unique()
+    shown = f"top {subjects.height} of {n_subjects}" if n_subjects > subjects.height else f"{n_subjects}"
+    ax.set_title(f"Documents per subject ({shown} subjects)")
+
+
+def _per_topic_panel(ax: Any, topics: pl.DataFrame) -> None:
+    """Histogram of documents per topic: a bin per count over a short span, 60 bins over a wide one."""
+    per_topic = topics["topic_path"].value_counts()["count"].to_numpy()
+    lo, hi = int(per_topic.min()), int(per_topic.max())
+    bins = [b - 0.5 for b in range(lo, hi + 2)] if hi - lo <= 60 else 60
+    ax.hist(per_topic, bins=bins, **_BAR_STYLE)
+    _count_axis(ax.yaxis)
+    _count_axis(ax.xaxis, lo, hi)
+    ax.set_xlabel("documents per topic")
+    ax.set_ylabel("topics")
+    ax.set_title(f"{len(per_topic):,} distinct topics")
+
+
+def _length_figure(df: pl.DataFrame) -> Any:
+    """Histogram of document lengths in output tokens, or in words where the tokens are unknown (a user's
+    corpus); None without documents."""
+    import matplotlib.pyplot as plt
 
     lengths = df["output_tokens"].drop_nulls()
     label = "output tokens"
     if lengths.len() == 0 or lengths.max() == 0:
         lengths, label = df["words"], "words"
-    if lengths.len():
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        values = lengths.to_numpy()
-        ax.hist(values, bins=_bins(values), **style)
-        _count_axis(ax.yaxis)
-        median = float(lengths.median())
-        ax.axvline(median, color="#c0392b", linestyle="--", label=f"median {median:,.0f}")
-        ax.set_xlabel(f"{label} per document")
-        ax.set_ylabel("documents")
-        ax.set_title(f"Document length ({label}), {len(values):,} documents")
-        ax.legend()
-        made["length_histogram"] = _save(fig, assets / "length_histogram.png")
+    if not lengths.len():
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    values = lengths.to_numpy()
+    ax.hist(values, bins=_bins(values), **_BAR_STYLE)
+    _count_axis(ax.yaxis)
+    median = float(lengths.median())
+    ax.axvline(median, color="#c0392b", linestyle="--", label=f"median {median:,.0f}")
+    ax.set_xlabel(f"{label} per document")
+    ax.set_ylabel("documents")
+    ax.set_title(f"Document length ({label}), {len(values):,} documents")
+    ax.legend()
+    return fig
+
+
+def _quality_figure(df: pl.DataFrame, quality_cut: Mapping | None) -> Any:
+    """Histogram of quality scores with their median and the curation's cut, if any; None where none is scored."""
+    import matplotlib.pyplot as plt
 
     scores = df["quality_score"].drop_nulls()
-    if scores.len():
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        ax.hist(scores.to_numpy(), bins=_bins(scores.to_numpy()), **style)
-        _count_axis(ax.yaxis)
-        ax.axvline(float(scores.median()), color="#c0392b", linestyle="--", label=f"median {scores.median():.3g}")
-        if quality_cut and quality_cut.get("threshold") is not None:
-            dropped = sum((quality_cut.get("dropped") or {}).values())
-            ax.axvline(float(quality_cut["threshold"]), color="#2c3e50", linestyle=":",
-                       label=f"quality cut {quality_cut['threshold']:.3g} ({dropped:,} documents below it dropped)")
-        ax.set_xlabel("quality score")
-        ax.set_ylabel("documents")
-        ax.set_title(f"Quality score, {scores.len():,} scored documents")
-        ax.legend()
-        made["quality_histogram"] = _save(fig, assets / "quality_histogram.png")
-    return {name: f"{ASSETS_DIR}/{Path(path).name}" for name, path in made.items()}
+    if not scores.len():
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.hist(scores.to_numpy(), bins=_bins(scores.to_numpy()), **_BAR_STYLE)
+    _count_axis(ax.yaxis)
+    ax.axvline(float(scores.median()), color="#c0392b", linestyle="--", label=f"median {scores.median():.3g}")
+    if quality_cut and quality_cut.get("threshold") is not None:
+        dropped = sum((quality_cut.get("dropped") or {}).values())
+        ax.axvline(float(quality_cut["threshold"]), color="#2c3e50", linestyle=":",
+                   label=f"quality cut {quality_cut['threshold']:.3g} ({dropped:,} documents below it dropped)")
+    ax.set_xlabel("quality score")
+    ax.set_ylabel("documents")
+    ax.set_title(f"Quality score, {scores.len():,} scored documents")
+    ax.legend()
+    return fig
 
 
 def _bins(values: np.ndarray, most: int = 60) -> int:
@@ -734,6 +770,29 @@ def corpus_stats(df: pl.DataFrame) -> dict:
     }
 
 
+
+def corpus_card_data(metadata: Mapping[str, Any], splits: Mapping[str, list[Path]], info: dict,
+                     n_rows: int) -> DatasetCardData:
+    """A corpus card's Hub metadata: `metadata` plus its size and the `configs` `load_dataset` finds the splits by
+    (no tags: `card_data`'s `synthetic` and `textbookgen` would claim an origin)."""
+    return DatasetCardData(
+        **metadata,
+        size_categories=[size_category(n_rows)],
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],  # fmt: skip
+        dataset_info=info,
+    )
+
+
+def _curation_tables(curation: Collection[Mapping]) -> tuple[list[dict], list[dict]]:
+    """The card's curation and benchmark rows (`curation_rows`) of each curation command's stats, in order."""
+    stages, decontam = [], []
+    for stats in curation:
+        rows, benchmarks = curation_rows({"curation": stats})
+        stages += rows
+        decontam += benchmarks
+    return stages, decontam
+
 def render_corpus_card(
     out_dir: str | Path,
     text_column: str = "text",
@@ -767,19 +826,9 @@ def render_corpus_card(
     name = name or out_dir.resolve().name
     docs = corpus_table(splits, text_column, schema)
     metadata, defaults = corpus_metadata(name, license, language)
-    data = DatasetCardData(
-        **metadata,
-        size_categories=[size_category(docs.height)],
-        configs=[{"config_name": "default",
-                  "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],  # fmt: skip
-        dataset_info=info,
-    )
+    data = corpus_card_data(metadata, splits, info, docs.height)
     plots = _fresh_plots(docs, out_dir)
-    stages, decontam = [], []
-    for stats in curation:
-        rows, benchmarks = curation_rows({"curation": stats})
-        stages += rows
-        decontam += benchmarks
+    stages, decontam = _curation_tables(curation)
     context = {
         "card_data": data.to_yaml(),
         "name": name,

@@ -187,17 +187,29 @@ def write_dataset(
         shard = lf.slice(start, end - start).collect()
         shard = shard if as_given else _cast(shard, keep_extra)
         path = data_dir / f"{split}-{i:05d}-of-{n_shards:05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        _write_shard(shard, tmp, compression_level, row_group_rows, content_defined_chunking)
-        tmp.replace(path)
+        write_shard_atomically(shard, path, compression_level, row_group_rows, content_defined_chunking)
         paths.append(path)
-        log.debug("wrote %s (%d rows)", path.name, shard.height)
-    for stale in existing_shards(out_dir, split):
-        if stale not in paths:
-            stale.unlink()
-            log.info("removed stale shard %s", stale)
+    remove_stale_shards(out_dir, split, paths)
     log.info("wrote %d rows of split %r in %d shard(s) to %s", rows, split, n_shards, data_dir)
     return paths
+
+
+def write_shard_atomically(shard: pl.DataFrame, path: Path, compression_level: int, row_group_rows: int,
+                            cdc: bool) -> None:
+    """Write one shard under a temporary name, then rename it: a crash leaves no half-written shard that
+    `load_dataset` would pick up."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_shard(shard, tmp, compression_level, row_group_rows, cdc)
+    tmp.replace(path)
+    log.debug("wrote %s (%d rows)", path.name, shard.height)
+
+
+def remove_stale_shards(out_dir: str | Path, split: str, written: list[Path]) -> None:
+    """Remove the split's shards an earlier write left (another shard count), so a folder never mixes builds."""
+    for stale in existing_shards(out_dir, split):
+        if stale not in written:
+            stale.unlink()
+            log.info("removed stale shard %s", stale)
 
 
 def _write_shard(shard: pl.DataFrame, path: Path, compression_level: int, row_group_rows: int, cdc: bool) -> None:

@@ -600,19 +600,11 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
         total_docs = sum(_open_parquet(p, column).metadata.num_rows for p in files)  # checks the column first
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         state = _Progress.start(tmp, {**key, "dtype": dtype.name, "shard_tokens": shard_tokens}, fresh=force)
-        if state.files_done:
-            print(f"{source}: going on from an interrupted prepare ({state.files_done} of {len(files)} source "
-                  f"files done)", file=sys.stderr)
-        try:
-            with _tokenize_bar(progress, str(source), total_docs) as report:
-                shards, total, picker = _tokenize_shards(
-                    files, column, sources, state, tokenizer.to_str(), eos, dtype, holdout=holdout,
-                    batch_docs=batch_docs, shard_tokens=shard_tokens, workers=num_workers or os.cpu_count() or 1,
-                    report=report)
-        except KeyboardInterrupt:
-            kept = (f"after {state.files_done} of {len(files)} source files (kept in {tmp}); run it again to go on "
-                    f"from there" if state.files_done else "before its first source file was done")
-            raise KeyboardInterrupt(f"prepare of {source} stopped {kept}") from None
+        with _resumable(str(source), state, len(files)), _tokenize_bar(progress, str(source), total_docs) as report:
+            shards, total, picker = _tokenize_shards(
+                files, column, sources, state, tokenizer.to_str(), eos, dtype, holdout=holdout,
+                batch_docs=batch_docs, shard_tokens=shard_tokens, workers=num_workers or os.cpu_count() or 1,
+                report=report)
         if total == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(f"{source}: no non-empty documents in column {column!r} of split {split!r}")
@@ -628,6 +620,21 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Any, *, split: str = "t
         _write_index(tmp, index, holdout, picker)
         _swap_in(tmp, out_dir)
     return index
+
+
+@contextmanager
+def _resumable(source: str, state: _Progress, n_files: int) -> Iterator[None]:
+    """Say where a prepare goes on from an interrupted one, and turn a Ctrl-C into one line saying how far it got:
+    the source files done stay in the scratch folder, for a rerun to go on from."""
+    if state.files_done:
+        print(f"{source}: going on from an interrupted prepare ({state.files_done} of {n_files} source "
+              f"files done)", file=sys.stderr)
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = (f"after {state.files_done} of {n_files} source files (kept in {state.folder}); run it again to go "
+                f"on from there" if state.files_done else "before its first source file was done")
+        raise KeyboardInterrupt(f"prepare of {source} stopped {kept}") from None
 
 
 @contextmanager
