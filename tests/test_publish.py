@@ -97,6 +97,15 @@ def test_curation_stats_given_are_cited(tmp_path):
     assert "## Curation" in text and "| exact_dedup | 6 | 3 | 3 | exact_duplicate: 3 |" in text
 
 
+def test_stats_that_are_not_utf8_are_named(tmp_path):
+    """A binary --stats file said only "'utf-8' codec can't decode byte ...", naming no file."""
+    from textbookgen.publish import curation_report
+
+    (tmp_path / "s.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=r"^--stats .*s\.json: not JSON"):
+        curation_report(tmp_path / "s.json")
+
+
 def test_a_folder_of_curation_outputs_reads_back_without_their_reports(tmp_path):
     """Each curation command writes `<output>.stats.json` beside its output; the folder's corpus is the data."""
     rows = [{"text": f"document number {i % 3} about rivers and mountains and the sea"} for i in range(6)]
@@ -185,15 +194,44 @@ def test_parquet_of_one_schema_is_sharded_as_it_is_without_a_staged_copy(tmp_pat
     (src / "b.jsonl").unlink()
     pl.read_parquet(src / "a.parquet").reverse().write_parquet(src / "c.parquet")
 
-    class NoStaging:
-        def __init__(self, *args, **kwargs):
-            raise AssertionError("staged a copy of parquet input")
-
     monkeypatch.setattr(corpus_io, "CorpusWriter", NoStaging)
     code, output = publish(str(src), "-o", str(tmp_path / "out"))
     assert code == 0, output
     expected = pl.concat([pl.read_parquet(src / "a.parquet"), pl.read_parquet(src / "c.parquet")])
     assert read_dataset(tmp_path / "out", "train").equals(expected)
+
+
+def test_json_input_streams_into_the_shards_without_a_staged_copy(tmp_path, monkeypatch):
+    """JSON input was staged in the output folder as one parquet copy of the corpus, its size again in free disk,
+    before the shards; it goes straight into them now, and they are the same bytes as the staged copy gave."""
+    import textbookgen.curation.corpus_io as corpus_io
+    from textbookgen import dataset
+
+    writer = corpus_io.CorpusWriter
+
+    src = web_corpus(tmp_path / "corpus")  # parquet and JSON lines of other columns: typed by the reader
+    rows = [{"text": f"array page {i} " + "word " * (i % 50), "source": "array", "n": i} for i in range(300)]
+    (src / "c.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    monkeypatch.setattr(corpus_io, "CorpusWriter", NoStaging)
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 7)  # chunks that straddle the shards
+    monkeypatch.setattr(dataset, "DEFAULT_MAX_SHARD_BYTES", 4_000)
+    code, output = publish(str(src), "-o", str(tmp_path / "out"))
+    assert code == 0, output
+    corpus = corpus_io.Corpus(src, id_column="row")  # what was staged, then sharded
+    with writer(tmp_path / "staged.parquet", corpus.schema().to_frame().drop("row").schema) as staged:
+        for chunk in corpus.chunks():
+            staged.write(chunk.drop("row"))
+    expected = dataset.write_dataset(pl.scan_parquet(tmp_path / "staged.parquet"), tmp_path / "was", as_given=True,
+                                     max_shard_bytes=4_000)
+    shards = sorted((tmp_path / "out" / "data").iterdir())
+    assert len(expected) == 15 and [p.name for p in shards] == [p.name for p in expected]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(shards, expected, strict=True))
+    assert read_dataset(tmp_path / "out", "train").height == 310
+
+
+class NoStaging:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("staged a copy of the input")
 
 
 def test_a_null_text_in_parquet_input_names_the_file(tmp_path):
