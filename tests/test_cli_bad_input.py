@@ -311,7 +311,8 @@ def test_bad_input_names_the_option_or_file(corpus, monkeypatch, args, message):
 
 def test_classifier_eval_and_score_take_the_model_as_train_named_it(tmp_path):
     labelled = tmp_path / "l.parquet"
-    pl.DataFrame({"text": ["the cell divides by mitosis"] * 8 + ["buy cheap pills now"] * 8,
+    pl.DataFrame({"text": [f"the cell divides by mitosis, step {i}" for i in range(8)]
+                          + [f"buy cheap pills now, offer {i}" for i in range(8)],
                   "label": [1] * 8 + [0] * 8}).write_parquet(labelled)
     model = str(tmp_path / "m")
     train = ["classifier", "train", "-o", model, "--labelled", str(labelled), "--lr", "0.5", "--epochs", "1",

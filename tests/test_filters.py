@@ -172,3 +172,14 @@ def test_non_alpha_words_keep_textbook_math_and_drop_lists(sciphi_sections, wiki
     assert all(rule.keep(Doc(s, False)) for s in sciphi_sections)  # exercise lists of inline math stay
     catalogue = "Species list:\n" + "\n".join(f"{i}. {1900 + i} – {i * 7}.{i} – {i * 3} mm" for i in range(60))
     assert not rule.keep(Doc(catalogue, False))  # the old default (80% without a letter allowed) kept this
+
+
+def test_markdown_headings_are_no_symbols_when_newlines_are_gone(sciphi_sections, wiki):
+    """A corpus stored with its whitespace collapsed (as fastText input is) puts `### Section` mid-line: each
+    `#` of it counted as a hashtag, and 1.8 % of SciPhi's textbook sections went as `symbol_word_ratio`."""
+    rule = SymbolRatio(FilterConfig())
+    flat = {s: " ".join(s.split()) for s in sciphi_sections}
+    assert sum(" ### " in f or " #### " in f for f in flat.values()) > 100
+    assert [f[:80] for s, f in flat.items() if rule.keep(Doc(s, False)) and not rule.keep(Doc(f, False))] == []
+    tagged = wiki[0][:2000] + " " + " ".join(f"#tag{i} #{i}" for i in range(60))
+    assert not rule.keep(Doc(tagged, False))  # hashtags still count

@@ -21,6 +21,7 @@ chosen lr/epochs, validation metrics (per source too) and the size of the data i
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -32,11 +33,15 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import xxhash
 
 from textbookgen.curation.base import StageStats, Step, require_columns
 from textbookgen.curation.config import ClassifierConfig
+from textbookgen.curation.normalize import normalize_exact
 
 MIN_THREADS = 11
+#: the .json's ids of the training texts (`text_ids`, base64 of sorted uint64), so `evaluate` can count them
+TRAINED_ON = "trained_on"
 
 
 def fasttext_line(text: str) -> str:
@@ -71,6 +76,8 @@ class Metrics:
     accuracy: float
     roc_auc: float
     confusion: dict[str, int]  # tp, fp, tn, fn
+    #: examples the model was trained on (same text, case and spacing aside); None when its .json does not say
+    seen_in_training: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +163,19 @@ class QualityModel:
         return np.clip(out, 0.0, 1.0)
 
     def evaluate(self, texts: list[str], labels: list[bool], threshold: float = 0.5) -> Metrics:
-        return binary_metrics(np.asarray(labels, dtype=bool), self.scores(texts), threshold)
+        """Metrics on labelled text, with how many of the texts the model saw in training: those score as
+        they were fitted, not as new text would."""
+        metrics = binary_metrics(np.asarray(labels, dtype=bool), self.scores(texts), threshold)
+        if TRAINED_ON in self.meta:
+            trained = np.frombuffer(base64.b64decode(self.meta[TRAINED_ON]), dtype="<u8")
+            metrics.seen_in_training = int(np.isin(text_ids(texts), trained).sum())
+        return metrics
+
+
+def text_ids(texts: list[str]) -> np.ndarray:
+    """A 64-bit id of each text as exact dedup normalises it (NFKC, case-folded, whitespace-collapsed)."""
+    return np.fromiter((xxhash.xxh3_64_intdigest(normalize_exact(t).encode("utf-8", "surrogatepass"))
+                        for t in texts), dtype=np.uint64, count=len(texts))
 
 
 def write_examples(path: Path, texts: list[str], labels: np.ndarray, positive: str, negative: str) -> None:
@@ -189,15 +208,20 @@ def _train(path: Path, settings: TrainSettings, lr: float, epoch: int) -> Any:
 
 
 def validation_split(y: np.ndarray, fraction: float, rng: np.random.Generator,
-                     groups: np.ndarray | None = None) -> np.ndarray:
-    """Stratified by class (and group): `fraction` of each stratum (at least one) marked True."""
+                     groups: np.ndarray | None = None, keys: np.ndarray | None = None) -> np.ndarray:
+    """Stratified by class (and group): `fraction` of each stratum (at least one) marked True. Examples
+    with the same `key` (the same text) land on one side, by their first occurrence's stratum: a text in
+    both halves is scored on what the model trained on, and the validation figures read too high."""
     groups = np.zeros(len(y), dtype=np.int64) if groups is None else groups
-    valid = np.zeros(len(y), dtype=bool)
-    for g in np.unique(groups):
+    keys = np.arange(len(y)) if keys is None else keys
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    valid = np.zeros(len(first), dtype=bool)
+    for g in np.unique(groups[first]):
         for cls_ in (True, False):
-            idx = np.flatnonzero((groups == g) & (y == cls_))
-            valid[rng.choice(idx, size=max(1, int(len(idx) * fraction)), replace=False)] = True
-    return valid
+            idx = np.flatnonzero((groups[first] == g) & (y[first] == cls_))
+            if len(idx):
+                valid[rng.choice(idx, size=max(1, int(len(idx) * fraction)), replace=False)] = True
+    return valid[inverse]
 
 
 def grid_search(train_file: Path, valid_texts: list[str], valid_y: np.ndarray, valid_groups: np.ndarray,
@@ -215,9 +239,12 @@ def grid_search(train_file: Path, valid_texts: list[str], valid_y: np.ndarray, v
                 continue
             s = m.scores(valid_texts)
             per_group = group_auc(valid_y, s, valid_groups)
+            metrics = binary_metrics(valid_y, s).as_dict()
+            del metrics["seen_in_training"]  # none: the split keeps every copy of a text on one side
             grid.append({"lr": lr, "epoch": epoch, "train_s": round(time.perf_counter() - t0, 2),
                          "select_auc": round(float(np.mean(list(per_group.values()))), 4),
-                         "group_auc": per_group, **binary_metrics(valid_y, s).as_dict()})
+                         "group_auc": per_group, **metrics,
+                         "score_range": np.percentile(s, [5, 95]).round(4).tolist()})
     return grid
 
 
@@ -228,6 +255,22 @@ def pick(grid: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         raise RuntimeError(f"fastText training failed for every lr/epoch: {grid}")
     return max(ok, key=lambda r: (r["select_auc"], r["f1"], -r["epoch"]))
+
+
+#: the least spread (95th - 5th percentile) of validation scores for which a fixed threshold means something
+MIN_SCORE_SPREAD = 0.1
+
+
+def training_warnings(best: dict[str, Any]) -> list[str]:
+    """What the chosen run's validation figures say the user should know. Scores packed around one value
+    (a model that barely moved from its start: too few examples for the lr/epochs tried) rank documents,
+    but a fixed threshold cut keeps all of them or none."""
+    low, high = best["score_range"]
+    if high - low >= MIN_SCORE_SPREAD:
+        return []
+    return [f"validation scores span only {low:.3f}-{high:.3f} (5th-95th percentile): the model barely trained "
+            "on this little data (try more --epochs, e.g. 25,50, or a higher --lr); cut by keep_top_percent, "
+            "not a threshold"]
 
 
 def _check_groups(groups: list[str] | None, y: np.ndarray) -> np.ndarray:
@@ -250,7 +293,9 @@ def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
     """Pick lr x epochs on a validation split stratified by class and group (by the mean per-group ROC
     AUC, then F1), retrain on all data, save `<out>.bin` + `<out>.json`. `groups` names each example's
     labelled source (each needs both classes); every group then weighs the same in training. Returns
-    the model and its metadata (with the grid's results)."""
+    the model and its metadata (with the grid's results). Copies of one text (overlapping labelled files)
+    are all trained on or all validated on; the .json also holds the training texts' ids (`TRAINED_ON`,
+    not in the returned metadata), so `evaluate` can say how many texts it was given were seen."""
     settings = settings or TrainSettings()
     y = np.asarray(labels, dtype=bool)
     if len(texts) != len(y) or y.all() or not y.any():
@@ -258,7 +303,13 @@ def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
     g = _check_groups(groups, y)
     copies = balance_copies(g)
     rng = np.random.default_rng(settings.seed)
-    valid = validation_split(y, settings.valid_fraction, rng, g)
+    keys = text_ids(texts)
+    valid = validation_split(y, settings.valid_fraction, rng, g, keys)
+    for cls_, name in ((True, "positive"), (False, "negative")):
+        if not (y[~valid] == cls_).any():  # all held out: fastText would say only "Empty vocabulary"
+            distinct = len(np.unique(keys[y == cls_]))
+            raise ValueError(f"{name} examples hold {distinct} distinct text{'s' * (distinct != 1)} (copies count "
+                             "once), all held out for validation: give more, to train on as well")
     # fastText reads examples in file order: shuffle the classes, and spread the copies of an example
     order = rng.permutation(np.repeat(np.arange(len(y)), copies))
     with tempfile.TemporaryDirectory(prefix="textbookgen-fasttext-") as tmp:
@@ -281,13 +332,16 @@ def train_classifier(texts: list[str], labels: list[bool], out_path: str | Path,
         "deterministic": False, "thread": threads,  # Hogwild training: same data and seed, another model
         "chosen": {"lr": best["lr"], "epoch": best["epoch"]},
         "validation": {k: best[k] for k in ("n", "precision", "recall", "f1", "accuracy", "roc_auc", "confusion",
-                                            "select_auc", "group_auc")},
+                                            "select_auc", "group_auc", "score_range")},
+        "warnings": training_warnings(best),
         "groups": {str(n): {"n": int((g == n).sum()), "copies": int(copies[g == n][0])} for n in np.unique(g)},
         "grid": grid, "n_train": int(len(y)), "n_positive": int(y.sum()), "source": source,
+        "n_duplicate_texts": int(len(keys) - len(np.unique(keys))),
         "fasttext_package": "fasttext-numpy2-wheel",
     }
-    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
-    return QualityModel(model, meta), meta
+    trained_on = base64.b64encode(np.unique(keys).astype("<u8").tobytes()).decode("ascii")  # 11 bytes a text
+    sidecar.write_text(json.dumps({**meta, TRAINED_ON: trained_on}, indent=2) + "\n")
+    return QualityModel(model, {**meta, TRAINED_ON: trained_on}), meta
 
 
 #: `classifier label`'s 0-5 judge scores: FineWeb-Edu kept int_score >= 3 as educational (field notes).

@@ -106,6 +106,10 @@ class DecontaminationConfig(_Strict):
     ngram: int = Field(13, ge=3, le=MAX_NGRAM)
     min_item_words: int = Field(8, ge=1)  # item texts shorter than `ngram` but at least this long match whole
     similarity: float = Field(0.8, gt=0.0, le=1.0)  # share of the item's words found in order in the doc
+    # also drop a document holding this many of an item's (normalised) words in a row, however little of the
+    # item that is (GPT-3's 13-gram rule: a quoted half question goes). Off by default, as a quoted source
+    # that an item quotes too (MMLU's history passages, a famous line) would go as well.
+    min_quote_words: int | None = Field(None, ge=5)
 
     @model_validator(mode="before")
     @classmethod

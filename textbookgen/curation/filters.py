@@ -36,6 +36,8 @@ _DISPLAY_MATH = re.compile(
 )
 _WORD = re.compile(r"\S+")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s", re.M)
+# a Markdown heading's marker anywhere, as it is left mid-line when a corpus collapses its whitespace
+_HEADING_MARK = re.compile(r"(?:^|(?<=\s))#{1,6}(?= )", re.M)
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # Gopher's list
 _CODE_LINE = re.compile(
     r"^\s*(def |class |import |from \S+ import |return\b|if .*:$|for .*:$|while .*:$|elif |else:|try:|except"
@@ -172,12 +174,15 @@ class MeanWordLength(Rule):
 
 
 class SymbolRatio(Rule):
+    """Gopher's hashes and ellipses per word. A heading's `###` is no hashtag, wherever it stands."""
+
     reason = "symbol_word_ratio"
     scope = "prose"
 
     def keep(self, doc: Doc) -> bool:
         words = doc.prose_words
-        symbols = doc.prose.count("#") + doc.prose.count("...") + doc.prose.count("\u2026")
+        hashes = doc.prose.count("#") - sum(map(len, _HEADING_MARK.findall(doc.prose)))
+        symbols = hashes + doc.prose.count("...") + doc.prose.count("\u2026")
         return not words or symbols / len(words) <= self.cfg.prose_max_symbol_word_ratio
 
 
