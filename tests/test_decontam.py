@@ -267,3 +267,12 @@ def test_same_named_files_of_a_folder_are_distinct_benchmarks(tmp_path):
     assert out["id"].to_list() == ["z"] and stats.dropped == {"a/test": 1, "b/test": 1}
     report = pl.read_parquet(tmp_path / "work" / "contamination.parquet")
     assert sorted(report.select("id", "benchmark", "item_id").rows()) == [("x", "a/test", "q0"), ("y", "b/test", "q0")]
+
+
+def test_the_stats_say_what_counted_as_a_copy(tmp_path):
+    """The card's decontamination row showed the n-gram size, not the similarity a copy needs: a reader
+    could not tell that a quote of half an item is kept."""
+    df = pl.DataFrame({"id": ["0"], "text": [f"Exercise: {RIDDLE}"]})
+    cfg = DecontaminationConfig(similarity=0.9)
+    _, stats = Decontaminate(cfg, texts=[("riddles", "r1", [RIDDLE])])(df, tmp_path)
+    assert (stats.extra["ngram"], stats.extra["similarity"]) == (13, 0.9)

@@ -86,3 +86,17 @@ def test_an_empty_benchmark_file_is_named_as_empty(tmp_path):
                               "-b", str(tmp_path / "empty.jsonl")])
     assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
     assert res.output == f"error: {tmp_path / 'empty.jsonl'}: no benchmark items (the file is empty)\n"
+
+
+def test_min_quote_words_from_the_command_line(tmp_path):
+    """`--min-quote-words 13` drops a document quoting 13+ words of an item in a row, which 80 % similarity keeps."""
+    corpus, _ = _setup(tmp_path)
+    half = " ".join(QUESTIONS["a"].split()[:14])
+    corpus.write_text(json.dumps({"text": f"As the old puzzle goes, {half}, and so on."}) + "\n"
+                      + json.dumps({"text": "A page about spring in the fields."}) + "\n")
+    base = ["decontaminate", str(corpus), "-b", str(tmp_path / "a.jsonl")]
+    loose = runner.invoke(app, [*base, "-o", str(tmp_path / "loose.jsonl")])
+    strict = runner.invoke(app, [*base, "-o", str(tmp_path / "strict.jsonl"), "--min-quote-words", "13"])
+    assert loose.exit_code == 0 and strict.exit_code == 0, (loose.output, strict.output)
+    assert json.loads(loose.stdout)["decontamination"]["dropped"] == {}
+    assert json.loads(strict.stdout)["decontamination"]["dropped"] == {"a": 1}

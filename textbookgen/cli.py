@@ -1087,6 +1087,8 @@ def decontaminate(
     output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl"),
     ngram: int | None = typer.Option(None, help="n-gram size for candidates (13)"),
     similarity: float | None = typer.Option(None, help="share of an item's words found in order to drop (0.8)"),
+    min_quote_words: int | None = typer.Option(None, help="also drop a document holding this many of an item's "
+                                               "words in a row (13: GPT-3's rule; off by default)"),
     workdir: str | None = typer.Option(None, "--workdir", help="work folder (default <output>.work); the report "
                                        "is its decontamination/contamination.parquet"),
     config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
@@ -1108,7 +1110,8 @@ def decontaminate(
         cfg.decontamination.benchmarks = list(sources.values())
         return decontaminate_steps(cfg)
 
-    o = {"decontamination.ngram": ngram, "decontamination.similarity": similarity}
+    o = {"decontamination.ngram": ngram, "decontamination.similarity": similarity,
+         "decontamination.min_quote_words": min_quote_words}
     _curation_run(input_path, output, steps, workdir, config, o, text_column, id_column)
 
 

@@ -20,7 +20,9 @@ has), so a test harness of one's own does not match a HumanEval test.
 The report (`contamination.parquet`) names, for each dropped document (its id and its row in the input,
 as ids need not be unique), the benchmark items it matched, the n-gram hits, and the similarity: the
 share of the item's words (numbers aside) found, in order (LCS), in the best-aligned doc window
-(default >= 0.8: a lightly edited copy passes, a shared phrase does not).
+(default >= 0.8: a lightly edited copy passes, a shared phrase does not), and `quote_words`, the most of
+the item's words found in a row. With `min_quote_words` set, such a run alone is enough (GPT-3's 13-gram
+rule): a quoted half question goes too, and so does a document quoting a source an item quotes.
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ class NgramIndex:
         self.rare = [tuple(filter(vocab[t.benchmark].__contains__, t.words)) for t in texts]
         sizes = np.fromiter((gram_size(len(t.words), n) if len(t.words) >= min_words else 0
                              for t in texts), dtype=np.int64, count=len(texts))
+        self.gram = sizes.tolist()  #: per text, the words of each of its indexed n-grams (0: not indexed)
         self.sizes = np.unique(sizes[sizes > 0]).tolist()
         empty = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
         parts = [self._grams(np.flatnonzero(sizes == k), k, vocab) for k in self.sizes]
@@ -234,10 +237,13 @@ class Decontaminate(Step):
         for t_idx, hits in by_text.items():
             bt = self.bench_texts[t_idx]
             sim = self._similarity(words, bt.words, self.index.rare[t_idx], hits)
+            quote = self._longest_quote(words, self.index.gram[t_idx], self.index.rare[t_idx], hits)
             key = (bt.benchmark, bt.item_id)
-            if sim >= self.config.similarity and (key not in best or sim > best[key]["similarity"]):
+            min_quote = self.config.min_quote_words
+            copied = sim >= self.config.similarity or (min_quote is not None and quote >= min_quote)
+            if copied and (key not in best or sim > best[key]["similarity"]):
                 best[key] = {"benchmark": bt.benchmark, "item_id": bt.item_id, "similarity": round(sim, 4),
-                             "ngram_hits": len(hits), "item_text": " ".join(bt.words)[:300]}
+                             "quote_words": quote, "ngram_hits": len(hits), "item_text": " ".join(bt.words)[:300]}
         return sorted(best.values(), key=lambda m: -m["similarity"])
 
     @staticmethod
@@ -263,6 +269,28 @@ class Decontaminate(Step):
                 break
         return best
 
+    @staticmethod
+    def _longest_quote(doc: list[str], k: int, rare: tuple[str, ...], hits: list[tuple[int, int]]) -> int:
+        """The most doc words in a row that are the item's in a row: consecutive n-gram hits on one alignment
+        (n = k words each), among runs that hold the item's rare words (MIN_RARE of them, or all)."""
+        rare_set = set(rare)
+        need = min(MIN_RARE, len(rare_set))
+        by_alignment: dict[int, set[int]] = defaultdict(set)
+        for pos, off in hits:
+            by_alignment[pos - off].add(pos)
+        best = 0
+        for positions in by_alignment.values():
+            ordered = sorted(positions)
+            start = ordered[0]
+            for prev, nxt in zip(ordered, [*ordered[1:], -1], strict=True):
+                if nxt == prev + 1:
+                    continue
+                length = prev - start + k
+                if length > best and len(rare_set.intersection(doc[start : start + length])) >= need:
+                    best = length
+                start = nxt
+        return best
+
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
         report, keep = [], np.ones(df.height, dtype=bool)
@@ -278,10 +306,14 @@ class Decontaminate(Step):
                 report += [{"id": doc_id, "row": row, **m} for m in found]
         stats.extra["benchmark_items"] = dict(self.items_per_benchmark)
         stats.extra["ngram"] = self.config.ngram
+        stats.extra["similarity"] = self.config.similarity  # share of an item's words a copy must hold
+        if self.config.min_quote_words is not None:
+            stats.extra["min_quote_words"] = self.config.min_quote_words
         stats.extra["matched_items"] = len({(r["benchmark"], r["item_id"]) for r in report})
         if workdir is not None:
             pl.DataFrame(report, schema={"id": pl.String, "row": pl.Int64, "benchmark": pl.String,
-                                         "item_id": pl.String, "similarity": pl.Float64, "ngram_hits": pl.Int64,
+                                         "item_id": pl.String, "similarity": pl.Float64, "quote_words": pl.Int64,
+                                         "ngram_hits": pl.Int64,
                                          "item_text": pl.String}).write_parquet(workdir / "contamination.parquet")
         return df.filter(pl.Series(keep))
 
