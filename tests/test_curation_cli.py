@@ -332,3 +332,17 @@ def test_dedup_output_and_index_get_the_mode_of_any_new_file(corpus, tmp_path, s
     assert stat.S_IMODE((tmp_path / f"out{suffix}").stat().st_mode) == 0o644
     shards = list((tmp_path / "idx").glob("minhash-*/shards/*"))
     assert shards and all(stat.S_IMODE(s.stat().st_mode) == 0o755 for s in shards)
+
+
+def test_a_config_file_error_names_the_file_and_its_key(tmp_path):
+    """A typo in --config's file was reported as `--min-wordz: Extra inputs...`, an option that does not exist."""
+    from typer.testing import CliRunner
+
+    from textbookgen.cli import app
+
+    (tmp_path / "c.jsonl").write_text('{"text": "a short page about rivers"}\n')
+    (tmp_path / "c.yaml").write_text("filters:\n  min_wordz: 5\n")
+    res = CliRunner().invoke(app, ["filter", str(tmp_path / "c.jsonl"), "-o", str(tmp_path / "o.parquet"),
+                                   "--config", str(tmp_path / "c.yaml")])
+    assert res.exit_code == 1
+    assert res.output == f"error: --config {tmp_path / 'c.yaml'}: filters.min_wordz: Extra inputs are not permitted\n"

@@ -69,3 +69,11 @@ def test_a_leading_utf8_bom_is_skipped_and_lines_still_counted(tmp_path):
     assert decode_utf8(bom + b"key: v\n", "c.yaml") == "key: v\n"
     with pytest.raises(ValueError, match=r"c\.yaml:2: not valid UTF-8"):
         decode_utf8(bom + b"a\n\xff", "c.yaml")
+
+
+def test_a_line_cut_short_is_placed_at_its_end(tmp_path):
+    """`{"id": "y", "text": ` then a newline was reported "at column 1": the newline was parsed as a next line."""
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"id": "x", "text": "a"}\n{"id": "y", "text": \n')
+    with pytest.raises(ValueError, match=r"b\.jsonl:2: invalid JSON \(Expecting value at column 21\)"):
+        list(iter_jsonl(path))

@@ -53,7 +53,7 @@ def iter_jsonl_lines(lines: Iterable[bytes], where: str, *, error: type[Exceptio
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line.rstrip("\r\n"))  # a line cut short: its end's column, not 1 on a next line
         except json.JSONDecodeError as e:
             raise error(f"{where}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
         if objects_only and not isinstance(value, dict):

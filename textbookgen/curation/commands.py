@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
+from pydantic import ValidationError
 
 from textbookgen.curation.base import StageStats, Step
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
@@ -36,6 +38,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         data = raw.get("curation", raw) if isinstance(raw, dict) else raw
         if not isinstance(data, dict):
             raise ValueError(f"--config {path}: must hold a mapping of curation settings, not a {type(data).__name__}")
+        _check_file_settings(data, label)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -45,6 +48,16 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             node = node.setdefault(p, {})
         node[leaf] = value
     return CurationConfig.model_validate(data)
+
+
+def _check_file_settings(data: dict[str, Any], label: str) -> None:
+    """The --config file's own settings, checked before the command's options are applied: an error there names
+    the file and the dotted key (`--config c.yaml: filters.min_wordz: ...`), not an option that does not exist."""
+    try:
+        CurationConfig.model_validate(copy.deepcopy(data))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"{label}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def parse_benchmark(spec: str) -> BenchmarkSource:
