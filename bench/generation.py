@@ -11,6 +11,8 @@ to your per-minute limit"); with Anthropic's it does not.
     python bench/generation.py                  # 5,000 prompts, ~3 minutes
     python bench/generation.py --prompts 1000   # quicker
     python bench/generation.py --processes 4    # 4 engine processes sharing one key (no baselines)
+    python bench/generation.py --no-headers --rpm 1200 --latency 0.02 --prompts 600 --skip-baseline
+                                                # a proxy that enforces an RPM limit but sends no limit headers
 
 Two baselines: the SDK's default retries (2), and 7 retries, the engine's 8 attempts (so that what the
 engine adds is not just more retries).
@@ -47,9 +49,9 @@ def serve(args: argparse.Namespace) -> None:
                 "explaining. A good textbook section starts from a concrete example, states the rule, "
                 "and then checks the rule against a new case.")
 
-    cfg = EmulatorConfig(latency_median_s=args.latency, latency_sigma=0.5, rpm=RPM, input_tpm=INPUT_TPM,
+    cfg = EmulatorConfig(latency_median_s=args.latency, latency_sigma=0.5, rpm=args.rpm, input_tpm=INPUT_TPM,
                          output_tpm=OUTPUT_TPM, window_s=1.0, reserve_max_tokens=False, responder=responder,
-                         seed=0)
+                         seed=0, send_headers=not args.no_headers)
 
     async def main() -> None:
         async with Emulator(cfg) as emu:
@@ -168,7 +170,7 @@ class ArrivalClock:
         return max(last - first, 1e-9)
 
 
-def measure(name: str, base: str, fn) -> dict:
+def measure(name: str, base: str, fn, limit_rpm: float) -> dict:
     emulator_call(base, "/_emulator/reset")
     with ArrivalClock(base) as clock:
         cpu0, t0 = time.process_time(), time.monotonic()
@@ -179,7 +181,7 @@ def measure(name: str, base: str, fn) -> dict:
     n = result["ok"] + result["failed"]
     rpm = stats["billed"] / clock.window_s() * 60
     return {"name": name, **result, "wall_s": wall, "window_s": clock.window_s(), "rpm": rpm,
-            "utilization": rpm / RPM, "wall_rpm": stats["billed"] / wall * 60,
+            "utilization": rpm / limit_rpm, "wall_rpm": stats["billed"] / wall * 60,
             "http_requests": stats["received"], "http_429": stats["rate_limited"],
             "rate_limited": stats["rate_limited"] / max(1, stats["received"]),
             "cpu_ms_per_request": cpu * 1000 / n, "duplicates_billed": stats["duplicates"],
@@ -193,6 +195,9 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.8)
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--provider", choices=sorted(MODELS), default="openai", help="wire format and client")
+    p.add_argument("--rpm", type=int, default=RPM, help="the emulator's requests-per-minute limit")
+    p.add_argument("--no-headers", action="store_true", help="the emulator sends no rate-limit headers (a proxy "
+                   "with an RPM limit: only its 429s say where the limit is)")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="engine processes sharing one key (>1: no baselines; "
                    "CPU ms/req counts only this process)")
@@ -212,7 +217,8 @@ def main() -> None:
 
     import textbookgen.engine  # noqa: F401
 
-    server = subprocess.Popen([sys.executable, __file__, "--serve", "--latency", str(args.latency)],
+    server = subprocess.Popen([sys.executable, __file__, "--serve", "--latency", str(args.latency), "--rpm",
+                               str(args.rpm), *(["--no-headers"] if args.no_headers else [])],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         base = server.stdout.readline().strip()
@@ -221,19 +227,22 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if args.processes > 1:
                 rows.append(measure(f"textbookgen x{args.processes} procs", base,
-                                    lambda: ours_processes(args, base, Path(tmp))))
+                                    lambda: ours_processes(args, base, Path(tmp)), args.rpm))
             else:
                 rows.append(measure("textbookgen Generator", base, lambda: ours(
-                    args.provider, base, prompts, args.concurrency, args.max_tokens, Path(tmp) / "journal.sqlite")))
+                    args.provider, base, prompts, args.concurrency, args.max_tokens, Path(tmp) / "journal.sqlite"),
+                    args.rpm))
         if not args.skip_baseline and args.processes == 1:
             for name, retries in NAIVE.items():
                 rows.append(measure(name, base, lambda r=retries: asyncio.run(
-                    naive(args.provider, base, prompts, args.concurrency, args.max_tokens, r))))
+                    naive(args.provider, base, prompts, args.concurrency, args.max_tokens, r)), args.rpm))
     finally:
         server.stdin.close()
         server.wait(timeout=30)
-    print(f"\n{args.provider}: {args.prompts} prompts in {args.processes} process(es); emulator limits {RPM:,} RPM, {INPUT_TPM:,} input TPM, {OUTPUT_TPM:,} "
-          f"output TPM (1 s buckets); latency median {args.latency} s; concurrency {args.concurrency}\n")
+    print(f"\n{args.provider}: {args.prompts} prompts in {args.processes} process(es); emulator limits {args.rpm:,} RPM, "
+          f"{INPUT_TPM:,} input TPM, {OUTPUT_TPM:,} output TPM (1 s buckets"
+          f"{'; no rate-limit headers' if args.no_headers else ''}); latency median {args.latency} s; concurrency "
+          f"{args.concurrency}\n")
     header = (f"{'':24} {'ok':>5} {'failed':>6} {'send s':>6} {'RPM':>6} {'util':>5} {'wall s':>6} "
               f"{'wall RPM':>8} {'HTTP':>5} {'429s':>5} {'429 share':>9} {'CPU ms/req':>10} {'dup billed':>10}")
     print(header)

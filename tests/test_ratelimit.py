@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -11,6 +12,7 @@ import pytest
 
 from textbookgen.ratelimit import (
     PROBES,
+    SLOW_START_S,
     AdaptiveConcurrency,
     AdmissionController,
     Observation,
@@ -354,43 +356,56 @@ def test_alone_on_the_key_the_whole_limit_is_used():
     assert ours_refused == 0 and ours_ok >= 0.9 * 10 * 20
 
 
-def _headerless_server(rpm: float, latency: float, seconds: float = 20.0) -> tuple[int, int]:
+def _headerless_server(rpm: float | None, latency: float, seconds: float = 20.0, concurrency: int = 64) -> dict:
     """Virtual time: a proxy with an RPM limit over a 1 s window that sends no limit headers, only 429s with a
-    Retry-After (a refused request counts against the limit, as OpenAI's does), answering after `latency`; we
-    send as fast as the controller admits. Returns our answered and refused requests in the second half."""
+    Retry-After (a refused request counts against the limit, as OpenAI's does, and the emulator's Retry-After
+    leaves it out), answering after `latency`; rpm None: a server without limits (vLLM). We send as fast as the
+    controller admits. Returns our answered and refused requests in the second half (`ok`, `refused`), refused
+    ones in the first 2 s (`refused_early`), the most requests on the wire at once in the first `latency` after
+    the first answer (`opened_to`), and the controller."""
     now = [0.0]
-    rate, cap = rpm / 60, max(1.0, rpm / 60)
+    rate, cap = (rpm or math.inf) / 60, max(1.0, (rpm or 0) / 60)
     server = {"level": cap, "t": 0.0}
 
     def admit() -> tuple[bool, float]:
+        if rpm is None:
+            return True, 0.0
         server["level"] = min(cap, server["level"] + (now[0] - server["t"]) * rate)
         server["t"] = now[0]
         ok = server["level"] >= 1
+        retry_after = max(0.0, (1 - server["level"]) / rate)
         server["level"] = server["level"] - 1 if ok else max(-cap, server["level"] - 1)
-        return ok, max(0.0, (1 - server["level"]) / rate)
+        return ok, retry_after
 
-    async def main() -> tuple[int, int]:
-        adm = AdmissionController(None, concurrency=64, clock=lambda: now[0])
+    async def main() -> dict:
+        adm = AdmissionController(None, concurrency=concurrency, clock=lambda: now[0])
         on_wire: list[tuple[float, object, bool, float]] = []
-        ok_late = refused_late = 0
+        seen = {"ok": 0, "refused": 0, "refused_early": 0, "opened_to": 0, "adm": adm}
+        first_answer = None
         for step in range(int(seconds / 0.005)):
             now[0] = step * 0.005
             for item in [w for w in on_wire if w[0] <= now[0]]:
                 on_wire.remove(item)
                 _, ticket, ok, retry_after = item
+                first_answer = now[0] if first_answer is None else first_answer
                 if ok:
                     adm.complete(ticket, 0, 0, {})
                 else:
                     adm.fail(ticket, rate_limited=True, headers={}, retry_after=retry_after)
-            while adm.buckets["requests"].wait_time(1, now[0]) <= 0 and now[0] >= adm.paused_until and \
-                    adm.concurrency.in_use < int(adm.concurrency.limit):
+            while adm.concurrency.in_use < int(adm.concurrency.limit) and now[0] >= adm.paused_until:
+                if adm.buckets["requests"].wait_time(1, now[0]) > 0:
+                    adm._paced_at = now[0]  # as a request waiting in acquire() would
+                    break
                 ticket = await adm.acquire(0, 0)
                 ok, retry_after = admit()
                 late = now[0] >= seconds / 2
-                ok_late += ok and late
-                refused_late += (not ok) and late
+                seen["ok"] += ok and late
+                seen["refused"] += (not ok) and late
+                seen["refused_early"] += (not ok) and now[0] < 2.0
                 on_wire.append((now[0] + (latency if ok else 0.005), ticket, ok, retry_after))
-        return ok_late, refused_late
+            if first_answer is not None and now[0] <= first_answer + latency:
+                seen["opened_to"] = max(seen["opened_to"], len(on_wire))
+        return seen
 
     return asyncio.run(main())
 
@@ -399,8 +414,29 @@ def _headerless_server(rpm: float, latency: float, seconds: float = 20.0) -> tup
 def test_a_server_without_headers_gets_its_rate_learned_from_429s(latency):
     """A proxy with an RPM limit and no headers: concurrency cannot cap a rate when answers are quick (one in
     flight at 20 ms is 50 a second), so the rate is learned from the 429s: most of the limit, few 429s."""
-    ok, refused = _headerless_server(rpm=1200, latency=latency)
-    assert ok >= 0.8 * 20 * 10 and refused <= 0.05 * ok
+    seen = _headerless_server(rpm=1200, latency=latency)
+    assert seen["ok"] >= 0.9 * 20 * 10 and seen["refused"] <= 0.02 * seen["ok"]
+
+
+def test_the_first_burst_at_a_server_without_headers_is_a_few_requests():
+    """Until its first 429 the request rate is slow-started (doubling every round trip of 20 ms), so a 1200 RPM
+    proxy refuses a few requests, not most of 64 sent at once (before: 59 in the first 2 s; now 2)."""
+    assert _headerless_server(rpm=1200, latency=0.02, seconds=4.0)["refused_early"] <= 8
+
+
+def test_a_low_rpm_limit_without_headers_is_mostly_used():
+    """60 RPM counted per second: a 429 one second is no success in the next, so the rate is learned from what
+    was sent (before: from answers of the last second, often none, so nothing was learned: 38 answers and 17
+    429s a minute), then held just under the rate refused (now 56 and 2)."""
+    seen = _headerless_server(rpm=60, latency=0.5, seconds=120.0)
+    assert seen["ok"] >= 0.85 * 60 and seen["refused"] <= 4
+
+
+def test_a_server_without_limits_is_held_back_only_for_a_moment():
+    """vLLM never sends a 429: the slow start opens up to the whole concurrency within a second of its first
+    answer (answers take 1 s), then leaves it unpaced."""
+    seen = _headerless_server(rpm=None, latency=1.0, seconds=4.0, concurrency=256)
+    assert seen["opened_to"] == 256 and seen["refused"] == 0 and seen["adm"].buckets["requests"].limit is None
 
 
 def test_a_rate_is_learned_only_from_429s_and_forgotten_once_the_server_sends_headers():
@@ -419,3 +455,39 @@ def test_a_rate_is_learned_only_from_429s_and_forgotten_once_the_server_sends_he
 
     unlimited, learned, after = asyncio.run(main())
     assert unlimited is None and learned == pytest.approx(0.75 * 10 * 60) and after is None
+
+
+def test_a_429_answered_late_learns_from_what_was_sent_around_its_request():
+    """A 429 may come back seconds after its request went out (a slow proxy): the rate is learned from the
+    requests sent in the second before that request, not from those sent since."""
+    async def main():
+        now = [0.0]
+        adm = AdmissionController(None, concurrency=64, slow_start=False, clock=lambda: now[0])
+        early = [await adm.acquire(0, 0) for _ in range(10)]  # 10 in the second before the refused one
+        refused = await adm.acquire(0, 0)
+        now[0] = 1.5
+        later = [await adm.acquire(0, 0) for _ in range(30)]
+        now[0] = 3.0
+        adm.fail(refused, rate_limited=True, retry_after=0.0)
+        for t in early + later:
+            adm.cancel(t)
+        return adm.limits["requests"]
+
+    assert asyncio.run(main()) == pytest.approx(0.75 * 10 * 60)
+
+
+def test_refused_probes_teach_a_pause_not_a_rate():
+    """The probes go out at once before anything is known: a 429 among them says how many the server takes at
+    once (or that others drained the key), not how many a second, so the slow start goes on from its first pace
+    rather than from 45 RPM learned from one request."""
+    async def main():
+        now = [0.0]
+        adm = AdmissionController(None, concurrency=64, clock=lambda: now[0])
+        probes = [await adm.acquire(0, 0) for _ in range(PROBES)]
+        now[0] = 0.01
+        for ticket in probes[1:]:
+            adm.fail(ticket, rate_limited=True, retry_after=1.0)
+        adm.cancel(probes[0])
+        return adm.buckets["requests"].learned_limit
+
+    assert asyncio.run(main()) == pytest.approx(64 / 8 / SLOW_START_S * 60)

@@ -10,7 +10,8 @@ through. Several processes on one key (field notes §7.1) share it through the s
 `remaining` falls faster than our own spend explains, each cuts its share of the refill rate, and grows it back
 while the server's bucket has room; no shared file or lock. A server that sends no limit headers (a proxy with an
 RPM limit) speaks only through 429s, and concurrency cannot cap a rate when answers are quick: its request rate
-is learned from those 429s instead, AIMD on the requests bucket (`AdmissionController._cut_rate`). Waiting is
+is slow-started until the first 429 (`AdmissionController._ramp`), then learned from the 429s, AIMD on the
+requests bucket held just under the rate last refused (`_cut_rate`, `_grow`). Waiting is
 always a computed sleep (never a polling loop), and a request gives its concurrency slot back before any retry
 backoff.
 """
@@ -29,10 +30,15 @@ BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
 _INDEX = {name: i for i, name in enumerate(BUCKETS)}
 _EXACT = ("requests", "input_tokens")  # known in full when a request is sent
 LEARN_CUT = 0.75  # a 429 from a header-less server: pace at this much of the rate it just admitted
-LEARN_GROWTH = 0.15  # then grow by this fraction of that rate per second of successes
-MIN_LEARNED_RPM = 1.0  # the least a learned limit falls to: a 429 with no success in its window says little
+LEARN_GROWTH = 0.15  # then grow back by this fraction of the rate refused per second of successes...
+LEARN_NEAR = 0.95  # ...up to this much of it (where a 429 at about the same rate again cuts back to), and on by
+LEARN_PROBE = 0.002  # this fraction a second, doubling every LEARN_PROBE_DOUBLING_S: the limit is most likely where
+LEARN_PROBE_DOUBLING_S = 30.0  # the last 429 came, but may have been raised, or left by others
+MIN_LEARNED_RPM = 1.0  # the least a learned limit falls to
 MIN_SHARE = 1 / 32  # the least of a limit a process keeps when others on its key spend the rest
 PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many
+SLOW_START_S = 0.1  # from then on a header-less server's request rate starts at an eighth of the concurrency (at
+# least PROBES) per this, and doubles as often (or once per first answer's latency, if shorter)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -349,13 +355,14 @@ class AdaptiveConcurrency:
 class Ticket:
     """One admitted attempt: what it reserved, so it can be refunded and its headers aged."""
 
-    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken")
+    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken", "sent_before")
 
-    def __init__(self, tokens_in: float, tokens_out: float, t_send: float, taken: tuple) -> None:
+    def __init__(self, tokens_in: float, tokens_out: float, t_send: float, taken: tuple, sent_before: int = 0) -> None:
         self.tokens_in = tokens_in
         self.tokens_out = tokens_out
         self.t_send = t_send
         self.taken = taken
+        self.sent_before = sent_before  # requests sent in the second before it (kept while no headers are seen)
 
 
 class AdmissionController:
@@ -386,10 +393,14 @@ class AdmissionController:
         self.headers_seen = False
         self.rate_limited = 0
         self.paused_until = 0.0
-        self._answered: deque[float] = deque()  # when recent requests succeeded, while no headers are seen
+        self._sent: deque[float] = deque()  # when the last second's requests were sent, while no headers are seen
         self._rate_decided_at = -math.inf  # when the learned rate was last cut: one cut per round trip
         self._grown_at = -math.inf
-        self._growth = 0.0  # requests per minute added per second of successes, set at each cut
+        self._paced_at = -math.inf  # when a request last waited for the requests bucket
+        self._refused_at_rpm = 0.0  # the rate a header-less server last refused: its limit is about there
+        self._ramp_at: float | None = None  # slow start: when the request rate next doubles (None: not ramping)
+        self._ramp_s = SLOW_START_S
+        self._opened_at = math.inf if slow_start else -math.inf  # when the first answer came (probes went before)
         # Admit in small batches rather than one wake-up per request: the same rate, a tenth of the
         # wake-ups (and warmer caches: ~20% less CPU a request) at thousands of requests per minute.
         self.min_sleep_s = batch_s
@@ -402,12 +413,17 @@ class AdmissionController:
             async with self._lock:
                 while True:
                     now = self.clock()
-                    wait = max(self._req.wait_time(1, now), self._tok.wait_time(tokens_in + tokens_out, now),
+                    if self._ramp_at is not None:
+                        self._ramp(now)
+                    paced = self._req.wait_time(1, now)
+                    if paced > 0:
+                        self._paced_at = now
+                    wait = max(paced, self._tok.wait_time(tokens_in + tokens_out, now),
                                self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now),
                                self.paused_until - now)
                     if wait <= 0:
                         break
-                    await asyncio.sleep(max(wait, self.min_sleep_s))
+                    await asyncio.sleep(wait if self._ramp_at is not None else max(wait, self.min_sleep_s))
                 self._req.take(1)
                 self._tok.take(tokens_in + tokens_out)
                 self._in.take(tokens_in)
@@ -415,8 +431,15 @@ class AdmissionController:
         except BaseException:
             self.concurrency.release()
             raise
-        return Ticket(tokens_in, tokens_out, self.clock(), (self._req.taken, self._tok.taken, self._in.taken,
-                                                            self._out.taken))
+        now = self.clock()
+        sent_before = 0
+        if not self.headers_seen:
+            while self._sent and self._sent[0] <= now - 1.0:
+                self._sent.popleft()
+            sent_before = len(self._sent)
+            self._sent.append(now)
+        return Ticket(tokens_in, tokens_out, now, (self._req.taken, self._tok.taken, self._in.taken, self._out.taken),
+                      sent_before)
 
     def _refund(self, tokens_in: float, tokens_out: float, requests: float = 0) -> None:
         self._req.give(requests)
@@ -442,9 +465,33 @@ class AdmissionController:
             bucket.observe(obs, bucket.taken - ticket.taken[_INDEX[name]], age, now,
                            clamp=rate_limited or name in _EXACT, sent_at=ticket.t_send, rate_limited=rate_limited)
 
-    def _first_answer(self) -> None:
+    def _first_answer(self, ticket: Ticket) -> None:
+        """Open up to `concurrency`; a server that sent no limit headers gets its request rate slow-started."""
         self._started = True
         self.concurrency.set_limit(self.concurrency.max_limit)
+        self._opened_at = now = self.clock()
+        if not self.headers_seen and self._req.learned_limit is None:
+            self._ramp_s = min(SLOW_START_S, max(now - ticket.t_send, 0.01))
+            self._req.learn(max(PROBES, self.concurrency.max_limit / 8) / SLOW_START_S * 60.0, now)
+            self._ramp_at = now + self._ramp_s
+
+    def _ramp(self, now: float) -> None:
+        """Slow start for a server that has sent neither limit headers nor a 429: its request rate doubles every
+        SLOW_START_S, so the first burst it may refuse is a few requests (a 429 comes back in a network round
+        trip, however long answers take), not the whole concurrency, which is on the wire after about four
+        doublings (0.4 s at most). It ends, unpaced, once the rate no longer binds (no request waited for it over
+        a doubling: concurrency or the work at hand limits instead), so a server without limits (vLLM) is held
+        back for a fraction of a second; a 429 ends it in `_cut_rate`."""
+        if now < self._ramp_at:
+            return
+        learned = self._req.learned_limit
+        if learned is None or self.headers_seen or self._paced_at < self._ramp_at - self._ramp_s:
+            self._ramp_at = None
+            if not self.headers_seen:
+                self._req.learn(None, now)
+            return
+        self._req.learn(2.0 * learned, now)
+        self._ramp_at = now + self._ramp_s
 
     def complete(self, ticket: Ticket, input_tokens: int, output_tokens: int, headers=None) -> None:
         """A successful answer: reconcile reservations with real usage, learn from headers."""
@@ -457,10 +504,10 @@ class AdmissionController:
         self._out.give(d_out) if d_out >= 0 else self._out.take(-d_out)
         self._learn(ticket, headers)
         if not self.headers_seen:
-            self._admitted(self.clock())
+            self._grow(self.clock())
         self.concurrency.on_success()
         if not self._started:
-            self._first_answer()
+            self._first_answer(ticket)
 
     def fail(self, ticket: Ticket, *, rate_limited: bool = False, headers=None,
              retry_after: float | None = None, answered: bool = True) -> None:
@@ -472,7 +519,7 @@ class AdmissionController:
         self._refund(ticket.tokens_in, ticket.tokens_out)
         self._learn(ticket, headers, rate_limited)
         if answered and not self._started:  # no answer at all (connection refused) opens nothing
-            self._first_answer()
+            self._first_answer(ticket)
         if rate_limited:
             self.rate_limited += 1
             now = self.clock()
@@ -483,45 +530,45 @@ class AdmissionController:
                 self.paused_until = max(self.paused_until, now + pause)
                 self._req.empty_at(self.paused_until, now)  # no burst saved up while paused
 
-    def _window(self, now: float) -> int:
-        """Successes in the last second (the window most proxies and providers count a limit over)."""
-        while self._answered and self._answered[0] <= now - 1.0:
-            self._answered.popleft()
-        return len(self._answered)
-
-    def _admitted(self, now: float) -> None:
-        """A success from a header-less server: while a learned limit is in use (the last second's successes fill
-        at least half of it), grow it additively, so it climbs back to the server's limit after each cut. It is
-        never below a cut from what the server just admitted: answers still in flight at a 429 count too."""
-        self._answered.append(now)
-        admitted_rpm = self._window(now) * 60.0  # also keeps the record to one second
+    def _grow(self, now: float) -> None:
+        """A success from a header-less server: while a learned limit binds (a request waited for it in the last
+        second, or two of its intervals), grow it back towards the rate last refused, quickly up to 95% of it, then
+        slowly, faster the longer no 429 comes (the server may have raised its limit, or others left it room)."""
         learned = self._req.learned_limit
-        if learned is None:
+        if learned is None or self._ramp_at is not None:
             return
         dt = min(now - self._grown_at, 1.0)
         self._grown_at = now
-        if admitted_rpm >= 0.5 * learned:
-            grown, floor = learned + self._growth * dt, LEARN_CUT * admitted_rpm
-            if floor > grown:  # a cut from too few answers: grow at the pace of the rate really admitted
-                self._growth = LEARN_GROWTH * floor
-            self._req.learn(max(grown, floor), now)
+        if now - self._paced_at <= max(1.0, 120.0 / learned):  # it binds: requests wait for it
+            near = LEARN_NEAR * self._refused_at_rpm
+            probe = LEARN_PROBE * 2.0 ** min((now - self._rate_decided_at) / LEARN_PROBE_DOUBLING_S, 10.0)
+            grown = min(near, learned + LEARN_GROWTH * self._refused_at_rpm * dt) if learned < near \
+                else learned + probe * self._refused_at_rpm * dt
+            self._req.learn(grown, now)
 
     def _cut_rate(self, ticket: Ticket, now: float) -> None:
-        """A 429 from a server that sends no limit headers: pace requests at 3/4 of the learned rate, the first
-        time at 3/4 of what the server admitted over the last second (answers still in flight raise it, see
-        `_admitted`), at most once per round trip (only an attempt sent after the last cut says the cut was not
-        enough; the Retry-After pause keeps the server's debt from cutting again). Concurrency cannot do this:
-        one request in flight at 20 ms is already 50 a second."""
-        if ticket.t_send <= self._rate_decided_at:
-            return
-        current = self._req.learned_limit or self._window(now) * 60.0
+        """A 429 from a server that sends no limit headers: pace requests at 3/4 of the learned rate (the first
+        time, or during the slow start, of what the server admitted in the second before it refused: the requests
+        sent then), or at 95% of the rate last refused where it refuses about there again; at most once per round
+        trip (only an attempt sent after the last cut says the cut was not enough; the Retry-After pause keeps the
+        server's debt from cutting again). Concurrency cannot do this: one request in flight at 20 ms is already
+        50 a second."""
+        if ticket.t_send <= self._rate_decided_at or ticket.t_send < self._opened_at:
+            return  # a probe's 429 says how many the server takes at once, not how many a second
+        ramping, self._ramp_at = self._ramp_at is not None, None
+        current = (not ramping and self._req.learned_limit) or ticket.sent_before * 60.0
         if not current:
+            if ramping:
+                self._req.learn(None, now)
             return  # nothing admitted and nothing learned yet: the Retry-After pause is all we know
         self._rate_decided_at = now
-        learned = max(MIN_LEARNED_RPM, LEARN_CUT * current)
-        self._growth = LEARN_GROWTH * learned
         self._grown_at = now
-        self._req.learn(learned, now)
+        if self._refused_at_rpm and current >= LEARN_NEAR * self._refused_at_rpm:  # the limit is there
+            self._refused_at_rpm = min(current, self._refused_at_rpm)
+            self._req.learn(max(MIN_LEARNED_RPM, LEARN_NEAR * self._refused_at_rpm), now)
+            return
+        self._refused_at_rpm = current
+        self._req.learn(max(MIN_LEARNED_RPM, LEARN_CUT * current), now)
 
     def abandon(self, ticket: Ticket) -> None:
         """An attempt given up on (no answer in time): its slot is free, but the provider may still be generating
@@ -536,5 +583,8 @@ class AdmissionController:
 
     @property
     def limits(self) -> dict[str, float | None]:
-        """Effective per-minute limits now (None: unlimited)."""
-        return {name: b.limit for name, b in self.buckets.items()}
+        """Effective per-minute limits now (None: unlimited); a slow start's pace is none."""
+        limits = {name: b.limit for name, b in self.buckets.items()}
+        if self._ramp_at is not None:
+            limits["requests"] = self._req.user_limit
+        return limits
