@@ -1091,7 +1091,7 @@ class Generator:
             return {**self._c, **budgets, **waiting, "batch": True, "rate_limited": 0, "in_flight": self._in_batches,
                     "concurrency": self._in_batches, "rpm_limit": None}
         return {**self._c, **budgets, "rate_limited": adm.rate_limited, "in_flight": adm.concurrency.in_use,
-                "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.buckets["requests"].limit,
+                "concurrency": int(adm.concurrency.limit), "rpm_limit": adm.limits["requests"],
                 "budget_held": self._gate.waiting}
 
     def _log_summary(self) -> None:
