@@ -151,11 +151,6 @@ def test_an_api_key_never_reaches_the_log(caplog):
     assert "set aside" in caplog.text and "very-secret" not in caplog.text
 
 
-def test_replicas_are_named_without_their_password():
-    provider = make_provider("openai-compatible", "m", base_url=["http://u:hunter2@gpu1:8000/v1", "http://gpu2:8000/v1"])
-    assert list(provider.answers) == ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
-
-
 @pytest.mark.parametrize("provider, base_url, batch, said", [
     ("anthropic", ["http://a:1/v1", "http://b:1/v1"], False, "provider 'anthropic' takes one base_url, not 2"),
     ("openai", ["http://a:1/v1", "http://b:1/v1"], True, "batch mode takes one base_url, not 2"),

@@ -27,3 +27,15 @@ def test_a_recipe_refuses_a_key_given_as_api_key_env(tmp_path):
     with pytest.raises(RecipeError, match="provider.api_key_env: takes the name of an environment variable") as info:
         load_recipe(tmp_path / "r.yaml")
     assert "CANARY" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://gpu1:8000/v1?api_key=qsCANARY9Lk8", "http://gpu1:8000/v1#qsCANARY9Lk8",
+                                 "http://gpu1:8000/v1?"])
+def test_a_base_url_with_a_query_string_is_refused_without_showing_it(url):
+    """The SDKs append the endpoint's path after the query (`?api_key=TOKENchat/completions`): it never worked,
+    and the token reached httpx's log and the batch resume hint."""
+    from textbookgen.providers import replica_urls
+
+    with pytest.raises(ValueError, match="has a query string") as info:
+        replica_urls("openai-compatible", url)
+    assert "CANARY" not in str(info.value)

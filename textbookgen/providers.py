@@ -393,9 +393,9 @@ def structured_output_tool(response_format: dict | None) -> dict | None:
 def replica_urls(provider: str, base_url: str | Sequence[str] | None, *, batch: bool = False) -> list[str]:
     """The server URLs a `base_url` names: none, one, or several replicas of one model (one vLLM, SGLang or
     llama.cpp server per GPU node) that requests are spread over. ValueError, one line, for a URL that is no
-    http(s) URL, one holding a comma (two URLs written as one), a URL given twice, or several where they cannot
-    be used: Anthropic (no OpenAI-compatible replicas) and batch mode (a batch is submitted to and collected from
-    one server)."""
+    http(s) URL, one holding a user:password (see `_USERINFO`), one holding a comma (two URLs written as one), a
+    URL given twice, or several where they cannot be used: Anthropic (no OpenAI-compatible replicas) and batch
+    mode (a batch is submitted to and collected from one server). No message shows a password."""
     if base_url is None or isinstance(base_url, str):
         urls = [base_url] if base_url else []
     else:
@@ -405,12 +405,20 @@ def replica_urls(provider: str, base_url: str | Sequence[str] | None, *, batch: 
     for url in urls:
         if not isinstance(url, str):
             raise ValueError(f"base_url {url!r} is not a URL string")
-        if "," in url:
-            raise ValueError(f"base_url {url!r} holds a comma: give several replicas as a list of URLs (a YAML "
-                             "list in a recipe)")
         parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"base_url {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+        authority = url.split("//", 1)[-1].split("/", 1)[0]  # a password may hold '#' or '?', which urlparse splits at
+        if "@" in parsed.netloc or "@" in authority:
+            raise ValueError(f"base_url {_shown(url)!r} {_USERINFO}")
+        if parsed.query or parsed.fragment or url.rstrip().endswith(("?", "#")):
+            raise ValueError(f"base_url {_shown(url.split('?')[0].split('#')[0])!r} has a query string (?...) or fragment, "
+                             "which the OpenAI and Anthropic clients cannot send (the endpoint's path is appended "
+                             "after it); remove it, and give a key as the API key (api_key=, --api-key-env, a "
+                             "recipe's provider.api_key_env)")
+        if "," in url:
+            raise ValueError(f"base_url {_shown(url)!r} holds a comma: give several replicas as a list of URLs (a "
+                             "YAML list in a recipe)")
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not _port_ok(parsed):
+            raise ValueError(f"base_url {_shown(url)!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
     twice = next((url for i, url in enumerate(urls) if url in urls[:i]), None)
     if twice:
         raise ValueError(f"base_url lists {twice} twice: give each replica once")
@@ -423,17 +431,34 @@ def replica_urls(provider: str, base_url: str | Sequence[str] | None, *, batch: 
     return urls
 
 
+# The SDKs send the API key in the Authorization header, so a user:password in the URL never reaches the server
+# (the aiohttp transport refuses to send both, httpx sends Basic auth in place of the key): refused up front.
+_USERINFO = ("holds a user name or password (user:password@), which the OpenAI and Anthropic clients cannot send: "
+             "they authenticate with the API key alone; remove it from the URL and give the key as the API key "
+             "(api_key=, or its environment variable: --api-key-env, a recipe's provider.api_key_env)")
+
+
 def _shown(url: str) -> str:
-    """A URL as a log may show it: any user:password in it left out."""
-    parsed = urlparse(url)
-    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+    """A URL as a message may show it: anything between // and the last @ left out, where a user:password would
+    be, and a port that is no number masked ("user:pass" with the @ lost: an unescaped /, # or comma in it)."""
+    url = re.sub(r"(?<=//).*@", "", url)
+    return url if _port_ok(urlparse(url)) else re.sub(r"(?<=//)([^/:]*):[^/]*", r"\1:***", url, count=1)
+
+
+def _port_ok(parsed) -> bool:
+    """Whether a parsed URL's port is a port number (urllib raises, showing the text, where it is none)."""
+    try:
+        parsed.port  # noqa: B018 - read for its check
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(slots=True, eq=False)
 class _Replica:
     """One server of a ReplicaProvider, with what the picking and the stats need."""
 
-    url: str  # as logs and stats show it (no user:password)
+    url: str  # as logs and stats show it (replica_urls refused any user:password in it)
     provider: OpenAIProvider
     index: int
     in_flight: int = 0
@@ -462,14 +487,13 @@ class ReplicaProvider:
         self.name, self.model, self.secrets = provider, model, _secrets(api_key)
         self.unanswered_s = unanswered_s  # the engine's attempt timeout: a request cancelled sooner was not timed out
         self.cooldown_s, self.max_cooldown_s, self._clock = cooldown_s, max_cooldown_s, clock
-        self._replicas = [_Replica(_shown(url), OpenAIProvider(provider, model, api_key, url, timeout, http), i)
+        self._replicas = [_Replica(url, OpenAIProvider(provider, model, api_key, url, timeout, http), i)
                           for i, url in enumerate(urls)]
         self._turn = 0  # the replica first in line on a tie
 
     @property
     def answers(self) -> dict[str, int]:
-        """Answers (completions) each replica gave this run, by URL (without user:password): a sick or slow node
-    gives few."""
+        """Answers (completions) each replica gave this run, by URL: a sick or slow node gives few."""
         return {r.url: r.answers for r in self._replicas}
 
     async def complete(self, req: ChatRequest) -> Completion:
