@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -358,3 +359,115 @@ def test_multi_process_runs_refuse_unprepared_data(corpus, tmp_path):
     assert not (tmp_path / "cache").exists()
     build_sampler(cfg, 512, DistInfo(), progress=False)  # one process prepares by itself
     build_sampler(cfg, 512, DistInfo(rank=1, world_size=2), progress=False)  # now every rank may read it
+
+
+def test_a_resume_that_moves_the_lr_schedule_says_so(corpus, tmp_path, capsys):
+    """Extending a finished cosine run restarts the decay from its middle: lr jumps from min_lr back up, which
+    the run must say; a plain resume of the same config goes on along the same curve, silently."""
+    cos = {"schedule.kind": "cosine", "schedule.min_lr": 1e-4, "checkpoint.every": 2}
+    train(cfg_for(corpus, tmp_path, **cos, **{"train.max_steps": 4}))
+    capsys.readouterr()
+    train(cfg_for(corpus, tmp_path, **cos, **{"train.max_steps": 8}))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: step 5 trains at lr 0.00155, where the run that saved" in out
+    assert "would have gone on at 0.0001: the schedule's end (max_steps/max_tokens)" in out
+    fresh = tmp_path / "again"
+    train(cfg_for(corpus, fresh, **cos, **{"train.max_steps": 8, "train.time_budget_s": 1e-9}))
+    train(cfg_for(corpus, fresh, **cos, **{"train.max_steps": 8}))
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_settings_that_would_do_little_are_warned_about(corpus, tmp_path, capsys):
+    """A warmup as long as the run never reaches optim.lr nor decays; a preset's 51,200 rows under a 438-token
+    BPE leave most of the embedding and lm_head unused. Both train, with a line each saying so."""
+    train(cfg_for(corpus, tmp_path, **{"schedule.kind": "cosine", "schedule.warmup_steps": 5, "train.max_steps": 2,
+                                       "model.overrides": {}}))
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("warning: schedule.warmup_steps 5 is not below the run's 2 steps: the lr never reaches optim.lr 0.003 "
+            "and the cosine decay never starts") in out
+    assert re.search(r"warning: data.tokenizer has 4\d\d tokens but the model 51,200 embedding rows, 99% of them "
+                     r"never used: set model.overrides.vocab_size=448 \(a multiple of 64\)", out), out
+    train(cfg_for(corpus, tmp_path / "at_the_end", **{"schedule.warmup_steps": 2, "train.max_steps": 2}))
+    assert ("warning: schedule.warmup_steps 2 is not below the run's 2 steps: the lr reaches optim.lr 0.003 only at "
+            "the last step\n") in capsys.readouterr().out
+    train(cfg_for(corpus, tmp_path / "fits", **{"schedule.warmup_steps": 1, "train.max_steps": 2}))
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_a_time_budget_counts_from_the_start_and_leaves_room_for_the_exit_checkpoint(monkeypatch):
+    """A budget set to a machine's limit must end with the checkpoint written: it counts the start-up (data
+    preparation, model building) and stops while the next step and the exit checkpoint still fit."""
+    from trainer import train as train_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock[0])
+    started = clock[0]
+    clock[0] = 2.0  # start-up: 2 s of the 10
+    with train_mod._StopFlag(10.0, started) as stop:
+        clock[0] = 4.0  # step 1: 2 s
+        assert not stop.wanted()  # 4 + 2 <= 10
+        clock[0] = 6.0  # step 2, 2 s, then a 1 s checkpoint
+        assert not stop.wanted()
+        stop.saved(1.0)
+        clock[0] = 7.0 + 1.0
+        assert stop.wanted() and stop.reason == "time budget"  # 8 + 2 (slowest step) + 1 (checkpoint) > 10
+
+
+@pytest.mark.parametrize(("name", "tflops"), [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
+                                              ("NVIDIA H100 NVL", 835.0), ("NVIDIA A100-SXM4-80GB", 312.0),
+                                              ("NVIDIA GeForce RTX 4090", None)])
+def test_mfu_is_measured_against_the_cards_own_peak(monkeypatch, name, tflops):
+    """An H100 PCIe peaks at 756 bf16 TFLOP/s, not the SXM's 989: against that its MFU read 24% low."""
+    from trainer import train as train_mod
+
+    monkeypatch.setattr(train_mod.torch.cuda, "get_device_name", lambda device=None: name)
+    assert train_mod.peak_flops("cuda:0", None) == (tflops and tflops * 1e12)
+    assert train_mod.peak_flops("cuda:0", 100.0) == 100e12 and train_mod.peak_flops("cpu", None) is None
+
+
+def test_a_tokenizer_out_of_reach_is_warned_about_with_trains_own_option(corpus, tmp_path, monkeypatch, capsys):
+    """`train` takes no --tokenizer: its warning (data prepared elsewhere, the Hub offline) names data.tokenizer."""
+    import trainer.train as train_mod
+    from trainer.tokenizer import GIVE_TOKENIZER
+
+    cfg = cfg_for(corpus, tmp_path, **{"train.max_steps": 1})
+    train_mod.build_sampler(cfg, 512, train_mod.distributed.DistInfo(), progress=False)
+
+    def offline(spec):
+        raise ValueError(f"cannot fetch {spec} (no network): {GIVE_TOKENIZER} a folder holding GPT-2's BPE files")
+
+    monkeypatch.setattr(train_mod, "load_tokenizer", offline)
+    with pytest.warns(UserWarning, match="going by the tokenizer the prepared data records"):
+        train(cfg)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(no network): set data.tokenizer to a folder holding GPT-2's BPE files): the checkpoints will not" in out
+    assert "--tokenizer" not in out
+
+
+def test_model_overrides_take_the_fields_types(corpus, tmp_path):
+    """YAML 1.1 reads `layer_norm_eps: 1e-5` (no dot) as the string '1e-5', which reached torch.layer_norm as a
+    TypeError traceback; a fractional layer count did likewise. Numbers in strings convert; the rest name the field."""
+    from trainer.model import Phi
+
+    cfg = load_config(None, tiny_overrides(tmp_path, tmp_path, corpus["tok"], [(corpus["wiki"], 1.0)]))
+    cfg.model.overrides = {"vocab_size": 512, "layer_norm_eps": "1e-5", "num_hidden_layers": "1"}
+    pc = model_config(cfg)
+    assert pc.layer_norm_eps == 1e-5 and pc.num_hidden_layers == 1
+    Phi(pc)(torch.zeros(1, 4, dtype=torch.long))
+    cfg.model.overrides = {"num_hidden_layers": 2.5}
+    with pytest.raises(ConfigError, match=r"^model.overrides.num_hidden_layers=2.5: Input should be a valid integer"):
+        model_config(cfg)
+
+
+def test_tokens_seen_go_on_from_the_checkpoints_count_under_another_seq_len(corpus, tmp_path):
+    """A resume under a longer or shorter data.seq_len (context extension) counted every earlier sample at the new
+    length: the tokens seen went backwards (2 steps of 8 x 32 = 512, then 384 after a step of 8 x 16)."""
+    train(cfg_for(corpus, tmp_path, **{"train.max_steps": 2}))
+    result = train(cfg_for(corpus, tmp_path, **{"train.max_steps": 3, "data.seq_len": 16}))
+    assert [r["tokens"] for r in result.history] == [2 * 8 * 32 + 8 * 16]
+    from trainer.checkpoint import read_meta
+
+    assert read_meta(tmp_path / "run")["tokens"] == 640
+    by_tokens = train(cfg_for(corpus, tmp_path, **{"train.max_steps": None, "train.max_tokens": 640 + 2 * 8 * 16,
+                                                   "data.seq_len": 16}))
+    assert by_tokens.final_step == 5 and by_tokens.history[-1]["tokens"] == 896  # the budget counts tokens too

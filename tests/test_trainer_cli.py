@@ -105,7 +105,7 @@ def test_max_steps_flag_replaces_a_token_budget(monkeypatch):
     from trainer.train import TrainResult
 
     seen = []
-    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None: seen.append(cfg) or TrainResult(
+    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None, started=None: seen.append(cfg) or TrainResult(
         Path(cfg.run_dir), 0, 0, "done"))
     assert main(["train", "-c", "phi-1.5", "--max-steps", "5", "--run-dir", "unused"]) == 0
     assert seen[0].max_steps == 5 and seen[0].train.max_tokens is None
@@ -225,7 +225,7 @@ def test_train_exit_code_tells_stopped_from_done(reason, code, tmp_path, monkeyp
 
     (tmp_path / "run" / "checkpoints" / "step-00000005").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step-00000005" / "meta.json").write_text("{}")
-    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None: TrainResult(Path(cfg.run_dir), 0, 5, reason))
+    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None, started=None: TrainResult(Path(cfg.run_dir), 0, 5, reason))
     assert main(["train", "-c", "tiny", "--run-dir", str(tmp_path / "run")]) == code
     err = capsys.readouterr().err
     if code:
@@ -333,3 +333,34 @@ def test_tensorboard_has_an_extra_outside_the_torch_free_sdk():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert any(r.startswith("tensorboard") for r in project["optional-dependencies"]["tensorboard"])
     assert not any(r.startswith(("tensorboard", "torch")) for r in project["dependencies"])
+
+
+def test_the_final_line_reports_tokens_over_time_not_a_mean_of_step_rates(tmp_path, monkeypatch, capsys):
+    """A 1 s and a 0.25 s step of 100 tokens each are 200 tokens in 1.25 s: 160 tokens/s, not the 250 of a plain
+    mean of their rates; MFU likewise (the first step, with its compile, is left out of both)."""
+    from trainer import train as train_module
+    from trainer.train import TrainResult
+
+    history = [{"step": 1, "loss": 3.0, "step_s": 9.0, "tokens_per_s": 11.1, "mfu": 0.01},
+               {"step": 2, "loss": 2.5, "step_s": 1.0, "tokens_per_s": 100.0, "mfu": 0.1},
+               {"step": 3, "loss": 2.0, "step_s": 0.25, "tokens_per_s": 400.0, "mfu": 0.4}]
+    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None, started=None: TrainResult(
+        Path(cfg.run_dir), 0, 3, "done", history))
+    assert main(["train", "-c", "tiny", "--run-dir", str(tmp_path / "run")]) == 0
+    assert "final step=3 loss=2.0000 tokens_per_s=160 mfu=0.1600 stop=done" in capsys.readouterr().out
+
+
+def test_train_tokenizer_reads_the_column_given(corpus, tmp_path, capsys):
+    """A published dataset keeps its columns as given (`textbookgen publish --text-column eng_Latn`): the
+    tokenizer trains on the column named, as `prepare --column` reads it."""
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "ds" / "data"
+    folder.mkdir(parents=True)
+    for f in (corpus["wiki"] / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(f).rename_columns(["eng_Latn", "id"]), folder / f.name)
+    out = str(tmp_path / "t.json")
+    assert main(["train-tokenizer", str(folder.parent), "--vocab-size", "300", "--out", out]) == 2
+    assert "no 'text' column (columns: ['eng_Latn', 'id']); name the text column with --column" in capsys.readouterr().err
+    assert main(["train-tokenizer", str(folder.parent), "--vocab-size", "300", "--out", out, "--column", "eng_Latn"]) == 0
+    assert "338 tokens from 2 file(s)" in capsys.readouterr().out

@@ -174,6 +174,9 @@ def test_bad_device(made, capsys, device):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["generate", "RUN", "-p", "hi", "--max-new-tokens", "-5"], "--max-new-tokens must be >= 0, got -5"),
+    (["generate", "RUN", "-p", "hi", "--top-p", "0"], "--top-p must be in (0, 1] (1: off), got 0.0"),
+    (["generate", "RUN", "-p", "hi", "--temperature", "-1"], "--temperature must be >= 0 (0: greedy), got -1.0"),
+    (["generate", "RUN", "-p", "hi", "--top-k", "-3"], "--top-k must be >= 0 (0: off), got -3"),
     (["eval", "RUN", "--tasks", "foobar"], "unknown benchmark 'foobar'; known: "),
     (["eval", "HF", "--tasks", "arc_easy", "--dtype", "fp7"], "dtype 'fp7': expected one of"),
     (["eval", "/nope/x", "--tasks", "arc_easy"], "/nope/x: no such folder"),
@@ -260,7 +263,7 @@ VALID = "data:\n  synthetic: true\ntrain:\n  max_steps: 1\n"  # a config that tr
     ("data:\n  datasets:\n    - source: a\n      weight: 0\noptim:\n  lr: 1.0e-3\n  lrr: 2\ntrain:\n  max_steps: 1\n"
      "  global_batch: 10\n  micro_batch: 4\n",
      [], ["CFG:4: data.datasets.0.weight: Input should be greater than 0",
-          "CFG:7: optim.lrr: unknown field (check the spelling)",
+          "CFG:7: optim.lrr: unknown field (did you mean optim.lr?)",
           "CFG:8: train: global_batch (10) must be a multiple of micro_batch (4)"]),
     ("train:\n  max_steps: 1\n  max_tokens: 1.0e+6\ndata:\n  synthetic: true\n", [],
      ["CFG: train.max_steps (1) and train.max_tokens (1e+06) are both set; keep one: --set train.max_steps=null to "
@@ -291,3 +294,16 @@ def test_invalid_config_is_one_line_per_problem_naming_file_line_or_set(tmp_path
     assert err.splitlines() == [("error: " if i == 0 else "") + line.replace("CFG", str(cfg))
                                 for i, line in enumerate(lines)], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.lr=1e-3", "--set train.lr: unknown field (did you mean optim.lr?)"),
+    ("train.warmup_steps=10", "--set train.warmup_steps: unknown field (did you mean schedule.warmup_steps?)"),
+    ("train.max_step=10", "--set train.max_step: unknown field (did you mean train.max_steps?)"),
+    ("data.datasets.0.colum=body", "--set data.datasets.0.colum: unknown field (did you mean data.datasets.0.column?)"),
+    ("log.interval=5", "--set log.interval: unknown field (check the spelling)"),
+])
+def test_an_unknown_field_names_the_one_meant(capsys, override, message):
+    """nanoGPT/litgpt keep lr and warmup beside the batch; here they live in optim and schedule: say where."""
+    assert main(["train", "-c", "tiny", "--set", override]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"

@@ -12,6 +12,7 @@ import errno
 import importlib
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ _EXIT_CODES = ("exit codes: 0 done; 3 stopped by --time-budget (train.time_budge
                "143 SIGTERM; 1 diverged; 2 bad input. 3, 130 and 143 leave a checkpoint: run the same "
                "command again to resume.")
 Command = tuple[str, Callable[[argparse.ArgumentParser], object], Callable[[argparse.Namespace], int]]
+_STARTED = time.perf_counter()  # --time-budget counts from here: importing torch is spent from it too
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -97,11 +99,12 @@ def prepare_run(args: argparse.Namespace) -> int:
 
 
 def train_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", help=".txt/.md/.py files, or .parquet/.jsonl with a `text` column; "
+    p.add_argument("files", nargs="+", help=".txt/.md/.py files, or .parquet/.jsonl with a text column (--column); "
                                             "a dataset folder means its train split's parquet files, as prepare "
                                             "finds them")
     p.add_argument("--vocab-size", type=int, required=True, help="BPE size before the 38 whitespace tokens")
     p.add_argument("--out", required=True, help="tokenizer.json to write (give it as data.tokenizer)")
+    p.add_argument("--column", default="text", help="the text column of .parquet/.jsonl files (default text; as prepare --column)")
     p.add_argument("--no-whitespace-tokens", action="store_true", help="skip CodeGen's whitespace-run tokens")
 
 
@@ -124,7 +127,7 @@ def train_tokenizer_run(args: argparse.Namespace) -> int:
             files += find_parquet_files(f, "train")
     if not files:
         raise ValueError(f"no .parquet files in {', '.join(args.files)}")
-    tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens)
+    tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens, column=args.column)
     tok.save(args.out)
     print(f"wrote {args.out}: {tok.get_vocab_size():,} tokens from {len(files)} file(s)")
     learned = tok.get_vocab_size(with_added_tokens=False)
@@ -143,7 +146,8 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None,
                    help="train this many optimizer steps (replaces the config's train.max_tokens)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help=f"stop with a checkpoint after this much wall time (exit code {STOPPED}: resumable)")
+                   help=f"end within this much wall time from the start (preparing data included), with a "
+                        f"checkpoint: the last step leaves room for it (exit code {STOPPED}: resumable)")
     p.add_argument("--resume", default=None, help="auto (newest checkpoint of the run, default) | never | PATH")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
@@ -161,21 +165,34 @@ def train_run(args: argparse.Namespace) -> int:
                        "checkpoint.resume": ("--resume", args.resume), "train.device": ("--device", args.device),
                        "train.compile": ("--compile", args.compile), "data.synthetic": ("--synthetic", args.synthetic)},
                 unset=["train.max_tokens"] if args.max_steps is not None else [])
-    result = train(cfg, progress=False if args.no_progress else None)
+    result = train(cfg, progress=False if args.no_progress else None, started=_STARTED)
     if result.history and os.environ.get("RANK", "0") == "0":
-        rates = [r["tokens_per_s"] for r in result.history[1:]] or [result.history[0]["tokens_per_s"]]
         last = result.history[-1]
-        mfu = f" mfu={last['mfu']:.4f}" if last.get("mfu") is not None else ""
+        rate, mfu = _run_rate(result.history)
         val = result.val_losses
         val_loss = f" val_loss={val[max(val)]:.4f}" if val else ""
-        print(f"final step={result.final_step} loss={last['loss']:.4f}{val_loss} "
-              f"tokens_per_s={sum(rates) / len(rates):.0f}{mfu} stop={result.stop_reason}")
+        print(f"final step={result.final_step} loss={last['loss']:.4f}{val_loss} tokens_per_s={rate:.0f}"
+              f"{'' if mfu is None else f' mfu={mfu:.4f}'} stop={result.stop_reason}")
     if result.stop_reason == "done":
         return 0
     code = _STOP_EXIT.get(result.stop_reason, STOPPED)
     if os.environ.get("RANK", "0") == "0":
         print(_resume_hint(result.run_dir, cfg.checkpoint.resume, code, result.stop_reason), file=sys.stderr)
     return code
+
+
+def _run_rate(history: list[dict]) -> tuple[float, float | None]:
+    """(tokens/s, MFU) over the steps of this start but its first (compile, warm-up): the tokens over the time
+    they took, i.e. each step's rate weighted by its seconds; a plain mean of the rates overstates a run
+    whose step times vary (a 1 s and a 0.25 s step of 100 tokens make 160 tokens/s, not 250)."""
+    steps = history[1:] or history
+    seconds = sum(r["step_s"] for r in steps)
+    if not seconds:  # steps below step_s's 0.1 ms rounding
+        return sum(r["tokens_per_s"] for r in steps) / len(steps), steps[-1].get("mfu")
+    rate = sum(r["tokens_per_s"] * r["step_s"] for r in steps) / seconds
+    if any(r.get("mfu") is None for r in steps):
+        return rate, None
+    return rate, sum(r["mfu"] * r["step_s"] for r in steps) / seconds
 
 
 def _resume_hint(run_dir: Path, resume: str, code: int, reason: str) -> str:
@@ -268,8 +285,12 @@ def generate_run(args: argparse.Namespace) -> int:
     from trainer.distributed import pick_device
     from trainer.generate import generate_text
 
-    if args.max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    for flag, value, ok, rule in [("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0"),
+                                  ("--temperature", args.temperature, args.temperature >= 0, ">= 0 (0: greedy)"),
+                                  ("--top-k", args.top_k, args.top_k >= 0, ">= 0 (0: off)"),
+                                  ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1] (1: off)")]:
+        if not ok:
+            raise ValueError(f"{flag} must be {rule}, got {value}")
     device = pick_device(args.device)
     path = Path(args.checkpoint)
     if not (path / "config.json").is_file():

@@ -6,6 +6,7 @@ must not silently fall back to a default), and every error names the file and th
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -162,7 +163,9 @@ class TrainSection(_Section):
     max_tokens: float | None = Field(None, gt=0)
     """Alternative to max_steps (set only one): train until this many tokens (rounded up to whole steps)."""
     time_budget_s: float | None = Field(None, gt=0)
-    """Stop (with a checkpoint) after this much wall time; for time-limited machines."""
+    """End within this much wall time from the start of `train` (preparing data and building the model count
+    too), with a checkpoint: the run stops while one more step (the slowest so far) and the exit checkpoint (as
+    long as the last one took) still fit; for time-limited machines."""
     precision: Literal["bf16-mixed", "bf16", "fp32"] = "bf16-mixed"
     compile: bool = False
     device: str = "auto"
@@ -291,14 +294,37 @@ def _where(loc: Loc, msg: str, path: Path | None, lines: dict[Loc, int], overrid
     return ", ".join(overrides[k] for k in shown) or (str(path) if path is not None else "")
 
 
+def _sections() -> dict[Loc, type[BaseModel]]:
+    """Each section's model by its place in the config, list items' fields under the list's (no index)."""
+    return {(): TrainConfig, ("model",): ModelSection, ("data",): DataSection, ("data", "datasets"): DatasetSource,
+            ("optim",): OptimSection, ("schedule",): ScheduleSection, ("train",): TrainSection,
+            ("checkpoint",): CheckpointSection, ("log",): LogSection, ("distributed",): DistributedSection}
+
+
+def _unknown_field_hint(loc: Loc) -> str:
+    """For an unknown field at `loc`: the sections that have a field of that name (`train.lr` -> optim.lr), else
+    a field of its own section spelled alike (`train.max_step` -> train.max_steps), else a plea to check it."""
+    name, where = str(loc[-1]), tuple(k for k in loc[:-1] if not isinstance(k, int))
+    sections = _sections()
+    if where not in sections:
+        return "check the spelling"
+    elsewhere = [dotted(sec + (name,)) for sec, m in sections.items() if sec != where and name in m.model_fields]
+    if elsewhere:
+        return f"did you mean {' or '.join(elsewhere)}?"
+    alike = difflib.get_close_matches(name, list(sections[where].model_fields), n=1, cutoff=0.6)
+    return f"did you mean {dotted(loc[:-1] + (alike[0],))}?" if alike else "check the spelling"
+
+
 def _format_errors(err: ValidationError, path: Path | None, lines: dict[Loc, int], overrides: dict[Loc, str]) -> str:
     """One self-contained line per problem, `file:line: field: message` (or `--set key: ...`), as the recipe
     loader's; pydantic's own rendering runs over several lines per problem with no file or line."""
     out = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        msg = {"extra_forbidden": "unknown field (check the spelling)",
-               "missing": "required field missing"}.get(e["type"], e["msg"].removeprefix("Value error, "))
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown field ({_unknown_field_hint(loc)})"
+        else:
+            msg = {"missing": "required field missing"}.get(e["type"], e["msg"].removeprefix("Value error, "))
         where = _where(loc, msg, path, lines, overrides)
         field = "" if where == f"--set {dotted(loc)}" else dotted(loc)
         out.append(": ".join(part for part in (where, field, msg) if part))

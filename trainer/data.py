@@ -1025,8 +1025,8 @@ class MixtureSampler:
         no pass over the data."""
         lines = []
         for name, stream, rows, n in zip(self.names, self.streams, self.rows, self.drawn(samples), strict=True):
-            e = n / rows
-            note = f"; the run sees each token about {e:.1f} times" if e > 1 else ""
+            e = n / rows  # an epoch reads `rows` windows, fewer tokens than the stream holds (its random offset)
+            note = f"; the run sees each token about {n * self.seq_len / len(stream):.1f} times" if e > 1 else ""
             lines.append(f"data {name}: draws {n * self.seq_len:,} of its {len(stream):,} tokens, {e:.2f} epochs{note}")
         return lines
 

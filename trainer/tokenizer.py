@@ -173,8 +173,8 @@ def eos_id(tok: Tokenizer) -> int:
     return i
 
 
-def _iter_texts(files: Iterable[str | Path]) -> Iterator[str]:
-    """Text of `.txt`/`.md`/`.py` files (whole file) and of the `text` column of `.parquet`/`.jsonl` files."""
+def _iter_texts(files: Iterable[str | Path], column: str = "text") -> Iterator[str]:
+    """Text of `.txt`/`.md`/`.py` files (whole file) and of the `column` of `.parquet`/`.jsonl` files."""
     for f in map(Path, files):
         if not f.is_file():
             raise FileNotFoundError(f"training file not found: {f}")
@@ -182,23 +182,25 @@ def _iter_texts(files: Iterable[str | Path]) -> Iterator[str]:
             import pyarrow.parquet as pq
 
             pf = pq.ParquetFile(f)
-            if "text" not in pf.schema_arrow.names:
-                raise ValueError(f"{f}: no 'text' column (columns: {pf.schema_arrow.names})")
-            kind = pf.schema_arrow.field("text").type
+            if column not in pf.schema_arrow.names:
+                raise ValueError(f"{f}: no {column!r} column (columns: {pf.schema_arrow.names}); name the text "
+                                 f"column with --column")
+            kind = pf.schema_arrow.field(column).type
             if str(kind) not in ("string", "large_string"):
-                raise ValueError(f"{f}: column 'text' holds {kind}, expected strings")
-            for batch in pf.iter_batches(columns=["text"], batch_size=1024):
+                raise ValueError(f"{f}: column {column!r} holds {kind}, expected strings")
+            for batch in pf.iter_batches(columns=[column], batch_size=1024):
                 yield from (t for t in batch.column(0).to_pylist() if t)
         elif f.suffix == ".jsonl":
             from textbookgen.jsonl import iter_jsonl
 
             for n, row in iter_jsonl(f):
-                if "text" not in row:
-                    raise ValueError(f"{f}:{n}: no 'text' field")
-                if not isinstance(row["text"], str):
-                    raise ValueError(f"{f}:{n}: 'text' is {type(row['text']).__name__}, expected a string")
-                if row["text"]:
-                    yield row["text"]
+                if column not in row:
+                    raise ValueError(f"{f}:{n}: no {column!r} field (fields: {sorted(row)}); name the text field "
+                                     f"with --column")
+                if not isinstance(row[column], str):
+                    raise ValueError(f"{f}:{n}: {column!r} is {type(row[column]).__name__}, expected a string")
+                if row[column]:
+                    yield row[column]
         else:
             try:
                 text = f.read_text(encoding="utf-8")
@@ -209,8 +211,8 @@ def _iter_texts(files: Iterable[str | Path]) -> Iterator[str]:
 
 
 def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tokens: bool = True,
-                    min_frequency: int = 2) -> Tokenizer:
-    """Train a GPT-2-style byte-level BPE on text files (`.txt/.md/.py`, or `text` of `.parquet/.jsonl`).
+                    min_frequency: int = 2, column: str = "text") -> Tokenizer:
+    """Train a GPT-2-style byte-level BPE on text files (`.txt/.md/.py`, or `column` of `.parquet/.jsonl`).
 
     `<|endoftext|>` gets id 0; with `whitespace_tokens` CodeGen's 38 whitespace runs are appended as
     added tokens, so the final size is `vocab_size + 38`. Save with `tok.save("tokenizer.json")`."""
@@ -218,7 +220,7 @@ def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tok
         raise ValueError(f"vocab_size {vocab_size} is outside 258..{MAX_VOCAB} (256 byte tokens + {EOS_TOKEN} "
                          "up to the largest size supported)")
     paths = list(files)
-    texts = _iter_texts(paths)
+    texts = _iter_texts(paths, column)
     first = next(texts, None)
     if first is None:
         shown = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

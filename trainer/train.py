@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -49,12 +50,13 @@ from trainer.data import (
 )
 from trainer.files import FileFormatError
 from trainer.model import CONFIGS, Phi, PhiConfig, attention_kernel
-from trainer.tokenizer import load_tokenizer
+from trainer.tokenizer import GIVE_TOKENIZER, load_tokenizer
 from trainer.validate import Validator, ValSet
 
-# dense bf16 peak per device (data sheets), for MFU
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0, "A100": 312.0, "A800": 312.0,
-               "L40S": 362.0, "A10G": 125.0}
+# dense bf16 peak per device (data sheets), for MFU; the first name found in the device's wins, so the PCIe and NVL
+# H100s (lower clocks and power) come before the SXM one that "H100" alone means
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0,
+               "A100": 312.0, "A800": 312.0, "L40S": 362.0, "A10G": 125.0}
 
 
 class TrainingDiverged(RuntimeError):
@@ -114,7 +116,8 @@ def model_config(cfg: TrainConfig, weights: PhiConfig | None = None, origin: str
     bad = sorted(set(m.overrides) - fields)
     if bad:
         raise ConfigError(f"model.overrides: {bad} are not PhiConfig fields (fields: {sorted(fields)})")
-    changes = dict(m.overrides, activation_checkpointing=m.activation_checkpointing, attn_impl=m.attn_impl)
+    changes = dict(_typed_overrides(m.overrides), activation_checkpointing=m.activation_checkpointing,
+                   attn_impl=m.attn_impl)
     if m.loss_chunk_size is not None:
         changes["loss_chunk_size"] = m.loss_chunk_size
     try:
@@ -134,6 +137,21 @@ def model_config(cfg: TrainConfig, weights: PhiConfig | None = None, origin: str
                           f"({whose}): set model.overrides.{_CONTEXT} to at least {cfg.data.seq_len} (rotary "
                           f"positions, no weights change) or lower data.seq_len")
     return pc
+
+
+def _typed_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """model.overrides as PhiConfig's field types: YAML 1.1 reads `1e-5` (no dot) as a string, and a float
+    layer count must not reach torch as a traceback; a value that does not convert names its field."""
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(PhiConfig)
+    out = {}
+    for key, value in overrides.items():
+        try:
+            out[key] = TypeAdapter(hints[key]).validate_python(value)
+        except ValidationError as e:
+            raise ConfigError(f"model.overrides.{key}={value!r}: {e.errors()[0]['msg']}") from None
+    return out
 
 
 def _shape_fields() -> list[str]:
@@ -488,30 +506,48 @@ def plot_metrics(jsonl: Path, png: Path) -> Path | None:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM, or `budget_s` seconds from the start (train.time_budget_s), ask the loop to stop at the
-    next step boundary (and checkpoint) instead of dying. A second signal aborts, unless it comes within
-    `REPEAT_S` of the first: that is the same request passed on, as torchrun re-sends the SIGTERM or SIGINT it
-    gets to its workers, which a scheduler (SLURM's scancel) or a terminal's Ctrl-C has signalled already. Taken
-    as an abort, it cut the checkpoint short, mid-collective: the ranks hung until torchrun killed them."""
+    """SIGINT/SIGTERM, or train.time_budget_s, ask the loop to stop at the next step boundary (and checkpoint)
+    instead of dying. The budget counts from `started` (the start of `train`: preparing data and building the
+    model are spent from it too), and a stop comes while one more step and the exit checkpoint still fit in it:
+    a budget set to a machine's time limit ends with the checkpoint written, not killed mid-step. A second
+    signal aborts, unless it comes within `REPEAT_S` of the first: that is the same request passed on, as
+    torchrun re-sends the SIGTERM or SIGINT it gets to its workers, which a scheduler (SLURM's scancel) or a
+    terminal's Ctrl-C has signalled already. Taken as an abort, it cut the checkpoint short, mid-collective:
+    the ranks hung until torchrun killed them."""
 
     REPEAT_S = 5.0
 
-    def __init__(self, budget_s: float | None = None) -> None:
+    def __init__(self, budget_s: float | None = None, started: float | None = None) -> None:
         self.reason: str | None = None
         self._budget_s = budget_s
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() if started is None else started
         self._signalled_at: float | None = None
         self._old: dict[int, Any] = {}
+        self._last = time.perf_counter()
+        self._cycles: list[float] = []
+        self._saving = 0.0  # checkpoint seconds since the last `wanted`, left out of the step's time
+        self.exit_s = 0.0  # seconds the exit checkpoint is expected to take: the last one's
 
     def __enter__(self) -> _StopFlag:
+        self._last = time.perf_counter()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
+    def saved(self, seconds: float) -> None:
+        """A checkpoint took `seconds`: the exit one will take about as long."""
+        self.exit_s = seconds
+        self._saving += seconds
+
     def wanted(self) -> bool:
-        """Whether this process wants to stop: a signal came, or the time budget is spent."""
-        if self._budget_s and time.perf_counter() - self._t0 >= self._budget_s:
+        """Whether this process wants to stop (asked once per step): a signal came, or the time budget leaves no
+        room for another step (the slowest one since the first, which compiles) and the exit checkpoint."""
+        now = time.perf_counter()
+        self._cycles.append(now - self._last - self._saving)
+        self._last, self._saving = now, 0.0
+        next_step = max(self._cycles[1:] or self._cycles)
+        if self._budget_s and now - self._t0 + next_step + self.exit_s >= self._budget_s:
             self.reason = self.reason or "time budget"
         return self.reason is not None
 
@@ -534,14 +570,16 @@ class _StopFlag:
 # ----------------------------------------------------------------------------- loop
 
 
-def train(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
+def train(cfg: TrainConfig, progress: bool | None = None, started: float | None = None) -> TrainResult:
     """Train (or resume) the run described by `cfg`, holding its run folder; returns the per-step history of
-    this process. A resume with nothing left to train says so and returns with no step run."""
+    this process. A resume with nothing left to train says so and returns with no step run. train.time_budget_s
+    counts from `started` (a `time.perf_counter()`; the CLI's start), else from this call."""
+    started = time.perf_counter() if started is None else started
     info = distributed.setup(cfg.train.device, cfg.distributed.backend)
     try:
         with run_lock(Path(cfg.run_dir), info):
             try:
-                trainer = Trainer(cfg, info, cfg.log.progress if progress is None else progress)
+                trainer = Trainer(cfg, info, cfg.log.progress if progress is None else progress, started)
             except NothingToTrain as e:
                 if info.is_main:
                     print(e)
@@ -619,10 +657,11 @@ def _take_lock(run_dir: Path) -> tuple[Any, str | None]:
 class Trainer:
     """One process of a run: builds model, data and optimizer, resumes, steps, checkpoints, logs."""
 
-    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, show: bool):
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, show: bool, started: float | None = None):
         from rich.console import Console
 
         self.cfg, self.info, self.show = cfg, info, show
+        self.started = time.perf_counter() if started is None else started
         self.console = Console(quiet=not info.is_main, soft_wrap=True)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -649,7 +688,8 @@ class Trainer:
         data_start = self._data_start()
         self.tokenizer = self._run_tokenizer()
         self._check_resumed_model()
-        self.max_steps = self._max_steps(*data_start)
+        self.tokens_at_start = self._tokens_at_start(data_start[1])
+        self.max_steps = self._max_steps(data_start[0])
         if data_start[0] >= self.max_steps:
             budget = "" if self.cfg.train.max_tokens is None else f" (train.max_tokens {self.cfg.train.max_tokens:g})"
             raise NothingToTrain(f"{self.resume_from}: already at step {data_start[0]} >= max_steps {self.max_steps}"
@@ -668,9 +708,10 @@ class Trainer:
         try:
             tok = load_tokenizer(spec)
         except ValueError as e:
-            if saved is None:
-                self.console.print(f"[yellow]warning:[/] cannot load data.tokenizer {spec!r} ({e}): the checkpoints "
-                                   f"will not keep it")
+            if saved is None:  # the library's hint names prepare's --tokenizer, which train does not take
+                why = str(e).replace(GIVE_TOKENIZER, "set data.tokenizer to")
+                self.console.print(f"[yellow]warning:[/] cannot load data.tokenizer {spec!r} ({why}): the checkpoints "
+                                   f"will not keep it", highlight=False)
             return saved
         if saved is not None and checkpoint.tokenizer_sha256(tok) != checkpoint.tokenizer_sha256(saved):
             raise every_rank(checkpoint.CheckpointError(
@@ -782,7 +823,20 @@ class Trainer:
             self.console.print(f"[yellow]warning:[/] the data differs from the checkpoint's "
                                f"({meta.get('data_fingerprint')} -> {self.data_fp}); the sample order will not match")
         self.console.print(f"resumed from {source} at step {meta['step']}")
+        self._check_schedule(meta)
         return meta["step"]
+
+    def _check_schedule(self, meta: dict[str, Any]) -> None:
+        """Warn when the resumed run goes on at another learning rate than the one that saved `meta` would have:
+        a changed budget (--max-steps), optim.lr or schedule moves the curve, e.g. a finished cosine run
+        extended jumps from min_lr back to the middle of a new decay."""
+        saved, step = meta.get("next_lr"), meta["step"]
+        now = lr_at(self.schedule_position(step), self.cfg, self.schedule_position(self.max_steps))
+        if saved is not None and not math.isclose(now, saved, rel_tol=1e-6, abs_tol=1e-12):
+            self.console.print(f"[yellow]warning:[/] step {step + 1} trains at lr {now:.3g}, where the run that saved "
+                               f"{self.resume_from} would have gone on at {saved:.3g}: the schedule's end "
+                               f"(max_steps/max_tokens), optim.lr or schedule.* changed (a jump up can spike the loss)",
+                               highlight=False)
 
     def _data_start(self) -> tuple[int, int]:
         """(step, samples drawn before it) the data goes on from: the resumed checkpoint's, in its seed's order
@@ -807,14 +861,29 @@ class Trainer:
             self.console.print(f"data goes on from sample {samples} (global batch {t.global_batch} from step {step})")
         return step, samples
 
-    def _max_steps(self, start: int, samples: int) -> int:
-        """The step to stop at, for a run going on from step `start` with `samples` drawn: train.max_steps, or
-        where train.max_tokens is reached (counted in samples drawn, so a resume under another global batch
-        still stops at the token budget)."""
+    def _tokens_at_start(self, samples: int) -> int:
+        """Tokens trained on before this start: the checkpoint's count, else (a checkpoint from before it was
+        recorded) its samples drawn x its config's seq_len. Not samples x today's data.seq_len: a resume under
+        another seq_len (a context extension) would count the tokens already seen again, or lose some."""
+        meta = self.resume_meta
+        if meta is None:
+            return 0
+        saved = meta["config"].get("data", {}) if isinstance(meta["config"], dict) else {}
+        return meta.get("tokens", samples * saved.get("seq_len", self.cfg.data.seq_len))
+
+    def tokens_seen(self, step: int) -> int:
+        """Tokens trained on by the end of step `step` (1-based) of this start, those of earlier starts included."""
+        drawn = self.plan.samples_before(step) - self.plan.samples_before(self.plan.start_step)
+        return self.tokens_at_start + drawn * self.cfg.data.seq_len
+
+    def _max_steps(self, start: int) -> int:
+        """The step to stop at, for a run going on from step `start`: train.max_steps, or where train.max_tokens
+        is reached (counted in tokens seen, so a resume under another global batch or seq_len still stops at the
+        token budget)."""
         t = self.cfg.train
         if t.max_tokens is None:
             return self.cfg.max_steps
-        left = max(0, -(-int(t.max_tokens) // self.cfg.data.seq_len) - samples)
+        left = -(-max(0, int(t.max_tokens) - self.tokens_at_start) // self.cfg.data.seq_len)
         return start + -(-left // t.global_batch)
 
     def schedule_position(self, step: int) -> float:
@@ -834,7 +903,8 @@ class Trainer:
     def save(self, step: int) -> None:
         meta = {"model_config": dataclasses.asdict(self.model_cfg), "config": self.cfg.model_dump(mode="json"),
                 "data_fingerprint": self.data_fp, "samples": self.plan.samples_before(step),
-                "data_seed": self.cfg.train.seed, "init_from": self.cfg.train.init_from}
+                "tokens": self.tokens_seen(step),
+                "data_seed": self.cfg.train.seed, "init_from": self.cfg.train.init_from, "next_lr": self.lr(step)}
         path = checkpoint.save(self.ckpt_root, step, self.model, self.optimizer, meta,
                                sharded=self.strategy == "fsdp", keep=self.cfg.checkpoint.keep,
                                tokenizer=self.tokenizer.to_str() if self.tokenizer is not None else None)
@@ -882,7 +952,7 @@ class Trainer:
         return loss_val, gnorm_val, stop_votes > 0
 
     def record(self, step: int, loss: float, gnorm: float, dt: float) -> dict[str, Any]:
-        tokens, seen = self.cfg.tokens_per_step, self.plan.samples_before(step) * self.cfg.data.seq_len
+        tokens, seen = self.cfg.tokens_per_step, self.tokens_seen(step)
         rec = {"step": step, "loss": loss, "lr": self.lr(step - 1), "grad_norm": gnorm,
                "tokens": seen, "step_s": round(dt, 4), "tokens_per_s": round(tokens / dt, 1),
                "mfu": (round(self.flops_per_token * tokens / dt / (self.peak * self.info.world_size), 4)
@@ -963,6 +1033,27 @@ class Trainer:
         note = self._describe_validation()
         if note:
             self.console.print(note)
+        for warning in self._setting_warnings():
+            self.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+    def _setting_warnings(self) -> list[str]:
+        """Settings that would silently do little: a warmup as long as the run, a model vocabulary mostly
+        unused by a much smaller data.tokenizer (a BPE of one's own under a preset's 51,200 rows)."""
+        cfg, out = self.cfg, []
+        warmup = cfg.schedule.warmup_steps
+        if warmup and warmup >= self.schedule_end:  # the lr reaches optim.lr at step `warmup` (1-based)
+            at_end = warmup == self.schedule_end
+            reach = "reaches" if at_end else "never reaches"
+            decay = "" if cfg.schedule.kind == "constant" else f" and the {cfg.schedule.kind} decay never starts"
+            out.append(f"schedule.warmup_steps {warmup} is not below the run's {self.schedule_end:g} steps: the lr "
+                       f"{reach} optim.lr {cfg.optim.lr:g}{' only at the last step' if at_end else ''}{decay}")
+        rows, used = self.model_cfg.vocab_size, self.tokenizer.get_vocab_size() if self.tokenizer else None
+        fresh = self.start == 0 and not cfg.train.init_from  # else the rows are the weights' own
+        if fresh and used and rows - used > rows // 10 and "vocab_size" not in cfg.model.overrides:
+            out.append(f"data.tokenizer has {used:,} tokens but the model {rows:,} embedding rows, "
+                       f"{1 - used / rows:.0%} of them never used: set model.overrides.vocab_size={-(-used // 64) * 64} "
+                       f"(a multiple of 64) for a model of that vocabulary")
+        return out
 
     def _train_steps(self, loader: Loader, log: MetricsLog, result: TrainResult) -> int:
         """Step until `max_steps` or a stop (a signal, train.time_budget_s, another rank's), validating, logging
@@ -972,7 +1063,7 @@ class Trainer:
         last_val = None
         bar = _progress(self.show and self.info.is_main, self.console)
         task = bar.add_task("train", total=self.max_steps, completed=step, status="")
-        with _StopFlag(self.cfg.train.time_budget_s) as stop, bar:
+        with _StopFlag(self.cfg.train.time_budget_s, self.started) as stop, bar:
             self.model.train()
             while step < self.max_steps:
                 t0 = time.perf_counter()
@@ -992,7 +1083,9 @@ class Trainer:
                     result.stop_reason = stop.reason or "stop requested on another rank"
                     break
                 if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0:
+                    t0 = time.perf_counter()
                     self.save(step)
+                    stop.saved(time.perf_counter() - t0)
                     last_saved = step
         return last_saved
 
