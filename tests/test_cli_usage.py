@@ -100,6 +100,9 @@ def test_usage_errors_are_bad_input_one_line_exit_1(prompts, args, fragments):
     _one_line_error(res, *fragments)
 
 
-def test_a_group_with_no_command_still_prints_its_help():
-    res = CliRunner().invoke(app, ["topics"])
-    assert "error:" not in res.output and "grow" in res.output and "coverage" in res.output
+def test_a_group_with_no_command_still_prints_its_help_and_exits_1():
+    """It exited 2, which this CLI's scripts read as "stopped: rerun to resume"."""
+    for args in ([], ["topics"], ["classifier"]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 1 and "error:" not in res.output and "Usage:" in res.output, (args, res.output)
+    assert "grow" in CliRunner().invoke(app, ["topics"]).output

@@ -81,12 +81,13 @@ def _flow_all(command) -> None:
 @contextmanager
 def _usage_errors_as_bad_input() -> Iterator[None]:
     """Turn a click UsageError into `error: MESSAGE (see 'COMMAND --help')` and exit 1; a group called with no
-    arguments still prints its help."""
+    arguments still prints its help, and exits 1 too (click's 2 is this CLI's "stopped: rerun to resume")."""
     try:
         yield
     except _UsageError as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # as typer tells it, the class being new in click 8.2
-            raise
+            err.show()
+            raise SystemExit(1) from None
         see = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
         _fail(err.format_message().rstrip(".") + see)
 
@@ -1157,7 +1158,7 @@ def classifier_train(
     epochs: str = typer.Option("5,10", help="epoch counts to try"),
     dim: int = typer.Option(100),
     bucket: int = typer.Option(2_000_000, help="hash buckets for word bigrams, dim x 4 bytes each in the model "
-                               "(2M at dim 100: ~800 MB; 200000: ~10x smaller)"),
+                               "(2M at dim 100: ~800 MB; 200000: ~100 MB, with the words)"),
     text_column: TextCol = "text",
     balance_sources: bool = typer.Option(False, "--balance-sources", help="weigh every source the same (the "
                                          "--positive/--negative corpora as one, each --labelled file as one; each "
