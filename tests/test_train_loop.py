@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -343,8 +344,10 @@ def test_tensorboard_without_the_package_is_a_clear_error(corpus, tmp_path, monk
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    cfg = cfg_for(corpus, tmp_path, **{"log.tensorboard": True, "train.max_steps": 1})
     with pytest.raises(ConfigError, match=r"log.tensorboard: needs the tensorboard package"):
-        train(cfg_for(corpus, tmp_path, **{"log.tensorboard": True, "train.max_steps": 1}))
+        train(cfg)
+    assert not Path(cfg.run_dir).exists()  # refused before the run folder (an empty metrics.jsonl) was made
 
 
 def test_multi_process_runs_refuse_unprepared_data(corpus, tmp_path):

@@ -421,11 +421,7 @@ class MetricsLog:
                 checkpoint.write_atomic(self.path, kept)  # a kill mid-rewrite leaves the history whole
         self._f = open(self.path, "a")
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ConfigError("log.tensorboard: needs the tensorboard package: pip install 'textbookgen[tensorboard]'") from e
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+            self.tb = summary_writer()(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def _records_up_to(self, text: str, step: int) -> list[str]:
         """The lines of metrics.jsonl `text` with records up to `step`. An unreadable last line (a write cut
@@ -570,11 +566,22 @@ class _StopFlag:
 # ----------------------------------------------------------------------------- loop
 
 
+def summary_writer() -> type:
+    """TensorBoard's SummaryWriter, or a ConfigError saying how to install it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError("log.tensorboard: needs the tensorboard package: pip install 'textbookgen[tensorboard]'") from e
+    return SummaryWriter
+
+
 def train(cfg: TrainConfig, progress: bool | None = None, started: float | None = None) -> TrainResult:
     """Train (or resume) the run described by `cfg`, holding its run folder; returns the per-step history of
     this process. A resume with nothing left to train says so and returns with no step run. train.time_budget_s
     counts from `started` (a `time.perf_counter()`; the CLI's start), else from this call."""
     started = time.perf_counter() if started is None else started
+    if cfg.log.tensorboard:
+        summary_writer()  # before the run folder, the data or any weights are touched
     info = distributed.setup(cfg.train.device, cfg.distributed.backend)
     try:
         with run_lock(Path(cfg.run_dir), info):

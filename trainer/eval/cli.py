@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (task defaults otherwise)")
     p.add_argument("--sandbox-timeout", type=float, default=3.0, help="seconds per generated program")
     p.add_argument("--out", default="eval_out",
-                   help="report directory (several checkpoints, or --baseline: a folder each in it, and compare.md)")
+                   help="report directory, default eval_out (several checkpoints, or --baseline: a folder each in it, "
+                        "and compare.md); an earlier report there is replaced")
     p.add_argument("--name", default=None, help="model name in the table (default: checkpoint name; one checkpoint)")
     p.add_argument("--baseline", default=None, metavar="CHECKPOINT|REPORT",
                    help="pair every other checkpoint with this one alone in compare.md (default: each with the first "
