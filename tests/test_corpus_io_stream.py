@@ -114,15 +114,7 @@ def test_jsonl_is_parsed_a_batch_at_a_time(tmp_path, monkeypatch, name):
     path = write(tmp_path / name, raw)
     if name.startswith("gzip"):
         path.write_bytes(gzip.compress(raw))
-    seen: list[int] = []
-    read_ndjson = pl.read_ndjson
-
-    def counting(source, **kwargs):
-        df = read_ndjson(source, **kwargs)
-        seen.append(df.height)
-        return df
-
-    monkeypatch.setattr(pl, "read_ndjson", counting)
+    seen = _count_ndjson_rows(monkeypatch)
     tracemalloc.start()
     try:
         rows = sum(chunk.height for chunk in Corpus(path, chunk_rows=50).chunks())
@@ -160,15 +152,7 @@ def test_a_json_array_is_parsed_a_batch_at_a_time(tmp_path, monkeypatch, name, i
     path = write(tmp_path / name, raw)
     expected = pl.read_ndjson(io.BytesIO(lines(rows)))
     monkeypatch.setattr(corpus_io, "ARRAY_BLOCK", 1 << 16)  # the file is a few of them
-    seen: list[int] = []
-    read_ndjson = pl.read_ndjson
-
-    def counting(source, **kwargs):
-        df = read_ndjson(source, **kwargs)
-        seen.append(df.height)
-        return df
-
-    monkeypatch.setattr(pl, "read_ndjson", counting)
+    seen = _count_ndjson_rows(monkeypatch)
     tracemalloc.start()
     try:
         got = pl.concat(Corpus(path, chunk_rows=50).chunks()).drop("id")
@@ -309,3 +293,17 @@ def test_a_utf8_bom_is_no_part_of_the_first_line(tmp_path, monkeypatch, name):
     nested = write(tmp_path / "nested.jsonl", b"\xef\xbb\xbf" + lines([doc(0, m={"a": 1})]))
     array = write(tmp_path / "array.json", b"\xef\xbb\xbf" + json.dumps([doc(0)]).encode())
     assert read_corpus(nested)["m"].to_list() == [{"a": 1}] and read_corpus(array)["text"].to_list() == ["doc 0"]
+
+
+def _count_ndjson_rows(monkeypatch) -> list[int]:
+    """The row counts of every `pl.read_ndjson` call from now on: how many lines polars got at once."""
+    seen: list[int] = []
+    read_ndjson = pl.read_ndjson
+
+    def counting(source, **kwargs):
+        df = read_ndjson(source, **kwargs)
+        seen.append(df.height)
+        return df
+
+    monkeypatch.setattr(pl, "read_ndjson", counting)
+    return seen
