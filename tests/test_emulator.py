@@ -717,3 +717,13 @@ def test_answer_faults_in_both_wire_formats_streamed_or_not():
     choice, message, (text, _, finish), streamed = seen["think_cut"]
     assert choice.finish_reason == finish == "length" and message.stop_reason == "max_tokens"
     assert choice.message.content.startswith("<think>") and "</think>" not in choice.message.content + text
+
+
+def test_a_chinese_prompt_is_billed_about_a_token_a_character():
+    """At 4 characters a token a dry run of a Chinese build showed a quarter of its real input cost."""
+    from textbookgen.testing.responder import estimate_tokens, prompt_tokens
+
+    chinese = "光合作用是植物利用光能把二氧化碳和水转化为有机物的过程。" * 10
+    english = "Photosynthesis turns light, water and carbon dioxide into sugar. " * 10
+    assert 0.95 * len(chinese) <= prompt_tokens(chinese) <= 1.05 * len(chinese)
+    assert prompt_tokens(english) == estimate_tokens(english)

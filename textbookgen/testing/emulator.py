@@ -84,6 +84,7 @@ from textbookgen.testing.responder import (
     estimate_tokens,
     forced_tool,
     prompt_text,
+    prompt_tokens,
 )
 
 FAULT_KINDS = (
@@ -945,7 +946,7 @@ class Emulator:
 
     def _count_input(self, body: dict[str, Any]) -> int:
         messages = body.get("messages") or []
-        return estimate_tokens(prompt_text(messages, body.get("system"))) + 3 * len(messages) + 3
+        return prompt_tokens(prompt_text(messages, body.get("system"))) + 3 * len(messages) + 3
 
     def _parse_call(self, provider: str, body: dict[str, Any]) -> _Call:
         model, messages = body.get("model"), body.get("messages")

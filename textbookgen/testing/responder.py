@@ -96,6 +96,14 @@ def estimate_tokens(text: str) -> int:
     return max(1, -(-len(text) // CHARS_PER_TOKEN)) if text else 0
 
 
+def prompt_tokens(text: str) -> int:
+    """A prompt's billed tokens: `estimate_tokens` for English, about a token per Chinese, Japanese or Korean
+    character (as the providers' tokenizers count them), so that a dry run of a CJK build shows its real input
+    cost. Each UTF-8 byte beyond one per character counts half a wide character: 2 for CJK, 1 for é."""
+    wide = (len(text.encode("utf-8", "surrogatepass")) - len(text)) // 2
+    return estimate_tokens(text) + wide - wide // CHARS_PER_TOKEN if text else 0
+
+
 def prompt_text(messages: list[dict[str, Any]], system: Any = None) -> str:
     """All text of a chat request (system + messages), whatever the content shape (str or content blocks)."""
     parts = [_content_text(system)] if system else []
