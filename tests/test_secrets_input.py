@@ -39,3 +39,15 @@ def test_a_base_url_with_a_query_string_is_refused_without_showing_it(url):
     with pytest.raises(ValueError, match="has a query string") as info:
         replica_urls("openai-compatible", url)
     assert "CANARY" not in str(info.value)
+
+
+def test_an_unset_key_like_variable_name_is_not_echoed(tmp_path, monkeypatch):
+    """A key made only of letters and digits is a valid variable name: "is not set" echoed it whole."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    key = "vllmCANARY7Q2xZ9mK4vB8nL3pR6tY1wE5"
+    monkeypatch.delenv(key, raising=False)
+    res = CliRunner().invoke(app, ["generate", str(prompts), "--api-key-env", key])
+    assert res.exit_code == 2 and "is not set" in res.output and "CANARY" not in res.output, res.output
+    res = CliRunner().invoke(app, ["generate", str(prompts), "--api-key-env", "MY_VLLM_KEY_2"])
+    assert res.exit_code == 2 and "environment variable MY_VLLM_KEY_2 is not set" in res.output, res.output

@@ -444,7 +444,12 @@ def _env_key(api_key_env: str | None) -> str | None:
               "not the key itself")
     api_key = os.environ.get(api_key_env)
     if not api_key:
-        _fail(f"environment variable {api_key_env} is not set", 2)
+        # a variable name is upper-case words; a long mixed-case name with digits may be a key pasted there
+        keylike = len(api_key_env) >= 20 and not re.fullmatch(r"[A-Z0-9_]+", api_key_env) and \
+            any(c.isdigit() for c in api_key_env)
+        named = "the variable --api-key-env names (not shown: it looks like a key, not a name)" if keylike \
+            else api_key_env
+        _fail(f"environment variable {named} is not set", 2)
     return api_key
 
 
