@@ -474,3 +474,25 @@ def test_tokens_seen_go_on_from_the_checkpoints_count_under_another_seq_len(corp
     by_tokens = train(cfg_for(corpus, tmp_path, **{"train.max_steps": None, "train.max_tokens": 640 + 2 * 8 * 16,
                                                    "data.seq_len": 16}))
     assert by_tokens.final_step == 5 and by_tokens.history[-1]["tokens"] == 896  # the budget counts tokens too
+
+
+def test_a_time_budget_leaves_room_for_an_exit_checkpoint_not_yet_timed(monkeypatch):
+    """With `checkpoint.every: 0` no checkpoint had been timed, so none was allowed for: on an H100 a 110 s budget
+    ended after 140 s. Until one is timed, the weights and AdamW's moments at CHECKPOINT_WRITE_GBPS are."""
+    from trainer import train as train_mod
+    from trainer.model import CONFIGS, Phi
+
+    model = Phi(CONFIGS["tiny"])
+    n = sum(p.numel() for p in model.parameters())
+    assert train_mod.checkpoint_seconds(model) == pytest.approx(n * 12 / (train_mod.CHECKPOINT_WRITE_GBPS * 1e9))
+    clock = [0.0]
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock[0])
+    with train_mod._StopFlag(10.0, 0.0, exit_s=3.0) as stop:
+        clock[0] = 2.0
+        assert not stop.wanted()  # 2 + 2 + 3 <= 10
+        clock[0] = 4.0
+        assert not stop.wanted()  # 4 + 2 + 3 <= 10
+        clock[0] = 6.0
+        assert stop.wanted()  # 6 + 2 + 3 > 10: stop now, while the untimed checkpoint still fits
+        stop.saved(0.5)  # a timed one replaces the estimate
+        assert stop.exit_s == 0.5

@@ -513,7 +513,7 @@ class _StopFlag:
 
     REPEAT_S = 5.0
 
-    def __init__(self, budget_s: float | None = None, started: float | None = None) -> None:
+    def __init__(self, budget_s: float | None = None, started: float | None = None, exit_s: float = 0.0) -> None:
         self.reason: str | None = None
         self._budget_s = budget_s
         self._t0 = time.perf_counter() if started is None else started
@@ -522,7 +522,7 @@ class _StopFlag:
         self._last = time.perf_counter()
         self._cycles: list[float] = []
         self._saving = 0.0  # checkpoint seconds since the last `wanted`, left out of the step's time
-        self.exit_s = 0.0  # seconds the exit checkpoint is expected to take: the last one's
+        self.exit_s = exit_s  # seconds the exit checkpoint is expected to take: the last one's, else an estimate
 
     def __enter__(self) -> _StopFlag:
         self._last = time.perf_counter()
@@ -561,6 +561,17 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+CHECKPOINT_WRITE_GBPS = 1.0  # assumed until a checkpoint has been timed: a local SSD's rate, a network disk's best
+
+
+def checkpoint_seconds(model: torch.nn.Module) -> float:
+    """What the exit checkpoint should take before one has been timed: this rank's weights (its shards under
+    FSDP2, which each rank writes) and AdamW's two fp32 moments at CHECKPOINT_WRITE_GBPS (phi-1.5: 17 GB, 17 s).
+    Without it a time budget left no room for a checkpoint it had not seen (`checkpoint.every: 0`)."""
+    params = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    return sum(p.numel() * (p.element_size() + 8) for p in params) / (CHECKPOINT_WRITE_GBPS * 1e9)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -1070,7 +1081,7 @@ class Trainer:
         last_val = None
         bar = _progress(self.show and self.info.is_main, self.console)
         task = bar.add_task("train", total=self.max_steps, completed=step, status="")
-        with _StopFlag(self.cfg.train.time_budget_s, self.started) as stop, bar:
+        with _StopFlag(self.cfg.train.time_budget_s, self.started, checkpoint_seconds(self.model)) as stop, bar:
             self.model.train()
             while step < self.max_steps:
                 t0 = time.perf_counter()
