@@ -36,7 +36,9 @@ def test_abandoned_attempts_keep_their_tokens_so_the_retries_meet_no_429(provide
     with Emulator(cfg) as emu:
         base_url = emu.anthropic_base_url if provider == "anthropic" else emu.openai_base_url
         gen = Generator(provider, model, base_url=base_url, api_key="sk-test", journal=tmp_path / "j.sqlite",
-                        limits=RateLimits(**{limit: 60_000}), concurrency=32, timeout_s=0.1, **FAST)
+                        # 1 s, not 0.1: on a busy 2-core machine the first answers could miss 0.1 s and the
+                        # engine then (rightly) stopped the run as a hung server after 8 unanswered attempts
+                        limits=RateLimits(**{limit: 60_000}), concurrency=32, timeout_s=1.0, **FAST)
         out = gen.run(ask("Hi", 1, 16) + ask("SLOW", 10, 600) + ask("FILL", 5, 10_000))
         assert gen.stats["timed_out"] >= 10
         assert emu.rate_limited == 0 and gen.stats["rate_limited"] == 0
