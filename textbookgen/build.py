@@ -308,8 +308,9 @@ def render_prompts(
     console = Console(stderr=True)
     topics_it = track(topics[:limit], "rendering prompts", console=console, transient=True,
                       disable=not progress)
+    tables = recipe.tables()  # the audiences, styles and formats every prompt's variables describe
     for i, topic in enumerate(topics_it):
-        rendered = _render_unseen(recipe, topic, cells, templates, extracts, seen)
+        rendered = _render_unseen(recipe, topic, cells, templates, extracts, seen, tables)
         seen.add(rendered.prompt)
         if extracts is not None:
             extracts.take()  # only now, the kept try's pick: a skipped duplicate's extract stays free
@@ -341,10 +342,12 @@ class _Rendered:
 
 
 def _render_unseen(recipe: Recipe, topic: Topic, cells: MixSchedule, templates: dict[str, Template],
-                   extracts: KeyedExtracts | None, seen: set[str]) -> _Rendered:
+                   extracts: KeyedExtracts | None, seen: set[str],
+                   tables: tuple[dict[str, str], dict[str, str], dict[str, str]]) -> _Rendered:
     """The topic's next prompt, or where its text came earlier the next cell of its mix entry, up to MAX_SKIPS
-    times (a second request for the same prompt would pay for a near-copy); its extract is picked, not taken."""
-    audiences, styles, formats = recipe.tables()
+    times (a second request for the same prompt would pay for a near-copy); its extract is picked, not taken.
+    `tables`: `recipe.tables()`, built once for all the prompts."""
+    audiences, styles, formats = tables
     for attempt in range(MAX_SKIPS + 1):
         cell, series, k = cells.next(topic.id, retry=attempt > 0)
         key = prompt_key(series, k)

@@ -770,7 +770,6 @@ def corpus_stats(df: pl.DataFrame) -> dict:
     }
 
 
-
 def corpus_card_data(metadata: Mapping[str, Any], splits: Mapping[str, list[Path]], info: dict,
                      n_rows: int) -> DatasetCardData:
     """A corpus card's Hub metadata: `metadata` plus its size and the `configs` `load_dataset` finds the splits by
@@ -792,6 +791,7 @@ def _curation_tables(curation: Collection[Mapping]) -> tuple[list[dict], list[di
         stages += rows
         decontam += benchmarks
     return stages, decontam
+
 
 def render_corpus_card(
     out_dir: str | Path,
