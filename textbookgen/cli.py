@@ -439,9 +439,12 @@ def _env_key(api_key_env: str | None) -> str | None:
     exits 2 when it is not set."""
     if not api_key_env:
         return None
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env):  # the key itself, pasted: never echo it
-        _fail("--api-key-env takes the name of an environment variable holding the key (e.g. OPENAI_API_KEY), "
-              "not the key itself")
+    from textbookgen.providers import check_key_variable
+
+    try:
+        check_key_variable(api_key_env)
+    except ValueError as e:
+        _fail(f"--api-key-env {e}")
     api_key = os.environ.get(api_key_env)
     if not api_key:
         # a variable name is upper-case words; a long mixed-case name with digits may be a key pasted there

@@ -390,6 +390,15 @@ def structured_output_tool(response_format: dict | None) -> dict | None:
             "input_schema": spec.get("schema") or {"type": "object"}}
 
 
+def check_key_variable(name: str) -> str:
+    """`name` if it can name an environment variable; a ValueError that does not show it where it cannot (the key
+    itself, pasted where its variable's name goes: `--api-key-env`, a recipe's `provider.api_key_env`)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError("takes the name of an environment variable holding the key (e.g. OPENAI_API_KEY), not the "
+                         "key itself")
+    return name
+
+
 def replica_urls(provider: str, base_url: str | Sequence[str] | None, *, batch: bool = False) -> list[str]:
     """The server URLs a `base_url` names: none, one, or several replicas of one model (one vLLM, SGLang or
     llama.cpp server per GPU node) that requests are spread over. ValueError, one line, for a URL that is no

@@ -80,10 +80,9 @@ class ProviderConfig(_Strict):
     @field_validator("api_key_env")
     @classmethod
     def _a_variable_name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):  # the key itself: never echo it
-            raise ValueError("takes the name of an environment variable holding the key (e.g. OPENAI_API_KEY), "
-                             "not the key itself")
-        return v
+        from textbookgen.providers import check_key_variable
+
+        return v if v is None else check_key_variable(v)
 
     @field_validator("base_url")
     @classmethod
