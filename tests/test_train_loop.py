@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -496,3 +499,36 @@ def test_a_time_budget_leaves_room_for_an_exit_checkpoint_not_yet_timed(monkeypa
         assert stop.wanted()  # 6 + 2 + 3 > 10: stop now, while the untimed checkpoint still fits
         stop.saved(0.5)  # a timed one replaces the estimate
         assert stop.exit_s == 0.5
+
+
+def test_a_time_budget_leaves_room_for_the_process_to_end(monkeypatch):
+    """On an H200, phi-1.5's process ended 4 s after its exit checkpoint (compile workers, CUDA torn down): a
+    scheduler's limit counts that too. The trainer gives it SHUTDOWN_S."""
+    from trainer import train as train_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock[0])
+    with train_mod._StopFlag(10.0, 0.0, exit_s=3.0, shutdown_s=1.0) as stop:
+        clock[0] = 2.0
+        assert not stop.wanted()  # 2 + 2 + 3 + 1 <= 10
+        clock[0] = 4.0
+        assert stop.wanted()  # 4 + 2 + 3 + 1 >= 10: without the shutdown this step would have run
+    assert train_mod.SHUTDOWN_S >= 4.0
+
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc for process start times")
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_a_time_budget_counts_python_start_up_too(torchrun):
+    """A machine's time limit counts from the launch: the 11 s of importing torch before the trainer's clock
+    started were outside --time-budget. Under torchrun the launcher's start counts (its workers start later)."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"}
+    probe = "import time; time.sleep({}); import trainer.cli as c; print(time.perf_counter() - c._STARTED)"
+    if torchrun:  # the launcher spends the second, then starts the worker, which finds it by its parent pid
+        worker = [sys.executable, "-c", probe.format(0)]
+        cmd = [sys.executable, "-c", f"import subprocess, time; time.sleep(1); subprocess.run({worker!r}, check=True)"]
+        env["TORCHELASTIC_RUN_ID"] = "run"
+    else:
+        cmd = [sys.executable, "-c", probe.format(1)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    assert float(out.split()[-1]) >= 0.9  # the second spent before the trainer's import is counted

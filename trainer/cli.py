@@ -28,7 +28,26 @@ _EXIT_CODES = ("exit codes: 0 done; 3 stopped by --time-budget (train.time_budge
                "143 SIGTERM; 1 diverged; 2 bad input. 3, 130 and 143 leave a checkpoint: run the same "
                "command again to resume.")
 Command = tuple[str, Callable[[argparse.ArgumentParser], object], Callable[[argparse.Namespace], int]]
-_STARTED = time.perf_counter()  # --time-budget counts from here: importing torch is spent from it too
+
+
+def process_started(pid: int | None = None) -> float:
+    """When process `pid` (default: this one; under torchrun, its launcher, which a scheduler's time limit
+    counts from) started, on the `time.perf_counter()` clock: --time-budget counts from there, so Python's
+    start-up and imports are spent from it too. Linux's /proc gives it; elsewhere, now."""
+    if pid is None:
+        pid = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
+    now = time.perf_counter()
+    try:
+        since_boot = float(Path("/proc/uptime").read_text().split()[0])
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, after the "(name)" that may hold spaces
+    except (OSError, ValueError, IndexError):
+        return now
+    age = since_boot - ticks / os.sysconf("SC_CLK_TCK")
+    return now - age if age >= 0 else now
+
+
+_STARTED = process_started()
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

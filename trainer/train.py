@@ -503,8 +503,9 @@ def plot_metrics(jsonl: Path, png: Path) -> Path | None:
 
 class _StopFlag:
     """SIGINT/SIGTERM, or train.time_budget_s, ask the loop to stop at the next step boundary (and checkpoint)
-    instead of dying. The budget counts from `started` (the start of `train`: preparing data and building the
-    model are spent from it too), and a stop comes while one more step and the exit checkpoint still fit in it:
+    instead of dying. The budget counts from `started` (the process's start: importing torch, preparing data and
+    building the model are spent from it too), and a stop comes while one more step, the exit checkpoint and the
+    process's end still fit in it:
     a budget set to a machine's time limit ends with the checkpoint written, not killed mid-step. A second
     signal aborts, unless it comes within `REPEAT_S` of the first: that is the same request passed on, as
     torchrun re-sends the SIGTERM or SIGINT it gets to its workers, which a scheduler (SLURM's scancel) or a
@@ -513,7 +514,8 @@ class _StopFlag:
 
     REPEAT_S = 5.0
 
-    def __init__(self, budget_s: float | None = None, started: float | None = None, exit_s: float = 0.0) -> None:
+    def __init__(self, budget_s: float | None = None, started: float | None = None, exit_s: float = 0.0,
+                 shutdown_s: float = 0.0) -> None:
         self.reason: str | None = None
         self._budget_s = budget_s
         self._t0 = time.perf_counter() if started is None else started
@@ -523,6 +525,7 @@ class _StopFlag:
         self._cycles: list[float] = []
         self._saving = 0.0  # checkpoint seconds since the last `wanted`, left out of the step's time
         self.exit_s = exit_s  # seconds the exit checkpoint is expected to take: the last one's, else an estimate
+        self.shutdown_s = shutdown_s  # then the process's own end
 
     def __enter__(self) -> _StopFlag:
         self._last = time.perf_counter()
@@ -538,12 +541,13 @@ class _StopFlag:
 
     def wanted(self) -> bool:
         """Whether this process wants to stop (asked once per step): a signal came, or the time budget leaves no
-        room for another step (the slowest one since the first, which compiles) and the exit checkpoint."""
+        room for another step (the slowest one since the first, which compiles), the exit checkpoint and the
+        process's end."""
         now = time.perf_counter()
         self._cycles.append(now - self._last - self._saving)
         self._last, self._saving = now, 0.0
         next_step = max(self._cycles[1:] or self._cycles)
-        if self._budget_s and now - self._t0 + next_step + self.exit_s >= self._budget_s:
+        if self._budget_s and now - self._t0 + next_step + self.exit_s + self.shutdown_s >= self._budget_s:
             self.reason = self.reason or "time budget"
         return self.reason is not None
 
@@ -563,12 +567,13 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-CHECKPOINT_WRITE_GBPS = 1.0  # assumed until a checkpoint has been timed: a local SSD's rate, a network disk's best
+CHECKPOINT_WRITE_GBPS = 0.5  # assumed until a checkpoint has been timed (the lent H200's local disk wrote 0.6)
+SHUTDOWN_S = 5.0  # from the exit checkpoint to the process's end (an H200 with phi-1.5: 4 s)
 
 
 def checkpoint_seconds(model: torch.nn.Module) -> float:
     """What the exit checkpoint should take before one has been timed: this rank's weights (its shards under
-    FSDP2, which each rank writes) and AdamW's two fp32 moments at CHECKPOINT_WRITE_GBPS (phi-1.5: 17 GB, 17 s).
+    FSDP2, which each rank writes) and AdamW's two fp32 moments at CHECKPOINT_WRITE_GBPS (phi-1.5: 17 GB, 34 s).
     Without it a time budget left no room for a checkpoint it had not seen (`checkpoint.every: 0`)."""
     params = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
     return sum(p.numel() * (p.element_size() + 8) for p in params) / (CHECKPOINT_WRITE_GBPS * 1e9)
@@ -589,7 +594,7 @@ def summary_writer() -> type:
 def train(cfg: TrainConfig, progress: bool | None = None, started: float | None = None) -> TrainResult:
     """Train (or resume) the run described by `cfg`, holding its run folder; returns the per-step history of
     this process. A resume with nothing left to train says so and returns with no step run. train.time_budget_s
-    counts from `started` (a `time.perf_counter()`; the CLI's start), else from this call."""
+    counts from `started` (on the `time.perf_counter()` clock; the CLI gives the process's start), else from this call."""
     started = time.perf_counter() if started is None else started
     if cfg.log.tensorboard:
         summary_writer()  # before the run folder, the data or any weights are touched
@@ -1081,7 +1086,8 @@ class Trainer:
         last_val = None
         bar = _progress(self.show and self.info.is_main, self.console)
         task = bar.add_task("train", total=self.max_steps, completed=step, status="")
-        with _StopFlag(self.cfg.train.time_budget_s, self.started, checkpoint_seconds(self.model)) as stop, bar:
+        with _StopFlag(self.cfg.train.time_budget_s, self.started, checkpoint_seconds(self.model),
+                       SHUTDOWN_S) as stop, bar:
             self.model.train()
             while step < self.max_steps:
                 t0 = time.perf_counter()
