@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
-from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS
+from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS, server
 from textbookgen.providers import (
     AnthropicProvider,
     Completion,
@@ -368,8 +368,8 @@ async def clean_up(api: OpenAIBatches | AnthropicBatches, call, batch_id: str) -
 
 def server_of(provider: OpenAIProvider | AnthropicProvider) -> str:
     """The URL the provider's client sends to (the emulator, a proxy, the provider's API), recorded with each batch so
-    that cancelling it later finds it there; any user:password in it is left out (the journal holds no key)."""
-    return str(provider.client.base_url.copy_with(userinfo=b""))
+    that cancelling it later finds it there, as the journal keeps it (no user:password, query or fragment)."""
+    return server(str(provider.client.base_url))
 
 
 def batch_api(provider: OpenAIProvider | AnthropicProvider) -> OpenAIBatches | AnthropicBatches:
