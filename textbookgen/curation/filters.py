@@ -5,6 +5,12 @@ prose: fenced code blocks and display math are cut out of a document before they
 documents that are code (their `format` is a code format, or the text is a Python program / reads line
 by line as code) skip them entirely. C4's "drop anything with a `{`" rule is deliberately absent: it
 drops every dict literal.
+
+A document stored with its whitespace collapsed (scraped text, some Hub datasets) is one line of a
+paragraph's length or more: no line of a page, nor of a program. The line rules (bullets, ellipses) pass
+it, as its one "line" made them all-or-nothing; code is told from it by its opening and its share of code
+punctuation, not by its last character; and fences and heading marks left mid-line are cut from its prose
+as they are from lines of their own.
 """
 
 from __future__ import annotations
@@ -38,11 +44,23 @@ _WORD = re.compile(r"\S+")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s", re.M)
 # a Markdown heading's marker anywhere, as it is left mid-line when a corpus collapses its whitespace
 _HEADING_MARK = re.compile(r"(?:^|(?<=\s))#{1,6}(?= )", re.M)
+# a fenced block with its newlines collapsed: "``` python x = 1 ```", within one line
+_FLAT_FENCE = re.compile(r"(?<!\S)(```|~~~)\S*\s.*?\s\1(?!\S)")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # Gopher's list
-_CODE_LINE = re.compile(
-    r"^\s*(def |class |import |from \S+ import |return\b|if .*:$|for .*:$|while .*:$|elif |else:|try:|except"
-    r"|with .*:$|#include|public |private |static |function |const |let |var |}|{|.*[;{}]$|@\w+)"
-)
+# how a line of code starts
+_CODE_START = (r"def |class |import |from \S+ import |return\b|elif |else:|try:|except|#include|public |private "
+               r"|static |function |const |let |var |}|{")
+# a line of code starts like one, opens a block or ends a statement, or is a decorator / annotation
+_CODE_LINE = re.compile(rf"^\s*({_CODE_START}|(?:if|for|while|with) .*:$|.*[;{{}}]$|@\w+)")
+_CODE_OPENING = re.compile(rf"\s*(?:{_CODE_START})")
+_CODE_PUNCT = re.compile(r"[;{}=()\[\]<>]")
+# a line of this many words is a paragraph, or a whole document with its whitespace collapsed (Gopher's
+# minimum document length)
+FLAT_LINE_WORDS = 50
+# code punctuation per non-space character that makes such a line code however it opens: minified JavaScript
+# has 0.13, collapsed MBPP programs 0.03-0.34, prose at most 0.08 (Wikipedia, C4, SciPhi sections with
+# LaTeX, DCLM pages)
+_FLAT_CODE_PUNCT = 0.1
 
 
 @dataclass
@@ -57,12 +75,20 @@ class Doc:
         return [ln for ln in self.text.split("\n") if ln.strip()]
 
     @cached_property
+    def flat(self) -> bool:
+        """One line of a paragraph's length or more: a document whose newlines were collapsed."""
+        return is_flat(self.lines)
+
+    @cached_property
     def words(self) -> list[str]:
         return _WORD.findall(self.text)
 
     @cached_property
     def prose(self) -> str:
-        return _HEADING.sub("", _DISPLAY_MATH.sub(" ", _FENCE.sub("\n", self.text)))
+        text = _FENCE.sub("\n", self.text)
+        if self.flat:
+            text = _HEADING_MARK.sub("", _FLAT_FENCE.sub(" ", text))
+        return _HEADING.sub("", _DISPLAY_MATH.sub(" ", text))
 
     @cached_property
     def prose_lines(self) -> list[str]:
@@ -73,9 +99,18 @@ class Doc:
         return _WORD.findall(self.prose)
 
 
+def is_flat(lines: list[str]) -> bool:
+    """True for a document on one line of `FLAT_LINE_WORDS` words or more (its whitespace collapsed)."""
+    return len(lines) == 1 and len(_WORD.findall(lines[0])) >= FLAT_LINE_WORDS
+
+
 def looks_like_code(text: str) -> bool:
-    """True for source files: a Python program (3+ lines), or most non-empty lines read as code."""
+    """True for source files: a Python program (3+ lines), or most non-empty lines read as code. A collapsed
+    document is code when it opens as code or is dense in code punctuation: its last character (a `;` of
+    a cut-off list, a LaTeX `}`) says nothing of the hundreds of words before it."""
     lines = [ln for ln in text.split("\n") if ln.strip()]
+    if is_flat(lines):
+        return bool(_CODE_OPENING.match(lines[0])) or _code_punct_share(lines[0]) >= _FLAT_CODE_PUNCT
     if len(lines) >= 3 and "```" not in text:
         try:
             with warnings.catch_warnings():
@@ -85,6 +120,11 @@ def looks_like_code(text: str) -> bool:
         except (SyntaxError, ValueError):
             pass
     return bool(lines) and sum(bool(_CODE_LINE.match(ln)) for ln in lines) / len(lines) >= 0.6
+
+
+def _code_punct_share(line: str) -> float:
+    chars = "".join(line.split())
+    return len(_CODE_PUNCT.findall(chars)) / max(len(chars), 1)
 
 
 def _does_something(tree: ast.Module) -> bool:
@@ -215,20 +255,28 @@ class StopWords(Rule):
 
 
 class BulletLines(Rule):
+    """Gopher's share of lines opening with a bullet. A collapsed document has no lines to count."""
+
     reason = "bullet_lines"
     scope = "prose"
 
     def keep(self, doc: Doc) -> bool:
+        if doc.flat:
+            return True
         lines = doc.prose_lines
         bullets = sum(ln.startswith(("•", "●", "○", "▪", "-", "*", "\u2013")) for ln in lines)
         return not lines or bullets / len(lines) <= self.cfg.prose_max_bullet_line_frac
 
 
 class EllipsisLines(Rule):
+    """Gopher's share of lines cut off with an ellipsis. A collapsed document has no lines to count."""
+
     reason = "ellipsis_lines"
     scope = "prose"
 
     def keep(self, doc: Doc) -> bool:
+        if doc.flat:
+            return True
         lines = doc.prose_lines
         ell = sum(ln.endswith(("...", "\u2026")) for ln in lines)
         return not lines or ell / len(lines) <= self.cfg.prose_max_ellipsis_line_frac
