@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -51,3 +53,25 @@ def test_an_unset_key_like_variable_name_is_not_echoed(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "is not set" in res.output and "CANARY" not in res.output, res.output
     res = CliRunner().invoke(app, ["generate", str(prompts), "--api-key-env", "MY_VLLM_KEY_2"])
     assert res.exit_code == 2 and "environment variable MY_VLLM_KEY_2 is not set" in res.output, res.output
+
+
+@pytest.mark.parametrize("params", [{"api_key": KEY}, {"Authorization": f"Bearer {KEY}"},
+                                    {"extra_body": {"x-api-key": KEY}}, {"access_token": KEY}])
+def test_a_credential_in_request_params_is_refused_before_the_journal_keeps_it(params):
+    """Request params are request data: the journal stores them and `journal --export` writes them out."""
+    from textbookgen.engine import ChatRequest
+
+    with pytest.raises(ValueError, match="a credential does not go in the request body") as info:
+        ChatRequest(messages=[{"role": "user", "content": "hi"}], params=params)
+    assert "CANARY" not in str(info.value)
+    ChatRequest(messages=[{"role": "user", "content": "hi"}],  # what servers take stays allowed
+                params={"top_k": 5, "max_tokens_per_doc": 1, "chat_template_kwargs": {"enable_thinking": False}})
+
+
+def test_a_prompts_file_row_with_a_credential_in_params_is_named_by_line(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": "hi"}, {"prompt": "ho", "params": {"api_key": KEY}}]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    res = CliRunner().invoke(app, ["generate", str(prompts)])  # refused while reading, before any key is needed
+    assert res.exit_code == 1 and "p.jsonl:2" in res.output and "must not set 'api_key'" in res.output
+    assert "CANARY" not in res.output

@@ -163,6 +163,25 @@ class ChatRequest:
     metadata: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)  # more request-body keys, sent as is (stop, top_k, min_p, ...)
 
+    def __post_init__(self) -> None:
+        if self.params and (name := credential_param(self.params)):
+            raise ValueError(f"request params set {name!r}: a credential does not go in the request body, which the "
+                             "journal keeps and exports; the key comes from the environment (api_key_env)")
+
+
+_CREDENTIAL = re.compile(r"(?:^|[-_])(?:api[-_]?key|authorization|secret|password|(?:access|auth)[-_]?token)$", re.I)
+
+
+def credential_param(params: Mapping, path: str = "") -> str | None:
+    """The first key of `params` (nested ones too, as in `extra_body`) named like a credential, as a dotted path."""
+    for key, value in params.items():
+        name = f"{path}{key}"
+        if _CREDENTIAL.search(str(key)):
+            return name
+        if isinstance(value, Mapping) and (inner := credential_param(value, f"{name}.")):
+            return inner
+    return None
+
 
 def sampled(req: ChatRequest, n: int, seed: int | None = None) -> list[ChatRequest]:
     """`n` answers to one prompt, each tagged `metadata["sample"]`: sample 0 is the request n=1 makes (seeded

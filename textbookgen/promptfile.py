@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from textbookgen.engine import ChatRequest, ChatResponse
+from textbookgen.engine import ChatRequest, ChatResponse, credential_param
 from textbookgen.jsonl import iter_jsonl
 
 _REQUEST_FIELDS = ("prompt", "messages", "system", "max_tokens", "temperature", "top_p", "seed", "response_format",
@@ -63,6 +63,9 @@ def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
     refused = sorted(params.keys() & _NOT_PARAMS.keys())
     if refused:
         raise PromptFileError(f"{where}: 'params' must not set '{refused[0]}': {_NOT_PARAMS[refused[0]]}")
+    if credential := credential_param(params):
+        raise PromptFileError(f"{where}: 'params' must not set '{credential}': a credential does not go in the "
+                              "request body, which the journal keeps and exports; the key comes from the environment")
     response_format = _object(row, "response_format", where) or _object(defaults, "response_format", where) or None
     if response_format is not None and not isinstance(response_format.get("type"), str):
         raise PromptFileError(f"{where}: 'response_format' needs a 'type' (e.g. \"json_schema\")")
