@@ -272,7 +272,7 @@ def pull(
     """Download a dataset repo (shards, card, plots, recipe, manifest) into a folder."""
     from textbookgen import hub
 
-    target = Path(out) if out is not None else Path(repo_id.rstrip("/").split("/")[-1])  # hub.pull's default
+    target = Path(out) if out is not None else hub.pull_folder(repo_id)
     if target.exists() and not target.is_dir():
         _fail(f"--out {target}: is a file; give a folder" if out is not None else
               f"{target}: is a file, and pull writes into ./{target} by default; give another folder with --out")

@@ -598,6 +598,11 @@ def _commit(api: Any, repo_id: str, operations: list[Any], message: str, revisio
     return commit.commit_url
 
 
+def pull_folder(repo_id: str) -> Path:
+    """Where `pull` writes a repo by default: `./<name>`, the repo id's last part."""
+    return Path(repo_id.rstrip("/").split("/")[-1])
+
+
 def pull(
     repo_id: str,
     local_dir: str | Path | None = None,
@@ -621,7 +626,7 @@ def pull(
 
     check_repo_id(repo_id)
     seconds = hub_timeout(timeout)
-    local_dir = Path(local_dir) if local_dir is not None else Path(repo_id.split("/")[1])
+    local_dir = Path(local_dir) if local_dir is not None else pull_folder(repo_id)
     api = HfApi(endpoint=endpoint, token=token)
     try:
         with (request_timeout(seconds) as transfers,
