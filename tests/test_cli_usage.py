@@ -17,6 +17,7 @@ OUTPUT_NAME = {
     "pull": "--out", "generate": "--out", "topics coverage": "--out",
     "publish": "--output", "dedup": "--output", "decontaminate": "--output", "filter": "--output",
     "classifier train": "--output", "classifier score": "--output", "classifier label": "--output",
+    "journal": "--export",
 }
 
 

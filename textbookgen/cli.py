@@ -526,7 +526,8 @@ def _local_server_key(path: str, base_url: str | None) -> str | None:
 @app.command()
 def journal(
     path: str = typer.Argument(..., help="journal file written by generate / build"),
-    export: str | None = typer.Option(None, "--export", help="write the rows to this parquet file"),
+    export: str | None = typer.Option(None, "--export", "--out", "--output", "-o",
+                                      help="write the rows to this parquet file"),
     status: Annotated[list[str] | None, typer.Option("--status", help="export only these statuses (repeatable)")] = None,
     cancel_batches: bool = typer.Option(False, "--cancel-batches",
                                         help="cancel the journal's open provider batches, keep what they finished; "
