@@ -83,3 +83,24 @@ def test_the_plan_bounds_the_input_of_prompts_seeded_with_chinese_extracts(share
     assert plan.input_tokens < gpt2 <= plan.input_tokens_max
     worst = (plan.input_tokens_max * 0.15 + plan.output_tokens_max * 0.6) / 1e6  # gpt-4o-mini's list price
     assert plan.estimates[0].cost_usd_max == pytest.approx(worst)
+
+
+def test_extracts_the_plan_could_not_read_are_weighed_in_the_recipes_language(tmp_path):
+    """A web source the plan cannot reach leaves its prompts without extracts; the plan adds them back. It
+    counted them as English: a Chinese build's extracts cost about four times that."""
+    from textbookgen.build import _unread_extract_tokens, open_web_samples
+
+    seeds = tmp_path / "zh.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"zh-{i}", "text": t[i:]}, ensure_ascii=False) + "\n"
+                             for i, t in enumerate(ZH * 4)), encoding="utf-8")
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", {
+        "samples": 24, "language": "Chinese", "web_samples.source": str(seeds), "web_samples.share": 1.0,
+        "web_samples.extract_chars": 200, "web_samples.language_filter": False})
+    tax = Taxonomy.load(r.taxonomy_path())
+    seeded, unseeded = render_prompts(r, tax, open_web_samples(r)), render_prompts(r, tax, None)
+    assert seeded["seed_extract_id"].is_not_null().all() and unseeded["seed_extract_id"].is_null().all()
+    added = (make_plan(seeded, r, n_leaves=5, expected_tokens={}).input_tokens
+             - make_plan(unseeded, r, n_leaves=5, expected_tokens={}).input_tokens)
+    expected, most = _unread_extract_tokens(unseeded.height, 200, "Chinese")
+    assert 0.7 * added <= expected <= 1.4 * added < most
+    assert _unread_extract_tokens(unseeded.height, 200, "English")[0] < 0.5 * added  # the old estimate

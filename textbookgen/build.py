@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 
 from textbookgen.journal import lock_file
-from textbookgen.plan import prompt_diversity
+from textbookgen.plan import language_rates, prompt_diversity
 from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
 from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, Topic, siblings_line
 from textbookgen.templates import (
@@ -456,6 +456,16 @@ def _grow_input_tokens(k: int, grown: bool) -> int:
 
 
 # ---- the build's budget -------------------------------------------------------------------------
+def _unread_extract_tokens(prompts: float, extract_chars: int, language: str) -> tuple[int, int]:
+    """Input tokens (expected, at most) of the web extracts `prompts` prompts will carry when the plan could not
+    read the source: an extract is about 85% of `extract_chars` (cut at a sentence end) of `language` text, plus
+    40 tokens of English that introduce it."""
+    expected, most = language_rates(language)
+    latin = language_rates("English")
+    return (int(prompts * (extract_chars * 0.85 * expected + 40)),
+            math.ceil(prompts * (extract_chars * 0.85 * most + 40 * latin[1] / latin[0])))
+
+
 def journal_summary(path: Path) -> dict[str, Any] | None:
     """A request journal's `Journal.summary()`, read without writing; None where there is none yet."""
     if not path.is_file():
@@ -1269,19 +1279,20 @@ class Build:
 
         expected = {n: t.expected_output_tokens for n, t in builtin_templates().items()}
         wc = self.recipe.web_samples
-        missing_web = 0
+        missing_web = (0, 0)
         if wc is not None and prompts.height and prompts["seed_extract_id"].null_count() == prompts.height:
             # the source was unreachable: count the extracts the real build will add to the prompts
-            missing_web = int(prompts.height * wc.share * (wc.extract_chars * 0.85 / 4 + 40))
+            missing_web = _unread_extract_tokens(prompts.height * wc.share, wc.extract_chars, self.recipe.language)
             self.notes.append(
-                f"input tokens include ~{missing_web:,} for the web extracts this plan could not load."
+                f"input tokens include ~{missing_web[0]:,} for the web extracts this plan could not load "
+                f"({self.recipe.language} text)."
             )
         self._finish_manifest()
         journal = self.journals()["generate"]
         # what is paid for already, where these prompts are the ones the build sends (no growth or extracts due)
         states = (
             journal_states(prompts, self.recipe, journal, retry_failed=self.retry_failed)
-            if journal.is_file() and not grow_plan and not missing_web
+            if journal.is_file() and not grow_plan and not missing_web[0]
             else None
         )
         plan = make_plan(

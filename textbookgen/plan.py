@@ -53,6 +53,11 @@ SCRIPTS = (
     ("alphabet", "[\u0370-\u08ff\u10a0-\u10ff\u1200-\u139f]", 0.6, 1.4),
 )
 OTHER_CHAR = (1.0, 2.0)
+# the SCRIPTS row of each script a language is written in (websamples' names), for text the plan cannot read
+_SCRIPT_ROW = {"Latin": "latin", "Han": "cjk", "Kana": "cjk", "Hangul": "hangul",
+               **dict.fromkeys(("Cyrillic", "Arabic", "Greek", "Hebrew", "Georgian", "Armenian", "Ethiopic"), "alphabet"),
+               **dict.fromkeys(("Devanagari", "Bengali", "Thai", "Tamil", "Telugu", "Kannada", "Malayalam", "Gujarati",
+                                "Gurmukhi", "Khmer", "Lao", "Myanmar", "Sinhala"), "indic")}
 TOKEN_BASIS = (
     "no tokenizer: characters weighed by script, English at 4 characters a token (at most 3.3, and a token for "
     "each digit or punctuation mark), Chinese and Japanese at 1 token a character (at most 2.2), Korean 1.3 (3), "
@@ -137,6 +142,16 @@ def estimate_time(
     return seconds, basis
 
 
+def language_rates(language: str) -> tuple[float, float]:
+    """Input tokens a character of `language`'s prose costs (expected, at most): the SCRIPTS row of the script it is
+    written in (the first, for Japanese and Korean), else English's. For text the plan could not read, such as
+    the extracts of a web source it could not reach: a Chinese extract costs four times an English one."""
+    from textbookgen.websamples import language_scripts
+
+    row = _SCRIPT_ROW.get(next(iter(language_scripts(language)), "Latin"), "latin")
+    return next((expected, most) for name, _, expected, most in SCRIPTS if name == row)
+
+
 def input_token_estimates(texts: pl.Series, messages: int = 1) -> tuple[pl.Series, pl.Series]:
     """Input tokens of each request text (expected, at most): its characters weighed by script (`SCRIPTS`), plus
     the engine's overhead for `messages` messages. 4 characters a token, the engine's own estimate, is right for
@@ -203,22 +218,22 @@ def make_plan(
     expected_tokens: dict[str, int],
     grow: dict[str, Any] | None = None,
     notes: list[str] | None = None,
-    extra_input_tokens: int = 0,
+    extra_input_tokens: tuple[int, int] = (0, 0),
     spent_usd: float = 0.0,
     journal: list[str] | None = None,
 ) -> Plan:
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
     max_tokens, seed_extract_id, system; its own estimate input_tokens_est, 4 characters a token, is not read:
     `input_token_estimates` weighs each script). `extra_input_tokens`: prompt text the table lacks (web extracts
-    of a source the plan could not reach, estimated as English). `spent_usd`: what the output folder's journals
+    of a source the plan could not reach), expected and at most. `spent_usd`: what the output folder's journals
     already hold as paid (the budget counts it). `journal`: each prompt's `journal_states`, where the output
     folder has a journal: the plan then says what is answered already and what the rest costs."""
     from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, is_priced
 
     n = prompts.height
     tokens = _request_tokens(prompts)
-    in_tok = int(tokens[0].sum()) + extra_input_tokens
-    in_max = int(tokens[1].sum()) + math.ceil(extra_input_tokens * SCRIPTS[0][3] / SCRIPTS[0][2])
+    in_tok = int(tokens[0].sum()) + extra_input_tokens[0]
+    in_max = int(tokens[1].sum()) + extra_input_tokens[1]
     exp = _expected_output(prompts, expected_tokens)
     out_exp = int(exp.sum()) if n else 0
     out_max = int(prompts["max_tokens"].sum()) if n else 0

@@ -580,6 +580,11 @@ def make_language_filter(
     return ScriptFilter(scripts, config.min_script_share, language)
 
 
+def language_scripts(language: str) -> tuple[str, ...]:
+    """The script(s) `language` ("English", "zh", "ja-JP") is written in; () for one not in the table."""
+    return _LANGUAGE_SCRIPTS.get(_iso639_1(language), ())
+
+
 def _iso639_1(language: str) -> str:
     """ISO 639-1 code of "English", "en", "en-GB" or "eng" ("en"); "" for a language of no known code."""
     from textbookgen.card import language_code
