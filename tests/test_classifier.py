@@ -157,7 +157,7 @@ def test_train_with_groups_repeats_the_small_group_and_reports_each(labelled, sh
         return real_train(path, settings, lr, epoch)
 
     monkeypatch.setattr(clf, "_train", counting_train)
-    tiny = TrainSettings(lrs=(0.5, 1.0), epochs=(5,), dim=16, bucket=10_000)
+    tiny = TrainSettings(lrs=(0.5, 1.0), epochs=(5,), dim=16, bucket=10_000, folds=1)  # the one-split path
     _, meta = train_classifier(texts, labels, tmp_path / "m", tiny, groups=groups)
     assert meta["groups"] == {"human": {"n": 40, "copies": 15}, "tw": {"n": 600, "copies": 1}}
     assert lines[-1] == 600 + 40 * 15  # the final model sees every example, the human ones 15 times

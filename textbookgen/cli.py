@@ -1172,8 +1172,12 @@ def classifier_train(
     balance_sources: bool = typer.Option(False, "--balance-sources", help="weigh every source the same (the "
                                          "--positive/--negative corpora as one, each --labelled file as one; each "
                                          "needs both classes) and pick lr x epochs by their mean AUC"),
+    folds: int | None = typer.Option(None, help="validate by k-fold cross-validation (1: one 20 % split; default: "
+                                     "5 folds under 2,000 distinct texts, else one split)"),
+    seed: int = typer.Option(0, help="seed of the folds or split and of the example order"),
 ) -> None:
-    """Train on labelled text; lr and epochs are picked on a validation split. Prints the metadata."""
+    """Train on labelled text; lr and epochs are picked by cross-validation (few texts) or on a validation
+    split. Prints the metadata, whose `validation.summary` gives the figures with their spread over the folds."""
     from textbookgen.curation.classifier import (
         TrainSettings,
         default_min_positive,
@@ -1186,7 +1190,7 @@ def classifier_train(
 
     lrs, epoch_counts = _numbers("--lr", lr, float), _numbers("--epochs", epochs, int)
     for option, values, rule in (("--lr", lrs, "> 0"), ("--epochs", epoch_counts, ">= 1"), ("--dim", [dim], ">= 1"),
-                                 ("--bucket", [bucket], ">= 1")):
+                                 ("--bucket", [bucket], ">= 1"), ("--folds", [folds], ">= 1")):
         for value in values:
             _check(option, value, rule)
     _labelled_only(labelled, label_column, min_positive)
@@ -1201,7 +1205,7 @@ def classifier_train(
         from_files = [y for y, s in zip(labels, sources, strict=True) if s in (labelled or [])]
         if from_files and (warning := lopsided_warning(from_files, min_positive)):
             typer.echo(warning, err=True)
-        settings = TrainSettings(lrs=lrs, epochs=epoch_counts, dim=dim, bucket=bucket)
+        settings = TrainSettings(lrs=lrs, epochs=epoch_counts, dim=dim, bucket=bucket, folds=folds, seed=seed)
         try:
             _, meta = train_classifier(texts, labels, output, settings, groups=sources if balance_sources else None)
         except RuntimeError as err:  # fastText's own errors
