@@ -1176,8 +1176,8 @@ def classifier_train(
                                      "5 folds under 2,000 distinct texts, else one split)"),
     seed: int = typer.Option(0, help="seed of the folds or split and of the example order"),
 ) -> None:
-    """Train on labelled text; lr and epochs are picked by cross-validation (few texts) or on a validation
-    split. Prints the metadata, whose `validation.summary` gives the figures with their spread over the folds."""
+    """Train on labelled text; lr and epochs are picked by cross-validation under 2,000 texts, else on a
+    validation split. Prints the metadata: its validation summary gives each figure's spread over the folds."""
     from textbookgen.curation.classifier import (
         TrainSettings,
         default_min_positive,
