@@ -11,6 +11,7 @@ to your per-minute limit"); with Anthropic's it does not.
     python bench/generation.py                  # 5,000 prompts, ~3 minutes
     python bench/generation.py --prompts 1000   # quicker
     python bench/generation.py --processes 4    # 4 engine processes sharing one key (no baselines)
+    python bench/generation.py --processes 4 --separate-budgets   # ...and the same with a budget per process
     python bench/generation.py --no-headers --rpm 1200 --latency 0.02 --prompts 600 --skip-baseline
                                                 # a proxy that enforces an RPM limit but sends no limit headers
 
@@ -20,7 +21,8 @@ engine adds is not just more retries).
 Prints a table and, as its last line:
 `utilization=<achieved RPM / limit> rate_limited=<429 share of requests> cpu_ms_per_request=<engine
 process CPU ms per request> duplicates_billed=<n> failed=<prompts without an answer> wall_s=<s>` for the
-engine, then the same six for each baseline, prefixed `naive_` (default retries) and `naive8_` (8 attempts).
+engine, then the same six for each baseline, prefixed `naive_` (default retries) and `naive8_` (8 attempts), or
+with --processes --separate-budgets for the processes with a budget each, prefixed `separate_`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -127,13 +130,17 @@ def ours(provider: str, base: str, prompts: list[str], concurrency: int, max_tok
             "failed": sum(r.status not in ("ok", "truncated") for r in responses), "retries": gen.stats["retries"]}
 
 
-def ours_processes(args: argparse.Namespace, base: str, tmp: Path) -> dict:
+def ours_processes(args: argparse.Namespace, base: str, tmp: Path, shared: bool = True) -> dict:
     """`args.processes` engine processes on one API key, as a team runs several builds at once: each its own
-    journal and every N-th prompt, none told of the others (they share the key through its rate-limit headers)."""
+    journal and every N-th prompt, none told of the others; they keep one rate budget on this host
+    (textbookgen.sharedlimits, in a fresh folder), or with `shared=False` one each, sharing the key only through its
+    rate-limit headers."""
+    tmp.mkdir()
+    env = {**os.environ, "TEXTBOOKGEN_LIMITS_DIR": str(tmp / "limits"), "TEXTBOOKGEN_SHARE_LIMITS": "1" if shared else "0"}
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(i), "--processes", str(args.processes),
                                "--base", base, "--journal", str(tmp / f"journal{i}.sqlite"), "--prompts",
                                str(args.prompts), "--provider", args.provider, "--concurrency", str(args.concurrency),
-                               "--max-tokens", str(args.max_tokens)], stdout=subprocess.PIPE, text=True)
+                               "--max-tokens", str(args.max_tokens)], stdout=subprocess.PIPE, text=True, env=env)
              for i in range(args.processes)]
     results = [json.loads(p.communicate()[0].splitlines()[-1]) for p in procs]
     return {k: sum(r[k] for r in results) for k in ("ok", "failed", "retries")}
@@ -201,6 +208,8 @@ def main() -> None:
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="engine processes sharing one key (>1: no baselines; "
                    "CPU ms/req counts only this process)")
+    p.add_argument("--separate-budgets", action="store_true", help="with --processes: also run them with a rate "
+                   "budget each (TEXTBOOKGEN_SHARE_LIMITS=0), as before budgets were shared on a host")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
@@ -227,7 +236,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if args.processes > 1:
                 rows.append(measure(f"textbookgen x{args.processes} procs", base,
-                                    lambda: ours_processes(args, base, Path(tmp)), args.rpm))
+                                    lambda: ours_processes(args, base, Path(tmp) / "shared"), args.rpm))
+                if args.separate_budgets:
+                    rows.append(measure(f"x{args.processes}, budget each", base,
+                                        lambda: ours_processes(args, base, Path(tmp) / "separate", False), args.rpm))
             else:
                 rows.append(measure("textbookgen Generator", base, lambda: ours(
                     args.provider, base, prompts, args.concurrency, args.max_tokens, Path(tmp) / "journal.sqlite"),
@@ -254,12 +266,13 @@ def main() -> None:
               f"{r['duplicates_billed']:>10}")
     print("\nRPM/util: billed requests per minute while requests were arriving at the server (first to last"
           " arrival); wall RPM also counts start-up and the last answers' latency.")
-    print(summary_line(rows))
+    print(summary_line(rows, ["", "separate_"] if args.processes > 1 else None))
 
 
-def summary_line(rows: list[dict]) -> str:
-    """The last line: the engine's figures, then each baseline's under its prefix (naive_, naive8_)."""
-    prefixes = ["", *(f"naive{'' if retries == 2 else retries + 1}_" for retries in NAIVE.values())]
+def summary_line(rows: list[dict], prefixes: list[str] | None = None) -> str:
+    """The last line: the engine's figures, then each baseline's under its prefix (naive_, naive8_; with
+    --processes, separate_ for --separate-budgets)."""
+    prefixes = prefixes or ["", *(f"naive{'' if retries == 2 else retries + 1}_" for retries in NAIVE.values())]
     return " ".join(
         f"{prefix}utilization={r['utilization']:.3f} {prefix}rate_limited={r['rate_limited']:.4f} "
         f"{prefix}cpu_ms_per_request={r['cpu_ms_per_request']:.2f} {prefix}duplicates_billed={r['duplicates_billed']} "

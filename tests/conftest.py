@@ -14,6 +14,13 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _own_rate_budgets(tmp_path_factory, monkeypatch) -> None:
+    """Each test's engines share rate budgets (textbookgen.sharedlimits) only among themselves: not with an
+    earlier test's on a reused port, and nothing is written to the user's cache."""
+    monkeypatch.setenv("TEXTBOOKGEN_LIMITS_DIR", str(tmp_path_factory.mktemp("limits")))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data` beside the project root; a user's clone has none, so tests skip there."""

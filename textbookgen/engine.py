@@ -80,6 +80,7 @@ from textbookgen.journal import (
 from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, price_of
 from textbookgen.providers import PROVIDERS, CannotConnect, make_provider, replica_urls
 from textbookgen.ratelimit import AdmissionController, RateLimits
+from textbookgen.sharedlimits import SharedRecord, budget_id
 
 __all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "Spend", "empty_answer",
            "request_key", "sampled", "spent", "split_reasoning"]
@@ -389,6 +390,8 @@ class Generator:
     api_key: explicit, else OPENAI_API_KEY / ANTHROPIC_API_KEY. Never written anywhere.
     journal: SQLite path (resume is automatic); None keeps the journal in memory.
     limits: per-minute budgets to stay under; the server's headers tighten them.
+    share_limits: processes on this host on the same server, key and model keep one rate budget (a small file of
+    numbers, `textbookgen.sharedlimits`); False (or TEXTBOOKGEN_SHARE_LIMITS=0) keeps one per process.
     concurrency: the most requests on the wire (AIMD lowers it on 429s and raises it back).
     max_cost_usd / max_output_tokens: stop launching requests once reached (counted over this request
     set, replayed journal rows and earlier runs' abandoned attempts included, so a resumed run keeps to the same
@@ -426,7 +429,7 @@ class Generator:
                  retry_failed: bool = False, batch: bool = False, batch_size: int = 10_000,
                  batch_poll_s: float = 30.0, batch_max_rounds: int = 3, batch_limits: BatchLimits | None = None,
                  max_error_rate: float | None = 0.5, error_window: int = 50, spent_before: Spend | None = None,
-                 warn_unpriced: bool = True) -> None:
+                 warn_unpriced: bool = True, share_limits: bool = True) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if batch and provider not in BATCH_PROVIDERS:
@@ -455,6 +458,7 @@ class Generator:
         self._api_key = api_key
         self.journal_path = Path(journal) if journal is not None else None
         self.limits = limits or RateLimits()
+        self.share_limits = share_limits
         self.concurrency = concurrency
         self.max_cost_usd, self.max_output_tokens = max_cost_usd, max_output_tokens
         self.spent_before = spent_before
@@ -591,7 +595,9 @@ class Generator:
                                  attempt_timeout_s=self.timeout_s)
         self._secrets = provider.secrets
         self._provider = provider
-        self._admission = AdmissionController(self.limits, self.concurrency)
+        shared = SharedRecord.open(budget_id(self.provider, self.base_url, provider.secrets, self.model),
+                                   AdmissionController.SHARED_SIZE) if self.share_limits and not self.batch else None
+        self._admission = AdmissionController(self.limits, self.concurrency, shared=shared)
         self._writer = JournalWriter(journal)
         self._results = results
         self._fatal: FatalProviderError | None = None

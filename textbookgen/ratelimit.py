@@ -6,9 +6,10 @@ they say where you stand in every response's headers, so we learn and clamp the 
 responses (no paid probe call), pace requests evenly instead of bursting into 429s, reserve
 `max_tokens` of output up front and refund what was not used (an attempt abandoned on a timeout refunds
 nothing: the provider goes on generating it), and cut concurrency multiplicatively when a 429 still gets
-through. Several processes on one key (field notes §7.1) share it through the same headers: when the server's
-`remaining` falls faster than our own spend explains, each cuts its share of the refill rate, and grows it back
-while the server's bucket has room; no shared file or lock. A server that sends no limit headers (a proxy with an
+through. Processes on one host on the same server, key and model keep one set of buckets in a small file
+(textbookgen/sharedlimits.py, field notes §7.1); processes on other hosts share the key through the same headers:
+when the server's `remaining` falls faster than this host's spend explains, the host cuts its share of the refill
+rate, and grows it back while the server's bucket has room. A server that sends no limit headers (a proxy with an
 RPM limit) speaks only through 429s, and concurrency cannot cap a rate when answers are quick: its request rate
 is slow-started until the first 429 (`AdmissionController._ramp`), then learned from the 429s, AIMD on the
 requests bucket held just under the rate last refused (`_cut_rate`, `_grow`). Waiting is
@@ -19,12 +20,16 @@ backoff.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+from textbookgen.sharedlimits import SharedRecord
 
 BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
 _INDEX = {name: i for i, name in enumerate(BUCKETS)}
@@ -200,6 +205,10 @@ class TokenBucket:
 
     def _configure(self, now: float, fill: bool = False) -> None:
         self.refill(now)
+        self._derive(fill)
+
+    def _derive(self, fill: bool = False) -> None:
+        """Rate and capacity from the limit and share; `fill` starts the level full (or empty)."""
         limit = self.limit
         if limit is None:
             self.rate = self.full_rate = self.capacity = math.inf
@@ -211,6 +220,19 @@ class TokenBucket:
             self.level = self.capacity if self.start_full else 0.0
         else:
             self.level = min(self.level, self.capacity)
+
+    SHARED = ("level", "t", "taken", "share", "server_limit", "learned_limit", "_decided_at", "_foreign")
+
+    def state(self) -> list[float | None]:
+        """What processes on one host share of this bucket (`SHARED`); the user's limit stays each process's own."""
+        return [getattr(self, name) for name in self.SHARED]
+
+    def restore(self, values: Sequence[float | None]) -> None:
+        """Take on another process's `state()` on this host, under our own user limit."""
+        for name, value in zip(self.SHARED, values, strict=True):
+            setattr(self, name, value)
+        self.share = min(max(self.share or 1.0, MIN_SHARE), 1.0)
+        self._derive()
 
     def learn(self, limit: float | None, now: float) -> None:
         """Set (None: forget) the limit learned from 429s; the level carries over, so a cut sends no burst."""
@@ -365,13 +387,30 @@ class Ticket:
         self.sent_before = sent_before  # requests sent in the second before it (kept while no headers are seen)
 
 
+def _on_host(method):
+    """Run an `AdmissionController` method on the buckets it shares with the processes on this host (`_synced`)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        return self._synced(lambda: method(self, *args, **kwargs))
+    return run
+
+
 class AdmissionController:
     """Decides when the next attempt may go: a concurrency slot, then the buckets (FIFO, one computed
-    sleep at a time). Call exactly one of `complete`, `fail`, `abandon` or `cancel` per admitted ticket."""
+    sleep at a time). Call exactly one of `complete`, `fail`, `abandon` or `cancel` per admitted ticket.
+
+    `shared` (a `SharedRecord` opened with `SHARED_SIZE`): the buckets, the limits learned and the header-less
+    rate learning are kept there, one budget for the processes on this host on the same (server, key, model), read
+    and written back around every admission and answer, so their spend is not foreign to each other's `share`;
+    concurrency stays each process's own. Its times are `time.monotonic()`, which is the host's: keep the clock."""
+
+    _SHARED = ("paused_until", "_rate_decided_at", "_grown_at", "_refused_at_rpm", "_sent_count", "_sent_t",
+               "_ramp_at", "_ramp_s", "_paced_at")  # one slow start for the host, doubling what they all send
+    SHARED_SIZE = len(BUCKETS) * len(TokenBucket.SHARED) + len(_SHARED)
 
     def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.99,
                  request_burst_s: float = 1.0, token_burst_s: float = 60.0, slow_start: bool = True,
-                 batch_s: float = 0.1, clock=time.monotonic) -> None:
+                 batch_s: float = 0.1, clock=time.monotonic, shared: SharedRecord | None = None) -> None:
         limits = limits or RateLimits()
         self.clock = clock
         now = clock()
@@ -394,6 +433,8 @@ class AdmissionController:
         self.rate_limited = 0
         self.paused_until = 0.0
         self._sent: deque[float] = deque()  # when the last second's requests were sent, while no headers are seen
+        self._shared = shared
+        self._sent_count, self._sent_t = 0.0, now  # the same for the host's processes together, decaying in 1 s
         self._rate_decided_at = -math.inf  # when the learned rate was last cut: one cut per round trip
         self._grown_at = -math.inf
         self._paced_at = -math.inf  # when a request last waited for the requests bucket
@@ -411,35 +452,71 @@ class AdmissionController:
         await self.concurrency.acquire()
         try:
             async with self._lock:
-                while True:
-                    now = self.clock()
-                    if self._ramp_at is not None:
-                        self._ramp(now)
-                    paced = self._req.wait_time(1, now)
-                    if paced > 0:
-                        self._paced_at = now
-                    wait = max(paced, self._tok.wait_time(tokens_in + tokens_out, now),
-                               self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now),
-                               self.paused_until - now)
-                    if wait <= 0:
-                        break
-                    await asyncio.sleep(wait if self._ramp_at is not None else max(wait, self.min_sleep_s))
-                self._req.take(1)
-                self._tok.take(tokens_in + tokens_out)
-                self._in.take(tokens_in)
-                self._out.take(tokens_out)
+                while not isinstance(admitted := self._admit(tokens_in, tokens_out), Ticket):
+                    await asyncio.sleep(admitted if self._ramp_at is not None else max(admitted, self.min_sleep_s))
         except BaseException:
             self.concurrency.release()
             raise
+        return admitted
+
+    @_on_host
+    def _admit(self, tokens_in: float, tokens_out: float) -> Ticket | float:
+        """Take from the buckets and return the ticket, or return the seconds to wait first."""
         now = self.clock()
-        sent_before = 0
-        if not self.headers_seen:
-            while self._sent and self._sent[0] <= now - 1.0:
-                self._sent.popleft()
-            sent_before = len(self._sent)
-            self._sent.append(now)
+        if self._ramp_at is not None:
+            self._ramp(now)
+        paced = self._req.wait_time(1, now)
+        if paced > 0:
+            self._paced_at = now
+        wait = max(paced, self._tok.wait_time(tokens_in + tokens_out, now),
+                   self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now), self.paused_until - now)
+        if wait > 0:
+            return wait
+        self._req.take(1)
+        self._tok.take(tokens_in + tokens_out)
+        self._in.take(tokens_in)
+        self._out.take(tokens_out)
         return Ticket(tokens_in, tokens_out, now, (self._req.taken, self._tok.taken, self._in.taken, self._out.taken),
-                      sent_before)
+                      0 if self.headers_seen else self._count_sent(now))
+
+    def _count_sent(self, now: float) -> int:
+        """How many requests went in the second before this one (kept while no headers are seen): this process's,
+        or with a shared budget the host's, decaying with a 1 s time constant (about the same at a steady rate)."""
+        if self._shared is not None:
+            self._sent_count = self._sent_count * math.exp(min(self._sent_t - now, 0.0)) + 1.0
+            self._sent_t = now
+            return round(self._sent_count - 1.0)
+        while self._sent and self._sent[0] <= now - 1.0:
+            self._sent.popleft()
+        self._sent.append(now)
+        return len(self._sent) - 1
+
+    def _synced(self, step):
+        """`step()` on the host's shared state (loaded before it, written back after it, under the file's lock),
+        or on this process's alone (no shared record, or it stopped working)."""
+        if self._shared is None:
+            return step()
+        result = None
+
+        def change(values: list[float | None] | None) -> list[float | None]:
+            nonlocal result
+            if values is not None:
+                self._load(values)
+            result = step()
+            return [*(v for b in self.buckets.values() for v in b.state()),
+                    *(getattr(self, name) for name in self._SHARED)]
+
+        if not self._shared.update(change):
+            self._shared = None
+            return step()
+        return result
+
+    def _load(self, values: list[float | None]) -> None:
+        n = len(TokenBucket.SHARED)
+        for i, bucket in enumerate(self.buckets.values()):
+            bucket.restore(values[i * n:(i + 1) * n])
+        for name, value in zip(self._SHARED, values[len(BUCKETS) * n:], strict=True):
+            setattr(self, name, value)
 
     def _refund(self, tokens_in: float, tokens_out: float, requests: float = 0) -> None:
         self._req.give(requests)
@@ -493,6 +570,7 @@ class AdmissionController:
         self._req.learn(2.0 * learned, now)
         self._ramp_at = now + self._ramp_s
 
+    @_on_host
     def complete(self, ticket: Ticket, input_tokens: int, output_tokens: int, headers=None) -> None:
         """A successful answer: reconcile reservations with real usage, learn from headers."""
         self.concurrency.release()
@@ -509,6 +587,7 @@ class AdmissionController:
         if not self._started:
             self._first_answer(ticket)
 
+    @_on_host
     def fail(self, ticket: Ticket, *, rate_limited: bool = False, headers=None,
              retry_after: float | None = None, answered: bool = True) -> None:
         """A failed attempt: tokens were not used (the request itself still counted), learn, and cut
@@ -576,6 +655,7 @@ class AdmissionController:
         provider's per-minute budget has left, into 429s."""
         self.concurrency.release()
 
+    @_on_host
     def cancel(self, ticket: Ticket) -> None:
         """The attempt never completed (run cancelled): give everything back."""
         self.concurrency.release()
