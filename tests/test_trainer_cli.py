@@ -111,6 +111,26 @@ def test_max_steps_flag_replaces_a_token_budget(monkeypatch):
     assert seen[0].max_steps == 5 and seen[0].train.max_tokens is None
 
 
+
+def test_a_long_lived_process_calling_main_counts_its_time_budget_from_the_call(monkeypatch):
+    """The budget counts from the process's start for a shell command; a notebook's kernel that calls main()
+    hours after it started would otherwise be out of budget before the first step."""
+    import time
+
+    from trainer import cli
+    from trainer import train as train_module
+    from trainer.train import TrainResult
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None, started=None: seen.append(started) or
+                        TrainResult(Path(cfg.run_dir), 0, 0, "done"))
+    args = ["train", "-c", "phi-1.5", "--max-steps", "5", "--run-dir", "unused", "--time-budget", "60"]
+    monkeypatch.setattr(cli, "_STARTED", time.perf_counter() - 3600.0)  # a kernel started an hour ago
+    before = time.perf_counter()
+    assert main(args) == 0 and seen[-1] >= before
+    monkeypatch.setattr(cli, "_STARTED", time.perf_counter() - 5.0)  # a shell command, 5 s into its imports
+    assert main(args) == 0 and seen[-1] == cli._STARTED
+
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), NCCL_NVLS_ENABLE="0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

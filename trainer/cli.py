@@ -48,6 +48,13 @@ def process_started(pid: int | None = None) -> float:
 
 
 _STARTED = process_started()
+FRESH_PROCESS_S = 60.0  # main() entered this soon after the process's (or its launcher's) start: a shell command
+
+
+def budget_start(entered: float) -> float:
+    """Where --time-budget counts from: the process's start (its launcher's under torchrun), imports included, for
+    a command run from a shell; the call's own start where a long-lived process (a notebook) calls main()."""
+    return _STARTED if entered - _STARTED < FRESH_PROCESS_S else entered
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -165,7 +172,8 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None,
                    help="train this many optimizer steps (replaces the config's train.max_tokens)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help=f"end within this much wall time from the start (preparing data included), with a "
+                   help=f"end within this much wall time from the process's start (imports and preparing data "
+                        f"included), with a "
                         f"checkpoint: the last step leaves room for it (exit code {STOPPED}: resumable)")
     p.add_argument("--resume", default=None, help="auto (newest checkpoint of the run, default) | never | PATH")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
@@ -184,7 +192,7 @@ def train_run(args: argparse.Namespace) -> int:
                        "checkpoint.resume": ("--resume", args.resume), "train.device": ("--device", args.device),
                        "train.compile": ("--compile", args.compile), "data.synthetic": ("--synthetic", args.synthetic)},
                 unset=["train.max_tokens"] if args.max_steps is not None else [])
-    result = train(cfg, progress=False if args.no_progress else None, started=_STARTED)
+    result = train(cfg, progress=False if args.no_progress else None, started=args.started)
     if result.history and os.environ.get("RANK", "0") == "0":
         last = result.history[-1]
         rate, mfu = _run_rate(result.history)
@@ -437,7 +445,9 @@ def _first_rank(text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: the subcommand, with user errors as one line (`report_user_errors`)."""
+    entered = time.perf_counter()
     args = build_parser().parse_args(argv)
+    args.started = budget_start(entered)
     return report_user_errors(args._run, args)
 
 
