@@ -75,3 +75,35 @@ def test_a_prompts_file_row_with_a_credential_in_params_is_named_by_line(tmp_pat
     res = CliRunner().invoke(app, ["generate", str(prompts)])  # refused while reading, before any key is needed
     assert res.exit_code == 1 and "p.jsonl:2" in res.output and "must not set 'api_key'" in res.output
     assert "CANARY" not in res.output
+
+SCHEMA = {"type": "object", "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}
+
+@pytest.mark.parametrize("name", ["hf_token", "bearer_token", "refresh_token", "token"])
+def test_request_params_named_like_any_token_are_refused(name):
+    """The README promises `*_token` params are refused (the journal stores request params): only access_token and
+    auth_token were, so an `hf_token` reached the journal and its export."""
+    from textbookgen.engine import credential_param
+
+    assert credential_param({name: "hf_CANARYabcdefabcdefabcdefabcdefab"}) == name
+    assert credential_param({"extra_body": {name: "x"}}) == f"extra_body.{name}"
+
+
+def test_a_json_schema_with_a_password_field_is_not_taken_for_a_credential():
+    """The scan descends into every mapping, a structured-output schema's `properties` too: asking a server for
+    JSON with a `password` field (a login form's test data) was refused as a credential in the request."""
+    from textbookgen.engine import ChatRequest
+
+    ChatRequest(messages=[{"role": "user", "content": "a login form's test data"}], params={"guided_json": SCHEMA})
+    ChatRequest(messages=[{"role": "user", "content": "hi"}],
+                params={"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}})
+
+
+def test_a_prompts_row_with_a_top_level_api_key_is_refused_not_kept_as_metadata(tmp_path):
+    """A row's unknown fields become metadata, which the journal and the completions file keep: a key put beside
+    the prompt (as if it set the key) was written there, where `params: {api_key}` is refused."""
+    from textbookgen.promptfile import PromptFileError, load_prompts
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi", "api_key": "sk-CANARYoai7Q2xZ9mK4vB8nL3pR6tY1wE5"}) + "\n")
+    with pytest.raises(PromptFileError, match="api_key"):
+        load_prompts(prompts)

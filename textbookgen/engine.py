@@ -170,16 +170,21 @@ class ChatRequest:
                              "journal keeps and exports; the key comes from the environment (api_key_env)")
 
 
-_CREDENTIAL = re.compile(r"(?:^|[-_])(?:api[-_]?key|authorization|secret|password|(?:access|auth)[-_]?token)$", re.I)
+# a credential's name: any *_api_key, *_secret, *_password or authorization; a token by the names tokens go by
+# (token, hf_token, access_token...), not eos_token or max_tokens
+_CREDENTIAL = re.compile(r"(?:^|[-_])(?:api[-_]?key|authorization|secret|password)$"
+                         r"|^(?:(?:access|auth|bearer|refresh|hf|id|session|api)[-_]?)?token$", re.I)
+_SCHEMA_FIELDS = frozenset({"properties", "patternProperties", "$defs", "definitions"})  # a JSON schema's field names
 
 
 def credential_param(params: Mapping, path: str = "") -> str | None:
-    """The first key of `params` (nested ones too, as in `extra_body`) named like a credential, as a dotted path."""
+    """The first key of `params` (nested ones too, as in `extra_body`) named like a credential, as a dotted path.
+    The fields a structured-output schema describes (a `password` property of a login form) are data, not keys."""
     for key, value in params.items():
         name = f"{path}{key}"
         if _CREDENTIAL.search(str(key)):
             return name
-        if isinstance(value, Mapping) and (inner := credential_param(value, f"{name}.")):
+        if isinstance(value, Mapping) and key not in _SCHEMA_FIELDS and (inner := credential_param(value, f"{name}.")):
             return inner
     return None
 

@@ -57,7 +57,12 @@ def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
         reason = _OTHER_API_FIELDS.get(api, "put it under 'params' (sent in the request body as is)")
         raise PromptFileError(f"{where}: '{api}' is an API parameter, not read at the top level: {reason} "
                               "(or move it under 'metadata' to keep it as data)")
-    metadata = {**{k: v for k, v in row.items() if k not in _REQUEST_FIELDS}, **_object(row, "metadata", where)}
+    extra = {k: v for k, v in row.items() if k not in _REQUEST_FIELDS}
+    if credential := credential_param(extra):
+        raise PromptFileError(f"{where}: '{credential}' is named like a credential, and a row's other fields are kept "
+                              "as metadata in the journal and the output; the key comes from the environment (if it "
+                              "is data, put it under 'metadata')")
+    metadata = {**extra, **_object(row, "metadata", where)}
     params = {k: v for k, v in {**_object(defaults, "params", where), **_object(row, "params", where)}.items()
               if v is not None}  # null: not set (a parquet struct column fills absent keys so)
     refused = sorted(params.keys() & _NOT_PARAMS.keys())
