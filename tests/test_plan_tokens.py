@@ -3,6 +3,7 @@ Chinese, Japanese or Korean prompt at a quarter to a ninth of its tokens, so "at
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -104,3 +105,34 @@ def test_extracts_the_plan_could_not_read_are_weighed_in_the_recipes_language(tm
     expected, most = _unread_extract_tokens(unseeded.height, 200, "Chinese")
     assert 0.7 * added <= expected <= 1.4 * added < most
     assert _unread_extract_tokens(unseeded.height, 200, "English")[0] < 0.5 * added  # the old estimate
+
+def _unread_extract_note(tmp_path: Path, language: str, language_filter) -> int:
+    """The tokens the plan adds for the extracts of a web source it cannot reach."""
+    from rich.console import Console
+
+    from textbookgen.build import build
+    from textbookgen.recipe import load_recipe
+
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", {
+        "output": str(tmp_path / language), "samples": 20, "language": language,
+        "web_samples.source": "http://127.0.0.1:9/web.jsonl", "web_samples.share": 1.0,
+        "web_samples.language_filter": language_filter})
+    notes = build(r, plan_only=True, progress=False, console=Console(file=io.StringIO())).manifest["notes"]
+    note = next(n for n in notes if "web extracts this plan could not load" in n)
+    return int(note.split("~")[1].split()[0].replace(",", ""))
+
+
+def test_unread_extracts_of_a_language_given_by_its_scripts_are_weighed_in_those_scripts(tmp_path):
+    """A language the tables do not know by name ("Tamil") needs `language_filter.scripts`, as the recipe check
+    says; the plan ignored them and counted the extracts as English: 5,050 tokens where "ta" gives 17,800."""
+    by_code = _unread_extract_note(tmp_path, "ta", False)
+    by_scripts = _unread_extract_note(tmp_path, "Tamil", {"scripts": ["Tamil"]})
+    assert by_scripts == pytest.approx(by_code, rel=0.05)
+
+
+def test_a_language_of_no_known_script_is_bounded_by_the_costliest_script():
+    """'At most' must bound the cost: a language the tables do not know could be written in any script."""
+    from textbookgen.plan import SCRIPTS, language_rates
+
+    assert language_rates("Klingon") == (SCRIPTS[0][2], max(most for *_, most in SCRIPTS))
+    assert language_rates("English") == SCRIPTS[0][2:] and language_rates("Tamil", ["Tamil"])[0] == 1.0

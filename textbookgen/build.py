@@ -456,11 +456,12 @@ def _grow_input_tokens(k: int, grown: bool) -> int:
 
 
 # ---- the build's budget -------------------------------------------------------------------------
-def _unread_extract_tokens(prompts: float, extract_chars: int, language: str) -> tuple[int, int]:
+def _unread_extract_tokens(prompts: float, extract_chars: int, language: str,
+                           scripts: Sequence[str] | None = None) -> tuple[int, int]:
     """Input tokens (expected, at most) of the web extracts `prompts` prompts will carry when the plan could not
-    read the source: an extract is about 85% of `extract_chars` (cut at a sentence end) of `language` text, plus
-    40 tokens of English that introduce it."""
-    expected, most = language_rates(language)
+    read the source: an extract is about 85% of `extract_chars` (cut at a sentence end) of `language` text (written
+    in `scripts`, where the language filter names them), plus 40 tokens of English that introduce it."""
+    expected, most = language_rates(language, scripts)
     latin = language_rates("English")
     return (int(prompts * (extract_chars * 0.85 * expected + 40)),
             math.ceil(prompts * (extract_chars * 0.85 * most + 40 * latin[1] / latin[0])))
@@ -1282,7 +1283,9 @@ class Build:
         missing_web = (0, 0)
         if wc is not None and prompts.height and prompts["seed_extract_id"].null_count() == prompts.height:
             # the source was unreachable: count the extracts the real build will add to the prompts
-            missing_web = _unread_extract_tokens(prompts.height * wc.share, wc.extract_chars, self.recipe.language)
+            scripts = wc.language_filter.scripts if wc.language_filter else None
+            missing_web = _unread_extract_tokens(prompts.height * wc.share, wc.extract_chars, self.recipe.language,
+                                                 scripts)
             self.notes.append(
                 f"input tokens include ~{missing_web[0]:,} for the web extracts this plan could not load "
                 f"({self.recipe.language} text)."

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from textbookgen.recipe import GrowConfig
     from textbookgen.taxonomy import Taxonomy
 
@@ -142,13 +144,17 @@ def estimate_time(
     return seconds, basis
 
 
-def language_rates(language: str) -> tuple[float, float]:
+def language_rates(language: str, scripts: Sequence[str] | None = None) -> tuple[float, float]:
     """Input tokens a character of `language`'s prose costs (expected, at most): the SCRIPTS row of the script it is
-    written in (the first, for Japanese and Korean), else English's. For text the plan could not read, such as
-    the extracts of a web source it could not reach: a Chinese extract costs four times an English one."""
+    written in (`scripts`, else the language's by name; the first, for Japanese and Korean). A language of no known
+    script is expected at English's rate and bounded by the costliest script's. For text the plan could not read,
+    such as the extracts of a web source it could not reach: a Chinese extract costs four times an English one."""
     from textbookgen.websamples import language_scripts
 
-    row = _SCRIPT_ROW.get(next(iter(language_scripts(language)), "Latin"), "latin")
+    known = scripts or language_scripts(language)
+    if not known:
+        return SCRIPTS[0][2], max(most for *_, most in SCRIPTS)
+    row = _SCRIPT_ROW.get(known[0], "latin")
     return next((expected, most) for name, _, expected, most in SCRIPTS if name == row)
 
 
