@@ -155,3 +155,20 @@ def test_collapsed_headings_and_fences_leave_the_prose():
     doc = Doc(text, False)
     assert "area" not in doc.prose and "#" not in doc.prose
     assert doc.prose_words == Doc(f"### Circles\n{PARAGRAPH}\n#### Squares\n{MORE}", False).prose_words
+
+NEWTON = (
+    "Newton's method improves a guess $x_n$ for a root of $f$ by following the tangent line: "
+    "$x_{n+1} = x_n - \\frac{f(x_n)}{f'(x_n)}$. For $f(x) = x^2 - 2$ this is $x_{n+1} = \\frac{1}{2}(x_n + "
+    "\\frac{2}{x_n})$, and starting from $x_0 = 1$ we get $x_1 = 1.5$, $x_2 = 1.4167$ and $x_3 = 1.41422$, already "
+    "close to $\\sqrt{2}$. The error $e_n = x_n - \\sqrt{2}$ satisfies $e_{n+1} \\approx \\frac{f''(r)}{2f'(r)} "
+    "e_n^2$, so the number of correct digits roughly doubles with each step when the guess is close enough to the root."
+)
+
+def test_a_one_paragraph_math_text_is_kept_as_prose_not_dropped_as_code():
+    """Inline LaTeX's braces, brackets and `=` are code punctuation to the collapsed-text rule: a one-paragraph
+    math text (not even collapsed) was judged code and dropped as `code_too_short`; split in two it is kept."""
+    from textbookgen.curation.filters import HeuristicFilter
+
+    f = HeuristicFilter()
+    assert f.reason(NEWTON.replace(". ", ".\n\n", 1)) is None
+    assert f.reason(NEWTON) is None

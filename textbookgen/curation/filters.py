@@ -46,6 +46,8 @@ _HEADING = re.compile(r"^\s{0,3}#{1,6}\s", re.M)
 _HEADING_MARK = re.compile(r"(?:^|(?<=\s))#{1,6}(?= )", re.M)
 # a fenced block with its newlines collapsed: "``` python x = 1 ```", within one line
 _FLAT_FENCE = re.compile(r"(?<!\S)(```|~~~)\S*\s.*?\s\1(?!\S)")
+# $…$ and \(…\): braces and `=` of math, not of code (no `;` inside: jQuery's `$(…);…$(…)` stays code)
+_INLINE_MATH = re.compile(r"\$[^$;]{1,300}\$|\\\([^;]{1,300}?\\\)")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # Gopher's list
 # how a line of code starts
 _CODE_START = (r"def |class |import |from \S+ import |return\b|elif |else:|try:|except|#include|public |private "
@@ -110,7 +112,8 @@ def looks_like_code(text: str) -> bool:
     a cut-off list, a LaTeX `}`) says nothing of the hundreds of words before it."""
     lines = [ln for ln in text.split("\n") if ln.strip()]
     if is_flat(lines):
-        return bool(_CODE_OPENING.match(lines[0])) or _code_punct_share(lines[0]) >= _FLAT_CODE_PUNCT
+        prose = _INLINE_MATH.sub(" ", _DISPLAY_MATH.sub(" ", lines[0]))
+        return bool(_CODE_OPENING.match(lines[0])) or _code_punct_share(prose) >= _FLAT_CODE_PUNCT
     if len(lines) >= 3 and "```" not in text:
         try:
             with warnings.catch_warnings():
