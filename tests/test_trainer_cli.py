@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,12 +112,9 @@ def test_max_steps_flag_replaces_a_token_budget(monkeypatch):
     assert seen[0].max_steps == 5 and seen[0].train.max_tokens is None
 
 
-
 def test_a_long_lived_process_calling_main_counts_its_time_budget_from_the_call(monkeypatch):
     """The budget counts from the process's start for a shell command; a notebook's kernel that calls main()
     hours after it started would otherwise be out of budget before the first step."""
-    import time
-
     from trainer import cli
     from trainer import train as train_module
     from trainer.train import TrainResult
@@ -125,6 +123,7 @@ def test_a_long_lived_process_calling_main_counts_its_time_budget_from_the_call(
     monkeypatch.setattr(train_module, "train", lambda cfg, progress=None, started=None: seen.append(started) or
                         TrainResult(Path(cfg.run_dir), 0, 0, "done"))
     args = ["train", "-c", "phi-1.5", "--max-steps", "5", "--run-dir", "unused", "--time-budget", "60"]
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     monkeypatch.setattr(cli, "_STARTED", time.perf_counter() - 3600.0)  # a kernel started an hour ago
     before = time.perf_counter()
     assert main(args) == 0 and seen[-1] >= before
@@ -384,3 +383,19 @@ def test_train_tokenizer_reads_the_column_given(corpus, tmp_path, capsys):
     assert "no 'text' column (columns: ['eng_Latn', 'id']); name the text column with --column" in capsys.readouterr().err
     assert main(["train-tokenizer", str(folder.parent), "--vocab-size", "300", "--out", out, "--column", "eng_Latn"]) == 0
     assert "338 tokens from 2 file(s)" in capsys.readouterr().out
+
+def test_a_torchrun_worker_started_long_after_its_launcher_counts_from_the_launcher(monkeypatch):
+    """torchrun starts its workers after the rendezvous (minutes on a multi-node job whose nodes come up apart)
+    and again after a failure (--max-restarts): the 60 s "a notebook called main()" rule then counted the budget
+    from the worker's own start, past the scheduler's limit, which counts from the launch."""
+    from trainer import cli
+    from trainer import train as train_module
+    from trainer.train import TrainResult
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, progress=None, started=None: seen.append(started) or
+                        TrainResult(Path(cfg.run_dir), 0, 0, "done"))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run")
+    monkeypatch.setattr(cli, "_STARTED", time.perf_counter() - 300.0)  # the launcher, 5 minutes into its rendezvous
+    args = ["train", "-c", "phi-1.5", "--max-steps", "5", "--run-dir", "unused", "--time-budget", "3600"]
+    assert cli.main(args) == 0 and seen[-1] == cli._STARTED

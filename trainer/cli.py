@@ -52,9 +52,11 @@ FRESH_PROCESS_S = 60.0  # main() entered this soon after the process's (or its l
 
 
 def budget_start(entered: float) -> float:
-    """Where --time-budget counts from: the process's start (its launcher's under torchrun), imports included, for
-    a command run from a shell; the call's own start where a long-lived process (a notebook) calls main()."""
-    return _STARTED if entered - _STARTED < FRESH_PROCESS_S else entered
+    """Where --time-budget counts from: the process's start, imports included, for a command run from a shell;
+    under torchrun its launcher's, however long the rendezvous or a restart took; the call's own start where a
+    long-lived process (a notebook) calls main()."""
+    fresh = "TORCHELASTIC_RUN_ID" in os.environ or entered - _STARTED < FRESH_PROCESS_S
+    return _STARTED if fresh else entered
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
