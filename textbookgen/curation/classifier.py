@@ -2,12 +2,12 @@
 score, cut.
 
 Fewer than `CV_MAX_TEXTS` distinct labelled texts are validated by stratified k-fold cross-validation
-(`TrainSettings.folds`, 5 by default): one held-out split of 218 texts is 43 texts, whose AUC moved by
-about 0.08 from seed to seed, so a single figure said little. Each fold's figures are kept and the report
-gives their mean and spread ("validation (5-fold, 218 texts; ± the folds' std): AUC 0.810 ± 0.066, ..."). The spread is the fold-to-fold standard
-deviation, what one split of that size would move by, not a confidence interval of the mean: the folds
-share most of their training data, and no unbiased estimate of the mean's variance exists for k-fold
-(Bengio & Grandvalet, 2004). lr/epochs are picked by the same folds' mean, so the mean is a little
+(`TrainSettings.folds`, 5 by default): one held-out split of 218 texts is 43 texts, whose AUC moved by about
+0.08 from seed to seed, so a single figure said little. Each fold's figures are kept and the report gives their
+mean and spread ("validation (5-fold, 218 texts; ± the folds' std): AUC 0.810 ± 0.066, ..."). The spread is the
+fold-to-fold standard deviation, what one split of that size would move by, not a confidence interval of the
+mean: the folds share most of their training data, and no unbiased estimate of the mean's variance exists for
+k-fold (Bengio & Grandvalet, 2004). lr/epochs are picked by the same folds' mean, so the mean is a little
 optimistic, as the single split's figure always was.
 
 Training data often mixes labelled sources of very different size and difficulty (a few hundred human
