@@ -175,8 +175,8 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                    help="train this many optimizer steps (replaces the config's train.max_tokens)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help=f"end within this much wall time from the process's start (imports and preparing data "
-                        f"included), with a "
-                        f"checkpoint: the last step leaves room for it (exit code {STOPPED}: resumable)")
+                        f"included), with a checkpoint: the last step leaves room for it (exit code {STOPPED}: "
+                        "resumable)")
     p.add_argument("--resume", default=None, help="auto (newest checkpoint of the run, default) | never | PATH")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)

@@ -594,7 +594,8 @@ def summary_writer() -> type:
 def train(cfg: TrainConfig, progress: bool | None = None, started: float | None = None) -> TrainResult:
     """Train (or resume) the run described by `cfg`, holding its run folder; returns the per-step history of
     this process. A resume with nothing left to train says so and returns with no step run. train.time_budget_s
-    counts from `started` (on the `time.perf_counter()` clock; the CLI gives the process's start), else from this call."""
+    counts from `started` (on the `time.perf_counter()` clock; the CLI gives the process's start), else from this
+    call."""
     started = time.perf_counter() if started is None else started
     if cfg.log.tensorboard:
         summary_writer()  # before the run folder, the data or any weights are touched
