@@ -7,14 +7,16 @@ responses (no paid probe call), pace requests evenly instead of bursting into 42
 `max_tokens` of output up front and refund what was not used (an attempt abandoned on a timeout refunds
 nothing: the provider goes on generating it), and cut concurrency multiplicatively when a 429 still gets
 through. Processes on one host on the same server, key and model keep one set of buckets in a small file
-(textbookgen/sharedlimits.py, field notes §7.1); processes on other hosts share the key through the same headers:
+(textbookgen/sharedlimits.py, field notes §7.1), and send PROBES requests between them before the server first
+answers (`HostProbes`); processes on other hosts share the key through the same headers:
 when the server's `remaining` falls faster than this host's spend explains, the host cuts its share of the refill
 rate, and grows it back while the server's bucket has room. A server that sends no limit headers (a proxy with an
 RPM limit) speaks only through 429s, and concurrency cannot cap a rate when answers are quick: its request rate
 is slow-started until the first 429 (`AdmissionController._ramp`), then learned from the 429s, AIMD on the
 requests bucket held just under the rate last refused (`_cut_rate`, `_grow`). Waiting is
-always a computed sleep (never a polling loop), and a request gives its concurrency slot back before any retry
-backoff.
+a computed sleep (no polling loop; only a process waiting for another's probes to be answered looks at the shared
+file again every SLOW_START_S, the one place that answer shows), and a request gives its concurrency slot back
+before any retry backoff.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 import re
 import time
 from collections import deque
@@ -29,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from textbookgen.sharedlimits import SharedRecord
+from textbookgen.sharedlimits import SharedRecord, process_alive
 
 BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
 _INDEX = {name: i for i, name in enumerate(BUCKETS)}
@@ -41,7 +44,9 @@ LEARN_PROBE = 0.002  # this fraction a second, doubling every LEARN_PROBE_DOUBLI
 LEARN_PROBE_DOUBLING_S = 30.0  # the last 429 came, but may have been raised, or left by others
 MIN_LEARNED_RPM = 1.0  # the least a learned limit falls to
 MIN_SHARE = 1 / 32  # the least of a limit a process keeps when others on its key spend the rest
-PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many
+PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many (the host's
+# processes on one shared budget together, see `HostProbes`)
+PROBE_HOLD_S = 60.0  # a probe of a process still alive but silent this long frees its place (a stopped process)
 SLOW_START_S = 0.1  # from then on a header-less server's request rate starts at an eighth of the concurrency (at
 # least PROBES) per this, and doubles as often (or once per first answer's latency, if shorter)
 
@@ -377,7 +382,7 @@ class AdaptiveConcurrency:
 class Ticket:
     """One admitted attempt: what it reserved, so it can be refunded and its headers aged."""
 
-    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken", "sent_before")
+    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken", "sent_before", "probe")
 
     def __init__(self, tokens_in: float, tokens_out: float, t_send: float, taken: tuple, sent_before: int = 0) -> None:
         self.tokens_in = tokens_in
@@ -385,6 +390,46 @@ class Ticket:
         self.t_send = t_send
         self.taken = taken
         self.sent_before = sent_before  # requests sent in the second before it (kept while no headers are seen)
+        self.probe = False  # it holds one of the host's places for probes (`HostProbes`)
+
+
+class HostProbes:
+    """The probes of the processes on one shared budget: PROBES requests on the wire between them before the
+    server first answers this host's key, not PROBES each, since N processes started together would otherwise put
+    N x PROBES on the wire at once, into 429s behind a proxy that says nothing of its limit. Each place is held as
+    (pid, sent at): its answer frees it, and so does its process's death (a SIGKILL answers nothing) or, for a
+    process alive but silent, PROBE_HOLD_S. Once an answer has shown the key works (a success or a 429) the
+    places are done with: a process that has yet to hear from the server sends its own probes, as a lone one
+    does, paced by the shared buckets."""
+
+    SIZE = 1 + 2 * PROBES
+
+    def __init__(self) -> None:
+        self.opened_at: float | None = None  # when the server first answered the key (None: not yet)
+        self.places: list[float | None] = [None] * (2 * PROBES)  # pid, sent at; pid, sent at; ...
+
+    def state(self) -> list[float | None]:
+        return [self.opened_at, *self.places]
+
+    def restore(self, values: Sequence[float | None]) -> None:
+        self.opened_at, self.places = values[0], list(values[1:])
+
+    def hold(self, pid: int, now: float) -> bool:
+        """Take a free place for a probe `pid` sends now; False where all are held."""
+        for i in range(0, len(self.places), 2):
+            holder, sent = self.places[i], self.places[i + 1]
+            if holder is None or sent is None or not 0 <= now - sent <= PROBE_HOLD_S \
+                    or not process_alive(int(holder)):
+                self.places[i:i + 2] = [pid, now]
+                return True
+        return False
+
+    def free(self, pid: int, sent: float) -> None:
+        """The probe `pid` sent at `sent` is answered, failed or given up on: its place is free."""
+        for i in range(0, len(self.places), 2):
+            if self.places[i:i + 2] == [pid, sent]:
+                self.places[i:i + 2] = [None, None]
+                return
 
 
 def _on_host(method):
@@ -399,14 +444,15 @@ class AdmissionController:
     """Decides when the next attempt may go: a concurrency slot, then the buckets (FIFO, one computed
     sleep at a time). Call exactly one of `complete`, `fail`, `abandon` or `cancel` per admitted ticket.
 
-    `shared` (a `SharedRecord` opened with `SHARED_SIZE`): the buckets, the limits learned and the header-less
-    rate learning are kept there, one budget for the processes on this host on the same (server, key, model), read
-    and written back around every admission and answer, so their spend is not foreign to each other's `share`;
-    concurrency stays each process's own. Its times are `time.monotonic()`, which is the host's: keep the clock."""
+    `shared` (a `SharedRecord` opened with `SHARED_SIZE`): the buckets, the limits learned, the header-less rate
+    learning and the probes sent before the server first answered (`HostProbes`) are kept there, one budget for the
+    processes on this host on the same (server, key, model), read and written back around every admission and
+    answer, so their spend is not foreign to each other's `share`; concurrency stays each process's own. Its times
+    are `time.monotonic()`, which is the host's: keep the clock."""
 
     _SHARED = ("paused_until", "_rate_decided_at", "_grown_at", "_refused_at_rpm", "_sent_count", "_sent_t",
                "_ramp_at", "_ramp_s", "_paced_at")  # one slow start for the host, doubling what they all send
-    SHARED_SIZE = len(BUCKETS) * len(TokenBucket.SHARED) + len(_SHARED)
+    SHARED_SIZE = len(BUCKETS) * len(TokenBucket.SHARED) + len(_SHARED) + HostProbes.SIZE
 
     def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.99,
                  request_burst_s: float = 1.0, token_burst_s: float = 60.0, slow_start: bool = True,
@@ -442,6 +488,7 @@ class AdmissionController:
         self._ramp_at: float | None = None  # slow start: when the request rate next doubles (None: not ramping)
         self._ramp_s = SLOW_START_S
         self._opened_at = math.inf if slow_start else -math.inf  # when the first answer came (probes went before)
+        self._probes = HostProbes()  # with a shared budget, the probes of the host's processes together
         # Admit in small batches rather than one wake-up per request: the same rate, a tenth of the
         # wake-ups (and warmer caches: ~20% less CPU a request) at thousands of requests per minute.
         self.min_sleep_s = batch_s
@@ -472,12 +519,17 @@ class AdmissionController:
                    self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now), self.paused_until - now)
         if wait > 0:
             return wait
+        probe = not self._started and self._shared is not None and self._probes.opened_at is None
+        if probe and not self._probes.hold(os.getpid(), now):
+            return SLOW_START_S  # another process's probes are out: look again (their answer shows only here)
         self._req.take(1)
         self._tok.take(tokens_in + tokens_out)
         self._in.take(tokens_in)
         self._out.take(tokens_out)
-        return Ticket(tokens_in, tokens_out, now, (self._req.taken, self._tok.taken, self._in.taken, self._out.taken),
-                      0 if self.headers_seen else self._count_sent(now))
+        ticket = Ticket(tokens_in, tokens_out, now, (self._req.taken, self._tok.taken, self._in.taken,
+                                                     self._out.taken), 0 if self.headers_seen else self._count_sent(now))
+        ticket.probe = probe
+        return ticket
 
     def _count_sent(self, now: float) -> int:
         """How many requests went in the second before this one (kept while no headers are seen): this process's,
@@ -504,7 +556,7 @@ class AdmissionController:
                 self._load(values)
             result = step()
             return [*(v for b in self.buckets.values() for v in b.state()),
-                    *(getattr(self, name) for name in self._SHARED)]
+                    *(getattr(self, name) for name in self._SHARED), *self._probes.state()]
 
         if not self._shared.update(change):
             self._shared = None
@@ -515,8 +567,10 @@ class AdmissionController:
         n = len(TokenBucket.SHARED)
         for i, bucket in enumerate(self.buckets.values()):
             bucket.restore(values[i * n:(i + 1) * n])
-        for name, value in zip(self._SHARED, values[len(BUCKETS) * n:], strict=True):
+        start = len(BUCKETS) * n
+        for name, value in zip(self._SHARED, values[start:start + len(self._SHARED)], strict=True):
             setattr(self, name, value)
+        self._probes.restore(values[start + len(self._SHARED):])
 
     def _refund(self, tokens_in: float, tokens_out: float, requests: float = 0) -> None:
         self._req.give(requests)
@@ -584,6 +638,7 @@ class AdmissionController:
         if not self.headers_seen:
             self._grow(self.clock())
         self.concurrency.on_success()
+        self._probe_answered(ticket, key_works=True)
         if not self._started:
             self._first_answer(ticket)
 
@@ -597,6 +652,7 @@ class AdmissionController:
         self.concurrency.release()
         self._refund(ticket.tokens_in, ticket.tokens_out)
         self._learn(ticket, headers, rate_limited)
+        self._probe_answered(ticket, key_works=rate_limited)
         if answered and not self._started:  # no answer at all (connection refused) opens nothing
             self._first_answer(ticket)
         if rate_limited:
@@ -608,6 +664,14 @@ class AdmissionController:
                 pause = min(retry_after if retry_after is not None else self.concurrency.cooldown_s, 60.0)
                 self.paused_until = max(self.paused_until, now + pause)
                 self._req.empty_at(self.paused_until, now)  # no burst saved up while paused
+
+    def _probe_answered(self, ticket: Ticket, key_works: bool = False) -> None:
+        """Free the host's place `ticket` held as a probe; an answer that shows the key works (a success, a 429)
+        ends the host's probing, a refusal of the key (401) or a 5xx does not."""
+        if ticket.probe:
+            self._probes.free(os.getpid(), ticket.t_send)
+        if key_works and self._probes.opened_at is None:
+            self._probes.opened_at = self.clock()
 
     def _grow(self, now: float) -> None:
         """A success from a header-less server: while a learned limit binds (a request waited for it in the last
@@ -652,14 +716,17 @@ class AdmissionController:
     def abandon(self, ticket: Ticket) -> None:
         """An attempt given up on (no answer in time): its slot is free, but the provider may still be generating
         it, up to max_tokens, so what it reserved stays taken; handing it back would send more than the
-        provider's per-minute budget has left, into 429s."""
+        provider's per-minute budget has left, into 429s. A probe's place is free: no answer is coming."""
         self.concurrency.release()
+        if ticket.probe:
+            self._synced(lambda: self._probe_answered(ticket))
 
     @_on_host
     def cancel(self, ticket: Ticket) -> None:
         """The attempt never completed (run cancelled): give everything back."""
         self.concurrency.release()
         self._refund(ticket.tokens_in, ticket.tokens_out, requests=1)
+        self._probe_answered(ticket)
 
     @property
     def limits(self) -> dict[str, float | None]:

@@ -4,8 +4,9 @@ read-modify-written under an exclusive `fcntl.flock` held for microseconds.
 Why (field notes §7.1): teams run several builds at once on one key (several recipes, shards of one recipe), and
 processes that learn of each other only through the server's `remaining` headers each start with a full bucket and
 overshoot together into 429s. Here they keep one set of buckets, so what one spends, reserves, refunds or learns
-(a limit from headers, a 429) the others see at their next admission. Nothing in the file belongs to a process:
-levels refill with time, so one killed mid-request leaves nothing stuck. The file holds only numbers, named by a
+(a limit from headers, a 429) the others see at their next admission. Nothing in the file holds for a process
+that is gone: levels refill with time, and the few probes sent before the server first answers are held by pid,
+freed when that process is, so one killed mid-request leaves nothing stuck. The file holds only numbers, named by a
 hash of what identifies the budget (the key itself is never written). A file that is corrupt, truncated, foreign or
 from before a reboot is rebuilt; where no file can be used (a read-only folder, no `fcntl` on Windows) each process
 goes on with its own buckets, as before.
@@ -73,6 +74,18 @@ def _prune(folder: Path) -> None:
                     os.unlink(entry.path)
     except OSError:
         pass  # another process pruned it first, or the folder is not ours to tidy
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (another user's counts; a zombie not yet reaped does too). POSIX
+    only, as shared records are: on Windows `os.kill(pid, 0)` sends a Ctrl-C."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's
+        return True
+    return True
 
 
 class SharedRecord:
