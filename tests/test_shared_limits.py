@@ -193,3 +193,33 @@ def test_budgets_nobody_used_for_a_day_are_deleted(limits_dir):
     os.utime(other, (two_days_ago, two_days_ago))
     assert SharedRecord.open("k", 3) is not None
     assert not old.exists() and recent.exists() and other.exists()
+
+
+def test_processes_told_different_rate_limits_keep_budgets_of_their_own(tmp_path, monkeypatch):
+    """The shared buckets are refilled and capped at the limit of whichever process looks, so processes told
+    different limits cannot keep one budget: beside a build at 6,000 RPM, a job run with --rpm 600 sent 1,304
+    requests a minute, and the build as few (593 and 5,936 on budgets of their own: `_admit` polled by four
+    workers each on a simulated clock). Processes told the same limit still share it, as the key's."""
+    from textbookgen.ratelimit import RateLimits
+
+    monkeypatch.setenv("TEXTBOOKGEN_LIMITS_DIR", str(tmp_path))
+    monkeypatch.delenv("TEXTBOOKGEN_SHARE_LIMITS", raising=False)
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        for rpm in (6000, 600):
+            gen = Generator("openai", MODEL, base_url=emu.openai_base_url, api_key=KEY,
+                            progress=False, limits=RateLimits(rpm=rpm))
+            gen.run([ChatRequest(messages=[{"role": "user", "content": f"hi {rpm}"}], max_tokens=8)])
+    assert len(list(tmp_path.glob("*.limits"))) == 2
+
+
+def test_a_server_named_by_the_sdks_environment_variable_keys_its_own_budget(tmp_path, monkeypatch):
+    """Without base_url the SDK reads OPENAI_BASE_URL: two servers reached that way with one key and model were
+    one budget, and a run naming the default server explicitly was another."""
+    monkeypatch.setenv("TEXTBOOKGEN_LIMITS_DIR", str(tmp_path))
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.openai_base_url)
+        Generator("openai", MODEL, api_key=KEY, progress=False).run(
+            [ChatRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=8)])
+    [record] = tmp_path.glob("*.limits")
+    assert record.stem == budget_id("openai", emu.openai_base_url, [KEY], MODEL) != budget_id("openai", None, [KEY],
+                                                                                                 MODEL)

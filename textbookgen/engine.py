@@ -54,7 +54,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -600,7 +600,9 @@ class Generator:
                                  attempt_timeout_s=self.timeout_s)
         self._secrets = provider.secrets
         self._provider = provider
-        shared = SharedRecord.open(budget_id(self.provider, self.base_url, provider.secrets, self.model),
+        server = self.base_url or str(provider.client.base_url)  # the SDK's own default, or OPENAI_BASE_URL's
+        shared = SharedRecord.open(budget_id(self.provider, server, provider.secrets, self.model,
+                                             astuple(self.limits)),
                                    AdmissionController.SHARED_SIZE) if self.share_limits and not self.batch else None
         self._admission = AdmissionController(self.limits, self.concurrency, shared=shared)
         self._writer = JournalWriter(journal)

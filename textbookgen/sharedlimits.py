@@ -52,10 +52,15 @@ def limits_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textbookgen" / "limits"
 
 
-def budget_id(provider: str, base_url: str | Sequence[str] | None, secrets: Sequence[str], model: str) -> str:
-    """16 hex digits naming one budget: a hash of the provider, its server URL(s), the key and the model."""
+def budget_id(provider: str, base_url: str | Sequence[str] | None, secrets: Sequence[str], model: str,
+              limits: Sequence[float | None] = ()) -> str:
+    """16 hex digits naming one budget: a hash of the provider, its server URL(s), the key and the model, and the
+    limits its user set where any is (processes told different limits cannot keep one bucket: each would refill
+    and cap it at its own, so the lower-capped ran at the higher limit)."""
     urls = [base_url] if base_url is None or isinstance(base_url, str) else sorted(base_url)
     parts = [provider, [(url or "").rstrip("/") for url in urls], list(secrets), model]
+    if any(limit is not None for limit in limits):
+        parts.append(list(limits))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
