@@ -65,7 +65,8 @@ def test_a_credential_in_request_params_is_refused_before_the_journal_keeps_it(p
         ChatRequest(messages=[{"role": "user", "content": "hi"}], params=params)
     assert "CANARY" not in str(info.value)
     ChatRequest(messages=[{"role": "user", "content": "hi"}],  # what servers take stays allowed
-                params={"top_k": 5, "max_tokens_per_doc": 1, "chat_template_kwargs": {"enable_thinking": False}})
+                params={"top_k": 5, "max_tokens_per_doc": 1, "chat_template_kwargs": {"enable_thinking": False},
+                        "eos_token": "</s>", "token": None})
 
 
 def test_a_prompts_file_row_with_a_credential_in_params_is_named_by_line(tmp_path):

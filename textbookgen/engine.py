@@ -178,11 +178,12 @@ _SCHEMA_FIELDS = frozenset({"properties", "patternProperties", "$defs", "definit
 
 
 def credential_param(params: Mapping, path: str = "") -> str | None:
-    """The first key of `params` (nested ones too, as in `extra_body`) named like a credential, as a dotted path.
-    The fields a structured-output schema describes (a `password` property of a login form) are data, not keys."""
+    """The first key of `params` (nested ones too, as in `extra_body`) named like a credential and holding text, as
+    a dotted path. The fields a structured-output schema describes (a `password` property of a login form) are
+    data, not keys, and so is a number or an empty column named `token`."""
     for key, value in params.items():
         name = f"{path}{key}"
-        if _CREDENTIAL.search(str(key)):
+        if _CREDENTIAL.search(str(key)) and isinstance(value, str) and value:
             return name
         if isinstance(value, Mapping) and key not in _SCHEMA_FIELDS and (inner := credential_param(value, f"{name}.")):
             return inner
