@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -101,7 +102,8 @@ def test_attempts_a_killed_run_leaves_on_the_wire_count_at_their_worst_case_once
     with stuck_emulator() as emu:
         root = Path(textbookgen.__file__).resolve().parents[1]
         run = subprocess.Popen([sys.executable, "-c", RUN, emu.openai_base_url, str(journal)], cwd=root,
-                               env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+                               env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin",
+                                    "TEXTBOOKGEN_LIMITS_DIR": os.environ["TEXTBOOKGEN_LIMITS_DIR"]})
         try:
             until(lambda: emu.in_flight == PROBES, "the run's first attempts")
         finally:
