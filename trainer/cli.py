@@ -30,12 +30,15 @@ _EXIT_CODES = ("exit codes: 0 done; 3 stopped by --time-budget (train.time_budge
 Command = tuple[str, Callable[[argparse.ArgumentParser], object], Callable[[argparse.Namespace], int]]
 
 
-def process_started(pid: int | None = None) -> float:
-    """When process `pid` (default: this one; under torchrun, its launcher, which a scheduler's time limit
-    counts from) started, on the `time.perf_counter()` clock: --time-budget counts from there, so Python's
-    start-up and imports are spent from it too. Linux's /proc gives it; elsewhere, now."""
-    if pid is None:
-        pid = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
+def _under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def process_started() -> float:
+    """When this process (under torchrun, its launcher, which a scheduler's time limit counts from) started, on
+    the `time.perf_counter()` clock: --time-budget counts from there, so Python's start-up and imports are spent
+    from it too. Linux's /proc gives it; elsewhere, now."""
+    pid = os.getppid() if _under_torchrun() else os.getpid()
     now = time.perf_counter()
     try:
         since_boot = float(Path("/proc/uptime").read_text().split()[0])
@@ -55,7 +58,7 @@ def budget_start(entered: float) -> float:
     """Where --time-budget counts from: the process's start, imports included, for a command run from a shell;
     under torchrun its launcher's, however long the rendezvous or a restart took; the call's own start where a
     long-lived process (a notebook) calls main()."""
-    fresh = "TORCHELASTIC_RUN_ID" in os.environ or entered - _STARTED < FRESH_PROCESS_S
+    fresh = _under_torchrun() or entered - _STARTED < FRESH_PROCESS_S
     return _STARTED if fresh else entered
 
 
