@@ -166,8 +166,8 @@ class ChatRequest:
 
     def __post_init__(self) -> None:
         if self.params and (name := credential_param(self.params)):
-            raise ValueError(f"request params set {name!r}: a credential does not go in the request body, which the "
-                             "journal keeps and exports; the key comes from the environment (api_key_env)")
+            raise ValueError(f"'params' must not set '{name}': a credential does not go in the request body, which "
+                             "the journal keeps and exports; the key comes from the environment (api_key_env)")
 
 
 # a credential's name: any *_api_key, *_secret, *_password or authorization; a token by the names tokens go by

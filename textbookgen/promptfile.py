@@ -68,9 +68,6 @@ def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
     refused = sorted(params.keys() & _NOT_PARAMS.keys())
     if refused:
         raise PromptFileError(f"{where}: 'params' must not set '{refused[0]}': {_NOT_PARAMS[refused[0]]}")
-    if credential := credential_param(params):
-        raise PromptFileError(f"{where}: 'params' must not set '{credential}': a credential does not go in the "
-                              "request body, which the journal keeps and exports; the key comes from the environment")
     response_format = _object(row, "response_format", where) or _object(defaults, "response_format", where) or None
     if response_format is not None and not isinstance(response_format.get("type"), str):
         raise PromptFileError(f"{where}: 'response_format' needs a 'type' (e.g. \"json_schema\")")
@@ -84,10 +81,13 @@ def _request(row: Mapping, where: str, defaults: Mapping) -> ChatRequest:
             raise PromptFileError(f"{where}: '{name}' must be {_RANGES[name][1]}, got {value!r}")
         return value
 
-    return ChatRequest(messages=messages, max_tokens=pick("max_tokens", int) or 1024,
-                       temperature=pick("temperature", (int, float)), top_p=pick("top_p", (int, float)),
-                       seed=pick("seed", int), system=pick("system", str), response_format=response_format,
-                       metadata=metadata, params=params)
+    try:
+        return ChatRequest(messages=messages, max_tokens=pick("max_tokens", int) or 1024,
+                           temperature=pick("temperature", (int, float)), top_p=pick("top_p", (int, float)),
+                           seed=pick("seed", int), system=pick("system", str), response_format=response_format,
+                           metadata=metadata, params=params)
+    except ValueError as err:  # a credential in params (ChatRequest's own check)
+        raise PromptFileError(f"{where}: {err}") from None
 
 
 def _object(row: Mapping, name: str, where: str) -> dict:
