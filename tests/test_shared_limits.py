@@ -223,3 +223,27 @@ def test_a_server_named_by_the_sdks_environment_variable_keys_its_own_budget(tmp
     [record] = tmp_path.glob("*.limits")
     assert record.stem == budget_id("openai", emu.openai_base_url, [KEY], MODEL) != budget_id("openai", None, [KEY],
                                                                                                  MODEL)
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("http://localhost:8000/v1", "http://127.0.0.1:8000/v1"),
+    ("http://[::1]:8000/v1/", "http://LOCALHOST:8000/v1"),
+    ("http://0.0.0.0:8000/v1", "http://127.0.0.1:8000/v1/"),
+    ("https://API.openai.com/v1", "https://api.openai.com:443/v1/"),
+])
+def test_one_server_written_two_ways_is_one_budget(one, other):
+    """A vLLM server reached as localhost by one build and as 127.0.0.1 by another has one rate limit."""
+    assert budget_id("openai-compatible", one, [KEY], MODEL) == budget_id("openai-compatible", other, [KEY], MODEL)
+    assert budget_id("openai-compatible", [one, "http://gpu2:8000/v1"], [KEY], MODEL) == budget_id(
+        "openai-compatible", ["http://gpu2:8000/v1/", other], [KEY], MODEL)
+
+
+@pytest.mark.parametrize(("one", "other"), [
+    ("http://localhost:8000/v1", "http://localhost:8001/v1"),  # two servers on one machine
+    ("http://localhost:8000/v1", "http://gpu2:8000/v1"),
+    ("http://localhost:8000/v1", "https://localhost:8000/v1"),
+    ("http://localhost:8000/v1", "http://localhost:8000/v2"),
+    ("http://localhost:8000/v1?deployment=a", "http://localhost:8000/v1?deployment=b"),
+])
+def test_different_servers_keep_different_budgets(one, other):
+    assert budget_id("openai-compatible", one, [KEY], MODEL) != budget_id("openai-compatible", other, [KEY], MODEL)

@@ -21,6 +21,7 @@ import math
 import os
 import struct
 import time
+import urllib.parse
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,11 +58,32 @@ def budget_id(provider: str, base_url: str | Sequence[str] | None, secrets: Sequ
     """16 hex digits naming one budget: a hash of the provider, its server URL(s), the key and the model, and the
     limits its user set where any is (processes told different limits cannot keep one bucket: each would refill
     and cap it at its own, so the lower-capped ran at the higher limit)."""
-    urls = [base_url] if base_url is None or isinstance(base_url, str) else sorted(base_url)
-    parts = [provider, [(url or "").rstrip("/") for url in urls], list(secrets), model]
+    urls = [base_url] if base_url is None or isinstance(base_url, str) else base_url
+    parts = [provider, sorted(server_name(url) for url in urls), list(secrets), model]
     if any(limit is not None for limit in limits):
         parts.append(list(limits))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def server_name(url: str | None) -> str:
+    """The server a URL reaches, spelled one way, so that builds which wrote it differently share one budget:
+    scheme and host in lower case, the default port made explicit, loopback under one name (`localhost`, `::1`,
+    `0.0.0.0` and `127.x.x.x` all reach the local server), no trailing slash. A URL it cannot parse is kept as
+    written."""
+    text = (url or "").strip()
+    try:
+        parts = urllib.parse.urlsplit(text)
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:  # a port that is not a number
+        return text.rstrip("/")
+    if not host:
+        return text.rstrip("/")
+    if host in ("localhost", "::1", "0.0.0.0") or host.startswith("127."):
+        host = "127.0.0.1"
+    scheme = parts.scheme.lower()
+    port = port or {"http": 80, "https": 443}.get(scheme)
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}{query}"
 
 
 def sharing_enabled() -> bool:
