@@ -109,7 +109,7 @@ def test_strict_undefined_and_sandbox(tmp_path):
         load_template(str(evil)).render(**_vars())
     syntax = tmp_path / "syntax.j2"
     syntax.write_text("line one\n{% if topic %}\nno endif\n")
-    with pytest.raises(TemplateError, match=r"syntax\.j2:line \d+"):
+    with pytest.raises(TemplateError, match=r"syntax\.j2:\d+: "):
         load_template(str(syntax))
     with pytest.raises(TemplateError, match="neither a built-in"):
         load_template("no_such_template")

@@ -623,7 +623,7 @@ def validate(
     """Check a recipe: schema, files it names, templates, mix names, and everything else the build would
     reject later that needs no network and no paid request. Errors name file, line and field."""
     from textbookgen.build import Build, BuildError, open_web_samples
-    from textbookgen.recipe import deferred_problems
+    from textbookgen.recipe import deferred_problems, repeated_prompts_note
     from textbookgen.taxonomy import Taxonomy, TaxonomyError
     from textbookgen.websamples import WebSampleError
 
@@ -650,7 +650,8 @@ def validate(
         check.check_benchmarks(planning=True)
     except BuildError as err:
         _fail(str(err))
-    for note in check.notes:
+    repeated = repeated_prompts_note(r, tax)
+    for note in [*([repeated] if repeated else []), *check.notes]:
         typer.echo(f"note: {note}")
     grow = f", grown to {tc.grow.target:,} by the build" if tc.grow else ""
     typer.echo(f"ok: {r.name} {r.version}: {r.samples:,} samples of {r.model} ({r.provider.name}), "
@@ -813,8 +814,14 @@ def topics_convert(
     select: str | None = typer.Option(None, help="dotted key of the YAML subtree holding the topics"),
 ) -> None:
     """Convert a taxonomy between YAML, CSV, markdown and plain text (.txt)."""
+    from textbookgen.taxonomy import save_format
+
     _check_output(dst, "DST")
-    typer.echo(str(_save_taxonomy(_load_taxonomy(src, select), dst)))
+    tax = _load_taxonomy(src, select)
+    typer.echo(str(_save_taxonomy(tax, dst)))
+    lost = tax.names_only_losses() if save_format(dst) in ("markdown", "text") else ""
+    if lost:
+        typer.echo(f"note: {dst} holds topic names only: it drops {lost}; write .yaml or .csv to keep them", err=True)
 
 
 def _save_taxonomy(tax, dst: str):

@@ -589,7 +589,8 @@ def _diversity_line(d: dict[str, Any]) -> str:
         f"(first {d['ngram_sample']:,} prompts); {d['per_topic_min']:,}-{d['per_topic_max']:,} prompts per topic used."
     )
     if d["duplicate_prompts"]:
-        line += " [yellow]Duplicate prompts ask twice for the same document.[/yellow]"
+        line += (" [yellow]Duplicate prompts ask twice for the same document: add topics (taxonomy.grow), "
+                 "audiences, styles or formats, web_samples, or lower samples.[/yellow]")
     return line
 
 

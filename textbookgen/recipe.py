@@ -13,8 +13,9 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from difflib import get_close_matches
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -561,6 +562,35 @@ def deferred_problems(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ..
     return problems
 
 
+def repeated_prompts_note(recipe: Recipe, tax: Taxonomy) -> str | None:
+    """How many prompts must repeat an earlier one word for word (at least): those a topic gets beyond its mix
+    cells, where nothing else tells them apart (no web extracts, no template drawing `words`). The plan counts
+    them exactly once rendered; `validate` warns before, as a recipe asking for more documents than topics x
+    cells is a mistake it would otherwise call ok. None with a grown taxonomy (its topics are not known yet)."""
+    from collections import Counter
+
+    from textbookgen.templates import expand_mix, load_template, template_variables
+
+    web = recipe.web_samples
+    if recipe.taxonomy.grow is not None or (web is not None and web.share > 0):
+        return None
+    if any("words" in template_variables(load_template(e.template, recipe.base_dir)) for e in recipe.mix):
+        return None
+    cells = len(expand_mix([e.model_dump() for e in recipe.mix]))
+    tc = recipe.taxonomy
+    per_topic = Counter(t.id for t in tax.sample(recipe.samples, recipe.seed, weighting=tc.weighting,
+                                                  max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic))
+    repeated = sum(max(0, n - cells) for n in per_topic.values())
+    if not repeated:
+        return None
+    return recipe.problem_text([(("samples",), (
+        f"at least {repeated:,} of {recipe.samples:,} prompts repeat an earlier one word for word "
+        f"({len(per_topic):,} topics, up to {max(per_topic.values()):,} prompts each, over {cells:,} mix cells "
+        "(template x audience x style x format) and no web extracts): add topics (taxonomy.grow), audiences, "
+        "styles or formats, web_samples, or lower samples"
+    ))])
+
+
 def _taxonomy_fit(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], str]]:
     """The topics sampled for `samples` under the per-topic caps and quotas, as the prompts stage samples
     them; a taxonomy the build grows first is checked against `grow.target` leaves, the most growth gives."""
@@ -751,8 +781,39 @@ def _format_errors(where: _Where, err: ValidationError) -> str:
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = f"unknown key ({_key_hint(loc)})"
         elif e["type"] == "missing":
             msg = "required field missing"
         out.append(where.format(loc, msg))
     return "\n".join(out)
+
+
+def _key_hint(loc: tuple[Any, ...]) -> str:
+    """For an unknown key at `loc`: the key it was probably meant to be, else the keys its mapping takes."""
+    keys = _known_keys(loc[:-1])
+    close = get_close_matches(str(loc[-1]), keys, n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"{dotted(loc[:-1]) or 'a recipe'} takes {', '.join(keys)}"
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys of the mapping at `loc`, found by walking the recipe's models (a list item or a mapping's value
+    by its type): pydantic's error for an unknown key does not say which keys were allowed."""
+    ann: Any = Recipe
+    for key in loc:
+        ann = _without_none(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and key in ann.model_fields:
+            ann = ann.model_fields[key].annotation
+        elif get_origin(ann) in (list, dict):
+            ann = get_args(ann)[-1]
+        else:
+            return []
+    ann = _without_none(ann)
+    return list(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else []
+
+
+def _without_none(ann: Any) -> Any:
+    """`X | None` -> X (an optional section's own type)."""
+    args = [a for a in get_args(ann) if a is not type(None)]
+    return args[0] if type(None) in get_args(ann) and len(args) == 1 else ann

@@ -21,7 +21,7 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -63,6 +63,14 @@ _PATH_SEPS = (" > ", ">", " / ", "/", " | ", "|", "::")
 
 class TaxonomyError(ValueError):
     """A taxonomy file could not be read; the message names the file and, where known, the line."""
+
+
+class TopicError(TaxonomyError):
+    """A problem with one topic, named by its path; `Taxonomy.load` adds the file and the topic's line."""
+
+    def __init__(self, path: tuple[str, ...], problem: str) -> None:
+        super().__init__(f"topic {PATH_SEP.join(path)!r}: {problem}")
+        self.path = path
 
 
 @dataclass
@@ -364,9 +372,11 @@ class Taxonomy:
             tax.name = name
         if not tax.topics:
             raise TaxonomyError(f"{path}: no topics found")
-        _check_quotas(tax, path)
         try:
+            _check_quotas(tax)
             check_weights(tax)
+        except TopicError as e:
+            raise _located(e, path, text if fmt == "yaml" else "") from None
         except ValueError as e:
             raise TaxonomyError(f"{path}: {e}") from None
         tax.merge_duplicates()
@@ -395,6 +405,23 @@ class Taxonomy:
         finally:
             partial.unlink(missing_ok=True)
         return path
+
+    def names_only_losses(self) -> str:
+        """What markdown and plain text, which hold names only, would drop ("" for nothing): a weight other
+        than 1, a quota, a description or other metadata, an id of one's own (not the hash of the path)."""
+        topics = list(self.walk())
+        weighted = [t for t in topics if t.weight != 1.0]
+        quotas = sum("quota" in t.meta for t in topics)
+        described = sum(bool(set(t.meta) - {"quota"}) for t in topics)
+        own_ids = sum(not t.id.startswith(topic_id(t.path)) for t in topics)  # a path twin's gets a `~n`
+        lost = [
+            f"the weights of {len(weighted):,} topic{'s' * (len(weighted) > 1)} (e.g. "
+            f"{weighted[0].path_str!r}: {weighted[0].weight:g})" if weighted else "",
+            f"{quotas:,} quota{'s' * (quotas > 1)}" if quotas else "",
+            f"the descriptions or metadata of {described:,} topic{'s' * (described > 1)}" if described else "",
+            f"{own_ids:,} id{'s' * (own_ids > 1)} of your own" if own_ids else "",
+        ]
+        return ", ".join(x for x in lost if x)
 
     def _to_csv(self) -> str:
         buf = io.StringIO()
@@ -540,9 +567,38 @@ def _clean_name(name: Any) -> str:
     return s.rstrip(":").strip()
 
 
+class _TopicLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader, except that a key repeated in one mapping merges its values, as same-name siblings
+    are merged (`Taxonomy.merge_duplicates`), where PyYAML keeps the last one and drops the first's branch."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+        if len(set(keys)) == len(keys):
+            return super().construct_mapping(node, deep=deep)
+        self.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                raise yaml.constructor.ConstructorError(None, None, "found unhashable key", key_node.start_mark)
+            value = self.construct_object(value_node, deep=True)  # complete now, to be merged
+            out[key] = _merged(out[key], value) if key in out else value
+        return out
+
+
+def _merged(first: Any, second: Any) -> Any:
+    """Two values of one topic: mappings and lists joined (children), else the one holding children, else the
+    first (its weight, as merged siblings keep the first's)."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        return {**first, **{k: _merged(first[k], v) if k in first else v for k, v in second.items()}}
+    if isinstance(first, list) and isinstance(second, list):
+        return first + second
+    return second if isinstance(second, (dict, list)) and not isinstance(first, (dict, list)) else first
+
+
 def _from_yaml_text(text: str, path: Path, *, select: str | None, name: str) -> Taxonomy:
     try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = yaml.load(text, Loader=_TopicLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -559,6 +615,8 @@ def _from_yaml_text(text: str, path: Path, *, select: str | None, name: str) -> 
         data = data["topics"]
     try:
         topics = _yaml_nodes(data, ())
+    except TopicError as e:
+        raise _located(e, path, text) from None
     except TaxonomyError as e:
         raise TaxonomyError(f"{path}: {e}") from None
     tax = Taxonomy(name=name, topics=topics, meta=meta)
@@ -592,7 +650,7 @@ def _yaml_nodes(value: Any, parent: tuple[str, ...]) -> list[Topic]:
             nm = _clean_name(key)
             path = (*parent, nm)
             if isinstance(sub, bool):
-                raise TaxonomyError(f"topic {PATH_SEP.join(path)!r}: weight must be a number, not {sub!r}")
+                raise TopicError(path, f"weight must be a number, not {sub!r}")
             if isinstance(sub, (int, float)):
                 out.append(Topic(name=nm, path=path, weight=float(sub)))
             elif sub is None:
@@ -619,11 +677,11 @@ def _native_node(d: dict[str, Any], parent: tuple[str, ...]) -> Topic:
     path = (*parent, nm)
     unknown = [str(k) for k in d if str(k).strip().lower() not in NODE_KEYS]
     if unknown:
-        raise TaxonomyError(f"topic {PATH_SEP.join(path)!r}: unknown key {unknown[0]!r} (a topic takes name, "
-                            "weight, quota, id, meta, description, and its children under children or topics)")
+        raise TopicError(path, f"unknown key {unknown[0]!r} (a topic takes name, weight, quota, id, meta, "
+                               "description, and its children under children or topics)")
     weight = d.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise TaxonomyError(f"topic {PATH_SEP.join(path)!r}: weight must be a number, not {weight!r}")
+        raise TopicError(path, f"weight must be a number, not {weight!r}")
     meta = dict(d.get("meta") or {})
     for key in ("quota", "description"):
         if key in d:
@@ -635,31 +693,55 @@ def _native_node(d: dict[str, Any], parent: tuple[str, ...]) -> Topic:
     return t
 
 
-def _check_quotas(tax: Taxonomy, path: Path) -> None:
+def _check_quotas(tax: Taxonomy) -> None:
     """A quota is a count of samples, an integer >= 0: anything else would only fail (or silently
     over-allocate the other topics) when the build samples."""
     for t in tax.walk():
         q = t.meta.get("quota")
         if "quota" in t.meta and (isinstance(q, bool) or not isinstance(q, int) or q < 0):
-            raise TaxonomyError(f"{path}: topic {t.path_str!r}: quota must be an integer >= 0, not {q!r}")
+            raise TopicError(t.path, f"quota must be an integer >= 0, not {q!r}")
 
 
 def check_weights(tax: Taxonomy) -> None:
     """Weights are relative shares: a negative, NaN or infinite one has no meaning (it used to be
     clamped to 0 or to make its siblings uniform, silently), and children all weighing 0 below a
-    parent that is sampled would leave its share nowhere. Raises ValueError naming the topic."""
+    parent that is sampled would leave its share nowhere. Raises a TopicError (a ValueError) naming the topic."""
 
-    def visit(nodes: list[Topic], parent: str) -> None:
+    def visit(nodes: list[Topic], parent: tuple[str, ...]) -> None:
         for n in nodes:
             if not (math.isfinite(n.weight) and n.weight >= 0):
-                raise ValueError(f"topic {n.path_str!r}: weight must be a finite number >= 0, not {n.weight!r}")
+                raise TopicError(n.path, f"weight must be a finite number >= 0, not {n.weight!r}")
+        if nodes and sum(n.weight for n in nodes) <= 0 and parent:
+            raise TopicError(parent, "every topic below it has weight 0, so nothing there can be sampled: give "
+                                     f"one a weight above 0, or give {parent[-1]!r} itself weight 0 to leave it out")
         if nodes and sum(n.weight for n in nodes) <= 0:
-            raise ValueError(f"{parent}: every topic below it has weight 0, so nothing there can be sampled")
+            raise ValueError(f"taxonomy {tax.name!r}: every topic has weight 0: give one a weight above 0")
         for n in nodes:
             if n.weight > 0 and n.children:
-                visit(n.children, f"topic {n.path_str!r}")
+                visit(n.children, n.path)
 
-    visit(tax.topics, f"taxonomy {tax.name!r}")
+    visit(tax.topics, ())
+
+
+def _located(err: TopicError, path: Path, yaml_text: str) -> TaxonomyError:
+    """`err` prefixed with the file and, in a YAML file, the line of its topic."""
+    line = _yaml_line(yaml_text, err.path) if yaml_text else None
+    return TaxonomyError(f"{path}{f':{line}' if line else ''}: {err}")
+
+
+def _yaml_line(text: str, path: tuple[str, ...]) -> int | None:
+    """The line of the topic at `path` in a YAML taxonomy: each name in turn, as a key (`Optics:`), a list item
+    or a node's `name:`, at or below the line of the name above it (a parent comes before its children). The
+    values PyYAML constructs carry no line; this search runs only for an error message. None if not found."""
+    lines = text.splitlines()
+    start, found = 0, None
+    for name in path:
+        quoted = re.compile(rf"""^\s*(?:-\s+)?(?:name:\s*)?(["']?){re.escape(name)}\1\s*(?::|$)""")
+        found = next((i for i in range(start, len(lines)) if quoted.match(lines[i])), None)
+        if found is None:
+            return None
+        start = found + 1
+    return None if found is None else found + 1
 
 
 def _unwrap_single_root(tax: Taxonomy) -> Taxonomy:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import traceback
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from textbookgen.jsonl import decode_utf8
 from textbookgen.taxonomy import keyed_bits, keyed_uniform
 
 BUILTIN_DIR = Path(__file__).with_name("templates")
@@ -186,11 +188,14 @@ class Template:
         try:
             return _compiled(self.source).render(**variables).strip() + "\n"
         except SecurityError as e:
-            raise TemplateError(
-                f"template {self.name!r} ({self.origin}): unsafe operation blocked ({e})"
-            ) from None
+            raise TemplateError(f"{self._where(e)}: unsafe operation blocked ({e})") from None
         except JinjaError as e:
-            raise TemplateError(f"template {self.name!r} ({self.origin}): {e}") from None
+            raise TemplateError(f"{self._where(e)}: {e}") from None
+
+    def _where(self, err: Exception) -> str:
+        """`origin:line` of a render error: Jinja maps the template's frame in the traceback to its line."""
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == "<template>"]
+        return f"{self.origin}:{frames[-1].lineno}" if frames else f"template {self.name!r} ({self.origin})"
 
 
 @cache
@@ -214,7 +219,7 @@ def _compiled(source: str) -> Any:
     try:
         return _environment().from_string(source)
     except TemplateSyntaxError as e:
-        raise TemplateError(f"line {e.lineno}: {e.message}") from None
+        raise TemplateError(f"{e.lineno}: {e.message}") from None
 
 
 @cache
@@ -248,9 +253,9 @@ def load_template(ref: str, base_dir: Path | None = None) -> Template:
             f"template {ref!r}: neither a built-in ({', '.join(builtins)}) nor a file ({path})"
         )
     try:
-        source = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise TemplateError(f"{path}: not valid UTF-8 at byte {e.start}") from None
+        source = decode_utf8(path.read_bytes(), path, error=TemplateError)
+    except TemplateError as e:
+        raise TemplateError(f"{e}: save it as UTF-8") from None
     try:
         _compiled(source)
     except TemplateError as e:
@@ -421,6 +426,14 @@ def _race(seed: int, key: tuple[str, ...], options: list[tuple[str, ...]], weigh
     return cands[0]
 
 
+class TopicPath(list):
+    """A topic's path, from its subject down: a list to index, join or loop over, that prints as "A > B > C"
+    (`{{ topic_path }}` printed a Python list into the prompt)."""
+
+    def __str__(self) -> str:
+        return " > ".join(self)
+
+
 def variables(
     *,
     topic_path: tuple[str, ...],
@@ -437,7 +450,7 @@ def variables(
     """The variables a template sees, descriptions resolved from the (built-in + recipe) tables."""
     return {
         "topic": topic_path[-1],
-        "topic_path": list(topic_path),
+        "topic_path": TopicPath(topic_path),
         "topic_path_str": " > ".join(topic_path),
         "topic_context": " > ".join(topic_path[:-1]),
         "subject": topic_path[0],
@@ -467,8 +480,15 @@ def provenance(template: Template, vars_: dict[str, Any]) -> str:
     )
 
 
+def template_variables(template: Template) -> set[str]:
+    """The names a template reads from its variables (what tells its prompts apart)."""
+    from jinja2 import meta
+
+    return meta.find_undeclared_variables(_environment().parse(template.source))
+
+
 def undeclared_variables(template: Template) -> list[str]:
-    """`line N: 'name' is undefined ...`, once for each name the template reads that rendering does not give
+    """`N: 'name' is undefined ...` (N the line), once for each name the template reads that rendering does not give
     it (nor sets itself, nor Jinja provides): StrictUndefined fails on one only when a prompt is rendered,
     after a build may have paid to grow its taxonomy. A name only tested with `is defined` is allowed."""
     from difflib import get_close_matches
@@ -491,5 +511,5 @@ def undeclared_variables(template: Template) -> list[str]:
     for name, line in sorted(lines.items(), key=lambda kv: (kv[1], kv[0])):
         close = get_close_matches(name, given, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"a template gets {', '.join(given)}"
-        out.append(f"line {line}: '{name}' is undefined ({hint})")
+        out.append(f"{line}: '{name}' is undefined ({hint})")
     return out

@@ -46,6 +46,17 @@ def read_yaml(text: str, path: Path | str, error: type[Exception]) -> YamlDoc:
     return YamlDoc(data, lines)
 
 
+# The usual cause of PyYAML's parser errors, which say what the parser expected rather than what is wrong
+_HINTS = (
+    ("mapping values are not allowed here", "a key indented deeper than the key above it, or a value holding ': ' "
+                                            "that needs quotes"),
+    ("expected <block end>", "this line is indented to no key above it, or a quote or bracket above is never closed"),
+    ("expected ',' or '}'", "a { } is not closed, or a value in it holding ':' or ',' needs quotes"),
+    ("expected ',' or ']'", "a [ ] is not closed, or a value in it holding ':' or ',' needs quotes"),
+    ("could not find expected ':'", "a key without its ':', or a quote above is never closed"),
+)
+
+
 def yaml_problem(err: yaml.YAMLError, in_file: bool = True) -> str:
     """PyYAML's error in one line, without its dump of the text (which names "<unicode string>")."""
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
@@ -54,7 +65,7 @@ def yaml_problem(err: yaml.YAMLError, in_file: bool = True) -> str:
         problem += f" ({context} at line {mark.line + 1})" if in_file else f" ({context} at column {mark.column + 1})"
     if "'\\t'" in problem:
         problem += "; indent with spaces, not tabs"
-    return problem
+    return problem + next((f"; {hint}" for start, hint in _HINTS if problem.startswith(start)), "")
 
 
 def dotted(loc: Loc) -> str:
