@@ -167,6 +167,56 @@ def test_the_published_card_names_the_repo_it_was_pushed_to(hub, tmp_path):
     assert 'load_dataset("tester/elsewhere", split="train")' in card and "<user>" not in card
 
 
+#: The card `datasets.push_to_hub(repo, config_name="extra")` writes to a new repo: one config's info is a
+#: mapping naming its config, not a list.
+EXTRA_CONFIG_CARD = (
+    "---\ndataset_info:\n  config_name: extra\n  features:\n  - name: text\n    dtype: string\n  splits:\n"
+    "  - name: train\n    num_bytes: 18\n    num_examples: 2\n  download_size: 830\n  dataset_size: 18\n"
+    "configs:\n- config_name: extra\n  data_files:\n  - split: train\n    path: extra/train-*\n---\n"
+)
+
+
+def test_push_keeps_the_dataset_info_of_a_config_pushed_by_datasets(hub, tmp_path):
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    api.create_repo(REPO, repo_type="dataset")
+    api.upload_file(path_or_fileobj=EXTRA_CONFIG_CARD.encode(), path_in_repo="README.md", repo_id=REPO,
+                    repo_type="dataset")  # fmt: skip
+    push(build(tmp_path / "build"), REPO, token=hub.token, endpoint=hub.endpoint)
+    data = DatasetCard(hub.read(REPO, "README.md").decode()).data.to_dict()
+    assert [c["config_name"] for c in data["configs"]] == ["default", "extra"]
+    infos = {i["config_name"]: i for i in data["dataset_info"]}
+    assert infos["extra"]["splits"] == [{"name": "train", "num_bytes": 18, "num_examples": 2}]
+    assert {s["name"]: s["num_examples"] for s in infos["default"]["splits"]} == {"train": 60, "test": 10}
+
+
+def test_a_repush_deletes_its_stale_plots_and_keeps_the_owners_images(hub, tmp_path):
+    """The quality histogram of a build that no longer scores goes; an image the owner put under assets/ stays."""
+    push(build(tmp_path / "scored"), REPO, token=hub.token, endpoint=hub.endpoint)
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    api.upload_file(path_or_fileobj=b"\x89PNG logo", path_in_repo="assets/logo.png", repo_id=REPO, repo_type="dataset")
+    folder = tmp_path / "unscored"
+    write_dataset(sample_documents(30).with_columns(quality_score=None), folder)
+    render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, MANIFEST)
+    push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
+    assets = {f for f in api.list_repo_files(REPO, repo_type="dataset") if f.startswith("assets/")}
+    assert assets == {"assets/logo.png", "assets/length_histogram.png", "assets/topic_coverage.png"}
+
+
+def test_the_published_card_keeps_the_other_datasets_its_template_loads(hub, tmp_path):
+    """Only the card's own usage line is pointed at the repo pushed to; an example loading another dataset stays."""
+    template = tmp_path / "mixed.md"
+    template.write_text('{% extends "_base.md" %}\n{% block example %}\nMix it with web text:\n\n```python\n'
+                        'web = load_dataset("HuggingFaceFW/fineweb-edu", name="sample-10BT", split="train")\n```\n'
+                        "{% endblock %}\n")  # fmt: skip
+    folder = tmp_path / "build"
+    write_dataset(sample_documents(20), folder)
+    render_card(folder, template, {**RECIPE, "hub": {}}, MANIFEST)
+    push(folder, "tester/mixed", token=hub.token, endpoint=hub.endpoint)
+    card = hub.read("tester/mixed", "README.md").decode()
+    assert 'load_dataset("tester/mixed", split="train")' in card
+    assert 'web = load_dataset("HuggingFaceFW/fineweb-edu", name="sample-10BT"' in card
+
+
 def test_merge_card_keeps_a_default_edited_locally():
     """A default of `render_card` that the user changed in README.md before pushing is their choice."""
     new = "---\nlicense: mit\nconfigs:\n- config_name: default\n  data_files: data/*\n---\nbody\n"
@@ -429,7 +479,7 @@ def test_push_refuses_secrets_of_the_environment_and_in_the_commit_message(hub, 
     monkeypatch.setenv("GOOGLE_API_KEY", key)
     folder = tmp_path / "build"
     write_dataset(sample_documents(20), folder)
-    render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, {**MANIFEST, "notes": [f"endpoint ?key={key}"]})
+    render_card(folder, CARDS_DIR / "quickstart.md", RECIPE, {**MANIFEST, "notes": [f"gateway key {key}"]})
     with pytest.raises(ValueError, match=r"build/\S+ contains the value of \$GOOGLE_API_KEY;") as err:
         push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
     assert key not in str(err.value)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
+from textbookgen.errors import redact
 from textbookgen.journal import lock_file
 from textbookgen.plan import language_rates, prompt_diversity
 from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
@@ -200,12 +201,13 @@ def _document_row(row: dict[str, Any], resp: ChatResponse, text: str, recipe: Re
     # The extract's text stays in prompts.parquet; the published row names it by id only (web text
     # keeps its own licence, and a 1,000-character copy per document would bloat the dataset).
     prov["variables"]["web_extract"] = row["seed_extract_id"]
+    # Nothing of the recipe file beyond what made this request: its hash (the manifest's) changes with any
+    # field, the output folder included, and would make every row of an unchanged document differ.
     prov.update(
         request_key=resp.key,
         prompt_index=row["index"],
         request_seed=row["request_seed"],
         recipe=recipe.name,
-        recipe_hash=recipe.hash,
         temperature=recipe.sampling.temperature,
         top_p=recipe.sampling.top_p,
         max_tokens=row["max_tokens"],
@@ -951,9 +953,9 @@ class Build:
             return open_web_samples(self.recipe, progress=self.progress)
         except WebSampleError as e:
             if not (planning and wc.is_remote):
-                raise BuildError(f"web samples: {e}") from None
+                raise BuildError(f"web samples: {redact(str(e))}") from None
             self.notes.append(
-                f"web samples unavailable ({e}); this plan uses topic-only prompts. The real build "
+                f"web samples unavailable ({redact(str(e))}); this plan uses topic-only prompts. The real build "
                 "needs the source (or remove `web_samples:` from the recipe)."
             )
             return None
@@ -993,7 +995,7 @@ class Build:
         df = render_prompts(r, tax, web, templates, progress=self.progress)
         _write_parquet(df, out_path)
         self._web_stats = (
-            {"source": r.web_samples.source, **web.stats, "hash": web.content_hash()} if web else None
+            {"source": redact(r.web_samples.source), **web.stats, "hash": web.content_hash()} if web else None
         )
         stats = {"prompts": df.height, "web": self._web_stats}
         complete = web is not None or r.web_samples is None

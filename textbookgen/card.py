@@ -35,6 +35,7 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from textbookgen.dataset import SCHEMA, check_rows, split_rows, splits_of
+from textbookgen.errors import redact as redact_text
 
 if TYPE_CHECKING:
     from textbookgen.recipe import Recipe
@@ -119,7 +120,8 @@ def size_category(n: int) -> str:
 
 
 def redact(obj: Any) -> Any:
-    """Copy of `obj` with secret-looking keys and token-looking strings replaced, for files we publish."""
+    """Copy of `obj` with secret-looking keys and token-looking strings replaced, for files we publish; a URL
+    keeps its address but not the credentials of its query string (a presigned URL's signature)."""
     if isinstance(obj, Mapping):
         return {
             k: "<redacted>" if SECRET_KEY_RE.search(str(k)) and isinstance(v, str) and v else redact(v)
@@ -128,7 +130,7 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
     if isinstance(obj, str):
-        return SECRET_VALUE_RE.sub("<redacted>", obj)
+        return redact_text(SECRET_VALUE_RE.sub("<redacted>", obj))
     return obj
 
 

@@ -314,8 +314,13 @@ def _card_repo(out_dir: Path) -> str | None:
 
 def usage_for(repo_id: str, card_text: str) -> str:
     """The card with its `load_dataset("...")` usage naming the repo it is pushed to (a build without
-    `hub.repo_id` renders a `<user>/name` placeholder there, and a folder may be pushed elsewhere)."""
-    return _USAGE_RE.sub(lambda m: f'{m[1]}"{repo_id}"', card_text)
+    `hub.repo_id` renders a `<user>/name` placeholder there, and a folder may be pushed elsewhere). The
+    card's own usage is its first `load_dataset`; a later one loading another dataset (a template's
+    example) is left as it is."""
+    first = _USAGE_RE.search(card_text)
+    if first is None:
+        return card_text
+    return _USAGE_RE.sub(lambda m: f'{m[1]}"{repo_id}"' if m[0] == first[0] else m[0], card_text)
 
 
 def merge_card(new_text: str, old_text: str | None, defaults: Mapping[str, Any] | None = None) -> str:
@@ -363,7 +368,10 @@ def _merge_named(old: Any, new: list[dict], key: str) -> list[dict]:
 
 
 def _merge_dataset_info(old: Any, new: Any) -> Any:
-    """Ours replaces the info of our config; infos of other configs (a list form) are kept."""
+    """Ours replaces the info of our config; infos of other configs are kept: a list of them, or the one
+    mapping that names another config (what `datasets.push_to_hub(config_name=...)` writes to a new repo)."""
+    if isinstance(old, Mapping) and old.get("config_name", "default") != "default":
+        old = [old]
     if not isinstance(old, list):
         return new
     ours = [new] if isinstance(new, Mapping) else list(new)
@@ -545,15 +553,19 @@ def stale_deletions(remote: set[str], local: set[str], splits: set[str], old_car
 
     A shard is ours to replace when its split is one of the build's, or one the Hub card's default
     config named (our previous push): that config is replaced by the new card's, so a split dropped
-    from the build must not linger as unlisted stale data. Shards of other configs are left alone.
+    from the build must not linger as unlisted stale data. Shards of other configs are left alone, and
+    so are images under assets/ other than the card's plots (the owner's own).
     """
     from huggingface_hub import CommitOperationDelete
 
+    from textbookgen.card import ASSETS_DIR, PLOTS
+
     ours = splits | _default_config_splits(old_card)
+    plots = {f"{ASSETS_DIR}/{name}.png" for name in PLOTS}
     deletions = []
     for rel in sorted(remote - local):
         shard = SHARD_RE.match(rel[len("data/"):]) if rel.startswith("data/") else None
-        if (shard and shard["split"] in ours) or (rel.startswith("assets/") and rel.endswith(".png")):
+        if (shard and shard["split"] in ours) or rel in plots:
             deletions.append(CommitOperationDelete(path_in_repo=rel))
     return deletions
 
