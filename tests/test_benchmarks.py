@@ -230,3 +230,21 @@ def test_hub_loading_uses_the_task_dataset(monkeypatch: pytest.MonkeyPatch) -> N
     assert items[0].meta["split"] == "validation"
     with pytest.raises(BenchmarkError, match="no Hugging Face dataset"):
         load_benchmark("siqa_2way")
+
+
+def test_mmlu_csv_saved_by_a_spreadsheet(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM, which hid the header ("bad mmlu record: invalid literal for int()
+    ... 'answer'"); its plain "CSV" is cp1252, which raised a bare UnicodeDecodeError naming no file."""
+    import tarfile
+
+    row = '"Which drink is a caf\xe9 au lait made from, in France, on most days?",milk,tea,water,juice,0\n'
+    (tmp_path / "bom_test.csv").write_bytes(("\ufeffquestion,A,B,C,D,answer\n" + row).encode("utf-8"))
+    assert [it.context.split("\n")[0] for it in load_benchmark("mmlu", tmp_path / "bom_test.csv")] == [
+        "Which drink is a caf\xe9 au lait made from, in France, on most days?"]
+    (tmp_path / "cp_test.csv").write_bytes(("question,A,B,C,D,answer\n" + row).encode("cp1252"))
+    with pytest.raises(BenchmarkError, match=r"cp_test\.csv:2: not valid UTF-8"):
+        load_benchmark("mmlu", tmp_path / "cp_test.csv")
+    with tarfile.open(tmp_path / "mmlu.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "cp_test.csv", arcname="data/test/cp_test.csv")
+    with pytest.raises(BenchmarkError, match=r"mmlu\.tar\.gz!data/test/cp_test\.csv:2: not valid UTF-8"):
+        load_benchmark("mmlu", tmp_path / "mmlu.tar.gz")

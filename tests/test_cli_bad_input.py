@@ -117,7 +117,7 @@ def test_grow_bad_provider_target_and_journal(emu, tmp_path):
 def test_curation_output_equal_to_input_is_refused(tmp_path, command):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": f"document number {i} " * 20}) + "\n" for i in range(5)))
-    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "a benchmark question about something"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "a benchmark question about something no model should see in training"}) + "\n")
     before = src.read_bytes()
     args = [str(tmp_path / "b.jsonl") if a == "BENCH" else a for a in command]
     _one_error(CliRunner().invoke(app, [*args, str(src), "-o", str(src)]), "is the input")

@@ -100,3 +100,31 @@ def test_min_quote_words_from_the_command_line(tmp_path):
     assert loose.exit_code == 0 and strict.exit_code == 0, (loose.output, strict.output)
     assert json.loads(loose.stdout)["decontamination"]["dropped"] == {}
     assert json.loads(strict.stdout)["decontamination"]["dropped"] == {"a": 1}
+
+
+def test_one_benchmark_name_given_twice_with_b_reads_both_files(tmp_path):
+    """`-b gsm8k=train.jsonl -b gsm8k=test.jsonl` (or MMLU's dev and test) kept only the last: the first file's
+    items were silently not checked (ARC-Easy test + dev: 570 items loaded, 10 pasted test items kept)."""
+    corpus, _ = _setup(tmp_path)
+    for name, q in QUESTIONS.items():
+        (tmp_path / f"gsm_{name}.jsonl").write_text(json.dumps({"question": q, "answer": "It is 8.\n#### 8"}) + "\n")
+    res = runner.invoke(app, ["decontaminate", str(corpus), "-o", str(tmp_path / "out.jsonl"),
+                              "-b", f"gsm8k={tmp_path / 'gsm_a.jsonl'}", "-b", f"gsm8k={tmp_path / 'gsm_b.jsonl'}"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)["decontamination"]
+    assert stats["dropped"] == {"gsm8k": 2} and stats["benchmark_items"] == {"gsm8k": 2}
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    """A recipe's benchmark paths are read against the recipe's folder by `build`, but the same file given as
+    `--config` read them against the working directory: "no such file", or another file of the same name."""
+    corpus, _ = _setup(tmp_path)
+    (tmp_path / "recipes" / "evals").mkdir(parents=True)
+    (tmp_path / "a.jsonl").rename(tmp_path / "recipes" / "evals" / "a.jsonl")
+    (tmp_path / "recipes" / "r.yaml").write_text("curation:\n  decontamination:\n    benchmarks: [evals/a.jsonl]\n")
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["decontaminate", str(corpus), "-o", "out.jsonl", "--config", "recipes/r.yaml",
+                              "-b", "recipes/evals/a.jsonl"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)["decontamination"]
+    assert stats["dropped"] == {"a": 1} and stats["benchmark_items"] == {"a": 1}  # one file, given two ways

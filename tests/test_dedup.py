@@ -258,6 +258,20 @@ def test_keeps_highest_quality_then_the_first_in_input_order(real_docs, tmp_path
     assert clusters.filter(pl.col("kept"))["id"].to_list() == ["c"] and set(clusters["cluster"]) == {"c"}
 
 
+@pytest.mark.parametrize("stage", ["exact", "near"])
+def test_a_nan_quality_score_is_no_score_not_the_best(real_docs, tmp_path, stage):
+    """A NaN quality_score (a scorer's failed row in a user's parquet) sorted above every real score: the
+    unscored copy was kept over its original scored 0.9."""
+    from textbookgen.curation.exact import ExactDedup
+
+    text = real_docs[5]
+    df = pl.DataFrame({"id": ["a", "b", "c"], "text": [text, text if stage == "exact" else text + " extra", real_docs[6]],
+                       "quality_score": [float("nan"), 0.9, 0.1]})
+    step = ExactDedup() if stage == "exact" else MinHashDedup(MinHashConfig(workers=1))
+    out, _ = step(df, tmp_path)
+    assert out["id"].to_list() == ["b", "c"]
+
+
 def test_exact_duplicates_are_reported_with_the_doc_kept_in_their_place(tmp_path):
     from textbookgen.curation.exact import ExactDedup, exact_key
 

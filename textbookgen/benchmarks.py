@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textbookgen.jsonl import iter_jsonl, open_compressed
+from textbookgen.jsonl import decode_utf8, iter_jsonl, open_compressed
 
 __all__ = [
     "BENCHMARKS",
@@ -538,7 +538,8 @@ def _read_mmlu_tar(path: Path) -> Iterator[Record]:
                         key=lambda m: m.name):
             data = tar.extractfile(m)
             assert data is not None
-            yield from _mmlu_rows(f"{path}!{m.name}", data.read().decode("utf-8"))
+            name = f"{path}!{m.name}"
+            yield from _mmlu_rows(name, decode_utf8(data.read(), name, error=BenchmarkError))
 
 
 def _read_parquet(path: Path) -> Iterator[Record]:
@@ -552,9 +553,9 @@ def _read_file(task: str, path: Path) -> Iterator[Record]:
     suffix = _base_suffix(path)
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
         return _read_mmlu_tar(path)
-    if suffix == ".csv":
-        with _open_text(path) as f:
-            return _mmlu_rows(str(path), f.read())
+    if suffix == ".csv":  # decoded whole: a spreadsheet's BOM goes, and a non-UTF-8 byte is named by its line
+        with open_compressed(path) as f:
+            return _mmlu_rows(str(path), decode_utf8(f.read(), path, error=BenchmarkError))
     if suffix == ".txt" and task == "hellaswag":
         return _read_six_lines(path)
     if suffix == ".parquet":

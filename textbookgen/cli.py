@@ -1039,15 +1039,29 @@ TextCol = Annotated[str, typer.Option("--text-column", help="field holding the t
 IdCol = Annotated[str, typer.Option("--id-column", help="field holding a unique id (made up if absent)")]
 CurationYaml = Annotated[str | None, typer.Option("--config", help="YAML with curation settings (a recipe's "
                                                                       "`curation:` block or the block itself)")]
+# dedup / decontaminate / filter: None (not given) leaves the --config file's text_column / id_column, else "text" / "id"
+ConfigTextCol = Annotated[str | None, typer.Option("--text-column", help="field holding the text (default: "
+                                                   "--config's text_column, else text)")]
+ConfigIdCol = Annotated[str | None, typer.Option("--id-column", help="field holding a unique id, made up if absent "
+                                                 "(default: --config's id_column, else id)")]
 
 
 def _curation_run(input_path: str, output: str, make_steps, workdir: str | None, config: str | None,
-                  overrides: dict, text_column: str, id_column: str) -> None:
+                  overrides: dict, text_column: str | None, id_column: str | None, signatures: str | None = None
+                  ) -> None:
+    """Run a curation command; Ctrl-C says that nothing was written, and (dedup) in which folder the
+    `signatures` a rerun picks up are."""
     from textbookgen.curation.commands import load_config, run_steps
 
-    with _reported():
-        cfg = load_config(config, {**overrides, "text_column": text_column, "id_column": id_column})
-        stats = run_steps(input_path, output, make_steps(cfg), workdir, cfg.text_column, cfg.id_column)
+    try:
+        with _reported():
+            cfg = load_config(config, {**overrides, "text_column": text_column, "id_column": id_column})
+            stats = run_steps(input_path, output, make_steps(cfg), workdir, cfg.text_column, cfg.id_column)
+    except KeyboardInterrupt:
+        kept = f"; the MinHash signatures made so far are kept in {signatures}" if signatures else ""
+        typer.echo(f"\ninterrupted: {output} was not written (the input is untouched){kept}; rerun the same "
+                   "command", err=True)
+        raise typer.Exit(_interrupt_exit()) from None
     typer.echo(json.dumps(stats, indent=2))
 
 
@@ -1069,7 +1083,7 @@ def dedup(
     workers: int | None = typer.Option(None, help="processes (default: CPU count)"),
     shard_size: int | None = typer.Option(None, help="documents per stored shard (20000)"),
     exact: bool = typer.Option(True, "--exact/--no-exact", help="exact dedup on normalised text first"),
-    config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
+    config: CurationYaml = None, text_column: ConfigTextCol = None, id_column: ConfigIdCol = None,
 ) -> None:
     """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then the first in
     input order).
@@ -1092,14 +1106,15 @@ def dedup(
     o = {"minhash.threshold": threshold, "minhash.num_perm": num_perm, "minhash.ngram": ngram,
          "minhash.bands": bands, "minhash.rows": rows, "minhash.workers": workers,
          "minhash.shard_size": shard_size, "exact.enabled": exact}
-    _curation_run(input_path, output, partial(dedup_steps, index=index), workdir, config, o, text_column, id_column)
+    _curation_run(input_path, output, partial(dedup_steps, index=index), workdir, config, o, text_column, id_column,
+                  signatures=index or workdir or f"{output}.work")
 
 
 @app.command()
 def decontaminate(
     benchmark: Annotated[list[str] | None, typer.Option("--benchmark", "-b", help="NAME=PATH for a known benchmark "
                          "(arc_easy, gsm8k, mmlu, humaneval, ...) or a jsonl/parquet file/folder; added to those "
-                         "of --config (a name in both: this path)")] = None,
+                         "of --config (a name in both: -b's path; one given twice: both files)")] = None,
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
     output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl"),
     ngram: int | None = typer.Option(None, help="n-gram size for candidates (13)"),
@@ -1108,7 +1123,7 @@ def decontaminate(
                                                "words in a row (13: GPT-3's rule; off by default)"),
     workdir: str | None = typer.Option(None, "--workdir", help="work folder (default <output>.work); the report "
                                        "is its decontamination/contamination.parquet"),
-    config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
+    config: CurationYaml = None, text_column: ConfigTextCol = None, id_column: ConfigIdCol = None,
 ) -> None:
     """Drop documents containing benchmark items (n-gram overlap, then an in-order word match); report which."""
     from textbookgen.curation.commands import decontaminate_steps, parse_benchmark
@@ -1117,14 +1132,18 @@ def decontaminate(
     given = [parse_benchmark(b) for b in benchmark or []]
 
     def steps(cfg: CurationConfig) -> list:
-        """--config's benchmarks, then those of -b; one named in both (or the same path) is -b's."""
-        sources: dict[str, BenchmarkSource] = {}
-        for src in [*cfg.decontamination.benchmarks, *given]:
-            sources[src.name or str(Path(src.path))] = src
+        """--config's benchmarks, then those of -b; one named in both (or the same path) is -b's. A name given
+        with -b twice (a set's dev and test files) reads both."""
+        def by_file(sources: list[BenchmarkSource]) -> dict[tuple[str, str], BenchmarkSource]:
+            return {(src.name or str(Path(src.path).resolve()), str(Path(src.path).resolve())): src for src in sources}
+
+        from_b = by_file(given)
+        sources = [*(src for (name, _), src in by_file(cfg.decontamination.benchmarks).items()
+                     if name not in {n for n, _ in from_b}), *from_b.values()]
         if not sources:
             raise ValueError("decontaminate: no benchmarks: give -b NAME=PATH (or a jsonl/parquet file/folder), "
                              "or list them under decontamination.benchmarks in --config")
-        cfg.decontamination.benchmarks = list(sources.values())
+        cfg.decontamination.benchmarks = sources
         return decontaminate_steps(cfg)
 
     o = {"decontamination.ngram": ngram, "decontamination.similarity": similarity,
@@ -1140,7 +1159,7 @@ def filter_cmd(
     max_words: int | None = typer.Option(None, help="most words of any document (100000)"),
     workdir: str | None = typer.Option(None, "--workdir", help="work folder (default <output>.work); its "
                                        "filters/dropped.parquet lists the dropped rows (id, reason)"),
-    config: CurationYaml = None, text_column: TextCol = "text", id_column: IdCol = "id",
+    config: CurationYaml = None, text_column: ConfigTextCol = None, id_column: ConfigIdCol = None,
 ) -> None:
     """Heuristic quality filters (length, repetition, symbols, boilerplate); prose rules skip code."""
     from textbookgen.curation.commands import filter_steps
@@ -1268,6 +1287,9 @@ def classifier_eval(
                                          min_positive, purpose="evaluation")
         metrics = QualityModel.load(_model_file(model)).evaluate(texts, labels, threshold)
     typer.echo(json.dumps(metrics.as_dict(), indent=2))
+    if metrics.roc_auc is None:
+        typer.echo(f"note: every labelled text is {'positive' if labels[0] else 'negative'}, so ROC AUC (null) is "
+                   "undefined and precision/recall count one class; add texts of the other class", err=True)
 
 
 @classifier_app.command("score")
@@ -1284,7 +1306,7 @@ def classifier_score(
     from textbookgen.curation.commands import run_steps, score_steps
 
     with _reported():
-        steps = score_steps(_model_file(model), threshold, keep_top_percent, batch_size, text_column)
+        steps = score_steps(_model_file(model), threshold, keep_top_percent, batch_size, text_column, id_column)
         stats = run_steps(input_path, output, steps, None, text_column, id_column)
     typer.echo(json.dumps(stats, indent=2))
 

@@ -94,7 +94,7 @@ class Metrics:
     recall: float
     f1: float
     accuracy: float
-    roc_auc: float
+    roc_auc: float | None  # None with one class only: AUC ranks positives against negatives
     confusion: dict[str, int]  # tp, fp, tn, fn
     #: examples the model was trained on (same text, case and spacing aside); None when its .json does not say
     seen_in_training: int | None = None
@@ -126,8 +126,9 @@ def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) ->
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
+    auc = roc_auc(y, scores)
     return Metrics(n=len(y), threshold=threshold, precision=round(p, 4), recall=round(r, 4), f1=round(f1, 4),
-                   accuracy=round((tp + tn) / max(len(y), 1), 4), roc_auc=round(roc_auc(y, scores), 4),
+                   accuracy=round((tp + tn) / max(len(y), 1), 4), roc_auc=None if np.isnan(auc) else round(auc, 4),
                    confusion={"tp": tp, "fp": fp, "tn": tn, "fn": fn})
 
 

@@ -28,7 +28,9 @@ from textbookgen.yamlfile import read_yaml
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurationConfig:
-    """A CurationConfig from YAML (the file itself or its `curation:` block), with dotted overrides."""
+    """A CurationConfig from YAML (the file itself or its `curation:` block), with dotted overrides; the
+    file's relative paths (benchmarks, classifier model) are read against its folder, as a build reads a
+    recipe's."""
     data: dict[str, Any] = {}
     if path is not None:
         label = f"--config {path}"
@@ -47,7 +49,23 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return CurationConfig.model_validate(data)
+    cfg = CurationConfig.model_validate(data)
+    if path is not None:
+        _resolve_paths(cfg, Path(path).parent)
+    return cfg
+
+
+def _resolve_paths(cfg: CurationConfig, folder: Path) -> None:
+    """Make the config file's relative local paths absolute, against `folder` (`Recipe.resolved_curation`)."""
+    def resolve(p: str) -> str:
+        local = Path(p).expanduser()
+        return str((local if local.is_absolute() else folder / local).resolve())
+
+    for src in cfg.decontamination.benchmarks:
+        if not src.path.startswith("hf://"):
+            src.path = resolve(src.path)
+    if cfg.classifier.model_path:
+        cfg.classifier.model_path = resolve(cfg.classifier.model_path)
 
 
 def _check_file_settings(data: dict[str, Any], label: str) -> None:
@@ -277,12 +295,12 @@ def _text_label(value: str, min_positive: float, where: str) -> bool:
 
 
 def score_steps(model: str, threshold: float | None, keep_top_percent: float | None, batch_size: int,
-                text_column: str = "text") -> list[Step]:
+                text_column: str = "text", id_column: str = "id") -> list[Step]:
     from textbookgen.curation.classifier import QualityCut, QualityScore
 
     cfg = ClassifierConfig(enabled=True, model_path=model, threshold=threshold, keep_top_percent=keep_top_percent,
                            batch_size=batch_size)
     steps: list[Step] = [QualityScore(cfg, text_column)]
     if threshold is not None or keep_top_percent is not None:
-        steps.append(QualityCut(cfg))
+        steps.append(QualityCut(cfg, id_column))
     return steps

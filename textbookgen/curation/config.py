@@ -96,6 +96,7 @@ class BenchmarkSource(_Strict):
 
 
 MAX_NGRAM = 64  # decontamination n-gram hashes have one position multiplier per word of the window
+MIN_ITEM_WORDS = 8  # the fewest words of a benchmark item text that decontamination matches (whole)
 
 
 class DecontaminationConfig(_Strict):
@@ -104,7 +105,7 @@ class DecontaminationConfig(_Strict):
     enabled: bool = True
     benchmarks: list[BenchmarkSource] = Field(default_factory=list)
     ngram: int = Field(13, ge=3, le=MAX_NGRAM)
-    min_item_words: int = Field(8, ge=1)  # item texts shorter than `ngram` but at least this long match whole
+    min_item_words: int = Field(MIN_ITEM_WORDS, ge=1)  # item texts shorter than `ngram` but at least this long match whole
     similarity: float = Field(0.8, gt=0.0, le=1.0)  # share of the item's words found in order in the doc
     # also drop a document holding this many of an item's (normalised) words in a row, however little of the
     # item that is (GPT-3's 13-gram rule: a quoted half question goes). Off by default, as a quoted source

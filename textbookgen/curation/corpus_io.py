@@ -341,14 +341,35 @@ def _prepare(df: pl.DataFrame, file: Path, root: Path, first_row: int, text_colu
                          f"({reason}); pass --text-column") from None
 
 
-def _check_nulls(file: Path, texts: int, ids: int, text_column: str, id_column: str) -> None:
-    """Refuse a file with null texts or null ids (counts of each): near dedup would take null ids for
-    duplicates, and a judge's journal keys its rows by id."""
-    if texts:
-        raise ValueError(f"{file}: {texts} row(s) with a null {text_column!r}")
-    if ids:
-        raise ValueError(f"{file}: {ids} row(s) with a null {id_column!r}; give every row an id, or pass "
-                         f"--id-column naming a field the file lacks to have <file>:<row> ids made up")
+class _Nulls:
+    """Null texts and null ids of one file, counted a chunk at a time, with the row (from 1) of the first of each."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.texts, self.ids = 0, 0
+        self.first_text: int | None = None
+        self.first_id: int | None = None
+
+    def add(self, texts: pl.Series, ids: pl.Series) -> None:
+        if texts.null_count() and self.first_text is None:
+            self.first_text = self.rows + int(texts.is_null().arg_true()[0]) + 1
+        if ids.null_count() and self.first_id is None:
+            self.first_id = self.rows + int(ids.is_null().arg_true()[0]) + 1
+        self.texts += texts.null_count()
+        self.ids += ids.null_count()
+        self.rows += len(texts)
+
+    def check(self, file: Path, text_column: str, id_column: str) -> None:
+        """Refuse a file with null texts or null ids: near dedup would take null ids for duplicates, and a
+        judge's journal keys its rows by id."""
+        if self.texts:
+            raise ValueError(f"{file}: {self.texts} row(s) with a null {text_column!r} (the first: row "
+                             f"{self.first_text}); drop those rows or give them a text, or pass --text-column "
+                             "if the text is in another field")
+        if self.ids:
+            raise ValueError(f"{file}: {self.ids} row(s) with a null {id_column!r} (the first: row {self.first_id}); "
+                             "give every row an id, or pass --id-column naming a field the file lacks to have "
+                             "<file>:<row> ids made up")
 
 
 def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "id") -> pl.DataFrame:
@@ -362,7 +383,9 @@ def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "i
         if _is_empty(raw):
             continue
         df = _prepare(raw, f, Path(path), 0, text_column, id_column)
-        _check_nulls(f, df[text_column].null_count(), df[id_column].null_count(), text_column, id_column)
+        nulls = _Nulls()
+        nulls.add(df[text_column], df[id_column])
+        nulls.check(f, text_column, id_column)
         frames.append(df)
     if not frames:
         raise _no_documents(Path(path))
@@ -396,18 +419,17 @@ class Corpus:
         JSON lines file gives none."""
         documents = False
         for f in self.files:
-            first, nulls, null_ids = 0, 0, 0
+            first, nulls = 0, _Nulls()
             for raw in self._raw_chunks(f, columns):
                 if _is_empty(raw):
                     continue
                 documents = True
                 df = _prepare(raw, f, self.path, first, self.text_column, self.id_column)
                 first += df.height
-                nulls += df[self.text_column].null_count()
-                null_ids += df[self.id_column].null_count()
+                nulls.add(df[self.text_column], df[self.id_column])
                 yield df if columns is None else df.select(self.id_column, self.text_column,
                                                            *(c for c in columns if c in df.columns))
-            _check_nulls(f, nulls, null_ids, self.text_column, self.id_column)
+            nulls.check(f, self.text_column, self.id_column)
         if not documents:
             raise _no_documents(self.path)
 
@@ -528,12 +550,19 @@ class CorpusWriter:
 
 
 def write_corpus(df: pl.DataFrame, path: str | Path) -> Path:
-    """Write parquet (zstd) or jsonl by the suffix of `path`."""
+    """Write parquet (zstd) or jsonl by the suffix of `path`, into a temporary file renamed over `path` when
+    complete: an interrupted write leaves an earlier output as it was, not cut short."""
     check_output(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        df.write_parquet(path, compression="zstd")
-    else:
-        df.write_ndjson(path)
+    tmp = new_path(path.parent, f".{path.name}.", ".tmp")
+    try:
+        if path.suffix == ".parquet":
+            df.write_parquet(tmp, compression="zstd")
+        else:
+            df.write_ndjson(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
     return path

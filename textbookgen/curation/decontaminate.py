@@ -2,9 +2,9 @@
 
 Benchmarks come from `textbookgen.benchmarks.load_benchmark` (ARC, BoolQ, WinoGrande, PIQA, SIQA,
 HellaSwag, OBQA, MMLU, GSM8K, HumanEval, MBPP, ...) or from any jsonl/parquet file or folder, whose
-string fields (or the `fields` named) are the items' texts and whose files, named by their path under
-the folder ("a/test"), are the benchmarks; a multiple-choice item also counts its question and options
-together as one text (a copied exercise). Texts are compared after MinHash's normalisation (lowercase,
+string fields (or the `fields` named; nested strings too) are the items' texts and whose files, named by
+their path under the folder ("a/test"), are the benchmarks; a multiple-choice item (a generic row: all its
+strings) also counts its question and options together as one text (a copied exercise). Texts are compared after MinHash's normalisation (lowercase,
 punctuation dropped, digit runs -> 0), so reformatting does not hide a copy; option labels ("(a)",
 "B.") are dropped and a run of numbers is one "0", and numbers do not count toward the similarity: a
 table or a worked calculation does not "contain" a number-heavy item.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -39,7 +40,7 @@ from rapidfuzz.distance import LCSseq
 from xxhash import xxh3_64_intdigest as _xxh3
 
 from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
-from textbookgen.curation.config import MAX_NGRAM, BenchmarkSource, DecontaminationConfig
+from textbookgen.curation.config import MAX_NGRAM, MIN_ITEM_WORDS, BenchmarkSource, DecontaminationConfig
 from textbookgen.curation.corpus_io import corpus_files, id_prefix, read_records
 from textbookgen.curation.normalize import simplify_text
 
@@ -88,26 +89,31 @@ def gram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
-def load_benchmark_texts(source: BenchmarkSource) -> list[ItemTexts]:
-    """(benchmark, item id, texts) for every item of a named benchmark or a generic file/folder."""
+def load_benchmark_texts(source: BenchmarkSource, min_words: int = MIN_ITEM_WORDS) -> list[ItemTexts]:
+    """(benchmark, item id, texts) for every item of a named benchmark or a generic file/folder; `min_words`
+    is `min_item_words`, the fewest words an item text needs to be matched at all."""
     if source.name is not None:
         from textbookgen.benchmarks import load_benchmark
 
         items = load_benchmark(source.name, source.path)
         out = [(source.name, it.id, [*it.texts(), it.exercise()]) for it in items]
     else:
-        out = _file_texts(source)
+        out = _file_texts(source, min_words)
     if not out:
         raise ValueError(f"benchmark {source.name or source.path}: no items to decontaminate against")
     return out
 
 
-def _file_texts(source: BenchmarkSource) -> list[ItemTexts]:
-    """(file path under the folder, item id, texts) for every row of a generic benchmark file/folder."""
+def _file_texts(source: BenchmarkSource, min_words: int) -> list[ItemTexts]:
+    """(file path under the folder, item id, texts) for every row of a generic benchmark file/folder: the
+    strings of its fields, also those nested in objects and lists (AI2's ARC keeps its question under
+    `question.stem` and its options in `question.choices[].text`; the Hub's MMLU, a list of `choices`), and
+    all of them as one (`_item_texts`). A file none of whose texts has `min_words` words could match no
+    document: it raises, naming the file."""
     out = []
     for f in corpus_files(Path(source.path)):
         df = read_records(f)
-        cols = source.fields or [c for c, t in df.schema.items() if t == pl.String and c != "id"]
+        cols = source.fields or [c for c, t in df.schema.items() if _holds_text(t) and c != "id"]
         missing = [c for c in cols if c not in df.columns]
         if not df.width:
             raise ValueError(f"{f}: no benchmark items (the file is empty)")
@@ -116,9 +122,50 @@ def _file_texts(source: BenchmarkSource) -> list[ItemTexts]:
             raise ValueError(f"{f}: no text field(s){shown} to decontaminate against (fields: {df.columns})")
         name = id_prefix(f, Path(source.path))  # "a/test": a folder's same-named files are distinct sets
         ids = df["id"].cast(pl.String).to_list() if "id" in df.columns else [str(i) for i in range(df.height)]
-        for item_id, row in zip(ids, df.select(cols).iter_rows(), strict=True):
-            out.append((name, item_id, [t for t in row if isinstance(t, str) and t.strip()]))
+        items = [(name, item_id, _item_texts(row)) for item_id, row in zip(ids, df.select(cols).iter_rows(), strict=True)]
+        _check_matchable(f, items, cols, min_words)
+        out += items
     return out
+
+
+def _item_texts(row: tuple) -> list[str]:
+    """A generic item's texts: each string of its row, and all of them in order as one more (one-character
+    option labels and answer keys aside), as a named set's `exercise()`: a short question copied with its
+    options is a copy of the item, where the question alone is too short to match."""
+    texts = [t for t in _strings(row) if t.strip()]
+    together = " ".join(t for t in texts if len(t.strip()) > 1)
+    return [*texts, together] if len(texts) > 1 and together not in texts else texts
+
+
+def _check_matchable(file: Path, items: list[ItemTexts], fields: list[str], min_words: int) -> None:
+    """Raise ValueError unless some item text of `file` has `min_words` words, so that a document can match."""
+    longest = max((len(match_words(t)) for _, _, texts in items for t in texts), default=0)
+    if items and longest < min_words:
+        raise ValueError(f"{file}: none of its {len(items):,} items has a text of {min_words} words or more "
+                         f"(the longest in fields {fields} has {longest}; decontamination.min_item_words), so "
+                         "no document could match it: give a known set's name (-b NAME=PATH), or the benchmark's "
+                         "`fields` holding its questions")
+
+
+def _holds_text(dtype: pl.DataType) -> bool:
+    """Whether a column of this type holds strings, at its top level or nested in structs and lists."""
+    if isinstance(dtype, pl.List | pl.Array):
+        return _holds_text(dtype.inner)  # type: ignore[arg-type]
+    if isinstance(dtype, pl.Struct):
+        return any(_holds_text(f.dtype) for f in dtype.fields)  # type: ignore[arg-type]
+    return dtype == pl.String
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in a row's value, nested ones included, in field order."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
 
 
 def gram_size(length: int, n: int) -> int:
@@ -220,7 +267,8 @@ class Decontaminate(Step):
         self.text_column, self.id_column = text_column, id_column
         self.workers, self.chunk_size = workers, chunk_size
         if texts is None:
-            texts = [t for src in self.config.benchmarks for t in load_benchmark_texts(src)]
+            texts = [t for src in self.config.benchmarks
+                     for t in load_benchmark_texts(src, self.config.min_item_words)]
         # each distinct text of an item once (an exercise can equal the question)
         self.bench_texts = list(dict.fromkeys(
             BenchText(b, i, tuple(match_words(x))) for b, i, xs in texts for x in xs if x))

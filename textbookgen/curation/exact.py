@@ -35,10 +35,12 @@ def exact_key_columns(texts: Iterable[str | None]) -> list[pl.Series]:
 
 
 def best_first(df: pl.DataFrame, order: str) -> pl.DataFrame:
-    """Rows ordered best-first: highest `quality_score` (nulls last), then first in input order (the
-    integer column `order`), a total order whatever order `df` comes in."""
+    """Rows ordered best-first: highest `quality_score` (nulls and NaN last: no score, which polars would
+    sort above every real one), then first in input order (the integer column `order`), a total order
+    whatever order `df` comes in."""
     if "quality_score" in df.columns:
-        return df.sort(["quality_score", order], descending=[True, False], nulls_last=True)
+        score = pl.col("quality_score").cast(pl.Float64).fill_nan(None)
+        return df.sort([score, pl.col(order)], descending=[True, False], nulls_last=True)
     return df.sort(order)
 
 

@@ -551,6 +551,17 @@ class MinHashDedup(Step):
             index_source(self.index, SignParams.from_config(cfg), MinHasher(cfg.num_perm, cfg.seed, cfg.ngram,
                                                                                cfg.hash_name))
 
+    def _duplicate_ids(self, ids: pl.Series) -> ValueError:
+        """The error for ids given to more than one document (shards numbered from 0 each): how many, the first
+        one and the rows (from 1, in corpus order) that share it, and the way out."""
+        shared = ids.is_duplicated()
+        first = ids.filter(shared)[0]
+        rows = (ids == first).arg_true() + 1
+        return ValueError(f"{self.name}: {ids.filter(shared).n_unique()} ids of column {self.id_column!r} are given "
+                          f"to more than one document (the first: {first!r}, at rows {rows[0]} and {rows[1]}); ids "
+                          "must be unique: fix them, or pass --id-column naming a field the files lack to have "
+                          "<file>:<row> ids made up")
+
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
         texts, size = df[self.text_column], self.config.shard_size
@@ -567,7 +578,7 @@ class MinHashDedup(Step):
         Memory: the ids and a few bytes a doc, one piece of texts, one band's keys (see the module doc)."""
         ids = ids.cast(pl.String)
         if ids.n_unique() != ids.len():
-            raise ValueError(f"{self.name}: column {self.id_column!r} has duplicate ids")
+            raise self._duplicate_ids(ids)
         cfg = self.config
         params = SignParams.from_config(cfg)
         tmp = None
