@@ -336,3 +336,15 @@ def test_classifier_label_stopped_by_the_provider_names_the_journal_that_keeps_t
                                    "--base-url", "http://127.0.0.1:9/v1"], env=ENV)
     _one_error(res, "quota or billing exhausted")
     assert f"finished requests are kept in {tmp_path / 'l.jsonl.journal'}" in res.output
+
+
+def test_a_check_of_two_options_together_names_no_option_that_does_not_exist(tmp_path):
+    """bands x rows over num_perm is the minhash section's check: there is no `--minhash` option to name."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": "one document of a few words"}) + "\n")
+    res = CliRunner().invoke(app, ["dedup", str(src), "-o", str(tmp_path / "out.jsonl"), "--bands", "20",
+                                   "--rows", "8"])
+    _one_error(res, "error: minhash: bands*rows = 160 > num_perm = 128")
+    assert "--minhash" not in res.output
+    _one_error(CliRunner().invoke(app, ["dedup", str(src), "-o", str(tmp_path / "out.jsonl"), "--threshold", "2"]),
+               "error: --threshold: ")

@@ -112,12 +112,13 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _error_line(err: Exception) -> str:
     """The first line of a known bad-input error, naming the file (OSError) or the option (pydantic; a
-    validator of the whole model, e.g. of two options that exclude each other, has no field to name)."""
+    validator of a whole model or section, e.g. of two options that exclude each other, has no option to name:
+    its message names what it checks)."""
     from pydantic import ValidationError
 
     if isinstance(err, ValidationError):
-        return "; ".join((f"--{str(e['loc'][-1]).replace('_', '-')}: " if e["loc"] else "")
-                         + e["msg"].removeprefix("Value error, ") for e in err.errors())
+        return "; ".join((f"--{str(e['loc'][-1]).replace('_', '-')}: " if e["loc"] and not isinstance(
+            e.get("input"), dict) else "") + e["msg"].removeprefix("Value error, ") for e in err.errors())
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
