@@ -1083,7 +1083,10 @@ def dedup(
     rows: int | None = typer.Option(None, help="LSH rows per band"),
     workers: int | None = typer.Option(None, help="processes (default: CPU count)"),
     shard_size: int | None = typer.Option(None, help="documents per stored shard (20000)"),
-    exact: bool = typer.Option(True, "--exact/--no-exact", help="exact dedup on normalised text first"),
+    exact: bool | None = typer.Option(None, "--exact/--no-exact", help="exact dedup on normalised text first "
+                                      "(default: --config's exact.enabled, else on)"),
+    minhash: bool | None = typer.Option(None, "--minhash/--no-minhash", help="MinHash near-duplicate removal "
+                                        "(default: --config's minhash.enabled, else on)"),
     config: CurationYaml = None, text_column: ConfigTextCol = None, id_column: ConfigIdCol = None,
 ) -> None:
     """Exact + MinHash near-duplicate removal; keeps each cluster's best member (quality_score, then the first in
@@ -1106,7 +1109,7 @@ def dedup(
                   "one holds documents later runs drop as already indexed (delete it to redo that run)")
     o = {"minhash.threshold": threshold, "minhash.num_perm": num_perm, "minhash.ngram": ngram,
          "minhash.bands": bands, "minhash.rows": rows, "minhash.workers": workers,
-         "minhash.shard_size": shard_size, "exact.enabled": exact}
+         "minhash.shard_size": shard_size, "exact.enabled": exact, "minhash.enabled": minhash}
     _curation_run(input_path, output, partial(dedup_steps, index=index), workdir, config, o, text_column, id_column,
                   signatures=index or workdir or f"{output}.work")
 

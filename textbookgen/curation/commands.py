@@ -191,16 +191,22 @@ def _live_texts(corpus: Corpus, alive: np.ndarray) -> Iterator[pl.Series]:
 
 
 def dedup_steps(cfg: CurationConfig, index: str | Path | None = None) -> list[Step]:
-    """Exact then MinHash dedup: a fresh dedup of the input, or with `index` an incremental one against
+    """Exact then MinHash dedup, each where its config enables it: a fresh dedup of the input, or with `index` an incremental one against
     the documents earlier runs with that index kept (see near_dedup). With an index MinHash goes first:
     exact dedup knows no index, so it could keep a copy that comes first and drop the indexed document
     itself, where MinHash keeps the indexed one and drops the copy (a verified Jaccard of 1)."""
     from textbookgen.curation.exact import ExactDedup
     from textbookgen.curation.near_dedup import MinHashDedup
 
+    if not (cfg.exact.enabled or cfg.minhash.enabled):
+        raise ValueError("dedup: exact.enabled and minhash.enabled are both off, so nothing would be removed: "
+                         "turn one on (--exact, --minhash)")
+    if index is not None and not cfg.minhash.enabled:
+        raise ValueError("dedup: --index needs MinHash (minhash.enabled is off): the index keeps its signatures")
     exact: list[Step] = [ExactDedup(cfg.text_column, cfg.id_column)] if cfg.exact.enabled else []
-    near = MinHashDedup(cfg.minhash, cfg.text_column, cfg.id_column, index=index)
-    return [near, *exact] if index is not None else [*exact, near]
+    near: list[Step] = [MinHashDedup(cfg.minhash, cfg.text_column, cfg.id_column, index=index)] if (
+        cfg.minhash.enabled) else []
+    return [*near, *exact] if index is not None else [*exact, *near]
 
 
 def decontaminate_steps(cfg: CurationConfig) -> list[Step]:
