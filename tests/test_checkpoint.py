@@ -346,3 +346,44 @@ def test_a_checkpoint_without_the_data_position_resumes_where_its_config_left_of
     assert first_samples(bigger, 4) == list(range(32, 48))
     resumed = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 12})))
     assert {**first.losses, **resumed.losses} == full
+
+
+def test_a_branch_from_an_earlier_checkpoint_is_what_a_later_auto_resume_continues(corpus, tmp_path):
+    """Restarted from step 2 of a run that had reached step 6 (after a loss spike, say) and killed before its
+    first save, the branch was lost: `latest` still named step 6, so the rerun with the default resume (auto)
+    went on with the abandoned steps 3-6, and metrics.jsonl, cut back to step 2 by the branch, jumped from the
+    branch's step 3 to step 7."""
+    run = tmp_path / "run"
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 6, "checkpoint.every": 2,
+                                                      "checkpoint.keep": 3})))
+    branch = str(run / "checkpoints" / "step-00000002")
+    train(load_config(None, overrides(corpus, run, **{"train.max_steps": 3, "checkpoint.resume": branch,
+                                                      "checkpoint.at_exit": False})))  # killed: no save
+    again = train(load_config(None, overrides(corpus, run, **{"train.max_steps": 6})))
+    assert again.start_step == 2
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_started_from_another_runs_checkpoint_goes_on_from_it_after_a_crash(corpus, tmp_path):
+    """Resumed from another run's checkpoint and killed before its first save, the rerun started from scratch."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(load_config(None, overrides(corpus, first, **{"train.max_steps": 2})))
+    train(load_config(None, overrides(corpus, second, **{"train.max_steps": 3, "checkpoint.at_exit": False,
+                                                         "checkpoint.resume": str(first)})))
+    again = train(load_config(None, overrides(corpus, second, **{"train.max_steps": 4})))
+    assert again.start_step == 2
+    steps = [json.loads(x)["step"] for x in (second / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 4]
+
+
+def test_a_fresh_start_forgets_the_checkpoint_an_earlier_start_resumed_from(corpus, tmp_path):
+    """`latest` naming another run's checkpoint (a start that resumed from it and crashed) must not outlive a
+    fresh start (resume: never) in the same folder: the fresh run's rerun after a crash would go on from it."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(load_config(None, overrides(corpus, first, **{"train.max_steps": 2})))
+    train(load_config(None, overrides(corpus, second, **{"train.max_steps": 3, "checkpoint.at_exit": False,
+                                                         "checkpoint.resume": str(first)})))
+    train(load_config(None, overrides(corpus, second, **{"train.max_steps": 1, "checkpoint.at_exit": False,
+                                                         "checkpoint.resume": "never"})))
+    assert train(load_config(None, overrides(corpus, second, **{"train.max_steps": 2}))).start_step == 0

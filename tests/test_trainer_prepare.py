@@ -165,10 +165,10 @@ def test_the_epochs_a_run_draws_of_each_dataset(corpus, tmp_path):
     samples = 3 * sampler.rows[1]  # books: 0.7 x 3 = 2.1 epochs
     wiki, books = sampler.epoch_lines(samples)
     n_wiki, n_books = sampler.drawn(samples)
-    assert wiki == (f"data wiki: draws {n_wiki * 32:,} of its {len(folders[0]):,} tokens, "
+    assert wiki == (f"data wiki: 30.0% of the samples, draws {n_wiki * 32:,} of its {len(folders[0]):,} tokens, "
                     f"{n_wiki / sampler.rows[0]:.2f} epochs")
-    assert books.startswith(f"data books: draws {n_books * 32:,} of its {len(folders[1]):,} tokens, 2.10 epochs; "
-                            f"the run sees each token about {n_books * 32 / len(folders[1]):.1f} times")
+    assert books.startswith(f"data books: 70.0% of the samples, draws {n_books * 32:,} of its {len(folders[1]):,} "
+                            f"tokens, 2.10 epochs; the run sees each token about {n_books * 32 / len(folders[1]):.1f} times")
     # tokens drawn over tokens held, not epochs: an epoch's windows (at a random offset) leave a remainder unread
     assert len(folders[1]) > sampler.rows[1] * 32
 

@@ -8,7 +8,7 @@ Layout under `run_dir/checkpoints/`:
                      rng/rank-00000.pt, and
                      either model.pt + optim.pt (one process, DDP) or dcp/ (FSDP2, sharded, one file
                      per rank through torch.distributed.checkpoint; loads under any world size)
-    latest           name of the newest complete checkpoint
+    latest           name of the newest complete checkpoint, or of the one a resume started from (`mark_start`)
 
 A checkpoint is written into `step-N.tmp/`, fsynced, then renamed: a crash mid-save leaves the
 previous checkpoint as `latest`. The data position is the number of samples drawn, under the data
@@ -149,6 +149,20 @@ def _prune(root: Path, newest: Path, keep: int) -> None:
     older = [p for p in list_checkpoints(root) if p.name < newest.name]  # zero-padded names sort by step
     for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def mark_start(root: str | Path, ckpt: Path | None) -> None:
+    """Name checkpoint `ckpt`, which a run has just resumed from, as `root`'s `latest` (its path where it lies
+    elsewhere), or none on a fresh start: a rerun after a crash before the run's first save goes on from where
+    this start did, not from a later checkpoint of a branch that the resume abandoned, nor (for another run's
+    checkpoint) from scratch, nor (after a fresh start) from the checkpoint an earlier start resumed from."""
+    root = Path(root)
+    if ckpt is None:
+        (root / LATEST).unlink(missing_ok=True)
+    elif find_latest(root) != ckpt:
+        root.mkdir(parents=True, exist_ok=True)
+        name = ckpt.name if ckpt.parent.resolve() == root.resolve() else str(ckpt.resolve())
+        write_atomic(root / LATEST, name + "\n")
 
 
 def check_fresh_start(root: str | Path) -> None:

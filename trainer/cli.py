@@ -102,6 +102,8 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
 def prepare_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from trainer.data import skipped_rows
+
     console = Console(soft_wrap=True)
     if args.source:
         from trainer.data import prepare
@@ -124,7 +126,8 @@ def prepare_run(args: argparse.Namespace) -> int:
         held = idx.get("holdout")
         held_out = f", {held['documents']:,} documents ({held['tokens']:,} tokens) held out for validation" if held else ""
         commit = f" from {idx['source']}@{idx['commit'][:12]}" if idx.get("commit") else ""
-        console.print(f"{d}: {idx['documents']:,} documents, {idx['total_tokens']:,} tokens "
+        rows = f" ({skipped_rows(idx)})" if skipped_rows(idx) else ""
+        console.print(f"{d}: {idx['documents']:,} documents{rows}, {idx['total_tokens']:,} tokens "
                       f"in {len(idx['shards'])} shard(s) ({idx['dtype']}){commit}{held_out}")
     return 0
 

@@ -24,7 +24,8 @@ dataset's rows. A step's samples are the next B after those drawn before it (`Ba
 (`n = s*B` unless the global batch changed on a resume), split between ranks and micro-steps. So a
 step's samples on a rank are a pure function of (seed, samples drawn before it, rank), a resume needs
 the step, the sample count and the seed (a checkpoint's meta.json records them), and any world size
-sees the same data.
+sees the same data. A resume under another mix (other weights, a dataset added) counts blocks from the sample it
+goes on from, and each dataset goes on from the windows it drew (`MixtureSampler`'s `start` and `offsets`).
 """
 
 from __future__ import annotations
@@ -356,14 +357,31 @@ def _text_batches(files: Sequence[Path], column: str, batch_docs: int, sources: 
     """(file number, non-empty documents of `column`) in file order from file `first` on, in batches, each file
     closed by an empty batch (which tells the writer, in stream order, that the file is done); counts docs per file."""
     for file_no in range(first, len(files)):
+        row = 0
         for batch in _open_parquet(files[file_no], column).iter_batches(batch_size=batch_docs, columns=[column]):
-            texts = batch.column(0).to_pylist()
+            texts = column_texts(batch.column(0), files[file_no], column, row)
+            row += len(texts)
             kept = [t for t in texts if t]
             sources[file_no]["skipped_empty"] += len(texts) - len(kept)
             sources[file_no]["documents"] += len(kept)
             if kept:
                 yield file_no, kept
         yield file_no, []
+
+
+def column_texts(values, path: Path, column: str, first_row: int) -> list[str | None]:
+    """The strings of a batch of `column`; bytes that are not UTF-8 (a writer that does not validate them) are an
+    error naming the file and row, not a bare UnicodeDecodeError."""
+    try:
+        return values.to_pylist()
+    except UnicodeDecodeError:
+        for i in range(len(values)):
+            try:
+                values[i].as_py()
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: row {first_row + i} (from 0): column {column!r} is not valid UTF-8 "
+                                f"({e.reason} at byte {e.start}); re-encode that text as UTF-8 or drop the row") from None
+        raise
 
 
 class _ShardWriter:
@@ -542,6 +560,15 @@ def _eos_of(tokenizer, eos_id: int | None) -> int:
     if found is None:
         raise DataError("tokenizer has no <|endoftext|> token; pass eos_id explicitly")
     return found
+
+
+def skipped_rows(index: dict[str, Any]) -> str:
+    """'N of M rows skipped: ...' for a prepared index that skipped rows without text (else ''): said aloud, since
+    a column mostly null or empty trains on a fraction of the dataset."""
+    skipped = index.get("skipped_empty", 0)
+    if not skipped:
+        return ""
+    return f"{skipped:,} of {index['documents'] + skipped:,} rows skipped: empty or null {index['column']!r}"
 
 
 def read_index(folder: Path) -> dict[str, Any]:
@@ -955,13 +982,19 @@ def mix_quotas(weights: Sequence[float], block: int) -> np.ndarray:
 
 
 class MixtureSampler:
-    """Sample g -> (seq_len+1) tokens, a pure function of (seed, g); see the module docstring."""
+    """Sample g -> (seq_len+1) tokens, a pure function of (seed, g); see the module docstring.
+
+    `start` and `offsets`: a mix that took over from an earlier one (a resume under other weights) draws
+    samples from `start` on, in blocks counted from there, and dataset d goes on from its `offsets[d]`-th
+    window (those it drew before): none read twice or jumped over within an epoch."""
 
     def __init__(self, streams: Sequence[TokenStream], weights: Sequence[float], seq_len: int, seed: int,
-                 block: int = 1000, names: Sequence[str] | None = None):
+                 block: int = 1000, names: Sequence[str] | None = None, start: int = 0,
+                 offsets: Sequence[int] | None = None):
         if len(streams) != len(weights) or not streams:
             raise DataError("need one weight per dataset and at least one dataset")
         self.streams, self.seq_len, self.seed = list(streams), seq_len, seed
+        self.start, self.offsets = start, list(offsets or [0] * len(streams))
         self.names = list(names or [str(s.folder) for s in streams])
         self.rows = []
         for name, s in zip(self.names, self.streams, strict=True):
@@ -1000,11 +1033,13 @@ class MixtureSampler:
         return self._epoch_cache[key]
 
     def locate(self, g: int) -> tuple[int, int]:
-        """(dataset, start token) of sample g."""
-        b, p = divmod(g, self.block)
+        """(dataset, start token) of sample g (>= `start`)."""
+        if g < self.start:
+            raise IndexError(f"sample {g} was drawn under an earlier mix (this one starts at sample {self.start})")
+        b, p = divmod(g - self.start, self.block)
         labels, ordinal = self._block(b)
         d = int(labels[p])
-        n = b * int(self.quotas[d]) + int(ordinal[p])
+        n = self.offsets[d] + b * int(self.quotas[d]) + int(ordinal[p])
         e, i = divmod(n, self.rows[d])
         perm, offset = self._epoch(d, e)
         return d, offset + int(perm[i]) * self.seq_len
@@ -1014,20 +1049,25 @@ class MixtureSampler:
         return self.streams[d].read(start, self.seq_len + 1)
 
     def drawn(self, samples: int) -> list[int]:
-        """Samples of each dataset among samples [0, samples)."""
-        full, part = divmod(samples, self.block)
+        """Samples of each dataset among samples [0, samples) (>= `start`), earlier mixes' included."""
+        full, part = divmod(samples - self.start, self.block)
         labels = self._block(full)[0][:part]
-        return [full * int(q) + int(np.count_nonzero(labels == d)) for d, q in enumerate(self.quotas)]
+        return [off + full * int(q) + int(np.count_nonzero(labels == d))
+                for d, (off, q) in enumerate(zip(self.offsets, self.quotas, strict=True))]
 
     def epoch_lines(self, samples: int) -> list[str]:
-        """One line per dataset for a run's start-up header: what samples [0, samples) draw of it, in tokens and
-        epochs (an epoch: each of its rows once), noting where that repeats the data. From the counts at hand:
-        no pass over the data."""
+        """One line per dataset for a run's start-up header: its share of the samples (of a mix) and what samples
+        [0, samples) draw of it, in tokens and epochs (an epoch: each of its rows once), noting where that repeats
+        the data. From the counts at hand: no pass over the data."""
         lines = []
-        for name, stream, rows, n in zip(self.names, self.streams, self.rows, self.drawn(samples), strict=True):
+        for name, stream, rows, n, q in zip(self.names, self.streams, self.rows, self.drawn(samples), self.quotas,
+                                            strict=True):
             e = n / rows  # an epoch reads `rows` windows, fewer tokens than the stream holds (its random offset)
             note = f"; the run sees each token about {n * self.seq_len / len(stream):.1f} times" if e > 1 else ""
-            lines.append(f"data {name}: draws {n * self.seq_len:,} of its {len(stream):,} tokens, {e:.2f} epochs{note}")
+            share = f"{q / self.block:.1%} of the samples, " if len(self.streams) > 1 else ""  # weights are relative
+            skipped = skipped_rows(stream.index)
+            lines.append(f"data {name}: {share}draws {n * self.seq_len:,} of its {len(stream):,} tokens, "
+                         f"{e:.2f} epochs{note}{'; ' + skipped if skipped else ''}")
         return lines
 
 

@@ -140,9 +140,10 @@ def load_tokenizer(spec: str | Path = "gpt2-codegen") -> Tokenizer:
         for v, m in _BPE_FILES:
             if (p / v).is_file() and (p / m).is_file():
                 return build_codegen_tokenizer(p / v, p / m)
-        raise FileNotFoundError(f"{p}: no tokenizer.json, vocab.json+merges.txt or encoder.json+vocab.bpe there")
+        raise FileNotFoundError(f"{p}: no tokenizer.json, vocab.json+merges.txt or encoder.json+vocab.bpe there; "
+                                f"{_USE_LOCAL}")
     if p.suffix == ".json" or str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1:
-        raise FileNotFoundError(f"tokenizer not found: {spec}")
+        raise FileNotFoundError(f"tokenizer not found: {spec} (no such file or folder); {_USE_LOCAL}")
     offline = _hub_unreachable(str(spec), "tokenizer.json")
     if offline:
         cached = _cached(str(spec), ["tokenizer.json"], None)
@@ -188,8 +189,13 @@ def _iter_texts(files: Iterable[str | Path], column: str = "text") -> Iterator[s
             kind = pf.schema_arrow.field(column).type
             if str(kind) not in ("string", "large_string"):
                 raise ValueError(f"{f}: column {column!r} holds {kind}, expected strings")
+            from trainer.data import column_texts
+
+            row = 0
             for batch in pf.iter_batches(columns=[column], batch_size=1024):
-                yield from (t for t in batch.column(0).to_pylist() if t)
+                texts = column_texts(batch.column(0), f, column, row)
+                row += len(texts)
+                yield from (t for t in texts if t)
         elif f.suffix == ".jsonl":
             from textbookgen.jsonl import iter_jsonl
 

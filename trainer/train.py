@@ -359,8 +359,10 @@ def prepare_all(cfg: TrainConfig, force: bool = False, progress: bool = True,
     return indexes
 
 
-def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo, progress: bool):
-    """The sample source and a fingerprint of the data it draws from (checked on resume)."""
+def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo, progress: bool,
+                  resumed: dict[str, Any] | None = None, samples: int = 0):
+    """The sample source and a fingerprint of the data it draws from (checked on resume). `resumed`: the meta
+    of the checkpoint the run goes on from, having drawn `samples` (see `mix_start`)."""
     d = cfg.data
     if d.synthetic:
         return SyntheticSampler(vocab_size, d.seq_len, cfg.train.seed), "synthetic"
@@ -380,10 +382,29 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
             raise ConfigError(f"data.datasets.{i}.{ds.holdout_setting}: holds out {s.index['holdout']['tokens']:,} of "
                               f"{ds.source}'s {s.index['total_tokens']:,} tokens, leaving {len(s):,} to train on "
                               f"(need at least {2 * d.seq_len + 1}); hold out less")
-    sampler = MixtureSampler(streams, [ds.weight for ds in d.datasets], d.seq_len, cfg.train.seed,
-                             d.mix_block, names=[ds.cache_name for ds in d.datasets])
     key = [[s.index["key"], ds.weight] for ds, s in zip(d.datasets, streams, strict=True)] + [d.seq_len, d.mix_block]
-    return sampler, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    names = [ds.cache_name for ds in d.datasets]
+    start, offsets = mix_start(resumed, fingerprint, names, samples)
+    sampler = MixtureSampler(streams, [ds.weight for ds in d.datasets], d.seq_len, cfg.train.seed,
+                             d.mix_block, names=names, start=start, offsets=offsets)
+    return sampler, fingerprint
+
+
+def mix_start(resumed: dict[str, Any] | None, fingerprint: str, names: list[str],
+              samples: int) -> tuple[int, list[int]]:
+    """(sample, windows drawn of each dataset) the mix of a run that goes on from checkpoint meta `resumed`
+    starts at. The same data and weights: where the saved run's mix started, so the run reads what one never
+    stopped would. Another mix (weights changed, a dataset added): the checkpoint's `samples`, each dataset
+    going on from the windows it drew (by name; a new one from its first), not from `block x its new quota`,
+    which read again what a shrunk share had trained on and skipped windows of a grown one. A checkpoint
+    from before this was recorded: sample 0, as then."""
+    saved = (resumed or {}).get("mix")
+    if saved is None:
+        return 0, [0] * len(names)
+    if resumed.get("data_fingerprint") == fingerprint:
+        return saved["start"], saved["offsets"]
+    return samples, [saved["drawn"].get(name, 0) for name in names]
 
 
 def build_validator(cfg: TrainConfig, info: distributed.DistInfo) -> Validator | None:
@@ -786,7 +807,8 @@ class Trainer:
         """The sampler (preparing stale data first), the validation sets and this rank's `BatchPlan` from
         `data_start` (the step and samples drawn it goes on from)."""
         cfg, info = self.cfg, self.info
-        self.sampler, self.data_fp = build_sampler(cfg, self.model_cfg.vocab_size, info, self.show)
+        self.sampler, self.data_fp = build_sampler(cfg, self.model_cfg.vocab_size, info, self.show, self.resume_meta,
+                                                   data_start[1])
         self.validator = build_validator(cfg, info)
         self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank, *data_start)
 
@@ -845,10 +867,19 @@ class Trainer:
             self.console.print(f"optimizer settings from the config, not the checkpoint: {', '.join(changed)}")
         if meta.get("data_fingerprint") != self.data_fp:
             self.console.print(f"[yellow]warning:[/] the data differs from the checkpoint's "
-                               f"({meta.get('data_fingerprint')} -> {self.data_fp}); the sample order will not match")
+                               f"({meta.get('data_fingerprint')} -> {self.data_fp}); {self._mix_note(meta)}",
+                               highlight=False)
         self.console.print(f"resumed from {source} at step {meta['step']}")
         self._check_schedule(meta)
         return meta["step"]
+
+    def _mix_note(self, meta: dict[str, Any]) -> str:
+        """How the data goes on after a change of the data or the mix (the end of the warning that says so)."""
+        if "mix" not in meta or not isinstance(self.sampler, MixtureSampler):
+            return "the sample order will not match"
+        drawn = ", ".join(f"{name} {n:,}" for name, n in zip(self.sampler.names, self.sampler.offsets, strict=True))
+        return (f"each dataset goes on from the windows it drew ({drawn}); one whose tokens or data.seq_len "
+                f"changed is read in a new order")
 
     def _check_schedule(self, meta: dict[str, Any]) -> None:
         """Warn when the resumed run goes on at another learning rate than the one that saved `meta` would have:
@@ -929,6 +960,10 @@ class Trainer:
                 "data_fingerprint": self.data_fp, "samples": self.plan.samples_before(step),
                 "tokens": self.tokens_seen(step),
                 "data_seed": self.cfg.train.seed, "init_from": self.cfg.train.init_from, "next_lr": self.lr(step)}
+        if isinstance(self.sampler, MixtureSampler):  # where this mix started, and each dataset's windows drawn
+            drawn = self.sampler.drawn(meta["samples"])
+            meta["mix"] = {"start": self.sampler.start, "offsets": self.sampler.offsets,
+                           "drawn": dict(zip(self.sampler.names, drawn, strict=True))}
         path = checkpoint.save(self.ckpt_root, step, self.model, self.optimizer, meta,
                                sharded=self.strategy == "fsdp", keep=self.cfg.checkpoint.keep,
                                tokenizer=self.tokenizer.to_str() if self.tokenizer is not None else None)
@@ -1026,6 +1061,7 @@ class Trainer:
         log = MetricsLog(self.run_dir, self.start, self.cfg.log.tensorboard, self.info.is_main)
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            checkpoint.mark_start(self.ckpt_root, self.resume_from)  # the history goes on from there, as metrics do
         self._announce()
         self._record_environment()
         result = TrainResult(self.run_dir, self.start, self.start, "done")
