@@ -192,6 +192,19 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = _EXIT_CODES
 
 
+def final_line(result) -> str:
+    """The run's last line, for scripts: `key=value` figures of the last step, and the newest validation loss
+    with `val_step` where it is older than that step (a run stopped between evaluations)."""
+    last = result.history[-1]
+    rate, mfu = _run_rate(result.history)
+    val = result.val_losses
+    val_loss = f" val_loss={val[max(val)]:.4f}" if val else ""
+    if val and max(val) != result.final_step:
+        val_loss += f" val_step={max(val)}"
+    return (f"final step={result.final_step} loss={last['loss']:.4f}{val_loss} tokens_per_s={rate:.0f}"
+            f"{'' if mfu is None else f' mfu={mfu:.4f}'} stop={result.stop_reason}")
+
+
 def train_run(args: argparse.Namespace) -> int:
     from trainer.train import train
 
@@ -202,12 +215,7 @@ def train_run(args: argparse.Namespace) -> int:
                 unset=["train.max_tokens"] if args.max_steps is not None else [])
     result = train(cfg, progress=False if args.no_progress else None, started=args.started)
     if result.history and os.environ.get("RANK", "0") == "0":
-        last = result.history[-1]
-        rate, mfu = _run_rate(result.history)
-        val = result.val_losses
-        val_loss = f" val_loss={val[max(val)]:.4f}" if val else ""
-        print(f"final step={result.final_step} loss={last['loss']:.4f}{val_loss} tokens_per_s={rate:.0f}"
-              f"{'' if mfu is None else f' mfu={mfu:.4f}'} stop={result.stop_reason}")
+        print(final_line(result))
     if result.stop_reason == "done":
         return 0
     code = _STOP_EXIT.get(result.stop_reason, STOPPED)
