@@ -188,10 +188,23 @@ def test_local_web_samples_the_build_rejects_fail_validate_and_plan(tmp_path, na
     sets = ["--set", f"web_samples.source={tmp_path / name}", "--set", f"output={tmp_path / 'o'}"]
     for command in ("validate", "plan"):
         res = _cli(command, str(QUICKSTART), *sets)
-        assert res.returncode == 1 and "error: web samples:" in res.stderr, res.stderr
+        # the recipe field that points at the file, as other recipe errors name theirs
+        assert res.returncode == 1 and "error: --set web_samples.source: " in res.stderr, res.stderr
         assert problem in res.stderr
         assert "Traceback" not in res.stderr
     assert not (tmp_path / "o" / "prompts.parquet").exists()
+
+
+def test_a_broken_taxonomy_file_names_the_recipe_line_and_field(tmp_path):
+    """The taxonomy file's own line, and the recipe's line and field that point at it."""
+    (tmp_path / "topics.yaml").write_text("Science:\n  - Physics\n  Chemistry: [\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel: gpt-4o-mini\ntaxonomy:\n  source: topics.yaml\nmix: [{template: qa}]\nsamples: 5\n"
+                      f"output: {tmp_path / 'o'}\n")
+    for command in ("validate", "plan"):
+        res = _cli(command, str(recipe))
+        assert res.returncode == 1, res.stderr
+        assert f"error: {recipe}:4: taxonomy.source: {tmp_path / 'topics.yaml'}:3: not valid YAML" in res.stderr
 
 
 def test_an_output_folder_blocked_by_a_file_is_a_build_error(tmp_path):

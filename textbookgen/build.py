@@ -36,7 +36,7 @@ from textbookgen.errors import redact
 from textbookgen.journal import lock_file
 from textbookgen.plan import language_rates, prompt_diversity
 from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
-from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, Topic, siblings_line
+from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, TaxonomyError, Topic, siblings_line
 from textbookgen.templates import (
     MAX_SKIPS,
     Combo,
@@ -197,7 +197,10 @@ def _documents_of(
 def _document_row(row: dict[str, Any], resp: ChatResponse, text: str, recipe: Recipe) -> dict[str, Any]:
     """A document's row: the answer's text, its prompt's columns, and its provenance (the template's variables
     and the request's parameters)."""
+    from textbookgen.card import portable_path
+
     prov = json.loads(row["provenance"])
+    prov["origin"] = portable_path(prov["origin"], recipe.base_dir, ("builtin:",))  # a template file's, published
     # The extract's text stays in prompts.parquet; the published row names it by id only (web text
     # keeps its own licence, and a 1,000-character copy per document would bloat the dataset).
     prov["variables"]["web_extract"] = row["seed_extract_id"]
@@ -401,6 +404,23 @@ def _prompt_row(recipe: Recipe, index: int, topic: Topic, r: _Rendered) -> dict[
         "input_tokens_est": int(est),
         "provenance": provenance(r.template, r.variables),
     }
+
+
+def field_problem(recipe: Recipe, field: str, message: str) -> str:
+    """A problem with the file a recipe field points at, in the form of the recipe's own problems
+    (`recipe.yaml:LINE: field: message`, or the `--set` that set the field): the file's own line alone does
+    not say which field of the recipe to fix."""
+    return recipe.problem_text([(tuple(field.split(".")), message)])
+
+
+def web_samples_problem(recipe: Recipe, err: WebSampleError) -> str:
+    """A web-samples error as a recipe problem: of the field the message starts with (a language filter's),
+    else of `web_samples.source`; secrets in a URL redacted."""
+    message = redact(str(err))
+    field, _, rest = message.partition(": ")
+    if field.startswith("web_samples.") and rest:
+        return field_problem(recipe, field, rest)
+    return field_problem(recipe, "web_samples.source", message)
 
 
 def open_web_samples(recipe: Recipe, *, progress: bool = False) -> WebSamples:
@@ -846,7 +866,10 @@ class Build:
         A plan (`can_grow` false) grows nothing: it returns the roots and what growing them would take."""
         tc = self.recipe.taxonomy
         src = self.recipe.taxonomy_path()
-        roots = Taxonomy.load(src, format=tc.format, select=tc.select, name=tc.name)
+        try:
+            roots = Taxonomy.load(src, format=tc.format, select=tc.select, name=tc.name)
+        except TaxonomyError as e:
+            raise BuildError(field_problem(self.recipe, "taxonomy.source", str(e))) from None
         n_roots = len(roots.leaves())
         wants_grow = tc.grow is not None and n_roots < tc.grow.target
         input_hash = self._taxonomy_hash(src, wants_grow)
@@ -953,7 +976,7 @@ class Build:
             return open_web_samples(self.recipe, progress=self.progress)
         except WebSampleError as e:
             if not (planning and wc.is_remote):
-                raise BuildError(f"web samples: {redact(str(e))}") from None
+                raise BuildError(web_samples_problem(self.recipe, e)) from None
             self.notes.append(
                 f"web samples unavailable ({redact(str(e))}); this plan uses topic-only prompts. The real build "
                 "needs the source (or remove `web_samples:` from the recipe)."
@@ -1014,8 +1037,9 @@ class Build:
             "model": r.model,
             "sampling": r.sampling.model_dump(mode="json"),
             "budget": r.budget.model_dump(mode="json"),
-            # how answers become documents; 2: leading reasoning block set apart, an answer without text failed
-            "answers": 2,
+            # how answers become documents; 2: leading reasoning block set apart, an answer without text failed;
+            # 3: a template file's path in the provenance relative to the recipe (`card.portable_path`)
+            "answers": 3,
         }
         input_hash = _hash(key)
         out_path = self.out / "documents.parquet"

@@ -262,11 +262,69 @@ def document_table(splits: dict[str, list[Path]]) -> pl.DataFrame:
 
 
 def recipe_fields(recipe: Recipe | Mapping) -> tuple[dict, set[str]]:
-    """The recipe as data, and the keys its author chose: a Recipe's fields set in its file (not its
-    defaults), or every key of a dict."""
+    """The recipe as data, with its local paths made portable (`portable_recipe`), and the keys its author
+    chose: a Recipe's fields set in its file (not its defaults), or every key of a dict."""
     if isinstance(recipe, Mapping):
         return dict(recipe), set(recipe)
-    return recipe.public_dict(), set(recipe.model_fields_set)
+    return portable_recipe(recipe), set(recipe.model_fields_set)
+
+
+def portable_path(path: str | None, base: Path, kept: tuple[str, ...] = ("hf:", "http://", "https://")) -> str | None:
+    """A local path as a published file gives it: as written where relative (to the recipe's folder); an
+    absolute one relative to `base` (the recipe's folder) where inside it, else its file name only, so the
+    machine's layout (a home folder, a user name) stays on the machine and the recipe reruns with its files
+    placed beside it. None, and names starting with `kept` (remote sources), stay as they are."""
+    if path is None or path.startswith(kept):
+        return path
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        return path
+    try:
+        return p.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return p.name
+
+
+def portable_recipe(recipe: Recipe) -> dict[str, Any]:
+    """`recipe.public_dict()` with every local path made portable (`portable_path`): the taxonomy, web samples
+    and their language model, template files, card template, output folder, benchmarks and classifier model."""
+    from textbookgen.templates import builtin_templates
+
+    data, base = recipe.public_dict(), recipe.base_dir
+    data["taxonomy"]["source"] = portable_path(data["taxonomy"]["source"], base, ("builtin:",))
+    for entry in data["mix"]:
+        if entry["template"] not in builtin_templates():
+            entry["template"] = portable_path(entry["template"], base)
+    data["card_template"] = portable_path(data["card_template"], base)
+    data["output"] = portable_path(data["output"], base)
+    web = data.get("web_samples")
+    if web:
+        web["source"] = portable_path(web["source"], base)
+        if web.get("language_filter"):
+            web["language_filter"]["model"] = portable_path(web["language_filter"]["model"], base)
+    curation = data.get("curation") or {}
+    for bench in (curation.get("decontamination") or {}).get("benchmarks") or []:
+        bench["path"] = portable_path(bench["path"], base, ("hf://",))
+    if curation.get("classifier"):
+        curation["classifier"]["model_path"] = portable_path(curation["classifier"]["model_path"], base)
+    return data
+
+
+def portable_manifest(manifest: Mapping, recipe: Recipe) -> dict[str, Any]:
+    """A copy of a build's manifest with its local paths as in `portable_recipe`: the taxonomy and web-sample
+    sources, and the output folder where a note names it (a budget reached: "every run in FOLDER")."""
+    out, base = json.loads(json.dumps(manifest, default=str)), recipe.base_dir
+    if isinstance(out.get("taxonomy"), dict):
+        out["taxonomy"]["source"] = portable_path(out["taxonomy"].get("source"), base, ("builtin:",))
+    if isinstance(out.get("web_samples"), dict):
+        out["web_samples"]["source"] = portable_path(out["web_samples"].get("source"), base)
+    folder = str(recipe.output_dir())
+    here = portable_path(folder, base) or folder
+    if out.get("notes"):
+        out["notes"] = [note.replace(folder, here) for note in out["notes"]]
+    if isinstance(out.get("incomplete"), dict) and out["incomplete"].get("why"):
+        out["incomplete"]["why"] = out["incomplete"]["why"].replace(folder, here)
+    return out
 
 
 def card_metadata(recipe: Mapping, chosen: Collection[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -533,12 +591,16 @@ def _fmt_int(v: Any) -> str:
     return f"{int(v):,}" if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "–"
 
 
+#: The most characters of a value `_fmt_kv` shows; a longer one keeps its end, where a path or URL names its file.
+KV_CHARS = 60
+
+
 def _fmt_kv(d: Any, sep: str = ": ", join: str = "; ") -> str:
     """`k: v; k: v` of a mapping's scalar, non-null values (nested ones are in manifest.json)."""
     if not isinstance(d, Mapping):
         return str(d)
     def short(v: Any) -> str:
-        return v[:12] + "…" if isinstance(v, str) and len(v) > 32 else str(v)
+        return "…" + v[1 - KV_CHARS:] if isinstance(v, str) and len(v) > KV_CHARS else str(v)
 
     return join.join(f"{k}{sep}{short(v)}" for k, v in d.items() if v is not None and not isinstance(v, (Mapping, list)))
 
@@ -589,6 +651,8 @@ def render_card(
         raise FileNotFoundError(f"no data/{{split}}-NNNNN-of-NNNNN.parquet shards under {out_dir}; write them first")
     schema = shared_schema(out_dir, splits)
     docs = document_table(splits)
+    if not isinstance(recipe, Mapping):
+        manifest = portable_manifest(manifest, recipe)
     recipe, chosen = recipe_fields(recipe)
     recipe = redact(recipe)
     manifest = redact(dict(manifest))
@@ -672,8 +736,9 @@ def _compile_referenced(env: jinja2.Environment, name: str, origin: Path, seen: 
 RECIPE_HEADER = (
     "# The recipe this dataset was built from, every field with the value the build used (defaults filled in).\n"
     "# manifest.json's recipe_hash is of the original recipe file (and any --set/--price), not of this copy.\n"
-    "# Relative paths (taxonomy.source, web_samples.source, card_template) were relative to that file's folder:\n"
-    "# to rebuild, place this file there or make them absolute.\n"
+    "# Local paths (taxonomy.source, web_samples.source, templates, card_template, output, ...) are relative to\n"
+    "# the recipe's folder; one that was outside it is given by its file name only: to rebuild, place the files\n"
+    "# beside this copy, or point the fields at them.\n"
 )
 
 

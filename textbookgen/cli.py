@@ -623,7 +623,7 @@ def validate(
 ) -> None:
     """Check a recipe: schema, files it names, templates, mix names, and everything else the build would
     reject later that needs no network and no paid request. Errors name file, line and field."""
-    from textbookgen.build import Build, BuildError, open_web_samples
+    from textbookgen.build import Build, BuildError, field_problem, open_web_samples, web_samples_problem
     from textbookgen.recipe import deferred_problems, repeated_prompts_note
     from textbookgen.taxonomy import Taxonomy, TaxonomyError
     from textbookgen.websamples import WebSampleError
@@ -633,14 +633,12 @@ def validate(
     try:  # the taxonomy file is the recipe's other input that can be malformed
         tax = Taxonomy.load(r.taxonomy_path(), format=tc.format, select=tc.select, name=tc.name)
     except TaxonomyError as err:
-        typer.echo(f"error: taxonomy: {err}", err=True)
-        raise typer.Exit(1) from None
+        _fail(field_problem(r, "taxonomy.source", str(err)))
     if r.web_samples is not None and not r.web_samples.is_remote:  # a remote source is read by the build
         try:
             open_web_samples(r)
         except WebSampleError as err:
-            typer.echo(f"error: web samples: {err}", err=True)
-            raise typer.Exit(1) from None
+            _fail(web_samples_problem(r, err))
     problems = deferred_problems(r, tax)
     if problems:
         _fail(r.problem_text(problems))

@@ -398,6 +398,14 @@ def _check_no_secret(files: list[Path], secrets: Mapping[str, str], commit_messa
                 raise ValueError(f"{path} contains {what}; remove it before pushing")
 
 
+def card_rows(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """{split: rows} a card's metadata describes (its default config's `dataset_info`); {} where it has none."""
+    infos = metadata.get("dataset_info")
+    infos = [infos] if isinstance(infos, Mapping) else infos or []
+    info = next((i for i in infos if isinstance(i, Mapping) and i.get("config_name", "default") == "default"), {})
+    return {s["name"]: s.get("num_examples") for s in info.get("splits") or [] if isinstance(s, Mapping)}
+
+
 def check_card_matches_data(out_dir: Path, card_text: str) -> None:
     """Refuse a card whose splits or row counts differ from the shards (`load_dataset` would fail).
 
@@ -405,13 +413,9 @@ def check_card_matches_data(out_dir: Path, card_text: str) -> None:
     """
     from textbookgen.card import validate_card_text
 
-    data = validate_card_text(card_text).data.to_dict()
+    described = card_rows(validate_card_text(card_text).data.to_dict())
     rows = split_rows(out_dir)
-    infos = data.get("dataset_info")
-    infos = [infos] if isinstance(infos, Mapping) else infos or []
-    info = next((i for i in infos if i.get("config_name", "default") == "default"), None)
-    if info and info.get("splits"):
-        described = {s["name"]: s.get("num_examples") for s in info["splits"]}
+    if described:
         if described != rows:
             raise ValueError(
                 f"{out_dir}/README.md describes splits {described} but data/ holds {rows}; "
@@ -444,7 +448,8 @@ def push(
     Ctrl-C (at once, even mid-upload; before the commit, nothing is committed).
 
     Files are uploaded first (`preupload_lfs_files`, in the background: see `_in_background`), then the
-    commit is sent on its own, so Ctrl-C during the uploads cannot be followed by a commit.
+    commit is sent on its own, so Ctrl-C during the uploads cannot be followed by a commit. Without
+    `commit_message`, the message says what changed since the repo's head (`_what_changed`).
     """
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
@@ -465,9 +470,7 @@ def push(
     if not secret:
         raise PermissionError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     files = publishable_files(out_dir)
-    n_shards = sum(len(p) for p in splits.values())
-    message = commit_message or f"textbookgen: upload {n_shards} shard(s) of split(s) {', '.join(splits)} and card"
-    _check_no_secret(files, secrets_to_withhold(secret), message)
+    _check_no_secret(files, secrets_to_withhold(secret), commit_message or "")
     check_card_matches_data(out_dir, (out_dir / "README.md").read_text("utf-8"))
     _warn_incomplete(out_dir, repo_id)
 
@@ -477,7 +480,8 @@ def push(
         with request_timeout(seconds) as transfers, hub_errors(repo_id, api.endpoint, timeout=seconds,
                                                                revision=revision):
             info = _open_repo(api, repo_id, private, revision, out_dir, _card_repo(out_dir))
-            operations = _operations(api, repo_id, out_dir, files, set(splits), info)
+            operations, old_card = _operations(api, repo_id, out_dir, files, set(splits), info)
+            message = commit_message or _what_changed(api, repo_id, info, out_dir, old_card)
             additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
             log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)", len(additions),
                      len(operations) - len(additions), repo_id, revision, info.sha)  # fmt: skip
@@ -496,21 +500,80 @@ def push(
     return url
 
 
-def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits: set[str], info: Any) -> list[Any]:
-    """The commit's additions (the card merged with the Hub's) and deletions of the shards it replaces."""
+def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits: set[str],
+                info: Any) -> tuple[list[Any], str | None]:
+    """The commit's additions (the card merged with the Hub's) and deletions of the shards it replaces, and the
+    Hub's card (None where the repo has none)."""
     from huggingface_hub import CommitOperationAdd
 
     from textbookgen.card import card_defaults
 
     remote = {s.rfilename for s in info.siblings or []}
-    old_card = _read_card(api, repo_id, info.sha) if "README.md" in remote else None
+    old_card = _read_file(api, repo_id, info.sha, "README.md") if "README.md" in remote else None
     card = merge_card(usage_for(repo_id, (out_dir / "README.md").read_text("utf-8")), old_card, card_defaults(out_dir))
     operations: list[Any] = []
     for path in files:
         rel = path.relative_to(out_dir).as_posix()
         content: Any = card.encode("utf-8") if rel == "README.md" else str(path)
         operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=content))
-    return operations + stale_deletions(remote, {op.path_in_repo for op in operations}, splits, old_card)
+    return operations + stale_deletions(remote, {op.path_in_repo for op in operations}, splits, old_card), old_card
+
+
+def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: str | None) -> str:
+    """The push's default commit message: what a data team reading the repo's history wants to know. Against
+    the Hub's head: rows added or removed per split (from its card) and the recipe fields whose value changed
+    (named, never their values: a value could be a secret); on a first push, the splits and rows."""
+    from huggingface_hub import DatasetCard
+
+    rows = split_rows(out_dir)
+    if old_card is None:
+        return "textbookgen: first upload, " + ", ".join(f"{s} {n:,} rows" for s, n in rows.items())
+    try:
+        before = card_rows(DatasetCard(old_card, ignore_metadata_errors=True).data.to_dict())
+    except Exception:  # an unparsable remote card: merge_card already warned
+        before = {}
+    parts = [_row_change(s, before.get(s), rows.get(s)) for s in dict.fromkeys([*rows, *before])] if before else []
+    remote = {s.rfilename for s in info.siblings or []}
+    if "recipe.yaml" in remote and (out_dir / "recipe.yaml").is_file():
+        fields = changed_fields(_read_file(api, repo_id, info.sha, "recipe.yaml"),
+                                (out_dir / "recipe.yaml").read_text("utf-8"))
+        if fields:
+            more = f" and {len(fields) - 4} more" if len(fields) > 4 else ""
+            parts.append(f"recipe: {', '.join(fields[:4])}{more} changed")
+    parts = [p for p in parts if p]
+    return "textbookgen: " + ("; ".join(parts) if parts else "same rows and recipe, card and files updated")
+
+
+def _row_change(split: str, before: int | None, after: int | None) -> str | None:
+    """`train +1,200 rows (11,200)`; None where the split's rows did not change."""
+    if before == after:
+        return None
+    if after is None:
+        return f"{split} removed ({before:,} rows)"
+    if before is None:
+        return f"{split} added ({after:,} rows)"
+    return f"{split} {after - before:+,} rows ({after:,})"
+
+
+def changed_fields(old_yaml: str, new_yaml: str) -> list[str]:
+    """The dotted names of the fields whose value differs between two recipes (added and removed ones too);
+    [] where the old one is not a YAML mapping."""
+    import yaml
+
+    try:
+        old, new = yaml.safe_load(old_yaml), yaml.safe_load(new_yaml)
+    except yaml.YAMLError:
+        return []
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return []
+    return _differing(old, new, "")
+
+
+def _differing(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return [name for key in dict.fromkeys([*old, *new])
+                for name in _differing(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
 
 
 def _open_repo(api: Any, repo_id: str, private: bool, revision: str, folder: Path | None = None,
@@ -542,10 +605,11 @@ def _open_repo(api: Any, repo_id: str, private: bool, revision: str, folder: Pat
     return api.repo_info(repo_id, repo_type="dataset", revision=revision)
 
 
-def _read_card(api: Any, repo_id: str, head: str) -> str:
+def _read_file(api: Any, repo_id: str, head: str, name: str) -> str:
+    """A text file of the repo at `head`."""
     with tempfile.TemporaryDirectory(prefix="textbookgen-card-") as tmp:
-        path = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=head, cache_dir=tmp)
-        return Path(path).read_text("utf-8")
+        path = api.hf_hub_download(repo_id, name, repo_type="dataset", revision=head, cache_dir=tmp)
+        return Path(path).read_text("utf-8", errors="replace")
 
 
 def stale_deletions(remote: set[str], local: set[str], splits: set[str], old_card: str | None) -> list[Any]:
