@@ -441,7 +441,7 @@ def test_build_decontaminates_against_a_benchmark_next_to_the_recipe(tmp_path, m
 
     loads = []
     load = decontaminate.load_benchmark_texts
-    monkeypatch.setattr(decontaminate, "load_benchmark_texts", lambda src: loads.append(src.path) or load(src))
+    monkeypatch.setattr(decontaminate, "load_benchmark_texts", lambda src, *a: loads.append(src.path) or load(src, *a))
 
     item = (
         "A farmer has 17 sheep and all but 9 run away through a hole in the fence; how many sheep does the "

@@ -165,4 +165,4 @@ def test_quality_cut_leaves_a_record_of_what_it_dropped(tmp_path):
     kept, stats = QualityCut(cfg, "id")(docs, tmp_path / "cut")
     assert kept["id"].to_list() == ["a", "c", "e"] and stats.dropped == {"low_quality": 2}
     dropped = pl.read_parquet(tmp_path / "cut" / "dropped.parquet")
-    assert dropped.to_dicts() == [{"id": "b", "quality_score": 0.1}, {"id": "d", "quality_score": 0.3}]
+    assert dropped.to_dicts() == [{"id": "b", "row": 1, "quality_score": 0.1}, {"id": "d", "row": 3, "quality_score": 0.3}]

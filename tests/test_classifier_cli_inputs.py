@@ -56,5 +56,6 @@ def test_score_reports_the_cut_by_the_id_column_given(dclm, model, tmp_path: Pat
                               "--id-column", "doc_id", "--keep-top-percent", "60"])
     assert res.exit_code == 0, res.output
     dropped = pl.read_parquet(tmp_path / "s.parquet.work" / "quality_filter" / "dropped.parquet")
-    assert dropped.columns == ["doc_id", "quality_score"]
+    assert dropped.columns == ["doc_id", "row", "quality_score"]
     assert sorted(dropped["doc_id"]) == sorted(set(map("d{}".format, range(100))) - set(pl.read_parquet(out)["doc_id"]))
+    assert dropped["doc_id"].to_list() == [f"d{row}" for row in dropped["row"]]

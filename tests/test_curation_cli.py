@@ -293,7 +293,7 @@ def test_dedup_reports_the_exact_duplicates_it_drops(corpus, tmp_path):
     rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(docs[:5])] + [{"id": "a_copy", "text": docs[3].upper()}]
     invoke("dedup", write_jsonl(tmp_path / "f.jsonl", rows), "-o", tmp_path / "out.parquet", "--workers", "1")
     report = pl.read_parquet(tmp_path / "out.parquet.work" / "exact_dedup" / "duplicates.parquet")
-    assert report.rows() == [("a_copy", "d3", exact_key(docs[3]))]
+    assert report.rows() == [("a_copy", 5, "d3", 3, exact_key(docs[3]))]  # id, row, kept_id, kept_row, key
 
 
 @pytest.mark.parametrize("option", ["--workdir", "--index"])

@@ -71,7 +71,7 @@ def test_ctrl_c_says_what_was_kept_and_leaves_an_earlier_output(tmp_path: Path, 
         options = [*(o if o != "idx" else str(tmp_path / o) for o in options), "--workers", "1"]
     else:
         out.write_text("an earlier run's output\n")
-        monkeypatch.setattr(pl.DataFrame, "write_ndjson", lambda self, f: Path(f).write_text("{") and _interrupt())
+        monkeypatch.setattr(pl.DataFrame, "write_ndjson", lambda self, f: f.write(b"{") and _interrupt())
         options = ["--min-words", "5"]
     res = runner.invoke(app, [name, str(src), "-o", str(out), *options])
     assert res.exit_code == 130

@@ -279,8 +279,9 @@ def test_exact_duplicates_are_reported_with_the_doc_kept_in_their_place(tmp_path
     out, stats = ExactDedup()(df, tmp_path)
     assert out["id"].to_list() == [10, 9] and stats.dropped["exact_duplicate"] == 2
     report = pl.read_parquet(tmp_path / "duplicates.parquet")
-    assert report.rows() == [(11, 10, exact_key("Same text.")), (3, 10, exact_key("Same text."))]
-    assert report.schema == {"id": pl.Int64, "kept_id": pl.Int64, "exact_key": pl.String}
+    assert report.rows() == [(11, 2, 10, 0, exact_key("Same text.")), (3, 3, 10, 0, exact_key("Same text."))]
+    assert report.schema == {"id": pl.Int64, "row": pl.Int64, "kept_id": pl.Int64, "kept_row": pl.Int64,
+                             "exact_key": pl.String}
 
 
 def test_sciphi_textbook_near_duplicates_clustered(shared_data, tmp_path):
@@ -530,6 +531,15 @@ def write_parts(df: pl.DataFrame, folder: Path) -> Path:
     return folder
 
 
+def rows_checked(clusters: pl.DataFrame, ids: list) -> pl.DataFrame:
+    """`clusters` less its `row` column (added after the digests below were taken), once each of this run's
+    docs is checked to be reported at its id's row of the input `ids` (an indexed doc at none)."""
+    where = {str(i): row for row, i in enumerate(ids)}
+    expected = [where[i] if source == "current" else None for i, source in clusters.select("id", "source").rows()]
+    assert clusters["row"].to_list() == expected
+    return clusters.drop("row")
+
+
 def digest(*values) -> str:
     """sha256 of the frames' rows (floats written exactly) and of any other JSON-able values."""
     rows = [v.rows() if isinstance(v, pl.DataFrame) else v for v in values]
@@ -553,7 +563,7 @@ def test_dedup_step_results_are_those_of_the_in_memory_store(shared_data, tmp_pa
     out, stats = MinHashDedup(MinHashConfig(workers=2, shard_size=700))(df, tmp_path)
     clusters, pairs = (pl.read_parquet(tmp_path / f) for f in ("clusters.parquet", "pairs.parquet"))
     assert stats.extra["verified_pairs"] > 300 and clusters.height > 150 and clusters["size"].max() > PAIRWISE_MAX
-    assert digest(out["id"].to_list(), clusters, pairs) == STEP_DIGEST
+    assert digest(out["id"].to_list(), rows_checked(clusters, df["id"].to_list()), pairs) == STEP_DIGEST
 
 
 def test_dedup_command_streams_the_corpus_with_the_in_memory_results(shared_data, tmp_path, monkeypatch):
@@ -573,8 +583,8 @@ def test_dedup_command_streams_the_corpus_with_the_in_memory_results(shared_data
     stats = json.loads(result.output)
     work = tmp_path / "out.parquet.work" / "minhash_dedup"
     assert stats["exact_dedup"]["dropped"]["exact_duplicate"] > 10
-    assert digest(pl.read_parquet(out), stats, pl.read_parquet(work / "clusters.parquet"),
-                  pl.read_parquet(work / "pairs.parquet")) == COMMAND_DIGEST
+    clusters = rows_checked(pl.read_parquet(work / "clusters.parquet"), corpus_io.read_corpus(folder)["id"].to_list())
+    assert digest(pl.read_parquet(out), stats, clusters, pl.read_parquet(work / "pairs.parquet")) == COMMAND_DIGEST
 
 
 def test_incremental_dedup_streams_with_the_in_memory_results(shared_data, tmp_path, monkeypatch):
@@ -602,8 +612,8 @@ def test_incremental_dedup_streams_with_the_in_memory_results(shared_data, tmp_p
     work = tmp_path / "o1.parquet.work" / "minhash_dedup"
     index = pl.read_parquet(next((tmp_path / "idx").glob("minhash-*")) / "index.parquet")
     assert results[1]["minhash_dedup"]["already_indexed"] > 300 and results[1]["minhash_dedup"]["rewritten"] > 40
-    assert digest(pl.read_parquet(tmp_path / "o1.parquet"), results, pl.read_parquet(work / "clusters.parquet"),
-                  index) == INCREMENTAL_DIGEST
+    clusters = rows_checked(pl.read_parquet(work / "clusters.parquet"), second["id"].to_list())
+    assert digest(pl.read_parquet(tmp_path / "o1.parquet"), results, clusters, index) == INCREMENTAL_DIGEST
 
 
 def test_only_candidates_shingle_sets_are_read_and_shards_are_memory_mapped(real_docs, tmp_path, monkeypatch):

@@ -855,7 +855,7 @@ class Build:
             if planning and i in remote:
                 continue
             try:
-                texts += load_benchmark_texts(src)
+                texts += load_benchmark_texts(src, cfg.min_item_words)
             except (ValueError, KeyError, OSError, ImportError) as e:
                 raise BuildError(f"{where[i]}: cannot be loaded ({type(e).__name__}: {e})") from None
         return texts

@@ -1067,7 +1067,7 @@ def _curation_run(input_path: str, output: str, make_steps, workdir: str | None,
 @app.command()
 def dedup(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
-    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl (.jsonl.gz, .jsonl.zst)"),
     workdir: str | None = typer.Option(None, "--workdir", help="signature cache (a killed run resumes) + "
                                        "minhash_dedup/clusters.parquet and pairs.parquet, exact_dedup/duplicates.parquet; "
                                        "default <output>.work"),
@@ -1118,7 +1118,7 @@ def decontaminate(
                          "(arc_easy, gsm8k, mmlu, humaneval, ...) or a jsonl/parquet file/folder; added to those "
                          "of --config (a name in both: -b's path; one given twice: both files)")] = None,
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
-    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl (.jsonl.gz, .jsonl.zst)"),
     ngram: int | None = typer.Option(None, help="n-gram size for candidates (13)"),
     similarity: float | None = typer.Option(None, help="share of an item's words found in order to drop (0.8)"),
     min_quote_words: int | None = typer.Option(None, help="also drop a document holding this many of an item's "
@@ -1156,11 +1156,11 @@ def decontaminate(
 @app.command("filter")
 def filter_cmd(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
-    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="kept rows: .parquet or .jsonl (.jsonl.gz, .jsonl.zst)"),
     min_words: int | None = typer.Option(None, help="fewest words of a prose document (50)"),
     max_words: int | None = typer.Option(None, help="most words of any document (100000)"),
     workdir: str | None = typer.Option(None, "--workdir", help="work folder (default <output>.work); its "
-                                       "filters/dropped.parquet lists the dropped rows (id, reason)"),
+                                       "filters/dropped.parquet lists the dropped rows (id, input row, reason)"),
     config: CurationYaml = None, text_column: ConfigTextCol = None, id_column: ConfigIdCol = None,
 ) -> None:
     """Heuristic quality filters (length, repetition, symbols, boilerplate); prose rules skip code."""
@@ -1298,7 +1298,7 @@ def classifier_eval(
 def classifier_score(
     model: str = typer.Argument(..., help="model .bin (or the -o given to `classifier train`)"),
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder"),
-    output: str = typer.Option(..., "--output", "--out", "-o", help="rows with quality_score: .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="rows with quality_score: .parquet or .jsonl (.gz, .zst)"),
     threshold: float | None = typer.Option(None, help="keep rows with score >= this"),
     keep_top_percent: float | None = typer.Option(None, help="keep the top X % by score"),
     batch_size: int = typer.Option(4096),
@@ -1316,7 +1316,7 @@ def classifier_score(
 @classifier_app.command("label")
 def classifier_label(
     input_path: str = typer.Argument(..., help="parquet/jsonl file or folder to sample and judge"),
-    output: str = typer.Option(..., "--output", "--out", "-o", help="rows with `label` (0-5): .parquet or .jsonl"),
+    output: str = typer.Option(..., "--output", "--out", "-o", help="rows with `label` (0-5): .parquet or .jsonl (.gz, .zst)"),
     provider: str = typer.Option("openai", help="openai | anthropic | openai-compatible"),
     model: str = typer.Option("gpt-4o-mini", help="judge model"),
     base_url: str | None = typer.Option(None, help="server URL (openai-compatible, or the emulator)"),

@@ -59,6 +59,17 @@ class Step:
         return out, stats
 
 
+ROW = "\0input_row"  # each document's row in the pipeline's input, which `run_pipeline` adds and takes off
+
+
+def input_rows(df: pl.DataFrame) -> pl.Series:
+    """Each document's row in the input (from 0, files in read order), as the reports name it: `run_pipeline`
+    numbers the input's rows, and a step run on its own frame numbers that frame's. Ids alone can repeat
+    (shards numbered from 0 each) or be made up."""
+    rows = df[ROW] if ROW in df.columns else pl.int_range(df.height, eager=True)
+    return rows.cast(pl.Int64).alias("row")
+
+
 def progress(items: Iterable[T], total: int, description: str, min_total: int = 5000) -> Iterator[T]:
     """Iterate with a rich progress bar on stderr for long runs on a terminal; silently otherwise."""
     if total < min_total or not sys.stderr.isatty():

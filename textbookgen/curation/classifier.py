@@ -47,7 +47,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from textbookgen.curation.base import StageStats, Step, require_columns
+from textbookgen.curation.base import StageStats, Step, input_rows, require_columns
 from textbookgen.curation.config import ClassifierConfig
 from textbookgen.curation.normalize import normalize_exact
 
@@ -598,7 +598,7 @@ class QualityCut(Step):
         self.id_column = id_column
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
-        """Writes `workdir/dropped.parquet` (id, quality_score of each document cut, lowest first), as the
+        """Writes `workdir/dropped.parquet` (id, row, quality_score of each document cut, lowest first), as the
         filters do: the cut is the one stage whose removals no file would otherwise show."""
         require_columns(df, ["quality_score"], self.name)
         scores = df["quality_score"].fill_null(0.0).to_numpy()
@@ -611,6 +611,6 @@ class QualityCut(Step):
         stats.dropped["low_quality"] = int((~keep).sum())
         stats.extra.update({"threshold": float(cut), "keep_top_percent": self.config.keep_top_percent})
         if workdir is not None and self.id_column in df.columns:
-            (df.filter(~pl.Series(keep)).select(self.id_column, "quality_score").sort("quality_score")
-             .write_parquet(workdir / "dropped.parquet"))
+            (df.select(self.id_column, input_rows(df), "quality_score").filter(~pl.Series(keep))
+             .sort("quality_score", maintain_order=True).write_parquet(workdir / "dropped.parquet"))
         return df.filter(pl.Series(keep))

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 from pydantic import ValidationError
 
-from textbookgen.curation.base import StageStats, Step
+from textbookgen.curation.base import ROW, StageStats, Step, input_rows
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
 from textbookgen.curation.corpus_io import (
     STATS_SUFFIX,
@@ -151,7 +151,7 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
         else:
             quality = live["quality_score"] if "quality_score" in live.columns else None
             keep = step.dedup(live[corpus.id_column], _live_texts(corpus, alive), quality,  # type: ignore[attr-defined]
-                              work / step.name, st)
+                              work / step.name, st, input_rows(live))
         alive[slice(None) if rows is None else rows] = keep
         st.kept = int(alive.sum())
         if st.n_in - st.kept != sum(st.dropped.values()):
@@ -164,8 +164,8 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
 
 
 def _doc_table(corpus: Corpus, exact: bool) -> pl.DataFrame:
-    """Per doc, in corpus order: id, quality_score (if any file has one) and, for exact dedup, the
-    `exact_key_columns` of its text."""
+    """Per doc, in corpus order: id, its row (ROW), quality_score (if any file has one) and, for exact dedup,
+    the `exact_key_columns` of its text."""
     from textbookgen.curation.exact import exact_key_columns
 
     parts = []
@@ -174,7 +174,7 @@ def _doc_table(corpus: Corpus, exact: bool) -> pl.DataFrame:
         if exact:
             part = part.with_columns(exact_key_columns(chunk[corpus.text_column]))
         parts.append(part)
-    return pl.concat(parts, how="diagonal_relaxed", rechunk=True)
+    return pl.concat(parts, how="diagonal_relaxed", rechunk=True).with_row_index(ROW)
 
 
 def _alive_chunks(corpus: Corpus, alive: np.ndarray, columns: tuple[str, ...] | None = None) -> Iterator[pl.DataFrame]:

@@ -18,6 +18,7 @@ from typing import IO
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from textbookgen.dataset import check_complete
@@ -255,24 +256,64 @@ def jsonl_schema(path: Path, rows: int) -> pl.Schema | None:
     return schema
 
 
-def _parse_whole(path: Path) -> pl.DataFrame:
+def _parse_whole(path: Path, text_column: str | None = None) -> pl.DataFrame:
     """A file polars cannot read, parsed in Python and held whole: its lines (a JSON array's records) checked
-    a line at a time first (a bad line raises naming the file and line, without holding what came before)."""
-    for _ in iter_jsonl_lines(_lines(path), str(path)):
-        pass
+    a line at a time first (a bad line raises naming the file and line, without holding what came before),
+    and with `text_column` each row's text (`_not_text`)."""
+    for n, (_, record) in enumerate(iter_jsonl_lines(_lines(path), str(path)), 1):
+        if text_column is not None and isinstance(record, dict):
+            _not_text(record.get(text_column), path, n, text_column)
     return pl.DataFrame([row for _, row in iter_jsonl_lines(_lines(path), str(path))], infer_schema_length=None)
 
 
-def jsonl_frames(path: Path, rows: int, schema: pl.Schema | None) -> Iterator[pl.DataFrame]:
-    """The file's rows, at most `rows` at a time, typed by `schema` (`jsonl_schema`'s); with None, parsed
-    whole by `_parse_whole` and then cut (at least one frame, maybe empty)."""
-    if schema is not None:
-        for raw in _line_batches(path, rows):
-            yield pl.read_ndjson(io.BytesIO(raw), schema=schema)
+JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+def _not_text(value: object, path: Path, row: int, text_column: str) -> None:
+    """Raise naming the row (from 1) if a JSON text is neither a string nor null: polars types a field of
+    strings and other values as text, so 123 would become "123" and a list its JSON."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{path}: row {row}: {text_column!r} is {JSON_KINDS.get(type(value), 'no string')} "
+                         f"({json.dumps(value)[:40]}), not text; fix or drop the row, or pass --text-column "
+                         "naming the text field")
+
+
+# a line longer than a block fails `_check_texts`' screen, and is checked in Python
+READ_OPTIONS = pa_json.ReadOptions(block_size=1 << 22, use_threads=False)
+
+
+def _check_texts(raw: bytes, path: Path, text_column: str, first_row: int) -> None:
+    """`_not_text` over a batch of JSON lines whose rows before it were `first_row`: pyarrow's reader, strict
+    about the one field, screens the batch, and only a batch it rejects is read again in Python."""
+    options = pa_json.ParseOptions(explicit_schema=pa.schema([(text_column, pa.string())]),
+                                   unexpected_field_behavior="ignore")
+    try:
+        pa_json.read_json(io.BytesIO(raw), read_options=READ_OPTIONS, parse_options=options)
         return
-    df = _parse_whole(path)
-    for start in range(0, max(df.height, 1), rows):
-        yield df.slice(start, rows)
+    except pa.ArrowInvalid:  # a text that is no string, or JSON pyarrow is stricter about than polars
+        pass
+    lines = (line for line in raw.splitlines() if line.strip())
+    for row, line in enumerate(lines, first_row + 1):
+        _not_text(json.loads(line).get(text_column), path, row, text_column)
+
+
+def jsonl_frames(path: Path, rows: int, schema: pl.Schema | None, text_column: str | None = None
+                 ) -> Iterator[pl.DataFrame]:
+    """The file's rows, at most `rows` at a time, typed by `schema` (`jsonl_schema`'s); with None, parsed
+    whole by `_parse_whole` and then cut (at least one frame, maybe empty). With `text_column`, a row whose
+    text is a JSON value other than a string raises, naming it."""
+    if schema is None:
+        df = _parse_whole(path, text_column)
+        for start in range(0, max(df.height, 1), rows):
+            yield df.slice(start, rows)
+        return
+    first_row = 0
+    for raw in _line_batches(path, rows):
+        if text_column is not None and schema.get(text_column) == pl.String:
+            _check_texts(raw, path, text_column, first_row)
+        df = pl.read_ndjson(io.BytesIO(raw), schema=schema)
+        first_row += df.height
+        yield df
 
 
 @contextmanager
@@ -284,13 +325,14 @@ def _named(path: Path) -> Iterator[None]:
         raise unreadable(path, err) from None
 
 
-def read_records(path: Path) -> pl.DataFrame:
+def read_records(path: Path, text_column: str | None = None) -> pl.DataFrame:
     """One parquet or jsonl/json file as it is; a file that is not one raises ValueError naming it. JSON
-    lines are parsed a batch at a time (never the file's bytes and its frame at once)."""
+    lines are parsed a batch at a time (never the file's bytes and its frame at once); with `text_column`,
+    a row whose text is a JSON value other than a string raises, naming it."""
     with _named(path):
         if path.suffix == ".parquet":
             return pl.read_parquet(path)
-        return pl.concat(jsonl_frames(path, CHUNK_ROWS, jsonl_schema(path, CHUNK_ROWS)))
+        return pl.concat(jsonl_frames(path, CHUNK_ROWS, jsonl_schema(path, CHUNK_ROWS), text_column))
 
 
 def unreadable(path: Path, err: BaseException) -> ValueError:
@@ -333,12 +375,14 @@ def _prepare(df: pl.DataFrame, file: Path, root: Path, first_row: int, text_colu
             pl.format("{}:{}", pl.lit(id_prefix(file, root)), pl.col(id_column)).alias(id_column))
     elif df.schema[id_column].is_nested():
         raise ValueError(f"{file}: column {id_column!r} holds {df.schema[id_column]} values, not ids; pass --id-column")
-    try:
-        return df.with_columns(pl.col(text_column).cast(pl.String))
-    except pl.exceptions.PolarsError as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{file}: column {text_column!r} holds {df.schema[text_column]} values, not text "
-                         f"({reason}); pass --text-column") from None
+    dtype = df.schema[text_column]
+    if not (dtype in (pl.String, pl.Null) or isinstance(dtype, pl.Categorical | pl.Enum)):
+        texts = df[text_column]
+        shown = f" (row {first_row + int(texts.is_not_null().arg_true()[0]) + 1}: {texts.drop_nulls()[0]!r:.40})" \
+            if texts.null_count() < texts.len() else ""
+        raise ValueError(f"{file}: column {text_column!r} holds {dtype} values, not text{shown}; pass --text-column "
+                         "naming the text field")
+    return df.with_columns(pl.col(text_column).cast(pl.String))
 
 
 class _Nulls:
@@ -379,7 +423,7 @@ def read_corpus(path: str | Path, text_column: str = "text", id_column: str = "i
         raise ValueError(f"the text column and the id column are both {text_column!r}; they must differ")
     frames = []
     for f in corpus_files(Path(path)):
-        raw = read_records(f)
+        raw = read_records(f, text_column)
         if _is_empty(raw):
             continue
         df = _prepare(raw, f, Path(path), 0, text_column, id_column)
@@ -444,7 +488,7 @@ class Corpus:
     def _raw_chunks(self, f: Path, columns: Sequence[str] | None) -> Iterator[pl.DataFrame]:
         if f.suffix != ".parquet":
             with _named(f):
-                for df in jsonl_frames(f, self.chunk_rows, self._jsonl_schema(f)):
+                for df in jsonl_frames(f, self.chunk_rows, self._jsonl_schema(f), self.text_column):
                     self._parsed.setdefault(f, df.clear())
                     yield df
             return
@@ -497,12 +541,16 @@ def new_path(folder: Path, prefix: str, suffix: str = "", directory: bool = Fals
     return path
 
 
+OUTPUT_SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".jsonl.zst", ".ndjson.zst")
+CODECS = {".gz": "gzip", ".zst": "zstd"}  # an output's compression, by its last suffix
+
+
 def check_output(path: str | Path, *inputs: str | Path) -> None:
-    """Raise ValueError unless `path` can take a corpus: a .parquet or .jsonl file name, not a folder, and
+    """Raise ValueError unless `path` can take a corpus: a file name of OUTPUT_SUFFIXES, not a folder, and
     neither one of `inputs` nor inside one (writing it would overwrite or grow the input)."""
     path = Path(path)
-    if path.suffix not in (".parquet", ".jsonl", ".ndjson"):
-        raise ValueError(f"{path}: write .parquet or .jsonl")
+    if not path.name.endswith(OUTPUT_SUFFIXES):
+        raise ValueError(f"{path}: write .parquet or .jsonl (.jsonl.gz and .jsonl.zst compress it)")
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; give a .parquet or .jsonl file name")
     for src in map(Path, inputs):
@@ -514,6 +562,13 @@ def typed(chunk: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     """`chunk` with the columns and types of `schema` (`Corpus.schema`'s): those its file lacks are null,
     types widened as `read_corpus` widens them."""
     return pl.concat([pl.DataFrame(schema=schema), chunk], how="diagonal_relaxed").cast(dict(schema))
+
+
+def _jsonl_sink(tmp: Path, path: Path) -> IO[bytes]:
+    """`tmp` opened to take JSON lines, compressed as `path`'s suffix says (.gz, .zst) by pyarrow's
+    streaming codecs, which read them back (`_open_jsonl`)."""
+    codec = CODECS.get(path.suffix)
+    return tmp.open("wb") if codec is None else pa.output_stream(str(tmp), compression=codec)  # type: ignore[return-value]
 
 
 class CorpusWriter:
@@ -528,7 +583,7 @@ class CorpusWriter:
         self.tmp = new_path(self.path.parent, f".{self.path.name}.", ".tmp")
         parquet = self.path.suffix == ".parquet"
         self.parquet = pq.ParquetWriter(self.tmp, self.empty.to_arrow().schema, compression="zstd") if parquet else None
-        self.jsonl = None if parquet else self.tmp.open("wb")
+        self.jsonl = None if parquet else _jsonl_sink(self.tmp, self.path)
 
     def write(self, chunk: pl.DataFrame) -> None:
         """Append rows; columns the chunk's file lacks are null, types widened as `read_corpus` widens them."""
@@ -560,7 +615,8 @@ def write_corpus(df: pl.DataFrame, path: str | Path) -> Path:
         if path.suffix == ".parquet":
             df.write_parquet(tmp, compression="zstd")
         else:
-            df.write_ndjson(tmp)
+            with _jsonl_sink(tmp, path) as f:
+                df.write_ndjson(f)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -39,7 +39,15 @@ import polars as pl
 from rapidfuzz.distance import LCSseq
 from xxhash import xxh3_64_intdigest as _xxh3
 
-from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
+from textbookgen.curation.base import (
+    CHUNK_ROWS,
+    StageStats,
+    Step,
+    input_rows,
+    map_rows,
+    progress,
+    require_columns,
+)
 from textbookgen.curation.config import MAX_NGRAM, MIN_ITEM_WORDS, BenchmarkSource, DecontaminationConfig
 from textbookgen.curation.corpus_io import corpus_files, id_prefix, read_records
 from textbookgen.curation.normalize import simplify_text
@@ -343,13 +351,13 @@ class Decontaminate(Step):
         require_columns(df, [self.text_column, self.id_column], self.name)
         report, keep = [], np.ones(df.height, dtype=bool)
         found_per_doc = map_rows(_match_rows, self, [df[self.text_column]], self.workers, self.chunk_size)
-        ids = df[self.id_column].cast(pl.String).to_list()
+        ids, rows = df[self.id_column].cast(pl.String).to_list(), input_rows(df).to_list()
         # by row, not id: ids need not be unique (shards numbered from 0 each), and a clean row must not go
         # with a contaminated one that shares its id
-        for row, (doc_id, found) in enumerate(zip(ids, progress(found_per_doc, df.height, "decontaminating"),
-                                                  strict=True)):
+        for i, (doc_id, row, found) in enumerate(zip(ids, rows, progress(found_per_doc, df.height, "decontaminating"),
+                                                     strict=True)):
             if found:
-                keep[row] = False
+                keep[i] = False
                 stats.dropped[found[0]["benchmark"]] += 1  # reason = benchmark name (the card lists them)
                 report += [{"id": doc_id, "row": row, **m} for m in found]
         stats.extra["benchmark_items"] = dict(self.items_per_benchmark)

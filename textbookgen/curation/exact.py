@@ -3,7 +3,7 @@
 The kept member of a group is the one with the highest quality_score, then the first occurrence in input
 order, whatever the workers and shard sizes: ids are labels, not an order ("file:10" sorts before
 "file:9" as a string, and an edited copy given a lower id would win over its original). Every dropped
-doc is reported in `<workdir>/duplicates.parquet` (id, kept_id, exact_key)."""
+doc is reported in `<workdir>/duplicates.parquet` (id, row, kept_id, kept_row, exact_key)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from textbookgen.curation.base import StageStats, Step, require_columns
+from textbookgen.curation.base import ROW, StageStats, Step, input_rows, require_columns
 from textbookgen.curation.normalize import normalize_exact
 
 KEY_COLUMNS = ["_exact_hi", "_exact_lo"]
@@ -54,7 +54,8 @@ class ExactDedup(Step):
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
-        keyed = df.select(self.id_column, *(["quality_score"] if "quality_score" in df.columns else []),
+        keyed = df.select(self.id_column, input_rows(df).alias(ROW),
+                          *(["quality_score"] if "quality_score" in df.columns else []),
                           *exact_key_columns(df[self.text_column]))
         keep = first_per_key(keyed)
         if workdir is not None:
@@ -72,12 +73,13 @@ def first_per_key(df: pl.DataFrame) -> np.ndarray:
 
 
 def write_report(df: pl.DataFrame, keep: np.ndarray, id_column: str, workdir: Path) -> Path:
-    """`workdir/duplicates.parquet`: per dropped doc (in input order) its id, the id of the doc kept in its
-    place and their `exact_key`; ids keep their type."""
-    kept = df.filter(keep).select(*KEY_COLUMNS, pl.col(id_column).alias("kept_id"))
-    dropped = df.filter(~keep).select(pl.col(id_column).alias("id"), *KEY_COLUMNS)
+    """`workdir/duplicates.parquet`: per dropped doc (in input order) its id and row (`input_rows`), those of
+    the doc kept in its place, and their `exact_key`; ids keep their type."""
+    df = df.with_columns(input_rows(df).alias(ROW))
+    kept = df.filter(keep).select(*KEY_COLUMNS, pl.col(id_column).alias("kept_id"), pl.col(ROW).alias("kept_row"))
+    dropped = df.filter(~keep).select(pl.col(id_column).alias("id"), pl.col(ROW).alias("row"), *KEY_COLUMNS)
     report = dropped.join(kept, on=KEY_COLUMNS, how="left", maintain_order="left")
     hexes = [f"{hi:016x}{lo:016x}" for hi, lo in zip(report[KEY_COLUMNS[0]], report[KEY_COLUMNS[1]], strict=True)]
     path = workdir / REPORT
-    report.select("id", "kept_id", pl.Series("exact_key", hexes, dtype=pl.String)).write_parquet(path)
+    report.select("id", "row", "kept_id", "kept_row", pl.Series("exact_key", hexes, dtype=pl.String)).write_parquet(path)
     return path

@@ -26,7 +26,15 @@ from typing import ClassVar
 
 import polars as pl
 
-from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
+from textbookgen.curation.base import (
+    CHUNK_ROWS,
+    StageStats,
+    Step,
+    input_rows,
+    map_rows,
+    progress,
+    require_columns,
+)
 from textbookgen.curation.config import FilterConfig
 
 _FENCE = re.compile(r"^\s*(```|~~~)[^\n]*\n.*?^\s*\1\s*$", re.M | re.S)
@@ -397,13 +405,14 @@ class HeuristicFilter(Step):
         for reason, is_code in progress(judged, df.height, "filtering"):
             n_code += is_code
             reasons.append(reason)
-        flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String))
+        flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String), input_rows(df).alias("_row"))
         dropped = flagged.filter(pl.col("_reason").is_not_null())
         stats.dropped.update(Counter(dropped["_reason"].to_list()))
         stats.extra["code_docs"] = n_code
         if workdir is not None and self.id_column in df.columns:
-            dropped.select(self.id_column, pl.col("_reason").alias("reason")).write_parquet(workdir / "dropped.parquet")
-        return flagged.filter(pl.col("_reason").is_null()).drop("_reason")
+            dropped.select(self.id_column, pl.col("_row").alias("row"), pl.col("_reason").alias("reason")).write_parquet(
+                workdir / "dropped.parquet")
+        return flagged.filter(pl.col("_reason").is_null()).drop("_reason", "_row")
 
 
 def _judge_rows(step: HeuristicFilter, rows: list[tuple[str, str | None]]) -> list[tuple[str | None, bool]]:

@@ -7,7 +7,7 @@ folder per signature setting, banding and signing code, so none of them ever mix
     minhash-<params>-c<code>/index.parquet    incremental runs' index: id, shard, text_hash per kept doc
     minhash-<params>-c<code>/shards/<shard-key>/{ids.parquet, sig.npy, keys.npy, hashes.npy, offsets.npy, DONE}
     minhash-<params>-c<code>/shards/.tmp-texts-*.arrow    a shard's texts while it is signed (then deleted)
-    clusters.parquet    (workdir) every doc of a multi-doc cluster: id, cluster, size, kept, indexed, ...
+    clusters.parquet    (workdir) every doc of a multi-doc cluster: id, row, cluster, size, kept, indexed, ...
     pairs.parquet       (workdir) verified candidate pairs (id_a, id_b, jaccard)
 
 <code> fingerprints what normalisation, shingling, hashing and banding make of a fixed multilingual probe
@@ -56,7 +56,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from textbookgen.curation.base import StageStats, Step, progress, require_columns, worker_count
+from textbookgen.curation.base import StageStats, Step, input_rows, progress, require_columns, worker_count
 from textbookgen.curation.config import MinHashConfig
 from textbookgen.curation.corpus_io import new_path
 from textbookgen.curation.exact import best_first
@@ -567,13 +567,14 @@ class MinHashDedup(Step):
         texts, size = df[self.text_column], self.config.shard_size
         chunks = (texts.slice(s, size) for s in range(0, df.height, size))
         quality = df["quality_score"] if "quality_score" in df.columns else None
-        return df.filter(self.dedup(df[self.id_column], chunks, quality, workdir, stats))
+        return df.filter(self.dedup(df[self.id_column], chunks, quality, workdir, stats, input_rows(df)))
 
     def dedup(self, ids: pl.Series, texts: Iterable[pl.Series], quality: pl.Series | None, workdir: Path | None,
-              stats: StageStats) -> np.ndarray:
+              stats: StageStats, rows: pl.Series | None = None) -> np.ndarray:
         """Which docs to keep (a mask), given their `ids` (of any type; compared and reported as strings),
-        their `texts` in the same order in Series of any length, taken once, and their `quality` scores
-        (None: none); counts go to `stats`.
+        their `texts` in the same order in Series of any length, taken once, their `quality` scores
+        (None: none) and their `rows` in the input, as the reports name them (`input_rows`; None: their
+        positions); counts go to `stats`.
 
         Memory: the ids and a few bytes a doc, one piece of texts, one band's keys (see the module doc)."""
         ids = ids.cast(pl.String)
@@ -599,9 +600,11 @@ class MinHashDedup(Step):
             indexed, rewritten = entries_in_force(store.index(), docs) if docs is not None else \
                 (pl.DataFrame(schema=INDEX_SCHEMA), 0)
             view = store.view(shards, ids, indexed)
-            quality_of = pl.DataFrame({"id": ids, "quality_score": quality if quality is not None else
-                                       pl.repeat(None, ids.len(), dtype=pl.Float64, eager=True)})
-            kept, clusters, pairs = self._cluster(view, quality_of)
+            inputs = pl.DataFrame({"id": ids, "row": rows if rows is not None else pl.int_range(ids.len(), eager=True),
+                                   "quality_score": quality if quality is not None else
+                                   pl.repeat(None, ids.len(), dtype=pl.Float64, eager=True)},
+                                  schema={"id": pl.String, "row": pl.Int64, "quality_score": pl.Float64})
+            kept, clusters, pairs = self._cluster(view, inputs)
             if docs is not None:
                 store.publish(docs.filter(kept), ids)
             clusters.write_parquet(workdir / "clusters.parquet")
@@ -632,13 +635,14 @@ class MinHashDedup(Step):
                              "shard": keys.gather(np.repeat(np.arange(len(shards)), [n for _, n in shards]))},
                             schema=INDEX_SCHEMA)
 
-    def _cluster(self, view: StoreView, quality: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
-        """Verified pairs -> clusters -> the kept mask of this input, the cluster table and the pairs."""
+    def _cluster(self, view: StoreView, inputs: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
+        """Verified pairs -> clusters -> the kept mask of this input, the cluster table and the pairs; `inputs`:
+        (id, row, quality_score) of this run's docs."""
         cands = candidate_pairs(len(view), view.band_keys, view.bands)
         pairs = verify_pairs(cands, view.jaccards, self.config.threshold) if self.config.verify else \
             cands.with_columns(pl.lit(None, dtype=pl.Float64).alias("jaccard"))
         labels = connected_components(len(view), pairs)
-        clusters = cluster_table(view, labels, quality)
+        clusters = cluster_table(view, labels, inputs)
         n_current = int(view.current.sum())
         dropped = clusters.filter(~pl.col("kept"))["id"]
         kept = ~view.ids.slice(0, n_current).is_in(dropped.implode()).to_numpy()
@@ -648,8 +652,9 @@ class MinHashDedup(Step):
         return kept, clusters, pair_table
 
 
-def cluster_table(view: StoreView, labels: np.ndarray, quality: pl.DataFrame) -> pl.DataFrame:
-    """One row per doc in a multi-doc cluster: which member is kept and how similar the others are.
+def cluster_table(view: StoreView, labels: np.ndarray, inputs: pl.DataFrame) -> pl.DataFrame:
+    """One row per doc in a multi-doc cluster: which member is kept and how similar the others are, and
+    for this run's docs their row in the input (`inputs`: id, row, quality_score; null for indexed docs).
 
     The kept member is an indexed doc if the cluster has one (it is already published), else the one
     with the highest quality_score, then the first in input order (`best_first`); `cluster` is its id.
@@ -661,7 +666,7 @@ def cluster_table(view: StoreView, labels: np.ndarray, quality: pl.DataFrame) ->
         "id": view.ids.gather(in_cluster), "doc": in_cluster,
         "label": labels[in_cluster], "current": view.current[in_cluster], "indexed": view.indexed[in_cluster],
     }, schema={"id": pl.String, "doc": pl.Int64, "label": pl.Int64, "current": pl.Boolean, "indexed": pl.Boolean})
-    members = members.join(quality, on="id", how="left")
+    members = members.join(inputs, on="id", how="left")
     ranked = best_first(members, "doc").sort(["label", "indexed"], descending=[False, True], maintain_order=True)
     first = ranked.group_by("label", maintain_order=True).first().select(
         "label", pl.col("id").alias("cluster"), pl.col("doc").alias("kept_doc"))
@@ -672,6 +677,6 @@ def cluster_table(view: StoreView, labels: np.ndarray, quality: pl.DataFrame) ->
         pl.when(pl.col("current")).then(pl.lit("current")).otherwise(pl.lit("indexed")).alias("source"))
     jk = view.jaccards(clusters["doc"].to_numpy(), clusters["kept_doc"].to_numpy())
     return (clusters.with_columns(pl.Series("jaccard_to_kept", jk, dtype=pl.Float64))
-            .select("id", "cluster", "size", "kept", "indexed", "jaccard_to_kept", "source",
+            .select("id", "row", "cluster", "size", "kept", "indexed", "jaccard_to_kept", "source",
                     "cluster_has_indexed", "quality_score")
             .sort(["cluster", "kept", "id"], descending=[False, True, False]))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from textbookgen.curation.base import Step
+from textbookgen.curation.base import ROW, Step
 from textbookgen.curation.config import CurationConfig
 
 if TYPE_CHECKING:
@@ -55,12 +55,14 @@ def build_steps(config: CurationConfig, benchmark_texts: list[ItemTexts] | None 
 
 def run_pipeline(df: pl.DataFrame, steps: list[Step], workdir: Path | None = None
                  ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Run steps in order; each gets its own `workdir/<step name>` folder. Returns rows and stats."""
+    """Run steps in order; each gets its own `workdir/<step name>` folder. Returns rows and stats. Every
+    report names a document by its row in `df` (`input_rows`), whichever steps dropped rows before."""
     stats: dict[str, Any] = {}
+    df = df.with_row_index(ROW)
     for step in steps:
         df, st = step(df, workdir / step.name if workdir is not None else None)
         stats[step.name] = st.as_dict()
-    return df, stats
+    return df.drop(ROW), stats
 
 
 def curate(docs_df: pl.DataFrame, config: CurationConfig | None = None, workdir: Path | str | None = None,

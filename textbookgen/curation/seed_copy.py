@@ -24,13 +24,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from textbookgen.curation.base import CHUNK_ROWS, StageStats, Step, map_rows, progress, require_columns
+from textbookgen.curation.base import (
+    CHUNK_ROWS,
+    StageStats,
+    Step,
+    input_rows,
+    map_rows,
+    progress,
+    require_columns,
+)
 from textbookgen.curation.config import SeedCopyConfig
 from textbookgen.curation.normalize import words_bytes
 
 SEED_ID_COLUMN = "seed_extract_id"  # what the build records for each document (build.DOC_SCHEMA)
 SEED_TEXT_COLUMN = "seed_text"  # a corpus may carry each document's extract itself (no id needed)
-REPORT_SCHEMA = {"id": pl.String, "seed_extract_id": pl.String, "containment": pl.Float64,
+REPORT_SCHEMA = {"id": pl.String, "row": pl.Int64, "seed_extract_id": pl.String, "containment": pl.Float64,
                  "run_words": pl.Int64, "reason": pl.String}
 
 
@@ -118,7 +126,7 @@ class SeedCopy(Step):
         if workdir is not None:
             seed_ids = df[SEED_ID_COLUMN].cast(pl.String)[rows] if SEED_ID_COLUMN in df.columns else None
             why = [r or None for r in reasons.tolist()]
-            report = {"id": df[self.id_column].cast(pl.String)[rows], "seed_extract_id": seed_ids,
+            report = {"id": df[self.id_column].cast(pl.String)[rows], "row": input_rows(df)[rows], "seed_extract_id": seed_ids,
                       "containment": contain, "run_words": run, "reason": why}
             pl.DataFrame(report, schema=REPORT_SCHEMA).write_parquet(workdir / "seed_copy.parquet")
         if cfg.action == "flag" or not copied.any():
