@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from textbookgen.cli import app
+from textbookgen.recipe import builtin_topics
 from textbookgen.taxonomy import Taxonomy
 from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
@@ -32,7 +33,7 @@ def test_topics_commands_take_builtin_names_as_recipes_do(tmp_path, emu):
     table = tmp_path / "t.parquet"
     pl.DataFrame({"topic_id": [t.id for t in tax.leaves()]}).write_parquet(table)
     coverage = _topics("coverage", "builtin:python", str(table))
-    assert coverage.exit_code == 0 and "not in this taxonomy" not in coverage.output, coverage.output
+    assert coverage.exit_code == 0 and "name topics that are not in" not in coverage.output, coverage.output
     grown = _topics("grow", "builtin:stories", str(tmp_path / "g.yaml"), "--target", "60", "--base-url",
                     emu.openai_base_url)
     assert grown.exit_code == 0, grown.output
@@ -315,3 +316,18 @@ def test_a_grow_journal_that_is_a_folder_is_one_error_line_before_anything(tmp_p
                   "--base-url", emu.openai_base_url)
     assert res.exit_code == 1 and emu.received == 0
     assert res.output == f"error: --journal {folder}: is a folder; give a file name\n"
+
+
+def test_coverage_against_another_taxonomy_says_so_first(tmp_path):
+    """A table built from another taxonomy covers none of this one: said at once, not after a report of 0 covered."""
+    python, stories = (Taxonomy.load(builtin_topics(f"builtin:{name}")) for name in ("python", "stories"))
+    table = tmp_path / "t.parquet"
+    pl.DataFrame({"topic_id": [t.id for t in python.leaves()]}).write_parquet(table)
+    wrong = _topics("coverage", "builtin:stories", str(table))
+    assert wrong.exit_code == 1 and wrong.output.startswith(f"error: {table}: none of its "), wrong.output
+    assert "builtin:stories" in wrong.output and "covered" not in wrong.output
+    mixed = tmp_path / "m.parquet"
+    pl.DataFrame({"topic_id": [python.leaves()[0].id, stories.leaves()[0].id]}).write_parquet(mixed)
+    some = _topics("coverage", "builtin:stories", str(mixed))
+    assert some.exit_code == 0, some.output
+    assert some.output.startswith("note: 1 of 2 samples name topics that are not in builtin:stories"), some.output

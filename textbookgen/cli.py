@@ -1427,6 +1427,12 @@ def topics_coverage(
         typer.echo(f"error: {table}: cannot read topic ids from it as parquet ({reason})", err=True)
         raise typer.Exit(1) from None
     cov = tax.coverage(ids)
+    if ids and cov.unknown == len(ids):
+        _fail(f"{table}: none of its {len(ids):,} samples names a topic of {taxonomy}: give the taxonomy the table "
+              "was built from (a build's taxonomy.yaml, grown topics included)")
+    if cov.unknown:
+        typer.echo(f"note: {cov.unknown:,} of {len(ids):,} samples name topics that are not in {taxonomy}; they are "
+                   "left out below")
     typer.echo(cov.summary() + (f"; {sum(t or 0 for t in tokens):,} output tokens" if tokens is not None else ""))
     branches = tax.use(ids, tokens, depth=depth)
     typer.echo(f"by branch (depth {depth}):")
@@ -1442,8 +1448,6 @@ def topics_coverage(
         typer.echo(f"uncovered: {len(uncovered):,} leaf topics{more}")
         for t in uncovered[:SHOWN]:
             typer.echo(f"  {t.path}")
-    if cov.unknown:
-        typer.echo(f"({cov.unknown:,} samples name topics that are not in this taxonomy)")
     if out is not None:
         frame = pl.DataFrame({"topic_id": [t.id for t in leaves], "topic_path": [t.path for t in leaves],
                               "samples": [t.samples for t in leaves], "tokens": [t.tokens for t in leaves]})
