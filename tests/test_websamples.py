@@ -245,7 +245,8 @@ def test_content_lines_that_mention_furniture_words_are_kept():
         ("web.json", b'{"count": 1}', r"web\.json: expected a JSON array of documents"),
         ("web.jsonl", b"", r"web\.jsonl: no extract survived cleaning: it holds no documents"),
         ("web.txt", b"\n\n  \n", r"web\.txt: no extract survived cleaning: it holds no documents"),
-        ("web.jsonl", b'{"text": "tiny"}\n', r"web\.jsonl: no extract survived cleaning of 1 documents read"),
+        ("web.jsonl", b'{"text": "tiny"}\n', r"web\.jsonl: no extract survived cleaning of 1 documents read "
+                                           r"\(too short or too long \(min_chars 200 after cleaning: lower min_chars"),
     ],
 )
 def test_bad_seed_files_are_one_line_errors_naming_file_and_line(tmp_path, name, data, problem):

@@ -194,6 +194,7 @@ class WebSamples:
     source: str = ""
     stats: dict[str, int] = field(default_factory=dict)
     language_filter: str = ""  # what the language filter was, for messages ("" when none)
+    length_rule: str = ""  # the length bounds the documents were held to, for messages ("" when not known)
     _retriever: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -207,8 +208,10 @@ class WebSamples:
             read = f" of {n:,} documents read" if n else ""
             lang = self.stats.get("language_dropped")
             why = f"; {lang:,} not in the language ({self.language_filter})" if lang else ""
+            bounds = f" ({self.length_rule}: lower min_chars for short texts)" if self.length_rule else ""
             raise WebSampleError(
-                f"{where}: no extract survived cleaning{read} (too short, boilerplate or duplicates{why})"
+                f"{where}: no extract survived cleaning{read} (too short or too long{bounds}, boilerplate or "
+                f"duplicates{why})"
             )
 
     def __len__(self) -> int:
@@ -254,7 +257,8 @@ class WebSamples:
         if language_filter is not None:
             stats["language_dropped"] = n_lang
         desc = language_filter.description if language_filter is not None else ""
-        return cls(extracts=out, source=source, stats=stats, language_filter=desc)
+        rule = f"min_chars {min_chars} after cleaning" + (f", max_chars {max_chars}" if max_chars is not None else "")
+        return cls(extracts=out, source=source, stats=stats, language_filter=desc, length_rule=rule)
 
     @classmethod
     def load(
