@@ -399,3 +399,26 @@ def test_a_torchrun_worker_started_long_after_its_launcher_counts_from_the_launc
     monkeypatch.setattr(cli, "_STARTED", time.perf_counter() - 300.0)  # the launcher, 5 minutes into its rendezvous
     args = ["train", "-c", "phi-1.5", "--max-steps", "5", "--run-dir", "unused", "--time-budget", "3600"]
     assert cli.main(args) == 0 and seen[-1] == cli._STARTED
+
+
+def test_train_tokenizer_on_a_configs_datasets_reads_each_ones_column(corpus, tmp_path, capsys):
+    """The tokenizer for a mix is trained on that mix: `train-tokenizer -c CONFIG` reads each dataset's training
+    split with its own text column (one --column could not name two)."""
+    import pyarrow.parquet as pq
+
+    renamed = tmp_path / "ds" / "data"
+    renamed.mkdir(parents=True)
+    for f in (corpus["wiki"] / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(f).rename_columns(["eng_Latn", "id"]), renamed / f.name)
+    cfg = write_config(corpus, tmp_path / "c.yaml", tmp_path / "run")
+    tree = yaml.safe_load(cfg.read_text())
+    tree["data"]["datasets"].append({"source": str(renamed.parent), "column": "eng_Latn", "weight": 1.0})
+    cfg.write_text(yaml.safe_dump(tree))
+    out = str(tmp_path / "t.json")
+    assert main(["train-tokenizer", "-c", str(cfg), "--vocab-size", "300", "--out", out]) == 0, capsys.readouterr()
+    assert "tokens from 4 file(s)" in capsys.readouterr().out
+    assert main(["train-tokenizer", "-c", str(cfg), "--set", "data.datasets.1.column=body", "--vocab-size", "300",
+                 "--out", out]) == 2
+    assert "no 'body' column (columns: ['eng_Latn', 'id'])" in capsys.readouterr().err
+    assert main(["train-tokenizer", "--vocab-size", "300", "--out", out]) == 2
+    assert "give FILES to train on, or --config" in capsys.readouterr().err

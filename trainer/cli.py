@@ -133,13 +133,14 @@ def prepare_run(args: argparse.Namespace) -> int:
 
 
 def train_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", help=".txt/.md/.py files, or .parquet/.jsonl with a text column (--column); "
+    p.add_argument("files", nargs="*", help=".txt/.md/.py files, or .parquet/.jsonl with a text column (--column); "
                                             "a dataset folder means its train split's parquet files, as prepare "
-                                            "finds them")
+                                            "finds them (omit to train on --config's datasets)")
     p.add_argument("--vocab-size", type=int, required=True, help="BPE size before the 38 whitespace tokens")
     p.add_argument("--out", required=True, help="tokenizer.json to write (give it as data.tokenizer)")
     p.add_argument("--column", default="text", help="the text column of .parquet/.jsonl files (default text; as prepare --column)")
     p.add_argument("--no-whitespace-tokens", action="store_true", help="skip CodeGen's whitespace-run tokens")
+    _config_args(p)
 
 
 def train_tokenizer_run(args: argparse.Namespace) -> int:
@@ -151,17 +152,8 @@ def train_tokenizer_run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise PermissionError(errno.EACCES, "not writable", str(out))
-    files = []
-    for f in map(Path, args.files):
-        if not f.is_dir():
-            files.append(f)
-        elif any(f.rglob("*.parquet")):  # a dataset folder: its train split, as prepare reads it
-            from trainer.data import find_parquet_files
-
-            files += find_parquet_files(f, "train")
-    if not files:
-        raise ValueError(f"no .parquet files in {', '.join(args.files)}")
-    tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens, column=args.column)
+    files, columns = _tokenizer_files(args)
+    tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens, column=columns)
     tok.save(args.out)
     print(f"wrote {args.out}: {tok.get_vocab_size():,} tokens from {len(files)} file(s)")
     learned = tok.get_vocab_size(with_added_tokens=False)
@@ -169,6 +161,30 @@ def train_tokenizer_run(args: argparse.Namespace) -> int:
         print(f"warning: --vocab-size {args.vocab_size:,} asked for, but the text only gave {learned:,} BPE tokens "
               f"(no pair left that occurs twice); more text gives more", file=sys.stderr)
     return 0
+
+
+def _tokenizer_files(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    """The files to train a tokenizer on, each with its text column: FILES (with --column), and with --config the
+    training split of each of its datasets (local or a Hub id, with the dataset's own column), as prepare reads it."""
+    from trainer.data import find_parquet_files, resolve_source
+
+    if not args.files and args.config is None:
+        raise ValueError("give FILES to train on, or --config to train on a config's datasets")
+    files: list[Path] = []
+    for f in map(Path, args.files):
+        if not f.is_dir():
+            files.append(f)
+        elif any(f.rglob("*.parquet")):  # a dataset folder: its train split, as prepare reads it
+            files += find_parquet_files(f, "train")
+    if args.files and not files:
+        raise ValueError(f"no .parquet files in {', '.join(args.files)}")
+    columns = [args.column] * len(files)
+    if args.config is not None:
+        for ds in _load(args).data.datasets:
+            found = resolve_source(ds.source, ds.split, ds.revision, ds.endpoint, subset=ds.subset)
+            files += found
+            columns += [ds.column] * len(found)
+    return files, columns
 
 
 # ----------------------------------------------------------------------------- train

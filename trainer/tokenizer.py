@@ -11,7 +11,7 @@ vocabulary to 51,200 rows; ids 50295.. are never produced.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -174,9 +174,10 @@ def eos_id(tok: Tokenizer) -> int:
     return i
 
 
-def _iter_texts(files: Iterable[str | Path], column: str = "text") -> Iterator[str]:
-    """Text of `.txt`/`.md`/`.py` files (whole file) and of the `column` of `.parquet`/`.jsonl` files."""
-    for f in map(Path, files):
+def _iter_texts(files: Iterable[str | Path], columns: Iterable[str]) -> Iterator[str]:
+    """Text of `.txt`/`.md`/`.py` files (whole file) and of the column of `.parquet`/`.jsonl` files (each file's
+    own, from `columns`)."""
+    for f, column in zip(map(Path, files), columns, strict=True):
         if not f.is_file():
             raise FileNotFoundError(f"training file not found: {f}")
         if f.suffix == ".parquet":
@@ -185,7 +186,7 @@ def _iter_texts(files: Iterable[str | Path], column: str = "text") -> Iterator[s
             pf = pq.ParquetFile(f)
             if column not in pf.schema_arrow.names:
                 raise ValueError(f"{f}: no {column!r} column (columns: {pf.schema_arrow.names}); name the text "
-                                 f"column with --column")
+                                 f"column with --column (or the dataset's `column` in the config)")
             kind = pf.schema_arrow.field(column).type
             if str(kind) not in ("string", "large_string"):
                 raise ValueError(f"{f}: column {column!r} holds {kind}, expected strings")
@@ -202,7 +203,7 @@ def _iter_texts(files: Iterable[str | Path], column: str = "text") -> Iterator[s
             for n, row in iter_jsonl(f):
                 if column not in row:
                     raise ValueError(f"{f}:{n}: no {column!r} field (fields: {sorted(row)}); name the text field "
-                                     f"with --column")
+                                     f"with --column (or the dataset's `column` in the config)")
                 if not isinstance(row[column], str):
                     raise ValueError(f"{f}:{n}: {column!r} is {type(row[column]).__name__}, expected a string")
                 if row[column]:
@@ -217,8 +218,9 @@ def _iter_texts(files: Iterable[str | Path], column: str = "text") -> Iterator[s
 
 
 def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tokens: bool = True,
-                    min_frequency: int = 2, column: str = "text") -> Tokenizer:
-    """Train a GPT-2-style byte-level BPE on text files (`.txt/.md/.py`, or `column` of `.parquet/.jsonl`).
+                    min_frequency: int = 2, column: str | Sequence[str] = "text") -> Tokenizer:
+    """Train a GPT-2-style byte-level BPE on text files (`.txt/.md/.py`, or `column` of `.parquet/.jsonl`:
+    one name for all, or one per file, as datasets of one mix name their text columns differently).
 
     `<|endoftext|>` gets id 0; with `whitespace_tokens` CodeGen's 38 whitespace runs are appended as
     added tokens, so the final size is `vocab_size + 38`. Save with `tok.save("tokenizer.json")`."""
@@ -226,7 +228,10 @@ def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tok
         raise ValueError(f"vocab_size {vocab_size} is outside 258..{MAX_VOCAB} (256 byte tokens + {EOS_TOKEN} "
                          "up to the largest size supported)")
     paths = list(files)
-    texts = _iter_texts(paths, column)
+    columns = [column] * len(paths) if isinstance(column, str) else list(column)
+    if len(columns) != len(paths):
+        raise ValueError(f"{len(columns)} column names for {len(paths)} files: give one, or one per file")
+    texts = _iter_texts(paths, columns)
     first = next(texts, None)
     if first is None:
         shown = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
