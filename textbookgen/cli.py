@@ -1320,19 +1320,25 @@ def classifier_label(
     provider: str = typer.Option("openai", help="openai | anthropic | openai-compatible"),
     model: str = typer.Option("gpt-4o-mini", help="judge model"),
     base_url: str | None = typer.Option(None, help="server URL (openai-compatible, or the emulator)"),
-    sample: int | None = typer.Option(None, help="judge a random sample of this many rows"),
+    sample: int | None = typer.Option(None, help="judge a sample of this many rows, drawn by --seed; a larger one "
+                                      "keeps a smaller one's rows, whose answers the journal replays free"),
     journal: str | None = typer.Option(None, help="SQLite journal (a killed run resumes; default <output>.journal)"),
     max_chars: int = typer.Option(2000, help="characters of each document shown to the judge"),
+    max_tokens: int | None = typer.Option(None, help="answer tokens (default 256; 4096 for OpenAI's reasoning "
+                                          "models, whose hidden reasoning counts against it)"),
     max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget: stop sending requests when reached"),
     max_cost_usd: float | None = typer.Option(None, "--max-cost-usd", hidden=True),  # the old spelling, for scripts
     concurrency: int = typer.Option(32), seed: int = typer.Option(0),
+    price: PriceOption = None,
     text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
     """Score documents 0-5 for educational value with an LLM (FineWeb-Edu's additive rubric), as labels
-    for `classifier train --labelled OUT --min-positive 3`."""
+    for `classifier train --labelled OUT --min-positive 3`. Exits 4, the labels so far written, when --max-cost
+    kept documents back."""
     from textbookgen.curation.corpus_io import check_output, read_corpus, write_corpus
-    from textbookgen.curation.judge import EducationalJudge, label_corpus
+    from textbookgen.curation.judge import EducationalJudge, label_corpus, sampling_for
     from textbookgen.engine import Generator
+    from textbookgen.pricing import is_priced
     from textbookgen.recipe import ProviderConfig
 
     if max_cost is not None and max_cost_usd is not None and max_cost != max_cost_usd:
@@ -1340,20 +1346,31 @@ def classifier_label(
     max_cost = max_cost if max_cost is not None else max_cost_usd
     _check_provider(provider)
     for option, value, rule in (("--sample", sample, ">= 1"), ("--max-chars", max_chars, ">= 1"),
-                                ("--max-cost", max_cost, ">= 0"), ("--concurrency", concurrency, ">= 1")):
+                                ("--max-tokens", max_tokens, ">= 1"), ("--max-cost", max_cost, ">= 0"),
+                                ("--concurrency", concurrency, ">= 1")):
         _check(option, value, rule)
     journal = journal or f"{output}.journal"
+    prices = _prices(price)
     with _reported():
         check_output(output, input_path)
         df = read_corpus(input_path, text_column, id_column)
         key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, concurrency=concurrency,
-                        journal=journal, max_cost_usd=max_cost)
+                        journal=journal, max_cost_usd=max_cost, prices=prices)
     with _reported(journal=journal):  # a provider error or a failed write: the answers paid for are kept
-        labelled, stats = label_corpus(df, EducationalJudge(gen, max_chars=max_chars), sample, seed,
-                                       text_column, id_column)
+        temperature, default_tokens = sampling_for(model)
+        judge = EducationalJudge(gen, max_chars=max_chars, max_tokens=max_tokens or default_tokens,
+                                 temperature=temperature)
+        labelled, stats = label_corpus(df, judge, sample, seed, text_column, id_column)
         write_corpus(labelled, output)
     typer.echo(json.dumps(stats, indent=2))
+    if max_cost is None and not is_priced(model, prices):  # with --max-cost the engine warns
+        typer.echo(f"note: {model} has no known price, so cost_usd counts its calls as $0; give --price "
+                   "MODEL=IN,OUT (USD per 1M tokens) to count what they cost", err=True)
+    if skipped := stats["dropped"].get("skipped_budget"):  # a script must not train on a budget's cut
+        _fail(f"{skipped} of {stats['in']} documents were not judged: --max-cost {max_cost:g} was reached; rerun "
+              f"with a larger --max-cost to judge them (the answers paid for are replayed from {journal}, free)",
+              UNFINISHED_EXIT["budget"])
 
 
 def _topic_ids(table: str) -> tuple[list, list | None]:

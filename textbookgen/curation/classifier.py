@@ -49,6 +49,7 @@ import xxhash
 
 from textbookgen.curation.base import StageStats, Step, input_rows, require_columns
 from textbookgen.curation.config import ClassifierConfig
+from textbookgen.curation.judge import JUDGE_STATUS
 from textbookgen.curation.normalize import normalize_exact
 
 MIN_THREADS = 11
@@ -486,37 +487,40 @@ JUDGE_MIN_POSITIVE = 3.0
 LOPSIDED_SHARE = 0.9
 
 
-def _top_label(path: str, label_column: str, text_column: str) -> float | None:
+def _top_label(path: str, label_column: str, text_column: str) -> tuple[float | None, bool]:
     """The largest numeric label of a labelled file or folder (numbers written as text too), or None when it
-    has none (booleans, class words, no such column: `load_labelled` reads or refuses those)."""
+    has none (booleans, class words, no such column: `load_labelled` reads or refuses those), and whether
+    `classifier label` wrote it (it has a `JUDGE_STATUS` column)."""
     from textbookgen.curation.corpus_io import Corpus
 
-    tops = []
-    for chunk in Corpus(path, text_column).chunks([label_column]):
+    tops, judged = [], False
+    for chunk in Corpus(path, text_column).chunks([label_column, JUDGE_STATUS]):
+        judged = judged or JUDGE_STATUS in chunk.columns
         col = chunk.get_column(label_column, default=None)
         if col is not None and (col.dtype.is_numeric() or col.dtype == pl.String):
             col = col.str.strip_chars() if col.dtype == pl.String else col
             tops.append(col.cast(pl.Float64, strict=False).fill_nan(None).max())
-    return max((t for t in tops if t is not None), default=None)
+    return max((t for t in tops if t is not None), default=None), judged
 
 
 def default_min_positive(paths: list[str], label_column: str = "label", text_column: str = "text") -> float:
     """`--min-positive` when it is not given, by the labels' scale: 1 for 0/1 labels (e.g. DCLM's human
-    ones), 3 for 0-5 judge scores (`classifier label`). One fixed default trained on ~97 % positives from
-    judge scores, or on none from 0/1 labels. Another scale, or files of both, raise ValueError: no
-    default fits them."""
+    ones), 3 for 0-5 judge scores (`classifier label`'s files always: a sample of web pages it scored 0-1 is
+    still on that scale, and at 1 its "some basic information" pages would train as positives). One fixed
+    default trained on ~97 % positives from judge scores, or on none from 0/1 labels. Another scale, or files
+    of both, raise ValueError: no default fits them."""
     scales: dict[str, float] = {}
     for path in paths:
-        top = _top_label(path, label_column, text_column)
+        top, judged = _top_label(path, label_column, text_column)
         if top is not None and top > 5:
             raise ValueError(f"{path}: labels go up to {top:g}, neither 0/1 nor 0-5 judge scores; give "
                              "--min-positive (numeric labels >= it are positive)")
-        scales[path] = 1.0 if top is None or top <= 1 else JUDGE_MIN_POSITIVE
-    binary, judged = ([p for p, v in scales.items() if v == t] for t in (1.0, JUDGE_MIN_POSITIVE))
-    if binary and judged:
-        raise ValueError(f"--labelled {binary[0]} has 0/1 labels and {judged[0]} 0-5 judge scores: no one "
+        scales[path] = 1.0 if not judged and (top is None or top <= 1) else JUDGE_MIN_POSITIVE
+    binary, judged_paths = ([p for p, v in scales.items() if v == t] for t in (1.0, JUDGE_MIN_POSITIVE))
+    if binary and judged_paths:
+        raise ValueError(f"--labelled {binary[0]} has 0/1 labels and {judged_paths[0]} 0-5 judge scores: no one "
                          "--min-positive fits both; give it, or make the labels one scale")
-    return JUDGE_MIN_POSITIVE if judged else 1.0
+    return JUDGE_MIN_POSITIVE if judged_paths else 1.0
 
 
 def lopsided_warning(labels: list[bool], min_positive: float) -> str | None:
