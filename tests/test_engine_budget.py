@@ -14,7 +14,7 @@ from rich.console import Console
 from textbookgen.engine import ChatRequest, Generator
 from textbookgen.journal import Journal
 from textbookgen.progress import RunProgress
-from textbookgen.testing.emulator import Emulator, EmulatorConfig, request_key
+from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault, request_key
 
 FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, progress=False, timeout_s=20.0)
 PRICES = {"pricey": (0.0, 1000.0)}  # $0.001 an output token, prompts free: cost is output tokens / 1000
@@ -154,3 +154,25 @@ def test_a_run_cancelled_with_attempts_in_line_for_the_budget_ends_and_counts_th
     assert gen.stats["interrupted"] == 2 and gen.stats["abandoned_output_tokens"] == 2 * MAX_TOKENS
     with Journal(gen.journal_path) as j:
         assert j.summary()["by_status"]["pending"] == 40
+
+
+@pytest.mark.parametrize("budget", ["max_cost_usd", "max_output_tokens"])
+def test_a_rerun_counts_what_the_failed_answers_it_sends_again_cost_before(budget, tmp_path):
+    """Answers that were billed and failed (only reasoning, cut at max_tokens: 400 tokens, $0.40 each) are sent again
+    by the next run. That run used to count none of what they cost before, so a rerun under the same budget paid
+    for them a second time past it; now it starts from their spend, and with no room left sends nothing."""
+    limit = {"max_cost_usd": 2.2, "max_output_tokens": 2200}[budget]
+    config = EmulatorConfig(latency_median_s=0.001, responder=answer, faults=[Fault("reasoning", first=1)])
+    with Emulator(config) as emu:
+        first = gen_for(emu, "openai", tmp_path, max_error_rate=None).run(ask("Hi", 5))
+        assert [r.error_class for r in first] == ["empty_answer_reasoning"] * 5 and emu.output_tokens == 5 * MAX_TOKENS
+        gen = gen_for(emu, "openai", tmp_path, **{budget: limit})
+        again = gen.run(ask("Hi", 5))
+        assert emu.output_tokens == 5 * MAX_TOKENS  # $2.00 of the $2.20 spent: no room for one more worst case
+    assert [r.status for r in again] == ["skipped_budget"] * 5
+    assert gen.stats["cost_usd"] == pytest.approx(2.0) and gen.stats["output_tokens"] == 5 * MAX_TOKENS
+    if budget == "max_cost_usd":
+        assert again[0].error == ("max_cost_usd=$2.2000 reached (spent $2.0000, $2.0000 of it by earlier runs; "
+                                  "$0.4000 more would not fit)")
+    with Journal(gen.journal_path) as j:
+        assert j.summary()["cost_usd"] == pytest.approx(2.0)

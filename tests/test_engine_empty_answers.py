@@ -157,3 +157,15 @@ def test_split_reasoning(text, reasoning, answer):
 def test_empty_answer_classes(text, finish, reasoning, cls):
     found = empty_answer(text, finish, reasoning)
     assert (found and found[0]) == cls
+
+
+def test_an_openai_reasoning_model_that_spent_max_tokens_thinking_unseen_says_to_lower_its_effort(tmp_path):
+    """gpt-5 and o-series models think unseen: cut at max_completion_tokens, the answer is "" and the tokens are all
+    `reasoning_tokens`, billed. What to change there is the reasoning effort (or max_tokens), not a chat template."""
+    config = EmulatorConfig(latency_median_s=0.001, model_rules=True, faults=[Fault("reasoning", rate=1.0)])
+    with Emulator(config) as emu:
+        [r] = gen_for(emu, "openai", "gpt-5-mini", tmp_path).run(reqs(1))
+        assert emu.billed == 1 and emu.output_tokens == 64
+    assert r.status == "failed" and r.error_class == "empty_answer_reasoning" and r.text == ""
+    assert r.output_tokens == 64 and r.cost_usd > 0
+    assert "spent on hidden reasoning" in r.error and "params {\"reasoning_effort\": \"low\"}" in r.error

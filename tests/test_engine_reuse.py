@@ -227,3 +227,28 @@ CREATE TABLE batches (
     status TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL
 );
 """
+
+
+def test_a_billed_failure_answered_by_reuse_keeps_what_it_cost_in_the_journal(tmp_path):
+    """Empty answers at max_tokens 100 (billed), good ones at 150, then back to 100: the 100-token rows are answered
+    free by the 150-token answers that fit, but what their empty answers cost was paid; the journal used to zero it."""
+    from textbookgen.testing.emulator import Fault
+
+    with emulator(faults=[Fault("empty", rate=1.0)]) as emu:
+        empty = gen_for(emu, "openai", "gpt-4o-mini", tmp_path, max_error_rate=None).run(reqs(100))
+        emu.config.faults.clear()
+        good = gen_for(emu, "openai", "gpt-4o-mini", tmp_path).run(reqs(150))
+        back = gen_for(emu, "openai", "gpt-4o-mini", tmp_path)
+        again = back.run(reqs(100))
+        assert emu.billed == 9  # the one cut at 100 tokens, sent again
+    assert [r.error_class for r in empty] == ["empty_answer"] * 4 and all(r.cost_usd > 0 for r in empty)
+    assert [r.reused_from for r in again[:3]] == [r.key for r in good[:3]]
+    paid = sum(r.cost_usd for r in empty) + sum(r.cost_usd for r in good) + again[3].cost_usd
+    with Journal(tmp_path / "j.sqlite") as j:
+        assert j.summary()["cost_usd"] == pytest.approx(paid)
+    assert back.stats["cost_usd"] == pytest.approx(sum(r.cost_usd for r in empty) + again[3].cost_usd)
+    with emulator() as emu:  # and a later run, replaying it, counts it too
+        later = gen_for(emu, "openai", "gpt-4o-mini", tmp_path)
+        later.run(reqs(100))
+        assert emu.billed == 0
+    assert later.stats["cost_usd"] == pytest.approx(back.stats["cost_usd"])

@@ -289,13 +289,15 @@ def test_output_remaining_clamps_only_on_429():
     assert out_ok > 50_000 and req_ok < 1 and out_429 <= 200
 
 
-def _share_a_key(foreign_per_s: float, seconds: float = 40.0) -> tuple[int, int, float]:
+def _share_a_key(foreign_per_s: float, seconds: float = 40.0, window_s: float = 1.0,
+                 start_empty: bool = False) -> tuple[int, int, float]:
     """Virtual time: our controller and another process (pacing `foreign_per_s`) on one key of 600 RPM, enforced
-    OpenAI-style (a 1 s bucket; a refused request counts too), answers after 0.3 s. Returns our answered and
-    refused requests in the second half, and the server's total admitted rate there, per second."""
+    OpenAI-style (a 1 s bucket; a refused request counts too) or over a longer `window_s` (Anthropic's bucket holds
+    a minute), answers after 0.3 s; `start_empty`: a run before ours emptied it. Returns our answered and refused
+    requests in the second half, and the server's total admitted rate there, per second."""
     now = [0.0]
-    limit, cap, latency = 600, 10.0, 0.3
-    server = {"level": cap, "t": 0.0}
+    limit, cap, latency = 600, 10.0 * window_s, 0.3
+    server = {"level": 0.0 if start_empty else cap, "t": 0.0}
 
     def server_level() -> float:
         server["level"] = min(cap, server["level"] + (now[0] - server["t"]) * limit / 60)
@@ -354,6 +356,23 @@ def test_another_process_on_the_key_gets_its_share_without_a_429_storm():
 def test_alone_on_the_key_the_whole_limit_is_used():
     ours_ok, ours_refused, total = _share_a_key(foreign_per_s=0.0)
     assert ours_refused == 0 and ours_ok >= 0.9 * 10 * 20
+
+
+def test_alone_on_a_key_a_run_before_emptied_the_share_a_429_cut_comes_back():
+    """A minute-long bucket (Anthropic's) that the run before ours emptied: the first requests draw 429s, which cut
+    our share of the limit. Alone on the key, the server's room grows past what our share leaves us, and the share
+    comes back within seconds; it used to wait until the server's bucket was half full, a minute and more at 3/4 of
+    the limit."""
+    ours_ok, ours_refused, total = _share_a_key(foreign_per_s=0.0, seconds=60.0, window_s=60.0, start_empty=True)
+    assert ours_refused == 0 and ours_ok >= 0.9 * 10 * 30
+
+
+def test_a_minute_long_bucket_is_shared_with_another_process_without_a_429_storm():
+    """The same with another process spending half the limit: the key's limit is used again within a minute (it
+    used to stay at 0.7 of it for more than that), with few 429s."""
+    ours_ok, ours_refused, total = _share_a_key(foreign_per_s=5.0, seconds=90.0, window_s=60.0, start_empty=True)
+    assert ours_refused <= 0.1 * ours_ok
+    assert total >= 0.85 * 10
 
 
 def _headerless_server(rpm: float | None, latency: float, seconds: float = 20.0, concurrency: int = 64) -> dict:

@@ -77,7 +77,7 @@ from textbookgen.journal import (
     request_key,
     request_of,
 )
-from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, price_of
+from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, cache_write_1h_rate, price_of
 from textbookgen.providers import PROVIDERS, CannotConnect, make_provider, replica_urls
 from textbookgen.ratelimit import AdmissionController, RateLimits
 from textbookgen.sharedlimits import SharedRecord, budget_id
@@ -125,9 +125,11 @@ def empty_answer(text: str | None, finish_reason: str | None, reasoning: str | N
                     "the request params)")
     if finish_reason == "length":
         spent_on = "reasoning" if reasoning else "hidden reasoning or nothing visible"
+        unseen = "" if reasoning else ("; OpenAI's gpt-5 and o-series think unseen: lower their effort, params "
+                                       "{\"reasoning_effort\": \"low\"} (or \"minimal\")")
         return "empty_answer_reasoning", (
             f"empty answer: cut at max_tokens (finish_reason length) before any text, the tokens spent on {spent_on}; "
-            f"raise max_tokens or {thinking_off}")
+            f"raise max_tokens or {thinking_off}{unseen}")
     if reasoning:
         return "empty_answer_reasoning", (
             f"empty answer: only reasoning came back, no text after it (finish_reason {finish_reason}); "
@@ -474,6 +476,7 @@ class Generator:
         factor = BATCH_DISCOUNT if batch else 1.0
         self.price_in, self.price_out = (p * factor / 1e6 for p in price_of(model, prices))
         self.cache_read_rate, self.cache_write_rate = cache_rates(model)
+        self.cache_write_1h_rate = cache_write_1h_rate(model)
         if warn_unpriced and max_cost_usd is not None and not (self.price_in or self.price_out):
             log.warning("max_cost_usd is set but no price is known for model %r, so its calls count as $0 "
                         "and the cost budget cannot stop the run; pass prices={%r: (input, output)} in USD "
@@ -512,12 +515,12 @@ class Generator:
         journal = Journal(self.journal_path if self.journal_path is not None else ":memory:")
         try:
             journal.lock_for_run()
-            results, abandoned = self._replay(journal, unique)
+            results, abandoned, resent = self._replay(journal, unique)
             todo = [_Item(k, r, estimate_input_tokens(r)) for k, r in unique.items() if k not in results]
             if todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
-                await self._generate(journal, todo, results, abandoned)
+                await self._generate(journal, todo, results, abandoned, resent)
             else:  # all answered by the journal: the stats still describe this run, not the last one
-                self._c, self._budget_note = self._counts(results, abandoned), None
+                self._c, self._budget_note = self._counts(results, abandoned, resent), None
                 self._admission = AdmissionController(self.limits, self.concurrency)
                 self._report(time.monotonic(), len(results))
         finally:
@@ -525,9 +528,12 @@ class Generator:
         return [self._respond(results[key], req) for key, req in keyed]
 
     # ----- journal replay -----------------------------------------------------------------------
-    def _replay(self, journal: Journal, unique: dict[str, ChatRequest]) -> tuple[dict[str, ChatResponse], Spend]:
-        """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens, and the worst
-        case of the attempts earlier runs abandoned on these requests; registers the other requests as pending."""
+    def _replay(self, journal: Journal,
+                unique: dict[str, ChatRequest]) -> tuple[dict[str, ChatResponse], Spend, Spend]:
+        """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens, the worst
+        case of the attempts earlier runs abandoned on these requests, and what the billed failures this run sends
+        again (an empty answer, a refusal with retry_failed) cost: paid, so counted against the budgets as replayed
+        answers are. Registers the other requests as pending."""
         rows = journal.rows(list(unique))
         self._fail_empty_rows(journal, rows)
         abandoned = Spend(sum(row["abandoned_usd"] for row in rows.values()),
@@ -541,8 +547,10 @@ class Generator:
              json.dumps(canonical_request(self.provider, self.model, req), ensure_ascii=False),
              json.dumps(req.metadata, ensure_ascii=False, default=str))
             for key, req in unique.items() if key not in rows)
+        again = [row for key, row in rows.items() if key not in done]  # sent again, or answered by `_reuse`
+        resent = Spend(sum(row["cost_usd"] for row in again), sum(row["output_tokens"] for row in again))
         self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
-        return results, abandoned
+        return results, abandoned, resent
 
     @staticmethod
     def _fail_empty_rows(journal: Journal, rows: dict[str, dict]) -> None:
@@ -595,7 +603,7 @@ class Generator:
 
     # ----- the run ------------------------------------------------------------------------------
     async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse],
-                        abandoned: Spend) -> None:
+                        abandoned: Spend, resent: Spend) -> None:
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
                                  timeout=self.timeout_s * TIMEOUT_CAP,  # the engine times attempts itself
                                  attempt_timeout_s=self.timeout_s)
@@ -626,7 +634,7 @@ class Generator:
         self._gate = BudgetGate()  # attempts waiting for room in the budgets, in line
         self._in_batches = 0
         self._collecting = self.batch  # answers come from batches (`collected`): a batch run's all come so
-        self._c = self._counts(results, abandoned)
+        self._c = self._counts(results, abandoned, resent)
         self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
         total = len(todo) + len(results)
         display = poll_log = None
@@ -664,11 +672,13 @@ class Generator:
             raise self._fatal
 
     @staticmethod
-    def _counts(results: dict[str, ChatResponse], abandoned: Spend) -> dict[str, Any]:
-        """A run's counters at its start: what the journal answered (`replayed`), nothing sent yet."""
+    def _counts(results: dict[str, ChatResponse], abandoned: Spend, resent: Spend) -> dict[str, Any]:
+        """A run's counters at its start: what the journal answered (`replayed`) and what the failures sent again cost
+        before (`resent`; in `replayed_usd`, earlier runs' spend), nothing sent yet."""
         replayed = list(results.values())
         billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
-        cost, tokens_out = sum(r.cost_usd for r in billed), sum(r.output_tokens for r in billed)
+        cost = sum(r.cost_usd for r in replayed) + resent.usd  # a reused row's: what a failure before it cost
+        tokens_out = sum(r.output_tokens for r in billed) + resent.output_tokens
         # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
         return {"done": len(replayed), "sent": 0, "collected": 0, "ok": 0, "truncated": 0, "failed": 0, "empty": 0,
                 "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0,
@@ -1051,10 +1061,14 @@ class Generator:
                 attempts, error, error_class, completion.response_id, time.time(), key)
 
     def _cost(self, completion) -> float:
-        """USD of one answer: cached input at its own rate (cheaper to read, dearer to write)."""
+        """USD of one answer: cached input at its own rate (cheaper to read, dearer to write, dearer still to keep
+        for an hour)."""
         read, write = completion.cache_read_tokens, completion.cache_write_tokens
+        hour = completion.cache_write_1h_tokens  # of `write`
         fresh = completion.input_tokens - read - write
-        input_cost = (fresh + read * self.cache_read_rate + write * self.cache_write_rate) * self.price_in
+        cached = (read * self.cache_read_rate + (write - hour) * self.cache_write_rate
+                  + hour * self.cache_write_1h_rate)
+        input_cost = (fresh + cached) * self.price_in
         return input_cost + completion.output_tokens * self.price_out
 
     def _finish(self, item: _Item, completion, latency: float) -> str | None:

@@ -281,14 +281,14 @@ class Journal:
     def record_reused(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Answer pending rows with the answers of others, (key, source key) pairs: the source's status, text,
         finish and response id, `reused_from` naming it, and nothing billed (no tokens, no cost, no attempt),
-        so totals of what was paid count each answer once."""
+        so totals of what was paid count each answer once; a failed row keeps what its failure was billed."""
         now = time.time()
         with self._transaction():
             self.db.executemany(
                 "UPDATE requests SET (status, text, finish_reason, response_id) = (SELECT status, text, "
                 "finish_reason, response_id FROM requests AS source WHERE source.key = ?1), input_tokens=0, "
-                "output_tokens=0, cost_usd=0, latency_s=NULL, attempts=0, error=NULL, error_class=NULL, "
-                "reused_from=?1, updated_at=?2 WHERE key=?3", ((source, now, key) for key, source in pairs))
+                "output_tokens=0, cost_usd = CASE WHEN status = 'failed' THEN cost_usd ELSE 0 END, latency_s=NULL, "
+                "attempts=0, error=NULL, error_class=NULL, reused_from=?1, updated_at=?2 WHERE key=?3", ((source, now, key) for key, source in pairs))
 
     def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float, int, str]] = (),
                       off_wire: Sequence[tuple[str]] = (), on_wire: Sequence[tuple[float, int, str]] = ()) -> None:

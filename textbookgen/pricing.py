@@ -64,7 +64,7 @@ _CLAUDE = [m for m in PRICES if m.startswith("claude")]
 # Prompt caching, as a fraction of the input price, per PRICES entry. OpenAI caches long prompt prefixes by
 # itself and bills the cached part at a per-model rate (none for the -pro models, gpt-4o-2024-05-13,
 # gpt-4-turbo, gpt-3.5-turbo, search previews); Anthropic bills a cache read at 0.1x and a (5-minute) cache
-# write at 1.25x. A model not listed, or unknown, is charged the full input price.
+# write at 1.25x (a 1-hour one at 2x). A model not listed, or unknown, is charged the full input price.
 CACHE_READ: dict[str, float] = {
     **dict.fromkeys(("gpt-5", "gpt-5-chat-latest", "gpt-5-codex", "gpt-5-mini", "gpt-5-nano"), 0.1),
     **dict.fromkeys(("gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3", "o4-mini"), 0.25),
@@ -72,6 +72,7 @@ CACHE_READ: dict[str, float] = {
     **dict.fromkeys(_CLAUDE, 0.1),
 }
 CACHE_WRITE: dict[str, float] = dict.fromkeys(_CLAUDE, 1.25)
+CACHE_WRITE_1H: dict[str, float] = dict.fromkeys(_CLAUDE, 2.0)  # Anthropic's 1-hour cache (`"ttl": "1h"`)
 
 # what may follow a table entry's name and still be that model: a dated snapshot or the `-latest` alias
 _SNAPSHOT = re.compile(r"(?P<base>.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)")
@@ -105,6 +106,12 @@ def cache_rates(model: str) -> tuple[float, float]:
     model resolves to (as `price_of` resolves it); 1.0 for a model without caching or unknown."""
     entry = resolve(model)
     return CACHE_READ.get(entry, 1.0), CACHE_WRITE.get(entry, 1.0)
+
+
+def cache_write_1h_rate(model: str) -> float:
+    """The price of an input token written to Anthropic's 1-hour prompt cache, as a fraction of the input price (as
+    `cache_rates`); 1.0 for a model without one or unknown."""
+    return CACHE_WRITE_1H.get(resolve(model), 1.0)
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int,

@@ -74,6 +74,7 @@ class Completion:
     refusal: str | None = None
     cache_read_tokens: int = 0  # of input_tokens, read from the provider's prompt cache (billed at a discount)
     cache_write_tokens: int = 0  # of input_tokens, written to it (Anthropic bills these at a premium)
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens, written for an hour (a dearer premium)
     # the reasoning the server returned apart from the answer (vLLM's reasoning parser: `reasoning_content`;
     # Anthropic: thinking blocks); not journaled, it tells why an answer is empty
     reasoning: str | None = None
@@ -348,10 +349,12 @@ class AnthropicProvider(_RawPostProvider):
         usage = data["usage"]
         read = usage.get("cache_read_input_tokens") or 0  # Anthropic counts these apart from input_tokens
         write = usage.get("cache_creation_input_tokens") or 0
+        hour = (usage.get("cache_creation") or {}).get("ephemeral_1h_input_tokens") or 0  # the rest: 5 minutes
         return Completion(text=text, finish_reason=finish, input_tokens=(usage.get("input_tokens") or 0) + read + write,
                           output_tokens=usage.get("output_tokens") or 0, headers=headers,
                           response_id=data.get("id"), refusal=text if finish == "refusal" else None,
-                          cache_read_tokens=read, cache_write_tokens=write, reasoning=_thinking(data["content"]))
+                          cache_read_tokens=read, cache_write_tokens=write, cache_write_1h_tokens=hour,
+                          reasoning=_thinking(data["content"]))
 
 
 def anthropic_system(system: str | None, messages: list[dict]) -> tuple[str | list[dict] | None, list[dict]]:

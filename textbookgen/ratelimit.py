@@ -44,6 +44,7 @@ LEARN_PROBE = 0.002  # this fraction a second, doubling every LEARN_PROBE_DOUBLI
 LEARN_PROBE_DOUBLING_S = 30.0  # the last 429 came, but may have been raised, or left by others
 MIN_LEARNED_RPM = 1.0  # the least a learned limit falls to
 MIN_SHARE = 1 / 32  # the least of a limit a process keeps when others on its key spend the rest
+SPARE_S = 2.0  # a server's bucket holding this many seconds of the limit beyond our model has room nobody takes
 PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many (the host's
 # processes on one shared budget together, see `HostProbes`)
 PROBE_HOLD_S = 60.0  # a probe of a process still alive but silent this long frees its place (a stopped process)
@@ -297,9 +298,12 @@ class TokenBucket:
         server's `remaining`: once per round trip (an answer to a request sent after the last decision),
         cut our refill rate by a quarter when the server's bucket is in its lower half and either its level
         fell below our model by more than noise (others spent it) or a 429 got through; grow it back
-        while the server's bucket is over half full (nobody is short). Each process cutting by the same
-        factor keeps the total stable however many share the key; growing while there is room reclaims
-        what a finished process leaves."""
+        while the server's bucket is over half full (nobody is short), or holds more than our model by over
+        SPARE_S of the limit and a twentieth of the bucket (nobody takes what our share leaves: with a minute-long
+        bucket, Anthropic's, waiting for half of it held a process alone on its key at 3/4 of the limit for a minute
+        or more after one 429; a bucket of a second's limit, OpenAI's, never holds that much). Each process
+        cutting by the same factor keeps the total stable however many share the key; growing while there is room
+        reclaims what a finished process leaves."""
         if sent_at <= self._decided_at:
             return
         span = now - self._decided_at
@@ -308,9 +312,10 @@ class TokenBucket:
             server_capacity = max(1.0, obs.remaining + obs.reset_s * (self.server_limit or self.limit) / 60.0)
         low = server_level < 0.5 * server_capacity
         others = self._foreign > 1.0 + 0.05 * self.full_rate * span
+        spare = server_level - self.level > SPARE_S * self.full_rate + 0.05 * server_capacity
         if low and (rate_limited or others):  # `others` only where `remaining` is trusted (clamped)
             self.share = max(MIN_SHARE, self.share * 0.75)
-        elif not low:
+        elif not low or spare:
             self.share = min(1.0, self.share * (1.0 + 0.5 * min(span, 1.0)) + 0.02)
         self._foreign = 0.0
         self._decided_at = now

@@ -101,9 +101,10 @@ insufficient_quota / Anthropic 402 billing_error; 400: invalid request; content_
 flagged prompt; slow: answer only after `hang_s` (the client gives up first, but the provider goes on generating
 and bills it, as it does a slow answer). Answers of reasoning models and odd servers, all billed 200s: empty: no
 text (OpenAI content "", Anthropic no content block), finish stop; reasoning: max_tokens spent thinking, no answer
-(OpenAI content null with `reasoning_content`, as vLLM's reasoning parser returns it, finish length; Anthropic a
-thinking block only, stop_reason max_tokens); think: the answer starts with a `<think>...</think>` block (a
-reasoning model served without a reasoning parser); think_cut: an unterminated `<think>` block cut at max_tokens."""
+(OpenAI content null with `reasoning_content`, as vLLM's reasoning parser returns it, finish length; OpenAI's own
+gpt-5 and o-series content "", the tokens counted in `reasoning_tokens`; Anthropic a thinking block only, stop_reason
+max_tokens); think: the answer starts with a `<think>...</think>` block (a reasoning model served without a
+reasoning parser); think_cut: an unterminated `<think>` block cut at max_tokens."""
 ANSWER_FAULTS = ("empty", "reasoning", "think", "think_cut")
 """Faults that shape a billed answer, online or in a batch."""
 THINKING = ("Okay, the user wants a textbook section. Let me work out what it should cover first, then how to "
@@ -205,6 +206,11 @@ class EmulatorConfig:
     """The share of every prompt's input tokens reported as read from the provider's prompt cache: OpenAI's
     `prompt_tokens_details.cached_tokens` (part of prompt_tokens), Anthropic's `cache_read_input_tokens`
     (not part of input_tokens)."""
+    prompt_cache_write: float = 0.0
+    """The share of every Anthropic prompt's input tokens reported as written to its prompt cache
+    (`cache_creation_input_tokens`, not part of input_tokens), split in `cache_creation` by the time to live its
+    `cache_control` blocks ask for: `ephemeral_1h_input_tokens` where one says `"ttl": "1h"`, else
+    `ephemeral_5m_input_tokens`. OpenAI bills no cache writes."""
     batch_outcomes: list[str] = field(default_factory=list)
     """How batches end, one per created batch in creation order, then 'complete': 'complete' or
     'expire:<fraction>' (the batch expires with only its first round(fraction * n) requests answered)."""
@@ -1049,14 +1055,19 @@ class Emulator:
 
     def _openai_payload(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> dict[str, Any]:
         out = [_openai_choice(call, i, text, finish) for i, (text, finish) in enumerate(choices)]
+        usage = self._openai_usage(call, output_tokens)
+        if _REASONING_MODELS.match(call.model):  # billed as output, never shown: max_tokens spent thinking
+            thought = sum(estimate_tokens(text) for text, finish in choices if finish == "reasoning")
+            usage["completion_tokens_details"]["reasoning_tokens"] = thought
         return {
             "id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
-            "model": call.model, "choices": out, "usage": self._openai_usage(call, output_tokens),
+            "model": call.model, "choices": out, "usage": usage,
             "service_tier": "default", "system_fingerprint": self._fingerprint,
         }
 
     def _anthropic_payload(self, call: _Call, choices: list[tuple[str, str]], output_tokens: int) -> dict[str, Any]:
         text, finish = choices[0]
+        written, hour = self._written(call)
         stop_reason, stop_sequence = _anthropic_stop(finish)
         content = [{"type": "text", "text": text}] if text and finish not in ("refusal", "reasoning") else []
         if finish == "reasoning":  # extended thinking that used up max_tokens: a thinking block, no text
@@ -1069,13 +1080,21 @@ class Emulator:
             "id": "msg_01" + secrets.token_hex(11), "type": "message", "role": "assistant", "model": call.model,
             "content": content,
             "stop_reason": stop_reason, "stop_sequence": stop_sequence,
-            "usage": {"input_tokens": call.input_tokens - self._cached(call), "output_tokens": output_tokens,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": self._cached(call),
+            "usage": {"input_tokens": call.input_tokens - self._cached(call) - written, "output_tokens": output_tokens,
+                      "cache_creation_input_tokens": written, "cache_read_input_tokens": self._cached(call),
+                      "cache_creation": {"ephemeral_5m_input_tokens": 0 if hour else written,
+                                         "ephemeral_1h_input_tokens": written if hour else 0},
                       "service_tier": "standard"},
         }
 
     def _cached(self, call: _Call) -> int:
         return int(call.input_tokens * self.config.prompt_cache_hit)
+
+    def _written(self, call: _Call) -> tuple[int, bool]:
+        """The input tokens an Anthropic request writes to the prompt cache, and whether for an hour (a
+        `cache_control` block of its asks `"ttl": "1h"`) rather than 5 minutes."""
+        hour = '"ttl":"1h"' in json.dumps(call.body, separators=(",", ":"))
+        return int(call.input_tokens * self.config.prompt_cache_write), hour
 
     # ----- headers and errors ---------------------------------------------------------------------
     def _limit_headers(self, provider: str) -> dict[str, str]:
@@ -1314,6 +1333,8 @@ def _openai_choice(call: _Call, index: int, text: str, finish: str) -> dict[str,
                                                   "function": {"name": tool[0], "arguments": text}}])
     elif finish == "refusal":
         message.update(content=None, refusal=text)
+    elif finish == "reasoning" and _REASONING_MODELS.match(call.model):  # OpenAI's own: the thinking is not shown
+        message.update(content="")
     elif finish == "reasoning":  # vLLM's reasoning parser: the thinking apart, no answer yet
         message.update(content=None, reasoning_content=text)
     logprobs = _openai_logprobs(call, index, text, finish) if tool is None else None
