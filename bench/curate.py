@@ -2,7 +2,7 @@
 
 Documents: wikipedia_en_1k, c4_en_sample_1k and SciPhi textbook sections (split at headings, >= 50 words),
 shuffled (seed 0) and cycled to --docs. Decontamination runs against every shipped benchmark in full (about
-39k items, 5.5M 13-grams: the index a real build carries). Each step runs with workers=1 and then
+39k items, 5.9M n-grams of 5-13 words: the index a real build carries). Each step runs with workers=1 and then
 workers=--workers on the same rows (the default start method: fork on Linux), best of --repeats; the kept
 rows, counts and reports must be identical, and the table says so. CPU time is read from getrusage and
 /proc: "all" is this process and its workers together (the pool's overhead shows there), "busiest process"
@@ -149,24 +149,31 @@ class Sampler:
     """Peak PSS of this process plus its children, and each child's CPU time, sampled on a thread."""
 
     def __enter__(self) -> Sampler:
+        """One sample here and one at the exit, outside the timed CPU: a step quicker than the sampling
+        period still gets a peak (it printed 0)."""
         self.peak, self.child_cpu, self.own_cpu, self._stop = 0.0, {}, 0.0, threading.Event()
+        self._take()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self) -> None:
         """Reading PSS walks a process's page tables: its own CPU time is kept, to be left out."""
-        me = os.getpid()
         while not self._stop.wait(0.25):
-            kids = children(me)
-            self.peak = max(self.peak, pss_mb(me) + sum(pss_mb(c) for c in kids))
-            for c in kids:
-                self.child_cpu[c] = max(self.child_cpu.get(c, 0.0), cpu_of(c))
+            self._take()
         self.own_cpu = time.thread_time()
+
+    def _take(self) -> None:
+        me = os.getpid()
+        kids = children(me)
+        self.peak = max(self.peak, pss_mb(me) + sum(pss_mb(c) for c in kids))
+        for c in kids:
+            self.child_cpu[c] = max(self.child_cpu.get(c, 0.0), cpu_of(c))
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._take()
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -292,9 +299,11 @@ def peer_pipeline(filters: list, shards: Path, workers: int) -> set[str]:
         return set(pl.read_parquet(kept)["id"]) if kept else set()
 
 
-def agreement(ours: dict[str, str], peer: list[str | None], df: pl.DataFrame, sources: list[str]) -> float:
+def agreement(report: pl.DataFrame, peer: list[str | None], df: pl.DataFrame, sources: list[str]) -> float:
     """Print where the keep/drop decisions differ, by (our rule, datatrove's rule), with an example of each;
-    return the share of documents on which they agree."""
+    return the share of documents on which they agree. `report` is our dropped.parquet, read by column name
+    (it also has each document's input row)."""
+    ours = dict(report.select("id", "reason").iter_rows())  # dropped id -> our first failing rule
     pairs, examples = Counter(), {}
     for i, (doc_id, text) in enumerate(zip(df["id"], df["text"], strict=True)):
         mine, theirs = ours.get(doc_id), peer[i]
@@ -360,8 +369,7 @@ def main() -> None:
             shards = Path(tmp, "shards")
             pooled = best_of(args.repeats, lambda: peer_pipeline(peer_filters(cfg), shards, args.workers))
         peer_kept = {i for i, r in zip(df["id"], serial.result, strict=True) if r is None}
-        ours = dict(rates["filters"][0].result[2].iter_rows())  # dropped id -> our first failing rule
-        share = agreement(ours, serial.result, df, sources)
+        share = agreement(rates["filters"][0].result[2], serial.result, df, sources)
         ok = "yes" if pooled.result == peer_kept else "NO"
         rates["datatrove"] = serial, pooled
         rows.append(("filters, datatrove filter()", "1", "-", serial, serial, "-", f"{share:.1%}"))
@@ -371,7 +379,7 @@ def main() -> None:
     before_index, t = pss_mb(os.getpid()), time.perf_counter()
     items = [t for n, p in BENCHMARKS.items() for t in load_benchmark_texts(BenchmarkSource(name=n, path=str(p)))]
     decon = Decontaminate(DecontaminationConfig(), texts=items, chunk_size=args.chunk_size)
-    print(f"\n{len(items):,} benchmark items, {len(decon.index.hashes):,} indexed 13-grams, index built in "
+    print(f"\n{len(items):,} benchmark items, {len(decon.index.hashes):,} indexed n-grams (5-13 words), index built in "
           f"{time.perf_counter() - t:.1f} s; pickled step {len(pickle.dumps(decon, protocol=5)) / 2**20:.0f} MiB;"
           f" this process {before_index:,.0f} MiB PSS before it")
     measure("decontamination", decon, "contamination.parquet")

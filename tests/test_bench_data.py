@@ -1,10 +1,12 @@
 """bench/ scripts that read ../shared/data skip in one line where it is absent, and find every file where it is."""
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -121,3 +123,27 @@ def test_quality_bench_times_scoring_warm_and_interleaved():
     rates = quality.scoring_rates({"ours": Fake("ours"), "peer": Fake("peer")}, ["text"] * 1000, passes=2)
     assert set(rates) == {"ours", "peer"} and all(r > 0 for r in rates.values())
     assert calls == [("ours", 256), ("peer", 256)] + [("ours", 1000), ("peer", 1000)] * 2
+
+
+def test_curate_bench_compares_with_the_filters_own_report(tmp_path, capsys):
+    """The peer comparison reads our dropped.parquet as the filter writes it: the report gained a `row`
+    column, and `dict(report.iter_rows())` then stopped the bench with a ValueError before its table."""
+    curate = _load(BENCH / "curate.py")
+    good = ("Photosynthesis is the process by which green plants use sunlight to make food from carbon dioxide "
+            "and water. It takes place mostly in the leaves, where a pigment called chlorophyll captures the "
+            "energy of light. The plant releases oxygen as a by-product, which is why forests are important for "
+            "the air that we breathe. Students can observe this with a water plant placed in a bright window.")
+    df = pl.DataFrame({"id": ["d0", "d1"], "text": ["too short", good]})
+    report = curate.step_outputs(curate.HeuristicFilter(), df, "dropped.parquet")[2]
+    assert "row" in report.columns
+    peer = [None, None]  # the peer keeps both; ours drops d0
+    assert curate.agreement(report, peer, df, ["c4", "c4"]) == 0.5
+    assert "| too_short | kept | 1 | d0 (c4, 2 words)" in capsys.readouterr().out
+
+
+def test_curate_bench_memory_of_a_quick_step_is_not_zero():
+    """A step quicker than the sampler's 0.25 s period (decontamination of `--docs 300`) had no sample taken:
+    its table row said 0 MiB peak PSS."""
+    curate = _load(BENCH / "curate.py")
+    run = curate.timed(lambda: None)
+    assert run.peak_mb >= curate.pss_mb(os.getpid()) / 2 > 0
