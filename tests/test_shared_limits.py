@@ -229,6 +229,7 @@ def test_a_server_named_by_the_sdks_environment_variable_keys_its_own_budget(tmp
     ("http://localhost:8000/v1", "http://127.0.0.1:8000/v1"),
     ("http://[::1]:8000/v1/", "http://LOCALHOST:8000/v1"),
     ("http://0.0.0.0:8000/v1", "http://127.0.0.1:8000/v1/"),
+    ("http://[::]:8000/v1", "http://localhost:8000/v1"),  # vLLM --host :: (IPv6's 0.0.0.0)
     ("https://API.openai.com/v1", "https://api.openai.com:443/v1/"),
 ])
 def test_one_server_written_two_ways_is_one_budget(one, other):

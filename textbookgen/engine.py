@@ -531,9 +531,10 @@ class Generator:
     def _replay(self, journal: Journal,
                 unique: dict[str, ChatRequest]) -> tuple[dict[str, ChatResponse], Spend, Spend]:
         """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens, the worst
-        case of the attempts earlier runs abandoned on these requests, and what the billed failures this run sends
-        again (an empty answer, a refusal with retry_failed) cost: paid, so counted against the budgets as replayed
-        answers are. Registers the other requests as pending."""
+        case of the attempts earlier runs abandoned on these requests, and what billed failures cost that those
+        responses do not show: the ones this run sends again (an empty answer, a refusal with retry_failed), and the
+        output tokens of those answered since (a row's tokens are its answer's). Paid, so counted against the budgets
+        as replayed answers are. Registers the other requests as pending."""
         rows = journal.rows(list(unique))
         self._fail_empty_rows(journal, rows)
         abandoned = Spend(sum(row["abandoned_usd"] for row in rows.values()),
@@ -548,7 +549,9 @@ class Generator:
              json.dumps(req.metadata, ensure_ascii=False, default=str))
             for key, req in unique.items() if key not in rows)
         again = [row for key, row in rows.items() if key not in done]  # sent again, or answered by `_reuse`
-        resent = Spend(sum(row["cost_usd"] for row in again), sum(row["output_tokens"] for row in again))
+        failed_before = sum(row["failed_output_tokens"] for row in rows.values())  # answered since
+        resent = Spend(sum(row["cost_usd"] for row in again),
+                       sum(row["output_tokens"] for row in again) + failed_before)
         self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
         return results, abandoned, resent
 
@@ -673,8 +676,8 @@ class Generator:
 
     @staticmethod
     def _counts(results: dict[str, ChatResponse], abandoned: Spend, resent: Spend) -> dict[str, Any]:
-        """A run's counters at its start: what the journal answered (`replayed`) and what the failures sent again cost
-        before (`resent`; in `replayed_usd`, earlier runs' spend), nothing sent yet."""
+        """A run's counters at its start: what the journal answered (`replayed`) and what billed failures cost that
+        its answers do not show (`resent`, see `_replay`; in `replayed_usd`, earlier runs' spend), nothing sent yet."""
         replayed = list(results.values())
         billed = [r for r in replayed if r.reused_from is None]  # a reused answer was paid for once, elsewhere
         cost = sum(r.cost_usd for r in replayed) + resent.usd  # a reused row's: what a failure before it cost

@@ -68,7 +68,7 @@ def budget_id(provider: str, base_url: str | Sequence[str] | None, secrets: Sequ
 def server_name(url: str | None) -> str:
     """The server a URL reaches, spelled one way, so that builds which wrote it differently share one budget:
     scheme and host in lower case, the default port made explicit, loopback under one name (`localhost`, `::1`,
-    `0.0.0.0` and `127.x.x.x` all reach the local server), no trailing slash. A URL it cannot parse is kept as
+    `0.0.0.0`, `::` and `127.x.x.x` all reach the local server), no trailing slash. A URL it cannot parse is kept as
     written."""
     text = (url or "").strip()
     try:
@@ -78,7 +78,7 @@ def server_name(url: str | None) -> str:
         return text.rstrip("/")
     if not host:
         return text.rstrip("/")
-    if host in ("localhost", "::1", "0.0.0.0") or host.startswith("127."):
+    if host in ("localhost", "::1", "0.0.0.0", "::") or host.startswith("127."):
         host = "127.0.0.1"
     scheme = parts.scheme.lower()
     port = port or {"http": 80, "https": 443}.get(scheme)

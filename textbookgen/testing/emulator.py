@@ -1344,9 +1344,10 @@ def _openai_choice(call: _Call, index: int, text: str, finish: str) -> dict[str,
 
 def _openai_deltas(call: _Call, index: int, text: str, finish: str) -> list[dict[str, Any]]:
     """One choice's stream: the role, the text (or the forced tool's call, its arguments in pieces), the finish.
-    A refusal streams no text: only its finish_reason."""
+    A refusal streams no text: only its finish_reason; nor does OpenAI's own reasoning model thinking (unseen)."""
     tool = _forced_call(call, text, finish)
-    pieces = [] if finish == "refusal" else _pieces(text)
+    unseen = finish == "reasoning" and _REASONING_MODELS.match(call.model)
+    pieces = [] if finish == "refusal" or unseen else _pieces(text)
     if tool is not None:
         first = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
             {"index": 0, "id": "call_" + secrets.token_hex(12), "type": "function",
