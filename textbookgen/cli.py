@@ -1048,16 +1048,18 @@ ConfigIdCol = Annotated[str | None, typer.Option("--id-column", help="field hold
 def _curation_run(input_path: str, output: str, make_steps, workdir: str | None, config: str | None,
                   overrides: dict, text_column: str | None, id_column: str | None, signatures: str | None = None
                   ) -> None:
-    """Run a curation command; Ctrl-C says that nothing was written, and (dedup) in which folder the
-    `signatures` a rerun picks up are."""
+    """Run a curation command; Ctrl-C says that nothing was written, and (dedup with MinHash on) in which
+    folder the `signatures` a rerun picks up are."""
     from textbookgen.curation.commands import load_config, run_steps
 
+    minhash = False
     try:
         with _reported():
             cfg = load_config(config, {**overrides, "text_column": text_column, "id_column": id_column})
+            minhash = cfg.minhash.enabled
             stats = run_steps(input_path, output, make_steps(cfg), workdir, cfg.text_column, cfg.id_column)
     except KeyboardInterrupt:
-        kept = f"; the MinHash signatures made so far are kept in {signatures}" if signatures else ""
+        kept = f"; the MinHash signatures made so far are kept in {signatures}" if signatures and minhash else ""
         typer.echo(f"\ninterrupted: {output} was not written (the input is untouched){kept}; rerun the same "
                    "command", err=True)
         raise typer.Exit(_interrupt_exit()) from None

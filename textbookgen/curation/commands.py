@@ -17,6 +17,7 @@ from textbookgen.curation.base import ROW, StageStats, Step, input_rows
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
 from textbookgen.curation.corpus_io import (
     STATS_SUFFIX,
+    WORKDIR_MARK,
     Corpus,
     CorpusWriter,
     check_output,
@@ -106,10 +107,19 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
     else:
         from textbookgen.curation.pipeline import run_pipeline
 
-        df, stats = run_pipeline(read_corpus(input_path, text_column, id_column), steps, work)
+        df = read_corpus(input_path, text_column, id_column)
+        _mark_workdir(work)
+        df, stats = run_pipeline(df, steps, work)
         write_corpus(df, output_path)
     Path(str(output_path) + STATS_SUFFIX).write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def _mark_workdir(work: Path) -> None:
+    """Create `work` marked as a command's reports, once the input was read without error (bad input leaves no
+    folder): a folder of outputs read as a corpus leaves the `<output>.work` beside each out (`corpus_files`)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / WORKDIR_MARK).touch()
 
 
 def _check_outside(option: str, folder: Path, input_path: str | Path) -> None:
@@ -137,6 +147,7 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
     from textbookgen.curation.exact import ExactDedup, first_per_key, write_report
 
     docs = _doc_table(corpus, exact=any(isinstance(s, ExactDedup) for s in steps))
+    _mark_workdir(work)
     alive = np.ones(docs.height, dtype=bool)
     stats: dict[str, Any] = {}
     for step in steps:

@@ -29,19 +29,22 @@ SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", "
 
 
 STATS_SUFFIX = ".stats.json"  # what a curation command writes beside its output (commands.run_steps)
+WORKDIR_MARK = ".textbookgen-workdir"  # in a curation command's --workdir (commands.run_steps): reports, not data
 
 
 def corpus_files(path: Path) -> list[Path]:
     """The data files of `path` (itself, or the corpus files under a folder, sorted). A curation command's
-    report beside its output (`<output>.stats.json`) is not data: a folder of curation outputs reads back."""
+    reports beside its output (`<output>.stats.json`, and its workdir, `<output>.work` by default, marked by
+    WORKDIR_MARK) are not data: a folder of curation outputs reads back."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file():
         return [path]
     check_complete(path)
+    workdirs = {mark.parent for mark in path.rglob(WORKDIR_MARK)} - {path}  # a workdir named itself is read
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)
-                   and not p.name.endswith(STATS_SUFFIX))
+                   and not p.name.endswith(STATS_SUFFIX) and workdirs.isdisjoint(p.parents))
     if not files:
         raise ValueError(f"{path}: no corpus files ({', '.join(SUFFIXES)})")
     return files
@@ -378,8 +381,8 @@ def _prepare(df: pl.DataFrame, file: Path, root: Path, first_row: int, text_colu
     dtype = df.schema[text_column]
     if not (dtype in (pl.String, pl.Null) or isinstance(dtype, pl.Categorical | pl.Enum)):
         texts = df[text_column]
-        shown = f" (row {first_row + int(texts.is_not_null().arg_true()[0]) + 1}: {texts.drop_nulls()[0]!r:.40})" \
-            if texts.null_count() < texts.len() else ""
+        value = texts.drop_nulls().head(1).to_list()  # a Python value: a list cell's Series repr spans lines
+        shown = f" (row {first_row + int(texts.is_not_null().arg_true()[0]) + 1}: {value[0]!r:.40})" if value else ""
         raise ValueError(f"{file}: column {text_column!r} holds {dtype} values, not text{shown}; pass --text-column "
                          "naming the text field")
     return df.with_columns(pl.col(text_column).cast(pl.String))

@@ -551,12 +551,12 @@ class MinHashDedup(Step):
             index_source(self.index, SignParams.from_config(cfg), MinHasher(cfg.num_perm, cfg.seed, cfg.ngram,
                                                                                cfg.hash_name))
 
-    def _duplicate_ids(self, ids: pl.Series) -> ValueError:
+    def _duplicate_ids(self, ids: pl.Series, rows: pl.Series) -> ValueError:
         """The error for ids given to more than one document (shards numbered from 0 each): how many, the first
-        one and the rows (from 1, in corpus order) that share it, and the way out."""
+        one and the input rows (`rows`, shown from 1, in corpus order) that share it, and the way out."""
         shared = ids.is_duplicated()
         first = ids.filter(shared)[0]
-        rows = (ids == first).arg_true() + 1
+        rows = rows.filter(ids == first) + 1
         return ValueError(f"{self.name}: {ids.filter(shared).n_unique()} ids of column {self.id_column!r} are given "
                           f"to more than one document (the first: {first!r}, at rows {rows[0]} and {rows[1]}); ids "
                           "must be unique: fix them, or pass --id-column naming a field the files lack to have "
@@ -578,8 +578,9 @@ class MinHashDedup(Step):
 
         Memory: the ids and a few bytes a doc, one piece of texts, one band's keys (see the module doc)."""
         ids = ids.cast(pl.String)
+        rows = rows if rows is not None else pl.int_range(ids.len(), eager=True)
         if ids.n_unique() != ids.len():
-            raise self._duplicate_ids(ids)
+            raise self._duplicate_ids(ids, rows)
         cfg = self.config
         params = SignParams.from_config(cfg)
         tmp = None
@@ -600,7 +601,7 @@ class MinHashDedup(Step):
             indexed, rewritten = entries_in_force(store.index(), docs) if docs is not None else \
                 (pl.DataFrame(schema=INDEX_SCHEMA), 0)
             view = store.view(shards, ids, indexed)
-            inputs = pl.DataFrame({"id": ids, "row": rows if rows is not None else pl.int_range(ids.len(), eager=True),
+            inputs = pl.DataFrame({"id": ids, "row": rows,
                                    "quality_score": quality if quality is not None else
                                    pl.repeat(None, ids.len(), dtype=pl.Float64, eager=True)},
                                   schema={"id": pl.String, "row": pl.Int64, "quality_score": pl.Float64})

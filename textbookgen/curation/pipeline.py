@@ -61,6 +61,10 @@ def run_pipeline(df: pl.DataFrame, steps: list[Step], workdir: Path | None = Non
     df = df.with_row_index(ROW)
     for step in steps:
         df, st = step(df, workdir / step.name if workdir is not None else None)
+        if ROW not in df.columns:  # a step of one's own that selected its columns: later reports would be wrong
+            raise ValueError(f"{step.name}: returned its rows without the column {ROW!r} that numbers the input's "
+                             "rows for the reports; return rows of the frame it was given (df.filter(...)) and "
+                             "keep every column")
         stats[step.name] = st.as_dict()
     return df.drop(ROW), stats
 
