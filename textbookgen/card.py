@@ -119,9 +119,15 @@ def size_category(n: int) -> str:
     return "n>1T"
 
 
+#: A URL in a published string: its query string's credentials are redacted (`errors.redact`), the prose
+#: around it is not (that redaction also takes "bearer X" and starred text, which a system prompt may hold).
+URL_RE = re.compile(r"\b[a-z][a-z0-9+.\-]*://\S+", re.IGNORECASE)
+
+
 def redact(obj: Any) -> Any:
     """Copy of `obj` with secret-looking keys and token-looking strings replaced, for files we publish; a URL
-    keeps its address but not the credentials of its query string (a presigned URL's signature)."""
+    keeps its address but not the credentials of its query string (a presigned URL's signature). Other text is
+    published as written: the recipe.yaml copy must rebuild the same prompts."""
     if isinstance(obj, Mapping):
         return {
             k: "<redacted>" if SECRET_KEY_RE.search(str(k)) and isinstance(v, str) and v else redact(v)
@@ -130,7 +136,7 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
     if isinstance(obj, str):
-        return redact_text(SECRET_VALUE_RE.sub("<redacted>", obj))
+        return URL_RE.sub(lambda m: redact_text(m[0]), SECRET_VALUE_RE.sub("<redacted>", obj))
     return obj
 
 

@@ -522,17 +522,22 @@ def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits
 def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: str | None) -> str:
     """The push's default commit message: what a data team reading the repo's history wants to know. Against
     the Hub's head: rows added or removed per split (from its card) and the recipe fields whose value changed
-    (named, never their values: a value could be a secret); on a first push, the splits and rows."""
+    (named, never their values: a value could be a secret); on a first push, or over a card that gives no rows
+    (a README written on the Hub), the splits and rows."""
     from huggingface_hub import DatasetCard
 
     rows = split_rows(out_dir)
+    listed = ", ".join(f"{s} {n:,} rows" for s, n in rows.items())
     if old_card is None:
-        return "textbookgen: first upload, " + ", ".join(f"{s} {n:,} rows" for s, n in rows.items())
+        return f"textbookgen: first upload, {listed}"
     try:
         before = card_rows(DatasetCard(old_card, ignore_metadata_errors=True).data.to_dict())
     except Exception:  # an unparsable remote card: merge_card already warned
         before = {}
-    parts = [_row_change(s, before.get(s), rows.get(s)) for s in dict.fromkeys([*rows, *before])] if before else []
+    if before:
+        parts = [_row_change(s, before.get(s), rows.get(s)) for s in dict.fromkeys([*rows, *before])]
+    else:
+        parts = [listed]
     remote = {s.rfilename for s in info.siblings or []}
     if "recipe.yaml" in remote and (out_dir / "recipe.yaml").is_file():
         fields = changed_fields(_read_file(api, repo_id, info.sha, "recipe.yaml"),

@@ -587,8 +587,13 @@ class _TopicLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: igno
 
 
 def _merged(first: Any, second: Any) -> Any:
-    """Two values of one topic: mappings and lists joined (children), else the one holding children, else the
-    first (its weight, as merged siblings keep the first's)."""
+    """Two values of one topic: mappings and lists joined (children; a list and a mapping too, the list as the
+    mapping's `children`), else the one holding children, else the first (its weight, as merged siblings keep
+    the first's)."""
+    if isinstance(first, list) and isinstance(second, dict):  # the mapping's weight is the second's: dropped
+        return first + [{k: v for k, v in second.items() if k != "weight"}]
+    if isinstance(first, dict) and isinstance(second, list):
+        second = {"children": second}
     if isinstance(first, dict) and isinstance(second, dict):
         return {**first, **{k: _merged(first[k], v) if k in first else v for k, v in second.items()}}
     if isinstance(first, list) and isinstance(second, list):

@@ -187,10 +187,14 @@ class Template:
 
         try:
             return _compiled(self.source).render(**variables).strip() + "\n"
+        except TemplateError:  # ours, from compiling the source (a ValueError)
+            raise
         except SecurityError as e:
             raise TemplateError(f"{self._where(e)}: unsafe operation blocked ({e})") from None
         except JinjaError as e:
             raise TemplateError(f"{self._where(e)}: {e}") from None
+        except (ArithmeticError, LookupError, TypeError, ValueError) as e:  # Python's, in an expression
+            raise TemplateError(f"{self._where(e)}: {type(e).__name__}: {e}") from None
 
     def _where(self, err: Exception) -> str:
         """`origin:line` of a render error: Jinja maps the template's frame in the traceback to its line."""
