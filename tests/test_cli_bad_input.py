@@ -348,3 +348,17 @@ def test_a_check_of_two_options_together_names_no_option_that_does_not_exist(tmp
     assert "--minhash" not in res.output
     _one_error(CliRunner().invoke(app, ["dedup", str(src), "-o", str(tmp_path / "out.jsonl"), "--threshold", "2"]),
                "error: --threshold: ")
+
+
+def test_a_missing_field_of_an_option_keeps_its_name():
+    """Only a check of a whole section goes unnamed; a field left out is named, though its input is the section."""
+    from pydantic import BaseModel, ValidationError
+
+    from textbookgen.cli import _error_line
+
+    class Section(BaseModel):
+        name: str
+
+    with pytest.raises(ValidationError) as err:
+        Section.model_validate({})
+    assert _error_line(err.value) == "--name: Field required"

@@ -422,3 +422,6 @@ def test_train_tokenizer_on_a_configs_datasets_reads_each_ones_column(corpus, tm
     assert "no 'body' column (columns: ['eng_Latn', 'id'])" in capsys.readouterr().err
     assert main(["train-tokenizer", "--vocab-size", "300", "--out", out]) == 2
     assert "give FILES to train on, or --config" in capsys.readouterr().err
+    assert main(["train-tokenizer", str(renamed.parent), "--set", "data.datasets.0.column=x", "--vocab-size", "300",
+                 "--out", out]) == 2
+    assert "--set changes a config: give it with --config" in capsys.readouterr().err

@@ -117,8 +117,9 @@ def _error_line(err: Exception) -> str:
     from pydantic import ValidationError
 
     if isinstance(err, ValidationError):
-        return "; ".join((f"--{str(e['loc'][-1]).replace('_', '-')}: " if e["loc"] and not isinstance(
-            e.get("input"), dict) else "") + e["msg"].removeprefix("Value error, ") for e in err.errors())
+        return "; ".join((f"--{str(e['loc'][-1]).replace('_', '-')}: " if e["loc"] and (
+            e["type"] == "missing" or not isinstance(e.get("input"), dict)) else "")
+            + e["msg"].removeprefix("Value error, ") for e in err.errors())
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
     return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -170,6 +170,8 @@ def _tokenizer_files(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
 
     if not args.files and args.config is None:
         raise ValueError("give FILES to train on, or --config to train on a config's datasets")
+    if args.overrides and args.config is None:
+        raise ValueError("--set changes a config: give it with --config")
     files: list[Path] = []
     for f in map(Path, args.files):
         if not f.is_dir():
