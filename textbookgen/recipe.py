@@ -405,13 +405,7 @@ class Recipe(_Strict):
 
     def resolved_curation(self) -> CurationConfig:
         """The curation settings with their file paths resolved against the recipe's folder."""
-        cfg = self.curation.model_copy(deep=True)
-        for b in cfg.decontamination.benchmarks:
-            if not b.path.startswith("hf://"):
-                b.path = str(self.resolve(b.path))
-        if cfg.classifier.model_path:
-            cfg.classifier.model_path = str(self.resolve(cfg.classifier.model_path))
-        return cfg
+        return self.curation.with_paths_from(self.base_dir)
 
     def sampling_notes(self) -> list[str]:
         """Sampling settings the model is known to refuse with a 400 on every request: worth a warning

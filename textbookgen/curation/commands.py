@@ -51,22 +51,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             node = node.setdefault(p, {})
         node[leaf] = value
     cfg = CurationConfig.model_validate(data)
-    if path is not None:
-        _resolve_paths(cfg, Path(path).parent)
-    return cfg
-
-
-def _resolve_paths(cfg: CurationConfig, folder: Path) -> None:
-    """Make the config file's relative local paths absolute, against `folder` (`Recipe.resolved_curation`)."""
-    def resolve(p: str) -> str:
-        local = Path(p).expanduser()
-        return str((local if local.is_absolute() else folder / local).resolve())
-
-    for src in cfg.decontamination.benchmarks:
-        if not src.path.startswith("hf://"):
-            src.path = resolve(src.path)
-    if cfg.classifier.model_path:
-        cfg.classifier.model_path = resolve(cfg.classifier.model_path)
+    return cfg.with_paths_from(Path(path).parent) if path is not None else cfg
 
 
 def _check_file_settings(data: dict[str, Any], label: str) -> None:

@@ -230,3 +230,18 @@ class CurationConfig(_Strict):
     seed_copy: SeedCopyConfig = Field(default_factory=SeedCopyConfig)
     text_column: str = "text"
     id_column: str = "id"
+
+    def with_paths_from(self, folder: Path) -> CurationConfig:
+        """A copy whose relative local paths (benchmark files, the classifier model) are read against `folder`,
+        that of the file naming them (a recipe, a --config file), as a build reads a recipe's."""
+        def resolve(p: str) -> str:
+            local = Path(p).expanduser()
+            return str((local if local.is_absolute() else folder / local).resolve())
+
+        cfg = self.model_copy(deep=True)
+        for src in cfg.decontamination.benchmarks:
+            if not src.path.startswith("hf://"):
+                src.path = resolve(src.path)
+        if cfg.classifier.model_path:
+            cfg.classifier.model_path = resolve(cfg.classifier.model_path)
+        return cfg
