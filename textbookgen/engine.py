@@ -39,7 +39,10 @@ Money the provider takes whether or not we listen is never paid twice:
 - A run whose requests mostly fail (a parameter the model rejects, say) stops early: once at least
   `error_window` requests have finished and failures are more than `max_error_rate` of them and those still
   on the wire (failures come back faster than answers), the run raises FatalProviderError naming the
-  commonest error, with every finished answer in the journal.
+  commonest error, with every finished answer in the journal. An answer the caller's `answer_check` rejects (no
+  score in a judge's answer, JSON that does not fit the schema) counts as such a failure, so a model that ignores
+  the asked format stops the run instead of being paid for the whole sample; the answer stays journaled as it came
+  (status ok), so a rerun with a fixed parser replays it free.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -418,6 +421,10 @@ class Generator:
     max_error_rate / error_window: stop the run (FatalProviderError) once `error_window` or more requests have
     finished and more than this share of them failed; None never stops. Live runs only: a batch is submitted
     (and paid) as a whole.
+    answer_check: called on each answer this run pays for (not on replayed ones); returns None for a usable answer,
+    else a short class name of why not ("no_score"), and the error-rate stop counts it as a failure (the run then
+    stops naming that class and the answer's start). The answer is journaled and returned as it came all the same,
+    and `stats["rejected"]` counts them. Live runs only, as the stop.
     batch: send through the provider's batch API (openai, anthropic) at half the price, answers within
     24 h (textbookgen/batch.py; needs a journal file): `batch_size` requests per batch, polled every
     `batch_poll_s`, requests that expire or fail transiently resubmitted up to `batch_max_rounds` times in all;
@@ -437,7 +444,8 @@ class Generator:
                  retry_failed: bool = False, batch: bool = False, batch_size: int = 10_000,
                  batch_poll_s: float = 30.0, batch_max_rounds: int = 3, batch_limits: BatchLimits | None = None,
                  max_error_rate: float | None = 0.5, error_window: int = 50, spent_before: Spend | None = None,
-                 warn_unpriced: bool = True, share_limits: bool = True) -> None:
+                 warn_unpriced: bool = True, share_limits: bool = True,
+                 answer_check: Callable[[ChatResponse], str | None] | None = None) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         if batch and provider not in BATCH_PROVIDERS:
@@ -486,6 +494,7 @@ class Generator:
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.retry_failed = retry_failed
         self.max_error_rate, self.error_window = max_error_rate, error_window
+        self.answer_check = answer_check
         self._jitter = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s,
                                                jitter=backoff_initial_s)
         self.stats: dict = {}
@@ -630,6 +639,7 @@ class Generator:
         self._finished = 0  # requests this run sent and finished, for the error rate
         self._failures: Counter[str] = Counter()
         self._examples: dict[str, str] = {}  # the first error message of each failure class
+        self._rejections: set[str] = set()  # the failure classes `answer_check` gave
         self._in_ratio = 1.0
         self._inflight_cost = 0.0  # the worst case of the attempts in flight (live) or of the batches running
         self._inflight_out = 0.0
@@ -684,7 +694,7 @@ class Generator:
         tokens_out = sum(r.output_tokens for r in billed) + resent.output_tokens
         # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
         return {"done": len(replayed), "sent": 0, "collected": 0, "ok": 0, "truncated": 0, "failed": 0, "empty": 0,
-                "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0,
+                "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0, "rejected": 0,
                 "abandoned_usd": abandoned.usd, "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
                 "input_tokens": sum(r.input_tokens for r in billed), "output_tokens": tokens_out,
                 "replayed": len(replayed), "reused": len(replayed) - len(billed), "replayed_usd": cost,
@@ -800,7 +810,18 @@ class Generator:
                 failure = self._finish(item, completion, latency)
             finally:
                 self._release(item)
+            if failure is None:
+                failure = self._rejected(self._results[item.key])
         self._watch_errors(failure, self._results[item.key].error)
+
+    def _rejected(self, resp: ChatResponse) -> str | None:
+        """Why `answer_check` finds a paid answer unusable, or None; its start is the example the stop names."""
+        reason = self.answer_check(resp) if self.answer_check is not None else None
+        if reason is not None:
+            self._c["rejected"] += 1
+            self._rejections.add(reason)
+            self._examples.setdefault(reason, f"answer {resp.answer[:200]!r}")
+        return reason
 
     def _watch_errors(self, failure: str | None, error: str | None) -> None:
         """The circuit breaker: a run whose requests mostly fail (a parameter the model rejects, a prompt
@@ -816,8 +837,12 @@ class Generator:
         if self._finished < self.error_window or failed <= self.max_error_rate * (self._finished + len(self._on_wire)):
             return
         common, count = self._failures.most_common(1)[0]
-        again = ("a plain rerun re-sends them" if common not in PERMANENT_ERRORS
-                 else "rerun with retry_failed=True (--retry-failed) to re-send the failed ones")
+        if common in self._rejections:
+            again = "rerun: the answers are journaled, so a fixed parser reads them free and the rest are sent"
+        elif common in PERMANENT_ERRORS:
+            again = "rerun with retry_failed=True (--retry-failed) to re-send the failed ones"
+        else:
+            again = "a plain rerun re-sends them"
         self._fail_run(FatalProviderError(
             f"stopped early: {failed} of the {self._finished} requests finished so far failed "
             f"(max_error_rate={self.max_error_rate:g}), {count} of them {common}, e.g. {self._examples[common][:300]}; "

@@ -21,7 +21,10 @@ journal deleted with it (so a new object, e.g. after redefining the class, pays 
 Rows whose request failed, or whose answer does not fit `response_format`, are left out of the table and
 listed in `.failures`. An answer cut at max_tokens goes to `parse` as it is (text, or the JSON object when it
 is complete: a server can pad a finished object with whitespace up to max_tokens) and is listed in `.truncated`
-with a warning, so a cut answer never passes unnoticed. An answer that does not fit is asked again, up to `schema_retries` times (2 by default),
+with a warning, so a cut answer never passes unnoticed. Answers that do not fit count as failures in the
+engine's error-rate stop (`max_error_rate` / `error_window`; first round only): a model that ignores the schema
+stops the run early (FatalProviderError naming `unfit_format` and an answer) instead of being paid for every row;
+they stay journaled. An answer that does not fit is asked again, up to `schema_retries` times (2 by default),
 each time with a new seed (seed + k * REASK_SEED_STRIDE, so never another sample's), which makes each re-ask a
 request of its own in the journal: a later call replays the whole chain for free, and raising `schema_retries`
 pays only for the new tries. All rounds of one call share the Generator's `max_cost_usd` / `max_output_tokens`
@@ -91,6 +94,8 @@ class LLM:
         if engine.get("journal") is None:  # the engine's in-memory journal forgets each run's answers
             self._scratch = tempfile.TemporaryDirectory(prefix="textbookgen-llm-")
             engine["journal"] = Path(self._scratch.name) / "journal.sqlite"
+        if self.response_format is not None:
+            engine.setdefault("answer_check", self._unfit)
         self.generator = Generator(provider, model, **engine)
         self.max_tokens, self.temperature, self.top_p, self.system = max_tokens, temperature, top_p, system
         self.n, self.seed, self.schema_retries = n, seed, schema_retries
@@ -171,6 +176,13 @@ class LLM:
         if self.response_format is None:
             return []
         return [i for i, resp in enumerate(responses) if resp.status == "ok" and not self._fits(resp.answer)]
+
+    def _unfit(self, resp: ChatResponse) -> str | None:
+        """The engine's answer_check: an answer that does not fit `response_format` counts against the error rate
+        (before any re-ask), so a model that ignores the schema stops the run instead of being paid for every row."""
+        if self._fits(resp.answer):
+            return None
+        return "unfit_format" if resp.status == "ok" else "cut_at_max_tokens"
 
     def _fits(self, text: str) -> bool:
         try:
@@ -281,12 +293,13 @@ class _Rounds:
     Generator's `spent_aside` is what the earlier rounds spent, replayed answers included (restored after the
     call): over the rounds and over reruns the call keeps to the one budget, and a budget stop names it. And
     `generator.stats` adds the rounds up (counts and money summed; levels such as `concurrency` from the last
-    round)."""
+    round). Re-ask rounds run without the answer check: they hold only the answers that missed, so many missing
+    again is expected there, not a sign of a model that ignores the schema."""
 
     _LEVELS = frozenset({"concurrency"})
 
     def __init__(self, gen: Generator) -> None:
-        self.gen, self.aside = gen, gen.spent_aside
+        self.gen, self.aside, self.check = gen, gen.spent_aside, gen.answer_check
         self.stats: dict = {}
         self.merged: dict | None = gen.stats  # the stats of a run before this call are not this call's
 
@@ -299,10 +312,11 @@ class _Rounds:
         usd, used = spent(self.stats)
         aside = self.aside or Spend(0.0, 0)
         self.gen.spent_aside = Spend(aside.usd + usd, aside.output_tokens + used)
+        self.gen.answer_check = None
 
     def __exit__(self, *exc: object) -> None:
         self._merge()  # a round that raised has its stats too
-        self.gen.spent_aside = self.aside
+        self.gen.spent_aside, self.gen.answer_check = self.aside, self.check
         if self.stats:
             self.gen.stats = self.stats
 

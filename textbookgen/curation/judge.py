@@ -74,6 +74,13 @@ def read_score(answer: str | None) -> tuple[int | None, str]:
     return int(value), "ok"
 
 
+def unscored(resp: Any) -> str | None:
+    """The judge's `answer_check` (engine.Generator): why a paid answer gives no 0-5 score ("score_unparsed",
+    "score_out_of_range"), None when it gives one, so a judge that ignores the asked format stops the run early."""
+    score, status = read_score(resp.answer)
+    return None if score is not None else f"score_{status}"
+
+
 def parse_score(completion: str | None) -> int | None:
     """The last "Educational score: n" (an integer 0-5) in a completion, or None if there is none."""
     return read_score(completion)[0]
@@ -99,13 +106,16 @@ def sample_rows(texts: pl.Series, n: int, seed: int = 0) -> list[int]:
 
 
 class EducationalJudge:
-    """Builds one request per document and parses the scores: `score(texts) -> [0..5 | None]`."""
+    """Builds one request per document and parses the scores: `score(texts) -> [0..5 | None]`. Gives the generator
+    `unscored` as its answer_check unless it has one."""
 
     def __init__(self, generator: Any, prompt: str = FINEWEB_EDU_PROMPT, max_chars: int = 2000,
                  max_tokens: int = MAX_TOKENS, temperature: float | None = 0.0) -> None:
         if "{text}" not in prompt:
             raise ValueError("judge prompt must contain {text}")
         self.generator, self.prompt = generator, prompt
+        if getattr(generator, "answer_check", None) is None:
+            generator.answer_check = unscored
         self.max_chars, self.max_tokens, self.temperature = max_chars, max_tokens, temperature
 
     def requests(self, texts: list[str], ids: list[str] | None = None) -> list[Any]:
