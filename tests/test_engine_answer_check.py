@@ -114,3 +114,19 @@ def test_classifier_label_stops_when_the_judge_gives_no_scores(tmp_path):
         assert result.exit_code != 0
         assert "score_unparsed" in result.output and "This page is nice." in result.output
         assert emu.billed <= 50 + 8  # the default error_window, not the 150 documents
+
+
+def test_classifier_label_with_max_error_rate_1_judges_every_document(tmp_path):
+    """The stop's message says `--max-error-rate 1` turns it off: classifier label takes it too."""
+    from textbookgen.cli import app
+
+    pl.DataFrame({"id": [f"d{i}" for i in range(80)], "text": [f"Lesson {i} on tides." for i in range(80)]}
+                 ).write_parquet(tmp_path / "in.parquet")  # fmt: skip
+    with Emulator(EmulatorConfig(latency_median_s=0.001, responder=lambda body: "This page is nice.")) as emu:
+        result = CliRunner().invoke(app, ["classifier", "label", str(tmp_path / "in.parquet"), "-o",
+                                          str(tmp_path / "labels.jsonl"), "--base-url", emu.openai_base_url,
+                                          "--max-error-rate", "1"], env={"OPENAI_API_KEY": "test-key"})
+        assert result.exit_code == 0, result.output
+        assert emu.billed == 80
+    stats = json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])
+    assert stats["kept"] == 0 and stats["dropped"]["unparsed"] == 80

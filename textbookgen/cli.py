@@ -1333,6 +1333,8 @@ def classifier_label(
     max_cost_usd: float | None = typer.Option(None, "--max-cost-usd", hidden=True),  # the old spelling, for scripts
     concurrency: int = typer.Option(32), seed: int = typer.Option(0),
     price: PriceOption = None,
+    max_error_rate: float = typer.Option(0.5, "--max-error-rate", help="stop once 50 documents are judged and more "
+                                         "than this share failed or gave no 0-5 score (1: never stop)"),
     text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
     """Score documents 0-5 for educational value with an LLM (FineWeb-Edu's additive rubric), as labels
@@ -1350,7 +1352,7 @@ def classifier_label(
     _check_provider(provider)
     for option, value, rule in (("--sample", sample, ">= 1"), ("--max-chars", max_chars, ">= 1"),
                                 ("--max-tokens", max_tokens, ">= 1"), ("--max-cost", max_cost, ">= 0"),
-                                ("--concurrency", concurrency, ">= 1")):
+                                ("--concurrency", concurrency, ">= 1"), ("--max-error-rate", max_error_rate, "in [0, 1]")):
         _check(option, value, rule)
     journal = journal or f"{output}.journal"
     prices = _prices(price)
@@ -1359,7 +1361,8 @@ def classifier_label(
         df = read_corpus(input_path, text_column, id_column)
         key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, concurrency=concurrency,
-                        journal=journal, max_cost_usd=max_cost, prices=prices)
+                        journal=journal, max_cost_usd=max_cost, prices=prices,
+                        max_error_rate=None if max_error_rate >= 1 else max_error_rate)
     with _reported(journal=journal):  # a provider error or a failed write: the answers paid for are kept
         temperature, default_tokens = sampling_for(model)
         judge = EducationalJudge(gen, max_chars=max_chars, max_tokens=max_tokens or default_tokens,
