@@ -664,15 +664,30 @@ def _yaml_nodes(value: Any, parent: tuple[str, ...]) -> list[Topic]:
                 out.append(Topic(name=nm, path=path, meta={"description": sub}))
             else:
                 node = Topic(name=nm, path=path)
-                if isinstance(sub, dict) and isinstance(sub.get("weight"), (int, float)):
-                    node.weight = float(sub["weight"])
-                    sub = {k: v for k, v in sub.items() if k != "weight"}
-                node.children = _yaml_nodes(sub, path)
+                node.children = _yaml_nodes(_own_fields(node, sub) if isinstance(sub, dict) else sub, path)
                 out.append(node)
         return out
     if isinstance(value, str):
         return [Topic(name=_clean_name(value), path=(*parent, _clean_name(value)))]
     raise TaxonomyError(f"unexpected value {value!r}")
+
+
+def _own_fields(node: Topic, sub: dict[Any, Any]) -> dict[Any, Any]:
+    """In a nested mapping (`Physics: {weight: 2, quota: 3, Optics: ...}`), the keys that are the topic's own fields
+    go onto `node`: weight and quota always (a quota used to become a child topic named "quota"), a description
+    where it is text; the rest, its children, are returned."""
+    children = {}
+    for key, value in sub.items():
+        field_name = str(key).strip().lower()
+        if field_name == "weight":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TopicError(node.path, f"weight must be a number, not {value!r}")
+            node.weight = float(value)
+        elif field_name == "quota" or (field_name == "description" and isinstance(value, str)):
+            node.meta[field_name] = value  # a bad quota is named by _check_quotas
+        else:
+            children[key] = value
+    return children
 
 
 def _native_node(d: dict[str, Any], parent: tuple[str, ...]) -> Topic:
