@@ -334,7 +334,7 @@ def test_classifier_label_stopped_by_the_provider_names_the_journal_that_keeps_t
     pl.DataFrame({"text": ["some text here"]}).write_parquet(tmp_path / "in.parquet")
     res = CliRunner().invoke(app, ["classifier", "label", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "l.jsonl"),
                                    "--base-url", "http://127.0.0.1:9/v1"], env=ENV)
-    _one_error(res, "quota or billing exhausted")
+    _one_error(res, "quota or billing exhausted", code=2)  # a stopped run exits 2, as generate and build do
     assert f"finished requests are kept in {tmp_path / 'l.jsonl.journal'}" in res.output
 
 
@@ -362,3 +362,16 @@ def test_a_missing_field_of_an_option_keeps_its_name():
     with pytest.raises(ValidationError) as err:
         Section.model_validate({})
     assert _error_line(err.value) == "--name: Field required"
+
+
+def test_topics_grow_stopped_by_the_provider_exits_2_as_generate_does(tmp_path, monkeypatch):
+    from textbookgen.errors import FatalProviderError
+
+    def quota(*args, **kwargs):
+        raise FatalProviderError("quota or billing exhausted for openai")
+
+    monkeypatch.setattr("textbookgen.taxonomy.grow", quota)
+    res = CliRunner().invoke(app, ["topics", "grow", "builtin:stories", str(tmp_path / "g.yaml"), "--target", "60",
+                                   "--base-url", "http://127.0.0.1:9/v1"], env=ENV)
+    _one_error(res, "quota or billing exhausted", code=2)
+    assert "finished requests are kept in" in res.output and not (tmp_path / "g.yaml").exists()

@@ -127,8 +127,9 @@ def _error_line(err: Exception) -> str:
 
 @contextmanager
 def _reported(journal: str | Path | None = None) -> Iterator[None]:
-    """Turn bad input (ValueError, OSError, journal, provider, polars and YAML errors) into one `error:` line
-    and exit 1; with `journal`, say that the answers already paid for are kept there."""
+    """Turn bad input (ValueError, OSError, journal, polars and YAML errors) into one `error:` line and exit 1, and a
+    stopped run (a fatal provider error, or the error-rate stop) into one that exits 2, as `generate` does; with
+    `journal`, say that the answers already paid for are kept there."""
     import polars as pl
     import yaml
 
@@ -140,7 +141,7 @@ def _reported(journal: str | Path | None = None) -> Iterator[None]:
     except (ValueError, OSError, JournalError, FatalProviderError, pl.exceptions.PolarsError,
             yaml.YAMLError) as err:
         kept = f"\nfinished requests are kept in {journal}; rerun the same command to resume." if journal else ""
-        _fail(_error_line(err) + kept)
+        _fail(_error_line(err) + kept, 2 if isinstance(err, FatalProviderError) else 1)
 
 
 _RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, ">= 2": lambda v: v >= 2,
@@ -946,8 +947,8 @@ def _grow_generator(provider: str, model: str, base_url: str | None, journal: Pa
 
 
 def _run_grow(tax: Taxonomy, budgeted: BudgetedGenerator, target: int, journal: Path, **options) -> GrowReport:
-    """`taxonomy.grow`, its round lines on stderr; bad input or a provider error exits 1 and Ctrl-C 130 (SIGTERM
-    143), each naming the journal that keeps the answers paid for."""
+    """`taxonomy.grow`, its round lines on stderr; bad input exits 1, a stopped run (a provider error) 2 and Ctrl-C
+    130 (SIGTERM 143), each naming the journal that keeps the answers paid for."""
     from textbookgen import taxonomy
 
     try:
