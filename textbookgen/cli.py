@@ -126,10 +126,10 @@ def _error_line(err: Exception) -> str:
 
 
 @contextmanager
-def _reported(journal: str | Path | None = None) -> Iterator[None]:
-    """Turn bad input (ValueError, OSError, journal, polars and YAML errors) into one `error:` line and exit 1, and a
-    stopped run (a fatal provider error, or the error-rate stop) into one that exits 2, as `generate` does; with
-    `journal`, say that the answers already paid for are kept there."""
+def _reported(journal: str | Path | None = None, stopped: int = 1) -> Iterator[None]:
+    """Turn bad input (ValueError, OSError, journal, provider, polars and YAML errors) into one `error:` line and
+    exit 1; with `journal`, say that the answers already paid for are kept there. `stopped` is the exit code of a
+    provider error: 2 where it stops a paid run (the provider, or the error-rate stop), as `generate` exits."""
     import polars as pl
     import yaml
 
@@ -141,7 +141,7 @@ def _reported(journal: str | Path | None = None) -> Iterator[None]:
     except (ValueError, OSError, JournalError, FatalProviderError, pl.exceptions.PolarsError,
             yaml.YAMLError) as err:
         kept = f"\nfinished requests are kept in {journal}; rerun the same command to resume." if journal else ""
-        _fail(_error_line(err) + kept, 2 if isinstance(err, FatalProviderError) else 1)
+        _fail(_error_line(err) + kept, stopped if isinstance(err, FatalProviderError) else 1)
 
 
 _RULES = {"> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, ">= 2": lambda v: v >= 2,
@@ -952,7 +952,7 @@ def _run_grow(tax: Taxonomy, budgeted: BudgetedGenerator, target: int, journal: 
     from textbookgen import taxonomy
 
     try:
-        with _reported(journal=journal):
+        with _reported(journal=journal, stopped=2):
             return taxonomy.grow(tax, budgeted, target, **options, log=lambda line: typer.echo(line, err=True))
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: the answers paid for are kept in {journal}; rerun the same command to resume "
@@ -1364,7 +1364,7 @@ def classifier_label(
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, concurrency=concurrency,
                         journal=journal, max_cost_usd=max_cost, prices=prices,
                         max_error_rate=None if max_error_rate >= 1 else max_error_rate)
-    with _reported(journal=journal):  # a provider error or a failed write: the answers paid for are kept
+    with _reported(journal=journal, stopped=2):  # a provider error or a failed write: the answers paid for are kept
         temperature, default_tokens = sampling_for(model)
         judge = EducationalJudge(gen, max_chars=max_chars, max_tokens=max_tokens or default_tokens,
                                  temperature=temperature)
