@@ -200,7 +200,7 @@ def _document_row(row: dict[str, Any], resp: ChatResponse, text: str, recipe: Re
     from textbookgen.card import portable_path
 
     prov = json.loads(row["provenance"])
-    prov["origin"] = portable_path(prov["origin"], recipe.base_dir, ("builtin:",))  # a template file's, published
+    prov["origin"] = portable_path(prov["origin"], recipe.base_dir)  # a template file's, published
     # The extract's text stays in prompts.parquet; the published row names it by id only (web text
     # keeps its own licence, and a 1,000-character copy per document would bloat the dataset).
     prov["variables"]["web_extract"] = row["seed_extract_id"]

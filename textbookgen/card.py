@@ -275,12 +275,13 @@ def recipe_fields(recipe: Recipe | Mapping) -> tuple[dict, set[str]]:
     return portable_recipe(recipe), set(recipe.model_fields_set)
 
 
-def portable_path(path: str | None, base: Path, kept: tuple[str, ...] = ("hf:", "http://", "https://")) -> str | None:
+def portable_path(path: str | None, base: Path) -> str | None:
     """A local path as a published file gives it: as written where relative (to the recipe's folder); an
     absolute one relative to `base` (the recipe's folder) where inside it, else its file name only, so the
     machine's layout (a home folder, a user name) stays on the machine and the recipe reruns with its files
-    placed beside it. None, and names starting with `kept` (remote sources), stay as they are."""
-    if path is None or path.startswith(kept):
+    placed beside it. None stays None; built-in names and remote sources (`builtin:x`, `hf:org/name`, URLs) are
+    never absolute paths, so they stay as written too."""
+    if path is None:
         return path
     p = Path(path).expanduser()
     if not p.is_absolute():
@@ -294,13 +295,10 @@ def portable_path(path: str | None, base: Path, kept: tuple[str, ...] = ("hf:", 
 def portable_recipe(recipe: Recipe) -> dict[str, Any]:
     """`recipe.public_dict()` with every local path made portable (`portable_path`): the taxonomy, web samples
     and their language model, template files, card template, output folder, benchmarks and classifier model."""
-    from textbookgen.templates import builtin_templates
-
     data, base = recipe.public_dict(), recipe.base_dir
-    data["taxonomy"]["source"] = portable_path(data["taxonomy"]["source"], base, ("builtin:",))
+    data["taxonomy"]["source"] = portable_path(data["taxonomy"]["source"], base)
     for entry in data["mix"]:
-        if entry["template"] not in builtin_templates():
-            entry["template"] = portable_path(entry["template"], base)
+        entry["template"] = portable_path(entry["template"], base)
     data["card_template"] = portable_path(data["card_template"], base)
     data["output"] = portable_path(data["output"], base)
     web = data.get("web_samples")
@@ -310,7 +308,7 @@ def portable_recipe(recipe: Recipe) -> dict[str, Any]:
             web["language_filter"]["model"] = portable_path(web["language_filter"]["model"], base)
     curation = data.get("curation") or {}
     for bench in (curation.get("decontamination") or {}).get("benchmarks") or []:
-        bench["path"] = portable_path(bench["path"], base, ("hf://",))
+        bench["path"] = portable_path(bench["path"], base)
     if curation.get("classifier"):
         curation["classifier"]["model_path"] = portable_path(curation["classifier"]["model_path"], base)
     return data
@@ -321,7 +319,7 @@ def portable_manifest(manifest: Mapping, recipe: Recipe) -> dict[str, Any]:
     sources, and the output folder where a note names it (a budget reached: "every run in FOLDER")."""
     out, base = json.loads(json.dumps(manifest, default=str)), recipe.base_dir
     if isinstance(out.get("taxonomy"), dict):
-        out["taxonomy"]["source"] = portable_path(out["taxonomy"].get("source"), base, ("builtin:",))
+        out["taxonomy"]["source"] = portable_path(out["taxonomy"].get("source"), base)
     if isinstance(out.get("web_samples"), dict):
         out["web_samples"]["source"] = portable_path(out["web_samples"].get("source"), base)
     folder = str(recipe.output_dir())
