@@ -173,9 +173,9 @@ def label_corpus(df: pl.DataFrame, judge: EducationalJudge, sample: int | None =
         pl.Series("judge_rationale", [r["rationale"] for r in results], dtype=pl.String),
     )
     scored = labelled.filter(pl.col("label").is_not_null())
-    unscored = labelled.filter(pl.col("label").is_null())
+    unlabelled = labelled.filter(pl.col("label").is_null())
     run = judge.generator.stats
-    stats = {"in": df.height, "kept": scored.height, "dropped": dict(Counter(unscored[JUDGE_STATUS])),
+    stats = {"in": df.height, "kept": scored.height, "dropped": dict(Counter(unlabelled[JUDGE_STATUS])),
              "score_counts": dict(sorted(Counter(scored["label"].to_list()).items())),
              "unscored_examples": [{"id": ids[i] if ids else None, "row": rows[i], "status": r["status"],
                                     "answer": r["rationale"][:200]} for i, r in enumerate(results)
