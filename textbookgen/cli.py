@@ -403,11 +403,9 @@ def generate(
                                 ("--max-cost", max_cost, ">= 0"), ("--max-output-tokens", max_output_tokens, ">= 0"),
                                 ("--max-tokens", max_tokens, ">= 1"), ("--temperature", temperature, "in [0, 2]"),
                                 ("--top-p", top_p, "in (0, 1]"), ("--n", n, ">= 1"),
-                                ("--max-error-rate", max_error_rate, "in [0, 1]"), ("--batch-size", batch_size, ">= 1"),
-                                ("--batch-poll", batch_poll, ">= 0")):
+                                ("--max-error-rate", max_error_rate, "in [0, 1]")):
         _check(option, value, rule)
-    if not batch and (batch_size is not None or batch_poll is not None):  # else it runs live, at twice the price
-        _fail("--batch-size and --batch-poll go with --batch")
+    batching = _batch_options(batch, batch_size, batch_poll)
     _check_provider(provider)
     stem = Path(prompts).with_suffix("")
     out_path = out or f"{stem}.completions.jsonl"
@@ -425,8 +423,7 @@ def generate(
                         limits=RateLimits(rpm=rpm, input_tpm=input_tpm, output_tpm=output_tpm, tpm=tpm),
                         concurrency=concurrency, max_cost_usd=max_cost, max_output_tokens=max_output_tokens,
                         prices=_prices(price), progress=progress, timeout_s=timeout, max_attempts=max_attempts,
-                        retry_failed=retry_failed, batch=batch, max_error_rate=max_error_rate,
-                        **{k: v for k, v in (("batch_size", batch_size), ("batch_poll_s", batch_poll)) if v is not None})
+                        retry_failed=retry_failed, max_error_rate=max_error_rate, **batching)
     responses = _run_generator(gen, requests)
     with _reported(journal=gen.journal_path):
         path = write_completions(out_path, responses)
@@ -435,6 +432,17 @@ def generate(
     typer.echo(f"{len(responses)} completions -> {path} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); "
                f"${cost:.4f}; journal {gen.journal_path}")
     _exit_unfinished(responses)
+
+
+def _batch_options(batch: bool, batch_size: int | None, batch_poll: float | None) -> dict:
+    """The Generator's batch arguments from --batch, --batch-size and --batch-poll (each unset one left to its
+    default), after checking them: the sizes alone, without --batch, would run live at twice the price."""
+    for option, value, rule in (("--batch-size", batch_size, ">= 1"), ("--batch-poll", batch_poll, ">= 0")):
+        _check(option, value, rule)
+    if not batch and (batch_size is not None or batch_poll is not None):
+        _fail("--batch-size and --batch-poll go with --batch")
+    return {"batch": batch, **{k: v for k, v in (("batch_size", batch_size), ("batch_poll_s", batch_poll))
+                               if v is not None}}
 
 
 def _env_key(api_key_env: str | None) -> str | None:
@@ -472,9 +480,13 @@ def _run_generator(gen: Generator, requests: list[ChatRequest]) -> list[ChatResp
     except JournalError as err:  # in use by another run, not a journal, a directory
         _fail(str(err))
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: finished requests are in {gen.journal_path}; rerun the same command to resume.",
-                   err=True)
-        raise typer.Exit(_interrupt_exit()) from None
+        _exit_interrupted_run(gen.journal_path)
+
+
+def _exit_interrupted_run(journal: str | Path | None) -> NoReturn:
+    """Ctrl-C (SIGTERM) stopped a paid run: say the journal keeps what finished and exit 130 (143)."""
+    typer.echo(f"\ninterrupted: finished requests are in {journal}; rerun the same command to resume.", err=True)
+    raise typer.Exit(_interrupt_exit()) from None
 
 
 def _exit_unfinished(responses: list[ChatResponse]) -> None:
@@ -1334,13 +1346,25 @@ def classifier_label(
     max_cost_usd: float | None = typer.Option(None, "--max-cost-usd", hidden=True),  # the old spelling, for scripts
     concurrency: int = typer.Option(32), seed: int = typer.Option(0),
     price: PriceOption = None,
-    max_error_rate: float = typer.Option(0.5, "--max-error-rate", help="stop once 50 documents are judged and more "
-                                         "than this share failed or gave no 0-5 score (1: never stop)"),
+    max_error_rate: float | None = typer.Option(None, "--max-error-rate", help="stop once 50 documents are judged "
+                                                "and more than this share failed or gave no 0-5 score (default 0.5; "
+                                                "1: never stop). Live runs only: --batch pays for a batch as it "
+                                                "submits it, so nothing stops it early; try the judge on a small "
+                                                "live --sample first, whose answers the --batch run replays free"),
+    batch: bool = typer.Option(False, "--batch", help="the provider's batch API (openai, anthropic): half price, "
+                               "answers within 24 h; interrupt and rerun to collect submitted batches"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="documents per batch (with --batch; default "
+                                          "10,000)"),
+    batch_poll: float | None = typer.Option(None, "--batch-poll", help="seconds between batch status checks (with "
+                                            "--batch; default 30)"),
     text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
     """Score documents 0-5 for educational value with an LLM (FineWeb-Edu's additive rubric), as labels
     for `classifier train --labelled OUT --min-positive 3`. Exits 4, the labels so far written, when --max-cost
-    kept documents back."""
+    kept documents back; 2 when the provider or the error-rate stop ended the run (rerun to resume); 130 on Ctrl-C
+    (143 SIGTERM), the answers paid for kept in the journal (with --batch, submitted batches run on at the
+    provider, and a rerun with --batch collects them instead of paying again)."""
+    from textbookgen.batch import BATCH_PROVIDERS
     from textbookgen.curation.corpus_io import check_output, read_corpus, write_corpus
     from textbookgen.curation.judge import EducationalJudge, label_corpus, sampling_for
     from textbookgen.engine import Generator
@@ -1355,6 +1379,13 @@ def classifier_label(
                                 ("--max-tokens", max_tokens, ">= 1"), ("--max-cost", max_cost, ">= 0"),
                                 ("--concurrency", concurrency, ">= 1"), ("--max-error-rate", max_error_rate, "in [0, 1]")):
         _check(option, value, rule)
+    batching = _batch_options(batch, batch_size, batch_poll)
+    if batch and provider not in BATCH_PROVIDERS:
+        _fail(f"--batch: --provider {provider} has no batch API; use {' or '.join(BATCH_PROVIDERS)}, or run live")
+    if batch and max_error_rate is not None and max_error_rate < 1:
+        _fail("--max-error-rate: live runs only; --batch pays for a batch as it submits it, so nothing stops it "
+              "early (try the judge on a small live --sample first: the --batch run replays its answers free)")
+    max_error_rate = 0.5 if max_error_rate is None else max_error_rate
     journal = journal or f"{output}.journal"
     prices = _prices(price)
     with _reported():
@@ -1363,12 +1394,15 @@ def classifier_label(
         key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, concurrency=concurrency,
                         journal=journal, max_cost_usd=max_cost, prices=prices,
-                        max_error_rate=None if max_error_rate >= 1 else max_error_rate)
+                        max_error_rate=None if max_error_rate >= 1 else max_error_rate, **batching)
     with _reported(journal=journal, stopped=2):  # a provider error or a failed write: the answers paid for are kept
         temperature, default_tokens = sampling_for(model)
         judge = EducationalJudge(gen, max_chars=max_chars, max_tokens=max_tokens or default_tokens,
                                  temperature=temperature)
-        labelled, stats = label_corpus(df, judge, sample, seed, text_column, id_column)
+        try:
+            labelled, stats = label_corpus(df, judge, sample, seed, text_column, id_column)
+        except KeyboardInterrupt:
+            _exit_interrupted_run(journal)
         write_corpus(labelled, output)
     typer.echo(json.dumps(stats, indent=2))
     if max_cost is None and not is_priced(model, prices):  # with --max-cost the engine warns

@@ -4,7 +4,8 @@ The rubric is FineWeb-Edu's (Llama-3-70B-Instruct annotations; Yuan et al.'s add
 point per criterion met, then "Educational score: <n>". Scores label a sample for the fastText
 classifier (`classifier train --labelled ... --min-positive 3`: FineWeb-Edu kept int_score >= 3).
 Requests go through `textbookgen.engine.Generator`, so they are journaled (a killed labelling run
-resumes without paying twice), rate-limited and budgeted like generation.
+resumes without paying twice), rate-limited and budgeted like generation, live or (`batch=True`, `classifier label
+--batch`) through the provider's batch API at half price.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def read_score(answer: str | None) -> tuple[int | None, str]:
 
 def unscored(resp: Any) -> str | None:
     """The judge's `answer_check` (engine.Generator): why a paid answer gives no 0-5 score ("score_unparsed",
-    "score_out_of_range"), None when it gives one, so a judge that ignores the asked format stops the run early."""
+    "score_out_of_range"), None when it gives one, so a judge that ignores the asked format stops a live run early
+    (the engine checks no batch answers: a batch is paid as it is submitted)."""
     score, status = read_score(resp.answer)
     return None if score is not None else f"score_{status}"
 
