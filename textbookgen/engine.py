@@ -279,6 +279,15 @@ def replays(row: Mapping[str, Any], retry_failed: bool = False) -> bool:
         row["status"] == "failed" and row["error_class"] in PERMANENT_ERRORS and not retry_failed)
 
 
+class Billed(NamedTuple):
+    """What billed failures cost that the journal's answers do not show (`Generator._replay`): the budgets' `Spend`
+    and the input tokens, which the totals count as the provider billed them."""
+
+    usd: float
+    output_tokens: int
+    input_tokens: int
+
+
 def fits(row: Mapping[str, Any], max_tokens: int) -> bool:
     """Whether an answer that stopped on its own (a `Journal.natural_stops` row) answers the same request with
     this max_tokens: it used no more output tokens. One whose server reported no usage (no tokens for some
@@ -538,12 +547,12 @@ class Generator:
 
     # ----- journal replay -----------------------------------------------------------------------
     def _replay(self, journal: Journal,
-                unique: dict[str, ChatRequest]) -> tuple[dict[str, ChatResponse], Spend, Spend]:
+                unique: dict[str, ChatRequest]) -> tuple[dict[str, ChatResponse], Spend, Billed]:
         """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens, the worst
         case of the attempts earlier runs abandoned on these requests, and what billed failures cost that those
         responses do not show: the ones this run sends again (an empty answer, a refusal with retry_failed), and the
-        output tokens of those answered since (a row's tokens are its answer's). Paid, so counted against the budgets
-        as replayed answers are. Registers the other requests as pending."""
+        tokens of those answered since (a row's tokens are its answer's). Paid, so counted against the budgets and in
+        the totals as replayed answers are. Registers the other requests as pending."""
         rows = journal.rows(list(unique))
         self._fail_empty_rows(journal, rows)
         abandoned = Spend(sum(row["abandoned_usd"] for row in rows.values()),
@@ -558,9 +567,10 @@ class Generator:
              json.dumps(req.metadata, ensure_ascii=False, default=str))
             for key, req in unique.items() if key not in rows)
         again = [row for key, row in rows.items() if key not in done]  # sent again, or answered by `_reuse`
-        failed_before = sum(row["failed_output_tokens"] for row in rows.values())  # answered since
-        resent = Spend(sum(row["cost_usd"] for row in again),
-                       sum(row["output_tokens"] for row in again) + failed_before)
+        failed_out = sum(row["failed_output_tokens"] for row in rows.values())  # of failures answered since
+        failed_in = sum(row["failed_input_tokens"] for row in rows.values())
+        resent = Billed(sum(row["cost_usd"] for row in again), sum(row["output_tokens"] for row in again) + failed_out,
+                        sum(row["input_tokens"] for row in again) + failed_in)
         self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
         return results, abandoned, resent
 
@@ -615,7 +625,7 @@ class Generator:
 
     # ----- the run ------------------------------------------------------------------------------
     async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse],
-                        abandoned: Spend, resent: Spend) -> None:
+                        abandoned: Spend, resent: Billed) -> None:
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
                                  timeout=self.timeout_s * TIMEOUT_CAP,  # the engine times attempts itself
                                  attempt_timeout_s=self.timeout_s)
@@ -685,7 +695,7 @@ class Generator:
             raise self._fatal
 
     @staticmethod
-    def _counts(results: dict[str, ChatResponse], abandoned: Spend, resent: Spend) -> dict[str, Any]:
+    def _counts(results: dict[str, ChatResponse], abandoned: Spend, resent: Billed) -> dict[str, Any]:
         """A run's counters at its start: what the journal answered (`replayed`) and what billed failures cost that
         its answers do not show (`resent`, see `_replay`; in `replayed_usd`, earlier runs' spend), nothing sent yet."""
         replayed = list(results.values())
@@ -696,7 +706,7 @@ class Generator:
         return {"done": len(replayed), "sent": 0, "collected": 0, "ok": 0, "truncated": 0, "failed": 0, "empty": 0,
                 "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0, "rejected": 0,
                 "abandoned_usd": abandoned.usd, "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
-                "input_tokens": sum(r.input_tokens for r in billed), "output_tokens": tokens_out,
+                "input_tokens": sum(r.input_tokens for r in billed) + resent.input_tokens, "output_tokens": tokens_out,
                 "replayed": len(replayed), "reused": len(replayed) - len(billed), "replayed_usd": cost,
                 "replayed_output_tokens": tokens_out, "prior_abandoned_usd": abandoned.usd,
                 "prior_abandoned_output_tokens": abandoned.output_tokens}

@@ -23,9 +23,10 @@ abandoned columns, once. Summaries count both as abandoned.
 Each provider batch row records the server it went to (`base_url`, schema 5; never a key), so cancelling it later
 needs no --base-url; rows of older journals have none.
 
-A row's `output_tokens` describe its answer; a failure answered again (re-sent, or by reuse) was billed its own, which
-`failed_output_tokens` (schema 6) adds up, as `cost_usd` does its cost, so totals and budgets count what was paid;
-older journals get the column as zeros (their failures answered since are lost to it).
+A row's `input_tokens` and `output_tokens` describe its answer; a failure answered again (re-sent, or by reuse) was
+billed its own, which `failed_output_tokens` (schema 6) and `failed_input_tokens` (schema 7) add up, as `cost_usd` does
+its cost, so totals and budgets count what was paid; older journals get the columns as zeros (their failures answered
+since are lost to them).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6  # 2: reuse_key, reused_from; 3: abandoned_*; 4: on_wire_*; 5: batches.base_url;
-# 6: failed_output_tokens; older: migrated on open
+SCHEMA_VERSION = 7  # 2: reuse_key, reused_from; 3: abandoned_*; 4: on_wire_*; 5: batches.base_url;
+# 6: failed_output_tokens; 7: failed_input_tokens; older: migrated on open
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
 PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
@@ -55,7 +56,7 @@ WRITE_RETRIES, WRITE_RETRY_S = 4, 2.0  # a failed commit (locked, disk full) is 
 COLUMNS = ("key", "provider", "model", "status", "text", "finish_reason", "input_tokens", "output_tokens",
            "cost_usd", "latency_s", "attempts", "error", "error_class", "response_id", "request",
            "metadata", "created_at", "updated_at", "reused_from", "abandoned_usd", "abandoned_output_tokens",
-           "failed_output_tokens")
+           "failed_output_tokens", "failed_input_tokens")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -83,7 +84,8 @@ CREATE TABLE IF NOT EXISTS requests (
     abandoned_output_tokens INTEGER NOT NULL DEFAULT 0,
     on_wire_usd REAL,
     on_wire_output_tokens INTEGER,
-    failed_output_tokens INTEGER NOT NULL DEFAULT 0
+    failed_output_tokens INTEGER NOT NULL DEFAULT 0,
+    failed_input_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
 CREATE TABLE IF NOT EXISTS batches (
@@ -108,12 +110,13 @@ OPEN_BATCH_STATUSES = ("submitting", "running")
 
 # result rows written by the engine: (status, text, finish_reason, input_tokens, output_tokens,
 # cost_usd, latency_s, attempts, error, error_class, response_id, updated_at, key). A failed row sent again
-# (retry_failed) keeps what its failure cost in cost_usd and its output tokens in failed_output_tokens: a refusal is
-# billed, so the journal's totals stay what was paid (output_tokens describe the new answer). A row answered anew no
-# longer reuses another's answer.
+# (retry_failed) keeps what its failure cost in cost_usd and its tokens in failed_input_tokens and failed_output_tokens:
+# a refusal is billed, so the journal's totals stay what was paid (input_tokens and output_tokens describe the new
+# answer). A row answered anew no longer reuses another's answer.
 _UPDATE = """UPDATE requests SET status=?, text=?, finish_reason=?, input_tokens=?, output_tokens=?,
 cost_usd=? + CASE WHEN status = 'failed' THEN COALESCE(cost_usd, 0) ELSE 0 END,
 failed_output_tokens = failed_output_tokens + CASE WHEN status = 'failed' THEN output_tokens ELSE 0 END,
+failed_input_tokens = failed_input_tokens + CASE WHEN status = 'failed' THEN input_tokens ELSE 0 END,
 latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=?, on_wire_usd=NULL,
 on_wire_output_tokens=NULL, reused_from=NULL WHERE key=?"""
 # abandoned attempts: (worst-case USD, max_tokens, key), added to what the row already holds
@@ -182,13 +185,14 @@ class Journal:
         self._abandons = "abandoned_usd" in present  # False only for an older journal opened read-only
         self._wires = "on_wire_usd" in present  # likewise
         self._fails = "failed_output_tokens" in present  # likewise
+        self._fails_in = "failed_input_tokens" in present  # likewise
         self._select = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
 
     def _migrate(self) -> None:
         """Bring an older journal to this schema: the two reuse columns (version 1), reuse keys computed from the
         stored requests; the abandoned-attempt columns (version 2), zeros; the on-wire columns (version 3), empty;
-        the batches' base_url (version 4), unknown; the failures' output tokens (version 5), zeros. One transaction:
-        a process opening it meanwhile waits, then finds it done."""
+        the batches' base_url (version 4), unknown; the failures' output tokens (version 5), zeros; their input
+        tokens (version 6), zeros. One transaction: a process opening it meanwhile waits, then finds it done."""
         with self._transaction():
             present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
             if "reuse_key" not in present:
@@ -203,6 +207,8 @@ class Journal:
                 self.db.execute("ALTER TABLE requests ADD COLUMN on_wire_output_tokens INTEGER")
             if "failed_output_tokens" not in present:
                 self.db.execute("ALTER TABLE requests ADD COLUMN failed_output_tokens INTEGER NOT NULL DEFAULT 0")
+            if "failed_input_tokens" not in present:
+                self.db.execute("ALTER TABLE requests ADD COLUMN failed_input_tokens INTEGER NOT NULL DEFAULT 0")
             if "base_url" not in {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}:
                 self.db.execute("ALTER TABLE batches ADD COLUMN base_url TEXT")
             self.db.execute("CREATE INDEX IF NOT EXISTS requests_reuse ON requests(reuse_key)")
@@ -295,7 +301,7 @@ class Journal:
         """Answer pending rows with the answers of others, (key, source key) pairs: the source's status, text,
         finish and response id, `reused_from` naming it, and nothing billed (no tokens, no cost, no attempt),
         so totals of what was paid count each answer once; a failed row keeps what its failure was billed (its
-        cost, its output tokens in `failed_output_tokens`)."""
+        cost, its tokens in `failed_input_tokens` and `failed_output_tokens`)."""
         now = time.time()
         with self._transaction():
             self.db.executemany(
@@ -303,8 +309,9 @@ class Journal:
                 "finish_reason, response_id FROM requests AS source WHERE source.key = ?1), input_tokens=0, "
                 "output_tokens=0, cost_usd = CASE WHEN status = 'failed' THEN cost_usd ELSE 0 END, "
                 "failed_output_tokens = failed_output_tokens + CASE WHEN status = 'failed' THEN output_tokens "
-                "ELSE 0 END, latency_s=NULL, attempts=0, error=NULL, error_class=NULL, reused_from=?1, updated_at=?2 "
-                "WHERE key=?3",
+                "ELSE 0 END, failed_input_tokens = failed_input_tokens + CASE WHEN status = 'failed' THEN "
+                "input_tokens ELSE 0 END, latency_s=NULL, attempts=0, error=NULL, error_class=NULL, reused_from=?1, "
+                "updated_at=?2 WHERE key=?3",
                 ((source, now, key) for key, source in pairs))
 
     def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float, int, str]] = (),
@@ -359,7 +366,7 @@ class Journal:
 
     def summary(self) -> dict:
         """Counts by status and failure class, token and dollar totals (what was paid: a reused answer counts
-        once, the output tokens of failures answered since too), the worst case of abandoned attempts and of those
+        once, the tokens of failures answered since too), the worst case of abandoned attempts and of those
         on the wire (what the provider may have billed besides: a killed run's, or a running one's), attempts,
         provider batches by status (open ones, "submitting"/"running", are collected by the next run), and how
         many rows reuse another's answer."""
@@ -383,6 +390,8 @@ class Journal:
             abandoned_usd, abandoned_out = abandoned_usd + wire_usd, abandoned_out + wire_out
         if self._fails:  # what failures answered since were billed
             tout += db.execute("SELECT COALESCE(SUM(failed_output_tokens),0) FROM requests").fetchone()[0]
+        if self._fails_in:
+            tin += db.execute("SELECT COALESCE(SUM(failed_input_tokens),0) FROM requests").fetchone()[0]
         return {"path": str(self.path) if self.path else ":memory:", "requests": total,
                 "by_status": by_status, "done": sum(by_status.get(s, 0) for s in DONE_STATUSES),
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
@@ -425,7 +434,7 @@ def _parquet_schema() -> dict:
             "error_class": pl.String, "response_id": pl.String, "request": pl.String, "metadata": pl.String,
             "created_at": pl.Float64, "updated_at": pl.Float64, "reused_from": pl.String,
             "abandoned_usd": pl.Float64, "abandoned_output_tokens": pl.Int64,
-            "failed_output_tokens": pl.Int64}
+            "failed_output_tokens": pl.Int64, "failed_input_tokens": pl.Int64}
 
 
 def server(url: str | None) -> str | None:
