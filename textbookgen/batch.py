@@ -22,11 +22,12 @@ while its batches run and submitting the rest as they end. `BatchLimits` sets a 
 `cancel_batches` (`textbookgen journal PATH --cancel-batches`) cancels a journal's open batches.
 
 The budgets hold as in a live run, at the batch price, even if every answer runs to max_tokens: a batch goes out
-only when its worst case (the engine's, per request: the prompt as estimated and max_tokens of output), with that
-of every batch still running, fits beside what is spent. When the whole next batch does not fit, the requests that
-do (in order) go as a smaller one, or the run waits for running batches to end: their real cost, mostly far below
-max_tokens, frees room. The budget is reached when none is running and the next request's worst case does not fit,
-so a run ends within one request's worst case of it.
+only when its worst case (the engine's, per request: the prompt as estimated, at the cache-write price where it asks
+for prompt-cache writes, and max_tokens of output), with that of every batch still running, fits beside what is
+spent. When the whole next batch does not fit, the requests that do (in order) go as a smaller one, or the run
+waits for running batches to end: their real cost, mostly far below max_tokens, frees room. The budget is reached
+when none is running and the next request's worst case does not fit, so a run ends within one request's worst case
+of it.
 
 Nothing is paid twice. A batch's row (tag, keys) is committed before it is submitted and its batch id right
 after, so a rerun polls the batches the journal names instead of submitting their requests again. A crash

@@ -29,9 +29,10 @@ Money the provider takes whether or not we listen is never paid twice:
   Against a kill, each attempt is committed to the journal as on the wire before it goes out; the next run counts
   a killed run's leftovers at their worst case, once (journal.py).
 - The budgets hold even if every request on the wire answers at max_tokens: an attempt goes out only when its
-  worst case fits beside what is spent and the worst case of those on the wire; otherwise it waits, in line, for them
-  to settle (they mostly cost far less). The budget is reached when nothing is on the wire and the next request's
-  worst case does not fit, so a run ends within one request's worst case of it.
+  worst case (its prompt at the dearest rate it may be billed, a prompt-cache write's premium included, and
+  max_tokens of output) fits beside what is spent and the worst case of those on the wire; otherwise it waits, in
+  line, for them to settle (they mostly cost far less). The budget is reached when nothing is on the wire and the
+  next request's worst case does not fit, so a run ends within one request's worst case of it.
 - An answer with no text (empty, whitespace, or only a reasoning block: see `empty_answer`) is billed and gives
   nothing: a failed request (error class `empty_answer`, or `empty_answer_reasoning` where reasoning ate it), its
   cost booked, re-sent by the next run rather than within this one (the same request, seed included, tends to come
@@ -256,6 +257,15 @@ class Spend(NamedTuple):
     output_tokens: int
 
 
+class Billed(NamedTuple):
+    """What billed failures cost that the journal's answers do not show (`Generator._replay`): the budgets' `Spend`
+    and the input tokens, which the totals count as the provider billed them."""
+
+    usd: float
+    output_tokens: int
+    input_tokens: int
+
+
 def spent(counts: Mapping[str, Any]) -> Spend:
     """What a run's stats, or a journal summary, count against the budgets: what was paid plus the worst case of
     the attempts abandoned on a timeout (the provider may bill those; what they cost is never known)."""
@@ -279,15 +289,6 @@ def replays(row: Mapping[str, Any], retry_failed: bool = False) -> bool:
         row["status"] == "failed" and row["error_class"] in PERMANENT_ERRORS and not retry_failed)
 
 
-class Billed(NamedTuple):
-    """What billed failures cost that the journal's answers do not show (`Generator._replay`): the budgets' `Spend`
-    and the input tokens, which the totals count as the provider billed them."""
-
-    usd: float
-    output_tokens: int
-    input_tokens: int
-
-
 def fits(row: Mapping[str, Any], max_tokens: int) -> bool:
     """Whether an answer that stopped on its own (a `Journal.natural_stops` row) answers the same request with
     this max_tokens: it used no more output tokens. One whose server reported no usage (no tokens for some
@@ -295,6 +296,18 @@ def fits(row: Mapping[str, Any], max_tokens: int) -> bool:
     if row["output_tokens"] or not row["text"]:
         return row["output_tokens"] <= max_tokens
     return request_of(row).get("max_tokens", max_tokens + 1) <= max_tokens
+
+
+def cache_write_ttls(part: Any) -> set[str]:
+    """The times to live of the prompt-cache writes a request part asks for: Anthropic's `cache_control` blocks,
+    anywhere in messages, tools or the body ("5m" where one gives none). A JSON schema's fields are data, not blocks."""
+    if isinstance(part, Mapping):
+        control = part.get("cache_control")
+        found = {str(control.get("ttl") or "5m")} if isinstance(control, Mapping) else set()
+        return found.union(*(cache_write_ttls(v) for k, v in part.items() if k not in _SCHEMA_FIELDS))
+    if isinstance(part, list):
+        return set().union(*(cache_write_ttls(v) for v in part))
+    return set()
 
 
 def estimate_input_tokens(req: ChatRequest) -> int:
@@ -354,12 +367,13 @@ class BudgetGate:
 
 
 class _Item:
-    """A unique pending request and its running state."""
+    """A unique pending request and its running state. `in_rate`: the dearest price an input token of it may be
+    billed, as a fraction of the input price (a prompt-cache write's premium; `Generator._input_rate`)."""
 
-    __slots__ = ("key", "req", "est_in", "attempts", "reserved")
+    __slots__ = ("key", "req", "est_in", "in_rate", "attempts", "reserved")
 
-    def __init__(self, key: str, req: ChatRequest, est_in: int) -> None:
-        self.key, self.req, self.est_in, self.attempts = key, req, est_in, 0
+    def __init__(self, key: str, req: ChatRequest, est_in: int, in_rate: float = 1.0) -> None:
+        self.key, self.req, self.est_in, self.in_rate, self.attempts = key, req, est_in, in_rate, 0
         self.reserved: Spend | None = None  # the worst case of its attempt in flight, held against the budgets
 
 
@@ -534,7 +548,8 @@ class Generator:
         try:
             journal.lock_for_run()
             results, abandoned, resent = self._replay(journal, unique)
-            todo = [_Item(k, r, estimate_input_tokens(r)) for k, r in unique.items() if k not in results]
+            todo = [_Item(k, r, estimate_input_tokens(r), self._input_rate(r)) for k, r in unique.items()
+                    if k not in results]
             if todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
                 await self._generate(journal, todo, results, abandoned, resent)
             else:  # all answered by the journal: the stats still describe this run, not the last one
@@ -1009,10 +1024,18 @@ class Generator:
         return (None if cost is None else max(0.0, cost - self._beyond.usd),
                 None if out is None else max(0, out - self._beyond.output_tokens))
 
+    def _input_rate(self, req: ChatRequest) -> float:
+        """The dearest an input token of `req` may be billed, as a fraction of the input price: a request that asks
+        for prompt-cache writes may be billed the write premium on its whole prompt (Anthropic: 1.25x for 5 minutes,
+        2x for an hour), as `_cost` prices the writes it reports; 1 without."""
+        ttls = cache_write_ttls([req.messages, req.params])
+        return max([1.0, *(self.cache_write_1h_rate if ttl == "1h" else self.cache_write_rate for ttl in ttls)])
+
     def _worst_case(self, item: _Item) -> Spend:
-        """The most one attempt may cost: its prompt (as estimated) and max_tokens of output."""
+        """The most one attempt may cost: its prompt (as estimated, at its dearest rate: `_Item.in_rate`) and
+        max_tokens of output."""
         out = item.req.max_tokens
-        return Spend(item.est_in * self._in_ratio * self.price_in + out * self.price_out, out)
+        return Spend(item.est_in * self._in_ratio * item.in_rate * self.price_in + out * self.price_out, out)
 
     def _over_budget(self, more: Spend) -> str | None:
         """Why `more` does not fit in the budgets beside what is spent and what is in flight; None when it fits.
