@@ -158,7 +158,8 @@ class ChatRequest:
     topic or template ids) travels to the response and the journal but is not part of the key.
     `response_format` (OpenAI's shape, e.g. a `json_schema`) asks for structured output: sent as is to OpenAI
     and OpenAI-compatible servers (vLLM, SGLang); to Anthropic as a tool the model must call, whose input
-    comes back as the JSON text."""
+    comes back as the JSON text. `params` must not set what the engine sets itself (`own_param`: model, max_tokens,
+    n, stream)."""
 
     messages: list[dict]
     max_tokens: int = 1024
@@ -174,6 +175,27 @@ class ChatRequest:
         if self.params and (name := credential_param(self.params)):
             raise ValueError(f"'params' must not set '{name}': a credential does not go in the request body, which "
                              "the journal keeps and exports; the key comes from the environment (api_key_env)")
+        if self.params and (name := own_param(self.params)):
+            raise ValueError(f"'params' must not set '{name}' ({self.params[name]!r}): {_OWN_PARAMS[name]}")
+
+
+def own_param(params: Mapping) -> str | None:
+    """The first key of `params` that overrides a request-body key the engine sets itself and prices, budgets or
+    reads answers by (params are sent as is, over the body): n=4 was billed four answers, one kept, one counted."""
+    return next((k for k in params if k in _OWN_PARAMS and not (k in _HARMLESS and params[k] == _HARMLESS[k])), None)
+
+
+# why each such key is refused; _HARMLESS: the value one may keep, as it is what the engine means
+_OWN_PARAMS = {
+    "model": "the model is the Generator's, whose price the cost and the budgets count",
+    "max_tokens": "use the request's max_tokens, at which the budgets hold its worst case",
+    "max_completion_tokens": "use the request's max_tokens (sent to OpenAI as max_completion_tokens), at which the "
+                             "budgets hold its worst case",
+    "n": "the provider bills n answers and one is kept (the budgets count one); for several answers to a prompt use "
+         "engine.sampled(req, n) (generate --n, LLM(n=...)): each its own request, seeded and journaled",
+    "stream": "answers are read whole",
+}
+_HARMLESS = {"n": 1, "stream": False}
 
 
 # a credential's name: any *_api_key, *_secret, *_password or authorization; a token by the names tokens go by
