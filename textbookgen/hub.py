@@ -481,12 +481,13 @@ def push(
                                                                revision=revision):
             info = _open_repo(api, repo_id, private, revision, out_dir, _card_repo(out_dir))
             operations, old_card = _operations(api, repo_id, out_dir, files, set(splits), info)
-            message = commit_message or _what_changed(api, repo_id, info, out_dir, old_card)
             additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
             log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)", len(additions),
                      len(operations) - len(additions), repo_id, revision, info.sha)  # fmt: skip
             _in_background(lambda: api.preupload_lfs_files(repo_id, additions, repo_type="dataset", revision=revision,
                                                            free_memory=False), transfers)  # fmt: skip
+            # after the uploads, which hashed the shards (an Xet upload hashes as it sends): no second read
+            message = commit_message or _what_changed(api, repo_id, info, out_dir, old_card, additions)
             committing = True
             url = _commit(api, repo_id, operations, message, revision, info.sha)
     except KeyboardInterrupt:
@@ -519,11 +520,13 @@ def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits
     return operations + stale_deletions(remote, {op.path_in_repo for op in operations}, splits, old_card), old_card
 
 
-def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: str | None) -> str:
+def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: str | None,
+                  additions: list[Any]) -> str:
     """The push's default commit message: what a data team reading the repo's history wants to know. Against
-    the Hub's head: rows added or removed per split (from its card) and the recipe fields whose value changed
-    (named, never their values: a value could be a secret); on a first push, or over a card that gives no rows
-    (a README written on the Hub), the splits and rows."""
+    the Hub's head: rows added or removed per split (from its card), rows changed where a split's count is the
+    same but its shards are not the head's byte for byte (`_same_shards`), and the recipe fields whose value
+    changed (named, never their values: a value could be a secret); on a first push, or over a card that gives
+    no rows (a README written on the Hub), the splits and rows."""
     from huggingface_hub import DatasetCard
 
     rows = split_rows(out_dir)
@@ -535,7 +538,8 @@ def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: st
     except Exception:  # an unparsable remote card: merge_card already warned
         before = {}
     if before:
-        parts = [_row_change(s, before.get(s), rows.get(s)) for s in dict.fromkeys([*rows, *before])]
+        same = _same_shards(info, additions)
+        parts = [_row_change(s, before.get(s), rows.get(s), s in same) for s in dict.fromkeys([*rows, *before])]
     else:
         parts = [listed]
     remote = {s.rfilename for s in info.siblings or []}
@@ -549,10 +553,35 @@ def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: st
     return "textbookgen: " + ("; ".join(parts) if parts else "same rows and recipe, card and files updated")
 
 
-def _row_change(split: str, before: int | None, after: int | None) -> str | None:
-    """`train +1,200 rows (11,200)`; None where the split's rows did not change."""
+def _same_shards(info: Any, additions: list[Any]) -> set[str]:
+    """The splits whose shards are the head's, byte for byte: the same paths, each with the sha256 the Hub
+    gives for its LFS object (`info`: `repo_info(files_metadata=True)`, which gives every file's in its one
+    request). A shard the Hub gives no sha256 for (not in LFS) counts as changed: a commit message must not
+    claim the same rows on a guess."""
+    remote: dict[str, dict[str, str | None]] = {}
+    for sibling in info.siblings or []:
+        shard = _shard_split(sibling.rfilename)
+        if shard:
+            remote.setdefault(shard, {})[sibling.rfilename] = sibling.lfs.sha256 if sibling.lfs else None
+    local: dict[str, dict[str, str | None]] = {}
+    for op in additions:
+        shard = _shard_split(op.path_in_repo)
+        if shard:
+            local.setdefault(shard, {})[op.path_in_repo] = op.upload_info.sha256.hex()
+    return {s for s, digests in local.items() if remote.get(s) == digests}
+
+
+def _shard_split(path: str) -> str | None:
+    """The split of a repo path `data/{split}-NNNNN-of-NNNNN.parquet`; None for any other file."""
+    shard = SHARD_RE.match(path[len("data/"):]) if path.startswith("data/") else None
+    return shard["split"] if shard else None
+
+
+def _row_change(split: str, before: int | None, after: int | None, same_shards: bool) -> str | None:
+    """`train +1,200 rows (11,200)`, or `train rows changed, same count (11,200)` where only the shards tell;
+    None where the split's shards are the head's (`same_shards`)."""
     if before == after:
-        return None
+        return None if same_shards else f"{split} rows changed, same count ({after:,})"
     if after is None:
         return f"{split} removed ({before:,} rows)"
     if before is None:
@@ -583,7 +612,8 @@ def _differing(old: Any, new: Any, prefix: str) -> list[str]:
 
 def _open_repo(api: Any, repo_id: str, private: bool, revision: str, folder: Path | None = None,
                card_repo: str | None = None) -> Any:
-    """The repo's info at `revision`, after creating the repo and the branch where missing.
+    """The repo's info at `revision` (each file's size and LFS sha256 too), after creating the repo and the
+    branch where missing.
 
     Read first, create only when missing: an existing repo you may read but not write (someone
     else's) then fails at the first write with a 403, before anything is uploaded. `card_repo`: the repo
@@ -607,7 +637,7 @@ def _open_repo(api: Any, repo_id: str, private: bool, revision: str, folder: Pat
         api.update_repo_settings(repo_id, repo_type="dataset", private=True)
     if revision != "main":
         api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
-    return api.repo_info(repo_id, repo_type="dataset", revision=revision)
+    return api.repo_info(repo_id, repo_type="dataset", revision=revision, files_metadata=True)
 
 
 def _read_file(api: Any, repo_id: str, head: str, name: str) -> str:
@@ -633,8 +663,7 @@ def stale_deletions(remote: set[str], local: set[str], splits: set[str], old_car
     plots = {f"{ASSETS_DIR}/{name}.png" for name in PLOTS}
     deletions = []
     for rel in sorted(remote - local):
-        shard = SHARD_RE.match(rel[len("data/"):]) if rel.startswith("data/") else None
-        if (shard and shard["split"] in ours) or rel in plots:
+        if _shard_split(rel) in ours or rel in plots:
             deletions.append(CommitOperationDelete(path_in_repo=rel))
     return deletions
 
