@@ -60,12 +60,14 @@ from textbookgen.websamples import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from textbookgen.curation.decontaminate import ItemTexts
     from textbookgen.engine import ChatRequest, ChatResponse, Generator, Spend
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
+#: The split of the dataset a build writes, and its card describes.
+SPLIT = "train"
 STATE_VERSION = 1
 PACKAGES = (
     "textbookgen",
@@ -184,23 +186,35 @@ def _documents_of(
 
     rows = []
     reasoned = 0
+    origins = _published_origins(recipe)
     for row, resp in zip(prompts.iter_rows(named=True), responses, strict=True):
         reasoning, text = split_reasoning(resp.text)
         if resp.status not in ("ok", "truncated") or not text.strip():
             continue
         reasoned += reasoning is not None
-        rows.append(_document_row(row, resp, text, recipe))
+        rows.append(_document_row(row, resp, text, recipe, origins))
     docs = pl.DataFrame(rows, schema=DOC_SCHEMA).unique("id", keep="first", maintain_order=True)
     return docs, reasoned
 
 
-def _document_row(row: dict[str, Any], resp: ChatResponse, text: str, recipe: Recipe) -> dict[str, Any]:
+def _published_origins(recipe: Recipe) -> dict[str, str]:
+    """{a template file's origin in the provenance: its path as the published recipe.yaml names it}."""
+    from textbookgen.card import published_paths
+
+    names = published_paths(recipe)
+    return {load_template(e.template, recipe.base_dir).origin: names[e.template] for e in recipe.mix
+            if e.template in names}
+
+
+def _document_row(row: dict[str, Any], resp: ChatResponse, text: str, recipe: Recipe,
+                  origins: Mapping[str, str]) -> dict[str, Any]:
     """A document's row: the answer's text, its prompt's columns, and its provenance (the template's variables
-    and the request's parameters)."""
+    and the request's parameters). `origins`: the template files' published paths (`_published_origins`)."""
     from textbookgen.card import portable_path
 
     prov = json.loads(row["provenance"])
-    prov["origin"] = portable_path(prov["origin"], recipe.base_dir)  # a template file's, published
+    origin = prov["origin"]  # a template file's, published as recipe.yaml names it
+    prov["origin"] = origins.get(origin) or portable_path(origin, recipe.base_dir)
     # The extract's text stays in prompts.parquet; the published row names it by id only (web text
     # keeps its own licence, and a 1,000-character copy per document would bloat the dataset).
     prov["variables"]["web_extract"] = row["seed_extract_id"]
@@ -1038,8 +1052,9 @@ class Build:
             "sampling": r.sampling.model_dump(mode="json"),
             "budget": r.budget.model_dump(mode="json"),
             # how answers become documents; 2: leading reasoning block set apart, an answer without text failed;
-            # 3: a template file's path in the provenance relative to the recipe (`card.portable_path`)
-            "answers": 3,
+            # 3: a template file's path in the provenance relative to the recipe (`card.portable_path`);
+            # 4: as the published recipe names it, apart from another file of its name (`card.published_paths`)
+            "answers": 4,
         }
         input_hash = _hash(key)
         out_path = self.out / "documents.parquet"
@@ -1187,7 +1202,7 @@ class Build:
             self._skip("dataset", st)
             return
         t0 = self._begin("dataset")
-        write_dataset(curated, self.out / "dataset")
+        write_dataset(curated, self.out / "dataset", split=SPLIT)
         self._record("dataset", input_hash, [data_dir], {"rows": curated.height}, self._done("dataset", t0))
 
     def stage_card(self) -> None:
@@ -1207,7 +1222,7 @@ class Build:
         )  # same order fresh or from state
         if "curation" in self.manifest:  # the card lists the stages in the order they ran (as state.json keeps them)
             published["curation"] = json.loads(json.dumps(self.manifest["curation"], default=str))
-        readme = render_card(self.out / "dataset", template, r, published)
+        readme = render_card(self.out / "dataset", template, r, published, built=[SPLIT])  # not a split added by hand
         self._done("card", t0)
         self.console.print(f"   {readme}")
 
@@ -1234,8 +1249,11 @@ class Build:
 
     # -- manifest and plan --
     def _base_manifest(self, tax: Taxonomy, prompts: pl.DataFrame) -> None:
+        from textbookgen.card import published_paths
+
         r = self.recipe
         templates = {e.template: load_template(e.template, r.base_dir) for e in r.mix}
+        names = published_paths(r)  # a file's key as recipe.yaml names it: two files of one stem stay apart
         self.manifest.update(
             {
                 "recipe": r.name,
@@ -1257,7 +1275,7 @@ class Build:
                     "hash": tax.content_hash(),
                     "grown_to": r.taxonomy.grow.target if r.taxonomy.grow else None,
                 },
-                "templates": {t.name: t.hash for t in templates.values()},
+                "templates": {names.get(ref, t.name): t.hash for ref, t in templates.items()},
                 "web_samples": self._web_stats,
                 "prompts": {
                     "count": prompts.height,

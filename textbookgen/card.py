@@ -21,8 +21,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Collection, Mapping
-from pathlib import Path
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -280,48 +280,104 @@ def portable_path(path: str | None, base: Path) -> str | None:
     absolute one relative to `base` (the recipe's folder) where inside it, else its file name only, so the
     machine's layout (a home folder, a user name) stays on the machine and the recipe reruns with its files
     placed beside it. None stays None; built-in names and remote sources (`builtin:x`, `hf:org/name`, URLs) are
-    never absolute paths, so they stay as written too."""
+    never absolute paths, so they stay as written too. `portable_paths` names several at once, apart."""
     if path is None:
         return path
+    outside = _outside(path, base)
+    if outside is not None:
+        return outside.name
+    p = Path(path).expanduser()
+    return p.resolve().relative_to(base.resolve()).as_posix() if p.is_absolute() else path
+
+
+def _outside(path: str, base: Path) -> Path | None:
+    """The resolved file of an absolute `path` outside `base`; None for any other path."""
     p = Path(path).expanduser()
     if not p.is_absolute():
-        return path
-    try:
-        return p.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return p.name
+        return None
+    resolved = p.resolve()
+    return None if resolved.is_relative_to(base.resolve()) else resolved
+
+
+def portable_paths(paths: Iterable[str | None], base: Path) -> dict[str, str]:
+    """{path: as published} of the local paths a build publishes together (`portable_path` of each), except
+    that files outside `base` that would publish under one name (two `lesson.j2` of different folders, or one
+    beside a `lesson.j2` of the recipe's folder) keep as many of their last folders as tell them apart
+    (`a/lesson.j2`, `b/lesson.j2`): a published recipe must name each of its files once. The names depend on
+    the set of paths, not their order, so every build of the recipe publishes the same ones."""
+    written = [p for p in dict.fromkeys(paths) if p is not None]
+    files = {p: _outside(p, base) for p in written}
+    named = {p: str(portable_path(p, base)) for p, f in files.items() if f is None}
+    by_name: dict[str, set[Path]] = {}
+    for f in files.values():
+        if f is not None:
+            by_name.setdefault(f.name, set()).add(f)
+    for group in by_name.values():
+        depth = _depth_apart(group, set(named.values()))
+        named.update({p: _tail(f, depth) for p, f in files.items() if f in group})
+    return named
+
+
+def _depth_apart(files: set[Path], taken: set[str]) -> int:
+    """The fewest last parts of the paths `files` that name each apart and none as a name in `taken`
+    (all of them where no fewer do)."""
+    most = max(len(f.parts) - 1 for f in files)
+    for depth in range(1, most):
+        tails = {_tail(f, depth) for f in files}
+        if len(tails) == len(files) and not tails & taken:
+            return depth
+    return most
+
+
+def _tail(path: Path, depth: int) -> str:
+    """The last `depth` parts of an absolute path, as a relative POSIX path."""
+    return PurePosixPath(*path.parts[1:][-depth:]).as_posix()
+
+
+def published_paths(recipe: Recipe) -> dict[str, str]:
+    """{local path as the recipe gives it: as its build publishes it} (`portable_paths`) of every file and
+    folder of the recipe that `portable_recipe` rewrites."""
+    return portable_paths([container[key] for container, key in _path_fields(recipe.public_dict())],
+                          recipe.base_dir)
+
+
+def _path_fields(data: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(mapping, key) of every local path of a recipe's data: the taxonomy, web samples and their language model,
+    template files, card template, output folder, benchmarks and classifier model."""
+    fields = [(data["taxonomy"], "source"), *((entry, "template") for entry in data["mix"]), (data, "card_template"),
+              (data, "output")]
+    web = data.get("web_samples")
+    if web:
+        fields.append((web, "source"))
+        if web.get("language_filter"):
+            fields.append((web["language_filter"], "model"))
+    curation = data.get("curation") or {}
+    fields += [(bench, "path") for bench in (curation.get("decontamination") or {}).get("benchmarks") or []]
+    if curation.get("classifier"):
+        fields.append((curation["classifier"], "model_path"))
+    return fields
 
 
 def portable_recipe(recipe: Recipe) -> dict[str, Any]:
-    """`recipe.public_dict()` with every local path made portable (`portable_path`): the taxonomy, web samples
-    and their language model, template files, card template, output folder, benchmarks and classifier model."""
-    data, base = recipe.public_dict(), recipe.base_dir
-    data["taxonomy"]["source"] = portable_path(data["taxonomy"]["source"], base)
-    for entry in data["mix"]:
-        entry["template"] = portable_path(entry["template"], base)
-    data["card_template"] = portable_path(data["card_template"], base)
-    data["output"] = portable_path(data["output"], base)
-    web = data.get("web_samples")
-    if web:
-        web["source"] = portable_path(web["source"], base)
-        if web.get("language_filter"):
-            web["language_filter"]["model"] = portable_path(web["language_filter"]["model"], base)
-    curation = data.get("curation") or {}
-    for bench in (curation.get("decontamination") or {}).get("benchmarks") or []:
-        bench["path"] = portable_path(bench["path"], base)
-    if curation.get("classifier"):
-        curation["classifier"]["model_path"] = portable_path(curation["classifier"]["model_path"], base)
+    """`recipe.public_dict()` with every local path made portable, each file under a name of its own
+    (`published_paths`)."""
+    data = recipe.public_dict()
+    fields = _path_fields(data)
+    names = portable_paths([container[key] for container, key in fields], recipe.base_dir)
+    for container, key in fields:
+        if container[key] is not None:
+            container[key] = names[container[key]]
     return data
 
 
 def portable_manifest(manifest: Mapping, recipe: Recipe) -> dict[str, Any]:
     """A copy of a build's manifest with its local paths as in `portable_recipe`: the taxonomy and web-sample
     sources, and the output folder where a note names it (a budget reached: "every run in FOLDER")."""
-    out, base = json.loads(json.dumps(manifest, default=str)), recipe.base_dir
-    if isinstance(out.get("taxonomy"), dict):
-        out["taxonomy"]["source"] = portable_path(out["taxonomy"].get("source"), base)
-    if isinstance(out.get("web_samples"), dict):
-        out["web_samples"]["source"] = portable_path(out["web_samples"].get("source"), base)
+    out, base, names = json.loads(json.dumps(manifest, default=str)), recipe.base_dir, published_paths(recipe)
+    for part in ("taxonomy", "web_samples"):
+        if isinstance(out.get(part), dict) and out[part].get("source") is not None:
+            source = out[part]["source"]
+            out[part]["source"] = names.get(source) or portable_path(source, base)  # as recipe.yaml names it
     folder = str(recipe.output_dir())
     here = portable_path(folder, base) or folder
     if out.get("notes"):
@@ -630,14 +686,18 @@ def _fresh_plots(docs: pl.DataFrame, out_dir: Path, quality_cut: Mapping | None 
     return plots
 
 
-def _split_rows(info: Mapping, splits: Mapping[str, list[Path]]) -> list[dict[str, Any]]:
-    """The card's table of splits: rows, shards and bytes on disk."""
+def _split_rows(info: Mapping, splits: Mapping[str, list[Path]], built: Collection[str] | None = None
+                ) -> list[dict[str, Any]]:
+    """The card's table of splits: rows, shards and bytes on disk, and `added` where the split is not one of
+    `built` (None: every split is)."""
     return [{"name": s["name"], "rows": s["num_examples"], "shards": len(splits[s["name"]]),
-             "bytes": sum(p.stat().st_size for p in splits[s["name"]])} for s in info["splits"]]
+             "bytes": sum(p.stat().st_size for p in splits[s["name"]]),
+             "added": built is not None and s["name"] not in built} for s in info["splits"]]
 
 
 def render_card(
-    out_dir: str | Path, template_path: str | Path, recipe: Recipe | Mapping, manifest: dict
+    out_dir: str | Path, template_path: str | Path, recipe: Recipe | Mapping, manifest: dict,
+    built: Collection[str] | None = None,
 ) -> Path:
     """Write `out_dir/README.md` (+ `assets/*.png`, `recipe.yaml`, `manifest.json`, `journal_summary.json`).
 
@@ -645,6 +705,10 @@ def render_card(
     Pass the Recipe itself rather than its dict where you have it: the metadata it only has by default
     (license, language) is then recorded as such in `DEFAULTS_FILE`, and a push keeps the Hub's values
     for it. Raises ValueError if the rendered card's metadata does not validate.
+
+    `built`: the splits the recipe's build wrote (None: every split of the folder). Another split, added to
+    the folder by hand, is published and loads with them (the metadata lists it), but the card says it was not
+    built by the recipe and counts it in none of its figures: documents, tokens, topics, plots, templates.
     """
     out_dir = Path(out_dir)
     template_path = Path(template_path)
@@ -653,8 +717,12 @@ def render_card(
     splits = splits_of(out_dir)
     if not splits:
         raise FileNotFoundError(f"no data/{{split}}-NNNNN-of-NNNNN.parquet shards under {out_dir}; write them first")
+    own = {name: paths for name, paths in splits.items() if built is None or name in built}
+    if not own:
+        raise FileNotFoundError(f"no shards of the built split(s) {sorted(built or [])} under {out_dir}/data "
+                                f"(it has {sorted(splits)}); write them first")
     schema = shared_schema(out_dir, splits)
-    docs = document_table(splits)
+    docs = document_table(own)
     if not isinstance(recipe, Mapping):
         manifest = portable_manifest(manifest, recipe)
     recipe, chosen = recipe_fields(recipe)
@@ -663,7 +731,7 @@ def render_card(
 
     info = dataset_info(splits, schema)
     metadata, defaults = card_metadata(recipe, chosen)
-    data = card_data(metadata, recipe, splits, info, docs.height)
+    data = card_data(metadata, recipe, splits, info, sum(s["num_examples"] for s in info["splits"]))
     plots = _fresh_plots(docs, out_dir, (manifest.get("curation") or {}).get("quality_filter"))
     stages, decontam = curation_rows(manifest)
     files = _write_provenance(out_dir, recipe, manifest)
@@ -673,7 +741,7 @@ def render_card(
         "recipe": recipe,
         "manifest": manifest,
         "stats": data_stats(docs),
-        "splits": _split_rows(info, splits),
+        "splits": _split_rows(info, splits, built),
         "fields": [{"name": f.name, "dtype": type_label(f.type), "doc": FIELD_DOCS.get(f.name, "")} for f in schema],
         "curation": stages,
         "decontamination": decontam,
