@@ -12,6 +12,8 @@ call it on rows.
 
     table = Glossary("gpt-4o-mini", journal="run/glossary.sqlite")(rows)   # a polars DataFrame
 
+`rows`: dicts or strings, a polars (lazy) or pandas DataFrame, a pyarrow Table, a `datasets.Dataset`.
+
 Everything the engine does comes with it: rate limits, retries, budgets, the crash-safe journal, provider
 batch APIs (`batch=True`). Answers are journaled per request, not per task, so editing `parse` and calling
 again re-parses the stored answers for free, and a changed prompt pays only for the requests it changes.
@@ -42,11 +44,14 @@ at temperature 0 the samples are one answer paid n times, which a warning says.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +79,7 @@ REASK_SEED_STRIDE = 1_000_000  # re-ask k of a request seeded s is seeded s + k 
 class LLM:
     """Subclass and write `prompt` (and usually `parse`). Keyword arguments beyond the sampling ones go to
     the `Generator` (journal, limits, concurrency, max_cost_usd, batch, base_url, api_key, ...).
+    `response_format` is a class attribute, or a keyword as in curator (`Glossary(model, response_format=Terms)`).
     Without a `journal` the answers go to a temporary one that lives as long as this object, so calling it
     again (after `task.parse = fixed`, say) re-parses without paying."""
 
@@ -81,7 +87,12 @@ class LLM:
 
     def __init__(self, model: str, provider: str = "openai", *, max_tokens: int = 1024,
                  temperature: float | None = None, top_p: float | None = None, system: str | None = None,
-                 n: int = 1, seed: int | None = None, schema_retries: int = 2, **engine: Any) -> None:
+                 n: int = 1, seed: int | None = None, schema_retries: int = 2,
+                 response_format: type[BaseModel] | None = None, **engine: Any) -> None:
+        _check_options(type(self).__name__, engine)
+        if response_format is not None:
+            self.response_format = response_format
+        _check_format(type(self).__name__, self.response_format)
         if n < 1:
             raise ValueError(f"n (answers per row) must be at least 1, got {n}")  # before the Generator opens a journal
         if schema_retries < 0:
@@ -101,6 +112,7 @@ class LLM:
         self.n, self.seed, self.schema_retries = n, seed, schema_retries
         self.failures: list[dict] = []
         self.truncated: list[dict] = []
+        self._running = False
 
     def prompt(self, row: Any) -> str | list[dict] | ChatRequest:
         """The request for one row: a user message, a list of chat messages, or a full ChatRequest."""
@@ -108,17 +120,18 @@ class LLM:
 
     def parse(self, row: Any, response: Any) -> dict | BaseModel | list | None:
         """Output rows for one answer (a dict, a pydantic model, a list of them, or None to drop the row).
-        `response` is the `response_format` instance, or the text. Default: the row's fields + `response`."""
+        `response` is the `response_format` instance, or the text. Default: the row's fields + `response` (rows
+        that have a `response` field are refused before the call pays: it would be overwritten)."""
         base = dict(row) if isinstance(row, Mapping) else {"row": row}
         return {**base, "response": response.model_dump() if isinstance(response, BaseModel) else response}
 
-    def __call__(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
+    def __call__(self, rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         """Generate for every row and return the parsed table (also from a Jupyter cell: see engine.run_sync)."""
         rows = self._checked(_as_rows(rows))
         requests = self._requests(rows)
         return self._table(rows, run_sync(self._answers(requests)))
 
-    async def acall(self, rows: Iterable[Any] | pl.DataFrame) -> pl.DataFrame:
+    async def acall(self, rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         """`__call__` inside a running event loop."""
         rows = self._checked(_as_rows(rows))
         requests = self._requests(rows)
@@ -126,24 +139,37 @@ class LLM:
 
     async def _answers(self, requests: list[ChatRequest]) -> list[ChatResponse]:
         """The responses to `requests`: the first round, then up to `schema_retries` re-asks of those that do not
-        fit `response_format`, all under one budget."""
-        with _Rounds(self.generator) as rounds:
-            responses = await self.generator.arun(requests)
-            for k in range(1, self.schema_retries + 1):
-                misses = self._misses(responses)
-                if not misses:
-                    break
-                rounds.next()
-                _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
+        fit `response_format`, all under one budget. One call at a time: the rounds share the Generator's budget
+        and stats, so a second call while one runs (`asyncio.gather` of two `acall`s) is refused, by this name."""
+        if self._running:
+            name = type(self).__name__
+            raise RuntimeError(f"this {name} is already running a call: await it before calling again, or make "
+                               f"one {name} object per concurrent call (a journal file takes one run at a time)")
+        self._running = True
+        try:
+            with _Rounds(self.generator) as rounds:
+                responses = await self.generator.arun(requests)
+                for k in range(1, self.schema_retries + 1):
+                    misses = self._misses(responses)
+                    if not misses:
+                        break
+                    rounds.next()
+                    _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
+        finally:
+            self._running = False
         return responses
 
     def _checked(self, rows: list[Any]) -> list[Any]:
-        """Refuse, before anything is paid, rows whose `sample` field would clash with the answer index."""
-        if self.n > 1:
-            index = next((i for i, row in enumerate(rows) if isinstance(row, Mapping) and "sample" in row), None)
-            if index is not None:
-                raise ValueError(f"row {index} has a 'sample' field, but with n={self.n} the table's 'sample' column "
-                                 "is the answer index; rename that field")
+        """Refuse, before anything is paid, rows with a field the table would overwrite: `sample`, the answer index
+        when n > 1, and `response` where the default parse() puts the answer there (the table of an earlier task
+        passed to the next one would lose its answers)."""
+        if self.n > 1 and (index := _first_with(rows, "sample")) is not None:
+            raise ValueError(f"row {index} has a 'sample' field, but with n={self.n} the table's 'sample' column "
+                             "is the answer index; rename that field")
+        if getattr(self.parse, "__func__", None) is LLM.parse and (index := _first_with(rows, "response")) is not None:
+            raise ValueError(f"row {index} has a 'response' field, which the default parse() would overwrite with "
+                             f"this call's answer; rename that field (table.rename({{'response': 'draft'}})) or give "
+                             f"{type(self).__name__} a parse()")
         return rows
 
     # ----- requests and answers -------------------------------------------------------------------
@@ -152,15 +178,21 @@ class LLM:
         `self.seed` where it has no seed of its own), sample j >= 1 gets seed `base + j` (base: that seed, else
         0), which makes the samples distinct requests and keeps each one's journal key stable as `n` grows."""
         out = []
+        schema = self._format()  # one dict for every request: building it per row took ~1 ms and ~4 KB each
         for index, row in enumerate(rows):
-            out += sampled(self._request(index, row), self.n, self.seed)
+            out += sampled(self._request(index, row, schema), self.n, self.seed)
         warn_same_samples(self.generator.provider, self.n, out)
         return out
 
-    def _request(self, index: int, row: Any) -> ChatRequest:
-        made = self.prompt(row)
+    def _request(self, index: int, row: Any, schema: dict | None) -> ChatRequest:
+        """Row `index`'s request from `prompt`, asking for `schema` (the class's `response_format`)."""
+        try:
+            made = self.prompt(row)
+        except Exception as exc:
+            _add_note(exc, f"in {type(self).__name__}.prompt() on row {index}; nothing was sent")
+            raise
         if isinstance(made, ChatRequest):  # the class's schema unless the request brings its own
-            return made if made.response_format is not None else replace(made, response_format=self._format())
+            return made if made.response_format is not None else replace(made, response_format=schema)
         if isinstance(made, str):
             messages = [{"role": "user", "content": made}]
         elif isinstance(made, list) and made and all(isinstance(m, Mapping) and "role" in m for m in made):
@@ -169,7 +201,7 @@ class LLM:
             raise TypeError(f"{type(self).__name__}.prompt() on row {index} returned {type(made).__name__}; expected "
                             "a string, a non-empty list of {'role': ..., 'content': ...} messages or a ChatRequest")
         return ChatRequest(messages=messages, max_tokens=self.max_tokens, temperature=self.temperature,
-                           top_p=self.top_p, system=self.system, response_format=self._format())
+                           top_p=self.top_p, system=self.system, response_format=schema)
 
     def _misses(self, responses: list[ChatResponse]) -> list[int]:
         """The complete answers (not cut at max_tokens) that do not fit `response_format`: worth asking again."""
@@ -217,8 +249,9 @@ class LLM:
             try:
                 answer = self._answer(resp.answer)
             except ValueError as exc:
+                tries = self.schema_retries + 1
                 how = ("cut at max_tokens: raise it" if resp.status == "truncated"
-                       else f"{self.schema_retries + 1} tries")
+                       else f"{tries} {'try' if tries == 1 else 'tries'}")
                 self._fail(index, sample, resp, f"answer does not fit {self.response_format.__name__} ({how}): {exc}")
                 continue
             if resp.status == "truncated":
@@ -274,14 +307,26 @@ class LLM:
         try:
             return self.response_format.model_validate_json(text)
         except ValidationError:
-            start = text.find("{")
+            return self._embedded(text)
+
+    def _embedded(self, text: str, tries: int = 20) -> BaseModel:
+        """The first JSON object in prose or a fence that fits `response_format`: a brace before it ("the terms
+        of {topic}:") is skipped, not a reason to pay for a re-ask. The error: the first object's misfit, else
+        the first brace's JSON error."""
+        decoder, misfit, broken = json.JSONDecoder(), None, None
+        start = text.find("{")
+        for _ in range(tries):
             if start < 0:
-                raise ValueError("no JSON object in the answer") from None
+                break
             try:
-                data, _ = json.JSONDecoder().raw_decode(text[start:])
+                data, _ = decoder.raw_decode(text, start)
                 return self.response_format.model_validate(data)
-            except (json.JSONDecodeError, ValidationError) as exc:
-                raise ValueError(str(exc).splitlines()[0]) from None
+            except json.JSONDecodeError as exc:
+                broken = broken or str(exc)
+            except ValidationError as exc:
+                misfit = misfit or _invalid(exc)
+            start = text.find("{", start + 1)
+        raise ValueError(misfit or broken or "no JSON object in the answer")
 
     def _fail(self, index: int, sample: int, resp: ChatResponse, error: str) -> None:
         self.failures.append({"row": index, "sample": sample, "key": resp.key, "status": resp.status, "error": error})
@@ -332,18 +377,71 @@ class _Rounds:
             and not isinstance(value, bool)
 
 
+def _invalid(exc: ValidationError, shown: int = 3) -> str:
+    """What an answer got wrong, field by field (pydantic's first line says only how many errors there are)."""
+    errors = exc.errors(include_url=False)
+    fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(the object)'}: {e['msg']}" for e in errors[:shown])
+    more = f"; and {len(errors) - shown} more" if len(errors) > shown else ""
+    return f"{str(exc).splitlines()[0]}: {fields}{more}"
+
+
+def _check_options(name: str, engine: Mapping[str, Any]) -> None:
+    """Refuse, naming the task and the likely option, a keyword neither the task nor the Generator takes (else
+    the Generator's own TypeError names a class the user never called)."""
+    known = set(inspect.signature(Generator.__init__).parameters) - {"self", "provider", "model"}
+    unknown = [key for key in engine if key not in known]
+    if unknown:
+        options = known | (set(inspect.signature(LLM.__init__).parameters) - {"self", "engine"})
+        close = get_close_matches(unknown[0], options, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "help(textbookgen.engine.Generator) lists the others"
+        raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r} ({hint})")
+
+
+def _check_format(name: str, response_format: Any) -> None:
+    """Refuse, before any request, a `response_format` that is not a pydantic model class (a JSON schema dict, an
+    instance), which would fail on the first answer with an AttributeError."""
+    if response_format is not None and not (isinstance(response_format, type)
+                                            and issubclass(response_format, BaseModel)):
+        raise TypeError(f"{name}.response_format must be a pydantic model class (class Terms(BaseModel): ...), not "
+                        f"{type(response_format).__name__}; a JSON schema of your own goes in a ChatRequest's "
+                        "response_format, returned by prompt()")
+
+
+def _first_with(rows: list[Any], name: str) -> int | None:
+    """The index of the first row that is a mapping with a field `name`."""
+    return next((i for i, row in enumerate(rows) if isinstance(row, Mapping) and name in row), None)
+
+
 def _put(responses: list[ChatResponse], indices: list[int], answers: list[ChatResponse]) -> None:
     for i, answer in zip(indices, answers, strict=True):
         responses[i] = answer
 
 
-def _as_rows(rows: Iterable[Any] | pl.DataFrame) -> list[Any]:
+def _as_rows(rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> list[Any]:
+    """The rows as a list; a data frame's are dicts. Iterating a pandas DataFrame or an arrow Table yields its
+    columns, which would be paid for as rows, and a LazyFrame cannot be iterated at all: all are read as frames."""
+    if isinstance(rows, pl.LazyFrame):
+        rows = rows.collect()
     if isinstance(rows, pl.DataFrame):
         return list(rows.iter_rows(named=True))
+    if (records := _foreign_frame_rows(rows)) is not None:
+        return records
     if isinstance(rows, (str, bytes, Mapping)):
-        raise TypeError("call an LLM on an iterable of rows (dicts, strings, ...) or a polars DataFrame, "
-                        f"not a single {type(rows).__name__}")
+        split = " (pick a split: ds['train'])" if type(rows).__name__ == "DatasetDict" else ""
+        raise TypeError("call an LLM on an iterable of rows (dicts, strings, ...), a polars or pandas DataFrame, an "
+                        f"arrow Table or a datasets.Dataset, not a single {type(rows).__name__}{split}")
     return list(rows)
+
+
+def _foreign_frame_rows(rows: Any) -> list[dict] | None:
+    """The records of a pandas DataFrame or a pyarrow Table / RecordBatch (iterating one of them yields its columns),
+    else None; neither library is imported for it (such a frame means it is loaded already)."""
+    pandas, arrow = sys.modules.get("pandas"), sys.modules.get("pyarrow")
+    if pandas is not None and isinstance(rows, pandas.DataFrame):
+        return rows.to_dict("records")
+    if arrow is not None and isinstance(rows, (arrow.Table, arrow.RecordBatch)):
+        return rows.to_pylist()
+    return None
 
 
 def _clash(records: list[dict], origins: list[int]) -> str | None:
