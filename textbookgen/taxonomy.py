@@ -340,8 +340,9 @@ class Taxonomy:
         sep: str | None = None,
     ) -> Taxonomy:
         """Load YAML (`.yaml/.yml`), CSV (`.csv`, a `path` column) or a markdown outline (`.md`);
-        `.gz` is read transparently. `select` is a dotted key path into a YAML file's subtree."""
-        path = Path(path)
+        `.gz` is read transparently. `select` is a dotted key path into a YAML file's subtree. `builtin:NAME` is a
+        shipped topic list, as in a recipe's taxonomy.source and the `topics` commands."""
+        path = _builtin_file(path) if isinstance(path, str) and path.startswith("builtin:") else Path(path)
         fmt = format or _format_of(path)
         try:
             raw = path.read_bytes()
@@ -539,6 +540,16 @@ def _interleave(counts: np.ndarray, rng: np.random.Generator) -> list[int]:
 
 
 # ---- loaders ------------------------------------------------------------------------------------
+def _builtin_file(source: str) -> Path:
+    """The file of the shipped topic list `builtin:NAME`; a TaxonomyError naming the built-ins if there is none."""
+    from textbookgen.recipe import builtin_topics  # recipe imports this module
+
+    try:
+        return builtin_topics(source)
+    except ValueError as err:
+        raise TaxonomyError(str(err)) from None
+
+
 def _format_of(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     ext = suffixes[-1] if suffixes else ""
