@@ -235,6 +235,10 @@ class WebSamples:
         from rich.console import Console
         from rich.progress import Progress
 
+        if language_filter is not None and not callable(getattr(language_filter, "keep", None)):
+            raise TypeError(f"language_filter must be a LanguageFilter, such as "
+                            f"ScriptFilter(language_scripts('English')), not {type(language_filter).__name__} "
+                            f"{language_filter!r}")
         seen: set[str] = set()
         out: list[Extract] = []
         n_in = n_lang = 0
