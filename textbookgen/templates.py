@@ -183,7 +183,7 @@ class Template:
 
     def render(self, **variables: Any) -> str:
         from jinja2 import TemplateError as JinjaError
-        from jinja2.exceptions import SecurityError
+        from jinja2.exceptions import SecurityError, UndefinedError
 
         try:
             return _compiled(self.source).render(**variables).strip() + "\n"
@@ -191,6 +191,12 @@ class Template:
             raise
         except SecurityError as e:
             raise TemplateError(f"{self._where(e)}: unsafe operation blocked ({e})") from None
+        except UndefinedError as e:  # called by hand (a notebook), render may lack a variable a build gives it
+            not_given = set(variable_names()) - set(variables)
+            given = ", ".join(sorted(variables)) or "nothing"
+            hint = (f" (render was given: {given}; textbookgen.templates.variables() gives a template all of them)"
+                    if any(str(e) == f"'{name}' is undefined" for name in not_given) else "")
+            raise TemplateError(f"{self._where(e)}: {e}{hint}") from None
         except JinjaError as e:
             raise TemplateError(f"{self._where(e)}: {e}") from None
         except (ArithmeticError, LookupError, TypeError, ValueError) as e:  # Python's, in an expression
@@ -491,6 +497,14 @@ def template_variables(template: Template) -> set[str]:
     return meta.find_undeclared_variables(_environment().parse(template.source))
 
 
+@cache
+def variable_names() -> tuple[str, ...]:
+    """The names `variables` gives every template, in its order."""
+    table = {"t": ""}
+    return tuple(variables(topic_path=("t",), audience="t", style="t", format="t", web_extract=None, language="",
+                           words=[], audiences=table, styles=table, formats=table))
+
+
 def undeclared_variables(template: Template) -> list[str]:
     """`N: 'name' is undefined ...` (N the line), once for each name the template reads that rendering does not give
     it (nor sets itself, nor Jinja provides): StrictUndefined fails on one only when a prompt is rendered,
@@ -501,9 +515,7 @@ def undeclared_variables(template: Template) -> list[str]:
 
     env = _environment()
     tree = env.parse(template.source)
-    table = {"t": ""}
-    given = variables(topic_path=("t",), audience="t", style="t", format="t", web_extract=None, language="",
-                      words=[], audiences=table, styles=table, formats=table)
+    given = variable_names()
     tested = {t.node.name for t in tree.find_all(nodes.Test)
               if t.name in ("defined", "undefined") and isinstance(t.node, nodes.Name)}
     unknown = meta.find_undeclared_variables(tree) - set(given) - set(env.globals) - tested
