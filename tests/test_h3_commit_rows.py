@@ -54,7 +54,8 @@ def test_a_shard_the_hub_keeps_outside_lfs_is_not_claimed_the_same(hub, tmp_path
     folder = build(tmp_path / "a", train_seed=0)
     push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
     shard = "data/train-00000-of-00001.parquet"
-    hub.commit_files(REPO, {shard: (folder / shard).read_bytes()})  # the same bytes, committed as a regular file
+    other = build(tmp_path / "b", train_seed=7)  # 40 other rows, committed as a regular file (same bytes: test_h9)
+    hub.commit_files(REPO, {shard: (other / shard).read_bytes()})
     render_card(folder, CARDS_DIR / "_base.md", RECIPE, MANIFEST)
     push(folder, REPO, token=hub.token, endpoint=hub.endpoint)
     assert hub.commits(REPO)[-1].title == "textbookgen: train rows changed, same count (40)"

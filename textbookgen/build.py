@@ -198,12 +198,13 @@ def _documents_of(
 
 
 def _published_origins(recipe: Recipe) -> dict[str, str]:
-    """{a template file's origin in the provenance: its path as the published recipe.yaml names it}."""
+    """{a template file's origin in the provenance: its path as the published recipe.yaml names it}. A built-in's
+    origin (`builtin:qa.j2`) stays as it is: it names no file of the machine, and says the template was shipped."""
     from textbookgen.card import published_paths
 
     names = published_paths(recipe)
-    return {load_template(e.template, recipe.base_dir).origin: names[e.template] for e in recipe.mix
-            if e.template in names}
+    templates = {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix if e.template in names}
+    return {t.origin: names[ref] for ref, t in templates.items() if not t.origin.startswith("builtin:")}
 
 
 def _document_row(row: dict[str, Any], resp: ChatResponse, text: str, recipe: Recipe,

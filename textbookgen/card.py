@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import posixpath
 import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -312,15 +313,16 @@ def portable_paths(paths: Iterable[str | None], base: Path) -> dict[str, str]:
     for f in files.values():
         if f is not None:
             by_name.setdefault(f.name, set()).add(f)
+    taken = {posixpath.normpath(Path(name).as_posix()) for name in named.values()}  # `./a.j2` names `a.j2`
     for group in by_name.values():
-        depth = _depth_apart(group, set(named.values()))
+        depth = _depth_apart(group, taken)
         named.update({p: _tail(f, depth) for p, f in files.items() if f in group})
     return named
 
 
 def _depth_apart(files: set[Path], taken: set[str]) -> int:
-    """The fewest last parts of the paths `files` that name each apart and none as a name in `taken`
-    (all of them where no fewer do)."""
+    """The fewest last parts of the paths `files` that name each apart and none as a name in `taken` (normalised
+    paths: the names of the recipe's folder; all of them where no fewer do)."""
     most = max(len(f.parts) - 1 for f in files)
     for depth in range(1, most):
         tails = {_tail(f, depth) for f in files}

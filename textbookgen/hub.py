@@ -554,21 +554,34 @@ def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: st
 
 
 def _same_shards(info: Any, additions: list[Any]) -> set[str]:
-    """The splits whose shards are the head's, byte for byte: the same paths, each with the sha256 the Hub
-    gives for its LFS object (`info`: `repo_info(files_metadata=True)`, which gives every file's in its one
-    request). A shard the Hub gives no sha256 for (not in LFS) counts as changed: a commit message must not
-    claim the same rows on a guess."""
-    remote: dict[str, dict[str, str | None]] = {}
+    """The splits whose shards are the head's, byte for byte: the same paths, each the same file (`_same_file`,
+    from `info`: `repo_info(files_metadata=True)`, which describes every file in its one request)."""
+    remote: dict[str, dict[str, Any]] = {}
     for sibling in info.siblings or []:
         shard = _shard_split(sibling.rfilename)
         if shard:
-            remote.setdefault(shard, {})[sibling.rfilename] = sibling.lfs.sha256 if sibling.lfs else None
-    local: dict[str, dict[str, str | None]] = {}
+            remote.setdefault(shard, {})[sibling.rfilename] = sibling
+    local: dict[str, dict[str, Any]] = {}
     for op in additions:
         shard = _shard_split(op.path_in_repo)
         if shard:
-            local.setdefault(shard, {})[op.path_in_repo] = op.upload_info.sha256.hex()
-    return {s for s, digests in local.items() if remote.get(s) == digests}
+            local.setdefault(shard, {})[op.path_in_repo] = op
+    return {s for s, ops in local.items() if ops.keys() == remote.get(s, {}).keys()
+            and all(_same_file(op, remote[s][path]) for path, op in ops.items())}
+
+
+def _same_file(op: Any, sibling: Any) -> bool:
+    """Whether an upload's content is the head's file: by the sha256 of its LFS (or Xet) object, or, for a file
+    kept in git itself (a repo whose .gitattributes sends no parquet to LFS), by git's blob id of the same size.
+    (Comparing by sha256 alone called such a file's unchanged rows changed.) A file the Hub describes by neither
+    counts as changed: a commit message must not claim the same rows on a guess."""
+    from huggingface_hub.utils.sha import git_hash
+
+    if sibling.lfs:
+        return sibling.lfs.sha256 == op.upload_info.sha256.hex()
+    if sibling.blob_id is None or sibling.size != op.upload_info.size:
+        return False
+    return sibling.blob_id == git_hash(Path(op.path_or_fileobj).read_bytes())
 
 
 def _shard_split(path: str) -> str | None:
