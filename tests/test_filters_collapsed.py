@@ -172,3 +172,44 @@ def test_a_one_paragraph_math_text_is_kept_as_prose_not_dropped_as_code():
     f = HeuristicFilter()
     assert f.reason(NEWTON.replace(". ", ".\n\n", 1)) is None
     assert f.reason(NEWTON) is None
+
+
+def commented_programs(shared_data: Path) -> list[str]:
+    """Real programs under the comments programs open with: MBPP's code under its task as a comment, HumanEval's
+    under its id, and MBPP's under a shebang and coding line."""
+    def rows(path: Path) -> list[dict]:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    mbpp = rows(shared_data / "opencompass_data_formulamonks" / "mbpp__mbpp.jsonl.gz")
+    he = rows(shared_data / "humaneval" / "HumanEval.jsonl.gz")
+    return ([f"# {r['text']}\n{r['code']}" for r in mbpp]
+            + [f"# {r['task_id']}: {r['entry_point']}\n{r['prompt']}{r['canonical_solution']}" for r in he]
+            + [f"#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n{r['code']}" for r in mbpp])
+
+
+def test_a_collapsed_program_opening_with_a_comment_is_code(shared_data):
+    """Its opening is a comment, not code, and a program of long docstrings has little code punctuation: 196 of
+    the 482 collapsed ones of a paragraph's length passed as prose (103 of 139 HumanEval prompts)."""
+    programs = [flat(p) for p in commented_programs(shared_data)]
+    programs = [p for p in programs if len(p.split()) >= FLAT_LINE_WORDS]
+    assert len(programs) > 400
+    assert [p[:120] for p in programs if not looks_like_code(p)] == []
+    assert HeuristicFilter().reason(programs[0]) == "code_too_short"
+
+
+def test_a_heading_before_code_in_prose_or_import_talk_stays_prose(corpora):
+    """A Markdown heading opens like a comment: the statement after it must be one no sentence makes, near it, and
+    outside fences and inline code. No collapsed document of the corpora reads as code (1,953 SciPhi sections
+    open with a heading)."""
+    headed = [
+        f"### Plotting ``` python import matplotlib.pyplot as plt xs = [1, 2] plt.plot(xs) ``` {PARAGRAPH}",
+        f"## Imports In Python, `from math import sqrt` brings one name in. {PARAGRAPH}",
+        f"# Trade Countries import goods from abroad when it is cheaper. {PARAGRAPH}",
+        f"#WoW Players can win this item with the following class specializations: Druid: Rogue: Monk. {PARAGRAPH}",
+        f"# Notes {PARAGRAPH} def area(r): return 3.14159 * r * r",  # code far from the heading: a paragraph away
+    ]
+    assert [d[:40] for d in headed if looks_like_code(d)] == []
+    docs = [flat(d) for c in corpora.values() for d in c]
+    assert sum(d.startswith("#") for d in docs) > 1900
+    assert [d[:60] for d in docs if len(d.split()) >= FLAT_LINE_WORDS and looks_like_code(d)] == []

@@ -8,9 +8,9 @@ drops every dict literal.
 
 A document stored with its whitespace collapsed (scraped text, some Hub datasets) is one line of a
 paragraph's length or more: no line of a page, nor of a program. The line rules (bullets, ellipses) pass
-it, as its one "line" made them all-or-nothing; code is told from it by its opening and its share of code
-punctuation, not by its last character; and fences and heading marks left mid-line are cut from its prose
-as they are from lines of their own.
+it, as its one "line" made them all-or-nothing; code is told from it by its opening (or a Python statement just
+after opening `#` comment lines) and its share of code punctuation, not by its last character; and fences and
+heading marks left mid-line are cut from its prose as they are from lines of their own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import ClassVar
 
@@ -71,6 +72,20 @@ FLAT_LINE_WORDS = 50
 # has 0.13, collapsed MBPP programs 0.03-0.34, prose at most 0.08 (Wikipedia, C4, SciPhi sections with
 # LaTeX, DCLM pages)
 _FLAT_CODE_PUNCT = 0.1
+# A Python statement that no sentence makes, as it stands once a program's newlines are gone: a def header, a class
+# header with its body's first statement, imports with the statement after them, the main guard, a docstring.
+# Prose has "class specializations: Druid" (WebText) and "countries import goods from", hence the context.
+_PY_NEXT = r"(?:import [\w.]|from [\w.]+ import |def \w|class \w|@[\w.]+|[A-Za-z_][\w.]* = |\"\"\"|# )"
+_PY_NAMES = r"(?:\([^()]*\)|[\w*]+(?: as \w+)?(?:\s*,\s*\w+(?: as \w+)?)*)"
+_PY_STATEMENT = re.compile(
+    r"(?<!\S)(?:def [A-Za-z_]\w*\s*\("
+    r"|class [A-Za-z_]\w*(?:\([^()]*\))?:\s+(?:def |pass\b|\"\"\"|[A-Za-z_]\w* = )"
+    rf"|(?:from [\w.]+ import {_PY_NAMES}|import [\w.]+(?: as \w+)?(?:\s*,\s*[\w.]+(?: as \w+)?)*)\s+{_PY_NEXT}"
+    r"|if __name__ ==|\"\"\")"
+)
+# a program's opening comment is lines that each start with `#`: collapsed, its first statement stands within this
+# many characters of the last `#` (a comment line's length, with room), where a heading's prose runs on
+_COMMENT_LINE_CHARS = 160
 
 
 @dataclass
@@ -121,7 +136,8 @@ def looks_like_code(text: str) -> bool:
     lines = [ln for ln in text.split("\n") if ln.strip()]
     if is_flat(lines):
         prose = _INLINE_MATH.sub(" ", _DISPLAY_MATH.sub(" ", lines[0]))
-        return bool(_CODE_OPENING.match(lines[0])) or _code_punct_share(prose) >= _FLAT_CODE_PUNCT
+        return (bool(_CODE_OPENING.match(lines[0])) or _opens_with_comment_then_code(lines[0])
+                or _code_punct_share(prose) >= _FLAT_CODE_PUNCT)
     if len(lines) >= 3 and "```" not in text:
         try:
             with warnings.catch_warnings():
@@ -131,6 +147,20 @@ def looks_like_code(text: str) -> bool:
         except (SyntaxError, ValueError):
             pass
     return bool(lines) and sum(bool(_CODE_LINE.match(ln)) for ln in lines) / len(lines) >= 0.6
+
+
+def _opens_with_comment_then_code(line: str) -> bool:
+    """True for a collapsed program that opens with `#` comment lines (a shebang, a licence, a note): its first
+    Python statement follows within a comment line's length of the last `#`. A Markdown heading opens the same
+    way, so the statement must be one no prose makes, outside fences and inline code, and near the `#`."""
+    if not line.lstrip().startswith("#"):
+        return False
+    text = _FLAT_FENCE.sub(" ", line.lstrip())
+    statement = _PY_STATEMENT.search(text)
+    if statement is None:
+        return False
+    marks = [0, *(i for i, c in enumerate(text[: statement.start()]) if c == "#"), statement.start()]
+    return all(b - a <= _COMMENT_LINE_CHARS for a, b in pairwise(marks))
 
 
 def _code_punct_share(line: str) -> float:
