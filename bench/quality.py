@@ -15,7 +15,9 @@ except wordNgrams=2: lr 0.1, 5 epochs, dim 100; same bucket and thread count as 
 without our lr x epochs search. Ablation row: the same recipe on the group-balanced training file.
 
 The DCLM test split has only 150 documents, so its AUC moves by about 0.04 from one split to the next;
-`--seeds 0,1,2,3,4` repeats the whole run on other splits and prints the mean of each model.
+`--seeds 0,1,2,3,4` repeats the whole run on other splits and prints the mean of each model. fastText trains
+lock-free on several threads, so a rerun of one seed moves too: by about 0.001 for ours, up to 0.02 for
+`--pooled`, whose top lr x epochs tie on validation and are picked by that noise (bench/RESULTS.md).
 
     python bench/quality.py [--seeds 0,1,2,3,4] [--pooled]
 
