@@ -90,10 +90,11 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder for the token shards (with SOURCE)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec (with SOURCE; default gpt2-codegen)")
     p.add_argument("--subset", default=None, help="config of the dataset card's `configs:` (default: its default)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--column", default="text")
-    p.add_argument("--revision", default=None)
-    p.add_argument("--endpoint", default=None, help="Hub endpoint for a repo id (default: HF_ENDPOINT or the Hub)")
+    p.add_argument("--split", default=None, help="split to tokenize (with SOURCE; default train)")
+    p.add_argument("--column", default=None, help="text column (with SOURCE; default text)")
+    p.add_argument("--revision", default=None, help="Hub revision of a repo id (with SOURCE; default its head)")
+    p.add_argument("--endpoint", default=None,
+                   help="Hub endpoint for a repo id (with SOURCE; default: HF_ENDPOINT or the Hub)")
     p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = one per core)")
     p.add_argument("--force", action="store_true", help="tokenize again even if the index is up to date")
     _config_args(p)
@@ -105,14 +106,15 @@ def prepare_run(args: argparse.Namespace) -> int:
     from trainer.data import skipped_rows
 
     console = Console(soft_wrap=True)
+    _check_prepare_flags(args)
     if args.source:
         from trainer.data import prepare
 
         if not args.out:
             raise ValueError("--out is required with SOURCE")
-        indexes = [prepare(args.source, args.out, args.tokenizer or "gpt2-codegen", subset=args.subset, split=args.split,
-                           column=args.column, revision=args.revision, endpoint=args.endpoint,
-                           num_workers=args.workers, force=args.force)]
+        indexes = [prepare(args.source, args.out, args.tokenizer or "gpt2-codegen", subset=args.subset,
+                           split=args.split or "train", column=args.column or "text", revision=args.revision,
+                           endpoint=args.endpoint, num_workers=args.workers, force=args.force)]
         dirs = [Path(args.out)]
     else:
         from trainer.train import dataset_dir, prepare_all
@@ -130,6 +132,25 @@ def prepare_run(args: argparse.Namespace) -> int:
         console.print(f"{d}: {idx['documents']:,} documents{rows}, {idx['total_tokens']:,} tokens "
                       f"in {len(idx['shards'])} shard(s) ({idx['dtype']}){commit}{held_out}")
     return 0
+
+
+# prepare's flags for a SOURCE, and the config fields that say the same for a config's datasets
+_SOURCE_FLAGS = {"out": "data.cache_dir", "tokenizer": "data.tokenizer", "subset": "data.datasets.N.subset",
+                 "split": "data.datasets.N.split", "column": "data.datasets.N.column",
+                 "revision": "data.datasets.N.revision", "endpoint": "data.datasets.N.endpoint"}
+
+
+def _check_prepare_flags(args: argparse.Namespace) -> None:
+    """Refuse what one way of calling prepare would ignore: a SOURCE's flags with --config (the config's datasets
+    have their own), and --config or --set beside a SOURCE (read alone, with its flags)."""
+    if args.source and (args.config is not None or args.overrides):
+        raise ValueError(f"give a dataset SOURCE (with --out and its flags) or --config, not both: SOURCE "
+                         f"{args.source} would be prepared alone, {'--config' if args.config else '--set'} ignored")
+    if not args.source:
+        for flag, field in _SOURCE_FLAGS.items():
+            if getattr(args, flag) is not None and args.config is not None:
+                raise ValueError(f"--{flag} goes with a dataset SOURCE; with --config it would be ignored: set "
+                                 f"{field} instead (--set {field.replace('.N.', '.0.')}=...)")
 
 
 def train_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
@@ -152,10 +173,13 @@ def train_tokenizer_run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise PermissionError(errno.EACCES, "not writable", str(out))
-    files, columns = _tokenizer_files(args)
-    tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens, column=columns)
+    files, columns, held = _tokenizer_files(args)
+    tok = train_tokenizer(files, args.vocab_size, whitespace_tokens=not args.no_whitespace_tokens, column=columns,
+                          held_out=held)
     tok.save(args.out)
-    print(f"wrote {args.out}: {tok.get_vocab_size():,} tokens from {len(files)} file(s)")
+    tests = {id(t): t for t in held if t is not None}.values()  # one per dataset, shared by its files
+    left_out = f" ({sum(t.taken for t in tests):,} documents held out for validation left out)" if tests else ""
+    print(f"wrote {args.out}: {tok.get_vocab_size():,} tokens from {len(files)} file(s){left_out}")
     learned = tok.get_vocab_size(with_added_tokens=False)
     if learned < args.vocab_size:
         print(f"warning: --vocab-size {args.vocab_size:,} asked for, but the text only gave {learned:,} BPE tokens "
@@ -163,10 +187,32 @@ def train_tokenizer_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tokenizer_files(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
-    """The files to train a tokenizer on, each with its text column: FILES (with --column), and with --config the
-    training split of each of its datasets (local or a Hub id, with the dataset's own column), as prepare reads it."""
-    from trainer.data import find_parquet_files, resolve_source
+def _is_out(spec: str, out: str) -> bool:
+    """Whether the tokenizer spec names the file train-tokenizer is about to write for the first time."""
+    def where(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+
+    return not Path(out).exists() and where(spec) == where(out)
+
+
+class _HeldOut:
+    """A dataset's held-out test (`trainer.data.held_out`) that counts the documents it takes, for the summary."""
+
+    def __init__(self, test: Callable[[str], bool]):
+        self.test, self.taken = test, 0
+
+    def __call__(self, text: str) -> bool:
+        held = self.test(text)
+        self.taken += held
+        return held
+
+
+def _tokenizer_files(args: argparse.Namespace) -> tuple[list[Path], list[str], list[_HeldOut | None]]:
+    """The files to train a tokenizer on, each with its text column and held-out test: FILES (with --column, read
+    whole), and with --config the training split of each of its datasets (local or a Hub id, with the dataset's own
+    column), as training reads it: without the documents its holdout_fraction / holdout_tokens keeps for
+    validation (chosen as prepare chooses them; holdout_tokens counts tokens with data.tokenizer)."""
+    from trainer.data import held_out, resolve_source
 
     if not args.files and args.config is None:
         raise ValueError("give FILES to train on, or --config to train on a config's datasets")
@@ -176,17 +222,27 @@ def _tokenizer_files(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
     for f in map(Path, args.files):
         if not f.is_dir():
             files.append(f)
-        elif any(f.rglob("*.parquet")):  # a dataset folder: its train split, as prepare reads it
-            files += find_parquet_files(f, "train")
+        elif any(f.rglob("*.parquet")):  # a dataset folder (or a build's): its train split, as prepare reads it
+            files += resolve_source(str(f))
     if args.files and not files:
         raise ValueError(f"no .parquet files in {', '.join(args.files)}")
-    columns = [args.column] * len(files)
+    columns: list[str] = [args.column] * len(files)
+    held: list[_HeldOut | None] = [None] * len(files)
     if args.config is not None:
-        for ds in _load(args).data.datasets:
+        cfg = _load(args)
+        for i, ds in enumerate(cfg.data.datasets):
+            if ds.holdout_tokens and _is_out(cfg.data.tokenizer, args.out):
+                raise ValueError(f"data.datasets.{i}.holdout_tokens holds out the documents that make "
+                                 f"{ds.holdout_tokens:,} tokens under data.tokenizer, which is {args.out}, not "
+                                 "written yet: their count under it is not known before it exists; use "
+                                 "holdout_fraction (the text alone picks its documents), or count with the tokenizer "
+                                 "the data is prepared with now (--set data.tokenizer=SPEC)")
             found = resolve_source(ds.source, ds.split, ds.revision, ds.endpoint, subset=ds.subset)
+            test = _HeldOut(held_out(found, ds.column, ds.holdout, cfg.data.tokenizer)) if ds.holdout else None
             files += found
             columns += [ds.column] * len(found)
-    return files, columns
+            held += [test] * len(found)
+    return files, columns, held
 
 
 # ----------------------------------------------------------------------------- train
@@ -314,7 +370,8 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer spec (default: the one saved with the checkpoint; one that differs is refused)")
-    p.add_argument("--no-tokenizer", action="store_true", help="export weights and config only")
+    p.add_argument("--no-tokenizer", action="store_true",
+                   help="export weights and config only (not into a folder holding tokenizer files from before)")
 
 
 def export_run(args: argparse.Namespace) -> int:
@@ -332,13 +389,15 @@ def export_run(args: argparse.Namespace) -> int:
 def generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="exported HF folder or training checkpoint")
     p.add_argument("--prompt", "-p", action="append", default=[], help="prompt (repeatable; default: stdin)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=200, help="most tokens to add (stops at EOS; default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0: off (default 50)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass in (0, 1]; 1: off (default 0.95)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a different draw each run)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer spec (default: the one saved with the checkpoint or export; one that differs from "
+                        "a checkpoint's is refused)")
 
 
 def generate_run(args: argparse.Namespace) -> int:
@@ -356,6 +415,8 @@ def generate_run(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not (path / "config.json").is_file():
         path = resolve(path)
+    if not args.prompt and sys.stdin.isatty():  # else it waits on the terminal without a word
+        print("reading the prompt from stdin: type it, then Ctrl-D (or give -p PROMPT)", file=sys.stderr)
     prompts = args.prompt or [sys.stdin.read()]
     model = _load_any_model(path, device)
     tok = _tokenizer_for(path, args.tokenizer, model.config.vocab_size)
@@ -412,6 +473,8 @@ def _os_error_line(e: OSError) -> str:
 
 # How each command takes a tokenizer, in place of the hint of trainer.tokenizer's messages (prepare's options)
 _GIVE_TOKENIZER = {"train": "set data.tokenizer (in the config, or --set data.tokenizer=PATH) to",
+                   "train-tokenizer": "set data.tokenizer (holdout_tokens counts the tokens of the documents it holds "
+                                      "out with it; --set data.tokenizer=PATH) to",
                    "export": "give --tokenizer", "generate": "give --tokenizer", "eval": "give --tokenizer"}
 _EXPORT_WEIGHTS_ALONE = ", or --no-tokenizer to export the weights alone"  # export's option only
 

@@ -497,6 +497,13 @@ class _HoldoutPicker:
                     self._heap_tokens += n
                     self._trim()
 
+    def admits(self, hashes: np.ndarray) -> np.ndarray:
+        """Under a token count, which of `hashes` `add` could still take (once the heap holds the count, only hashes
+        up to its largest, which never grows): the others need no token count."""
+        if self._heap_tokens < self.holdout.tokens:
+            return np.ones(len(hashes), dtype=bool)
+        return hashes <= np.uint64(-self._heap[0][0])
+
     def _trim(self) -> None:
         """Drop the documents of the largest hash while the rest still make `tokens` (ties go together)."""
         while self._heap:
@@ -527,6 +534,32 @@ class _HoldoutPicker:
         picked = picked[np.argsort(picked[:, 0], kind="stable")]
         first = np.flatnonzero(np.concatenate([[True], picked[1:, 0] != picked[:-1, 0] + picked[:-1, 1]]))
         return np.stack([picked[first, 0], np.add.reduceat(picked[:, 1], first)], axis=1)
+
+
+def held_out(files: Sequence[Path], column: str, holdout: Holdout, tokenizer: Any) -> Callable[[str], bool]:
+    """Whether `prepare` of these files (a split, in order) with `holdout` and `tokenizer` holds a document out for
+    validation, by its text: what anything trained on the training text (a tokenizer) must not read.
+    A fraction needs only each text's hash; a token count needs the token counts of the documents that could be
+    picked, under `tokenizer` (the one prepare uses), so the files are read once here."""
+    if holdout.fraction:
+        threshold = int(holdout.fraction * 2**64)
+        return lambda text: doc_hash(text) < threshold
+    if not holdout.tokens:
+        return lambda text: False
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(_as_tokenizer(tokenizer).to_str())  # a copy: the caller's keeps its own setting
+    tok.encode_special_tokens = True  # as prepare encodes (_init_worker)
+    picker = _HoldoutPicker(holdout)
+    sources = [{"documents": 0, "skipped_empty": 0} for _ in files]
+    for _, texts in _text_batches(files, column, 1024, sources):
+        hashes = np.fromiter((doc_hash(t) for t in texts), dtype=np.uint64, count=len(texts))
+        wanted = np.flatnonzero(picker.admits(hashes))
+        encodings = tok.encode_batch_fast([texts[i] for i in wanted], add_special_tokens=False)
+        lengths = np.array([len(e.ids) + 1 for e in encodings], dtype=np.int64)  # with EOS, as prepare counts
+        picker.add(0, lengths, hashes[wanted])  # stream positions do not matter here, only the hashes picked
+    picked = set(picker.state()[:, 0].tolist())
+    return lambda text: doc_hash(text) in picked
 
 
 def tokenizer_fingerprint(tokenizer_json: str) -> str:
@@ -737,6 +770,22 @@ class _Progress:
         _write_json_atomic(self.folder / PROGRESS_NAME, {**rec, "held": self.held.tolist()})
 
 
+def _note_replaced(out_dir: Path, old: dict[str, Any], key: dict[str, Any]) -> None:
+    """Say so when `out_dir` holds this data prepared another way (tokenizer, column, holdout), not merely from
+    changed source files: two configs that share a data.cache_dir and a dataset name but tokenize it differently
+    (a tokenizer ablation) would replace each other's data at every start, re-tokenizing it each time unseen."""
+    spec = old.get("tokenizer")
+    what = {"tokenizer_sha256": f"tokenizer ({spec})" if spec else "tokenizer", "column": "column",
+            "eos_id": "EOS id", "holdout": "holdout rule"}  # not specials_in_text: old data, made again once
+    changed = [name for k, name in what.items() if (old.get("key") or {}).get(k) != key.get(k)]
+    if what["tokenizer_sha256"] in changed and "EOS id" in changed:
+        changed.remove("EOS id")  # the tokenizer's own
+    if changed:
+        print(f"note: {out_dir} holds {old.get('source')} prepared with another {', '.join(changed)}; preparing "
+              f"it again replaces that data (to keep both, prepare this one into another folder: its own "
+              f"data.cache_dir or data.datasets.N.name, or prepare --out)", file=sys.stderr)
+
+
 def _check_out_dir(out_dir: Path) -> None:
     """Refuse to replace a folder (or scratch beside it) that `prepare` did not write: it may be someone's data."""
     if out_dir.exists() and not (out_dir / INDEX_NAME).is_file():
@@ -758,6 +807,7 @@ def _reusable(out_dir: Path, key: dict[str, Any], sources: list[dict[str, Any]],
     except DataError:  # damaged or of another version: tokenize again
         return None
     if old.get("key") != key:
+        _note_replaced(out_dir, old, key)
         return None
     for entry, new in zip(old["sources"], sources, strict=True):
         entry.update(file=new["file"], bytes=new["bytes"], mtime_ns=new["mtime_ns"])
@@ -1058,7 +1108,8 @@ class MixtureSampler:
     def epoch_lines(self, samples: int) -> list[str]:
         """One line per dataset for a run's start-up header: its share of the samples (of a mix) and what samples
         [0, samples) draw of it, in tokens and epochs (an epoch: each of its rows once), noting where that repeats
-        the data. From the counts at hand: no pass over the data."""
+        the data, and for a Hub id the commit prepared (training does not look for a newer one: `prepare` fetches
+        it). From the counts at hand: no pass over the data."""
         lines = []
         for name, stream, rows, n, q in zip(self.names, self.streams, self.rows, self.drawn(samples), self.quotas,
                                             strict=True):
@@ -1066,6 +1117,8 @@ class MixtureSampler:
             note = f"; the run sees each token about {n * self.seq_len / len(stream):.1f} times" if e > 1 else ""
             share = f"{q / self.block:.1%} of the samples, " if len(self.streams) > 1 else ""  # weights are relative
             skipped = skipped_rows(stream.index)
+            commit = stream.index.get("commit")  # a Hub id: the commit prepare read, not looked up again here
+            name = f"{name} ({stream.index['source']}@{commit[:12]}, as prepared)" if commit else name
             lines.append(f"data {name}: {share}draws {n * self.seq_len:,} of its {len(stream):,} tokens, "
                          f"{e:.2f} epochs{note}{'; ' + skipped if skipped else ''}")
         return lines

@@ -73,6 +73,20 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
+def _check_no_stale_tokenizer(out: Path) -> None:
+    """Refuse to write weights without a tokenizer beside tokenizer files already there (an earlier export's):
+    transformers, `generate` and `eval` would pair them with these weights, and a smaller vocabulary than the
+    model's passes every check while giving the wrong ids."""
+    found = [name for name in _TOKENIZER_FILES if (out / name).is_file()]
+    if found:
+        raise ValueError(f"{out}: holds {', '.join(found)} from before, which loaders would pair with weights "
+                         "exported without a tokenizer; export into a new folder, delete them, or export with the "
+                         "tokenizer (without --no-tokenizer)")
+
+
 def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, dtype: str = "float32") -> Path:
     """Write `model.safetensors` + `config.json` (+ `tokenizer.json`/`tokenizer_config.json` when a
     `tokenizers.Tokenizer` is given) to `out_dir`. `dtype`: float32 | bfloat16 | float16.
@@ -88,6 +102,8 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, dtype
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
         return Path(out_dir)
     out = Path(out_dir)
+    if tokenizer is None:
+        _check_no_stale_tokenizer(out)
     out.mkdir(parents=True, exist_ok=True)
     eos = 50256
     if tokenizer is not None:

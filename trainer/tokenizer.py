@@ -11,7 +11,7 @@ vocabulary to 51,200 rows; ids 50295.. are never produced.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -99,6 +99,15 @@ def _cached(repo_id: str, filenames: Iterable[str], revision: str | None) -> lis
     return paths if all(isinstance(p, str) for p in paths) else None
 
 
+def _endpoint_note() -> str:
+    """" at URL (HF_ENDPOINT)" where HF_ENDPOINT moves the Hub (a mirror, a test server), which may lack GPT-2's
+    files: a bare 404 for openai-community/gpt2 would otherwise read as a fault of the Hub itself."""
+    from huggingface_hub import constants
+
+    default = getattr(constants, "_HF_DEFAULT_ENDPOINT", "https://huggingface.co")
+    return "" if constants.ENDPOINT.rstrip("/") == default else f" at {constants.ENDPOINT} (HF_ENDPOINT)"
+
+
 def codegen_from_hub(repo_id: str = GPT2_REPO, revision: str | None = None) -> Tokenizer:
     """CodeGen-mono built the way Salesforce did: GPT-2's `vocab.json` + `merges.txt` from the Hub
     (the local HF cache is used when present, and alone when the Hub is out of reach) plus the whitespace tokens."""
@@ -110,14 +119,14 @@ def codegen_from_hub(repo_id: str = GPT2_REPO, revision: str | None = None) -> T
     offline = _hub_unreachable(repo_id, files[0], revision)
     paths = _cached(repo_id, files, revision) if offline else None
     if offline and paths is None:
-        raise ValueError(f"cannot fetch GPT-2's BPE files from the Hub repo {repo_id!r} ({offline}) and they "
-                         f"are not in the HF cache: {_USE_LOCAL}")
+        raise ValueError(f"cannot fetch GPT-2's BPE files from the Hub repo {repo_id!r}{_endpoint_note()} "
+                         f"({offline}) and they are not in the HF cache: {_USE_LOCAL}")
     if paths is None:
         try:
             paths = [hf_hub_download(repo_id, f, revision=revision) for f in files]
         except Exception as e:
-            raise ValueError(f"cannot fetch GPT-2's BPE files from the Hub repo {repo_id!r} ({first_line(e)}): "
-                             f"{_USE_LOCAL}") from e
+            raise ValueError(f"cannot fetch GPT-2's BPE files from the Hub repo {repo_id!r}{_endpoint_note()} "
+                             f"({first_line(e)}): {_USE_LOCAL}") from e
     return build_codegen_tokenizer(*paths)
 
 
@@ -218,9 +227,13 @@ def _iter_texts(files: Iterable[str | Path], columns: Iterable[str]) -> Iterator
 
 
 def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tokens: bool = True,
-                    min_frequency: int = 2, column: str | Sequence[str] = "text") -> Tokenizer:
+                    min_frequency: int = 2, column: str | Sequence[str] = "text",
+                    held_out: Sequence[Callable[[str], bool] | None] | None = None) -> Tokenizer:
     """Train a GPT-2-style byte-level BPE on text files (`.txt/.md/.py`, or `column` of `.parquet/.jsonl`:
     one name for all, or one per file, as datasets of one mix name their text columns differently).
+
+    `held_out`: per file, a test of the documents to leave out (None: none), as a dataset's validation holdout
+    (`trainer.data.held_out`), so the tokenizer never reads what the model is validated on.
 
     `<|endoftext|>` gets id 0; with `whitespace_tokens` CodeGen's 38 whitespace runs are appended as
     added tokens, so the final size is `vocab_size + 38`. Save with `tok.save("tokenizer.json")`."""
@@ -231,7 +244,12 @@ def train_tokenizer(files: Iterable[str | Path], vocab_size: int, whitespace_tok
     columns = [column] * len(paths) if isinstance(column, str) else list(column)
     if len(columns) != len(paths):
         raise ValueError(f"{len(columns)} column names for {len(paths)} files: give one, or one per file")
-    texts = _iter_texts(paths, columns)
+    held = [None] * len(paths) if held_out is None else list(held_out)
+    if len(held) != len(paths):
+        raise ValueError(f"{len(held)} held_out tests for {len(paths)} files: give one per file")
+    texts = itertools.chain.from_iterable(  # file by file, each without its held-out documents
+        _iter_texts([p], [c]) if h is None else itertools.filterfalse(h, _iter_texts([p], [c]))
+        for p, c, h in zip(paths, columns, held, strict=True))
     first = next(texts, None)
     if first is None:
         shown = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

@@ -65,6 +65,12 @@ class CausalLM:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tokenizer = wrap_tokenizer(tokenizer)
+        from transformers import PreTrainedTokenizerBase
+
+        # transformers tokenizers' verbose=False: no "longer than the specified maximum sequence length ... will
+        # result in indexing errors" warning for the long contexts (8-shot GSM8K) that scoring and generation
+        # left-truncate themselves; another tokenizer object may not take the keyword
+        self._quiet = {"verbose": False} if isinstance(self.tokenizer, PreTrainedTokenizerBase) else {}
         self.batch_size, self.max_batch_tokens, self.strategy, self.progress = (
             batch_size, max_batch_tokens, strategy, progress)
         cfg = model.config
@@ -87,13 +93,13 @@ class CausalLM:
         return bos if bos is not None else self.tokenizer.eos_token_id
 
     def tok_encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
+        return list(self.tokenizer.encode(text, **self._quiet))
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """lm_eval's `_encode_pair`: trailing context spaces move to the continuation; the continuation's
         tokens are those of `context+continuation` after the context's own token count."""
         if not context:
-            cont = self.tokenizer.encode(continuation, add_special_tokens=False)
+            cont = self.tokenizer.encode(continuation, add_special_tokens=False, **self._quiet)
             return ([self.prefix_token_id], cont) if self.prefix_token_id != cont[0] else (cont[:1], cont[1:])
         n = len(context) - len(context.rstrip())
         if n:
