@@ -601,13 +601,16 @@ class AdmissionController:
             bucket.observe(obs, bucket.taken - ticket.taken[_INDEX[name]], age, now,
                            clamp=rate_limited or name in _EXACT, sent_at=ticket.t_send, rate_limited=rate_limited)
 
-    def _first_answer(self, ticket: Ticket) -> None:
-        """Open up to `concurrency`; a server that sent no limit headers gets its request rate slow-started."""
+    def _first_answer(self, ticket: Ticket, answered_ok: bool) -> None:
+        """Open up to `concurrency`; a server that sent no limit headers gets its request rate slow-started, doubling
+        once per answer's latency where that is under SLOW_START_S: a success's (`answered_ok`), never a refusal's,
+        which comes back in a network round trip (a refused probe's 5 ms doubled the pace 20 times a second)."""
         self._started = True
         self.concurrency.set_limit(self.concurrency.max_limit)
         self._opened_at = now = self.clock()
         if not self.headers_seen and self._req.learned_limit is None:
-            self._ramp_s = min(SLOW_START_S, max(now - ticket.t_send, 0.01))
+            latency = now - ticket.t_send if answered_ok else SLOW_START_S  # a 429 says nothing of answers' latency
+            self._ramp_s = min(SLOW_START_S, max(latency, 0.01))
             self._req.learn(max(PROBES, self.concurrency.max_limit / 8) / SLOW_START_S * 60.0, now)
             self._ramp_at = now + self._ramp_s
 
@@ -617,8 +620,14 @@ class AdmissionController:
         trip, however long answers take), not the whole concurrency, which is on the wire after about four
         doublings (0.4 s at most). It ends, unpaced, once the rate no longer binds (no request waited for it over
         a doubling: concurrency or the work at hand limits instead), so a server without limits (vLLM) is held
-        back for a fraction of a second; a 429 ends it in `_cut_rate`."""
+        back for a fraction of a second; a 429 ends it in `_cut_rate`. A Retry-After pause over part of a doubling
+        holds every request back, which says nothing of the rate: neither a doubling nor the end, the doubling
+        starts over once the pause is over (requests arriving during it used to double the pace every round trip,
+        and burst into 429s when it ended)."""
         if now < self._ramp_at:
+            return
+        if self.paused_until > self._ramp_at - self._ramp_s:
+            self._ramp_at = max(now, self.paused_until) + self._ramp_s
             return
         learned = self._req.learned_limit
         if learned is None or self.headers_seen or self._paced_at < self._ramp_at - self._ramp_s:
@@ -645,7 +654,7 @@ class AdmissionController:
         self.concurrency.on_success()
         self._probe_answered(ticket, key_works=True)
         if not self._started:
-            self._first_answer(ticket)
+            self._first_answer(ticket, answered_ok=True)
 
     @_on_host
     def fail(self, ticket: Ticket, *, rate_limited: bool = False, headers=None,
@@ -659,7 +668,7 @@ class AdmissionController:
         self._learn(ticket, headers, rate_limited)
         self._probe_answered(ticket, key_works=rate_limited)
         if answered and not self._started:  # no answer at all (connection refused) opens nothing
-            self._first_answer(ticket)
+            self._first_answer(ticket, answered_ok=False)
         if rate_limited:
             self.rate_limited += 1
             now = self.clock()
@@ -700,15 +709,16 @@ class AdmissionController:
         sent then), or at 95% of the rate last refused where it refuses about there again; at most once per round
         trip (only an attempt sent after the last cut says the cut was not enough; the Retry-After pause keeps the
         server's debt from cutting again). Concurrency cannot do this: one request in flight at 20 ms is already
-        50 a second."""
+        50 a second. A 429 with nothing sent in the second before it and nothing learned (the server's debt from
+        earlier 429s refused it) teaches no rate: the Retry-After pause is all it says, and a slow start goes on
+        after it (it used to end the slow start with no pace at all, into a burst of 429s)."""
         if ticket.t_send <= self._rate_decided_at or ticket.t_send < self._opened_at:
             return  # a probe's 429 says how many the server takes at once, not how many a second
-        ramping, self._ramp_at = self._ramp_at is not None, None
+        ramping = self._ramp_at is not None
         current = (not ramping and self._req.learned_limit) or ticket.sent_before * 60.0
         if not current:
-            if ramping:
-                self._req.learn(None, now)
-            return  # nothing admitted and nothing learned yet: the Retry-After pause is all we know
+            return
+        self._ramp_at = None
         self._rate_decided_at = now
         self._grown_at = now
         if self._refused_at_rpm and current >= LEARN_NEAR * self._refused_at_rpm:  # the limit is there
