@@ -36,7 +36,7 @@ from textbookgen.errors import redact
 from textbookgen.journal import lock_file
 from textbookgen.plan import language_rates, prompt_diversity
 from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
-from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, TaxonomyError, Topic, siblings_line
+from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, TaxonomyError, Topic, siblings_line, subtopics_schema
 from textbookgen.templates import (
     MAX_SKIPS,
     Combo,
@@ -482,14 +482,16 @@ def estimate_grow(leaves: int, cfg: GrowConfig) -> dict[str, int]:
 def _grow_input_tokens(k: int, grown: bool) -> int:
     """Input tokens of one grow request: the real prompt for a topic with a name of typical length, and a
     sibling line naming the k - 1 topics beside it (as many as the prompt shows). Names a list starts from
-    are short ("Algebra"); those an LLM grows run to six to nine words, in the path and the siblings."""
+    are short ("Algebra"); those an LLM grows run to six to nine words, in the path and the siblings. The
+    JSON schema the build's growth asks for (structured output) is billed as input too."""
     from textbookgen.engine import ChatRequest, estimate_input_tokens
 
     name = "The role of a typical topic in its field" if grown else "A typical topic name"
     content = GROW_PROMPT.format(
         k=k, topic=name, path=f"Subject > Topic > {name}", siblings=siblings_line([name] * (k - 1))
     )
-    return estimate_input_tokens(ChatRequest(messages=[{"role": "user", "content": content}]))
+    messages = [{"role": "user", "content": content}]
+    return estimate_input_tokens(ChatRequest(messages=messages, response_format=subtopics_schema(k)))
 
 
 # ---- the build's budget -------------------------------------------------------------------------
@@ -649,6 +651,7 @@ class Build:
         self.notes: list[str] = recipe.notes()
         self.manifest: dict[str, Any] = {}
         self._web_stats: dict[str, Any] | None = None
+        self._web_samples: WebSamples | None = None  # as the prompts stage loaded them (not where it was cached)
         self._benchmark_texts: list[ItemTexts] | None = None
 
     # -- state --
@@ -775,6 +778,7 @@ class Build:
                 self.console.print(f"[yellow]note:[/yellow] {note}")
         self.check_finish()
         tax, tax_hash, grow_plan = self.stage_taxonomy(can_grow=not planning)
+        grown_recipe = r  # the caps below are lifted for the roots alone
         if grow_plan and (r.taxonomy.max_per_topic or r.taxonomy.min_per_topic):
             # The per-topic caps are meant for the grown tree; the roots alone cannot meet them.
             self.notes.append("per-topic caps are lifted in this plan (they apply to the grown taxonomy).")
@@ -783,6 +787,12 @@ class Build:
             )
         prompts, prompts_hash = self.stage_prompts(tax, tax_hash, planning)
         self._base_manifest(tax, prompts)
+        if grow_plan:  # the plan's prompts name the roots; the build's will name the grown topics
+            from textbookgen.plan import grown_prompt_tokens
+
+            web = self._web_samples or (self.load_web_samples(planning) if self._web_stats else None)
+            grow_plan.update(grown_prompt_tokens(grown_recipe, tax, self.journals()["taxonomy"], web,
+                                                 retry_failed=self.retry_failed))
         if planning:
             return self._plan(tax, prompts, grow_plan, can_call)
         docs, docs_hash = self.stage_generate(prompts, prompts_hash)
@@ -1029,7 +1039,7 @@ class Build:
             self._web_stats = st["stats"].get("web")
             return pl.read_parquet(out_path), st["output_hash"]
         t0 = self._begin("prompts")
-        web = self.load_web_samples(planning)
+        web = self._web_samples = self.load_web_samples(planning)
         df = render_prompts(r, tax, web, templates, progress=self.progress)
         _write_parquet(df, out_path)
         self._web_stats = (

@@ -82,7 +82,13 @@ from textbookgen.journal import (
     request_of,
 )
 from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, cache_write_1h_rate, price_of
-from textbookgen.providers import PROVIDERS, CannotConnect, make_provider, replica_urls
+from textbookgen.providers import (
+    PROVIDERS,
+    CannotConnect,
+    make_provider,
+    replica_urls,
+    structured_output_tool,
+)
 from textbookgen.ratelimit import AdmissionController, RateLimits
 from textbookgen.sharedlimits import SharedRecord, budget_id
 
@@ -336,12 +342,36 @@ def estimate_input_tokens(req: ChatRequest) -> int:
     """A cheap prompt-size estimate, plus per-message overhead; the engine corrects it by the ratio of real
     usage to estimates as answers come back. English runs about 4 characters a token, but a Chinese, Japanese
     or Korean character is a token or more: at 4 characters a token the first such requests held a quarter of
-    their input or less against the budget and the token limits."""
+    their input or less against the budget and the token limits. Tool definitions and a structured output's
+    schema are billed as input too (`_prompt_params`): left out, a tools-heavy run's first requests were held at
+    a fraction of their input."""
     tokens = _text_tokens(req.system or "")
     for message in req.messages:
         content = message.get("content")
         tokens += _text_tokens(content if isinstance(content, str) else json.dumps(content, ensure_ascii=False))
+    for text in _prompt_params(req):
+        tokens += _text_tokens(text)
     return math.ceil(tokens) + 4 * len(req.messages) + 3
+
+
+# request-body keys beside system and messages that the providers bill as input: tool definitions and the choice of
+# one (OpenAI, Anthropic; OpenAI's older functions), a structured output's schema (OpenAI's response_format,
+# Anthropic's output_config.format and its beta output_format); not sampling knobs (stop, top_k, ...)
+_PROMPT_PARAMS = frozenset({"tools", "tool_choice", "functions", "function_call", "response_format",
+                            "output_config", "output_format"})
+
+
+def _prompt_params(req: ChatRequest) -> list[str]:
+    """The JSON of `req`'s body parts billed as input beside system and messages: the `_PROMPT_PARAMS` its params
+    set, and its response_format unless params set one (they go over the body) in the longer of the forms it is
+    sent in: as is (OpenAI), or Anthropic's forced tool of its schema and the choice of that tool."""
+    texts = [json.dumps(v, ensure_ascii=False) for k, v in req.params.items() if k in _PROMPT_PARAMS and v is not None]
+    if req.response_format is not None and "response_format" not in req.params:
+        forms = [req.response_format]
+        if (tool := structured_output_tool(req.response_format)) is not None:
+            forms.append([tool, {"type": "tool", "name": tool["name"]}])
+        texts.append(max((json.dumps(form, ensure_ascii=False) for form in forms), key=_text_tokens))
+    return texts
 
 
 def _text_tokens(text: str) -> float:

@@ -37,6 +37,7 @@ ALTERNATIVES = (
 DECODE_TOKENS_PER_S = 60.0  # typical hosted-API streaming speed, for the concurrency-bound time
 FIRST_TOKEN_S = 1.0
 NGRAM_SAMPLE = 20_000  # prompts read for the distinct 4-gram ratio (the first ones: a build's prefix)
+GROWTH_SAMPLE = 2_000  # prompts rendered on the roots and on a stand-in grown tree (`grown_prompt_tokens`)
 # Input tokens a character costs, by script: (name, regex class, expected, at most). No model tokenizer is loaded
 # (tiktoken is not a dependency). At most: GPT-2's byte-level BPE, measured on prose of each script and rounded
 # up; its 50K mostly-English vocabulary splits other scripts into more pieces than the providers' 100K-200K ones
@@ -237,13 +238,14 @@ def make_plan(
     from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, is_priced
 
     n = prompts.height
+    growth = grow or {}
     tokens = _request_tokens(prompts)
-    in_tok = int(tokens[0].sum()) + extra_input_tokens[0]
-    in_max = int(tokens[1].sum()) + extra_input_tokens[1]
+    # prompts drawn from the roots, where the build will draw them from the grown tree (`grown_prompt_tokens`)
+    in_tok = int(tokens[0].sum() + n * growth.get("prompt_input_tokens", 0.0)) + extra_input_tokens[0]
+    in_max = int(tokens[1].sum() + n * growth.get("prompt_input_tokens_max", 0.0)) + extra_input_tokens[1]
     exp = _expected_output(prompts, expected_tokens)
     out_exp = int(exp.sum()) if n else 0
     out_max = int(prompts["max_tokens"].sum()) if n else 0
-    growth = grow or {}
     grow_in = int(growth.get("input_tokens", 0))
     grow_in_max = int(growth.get("input_tokens_max", grow_in))  # estimate_grow's is an English prompt's, over GPT-2's
     grow_out = int(growth.get("output_tokens", 0))
@@ -408,6 +410,15 @@ def _lookup(
     return found
 
 
+def _schema_tokens(req: Any) -> int:
+    """The input tokens a request's structured-output schema adds to its prompt, as the engine estimates them."""
+    from dataclasses import replace
+
+    from textbookgen.engine import estimate_input_tokens
+
+    return estimate_input_tokens(req) - estimate_input_tokens(replace(req, response_format=None))
+
+
 class _GrowReplay:
     """A stand-in for the engine under `taxonomy.grow`, sending nothing: what a grow journal holds is answered
     from it (free), any other call gets `per_call` made-up names (as if the call paid for them) and is counted
@@ -425,9 +436,10 @@ class _GrowReplay:
                  if _holds_requests(self.journal) else [("new", None)] * len(requests))
         new = [r for r, (state, _) in zip(requests, found, strict=True) if state == "new"]
         expected, most = input_token_estimates(pl.Series([r.messages[0]["content"] for r in new], dtype=pl.String))
+        schemas = sum(_schema_tokens(r) for r in new)  # billed beside the prompt, as `estimate_grow` counts it
         self.calls += len(new)
-        self.input_tokens += int(expected.sum())
-        self.input_tokens_max += int(most.sum())
+        self.input_tokens += int(expected.sum()) + schemas
+        self.input_tokens_max += int(most.sum()) + schemas
         self.output_tokens_max += sum(r.max_tokens for r in new)
         self.answered += len(requests) - len(new)
         return [
@@ -458,16 +470,11 @@ def estimate_grow_left(
     answering what it holds; `calls` and the tokens are those still to pay for, `answered` those the journal
     answers (free), `paid_usd` what the journal paid (the budget counts it). Calls past the journal's answers are
     counted as `estimate_grow` counts them: each answer brings per_call new names."""
-    import copy
-
     from textbookgen.build import journal_summary
     from textbookgen.engine import spent
-    from textbookgen.taxonomy import grow
 
-    tax = copy.deepcopy(roots)
-    replay = _GrowReplay(journal, provider, model, cfg.per_call, retry_failed)
-    grow(tax, replay, cfg.target, per_call=cfg.per_call, max_depth=cfg.max_depth, seed=seed,
-         temperature=cfg.temperature, max_tokens=cfg.max_tokens, similarity=cfg.similarity)
+    _, replay = _replay_growth(roots, cfg, journal, provider=provider, model=model, seed=seed,
+                               retry_failed=retry_failed)
     return {
         "leaves_before": len(roots.leaves()),
         "target": cfg.target,
@@ -479,6 +486,46 @@ def estimate_grow_left(
         "output_tokens_max": replay.output_tokens_max,
         "paid_usd": spent(journal_summary(journal)).usd if _holds_requests(journal) else 0.0,
     }
+
+
+def _replay_growth(
+    roots: Taxonomy, cfg: GrowConfig, journal: Path, *, provider: str, model: str, seed: int, retry_failed: bool
+) -> tuple[Taxonomy, _GrowReplay]:
+    """`taxonomy.grow` on a copy of `roots` as the build grows it, answered by `_GrowReplay`: the stand-in tree
+    (the journal's names where it holds them, made-up ones elsewhere) and what its calls cost."""
+    import copy
+
+    from textbookgen.taxonomy import grow
+
+    tax = copy.deepcopy(roots)
+    replay = _GrowReplay(journal, provider, model, cfg.per_call, retry_failed)
+    grow(tax, replay, cfg.target, per_call=cfg.per_call, max_depth=cfg.max_depth, seed=seed,
+         temperature=cfg.temperature, max_tokens=cfg.max_tokens, similarity=cfg.similarity)
+    return tax, replay
+
+
+def grown_prompt_tokens(recipe: Any, roots: Taxonomy, journal: Path, web: Any, *,
+                        retry_failed: bool = False) -> dict[str, float]:
+    """What a document prompt's input tokens gain, on average (expected and at most), from drawing its topic from
+    the grown taxonomy rather than from the roots a plan draws from (a plan grows nothing): a grown name is longer
+    than a root's, the root becomes part of its path, and with fewer prompts a topic, fewer run its web-extract
+    share over the one asked. Measured on the first GROWTH_SAMPLE prompts of both trees with the same web samples
+    `web` (None: topic-only), the grown one a stand-in (`_replay_growth`: the grow journal's names where it holds
+    them, made-up names of grown names' length elsewhere); the roots' with the per-topic caps lifted, as the plan
+    draws them."""
+    from textbookgen.build import render_prompts
+
+    g = recipe.taxonomy.grow
+    grown, _ = _replay_growth(roots, g, journal, provider=recipe.provider.name, model=g.model or recipe.model,
+                              seed=recipe.seed, retry_failed=retry_failed)
+    uncapped = recipe.model_copy(
+        update={"taxonomy": recipe.taxonomy.model_copy(update={"max_per_topic": None, "min_per_topic": 0})})
+    before = _request_tokens(render_prompts(uncapped, roots, web, limit=GROWTH_SAMPLE))
+    after = _request_tokens(render_prompts(recipe, grown, web, limit=GROWTH_SAMPLE))
+    if not before[0].len() or not after[0].len():
+        return {"prompt_input_tokens": 0.0, "prompt_input_tokens_max": 0.0}
+    return {"prompt_input_tokens": float(after[0].mean() - before[0].mean()),
+            "prompt_input_tokens_max": float(after[1].mean() - before[1].mean())}
 
 
 def _holds_requests(journal: Path) -> bool:

@@ -951,8 +951,11 @@ class Emulator:
             raise self._error(provider, "400", message="anthropic-version: header is required")
 
     def _count_input(self, body: dict[str, Any]) -> int:
+        """The prompt tokens billed: system and messages, and the tool definitions and structured-output schema the
+        providers bill as input too (`_billed_schemas`)."""
         messages = body.get("messages") or []
-        return prompt_tokens(prompt_text(messages, body.get("system"))) + 3 * len(messages) + 3
+        return (prompt_tokens(prompt_text(messages, body.get("system"))) + prompt_tokens(_billed_schemas(body))
+                + 3 * len(messages) + 3)
 
     def _parse_call(self, provider: str, body: dict[str, Any]) -> _Call:
         model, messages = body.get("model"), body.get("messages")
@@ -1414,6 +1417,16 @@ def _bearer(value: str) -> str:
 def _first_set(body: dict[str, Any], *keys: str, default: int) -> int:
     """The first of `keys` the body sets to a non-null value (0 included), else `default`."""
     return next((body[k] for k in keys if body.get(k) is not None), default)
+
+
+def _billed_schemas(body: dict[str, Any]) -> str:
+    """The JSON of a body's parts beside its messages that are billed as input: OpenAI's and Anthropic's tools and
+    tool_choice, OpenAI's functions and response_format, Anthropic's output_config.format (and beta output_format)."""
+    parts = [body.get(k) for k in ("tools", "tool_choice", "functions", "function_call", "response_format",
+                                   "output_format")]
+    config = body.get("output_config")
+    parts.append(config.get("format") if isinstance(config, dict) else None)
+    return "\n".join(json.dumps(part, ensure_ascii=False) for part in parts if part)
 
 
 _OPENAI_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
