@@ -251,7 +251,7 @@ class LLM:
             except ValueError as exc:
                 tries = self.schema_retries + 1
                 how = ("cut at max_tokens: raise it" if resp.status == "truncated"
-                       else f"{tries} {'try' if tries == 1 else 'tries'}")
+                       else _counted(tries, "try", "tries"))
                 self._fail(index, sample, resp, f"answer does not fit {self.response_format.__name__} ({how}): {exc}")
                 continue
             if resp.status == "truncated":
@@ -266,11 +266,13 @@ class LLM:
             origins += [index] * len(new)
         if self.failures:
             failed_rows = len({f["row"] for f in self.failures})
-            log.warning("%s: %d of %d requests failed (n=%d per row), on %d of %d rows (see .failures)",
-                        type(self).__name__, len(self.failures), len(responses), self.n, failed_rows, len(rows))
+            log.warning("%s: %d of %s failed (n=%d per row), on %d of %s (see .failures)", type(self).__name__,
+                        len(self.failures), _counted(len(responses), "request"), self.n, failed_rows,
+                        _counted(len(rows), "row"))
         if self.truncated:
-            log.warning("%s: %d answers were cut at max_tokens and parsed as they are (see .truncated; raise "
-                        "max_tokens to get them whole)", type(self).__name__, len(self.truncated))
+            cut = len(self.truncated)
+            log.warning("%s: %s %s cut at max_tokens and parsed as received (see .truncated; raise max_tokens to "
+                        "get whole answers)", type(self).__name__, _counted(cut, "answer"), "was" if cut == 1 else "were")
         return self._frame(records, origins)
 
     def _kept(self) -> str:
@@ -375,6 +377,11 @@ class _Rounds:
     def _adds(self, key: str, value: Any) -> bool:
         return key in self.stats and key not in self._LEVELS and isinstance(value, (int, float)) \
             and not isinstance(value, bool)
+
+
+def _counted(count: int, noun: str, plural: str = "") -> str:
+    """A count and its noun in agreement ("1 row", "2 rows", "1 try", "3 tries"), for messages."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def _invalid(exc: ValidationError, shown: int = 3) -> str:

@@ -250,11 +250,17 @@ def builtin_templates() -> dict[str, Template]:
 
 
 def load_template(ref: str, base_dir: Path | None = None) -> Template:
-    """A built-in by name, or a `.j2`/`.jinja` file (relative to `base_dir`). The file is parsed
-    now, so a syntax error is reported with its file and line before any prompt is rendered."""
+    """A built-in by name, also as its origin spells it (`builtin:NAME`, `builtin:FILE`: what provenance and
+    cards print), or a `.j2`/`.jinja` file (relative to `base_dir`). The file is parsed now, so a syntax
+    error is reported with its file and line before any prompt is rendered."""
     builtins = builtin_templates()
     if ref in builtins:
         return builtins[ref]
+    if ref.startswith("builtin:"):
+        spelled = {**{f"builtin:{name}": t for name, t in builtins.items()}, **{t.origin: t for t in builtins.values()}}
+        if ref not in spelled:
+            raise TemplateError(f"template {ref!r}: no such built-in (the built-ins: {', '.join(builtins)})")
+        return spelled[ref]
     path = Path(ref)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path

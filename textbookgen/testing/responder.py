@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -394,48 +396,272 @@ def wants_json(body: dict[str, Any], prompt: str) -> bool:
     return fmt.get("type") in ("json_object", "json_schema") or bool(re.search(r"\bJSON\b", prompt))
 
 
+_NEST_DEPTH = 6  # containers deep: from here on only what the schema requires is filled, so recursive models end
+_MAX_DEPTH = 48  # a schema whose required fields still nest this deep has no finite instance: stop, unfilled
+_TEXT_KEY = re.compile(r"^(?:text|content|body|definition|description|summary|answer|solution|explanation)$",
+                       re.IGNORECASE)
+_FORMATS: dict[str, Callable[[random.Random], str]] = {
+    "date-time": lambda r: f"20{r.randint(10, 29)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}T"
+                           f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:00Z",
+    "date": lambda r: f"20{r.randint(10, 29)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}",
+    "time": lambda r: f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:00",
+    "duration": lambda r: f"PT{r.randint(1, 59)}M",
+    "email": lambda r: f"{r.choice(_STORY_NAMES).lower()}{r.randint(1, 99)}@example.com",
+    "uri": lambda r: f"https://example.com/notes/{r.randint(1, 9999)}",
+    "url": lambda r: f"https://example.com/notes/{r.randint(1, 9999)}",
+    "hostname": lambda r: f"host{r.randint(1, 99)}.example.com",
+    "ipv4": lambda r: f"192.0.2.{r.randint(1, 254)}",
+    "uuid": lambda r: str(uuid.UUID(int=r.getrandbits(128), version=4)),
+}
+
+
 def from_schema(schema: dict[str, Any], subject: str, n: int | None, rng: random.Random,
-                defs: dict[str, Any] | None = None, score: int | None = None) -> Any:
-    """An instance of a JSON schema (objects, arrays, enums, $ref to $defs), filled with plausible values;
-    numeric properties named like score/rating/grade get `score` when given."""
-    defs = defs if defs is not None else {**schema.get("$defs", {}), **schema.get("definitions", {})}
-    if "$ref" in schema:
-        return from_schema(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), subject, n, rng, defs, score)
-    for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-            return from_schema(options[0], subject, n, rng, defs, score)
-    if "enum" in schema:
-        return rng.choice(schema["enum"])
-    if "const" in schema:
-        return schema["const"]
-    kind = schema.get("type", "object" if "properties" in schema else "string")
-    kind = next((k for k in kind if k != "null"), "string") if isinstance(kind, list) else kind
-    if kind == "object":
-        props = schema.get("properties", {})
-        out = {}
-        for k, v in props.items():
-            if score is not None and _SCORE_KEY.search(k) and v.get("type") in ("integer", "number"):
-                out[k] = max(v.get("minimum", score), min(v.get("maximum", score), score))
-            elif score is not None and v.get("type", "string") == "string" and _REASON_KEY.search(k):
-                out[k] = _justification(score, rng)
+                score: int | None = None) -> Any:
+    """A valid instance of a JSON schema, as a provider's structured outputs answer: `$ref` (to `$defs`, or
+    any JSON pointer into the schema, recursive models too), `allOf`, `anyOf`/`oneOf` (Optional, unions),
+    nested objects, arrays of objects, tuples (`prefixItems`), dicts (`additionalProperties`), enum/const
+    (Literal), string formats and lengths, numeric bounds and multiples, item counts. Lists of strings are
+    distinct plausible items; `n` (the count the prompt asks for) sizes the arrays not inside another array;
+    numeric properties named like score/rating/grade get `score` when given (and reason-like strings a
+    justification of it)."""
+    return _Instance(schema, subject, rng, score).value(schema, n, 0)
+
+
+class _Instance:
+    """One instance of a root schema, drawn from `rng`; `depth` counts the objects and arrays around a value."""
+
+    def __init__(self, root: dict[str, Any], subject: str, rng: random.Random, score: int | None) -> None:
+        self.root, self.subject, self.rng, self.score = root, subject, rng, score
+        self.open: list[str] = []  # the $refs being filled around the current value: a recursive model's
+
+    def value(self, schema: Any, n: int | None, depth: int, name: str = "") -> Any:
+        """An instance of `schema`; `name` is the property it fills (scores and text fields go by name)."""
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if ref is None:
+            return self._fill(self._resolved(schema), n, depth, name)
+        self.open.append(ref)
+        try:
+            return self._fill(self._resolved(schema), n, depth, name)
+        finally:
+            self.open.pop()
+
+    def _fill(self, schema: dict[str, Any], n: int | None, depth: int, name: str) -> Any:
+        if "const" in schema:
+            return schema["const"]
+        if schema.get("enum"):
+            return self.rng.choice(schema["enum"])
+        options = schema.get("anyOf") or schema.get("oneOf")
+        if options:
+            return self.value(self._option(options, depth), n, depth, name)
+        kind = self._kind(schema, depth)
+        if kind == "object":
+            return self._object(schema, n, depth)
+        if kind == "array":
+            return self._array(schema, n, depth, name)
+        if kind == "integer":
+            return self._integer(schema, name)
+        if kind == "number":
+            return self._number(schema, name)
+        if kind == "boolean":
+            return self.rng.random() < 0.5
+        if kind == "null":
+            return None
+        return self._string(schema, name)
+
+    def _resolved(self, schema: Any) -> dict[str, Any]:
+        """`schema` with its `$ref` followed (its own keywords kept beside the target's) and its `allOf` merged."""
+        schema = schema if isinstance(schema, dict) else {}
+        for _ in range(64):  # a chain of refs longer than this loops
+            if "$ref" in schema:
+                rest = {k: v for k, v in schema.items() if k != "$ref"}
+                schema = {**self._pointer(schema["$ref"]), **rest}
+            elif schema.get("allOf"):
+                merged = {k: v for k, v in schema.items() if k != "allOf"}
+                for part in map(self._resolved, schema["allOf"]):
+                    if "properties" in part:
+                        merged["properties"] = {**merged.get("properties", {}), **part["properties"]}
+                    if "required" in part:
+                        merged["required"] = [*merged.get("required", []), *part["required"]]
+                    merged.update({k: v for k, v in part.items() if k not in merged})
+                schema = merged
             else:
-                out[k] = from_schema(v, subject, n, rng, defs, score)
+                return schema
+        return {}
+
+    def _pointer(self, ref: str) -> dict[str, Any]:
+        """The subschema a local `$ref` ("#", "#/$defs/Term") points to; {} (any value) when it points nowhere."""
+        node: Any = self.root
+        path = ref.removeprefix("#").strip("/")
+        for part in path.split("/") if path else []:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return {}
+        return node if isinstance(node, dict) else {}
+
+    def _option(self, options: list[Any], depth: int) -> Any:
+        """A branch of anyOf/oneOf: any but null; null where allowed for a model inside itself (an optional
+        parent of a tree node) and deep down, where a scalar branch is preferred."""
+        filled = [o for o in options if self._resolved(o).get("type") != "null"] or options
+        recursive = any(isinstance(o, dict) and o.get("$ref") in self.open for o in filled)
+        if len(filled) < len(options) and (recursive or depth >= _NEST_DEPTH):
+            return {"type": "null"}
+        if depth < _NEST_DEPTH:
+            return self.rng.choice(filled)
+        return next((o for o in filled if self._kind(self._resolved(o), depth) not in ("object", "array")), filled[0])
+
+    def _kind(self, schema: dict[str, Any], depth: int) -> str:
+        """The JSON type to produce: the declared one (of a list, null only deep down), else the one implied."""
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            types = [k for k in kind if k != "null"]
+            return "null" if not types or ("null" in kind and depth >= _NEST_DEPTH) else types[0]
+        if kind:
+            return kind
+        if "properties" in schema or isinstance(schema.get("additionalProperties"), dict):
+            return "object"
+        return "array" if "items" in schema or "prefixItems" in schema else "string"
+
+    def _object(self, schema: dict[str, Any], n: int | None, depth: int) -> dict[str, Any]:
+        """Every property (only the required ones deep down); a dict schema gets a few distinct keys."""
+        if depth > _MAX_DEPTH:
+            return {}
+        props, required = schema.get("properties") or {}, set(schema.get("required") or ())
+        deep = depth >= _NEST_DEPTH
+        out = {k: self.value(v, n, depth + 1, k) for k, v in props.items() if not deep or k in required}
+        extra = schema.get("additionalProperties")
+        if not props and isinstance(extra, dict):
+            count = _clamped(0 if deep else 3, schema.get("minProperties"), schema.get("maxProperties"))
+            out = {key: self.value(extra, None, depth + 1, key)
+                   for key in distinct_items(self.subject, count, self.rng)}
         return out
-    if kind == "array":
-        count = n or schema.get("minItems") or 5
-        count = min(count, schema.get("maxItems", count))
-        item_schema = schema.get("items", {"type": "string"})
-        if item_schema.get("type", "string") == "string" and "enum" not in item_schema:
-            return distinct_items(subject, count, rng)
-        return [from_schema(item_schema, subject, None, rng, defs, score) for _ in range(count)]
-    if kind == "integer":
-        return rng.randint(schema.get("minimum", 1), schema.get("maximum", 10))
-    if kind == "number":
-        return round(rng.uniform(schema.get("minimum", 0.0), schema.get("maximum", 1.0)), 3)
-    if kind == "boolean":
-        return rng.random() < 0.5
-    return distinct_items(subject, 1, rng)[0]
+
+    def _array(self, schema: dict[str, Any], n: int | None, depth: int, name: str) -> list[Any]:
+        """`n` items (two fewer each level of nesting without it, none deep down), within minItems..maxItems;
+        a tuple's items in order; strings distinct; uniqueItems kept."""
+        if depth > _MAX_DEPTH:
+            return []
+        prefix = schema.get("prefixItems") or []
+        items = schema.get("items")
+        if prefix and not isinstance(items, dict):
+            wanted = len(prefix)
+        else:
+            wanted = n or (0 if depth >= _NEST_DEPTH else max(1, 5 - depth // 2 * 2))
+        count = _clamped(wanted, schema.get("minItems"), schema.get("maxItems"))
+        out = [self.value(s, None, depth + 1, name) for s in prefix[:count]]
+        item_schema = self._resolved(items if isinstance(items, dict) else {})
+        if count > len(out) and _plain_string(item_schema):
+            return out + [_fit_length(s, item_schema)
+                          for s in distinct_items(self.subject, count - len(out), self.rng)]
+        if schema.get("uniqueItems") and item_schema.get("enum"):  # a set of Literals: drawn without repeats
+            return out + self.rng.sample(item_schema["enum"], min(count - len(out), len(item_schema["enum"])))
+        seen = {json.dumps(v, sort_keys=True) for v in out}
+        for _ in range(10 * count):
+            if len(out) >= count:
+                break
+            value = self.value(item_schema, None, depth + 1, name)
+            key = json.dumps(value, sort_keys=True)
+            if schema.get("uniqueItems") and key in seen:
+                continue
+            seen.add(key)
+            out.append(value)
+        return out
+
+    def _integer(self, schema: dict[str, Any], name: str) -> int:
+        """A score by name (within the bounds), else a draw within the bounds, a multiple of multipleOf."""
+        lo, hi = _integer_bounds(schema)
+        if self.score is not None and _SCORE_KEY.search(name):
+            return _clamped(self.score, lo, hi)
+        if lo is None:
+            lo = 1 if hi is None or hi >= 1 else hi - 9
+        if hi is None:
+            hi = lo + 9 if lo > 1 else 10
+        step = schema.get("multipleOf")
+        if isinstance(step, int) and step > 0:
+            return self.rng.randint(-(-lo // step), max(-(-lo // step), hi // step)) * step
+        return self.rng.randint(lo, max(lo, hi))
+
+    def _number(self, schema: dict[str, Any], name: str) -> float:
+        """As `_integer`, for numbers: drawn strictly inside the bounds, to 3 decimals where that stays inside."""
+        lo = _first_number(schema, "minimum", "exclusiveMinimum")
+        hi = _first_number(schema, "maximum", "exclusiveMaximum")
+        if self.score is not None and _SCORE_KEY.search(name) and _inside(float(self.score), schema):
+            return float(self.score)
+        if lo is None:
+            lo = 0.0 if hi is None or hi >= 1 else hi - 1.0
+        if hi is None:
+            hi = lo + 1.0
+        step = schema.get("multipleOf")
+        if isinstance(step, (int, float)) and step > 0:
+            first, last = math.ceil(lo / step), math.floor(hi / step)
+            candidates = [k * step for k in range(first, max(first, last) + 1)[:1000] if _inside(k * step, schema)]
+            if candidates:
+                return float(self.rng.choice(candidates))
+        exact = lo + (hi - lo) * self.rng.uniform(0.05, 0.95)
+        return round(exact, 3) if _inside(round(exact, 3), schema) else exact
+
+    def _string(self, schema: dict[str, Any], name: str) -> str:
+        """A formatted value (date, uuid, ...), a justification of the score, a sentence or two for a text-like
+        field, else a plausible item name; within minLength..maxLength."""
+        fmt = _FORMATS.get(schema.get("format", ""))
+        if fmt is not None:
+            return fmt(self.rng)
+        if self.score is not None and _REASON_KEY.search(name):
+            text = _justification(self.score, self.rng)
+        elif _TEXT_KEY.search(name):
+            text = _Writer(self.subject, self.rng).paragraphs(240, opener=False)
+        else:
+            text = distinct_items(self.subject, 1, self.rng)[0]
+        return _fit_length(text, schema)
+
+
+def _plain_string(schema: dict[str, Any]) -> bool:
+    """A string schema with nothing but lengths to keep: distinct item names fit it."""
+    return schema.get("type", "string") == "string" and not any(
+        k in schema for k in ("enum", "const", "format", "pattern", "anyOf", "oneOf", "properties", "items"))
+
+
+def _fit_length(text: str, schema: dict[str, Any]) -> str:
+    """`text` repeated up to minLength and cut at maxLength (without a trailing space where it can)."""
+    lo, hi = schema.get("minLength") or 0, schema.get("maxLength")
+    while len(text) < lo:
+        text = f"{text} {text}"
+    if hi is not None and len(text) > hi:
+        cut = text[:hi]
+        text = cut.rstrip() if len(cut.rstrip()) >= lo else cut
+    return text
+
+
+def _clamped(value: int, lo: int | None, hi: int | None) -> int:
+    """`value` within lo..hi, either of which may be absent (the lower bound wins a clash)."""
+    value = value if hi is None else min(value, hi)
+    return value if lo is None else max(value, lo)
+
+
+def _first_number(schema: dict[str, Any], *keys: str) -> float | None:
+    """The first of `keys` that holds a number (a boolean is draft-4 exclusiveness, not a bound)."""
+    return next((float(schema[k]) for k in keys if isinstance(schema.get(k), (int, float))
+                 and not isinstance(schema[k], bool)), None)
+
+
+def _integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The smallest and largest integers the schema's minimum/maximum (exclusive or not) allow, or None."""
+    lo, xlo = _first_number(schema, "minimum"), _first_number(schema, "exclusiveMinimum")
+    hi, xhi = _first_number(schema, "maximum"), _first_number(schema, "exclusiveMaximum")
+    lows = ([math.ceil(lo)] if lo is not None else []) + ([math.floor(xlo) + 1] if xlo is not None else [])
+    highs = ([math.floor(hi)] if hi is not None else []) + ([math.ceil(xhi) - 1] if xhi is not None else [])
+    return max(lows, default=None), min(highs, default=None)
+
+
+def _inside(value: float, schema: dict[str, Any]) -> bool:
+    """Whether `value` keeps the schema's minimum/maximum and exclusive bounds."""
+    lo, hi = _first_number(schema, "minimum"), _first_number(schema, "maximum")
+    xlo, xhi = _first_number(schema, "exclusiveMinimum"), _first_number(schema, "exclusiveMaximum")
+    return ((lo is None or value >= lo) and (hi is None or value <= hi)
+            and (xlo is None or value > xlo) and (xhi is None or value < xhi))
 
 
 _SCORE_KEY = re.compile(r"score|rating|grade|points|quality", re.IGNORECASE)
