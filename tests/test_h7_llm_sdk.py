@@ -130,7 +130,7 @@ def test_an_answer_that_misses_the_schema_is_failed_naming_its_wrong_fields(tmp_
         task = make(Glossary, emu, journal=tmp_path / "g.sqlite", schema_retries=0)
         assert task(ROWS[:1]).height == 0
     assert task.failures[0]["error"] == ("answer does not fit Counted (1 try): 1 validation error for Counted: "
-                                         "terms: Input should be a valid list")
+                                         "terms: Input should be a valid array")
 
 
 def test_a_brace_in_the_prose_before_the_json_does_not_cost_a_re_ask(tmp_path):

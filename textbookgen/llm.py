@@ -313,21 +313,24 @@ class LLM:
 
     def _embedded(self, text: str, tries: int = 20) -> BaseModel:
         """The first JSON object in prose or a fence that fits `response_format`: a brace before it ("the terms
-        of {topic}:") is skipped, not a reason to pay for a re-ask. The error: the first object's misfit, else
-        the first brace's JSON error."""
+        of {topic}:") is skipped, not a reason to pay for a re-ask; an object that misses is skipped whole (one
+        nested in it is part of that answer, not an answer). Validated as JSON, as a bare answer is (a strict
+        model takes "2026-01-05" as a date there only). The error: the first object's misfit, else the first
+        brace's JSON error."""
         decoder, misfit, broken = json.JSONDecoder(), None, None
         start = text.find("{")
         for _ in range(tries):
             if start < 0:
                 break
+            end = start + 1
             try:
-                data, _ = decoder.raw_decode(text, start)
-                return self.response_format.model_validate(data)
+                _, end = decoder.raw_decode(text, start)
+                return self.response_format.model_validate_json(text[start:end])
             except json.JSONDecodeError as exc:
                 broken = broken or str(exc)
             except ValidationError as exc:
                 misfit = misfit or _invalid(exc)
-            start = text.find("{", start + 1)
+            start = text.find("{", end)
         raise ValueError(misfit or broken or "no JSON object in the answer")
 
     def _fail(self, index: int, sample: int, resp: ChatResponse, error: str) -> None:
@@ -442,10 +445,11 @@ def _as_rows(rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> list[Any]:
 
 def _foreign_frame_rows(rows: Any) -> list[dict] | None:
     """The records of a pandas DataFrame or a pyarrow Table / RecordBatch (iterating one of them yields its columns),
-    else None; neither library is imported for it (such a frame means it is loaded already)."""
+    else None; neither library is imported for it (such a frame means it is loaded already). A pandas gap (NaN, NaT,
+    NA) is None, as in a polars frame's rows: a prompt would read "nan" and the table fail on a NaT."""
     pandas, arrow = sys.modules.get("pandas"), sys.modules.get("pyarrow")
     if pandas is not None and isinstance(rows, pandas.DataFrame):
-        return rows.to_dict("records")
+        return rows.astype(object).where(rows.notna(), None).to_dict("records")
     if arrow is not None and isinstance(rows, (arrow.Table, arrow.RecordBatch)):
         return rows.to_pylist()
     return None

@@ -235,10 +235,7 @@ class WebSamples:
         from rich.console import Console
         from rich.progress import Progress
 
-        if language_filter is not None and not callable(getattr(language_filter, "keep", None)):
-            raise TypeError(f"language_filter must be a LanguageFilter, such as "
-                            f"ScriptFilter(language_scripts('English')), not {type(language_filter).__name__} "
-                            f"{language_filter!r}")
+        _check_language_filter(language_filter)
         seen: set[str] = set()
         out: list[Extract] = []
         n_in = n_lang = 0
@@ -501,6 +498,20 @@ class LanguageFilter(Protocol):
     def description(self) -> str: ...
 
     def keep(self, text: str) -> bool: ...
+
+
+def _check_language_filter(language_filter: object) -> None:
+    """Refuse, before a text is read, a filter without what `from_texts` uses: `keep` for each extract and
+    `description` for the pool's messages, read after the whole stream was cut."""
+    if language_filter is None:
+        return
+    name = type(language_filter).__name__
+    if not callable(getattr(language_filter, "keep", None)):
+        raise TypeError(f"language_filter must be a LanguageFilter, such as "
+                        f"ScriptFilter(language_scripts('English')), not {name} {language_filter!r}")
+    if not isinstance(getattr(language_filter, "description", None), str):
+        raise TypeError(f"language_filter must be a LanguageFilter (keep(text) and a description): {name} has no "
+                        "'description' (a str, for the pool's messages)")
 
 
 @lru_cache(maxsize=4096)

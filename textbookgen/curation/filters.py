@@ -74,8 +74,10 @@ FLAT_LINE_WORDS = 50
 _FLAT_CODE_PUNCT = 0.1
 # A Python statement that no sentence makes, as it stands once a program's newlines are gone: a def header, a class
 # header with its body's first statement, imports with the statement after them, the main guard, a docstring.
-# Prose has "class specializations: Druid" (WebText) and "countries import goods from", hence the context.
-_PY_NEXT = r"(?:import [\w.]|from [\w.]+ import |def \w|class \w|@[\w.]+|[A-Za-z_][\w.]* = |\"\"\"|# )"
+# Prose has "class specializations: Druid" (WebText), "countries import goods from" and "import first class wool",
+# hence the context, and a def or class after an import only as a header ("def f(", "class C:", "class C(B):").
+_PY_NEXT = (r"(?:import [\w.]|from [\w.]+ import |def \w+\s*\(|class \w+(?:\([^()]*\))?:|@[\w.]+"
+            r"|[A-Za-z_][\w.]* = |\"\"\"|# )")
 _PY_NAMES = r"(?:\([^()]*\)|[\w*]+(?: as \w+)?(?:\s*,\s*\w+(?: as \w+)?)*)"
 _PY_STATEMENT = re.compile(
     r"(?<!\S)(?:def [A-Za-z_]\w*\s*\("
