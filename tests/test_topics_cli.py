@@ -134,7 +134,11 @@ def test_grow_shows_calls_tokens_and_cost_before_paying_and_plan_stops_there(tmp
     local = _topics(*args[:-2], "--model", "my-local-model", "--plan")
     assert "my-local-model is not in the price table" in local.output and "--price" in local.output, local.output
     priced = _topics(*args[:-2], "--model", "my-local-model", "--price", "my-local-model=1,2", "--plan")
-    assert "~$0.0" in next(ln for ln in priced.output.splitlines() if ln.startswith("plan: ")), priced.output
+    line = next(ln for ln in priced.output.splitlines() if ln.startswith("plan: "))
+    tokens_in, tokens_out, usd = re.search(r"~([\d,]+) input \+ ~([\d,]+) output tokens, ~\$([\d.]+) on my-local", line).groups()
+    # priced by --price: $1 per 1M input tokens, $2 per 1M output tokens
+    assert float(usd) == pytest.approx((int(tokens_in.replace(",", "")) + 2 * int(tokens_out.replace(",", ""))) / 1e6,
+                                       abs=1e-4), line
 
 
 def test_an_interrupted_grow_names_the_journal_to_resume_from(tmp_path, emu, monkeypatch):
