@@ -531,10 +531,12 @@ def _subjects_panel(ax: Any, topics: pl.DataFrame) -> None:
     )  # fmt: skip
     labels = [s if len(s) <= 45 else s[:44] + "…" for s in subjects["subject"].to_list()]
     ax.barh(labels[::-1], subjects["len"].to_list()[::-1], **_BAR_STYLE)
+    _count_axis(ax.xaxis, 0, int(subjects["len"].max()))
     ax.set_xlabel("documents")
     n_subjects = topics["topic_path"].str.split(" > ").list.first().n_unique()
-    shown = f"top {subjects.height} of {n_subjects}" if n_subjects > subjects.height else f"{n_subjects}"
-    ax.set_title(f"Documents per subject ({shown} subjects)")
+    shown = f"top {subjects.height} of {n_subjects:,} subjects" if n_subjects > subjects.height \
+        else counted(n_subjects, "subject")
+    ax.set_title(f"Documents per subject ({shown})")
 
 
 def _per_topic_panel(ax: Any, topics: pl.DataFrame) -> None:
@@ -547,7 +549,7 @@ def _per_topic_panel(ax: Any, topics: pl.DataFrame) -> None:
     _count_axis(ax.xaxis, lo, hi)
     ax.set_xlabel("documents per topic")
     ax.set_ylabel("topics")
-    ax.set_title(f"{len(per_topic):,} distinct topics")
+    ax.set_title(counted(len(per_topic), "distinct topic"))
 
 
 def _length_figure(df: pl.DataFrame) -> Any:
@@ -565,11 +567,12 @@ def _length_figure(df: pl.DataFrame) -> Any:
     values = lengths.to_numpy()
     ax.hist(values, bins=_bins(values), **_BAR_STYLE)
     _count_axis(ax.yaxis)
+    _count_axis(ax.xaxis, int(values.min()), int(values.max()))  # tokens and words are whole numbers
     median = float(lengths.median())
     ax.axvline(median, color="#c0392b", linestyle="--", label=f"median {median:,.0f}")
     ax.set_xlabel(f"{label} per document")
     ax.set_ylabel("documents")
-    ax.set_title(f"Document length ({label}), {len(values):,} documents")
+    ax.set_title(f"Document length ({label}), {counted(len(values), 'document')}")
     ax.legend()
     return fig
 
@@ -588,10 +591,10 @@ def _quality_figure(df: pl.DataFrame, quality_cut: Mapping | None) -> Any:
     if quality_cut and quality_cut.get("threshold") is not None:
         dropped = sum((quality_cut.get("dropped") or {}).values())
         ax.axvline(float(quality_cut["threshold"]), color="#2c3e50", linestyle=":",
-                   label=f"quality cut {quality_cut['threshold']:.3g} ({dropped:,} documents below it dropped)")
+                   label=f"quality cut {quality_cut['threshold']:.3g} ({counted(dropped, 'document')} below it dropped)")
     ax.set_xlabel("quality score")
     ax.set_ylabel("documents")
-    ax.set_title(f"Quality score, {scores.len():,} scored documents")
+    ax.set_title(f"Quality score, {counted(scores.len(), 'scored document')}")
     ax.legend()
     return fig
 
@@ -653,18 +656,37 @@ def _fmt_int(v: Any) -> str:
     return f"{int(v):,}" if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else "–"
 
 
+def _fmt_pct(v: Any) -> str:
+    """A share as a percentage to 0.1%, never rounded to all or none: 2,499 seeded documents of 2,500 are
+    ">99.9%", not "100.0%" (a card that says all were seeded), one of 2,500 is "<0.1%", not "0.0%"."""
+    if not isinstance(v, (int, float)) or math.isnan(v):
+        return "–"
+    text = f"{100 * v:.1f}%"
+    if text == "100.0%" and v < 1:
+        return ">99.9%"
+    return "<0.1%" if text in ("0.0%", "-0.0%") and v > 0 else text
+
+
+def counted(n: Any, noun: str, plural: str | None = None) -> str:
+    """`n` and its noun in the number it takes: "1 document", "1,234 documents" ("1 documents" reads as a slip
+    in a card a Hub visitor reads); an unknown count is "– documents"."""
+    return f"{_fmt_int(n)} {noun if n == 1 else plural or noun + 's'}"
+
+
 #: The most characters of a value `_fmt_kv` shows; a longer one keeps its end, where a path or URL names its file.
 KV_CHARS = 60
 
 
 def _fmt_kv(d: Any, sep: str = ": ", join: str = "; ") -> str:
-    """`k: v; k: v` of a mapping's scalar, non-null values (nested ones are in manifest.json)."""
+    """`k: v; k: v` of a mapping's scalar, non-null values (nested ones are in manifest.json); a key a template
+    filled from a manifest without it (a Jinja Undefined) is left out like a null one."""
     if not isinstance(d, Mapping):
         return str(d)
     def short(v: Any) -> str:
         return "…" + v[1 - KV_CHARS:] if isinstance(v, str) and len(v) > KV_CHARS else str(v)
 
-    return join.join(f"{k}{sep}{short(v)}" for k, v in d.items() if v is not None and not isinstance(v, (Mapping, list)))
+    return join.join(f"{k}{sep}{short(v)}" for k, v in d.items()
+                     if v is not None and not isinstance(v, (Mapping, list, jinja2.Undefined)))
 
 
 def _write_card(out_dir: Path, template_path: str | Path, context: dict[str, Any], defaults: dict[str, Any],
@@ -773,8 +795,9 @@ def load_card_template(template_path: str | Path) -> jinja2.Template:
         lstrip_blocks=True,
     )
     env.filters["int"] = _fmt_int
+    env.filters["counted"] = counted
     env.filters["kv"] = _fmt_kv
-    env.filters["pct"] = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
+    env.filters["pct"] = _fmt_pct
     env.filters["filesize"] = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
     env.filters["usd"] = lambda v: f"${v:,.4f}" if isinstance(v, (int, float)) else "–"
     try:
