@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from rstr.xeger import Xeger
+
 CHARS_PER_TOKEN = 4
 
 _NUMBER_WORDS = {
@@ -411,6 +413,7 @@ _FORMATS: dict[str, Callable[[random.Random], str]] = {
     "url": lambda r: f"https://example.com/notes/{r.randint(1, 9999)}",
     "hostname": lambda r: f"host{r.randint(1, 99)}.example.com",
     "ipv4": lambda r: f"192.0.2.{r.randint(1, 254)}",
+    "ipv6": lambda r: f"2001:db8::{r.randint(1, 0xFFFF):x}",
     "uuid": lambda r: str(uuid.UUID(int=r.getrandbits(128), version=4)),
 }
 
@@ -439,6 +442,10 @@ class _Instance:
         ref = schema.get("$ref") if isinstance(schema, dict) else None
         if ref is None:
             return self._fill(self._resolved(schema), n, depth, name)
+        if ref in self.open and depth >= _NEST_DEPTH:
+            # only the required fields are filled down here, and one of them holds this model again: there is no
+            # finite instance (`Node(left: Node, right: Node)`); filling on would double at every level
+            return {}
         self.open.append(ref)
         try:
             return self._fill(self._resolved(schema), n, depth, name)
@@ -511,7 +518,10 @@ class _Instance:
             return {"type": "null"}
         if depth < _NEST_DEPTH:
             return self.rng.choice(filled)
-        return next((o for o in filled if self._kind(self._resolved(o), depth) not in ("object", "array")), filled[0])
+        scalars = [o for o in filled if self._kind(self._resolved(o), depth) not in ("object", "array")]
+        # else a branch that is not a model being filled around it (`Union[Expr, Num]`: Num), or the tree never ends
+        ending = [o for o in filled if not (isinstance(o, dict) and o.get("$ref") in self.open)]
+        return (scalars or ending or filled)[0]
 
     def _kind(self, schema: dict[str, Any], depth: int) -> str:
         """The JSON type to produce: the declared one (of a list, null only deep down), else the one implied."""
@@ -604,8 +614,12 @@ class _Instance:
         return round(exact, 3) if _inside(round(exact, 3), schema) else exact
 
     def _string(self, schema: dict[str, Any], name: str) -> str:
-        """A formatted value (date, uuid, ...), a justification of the score, a sentence or two for a text-like
-        field, else a plausible item name; within minLength..maxLength."""
+        """A string its `pattern` matches, a formatted value (date, uuid, ...), a justification of the score, a
+        sentence or two for a text-like field, else a plausible item name; within minLength..maxLength."""
+        if isinstance(schema.get("pattern"), str):
+            drawn = _matching(schema["pattern"], schema, self.rng)
+            if drawn is not None:
+                return drawn
         fmt = _FORMATS.get(schema.get("format", ""))
         if fmt is not None:
             return fmt(self.rng)
@@ -616,6 +630,43 @@ class _Instance:
         else:
             text = distinct_items(self.subject, 1, self.rng)[0]
         return _fit_length(text, schema)
+
+
+_PATTERN_TRIES = 60  # draws from a pattern before its lengths are given up on (a draw that matches is kept)
+
+
+def _matching(pattern: str, schema: dict[str, Any], rng: random.Random) -> str | None:
+    """A string that `pattern` matches (searched, as JSON Schema reads a pattern), drawn by rstr's `xeger`:
+    structured outputs keep a schema's pattern (`Field(pattern=...)`, an id like "ABC-1234"). One within the
+    schema's lengths where a few draws find one; None where the pattern is not Python regex syntax or no draw
+    matches it (a lookaround xeger spells out)."""
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, RecursionError):
+        return None
+    lo, hi = schema.get("minLength") or 0, schema.get("maxLength")
+    spreads = (3, max(3, lo), max(1, lo // 2), max(1, lo // 4), 1)  # how far open repeats run: tries of each
+    found = None
+    for i in range(_PATTERN_TRIES):
+        text = _Xeger(rng, spreads[i % len(spreads)]).xeger(pattern)
+        if compiled.search(text) is None:
+            continue
+        found = text
+        if lo <= len(text) and (hi is None or len(text) <= hi):
+            break
+    return found
+
+
+class _Xeger(Xeger):
+    """rstr's xeger with open repeats (`+`, `*`, `{2,}`) run at most `spread` past their least count, not up to
+    100: beside a maxLength, a draw of `[a-z]+-[a-z]+` must be short to fit."""
+
+    def __init__(self, rng: random.Random, spread: int) -> None:
+        super().__init__(rng)
+        self.spread = spread
+
+    def _handle_repeat(self, start_range: int, end_range: int, value: str) -> str:
+        return super()._handle_repeat(start_range, min(end_range, start_range + self.spread), value)
 
 
 def _plain_string(schema: dict[str, Any]) -> bool:
