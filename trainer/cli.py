@@ -188,11 +188,14 @@ def train_tokenizer_run(args: argparse.Namespace) -> int:
 
 
 def _is_out(spec: str, out: str) -> bool:
-    """Whether the tokenizer spec names the file train-tokenizer is about to write for the first time."""
+    """Whether the tokenizer spec names the file train-tokenizer writes (`out`, or the folder whose tokenizer.json
+    it is), new or replaced: counted under the BPE there now, holdout_tokens would pick other documents than
+    prepare picks under the one written."""
     def where(path: str) -> str:
         return os.path.abspath(os.path.expanduser(path))
 
-    return not Path(out).exists() and where(spec) == where(out)
+    target = where(out)
+    return where(spec) == target or (Path(target).name == "tokenizer.json" and where(spec) == os.path.dirname(target))
 
 
 class _HeldOut:
@@ -232,9 +235,10 @@ def _tokenizer_files(args: argparse.Namespace) -> tuple[list[Path], list[str], l
         cfg = _load(args)
         for i, ds in enumerate(cfg.data.datasets):
             if ds.holdout_tokens and _is_out(cfg.data.tokenizer, args.out):
+                state = "replaced by this run" if Path(args.out).exists() else "not written yet"
                 raise ValueError(f"data.datasets.{i}.holdout_tokens holds out the documents that make "
-                                 f"{ds.holdout_tokens:,} tokens under data.tokenizer, which is {args.out}, not "
-                                 "written yet: their count under it is not known before it exists; use "
+                                 f"{ds.holdout_tokens:,} tokens under data.tokenizer, which is {args.out}, {state}: "
+                                 "their count under it is not known before it is written; use "
                                  "holdout_fraction (the text alone picks its documents), or count with the tokenizer "
                                  "the data is prepared with now (--set data.tokenizer=SPEC)")
             found = resolve_source(ds.source, ds.split, ds.revision, ds.endpoint, subset=ds.subset)
