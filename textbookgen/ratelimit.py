@@ -13,10 +13,11 @@ when the server's `remaining` falls faster than this host's spend explains, the 
 rate, and grows it back while the server's bucket has room. A server that sends no limit headers (a proxy with an
 RPM limit) speaks only through 429s, and concurrency cannot cap a rate when answers are quick: its request rate
 is slow-started until the first 429 (`AdmissionController._ramp`), then learned from the 429s, AIMD on the
-requests bucket held just under the rate last refused (`_cut_rate`, `_grow`). Waiting is
-a computed sleep (no polling loop; only a process waiting for another's probes to be answered looks at the shared
-file again every SLOW_START_S, the one place that answer shows), and a request gives its concurrency slot back
-before any retry backoff.
+requests bucket held just under the rate last refused (`_cut_rate`, `_grow`), or cut at once to the rate the server
+took since it began refusing, where that is far less (`_sustained_rpm`: a minute's burst spent by the slow start).
+Waiting is a computed sleep (no polling loop; only a process waiting for another's probes to be answered looks at
+the shared file again every SLOW_START_S, the one place that answer shows), and a request gives its concurrency slot
+back before any retry backoff.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ LEARN_NEAR = 0.95  # ...up to this much of it (where a 429 at about the same rat
 LEARN_PROBE = 0.002  # this fraction a second, doubling every LEARN_PROBE_DOUBLING_S: the limit is most likely where
 LEARN_PROBE_DOUBLING_S = 30.0  # the last 429 came, but may have been raised, or left by others
 MIN_LEARNED_RPM = 1.0  # the least a learned limit falls to
+REFUSALS_GAP_S = 10.0  # a 429 this long after the last cut begins a new run of refusals (`_sustained_rpm`), whose
+SUSTAINED_S = 0.5  # requests, once sent over this long, say the rate the server takes
 MIN_SHARE = 1 / 32  # the least of a limit a process keeps when others on its key spend the rest
 SPARE_S = 2.0  # a server's bucket holding this many seconds of the limit beyond our model has room nobody takes
 PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many (the host's
@@ -456,7 +459,8 @@ class AdmissionController:
     are `time.monotonic()`, which is the host's: keep the clock."""
 
     _SHARED = ("paused_until", "_rate_decided_at", "_grown_at", "_refused_at_rpm", "_sent_count", "_sent_t",
-               "_ramp_at", "_ramp_s", "_paced_at")  # one slow start for the host, doubling what they all send
+               "_ramp_at", "_ramp_s", "_paced_at",  # one slow start for the host, doubling what they all send
+               "_refusing_at", "_refusing_n", "_refusing_last", "_answer_s")
     SHARED_SIZE = len(BUCKETS) * len(TokenBucket.SHARED) + len(_SHARED) + HostProbes.SIZE
 
     def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.99,
@@ -490,6 +494,9 @@ class AdmissionController:
         self._grown_at = -math.inf
         self._paced_at = -math.inf  # when a request last waited for the requests bucket
         self._refused_at_rpm = 0.0  # the rate a header-less server last refused: its limit is about there
+        self._refusing_at = math.inf  # when the current run of 429s began, the answers to what was sent since, the
+        self._refusing_n, self._refusing_last = 0.0, -math.inf  # last of those sent, and the last success's latency
+        self._answer_s = 0.0  # (`_sustained_rpm`)
         self._ramp_at: float | None = None  # slow start: when the request rate next doubles (None: not ramping)
         self._ramp_s = SLOW_START_S
         self._opened_at = math.inf if slow_start else -math.inf  # when the first answer came (probes went before)
@@ -650,7 +657,10 @@ class AdmissionController:
         self._out.give(d_out) if d_out >= 0 else self._out.take(-d_out)
         self._learn(ticket, headers)
         if not self.headers_seen:
-            self._grow(self.clock())
+            now = self.clock()
+            self._grow(now)
+            self._count_refusing(ticket)
+            self._answer_s = now - ticket.t_send
         self.concurrency.on_success()
         self._probe_answered(ticket, key_works=True)
         if not self._started:
@@ -674,6 +684,7 @@ class AdmissionController:
             now = self.clock()
             self.concurrency.on_rate_limited(now)
             if not self.headers_seen:
+                self._count_refusing(ticket)
                 self._cut_rate(ticket, now)
                 pause = min(retry_after if retry_after is not None else self.concurrency.cooldown_s, 60.0)
                 self.paused_until = max(self.paused_until, now + pause)
@@ -711,22 +722,48 @@ class AdmissionController:
         server's debt from cutting again). Concurrency cannot do this: one request in flight at 20 ms is already
         50 a second. A 429 with nothing sent in the second before it and nothing learned (the server's debt from
         earlier 429s refused it) teaches no rate: the Retry-After pause is all it says, and a slow start goes on
-        after it (it used to end the slow start with no pace at all, into a burst of 429s)."""
+        after it (it used to end the slow start with no pace at all, into a burst of 429s). Where the rate the server
+        took since it began refusing (`_sustained_rpm`) is under 3/4 of the rate, the cut goes to it at once."""
         if ticket.t_send <= self._rate_decided_at or ticket.t_send < self._opened_at:
             return  # a probe's 429 says how many the server takes at once, not how many a second
         ramping = self._ramp_at is not None
         current = (not ramping and self._req.learned_limit) or ticket.sent_before * 60.0
         if not current:
             return
+        if now - self._rate_decided_at > REFUSALS_GAP_S:  # a new run of 429s: this one and what went with it or since
+            self._refusing_at, self._refusing_n, self._refusing_last = ticket.t_send, 1.0, ticket.t_send
         self._ramp_at = None
         self._rate_decided_at = now
         self._grown_at = now
+        sustained = self._sustained_rpm(now)
+        if sustained is not None and sustained < LEARN_CUT * current:  # far over the limit: go to it at once
+            self._refused_at_rpm = min(current, sustained / LEARN_CUT)
+            self._req.learn(max(MIN_LEARNED_RPM, sustained), now)
+            return
         if self._refused_at_rpm and current >= LEARN_NEAR * self._refused_at_rpm:  # the limit is there
             self._refused_at_rpm = min(current, self._refused_at_rpm)
             self._req.learn(max(MIN_LEARNED_RPM, LEARN_NEAR * self._refused_at_rpm), now)
             return
         self._refused_at_rpm = current
         self._req.learn(max(MIN_LEARNED_RPM, LEARN_CUT * current), now)
+
+    def _count_refusing(self, ticket: Ticket) -> None:
+        """A success or a 429 of a request sent since the current run of 429s began (`_sustained_rpm`)."""
+        if ticket.t_send >= self._refusing_at:
+            self._refusing_n += 1
+            self._refusing_last = max(self._refusing_last, ticket.t_send)
+
+    def _sustained_rpm(self, now: float) -> float | None:
+        """The rate the server took since the current run of 429s began: the requests sent since and answered
+        (successes and 429s alike: a refusal counts against the limit, as OpenAI counts it) per minute of the time
+        they went over, which ends at the last one answered, or a success's latency ago (a 429 comes back in a
+        round trip, the successes sent with it later); None while that is under SUSTAINED_S. Where a server's bucket
+        holds a minute's burst, the slow start spends it and the rate sent in the second before a 429 is ~60x the
+        limit, which 3/4 cuts took ~14 round trips (~100 429s) to come down from. Successes alone say far less than
+        the limit (1 in 2.6 s at 1200 RPM): the refusals charged the rest; as the rate grows back towards 4/3 of
+        this, a rate it overstates (a server that does not charge refusals) is cut by 3/4 as before."""
+        span = min(self._refusing_last, now - self._answer_s) - self._refusing_at
+        return self._refusing_n / span * 60.0 if span >= SUSTAINED_S else None
 
     def abandon(self, ticket: Ticket) -> None:
         """An attempt given up on (no answer in time): its slot is free, but the provider may still be generating
