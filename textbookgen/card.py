@@ -721,7 +721,7 @@ def _split_rows(info: Mapping, splits: Mapping[str, list[Path]], built: Collecti
 
 def render_card(
     out_dir: str | Path, template_path: str | Path, recipe: Recipe | Mapping, manifest: dict,
-    built: Collection[str] | None = None,
+    built: str | Collection[str] | None = None,
 ) -> Path:
     """Write `out_dir/README.md` (+ `assets/*.png`, `recipe.yaml`, `manifest.json`, `journal_summary.json`).
 
@@ -730,7 +730,8 @@ def render_card(
     (license, language) is then recorded as such in `DEFAULTS_FILE`, and a push keeps the Hub's values
     for it. Raises ValueError if the rendered card's metadata does not validate.
 
-    `built`: the splits the recipe's build wrote (None: every split of the folder). Another split, added to
+    `built`: the splits the recipe's build wrote, or the one split's name (None: every split of the folder; a name
+    is not read as the collection of its letters, which took `rain` for part of `train`). Another split, added to
     the folder by hand, is published and loads with them (the metadata lists it), but the card says it was not
     built by the recipe and counts it in none of its figures: documents, tokens, topics, plots, templates.
     """
@@ -738,6 +739,7 @@ def render_card(
     template_path = Path(template_path)
     if not template_path.is_file():
         raise FileNotFoundError(f"card template not found: {template_path}")
+    built = [built] if isinstance(built, str) else built
     splits = splits_of(out_dir)
     if not splits:
         raise FileNotFoundError(f"no data/{{split}}-NNNNN-of-NNNNN.parquet shards under {out_dir}; write them first")

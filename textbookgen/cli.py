@@ -373,8 +373,10 @@ def generate(
                                   "doubles it for the rest of the run, up to 8x"),
     max_attempts: int = typer.Option(8, "--max-attempts", help="per request, over transient errors"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="re-send requests that failed for good (400, refusal)"),
-    max_error_rate: float = typer.Option(0.5, "--max-error-rate", help="stop the run once 50 requests have finished "
-                                         "and more than this share of them failed (1: never stop)"),
+    max_error_rate: float | None = typer.Option(None, "--max-error-rate", help="stop the run once 50 requests have "
+                                                "finished and more than this share of them failed (default 0.5; 1: "
+                                                "never stop). Live runs only: --batch pays for a batch as it submits "
+                                                "it, so nothing stops it early"),
     batch: bool = typer.Option(False, "--batch", help="the provider's batch API (openai, anthropic): half price, "
                                "answers within 24 h; interrupt and rerun to collect submitted batches"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="requests per batch (with --batch; default "
@@ -406,6 +408,10 @@ def generate(
                                 ("--max-error-rate", max_error_rate, "in [0, 1]")):
         _check(option, value, rule)
     batching = _batch_options(batch, batch_size, batch_poll)
+    if batch and max_error_rate is not None and max_error_rate < 1:
+        _fail("--max-error-rate: live runs only; --batch pays for a batch as it submits it, so nothing stops it "
+              "early (try the prompts on a small live run first: the --batch run replays its answers free)")
+    max_error_rate = 0.5 if max_error_rate is None else max_error_rate
     _check_provider(provider)
     stem = Path(prompts).with_suffix("")
     out_path = out or f"{stem}.completions.jsonl"

@@ -164,8 +164,8 @@ class ChatRequest:
     topic or template ids) travels to the response and the journal but is not part of the key.
     `response_format` (OpenAI's shape, e.g. a `json_schema`) asks for structured output: sent as is to OpenAI
     and OpenAI-compatible servers (vLLM, SGLang); to Anthropic as a tool the model must call, whose input
-    comes back as the JSON text. `params` must not set what the engine sets itself (`own_param`: model, max_tokens,
-    n, stream)."""
+    comes back as the JSON text. `params` must not set what the engine sets itself (`own_param`: messages, system,
+    model, max_tokens, n, stream)."""
 
     messages: list[dict]
     max_tokens: int = 1024
@@ -186,13 +186,16 @@ class ChatRequest:
 
 
 def own_param(params: Mapping) -> str | None:
-    """The first key of `params` that overrides a request-body key the engine sets itself and prices, budgets or
-    reads answers by (params are sent as is, over the body): n=4 was billed four answers, one kept, one counted."""
+    """The first key of `params` that overrides a request-body key the engine sets itself and prices, budgets, keys
+    or reads answers by (params are sent as is, over the body): n=4 was billed four answers, one kept, one counted;
+    messages in params were sent in place of the journaled ones."""
     return next((k for k in params if k in _OWN_PARAMS and not (k in _HARMLESS and params[k] == _HARMLESS[k])), None)
 
 
 # why each such key is refused; _HARMLESS: the value one may keep, as it is what the engine means
 _OWN_PARAMS = {
+    "messages": "use the request's messages, which the journal keeps and keys, and the budgets count as input",
+    "system": "use the request's system, which the journal keeps and keys, and the budgets count as input",
     "model": "the model is the Generator's, whose price the cost and the budgets count",
     "max_tokens": "use the request's max_tokens, at which the budgets hold its worst case",
     "max_completion_tokens": "use the request's max_tokens (sent to OpenAI as max_completion_tokens), at which the "
