@@ -120,7 +120,7 @@ def test_a_journal_from_before_abandoned_attempts_were_journaled_opens_and_is_mi
         assert (s["cost_usd"], s["abandoned_usd"], s["abandoned_output_tokens"]) == (0.5, 0, 0)
         assert j.export_parquet(tmp_path / "v2.parquet").is_file()
     with Journal(path) as j:
-        j.write_results([], [(0.25, 64, "k1")])
+        j.write_results([], [(0.25, 64, 30, "k1")])
         assert spent(j.summary()) == (0.75, 84)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -35,7 +35,7 @@ import polars as pl
 from textbookgen.errors import redact
 from textbookgen.journal import lock_file
 from textbookgen.plan import language_rates, prompt_diversity
-from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe
+from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe, RecipeError, caps_problem
 from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, TaxonomyError, Topic, siblings_line, subtopics_schema
 from textbookgen.templates import (
     MAX_SKIPS,
@@ -317,9 +317,12 @@ def render_prompts(
     from rich.progress import track
 
     seed, tc = recipe.seed, recipe.taxonomy
-    topics = tax.sample(
-        recipe.samples, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic
-    )
+    try:
+        topics = tax.sample(
+            recipe.samples, seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic
+        )
+    except ValueError as e:  # caps the grown taxonomy cannot meet: name the recipe fields, as validation does
+        raise RecipeError(recipe.problem_text([caps_problem(recipe, e, len(tax.leaves()))])) from None
     cells = MixSchedule(expand_mix([e.model_dump() for e in recipe.mix]), seed)
     templates = templates or {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix}
     extracts = _keyed_extracts(recipe, web)

@@ -165,7 +165,7 @@ class ChatRequest:
     `response_format` (OpenAI's shape, e.g. a `json_schema`) asks for structured output: sent as is to OpenAI
     and OpenAI-compatible servers (vLLM, SGLang); to Anthropic as a tool the model must call, whose input
     comes back as the JSON text. `params` must not set what the engine sets itself (`own_param`: messages, system,
-    model, max_tokens, n, stream)."""
+    temperature, top_p, seed, model, max_tokens, n, stream)."""
 
     messages: list[dict]
     max_tokens: int = 1024
@@ -188,7 +188,7 @@ class ChatRequest:
 def own_param(params: Mapping) -> str | None:
     """The first key of `params` that overrides a request-body key the engine sets itself and prices, budgets, keys
     or reads answers by (params are sent as is, over the body): n=4 was billed four answers, one kept, one counted;
-    messages in params were sent in place of the journaled ones."""
+    messages in params were sent in place of the journaled ones, and a params temperature over the keyed one."""
     return next((k for k in params if k in _OWN_PARAMS and not (k in _HARMLESS and params[k] == _HARMLESS[k])), None)
 
 
@@ -196,6 +196,10 @@ def own_param(params: Mapping) -> str | None:
 _OWN_PARAMS = {
     "messages": "use the request's messages, which the journal keeps and keys, and the budgets count as input",
     "system": "use the request's system, which the journal keeps and keys, and the budgets count as input",
+    "temperature": "use the request's temperature, which the journal keeps and keys (a params value is sent over it)",
+    "top_p": "use the request's top_p, which the journal keeps and keys (a params value is sent over it)",
+    "seed": "use the request's seed, which the journal keeps and keys and engine.sampled sets per sample (a params "
+            "value is sent over it: every sample the same seed)",
     "model": "the model is the Generator's, whose price the cost and the budgets count",
     "max_tokens": "use the request's max_tokens, at which the budgets hold its worst case",
     "max_completion_tokens": "use the request's max_tokens (sent to OpenAI as max_completion_tokens), at which the "
@@ -289,8 +293,9 @@ class Spend(NamedTuple):
 
 
 class Billed(NamedTuple):
-    """What billed failures cost that the journal's answers do not show (`Generator._replay`): the budgets' `Spend`
-    and the input tokens, which the totals count as the provider billed them."""
+    """What the provider billed, or may bill, beside the journal's answers: the budgets' `Spend` and the input
+    tokens, which the totals count too. Billed failures (`Generator._replay`), and an attempt's worst case while it is
+    on the wire or once abandoned (its prompt as estimated when sent)."""
 
     usd: float
     output_tokens: int
@@ -429,7 +434,8 @@ class _Item:
 
     def __init__(self, key: str, req: ChatRequest, est_in: int, in_rate: float = 1.0) -> None:
         self.key, self.req, self.est_in, self.in_rate, self.attempts = key, req, est_in, in_rate, 0
-        self.reserved: Spend | None = None  # the worst case of its attempt in flight, held against the budgets
+        # the worst case of its attempt in flight, held against the budgets, and its prompt's input tokens
+        self.reserved: Billed | None = None
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -617,7 +623,7 @@ class Generator:
 
     # ----- journal replay -----------------------------------------------------------------------
     def _replay(self, journal: Journal,
-                unique: dict[str, ChatRequest]) -> tuple[dict[str, ChatResponse], Spend, Billed]:
+                unique: dict[str, ChatRequest]) -> tuple[dict[str, ChatResponse], Billed, Billed]:
         """Responses the journal already holds, under this key or (see `_reuse`) another max_tokens, the worst
         case of the attempts earlier runs abandoned on these requests, and what billed failures cost that those
         responses do not show: the ones this run sends again (an empty answer, a refusal with retry_failed), and the
@@ -625,8 +631,9 @@ class Generator:
         the totals as replayed answers are. Registers the other requests as pending."""
         rows = journal.rows(list(unique))
         self._fail_empty_rows(journal, rows)
-        abandoned = Spend(sum(row["abandoned_usd"] for row in rows.values()),
-                          sum(row["abandoned_output_tokens"] for row in rows.values()))
+        abandoned = Billed(sum(row["abandoned_usd"] for row in rows.values()),
+                           sum(row["abandoned_output_tokens"] for row in rows.values()),
+                           sum(row["abandoned_input_tokens"] for row in rows.values()))
         done = {key: row for key, row in rows.items() if replays(row, self.retry_failed)}
         sources = journal.rows(list({row["reused_from"] for row in done.values() if row["reused_from"]}))
         results = {key: self._replayed(key, row, sources.get(row["reused_from"], row), unique[key])
@@ -695,7 +702,7 @@ class Generator:
 
     # ----- the run ------------------------------------------------------------------------------
     async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse],
-                        abandoned: Spend, resent: Billed) -> None:
+                        abandoned: Billed, resent: Billed) -> None:
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
                                  timeout=self.timeout_s * TIMEOUT_CAP,  # the engine times attempts itself
                                  attempt_timeout_s=self.timeout_s)
@@ -765,7 +772,7 @@ class Generator:
             raise self._fatal
 
     @staticmethod
-    def _counts(results: dict[str, ChatResponse], abandoned: Spend, resent: Billed) -> dict[str, Any]:
+    def _counts(results: dict[str, ChatResponse], abandoned: Billed, resent: Billed) -> dict[str, Any]:
         """A run's counters at its start: what the journal answered (`replayed`) and what billed failures cost that
         its answers do not show (`resent`, see `_replay`; in `replayed_usd`, earlier runs' spend), nothing sent yet."""
         replayed = list(results.values())
@@ -775,11 +782,13 @@ class Generator:
         # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
         return {"done": len(replayed), "sent": 0, "collected": 0, "ok": 0, "truncated": 0, "failed": 0, "empty": 0,
                 "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0, "rejected": 0,
-                "abandoned_usd": abandoned.usd, "abandoned_output_tokens": abandoned.output_tokens, "cost_usd": cost,
+                "abandoned_usd": abandoned.usd, "abandoned_output_tokens": abandoned.output_tokens,
+                "abandoned_input_tokens": abandoned.input_tokens, "cost_usd": cost,
                 "input_tokens": sum(r.input_tokens for r in billed) + resent.input_tokens, "output_tokens": tokens_out,
                 "replayed": len(replayed), "reused": len(replayed) - len(billed), "replayed_usd": cost,
                 "replayed_output_tokens": tokens_out, "prior_abandoned_usd": abandoned.usd,
-                "prior_abandoned_output_tokens": abandoned.output_tokens}
+                "prior_abandoned_output_tokens": abandoned.output_tokens,
+                "prior_abandoned_input_tokens": abandoned.input_tokens}
 
     def _report(self, t0: float, total: int) -> None:
         """`stats` of the run that ends now (also one the journal answered whole), and its summary in the log."""
@@ -1033,12 +1042,13 @@ class Generator:
     def _abandoned(self, item: _Item, why: str) -> None:
         """An attempt given up on ("timed_out"), cut off ("interrupted") or answered unreadably ("garbled"): the
         provider may finish and bill it,
-        for at most max_tokens of output; the budgets count the worst case it reserved (its real tokens are never
-        known), and the journal keeps it for reruns."""
+        for its prompt and at most max_tokens of output; the budgets count the worst case it reserved and the totals
+        its input tokens as estimated (its real tokens are never known), and the journal keeps both for reruns."""
         c, worst = self._c, item.reserved
         c[why] += 1
         c["abandoned_usd"] += worst.usd
         c["abandoned_output_tokens"] += worst.output_tokens
+        c["abandoned_input_tokens"] += worst.input_tokens
         self._writer.put_abandoned(item.key, *worst)
         self._release(item)
 
@@ -1132,7 +1142,9 @@ class Generator:
                         self._max_output_tokens is not None and used >= self._max_output_tokens):
                     self._stop_launching(note)
                 await self._gate.room()
-            item.reserved = worst  # taken before the next in line looks at what is left
+            # taken before the next in line looks at what is left; with its prompt as estimated now, which the
+            # totals count if the attempt is abandoned
+            item.reserved = Billed(*worst, round(item.est_in * self._in_ratio))
             self._reservations += 1
             self._inflight_cost += worst.usd
             self._inflight_out += worst.output_tokens
@@ -1267,10 +1279,11 @@ class Generator:
                  s["cost_usd"], s["input_tokens"], s["output_tokens"], s["elapsed_s"])
         if s["timed_out"] or s["interrupted"] or s["garbled"]:
             log.warning("%d attempts timed out, %d were interrupted on the wire and %d answered with an unreadable "
-                        "body; the provider may bill them too (at most $%.4f, %d output tokens, counted against the "
-                        "budgets and journaled apart from the answers' cost)", s["timed_out"], s["interrupted"],
-                        s["garbled"],
+                        "body; the provider may bill them too (at most $%.4f, ~%d input and %d output tokens, counted "
+                        "against the budgets and journaled apart from the answers' cost)", s["timed_out"],
+                        s["interrupted"], s["garbled"],
                         s["abandoned_usd"] - s["prior_abandoned_usd"],
+                        s["abandoned_input_tokens"] - s["prior_abandoned_input_tokens"],
                         s["abandoned_output_tokens"] - s["prior_abandoned_output_tokens"])
         if s["empty"]:
             log.warning("%d answers had no text (empty, or only reasoning): billed, and failed (empty_answer, or "

@@ -15,10 +15,12 @@ computed from its stored requests) the first time it is opened for writing, and 
 Attempts abandoned on a timeout may be billed all the same, at most their max_tokens: each row adds up their
 worst case in `abandoned_usd` and `abandoned_output_tokens` (schema 3), once per attempt, as it happens, so a
 rerun's budget and a build's spend count that money once; older journals get the columns as zeros on opening
-for writing. Attempts cut off by Ctrl-C or a cancelled task are added the same way on the way out. For a run killed
-outright, each attempt is committed as on the wire (`on_wire_usd`, `on_wire_output_tokens`, schema 4) before it
-goes out and cleared when it settles; the next run to lock the journal adds what a killed run left there to the
-abandoned columns, once. Summaries count both as abandoned.
+for writing. Their prompts (as estimated when sent) add up in `abandoned_input_tokens` (schema 8, with
+`on_wire_input_tokens`), so token totals count the input side of what may have been billed too. Attempts cut off
+by Ctrl-C or a cancelled task are added the same way on the way out. For a run killed outright, each attempt is
+committed as on the wire (`on_wire_usd`, `on_wire_output_tokens`, schema 4) before it goes out and cleared when it
+settles; the next run to lock the journal adds what a killed run left there to the abandoned columns, once.
+Summaries count both as abandoned.
 
 Each provider batch row records the server it went to (`base_url`, schema 5; never a key), so cancelling it later
 needs no --base-url; rows of older journals have none.
@@ -46,8 +48,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7  # 2: reuse_key, reused_from; 3: abandoned_*; 4: on_wire_*; 5: batches.base_url;
-# 6: failed_output_tokens; 7: failed_input_tokens; older: migrated on open
+SCHEMA_VERSION = 8  # 2: reuse_key, reused_from; 3: abandoned_*; 4: on_wire_*; 5: batches.base_url;
+# 6: failed_output_tokens; 7: failed_input_tokens; 8: abandoned_input_tokens, on_wire_input_tokens;
+# older: migrated on open
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
 PERMANENT_ERRORS = ("bad_request", "content_filter", "refusal")
@@ -56,7 +59,7 @@ WRITE_RETRIES, WRITE_RETRY_S = 4, 2.0  # a failed commit (locked, disk full) is 
 COLUMNS = ("key", "provider", "model", "status", "text", "finish_reason", "input_tokens", "output_tokens",
            "cost_usd", "latency_s", "attempts", "error", "error_class", "response_id", "request",
            "metadata", "created_at", "updated_at", "reused_from", "abandoned_usd", "abandoned_output_tokens",
-           "failed_output_tokens", "failed_input_tokens")
+           "failed_output_tokens", "failed_input_tokens", "abandoned_input_tokens")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -85,7 +88,9 @@ CREATE TABLE IF NOT EXISTS requests (
     on_wire_usd REAL,
     on_wire_output_tokens INTEGER,
     failed_output_tokens INTEGER NOT NULL DEFAULT 0,
-    failed_input_tokens INTEGER NOT NULL DEFAULT 0
+    failed_input_tokens INTEGER NOT NULL DEFAULT 0,
+    abandoned_input_tokens INTEGER NOT NULL DEFAULT 0,
+    on_wire_input_tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
 CREATE TABLE IF NOT EXISTS batches (
@@ -118,13 +123,16 @@ cost_usd=? + CASE WHEN status = 'failed' THEN COALESCE(cost_usd, 0) ELSE 0 END,
 failed_output_tokens = failed_output_tokens + CASE WHEN status = 'failed' THEN output_tokens ELSE 0 END,
 failed_input_tokens = failed_input_tokens + CASE WHEN status = 'failed' THEN input_tokens ELSE 0 END,
 latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=?, on_wire_usd=NULL,
-on_wire_output_tokens=NULL, reused_from=NULL WHERE key=?"""
-# abandoned attempts: (worst-case USD, max_tokens, key), added to what the row already holds
+on_wire_output_tokens=NULL, on_wire_input_tokens=NULL, reused_from=NULL WHERE key=?"""
+# abandoned attempts: (worst-case USD, max_tokens, estimated input tokens, key), added to what the row already holds
 _ABANDONED = """UPDATE requests SET abandoned_usd = abandoned_usd + ?,
-abandoned_output_tokens = abandoned_output_tokens + ?, on_wire_usd = NULL, on_wire_output_tokens = NULL WHERE key=?"""
-# an attempt about to go on the wire: (worst-case USD, max_tokens, key); an attempt that settled unbilled: (key,)
-_ON_WIRE = "UPDATE requests SET on_wire_usd = ?, on_wire_output_tokens = ? WHERE key=?"
-_OFF_WIRE = "UPDATE requests SET on_wire_usd = NULL, on_wire_output_tokens = NULL WHERE key=?"
+abandoned_output_tokens = abandoned_output_tokens + ?, abandoned_input_tokens = abandoned_input_tokens + ?,
+on_wire_usd = NULL, on_wire_output_tokens = NULL, on_wire_input_tokens = NULL WHERE key=?"""
+# an attempt about to go on the wire: (worst-case USD, max_tokens, estimated input tokens, key); an attempt that
+# settled unbilled: (key,)
+_ON_WIRE = "UPDATE requests SET on_wire_usd = ?, on_wire_output_tokens = ?, on_wire_input_tokens = ? WHERE key=?"
+_OFF_WIRE = ("UPDATE requests SET on_wire_usd = NULL, on_wire_output_tokens = NULL, on_wire_input_tokens = NULL "
+             "WHERE key=?")
 
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
@@ -186,13 +194,15 @@ class Journal:
         self._wires = "on_wire_usd" in present  # likewise
         self._fails = "failed_output_tokens" in present  # likewise
         self._fails_in = "failed_input_tokens" in present  # likewise
+        self._abandons_in = "abandoned_input_tokens" in present  # likewise
         self._select = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
 
     def _migrate(self) -> None:
         """Bring an older journal to this schema: the two reuse columns (version 1), reuse keys computed from the
         stored requests; the abandoned-attempt columns (version 2), zeros; the on-wire columns (version 3), empty;
         the batches' base_url (version 4), unknown; the failures' output tokens (version 5), zeros; their input
-        tokens (version 6), zeros. One transaction: a process opening it meanwhile waits, then finds it done."""
+        tokens (version 6), zeros; the abandoned and on-wire attempts' input tokens (version 7), zeros and empty. One
+        transaction: a process opening it meanwhile waits, then finds it done."""
         with self._transaction():
             present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
             if "reuse_key" not in present:
@@ -209,6 +219,9 @@ class Journal:
                 self.db.execute("ALTER TABLE requests ADD COLUMN failed_output_tokens INTEGER NOT NULL DEFAULT 0")
             if "failed_input_tokens" not in present:
                 self.db.execute("ALTER TABLE requests ADD COLUMN failed_input_tokens INTEGER NOT NULL DEFAULT 0")
+            if "abandoned_input_tokens" not in present:
+                self.db.execute("ALTER TABLE requests ADD COLUMN abandoned_input_tokens INTEGER NOT NULL DEFAULT 0")
+                self.db.execute("ALTER TABLE requests ADD COLUMN on_wire_input_tokens INTEGER")
             if "base_url" not in {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}:
                 self.db.execute("ALTER TABLE batches ADD COLUMN base_url TEXT")
             self.db.execute("CREATE INDEX IF NOT EXISTS requests_reuse ON requests(reuse_key)")
@@ -242,18 +255,20 @@ class Journal:
         """Attempts a killed run left on the wire were billed and never answered: add their worst case to the
         abandoned columns, once (the record is cleared in the same transaction). Only under the run lock, so no
         live run's attempts are taken for a killed one's."""
-        with self._transaction():
-            n, usd, out = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(on_wire_usd),0), COALESCE(SUM(on_wire_output_tokens),0) FROM requests "
-                "WHERE on_wire_output_tokens IS NOT NULL").fetchone()
+        with self._transaction():  # an attempt a schema-7 run left has no input tokens recorded: none counted
+            n, usd, out, tin = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(on_wire_usd),0), COALESCE(SUM(on_wire_output_tokens),0), "
+                "COALESCE(SUM(on_wire_input_tokens),0) FROM requests WHERE on_wire_output_tokens IS NOT NULL").fetchone()
             if n:
                 self.db.execute(
                     "UPDATE requests SET abandoned_usd = abandoned_usd + on_wire_usd, abandoned_output_tokens = "
-                    "abandoned_output_tokens + on_wire_output_tokens, on_wire_usd = NULL, on_wire_output_tokens = NULL "
-                    "WHERE on_wire_output_tokens IS NOT NULL")
+                    "abandoned_output_tokens + on_wire_output_tokens, abandoned_input_tokens = abandoned_input_tokens "
+                    "+ COALESCE(on_wire_input_tokens, 0), on_wire_usd = NULL, on_wire_output_tokens = NULL, "
+                    "on_wire_input_tokens = NULL WHERE on_wire_output_tokens IS NOT NULL")
         if n:
             log.warning("journal %s: %d requests were on the wire when a run was killed; the provider may bill them, "
-                        "so they count at their worst case (at most $%.4f, %d output tokens)", self.path, n, usd, out)
+                        "so they count at their worst case (at most $%.4f, %d input and %d output tokens)", self.path,
+                        n, usd, tin, out)
 
     def __enter__(self) -> Journal:
         return self
@@ -314,8 +329,8 @@ class Journal:
                 "updated_at=?2 WHERE key=?3",
                 ((source, now, key) for key, source in pairs))
 
-    def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float, int, str]] = (),
-                      off_wire: Sequence[tuple[str]] = (), on_wire: Sequence[tuple[float, int, str]] = ()) -> None:
+    def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float, int, int, str]] = (),
+                      off_wire: Sequence[tuple[str]] = (), on_wire: Sequence[tuple[float, int, int, str]] = ()) -> None:
         """Record finished requests, abandoned attempts, attempts that settled unbilled, then attempts about to go
         out, in that order and all in one transaction (see `_UPDATE`, `_ABANDONED`, `_OFF_WIRE` and `_ON_WIRE`
         for the tuple layouts)."""
@@ -392,10 +407,14 @@ class Journal:
             tout += db.execute("SELECT COALESCE(SUM(failed_output_tokens),0) FROM requests").fetchone()[0]
         if self._fails_in:
             tin += db.execute("SELECT COALESCE(SUM(failed_input_tokens),0) FROM requests").fetchone()[0]
+        abandoned_in = db.execute(  # an attempt a schema-7 run left on the wire has none recorded (NULL)
+            "SELECT COALESCE(SUM(abandoned_input_tokens),0) + COALESCE(SUM(on_wire_input_tokens),0) FROM requests"
+        ).fetchone()[0] if self._abandons_in else 0
         return {"path": str(self.path) if self.path else ":memory:", "requests": total,
                 "by_status": by_status, "done": sum(by_status.get(s, 0) for s in DONE_STATUSES),
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
                 "cost_usd": cost, "abandoned_usd": abandoned_usd, "abandoned_output_tokens": abandoned_out,
+                "abandoned_input_tokens": abandoned_in,
                 "attempts": attempts, "models": models, "batches": batches, "reused": reused}
 
     def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None,
@@ -434,7 +453,7 @@ def _parquet_schema() -> dict:
             "error_class": pl.String, "response_id": pl.String, "request": pl.String, "metadata": pl.String,
             "created_at": pl.Float64, "updated_at": pl.Float64, "reused_from": pl.String,
             "abandoned_usd": pl.Float64, "abandoned_output_tokens": pl.Int64,
-            "failed_output_tokens": pl.Int64, "failed_input_tokens": pl.Int64}
+            "failed_output_tokens": pl.Int64, "failed_input_tokens": pl.Int64, "abandoned_input_tokens": pl.Int64}
 
 
 def server(url: str | None) -> str | None:
@@ -482,7 +501,7 @@ class JournalWriter:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._pending: list[tuple] = []
-        self._abandoned: list[tuple[float, int, str]] = []
+        self._abandoned: list[tuple[float, int, int, str]] = []
         self._off_wire: list[tuple[str]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -497,9 +516,10 @@ class JournalWriter:
         self._pending.append(row)  # kept even if the writer died: close() tries once more
         self._queued()
 
-    def put_abandoned(self, key: str, usd: float, output_tokens: int) -> None:
-        """Queue an abandoned attempt's worst case, added to its request's row: money the provider may bill."""
-        self._abandoned.append((usd, output_tokens, key))
+    def put_abandoned(self, key: str, usd: float, output_tokens: int, input_tokens: int) -> None:
+        """Queue an abandoned attempt's worst case, added to its request's row: money and tokens the provider may
+        bill."""
+        self._abandoned.append((usd, output_tokens, input_tokens, key))
         self._queued()
 
     def put_off_wire(self, key: str) -> None:
@@ -507,18 +527,18 @@ class JournalWriter:
         self._off_wire.append((key,))
         self._queued()
 
-    def on_wire(self, key: str, usd: float, output_tokens: int) -> None:
+    def on_wire(self, key: str, usd: float, output_tokens: int, input_tokens: int) -> None:
         """Commit now, with everything queued, that an attempt of `key` whose worst case is this is about to go
         out: a run killed before it settles leaves the record, which the next run counts as abandoned. Nothing of
         it stays queued if the commit fails (the attempt is not sent)."""
-        self.flush([(usd, output_tokens, key)])
+        self.flush([(usd, output_tokens, input_tokens, key)])
 
     def _queued(self) -> None:
         self._wake.set()
         if self._task is not None and self._task.done() and not self._task.cancelled():
             self._task.result()  # the writer died (disk full, say): surface its error now
 
-    def flush(self, on_wire: Sequence[tuple[float, int, str]] = ()) -> None:
+    def flush(self, on_wire: Sequence[tuple[float, int, int, str]] = ()) -> None:
         """Commit everything queued now (used at shutdown and by the loop), then `on_wire`. Rows a failed commit
         could not write stay queued: they are paid answers."""
         if self._pending or self._abandoned or self._off_wire or on_wire:

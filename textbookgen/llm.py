@@ -429,18 +429,38 @@ def _put(responses: list[ChatResponse], indices: list[int], answers: list[ChatRe
 
 def _as_rows(rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> list[Any]:
     """The rows as a list; a data frame's are dicts. Iterating a pandas DataFrame or an arrow Table yields its
-    columns, which would be paid for as rows, and a LazyFrame cannot be iterated at all: all are read as frames."""
+    columns, and an arrow RecordBatchReader its batches, which would be paid for as rows; a LazyFrame cannot be
+    iterated at all: all are read as frames. Any other iterable of frames, batches or columns is refused."""
     if isinstance(rows, pl.LazyFrame):
         rows = rows.collect()
     if isinstance(rows, pl.DataFrame):
         return list(rows.iter_rows(named=True))
+    if (arrow := sys.modules.get("pyarrow")) is not None and isinstance(rows, arrow.RecordBatchReader):
+        return rows.read_all().to_pylist()
     if (records := _foreign_frame_rows(rows)) is not None:
         return records
     if isinstance(rows, (str, bytes, Mapping)):
         split = " (pick a split: ds['train'])" if type(rows).__name__ == "DatasetDict" else ""
         raise TypeError("call an LLM on an iterable of rows (dicts, strings, ...), a polars or pandas DataFrame, an "
                         f"arrow Table or a datasets.Dataset, not a single {type(rows).__name__}{split}")
-    return list(rows)
+    listed = list(rows)
+    batches, columns = _bulk_types()
+    for index, row in enumerate(listed):
+        if isinstance(row, batches + columns):
+            kind = "batch" if isinstance(row, batches) else "column"
+            raise TypeError(f"row {index} of the {type(rows).__name__} is a whole {kind} ({type(row).__name__}), not a "
+                            "row: pass one frame of them all (pl.concat, pa.Table.from_batches, pd.concat), whose rows "
+                            "are read")
+    return listed
+
+
+def _bulk_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """The types that hold many rows (frames, arrow batches) and one column's values (a polars Series, arrow arrays):
+    an iterable of them is a reader's or a frame's pieces, each of which would be paid for as one row. Neither pandas
+    nor arrow is imported for it."""
+    arrow, pandas = sys.modules.get("pyarrow"), sys.modules.get("pandas")
+    batches = (pl.DataFrame, *((arrow.RecordBatch, arrow.Table) if arrow else ()), *((pandas.DataFrame,) if pandas else ()))
+    return batches, (pl.Series, *((arrow.Array, arrow.ChunkedArray) if arrow else ()))
 
 
 def _foreign_frame_rows(rows: Any) -> list[dict] | None:

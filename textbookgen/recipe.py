@@ -593,18 +593,33 @@ def _taxonomy_fit(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], 
     if tc.grow is not None and leaves < tc.grow.target:
         if tc.max_per_topic is not None and tc.max_per_topic * tc.grow.target < recipe.samples:
             problem = (f"max_per_topic={tc.max_per_topic} x {tc.grow.target:,} topics (taxonomy.grow.target) "
-                       f"< {recipe.samples:,} samples: raise it, or lower samples")
+                       f"< {recipe.samples:,} samples: raise taxonomy.max_per_topic or taxonomy.grow.target, or "
+                       "lower samples")
             return [(("taxonomy", "max_per_topic"), problem)]
         return []
     try:
         tax.sample(recipe.samples, recipe.seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic,
                    min_per_topic=tc.min_per_topic)
     except ValueError as e:
-        field = next((f for f in ("max_per_topic", "min_per_topic") if str(e).startswith(f)), "source")
-        knob = "the quotas" if field == "source" else field
-        problem = f"{e} ({tc.source} has {leaves:,} leaf topics): change {knob}, samples or the taxonomy"
-        return [(("taxonomy", field), problem)]
+        return [caps_problem(recipe, e, leaves)]
     return []
+
+
+def caps_problem(recipe: Recipe, error: ValueError, leaves: int) -> tuple[tuple[Any, ...], str]:
+    """A `Taxonomy.sample` refusal (per-topic caps or quotas that cannot fit `samples` over `leaves` topics) as a
+    recipe problem naming the fields that fix it: validation and a build (whose grown taxonomy validation never
+    saw) report it alike."""
+    tc = recipe.taxonomy
+    field = next((f for f in ("max_per_topic", "min_per_topic") if str(error).startswith(f)), "source")
+    if field == "max_per_topic":
+        more = "taxonomy.grow.target" if tc.grow is not None else "the topics (taxonomy.source)"
+        fix = f"raise taxonomy.max_per_topic or {more}, or lower samples"
+    elif field == "min_per_topic":
+        fewer = ", or grow fewer topics (taxonomy.grow.target)" if tc.grow is not None else ""
+        fix = f"lower taxonomy.min_per_topic or raise samples{fewer}"
+    else:
+        fix = f"change the topics' quotas (meta.quota in {tc.source}) or samples"
+    return ("taxonomy", field), f"{error} (the taxonomy has {leaves:,} leaf topics): {fix}"
 
 
 def _render_problem(recipe: Recipe, entry: MixEntry, topic_path: tuple[str, ...]) -> str | None:
