@@ -57,11 +57,6 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def rng_state() -> dict[str, Any]:
     """RNG states of torch (CPU and current CUDA device), numpy and random, weights_only-loadable."""
     kind, key, pos, has_gauss, gauss = np.random.get_state()
@@ -105,40 +100,55 @@ def step_dir_name(step: int) -> str:
 def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          meta: dict[str, Any], sharded: bool = False, keep: int | None = None, tokenizer: str | None = None) -> Path:
     """Write checkpoint `step` under `root` atomically; every rank calls it. Returns the final path.
-    `tokenizer`: the run's tokenizer serialized (`Tokenizer.to_str()`), kept as tokenizer.json."""
+    `tokenizer`: the run's tokenizer serialized (`Tokenizer.to_str()`), kept as tokenizer.json.
+    A failure on any rank (a full disk, a folder it may not write) is raised on every rank
+    (`distributed.shared_outcome`), so none waits for the others in a barrier."""
+    from trainer.distributed import shared_outcome
+
     root = Path(root)
     final, tmp = root / step_dir_name(step), root / (step_dir_name(step) + ".tmp")
-    rank = _rank()
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "rng").mkdir(parents=True)
-    _barrier()
+    shared_outcome(lambda: _make_tmp(tmp))
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    shared_outcome(lambda: _write_states(tmp, model_sd, optim_sd, sharded), every=True)
+    shared_outcome(lambda: _commit(root, tmp, final, {**meta, "step": step}, sharded, keep, tokenizer))
+    return final
+
+
+def _make_tmp(tmp: Path) -> None:
+    """Rank 0: an empty `step-N.tmp/rng/` for the ranks to write into (a crashed save's leftovers removed)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "rng").mkdir(parents=True)
+
+
+def _write_states(tmp: Path, model_sd: dict[str, Any], optim_sd: dict[str, Any], sharded: bool) -> None:
+    """Every rank: its DCP shard (FSDP2) or, on rank 0, the whole model.pt + optim.pt; and its RNG state."""
+    rank = _rank()
     if sharded:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     elif rank == 0:
         torch.save(model_sd, tmp / "model.pt")
         torch.save(optim_sd, tmp / "optim.pt")
     torch.save(rng_state(), tmp / "rng" / f"rank-{rank:05d}.pt")
-    _barrier()
-    if rank == 0:
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        info = {**meta, "step": step, "format": "dcp" if sharded else "torch", "world_size": world,
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if tokenizer is not None:
-            (tmp / TOKENIZER_FILE).write_text(tokenizer, encoding="utf-8")
-            info["tokenizer_sha256"] = hashlib.sha256(tokenizer.encode()).hexdigest()
-        (tmp / "meta.json").write_text(json.dumps(info, indent=2))
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        write_atomic(root / LATEST, final.name + "\n")
-        fsync_path(root)
-        if keep:
-            _prune(root, final, keep)
-    _barrier()
-    return final
+
+
+def _commit(root: Path, tmp: Path, final: Path, meta: dict[str, Any], sharded: bool, keep: int | None,
+            tokenizer: str | None) -> None:
+    """Rank 0: meta.json (+ tokenizer.json), fsync, rename `tmp` to `final`, point `latest` at it, prune."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    info = {**meta, "format": "dcp" if sharded else "torch", "world_size": world,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if tokenizer is not None:
+        (tmp / TOKENIZER_FILE).write_text(tokenizer, encoding="utf-8")
+        info["tokenizer_sha256"] = hashlib.sha256(tokenizer.encode()).hexdigest()
+    (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    write_atomic(root / LATEST, final.name + "\n")
+    fsync_path(root)
+    if keep:
+        _prune(root, final, keep)
 
 
 def _prune(root: Path, newest: Path, keep: int) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -139,6 +141,43 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+T = TypeVar("T")
+
+
+def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
+    """`fn()` on rank 0 (on every rank with `every`; None elsewhere), its failure raised on every rank: a check or a
+    write that only rank 0 does (or that fails on one rank only) otherwise leaves the others waiting in the next
+    collective (a hang until the timeout), or ending as if the run had succeeded. The error, marked `every_rank`
+    (printed once by the CLI), is the failing rank's own, sent to the others; rank 0's when several fail. Also a
+    barrier: no rank goes on before the ranks that run `fn` are done."""
+    runs = every or not dist.is_initialized() or dist.get_rank() == 0
+    result, error = None, None
+    if runs:
+        try:
+            result = fn()
+        except Exception as e:  # any failure must reach the other ranks
+            error = e
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        errors: list[Exception | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, _sendable(error))
+        error = error or next((e for e in errors if e is not None), None)
+    if error is not None:
+        error.every_rank = True  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+def _sendable(error: Exception | None) -> Exception | None:
+    """`error` if it survives pickling (to reach the other ranks), else a RuntimeError with its type and text."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # e.g. an exception class whose __init__ takes other arguments than args
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
 def first_to_report(text: str) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from trainer.distributed import shared_outcome
 from trainer.files import load_weights, read_json
 from trainer.model import Phi, PhiConfig
 
@@ -76,10 +77,11 @@ def _atomic_write(path: Path, write) -> None:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
-def _check_no_stale_tokenizer(out: Path) -> None:
+def check_no_stale_tokenizer(out: Path) -> None:
     """Refuse to write weights without a tokenizer beside tokenizer files already there (an earlier export's):
     transformers, `generate` and `eval` would pair them with these weights, and a smaller vocabulary than the
-    model's passes every check while giving the wrong ids."""
+    model's passes every check while giving the wrong ids. `train` runs it at start-up too, for the export at
+    its end (checkpoint.export_hf), rather than after the whole run."""
     found = [name for name in _TOKENIZER_FILES if (out / name).is_file()]
     if found:
         raise ValueError(f"{out}: holds {', '.join(found)} from before, which loaders would pair with weights "
@@ -87,10 +89,18 @@ def _check_no_stale_tokenizer(out: Path) -> None:
                          "tokenizer (without --no-tokenizer)")
 
 
+def generation_config(eos_token_id: int) -> dict:
+    """generation_config.json as transformers' `save_pretrained` writes it from config.json: written by every
+    export, so that one left in the folder by another model (its eos id, sampling settings, length limits) no
+    longer steers `generate()` of these weights."""
+    return {"_from_model_config": True, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
+
+
 def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, dtype: str = "float32") -> Path:
-    """Write `model.safetensors` + `config.json` (+ `tokenizer.json`/`tokenizer_config.json` when a
-    `tokenizers.Tokenizer` is given) to `out_dir`. `dtype`: float32 | bfloat16 | float16.
-    FSDP2 (DTensor) parameters are gathered with `full_tensor()`: call it on every rank, rank 0 writes."""
+    """Write `model.safetensors` + `config.json` + `generation_config.json` (+ `tokenizer.json`/
+    `tokenizer_config.json` when a `tokenizers.Tokenizer` is given) to `out_dir`. `dtype`: float32 | bfloat16 |
+    float16. Under torch.distributed call it on every rank: FSDP2 (DTensor) parameters are gathered with
+    `full_tensor()`, rank 0 writes, and a refusal or failure there is raised on every rank."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     phi = unwrap(model)
@@ -99,11 +109,15 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, dtype
         if hasattr(t, "full_tensor"):  # FSDP2 DTensor shard -> whole tensor (a collective)
             t = t.full_tensor()
         tensors[name] = t.detach().to("cpu", _DTYPES[dtype]).contiguous()
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
-        return Path(out_dir)
     out = Path(out_dir)
+    shared_outcome(lambda: _write(phi.config, tensors, out, tokenizer, dtype))
+    return out
+
+
+def _write(cfg: PhiConfig, tensors: dict[str, torch.Tensor], out: Path, tokenizer, dtype: str) -> None:
+    """The files of `export_hf` (rank 0's part)."""
     if tokenizer is None:
-        _check_no_stale_tokenizer(out)
+        check_no_stale_tokenizer(out)
     out.mkdir(parents=True, exist_ok=True)
     eos = 50256
     if tokenizer is not None:
@@ -113,13 +127,13 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, dtype
         _atomic_write(out / "tokenizer.json", lambda p: tokenizer.save(str(p)))
         tok_cfg = {"tokenizer_class": "CodeGenTokenizer" if eos == 50256 else "PreTrainedTokenizerFast",
                    "bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN,
-                   "add_prefix_space": False, "model_max_length": phi.config.max_position_embeddings,
+                   "add_prefix_space": False, "model_max_length": cfg.max_position_embeddings,
                    "clean_up_tokenization_spaces": False}
         _atomic_write(out / "tokenizer_config.json", lambda p: p.write_text(json.dumps(tok_cfg, indent=2)))
     _atomic_write(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    cfg = hf_config(phi.config, dtype, eos)
-    _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2) + "\n"))
-    return out
+    _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(hf_config(cfg, dtype, eos), indent=2) + "\n"))
+    _atomic_write(out / "generation_config.json",
+                  lambda p: p.write_text(json.dumps(generation_config(eos), indent=2) + "\n"))
 
 
 def config_from_hf(hf: dict, source: str = "config.json") -> PhiConfig:

@@ -732,6 +732,8 @@ class Trainer:
         self.resume_meta = checkpoint.read_meta(self.resume_from) if self.resume_from is not None else None
         data_start = self._data_start()
         self.tokenizer = self._run_tokenizer()
+        if self.cfg.checkpoint.export_hf:  # refused now, not by the export after the run (rank 0's tokenizer decides)
+            distributed.shared_outcome(self._check_export_folder)
         self._check_resumed_model()
         self.tokens_at_start = self._tokens_at_start(data_start[1])
         self.max_steps = self._max_steps(data_start[0])
@@ -765,6 +767,14 @@ class Trainer:
                 f"has {tok.get_vocab_size():,}): resuming would train on other token ids; set data.tokenizer back "
                 f"to that one, or train in another run_dir (--run-dir)"))
         return tok
+
+    def _check_export_folder(self) -> None:
+        """The checks `export_hf` makes of run_dir/hf, before the run rather than after it: a run without a
+        tokenizer may not export beside an earlier export's tokenizer files."""
+        if self.tokenizer is None:
+            from trainer.export import check_no_stale_tokenizer
+
+            check_no_stale_tokenizer(self.run_dir / "hf")
 
     def _check_resumed_model(self) -> None:
         """A resume goes on with its checkpoint's model: a config that asks for another shape is refused in one
@@ -967,8 +977,8 @@ class Trainer:
         path = checkpoint.save(self.ckpt_root, step, self.model, self.optimizer, meta,
                                sharded=self.strategy == "fsdp", keep=self.cfg.checkpoint.keep,
                                tokenizer=self.tokenizer.to_str() if self.tokenizer is not None else None)
-        if self.info.is_main and self.cfg.log.plot:
-            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        if self.cfg.log.plot:
+            distributed.shared_outcome(lambda: plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png"))
         self.console.print(f"checkpoint {path}")
 
     def export(self, out: Path) -> None:
@@ -1041,8 +1051,6 @@ class Trainer:
     def _record_environment(self) -> None:
         """Append what this start of the run ran on to `environment.jsonl`: a resumed run may continue on
         other hardware or software, and throughput or loss differences are read against these lines."""
-        if not self.info.is_main:
-            return
         cuda = self.dev_type == "cuda"
         rec = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "start_step": self.start,
                "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
@@ -1055,15 +1063,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train from `start` to `max_steps` or a stop; then the exit checkpoint, the HF export and the plot."""
-        if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        # first: an unreadable metrics.jsonl is refused before anything is written
-        log = MetricsLog(self.run_dir, self.start, self.cfg.log.tensorboard, self.info.is_main)
-        if self.info.is_main:
-            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
-            checkpoint.mark_start(self.ckpt_root, self.resume_from)  # the history goes on from there, as metrics do
+        log = distributed.shared_outcome(self._open_log) or MetricsLog(self.run_dir, self.start, False, False)
         self._announce()
-        self._record_environment()
         result = TrainResult(self.run_dir, self.start, self.start, "done")
         loader = Loader(self.sampler, self.plan, self.start, self.device)  # start < max_steps: see _open_run
         try:
@@ -1072,11 +1073,26 @@ class Trainer:
         finally:
             loader.close()
             log.close()
-        if self.info.is_main and self.cfg.log.plot:
-            plot_metrics(log.path, self.run_dir / "loss.png")
+        if self.cfg.log.plot:
+            distributed.shared_outcome(lambda: plot_metrics(log.path, self.run_dir / "loss.png"))
         if result.stop_reason != "done":
             self.console.print(f"stopped at step {result.final_step}: {result.stop_reason}")
         return result
+
+    def _open_log(self) -> MetricsLog:
+        """Rank 0's start of the run's files: metrics.jsonl (an unreadable one is refused before anything is
+        written), config.yaml, the checkpoints' `latest` and environment.jsonl. Run through
+        `distributed.shared_outcome`: a refusal here reaches every rank."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(self.run_dir, self.start, self.cfg.log.tensorboard, True)
+        try:
+            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            checkpoint.mark_start(self.ckpt_root, self.resume_from)  # the history goes on from there, as metrics do
+            self._record_environment()
+        except BaseException:
+            log.close()
+            raise
+        return log
 
     def _announce(self) -> None:
         """The run's header line (model, parallelism, precision, attention, batch, steps, data) and validation."""
@@ -1135,7 +1151,7 @@ class Trainer:
                     rec.update(self.validate())
                     last_val = rec
                     self.console.print(f"step {step:>6}/{self.max_steps} | {_val_status(rec)}", highlight=False)
-                log.write(rec)
+                distributed.shared_outcome(lambda rec=rec: log.write(rec))  # rank 0 writes: a full disk stops all
                 result.history.append(rec)
                 bar.update(task, completed=step, status=_status(rec, last_val))
                 if step % self.cfg.log.every == 0 or step in (self.start + 1, self.max_steps):
