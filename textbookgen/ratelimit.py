@@ -45,7 +45,8 @@ LEARN_PROBE = 0.002  # this fraction a second, doubling every LEARN_PROBE_DOUBLI
 LEARN_PROBE_DOUBLING_S = 30.0  # the last 429 came, but may have been raised, or left by others
 MIN_LEARNED_RPM = 1.0  # the least a learned limit falls to
 REFUSALS_GAP_S = 10.0  # a 429 this long after the last cut begins a new run of refusals (`_sustained_rpm`), whose
-SUSTAINED_S = 0.5  # requests, once sent over this long, say the rate the server takes
+SUSTAINED_S = 0.3  # requests, once sent over this long, say the rate the server takes (counted as they go, not
+# as answered, they need no round trip to be complete; 300 RPM in a minute's bucket: done in 42.0 s, at 0.5 s 43.6)
 MIN_SHARE = 1 / 32  # the least of a limit a process keeps when others on its key spend the rest
 SPARE_S = 2.0  # a server's bucket holding this many seconds of the limit beyond our model has room nobody takes
 PROBES = 4  # requests on the wire before the server first answers: a bad key costs at most this many (the host's
@@ -390,7 +391,7 @@ class AdaptiveConcurrency:
 class Ticket:
     """One admitted attempt: what it reserved, so it can be refunded and its headers aged."""
 
-    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken", "sent_before", "probe")
+    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken", "sent_before", "probe", "sends_before")
 
     def __init__(self, tokens_in: float, tokens_out: float, t_send: float, taken: tuple, sent_before: int = 0) -> None:
         self.tokens_in = tokens_in
@@ -399,6 +400,7 @@ class Ticket:
         self.taken = taken
         self.sent_before = sent_before  # requests sent in the second before it (kept while no headers are seen)
         self.probe = False  # it holds one of the host's places for probes (`HostProbes`)
+        self.sends_before = 0.0  # requests sent before it since the controller began (while no headers are seen)
 
 
 class HostProbes:
@@ -460,7 +462,7 @@ class AdmissionController:
 
     _SHARED = ("paused_until", "_rate_decided_at", "_grown_at", "_refused_at_rpm", "_sent_count", "_sent_t",
                "_ramp_at", "_ramp_s", "_paced_at",  # one slow start for the host, doubling what they all send
-               "_refusing_at", "_refusing_n", "_refusing_last", "_answer_s")
+               "_sends", "_sent_last", "_refusing_at", "_refusing_from")
     SHARED_SIZE = len(BUCKETS) * len(TokenBucket.SHARED) + len(_SHARED) + HostProbes.SIZE
 
     def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.99,
@@ -494,9 +496,8 @@ class AdmissionController:
         self._grown_at = -math.inf
         self._paced_at = -math.inf  # when a request last waited for the requests bucket
         self._refused_at_rpm = 0.0  # the rate a header-less server last refused: its limit is about there
-        self._refusing_at = math.inf  # when the current run of 429s began, the answers to what was sent since, the
-        self._refusing_n, self._refusing_last = 0.0, -math.inf  # last of those sent, and the last success's latency
-        self._answer_s = 0.0  # (`_sustained_rpm`)
+        self._sends, self._sent_last = 0.0, -math.inf  # requests sent (while no headers are seen), the last when
+        self._refusing_at, self._refusing_from = math.inf, 0.0  # the current run of 429s began: when, at which send
         self._ramp_at: float | None = None  # slow start: when the request rate next doubles (None: not ramping)
         self._ramp_s = SLOW_START_S
         self._opened_at = math.inf if slow_start else -math.inf  # when the first answer came (probes went before)
@@ -541,6 +542,8 @@ class AdmissionController:
         ticket = Ticket(tokens_in, tokens_out, now, (self._req.taken, self._tok.taken, self._in.taken,
                                                      self._out.taken), 0 if self.headers_seen else self._count_sent(now))
         ticket.probe = probe
+        if not self.headers_seen:
+            ticket.sends_before, self._sends, self._sent_last = self._sends, self._sends + 1, now
         return ticket
 
     def _count_sent(self, now: float) -> int:
@@ -657,10 +660,7 @@ class AdmissionController:
         self._out.give(d_out) if d_out >= 0 else self._out.take(-d_out)
         self._learn(ticket, headers)
         if not self.headers_seen:
-            now = self.clock()
-            self._grow(now)
-            self._count_refusing(ticket)
-            self._answer_s = now - ticket.t_send
+            self._grow(self.clock())
         self.concurrency.on_success()
         self._probe_answered(ticket, key_works=True)
         if not self._started:
@@ -684,7 +684,6 @@ class AdmissionController:
             now = self.clock()
             self.concurrency.on_rate_limited(now)
             if not self.headers_seen:
-                self._count_refusing(ticket)
                 self._cut_rate(ticket, now)
                 pause = min(retry_after if retry_after is not None else self.concurrency.cooldown_s, 60.0)
                 self.paused_until = max(self.paused_until, now + pause)
@@ -731,7 +730,7 @@ class AdmissionController:
         if not current:
             return
         if now - self._rate_decided_at > REFUSALS_GAP_S:  # a new run of 429s: this one and what went with it or since
-            self._refusing_at, self._refusing_n, self._refusing_last = ticket.t_send, 1.0, ticket.t_send
+            self._refusing_at, self._refusing_from = ticket.t_send, ticket.sends_before
         self._ramp_at = None
         self._rate_decided_at = now
         self._grown_at = now
@@ -747,23 +746,18 @@ class AdmissionController:
         self._refused_at_rpm = current
         self._req.learn(max(MIN_LEARNED_RPM, LEARN_CUT * current), now)
 
-    def _count_refusing(self, ticket: Ticket) -> None:
-        """A success or a 429 of a request sent since the current run of 429s began (`_sustained_rpm`)."""
-        if ticket.t_send >= self._refusing_at:
-            self._refusing_n += 1
-            self._refusing_last = max(self._refusing_last, ticket.t_send)
-
     def _sustained_rpm(self, now: float) -> float | None:
-        """The rate the server took since the current run of 429s began: the requests sent since and answered
-        (successes and 429s alike: a refusal counts against the limit, as OpenAI counts it) per minute of the time
-        they went over, which ends at the last one answered, or a success's latency ago (a 429 comes back in a
-        round trip, the successes sent with it later); None while that is under SUSTAINED_S. Where a server's bucket
-        holds a minute's burst, the slow start spends it and the rate sent in the second before a 429 is ~60x the
-        limit, which 3/4 cuts took ~14 round trips (~100 429s) to come down from. Successes alone say far less than
-        the limit (1 in 2.6 s at 1200 RPM): the refusals charged the rest; as the rate grows back towards 4/3 of
-        this, a rate it overstates (a server that does not charge refusals) is cut by 3/4 as before."""
-        span = min(self._refusing_last, now - self._answer_s) - self._refusing_at
-        return self._refusing_n / span * 60.0 if span >= SUSTAINED_S else None
+        """The rate the server took since the current run of 429s began: the requests sent since, up to the last one
+        (every one reaches the server, a success or a 429: a refusal counts against the limit, as OpenAI counts it),
+        per minute; None while that is under SUSTAINED_S. Where a server's bucket holds a minute's burst, the slow
+        start spends it and the rate sent in the second before a 429 is ~60x the limit, which 3/4 cuts took ~14
+        round trips (~100 429s) to come down from. Successes alone say far less than the limit (1 in 2.6 s at 1200 RPM): the refusals
+        charged the rest; as the rate grows back towards 4/3 of this, a rate it overstates (a server that does not
+        charge refusals) is cut by 3/4 as before. Counted as sent, not as answered: answers that take seconds (a
+        long generation) were not back yet while the 429s were, so the rate read ~2/3 of the limit and the run was
+        held there (1200 RPM, latency 0.05 to 8 s: cut to 777 RPM)."""
+        span = self._sent_last - self._refusing_at
+        return (self._sends - self._refusing_from) / span * 60.0 if span >= SUSTAINED_S else None
 
     def abandon(self, ticket: Ticket) -> None:
         """An attempt given up on (no answer in time): its slot is free, but the provider may still be generating

@@ -35,7 +35,8 @@ log = logging.getLogger("textbookgen.ratelimit")
 
 DIR_ENV = "TEXTBOOKGEN_LIMITS_DIR"  # where the files live (tests, or a folder of your choice)
 SWITCH_ENV = "TEXTBOOKGEN_SHARE_LIMITS"  # "0" (or off, false, no): each process keeps its own buckets
-MAGIC, VERSION = b"TBGL", 1
+MAGIC, VERSION = b"TBGL", 2  # a new version where the numbers change meaning at the same count (2: a run of
+# header-less 429s counted as sent, its 4 numbers in place of 1's 4 counted as answered: `AdmissionController._SHARED`)
 STALE_S = 600.0  # a budget nobody touched for this long is started afresh, as a lone process would
 PRUNE_S = 86400.0  # files untouched for this long are deleted (each run on another server, key or model adds one)
 CLOCK_SKEW_S = 5.0  # wall and monotonic clocks drifting apart by more than this since the last write: a reboot
