@@ -45,24 +45,27 @@ class _VirtualLoop(asyncio.SelectorEventLoop):
         return self.now
 
 
-def _run(rpm: int, latency: float, n: int, *, spread_s: float = 0.0, concurrency: int = 64) -> dict:
+def _run(rpm: int, latency: float | tuple[float, float], n: int, *, spread_s: float = 0.0, concurrency: int = 64,
+         window_s: float = 1.0) -> dict:
     """`n` requests, each arriving at a random time within `spread_s`, at a header-less server limiting `rpm`
-    per 1 s window, answering after `latency`. Returns when each was admitted (`ok`) or refused (`refused`)."""
+    per `window_s` window, answering after `latency` (seconds, or a uniform range). Returns when each was admitted
+    (`ok`) or refused (`refused`)."""
     loop = _VirtualLoop()
-    server = RateLimiter(EmulatorConfig(rpm=rpm, window_s=1.0), 0.0)
+    server = RateLimiter(EmulatorConfig(rpm=rpm, window_s=window_s), 0.0)
     adm = AdmissionController(None, concurrency=concurrency, clock=loop.time)
     rng = random.Random(0)
     seen: dict = {"ok": [], "refused": []}
 
     async def request() -> None:
-        await asyncio.sleep(rng.uniform(0.0, spread_s))
+        if spread_s:  # arrivals spread over time, else all at once
+            await asyncio.sleep(rng.uniform(0.0, spread_s))
         for attempt in range(30):
             ticket = await adm.acquire(0, 0)
             now = loop.time()
             refused = server.admit(COSTS, now)
             if refused is None:
                 seen["ok"].append(now)
-                await asyncio.sleep(latency)
+                await asyncio.sleep(rng.uniform(*latency) if isinstance(latency, tuple) else latency)
                 adm.complete(ticket, 0, 0, {})
                 return
             server.charge_refused(now)
