@@ -340,6 +340,15 @@ def _base_urls(value: str | None) -> str | list[str] | None:
     return urls if len(urls) > 1 else (urls[0] if urls else value)
 
 
+# the provider batch API's options, alike in every command that sends requests (`_batch_options` checks them)
+BatchOption = Annotated[bool, typer.Option("--batch", help="the provider's batch API (openai, anthropic): half price, "
+                                           "answers within 24 h; interrupt and rerun to collect submitted batches")]
+BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", help="requests per batch (with --batch; "
+                                                     "default 10,000)")]
+BatchPollOption = Annotated[float | None, typer.Option("--batch-poll", help="seconds between batch status checks "
+                                                       "(with --batch; default 30)")]
+
+
 @app.command()
 def generate(
     prompts: str = typer.Argument(..., help="prompts file: .jsonl (one {prompt|messages, ...} a line) or .parquet"),
@@ -377,12 +386,7 @@ def generate(
                                                 "finished and more than this share of them failed (default 0.5; 1: "
                                                 "never stop). Live runs only: --batch pays for a batch as it submits "
                                                 "it, so nothing stops it early"),
-    batch: bool = typer.Option(False, "--batch", help="the provider's batch API (openai, anthropic): half price, "
-                               "answers within 24 h; interrupt and rerun to collect submitted batches"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="requests per batch (with --batch; default "
-                                          "10,000)"),
-    batch_poll: float | None = typer.Option(None, "--batch-poll", help="seconds between batch status checks (with "
-                                            "--batch; default 30)"),
+    batch: BatchOption = False, batch_size: BatchSizeOption = None, batch_poll: BatchPollOption = None,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Generate a completion for every prompt; writes the journal and the completions file.
@@ -1357,12 +1361,7 @@ def classifier_label(
                                                 "1: never stop). Live runs only: --batch pays for a batch as it "
                                                 "submits it, so nothing stops it early; try the judge on a small "
                                                 "live --sample first, whose answers the --batch run replays free"),
-    batch: bool = typer.Option(False, "--batch", help="the provider's batch API (openai, anthropic): half price, "
-                               "answers within 24 h; interrupt and rerun to collect submitted batches"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="documents per batch (with --batch; default "
-                                          "10,000)"),
-    batch_poll: float | None = typer.Option(None, "--batch-poll", help="seconds between batch status checks (with "
-                                            "--batch; default 30)"),
+    batch: BatchOption = False, batch_size: BatchSizeOption = None, batch_poll: BatchPollOption = None,
     text_column: TextCol = "text", id_column: IdCol = "id",
 ) -> None:
     """Score documents 0-5 for educational value with an LLM (FineWeb-Edu's additive rubric), as labels
