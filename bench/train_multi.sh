@@ -7,7 +7,7 @@
 #   STRATEGY=fsdp bash bench/train_multi.sh   # FSDP2 instead of DDP for the N-GPU run
 #
 # Prints one line per run and a last line `scaling=<rate_N / (N x rate_1)>` (target >= 0.90).
-# tokens/s is the mean over steps 2.. (step 1 includes torch.compile).
+# tokens/s is the tokens of steps 2.. over their seconds (step 1 includes torch.compile), as the trainer's closing line.
 # Settings, as environment variables: NGPU (2), CONFIG (phi-1.5), STEPS (8), MICRO (8), GLOBAL
 # (MICRO x NGPU x 4), STRATEGY (ddp | fsdp), OUT (/tmp/train_multi). -h/--help prints this text.
 set -euo pipefail
@@ -57,12 +57,13 @@ rates = {}
 for k in (1, n):
     recs = [json.loads(x) for x in (out / f"{k}gpu" / "metrics.jsonl").read_text().splitlines()]
     warm = recs[1:] or recs
-    rate = sum(r["tokens_per_s"] for r in warm) / len(warm)
-    mfu = [r["mfu"] for r in warm if r.get("mfu") is not None]
+    seconds = sum(r["step_s"] for r in warm)
+    rate = sum(r["tokens_per_s"] * r["step_s"] for r in warm) / seconds  # a slow step weighs as long as it took
+    mfu = sum(r["mfu"] * r["step_s"] for r in warm) / seconds if all(r.get("mfu") is not None for r in warm) else None
     mem = max((r.get("mem_gb") or 0) for r in recs)
     rates[k] = rate
     print(f"gpus={k} config={config} strategy={'none' if k == 1 else strategy} tokens_per_s={rate:.0f} "
-          f"tokens_per_s_per_gpu={rate / k:.0f} mfu={sum(mfu) / len(mfu) if mfu else float('nan'):.4f} "
+          f"tokens_per_s_per_gpu={rate / k:.0f} mfu={float('nan') if mfu is None else mfu:.4f} "
           f"peak_mem_gb={mem} gpu={gpu}")
 print(f"scaling={rates[n] / (n * rates[1]):.3f} gpus={n} tokens_per_s_1={rates[1]:.0f} tokens_per_s_{n}={rates[n]:.0f} gpu={gpu}")
 PY
