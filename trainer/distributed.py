@@ -149,18 +149,21 @@ T = TypeVar("T")
 def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
     """`fn()` on rank 0 (on every rank with `every`; None elsewhere), its failure raised on every rank: a check or a
     write that only rank 0 does (or that fails on one rank only) otherwise leaves the others waiting in the next
-    collective (a hang until the timeout), or ending as if the run had succeeded. The error, marked `every_rank`
-    (printed once by the CLI), is the failing rank's own, sent to the others; rank 0's when several fail. Also a
-    barrier: no rank goes on before the ranks that run `fn` are done."""
+    collective (a hang until the timeout), or ending as if the run had succeeded. A KeyboardInterrupt (a second
+    Ctrl-C) or SystemExit in `fn` is sent alike, so every rank stops. The error, marked `every_rank` (printed once by
+    the CLI), is a failing rank's own, sent to the others (the lowest failing rank's where several fail; each of
+    those raises its own). Also a barrier: no rank goes on before the ranks that run `fn` are done. Where none fails,
+    one all-reduce of a flag is all it costs (it runs at every training step): the errors are pickled and gathered
+    only when one did."""
     runs = every or not dist.is_initialized() or dist.get_rank() == 0
     result, error = None, None
     if runs:
         try:
             result = fn()
-        except Exception as e:  # any failure must reach the other ranks
+        except BaseException as e:  # any failure must reach the other ranks, which wait in the collective below
             error = e
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        errors: list[Exception | None] = [None] * dist.get_world_size()
+    if dist.is_initialized() and dist.get_world_size() > 1 and _any_rank(error is not None):
+        errors: list[BaseException | None] = [None] * dist.get_world_size()
         dist.all_gather_object(errors, _sendable(error))
         error = error or next((e for e in errors if e is not None), None)
     if error is not None:
@@ -169,7 +172,15 @@ def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
     return result
 
 
-def _sendable(error: Exception | None) -> Exception | None:
+def _any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank: one all-reduce, on the GPU under NCCL (which has no CPU tensors)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item())
+
+
+def _sendable(error: BaseException | None) -> BaseException | None:
     """`error` if it survives pickling (to reach the other ranks), else a RuntimeError with its type and text."""
     if error is None:
         return None
