@@ -241,22 +241,41 @@ def _exit_interrupted(message: str) -> NoReturn:
     os._exit(_interrupt_exit())
 
 
+def _hub_token(token_env: str | None) -> str | None:
+    """The token in the variable --token-env names (a write token kept apart from HF_TOKEN, a CI secret); None
+    without the option (HF_TOKEN or `hf auth login`). A token pasted where the name goes is refused unshown."""
+    if token_env is None:
+        return None
+    if re.fullmatch(r"hf_[A-Za-z0-9]{30,}", token_env) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", token_env):
+        _fail("--token-env takes the name of an environment variable holding a Hugging Face token (e.g. "
+              "HF_WRITE_TOKEN), not the token itself")
+    token = os.environ.get(token_env, "").strip()  # a file's newline, read into the variable, is no part of it
+    if not token:
+        _fail(f"--token-env: environment variable {token_env} is not set")
+    return token
+
+
 @app.command()
 def push(
     folder: str = typer.Argument(..., help="built dataset folder: data/ shards, README.md, assets/, provenance"),
     repo_id: str = typer.Argument(..., help="dataset repo on the Hub, e.g. user/my-textbooks"),
     private: bool = typer.Option(False, "--private", help="make the repo private, an existing public one too (a private repo is never made public)"),
     message: str | None = typer.Option(None, "--message", "-m", help="commit message"),
+    revision: str = typer.Option("main", "--revision", help="branch to commit to (created from main if missing)"),
+    token_env: str | None = typer.Option(None, "--token-env", help="environment variable holding the token "
+                                         "(default HF_TOKEN, else `hf auth login`)"),
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
     timeout: float | None = typer.Option(None, "--timeout", envvar="TEXTBOOKGEN_HUB_TIMEOUT", help="seconds to wait for each Hub answer (default 60)"),
 ) -> None:
-    """Push a built dataset to the Hub in one commit (token from HF_TOKEN or `hf auth login`)."""
+    """Push a built dataset to the Hub in one commit (token from --token-env, HF_TOKEN or `hf auth login`)."""
     from textbookgen import hub
 
     _check("--timeout", timeout, "> 0")
+    token = _hub_token(token_env)
     _check_endpoint(endpoint)
     try:
-        url = hub.push(folder, repo_id, private=private, endpoint=endpoint, commit_message=message, timeout=timeout)
+        url = hub.push(folder, repo_id, private=private, token=token, endpoint=endpoint, commit_message=message,
+                       revision=revision, timeout=timeout)
     except (ValueError, OSError, hub.PushConflictError) as err:
         _fail(_error_line(err))
     except hub.HubInterrupted as err:
@@ -269,6 +288,8 @@ def pull(
     repo_id: str = typer.Argument(..., help="dataset repo on the Hub, e.g. user/my-textbooks"),
     out: str | None = typer.Option(None, "--out", "--output", "-o", help="folder to write (default: ./<repo name>)"),
     revision: str | None = typer.Option(None, "--revision", help="branch, tag or commit (default main)"),
+    token_env: str | None = typer.Option(None, "--token-env", help="environment variable holding the token "
+                                         "(default HF_TOKEN, else `hf auth login`; none for a public repo)"),
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
     timeout: float | None = typer.Option(None, "--timeout", envvar="TEXTBOOKGEN_HUB_TIMEOUT", help="seconds to wait for each Hub answer (default 60)"),
 ) -> None:
@@ -280,10 +301,11 @@ def pull(
         _fail(f"--out {target}: is a file; give a folder" if out is not None else
               f"{target}: is a file, and pull writes into ./{target} by default; give another folder with --out")
     _check("--timeout", timeout, "> 0")
+    token = _hub_token(token_env)
     _check_endpoint(endpoint)
     try:
         with _reported():
-            path = hub.pull(repo_id, out, revision=revision, endpoint=endpoint, timeout=timeout)
+            path = hub.pull(repo_id, out, revision=revision, token=token, endpoint=endpoint, timeout=timeout)
     except hub.HubInterrupted as err:
         _exit_interrupted(str(err))
     typer.echo(str(path))

@@ -31,7 +31,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from textbookgen.dataset import PULL_INCOMPLETE, SHARD_RE, split_rows, splits_of
+from textbookgen.dataset import PULL_INCOMPLETE, SHARD_RE, existing_shards, split_rows, splits_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,6 +40,9 @@ _USAGE_RE = re.compile(r'(load_dataset\()"[^"\n]*"')
 REPO_ID_RE = re.compile(r"[\w\-.]{1,96}/(?![.\-])[\w\-.]{1,96}(?<![.\-])")
 #: Environment variables whose values are secrets that must never be published (HF_TOKEN, *_API_KEY ...).
 SECRET_ENV_RE = re.compile(r"(?i)(api_?key|access_?key|secret|password|(^|_)token)$")
+
+#: An Authorization header's credential, as an error may quote it.
+_BEARER_RE = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
 
 #: Seconds a Hub request may wait to connect, or for the next bytes sent or received: never a total, so a
 #: large upload that keeps moving is not cut. `$TEXTBOOKGEN_HUB_TIMEOUT` or `timeout=` changes it.
@@ -70,6 +73,26 @@ def check_repo_id(repo_id: str) -> str:
     if not isinstance(repo_id, str) or not REPO_ID_RE.fullmatch(repo_id):
         raise ValueError(f"repo id must look like 'user/name' or 'org/name', got {repo_id!r}")
     return repo_id
+
+
+def check_branch(revision: str) -> str:
+    """Return `revision` if a push can commit to it: a branch name (created where missing). A commit id, a tag's
+    or pull request's ref (`refs/...`), or a name git refuses, is refused before any request: creating a branch
+    named after a commit was answered 400, printed as a bare "Bad request:", and `refs/pr/1` was sent to the
+    Hub as a new branch's name (the fake Hub made one), not committed to the pull request."""
+    bad = (not revision or revision.startswith(("refs/", "-", "/", ".")) or revision.endswith(("/", ".", ".lock"))
+           or ".." in revision or "//" in revision or not re.fullmatch(r"[\w.\-/]+", revision)
+           or re.fullmatch(r"[0-9a-f]{40}", revision))
+    if bad:
+        raise ValueError(f"revision {revision!r}: a push commits to a branch (e.g. main, dev), created from main "
+                         "where missing; not a commit id, a ref such as refs/pr/1, or a name git refuses")
+    return revision
+
+
+def clean_token(token: str | None) -> str | None:
+    """`token` without the whitespace around it (a file's newline, read into a variable), None where that leaves
+    nothing; the client strips HF_TOKEN so, not a token given: its header was refused, quoting the token."""
+    return token.strip() or None if token else None
 
 
 def hub_timeout(timeout: float | None = None) -> float:
@@ -247,9 +270,10 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float |
     """Turn the client's HTTP and network errors into one line that says what to do.
 
     A missing repo, revision (`revision`) or file becomes FileNotFoundError naming it; auth problems
-    PermissionError; an unreachable or failing Hub (network, timeouts, 429, 5xx) ConnectionError. All
-    are OSError, as the client's own errors are. A push is one atomic commit, so whatever broke,
-    nothing is half-published, and a rerun resends no uploaded file.
+    PermissionError; an unreachable or failing Hub (network, timeouts, 429, 5xx) ConnectionError; another
+    refusal (a 400 or 422) an OSError giving the Hub's reason. All are OSError, as the client's own errors are.
+    A push is one atomic commit, so whatever broke, nothing is half-published, and a rerun resends no uploaded
+    file. No line quotes the token (httpx quotes a header it refuses, the Authorization one included).
     """
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -284,6 +308,9 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float |
             ) from err
         if status is not None and (status in (408, 429) or status >= 500):
             raise ConnectionError(f"the Hub at {endpoint} answered {status}: {rerun}") from err
+        if status is not None:  # the client's first line is only "Bad request:" (400) or the URL (others)
+            why = " ".join((err.server_message or str(err)).split())
+            raise OSError(f"the Hub at {endpoint} refused a request of {repo_id} ({status}): {why}") from err
         raise
     except TimeoutException as err:
         limit = f"{timeout:g} s" if timeout is not None else "its timeout"
@@ -291,8 +318,10 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float |
             f"the Hub at {endpoint} did not answer within {limit} ({type(err).__name__}); {rerun}, or allow more "
             f"time with ${TIMEOUT_ENV} or timeout="
         ) from err
-    except TransportError as err:
-        raise ConnectionError(f"cannot reach the Hub at {endpoint} ({type(err).__name__}: {err}); {rerun}") from err
+    except TransportError as err:  # a header refused by httpx is quoted in full: the token's too
+        why = _BEARER_RE.sub(r"\1<token>", str(err))
+        raise ConnectionError(f"cannot reach the Hub at {endpoint} ({type(err).__name__}: {why}); {rerun}") from (
+            err if why == str(err) else None)  # a traceback would show the error it quotes
 
 
 def publishable_files(out_dir: Path) -> list[Path]:
@@ -329,7 +358,8 @@ def merge_card(new_text: str, old_text: str | None, defaults: Mapping[str, Any] 
     `defaults` ({key: value}, see `textbookgen.card.card_defaults`) are the new card's values that
     textbookgen filled in rather than the user: where the old card has such a key, its value stays
     (a license set on the Hub beats the recipe's default one). Other keys of the new card win;
-    `configs` and `dataset_info` merge by config name (others' configs stay); `tags` are the union.
+    `configs` and `dataset_info` merge by config name (others' configs stay, less a `default: true` mark:
+    `_one_default`); `tags` are the union.
     The body is the new card's: it is generated from the data.
     """
     from huggingface_hub import DatasetCard
@@ -347,7 +377,7 @@ def merge_card(new_text: str, old_text: str | None, defaults: Mapping[str, Any] 
     merged: dict[str, Any] = dict(old)
     for key, value in ours.items():
         if key == "configs":
-            merged[key] = _merge_named(old.get(key), value, "config_name")
+            merged[key] = _one_default(_merge_named(old.get(key), value, "config_name"))
         elif key == "dataset_info":
             merged[key] = _merge_dataset_info(old.get(key), value)
         elif key == "tags" and isinstance(old.get(key), list):
@@ -365,6 +395,22 @@ def _merge_named(old: Any, new: list[dict], key: str) -> list[dict]:
         return new
     names = {c.get(key, "default") for c in new}
     return [*new, *(c for c in old if isinstance(c, Mapping) and c.get(key, "default") not in names)]
+
+
+def _one_default(configs: list[Any]) -> list[Any]:
+    """`configs` where the one named `default` (ours: the card's usage loads it) is the only default: another
+    config marked `default: true` (`datasets.push_to_hub(config_name=..., set_default=True)`) loses the mark, said
+    in one warning line. With both, `load_dataset` refused the repo ("several default configs")."""
+    if not any(isinstance(c, Mapping) and c.get("config_name", "default") == "default" for c in configs):
+        return configs
+    kept = []
+    for config in configs:
+        if isinstance(config, Mapping) and config.get("config_name", "default") != "default" and config.get("default"):
+            log.warning("the Hub card's config %r was the repo's default; the pushed `default` config is the default "
+                        "now (load %r by its name)", config.get("config_name"), config.get("config_name"))
+            config = {k: v for k, v in config.items() if k != "default"}
+        kept.append(config)
+    return kept
 
 
 def _merge_dataset_info(old: Any, new: Any) -> Any:
@@ -441,10 +487,12 @@ def push(
     on the Hub. A `revision` other than main is created from main if missing. A push that changes
     nothing makes no commit and returns the head's URL. Raises PushConflictError when the repo moved
     during the push (rerun to merge with the new head), ValueError for a bad repo id or a folder with
-    nothing to publish (no shards, or a split with no rows, which `load_dataset` cannot load),
+    nothing to publish (no shards, or a split with no rows, which `load_dataset` cannot load) or a `revision`
+    that is no branch name (`check_branch`),
     PermissionError for a missing or refused token or a repo you cannot write, and ConnectionError when
     the Hub cannot be reached, fails, or leaves a request unanswered for `timeout` seconds (default
-    `$TEXTBOOKGEN_HUB_TIMEOUT` or 60; rerun: uploaded files are not sent again), and HubInterrupted on
+    `$TEXTBOOKGEN_HUB_TIMEOUT` or 60; rerun: uploaded files are not sent again), OSError (one line, the Hub's
+    reason) for another request it refuses, and HubInterrupted on
     Ctrl-C (at once, even mid-upload; before the commit, nothing is committed).
 
     Files are uploaded first (`preupload_lfs_files`, in the background: see `_in_background`), then the
@@ -454,6 +502,7 @@ def push(
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     check_repo_id(repo_id)
+    check_branch(revision)
     seconds = hub_timeout(timeout)
     out_dir = Path(out_dir)
     splits = splits_of(out_dir)
@@ -466,7 +515,7 @@ def push(
         raise ValueError(f"{out_dir}: split(s) {empty} have no rows; load_dataset cannot load an empty split")
     if not (out_dir / "README.md").is_file():
         raise ValueError(f"{out_dir} has no README.md; render the card first (textbookgen.card.render_card)")
-    secret = token or get_token()
+    secret = clean_token(token) or get_token()
     if not secret:
         raise PermissionError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     files = publishable_files(out_dir)
@@ -740,7 +789,8 @@ def pull(
     revision or file a FileNotFoundError naming it; Ctrl-C a HubInterrupted at once (files are written whole
     or not at all: one in flight is `.incomplete` under `local_dir/.cache`). Until every file is there the
     folder holds `dataset.PULL_INCOMPLETE`, and the readers of dataset folders (push, the trainer, the curation
-    commands) refuse it: a pull cut short would otherwise pass for a smaller dataset.
+    commands) refuse it: a pull cut short would otherwise pass for a smaller dataset. A folder whose data/ holds
+    shards the repo lacks and no pull wrote is refused before any download (ValueError).
 
     The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
     the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
@@ -748,6 +798,7 @@ def pull(
     from huggingface_hub import HfApi, snapshot_download
 
     check_repo_id(repo_id)
+    token = clean_token(token)
     seconds = hub_timeout(timeout)
     local_dir = Path(local_dir) if local_dir is not None else pull_folder(repo_id)
     api = HfApi(endpoint=endpoint, token=token)
@@ -755,13 +806,14 @@ def pull(
         with (request_timeout(seconds) as transfers,
               hub_errors(repo_id, api.endpoint, write=False, timeout=seconds, revision=revision)):
             head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+            files = set(api.list_repo_files(repo_id, repo_type="dataset", revision=head))
+            _check_no_foreign_shards(local_dir, files, repo_id)
             local_dir.mkdir(parents=True, exist_ok=True)
             mark = local_dir / PULL_INCOMPLETE  # until every file is there; readers of the folder refuse it
             mark.write_text(f"{repo_id}@{head}\n", encoding="utf-8")
             path = _in_background(lambda: snapshot_download(repo_id, repo_type="dataset", revision=head,
                                                             local_dir=local_dir, token=token, endpoint=endpoint),
                                   transfers)
-            files = set(api.list_repo_files(repo_id, repo_type="dataset", revision=head))
             stale = _drop_stale(local_dir, files)
             mark.unlink()
     except KeyboardInterrupt:
@@ -786,6 +838,19 @@ def _warn_incomplete(out_dir: Path, repo_id: str) -> None:
         log.warning("pushing an incomplete dataset to %s: %s of %s requests gave no document (its card says so); "
                     "finish the build (rerun `textbookgen build`) to publish it whole", repo_id,
                     incomplete.get("missing", "?"), incomplete.get("requests", "?"))
+
+
+def _check_no_foreign_shards(local_dir: Path, files: set[str], repo_id: str) -> None:
+    """Refuse, before any download, a pull into a folder whose data/ holds shards the repo lacks and no earlier
+    pull wrote (another build's, written there by hand): the pulled shards would sit beside them, and every
+    reader of the folder would take both for one dataset (rows added up, and no error)."""
+    pulled = local_dir / ".cache" / "huggingface" / "download"
+    foreign = [p.name for p in existing_shards(local_dir)
+               if f"data/{p.name}" not in files and not (pulled / "data" / f"{p.name}.metadata").is_file()]
+    if foreign:
+        raise ValueError(f"{local_dir}/data holds shards {repo_id} does not have and no pull wrote ("
+                         f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): they would be read "
+                         "with the pulled ones as one dataset; pull into an empty folder, or remove them")
 
 
 def _drop_stale(local_dir: Path, keep: set[str]) -> list[str]:

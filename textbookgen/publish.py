@@ -47,10 +47,15 @@ def publish(
     from textbookgen.card import check_split_columns, language_code, render_corpus_card
     from textbookgen.curation.corpus_io import Corpus
     from textbookgen.dataset import validate_split, write_dataset
-    from textbookgen.hub import PROVENANCE_FILES
+    from textbookgen.hub import PROVENANCE_FILES, check_repo_id
 
     folder, src = Path(out), Path(input_path)
     validate_split(split)
+    if repo_id is not None:
+        try:
+            check_repo_id(repo_id)
+        except ValueError as err:  # the card's load_dataset line would name no repo (a URL, a bare name)
+            raise ValueError(f"--repo-id: {err}") from None
     if language is not None:
         try:
             language_code(language)

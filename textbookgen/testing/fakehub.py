@@ -29,6 +29,7 @@ import contextlib
 import fnmatch
 import hashlib
 import json
+import logging
 import mimetypes
 import os
 import re
@@ -148,6 +149,16 @@ class Repo:
         return self.commits.get(oid)
 
 
+class InjectedDrop(ConnectionResetError):
+    """Ends a request `inject(status=None | "hang")` answers with no answer."""
+
+
+def _not_injected(record: logging.LogRecord) -> bool:
+    """A filter of aiohttp's server log: its "Error handling request" traceback of an InjectedDrop (a fault asked
+    for) is dropped; it was printed amid the output of the command under test."""
+    return not (record.exc_info and isinstance(record.exc_info[1], InjectedDrop))
+
+
 class FakeHubError(web.HTTPException):
     """An HTTP error in the Hub's format: JSON `{"error": ...}` plus the `X-Error-Code` header."""
 
@@ -200,6 +211,7 @@ class FakeHub:
         self._objects = Path(self._tmp.name) / "objects"
         self._objects.mkdir()
         self._disable_xet()
+        logging.getLogger("aiohttp.server").addFilter(_not_injected)
         started = threading.Event()
         errors: list[BaseException] = []
 
@@ -231,6 +243,7 @@ class FakeHub:
         if self._thread is not None:
             self._thread.join(30)
         self._restore_xet()
+        logging.getLogger("aiohttp.server").removeFilter(_not_injected)
         if self._tmp is not None:
             self._tmp.cleanup()
         self.port = None
@@ -359,12 +372,12 @@ class FakeHub:
         if failure["status"] is None:  # no answer at all: the client's connection breaks
             await request.read()
             request.transport.abort()
-            raise ConnectionResetError("injected dropped connection")
+            raise InjectedDrop("injected dropped connection")
         if failure["status"] == "hang":  # the connection stays open, silent, until the client leaves
             await request.read()
             while request.transport is not None and not request.transport.is_closing() and not self._closing:
                 await asyncio.sleep(0.01)
-            raise ConnectionResetError("injected hang: the client gave up")
+            raise InjectedDrop("injected hang: the client gave up")
         return web.json_response({"error": "injected fault"}, status=failure["status"])
 
     def _auth(self, request: web.Request, required: bool) -> str | None:
