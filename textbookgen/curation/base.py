@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import polars as pl
 
@@ -23,6 +24,7 @@ CHUNK_ROWS = 1000  # rows per task of a parallel step: ~2 s of filtering or deco
 # Linux forks: a worker inherits the step (a benchmark index of 100+ MB) copy-on-write, nothing pickled.
 # Elsewhere fork is unsafe or absent, so each worker gets the step pickled once, by its initializer.
 START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+LOG_EVERY_S = 60.0  # the least time between two progress lines where stderr is no terminal (the engine's too)
 
 
 @dataclass
@@ -71,14 +73,37 @@ def input_rows(df: pl.DataFrame) -> pl.Series:
 
 
 def progress(items: Iterable[T], total: int, description: str, min_total: int = 5000) -> Iterator[T]:
-    """Iterate with a rich progress bar on stderr for long runs on a terminal; silently otherwise."""
-    if total < min_total or not sys.stderr.isatty():
+    """Iterate with a rich progress bar on stderr for long runs on a terminal; without one (a log, nohup), a
+    plain line at most once a minute (`logged_progress`), as the engine does, so a long stage is not silent."""
+    if total < min_total:
         yield from items
-        return
-    from rich.console import Console
-    from rich.progress import track
+    elif not sys.stderr.isatty():
+        yield from logged_progress(items, total, description, sys.stderr)
+    else:
+        from rich.console import Console
+        from rich.progress import track
 
-    yield from track(items, total=total, description=description, console=Console(stderr=True), transient=True)
+        yield from track(items, total=total, description=description, console=Console(stderr=True), transient=True)
+
+
+def logged_progress(items: Iterable[T], total: int, description: str, out: TextIO, every_s: float = LOG_EVERY_S,
+                    clock: Callable[[], float] | None = None) -> Iterator[T]:
+    """Yield `items`, writing `<description>: done/total (pct), elapsed` to `out` once `every_s` has passed since
+    the start or the last line (checked as items come, so a line says what is done, never a guess). `clock`:
+    seconds, time.monotonic unless given."""
+    clock = clock or time.monotonic
+    start = last = clock()
+    for done, item in enumerate(items, 1):
+        yield item
+        now = clock()
+        if now - last >= every_s and done < total:
+            last = now
+            out.write(f"{description}: {done:,}/{total:,} ({done / total:.0%}) after {_minutes(now - start)}\n")
+            out.flush()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def worker_count(setting: int) -> int:

@@ -8,7 +8,6 @@ import unicodedata
 
 import numpy as np
 
-_WS = re.compile(r"\s+")
 # diacritics stripped after NFD (accents over Latin, Greek, Cyrillic letters) and variation selectors (they
 # pick a glyph, not a letter). Other combining marks are kept: Indic and Thai vowel signs, viramas, Arabic
 # harakat and kana voicing marks are part of the word, and dropping them would merge की/के/को/का.
@@ -34,8 +33,10 @@ _TABLE = _ascii_table()
 
 
 def normalize_exact(text: str) -> str:
-    """NFKC, case-folded, whitespace-collapsed: what "the same text" means for exact dedup."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """NFKC, case-folded, whitespace-collapsed: what "the same text" means for exact dedup. str.split() splits
+    at the characters re's \\s matches (both str.isspace) and is 3x faster than re.sub: this ran serially over
+    the whole corpus and was a quarter of a 200k-document dedup."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def simplify_bytes(text: str) -> bytes:
