@@ -79,10 +79,11 @@ if __name__ == "__main__":
 '''
 
 
-def two_ranks(name: str, folder: Path) -> list[dict]:
-    """Run scenario `name` on 2 gloo ranks in `folder`; each rank's outcome ({"ok": ...} or {"error", "message"})."""
+def two_ranks(name: str, folder: Path, worker: str = WORKER) -> list[dict]:
+    """Run scenario `name` of the script `worker` on 2 gloo ranks in `folder`; each rank's outcome ({"ok": ...} or
+    {"error": ..., ...}), which the script writes to folder/rank-N.json."""
     script = folder / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(worker)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, str(script), name, str(folder)], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=180)

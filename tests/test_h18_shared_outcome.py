@@ -5,15 +5,8 @@ training step: an all_gather_object cost ~8 all-reduces on CPU gloo)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+import test_h15_rank_errors as h15
 
 # one process per rank (torch.multiprocessing spawn); each writes what it ended with to OUT/rank-N.json
 WORKER = '''
@@ -62,24 +55,12 @@ if __name__ == "__main__":
 '''
 
 
-def two_ranks(name: str, folder: Path) -> list[dict]:
-    """Run scenario `name` on 2 gloo ranks in `folder`; each rank's outcome ({"ok": ...} or {"error", ...})."""
-    script = folder / "worker.py"
-    script.write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, str(script), name, str(folder)], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=180)
-    files = [folder / f"rank-{r}.json" for r in (0, 1)]
-    assert all(f.is_file() for f in files), proc.stderr[-3000:]
-    return [json.loads(f.read_text()) for f in files]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "error"), [("interrupt", "KeyboardInterrupt"), ("exit", "SystemExit")])
 def test_an_interrupt_or_exit_on_rank_0_reaches_every_rank(tmp_path, name, error):
     """Rank 0's KeyboardInterrupt (a second Ctrl-C while it writes a checkpoint) skipped the gather: rank 1 crashed
     on the closed connection (or hung under NCCL). Now rank 1 raises it too, and stops as interrupted."""
-    outcomes = two_ranks(name, tmp_path)
+    outcomes = h15.two_ranks(name, tmp_path, WORKER)
     assert outcomes == [{"error": error, "every_rank": True}] * 2, outcomes
 
 
@@ -87,5 +68,5 @@ def test_an_interrupt_or_exit_on_rank_0_reaches_every_rank(tmp_path, name, error
 def test_no_failure_gathers_no_errors(tmp_path):
     """The per-step metrics write goes through shared_outcome: where no rank fails, one all-reduce of a flag decides,
     and each rank gets its own result."""
-    outcomes = two_ranks("no_failure", tmp_path)
+    outcomes = h15.two_ranks("no_failure", tmp_path, WORKER)
     assert outcomes == [{"ok": [1, 1, 1]}, {"ok": [11, 11, 11]}], outcomes
