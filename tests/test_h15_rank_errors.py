@@ -14,6 +14,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# the main of a worker script: `worker(rank, port, scenario, folder)` on 2 spawned ranks, at a free port
+SPAWN_MAIN = '''
+
+if __name__ == "__main__":
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    mp.spawn(worker, args=(port, sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
 # one process per rank (torch.multiprocessing spawn, no torchrun agent to kill the ranks left behind); each writes
 # what it ended with to OUT/rank-N.json
 WORKER = '''
@@ -69,14 +80,7 @@ def worker(rank, port, name, folder):
         outcome = {"error": type(e).__name__, "message": str(e)}
     (folder / f"rank-{rank}.json").write_text(json.dumps(outcome))
 
-
-if __name__ == "__main__":
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    mp.spawn(worker, args=(port, sys.argv[1], sys.argv[2]), nprocs=2)
-'''
+''' + SPAWN_MAIN
 
 
 def two_ranks(name: str, folder: Path, worker: str = WORKER) -> list[dict]:

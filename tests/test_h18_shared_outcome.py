@@ -45,14 +45,7 @@ def worker(rank, port, name, folder):
     (Path(folder) / f"rank-{rank}.json").write_text(json.dumps(outcome))
     dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    mp.spawn(worker, args=(port, sys.argv[1], sys.argv[2]), nprocs=2)
-'''
+''' + h15.SPAWN_MAIN
 
 
 @pytest.mark.slow
