@@ -396,10 +396,9 @@ def test_budget_stops_launching_and_rerun_continues(tmp_path, caplog):
         assert all(r.status in ("ok", "truncated") for r in more) and emu.duplicates == 0
 
 
-def test_cost_budget_without_a_price_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="textbookgen.engine"):
+def test_cost_budget_without_a_price_is_refused():
+    with pytest.raises(ValueError, match="model 'my-local-model' has no known price"):
         Generator("openai-compatible", "my-local-model", base_url="http://127.0.0.1:9/v1", max_cost_usd=5)
-    assert "no price is known for model 'my-local-model'" in caplog.text
 
 
 def test_output_token_budget(tmp_path):

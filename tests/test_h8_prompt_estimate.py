@@ -117,7 +117,8 @@ def test_a_budget_close_to_its_end_is_not_overrun_by_tools_or_schemas(heavy, pro
     be billed about a hundred times the budget; now two are answered and two skipped, within the budget."""
     requests = [request(provider, heavy, i) for i in range(4)]
     model = "claude-haiku-4-5" if provider == "anthropic" else "gpt-4o-mini"
-    budget = 2 * estimate_input_tokens(requests[0]) * PRICES[model][0] / 1e6 * (0.5 if batch else 1.0) + 1e-6
+    est = estimate_input_tokens(requests[0], provider, model)  # Anthropic's: its tool-use system prompt too
+    budget = 2 * est * PRICES[model][0] / 1e6 * (0.5 if batch else 1.0) + 1e-6
     config = EmulatorConfig(latency_median_s=0.01, latency_sigma=0.0, responder=short, batch_latency_s=0.05)
     with Emulator(config) as emu:
         base_url = emu.anthropic_base_url if provider == "anthropic" else emu.openai_base_url

@@ -4,8 +4,6 @@ cache_rates resolves a name the same way."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from textbookgen.engine import Generator
@@ -48,10 +46,11 @@ def test_user_prices_extend_to_their_snapshots():
     assert price_of("my-model-20250101", {"my-model": (1.0, 2.0)}) == (1.0, 2.0)
 
 
-def test_a_budget_on_an_unknown_suffix_warns_instead_of_using_the_base_price(caplog):
-    with caplog.at_level(logging.WARNING, logger="textbookgen.engine"):
-        gen = Generator("openai", "gpt-4o-mini-tts", api_key="sk-x", max_cost_usd=10.0, progress=False)
-    assert gen.price_in == gen.price_out == 0 and "no price is known for model 'gpt-4o-mini-tts'" in caplog.text
+def test_a_budget_on_an_unknown_suffix_is_refused_instead_of_using_the_base_price():
+    with pytest.raises(ValueError, match="model 'gpt-4o-mini-tts' has no known price"):
+        Generator("openai", "gpt-4o-mini-tts", api_key="sk-x", max_cost_usd=10.0, progress=False)
+    gen = Generator("openai", "gpt-4o-mini-tts", api_key="sk-x", progress=False)
+    assert gen.price_in == gen.price_out == 0
 
 
 @pytest.mark.parametrize("model, rates", [

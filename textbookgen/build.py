@@ -734,7 +734,7 @@ class Build:
             max_cost_usd=r.budget.max_cost_usd,
             max_output_tokens=r.budget.max_output_tokens,
             prices=r.price_table(),
-            warn_unpriced=False,  # the recipe's note says it once per build (`Recipe.budget_notes`)
+            refuse_unpriced=False,  # the recipe's note says it once per build (`Recipe.budget_notes`)
             progress=self.progress,
             timeout_s=p.timeout_s,
             max_attempts=p.max_attempts,

@@ -1071,8 +1071,9 @@ def _grow_estimate(tax: Taxonomy, target: int, per_call: int | None, model: str,
             f"~{est['output_tokens']:,} output tokens, ~${usd:,.4f} on {model} (at most ${worst:,.4f} if every "
             f"answer runs to {cfg.max_tokens:,} tokens)")
     if not is_priced(model, table):
-        line += (f"\nnote: {model} is not in the price table, so it counts as $0 and --max-cost cannot stop it; "
-                 "give its price with --price MODEL=IN,OUT (USD per 1M tokens)")
+        refused = " (a run with --max-cost is refused)" if max_cost is not None else ""
+        line += (f"\nnote: {model} is not in the price table, so it counts as $0 and --max-cost cannot stop "
+                 f"it{refused}; give its price with --price MODEL=IN,OUT (USD per 1M tokens)")
     elif max_cost is not None and usd + est.get("paid_usd", 0.0) > max_cost:
         line += (f"\nnote: the estimate exceeds --max-cost {max_cost:g}: growth will stop short of --target and DST "
                  "will not be written (the answers paid for are kept for a rerun with a larger budget)")
@@ -1432,7 +1433,7 @@ def classifier_label(
             _exit_interrupted_run(journal)
         write_corpus(labelled, output)
     typer.echo(json.dumps(stats, indent=2))
-    if max_cost is None and not is_priced(model, prices):  # with --max-cost the engine warns
+    if max_cost is None and not is_priced(model, prices):  # with --max-cost the engine refuses to start
         typer.echo(f"note: {model} has no known price, so cost_usd counts its calls as $0; give --price "
                    "MODEL=IN,OUT (USD per 1M tokens) to count what they cost", err=True)
     if skipped := stats["dropped"].get("skipped_budget"):  # a script must not train on a budget's cut

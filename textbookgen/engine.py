@@ -81,10 +81,18 @@ from textbookgen.journal import (
     request_key,
     request_of,
 )
-from textbookgen.pricing import BATCH_DISCOUNT, cache_rates, cache_write_1h_rate, price_of
+from textbookgen.pricing import (
+    BATCH_DISCOUNT,
+    cache_rates,
+    cache_write_1h_rate,
+    is_priced,
+    price_of,
+    tool_prompt_tokens,
+)
 from textbookgen.providers import (
     PROVIDERS,
     CannotConnect,
+    anthropic_tools,
     make_provider,
     replica_urls,
     structured_output_tool,
@@ -231,6 +239,14 @@ def credential_param(params: Mapping, path: str = "") -> str | None:
     return None
 
 
+def unpriced_budget(model: str) -> str:
+    """Why a dollar budget on `model` is refused, and how to give its price."""
+    return (f"max_cost_usd (--max-cost) is set but model {model!r} has no known price, so its calls would count as "
+            f"$0 and the budget could never stop them; give its price in USD per 1M tokens: --price {model}=IN,OUT "
+            f"(prices={{{model!r}: (IN, OUT)}} in Python; {model}=0,0 for a free server of your own), or budget "
+            "output tokens instead (--max-output-tokens)")
+
+
 def sampled(req: ChatRequest, n: int, seed: int | None = None) -> list[ChatRequest]:
     """`n` answers to one prompt, each tagged `metadata["sample"]`: sample 0 is the request n=1 makes (seeded
     `req.seed`, else `seed`, else not at all), sample j >= 1 is seeded base + j (base: the same seed, else 0).
@@ -346,27 +362,41 @@ def cache_write_ttls(part: Any) -> set[str]:
     return set()
 
 
-def estimate_input_tokens(req: ChatRequest) -> int:
+def estimate_input_tokens(req: ChatRequest, provider: str | None = None, model: str = "") -> int:
     """A cheap prompt-size estimate, plus per-message overhead; the engine corrects it by the ratio of real
     usage to estimates as answers come back. English runs about 4 characters a token, but a Chinese, Japanese
     or Korean character is a token or more: at 4 characters a token the first such requests held a quarter of
     their input or less against the budget and the token limits. Tool definitions and a structured output's
     schema are billed as input too (`_prompt_params`): left out, a tools-heavy run's first requests were held at
-    a fraction of their input."""
+    a fraction of their input. With `provider` and `model`, also the input the provider adds that the request
+    does not hold (`hidden_prompt_tokens`)."""
     tokens = _text_tokens(req.system or "")
     for message in req.messages:
         content = message.get("content")
         tokens += _text_tokens(content if isinstance(content, str) else json.dumps(content, ensure_ascii=False))
     for text in _prompt_params(req):
         tokens += _text_tokens(text)
-    return math.ceil(tokens) + 4 * len(req.messages) + 3
+    return math.ceil(tokens) + 4 * len(req.messages) + 3 + hidden_prompt_tokens(provider, model, req)
+
+
+def hidden_prompt_tokens(provider: str | None, model: str, req: ChatRequest) -> int:
+    """Input tokens `provider` bills for `req` beyond its body: Anthropic's tool-use system prompt wherever the
+    request sends tools (its structured output is a forced tool): 313 tokens on current models. Left out, the first
+    requests of a structured run on a short prompt were held at a fraction of their input."""
+    if provider != "anthropic":
+        return 0
+    tools, choice = anthropic_tools(req)
+    return tool_prompt_tokens(model, choice) if tools else 0
 
 
 # request-body keys beside system and messages that the providers bill as input: tool definitions and the choice of
 # one (OpenAI, Anthropic; OpenAI's older functions), a structured output's schema (OpenAI's response_format,
-# Anthropic's output_config.format and its beta output_format); not sampling knobs (stop, top_k, ...)
+# Anthropic's output_config.format and its beta output_format), and the `documents` of OpenAI-compatible servers
+# (vLLM renders them into the prompt through a chat template that takes them, RAG ones; others ignore them: counted
+# at the most); not sampling knobs (stop, top_k, ...), nor vLLM's guided decoding (guided_json, guided_regex,
+# guided_choice, guided_grammar, structured_outputs), which constrains the output and adds no prompt token
 _PROMPT_PARAMS = frozenset({"tools", "tool_choice", "functions", "function_call", "response_format",
-                            "output_config", "output_format"})
+                            "output_config", "output_format", "documents"})
 
 
 def _prompt_params(req: ChatRequest) -> list[str]:
@@ -495,8 +525,9 @@ class Generator:
     spent_aside (an attribute): spent against the same budgets outside this request set and outside spent_before,
     counted besides them (an LLM call's earlier schema re-ask rounds, each a request set of its own).
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
-    warn_unpriced: log a warning where max_cost_usd is set on a model with no price (it counts as $0, so the
-    budget cannot stop it); False where the caller says so already (a build's recipe note).
+    refuse_unpriced: refuse (ValueError) a max_cost_usd on a model with no price: its calls would count as $0, so
+    the dollar budget could never stop them (an unbounded spend under a budget); give its price in `prices` ($0 for a
+    free server of your own). False leaves it to the caller (a build says so in its recipe note).
     max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
     holds as failed for a permanent reason (400, refusal, content filter); those failed for a passing one
     (retries exhausted, an empty answer) are re-sent by every run.
@@ -528,7 +559,7 @@ class Generator:
                  retry_failed: bool = False, batch: bool = False, batch_size: int = 10_000,
                  batch_poll_s: float = 30.0, batch_max_rounds: int = 3, batch_limits: BatchLimits | None = None,
                  max_error_rate: float | None = 0.5, error_window: int = 50, spent_before: Spend | None = None,
-                 warn_unpriced: bool = True, share_limits: bool = True,
+                 refuse_unpriced: bool = True, share_limits: bool = True,
                  answer_check: Callable[[ChatResponse], str | None] | None = None) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
@@ -552,6 +583,8 @@ class Generator:
         if (max_cost_usd is not None and not max_cost_usd >= 0) or (max_output_tokens or 0) < 0:
             raise ValueError(f"max_cost_usd and max_output_tokens must be >= 0, got {max_cost_usd} and "
                              f"{max_output_tokens}")
+        if refuse_unpriced and max_cost_usd is not None and not is_priced(model, prices):
+            raise ValueError(unpriced_budget(model))
         if isinstance(base_url, (list, tuple)) and len(base_url) == 1:
             base_url = base_url[0]  # one replica is one server: messages and hints name it as such
         self.provider, self.model, self.base_url = provider, model, base_url
@@ -569,10 +602,6 @@ class Generator:
         self.price_in, self.price_out = (p * factor / 1e6 for p in price_of(model, prices))
         self.cache_read_rate, self.cache_write_rate = cache_rates(model)
         self.cache_write_1h_rate = cache_write_1h_rate(model)
-        if warn_unpriced and max_cost_usd is not None and not (self.price_in or self.price_out):
-            log.warning("max_cost_usd is set but no price is known for model %r, so its calls count as $0 "
-                        "and the cost budget cannot stop the run; pass prices={%r: (input, output)} in USD "
-                        "per 1M tokens (or --price) if it is not free", model, model)
         self.progress = progress
         self.timeout_s, self.max_attempts = timeout_s, max_attempts
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
@@ -609,8 +638,8 @@ class Generator:
         try:
             journal.lock_for_run()
             results, abandoned, resent = self._replay(journal, unique)
-            todo = [_Item(k, r, estimate_input_tokens(r), self._input_rate(r)) for k, r in unique.items()
-                    if k not in results]
+            todo = [_Item(k, r, estimate_input_tokens(r, self.provider, self.model), self._input_rate(r))
+                    for k, r in unique.items() if k not in results]
             if todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
                 await self._generate(journal, todo, results, abandoned, resent)
             else:  # all answered by the journal: the stats still describe this run, not the last one

@@ -74,6 +74,18 @@ CACHE_READ: dict[str, float] = {
 CACHE_WRITE: dict[str, float] = dict.fromkeys(_CLAUDE, 1.25)
 CACHE_WRITE_1H: dict[str, float] = dict.fromkeys(_CLAUDE, 2.0)  # Anthropic's 1-hour cache (`"ttl": "1h"`)
 
+# Anthropic's tool-use system prompt: input tokens it adds to every request that sends tools (beside the tools'
+# own definitions), by model and tool_choice: (auto or none, any or tool), from Anthropic's tool-use pricing table.
+# A Claude model not listed (a newer one) is counted at the current models' `TOOL_PROMPT_DEFAULT`.
+TOOL_PROMPT_TOKENS: dict[str, tuple[int, int]] = {
+    **dict.fromkeys(("claude-opus-4-1", "claude-opus-4", "claude-opus-4-0", "claude-sonnet-4-5", "claude-sonnet-4",
+                     "claude-sonnet-4-0", "claude-haiku-4-5", "claude-3-7-sonnet"), (346, 313)),
+    **dict.fromkeys(("claude-3-5-haiku", "claude-3-haiku"), (264, 340)),
+    "claude-3-opus": (530, 281),
+    "claude-3-sonnet": (159, 235),
+}
+TOOL_PROMPT_DEFAULT = (346, 313)
+
 # what may follow a table entry's name and still be that model: a dated snapshot or the `-latest` alias
 _SNAPSHOT = re.compile(r"(?P<base>.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)")
 
@@ -119,3 +131,12 @@ def estimate_cost(model: str, input_tokens: int, output_tokens: int,
     """USD cost of one call with this usage."""
     price_in, price_out = price_of(model, prices)
     return (input_tokens * price_in + output_tokens * price_out) / 1e6
+
+
+def tool_prompt_tokens(model: str, tool_choice: object) -> int:
+    """The input tokens Anthropic's hidden tool-use system prompt adds to a request to `model` that sends tools, at
+    its `tool_choice` (None: auto). It is billed but in no part of the request body, so an estimate from the body
+    misses it: 313 to 530 tokens, more than a short prompt itself."""
+    kind = tool_choice.get("type") if isinstance(tool_choice, Mapping) else None
+    auto, forced = TOOL_PROMPT_TOKENS.get(resolve(model, TOOL_PROMPT_TOKENS) or "", TOOL_PROMPT_DEFAULT)
+    return forced if kind in ("any", "tool") else auto

@@ -384,6 +384,16 @@ def _thinking(content: list[dict]) -> str | None:
     return "".join(parts) or None
 
 
+def anthropic_tools(req: ChatRequest) -> tuple[object, object]:
+    """The `tools` and `tool_choice` an Anthropic request sends (None where it sends none), as `AnthropicProvider.body`
+    builds them: its params' own, over the forced tool of its structured output. They decide the hidden tool-use
+    system prompt Anthropic bills (`pricing.tool_prompt_tokens`)."""
+    tool = structured_output_tool(req.response_format)
+    tools = req.params.get("tools", [tool] if tool is not None else None)
+    choice = req.params.get("tool_choice", {"type": "tool", "name": tool["name"]} if tool is not None else None)
+    return tools, choice
+
+
 def structured_output_tool(response_format: dict | None) -> dict | None:
     """An OpenAI-style `json_schema` response_format as an Anthropic tool definition (None otherwise)."""
     if not response_format or response_format.get("type") != "json_schema":

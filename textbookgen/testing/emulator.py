@@ -26,6 +26,9 @@ POST /v1/messages/batches/{id}/cancel, GET /v1/messages/batches/{id}/results. A 
 answered as the online route would answer it (per-request faults included, latency, rate limits and
 transport faults not) when its batch ends, after `batch_latency_s`; `batch_outcomes` makes batches expire.
 
+Input is billed as the providers bill it: messages, tool definitions and schemas, the `documents` a vLLM chat
+template renders, and Anthropic's hidden tool-use system prompt (`pricing.tool_prompt_tokens`) where tools are sent.
+
 Counters: received (every online completion request), billed (answered with a 200, online or in a batch,
 or abandoned by the client after admission: providers bill those too), billed_keys (Counter of request
 hashes), duplicates (billed beyond the first per hash, across online calls and batches), tokens_by_key,
@@ -64,6 +67,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
+from textbookgen.pricing import tool_prompt_tokens
 from textbookgen.testing.batches import (
     OPENAI_ENDPOINT,
     Job,
@@ -582,7 +586,7 @@ class Emulator:
     async def _anthropic_count_tokens(self, request: web.Request) -> web.Response:
         self._check_auth(request, ANTHROPIC)
         body = await self._json_body(request, ANTHROPIC)
-        return web.json_response({"input_tokens": self._count_input(body)})
+        return web.json_response({"input_tokens": self._count_input(body, ANTHROPIC)})
 
     async def _complete(self, request: web.Request, provider: str) -> web.StreamResponse:
         self.received += 1
@@ -950,12 +954,15 @@ class Emulator:
                 "anthropic-version" not in request.headers:
             raise self._error(provider, "400", message="anthropic-version: header is required")
 
-    def _count_input(self, body: dict[str, Any]) -> int:
-        """The prompt tokens billed: system and messages, and the tool definitions and structured-output schema the
-        providers bill as input too (`_billed_schemas`)."""
+    def _count_input(self, body: dict[str, Any], provider: str = OPENAI) -> int:
+        """The prompt tokens billed: system and messages, the tool definitions, structured-output schema and
+        documents billed as input too (`_billed_schemas`), and Anthropic's hidden tool-use system prompt wherever a
+        request sends tools (`pricing.tool_prompt_tokens`: by model and tool_choice)."""
         messages = body.get("messages") or []
+        hidden = tool_prompt_tokens(str(body.get("model")), body.get("tool_choice")) \
+            if provider == ANTHROPIC and body.get("tools") else 0
         return (prompt_tokens(prompt_text(messages, body.get("system"))) + prompt_tokens(_billed_schemas(body))
-                + 3 * len(messages) + 3)
+                + 3 * len(messages) + 3 + hidden)
 
     def _parse_call(self, provider: str, body: dict[str, Any]) -> _Call:
         model, messages = body.get("model"), body.get("messages")
@@ -986,7 +993,7 @@ class Emulator:
             stops = body.get("stop") or []
             stops = [stops] if isinstance(stops, str) else stops
             n = _first_set(body, "n", default=1)
-        input_tokens = self._count_input(body)
+        input_tokens = self._count_input(body, provider)
         context = self.config.context_tokens
         reserved = max_tokens if (provider == ANTHROPIC or "max_tokens" in body or "max_completion_tokens" in body) else 0
         if context is not None and input_tokens + reserved > context:
@@ -1421,9 +1428,11 @@ def _first_set(body: dict[str, Any], *keys: str, default: int) -> int:
 
 def _billed_schemas(body: dict[str, Any]) -> str:
     """The JSON of a body's parts beside its messages that are billed as input: OpenAI's and Anthropic's tools and
-    tool_choice, OpenAI's functions and response_format, Anthropic's output_config.format (and beta output_format)."""
+    tool_choice, OpenAI's functions and response_format, Anthropic's output_config.format (and beta output_format),
+    and the `documents` a vLLM server's chat template renders into the prompt (its guided_json and other guided
+    decoding constrain the output: not billed)."""
     parts = [body.get(k) for k in ("tools", "tool_choice", "functions", "function_call", "response_format",
-                                   "output_format")]
+                                   "output_format", "documents")]
     config = body.get("output_config")
     parts.append(config.get("format") if isinstance(config, dict) else None)
     return "\n".join(json.dumps(part, ensure_ascii=False) for part in parts if part)
