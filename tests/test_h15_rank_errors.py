@@ -14,21 +14,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# the main of a worker script: `worker(rank, port, scenario, folder)` on 2 spawned ranks, at a free port
+# the main of a worker script: `worker(rank, port, scenario, folder)` on 2 spawned ranks, which join (env://) the
+# store this process holds, as torchrun's workers join its agent's (TORCHELASTIC_USE_AGENT_STORE): a port picked
+# free and closed here was free for anyone until rank 0 bound it, and two test runs at once could take the same one
 SPAWN_MAIN = '''
 
 if __name__ == "__main__":
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    mp.spawn(worker, args=(port, sys.argv[1], sys.argv[2]), nprocs=2)
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
+    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
+    mp.spawn(worker, args=(store.port, sys.argv[1], sys.argv[2]), nprocs=2)
 '''
 
 # one process per rank (torch.multiprocessing spawn, no torchrun agent to kill the ranks left behind); each writes
 # what it ended with to OUT/rank-N.json
 WORKER = '''
-import json, os, socket, sys
+import json, os, sys
 import torch.multiprocessing as mp
 
 

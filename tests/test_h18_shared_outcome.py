@@ -10,7 +10,7 @@ import test_h15_rank_errors as h15
 
 # one process per rank (torch.multiprocessing spawn); each writes what it ended with to OUT/rank-N.json
 WORKER = '''
-import json, os, socket, sys
+import json, os, sys
 from datetime import timedelta
 import torch.multiprocessing as mp
 
