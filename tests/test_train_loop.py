@@ -129,7 +129,7 @@ def test_pure_bf16_keeps_gains_and_biases_fp32_so_they_train(tmp_path):
     before = {n: p.detach().float().clone() for n, p in trainer.model.named_parameters()}
     loader = Loader(trainer.sampler, trainer.plan, 0, "cpu")
     for step in range(5):
-        trainer.train_step(step, loader, lambda: False)
+        trainer.train_step(step, loader, lambda: None)
     loader.close()
     moved = {n: (p.detach().float() != before[n]).float().mean().item() for n, p in trainer.model.named_parameters()}
     assert moved["model.final_layernorm.weight"] > 0.9 and moved["model.layers.0.input_layernorm.weight"] > 0.9

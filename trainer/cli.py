@@ -20,7 +20,7 @@ from pathlib import Path
 _RUNTIME_USER_ERRORS = {"CheckpointError", "TrainingDiverged"}
 # `train` exits 0 when done. A run stopped early, with a checkpoint to resume from by running the same command
 # again, exits 130 on SIGINT and 143 on SIGTERM (128 + the signal, as the shell reports a process they kill) and
-# STOPPED otherwise (train.time_budget_s, or a stop that another rank asked for): a requeue loop can tell
+# STOPPED otherwise (train.time_budget_s), on every rank alike: a requeue loop can tell
 # "stopped" from "done", and `train && export` exports a finished model only.
 STOPPED = 3
 _STOP_EXIT = {"SIGINT": 130, "SIGTERM": 143}

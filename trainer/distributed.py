@@ -172,6 +172,18 @@ def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
     return result
 
 
+def from_rank_0(fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0 alone (`shared_outcome`: its failure raised on every rank), its result sent to every rank:
+    for what the ranks must agree on but one process should fetch (a Hub download, a file that one node may lack),
+    where each rank loading its own could fail on one rank only, the others going on."""
+    result = shared_outcome(fn)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        sent = [result]
+        dist.broadcast_object_list(sent, src=0)
+        result = sent[0]
+    return result  # type: ignore[return-value]
+
+
 def _any_rank(flag: bool) -> bool:
     """Whether `flag` holds on any rank: one all-reduce, on the GPU under NCCL (which has no CPU tensors)."""
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"

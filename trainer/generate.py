@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 
 from trainer.files import load_weights
 from trainer.model import KVCache, Phi
@@ -80,15 +81,25 @@ def generate_text(model: Phi, tokenizer, prompts: list[str], max_new_tokens: int
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     eos = tokenizer.token_to_id(EOS_TOKEN)
+    as_trained = as_prepare_encodes(tokenizer)
     texts = []
     for prompt in prompts:
-        ids = tokenizer.encode(prompt).ids or [eos]
+        ids = as_trained.encode(prompt, add_special_tokens=False).ids or [eos]
         x = torch.tensor([ids], device=device)
         y = generate(model, x, max_new_tokens, temperature, top_k, top_p, eos if stop_at_eos else None,
                      vocab_limit=tokenizer.get_vocab_size(), generator=gen)
         new = [i for i in y[0, len(ids):].tolist() if not (stop_at_eos and i == eos)]
         texts.append(tokenizer.decode(new, skip_special_tokens=False))
     return texts
+
+
+def as_prepare_encodes(tokenizer: Tokenizer) -> Tokenizer:
+    """A copy of `tokenizer` that encodes text as `prepare` encodes a document (`trainer.data`): a `<|endoftext|>`
+    written in it is spelled out as text, as training saw it inside documents (EOS came only after each one).
+    Encoded as the EOS id, such a prompt asked the model to start a new document there."""
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.encode_special_tokens = True
+    return copy
 
 
 def load_model(path: str | Path, device: str = "cpu", config_name: str | None = None, **overrides) -> Phi:

@@ -366,7 +366,9 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
     d = cfg.data
     if d.synthetic:
         return SyntheticSampler(vocab_size, d.seq_len, cfg.train.seed), "synthetic"
-    stale = stale_parts(cfg)
+    # decided on rank 0 and sent to the others: each rank loaded data.tokenizer for it, and a rank whose load alone
+    # failed (a Hub load) refused alone, or judged the data by another rule than the others
+    stale = distributed.from_rank_0(lambda: stale_parts(cfg))
     if stale and info.enabled:
         pending = [d.datasets[i].source for i in sorted({p.dataset for p in stale})]
         raise DataError(f"tokenized data missing or out of date for {pending}: run `python -m trainer prepare "
@@ -534,6 +536,8 @@ class _StopFlag:
     the ranks hung until torchrun killed them."""
 
     REPEAT_S = 5.0
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    BUDGET = "time budget"
 
     def __init__(self, budget_s: float | None = None, started: float | None = None, exit_s: float = 0.0,
                  shutdown_s: float = 0.0) -> None:
@@ -551,7 +555,7 @@ class _StopFlag:
     def __enter__(self) -> _StopFlag:
         self._last = time.perf_counter()
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -569,7 +573,7 @@ class _StopFlag:
         self._last, self._saving = now, 0.0
         next_step = max(self._cycles[1:] or self._cycles)
         if self._budget_s and now - self._t0 + next_step + self.exit_s + self.shutdown_s >= self._budget_s:
-            self.reason = self.reason or "time budget"
+            self.reason = self.reason or self.BUDGET
         return self.reason is not None
 
     def _handle(self, signum, frame) -> None:
@@ -588,6 +592,9 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+# what a rank may stop for (`_StopFlag.reason`), first the one that names a stop where ranks differ: every rank
+# reports it (the CLI's exit code follows it), not only the rank that met it
+STOP_REASONS = (*(sig.name for sig in _StopFlag.SIGNALS), _StopFlag.BUDGET)
 CHECKPOINT_WRITE_GBPS = 0.5  # assumed until a checkpoint has been timed (the lent H200's local disk wrote 0.6)
 SHUTDOWN_S = 5.0  # from the exit checkpoint to the process's end (an H200 with phi-1.5: 4 s)
 
@@ -747,9 +754,15 @@ class Trainer:
     def _run_tokenizer(self) -> Any:
         """data.tokenizer, which each checkpoint keeps (export, generate and eval read it there). A resume
         refuses another one than its checkpoint kept: the embeddings would go on learning other ids. None on
-        synthetic data; where data.tokenizer cannot be loaded here (the Hub offline), the checkpoint's."""
+        synthetic data; where data.tokenizer cannot be loaded here (the Hub offline), the checkpoint's. Rank 0 alone
+        loads it and sends it to the others: a load that failed on one rank only (a Hub download, a folder its node
+        lacks) left the others going on into a collective that rank never reached."""
         if self.cfg.data.synthetic:
             return None
+        return distributed.from_rank_0(self._load_run_tokenizer)
+
+    def _load_run_tokenizer(self) -> Any:
+        """`_run_tokenizer`'s load and checks, on rank 0."""
         spec = self.cfg.data.tokenizer
         saved = checkpoint.pinned_tokenizer(self.resume_from) if self.resume_from is not None else None
         try:
@@ -848,15 +861,21 @@ class Trainer:
         spec = self.cfg.train.init_from
         if not spec or self.resume_from is not None:
             return None
+        # every rank loads the weights (FSDP2 shards them, no broadcast): a load that fails on one rank only (a Hub
+        # download) is raised on every rank, else the others wait for it in the first collective
+        initial = distributed.shared_outcome(lambda: self._load_initial(spec), every=True)
+        self.console.print(f"starting from the weights of {spec}")
+        return initial
+
+    def _load_initial(self, spec: str) -> Phi:
+        """train.init_from's weights, its tokenizer checked against data.tokenizer first (a doubt is warned about)."""
         from trainer.pretrained import check_tokenizer, load_initial
 
         if self.cfg.train.init_from_tokenizer_check and not self.cfg.data.synthetic:
             doubt = check_tokenizer(spec, self.cfg.data.tokenizer)
             if doubt:
                 self.console.print(f"[yellow]warning:[/] {doubt}")
-        initial = load_initial(spec)
-        self.console.print(f"starting from the weights of {spec}")
-        return initial
+        return load_initial(spec)
 
     def _weights_config(self, initial: Phi | None) -> tuple[PhiConfig | None, str]:
         """The model config of the weights the model must fit, and their name: init_from's on a fresh start,
@@ -988,11 +1007,13 @@ class Trainer:
         export_hf(self.model, out, tokenizer=self.tokenizer, dtype=self.cfg.checkpoint.export_dtype)
         self.console.print(f"exported {out}")
 
-    def train_step(self, step: int, loader: Loader, stop_wanted: Callable[[], bool]) -> tuple[float, float, bool]:
+    def train_step(self, step: int, loader: Loader,
+                   stop_wanted: Callable[[], str | None]) -> tuple[float, float, str | None]:
         """Forward/backward over the accumulation micro-steps, clip, update.
 
-        `stop_wanted()` is asked once the gradients are in. Returns (mean loss, grad norm, whether any
-        rank wants to stop). Raises TrainingDiverged, before the update, on a non-finite loss or gradient."""
+        `stop_wanted()` (why this rank wants to stop, one of STOP_REASONS, or None) is asked once the gradients are
+        in. Returns (mean loss, grad norm, why the ranks stop: the first of STOP_REASONS any rank gave, the same on
+        every rank, or None). Raises TrainingDiverged, before the update, on a non-finite loss or gradient."""
         plan = self.plan
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(step)
@@ -1007,10 +1028,13 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip or float("inf"))
         if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor
             gnorm = gnorm.full_tensor()
-        # one all-reduce carries the mean loss and any rank's wish to stop (ranks must stop together)
-        flags = torch.tensor(float(stop_wanted()), device=self.device)
-        stats = distributed.all_reduce_sum(torch.stack([loss_sum / plan.accum_steps, flags]))
-        loss_val, stop_votes, gnorm_val = stats[0].item() / self.info.world_size, stats[1].item(), float(gnorm)
+        # one all-reduce carries the mean loss and each rank's wish to stop, by reason (ranks must stop together, and
+        # for one reason: a rank that got no signal itself exited 3, the one that got SIGTERM 143)
+        reason = stop_wanted()
+        votes = torch.tensor([float(reason == r) for r in STOP_REASONS], device=self.device)
+        stats = distributed.all_reduce_sum(torch.cat([(loss_sum / plan.accum_steps).reshape(1), votes])).tolist()
+        loss_val, gnorm_val = stats[0] / self.info.world_size, float(gnorm)
+        stop = next((r for r, n in zip(STOP_REASONS, stats[1:], strict=True) if n > 0), None)
         if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
             raise TrainingDiverged(
                 f"step {step + 1}: loss is {loss_val}, grad norm {gnorm_val}; stopped before the update. "
@@ -1018,7 +1042,7 @@ class Trainer:
                 f"warmup (schedule.warmup_steps), optim.grad_clip, or precision bf16-mixed.")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_val, gnorm_val, stop_votes > 0
+        return loss_val, gnorm_val, stop
 
     def record(self, step: int, loss: float, gnorm: float, dt: float) -> dict[str, Any]:
         tokens, seen = self.cfg.tokens_per_step, self.tokens_seen(step)
@@ -1132,7 +1156,7 @@ class Trainer:
         return out
 
     def _train_steps(self, loader: Loader, log: MetricsLog, result: TrainResult) -> int:
-        """Step until `max_steps` or a stop (a signal, train.time_budget_s, another rank's), validating, logging
+        """Step until `max_steps` or a stop (a signal, train.time_budget_s, on any rank), validating, logging
         and checkpointing at their intervals; each step's record goes into `result`, whose final_step and
         stop_reason follow. Returns the last step checkpointed (`start` if none)."""
         step = last_saved = self.start
@@ -1144,7 +1168,7 @@ class Trainer:
             self.model.train()
             while step < self.max_steps:
                 t0 = time.perf_counter()
-                loss, gnorm, stop_now = self.train_step(step, loader, stop.wanted)
+                loss, gnorm, stopping = self.train_step(step, loader, lambda: stop.reason if stop.wanted() else None)
                 step = result.final_step = step + 1
                 rec = self.record(step, loss, gnorm, time.perf_counter() - t0)
                 if self._validation_due(step):
@@ -1156,8 +1180,8 @@ class Trainer:
                 bar.update(task, completed=step, status=_status(rec, last_val))
                 if step % self.cfg.log.every == 0 or step in (self.start + 1, self.max_steps):
                     self.console.print(f"step {step:>6}/{self.max_steps} | {_status(rec, last_val)}", highlight=False)
-                if stop_now:
-                    result.stop_reason = stop.reason or "stop requested on another rank"
+                if stopping:
+                    result.stop_reason = stopping
                     break
                 if self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0:
                     t0 = time.perf_counter()
