@@ -103,9 +103,11 @@ def test_publish_refuses_a_repo_id_that_names_no_repo(tmp_path, repo_id):
     assert 'load_dataset("me/corpus"' in readme.read_text("utf-8")
 
 
-@pytest.mark.parametrize("revision", ["0123456789abcdef0123456789abcdef01234567", "refs/pr/1", "", "dev..x", "a b"])
+@pytest.mark.parametrize("revision", ["0123456789abcdef0123456789abcdef01234567", "refs/tags/v1", "refs/pr/x", "",
+                                      "dev..x", "a b"])
 def test_push_refuses_a_revision_that_is_no_branch_before_any_request(hub, tmp_path, revision):
-    """A commit id got "error: Bad request:" from the Hub; refs/pr/1 became a branch of that name (fake Hub)."""
+    """A commit id got "error: Bad request:" from the Hub; a ref became a branch of that name (fake Hub). (A pull
+    request's refs/pr/N is pushed onto: test_s13c_pull_requests.)"""
     folder = build(tmp_path / "build")
     with pytest.raises(ValueError, match=r"a push commits to a branch"):
         push(folder, REPO, token=hub.token, endpoint=hub.endpoint, revision=revision)

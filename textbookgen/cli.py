@@ -261,13 +261,17 @@ def push(
     repo_id: str = typer.Argument(..., help="dataset repo on the Hub, e.g. user/my-textbooks"),
     private: bool = typer.Option(False, "--private", help="make the repo private, an existing public one too (a private repo is never made public)"),
     message: str | None = typer.Option(None, "--message", "-m", help="commit message"),
-    revision: str = typer.Option("main", "--revision", help="branch to commit to (created from main if missing)"),
+    revision: str = typer.Option("main", "--revision", help="branch to commit to (created from main if missing), "
+                                 "or refs/pr/N to push onto that open pull request"),
+    create_pr: bool = typer.Option(False, "--create-pr", help="open a pull request against main instead of "
+                                   "committing to it (read access is enough); prints its URL"),
     token_env: str | None = typer.Option(None, "--token-env", help="environment variable holding the token "
                                          "(default HF_TOKEN, else `hf auth login`)"),
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
     timeout: float | None = typer.Option(None, "--timeout", envvar="TEXTBOOKGEN_HUB_TIMEOUT", help="seconds to wait for each Hub answer (default 60)"),
 ) -> None:
-    """Push a built dataset to the Hub in one commit (token from --token-env, HF_TOKEN or `hf auth login`)."""
+    """Push a built dataset to the Hub in one commit, or as a pull request (token from --token-env, HF_TOKEN or
+    `hf auth login`)."""
     from textbookgen import hub
 
     _check("--timeout", timeout, "> 0")
@@ -275,7 +279,7 @@ def push(
     _check_endpoint(endpoint)
     try:
         url = hub.push(folder, repo_id, private=private, token=token, endpoint=endpoint, commit_message=message,
-                       revision=revision, timeout=timeout)
+                       revision=revision, timeout=timeout, create_pr=create_pr)
     except (ValueError, OSError, hub.PushConflictError) as err:
         _fail(_error_line(err))
     except hub.HubInterrupted as err:
@@ -292,6 +296,8 @@ def pull(
                                          "(default HF_TOKEN, else `hf auth login`; none for a public repo)"),
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
     timeout: float | None = typer.Option(None, "--timeout", envvar="TEXTBOOKGEN_HUB_TIMEOUT", help="seconds to wait for each Hub answer (default 60)"),
+    force: bool = typer.Option(False, "--force", help="overwrite files of the folder that have a repo file's name "
+                               "though no pull of this repo wrote them (refused otherwise)"),
 ) -> None:
     """Download a dataset repo (shards, card, plots, recipe, manifest) into a folder."""
     from textbookgen import hub
@@ -305,7 +311,8 @@ def pull(
     _check_endpoint(endpoint)
     try:
         with _reported():
-            path = hub.pull(repo_id, out, revision=revision, token=token, endpoint=endpoint, timeout=timeout)
+            path = hub.pull(repo_id, out, revision=revision, token=token, endpoint=endpoint, timeout=timeout,
+                            force=force)
     except hub.HubInterrupted as err:
         _exit_interrupted(str(err))
     typer.echo(str(path))

@@ -16,6 +16,8 @@ nothing. Those threads stop with it: no upload or download goes on, or starts, a
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +40,8 @@ T = TypeVar("T")
 _USAGE_RE = re.compile(r'(load_dataset\()"[^"\n]*"')
 #: `namespace/name` as the Hub accepts it: word characters, '-' and '.', not at either end of the name.
 REPO_ID_RE = re.compile(r"[\w\-.]{1,96}/(?![.\-])[\w\-.]{1,96}(?<![.\-])")
+#: A pull request's ref: a push commits onto it while the pull request is open.
+PR_REF_RE = re.compile(r"refs/pr/([1-9][0-9]*)")
 #: Environment variables whose values are secrets that must never be published (HF_TOKEN, *_API_KEY ...).
 SECRET_ENV_RE = re.compile(r"(?i)(api_?key|access_?key|secret|password|(^|_)token)$")
 
@@ -49,6 +53,13 @@ _BEARER_RE = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
 DEFAULT_TIMEOUT_S = 60.0
 TIMEOUT_ENV = "TEXTBOOKGEN_HUB_TIMEOUT"
 
+#: The repo a folder's last pull was of (its files the client's metadata names are that repo's): a re-pull of it
+#: may replace them, not files the user put there.
+PULL_RECORD = ".cache/textbookgen-pull"
+#: The line of a push's commit description above its rows record: a line `{split} {rows_digest} {shards_digest}`
+#: per split (`_rows_record`), which a later push compares its rows with.
+ROWS_MARK = "textbookgen rows (split, rows digest, shards digest), which a later push compares its rows with:"
+_ROWS_LINE_RE = re.compile(r"^(\S+) ([0-9a-f]{64}) ([0-9a-f]{64})$", re.M)
 #: Files of a built folder that are published, beside README.md, data/ and assets/.
 PROVENANCE_FILES = ("recipe.yaml", "manifest.json", "journal_summary.json")
 TEXT_SUFFIXES = (".md", ".yaml", ".yml", ".json", ".txt")
@@ -76,16 +87,19 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def check_branch(revision: str) -> str:
-    """Return `revision` if a push can commit to it: a branch name (created where missing). A commit id, a tag's
-    or pull request's ref (`refs/...`), or a name git refuses, is refused before any request: creating a branch
-    named after a commit was answered 400, printed as a bare "Bad request:", and `refs/pr/1` was sent to the
-    Hub as a new branch's name (the fake Hub made one), not committed to the pull request."""
+    """Return `revision` if a push can commit to it: a branch name (created where missing), or a pull request's
+    `refs/pr/N` (`push` checks that it is open). A commit id, another ref (`refs/tags/...`), or a name git
+    refuses, is refused before any request: creating a branch named after a commit was answered 400, printed
+    as a bare "Bad request:"."""
+    if PR_REF_RE.fullmatch(revision or ""):
+        return revision
     bad = (not revision or revision.startswith(("refs/", "-", "/", ".")) or revision.endswith(("/", ".", ".lock"))
            or ".." in revision or "//" in revision or not re.fullmatch(r"[\w.\-/]+", revision)
            or re.fullmatch(r"[0-9a-f]{40}", revision))
     if bad:
         raise ValueError(f"revision {revision!r}: a push commits to a branch (e.g. main, dev), created from main "
-                         "where missing; not a commit id, a ref such as refs/pr/1, or a name git refuses")
+                         "where missing, or onto an open pull request (refs/pr/N); not a commit id, another ref "
+                         "such as refs/tags/v1, or a name git refuses")
     return revision
 
 
@@ -479,8 +493,14 @@ def push(
     commit_message: str | None = None,
     revision: str = "main",
     timeout: float | None = None,
+    create_pr: bool = False,
 ) -> str:
     """Create `repo_id` (a dataset repo) if needed and commit the built folder in one commit; return its URL.
+
+    `create_pr=True` commits to a new pull request against main instead, which needs only read access (an
+    org's repo you cannot write to), and returns the pull request's URL; `revision="refs/pr/N"` pushes onto
+    that pull request while it is open. Both go to an existing repo, compare with the head they commit on
+    (main's, the pull request's), and cannot change the repo's visibility (`private`).
 
     `private=True` makes the repo private, a new one or an existing public one (before anything is
     committed); `private=False` never makes an existing private repo public: that is for its owner to do
@@ -503,6 +523,7 @@ def push(
 
     check_repo_id(repo_id)
     check_branch(revision)
+    _check_proposal(revision, create_pr, private)
     seconds = hub_timeout(timeout)
     out_dir = Path(out_dir)
     splits = splits_of(out_dir)
@@ -528,19 +549,23 @@ def push(
     try:
         with request_timeout(seconds) as transfers, hub_errors(repo_id, api.endpoint, timeout=seconds,
                                                                revision=revision):
-            info = _open_repo(api, repo_id, private, revision, out_dir, _card_repo(out_dir))
+            info = _open_repo(api, repo_id, private, revision, out_dir, _card_repo(out_dir), create_pr)
             operations, old_card = _operations(api, repo_id, out_dir, files, set(splits), info)
             additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
-            log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)", len(additions),
-                     len(operations) - len(additions), repo_id, revision, info.sha)  # fmt: skip
+            log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)%s", len(additions),
+                     len(operations) - len(additions), repo_id, revision, info.sha,
+                     ", as a new pull request" if create_pr else "")  # fmt: skip
             _in_background(lambda: api.preupload_lfs_files(repo_id, additions, repo_type="dataset", revision=revision,
-                                                           free_memory=False), transfers)  # fmt: skip
+                                                           create_pr=create_pr, free_memory=False), transfers)
             # after the uploads, which hashed the shards (an Xet upload hashes as it sends): no second read
             message = commit_message or _what_changed(api, repo_id, info, out_dir, old_card, additions)
+            record = _rows_record(out_dir, additions)
             committing = True
-            url = _commit(api, repo_id, operations, message, revision, info.sha)
+            url = _commit(api, repo_id, operations, message, revision, info.sha, create_pr, record)
     except KeyboardInterrupt:
         raise HubInterrupted(
+            f"interrupted while opening a pull request on {repo_id}: it may have been opened; look at the repo's "
+            "pull requests before rerunning (a rerun opens another)" if committing and create_pr else
             f"interrupted while committing to {repo_id}: the commit may have landed; rerun the push to make sure "
             "(it makes no second commit)" if committing else
             f"interrupted: nothing was committed to {repo_id}; rerun the push to publish it (files already "
@@ -548,6 +573,16 @@ def push(
         ) from None
     log.info("pushed %s", url)
     return url
+
+
+def _check_proposal(revision: str, create_pr: bool, private: bool) -> None:
+    """Refuse, before any request, what a pull request cannot do: target another branch than main (the client's
+    `create_pr` opens it against the revision's branch, main by default), or change the repo's visibility."""
+    if create_pr and revision != "main":
+        raise ValueError(f"revision {revision!r}: create_pr opens a new pull request against main; push onto an "
+                         "open one with revision='refs/pr/N' (--revision) instead")
+    if private and (create_pr or PR_REF_RE.fullmatch(revision)):
+        raise ValueError("private: a pull request cannot change the repo's visibility; its owner does that on the Hub")
 
 
 def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits: set[str],
@@ -569,11 +604,121 @@ def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits
     return operations + stale_deletions(remote, {op.path_in_repo for op in operations}, splits, old_card), old_card
 
 
+def _rows_record(out_dir: Path, additions: list[Any]) -> str:
+    """The commit description that records each split's rows: `ROWS_MARK`, then `{split} {rows_digest}
+    {shards_digest}` lines (`_shards_digest` of the shards' sha256, which the uploads computed). It lets a later
+    push tell the same rows in other bytes (another parquet writer) from new rows without downloading a shard,
+    and changes no file: a pull gives back the very files pushed."""
+    shards: dict[str, dict[str, str]] = {}
+    for op in additions:
+        split = _shard_split(op.path_in_repo)
+        if split:
+            shards.setdefault(split, {})[op.path_in_repo] = op.upload_info.sha256.hex()
+    lines = [f"{split} {_split_digest(out_dir, split)} {_shards_digest(files)}" for split, files in sorted(shards.items())]
+    return "\n".join([ROWS_MARK, *lines])
+
+
+def _shards_digest(files: Mapping[str, str | None]) -> str | None:
+    """One sha256 of a split's shards, {path: sha256 of its bytes}; None where one has no sha256 (a file the Hub
+    keeps in git, not LFS, is described by its git blob id only)."""
+    if not files or None in files.values():
+        return None
+    return hashlib.sha256("".join(f"{path} {sha}\n" for path, sha in sorted(files.items())).encode()).hexdigest()
+
+
+def _split_digest(out_dir: Path, split: str) -> str:
+    """`rows_digest` of a split's shards, read once per push (the record and the message both want it)."""
+    shards = existing_shards(out_dir, split)
+    return _digest_of(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in shards))
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_of(files: tuple[tuple[str, int, int], ...]) -> str:
+    """`rows_digest` of files named with their size and mtime: a rewritten file is another key."""
+    return rows_digest([Path(name) for name, _, _ in files])
+
+
+def rows_digest(paths: list[Path]) -> str:
+    """A sha256 of the rows of parquet files read in order: the same for the same rows (values, column names and
+    types, order) however they are cut into files, row groups and pages, and whichever writer wrote them (a
+    string column is the same stored as string or large_string). Each column is hashed as streams that batches
+    only append to (`_ColumnHash`), so where a batch ends changes nothing."""
+    import pyarrow.parquet as pq
+
+    columns: dict[str, _ColumnHash] = {}
+    rows = 0
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+            rows += batch.num_rows
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                columns.setdefault(name, _ColumnHash()).update(column)
+    digest = hashlib.sha256(f"{rows}\n".encode())
+    for name, column in columns.items():
+        digest.update(json.dumps([name, *column.hexdigests()]).encode("utf-8"))
+    return digest.hexdigest()
+
+
+class _ColumnHash:
+    """One column's rows as three hashed byte streams: its null mask, then its values (fixed-width ones, or each
+    string's length), then the bytes of its strings; a value whose type has no such layout (a list, a struct,
+    a decimal) is its JSON line. Nulls hash as zero values in the values stream (the mask tells them apart):
+    what a reader leaves in a null slot is not part of the rows."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.streams = [hashlib.sha256() for _ in range(3)]
+
+    def update(self, column: Any) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        kind = _kind(column.type)
+        if kind not in self.kinds:
+            self.kinds.append(kind)
+        mask, values, data = self.streams
+        mask.update(pc.is_null(column).to_numpy(zero_copy_only=False).tobytes())
+        if kind in ("string", "binary"):
+            filled = pc.fill_null(column.cast(pa.large_binary()), b"")
+            offsets = np.frombuffer(filled.buffers()[1], "<i8", len(filled) + 1, 8 * filled.offset)
+            values.update(np.diff(offsets).astype("<i8").tobytes())
+            if offsets[-1] > offsets[0]:
+                data.update(memoryview(filled.buffers()[2])[offsets[0]:offsets[-1]])
+        elif kind != "json":
+            zero = pa.scalar(False if kind == "bool" else 0, column.type)
+            filled = pc.fill_null(column, zero).to_numpy(zero_copy_only=False)
+            values.update(filled.astype(filled.dtype.newbyteorder("<")).tobytes())
+        else:
+            for value in column.to_pylist():
+                data.update(json.dumps(value, default=str, ensure_ascii=False).encode("utf-8") + b"\n")
+
+    def hexdigests(self) -> list[str]:
+        return ["/".join(self.kinds), *(stream.hexdigest() for stream in self.streams)]
+
+
+def _kind(dtype: Any) -> str:
+    """How `_ColumnHash` reads a column of arrow type `dtype`: `string` / `binary` (any offset width or view),
+    the name of a number or bool type, or `json` for any other (its values' JSON, whatever its offset width)."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_string(dtype) or t.is_large_string(dtype) or t.is_string_view(dtype):
+        return "string"
+    if t.is_binary(dtype) or t.is_large_binary(dtype) or t.is_binary_view(dtype) or t.is_fixed_size_binary(dtype):
+        return "binary"
+    if t.is_boolean(dtype) or t.is_integer(dtype) or t.is_floating(dtype):
+        return str(dtype)
+    return "json"
+
+
 def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: str | None,
                   additions: list[Any]) -> str:
     """The push's default commit message: what a data team reading the repo's history wants to know. Against
     the Hub's head: rows added or removed per split (from its card), rows changed where a split's count is the
-    same but its shards are not the head's byte for byte (`_same_shards`), and the recipe fields whose value
+    same but its shards are not the head's byte for byte (`_same_shards`) and hold other rows (`_same_rows`:
+    the same rows in other bytes are "shards rewritten"), and the recipe fields whose value
     changed (named, never their values: a value could be a secret); on a first push, or over a card that gives
     no rows (a README written on the Hub), the splits and rows."""
     from huggingface_hub import DatasetCard
@@ -588,7 +733,10 @@ def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: st
         before = {}
     if before:
         same = _same_shards(info, additions)
-        parts = [_row_change(s, before.get(s), rows.get(s), s in same) for s in dict.fromkeys([*rows, *before])]
+        rewritten = {s for s in rows if s not in same and before.get(s) == rows[s]}
+        same_rows = _same_rows(api, repo_id, info, out_dir, rewritten) if rewritten else set()
+        parts = [_row_change(s, before.get(s), rows.get(s), s in same, s in same_rows)
+                 for s in dict.fromkeys([*rows, *before])]
     else:
         parts = [listed]
     remote = {s.rfilename for s in info.siblings or []}
@@ -633,16 +781,41 @@ def _same_file(op: Any, sibling: Any) -> bool:
     return sibling.blob_id == git_hash(Path(op.path_or_fileobj).read_bytes())
 
 
+def _same_rows(api: Any, repo_id: str, info: Any, out_dir: Path, splits: set[str]) -> set[str]:
+    """Of `splits` (shards other than the head's), those whose rows are the head's: a commit of the head's
+    history recorded (`_rows_record`) the digest of the head's very shards (`_shards_digest`, by the LFS sha256
+    `info` gives), and it is the local rows' `rows_digest`. One request (the history), no shard downloaded; a
+    head whose shards no push recorded (committed otherwise, or by an older textbookgen) tells nothing, and its
+    rows count as changed."""
+    recorded: dict[tuple[str, str], str] = {}  # (split, shards digest): rows digest
+    for commit in api.list_repo_commits(repo_id, repo_type="dataset", revision=info.sha):
+        if ROWS_MARK in (commit.message or ""):
+            for split, rows, shards in _ROWS_LINE_RE.findall(commit.message.split(ROWS_MARK, 1)[1]):
+                recorded.setdefault((split, shards), rows)
+    same = set()
+    for split in sorted(splits):
+        heads = {s.rfilename: s.lfs.sha256 if s.lfs else None for s in info.siblings or []
+                 if _shard_split(s.rfilename) == split}
+        rows = recorded.get((split, _shards_digest(heads) or ""))
+        if rows is not None and rows == _split_digest(out_dir, split):
+            same.add(split)
+    return same
+
+
 def _shard_split(path: str) -> str | None:
     """The split of a repo path `data/{split}-NNNNN-of-NNNNN.parquet`; None for any other file."""
     shard = SHARD_RE.match(path[len("data/"):]) if path.startswith("data/") else None
     return shard["split"] if shard else None
 
 
-def _row_change(split: str, before: int | None, after: int | None, same_shards: bool) -> str | None:
-    """`train +1,200 rows (11,200)`, or `train rows changed, same count (11,200)` where only the shards tell;
+def _row_change(split: str, before: int | None, after: int | None, same_shards: bool,
+                same_rows: bool = False) -> str | None:
+    """`train +1,200 rows (11,200)`, `train rows changed, same count (11,200)` where only the shards tell, or
+    `train same rows, shards rewritten (11,200)` where their rows are the head's (`same_rows`) in other bytes;
     None where the split's shards are the head's (`same_shards`)."""
     if before == after:
+        if same_rows:
+            return f"{split} same rows, shards rewritten ({after:,})"
         return None if same_shards else f"{split} rows changed, same count ({after:,})"
     if after is None:
         return f"{split} removed ({before:,} rows)"
@@ -673,9 +846,10 @@ def _differing(old: Any, new: Any, prefix: str) -> list[str]:
 
 
 def _open_repo(api: Any, repo_id: str, private: bool, revision: str, folder: Path | None = None,
-               card_repo: str | None = None) -> Any:
+               card_repo: str | None = None, create_pr: bool = False) -> Any:
     """The repo's info at `revision` (each file's size and LFS sha256 too), after creating the repo and the
-    branch where missing.
+    branch where missing; a pull request's (`create_pr`, or `revision` `refs/pr/N`, which must be open) goes
+    to an existing repo, whose head it compares with: main's for a new one, the pull request's for `refs/pr/N`.
 
     Read first, create only when missing: an existing repo you may read but not write (someone
     else's) then fails at the first write with a 403, before anything is uploaded. `card_repo`: the repo
@@ -684,9 +858,12 @@ def _open_repo(api: Any, repo_id: str, private: bool, revision: str, folder: Pat
     from huggingface_hub.errors import RepositoryNotFoundError
 
     created = False
+    pull = PR_REF_RE.fullmatch(revision)
     try:
         info = api.repo_info(repo_id, repo_type="dataset")
     except RepositoryNotFoundError:
+        if create_pr or pull:  # hub_errors: "not found", with what a token would change
+            raise
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         info = api.repo_info(repo_id, repo_type="dataset")
         created = True
@@ -697,9 +874,30 @@ def _open_repo(api: Any, repo_id: str, private: bool, revision: str, folder: Pat
     if private and not info.private:  # an existing repo keeps its visibility unless we change it
         log.warning("%s is public; making it private, as asked", repo_id)
         api.update_repo_settings(repo_id, repo_type="dataset", private=True)
-    if revision != "main":
+    if pull:
+        _check_open_pull(api, repo_id, int(pull[1]))
+    elif revision != "main":
         api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
     return api.repo_info(repo_id, repo_type="dataset", revision=revision, files_metadata=True)
+
+
+def _check_open_pull(api: Any, repo_id: str, num: int) -> None:
+    """Refuse a push onto pull request `num` unless it is one and open (or a draft): a merged one's commits
+    would land nowhere anyone reviews; a missing one is a FileNotFoundError naming it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        pull = api.get_discussion_details(repo_id, num, repo_type="dataset")
+    except HfHubHTTPError as err:
+        if err.response is not None and err.response.status_code == 404:
+            raise FileNotFoundError(f"dataset repo {repo_id} has no pull request #{num} (refs/pr/{num}); open one "
+                                    "with create_pr (--create-pr)") from None
+        raise
+    if not pull.is_pull_request:
+        raise ValueError(f"{repo_id} #{num} is a discussion, not a pull request: refs/pr/{num} takes no commits")
+    if pull.status not in ("open", "draft"):
+        raise ValueError(f"pull request #{num} of {repo_id} is {pull.status}; open a new one with create_pr "
+                         "(--create-pr)")
 
 
 def _read_file(api: Any, repo_id: str, head: str, name: str) -> str:
@@ -746,8 +944,10 @@ def _default_config_splits(card_text: str | None) -> set[str]:
     return {e["split"] for e in entries if isinstance(e, Mapping) and isinstance(e.get("split"), str)}
 
 
-def _commit(api: Any, repo_id: str, operations: list[Any], message: str, revision: str, head: str) -> str:
-    """One `create_commit` on top of `head`; a concurrent commit raises PushConflictError."""
+def _commit(api: Any, repo_id: str, operations: list[Any], message: str, revision: str, head: str,
+            create_pr: bool = False, description: str = "") -> str:
+    """One `create_commit` on top of `head`, or a new pull request from it (`create_pr`: its URL is returned),
+    described by `description`; a concurrent commit raises PushConflictError."""
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
@@ -755,9 +955,11 @@ def _commit(api: Any, repo_id: str, operations: list[Any], message: str, revisio
             repo_id,
             operations,
             commit_message=message,
+            commit_description=description,
             repo_type="dataset",
             revision=revision,
             parent_commit=head,
+            create_pr=create_pr,
         )
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
@@ -767,7 +969,9 @@ def _commit(api: Any, repo_id: str, operations: list[Any], message: str, revisio
                 "Run the push again to merge with the new head."
             ) from err
         raise
-    return commit.commit_url
+    if create_pr and commit.pr_url is None:  # the client made no commit: every file is main's already
+        log.warning("nothing differs from %s's main (%s): no pull request opened", repo_id, head[:12])
+    return commit.pr_url or commit.commit_url
 
 
 def pull_folder(repo_id: str) -> Path:
@@ -783,6 +987,7 @@ def pull(
     endpoint: str | None = None,
     *,
     timeout: float | None = None,
+    force: bool = False,
 ) -> Path:
     """Download a dataset repo (all files, at `revision`) into `local_dir` (default: `./<name>`); a request
     left unanswered for `timeout` seconds (as for `push`) is a ConnectionError; a missing (or private) repo,
@@ -790,7 +995,9 @@ def pull(
     or not at all: one in flight is `.incomplete` under `local_dir/.cache`). Until every file is there the
     folder holds `dataset.PULL_INCOMPLETE`, and the readers of dataset folders (push, the trainer, the curation
     commands) refuse it: a pull cut short would otherwise pass for a smaller dataset. A folder whose data/ holds
-    shards the repo lacks and no pull wrote is refused before any download (ValueError).
+    shards the repo lacks and no pull wrote is refused before any download (ValueError), and so is one holding a
+    file of the repo's name with other content that no earlier pull of this repo wrote (the user's own, which
+    the client would overwrite), unless `force`.
 
     The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
     the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
@@ -805,10 +1012,13 @@ def pull(
     try:
         with (request_timeout(seconds) as transfers,
               hub_errors(repo_id, api.endpoint, write=False, timeout=seconds, revision=revision)):
-            head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
-            files = set(api.list_repo_files(repo_id, repo_type="dataset", revision=head))
+            info = api.repo_info(repo_id, repo_type="dataset", revision=revision, files_metadata=True)
+            head, files = info.sha, {s.rfilename for s in info.siblings or []}
             _check_no_foreign_shards(local_dir, files, repo_id)
-            local_dir.mkdir(parents=True, exist_ok=True)
+            if not force:
+                _check_no_overwrite(local_dir, info, repo_id)
+            (local_dir / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
+            (local_dir / PULL_RECORD).write_text(f"{repo_id}\n", encoding="utf-8")  # the files pulled are its
             mark = local_dir / PULL_INCOMPLETE  # until every file is there; readers of the folder refuse it
             mark.write_text(f"{repo_id}@{head}\n", encoding="utf-8")
             path = _in_background(lambda: snapshot_download(repo_id, repo_type="dataset", revision=head,
@@ -851,6 +1061,35 @@ def _check_no_foreign_shards(local_dir: Path, files: set[str], repo_id: str) -> 
         raise ValueError(f"{local_dir}/data holds shards {repo_id} does not have and no pull wrote ("
                          f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): they would be read "
                          "with the pulled ones as one dataset; pull into an empty folder, or remove them")
+
+
+def _check_no_overwrite(local_dir: Path, info: Any, repo_id: str) -> None:
+    """Refuse, before any download, a pull that would overwrite a file of `local_dir` (the client replaces a
+    file of a repo file's name, whatever wrote it) unless an earlier pull of `repo_id` wrote it (the client's
+    metadata of it, and the folder's `PULL_RECORD` naming the repo) or it holds the repo's bytes already (by
+    `_same_file`'s hashes: nothing is lost). `info`: the head's `repo_info(files_metadata=True)`."""
+    record = local_dir / PULL_RECORD
+    ours = record.is_file() and record.read_text("utf-8").strip() == repo_id
+    meta_root = local_dir / ".cache" / "huggingface" / "download"
+    mine = [s.rfilename for s in info.siblings or [] if (local_dir / s.rfilename).is_file()
+            and not (ours and (meta_root / f"{s.rfilename}.metadata").is_file())
+            and not _holds(local_dir / s.rfilename, s)]
+    if mine:
+        raise ValueError(f"{local_dir} holds {', '.join(mine[:3])}{', ...' if len(mine) > 3 else ''}, which no "
+                         f"pull of {repo_id} wrote: the pull would overwrite {'them' if len(mine) > 1 else 'it'} "
+                         "with the repo's; move them away, pull into another folder, or pass --force (force=True)")
+
+
+def _holds(path: Path, sibling: Any) -> bool:
+    """Whether the file `path` has the repo file's bytes (its size first: no file is read for nothing)."""
+    from huggingface_hub.utils.sha import git_hash
+
+    if sibling.size is None or path.stat().st_size != sibling.size:
+        return False
+    if sibling.lfs:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == sibling.lfs.sha256
+    return sibling.blob_id is not None and git_hash(path.read_bytes()) == sibling.blob_id
 
 
 def _drop_stale(local_dir: Path, keep: set[str]) -> list[str]:

@@ -4,14 +4,17 @@ The real `huggingface_hub` client talks to it (pass `endpoint=hub.endpoint` or s
 before importing the client): repo create / info / delete / visibility, branches, preupload
 (honouring .gitignore rules), the Git LFS batch API with the basic transfer (PUT + verify), YAML
 validation, NDJSON commits to any branch (a stale `parentCommit` is answered 412, as the Hub does),
+pull requests (a commit with `?create_pr=1` opens one at `refs/pr/N`, which takes further commits while open;
+details, list, close/reopen and merge: the discussion endpoints `HfApi` uses for them),
 refs, commit history, tree listing, paths-info, whoami and file resolve with the headers
 `hf_hub_download` reads (`X-Repo-Commit`, `ETag`, `X-Linked-Etag`, `X-Linked-Size`, ranges). Xet is
 switched off in the client while the fake runs, so large files take the LFS path.
 
 Permissions follow the Hub's: the token's user writes to its own namespace and its `orgs`; a repo of
 someone else's (`hub.add_repo("them/data")`) is readable but answers writes 403, and is not found
-(404) when private. `hub.inject(...)` fails requests (an HTTP status, a dropped connection, no answer
-ever, a commit that lands but whose answer is lost); `hub.before(...)` runs a concurrent writer.
+(404) when private; any signed-in reader may open a pull request on it and commit onto their own.
+`hub.inject(...)` fails requests (an HTTP status, a dropped connection, no answer ever, a commit that lands
+but whose answer is lost); `hub.before(...)` runs a concurrent writer.
 
     with FakeHub() as hub:
         api = HfApi(endpoint=hub.endpoint, token=hub.token)
@@ -137,16 +140,41 @@ class Commit:
 
 
 @dataclass
+class PullRequest:
+    """A pull request: its commits go to the ref `refs/pr/{num}`, branched from `base_oid` of `target`."""
+
+    num: int
+    title: str
+    author: str
+    target: str  # the branch it would merge into
+    base_oid: str  # the commit it was opened from
+    created: str
+    status: str = "open"  # open | closed | merged
+    merge_commit: str | None = None
+    events: list[dict] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"refs/pr/{self.num}"
+
+
+@dataclass
 class Repo:
     repo_type: str
     repo_id: str
     private: bool
     commits: dict[str, Commit] = field(default_factory=dict)
-    branches: dict[str, str] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)  # also each pull request's `refs/pr/N`
+    pulls: dict[int, PullRequest] = field(default_factory=dict)
 
     def resolve(self, rev: str) -> Commit | None:
         oid = self.branches.get(rev, rev)
         return self.commits.get(oid)
+
+    def pull_at(self, rev: str) -> PullRequest | None:
+        """The pull request whose ref `rev` is (`refs/pr/N`), None for any other revision."""
+        match = re.fullmatch(r"refs/pr/(\d+)", rev)
+        return self.pulls.get(int(match[1])) if match else None
 
 
 class InjectedDrop(ConnectionResetError):
@@ -401,9 +429,18 @@ class FakeHub:
             # the Hub answers anonymous readers 401, signed-in ones 404 (a private repo of someone else's
             # too: its existence is not revealed); the client reads both as not found
             raise FakeHubError(404 if user else 401, "Repository not found", "RepoNotFound")
-        if write and not member:
+        if write and not member and not self._proposes(request, repo, user):
             raise FakeHubError(403, "You don't have the rights to write to this repository")
         return repo
+
+    @staticmethod
+    def _proposes(request: web.Request, repo: Repo, user: str | None) -> bool:
+        """Whether a write of a reader is one the Hub lets anyone signed in make: opening a pull request
+        (`?create_pr=1`), or a commit onto their own pull request's `refs/pr/N`."""
+        if user is None:
+            return False
+        pull = repo.pull_at(request.match_info.get("rev", ""))
+        return request.query.get("create_pr") == "1" or (pull is not None and pull.author == user)
 
     def _commit_at(self, repo: Repo, rev: str) -> Commit:
         commit = repo.resolve(rev)
@@ -432,7 +469,7 @@ class FakeHub:
             title=title,
             message=message,
             author=author,
-            date=datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            date=_now(),
             files=files,
             operations=operations,
         )
@@ -457,6 +494,10 @@ class FakeHub:
             web.get(f"/api/{t}/{repo}/refs", self.refs),
             web.post(f"/api/{t}/{repo}/branch/{{branch}}", self.create_branch),
             web.get(f"/api/{t}/{repo}/commits/{{rev}}", self.list_commits),
+            web.get(f"/api/{t}/{repo}/discussions", self.list_discussions),
+            web.get(f"/api/{t}/{repo}/discussions/{{num:\\d+}}", self.discussion),
+            web.post(f"/api/{t}/{repo}/discussions/{{num:\\d+}}/status", self.discussion_status),
+            web.post(f"/api/{t}/{repo}/discussions/{{num:\\d+}}/merge", self.merge),
             web.get(f"/api/{t}/{repo}/tree/{{rev}}", self.tree),
             web.get(f"/api/{t}/{repo}/tree/{{rev}}/{{path:.*}}", self.tree),
             web.post(f"/api/{t}/{repo}/paths-info/{{rev}}", self.paths_info),
@@ -570,8 +611,14 @@ class FakeHub:
         return web.json_response({"files": files, "commitOid": commit.oid})
 
     async def lfs_batch(self, request: web.Request) -> web.Response:
-        self._repo(request, write=True)  # model repos' URL has no type: `_repo` defaults to models
+        repo = self._repo(request)  # model repos' URL has no type: `_repo` defaults to models
         body = await request.json()
+        ref = (body.get("ref") or {}).get("name")
+        user = self._auth(request, required=True)
+        pull = repo.pull_at(ref) if ref else None
+        # a member writes; a reader uploads for a pull request: its own (`refs/pr/N`), or one it opens (no ref)
+        if repo.repo_id.split("/")[0] not in (self.user, *self.orgs) and ref and (pull is None or pull.author != user):
+            raise FakeHubError(403, "You don't have the rights to write to this repository")
         if body.get("operation") != "upload":
             raise FakeHubError(400, "FakeHub only implements LFS uploads")
         objects = []
@@ -614,8 +661,7 @@ class FakeHub:
 
     async def commit(self, request: web.Request) -> web.Response:
         repo = self._repo(request, write=True)
-        if request.query.get("create_pr"):
-            raise FakeHubError(400, "FakeHub does not implement pull requests")
+        create_pr = request.query.get("create_pr") == "1"
         if not request.content_type.startswith("application/x-ndjson"):
             raise FakeHubError(400, f"commit payload must be application/x-ndjson, got {request.content_type}")
         lines = [json.loads(line) for line in (await request.read()).splitlines() if line.strip()]
@@ -628,7 +674,14 @@ class FakeHub:
             raise FakeHubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         head = repo.commits[repo.branches[rev]]
         parent = header.get("parentCommit")
-        if parent is not None and parent != head.oid:
+        pull = repo.pull_at(rev)
+        if pull is not None and pull.status != "open":
+            raise FakeHubError(400, f"Pull request #{pull.num} is {pull.status}: it takes no more commits")
+        if create_pr:  # the pull request starts from `parentCommit` where given, else the branch's head
+            if pull is not None:
+                raise FakeHubError(400, f"Cannot open a pull request against {rev}: not a branch")
+            head = self._commit_at(repo, parent) if parent is not None else head
+        elif parent is not None and parent != head.oid:
             raise FakeHubError(412, "A commit has happened since. Please refresh and try again.")
         files = dict(head.files)
         operations = []
@@ -666,10 +719,96 @@ class FakeHub:
             if errors:
                 raise FakeHubError(400, "Invalid metadata in README.md: " + "; ".join(errors))
         user = self._auth(request, required=True)
-        new = self._new_commit(repo, head, files, header.get("summary", ""), header.get("description", ""),
-                               user, operations, rev)  # fmt: skip
+        summary = header.get("summary", "")
+        if create_pr:
+            pull = PullRequest(len(repo.pulls) + 1, summary, user, rev, head.oid, _now())
+            repo.pulls[pull.num] = pull
+            rev = pull.ref
+        new = self._new_commit(repo, head, files, summary, header.get("description", ""), user, operations, rev)
         url = f"{self._url(repo)}/commit/{new.oid}"
-        return web.json_response({"success": True, "commitOid": new.oid, "commitUrl": url, "hookOutput": ""})
+        answer = {"success": True, "commitOid": new.oid, "commitUrl": url, "hookOutput": ""}
+        if pull is not None:
+            pull.events.append(self._event(pull, "commit", user, {"subject": summary, "oid": new.oid}))
+        if create_pr:
+            answer["pullRequestUrl"] = f"{self._url(repo)}/discussions/{pull.num}"
+        return web.json_response(answer)
+
+    def _event(self, pull: PullRequest, kind: str, user: str, data: dict) -> dict:
+        """A pull request's event as the discussion API gives it."""
+        return {"id": f"{pull.num:04x}{len(pull.events):020x}", "type": kind, "createdAt": _now(),
+                "author": {"name": user}, "data": data}
+
+    def _pull(self, request: web.Request, repo: Repo) -> PullRequest:
+        pull = repo.pulls.get(int(request.match_info["num"]))
+        if pull is None:
+            raise FakeHubError(404, f"Discussion #{request.match_info['num']} not found")
+        return pull
+
+    def _pull_json(self, repo: Repo, pull: PullRequest) -> dict:
+        return {"num": pull.num, "title": pull.title, "status": pull.status, "isPullRequest": True,
+                "createdAt": pull.created, "author": {"name": pull.author}, "pinned": False, "numComments": 0,
+                "repo": {"name": repo.repo_id, "type": repo.repo_type}}
+
+    async def list_discussions(self, request: web.Request) -> web.Response:
+        """`HfApi.get_repo_discussions`: every pull request, newest first, on one page (the fake opens no
+        plain discussions)."""
+        repo = self._repo(request)
+        pulls = [self._pull_json(repo, p) for p in sorted(repo.pulls.values(), key=lambda p: -p.num)
+                 if request.query.get("status") in (None, p.status) and request.query.get("type") != "discussion"]
+        return web.json_response({"discussions": pulls, "count": len(pulls), "start": 0})
+
+    async def discussion(self, request: web.Request) -> web.Response:
+        """`HfApi.get_discussion_details` of a pull request: its status, target branch and events."""
+        repo = self._repo(request)
+        pull = self._pull(request, repo)
+        changes: dict[str, Any] = {"base": f"refs/heads/{pull.target}"}
+        if pull.merge_commit:
+            changes["mergeCommitId"] = pull.merge_commit
+        return web.json_response({**self._pull_json(repo, pull), "events": pull.events, "changes": changes,
+                                  "filesWithConflicts": self._conflicts(repo, pull)})
+
+    async def discussion_status(self, request: web.Request) -> web.Response:
+        """`HfApi.change_discussion_status`: close or reopen (its author or a member)."""
+        repo = self._repo(request)
+        pull = self._pull(request, repo)
+        user = self._auth(request, required=True)
+        status = (await request.json()).get("status")
+        if status not in ("open", "closed") or pull.status == "merged":
+            raise FakeHubError(400, f"Cannot set pull request #{pull.num} ({pull.status}) to {status!r}")
+        if user != pull.author and repo.repo_id.split("/")[0] not in (self.user, *self.orgs):
+            raise FakeHubError(403, "You don't have the rights to change this pull request")
+        pull.status = status
+        pull.events.append(self._event(pull, "status-change", user, {"status": status}))
+        return web.json_response({"newStatus": pull.events[-1]})
+
+    async def merge(self, request: web.Request) -> web.Response:
+        """`HfApi.merge_pull_request` (members only): the pull request's changes since it was opened are
+        committed onto its target branch; a path the branch changed too is a conflict (409)."""
+        repo = self._repo(request, write=True)
+        pull = self._pull(request, repo)
+        if pull.status != "open":
+            raise FakeHubError(400, f"Pull request #{pull.num} is {pull.status}")
+        if self._conflicts(repo, pull):
+            raise FakeHubError(409, f"Pull request #{pull.num} has conflicts: {', '.join(self._conflicts(repo, pull))}")
+        base, ours = repo.commits[pull.base_oid].files, repo.resolve(pull.ref).files
+        target = repo.resolve(pull.target)
+        files = {p: f for p, f in target.files.items() if not (p in base and p not in ours)}
+        files.update({p: f for p, f in ours.items() if base.get(p) != f})
+        ops = [{"key": "file", "path": p} for p in ours if base.get(p) != ours[p]]
+        user = self._auth(request, required=True)
+        new = self._new_commit(repo, target, files, f"Merge pull request #{pull.num}", "", user,
+                               ops + [{"key": "deletedFile", "path": p} for p in base if p not in ours], pull.target)
+        pull.status, pull.merge_commit = "merged", new.oid
+        pull.events.append(self._event(pull, "status-change", user, {"status": "merged"}))
+        return web.json_response({})
+
+    @staticmethod
+    def _conflicts(repo: Repo, pull: PullRequest) -> list[str]:
+        """Paths both the pull request and its target branch changed, differently, since it was opened."""
+        base, ours = repo.commits[pull.base_oid].files, repo.resolve(pull.ref).files
+        theirs = repo.resolve(pull.target).files if pull.status == "open" else base
+        return sorted(p for p in {*base, *ours, *theirs}
+                      if base.get(p) != ours.get(p) and base.get(p) != theirs.get(p) and ours.get(p) != theirs.get(p))
 
     async def create_branch(self, request: web.Request) -> web.Response:
         """`HfApi.create_branch`: a new branch at `startingPoint` (a branch or commit; default main)."""
@@ -677,6 +816,8 @@ class FakeHub:
         branch = request.match_info["branch"]
         body = await request.json() if request.can_read_body else {}
         start = self._commit_at(repo, (body or {}).get("startingPoint") or "main")
+        if branch.startswith("refs/"):
+            raise FakeHubError(400, f"Invalid branch name: {branch!r} (refs/ names the Hub's own refs)")
         if branch in repo.branches:
             raise FakeHubError(409, f"Reference already exists: refs/heads/{branch}")
         if not re.fullmatch(r"[\w.\-/]+", branch) or re.fullmatch(r"[0-9a-f]{40}", branch):
@@ -686,8 +827,10 @@ class FakeHub:
 
     async def refs(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
-        branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid} for b, oid in repo.branches.items()]
-        return web.json_response({"branches": branches, "converts": [], "tags": [], "pullRequests": []})
+        branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid} for b, oid in repo.branches.items()
+                    if not b.startswith("refs/")]
+        pulls = [{"name": p.ref, "ref": p.ref, "targetCommit": repo.branches[p.ref]} for p in repo.pulls.values()]
+        return web.json_response({"branches": branches, "converts": [], "tags": [], "pullRequests": pulls})
 
     async def list_commits(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
@@ -771,6 +914,11 @@ class FakeHub:
             headers["X-Linked-Size"] = str(entry.size)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return ranged_response(request, (self._objects / entry.sha256).read_bytes(), headers, content_type)
+
+
+def _now() -> str:
+    """The time now as the Hub writes it (ISO 8601, UTC, `Z`)."""
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def ranged_response(request: web.Request, data: bytes, headers: dict[str, str],
