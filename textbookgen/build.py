@@ -35,7 +35,15 @@ import polars as pl
 from textbookgen.errors import redact
 from textbookgen.journal import lock_file
 from textbookgen.plan import language_rates, prompt_diversity
-from textbookgen.recipe import BudgetConfig, GrowConfig, Recipe, RecipeError, caps_problem
+from textbookgen.recipe import (
+    BudgetConfig,
+    GrowConfig,
+    Recipe,
+    RecipeError,
+    caps_problem,
+    forced_repeats,
+    grown_caps_problems,
+)
 from textbookgen.taxonomy import GROW_PROMPT, Taxonomy, TaxonomyError, Topic, siblings_line, subtopics_schema
 from textbookgen.templates import (
     MAX_SKIPS,
@@ -656,6 +664,7 @@ class Build:
         self._web_stats: dict[str, Any] | None = None
         self._web_samples: WebSamples | None = None  # as the prompts stage loaded them (not where it was cached)
         self._benchmark_texts: list[ItemTexts] | None = None
+        self._grown_standin: Taxonomy | None = None  # a plan's replayed growth (`_grow_plan`)
 
     # -- state --
     def _load_state(self) -> None:
@@ -794,8 +803,11 @@ class Build:
             from textbookgen.plan import grown_prompt_tokens
 
             web = self._web_samples or (self.load_web_samples(planning) if self._web_stats else None)
-            grow_plan.update(grown_prompt_tokens(grown_recipe, tax, self.journals()["taxonomy"], web,
-                                                 retry_failed=self.retry_failed))
+            assert self._grown_standin is not None  # `_grow_plan` replayed the growth
+            grow_plan.update(grown_prompt_tokens(grown_recipe, self._grown_standin, prompts, web))
+            forced = forced_repeats(grown_recipe, self._grown_standin)  # the build's repeats, not the roots'
+            if forced is not None:
+                grow_plan.update(repeated_prompts=forced[0], per_topic_max=forced[2], mix_cells=forced[3])
         if planning:
             return self._plan(tax, prompts, grow_plan, can_call)
         docs, docs_hash = self.stage_generate(prompts, prompts_hash)
@@ -906,6 +918,9 @@ class Build:
         if st:
             self._skip("taxonomy", st)
             return Taxonomy.load(out_path), st["output_hash"], None
+        caps = grown_caps_problems(self.recipe, roots) if wants_grow else []
+        if caps:  # caps no tree of grow.target topics meets: refused before growth is paid, as `validate` does
+            raise RecipeError(self.recipe.problem_text(caps))
         t0 = self._begin("taxonomy")
         if wants_grow and not can_grow:
             plan = self._grow_plan(roots, n_roots)
@@ -941,14 +956,16 @@ class Build:
 
     def _grow_plan(self, roots: Taxonomy, n_roots: int) -> dict[str, int]:
         """What growing the roots would take, for a plan; a rerun pays only for the calls its journal does not
-        answer."""
-        from textbookgen.plan import estimate_grow_left
+        answer. The growth is replayed once: its stand-in tree (`_grown_standin`) gives the grown topics' prompt
+        tokens too (`plan.grown_prompt_tokens`)."""
+        from textbookgen.plan import grow_left, replay_growth
 
         r, g = self.recipe, self.recipe.taxonomy.grow
-        grown = self.journals()["taxonomy"]
-        plan = (estimate_grow_left(roots, g, grown, provider=r.provider.name, model=g.model or r.model,
-                                   seed=r.seed, retry_failed=self.retry_failed)
-                if grown.is_file() else estimate_grow(n_roots, g))
+        journal = self.journals()["taxonomy"]
+        self._grown_standin, replay = replay_growth(roots, g, journal, provider=r.provider.name,
+                                                    model=g.model or r.model, seed=r.seed,
+                                                    retry_failed=self.retry_failed)
+        plan = grow_left(n_roots, g, journal, replay) if journal.is_file() else estimate_grow(n_roots, g)
         self.notes.append(
             f"the taxonomy is not grown in a plan: prompts use the {n_roots:,} root topics; "
             f"the real build grows them to {g.target:,} first."
@@ -1319,6 +1336,8 @@ class Build:
             self.manifest["notes"] = list(self.notes)
 
     def how_to_run(self, can_call: bool) -> str:
+        """The command that runs this build for real, with its options in every form it gives (a copy without
+        them builds another recipe: the shipped samples, into the shipped output folder)."""
         r = self.recipe
         path = _rel(r.path) if r.path else "RECIPE"
         command = f"textbookgen build {path}{f' {self.options}' if self.options else ''}"
@@ -1326,7 +1345,7 @@ class Build:
             return command
         return (
             f"export {r.provider.key_env}=<your key> && {command}\n"
-            f"  (or use a server of your own: textbookgen build {path} --set provider.name=openai-compatible "
+            f"  (or use a server of your own: {command} --set provider.name=openai-compatible "
             f"--set provider.base_url=http://127.0.0.1:8000/v1 --set model=<served model>)"
         )
 

@@ -37,7 +37,7 @@ ALTERNATIVES = (
 DECODE_TOKENS_PER_S = 60.0  # typical hosted-API streaming speed, for the concurrency-bound time
 FIRST_TOKEN_S = 1.0
 NGRAM_SAMPLE = 20_000  # prompts read for the distinct 4-gram ratio (the first ones: a build's prefix)
-GROWTH_SAMPLE = 2_000  # prompts rendered on the roots and on a stand-in grown tree (`grown_prompt_tokens`)
+GROWTH_SAMPLE = 2_000  # the plan's first prompts (roots) against a stand-in grown tree's (`grown_prompt_tokens`)
 # Input tokens a character costs, by script: (name, regex class, expected, at most). No model tokenizer is loaded
 # (tiktoken is not a dependency). At most: GPT-2's byte-level BPE, measured on prose of each script and rounded
 # up; its 50K mostly-English vocabulary splits other scripts into more pieces than the providers' 100K-200K ones
@@ -467,16 +467,22 @@ def estimate_grow_left(
 ) -> dict[str, Any]:
     """`build.estimate_grow` for growth that a journal answers in part (a rerun after a budget stop, a crash or a
     Ctrl-C): `taxonomy.grow` is replayed on a copy of `roots`, grown by `cfg` as the build grows it, the journal
-    answering what it holds; `calls` and the tokens are those still to pay for, `answered` those the journal
-    answers (free), `paid_usd` what the journal paid (the budget counts it). Calls past the journal's answers are
-    counted as `estimate_grow` counts them: each answer brings per_call new names."""
+    answering what it holds (`replay_growth`, then `grow_left`)."""
+    _, replay = replay_growth(roots, cfg, journal, provider=provider, model=model, seed=seed,
+                              retry_failed=retry_failed)
+    return grow_left(len(roots.leaves()), cfg, journal, replay)
+
+
+def grow_left(leaves_before: int, cfg: GrowConfig, journal: Path, replay: _GrowReplay) -> dict[str, Any]:
+    """What a growth `replay` (`replay_growth`) leaves to pay for: `calls` and the tokens are those still to pay
+    for, `answered` those the journal answers (free), `paid_usd` what the journal paid (the budget counts it).
+    Calls past the journal's answers are counted as `estimate_grow` counts them: each answer brings per_call new
+    names."""
     from textbookgen.build import journal_summary
     from textbookgen.engine import spent
 
-    _, replay = _replay_growth(roots, cfg, journal, provider=provider, model=model, seed=seed,
-                               retry_failed=retry_failed)
     return {
-        "leaves_before": len(roots.leaves()),
+        "leaves_before": leaves_before,
         "target": cfg.target,
         "calls": replay.calls,
         "answered": replay.answered,
@@ -488,11 +494,12 @@ def estimate_grow_left(
     }
 
 
-def _replay_growth(
+def replay_growth(
     roots: Taxonomy, cfg: GrowConfig, journal: Path, *, provider: str, model: str, seed: int, retry_failed: bool
 ) -> tuple[Taxonomy, _GrowReplay]:
     """`taxonomy.grow` on a copy of `roots` as the build grows it, answered by `_GrowReplay`: the stand-in tree
-    (the journal's names where it holds them, made-up ones elsewhere) and what its calls cost."""
+    (the journal's names where it holds them, made-up ones elsewhere) and what its calls cost. A plan replays
+    once and reads both (`grow_left`, `grown_prompt_tokens`)."""
     import copy
 
     from textbookgen.taxonomy import grow
@@ -504,23 +511,18 @@ def _replay_growth(
     return tax, replay
 
 
-def grown_prompt_tokens(recipe: Any, roots: Taxonomy, journal: Path, web: Any, *,
-                        retry_failed: bool = False) -> dict[str, float]:
+def grown_prompt_tokens(recipe: Any, grown: Taxonomy, roots_prompts: pl.DataFrame, web: Any) -> dict[str, float]:
     """What a document prompt's input tokens gain, on average (expected and at most), from drawing its topic from
     the grown taxonomy rather than from the roots a plan draws from (a plan grows nothing): a grown name is longer
     than a root's, the root becomes part of its path, and with fewer prompts a topic, fewer run its web-extract
     share over the one asked. Measured on the first GROWTH_SAMPLE prompts of both trees with the same web samples
-    `web` (None: topic-only), the grown one a stand-in (`_replay_growth`: the grow journal's names where it holds
-    them, made-up names of grown names' length elsewhere); the roots' with the per-topic caps lifted, as the plan
-    draws them."""
+    `web` (None: topic-only): `roots_prompts`, the plan's prompts (drawn from the roots with the per-topic caps
+    lifted: its first rows are the ones a shorter render would give), and `grown`, the stand-in tree
+    (`replay_growth`: the grow journal's names where it holds them, made-up names of grown names' length
+    elsewhere), rendered under the recipe's caps."""
     from textbookgen.build import render_prompts
 
-    g = recipe.taxonomy.grow
-    grown, _ = _replay_growth(roots, g, journal, provider=recipe.provider.name, model=g.model or recipe.model,
-                              seed=recipe.seed, retry_failed=retry_failed)
-    uncapped = recipe.model_copy(
-        update={"taxonomy": recipe.taxonomy.model_copy(update={"max_per_topic": None, "min_per_topic": 0})})
-    before = _request_tokens(render_prompts(uncapped, roots, web, limit=GROWTH_SAMPLE))
+    before = _request_tokens(roots_prompts.head(GROWTH_SAMPLE))
     after = _request_tokens(render_prompts(recipe, grown, web, limit=GROWTH_SAMPLE))
     if not before[0].len() or not after[0].len():
         return {"prompt_input_tokens": 0.0, "prompt_input_tokens_max": 0.0}
@@ -628,14 +630,25 @@ def _journal_line(plan: Plan) -> str:
     return line + "."
 
 
-def _diversity_line(d: dict[str, Any]) -> str:
+def _diversity_line(d: dict[str, Any], grow: dict[str, Any] | None = None) -> str:
+    """How varied the plan's prompts are. Where the build grows the taxonomy (`grow`), they are drawn from the
+    roots, many to a topic: their repeats are not the build's, drawn from the grown topics, and adding topics is
+    no advice to a recipe that grows them; the build's own repeats, where counted (`recipe.forced_repeats` on the
+    stand-in grown tree), are."""
+    where = (f"Diversity of these prompts, drawn from the {grow['leaves_before']:,} root topics (not the build's, "
+             f"drawn from {grow['target']:,} grown topics; its manifest counts its own): " if grow else "Diversity: ")
     line = (
-        f"Diversity: {d['duplicate_prompts']:,} exact duplicate prompts ({d['duplicate_prompt_rate']:.2%}); "
+        f"{where}{d['duplicate_prompts']:,} exact duplicate prompts ({d['duplicate_prompt_rate']:.2%}); "
         f"{d['repeated_cells']:,} repeat a topic x template x audience x style x format "
         f"({d['repeated_cell_rate']:.2%}); distinct word 4-grams {d['distinct_4grams']:.1%} "
         f"(first {d['ngram_sample']:,} prompts); {d['per_topic_min']:,}-{d['per_topic_max']:,} prompts per topic used."
     )
-    if d["duplicate_prompts"]:
+    if grow and grow.get("repeated_prompts"):
+        line += (f" [yellow]At least {grow['repeated_prompts']:,} of the build's prompts repeat an earlier one word "
+                 f"for word (up to {grow['per_topic_max']:,} prompts a grown topic over {grow['mix_cells']:,} mix "
+                 "cells, and no web extracts): raise taxonomy.grow.target, add audiences, styles or formats, "
+                 "web_samples, or lower samples.[/yellow]")
+    elif d["duplicate_prompts"] and not grow:
         line += (" [yellow]Duplicate prompts ask twice for the same document: add topics (taxonomy.grow), "
                  "audiences, styles or formats, web_samples, or lower samples.[/yellow]")
     return line
@@ -686,7 +699,7 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
         tt.add_row(k, f"{v:,}")
     console.print(t, a, sub, tt)
     if plan.diversity:
-        console.print(_diversity_line(plan.diversity))
+        console.print(_diversity_line(plan.diversity, plan.grow))
     console.print(
         f"Tokens: ~{plan.input_tokens:,} input (at most {plan.input_tokens_max:,}); "
         f"~{plan.output_tokens_expected:,} output expected (each template's typical answer length), at most "

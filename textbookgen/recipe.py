@@ -557,16 +557,33 @@ def deferred_problems(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ..
 
 
 def repeated_prompts_note(recipe: Recipe, tax: Taxonomy) -> str | None:
-    """How many prompts must repeat an earlier one word for word (at least): those a topic gets beyond its mix
-    cells, where nothing else tells them apart (no web extracts, no template drawing `words`). The plan counts
+    """How many prompts must repeat an earlier one word for word (at least, `forced_repeats`): the plan counts
     them exactly once rendered; `validate` warns before, as a recipe asking for more documents than topics x
     cells is a mistake it would otherwise call ok. None with a grown taxonomy (its topics are not known yet)."""
+    if recipe.taxonomy.grow is not None:
+        return None
+    forced = forced_repeats(recipe, tax)
+    if not forced or not forced[0]:
+        return None
+    repeated, topics, most, cells = forced
+    return recipe.problem_text([(("samples",), (
+        f"at least {repeated:,} of {recipe.samples:,} prompts repeat an earlier one word for word "
+        f"({topics:,} topics, up to {most:,} prompts each, over {cells:,} mix cells "
+        "(template x audience x style x format) and no web extracts): add topics (taxonomy.grow), audiences, "
+        "styles or formats, web_samples, or lower samples"
+    ))])
+
+
+def forced_repeats(recipe: Recipe, tax: Taxonomy) -> tuple[int, int, int, int] | None:
+    """The prompts drawn from `tax` that must repeat an earlier one word for word, at least: those a topic gets
+    beyond its mix cells, where nothing else tells them apart; with the topics used, the most prompts a topic gets
+    and the cells. None where something may (web extracts, a template drawing `words`)."""
     from collections import Counter
 
     from textbookgen.templates import expand_mix, load_template, template_variables
 
     web = recipe.web_samples
-    if recipe.taxonomy.grow is not None or (web is not None and web.share > 0):
+    if web is not None and web.share > 0:
         return None
     if any("words" in template_variables(load_template(e.template, recipe.base_dir)) for e in recipe.mix):
         return None
@@ -575,14 +592,7 @@ def repeated_prompts_note(recipe: Recipe, tax: Taxonomy) -> str | None:
     per_topic = Counter(t.id for t in tax.sample(recipe.samples, recipe.seed, weighting=tc.weighting,
                                                   max_per_topic=tc.max_per_topic, min_per_topic=tc.min_per_topic))
     repeated = sum(max(0, n - cells) for n in per_topic.values())
-    if not repeated:
-        return None
-    return recipe.problem_text([(("samples",), (
-        f"at least {repeated:,} of {recipe.samples:,} prompts repeat an earlier one word for word "
-        f"({len(per_topic):,} topics, up to {max(per_topic.values()):,} prompts each, over {cells:,} mix cells "
-        "(template x audience x style x format) and no web extracts): add topics (taxonomy.grow), audiences, "
-        "styles or formats, web_samples, or lower samples"
-    ))])
+    return repeated, len(per_topic), max(per_topic.values(), default=0), cells
 
 
 def _taxonomy_fit(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], str]]:
@@ -591,17 +601,36 @@ def _taxonomy_fit(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], 
     tc = recipe.taxonomy
     leaves = len(tax.leaves())
     if tc.grow is not None and leaves < tc.grow.target:
-        if tc.max_per_topic is not None and tc.max_per_topic * tc.grow.target < recipe.samples:
-            problem = (f"max_per_topic={tc.max_per_topic} x {tc.grow.target:,} topics (taxonomy.grow.target) "
-                       f"< {recipe.samples:,} samples: raise taxonomy.max_per_topic or taxonomy.grow.target, or "
-                       "lower samples")
-            return [(("taxonomy", "max_per_topic"), problem)]
-        return []
+        return grown_caps_problems(recipe, tax)
     try:
         tax.sample(recipe.samples, recipe.seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic,
                    min_per_topic=tc.min_per_topic)
     except ValueError as e:
         return [caps_problem(recipe, e, leaves)]
+    return []
+
+
+def grown_caps_problems(recipe: Recipe, roots: Taxonomy) -> list[tuple[tuple[Any, ...], str]]:
+    """The per-topic caps against the `grow.target` leaves the build grows `roots` to, before growth is paid (the
+    prompts stage checks the tree grown, which may stop short): `max_per_topic` x target under `samples`, or
+    `min_per_topic` x target over it, can never be met. A root leaf's `meta.quota` replaces its minimum where it
+    stays a leaf: the minimum is refused only if it cannot be met whichever of those topics growth expands."""
+    tc = recipe.taxonomy
+    assert tc.grow is not None
+    target, samples = tc.grow.target, recipe.samples
+    if tc.max_per_topic is not None and tc.max_per_topic * target < samples:
+        problem = (f"max_per_topic={tc.max_per_topic} x {target:,} topics (taxonomy.grow.target) "
+                   f"< {samples:,} samples: raise taxonomy.max_per_topic or taxonomy.grow.target, or "
+                   "lower samples")
+        return [(("taxonomy", "max_per_topic"), problem)]
+    # samples a root leaf's quota frees where it stays a leaf (its quota under the minimum every other leaf gets)
+    freed = sum(max(0, tc.min_per_topic - t.meta["quota"]) for t in roots.leaves() if "quota" in t.meta)
+    if tc.min_per_topic * target - freed > samples:
+        quotas = f", less {freed:,} for root topics whose quota is under it," if freed else ""
+        problem = (f"min_per_topic={tc.min_per_topic} x {target:,} topics (taxonomy.grow.target){quotas} "
+                   f"> {samples:,} samples: lower taxonomy.min_per_topic or raise samples, or grow fewer topics "
+                   "(taxonomy.grow.target)")
+        return [(("taxonomy", "min_per_topic"), problem)]
     return []
 
 
