@@ -9,11 +9,12 @@ import time
 import zlib
 
 from textbookgen.ratelimit import AdmissionController
-from textbookgen.sharedlimits import _HEAD, MAGIC, SharedRecord
+from textbookgen.sharedlimits import MAGIC, SharedRecord
 
 
 def _record(version: int, size: int) -> bytes:
-    body = _HEAD.pack(MAGIC, version, size, time.monotonic(), time.time()) + struct.pack(f"<{size}d", *[1.0] * size)
+    body = struct.pack("<4sHHdd", MAGIC, version, size, time.monotonic(), time.time()) + struct.pack(
+        f"<{size}d", *[1.0] * size)  # the header of the hand-bumped versions
     return body + struct.pack("<I", zlib.crc32(body))
 
 

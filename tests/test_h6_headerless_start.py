@@ -46,18 +46,20 @@ class _VirtualLoop(asyncio.SelectorEventLoop):
 
 
 def _run(rpm: int, latency: float | tuple[float, float], n: int, *, spread_s: float = 0.0, concurrency: int = 64,
-         window_s: float = 1.0) -> dict:
-    """`n` requests, each arriving at a random time within `spread_s`, at a header-less server limiting `rpm`
-    per `window_s` window, answering after `latency` (seconds, or a uniform range). Returns when each was admitted
-    (`ok`) or refused (`refused`)."""
+         window_s: float = 1.0, arrivals: list[float] | None = None) -> dict:
+    """`n` requests, each arriving at a random time within `spread_s` (or at `arrivals[i]`), at a header-less server
+    limiting `rpm` per `window_s` window, answering after `latency` (seconds, or a uniform range). Returns when each
+    was admitted (`ok`) or refused (`refused`)."""
     loop = _VirtualLoop()
     server = RateLimiter(EmulatorConfig(rpm=rpm, window_s=window_s), 0.0)
     adm = AdmissionController(None, concurrency=concurrency, clock=loop.time)
     rng = random.Random(0)
     seen: dict = {"ok": [], "refused": []}
 
-    async def request() -> None:
-        if spread_s:  # arrivals spread over time, else all at once
+    async def request(i: int) -> None:
+        if arrivals is not None:
+            await asyncio.sleep(arrivals[i])
+        elif spread_s:  # arrivals spread over time, else all at once
             await asyncio.sleep(rng.uniform(0.0, spread_s))
         for attempt in range(30):
             ticket = await adm.acquire(0, 0)
@@ -77,7 +79,7 @@ def _run(rpm: int, latency: float | tuple[float, float], n: int, *, spread_s: fl
         raise AssertionError("a request was refused 30 times")
 
     async def main() -> None:
-        await asyncio.gather(*(request() for _ in range(n)))
+        await asyncio.gather(*(request(i) for i in range(n)))
 
     try:
         loop.run_until_complete(main())

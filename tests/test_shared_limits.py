@@ -17,7 +17,7 @@ import pytest
 
 from textbookgen.engine import ChatRequest, Generator
 from textbookgen.ratelimit import AdmissionController
-from textbookgen.sharedlimits import _HEAD, MAGIC, STALE_S, VERSION, SharedRecord, budget_id
+from textbookgen.sharedlimits import _HEAD, MAGIC, STALE_S, SharedRecord, budget_id
 from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl.flock on Windows: budgets stay per process")
@@ -25,11 +25,14 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl.flock 
 KEY = "sk-test-9f8e7d6c5b4a"
 MODEL = "gpt-4o-mini"
 WORKER = """
-import sys, time
+import pathlib, sys, time
 from textbookgen.engine import ChatRequest, Generator
 from textbookgen.ratelimit import RateLimits
-base, key, n, tag, start, rpm = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6]
-time.sleep(max(0.0, start - time.time()))  # all at once, as several builds started together
+base, key, n, tag, ready, count, rpm = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], \
+    int(sys.argv[6]), sys.argv[7]
+(pathlib.Path(ready) / tag).touch()  # all at once, as several builds started together, however slow their imports
+while len(list(pathlib.Path(ready).iterdir())) < count:
+    time.sleep(0.005)
 gen = Generator("openai", "gpt-4o-mini", base_url=base, api_key=key, concurrency=64, progress=False,
                 limits=RateLimits(rpm=float(rpm)) if rpm else None)
 out = gen.run([ChatRequest(messages=[{"role": "user", "content": f"{tag} {i}"}], max_tokens=8) for i in range(n)])
@@ -43,9 +46,10 @@ def run_workers(emu: Emulator, folder: Path, processes: int, each: int, *, share
     given): the 429s the server sent them."""
     before = emu.stats()["rate_limited"]
     env = {**os.environ, "TEXTBOOKGEN_LIMITS_DIR": str(folder), "TEXTBOOKGEN_SHARE_LIMITS": "1" if share else "0"}
-    start = str(time.time() + 1.0)
+    ready = folder.with_name(f"{folder.name}-ready")  # beside the limits folder, not in it
+    ready.mkdir(parents=True)
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, emu.openai_base_url, KEY, str(each), f"p{i}-{share}",
-                               start, str(rpm or "")], env=env) for i in range(processes)]
+                               str(ready), str(processes), str(rpm or "")], env=env) for i in range(processes)]
     assert [p.wait(timeout=120) for p in procs] == [0] * processes
     return emu.stats()["rate_limited"] - before
 
@@ -137,12 +141,13 @@ def test_a_corrupt_truncated_or_foreign_file_is_rebuilt(limits_dir, garbage):
         ask(generator(emu), 3, "b")
     rebuilt = path.read_bytes()
     assert len(rebuilt) == len(good) and rebuilt[:4] == b"TBGL"
-    assert SharedRecord.open(path.stem, AdmissionController.SHARED_SIZE, limits_dir)._decode(rebuilt) is not None
+    assert SharedRecord.open(path.stem, AdmissionController.shared_layout(), limits_dir)._decode(rebuilt) is not None
 
 
 def forged(record: SharedRecord, values: list[float], written_mono: float) -> bytes:
     """A well-formed record that says it was written at `written_mono` (with the wall time of now)."""
-    body = _HEAD.pack(MAGIC, VERSION, record.size, written_mono, time.time()) + struct.pack(f"<{record.size}d", *values)
+    body = _HEAD.pack(MAGIC, record.stamp, record.size, written_mono, time.time()) + struct.pack(
+        f"<{record.size}d", *values)
     return body + struct.pack("<I", zlib.crc32(body))
 
 

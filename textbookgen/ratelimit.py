@@ -43,6 +43,7 @@ LEARN_GROWTH = 0.15  # then grow back by this fraction of the rate refused per s
 LEARN_NEAR = 0.95  # ...up to this much of it (where a 429 at about the same rate again cuts back to), and on by
 LEARN_PROBE = 0.002  # this fraction a second, doubling every LEARN_PROBE_DOUBLING_S: the limit is most likely where
 LEARN_PROBE_DOUBLING_S = 30.0  # the last 429 came, but may have been raised, or left by others
+GUESS_DOUBLING_S = 5.0  # or every this many seconds above a rate only guessed (`_cut_rate`: the server's debt)
 MIN_LEARNED_RPM = 1.0  # the least a learned limit falls to
 REFUSALS_GAP_S = 10.0  # a 429 this long after the last cut begins a new run of refusals (`_sustained_rpm`), whose
 SUSTAINED_S = 0.3  # requests, once sent over this long, say the rate the server takes (counted as they go, not
@@ -391,7 +392,7 @@ class AdaptiveConcurrency:
 class Ticket:
     """One admitted attempt: what it reserved, so it can be refunded and its headers aged."""
 
-    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken", "sent_before", "probe", "sends_before")
+    __slots__ = ("tokens_in", "tokens_out", "t_send", "taken", "sent_before", "probe", "sends_before", "after_pause")
 
     def __init__(self, tokens_in: float, tokens_out: float, t_send: float, taken: tuple, sent_before: int = 0) -> None:
         self.tokens_in = tokens_in
@@ -401,6 +402,7 @@ class Ticket:
         self.sent_before = sent_before  # requests sent in the second before it (kept while no headers are seen)
         self.probe = False  # it holds one of the host's places for probes (`HostProbes`)
         self.sends_before = 0.0  # requests sent before it since the controller began (while no headers are seen)
+        self.after_pause = False  # a Retry-After pause ended in the second before it (while no headers are seen)
 
 
 class HostProbes:
@@ -412,7 +414,8 @@ class HostProbes:
     places are done with: a process that has yet to hear from the server sends its own probes, as a lone one
     does, paced by the shared buckets."""
 
-    SIZE = 1 + 2 * PROBES
+    LAYOUT = ("probes.opened_at", *(f"probes.{field}{i}" for i in range(PROBES) for field in ("pid", "sent")))
+    SIZE = len(LAYOUT)
 
     def __init__(self) -> None:
         self.opened_at: float | None = None  # when the server first answered the key (None: not yet)
@@ -454,16 +457,23 @@ class AdmissionController:
     """Decides when the next attempt may go: a concurrency slot, then the buckets (FIFO, one computed
     sleep at a time). Call exactly one of `complete`, `fail`, `abandon` or `cancel` per admitted ticket.
 
-    `shared` (a `SharedRecord` opened with `SHARED_SIZE`): the buckets, the limits learned, the header-less rate
-    learning and the probes sent before the server first answered (`HostProbes`) are kept there, one budget for the
-    processes on this host on the same (server, key, model), read and written back around every admission and
-    answer, so their spend is not foreign to each other's `share`; concurrency stays each process's own. Its times
-    are `time.monotonic()`, which is the host's: keep the clock."""
+    `shared` (a `SharedRecord` opened with `SHARED_SIZE`, laid out here as `shared_layout()`): the buckets, the
+    limits learned, the header-less rate learning and the probes sent before the server first answered
+    (`HostProbes`) are kept there, one budget for the processes on this host on the same (server, key, model), read
+    and written back around every admission and answer, so their spend is not foreign to each other's `share`;
+    concurrency stays each process's own. Its times are `time.monotonic()`, which is the host's: keep the clock."""
 
     _SHARED = ("paused_until", "_rate_decided_at", "_grown_at", "_refused_at_rpm", "_sent_count", "_sent_t",
                "_ramp_at", "_ramp_s", "_paced_at",  # one slow start for the host, doubling what they all send
-               "_sends", "_sent_last", "_refusing_at", "_refusing_from")
+               "_sends", "_sent_last", "_waiting_until", "_idle_until", "_refusing_at", "_refusing_from", "_guessed")
     SHARED_SIZE = len(BUCKETS) * len(TokenBucket.SHARED) + len(_SHARED) + HostProbes.SIZE
+
+    @classmethod
+    def shared_layout(cls) -> tuple[str, ...]:
+        """The names of the numbers in the host's shared record, in order (`SharedRecord.lay_out`): a process that
+        lays them out otherwise (another version) reads this one's record as foreign."""
+        return (*(f"{bucket}.{name}" for bucket in BUCKETS for name in TokenBucket.SHARED), *cls._SHARED,
+                *HostProbes.LAYOUT)
 
     def __init__(self, limits: RateLimits | None, concurrency: int, *, headroom: float = 0.99,
                  request_burst_s: float = 1.0, token_burst_s: float = 60.0, slow_start: bool = True,
@@ -488,15 +498,20 @@ class AdmissionController:
         self._lock = asyncio.Lock()
         self.headers_seen = False
         self.rate_limited = 0
-        self.paused_until = 0.0
+        self.paused_until = -math.inf
         self._sent: deque[float] = deque()  # when the last second's requests were sent, while no headers are seen
         self._shared = shared
+        if shared is not None:
+            shared.lay_out(self.shared_layout())
         self._sent_count, self._sent_t = 0.0, now  # the same for the host's processes together, decaying in 1 s
         self._rate_decided_at = -math.inf  # when the learned rate was last cut: one cut per round trip
         self._grown_at = -math.inf
         self._paced_at = -math.inf  # when a request last waited for the requests bucket
         self._refused_at_rpm = 0.0  # the rate a header-less server last refused: its limit is about there
+        self._guessed = 0.0  # 1: that rate is a guess, counted in a second the server's debt paused (`_cut_rate`)
         self._sends, self._sent_last = 0.0, -math.inf  # requests sent (while no headers are seen), the last when
+        self._waiting_until = -math.inf  # a request told to wait (`_admit`) asks for admission until then at least
+        self._idle_until = -math.inf  # when a request last asked with nobody asking since the last one went
         self._refusing_at, self._refusing_from = math.inf, 0.0  # the current run of 429s began: when, at which send
         self._ramp_at: float | None = None  # slow start: when the request rate next doubles (None: not ramping)
         self._ramp_s = SLOW_START_S
@@ -509,10 +524,11 @@ class AdmissionController:
     async def acquire(self, tokens_in: float, tokens_out: float) -> Ticket:
         # Slot first: a request let through by the buckets goes on the wire at once, so the pacing
         # the buckets compute is the pacing the server sees (no herd released when a slot frees up).
+        asked = self.clock()
         await self.concurrency.acquire()
         try:
             async with self._lock:
-                while not isinstance(admitted := self._admit(tokens_in, tokens_out), Ticket):
+                while not isinstance(admitted := self._admit(tokens_in, tokens_out, asked), Ticket):
                     await asyncio.sleep(admitted if self._ramp_at is not None else max(admitted, self.min_sleep_s))
         except BaseException:
             self.concurrency.release()
@@ -520,8 +536,9 @@ class AdmissionController:
         return admitted
 
     @_on_host
-    def _admit(self, tokens_in: float, tokens_out: float) -> Ticket | float:
-        """Take from the buckets and return the ticket, or return the seconds to wait first."""
+    def _admit(self, tokens_in: float, tokens_out: float, asked: float | None = None) -> Ticket | float:
+        """Take from the buckets and return the ticket, or return the seconds to wait first; `asked`: when its
+        `acquire` began (None: now)."""
         now = self.clock()
         if self._ramp_at is not None:
             self._ramp(now)
@@ -530,11 +547,12 @@ class AdmissionController:
             self._paced_at = now
         wait = max(paced, self._tok.wait_time(tokens_in + tokens_out, now),
                    self._in.wait_time(tokens_in, now), self._out.wait_time(tokens_out, now), self.paused_until - now)
-        if wait > 0:
-            return wait
         probe = not self._started and self._shared is not None and self._probes.opened_at is None
-        if probe and not self._probes.hold(os.getpid(), now):
-            return SLOW_START_S  # another process's probes are out: look again (their answer shows only here)
+        if wait <= 0 and probe and not self._probes.hold(os.getpid(), now):
+            wait = SLOW_START_S  # another process's probes are out: look again (their answer shows only here)
+        if wait > 0:
+            self._waiting_until = max(self._waiting_until, now + wait)
+            return wait
         self._req.take(1)
         self._tok.take(tokens_in + tokens_out)
         self._in.take(tokens_in)
@@ -543,6 +561,10 @@ class AdmissionController:
                                                      self._out.taken), 0 if self.headers_seen else self._count_sent(now))
         ticket.probe = probe
         if not self.headers_seen:
+            ticket.after_pause = now - self.paused_until < 1.0
+            asked = now if asked is None else asked
+            if asked > max(self._sent_last, self._waiting_until):  # nobody asked since the last request went
+                self._idle_until = asked
             ticket.sends_before, self._sends, self._sent_last = self._sends, self._sends + 1, now
         return ticket
 
@@ -708,7 +730,8 @@ class AdmissionController:
         self._grown_at = now
         if now - self._paced_at <= max(1.0, 120.0 / learned):  # it binds: requests wait for it
             near = LEARN_NEAR * self._refused_at_rpm
-            probe = LEARN_PROBE * 2.0 ** min((now - self._rate_decided_at) / LEARN_PROBE_DOUBLING_S, 10.0)
+            doubling = GUESS_DOUBLING_S if self._guessed else LEARN_PROBE_DOUBLING_S
+            probe = LEARN_PROBE * 2.0 ** min((now - self._rate_decided_at) / doubling, 10.0)
             grown = min(near, learned + LEARN_GROWTH * self._refused_at_rpm * dt) if learned < near \
                 else learned + probe * self._refused_at_rpm * dt
             self._req.learn(grown, now)
@@ -721,25 +744,41 @@ class AdmissionController:
         server's debt from cutting again). Concurrency cannot do this: one request in flight at 20 ms is already
         50 a second. A 429 with nothing sent in the second before it and nothing learned (the server's debt from
         earlier 429s refused it) teaches no rate: the Retry-After pause is all it says, and a slow start goes on
-        after it (it used to end the slow start with no pace at all, into a burst of 429s). Where the rate the server
-        took since it began refusing (`_sustained_rpm`) is under 3/4 of the rate, the cut goes to it at once."""
+        after it (it used to end the slow start with no pace at all, into a burst of 429s). A 429 in the slow start
+        with a Retry-After pause in the second before it (the probes' 429s left the server in debt) counts a second
+        mostly paused, not the rate refused: 1 request, 60 RPM, where the server takes 120. It ends the slow start at
+        3/4 of that as any 429 does, but the rate is a guess (`_guessed`): past 95% of it the rate grows on as above
+        a rate refused, its probe doubling every GUESS_DOUBLING_S rather than LEARN_PROBE_DOUBLING_S; the next 429
+        holds it at 95% of the guess only where it comes within 1/0.95 of it (the guess was right: a 60 RPM server),
+        and further above is cut from as a first one. Taken for the limit, the guess held a 120 RPM server at 57 RPM
+        until the probe reached 133 two minutes on, and that 429 held it at 95% of the guess again. Where the rate
+        the server took since it began refusing (`_sustained_rpm`) is under 3/4 of the rate, the cut goes to it at
+        once."""
         if ticket.t_send <= self._rate_decided_at or ticket.t_send < self._opened_at:
             return  # a probe's 429 says how many the server takes at once, not how many a second
         ramping = self._ramp_at is not None
         current = (not ramping and self._req.learned_limit) or ticket.sent_before * 60.0
         if not current:
             return
-        if now - self._rate_decided_at > REFUSALS_GAP_S:  # a new run of 429s: this one and what went with it or since
+        if now - self._rate_decided_at > REFUSALS_GAP_S or self._idle_until > self._rate_decided_at:
+            # a new run of 429s (long after the last cut, or nobody asked for a while since): this one and what went
+            # with it or since
             self._refusing_at, self._refusing_from = ticket.t_send, ticket.sends_before
         self._ramp_at = None
         self._rate_decided_at = now
         self._grown_at = now
+        if ramping and ticket.after_pause:  # the server's debt refused it: the second counted was mostly paused
+            self._refused_at_rpm, self._guessed = current, 1.0
+            self._req.learn(max(MIN_LEARNED_RPM, LEARN_CUT * current), now)
+            return
+        guessed, self._guessed = self._guessed, 0.0
         sustained = self._sustained_rpm(now)
         if sustained is not None and sustained < LEARN_CUT * current:  # far over the limit: go to it at once
             self._refused_at_rpm = min(current, sustained / LEARN_CUT)
             self._req.learn(max(MIN_LEARNED_RPM, sustained), now)
             return
-        if self._refused_at_rpm and current >= LEARN_NEAR * self._refused_at_rpm:  # the limit is there
+        if self._refused_at_rpm and current >= LEARN_NEAR * self._refused_at_rpm \
+                and (not guessed or current <= self._refused_at_rpm / LEARN_NEAR):  # the limit is there
             self._refused_at_rpm = min(current, self._refused_at_rpm)
             self._req.learn(max(MIN_LEARNED_RPM, LEARN_NEAR * self._refused_at_rpm), now)
             return
@@ -755,7 +794,11 @@ class AdmissionController:
         charged the rest; as the rate grows back towards 4/3 of this, a rate it overstates (a server that does not
         charge refusals) is cut by 3/4 as before. Counted as sent, not as answered: answers that take seconds (a
         long generation) were not back yet while the 429s were, so the rate read ~2/3 of the limit and the run was
-        held there (1200 RPM, latency 0.05 to 8 s: cut to 777 RPM)."""
+        held there (1200 RPM, latency 0.05 to 8 s: cut to 777 RPM). A run spans only time requests were asking for
+        admission: one that asks with nobody asking since the last request went (the caller had no work, or every
+        request was backing off) ends it, and the next 429 begins another (`_cut_rate`). Idle seconds are no rate the
+        server refused: 9 s of them in a run read 458 RPM of a 1200 RPM server (1-s window), which held the rest of
+        the run at 580 to 1000 RPM."""
         span = self._sent_last - self._refusing_at
         return (self._sends - self._refusing_from) / span * 60.0 if span >= SUSTAINED_S else None
 

@@ -7,9 +7,9 @@ overshoot together into 429s. Here they keep one set of buckets, so what one spe
 (a limit from headers, a 429) the others see at their next admission. Nothing in the file holds for a process
 that is gone: levels refill with time, and the few probes sent before the server first answers are held by pid,
 freed when that process is, so one killed mid-request leaves nothing stuck. The file holds only numbers, named by a
-hash of what identifies the budget (the key itself is never written). A file that is corrupt, truncated, foreign or
-from before a reboot is rebuilt; where no file can be used (a read-only folder, no `fcntl` on Windows) each process
-goes on with its own buckets, as before.
+hash of what identifies the budget (the key itself is never written). A file that is corrupt, truncated, foreign (laid
+out otherwise, by another version: `layout_stamp`) or from before a reboot is rebuilt; where no file can be used (a
+read-only folder, no `fcntl` on Windows) each process goes on with its own buckets, as before.
 """
 
 from __future__ import annotations
@@ -35,13 +35,22 @@ log = logging.getLogger("textbookgen.ratelimit")
 
 DIR_ENV = "TEXTBOOKGEN_LIMITS_DIR"  # where the files live (tests, or a folder of your choice)
 SWITCH_ENV = "TEXTBOOKGEN_SHARE_LIMITS"  # "0" (or off, false, no): each process keeps its own buckets
-MAGIC, VERSION = b"TBGL", 2  # a new version where the numbers change meaning at the same count (2: a run of
-# header-less 429s counted as sent, its 4 numbers in place of 1's 4 counted as answered: `AdmissionController._SHARED`)
+MAGIC = b"TBGL"
 STALE_S = 600.0  # a budget nobody touched for this long is started afresh, as a lone process would
 PRUNE_S = 86400.0  # files untouched for this long are deleted (each run on another server, key or model adds one)
 CLOCK_SKEW_S = 5.0  # wall and monotonic clocks drifting apart by more than this since the last write: a reboot
-_HEAD = struct.Struct("<4sHHdd")  # magic, version, count, written at (monotonic), written at (wall)
+_HEAD = struct.Struct("<4s16sHdd")  # magic, layout stamp, count, written at (monotonic), written at (wall)
+_BODY = "<{}d"  # the numbers, NaN for None
 _CRC = struct.Struct("<I")
+
+
+def layout_stamp(names: Sequence[str]) -> bytes:
+    """16 bytes naming a record's layout: a hash of its numbers' names in order and of how they are stored. Processes
+    that lay a record out otherwise (another version of this code) read each other's as foreign, and each runs alone:
+    a number added, dropped, renamed or moved changes the stamp, with no version to bump by hand (a hand-bumped one,
+    left as it was when 4 numbers changed meaning at the same count, let each version read the other's). A number
+    whose meaning changes takes a new name."""
+    return hashlib.sha256(json.dumps([_HEAD.format, _BODY, list(names)]).encode()).digest()[:16]
 
 
 def limits_dir() -> Path:
@@ -117,16 +126,25 @@ def process_alive(pid: int) -> bool:
 
 
 class SharedRecord:
-    """`size` floats (None stored as NaN) in one file, changed under an exclusive lock."""
+    """`size` floats (None stored as NaN) in one file, changed under an exclusive lock; named by `lay_out` (until
+    then by their places), and read only where laid out alike."""
 
     def __init__(self, path: Path, size: int, fd: int) -> None:
         self.path, self.size, self._fd = path, size, fd
-        self._body = struct.Struct(f"<{size}d")
+        self._body = struct.Struct(_BODY.format(size))
         self._length = _HEAD.size + self._body.size + _CRC.size
+        self.lay_out([str(i) for i in range(size)])
+
+    def lay_out(self, names: Sequence[str]) -> None:
+        """Name the numbers, in order: the record reads back only where they are named alike (`layout_stamp`)."""
+        if len(names) != self.size:
+            raise ValueError(f"{self.path}: {len(names)} names for a record of {self.size} numbers")
+        self.stamp = layout_stamp(names)
 
     @classmethod
-    def open(cls, name: str, size: int, folder: Path | None = None) -> SharedRecord | None:
-        """The record `name` in `folder` (default `limits_dir()`), or None where it cannot be used (logged once)."""
+    def open(cls, name: str, size: int | Sequence[str], folder: Path | None = None) -> SharedRecord | None:
+        """The record `name` in `folder` (default `limits_dir()`) of `size` numbers, or of these names (`lay_out`);
+        None where it cannot be used (logged once)."""
         if not sharing_enabled():
             return None
         folder = folder or limits_dir()
@@ -141,7 +159,10 @@ class SharedRecord:
                      "its own", exc)
             return None
         _prune(folder)
-        return cls(folder / f"{name}.limits", size, fd)
+        record = cls(folder / f"{name}.limits", size if isinstance(size, int) else len(size), fd)
+        if not isinstance(size, int):
+            record.lay_out(size)
+        return record
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
@@ -182,14 +203,14 @@ class SharedRecord:
         if len(data) != self._length or _CRC.unpack_from(data, self._length - _CRC.size)[0] != zlib.crc32(
                 data[:-_CRC.size]):
             return None
-        magic, version, count, mono, wall = _HEAD.unpack_from(data)
+        magic, stamp, count, mono, wall = _HEAD.unpack_from(data)
         now_mono, now_wall = time.monotonic(), time.time()
-        if (magic, version, count) != (MAGIC, VERSION, self.size) or not 0 <= now_mono - mono <= STALE_S \
+        if (magic, stamp, count) != (MAGIC, self.stamp, self.size) or not 0 <= now_mono - mono <= STALE_S \
                 or abs((now_wall - wall) - (now_mono - mono)) > CLOCK_SKEW_S:
             return None
         return [None if math.isnan(v) else v for v in self._body.unpack_from(data, _HEAD.size)]
 
     def _encode(self, values: Sequence[float | None]) -> bytes:
-        body = _HEAD.pack(MAGIC, VERSION, self.size, time.monotonic(), time.time()) + self._body.pack(
+        body = _HEAD.pack(MAGIC, self.stamp, self.size, time.monotonic(), time.time()) + self._body.pack(
             *(math.nan if v is None else v for v in values))
         return body + _CRC.pack(zlib.crc32(body))
