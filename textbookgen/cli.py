@@ -1113,7 +1113,11 @@ def _curation_run(input_path: str, output: str, make_steps, workdir: str | None,
             minhash = cfg.minhash.enabled
             stats = run_steps(input_path, output, make_steps(cfg), workdir, cfg.text_column, cfg.id_column)
     except KeyboardInterrupt:
+        from textbookgen.curation.stream import STORE
+
         kept = f"; the MinHash signatures made so far are kept in {signatures}" if signatures and minhash else ""
+        if (Path(workdir or f"{output}.work") / STORE).is_dir():  # filter, decontaminate: the chunks they finished
+            kept = f"; the chunks judged so far are kept in {workdir or f'{output}.work'}"
         typer.echo(f"\ninterrupted: {output} was not written (the input is untouched){kept}; rerun the same "
                    "command", err=True)
         raise typer.Exit(_interrupt_exit()) from None

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 from pydantic import ValidationError
 
-from textbookgen.curation.base import ROW, StageStats, Step, input_rows
+from textbookgen.curation.base import ROW, RowStep, StageStats, Step, input_rows
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
 from textbookgen.curation.corpus_io import (
     STATS_SUFFIX,
@@ -75,7 +75,10 @@ def parse_benchmark(spec: str) -> BenchmarkSource:
 def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step], workdir: str | Path | None,
               text_column: str = "text", id_column: str = "id") -> dict[str, Any]:
     """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`. Dedup steps
-    alone (`dedup_steps`) never hold the corpus: see `dedup_out_of_core`."""
+    alone (`dedup_steps`) never hold the corpus: see `dedup_out_of_core`; nor do steps that each judge a
+    document on its own (`filter_steps`, `decontaminate_steps`), and a killed run of those resumes from the
+    chunks it finished: see `stream.stream_out_of_core`. Any other list (those mixed with each other) runs on
+    the corpus read whole."""
     from textbookgen.curation.near_dedup import MinHashDedup
 
     check_output(output_path, input_path)
@@ -89,6 +92,10 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
         step.check_index()
     if _dedup_only(steps, text_column, id_column):
         stats = dedup_out_of_core(Corpus(input_path, text_column, id_column), output_path, steps, work)
+    elif steps and all(isinstance(s, RowStep) for s in steps):
+        from textbookgen.curation.stream import stream_out_of_core
+
+        stats = stream_out_of_core(Corpus(input_path, text_column, id_column), output_path, steps, work)
     else:
         from textbookgen.curation.pipeline import run_pipeline
 

@@ -482,11 +482,22 @@ class Corpus:
 
     def schema(self) -> pl.Schema:
         """The columns and types of `read_corpus`'s frame (files' columns joined, types widened)."""
-        empty = [_prepare(raw, f, self.path, 0, self.text_column, self.id_column)
-                 for f in self.files if not _is_empty(raw := self._raw_schema(f))]
+        empty = [self._prepared(raw, f) for f in self.files if not _is_empty(raw := self._raw_schema(f))]
         if not empty:
             raise _no_documents(self.path)
         return pl.concat(empty, how="diagonal_relaxed").schema
+
+    def _prepared(self, empty: pl.DataFrame, f: Path) -> pl.DataFrame:
+        """`_prepare` of a file's columns; where their types are refused, the error `_prepare` gives on the
+        file's rows, which names the first bad value (the columns alone cannot)."""
+        try:
+            return _prepare(empty, f, self.path, 0, self.text_column, self.id_column)
+        except ValueError:
+            first = 0
+            for raw in self._raw_chunks(f, None):
+                if not _is_empty(raw):
+                    first += _prepare(raw, f, self.path, first, self.text_column, self.id_column).height
+            raise
 
     def _raw_chunks(self, f: Path, columns: Sequence[str] | None) -> Iterator[pl.DataFrame]:
         if f.suffix != ".parquet":

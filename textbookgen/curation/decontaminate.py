@@ -27,9 +27,10 @@ rule): a quoted half question goes too, and so does a document quoting a source 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -41,11 +42,11 @@ from xxhash import xxh3_64_intdigest as _xxh3
 
 from textbookgen.curation.base import (
     CHUNK_ROWS,
+    RowStep,
     StageStats,
-    Step,
+    Verdict,
     input_rows,
-    map_rows,
-    progress,
+    judged_chunks,
     require_columns,
 )
 from textbookgen.curation.config import MAX_NGRAM, MIN_ITEM_WORDS, BenchmarkSource, DecontaminationConfig
@@ -60,6 +61,8 @@ MIN_RARE = 3  # rare words of an item a match must find (all, if it has fewer)
 # an option label: "(a)", "(12)" anywhere, or "B." / "c)" / "3." opening a line
 _LABEL = re.compile(r"\((?:[A-Za-z]|\d{1,2})\)|^[ \t]*(?:[A-Za-z]|\d{1,2})[.)][ \t]", re.MULTILINE)
 _MIX = np.random.default_rng(0x5EED).integers(1, 2**63, size=MAX_NGRAM, dtype=np.uint64) | np.uint64(1)
+REPORT_SCHEMA = {"id": pl.String, "row": pl.Int64, "benchmark": pl.String, "item_id": pl.String,
+                 "similarity": pl.Float64, "quote_words": pl.Int64, "ngram_hits": pl.Int64, "item_text": pl.String}
 #: One benchmark item as loaded: (benchmark, item id, its texts).
 ItemTexts = tuple[str, str, list[str]]
 
@@ -259,7 +262,7 @@ class NgramIndex:
                 for i in np.flatnonzero(hi > lo).tolist() for j in range(lo[i], hi[i])]
 
 
-class Decontaminate(Step):
+class Decontaminate(RowStep):
     """Drop documents that contain a benchmark item (n-gram candidate + in-order word match)."""
 
     name = "decontamination"
@@ -347,31 +350,42 @@ class Decontaminate(Step):
                 start = nxt
         return best
 
-    def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
-        require_columns(df, [self.text_column, self.id_column], self.name)
-        report, keep = [], np.ones(df.height, dtype=bool)
-        found_per_doc = map_rows(_match_rows, self, [df[self.text_column]], self.workers, self.chunk_size)
-        ids, rows = df[self.id_column].cast(pl.String).to_list(), input_rows(df).to_list()
-        # by row, not id: ids need not be unique (shards numbered from 0 each), and a clean row must not go
-        # with a contaminated one that shares its id
-        for i, (doc_id, row, found) in enumerate(zip(ids, rows, progress(found_per_doc, df.height, "decontaminating"),
-                                                     strict=True)):
-            if found:
-                keep[i] = False
-                stats.dropped[found[0]["benchmark"]] += 1  # reason = benchmark name (the card lists them)
-                report += [{"id": doc_id, "row": row, **m} for m in found]
+    def judge(self, chunks: Iterable[pl.DataFrame], total: int | None = None) -> Iterator[Verdict]:
+        judged = judged_chunks(_match_rows, self, chunks, self._columns, self.workers, self.chunk_size,
+                               "decontaminating", total)
+        for chunk, found_per_doc in judged:
+            keep, report, dropped = np.ones(chunk.height, dtype=bool), [], Counter()
+            ids, rows = chunk[self.id_column].cast(pl.String).to_list(), input_rows(chunk).to_list()
+            # by row, not id: ids need not be unique (shards numbered from 0 each), and a clean row must not go
+            # with a contaminated one that shares its id
+            for i, (doc_id, row, found) in enumerate(zip(ids, rows, found_per_doc, strict=True)):
+                if found:
+                    keep[i] = False
+                    dropped[found[0]["benchmark"]] += 1  # reason = benchmark name (the card lists them)
+                    report += [{"id": doc_id, "row": row, **m} for m in found]
+            yield Verdict(chunk.filter(pl.Series(keep)), pl.DataFrame(report, schema=REPORT_SCHEMA), dropped)
+
+    def finish(self, reports: list[pl.DataFrame], workdir: Path | None, stats: StageStats) -> None:
+        """Writes `workdir/contamination.parquet`: each match, with the document's id and input row, the item
+        and the scores."""
+        report = pl.concat(reports) if reports else pl.DataFrame(schema=REPORT_SCHEMA)
         stats.extra["benchmark_items"] = dict(self.items_per_benchmark)
         stats.extra["ngram"] = self.config.ngram
         stats.extra["similarity"] = self.config.similarity  # share of an item's words a copy must hold
         if self.config.min_quote_words is not None:
             stats.extra["min_quote_words"] = self.config.min_quote_words
-        stats.extra["matched_items"] = len({(r["benchmark"], r["item_id"]) for r in report})
+        stats.extra["matched_items"] = report.select("benchmark", "item_id").n_unique() if report.height else 0
         if workdir is not None:
-            pl.DataFrame(report, schema={"id": pl.String, "row": pl.Int64, "benchmark": pl.String,
-                                         "item_id": pl.String, "similarity": pl.Float64, "quote_words": pl.Int64,
-                                         "ngram_hits": pl.Int64,
-                                         "item_text": pl.String}).write_parquet(workdir / "contamination.parquet")
-        return df.filter(pl.Series(keep))
+            report.write_parquet(workdir / "contamination.parquet")
+
+    def fingerprint(self) -> str:
+        """The settings and a digest of every benchmark text (a benchmark file changed in place changes it)."""
+        texts = hashlib.sha256(repr(self.bench_texts).encode()).hexdigest()
+        return f"{self.name} {self.config.model_dump_json()} {texts}"
+
+    def _columns(self, chunk: pl.DataFrame) -> list[pl.Series]:
+        require_columns(chunk, [self.text_column, self.id_column], self.name)
+        return [chunk[self.text_column]]
 
 
 def _match_rows(step: Decontaminate, rows: list[tuple[str]]) -> list[list[dict]]:

@@ -19,6 +19,7 @@ import ast
 import re
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
@@ -29,11 +30,11 @@ import polars as pl
 
 from textbookgen.curation.base import (
     CHUNK_ROWS,
+    RowStep,
     StageStats,
-    Step,
+    Verdict,
     input_rows,
-    map_rows,
-    progress,
+    judged_chunks,
     require_columns,
 )
 from textbookgen.curation.config import FilterConfig
@@ -400,7 +401,7 @@ RULES: tuple[type[Rule], ...] = (
 )
 
 
-class HeuristicFilter(Step):
+class HeuristicFilter(RowStep):
     """Drop documents failing any rule; the first failing rule is the recorded reason."""
 
     name = "filters"
@@ -429,22 +430,32 @@ class HeuristicFilter(Step):
                 return rule.reason
         return None
 
-    def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
-        require_columns(df, [self.text_column], self.name)
-        formats = df["format"] if "format" in df.columns else pl.repeat(None, df.height, dtype=pl.String, eager=True)
-        judged = map_rows(_judge_rows, self, [df[self.text_column], formats], self.workers, self.chunk_size)
-        reasons, n_code = [], 0
-        for reason, is_code in progress(judged, df.height, "filtering"):
-            n_code += is_code
-            reasons.append(reason)
-        flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String), input_rows(df).alias("_row"))
-        dropped = flagged.filter(pl.col("_reason").is_not_null())
-        stats.dropped.update(Counter(dropped["_reason"].to_list()))
-        stats.extra["code_docs"] = n_code
-        if workdir is not None and self.id_column in df.columns:
-            dropped.select(self.id_column, pl.col("_row").alias("row"), pl.col("_reason").alias("reason")).write_parquet(
-                workdir / "dropped.parquet")
-        return flagged.filter(pl.col("_reason").is_null()).drop("_reason", "_row")
+    def judge(self, chunks: Iterable[pl.DataFrame], total: int | None = None) -> Iterator[Verdict]:
+        judged = judged_chunks(_judge_rows, self, chunks, self._columns, self.workers, self.chunk_size, "filtering",
+                               total)
+        for chunk, results in judged:
+            flagged = chunk.with_columns(pl.Series("_reason", [r for r, _ in results], dtype=pl.String),
+                                         input_rows(chunk).alias("_row"))
+            out = flagged.filter(pl.col("_reason").is_not_null())
+            report = out.select(self.id_column, pl.col("_row").alias("row"), pl.col("_reason").alias("reason")) if (
+                self.id_column in chunk.columns) else None
+            yield Verdict(flagged.filter(pl.col("_reason").is_null()).drop("_reason", "_row"), report,
+                          Counter(out["_reason"].to_list()), {"code_docs": sum(is_code for _, is_code in results)})
+
+    def finish(self, reports: list[pl.DataFrame], workdir: Path | None, stats: StageStats) -> None:
+        """Writes `workdir/dropped.parquet`: id, input row and reason of each document dropped."""
+        if workdir is not None and reports:
+            pl.concat(reports).write_parquet(workdir / "dropped.parquet")
+
+    def fingerprint(self) -> str:
+        return f"{self.name} {[type(r).__name__ for r in self.rules]} {self.config.model_dump_json()}"
+
+    def _columns(self, chunk: pl.DataFrame) -> list[pl.Series]:
+        """What the rules read of a chunk: its texts and formats (null where it has no `format` column)."""
+        require_columns(chunk, [self.text_column], self.name)
+        formats = chunk["format"] if "format" in chunk.columns else pl.repeat(None, chunk.height, dtype=pl.String,
+                                                                              eager=True)
+        return [chunk[self.text_column], formats]
 
 
 def _judge_rows(step: HeuristicFilter, rows: list[tuple[str, str | None]]) -> list[tuple[str | None, bool]]:

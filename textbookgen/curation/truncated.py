@@ -8,24 +8,28 @@ cluster keeps), drops them.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import Counter
+from collections.abc import Iterable, Iterator
 
 import polars as pl
 
-from textbookgen.curation.base import StageStats, Step
+from textbookgen.curation.base import RowStep, Verdict
 
 
-class DropTruncated(Step):
+class DropTruncated(RowStep):
     """Drop rows whose `finish_reason` is "length". A corpus with no `finish_reason` column (not written by
     the engine) passes whole, and the stats say so."""
 
     name = "truncated"
     reason = "cut_at_max_tokens"
 
-    def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
-        if "finish_reason" not in df.columns:
-            stats.extra["finish_reason_column"] = False
-            return df
-        cut = (df["finish_reason"] == "length").fill_null(False)
-        stats.dropped[self.reason] = int(cut.sum())
-        return df.filter(~cut)
+    def judge(self, chunks: Iterable[pl.DataFrame], total: int | None = None) -> Iterator[Verdict]:
+        for chunk in chunks:
+            if "finish_reason" not in chunk.columns:
+                yield Verdict(chunk, extra={"finish_reason_column": False})
+                continue
+            cut = (chunk["finish_reason"] == "length").fill_null(False)
+            yield Verdict(chunk.filter(~cut), dropped=Counter({self.reason: int(cut.sum())}))
+
+    def fingerprint(self) -> str:
+        return self.name
