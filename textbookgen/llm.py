@@ -12,7 +12,9 @@ call it on rows.
 
     table = Glossary("gpt-4o-mini", journal="run/glossary.sqlite")(rows)   # a polars DataFrame
 
-`rows`: dicts or strings, a polars (lazy) or pandas DataFrame, a pyarrow Table, a `datasets.Dataset`.
+`rows`: dicts or strings, a polars (lazy) or pandas DataFrame, a pyarrow Table, a `datasets.Dataset`, a generator.
+They go through `window` rows at a time (`LLM.window`), each window asked and parsed before the next is pulled,
+so memory holds one window's requests and answers plus the table; one budget and one `generator.stats` over all.
 
 Everything the engine does comes with it: rate limits, retries, budgets, the crash-safe journal, provider
 batch APIs (`batch=True`). Answers are journaled per request, not per task, so editing `parse` and calling
@@ -49,9 +51,11 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from difflib import get_close_matches
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +88,19 @@ class LLM:
     again (after `task.parse = fixed`, say) re-parses without paying."""
 
     response_format: type[BaseModel] | None = None
+    window: int = 10_000  # rows in memory at once: pulled, sent, answered and parsed before the next ones
 
     def __init__(self, model: str, provider: str = "openai", *, max_tokens: int = 1024,
                  temperature: float | None = None, top_p: float | None = None, system: str | None = None,
                  n: int = 1, seed: int | None = None, schema_retries: int = 2,
-                 response_format: type[BaseModel] | None = None, **engine: Any) -> None:
+                 response_format: type[BaseModel] | None = None, window: int | None = None, **engine: Any) -> None:
         _check_options(type(self).__name__, engine)
         if response_format is not None:
             self.response_format = response_format
+        if window is not None:
+            self.window = window
+        if not (isinstance(self.window, int) and self.window >= 1):
+            raise ValueError(f"window (rows in memory at once) must be an int >= 1, got {self.window!r}")
         _check_format(type(self).__name__, self.response_format)
         if n < 1:
             raise ValueError(f"n (answers per row) must be at least 1, got {n}")  # before the Generator opens a journal
@@ -108,6 +117,11 @@ class LLM:
         if self.response_format is not None:
             engine.setdefault("answer_check", self._unfit)
         self.generator = Generator(provider, model, **engine)
+        gen = self.generator
+        if gen.max_error_rate is not None and not gen.batch and self.window * n < gen.error_window:
+            raise ValueError(f"window={self.window} rows x n={n} is fewer requests than error_window="
+                             f"{gen.error_window}: each window is a run of its own, so none would reach the error-rate "
+                             "stop; raise window, lower error_window, or pass max_error_rate=None")
         self.max_tokens, self.temperature, self.top_p, self.system = max_tokens, temperature, top_p, system
         self.n, self.seed, self.schema_retries = n, seed, schema_retries
         self.failures: list[dict] = []
@@ -121,75 +135,123 @@ class LLM:
     def parse(self, row: Any, response: Any) -> dict | BaseModel | list | None:
         """Output rows for one answer (a dict, a pydantic model, a list of them, or None to drop the row).
         `response` is the `response_format` instance, or the text. Default: the row's fields + `response` (rows
-        that have a `response` field are refused before the call pays: it would be overwritten)."""
+        that have a `response` field are refused before the call pays, also where a parse() of a subclass calls
+        this one: the row's field would be overwritten)."""
+        if isinstance(row, Mapping) and "response" in row:
+            raise ValueError("the row has a 'response' field, which LLM.parse() would overwrite with this call's "
+                             "answer; rename that field (table.rename({'response': 'draft'})) or build the record "
+                             "without super().parse()")
         base = dict(row) if isinstance(row, Mapping) else {"row": row}
         return {**base, "response": response.model_dump() if isinstance(response, BaseModel) else response}
 
     def __call__(self, rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         """Generate for every row and return the parsed table (also from a Jupyter cell: see engine.run_sync)."""
-        rows = self._checked(_as_rows(rows))
-        requests = self._requests(rows)
-        return self._table(rows, run_sync(self._answers(requests)))
+        return run_sync(self.acall(rows))
 
     async def acall(self, rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-        """`__call__` inside a running event loop."""
-        rows = self._checked(_as_rows(rows))
-        requests = self._requests(rows)
-        return self._table(rows, await self._answers(requests))
-
-    async def _answers(self, requests: list[ChatRequest]) -> list[ChatResponse]:
-        """The responses to `requests`: the first round, then up to `schema_retries` re-asks of those that do not
-        fit `response_format`, all under one budget. One call at a time: the rounds share the Generator's budget
-        and stats, so a second call while one runs (`asyncio.gather` of two `acall`s) is refused, by this name."""
+        """`__call__` inside a running event loop. The rows go through `window` at a time (all at once with
+        batch=True: the provider takes them in one go), so a call holds one window's rows, requests and answers
+        and the parsed table, not every row's request and answer. One call at a time: its windows and rounds share
+        the Generator's budget and stats, so a second call while one runs (`asyncio.gather` of two `acall`s) is
+        refused, by this name."""
         if self._running:
             name = type(self).__name__
             raise RuntimeError(f"this {name} is already running a call: await it before calling again, or make "
                                f"one {name} object per concurrent call (a journal file takes one run at a time)")
         self._running = True
         try:
-            with _Rounds(self.generator) as rounds:
-                responses = await self.generator.arun(requests)
-                for k in range(1, self.schema_retries + 1):
-                    misses = self._misses(responses)
-                    if not misses:
-                        break
-                    rounds.next()
-                    _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
+            return await self._stream(rows)
         finally:
             self._running = False
+
+    async def _stream(self, rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+        """The call, window by window: each window's rows checked, asked (with their re-ask rounds) and parsed
+        before the next window is pulled from `rows`; rows and failures are numbered over the whole input."""
+        self.failures, self.truncated = [], []
+        if isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)):
+            self._checked(list(_checked_rows(rows, type(rows).__name__)))  # in memory: refused before any window
+        size = sys.maxsize if self.generator.batch else self.window
+        schema = self._format()  # one dict for every request: building it per row took ~1 ms and ~4 KB each
+        parts: list[tuple[pl.DataFrame, array]] = []
+        start = sent = 0
+        warned = False
+        with _Rounds(self.generator) as rounds:
+            for window in _windows(rows, size):
+                self._checked(window, start)
+                requests = self._requests(window, start, schema)
+                if not warned and self.n > 1 and any(r.temperature == 0 for r in requests):
+                    warn_same_samples(self.generator.provider, self.n, requests)
+                    warned = True
+                responses = await self._answers(requests, rounds)
+                del requests
+                parts.append(self._parsed(window, start, responses))
+                start, sent = start + len(window), sent + len(responses)
+        self._warn(start, sent)
+        return self._joined(parts)
+
+    async def _answers(self, requests: list[ChatRequest], rounds: _Rounds) -> list[ChatResponse]:
+        """The responses to one window's `requests`: the first round, then up to `schema_retries` re-asks of those
+        that do not fit `response_format`, all under the call's one budget (`rounds`)."""
+        rounds.next(first=True)
+        responses = await self.generator.arun(requests)
+        for k in range(1, self.schema_retries + 1):
+            misses = self._misses(responses)
+            if not misses:
+                break
+            rounds.next(first=False)
+            _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
         return responses
 
-    def _checked(self, rows: list[Any]) -> list[Any]:
-        """Refuse, before anything is paid, rows with a field the table would overwrite: `sample`, the answer index
-        when n > 1, and `response` where the default parse() puts the answer there (the table of an earlier task
-        passed to the next one would lose its answers)."""
+    def _checked(self, rows: list[Any], start: int = 0) -> list[Any]:
+        """Refuse, before anything is paid for them, rows with a field the table would overwrite: `sample`, the
+        answer index when n > 1, and `response` where parse() is or calls the default one, which puts the answer
+        there (the table of an earlier task passed to the next one would lose its answers). `start`: the index
+        of `rows[0]` in the input."""
         if self.n > 1 and (index := _first_with(rows, "sample")) is not None:
-            raise ValueError(f"row {index} has a 'sample' field, but with n={self.n} the table's 'sample' column "
-                             "is the answer index; rename that field")
-        if getattr(self.parse, "__func__", None) is LLM.parse and (index := _first_with(rows, "response")) is not None:
-            raise ValueError(f"row {index} has a 'response' field, which the default parse() would overwrite with "
-                             f"this call's answer; rename that field (table.rename({{'response': 'draft'}})) or give "
-                             f"{type(self).__name__} a parse()")
+            raise ValueError(f"row {start + index} has a 'sample' field, but with n={self.n} the table's 'sample' "
+                             "column is the answer index; rename that field")
+        if self._overwrites_response() and (index := _first_with(rows, "response")) is not None:
+            raise ValueError(f"row {start + index} has a 'response' field, which the default parse() would "
+                             f"overwrite with this call's answer; rename that field (table.rename({{'response': "
+                             f"'draft'}})) or give {type(self).__name__} a parse() that does not call super().parse()")
         return rows
 
+    def _overwrites_response(self) -> bool:
+        """Whether parse() is the default one or reaches it: a parse() of a class in the MRO whose code calls
+        super().parse() (its names hold both) hands on to the next one. A parse set on the object is its own."""
+        if (own := vars(self).get("parse")) is not None:
+            return getattr(own, "__func__", own) is LLM.parse
+        for cls in type(self).__mro__:
+            func = vars(cls).get("parse")
+            if func is None:
+                continue
+            if func is LLM.parse:
+                return True
+            names = getattr(getattr(func, "__code__", None), "co_names", ())
+            if not ("super" in names and "parse" in names):
+                return False
+        return False
+
     # ----- requests and answers -------------------------------------------------------------------
-    def _requests(self, rows: list[Any]) -> list[ChatRequest]:
+    def _requests(self, rows: list[Any], start: int, schema: dict | None) -> list[ChatRequest]:
         """`n` requests per row, row by row (`engine.sampled`): sample 0 is the request `prompt` made (seeded
         `self.seed` where it has no seed of its own), sample j >= 1 gets seed `base + j` (base: that seed, else
-        0), which makes the samples distinct requests and keeps each one's journal key stable as `n` grows."""
+        0), which makes the samples distinct requests and keeps each one's journal key stable as `n` grows.
+        `start`: the index of `rows[0]` in the input, for errors."""
         out = []
-        schema = self._format()  # one dict for every request: building it per row took ~1 ms and ~4 KB each
-        for index, row in enumerate(rows):
-            out += sampled(self._request(index, row, schema), self.n, self.seed)
-        warn_same_samples(self.generator.provider, self.n, out)
+        for index, row in enumerate(rows, start):
+            out += sampled(self._request(index, row, schema, start), self.n, self.seed)
         return out
 
-    def _request(self, index: int, row: Any, schema: dict | None) -> ChatRequest:
-        """Row `index`'s request from `prompt`, asking for `schema` (the class's `response_format`)."""
+    def _request(self, index: int, row: Any, schema: dict | None, start: int) -> ChatRequest:
+        """Row `index`'s request from `prompt`, asking for `schema` (the class's `response_format`); `start`: the
+        first row of its window, the first that no error there has let be sent."""
         try:
             made = self.prompt(row)
         except Exception as exc:
-            _add_note(exc, f"in {type(self).__name__}.prompt() on row {index}; nothing was sent")
+            sent = (f"rows 0 to {start - 1} (earlier windows) were answered and journaled, so calling again pays "
+                    f"nothing for them; nothing from row {start} on was sent") if start else "nothing was sent"
+            _add_note(exc, f"in {type(self).__name__}.prompt() on row {index}; {sent}")
             raise
         if isinstance(made, ChatRequest):  # the class's schema unless the request brings its own
             return made if made.response_format is not None else replace(made, response_format=schema)
@@ -236,13 +298,14 @@ class LLM:
         return {"type": "json_schema", "json_schema": {"name": self.response_format.__name__,
                                                        "schema": self.response_format.model_json_schema()}}
 
-    def _table(self, rows: list[Any], responses: list[ChatResponse]) -> pl.DataFrame:
-        self.failures, self.truncated = [], []
+    def _parsed(self, rows: list[Any], start: int, responses: list[ChatResponse]) -> tuple[pl.DataFrame, array]:
+        """One window's table and the row of each of its records (8 bytes each); failures and cut answers go to
+        `.failures` and `.truncated`, rows numbered from `start`, the index of `rows[0]` in the input."""
         records: list[dict] = []
         origins: list[int] = []  # the row of each record, to name it in errors
         for k, resp in enumerate(responses):  # row-major: row i's samples are responses i*n .. i*n+n-1
-            index, sample = divmod(k, self.n)
-            row = rows[index]
+            offset, sample = divmod(k, self.n)
+            index, row = start + offset, rows[offset]
             if resp.status not in ("ok", "truncated"):
                 self._fail(index, sample, resp, resp.error or resp.status)
                 continue
@@ -264,16 +327,33 @@ class LLM:
             new = [_record(o) for o in (out if isinstance(out, list) else [out]) if o is not None]
             records += [self._sampled(r, index, sample) for r in new] if self.n > 1 else new
             origins += [index] * len(new)
+        return self._frame(records, origins), array("q", origins)
+
+    def _warn(self, rows: int, requests: int) -> None:
+        """Say, once per call, how many requests failed and how many answers were cut (listed on the object)."""
         if self.failures:
             failed_rows = len({f["row"] for f in self.failures})
             log.warning("%s: %d of %s failed (n=%d per row), on %d of %s (see .failures)", type(self).__name__,
-                        len(self.failures), _counted(len(responses), "request"), self.n, failed_rows,
-                        _counted(len(rows), "row"))
+                        len(self.failures), _counted(requests, "request"), self.n, failed_rows,
+                        _counted(rows, "row"))
         if self.truncated:
             cut = len(self.truncated)
             log.warning("%s: %s %s cut at max_tokens and parsed as received (see .truncated; raise max_tokens to "
                         "get whole answers)", type(self).__name__, _counted(cut, "answer"), "was" if cut == 1 else "were")
-        return self._frame(records, origins)
+
+    def _joined(self, parts: list[tuple[pl.DataFrame, array]]) -> pl.DataFrame:
+        """The windows' tables as one, each column of the type one table of all records would give it: where the
+        windows agree, or differ only by all-null columns or ints beside floats (floats, as inference gives),
+        concatenated as they are (not copied into one chunk: the table may be most of the memory); otherwise (a clash,
+        or nested types that differ) built again from the records."""
+        parts = [(frame, origins) for frame, origins in parts if frame.width]
+        if len(parts) <= 1:
+            return parts[0][0] if parts else pl.DataFrame()
+        frames = [frame for frame, _ in parts]
+        if all(_concatenable({f.schema[c] for f in frames if c in f.schema}) for c in _columns(frames)):
+            return pl.concat(frames, how="diagonal_relaxed", rechunk=False)
+        return self._frame([r for f in frames for r in f.iter_rows(named=True)],
+                           [row for _, origins in parts for row in origins])
 
     def _kept(self) -> str:
         """Where the paid answers are, for error notes: who can re-parse them without paying."""
@@ -338,12 +418,12 @@ class LLM:
 
 
 class _Rounds:
-    """The runs of one call (the first round and its schema re-asks) under one budget: each Generator run
-    counts only its own request set (what the journal recorded for it included), so before a re-ask round the
-    Generator's `spent_aside` is what the earlier rounds spent, replayed answers included (restored after the
-    call): over the rounds and over reruns the call keeps to the one budget, and a budget stop names it. And
-    `generator.stats` adds the rounds up (counts and money summed; levels such as `concurrency` from the last
-    round). Re-ask rounds run without the answer check: they hold only the answers that missed, so many missing
+    """The runs of one call (each window's first round and its schema re-asks) under one budget: each Generator run
+    counts only its own request set (what the journal recorded for it included), so before each run after the
+    first the Generator's `spent_aside` is what the earlier runs spent, replayed answers included (restored after
+    the call): over the windows, the rounds and reruns the call keeps to the one budget, and a budget stop names
+    it. And `generator.stats` adds the runs up (counts and money summed; levels such as `concurrency` from the last
+    run). Re-ask rounds run without the answer check: they hold only the answers that missed, so many missing
     again is expected there, not a sign of a model that ignores the schema."""
 
     _LEVELS = frozenset({"concurrency"})
@@ -352,17 +432,21 @@ class _Rounds:
         self.gen, self.aside, self.check = gen, gen.spent_aside, gen.answer_check
         self.stats: dict = {}
         self.merged: dict | None = gen.stats  # the stats of a run before this call are not this call's
+        self.started = False
 
     def __enter__(self) -> _Rounds:
         return self
 
-    def next(self) -> None:
-        """Before a re-ask round: count the last round, and what the call has spent, against the next one."""
-        self._merge()
-        usd, used = spent(self.stats)
-        aside = self.aside or Spend(0.0, 0)
-        self.gen.spent_aside = Spend(aside.usd + usd, aside.output_tokens + used)
-        self.gen.answer_check = None
+    def next(self, first: bool) -> None:
+        """Before a run (`first`: a window's first round, with the answer check; else a re-ask round): count the
+        runs before it, and what the call has spent, against it."""
+        if self.started:
+            self._merge()
+            usd, used = spent(self.stats)
+            aside = self.aside or Spend(0.0, 0)
+            self.gen.spent_aside = Spend(aside.usd + usd, aside.output_tokens + used)
+        self.started = True
+        self.gen.answer_check = self.check if first else None
 
     def __exit__(self, *exc: object) -> None:
         self._merge()  # a round that raised has its stats too
@@ -427,31 +511,47 @@ def _put(responses: list[ChatResponse], indices: list[int], answers: list[ChatRe
         responses[i] = answer
 
 
-def _as_rows(rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> list[Any]:
-    """The rows as a list; a data frame's are dicts. Iterating a pandas DataFrame or an arrow Table yields its
-    columns, and an arrow RecordBatchReader its batches, which would be paid for as rows; a LazyFrame cannot be
-    iterated at all: all are read as frames. Any other iterable of frames, batches or columns is refused."""
+def _windows(rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame, size: int) -> Iterator[list[Any]]:
+    """The rows as lists of at most `size`, pulled from `rows` one list at a time."""
+    source = _rows(rows, size)
+    while window := list(islice(source, size)):
+        yield window
+
+
+def _rows(rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame, size: int) -> Iterator[Any]:
+    """The rows one by one; a data frame's are dicts, made `size` at a time. Iterating a pandas DataFrame or an arrow
+    Table yields its columns, and an arrow RecordBatchReader its batches, which would be paid for as rows; a
+    LazyFrame cannot be iterated at all: all are read as frames. Any other iterable of frames, batches or columns
+    is refused."""
     if isinstance(rows, pl.LazyFrame):
         rows = rows.collect()
     if isinstance(rows, pl.DataFrame):
-        return list(rows.iter_rows(named=True))
+        yield from rows.iter_rows(named=True)
+        return
     if (arrow := sys.modules.get("pyarrow")) is not None and isinstance(rows, arrow.RecordBatchReader):
-        return rows.read_all().to_pylist()
-    if (records := _foreign_frame_rows(rows)) is not None:
-        return records
+        for batch in rows:
+            yield from batch.to_pylist()
+        return
+    if (records := _foreign_frame_rows(rows, size)) is not None:
+        yield from records
+        return
     if isinstance(rows, (str, bytes, Mapping)):
         split = " (pick a split: ds['train'])" if type(rows).__name__ == "DatasetDict" else ""
         raise TypeError("call an LLM on an iterable of rows (dicts, strings, ...), a polars or pandas DataFrame, an "
                         f"arrow Table or a datasets.Dataset, not a single {type(rows).__name__}{split}")
-    listed = list(rows)
+    yield from _checked_rows(rows, type(rows).__name__)
+
+
+def _checked_rows(rows: Iterable[Any], source: str) -> Iterator[Any]:
+    """`rows`, refusing one that is a whole frame, batch or column (`_bulk_types`) by its index in `source`."""
     batches, columns = _bulk_types()
-    for index, row in enumerate(listed):
+    for index, row in enumerate(rows):
         if isinstance(row, batches + columns):
             kind = "batch" if isinstance(row, batches) else "column"
-            raise TypeError(f"row {index} of the {type(rows).__name__} is a whole {kind} ({type(row).__name__}), not a "
+            raise TypeError(f"row {index} of the {source} is a whole {kind} ({type(row).__name__}), not a "
                             "row: pass one frame of them all (pl.concat, pa.Table.from_batches, pd.concat), whose rows "
                             "are read")
-    return listed
+        yield row
 
 
 def _bulk_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
@@ -463,16 +563,35 @@ def _bulk_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return batches, (pl.Series, *((arrow.Array, arrow.ChunkedArray) if arrow else ()))
 
 
-def _foreign_frame_rows(rows: Any) -> list[dict] | None:
+def _foreign_frame_rows(rows: Any, size: int) -> Iterator[dict] | None:
     """The records of a pandas DataFrame or a pyarrow Table / RecordBatch (iterating one of them yields its columns),
-    else None; neither library is imported for it (such a frame means it is loaded already). A pandas gap (NaN, NaT,
-    NA) is None, as in a polars frame's rows: a prompt would read "nan" and the table fail on a NaT."""
+    made `size` at a time, else None; neither library is imported for it (such a frame means it is loaded already).
+    A pandas gap (NaN, NaT, NA) is None, as in a polars frame's rows: a prompt would read "nan" and the table fail
+    on a NaT."""
     pandas, arrow = sys.modules.get("pandas"), sys.modules.get("pyarrow")
     if pandas is not None and isinstance(rows, pandas.DataFrame):
-        return rows.astype(object).where(rows.notna(), None).to_dict("records")
+        return (record for begin in range(0, len(rows), size) for record in _pandas_records(rows.iloc[begin:begin + size]))
     if arrow is not None and isinstance(rows, (arrow.Table, arrow.RecordBatch)):
-        return rows.to_pylist()
+        return (record for begin in range(0, rows.num_rows, size) for record in rows.slice(begin, size).to_pylist())
     return None
+
+
+def _pandas_records(frame: Any) -> list[dict]:
+    """A pandas frame's records, its gaps None."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _columns(frames: list[pl.DataFrame]) -> list[str]:
+    """Every column of the frames, in the order they first appear."""
+    return list(dict.fromkeys(c for frame in frames for c in frame.columns))
+
+
+def _concatenable(dtypes: set[pl.DataType]) -> bool:
+    """Whether one column's types in several windows' tables join as inference over all their records would type
+    them: one type beside all-null columns, or integers beside floats (floats)."""
+    dtypes = {d for d in dtypes if d != pl.Null}
+    return len(dtypes) <= 1 or (all(d.is_numeric() for d in dtypes) and pl.Float64 in dtypes
+                                and all(d == pl.Float64 or d.is_integer() for d in dtypes))
 
 
 def _clash(records: list[dict], origins: list[int]) -> str | None:
