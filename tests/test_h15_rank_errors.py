@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # the main of a worker script: `worker(rank, port, scenario, folder)` on 2 spawned ranks, which join (env://) the
 # store this process holds, as torchrun's workers join its agent's (TORCHELASTIC_USE_AGENT_STORE): a port picked
-# free and closed here was free for anyone until rank 0 bound it, and two test runs at once could take the same one
+# free and closed here was free for anyone until rank 0 bound it, and two test runs at once could take the same one.
+# TORCHELASTIC_RESTART_COUNT too, as torchrun sets it: torch 2.4 (pyproject's floor) reads it in env:// under the
+# agent store, a KeyError on every rank without it
 SPAWN_MAIN = '''
 
 if __name__ == "__main__":
@@ -25,7 +27,7 @@ if __name__ == "__main__":
     import torch.distributed as dist
 
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
-    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
+    os.environ.update(TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
     mp.spawn(worker, args=(store.port, sys.argv[1], sys.argv[2]), nprocs=2)
 '''
 

@@ -184,6 +184,15 @@ def from_rank_0(fn: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
+def gathered(value: T) -> list[T]:
+    """`value` of every rank, by rank (`[value]` on one process): for what each rank finds on its own node."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values: list[T | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return values  # type: ignore[return-value]
+    return [value]
+
+
 def _any_rank(flag: bool) -> bool:
     """Whether `flag` holds on any rank: one all-reduce, on the GPU under NCCL (which has no CPU tensors)."""
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"

@@ -84,7 +84,11 @@ def generate_text(model: Phi, tokenizer, prompts: list[str], max_new_tokens: int
     as_trained = as_prepare_encodes(tokenizer)
     texts = []
     for prompt in prompts:
-        ids = as_trained.encode(prompt, add_special_tokens=False).ids or [eos]
+        ids = as_trained.encode(prompt, add_special_tokens=False).ids
+        if not ids and eos is None:
+            raise ValueError(f"an empty prompt starts from the tokenizer's {EOS_TOKEN}, and this tokenizer has none: "
+                             f"give a prompt (-p)")
+        ids = ids or [eos]
         x = torch.tensor([ids], device=device)
         y = generate(model, x, max_new_tokens, temperature, top_k, top_p, eos if stop_at_eos else None,
                      vocab_limit=tokenizer.get_vocab_size(), generator=gen)

@@ -290,13 +290,14 @@ def stale_datasets(cfg: TrainConfig) -> list[int]:
     return sorted({p.dataset for p in stale_parts(cfg)})
 
 
-def stale_parts(cfg: TrainConfig) -> list[DataPart]:
-    """The prepared folders that `stale_datasets` finds missing or out of date, to pass to `prepare_all`."""
+def stale_parts(cfg: TrainConfig, load: Callable[[str], Any] | None = None) -> list[DataPart]:
+    """The prepared folders that `stale_datasets` finds missing or out of date, to pass to `prepare_all`.
+    `load`: data.tokenizer (None where it cannot be loaded) from its spec; `_tokenizer_or_none` by default."""
     spec = cfg.data.tokenizer
     parts = [p for i in range(len(cfg.data.datasets)) for p in _parts(cfg, i)]
     prepared = [p for p in parts if (p.folder / INDEX_NAME).is_file()]
     stale = [p for p in parts if p not in prepared]
-    tokenizer = _tokenizer_or_none(spec) if prepared else None  # a missing dataset is named before this
+    tokenizer = (load or _tokenizer_or_none)(spec) if prepared else None  # a missing dataset is named before this
     for p in prepared:
         ds = cfg.data.datasets[p.dataset]
         if tokenizer is None:
@@ -366,13 +367,7 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
     d = cfg.data
     if d.synthetic:
         return SyntheticSampler(vocab_size, d.seq_len, cfg.train.seed), "synthetic"
-    # decided on rank 0 and sent to the others: each rank loaded data.tokenizer for it, and a rank whose load alone
-    # failed (a Hub load) refused alone, or judged the data by another rule than the others
-    stale = distributed.from_rank_0(lambda: stale_parts(cfg))
-    if stale and info.enabled:
-        pending = [d.datasets[i].source for i in sorted({p.dataset for p in stale})]
-        raise DataError(f"tokenized data missing or out of date for {pending}: run `python -m trainer prepare "
-                        f"-c CONFIG` before a multi-process run (the other ranks would time out waiting)")
+    stale = _stale_on_any_rank(cfg, info)
     if stale:
         prepare_all(cfg, progress=progress, stale=stale)
     streams = [TokenStream(dataset_dir(cfg, i)) for i in range(len(d.datasets))]
@@ -391,6 +386,27 @@ def build_sampler(cfg: TrainConfig, vocab_size: int, info: distributed.DistInfo,
     sampler = MixtureSampler(streams, [ds.weight for ds in d.datasets], d.seq_len, cfg.train.seed,
                              d.mix_block, names=names, start=start, offsets=offsets)
     return sampler, fingerprint
+
+
+def _stale_on_any_rank(cfg: TrainConfig, info: distributed.DistInfo) -> list[DataPart]:
+    """`stale_parts` on one process. On several, data missing or out of date on any rank is refused on every rank
+    (`prepare` first: the others would time out waiting): each rank judges the copy it reads (data.cache_dir may be
+    a node's own disk), by the tokenizer rank 0 loaded and sent (a Hub load failing on one rank alone judged that
+    rank's data by another rule)."""
+    if not info.enabled:
+        return stale_parts(cfg)
+    tokenizer = distributed.from_rank_0(lambda: _tokenizer_or_none(cfg.data.tokenizer))
+    mine = distributed.shared_outcome(lambda: stale_parts(cfg, lambda spec: tokenizer), every=True) or []
+    found = distributed.gathered(sorted({p.dataset for p in mine}))
+    datasets = sorted({i for each in found for i in each})
+    if datasets:
+        ranks = [rank for rank, each in enumerate(found) if each]
+        where = "" if len(ranks) == len(found) else f" on rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
+        pending = [cfg.data.datasets[i].source for i in datasets]
+        raise DataError(f"tokenized data missing or out of date for {pending}{where}: run `python -m trainer prepare "
+                        f"-c CONFIG` before a multi-process run (the other ranks would time out waiting), on each "
+                        f"node whose data.cache_dir is its own")
+    return []
 
 
 def mix_start(resumed: dict[str, Any] | None, fingerprint: str, names: list[str],
