@@ -87,7 +87,7 @@ def test_a_schema_7_journal_reads_as_it_is_and_is_migrated(tmp_path):
         assert j.export_parquet(tmp_path / "v7.parquet").is_file()
     with Journal(path) as j:
         j.lock_for_run()
-        assert j.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert j.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         s = j.summary()
         assert (s["abandoned_input_tokens"], s["abandoned_output_tokens"]) == (0, 128)
         j.write_results([], [(0.25, 64, 30, "k1")])

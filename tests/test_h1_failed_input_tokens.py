@@ -92,7 +92,7 @@ def test_a_journal_of_schema_6_gains_the_column_and_keeps_its_rows(tmp_path):
         out = gen_for(emu, tmp_path).run(ask(2))
         assert emu.billed == 2 and [r.text for r in out] == [r.text for r in first]
     with Journal(path) as j:
-        assert j.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert j.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         assert j.summary()["input_tokens"] == paid_in
         assert [row["failed_input_tokens"] for row in j.rows([r.key for r in out]).values()] == [0, 0]
 

@@ -203,7 +203,7 @@ def test_a_journal_from_before_batch_servers_were_recorded_opens_and_is_migrated
         assert j.open_batches("openai", "m")[0]["base_url"] is None
         j.add_batch("t2", "openai", "m", ["k1"], "http://127.0.0.1:8000/v1/")
         assert set(j.open_batch_groups()) == {("openai", "m", None), ("openai", "m", "http://127.0.0.1:8000/v1/")}
-        assert j.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert j.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
 
 
 def test_a_second_run_through_a_symlink_to_the_journal_is_refused(tmp_path):

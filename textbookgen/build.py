@@ -517,22 +517,23 @@ def _unread_extract_tokens(prompts: float, extract_chars: int, language: str,
             math.ceil(prompts * (extract_chars * 0.85 * most + 40 * latin[1] / latin[0])))
 
 
-def journal_summary(path: Path) -> dict[str, Any] | None:
-    """A request journal's `Journal.summary()`, read without writing; None where there is none yet."""
+def journal_summary(path: Path, prices: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any] | None:
+    """A request journal's `Journal.summary()` at `prices` (tokens billed at no price priced now, as the engine
+    does), read without writing; None where there is none yet."""
     if not path.is_file():
         return None
     from textbookgen.journal import Journal
 
     with Journal(path, read_only=True) as j:
-        return j.summary()
+        return j.summary(prices)
 
 
-def journal_spend(path: Path) -> Spend:
+def journal_spend(path: Path, prices: Mapping[str, tuple[float, float]] | None = None) -> Spend:
     """(USD, output tokens) a request journal records as spent, abandoned attempts at their worst case, as the
-    budgets count them; zeros where there is none yet."""
+    budgets count them (at `prices`, as the engine counts its own record); zeros where there is none yet."""
     from textbookgen.engine import Spend, spent
 
-    summary = journal_summary(path)
+    summary = journal_summary(path, prices)
     return spent(summary) if summary else Spend(0.0, 0)
 
 
@@ -552,7 +553,7 @@ class BudgetedGenerator:
         at their worst case."""
         from textbookgen.engine import Spend
 
-        spends = [journal_spend(p) for p in self.journals.values()]
+        spends = [journal_spend(p, self.gen.prices) for p in self.journals.values()]
         return Spend(sum(usd for usd, _ in spends), sum(out for _, out in spends))
 
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
@@ -1325,7 +1326,8 @@ class Build:
         self.manifest["stages"] = dict(self.stage_status)
         from textbookgen.engine import spent
 
-        summaries = {stage: journal_summary(p) for stage, p in self.journals().items()}
+        prices = self.recipe.price_table()  # as the runs priced their tokens billed at no price
+        summaries = {stage: journal_summary(p, prices) for stage, p in self.journals().items()}
         # what budget.max_cost_usd covers: every journal of the output folder, abandoned attempts at worst case
         cost = {stage: spent(s).usd if s else 0.0 for stage, s in summaries.items()}
         self.manifest["build_cost_usd"] = {**cost, "total": sum(cost.values())}

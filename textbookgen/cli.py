@@ -591,6 +591,8 @@ def journal(
                                         "recorded for each batch, else the provider's API)"),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="with --cancel-batches: environment variable "
                                            "holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
+    price: Annotated[list[str] | None, typer.Option("--price", help="MODEL=IN,OUT USD per 1M tokens (repeatable): "
+                                                    "prices the tokens runs made at no price (unpriced_tokens)")] = None,
 ) -> None:
     """Summarise a request journal (counts by status, tokens, cost) and optionally export it to parquet;
     --cancel-batches first cancels its open batches (stop the run using it first)."""
@@ -601,6 +603,7 @@ def journal(
         _fail(f"{path}: is a folder; give the journal file" if Path(path).is_dir() else f"no journal at {path}")
     if (base_url or api_key_env) and not cancel_batches:
         _fail("--base-url and --api-key-env go with --cancel-batches")
+    prices = _prices(price)
     for name in status or []:
         if name not in ("pending", *STATUSES):
             _fail(f"--status {name!r}: choose from pending, {', '.join(STATUSES)}")
@@ -633,7 +636,7 @@ def journal(
                    f"{counts['answered']} answered, {counts['failed']} failed, {counts['pending']} pending "
                    "(rerun the generate or build command to send them)")
     with _reported(), Journal(path, read_only=True) as j:
-        typer.echo(json.dumps(j.summary(), indent=2))
+        typer.echo(json.dumps(j.summary(prices), indent=2))
         if export:
             typer.echo(f"exported -> {j.export_parquet(export, statuses=status)}")
 

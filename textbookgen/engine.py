@@ -80,6 +80,7 @@ from textbookgen.journal import (
     JournalWriter,
     request_key,
     request_of,
+    unpriced_usd,
 )
 from textbookgen.pricing import (
     BATCH_DISCOUNT,
@@ -525,7 +526,8 @@ class Generator:
     before this run, this journal's record of these requests included: counted instead of that record.
     spent_aside (an attribute): spent against the same budgets outside this request set and outside spent_before,
     counted besides them (an LLM call's earlier schema re-ask rounds, each a request set of its own).
-    prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES.
+    prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES. The journal's calls made
+    at no price (an earlier run's) count at them, in the budgets, stats and replayed costs (`_repriced`).
     refuse_unpriced: refuse (ValueError) a max_cost_usd on a model with no price: its calls would count as $0, so
     the dollar budget could never stop them (an unbounded spend under a budget); give its price in `prices` ($0 for a
     free server of your own). False leaves it to the caller (a build says so in its recipe note).
@@ -599,8 +601,10 @@ class Generator:
         self.spent_aside: Spend | None = None  # see the class docstring
         self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
         self.batch_max_rounds, self.batch_limits = batch_max_rounds, batch_limits
-        factor = BATCH_DISCOUNT if batch else 1.0
-        self.price_in, self.price_out = (p * factor / 1e6 for p in price_of(model, prices))
+        self.prices = dict(prices or {})
+        self._priced = is_priced(model, prices)  # else its calls cost $0 here and their tokens are journaled apart
+        self._rate = BATCH_DISCOUNT if batch else 1.0  # of the list price, what a token is billed
+        self.price_in, self.price_out = (p * self._rate / 1e6 for p in price_of(model, prices))
         self.cache_read_rate, self.cache_write_rate = cache_rates(model)
         self.cache_write_1h_rate = cache_write_1h_rate(model)
         self.progress = progress
@@ -661,6 +665,7 @@ class Generator:
         the totals as replayed answers are. Registers the other requests as pending."""
         rows = journal.rows(list(unique))
         self._fail_empty_rows(journal, rows)
+        rows = {key: self._repriced(row) for key, row in rows.items()}
         abandoned = Billed(sum(row["abandoned_usd"] for row in rows.values()),
                            sum(row["abandoned_output_tokens"] for row in rows.values()),
                            sum(row["abandoned_input_tokens"] for row in rows.values()))
@@ -681,6 +686,22 @@ class Generator:
         self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
         return results, abandoned, resent
 
+    def _repriced(self, row: dict) -> dict:
+        """`row` with the tokens it was billed at no price (a run on a model that had none) counted at this run's
+        price, in its cost and its abandoned attempts' worst case: a cost computed at an unknown price is no cost, so
+        a budget given with --price after such a run counts what those calls cost, not $0. Only those: a cost computed
+        at a known price stands as journaled when the price changes (the table updated, another --price), as that is
+        what the price in force billed (providers price later calls, not past ones) and a resumed run's budget must
+        not move under it. Priced on every reading, never written back: a summary (`Journal.summary`, `spent_before`
+        of a build) with the same prices counts the same."""
+        if not self._priced:  # still no price: they stay uncounted ($0), as this run's own calls
+            return row
+        model = row["model"]
+        return {**row, "cost_usd": row["cost_usd"] + unpriced_usd(
+                    model, row["unpriced_input_tokens"], row["unpriced_output_tokens"], self.prices),
+                "abandoned_usd": row["abandoned_usd"] + unpriced_usd(
+                    model, row["abandoned_unpriced_input_tokens"], row["abandoned_unpriced_output_tokens"], self.prices)}
+
     @staticmethod
     def _fail_empty_rows(journal: Journal, rows: dict[str, dict]) -> None:
         """Answers an older textbookgen recorded as done though they have no text (`empty_answer`): recorded now as
@@ -692,7 +713,7 @@ class Generator:
                 rows[key] = {**row, "status": "failed", "error_class": empty[0], "error": empty[1]}
                 fixed.append(("failed", row["text"], row["finish_reason"], row["input_tokens"], row["output_tokens"],
                               row["cost_usd"], row["latency_s"], row["attempts"], empty[1], empty[0],
-                              row["response_id"], now, key))
+                              row["response_id"], now, 0.0, 0.0, key))  # nothing billed anew
         if fixed:
             journal.write_results(fixed)
             log.warning("%d answers in the journal have no text (empty, or only reasoning): recorded as failed "
@@ -861,14 +882,14 @@ class Generator:
     @contextlib.contextmanager
     def _batch_prices(self) -> Iterator[None]:
         """Answers collected from batches by a live run cost what the provider billed: the batch price."""
-        full = self.price_in, self.price_out
+        full, rate = (self.price_in, self.price_out), self._rate
         self.price_in, self.price_out = (p * BATCH_DISCOUNT for p in full)
-        self._collecting = True
+        self._rate, self._collecting = BATCH_DISCOUNT, True
         try:
             yield
         finally:
             self.price_in, self.price_out = full
-            self._collecting = self.batch
+            self._rate, self._collecting = rate, self.batch
 
     async def _dispatch(self, todo: list[_Item]) -> None:
         """Start one task per request, at most 2x concurrency alive (the rest wait here, costing no
@@ -991,7 +1012,7 @@ class Generator:
             self._release(item)
             raise asyncio.CancelledError
         try:  # committed before it goes out: a run killed while it is on the wire leaves it counted
-            self._writer.on_wire(item.key, *item.reserved)
+            self._writer.on_wire(item.key, self._journaled_usd(item.reserved), *item.reserved[1:])
         except BaseException:
             admission.cancel(ticket)
             self._release(item)
@@ -1079,8 +1100,13 @@ class Generator:
         c["abandoned_usd"] += worst.usd
         c["abandoned_output_tokens"] += worst.output_tokens
         c["abandoned_input_tokens"] += worst.input_tokens
-        self._writer.put_abandoned(item.key, *worst)
+        self._writer.put_abandoned(item.key, self._journaled_usd(worst), *worst[1:])
         self._release(item)
+
+    def _journaled_usd(self, worst: Billed) -> float | None:
+        """An attempt's worst case in USD as the journal keeps it: None at no price (a $0 that is no cost; a later
+        run that has the price counts its tokens, `_replay`)."""
+        return worst.usd if self._priced else None
 
     def _settled_unbilled(self, item: _Item) -> None:
         """An attempt that ended without an answer the provider bills (a 429, a 5xx, a refused key)."""
@@ -1215,19 +1241,22 @@ class Generator:
             status = "truncated"
         else:
             status = "ok"
+        unpriced = (0.0, 0.0) if self._priced else (self._input_units(completion) * self._rate,
+                                                     completion.output_tokens * self._rate)
         return (status, completion.text, finish, completion.input_tokens, completion.output_tokens, cost, latency,
-                attempts, error, error_class, completion.response_id, time.time(), key)
+                attempts, error, error_class, completion.response_id, time.time(), *unpriced, key)
 
     def _cost(self, completion) -> float:
         """USD of one answer: cached input at its own rate (cheaper to read, dearer to write, dearer still to keep
         for an hour)."""
+        return self._input_units(completion) * self.price_in + completion.output_tokens * self.price_out
+
+    def _input_units(self, completion) -> float:
+        """An answer's input tokens weighted by the rate each is billed, as a fraction of the input price."""
         read, write = completion.cache_read_tokens, completion.cache_write_tokens
         hour = completion.cache_write_1h_tokens  # of `write`
         fresh = completion.input_tokens - read - write
-        cached = (read * self.cache_read_rate + (write - hour) * self.cache_write_rate
-                  + hour * self.cache_write_1h_rate)
-        input_cost = (fresh + cached) * self.price_in
-        return input_cost + completion.output_tokens * self.price_out
+        return fresh + read * self.cache_read_rate + (write - hour) * self.cache_write_rate + hour * self.cache_write_1h_rate
 
     def _finish(self, item: _Item, completion, latency: float) -> str | None:
         """Record an answer; returns its failure class (a refusal, filtered output, no text), None when it is one.
@@ -1265,7 +1294,7 @@ class Generator:
     @staticmethod
     def _failed_row(key: str, error: str, error_class: str, attempts: int) -> tuple:
         """The journal row of a request that failed (see journal._UPDATE); `error` already redacted."""
-        return ("failed", None, None, 0, 0, 0.0, None, attempts, error, error_class, None, time.time(), key)
+        return ("failed", None, None, 0, 0, 0.0, None, attempts, error, error_class, None, time.time(), 0.0, 0.0, key)
 
     def _skip(self, item: _Item) -> None:
         """Not sent because of a budget; the journal row stays pending so a rerun picks it up."""

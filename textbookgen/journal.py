@@ -29,6 +29,17 @@ A row's `input_tokens` and `output_tokens` describe its answer; a failure answer
 billed its own, which `failed_output_tokens` (schema 6) and `failed_input_tokens` (schema 7) add up, as `cost_usd` does
 its cost, so totals and budgets count what was paid; older journals get the columns as zeros (their failures answered
 since are lost to them).
+
+A cost computed at no price (a model neither the price table nor --price knew) is not a cost: its $0 says nothing.
+Such tokens are kept apart (schema 9), in list-price tokens (a batch token counts `BATCH_DISCOUNT` of one):
+`unpriced_input_tokens` and `unpriced_output_tokens` of answers and failures, `abandoned_unpriced_input_tokens` and
+`abandoned_unpriced_output_tokens` of abandoned attempts (an attempt on the wire at no price has `on_wire_usd` NULL).
+Whoever reads a cost prices them at the price it knows now (`unpriced_usd`), each time, and writes nothing back: a
+later price table or --price counts them, and a reader and a run with the same prices agree. A cost that was computed
+at a known price stands as recorded, also once the price changes: it is what that price billed (providers change
+prices for later calls, not past ones), so a rerun's budget and a build's totals do not move under a price change. An
+older journal's rows of $0 that hold tokens are taken for unpriced (a $0 price given on purpose is then counted
+only if a later run gives the model a price), their batch discount unknown: counted at list price, never less.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,10 +58,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from textbookgen.pricing import is_priced, price_of
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8  # 2: reuse_key, reused_from; 3: abandoned_*; 4: on_wire_*; 5: batches.base_url;
-# 6: failed_output_tokens; 7: failed_input_tokens; 8: abandoned_input_tokens, on_wire_input_tokens;
+SCHEMA_VERSION = 9  # 2: reuse_key, reused_from; 3: abandoned_*; 4: on_wire_*; 5: batches.base_url;
+# 6: failed_output_tokens; 7: failed_input_tokens; 8: abandoned_input_tokens, on_wire_input_tokens; 9: *unpriced_*;
 # older: migrated on open
 DONE_STATUSES = ("ok", "truncated")
 # failures that would fail again if re-sent unchanged; transient ones (retries exhausted) are re-sent
@@ -59,7 +73,9 @@ WRITE_RETRIES, WRITE_RETRY_S = 4, 2.0  # a failed commit (locked, disk full) is 
 COLUMNS = ("key", "provider", "model", "status", "text", "finish_reason", "input_tokens", "output_tokens",
            "cost_usd", "latency_s", "attempts", "error", "error_class", "response_id", "request",
            "metadata", "created_at", "updated_at", "reused_from", "abandoned_usd", "abandoned_output_tokens",
-           "failed_output_tokens", "failed_input_tokens", "abandoned_input_tokens")
+           "failed_output_tokens", "failed_input_tokens", "abandoned_input_tokens", "unpriced_input_tokens",
+           "unpriced_output_tokens", "abandoned_unpriced_input_tokens", "abandoned_unpriced_output_tokens")
+UNPRICED_COLUMNS = COLUMNS[-4:]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -90,7 +106,11 @@ CREATE TABLE IF NOT EXISTS requests (
     failed_output_tokens INTEGER NOT NULL DEFAULT 0,
     failed_input_tokens INTEGER NOT NULL DEFAULT 0,
     abandoned_input_tokens INTEGER NOT NULL DEFAULT 0,
-    on_wire_input_tokens INTEGER
+    on_wire_input_tokens INTEGER,
+    unpriced_input_tokens REAL NOT NULL DEFAULT 0,
+    unpriced_output_tokens REAL NOT NULL DEFAULT 0,
+    abandoned_unpriced_input_tokens REAL NOT NULL DEFAULT 0,
+    abandoned_unpriced_output_tokens REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
 CREATE TABLE IF NOT EXISTS batches (
@@ -114,7 +134,8 @@ CREATE TABLE IF NOT EXISTS batches (
 OPEN_BATCH_STATUSES = ("submitting", "running")
 
 # result rows written by the engine: (status, text, finish_reason, input_tokens, output_tokens,
-# cost_usd, latency_s, attempts, error, error_class, response_id, updated_at, key). A failed row sent again
+# cost_usd, latency_s, attempts, error, error_class, response_id, updated_at, unpriced_input_tokens,
+# unpriced_output_tokens, key; the unpriced ones added to what the row holds: billed, at no price). A failed row sent again
 # (retry_failed) keeps what its failure cost in cost_usd and its tokens in failed_input_tokens and failed_output_tokens:
 # a refusal is billed, so the journal's totals stay what was paid (input_tokens and output_tokens describe the new
 # answer). A row answered anew no longer reuses another's answer.
@@ -123,16 +144,29 @@ cost_usd=? + CASE WHEN status = 'failed' THEN COALESCE(cost_usd, 0) ELSE 0 END,
 failed_output_tokens = failed_output_tokens + CASE WHEN status = 'failed' THEN output_tokens ELSE 0 END,
 failed_input_tokens = failed_input_tokens + CASE WHEN status = 'failed' THEN input_tokens ELSE 0 END,
 latency_s=?, attempts=?, error=?, error_class=?, response_id=?, updated_at=?, on_wire_usd=NULL,
-on_wire_output_tokens=NULL, on_wire_input_tokens=NULL, reused_from=NULL WHERE key=?"""
-# abandoned attempts: (worst-case USD, max_tokens, estimated input tokens, key), added to what the row already holds
-_ABANDONED = """UPDATE requests SET abandoned_usd = abandoned_usd + ?,
-abandoned_output_tokens = abandoned_output_tokens + ?, abandoned_input_tokens = abandoned_input_tokens + ?,
-on_wire_usd = NULL, on_wire_output_tokens = NULL, on_wire_input_tokens = NULL WHERE key=?"""
-# an attempt about to go on the wire: (worst-case USD, max_tokens, estimated input tokens, key); an attempt that
-# settled unbilled: (key,)
+on_wire_output_tokens=NULL, on_wire_input_tokens=NULL, reused_from=NULL,
+unpriced_input_tokens = unpriced_input_tokens + ?, unpriced_output_tokens = unpriced_output_tokens + ? WHERE key=?"""
+# abandoned attempts: (worst-case USD, max_tokens, estimated input tokens, key), added to what the row already holds;
+# USD None: at no price (its tokens go to the abandoned_unpriced columns too)
+_ABANDONED = """UPDATE requests SET abandoned_usd = abandoned_usd + COALESCE(?1, 0),
+abandoned_output_tokens = abandoned_output_tokens + ?2, abandoned_input_tokens = abandoned_input_tokens + ?3,
+abandoned_unpriced_output_tokens = abandoned_unpriced_output_tokens + CASE WHEN ?1 IS NULL THEN ?2 ELSE 0 END,
+abandoned_unpriced_input_tokens = abandoned_unpriced_input_tokens + CASE WHEN ?1 IS NULL THEN ?3 ELSE 0 END,
+on_wire_usd = NULL, on_wire_output_tokens = NULL, on_wire_input_tokens = NULL WHERE key=?4"""
+# an attempt about to go on the wire: (worst-case USD, None at no price, max_tokens, estimated input tokens, key); an
+# attempt that settled unbilled: (key,)
 _ON_WIRE = "UPDATE requests SET on_wire_usd = ?, on_wire_output_tokens = ?, on_wire_input_tokens = ? WHERE key=?"
 _OFF_WIRE = ("UPDATE requests SET on_wire_usd = NULL, on_wire_output_tokens = NULL, on_wire_input_tokens = NULL "
              "WHERE key=?")
+
+# an older journal's tokens billed at no price, as far as it tells: those of rows (answers and failures; abandoned
+# attempts) that cost $0 (the migration's values, and what a read-only summary of one counts)
+_UNPRICED_OF_OLD = {
+    "unpriced_input_tokens": "CASE WHEN cost_usd = 0 THEN input_tokens + failed_input_tokens ELSE 0 END",
+    "unpriced_output_tokens": "CASE WHEN cost_usd = 0 THEN output_tokens + failed_output_tokens ELSE 0 END",
+    "abandoned_unpriced_input_tokens": "CASE WHEN abandoned_usd = 0 THEN abandoned_input_tokens ELSE 0 END",
+    "abandoned_unpriced_output_tokens": "CASE WHEN abandoned_usd = 0 THEN abandoned_output_tokens ELSE 0 END",
+}
 
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
 
@@ -201,8 +235,9 @@ class Journal:
         """Bring an older journal to this schema: the two reuse columns (version 1), reuse keys computed from the
         stored requests; the abandoned-attempt columns (version 2), zeros; the on-wire columns (version 3), empty;
         the batches' base_url (version 4), unknown; the failures' output tokens (version 5), zeros; their input
-        tokens (version 6), zeros; the abandoned and on-wire attempts' input tokens (version 7), zeros and empty. One
-        transaction: a process opening it meanwhile waits, then finds it done."""
+        tokens (version 6), zeros; the abandoned and on-wire attempts' input tokens (version 7), zeros and empty; the
+        tokens billed at no price (version 8), those of $0 (`_UNPRICED_OF_OLD`). One transaction: a process opening it
+        meanwhile waits, then finds it done."""
         with self._transaction():
             present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
             if "reuse_key" not in present:
@@ -222,6 +257,10 @@ class Journal:
             if "abandoned_input_tokens" not in present:
                 self.db.execute("ALTER TABLE requests ADD COLUMN abandoned_input_tokens INTEGER NOT NULL DEFAULT 0")
                 self.db.execute("ALTER TABLE requests ADD COLUMN on_wire_input_tokens INTEGER")
+            if "unpriced_input_tokens" not in present:
+                for column in UNPRICED_COLUMNS:
+                    self.db.execute(f"ALTER TABLE requests ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
+                self.db.execute("UPDATE requests SET " + ", ".join(f"{c} = {_UNPRICED_OF_OLD[c]}" for c in UNPRICED_COLUMNS))
             if "base_url" not in {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}:
                 self.db.execute("ALTER TABLE batches ADD COLUMN base_url TEXT")
             self.db.execute("CREATE INDEX IF NOT EXISTS requests_reuse ON requests(reuse_key)")
@@ -260,11 +299,14 @@ class Journal:
                 "SELECT COUNT(*), COALESCE(SUM(on_wire_usd),0), COALESCE(SUM(on_wire_output_tokens),0), "
                 "COALESCE(SUM(on_wire_input_tokens),0) FROM requests WHERE on_wire_output_tokens IS NOT NULL").fetchone()
             if n:
-                self.db.execute(
-                    "UPDATE requests SET abandoned_usd = abandoned_usd + on_wire_usd, abandoned_output_tokens = "
-                    "abandoned_output_tokens + on_wire_output_tokens, abandoned_input_tokens = abandoned_input_tokens "
-                    "+ COALESCE(on_wire_input_tokens, 0), on_wire_usd = NULL, on_wire_output_tokens = NULL, "
-                    "on_wire_input_tokens = NULL WHERE on_wire_output_tokens IS NOT NULL")
+                self.db.execute(  # on_wire_usd NULL: sent at no price (a schema-9 run's)
+                    "UPDATE requests SET abandoned_usd = abandoned_usd + COALESCE(on_wire_usd, 0), "
+                    "abandoned_output_tokens = abandoned_output_tokens + on_wire_output_tokens, abandoned_input_tokens "
+                    "= abandoned_input_tokens + COALESCE(on_wire_input_tokens, 0), abandoned_unpriced_output_tokens = "
+                    "abandoned_unpriced_output_tokens + CASE WHEN on_wire_usd IS NULL THEN on_wire_output_tokens "
+                    "ELSE 0 END, abandoned_unpriced_input_tokens = abandoned_unpriced_input_tokens + CASE WHEN "
+                    "on_wire_usd IS NULL THEN COALESCE(on_wire_input_tokens, 0) ELSE 0 END, on_wire_usd = NULL, "
+                    "on_wire_output_tokens = NULL, on_wire_input_tokens = NULL WHERE on_wire_output_tokens IS NOT NULL")
         if n:
             log.warning("journal %s: %d requests were on the wire when a run was killed; the provider may bill them, "
                         "so they count at their worst case (at most $%.4f, %d input and %d output tokens)", self.path,
@@ -329,13 +371,14 @@ class Journal:
                 "updated_at=?2 WHERE key=?3",
                 ((source, now, key) for key, source in pairs))
 
-    def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float, int, int, str]] = (),
-                      off_wire: Sequence[tuple[str]] = (), on_wire: Sequence[tuple[float, int, int, str]] = ()) -> None:
+    def write_results(self, results: Sequence[tuple], abandoned: Sequence[tuple[float | None, int, int, str]] = (),
+                      off_wire: Sequence[tuple[str]] = (), on_wire: Sequence[tuple[float | None, int, int, str]] = ()) -> None:
         """Record finished requests, abandoned attempts, attempts that settled unbilled, then attempts about to go
         out, in that order and all in one transaction (see `_UPDATE`, `_ABANDONED`, `_OFF_WIRE` and `_ON_WIRE`
-        for the tuple layouts)."""
+        for the tuple layouts; a result row without the two unpriced fields, as before schema 9, billed nothing at no
+        price)."""
         with self._transaction():
-            self.db.executemany(_UPDATE, results)
+            self.db.executemany(_UPDATE, (row if len(row) == 15 else (*row[:-1], 0.0, 0.0, row[-1]) for row in results))
             self.db.executemany(_ABANDONED, abandoned)
             self.db.executemany(_OFF_WIRE, off_wire)
             self.db.executemany(_ON_WIRE, on_wire)
@@ -379,12 +422,14 @@ class Journal:
             raise
         self.db.execute("COMMIT")
 
-    def summary(self) -> dict:
+    def summary(self, prices: Mapping[str, tuple[float, float]] | None = None) -> dict:
         """Counts by status and failure class, token and dollar totals (what was paid: a reused answer counts
         once, the tokens of failures answered since too), the worst case of abandoned attempts and of those
         on the wire (what the provider may have billed besides: a killed run's, or a running one's), attempts,
         provider batches by status (open ones, "submitting"/"running", are collected by the next run), and how
-        many rows reuse another's answer."""
+        many rows reuse another's answer. Tokens billed at no price count at the price the table and `prices`
+        (--price) give now, as a run's budget counts them (`unpriced_usd`); `unpriced_tokens`: those still without
+        one, which the dollar totals leave out."""
         db = self.db
         by_status = dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
         failures = dict(db.execute("SELECT error_class, COUNT(*) FROM requests WHERE status='failed' "
@@ -407,6 +452,8 @@ class Journal:
             tout += db.execute("SELECT COALESCE(SUM(failed_output_tokens),0) FROM requests").fetchone()[0]
         if self._fails_in:
             tin += db.execute("SELECT COALESCE(SUM(failed_input_tokens),0) FROM requests").fetchone()[0]
+        repriced, repriced_abandoned, unpriced = self._repriced(prices)
+        cost, abandoned_usd = cost + repriced, abandoned_usd + repriced_abandoned
         abandoned_in = db.execute(  # an attempt a schema-7 run left on the wire has none recorded (NULL)
             "SELECT COALESCE(SUM(abandoned_input_tokens),0) + COALESCE(SUM(on_wire_input_tokens),0) FROM requests"
         ).fetchone()[0] if self._abandons_in else 0
@@ -415,7 +462,33 @@ class Journal:
                 "failures": failures, "input_tokens": tin, "output_tokens": tout,
                 "cost_usd": cost, "abandoned_usd": abandoned_usd, "abandoned_output_tokens": abandoned_out,
                 "abandoned_input_tokens": abandoned_in,
-                "attempts": attempts, "models": models, "batches": batches, "reused": reused}
+                "attempts": attempts, "models": models, "batches": batches, "reused": reused,
+                "unpriced_tokens": unpriced}
+
+    def _repriced(self, prices: Mapping[str, tuple[float, float]] | None) -> tuple[float, float, int]:
+        """USD of the tokens billed at no price, at the prices known now, per model: of answers and failures, and
+        of abandoned attempts (those on the wire at no price included); and how many such tokens have no price yet."""
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
+        sums = [self._unpriced_sql(column, present) for column in UNPRICED_COLUMNS]
+        if {"on_wire_usd", "on_wire_input_tokens"} <= present:  # sent at no price and not settled yet
+            sums[2] += " + CASE WHEN on_wire_usd IS NULL THEN COALESCE(on_wire_input_tokens, 0) ELSE 0 END"
+            sums[3] += " + CASE WHEN on_wire_usd IS NULL THEN COALESCE(on_wire_output_tokens, 0) ELSE 0 END"
+        usd = abandoned = 0.0
+        left = 0
+        for model, tin, tout, ain, aout in self.db.execute(
+                f"SELECT model, {', '.join(f'COALESCE(SUM({s}), 0)' for s in sums)} FROM requests GROUP BY model"):
+            usd += unpriced_usd(model, tin, tout, prices)
+            abandoned += unpriced_usd(model, ain, aout, prices)
+            left += 0 if is_priced(model, prices) else round(tin + tout + ain + aout)
+        return usd, abandoned, left
+
+    @staticmethod
+    def _unpriced_sql(column: str, present: set[str]) -> str:
+        """The SQL of an unpriced column: itself, or in a journal not migrated yet (read-only) what its migration
+        will set (`_UNPRICED_OF_OLD`), with 0 for the columns it lacks too."""
+        if column in present:
+            return column
+        return re.sub(r"\b[a-z_]+_(?:usd|tokens)\b", lambda m: m[0] if m[0] in present else "0", _UNPRICED_OF_OLD[column])
 
     def export_parquet(self, out: str | Path, statuses: Sequence[str] | None = None,
                        chunk_rows: int = 50_000) -> Path:
@@ -453,7 +526,16 @@ def _parquet_schema() -> dict:
             "error_class": pl.String, "response_id": pl.String, "request": pl.String, "metadata": pl.String,
             "created_at": pl.Float64, "updated_at": pl.Float64, "reused_from": pl.String,
             "abandoned_usd": pl.Float64, "abandoned_output_tokens": pl.Int64,
-            "failed_output_tokens": pl.Int64, "failed_input_tokens": pl.Int64, "abandoned_input_tokens": pl.Int64}
+            "failed_output_tokens": pl.Int64, "failed_input_tokens": pl.Int64, "abandoned_input_tokens": pl.Int64,
+            **dict.fromkeys(UNPRICED_COLUMNS, pl.Float64)}
+
+
+def unpriced_usd(model: str, input_tokens: float, output_tokens: float,
+                 prices: Mapping[str, tuple[float, float]] | None = None) -> float:
+    """USD of tokens billed at no price (list-price tokens, see the module docstring) at the price `model` has now in
+    the price table and `prices`; 0 while it has none."""
+    price_in, price_out = price_of(model, prices)
+    return (input_tokens * price_in + output_tokens * price_out) / 1e6
 
 
 def server(url: str | None) -> str | None:
@@ -501,7 +583,7 @@ class JournalWriter:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self._pending: list[tuple] = []
-        self._abandoned: list[tuple[float, int, int, str]] = []
+        self._abandoned: list[tuple[float | None, int, int, str]] = []
         self._off_wire: list[tuple[str]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -516,9 +598,9 @@ class JournalWriter:
         self._pending.append(row)  # kept even if the writer died: close() tries once more
         self._queued()
 
-    def put_abandoned(self, key: str, usd: float, output_tokens: int, input_tokens: int) -> None:
-        """Queue an abandoned attempt's worst case, added to its request's row: money and tokens the provider may
-        bill."""
+    def put_abandoned(self, key: str, usd: float | None, output_tokens: int, input_tokens: int) -> None:
+        """Queue an abandoned attempt's worst case, added to its request's row: money (None at no price) and tokens
+        the provider may bill."""
         self._abandoned.append((usd, output_tokens, input_tokens, key))
         self._queued()
 
@@ -527,7 +609,7 @@ class JournalWriter:
         self._off_wire.append((key,))
         self._queued()
 
-    def on_wire(self, key: str, usd: float, output_tokens: int, input_tokens: int) -> None:
+    def on_wire(self, key: str, usd: float | None, output_tokens: int, input_tokens: int) -> None:
         """Commit now, with everything queued, that an attempt of `key` whose worst case is this is about to go
         out: a run killed before it settles leaves the record, which the next run counts as abandoned. Nothing of
         it stays queued if the commit fails (the attempt is not sent)."""
@@ -538,7 +620,7 @@ class JournalWriter:
         if self._task is not None and self._task.done() and not self._task.cancelled():
             self._task.result()  # the writer died (disk full, say): surface its error now
 
-    def flush(self, on_wire: Sequence[tuple[float, int, int, str]] = ()) -> None:
+    def flush(self, on_wire: Sequence[tuple[float | None, int, int, str]] = ()) -> None:
         """Commit everything queued now (used at shutdown and by the loop), then `on_wire`. Rows a failed commit
         could not write stay queued: they are paid answers."""
         if self._pending or self._abandoned or self._off_wire or on_wire:
