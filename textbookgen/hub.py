@@ -315,6 +315,11 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float |
             ) from err
         if status == 403 and not write:
             raise PermissionError(f"no access to {repo_id} (403): if it is gated, accept its terms on the Hub") from err
+        if status == 403 and PR_REF_RE.fullmatch(revision or ""):
+            raise PermissionError(
+                f"no write access to {revision} of {repo_id} (403): a pull request takes commits from its author "
+                "and the repo's writers; open your own with create_pr (--create-pr)"
+            ) from err
         if status == 403:
             raise PermissionError(
                 f"no write access to {repo_id} (403): push to your own namespace or an organization you write "
@@ -1016,7 +1021,7 @@ def pull(
             head, files = info.sha, {s.rfilename for s in info.siblings or []}
             _check_no_foreign_shards(local_dir, files, repo_id)
             if not force:
-                _check_no_overwrite(local_dir, info, repo_id)
+                _check_no_overwrite(api, local_dir, info, repo_id)
             (local_dir / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
             (local_dir / PULL_RECORD).write_text(f"{repo_id}\n", encoding="utf-8")  # the files pulled are its
             mark = local_dir / PULL_INCOMPLETE  # until every file is there; readers of the folder refuse it
@@ -1063,21 +1068,49 @@ def _check_no_foreign_shards(local_dir: Path, files: set[str], repo_id: str) -> 
                          "with the pulled ones as one dataset; pull into an empty folder, or remove them")
 
 
-def _check_no_overwrite(local_dir: Path, info: Any, repo_id: str) -> None:
+def _check_no_overwrite(api: Any, local_dir: Path, info: Any, repo_id: str) -> None:
     """Refuse, before any download, a pull that would overwrite a file of `local_dir` (the client replaces a
     file of a repo file's name, whatever wrote it) unless an earlier pull of `repo_id` wrote it (the client's
-    metadata of it, and the folder's `PULL_RECORD` naming the repo) or it holds the repo's bytes already (by
+    metadata of it, and the folder's `PULL_RECORD` naming the repo; in a folder pulled before that record
+    existed, the commit the metadata names being one of `repo_id`'s) or it holds the repo's bytes already (by
     `_same_file`'s hashes: nothing is lost). `info`: the head's `repo_info(files_metadata=True)`."""
     record = local_dir / PULL_RECORD
-    ours = record.is_file() and record.read_text("utf-8").strip() == repo_id
+    recorded = record.read_text("utf-8").strip() if record.is_file() else None
     meta_root = local_dir / ".cache" / "huggingface" / "download"
+    commits: dict[str, bool] = {}
     mine = [s.rfilename for s in info.siblings or [] if (local_dir / s.rfilename).is_file()
-            and not (ours and (meta_root / f"{s.rfilename}.metadata").is_file())
+            and not _pulled(api, repo_id, recorded, meta_root / f"{s.rfilename}.metadata", commits)
             and not _holds(local_dir / s.rfilename, s)]
     if mine:
         raise ValueError(f"{local_dir} holds {', '.join(mine[:3])}{', ...' if len(mine) > 3 else ''}, which no "
                          f"pull of {repo_id} wrote: the pull would overwrite {'them' if len(mine) > 1 else 'it'} "
                          "with the repo's; move them away, pull into another folder, or pass --force (force=True)")
+
+
+def _pulled(api: Any, repo_id: str, recorded: str | None, meta: Path, commits: dict[str, bool]) -> bool:
+    """Whether a pull of `repo_id` wrote the file whose client metadata is `meta`: the folder's `PULL_RECORD`
+    names the repo (`recorded`), or, in a folder without one (pulled by a textbookgen older than the record), the
+    commit the metadata names is one of `repo_id`'s (one request per commit, remembered in `commits`). Without
+    that, every re-pull of such a folder was refused, saying no pull of the repo wrote the files it had pulled."""
+    if not meta.is_file():
+        return False
+    if recorded is not None:
+        return recorded == repo_id
+    commit = meta.read_text("utf-8").split("\n", 1)[0].strip()
+    if commit not in commits:
+        commits[commit] = re.fullmatch(r"[0-9a-f]{40}", commit) is not None and _has_commit(api, repo_id, commit)
+    return commits[commit]
+
+
+def _has_commit(api: Any, repo_id: str, commit: str) -> bool:
+    """Whether `commit` (an id) is one of `repo_id`'s: the Hub answers another repo's commit id 404."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    try:
+        api.repo_info(repo_id, repo_type="dataset", revision=commit)
+    except RevisionNotFoundError:
+        return False
+    return True
 
 
 def _holds(path: Path, sibling: Any) -> bool:
