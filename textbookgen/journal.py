@@ -38,8 +38,9 @@ Whoever reads a cost prices them at the price it knows now (`unpriced_usd`), eac
 later price table or --price counts them, and a reader and a run with the same prices agree. A cost that was computed
 at a known price stands as recorded, also once the price changes: it is what that price billed (providers change
 prices for later calls, not past ones), so a rerun's budget and a build's totals do not move under a price change. An
-older journal's rows of $0 that hold tokens are taken for unpriced (a $0 price given on purpose is then counted
-only if a later run gives the model a price), their batch discount unknown: counted at list price, never less.
+older journal's rows of $0 that hold tokens, and its attempts on the wire at $0, are taken for unpriced (a $0 price
+given on purpose is then counted only if a later run gives the model a price), their batch discount unknown: counted at
+list price, never less.
 """
 
 from __future__ import annotations
@@ -229,15 +230,15 @@ class Journal:
         self._fails = "failed_output_tokens" in present  # likewise
         self._fails_in = "failed_input_tokens" in present  # likewise
         self._abandons_in = "abandoned_input_tokens" in present  # likewise
-        self._select = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMNS)
+        self._select = ", ".join(c if c in present else f"{self._missing_sql(c, present)} AS {c}" for c in COLUMNS)
 
     def _migrate(self) -> None:
         """Bring an older journal to this schema: the two reuse columns (version 1), reuse keys computed from the
         stored requests; the abandoned-attempt columns (version 2), zeros; the on-wire columns (version 3), empty;
         the batches' base_url (version 4), unknown; the failures' output tokens (version 5), zeros; their input
         tokens (version 6), zeros; the abandoned and on-wire attempts' input tokens (version 7), zeros and empty; the
-        tokens billed at no price (version 8), those of $0 (`_UNPRICED_OF_OLD`). One transaction: a process opening it
-        meanwhile waits, then finds it done."""
+        tokens billed at no price (version 8), those of $0 (`_UNPRICED_OF_OLD`), an attempt on the wire at $0 one at no
+        price. One transaction: a process opening it meanwhile waits, then finds it done."""
         with self._transaction():
             present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
             if "reuse_key" not in present:
@@ -261,6 +262,8 @@ class Journal:
                 for column in UNPRICED_COLUMNS:
                     self.db.execute(f"ALTER TABLE requests ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
                 self.db.execute("UPDATE requests SET " + ", ".join(f"{c} = {_UNPRICED_OF_OLD[c]}" for c in UNPRICED_COLUMNS))
+                self.db.execute("UPDATE requests SET on_wire_usd = NULL WHERE on_wire_usd = 0 "  # a $0 worst case: no price
+                                "AND on_wire_output_tokens IS NOT NULL")  # moved to abandoned_unpriced_* by the next run
             if "base_url" not in {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}:
                 self.db.execute("ALTER TABLE batches ADD COLUMN base_url TEXT")
             self.db.execute("CREATE INDEX IF NOT EXISTS requests_reuse ON requests(reuse_key)")
@@ -470,9 +473,12 @@ class Journal:
         of abandoned attempts (those on the wire at no price included); and how many such tokens have no price yet."""
         present = {row[1] for row in self.db.execute("PRAGMA table_info(requests)")}
         sums = [self._unpriced_sql(column, present) for column in UNPRICED_COLUMNS]
-        if {"on_wire_usd", "on_wire_input_tokens"} <= present:  # sent at no price and not settled yet
-            sums[2] += " + CASE WHEN on_wire_usd IS NULL THEN COALESCE(on_wire_input_tokens, 0) ELSE 0 END"
-            sums[3] += " + CASE WHEN on_wire_usd IS NULL THEN COALESCE(on_wire_output_tokens, 0) ELSE 0 END"
+        if "on_wire_usd" in present:  # sent at no price and not settled yet (at $0 in a journal not migrated yet)
+            unpriced = "on_wire_usd IS NULL" if "unpriced_input_tokens" in present else \
+                "COALESCE(on_wire_usd, 0) = 0"  # NULL: a run migrating it meanwhile
+            wire_in = "COALESCE(on_wire_input_tokens, 0)" if "on_wire_input_tokens" in present else "0"
+            sums[2] += f" + CASE WHEN {unpriced} THEN {wire_in} ELSE 0 END"
+            sums[3] += f" + CASE WHEN {unpriced} THEN COALESCE(on_wire_output_tokens, 0) ELSE 0 END"
         usd = abandoned = 0.0
         left = 0
         for model, tin, tout, ain, aout in self.db.execute(
@@ -481,6 +487,12 @@ class Journal:
             abandoned += unpriced_usd(model, ain, aout, prices)
             left += 0 if is_priced(model, prices) else round(tin + tout + ain + aout)
         return usd, abandoned, left
+
+    @classmethod
+    def _missing_sql(cls, column: str, present: set[str]) -> str:
+        """What an older journal opened read-only (not migrated) reads for a column it lacks: NULL, but for the
+        unpriced ones what its migration will set, so its rows and export say what a migrated copy says."""
+        return f"CAST({cls._unpriced_sql(column, present)} AS REAL)" if column in UNPRICED_COLUMNS else "NULL"
 
     @staticmethod
     def _unpriced_sql(column: str, present: set[str]) -> str:

@@ -99,8 +99,7 @@ class LLM:
             self.response_format = response_format
         if window is not None:
             self.window = window
-        if not (isinstance(self.window, int) and self.window >= 1):
-            raise ValueError(f"window (rows in memory at once) must be an int >= 1, got {self.window!r}")
+        _check_window(self.window, n, None)
         _check_format(type(self).__name__, self.response_format)
         if n < 1:
             raise ValueError(f"n (answers per row) must be at least 1, got {n}")  # before the Generator opens a journal
@@ -117,11 +116,7 @@ class LLM:
         if self.response_format is not None:
             engine.setdefault("answer_check", self._unfit)
         self.generator = Generator(provider, model, **engine)
-        gen = self.generator
-        if gen.max_error_rate is not None and not gen.batch and self.window * n < gen.error_window:
-            raise ValueError(f"window={self.window} rows x n={n} is fewer requests than error_window="
-                             f"{gen.error_window}: each window is a run of its own, so none would reach the error-rate "
-                             "stop; raise window, lower error_window, or pass max_error_rate=None")
+        _check_window(self.window, n, self.generator)
         self.max_tokens, self.temperature, self.top_p, self.system = max_tokens, temperature, top_p, system
         self.n, self.seed, self.schema_retries = n, seed, schema_retries
         self.failures: list[dict] = []
@@ -167,6 +162,7 @@ class LLM:
     async def _stream(self, rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         """The call, window by window: each window's rows checked, asked (with their re-ask rounds) and parsed
         before the next window is pulled from `rows`; rows and failures are numbered over the whole input."""
+        _check_window(self.window, self.n, self.generator)  # `task.window` may have been set since __init__
         self.failures, self.truncated = [], []
         if isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)):
             self._checked(list(_checked_rows(rows, type(rows).__name__)))  # in memory: refused before any window
@@ -186,6 +182,8 @@ class LLM:
                 del requests
                 parts.append(self._parsed(window, start, responses))
                 start, sent = start + len(window), sent + len(responses)
+            if not parts:  # no rows: the stats are an empty run's, not those of the call before
+                await self._answers([], rounds)
         self._warn(start, sent)
         return self._joined(parts)
 
@@ -427,6 +425,7 @@ class _Rounds:
     again is expected there, not a sign of a model that ignores the schema."""
 
     _LEVELS = frozenset({"concurrency"})
+    _TALLIES = frozenset({"answers_by_replica"})  # counts per name: summed name by name
 
     def __init__(self, gen: Generator) -> None:
         self.gen, self.aside, self.check = gen, gen.spent_aside, gen.answer_check
@@ -459,7 +458,13 @@ class _Rounds:
         if stats is self.merged:
             return
         self.merged = stats
-        self.stats = {k: self.stats[k] + v if self._adds(k, v) else v for k, v in stats.items()}
+        self.stats = {k: self._added(k, v) for k, v in stats.items()}
+
+    def _added(self, key: str, value: Any) -> Any:
+        """A run's stat `key` added to the earlier runs' (a count, or counts per name); a level as it is now."""
+        if key in self._TALLIES and key in self.stats:
+            return {name: self.stats[key].get(name, 0) + value.get(name, 0) for name in {**self.stats[key], **value}}
+        return self.stats[key] + value if self._adds(key, value) else value
 
     def _adds(self, key: str, value: Any) -> bool:
         return key in self.stats and key not in self._LEVELS and isinstance(value, (int, float)) \
@@ -509,6 +514,17 @@ def _first_with(rows: list[Any], name: str) -> int | None:
 def _put(responses: list[ChatResponse], indices: list[int], answers: list[ChatResponse]) -> None:
     for i, answer in zip(indices, answers, strict=True):
         responses[i] = answer
+
+
+def _check_window(window: Any, n: int, gen: Generator | None) -> None:
+    """Refuse a `window` (rows at once) that is no int >= 1 (one of 0 pulled no rows: an empty table, nothing asked),
+    or, given the Generator, one whose runs are too small for its error-rate stop."""
+    if not (isinstance(window, int) and not isinstance(window, bool) and window >= 1):
+        raise ValueError(f"window (rows in memory at once) must be an int >= 1, got {window!r}")
+    if gen is not None and gen.max_error_rate is not None and not gen.batch and window * n < gen.error_window:
+        raise ValueError(f"window={window} rows x n={n} is fewer requests than error_window={gen.error_window}: "
+                         "each window is a run of its own, so none would reach the error-rate stop; raise window, "
+                         "lower error_window, or pass max_error_rate=None")
 
 
 def _windows(rows: Iterable[Any] | pl.DataFrame | pl.LazyFrame, size: int) -> Iterator[list[Any]]:
