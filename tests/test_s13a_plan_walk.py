@@ -20,7 +20,10 @@ def test_a_growing_plan_does_not_call_the_roots_repeats_the_build_s(tmp_path, ca
     with Emulator(EmulatorConfig(latency_median_s=0.0005, batch_latency_s=0.05)) as emu:
         recipe = load_recipe(ROOT / "recipes" / "phi1-code-textbooks.yaml", {
             "output": str(out), "provider.base_url": emu.openai_base_url, "provider.batch_poll_s": 0.05,
-            "samples": 600, "taxonomy.grow.target": 100, "curation.decontamination.benchmarks": []})
+            "samples": 600, "taxonomy.grow.target": 100, "curation.decontamination.benchmarks": [],
+            # the 12 mix cells the recipe had before, fewer than a topic's prompts: repeats the plan must count
+            "mix.0.styles": {"step_by_step": 1, "problem_driven": 1, "conversational": 1},
+            "mix.1.styles": {"step_by_step": 1}})
         plan = build(recipe, plan_only=True, progress=False).plan
         printed = " ".join(capsys.readouterr().out.split())
         build(recipe, progress=False, push=False)

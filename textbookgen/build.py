@@ -467,9 +467,9 @@ def open_web_samples(recipe: Recipe, *, progress: bool = False) -> WebSamples:
     )
 
 
-def estimate_grow(leaves: int, cfg: GrowConfig) -> dict[str, int]:
-    """Calls and tokens `taxonomy.grow` will need to go from `leaves` to `cfg.target` (same rounds):
-    output expected, and at most (every call answering `cfg.max_tokens`) for the worst case."""
+def estimate_grow(leaves: int, cfg: GrowConfig, *, provider: str | None = None, model: str = "") -> dict[str, int]:
+    """Calls and tokens `taxonomy.grow` will need to go from `leaves` to `cfg.target` (same rounds) on `provider`'s
+    `model`: output expected, and at most (every call answering `cfg.max_tokens`) for the worst case."""
     target = cfg.target
     calls = tokens_in = tokens_out = 0
     n = leaves
@@ -477,7 +477,7 @@ def estimate_grow(leaves: int, cfg: GrowConfig) -> dict[str, int]:
         k = cfg.per_call
         m = min(n, math.ceil((target - n) / (k - 1) * 1.15))
         calls += m
-        tokens_in += m * _grow_input_tokens(k, grown=n > leaves)
+        tokens_in += m * _grow_input_tokens(k, grown=n > leaves, provider=provider, model=model)
         tokens_out += m * (12 * k + 10)
         n = min(target, n + m * (k - 1))
     return {
@@ -490,11 +490,12 @@ def estimate_grow(leaves: int, cfg: GrowConfig) -> dict[str, int]:
     }
 
 
-def _grow_input_tokens(k: int, grown: bool) -> int:
+def _grow_input_tokens(k: int, grown: bool, *, provider: str | None = None, model: str = "") -> int:
     """Input tokens of one grow request: the real prompt for a topic with a name of typical length, and a
     sibling line naming the k - 1 topics beside it (as many as the prompt shows). Names a list starts from
     are short ("Algebra"); those an LLM grows run to six to nine words, in the path and the siblings. The
-    JSON schema the build's growth asks for (structured output) is billed as input too."""
+    JSON schema the build's growth asks for (structured output) is billed as input too, and on Anthropic the
+    tool-use system prompt it brings (`engine.hidden_prompt_tokens`: 313 tokens a call, more than the prompt)."""
     from textbookgen.engine import ChatRequest, estimate_input_tokens
 
     name = "The role of a typical topic in its field" if grown else "A typical topic name"
@@ -502,7 +503,7 @@ def _grow_input_tokens(k: int, grown: bool) -> int:
         k=k, topic=name, path=f"Subject > Topic > {name}", siblings=siblings_line([name] * (k - 1))
     )
     messages = [{"role": "user", "content": content}]
-    return estimate_input_tokens(ChatRequest(messages=messages, response_format=subtopics_schema(k)))
+    return estimate_input_tokens(ChatRequest(messages=messages, response_format=subtopics_schema(k)), provider, model)
 
 
 # ---- the build's budget -------------------------------------------------------------------------
@@ -963,10 +964,11 @@ class Build:
 
         r, g = self.recipe, self.recipe.taxonomy.grow
         journal = self.journals()["taxonomy"]
-        self._grown_standin, replay = replay_growth(roots, g, journal, provider=r.provider.name,
-                                                    model=g.model or r.model, seed=r.seed,
+        provider, model = r.provider.name, g.model or r.model
+        self._grown_standin, replay = replay_growth(roots, g, journal, provider=provider, model=model, seed=r.seed,
                                                     retry_failed=self.retry_failed)
-        plan = grow_left(n_roots, g, journal, replay) if journal.is_file() else estimate_grow(n_roots, g)
+        plan = (grow_left(n_roots, g, journal, replay, r.price_table()) if journal.is_file()
+                else estimate_grow(n_roots, g, provider=provider, model=model))
         self.notes.append(
             f"the taxonomy is not grown in a plan: prompts use the {n_roots:,} root topics; "
             f"the real build grows them to {g.target:,} first."

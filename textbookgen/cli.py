@@ -1071,8 +1071,8 @@ def _grow_estimate(tax: Taxonomy, target: int, per_call: int | None, model: str,
 
     leaves = len(tax.leaves())
     cfg = GrowConfig(target=target, per_call=per_call, max_depth=max_depth)
-    est = (estimate_grow_left(tax, cfg, journal, provider=provider, model=model, seed=seed) if journal.is_file()
-           else estimate_grow(leaves, cfg))
+    est = (estimate_grow_left(tax, cfg, journal, provider=provider, model=model, seed=seed, prices=prices)
+           if journal.is_file() else estimate_grow(leaves, cfg, provider=provider, model=model))
     table = {**PRICES, **prices}
     usd = estimate_cost(model, est["input_tokens"], est["output_tokens"], table)
     worst = estimate_cost(model, est.get("input_tokens_max", est["input_tokens"]), est["output_tokens_max"], table)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from textbookgen.recipe import GrowConfig
     from textbookgen.taxonomy import Taxonomy
@@ -410,13 +410,15 @@ def _lookup(
     return found
 
 
-def _schema_tokens(req: Any) -> int:
-    """The input tokens a request's structured-output schema adds to its prompt, as the engine estimates them."""
+def _schema_tokens(req: Any, provider: str, model: str) -> int:
+    """The input tokens a request's structured-output schema adds to its prompt on `provider`'s `model`, as the
+    engine estimates them: the schema, and on Anthropic the tool-use system prompt it brings (313 tokens a call)."""
     from dataclasses import replace
 
     from textbookgen.engine import estimate_input_tokens
 
-    return estimate_input_tokens(req) - estimate_input_tokens(replace(req, response_format=None))
+    plain = replace(req, response_format=None)
+    return estimate_input_tokens(req, provider, model) - estimate_input_tokens(plain, provider, model)
 
 
 class _GrowReplay:
@@ -436,7 +438,7 @@ class _GrowReplay:
                  if _holds_requests(self.journal) else [("new", None)] * len(requests))
         new = [r for r, (state, _) in zip(requests, found, strict=True) if state == "new"]
         expected, most = input_token_estimates(pl.Series([r.messages[0]["content"] for r in new], dtype=pl.String))
-        schemas = sum(_schema_tokens(r) for r in new)  # billed beside the prompt, as `estimate_grow` counts it
+        schemas = sum(_schema_tokens(r, self.provider, self.model) for r in new)  # as `estimate_grow` counts it
         self.calls += len(new)
         self.input_tokens += int(expected.sum()) + schemas
         self.input_tokens_max += int(most.sum()) + schemas
@@ -463,19 +465,21 @@ class _GrowReplay:
 
 def estimate_grow_left(
     roots: Taxonomy, cfg: GrowConfig, journal: Path, *, provider: str, model: str, seed: int,
-    retry_failed: bool = False,
+    prices: Mapping[str, tuple[float, float]] | None = None, retry_failed: bool = False,
 ) -> dict[str, Any]:
     """`build.estimate_grow` for growth that a journal answers in part (a rerun after a budget stop, a crash or a
     Ctrl-C): `taxonomy.grow` is replayed on a copy of `roots`, grown by `cfg` as the build grows it, the journal
     answering what it holds (`replay_growth`, then `grow_left`)."""
     _, replay = replay_growth(roots, cfg, journal, provider=provider, model=model, seed=seed,
                               retry_failed=retry_failed)
-    return grow_left(len(roots.leaves()), cfg, journal, replay)
+    return grow_left(len(roots.leaves()), cfg, journal, replay, prices)
 
 
-def grow_left(leaves_before: int, cfg: GrowConfig, journal: Path, replay: _GrowReplay) -> dict[str, Any]:
+def grow_left(leaves_before: int, cfg: GrowConfig, journal: Path, replay: _GrowReplay,
+              prices: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
     """What a growth `replay` (`replay_growth`) leaves to pay for: `calls` and the tokens are those still to pay
-    for, `answered` those the journal answers (free), `paid_usd` what the journal paid (the budget counts it).
+    for, `answered` those the journal answers (free), `paid_usd` what the journal paid (the budget counts it), its
+    tokens billed at no price counted at `prices` (the recipe's, --price), as the budget counts them.
     Calls past the journal's answers are counted as `estimate_grow` counts them: each answer brings per_call new
     names."""
     from textbookgen.build import journal_summary
@@ -490,7 +494,7 @@ def grow_left(leaves_before: int, cfg: GrowConfig, journal: Path, replay: _GrowR
         "input_tokens_max": replay.input_tokens_max,
         "output_tokens": replay.calls * (12 * cfg.per_call + 10),  # estimate_grow's answer: ~12 tokens a name
         "output_tokens_max": replay.output_tokens_max,
-        "paid_usd": spent(journal_summary(journal)).usd if _holds_requests(journal) else 0.0,
+        "paid_usd": spent(journal_summary(journal, prices)).usd if _holds_requests(journal) else 0.0,
     }
 
 
