@@ -613,21 +613,26 @@ def _taxonomy_fit(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], 
 def grown_caps_problems(recipe: Recipe, roots: Taxonomy) -> list[tuple[tuple[Any, ...], str]]:
     """The per-topic caps against the `grow.target` leaves the build grows `roots` to, before growth is paid (the
     prompts stage checks the tree grown, which may stop short): `max_per_topic` x target under `samples`, or
-    `min_per_topic` x target over it, can never be met. A root leaf's `meta.quota` replaces its minimum where it
-    stays a leaf: the minimum is refused only if it cannot be met whichever of those topics growth expands."""
+    `min_per_topic` x target over it, can never be met. A root leaf's `meta.quota` replaces its cap and its minimum
+    where it stays a leaf (`Taxonomy.sample` fills quotas first): either is refused only if it cannot be met
+    whichever of those topics growth expands."""
     tc = recipe.taxonomy
     assert tc.grow is not None
     target, samples = tc.grow.target, recipe.samples
-    if tc.max_per_topic is not None and tc.max_per_topic * target < samples:
-        problem = (f"max_per_topic={tc.max_per_topic} x {target:,} topics (taxonomy.grow.target) "
-                   f"< {samples:,} samples: raise taxonomy.max_per_topic or taxonomy.grow.target, or "
-                   "lower samples")
+    quotas = [t.meta["quota"] for t in roots.leaves() if "quota" in t.meta]
+    cap = tc.max_per_topic
+    # samples a root leaf's quota takes beyond the cap where it stays a leaf (the cap holds only the other leaves)
+    extra = sum(max(0, q - cap) for q in quotas) if cap is not None else 0
+    if cap is not None and cap * target + extra < samples:
+        over = f", plus {extra:,} for root topics whose quota is over it," if extra else ""
+        problem = (f"max_per_topic={cap} x {target:,} topics (taxonomy.grow.target){over} < {samples:,} samples: "
+                   "raise taxonomy.max_per_topic or taxonomy.grow.target, or lower samples")
         return [(("taxonomy", "max_per_topic"), problem)]
     # samples a root leaf's quota frees where it stays a leaf (its quota under the minimum every other leaf gets)
-    freed = sum(max(0, tc.min_per_topic - t.meta["quota"]) for t in roots.leaves() if "quota" in t.meta)
+    freed = sum(max(0, tc.min_per_topic - q) for q in quotas)
     if tc.min_per_topic * target - freed > samples:
-        quotas = f", less {freed:,} for root topics whose quota is under it," if freed else ""
-        problem = (f"min_per_topic={tc.min_per_topic} x {target:,} topics (taxonomy.grow.target){quotas} "
+        under = f", less {freed:,} for root topics whose quota is under it," if freed else ""
+        problem = (f"min_per_topic={tc.min_per_topic} x {target:,} topics (taxonomy.grow.target){under} "
                    f"> {samples:,} samples: lower taxonomy.min_per_topic or raise samples, or grow fewer topics "
                    "(taxonomy.grow.target)")
         return [(("taxonomy", "min_per_topic"), problem)]
