@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -1343,7 +1344,7 @@ class Build:
         """The command that runs this build for real, with its options in every form it gives (a copy without
         them builds another recipe: the shipped samples, into the shipped output folder)."""
         r = self.recipe
-        path = _rel(r.path) if r.path else "RECIPE"
+        path = shlex.quote(_rel(r.path)) if r.path else "RECIPE"  # a path with a space is one argument
         command = f"textbookgen build {path}{f' {self.options}' if self.options else ''}"
         if can_call:
             return command

@@ -716,15 +716,17 @@ def validate(
 
 def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool | None, progress: bool,
                retry_failed: bool = False, push_incomplete: bool = False,
-               prices: list[str] | None = None) -> None:
+               prices: list[str] | None = None, flags: list[str] | None = None) -> None:
     """Run a build; exit as `generate` does: 2 stopped (a fatal provider error or the error breaker), 3 some
-    requests failed, 4 the budget kept some back, 130 Ctrl-C, 143 SIGTERM; the message says what a rerun needs."""
+    requests failed, 4 the budget kept some back, 130 Ctrl-C, 143 SIGTERM; the message says what a rerun needs.
+    `flags`: the options given besides --set/--price that a plan's command to run the build for real repeats."""
     from textbookgen.build import Build, BuildError
     from textbookgen.errors import FatalProviderError
     from textbookgen.journal import JournalError
 
     r = _load_recipe(recipe, sets, prices)
-    given = [*(f"--set {shlex.quote(s)}" for s in sets or []), *(f"--price {shlex.quote(p)}" for p in prices or [])]
+    given = [*(f"--set {shlex.quote(s)}" for s in sets or []), *(f"--price {shlex.quote(p)}" for p in prices or []),
+             *(flags or [])]
     b = Build(r, plan_only=plan_only, push=push, progress=progress, retry_failed=retry_failed,
               push_incomplete=push_incomplete or None, options=" ".join(given))
     try:
@@ -787,8 +789,10 @@ def build(
     with --push-incomplete."""
     if push_incomplete and push is False:
         _fail("--push-incomplete pushes; it does not go with --no-push")
+    flags = [*(["--retry-failed"] if retry_failed else []), *(["--push-incomplete"] if push_incomplete else []),
+             *([] if push is None or push_incomplete else ["--push" if push else "--no-push"])]
     _run_build(recipe, set_, plan, True if push_incomplete else push, progress, retry_failed, push_incomplete,
-               price)
+               price, flags)
 
 
 @app.command("plan")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -737,4 +738,6 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
         console.print(f"Time: ~{_duration(plan.time_s)} (bound by {plan.time_basis}).")
     for note in plan.notes:
         console.print(f"[yellow]Note:[/yellow] {note}")
-    console.print(f"\n[bold]To run it for real:[/bold] {how_to_run}")
+    # unwrapped, and not read as markup: a command broken over lines (inside a quoted path, too) or with a
+    # `[...]` in it taken for a style is not the command that runs the build
+    console.print(f"\n[bold]To run it for real:[/bold] {escape(how_to_run)}", soft_wrap=True, highlight=False)
