@@ -53,7 +53,7 @@ def test_cli_pull_refuses_to_overwrite_the_users_own_files_and_writes_nothing_un
 def test_a_repull_replaces_what_the_earlier_pull_of_that_repo_wrote(hub, tmp_path):
     push(build(tmp_path / "a"), REPO, token=hub.token, endpoint=hub.endpoint)
     out = pull(REPO, tmp_path / "copy", token=hub.token, endpoint=hub.endpoint)
-    (out / "README.md").write_text("edited after the pull\n", encoding="utf-8")  # still the pull's file
+    (out / "README.md").write_bytes((out / "README.md").read_bytes())  # rewritten, not edited: the pull's file
     (out / "notes.txt").write_text("mine\n", encoding="utf-8")
     push(build(tmp_path / "b", n=25, seed=4), REPO, token=hub.token, endpoint=hub.endpoint)
     pull(REPO, out, token=hub.token, endpoint=hub.endpoint)

@@ -297,7 +297,8 @@ def pull(
     endpoint: str | None = typer.Option(None, "--endpoint", envvar="HF_ENDPOINT", help="Hub URL (default huggingface.co)"),
     timeout: float | None = typer.Option(None, "--timeout", envvar="TEXTBOOKGEN_HUB_TIMEOUT", help="seconds to wait for each Hub answer (default 60)"),
     force: bool = typer.Option(False, "--force", help="overwrite files of the folder that have a repo file's name "
-                               "though no pull of this repo wrote them (refused otherwise)"),
+                               "though no pull of this repo wrote them, or that you edited since a pull wrote "
+                               "them, and remove such edited files the revision lacks (refused otherwise)"),
 ) -> None:
     """Download a dataset repo (shards, card, plots, recipe, manifest) into a folder."""
     from textbookgen import hub

@@ -563,8 +563,9 @@ def push(
             _in_background(lambda: api.preupload_lfs_files(repo_id, additions, repo_type="dataset", revision=revision,
                                                            create_pr=create_pr, free_memory=False), transfers)
             # after the uploads, which hashed the shards (an Xet upload hashes as it sends): no second read
-            message = commit_message or _what_changed(api, repo_id, info, out_dir, old_card, additions)
-            record = _rows_record(out_dir, additions)
+            history = functools.cache(lambda: _recorded_rows(api, repo_id, info.sha))  # one read, if any
+            message = commit_message or _what_changed(api, repo_id, info, out_dir, old_card, additions, history)
+            record = _rows_record(out_dir, additions, history, _same_shards(info, additions))
             committing = True
             url = _commit(api, repo_id, operations, message, revision, info.sha, create_pr, record)
     except KeyboardInterrupt:
@@ -609,18 +610,37 @@ def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits
     return operations + stale_deletions(remote, {op.path_in_repo for op in operations}, splits, old_card), old_card
 
 
-def _rows_record(out_dir: Path, additions: list[Any]) -> str:
+def _rows_record(out_dir: Path, additions: list[Any], history: Callable[[], Mapping[tuple[str, str], str]],
+                 same: set[str]) -> str:
     """The commit description that records each split's rows: `ROWS_MARK`, then `{split} {rows_digest}
     {shards_digest}` lines (`_shards_digest` of the shards' sha256, which the uploads computed). It lets a later
     push tell the same rows in other bytes (another parquet writer) from new rows without downloading a shard,
-    and changes no file: a pull gives back the very files pushed."""
+    and changes no file: a pull gives back the very files pushed. A split whose shards are the head's (`same`:
+    `_same_shards`) and were recorded by a commit of its history, `history()` (`_recorded_rows`), takes that
+    record's rows digest: its shards are not decoded again (a push over the same shards, a card or recipe change,
+    decoded every one). New shards are decoded without reading the history (pages of it, in a long one)."""
     shards: dict[str, dict[str, str]] = {}
     for op in additions:
         split = _shard_split(op.path_in_repo)
         if split:
             shards.setdefault(split, {})[op.path_in_repo] = op.upload_info.sha256.hex()
-    lines = [f"{split} {_split_digest(out_dir, split)} {_shards_digest(files)}" for split, files in sorted(shards.items())]
+    lines = []
+    for split, files in sorted(shards.items()):
+        digest = _shards_digest(files)
+        recorded = history().get((split, digest)) if split in same else None
+        lines.append(f"{split} {recorded or _split_digest(out_dir, split)} {digest}")
     return "\n".join([ROWS_MARK, *lines])
+
+
+def _recorded_rows(api: Any, repo_id: str, head: str) -> dict[tuple[str, str], str]:
+    """{(split, shards digest): rows digest} the commits of `head`'s history recorded (`_rows_record`), the
+    newest record of each (the history is one request, or a few pages)."""
+    recorded: dict[tuple[str, str], str] = {}
+    for commit in api.list_repo_commits(repo_id, repo_type="dataset", revision=head):
+        if ROWS_MARK in (commit.message or ""):
+            for split, rows, shards in _ROWS_LINE_RE.findall(commit.message.split(ROWS_MARK, 1)[1]):
+                recorded.setdefault((split, shards), rows)
+    return recorded
 
 
 def _shards_digest(files: Mapping[str, str | None]) -> str | None:
@@ -647,13 +667,12 @@ def rows_digest(paths: list[Path]) -> str:
     """A sha256 of the rows of parquet files read in order: the same for the same rows (values, column names and
     types, order) however they are cut into files, row groups and pages, and whichever writer wrote them (a
     string column is the same stored as string or large_string). Each column is hashed as streams that batches
-    only append to (`_ColumnHash`), so where a batch ends changes nothing."""
-    import pyarrow.parquet as pq
-
+    only append to (`_ColumnHash`), so where a batch ends changes nothing, and the rows are read a few MiB at a
+    time (`_batches`)."""
     columns: dict[str, _ColumnHash] = {}
     rows = 0
     for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+        for batch in _batches(path):
             rows += batch.num_rows
             for name, column in zip(batch.schema.names, batch.columns, strict=True):
                 columns.setdefault(name, _ColumnHash()).update(column)
@@ -661,6 +680,24 @@ def rows_digest(paths: list[Path]) -> str:
     for name, column in columns.items():
         digest.update(json.dumps([name, *column.hexdigests()]).encode("utf-8"))
     return digest.hexdigest()
+
+
+#: Bytes of a parquet file's pages (uncompressed, as its footer gives them) `rows_digest` decodes at a time.
+DIGEST_BATCH_BYTES = 8 * 1024**2
+
+
+def _batches(path: Path) -> Iterator[Any]:
+    """The rows of a parquet file as record batches of about `DIGEST_BATCH_BYTES` each, cut row group by row
+    group (row sizes differ between groups): batches of 65,536 rows held a whole row group of long documents,
+    and a push's digest of 1 GB of shards peaked at 1.45 GB RSS. Column chunks are read through a 1 MiB buffer,
+    not whole."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path, buffer_size=1 << 20) as parquet:
+        for i in range(parquet.metadata.num_row_groups):
+            group = parquet.metadata.row_group(i)
+            size = DIGEST_BATCH_BYTES * group.num_rows // max(group.total_byte_size, 1)
+            yield from parquet.iter_batches(batch_size=min(max(size, 1), 65_536), row_groups=[i])
 
 
 class _ColumnHash:
@@ -719,7 +756,7 @@ def _kind(dtype: Any) -> str:
 
 
 def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: str | None,
-                  additions: list[Any]) -> str:
+                  additions: list[Any], history: Callable[[], Mapping[tuple[str, str], str]]) -> str:
     """The push's default commit message: what a data team reading the repo's history wants to know. Against
     the Hub's head: rows added or removed per split (from its card), rows changed where a split's count is the
     same but its shards are not the head's byte for byte (`_same_shards`) and hold other rows (`_same_rows`:
@@ -739,7 +776,7 @@ def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: st
     if before:
         same = _same_shards(info, additions)
         rewritten = {s for s in rows if s not in same and before.get(s) == rows[s]}
-        same_rows = _same_rows(api, repo_id, info, out_dir, rewritten) if rewritten else set()
+        same_rows = _same_rows(info, out_dir, rewritten, history()) if rewritten else set()
         parts = [_row_change(s, before.get(s), rows.get(s), s in same, s in same_rows)
                  for s in dict.fromkeys([*rows, *before])]
     else:
@@ -786,17 +823,12 @@ def _same_file(op: Any, sibling: Any) -> bool:
     return sibling.blob_id == git_hash(Path(op.path_or_fileobj).read_bytes())
 
 
-def _same_rows(api: Any, repo_id: str, info: Any, out_dir: Path, splits: set[str]) -> set[str]:
+def _same_rows(info: Any, out_dir: Path, splits: set[str], recorded: Mapping[tuple[str, str], str]) -> set[str]:
     """Of `splits` (shards other than the head's), those whose rows are the head's: a commit of the head's
-    history recorded (`_rows_record`) the digest of the head's very shards (`_shards_digest`, by the LFS sha256
-    `info` gives), and it is the local rows' `rows_digest`. One request (the history), no shard downloaded; a
-    head whose shards no push recorded (committed otherwise, or by an older textbookgen) tells nothing, and its
-    rows count as changed."""
-    recorded: dict[tuple[str, str], str] = {}  # (split, shards digest): rows digest
-    for commit in api.list_repo_commits(repo_id, repo_type="dataset", revision=info.sha):
-        if ROWS_MARK in (commit.message or ""):
-            for split, rows, shards in _ROWS_LINE_RE.findall(commit.message.split(ROWS_MARK, 1)[1]):
-                recorded.setdefault((split, shards), rows)
+    history recorded (`_rows_record`, `recorded`: `_recorded_rows`) the digest of the head's very shards
+    (`_shards_digest`, by the LFS sha256 `info` gives), and it is the local rows' `rows_digest`. No shard is
+    downloaded; a head whose shards no push recorded (committed otherwise, or by an older textbookgen) tells
+    nothing, and its rows count as changed."""
     same = set()
     for split in sorted(splits):
         heads = {s.rfilename: s.lfs.sha256 if s.lfs else None for s in info.siblings or []
@@ -1002,7 +1034,8 @@ def pull(
     commands) refuse it: a pull cut short would otherwise pass for a smaller dataset. A folder whose data/ holds
     shards the repo lacks and no pull wrote is refused before any download (ValueError), and so is one holding a
     file of the repo's name with other content that no earlier pull of this repo wrote (the user's own, which
-    the client would overwrite), unless `force`.
+    the client would overwrite), or a file a pull wrote and the user edited since (overwritten, or deleted where
+    the revision lacks it), unless `force` (`_check_no_overwrite`).
 
     The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
     the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
@@ -1069,22 +1102,95 @@ def _check_no_foreign_shards(local_dir: Path, files: set[str], repo_id: str) -> 
 
 
 def _check_no_overwrite(api: Any, local_dir: Path, info: Any, repo_id: str) -> None:
-    """Refuse, before any download, a pull that would overwrite a file of `local_dir` (the client replaces a
-    file of a repo file's name, whatever wrote it) unless an earlier pull of `repo_id` wrote it (the client's
-    metadata of it, and the folder's `PULL_RECORD` naming the repo; in a folder pulled before that record
-    existed, the commit the metadata names being one of `repo_id`'s) or it holds the repo's bytes already (by
-    `_same_file`'s hashes: nothing is lost). `info`: the head's `repo_info(files_metadata=True)`."""
+    """Refuse, before any download, a pull that would overwrite or delete a file of `local_dir` the user wrote.
+
+    The client replaces a file of a repo file's name, whatever wrote it, and `_drop_stale` deletes the pulled
+    files the head lacks. A file is the pull's to replace only where an earlier pull of `repo_id` wrote it (the
+    client's metadata of it, and the folder's `PULL_RECORD` naming the repo; in a folder pulled before that
+    record existed, the commit the metadata names being one of `repo_id`'s) and it still holds the bytes that
+    pull wrote (`_unedited`), or where it holds the repo's bytes already (`_holds`), or where the client keeps it
+    (`_kept`): nothing is lost. A pulled file the head lacks is the pull's to delete only while unedited.
+    `info`: the head's `repo_info(files_metadata=True)`."""
     record = local_dir / PULL_RECORD
     recorded = record.read_text("utf-8").strip() if record.is_file() else None
     meta_root = local_dir / ".cache" / "huggingface" / "download"
     commits: dict[str, bool] = {}
-    mine = [s.rfilename for s in info.siblings or [] if (local_dir / s.rfilename).is_file()
-            and not _pulled(api, repo_id, recorded, meta_root / f"{s.rfilename}.metadata", commits)
-            and not _holds(local_dir / s.rfilename, s)]
-    if mine:
-        raise ValueError(f"{local_dir} holds {', '.join(mine[:3])}{', ...' if len(mine) > 3 else ''}, which no "
-                         f"pull of {repo_id} wrote: the pull would overwrite {'them' if len(mine) > 1 else 'it'} "
-                         "with the repo's; move them away, pull into another folder, or pass --force (force=True)")
+    foreign, edited = [], []
+    for sibling in info.siblings or []:
+        path, meta = local_dir / sibling.rfilename, meta_root / f"{sibling.rfilename}.metadata"
+        if not path.is_file() or _kept(path, meta, sibling, info.sha) or _holds(path, sibling):
+            continue
+        if not _pulled(api, repo_id, recorded, meta, commits):
+            foreign.append(sibling.rfilename)
+        elif not _unedited(path, meta):
+            edited.append(sibling.rfilename)
+    files = {s.rfilename for s in info.siblings or []}
+    stale = [rel for rel, meta in _pulled_files(local_dir) if rel not in files and (local_dir / rel).is_file()
+             and not _unedited(local_dir / rel, meta)]
+    reasons = [f"{_names(foreign)}, which no pull of {repo_id} wrote: the pull would overwrite {_them(foreign)} "
+               "with the repo's" if foreign else "",
+               f"{_names(edited)}, edited since a pull wrote {_them(edited)}: the pull would overwrite "
+               f"{_them(edited)} with the repo's" if edited else "",
+               f"{_names(stale)}, edited since a pull wrote {_them(stale)}: the pull would delete {_them(stale)} "
+               f"({repo_id}@{info.sha[:12]} lacks {_them(stale)})" if stale else ""]
+    if any(reasons):
+        raise ValueError(f"{local_dir} holds {'; and '.join(r for r in reasons if r)}; move them away, pull into "
+                         "another folder, or pass --force (force=True)")
+
+
+def _names(paths: list[str]) -> str:
+    return f"{', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''}"
+
+
+def _them(paths: list[str]) -> str:
+    return "them" if len(paths) > 1 else "it"
+
+
+def _download_metadata(meta: Path) -> tuple[str, str, float] | None:
+    """(commit, etag, timestamp) of the client's download metadata of a file (`huggingface_hub._local_folder`'s
+    format, read without its lock file: a refused pull writes nothing); None where missing or unreadable."""
+    try:
+        commit, etag, stamp = meta.read_text("utf-8").splitlines()[:3]
+        return commit.strip(), etag.strip(), float(stamp)
+    except (OSError, ValueError):
+        return None
+
+
+def _kept(path: Path, meta: Path, sibling: Any, head: str) -> bool:
+    """Whether the client leaves the file `path` as it is (by its own rule: metadata no older than the file,
+    with 1 s of slack, naming the pulled commit or the repo file's etag): a file it keeps is not overwritten,
+    and is not read here (a re-pull of an unchanged folder reads no shard)."""
+    found = _download_metadata(meta)
+    if found is None or path.stat().st_mtime - 1 > found[2]:
+        return False
+    etag = sibling.lfs.sha256 if sibling.lfs else sibling.blob_id
+    return found[0] == head or found[1] == etag
+
+
+def _unedited(path: Path, meta: Path) -> bool:
+    """Whether `path` holds the bytes its download metadata records: the etag there is the LFS sha256 (64 hex
+    digits) or git's blob id (40). Its mtime cannot tell: a copy may keep an old one, and an edit within a
+    second of the pull passes the client's own check."""
+    found = _download_metadata(meta)
+    if found is None:
+        return False
+    return _file_hash(path, "sha256" if len(found[1]) == 64 else "git") == found[1]
+
+
+def _file_hash(path: Path, kind: str) -> str:
+    """The sha256 of a file's bytes, or (`kind` "git") git's blob id of them, read in chunks."""
+    digest = hashlib.sha256() if kind == "sha256" else hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pulled_files(local_dir: Path) -> list[tuple[str, Path]]:
+    """(repo path, client metadata) of each file an earlier pull downloaded into `local_dir`."""
+    meta_root = local_dir / ".cache" / "huggingface" / "download"
+    return [(meta.relative_to(meta_root).as_posix().removesuffix(".metadata"), meta)
+            for meta in sorted(meta_root.rglob("*.metadata"))]
 
 
 def _pulled(api: Any, repo_id: str, recorded: str | None, meta: Path, commits: dict[str, bool]) -> bool:
@@ -1115,25 +1221,21 @@ def _has_commit(api: Any, repo_id: str, commit: str) -> bool:
 
 def _holds(path: Path, sibling: Any) -> bool:
     """Whether the file `path` has the repo file's bytes (its size first: no file is read for nothing)."""
-    from huggingface_hub.utils.sha import git_hash
-
     if sibling.size is None or path.stat().st_size != sibling.size:
         return False
     if sibling.lfs:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest() == sibling.lfs.sha256
-    return sibling.blob_id is not None and git_hash(path.read_bytes()) == sibling.blob_id
+        return _file_hash(path, "sha256") == sibling.lfs.sha256
+    return sibling.blob_id is not None and _file_hash(path, "git") == sibling.blob_id
 
 
 def _drop_stale(local_dir: Path, keep: set[str]) -> list[str]:
     """Delete the files an earlier pull downloaded into `local_dir` (huggingface_hub's metadata under
     .cache/huggingface/download names them) that are not in `keep`, the repo's files at the pulled head: a
     shard left from an older revision or another repo would be read along with the new ones. Files the user
-    put there themselves have no such metadata and stay. Returns the repo paths removed."""
-    meta_root = local_dir / ".cache" / "huggingface" / "download"
+    put there themselves have no such metadata and stay; a pulled one edited since was refused before the
+    download (`_check_no_overwrite`) unless forced. Returns the repo paths removed."""
     removed = []
-    for meta in sorted(meta_root.rglob("*.metadata")):
-        rel = meta.relative_to(meta_root).as_posix().removesuffix(".metadata")
+    for rel, meta in _pulled_files(local_dir):
         if rel in keep:
             continue
         (local_dir / rel).unlink(missing_ok=True)
