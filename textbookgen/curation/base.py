@@ -169,9 +169,27 @@ def worker_count(setting: int) -> int:
 _WORKER_STATE: Any = None  # in a pool worker: the step whose chunks it runs (set by `_install`)
 
 
-def _install(state: Any) -> None:
+def _install(state: Any, parent: int | None = None) -> None:
     global _WORKER_STATE
     _WORKER_STATE = state
+    if parent is not None:
+        _end_with(parent)
+
+
+PR_SET_PDEATHSIG = 1  # Linux prctl(2): a signal the process gets when its parent ends
+
+
+def _end_with(parent: int) -> None:
+    """Linux: end this pool worker when its run (`parent`) ends, killed hard too (SIGKILL, out of memory): it
+    would otherwise wait for chunks forever, holding the step (a benchmark index of 100+ MB)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the run ended before the line above
+        os._exit(1)
 
 
 def _run_chunk(fn: Callable[[Any, list[tuple]], list[R]], rows: list[tuple]) -> list[R]:
@@ -204,7 +222,7 @@ def map_columns(fn: Callable[[S, list[tuple]], list[R]], state: S, column_sets: 
             yield from fn(state, rows)
         return
     pool = ProcessPoolExecutor(workers, mp_context=get_context(start_method), initializer=_install,
-                               initargs=(state,))
+                               initargs=(state, os.getpid()))
     try:
         in_flight: deque[Future[list[R]]] = deque()
         for rows in chain(head, tasks):

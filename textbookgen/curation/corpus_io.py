@@ -462,8 +462,9 @@ class Corpus:
 
     def chunks(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
         """Every row, a chunk at a time: the id and text columns plus those of `columns` that the file
-        has (None: all its columns). A file with a null text or id raises after its last chunk; an empty
-        JSON lines file gives none."""
+        has (None: all its columns). A file with a null text or id raises after its last chunk, and no chunk
+        from its first null on is given (a step that reads the texts would fail on a null less clearly);
+        an empty JSON lines file gives none."""
         documents = False
         for f in self.files:
             first, nulls = 0, _Nulls()
@@ -474,6 +475,8 @@ class Corpus:
                 df = _prepare(raw, f, self.path, first, self.text_column, self.id_column)
                 first += df.height
                 nulls.add(df[self.text_column], df[self.id_column])
+                if nulls.texts or nulls.ids:  # the rest of the file is only counted, for `nulls.check`'s error
+                    continue
                 yield df if columns is None else df.select(self.id_column, self.text_column,
                                                            *(c for c in columns if c in df.columns))
             nulls.check(f, self.text_column, self.id_column)
