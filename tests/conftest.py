@@ -39,3 +39,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (only developer and CI machines have it)")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def hub():
+    """A local fake of the Hub (textbookgen.testing.fakehub) that the real huggingface_hub client talks to."""
+    from textbookgen.testing.fakehub import FakeHub
+
+    with FakeHub() as h:
+        yield h

@@ -12,16 +12,9 @@ from test_hub import build
 from typer.testing import CliRunner
 
 from textbookgen.hub import pull, push
-from textbookgen.testing.fakehub import FakeHub
 
 disable_progress_bars()
 REPO = "tester/quickstart"
-
-
-@pytest.fixture()
-def hub():
-    with FakeHub() as h:
-        yield h
 
 
 def snapshot(folder) -> dict[str, bytes]:

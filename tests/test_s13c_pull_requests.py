@@ -13,17 +13,10 @@ from test_hub import build, published
 from typer.testing import CliRunner
 
 from textbookgen.hub import push
-from textbookgen.testing.fakehub import FakeHub
 
 disable_progress_bars()
 REPO = "tester/quickstart"
 THEIRS = "them/data"
-
-
-@pytest.fixture()
-def hub():
-    with FakeHub() as h:
-        yield h
 
 
 def test_cli_create_pr_opens_a_pull_request_on_a_repo_it_cannot_write_and_prints_its_url(hub, tmp_path, monkeypatch):

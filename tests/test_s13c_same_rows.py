@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from huggingface_hub.utils import disable_progress_bars
 from test_card import MANIFEST, RECIPE
 from test_dataset import sample_documents
@@ -15,7 +14,6 @@ from textbookgen import hub as hub_module
 from textbookgen.card import CARDS_DIR, render_card
 from textbookgen.dataset import check_rows, existing_shards, write_dataset
 from textbookgen.hub import push
-from textbookgen.testing.fakehub import FakeHub
 
 disable_progress_bars()
 REPO = "tester/rows"
@@ -31,12 +29,6 @@ def build(folder: Path, seed: int = 0, cdc: bool = True, shards: int = 1) -> Pat
 
 def split_digest(folder: Path, split: str) -> str:
     return hub_module.rows_digest(existing_shards(folder, split))
-
-
-@pytest.fixture()
-def hub():
-    with FakeHub() as h:
-        yield h
 
 
 def test_the_same_rows_in_another_writers_bytes_are_not_called_changed(hub, tmp_path):

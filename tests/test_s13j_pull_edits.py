@@ -11,23 +11,13 @@ import time
 import pytest
 from huggingface_hub.utils import disable_progress_bars
 from test_hub import build
+from test_s13c_pull_overwrite import snapshot
 from typer.testing import CliRunner
 
 from textbookgen.hub import pull, push
-from textbookgen.testing.fakehub import FakeHub
 
 disable_progress_bars()
 REPO = "tester/quickstart"
-
-
-@pytest.fixture()
-def hub():
-    with FakeHub() as h:
-        yield h
-
-
-def snapshot(folder) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_cli_repull_refuses_to_overwrite_an_edited_pulled_file_unless_forced(hub, tmp_path, monkeypatch):

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from huggingface_hub.utils import disable_progress_bars
 from test_hub import build
 
 from textbookgen import hub as hub_module
 from textbookgen.hub import ROWS_MARK, push
-from textbookgen.testing.fakehub import FakeHub
 
 disable_progress_bars()
 REPO = "tester/digest"
@@ -87,12 +85,6 @@ def test_no_batch_holds_much_more_than_the_batch_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_module, "DIGEST_BATCH_BYTES", 256 * 1024, raising=False)
     assert hub_module.rows_digest([path]) == before
     assert len(seen) > 20 and max(seen) < 2 * 256 * 1024
-
-
-@pytest.fixture()
-def hub():
-    with FakeHub() as h:
-        yield h
 
 
 def test_a_push_over_recorded_shards_decodes_none(hub, tmp_path, monkeypatch):

@@ -17,12 +17,6 @@ disable_progress_bars()
 REPO = "tester/quickstart"
 
 
-@pytest.fixture()
-def hub():
-    with FakeHub() as h:
-        yield h
-
-
 def legacy_pull(hub: FakeHub, repo_id: str, out: Path) -> Path:
     """A pull as a textbookgen without the record left the folder."""
     out = pull(repo_id, out, token=hub.token, endpoint=hub.endpoint)

@@ -9,16 +9,9 @@ from huggingface_hub.utils import disable_progress_bars
 from test_hub import build
 
 from textbookgen.hub import push
-from textbookgen.testing.fakehub import FakeHub
 
 disable_progress_bars()
 REPO = "them/data"
-
-
-@pytest.fixture()
-def hub():
-    with FakeHub() as h:
-        yield h
 
 
 def test_a_push_onto_someone_elses_pull_request_says_who_may_push_onto_it(hub, tmp_path):
