@@ -526,6 +526,9 @@ class Generator:
     before this run, this journal's record of these requests included: counted instead of that record.
     spent_aside (an attribute): spent against the same budgets outside this request set and outside spent_before,
     counted besides them (an LLM call's earlier schema re-ask rounds, each a request set of its own).
+    budget_stopped (an attribute): a run of the same budget stopped on it before this one (an LLM call's earlier
+    window or round): where this run's first request to send does not fit either, its requests come back
+    skipped_budget at once, the journal's answers replayed, none registered as pending, no warning logged.
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES. The journal's calls made
     at no price (an earlier run's) count at them, in the budgets, stats and replayed costs (`_repriced`).
     refuse_unpriced: refuse (ValueError) a max_cost_usd on a model with no price: its calls would count as $0, so
@@ -599,6 +602,7 @@ class Generator:
         self.max_cost_usd, self.max_output_tokens = max_cost_usd, max_output_tokens
         self.spent_before = spent_before
         self.spent_aside: Spend | None = None  # see the class docstring
+        self.budget_stopped = False  # see the class docstring
         self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
         self.batch_max_rounds, self.batch_limits = batch_max_rounds, batch_limits
         self.prices = dict(prices or {})
@@ -645,7 +649,11 @@ class Generator:
             results, abandoned, resent = self._replay(journal, unique)
             todo = [_Item(k, r, estimate_input_tokens(r, self.provider, self.model), self._input_rate(r))
                     for k, r in unique.items() if k not in results]
-            if todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
+            if self.budget_stopped and todo and self._skipped_whole(journal, todo, results, abandoned, resent):
+                pass  # all skipped at once, the run reported
+            elif todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
+                if self.budget_stopped:  # not registered by `_replay`: these are sent
+                    self._add_pending(journal, {item.key: item.req for item in todo})
                 await self._generate(journal, todo, results, abandoned, resent)
             else:  # all answered by the journal: the stats still describe this run, not the last one
                 self._c, self._budget_note = self._counts(results, abandoned, resent), None
@@ -673,11 +681,8 @@ class Generator:
         sources = journal.rows(list({row["reused_from"] for row in done.values() if row["reused_from"]}))
         results = {key: self._replayed(key, row, sources.get(row["reused_from"], row), unique[key])
                    for key, row in done.items()}
-        journal.add_pending(
-            (key, self.provider, self.model,
-             json.dumps(canonical_request(self.provider, self.model, req), ensure_ascii=False),
-             json.dumps(req.metadata, ensure_ascii=False, default=str))
-            for key, req in unique.items() if key not in rows)
+        if not self.budget_stopped:  # else registered only once they are sent (`_arun`) or reused (`_reuse`)
+            self._add_pending(journal, {key: req for key, req in unique.items() if key not in rows})
         again = [row for key, row in rows.items() if key not in done]  # sent again, or answered by `_reuse`
         failed_out = sum(row["failed_output_tokens"] for row in rows.values())  # of failures answered since
         failed_in = sum(row["failed_input_tokens"] for row in rows.values())
@@ -685,6 +690,37 @@ class Generator:
                         sum(row["input_tokens"] for row in again) + failed_in)
         self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
         return results, abandoned, resent
+
+    def _add_pending(self, journal: Journal, requests: Mapping[str, ChatRequest]) -> None:
+        """Register `requests` (key: request) in the journal as pending; those it holds already are left as they are."""
+        journal.add_pending(
+            (key, self.provider, self.model,
+             json.dumps(canonical_request(self.provider, self.model, req), ensure_ascii=False),
+             json.dumps(req.metadata, ensure_ascii=False, default=str))
+            for key, req in requests.items())
+
+    def _skipped_whole(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse],
+                       abandoned: Billed, resent: Billed) -> bool:
+        """After a budget stop of the same budget (`budget_stopped`): whether this run would stop at its first
+        request, as `_reserve` decides with nothing in flight; if so `todo` comes back skipped_budget with the note
+        that run would give, without a provider, pending rows or a warning (the run that stopped gave it), and the
+        stats of such a run. False (run it) where that request fits, or batches of this model are open."""
+        if self.batch or journal.open_batches(self.provider, self.model):
+            return False
+        self._c = self._counts(results, abandoned, resent)
+        self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
+        self._inflight_cost = self._inflight_out = 0.0
+        self._in_ratio = 1.0
+        note = self._over_budget(self._worst_case(todo[0]))
+        if note is None:
+            return False
+        self._results, self._budget_note = results, note
+        for item in todo:
+            self._skip(item)
+        self._budget_note = None  # no "budget stop" warning per run: the run that stopped gave it
+        self._admission = AdmissionController(self.limits, self.concurrency)
+        self._report(time.monotonic(), len(results))
+        return True
 
     def _repriced(self, row: dict) -> dict:
         """`row` with the tokens it was billed at no price (a run on a model that had none) counted at this run's
@@ -743,6 +779,7 @@ class Generator:
                 results[key] = self._replayed(key, {**source, "cost_usd": 0.0, "latency_s": None, "attempts": 0,
                                                     "reused_from": source["key"]}, source, missing[key])
         if pairs:
+            self._add_pending(journal, {key: missing[key] for key, _ in pairs})  # `budget_stopped` left them out
             journal.record_reused(pairs)
             log.info("%d answers reused from the journal, given to the same requests under another max_tokens "
                      "(they stopped on their own within this one): not sent", len(pairs))

@@ -422,13 +422,15 @@ class _Rounds:
     the call): over the windows, the rounds and reruns the call keeps to the one budget, and a budget stop names
     it. And `generator.stats` adds the runs up (counts and money summed; levels such as `concurrency` from the last
     run). Re-ask rounds run without the answer check: they hold only the answers that missed, so many missing
-    again is expected there, not a sign of a model that ignores the schema."""
+    again is expected there, not a sign of a model that ignores the schema. Once a run has stopped on the budget,
+    the later ones run `budget_stopped`: one whose first request does not fit either only replays what the journal
+    holds (the rest skipped as before, but not journaled as pending nor warned about again, window after window)."""
 
     _LEVELS = frozenset({"concurrency"})
     _TALLIES = frozenset({"answers_by_replica"})  # counts per name: summed name by name
 
     def __init__(self, gen: Generator) -> None:
-        self.gen, self.aside, self.check = gen, gen.spent_aside, gen.answer_check
+        self.gen, self.aside, self.check, self.stopped = gen, gen.spent_aside, gen.answer_check, gen.budget_stopped
         self.stats: dict = {}
         self.merged: dict | None = gen.stats  # the stats of a run before this call are not this call's
         self.started = False
@@ -444,12 +446,13 @@ class _Rounds:
             usd, used = spent(self.stats)
             aside = self.aside or Spend(0.0, 0)
             self.gen.spent_aside = Spend(aside.usd + usd, aside.output_tokens + used)
+            self.gen.budget_stopped = self.stats.get("skipped_budget", 0) > 0
         self.started = True
         self.gen.answer_check = self.check if first else None
 
     def __exit__(self, *exc: object) -> None:
         self._merge()  # a round that raised has its stats too
-        self.gen.spent_aside, self.gen.answer_check = self.aside, self.check
+        self.gen.spent_aside, self.gen.answer_check, self.gen.budget_stopped = self.aside, self.check, self.stopped
         if self.stats:
             self.gen.stats = self.stats
 
