@@ -738,6 +738,7 @@ def print_plan(plan: Plan, console: Any = None, *, how_to_run: str) -> None:
         console.print(f"Time: ~{_duration(plan.time_s)} (bound by {plan.time_basis}).")
     for note in plan.notes:
         console.print(f"[yellow]Note:[/yellow] {note}")
-    # unwrapped, and not read as markup: a command broken over lines (inside a quoted path, too) or with a
-    # `[...]` in it taken for a style is not the command that runs the build
-    console.print(f"\n[bold]To run it for real:[/bold] {escape(how_to_run)}", soft_wrap=True, highlight=False)
+    # unwrapped, and not read as markup nor emoji codes: a command broken over lines (inside a quoted path, too),
+    # with a `[...]` in it taken for a style or a `:cd:` shown as an emoji is not the command that runs the build
+    console.print(f"\n[bold]To run it for real:[/bold] {escape(how_to_run)}", soft_wrap=True, highlight=False,
+                  emoji=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -176,20 +177,35 @@ def _install(state: Any, parent: int | None = None) -> None:
         _end_with(parent)
 
 
-PR_SET_PDEATHSIG = 1  # Linux prctl(2): a signal the process gets when its parent ends
+WATCH_S = 1.0  # how often a pool worker looks whether its run still lives (`_end_with`)
 
 
 def _end_with(parent: int) -> None:
-    """Linux: end this pool worker when its run (`parent`) ends, killed hard too (SIGKILL, out of memory): it
-    would otherwise wait for chunks forever, holding the step (a benchmark index of 100+ MB)."""
-    if sys.platform != "linux":
+    """End this pool worker when its run (`parent`) ends, killed hard too (SIGKILL, out of memory): it would
+    otherwise wait for chunks forever, holding the step (a benchmark index of 100+ MB). A thread looks every
+    `WATCH_S`; not Linux's PDEATHSIG, which fires when the *thread* that forked the worker ends (a pool started by
+    a thread that ended before it lost its workers mid-run) and whose parent, under a forkserver, is not the run."""
+    if os.name != "posix":  # Windows: os.kill(pid, 0) would end the run, not look at it
         return
-    import ctypes
-    import signal
+    threading.Thread(target=_watch, args=(parent, os.getppid()), name="textbookgen-run-watch", daemon=True).start()
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the run ended before the line above
-        os._exit(1)
+
+def _watch(run: int, parent: int) -> None:
+    """Exit once the run is gone or this worker's parent changed: the run's worker is then another's child (init's,
+    a subreaper's), and a forkserver's ends with the forkserver, which ends with the run."""
+    while os.getppid() == parent and _alive(run):
+        time.sleep(WATCH_S)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, though another user's
+        pass
+    return True
 
 
 def _run_chunk(fn: Callable[[Any, list[tuple]], list[R]], rows: list[tuple]) -> list[R]:
