@@ -4,8 +4,10 @@ crash) or ending as if the run had succeeded. Also: an export replaces a stale g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,17 +91,33 @@ def worker(rank, port, name, folder):
 ''' + SPAWN_MAIN
 
 
-def two_ranks(name: str, folder: Path, worker: str = WORKER) -> list[dict]:
+def two_ranks(name: str, folder: Path, worker: str = WORKER, timeout: float = 180) -> list[dict]:
     """Run scenario `name` of the script `worker` on 2 gloo ranks in `folder`; each rank's outcome ({"ok": ...} or
-    {"error": ..., ...}), which the script writes to folder/rank-N.json."""
+    {"error": ..., ...}), which the script writes to folder/rank-N.json. Past `timeout` seconds the script and its
+    ranks are killed and `subprocess.TimeoutExpired` raised."""
     script = folder / "worker.py"
     script.write_text(worker)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, str(script), name, str(folder)], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=180)
+    proc = run_as_group([sys.executable, str(script), name, str(folder)], folder, env, timeout)
     files = [folder / f"rank-{r}.json" for r in (0, 1)]
     assert all(f.is_file() for f in files), proc.stderr[-3000:]
     return [json.loads(f.read_text()) for f in files]
+
+
+def run_as_group(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """`subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)` in a process group of its own, all of
+    it killed on a timeout (or an interrupt): killing the script alone left its spawned ranks running, holding CPU
+    and ports for the rest of the test session."""
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):  # an interrupt may come after the group has ended
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()  # reaps the script; its pipes close once every rank is gone
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def synthetic_run(folder: Path, **extra) -> None:

@@ -559,17 +559,20 @@ def deferred_problems(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ..
 def repeated_prompts_note(recipe: Recipe, tax: Taxonomy) -> str | None:
     """How many prompts must repeat an earlier one word for word (at least, `forced_repeats`): the plan counts
     them exactly once rendered; `validate` warns before, as a recipe asking for more documents than topics x
-    cells is a mistake it would otherwise call ok. None with a grown taxonomy (its topics are not known yet)."""
-    if recipe.taxonomy.grow is not None:
+    cells is a mistake it would otherwise call ok. None where the build grows the taxonomy (its topics are not
+    known yet); a `grow.target` the roots already meet grows nothing, so their prompts are the build's."""
+    grow = recipe.taxonomy.grow
+    if grow is not None and len(tax.leaves()) < grow.target:
         return None
     forced = forced_repeats(recipe, tax)
     if not forced or not forced[0]:
         return None
     repeated, topics, most, cells = forced
+    more = "raise taxonomy.grow.target" if grow is not None else "add topics (taxonomy.grow)"
     return recipe.problem_text([(("samples",), (
         f"at least {repeated:,} of {recipe.samples:,} prompts repeat an earlier one word for word "
         f"({topics:,} topics, up to {most:,} prompts each, over {cells:,} mix cells "
-        "(template x audience x style x format) and no web extracts): add topics (taxonomy.grow), audiences, "
+        f"(template x audience x style x format) and no web extracts): {more}, audiences, "
         "styles or formats, web_samples, or lower samples"
     ))])
 

@@ -30,15 +30,16 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "float16": torch.float16, "fp16": torch.float16}
 
 
-def wrap_tokenizer(tok: Any) -> Any:
-    """An HF tokenizer from a `tokenizers.Tokenizer` (ours); HF tokenizers pass through."""
+def wrap_tokenizer(tok: Any, name: str = "") -> Any:
+    """An HF tokenizer from a `tokenizers.Tokenizer` (ours), called `name` (its spec) in errors; HF tokenizers
+    pass through."""
     if hasattr(tok, "encode") and hasattr(tok, "decode") and hasattr(tok, "eos_token_id"):
         return tok
     from transformers import PreTrainedTokenizerFast
 
     eos = "<|endoftext|>" if tok.token_to_id("<|endoftext|>") is not None else None
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, unk_token=eos,
-                                   clean_up_tokenization_spaces=False)
+                                   clean_up_tokenization_spaces=False, name_or_path=name)
 
 
 @dataclass
@@ -88,9 +89,15 @@ class CausalLM:
 
     @property
     def prefix_token_id(self) -> int:
-        """Conditioning token for an empty context: BOS, else EOS (as lm_eval)."""
-        bos = self.tokenizer.bos_token_id
-        return bos if bos is not None else self.tokenizer.eos_token_id
+        """Conditioning token for an empty context: BOS, else EOS (as lm_eval). Refused without either: scoring
+        would otherwise fail later on a None token id, naming neither the tokenizer nor the cause."""
+        tok = self.tokenizer
+        prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if prefix is None:
+            name = getattr(tok, "name_or_path", "") or type(tok).__name__
+            raise ValueError(f"the tokenizer ({name}) has no BOS or EOS token (e.g. <|endoftext|>) to condition an "
+                             "empty context on; use a tokenizer that has one")
+        return prefix
 
     def tok_encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, **self._quiet))
@@ -99,8 +106,9 @@ class CausalLM:
         """lm_eval's `_encode_pair`: trailing context spaces move to the continuation; the continuation's
         tokens are those of `context+continuation` after the context's own token count."""
         if not context:
+            prefix = self.prefix_token_id
             cont = self.tokenizer.encode(continuation, add_special_tokens=False, **self._quiet)
-            return ([self.prefix_token_id], cont) if self.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+            return ([prefix], cont) if not cont or prefix != cont[0] else (cont[:1], cont[1:])
         n = len(context) - len(context.rstrip())
         if n:
             context, continuation = context[:-n], context[-n:] + continuation
@@ -337,7 +345,7 @@ def _load_tokenizer(spec: str) -> Any:
         return _dir_tokenizer(p)
     from trainer.tokenizer import load_tokenizer
 
-    return wrap_tokenizer(load_tokenizer(spec))
+    return wrap_tokenizer(load_tokenizer(spec), spec)
 
 
 def _dir_tokenizer(path: Path) -> Any:
@@ -348,7 +356,7 @@ def _dir_tokenizer(path: Path) -> Any:
         try:
             return AutoTokenizer.from_pretrained(str(path))
         except Exception:  # e.g. a tokenizer_class this transformers lacks: the JSON is enough
-            return wrap_tokenizer(PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json")))
+            return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), name_or_path=str(path))
     if not any((path / f).is_file() for f in _TOKENIZER_FILES):  # transformers would build an empty one
         raise FileNotFoundError(f"{path / 'tokenizer.json'}: missing (no tokenizer files there); pass --tokenizer")
     try:
@@ -429,7 +437,7 @@ def load_model(spec: str | Path | torch.nn.Module, tokenizer: Any = None, device
             why = f"the Hub is out of reach ({offline}) and the HF cache has no copy" if offline else first_line(e)
             raise FileNotFoundError(f"{spec}: cannot load it as a Hub model ({why}){no_local_copy(str(spec))}; "
                                     "give a run, checkpoint or exported folder") from None
-    tokenizer = wrap_tokenizer(tokenizer)
+    tokenizer = wrap_tokenizer(tokenizer, tok_spec or ("" if isinstance(spec, torch.nn.Module) else str(spec)))
     if getattr(model.config, "model_type", None) == "phi":
         from trainer.checkpoint import check_vocab
 
