@@ -1035,7 +1035,8 @@ def pull(
     shards the repo lacks and no pull wrote is refused before any download (ValueError), and so is one holding a
     file of the repo's name with other content that no earlier pull of this repo wrote (the user's own, which
     the client would overwrite), or a file a pull wrote and the user edited since (overwritten, or deleted where
-    the revision lacks it), unless `force` (`_check_no_overwrite`).
+    the revision lacks it), unless `force` (`_check_no_overwrite`); a forced pull replaces an edited file the
+    client would keep by its mtime too (`_forget_edited`).
 
     The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
     the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
@@ -1053,7 +1054,9 @@ def pull(
             info = api.repo_info(repo_id, repo_type="dataset", revision=revision, files_metadata=True)
             head, files = info.sha, {s.rfilename for s in info.siblings or []}
             _check_no_foreign_shards(local_dir, files, repo_id)
-            if not force:
+            if force:
+                _forget_edited(local_dir, info)
+            else:
                 _check_no_overwrite(api, local_dir, info, repo_id)
             (local_dir / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
             (local_dir / PULL_RECORD).write_text(f"{repo_id}\n", encoding="utf-8")  # the files pulled are its
@@ -1138,6 +1141,17 @@ def _check_no_overwrite(api: Any, local_dir: Path, info: Any, repo_id: str) -> N
                          "another folder, or pass --force (force=True)")
 
 
+def _forget_edited(local_dir: Path, info: Any) -> None:
+    """For a forced pull: drop the client's metadata of each file it would keep (`_kept`) though its bytes are not
+    those the metadata records (`_unedited`: an edit that left an old mtime, by `cp -p`, `mv` or a restore), so
+    the client fetches it again and `force` gives the repo's bytes it promises. Reads every such file once."""
+    meta_root = local_dir / ".cache" / "huggingface" / "download"
+    for sibling in info.siblings or []:
+        path, meta = local_dir / sibling.rfilename, meta_root / f"{sibling.rfilename}.metadata"
+        if path.is_file() and _kept(path, meta, sibling, info.sha) and not _unedited(path, meta):
+            meta.unlink()
+
+
 def _names(paths: list[str]) -> str:
     return f"{', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''}"
 
@@ -1187,22 +1201,25 @@ def _file_hash(path: Path, kind: str) -> str:
 
 
 def _pulled_files(local_dir: Path) -> list[tuple[str, Path]]:
-    """(repo path, client metadata) of each file an earlier pull downloaded into `local_dir`."""
+    """(repo path, client metadata) of each file an earlier pull downloaded into `local_dir`: files only (a
+    repo folder `x.metadata/` is a directory there, not the metadata of a pulled `x`)."""
     meta_root = local_dir / ".cache" / "huggingface" / "download"
     return [(meta.relative_to(meta_root).as_posix().removesuffix(".metadata"), meta)
-            for meta in sorted(meta_root.rglob("*.metadata"))]
+            for meta in sorted(meta_root.rglob("*.metadata")) if meta.is_file()]
 
 
 def _pulled(api: Any, repo_id: str, recorded: str | None, meta: Path, commits: dict[str, bool]) -> bool:
     """Whether a pull of `repo_id` wrote the file whose client metadata is `meta`: the folder's `PULL_RECORD`
     names the repo (`recorded`), or, in a folder without one (pulled by a textbookgen older than the record), the
     commit the metadata names is one of `repo_id`'s (one request per commit, remembered in `commits`). Without
-    that, every re-pull of such a folder was refused, saying no pull of the repo wrote the files it had pulled."""
-    if not meta.is_file():
+    that, every re-pull of such a folder was refused, saying no pull of the repo wrote the files it had pulled.
+    Metadata the client cannot read (it drops it) tells nothing."""
+    found = _download_metadata(meta)
+    if found is None:
         return False
     if recorded is not None:
         return recorded == repo_id
-    commit = meta.read_text("utf-8").split("\n", 1)[0].strip()
+    commit = found[0]
     if commit not in commits:
         commits[commit] = re.fullmatch(r"[0-9a-f]{40}", commit) is not None and _has_commit(api, repo_id, commit)
     return commits[commit]
