@@ -33,6 +33,22 @@ if __name__ == "__main__":
     mp.spawn(worker, args=(store.port, sys.argv[1], sys.argv[2]), nprocs=2)
 '''
 
+# the main of a script whose `scenario(name, folder, rank)` runs on each rank: what it returned ({"ok": ...}) or
+# raised ({"error": ..., "message": ...}) goes to folder/rank-N.json, which `two_ranks` reads
+OUTCOME_MAIN = '''
+
+def worker(rank, port, name, folder):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from pathlib import Path
+    folder = Path(folder)
+    try:
+        outcome = {"ok": scenario(name, folder, rank)}
+    except Exception as e:
+        outcome = {"error": type(e).__name__, "message": str(e)}
+    (folder / f"rank-{rank}.json").write_text(json.dumps(outcome))
+''' + SPAWN_MAIN
+
 # one process per rank (torch.multiprocessing spawn, no torchrun agent to kill the ranks left behind); each writes
 # what it ended with to OUT/rank-N.json
 WORKER = '''
@@ -51,7 +67,10 @@ def full_disk(rank, enabled):
 
 def scenario(name, folder, rank):
     import torch
+    import torch.distributed as dist
     torch.set_num_threads(1)
+    if not name.startswith("train"):  # train joins the group itself (distributed.setup)
+        dist.init_process_group("gloo")
     if name.startswith("train"):
         from trainer import train as train_module
         from trainer.config import load_config
@@ -74,21 +93,7 @@ def scenario(name, folder, rank):
     return str(checkpoint.save(folder / "checkpoints", 1, model, optimizer, {}))
 
 
-def worker(rank, port, name, folder):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    import torch.distributed as dist
-    from pathlib import Path
-    folder = Path(folder)
-    if not name.startswith("train"):  # train joins the group itself (distributed.setup)
-        dist.init_process_group("gloo")
-    try:
-        outcome = {"ok": scenario(name, folder, rank)}
-    except Exception as e:
-        outcome = {"error": type(e).__name__, "message": str(e)}
-    (folder / f"rank-{rank}.json").write_text(json.dumps(outcome))
-
-''' + SPAWN_MAIN
+''' + OUTCOME_MAIN
 
 
 def two_ranks(name: str, folder: Path, worker: str = WORKER, timeout: float = 180) -> list[dict]:

@@ -30,19 +30,7 @@ def scenario(name, folder, rank):
         overrides["data.cache_dir"] = str(folder / "cache_rank1")
     return train_module.train(load_config(None, overrides), progress=False).final_step
 
-
-def worker(rank, port, name, folder):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    from pathlib import Path
-    folder = Path(folder)
-    try:
-        outcome = {"ok": scenario(name, folder, rank)}
-    except Exception as e:
-        outcome = {"error": type(e).__name__, "message": str(e)}
-    (folder / f"rank-{rank}.json").write_text(json.dumps(outcome))
-
-''' + h15.SPAWN_MAIN
+''' + h15.OUTCOME_MAIN
 
 
 @pytest.mark.slow
