@@ -93,7 +93,8 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 @pytest.mark.parametrize(("method", "starter"), [("forkserver", "main"), ("fork", "thread"), ("spawn", "main")])
 def test_pool_workers_end_with_a_run_killed_hard(tmp_path, method, starter):
-    """Workers of every start method, whichever thread started the pool, end with a run killed hard (SIGKILL)."""
+    """Workers of every start method, whichever thread started the pool, end with a run killed hard (SIGKILL, the
+    out-of-memory killer): they waited for chunks forever, each holding the step."""
     import os
     import signal
     import subprocess
