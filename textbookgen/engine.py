@@ -650,7 +650,9 @@ class Generator:
             todo = [_Item(k, r, estimate_input_tokens(r, self.provider, self.model), self._input_rate(r))
                     for k, r in unique.items() if k not in results]
             if self.budget_stopped and todo and self._skipped_whole(journal, todo, results, abandoned, resent):
-                pass  # all skipped at once, the run reported
+                # all skipped at once, the run reported; it awaited nothing that suspends, so a cancel (Ctrl-C) is
+                # taken here, not once the call's windows have walked every row left
+                await asyncio.sleep(0)
             elif todo or (self.batch and journal.open_batches(self.provider, self.model)):  # collect them too
                 if self.budget_stopped:  # not registered by `_replay`: these are sent
                     self._add_pending(journal, {item.key: item.req for item in todo})

@@ -461,7 +461,8 @@ class _Rounds:
         if stats is self.merged:
             return
         self.merged = stats
-        self.stats = {k: self._added(k, v) for k, v in stats.items()}
+        # a key this run lacks keeps the earlier runs' value (a quiet run has no provider: no answers_by_replica)
+        self.stats = {**self.stats, **{k: self._added(k, v) for k, v in stats.items()}}
 
     def _added(self, key: str, value: Any) -> Any:
         """A run's stat `key` added to the earlier runs' (a count, or counts per name); a level as it is now."""
