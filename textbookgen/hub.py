@@ -1036,7 +1036,7 @@ def pull(
     file of the repo's name with other content that no earlier pull of this repo wrote (the user's own, which
     the client would overwrite), or a file a pull wrote and the user edited since (overwritten, or deleted where
     the revision lacks it), unless `force` (`_check_no_overwrite`); a forced pull replaces an edited file the
-    client would keep by its mtime too (`_forget_edited`).
+    client would keep by its mtime too (`_outdate_edited`).
 
     The head is read first: `snapshot_download` turns a timeout or a 5xx into a many-line "cannot find
     the snapshot" error, or quietly returns what an earlier pull left in `local_dir`.
@@ -1055,7 +1055,7 @@ def pull(
             head, files = info.sha, {s.rfilename for s in info.siblings or []}
             _check_no_foreign_shards(local_dir, files, repo_id)
             if force:
-                _forget_edited(local_dir, info)
+                _outdate_edited(local_dir, info)
             else:
                 _check_no_overwrite(api, local_dir, info, repo_id)
             (local_dir / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
@@ -1112,7 +1112,8 @@ def _check_no_overwrite(api: Any, local_dir: Path, info: Any, repo_id: str) -> N
     client's metadata of it, and the folder's `PULL_RECORD` naming the repo; in a folder pulled before that
     record existed, the commit the metadata names being one of `repo_id`'s) and it still holds the bytes that
     pull wrote (`_unedited`), or where it holds the repo's bytes already (`_holds`), or where the client keeps it
-    (`_kept`): nothing is lost. A pulled file the head lacks is the pull's to delete only while unedited.
+    (`_kept`): nothing is lost. A pulled file the head lacks is the pull's to delete only while unedited (its
+    metadata readable: else what a pull wrote is not known, and it is refused as such).
     `info`: the head's `repo_info(files_metadata=True)`."""
     record = local_dir / PULL_RECORD
     recorded = record.read_text("utf-8").strip() if record.is_file() else None
@@ -1128,28 +1129,35 @@ def _check_no_overwrite(api: Any, local_dir: Path, info: Any, repo_id: str) -> N
         elif not _unedited(path, meta):
             edited.append(sibling.rfilename)
     files = {s.rfilename for s in info.siblings or []}
-    stale = [rel for rel, meta in _pulled_files(local_dir) if rel not in files and (local_dir / rel).is_file()
-             and not _unedited(local_dir / rel, meta)]
+    gone = [(rel, meta) for rel, meta in _pulled_files(local_dir) if rel not in files and (local_dir / rel).is_file()]
+    unreadable = [rel for rel, meta in gone if _download_metadata(meta) is None]  # what a pull wrote is not known
+    stale = [rel for rel, meta in gone if rel not in unreadable and not _unedited(local_dir / rel, meta)]
+    head = f"{repo_id}@{info.sha[:12]}"
     reasons = [f"{_names(foreign)}, which no pull of {repo_id} wrote: the pull would overwrite {_them(foreign)} "
                "with the repo's" if foreign else "",
                f"{_names(edited)}, edited since a pull wrote {_them(edited)}: the pull would overwrite "
                f"{_them(edited)} with the repo's" if edited else "",
                f"{_names(stale)}, edited since a pull wrote {_them(stale)}: the pull would delete {_them(stale)} "
-               f"({repo_id}@{info.sha[:12]} lacks {_them(stale)})" if stale else ""]
+               f"({head} lacks {_them(stale)})" if stale else "",
+               f"{_names(unreadable)}, whose download metadata (in {meta_root}) cannot be read: the pull would "
+               f"delete {_them(unreadable)} ({head} lacks {_them(unreadable)})" if unreadable else ""]
     if any(reasons):
         raise ValueError(f"{local_dir} holds {'; and '.join(r for r in reasons if r)}; move them away, pull into "
                          "another folder, or pass --force (force=True)")
 
 
-def _forget_edited(local_dir: Path, info: Any) -> None:
-    """For a forced pull: drop the client's metadata of each file it would keep (`_kept`) though its bytes are not
-    those the metadata records (`_unedited`: an edit that left an old mtime, by `cp -p`, `mv` or a restore), so
-    the client fetches it again and `force` gives the repo's bytes it promises. Reads every such file once."""
+def _outdate_edited(local_dir: Path, info: Any) -> None:
+    """For a forced pull: date each file the client would keep (`_kept`) though its bytes are not those its metadata
+    records (`_unedited`: an edit that left an old mtime, by `cp -p`, `mv` or a restore) past that metadata, so
+    the client, by its own rule, fetches it again and `force` gives the repo's bytes it promises. The metadata
+    stays: a forced pull cut short leaves the file known as pulled and edited (deleted, the rerun took it for the
+    user's own). Reads every such file once."""
     meta_root = local_dir / ".cache" / "huggingface" / "download"
     for sibling in info.siblings or []:
         path, meta = local_dir / sibling.rfilename, meta_root / f"{sibling.rfilename}.metadata"
-        if path.is_file() and _kept(path, meta, sibling, info.sha) and not _unedited(path, meta):
-            meta.unlink()
+        found = _download_metadata(meta)  # None: the client keeps nothing by it
+        if found is not None and path.is_file() and _kept(path, meta, sibling, info.sha) and not _unedited(path, meta):
+            os.utime(path, (path.stat().st_atime, found[2] + 2))  # past the client's 1 s of slack
 
 
 def _names(paths: list[str]) -> str:

@@ -89,14 +89,18 @@ class CausalLM:
 
     @property
     def prefix_token_id(self) -> int:
-        """Conditioning token for an empty context: BOS, else EOS (as lm_eval). Refused without either: scoring
-        would otherwise fail later on a None token id, naming neither the tokenizer nor the cause."""
+        """Conditioning token for an empty context: BOS, else EOS (as lm_eval). Refused without either id: scoring
+        would otherwise fail later on a None token id, naming neither the tokenizer nor the cause (a token set but
+        not in the vocabulary has no id, and is named)."""
         tok = self.tokenizer
         prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         if prefix is None:
             name = getattr(tok, "name_or_path", "") or type(tok).__name__
-            raise ValueError(f"the tokenizer ({name}) has no BOS or EOS token (e.g. <|endoftext|>) to condition an "
-                             "empty context on; use a tokenizer that has one")
+            unknown = [f"its {kind} token {t!r}" for kind in ("BOS", "EOS")
+                       if (t := getattr(tok, f"{kind.lower()}_token", None))]
+            why = f" ({' and '.join(unknown)} not in its vocabulary)" if unknown else ""
+            raise ValueError(f"the tokenizer ({name}) has no BOS or EOS token id to condition an empty context on"
+                             f"{why}; use a tokenizer that has one (e.g. <|endoftext|>)")
         return prefix
 
     def tok_encode(self, text: str) -> list[int]:
