@@ -1308,7 +1308,7 @@ class Build:
                     "leaves": len(tax.leaves()),
                     "depth": tax.depth(),
                     "hash": tax.content_hash(),
-                    "grown_to": r.taxonomy.grow.target if r.taxonomy.grow else None,
+                    "grown_to": r.taxonomy.grow.target if self._grows(tax) else None,
                 },
                 "templates": {names.get(ref, t.name): t.hash for ref, t in templates.items()},
                 "web_samples": self._web_stats,
@@ -1321,6 +1321,13 @@ class Build:
                 "versions": package_versions(),
             }
         )
+
+    def _grows(self, tax: Taxonomy) -> bool:
+        """Whether this build grows its taxonomy (a plan: would grow `tax`, the roots): a `grow.target` the roots
+        already meet grows nothing, and the card must not say the model grew them."""
+        grow = self.recipe.taxonomy.grow
+        stats = self.state.get("taxonomy", {}).get("stats")
+        return grow is not None and ("grow" in stats if stats else len(tax.leaves()) < grow.target)
 
     def _finish_manifest(self) -> None:
         if "finished_at" in self.state.get("generate", {}):
