@@ -814,13 +814,9 @@ def _same_file(op: Any, sibling: Any) -> bool:
     kept in git itself (a repo whose .gitattributes sends no parquet to LFS), by git's blob id of the same size.
     (Comparing by sha256 alone called such a file's unchanged rows changed.) A file the Hub describes by neither
     counts as changed: a commit message must not claim the same rows on a guess."""
-    from huggingface_hub.utils.sha import git_hash
-
     if sibling.lfs:
         return sibling.lfs.sha256 == op.upload_info.sha256.hex()
-    if sibling.blob_id is None or sibling.size != op.upload_info.size:
-        return False
-    return sibling.blob_id == git_hash(Path(op.path_or_fileobj).read_bytes())
+    return _holds(Path(op.path_or_fileobj), sibling)  # its size, then its blob id (read in chunks)
 
 
 def _same_rows(info: Any, out_dir: Path, splits: set[str], recorded: Mapping[tuple[str, str], str]) -> set[str]:
