@@ -23,9 +23,10 @@ def _tokenizer() -> Tokenizer:
     return tok
 
 
-def _model() -> torch.nn.Module:
+def _model(vocab_size: int = len(VOCAB)) -> torch.nn.Module:
+    """A one-layer PhiForCausalLM, seeded, to score with."""
     torch.manual_seed(0)
-    cfg = transformers.PhiConfig(vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    cfg = transformers.PhiConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, max_position_embeddings=32)
     return transformers.PhiForCausalLM(cfg).eval()
 

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from test_s13o_eval_prefix import _model  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from trainer.eval.models import load_model  # noqa: E402
@@ -27,22 +28,17 @@ def _tokenizer(**special: str) -> transformers.PreTrainedTokenizerFast:
     return hf
 
 
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.PhiConfig(vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, max_position_embeddings=32)
-    return transformers.PhiForCausalLM(cfg).eval()
 
 
 def test_a_bos_token_not_in_the_vocabulary_is_named_in_the_refusal() -> None:
-    lm = load_model(_model(), tokenizer=_tokenizer(), device="cpu")
+    lm = load_model(_model(len(VOCAB)), tokenizer=_tokenizer(), device="cpu")
     with pytest.raises(ValueError, match=r"the tokenizer \(my-tokenizer\) has no BOS or EOS token id to "
                                          r"condition an empty context on \(its BOS token '<s>' not in its vocabulary\)"):
         lm.loglikelihood([("", "hello world")])
 
 
 def test_a_bos_token_not_in_the_vocabulary_falls_back_to_eos() -> None:
-    lm = load_model(_model(), tokenizer=_tokenizer(eos_token="<eos>"), device="cpu")
+    lm = load_model(_model(len(VOCAB)), tokenizer=_tokenizer(eos_token="<eos>"), device="cpu")
     (ll, _), = lm.loglikelihood([("", "hello world")])
     (direct, _), = lm.loglikelihood_tokens([([VOCAB["<eos>"]], [VOCAB["hello"], VOCAB["world"]])])
     assert ll == pytest.approx(direct)

@@ -53,6 +53,14 @@ def _fresh(src: Path, steps: list, tmp_path: Path, name: str) -> tuple[pl.DataFr
     return pl.read_parquet(tmp_path / f"{name}.parquet"), pl.read_parquet(tmp_path / f"{name}.work/filters/dropped.parquet")
 
 
+def _killed_filter(src: Path, tmp_path: Path, monkeypatch) -> None:
+    """A filter run on `src` into tmp_path/work, killed (Ctrl-C) as its 5th chunk reaches the filter."""
+    with monkeypatch.context() as m:
+        m.setattr(filters, "require_columns", _killing(5))
+        with pytest.raises(KeyboardInterrupt):
+            commands.run_steps(src, tmp_path / "out.parquet", [HeuristicFilter(workers=1)], tmp_path / "work")
+
+
 def test_a_null_text_is_named_before_a_step_reads_it(texts, tmp_path, monkeypatch):
     """The whole-corpus read refused a null text naming the file and row; streamed, the filter got the chunk
     first and failed on None ('NoneType' object has no attribute 'split')."""
@@ -93,11 +101,7 @@ def test_a_rerun_on_a_subfolder_names_its_own_made_up_ids(texts, tmp_path, monke
     (tmp_path / "corpus" / "sub" / "part.jsonl").write_text(_lines(texts, ids=False))
     sub = tmp_path / "corpus" / "sub"
     expected, report = _fresh(sub, [HeuristicFilter(workers=1)], tmp_path, "fresh")
-    with monkeypatch.context() as m:
-        m.setattr(filters, "require_columns", _killing(5))
-        with pytest.raises(KeyboardInterrupt):
-            commands.run_steps(tmp_path / "corpus", tmp_path / "out.parquet", [HeuristicFilter(workers=1)],
-                               tmp_path / "work")
+    _killed_filter(tmp_path / "corpus", tmp_path, monkeypatch)
     assert len(list((tmp_path / "work" / stream.STORE).glob("0*.json"))) >= 2
     commands.run_steps(sub, tmp_path / "out.parquet", [HeuristicFilter(workers=1)], tmp_path / "work")
     dropped = pl.read_parquet(tmp_path / "work/filters/dropped.parquet")
@@ -112,10 +116,7 @@ def test_a_file_rewritten_with_the_same_size_and_time_is_judged_again(texts, tmp
     monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 4)
     src = tmp_path / "in.jsonl"
     src.write_text(_lines(texts))
-    with monkeypatch.context() as m:
-        m.setattr(filters, "require_columns", _killing(5))
-        with pytest.raises(KeyboardInterrupt):
-            commands.run_steps(src, tmp_path / "out.parquet", [HeuristicFilter(workers=1)], tmp_path / "work")
+    _killed_filter(src, tmp_path, monkeypatch)
     before = src.stat()
     lines = src.read_text().splitlines(keepends=True)
     lines[0], lines[1] = lines[1], lines[0]  # row 0 is now the short text, row 1 a long one
@@ -197,10 +198,7 @@ def test_a_stored_chunk_that_cannot_be_read_back_is_judged_again(texts, tmp_path
     monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 4)
     src = tmp_path / "in.jsonl"
     src.write_text(_lines(texts))
-    with monkeypatch.context() as m:
-        m.setattr(filters, "require_columns", _killing(5))
-        with pytest.raises(KeyboardInterrupt):
-            commands.run_steps(src, tmp_path / "out.parquet", [HeuristicFilter(workers=1)], tmp_path / "work")
+    _killed_filter(src, tmp_path, monkeypatch)
     report = tmp_path / "work" / stream.STORE / "000001.0.parquet"
     report.write_bytes(report.read_bytes()[:20])
     commands.run_steps(src, tmp_path / "out.parquet", [HeuristicFilter(workers=1)], tmp_path / "work")
