@@ -77,7 +77,21 @@ def scenario(name, folder, rank):
         if name == "train_full_disk":  # rank 0 writes metrics.jsonl; its disk fills up at step 2
             fail = full_disk(rank, lambda rank, log, rec: log.enabled and rec["step"] == 2)
             fail.original, train_module.MetricsLog.write = train_module.MetricsLog.write, fail
+        if name.endswith("_ddp_alive"):  # how many DDP modules live as the group is destroyed
+            import gc
+            from torch.nn.parallel import DistributedDataParallel
+            destroy, alive = dist.destroy_process_group, []
+            def counting(*args):
+                alive.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+                destroy(*args)
+            dist.destroy_process_group = counting
         cfg = load_config(None, json.loads((folder / "overrides.json").read_text()))
+        if name.endswith("_ddp_alive"):
+            try:
+                train_module.train(cfg, progress=False)
+            except Exception as e:
+                return {"error": type(e).__name__, "ddp_alive": alive}
+            return {"ddp_alive": alive}
         return train_module.train(cfg, progress=False).final_step
     from trainer.model import CONFIGS, Phi
     torch.manual_seed(0)
@@ -168,6 +182,21 @@ def test_an_unreadable_metrics_log_is_refused_on_every_rank(tmp_path):
     outcomes = two_ranks("train", tmp_path)
     assert [o.get("error") for o in outcomes] == ["FileFormatError", "FileFormatError"], outcomes
     assert all("metrics.jsonl:1: not a JSON record" in o["message"] for o in outcomes)
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["done", "refused"])
+def test_no_ddp_module_outlives_the_process_group(tmp_path, refused):
+    """The group's last reference freed from DDP's Reducer (pybind, the GIL held) joined gloo's worker threads while
+    one waited for the GIL to free a finished collective's tensors: a deadlock at exit, about 1 run in 15 of the
+    refusal above (pytorch#56297). The trainer now lets go of its model before the group goes, on a run that ends
+    and on one refused by an error raised on every rank."""
+    if refused:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "metrics.jsonl").write_text('garbage\n{"step": 1}\n')
+    synthetic_run(tmp_path)
+    outcomes = two_ranks("train_ddp_alive", tmp_path)
+    expected = {"error": "FileFormatError", "ddp_alive": [0]} if refused else {"ddp_alive": [0]}
+    assert [o["ok"] for o in outcomes] == [expected, expected], outcomes
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ NVLink multicast (NVLS) stays off: the lent GPU machines do not support it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import pickle
@@ -74,7 +75,13 @@ def setup(device: str = "auto", backend: str = "auto") -> DistInfo:
 
 
 def teardown() -> None:
+    """Leave the process group once every DDP model is gone (cycles collected first). A DDP model outliving it
+    frees the group's last reference from its Reducer, whose destructor holds the GIL while it joins gloo's worker
+    threads, one of which may wait for the GIL to free a finished collective's tensors: a deadlock (pytorch#56297).
+    Freed while the group is still registered, the Reducer only drops a reference; the group's own destructor, run
+    here, releases the GIL."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import typing
 import warnings
 from collections.abc import Callable, Collection, Iterator
@@ -646,15 +647,24 @@ def train(cfg: TrainConfig, progress: bool | None = None, started: float | None 
     info = distributed.setup(cfg.train.device, cfg.distributed.backend)
     try:
         with run_lock(Path(cfg.run_dir), info):
-            try:
-                trainer = Trainer(cfg, info, cfg.log.progress if progress is None else progress, started)
-            except NothingToTrain as e:
-                if info.is_main:
-                    print(e)
-                return TrainResult(Path(cfg.run_dir), e.step, e.step, "done")
-            return trainer.run()
+            return _train_in_group(cfg, info, cfg.log.progress if progress is None else progress, started)
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # their locals hold the DDP model: see distributed.teardown
+        raise
     finally:
         distributed.teardown()
+
+
+def _train_in_group(cfg: TrainConfig, info: distributed.DistInfo, progress: bool, started: float) -> TrainResult:
+    """`train`'s work between joining the process group and leaving it; the Trainer (and its DDP model) lives in
+    this frame alone, so it is gone by the time `distributed.teardown` runs."""
+    try:
+        trainer = Trainer(cfg, info, progress, started)
+    except NothingToTrain as e:
+        if info.is_main:
+            print(e)
+        return TrainResult(Path(cfg.run_dir), e.step, e.step, "done")
+    return trainer.run()
 
 
 LOCK_FILE = ".lock"
