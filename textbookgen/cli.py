@@ -1375,10 +1375,17 @@ def classifier_score(
 ) -> None:
     """Add `quality_score` (P(positive label)) to every row; optionally keep by threshold or percentile."""
     from textbookgen.curation.commands import run_steps, score_steps
+    from textbookgen.curation.stream import STORE
 
-    with _reported():
-        steps = score_steps(_model_file(model), threshold, keep_top_percent, batch_size, text_column, id_column)
-        stats = run_steps(input_path, output, steps, None, text_column, id_column)
+    try:
+        with _reported():
+            steps = score_steps(_model_file(model), threshold, keep_top_percent, batch_size, text_column, id_column)
+            stats = run_steps(input_path, output, steps, None, text_column, id_column)
+    except KeyboardInterrupt:  # the chunks scored so far are kept (stream.score_out_of_core)
+        kept = f"; the chunks scored so far are kept in {output}.work" if Path(f"{output}.work", STORE).is_dir() else ""
+        typer.echo(f"\ninterrupted: {output} was not written (the input is untouched){kept}; rerun the same "
+                   "command", err=True)
+        raise typer.Exit(_interrupt_exit()) from None
     typer.echo(json.dumps(stats, indent=2))
 
 

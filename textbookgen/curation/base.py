@@ -57,6 +57,11 @@ class Step:
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         raise NotImplementedError
 
+    def fingerprint(self) -> str | None:
+        """What decides the verdicts (or scores) besides the rows and the code (settings, benchmark items, a
+        model), so that a rerun uses those a killed run stored only where they still hold; None: never stored."""
+        return None
+
     def __call__(self, df: pl.DataFrame, workdir: Path | None = None) -> tuple[pl.DataFrame, StageStats]:
         stats = StageStats(self.name, n_in=df.height)
         if workdir is not None:
@@ -102,11 +107,6 @@ class RowStep(Step):
     def finish(self, reports: list[pl.DataFrame], workdir: Path | None, stats: StageStats) -> None:
         """After the last chunk: the extras the whole run decides, and the report of every chunk's rows
         (`reports`, in order) written to `workdir`. Nothing by default."""
-
-    def fingerprint(self) -> str | None:
-        """What decides the verdicts besides the rows (settings, benchmark items), so that a rerun uses the
-        verdicts a killed run stored only where they still hold; None: never stored."""
-        return None
 
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         (verdict,) = self.judge([df], df.height)  # the whole generator: a pool it started is shut down

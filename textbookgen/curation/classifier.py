@@ -585,11 +585,32 @@ class QualityScore(Step):
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column], self.name)
         t0 = time.perf_counter()
-        s = self.model.scores(df[self.text_column].to_list(), self.config.batch_size)
+        s = self.scores(df[self.text_column])
+        self.note(stats, s, time.perf_counter() - t0)
+        return with_scores(df, s)
+
+    def fingerprint(self) -> str:
+        """The model file's bytes (a retrained model at the same path scores otherwise) and the positive label."""
+        digest = xxhash.xxh3_128()
+        with Path(self.config.model_path).open("rb") as f:  # type: ignore[arg-type]
+            while block := f.read(1 << 24):
+                digest.update(block)
+        return f"{self.name} {self.model.positive} {digest.hexdigest()}"
+
+    def scores(self, texts: pl.Series) -> np.ndarray:
+        """P(positive) of each text; a text's score does not depend on the others, so chunks give the same."""
+        return self.model.scores(texts.to_list(), self.config.batch_size)
+
+    def note(self, stats: StageStats, scores: np.ndarray, seconds: float) -> None:
+        """The extras of a run that scored `scores` in `seconds`."""
         stats.extra.update({"model_sha256": self.model.meta.get("sha256"),
-                            "docs_per_s": round(len(s) / max(time.perf_counter() - t0, 1e-9), 1),
-                            "mean_score": round(float(s.mean()), 4) if len(s) else None})
-        return df.with_columns(pl.Series("quality_score", s, dtype=pl.Float64))
+                            "docs_per_s": round(len(scores) / max(seconds, 1e-9), 1),
+                            "mean_score": round(float(scores.mean()), 4) if len(scores) else None})
+
+
+def with_scores(df: pl.DataFrame, scores: np.ndarray) -> pl.DataFrame:
+    """`df` with its `quality_score` column (an input's own one replaced, in its place)."""
+    return df.with_columns(pl.Series("quality_score", scores, dtype=pl.Float64))
 
 
 class QualityCut(Step):
@@ -605,7 +626,13 @@ class QualityCut(Step):
         """Writes `workdir/dropped.parquet` (id, row, quality_score of each document cut, lowest first), as the
         filters do: the cut is the one stage whose removals no file would otherwise show."""
         require_columns(df, ["quality_score"], self.name)
-        scores = df["quality_score"].fill_null(0.0).to_numpy()
+        keep = self.keep(df["quality_score"].fill_null(0.0).to_numpy(), stats)
+        if workdir is not None and self.id_column in df.columns:
+            self.write_dropped([self.dropped(df, keep)], workdir)
+        return df.filter(pl.Series(keep))
+
+    def keep(self, scores: np.ndarray, stats: StageStats) -> np.ndarray:
+        """Which documents of the whole corpus's `scores` stay (the top share needs every score), noted in `stats`."""
         if self.config.keep_top_percent is not None:
             keep = top_percent_mask(scores, self.config.keep_top_percent)
             cut = float(scores[keep].min()) if keep.any() else 1.0
@@ -614,7 +641,13 @@ class QualityCut(Step):
             keep = scores >= cut
         stats.dropped["low_quality"] = int((~keep).sum())
         stats.extra.update({"threshold": float(cut), "keep_top_percent": self.config.keep_top_percent})
-        if workdir is not None and self.id_column in df.columns:
-            (df.select(self.id_column, input_rows(df), "quality_score").filter(~pl.Series(keep))
-             .sort("quality_score", maintain_order=True).write_parquet(workdir / "dropped.parquet"))
-        return df.filter(pl.Series(keep))
+        return keep
+
+    def dropped(self, df: pl.DataFrame, keep: np.ndarray) -> pl.DataFrame:
+        """The report rows (id, row, quality_score) of the documents of `df` that `keep` cuts."""
+        return df.select(self.id_column, input_rows(df), "quality_score").filter(~pl.Series(keep))
+
+    @staticmethod
+    def write_dropped(parts: list[pl.DataFrame], workdir: Path) -> None:
+        """`workdir/dropped.parquet`: the `dropped` rows of every chunk, lowest score first, ties in input order."""
+        pl.concat(parts).sort("quality_score", maintain_order=True).write_parquet(workdir / "dropped.parquet")

@@ -17,10 +17,10 @@ from textbookgen.curation.base import ROW, RowStep, StageStats, Step, input_rows
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
 from textbookgen.curation.corpus_io import (
     STATS_SUFFIX,
-    WORKDIR_MARK,
     Corpus,
     CorpusWriter,
     check_output,
+    mark_workdir,
     read_corpus,
     write_corpus,
 )
@@ -76,8 +76,9 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
               text_column: str = "text", id_column: str = "id") -> dict[str, Any]:
     """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`. Dedup steps
     alone (`dedup_steps`) never hold the corpus: see `dedup_out_of_core`; nor do steps that each judge a
-    document on its own (`filter_steps`, `decontaminate_steps`), and a killed run of those resumes from the
-    chunks it finished: see `stream.stream_out_of_core`. Any other list (those mixed with each other) runs on
+    document on its own (`filter_steps`, `decontaminate_steps`), nor the quality score and cut (`score_steps`),
+    and a killed run of those resumes from the chunks it finished: see `stream.stream_out_of_core`,
+    `stream.score_out_of_core`. Any other list (those mixed with each other) runs on
     the corpus read whole."""
     from textbookgen.curation.near_dedup import MinHashDedup
 
@@ -92,6 +93,12 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
         step.check_index()
     if _dedup_only(steps, text_column, id_column):
         stats = dedup_out_of_core(Corpus(input_path, text_column, id_column), output_path, steps, work)
+    elif _score_only(steps, text_column, id_column):
+        from textbookgen.curation.stream import score_out_of_core
+
+        score, *cut = steps  # `_score_only`: a QualityScore, then maybe a QualityCut
+        corpus = Corpus(input_path, text_column, id_column)
+        stats = score_out_of_core(corpus, output_path, score, cut[0] if cut else None, work)  # type: ignore[arg-type]
     elif steps and all(isinstance(s, RowStep) for s in steps):
         from textbookgen.curation.stream import stream_out_of_core
 
@@ -100,18 +107,11 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
         from textbookgen.curation.pipeline import run_pipeline
 
         df = read_corpus(input_path, text_column, id_column)
-        _mark_workdir(work)
+        mark_workdir(work)
         df, stats = run_pipeline(df, steps, work)
         write_corpus(df, output_path)
     Path(str(output_path) + STATS_SUFFIX).write_text(json.dumps(stats, indent=2) + "\n")
     return stats
-
-
-def _mark_workdir(work: Path) -> None:
-    """Create `work` marked as a command's reports, once the input was read without error (bad input leaves no
-    folder): a folder of outputs read as a corpus leaves the `<output>.work` beside each out (`corpus_files`)."""
-    work.mkdir(parents=True, exist_ok=True)
-    (work / WORKDIR_MARK).touch()
 
 
 def _check_outside(option: str, folder: Path, input_path: str | Path) -> None:
@@ -131,6 +131,16 @@ def _dedup_only(steps: list[Step], text_column: str, id_column: str) -> bool:
                                and s.id_column == id_column for s in steps)
 
 
+def _score_only(steps: list[Step], text_column: str, id_column: str) -> bool:
+    """`score_steps`' list: a QualityScore of the corpus's texts, maybe then a QualityCut naming its ids."""
+    from textbookgen.curation.classifier import QualityCut, QualityScore
+
+    if not steps or not isinstance(steps[0], QualityScore) or steps[0].text_column != text_column:
+        return False
+    rest = steps[1:]
+    return not rest or (len(rest) == 1 and isinstance(rest[0], QualityCut) and rest[0].id_column == id_column)
+
+
 def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step], work: Path) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` for exact and MinHash dedup, holding per-doc ids, quality scores
     and exact keys but never the texts: a first pass over the corpus keeps those (and finds bad input
@@ -139,7 +149,7 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
     from textbookgen.curation.exact import ExactDedup, first_per_key, write_report
 
     docs = _doc_table(corpus, exact=any(isinstance(s, ExactDedup) for s in steps))
-    _mark_workdir(work)
+    mark_workdir(work)
     alive = np.ones(docs.height, dtype=bool)
     stats: dict[str, Any] = {}
     for step in steps:

@@ -32,6 +32,13 @@ STATS_SUFFIX = ".stats.json"  # what a curation command writes beside its output
 WORKDIR_MARK = ".textbookgen-workdir"  # in a curation command's --workdir (commands.run_steps): reports, not data
 
 
+def mark_workdir(work: Path) -> None:
+    """Create `work` marked as a command's reports, once the input was read without error (bad input leaves no
+    folder): a folder of outputs read as a corpus leaves the `<output>.work` beside each out (`corpus_files`)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / WORKDIR_MARK).touch()
+
+
 def corpus_files(path: Path) -> list[Path]:
     """The data files of `path` (itself, or the corpus files under a folder, sorted). A curation command's
     reports beside its output (`<output>.stats.json`, and its workdir, `<output>.work` by default, marked by

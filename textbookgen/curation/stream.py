@@ -1,33 +1,41 @@
-"""`filter` and `decontaminate` on a corpus of any size: the corpus goes through steps that judge each document on
-its own (`RowStep`) a chunk at a time, so memory follows a chunk, not the corpus; and each finished chunk's verdicts
-are stored in the workdir, so a killed run, rerun, judges only the chunks it had not finished (as MinHash keeps its
-signatures). A finished run removes them: its output and reports say it all."""
+"""`filter`, `decontaminate` and `classifier score` on a corpus of any size: the corpus goes through steps that judge
+each document on its own (`RowStep`) a chunk at a time, so memory follows a chunk, not the corpus; and each finished
+chunk's verdicts are stored in the workdir, so a killed run, rerun, judges only the chunks it had not finished (as
+MinHash keeps its signatures). The quality score goes the same way, its cut decided between two passes. A finished
+run removes them: its output and reports say it all."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
+import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+import numpy as np
 import polars as pl
 from xxhash import xxh3_128_hexdigest
 
-from textbookgen.curation.base import ROW, RowStep, StageStats, Verdict, add_extra
-from textbookgen.curation.commands import _mark_workdir
-from textbookgen.curation.corpus_io import Corpus, CorpusWriter, typed
+from textbookgen import __version__
+from textbookgen.curation.base import ROW, RowStep, StageStats, Step, Verdict, add_extra
+from textbookgen.curation.corpus_io import Corpus, CorpusWriter, mark_workdir, typed
 
-STORE = "finished_chunks"  # in the workdir: each finished chunk's kept rows and every step's verdict on it
+if TYPE_CHECKING:
+    from textbookgen.curation.classifier import QualityCut, QualityScore
+
+STORE = "finished_chunks"  # in the workdir: each finished chunk's kept rows and every step's verdict on it (or scores)
 KEY = "key.json"  # in STORE: the input files, columns, chunk size and steps the verdicts hold for
 LOCK = ".finished_chunks.lock"  # in the workdir: held by the run using it (`_sole_run`)
 
@@ -37,15 +45,90 @@ def stream_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[RowS
     """`run_pipeline` and `write_corpus` for steps that judge each document on its own: the corpus goes through
     them a chunk at a time (`Corpus.chunks`, typed as the whole corpus is and numbered by input row as
     `run_pipeline` numbers it), so the kept rows, stats and reports are the in-memory ones. The chunks a killed
-    run finished (`ChunkStore`) are read again but not judged. Bad input (a ValueError) leaves no workdir this run made."""
+    run finished (`ChunkStore`) are read again but not judged."""
+    with _run_in(work):
+        return _stream(corpus, output_path, steps, work)
+
+
+def score_out_of_core(corpus: Corpus, output_path: str | Path, score: QualityScore, cut: QualityCut | None,
+                      work: Path) -> dict[str, Any]:
+    """`run_pipeline` and `write_corpus` for `classifier score`, never holding the texts: pass 1 scores the texts a
+    chunk at a time and keeps only the scores (8 bytes a document), from which the cut is decided (a top share
+    needs every score); pass 2 reads the corpus again and writes each chunk's kept rows with their scores. The kept
+    rows, stats and dropped.parquet are the in-memory steps'. A killed run's scored chunks (`ChunkStore`) are not
+    scored again."""
+    with _run_in(work):
+        store = ChunkStore(work, _key(corpus, [score]))
+        scores, seconds = _scores(corpus, score, store)
+        stats, keep = _cut_stats(scores, score, cut, seconds)
+        for st in stats.values():
+            (work / st.stage).mkdir(parents=True, exist_ok=True)
+            st.check()
+        dropped = _write_scored(corpus, output_path, scores, keep, cut)
+        if cut is not None:
+            cut.write_dropped(dropped, work / cut.name)
+        store.remove()
+        return {name: st.as_dict() for name, st in stats.items()}
+
+
+def _scores(corpus: Corpus, score: QualityScore, store: ChunkStore) -> tuple[np.ndarray, float]:
+    """Pass 1: every document's score, in corpus order, from the store where a killed run stored its chunk; and
+    the seconds spent scoring."""
+    seconds, parts = 0.0, []
+    for k, chunk in enumerate(corpus.chunks(())):
+        digest = _digest(chunk)
+        stored = store.load_scores(k, digest) if k < store.finished else None
+        if stored is None:
+            t0 = time.perf_counter()
+            stored = score.scores(chunk[corpus.text_column])
+            seconds += time.perf_counter() - t0
+            store.save_scores(k, digest, stored)
+        parts.append(stored)
+    return np.concatenate(parts), seconds
+
+
+def _cut_stats(scores: np.ndarray, score: QualityScore, cut: QualityCut | None, seconds: float
+               ) -> tuple[dict[str, StageStats], np.ndarray]:
+    """Each step's stats, as `run_pipeline` counts them, and which documents the cut keeps."""
+    stats = {score.name: StageStats(score.name, n_in=len(scores), kept=len(scores))}
+    score.note(stats[score.name], scores, seconds)
+    if cut is None:
+        return stats, np.ones(len(scores), dtype=bool)
+    stats[cut.name] = StageStats(cut.name, n_in=len(scores))
+    keep = cut.keep(scores, stats[cut.name])
+    stats[cut.name].kept = int(keep.sum())
+    return stats, keep
+
+
+def _write_scored(corpus: Corpus, output_path: str | Path, scores: np.ndarray, keep: np.ndarray,
+                  cut: QualityCut | None) -> list[pl.DataFrame]:
+    """Pass 2: the kept rows with their scores, a chunk at a time; the cut's report rows of each chunk."""
+    from textbookgen.curation.classifier import with_scores
+
+    schema, dropped, start = corpus.schema(), [], 0
+    with CorpusWriter(output_path, with_scores(pl.DataFrame(schema=schema), scores[:0]).schema) as out:
+        for chunk in _numbered(corpus.chunks(), schema):
+            end = start + chunk.height
+            chunk = with_scores(chunk, scores[start:end])
+            if cut is not None:
+                dropped.append(cut.dropped(chunk, keep[start:end]))
+            out.write(chunk.filter(pl.Series(keep[start:end])).drop(ROW))
+            start = end
+    return dropped
+
+
+@contextmanager
+def _run_in(work: Path) -> Iterator[None]:
+    """A run on `work`, the only one (`_sole_run`): bad input (a ValueError) leaves no workdir this run made, nor
+    chunks stored for it; Ctrl-C before a chunk was stored, no folder of the lock's alone."""
     made = not work.exists()
     with _sole_run(work):
         try:
-            return _stream(corpus, output_path, steps, work)
+            yield
         except ValueError:
             shutil.rmtree(work if made else work / STORE, ignore_errors=True)
             raise
-        except BaseException:  # Ctrl-C before a chunk was stored: no folder of the lock's alone
+        except BaseException:
             if made and not (work / STORE).is_dir():
                 shutil.rmtree(work, ignore_errors=True)
             raise
@@ -71,7 +154,7 @@ def _sole_run(work: Path) -> Iterator[None]:
     """Hold `work/LOCK` for the run: a second run on the workdir at once would remove the chunks this one
     stores (other settings) or store its verdicts under this one's key, which a rerun then takes for its own.
     Where the file system has no locks (or no `fcntl`: Windows), runs are not kept apart."""
-    _mark_workdir(work)
+    mark_workdir(work)
     fd = os.open(work / LOCK, os.O_WRONLY | os.O_CREAT, 0o666)
     _HELD.add(fd)
     try:
@@ -131,7 +214,7 @@ def _stream(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work:
     finally:  # a failure here (a full disk, Ctrl-C) must not leave the steps' worker pools to the traceback's life
         for gen in (flow, *reversed(judges)):
             gen.close()
-    _mark_workdir(work)
+    mark_workdir(work)
     stats: dict[str, Any] = {}
     for step, st, report in zip(steps, totals, reports, strict=True):
         (work / step.name).mkdir(parents=True, exist_ok=True)
@@ -143,9 +226,9 @@ def _stream(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work:
 
 
 def _digest(chunk: pl.DataFrame) -> str:
-    """A hash of the chunk's rows, every column and ROW: a file rewritten to other bytes of the same size and
-    modification time (`_key` cannot tell) gets its stored verdicts from the first chunk that changed on judged
-    again. `hash_rows` holds within a polars version, which `_key` names."""
+    """A hash of the chunk's rows, every column (and ROW where it has it): a file rewritten to other bytes of the
+    same size (`_key` cannot tell) gets its stored verdicts from the first chunk that changed on judged again, its
+    stored scores for each chunk that changed. `hash_rows` holds within a polars version, which `_key` names."""
     return xxh3_128_hexdigest(chunk.hash_rows().to_numpy().tobytes())
 
 
@@ -190,17 +273,49 @@ def _parts(chunk: pl.DataFrame, verdicts: list[Verdict]) -> list[Part]:
     return [Part(heights[i], heights[i + 1], dict(v.dropped), v.extra, v.report) for i, v in enumerate(verdicts)]
 
 
-def _key(corpus: Corpus, steps: list[RowStep]) -> dict[str, Any] | None:
-    """What stored verdicts hold for: the input, each file as it is (size, modification time), the columns, the
-    chunk size (chunk k must be the same rows) and each step's `fingerprint`; None where a step has none."""
+def _key(corpus: Corpus, steps: Sequence[Step]) -> dict[str, Any] | None:
+    """What stored verdicts hold for: the input, its files (path and size; their bytes are each chunk's `_digest`,
+    so a file touched or copied without its modification time keeps its verdicts), the columns, the chunk size
+    (chunk k must be the same rows), each step's `fingerprint` and `code_digest`; None where a step has none."""
     prints = [step.fingerprint() for step in steps]
     if any(p is None for p in prints):
         return None
-    files = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus.files]
+    files = [[str(f.resolve()), f.stat().st_size] for f in corpus.files]
     # the input as given too: made-up ids ("<file>:<row>", which the reports name) are paths under it
     return {"input": str(corpus.path.resolve()), "files": files, "text_column": corpus.text_column,
             "id_column": corpus.id_column, "chunk_rows": corpus.chunk_rows, "steps": prints,
-            "polars": pl.__version__}
+            "code": [code_digest(type(step)) for step in steps], "polars": pl.__version__}
+
+
+def code_digest(step: type) -> str:
+    """A digest of the source of the step's module and of every textbookgen module it draws on (transitively, by
+    its module-level names): a rule edited between a killed run and its rerun (`git pull`, an editable install)
+    changes it, where `textbookgen.__version__` stays the same from one release to the next. A module without a
+    source file (a frozen install) counts by that version."""
+    seen: dict[str, ModuleType] = {}
+    todo = [sys.modules[step.__module__]]
+    while todo:
+        module = todo.pop()
+        if module.__name__ in seen:
+            continue
+        seen[module.__name__] = module
+        for value in vars(module).values():
+            name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+            found = sys.modules.get(name) if isinstance(name, str) and name.split(".")[0] == "textbookgen" else None
+            if found is not None and not hasattr(found, "__path__"):  # a package's names are the submodules
+                todo.append(found)  # imported so far, which differ from run to run
+    return xxh3_128_hexdigest(b"".join(name.encode() + b"\0" + _source(seen[name]) for name in sorted(seen)))
+
+
+def _source(module: ModuleType) -> bytes:
+    """The module's source file, or the package version where it has none."""
+    file = getattr(module, "__file__", None)
+    if isinstance(file, str) and file.endswith(".py"):
+        try:
+            return Path(file).read_bytes()
+        except OSError:
+            pass
+    return f"version {__version__}".encode()
 
 
 class ChunkStore:
@@ -227,16 +342,41 @@ class ChunkStore:
     def save(self, k: int, digest: str, rows: list[int], parts: list[Part]) -> None:
         if self.key is None:
             return
-        if not self.folder.is_dir():
-            _mark_workdir(self.work)
-            self.folder.mkdir()
-            (self.folder / KEY).write_text(json.dumps(self.key))
+        self._open()
         for i, part in enumerate(parts):
             if part.report is not None:
                 part.report.write_parquet(self.folder / f"{k:06d}.{i}.parquet")
+        self._write(k, {"digest": digest, "rows": rows, "parts": [p.as_json() for p in parts]})
+
+    def _open(self) -> None:
+        """The folder and its KEY, made with the first chunk stored."""
+        if not self.folder.is_dir():
+            mark_workdir(self.work)
+            self.folder.mkdir()
+            (self.folder / KEY).write_text(json.dumps(self.key))
+
+    def _write(self, k: int, data: dict[str, Any]) -> None:
+        """`k.json`, written last and whole, so a chunk is stored whole or not at all."""
         tmp = self.folder / f".{k:06d}.json.tmp"
-        tmp.write_text(json.dumps({"digest": digest, "rows": rows, "parts": [p.as_json() for p in parts]}))
+        tmp.write_text(json.dumps(data))
         os.replace(tmp, self.folder / f"{k:06d}.json")
+
+    def save_scores(self, k: int, digest: str, scores: np.ndarray) -> None:
+        """Chunk k's scores (`score_out_of_core`'s pass 1), as `save` stores verdicts."""
+        if self.key is not None:
+            self._open()
+            self._write(k, {"digest": digest, "scores": scores.tolist()})  # JSON floats read back exactly
+
+    def load_scores(self, k: int, digest: str) -> np.ndarray | None:
+        """Chunk k's scores as `save_scores` stored them; None where the chunk read now is not the one they were
+        stored for, or they cannot be read back."""
+        try:
+            data = json.loads((self.folder / f"{k:06d}.json").read_text())
+            if data.get("digest") != digest:
+                return None
+            return np.asarray(data["scores"], dtype=np.float64)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def load(self, k: int, digest: str) -> tuple[list[int], list[Part]] | None:
         """Chunk k's kept rows (ROW) and Parts, as `save` stored them; None where the chunk read now is not the
