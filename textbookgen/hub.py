@@ -503,8 +503,9 @@ def push(
     """Create `repo_id` (a dataset repo) if needed and commit the built folder in one commit; return its URL.
 
     `create_pr=True` commits to a new pull request against main instead, which needs only read access (an
-    org's repo you cannot write to), and returns the pull request's URL; `revision="refs/pr/N"` pushes onto
-    that pull request while it is open. Both go to an existing repo, compare with the head they commit on
+    org's repo you cannot write to), and returns the pull request's URL (an open one that holds exactly these files
+    already, opened by a push whose answer was lost, is returned instead: `_proposing_pull`);
+    `revision="refs/pr/N"` pushes onto that pull request while it is open. Both go to an existing repo, compare with the head they commit on
     (main's, the pull request's), and cannot change the repo's visibility (`private`).
 
     `private=True` makes the repo private, a new one or an existing public one (before anything is
@@ -557,21 +558,24 @@ def push(
             info = _open_repo(api, repo_id, private, revision, out_dir, _card_repo(out_dir), create_pr)
             operations, old_card = _operations(api, repo_id, out_dir, files, set(splits), info)
             additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
+            opened = _proposing_pull(api, repo_id, info, operations) if create_pr else None
+            if opened is not None:
+                return opened
             log.info("pushing %d file(s), deleting %d, to %s@%s (parent %s)%s", len(additions),
                      len(operations) - len(additions), repo_id, revision, info.sha,
                      ", as a new pull request" if create_pr else "")  # fmt: skip
             _in_background(lambda: api.preupload_lfs_files(repo_id, additions, repo_type="dataset", revision=revision,
                                                            create_pr=create_pr, free_memory=False), transfers)
             # after the uploads, which hashed the shards (an Xet upload hashes as it sends): no second read
-            history = functools.cache(lambda: _recorded_rows(api, repo_id, info.sha))  # one read, if any
-            message = commit_message or _what_changed(api, repo_id, info, out_dir, old_card, additions, history)
-            record = _rows_record(out_dir, additions, history, _same_shards(info, additions))
+            records = _RowRecords(api, repo_id, info.sha)  # read once, if asked
+            message = commit_message or _what_changed(api, repo_id, info, out_dir, old_card, additions, records)
+            record = _rows_record(out_dir, additions, records, _same_shards(info, additions))
             committing = True
             url = _commit(api, repo_id, operations, message, revision, info.sha, create_pr, record)
     except KeyboardInterrupt:
         raise HubInterrupted(
-            f"interrupted while opening a pull request on {repo_id}: it may have been opened; look at the repo's "
-            "pull requests before rerunning (a rerun opens another)" if committing and create_pr else
+            f"interrupted while opening a pull request on {repo_id}: it may have been opened; a rerun finds it "
+            "(and prints its URL) rather than opening another" if committing and create_pr else
             f"interrupted while committing to {repo_id}: the commit may have landed; rerun the push to make sure "
             "(it makes no second commit)" if committing else
             f"interrupted: nothing was committed to {repo_id}; rerun the push to publish it (files already "
@@ -589,6 +593,47 @@ def _check_proposal(revision: str, create_pr: bool, private: bool) -> None:
                          "open one with revision='refs/pr/N' (--revision) instead")
     if private and (create_pr or PR_REF_RE.fullmatch(revision)):
         raise ValueError("private: a pull request cannot change the repo's visibility; its owner does that on the Hub")
+
+
+def _proposing_pull(api: Any, repo_id: str, info: Any, operations: list[Any]) -> str | None:
+    """The URL of an open pull request against main whose head holds exactly the files `operations` would commit
+    onto main's head `info` (`_holds_tree`), said in one warning line; None where none does. A `create_pr` push
+    whose answer was lost (the Hub opened the pull request, the client saw an error) opened a second one, with the
+    same files, on every rerun. Open pull requests with other files are named in one line: a new one is opened,
+    as asked, and `refs/pr/N` would push onto one instead."""
+    from huggingface_hub import CommitOperationAdd
+
+    adds = {op.path_in_repo: op for op in operations if isinstance(op, CommitOperationAdd)}
+    gone = {op.path_in_repo for op in operations if not isinstance(op, CommitOperationAdd)}
+    base = {s.rfilename: s for s in info.siblings or [] if s.rfilename not in gone}
+    if _holds_tree(info, base, adds):  # main holds them: the client opens none (`_commit` says so)
+        return None
+    others = []
+    for pull in api.get_repo_discussions(repo_id, repo_type="dataset", discussion_type="pull_request",
+                                         discussion_status="open"):
+        head = api.repo_info(repo_id, repo_type="dataset", revision=pull.git_reference, files_metadata=True)
+        target = _holds_tree(head, base, adds) and api.get_discussion_details(
+            repo_id, pull.num, repo_type="dataset").target_branch in ("refs/heads/main", "main")
+        if target:
+            log.warning("pull request #%d of %s (%s) already holds these files: none opened, nothing pushed",
+                        pull.num, repo_id, pull.url)
+            return pull.url
+        others.append(f"#{pull.num}")
+    if others:
+        log.info("open pull request(s) %s of %s hold other files; opening a new one (push onto one with "
+                 "revision='refs/pr/N', --revision)", ", ".join(others), repo_id)
+    return None
+
+
+def _holds_tree(head: Any, base: Mapping[str, Any], adds: Mapping[str, Any]) -> bool:
+    """Whether the files of `head` (a `repo_info(files_metadata=True)`) are `adds` (uploads) and, for every other
+    path, `base`'s files (the same git blob): the tree a commit of `adds` onto `base` makes, no file more or less."""
+    files = {s.rfilename: s for s in head.siblings or []}
+    if files.keys() != base.keys() | adds.keys():
+        return False
+    return all(_same_file(adds[path], sibling) if path in adds else
+               sibling.blob_id is not None and sibling.blob_id == base[path].blob_id
+               for path, sibling in files.items())
 
 
 def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits: set[str],
@@ -610,13 +655,12 @@ def _operations(api: Any, repo_id: str, out_dir: Path, files: list[Path], splits
     return operations + stale_deletions(remote, {op.path_in_repo for op in operations}, splits, old_card), old_card
 
 
-def _rows_record(out_dir: Path, additions: list[Any], history: Callable[[], Mapping[tuple[str, str], str]],
-                 same: set[str]) -> str:
+def _rows_record(out_dir: Path, additions: list[Any], records: _RowRecords, same: set[str]) -> str:
     """The commit description that records each split's rows: `ROWS_MARK`, then `{split} {rows_digest}
     {shards_digest}` lines (`_shards_digest` of the shards' sha256, which the uploads computed). It lets a later
     push tell the same rows in other bytes (another parquet writer) from new rows without downloading a shard,
     and changes no file: a pull gives back the very files pushed. A split whose shards are the head's (`same`:
-    `_same_shards`) and were recorded by a commit of its history, `history()` (`_recorded_rows`), takes that
+    `_same_shards`) and were recorded by a commit of its history (`records`: `_RowRecords`), takes that
     record's rows digest: its shards are not decoded again (a push over the same shards, a card or recipe change,
     decoded every one). New shards are decoded without reading the history (pages of it, in a long one)."""
     shards: dict[str, dict[str, str]] = {}
@@ -627,16 +671,56 @@ def _rows_record(out_dir: Path, additions: list[Any], history: Callable[[], Mapp
     lines = []
     for split, files in sorted(shards.items()):
         digest = _shards_digest(files)
-        recorded = history().get((split, digest)) if split in same else None
+        recorded = records.get((split, digest)) if split in same else None
         lines.append(f"{split} {recorded or _split_digest(out_dir, split)} {digest}")
     return "\n".join([ROWS_MARK, *lines])
 
 
-def _recorded_rows(api: Any, repo_id: str, head: str) -> dict[tuple[str, str], str]:
+class _RowRecords:
+    """The rows records (`_rows_record`) of a head's history, {(split, shards digest): rows digest}, read when first
+    asked for: those of its commits (`_recorded_rows`), then, for a key none of them holds, those of the pull
+    requests merged into it (`_merged_into`). A merge commit carries no record, and the pull request's own commits,
+    which do, are not in main's history: the same rows as a merged pull request's, in other bytes, were called
+    changed. A record names the shards it describes by their sha256: one read from a pull request's ref applies
+    only where the head holds those very shards."""
+
+    def __init__(self, api: Any, repo_id: str, head: str) -> None:
+        self.api, self.repo_id, self.head = api, repo_id, head
+        self.commits: set[str] = set()
+        self.history: dict[tuple[str, str], str] | None = None
+        self.merged: dict[tuple[str, str], str] | None = None
+
+    def get(self, key: tuple[str, str | None]) -> str | None:
+        if not key[1]:  # shards kept in git: no record names them
+            return None
+        if self.history is None:
+            self.history = _recorded_rows(self.api, self.repo_id, self.head, self.commits)
+        if key in self.history:
+            return self.history[key]
+        if self.merged is None:
+            self.merged = {}
+            for num in _merged_into(self.api, self.repo_id, self.commits):
+                for found, rows in _recorded_rows(self.api, self.repo_id, f"refs/pr/{num}", set()).items():
+                    self.merged.setdefault(found, rows)
+        return self.merged.get(key)
+
+
+def _merged_into(api: Any, repo_id: str, commits: set[str]) -> list[int]:
+    """The numbers of the pull requests merged by one of `commits` (their merge commit's id), newest first: one
+    request for the list, one per merged pull request for its merge commit."""
+    return [pull.num for pull in api.get_repo_discussions(repo_id, repo_type="dataset",
+                                                          discussion_type="pull_request")
+            if pull.status == "merged"
+            and api.get_discussion_details(repo_id, pull.num, repo_type="dataset").merge_commit_oid in commits]
+
+
+def _recorded_rows(api: Any, repo_id: str, head: str, commits: set[str]) -> dict[tuple[str, str], str]:
     """{(split, shards digest): rows digest} the commits of `head`'s history recorded (`_rows_record`), the
-    newest record of each (the history is one request, or a few pages)."""
+    newest record of each (the history is one request, or a few pages); the ids of those commits are added to
+    `commits`."""
     recorded: dict[tuple[str, str], str] = {}
     for commit in api.list_repo_commits(repo_id, repo_type="dataset", revision=head):
+        commits.add(commit.commit_id)
         if ROWS_MARK in (commit.message or ""):
             for split, rows, shards in _ROWS_LINE_RE.findall(commit.message.split(ROWS_MARK, 1)[1]):
                 recorded.setdefault((split, shards), rows)
@@ -682,22 +766,43 @@ def rows_digest(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-#: Bytes of a parquet file's pages (uncompressed, as its footer gives them) `rows_digest` decodes at a time.
+#: Bytes of rows, decoded, that `rows_digest` holds at a time.
 DIGEST_BATCH_BYTES = 8 * 1024**2
+#: Rows of a row group's first batch, which `_batch_rows` decodes to learn its rows' decoded size.
+PROBE_ROWS = 256
 
 
 def _batches(path: Path) -> Iterator[Any]:
-    """The rows of a parquet file as record batches of about `DIGEST_BATCH_BYTES` each, cut row group by row
-    group (row sizes differ between groups): batches of 65,536 rows held a whole row group of long documents,
-    and a push's digest of 1 GB of shards peaked at 1.45 GB RSS. Column chunks are read through a 1 MiB buffer,
-    not whole."""
+    """The rows of a parquet file as record batches of about `DIGEST_BATCH_BYTES` decoded each (`_batch_rows`),
+    cut row group by row group (row sizes differ between groups): batches of 65,536 rows held a whole row group of
+    long documents, and a push's digest of 1 GB of shards peaked at 1.45 GB RSS. Column chunks are read through a
+    1 MiB buffer, not whole."""
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(path, buffer_size=1 << 20) as parquet:
         for i in range(parquet.metadata.num_row_groups):
-            group = parquet.metadata.row_group(i)
-            size = DIGEST_BATCH_BYTES * group.num_rows // max(group.total_byte_size, 1)
-            yield from parquet.iter_batches(batch_size=min(max(size, 1), 65_536), row_groups=[i])
+            yield from parquet.iter_batches(batch_size=_batch_rows(parquet, i), row_groups=[i])
+
+
+def _batch_rows(parquet: Any, group: int) -> int:
+    """Rows per batch of row group `group`: the fewest of 65,536, the footer's estimate (its pages' uncompressed
+    bytes per row) and what the decoded bytes per row of its first `PROBE_ROWS` rows give. The footer alone
+    undercounts a dictionary-encoded column: 200,000 copies of one 4 KB text are a few KB of pages, and decoded
+    in 65,536-row batches (268 MB each) an 89 KB file peaked at 1.74 GB RSS."""
+    meta = parquet.metadata.row_group(group)
+    rows = min(max(DIGEST_BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1), 1), 65_536)
+    probe = next(parquet.iter_batches(batch_size=min(rows, PROBE_ROWS), row_groups=[group]), None)
+    if probe is None or probe.num_rows == 0:
+        return rows
+    per_row = max(_decoded_bytes(probe) / probe.num_rows, 1.0)
+    return max(min(rows, int(DIGEST_BATCH_BYTES / per_row)), 1)
+
+
+def _decoded_bytes(batch: Any) -> int:
+    """Bytes of `batch` once its dictionary columns are decoded, as `_ColumnHash` decodes them."""
+    import pyarrow as pa
+
+    return sum(c.dictionary_decode().nbytes if pa.types.is_dictionary(c.type) else c.nbytes for c in batch.columns)
 
 
 class _ColumnHash:
@@ -756,7 +861,7 @@ def _kind(dtype: Any) -> str:
 
 
 def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: str | None,
-                  additions: list[Any], history: Callable[[], Mapping[tuple[str, str], str]]) -> str:
+                  additions: list[Any], records: _RowRecords) -> str:
     """The push's default commit message: what a data team reading the repo's history wants to know. Against
     the Hub's head: rows added or removed per split (from its card), rows changed where a split's count is the
     same but its shards are not the head's byte for byte (`_same_shards`) and hold other rows (`_same_rows`:
@@ -776,7 +881,7 @@ def _what_changed(api: Any, repo_id: str, info: Any, out_dir: Path, old_card: st
     if before:
         same = _same_shards(info, additions)
         rewritten = {s for s in rows if s not in same and before.get(s) == rows[s]}
-        same_rows = _same_rows(info, out_dir, rewritten, history()) if rewritten else set()
+        same_rows = _same_rows(info, out_dir, rewritten, records) if rewritten else set()
         parts = [_row_change(s, before.get(s), rows.get(s), s in same, s in same_rows)
                  for s in dict.fromkeys([*rows, *before])]
     else:
@@ -816,15 +921,18 @@ def _same_file(op: Any, sibling: Any) -> bool:
     counts as changed: a commit message must not claim the same rows on a guess."""
     if sibling.lfs:
         return sibling.lfs.sha256 == op.upload_info.sha256.hex()
-    return _holds(Path(op.path_or_fileobj), sibling)  # its size, then its blob id (read in chunks)
+    content = op.path_or_fileobj
+    if isinstance(content, bytes):  # the merged card
+        return sibling.blob_id == hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    return _holds(Path(content), sibling)  # its size, then its blob id (read in chunks)
 
 
-def _same_rows(info: Any, out_dir: Path, splits: set[str], recorded: Mapping[tuple[str, str], str]) -> set[str]:
+def _same_rows(info: Any, out_dir: Path, splits: set[str], recorded: _RowRecords) -> set[str]:
     """Of `splits` (shards other than the head's), those whose rows are the head's: a commit of the head's
-    history recorded (`_rows_record`, `recorded`: `_recorded_rows`) the digest of the head's very shards
-    (`_shards_digest`, by the LFS sha256 `info` gives), and it is the local rows' `rows_digest`. No shard is
-    downloaded; a head whose shards no push recorded (committed otherwise, or by an older textbookgen) tells
-    nothing, and its rows count as changed."""
+    history, or a pull request merged into it, recorded (`_rows_record`, `recorded`: `_RowRecords`) the digest of
+    the head's very shards (`_shards_digest`, by the LFS sha256 `info` gives), and it is the local rows'
+    `rows_digest`. No shard is downloaded; a head whose shards no push recorded (committed otherwise, or by an
+    older textbookgen) tells nothing, and its rows count as changed."""
     same = set()
     for split in sorted(splits):
         heads = {s.rfilename: s.lfs.sha256 if s.lfs else None for s in info.siblings or []
