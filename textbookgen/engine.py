@@ -709,10 +709,7 @@ class Generator:
         stats of such a run. False (run it) where that request fits, or batches of this model are open."""
         if self.batch or journal.open_batches(self.provider, self.model):
             return False
-        self._c = self._counts(results, abandoned, resent)
-        self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
-        self._inflight_cost = self._inflight_out = 0.0
-        self._in_ratio = 1.0
+        self._start_budgets(results, abandoned, resent)
         note = self._over_budget(self._worst_case(todo[0]))
         if note is None:
             return False
@@ -723,6 +720,17 @@ class Generator:
         self._admission = AdmissionController(self.limits, self.concurrency)
         self._report(time.monotonic(), len(results))
         return True
+
+    def _start_budgets(self, results: dict[str, ChatResponse], abandoned: Billed, resent: Billed) -> None:
+        """The budget state a run starts from, which `_over_budget` and `_reserve` read: what is spent (`_counts`),
+        the budgets left beside it, nothing in flight, and the input estimate's ratio at 1 (no answer has measured
+        it yet). One place for `_generate` and `_skipped_whole`, so a run skipped whole decides as a run would."""
+        self._c = self._counts(results, abandoned, resent)
+        self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
+        self._inflight_cost = 0.0  # the worst case of the attempts in flight (live) or of the batches running
+        self._inflight_out = 0.0
+        self._reservations = 0  # live attempts holding a worst case in _inflight_*
+        self._in_ratio = 1.0
 
     def _repriced(self, row: dict) -> dict:
         """`row` with the tokens it was billed at no price (a run on a model that had none) counted at this run's
@@ -817,15 +825,10 @@ class Generator:
         self._failures: Counter[str] = Counter()
         self._examples: dict[str, str] = {}  # the first error message of each failure class
         self._rejections: set[str] = set()  # the failure classes `answer_check` gave
-        self._in_ratio = 1.0
-        self._inflight_cost = 0.0  # the worst case of the attempts in flight (live) or of the batches running
-        self._inflight_out = 0.0
-        self._reservations = 0  # live attempts holding a worst case in _inflight_*
         self._gate = BudgetGate()  # attempts waiting for room in the budgets, in line
         self._in_batches = 0
         self._collecting = self.batch  # answers come from batches (`collected`): a batch run's all come so
-        self._c = self._counts(results, abandoned, resent)
-        self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
+        self._start_budgets(results, abandoned, resent)
         total = len(todo) + len(results)
         display = poll_log = None
         if self.progress:
