@@ -75,7 +75,8 @@ def test_documents_leave_out_a_leading_think_block_the_journal_keeps_it(tmp_path
                                  faults=[Fault("think", rate=1.0)])) as emu:
         sets = _sets(tmp_path / "t", emu.openai_base_url, **{"provider.name": "openai-compatible",
                                                             "model": "Qwen/Qwen3-8B"})
-        res = build(load_recipe(QUICKSTART, sets), push=False, progress=False)
+        free = {"Qwen/Qwen3-8B": (0.0, 0.0)}  # a server of your own: quickstart's dollar budget needs its price
+        res = build(load_recipe(QUICKSTART, sets, prices=free), push=False, progress=False)
     docs = pl.read_parquet(tmp_path / "t" / "documents.parquet")
     assert docs.height == 12 and res.unfinished is None
     assert not docs["text"].str.contains("<think>|</think>").any() and docs["text"].str.len_chars().min() > 100

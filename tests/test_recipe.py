@@ -346,18 +346,20 @@ def test_prices_come_from_the_recipe_and_the_command_line(recipe_dir):
     assert res.exit_code == 1 and "--price expects MODEL=IN,OUT" in res.output
 
 
-def test_a_dollar_budget_on_a_model_without_a_price_is_a_one_line_note(recipe_dir):
+def test_a_dollar_budget_on_a_model_without_a_price_is_a_recipe_problem(recipe_dir):
+    """It used to be a note, and the build spent with no bound (`generate --max-cost` refuses it)."""
     p = _write(recipe_dir, GOOD.replace("model: gpt-4o-mini", "model: my/llm") + "budget: {max_cost_usd: 5}\n")
-    [note] = load_recipe(p).notes()
-    assert note.startswith("budget.max_cost_usd: my/llm has no price, so its requests count as $0 and this budget "
-                           "can never stop them") and "--price my/llm=IN,OUT" in note and "\n" not in note
+    with pytest.raises(RecipeError, match=r":9: budget.max_cost_usd: my/llm \(model\) has no price, so its requests "
+                       r"would count as \$0 and this budget could never stop them") as e:
+        load_recipe(p)
+    assert "--price my/llm=IN,OUT" in str(e.value) and "\n" not in str(e.value)
     assert load_recipe(p, prices={"my/llm": (0.0, 0.0)}).notes() == []  # free, said on purpose
     assert load_recipe(p, {"budget": None}).notes() == []
     growth = {"model": "gpt-4o-mini", "taxonomy.grow": {"target": 50, "model": "my/llm"}}
-    [note] = load_recipe(p, growth).notes()  # growth runs on a model of its own
-    assert note.startswith("budget.max_cost_usd: my/llm has no price")
+    with pytest.raises(RecipeError, match=r"my/llm \(taxonomy.grow.model\) has no price"):  # growth's own model
+        load_recipe(p, growth)
     res = CliRunner().invoke(app, ["validate", str(p)])
-    assert res.exit_code == 0 and "note: budget.max_cost_usd: my/llm has no price" in res.output
+    assert res.exit_code == 1 and "budget.max_cost_usd: my/llm (model) has no price" in res.output
 
 
 def test_a_key_variable_the_recipe_names_must_be_set(recipe_dir, monkeypatch):

@@ -746,7 +746,7 @@ class Build:
             max_cost_usd=r.budget.max_cost_usd,
             max_output_tokens=r.budget.max_output_tokens,
             prices=r.price_table(),
-            refuse_unpriced=False,  # the recipe's note says it once per build (`Recipe.budget_notes`)
+            refuse_unpriced=False,  # `_run` refused it before any stage, in the recipe's words
             progress=self.progress,
             timeout_s=p.timeout_s,
             max_attempts=p.max_attempts,
@@ -778,6 +778,9 @@ class Build:
 
     def _run(self) -> BuildResult:
         r = self.recipe
+        unpriced = r.unpriced_budget_problems()  # `load_recipe` refuses it; a Recipe made otherwise, here
+        if unpriced:  # before growth pays: the documents' model may be the one with no price
+            raise RecipeError(r.problem_text(unpriced))
         self._load_state()
         can_call = r.provider.has_credentials()
         planning = self.plan_only or not can_call
@@ -914,7 +917,7 @@ class Build:
         except TaxonomyError as e:
             raise BuildError(field_problem(self.recipe, "taxonomy.source", str(e))) from None
         n_roots = len(roots.leaves())
-        wants_grow = tc.grow is not None and n_roots < tc.grow.target
+        wants_grow = tc.grows(n_roots)
         input_hash = self._taxonomy_hash(src, wants_grow)
         out_path = self.out / "taxonomy.yaml"
         st = self._cached("taxonomy", input_hash)
@@ -941,7 +944,7 @@ class Build:
             [out_path],
             stats,
             self._done("taxonomy", t0),
-            complete=not wants_grow or stats["leaves"] >= tc.grow.target,
+            complete=not tc.grows(stats["leaves"]),  # short of grow.target: a rerun grows on
         )
         return roots, self.state["taxonomy"]["output_hash"], None
 
@@ -1327,7 +1330,9 @@ class Build:
         already meet grows nothing, and the card must not say the model grew them."""
         grow = self.recipe.taxonomy.grow
         stats = self.state.get("taxonomy", {}).get("stats")
-        return grow is not None and ("grow" in stats if stats else len(tax.leaves()) < grow.target)
+        if stats:
+            return grow is not None and "grow" in stats
+        return self.recipe.taxonomy.grows(len(tax.leaves()))
 
     def _finish_manifest(self) -> None:
         if "finished_at" in self.state.get("generate", {}):

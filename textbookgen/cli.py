@@ -709,8 +709,7 @@ def validate(
     repeated = repeated_prompts_note(r, tax)
     for note in [*([repeated] if repeated else []), *check.notes]:
         typer.echo(f"note: {note}")
-    grows = tc.grow is not None and len(tax.leaves()) < tc.grow.target  # roots that meet the target grow nothing
-    grow = f", grown to {tc.grow.target:,} by the build" if grows else ""
+    grow = f", grown to {tc.grow.target:,} by the build" if tc.grows(len(tax.leaves())) else ""
     typer.echo(f"ok: {r.name} {r.version}: {r.samples:,} samples of {r.model} ({r.provider.name}), "
                f"{len(tax.leaves()):,} topics{grow}, {len(r.mix)} mix entr{'y' if len(r.mix) == 1 else 'ies'}, "
                f"output {r.output_dir()} [recipe {r.hash}]")

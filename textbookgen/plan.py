@@ -593,11 +593,6 @@ def _budget_line(plan: Plan) -> str:
         "stops sending requests when it is reached."
     )
     own = plan.estimates[0] if plan.estimates else None
-    if own is not None and not own.priced:
-        return (
-            f"Budget: [yellow]budget.max_cost_usd {usd(plan.budget_usd)} can never stop this build: "
-            f"{plan.model} has no price, so its requests count as $0[/yellow] (see the note below)."
-        )
     if own is None or not own.priced:
         return line
     j = plan.journal  # with one, what is paid and what the rest should cost, not the whole build from scratch

@@ -194,6 +194,12 @@ class TaxonomyConfig(_Strict):
     max_per_topic: int | None = Field(None, ge=1, strict=True)
     min_per_topic: int = Field(0, ge=0, strict=True)
 
+    def grows(self, leaves: int) -> bool:
+        """Whether a build grows roots of `leaves` leaves: `grow` is set and they fall short of `grow.target`.
+        Growth only adds leaves under the ones it has, so roots that meet the target grow nothing: their topics
+        are the build's, and no growth is planned, paid or credited to the model."""
+        return self.grow is not None and leaves < self.grow.target
+
     @field_validator("source")
     @classmethod
     def _exists(cls, v: str, info: ValidationInfo) -> str:
@@ -454,30 +460,35 @@ class Recipe(_Strict):
         }
 
     def notes(self) -> list[str]:
-        """What is worth a warning before a build pays: sampling the model refuses (`sampling_notes`), a
-        dollar budget that cannot stop the run (`budget_notes`), and a key variable named but not set where
-        the build would otherwise go ahead (it stops before its first request)."""
+        """What is worth a warning before a build pays: sampling the model refuses (`sampling_notes`), and a key
+        variable named but not set where the build would otherwise go ahead (it stops before its first request)."""
         unset = self.provider.unset_key() if self.provider.has_credentials() else None
         key = [f"{unset}: export it before building (a build stops before its first request)"] * bool(unset)
-        return [*self.sampling_notes(), *self.budget_notes(), *key]
+        return [*self.sampling_notes(), *key]
 
-    def budget_notes(self) -> list[str]:
-        """A dollar budget over a model with no price: its requests count as $0, so it never stops them."""
+    def unpriced_budget_problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """A dollar budget over a model with no price (in neither `pricing.PRICES` nor `prices:`): its requests
+        would count as $0, so the budget could never stop them, an unbounded spend. Refused before any request,
+        as `generate --max-cost` and the SDK refuse it (`engine.unpriced_budget`); names each such model and the
+        field that names it (`models`: the documents' and growth's)."""
         from textbookgen.pricing import is_priced
 
         if self.budget.max_cost_usd is None:
             return []
         table = self.price_table()
-        unpriced = [m for m in dict.fromkeys(self.models().values()) if not is_priced(m, table)]
+        unpriced = {field: m for field, m in self.models().items() if not is_priced(m, table)}
         if not unpriced:
             return []
-        m, has = unpriced[0], "has" if len(unpriced) == 1 else "have"
-        return [
-            f"budget.max_cost_usd: {' and '.join(unpriced)} {has} no price, so its requests count as $0 and "
-            "this budget can never stop them; give the price in USD per 1M tokens: "
-            f"`prices: {{{m}: {{input_per_mtok: IN, output_per_mtok: OUT}}}}` in the recipe, "
-            f"or --price {m}=IN,OUT"
-        ]
+        named = " and ".join(f"{m} ({field})" for field, m in unpriced.items())
+        one = len(unpriced) == 1
+        m = next(iter(unpriced.values()))
+        return [(("budget", "max_cost_usd"), (
+            f"{named} {'has' if one else 'have'} no price, so {'its' if one else 'their'} requests would count as $0 "
+            f"and this budget could never stop them: give {'its' if one else 'each its'} price in USD per 1M tokens, "
+            f"`prices: {{{m}: {{input_per_mtok: IN, output_per_mtok: OUT}}}}` in the recipe (0 and 0 for a free "
+            f"server of your own) or --price {m}=IN,OUT, or drop budget.max_cost_usd (budget.max_output_tokens "
+            "bounds a build without prices)"
+        ))]
 
     def problem_text(self, problems: list[tuple[tuple[Any, ...], str]]) -> str:
         """Problems (field location, message) found after loading, as `load_recipe` reports its own: one line
@@ -492,7 +503,8 @@ class Recipe(_Strict):
 
 def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
     """What pydantic cannot see: mix names that are neither built in nor defined, an output folder
-    that a file stands in the way of, and curation files (benchmarks, classifier model) that are not there."""
+    that a file stands in the way of, a budget that cannot hold the build's requests (a dollar budget at no price,
+    a request over it), and curation files (benchmarks, classifier model) that are not there."""
     problems: list[tuple[tuple[Any, ...], str]] = []
     tables = dict(zip(("audiences", "styles", "formats"), recipe.tables(), strict=True))
     for i, entry in enumerate(recipe.mix):
@@ -514,6 +526,7 @@ def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
             make_language_filter(lf, recipe.language, recipe.base_dir)
         except WebSampleError as e:
             problems.append((("web_samples", "language_filter"), str(e).split(": ", 1)[-1]))
+    problems += recipe.unpriced_budget_problems()
     problems += _unaffordable(recipe)
     cur = recipe.resolved_curation()
     for i, b in enumerate(cur.decontamination.benchmarks):
@@ -561,14 +574,13 @@ def repeated_prompts_note(recipe: Recipe, tax: Taxonomy) -> str | None:
     them exactly once rendered; `validate` warns before, as a recipe asking for more documents than topics x
     cells is a mistake it would otherwise call ok. None where the build grows the taxonomy (its topics are not
     known yet); a `grow.target` the roots already meet grows nothing, so their prompts are the build's."""
-    grow = recipe.taxonomy.grow
-    if grow is not None and len(tax.leaves()) < grow.target:
+    if recipe.taxonomy.grows(len(tax.leaves())):
         return None
     forced = forced_repeats(recipe, tax)
     if not forced or not forced[0]:
         return None
     repeated, topics, most, cells = forced
-    more = "raise taxonomy.grow.target" if grow is not None else "add topics (taxonomy.grow)"
+    more = "raise taxonomy.grow.target" if recipe.taxonomy.grow is not None else "add topics (taxonomy.grow)"
     return recipe.problem_text([(("samples",), (
         f"at least {repeated:,} of {recipe.samples:,} prompts repeat an earlier one word for word "
         f"({topics:,} topics, up to {most:,} prompts each, over {cells:,} mix cells "
@@ -603,7 +615,7 @@ def _taxonomy_fit(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], 
     them; a taxonomy the build grows first is checked against `grow.target` leaves, the most growth gives."""
     tc = recipe.taxonomy
     leaves = len(tax.leaves())
-    if tc.grow is not None and leaves < tc.grow.target:
+    if tc.grows(leaves):
         return grown_caps_problems(recipe, tax)
     try:
         tax.sample(recipe.samples, recipe.seed, weighting=tc.weighting, max_per_topic=tc.max_per_topic,
