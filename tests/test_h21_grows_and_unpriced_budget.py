@@ -68,14 +68,62 @@ def test_validate_refuses_a_dollar_budget_on_a_model_with_no_price(tmp_path):
     assert CliRunner().invoke(app, ["validate", str(p), "--set", "budget=null"]).exit_code == 0
 
 
-def test_growth_on_a_model_of_its_own_with_no_price_is_named(tmp_path):
+def test_growth_on_a_model_of_its_own_with_no_price_is_named_where_the_roots_grow(tmp_path):
+    """Whether growth sends requests is known once the roots are read (`TaxonomyConfig.grows`): `validate` and the
+    build refuse growth's unpriced model there; `load_recipe` refuses the documents' model, known before."""
     p = _recipe(tmp_path, model="gpt-4o-mini", more="prices:\n  my/llm: {input_per_mtok: 1, output_per_mtok: 2}\n")
-    with pytest.raises(RecipeError, match=r"budget\.max_cost_usd: my/grower \(taxonomy\.grow\.model\) has no price"):
-        load_recipe(p, {"taxonomy.grow": {"target": 9, "model": "my/grower"}})
-    both = {"model": "my/other", "taxonomy.grow": {"target": 9, "model": "my/grower"}}
-    with pytest.raises(RecipeError, match=r"my/other \(model\) and my/grower \(taxonomy\.grow\.model\) have no price"):
-        load_recipe(p, both)
-    assert load_recipe(p, {"taxonomy.grow": {"target": 9, "model": "my/llm"}}).taxonomy.grow is not None
+    grow = ["--set", "taxonomy.grow={target: 9, model: my/grower}"]  # 3 roots short of 9: they grow
+    res = CliRunner().invoke(app, ["validate", str(p), *grow])
+    assert res.exit_code == 1, res.output
+    assert f"{p}:13: budget.max_cost_usd: my/grower (taxonomy.grow.model) has no price" in res.output
+    both = CliRunner().invoke(app, ["validate", str(p), *grow, "--set", "model=my/other"])
+    assert both.exit_code == 1 and "my/other (model) has no price" in both.output, both.output
+    assert CliRunner().invoke(app, ["validate", str(p), *grow, "--price", "my/grower=0,0"]).exit_code == 0
+    made = load_recipe(p, {"model": "my/other", "taxonomy.grow": {"target": 9, "model": "my/grower"}},
+                       prices={"my/other": (1.0, 1.0), "my/grower": (1.0, 1.0)}).model_copy(update={"prices": {}})
+    [(loc, msg)] = made.unpriced_budget_problems(grows=True)
+    assert loc == ("budget", "max_cost_usd") and msg.startswith(
+        "my/other (model) and my/grower (taxonomy.grow.model) have no price")
+    [(_, own)] = made.unpriced_budget_problems(grows=False)  # roots that need no growth: the documents' model only
+    assert own.startswith("my/other (model) has no price, so its requests") and "my/grower" not in own
+
+
+@pytest.mark.parametrize("target", [2, 3])
+def test_validate_asks_no_price_of_a_growth_model_the_roots_leave_idle(tmp_path, target):
+    """3 roots meet the target, so nothing grows and growth's model is sent no request (it used to be refused)."""
+    p = _recipe(tmp_path)
+    res = CliRunner().invoke(app, ["validate", str(p), "--set", "budget.max_cost_usd=3", "--set",
+                                   f"taxonomy.grow.target={target}", "--set", "taxonomy.grow.model=other/x",
+                                   "--price", "my/llm=1,1"])
+    assert res.exit_code == 0, res.output
+    assert "other/x" not in res.output and "3 topics, 1 mix" in res.output
+
+
+def test_growth_needs_its_price_only_while_it_grows(tmp_path):
+    """Unpriced growth is refused before its first request; once the grown taxonomy is built (priced then), a rerun
+    sends growth nothing and goes on without its price; roots that meet the target never needed one."""
+    with Emulator(EmulatorConfig(latency_median_s=0.001)) as emu:
+        p = _recipe(tmp_path, base_url=emu.openai_base_url)
+        cli = ["build", str(p), "--no-progress", "--price", "my/llm=1,2", "--set", "taxonomy.grow={target: 5, "
+               "model: other/x}"]
+        refused = CliRunner().invoke(app, cli)
+        assert refused.exit_code == 1, refused.output
+        assert "budget.max_cost_usd: other/x (taxonomy.grow.model) has no price" in refused.output
+        assert emu.stats()["received"] == 0
+        grown = CliRunner().invoke(app, [*cli, "--price", "other/x=1,2"])
+        assert grown.exit_code == 0, grown.output
+        grow_journal, journal = tmp_path / "build" / "h21" / ".build" / "grow.sqlite", tmp_path / "build" / "h21" / \
+            "journal.sqlite"
+        grew, sent = _rows(grow_journal), emu.stats()["received"]
+        assert grew > 0 and sent == grew + 3
+        rerun = CliRunner().invoke(app, [*cli, "--set", "samples=5"])  # the grown taxonomy is the build's: cached
+        assert rerun.exit_code == 0, rerun.output
+        assert _rows(grow_journal) == grew and _rows(journal) == 5 and emu.stats()["received"] == sent + 2
+        met = CliRunner().invoke(app, [*cli, "--set", "taxonomy.grow={target: 3, model: other/x}",
+                                       "--set", f"output={tmp_path / 'm'}"])
+        assert met.exit_code == 0, met.output
+        assert emu.stats()["received"] == sent + 5 and _rows(tmp_path / "m" / "journal.sqlite") == 3
+        assert not (tmp_path / "m" / ".build" / "grow.sqlite").exists()  # no growth request, not one
 
 
 def test_plan_without_a_key_shows_the_problem_and_exits_as_validate_does(tmp_path, monkeypatch):

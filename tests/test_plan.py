@@ -70,7 +70,9 @@ def test_the_plan_prices_a_self_hosted_model_at_the_recipes_price_and_refuses_a_
     prompts = render_prompts(r, tax, open_web_samples(r))
     unpriced = make_plan(prompts, r, n_leaves=len(tax.leaves()), expected_tokens={}, notes=r.notes())
     assert not unpriced.estimates[0].priced and unpriced.estimates[0].cost_usd == 0
-    assert "the build stops sending requests when it is reached" not in _text(unpriced)
+    free = make_plan(prompts, load_recipe(quick, own, prices={"my/llm": (0.0, 0.0)}), n_leaves=len(tax.leaves()),
+                     expected_tokens={})  # a free server of your own, said on purpose: the budget holds
+    assert free.estimates[0].priced and "the build stops sending requests when it is reached" in _text(free)
     priced = load_recipe(quick, own, prices={"my/llm": (1.0, 2.0)})
     plan = make_plan(prompts, priced, n_leaves=len(tax.leaves()), expected_tokens={})
     expected = (plan.input_tokens * 1.0 + plan.output_tokens_expected * 2.0) / 1e6

@@ -355,9 +355,9 @@ def test_a_dollar_budget_on_a_model_without_a_price_is_a_recipe_problem(recipe_d
     assert "--price my/llm=IN,OUT" in str(e.value) and "\n" not in str(e.value)
     assert load_recipe(p, prices={"my/llm": (0.0, 0.0)}).notes() == []  # free, said on purpose
     assert load_recipe(p, {"budget": None}).notes() == []
-    growth = {"model": "gpt-4o-mini", "taxonomy.grow": {"target": 50, "model": "my/llm"}}
-    with pytest.raises(RecipeError, match=r"my/llm \(taxonomy.grow.model\) has no price"):  # growth's own model
-        load_recipe(p, growth)
+    growth = ["--set", "model=gpt-4o-mini", "--set", "taxonomy.grow={target: 50, model: my/llm}"]
+    res = CliRunner().invoke(app, ["validate", str(p), *growth])  # growth's own model, where the 2 roots grow
+    assert res.exit_code == 1 and "my/llm (taxonomy.grow.model) has no price" in res.output, res.output
     res = CliRunner().invoke(app, ["validate", str(p)])
     assert res.exit_code == 1 and "budget.max_cost_usd: my/llm (model) has no price" in res.output
 

@@ -746,7 +746,6 @@ class Build:
             max_cost_usd=r.budget.max_cost_usd,
             max_output_tokens=r.budget.max_output_tokens,
             prices=r.price_table(),
-            refuse_unpriced=False,  # `_run` refused it before any stage, in the recipe's words
             progress=self.progress,
             timeout_s=p.timeout_s,
             max_attempts=p.max_attempts,
@@ -778,8 +777,8 @@ class Build:
 
     def _run(self) -> BuildResult:
         r = self.recipe
-        unpriced = r.unpriced_budget_problems()  # `load_recipe` refuses it; a Recipe made otherwise, here
-        if unpriced:  # before growth pays: the documents' model may be the one with no price
+        unpriced = r.unpriced_budget_problems(grows=False)  # `load_recipe` refuses it; a Recipe made otherwise,
+        if unpriced:  # here, before growth pays; growth's own model: `stage_taxonomy`, where it knows it grows
             raise RecipeError(r.problem_text(unpriced))
         self._load_state()
         can_call = r.provider.has_credentials()
@@ -924,9 +923,12 @@ class Build:
         if st:
             self._skip("taxonomy", st)
             return Taxonomy.load(out_path), st["output_hash"], None
-        caps = grown_caps_problems(self.recipe, roots) if wants_grow else []
-        if caps:  # caps no tree of grow.target topics meets: refused before growth is paid, as `validate` does
-            raise RecipeError(self.recipe.problem_text(caps))
+        # growth's model with no price under a dollar budget, caps no tree of grow.target topics meets: refused
+        # before growth is paid, as `validate` does (`deferred_problems`); roots that need no growth need neither
+        problems = [*self.recipe.unpriced_budget_problems(grows=True),
+                    *grown_caps_problems(self.recipe, roots)] if wants_grow else []
+        if problems:
+            raise RecipeError(self.recipe.problem_text(problems))
         t0 = self._begin("taxonomy")
         if wants_grow and not can_grow:
             plan = self._grow_plan(roots, n_roots)

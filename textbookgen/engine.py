@@ -533,7 +533,8 @@ class Generator:
     at no price (an earlier run's) count at them, in the budgets, stats and replayed costs (`_repriced`).
     refuse_unpriced: refuse (ValueError) a max_cost_usd on a model with no price: its calls would count as $0, so
     the dollar budget could never stop them (an unbounded spend under a budget); give its price in `prices` ($0 for a
-    free server of your own). False leaves it to the caller (a build says so in its recipe note).
+    free server of your own). False leaves it to the caller. A build refuses it first, as a recipe problem naming
+    the field (`Recipe.unpriced_budget_problems`); this check stays on there, a backstop.
     max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
     holds as failed for a permanent reason (400, refusal, content filter); those failed for a passing one
     (retries exhausted, an empty answer) are re-sent by every run.

@@ -466,17 +466,20 @@ class Recipe(_Strict):
         key = [f"{unset}: export it before building (a build stops before its first request)"] * bool(unset)
         return [*self.sampling_notes(), *key]
 
-    def unpriced_budget_problems(self) -> list[tuple[tuple[Any, ...], str]]:
+    def unpriced_budget_problems(self, *, grows: bool) -> list[tuple[tuple[Any, ...], str]]:
         """A dollar budget over a model with no price (in neither `pricing.PRICES` nor `prices:`): its requests
         would count as $0, so the budget could never stop them, an unbounded spend. Refused before any request,
         as `generate --max-cost` and the SDK refuse it (`engine.unpriced_budget`); names each such model and the
-        field that names it (`models`: the documents' and growth's)."""
+        field that names it. `grows`: the taxonomy grows (`TaxonomyConfig.grows`, known once its roots are read
+        and the build has no grown tree cached), so growth's own model (`models`) is sent requests too; else
+        only the documents' model is, and growth's needs no price."""
         from textbookgen.pricing import is_priced
 
         if self.budget.max_cost_usd is None:
             return []
         table = self.price_table()
-        unpriced = {field: m for field, m in self.models().items() if not is_priced(m, table)}
+        models = self.models() if grows else {"model": self.model}
+        unpriced = {field: m for field, m in models.items() if not is_priced(m, table)}
         if not unpriced:
             return []
         named = " and ".join(f"{m} ({field})" for field, m in unpriced.items())
@@ -526,7 +529,7 @@ def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
             make_language_filter(lf, recipe.language, recipe.base_dir)
         except WebSampleError as e:
             problems.append((("web_samples", "language_filter"), str(e).split(": ", 1)[-1]))
-    problems += recipe.unpriced_budget_problems()
+    problems += recipe.unpriced_budget_problems(grows=False)  # growth's model: `deferred_problems`, the build
     problems += _unaffordable(recipe)
     cur = recipe.resolved_curation()
     for i, b in enumerate(cur.decontamination.benchmarks):
@@ -545,10 +548,12 @@ def _problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
 
 def deferred_problems(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ...], str]]:
     """What a build rejects only on reaching it, checked here with its taxonomy at hand, without the network
-    or paid work (`textbookgen validate`): too few topics for `samples` under the per-topic caps, a template
-    that fails to render for a real topic, an output folder that cannot be written, a classifier model that
-    does not load (curation comes after every paid request)."""
-    problems = _taxonomy_fit(recipe, tax)
+    or paid work (`textbookgen validate`): a dollar budget on growth's own model with no price where the roots
+    grow, too few topics for `samples` under the per-topic caps, a template that fails to render for a real
+    topic, an output folder that cannot be written, a classifier model that does not load (curation comes after
+    every paid request)."""
+    problems = recipe.unpriced_budget_problems(grows=recipe.taxonomy.grows(len(tax.leaves())))
+    problems += _taxonomy_fit(recipe, tax)
     leaves = tax.leaves()
     for i, entry in enumerate(recipe.mix if leaves else []):
         problem = _render_problem(recipe, entry, leaves[0].path)
