@@ -161,7 +161,7 @@ def test_a_second_run_on_the_workdir_at_once_is_refused(texts, tmp_path, monkeyp
     stats = commands.run_steps(src, tmp_path / "b.parquet", [HeuristicFilter(stricter, workers=1)], work)
     expected, _ = _fresh(src, [HeuristicFilter(stricter, workers=1)], tmp_path, "fresh")
     assert pl.read_parquet(tmp_path / "b.parquet").equals(expected) and stats["filters"]["kept"] < len(texts) * 3 // 4
-    assert refused == [f"--workdir {work}: another filter or decontaminate run is using it; wait for it to end, "
+    assert refused == [f"workdir {work}: another curation run is using it; wait for it to end, "
                        "or give this one another --workdir"]
 
 

@@ -586,7 +586,7 @@ class QualityScore(Step):
         require_columns(df, [self.text_column], self.name)
         t0 = time.perf_counter()
         s = self.scores(df[self.text_column])
-        self.note(stats, s, time.perf_counter() - t0)
+        self.note(stats, s, len(s), time.perf_counter() - t0)
         return with_scores(df, s)
 
     def fingerprint(self) -> str:
@@ -601,10 +601,11 @@ class QualityScore(Step):
         """P(positive) of each text; a text's score does not depend on the others, so chunks give the same."""
         return self.model.scores(texts.to_list(), self.config.batch_size)
 
-    def note(self, stats: StageStats, scores: np.ndarray, seconds: float) -> None:
-        """The extras of a run that scored `scores` in `seconds`."""
+    def note(self, stats: StageStats, scores: np.ndarray, fresh: int, seconds: float) -> None:
+        """The extras of a run whose documents have `scores`, `fresh` of them scored in `seconds` (the others a
+        killed run scored): the speed is of those alone, None where there were none."""
         stats.extra.update({"model_sha256": self.model.meta.get("sha256"),
-                            "docs_per_s": round(len(scores) / max(seconds, 1e-9), 1),
+                            "docs_per_s": round(fresh / max(seconds, 1e-9), 1) if fresh else None,
                             "mean_score": round(float(scores.mean()), 4) if len(scores) else None})
 
 

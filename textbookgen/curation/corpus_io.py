@@ -472,6 +472,11 @@ class Corpus:
         has (None: all its columns). A file with a null text or id raises after its last chunk, and no chunk
         from its first null on is given (a step that reads the texts would fail on a null less clearly);
         an empty JSON lines file gives none."""
+        return (df for _, _, df in self.located_chunks(columns))
+
+    def located_chunks(self, columns: Sequence[str] | None = None) -> Iterator[tuple[Path, int, pl.DataFrame]]:
+        """`chunks`, each with its file and the place (from 0) of its first row in that file: for an error that
+        names where a chunk came from."""
         documents = False
         for f in self.files:
             first, nulls = 0, _Nulls()
@@ -479,13 +484,14 @@ class Corpus:
                 if _is_empty(raw):
                     continue
                 documents = True
-                df = _prepare(raw, f, self.path, first, self.text_column, self.id_column)
+                start = first
+                df = _prepare(raw, f, self.path, start, self.text_column, self.id_column)
                 first += df.height
                 nulls.add(df[self.text_column], df[self.id_column])
                 if nulls.texts or nulls.ids:  # the rest of the file is only counted, for `nulls.check`'s error
                     continue
-                yield df if columns is None else df.select(self.id_column, self.text_column,
-                                                           *(c for c in columns if c in df.columns))
+                yield f, start, (df if columns is None else df.select(self.id_column, self.text_column,
+                                                                      *(c for c in columns if c in df.columns)))
             nulls.check(f, self.text_column, self.id_column)
         if not documents:
             raise _no_documents(self.path)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 try:
     import fcntl
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 STORE = "finished_chunks"  # in the workdir: each finished chunk's kept rows and every step's verdict on it (or scores)
 KEY = "key.json"  # in STORE: the input files, columns, chunk size and steps the verdicts hold for
 LOCK = ".finished_chunks.lock"  # in the workdir: held by the run using it (`_sole_run`)
+# how a run refused by `_sole_run` gets another workdir: `filter` and `decontaminate`; `classifier score` (no --workdir)
+ELSEWHERE = "give this one another --workdir"
+SCORE_ELSEWHERE = "give this one another -o (its workdir is <output>.work)"
 
 
 def stream_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work: Path
@@ -46,52 +49,66 @@ def stream_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[RowS
     them a chunk at a time (`Corpus.chunks`, typed as the whole corpus is and numbered by input row as
     `run_pipeline` numbers it), so the kept rows, stats and reports are the in-memory ones. The chunks a killed
     run finished (`ChunkStore`) are read again but not judged."""
-    with _run_in(work):
+    with _run_in(work, ELSEWHERE):
         return _stream(corpus, output_path, steps, work)
 
 
 def score_out_of_core(corpus: Corpus, output_path: str | Path, score: QualityScore, cut: QualityCut | None,
                       work: Path) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` for `classifier score`, never holding the texts: pass 1 scores the texts a
-    chunk at a time and keeps only the scores (8 bytes a document), from which the cut is decided (a top share
-    needs every score); pass 2 reads the corpus again and writes each chunk's kept rows with their scores. The kept
-    rows, stats and dropped.parquet are the in-memory steps'. A killed run's scored chunks (`ChunkStore`) are not
-    scored again."""
-    with _run_in(work):
+    chunk at a time and keeps the scores (8 bytes a document) and where each chunk came from (`Scored`), from which
+    the cut is decided (a top share needs every score); pass 2 reads the corpus again, checks each chunk is the one
+    scored, and writes its kept rows with their scores, keeping the cut's report rows (id, row, score) of the
+    documents it cuts. The kept rows, stats and dropped.parquet are the in-memory steps'. A killed run's scored
+    chunks (`ChunkStore`) are not scored again."""
+    with _run_in(work, SCORE_ELSEWHERE):
         store = ChunkStore(work, _key(corpus, [score]))
-        scores, seconds = _scores(corpus, score, store)
-        stats, keep = _cut_stats(scores, score, cut, seconds)
+        scores, scored, fresh, seconds = _scores(corpus, score, store)
+        stats, keep = _cut_stats(scores, score, cut, fresh, seconds)
         for st in stats.values():
             (work / st.stage).mkdir(parents=True, exist_ok=True)
             st.check()
-        dropped = _write_scored(corpus, output_path, scores, keep, cut)
+        dropped = _write_scored(corpus, output_path, scores, keep, cut, scored)
         if cut is not None:
             cut.write_dropped(dropped, work / cut.name)
         store.remove()
         return {name: st.as_dict() for name, st in stats.items()}
 
 
-def _scores(corpus: Corpus, score: QualityScore, store: ChunkStore) -> tuple[np.ndarray, float]:
-    """Pass 1: every document's score, in corpus order, from the store where a killed run stored its chunk; and
-    the seconds spent scoring."""
-    seconds, parts = 0.0, []
-    for k, chunk in enumerate(corpus.chunks(())):
+class Scored(NamedTuple):
+    """A chunk of pass 1 (`_scores`): where it came from and its `_digest`, which pass 2 must read again."""
+
+    file: Path
+    first: int  # the place of its first row in the file, from 0
+    height: int
+    digest: str
+
+
+def _scores(corpus: Corpus, score: QualityScore, store: ChunkStore
+            ) -> tuple[np.ndarray, list[Scored], int, float]:
+    """Pass 1: every document's score, in corpus order, from the store where a killed run stored its chunk; each
+    chunk's `Scored`; and how many documents this run scored, in how many seconds."""
+    seconds, fresh, parts, scored = 0.0, 0, [], []
+    for k, (file, first, chunk) in enumerate(corpus.located_chunks(())):
         digest = _digest(chunk)
         stored = store.load_scores(k, digest) if k < store.finished else None
         if stored is None:
             t0 = time.perf_counter()
             stored = score.scores(chunk[corpus.text_column])
             seconds += time.perf_counter() - t0
+            fresh += chunk.height
             store.save_scores(k, digest, stored)
         parts.append(stored)
-    return np.concatenate(parts), seconds
+        scored.append(Scored(file, first, chunk.height, digest))
+    return np.concatenate(parts), scored, fresh, seconds
 
 
-def _cut_stats(scores: np.ndarray, score: QualityScore, cut: QualityCut | None, seconds: float
+def _cut_stats(scores: np.ndarray, score: QualityScore, cut: QualityCut | None, fresh: int, seconds: float
                ) -> tuple[dict[str, StageStats], np.ndarray]:
-    """Each step's stats, as `run_pipeline` counts them, and which documents the cut keeps."""
+    """Each step's stats, as `run_pipeline` counts them (the speed of the `fresh` documents this run scored), and
+    which documents the cut keeps."""
     stats = {score.name: StageStats(score.name, n_in=len(scores), kept=len(scores))}
-    score.note(stats[score.name], scores, seconds)
+    score.note(stats[score.name], scores, fresh, seconds)
     if cut is None:
         return stats, np.ones(len(scores), dtype=bool)
     stats[cut.name] = StageStats(cut.name, n_in=len(scores))
@@ -101,13 +118,14 @@ def _cut_stats(scores: np.ndarray, score: QualityScore, cut: QualityCut | None, 
 
 
 def _write_scored(corpus: Corpus, output_path: str | Path, scores: np.ndarray, keep: np.ndarray,
-                  cut: QualityCut | None) -> list[pl.DataFrame]:
-    """Pass 2: the kept rows with their scores, a chunk at a time; the cut's report rows of each chunk."""
+                  cut: QualityCut | None, scored: list[Scored]) -> list[pl.DataFrame]:
+    """Pass 2: the kept rows with their scores, a chunk at a time, each chunk the one pass 1 `scored`; the cut's
+    report rows of each chunk."""
     from textbookgen.curation.classifier import with_scores
 
     schema, dropped, start = corpus.schema(), [], 0
     with CorpusWriter(output_path, with_scores(pl.DataFrame(schema=schema), scores[:0]).schema) as out:
-        for chunk in _numbered(corpus.chunks(), schema):
+        for chunk in _numbered(_rescanned(corpus, scored), schema):
             end = start + chunk.height
             chunk = with_scores(chunk, scores[start:end])
             if cut is not None:
@@ -117,12 +135,36 @@ def _write_scored(corpus: Corpus, output_path: str | Path, scores: np.ndarray, k
     return dropped
 
 
+def _rescanned(corpus: Corpus, scored: list[Scored]) -> Iterator[pl.DataFrame]:
+    """Every chunk of the corpus (all its columns), each checked to be the rows pass 1 `scored` (their id and text,
+    as `_scores` read them): input rewritten between the passes would get other rows' scores, or fail on a
+    length that names nothing."""
+    read = -1
+    for read, (file, first, chunk) in enumerate(corpus.located_chunks()):
+        now = Scored(file, first, chunk.height, _digest(chunk.select(corpus.id_column, corpus.text_column)))
+        if read >= len(scored) or scored[read] != now:
+            raise _changed(scored[read] if read < len(scored) else None, now)
+        yield chunk
+    if read + 1 < len(scored):
+        raise _changed(scored[read + 1], None)
+
+
+def _changed(scored: Scored | None, now: Scored | None) -> ValueError:
+    """The error for input whose chunk read by pass 2 (`now`; None: the input ended) is not the one pass 1 `scored`
+    (None: it had ended there): it names the rows of each, by file and row (from 1)."""
+    places = list(dict.fromkeys(f"{c.file} rows {c.first + 1}-{c.first + c.height}" for c in (scored, now)
+                                if c is not None))
+    return ValueError(f"{' and '.join(places)}: the input changed while it was scored (the rows read for the "
+                      "output are not those scored); rerun")
+
+
 @contextmanager
-def _run_in(work: Path) -> Iterator[None]:
-    """A run on `work`, the only one (`_sole_run`): bad input (a ValueError) leaves no workdir this run made, nor
-    chunks stored for it; Ctrl-C before a chunk was stored, no folder of the lock's alone."""
+def _run_in(work: Path, elsewhere: str) -> Iterator[None]:
+    """A run on `work`, the only one (`_sole_run`, whose refusal says `elsewhere`): bad input (a ValueError) leaves
+    no workdir this run made, nor chunks stored for it; Ctrl-C before a chunk was stored, no folder of the lock's
+    alone."""
     made = not work.exists()
-    with _sole_run(work):
+    with _sole_run(work, elsewhere):
         try:
             yield
         except ValueError:
@@ -150,9 +192,10 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork (nor fc
 
 
 @contextmanager
-def _sole_run(work: Path) -> Iterator[None]:
+def _sole_run(work: Path, elsewhere: str = ELSEWHERE) -> Iterator[None]:
     """Hold `work/LOCK` for the run: a second run on the workdir at once would remove the chunks this one
-    stores (other settings) or store its verdicts under this one's key, which a rerun then takes for its own.
+    stores (other settings) or store its verdicts under this one's key, which a rerun then takes for its own; it
+    is refused, told to wait or to go `elsewhere` (how its command gives another workdir).
     Where the file system has no locks (or no `fcntl`: Windows), runs are not kept apart."""
     mark_workdir(work)
     fd = os.open(work / LOCK, os.O_WRONLY | os.O_CREAT, 0o666)
@@ -162,8 +205,8 @@ def _sole_run(work: Path) -> Iterator[None]:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"--workdir {work}: another filter or decontaminate run is using it; wait for it "
-                             "to end, or give this one another --workdir") from None
+            raise ValueError(f"workdir {work}: another curation run is using it; wait for it to end, or "
+                             f"{elsewhere}") from None
         except OSError:  # no locks on this file system
             pass
         yield
@@ -226,10 +269,13 @@ def _stream(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work:
 
 
 def _digest(chunk: pl.DataFrame) -> str:
-    """A hash of the chunk's rows, every column (and ROW where it has it): a file rewritten to other bytes of the
-    same size (`_key` cannot tell) gets its stored verdicts from the first chunk that changed on judged again, its
-    stored scores for each chunk that changed. `hash_rows` holds within a polars version, which `_key` names."""
-    return xxh3_128_hexdigest(chunk.hash_rows().to_numpy().tobytes())
+    """A hash of all a step is handed of the chunk: its columns' names and types (a column renamed, or two swapped,
+    is read otherwise: `hash_rows` hashes the values alone) and its rows, every column (and ROW where it has it). A
+    file rewritten to other bytes of the same size (`_key` cannot tell) gets its stored verdicts from the first
+    chunk that changed on judged again, its stored scores for each chunk that changed. `hash_rows` holds within a
+    polars version, which `_key` names."""
+    columns = repr([(name, str(dtype)) for name, dtype in chunk.schema.items()]).encode()
+    return xxh3_128_hexdigest(columns + b"\0" + chunk.hash_rows().to_numpy().tobytes())
 
 
 def _tapped(verdicts: Iterator[Verdict], tap: deque[Verdict]) -> Iterator[pl.DataFrame]:
@@ -284,16 +330,20 @@ def _key(corpus: Corpus, steps: Sequence[Step]) -> dict[str, Any] | None:
     # the input as given too: made-up ids ("<file>:<row>", which the reports name) are paths under it
     return {"input": str(corpus.path.resolve()), "files": files, "text_column": corpus.text_column,
             "id_column": corpus.id_column, "chunk_rows": corpus.chunk_rows, "steps": prints,
-            "code": [code_digest(type(step)) for step in steps], "polars": pl.__version__}
+            "code": [code_digest(step) for step in steps], "polars": pl.__version__}
 
 
-def code_digest(step: type) -> str:
-    """A digest of the source of the step's module and of every textbookgen module it draws on (transitively, by
-    its module-level names): a rule edited between a killed run and its rerun (`git pull`, an editable install)
-    changes it, where `textbookgen.__version__` stays the same from one release to the next. A module without a
-    source file (a frozen install) counts by that version."""
+def code_digest(step: object) -> str:
+    """A digest of the source of the step's module (`step`: a step, or its class), of the modules of the classes of
+    the objects it holds (`_held_modules`: rules given to `HeuristicFilter(rules=...)` from another module), and
+    of every textbookgen module those draw on (transitively, by their module-level names): a rule edited between
+    a killed run and its rerun (`git pull`, an editable install) changes it, where `textbookgen.__version__`
+    stays the same from one release to the next. A module without a source file (a frozen install) counts by
+    that version. Not covered: what a module outside textbookgen imports, and objects held deeper than
+    `_held_modules` looks."""
+    cls = step if isinstance(step, type) else type(step)
     seen: dict[str, ModuleType] = {}
-    todo = [sys.modules[step.__module__]]
+    todo = [sys.modules[name] for name in (cls.__module__, *_held_modules(step)) if name in sys.modules]
     while todo:
         module = todo.pop()
         if module.__name__ in seen:
@@ -305,6 +355,17 @@ def code_digest(step: type) -> str:
             if found is not None and not hasattr(found, "__path__"):  # a package's names are the submodules
                 todo.append(found)  # imported so far, which differ from run to run
     return xxh3_128_hexdigest(b"".join(name.encode() + b"\0" + _source(seen[name]) for name in sorted(seen)))
+
+
+def _held_modules(step: object) -> list[str]:
+    """The modules (outside the standard library) of the classes of what a step instance holds: its attributes,
+    and the items of those that are lists or tuples (a class held counts by its own module)."""
+    if isinstance(step, type):
+        return []
+    held = [item for value in getattr(step, "__dict__", {}).values()
+            for item in (value if isinstance(value, list | tuple) else (value,))]
+    names = {(item if isinstance(item, type) else type(item)).__module__ for item in held}
+    return sorted(n for n in names if n.split(".")[0] not in sys.stdlib_module_names)
 
 
 def _source(module: ModuleType) -> bytes:
