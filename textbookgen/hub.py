@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -503,8 +504,9 @@ def push(
     """Create `repo_id` (a dataset repo) if needed and commit the built folder in one commit; return its URL.
 
     `create_pr=True` commits to a new pull request against main instead, which needs only read access (an
-    org's repo you cannot write to), and returns the pull request's URL (an open one that holds exactly these files
-    already, opened by a push whose answer was lost, is returned instead: `_proposing_pull`);
+    org's repo you cannot write to), and returns the pull request's URL (an open one of this user's, opened from
+    main's current head, that holds exactly these files already, opened by a push whose answer was lost, is
+    returned instead: `_proposing_pull`);
     `revision="refs/pr/N"` pushes onto that pull request while it is open. Both go to an existing repo, compare with the head they commit on
     (main's, the pull request's), and cannot change the repo's visibility (`private`).
 
@@ -575,7 +577,8 @@ def push(
     except KeyboardInterrupt:
         raise HubInterrupted(
             f"interrupted while opening a pull request on {repo_id}: it may have been opened; a rerun finds it "
-            "(and prints its URL) rather than opening another" if committing and create_pr else
+            "(and prints its URL) rather than opening another, while it is open and opened from main's current head"
+            if committing and create_pr else
             f"interrupted while committing to {repo_id}: the commit may have landed; rerun the push to make sure "
             "(it makes no second commit)" if committing else
             f"interrupted: nothing was committed to {repo_id}; rerun the push to publish it (files already "
@@ -596,11 +599,13 @@ def _check_proposal(revision: str, create_pr: bool, private: bool) -> None:
 
 
 def _proposing_pull(api: Any, repo_id: str, info: Any, operations: list[Any]) -> str | None:
-    """The URL of an open pull request against main whose head holds exactly the files `operations` would commit
-    onto main's head `info` (`_holds_tree`), said in one warning line; None where none does. A `create_pr` push
-    whose answer was lost (the Hub opened the pull request, the client saw an error) opened a second one, with the
-    same files, on every rerun. Open pull requests with other files are named in one line: a new one is opened,
-    as asked, and `refs/pr/N` would push onto one instead."""
+    """The URL of an open pull request of this push's user against main, opened from main's current head `info`,
+    whose head holds exactly the files `operations` would commit onto it (`_holds_tree`), said in one warning line;
+    None where none does. A `create_pr` push whose answer was lost (the Hub opened the pull request, the client saw
+    an error) opened a second one, with the same files, on every rerun. One opened from an older main is not taken:
+    merged, it keeps main's newer version of a file this push sends, or conflicts. Another user's pull request is
+    not taken either, and not read (`author=`, from `whoami`; all open ones where that fails). Open pull requests
+    with other files are named in one line: a new one is opened, as asked, and `refs/pr/N` would push onto one."""
     from huggingface_hub import CommitOperationAdd
 
     adds = {op.path_in_repo: op for op in operations if isinstance(op, CommitOperationAdd)}
@@ -608,21 +613,44 @@ def _proposing_pull(api: Any, repo_id: str, info: Any, operations: list[Any]) ->
     base = {s.rfilename: s for s in info.siblings or [] if s.rfilename not in gone}
     if _holds_tree(info, base, adds):  # main holds them: the client opens none (`_commit` says so)
         return None
+    user = _user_name(api)
     others = []
-    for pull in api.get_repo_discussions(repo_id, repo_type="dataset", discussion_type="pull_request",
+    for pull in api.get_repo_discussions(repo_id, author=user, repo_type="dataset", discussion_type="pull_request",
                                          discussion_status="open"):
+        if user is not None and pull.author != user:  # a Hub that ignores `author=`
+            continue
         head = api.repo_info(repo_id, repo_type="dataset", revision=pull.git_reference, files_metadata=True)
-        target = _holds_tree(head, base, adds) and api.get_discussion_details(
-            repo_id, pull.num, repo_type="dataset").target_branch in ("refs/heads/main", "main")
-        if target:
+        if _holds_tree(head, base, adds) and _proposes_onto(api, repo_id, pull, info.sha):
             log.warning("pull request #%d of %s (%s) already holds these files: none opened, nothing pushed",
                         pull.num, repo_id, pull.url)
             return pull.url
         others.append(f"#{pull.num}")
     if others:
-        log.info("open pull request(s) %s of %s hold other files; opening a new one (push onto one with "
-                 "revision='refs/pr/N', --revision)", ", ".join(others), repo_id)
+        log.info("open pull request(s) %s of %s hold other files or were opened from an older main; opening a new "
+                 "one (push onto one with revision='refs/pr/N', --revision)", ", ".join(others), repo_id)
     return None
+
+
+def _user_name(api: Any) -> str | None:
+    """The token's user name, which filters `_proposing_pull`'s pull requests; None (no filter) where `whoami`
+    fails: the push does not need it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return api.whoami()["name"]
+    except (HfHubHTTPError, KeyError, TypeError) as err:
+        log.debug("whoami failed (%s): open pull requests of any author are read", err)
+        return None
+
+
+def _proposes_onto(api: Any, repo_id: str, pull: Any, head: str) -> bool:
+    """Whether `pull` targets main and main's head commit `head` is in its history (it was opened from, or
+    brought up to, main's current head)."""
+    details = api.get_discussion_details(repo_id, pull.num, repo_type="dataset")
+    if details.target_branch not in ("refs/heads/main", "main"):
+        return False
+    return any(c.commit_id == head for c in api.list_repo_commits(repo_id, repo_type="dataset",
+                                                                  revision=pull.git_reference))
 
 
 def _holds_tree(head: Any, base: Mapping[str, Any], adds: Mapping[str, Any]) -> bool:
@@ -679,16 +707,21 @@ def _rows_record(out_dir: Path, additions: list[Any], records: _RowRecords, same
 class _RowRecords:
     """The rows records (`_rows_record`) of a head's history, {(split, shards digest): rows digest}, read when first
     asked for: those of its commits (`_recorded_rows`), then, for a key none of them holds, those of the pull
-    requests merged into it (`_merged_into`). A merge commit carries no record, and the pull request's own commits,
-    which do, are not in main's history: the same rows as a merged pull request's, in other bytes, were called
-    changed. A record names the shards it describes by their sha256: one read from a pull request's ref applies
-    only where the head holds those very shards."""
+    requests merged into it (`_merged_into`), newest first, one at a time until one holds the key. A merge commit
+    carries no record, and the pull request's own commits, which do, are not in main's history: the same rows as a
+    merged pull request's, in other bytes, were called changed. A record names the shards it describes by their
+    sha256: one read from a pull request's ref applies only where the head holds those very shards. Such records
+    come from any pull request's author, not only from pushes of this user's: matched by the shards' sha256, they
+    only word the commit message (`same rows`), and a wrong one changes no file. Where the pull requests cannot be
+    read (a Hub or mirror without discussions, a refused listing, a missing `refs/pr/N`), there is no such record:
+    the push does not need one."""
 
     def __init__(self, api: Any, repo_id: str, head: str) -> None:
         self.api, self.repo_id, self.head = api, repo_id, head
         self.commits: set[str] = set()
         self.history: dict[tuple[str, str], str] | None = None
-        self.merged: dict[tuple[str, str], str] | None = None
+        self.merged: dict[tuple[str, str], str] = {}
+        self.pulls: Iterator[int] | None = None
 
     def get(self, key: tuple[str, str | None]) -> str | None:
         if not key[1]:  # shards kept in git: no record names them
@@ -697,21 +730,43 @@ class _RowRecords:
             self.history = _recorded_rows(self.api, self.repo_id, self.head, self.commits)
         if key in self.history:
             return self.history[key]
-        if self.merged is None:
-            self.merged = {}
-            for num in _merged_into(self.api, self.repo_id, self.commits):
-                for found, rows in _recorded_rows(self.api, self.repo_id, f"refs/pr/{num}", set()).items():
-                    self.merged.setdefault(found, rows)
+        if self.pulls is None:
+            self.pulls = _merged_into(self.api, self.repo_id, self.commits)
+        while key not in self.merged and self._read_next_pull():
+            pass
         return self.merged.get(key)
 
+    def _read_next_pull(self) -> bool:
+        """Add the records of the next pull request merged into the head to `merged`; False where none is left or
+        the pull requests cannot be read (logged at debug level: the records only word the commit message)."""
+        from huggingface_hub.errors import HfHubHTTPError
 
-def _merged_into(api: Any, repo_id: str, commits: set[str]) -> list[int]:
-    """The numbers of the pull requests merged by one of `commits` (their merge commit's id), newest first: one
-    request for the list, one per merged pull request for its merge commit."""
-    return [pull.num for pull in api.get_repo_discussions(repo_id, repo_type="dataset",
-                                                          discussion_type="pull_request")
-            if pull.status == "merged"
-            and api.get_discussion_details(repo_id, pull.num, repo_type="dataset").merge_commit_oid in commits]
+        try:
+            num = next(self.pulls, None)
+            if num is None:
+                return False
+            for found, rows in _recorded_rows(self.api, self.repo_id, f"refs/pr/{num}", set()).items():
+                self.merged.setdefault(found, rows)
+        except HfHubHTTPError as err:  # RevisionNotFoundError (a missing refs/pr/N) is one
+            log.debug("the rows records of pull requests merged into %s of %s cannot be read: %s", self.head,
+                      self.repo_id, " ".join(str(err).split()))
+            self.pulls = iter(())
+            return False
+        return True
+
+
+#: Merged pull requests `_merged_into` looks at, newest first, for a rows record (one request each).
+MERGED_PULLS_READ = 32
+
+
+def _merged_into(api: Any, repo_id: str, commits: set[str]) -> Iterator[int]:
+    """The numbers of the pull requests merged by one of `commits` (their merge commit's id), newest first, of
+    the newest `MERGED_PULLS_READ` merged ones: pages of the list and one request per merged pull request for its
+    merge commit, each when the caller asks for the next number."""
+    pulls = api.get_repo_discussions(repo_id, repo_type="dataset", discussion_type="pull_request")  # no "merged"
+    for pull in itertools.islice((p for p in pulls if p.status == "merged"), MERGED_PULLS_READ):
+        if api.get_discussion_details(repo_id, pull.num, repo_type="dataset").merge_commit_oid in commits:
+            yield pull.num
 
 
 def _recorded_rows(api: Any, repo_id: str, head: str, commits: set[str]) -> dict[tuple[str, str], str]:
@@ -770,6 +825,10 @@ def rows_digest(paths: list[Path]) -> str:
 DIGEST_BATCH_BYTES = 8 * 1024**2
 #: Rows of a row group's first batch, which `_batch_rows` decodes to learn its rows' decoded size.
 PROBE_ROWS = 256
+#: Most rows `rows_digest` decodes at a time, whatever their size looks like: a row group's first rows may be short
+#: and its later ones long (256 short rows, then 200,000 copies of one 4 KB text: in 65,536-row batches of 268 MB, a
+#: 93 KB file's digest peaked at 1.03 GB RSS; 218 MB at 4,096, and 100 MB shards of short or long texts took as long).
+DIGEST_BATCH_ROWS = 4096
 
 
 def _batches(path: Path) -> Iterator[Any]:
@@ -785,12 +844,12 @@ def _batches(path: Path) -> Iterator[Any]:
 
 
 def _batch_rows(parquet: Any, group: int) -> int:
-    """Rows per batch of row group `group`: the fewest of 65,536, the footer's estimate (its pages' uncompressed
-    bytes per row) and what the decoded bytes per row of its first `PROBE_ROWS` rows give. The footer alone
-    undercounts a dictionary-encoded column: 200,000 copies of one 4 KB text are a few KB of pages, and decoded
-    in 65,536-row batches (268 MB each) an 89 KB file peaked at 1.74 GB RSS."""
+    """Rows per batch of row group `group`: the fewest of `DIGEST_BATCH_ROWS`, the footer's estimate (its pages'
+    uncompressed bytes per row) and what the decoded bytes per row of its first `PROBE_ROWS` rows give. The footer
+    alone undercounts a dictionary-encoded column: 200,000 copies of one 4 KB text are a few KB of pages, and
+    decoded in 65,536-row batches (268 MB each) an 89 KB file peaked at 1.74 GB RSS."""
     meta = parquet.metadata.row_group(group)
-    rows = min(max(DIGEST_BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1), 1), 65_536)
+    rows = min(max(DIGEST_BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1), 1), DIGEST_BATCH_ROWS)
     probe = next(parquet.iter_batches(batch_size=min(rows, PROBE_ROWS), row_groups=[group]), None)
     if probe is None or probe.num_rows == 0:
         return rows
