@@ -3,7 +3,6 @@ time) and the code of the steps (not only their settings)."""
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import os
@@ -13,20 +12,12 @@ from types import ModuleType
 
 import polars as pl
 import pytest
+import test_s13r4_stream as s13r4
 
 from textbookgen.curation import commands, corpus_io, filters, stream
 from textbookgen.curation.filters import HeuristicFilter
 
-SHORT = "too short to keep"  # dropped by the default filters (too_short)
-
-
-@pytest.fixture(scope="module")
-def texts(shared_data: Path) -> list[str]:
-    """40 Wikipedia articles the default filters keep, every fourth one made too short."""
-    with gzip.open(shared_data / "wikipedia_en_1k" / "wikipedia.jsonl.gz", "rt", encoding="utf-8") as f:
-        wiki = [json.loads(line)["eng_Latn"] for _, line in zip(range(40), f, strict=False)]
-    kept = [t for t in wiki if not HeuristicFilter().check(filters.Doc(t, False))]
-    return [SHORT if i % 4 == 1 else t for i, t in enumerate(kept)]
+SHORT, texts = s13r4.SHORT, s13r4.texts  # texts: the fixture of 40 Wikipedia articles, every fourth too short
 
 
 def _write(path: Path, texts: list[str]) -> None:
@@ -135,16 +126,22 @@ class MinChars(RowStep):
 '''
 
 
+def module_from_source(folder: Path, name: str, source: str) -> ModuleType:
+    """Module `name` of `source`, written to folder/name.py and imported (as a user's own rule module)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _rule_module(folder: Path, limit: int) -> ModuleType:
     """The module of a RowStep whose rule (drop texts of under `limit` characters) is in its code, not its
     settings: as a rule edited between a killed run and its rerun."""
-    path = folder / "h23_rule.py"
-    path.write_text(f"LIMIT = {limit}\n{RULE}")
-    spec = importlib.util.spec_from_file_location("h23_rule", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["h23_rule"] = module
-    spec.loader.exec_module(module)
-    return module
+    return module_from_source(folder, "h23_rule", f"LIMIT = {limit}\n{RULE}")
 
 
 def test_a_rule_changed_in_code_between_kill_and_rerun_is_seen(tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ classes given from another module."""
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import itertools
 import json
 import os
@@ -16,6 +15,7 @@ from types import ModuleType, SimpleNamespace
 
 import polars as pl
 import pytest
+from test_h23_resume_keys import module_from_source
 from test_h23_score_stream import dclm, model  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
@@ -176,13 +176,7 @@ class MinChars(Rule):
 
 def _rule_module(folder: Path, limit: int) -> ModuleType:
     """A module of a rule class given to HeuristicFilter(rules=...), the step's own module being textbookgen's."""
-    path = folder / "h23_review_rule.py"
-    path.write_text(RULE.format(limit=limit))
-    spec = importlib.util.spec_from_file_location("h23_review_rule", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["h23_review_rule"] = module
-    spec.loader.exec_module(module)
-    return module
+    return module_from_source(folder, "h23_review_rule", RULE.format(limit=limit))
 
 
 def test_a_rule_given_from_another_module_is_in_the_code_digest(tmp_path, monkeypatch):
