@@ -278,7 +278,8 @@ def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
 
 def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
          restore_rng: bool = True) -> dict[str, Any]:
-    """Restore model (and optimizer, RNG) from a checkpoint in either format; returns its meta."""
+    """Restore model (and optimizer, RNG) from a checkpoint in either format; returns its meta. With `restore_rng`
+    every rank of a process group calls it (a failure to read one rank's RNG state is raised on all)."""
     ckpt = resolve(path)
     meta = read_meta(ckpt)
     if meta["format"] == "dcp":
@@ -302,10 +303,23 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
             set_model_state_dict(model, model_sd, options=opts)
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{ckpt}: does not fit the model/optimizer: {e}") from e
-    rng_file = ckpt / "rng" / f"rank-{_rank():05d}.pt"
-    if restore_rng and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=True))
+    if restore_rng:  # each rank reads its own file: its failure must stop the others too, else they wait for it
+        from trainer.distributed import shared_outcome
+
+        shared_outcome(lambda: _restore_rng(ckpt / "rng" / f"rank-{_rank():05d}.pt"), every=True)
     return meta
+
+
+def _restore_rng(file: Path) -> None:
+    """This rank's RNG state from `file`, where there is one (a resume under another world size may find none);
+    a damaged file is named."""
+    if not file.is_file():
+        return
+    try:
+        state = torch.load(file, weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{file}: damaged or unreadable RNG state ({type(e).__name__}: {e})") from e
+    set_rng_state(state)
 
 
 def tokenizer_sha256(tok: Any) -> str:

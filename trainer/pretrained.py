@@ -42,10 +42,11 @@ def load_initial(spec: str) -> Phi:
     return _reported(spec, load_hf if kind == "hf" else checkpoint.load_model, path)
 
 
-def check_tokenizer(spec: str, data_tokenizer: str) -> str | None:
+def check_tokenizer(spec: str, data_tokenizer: str, loaded: Any = None) -> str | None:
     """Refuse (InitError) init_from weights whose tokenizer has another vocabulary than data.tokenizer: each
     embedding row would stand for another token. Returns a warning when it cannot be told (the source
-    carries no tokenizer, or one of the two cannot be loaded here), None when they match.
+    carries no tokenizer, or one of the two cannot be loaded here), None when they match. `loaded`: data.tokenizer
+    already loaded (the run's), so that it is not loaded twice; None: loaded here.
 
     The tokenizer of a training checkpoint is the data.tokenizer its meta.json records; that of an HF
     folder or Hub model its tokenizer.json or GPT-2 BPE files (vocab.json + merges.txt)."""
@@ -64,7 +65,7 @@ def check_tokenizer(spec: str, data_tokenizer: str) -> str | None:
         return (f"train.init_from {spec} carries no tokenizer, so it cannot be checked against data.tokenizer "
                 f"{data_tokenizer!r}; make sure they are the same")
     try:
-        have, want = load_tokenizer(theirs), load_tokenizer(data_tokenizer)
+        have, want = load_tokenizer(theirs), loaded if loaded is not None else load_tokenizer(data_tokenizer)
     except (OSError, ValueError) as e:
         return f"cannot check train.init_from {spec}'s tokenizer against data.tokenizer {data_tokenizer!r}: {e}"
     if vocab_fingerprint(have) != vocab_fingerprint(want):

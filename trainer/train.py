@@ -756,13 +756,8 @@ class Trainer:
         checking that the resume fits (seed, tokenizer, model shape) and has steps left (else NothingToTrain):
         all before anything is written, so a refused resume leaves the run folder as it was (`run` writes
         config.yaml). Returns (step, samples drawn) for the `BatchPlan`."""
-        if self.cfg.checkpoint.resume == "never":
-            try:
-                checkpoint.check_fresh_start(self.ckpt_root)
-            except checkpoint.CheckpointError as e:  # every rank reads the same folder
-                raise every_rank(e) from None
-        self.resume_from = self._resume_source()
-        self.resume_meta = checkpoint.read_meta(self.resume_from) if self.resume_from is not None else None
+        self.resume_from, self.resume_meta = distributed.shared_outcome(self._find_resume, every=True)
+        self._check_same_resume()
         data_start = self._data_start()
         self.tokenizer = self._run_tokenizer()
         if self.cfg.checkpoint.export_hf:  # refused now, not by the export after the run (rank 0's tokenizer decides)
@@ -875,6 +870,34 @@ class Trainer:
         self.autocast = torch.autocast(self.dev_type, dtype=torch.bfloat16) if mixed else nullcontext()
         self.peak = peak_flops(self.device, cfg.log.peak_tflops)
 
+    def _find_resume(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint this start resumes and its meta, or (None, None) for a fresh start (refused beside other
+        checkpoints). Every rank reads its node's copy of the path, through `distributed.shared_outcome`: a rank
+        that cannot (the checkpoint missing there, its meta.json damaged) left the others waiting for it in the
+        next collective."""
+        if self.cfg.checkpoint.resume == "never":
+            checkpoint.check_fresh_start(self.ckpt_root)
+        source = self._resume_source()
+        return source, checkpoint.read_meta(source) if source is not None else None
+
+    def _check_same_resume(self) -> None:
+        """Refuse, on every rank, a start whose ranks found other checkpoints to go on from (nodes holding other
+        copies of the run folder or the path): they would start at other steps, and their collectives would not
+        match (a hang, or a crash at the end)."""
+        mine = (str(self.resume_from), self.resume_meta["step"]) if self.resume_meta is not None else None
+        found = distributed.gathered(mine)
+        other = next((rank for rank, each in enumerate(found) if each != found[0]), None)
+        if other is None:
+            return
+
+        def named(each: tuple[str, int] | None) -> str:
+            return f"{each[0]} (step {each[1]})" if each else "none (a fresh start)"
+
+        raise every_rank(checkpoint.CheckpointError(
+            f"the ranks found other checkpoints to resume: rank 0 goes on from {named(found[0])}, rank {other} "
+            f"from {named(found[other])} (their nodes hold other copies of checkpoint.resume's path); keep run_dir "
+            f"(and a checkpoint named to resume) on a file system every node shares"))
+
     def _resume_source(self) -> Path | None:
         """The checkpoint this start resumes (checkpoint.resume), or None for a fresh start."""
         resume = self.cfg.checkpoint.resume
@@ -887,21 +910,25 @@ class Trainer:
         spec = self.cfg.train.init_from
         if not spec or self.resume_from is not None:
             return None
+        from trainer.pretrained import load_initial
+
+        self._check_initial_tokenizer(spec)
         # every rank loads the weights (FSDP2 shards them, no broadcast): a load that fails on one rank only (a Hub
         # download) is raised on every rank, else the others wait for it in the first collective
-        initial = distributed.shared_outcome(lambda: self._load_initial(spec), every=True)
+        initial = distributed.shared_outcome(lambda: load_initial(spec), every=True)
         self.console.print(f"starting from the weights of {spec}")
         return initial
 
-    def _load_initial(self, spec: str) -> Phi:
-        """train.init_from's weights, its tokenizer checked against data.tokenizer first (a doubt is warned about)."""
-        from trainer.pretrained import check_tokenizer, load_initial
+    def _check_initial_tokenizer(self, spec: str) -> None:
+        """train.init_from's tokenizer checked against the run's (a doubt is warned about) by rank 0 alone, against
+        the data.tokenizer it loaded and sent: each rank loading its own let a node's other copy (or a failed load,
+        only warned about) decide for the whole run; a refusal is raised on every rank."""
+        from trainer.pretrained import check_tokenizer
 
         if self.cfg.train.init_from_tokenizer_check and not self.cfg.data.synthetic:
-            doubt = check_tokenizer(spec, self.cfg.data.tokenizer)
+            doubt = distributed.from_rank_0(lambda: check_tokenizer(spec, self.cfg.data.tokenizer, self.tokenizer))
             if doubt:
                 self.console.print(f"[yellow]warning:[/] {doubt}")
-        return load_initial(spec)
 
     def _weights_config(self, initial: Phi | None) -> tuple[PhiConfig | None, str]:
         """The model config of the weights the model must fit, and their name: init_from's on a fresh start,

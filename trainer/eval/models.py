@@ -258,14 +258,17 @@ class CausalLM:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, until: Sequence[str] = (),
                  batch_size: int | None = None) -> list[str]:
-        """Greedy continuations, cut before the first stop string in `until` (EOS always stops)."""
+        """Greedy continuations, cut before the first stop string in `until` (EOS, where the tokenizer has one,
+        always stops)."""
         tok = self.tokenizer
         max_new_tokens = min(max_new_tokens, self.max_length - 1)
         encoded = [self.tok_encode(p)[-(self.max_length - max_new_tokens):] for p in prompts]  # left-truncated
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         out: list[str] = [""] * len(prompts)
         bs = batch_size or self.batch_size
-        pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_id
+        # left padding is masked out, so any id does where the tokenizer has neither pad nor EOS (ours without
+        # <|endoftext|>): None failed in torch.full, outside any refusal naming the tokenizer
+        pad = next(t for t in (tok.pad_token_id, self.eos_token_id, 0) if t is not None)
         starts = [[start] for start in range(0, len(order), bs)]
         for (start,) in self._progress(starts, "generating"):
             idx = order[start : start + bs]
