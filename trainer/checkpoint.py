@@ -43,6 +43,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from trainer.data import fsync_path
+from trainer.distributed import shared_outcome
 from trainer.files import load_weights, read_json
 
 LATEST = "latest"
@@ -277,9 +278,10 @@ def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
 
 
 def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-         restore_rng: bool = True) -> dict[str, Any]:
-    """Restore model (and optimizer, RNG) from a checkpoint in either format; returns its meta. With `restore_rng`
-    every rank of a process group calls it (a failure to read one rank's RNG state is raised on all)."""
+         resume: bool = False) -> dict[str, Any]:
+    """Restore model (and optimizer) from a checkpoint in either format; returns its meta. A training `resume`
+    restores each rank's RNG state too, and is called by every rank of a process group: each reads its node's
+    files, and a read failing on one rank is raised on all (the others would wait for it in the next collective)."""
     ckpt = resolve(path)
     meta = read_meta(ckpt)
     if meta["format"] == "dcp":
@@ -290,9 +292,11 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         model_sd, optim_sd = state["model"], state.get("optim")
         opts = StateDictOptions(strict=True)
     else:
-        # mmap: ranks of one node share the page cache instead of each holding a copy in RAM
-        model_sd = load_weights(ckpt / "model.pt", mmap=True)
-        optim_sd = load_weights(ckpt / "optim.pt", mmap=True) if optimizer else None
+        def read() -> tuple[Any, Any]:  # mmap: ranks of one node share the page cache, not a copy each in RAM
+            return (load_weights(ckpt / "model.pt", mmap=True),
+                    load_weights(ckpt / "optim.pt", mmap=True) if optimizer else None)
+
+        model_sd, optim_sd = shared_outcome(read, every=True) if resume else read()
         opts = StateDictOptions(full_state_dict=True, strict=True)
     try:
         if optimizer is not None:
@@ -303,9 +307,7 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
             set_model_state_dict(model, model_sd, options=opts)
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{ckpt}: does not fit the model/optimizer: {e}") from e
-    if restore_rng:  # each rank reads its own file: its failure must stop the others too, else they wait for it
-        from trainer.distributed import shared_outcome
-
+    if resume:
         shared_outcome(lambda: _restore_rng(ckpt / "rng" / f"rank-{_rank():05d}.pt"), every=True)
     return meta
 
@@ -316,10 +318,9 @@ def _restore_rng(file: Path) -> None:
     if not file.is_file():
         return
     try:
-        state = torch.load(file, weights_only=True)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        set_rng_state(torch.load(file, weights_only=True))
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{file}: damaged or unreadable RNG state ({type(e).__name__}: {e})") from e
-    set_rng_state(state)
 
 
 def tokenizer_sha256(tok: Any) -> str:
@@ -406,5 +407,5 @@ def load_model(path: str | Path, device: str = "cpu", **overrides) -> torch.nn.M
     with torch.device("meta"):
         model = Phi(cfg)
     model.to_empty(device=device)
-    load(ckpt, model, optimizer=None, restore_rng=False)
+    load(ckpt, model, optimizer=None)
     return model.eval()

@@ -649,10 +649,24 @@ def train(cfg: TrainConfig, progress: bool | None = None, started: float | None 
         with run_lock(Path(cfg.run_dir), info):
             return _train_in_group(cfg, info, cfg.log.progress if progress is None else progress, started)
     except BaseException as e:
-        traceback.clear_frames(e.__traceback__)  # their locals hold the DDP model: see distributed.teardown
+        _clear_frames(e)  # their locals hold the DDP model: see distributed.teardown
         raise
     finally:
         distributed.teardown()
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Clear the locals of the finished frames in `error`'s traceback and in those of the errors it was raised from
+    or during (`__cause__`, `__context__`: a log's close failing after its write did holds the write's frames)."""
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [error]
+    while chain:
+        e = chain.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        chain += [e.__cause__, e.__context__]
 
 
 def _train_in_group(cfg: TrainConfig, info: distributed.DistInfo, progress: bool, started: float) -> TrainResult:
@@ -943,7 +957,7 @@ class Trainer:
         source = self.resume_from
         if source is None:
             return 0
-        meta = checkpoint.load(source, self.model, self.optimizer)
+        meta = checkpoint.load(source, self.model, self.optimizer, resume=True)
         changed = apply_optim_config(self.optimizer, self.cfg)
         if changed:
             self.console.print(f"optimizer settings from the config, not the checkpoint: {', '.join(changed)}")
