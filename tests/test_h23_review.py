@@ -114,6 +114,31 @@ def test_input_changed_between_the_passes_is_refused(model, dclm, tmp_path, monk
     assert pl.read_parquet(tmp_path / "out.parquet").equals(pl.read_parquet(tmp_path / "fresh.parquet")), fresh
 
 
+def test_the_rerun_after_input_changed_between_the_passes_scores_only_what_changed(  # noqa: F811
+        model, dclm, tmp_path, monkeypatch):  # noqa: F811
+    """The refusal removed every stored score (as other bad input does), so the rerun it asks for scored all 40
+    documents again, where only the last chunk (rows 37-40, reversed: the same size) is not the one scored."""
+    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", 4)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.parquet"
+    lines = [json.dumps({"id": i, "text": r["text"]}) + "\n" for i, r in enumerate(dclm[200:240])]
+    src.write_text("".join(lines))
+    with monkeypatch.context() as m:
+        _edit_between(m, lambda: src.write_text("".join(lines[:36] + lines[36:][::-1])))
+        with pytest.raises(ValueError, match="in.jsonl rows 37-40: the input changed while it was scored"):
+            run_steps(src, out, score_steps(str(model), None, 50.0, 3), None)
+    calls, scores = [], classifier.QualityScore.scores
+
+    def counting(self, texts):
+        calls.append(len(texts))
+        return scores(self, texts)
+    with monkeypatch.context() as m:
+        m.setattr(classifier.QualityScore, "scores", counting)
+        run_steps(src, out, score_steps(str(model), None, 50.0, 3), None)
+    assert calls == [4]
+    run_steps(src, tmp_path / "fresh.parquet", score_steps(str(model), None, 50.0, 3), None)
+    assert pl.read_parquet(out).equals(pl.read_parquet(tmp_path / "fresh.parquet"))
+
+
 def test_a_resumed_score_counts_the_speed_of_what_it_scored(model, dclm, tmp_path, monkeypatch):  # noqa: F811
     """Every document divided by this run's seconds: a run that scored one chunk of three (or none) claimed the
     speed of three (3e10 documents a second for none)."""

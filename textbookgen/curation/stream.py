@@ -149,29 +149,34 @@ def _rescanned(corpus: Corpus, scored: list[Scored]) -> Iterator[pl.DataFrame]:
         raise _changed(scored[read + 1], None)
 
 
-def _changed(scored: Scored | None, now: Scored | None) -> ValueError:
+class InputChanged(ValueError):
+    """Input rewritten between `classifier score`'s passes: refused, but unlike other bad input its stored scores
+    are kept (`_run_in`), as each is stored with its chunk's digest, so the rerun it asks for scores only the
+    chunks that changed."""
+
+
+def _changed(scored: Scored | None, now: Scored | None) -> InputChanged:
     """The error for input whose chunk read by pass 2 (`now`; None: the input ended) is not the one pass 1 `scored`
     (None: it had ended there): it names the rows of each, by file and row (from 1)."""
     places = list(dict.fromkeys(f"{c.file} rows {c.first + 1}-{c.first + c.height}" for c in (scored, now)
                                 if c is not None))
-    return ValueError(f"{' and '.join(places)}: the input changed while it was scored (the rows read for the "
-                      "output are not those scored); rerun")
+    return InputChanged(f"{' and '.join(places)}: the input changed while it was scored (the rows read for the "
+                        "output are not those scored); rerun")
 
 
 @contextmanager
 def _run_in(work: Path, elsewhere: str) -> Iterator[None]:
     """A run on `work`, the only one (`_sole_run`, whose refusal says `elsewhere`): bad input (a ValueError) leaves
-    no workdir this run made, nor chunks stored for it; Ctrl-C before a chunk was stored, no folder of the lock's
-    alone."""
+    no workdir this run made, nor chunks stored for it; Ctrl-C before a chunk was stored, or input changed while it
+    was read (`InputChanged`: its rerun reuses the chunks still the same), no folder of the lock's alone."""
     made = not work.exists()
     with _sole_run(work, elsewhere):
         try:
             yield
-        except ValueError:
-            shutil.rmtree(work if made else work / STORE, ignore_errors=True)
-            raise
-        except BaseException:
-            if made and not (work / STORE).is_dir():
+        except BaseException as err:
+            if isinstance(err, ValueError) and not isinstance(err, InputChanged):
+                shutil.rmtree(work if made else work / STORE, ignore_errors=True)
+            elif made and not (work / STORE).is_dir():
                 shutil.rmtree(work, ignore_errors=True)
             raise
 
