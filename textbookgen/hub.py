@@ -279,6 +279,16 @@ def _not_found(err: Any, repo_id: str, endpoint: str, revision: str | None) -> s
     return None
 
 
+def _transport_errors() -> tuple[type[Exception], type[Exception]]:
+    """The timeout and transport errors of the HTTP library the installed client speaks: httpx2 from
+    huggingface_hub 2, httpx before. Not whichever imports: httpx2 installed beside huggingface_hub 1 (another
+    SDK's) let its timeouts through as tracebacks."""
+    from huggingface_hub.utils import _http
+
+    http = getattr(_http, "httpx2", None) or _http.httpx
+    return http.TimeoutException, http.TransportError
+
+
 @contextmanager
 def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float | None = None,
                revision: str | None = None) -> Iterator[None]:
@@ -292,10 +302,7 @@ def hub_errors(repo_id: str, endpoint: str, write: bool = True, timeout: float |
     """
     from huggingface_hub.errors import HfHubHTTPError
 
-    try:
-        from httpx2 import TimeoutException, TransportError
-    except ImportError:  # huggingface_hub<2 speaks httpx
-        from httpx import TimeoutException, TransportError
+    TimeoutException, TransportError = _transport_errors()  # noqa: N806  (exception classes)
     rerun = ("nothing is half-published; rerun the push (files already uploaded are not sent again)" if write
              else "rerun the pull (files already downloaded are not fetched again)")
     try:
@@ -713,8 +720,8 @@ class _RowRecords:
     sha256: one read from a pull request's ref applies only where the head holds those very shards. Such records
     come from any pull request's author, not only from pushes of this user's: matched by the shards' sha256, they
     only word the commit message (`same rows`), and a wrong one changes no file. Where the pull requests cannot be
-    read (a Hub or mirror without discussions, a refused listing, a missing `refs/pr/N`), there is no such record:
-    the push does not need one."""
+    read (a Hub or mirror without discussions, a refused listing), there is no such record, and a merged one whose
+    `refs/pr/N` is missing holds none (older ones are still read): the push does not need one."""
 
     def __init__(self, api: Any, repo_id: str, head: str) -> None:
         self.api, self.repo_id, self.head = api, repo_id, head
@@ -738,21 +745,36 @@ class _RowRecords:
 
     def _read_next_pull(self) -> bool:
         """Add the records of the next pull request merged into the head to `merged`; False where none is left or
-        the pull requests cannot be read (logged at debug level: the records only word the commit message)."""
+        the pull requests cannot be read (logged at debug level: the records only word the commit message). One
+        whose `refs/pr/N` is missing (`_missing_ref`) holds no record, and older ones are still read."""
         from huggingface_hub.errors import HfHubHTTPError
 
+        num = None
         try:
             num = next(self.pulls, None)
             if num is None:
                 return False
-            for found, rows in _recorded_rows(self.api, self.repo_id, f"refs/pr/{num}", set()).items():
-                self.merged.setdefault(found, rows)
-        except HfHubHTTPError as err:  # RevisionNotFoundError (a missing refs/pr/N) is one
+            found = _recorded_rows(self.api, self.repo_id, f"refs/pr/{num}", set())
+        except HfHubHTTPError as err:
+            if num is not None and _missing_ref(err):
+                log.debug("pull request #%d of %s has no readable refs/pr/%d, so no rows record: %s", num,
+                          self.repo_id, num, " ".join(str(err).split()))
+                return True
             log.debug("the rows records of pull requests merged into %s of %s cannot be read: %s", self.head,
                       self.repo_id, " ".join(str(err).split()))
             self.pulls = iter(())
             return False
+        for key, rows in found.items():
+            self.merged.setdefault(key, rows)
         return True
+
+
+def _missing_ref(err: Exception) -> bool:
+    """Whether a Hub error says the revision read is not there (a 404, `RevisionNotFoundError` among them)."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    response = getattr(err, "response", None)
+    return isinstance(err, RevisionNotFoundError) or getattr(response, "status_code", None) == 404
 
 
 #: Merged pull requests `_merged_into` looks at, newest first, for a rows record (one request each).
