@@ -49,6 +49,22 @@ def worker(rank, port, name, folder):
     (folder / f"rank-{rank}.json").write_text(json.dumps(outcome))
 ''' + SPAWN_MAIN
 
+# worker-script lines: `count_ddp_at_destroy()` returns a list that gets, as the process group is destroyed, how many
+# DDP modules are alive then (one alive then frees the group from its Reducer: a gloo deadlock, distributed.teardown)
+COUNT_DDP = '''
+
+def count_ddp_at_destroy():
+    import gc
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    destroy, alive = dist.destroy_process_group, []
+    def counting(*args):
+        alive.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+        destroy(*args)
+    dist.destroy_process_group = counting
+    return alive
+'''
+
 # one process per rank (torch.multiprocessing spawn, no torchrun agent to kill the ranks left behind); each writes
 # what it ended with to OUT/rank-N.json
 WORKER = '''
@@ -77,14 +93,8 @@ def scenario(name, folder, rank):
         if name == "train_full_disk":  # rank 0 writes metrics.jsonl; its disk fills up at step 2
             fail = full_disk(rank, lambda rank, log, rec: log.enabled and rec["step"] == 2)
             fail.original, train_module.MetricsLog.write = train_module.MetricsLog.write, fail
-        if name.endswith("_ddp_alive"):  # how many DDP modules live as the group is destroyed
-            import gc
-            from torch.nn.parallel import DistributedDataParallel
-            destroy, alive = dist.destroy_process_group, []
-            def counting(*args):
-                alive.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
-                destroy(*args)
-            dist.destroy_process_group = counting
+        if name.endswith("_ddp_alive"):
+            alive = count_ddp_at_destroy()
         cfg = load_config(None, json.loads((folder / "overrides.json").read_text()))
         if name.endswith("_ddp_alive"):
             try:
@@ -105,9 +115,7 @@ def scenario(name, folder, rank):
         fail.original, checkpoint.torch.save = checkpoint.torch.save, fail
     optimizer = torch.optim.AdamW(model.parameters())
     return str(checkpoint.save(folder / "checkpoints", 1, model, optimizer, {}))
-
-
-''' + OUTCOME_MAIN
+''' + COUNT_DDP + OUTCOME_MAIN
 
 
 def two_ranks(name: str, folder: Path, worker: str = WORKER, timeout: float = 180) -> list[dict]:

@@ -18,10 +18,7 @@ import torch.multiprocessing as mp
 
 
 def scenario(name, folder, rank):
-    import gc
     import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
     torch.set_num_threads(1)
     from trainer import checkpoint, train as train_module
     from trainer.config import load_config
@@ -40,11 +37,7 @@ def scenario(name, folder, rank):
             if log.enabled:
                 raise OSError(28, "No space left on device (close)")
         train_module.MetricsLog.write, train_module.MetricsLog.close = full_write, full_close
-    destroy, alive = dist.destroy_process_group, []
-    def counting(*args):
-        alive.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
-        destroy(*args)
-    dist.destroy_process_group = counting
+    alive = count_ddp_at_destroy()
     cfg = load_config(None, json.loads((folder / "overrides.json").read_text()))
     try:
         train_module.train(cfg, progress=False)
@@ -52,7 +45,7 @@ def scenario(name, folder, rank):
         return {"error": type(e).__name__, "message": str(e), "ddp_alive": alive}
     return {"ddp_alive": alive}
 
-''' + h15.OUTCOME_MAIN
+''' + h15.COUNT_DDP + h15.OUTCOME_MAIN
 
 
 @pytest.mark.slow
