@@ -45,3 +45,17 @@ def test_the_plan_command_s_own_push_default_is_not_printed_as_a_flag(tmp_path, 
     assert result.exit_code == 0, result.output
     argv = _run_for_real(result.output)
     assert "--no-push" not in argv and "--push" not in argv
+
+
+def test_the_server_of_your_own_command_gives_the_served_model_a_price_under_a_dollar_budget(tmp_path, monkeypatch):
+    """quickstart has a dollar budget, which refuses a model with no price: the printed command for a server of
+    your own (`--set model=<served model>`, no list price) was refused as soon as it was run."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    result = CliRunner().invoke(app, ["plan", str(recipe), "--set", "samples=20", "--set", f"output={tmp_path / 'o'}"])
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if "use a server of your own:" in ln)
+    argv = shlex.split(line.split("use a server of your own:", 1)[1].rstrip(")").replace("<served model>", "my/llm"))
+    assert argv[:2] == ["textbookgen", "build"]
+    checked = CliRunner().invoke(app, ["validate", *argv[2:]])
+    assert checked.exit_code == 0, checked.output

@@ -1362,10 +1362,12 @@ class Build:
         command = f"textbookgen build {path}{f' {self.options}' if self.options else ''}"
         if can_call:
             return command
+        # a served model has no list price, and a dollar budget refuses a model without one: 0,0 is a free server
+        free = " --price '<served model>=0,0'" if r.budget.max_cost_usd is not None else ""
         return (
             f"export {r.provider.key_env}=<your key> && {command}\n"
             f"  (or use a server of your own: {command} --set provider.name=openai-compatible "
-            f"--set provider.base_url=http://127.0.0.1:8000/v1 --set model=<served model>)"
+            f"--set provider.base_url=http://127.0.0.1:8000/v1 --set 'model=<served model>'{free})"
         )
 
     def _plan(
