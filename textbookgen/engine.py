@@ -57,7 +57,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -529,6 +529,11 @@ class Generator:
     budget_stopped (an attribute): a run of the same budget stopped on it before this one (an LLM call's earlier
     window or round): where this run's first request to send does not fit either, its requests come back
     skipped_budget at once, the journal's answers replayed, none registered as pending, no warning logged.
+    counted_aside (an attribute): keys an earlier run of the same budget and stats ran already (an LLM call's earlier
+    windows: a row repeated a window apart), whose spend is in spent_aside: what the journal holds for them (an
+    answer, or a failure of any kind) is returned as that run left it, neither sent again nor counted again in the
+    stats or budgets, as a key repeated within one run is counted once; one still pending (skipped on the budget)
+    runs as any other.
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES. The journal's calls made
     at no price (an earlier run's) count at them, in the budgets, stats and replayed costs (`_repriced`).
     refuse_unpriced: refuse (ValueError) a max_cost_usd on a model with no price: its calls would count as $0, so
@@ -604,6 +609,7 @@ class Generator:
         self.spent_before = spent_before
         self.spent_aside: Spend | None = None  # see the class docstring
         self.budget_stopped = False  # see the class docstring
+        self.counted_aside: Container[str] = ()  # see the class docstring
         self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
         self.batch_max_rounds, self.batch_limits = batch_max_rounds, batch_limits
         self.prices = dict(prices or {})
@@ -659,9 +665,10 @@ class Generator:
                     self._add_pending(journal, {item.key: item.req for item in todo})
                 await self._generate(journal, todo, results, abandoned, resent)
             else:  # all answered by the journal: the stats still describe this run, not the last one
-                self._c, self._budget_note = self._counts(results, abandoned, resent), None
+                counted = self._counted(results)
+                self._c, self._budget_note = self._counts(counted, abandoned, resent), None
                 self._admission = AdmissionController(self.limits, self.concurrency)
-                self._report(time.monotonic(), len(results))
+                self._report(time.monotonic(), len(counted))
         finally:
             journal.close()
         return [self._respond(results[key], req) for key, req in keyed]
@@ -673,26 +680,33 @@ class Generator:
         case of the attempts earlier runs abandoned on these requests, and what billed failures cost that those
         responses do not show: the ones this run sends again (an empty answer, a refusal with retry_failed), and the
         tokens of those answered since (a row's tokens are its answer's). Paid, so counted against the budgets and in
-        the totals as replayed answers are. Registers the other requests as pending."""
+        the totals as replayed answers are. Registers the other requests as pending. The rows of `counted_aside` keys
+        count in neither, and one that failed is replayed as it failed."""
         rows = journal.rows(list(unique))
         self._fail_empty_rows(journal, rows)
         rows = {key: self._repriced(row) for key, row in rows.items()}
-        abandoned = Billed(sum(row["abandoned_usd"] for row in rows.values()),
-                           sum(row["abandoned_output_tokens"] for row in rows.values()),
-                           sum(row["abandoned_input_tokens"] for row in rows.values()))
-        done = {key: row for key, row in rows.items() if replays(row, self.retry_failed)}
+        counted = self._counted(rows)
+        abandoned = Billed(sum(row["abandoned_usd"] for row in counted.values()),
+                           sum(row["abandoned_output_tokens"] for row in counted.values()),
+                           sum(row["abandoned_input_tokens"] for row in counted.values()))
+        done = {key: row for key, row in rows.items() if replays(row, self.retry_failed)
+                or (row["status"] == "failed" and key in self.counted_aside)}
         sources = journal.rows(list({row["reused_from"] for row in done.values() if row["reused_from"]}))
         results = {key: self._replayed(key, row, sources.get(row["reused_from"], row), unique[key])
                    for key, row in done.items()}
         if not self.budget_stopped:  # else registered only once they are sent (`_arun`) or reused (`_reuse`)
             self._add_pending(journal, {key: req for key, req in unique.items() if key not in rows})
-        again = [row for key, row in rows.items() if key not in done]  # sent again, or answered by `_reuse`
-        failed_out = sum(row["failed_output_tokens"] for row in rows.values())  # of failures answered since
-        failed_in = sum(row["failed_input_tokens"] for row in rows.values())
+        again = [row for key, row in counted.items() if key not in done]  # sent again, or answered by `_reuse`
+        failed_out = sum(row["failed_output_tokens"] for row in counted.values())  # of failures answered since
+        failed_in = sum(row["failed_input_tokens"] for row in counted.values())
         resent = Billed(sum(row["cost_usd"] for row in again), sum(row["output_tokens"] for row in again) + failed_out,
                         sum(row["input_tokens"] for row in again) + failed_in)
         self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
         return results, abandoned, resent
+
+    def _counted(self, by_key: Mapping[str, T]) -> dict[str, T]:
+        """`by_key` less the keys an earlier run counted (`counted_aside`): what this run's stats and budgets count."""
+        return {key: value for key, value in by_key.items() if key not in self.counted_aside}
 
     def _add_pending(self, journal: Journal, requests: Mapping[str, ChatRequest]) -> None:
         """Register `requests` (key: request) in the journal as pending; those it holds already are left as they are."""
@@ -715,18 +729,19 @@ class Generator:
         if note is None:
             return False
         self._results, self._budget_note = results, note
+        total = len(todo) + len(self._counted(results))
         for item in todo:
             self._skip(item)
         self._budget_note = None  # no "budget stop" warning per run: the run that stopped gave it
         self._admission = AdmissionController(self.limits, self.concurrency)
-        self._report(time.monotonic(), len(results))
+        self._report(time.monotonic(), total)
         return True
 
     def _start_budgets(self, results: dict[str, ChatResponse], abandoned: Billed, resent: Billed) -> None:
         """The budget state a run starts from, which `_over_budget` and `_reserve` read: what is spent (`_counts`),
         the budgets left beside it, nothing in flight, and the input estimate's ratio at 1 (no answer has measured
         it yet). One place for `_generate` and `_skipped_whole`, so a run skipped whole decides as a run would."""
-        self._c = self._counts(results, abandoned, resent)
+        self._c = self._counts(self._counted(results), abandoned, resent)
         self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
         self._inflight_cost = 0.0  # the worst case of the attempts in flight (live) or of the batches running
         self._inflight_out = 0.0
@@ -830,7 +845,7 @@ class Generator:
         self._in_batches = 0
         self._collecting = self.batch  # answers come from batches (`collected`): a batch run's all come so
         self._start_budgets(results, abandoned, resent)
-        total = len(todo) + len(results)
+        total = len(todo) + len(self._counted(results))
         display = poll_log = None
         if self.progress:
             from textbookgen.progress import RunProgress

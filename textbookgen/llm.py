@@ -14,7 +14,9 @@ call it on rows.
 
 `rows`: dicts or strings, a polars (lazy) or pandas DataFrame, a pyarrow Table, a `datasets.Dataset`, a generator.
 They go through `window` rows at a time (`LLM.window`), each window asked and parsed before the next is pulled,
-so memory holds one window's requests and answers plus the table; one budget and one `generator.stats` over all.
+so memory holds one window's requests and answers plus the table (and ~100 bytes per request key, to count a row
+repeated windows apart once); one budget and one `generator.stats` over all, each request counted once per call
+as in one window.
 
 Everything the engine does comes with it: rate limits, retries, budgets, the crash-safe journal, provider
 batch APIs (`batch=True`). Answers are journaled per request, not per task, so editing `parse` and calling
@@ -191,13 +193,13 @@ class LLM:
         """The responses to one window's `requests`: the first round, then up to `schema_retries` re-asks of those
         that do not fit `response_format`, all under the call's one budget (`rounds`)."""
         rounds.next(first=True)
-        responses = await self.generator.arun(requests)
+        responses = rounds.ran(await self.generator.arun(requests))
         for k in range(1, self.schema_retries + 1):
             misses = self._misses(responses)
             if not misses:
                 break
             rounds.next(first=False)
-            _put(responses, misses, await self.generator.arun(self._reasked(requests, misses, k)))
+            _put(responses, misses, rounds.ran(await self.generator.arun(self._reasked(requests, misses, k))))
         return responses
 
     def _checked(self, rows: list[Any], start: int = 0) -> list[Any]:
@@ -424,19 +426,31 @@ class _Rounds:
     run). Re-ask rounds run without the answer check: they hold only the answers that missed, so many missing
     again is expected there, not a sign of a model that ignores the schema. Once a run has stopped on the budget,
     the later ones run `budget_stopped`: one whose first request does not fit either only replays what the journal
-    holds (the rest skipped as before, but not journaled as pending nor warned about again, window after window)."""
+    holds (the rest skipped as before, but not journaled as pending nor warned about again, window after window).
+    A request an earlier run ran (a row repeated a window apart) is the Generator's `counted_aside`: replayed, not
+    counted again, so the stats and budget count it once, as one run counts its repeats."""
 
     _LEVELS = frozenset({"concurrency"})
     _TALLIES = frozenset({"answers_by_replica"})  # counts per name: summed name by name
 
     def __init__(self, gen: Generator) -> None:
         self.gen, self.aside, self.check, self.stopped = gen, gen.spent_aside, gen.answer_check, gen.budget_stopped
+        self.counted = gen.counted_aside
+        self.keys = _Keys()
         self.stats: dict = {}
         self.merged: dict | None = gen.stats  # the stats of a run before this call are not this call's
         self.started = False
 
     def __enter__(self) -> _Rounds:
+        self.gen.counted_aside = self.keys
         return self
+
+    def ran(self, responses: list[ChatResponse]) -> list[ChatResponse]:
+        """A run's `responses`, their keys noted as counted for the runs after it; not those skipped on the budget,
+        still pending: a later window runs them as any other (else it took a failure an earlier call left in the
+        journal for this call's answer, never sending the request)."""
+        self.keys.add(resp.key for resp in responses if resp.status != "skipped_budget")
+        return responses
 
     def next(self, first: bool) -> None:
         """Before a run (`first`: a window's first round, with the answer check; else a re-ask round): count the
@@ -451,8 +465,11 @@ class _Rounds:
         self.gen.answer_check = self.check if first else None
 
     def __exit__(self, *exc: object) -> None:
-        self._merge()  # a round that raised has its stats too
-        self.gen.spent_aside, self.gen.answer_check, self.gen.budget_stopped = self.aside, self.check, self.stopped
+        try:
+            self._merge()  # a round that raised has its stats too
+        finally:
+            self.gen.spent_aside, self.gen.answer_check, self.gen.budget_stopped = self.aside, self.check, self.stopped
+            self.gen.counted_aside = self.counted
         if self.stats:
             self.gen.stats = self.stats
 
@@ -473,6 +490,20 @@ class _Rounds:
     def _adds(self, key: str, value: Any) -> bool:
         return key in self.stats and key not in self._LEVELS and isinstance(value, (int, float)) \
             and not isinstance(value, bool)
+
+
+class _Keys:
+    """The request keys a call has run, for `Generator.counted_aside`: each kept as the first 16 bytes of its sha256
+    (~90 bytes a key in the set, 3/5 of what its hex string takes; no two keys of a call share them in practice)."""
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def add(self, keys: Iterable[str]) -> None:
+        self._seen.update(bytes.fromhex(key[:32]) for key in keys)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bytes.fromhex(key[:32]) in self._seen
 
 
 def _counted(count: int, noun: str, plural: str = "") -> str:
