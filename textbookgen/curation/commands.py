@@ -76,7 +76,7 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
               text_column: str = "text", id_column: str = "id") -> dict[str, Any]:
     """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`. Dedup steps
     alone (`dedup_steps`) never hold the corpus: see `dedup_out_of_core`; nor do steps that each judge a
-    document on its own (`filter_steps`, `decontaminate_steps`), nor the quality score and cut (`score_steps`),
+    document on its own (`filter_steps`, `decontaminate_steps`, `SeedCopy`), nor the quality score and cut (`score_steps`),
     and a killed run of those resumes from the chunks it finished: see `stream.stream_out_of_core`,
     `stream.score_out_of_core`. Any other list (those mixed with each other) runs on
     the corpus read whole."""

@@ -17,8 +17,10 @@ seed extract pass unchecked. Per-document scores go to `seed_copy.parquet` in th
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,11 @@ import polars as pl
 
 from textbookgen.curation.base import (
     CHUNK_ROWS,
+    RowStep,
     StageStats,
-    Step,
+    Verdict,
     input_rows,
-    map_rows,
-    progress,
+    judged_chunks,
     require_columns,
 )
 from textbookgen.curation.config import SeedCopyConfig
@@ -73,8 +75,12 @@ def copy_scores(text: str, seed: str, n: int) -> tuple[float, int]:
     return hits / len(doc), best + n - 1 if best else 0
 
 
-class SeedCopy(Step):
-    """Drop (or flag) documents whose text copies their own seed extract (containment or verbatim run)."""
+class SeedCopy(RowStep):
+    """Drop (or flag) documents whose text copies their own seed extract (containment or verbatim run).
+
+    Each document is judged against its own extract alone, so the corpus can stream a chunk at a time
+    (`stream.stream_out_of_core`): what is held whole is the extracts, and one report row per checked document
+    (no text), from which `finish` takes the score distribution."""
 
     name = "seed_copy"
 
@@ -97,43 +103,76 @@ class SeedCopy(Step):
             return df[self.seeds].cast(pl.String)
         if SEED_ID_COLUMN not in df.columns:
             return pl.Series(SEED_TEXT_COLUMN, [None] * df.height, dtype=pl.String)
-        return df[SEED_ID_COLUMN].replace_strict(dict(self.seeds), default=None, return_dtype=pl.String)
+        get = self.seeds.get  # each row's id looked up: the chunk's rows, not every extract, per chunk
+        ids = df[SEED_ID_COLUMN].cast(pl.String).to_list()
+        return pl.Series(SEED_TEXT_COLUMN, [None if i is None else get(i) for i in ids], dtype=pl.String)
 
-    def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
-        require_columns(df, [self.text_column, self.id_column], self.name)
+    def judge(self, chunks: Iterable[pl.DataFrame], total: int | None = None) -> Iterator[Verdict]:
+        judged = judged_chunks(_score_rows, self.config.ngram, chunks, self._columns, self.workers,
+                               self.chunk_size, "seed-copy check", total)
+        for chunk, scores in judged:
+            yield self._verdict(chunk, scores)
+
+    def _columns(self, chunk: pl.DataFrame) -> list[pl.Series]:
+        require_columns(chunk, [self.text_column, self.id_column], self.name)
+        seeds = self.seed_texts(chunk)  # a document without one is not scored: its text is not sent to the workers
+        texts = chunk.select(pl.when(seeds.is_null()).then(None).otherwise(pl.col(self.text_column))).to_series()
+        return [texts, seeds]
+
+    def _verdict(self, chunk: pl.DataFrame, scores: list[tuple[float, int] | None]) -> Verdict:
+        """A chunk's kept rows, drops by reason and report rows (every checked document's scores), from the
+        scores of its rows (None: no extract to check against)."""
         cfg = self.config
-        stats.extra.update(ngram=cfg.ngram, max_containment=cfg.max_containment,
-                           max_run_words=cfg.max_run_words, action=cfg.action)
-        seeds = self.seed_texts(df)
-        rows = np.flatnonzero(seeds.is_not_null().to_numpy())
-        if not isinstance(self.seeds, str) and SEED_ID_COLUMN in df.columns:
-            missing = int(df[SEED_ID_COLUMN].is_not_null().sum()) - len(rows)
-            if missing:  # documents name an extract the caller did not pass: they pass unchecked
-                stats.extra["seed_not_found"] = missing
-        texts, seed_col = df[self.text_column][rows], seeds[rows]
-        scored = map_rows(_score_rows, cfg.ngram, [texts, seed_col], self.workers, self.chunk_size)
-        scores = list(progress(scored, len(rows), "seed-copy check"))
-        contain = np.array([c for c, _ in scores], dtype=np.float64)
-        run = np.array([r for _, r in scores], dtype=np.int64)
+        checked = [(i, s) for i, s in enumerate(scores) if s is not None]
+        rows = np.array([i for i, _ in checked], dtype=np.int64)
+        contain = np.array([c for _, (c, _) in checked], dtype=np.float64)
+        run = np.array([r for _, (_, r) in checked], dtype=np.int64)
         reasons = np.where(contain > cfg.max_containment, "seed_containment",
                            np.where(run > cfg.max_run_words, "seed_verbatim_run", ""))
         copied = reasons != ""
-        stats.extra.update(checked=len(rows), **_distribution(contain, run))
-        if cfg.action == "flag":
-            stats.extra["flagged"] = int(copied.sum())
-        else:
-            stats.dropped.update(reasons[copied].tolist())  # one count per document, by reason
-        if workdir is not None:
-            seed_ids = df[SEED_ID_COLUMN].cast(pl.String)[rows] if SEED_ID_COLUMN in df.columns else None
-            why = [r or None for r in reasons.tolist()]
-            report = {"id": df[self.id_column].cast(pl.String)[rows], "row": input_rows(df)[rows], "seed_extract_id": seed_ids,
-                      "containment": contain, "run_words": run, "reason": why}
-            pl.DataFrame(report, schema=REPORT_SCHEMA).write_parquet(workdir / "seed_copy.parquet")
+        extra: dict[str, int] = {}
+        if not isinstance(self.seeds, str) and SEED_ID_COLUMN in chunk.columns:
+            missing = int(chunk[SEED_ID_COLUMN].is_not_null().sum()) - len(rows)
+            if missing:  # documents name an extract the caller did not pass: they pass unchecked
+                extra["seed_not_found"] = missing
+        dropped = Counter(reasons[copied].tolist()) if cfg.action == "drop" else Counter()
+        seed_ids = chunk[SEED_ID_COLUMN].cast(pl.String)[rows] if SEED_ID_COLUMN in chunk.columns else None
+        report = pl.DataFrame({"id": chunk[self.id_column].cast(pl.String)[rows], "row": input_rows(chunk)[rows],
+                               "seed_extract_id": seed_ids, "containment": contain, "run_words": run,
+                               "reason": [r or None for r in reasons.tolist()]}, schema=REPORT_SCHEMA)
         if cfg.action == "flag" or not copied.any():
-            return df
-        keep = np.ones(df.height, dtype=bool)
+            return Verdict(chunk, report, dropped, extra)
+        keep = np.ones(chunk.height, dtype=bool)
         keep[rows[copied]] = False
-        return df.filter(pl.Series(keep))
+        return Verdict(chunk.filter(pl.Series(keep)), report, dropped, extra)
+
+    def finish(self, reports: list[pl.DataFrame], workdir: Path | None, stats: StageStats) -> None:
+        """The settings, how many documents were checked (and flagged) and the scores' distribution, from every
+        chunk's report rows; writes them to `workdir/seed_copy.parquet`."""
+        cfg = self.config
+        report = pl.concat(reports) if reports else pl.DataFrame(schema=REPORT_SCHEMA)
+        not_found = stats.extra.pop("seed_not_found", 0)  # summed over the chunks: placed after the settings
+        stats.extra.update(ngram=cfg.ngram, max_containment=cfg.max_containment,
+                           max_run_words=cfg.max_run_words, action=cfg.action)
+        if not_found:
+            stats.extra["seed_not_found"] = not_found
+        stats.extra.update(checked=report.height,
+                           **_distribution(report["containment"].to_numpy(), report["run_words"].to_numpy()))
+        if cfg.action == "flag":
+            stats.extra["flagged"] = int(report["reason"].is_not_null().sum())
+        if workdir is not None:
+            report.write_parquet(workdir / "seed_copy.parquet")
+
+    def fingerprint(self) -> str:
+        """The settings, the columns read, and the extracts (a column's name, or a digest of id -> text)."""
+        if isinstance(self.seeds, str):
+            seeds = f"column {self.seeds}"
+        else:
+            digest = hashlib.sha256()  # an extract at a time: no copy of them all
+            for key in sorted(self.seeds):
+                digest.update(json.dumps([key, self.seeds[key]]).encode() + b"\n")
+            seeds = digest.hexdigest()
+        return f"{self.name} {self.config.model_dump_json()} {self.text_column} {self.id_column} {seeds}"
 
 
 def _distribution(contain: np.ndarray, run: np.ndarray) -> dict[str, float | int]:
@@ -147,6 +186,7 @@ def _distribution(contain: np.ndarray, run: np.ndarray) -> dict[str, float | int
             "run_words_max": int(rmax)}
 
 
-def _score_rows(n: int, rows: list[tuple[str, str]]) -> list[tuple[float, int]]:
-    """`copy_scores` of each (text, seed) row: the work a pool worker does for one chunk."""
-    return [copy_scores(text, seed, n) for text, seed in rows]
+def _score_rows(n: int, rows: list[tuple[str, str | None]]) -> list[tuple[float, int] | None]:
+    """`copy_scores` of each (text, seed) row, None where it has no seed: the work a pool worker does for one
+    chunk."""
+    return [None if seed is None else copy_scores(text, seed, n) for text, seed in rows]
