@@ -22,7 +22,7 @@ import logging
 import math
 import posixpath
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,8 @@ import jinja2.meta
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
@@ -218,19 +220,139 @@ def features(schema: pa.Schema) -> list[dict]:
     return out
 
 
+#: `datasets`' ArrowWriter pools single-row tables up to this many rows (`config.DEFAULT_MAX_BATCH_SIZE`), or
+#: this many where a feature holds binary (`config.ARROW_RECORD_BATCH_SIZE_FOR_BINARY_DATASETS`)
+_POOLED_ROWS, _POOLED_BINARY_ROWS = 1000, 100
+
+
+def _holds_binary(pa_type: pa.DataType) -> bool:
+    """Whether a card type (`card_type`) is or holds binary, at any depth."""
+    t = pa.types
+    if t.is_struct(pa_type):
+        return any(_holds_binary(field.type) for field in pa_type)
+    if t.is_fixed_size_list(pa_type) or _is_list(pa_type):
+        return _holds_binary(pa_type.value_type)
+    return t.is_binary(pa_type) or t.is_large_binary(pa_type) or t.is_binary_view(pa_type)
+
+
+def card_type(pa_type: pa.DataType) -> pa.DataType:
+    """The Arrow type `datasets` builds a column as from its card feature (`hf_feature`): plain strings,
+    binaries and lists, dictionaries decoded; other types as they are."""
+    t = pa.types
+    if t.is_struct(pa_type):
+        return pa.struct([pa.field(field.name, card_type(field.type)) for field in pa_type])
+    if t.is_dictionary(pa_type):
+        return card_type(pa_type.value_type)
+    if t.is_fixed_size_list(pa_type):
+        return pa.list_(card_type(pa_type.value_type), pa_type.list_size)
+    if _is_list(pa_type):
+        return pa.list_(card_type(pa_type.value_type))
+    return {"string": pa.string(), "binary": pa.binary()}.get(hf_dtype(pa_type), pa_type)
+
+
+def _list_offsets(array: pa.Array) -> pa.Array:
+    """A list array's offsets, its null rows as null offsets (`datasets.table._combine_list_array_offsets_with_mask`)."""
+    if not array.null_count:
+        return array.offsets
+    nulls = pa.nulls(len(array), array.offsets.type)
+    return pa.concat_arrays([pc.replace_with_mask(array.offsets[:-1], array.is_null(), nulls), array.offsets[-1:]])
+
+
+def _cast_like_datasets(array: pa.Array, to: pa.DataType) -> pa.Array:
+    """`array` cast to `to` by the steps `datasets.table.cast_array_to_feature` takes for a card's features:
+    it rebuilds structs and lists itself, so their buffers (and `nbytes`) differ from `Array.cast`'s."""
+    t = pa.types
+    if t.is_struct(array.type):
+        children = dict(zip([field.name for field in array.type], array.flatten(), strict=True))
+        cast = [_cast_like_datasets(children[field.name], field.type) for field in to]
+        return pa.StructArray.from_arrays(cast, names=[field.name for field in to], mask=array.is_null())
+    if t.is_list(array.type) or t.is_large_list(array.type):
+        values = _cast_like_datasets(array.values, to.value_type)
+        if t.is_list(array.type) and values.type == array.values.type:
+            return array
+        return pa.ListArray.from_arrays(_list_offsets(array), values)
+    if t.is_fixed_size_list(array.type):
+        size = array.type.list_size
+        values = array.values[array.offset * size : (array.offset + len(array)) * size]
+        return pa.FixedSizeListArray.from_arrays(_cast_like_datasets(values, to.value_type), size,
+                                                 mask=array.is_null())  # fmt: skip
+    return array if array.type == to else array.cast(to)
+
+
+def _as_loaded(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` as `datasets` loads it under the card's features (`schema`): untouched where its schema is
+    already that, else every column cast (`datasets.table.table_cast`)."""
+    if table.schema == schema:
+        return table
+    columns = [
+        pa.chunked_array([_cast_like_datasets(chunk, field.type) for chunk in table[field.name].chunks])
+        for field in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _record_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The shard's record batches as `datasets`' parquet builder reads them: batches of its first row
+    group's size, one row group at a time, so only one row group is in memory."""
+    with open(path, "rb") as f:
+        fragment = pds.ParquetFileFormat().make_fragment(f)
+        if fragment.row_groups:
+            size = fragment.row_groups[0].num_rows
+            if size == 0:  # datasets' batches are its size: load_dataset fails on it alike
+                raise ValueError(f"{path}: its first row group holds no rows, which datasets.load_dataset cannot "
+                                 "read; write the shard again (or remove it, if it holds none)")
+            yield from fragment.to_batches(batch_size=size, batch_readahead=0, fragment_readahead=0)
+
+
+def _written_bytes(tables: list[pa.Table]) -> int:
+    """`Table.nbytes` of tables as `datasets`' ArrowWriter measures them: concatenated into one chunk."""
+    return pa.concat_tables(tables).combine_chunks().nbytes if tables else 0
+
+
+def split_num_bytes(paths: Iterable[Path], schema: pa.Schema) -> int:
+    """A split's `num_bytes` as `datasets.load_dataset` records it for a folder or repo with our card: the
+    sum of `Table.nbytes` of each table its ArrowWriter writes, once cast to the card's features (so
+    4-byte string offsets, a validity bitmap where a batch has nulls). Single-row batches are pooled as
+    that writer pools them (`_POOLED_ROWS`, `_POOLED_BINARY_ROWS`, or until the next larger batch; a new cache shard only starts
+    with the pool empty, so it changes nothing). `schema`: the shards' (`shared_schema`)."""
+    loaded = pa.schema([pa.field(field.name, card_type(field.type)) for field in schema])
+    pooled = _POOLED_BINARY_ROWS if any(_holds_binary(field.type) for field in loaded) else _POOLED_ROWS
+    total = 0
+    pool: list[pa.Table] = []
+    for path in paths:
+        for batch in _record_batches(path):
+            table = _as_loaded(pa.Table.from_batches([batch]), loaded)
+            if table.num_rows == 1:
+                pool.append(table)
+                if len(pool) >= pooled:
+                    total, pool = total + _written_bytes(pool), []
+            else:
+                total, pool = total + _written_bytes(pool) + _written_bytes([table]), []
+    return total + _written_bytes(pool)
+
+
 def dataset_info(splits: dict[str, list[Path]], schema: pa.Schema, as_given: bool = False) -> dict:
     """The card's `dataset_info` block: features, split sizes, download and dataset sizes.
 
-    Reads only parquet footers and one streaming pass per split, never the whole text into memory.
-    `as_given`: shards of a user's corpus (`write_dataset(..., as_given=True)`), measured column by column.
+    Reads parquet footers and one pass per split over its row groups (`split_num_bytes`), never a whole
+    shard into memory; `num_bytes` and `dataset_size` equal what `datasets` records for the same shards.
+    Documents (not `as_given`, a user's corpus) are checked as `write_dataset` checks them (`check_rows`:
+    id and text, no nulls, no duplicate ids), for a split added by hand beside the ones a build wrote.
     """
+    declared = features(schema)  # first: it names a column of a type `datasets` lacks
+    for name, paths in splits.items():
+        if not as_given:
+            try:
+                check_rows(pl.scan_parquet(paths))
+            except ValueError as e:
+                raise ValueError(f"split {name!r} ({paths[0].parent}): {e}") from None
     rows = split_rows(splits)
     split_info = [
-        {"name": name, "num_bytes": check_rows(pl.scan_parquet(paths), as_given)[1], "num_examples": rows[name]}
+        {"name": name, "num_bytes": split_num_bytes(paths, schema), "num_examples": rows[name]}
         for name, paths in splits.items()
     ]
     return {
-        "features": features(schema),
+        "features": declared,
         "splits": split_info,
         "download_size": sum(p.stat().st_size for paths in splits.values() for p in paths),
         "dataset_size": sum(s["num_bytes"] for s in split_info),
