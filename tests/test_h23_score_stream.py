@@ -51,8 +51,9 @@ def corpus(dclm: list[dict], tmp_path: Path) -> Path:
     return folder
 
 
-def _whole(src: Path, steps: list, out: Path) -> dict:
-    """The steps on the corpus read whole (what `classifier score` did): stats, output and workdir as run_steps'."""
+def read_whole(src: Path, steps: list, out: Path) -> dict:
+    """The steps on the corpus read whole (what `classifier score`, and `run_steps` with a seed-copy step, did
+    before they streamed): stats, output and workdir as run_steps' give them."""
     work = Path(str(out) + ".work")
     work.mkdir()
     (work / corpus_io.WORKDIR_MARK).touch()
@@ -72,7 +73,7 @@ def test_the_streamed_score_is_the_whole_read(model, corpus, tmp_path, monkeypat
     with a top share, a threshold, or no cut."""
     monkeypatch.setattr(corpus_io, "CHUNK_ROWS", CHUNK)
     steps = score_steps(str(model), cut.get("threshold"), cut.get("keep_top_percent"), 16)
-    expected = _whole(corpus, steps, tmp_path / f"whole{suffix}")
+    expected = read_whole(corpus, steps, tmp_path / f"whole{suffix}")
     stats = run_steps(corpus, tmp_path / f"out{suffix}", steps, None)
     assert _without_speed(stats) == _without_speed(expected)
     assert stats["quality_score"]["docs_per_s"] > 0
@@ -91,7 +92,7 @@ def test_score_reads_the_corpus_a_chunk_at_a_time(model, corpus, tmp_path, monke
     """`classifier score` read the corpus whole (`read_corpus`) because a top share needs every score: its memory
     grew with the texts. It scores a chunk at a time now, and writes the cut a chunk at a time."""
     monkeypatch.setattr(corpus_io, "CHUNK_ROWS", CHUNK)
-    expected = _whole(corpus, score_steps(str(model), None, 45.0, 16), tmp_path / "whole.parquet")
+    expected = read_whole(corpus, score_steps(str(model), None, 45.0, 16), tmp_path / "whole.parquet")
 
     def whole_read(*args, **kwargs):
         raise AssertionError("the corpus was read whole")
@@ -153,7 +154,7 @@ def test_a_killed_score_resumes_from_the_chunks_it_scored(model, corpus, tmp_pat
     """Killed in pass 1, the rerun scores only the chunks not yet scored, with the output, stats and report of a
     run never killed; a finished run leaves no stored chunks."""
     monkeypatch.setattr(corpus_io, "CHUNK_ROWS", CHUNK)
-    expected = _whole(corpus, score_steps(str(model), None, 45.0, 16), tmp_path / "whole.parquet")
+    expected = read_whole(corpus, score_steps(str(model), None, 45.0, 16), tmp_path / "whole.parquet")
     out = tmp_path / "out.parquet"
     _killed_score(model, corpus, out, monkeypatch, at=5)
     assert not out.exists() and len(list((tmp_path / "out.parquet.work/finished_chunks").glob("0*.json"))) == 4
@@ -189,7 +190,7 @@ def test_scores_stored_for_another_model_or_rows_are_not_used(model, corpus, tmp
     scored.clear()
     run_steps(corpus, out, score_steps(str(model), None, 45.0, 16), None)
     assert sum(scored) == 70 - 3 * CHUNK  # chunks 0, 2 and 3 from the store
-    expected = _whole(corpus, score_steps(str(model), None, 45.0, 16), tmp_path / "whole.parquet")
+    expected = read_whole(corpus, score_steps(str(model), None, 45.0, 16), tmp_path / "whole.parquet")
     assert pl.read_parquet(out).equals(pl.read_parquet(tmp_path / "whole.parquet"))
     assert expected["quality_score"]["mean_score"] == json.loads(Path(f"{out}.stats.json").read_text())[
         "quality_score"]["mean_score"]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from test_h23_score_stream import read_whole
 
 from textbookgen.curation import commands, corpus_io, seed_copy
 from textbookgen.curation.config import SeedCopyConfig
-from textbookgen.curation.pipeline import run_pipeline
 from textbookgen.curation.seed_copy import SeedCopy
 from textbookgen.testing.responder import prose
 
@@ -57,16 +57,6 @@ def corpus(tmp_path_factory) -> Path:
     return folder
 
 
-def _whole(src: Path, steps: list, out: Path) -> dict:
-    """The steps on the corpus read whole (what `run_steps` did with SeedCopy): stats, output and workdir."""
-    work = Path(str(out) + ".work")
-    work.mkdir()
-    (work / corpus_io.WORKDIR_MARK).touch()
-    kept, stats = run_pipeline(corpus_io.read_corpus(src), steps, work)
-    corpus_io.write_corpus(kept, out)
-    return stats
-
-
 @pytest.mark.parametrize("seeds", [SEEDS, "seed_text"])
 @pytest.mark.parametrize("action", ["drop", "flag"])
 def test_the_streamed_seed_copy_is_the_whole_read(corpus, tmp_path, monkeypatch, seeds, action):
@@ -74,7 +64,7 @@ def test_the_streamed_seed_copy_is_the_whole_read(corpus, tmp_path, monkeypatch,
     whole, with extracts by id or in a column, dropping or flagging."""
     monkeypatch.setattr(corpus_io, "CHUNK_ROWS", CHUNK)
     step = SeedCopy(SeedCopyConfig(action=action), seeds=seeds, workers=1, chunk_size=3)
-    expected = _whole(corpus, [step], tmp_path / "whole.parquet")
+    expected = read_whole(corpus, [step], tmp_path / "whole.parquet")
     stats = commands.run_steps(corpus, tmp_path / "out.parquet", [step], None)
     assert stats == expected
     assert pl.read_parquet(tmp_path / "out.parquet").equals(pl.read_parquet(tmp_path / "whole.parquet"))
