@@ -232,7 +232,7 @@ def _holds_binary(pa_type: pa.DataType) -> bool:
         return any(_holds_binary(field.type) for field in pa_type)
     if t.is_fixed_size_list(pa_type) or _is_list(pa_type):
         return _holds_binary(pa_type.value_type)
-    return t.is_binary(pa_type) or t.is_large_binary(pa_type) or t.is_binary_view(pa_type)
+    return hf_dtype(pa_type) == "binary"
 
 
 def card_type(pa_type: pa.DataType) -> pa.DataType:
