@@ -533,7 +533,7 @@ class Generator:
     windows: a row repeated a window apart), whose spend is in spent_aside: what the journal holds for them (an
     answer, or a failure of any kind) is returned as that run left it, neither sent again nor counted again in the
     stats or budgets, as a key repeated within one run is counted once; one still pending (skipped on the budget)
-    runs as any other.
+    runs as any other. A container, asked all at once where it has `among(keys)` (a bool per key).
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES. The journal's calls made
     at no price (an earlier run's) count at them, in the budgets, stats and replayed costs (`_repriced`).
     refuse_unpriced: refuse (ValueError) a max_cost_usd on a model with no price: its calls would count as $0, so
@@ -705,8 +705,12 @@ class Generator:
         return results, abandoned, resent
 
     def _counted(self, by_key: Mapping[str, T]) -> dict[str, T]:
-        """`by_key` less the keys an earlier run counted (`counted_aside`): what this run's stats and budgets count."""
-        return {key: value for key, value in by_key.items() if key not in self.counted_aside}
+        """`by_key` less the keys an earlier run counted (`counted_aside`): what this run's stats and budgets count.
+        Asked for all the keys at once where `counted_aside` can answer so (`among`: an LLM call's compact keys,
+        for which one lookup costs microseconds)."""
+        among = getattr(self.counted_aside, "among", None)
+        aside = among(by_key) if among is not None else [key in self.counted_aside for key in by_key]
+        return {key: value for (key, value), out in zip(by_key.items(), aside, strict=True) if not out}
 
     def _add_pending(self, journal: Journal, requests: Mapping[str, ChatRequest]) -> None:
         """Register `requests` (key: request) in the journal as pending; those it holds already are left as they are."""

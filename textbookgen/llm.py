@@ -14,9 +14,10 @@ call it on rows.
 
 `rows`: dicts or strings, a polars (lazy) or pandas DataFrame, a pyarrow Table, a `datasets.Dataset`, a generator.
 They go through `window` rows at a time (`LLM.window`), each window asked and parsed before the next is pulled,
-so memory holds one window's requests and answers plus the table (and ~100 bytes per request key, to count a row
+so memory holds one window's requests and answers plus the table (and ~9 bytes per request key, to count a row
 repeated windows apart once); one budget and one `generator.stats` over all, each request counted once per call
-as in one window.
+as in one window (one skipped on the budget too). Once the budget has stopped the call, a row whose prompt() raises
+is listed in `.failures` as skipped_budget, the error in its message, instead of failing the call.
 
 Everything the engine does comes with it: rate limits, retries, budgets, the crash-safe journal, provider
 batch APIs (`batch=True`). Answers are journaled per request, not per task, so editing `parse` and calling
@@ -61,6 +62,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, ValidationError
 
@@ -176,11 +178,11 @@ class LLM:
         with _Rounds(self.generator) as rounds:
             for window in _windows(rows, size):
                 self._checked(window, start)
-                requests = self._requests(window, start, schema)
+                requests, unasked = self._requests(window, start, schema, rounds.halted())
                 if not warned and self.n > 1 and any(r.temperature == 0 for r in requests):
                     warn_same_samples(self.generator.provider, self.n, requests)
                     warned = True
-                responses = await self._answers(requests, rounds)
+                responses = _placed(await self._answers(requests, rounds), unasked, self.n)
                 del requests
                 parts.append(self._parsed(window, start, responses))
                 start, sent = start + len(window), sent + len(responses)
@@ -233,15 +235,26 @@ class LLM:
         return False
 
     # ----- requests and answers -------------------------------------------------------------------
-    def _requests(self, rows: list[Any], start: int, schema: dict | None) -> list[ChatRequest]:
+    def _requests(self, rows: list[Any], start: int, schema: dict | None,
+                  halted: bool) -> tuple[list[ChatRequest], dict[int, str]]:
         """`n` requests per row, row by row (`engine.sampled`): sample 0 is the request `prompt` made (seeded
         `self.seed` where it has no seed of its own), sample j >= 1 gets seed `base + j` (base: that seed, else
         0), which makes the samples distinct requests and keeps each one's journal key stable as `n` grows.
-        `start`: the index of `rows[0]` in the input, for errors."""
-        out = []
+        `start`: the index of `rows[0]` in the input, for errors. Once the call has `halted` on the budget, the
+        prompts are still made (a row's key is its request's: the journal may answer it, a repeat or an earlier
+        call's, or it may fit what is left), but a row whose prompt() raises is not asked rather than failing the
+        call: with the reason, by the row's offset, in the second dict (`_placed`)."""
+        out: list[ChatRequest] = []
+        unasked: dict[int, str] = {}
         for index, row in enumerate(rows, start):
-            out += sampled(self._request(index, row, schema, start), self.n, self.seed)
-        return out
+            try:
+                out += sampled(self._request(index, row, schema, start), self.n, self.seed)
+            except Exception as exc:
+                if not halted:
+                    raise
+                unasked[index - start] = (f"not asked: the budget had stopped the call, and {type(self).__name__}"
+                                          f".prompt() raised {type(exc).__name__}: {exc}")
+        return out, unasked
 
     def _request(self, index: int, row: Any, schema: dict | None, start: int) -> ChatRequest:
         """Row `index`'s request from `prompt`, asking for `schema` (the class's `response_format`); `start`: the
@@ -414,7 +427,8 @@ class LLM:
         raise ValueError(misfit or broken or "no JSON object in the answer")
 
     def _fail(self, index: int, sample: int, resp: ChatResponse, error: str) -> None:
-        self.failures.append({"row": index, "sample": sample, "key": resp.key, "status": resp.status, "error": error})
+        self.failures.append({"row": index, "sample": sample, "key": resp.key or None, "status": resp.status,
+                              "error": error})
 
 
 class _Rounds:
@@ -428,7 +442,9 @@ class _Rounds:
     the later ones run `budget_stopped`: one whose first request does not fit either only replays what the journal
     holds (the rest skipped as before, but not journaled as pending nor warned about again, window after window).
     A request an earlier run ran (a row repeated a window apart) is the Generator's `counted_aside`: replayed, not
-    counted again, so the stats and budget count it once, as one run counts its repeats."""
+    counted again, so the stats and budget count it once, as one run counts its repeats. One an earlier run skipped
+    on the budget is run again (still pending) and counted by that run: the earlier skip is taken off the call's
+    `skipped_budget` and `total` (`recounted`), so a skipped row is counted once too."""
 
     _LEVELS = frozenset({"concurrency"})
     _TALLIES = frozenset({"answers_by_replica"})  # counts per name: summed name by name
@@ -436,7 +452,8 @@ class _Rounds:
     def __init__(self, gen: Generator) -> None:
         self.gen, self.aside, self.check, self.stopped = gen, gen.spent_aside, gen.answer_check, gen.budget_stopped
         self.counted = gen.counted_aside
-        self.keys = _Keys()
+        self.keys, self.skipped = _Keys(), _Keys()  # the keys counted as run, and those counted as skipped on the budget
+        self.recounted = 0  # keys counted skipped by one run and counted again by a later one
         self.stats: dict = {}
         self.merged: dict | None = gen.stats  # the stats of a run before this call are not this call's
         self.started = False
@@ -448,9 +465,20 @@ class _Rounds:
     def ran(self, responses: list[ChatResponse]) -> list[ChatResponse]:
         """A run's `responses`, their keys noted as counted for the runs after it; not those skipped on the budget,
         still pending: a later window runs them as any other (else it took a failure an earlier call left in the
-        journal for this call's answer, never sending the request)."""
-        self.keys.add(resp.key for resp in responses if resp.status != "skipped_budget")
+        journal for this call's answer, never sending the request). Those this run counted that an earlier one
+        counted skipped are `recounted`."""
+        skipped = {resp.key: resp.status == "skipped_budget" for resp in responses}
+        keys = list(skipped)
+        fresh = [key for key, seen in zip(keys, self.keys.among(keys), strict=True) if not seen]  # this run counted
+        self.recounted += int(self.skipped.among(fresh).sum())
+        self.keys.add(key for key in fresh if not skipped[key])
+        self.skipped.add(key for key in fresh if skipped[key])
         return responses
+
+    def halted(self) -> bool:
+        """Whether a run of this call has stopped on the budget (skipped a request on it)."""
+        self._merge()
+        return self.stats.get("skipped_budget", 0) > 0
 
     def next(self, first: bool) -> None:
         """Before a run (`first`: a window's first round, with the answer check; else a re-ask round): count the
@@ -471,7 +499,9 @@ class _Rounds:
             self.gen.spent_aside, self.gen.answer_check, self.gen.budget_stopped = self.aside, self.check, self.stopped
             self.gen.counted_aside = self.counted
         if self.stats:
-            self.gen.stats = self.stats
+            once = {"skipped_budget": self.stats["skipped_budget"] - self.recounted,
+                    "total": self.stats["total"] - self.recounted} if self.recounted else {}
+            self.gen.stats = {**self.stats, **once}
 
     def _merge(self) -> None:
         stats = self.gen.stats
@@ -493,17 +523,61 @@ class _Rounds:
 
 
 class _Keys:
-    """The request keys a call has run, for `Generator.counted_aside`: each kept as the first 16 bytes of its sha256
-    (~90 bytes a key in the set, 3/5 of what its hex string takes; no two keys of a call share them in practice)."""
+    """The request keys a call has run, for `Generator.counted_aside`, in ~9 bytes a key (a set of 16-byte prefixes
+    took ~90: ~1 GB at 10M requests): the first 8 bytes of each sha256 as a uint64, in sorted runs of sizes that at
+    least double from the newest back (a run merged into the one before it once it is as large, as in a binary
+    counter: each key copied ~log2(keys / window) times, and at most as many runs to search). The engine asks about a
+    run's journal rows all at once (`among`: ~5-10 ms for a window of 10k replayed rows against 20M keys). A key new to
+    the call matches one of N kept with a chance of N / 2^64 (1e-12 at 20M keys; ~1e-4 over all the lookups of a
+    20M-row call): then its journal record goes uncounted in the stats and budget (one request), or its failure is
+    replayed instead of sent again."""
 
     def __init__(self) -> None:
-        self._seen: set[bytes] = set()
+        self._runs: list[np.ndarray] = []
 
     def add(self, keys: Iterable[str]) -> None:
-        self._seen.update(bytes.fromhex(key[:32]) for key in keys)
+        values = np.unique(_prefixes(keys))
+        values = values[~self._among(values)]  # repeats are kept once
+        if not values.size:
+            return
+        self._runs.append(values)
+        while len(self._runs) > 1 and self._runs[-1].size >= self._runs[-2].size:
+            newest = self._runs.pop()
+            self._runs[-1] = _merged(self._runs[-1], newest)
+
+    def among(self, keys: Iterable[str]) -> np.ndarray:
+        """Whether each of `keys` is kept, at once (a bool array)."""
+        return self._among(_prefixes(keys))
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and bytes.fromhex(key[:32]) in self._seen
+        return isinstance(key, str) and bool(self.among([key])[0])
+
+    def _among(self, values: np.ndarray) -> np.ndarray:
+        """Whether each of the uint64 `values` is kept; searched in sorted order (4x fewer cache misses)."""
+        order = values.argsort()
+        ordered, found = values[order], np.zeros(values.size, dtype=bool)
+        for run in self._runs:
+            found[order] |= _among(run, ordered)
+        return found
+
+
+def _prefixes(keys: Iterable[str]) -> np.ndarray:
+    """The first 8 bytes of each hex key, as uint64."""
+    return np.frombuffer(bytes.fromhex("".join(key[:16] for key in keys)), dtype=">u8").astype(np.uint64)
+
+
+def _among(kept: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Whether each of `values` is in the sorted array `kept`."""
+    at = kept.searchsorted(values)
+    found = np.zeros(values.size, dtype=bool)
+    inside = at < kept.size
+    found[inside] = kept[at[inside]] == values[inside]
+    return found
+
+
+def _merged(kept: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Two sorted arrays with no value in common as one, in one pass over `kept` (not sorted again)."""
+    return np.insert(kept, kept.searchsorted(values), values)
 
 
 def _counted(count: int, noun: str, plural: str = "") -> str:
@@ -544,6 +618,18 @@ def _check_format(name: str, response_format: Any) -> None:
 def _first_with(rows: list[Any], name: str) -> int | None:
     """The index of the first row that is a mapping with a field `name`."""
     return next((i for i, row in enumerate(rows) if isinstance(row, Mapping) and name in row), None)
+
+
+def _placed(responses: list[ChatResponse], unasked: Mapping[int, str], n: int) -> list[ChatResponse]:
+    """A window's `responses` with, in the place of each row not asked (`unasked`: its offset, and why), `n` responses
+    skipped on the budget that say why, so that the responses stay n per row, in row order."""
+    if not unasked:
+        return responses
+    answers = iter(responses)
+    rows = len(responses) // n + len(unasked)
+    return [resp for offset in range(rows) for resp in (
+        [ChatResponse(key="", text=None, finish_reason=None, status="skipped_budget", error=unasked[offset])] * n
+        if offset in unasked else islice(answers, n))]
 
 
 def _put(responses: list[ChatResponse], indices: list[int], answers: list[ChatResponse]) -> None:
