@@ -252,9 +252,9 @@ def _unexpected_keys(state: dict[str, Any], ckpt: Path) -> list[str]:
     return sorted(k for k in saved if k.startswith(prefixes) and k not in wanted)
 
 
-def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
-    """`dcp.load` into `state`, its failures said in one line: a damaged or incomplete folder, or a
-    checkpoint of another model. DCP wraps each rank's error in a CheckpointException (a BaseException)."""
+def _check_keys(state: dict[str, Any], ckpt: Path) -> None:
+    """Refuse a sharded checkpoint that holds weights or optimizer state `state` has no place for
+    (`_unexpected_keys`), or whose metadata cannot be read."""
     try:
         extra = _unexpected_keys(state, ckpt)
     except (OSError, EOFError, pickle.UnpicklingError) as e:
@@ -263,6 +263,15 @@ def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
     if extra:
         shown = ", ".join(extra[:5]) + (f", ... ({len(extra)} in all)" if len(extra) > 5 else "")
         raise CheckpointError(f"{ckpt}: does not fit the model/optimizer: unexpected key(s) in the checkpoint: {shown}")
+
+
+def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
+    """`dcp.load` into `state`, its failures said in one line: a damaged or incomplete folder, or a
+    checkpoint of another model. DCP wraps each rank's error in a CheckpointException (a BaseException), the same
+    on every rank. The keys are checked first by rank 0 alone, its refusal raised on every rank (`shared_outcome`;
+    the ranks' states have the same keys): each rank reading the metadata itself let one whose read failed (or whose
+    node's copy differs) raise while the others went on into `dcp.load`'s collectives, waiting for it."""
+    shared_outcome(lambda: _check_keys(state, ckpt))
     try:
         with warnings.catch_warnings():  # loading a sharded checkpoint into one process is intended here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")

@@ -1000,15 +1000,27 @@ class TokenStream:
         return out
 
     def _read_shards(self, start: int, out: np.ndarray) -> None:
-        """Fill `out` with the shards' tokens from `start` on."""
+        """Fill `out` with the shards' tokens from `start` on, each shard checked to still hold them (one fstat of
+        the mapped file per shard read): a shard truncated after start-up (prepared again, or damaged) ended the
+        process at the read with a SIGBUS that named nothing. A truncation between the check and the read still
+        does."""
         k = int(np.searchsorted(self.starts, start, side="right")) - 1
         done = 0
         while done < out.size:
             lo = start + done - int(self.starts[k])
             take = min(out.size - done, self.maps[k].size - lo)
+            self._check_shard(k, lo + take)
             out[done:done + take] = self.maps[k][lo:lo + take]
             done += take
             k += 1
+
+    def _check_shard(self, k: int, tokens: int) -> None:
+        """Shard k's file (the one mapped, by its open descriptor) still holds its first `tokens` tokens."""
+        shard = self.maps[k]
+        size = shard.base.size()  # the mmap's fstat: the file's size now
+        if size < tokens * shard.itemsize:
+            raise DataError(f"{shard.filename}: truncated to {size} bytes since it was opened ({INDEX_NAME} says "
+                            f"{shard.size * shard.itemsize}): prepare again, then resume")
 
 
 def _complement(ranges: np.ndarray, total: int) -> np.ndarray:
@@ -1179,13 +1191,14 @@ def get_batch(sampler, plan: BatchPlan, step: int, micro: int) -> np.ndarray:
 class Loader:
     """Yields (step, micro, inputs, labels) tensors from `start_step` on, prefetched by a thread.
 
-    Inputs are tokens [:-1] and labels [1:] of each sample; on CUDA they go through pinned memory
-    with non-blocking copies so the next batch is read while the GPU computes.
+    Inputs are tokens [:-1] and labels [1:] of each sample; on CUDA they go through pinned memory with
+    non-blocking copies. `prefetch` micro-batches are read ahead while the GPU computes: by default a whole step
+    and one more, as the Trainer takes all of a step's batches before its first forward.
     """
 
-    def __init__(self, sampler, plan: BatchPlan, start_step: int, device: str = "cpu", prefetch: int = 2):
+    def __init__(self, sampler, plan: BatchPlan, start_step: int, device: str = "cpu", prefetch: int | None = None):
         self.sampler, self.plan, self.step, self.device = sampler, plan, start_step, device
-        self._queue: Queue = Queue(maxsize=prefetch)
+        self._queue: Queue = Queue(maxsize=prefetch or plan.accum_steps + 1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, daemon=True)
         self._thread.start()
