@@ -26,6 +26,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 
 from textbookgen.curation.base import (
@@ -369,30 +370,73 @@ class RepeatedNgrams(Rule):
         words, length = doc.prose_words, len(doc.prose)
         if not words:
             return True
+        grams = _Grams(words)
         for n, limit in self.cfg.max_top_ngram_char_frac.items():
             if len(words) < n:
                 continue
-            gram, c = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1)).most_common(1)[0]
-            if c > 1 and c * (sum(len(w) for w in gram) + n - 1) / length > limit:
+            count, chars = grams.most_common(n)
+            if count > 1 and count * (chars + n - 1) / length > limit:
                 return False
-        return all(_repeated_ngram_chars(words, n) / length <= limit
+        return all(grams.repeated_chars(n) / length <= limit
                    for n, limit in sorted(self.cfg.max_dup_ngram_char_frac.items()))
 
 
-def _repeated_ngram_chars(words: list[str], n: int) -> int:
-    """Characters (spaces excluded) in repeats of an earlier n-gram, scanning left to right and jumping
-    over each repeat, so overlapping repeats are counted once (datatrove's `find_all_duplicate`)."""
-    seen: set[tuple[str, ...]] = set()
-    chars = i = 0
-    while i <= len(words) - n:
-        gram = tuple(words[i : i + n])
-        if gram in seen:
-            chars += sum(len(w) for w in gram)
-            i += n
-        else:
-            seen.add(gram)
-            i += 1
-    return chars
+class _Grams:
+    """A document's words as integer ids, so that its n-grams are counted with numpy rather than as tuples one
+    position at a time (this rule took ~70% of the filters' time): the same counts, exactly."""
+
+    _EXACT_BITS = 16  # ids below 2^16: up to 4 of them packed into a uint64 are the n-gram itself
+
+    def __init__(self, words: list[str]) -> None:
+        index: dict[str, int] = {}
+        self.words = words
+        self.ids = np.fromiter((index.setdefault(w, len(index)) for w in words), np.uint64, len(words))
+        self.chars = np.concatenate([[0], np.cumsum(np.fromiter(map(len, words), np.int64, len(words)))])
+        self.distinct = len(index)
+
+    def _keys(self, n: int, exact: bool) -> np.ndarray:
+        """One uint64 per n-gram start: the n ids packed (exact: only for n <= 4 with < 2^16 distinct words), else
+        a polynomial hash of them (equal n-grams, equal keys; a rare collision joins two)."""
+        starts = len(self.ids) - n + 1
+        keys = np.zeros(starts, np.uint64)
+        shift, factor = np.uint64(self._EXACT_BITS), np.uint64(0x9E3779B97F4A7C15)
+        with np.errstate(over="ignore"):  # the hash wraps modulo 2^64 on purpose
+            for k in range(n):
+                keys = (keys << shift if exact else keys * factor) + self.ids[k:k + starts]
+        return keys
+
+    def most_common(self, n: int) -> tuple[int, int]:
+        """(count, characters without spaces) of the most frequent n-gram, the first to occur among equals
+        (`Counter.most_common`'s choice)."""
+        if n > 4 or self.distinct >= 1 << self._EXACT_BITS:  # no exact key: count the tuples
+            counts = Counter(tuple(self.words[i:i + n]) for i in range(len(self.words) - n + 1))
+            gram, count = counts.most_common(1)[0]
+            return count, sum(len(w) for w in gram)
+        _, first, counts = np.unique(self._keys(n, exact=True), return_index=True, return_counts=True)
+        start = int(first[counts == counts.max()].min())
+        return int(counts.max()), int(self.chars[start + n] - self.chars[start])
+
+    def repeated_chars(self, n: int) -> int:
+        """Characters (spaces excluded) in repeats of an earlier n-gram, scanning left to right and jumping over
+        each repeat, so overlapping repeats are counted once (datatrove's `find_all_duplicate`). Only the starts
+        of n-grams that occur twice or more (by key) can be repeats: the scan visits those alone, comparing the
+        words themselves; a start a jump passes over is skipped, as the full scan skips it."""
+        if len(self.words) < n:
+            return 0
+        _, inverse, counts = np.unique(self._keys(n, exact=False), return_inverse=True, return_counts=True)
+        seen: set[tuple[str, ...]] = set()
+        chars = after = 0
+        for start in np.flatnonzero(counts[inverse] > 1).tolist():
+            if start < after:
+                continue
+            gram = tuple(self.words[start:start + n])
+            if gram in seen:
+                chars += int(self.chars[start + n] - self.chars[start])
+                after = start + n
+            else:
+                seen.add(gram)
+                after = start + 1
+        return chars
 
 
 RULES: tuple[type[Rule], ...] = (
