@@ -125,8 +125,9 @@ def test_no_step_is_handed_more_than_a_chunk(corpus, bench, tmp_path, monkeypatc
     assert len(handed["filters"]) >= 7  # 4,540 rows over three files in chunks of 700 at most
 
 
-def test_a_list_mixing_a_streamed_step_with_dedup_runs_on_the_whole_corpus(corpus, tmp_path):
-    """Exact dedup needs every document at once: with it in the list, the steps see the corpus read whole."""
+def test_a_list_mixing_a_streamed_step_with_dedup_gives_what_the_whole_corpus_gives(corpus, tmp_path):
+    """A row step then exact dedup (which needs every document at once) run a group at a time (`groups.run_groups`:
+    the row step streamed, dedup on its output): the stats and kept rows of the steps on the corpus read whole."""
     stats = commands.run_steps(corpus, tmp_path / "out.parquet", [DropTruncated(), ExactDedup()], tmp_path / "work")
     kept, expected = run_pipeline(corpus_io.read_corpus(corpus), [DropTruncated(), ExactDedup()])
     assert stats == expected and expected["truncated"]["kept"] < 4540

@@ -1184,7 +1184,14 @@ class Build:
         )
 
     def stage_curate(self, docs: pl.DataFrame, docs_hash: str) -> tuple[pl.DataFrame, str]:
+        """Curate documents.parquet (`docs`, as stage_generate wrote them) a chunk at a time
+        (`curate_out_of_core`), as `curate` would the frame: its working memory follows a chunk, not the
+        corpus."""
+        import shutil
+
         from textbookgen.curation import curate
+        from textbookgen.curation.groups import BUILD_ELSEWHERE, curate_out_of_core
+        from textbookgen.curation.stream import GROUPS, STORE, run_in
 
         r = self.recipe
         cfg = r.resolved_curation()
@@ -1206,8 +1213,17 @@ class Build:
         t0 = self._begin("curate")
         bench = self.benchmark_texts()
         seeds = self.seed_texts(docs) if cfg.seed_copy.enabled and r.web_samples is not None else None
-        curated, stats = curate(docs, cfg, workdir=self.meta_dir / "curation", benchmark_texts=bench, seed_texts=seeds)
-        _write_parquet(curated, out_path)
+        work = self.meta_dir / "curation"
+        stats = None if docs.is_empty() else curate_out_of_core(self.out / "documents.parquet", out_path, cfg, work,
+                                                                bench, seeds)
+        if stats is None:  # no documents, or no stage on: nothing to stream
+            with run_in(work, BUILD_ELSEWHERE):  # a build on the same output at once is refused, not cut short
+                for kept in (GROUPS, STORE):  # a killed streamed curate's copies of the corpus: nothing resumes them
+                    shutil.rmtree(work / kept, ignore_errors=True)
+                curated, stats = curate(docs, cfg, workdir=work, benchmark_texts=bench, seed_texts=seeds)
+        else:
+            curated = pl.read_parquet(out_path)  # the dataset stage takes it whole
+        _write_parquet(curated, out_path)  # as it always was, so its hash (the dataset stage's key) is too
         self._record("curate", input_hash, [out_path], stats, self._done("curate", t0))
         self.manifest["curation"] = stats
         self.console.print(f"   kept {curated.height:,} of {docs.height:,} documents")

@@ -7,13 +7,13 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import polars as pl
 from pydantic import ValidationError
 
-from textbookgen.curation.base import ROW, RowStep, StageStats, Step, input_rows
+from textbookgen.curation.base import ROW, StageStats, Step, input_rows
 from textbookgen.curation.config import BenchmarkSource, ClassifierConfig, CurationConfig
 from textbookgen.curation.corpus_io import (
     STATS_SUFFIX,
@@ -22,10 +22,16 @@ from textbookgen.curation.corpus_io import (
     check_output,
     mark_workdir,
     read_corpus,
+    typed,
     write_corpus,
 )
+from textbookgen.curation.groups import run_out_of_core
+from textbookgen.curation.stream import ELSEWHERE, SCORE_ELSEWHERE, numbered, row_schema, rows_out
 from textbookgen.jsonl import decode_utf8
 from textbookgen.yamlfile import read_yaml
+
+if TYPE_CHECKING:
+    from textbookgen.curation.classifier import QualityCut
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> CurationConfig:
@@ -74,12 +80,13 @@ def parse_benchmark(spec: str) -> BenchmarkSource:
 
 def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step], workdir: str | Path | None,
               text_column: str = "text", id_column: str = "id") -> dict[str, Any]:
-    """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`. Dedup steps
-    alone (`dedup_steps`) never hold the corpus: see `dedup_out_of_core`; nor do steps that each judge a
-    document on its own (`filter_steps`, `decontaminate_steps`, `SeedCopy`), nor the quality score and cut (`score_steps`),
-    and a killed run of those resumes from the chunks it finished: see `stream.stream_out_of_core`,
-    `stream.score_out_of_core`. Any other list (those mixed with each other) runs on
-    the corpus read whole."""
+    """Read a corpus, run the steps in order, write the kept rows, and `<output>.stats.json`, never holding the
+    corpus (`groups.run_out_of_core`): dedup steps (`dedup_steps`) run as `dedup_out_of_core`; steps that each judge a document
+    on its own (`filter_steps`, `decontaminate_steps`, `SeedCopy`, `DropTruncated`), and the quality score (with
+    the cut right after it, `score_steps`), resume a killed run from the chunks it finished: see
+    `stream.stream_out_of_core`, `stream.score_out_of_core`; a cut alone runs as `cut_out_of_core`. A list
+    mixing those (`pipeline.build_steps`') runs them a group at a time: `groups.run_groups`. A list holding a step of
+    any other kind (one's own `Step` that is no `RowStep`) runs on the corpus read whole."""
     from textbookgen.curation.near_dedup import MinHashDedup
 
     check_output(output_path, input_path)
@@ -91,19 +98,9 @@ def run_steps(input_path: str | Path, output_path: str | Path, steps: list[Step]
         _check_outside(option, folder, input_path)  # type: ignore[arg-type]
     for step in incremental:
         step.check_index()
-    if _dedup_only(steps, text_column, id_column):
-        stats = dedup_out_of_core(Corpus(input_path, text_column, id_column), output_path, steps, work)
-    elif _score_only(steps, text_column, id_column):
-        from textbookgen.curation.stream import score_out_of_core
-
-        score, *cut = steps  # `_score_only`: a QualityScore, then maybe a QualityCut
-        corpus = Corpus(input_path, text_column, id_column)
-        stats = score_out_of_core(corpus, output_path, score, cut[0] if cut else None, work)  # type: ignore[arg-type]
-    elif steps and all(isinstance(s, RowStep) for s in steps):
-        from textbookgen.curation.stream import stream_out_of_core
-
-        stats = stream_out_of_core(Corpus(input_path, text_column, id_column), output_path, steps, work)
-    else:
+    stats = run_out_of_core(input_path, output_path, steps, work, text_column, id_column,
+                            ELSEWHERE if workdir is not None else SCORE_ELSEWHERE)
+    if stats is None:
         from textbookgen.curation.pipeline import run_pipeline
 
         df = read_corpus(input_path, text_column, id_column)
@@ -123,32 +120,44 @@ def _check_outside(option: str, folder: Path, input_path: str | Path) -> None:
                          "the corpus; put it elsewhere")
 
 
-def _dedup_only(steps: list[Step], text_column: str, id_column: str) -> bool:
-    from textbookgen.curation.exact import ExactDedup
-    from textbookgen.curation.near_dedup import MinHashDedup
+def cut_out_of_core(corpus: Corpus, output_path: str | Path, cut: QualityCut, work: Path, carried: str | None = None,
+                    with_rows: str | None = None) -> dict[str, Any]:
+    """`run_pipeline` and `write_corpus` for a QualityCut of the `quality_score` an earlier step gave: pass 1 keeps
+    the scores (8 bytes a document: a top share needs them all), pass 2 writes the kept rows a chunk at a time and
+    keeps the report rows of those cut, as `QualityCut.run` writes them. A file without the column gives its rows
+    null scores, as the corpus read whole does. `carried`, `with_rows`: see `stream.numbered`, `stream.rows_out`."""
+    schema = corpus.schema()
+    if "quality_score" not in schema:
+        raise ValueError(f"{cut.name}: no file of {corpus.path} has a 'quality_score' column (columns: "
+                         f"{list(schema)}); run the quality score first")
+    scores = [typed(chunk, schema)["quality_score"] for chunk in corpus.chunks(["quality_score"])]
+    st = StageStats(cut.name, n_in=sum(len(s) for s in scores))
+    keep = cut.keep(pl.concat(scores).fill_null(0.0).to_numpy(), st)
+    st.kept = int(keep.sum())
+    st.check()
+    mark_workdir(work)
+    dropped, start = [], 0
+    with CorpusWriter(output_path, row_schema(schema, carried, with_rows)) as out:
+        for chunk in numbered(corpus.chunks(), schema, carried):
+            end = start + chunk.height
+            dropped.append(cut.dropped(chunk, keep[start:end]))
+            out.write(rows_out(chunk.filter(pl.Series(keep[start:end])), with_rows))
+            start = end
+    (work / cut.name).mkdir(parents=True, exist_ok=True)
+    cut.write_dropped(dropped, work / cut.name)
+    return {cut.name: st.as_dict()}
 
-    return bool(steps) and all(isinstance(s, ExactDedup | MinHashDedup) and s.text_column == text_column
-                               and s.id_column == id_column for s in steps)
 
-
-def _score_only(steps: list[Step], text_column: str, id_column: str) -> bool:
-    """`score_steps`' list: a QualityScore of the corpus's texts, maybe then a QualityCut naming its ids."""
-    from textbookgen.curation.classifier import QualityCut, QualityScore
-
-    if not steps or not isinstance(steps[0], QualityScore) or steps[0].text_column != text_column:
-        return False
-    rest = steps[1:]
-    return not rest or (len(rest) == 1 and isinstance(rest[0], QualityCut) and rest[0].id_column == id_column)
-
-
-def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step], work: Path) -> dict[str, Any]:
+def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step], work: Path,
+                      carried: str | None = None, with_rows: str | None = None) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` for exact and MinHash dedup, holding per-doc ids, quality scores
     and exact keys but never the texts: a first pass over the corpus keeps those (and finds bad input
     before any work), MinHash reads the surviving texts again a shard at a time, and a last pass writes
-    the kept rows. The kept rows, stats, clusters and pairs are those of the in-memory steps."""
+    the kept rows. The kept rows, stats, clusters and pairs are those of the in-memory steps. `carried`,
+    `with_rows`: see `stream.numbered`, `stream.rows_out`."""
     from textbookgen.curation.exact import ExactDedup, first_per_key, write_report
 
-    docs = _doc_table(corpus, exact=any(isinstance(s, ExactDedup) for s in steps))
+    docs = _doc_table(corpus, any(isinstance(s, ExactDedup) for s in steps), carried)
     mark_workdir(work)
     alive = np.ones(docs.height, dtype=bool)
     stats: dict[str, Any] = {}
@@ -170,37 +179,37 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
         if st.n_in - st.kept != sum(st.dropped.values()):
             raise RuntimeError(f"{step.name}: dropped counts {dict(st.dropped)} do not explain {st.n_in} -> {st.kept}")
         stats[step.name] = st.as_dict()
-    with CorpusWriter(output_path, corpus.schema()) as out:
-        for chunk in _alive_chunks(corpus, alive):
-            out.write(chunk)
+    schema = corpus.schema()
+    with CorpusWriter(output_path, row_schema(schema, carried, with_rows)) as out:
+        start = 0
+        for chunk in numbered(corpus.chunks(), schema, carried):
+            out.write(rows_out(chunk.filter(alive[start : start + chunk.height]), with_rows))
+            start += chunk.height
     return stats
 
 
-def _doc_table(corpus: Corpus, exact: bool) -> pl.DataFrame:
-    """Per doc, in corpus order: id, its row (ROW), quality_score (if any file has one) and, for exact dedup,
-    the `exact_key_columns` of its text."""
+def _doc_table(corpus: Corpus, exact: bool, carried: str | None = None) -> pl.DataFrame:
+    """Per doc, in corpus order: id, its row (ROW: its place, or where `carried` names a column of a mixed run's
+    intermediate file, the row in the original input it holds), quality_score (if any file has one) and, for
+    exact dedup, the `exact_key_columns` of its text."""
     from textbookgen.curation.exact import exact_key_columns
 
     parts = []
-    for chunk in corpus.chunks(["quality_score"]):
+    for chunk in corpus.chunks(["quality_score", carried] if carried else ["quality_score"]):
         part = chunk.drop(corpus.text_column)
         if exact:
             part = part.with_columns(exact_key_columns(chunk[corpus.text_column]))
         parts.append(part)
-    return pl.concat(parts, how="diagonal_relaxed", rechunk=True).with_row_index(ROW)
-
-
-def _alive_chunks(corpus: Corpus, alive: np.ndarray, columns: tuple[str, ...] | None = None) -> Iterator[pl.DataFrame]:
-    """The rows still in (`alive`, in corpus order), a chunk at a time; `columns` as `Corpus.chunks` takes them."""
-    start = 0
-    for chunk in corpus.chunks(columns):
-        yield chunk.filter(alive[start : start + chunk.height])
-        start += chunk.height
+    table = pl.concat(parts, how="diagonal_relaxed", rechunk=True)
+    return table.rename({carried: ROW}) if carried else table.with_row_index(ROW)
 
 
 def _live_texts(corpus: Corpus, alive: np.ndarray) -> Iterator[pl.Series]:
     """The texts of the docs still in, in corpus order, a chunk at a time."""
-    return (chunk[corpus.text_column] for chunk in _alive_chunks(corpus, alive, ()))
+    start = 0
+    for chunk in corpus.chunks(()):
+        yield chunk[corpus.text_column].filter(pl.Series(alive[start : start + chunk.height]))
+        start += chunk.height
 
 
 def dedup_steps(cfg: CurationConfig, index: str | Path | None = None) -> list[Step]:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import chain
 from pathlib import Path
 from types import ModuleType
@@ -30,12 +30,13 @@ from xxhash import xxh3_128_hexdigest
 
 from textbookgen import __version__
 from textbookgen.curation.base import ROW, RowStep, StageStats, Step, Verdict, add_extra
-from textbookgen.curation.corpus_io import Corpus, CorpusWriter, mark_workdir, typed
+from textbookgen.curation.corpus_io import WORKDIR_MARK, Corpus, CorpusWriter, mark_workdir, typed
 
 if TYPE_CHECKING:
     from textbookgen.curation.classifier import QualityCut, QualityScore
 
 STORE = "finished_chunks"  # in the workdir: each finished chunk's kept rows and every step's verdict on it (or scores)
+GROUPS = "finished_groups"  # in the workdir: a mixed run's last finished group (`groups.run_groups`), until it ends
 KEY = "key.json"  # in STORE: the input files, columns, chunk size and steps the verdicts hold for
 LOCK = ".finished_chunks.lock"  # in the workdir: held by the run using it (`_sole_run`)
 # how a run refused by `_sole_run` gets another workdir: `filter` and `decontaminate`; `classifier score` (no --workdir)
@@ -43,32 +44,36 @@ ELSEWHERE = "give this one another --workdir"
 SCORE_ELSEWHERE = "give this one another -o (its workdir is <output>.work)"
 
 
-def stream_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work: Path
-                       ) -> dict[str, Any]:
+def stream_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work: Path,
+                       carried: str | None = None, with_rows: str | None = None, elsewhere: str = ELSEWHERE,
+                       held: bool = False) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` for steps that judge each document on its own: the corpus goes through
     them a chunk at a time (`Corpus.chunks`, typed as the whole corpus is and numbered by input row as
     `run_pipeline` numbers it), so the kept rows, stats and reports are the in-memory ones. The chunks a killed
-    run finished (`ChunkStore`) are read again but not judged."""
-    with _run_in(work, ELSEWHERE):
-        return _stream(corpus, output_path, steps, work)
+    run finished (`ChunkStore`) are read again but not judged. `carried`, `with_rows`: see `numbered`, `rows_out`;
+    `elsewhere`, `held`: see `run_in`."""
+    with run_in(work, elsewhere, held):
+        return _stream(corpus, output_path, steps, work, carried, with_rows)
 
 
 def score_out_of_core(corpus: Corpus, output_path: str | Path, score: QualityScore, cut: QualityCut | None,
-                      work: Path) -> dict[str, Any]:
+                      work: Path, carried: str | None = None, with_rows: str | None = None,
+                      elsewhere: str = SCORE_ELSEWHERE, held: bool = False) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` for `classifier score`, never holding the texts: pass 1 scores the texts a
     chunk at a time and keeps the scores (8 bytes a document) and where each chunk came from (`Scored`), from which
     the cut is decided (a top share needs every score); pass 2 reads the corpus again, checks each chunk is the one
     scored, and writes its kept rows with their scores, keeping the cut's report rows (id, row, score) of the
     documents it cuts. The kept rows, stats and dropped.parquet are the in-memory steps'. A killed run's scored
-    chunks (`ChunkStore`) are not scored again."""
-    with _run_in(work, SCORE_ELSEWHERE):
+    chunks (`ChunkStore`) are not scored again. `carried`, `with_rows`: see `numbered`, `rows_out`; `elsewhere`,
+    `held`: see `run_in`."""
+    with run_in(work, elsewhere, held):
         store = ChunkStore(work, _key(corpus, [score]))
         scores, scored, fresh, seconds = _scores(corpus, score, store)
         stats, keep = _cut_stats(scores, score, cut, fresh, seconds)
         for st in stats.values():
             (work / st.stage).mkdir(parents=True, exist_ok=True)
             st.check()
-        dropped = _write_scored(corpus, output_path, scores, keep, cut, scored)
+        dropped = _write_scored(corpus, output_path, scores, keep, cut, scored, carried, with_rows)
         if cut is not None:
             cut.write_dropped(dropped, work / cut.name)
         store.remove()
@@ -118,19 +123,21 @@ def _cut_stats(scores: np.ndarray, score: QualityScore, cut: QualityCut | None, 
 
 
 def _write_scored(corpus: Corpus, output_path: str | Path, scores: np.ndarray, keep: np.ndarray,
-                  cut: QualityCut | None, scored: list[Scored]) -> list[pl.DataFrame]:
+                  cut: QualityCut | None, scored: list[Scored], carried: str | None, with_rows: str | None
+                  ) -> list[pl.DataFrame]:
     """Pass 2: the kept rows with their scores, a chunk at a time, each chunk the one pass 1 `scored`; the cut's
     report rows of each chunk."""
     from textbookgen.curation.classifier import with_scores
 
     schema, dropped, start = corpus.schema(), [], 0
-    with CorpusWriter(output_path, with_scores(pl.DataFrame(schema=schema), scores[:0]).schema) as out:
-        for chunk in _numbered(_rescanned(corpus, scored), schema):
+    with CorpusWriter(output_path, with_scores(pl.DataFrame(schema=row_schema(schema, carried, with_rows)),
+                                               scores[:0]).schema) as out:
+        for chunk in numbered(_rescanned(corpus, scored), schema, carried):
             end = start + chunk.height
             chunk = with_scores(chunk, scores[start:end])
             if cut is not None:
                 dropped.append(cut.dropped(chunk, keep[start:end]))
-            out.write(chunk.filter(pl.Series(keep[start:end])).drop(ROW))
+            out.write(rows_out(chunk.filter(pl.Series(keep[start:end])), with_rows))
             start = end
     return dropped
 
@@ -151,7 +158,7 @@ def _rescanned(corpus: Corpus, scored: list[Scored]) -> Iterator[pl.DataFrame]:
 
 class InputChanged(ValueError):
     """Input rewritten between `classifier score`'s passes: refused, but unlike other bad input its stored scores
-    are kept (`_run_in`), as each is stored with its chunk's digest, so the rerun it asks for scores only the
+    are kept (`run_in`), as each is stored with its chunk's digest, so the rerun it asks for scores only the
     chunks that changed."""
 
 
@@ -165,20 +172,30 @@ def _changed(scored: Scored | None, now: Scored | None) -> InputChanged:
 
 
 @contextmanager
-def _run_in(work: Path, elsewhere: str) -> Iterator[None]:
-    """A run on `work`, the only one (`_sole_run`, whose refusal says `elsewhere`): bad input (a ValueError) leaves
-    no workdir this run made, nor chunks stored for it; Ctrl-C before a chunk was stored, or input changed while it
-    was read (`InputChanged`: its rerun reuses the chunks still the same), no folder of the lock's alone."""
+def run_in(work: Path, elsewhere: str, held: bool = False) -> Iterator[None]:
+    """A run on `work`, the only one (`_sole_run`, whose refusal says `elsewhere`; `held`: the caller holds it
+    already, as `groups.run_out_of_core` and `groups.run_groups` do for each group: a second flock by one process
+    would refuse it): bad input (a ValueError) leaves no workdir this run made, nor chunks stored for it; Ctrl-C
+    before anything a rerun reuses was stored (`_reusable`), or input changed while it was read (`InputChanged`:
+    its rerun reuses the chunks still the same), no folder of the lock's alone."""
     made = not work.exists()
-    with _sole_run(work, elsewhere):
+    with nullcontext() if held else _sole_run(work, elsewhere):
         try:
             yield
         except BaseException as err:
             if isinstance(err, ValueError) and not isinstance(err, InputChanged):
                 shutil.rmtree(work if made else work / STORE, ignore_errors=True)
-            elif made and not (work / STORE).is_dir():
+            elif made and not _reusable(work):
                 shutil.rmtree(work, ignore_errors=True)
             raise
+
+
+def _reusable(work: Path) -> bool:
+    """Whether a workdir holds what a rerun reuses: stored chunks, a mixed run's recorded group, a step's own store
+    (MinHash's signed shards): anything but the lock, the workdir's mark and a group folder with no record."""
+    if any((work / GROUPS).glob("*.json")):
+        return True
+    return work.is_dir() and any(p.name not in (LOCK, WORKDIR_MARK, GROUPS) for p in work.iterdir())
 
 
 _HELD: set[int] = set()  # the descriptors of the workdir locks this process holds (`_sole_run`)
@@ -220,10 +237,11 @@ def _sole_run(work: Path, elsewhere: str = ELSEWHERE) -> Iterator[None]:
         os.close(fd)
 
 
-def _stream(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work: Path) -> dict[str, Any]:
+def _stream(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work: Path, carried: str | None,
+            with_rows: str | None) -> dict[str, Any]:
     schema = corpus.schema()
     store = ChunkStore(work, _key(corpus, steps))
-    chunks = enumerate(_numbered(corpus.chunks(), schema))
+    chunks = enumerate(numbered(corpus.chunks(), schema, carried))
     fed: deque[tuple[int, pl.DataFrame]] = deque()  # the chunks handed to the steps and not yet written
     taps: list[deque[Verdict]] = [deque() for _ in steps]  # each step's verdicts on those chunks
 
@@ -242,21 +260,21 @@ def _stream(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work:
     totals = [StageStats(step.name) for step in steps]
     reports: list[list[pl.DataFrame]] = [[] for _ in steps]
     try:
-        with CorpusWriter(output_path, schema) as out:
+        with CorpusWriter(output_path, row_schema(schema, carried, with_rows)) as out:
             for k, chunk in chunks:  # those a killed run finished, while their rows are the same: stored verdicts
                 stored = store.load(k, _digest(chunk)) if k < store.finished else None
                 if stored is None:
                     resumed.append((k, chunk))
                     break
                 rows, parts = stored
-                out.write(chunk.filter(pl.col(ROW).is_in(rows)).drop(ROW))
+                out.write(rows_out(chunk.filter(pl.col(ROW).is_in(rows)), with_rows))
                 for st, part, report in zip(totals, parts, reports, strict=True):
                     part.add_to(st, report)
             for kept in flow:
                 k, chunk = fed.popleft()
                 parts = _parts(chunk, [tap.popleft() for tap in taps])
                 store.save(k, _digest(chunk), kept[ROW].to_list(), parts)
-                out.write(kept.drop(ROW))
+                out.write(rows_out(kept, with_rows))
                 for st, part, report in zip(totals, parts, reports, strict=True):
                     part.add_to(st, report)
     finally:  # a failure here (a full disk, Ctrl-C) must not leave the steps' worker pools to the traceback's life
@@ -290,12 +308,42 @@ def _tapped(verdicts: Iterator[Verdict], tap: deque[Verdict]) -> Iterator[pl.Dat
         yield verdict.kept
 
 
-def _numbered(chunks: Iterator[pl.DataFrame], schema: pl.Schema) -> Iterator[pl.DataFrame]:
-    """The chunks with the whole corpus's columns and types, and ROW (each row's place in the corpus)."""
+ROW_FILE = "__textbookgen_input_row__"  # ROW as a mixed run's intermediate file keeps it (arrow takes no NUL in a name)
+
+
+def carrier(schema: pl.Schema) -> str:
+    """The column a mixed run's intermediate files (`groups.run_groups`) carry ROW in: ROW_FILE, or, where the input
+    has a column of that name (kept as any other column), ROW_FILE with the first number that makes it new."""
+    name, n = ROW_FILE, 1
+    while name in schema:
+        name, n = f"{ROW_FILE}{n}", n + 1
+    return name
+
+
+def numbered(chunks: Iterator[pl.DataFrame], schema: pl.Schema, carried: str | None = None
+             ) -> Iterator[pl.DataFrame]:
+    """The chunks with the whole corpus's columns and types, and ROW: each row's place in the corpus, or where
+    `carried` names a column (only of a mixed run's intermediate file, `groups.run_groups`) the row in the original
+    input that column carries."""
     start = 0
     for chunk in chunks:
-        yield typed(chunk, schema).with_row_index(ROW, offset=start)
+        chunk = typed(chunk, schema)
+        yield chunk.rename({carried: ROW}) if carried else chunk.with_row_index(ROW, offset=start)
         start += chunk.height
+
+
+def row_schema(schema: pl.Schema, carried: str | None, with_rows: str | None) -> pl.Schema:
+    """An output's columns: the input's (less the `carried` column, `numbered`), then the `with_rows` column that
+    carries ROW where it is given (`rows_out`)."""
+    own = {name: dtype for name, dtype in schema.items() if name != carried}
+    return pl.Schema({**own, with_rows: pl.Int64} if with_rows else own)
+
+
+def rows_out(chunk: pl.DataFrame, with_rows: str | None) -> pl.DataFrame:
+    """A chunk to write (it has ROW): ROW kept as the column `with_rows` names (an intermediate file of a mixed run,
+    `groups.run_groups`: the reports of the steps after it name a document by its row in the original input), else
+    dropped."""
+    return chunk.rename({ROW: with_rows}) if with_rows else chunk.drop(ROW)
 
 
 class Part:
@@ -423,9 +471,7 @@ class ChunkStore:
 
     def _write(self, k: int, data: dict[str, Any]) -> None:
         """`k.json`, written last and whole, so a chunk is stored whole or not at all."""
-        tmp = self.folder / f".{k:06d}.json.tmp"
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.folder / f"{k:06d}.json")
+        write_json(self.folder / f"{k:06d}.json", data)
 
     def save_scores(self, k: int, digest: str, scores: np.ndarray) -> None:
         """Chunk k's scores (`score_out_of_core`'s pass 1), as `save` stores verdicts."""
@@ -461,3 +507,10 @@ class ChunkStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """`path` written whole or not at all (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
