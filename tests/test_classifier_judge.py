@@ -47,7 +47,9 @@ def test_judge_through_engine_and_emulator(docs, tmp_path):
     from textbookgen.engine import Generator
     from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
 
-    cfg = EmulatorConfig(latency_median_s=0.002, responder=rubric_responder, seed=1,
+    # a limit far above this load, so the emulator sends rate headers, as the providers do: a header-less server's
+    # 429s are all the engine learns its rate from, and the 8 injected ones held 81 requests to ~4 a second (~18 s)
+    cfg = EmulatorConfig(latency_median_s=0.002, responder=rubric_responder, seed=1, rpm=100_000,
                          faults=[Fault("500", rate=0.1), Fault("429", rate=0.1)])
     with Emulator(cfg) as emu:
         gen = Generator(provider="openai", model="gpt-4o-mini", base_url=emu.openai_base_url, api_key="test-key",

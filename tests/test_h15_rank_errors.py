@@ -16,21 +16,33 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# the main of a worker script: `worker(rank, port, scenario, folder)` on 2 spawned ranks, which join (env://) the
+# the main of a worker script: `worker(rank, port, scenario, folder)` on 2 ranks, which join (env://) the
 # store this process holds, as torchrun's workers join its agent's (TORCHELASTIC_USE_AGENT_STORE): a port picked
 # free and closed here was free for anyone until rank 0 bound it, and two test runs at once could take the same one.
 # TORCHELASTIC_RESTART_COUNT too, as torchrun sets it: torch 2.4 (pyproject's floor) reads it in env:// under the
-# agent store, a KeyError on every rank without it
+# agent store, a KeyError on every rank without it.
+# The ranks are forked from this process once it has imported torch and the trainer's modules: spawned, each rank
+# imported them again after this process had (about 4 s of a 2-core machine per launch, most of each test's time),
+# and finalized its interpreter at exit (~1 s), as this process did. The modules are the same either way; each rank
+# still joins its own process group (this process holds only the store, which no rank touches but through its port).
+# A forked rank ends with os._exit (multiprocessing's), skipping the interpreter's finalization that a torchrun rank
+# goes through: `two_ranks(..., start="spawn")` keeps that for the tests about how ranks exit.
 SPAWN_MAIN = '''
 
 if __name__ == "__main__":
     from datetime import timedelta
 
     import torch.distributed as dist
+    import trainer.cli, trainer.export, trainer.train  # noqa: F401 (loaded once, for the forked ranks)
 
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
     os.environ.update(TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
-    mp.spawn(worker, args=(store.port, sys.argv[1], sys.argv[2]), nprocs=2)
+    mp.start_processes(worker, args=(store.port, sys.argv[1], sys.argv[2]), nprocs=2,
+                       start_method=os.environ.get("TWO_RANKS_START", "fork"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the ranks are done: no finalizing of torch and the store's thread here (~1 s); a rank's error
+    # raised by start_processes above exits as usual, with its traceback
 '''
 
 # the main of a script whose `scenario(name, folder, rank)` runs on each rank: what it returned ({"ok": ...}) or
@@ -65,7 +77,7 @@ def count_ddp_at_destroy():
     return alive
 '''
 
-# one process per rank (torch.multiprocessing spawn, no torchrun agent to kill the ranks left behind); each writes
+# one process per rank (torch.multiprocessing, no torchrun agent to kill the ranks left behind); each writes
 # what it ended with to OUT/rank-N.json
 WORKER = '''
 import json, os, sys
@@ -118,13 +130,15 @@ def scenario(name, folder, rank):
 ''' + COUNT_DDP + OUTCOME_MAIN
 
 
-def two_ranks(name: str, folder: Path, worker: str = WORKER, timeout: float = 180) -> list[dict]:
+def two_ranks(name: str, folder: Path, worker: str = WORKER, timeout: float = 180, start: str = "fork"
+              ) -> list[dict]:
     """Run scenario `name` of the script `worker` on 2 gloo ranks in `folder`; each rank's outcome ({"ok": ...} or
     {"error": ..., ...}), which the script writes to folder/rank-N.json. Past `timeout` seconds the script and its
-    ranks are killed and `subprocess.TimeoutExpired` raised."""
+    ranks are killed and `subprocess.TimeoutExpired` raised. `start`: how the ranks start (SPAWN_MAIN): forked
+    from the script, or "spawn": fresh interpreters that finalize at exit, as torchrun's ranks do."""
     script = folder / "worker.py"
     script.write_text(worker)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TWO_RANKS_START=start)
     proc = run_as_group([sys.executable, str(script), name, str(folder)], folder, env, timeout)
     files = [folder / f"rank-{r}.json" for r in (0, 1)]
     assert all(f.is_file() for f in files), proc.stderr[-3000:]
@@ -183,11 +197,12 @@ def test_export_hf_raises_its_refusal_on_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_an_unreadable_metrics_log_is_refused_on_every_rank(tmp_path):
-    """Rank 0 alone reads metrics.jsonl: its refusal left rank 1 in the first step's all-reduce."""
+    """Rank 0 alone reads metrics.jsonl: its refusal left rank 1 in the first step's all-reduce. Spawned ranks, which
+    finalize their interpreters at exit (where a DDP model outliving the group once deadlocked)."""
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('garbage\n{"step": 1}\n')
     synthetic_run(tmp_path)
-    outcomes = two_ranks("train", tmp_path)
+    outcomes = two_ranks("train", tmp_path, start="spawn")
     assert [o.get("error") for o in outcomes] == ["FileFormatError", "FileFormatError"], outcomes
     assert all("metrics.jsonl:1: not a JSON record" in o["message"] for o in outcomes)
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 from pydantic import BaseModel, Field
 
+from textbookgen.testing import responder
 from textbookgen.testing.responder import _matching, from_schema
 
 _DRAW = "import random; from textbookgen.testing.responder import _matching; " \
@@ -44,9 +45,27 @@ def test_patterns_rstr_did_not_spell_are_matched(pattern):
 
 
 @pytest.mark.parametrize("pattern", [r"^(a{60000}){60000}$", r"^[^\x00-\x7f]$"])
-def test_a_pattern_no_draw_can_meet_gives_way_to_the_fallback(pattern):
-    """3.6 billion characters, or a class of no printable character: None (the caller writes a plain string)."""
+def test_a_pattern_no_draw_can_meet_gives_way_to_the_fallback(pattern, monkeypatch):
+    """3.6 billion characters, or a class of no printable character: None (the caller writes a plain string).
+    The longest draw is cut to 1,000 characters here: each of the 60 draws spelled 100,000 first (7 s)."""
+    monkeypatch.setattr(responder, "_PATTERN_CHARS", 1_000)
     assert _matching(pattern, {}, random.Random(0)) is None
+
+
+def test_a_draw_stops_as_soon_as_it_is_too_long(monkeypatch):
+    """The limit holds piece by piece, not once a repeat is spelled whole: under a 1,000-character limit,
+    2,000 repeats of 900 characters stop after ~1,800 characters (a check after the loop built 1.8 MB first; the
+    limit cut to 1,000 above must not hide that)."""
+    import tracemalloc
+
+    monkeypatch.setattr(responder, "_PATTERN_CHARS", 1_000)
+    tracemalloc.start()
+    try:
+        assert _matching(r"^(a{900}){2000}$", {}, random.Random(0)) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
 
 
 def test_a_backreference_to_a_skipped_group_is_drawn_again():

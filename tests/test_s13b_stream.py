@@ -105,20 +105,31 @@ def test_streamed_filter_and_decontamination_match_the_whole_corpus_run(corpus, 
     assert {i[:1] for i in pl.read_parquet(tmp_path / "work" / REPORTS[1])["id"]} == {"w", "c", "s"}
 
 
-def test_no_step_is_handed_more_than_a_chunk(corpus, bench, tmp_path, monkeypatch):
-    """The bounded memory: the corpus is never read whole, and each step gets at most a chunk's rows at once."""
+@pytest.fixture(scope="module")
+def streamed(corpus, bench, tmp_path_factory) -> dict:
+    """One streamed run of the steps, noting the rows each step was handed at once and refusing a read of the whole
+    corpus: what test_no_step_is_handed_more_than_a_chunk checks, and the run a killed one's rerun must equal
+    (test_a_killed_run_resumes_from_the_chunks_it_finished), made once for both (a pass over the corpus each)."""
     def whole_read(*args, **kwargs):
         raise AssertionError("the corpus was read whole (read_corpus)")
 
-    monkeypatch.setattr(corpus_io, "CHUNK_ROWS", CHUNK)
-    monkeypatch.setattr(commands, "read_corpus", whole_read)
+    folder = tmp_path_factory.mktemp("streamed")
     handed: dict[str, list[int]] = {"filters": [], "decontamination": []}
-    for module in (filters, decontaminate):
-        def noting(df: pl.DataFrame, columns: list[str], where: str, check=module.require_columns) -> None:
-            handed[where].append(df.height)
-            check(df, columns, where)
-        monkeypatch.setattr(module, "require_columns", noting)
-    stats = commands.run_steps(corpus, tmp_path / "out.jsonl", steps(bench, 1), tmp_path / "work")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(corpus_io, "CHUNK_ROWS", CHUNK)
+        monkeypatch.setattr(commands, "read_corpus", whole_read)
+        for module in (filters, decontaminate):
+            def noting(df: pl.DataFrame, columns: list[str], where: str, check=module.require_columns) -> None:
+                handed[where].append(df.height)
+                check(df, columns, where)
+            monkeypatch.setattr(module, "require_columns", noting)
+        stats = commands.run_steps(corpus, folder / "out.jsonl", steps(bench, 1), folder / "work")
+    return {"stats": stats, "handed": handed, "out": folder / "out.jsonl", "work": folder / "work"}
+
+
+def test_no_step_is_handed_more_than_a_chunk(streamed):
+    """The bounded memory: the corpus is never read whole, and each step gets at most a chunk's rows at once."""
+    handed, stats = streamed["handed"], streamed["stats"]
     assert max(handed["filters"]) == CHUNK and max(handed["decontamination"]) <= CHUNK  # after the filters' drops
     assert sum(handed["filters"]) == stats["filters"]["in"] == stats["truncated"]["kept"]
     assert sum(handed["decontamination"]) == stats["decontamination"]["in"] == stats["filters"]["kept"]
@@ -146,11 +157,11 @@ def test_progress_of_a_stream_of_unknown_length_gives_the_count():
     assert out.getvalue().splitlines() == ["filtering: 2 after 1m00s", "filtering: 4 after 2m00s"]
 
 
-def test_a_killed_run_resumes_from_the_chunks_it_finished(corpus, bench, tmp_path, monkeypatch):
+def test_a_killed_run_resumes_from_the_chunks_it_finished(corpus, bench, streamed, tmp_path, monkeypatch):
     """Killed between chunks (an exception while the filter takes the fifth chunk), the rerun judges only the
-    chunks the first run had not finished, and writes what a run never killed writes."""
+    chunks the first run had not finished, and writes what a run never killed writes (`streamed`)."""
     monkeypatch.setattr(corpus_io, "CHUNK_ROWS", CHUNK)
-    fresh = commands.run_steps(corpus, tmp_path / "fresh.parquet", steps(bench, 1), tmp_path / "fresh")
+    fresh = streamed["stats"]
     handed: list[int] = []
 
     def noting(df: pl.DataFrame, columns: list[str], where: str, check=filters.require_columns) -> None:
@@ -160,7 +171,7 @@ def test_a_killed_run_resumes_from_the_chunks_it_finished(corpus, bench, tmp_pat
         check(df, columns, where)
 
     monkeypatch.setattr(filters, "require_columns", noting)
-    kill, out, work = True, tmp_path / "out.parquet", tmp_path / "work"
+    kill, out, work = True, tmp_path / "out.jsonl", tmp_path / "work"
     with pytest.raises(KeyboardInterrupt):
         commands.run_steps(corpus, out, steps(bench, 1), work)
     assert not out.exists()
@@ -172,9 +183,9 @@ def test_a_killed_run_resumes_from_the_chunks_it_finished(corpus, bench, tmp_pat
     stats = commands.run_steps(corpus, out, steps(bench, 1), work)
     assert sum(handed) == fresh["filters"]["in"] - skipped and skipped > 0
     assert stats == fresh
-    assert pl.read_parquet(out).equals(pl.read_parquet(tmp_path / "fresh.parquet"))
+    assert out.read_bytes() == streamed["out"].read_bytes()
     for report in REPORTS:
-        assert pl.read_parquet(work / report).equals(pl.read_parquet(tmp_path / "fresh" / report))
+        assert pl.read_parquet(work / report).equals(pl.read_parquet(streamed["work"] / report))
     assert not (work / "finished_chunks").exists()  # a finished run leaves its output and reports only
 
 

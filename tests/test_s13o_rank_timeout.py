@@ -57,14 +57,39 @@ def _marked(mark: str) -> set[int]:
     return pids
 
 
+def _written(path: Path) -> bool:
+    """Whether `path` holds its pid (a write of a few bytes is one syscall: not empty means whole)."""
+    return path.is_file() and path.stat().st_size > 0
+
+
+class _TimesOutOnceRanksHang(subprocess.Popen):
+    """`communicate(timeout=...)` that raises its TimeoutExpired as soon as both ranks have written their pid (so
+    hang), not after the whole timeout: the ranks may take long to start on a loaded machine, but once both hang,
+    waiting out the rest of the timeout checks nothing more. Retrying `communicate` after a timeout loses no output."""
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
+        if timeout is None:
+            return super().communicate(input)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return super().communicate(input, timeout=min(0.2, max(deadline - time.monotonic(), 0)))
+            except subprocess.TimeoutExpired:
+                folder = Path(self.args[-1])  # two_ranks' folder, its script's last argument
+                hung = all(_written(folder / f"pid-{r}") for r in (0, 1))
+                if hung or time.monotonic() >= deadline:
+                    raise
+
+
 @pytest.mark.slow
 def test_a_timeout_kills_the_ranks_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mark = f"{MARK}={tmp_path}"
     monkeypatch.setenv(MARK, str(tmp_path))
+    monkeypatch.setattr(h15.subprocess, "Popen", _TimesOutOnceRanksHang)
     left: set[int] = set()
     try:
         with pytest.raises(subprocess.TimeoutExpired):
-            h15.two_ranks("hang", tmp_path, HANG, timeout=30)
+            h15.two_ranks("hang", tmp_path, HANG, timeout=60)
         ranks = [tmp_path / f"pid-{r}" for r in (0, 1)]
         assert all(f.is_file() for f in ranks), "the ranks did not start within the timeout"
         watched = {int(f.read_text()) for f in ranks}
