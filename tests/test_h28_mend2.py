@@ -1,32 +1,13 @@
 """Review r28b of the mended mixed out-of-core runs (groups.run_groups), and their mend m28b."""
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import SHARED_DATA
+from test_h28_review import _steps, _texts
 
 from textbookgen.curation import commands, groups, stream
-from textbookgen.curation.config import FilterConfig
-from textbookgen.curation.exact import ExactDedup
-from textbookgen.curation.filters import HeuristicFilter
-
-DATA = SHARED_DATA  # ../shared/data beside the project (a user's clone has none: these tests skip)
-
-
-def _texts(n: int) -> list[str]:
-    path = DATA / "c4_en_sample_1k" / "c4_sample.jsonl.gz"
-    if not path.exists():
-        pytest.skip(f"{path} absent (only developer and CI machines have ../shared/data)")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(x)["text"] for x in f][:n]
-
-
-def _steps(min_words: int = 50):
-    return [HeuristicFilter(FilterConfig(min_words=min_words), "text", "id", workers=1), ExactDedup("text", "id")]
 
 
 def _corpus(tmp_path: Path, n: int = 120) -> Path:

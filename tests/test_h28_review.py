@@ -11,13 +11,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import SHARED_DATA
+from test_h23_score_stream import read_whole
 
 from textbookgen.curation import commands, corpus_io, groups
 from textbookgen.curation.classifier import QualityCut
 from textbookgen.curation.config import ClassifierConfig, FilterConfig
 from textbookgen.curation.exact import ExactDedup
 from textbookgen.curation.filters import HeuristicFilter
-from textbookgen.curation.pipeline import run_pipeline
 from textbookgen.curation.stream import ROW_FILE
 
 DATA = SHARED_DATA  # ../shared/data beside the project (a user's clone has none: these tests skip)
@@ -29,15 +29,6 @@ def _texts(n: int) -> list[str]:
         pytest.skip(f"{path} absent (only developer and CI machines have ../shared/data)")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(x)["text"] for x in f][:n]
-
-
-def _whole(src: Path, steps, out: Path) -> dict:
-    work = Path(str(out) + ".work")
-    work.mkdir()
-    (work / corpus_io.WORKDIR_MARK).touch()
-    kept, stats = run_pipeline(corpus_io.read_corpus(src), steps, work)
-    corpus_io.write_corpus(kept, out)
-    return stats
 
 
 def _steps(min_words: int = 50):
@@ -54,7 +45,7 @@ def test_an_input_column_named_like_the_carried_row_is_kept(tmp_path, monkeypatc
     src.mkdir()
     pl.DataFrame({"id": [f"d{i}" for i in range(200)], "text": t, ROW_FILE: [7] * 200}).write_parquet(src / "a.parquet")
     expected = tmp_path / "whole.parquet"
-    _whole(src, _steps(), expected)
+    read_whole(src, _steps(), expected)
     out = tmp_path / "out.parquet"
     commands.run_steps(src, out, _steps(), tmp_path / "work")
     assert pl.read_parquet(out).equals(pl.read_parquet(expected))
@@ -94,7 +85,7 @@ def test_a_group_output_is_not_reused_for_an_input_changed_in_content(tmp_path, 
     monkeypatch.undo()
     commands.run_steps(src, out, _steps(), work)
     expected = tmp_path / "whole.parquet"
-    _whole(src, _steps(), expected)
+    read_whole(src, _steps(), expected)
     assert pl.read_parquet(out).equals(pl.read_parquet(expected))
 
 
@@ -170,7 +161,7 @@ def test_a_filter_alone_keeps_an_input_column_named_like_the_carried_row(tmp_pat
                  ).write_parquet(src / "a.parquet")
     steps = lambda: [HeuristicFilter(FilterConfig(min_words=50), "text", "id", workers=1)]  # noqa: E731
     expected = tmp_path / "whole.parquet"
-    _whole(src, steps(), expected)
+    read_whole(src, steps(), expected)
     out = tmp_path / "out.parquet"
     commands.run_steps(src, out, steps(), tmp_path / "work")
     assert pl.read_parquet(out).equals(pl.read_parquet(expected))
@@ -189,7 +180,7 @@ def test_a_cut_alone_on_files_one_without_scores(tmp_path):
     pl.DataFrame({"id": [f"b{i}" for i in range(30)], "text": t[30:]}).write_parquet(src / "b.parquet")
     steps = lambda: [QualityCut(ClassifierConfig(threshold=0.5), "id")]  # noqa: E731
     expected = tmp_path / "whole.parquet"
-    stats_whole = _whole(src, steps(), expected)
+    stats_whole = read_whole(src, steps(), expected)
     out = tmp_path / "out.parquet"
     stats = commands.run_steps(src, out, steps(), tmp_path / "work")
     assert pl.read_parquet(out).equals(pl.read_parquet(expected))
