@@ -166,3 +166,15 @@ def test_ctrl_c_in_a_fresh_minhash_run_keeps_the_signatures_it_stored(tmp_path):
     resigned: list[str] = []
     commands.run_steps(src, out, [MinHashDedup(cfg, on_shard=resigned.append)], work)
     assert resigned and not set(resigned) & done
+
+
+def test_an_incremental_minhash_group_is_never_reused(tmp_path):
+    """What an incremental MinHash keeps depends on its index's contents, which no key covers: its group is never
+    recorded (`fingerprint` None), while a fresh one's settings make its key."""
+    from textbookgen.curation.config import MinHashConfig
+    from textbookgen.curation.near_dedup import MinHashDedup
+
+    assert groups._chain("input", [MinHashDedup(MinHashConfig(), index=tmp_path / "index")]) is None
+    fresh = [MinHashDedup(MinHashConfig(threshold=0.8))]
+    assert groups._chain("input", fresh) is not None
+    assert groups._chain("input", fresh) != groups._chain("input", [MinHashDedup(MinHashConfig(threshold=0.7))])

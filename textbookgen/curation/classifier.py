@@ -623,6 +623,9 @@ class QualityCut(Step):
         self.config = config
         self.id_column = id_column
 
+    def fingerprint(self) -> str:
+        return f"{self.name} {self.config.model_dump_json()} {self.id_column}"
+
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         """Writes `workdir/dropped.parquet` (id, row, quality_score of each document cut, lowest first), as the
         filters do: the cut is the one stage whose removals no file would otherwise show."""

@@ -52,6 +52,9 @@ class ExactDedup(Step):
     def __init__(self, text_column: str = "text", id_column: str = "id") -> None:
         self.text_column, self.id_column = text_column, id_column
 
+    def fingerprint(self) -> str:
+        return f"{self.name} {self.text_column} {self.id_column}"
+
     def run(self, df: pl.DataFrame, workdir: Path | None, stats: StageStats) -> pl.DataFrame:
         require_columns(df, [self.text_column, self.id_column], self.name)
         keyed = df.select(self.id_column, input_rows(df).alias(ROW),

@@ -147,7 +147,7 @@ def run_groups(parts: list[Group], corpus: Corpus, output_path: str | Path, work
     run does; the last writes the output. Once group i is recorded (`<i>.json`: its key, the stats so far, its
     output's row count and a digest of the report folders of the steps so far: `_finished` checks them),
     group i-1's files go: one finished copy of the corpus lies there (and the one being written; two where a
-    step has no `_setting`, whose groups are never recorded: the last one recorded stays for a rerun). A
+    step has no `fingerprint`, whose groups are never recorded: the last one recorded stays for a rerun). A
     killed run, rerun, resumes after the last group it finished (`_resumed`) where what that was made of is the
     same, and the group it was in as that group's path does; a finished run removes the folder. The whole run
     holds the workdir (`stream.run_in`; `elsewhere`: how a second run gets another)."""
@@ -263,10 +263,10 @@ def _file_digest(path: Path) -> str:
 
 
 def _chain(before: str | None, steps: list[Step]) -> str | None:
-    """The key of a group's output: that of its input (`before`), each step's settings (`_setting`) and
+    """The key of a group's output: that of its input (`before`), each step's settings (`Step.fingerprint`) and
     `stream.code_digest`, and the source of the modules that run groups (`_runner_source`); None (never reused)
     where a step has no settings to compare or its input none."""
-    settings = [_setting(step) for step in steps]
+    settings = [step.fingerprint() for step in steps]
     if before is None or any(s is None for s in settings):
         return None
     return xxhash.xxh3_128_hexdigest(json.dumps([before, settings, [code_digest(s) for s in steps],
@@ -280,25 +280,3 @@ def _runner_source() -> str:
 
     modules = (commands, stream, sys.modules[__name__])
     return xxhash.xxh3_128_hexdigest(b"".join(Path(m.__file__).read_bytes() for m in modules))  # type: ignore[arg-type]
-
-
-def _setting(step: Step) -> str | None:
-    """What decides a step's output besides its input and code: its `fingerprint` (what `stream._key` asks the row
-    steps and the score), or, for the steps that have none (exact and MinHash dedup, the cut), the settings they
-    were given."""
-    from textbookgen.curation.classifier import QualityCut
-    from textbookgen.curation.exact import ExactDedup
-    from textbookgen.curation.near_dedup import MinHashDedup
-
-    own = step.fingerprint()
-    if own is not None:
-        return own
-    if isinstance(step, ExactDedup):
-        return f"{step.name} {step.text_column} {step.id_column}"
-    if isinstance(step, MinHashDedup):
-        return (f"{step.name} {step.config.model_dump_json()} {step.text_column} {step.id_column} "
-                f"{step.incremental} {step.index}")
-    if isinstance(step, QualityCut):
-        return f"{step.name} {step.config.model_dump_json()} {step.id_column}"
-    return None
-

@@ -544,6 +544,12 @@ class MinHashDedup(Step):
         self.index = Path(index) if index is not None else None
         self.incremental = incremental or self.index is not None
 
+    def fingerprint(self) -> str | None:
+        """The settings; None for an incremental run, whose output also depends on what its index holds."""
+        if self.incremental:
+            return None
+        return f"{self.name} {self.config.model_dump_json()} {self.text_column} {self.id_column}"
+
     def check_index(self) -> None:
         """Raise now, before any work, if this run cannot use its index folder (see `index_source`)."""
         if self.index is not None and self.index.is_dir():
