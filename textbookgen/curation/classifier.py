@@ -49,6 +49,7 @@ import xxhash
 
 from textbookgen.curation.base import StageStats, Step, input_rows, require_columns
 from textbookgen.curation.config import ClassifierConfig
+from textbookgen.curation.corpus_io import file_digest
 from textbookgen.curation.judge import JUDGE_STATUS
 from textbookgen.curation.normalize import normalize_exact
 
@@ -591,11 +592,7 @@ class QualityScore(Step):
 
     def fingerprint(self) -> str:
         """The model file's bytes (a retrained model at the same path scores otherwise) and the positive label."""
-        digest = xxhash.xxh3_128()
-        with Path(self.config.model_path).open("rb") as f:  # type: ignore[arg-type]
-            while block := f.read(1 << 24):
-                digest.update(block)
-        return f"{self.name} {self.model.positive} {digest.hexdigest()}"
+        return f"{self.name} {self.model.positive} {file_digest(self.config.model_path)}"  # type: ignore[arg-type]
 
     def scores(self, texts: pl.Series) -> np.ndarray:
         """P(positive) of each text; a text's score does not depend on the others, so chunks give the same."""

@@ -181,10 +181,8 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
         stats[step.name] = st.as_dict()
     schema = corpus.schema()
     with CorpusWriter(output_path, row_schema(schema, carried, with_rows)) as out:
-        start = 0
-        for chunk in numbered(corpus.chunks(), schema, carried):
-            out.write(rows_out(chunk.filter(alive[start : start + chunk.height]), with_rows))
-            start += chunk.height
+        for chunk in _alive(numbered(corpus.chunks(), schema, carried), alive):
+            out.write(rows_out(chunk, with_rows))
     return stats
 
 
@@ -204,12 +202,17 @@ def _doc_table(corpus: Corpus, exact: bool, carried: str | None = None) -> pl.Da
     return table.rename({carried: ROW}) if carried else table.with_row_index(ROW)
 
 
+def _alive(chunks: Iterator[pl.DataFrame], alive: np.ndarray) -> Iterator[pl.DataFrame]:
+    """The rows of the corpus's chunks still in (`alive`, in corpus order), a chunk at a time."""
+    start = 0
+    for chunk in chunks:
+        yield chunk.filter(pl.Series(alive[start : start + chunk.height]))
+        start += chunk.height
+
+
 def _live_texts(corpus: Corpus, alive: np.ndarray) -> Iterator[pl.Series]:
     """The texts of the docs still in, in corpus order, a chunk at a time."""
-    start = 0
-    for chunk in corpus.chunks(()):
-        yield chunk[corpus.text_column].filter(pl.Series(alive[start : start + chunk.height]))
-        start += chunk.height
+    return (chunk[corpus.text_column] for chunk in _alive(corpus.chunks(()), alive))
 
 
 def dedup_steps(cfg: CurationConfig, index: str | Path | None = None) -> list[Step]:

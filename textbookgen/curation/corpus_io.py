@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
+import xxhash
 
 from textbookgen.dataset import check_complete
 from textbookgen.jsonl import iter_jsonl_lines, open_compressed
@@ -652,3 +653,12 @@ def write_corpus(df: pl.DataFrame, path: str | Path) -> Path:
         raise
     os.replace(tmp, path)
     return path
+
+
+def file_digest(path: str | Path) -> str:
+    """xxh3 of a file's bytes, read 16 MiB at a time (memory stays flat): a file rewritten in place is told apart."""
+    digest = xxhash.xxh3_128()
+    with Path(path).open("rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from textbookgen.curation.base import RowStep, Step
-from textbookgen.curation.corpus_io import Corpus
+from textbookgen.curation.corpus_io import Corpus, file_digest
 from textbookgen.curation.stream import ELSEWHERE, GROUPS, carrier, code_digest, run_in, write_json
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def _reports_digest(work: Path, parts: list[Group]) -> str:
     """An xxh3 of the report folders (`work/<step name>`) of the groups' steps: the reports a resumed run's stats
     stand for, which another run on the workdir may have rewritten since."""
     names = sorted({step.name for group in parts for step in group.steps})
-    files = [[str(f.relative_to(work)), _file_digest(f)] for name in names
+    files = [[str(f.relative_to(work)), file_digest(f)] for name in names
              for f in sorted((work / name).rglob("*")) if f.is_file()]
     return xxhash.xxh3_128_hexdigest(json.dumps(files).encode())
 
@@ -249,17 +249,8 @@ def _keys(parts: list[Group], corpus: Corpus) -> list[str | None]:
 def _input_key(corpus: Corpus) -> str:
     """What the first group's output depends on in the input: its files (path and an xxh3 of their bytes, read
     once a run: a file rewritten to the same size with its mtime put back is told apart) and the columns read."""
-    files = [[str(f.resolve()), _file_digest(f)] for f in corpus.files]
+    files = [[str(f.resolve()), file_digest(f)] for f in corpus.files]
     return json.dumps([str(corpus.path.resolve()), files, corpus.text_column, corpus.id_column])
-
-
-def _file_digest(path: Path) -> str:
-    """xxh3 of a file's bytes, read 16 MiB at a time (memory stays flat)."""
-    digest = xxhash.xxh3_128()
-    with path.open("rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _chain(before: str | None, steps: list[Step]) -> str | None:
