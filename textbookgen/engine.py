@@ -728,12 +728,12 @@ class Generator:
         stats of such a run. False (run it) where that request fits, or batches of this model are open."""
         if self.batch or journal.open_batches(self.provider, self.model):
             return False
-        self._start_budgets(results, abandoned, resent)
+        counted = self._start_budgets(results, abandoned, resent)
         note = self._over_budget(self._worst_case(todo[0]))
         if note is None:
             return False
         self._results, self._budget_note = results, note
-        total = len(todo) + len(self._counted(results))
+        total = len(todo) + counted
         for item in todo:
             self._skip(item)
         self._budget_note = None  # no "budget stop" warning per run: the run that stopped gave it
@@ -741,16 +741,19 @@ class Generator:
         self._report(time.monotonic(), total)
         return True
 
-    def _start_budgets(self, results: dict[str, ChatResponse], abandoned: Billed, resent: Billed) -> None:
+    def _start_budgets(self, results: dict[str, ChatResponse], abandoned: Billed, resent: Billed) -> int:
         """The budget state a run starts from, which `_over_budget` and `_reserve` read: what is spent (`_counts`),
         the budgets left beside it, nothing in flight, and the input estimate's ratio at 1 (no answer has measured
-        it yet). One place for `_generate` and `_skipped_whole`, so a run skipped whole decides as a run would."""
-        self._c = self._counts(self._counted(results), abandoned, resent)
+        it yet). One place for `_generate` and `_skipped_whole`, so a run skipped whole decides as a run would.
+        Returns how many of `results` this run counts (not `counted_aside`'s), for its total."""
+        counted = self._counted(results)
+        self._c = self._counts(counted, abandoned, resent)
         self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
         self._inflight_cost = 0.0  # the worst case of the attempts in flight (live) or of the batches running
         self._inflight_out = 0.0
         self._reservations = 0  # live attempts holding a worst case in _inflight_*
         self._in_ratio = 1.0
+        return len(counted)
 
     def _repriced(self, row: dict) -> dict:
         """`row` with the tokens it was billed at no price (a run on a model that had none) counted at this run's
@@ -848,8 +851,7 @@ class Generator:
         self._gate = BudgetGate()  # attempts waiting for room in the budgets, in line
         self._in_batches = 0
         self._collecting = self.batch  # answers come from batches (`collected`): a batch run's all come so
-        self._start_budgets(results, abandoned, resent)
-        total = len(todo) + len(self._counted(results))
+        total = len(todo) + self._start_budgets(results, abandoned, resent)
         display = poll_log = None
         if self.progress:
             from textbookgen.progress import RunProgress
