@@ -488,7 +488,7 @@ class _Rounds:
             usd, used = spent(self.stats)
             aside = self.aside or Spend(0.0, 0)
             self.gen.spent_aside = Spend(aside.usd + usd, aside.output_tokens + used)
-            self.gen.budget_stopped = self.stats.get("skipped_budget", 0) > 0
+            self.gen.budget_stopped = self.halted()
         self.started = True
         self.gen.answer_check = self.check if first else None
 
