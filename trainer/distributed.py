@@ -39,6 +39,11 @@ class DistInfo:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def label(self) -> str:
+        """"rank R of W: " on several processes, else "": how an error one rank met begins."""
+        return f"rank {self.rank} of {self.world_size}: " if self.enabled else ""
+
 
 def pick_device(pref: str, local_rank: int = 0) -> str:
     """`pref` checked to exist here; "auto": this rank's GPU if there is one, else the CPU."""

@@ -882,24 +882,20 @@ class Trainer:
         weights)."""
         cfg, info = self.cfg, self.info
         prepare_stale(cfg, info, self.show)
-        self.sampler, self.data_fp, self.validator = distributed.shared_outcome(self._open_data(data_start), every=True)
+        self.sampler, self.data_fp, self.validator = distributed.shared_outcome(lambda: self._open_data(data_start),
+                                                                                every=True)
         self.plan = BatchPlan(cfg.train.global_batch, cfg.train.micro_batch, info.world_size, info.rank, *data_start)
 
-    def _open_data(self, data_start: tuple[int, int]) -> Callable[[], tuple[Any, str, Validator | None]]:
+    def _open_data(self, data_start: tuple[int, int]) -> tuple[Any, str, Validator | None]:
         """This rank's sampler, data fingerprint and validation sets, a read failure naming the rank (its node's
         copy of the data is the one to prepare again)."""
-        cfg, info = self.cfg, self.info
-
-        def open_data() -> tuple[Any, str, Validator | None]:
-            try:
-                return (*open_sampler(cfg, self.model_cfg.vocab_size, self.resume_meta, data_start[1]),
-                        build_validator(cfg, info))
-            except (DataError, OSError) as e:
-                if not info.enabled:
-                    raise
-                raise DataError(f"rank {info.rank} of {info.world_size}: {e}") from e
-
-        return open_data
+        try:
+            return (*open_sampler(self.cfg, self.model_cfg.vocab_size, self.resume_meta, data_start[1]),
+                    build_validator(self.cfg, self.info))
+        except (DataError, OSError) as e:
+            if not self.info.enabled:
+                raise
+            raise DataError(f"{self.info.label}{e}") from e
 
     def _build_optimizer(self) -> None:
         """Wrap the model for the distributed strategy (DDP, FSDP2 or none, maybe compiled), then the optimizer,
@@ -1157,8 +1153,7 @@ class Trainer:
             try:
                 data_step, data_micro, x, y = next(loader)
             except (OSError, ValueError) as e:  # also a DataError of the read: the rank and step added
-                where = f"rank {self.info.rank} of {self.info.world_size}: " if self.info.enabled else ""
-                raise DataError(f"{where}step {step + 1}: reading the training data failed: {e}") from e
+                raise DataError(f"{self.info.label}step {step + 1}: reading the training data failed: {e}") from e
             assert (data_step, data_micro) == (step, micro)
             batches.append((x, y))
         return batches
