@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -43,7 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from trainer.data import fsync_path
-from trainer.distributed import shared_outcome
+from trainer.distributed import agreeing, shared_outcome
 from trainer.files import load_weights, read_json
 
 LATEST = "latest"
@@ -243,7 +244,6 @@ def _unexpected_keys(state: dict[str, Any], ckpt: Path) -> list[str]:
     """Weights and optimizer state in the sharded checkpoint that `state` has no place for: `dcp.load` fills
     only the keys it is asked for, so a checkpoint of a bigger model would otherwise load into a smaller one.
     Optimizer hyperparameters (param_groups) are left out: a newer torch may record more of them."""
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 
     saved = FileSystemReader(str(ckpt / "dcp")).read_metadata().state_dict_metadata
@@ -270,12 +270,14 @@ def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
     checkpoint of another model. DCP wraps each rank's error in a CheckpointException (a BaseException), the same
     on every rank. The keys are checked first by rank 0 alone, its refusal raised on every rank (`shared_outcome`;
     the ranks' states have the same keys): each rank reading the metadata itself let one whose read failed (or whose
-    node's copy differs) raise while the others went on into `dcp.load`'s collectives, waiting for it."""
-    shared_outcome(lambda: _check_keys(state, ckpt))
+    node's copy differs) raise while the others went on into `dcp.load`'s collectives, waiting for it.
+    Inside a rank-agreement (`distributed.agreeing`: train.init_from's load, on every rank) each rank loads the whole
+    of `state` alone, with no collective, which would pair with those of a rank that failed before it got here."""
+    shared_outcome(lambda: _check_keys(state, ckpt), every=agreeing())  # loading alone, each rank checks its copy
     try:
         with warnings.catch_warnings():  # loading a sharded checkpoint into one process is intended here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
+            dcp.load(state, checkpoint_id=str(ckpt / "dcp"), no_dist=agreeing())
     except (CheckpointException, Exception) as e:
         cause = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) else e
         if isinstance(cause, (OSError, EOFError, pickle.UnpicklingError, AssertionError)):

@@ -14,6 +14,7 @@ import gc
 import hashlib
 import os
 import pickle
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -144,6 +145,7 @@ def grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    _refuse_inside_agreement("all_reduce_sum")
     if dist.is_initialized() and dist.get_world_size() > 1:
         t = t.clone()
         dist.all_reduce(t)
@@ -151,11 +153,41 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def barrier() -> None:
+    _refuse_inside_agreement("barrier")
     if dist.is_initialized():
         dist.barrier()
 
 
 T = TypeVar("T")
+
+_agreement = threading.local()  # .depth: how many `shared_outcome` fns this thread is running, one inside another
+
+
+def agreeing() -> bool:
+    """Whether a `shared_outcome`'s fn (or `from_rank_0`'s) is running on this rank now. No collective may run
+    then: the other ranks may have failed before reaching it, and be in the outer call's own collectives, which
+    it would pair with (a hang, or another rank's error raised in the wrong place). Work that would run one (DCP's
+    load) runs on this process alone instead; the outer call agrees on the outcome. One exception: a checkpoint's
+    `dcp.save` is the first thing its fn does on every rank, and DCP shares each rank's failure with all."""
+    return getattr(_agreement, "depth", 0) > 0
+
+
+@contextlib.contextmanager
+def _agreeing() -> Iterator[None]:
+    """While a `shared_outcome`'s fn runs here: `agreeing` is True (by a depth, restored however the fn ends)."""
+    _agreement.depth = getattr(_agreement, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _agreement.depth -= 1
+
+
+def _refuse_inside_agreement(name: str) -> None:
+    """A RuntimeError (a bug, which the outer agreement raises on every rank) for collective `name` called inside
+    a `shared_outcome`'s fn (`agreeing`): on one process too, where it would not hang, so that tests find it."""
+    if agreeing():
+        raise RuntimeError(f"distributed.{name} inside a shared_outcome's fn: its collective would pair with another "
+                           f"rank's agreement (a hang); call it before or after")
 
 
 def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
@@ -166,12 +198,22 @@ def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
     the CLI), is a failing rank's own, sent to the others (the lowest failing rank's where several fail; each of
     those raises its own). Also a barrier: no rank goes on before the ranks that run `fn` are done. Where none fails,
     one all-reduce of a flag is all it costs (it runs at every training step): the errors are pickled and gathered
-    only when one did."""
+    only when one did.
+
+    Called inside another one's fn (`agreeing`), an `every` call runs `fn` and no collective: a rank that failed
+    before reaching it is in the outer call's collectives, which the outer call's other ranks reach once their fn
+    returns or raises (this call's error raised through it). A rank-0-only call is refused there: without its
+    collective it is no barrier, so work ordered by it (rank 0 makes a folder the others write into) would race."""
     runs = every or not dist.is_initialized() or dist.get_rank() == 0
+    if agreeing():
+        if not every:
+            _refuse_inside_agreement("shared_outcome (rank 0 alone)")
+        return fn()
     result, error = None, None
     if runs:
         try:
-            result = fn()
+            with _agreeing():
+                result = fn()
         except BaseException as e:  # any failure must reach the other ranks, which wait in the collective below
             error = e
     if dist.is_initialized() and dist.get_world_size() > 1 and _any_rank(error is not None):
@@ -187,7 +229,9 @@ def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
 def from_rank_0(fn: Callable[[], T]) -> T:
     """`fn()` on rank 0 alone (`shared_outcome`: its failure raised on every rank), its result sent to every rank:
     for what the ranks must agree on but one process should fetch (a Hub download, a file that one node may lack),
-    where each rank loading its own could fail on one rank only, the others going on."""
+    where each rank loading its own could fail on one rank only, the others going on. Refused inside another
+    `shared_outcome`'s fn (`agreeing`): its broadcast is a collective, and its result would be missing elsewhere."""
+    _refuse_inside_agreement("from_rank_0")
     result = shared_outcome(fn)
     if dist.is_initialized() and dist.get_world_size() > 1:
         sent = [result]
@@ -198,6 +242,7 @@ def from_rank_0(fn: Callable[[], T]) -> T:
 
 def gathered(value: T) -> list[T]:
     """`value` of every rank, by rank (`[value]` on one process): for what each rank finds on its own node."""
+    _refuse_inside_agreement("gathered")
     if dist.is_initialized() and dist.get_world_size() > 1:
         values: list[T | None] = [None] * dist.get_world_size()
         dist.all_gather_object(values, value)
