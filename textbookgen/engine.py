@@ -21,10 +21,10 @@ Money the provider takes whether or not we listen is never paid twice:
   nothing is left to submit); a live run collects those that have ended and stops before sending anything if
   some of its requests still wait in running ones (rerun with batch=True to collect, or cancel them first).
 - A request that outlives the timeout is abandoned but still billed, so the timeout grows instead of the bill:
-  each attempt that times out doubles the run's timeout (up to TIMEOUT_CAP x timeout_s), and attempts already
-  on the wire wait for the new one. Their cost is unknown; the budgets count each at its worst case (max_tokens),
-  the journal records it with its request (so reruns count it too), and its tokens stay taken in the rate
-  buckets (the provider may still be generating it).
+  each attempt that times out doubles the Generator's timeout (up to TIMEOUT_CAP x timeout_s), attempts already
+  on the wire wait for the new one, and its later runs (a build's windows) start from it. Their cost is unknown;
+  the budgets count each at its worst case (max_tokens), the journal records it with its request (so reruns count
+  it too), and its tokens stay taken in the rate buckets (the provider may still be generating it).
 - Attempts cut off by Ctrl-C or a cancelled task are billed too: they count the same way, journaled on the way out.
   Against a kill, each attempt is committed to the journal as on the wire before it goes out; the next run counts
   a killed run's leftovers at their worst case, once (journal.py).
@@ -108,7 +108,7 @@ log = logging.getLogger("textbookgen.engine")
 
 T = TypeVar("T")
 STATUSES = ("ok", "truncated", "failed", "skipped_budget")
-TIMEOUT_CAP = 8  # timed-out attempts double the run's timeout, up to this many times timeout_s
+TIMEOUT_CAP = 8  # timed-out attempts double the Generator's timeout, up to this many times timeout_s
 
 
 EMPTY_ERRORS = ("empty_answer", "empty_answer_reasoning")  # failure classes of answers with no text
@@ -159,7 +159,7 @@ def empty_answer(text: str | None, finish_reason: str | None, reasoning: str | N
 
 
 class NoAnswerInTime(RetryableError):
-    """An attempt got no answer within the run's timeout and was abandoned (the provider may still bill it)."""
+    """An attempt got no answer within the Generator's timeout and was abandoned (the provider may still bill it)."""
 
     def __init__(self, provider: str, limit_s: float) -> None:
         super().__init__(f"{provider}: no answer within {round(limit_s, 1):g} s", reached=False)
@@ -543,8 +543,10 @@ class Generator:
     max_attempts: per request, over retryable errors. retry_failed: re-send requests the journal
     holds as failed for a permanent reason (400, refusal, content filter); those failed for a passing one
     (retries exhausted, an empty answer) are re-sent by every run.
-    timeout_s: per attempt at first; each attempt that times out doubles it for the rest of the run, up to
-    TIMEOUT_CAP x timeout_s (an abandoned generation is billed all the same: waiting longer is cheaper).
+    timeout_s: per attempt at first; each attempt that times out doubles it, up to TIMEOUT_CAP x timeout_s (an
+    abandoned generation is billed all the same: waiting longer is cheaper), for the rest of the run and for this
+    Generator's later runs (same provider and model: a build's windows, an LLM call's), which would otherwise each
+    abandon, and pay for, attempts to learn it again.
     max_error_rate / error_window: stop the run (FatalProviderError) once `error_window` or more requests have
     finished and more than this share of them failed; None never stops. Live runs only: a batch is submitted
     (and paid) as a whole.
@@ -620,6 +622,7 @@ class Generator:
         self.cache_write_1h_rate = cache_write_1h_rate(model)
         self.progress = progress
         self.timeout_s, self.max_attempts = timeout_s, max_attempts
+        self._timeout = timeout_s  # grows as attempts time out, and stays grown for the next run
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self.retry_failed = retry_failed
         self.max_error_rate, self.error_window = max_error_rate, error_window
@@ -843,7 +846,6 @@ class Generator:
         self._on_wire: set[asyncio.Task] = set()
         self._reached = False  # has the server answered anything yet (an error counts)?
         self._unanswered = 0  # attempts that got no answer at all before it did
-        self._timeout = self.timeout_s  # grows as attempts time out
         self._finished = 0  # requests this run sent and finished, for the error rate
         self._failures: Counter[str] = Counter()
         self._examples: dict[str, str] = {}  # the first error message of each failure class
@@ -1130,7 +1132,7 @@ class Generator:
             self._in_ratio += 0.05 * (input_tokens / item.est_in - self._in_ratio)
 
     async def _timed(self, req: ChatRequest, t_send: float):
-        """`provider.complete` within the run's timeout, read afresh while waiting: when another attempt times
+        """`provider.complete` within the Generator's timeout, read afresh while waiting: when another attempt times
         out and the timeout grows, this one waits longer too instead of being abandoned (and paid twice)."""
         call = asyncio.ensure_future(self._provider.complete(req))
         try:
@@ -1147,7 +1149,8 @@ class Generator:
         raise NoAnswerInTime(self.provider, limit)
 
     def _grow_timeout(self, limit_s: float) -> None:
-        """Double the run's timeout (up to TIMEOUT_CAP x timeout_s) after an attempt got nothing within it."""
+        """Double the Generator's timeout (up to TIMEOUT_CAP x timeout_s) after an attempt got nothing within it;
+        later runs start from it, so each window of a build does not abandon (and pay for) attempts to grow it again."""
         grown = min(2 * limit_s, self.timeout_s * TIMEOUT_CAP)
         if grown > self._timeout:
             log.warning("no answer within %g s: waiting up to %g s from now on, also for the requests on the "
