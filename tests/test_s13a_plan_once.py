@@ -45,7 +45,7 @@ def _counting(monkeypatch, module, name: str) -> list[dict]:
 
 def test_a_growing_plan_replays_the_growth_once_and_renders_the_roots_prompts_once(regrown, monkeypatch):
     grows = _counting(monkeypatch, taxonomy_module, "grow")
-    renders = _counting(monkeypatch, build_module, "render_prompts")
+    renders = _counting(monkeypatch, build_module, "prompt_batches")  # under write_prompts and render_prompts
     plan = build(regrown, plan_only=True, progress=False).plan
     assert plan.grow is not None and plan.grow["answered"] > 0  # the grow journal answered part of it
     assert len(grows) == 1

@@ -768,6 +768,7 @@ class BatchRunner:
             if r.key in rows and rows[r.key]["status"] not in ("ok", "truncated"):
                 self.gen._writer.put(self.gen._result_row(r.key, r.completion, latency, rows[r.key]["attempts"] + 1))
                 kept += 1
+        self.gen._c["orphans"] += kept  # paid, in no count of this run's: a budget over several runs reads the journals
         if kept:
             log.info("kept %d answers to requests of an earlier run that this run does not ask for", kept)
 

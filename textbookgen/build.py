@@ -31,10 +31,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import polars as pl
 
 from textbookgen.errors import redact
 from textbookgen.journal import lock_file
+from textbookgen.parquet_rows import ParquetRows, column_values, rewrite_parquet, row_count, write_rows
 from textbookgen.plan import language_rates, prompt_diversity
 from textbookgen.recipe import (
     BudgetConfig,
@@ -69,10 +71,11 @@ from textbookgen.websamples import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from textbookgen.curation.decontaminate import ItemTexts
     from textbookgen.engine import ChatRequest, ChatResponse, Generator, Spend
+    from textbookgen.llm import _Keys
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
 #: The split of the dataset a build writes, and its card describes.
@@ -259,26 +262,22 @@ def _document_row(row: dict[str, Any], resp: ChatResponse, text: str, recipe: Re
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Tally:
-    """What the documents' requests came to: responses by status (in the order first met), tokens and cost."""
+    """What the documents' requests came to: responses by status (in the order first met), tokens and cost; added
+    up window by window (`add`), so the stage keeps these numbers, not the responses."""
 
-    by_status: dict[str, int]
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
+    by_status: dict[str, int] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
 
-    @classmethod
-    def of(cls, responses: Sequence[ChatResponse]) -> _Tally:
-        by_status: dict[str, int] = {}
-        tin = tout = 0
-        cost = 0.0
+    def add(self, responses: Sequence[ChatResponse]) -> None:
         for resp in responses:
-            by_status[resp.status] = by_status.get(resp.status, 0) + 1
-            tin += resp.input_tokens
-            tout += resp.output_tokens
-            cost += resp.cost_usd
-        return cls(by_status, tin, tout, cost)
+            self.by_status[resp.status] = self.by_status.get(resp.status, 0) + 1
+            self.input_tokens += resp.input_tokens
+            self.output_tokens += resp.output_tokens
+            self.cost_usd += resp.cost_usd
 
     def stats(self, documents: int, reasoned: int) -> dict[str, Any]:
         """The generate stage's stats (state.json, the manifest): counts by status, tokens, cost, and the
@@ -301,7 +300,95 @@ def _incomplete_entry(counts: dict[str, int], why: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+#: Prompts the generate stage turns into requests, sends and writes as documents at once: its memory follows this
+#: window, not the corpus (a window of 50,000 is ~0.5 GB of prompts, requests and answers at 4 KB a document).
+GENERATE_WINDOW = 50_000
+
+
+def generate_window(recipe: Recipe) -> int | None:
+    """Prompts per window of the generate stage: GENERATE_WINDOW; None (all at once) through the batch API, whose
+    jobs run for hours: windows would send each window's jobs only once the last window's ended, in series, where
+    all at once they run side by side (as far as the provider's queue allows). A batch build's memory thus follows
+    the corpus, as before windows."""
+    return None if recipe.provider.batch else GENERATE_WINDOW
+
+
+def prompt_windows(prompts: pl.DataFrame | pl.LazyFrame, size: int | None) -> Iterator[pl.DataFrame]:
+    """The prompts `size` rows at a time (None: all in one), in order, each window read (from prompts.parquet, where `prompts` is its
+    scan) only when the one before it is done."""
+    lf, offset = prompts.lazy(), 0
+    while not (window := lf.slice(offset, size).collect()).is_empty():
+        yield window
+        if size is None:
+            return
+        offset += size
+
+
+@dataclass(slots=True)
+class _Failures:
+    """The failed responses as `_unfinished` tells of them, kept as counts: failed responses (repeats included), each
+    failed request once by error class (in the order first met), and each class's first error, not the responses.
+    `keys`: the failed requests' keys (~9 bytes each, `llm._Keys`), so a request failed in two windows counts once."""
+
+    responses: int = 0
+    classes: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+    keys: _Keys | None = None
+
+    def add(self, responses: Sequence[ChatResponse]) -> None:
+        from textbookgen.llm import _Keys
+
+        failed = [r for r in responses if r.status == "failed"]
+        if not failed:
+            return
+        if self.keys is None:
+            self.keys = _Keys()
+        self.responses += len(failed)
+        unique = {r.key: r for r in failed}
+        fresh = [r for r, seen in zip(unique.values(), self.keys.among(unique), strict=True) if not seen]
+        self.keys.add(r.key for r in fresh)
+        for r in fresh:
+            self.classes[r.error_class] += 1
+            self.examples.setdefault(r.error_class, r.error or "")
+
+
+class _DocumentsWriter:
+    """documents.parquet written a window at a time (DOC_SCHEMA, `ParquetRows`); `abort` drops it unfinished (the
+    journal holds every paid answer). A document whose id an earlier one has is left out, as `unique("id",
+    keep="first")` over all would: the ids written are kept as ~9 bytes each (`llm._Keys`), not the texts."""
+
+    def __init__(self, path: Path) -> None:
+        from textbookgen.llm import _Keys
+
+        self.out = ParquetRows(path, DOC_SCHEMA)
+        self.ids = _Keys()
+
+    @property
+    def rows(self) -> int:
+        return self.out.rows
+
+    def add(self, docs: pl.DataFrame) -> None:
+        """Append a window's documents (`_documents_of`), those of ids written before left out."""
+        if docs.is_empty():
+            return
+        fresh = docs.filter(~pl.Series(self.ids.among(docs["id"].to_list()), dtype=pl.Boolean))
+        fresh = fresh.unique("id", keep="first", maintain_order=True)
+        self.ids.add(fresh["id"].to_list())
+        self.out.add(fresh)
+
+    def close(self) -> None:
+        self.out.close()
+
+    def abort(self) -> None:
+        self.out.abort()
+
+
 # ---- rendering prompts --------------------------------------------------------------------------
+#: Prompts rendered before they go on (to prompts.parquet's writer, or into `render_prompts`' frame): the renderer
+#: holds this batch's rows, not the build's (~20 MB at 2 KB a prompt).
+PROMPT_BATCH = 10_000
+
+
 def render_prompts(
     recipe: Recipe,
     tax: Taxonomy,
@@ -321,7 +408,29 @@ def render_prompts(
     and raising `samples` adds prompts after the ones already paid for. A prompt whose exact text came
     earlier takes the next cell of its mix entry instead (up to MAX_SKIPS times; only the kept try takes
     its extract): a second request for the same prompt would pay for a near-copy. `limit` renders only the
-    first prompts of the full build (the same rows, at a fraction of the cost)."""
+    first prompts of the full build (the same rows, at a fraction of the cost). The whole table in memory: a
+    build writes its prompts a batch at a time instead (`write_prompts`)."""
+    batches = prompt_batches(recipe, tax, web, templates, limit=limit, progress=progress)
+    return pl.concat([pl.DataFrame(schema=PROMPT_SCHEMA), *batches], rechunk=True)
+
+
+def write_prompts(
+    recipe: Recipe, tax: Taxonomy, web: WebSamples | None, path: Path, templates: dict[str, Template] | None = None,
+    progress: bool = False,
+) -> int:
+    """`render_prompts`' table written to `path` as it is rendered, PROMPT_BATCH rows at a time, on this thread
+    (Ctrl-C stops it at once), by `write_rows` (row groups of ROW_GROUP_ROWS whatever the batch, nothing at `path`
+    changed where it fails); returns how many prompts it wrote. Memory follows a batch, not the build."""
+    write_rows(prompt_batches(recipe, tax, web, templates, progress=progress), path, PROMPT_SCHEMA)
+    return row_count(pl.scan_parquet(path))
+
+
+def prompt_batches(
+    recipe: Recipe, tax: Taxonomy, web: WebSamples | None, templates: dict[str, Template] | None = None, *,
+    limit: int | None = None, progress: bool = False,
+) -> Iterator[pl.DataFrame]:
+    """`render_prompts`' rows, PROMPT_BATCH at a time, each batch rendered once the one before it is taken. The
+    texts already rendered are kept as digests (`_SeenPrompts`), not as texts."""
     from rich.console import Console
     from rich.progress import track
 
@@ -335,8 +444,8 @@ def render_prompts(
     cells = MixSchedule(expand_mix([e.model_dump() for e in recipe.mix]), seed)
     templates = templates or {e.template: load_template(e.template, recipe.base_dir) for e in recipe.mix}
     extracts = _keyed_extracts(recipe, web)
-    rows = []
-    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    seen = _SeenPrompts()
     console = Console(stderr=True)
     topics_it = track(topics[:limit], "rendering prompts", console=console, transient=True,
                       disable=not progress)
@@ -347,7 +456,52 @@ def render_prompts(
         if extracts is not None:
             extracts.take()  # only now, the kept try's pick: a skipped duplicate's extract stays free
         rows.append(_prompt_row(recipe, i, topic, rendered))
-    return pl.DataFrame(rows, schema=PROMPT_SCHEMA)
+        if len(rows) == PROMPT_BATCH:
+            yield pl.DataFrame(rows, schema=PROMPT_SCHEMA)
+            rows = []
+    if rows:
+        yield pl.DataFrame(rows, schema=PROMPT_SCHEMA)
+
+
+class _SeenPrompts:
+    """The prompt texts rendered so far, as the first 8 bytes of each one's blake2b (~9 bytes a prompt where a set of
+    the texts held each 1-2 KB text again): the newest in a set, the others in sorted runs merged as `llm._Keys` merges
+    its own (each of size at least double the next: few runs to search). Two texts share a digest with odds 2^-64: a
+    new prompt is taken for a repeat, and moves on to its next cell, with odds N / 2^64 at N prompts before it (~1e-5
+    that any prompt of a 20M-prompt build does; ~1e-9 at 200,000)."""
+
+    NEWEST = 1 << 16  # digests kept in the set before they become a run
+
+    def __init__(self) -> None:
+        self._newest: set[int] = set()
+        self._runs: list[np.ndarray] = []
+
+    def __contains__(self, text: str) -> bool:
+        d = _text_digest(text)
+        if d in self._newest:
+            return True
+        value = np.uint64(d)
+        for run in self._runs:
+            at = int(run.searchsorted(value))
+            if at < run.size and run[at] == value:
+                return True
+        return False
+
+    def add(self, text: str) -> None:
+        self._newest.add(_text_digest(text))
+        if len(self._newest) >= self.NEWEST:
+            run = np.fromiter(self._newest, dtype=np.uint64, count=len(self._newest))
+            run.sort()
+            self._runs.append(run)
+            self._newest = set()
+            while len(self._runs) > 1 and self._runs[-1].size >= self._runs[-2].size:
+                newest = self._runs.pop()
+                self._runs[-1] = np.sort(np.concatenate([self._runs[-1], newest]))
+
+
+def _text_digest(text: str) -> int:
+    """A text's first 8 bytes of blake2b, as an unsigned integer (`_SeenPrompts`)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def _keyed_extracts(recipe: Recipe, web: WebSamples | None) -> KeyedExtracts | None:
@@ -374,7 +528,7 @@ class _Rendered:
 
 
 def _render_unseen(recipe: Recipe, topic: Topic, cells: MixSchedule, templates: dict[str, Template],
-                   extracts: KeyedExtracts | None, seen: set[str],
+                   extracts: KeyedExtracts | None, seen: _SeenPrompts,
                    tables: tuple[dict[str, str], dict[str, str], dict[str, str]]) -> _Rendered:
     """The topic's next prompt, or where its text came earlier the next cell of its mix entry, up to MAX_SKIPS
     times (a second request for the same prompt would pay for a near-copy); its extract is picked, not taken.
@@ -542,13 +696,16 @@ def journal_spend(path: Path, prices: Mapping[str, tuple[float, float]] | None =
 class BudgetedGenerator:
     """A stage's Generator held to what is left of the recipe's budget, which is for the whole build:
     every taxonomy-grow round and the documents, over every run in the output folder. `gen` is made with
-    that budget; before each run the journals say what was spent, and the engine counts that instead of its
-    own journal's record of the requests it is given."""
+    that budget; before its first run the journals say what was spent, and the engine counts that instead of its
+    own journal's record of the requests it is given; each later run (the generate stage's next window) starts
+    from what the run before it ended at (`_spent_after`), not from the journals read whole again (a scan of every
+    row: minutes a window at 20M documents), unless that run collected or kept batch answers (the journals say those)."""
 
     def __init__(self, gen: Generator, budget: BudgetConfig, journals: dict[str, Path]) -> None:
         self.gen, self.budget, self.journals = gen, budget, journals
         self.skipped = 0  # requests the budget kept back, over every run
         self.stop_note: str | None = None  # the engine's word on which budget stopped it
+        self.counted: Spend | None = None  # spent in the output folder after the last run, as the engine counted it
 
     def spent(self) -> Spend:
         """(USD, output tokens) spent in the output folder, every journal and every run, abandoned attempts
@@ -560,13 +717,33 @@ class BudgetedGenerator:
 
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         b, gen = self.budget, self.gen
-        if b.max_cost_usd is not None or b.max_output_tokens is not None:
-            gen.spent_before = self.spent()
+        budgeted = b.max_cost_usd is not None or b.max_output_tokens is not None
+        if budgeted:
+            gen.spent_before = self.counted or self.spent()
+        self.counted = None  # a run that raises leaves the journals to say it
         responses = gen.run(requests)
+        if budgeted and not gen.batch and not (gen.stats["collected"] or gen.stats["orphans"]):
+            # a run that collected batches (an interrupted --batch run's) may have kept answers to other windows'
+            # requests in the journal (`_record_orphans`), paid but not in its stats: the journals say those
+            self.counted = _spent_after(gen.spent_before, gen.stats)
         skipped = [r for r in responses if r.status == "skipped_budget"]
         self.skipped += len(skipped)
         self.stop_note = skipped[0].error if skipped else self.stop_note
+        # once stopped, a later run (the generate stage's next window) whose first request does not fit either is
+        # skipped at once: no pending rows, no second warning
+        gen.budget_stopped = self.skipped > 0
         return responses
+
+
+def _spent_after(before: Spend, stats: Mapping[str, Any]) -> Spend:
+    """What the output folder has spent after a run that started from `before` (its `spent_before`), as the engine
+    counts it: `before` less the run's record of its requests at its start (replayed answers, billed failures,
+    earlier abandoned attempts: what `before` holds of them already), plus all the run counts at its end."""
+    from textbookgen.engine import Spend, spent
+
+    usd, out = spent(stats)
+    return Spend(before.usd - stats["replayed_usd"] - stats["prior_abandoned_usd"] + usd,
+                 before.output_tokens - stats["replayed_output_tokens"] - stats["prior_abandoned_output_tokens"] + out)
 
 
 # ---- hashing and state --------------------------------------------------------------------------
@@ -595,11 +772,10 @@ def path_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_parquet(df: pl.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.write_parquet(tmp, compression="zstd", statistics=False)
-    os.replace(tmp, path)
-    return path
+def _prompt_counts(prompts: pl.LazyFrame) -> tuple[int, int]:
+    """The prompts, and those without a web extract, counted over the scan (one column read, a batch at a time)."""
+    counts = prompts.select(pl.len(), pl.col("seed_extract_id").null_count()).collect(engine="streaming")
+    return int(counts.item(0, 0)), int(counts.item(0, 1))
 
 
 def _write_json(obj: Any, path: Path, sort_keys: bool = True) -> Path:
@@ -816,9 +992,9 @@ class Build:
         if planning:
             return self._plan(tax, prompts, grow_plan, can_call)
         docs, docs_hash = self.stage_generate(prompts, prompts_hash)
-        self.manifest["coverage"] = asdict(tax.coverage(docs["topic_id"].to_list()))
+        self.manifest["coverage"] = asdict(tax.coverage(column_values(self.out / "documents.parquet", "topic_id")))
         curated, curated_hash = self.stage_curate(docs, docs_hash)
-        self.manifest["counts"]["curated"] = curated.height
+        self.manifest["counts"]["curated"] = row_count(curated)
         self.stage_dataset(curated, curated_hash)
         self._finish_manifest()
         self.stage_card()
@@ -1037,7 +1213,9 @@ class Build:
             )
             return None
 
-    def stage_prompts(self, tax: Taxonomy, tax_hash: str, planning: bool) -> tuple[pl.DataFrame, str]:
+    def stage_prompts(self, tax: Taxonomy, tax_hash: str, planning: bool) -> tuple[pl.LazyFrame, str]:
+        """Render prompts.parquet a batch at a time (`write_prompts`), unless its inputs are unchanged; returns a
+        scan of it, which the later stages read a window at a time, and its hash."""
         r = self.recipe
         templates = {e.template: load_template(e.template, r.base_dir) for e in r.mix}
         key = {
@@ -1066,24 +1244,25 @@ class Build:
         if st:
             self._skip("prompts", st)
             self._web_stats = st["stats"].get("web")
-            return pl.read_parquet(out_path), st["output_hash"]
+            return pl.scan_parquet(out_path), st["output_hash"]
         t0 = self._begin("prompts")
         web = self._web_samples = self.load_web_samples(planning)
-        df = render_prompts(r, tax, web, templates, progress=self.progress)
-        _write_parquet(df, out_path)
+        count = write_prompts(r, tax, web, out_path, templates, progress=self.progress)
         self._web_stats = (
             {"source": redact(r.web_samples.source), **web.stats, "hash": web.content_hash()} if web else None
         )
-        stats = {"prompts": df.height, "web": self._web_stats}
+        stats = {"prompts": count, "web": self._web_stats}
         complete = web is not None or r.web_samples is None
         self._record("prompts", input_hash, [out_path], stats, self._done("prompts", t0), complete=complete)
-        self.console.print(f"   {df.height:,} prompts -> {out_path}")
-        return df, self.state["prompts"]["output_hash"]
+        self.console.print(f"   {count:,} prompts -> {out_path}")
+        return pl.scan_parquet(out_path), self.state["prompts"]["output_hash"]
 
-    def stage_generate(self, prompts: pl.DataFrame, prompts_hash: str) -> tuple[pl.DataFrame, str]:
+    def stage_generate(self, prompts: pl.DataFrame | pl.LazyFrame, prompts_hash: str) -> tuple[pl.LazyFrame, str]:
         """Send the prompts and make a document of every answer with text. A document is the answer without a
         leading reasoning block (`<think>...</think>`: a reasoning model served without a reasoning parser); the
-        journal keeps the answer as the provider sent it. An answer with no text besides is a failed request."""
+        journal keeps the answer as the provider sent it. An answer with no text besides is a failed request.
+        A window of prompts at a time (`generate_window`: built, sent, answered and appended to documents.parquet
+        before the next is read), so memory follows the window, not the corpus; returns a scan of the documents."""
         r = self.recipe
         key = {
             "prompts": prompts_hash,
@@ -1102,29 +1281,40 @@ class Build:
         if st:
             self._skip("generate", st)
             self.manifest.update(st["stats"])
-            return pl.read_parquet(out_path), st["output_hash"]
+            return pl.scan_parquet(out_path), st["output_hash"]
         t0 = self._begin("generate")
         gen = self._generator(self.journals()["generate"], batch=True)
-        responses = gen.run(document_requests(prompts, r))
-        docs, reasoned = _documents_of(prompts, responses, r)
-        _write_parquet(docs, out_path)
-        tally = _Tally.of(responses)
-        stats = tally.stats(docs.height, reasoned)
+        tally, failures, writer = _Tally(), _Failures(), _DocumentsWriter(out_path)
+        reasoned = 0
+        try:
+            for window in prompt_windows(prompts, generate_window(r)):
+                responses = gen.run(document_requests(window, r))
+                tally.add(responses)
+                failures.add(responses)
+                docs, window_reasoned = _documents_of(window, responses, r)
+                del responses
+                writer.add(docs)
+                reasoned += window_reasoned
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        stats = tally.stats(writer.rows, reasoned)
         counts = stats["counts"]
         complete = counts["failed"] == 0 and counts["skipped_budget"] == 0
-        unfinished = None if complete else self._unfinished(responses, gen)
+        unfinished = None if complete else self._unfinished(failures, gen)
         if unfinished:
             self.notes.append(unfinished)
             self.unfinished = "failed" if counts["failed"] else "budget"
         self._record("generate", input_hash, [out_path], stats, self._done("generate", t0), complete=complete)
-        if not docs.height:  # curation and the dataset would have nothing to work on
+        if not writer.rows:  # curation and the dataset would have nothing to work on
             why = unfinished or "every answer was empty"
             raise BuildError(f"generate: no request gave a document: {why}", self.unfinished)
         self.manifest.update(stats)
         if unfinished:  # published: the card says the dataset is incomplete, and why
             self.manifest["incomplete"] = _incomplete_entry(counts, unfinished)
-        self._print_generated(docs.height, tally, reasoned)
-        return docs, self.state["generate"]["output_hash"]
+        self._print_generated(writer.rows, tally, reasoned)
+        return pl.scan_parquet(out_path), self.state["generate"]["output_hash"]
 
     def _print_generated(self, n_docs: int, tally: _Tally, reasoned: int) -> None:
         """The generate stage's summary line, and a word on the answers whose reasoning block was left out."""
@@ -1138,25 +1328,23 @@ class Build:
                 "documents; the journal keeps the answers as sent"
             )
 
-    def _unfinished(self, responses: list[ChatResponse], gen: BudgetedGenerator) -> str:
+    def _unfinished(self, failures: _Failures, gen: BudgetedGenerator) -> str:
         """What to do about the requests that gave no answer: transient failures and empty answers are re-sent
         by a plain rerun; requests refused for good (400, refusal, content filter) only with `--retry-failed`,
         since the journal would replay the same refusal; those the budget kept back need a larger budget."""
         from textbookgen.journal import PERMANENT_ERRORS
 
-        failed = [r for r in responses if r.status == "failed"]
         parts = []
-        if failed:
-            unique = list({r.key: r for r in failed}.values())
-            classes = Counter(r.error_class for r in unique)
+        if failures.responses:
+            classes = failures.classes
             permanent = sum(n for c, n in classes.items() if c in PERMANENT_ERRORS)
             kinds = ", ".join(f"{n} {c}" for c, n in classes.most_common())
             common = classes.most_common(1)[0][0]  # its example says what to do about most of them
-            example = next(r.error for r in unique if r.error_class == common) or ""
+            example = failures.examples[common]
             parts.append(
-                f"{len(failed)} request(s) failed ({kinds}; e.g. {example[:300]})"
+                f"{failures.responses} request(s) failed ({kinds}; e.g. {example[:300]})"
                 + ("; a rerun re-sends the others (transient failures, empty answers)"
-                   if permanent and permanent < len(unique) else "")
+                   if permanent and permanent < classes.total() else "")
                 + ("; a rerun re-sends them" if not permanent else "")
                 + (
                     "; the journal replays the refused ones: fix the cause, then rerun with "
@@ -1183,10 +1371,10 @@ class Build:
             "rerun to go on"
         )
 
-    def stage_curate(self, docs: pl.DataFrame, docs_hash: str) -> tuple[pl.DataFrame, str]:
-        """Curate documents.parquet (`docs`, as stage_generate wrote them) a chunk at a time
+    def stage_curate(self, docs: pl.LazyFrame, docs_hash: str) -> tuple[pl.LazyFrame, str]:
+        """Curate documents.parquet (`docs`, its scan, as stage_generate wrote it) a chunk at a time
         (`curate_out_of_core`), as `curate` would the frame: its working memory follows a chunk, not the
-        corpus."""
+        corpus. Returns a scan of curated.parquet, as curation wrote it."""
         import shutil
 
         from textbookgen.curation import curate
@@ -1209,32 +1397,34 @@ class Build:
         if st:
             self._skip("curate", st)
             self.manifest["curation"] = st["stats"]
-            return pl.read_parquet(out_path), st["output_hash"]
+            return pl.scan_parquet(out_path), st["output_hash"]
         t0 = self._begin("curate")
         bench = self.benchmark_texts()
         seeds = self.seed_texts(docs) if cfg.seed_copy.enabled and r.web_samples is not None else None
         work = self.meta_dir / "curation"
-        stats = None if docs.is_empty() else curate_out_of_core(self.out / "documents.parquet", out_path, cfg, work,
-                                                                bench, seeds)
-        if stats is None:  # no documents, or no stage on: nothing to stream
+        n_docs = row_count(docs)
+        stats = None if not n_docs else curate_out_of_core(self.out / "documents.parquet", out_path, cfg, work,
+                                                           bench, seeds)
+        if stats is None:  # no documents, or no stage on: nothing to stream, the frame is curated whole
             with run_in(work, BUILD_ELSEWHERE):  # a build on the same output at once is refused, not cut short
                 for kept in (GROUPS, STORE):  # a killed streamed curate's copies of the corpus: nothing resumes them
                     shutil.rmtree(work / kept, ignore_errors=True)
-                curated, stats = curate(docs, cfg, workdir=work, benchmark_texts=bench, seed_texts=seeds)
-        else:
-            curated = pl.read_parquet(out_path)  # the dataset stage takes it whole
-        _write_parquet(curated, out_path)  # as it always was, so its hash (the dataset stage's key) is too
+                curated, stats = curate(docs.collect(), cfg, workdir=work, benchmark_texts=bench, seed_texts=seeds)
+            write_rows([curated], out_path, curated.schema)
+        else:  # rewritten as a frame curated whole is, so its hash (the dataset stage's key) is the same either way
+            rewrite_parquet(out_path)
         self._record("curate", input_hash, [out_path], stats, self._done("curate", t0))
         self.manifest["curation"] = stats
-        self.console.print(f"   kept {curated.height:,} of {docs.height:,} documents")
-        return curated, self.state["curate"]["output_hash"]
+        curated_scan = pl.scan_parquet(out_path)
+        self.console.print(f"   kept {row_count(curated_scan):,} of {n_docs:,} documents")
+        return curated_scan, self.state["curate"]["output_hash"]
 
-    def seed_texts(self, docs: pl.DataFrame) -> dict[str, str]:
+    def seed_texts(self, docs: pl.DataFrame | pl.LazyFrame) -> dict[str, str]:
         """The web extracts the documents were seeded with, by id, for the seed-copy check: read from
         the prompts that carried them (each prompt's provenance holds its extract's text), so no web
         source is read again. An extract's id is a hash of its text, so the documents' hash (part of
-        the curate stage's input hash) covers these texts too."""
-        ids = docs["seed_extract_id"].drop_nulls().unique()
+        the curate stage's input hash) covers these texts too. Only the documents' extract ids are read."""
+        ids = docs.lazy().select(pl.col("seed_extract_id").drop_nulls().unique()).collect().to_series()
         if not ids.len():
             return {}
         extracts = (
@@ -1248,7 +1438,8 @@ class Build:
         )
         return dict(zip(extracts["seed_extract_id"].to_list(), extracts["provenance"].to_list(), strict=True))
 
-    def stage_dataset(self, curated: pl.DataFrame, curated_hash: str) -> None:
+    def stage_dataset(self, curated: pl.LazyFrame, curated_hash: str) -> None:
+        """The Hub dataset's shards, written from the scan of curated.parquet one shard at a time."""
         from textbookgen.dataset import write_dataset
 
         input_hash = _hash({"curated": curated_hash})
@@ -1259,7 +1450,7 @@ class Build:
             return
         t0 = self._begin("dataset")
         write_dataset(curated, self.out / "dataset", split=SPLIT)
-        self._record("dataset", input_hash, [data_dir], {"rows": curated.height}, self._done("dataset", t0))
+        self._record("dataset", input_hash, [data_dir], {"rows": row_count(curated)}, self._done("dataset", t0))
 
     def stage_card(self) -> None:
         from textbookgen.card import card_template_of, render_card
@@ -1304,12 +1495,15 @@ class Build:
         self.console.print(f"   pushed: {url}")
 
     # -- manifest and plan --
-    def _base_manifest(self, tax: Taxonomy, prompts: pl.DataFrame) -> None:
+    def _base_manifest(self, tax: Taxonomy, prompts: pl.LazyFrame) -> None:
+        """The manifest's build-wide entries; the prompts' from their scan, a few columns at a time."""
         from textbookgen.card import published_paths
+        from textbookgen.plan import PLAN_WINDOW
 
         r = self.recipe
         templates = {e.template: load_template(e.template, r.base_dir) for e in r.mix}
         names = published_paths(r)  # a file's key as recipe.yaml names it: two files of one stem stay apart
+        count, nulls = _prompt_counts(prompts)
         self.manifest.update(
             {
                 "recipe": r.name,
@@ -1334,9 +1528,11 @@ class Build:
                 "templates": {names.get(ref, t.name): t.hash for ref, t in templates.items()},
                 "web_samples": self._web_stats,
                 "prompts": {
-                    "count": prompts.height,
-                    "with_web_extract": int(prompts["seed_extract_id"].is_not_null().sum()),
-                    "prompt_coverage": asdict(tax.coverage(prompts["topic_id"].to_list())),
+                    "count": count,
+                    "with_web_extract": count - int(nulls),
+                    "prompt_coverage": asdict(tax.coverage(
+                        t for w in prompt_windows(prompts.select("topic_id"), PLAN_WINDOW) for t in w["topic_id"]
+                    )),
                     "diversity": prompt_diversity(prompts),
                 },
                 "versions": package_versions(),
@@ -1387,7 +1583,7 @@ class Build:
         )
 
     def _plan(
-        self, tax: Taxonomy, prompts: pl.DataFrame, grow_plan: dict[str, int] | None, can_call: bool
+        self, tax: Taxonomy, prompts: pl.LazyFrame, grow_plan: dict[str, int] | None, can_call: bool
     ) -> BuildResult:
         from textbookgen.plan import journal_states, make_plan, print_plan
         from textbookgen.templates import builtin_templates
@@ -1395,11 +1591,11 @@ class Build:
         expected = {n: t.expected_output_tokens for n, t in builtin_templates().items()}
         wc = self.recipe.web_samples
         missing_web = (0, 0)
-        if wc is not None and prompts.height and prompts["seed_extract_id"].null_count() == prompts.height:
+        count, nulls = _prompt_counts(prompts)
+        if wc is not None and count and nulls == count:
             # the source was unreachable: count the extracts the real build will add to the prompts
             scripts = wc.language_filter.scripts if wc.language_filter else None
-            missing_web = _unread_extract_tokens(prompts.height * wc.share, wc.extract_chars, self.recipe.language,
-                                                 scripts)
+            missing_web = _unread_extract_tokens(count * wc.share, wc.extract_chars, self.recipe.language, scripts)
             self.notes.append(
                 f"input tokens include ~{missing_web[0]:,} for the web extracts this plan could not load "
                 f"({self.recipe.language} text)."

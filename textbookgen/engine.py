@@ -897,8 +897,8 @@ class Generator:
         cost = sum(r.cost_usd for r in replayed) + resent.usd  # a reused row's: what a failure before it cost
         tokens_out = sum(r.output_tokens for r in billed) + resent.output_tokens
         # abandoned_*: earlier runs' (journaled with these requests, `prior_abandoned_*`) and this run's
-        return {"done": len(replayed), "sent": 0, "collected": 0, "ok": 0, "truncated": 0, "failed": 0, "empty": 0,
-                "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0, "rejected": 0,
+        return {"done": len(replayed), "sent": 0, "collected": 0, "orphans": 0, "ok": 0, "truncated": 0, "failed": 0,
+                "empty": 0, "skipped_budget": 0, "retries": 0, "timed_out": 0, "interrupted": 0, "garbled": 0, "rejected": 0,
                 "abandoned_usd": abandoned.usd, "abandoned_output_tokens": abandoned.output_tokens,
                 "abandoned_input_tokens": abandoned.input_tokens, "cost_usd": cost,
                 "input_tokens": sum(r.input_tokens for r in billed) + resent.input_tokens, "output_tokens": tokens_out,

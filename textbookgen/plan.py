@@ -39,6 +39,7 @@ DECODE_TOKENS_PER_S = 60.0  # typical hosted-API streaming speed, for the concur
 FIRST_TOKEN_S = 1.0
 NGRAM_SAMPLE = 20_000  # prompts read for the distinct 4-gram ratio (the first ones: a build's prefix)
 GROWTH_SAMPLE = 2_000  # the plan's first prompts (roots) against a stand-in grown tree's (`grown_prompt_tokens`)
+PLAN_WINDOW = 100_000  # prompts a plan reads at a time (from prompts.parquet's scan): its memory follows this window
 # Input tokens a character costs, by script: (name, regex class, expected, at most). No model tokenizer is loaded
 # (tiktoken is not a dependency). At most: GPT-2's byte-level BPE, measured on prose of each script and rounded
 # up; its 50K mostly-English vocabulary splits other scripts into more pieces than the providers' 100K-200K ones
@@ -68,6 +69,8 @@ TOKEN_BASIS = (
     "Hindi or Thai 1 (2.2), Russian, Greek or Arabic 0.6 (1.4); the 'at most' rates are GPT-2 BPE's, rounded up"
 )
 MIX_CELL = ("topic_id", "template", "audience", "style", "format")
+# the prompts' columns a plan's figures read (`make_plan`): not their provenance, as large as the prompts
+PLAN_COLUMNS = ("prompt", "system", "template", "topic_path", "audience", "max_tokens", "seed_extract_id")
 # What the documents stage does with a prompt, given the output folder's journal (`journal_states`)
 JOURNAL_STATES = ("answered", "refused", "batch", "new")
 _SQL_VARS = 900  # stay under SQLite's bound-parameter limit
@@ -186,40 +189,108 @@ def _request_tokens(prompts: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
     return input_token_estimates(texts.to_series())
 
 
-def prompt_diversity(prompts: pl.DataFrame) -> dict[str, Any]:
+def prompt_diversity(prompts: pl.DataFrame | pl.LazyFrame) -> dict[str, Any]:
     """How varied the prompts are, the worry behind Cosmopedia's audience/style/seed permutations:
     `duplicate_prompts`, prompts whose exact text came earlier (each is a second request for the same
     document); `repeated_cells`, prompts whose topic x template x audience x style x format came earlier
     (told apart only by a web extract or the story words: near-duplicate documents); `distinct_4grams`,
     distinct word 4-grams / all 4-grams over the first NGRAM_SAMPLE prompts (lower is more repetitive);
-    and the fewest and most prompts a sampled topic got."""
-    n = prompts.height
+    and the fewest and most prompts a sampled topic got. Read PLAN_WINDOW prompts at a time: the texts and
+    cells are counted by their 64-bit hashes (8 bytes a prompt; two distinct ones share a hash with odds
+    ~N^2 / 2^65, 1e-5 at 20M prompts, and then count as one)."""
+    from textbookgen.build import prompt_windows
+
+    lf = prompts.lazy()
+    n, texts, cells, per_topic = 0, [], [], pl.DataFrame(schema={"topic_id": pl.String, "len": pl.Int64})
+    for window in prompt_windows(lf.select("prompt", *MIX_CELL), PLAN_WINDOW):
+        n += window.height
+        texts.append(window["prompt"].hash())
+        cells.append(window.select(pl.struct(MIX_CELL).hash()).to_series())
+        per_topic = _summed(per_topic, window.group_by("topic_id").len(), "topic_id")
     if not n:
         return {}
-    dup = n - prompts["prompt"].n_unique()
-    cells = n - prompts.select(MIX_CELL).n_unique()
+    dup = n - pl.concat(texts).n_unique()
+    repeated = n - pl.concat(cells).n_unique()
     seen: set[tuple[str, ...]] = set()  # prompts share their template's words: few distinct grams to keep
     total = 0
-    for text in prompts["prompt"].head(NGRAM_SAMPLE).to_list():
+    for text in lf.select("prompt").head(NGRAM_SAMPLE).collect()["prompt"].to_list():
         words = text.lower().split()
         grams = list(zip(words, words[1:], words[2:], words[3:], strict=False))
         total += len(grams)
         seen.update(grams)
-    per_topic = prompts.group_by("topic_id").len()["len"]
     return {
         "duplicate_prompts": dup,
         "duplicate_prompt_rate": dup / n,
-        "repeated_cells": cells,
-        "repeated_cell_rate": cells / n,
+        "repeated_cells": repeated,
+        "repeated_cell_rate": repeated / n,
         "distinct_4grams": len(seen) / total if total else 0.0,
         "ngram_sample": min(n, NGRAM_SAMPLE),
-        "per_topic_min": int(per_topic.min()),
-        "per_topic_max": int(per_topic.max()),
+        "per_topic_min": int(per_topic["len"].min()),
+        "per_topic_max": int(per_topic["len"].max()),
     }
 
 
+def _summed(total: pl.DataFrame, counts: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Two tables of counts (`key`, `len`) as one, each key's counts added: a window's `group_by(key).len()` into
+    the running total."""
+    both = pl.concat([total.cast({"len": pl.Int64}), counts.cast({"len": pl.Int64})])
+    return both.group_by(key, maintain_order=True).agg(pl.col("len").sum())
+
+
+@dataclass
+class _Totals:
+    """What a plan adds up over the prompts, a window at a time (`add`): counts, tokens, each column's counts
+    (`groups`: key, len), the requests over the dollar budget at worst, and the journal's states and the new
+    prompts' tokens."""
+
+    n: int = 0
+    input_tokens: int = 0
+    input_tokens_max: int = 0
+    output_expected: int = 0
+    output_max: int = 0
+    with_web_extract: int = 0
+    groups: dict[str, pl.DataFrame] = field(default_factory=dict)
+    over_budget: int = 0
+    worst_usd: float = 0.0
+    states: dict[str, int] = field(default_factory=lambda: dict.fromkeys(JOURNAL_STATES, 0))
+    new: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # input expected and most, output expected and most
+
+    def add(self, window: pl.DataFrame, expected_tokens: dict[str, int],
+            worst: tuple[float, float, float, float] | None, states: list[str] | None) -> None:
+        """One window of prompts; `worst`: the documents' price factor (batch: half), the model's input and output
+        price and the budget (`_unaffordable`), None without a dollar budget; `states`: the window's
+        `journal_states`."""
+        tokens, exp = _request_tokens(window), _expected_output(window, expected_tokens)
+        self.n += window.height
+        self.input_tokens += int(tokens[0].sum())
+        self.input_tokens_max += int(tokens[1].sum())
+        self.output_expected += int(exp.sum())
+        self.output_max += int(window["max_tokens"].sum())
+        self.with_web_extract += int(window["seed_extract_id"].is_not_null().sum())
+        subjects = window.with_columns(pl.col("topic_path").str.split(" > ").list.first().alias("s"))
+        for col in ("topic_path", "template", "audience", "s"):
+            counts = subjects.group_by(col).len()
+            self.groups[col] = _summed(self.groups[col], counts, col) if col in self.groups else counts
+        if worst is not None:
+            docs, price_in, price_out, budget = worst
+            cost = docs * (tokens[0] * price_in + window["max_tokens"] * price_out) / 1e6
+            self.over_budget += int((cost > budget).sum())
+            self.worst_usd = max(self.worst_usd, float(cost.max()))
+        if states is not None:
+            new = pl.Series(states, dtype=pl.String) == "new"
+            for i, values in enumerate((tokens[0], tokens[1], exp, window["max_tokens"])):
+                self.new[i] += int(values.filter(new).sum())
+            for state in states:
+                self.states[state] += 1
+
+    def counts(self, col: str) -> pl.DataFrame:
+        """`col`'s counts, most first (then by name)."""
+        g = self.groups.get(col, pl.DataFrame(schema={col: pl.String, "len": pl.Int64}))
+        return g.sort(["len", col], descending=[True, False])
+
+
 def make_plan(
-    prompts: pl.DataFrame,
+    prompts: pl.DataFrame | pl.LazyFrame,
     recipe: Any,
     *,
     n_leaves: int,
@@ -232,21 +303,26 @@ def make_plan(
 ) -> Plan:
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
     max_tokens, seed_extract_id, system; its own estimate input_tokens_est, 4 characters a token, is not read:
-    `input_token_estimates` weighs each script). `extra_input_tokens`: prompt text the table lacks (web extracts
-    of a source the plan could not reach), expected and at most. `spent_usd`: what the output folder's journals
+    `input_token_estimates` weighs each script), a frame or prompts.parquet's scan, read PLAN_WINDOW prompts at a
+    time. `extra_input_tokens`: prompt text the table lacks (web extracts of a source the plan could not reach),
+    expected and at most. `spent_usd`: what the output folder's journals
     already hold as paid (the budget counts it). `journal`: each prompt's `journal_states`, where the output
     folder has a journal: the plan then says what is answered already and what the rest costs."""
-    from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, is_priced
+    from textbookgen.build import prompt_windows
+    from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, is_priced, price_of
 
-    n = prompts.height
+    docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0  # the documents go through the batch API
+    budget = recipe.budget.max_cost_usd
+    worst = (docs, *price_of(recipe.model, recipe.price_table()), budget) if budget is not None else None
+    t = _Totals()
+    for window in prompt_windows(prompts.lazy().select(PLAN_COLUMNS), PLAN_WINDOW):
+        t.add(window, expected_tokens, worst, journal[t.n : t.n + window.height] if journal is not None else None)
+    n = t.n
     growth = grow or {}
-    tokens = _request_tokens(prompts)
     # prompts drawn from the roots, where the build will draw them from the grown tree (`grown_prompt_tokens`)
-    in_tok = int(tokens[0].sum() + n * growth.get("prompt_input_tokens", 0.0)) + extra_input_tokens[0]
-    in_max = int(tokens[1].sum() + n * growth.get("prompt_input_tokens_max", 0.0)) + extra_input_tokens[1]
-    exp = _expected_output(prompts, expected_tokens)
-    out_exp = int(exp.sum()) if n else 0
-    out_max = int(prompts["max_tokens"].sum()) if n else 0
+    in_tok = int(t.input_tokens + n * growth.get("prompt_input_tokens", 0.0)) + extra_input_tokens[0]
+    in_max = int(t.input_tokens_max + n * growth.get("prompt_input_tokens_max", 0.0)) + extra_input_tokens[1]
+    out_exp, out_max = t.output_expected, t.output_max
     grow_in = int(growth.get("input_tokens", 0))
     grow_in_max = int(growth.get("input_tokens_max", grow_in))  # estimate_grow's is an English prompt's, over GPT-2's
     grow_out = int(growth.get("output_tokens", 0))
@@ -255,7 +331,6 @@ def make_plan(
     grow_model = recipe.taxonomy.grow.model if grow else None
     models = [recipe.model, *[m for m in ALTERNATIVES if m != recipe.model and m in PRICES]]
     estimates = []
-    docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0  # the documents go through the batch API
     table = recipe.price_table()  # the recipe's prices (and --price) over the list prices
     for m in models:
         gm = grow_model or m
@@ -280,7 +355,7 @@ def make_plan(
         concurrency=lim.concurrency,
         tpm=lim.tpm,
     )
-    counts = prompts.group_by("topic_path").len().sort(["len", "topic_path"], descending=[True, False])
+    counts = t.counts("topic_path")
     return Plan(
         recipe=recipe.name,
         model=recipe.model,
@@ -288,13 +363,11 @@ def make_plan(
         n_prompts=n,
         n_leaves=n_leaves,
         topics_used=counts.height,
-        per_template=_counts(prompts, "template"),
-        per_audience=_counts(prompts, "audience"),
-        per_subject=_counts(
-            prompts.with_columns(pl.col("topic_path").str.split(" > ").list.first().alias("s")), "s"
-        ),
+        per_template=_counts(t.counts("template")),
+        per_audience=_counts(t.counts("audience")),
+        per_subject=_counts(t.counts("s")),
         top_topics=[(r[0], int(r[1])) for r in counts.head(8).iter_rows()],
-        with_web_extract=int(prompts["seed_extract_id"].is_not_null().sum()) if n else 0,
+        with_web_extract=t.with_web_extract,
         input_tokens=in_tok,
         input_tokens_max=in_max,
         output_tokens_expected=out_exp,
@@ -303,32 +376,26 @@ def make_plan(
         time_s=seconds,
         time_basis=basis,
         grow=grow,
-        notes=[*(notes or []), *_unaffordable(prompts, tokens[0], recipe, docs)],
+        notes=[*(notes or []), *_unaffordable(t, recipe)],
         batch=recipe.provider.batch,
         budget_usd=recipe.budget.max_cost_usd,
         spent_usd=spent_usd,
         diversity=prompt_diversity(prompts),
-        journal=_journal_counts(prompts, tokens, exp, journal, recipe) if journal is not None else None,
+        journal=_journal_counts(t, recipe) if journal is not None else None,
     )
 
 
-def _unaffordable(prompts: pl.DataFrame, input_tokens: pl.Series, recipe: Any, docs: float) -> list[str]:
+def _unaffordable(t: _Totals, recipe: Any) -> list[str]:
     """Requests whose worst case (prompt and max_tokens, at the model's price) is over the dollar budget: the
     engine sends requests in order, each once its worst case fits, so the build stops at the first of them and
     can never finish. The recipe refuses a max_tokens whose output alone is over it; a long prompt can tip it.
-    The prompt counts at its expected tokens (`input_tokens`): the engine learns prompt sizes from real usage."""
-    from textbookgen.pricing import price_of
-
+    The prompt counts at its expected tokens: the engine learns prompt sizes from real usage. `t`: the plan's
+    totals, which counted them (`_Totals.add`)."""
     budget = recipe.budget.max_cost_usd
-    if budget is None or not prompts.height:
+    if budget is None or not t.over_budget:
         return []
-    price_in, price_out = price_of(recipe.model, recipe.price_table())
-    worst = docs * (input_tokens * price_in + prompts["max_tokens"] * price_out) / 1e6
-    over = int((worst > budget).sum())
-    if not over:
-        return []
-    return [f"budget.max_cost_usd {usd(budget)}: {over:,} request(s) cost more than that at worst (prompt and "
-            f"max_tokens at {recipe.model}'s price, up to {usd(float(worst.max()))}), so the build would stop at "
+    return [f"budget.max_cost_usd {usd(budget)}: {t.over_budget:,} request(s) cost more than that at worst (prompt "
+            f"and max_tokens at {recipe.model}'s price, up to {usd(t.worst_usd)}), so the build would stop at "
             "the first of them and never finish; lower max_tokens or raise the budget"]
 
 
@@ -342,20 +409,16 @@ def _expected_output(prompts: pl.DataFrame, expected_tokens: dict[str, int]) -> 
     )["e"]
 
 
-def _journal_counts(
-    prompts: pl.DataFrame, tokens: tuple[pl.Series, pl.Series], expected: pl.Series, states: list[str], recipe: Any
-) -> dict[str, Any]:
-    """Prompts per journal state, and what the new ones cost at the recipe model's price (expected, most);
-    `tokens`: each prompt's input tokens (expected, most)."""
+def _journal_counts(t: _Totals, recipe: Any) -> dict[str, Any]:
+    """Prompts per journal state, and what the new ones cost at the recipe model's price (expected, most), from
+    the plan's totals (`_Totals.add`)."""
     from textbookgen.pricing import BATCH_DISCOUNT, estimate_cost, is_priced
 
-    new = pl.Series(states, dtype=pl.String) == "new"
-    tin, tin_max = int(tokens[0].filter(new).sum()), int(tokens[1].filter(new).sum())
-    out_exp, out_max = int(expected.filter(new).sum()), int(prompts["max_tokens"].filter(new).sum())
+    tin, tin_max, out_exp, out_max = t.new
     docs = BATCH_DISCOUNT if recipe.provider.batch else 1.0
     table = recipe.price_table()
     return {
-        **{s: states.count(s) for s in JOURNAL_STATES},
+        **t.states,
         "priced": is_priced(recipe.model, table),
         "new_cost_usd": docs * estimate_cost(recipe.model, tin, out_exp, table),
         "new_cost_usd_max": docs * estimate_cost(recipe.model, tin_max, out_max, table),
@@ -363,17 +426,20 @@ def _journal_counts(
 
 
 def journal_states(
-    prompts: pl.DataFrame, recipe: Any, journal: Path, *, retry_failed: bool = False
+    prompts: pl.DataFrame | pl.LazyFrame, recipe: Any, journal: Path, *, retry_failed: bool = False
 ) -> list[str]:
     """What the documents stage would do with each prompt, read from the output folder's journal (nothing is
     written): "answered" (its answer is replayed, or one the same request got under another max_tokens that
     stopped within this one is reused: free), "refused" (a refusal for good is replayed, free and without a
     document, unless `retry_failed`), "batch" (in a batch already submitted: paid, the build collects it) or
-    "new" (sent and paid), the engine's rules (`engine.replays`, `engine.fits`)."""
-    from textbookgen.build import document_requests
+    "new" (sent and paid), the engine's rules (`engine.replays`, `engine.fits`). PLAN_WINDOW prompts' requests at a
+    time (each request's state is its own), the prompts' provenance not read."""
+    from textbookgen.build import document_requests, prompt_windows
 
-    requests = document_requests(prompts, recipe)
-    return [state for state, _ in _lookup(journal, recipe.provider.name, recipe.model, requests, retry_failed)]
+    p = recipe.provider.name
+    requested = prompts.lazy().drop("provenance", strict=False)  # the one column no request reads
+    return [state for window in prompt_windows(requested, PLAN_WINDOW)
+            for state, _ in _lookup(journal, p, recipe.model, document_requests(window, recipe), retry_failed)]
 
 
 def _lookup(
@@ -516,7 +582,8 @@ def replay_growth(
     return tax, replay
 
 
-def grown_prompt_tokens(recipe: Any, grown: Taxonomy, roots_prompts: pl.DataFrame, web: Any) -> dict[str, float]:
+def grown_prompt_tokens(recipe: Any, grown: Taxonomy, roots_prompts: pl.DataFrame | pl.LazyFrame,
+                        web: Any) -> dict[str, float]:
     """What a document prompt's input tokens gain, on average (expected and at most), from drawing its topic from
     the grown taxonomy rather than from the roots a plan draws from (a plan grows nothing): a grown name is longer
     than a root's, the root becomes part of its path, and with fewer prompts a topic, fewer run its web-extract
@@ -527,7 +594,7 @@ def grown_prompt_tokens(recipe: Any, grown: Taxonomy, roots_prompts: pl.DataFram
     elsewhere), rendered under the recipe's caps."""
     from textbookgen.build import render_prompts
 
-    before = _request_tokens(roots_prompts.head(GROWTH_SAMPLE))
+    before = _request_tokens(roots_prompts.lazy().head(GROWTH_SAMPLE).collect())
     after = _request_tokens(render_prompts(recipe, grown, web, limit=GROWTH_SAMPLE))
     if not before[0].len() or not after[0].len():
         return {"prompt_input_tokens": 0.0, "prompt_input_tokens_max": 0.0}
@@ -562,10 +629,8 @@ def _select(
     return found
 
 
-def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
-    if not df.height:
-        return {}
-    g = df.group_by(col).len().sort(["len", col], descending=[True, False])
+def _counts(g: pl.DataFrame) -> dict[str, int]:
+    """A column's counts (`_Totals.counts`: key, len) as a dict, most first."""
     return {str(k): int(v) for k, v in g.iter_rows()}
 
 
