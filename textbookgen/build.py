@@ -1618,6 +1618,7 @@ class Build:
             extra_input_tokens=missing_web,
             spent_usd=self.manifest["build_cost_usd"]["total"],
             journal=states,
+            diversity=self.manifest["prompts"]["diversity"],
         )
         _write_json(plan.to_dict(), self.out / "plan.json")
         print_plan(plan, how_to_run=self.how_to_run(can_call))

@@ -300,6 +300,7 @@ def make_plan(
     extra_input_tokens: tuple[int, int] = (0, 0),
     spent_usd: float = 0.0,
     journal: list[str] | None = None,
+    diversity: dict[str, Any] | None = None,
 ) -> Plan:
     """`prompts` is the prompts stage's table (columns prompt, template, topic_path, audience,
     max_tokens, seed_extract_id, system; its own estimate input_tokens_est, 4 characters a token, is not read:
@@ -307,7 +308,8 @@ def make_plan(
     time. `extra_input_tokens`: prompt text the table lacks (web extracts of a source the plan could not reach),
     expected and at most. `spent_usd`: what the output folder's journals
     already hold as paid (the budget counts it). `journal`: each prompt's `journal_states`, where the output
-    folder has a journal: the plan then says what is answered already and what the rest costs."""
+    folder has a journal: the plan then says what is answered already and what the rest costs. `diversity`: the
+    prompts' `prompt_diversity` where the caller has it (a build's manifest), instead of another pass over them."""
     from textbookgen.build import prompt_windows
     from textbookgen.pricing import BATCH_DISCOUNT, PRICES, estimate_cost, is_priced, price_of
 
@@ -380,7 +382,7 @@ def make_plan(
         batch=recipe.provider.batch,
         budget_usd=recipe.budget.max_cost_usd,
         spent_usd=spent_usd,
-        diversity=prompt_diversity(prompts),
+        diversity=prompt_diversity(prompts) if diversity is None else diversity,
         journal=_journal_counts(t, recipe) if journal is not None else None,
     )
 
