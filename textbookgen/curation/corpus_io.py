@@ -24,6 +24,7 @@ import xxhash
 
 from textbookgen.dataset import check_complete
 from textbookgen.jsonl import iter_jsonl_lines, open_compressed
+from textbookgen.parquet_rows import parquet_file
 
 SUFFIXES = (".parquet", ".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
             ".ndjson.zst")
@@ -524,7 +525,7 @@ class Corpus:
                     yield df
             return
         try:
-            reader = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
+            reader = parquet_file(f)
             have = reader.schema_arrow.names
             if self.text_column not in have:  # before the columns are pruned, to name those it has
                 raise _no_text_field(f, have, self.text_column)
