@@ -33,6 +33,7 @@ from concurrent.futures import Future, wait
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from textbookgen.dataset import PULL_INCOMPLETE, SHARD_RE, existing_shards, split_rows, splits_of
 
@@ -652,12 +653,24 @@ def _user_name(api: Any) -> str | None:
 
 def _proposes_onto(api: Any, repo_id: str, pull: Any, head: str) -> bool:
     """Whether `pull` targets main and main's head commit `head` is in its history (it was opened from, or
-    brought up to, main's current head)."""
+    brought up to, main's current head). The history is read up to the page holding `head`, near its top."""
     details = api.get_discussion_details(repo_id, pull.num, repo_type="dataset")
     if details.target_branch not in ("refs/heads/main", "main"):
         return False
-    return any(c.commit_id == head for c in api.list_repo_commits(repo_id, repo_type="dataset",
-                                                                  revision=pull.git_reference))
+    return any(commit["id"] == head for commit in _history(api, repo_id, pull.git_reference))
+
+
+def _history(api: Any, repo_id: str, revision: str) -> Iterator[dict[str, Any]]:
+    """The commits of `revision`'s history, newest first, as the Hub lists them (`id`, `message`, ...), a page
+    (50 commits) requested only when the caller reaches it: `HfApi.list_repo_commits` requests every page
+    before it returns, a request per 50 commits of a long-lived repo on each push. The same URL, headers and
+    retries, through the client's public `paginate`, which follows the `Link: <...>; rel="next"` header."""
+    from huggingface_hub.utils import build_hf_headers, paginate
+
+    headers = build_hf_headers(token=api.token, library_name=api.library_name,
+                               library_version=api.library_version, user_agent=api.user_agent, headers=api.headers)
+    url = f"{api.endpoint}/api/datasets/{repo_id}/commits/{quote(revision, safe='')}"
+    return paginate(url, params={}, headers=headers)
 
 
 def _holds_tree(head: Any, base: Mapping[str, Any], adds: Mapping[str, Any]) -> bool:
@@ -697,7 +710,7 @@ def _rows_record(out_dir: Path, additions: list[Any], records: _RowRecords, same
     and changes no file: a pull gives back the very files pushed. A split whose shards are the head's (`same`:
     `_same_shards`) and were recorded by a commit of its history (`records`: `_RowRecords`), takes that
     record's rows digest: its shards are not decoded again (a push over the same shards, a card or recipe change,
-    decoded every one). New shards are decoded without reading the history (pages of it, in a long one)."""
+    decoded every one). New shards are decoded without reading the history."""
     shards: dict[str, dict[str, str]] = {}
     for op in additions:
         split = _shard_split(op.path_in_repo)
@@ -712,9 +725,12 @@ def _rows_record(out_dir: Path, additions: list[Any], records: _RowRecords, same
 
 
 class _RowRecords:
-    """The rows records (`_rows_record`) of a head's history, {(split, shards digest): rows digest}, read when first
-    asked for: those of its commits (`_recorded_rows`), then, for a key none of them holds, those of the pull
-    requests merged into it (`_merged_into`), newest first, one at a time until one holds the key. A merge commit
+    """The rows records (`_rows_record`) of a head's history, {(split, shards digest): rows digest}, read as they
+    are asked for: those of its commits (`_recorded_rows`), newest first, a page of the history at a time until
+    one holds the key (the newest record of a key is on the first page that holds it: a later page cannot change
+    it); then, for a key none of them holds, those of the pull requests merged into it (`_merged_into`, which
+    needs every commit id of the history: it is read to its end by then), newest first, one at a time until one
+    holds the key. A merge commit
     carries no record, and the pull request's own commits, which do, are not in main's history: the same rows as a
     merged pull request's, in other bytes, were called changed. A record names the shards it describes by their
     sha256: one read from a pull request's ref applies only where the head holds those very shards. Such records
@@ -726,15 +742,22 @@ class _RowRecords:
     def __init__(self, api: Any, repo_id: str, head: str) -> None:
         self.api, self.repo_id, self.head = api, repo_id, head
         self.commits: set[str] = set()
-        self.history: dict[tuple[str, str], str] | None = None
+        self.history: dict[tuple[str, str], str] = {}
+        self.unread: Iterator[tuple[tuple[str, str], str]] | None = None  # the history's records not read yet
         self.merged: dict[tuple[str, str], str] = {}
         self.pulls: Iterator[int] | None = None
 
     def get(self, key: tuple[str, str | None]) -> str | None:
         if not key[1]:  # shards kept in git: no record names them
             return None
-        if self.history is None:
-            self.history = _recorded_rows(self.api, self.repo_id, self.head, self.commits)
+        if self.unread is None:
+            self.unread = _recorded_rows(self.api, self.repo_id, self.head, self.commits)
+        try:
+            while key not in self.history and (record := next(self.unread, None)) is not None:
+                self.history.setdefault(*record)  # newest first: a key keeps its newest record
+        except BaseException:
+            self.unread = None  # a failed page ends the generator: the next ask reads the history again from its top
+            raise
         if key in self.history:
             return self.history[key]
         if self.pulls is None:
@@ -754,7 +777,7 @@ class _RowRecords:
             num = next(self.pulls, None)
             if num is None:
                 return False
-            found = _recorded_rows(self.api, self.repo_id, f"refs/pr/{num}", set())
+            found = list(_recorded_rows(self.api, self.repo_id, f"refs/pr/{num}", set()))
         except HfHubHTTPError as err:
             if num is not None and _missing_ref(err):
                 log.debug("pull request #%d of %s has no readable refs/pr/%d, so no rows record: %s", num,
@@ -764,7 +787,7 @@ class _RowRecords:
                       self.repo_id, " ".join(str(err).split()))
             self.pulls = iter(())
             return False
-        for key, rows in found.items():
+        for key, rows in found:
             self.merged.setdefault(key, rows)
         return True
 
@@ -791,17 +814,16 @@ def _merged_into(api: Any, repo_id: str, commits: set[str]) -> Iterator[int]:
             yield pull.num
 
 
-def _recorded_rows(api: Any, repo_id: str, head: str, commits: set[str]) -> dict[tuple[str, str], str]:
-    """{(split, shards digest): rows digest} the commits of `head`'s history recorded (`_rows_record`), the
-    newest record of each (the history is one request, or a few pages); the ids of those commits are added to
-    `commits`."""
-    recorded: dict[tuple[str, str], str] = {}
-    for commit in api.list_repo_commits(repo_id, repo_type="dataset", revision=head):
-        commits.add(commit.commit_id)
-        if ROWS_MARK in (commit.message or ""):
-            for split, rows, shards in _ROWS_LINE_RE.findall(commit.message.split(ROWS_MARK, 1)[1]):
-                recorded.setdefault((split, shards), rows)
-    return recorded
+def _recorded_rows(api: Any, repo_id: str, head: str, commits: set[str]) -> Iterator[tuple[tuple[str, str], str]]:
+    """((split, shards digest), rows digest) of each record (`_rows_record`) of `head`'s history, newest commit
+    first, read a page of the history at a time as the caller asks for more (`_history`); the id of each commit
+    read is added to `commits`."""
+    for commit in _history(api, repo_id, head):
+        commits.add(commit["id"])
+        message = commit.get("message") or ""
+        if ROWS_MARK in message:
+            for split, rows, shards in _ROWS_LINE_RE.findall(message.split(ROWS_MARK, 1)[1]):
+                yield (split, shards), rows
 
 
 def _shards_digest(files: Mapping[str, str | None]) -> str | None:

@@ -10,6 +10,10 @@ refs, commit history, tree listing, paths-info, whoami and file resolve with the
 `hf_hub_download` reads (`X-Repo-Commit`, `ETag`, `X-Linked-Etag`, `X-Linked-Size`, ranges). Xet is
 switched off in the client while the fake runs, so large files take the LFS path.
 
+Listings are paged as the Hub pages them: the commit history by page index (`p`, `limit`; a `Link: <...>;
+rel="next"` header and `X-Total-Count`), the tree by an opaque `cursor` in the `Link` header, pull requests by
+`p` (`count`/`start` in the body). `FakeHub(page_size=3)` makes every page that small, so a test meets many.
+
 Permissions follow the Hub's: the token's user writes to its own namespace and its `orgs`; a repo of
 someone else's (`hub.add_repo("them/data")`) is readable but answers writes 403, and is not found
 (404) when private; any signed-in reader may open a pull request on it and commit onto their own.
@@ -60,6 +64,11 @@ LFS_PATTERNS = (
 LFS_SIZE = 10 * 1024 * 1024  # larger files go to LFS whatever their name
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
 SPLIT_RE = re.compile(r"^\w+(\.\w+)*$")
+#: The Hub's page sizes: commits (`limit` asks up to COMMITS_LIMIT_MAX), tree entries (fewer with
+#: `expand=true`), discussions (a guess: the client follows `count`/`start` and never names a size).
+COMMITS_PAGE, COMMITS_LIMIT_MAX = 50, 1000
+TREE_PAGE, TREE_EXPAND_PAGE = 1000, 50
+DISCUSSIONS_PAGE = 50
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -204,12 +213,16 @@ class FakeHub:
 
     `token`/`user`: the one valid write token and its user name; requests with another token get 401,
     and writes without a token get 401. `orgs`: namespaces the user may also write to. `port`: 0 picks
-    a free one.
+    a free one. `page_size`: the entries on a page of every paged listing (commits, tree, pull requests),
+    so that tests meet many pages; None: the Hub's own sizes.
     """
 
     def __init__(self, token: str = DEFAULT_TOKEN, user: str = "tester", orgs: tuple[str, ...] = ("team",),
-                 port: int = 0):  # fmt: skip
+                 port: int = 0, page_size: int | None = None):  # fmt: skip
+        if page_size is not None and page_size < 1:
+            raise ValueError(f"page_size {page_size}: a page holds at least one entry")
         self._port = port
+        self.page_size = page_size
         self.token = token
         self.user = user
         self.orgs = tuple(orgs)
@@ -750,12 +763,14 @@ class FakeHub:
                 "repo": {"name": repo.repo_id, "type": repo.repo_type}}
 
     async def list_discussions(self, request: web.Request) -> web.Response:
-        """`HfApi.get_repo_discussions`: every pull request, newest first, on one page (the fake opens no
-        plain discussions)."""
+        """`HfApi.get_repo_discussions`: the pull requests, newest first, page `p` of them (the fake opens no
+        plain discussions); `count` and `start` tell the client whether another page follows."""
         repo = self._repo(request)
         pulls = [self._pull_json(repo, p) for p in sorted(repo.pulls.values(), key=lambda p: -p.num)
                  if request.query.get("status") in (None, p.status) and request.query.get("type") != "discussion"]
-        return web.json_response({"discussions": pulls, "count": len(pulls), "start": 0})
+        size = self.page_size or DISCUSSIONS_PAGE
+        start = _query_int(request, "p", 0) * size
+        return web.json_response({"discussions": pulls[start:start + size], "count": len(pulls), "start": start})
 
     async def discussion(self, request: web.Request) -> web.Response:
         """`HfApi.get_discussion_details` of a pull request: its status, target branch and events."""
@@ -833,14 +848,23 @@ class FakeHub:
         return web.json_response({"branches": branches, "converts": [], "tags": [], "pullRequests": pulls})
 
     async def list_commits(self, request: web.Request) -> web.Response:
+        """`HfApi.list_repo_commits`: the history of `rev`, newest first, page `p` of `limit` commits (the Hub's
+        50 by default), with the Hub's `Link: <...>; rel="next"` to the next page and `X-Total-Count`."""
         repo = self._repo(request)
         commit = self._commit_at(repo, request.match_info["rev"])
+        size = min(_query_int(request, "limit", self.page_size or COMMITS_PAGE), COMMITS_LIMIT_MAX)
+        if size < 1:
+            raise FakeHubError(400, f"limit {size}: must be at least 1")
+        page = _query_int(request, "p", 0)
         out = []
         while commit is not None:
             out.append({"id": commit.oid, "title": commit.title, "message": commit.message,
                         "authors": [{"user": commit.author}], "date": commit.date})  # fmt: skip
             commit = repo.commits.get(commit.parent) if commit.parent else None
-        return web.json_response(out)
+        headers = {"X-Total-Count": str(len(out))}
+        if (page + 1) * size < len(out):
+            headers["Link"] = f'<{request.url.update_query(p=page + 1, limit=size)}>; rel="next"'
+        return web.json_response(out[page * size:(page + 1) * size], headers=headers)
 
     def _entry_json(self, path: str, entry: FileEntry) -> dict:
         item: dict[str, Any] = {"type": "file", "oid": entry.blob_id, "size": entry.size, "path": path}
@@ -874,7 +898,26 @@ class FakeHub:
                     out.append(self._folder_json(commit.files, folder))
             if recursive or len(parts) == 1:
                 out.append(self._entry_json(path, under[path]))
-        return web.json_response(out)
+        return self._tree_page(request, out)
+
+    def _tree_page(self, request: web.Request, entries: list[dict]) -> web.Response:
+        """The page of a tree listing that the query's `cursor` (opaque to the client: here the index of its first
+        entry) starts, with a `Link: <...>; rel="next"` header carrying the next page's cursor, as the Hub pages
+        `list_repo_tree` (1000 entries a page, 50 with `expand=true`)."""
+        expand = request.query.get("expand", "").lower() in ("1", "true")
+        size = self.page_size or (TREE_EXPAND_PAGE if expand else TREE_PAGE)
+        cursor = request.query.get("cursor")
+        try:
+            start = int(base64.urlsafe_b64decode(cursor).decode()) if cursor else 0
+        except ValueError as err:
+            raise FakeHubError(400, f"Invalid cursor {cursor!r}") from err
+        if start < 0:
+            raise FakeHubError(400, f"Invalid cursor {cursor!r}")
+        headers = {}
+        if start + size < len(entries):
+            token = base64.urlsafe_b64encode(str(start + size).encode()).decode()
+            headers["Link"] = f'<{request.url.update_query(cursor=token)}>; rel="next"'
+        return web.json_response(entries[start:start + size], headers=headers)
 
     async def paths_info(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
@@ -914,6 +957,16 @@ class FakeHub:
             headers["X-Linked-Size"] = str(entry.size)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return ranged_response(request, (self._objects / entry.sha256).read_bytes(), headers, content_type)
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    """The query parameter `name` as a non-negative integer (a page index or size); a 400 naming it otherwise."""
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if not re.fullmatch(r"[0-9]+", value):
+        raise FakeHubError(400, f"Invalid query parameter {name}={value!r}: expected a non-negative integer")
+    return int(value)
 
 
 def _now() -> str:
