@@ -23,8 +23,9 @@ import math
 import posixpath
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import jinja2
 import jinja2.meta
@@ -379,15 +380,91 @@ def shared_schema(out_dir: Path, splits: dict[str, list[Path]]) -> pa.Schema:
     return first
 
 
-def document_table(splits: dict[str, list[Path]]) -> pl.DataFrame:
-    """Every column the card needs, with the text reduced to its word and character counts."""
+def document_table(splits: dict[str, list[Path]]) -> pl.LazyFrame:
+    """Every column the card needs, with the text reduced to its word and character counts: a lazy scan of the
+    shards, which `document_figures` reduces to small results (a collected table of every row's strings took
+    several GB at millions of documents)."""
     light = [c for c in SCHEMA if c not in ("text", "provenance")]
-    lf = pl.scan_parquet([p for paths in splits.values() for p in paths])
-    return lf.select(
+    return pl.scan_parquet([p for paths in splits.values() for p in paths]).select(
         *light,
         pl.col("text").str.count_matches(r"\S+").alias("words"),
         pl.col("text").str.len_chars().alias("chars"),
-    ).collect(engine="streaming")
+    )
+
+
+@dataclass(frozen=True)
+class DocumentFigures:
+    """What the card's stats and plots read of the documents: a few numeric columns (8 bytes a row or less each)
+    and small aggregates, never a row's strings. `tables` holds `data_stats`' aggregates (empty where only
+    the plots were asked for): `totals` (one row), `templates`, `audience`, `style`, `format`, `models`."""
+
+    words: pl.Series  # words of every document, in order
+    chars: int | None  # characters of all documents; None where the frame has no `chars`
+    tokens: pl.Series  # output tokens of the documents that have them
+    scores: pl.Series  # quality scores of the scored documents
+    per_topic: pl.DataFrame  # topic_path, len: documents of each topic (a null topic is none)
+    tables: dict[str, pl.DataFrame]
+
+
+#: What `data_stats` and `plot_all` take: a documents frame (`document_table`'s columns), or its figures.
+Documents: TypeAlias = "DocumentFigures | pl.DataFrame | pl.LazyFrame"
+
+#: `collect_all` without common-subplan elimination: sharing the scan would cache every column the queries read,
+#: strings included, in memory: the table this avoids. Each query reads only its columns of the shards.
+_SEPARATE_SCANS = pl.QueryOptFlags(comm_subplan_elim=False)
+
+
+def document_figures(docs: Documents, stats: bool = True) -> DocumentFigures:
+    """`docs` (`document_table`'s frame, lazy or not; or figures already collected, returned as they are)
+    reduced to what the card's plots need and, with `stats`, `data_stats` too: one `collect_all` of
+    streaming queries, each collecting a small result or one numeric column."""
+    if isinstance(docs, DocumentFigures):
+        return docs
+    lf = docs.lazy()
+    lengths = ["words", "chars"] if stats or "chars" in lf.collect_schema() else ["words"]  # one pass over the text
+    queries = {
+        "lengths": lf.select(lengths),
+        "tokens": lf.select(pl.col("output_tokens").drop_nulls()),
+        "scores": lf.select(pl.col("quality_score").drop_nulls()),
+        "per_topic": lf.filter(pl.col("topic_path").is_not_null()).group_by("topic_path").len(),
+        **(_stats_queries(lf) if stats else {}),
+    }
+    frames = dict(zip(queries, pl.collect_all(list(queries.values()), engine="streaming", optimizations=_SEPARATE_SCANS),
+                      strict=True))  # fmt: skip
+    lengths = frames.pop("lengths")
+    return DocumentFigures(
+        words=lengths["words"],
+        chars=_total(lengths["chars"]) if "chars" in lengths.columns else None,
+        tokens=frames.pop("tokens")["output_tokens"],
+        scores=frames.pop("scores")["quality_score"],
+        per_topic=frames.pop("per_topic"),
+        tables=frames,
+    )
+
+
+def _stats_queries(lf: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
+    """`data_stats`' aggregates of the documents, each a small result: totals, and counts per template, per
+    audience, style and format (nulls a group of their own), and the models."""
+    extract = pl.col("seed_extract_id")
+    return {
+        "totals": lf.select(
+            pl.len().alias("rows"),
+            pl.col("input_tokens").cast(pl.Int64).sum(),
+            pl.col("output_tokens").cast(pl.Int64).sum(),
+            (pl.col("finish_reason") == "length").sum().alias("truncated"),
+            extract.is_not_null().sum().alias("seeded"),
+            extract.drop_nulls().n_unique().alias("distinct_extracts"),
+        ),
+        "templates": lf.group_by("template", "template_hash").len(),
+        **{col: lf.group_by(col).len() for col in ("audience", "style", "format")},
+        "models": lf.select(pl.col("model").unique()),
+    }
+
+
+def _total(counts: pl.Series) -> int:
+    """The sum of a count column as a Python int: a UInt32 sum (word and character counts) wraps past 2**32,
+    which a corpus of a few million documents passes."""
+    return int(counts.cast(pl.Int64).sum() or 0)
 
 
 def recipe_fields(recipe: Recipe | Mapping) -> tuple[dict, set[str]]:
@@ -563,57 +640,78 @@ def card_defaults(out_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text("utf-8")) if path.is_file() else {}
 
 
-def data_stats(df: pl.DataFrame) -> dict:
-    """Figures the card reports, computed from the documents themselves."""
-    words = df["words"]
-    topics = df.filter(pl.col("topic_path").is_not_null())
-    subject = topics["topic_path"].str.split(" > ").list.first()
-    scores = df["quality_score"].drop_nulls()
+def data_stats(docs: Documents) -> dict:
+    """Figures the card reports, computed from the documents themselves (`document_figures` of `docs`)."""
+    figures = document_figures(docs)
+    tables = figures.tables
+    if "totals" not in tables:
+        raise ValueError("data_stats: these document figures were collected for the plots only; "
+                         "collect them with document_figures(docs, stats=True)")
+    totals = tables["totals"].row(0, named=True)
+    rows = totals["rows"]
+    topics = figures.per_topic
 
     def mix(col: str) -> list[dict]:
-        if df[col].null_count() == df.height:
+        counts = tables[col]
+        if counts[col].is_null().all():
             return []
-        counts = df[col].fill_null("(none)").value_counts().sort(["count", col], descending=[True, False])
-        return [{"name": r[col], "n": r["count"], "share": r["count"] / df.height} for r in counts.iter_rows(named=True)]
+        counts = counts.group_by(pl.col(col).fill_null("(none)")).agg(pl.col("len").sum())  # as a "(none)" value
+        counts = counts.sort(["len", col], descending=[True, False])
+        return [{"name": r[col], "n": r["len"], "share": r["len"] / rows} for r in counts.iter_rows(named=True)]
 
+    templates = tables["templates"]
     templates = (
-        df.group_by("template", "template_hash").len().sort(["len", "template"], descending=[True, False])
-        .iter_rows(named=True)
-        if df["template"].null_count() < df.height
+        templates.sort(["len", "template", "template_hash"], descending=[True, False, False]).iter_rows(named=True)
+        if not templates["template"].is_null().all()
         else []
     )
     return {
-        "rows": df.height,
-        "chars": int(df["chars"].sum() or 0),
-        "words": int(words.sum()),
-        "input_tokens": int(df["input_tokens"].sum() or 0),
-        "output_tokens": int(df["output_tokens"].sum() or 0),
-        "median_words": float(words.median() or 0),
-        "median_output_tokens": float(df["output_tokens"].median() or 0),
-        "topics": topics["topic_path"].n_unique(),
-        "subjects": subject.n_unique(),
-        "docs_per_topic_median": float(topics["topic_path"].value_counts()["count"].median() or 0),
-        "seeded_share": df["seed_extract_id"].is_not_null().mean() or 0.0,
-        "distinct_extracts": df["seed_extract_id"].drop_nulls().n_unique(),
-        "truncated": int((df["finish_reason"] == "length").sum() or 0),
-        "models": sorted(m for m in df["model"].unique().to_list() if m),
+        "rows": rows,
+        "chars": figures.chars,
+        "words": _total(figures.words),
+        "input_tokens": int(totals["input_tokens"] or 0),
+        "output_tokens": int(totals["output_tokens"] or 0),
+        "median_words": float(figures.words.median() or 0),
+        "median_output_tokens": float(figures.tokens.median() or 0),
+        "topics": topics.height,
+        "subjects": _subject_counts(topics).height,
+        "docs_per_topic_median": float(topics["len"].median() or 0),
+        "seeded_share": totals["seeded"] / rows if rows else 0.0,
+        "distinct_extracts": totals["distinct_extracts"],
+        "truncated": int(totals["truncated"] or 0),
+        "models": sorted(m for m in tables["models"]["model"].to_list() if m),
         "templates": [{"name": r["template"], "hash": r["template_hash"], "n": r["len"]} for r in templates],
         "audiences": mix("audience"),
         "styles": mix("style"),
         "formats": mix("format"),
-        "quality": {
-            "n": scores.len(),
-            "mean": float(scores.mean()) if scores.len() else None,
-            "median": float(scores.median()) if scores.len() else None,
-        },
+        "quality": _quality(figures.scores),
     }
+
+
+def _quality(scores: pl.Series) -> dict[str, Any]:
+    """How many documents are scored, and their mean and median score (None where none is)."""
+    return {
+        "n": scores.len(),
+        "mean": math.fsum(scores.to_numpy()) / scores.len() if scores.len() else None,  # exact: no chunk order
+        "median": float(scores.median()) if scores.len() else None,
+    }
+
+
+def _subject_counts(per_topic: pl.DataFrame) -> pl.DataFrame:
+    """subject, len: documents per subject (a topic path's first part), of documents per topic; largest first,
+    ties by name."""
+    return (
+        per_topic.group_by(pl.col("topic_path").str.split(" > ").list.first().alias("subject"))
+        .agg(pl.col("len").cast(pl.Int64).sum()).sort(["len", "subject"], descending=[True, False])
+    )  # fmt: skip
 
 
 _BAR_STYLE = {"color": "#3b6ea5", "edgecolor": "white"}  # the bars of every plot
 
 
-def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None) -> dict[str, str]:
-    """Draw the card's PNGs into `assets`; return {plot name: path relative to the repo root}.
+def plot_all(docs: Documents, assets: Path, quality_cut: Mapping | None = None) -> dict[str, str]:
+    """Draw the card's PNGs of `docs` (`document_figures`) into `assets`; return {plot name: path relative to the
+    repo root}.
 
     `quality_cut`: the manifest's `curation.quality_filter` stats, whose threshold is drawn on the score
     histogram: it shows only the documents kept, so without the line the cut would not show at all."""
@@ -621,68 +719,63 @@ def plot_all(df: pl.DataFrame, assets: Path, quality_cut: Mapping | None = None)
 
     matplotlib.use("Agg")
 
+    figures = document_figures(docs, stats=False)
     assets.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
-    if (fig := _topic_coverage_figure(df)) is not None:
+    if (fig := _topic_coverage_figure(figures.per_topic)) is not None:
         made["topic_coverage"] = _save(fig, assets / "topic_coverage.png")
-    if (fig := _length_figure(df)) is not None:
+    if (fig := _length_figure(figures)) is not None:
         made["length_histogram"] = _save(fig, assets / "length_histogram.png")
-    if (fig := _quality_figure(df, quality_cut)) is not None:
+    if (fig := _quality_figure(figures.scores, quality_cut)) is not None:
         made["quality_histogram"] = _save(fig, assets / "quality_histogram.png")
     return {name: f"{ASSETS_DIR}/{Path(path).name}" for name, path in made.items()}
 
 
-def _topic_coverage_figure(df: pl.DataFrame) -> Any:
+def _topic_coverage_figure(per_topic: pl.DataFrame) -> Any:
     """Documents per subject (the 25 largest) beside the spread of documents per topic; None without topics."""
     import matplotlib.pyplot as plt
 
-    topics = df.filter(pl.col("topic_path").is_not_null())
-    if not topics.height:
+    if not per_topic.height:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
-    _subjects_panel(left, topics)
-    _per_topic_panel(right, topics)
+    _subjects_panel(left, _subject_counts(per_topic))
+    _per_topic_panel(right, per_topic)
     return fig
 
 
-def _subjects_panel(ax: Any, topics: pl.DataFrame) -> None:
+def _subjects_panel(ax: Any, subjects: pl.DataFrame) -> None:
     """Bars of documents per subject, largest on top: the first 25, names cut at 45 characters."""
-    subjects = (
-        topics.select(pl.col("topic_path").str.split(" > ").list.first().alias("subject"))
-        .group_by("subject").len().sort(["len", "subject"], descending=[True, False]).head(25)
-    )  # fmt: skip
-    labels = [s if len(s) <= 45 else s[:44] + "…" for s in subjects["subject"].to_list()]
-    ax.barh(labels[::-1], subjects["len"].to_list()[::-1], **_BAR_STYLE)
-    _count_axis(ax.xaxis, 0, int(subjects["len"].max()))
+    top = subjects.head(25)
+    labels = [s if len(s) <= 45 else s[:44] + "…" for s in top["subject"].to_list()]
+    ax.barh(labels[::-1], top["len"].to_list()[::-1], **_BAR_STYLE)
+    _count_axis(ax.xaxis, 0, int(top["len"].max()))
     ax.set_xlabel("documents")
-    n_subjects = topics["topic_path"].str.split(" > ").list.first().n_unique()
-    shown = f"top {subjects.height} of {n_subjects:,} subjects" if n_subjects > subjects.height \
-        else counted(n_subjects, "subject")
+    shown = f"top {top.height} of {subjects.height:,} subjects" if subjects.height > top.height \
+        else counted(subjects.height, "subject")
     ax.set_title(f"Documents per subject ({shown})")
 
 
-def _per_topic_panel(ax: Any, topics: pl.DataFrame) -> None:
+def _per_topic_panel(ax: Any, per_topic: pl.DataFrame) -> None:
     """Histogram of documents per topic: a bin per count over a short span, 60 bins over a wide one."""
-    per_topic = topics["topic_path"].value_counts()["count"].to_numpy()
-    lo, hi = int(per_topic.min()), int(per_topic.max())
+    counts = per_topic["len"].to_numpy()
+    lo, hi = int(counts.min()), int(counts.max())
     bins = [b - 0.5 for b in range(lo, hi + 2)] if hi - lo <= 60 else 60
-    ax.hist(per_topic, bins=bins, **_BAR_STYLE)
+    ax.hist(counts, bins=bins, **_BAR_STYLE)
     _count_axis(ax.yaxis)
     _count_axis(ax.xaxis, lo, hi)
     ax.set_xlabel("documents per topic")
     ax.set_ylabel("topics")
-    ax.set_title(counted(len(per_topic), "distinct topic"))
+    ax.set_title(counted(len(counts), "distinct topic"))
 
 
-def _length_figure(df: pl.DataFrame) -> Any:
+def _length_figure(figures: DocumentFigures) -> Any:
     """Histogram of document lengths in output tokens, or in words where the tokens are unknown (a user's
     corpus); None without documents."""
     import matplotlib.pyplot as plt
 
-    lengths = df["output_tokens"].drop_nulls()
-    label = "output tokens"
+    lengths, label = figures.tokens, "output tokens"
     if lengths.len() == 0 or lengths.max() == 0:
-        lengths, label = df["words"], "words"
+        lengths, label = figures.words, "words"
     if not lengths.len():
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -699,11 +792,10 @@ def _length_figure(df: pl.DataFrame) -> Any:
     return fig
 
 
-def _quality_figure(df: pl.DataFrame, quality_cut: Mapping | None) -> Any:
+def _quality_figure(scores: pl.Series, quality_cut: Mapping | None) -> Any:
     """Histogram of quality scores with their median and the curation's cut, if any; None where none is scored."""
     import matplotlib.pyplot as plt
 
-    scores = df["quality_score"].drop_nulls()
     if not scores.len():
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -823,7 +915,7 @@ def _write_card(out_dir: Path, template_path: str | Path, context: dict[str, Any
     return readme
 
 
-def _fresh_plots(docs: pl.DataFrame, out_dir: Path, quality_cut: Mapping | None = None) -> dict[str, str]:
+def _fresh_plots(docs: Documents, out_dir: Path, quality_cut: Mapping | None = None) -> dict[str, str]:
     """The card's plots of `docs` under out_dir/assets, and no stale one left from an earlier render."""
     plots = plot_all(docs, out_dir / ASSETS_DIR, quality_cut)
     for stale in (out_dir / ASSETS_DIR).glob("*.png"):
@@ -870,7 +962,7 @@ def render_card(
         raise FileNotFoundError(f"no shards of the built split(s) {sorted(built or [])} under {out_dir}/data "
                                 f"(it has {sorted(splits)}); write them first")
     schema = shared_schema(out_dir, splits)
-    docs = document_table(own)
+    docs = document_figures(document_table(own))  # once, for the stats and the plots
     if not isinstance(recipe, Mapping):
         manifest = portable_manifest(manifest, recipe)
     recipe, chosen = recipe_fields(recipe)
@@ -1023,10 +1115,10 @@ def corpus_metadata(name: str, license: str | None, language: str | None) -> tup
     return metadata, {k: v for k, v in metadata.items() if k not in given}
 
 
-def corpus_table(splits: dict[str, list[Path]], text_column: str, schema: pa.Schema) -> pl.DataFrame:
-    """What `plot_all` and `corpus_stats` need of every row: the text's word and character counts, the
-    corpus's `quality_score` where it has a numeric one (`textbookgen classifier score`), and the build
-    columns the plots look for, null."""
+def corpus_table(splits: dict[str, list[Path]], text_column: str, schema: pa.Schema) -> pl.LazyFrame:
+    """What `plot_all` and `corpus_stats` need of every row, lazily (as `document_table`): the text's word and
+    character counts, the corpus's `quality_score` where it has a numeric one (`textbookgen classifier score`),
+    and the build columns the plots look for, null."""
     score = schema.field("quality_score").type if "quality_score" in schema.names else None
     numeric = score is not None and (pa.types.is_integer(score) or pa.types.is_floating(score))
     lf = pl.scan_parquet([p for paths in splits.values() for p in paths])
@@ -1036,25 +1128,22 @@ def corpus_table(splits: dict[str, list[Path]], text_column: str, schema: pa.Sch
         (pl.col("quality_score").cast(pl.Float64) if numeric else pl.lit(None, pl.Float64)).alias("quality_score"),
         pl.lit(None, pl.String).alias("topic_path"),
         pl.lit(None, pl.Int64).alias("output_tokens"),
-    ).collect(engine="streaming")
+    )
 
 
-def corpus_stats(df: pl.DataFrame) -> dict:
-    """Lengths and quality scores of a corpus, from `corpus_table`."""
-    words, scores = df["words"], df["quality_score"].drop_nulls()
+def corpus_stats(docs: Documents) -> dict:
+    """Lengths and quality scores of a corpus, from `corpus_table` (or its `document_figures`)."""
+    figures = document_figures(docs, stats=False)
+    words = figures.words
     return {
-        "rows": df.height,
-        "words": int(words.sum() or 0),
-        "chars": int(df["chars"].sum() or 0),
+        "rows": words.len(),
+        "words": _total(words),
+        "chars": figures.chars or 0,
         "words_median": float(words.median() or 0),
         "words_min": int(words.min() or 0),
         "words_max": int(words.max() or 0),
         "empty": int((words == 0).sum()),
-        "quality": {
-            "n": scores.len(),
-            "mean": float(scores.mean()) if scores.len() else None,
-            "median": float(scores.median()) if scores.len() else None,
-        },
+        "quality": _quality(figures.scores),
     }
 
 
@@ -1112,9 +1201,9 @@ def render_corpus_card(
         raise ValueError(f"{out_dir}: column {text_column!r} holds {type_label(schema.field(text_column).type)}, "
                          "not text; pass --text-column")
     name = name or out_dir.resolve().name
-    docs = corpus_table(splits, text_column, schema)
+    docs = document_figures(corpus_table(splits, text_column, schema), stats=False)  # once, for stats and plots
     metadata, defaults = corpus_metadata(name, license, language)
-    data = corpus_card_data(metadata, splits, info, docs.height)
+    data = corpus_card_data(metadata, splits, info, docs.words.len())
     plots = _fresh_plots(docs, out_dir)
     stages, decontam = _curation_tables(curation)
     context = {
