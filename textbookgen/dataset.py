@@ -86,7 +86,8 @@ def check_rows(lf: pl.LazyFrame, as_given: bool = False) -> tuple[int, int]:
         raise ValueError(f"documents table lacks required column(s) {missing}; it has {schema.names()}")
     types = dict(schema) if as_given else {c: t for c, t in SCHEMA.items() if c in schema}
     sizes = [
-        (pl.col(c).cast(pl.String).str.len_bytes().sum() + 4 * pl.len()) if t == pl.String else 8 * pl.len()
+        (pl.col(c).cast(pl.String).str.len_bytes().cast(pl.Int64).sum() + 4 * pl.len().cast(pl.Int64))
+        if t == pl.String else 8 * pl.len().cast(pl.Int64)  # Int64: a UInt32 sum wraps past 4 GiB
         for c, t in types.items()
     ]
     stats = lf.select(
