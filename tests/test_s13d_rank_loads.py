@@ -31,7 +31,7 @@ def scenario(name, folder, rank):
         def missing(spec):
             raise FileNotFoundError(f"tokenizer not found: {spec} (no such file or folder)")
         train_module.load_tokenizer = missing
-    if name == "init_from_rank1" and rank == 1:  # the Hub is out of reach from rank 1 alone
+    if name == "init_from_rank0" and rank == 0:  # the Hub is out of reach from rank 0 (which alone reads init_from)
         from trainer import pretrained
         def unreachable(spec):
             raise pretrained.InitError(f"train.init_from {spec}: cannot download the Hub model: connection reset")
@@ -73,9 +73,10 @@ def test_a_tokenizer_only_rank_0_can_load_is_the_runs_on_every_rank(tmp_path, sh
 
 
 @pytest.mark.slow
-def test_an_init_from_load_failing_on_rank_1_alone_fails_every_rank(tmp_path):
-    """Rank 1 could not download train.init_from; rank 0 loaded it and went on into DDP's first broadcast, where
-    it crashed on the closed connection. Now both raise rank 1's InitError."""
+def test_an_init_from_load_failing_on_rank_0_fails_every_rank(tmp_path):
+    """Rank 0 could not download train.init_from (each rank loaded it: where rank 1 alone failed, rank 0 went on into
+    DDP's first broadcast and crashed on the closed connection). Rank 0 alone reads it now (test_h33); rank 1, which
+    waits for its weights, raises rank 0's InitError too."""
     import torch
 
     from trainer.export import export_hf
@@ -84,7 +85,7 @@ def test_an_init_from_load_failing_on_rank_1_alone_fails_every_rank(tmp_path):
     torch.manual_seed(0)
     export_hf(Phi(dataclasses.replace(CONFIGS["tiny"], vocab_size=256)), tmp_path / "weights")
     h15.synthetic_run(tmp_path, **{"train.init_from": str(tmp_path / "weights")})
-    outcomes = h15.two_ranks("init_from_rank1", tmp_path, WORKER)
+    outcomes = h15.two_ranks("init_from_rank0", tmp_path, WORKER)
     assert [o.get("error") for o in outcomes] == ["InitError", "InitError"], outcomes
     assert all("cannot download the Hub model: connection reset" in o["message"] for o in outcomes)
 

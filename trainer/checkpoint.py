@@ -271,7 +271,7 @@ def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
     on every rank. The keys are checked first by rank 0 alone, its refusal raised on every rank (`shared_outcome`;
     the ranks' states have the same keys): each rank reading the metadata itself let one whose read failed (or whose
     node's copy differs) raise while the others went on into `dcp.load`'s collectives, waiting for it.
-    Inside a rank-agreement (`distributed.agreeing`: train.init_from's load, on every rank) each rank loads the whole
+    Inside a rank-agreement (`distributed.agreeing`: train.init_from's load, by rank 0 alone) the rank loads the whole
     of `state` alone, with no collective, which would pair with those of a rank that failed before it got here."""
     shared_outcome(lambda: _check_keys(state, ckpt), every=agreeing())  # loading alone, each rank checks its copy
     try:

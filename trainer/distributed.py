@@ -240,6 +240,20 @@ def from_rank_0(fn: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
+def broadcast_module(module: nn.Module) -> None:
+    """Rank 0's parameters and persistent buffers copied in place into `module` on every other rank, one tensor at a
+    time (no second copy of the weights): for weights that rank 0 alone read (train.init_from), sent before FSDP2
+    shards the module, as its `fully_shard` broadcasts nothing (DDP's constructor does). The module must be built
+    alike on every rank (the same tensors, in the same order)."""
+    _refuse_inside_agreement("broadcast_module")
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    tensors = {id(t): t for t in module.state_dict(keep_vars=True).values()}  # a tied weight once
+    with torch.no_grad():
+        for tensor in tensors.values():
+            dist.broadcast(tensor.detach(), src=0)
+
+
 def gathered(value: T) -> list[T]:
     """`value` of every rank, by rank (`[value]` on one process): for what each rank finds on its own node."""
     _refuse_inside_agreement("gathered")

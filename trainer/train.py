@@ -860,19 +860,28 @@ class Trainer:
             torch.set_float32_matmul_precision("high")
 
     def _build_model(self) -> None:
-        """The model, seeded by train.seed, with train.init_from's weights on a fresh start: unsharded, so
-        FSDP2 and DDP start from the same full weights on every rank."""
-        initial = self._initial_model()
-        self.model_cfg = model_config(self.cfg, *self._weights_config(initial))
-        torch.manual_seed(self.cfg.train.seed)
-        with torch.device(self.device):
-            self.model = Phi(self.model_cfg)
-        if initial is not None:
-            self.model.load_state_dict(initial.state_dict())
-            del initial
+        """The model, seeded by train.seed, with train.init_from's weights on a fresh start: loaded by rank 0 and
+        broadcast from it into every rank's unsharded model, so that FSDP2 (which broadcasts nothing) and DDP start
+        from rank 0's weights on every rank, whatever copy of init_from another node holds, or none. The build is an
+        agreement: a rank failing there (out of memory) would leave the others waiting in the broadcast."""
+        weights, initial = self._initial_model()
+        self.model_cfg = model_config(self.cfg, *self._weights_config(weights))
+        self.model = distributed.shared_outcome(lambda: self._new_model(initial), every=True)
+        if weights is not None:
+            distributed.broadcast_module(self.model)
         if self.cfg.train.precision == "bf16":
             to_bf16_matrices(self.model)
         self.flops_per_token = self.model.flops_per_token(self.cfg.data.seq_len)
+
+    def _new_model(self, initial: list[Phi]) -> Phi:
+        """This rank's model of `model_cfg`, seeded by train.seed, holding the weights of the model in `initial`
+        where there is one (rank 0's init_from), taken out of the list so that its copy is freed once loaded."""
+        torch.manual_seed(self.cfg.train.seed)
+        with torch.device(self.device):
+            model = Phi(self.model_cfg)
+        if initial:
+            model.load_state_dict(initial.pop().state_dict())
+        return model
 
     def _build_data(self, data_start: tuple[int, int]) -> None:
         """The sampler (preparing stale data first), the validation sets and this rank's `BatchPlan` from
@@ -946,19 +955,28 @@ class Trainer:
             return None
         return checkpoint.find_latest(self.ckpt_root) if resume == "auto" else checkpoint.resolve(resume)
 
-    def _initial_model(self) -> Phi | None:
-        """train.init_from's weights for a fresh start; a resume takes its own checkpoint's instead."""
+    def _initial_model(self) -> tuple[PhiConfig | None, list[Phi]]:
+        """For a fresh start from train.init_from: its model config on every rank, and its weights on rank 0 (in a
+        list, empty elsewhere); (None, []) otherwise (a resume takes its own checkpoint's). Rank 0 alone reads
+        init_from (a path or Hub download only its node may hold; a sharded checkpoint read whole, with no
+        collective) and sends the config (`from_rank_0`: its failure raised on every rank); the weights follow by
+        broadcast (`_build_model`), not pickled. Each rank reading its node's copy let ranks start from other
+        weights (FSDP2), and failed the run where a node held none."""
         spec = self.cfg.train.init_from
         if not spec or self.resume_from is not None:
-            return None
+            return None, []
         from trainer.pretrained import load_initial
 
         self._check_initial_tokenizer(spec)
-        # every rank loads the weights (FSDP2 shards them, no broadcast): a load that fails on one rank only (a Hub
-        # download) is raised on every rank, else the others wait for it in the first collective
-        initial = distributed.shared_outcome(lambda: load_initial(spec), every=True)
+        loaded: list[Phi] = []
+
+        def load() -> PhiConfig:
+            loaded.append(load_initial(spec))
+            return loaded[0].config
+
+        weights = distributed.from_rank_0(load)
         self.console.print(f"starting from the weights of {spec}")
-        return initial
+        return weights, loaded
 
     def _check_initial_tokenizer(self, spec: str) -> None:
         """train.init_from's tokenizer checked against the run's (a doubt is warned about) by rank 0 alone, against
@@ -971,11 +989,11 @@ class Trainer:
             if doubt:
                 self.console.print(f"[yellow]warning:[/] {doubt}")
 
-    def _weights_config(self, initial: Phi | None) -> tuple[PhiConfig | None, str]:
-        """The model config of the weights the model must fit, and their name: init_from's on a fresh start,
-        the resumed checkpoint's for a run that started from init_from; none (the config's model) otherwise."""
+    def _weights_config(self, initial: PhiConfig | None) -> tuple[PhiConfig | None, str]:
+        """The model config of the weights the model must fit, and their name: init_from's (`initial`) on a fresh
+        start, the resumed checkpoint's for a run that started from init_from; none (the config's model) otherwise."""
         if initial is not None:
-            return initial.config, f"train.init_from {self.cfg.train.init_from}"
+            return initial, f"train.init_from {self.cfg.train.init_from}"
         if not self.cfg.train.init_from or self.resume_from is None:
             return None, ""
         return checkpoint.saved_model_config(self.resume_meta), f"checkpoint {self.resume_from}"
