@@ -25,6 +25,7 @@ import platform
 import shlex
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -36,7 +37,15 @@ import polars as pl
 
 from textbookgen.errors import redact
 from textbookgen.journal import lock_file
-from textbookgen.parquet_rows import ParquetRows, column_values, rewrite_parquet, row_count, write_rows
+from textbookgen.parquet_rows import (
+    ROW_GROUP_ROWS,
+    ParquetRows,
+    column_values,
+    parquet_file,
+    rewrite_parquet,
+    row_count,
+    write_rows,
+)
 from textbookgen.plan import language_rates, prompt_diversity
 from textbookgen.recipe import (
     BudgetConfig,
@@ -74,12 +83,16 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
     from textbookgen.curation.decontaminate import ItemTexts
+    from textbookgen.curation.seed_copy import SeedExtracts
     from textbookgen.engine import ChatRequest, ChatResponse, Generator, Spend
     from textbookgen.llm import _Keys
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
 #: The split of the dataset a build writes, and its card describes.
 SPLIT = "train"
+#: The curate stage's copy of the documents' seed extracts, in .build (`Build.open_seed_extracts`), removed once
+#: the stage ends.
+SEED_EXTRACTS = "seed_extracts.sqlite"
 STATE_VERSION = 1
 PACKAGES = (
     "textbookgen",
@@ -1375,12 +1388,6 @@ class Build:
         """Curate documents.parquet (`docs`, its scan, as stage_generate wrote it) a chunk at a time
         (`curate_out_of_core`), as `curate` would the frame: its working memory follows a chunk, not the
         corpus. Returns a scan of curated.parquet, as curation wrote it."""
-        import shutil
-
-        from textbookgen.curation import curate
-        from textbookgen.curation.groups import BUILD_ELSEWHERE, curate_out_of_core
-        from textbookgen.curation.stream import GROUPS, STORE, run_in
-
         r = self.recipe
         cfg = r.resolved_curation()
         input_hash = _hash(
@@ -1400,43 +1407,65 @@ class Build:
             return pl.scan_parquet(out_path), st["output_hash"]
         t0 = self._begin("curate")
         bench = self.benchmark_texts()
-        seeds = self.seed_texts(docs) if cfg.seed_copy.enabled and r.web_samples is not None else None
-        work = self.meta_dir / "curation"
+        seeded = cfg.seed_copy.enabled and r.web_samples is not None
         n_docs = row_count(docs)
-        stats = None if not n_docs else curate_out_of_core(self.out / "documents.parquet", out_path, cfg, work,
-                                                           bench, seeds)
-        if stats is None:  # no documents, or no stage on: nothing to stream, the frame is curated whole
-            with run_in(work, BUILD_ELSEWHERE):  # a build on the same output at once is refused, not cut short
-                for kept in (GROUPS, STORE):  # a killed streamed curate's copies of the corpus: nothing resumes them
-                    shutil.rmtree(work / kept, ignore_errors=True)
-                curated, stats = curate(docs.collect(), cfg, workdir=work, benchmark_texts=bench, seed_texts=seeds)
-            write_rows([curated], out_path, curated.schema)
-        else:  # rewritten as a frame curated whole is, so its hash (the dataset stage's key) is the same either way
-            rewrite_parquet(out_path)
+        try:
+            with self.open_seed_extracts() if seeded else nullcontext() as seeds:
+                stats = self._curate(docs, n_docs, out_path, bench, seeds)
+        finally:  # each curate writes its own copy, also after a failure or Ctrl-C
+            (self.meta_dir / SEED_EXTRACTS).unlink(missing_ok=True)
         self._record("curate", input_hash, [out_path], stats, self._done("curate", t0))
         self.manifest["curation"] = stats
         curated_scan = pl.scan_parquet(out_path)
         self.console.print(f"   kept {row_count(curated_scan):,} of {n_docs:,} documents")
         return curated_scan, self.state["curate"]["output_hash"]
 
-    def seed_texts(self, docs: pl.DataFrame | pl.LazyFrame) -> dict[str, str]:
+    def _curate(self, docs: pl.LazyFrame, n_docs: int, out_path: Path, bench: ItemTexts | None,
+                seeds: Mapping[str, str] | None) -> dict:
+        """Write curated.parquet from documents.parquet a chunk at a time; where nothing streams (no documents,
+        no stage on) the frame is curated whole. Returns the curation's stats."""
+        import shutil
+
+        from textbookgen.curation import curate
+        from textbookgen.curation.groups import BUILD_ELSEWHERE, curate_out_of_core
+        from textbookgen.curation.stream import GROUPS, STORE, run_in
+
+        cfg, work = self.recipe.resolved_curation(), self.meta_dir / "curation"
+        stats = curate_out_of_core(self.out / "documents.parquet", out_path, cfg, work, bench, seeds) \
+            if n_docs else None
+        if stats is None:
+            with run_in(work, BUILD_ELSEWHERE):  # a build on the same output at once is refused, not cut short
+                for kept in (GROUPS, STORE):  # a killed streamed curate's copies of the corpus: none resumes them
+                    shutil.rmtree(work / kept, ignore_errors=True)
+                curated, stats = curate(docs.collect(), cfg, workdir=work, benchmark_texts=bench, seed_texts=seeds)
+            write_rows([curated], out_path, curated.schema)
+        else:  # rewritten as a frame curated whole is, so its hash (the dataset stage's key) is the same either way
+            rewrite_parquet(out_path)
+        return stats
+
+    def open_seed_extracts(self) -> SeedExtracts:
         """The web extracts the documents were seeded with, by id, for the seed-copy check: read from
         the prompts that carried them (each prompt's provenance holds its extract's text), so no web
-        source is read again. An extract's id is a hash of its text, so the documents' hash (part of
-        the curate stage's input hash) covers these texts too. Only the documents' extract ids are read."""
-        ids = docs.lazy().select(pl.col("seed_extract_id").drop_nulls().unique()).collect().to_series()
-        if not ids.len():
-            return {}
-        extracts = (
-            pl.scan_parquet(self.out / "prompts.parquet")
-            .select("seed_extract_id", "provenance")
-            .filter(pl.col("seed_extract_id").is_in(ids.implode()))
-            .unique("seed_extract_id")
-            .select("seed_extract_id", pl.col("provenance").str.json_path_match("$.variables.web_extract"))
-            .drop_nulls()
-            .collect()
-        )
-        return dict(zip(extracts["seed_extract_id"].to_list(), extracts["provenance"].to_list(), strict=True))
+        source is read again, into `.build/seed_extracts.sqlite` a row group of prompts at a time (as a
+        dict they would grow with the corpus: up to one extract of 1-3k characters per document). An
+        extract's id is a hash of its text, so the documents' hash (part of the curate stage's input hash)
+        covers these texts too. Only the extracts the documents name are kept."""
+        from textbookgen.curation.seed_copy import SeedExtracts
+
+        ids = (i for i in column_values(self.out / "documents.parquet", "seed_extract_id") if i is not None)
+        return SeedExtracts.write(self.meta_dir / SEED_EXTRACTS, self._prompt_extracts(), ids)
+
+    def _prompt_extracts(self) -> Iterator[tuple[str, str]]:
+        """(extract id, text) of each seeded prompt in prompts.parquet, a row group at a time."""
+        with parquet_file(self.out / "prompts.parquet") as f:
+            for batch in f.iter_batches(columns=["seed_extract_id", "provenance"], batch_size=ROW_GROUP_ROWS):
+                rows = (
+                    pl.DataFrame(batch)
+                    .filter(pl.col("seed_extract_id").is_not_null())
+                    .select("seed_extract_id", pl.col("provenance").str.json_path_match("$.variables.web_extract"))
+                    .drop_nulls()
+                )
+                yield from rows.iter_rows()
 
     def stage_dataset(self, curated: pl.LazyFrame, curated_hash: str) -> None:
         """The Hub dataset's shards, written from the scan of curated.parquet one shard at a time."""

@@ -13,12 +13,16 @@ runs -> 0):
 
 A document over either threshold is dropped (or only counted, `action: flag`). Documents without a
 seed extract pass unchecked. Per-document scores go to `seed_copy.parquet` in the step's workdir.
+The extracts come as a column, a dict, or a `SeedExtracts` file (a build's: held in memory they would grow with
+the corpus).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -79,8 +83,9 @@ class SeedCopy(RowStep):
     """Drop (or flag) documents whose text copies their own seed extract (containment or verbatim run).
 
     Each document is judged against its own extract alone, so the corpus can stream a chunk at a time
-    (`stream.stream_out_of_core`): what is held whole is the extracts, and one report row per checked document
-    (no text), from which `finish` takes the score distribution."""
+    (`stream.stream_out_of_core`): what is held whole is one report row per checked document (no text), from
+    which `finish` takes the score distribution, and the extracts where they come as a dict (a `SeedExtracts`
+    file is read a chunk's extracts at a time)."""
 
     name = "seed_copy"
 
@@ -88,8 +93,8 @@ class SeedCopy(RowStep):
                  seeds: Mapping[str, str] | str = SEED_TEXT_COLUMN, workers: int = 0,
                  chunk_size: int = CHUNK_ROWS) -> None:
         """`seeds`: where each document's extract is. A mapping of extract id -> text, for documents that
-        name theirs in `seed_extract_id` (the build passes the extracts its prompts used), or the name of
-        a column that holds each document's extract. Documents with none (null) pass unchecked.
+        name theirs in `seed_extract_id` (the build passes the extracts its prompts used, as `SeedExtracts`), or
+        the name of a column that holds each document's extract. Documents with none (null) pass unchecked.
         `workers`: processes that score documents (0 = one per core; the curation config's
         `minhash.workers`), `chunk_size` documents at a time."""
         self.config = config or SeedCopyConfig()
@@ -167,12 +172,100 @@ class SeedCopy(RowStep):
         """The settings, the columns read, and the extracts (a column's name, or a digest of id -> text)."""
         if isinstance(self.seeds, str):
             seeds = f"column {self.seeds}"
+        elif isinstance(self.seeds, SeedExtracts):
+            seeds = self.seeds.digest  # taken when the file was written, the same as of a dict of its extracts
         else:
             digest = hashlib.sha256()  # an extract at a time: no copy of them all
             for key in sorted(self.seeds):
-                digest.update(json.dumps([key, self.seeds[key]]).encode() + b"\n")
+                digest.update(_digest_line(key, self.seeds[key]))
             seeds = digest.hexdigest()
         return f"{self.name} {self.config.model_dump_json()} {self.text_column} {self.id_column} {seeds}"
+
+
+class SeedExtracts(Mapping[str, str]):
+    """Seed extracts by id in a sqlite file (`write`), read an id at a time: a build's extracts (up to one of
+    1-3k characters per document) held as a dict would grow with the corpus. `digest`, taken once when the file
+    is written, is what `SeedCopy.fingerprint` takes of a dict of the same extracts. Read-only once written."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no seed-extract file (SeedExtracts.write makes one)")
+        # read-only: one connection serves any thread
+        self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'digest'").fetchone()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise ValueError(f"{self.path}: not a seed-extract file written by SeedExtracts.write ({e})") from None
+        if row is None:
+            self._db.close()
+            raise ValueError(f"{self.path}: a seed-extract file without its digest (an unfinished write?)")
+        self.digest: str = row[0]
+
+    @classmethod
+    def write(cls, path: str | Path, extracts: Iterable[tuple[str, str]], ids: Iterable[str] | None = None
+              ) -> SeedExtracts:
+        """(id, text) pairs written to `path` (the first text of an id kept), and opened. `ids`: where given, only
+        their extracts are kept (a build's documents' ids: extracts of prompts that gave no document are left
+        out). Streamed through the file, never held; written to a temporary file renamed over `path`, so a
+        killed write leaves the file before it."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        db = sqlite3.connect(tmp)
+        try:
+            db.execute("PRAGMA journal_mode = OFF")  # a temporary file: a failed write is removed, not rolled back
+            db.execute("PRAGMA synchronous = OFF")
+            db.execute("PRAGMA temp_store = MEMORY")  # the `used` ids: not in a temp folder that may be small
+            # a rowid table: a 1-3k character text fits its page (WITHOUT ROWID spills it, the file ~2x the text)
+            db.execute("CREATE TABLE extracts (id TEXT PRIMARY KEY, text TEXT NOT NULL)")
+            db.executemany("INSERT OR IGNORE INTO extracts VALUES (?, ?)", extracts)
+            if ids is not None:
+                db.execute("CREATE TEMP TABLE used (id TEXT PRIMARY KEY) WITHOUT ROWID")
+                db.executemany("INSERT OR IGNORE INTO used VALUES (?)", ((i,) for i in ids))
+                db.execute("DELETE FROM extracts WHERE id NOT IN (SELECT id FROM used)")
+            digest = hashlib.sha256()  # in id order as `sorted` gives it: sqlite compares text by its UTF-8 bytes
+            for key, text in db.execute("SELECT id, text FROM extracts ORDER BY id"):
+                digest.update(_digest_line(key, text))
+            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute("INSERT INTO meta VALUES ('digest', ?)", (digest.hexdigest(),))
+            db.commit()
+        except BaseException as e:
+            db.close()
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, sqlite3.Error):
+                raise OSError(f"{path}: writing the seed extracts failed ({e}); is {path.parent} full?") from e
+            raise
+        db.close()
+        os.replace(tmp, path)
+        return cls(path)
+
+    def __getitem__(self, key: str) -> str:
+        row = self._db.execute("SELECT text FROM extracts WHERE id = ?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return row[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for (key,) in self._db.execute("SELECT id FROM extracts ORDER BY id"))
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM extracts").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SeedExtracts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _digest_line(key: str, text: str) -> bytes:
+    """One extract's share of the extracts' digest (a dict's, or a `SeedExtracts` file's: the same lines)."""
+    return json.dumps([key, text]).encode() + b"\n"
 
 
 def _distribution(contain: np.ndarray, run: np.ndarray) -> dict[str, float | int]:
