@@ -225,6 +225,12 @@ class DistributedSection(_Section):
     """auto: DDP when launched by torchrun with more than one process."""
     reshard_after_forward: bool = False
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+    timeout_minutes: float = Field(30, gt=0, le=10080, allow_inf_nan=False)
+    """How long a rank waits in a collective for the others before the run fails: work one rank does alone
+    (rank 0 downloading or reading train.init_from, writing a checkpoint) must end within it. 30 minutes (gloo's
+    default; under NCCL's 10 a Hub download of phi-1.5's weights slower than that would end in a bare watchdog
+    timeout); a real hang
+    (a rank stuck) is found that much later. At most a week (10080)."""
 
 
 class TrainConfig(_Section):

@@ -15,6 +15,7 @@ import hashlib
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -61,8 +62,9 @@ def pick_device(pref: str, local_rank: int = 0) -> str:
     return pref
 
 
-def setup(device: str = "auto", backend: str = "auto") -> DistInfo:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1), pick the device."""
+def setup(device: str = "auto", backend: str = "auto", timeout_minutes: float | None = None) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1), pick the device.
+    `timeout_minutes`: the group's (distributed.timeout_minutes); None keeps torch's default."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
@@ -74,10 +76,22 @@ def setup(device: str = "auto", backend: str = "auto") -> DistInfo:
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         if backend == "auto":
             backend = "nccl" if dev.startswith("cuda") else "gloo"
-        dist.init_process_group(backend, device_id=torch.device(dev) if backend == "nccl" else None)
+        _join(backend, timeout_minutes, device_id=torch.device(dev) if backend == "nccl" else None)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank, world, local_rank, dev)
+
+
+_timeout: timedelta | None = None  # the timeout of the process group `_join` made, None while there is none
+
+
+def _join(backend: str, timeout_minutes: float | None, **kwargs: object) -> None:
+    """`dist.init_process_group` under `timeout_minutes` (None: torch's default, 10 minutes under NCCL, 30 under
+    gloo), kept for `shared_outcome` to say that a failed wait outlasted it."""
+    global _timeout
+    timeout = None if timeout_minutes is None else timedelta(minutes=timeout_minutes)
+    dist.init_process_group(backend, timeout=timeout, **kwargs)
+    _timeout = timeout
 
 
 def teardown() -> None:
@@ -86,18 +100,21 @@ def teardown() -> None:
     threads, one of which may wait for the GIL to free a finished collective's tensors: a deadlock (pytorch#56297).
     Freed while the group is still registered, the Reducer only drops a reference; the group's own destructor, run
     here, releases the GIL."""
+    global _timeout
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
+    _timeout = None
 
 
-def choose_strategy(strategy: str, info: DistInfo) -> str:
-    """"none" on one process; "ddp" by default on many (a 1.4B model fits every GPU), "fsdp" if asked."""
+def choose_strategy(strategy: str, info: DistInfo, timeout_minutes: float | None = None) -> str:
+    """"none" on one process; "ddp" by default on many (a 1.4B model fits every GPU), "fsdp" if asked (joining a
+    group of one under `timeout_minutes` where there is none)."""
     if strategy == "auto":
         return "ddp" if info.enabled else "none"
     if strategy == "fsdp" and not dist.is_initialized():  # FSDP2 needs a process group, even of one
         backend = "nccl" if info.device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        _join(backend, timeout_minutes, store=dist.HashStore(), rank=0, world_size=1)
     if strategy == "ddp" and not info.enabled:
         return "none"
     return strategy
@@ -205,6 +222,7 @@ def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
     returns or raises (this call's error raised through it). A rank-0-only call is refused there: without its
     collective it is no barrier, so work ordered by it (rank 0 makes a folder the others write into) would race."""
     runs = every or not dist.is_initialized() or dist.get_rank() == 0
+    began = time.monotonic()
     if agreeing():
         if not every:
             _refuse_inside_agreement("shared_outcome (rank 0 alone)")
@@ -216,7 +234,8 @@ def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
                 result = fn()
         except BaseException as e:  # any failure must reach the other ranks, which wait in the collective below
             error = e
-    if dist.is_initialized() and dist.get_world_size() > 1 and _any_rank(error is not None):
+    if dist.is_initialized() and dist.get_world_size() > 1 and _any_rank_in_time(error is not None, began,
+                                                                                 time.monotonic()):
         errors: list[BaseException | None] = [None] * dist.get_world_size()
         dist.all_gather_object(errors, _sendable(error))
         error = error or next((e for e in errors if e is not None), None)
@@ -262,6 +281,29 @@ def gathered(value: T) -> list[T]:
         dist.all_gather_object(values, value)
         return values  # type: ignore[return-value]
     return [value]
+
+
+def _any_rank_in_time(flag: bool, began: float, waiting: float) -> bool:
+    """`_any_rank(flag)`, its failure past the group's timeout raised as a TimeoutError naming
+    distributed.timeout_minutes: certain where this rank's own wait (since `waiting`) outlasted it; where only its
+    work and wait together did (since `began`), another rank left while it worked: it gave up waiting, or died."""
+    try:
+        return _any_rank(flag)
+    except RuntimeError as e:  # torch's DistBackendError and DistNetworkError are RuntimeErrors; gloo's plain ones
+        now, limit = time.monotonic(), _timeout.total_seconds() if _timeout is not None else None
+        if limit is None or now - began < limit:
+            raise
+        minutes = limit / 60
+        fix = f"raise it, e.g. --set distributed.timeout_minutes={min(10080, max(60, 2 * round(minutes)))}"
+        if now - waiting >= limit:
+            raise TimeoutError(
+                f"the ranks gave up waiting for one another past the process group's timeout (distributed."
+                f"timeout_minutes {minutes:g}): work that one rank does while the others wait (rank 0 downloading or "
+                f"reading train.init_from, writing or reading a checkpoint) took longer; {fix}") from e
+        raise TimeoutError(
+            f"another rank left while this one worked past the process group's timeout (distributed.timeout_minutes "
+            f"{minutes:g}): if it gave up waiting for this one, {fix}; else it crashed (see its log). "
+            f"torch: {str(e).splitlines()[0]}") from e
 
 
 def _any_rank(flag: bool) -> bool:

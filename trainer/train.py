@@ -657,7 +657,7 @@ def train(cfg: TrainConfig, progress: bool | None = None, started: float | None 
     started = time.perf_counter() if started is None else started
     if cfg.log.tensorboard:
         summary_writer()  # before the run folder, the data or any weights are touched
-    info = distributed.setup(cfg.train.device, cfg.distributed.backend)
+    info = distributed.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
     try:
         with run_lock(Path(cfg.run_dir), info):
             return _train_in_group(cfg, info, cfg.log.progress if progress is None else progress, started)
@@ -910,7 +910,8 @@ class Trainer:
         """Wrap the model for the distributed strategy (DDP, FSDP2 or none, maybe compiled), then the optimizer,
         autocast and the peak FLOP/s that MFU is measured against."""
         cfg, mixed = self.cfg, self.cfg.train.precision != "fp32"
-        self.strategy = distributed.choose_strategy(cfg.distributed.strategy, self.info)
+        self.strategy = distributed.choose_strategy(cfg.distributed.strategy, self.info,
+                                                    cfg.distributed.timeout_minutes)
         self.wrapped = distributed.parallelize(
             self.model, self.info, self.strategy, cfg.train.compile,
             param_dtype=torch.bfloat16 if mixed else None,
