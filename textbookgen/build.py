@@ -86,6 +86,7 @@ if TYPE_CHECKING:
     from textbookgen.curation.seed_copy import SeedExtracts
     from textbookgen.engine import ChatRequest, ChatResponse, Generator, Spend
     from textbookgen.llm import _Keys
+    from textbookgen.progress import StageProgress
 
 STAGES = ("taxonomy", "prompts", "generate", "curate", "dataset", "card", "push")
 #: The split of the dataset a build writes, and its card describes.
@@ -1299,8 +1300,10 @@ class Build:
         gen = self._generator(self.journals()["generate"], batch=True)
         tally, failures, writer = _Tally(), _Failures(), _DocumentsWriter(out_path)
         reasoned = 0
+        size = generate_window(r)
+        stage = gen.gen.stage_progress = self._stage_progress(prompts) if size is not None else None
         try:
-            for window in prompt_windows(prompts, generate_window(r)):
+            for window in prompt_windows(prompts, size):
                 responses = gen.run(document_requests(window, r))
                 tally.add(responses)
                 failures.add(responses)
@@ -1312,6 +1315,10 @@ class Build:
         except BaseException:
             writer.abort()
             raise
+        finally:  # taken off the Generator, as an LLM call restores what it sets on one
+            gen.gen.stage_progress = None
+            if stage is not None:
+                stage.close()
         stats = tally.stats(writer.rows, reasoned)
         counts = stats["counts"]
         complete = counts["failed"] == 0 and counts["skipped_budget"] == 0
@@ -1328,6 +1335,16 @@ class Build:
             self.manifest["incomplete"] = _incomplete_entry(counts, unfinished)
         self._print_generated(writer.rows, tally, reasoned)
         return pl.scan_parquet(out_path), self.state["generate"]["output_hash"]
+
+    def _stage_progress(self, prompts: pl.DataFrame | pl.LazyFrame) -> StageProgress | None:
+        """One progress line over the generate stage's windows (None without progress): done of all its prompts
+        (prompts.parquet's row count, its metadata), and its spend projected over all of them."""
+        if not self.progress:
+            return None
+        from textbookgen.progress import StageProgress
+
+        total = int(prompts.lazy().select(pl.len()).collect().item())
+        return StageProgress(total, description=f"{self.recipe.provider.name}:{self.recipe.model}")
 
     def _print_generated(self, n_docs: int, tally: _Tally, reasoned: int) -> None:
         """The generate stage's summary line, and a word on the answers whose reasoning block was left out."""

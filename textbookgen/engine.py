@@ -60,7 +60,7 @@ from collections import Counter
 from collections.abc import Callable, Container, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -100,6 +100,9 @@ from textbookgen.providers import (
 )
 from textbookgen.ratelimit import AdmissionController, RateLimits
 from textbookgen.sharedlimits import SharedRecord, budget_id
+
+if TYPE_CHECKING:
+    from textbookgen.progress import StageProgress  # it imports this module
 
 __all__ = ["ChatRequest", "ChatResponse", "Generator", "RateLimits", "FatalProviderError", "Spend", "empty_answer",
            "request_key", "sampled", "spent", "split_reasoning"]
@@ -534,6 +537,10 @@ class Generator:
     answer, or a failure of any kind) is returned as that run left it, neither sent again nor counted again in the
     stats or budgets, as a key repeated within one run is counted once; one still pending (skipped on the budget)
     runs as any other. A container, asked all at once where it has `among(keys)` (a bool per key).
+    stage_progress (an attribute): a progress line over several runs (`progress.StageProgress`: a build's generate
+    stage, a window of prompts a run), which each run draws, and counts in when it ends, instead of a line of its own
+    (drawn even with progress=False: the caller decides). The caller closes it and takes it off; runs of one
+    Generator go one at a time (concurrent runs are refused), so they never share it at once.
     prices: {model: (input, output) USD per 1M tokens} overriding textbookgen.pricing.PRICES. The journal's calls made
     at no price (an earlier run's) count at them, in the budgets, stats and replayed costs (`_repriced`).
     refuse_unpriced: refuse (ValueError) a max_cost_usd on a model with no price: its calls would count as $0, so
@@ -612,6 +619,7 @@ class Generator:
         self.spent_aside: Spend | None = None  # see the class docstring
         self.budget_stopped = False  # see the class docstring
         self.counted_aside: Container[str] = ()  # see the class docstring
+        self.stage_progress: StageProgress | None = None  # see the class docstring
         self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
         self.batch_max_rounds, self.batch_limits = batch_max_rounds, batch_limits
         self.prices = dict(prices or {})
@@ -855,7 +863,9 @@ class Generator:
         self._collecting = self.batch  # answers come from batches (`collected`): a batch run's all come so
         total = len(todo) + self._start_budgets(results, abandoned, resent)
         display = poll_log = None
-        if self.progress:
+        if self._stage() is not None:  # one line over the stage's runs, not one per run
+            display = self._stage().run(self._live_stats)
+        elif self.progress:
             from textbookgen.progress import RunProgress
 
             display = RunProgress(total, self._live_stats, description=f"{self.provider}:{self.model}")
@@ -913,7 +923,13 @@ class Generator:
         self.stats = {**self._c, "elapsed_s": time.monotonic() - t0, "total": total,
                       "rate_limited": adm.rate_limited, "concurrency": int(adm.concurrency.limit),
                       "limits": adm.limits, "headers_seen": adm.headers_seen}
+        if self._stage() is not None:
+            self._stage().add(self.stats)
         self._log_summary()
+
+    def _stage(self) -> StageProgress | None:
+        """`stage_progress` while its stage is open: a run after `close` draws its own line, not the closed one's."""
+        return self.stage_progress if self.stage_progress is not None and not self.stage_progress.closed else None
 
     async def _collect_batches(self, journal: Journal, todo: list[_Item]) -> list[_Item]:
         """A live run's requests that an earlier batch run submitted: the provider runs and bills those batches

@@ -9,6 +9,9 @@ A batch run (`batch=True`) waits hours between answers: its line shows what the 
 the running batches (answered and failed there, not collected yet, so in no count, cost or budget; what the
 answered part costs so far; how long the oldest has run). Without a live line (no terminal, or progress off)
 `PollLog` gives that as a plain line per poll, at most once a minute, for a user tailing a log.
+
+A stage of several runs (a build's generate stage, a window of prompts a run) draws one line over all of them
+(`StageProgress`): its requests done and its spend projected over the whole stage, not a line per run.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def projection_note(s: Mapping[str, Any], total: int) -> tuple[str, str]:
     cost = f" (~${p.usd:.4f} projected"
     if s["max_cost_usd"] is not None:
         given = s.get("max_cost_usd_given", s["max_cost_usd"])
-        left = f" (${s['max_cost_usd']:.4f} left after earlier runs)" if given != s["max_cost_usd"] else ""
+        left = (f" (${s['max_cost_usd']:.4f} left after earlier runs)"
+                if f"{given:.4f}" != f"{s['max_cost_usd']:.4f}" else "")  # a stage's sums differ in the last bits
         cost += f", budget ${given:.4f}{left} " + budget_outlook(
             p.usd, usd, p.usd_each, s["done"], total, s["max_cost_usd"])
     tokens = ""
@@ -209,11 +213,88 @@ class RunProgress:
             await asyncio.sleep(self.interval_s)
 
     async def stop(self) -> None:
+        await self._halt()
+        self._progress.stop()
+
+    async def _halt(self) -> None:
+        """Stop redrawing, and draw the last state."""
         if self._runner is not None:
             self._runner.cancel()
             try:
                 await self._runner
             except asyncio.CancelledError:
                 pass
+            self._runner = None
         self._draw()
-        self._progress.stop()
+
+
+#: The engine's counters that a stage adds up over its runs; the others (in flight, concurrency, rate limit, budgets
+#: left) are the run's going on.
+STAGE_SUMS = ("done", "sent", "failed", "cost_usd", "input_tokens", "output_tokens", "rate_limited", "replayed",
+              "replayed_usd", "replayed_output_tokens", "abandoned_usd", "abandoned_output_tokens")
+
+
+class StageProgress(RunProgress):
+    """One progress line over the engine runs of a stage (the generate stage's windows of prompts): requests done of
+    the stage's `total`, and its spend projected over all of them, where each run drew a line of its own (400 at 20M
+    documents, each counting and projecting one window). A run draws it (`Generator.stage_progress`: `run`, then
+    `start` and `stop` as a RunProgress) and adds its final counters (`add`), also a run that drew nothing (the
+    journal answered it whole). On a terminal the line stays up from the first run till `close`; elsewhere (a log)
+    each run leaves the stage's state at its end, as its own line did: a line per run, as before.
+
+    The budgets figure over the stage: each run may spend its `max_cost_usd` (the budget less all counted outside
+    it, earlier runs' spend included), so the stage may spend that plus what its earlier runs spent, and the room
+    left is the run's. Left: requests of later runs that an earlier build paid for (a resumed build) are counted
+    as spent outside the stage, yet projected again until their run replays them, so the outlook may foresee a
+    budget stop that does not come (the budget itself is enforced by the engine, right)."""
+
+    def __init__(self, total: int, *, description: str, console: Console | None = None,
+                 interval_s: float = 0.5) -> None:
+        super().__init__(total, self._stats, description=description, console=console, interval_s=interval_s)
+        self._before: dict[str, float] = dict.fromkeys(STAGE_SUMS, 0)  # the ended runs' counters, summed
+        self._run: Callable[[], dict] | None = None  # the counters of the run going on
+        self._rest: dict | None = None  # between runs: the last drawn run's state, none of its counters, its room
+        self.closed = False  # `close`d: a later run draws its own line (`Generator._stage`)
+
+    def run(self, stats: Callable[[], dict]) -> StageProgress:
+        """This line for a run whose counters `stats()` gives (RunProgress's)."""
+        self._run = stats
+        return self
+
+    def add(self, stats: Mapping[str, Any]) -> None:
+        """Count a run that ended (its final stats)."""
+        for key in STAGE_SUMS:
+            self._before[key] += stats[key]
+
+    def _stats(self) -> dict:
+        """The stage's counters: the ended runs' plus the running one's (between runs: the last one's room)."""
+        run = self._run() if self._run is not None else self._rest
+        usd, out = spent(self._before)
+        s = {**run, **{key: self._before[key] + run[key] for key in STAGE_SUMS}}
+        if run["max_cost_usd"] is not None:
+            s["max_cost_usd"] = run["max_cost_usd"] + usd
+        if run["max_output_tokens"] is not None:
+            s["max_output_tokens"] = run["max_output_tokens"] + out
+        return s
+
+    async def stop(self) -> None:
+        """A run's end: its last state drawn (and, off a terminal, left as a line)."""
+        await self._halt()
+        final = self._run()
+        usd, out = spent(final)
+        self._rest = {**final, **dict.fromkeys(STAGE_SUMS, 0), "in_flight": 0, "budget_held": 0,
+                      "max_cost_usd": None if final["max_cost_usd"] is None else final["max_cost_usd"] - usd,
+                      "max_output_tokens": None if final["max_output_tokens"] is None
+                      else final["max_output_tokens"] - out}
+        self._run = None
+        if not self.visible:
+            self._progress.stop()
+
+    def close(self) -> None:
+        """The stage's end (or its stop): on a terminal, the line left with every run counted; its display stopped
+        whatever state a run left it in."""
+        self.closed = True
+        if self._progress.live.is_started:
+            if self._rest is not None:
+                self._draw()
+            self._progress.stop()
