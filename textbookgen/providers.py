@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -162,11 +163,8 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
              base_url: str | None = None) -> Exception:
     """Map an SDK exception to FatalProviderError, RetryableError or ItemError (messages redacted); `base_url`
     names the server in a connection failure (else the request's URL)."""
-    import anthropic
-    import openai
-
     status = getattr(exc, "status_code", None)
-    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)) and status is not None:
+    if isinstance(exc, _sdk_types("APIStatusError")) and status is not None:
         code, message, param = _error_info(exc)
         headers = getattr(getattr(exc, "response", None), "headers", None)
         text = redact(f"{provider} HTTP {status} ({code or 'error'}): {message}", secrets)
@@ -193,19 +191,25 @@ def classify(exc: BaseException, provider: str, model: str, secrets: tuple[str, 
         if status in (408, 409) or status >= 500:
             return RetryableError(text, retry_after=parse_retry_after(headers), headers=headers)
         return ItemError(text, error_class=item_error_class(lowered))
-    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)) and (
+    if isinstance(exc, _sdk_types("APIConnectionError")) and (
             refused := _connect_failure(exc)) is not None:  # APITimeoutError is an APIConnectionError
         where = base_url.rstrip("/") if base_url else _origin(_request_url(exc))
         return CannotConnect(provider, redact(where, secrets), redact(refused, secrets))
-    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError)):
+    if isinstance(exc, _sdk_types("APITimeoutError")):
         cause = f" ({exc.__cause__})" if exc.__cause__ and str(exc.__cause__) else ""
         return RetryableError(redact(f"{provider}: request timed out{cause}", secrets), reached=False)
-    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
+    if isinstance(exc, _sdk_types("APIConnectionError")):
         return RetryableError(redact(f"{provider}: connection error: {exc.__cause__ or exc}", secrets), reached=False)
-    if isinstance(exc, (openai.APIResponseValidationError, anthropic.APIResponseValidationError,
-                        ValueError, KeyError, IndexError, TypeError)):  # a garbled or cut body
+    if isinstance(exc, (*_sdk_types("APIResponseValidationError"), ValueError, KeyError, IndexError,
+                        TypeError)):  # a garbled or cut body
         return GarbledAnswer(redact(f"{provider}: malformed response: {type(exc).__name__}: {exc}", secrets)[:500])
     return exc  # a bug or something unexpected: let it surface
+
+
+def _sdk_types(name: str) -> tuple[type, ...]:
+    """The class `name` of each SDK already imported: an exception of one comes from an imported SDK, and importing
+    the other here (anthropic: ~1 s) made a process's first 429 wait that long before its pause was shared."""
+    return tuple(getattr(sys.modules[sdk], name) for sdk in ("openai", "anthropic") if sdk in sys.modules)
 
 
 def item_error_class(text: str) -> str:
