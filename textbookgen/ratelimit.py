@@ -245,6 +245,15 @@ class TokenBucket:
         self.share = min(max(self.share or 1.0, MIN_SHARE), 1.0)
         self._derive()
 
+    def join(self, now: float) -> None:
+        """A process's first look at a shared bucket: it holds no more than this process's fresh one would
+        (`start_full`), as alone. A requests bucket nobody drew from for a second is full, and a joining process's
+        burst on fresh connections reached a server at its exact rate as one late clump (20-130 ms after admission
+        while we count that time's refill), into 429s; a debt (a 429's `empty_at`) stays."""
+        self.refill(now)
+        if not self.start_full:
+            self.level = min(self.level, 0.0)
+
     def learn(self, limit: float | None, now: float) -> None:
         """Set (None: forget) the limit learned from 429s; the level carries over, so a cut sends no burst."""
         self.learned_limit = limit
@@ -501,6 +510,7 @@ class AdmissionController:
         self.paused_until = -math.inf
         self._sent: deque[float] = deque()  # when the last second's requests were sent, while no headers are seen
         self._shared = shared
+        self._joined = False  # this process has read the shared record once (`TokenBucket.join`)
         if shared is not None:
             shared.lay_out(self.shared_layout())
         self._sent_count, self._sent_t = 0.0, now  # the same for the host's processes together, decaying in 1 s
@@ -591,6 +601,10 @@ class AdmissionController:
             nonlocal result
             if values is not None:
                 self._load(values)
+                if not self._joined:  # others' budget, idle or not: start it as a lone process starts its own
+                    for bucket in self.buckets.values():
+                        bucket.join(self.clock())
+            self._joined = True
             result = step()
             return [*(v for b in self.buckets.values() for v in b.state()),
                     *(getattr(self, name) for name in self._SHARED), *self._probes.state()]
