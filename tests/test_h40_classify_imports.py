@@ -8,7 +8,7 @@ import sys
 
 SCRIPT = """
 import sys
-import httpx
+import httpx2 as httpx  # the HTTP client openai 3 is built on
 import openai
 from textbookgen.providers import classify
 from textbookgen.errors import RetryableError
