@@ -99,11 +99,11 @@ def test_a_wait_that_fails_before_the_timeout_keeps_torchs_error(monkeypatch: py
     monkeypatch.setattr(distributed, "_timeout", timedelta(minutes=5))
     with pytest.raises(RuntimeError, match="^Connection closed by peer$"):
         now = distributed.time.monotonic()
-        distributed._any_rank_in_time(False, began=now, waiting=now)
+        distributed._any_rank_in_time(None, began=now, waiting=now)
 
 
-# rank 0's init_from load sleeps past the timeout before reading the weights, then marks folder/loaded; each rank's
-# outcome as h15's OUTCOME_MAIN writes it
+# rank 0's init_from load sleeps past the timeout before reading the weights (scenario "fails": a path that is not
+# there), then marks folder/loaded; each rank's outcome as h15's OUTCOME_MAIN writes it
 SLOW_INIT_FROM = '''
 import json, os, sys, time
 import torch.multiprocessing as mp
@@ -119,7 +119,7 @@ def scenario(name, folder, rank):
     load = pretrained.load_initial
     def slow(spec):
         time.sleep(cfg.distributed.timeout_minutes * 60 + 3)
-        model = load(spec)
+        model = load(spec + ".missing" if name == "fails" else spec)
         (folder / "loaded").write_text(spec)
         return model
     pretrained.load_initial = slow
@@ -147,6 +147,21 @@ def test_rank_0s_init_from_load_past_the_timeout_fails_every_rank_naming_the_fie
     assert all("--set distributed.timeout_minutes=60" in o["message"] for o in outcomes), outcomes
     assert (tmp_path / "loaded").read_text() == str(ckpt)  # rank 0 went on to its wait after the slow load
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_rank_whose_own_work_failed_past_the_timeout_raises_its_own_error(tmp_path: Path) -> None:
+    """Rank 0's slow init_from load then fails (a path not there) after rank 1 gave up waiting: rank 0 ends with its
+    own InitError, the cause, not with "another rank left" (the TimeoutError hid it); rank 1 with the timeout."""
+    ckpt, _ = h33._source(tmp_path / "source", seed=3)
+    h15.synthetic_run(tmp_path, **{"train.init_from": str(ckpt), "distributed.timeout_minutes": 0.05})
+    try:
+        outcomes = h15.two_ranks("fails", tmp_path, SLOW_INIT_FROM, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks hung (killed after 60 s)")
+    assert [o.get("error") for o in outcomes] == ["InitError", "TimeoutError"], outcomes
+    assert outcomes[0]["message"].startswith(f"train.init_from {ckpt}.missing: no such file or folder"), outcomes
+    assert outcomes[1]["message"].startswith("the ranks gave up waiting for one another"), outcomes
 
 
 # Both ranks run an every-rank shared_outcome fn (e.g. a resume's checkpoint read) for 4 s under a 3 s timeout:
@@ -196,7 +211,7 @@ def test_the_suggested_timeout_is_one_the_config_accepts(monkeypatch: pytest.Mon
     monkeypatch.setattr(distributed, "_timeout", timedelta(minutes=6000))
     with pytest.raises(TimeoutError) as caught:
         long_ago = distributed.time.monotonic() - 6000 * 60 - 1
-        distributed._any_rank_in_time(False, began=long_ago, waiting=long_ago)
+        distributed._any_rank_in_time(None, began=long_ago, waiting=long_ago)
     suggested = str(caught.value).rsplit("--set ", 1)[1]
     try:
         load_config(None, ["data.synthetic=true", "train.max_steps=1", suggested])

@@ -234,8 +234,7 @@ def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
                 result = fn()
         except BaseException as e:  # any failure must reach the other ranks, which wait in the collective below
             error = e
-    if dist.is_initialized() and dist.get_world_size() > 1 and _any_rank_in_time(error is not None, began,
-                                                                                 time.monotonic()):
+    if dist.is_initialized() and dist.get_world_size() > 1 and _any_rank_in_time(error, began, time.monotonic()):
         errors: list[BaseException | None] = [None] * dist.get_world_size()
         dist.all_gather_object(errors, _sendable(error))
         error = error or next((e for e in errors if e is not None), None)
@@ -283,27 +282,37 @@ def gathered(value: T) -> list[T]:
     return [value]
 
 
-def _any_rank_in_time(flag: bool, began: float, waiting: float) -> bool:
-    """`_any_rank(flag)`, its failure past the group's timeout raised as a TimeoutError naming
-    distributed.timeout_minutes: certain where this rank's own wait (since `waiting`) outlasted it; where only its
-    work and wait together did (since `began`), another rank left while it worked: it gave up waiting, or died."""
+def _any_rank_in_time(error: BaseException | None, began: float, waiting: float) -> bool:
+    """Whether any rank failed (`_any_rank`; this one where `error`), the collective's failure past the group's
+    timeout raised as a TimeoutError naming distributed.timeout_minutes: certain where this rank's own wait (since
+    `waiting`) outlasted it; where only its work and wait together did (since `began`), another rank left while it
+    worked: it gave up waiting, or died. A rank whose own work failed there raises its `error`: the cause, which
+    the others' giving up on it would hide."""
     try:
-        return _any_rank(flag)
+        return _any_rank(error is not None)
     except RuntimeError as e:  # torch's DistBackendError and DistNetworkError are RuntimeErrors; gloo's plain ones
         now, limit = time.monotonic(), _timeout.total_seconds() if _timeout is not None else None
         if limit is None or now - began < limit:
             raise
-        minutes = limit / 60
-        fix = f"raise it, e.g. --set distributed.timeout_minutes={min(10080, max(60, 2 * round(minutes)))}"
-        if now - waiting >= limit:
-            raise TimeoutError(
-                f"the ranks gave up waiting for one another past the process group's timeout (distributed."
-                f"timeout_minutes {minutes:g}): work that one rank does while the others wait (rank 0 downloading or "
-                f"reading train.init_from, writing or reading a checkpoint) took longer; {fix}") from e
-        raise TimeoutError(
-            f"another rank left while this one worked past the process group's timeout (distributed.timeout_minutes "
-            f"{minutes:g}): if it gave up waiting for this one, {fix}; else it crashed (see its log). "
-            f"torch: {str(e).splitlines()[0]}") from e
+        waited_out = now - waiting >= limit
+        if error is not None and not waited_out:
+            raise error  # noqa: B904  (torch's error stays as its __context__)
+        raise _timed_out(e, limit / 60, waited_out) from e
+
+
+def _timed_out(e: RuntimeError, minutes: float, waited_out: bool) -> TimeoutError:
+    """The error of a collective that failed past the group's timeout: the ranks gave up waiting (`waited_out`),
+    or another rank left while this one worked."""
+    fix = f"raise it, e.g. --set distributed.timeout_minutes={min(10080, max(60, 2 * round(minutes)))}"
+    if waited_out:
+        return TimeoutError(
+            f"the ranks gave up waiting for one another past the process group's timeout (distributed."
+            f"timeout_minutes {minutes:g}): work that one rank does while the others wait (rank 0 downloading or "
+            f"reading train.init_from, writing or reading a checkpoint) took longer; {fix}")
+    return TimeoutError(
+        f"another rank left while this one worked past the process group's timeout (distributed.timeout_minutes "
+        f"{minutes:g}): if it gave up waiting for this one, {fix}; else it crashed (see its log). "
+        f"torch: {str(e).splitlines()[0]}")
 
 
 def _any_rank(flag: bool) -> bool:
