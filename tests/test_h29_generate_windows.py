@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -164,11 +166,10 @@ def test_failures_of_several_classes_over_windows_tell_what_one_window_does(tmp_
     assert "bad_request" in whole and "server_error" in whole and "a rerun re-sends the others" in whole
 
 
-def test_a_build_interrupted_in_its_second_window_replays_the_first_free(tmp_path, monkeypatch):
+def interrupting_window_2() -> Callable[..., Any]:
+    """`Generator.run` raising KeyboardInterrupt at its second call: Ctrl-C in a build's second window."""
     from textbookgen.engine import Generator
-    from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
-    _windowed(monkeypatch, 11)
     run, calls = Generator.run, []
 
     def interrupted(self, requests):
@@ -176,6 +177,16 @@ def test_a_build_interrupted_in_its_second_window_replays_the_first_free(tmp_pat
         if len(calls) == 2:
             raise KeyboardInterrupt
         return run(self, requests)
+
+    return interrupted
+
+
+def test_a_build_interrupted_in_its_second_window_replays_the_first_free(tmp_path, monkeypatch):
+    from textbookgen.engine import Generator
+    from textbookgen.testing.emulator import Emulator, EmulatorConfig
+
+    _windowed(monkeypatch, 11)
+    run, interrupted = Generator.run, interrupting_window_2()
 
     out = tmp_path / "o"
     with Emulator(EmulatorConfig(latency_median_s=0.002, responder=prose_responder)) as emu:

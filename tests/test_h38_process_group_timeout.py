@@ -128,17 +128,23 @@ def scenario(name, folder, rank):
 ''' + h15.OUTCOME_MAIN
 
 
+def _slow_init_from(tmp_path: Path, scenario: str) -> tuple[Path, list[dict]]:
+    """The 2-rank synthetic run of SLOW_INIT_FROM's `scenario` under a 3 s timeout from a tiny checkpoint: the
+    checkpoint and each rank's outcome. Fails (not waiting for pytest's timeout) where the ranks hang."""
+    ckpt, _ = h33._source(tmp_path / "source", seed=3)
+    h15.synthetic_run(tmp_path, **{"train.init_from": str(ckpt), "distributed.timeout_minutes": 0.05})
+    try:
+        return ckpt, h15.two_ranks(scenario, tmp_path, SLOW_INIT_FROM, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks hung (killed after 60 s)")
+
+
 @pytest.mark.slow
 def test_rank_0s_init_from_load_past_the_timeout_fails_every_rank_naming_the_field(tmp_path: Path) -> None:
     """2 gloo ranks under a 3 s timeout; rank 0 reads train.init_from for 6 s while rank 1 waits: rank 1 gives up
     at the timeout, rank 0 finds it gone after its load, and both end with a TimeoutError that names
     distributed.timeout_minutes (before: torch's own RuntimeErrors, and under NCCL a 10-minute watchdog abort)."""
-    ckpt, _ = h33._source(tmp_path / "source", seed=3)
-    h15.synthetic_run(tmp_path, **{"train.init_from": str(ckpt), "distributed.timeout_minutes": 0.05})
-    try:
-        outcomes = h15.two_ranks("train", tmp_path, SLOW_INIT_FROM, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the ranks hung (killed after 60 s)")
+    ckpt, outcomes = _slow_init_from(tmp_path, "train")
     assert [o.get("error") for o in outcomes] == ["TimeoutError", "TimeoutError"], outcomes
     assert outcomes[1]["message"].startswith("the ranks gave up waiting for one another past the process group's "
                                              "timeout (distributed.timeout_minutes 0.05): "), outcomes
@@ -153,12 +159,7 @@ def test_rank_0s_init_from_load_past_the_timeout_fails_every_rank_naming_the_fie
 def test_a_rank_whose_own_work_failed_past_the_timeout_raises_its_own_error(tmp_path: Path) -> None:
     """Rank 0's slow init_from load then fails (a path not there) after rank 1 gave up waiting: rank 0 ends with its
     own InitError, the cause, not with "another rank left" (the TimeoutError hid it); rank 1 with the timeout."""
-    ckpt, _ = h33._source(tmp_path / "source", seed=3)
-    h15.synthetic_run(tmp_path, **{"train.init_from": str(ckpt), "distributed.timeout_minutes": 0.05})
-    try:
-        outcomes = h15.two_ranks("fails", tmp_path, SLOW_INIT_FROM, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the ranks hung (killed after 60 s)")
+    ckpt, outcomes = _slow_init_from(tmp_path, "fails")
     assert [o.get("error") for o in outcomes] == ["InitError", "TimeoutError"], outcomes
     assert outcomes[0]["message"].startswith(f"train.init_from {ckpt}.missing: no such file or folder"), outcomes
     assert outcomes[1]["message"].startswith("the ranks gave up waiting for one another"), outcomes

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 from test_build import QUICKSTART, prose_responder
-from test_h29_generate_windows import N, _over, _windowed
+from test_h29_generate_windows import N, _over, _windowed, interrupting_window_2
 
 from textbookgen.build import build
 from textbookgen.engine import Generator
@@ -77,15 +77,7 @@ def test_an_interrupted_stage_leaves_its_line_with_what_it_did(tmp_path, monkeyp
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     monkeypatch.setenv("TERM", "xterm")
     stopped = _stopped(monkeypatch)
-    run, calls = Generator.run, []
-
-    def interrupted(self, requests):
-        calls.append(len(requests))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return run(self, requests)
-
-    monkeypatch.setattr(Generator, "run", interrupted)
+    monkeypatch.setattr(Generator, "run", interrupting_window_2())
     with pytest.raises(KeyboardInterrupt):
         _build(tmp_path, monkeypatch)
     assert stopped == [(N, 10)]

@@ -1343,8 +1343,7 @@ class Build:
             return None
         from textbookgen.progress import StageProgress
 
-        total = int(prompts.lazy().select(pl.len()).collect().item())
-        return StageProgress(total, description=f"{self.recipe.provider.name}:{self.recipe.model}")
+        return StageProgress(row_count(prompts.lazy()), description=f"{self.recipe.provider.name}:{self.recipe.model}")
 
     def _print_generated(self, n_docs: int, tally: _Tally, reasoned: int) -> None:
         """The generate stage's summary line, and a word on the answers whose reasoning block was left out."""
