@@ -83,15 +83,23 @@ def setup(device: str = "auto", backend: str = "auto", timeout_minutes: float | 
 
 
 _timeout: timedelta | None = None  # the timeout of the process group `_join` made, None while there is none
+_agreement_group: dist.ProcessGroup | None = None  # gloo, of every rank: `shared_outcome`'s collectives (`_join`)
 
 
 def _join(backend: str, timeout_minutes: float | None, **kwargs: object) -> None:
     """`dist.init_process_group` under `timeout_minutes` (None: torch's default, 10 minutes under NCCL, 30 under
-    gloo), kept for `shared_outcome` to say that a failed wait outlasted it."""
-    global _timeout
+    gloo), kept for `shared_outcome` to say that a failed wait outlasted it; on several processes also a gloo group
+    of every rank under the same timeout, where `shared_outcome` waits. Under NCCL a wait past the timeout (rank 0
+    alone reading train.init_from or writing a checkpoint) ended in the watchdog's SIGABRT, which names no setting;
+    on gloo it is a RuntimeError on the waiting rank, which `_any_rank_in_time` names distributed.timeout_minutes
+    in (torch's monitored_barrier and torchtitan's checkpoint agreements use a gloo side group alike). Every rank
+    joins it here, in the same order; `teardown`'s destroy_process_group ends it with the main group."""
+    global _timeout, _agreement_group
     timeout = None if timeout_minutes is None else timedelta(minutes=timeout_minutes)
     dist.init_process_group(backend, timeout=timeout, **kwargs)
     _timeout = timeout
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        _agreement_group = dist.new_group(backend="gloo", timeout=timeout)
 
 
 def teardown() -> None:
@@ -100,11 +108,11 @@ def teardown() -> None:
     threads, one of which may wait for the GIL to free a finished collective's tensors: a deadlock (pytorch#56297).
     Freed while the group is still registered, the Reducer only drops a reference; the group's own destructor, run
     here, releases the GIL."""
-    global _timeout
+    global _timeout, _agreement_group
     if dist.is_initialized():
         gc.collect()
-        dist.destroy_process_group()
-    _timeout = None
+        dist.destroy_process_group()  # every group: the agreement group too
+    _timeout, _agreement_group = None, None
 
 
 def choose_strategy(strategy: str, info: DistInfo, timeout_minutes: float | None = None) -> str:
@@ -236,7 +244,7 @@ def shared_outcome(fn: Callable[[], T], every: bool = False) -> T | None:
             error = e
     if dist.is_initialized() and dist.get_world_size() > 1 and _any_rank_in_time(error, began, time.monotonic()):
         errors: list[BaseException | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(errors, _sendable(error))
+        dist.all_gather_object(errors, _sendable(error), group=_agreement_group)  # pickles on the CPU under gloo
         error = error or next((e for e in errors if e is not None), None)
     if error is not None:
         error.every_rank = True  # type: ignore[attr-defined]
@@ -287,9 +295,12 @@ def _any_rank_in_time(error: BaseException | None, began: float, waiting: float)
     timeout raised as a TimeoutError naming distributed.timeout_minutes: certain where this rank's own wait (since
     `waiting`) outlasted it; where only its work and wait together did (since `began`), another rank left while it
     worked: it gave up waiting, or died. A rank whose own work failed there raises its `error`: the cause, which
-    the others' giving up on it would hide."""
+    the others' giving up on it would hide. A GPU's error (`_DEVICE_ERRORS`: out of memory) is raised as it is,
+    however late: it is no rank's giving up."""
     try:
         return _any_rank(error is not None)
+    except _DEVICE_ERRORS:  # a GPU's failure (out of memory, say) in a collective on it: no rank's giving up
+        raise
     except RuntimeError as e:  # torch's DistBackendError and DistNetworkError are RuntimeErrors; gloo's plain ones
         now, limit = time.monotonic(), _timeout.total_seconds() if _timeout is not None else None
         if limit is None or now - began < limit:
@@ -315,11 +326,19 @@ def _timed_out(e: RuntimeError, minutes: float, waited_out: bool) -> TimeoutErro
         f"torch: {str(e).splitlines()[0]}")
 
 
+# a GPU's errors, which are RuntimeErrors too: out of memory, and (torch >= 2.8; 2.7's are plain) CUDA errors
+_DEVICE_ERRORS: tuple[type[RuntimeError], ...] = (
+    (torch.OutOfMemoryError, torch.AcceleratorError) if hasattr(torch, "AcceleratorError") else (torch.OutOfMemoryError,))
+
+
 def _any_rank(flag: bool) -> bool:
-    """Whether `flag` holds on any rank: one all-reduce, on the GPU under NCCL (which has no CPU tensors)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t)
+    """Whether `flag` holds on any rank: one all-reduce of a CPU tensor on the agreement group (`_join`), no GPU
+    involved. A group joined without `_join` (tests, or a process group the caller made before `train()`) has
+    none: the default group, on the GPU under NCCL (no CPU tensors)."""
+    group = _agreement_group
+    on_gpu = group is None and dist.get_backend() == "nccl"
+    t = torch.tensor([float(flag)], device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
+    dist.all_reduce(t, group=group)
     return bool(t.item())
 
 
