@@ -721,6 +721,11 @@ class BudgetedGenerator:
         self.stop_note: str | None = None  # the engine's word on which budget stopped it
         self.counted: Spend | None = None  # spent in the output folder after the last run, as the engine counted it
 
+    @property
+    def budgeted(self) -> bool:
+        """Whether a dollar or token budget holds the runs: only then are the journals read before them."""
+        return self.budget.max_cost_usd is not None or self.budget.max_output_tokens is not None
+
     def spent(self) -> Spend:
         """(USD, output tokens) spent in the output folder, every journal and every run, abandoned attempts
         at their worst case."""
@@ -729,9 +734,20 @@ class BudgetedGenerator:
         spends = [journal_spend(p, self.gen.prices) for p in self.journals.values()]
         return Spend(sum(usd for usd, _ in spends), sum(out for _, out in spends))
 
+    def read_journals(self) -> dict[str, dict[str, Any] | None]:
+        """Each journal's summary (None: none yet), at the engine's prices, read before a run (the first, or one
+        after a run that kept batch answers): its spend is kept as what that run counts spent (`counted`), so the
+        journals are read once for the budget and for what else a stage wants of them (the generate stage's line:
+        what an earlier build paid for). Valid only where no journal is written before that run."""
+        from textbookgen.engine import Spend, spent
+
+        summaries = {name: journal_summary(path, self.gen.prices) for name, path in self.journals.items()}
+        spends = [spent(s) if s else Spend(0.0, 0) for s in summaries.values()]  # as `spent` adds them
+        self.counted = Spend(sum(usd for usd, _ in spends), sum(out for _, out in spends))
+        return summaries
+
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
-        b, gen = self.budget, self.gen
-        budgeted = b.max_cost_usd is not None or b.max_output_tokens is not None
+        gen, budgeted = self.gen, self.budgeted
         if budgeted:
             gen.spent_before = self.counted or self.spent()
         self.counted = None  # a run that raises leaves the journals to say it
@@ -1301,10 +1317,12 @@ class Build:
         tally, failures, writer = _Tally(), _Failures(), _DocumentsWriter(out_path)
         reasoned = 0
         size = generate_window(r)
-        stage = gen.gen.stage_progress = self._stage_progress(prompts) if size is not None else None
+        stage = gen.gen.stage_progress = self._stage_progress(prompts, gen) if size is not None else None
         try:
             for window in prompt_windows(prompts, size):
                 responses = gen.run(document_requests(window, r))
+                if stage is not None and stage.prepaid is not None and gen.gen.stats["orphans"]:  # kept answers
+                    stage.count_kept(gen.gen.stats["orphans"], gen.read_journals()["generate"])
                 tally.add(responses)
                 failures.add(responses)
                 docs, window_reasoned = _documents_of(window, responses, r)
@@ -1336,14 +1354,41 @@ class Build:
         self._print_generated(writer.rows, tally, reasoned)
         return pl.scan_parquet(out_path), self.state["generate"]["output_hash"]
 
-    def _stage_progress(self, prompts: pl.DataFrame | pl.LazyFrame) -> StageProgress | None:
+    def _stage_progress(self, prompts: pl.DataFrame | pl.LazyFrame, gen: BudgetedGenerator) -> StageProgress | None:
         """One progress line over the generate stage's windows (None without progress): done of all its prompts
-        (prompts.parquet's row count, its metadata), and its spend projected over all of them."""
+        (prompts.parquet's row count, its metadata), and its spend projected over all of them; what the generate
+        journal holds from an earlier build run (a resumed or raised build: the summary the budget reads anyway,
+        `read_journals`) counted done and spent from the start, once, where a sample of the stage's own requests
+        agrees with it (`Prepaid.agrees`). Else (another model's, sampling's, seed's or template's answers in the
+        same output folder: not the stage's), and in an unbudgeted build, whose journals no budget reads (a pass
+        over every row: minutes at 20M documents), each window counts its own replays (`prepaid` None)."""
         if not self.progress:
             return None
-        from textbookgen.progress import StageProgress
+        from textbookgen.progress import Prepaid, StageProgress
 
-        return StageProgress(row_count(prompts.lazy()), description=f"{self.recipe.provider.name}:{self.recipe.model}")
+        total = row_count(prompts.lazy())
+        prepaid = Prepaid.of(gen.read_journals()["generate"], self.retry_failed) if gen.budgeted else None
+        if prepaid and prepaid.done and not (prepaid.done <= total
+                                 and prepaid.agrees(*self._sampled_answers(prompts, total, gen.gen), total)):
+            prepaid = None
+        return StageProgress(total, description=f"{self.recipe.provider.name}:{self.recipe.model}", prepaid=prepaid)
+
+    def _sampled_answers(self, prompts: pl.DataFrame | pl.LazyFrame, total: int, gen: Generator) -> tuple[int, int]:
+        """(answered, drawn) of a random sample of the stage's prompts (`progress.sample_at`): their requests keyed
+        as `gen` keys them, looked up in the generate journal, answered where the engine would replay them
+        (`engine.replays`). Only the drawn rows are read (a one-row slice each of prompts.parquet), not every
+        prompt's."""
+        from textbookgen.engine import canonical_request, replays
+        from textbookgen.journal import Journal, request_key
+        from textbookgen.progress import sample_at
+
+        lf = prompts.lazy()
+        drawn = pl.concat([lf.slice(i, 1) for i in sample_at(total)]).collect()
+        keys = [request_key(canonical_request(gen.provider, gen.model, req))
+                for req in document_requests(drawn, self.recipe)]
+        with Journal(self.journals()["generate"], read_only=True) as journal:
+            rows = journal.rows(keys)
+        return sum(key in rows and replays(rows[key], self.retry_failed) for key in keys), len(keys)
 
     def _print_generated(self, n_docs: int, tally: _Tally, reasoned: int) -> None:
         """The generate stage's summary line, and a word on the answers whose reasoning block was left out."""

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import random
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from rich.console import Console
@@ -37,6 +39,7 @@ from rich.progress import (
 )
 
 from textbookgen.engine import spent
+from textbookgen.journal import PERMANENT_ERRORS
 
 MIN_ANSWERS = 5  # requests this run has finished before it projects the rest from them
 POLL_LOG_S = 60.0  # the least time between two of `PollLog`'s lines
@@ -232,6 +235,63 @@ class RunProgress:
 #: left) are the run's going on.
 STAGE_SUMS = ("done", "sent", "failed", "cost_usd", "input_tokens", "output_tokens", "rate_limited", "replayed",
               "replayed_usd", "replayed_output_tokens", "abandoned_usd", "abandoned_output_tokens")
+#: Summed besides where the stage counts what its journal held at its start (`Prepaid`): the runs' record of it.
+PRIOR_SUMS = ("prior_abandoned_usd", "prior_abandoned_output_tokens")
+#: The stage's prompts whose requests are looked up in the journal to check that `Prepaid` is the stage's own
+#: (`Prepaid.agrees`): a key costs ~60 us (every prompt's: ~20 min at 20M), these ~16 ms, plus reading a one-row
+#: slice of prompts.parquet for each (measured 8-10 ms a slice: ~2-3 s in all, at 400K as at 20M).
+PREPAID_SAMPLE = 256
+#: How unlikely the sample's answers, as few as found, may be were `Prepaid` the stage's own, for it to be taken.
+PREPAID_ALPHA = 1e-3
+
+
+def sample_at(total: int, size: int = PREPAID_SAMPLE) -> list[int]:
+    """`size` row indexes of `total` (all where fewer), drawn at random over the whole range, ascending; the same
+    each call (seeded), so a rerun draws the same line."""
+    return sorted(random.Random(0).sample(range(total), min(size, total)))
+
+
+def lower_tail(hits: int, draws: int, good: int, total: int) -> float:
+    """The probability of at most `hits` good ones in `draws` drawn without replacement of `total`, `good` of
+    them good (hypergeometric: exact for a sample of rows, where the binomial would be only conservative; a sample of
+    all rows is an exact count)."""
+    lo, hi = max(0, draws - (total - good)), min(hits, good, draws)
+    if hi < lo:
+        return 0.0
+    ways = sum(math.comb(good, i) * math.comb(total - good, draws - i) for i in range(lo, hi + 1))
+    return ways / math.comb(total, draws)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepaid:
+    """What a stage's journal held at its start (an earlier build run's): the rows a run answers from it (replays),
+    and all it records as spent, abandoned attempts at their worst case (as the budgets count them)."""
+
+    done: int = 0
+    cost_usd: float = 0.0
+    output_tokens: int = 0
+    abandoned_usd: float = 0.0
+    abandoned_output_tokens: int = 0
+
+    @classmethod
+    def of(cls, summary: Mapping[str, Any] | None, retry_failed: bool = False) -> Prepaid:
+        """From a journal's `Journal.summary` (None: no journal yet, nothing prepaid): its answers and, unless
+        `retry_failed`, its refusals (`engine.replays`), and what it spent."""
+        if summary is None:
+            return cls()
+        refused = 0 if retry_failed else sum(summary["failures"].get(c, 0) for c in PERMANENT_ERRORS)
+        return cls(summary["done"] + refused, summary["cost_usd"], summary["output_tokens"],
+                   summary["abandoned_usd"], summary["abandoned_output_tokens"])
+
+    def agrees(self, hits: int, sample: int, total: int, alpha: float = PREPAID_ALPHA) -> bool:
+        """Whether this count can be the stage's own, of its `total` prompts, given that the journal answers `hits`
+        of a random `sample` of them (`sample_at`; answered as the engine replays them, `engine.replays`): were it,
+        as few hits or fewer come with probability at least `alpha` (`lower_tail`). The rows of another request set
+        (another model, sampling, seed, template, max_tokens or topics) are in the count, not in the hits: an
+        earlier build's, as many as the prompts, meet none of a sample's."""
+        if self.done > total:
+            return False
+        return lower_tail(hits, sample, self.done, total) >= alpha  # 1 where nothing is counted
 
 
 class StageProgress(RunProgress):
@@ -242,16 +302,28 @@ class StageProgress(RunProgress):
     journal answered it whole). On a terminal the line stays up from the first run till `close`; elsewhere (a log)
     each run leaves the stage's state at its end, as its own line did: a line per run, as before.
 
-    The budgets figure over the stage: each run may spend its `max_cost_usd` (the budget less all counted outside
-    it, earlier runs' spend included), so the stage may spend that plus what its earlier runs spent, and the room
-    left is the run's. Left: requests of later runs that an earlier build paid for (a resumed build) are counted
-    as spent outside the stage, yet projected again until their run replays them, so the outlook may foresee a
-    budget stop that does not come (the budget itself is enforced by the engine, right)."""
+    The budgets figure over the stage: the room left is the run's (its `max_cost_usd`, the budget less all counted
+    outside it, less what it spent), so the stage may spend what it spent plus that room. `prepaid` (a resumed or
+    raised build: what its journal held at the stage's start, `Prepaid`) is counted done and spent from the start,
+    as a run counts its replays, and a run's replays are not counted again: the requests of later runs an earlier
+    build paid for were else spent outside the stage (in each run's `spent_before`) yet projected again till their
+    run replayed them, and the outlook foresaw a budget stop that never came. Without it (None) replays count as
+    their run replays them. Input tokens count as their run replays them either way (the engine has no figure of
+    the replayed ones). `prepaid` is the whole journal's (the summary the budget reads; the stage's request keys
+    are known a window at a time), so the build takes it only where a sample of the stage's own request keys
+    agrees with it (`Prepaid.agrees`), else passes None: another request set's answers in the same output folder
+    (another model, sampling, seed, template, max_tokens or topics: a rebuild in the same folder) would else count
+    done from the start (30/30 from the first window); a resumed build whose journal holds such answers too counts
+    per run, and so does an unbudgeted build (no budget read to take the count from): there the projection may
+    price again requests an earlier run paid for, till their run replays them. A few of those (too few for a sample of 256 to tell: a few percent of the prompts) may still count
+    done, at most the total, and spent in the stage."""
 
     def __init__(self, total: int, *, description: str, console: Console | None = None,
-                 interval_s: float = 0.5) -> None:
+                 interval_s: float = 0.5, prepaid: Prepaid | None = None) -> None:
         super().__init__(total, self._stats, description=description, console=console, interval_s=interval_s)
-        self._before: dict[str, float] = dict.fromkeys(STAGE_SUMS, 0)  # the ended runs' counters, summed
+        self.prepaid = prepaid
+        self._sums = STAGE_SUMS if prepaid is None else STAGE_SUMS + PRIOR_SUMS
+        self._before: dict[str, float] = dict.fromkeys(self._sums, 0)  # the ended runs' counters, summed
         self._run: Callable[[], dict] | None = None  # the counters of the run going on
         self._rest: dict | None = None  # between runs: the last drawn run's state, none of its counters, its room
         self.closed = False  # `close`d: a later run draws its own line (`Generator._stage`)
@@ -263,26 +335,62 @@ class StageProgress(RunProgress):
 
     def add(self, stats: Mapping[str, Any]) -> None:
         """Count a run that ended (its final stats)."""
-        for key in STAGE_SUMS:
+        for key in self._sums:
             self._before[key] += stats[key]
 
+    def count_kept(self, kept: int, summary: Mapping[str, Any]) -> None:
+        """A run that ended kept `kept` answers to other runs' requests (an earlier run's batches it collected:
+        its `orphans`), paid but in none of its counts: counted done and spent now, as `prepaid` (their run replays
+        them), at what the journal (`summary`, read now) holds beyond the stage's count; only with `prepaid` (without
+        it their run counts them). The room the run left is less what they cost, as the next run's (it reads the
+        journals)."""
+        p, b, now = self.prepaid, self._before, Prepaid.of(summary)
+        self.prepaid = Prepaid(
+            p.done + kept, now.cost_usd - (b["cost_usd"] - b["replayed_usd"]),
+            now.output_tokens - (b["output_tokens"] - b["replayed_output_tokens"]),
+            now.abandoned_usd - (b["abandoned_usd"] - b["prior_abandoned_usd"]),
+            now.abandoned_output_tokens - (b["abandoned_output_tokens"] - b["prior_abandoned_output_tokens"]))
+        before, after, rest = spent(asdict(p)), spent(asdict(self.prepaid)), self._rest
+        if rest is not None and rest["max_cost_usd"] is not None:
+            rest["max_cost_usd"] -= after.usd - before.usd
+        if rest is not None and rest["max_output_tokens"] is not None:
+            rest["max_output_tokens"] -= after.output_tokens - before.output_tokens
+
     def _stats(self) -> dict:
-        """The stage's counters: the ended runs' plus the running one's (between runs: the last one's room)."""
+        """The stage's counters: the ended runs' plus the running one's (between runs: the last one's room); its
+        budgets: what it spent plus the room the run has left."""
         run = self._run() if self._run is not None else self._rest
-        usd, out = spent(self._before)
-        s = {**run, **{key: self._before[key] + run[key] for key in STAGE_SUMS}}
+        s = {**run, **{key: self._before[key] + run[key] for key in self._sums}}
+        if self.prepaid is not None:
+            s = self._with_prepaid(s)
+        usd, out = spent(s)
+        run_usd, run_out = spent(run)
         if run["max_cost_usd"] is not None:
-            s["max_cost_usd"] = run["max_cost_usd"] + usd
+            s["max_cost_usd"] = run["max_cost_usd"] - run_usd + usd
         if run["max_output_tokens"] is not None:
-            s["max_output_tokens"] = run["max_output_tokens"] + out
+            s["max_output_tokens"] = run["max_output_tokens"] - run_out + out
         return s
+
+    def _with_prepaid(self, s: dict) -> dict:
+        """The stage's counters `s` with `prepaid` in place of its runs' replays and earlier abandoned attempts (an
+        earlier build's rows, in `prepaid` already); done at most the total (the journal may hold other requests)."""
+        p = self.prepaid
+        new = s["done"] - s["replayed"]
+        done = min(self.total, p.done + new)
+        return {**s, "done": done, "replayed": done - new,
+                "cost_usd": p.cost_usd + s["cost_usd"] - s["replayed_usd"], "replayed_usd": p.cost_usd,
+                "output_tokens": p.output_tokens + s["output_tokens"] - s["replayed_output_tokens"],
+                "replayed_output_tokens": p.output_tokens,
+                "abandoned_usd": p.abandoned_usd + s["abandoned_usd"] - s["prior_abandoned_usd"],
+                "abandoned_output_tokens": (p.abandoned_output_tokens + s["abandoned_output_tokens"]
+                                            - s["prior_abandoned_output_tokens"])}
 
     async def stop(self) -> None:
         """A run's end: its last state drawn (and, off a terminal, left as a line)."""
         await self._halt()
         final = self._run()
         usd, out = spent(final)
-        self._rest = {**final, **dict.fromkeys(STAGE_SUMS, 0), "in_flight": 0, "budget_held": 0,
+        self._rest = {**final, **dict.fromkeys(self._sums, 0), "in_flight": 0, "budget_held": 0,
                       "max_cost_usd": None if final["max_cost_usd"] is None else final["max_cost_usd"] - usd,
                       "max_output_tokens": None if final["max_output_tokens"] is None
                       else final["max_output_tokens"] - out}
