@@ -10,17 +10,17 @@ from textbookgen.cli import app
 from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
 
 
-def test_an_api_key_variable_that_is_not_set_exits_2_before_anything_is_sent(tmp_path, monkeypatch):
+def test_an_api_key_variable_that_is_not_set_exits_1_before_anything_is_sent(tmp_path, monkeypatch):
     monkeypatch.delenv("TBG_UNSET_KEY", raising=False)
     prompts = prompts_file(tmp_path, ["Explain topic 0"])
     result = CliRunner().invoke(app, ["generate", str(prompts), "--base-url", "http://127.0.0.1:9/v1",
                                       "--api-key-env", "TBG_UNSET_KEY"])
-    assert result.exit_code == 2 and result.output == "error: environment variable TBG_UNSET_KEY is not set\n"
+    assert result.exit_code == 1 and result.output == "error: environment variable TBG_UNSET_KEY is not set\n"
     assert not (tmp_path / "p.journal.sqlite").exists()
     journal = tmp_path / "j.sqlite"
     journal.write_bytes(b"")
     cancel = CliRunner().invoke(app, ["journal", str(journal), "--cancel-batches", "--api-key-env", "TBG_UNSET_KEY"])
-    assert cancel.exit_code == 2 and cancel.output == "error: environment variable TBG_UNSET_KEY is not set\n"
+    assert cancel.exit_code == 1 and cancel.output == "error: environment variable TBG_UNSET_KEY is not set\n"
 
 
 def test_failed_and_budget_kept_requests_exit_3_naming_both_ways_to_send_them(tmp_path):

@@ -162,12 +162,12 @@ def test_generate_command_writes_journal_and_completions(tmp_path, monkeypatch):
     assert runner.invoke(app, ["journal", str(tmp_path / "absent.sqlite")]).exit_code == 1
 
 
-def test_generate_command_fatal_error_exit_code(tmp_path, monkeypatch):
+def test_generate_command_missing_key_and_missing_prompts_file_exit_1(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "x"}\n')
     result = CliRunner().invoke(app, ["generate", str(prompts), "--no-progress"])
-    assert result.exit_code == 2 and "OPENAI_API_KEY" in result.output
+    assert result.exit_code == 1 and "OPENAI_API_KEY" in result.output
     bad = CliRunner().invoke(app, ["generate", str(tmp_path / "nope.jsonl")])
     assert bad.exit_code == 1 and "no such prompts file" in bad.output
 

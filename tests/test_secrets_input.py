@@ -50,9 +50,9 @@ def test_an_unset_key_like_variable_name_is_not_echoed(tmp_path, monkeypatch):
     key = "vllmCANARY7Q2xZ9mK4vB8nL3pR6tY1wE5"
     monkeypatch.delenv(key, raising=False)
     res = CliRunner().invoke(app, ["generate", str(prompts), "--api-key-env", key])
-    assert res.exit_code == 2 and "is not set" in res.output and "CANARY" not in res.output, res.output
+    assert res.exit_code == 1 and "is not set" in res.output and "CANARY" not in res.output, res.output
     res = CliRunner().invoke(app, ["generate", str(prompts), "--api-key-env", "MY_VLLM_KEY_2"])
-    assert res.exit_code == 2 and "environment variable MY_VLLM_KEY_2 is not set" in res.output, res.output
+    assert res.exit_code == 1 and "environment variable MY_VLLM_KEY_2 is not set" in res.output, res.output
 
 
 @pytest.mark.parametrize("params", [{"api_key": KEY}, {"Authorization": f"Bearer {KEY}"},

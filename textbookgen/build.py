@@ -1071,6 +1071,25 @@ class Build:
         if template is not None:
             load_card_template(template)
 
+    def check_web_source(self) -> None:
+        """Stop before paid growth where the prompts stage could not read `web_samples.source` for a reason
+        found without reading it (as `check_benchmarks` does for the benchmarks): a Hub dataset with no
+        `datasets` package, or the Hub not reachable. Offline mode is no exception, unlike for the benchmarks:
+        web samples are streamed from the Hub, never read from the local cache."""
+        from textbookgen.recipe import web_source_problems
+
+        problems = web_source_problems(self.recipe)
+        if problems:
+            raise RecipeError(self.recipe.problem_text(problems))
+        wc = self.recipe.web_samples
+        if wc is not None and wc.source.startswith(("hf:", "hf://")) and not hub_reachable():
+            why = "offline mode is set (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE) and web samples are streamed" \
+                if hub_offline() else "the Hugging Face Hub is not reachable"
+            raise BuildError(field_problem(
+                self.recipe, "web_samples.source", f"{wc.source}: {why}, so the prompts could not get their web "
+                "extracts; the build stopped before growing the taxonomy (no request sent). Point `source` at a "
+                "local copy, or remove `web_samples:`"))
+
     def benchmark_texts(self) -> list[ItemTexts]:
         """The decontamination benchmarks' texts, loaded on first use: before the first paid request
         (`_generator`) or before curation, whichever comes first. Paid work always precedes curation,
@@ -1135,6 +1154,8 @@ class Build:
                     *grown_caps_problems(self.recipe, roots)] if wants_grow else []
         if problems:
             raise RecipeError(self.recipe.problem_text(problems))
+        if wants_grow and can_grow:  # the prompts stage reads the web samples only after growth is paid
+            self.check_web_source()
         t0 = self._begin("taxonomy")
         if wants_grow and not can_grow:
             plan = self._grow_plan(roots, n_roots)
@@ -1284,7 +1305,8 @@ class Build:
         stats = {"prompts": count, "web": self._web_stats}
         complete = web is not None or r.web_samples is None
         self._record("prompts", input_hash, [out_path], stats, self._done("prompts", t0), complete=complete)
-        self.console.print(f"   {count:,} prompts -> {out_path}")
+        # a plan names the file once, in its last line, beside plan.json
+        self.console.print(f"   {count:,} prompts" + ("" if planning else f" -> {_rel(out_path)}"))
         return pl.scan_parquet(out_path), self.state["prompts"]["output_hash"]
 
     def stage_generate(self, prompts: pl.DataFrame | pl.LazyFrame, prompts_hash: str) -> tuple[pl.LazyFrame, str]:

@@ -5,11 +5,13 @@ Commands here are thin: they parse options and call the stage's module, where th
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
 import re
 import shlex
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +26,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import UsageError as _UsageError
 
 if TYPE_CHECKING:
-    from textbookgen.build import BudgetedGenerator
+    from textbookgen.build import BudgetedGenerator, Build
     from textbookgen.engine import ChatRequest, ChatResponse, Generator
     from textbookgen.taxonomy import GrowReport, Taxonomy
 
@@ -125,6 +127,26 @@ def _error_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def _disk_full(err: BaseException, journal: str | Path | None, folder: str | Path | None = None,
+               journaling: bool = True) -> str | None:
+    """One line for a full disk (ENOSPC while writing a file, SQLite's `database or disk is full`, which names no
+    file), naming the file (else the `folder` written to) and saying that the journal keeps the requests that
+    finished; None for any other error. SQLite's error is put on `journal` only while `journaling` (a build's
+    other SQLite files and SQLite's temp files fill a disk too: then the `folder`). Exit 1, as bad input: no rerun
+    succeeds until space is freed."""
+    text = str(err)
+    if isinstance(err, OSError) and (err.errno == errno.ENOSPC or "No space left on device" in text):
+        path = err.filename or folder or journal  # pyarrow's parquet writer names no file
+    elif isinstance(err, sqlite3.OperationalError) and "disk is full" in text:
+        path = journal if journaling else folder
+    else:
+        return None
+    if not journal:
+        return f"{path or 'a file'}: No space left on device: free space and rerun the same command."
+    return (f"{path}: No space left on device; finished requests are kept in {journal}: free space and rerun the "
+            "same command to resume.")
+
+
 @contextmanager
 def _reported(journal: str | Path | None = None, stopped: int = 1) -> Iterator[None]:
     """Turn bad input (ValueError, OSError, journal, provider, polars and YAML errors) into one `error:` line and
@@ -138,8 +160,15 @@ def _reported(journal: str | Path | None = None, stopped: int = 1) -> Iterator[N
 
     try:
         yield
+    except sqlite3.OperationalError as err:  # a journal's write: a full disk, said in one line
+        full = _disk_full(err, journal)
+        if full is None:
+            raise
+        _fail(full)
     except (ValueError, OSError, JournalError, FatalProviderError, pl.exceptions.PolarsError,
             yaml.YAMLError) as err:
+        if full := _disk_full(err, journal):
+            _fail(full)
         kept = f"\nfinished requests are kept in {journal}; rerun the same command to resume." if journal else ""
         _fail(_error_line(err) + kept, stopped if isinstance(err, FatalProviderError) else 1)
 
@@ -370,6 +399,8 @@ def _base_urls(value: str | None) -> str | list[str] | None:
     return urls if len(urls) > 1 else (urls[0] if urls else value)
 
 
+ApiKeyEnvOption = Annotated[str | None, typer.Option("--api-key-env", help="environment variable holding the key "
+                                                     "(default OPENAI_API_KEY / ANTHROPIC_API_KEY)")]
 # the provider batch API's options, alike in every command that sends requests (`_batch_options` checks them)
 BatchOption = Annotated[bool, typer.Option("--batch", help="the provider's batch API (openai, anthropic): half price, "
                                            "answers within 24 h; interrupt and rerun to collect submitted batches")]
@@ -383,25 +414,26 @@ BatchPollOption = Annotated[float | None, typer.Option("--batch-poll", help="sec
 def generate(
     prompts: str = typer.Argument(..., help="prompts file: .jsonl (one {prompt|messages, ...} a line) or .parquet"),
     provider: str = typer.Option("openai", "--provider", help="openai | anthropic | openai-compatible"),
-    model: str = typer.Option("gpt-4o-mini", "--model"),
+    model: str = typer.Option("gpt-4o-mini", "--model", help="model name, as the provider or server calls it"),
     base_url: str | None = typer.Option(None, "--base-url", callback=_base_urls, help="server URL (vLLM, SGLang, "
                                         "llama.cpp, emulator); several replicas of the model (one server per GPU "
                                         "node) comma-separated: each request goes to the one with the fewest in "
                                         "flight, one that is down is set aside until it is back"),
-    api_key_env: str | None = typer.Option(None, "--api-key-env",
-                                           help="environment variable holding the key (default OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
+    api_key_env: ApiKeyEnvOption = None,
     journal: str | None = typer.Option(None, "--journal", help="journal file (default: <prompts>.journal.sqlite); rerun to resume"),
     out: str | None = typer.Option(None, "--out", "--output", "-o", help="completions file, .jsonl or .parquet (default: <prompts>.completions.jsonl)"),
     concurrency: int = typer.Option(64, "--concurrency", help="most requests on the wire"),
     rpm: float | None = typer.Option(None, "--rpm", help="requests/min to stay under (server headers tighten it)"),
     tpm: float | None = typer.Option(None, "--tpm", help="combined tokens/min"),
-    input_tpm: float | None = typer.Option(None, "--input-tpm"),
-    output_tpm: float | None = typer.Option(None, "--output-tpm"),
+    input_tpm: float | None = typer.Option(None, "--input-tpm", help="input tokens/min to stay under"),
+    output_tpm: float | None = typer.Option(None, "--output-tpm", help="output tokens/min to stay under"),
     max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget: stop launching requests when reached"),
     max_output_tokens: int | None = typer.Option(None, "--max-output-tokens", help="output-token budget"),
     max_tokens: int = typer.Option(1024, "--max-tokens", help="per request, where a row does not say"),
-    temperature: float | None = typer.Option(None, "--temperature"),
-    top_p: float | None = typer.Option(None, "--top-p"),
+    temperature: float | None = typer.Option(None, "--temperature", help="0 to 2, where a row does not say "
+                                             "(default: none sent, the provider's own, 1.0 for OpenAI and Anthropic)"),
+    top_p: float | None = typer.Option(None, "--top-p", help="nucleus sampling in (0, 1], where a row does not say "
+                                       "(default: none sent)"),
     system: str | None = typer.Option(None, "--system", help="system prompt, where a row does not say"),
     n: int = typer.Option(1, "--n", help="answers per prompt: sample 0 is the prompt as --n 1 sends it, sample k "
                           "is seeded the row's seed + k (k where it has none; sent where the API takes one, "
@@ -417,7 +449,7 @@ def generate(
                                                 "never stop). Live runs only: --batch pays for a batch as it submits "
                                                 "it, so nothing stops it early"),
     batch: BatchOption = False, batch_size: BatchSizeOption = None, batch_poll: BatchPollOption = None,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress on stderr"),
 ) -> None:
     """Generate a completion for every prompt; writes the journal and the completions file.
 
@@ -456,7 +488,7 @@ def generate(
         if n != 1:
             requests = [s for r in requests for s in sampled(r, n)]
             warn_same_samples(provider, n, requests)
-    api_key = _env_key(api_key_env)
+    api_key = _api_key(provider, base_url, api_key_env)
     with _reported():
         gen = Generator(provider, model, base_url=base_url, api_key=api_key,
                         journal=journal or f"{stem}.journal.sqlite",
@@ -487,7 +519,7 @@ def _batch_options(batch: bool, batch_size: int | None, batch_poll: float | None
 
 def _env_key(api_key_env: str | None) -> str | None:
     """The key in the variable --api-key-env names (None without the option: the provider's default variable);
-    exits 2 when it is not set."""
+    exits 1 when it is not set: bad input, which no rerun mends (2 would tell a requeue loop to retry)."""
     if not api_key_env:
         return None
     from textbookgen.providers import check_key_variable
@@ -503,8 +535,31 @@ def _env_key(api_key_env: str | None) -> str | None:
             any(c.isdigit() for c in api_key_env)
         named = "the variable --api-key-env names (not shown: it looks like a key, not a name)" if keylike \
             else api_key_env
-        _fail(f"environment variable {named} is not set", 2)
+        _fail(f"environment variable {named} is not set")
     return api_key
+
+
+def _api_key(provider: str, base_url: str | list[str] | None, api_key_env: str | None) -> str | None:
+    """The key a command that calls `provider` sends: the variable --api-key-env names, else the provider's own
+    variable, else a placeholder for a server of your own (`ProviderConfig.api_key`). Checked before any journal
+    or lock is created; a --base-url the provider refuses, an openai-compatible provider with none, and a missing
+    key each exit 1 in one line saying what to give, as no rerun mends them."""
+    from textbookgen.providers import replica_urls
+    from textbookgen.recipe import KEY_ENV, ProviderConfig
+
+    try:  # before ProviderConfig, whose validation error would be a traceback
+        replica_urls(provider, base_url)
+    except ValueError as err:
+        _fail(f"--base-url: {err}")
+    if provider == "openai-compatible" and not base_url:
+        _fail("--provider openai-compatible needs --base-url, the server's URL (e.g. http://127.0.0.1:8000/v1)")
+    if api_key_env:
+        return _env_key(api_key_env)
+    key = ProviderConfig(name=provider, base_url=base_url).api_key()
+    if key is None:
+        _fail(f"no API key for {provider}: set {KEY_ENV[provider]} (or name the variable that holds it with "
+              "--api-key-env NAME)")
+    return key
 
 
 def _run_generator(gen: Generator, requests: list[ChatRequest]) -> list[ChatResponse]:
@@ -515,6 +570,11 @@ def _run_generator(gen: Generator, requests: list[ChatRequest]) -> list[ChatResp
 
     try:
         return gen.run(requests)
+    except (OSError, sqlite3.OperationalError) as err:
+        full = _disk_full(err, gen.journal_path)
+        if full is None:
+            raise
+        _fail(full)
     except FatalProviderError as err:
         _fail(f"{err}\nfinished work is kept in {gen.journal_path}; rerun to resume.", 2)
     except JournalError as err:  # in use by another run, not a journal, a directory
@@ -670,6 +730,10 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
 PRICE_HELP = ("MODEL=IN,OUT: USD per 1M input and output tokens (standard API; batch bills half), over the "
               "recipe's `prices:` and the built-in table, e.g. for a self-hosted model (repeatable)")
 PriceOption = Annotated[list[str] | None, typer.Option("--price", help=PRICE_HELP)]
+# the same, for commands that take no recipe (`topics grow`, `classifier label`)
+NO_RECIPE_PRICE_HELP = ("MODEL=IN,OUT: USD per 1M input and output tokens (standard API; batch bills half), over the "
+                        "built-in table, e.g. for a self-hosted model (repeatable)")
+NoRecipePriceOption = Annotated[list[str] | None, typer.Option("--price", help=NO_RECIPE_PRICE_HELP)]
 
 
 @app.command()
@@ -715,6 +779,11 @@ def validate(
                f"output {r.output_dir()} [recipe {r.hash}]")
 
 
+def _kept_journal(b: Build) -> Path:
+    """The journal that keeps the answers a build paid for when it stops: the running stage's, else generate's."""
+    return b.journals().get(b.stage or "", b.journals()["generate"])
+
+
 def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool | None, progress: bool,
                retry_failed: bool = False, push_incomplete: bool = False,
                prices: list[str] | None = None, flags: list[str] | None = None) -> None:
@@ -735,11 +804,15 @@ def _run_build(recipe: str, sets: list[str] | None, plan_only: bool, push: bool 
     except BuildError as err:
         _fail(str(err), UNFINISHED_EXIT.get(err.unfinished, 1))
     except FatalProviderError as err:  # from a paid stage: the provider, or too many failures, stopped it
-        kept = b.journals().get(b.stage or "", b.journals()["generate"])
-        _fail(f"{err}\nfinished requests are kept in {kept}; rerun the same command to resume.", 2)
+        _fail(f"{err}\nfinished requests are kept in {_kept_journal(b)}; rerun the same command to resume.", 2)
     except (JournalError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    except OSError as err:  # a file, the network or the Hub failed mid-build: paid answers are in the journal
+    except (OSError, sqlite3.OperationalError) as err:  # a file, the network or the Hub failed mid-build, a disk
+        full = _disk_full(err, _kept_journal(b), b.out, journaling=b.stage in b.journals())
+        if full:
+            _fail(full)
+        if not isinstance(err, OSError):
+            raise
         typer.echo(f"error: {type(err).__name__}: {err}\nfinished requests are kept in "
                    f"{r.output_dir() / 'journal.sqlite'}; rerun the same command to resume.", err=True)
         raise typer.Exit(1) from None
@@ -905,6 +978,7 @@ def topics_grow(
     model: str = typer.Option("gpt-4o-mini", help="model"),
     provider: str = typer.Option("openai", help="openai, anthropic or openai-compatible"),
     base_url: str | None = typer.Option(None, help="server URL (vLLM, proxy, emulator)"),
+    api_key_env: ApiKeyEnvOption = None,
     journal: str | None = typer.Option(None, help="engine journal (default: <dst>.journal.sqlite, beside DST); "
                                        "rerun with the same one to resume without paying again"),
     max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget over the whole growth (everything "
@@ -914,7 +988,7 @@ def topics_grow(
                                         "asked, else 10; the same value lets a larger --target reuse "
                                         "every answer paid for)"),
     max_depth: int | None = typer.Option(None, "--max-depth", help="grow no leaf deeper than this many levels"),
-    price: PriceOption = None,
+    price: NoRecipePriceOption = None,
     plan: bool = typer.Option(False, "--plan", help="print the calls, tokens and cost growth would take; send nothing"),
     seed: int = typer.Option(0, help="seed"),
 ) -> None:
@@ -922,8 +996,9 @@ def topics_grow(
 
     The first line estimates the calls, tokens and cost before any is paid (--plan stops there).
 
-    Exit status: 0 grown, DST written; 1 bad input or a provider error (answers kept: rerun to resume); 3 calls
-    failed and left DST short of --target (DST written; a rerun retries them); 4, as `generate`'s, the budget
+    Exit status: 0 grown, DST written; 1 bad input (a missing API key too); 2 stopped by a provider error (answers
+    kept: rerun to resume); 3 calls failed and left DST short of --target (DST written; a rerun retries them); 4,
+    as `generate`'s, the budget
     stopped growth: DST is not written (it would fall short of --target), the answers paid for stay in the
     journal and a rerun with a larger --max-cost / --max-output-tokens goes on from them; 130 Ctrl-C, 143 SIGTERM
     (the answers paid for are kept: rerun the same command to resume)."""
@@ -936,12 +1011,13 @@ def topics_grow(
     _check_grow_output(dst)
     journal_path = Path(journal or f"{Path(dst).with_suffix('')}.journal.sqlite")
     _check_output(journal_path, "--journal")
+    key = None if plan else _api_key(provider, base_url, api_key_env)  # before the journal, and before the estimate
     per_call = _grow_per_call(per_call, journal_path)
     typer.echo(_grow_estimate(tax, target, per_call, model, prices, max_cost, journal=journal_path, provider=provider,
                               seed=seed, max_depth=max_depth))
     if plan:
         return
-    budgeted = _grow_generator(provider, model, base_url, journal_path, max_cost, max_output_tokens, prices)
+    budgeted = _grow_generator(provider, model, base_url, key, journal_path, max_cost, max_output_tokens, prices)
     if journal is None and Path("grow.sqlite").is_file():
         typer.echo(f"note: journal {journal_path}; to resume a grow journaled in ./grow.sqlite (the old default), "
                    "pass --journal grow.sqlite", err=True)
@@ -989,15 +1065,15 @@ def _grow_per_call(per_call: int | None, journal: Path) -> int:
     return per_call or PER_CALL
 
 
-def _grow_generator(provider: str, model: str, base_url: str | None, journal: Path, max_cost: float | None,
-                    max_output_tokens: int | None, prices: dict[str, tuple[float, float]]) -> BudgetedGenerator:
+def _grow_generator(provider: str, model: str, base_url: str | None, key: str | None, journal: Path,
+                    max_cost: float | None, max_output_tokens: int | None,
+                    prices: dict[str, tuple[float, float]]) -> BudgetedGenerator:
     """The engine of a grow, with one budget over every round (each is a run of its own), as a build's: checked
     by the BudgetedGenerator, so a 0 passes too."""
     from textbookgen.build import BudgetedGenerator
     from textbookgen.engine import Generator
-    from textbookgen.recipe import BudgetConfig, ProviderConfig
+    from textbookgen.recipe import BudgetConfig
 
-    key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
     with _reported():
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, journal=journal,
                         max_cost_usd=max_cost, max_output_tokens=max_output_tokens, prices=prices)
@@ -1395,6 +1471,7 @@ def classifier_label(
     provider: str = typer.Option("openai", help="openai | anthropic | openai-compatible"),
     model: str = typer.Option("gpt-4o-mini", help="judge model"),
     base_url: str | None = typer.Option(None, help="server URL (openai-compatible, or the emulator)"),
+    api_key_env: ApiKeyEnvOption = None,
     sample: int | None = typer.Option(None, help="judge a sample of this many rows, drawn by --seed; a larger one "
                                       "keeps a smaller one's rows, whose answers the journal replays free"),
     journal: str | None = typer.Option(None, help="SQLite journal (a killed run resumes; default <output>.journal)"),
@@ -1404,7 +1481,7 @@ def classifier_label(
     max_cost: float | None = typer.Option(None, "--max-cost", help="USD budget: stop sending requests when reached"),
     max_cost_usd: float | None = typer.Option(None, "--max-cost-usd", hidden=True),  # the old spelling, for scripts
     concurrency: int = typer.Option(32), seed: int = typer.Option(0),
-    price: PriceOption = None,
+    price: NoRecipePriceOption = None,
     max_error_rate: float | None = typer.Option(None, "--max-error-rate", help="stop once 50 documents are judged "
                                                 "and more than this share failed or gave no 0-5 score (default 0.5; "
                                                 "1: never stop). Live runs only: --batch pays for a batch as it "
@@ -1423,7 +1500,6 @@ def classifier_label(
     from textbookgen.curation.judge import EducationalJudge, label_corpus, sampling_for
     from textbookgen.engine import Generator
     from textbookgen.pricing import is_priced
-    from textbookgen.recipe import ProviderConfig
 
     if max_cost is not None and max_cost_usd is not None and max_cost != max_cost_usd:
         _fail(f"--max-cost {max_cost:g} and --max-cost-usd {max_cost_usd:g} (its old name) disagree; give one")
@@ -1442,10 +1518,10 @@ def classifier_label(
     max_error_rate = 0.5 if max_error_rate is None else max_error_rate
     journal = journal or f"{output}.journal"
     prices = _prices(price)
+    key = _api_key(provider, base_url, api_key_env)  # before the journal is created
     with _reported():
         check_output(output, input_path)
         df = read_corpus(input_path, text_column, id_column)
-        key = ProviderConfig(name=provider, base_url=base_url).api_key()  # env key, or none needed locally
         gen = Generator(provider=provider, model=model, base_url=base_url, api_key=key, concurrency=concurrency,
                         journal=journal, max_cost_usd=max_cost, prices=prices,
                         max_error_rate=None if max_error_rate >= 1 else max_error_rate, **batching)

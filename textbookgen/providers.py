@@ -227,7 +227,7 @@ def resolve_key(provider: str, api_key: str | None, base_url: str | None) -> str
         return key
     if provider == "openai-compatible":
         return "EMPTY"  # vLLM / SGLang / llama.cpp accept any key unless started with one
-    raise FatalProviderError(f"no API key for {provider}: pass api_key= or set {env}")
+    raise FatalProviderError(f"no API key for {provider}: set {env} (or pass the key as api_key=)")
 
 
 def _http_client(kind: str, sdk):

@@ -9,6 +9,7 @@ root topic list shipped in `textbookgen/topics/`.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 import re
@@ -329,6 +330,14 @@ class HubConfig(_Strict):
     # card says the dataset is incomplete. Off: a partial dataset is written locally, never published
     push_incomplete: bool = False
 
+    @field_validator("repo_id")
+    @classmethod
+    def _a_repo(cls, v: str | None) -> str | None:
+        """A repo id the push would refuse is refused with the recipe, before a build pays for what it pushes."""
+        from textbookgen.hub import check_repo_id
+
+        return v if v is None else check_repo_id(v)
+
 
 class Recipe(_Strict):
     """One dataset build. See recipes/*.yaml for commented examples."""
@@ -563,6 +572,7 @@ def deferred_problems(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ..
     existing = next((p for p in (out, *out.parents) if p.exists()), None)
     if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
         problems.append((("output",), f"{out} cannot be the output folder: {existing} is not writable"))
+    problems += web_source_problems(recipe)
     classifier = recipe.resolved_curation().classifier
     if classifier.enabled and classifier.model_path and Path(classifier.model_path).is_file():
         from textbookgen.curation.classifier import QualityModel
@@ -572,6 +582,15 @@ def deferred_problems(recipe: Recipe, tax: Taxonomy) -> list[tuple[tuple[Any, ..
         except (ValueError, OSError) as e:
             problems.append((("curation", "classifier", "model_path"), str(e)))
     return problems
+
+
+def web_source_problems(recipe: Recipe) -> list[tuple[tuple[Any, ...], str]]:
+    """Why `web_samples.source` cannot be read here, found without reading it: a Hub dataset needs the
+    `datasets` package (a local path is checked with the recipe). The build checks this before growth is paid."""
+    wc = recipe.web_samples
+    if wc is None or not wc.source.startswith(("hf:", "hf://")) or importlib.util.find_spec("datasets") is not None:
+        return []
+    return [(("web_samples", "source"), f"{wc.source}: reading Hub datasets needs `pip install datasets`")]
 
 
 def repeated_prompts_note(recipe: Recipe, tax: Taxonomy) -> str | None:

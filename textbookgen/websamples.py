@@ -843,8 +843,10 @@ def _text_column(names: list[str], types: dict[str, str], text_field: str | None
 
 
 def hub_offline() -> bool:
-    """Hugging Face offline mode: only what is in the local cache can be read."""
-    return bool(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"))
+    """Hugging Face offline mode: only what is in the local cache can be read. Set as huggingface_hub reads it
+    (1, ON, YES or TRUE, any case): `HF_HUB_OFFLINE=0` is online."""
+    return any(os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
