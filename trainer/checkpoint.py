@@ -19,6 +19,7 @@ step + samples + RNG is the whole state.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -104,16 +105,60 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     """Write checkpoint `step` under `root` atomically; every rank calls it. Returns the final path.
     `tokenizer`: the run's tokenizer serialized (`Tokenizer.to_str()`), kept as tokenizer.json.
     A failure on any rank (a full disk, a folder it may not write) is raised on every rank
-    (`distributed.shared_outcome`), so none waits for the others in a barrier."""
+    (`distributed.shared_outcome`), so none waits for the others in a barrier; its partial `step-N.tmp/` is
+    removed, and an OSError (ENOSPC; within DCP's CheckpointException too) is raised as one naming the checkpoint
+    and what a rerun resumes from."""
     from trainer.distributed import shared_outcome
 
     root = Path(root)
     final, tmp = root / step_dir_name(step), root / (step_dir_name(step) + ".tmp")
-    shared_outcome(lambda: _make_tmp(tmp))
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    shared_outcome(lambda: _write_states(tmp, model_sd, optim_sd, sharded), every=True)
-    shared_outcome(lambda: _commit(root, tmp, final, {**meta, "step": step}, sharded, keep, tokenizer))
+    try:
+        shared_outcome(lambda: _make_tmp(tmp))
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        shared_outcome(lambda: _write_states(tmp, model_sd, optim_sd, sharded), every=True)
+        shared_outcome(lambda: _commit(root, tmp, final, {**meta, "step": step}, sharded, keep, tokenizer))
+    except (CheckpointException, Exception) as e:  # DCP's is a BaseException; every rank alike (shared_outcome)
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        unwritten = _unwritten(e, root, final)
+        if unwritten is None:
+            raise
+        raise unwritten from e
     return final
+
+
+def _write_error(e: BaseException) -> OSError | None:
+    """The OSError under a failed save: `e` itself, the first failing rank's within DCP's CheckpointException, or
+    the context of torch.save's `RuntimeError: ... unexpected pos` (its writer into a Python stream); else None."""
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]
+    if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
+        e = e.__context__
+    return e if isinstance(e, OSError) else None
+
+
+def _unwritten(e: BaseException, root: Path, final: Path) -> OSError | None:
+    """A failed save's OSError as one line naming the checkpoint, what became of it and what a rerun resumes from
+    (None: not a write failure); marked `every_rank` as `e` is, so the CLI prints it once. A full disk names the
+    checkpoint; another error (a folder it may not write) the path that failed, which the checkpoint's name
+    would hide."""
+    cause = _write_error(e)
+    if cause is None:
+        return None
+    previous = find_latest(root)
+    resume = f"from {previous.name}" if previous is not None else "(no earlier checkpoint: it starts over)"
+    full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    path = str(final) if full or cause.filename is None else str(cause.filename)
+    named = "" if path == str(final) else f" {final.name}"
+    if getattr(cause, "renamed", False):
+        marked = (root / LATEST).is_file() and (root / LATEST).read_text().strip() == final.name
+        state = f"checkpoint{named} written{'' if marked else ', but not marked latest'}"
+    else:
+        state = f"checkpoint{named} not written (its partial {final.name}.tmp/ removed)"
+    error = OSError(cause.errno, f"{cause.strerror or cause}; {state}: {'free space' if full else 'fix that'}, then "
+                                 f"run the same command again to resume {resume}", path)
+    error.every_rank = getattr(e, "every_rank", False)  # type: ignore[attr-defined]
+    return error
 
 
 def _make_tmp(tmp: Path) -> None:
@@ -128,9 +173,23 @@ def _write_states(tmp: Path, model_sd: dict[str, Any], optim_sd: dict[str, Any],
     if sharded:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     elif rank == 0:
-        torch.save(model_sd, tmp / "model.pt")
-        torch.save(optim_sd, tmp / "optim.pt")
-    torch.save(rng_state(), tmp / "rng" / f"rank-{rank:05d}.pt")
+        _save_file(model_sd, tmp / "model.pt")
+        _save_file(optim_sd, tmp / "optim.pt")
+    _save_file(rng_state(), tmp / "rng" / f"rank-{rank:05d}.pt")
+
+
+def _save_file(obj: Any, path: Path) -> None:
+    """`torch.save` through a Python file, a failed write raised as its OSError (ENOSPC) naming `path`: torch's
+    own file writer loses the errno (`RuntimeError: ... unexpected pos 4992 vs 4886`); through a Python file the
+    OSError is the context of that RuntimeError."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as e:
+        cause = e.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from e
 
 
 def _commit(root: Path, tmp: Path, final: Path, meta: dict[str, Any], sharded: bool, keep: int | None,
@@ -147,10 +206,14 @@ def _commit(root: Path, tmp: Path, final: Path, meta: dict[str, Any], sharded: b
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    write_atomic(root / LATEST, final.name + "\n")
-    fsync_path(root)
-    if keep:
-        _prune(root, final, keep)
+    try:
+        write_atomic(root / LATEST, final.name + "\n")
+        fsync_path(root)
+        if keep:
+            _prune(root, final, keep)
+    except OSError as e:
+        e.renamed = True  # type: ignore[attr-defined]  # the checkpoint is complete: `_unwritten` says so
+        raise
 
 
 def _prune(root: Path, newest: Path, keep: int) -> None:

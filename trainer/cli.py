@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _RUNTIME_USER_ERRORS = {"CheckpointError", "TrainingDiverged"}
+# The modules of the [train] extra (pyproject.toml): a base install (`pip install textbookgen`) lacks them
+_TRAIN_EXTRA = {"torch", "safetensors", "tokenizers", "transformers"}
 # `train` exits 0 when done. A run stopped early, with a checkpoint to resume from by running the same command
 # again, exits 130 on SIGINT and 143 on SIGTERM (128 + the signal, as the shell reports a process they kill) and
 # STOPPED otherwise (train.time_budget_s), on every rank alike: a requeue loop can tell
@@ -25,8 +27,8 @@ _RUNTIME_USER_ERRORS = {"CheckpointError", "TrainingDiverged"}
 STOPPED = 3
 _STOP_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 _EXIT_CODES = ("exit codes: 0 done; 3 stopped by --time-budget (train.time_budget_s); 130 SIGINT (Ctrl-C); "
-               "143 SIGTERM; 1 diverged; 2 bad input. 3, 130 and 143 leave a checkpoint: run the same "
-               "command again to resume.")
+               "143 SIGTERM; 1 diverged; 2 bad input or a failed write (a full disk). 3, 130 and 143 leave a "
+               "checkpoint: run the same command again to resume.")
 Command = tuple[str, Callable[[argparse.ArgumentParser], object], Callable[[argparse.Namespace], int]]
 
 
@@ -263,7 +265,9 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                         "resumable)")
     p.add_argument("--resume", default=None, help="auto (newest checkpoint of the run, default) | never | PATH")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile each block and the loss: faster steps after a slow first one (sets "
+                        "train.compile; default: the config's, on in demo-100m and phi-1.5)")
     p.add_argument("--synthetic", action="store_true", default=None,
                    help="random tokens instead of the datasets (throughput runs)")
     p.add_argument("--no-progress", action="store_true", help="log lines only, no live progress bar")
@@ -286,11 +290,12 @@ def final_line(result) -> str:
 def train_run(args: argparse.Namespace) -> int:
     from trainer.train import train
 
-    cfg = _load(args, {"run_dir": ("--run-dir", args.run_dir), "train.max_steps": ("--max-steps", args.max_steps),
-                       "train.time_budget_s": ("--time-budget", args.time_budget),
-                       "checkpoint.resume": ("--resume", args.resume), "train.device": ("--device", args.device),
-                       "train.compile": ("--compile", args.compile), "data.synthetic": ("--synthetic", args.synthetic)},
-                unset=["train.max_tokens"] if args.max_steps is not None else [])
+    options = {"run_dir": ("--run-dir", args.run_dir), "train.max_steps": ("--max-steps", args.max_steps),
+               "train.time_budget_s": ("--time-budget", args.time_budget),
+               "checkpoint.resume": ("--resume", args.resume), "train.device": ("--device", args.device),
+               "train.compile": ("--compile", args.compile),
+               "data.synthetic": ("--synthetic", args.synthetic)}
+    cfg = _load_for_train(args, options, unset=["train.max_tokens"] if args.max_steps is not None else [])
     result = train(cfg, progress=False if args.no_progress else None, started=args.started)
     if result.history and os.environ.get("RANK", "0") == "0":
         print(final_line(result))
@@ -300,6 +305,18 @@ def train_run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(_resume_hint(result.run_dir, cfg.checkpoint.resume, code, result.stop_reason), file=sys.stderr)
     return code
+
+
+def _load_for_train(args: argparse.Namespace, extra: dict[str, tuple[str, object]], unset: Sequence[str]):
+    """`_load`, a refusal of the defaults alone (no -c, no --set) saying where a config comes from: the defaults
+    name no dataset, and `data.datasets is empty` alone did not say that -c was missing."""
+    try:
+        return _load(args, extra, unset)
+    except ValueError as e:
+        if args.config is not None or args.overrides or args.synthetic:
+            raise
+        raise ValueError(f"{e} (no -c/--config given: start from a bundled config, -c tiny | demo-100m | phi-1.5, "
+                         "or a YAML file of your own)") from e
 
 
 def _run_rate(history: list[dict]) -> tuple[float, float | None]:
@@ -371,7 +388,8 @@ def _load_any_model(path: Path, device: str):
 def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="training checkpoint: step folder, checkpoints folder or run folder")
     p.add_argument("out", help="output folder (model.safetensors, config.json, tokenizer files)")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the exported weights (default bfloat16)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer spec (default: the one saved with the checkpoint; one that differs is refused)")
     p.add_argument("--no-tokenizer", action="store_true",
@@ -498,7 +516,8 @@ def _command_hints(message: str, command: str | None) -> str:
 
 def report_user_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """`run(args)`, with user errors (bad config or option, missing or unreadable data, checkpoint or
-    output path, divergence) printed as one `error: ...` line instead of a traceback (set TRAINER_DEBUG=1
+    output path, a full disk, divergence, a base install without the [train] extra's torch or tokenizers)
+    printed as one `error: ...` line instead of a traceback (set TRAINER_DEBUG=1
     for the traceback), and Ctrl-C as one `interrupted` line with exit code 130. Under torchrun a refusal
     that every rank raises alike (marked by `train.every_rank`) is printed by rank 0 alone, and any other error
     line or traceback by the first rank to meet it, which names itself (`_first_rank`); each rank still exits
@@ -510,6 +529,12 @@ def report_user_errors(run: Callable[[argparse.Namespace], int], args: argparse.
             raise
         print(f"interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return _STOP_EXIT["SIGINT"]
+    except ModuleNotFoundError as e:
+        if os.environ.get("TRAINER_DEBUG") or e.name not in _TRAIN_EXTRA:  # a submodule: installed but broken
+            raise
+        print(f"error: the trainer needs the [train] extra (no module named {e.name!r}): "
+              f'pip install "textbookgen[train]"', file=sys.stderr)
+        return 2
     except Exception as e:
         user_error = isinstance(e, (ValueError, OSError)) or type(e).__name__ in _RUNTIME_USER_ERRORS
         if os.environ.get("TRAINER_DEBUG") or not (user_error or _world_size() > 1):

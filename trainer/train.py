@@ -770,10 +770,13 @@ class Trainer:
         self.console = Console(quiet=not info.is_main, soft_wrap=True)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
+        self.tokenizer_warning: str | None = None
         data_start = self._open_run()
         self._setup_device()
         self._build_model()
         self._build_data(data_start)
+        if self.tokenizer_warning:  # shown once the data is ready: tokenizing it fails with the same text otherwise
+            self.console.print(self.tokenizer_warning, highlight=False)
         self._build_optimizer()
         self.start = self._resume()
         self.schedule_end = self.schedule_position(self.max_steps)
@@ -818,8 +821,8 @@ class Trainer:
         except ValueError as e:
             if saved is None:  # the library's hint names prepare's --tokenizer, which train does not take
                 why = str(e).replace(GIVE_TOKENIZER, "set data.tokenizer to")
-                self.console.print(f"[yellow]warning:[/] cannot load data.tokenizer {spec!r} ({why}): the checkpoints "
-                                   f"will not keep it", highlight=False)
+                self.tokenizer_warning = (f"[yellow]warning:[/] cannot load data.tokenizer {spec!r} ({why}): the "
+                                          "checkpoints will not keep it")
             return saved
         if saved is not None and checkpoint.tokenizer_sha256(tok) != checkpoint.tokenizer_sha256(saved):
             raise every_rank(checkpoint.CheckpointError(

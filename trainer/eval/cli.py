@@ -30,8 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer path/spec (default: the checkpoint's)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-batch-tokens", type=int, default=16384)
+    p.add_argument("--batch-size", type=int, default=32, help="most sequences scored at once (default 32)")
+    p.add_argument("--max-batch-tokens", type=int, default=16384,
+                   help="most padded tokens in one batch, a bound on GPU memory; lower it on an out-of-memory "
+                        "error (default 16384)")
     p.add_argument("--strategy", choices=["prefix", "full"], default="prefix",
                    help="prefix: each context computed once (KV cache); full: lm_eval's whole sequences")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (task defaults otherwise)")
