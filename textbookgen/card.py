@@ -17,6 +17,7 @@ output}, `cost_usd`, `curation` {stage: {in, kept, dropped: {reason: n}}} (the s
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import jinja2
 import jinja2.meta
+import jinja2.nodes
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -903,10 +905,95 @@ def _fmt_kv(d: Any, sep: str = ": ", join: str = "; ") -> str:
                      if v is not None and not isinstance(v, (Mapping, list, jinja2.Undefined)))
 
 
+class _Fields(dict):
+    """A recipe, or a section of one, dumped from its model: every field is a key (defaults filled in), so a name
+    it lacks is a template's typo, not a value that this build happens not to have."""
+
+
+def _complete_fields(data: Any, model: Any) -> Any:
+    """`data` (the dump of `model`) with each dict that holds a pydantic model's fields as a `_Fields`."""
+    from pydantic import BaseModel
+
+    if isinstance(model, BaseModel) and isinstance(data, dict):
+        return _Fields({k: _complete_fields(v, getattr(model, k, None)) for k, v in data.items()})
+    if isinstance(model, (list, tuple)) and isinstance(data, list) and len(model) == len(data):
+        return [_complete_fields(v, m) for v, m in zip(data, model, strict=True)]
+    return data
+
+
+class _CardUndefined(jinja2.ChainableUndefined):
+    """Lenient where a card's data may lack a value (a key a manifest has for some builds only, a lookup into a
+    null section: empty text, as ChainableUndefined gives), strict where only a typo gives one: a name the card's
+    context does not have, or a field the recipe does not have (`_Fields`). Those were rendered as empty text,
+    leaving a section of the card silently blank; `is defined` and `default` still test them without error."""
+
+    __slots__ = ()
+    assigned: frozenset[str] = frozenset()  # the template's own names (`_assigned`): unset in some branch, not typos
+
+    def _strict(self) -> bool:
+        top_level = self._undefined_obj is jinja2.utils.missing and self._undefined_hint is None
+        unknown = self._undefined_name is not None and self._undefined_name not in self.assigned
+        return (top_level and unknown) or isinstance(self._undefined_obj, _Fields)
+
+    @property
+    def _undefined_message(self) -> str:
+        if not isinstance(self._undefined_obj, _Fields):
+            return super()._undefined_message
+        near = difflib.get_close_matches(str(self._undefined_name), list(self._undefined_obj), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        return f"the recipe has no field {self._undefined_name!r} here{hint}"
+
+    def _check(self) -> None:
+        if self._strict():
+            self._fail_with_undefined_error()
+
+    def __str__(self) -> str:
+        self._check()
+        return super().__str__()
+
+    def __iter__(self) -> Iterator[Any]:
+        self._check()
+        return super().__iter__()
+
+    def __bool__(self) -> bool:
+        self._check()
+        return super().__bool__()
+
+    def __len__(self) -> int:
+        self._check()
+        return super().__len__()
+
+    def __eq__(self, other: Any) -> bool:
+        self._check()
+        return super().__eq__(other)
+
+    def __ne__(self, other: Any) -> bool:
+        self._check()
+        return super().__ne__(other)
+
+    __hash__ = jinja2.ChainableUndefined.__hash__
+
+
+def _template_line(err: BaseException, template_path: Path) -> str:
+    """`file:line` of the template code that raised `err` (Jinja's traceback names the template's own lines)."""
+    where = str(template_path)
+    tb = err.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not name.endswith(".py") and Path(name).is_file():
+            where = f"{name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
 def _write_card(out_dir: Path, template_path: str | Path, context: dict[str, Any], defaults: dict[str, Any],
                 what: str) -> Path:
-    """Render the template, check the card the Hub will parse, write README.md and the defaults it filled in."""
-    text = re.sub(r"\n{3,}", "\n\n", load_card_template(template_path).render(**context))
+    """Render the template, check the card the Hub will parse, write README.md and the defaults it filled in.
+    A name the template uses that its data cannot have (`_CardUndefined`) raises ValueError naming file and line."""
+    try:
+        text = re.sub(r"\n{3,}", "\n\n", load_card_template(template_path).render(**context))
+    except jinja2.UndefinedError as err:
+        raise ValueError(f"card template {_template_line(err, Path(template_path))}: {err.message}") from None
     validate_card_text(text)
     readme = out_dir / "README.md"
     readme.write_text(text, encoding="utf-8")
@@ -965,8 +1052,9 @@ def render_card(
     docs = document_figures(document_table(own))  # once, for the stats and the plots
     if not isinstance(recipe, Mapping):
         manifest = portable_manifest(manifest, recipe)
+    source = recipe
     recipe, chosen = recipe_fields(recipe)
-    recipe = redact(recipe)
+    recipe = _complete_fields(redact(recipe), source)
     manifest = redact(dict(manifest))
 
     info = dataset_info(splits, schema)
@@ -1005,7 +1093,7 @@ def load_card_template(template_path: str | Path) -> jinja2.Template:
     template_path = Path(template_path)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(template_path.parent), str(CARDS_DIR)]),
-        undefined=jinja2.ChainableUndefined,
+        undefined=_CardUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -1018,22 +1106,26 @@ def load_card_template(template_path: str | Path) -> jinja2.Template:
     env.filters["usd"] = lambda v: f"${v:,.4f}" if isinstance(v, (int, float)) else "–"
     try:
         template = env.get_template(template_path.name)
-        _compile_referenced(env, template_path.name, template_path)
+        assigned = _compile_referenced(env, template_path.name, template_path)
     except jinja2.TemplateNotFound:
         raise FileNotFoundError(f"card template not found: {template_path}") from None
     except jinja2.TemplateSyntaxError as err:
         raise ValueError(f"card template {err.filename or template_path}:{err.lineno}: {err.message}") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"card template {template_path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    env.undefined = type("_CardUndefined", (_CardUndefined,), {"__slots__": (), "assigned": frozenset(assigned)})
     return template
 
 
-def _compile_referenced(env: jinja2.Environment, name: str, origin: Path, seen: set[str] | None = None) -> None:
+def _compile_referenced(env: jinja2.Environment, name: str, origin: Path, seen: set[str] | None = None) -> set[str]:
     """Compile every template `name` extends, includes or imports, transitively. Jinja looks them up only
-    at render time, which for a build is after the paid generation: a missing `_base.md` must fail first."""
+    at render time, which for a build is after the paid generation: a missing `_base.md` must fail first.
+    Returns the names all of them assign (`_assigned`)."""
     seen = set() if seen is None else seen
     source = env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
-    for ref in jinja2.meta.find_referenced_templates(env.parse(source)):
+    ast = env.parse(source)
+    assigned = _assigned(ast)
+    for ref in jinja2.meta.find_referenced_templates(ast):
         if ref is None or ref in seen:  # a name computed at render time cannot be checked here
             continue
         seen.add(ref)
@@ -1042,7 +1134,18 @@ def _compile_referenced(env: jinja2.Environment, name: str, origin: Path, seen: 
         except jinja2.TemplateNotFound:
             searched = ", ".join(env.loader.searchpath)  # type: ignore[union-attr]
             raise FileNotFoundError(f"card template {origin}: uses {ref!r}, which is not in {searched}") from None
-        _compile_referenced(env, ref, origin, seen)
+        assigned |= _compile_referenced(env, ref, origin, seen)
+    return assigned
+
+
+def _assigned(ast: jinja2.nodes.Template) -> set[str]:
+    """The names a template sets (`{% set %}`, a loop's or `with`'s variables), defines (macros) or imports. One
+    used where the template left it unset (set inside an `if` only) is the template's logic, not a typo of the
+    card's data: it renders empty, as before, while a name neither the data nor the template has is an error."""
+    nodes = jinja2.nodes
+    names = {n.name for n in ast.find_all(nodes.Name) if n.ctx == "store"}
+    names |= {m.name for m in ast.find_all(nodes.Macro)} | {i.target for i in ast.find_all(nodes.Import)}
+    return names | {n if isinstance(n, str) else n[1] for f in ast.find_all(nodes.FromImport) for n in f.names}
 
 
 # Whoever pulls the dataset reads this copy, not the file the build read: say how the two differ.
