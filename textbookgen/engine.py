@@ -89,6 +89,7 @@ from textbookgen.pricing import (
     is_priced,
     price_of,
     tool_prompt_tokens,
+    unknown_model_lead,
 )
 from textbookgen.providers import (
     PROVIDERS,
@@ -246,7 +247,8 @@ def credential_param(params: Mapping, path: str = "") -> str | None:
 def unpriced_budget(model: str) -> str:
     """Why a dollar budget on `model` is refused, and how to give its price. It names only what every caller with a
     dollar budget takes (`classifier label` has no --max-output-tokens: naming it sent users to a missing option)."""
-    return (f"max_cost_usd (--max-cost) is set but model {model!r} has no known price, so its calls would count as "
+    return (f"{unknown_model_lead([(f'model {model!r}', model)])}"
+            f"max_cost_usd (--max-cost) is set but model {model!r} has no known price, so its calls would count as "
             f"$0 and the budget could never stop them; give its price in USD per 1M tokens: --price {model}=IN,OUT "
             f"(prices={{{model!r}: (IN, OUT)}} in Python; {model}=0,0 for a free server of your own), or budget "
             "output tokens instead where the run takes such a budget (max_output_tokens)")

@@ -13,8 +13,9 @@ cache rate.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 # model name -> (input USD per 1M tokens, output USD per 1M tokens); its dated snapshots price the same
 # unless listed themselves (gpt-4o-2024-05-13 is the first, dearer gpt-4o)
@@ -98,6 +99,32 @@ def resolve(model: str, names: Mapping[str, object] | None = None) -> str | None
     name = model.rsplit("/", 1)[-1]  # also "openai/gpt-4o" style names of routers
     snapshot = _SNAPSHOT.fullmatch(name)
     return next((key for key in (model, name, snapshot["base"] if snapshot else None) if key in table), None)
+
+
+def closest_model(model: str, names: Iterable[str] = ()) -> str | None:
+    """The known model (PRICES, or `names`: a recipe's own prices) that an unknown name most likely misspells
+    (`gpt-4o-minii`: `gpt-4o-mini`), for a "did you mean" before the hint on pricing a model of one's own.
+    Only a name with the same numbers: `o5-mini` or `claude-sonnet-5` is a newer model, not a typo of `o4-mini`."""
+    name = model.rsplit("/", 1)[-1]
+    snapshot = _SNAPSHOT.fullmatch(name)
+    name = snapshot["base"] if snapshot else name
+    known = [k for k in [*PRICES, *names] if _numbers(k) == _numbers(name)]
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    return near[0] if near else None
+
+
+def _numbers(name: str) -> list[str]:
+    """The digit groups of a model name: its version (`claude-opus-4-1`: 4, 1), which a typo rarely changes."""
+    return re.findall(r"\d+", name.rsplit("/", 1)[-1])
+
+
+def unknown_model_lead(models: Iterable[tuple[str, str]], names: Iterable[str] = ()) -> str:
+    """`WHAT is not in the price table: did you mean NAME? Otherwise, ` for each (what, model) with a known model
+    close to it (`closest_model`), else "": the likelier cause of a missing price is a typo."""
+    names = list(names)
+    guesses = [f"{what} is not in the price table: did you mean {near}?" for what, model in models
+               if (near := closest_model(model, names)) is not None]
+    return " ".join(guesses) + " Otherwise, " if guesses else ""
 
 
 def price_of(model: str, prices: Mapping[str, tuple[float, float]] | None = None) -> tuple[float, float]:

@@ -482,7 +482,7 @@ class Recipe(_Strict):
         field that names it. `grows`: the taxonomy grows (`TaxonomyConfig.grows`, known once its roots are read
         and the build has no grown tree cached), so growth's own model (`models`) is sent requests too; else
         only the documents' model is, and growth's needs no price."""
-        from textbookgen.pricing import is_priced
+        from textbookgen.pricing import is_priced, unknown_model_lead
 
         if self.budget.max_cost_usd is None:
             return []
@@ -494,8 +494,9 @@ class Recipe(_Strict):
         named = " and ".join(f"{m} ({field})" for field, m in unpriced.items())
         one = len(unpriced) == 1
         m = next(iter(unpriced.values()))
+        lead = unknown_model_lead(((f"{m} ({field})", m) for field, m in unpriced.items()), table)
         return [(("budget", "max_cost_usd"), (
-            f"{named} {'has' if one else 'have'} no price, so {'its' if one else 'their'} requests would count as $0 "
+            f"{lead}{named} {'has' if one else 'have'} no price, so {'its' if one else 'their'} requests would count as $0 "
             f"and this budget could never stop them: give {'its' if one else 'each its'} price in USD per 1M tokens, "
             f"`prices: {{{m}: {{input_per_mtok: IN, output_per_mtok: OUT}}}}` in the recipe (0 and 0 for a free "
             f"server of your own) or --price {m}=IN,OUT, or drop budget.max_cost_usd (budget.max_output_tokens "
