@@ -157,7 +157,7 @@ def test_bad_sources_are_named(tmp_path):
     "name, data, problem",
     [
         ("web.jsonl.gz", b"hello, not gzip", "not a readable gzip file"),
-        ("web.jsonl.gz", gzip.compress(b'{"text": "a"}\n' * 50)[:-12], "not a readable gzip file"),
+        ("web.jsonl.gz", gzip.compress(b'{"text": "a"}\n' * 50, mtime=0)[:-12], "not a readable gzip file"),
         ("web.parquet", b"PAR1 but no parquet at all", "not a readable parquet file"),
     ],
 )
