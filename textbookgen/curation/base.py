@@ -59,7 +59,10 @@ class Step:
 
     def fingerprint(self) -> str | None:
         """What decides the verdicts (or scores) besides the rows and the code (settings, benchmark items, a
-        model), so that a rerun uses those a killed run stored only where they still hold; None: never stored."""
+        model), so that a rerun uses those a killed run stored only where they still hold; None: never stored (a
+        killed run's chunks, and a mixed run's group of the step and those after it, are run again), as for a step
+        whose verdicts depend on more than its settings (an incremental MinHash's index). A step of one's own
+        should return its settings: its class's source counts already (`stream.code_digest`), but not them."""
         return None
 
     def __call__(self, df: pl.DataFrame, workdir: Path | None = None) -> tuple[pl.DataFrame, StageStats]:

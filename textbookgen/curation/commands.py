@@ -19,6 +19,7 @@ from textbookgen.curation.corpus_io import (
     STATS_SUFFIX,
     Corpus,
     CorpusWriter,
+    RowsKept,
     check_output,
     mark_workdir,
     read_corpus,
@@ -120,8 +121,8 @@ def _check_outside(option: str, folder: Path, input_path: str | Path) -> None:
                          "the corpus; put it elsewhere")
 
 
-def cut_out_of_core(corpus: Corpus, output_path: str | Path, cut: QualityCut, work: Path, carried: str | None = None,
-                    with_rows: str | None = None) -> dict[str, Any]:
+def cut_out_of_core(corpus: Corpus, output_path: str | Path | RowsKept, cut: QualityCut, work: Path,
+                    carried: str | None = None, with_rows: str | None = None) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` for a QualityCut of the `quality_score` an earlier step gave: pass 1 keeps
     the scores (8 bytes a document: a top share needs them all), pass 2 writes the kept rows a chunk at a time and
     keeps the report rows of those cut, as `QualityCut.run` writes them. A file without the column gives its rows
@@ -137,7 +138,7 @@ def cut_out_of_core(corpus: Corpus, output_path: str | Path, cut: QualityCut, wo
     st.check()
     mark_workdir(work)
     dropped, start = [], 0
-    with CorpusWriter(output_path, row_schema(schema, carried, with_rows)) as out:
+    with CorpusWriter.to(output_path, row_schema(schema, carried, with_rows)) as out:
         for chunk in numbered(corpus.chunks(), schema, carried):
             end = start + chunk.height
             dropped.append(cut.dropped(chunk, keep[start:end]))
@@ -148,7 +149,7 @@ def cut_out_of_core(corpus: Corpus, output_path: str | Path, cut: QualityCut, wo
     return {cut.name: st.as_dict()}
 
 
-def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step], work: Path,
+def dedup_out_of_core(corpus: Corpus, output_path: str | Path | RowsKept, steps: list[Step], work: Path,
                       carried: str | None = None, with_rows: str | None = None) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` for exact and MinHash dedup, holding per-doc ids, quality scores
     and exact keys but never the texts: a first pass over the corpus keeps those (and finds bad input
@@ -180,7 +181,7 @@ def dedup_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[Step]
             raise RuntimeError(f"{step.name}: dropped counts {dict(st.dropped)} do not explain {st.n_in} -> {st.kept}")
         stats[step.name] = st.as_dict()
     schema = corpus.schema()
-    with CorpusWriter(output_path, row_schema(schema, carried, with_rows)) as out:
+    with CorpusWriter.to(output_path, row_schema(schema, carried, with_rows)) as out:
         for chunk in _alive(numbered(corpus.chunks(), schema, carried), alive):
             out.write(rows_out(chunk, with_rows))
     return stats

@@ -16,6 +16,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.json as pa_json
@@ -617,6 +618,12 @@ class CorpusWriter:
         self.parquet = pq.ParquetWriter(self.tmp, self.empty.to_arrow().schema, compression="zstd") if parquet else None
         self.jsonl = None if parquet else _jsonl_sink(self.tmp, self.path)
 
+    @classmethod
+    def to(cls, output: str | Path | RowsKept, schema: pl.Schema) -> CorpusWriter | RowsKept:
+        """Where an out-of-core path writes its kept rows: a writer of the file `output`, or `output` itself where
+        it is a `RowsKept`."""
+        return output if isinstance(output, RowsKept) else cls(output, schema)
+
     def write(self, chunk: pl.DataFrame) -> None:
         """Append rows; columns the chunk's file lacks are null, types widened as `read_corpus` widens them."""
         chunk = typed(chunk, self.empty.schema)
@@ -634,6 +641,30 @@ class CorpusWriter:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+class RowsKept:
+    """An output that keeps which rows were written, not the rows: a bool by row number (one byte a row), set from the
+    column `column` (a mixed run's carried ROW, `stream.rows_out`) of every chunk. A group of a mixed run whose
+    output is a subset of its input's rows (`groups.run_groups`) ends here instead of in a copy of the corpus."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self.kept = np.zeros(0, dtype=bool)  # rows past its end: not written
+
+    def write(self, chunk: pl.DataFrame) -> None:
+        rows = chunk[self.column].to_numpy()
+        if rows.size and (top := int(rows.max()) + 1) > len(self.kept):
+            grown = np.zeros(max(top, 2 * len(self.kept)), dtype=bool)
+            grown[: len(self.kept)] = self.kept
+            self.kept = grown
+        self.kept[rows] = True
+
+    def __enter__(self) -> RowsKept:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        pass
 
 
 def write_corpus(df: pl.DataFrame, path: str | Path) -> Path:

@@ -6,26 +6,38 @@ finished."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import xxhash
 
 from textbookgen.curation.base import RowStep, Step
-from textbookgen.curation.corpus_io import Corpus, file_digest
-from textbookgen.curation.stream import ELSEWHERE, GROUPS, carrier, code_digest, run_in, write_json
+from textbookgen.curation.corpus_io import Corpus, RowsKept, file_digest
+from textbookgen.curation.stream import (
+    ELSEWHERE,
+    GROUPS,
+    InputChanged,
+    carrier,
+    code_digest,
+    run_in,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from textbookgen.curation.config import CurationConfig
     from textbookgen.curation.decontaminate import ItemTexts
 
 # how a build refused by the workdir lock (`stream._sole_run`) gets another: its workdir is <out>/.build/curation
+log = logging.getLogger(__name__)
+
 BUILD_ELSEWHERE = "build into another output folder (the curate stage's workdir is <output>/.build/curation)"
 
 
@@ -116,7 +128,7 @@ def _joins(kind: str, last: Group) -> bool:
     return kind == "cut" and last.kind == "score" and len(last.steps) == 1
 
 
-def run_group(group: Group, corpus: Corpus, output_path: str | Path, work: Path, carried: str | None = None,
+def run_group(group: Group, corpus: Corpus, output_path: str | Path | RowsKept, work: Path, carried: str | None = None,
               with_rows: str | None = None, elsewhere: str = ELSEWHERE, held: bool = False) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` of one group's steps, by the path its kind has. `carried`: the column of
     the input (a mixed run's intermediate file, never a user's input) that holds each row's ROW; `with_rows`: the
@@ -142,55 +154,170 @@ def run_group(group: Group, corpus: Corpus, output_path: str | Path, work: Path,
 def run_groups(parts: list[Group], corpus: Corpus, output_path: str | Path, work: Path, elsewhere: str = ELSEWHERE
                ) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` of steps of several kinds, never holding the corpus: each group
-    (`run_group`) reads the output of the one before it, `work/GROUPS/<i>.parquet`, which carries each row's place
-    in the original input (in the column `stream.carrier` names) so that every report names it as the whole-corpus
-    run does; the last writes the output. Once group i is recorded (`<i>.json`: its key, the stats so far, its
-    output's row count and a digest of the report folders of the steps so far: `_finished` checks them),
-    group i-1's files go: one finished copy of the corpus lies there (and the one being written; two where a
-    step has no `fingerprint`, whose groups are never recorded: the last one recorded stays for a rerun). A
+    (`run_group`) reads what the one before it kept, carrying each row's place in the original input (in the column
+    `stream.carrier` names) so that every report names it as the whole-corpus run does; the last writes the output.
+    A group that only drops rows (all but the quality score, which adds a column) writes no copy of the corpus:
+    it keeps which rows it kept (`RowsKept`), and the next group reads the last corpus written (the input, where it
+    is parquet) through that (`Masked`): one write and one read of the corpus saved at each such boundary, for a
+    pass that reads the rows dropped too. Once group i is recorded (`<i>.json`: its key, the stats so far, its
+    rows, a digest of the report folders of the steps so far, `_finished` checks them; `<i>.parquet`: its rows, or
+    the rows it kept), the files of the groups before it go, but for the corpus it reads. A step with no
+    `fingerprint` leaves its group and those after it unrecorded (a rerun resumes from the last one recorded). A
     killed run, rerun, resumes after the last group it finished (`_resumed`) where what that was made of is the
-    same, and the group it was in as that group's path does; a finished run removes the folder. The whole run
-    holds the workdir (`stream.run_in`; `elsewhere`: how a second run gets another)."""
+    same, and the group it was in as that group's path does; a finished run removes the folder. The whole run holds
+    the workdir (`stream.run_in`; `elsewhere`: how a second run gets another)."""
     folder = work / GROUPS
     with run_in(work, elsewhere):
+        stamps = _stamps(corpus.files)  # before the digest that keys the groups: a later change is caught
         keys = _keys(parts, corpus)
-        start, stats = _resumed(work, parts, keys)
+        start, stats, source = _resumed(work, parts, keys)
         carry = carrier(corpus.schema())
-        source = corpus if start == 0 else _intermediate(folder, start - 1, corpus)
+        resume = _files(start - 1, source) if start else set()
         for i in range(start, len(parts)):
-            last = i == len(parts) - 1
-            out = Path(output_path) if last else folder / f"{i:02d}.parquet"
-            stats.update(run_group(parts[i], source, out, work, carry if i else None, None if last else carry,
-                                   held=True))
-            # a name given twice: the last step's, in the first one's place, as `run_pipeline`
-            if not last:
-                if keys[i] is not None:
-                    _record(work, parts, i, keys[i], stats)  # type: ignore[arg-type]
-                if i and (keys[i] is not None or keys[i - 1] is None):  # else i-1 is where a rerun resumes
-                    _drop(folder, i - 1)
-                source = _intermediate(folder, i, corpus)
+            reader = _reader(source, folder, corpus, carry, stamps)
+            carried = None if reader is corpus else carry
+            if i == len(parts) - 1:
+                stats.update(run_group(parts[i], reader, output_path, work, carried, None, held=True))
+                break  # a name given twice: the last step's, in the first one's place, as `run_pipeline`
+            if _writes(parts[i], reader):
+                stats.update(run_group(parts[i], reader, folder / f"{i:02d}.parquet", work, carried, carry,
+                                       held=True))
+                source, kept = Source(i, None), None
+            else:
+                sink = RowsKept(carry)
+                stats.update(run_group(parts[i], reader, sink, work, carried, carry, held=True))
+                kept = sink.kept
+                source = Source(source.written, kept)
+            if keys[i] is not None:
+                _record(work, parts, i, keys[i], stats, source, kept)  # type: ignore[arg-type]
+                resume = _files(i, source)
+            elif i == start or keys[i - 1] is not None:
+                _unrecorded(parts[i])
+            _prune(folder, resume | _files(None, source))
         shutil.rmtree(folder, ignore_errors=True)
     return stats
 
 
+def _unrecorded(group: Group) -> None:
+    """Say which step leaves its group and those after it unrecorded, and how to have them reused. Not an error: a
+    step may have nothing to compare (an incremental MinHash, whose output depends on its index too), and a digest of
+    its class's source would not do (its settings are the instance's; the source is in the key already)."""
+    names = ", ".join(step.name for step in group.steps if step.fingerprint() is None)
+    log.info("%s: no fingerprint(), so a rerun runs this group and those after it again; give the step a "
+             "fingerprint() returning its settings as a string to have them reused", names)
+
+
+class Source(NamedTuple):
+    """What the next group of a mixed run reads: the rows of `written` (the last group whose rows were written to
+    GROUPS/<i>.parquet; None: the input) that `kept` holds (a bool by row of the original input; None: all)."""
+
+    written: int | None
+    kept: np.ndarray | None
+
+
+def _writes(group: Group, reader: Corpus) -> bool:
+    """Whether a group's rows are written, not only which it kept: the quality score adds a column, and a corpus of
+    JSON (the input) read again at every pass of the groups after it costs more than one parquet written."""
+    return group.kind == "score" or any(f.suffix != ".parquet" for f in reader.files)
+
+
+def _reader(source: Source, folder: Path, corpus: Corpus, carry: str, stamps: list[tuple[int, int]]) -> Corpus:
+    """The corpus a group reads (`Source`): the input, a group's written rows, or those `Masked` by the rows kept
+    since (the input then checked unchanged since the run began, `stamps`)."""
+    base = corpus if source.written is None else _intermediate(folder, source.written, corpus)
+    if source.kept is None:
+        return base
+    return Masked(base, source.kept, carry, stamps if source.written is None else None)
+
+
+def _stamps(files: list[Path]) -> list[tuple[int, int]]:
+    return [(st.st_size, st.st_mtime_ns) for st in (f.stat() for f in files)]
+
+
+class Masked(Corpus):
+    """The rows of `base` (a parquet corpus) that `keep` holds, by their row in the original input (`base`'s place
+    where it is the input, else its `carry` column), with that row in `carry`: what the groups since `base` would
+    have written, read from `base` a chunk at a time: each read chunk's kept rows (not gathered into chunks of
+    `chunk_rows`: holding and joining the pieces cost a 300 MB corpus's exact-dedup pass ~20 MB more, measured).
+    `stamps`: the input's files' size and modification time when the run began; a pass refuses input changed since
+    (the groups before read it as it was)."""
+
+    def __init__(self, base: Corpus, keep: np.ndarray, carry: str, stamps: list[tuple[int, int]] | None) -> None:
+        self.base, self.keep, self.carry, self.stamps = base, keep, carry, stamps
+        self.path, self.files, self.chunk_rows = base.path, base.files, base.chunk_rows
+        self.text_column, self.id_column = base.text_column, base.id_column
+
+    def schema(self) -> pl.Schema:
+        schema = self.base.schema()
+        return schema if self.carry in schema else pl.Schema({**schema, self.carry: pl.Int64})
+
+    def located_chunks(self, columns: Sequence[str] | None = None) -> Iterator[tuple[Path, int, pl.DataFrame]]:
+        if self.stamps is not None and _stamps(self.files) != self.stamps:
+            raise InputChanged(f"{self.path}: the input changed while this run read it (the groups after the first "
+                               "read it again); rerun")
+        own, start, given = self.carry in self.base.schema(), 0, False
+        last: tuple[Path, pl.DataFrame] | None = None
+        wanted = None if columns is None else list(dict.fromkeys([*columns, self.carry]))
+        for file, first, chunk in self.base.located_chunks(wanted):
+            rows = chunk[self.carry].to_numpy() if own else np.arange(start, start + chunk.height)
+            start += chunk.height
+            inside = rows < len(self.keep)
+            inside[inside] = self.keep[rows[inside]]
+            if not own:
+                chunk = chunk.with_columns(pl.Series(self.carry, rows, dtype=pl.Int64))
+            chunk = chunk if inside.all() else chunk.filter(pl.Series(inside))  # no copy of a chunk kept whole
+            if columns is not None and self.carry not in columns:
+                chunk = chunk.drop(self.carry)
+            if chunk.height:
+                given = True
+                yield file, first, chunk
+            last = (file, chunk.clear())
+        if not given and last is not None:  # none kept: one chunk of no rows, as a written file of none
+            yield last[0], 0, last[1]
+
+
 def _intermediate(folder: Path, i: int, corpus: Corpus) -> Corpus:
-    """Group i's output, read as the next group's input."""
+    """Group i's written rows, read as the next group's input."""
     return Corpus(folder / f"{i:02d}.parquet", corpus.text_column, corpus.id_column, corpus.chunk_rows)
 
 
-def _drop(folder: Path, i: int) -> None:
-    """Group i's output and record, once the group after it is recorded: a rerun resumes from the latest."""
-    for suffix in (".json", ".parquet"):
-        (folder / f"{i:02d}{suffix}").unlink(missing_ok=True)
+def _files(i: int | None, source: Source) -> set[str]:
+    """The files in GROUPS a rerun or the next group needs: group i's record and rows (None: no record), and the
+    corpus `source` reads."""
+    names = {f"{i:02d}.json", f"{i:02d}.parquet"} if i is not None else set()
+    return names | ({f"{source.written:02d}.parquet"} if source.written is not None else set())
 
 
-def _record(work: Path, parts: list[Group], i: int, key: str, stats: dict[str, Any]) -> None:
-    """Group i's record, once its output is on disk (fsynced first: a record never outlives a file cut short)."""
+def _prune(folder: Path, keep: set[str]) -> None:
+    """Every file in GROUPS but those of `keep`: one copy of the corpus lies there at most while a group runs (two
+    where a group after the score writes, or where a step with no fingerprint left the last one recorded)."""
+    if folder.is_dir():
+        for f in folder.iterdir():
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
+
+
+def _record(work: Path, parts: list[Group], i: int, key: str, stats: dict[str, Any], source: Source,
+            kept: np.ndarray | None) -> None:
+    """Group i's record, once its rows are on disk (fsynced first: a record never outlives a file cut short): its
+    written rows (`source.written` is i), or `kept`, a bool by row of the original input (`RowsKept`), of the rows
+    of the corpus `source` reads (`kept_of`: its group, -1 the input)."""
     out = work / GROUPS / f"{i:02d}.parquet"
+    data: dict[str, Any] = {"key": key, "stats": stats, "reports": _reports_digest(work, parts[: i + 1])}
+    if kept is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({KEPT: kept}).write_parquet(out)
+        over = source.written
+        data["kept_of"] = -1 if over is None else over
+        if over is not None:
+            data["kept_of_rows"] = pq.read_metadata(work / GROUPS / f"{over:02d}.parquet").num_rows
     with out.open("rb") as f:
         os.fsync(f.fileno())
-    write_json(work / GROUPS / f"{i:02d}.json", {"key": key, "stats": stats, "rows": pq.read_metadata(out).num_rows,
-                                                 "reports": _reports_digest(work, parts[: i + 1])})
+    data["rows"] = pq.read_metadata(out).num_rows
+    write_json(work / GROUPS / f"{i:02d}.json", data)
+
+
+KEPT = "kept"  # the column of a group's record of the rows it kept, a bool by row of the input (`_record`)
 
 
 def _reports_digest(work: Path, parts: list[Group]) -> str:
@@ -202,38 +329,43 @@ def _reports_digest(work: Path, parts: list[Group]) -> str:
     return xxhash.xxh3_128_hexdigest(json.dumps(files).encode())
 
 
-def _finished(work: Path, parts: list[Group], i: int, key: str | None) -> dict[str, Any] | None:
-    """The stats up to group i as a killed run finished it, where it was made from what this run would make it
-    from (`key`), its output is whole (the row count recorded; an unreadable file is not) and the reports of the
-    steps so far are those it left; else None."""
+def _finished(work: Path, parts: list[Group], i: int, key: str | None) -> tuple[dict[str, Any], Source] | None:
+    """The stats up to group i as a killed run finished it and what the next group reads, where it was made from
+    what this run would make it from (`key`), its rows are whole (the row count recorded; an unreadable file is
+    not), as is the corpus they are kept of, and the reports of the steps so far are those it left; else None."""
     folder = work / GROUPS
     try:
         data = json.loads((folder / f"{i:02d}.json").read_text())
         rows = pq.read_metadata(folder / f"{i:02d}.parquet").num_rows
-    except (OSError, ValueError):  # pyarrow's ArrowInvalid (no parquet footer) is a ValueError
-        return None
-    if key is None or not isinstance(data, dict) or data.get("key") != key or data.get("rows") != rows:
-        return None
-    return data.get("stats") if data.get("reports") == _reports_digest(work, parts[: i + 1]) else None
+        if key is None or not isinstance(data, dict) or data.get("key") != key or data.get("rows") != rows:
+            return None
+        if data.get("reports") != _reports_digest(work, parts[: i + 1]):
+            return None
+        over = data.get("kept_of")
+        if over is None:
+            return data["stats"], Source(i, None)
+        if over >= 0 and pq.read_metadata(folder / f"{over:02d}.parquet").num_rows != data.get("kept_of_rows"):
+            return None
+        kept = pl.read_parquet(folder / f"{i:02d}.parquet")[KEPT]
+        if kept.dtype != pl.Boolean:
+            return None
+    except (OSError, ValueError, TypeError, KeyError, pl.exceptions.PolarsError):  # pyarrow's ArrowInvalid (no
+        return None  # parquet footer) is a ValueError
+    return data["stats"], Source(None if over < 0 else over, kept.to_numpy())
 
 
-def _resumed(work: Path, parts: list[Group], keys: list[str | None]) -> tuple[int, dict[str, Any]]:
-    """The group to start at and the stats of those before it: after the last group a killed run finished
-    (`_finished`) of the keys this run has, else 0. Every other file in the folder goes (another run's, or
-    settings since changed), so a rerun holds no more than the one it resumes from."""
-    folder = work / GROUPS
-    start, stats = 0, {}
+def _resumed(work: Path, parts: list[Group], keys: list[str | None]) -> tuple[int, dict[str, Any], Source]:
+    """The group to start at, the stats of those before it and what it reads: after the last group a killed run
+    finished (`_finished`) of the keys this run has, else 0. Every other file in the folder goes (another run's, or
+    settings since changed), so a rerun holds no more than what it resumes from."""
+    start, stats, source = 0, {}, Source(None, None)
     for i in reversed(range(len(keys) - 1)):
         done = _finished(work, parts, i, keys[i])
         if done is not None:
-            start, stats = i + 1, done
+            start, (stats, source) = i + 1, done
             break
-    if folder.is_dir():
-        keep = {f"{start - 1:02d}.json", f"{start - 1:02d}.parquet"} if start else set()
-        for f in folder.iterdir():
-            if f.name not in keep:
-                f.unlink(missing_ok=True)
-    return start, stats
+    _prune(work / GROUPS, _files(start - 1, source) if start else set())
+    return start, stats, source
 
 
 def _keys(parts: list[Group], corpus: Corpus) -> list[str | None]:

@@ -30,7 +30,7 @@ from xxhash import xxh3_128_hexdigest
 
 from textbookgen import __version__
 from textbookgen.curation.base import ROW, RowStep, StageStats, Step, Verdict, add_extra
-from textbookgen.curation.corpus_io import WORKDIR_MARK, Corpus, CorpusWriter, mark_workdir, typed
+from textbookgen.curation.corpus_io import WORKDIR_MARK, Corpus, CorpusWriter, RowsKept, mark_workdir, typed
 
 if TYPE_CHECKING:
     from textbookgen.curation.classifier import QualityCut, QualityScore
@@ -44,8 +44,8 @@ ELSEWHERE = "give this one another --workdir"
 SCORE_ELSEWHERE = "give this one another -o (its workdir is <output>.work)"
 
 
-def stream_out_of_core(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work: Path,
-                       carried: str | None = None, with_rows: str | None = None, elsewhere: str = ELSEWHERE,
+def stream_out_of_core(corpus: Corpus, output_path: str | Path | RowsKept, steps: list[RowStep],
+                       work: Path, carried: str | None = None, with_rows: str | None = None, elsewhere: str = ELSEWHERE,
                        held: bool = False) -> dict[str, Any]:
     """`run_pipeline` and `write_corpus` for steps that judge each document on its own: the corpus goes through
     them a chunk at a time (`Corpus.chunks`, typed as the whole corpus is and numbered by input row as
@@ -237,8 +237,8 @@ def _sole_run(work: Path, elsewhere: str = ELSEWHERE) -> Iterator[None]:
         os.close(fd)
 
 
-def _stream(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work: Path, carried: str | None,
-            with_rows: str | None) -> dict[str, Any]:
+def _stream(corpus: Corpus, output_path: str | Path | RowsKept, steps: list[RowStep], work: Path,
+            carried: str | None, with_rows: str | None) -> dict[str, Any]:
     schema = corpus.schema()
     store = ChunkStore(work, _key(corpus, steps))
     chunks = enumerate(numbered(corpus.chunks(), schema, carried))
@@ -260,7 +260,7 @@ def _stream(corpus: Corpus, output_path: str | Path, steps: list[RowStep], work:
     totals = [StageStats(step.name) for step in steps]
     reports: list[list[pl.DataFrame]] = [[] for _ in steps]
     try:
-        with CorpusWriter(output_path, row_schema(schema, carried, with_rows)) as out:
+        with CorpusWriter.to(output_path, row_schema(schema, carried, with_rows)) as out:
             for k, chunk in chunks:  # those a killed run finished, while their rows are the same: stored verdicts
                 stored = store.load(k, _digest(chunk)) if k < store.finished else None
                 if stored is None:
