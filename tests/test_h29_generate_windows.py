@@ -203,8 +203,9 @@ def test_a_build_interrupted_in_its_second_window_replays_the_first_free(tmp_pat
 
 
 def test_a_batch_build_submits_every_job_side_by_side(tmp_path, monkeypatch):
-    """Through the batch API the build is one run of the engine (no windows: a window's jobs would all have to end
-    before the next window's go out), so its jobs run side by side as the provider's room allows (review r29)."""
+    """Through the batch API the build sends in one run of the engine (`run_windows`: not a run per window, whose jobs
+    would all have to end before the next window's go out), so its jobs run side by side as the provider's room
+    allows (review r29); the windows' runs then replay the answers from the journal (h43)."""
     from textbookgen.batch import BatchRunner
     from textbookgen.testing.emulator import Emulator, EmulatorConfig
 
@@ -224,7 +225,7 @@ def test_a_batch_build_submits_every_job_side_by_side(tmp_path, monkeypatch):
                 "curation.filters.enabled": False}  # fmt: skip
         res = build(load_recipe(QUICKSTART, over), progress=False)
         assert emu.stats()["batch_requests"] == 20 and emu.duplicates == 0
-    assert sizes == [20] and running == [0, 1, 2, 3, 4]
+    assert sizes == [1] * 20 and running == [0, 1, 2, 3, 4]
     assert res.manifest["counts"]["ok"] == 20 and res.manifest["counts"]["documents"] == 20
 
 

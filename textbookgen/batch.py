@@ -13,6 +13,9 @@ at a time. A results line that cannot be read loses only its own answer (its req
 a poll that fails after its retries is tried again at the next poll, up to `max_attempts` in a row: the
 batches run on meanwhile. Once the journal holds a batch's answers, its OpenAI input, output and error files
 are deleted (they would stay in the organisation's file storage, prompts and answers with them).
+`Generator.run_windows` (a batch build's sending) gives the runner its requests as an iterator, read only as a batch
+can go: the run holds the requests queued for the next batch with their bodies and, of those submitted, only what
+booking needs (key, worst case, rounds); a request going round again gets its body back from its journal row.
 
 Providers cap what an organisation keeps queued: OpenAI the prompt tokens of its unfinished batches per
 model (a batch over the limit fails as a whole with `token_limit_exceeded`), Anthropic the requests in its
@@ -43,12 +46,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from textbookgen.errors import BudgetExhausted, FatalProviderError, ItemError, RetryableError, redact
-from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS, server
+from textbookgen.journal import DONE_STATUSES, PERMANENT_ERRORS, request_of, server
 from textbookgen.providers import (
     AnthropicProvider,
     Completion,
@@ -358,6 +362,14 @@ class AnthropicBatches:
                            error_class=CANCELLED if result["type"] == "canceled" else "transient")
 
 
+def request_from(row: dict) -> Any:
+    """The ChatRequest of a journal row's canonical request (its key's fields; the metadata, which is not sent, left
+    out): the body of a request going round again, dropped from memory while its batch ran."""
+    from textbookgen.engine import ChatRequest  # the engine imports this module
+
+    return ChatRequest(**{k: v for k, v in request_of(row).items() if k not in ("provider", "model")})
+
+
 async def clean_up(api: OpenAIBatches | AnthropicBatches, call, batch_id: str) -> None:
     """Delete what an ended batch leaves at the provider, once the journal holds its answers; a failure only warns."""
     try:
@@ -408,21 +420,68 @@ class BatchRunner:
         self.failed_polls = 0  # polls in a row that failed after their retries (an outage of the batch API)
         # tag -> {"batch_id", "keys", "since", "worst", "tokens", "answered", "failed"}; the last two as last polled
         self.running: dict[str, dict] = {}
+        self.pulled = False  # is the run's request set an iterator, pulled as batches can go (`run`)?
+        self.source: Iterator[_Item] = iter(())  # what is left of it to pull
+        self.items: dict[str, _Item] = {}  # the run's requests by key (pulled: those queued or in batches)
+        self.unclaimed: set[str] = set()  # adopted from an earlier run's batch, not (yet) asked for by a window
+        self.released: set[str] = set()  # let go since the window being read read the journal (`_new`)
 
-    async def run(self, todo: list[_Item]) -> None:
-        items = {item.key: item for item in todo}
+    def _new(self, todo: Iterator[_Item], items: dict[str, _Item]) -> Iterator[_Item]:
+        """The requests of `todo` not queued or in a batch already (a key a window repeats, one an open batch
+        holds: claimed, `_unclaimed`), each added to `items` as it is pulled."""
+        for item in todo:
+            if item.key in items:
+                self.unclaimed.discard(item.key)
+            elif item.key not in self.released:  # booked since its window's replay: in the journal
+                items[item.key] = item
+                yield item
+
+    def _unclaimed(self, booked: list[tuple[_Item, str | None]]) -> list[tuple[_Item, str | None]]:
+        """`booked` less the requests adopted from an earlier run's batch that no window asked for (another
+        config's, in the same journal): this run collects their answers but sends none of them again (`_let_go`
+        leaves their rows pending, for a run that asks for them)."""
+        return [(item, error) for item, error in booked if item.key not in self.unclaimed]
+
+    def _let_go(self, keys: Iterable[str]) -> None:
+        """Forget booked requests in a pulled run (their outcomes are in the journal); a list's run keeps its set."""
+        if self.pulled:
+            for key in keys:
+                self.items.pop(key, None)
+                self.unclaimed.discard(key)
+                self.released.add(key)
+
+    def _fill(self, queue: list[_Item]) -> list[_Item]:
+        """The queue topped up from the source to one batch's worth of requests."""
+        if len(queue) < self.max_requests:
+            queue += itertools.islice(self.source, self.max_requests - len(queue))
+        return queue
+
+    async def run(self, todo: list[_Item] | Iterator[_Item]) -> None:
+        """Submit `todo` and record what comes back. A list is the run's request set; an iterator (`Generator.
+        run_windows`) is pulled only as batches can go, so the run holds the requests queued for the next batch and,
+        of those submitted, what booking needs: a request's body is dropped once its batch is submitted (the journal
+        keeps it, for another round), and a request is let go once booked. Every batch earlier runs left open is then
+        this run's, its requests made from their journal rows; those no window asks for are collected, not sent round
+        again (`_unclaimed`)."""
+        self.pulled = not isinstance(todo, list)
+        self.items = items = {} if self.pulled else {item.key: item for item in todo}
         try:
             await self._recover(items)
-            in_batches = {k for b in self.running.values() for k in b["keys"]}
-            queue = [item for item in todo if item.key not in in_batches]
-            while queue or self.running:
+            if self.pulled:
+                queue, self.source = [], self._new(todo, items)
+            else:
+                in_batches = {k for b in self.running.values() for k in b["keys"]}
+                queue = [item for item in todo if item.key not in in_batches]
+            while True:
                 queue = await self._submit(queue)
+                if not (queue or self.running):
+                    break
                 if self.running:
                     await asyncio.sleep(self.gen.batch_poll_s)
                     queue += await self._collect(items)
                     if self.on_poll is not None:
                         self.on_poll()
-                elif queue:  # refused for room with none of ours running: wait before trying again
+                else:  # refused for room with none of ours running: wait before trying again
                     await asyncio.sleep(max(self.gen.batch_poll_s, self.not_before - time.monotonic()))
         except FatalProviderError as exc:
             self.gen._fatal = exc
@@ -466,10 +525,34 @@ class BatchRunner:
                     continue
                 self.journal.update_batch(row["tag"], "running", batch_id)
             log.info("collecting batch %s (%d requests) submitted by an earlier run", batch_id, len(row["keys"]))
+            if self.pulled:
+                self._adopt(row["keys"], items)
             for key in row["keys"]:  # a round they had, as if this run had submitted it
                 if key in items:
                     items[key].attempts += 1
             self._track(row["tag"], batch_id, row["keys"], row["created_at"], items)
+
+    def _adopt(self, keys: list[str], items: dict[str, _Item]) -> None:
+        """The requests of a batch an earlier run submitted, made from their journal rows for this run to book
+        (those the journal answers already are left out); their bodies stay in the journal."""
+        from textbookgen.engine import _Item, estimate_input_tokens, replays  # the engine imports this module
+
+        gen = self.gen
+        for key, row in self.journal.rows([k for k in keys if k not in items]).items():
+            if not replays(row, gen.retry_failed):
+                req = request_from(row)
+                items[key] = item = _Item(key, req, estimate_input_tokens(req, gen.provider, gen.model),
+                                          gen._input_rate(req))
+                item.req = None
+                self.unclaimed.add(key)
+
+    def _restore(self, again: list[_Item]) -> list[_Item]:
+        """Requests going round again, with the bodies dropped at their submission read back from the journal."""
+        dropped = [item for item in again if item.req is None]
+        rows = self.journal.rows([item.key for item in dropped])
+        for item in dropped:
+            item.req = request_from(rows[item.key])
+        return again
 
     def _known(self) -> set[str]:
         """The batch ids this run already accounts for, which a lost submission's batch cannot be."""
@@ -519,7 +602,7 @@ class BatchRunner:
         the requests, in order, whose worst case fits in the budgets beside what is spent and the worst case of
         the batches running (see the module's docstring)."""
         gen = self.gen
-        while queue and gen._fatal is None:
+        while (queue := self._fill(queue)) and gen._fatal is None:
             if time.monotonic() < self.not_before or (
                     self.running and self.limits.batches is not None and len(self.running) >= self.limits.batches):
                 return queue
@@ -530,8 +613,9 @@ class BatchRunner:
                 try:
                     gen._stop_launching(over)
                 except BudgetExhausted:  # the rest stay pending for a rerun with a larger budget
-                    for item in queue:
+                    for item in itertools.chain(queue, self.source):
                         gen._skip(item)
+                        self._let_go([item.key])
                 return []
             tag = f"tbg-{secrets.token_hex(8)}"
             keys = [item.key for item in chunk]
@@ -543,6 +627,7 @@ class BatchRunner:
                 self.journal.update_batch(tag, "rejected")
                 for item in chunk:
                     gen._finish_failed(item, f"batch rejected: {exc}", exc.error_class)
+                self._let_go(keys)
                 continue
             except QueueFull as exc:  # no room while ours run: it goes again once one of them has ended
                 self.journal.update_batch(tag, "deferred")
@@ -554,6 +639,9 @@ class BatchRunner:
             gen._c["sent"] += len(chunk)
             log.info("submitted batch %s: %d requests", batch_id, len(chunk))
             self._track(tag, batch_id, keys, time.time(), {item.key: item for item in chunk})
+            if self.pulled:  # submitted: its bodies wait in the journal for another round, not in memory
+                for item in chunk:
+                    item.req = None
         return queue
 
     def _next_chunk(self, queue: list[_Item]) -> tuple[list[bytes], list[_Item], float, str | None]:
@@ -636,14 +724,20 @@ class BatchRunner:
             if results is None:
                 continue
             booked = self._book(batch, results, items, once)
+            booked.again, booked.refused = self._unclaimed(booked.again), self._unclaimed(booked.refused)
             again += booked.again
             fatal += booked.fatal
             await self._close(tag, batch)
             held += self._hold_refused(batch, booked.refused)
+            going = {item.key for item, _ in booked.again + booked.refused}
+            self._let_go(key for key in batch["keys"] if key not in going)
         if fatal:
             raise FatalProviderError(f"{fatal[0]} ({len(fatal)} requests in batches got this answer; they stay "
                                      "pending)")
-        return held + self._round_again(again)
+        resubmit = self._round_again(again)
+        going = {item.key for item in resubmit}
+        self._let_go(item.key for item, _ in again if item.key not in going)  # gave up after batch_max_rounds
+        return self._restore(held + resubmit)
 
     async def _results_if_ended(self, batch: dict, once: bool) -> list[BatchResult] | None:
         """A batch's results once it has ended; None while it runs (its counts noted for the display) or when it

@@ -319,12 +319,13 @@ def _incomplete_entry(counts: dict[str, int], why: str) -> dict[str, Any]:
 GENERATE_WINDOW = 50_000
 
 
-def generate_window(recipe: Recipe) -> int | None:
-    """Prompts per window of the generate stage: GENERATE_WINDOW; None (all at once) through the batch API, whose
-    jobs run for hours: windows would send each window's jobs only once the last window's ended, in series, where
-    all at once they run side by side (as far as the provider's queue allows). A batch build's memory thus follows
-    the corpus, as before windows."""
-    return None if recipe.provider.batch else GENERATE_WINDOW
+def generate_window(recipe: Recipe) -> int:
+    """Prompts per window of the generate stage: GENERATE_WINDOW, live or through the batch API. A batch build sends
+    first, every window in one run of the engine (`Generator.run_windows`: a window is read only as a batch can go,
+    so the jobs run side by side as far as the provider's queue allows, not one window's after the last's), then
+    writes the documents a window at a time from the journal alone (`Generator.replay_only`: what that run left failed
+    or pending is not sent again): its memory follows the window and the requests in flight, not the corpus."""
+    return GENERATE_WINDOW
 
 
 def prompt_windows(prompts: pl.DataFrame | pl.LazyFrame, size: int | None) -> Iterator[pl.DataFrame]:
@@ -747,7 +748,8 @@ class BudgetedGenerator:
         return summaries
 
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
-        gen, budgeted = self.gen, self.budgeted
+        gen = self.gen
+        budgeted = self.budgeted and gen.replay_only is None  # a replay spends nothing: no read
         if budgeted:
             gen.spent_before = self.counted or self.spent()
         self.counted = None  # a run that raises leaves the journals to say it
@@ -1341,6 +1343,8 @@ class Build:
         size = generate_window(r)
         stage = gen.gen.stage_progress = self._stage_progress(prompts, gen) if size is not None else None
         try:
+            if r.provider.batch:  # sent whole first: the windows then only read the journal
+                gen.gen.replay_only = self._send_batches(gen, prompts, size)
             for window in prompt_windows(prompts, size):
                 responses = gen.run(document_requests(window, r))
                 if stage is not None and stage.prepaid is not None and gen.gen.stats["orphans"]:  # kept answers
@@ -1356,7 +1360,7 @@ class Build:
             writer.abort()
             raise
         finally:  # taken off the Generator, as an LLM call restores what it sets on one
-            gen.gen.stage_progress = None
+            gen.gen.stage_progress = gen.gen.replay_only = None
             if stage is not None:
                 stage.close()
         stats = tally.stats(writer.rows, reasoned)
@@ -1411,6 +1415,24 @@ class Build:
         with Journal(self.journals()["generate"], read_only=True) as journal:
             rows = journal.rows(keys)
         return sum(key in rows and replays(rows[key], self.retry_failed) for key in keys), len(keys)
+
+    def _send_batches(self, gen: BudgetedGenerator, prompts: pl.DataFrame | pl.LazyFrame, size: int) -> str:
+        """A batch build's sending: every window's requests in one batch run (`Generator.run_windows`), which holds
+        the requests in flight, not the corpus; the stage's windows then only read its outcomes from the journal
+        (`Generator.replay_only`, with the note returned: the budget's, where it stopped the run). Held to the build's
+        budget as a window's run is (what every journal says was spent: the stage line's read where it made one),
+        and drawn as a run of its own."""
+        engine, r = gen.gen, self.recipe
+        if gen.budgeted:
+            engine.spent_before = gen.counted or gen.spent()
+        gen.counted = None  # a later run reads the journals: this run spent what no stats say
+        stage, engine.stage_progress = engine.stage_progress, None
+        try:
+            note = engine.run_windows((document_requests(w, r) for w in prompt_windows(prompts, size)),
+                                      row_count(prompts.lazy()))
+        finally:
+            engine.stage_progress = stage
+        return note or "not sent: the build's batch run left it pending"
 
     def _print_generated(self, n_docs: int, tally: _Tally, reasoned: int) -> None:
         """The generate stage's summary line, and a word on the answers whose reasoning block was left out."""

@@ -57,7 +57,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Container, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -465,14 +465,23 @@ class BudgetGate:
 
 class _Item:
     """A unique pending request and its running state. `in_rate`: the dearest price an input token of it may be
-    billed, as a fraction of the input price (a prompt-cache write's premium; `Generator._input_rate`)."""
+    billed, as a fraction of the input price (a prompt-cache write's premium; `Generator._input_rate`); `out`: its
+    max_tokens, for its worst case once its body is dropped (`req` None: a request waiting in a submitted batch,
+    whose body the journal keeps for another round; `batch.BatchRunner`)."""
 
-    __slots__ = ("key", "req", "est_in", "in_rate", "attempts", "reserved")
+    __slots__ = ("key", "req", "est_in", "in_rate", "out", "attempts", "reserved")
 
     def __init__(self, key: str, req: ChatRequest, est_in: int, in_rate: float = 1.0) -> None:
         self.key, self.req, self.est_in, self.in_rate, self.attempts = key, req, est_in, in_rate, 0
+        self.out = req.max_tokens
         # the worst case of its attempt in flight, held against the budgets, and its prompt's input tokens
         self.reserved: Billed | None = None
+
+
+def _metadata(item: _Item) -> dict:
+    """An outcome's metadata: its request's, or none where the body was dropped (the run's answer takes the caller's
+    request's, `Generator._respond`)."""
+    return item.req.metadata if item.req is not None else {}
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -539,6 +548,10 @@ class Generator:
     answer, or a failure of any kind) is returned as that run left it, neither sent again nor counted again in the
     stats or budgets, as a key repeated within one run is counted once; one still pending (skipped on the budget)
     runs as any other. A container, asked all at once where it has `among(keys)` (a bool per key).
+    replay_only (an attribute): None, or the note a run gives the requests the journal holds pending (or not at all):
+    set, a run only reads the journal, after a run that left every request as it should stay (a batch build's
+    `run_windows`, whose requests then come back a window at a time): answers and failures of any kind come back as
+    it holds them, the rest skipped_budget with this note; nothing is sent or collected, no budget read.
     stage_progress (an attribute): a progress line over several runs (`progress.StageProgress`: a build's generate
     stage, a window of prompts a run), which each run draws, and counts in when it ends, instead of a line of its own
     (drawn even with progress=False: the caller decides). The caller closes it and takes it off; runs of one
@@ -621,6 +634,7 @@ class Generator:
         self.spent_aside: Spend | None = None  # see the class docstring
         self.budget_stopped = False  # see the class docstring
         self.counted_aside: Container[str] = ()  # see the class docstring
+        self.replay_only: str | None = None  # see the class docstring
         self.stage_progress: StageProgress | None = None  # see the class docstring
         self.batch, self.batch_size, self.batch_poll_s = batch, batch_size, batch_poll_s
         self.batch_max_rounds, self.batch_limits = batch_max_rounds, batch_limits
@@ -641,6 +655,7 @@ class Generator:
                                                jitter=backoff_initial_s)
         self.stats: dict = {}
         self._running = False
+        self._keep_results = True  # False while `run_windows` runs: outcomes go to the journal only
 
     # ----- public API ---------------------------------------------------------------------------
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
@@ -658,6 +673,54 @@ class Generator:
         finally:
             self._running = False
 
+    def run_windows(self, windows: Iterable[Sequence[ChatRequest]], total: int) -> str | None:
+        """Send every window's requests through the batch API in one run (batch=True), holding only the requests
+        queued for the next batch and what booking the submitted ones needs: a window is taken from `windows` (read
+        lazily: a generator over a prompts file) only when a batch can go, and a submitted request's body is dropped
+        (the journal keeps it for another round). Outcomes go to the journal only: `run` on the same requests
+        afterwards replays them. The batches earlier runs left open are all collected as this run's (their requests
+        no window asks for are not sent round again: left pending), and the budgets count the journal's whole record
+        (`spent_before` where given). `total`: the requests the windows hold, for the progress display. Returns the note of the budget that stopped it (None: none did), which the
+        requests it left pending come back with (`replay_only`)."""
+        if not self.batch:
+            raise ValueError("run_windows sends through the batch API: make the Generator with batch=True (live runs "
+                             "take windows one `run` at a time)")
+        if self._running:
+            raise RuntimeError("this Generator is already running; use one Generator per concurrent run")
+        self._running, self._keep_results = True, False
+        try:
+            run_sync(self._arun_windows(windows, total))
+            return self._budget_note
+        finally:
+            self._running, self._keep_results = False, True
+
+    async def _arun_windows(self, windows: Iterable[Sequence[ChatRequest]], total: int) -> None:
+        journal = Journal(self.journal_path)
+        try:
+            journal.lock_for_run()
+            budgeted = self.max_cost_usd is not None or self.max_output_tokens is not None
+            before = self.spent_before or (spent(journal.summary(self.prices)) if budgeted else None)
+            await self._generate(journal, self._pending_items(journal, windows), {}, Billed(0.0, 0, 0),
+                                 Billed(0.0, 0, 0), total=total, before=before)
+        finally:
+            journal.close()
+
+    def _pending_items(self, journal: Journal, windows: Iterable[Sequence[ChatRequest]]) -> Iterator[_Item]:
+        """The requests of each window that the journal does not answer, registered as pending as the window is
+        read (their bodies are what a later batch round sends)."""
+        for requests in windows:
+            self._writer.flush()  # the outcomes booked so far are what the journal answers this window with
+            self._batches.released.clear()  # the journal has them: this window's replay reads them
+            unique: dict[str, ChatRequest] = {}
+            for req in requests:
+                unique.setdefault(request_key(canonical_request(self.provider, self.model, req)), req)
+            results, _, _ = self._replay(journal, unique)
+            if self.budget_stopped:  # not registered by `_replay`
+                self._add_pending(journal, {k: r for k, r in unique.items() if k not in results})
+            for key, req in unique.items():
+                if key not in results:
+                    yield _Item(key, req, estimate_input_tokens(req, self.provider, self.model), self._input_rate(req))
+
     async def _arun(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         keyed = [(request_key(canonical_request(self.provider, self.model, r)), r) for r in requests]
         unique: dict[str, ChatRequest] = {}
@@ -667,6 +730,10 @@ class Generator:
         try:
             journal.lock_for_run()
             results, abandoned, resent = self._replay(journal, unique)
+            if self.replay_only is not None:
+                self._skip_all([_Item(k, r, 0) for k, r in unique.items() if k not in results], results,
+                               self._start_budgets(results, abandoned, resent), self.replay_only)
+                return [self._respond(results[key], req) for key, req in keyed]
             todo = [_Item(k, r, estimate_input_tokens(r, self.provider, self.model), self._input_rate(r))
                     for k, r in unique.items() if k not in results]
             if self.budget_stopped and todo and self._skipped_whole(journal, todo, results, abandoned, resent):
@@ -694,7 +761,8 @@ class Generator:
         responses do not show: the ones this run sends again (an empty answer, a refusal with retry_failed), and the
         tokens of those answered since (a row's tokens are its answer's). Paid, so counted against the budgets and in
         the totals as replayed answers are. Registers the other requests as pending. The rows of `counted_aside` keys
-        count in neither, and one that failed is replayed as it failed."""
+        count in neither, and one that failed is replayed as it failed; under `replay_only`, every failed row is, and
+        nothing is registered or reused."""
         rows = journal.rows(list(unique))
         self._fail_empty_rows(journal, rows)
         rows = {key: self._repriced(row) for key, row in rows.items()}
@@ -703,18 +771,19 @@ class Generator:
                            sum(row["abandoned_output_tokens"] for row in counted.values()),
                            sum(row["abandoned_input_tokens"] for row in counted.values()))
         done = {key: row for key, row in rows.items() if replays(row, self.retry_failed)
-                or (row["status"] == "failed" and key in self.counted_aside)}
+                or (row["status"] == "failed" and (self.replay_only is not None or key in self.counted_aside))}
         sources = journal.rows(list({row["reused_from"] for row in done.values() if row["reused_from"]}))
         results = {key: self._replayed(key, row, sources.get(row["reused_from"], row), unique[key])
                    for key, row in done.items()}
-        if not self.budget_stopped:  # else registered only once they are sent (`_arun`) or reused (`_reuse`)
+        if not (self.budget_stopped or self.replay_only is not None):  # else registered once sent or reused
             self._add_pending(journal, {key: req for key, req in unique.items() if key not in rows})
         again = [row for key, row in counted.items() if key not in done]  # sent again, or answered by `_reuse`
         failed_out = sum(row["failed_output_tokens"] for row in counted.values())  # of failures answered since
         failed_in = sum(row["failed_input_tokens"] for row in counted.values())
         resent = Billed(sum(row["cost_usd"] for row in again), sum(row["output_tokens"] for row in again) + failed_out,
                         sum(row["input_tokens"] for row in again) + failed_in)
-        self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
+        if self.replay_only is None:
+            self._reuse(journal, {key: req for key, req in unique.items() if key not in results}, results)
         return results, abandoned, resent
 
     def _counted(self, by_key: Mapping[str, T]) -> dict[str, T]:
@@ -745,23 +814,28 @@ class Generator:
         note = self._over_budget(self._worst_case(todo[0]))
         if note is None:
             return False
-        self._results, self._budget_note = results, note
-        total = len(todo) + counted
-        for item in todo:
-            self._skip(item)
-        self._budget_note = None  # no "budget stop" warning per run: the run that stopped gave it
-        self._admission = AdmissionController(self.limits, self.concurrency)
-        self._report(time.monotonic(), total)
+        self._skip_all(todo, results, counted, note)
         return True
 
-    def _start_budgets(self, results: dict[str, ChatResponse], abandoned: Billed, resent: Billed) -> int:
+    def _skip_all(self, todo: list[_Item], results: dict[str, ChatResponse], counted: int, note: str) -> None:
+        """A run that sends nothing: `results` replayed (`counted` of them counted, `_start_budgets`), `todo` skipped_budget
+        with `note`, its stats reported, without the "budget stop" warning (the run that stopped gave it)."""
+        self._results, self._budget_note = results, note
+        for item in todo:
+            self._skip(item)
+        self._budget_note = None
+        self._admission = AdmissionController(self.limits, self.concurrency)
+        self._report(time.monotonic(), len(todo) + counted)
+
+    def _start_budgets(self, results: dict[str, ChatResponse], abandoned: Billed, resent: Billed,
+                       before: Spend | None = None) -> int:
         """The budget state a run starts from, which `_over_budget` and `_reserve` read: what is spent (`_counts`),
         the budgets left beside it, nothing in flight, and the input estimate's ratio at 1 (no answer has measured
         it yet). One place for `_generate` and `_skipped_whole`, so a run skipped whole decides as a run would.
         Returns how many of `results` this run counts (not `counted_aside`'s), for its total."""
         counted = self._counted(results)
         self._c = self._counts(counted, abandoned, resent)
-        self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c))
+        self._max_cost_usd, self._max_output_tokens = self._budgets(spent(self._c), before)
         self._inflight_cost = 0.0  # the worst case of the attempts in flight (live) or of the batches running
         self._inflight_out = 0.0
         self._reservations = 0  # live attempts holding a worst case in _inflight_*
@@ -814,8 +888,10 @@ class Generator:
         """Answer, free, the requests whose answer the journal holds under another max_tokens: one that stopped
         on its own within this one (`fits`); recorded under the new key too, so later runs replay it directly.
         Requests waiting in submitted batches are left to them (paid already; the batch answer is collected)."""
-        waiting = {key for batch in journal.open_batches(self.provider, self.model) for key in batch["keys"]}
-        found = journal.natural_stops([key for key in missing if key not in waiting])
+        found = journal.natural_stops(list(missing))
+        if found:  # seldom: only then are the open batches' keys (every request in flight) read
+            waiting = {key for batch in journal.open_batches(self.provider, self.model) for key in batch["keys"]}
+            found = {key: rows for key, rows in found.items() if key not in waiting}
         pairs = []
         for key, candidates in found.items():
             source = next((row for row in candidates if fits(row, missing[key].max_tokens)
@@ -835,8 +911,10 @@ class Generator:
         return resp if resp.metadata is req.metadata else replace(resp, metadata=req.metadata)
 
     # ----- the run ------------------------------------------------------------------------------
-    async def _generate(self, journal: Journal, todo: list[_Item], results: dict[str, ChatResponse],
-                        abandoned: Billed, resent: Billed) -> None:
+    async def _generate(self, journal: Journal, todo: list[_Item] | Iterator[_Item], results: dict[str, ChatResponse],
+                        abandoned: Billed, resent: Billed, total: int | None = None, before: Spend | None = None) -> None:
+        """The run proper: `todo` a list, or an iterator a batch run pulls as batches can go (`run_windows`, with the
+        `total` it holds and what was spent `before` it)."""
         provider = make_provider(self.provider, self.model, api_key=self._api_key, base_url=self.base_url,
                                  timeout=self.timeout_s * TIMEOUT_CAP,  # the engine times attempts itself
                                  attempt_timeout_s=self.timeout_s)
@@ -863,7 +941,8 @@ class Generator:
         self._gate = BudgetGate()  # attempts waiting for room in the budgets, in line
         self._in_batches = 0
         self._collecting = self.batch  # answers come from batches (`collected`): a batch run's all come so
-        total = len(todo) + self._start_budgets(results, abandoned, resent)
+        counted = self._start_budgets(results, abandoned, resent, before)
+        total = counted + (len(todo) if total is None else total)
         display = poll_log = None
         if self._stage() is not None:  # one line over the stage's runs, not one per run
             display = self._stage().run(self._live_stats)
@@ -1220,10 +1299,11 @@ class Generator:
                                          "check base_url and that the server is up, then rerun") from exc
 
     # ----- budgets ------------------------------------------------------------------------------
-    def _budgets(self, recorded: Spend) -> tuple[float | None, int | None]:
+    def _budgets(self, recorded: Spend, before: Spend | None = None) -> tuple[float | None, int | None]:
         """This run's budgets over its request set, whose spend so far the journal `recorded`: those given, less
-        what is counted beyond that record (`_beyond`: `spent_before` less the record, and `spent_aside`)."""
-        before, aside = self.spent_before or recorded, self.spent_aside or Spend(0.0, 0)
+        what is counted beyond that record (`_beyond`: `before`, else `spent_before`, less the record, and
+        `spent_aside`)."""
+        before, aside = before or self.spent_before or recorded, self.spent_aside or Spend(0.0, 0)
         self._beyond = Spend(before.usd - recorded.usd + aside.usd,
                              before.output_tokens - recorded.output_tokens + aside.output_tokens)
         cost, out = self.max_cost_usd, self.max_output_tokens
@@ -1240,7 +1320,7 @@ class Generator:
     def _worst_case(self, item: _Item) -> Spend:
         """The most one attempt may cost: its prompt (as estimated, at its dearest rate: `_Item.in_rate`) and
         max_tokens of output."""
-        out = item.req.max_tokens
+        out = item.out
         return Spend(item.est_in * self._in_ratio * item.in_rate * self.price_in + out * self.price_out, out)
 
     def _over_budget(self, more: Spend) -> str | None:
@@ -1353,8 +1433,8 @@ class Generator:
         resp = ChatResponse(key=item.key, text=completion.text, finish_reason=completion.finish_reason,
                             status=status, error=error, input_tokens=completion.input_tokens,
                             output_tokens=completion.output_tokens, latency_s=latency, attempts=item.attempts,
-                            cost_usd=cost, metadata=item.req.metadata, error_class=row[9])
-        self._results[item.key] = resp
+                            cost_usd=cost, metadata=_metadata(item), error_class=row[9])
+        self._keep(resp)
         c = self._c
         c[status] += 1
         c["collected"] += self._collecting
@@ -1366,11 +1446,16 @@ class Generator:
         self._writer.put(row)
         return row[9]
 
+    def _keep(self, resp: ChatResponse) -> None:
+        """Hold a request's outcome for the run's answer; a run over windows (`run_windows`) holds none: its
+        outcomes are in the journal, where a later run's replay reads them."""
+        if self._keep_results:
+            self._results[resp.key] = resp
+
     def _finish_failed(self, item: _Item, error: str, error_class: str) -> str:
         error = redact(error, self._secrets)
-        self._results[item.key] = ChatResponse(key=item.key, text=None, finish_reason=None, status="failed",
-                                               error=error, attempts=item.attempts, metadata=item.req.metadata,
-                                               error_class=error_class)
+        self._keep(ChatResponse(key=item.key, text=None, finish_reason=None, status="failed", error=error,
+                                attempts=item.attempts, metadata=_metadata(item), error_class=error_class))
         self._c["failed"] += 1
         self._c["done"] += 1
         self._writer.put(self._failed_row(item.key, error, error_class, item.attempts))
@@ -1383,9 +1468,8 @@ class Generator:
 
     def _skip(self, item: _Item) -> None:
         """Not sent because of a budget; the journal row stays pending so a rerun picks it up."""
-        self._results[item.key] = ChatResponse(key=item.key, text=None, finish_reason=None,
-                                               status="skipped_budget", error=self._budget_note,
-                                               attempts=item.attempts, metadata=item.req.metadata)
+        self._keep(ChatResponse(key=item.key, text=None, finish_reason=None, status="skipped_budget",
+                                error=self._budget_note, attempts=item.attempts, metadata=_metadata(item)))
         self._c["skipped_budget"] += 1
 
     def _fail_run(self, exc: FatalProviderError) -> None:
