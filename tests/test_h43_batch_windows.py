@@ -11,14 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_build import QUICKSTART, prose_responder
 
-from textbookgen import build as build_module
 from textbookgen.batch import BatchLimits, BatchRunner
-from textbookgen.build import build
 from textbookgen.engine import ChatRequest, Generator
 from textbookgen.journal import Journal
-from textbookgen.recipe import load_recipe
 from textbookgen.testing.emulator import Emulator, EmulatorConfig, Fault
 
 
@@ -112,33 +108,3 @@ def test_a_budget_over_windows_stops_within_it_and_leaves_the_rest_pending(tmp_p
     with Journal(tmp_path / "j.sqlite") as j:
         summary = j.summary()
     assert summary["by_status"]["pending"] == gen.stats["skipped_budget"] and summary["output_tokens"] <= 640
-
-
-def test_a_batch_build_sends_in_one_run_then_reads_the_documents_a_window_at_a_time(tmp_path, monkeypatch):
-    """The build never hands the engine more than a window of requests at once; its batches still run side by side
-    (one run of the engine sends them all), nothing is paid twice, and every prompt gives its document."""
-    monkeypatch.setattr(build_module, "GENERATE_WINDOW", 5)
-    run, sizes = Generator.run, []
-
-    def spy(self, requests):
-        sizes.append(len(requests))
-        return run(self, requests)
-
-    monkeypatch.setattr(Generator, "run", spy)
-    submit, running = BatchRunner._submit_once, []
-
-    async def spy_submit(self, lines, tag):
-        running.append(len(self.running))
-        return await submit(self, lines, tag)
-
-    monkeypatch.setattr(BatchRunner, "_submit_once", spy_submit)
-    with Emulator(EmulatorConfig(batch_latency_s=0.2, responder=prose_responder)) as emu:
-        over = {"output": str(tmp_path / "b"), "samples": 20, "provider.name": "anthropic",
-                "provider.base_url": emu.anthropic_base_url, "model": "claude-haiku-4-5", "provider.batch": True,
-                "provider.batch_size": 4, "provider.batch_poll_s": 0.05,
-                "curation.filters.enabled": False}  # fmt: skip
-        res = build(load_recipe(QUICKSTART, over), progress=False)
-        assert emu.stats()["batch_requests"] == 20 and emu.duplicates == 0
-    assert sizes == [5, 5, 5, 5]  # the documents' windows, replayed from the journal
-    assert running == [0, 1, 2, 3, 4]
-    assert res.manifest["counts"]["ok"] == 20 and res.manifest["counts"]["documents"] == 20

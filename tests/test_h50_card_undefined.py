@@ -21,11 +21,11 @@ def dataset(tmp_path_factory) -> Path:
     return out
 
 
-def _render(dataset: Path, folder: Path, body: str, recipe=None) -> str:
+def _render(dataset: Path, folder: Path, body: str, recipe=None, manifest: dict | None = None) -> str:
     template = folder / "card.md"
     template.write_text('{% extends "_base.md" %}\n{% block summary %}\n' + body + "\n{% endblock %}\n")
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml") if recipe is None else recipe
-    return render_card(dataset, template, recipe, {}).read_text()
+    return render_card(dataset, template, recipe, manifest or {}).read_text()
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -49,3 +49,18 @@ def test_optional_lookups_still_render_empty_or_their_default(dataset, tmp_path)
     # a recipe given as a dict of some keys (the library's render_card) has no fixed fields: lenient as before
     assert "[|||" in _render(dataset, tmp_path, "[{{ recipe.nope.x }}|{{ recipe.provider.name }}||]",
                                {"name": "q"})
+
+
+def test_a_name_the_template_sets_in_one_branch_only_renders_empty_where_unset(dataset, tmp_path):
+    """`{% set kept %}` inside `{% if manifest.curation %}`: a build without curation raised "'kept' is undefined"
+    (it rendered empty before the card templates became strict), as did a loop variable used after its loop."""
+    body = ("{% if manifest.curation %}{% set kept = 1 %}{% endif %}"
+            "{% for doc in manifest.curation or [] %}{% endfor %}[{{ kept }}|{{ doc }}]")
+    assert "[|]" in _render(dataset, tmp_path, body)
+    assert "[1|]" in _render(dataset, tmp_path, body, manifest={"curation": {"dedup": {"in": 3, "kept": 2}}})
+
+
+def test_a_typo_of_a_name_the_template_sets_is_still_an_error(dataset, tmp_path):
+    with pytest.raises(ValueError) as e:
+        _render(dataset, tmp_path, "{% set kept = 1 %}{{ kpet }}")
+    assert str(e.value) == f"card template {tmp_path / 'card.md'}:3: 'kpet' is undefined"
