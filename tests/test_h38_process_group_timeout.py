@@ -139,18 +139,23 @@ def _slow_init_from(tmp_path: Path, scenario: str) -> tuple[Path, list[dict]]:
         pytest.fail("the ranks hung (killed after 60 s)")
 
 
-@pytest.mark.slow
-def test_rank_0s_init_from_load_past_the_timeout_fails_every_rank_naming_the_field(tmp_path: Path) -> None:
-    """2 gloo ranks under a 3 s timeout; rank 0 reads train.init_from for 6 s while rank 1 waits: rank 1 gives up
-    at the timeout, rank 0 finds it gone after its load, and both end with a TimeoutError that names
-    distributed.timeout_minutes (before: torch's own RuntimeErrors, and under NCCL a 10-minute watchdog abort)."""
-    ckpt, outcomes = _slow_init_from(tmp_path, "train")
+def assert_timeouts_named(outcomes: list[dict]) -> None:
+    """Rank 1 gave up waiting, rank 0 found it gone after its work: both TimeoutErrors naming the field."""
     assert [o.get("error") for o in outcomes] == ["TimeoutError", "TimeoutError"], outcomes
     assert outcomes[1]["message"].startswith("the ranks gave up waiting for one another past the process group's "
                                              "timeout (distributed.timeout_minutes 0.05): "), outcomes
     assert outcomes[0]["message"].startswith("another rank left while this one worked past the process group's "
                                              "timeout (distributed.timeout_minutes 0.05): "), outcomes
     assert all("--set distributed.timeout_minutes=60" in o["message"] for o in outcomes), outcomes
+
+
+@pytest.mark.slow
+def test_rank_0s_init_from_load_past_the_timeout_fails_every_rank_naming_the_field(tmp_path: Path) -> None:
+    """2 gloo ranks under a 3 s timeout; rank 0 reads train.init_from for 6 s while rank 1 waits: rank 1 gives up
+    at the timeout, rank 0 finds it gone after its load, and both end with a TimeoutError that names
+    distributed.timeout_minutes (before: torch's own RuntimeErrors, and under NCCL a 10-minute watchdog abort)."""
+    ckpt, outcomes = _slow_init_from(tmp_path, "train")
+    assert_timeouts_named(outcomes)
     assert (tmp_path / "loaded").read_text() == str(ckpt)  # rank 0 went on to its wait after the slow load
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -70,28 +70,18 @@ def _agree_past_timeout(tmp_path: Path, scenario: str) -> list[dict]:
         pytest.fail("the ranks hung (killed after 60 s)")
 
 
-def _assert_timeouts_named(outcomes: list[dict]) -> None:
-    """Rank 1 gave up waiting, rank 0 found it gone after its work: both TimeoutErrors naming the field."""
-    assert [o.get("error") for o in outcomes] == ["TimeoutError", "TimeoutError"], outcomes
-    assert outcomes[1]["message"].startswith("the ranks gave up waiting for one another past the process group's "
-                                             "timeout (distributed.timeout_minutes 0.05): "), outcomes
-    assert outcomes[0]["message"].startswith("another rank left while this one worked past the process group's "
-                                             "timeout (distributed.timeout_minutes 0.05): "), outcomes
-    assert all("--set distributed.timeout_minutes=60" in o["message"] for o in outcomes), outcomes
-
-
 @pytest.mark.slow
 def test_a_wait_past_the_timeout_is_ours_where_the_main_group_would_abort(tmp_path: Path) -> None:
     """The main group aborts the process on a failed collective, as NCCL's watchdog does: the agreement's wait is on
     the gloo agreement group, so both ranks end with the TimeoutError naming distributed.timeout_minutes (before:
     rank 1 waited on the main group and died of SIGABRT, and rank 0 with it)."""
-    _assert_timeouts_named(_agree_past_timeout(tmp_path, "gloo"))
+    h38.assert_timeouts_named(_agree_past_timeout(tmp_path, "gloo"))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
 def test_under_nccl_a_wait_past_the_timeout_is_ours(tmp_path: Path) -> None:
-    _assert_timeouts_named(_agree_past_timeout(tmp_path, "nccl"))
+    h38.assert_timeouts_named(_agree_past_timeout(tmp_path, "nccl"))
 
 
 @pytest.mark.slow
@@ -105,7 +95,7 @@ def test_under_nccl_rank_0s_slow_init_from_load_fails_every_rank_naming_the_fiel
         outcomes = h15.two_ranks("train", tmp_path, h38.SLOW_INIT_FROM, timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail("the ranks hung (killed after 120 s)")
-    _assert_timeouts_named(outcomes)
+    h38.assert_timeouts_named(outcomes)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -5,7 +5,6 @@ resumes to the same; a rerun reuses the groups it finished."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections import Counter
@@ -15,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from test_h28_review import _texts
 
 from textbookgen.curation import commands, corpus_io, groups
 from textbookgen.curation.base import RowStep, Verdict
@@ -24,16 +24,7 @@ from textbookgen.curation.filters import HeuristicFilter
 from textbookgen.curation.pipeline import run_pipeline
 from textbookgen.curation.truncated import DropTruncated
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHUNK = 17  # rows per chunk: a kept chunk gathers rows of several read ones, and the files are cut mid-chunk
-
-
-def _texts(n: int) -> list[str]:
-    path = DATA / "c4_en_sample_1k" / "c4_sample.jsonl.gz"
-    if not path.exists():
-        pytest.skip(f"{path} absent (only developer and CI machines have ../shared/data)")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(x)["text"] for x in f][:n]
 
 
 def _corpus(tmp_path: Path, suffix: str = ".parquet") -> Path:
