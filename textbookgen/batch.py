@@ -535,14 +535,13 @@ class BatchRunner:
     def _adopt(self, keys: list[str], items: dict[str, _Item]) -> None:
         """The requests of a batch an earlier run submitted, made from their journal rows for this run to book
         (those the journal answers already are left out); their bodies stay in the journal."""
-        from textbookgen.engine import _Item, estimate_input_tokens, replays  # the engine imports this module
+        from textbookgen.engine import replays  # the engine imports this module
 
         gen = self.gen
         for key, row in self.journal.rows([k for k in keys if k not in items]).items():
             if not replays(row, gen.retry_failed):
                 req = request_from(row)
-                items[key] = item = _Item(key, req, estimate_input_tokens(req, gen.provider, gen.model),
-                                          gen._input_rate(req))
+                items[key] = item = gen._item(key, req)
                 item.req = None
                 self.unclaimed.add(key)
 

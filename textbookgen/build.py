@@ -1404,14 +1404,13 @@ class Build:
         as `gen` keys them, looked up in the generate journal, answered where the engine would replay them
         (`engine.replays`). Only the drawn rows are read (a one-row slice each of prompts.parquet), not every
         prompt's."""
-        from textbookgen.engine import canonical_request, replays
-        from textbookgen.journal import Journal, request_key
+        from textbookgen.engine import replays
+        from textbookgen.journal import Journal
         from textbookgen.progress import sample_at
 
         lf = prompts.lazy()
         drawn = pl.concat([lf.slice(i, 1) for i in sample_at(total)]).collect()
-        keys = [request_key(canonical_request(gen.provider, gen.model, req))
-                for req in document_requests(drawn, self.recipe)]
+        keys = [gen._key(req) for req in document_requests(drawn, self.recipe)]
         with Journal(self.journals()["generate"], read_only=True) as journal:
             rows = journal.rows(keys)
         return sum(key in rows and replays(rows[key], self.retry_failed) for key in keys), len(keys)

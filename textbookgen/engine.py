@@ -711,21 +711,17 @@ class Generator:
         for requests in windows:
             self._writer.flush()  # the outcomes booked so far are what the journal answers this window with
             self._batches.released.clear()  # the journal has them: this window's replay reads them
-            unique: dict[str, ChatRequest] = {}
-            for req in requests:
-                unique.setdefault(request_key(canonical_request(self.provider, self.model, req)), req)
+            unique = self._unique((self._key(req), req) for req in requests)
             results, _, _ = self._replay(journal, unique)
             if self.budget_stopped:  # not registered by `_replay`
                 self._add_pending(journal, {k: r for k, r in unique.items() if k not in results})
             for key, req in unique.items():
                 if key not in results:
-                    yield _Item(key, req, estimate_input_tokens(req, self.provider, self.model), self._input_rate(req))
+                    yield self._item(key, req)
 
     async def _arun(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
-        keyed = [(request_key(canonical_request(self.provider, self.model, r)), r) for r in requests]
-        unique: dict[str, ChatRequest] = {}
-        for key, req in keyed:
-            unique.setdefault(key, req)
+        keyed = [(self._key(r), r) for r in requests]
+        unique = self._unique(keyed)
         journal = Journal(self.journal_path if self.journal_path is not None else ":memory:")
         try:
             journal.lock_for_run()
@@ -734,8 +730,7 @@ class Generator:
                 self._skip_all([_Item(k, r, 0) for k, r in unique.items() if k not in results], results,
                                self._start_budgets(results, abandoned, resent), self.replay_only)
                 return [self._respond(results[key], req) for key, req in keyed]
-            todo = [_Item(k, r, estimate_input_tokens(r, self.provider, self.model), self._input_rate(r))
-                    for k, r in unique.items() if k not in results]
+            todo = [self._item(k, r) for k, r in unique.items() if k not in results]
             if self.budget_stopped and todo and self._skipped_whole(journal, todo, results, abandoned, resent):
                 # all skipped at once, the run reported; it awaited nothing that suspends, so a cancel (Ctrl-C) is
                 # taken here, not once the call's windows have walked every row left
@@ -1309,6 +1304,22 @@ class Generator:
         cost, out = self.max_cost_usd, self.max_output_tokens
         return (None if cost is None else max(0.0, cost - self._beyond.usd),
                 None if out is None else max(0, out - self._beyond.output_tokens))
+
+    def _key(self, req: ChatRequest) -> str:
+        """`req`'s journal key: its canonical request to this provider and model."""
+        return request_key(canonical_request(self.provider, self.model, req))
+
+    @staticmethod
+    def _unique(keyed: Iterable[tuple[str, ChatRequest]]) -> dict[str, ChatRequest]:
+        """Each key's first request, in the order first seen (a key repeated in one run is sent once)."""
+        unique: dict[str, ChatRequest] = {}
+        for key, req in keyed:
+            unique.setdefault(key, req)
+        return unique
+
+    def _item(self, key: str, req: ChatRequest) -> _Item:
+        """A request to send, with what its worst case needs: its prompt's estimate and dearest input rate."""
+        return _Item(key, req, estimate_input_tokens(req, self.provider, self.model), self._input_rate(req))
 
     def _input_rate(self, req: ChatRequest) -> float:
         """The dearest an input token of `req` may be billed, as a fraction of the input price: a request that asks
