@@ -315,8 +315,8 @@ class StageProgress(RunProgress):
     (another model, sampling, seed, template, max_tokens or topics: a rebuild in the same folder) would else count
     done from the start (30/30 from the first window); a resumed build whose journal holds such answers too counts
     per run, and so does an unbudgeted build (no budget read to take the count from): there the projection may
-    price again requests an earlier run paid for, till their run replays them. A few of those (too few for a sample of 256 to tell: a few percent of the prompts) may still count
-    done, at most the total, and spent in the stage."""
+    price again requests an earlier run paid for, till their run replays them. A few of those (too few for a sample
+    of 256 to tell: a few percent of the prompts) may still count done, at most the total, and spent in the stage."""
 
     def __init__(self, total: int, *, description: str, console: Console | None = None,
                  interval_s: float = 0.5, prepaid: Prepaid | None = None) -> None:
